@@ -1,0 +1,128 @@
+"""tradeguard.v1.AdminService: operator RPCs (kill switch, flags, configurations, breakers, history)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import Message
+
+from tradeguard.v1 import admin_service_pb2 as ad
+from tradeguard.v1 import types_pb2 as t
+
+from ..engine.engine import AccountMismatchError, RiskEngine
+from ..engine.types import Flags, TradingState
+from .dispatch import Guard, service, unary
+from .errors import Unimplemented
+from .risk_service import RiskService, account_error, check_ids
+from .validation import Violations
+
+log = logging.getLogger("tradeguard.admin")
+
+SERVICE = "tradeguard.v1.AdminService"
+PAUSE_STATES = frozenset({t.TRADING_STATE_HALTED, t.TRADING_STATE_REDUCING})
+MAX_PAUSE_S = 366 * 86_400.0
+Ctx = grpc.aio.ServicerContext[Any, Any]
+FlagsListener = Callable[[Flags, Flags], Awaitable[None]]
+
+
+async def _no_flags_listener(_old: Flags, _new: Flags) -> None:
+    return None
+
+
+class AdminService:
+    """Handlers of tradeguard.v1.AdminService. Extra RPC groups are mounted by `extend`."""
+
+    def __init__(self, engine: RiskEngine, risk: RiskService, on_flags: FlagsListener = _no_flags_listener) -> None:
+        self.engine = engine
+        self.risk = risk
+        self.on_flags = on_flags
+        self.extra: dict[str, tuple[type[Message], Callable[[Any, Ctx], Awaitable[Message]]]] = {}
+
+    def extend(self, handlers: dict[str, tuple[type[Message], Callable[[Any, Ctx], Awaitable[Message]]]]) -> None:
+        self.extra.update(handlers)
+
+    def handler(self, guard: Guard | None = None) -> grpc.GenericRpcHandler:
+        methods: dict[str, tuple[type[Message], Callable[[Any, Ctx], Awaitable[Message]]]] = {
+            "GetFeatureFlags": (ad.GetFeatureFlagsRequest, self.get_feature_flags),
+            "SetFeatureFlags": (ad.SetFeatureFlagsRequest, self.set_feature_flags),
+            "PauseTrading": (ad.PauseTradingRequest, self.pause_trading),
+            "ResumeTrading": (ad.ResumeTradingRequest, self.resume_trading),
+        }
+        methods.update(self.extra)
+        for method in ad.DESCRIPTOR.services_by_name["AdminService"].methods:
+            if method.name not in methods:
+                request_cls: type[Message] = getattr(ad, method.input_type.name)
+                methods[method.name] = (request_cls, self._unimplemented(method.name))
+        return service(SERVICE, {name: unary(cls, fn, guard) for name, (cls, fn) in methods.items()})
+
+    @staticmethod
+    def _unimplemented(name: str) -> Callable[[Any, Ctx], Awaitable[Message]]:
+        async def fn(_req: Any, _ctx: Ctx) -> Message:
+            raise Unimplemented(f"AdminService.{name} is not implemented in this version")
+
+        return fn
+
+    # ---- flags ----------------------------------------------------------------------------------
+
+    def flags_msg(self) -> t.FeatureFlags:
+        f = self.engine.flags
+        return t.FeatureFlags(enable_risk_enforcement=f.enable_risk_enforcement, enable_persistence=f.enable_persistence)
+
+    async def get_feature_flags(self, _req: ad.GetFeatureFlagsRequest, _ctx: Ctx) -> ad.GetFeatureFlagsResponse:
+        return ad.GetFeatureFlagsResponse(flags=self.flags_msg())
+
+    async def set_feature_flags(self, req: ad.SetFeatureFlagsRequest, _ctx: Ctx) -> ad.SetFeatureFlagsResponse:
+        old = self.engine.flags
+        new = Flags(
+            enable_risk_enforcement=req.flags.enable_risk_enforcement
+            if req.flags.HasField("enable_risk_enforcement") else old.enable_risk_enforcement,
+            enable_persistence=req.flags.enable_persistence
+            if req.flags.HasField("enable_persistence") else old.enable_persistence,
+        )
+        await self.on_flags(old, new)
+        self.engine.flags = new
+        if new != old:
+            log.warning("feature flags changed: %s -> %s", old, new)
+        return ad.SetFeatureFlagsResponse(flags=self.flags_msg())
+
+    # ---- kill switch ----------------------------------------------------------------------------
+
+    async def pause_trading(self, req: ad.PauseTradingRequest, _ctx: Ctx) -> ad.PauseTradingResponse:
+        v = Violations()
+        check_ids(v, req.trader_id, req.account_id)
+        v.enum("trading_state", req.trading_state, PAUSE_STATES, "TRADING_STATE")
+        if req.trading_state == t.TRADING_STATE_ACTIVE:
+            v.items[-1] = ("trading_state", "must be TRADING_STATE_HALTED or TRADING_STATE_REDUCING")
+        duration: float | None = None
+        if req.HasField("duration"):
+            d = req.duration
+            seconds = d.seconds + d.nanos / 1e9
+            if seconds < 0 or d.nanos < -999_999_999 or d.nanos > 999_999_999:
+                v.add("duration", "must not be negative")
+            elif seconds > MAX_PAUSE_S:
+                v.add("duration", f"at most {MAX_PAUSE_S:.0f}s; omit it to pause until resumed")
+            elif seconds > 0:
+                duration = seconds
+        v.text("reason", req.reason)
+        v.raise_if_any()
+        try:
+            st = self.engine.pause(req.trader_id, req.account_id, TradingState(req.trading_state), duration,
+                                   req.reason)
+        except AccountMismatchError as exc:
+            raise account_error(exc) from None
+        self.risk.notify(st, "paused by operator")
+        return ad.PauseTradingResponse(state=self.risk.state_msg(st))
+
+    async def resume_trading(self, req: ad.ResumeTradingRequest, _ctx: Ctx) -> ad.ResumeTradingResponse:
+        v = Violations()
+        check_ids(v, req.trader_id, req.account_id)
+        v.raise_if_any()
+        try:
+            st = self.engine.resume(req.trader_id, req.account_id)
+        except AccountMismatchError as exc:
+            raise account_error(exc) from None
+        self.risk.notify(st, "resumed by operator")
+        return ad.ResumeTradingResponse(state=self.risk.state_msg(st))

@@ -1,0 +1,213 @@
+"""tradeguard.v1.RiskService: the bot's hot path. Validates, asks the engine, answers from memory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import grpc
+
+from tradeguard.v1 import risk_service_pb2 as rs
+from tradeguard.v1 import types_pb2 as t
+
+from ..engine.engine import AccountMismatchError, Firing, Outcome, RiskEngine
+from ..engine.state import TraderState
+from ..engine.types import ClosedTrade, RequiredAction, Side
+from . import convert
+from .dispatch import Guard, server_stream, service, unary
+from .errors import InvalidArgument, Unavailable
+from .validation import Violations
+from .watch import WatchHub
+
+SERVICE = "tradeguard.v1.RiskService"
+SIDES = frozenset({t.SIDE_BUY, t.SIDE_SELL})
+MAX_POSITIONS = 1000
+Ctx = grpc.aio.ServicerContext[Any, Any]
+
+
+def check_ids(v: Violations, trader_id: str, account_id: str) -> None:
+    v.identifier("trader_id", trader_id)
+    v.identifier("account_id", account_id)
+
+
+def check_order(v: Violations, o: t.OrderIntent, prefix: str = "order") -> None:
+    v.identifier(f"{prefix}.symbol", o.symbol)
+    v.identifier(f"{prefix}.exchange", o.exchange, required=False)
+    v.enum(f"{prefix}.side", o.side, SIDES, "SIDE")
+    v.number(f"{prefix}.quantity", o.quantity, min_value=0.0, min_exclusive=True)
+    v.number(f"{prefix}.price", o.price, min_value=0.0, min_exclusive=True)
+    v.number(f"{prefix}.leverage", o.leverage, min_value=0.0, max_value=1000.0)
+    v.number(f"{prefix}.stop_price", o.stop_price, min_value=0.0)
+    v.number(f"{prefix}.volatility", o.volatility, min_value=0.0)
+
+
+def check_position(v: Violations, p: t.Position, prefix: str) -> None:
+    v.identifier(f"{prefix}.symbol", p.symbol)
+    v.identifier(f"{prefix}.exchange", p.exchange, required=False)
+    v.enum(f"{prefix}.side", p.side, SIDES, "SIDE")
+    v.number(f"{prefix}.quantity", p.quantity, min_value=0.0)
+    v.number(f"{prefix}.entry_price", p.entry_price, min_value=0.0, min_exclusive=True)
+    v.number(f"{prefix}.mark_price", p.mark_price, min_value=0.0, min_exclusive=True)
+    v.number(f"{prefix}.leverage", p.leverage, min_value=0.0, max_value=1000.0)
+    v.number(f"{prefix}.volatility", p.volatility, min_value=0.0)
+
+
+def account_error(exc: AccountMismatchError) -> InvalidArgument:
+    return InvalidArgument([("account_id", str(exc))])
+
+
+class RiskService:
+    """Handlers of tradeguard.v1.RiskService."""
+
+    def __init__(self, engine: RiskEngine, hub: WatchHub) -> None:
+        self.engine = engine
+        self.hub = hub
+
+    def handler(self, guard: Guard | None = None) -> grpc.GenericRpcHandler:
+        return service(
+            SERVICE,
+            {
+                "CanTrade": unary(rs.CanTradeRequest, self.can_trade, guard),
+                "ReportEquity": unary(rs.ReportEquityRequest, self.report_equity, guard),
+                "ReportTrade": unary(rs.ReportTradeRequest, self.report_trade, guard),
+                "ReportPositions": unary(rs.ReportPositionsRequest, self.report_positions, guard),
+                "GetRiskState": unary(rs.GetRiskStateRequest, self.get_risk_state, guard),
+                "WatchRiskState": server_stream(rs.WatchRiskStateRequest, self.watch_risk_state, guard),
+            },
+        )
+
+    # ---- helpers --------------------------------------------------------------------------------
+
+    def state_msg(self, st: TraderState) -> t.RiskState:
+        engine = self.engine
+        return convert.state_msg(st, engine.clock.now(), engine.limits_for(st.account_id).config_id)
+
+    def notify(
+        self, st: TraderState, reason: str, actions: Sequence[RequiredAction] = (), firings: Sequence[Firing] = ()
+    ) -> None:
+        if not self.hub.watching(st.trader_id):
+            return
+        update = rs.WatchRiskStateResponse(state=self.state_msg(st), reason=reason)
+        update.actions.extend(convert.action_msg(a) for a in actions)
+        update.breaker_events.extend(convert.firing_msg(f, st) for f in firings)
+        self.hub.publish(st.trader_id, update)
+
+    def _finish(self, outcome: Outcome, reason: str) -> tuple[t.RiskState, list[t.CircuitBreakerEvent],
+                                                               list[t.RequiredAction]]:
+        st = outcome.state
+        self.notify(st, reason, outcome.actions, outcome.firings)
+        events = [convert.firing_msg(f, st) for f in outcome.firings]
+        return self.state_msg(st), events, [convert.action_msg(a) for a in outcome.actions]
+
+    # ---- RPCs -----------------------------------------------------------------------------------
+
+    async def can_trade(self, req: rs.CanTradeRequest, _ctx: Ctx) -> rs.CanTradeResponse:
+        v = Violations()
+        check_ids(v, req.trader_id, req.account_id)
+        has_order = req.HasField("order")
+        if has_order:
+            check_order(v, req.order)
+        v.raise_if_any()
+        order = convert.order_from_msg(req.order) if has_order else None
+        engine = self.engine
+        try:
+            decision, st = engine.can_trade(req.trader_id, req.account_id, order)
+        except AccountMismatchError as exc:
+            raise account_error(exc) from None
+        return convert.decision_msg(decision, st, engine.clock.now(), engine.limits_for(req.account_id).config_id)
+
+    async def report_equity(self, req: rs.ReportEquityRequest, _ctx: Ctx) -> rs.ReportEquityResponse:
+        v = Violations()
+        check_ids(v, req.trader_id, req.account_id)
+        v.number("equity", req.equity, min_value=0.0)
+        observed = v.timestamp("observed_at", req.observed_at, self.engine.clock.now())
+        v.raise_if_any()
+        try:
+            outcome = self.engine.report_equity(req.trader_id, req.account_id, req.equity, observed)
+        except AccountMismatchError as exc:
+            raise account_error(exc) from None
+        if outcome.stale:
+            return rs.ReportEquityResponse(state=self.state_msg(outcome.state), stale=True)
+        state, events, actions = self._finish(outcome, "equity_report")
+        return rs.ReportEquityResponse(state=state, breaker_events=events, actions=actions)
+
+    async def report_trade(self, req: rs.ReportTradeRequest, _ctx: Ctx) -> rs.ReportTradeResponse:
+        engine = self.engine
+        v = Violations()
+        check_ids(v, req.trader_id, req.account_id)
+        v.identifier("trade_id", req.trade_id)
+        v.identifier("symbol", req.symbol)
+        v.identifier("exchange", req.exchange, required=False)
+        v.enum("side", req.side, SIDES, "SIDE")
+        v.number("realized_pnl", req.realized_pnl, min_value=-1e15)
+        closed = v.timestamp("closed_at", req.closed_at, engine.clock.now())
+        v.raise_if_any()
+        trade = ClosedTrade(req.trade_id, req.symbol, req.exchange, Side(req.side), req.realized_pnl,
+                            engine.clock.now() if closed is None else closed)
+        try:
+            outcome = engine.report_trade(req.trader_id, req.account_id, trade)
+        except AccountMismatchError as exc:
+            raise account_error(exc) from None
+        if outcome.duplicate:
+            return rs.ReportTradeResponse(state=self.state_msg(outcome.state), duplicate=True)
+        state, events, actions = self._finish(outcome, "trade_report")
+        return rs.ReportTradeResponse(state=state, breaker_events=events, actions=actions)
+
+    async def report_positions(self, req: rs.ReportPositionsRequest, _ctx: Ctx) -> rs.ReportPositionsResponse:
+        v = Violations()
+        check_ids(v, req.trader_id, req.account_id)
+        if len(req.positions) > MAX_POSITIONS:
+            v.add("positions", f"too many: {len(req.positions)}, at most {MAX_POSITIONS}")
+        else:
+            seen: set[tuple[str, str]] = set()
+            for i, p in enumerate(req.positions):
+                check_position(v, p, f"positions[{i}]")
+                key = (p.symbol, p.exchange)
+                if key in seen:
+                    v.add(f"positions[{i}]", f"duplicate position for {p.symbol}/{p.exchange or '-'}")
+                seen.add(key)
+        v.raise_if_any()
+        positions = [convert.position_from_msg(p) for p in req.positions]
+        try:
+            outcome = self.engine.report_positions(req.trader_id, req.account_id, positions)
+        except AccountMismatchError as exc:
+            raise account_error(exc) from None
+        state, events, actions = self._finish(outcome, "positions_report")
+        return rs.ReportPositionsResponse(state=state, breaker_events=events, actions=actions)
+
+    async def get_risk_state(self, req: rs.GetRiskStateRequest, _ctx: Ctx) -> rs.GetRiskStateResponse:
+        v = Violations()
+        check_ids(v, req.trader_id, req.account_id)
+        v.raise_if_any()
+        try:
+            st = self.engine.peek(req.trader_id, req.account_id)
+        except AccountMismatchError as exc:
+            raise account_error(exc) from None
+        return rs.GetRiskStateResponse(state=self.state_msg(st))
+
+    async def watch_risk_state(self, req: rs.WatchRiskStateRequest, ctx: Ctx) -> AsyncIterator[rs.WatchRiskStateResponse]:
+        v = Violations()
+        check_ids(v, req.trader_id, req.account_id)
+        v.raise_if_any()
+        try:
+            st = self.engine.peek(req.trader_id, req.account_id)
+        except AccountMismatchError as exc:
+            raise account_error(exc) from None
+        watcher = self.hub.subscribe(req.trader_id)
+        if watcher is None:
+            raise Unavailable("too many WatchRiskState streams or shutting down; retry later")
+        try:
+            limits = self.engine.limits_for(st.account_id)
+            from ..engine import checks
+
+            actions = checks.position_actions(st, limits)
+            initial = rs.WatchRiskStateResponse(state=self.state_msg(st), reason="initial")
+            initial.actions.extend(convert.action_msg(a) for a in actions)
+            yield initial
+            while True:
+                update = await watcher.next()
+                if update is None:
+                    return
+                yield update
+        finally:
+            self.hub.unsubscribe(req.trader_id, watcher)

@@ -1,0 +1,112 @@
+"""WatchRiskState fan-out: a bounded buffer per stream, so a slow watcher never slows the hot path.
+
+On overflow the oldest pending update is dropped and counted; its actions and breaker events are carried
+into the next update sent, so a watcher always gets the latest state and never misses a directive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+from tradeguard.v1 import risk_service_pb2 as rs
+
+CARRY_MAX = 256
+
+
+class Watcher:
+    """One WatchRiskState stream."""
+
+    __slots__ = ("buffer", "closed", "event", "pending", "skipped")
+
+    def __init__(self, buffer: int) -> None:
+        self.buffer = buffer
+        self.pending: deque[rs.WatchRiskStateResponse] = deque()
+        self.skipped = 0
+        self.closed = False
+        self.event = asyncio.Event()
+
+    def push(self, update: rs.WatchRiskStateResponse) -> None:
+        if len(self.pending) >= self.buffer:
+            dropped = self.pending.popleft()
+            self.skipped += 1
+            carry = rs.WatchRiskStateResponse()
+            carry.actions.extend(dropped.actions[:CARRY_MAX])
+            carry.breaker_events.extend(dropped.breaker_events[:CARRY_MAX])
+            if len(carry.actions) or len(carry.breaker_events):
+                nxt = self.pending[0] if self.pending else update
+                nxt.actions.extend(carry.actions)
+                nxt.breaker_events.extend(carry.breaker_events)
+        self.pending.append(update)
+        self.event.set()
+
+    async def next(self) -> rs.WatchRiskStateResponse | None:
+        while not self.pending:
+            if self.closed:
+                return None
+            self.event.clear()
+            await self.event.wait()
+        update = self.pending.popleft()
+        if self.skipped:
+            update.skipped_updates = self.skipped
+            self.skipped = 0
+        return update
+
+    def close(self) -> None:
+        self.closed = True
+        self.event.set()
+
+
+class WatchHub:
+    """Watchers by trader id."""
+
+    def __init__(self, buffer: int = 64, max_watchers: int = 1000) -> None:
+        self.buffer = buffer
+        self.max_watchers = max_watchers
+        self._by_trader: dict[str, set[Watcher]] = {}
+        self._count = 0
+        self._closed = False
+
+    def watching(self, trader_id: str) -> bool:
+        return trader_id in self._by_trader
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    def subscribe(self, trader_id: str) -> Watcher | None:
+        """A new watcher, or None when the limit is reached or the hub is closed."""
+        if self._closed or self._count >= self.max_watchers:
+            return None
+        watcher = Watcher(self.buffer)
+        self._by_trader.setdefault(trader_id, set()).add(watcher)
+        self._count += 1
+        return watcher
+
+    def unsubscribe(self, trader_id: str, watcher: Watcher) -> None:
+        watchers = self._by_trader.get(trader_id)
+        if watchers is not None and watcher in watchers:
+            watchers.discard(watcher)
+            self._count -= 1
+            if not watchers:
+                del self._by_trader[trader_id]
+
+    def publish(self, trader_id: str, update: rs.WatchRiskStateResponse) -> None:
+        watchers = self._by_trader.get(trader_id)
+        if not watchers:
+            return
+        last = len(watchers) - 1
+        for i, watcher in enumerate(watchers):
+            if i == last:
+                watcher.push(update)
+            else:
+                copy = rs.WatchRiskStateResponse()
+                copy.CopyFrom(update)
+                watcher.push(copy)
+
+    def close(self) -> None:
+        """End every stream cleanly (shutdown)."""
+        self._closed = True
+        for watchers in self._by_trader.values():
+            for watcher in watchers:
+                watcher.close()

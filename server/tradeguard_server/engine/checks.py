@@ -1,0 +1,263 @@
+"""The rules. Loss limits are evaluated on equity reports (they start pauses); order checks on CanTrade.
+
+Every function here is pure: state, limits and time in, results out. A value equal to its limit passes.
+"""
+
+from __future__ import annotations
+
+from .limits import Limits
+from .state import TraderState
+from .types import (
+    ActionType,
+    Breach,
+    CheckResult,
+    CheckStatus,
+    DecisionCode,
+    OrderIntent,
+    RequiredAction,
+    Side,
+    TradingState,
+)
+
+PASS, FAIL, SKIPPED = CheckStatus.PASS, CheckStatus.FAIL, CheckStatus.SKIPPED
+
+# (check name, code, limit attribute, state attribute for the loss %, start-equity attribute, label)
+LOSS_RULES: tuple[tuple[str, DecisionCode, str, str, str, str], ...] = (
+    ("daily_loss", DecisionCode.DAILY_LOSS_LIMIT, "daily_max_drawdown_percentage", "daily_loss_pct",
+     "day_start_equity", "day_start_equity"),
+    ("weekly_loss", DecisionCode.WEEKLY_LOSS_LIMIT, "weekly_max_drawdown_percentage", "weekly_loss_pct",
+     "week_start_equity", "week_start_equity"),
+    ("monthly_loss", DecisionCode.MONTHLY_LOSS_LIMIT, "monthly_max_drawdown_percentage", "monthly_loss_pct",
+     "month_start_equity", "month_start_equity"),
+    ("max_drawdown", DecisionCode.MAX_DRAWDOWN, "max_drawdown_percentage", "drawdown_pct",
+     "peak_equity", "peak_equity"),
+)
+
+
+def loss_breaches(st: TraderState, limits: Limits) -> list[Breach]:
+    """Loss limits passed by the trader's current equity."""
+    breaches: list[Breach] = []
+    if not st.equity_reported:
+        return breaches
+    for rule, code, limit_attr, value_attr, ref_attr, ref_label in LOSS_RULES:
+        limit: float | None = getattr(limits, limit_attr)
+        if limit is None:
+            continue
+        value: float = getattr(st, value_attr)
+        if value > limit:
+            reference: float = getattr(st, ref_attr)
+            noun = "drawdown" if code is DecisionCode.MAX_DRAWDOWN else "loss"
+            reason = (
+                f"{code.name}: {noun}={value:.2f}% limit={limit:.2f}% "
+                f"equity={st.current_equity:.2f} {ref_label}={reference:.2f}"
+            )
+            breaches.append(
+                Breach(code, rule, value, limit, reason, limits.breach_state, limits.stop_trading_minutes * 60.0)
+            )
+    return breaches
+
+
+def loss_checks(st: TraderState, limits: Limits, now: float, reducing: bool) -> list[CheckResult]:
+    """Loss limits as decision checks: FAIL while the pause they started is in force, except for an
+    exposure-reducing order (a loss limit never blocks one; only HALTED does, in the state check)."""
+    out: list[CheckResult] = []
+    for rule, code, limit_attr, value_attr, _ref, _label in LOSS_RULES:
+        limit: float | None = getattr(limits, limit_attr)
+        value: float = getattr(st, value_attr)
+        if limit is None:
+            out.append(CheckResult(rule, SKIPPED, code, "not configured", value, 0.0))
+            continue
+        if st.active_pause_for(code, now) is not None:
+            status, note = (PASS, "paused; reducing order allowed") if reducing else (FAIL, "paused")
+            out.append(CheckResult(rule, status, code, f"loss={value:.2f}% limit={limit:.2f}% ({note})", value, limit))
+        elif value > limit:
+            detail = f"loss={value:.2f}% limit={limit:.2f}% (pause served; re-checked on the next equity report)"
+            out.append(CheckResult(rule, PASS, code, detail, value, limit))
+        else:
+            out.append(CheckResult(rule, PASS, code, f"loss={value:.2f}% limit={limit:.2f}%", value, limit))
+    return out
+
+
+def streak_breach(st: TraderState, limits: Limits) -> Breach | None:
+    """consecutive_loss_threshold losing trades in a row -> cooling-off pause."""
+    threshold = limits.consecutive_loss_threshold
+    if threshold <= 0 or st.consecutive_losses < threshold:
+        return None
+    reason = (
+        f"CONSECUTIVE_LOSSES: losses_in_a_row={st.consecutive_losses} threshold={threshold} "
+        f"cooling_off={limits.cooling_off_period_minutes}m"
+    )
+    return Breach(
+        DecisionCode.CONSECUTIVE_LOSSES, "consecutive_losses", float(st.consecutive_losses), float(threshold),
+        reason, limits.breach_state, limits.cooling_off_period_minutes * 60.0,
+    )
+
+
+# ---- order checks -------------------------------------------------------------------------------
+
+
+def is_reducing(st: TraderState, order: OrderIntent) -> bool:
+    """True when the order can only shrink the trader's exposure in its symbol."""
+    if order.reduce_only:
+        return True
+    existing = st.signed_exposure(order.symbol)
+    if existing == 0.0:
+        return False
+    delta = order.notional if order.side is Side.BUY else -order.notional
+    return (existing > 0) != (delta > 0) and abs(delta) <= abs(existing) * (1 + 1e-9)
+
+
+def volatility_scale(st: TraderState, order: OrderIntent, limits: Limits) -> tuple[float, CheckResult]:
+    """Size-limit scale for the volatility regime, and the regime check (FAIL = extreme: no new entries)."""
+    code = DecisionCode.VOLATILITY_REGIME
+    vol = order.volatility or st.volatility.get(order.symbol, 0.0)
+    if limits.volatility_high is None and limits.volatility_extreme is None:
+        return 1.0, CheckResult("volatility_regime", SKIPPED, code, "no regime thresholds", vol, 0.0)
+    if vol <= 0.0:
+        return 1.0, CheckResult("volatility_regime", SKIPPED, code, "no volatility reported", 0.0, 0.0)
+    if limits.volatility_extreme is not None and vol >= limits.volatility_extreme:
+        detail = f"volatility={vol:g} extreme>={limits.volatility_extreme:g}: no new entries"
+        return 0.0, CheckResult("volatility_regime", FAIL, code, detail, vol, limits.volatility_extreme)
+    if limits.volatility_high is not None and vol >= limits.volatility_high:
+        factor = limits.volatility_adjustment_factor
+        detail = f"volatility={vol:g} high>={limits.volatility_high:g}: size limits x{factor:g}"
+        return factor, CheckResult("volatility_regime", PASS, code, detail, vol, limits.volatility_high)
+    threshold = limits.volatility_high if limits.volatility_high is not None else limits.volatility_extreme or 0.0
+    return 1.0, CheckResult("volatility_regime", PASS, code, f"volatility={vol:g} normal", vol, threshold)
+
+
+def order_checks(st: TraderState, order: OrderIntent, limits: Limits, now: float) -> list[CheckResult]:
+    """Every per-order check of DESIGN 2.1, in evaluation order."""
+    out: list[CheckResult] = []
+    equity = st.current_equity
+    reducing = is_reducing(st, order)
+    sym = limits.for_symbol(order.symbol)
+    notional = order.notional
+
+    # Fat-finger: max notional per order (a reducing order is bounded by the position it closes).
+    code = DecisionCode.ORDER_NOTIONAL_LIMIT
+    cap = limits.max_order_notional
+    if cap is None:
+        out.append(CheckResult("order_notional", SKIPPED, code, "not configured", notional))
+    elif reducing:
+        out.append(CheckResult("order_notional", PASS, code, f"reducing order notional={notional:.2f}", notional, cap))
+    else:
+        status = PASS if notional <= cap else FAIL
+        detail = f"notional={notional:.2f} limit={cap:.2f}"
+        out.append(CheckResult("order_notional", status, code, detail, notional, cap))
+
+    # Throttle: orders allowed in the window.
+    code = DecisionCode.ORDER_RATE_LIMIT
+    max_orders = limits.max_orders_per_window
+    if max_orders is None:
+        out.append(CheckResult("order_rate", SKIPPED, code, "not configured"))
+    else:
+        window = limits.order_rate_window_seconds
+        times = st.order_times
+        while times and times[0] <= now - window:
+            times.popleft()
+        count = len(times) + 1
+        status = PASS if count <= max_orders else FAIL
+        detail = f"orders={count} in {window}s limit={max_orders}"
+        out.append(CheckResult("order_rate", status, code, detail, float(count), float(max_orders)))
+
+    scale, regime = volatility_scale(st, order, limits)
+    if reducing and regime.status is FAIL:
+        regime = CheckResult(regime.name, PASS, regime.code, regime.detail + " (reducing order)", regime.value,
+                             regime.limit)
+    out.append(regime)
+
+    # Leverage (symbol limit).
+    code = DecisionCode.LEVERAGE_LIMIT
+    lev = order.leverage or 1.0
+    max_lev = sym.max_leverage if sym is not None else None
+    if max_lev is None:
+        out.append(CheckResult("leverage", SKIPPED, code, "not configured", lev))
+    elif reducing:
+        out.append(CheckResult("leverage", PASS, code, f"reducing order leverage={lev:g}", lev, max_lev))
+    else:
+        status = PASS if lev <= max_lev else FAIL
+        out.append(CheckResult("leverage", status, code, f"leverage={lev:g} limit={max_lev:g}", lev, max_lev))
+
+    # Position size after the order, % of equity.
+    code = DecisionCode.POSITION_SIZE_LIMIT
+    pct = sym.max_position_size_percentage if sym and sym.max_position_size_percentage is not None else None
+    pct = pct if pct is not None else limits.max_position_size_percentage
+    existing = st.signed_exposure(order.symbol)
+    delta = notional if order.side is Side.BUY else -notional
+    after = abs(existing + delta)
+    if pct is None:
+        out.append(CheckResult("position_size", SKIPPED, code, "not configured", after))
+    elif reducing:
+        out.append(CheckResult("position_size", PASS, code, f"reducing order position={after:.2f}", after))
+    else:
+        cap = pct * scale * equity / 100.0
+        status = PASS if after <= cap else FAIL
+        detail = f"position_after={after:.2f} limit={cap:.2f} ({pct * scale:.2f}% of equity {equity:.2f})"
+        out.append(CheckResult("position_size", status, code, detail, after, cap))
+
+    # Risk per trade, when a stop is given.
+    code = DecisionCode.RISK_PER_TRADE_LIMIT
+    pct = sym.risk_per_trade_percentage if sym and sym.risk_per_trade_percentage is not None else None
+    pct = pct if pct is not None else limits.risk_per_trade_percentage
+    if order.stop_price <= 0.0:
+        out.append(CheckResult("risk_per_trade", SKIPPED, code, "no stop_price"))
+    elif pct is None:
+        out.append(CheckResult("risk_per_trade", SKIPPED, code, "not configured"))
+    elif reducing:
+        out.append(CheckResult("risk_per_trade", PASS, code, "reducing order"))
+    else:
+        risk = abs(order.price - order.stop_price) * order.quantity
+        cap = pct * scale * equity / 100.0
+        status = PASS if risk <= cap else FAIL
+        detail = f"risk={risk:.2f} limit={cap:.2f} ({pct * scale:.2f}% of equity {equity:.2f})"
+        out.append(CheckResult("risk_per_trade", status, code, detail, risk, cap))
+
+    # Same-direction exposure across correlated symbols.
+    code = DecisionCode.CORRELATED_EXPOSURE_LIMIT
+    pct = limits.max_correlated_exposure_percentage
+    if pct is None:
+        out.append(CheckResult("correlated_exposure", SKIPPED, code, "not configured"))
+    elif reducing:
+        out.append(CheckResult("correlated_exposure", PASS, code, "reducing order"))
+    else:
+        group = limits.group_of(order.symbol)
+        sign = 1.0 if order.side is Side.BUY else -1.0
+        by_symbol: dict[str, float] = {}
+        for (symbol, _ex), pos in st.positions.items():
+            if group is None or symbol in group:
+                by_symbol[symbol] = by_symbol.get(symbol, 0.0) + pos.signed_notional
+        by_symbol[order.symbol] = by_symbol.get(order.symbol, 0.0) + delta
+        total = sum(max(0.0, sign * v) for v in by_symbol.values())
+        cap = pct * scale * equity / 100.0
+        status = PASS if total <= cap else FAIL
+        detail = f"same_direction_exposure={total:.2f} limit={cap:.2f} ({pct * scale:.2f}% of equity)"
+        out.append(CheckResult("correlated_exposure", status, code, detail, total, cap))
+    return out
+
+
+def position_actions(st: TraderState, limits: Limits) -> list[RequiredAction]:
+    """close_position for every open position losing more than its position_max_drawdown_percentage."""
+    actions: list[RequiredAction] = []
+    for (symbol, exchange), pos in st.positions.items():
+        sym = limits.for_symbol(symbol)
+        limit = sym.position_max_drawdown_percentage if sym is not None else None
+        limit = limit if limit is not None else limits.position_max_drawdown_percentage
+        if limit is None or pos.quantity <= 0.0:
+            continue
+        loss = pos.loss_pct
+        if loss > limit:
+            reason = f"POSITION_DRAWDOWN: {symbol} loss={loss:.2f}% limit={limit:.2f}%"
+            actions.append(RequiredAction(ActionType.CLOSE_POSITION, symbol, exchange, reason))
+    return actions
+
+
+def state_check(st: TraderState, order: OrderIntent | None, now: float) -> CheckResult:
+    """The trading-state gate: HALTED blocks everything, REDUCING only what adds exposure."""
+    pause = st.effective_pause(now)
+    if pause is None:
+        return CheckResult("trading_state", PASS, DecisionCode.ALLOWED, "ACTIVE")
+    if pause.state is TradingState.REDUCING and order is not None and is_reducing(st, order):
+        return CheckResult("trading_state", PASS, pause.code, f"{pause.reason} [REDUCING: reducing order allowed]")
+    what = "no orders" if pause.state is TradingState.HALTED else "only exposure-reducing orders"
+    return CheckResult("trading_state", FAIL, pause.code, f"{pause.reason} [{pause.state.name}: {what}]")

@@ -1,0 +1,330 @@
+"""RiskEngine: the in-memory risk state of every trader and the decisions over it.
+
+Pure and synchronous: no I/O, time from the injected clock. Every state change is announced to the
+`on_change` listener (the service wires it to the store queue and to watchers); the engine never waits
+for it. Callers serialize access (one event loop thread), so per-trader updates are linearizable.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from . import checks
+from .clock import Clock
+from .limits import Limits
+from .state import Pause, TraderState, add_pause, apply_equity, expire_pauses, remember_trade_id, roll_periods
+from .types import (
+    Breach,
+    CheckResult,
+    CheckStatus,
+    ClosedTrade,
+    Decision,
+    DecisionCode,
+    Flags,
+    OrderIntent,
+    Position,
+    RequiredAction,
+    SymbolStats,
+    TradingState,
+)
+
+log = logging.getLogger("tradeguard.engine")
+
+ChangeListener = Callable[[TraderState, str], None]
+
+
+class AccountMismatchError(ValueError):
+    """A trader id was used with a different account than the one it is bound to."""
+
+
+@dataclass(slots=True)
+class Firing:
+    """A circuit breaker that fired (filled in by the breaker evaluator)."""
+
+    breaker_id: str
+    name: str
+    condition: str
+    action: str
+    triggered_values: dict[str, float]
+    action_result: dict[str, object]
+    positions_affected: list[tuple[str, str]]
+    actions: list[RequiredAction]
+    shadow: bool
+    at: float
+
+
+class BreakerEvaluator(Protocol):
+    """Evaluates an account's circuit breakers over a trader's state (see engine.breakers)."""
+
+    def evaluate(
+        self, st: TraderState, limits: Limits, now: float, enforce: bool, symbols: Iterable[tuple[str, str]]
+    ) -> list[Firing]: ...
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What a report did."""
+
+    state: TraderState
+    actions: list[RequiredAction] = field(default_factory=list)
+    firings: list[Firing] = field(default_factory=list)
+    stale: bool = False
+    duplicate: bool = False
+
+
+def _no_change(_st: TraderState, _reason: str) -> None:
+    return None
+
+
+class RiskEngine:
+    """Holds every trader's state in memory and answers CanTrade from it."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        defaults: Limits | None = None,
+        flags: Flags | None = None,
+        reset_offset_s: float = 0.0,
+        on_change: ChangeListener = _no_change,
+        breakers: BreakerEvaluator | None = None,
+    ) -> None:
+        self.clock = clock
+        self.defaults = defaults or Limits()
+        self.flags = flags or Flags()
+        self.reset_offset_s = reset_offset_s
+        self.on_change = on_change
+        self.breakers = breakers
+        self.traders: dict[str, TraderState] = {}
+        self.account_limits: dict[str, Limits] = {}
+
+    # ---- lookup ---------------------------------------------------------------------------------
+
+    def limits_for(self, account_id: str) -> Limits:
+        return self.account_limits.get(account_id, self.defaults)
+
+    def set_account_limits(self, account_id: str, limits: Limits | None) -> None:
+        """Install (or with None, remove) an account's active configuration; takes effect at once."""
+        if limits is None:
+            self.account_limits.pop(account_id, None)
+        else:
+            self.account_limits[account_id] = limits
+
+    def peek(self, trader_id: str, account_id: str) -> TraderState:
+        """The trader's state, or a fresh one that is not stored (for reads of unknown traders)."""
+        st = self.traders.get(trader_id)
+        if st is None:
+            return TraderState(trader_id, account_id)
+        if st.account_id != account_id:
+            raise AccountMismatchError(f"trader_id {trader_id!r} is bound to account_id {st.account_id!r}")
+        self._tick(st, self.clock.now())
+        return st
+
+    def _get(self, trader_id: str, account_id: str) -> TraderState:
+        st = self.traders.get(trader_id)
+        if st is None:
+            st = self.traders[trader_id] = TraderState(trader_id, account_id)
+        elif st.account_id != account_id:
+            raise AccountMismatchError(f"trader_id {trader_id!r} is bound to account_id {st.account_id!r}")
+        return st
+
+    def restore(self, st: TraderState) -> None:
+        """Put a state loaded from the store back (at start)."""
+        self.traders[st.trader_id] = st
+
+    # ---- state changes --------------------------------------------------------------------------
+
+    def _changed(self, st: TraderState, now: float, reason: str) -> None:
+        st.updated_at = now
+        st.version += 1
+        self.on_change(st, reason)
+
+    def _tick(self, st: TraderState, now: float) -> None:
+        """Time-driven changes: pauses that ended, new day / week / month."""
+        expired = expire_pauses(st, now)
+        rolled = st.equity_reported and roll_periods(st, now, self.reset_offset_s)
+        if expired:
+            self._changed(st, now, "pause_expired")
+        elif rolled:
+            self._changed(st, now, "period_rollover")
+
+    def _apply_breach(self, st: TraderState, breach: Breach, now: float, source: str) -> bool:
+        until = None if breach.duration_s is None else now + breach.duration_s
+        pause = Pause(breach.state, until, breach.code, breach.reason, source, since=now)
+        if not add_pause(st, pause):
+            return False
+        enforced = "" if self.flags.enable_risk_enforcement else " (shadow mode: not enforced)"
+        log.warning(
+            "RISK LIMIT BREACHED trader=%s account=%s rule=%s value=%.4f limit=%.4f state=%s until=%s%s: %s",
+            st.trader_id, st.account_id, breach.rule, breach.value, breach.limit, breach.state.name,
+            "resume" if until is None else f"{until:.0f}", enforced, breach.reason,
+            extra={"trader_id": st.trader_id, "rule": breach.rule, "value": breach.value, "limit": breach.limit},
+        )
+        return True
+
+    def _run_breakers(
+        self, st: TraderState, limits: Limits, now: float, symbols: Iterable[tuple[str, str]]
+    ) -> list[Firing]:
+        if self.breakers is None:
+            return []
+        return self.breakers.evaluate(st, limits, now, self.flags.enable_risk_enforcement, symbols)
+
+    def report_equity(self, trader_id: str, account_id: str, equity: float, observed_at: float | None) -> Outcome:
+        now = self.clock.now()
+        st = self._get(trader_id, account_id)
+        self._tick(st, now)
+        if not apply_equity(st, equity, now if observed_at is None else observed_at, self.reset_offset_s):
+            return Outcome(st, stale=True)
+        limits = self.limits_for(account_id)
+        reasons = ["equity_report"]
+        for breach in checks.loss_breaches(st, limits):
+            if st.active_pause_for(breach.code, now) is None and self._apply_breach(st, breach, now, "limit"):
+                reasons.append(f"breach {breach.code.name}")
+        firings = self._run_breakers(st, limits, now, st.positions.keys())
+        self._changed(st, now, "; ".join(reasons))
+        actions = checks.position_actions(st, limits)
+        for firing in firings:
+            actions.extend(firing.actions)
+        return Outcome(st, actions=actions, firings=firings)
+
+    def report_trade(self, trader_id: str, account_id: str, trade: ClosedTrade) -> Outcome:
+        now = self.clock.now()
+        st = self._get(trader_id, account_id)
+        self._tick(st, now)
+        if not remember_trade_id(st, trade.trade_id):
+            return Outcome(st, duplicate=True)
+        st.recent_trades.append(trade)
+        stats = st.symbol_stats.setdefault(trade.symbol, SymbolStats())
+        stats.trades += 1
+        stats.realized_pnl += trade.realized_pnl
+        if trade.realized_pnl < 0:
+            st.consecutive_losses += 1
+            stats.losses += 1
+        elif trade.realized_pnl > 0:
+            st.consecutive_losses = 0
+            stats.wins += 1
+        limits = self.limits_for(account_id)
+        reasons = [f"trade_report {trade.trade_id}"]
+        breach = checks.streak_breach(st, limits)
+        if (
+            breach is not None
+            and st.active_pause_for(breach.code, now) is None
+            and self._apply_breach(st, breach, now, "limit")
+        ):
+            reasons.append(f"breach {breach.code.name}")
+        firings = self._run_breakers(st, limits, now, [(trade.symbol, trade.exchange)])
+        self._changed(st, now, "; ".join(reasons))
+        actions = [a for f in firings for a in f.actions]
+        return Outcome(st, actions=actions, firings=firings)
+
+    def report_positions(self, trader_id: str, account_id: str, positions: list[Position]) -> Outcome:
+        now = self.clock.now()
+        st = self._get(trader_id, account_id)
+        self._tick(st, now)
+        st.positions = {(p.symbol, p.exchange): p for p in positions if p.quantity > 0.0}
+        for p in positions:
+            if p.volatility > 0.0:
+                st.volatility[p.symbol] = p.volatility
+        limits = self.limits_for(account_id)
+        firings = self._run_breakers(st, limits, now, [(p.symbol, p.exchange) for p in positions])
+        self._changed(st, now, "positions_report")
+        actions = checks.position_actions(st, limits)
+        for firing in firings:
+            actions.extend(firing.actions)
+        return Outcome(st, actions=actions, firings=firings)
+
+    def pause(
+        self, trader_id: str, account_id: str, state: TradingState, duration_s: float | None, reason: str
+    ) -> TraderState:
+        """Kill switch: HALTED or REDUCING for a duration, or until resumed (duration None)."""
+        now = self.clock.now()
+        st = self._get(trader_id, account_id)
+        self._tick(st, now)
+        text = f"KILL_SWITCH: {state.name} by operator" + (f": {reason}" if reason else "")
+        until = None if duration_s is None else now + duration_s
+        st.pauses = [p for p in st.pauses if p.source != "manual"]
+        st.pauses.append(Pause(state, until, DecisionCode.KILL_SWITCH, text, "manual", since=now))
+        log.warning("KILL SWITCH trader=%s account=%s state=%s until=%s reason=%s", trader_id, account_id,
+                    state.name, "resume" if until is None else f"{until:.0f}", reason)
+        self._changed(st, now, text)
+        return st
+
+    def resume(self, trader_id: str, account_id: str) -> TraderState:
+        """Lift every pause, manual or automatic. Loss limits are re-checked on the next equity report."""
+        now = self.clock.now()
+        st = self._get(trader_id, account_id)
+        self._tick(st, now)
+        had = bool(st.pauses)
+        st.pauses = []
+        log.warning("RESUME trader=%s account=%s (had pauses: %s)", trader_id, account_id, had)
+        self._changed(st, now, "resumed by operator")
+        return st
+
+    # ---- decisions ------------------------------------------------------------------------------
+
+    def can_trade(self, trader_id: str, account_id: str, order: OrderIntent | None) -> tuple[Decision, TraderState]:
+        now = self.clock.now()
+        st = self.traders.get(trader_id)
+        if st is not None and st.account_id != account_id:
+            raise AccountMismatchError(f"trader_id {trader_id!r} is bound to account_id {st.account_id!r}")
+        enforce = self.flags.enable_risk_enforcement
+        if st is None or not st.equity_reported:
+            st = st or TraderState(trader_id, account_id)
+            check = CheckResult("equity_reported", CheckStatus.FAIL, DecisionCode.NO_EQUITY_REPORTED,
+                                "no equity reported for this trader: no data, no trade")
+            return self._decide(st, now, [check], [], enforce), st
+        self._tick(st, now)
+        limits = self.limits_for(account_id)
+        results: list[CheckResult] = [
+            CheckResult("equity_reported", CheckStatus.PASS, DecisionCode.ALLOWED, f"equity={st.current_equity:.2f}",
+                        st.current_equity),
+            checks.state_check(st, order, now),
+        ]
+        reducing = order is not None and checks.is_reducing(st, order)
+        results.extend(checks.loss_checks(st, limits, now, reducing))
+        results.append(self._streak_check(st, limits, now, reducing))
+        actions = checks.position_actions(st, limits)
+        if order is not None:
+            results.extend(checks.order_checks(st, order, limits, now))
+        if self.breakers is not None:
+            firings = self._run_breakers(st, limits, now, [] if order is None else [(order.symbol, order.exchange)])
+            if firings:
+                self._changed(st, now, "breaker fired on can_trade")
+                for firing in firings:
+                    actions.extend(firing.actions)
+                results[1] = checks.state_check(st, order, now)
+        decision = self._decide(st, now, results, actions, enforce)
+        if order is not None and decision.allowed and limits.max_orders_per_window is not None:
+            st.order_times.append(now)
+        return decision, st
+
+    @staticmethod
+    def _streak_check(st: TraderState, limits: Limits, now: float, reducing: bool) -> CheckResult:
+        code = DecisionCode.CONSECUTIVE_LOSSES
+        threshold = limits.consecutive_loss_threshold
+        losses = float(st.consecutive_losses)
+        if threshold <= 0:
+            return CheckResult("consecutive_losses", CheckStatus.SKIPPED, code, "not configured", losses)
+        paused = st.active_pause_for(code, now) is not None
+        status = CheckStatus.FAIL if paused and not reducing else CheckStatus.PASS
+        detail = f"losses_in_a_row={st.consecutive_losses} threshold={threshold}"
+        return CheckResult("consecutive_losses", status, code, detail, losses, float(threshold))
+
+    @staticmethod
+    def _decide(
+        st: TraderState, now: float, results: list[CheckResult], actions: list[RequiredAction], enforce: bool
+    ) -> Decision:
+        failed = next((c for c in results if c.status is CheckStatus.FAIL), None)
+        pause = st.effective_pause(now)
+        state = TradingState.ACTIVE if pause is None else pause.state
+        until = None if pause is None else pause.until
+        if failed is None:
+            return Decision(True, DecisionCode.ALLOWED, "all checks passed", state, until, tuple(results),
+                            tuple(actions))
+        reason = failed.detail if failed.detail.startswith(failed.code.name) else f"{failed.code.name}: {failed.detail}"
+        if enforce:
+            return Decision(False, failed.code, reason, state, until, tuple(results), tuple(actions))
+        return Decision(True, failed.code, f"SHADOW (not enforced), would deny: {reason}", state, until,
+                        tuple(results), tuple(actions), would_deny=True)

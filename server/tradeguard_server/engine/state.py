@@ -1,0 +1,191 @@
+"""Per-trader risk state and the pure functions that move it.
+
+Pauses are kept as a small list so that overlapping pauses (a 5-minute kill switch over a 30-minute
+loss-limit pause) each end at their own time; the effective state is the most severe active pause.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+from . import periods
+from .types import ClosedTrade, DecisionCode, Position, SymbolStats, TradingState
+
+SEVERITY = {TradingState.ACTIVE: 0, TradingState.REDUCING: 1, TradingState.HALTED: 2}
+INF = float("inf")
+SEEN_TRADE_IDS_KEPT = 10_000
+RECENT_TRADES_KEPT = 500
+
+
+@dataclass(slots=True)
+class Pause:
+    """One reason the trader may not trade freely."""
+
+    state: TradingState
+    until: float | None  # None = until resumed
+    code: DecisionCode
+    reason: str
+    source: str  # "limit", "manual" or "breaker:<id>"
+    since: float = 0.0
+
+    def active(self, now: float) -> bool:
+        return self.until is None or now < self.until
+
+    def rank(self) -> tuple[int, float]:
+        return SEVERITY[self.state], INF if self.until is None else self.until
+
+
+@dataclass(slots=True)
+class TraderState:
+    """Everything the engine knows about one trader. Mutated only by the engine."""
+
+    trader_id: str
+    account_id: str
+    equity_reported: bool = False
+    current_equity: float = 0.0
+    peak_equity: float = 0.0
+    day_start_equity: float = 0.0
+    week_start_equity: float = 0.0
+    month_start_equity: float = 0.0
+    day_start: float = 0.0
+    week_start: float = 0.0
+    month_start: float = 0.0
+    next_boundary: float = INF
+    last_equity_at: float | None = None
+    pauses: list[Pause] = field(default_factory=list)
+    consecutive_losses: int = 0
+    positions: dict[tuple[str, str], Position] = field(default_factory=dict)
+    volatility: dict[str, float] = field(default_factory=dict)
+    order_times: deque[float] = field(default_factory=deque)
+    recent_trades: deque[ClosedTrade] = field(default_factory=lambda: deque(maxlen=RECENT_TRADES_KEPT))
+    seen_trade_ids: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    symbol_stats: dict[str, SymbolStats] = field(default_factory=dict)
+    updated_at: float = 0.0
+    version: int = 0
+
+    # ---- derived values -------------------------------------------------------------------------
+
+    @property
+    def drawdown_pct(self) -> float:
+        return pct_loss(self.peak_equity, self.current_equity)
+
+    @property
+    def daily_pnl(self) -> float:
+        return self.current_equity - self.day_start_equity
+
+    @property
+    def weekly_pnl(self) -> float:
+        return self.current_equity - self.week_start_equity
+
+    @property
+    def monthly_pnl(self) -> float:
+        return self.current_equity - self.month_start_equity
+
+    @property
+    def daily_loss_pct(self) -> float:
+        return pct_loss(self.day_start_equity, self.current_equity)
+
+    @property
+    def weekly_loss_pct(self) -> float:
+        return pct_loss(self.week_start_equity, self.current_equity)
+
+    @property
+    def monthly_loss_pct(self) -> float:
+        return pct_loss(self.month_start_equity, self.current_equity)
+
+    def effective_pause(self, now: float) -> Pause | None:
+        best: Pause | None = None
+        for pause in self.pauses:
+            if pause.active(now) and (best is None or pause.rank() > best.rank()):
+                best = pause
+        return best
+
+    def trading_state(self, now: float) -> TradingState:
+        pause = self.effective_pause(now)
+        return TradingState.ACTIVE if pause is None else pause.state
+
+    def active_pause_for(self, code: DecisionCode, now: float) -> Pause | None:
+        for pause in self.pauses:
+            if pause.code is code and pause.active(now):
+                return pause
+        return None
+
+    def signed_exposure(self, symbol: str) -> float:
+        """Net signed notional in a symbol across exchanges (long > 0)."""
+        return sum(p.signed_notional for (sym, _ex), p in self.positions.items() if sym == symbol)
+
+
+def pct_loss(reference: float, equity: float) -> float:
+    """Loss of `equity` against `reference` in percent, never negative."""
+    if reference <= 0.0:
+        return 0.0
+    return max(0.0, (reference - equity) / reference * 100.0)
+
+
+def roll_periods(st: TraderState, now: float, reset_offset_s: float) -> bool:
+    """Start new day / week / month periods at their boundaries. Returns True when one rolled."""
+    if now < st.next_boundary:
+        return False
+    day = periods.day_start(now, reset_offset_s)
+    week = periods.week_start(now, reset_offset_s)
+    month = periods.month_start(now, reset_offset_s)
+    if day != st.day_start:
+        st.day_start, st.day_start_equity = day, st.current_equity
+    if week != st.week_start:
+        st.week_start, st.week_start_equity = week, st.current_equity
+    if month != st.month_start:
+        st.month_start, st.month_start_equity = month, st.current_equity
+    st.next_boundary = min(day + periods.DAY, periods.next_month_start(now, reset_offset_s))
+    return True
+
+
+def apply_equity(st: TraderState, equity: float, at: float, reset_offset_s: float) -> bool:
+    """Apply an equity level observed at `at`. Returns False when the report is stale (ignored)."""
+    if st.last_equity_at is not None and at < st.last_equity_at:
+        return False
+    if not st.equity_reported:
+        st.current_equity = st.peak_equity = equity
+        st.day_start_equity = st.week_start_equity = st.month_start_equity = equity
+        st.equity_reported = True
+        st.next_boundary = -INF
+        roll_periods(st, at, reset_offset_s)
+    else:
+        roll_periods(st, at, reset_offset_s)
+        st.current_equity = equity
+        st.peak_equity = max(st.peak_equity, equity)
+    st.last_equity_at = at
+    return True
+
+
+def add_pause(st: TraderState, pause: Pause) -> bool:
+    """Add a pause unless an active one of the same code already covers it. Returns True if added."""
+    for existing in st.pauses:
+        if existing.code is pause.code and existing.source == pause.source and existing.active(pause.since):
+            if existing.rank() >= pause.rank():
+                return False
+            st.pauses.remove(existing)
+            break
+    st.pauses.append(pause)
+    return True
+
+
+def expire_pauses(st: TraderState, now: float) -> bool:
+    """Drop pauses that ended. Returns True when any did."""
+    if not st.pauses:
+        return False
+    kept = [p for p in st.pauses if p.active(now)]
+    if len(kept) == len(st.pauses):
+        return False
+    st.pauses = kept
+    return True
+
+
+def remember_trade_id(st: TraderState, trade_id: str) -> bool:
+    """Record a trade id. Returns False when it was already seen (a retried report)."""
+    if trade_id in st.seen_trade_ids:
+        return False
+    st.seen_trade_ids[trade_id] = None
+    if len(st.seen_trade_ids) > SEEN_TRADE_IDS_KEPT:
+        st.seen_trade_ids.popitem(last=False)
+    return True

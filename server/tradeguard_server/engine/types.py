@@ -1,0 +1,182 @@
+"""Value types of the engine. Enum values equal the proto enum numbers, so the API maps them 1:1."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+
+class TradingState(IntEnum):
+    ACTIVE = 1
+    REDUCING = 2
+    HALTED = 3
+
+
+class Side(IntEnum):
+    BUY = 1
+    SELL = 2
+
+
+class CheckStatus(IntEnum):
+    PASS = 1
+    FAIL = 2
+    SKIPPED = 3
+
+
+class ActionType(IntEnum):
+    CLOSE_POSITION = 1
+    PAUSE_TRADING = 2
+    REDUCE_ONLY = 3
+    ALERT = 4
+
+
+class DecisionCode(IntEnum):
+    UNSPECIFIED = 0
+    ALLOWED = 1
+    NO_EQUITY_REPORTED = 2
+    KILL_SWITCH = 3
+    DAILY_LOSS_LIMIT = 4
+    WEEKLY_LOSS_LIMIT = 5
+    MONTHLY_LOSS_LIMIT = 6
+    MAX_DRAWDOWN = 7
+    CONSECUTIVE_LOSSES = 8
+    POSITION_SIZE_LIMIT = 9
+    LEVERAGE_LIMIT = 10
+    RISK_PER_TRADE_LIMIT = 11
+    CORRELATED_EXPOSURE_LIMIT = 12
+    ORDER_NOTIONAL_LIMIT = 13
+    ORDER_RATE_LIMIT = 14
+    VOLATILITY_REGIME = 15
+    CIRCUIT_BREAKER = 16
+    SIDECAR_UNAVAILABLE = 17
+
+
+@dataclass(frozen=True, slots=True)
+class OrderIntent:
+    """The order a bot is about to place (already validated)."""
+
+    symbol: str
+    side: Side
+    quantity: float
+    price: float
+    exchange: str = ""
+    leverage: float = 0.0
+    reduce_only: bool = False
+    stop_price: float = 0.0
+    volatility: float = 0.0
+
+    @property
+    def notional(self) -> float:
+        return self.quantity * self.price
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """One open position (SIDE_BUY = long)."""
+
+    symbol: str
+    side: Side
+    quantity: float
+    entry_price: float
+    mark_price: float
+    exchange: str = ""
+    leverage: float = 0.0
+    volatility: float = 0.0
+
+    @property
+    def notional(self) -> float:
+        return self.quantity * self.mark_price
+
+    @property
+    def signed_notional(self) -> float:
+        return self.notional if self.side is Side.BUY else -self.notional
+
+    @property
+    def loss_pct(self) -> float:
+        """Unrealized loss as percent of entry notional (0 when in profit)."""
+        if self.entry_price <= 0:
+            return 0.0
+        move = (self.mark_price - self.entry_price) / self.entry_price
+        pnl = move if self.side is Side.BUY else -move
+        return max(0.0, -pnl * 100.0)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """One rule evaluated for a decision."""
+
+    name: str
+    status: CheckStatus
+    code: DecisionCode
+    detail: str = ""
+    value: float = 0.0
+    limit: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RequiredAction:
+    """Something the bot must do now."""
+
+    type: ActionType
+    symbol: str = ""
+    exchange: str = ""
+    reason: str = ""
+    breaker_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The answer to CanTrade."""
+
+    allowed: bool
+    code: DecisionCode
+    reason: str
+    trading_state: TradingState
+    paused_until: float | None
+    checks: tuple[CheckResult, ...] = ()
+    actions: tuple[RequiredAction, ...] = ()
+    would_deny: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Flags:
+    """Run-time feature flags."""
+
+    enable_risk_enforcement: bool = True
+    enable_persistence: bool = True
+
+
+@dataclass(slots=True)
+class ClosedTrade:
+    """A closed trade as the engine remembers it (for streaks and breaker windows)."""
+
+    trade_id: str
+    symbol: str
+    exchange: str
+    side: Side
+    realized_pnl: float
+    closed_at: float
+
+
+@dataclass(slots=True)
+class SymbolStats:
+    """Per-symbol statistics from trade reports."""
+
+    trades: int = 0
+    wins: int = 0
+    losses: int = 0
+    realized_pnl: float = 0.0
+
+
+@dataclass(slots=True)
+class Breach:
+    """A limit breach found when evaluating a trader's state."""
+
+    code: DecisionCode
+    rule: str
+    value: float
+    limit: float
+    reason: str
+    state: TradingState
+    duration_s: float | None
+    extra: dict[str, float] = field(default_factory=dict)

@@ -1,0 +1,139 @@
+"""Entry point: `tradeguard serve | migrate | health`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import MISSING
+from typing import Any, get_type_hints
+
+from .settings import Settings, SettingsError, load_settings, settings_fields
+
+log = logging.getLogger("tradeguard")
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    hints = get_type_hints(Settings)
+    for f in settings_fields():
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not MISSING else None
+        env = f"TRADEGUARD_{f.name.upper()}"
+        if hints[f.name] is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"(env {env}, default {default})")
+        else:
+            parser.add_argument(flag, dest=f.name, default=None, metavar=hints[f.name].__name__.upper(),
+                                help=f"(env {env}, default {default!r})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tradeguard", description="gRPC risk-check sidecar for trading bots")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the sidecar")
+    _add_setting_flags(serve)
+    migrate = sub.add_parser("migrate", help="upgrade the database schema to the latest revision")
+    _add_setting_flags(migrate)
+    check = sub.add_parser("health", help="ask a running sidecar's gRPC health service (exit 0 when SERVING)")
+    check.add_argument("--address", default=os.environ.get("TRADEGUARD_HEALTH_ADDRESS", "127.0.0.1:50051"))
+    check.add_argument("--service", default="", help="service name; empty = overall")
+    check.add_argument("--timeout", type=float, default=3.0)
+    check.add_argument("--tls-ca", default=os.environ.get("TRADEGUARD_HEALTH_TLS_CA", ""))
+    check.add_argument("--tls-cert", default=os.environ.get("TRADEGUARD_HEALTH_TLS_CERT", ""))
+    check.add_argument("--tls-key", default=os.environ.get("TRADEGUARD_HEALTH_TLS_KEY", ""))
+    check.add_argument("--tls-server-name", default="")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {f.name: getattr(args, f.name, None) for f in settings_fields()}
+    return load_settings(os.environ, overrides)
+
+
+def _serve(settings: Settings) -> int:
+    from .observability.logs import setup_logging
+    from .sidecar import Sidecar
+
+    setup_logging(settings.log_level, settings.log_json)
+    log.info("starting with settings %s", settings.redacted())
+    try:
+        sidecar = Sidecar(settings)
+    except SettingsError as exc:
+        log.error("%s", exc)
+        return 2
+    runner = asyncio.run
+    if settings.uvloop:
+        try:
+            import uvloop
+
+            runner = uvloop.run
+        except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+            pass
+    try:
+        runner(sidecar.run_until_signalled())
+    except KeyboardInterrupt:  # pragma: no cover - the signal handler normally catches it
+        pass
+    return 0
+
+
+def _migrate(settings: Settings) -> int:
+    from .observability.logs import setup_logging
+    from .store.migrate import migrate
+    from .store.url import redact
+
+    setup_logging(settings.log_level, settings.log_json)
+    revision = migrate(settings.database_url)
+    log.info("database %s is at revision %s", redact(settings.database_url), revision)
+    return 0
+
+
+def _health(args: argparse.Namespace) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    if args.tls_ca:
+        with open(args.tls_ca, "rb") as fh:
+            ca = fh.read()
+        key = cert = None
+        if args.tls_cert:
+            with open(args.tls_cert, "rb") as fh:
+                cert = fh.read()
+            with open(args.tls_key, "rb") as fh:
+                key = fh.read()
+        creds = grpc.ssl_channel_credentials(ca, key, cert)
+        options = [("grpc.ssl_target_name_override", args.tls_server_name)] if args.tls_server_name else []
+        channel = grpc.secure_channel(args.address, creds, options=options)
+    else:
+        channel = grpc.insecure_channel(args.address)
+    with channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
+            )
+        except grpc.RpcError as exc:
+            print(f"UNHEALTHY {exc.code().name}: {exc.details()}")
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(status)
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "health":
+        return _health(args)
+    try:
+        settings = _settings(args)
+    except SettingsError as exc:
+        print(f"tradeguard: invalid setting: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "migrate":
+        return _migrate(settings)
+    return _serve(settings)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""Typed, frozen settings: the only code that reads the environment.
+
+Every field comes from `TRADEGUARD_<NAME>` (upper case) or a CLI flag `--<name-with-dashes>`; the flag
+wins. The seed's `DB_HOST`, `DB_PORT`, `DB_USER`, `DB_PASSWORD`, `DB_NAME`, `DB_SSLMODE` build a
+PostgreSQL URL when `TRADEGUARD_DATABASE_URL` is not set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, get_type_hints
+
+from .engine.limits import Limits
+from .engine.types import TradingState
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every knob of the sidecar, with its default."""
+
+    listen: str = "127.0.0.1:50051"
+    database_url: str = "sqlite:///tradeguard.db"
+    migrate_on_start: bool = True
+    enable_risk_enforcement: bool = True
+    enable_persistence: bool = True
+    queue_size: int = 64
+    drain_timeout_s: float = 10.0
+    shutdown_grace_s: float = 5.0
+    daily_max_drawdown_percentage: float = 5.0
+    weekly_max_drawdown_percentage: float = 0.0
+    monthly_max_drawdown_percentage: float = 0.0
+    max_drawdown_percentage: float = 20.0
+    stop_trading_minutes: int = 30
+    breach_state: str = "REDUCING"
+    period_reset_utc: str = "00:00"
+    admin_token: str = ""
+    admin_token_file: str = ""
+    trader_token: str = ""
+    insecure: bool = False
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    metrics_listen: str = "127.0.0.1:9464"
+    log_level: str = "INFO"
+    log_json: bool = False
+    max_message_bytes: int = 1 << 20
+    max_concurrent_streams: int = 1000
+    watch_buffer: int = 64
+    ready_file: str = ""
+    uvloop: bool = True
+
+    # ---- derived --------------------------------------------------------------------------------
+
+    @property
+    def period_reset_offset_s(self) -> float:
+        hours, minutes = self.period_reset_utc.split(":")
+        return int(hours) * 3600.0 + int(minutes) * 60.0
+
+    def default_limits(self) -> Limits:
+        def pct(value: float) -> float | None:
+            return value if value > 0 else None
+
+        return Limits(
+            daily_max_drawdown_percentage=pct(self.daily_max_drawdown_percentage),
+            weekly_max_drawdown_percentage=pct(self.weekly_max_drawdown_percentage),
+            monthly_max_drawdown_percentage=pct(self.monthly_max_drawdown_percentage),
+            max_drawdown_percentage=pct(self.max_drawdown_percentage),
+            stop_trading_minutes=self.stop_trading_minutes,
+            breach_state=TradingState[self.breach_state],
+        )
+
+    def admin_token_value(self) -> str:
+        if self.admin_token:
+            return self.admin_token
+        if self.admin_token_file:
+            with open(self.admin_token_file, encoding="utf-8") as fh:
+                return fh.read().strip()
+        return ""
+
+    def redacted(self) -> dict[str, Any]:
+        """Settings for the start-up log line, with secrets hidden."""
+        from .store.url import redact
+
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("admin_token", "trader_token") and value:
+                value = "***"
+            elif f.name == "database_url":
+                value = redact(value)
+            out[f.name] = value
+        return out
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _coerce(name: str, kind: Any, raw: str | bool | int | float) -> Any:
+    if isinstance(raw, bool) or kind is str:
+        return raw
+    text = str(raw).strip()
+    try:
+        if kind is bool:
+            lowered = text.lower()
+            if lowered in _TRUE:
+                return True
+            if lowered in _FALSE:
+                return False
+            raise ValueError(text)
+        value = kind(text)
+    except ValueError:
+        raise SettingsError(f"{name}: expected {kind.__name__}, got {text!r}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SettingsError(f"{name}: must be finite, got {text!r}")
+    return value
+
+
+def _db_url_from_parts(env: Mapping[str, str]) -> str | None:
+    if not env.get("DB_HOST"):
+        return None
+    from .store.url import url_from_parts
+
+    return url_from_parts(env)
+
+
+def load_settings(env: Mapping[str, str], overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Build Settings from the environment and CLI overrides (None values are ignored)."""
+    hints = get_type_hints(Settings)
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        key = f"TRADEGUARD_{f.name.upper()}"
+        if key in env:
+            values[f.name] = _coerce(key, hints[f.name], env[key])
+    if "database_url" not in values:
+        parts_url = _db_url_from_parts(env)
+        if parts_url:
+            values["database_url"] = parts_url
+    for name, raw in (overrides or {}).items():
+        if raw is not None:
+            values[name] = _coerce(f"--{name.replace('_', '-')}", hints[name], raw)
+    settings = Settings(**values)
+    validate(settings)
+    return settings
+
+
+def validate(s: Settings) -> None:
+    if s.breach_state not in ("REDUCING", "HALTED"):
+        raise SettingsError("breach_state: must be REDUCING or HALTED")
+    try:
+        hours, minutes = s.period_reset_utc.split(":")
+        if not (0 <= int(hours) < 24 and 0 <= int(minutes) < 60):
+            raise ValueError
+    except ValueError:
+        raise SettingsError(f"period_reset_utc: expected HH:MM, got {s.period_reset_utc!r}") from None
+    for name in ("daily_max_drawdown_percentage", "weekly_max_drawdown_percentage",
+                 "monthly_max_drawdown_percentage", "max_drawdown_percentage"):
+        if not 0 <= getattr(s, name) <= 100:
+            raise SettingsError(f"{name}: must be in [0, 100] (0 = off)")
+    if s.stop_trading_minutes < 0:
+        raise SettingsError("stop_trading_minutes: must be >= 0")
+    if s.queue_size < 1:
+        raise SettingsError("queue_size: must be >= 1")
+    if s.max_message_bytes < 1024:
+        raise SettingsError("max_message_bytes: must be >= 1024")
+    if bool(s.tls_cert) != bool(s.tls_key):
+        raise SettingsError("tls_cert and tls_key: give both or neither")
+    if s.tls_client_ca and not s.tls_cert:
+        raise SettingsError("tls_client_ca: needs tls_cert and tls_key")
+
+
+def settings_fields() -> list[dataclasses.Field[Any]]:
+    return list(fields(Settings))

@@ -1,0 +1,138 @@
+"""The composition root: the only place that wires settings, engine, store, servers, health and signals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from .api.admin_service import SERVICE as ADMIN_SERVICE
+from .api.admin_service import AdminService
+from .api.dispatch import bearer_guard
+from .api.risk_service import SERVICE as RISK_SERVICE
+from .api.risk_service import RiskService
+from .api.watch import WatchHub
+from .engine.clock import Clock, SystemClock
+from .engine.engine import RiskEngine
+from .engine.types import Flags
+from .settings import Settings, SettingsError
+
+log = logging.getLogger("tradeguard")
+
+STORE_HEALTH = "tradeguard.store"
+
+
+def is_loopback(listen: str) -> bool:
+    if listen.startswith("unix:"):
+        return True
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def server_credentials(s: Settings) -> grpc.ServerCredentials | None:
+    if not s.tls_cert:
+        return None
+    key = Path(s.tls_key).read_bytes()
+    cert = Path(s.tls_cert).read_bytes()
+    if s.tls_client_ca:
+        ca = Path(s.tls_client_ca).read_bytes()
+        return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
+    return grpc.ssl_server_credentials([(key, cert)])
+
+
+class Sidecar:
+    """A running TradeGuard: gRPC server + engine (+ store). `start`, then `stop`."""
+
+    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+        self.settings = settings
+        admin_token = settings.admin_token_value()
+        if not is_loopback(settings.listen) and not admin_token and not settings.insecure:
+            raise SettingsError(
+                f"refusing to listen on {settings.listen} (beyond loopback) without an admin token: "
+                "set TRADEGUARD_ADMIN_TOKEN (or --admin-token-file), or pass --insecure"
+            )
+        self.engine = RiskEngine(
+            clock or SystemClock(),
+            defaults=settings.default_limits(),
+            flags=Flags(settings.enable_risk_enforcement, settings.enable_persistence),
+            reset_offset_s=settings.period_reset_offset_s,
+        )
+        self.hub = WatchHub(buffer=settings.watch_buffer, max_watchers=settings.max_concurrent_streams)
+        self.risk = RiskService(self.engine, self.hub)
+        self.admin = AdminService(self.engine, self.risk)
+        self.health = health.aio.HealthServicer()
+        self.server: grpc.aio.Server | None = None
+        self.address = ""
+        self._admin_guard = bearer_guard(admin_token)
+        self._trader_guard = bearer_guard(settings.trader_token)
+
+    async def start(self) -> str:
+        s = self.settings
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", s.max_message_bytes),
+                ("grpc.max_send_message_length", s.max_message_bytes),
+                ("grpc.max_concurrent_streams", s.max_concurrent_streams),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        server.add_generic_rpc_handlers((self.risk.handler(self._trader_guard), self.admin.handler(self._admin_guard)))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (RISK_SERVICE, ADMIN_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        creds = server_credentials(s)
+        port = server.add_secure_port(s.listen, creds) if creds else server.add_insecure_port(s.listen)
+        if s.listen.startswith("unix:"):
+            self.address = s.listen
+        else:
+            host = s.listen.rsplit(":", 1)[0]
+            self.address = f"{host}:{port}"
+        await server.start()
+        self.server = server
+        for name in ("", RISK_SERVICE, ADMIN_SERVICE):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("TradeGuard listening on %s (tls=%s, admin token=%s, enforcement=%s)", self.address,
+                 bool(creds), "set" if self._admin_guard else "none", self.engine.flags.enable_risk_enforcement)
+        if s.ready_file:
+            tmp = f"{s.ready_file}.tmp"
+            Path(tmp).write_text(self.address)
+            os.replace(tmp, s.ready_file)
+        return self.address
+
+    async def stop(self) -> None:
+        """Health NOT_SERVING, streams ended, in-flight calls finished, then the store drained."""
+        log.info("shutting down: health NOT_SERVING, finishing in-flight calls")
+        await self.health.enter_graceful_shutdown()
+        self.hub.close()
+        if self.server is not None:
+            await self.server.stop(self.settings.shutdown_grace_s)
+        log.info("stopped")
+
+    async def run_until_signalled(self) -> None:
+        import signal
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(Exception):
+                    loop.remove_signal_handler(sig)
+            await self.stop()
