@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -72,10 +73,8 @@ def _serve(settings: Settings) -> int:
             runner = uvloop.run
         except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
             pass
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # the signal handler normally catches it first
         runner(sidecar.run_until_signalled())
-    except KeyboardInterrupt:  # pragma: no cover - the signal handler normally catches it
-        pass
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, get_type_hints
@@ -86,17 +87,23 @@ class Settings:
 
     def redacted(self) -> dict[str, Any]:
         """Settings for the start-up log line, with secrets hidden."""
-        from .store.url import redact
-
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name in ("admin_token", "trader_token") and value:
                 value = "***"
             elif f.name == "database_url":
-                value = redact(value)
+                value = redact_url(value)
             out[f.name] = value
         return out
+
+
+_URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
+
+
+def redact_url(url: str) -> str:
+    """Hide the password of a database URL: postgresql://u:***@host/db."""
+    return _URL_PASSWORD.sub(r"\1***@", url)
 
 
 _TRUE = {"1", "true", "yes", "on"}

@@ -52,6 +52,13 @@ def server_credentials(s: Settings) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials([(key, cert)])
 
 
+def write_ready_file(path: str, address: str) -> None:
+    """Atomically write the bound address (tests and supervisors wait for this file)."""
+    tmp = f"{path}.tmp"
+    Path(tmp).write_text(address)
+    os.replace(tmp, path)
+
+
 class Sidecar:
     """A running TradeGuard: gRPC server + engine (+ store). `start`, then `stop`."""
 
@@ -72,7 +79,7 @@ class Sidecar:
         self.hub = WatchHub(buffer=settings.watch_buffer, max_watchers=settings.max_concurrent_streams)
         self.risk = RiskService(self.engine, self.hub)
         self.admin = AdminService(self.engine, self.risk)
-        self.health = health.aio.HealthServicer()
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.server: grpc.aio.Server | None = None
         self.address = ""
         self._admin_guard = bearer_guard(admin_token)
@@ -107,9 +114,7 @@ class Sidecar:
         log.info("TradeGuard listening on %s (tls=%s, admin token=%s, enforcement=%s)", self.address,
                  bool(creds), "set" if self._admin_guard else "none", self.engine.flags.enable_risk_enforcement)
         if s.ready_file:
-            tmp = f"{s.ready_file}.tmp"
-            Path(tmp).write_text(self.address)
-            os.replace(tmp, s.ready_file)
+            write_ready_file(s.ready_file, self.address)
         return self.address
 
     async def stop(self) -> None:

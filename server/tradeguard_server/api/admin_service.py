@@ -8,7 +8,6 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import Message
-
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import types_pb2 as t
 
@@ -44,7 +43,7 @@ class AdminService:
     def extend(self, handlers: dict[str, tuple[type[Message], Callable[[Any, Ctx], Awaitable[Message]]]]) -> None:
         self.extra.update(handlers)
 
-    def handler(self, guard: Guard | None = None) -> grpc.GenericRpcHandler:
+    def handler(self, guard: Guard | None = None) -> grpc.GenericRpcHandler[Any, Any]:
         methods: dict[str, tuple[type[Message], Callable[[Any, Ctx], Awaitable[Message]]]] = {
             "GetFeatureFlags": (ad.GetFeatureFlagsRequest, self.get_feature_flags),
             "SetFeatureFlags": (ad.SetFeatureFlagsRequest, self.set_feature_flags),
@@ -69,7 +68,9 @@ class AdminService:
 
     def flags_msg(self) -> t.FeatureFlags:
         f = self.engine.flags
-        return t.FeatureFlags(enable_risk_enforcement=f.enable_risk_enforcement, enable_persistence=f.enable_persistence)
+        return t.FeatureFlags(
+            enable_risk_enforcement=f.enable_risk_enforcement, enable_persistence=f.enable_persistence
+        )
 
     async def get_feature_flags(self, _req: ad.GetFeatureFlagsRequest, _ctx: Ctx) -> ad.GetFeatureFlagsResponse:
         return ad.GetFeatureFlagsResponse(flags=self.flags_msg())

@@ -3,18 +3,35 @@
 from __future__ import annotations
 
 from google.protobuf.timestamp_pb2 import Timestamp
-
 from tradeguard.v1 import risk_service_pb2 as rs
 from tradeguard.v1 import types_pb2 as t
 
 from ..engine.engine import Firing
 from ..engine.state import TraderState
-from ..engine.types import CheckResult, Decision, OrderIntent, Position, RequiredAction, Side
+from ..engine.types import (
+    ActionType,
+    CheckResult,
+    CheckStatus,
+    Decision,
+    DecisionCode,
+    OrderIntent,
+    Position,
+    RequiredAction,
+    Side,
+    TradingState,
+)
+
+# Engine enums -> protobuf enum values (same numbers; typed for mypy-protobuf).
+CODE = {c: t.DecisionCode.ValueType(c.value) for c in DecisionCode}
+STATE = {s: t.TradingState.ValueType(s.value) for s in TradingState}
+STATUS = {s: t.CheckStatus.ValueType(s.value) for s in CheckStatus}
+ACTION = {a: t.ActionType.ValueType(a.value) for a in ActionType}
+SIDE = {s: t.Side.ValueType(s.value) for s in Side}
 
 
 def ts(seconds: float) -> Timestamp:
     whole = int(seconds // 1)
-    return Timestamp(seconds=whole, nanos=int(round((seconds - whole) * 1e9)) % 1_000_000_000)
+    return Timestamp(seconds=whole, nanos=round((seconds - whole) * 1e9) % 1_000_000_000)
 
 
 def to_seconds(value: Timestamp) -> float:
@@ -23,7 +40,7 @@ def to_seconds(value: Timestamp) -> float:
 
 def position_msg(p: Position) -> t.Position:
     return t.Position(
-        symbol=p.symbol, exchange=p.exchange, side=int(p.side), quantity=p.quantity, entry_price=p.entry_price,
+        symbol=p.symbol, exchange=p.exchange, side=SIDE[p.side], quantity=p.quantity, entry_price=p.entry_price,
         mark_price=p.mark_price, leverage=p.leverage, volatility=p.volatility,
     )
 
@@ -52,9 +69,9 @@ def state_msg(st: TraderState, now: float, config_id: str = "") -> t.RiskState:
     if pause is None:
         msg.trading_state = t.TRADING_STATE_ACTIVE
     else:
-        msg.trading_state = int(pause.state)
+        msg.trading_state = STATE[pause.state]
         msg.pause_reason = pause.reason
-        msg.pause_code = int(pause.code)
+        msg.pause_code = CODE[pause.code]
         if pause.until is not None:
             msg.paused_until.CopyFrom(ts(pause.until))
     if st.last_equity_at is not None:
@@ -72,22 +89,22 @@ def _pct(pnl: float, reference: float) -> float:
 
 def check_msg(c: CheckResult) -> t.CheckResult:
     return t.CheckResult(
-        name=c.name, status=int(c.status), code=int(c.code), detail=c.detail, value=c.value, limit=c.limit
+        name=c.name, status=STATUS[c.status], code=CODE[c.code], detail=c.detail, value=c.value, limit=c.limit
     )
 
 
 def action_msg(a: RequiredAction) -> t.RequiredAction:
     return t.RequiredAction(
-        type=int(a.type), symbol=a.symbol, exchange=a.exchange, reason=a.reason, breaker_id=a.breaker_id
+        type=ACTION[a.type], symbol=a.symbol, exchange=a.exchange, reason=a.reason, breaker_id=a.breaker_id
     )
 
 
 def decision_msg(d: Decision, st: TraderState, now: float, config_id: str = "") -> rs.CanTradeResponse:
     msg = rs.CanTradeResponse(
         allowed=d.allowed,
-        code=int(d.code),
+        code=CODE[d.code],
         reason=d.reason,
-        trading_state=int(d.trading_state),
+        trading_state=STATE[d.trading_state],
         checks=[check_msg(c) for c in d.checks],
         actions=[action_msg(a) for a in d.actions],
         state=state_msg(st, now, config_id),
@@ -104,7 +121,7 @@ def firing_msg(f: Firing, st: TraderState, event_id: str = "") -> t.CircuitBreak
     triggered = Struct()
     triggered.update(f.triggered_values)
     result = Struct()
-    result.update(f.action_result)
+    result.update(f.action_result)  # type: ignore[arg-type]  # JSON-like values
     return t.CircuitBreakerEvent(
         id=event_id,
         breaker_id=f.breaker_id,

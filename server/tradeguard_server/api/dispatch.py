@@ -81,7 +81,7 @@ def server_stream(
     return grpc.unary_stream_rpc_method_handler(handle, request_deserializer=None, response_serializer=_serialize)
 
 
-def service(name: str, handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]]) -> grpc.GenericRpcHandler:
+def service(name: str, handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]]) -> grpc.GenericRpcHandler[Any, Any]:
     return grpc.method_handlers_generic_handler(name, dict(handlers))
 
 

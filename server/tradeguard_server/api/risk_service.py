@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
-
 from tradeguard.v1 import risk_service_pb2 as rs
 from tradeguard.v1 import types_pb2 as t
 
@@ -63,7 +62,7 @@ class RiskService:
         self.engine = engine
         self.hub = hub
 
-    def handler(self, guard: Guard | None = None) -> grpc.GenericRpcHandler:
+    def handler(self, guard: Guard | None = None) -> grpc.GenericRpcHandler[Any, Any]:
         return service(
             SERVICE,
             {
@@ -185,7 +184,9 @@ class RiskService:
             raise account_error(exc) from None
         return rs.GetRiskStateResponse(state=self.state_msg(st))
 
-    async def watch_risk_state(self, req: rs.WatchRiskStateRequest, ctx: Ctx) -> AsyncIterator[rs.WatchRiskStateResponse]:
+    async def watch_risk_state(
+        self, req: rs.WatchRiskStateRequest, _ctx: Ctx
+    ) -> AsyncIterator[rs.WatchRiskStateResponse]:
         v = Violations()
         check_ids(v, req.trader_id, req.account_id)
         v.raise_if_any()

@@ -1,0 +1,1 @@
+"""gRPC servicers, validation and conversion between protobuf and the engine."""

@@ -1,0 +1,98 @@
+"""Start real sidecars for tests: in process (port 0) or as a `tradeguard serve` subprocess."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tradeguard_server.engine.clock import Clock
+from tradeguard_server.settings import load_settings
+from tradeguard_server.sidecar import Sidecar
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+@contextlib.asynccontextmanager
+async def running_sidecar(clock: Clock | None = None, **overrides: Any) -> AsyncIterator[Sidecar]:
+    """An in-process sidecar on 127.0.0.1:0, memory only unless a database_url is given."""
+    overrides.setdefault("listen", "127.0.0.1:0")
+    overrides.setdefault("enable_persistence", False)
+    overrides.setdefault("uvloop", False)
+    sidecar = Sidecar(load_settings({}, overrides), clock=clock)
+    await sidecar.start()
+    try:
+        yield sidecar
+    finally:
+        await sidecar.stop()
+
+
+@dataclass
+class SidecarProcess:
+    """A `tradeguard serve` subprocess."""
+
+    proc: subprocess.Popen[bytes]
+    address: str
+    log_path: Path
+    args: list[str] = field(default_factory=list)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def terminate(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=timeout)
+
+
+def spawn_sidecar(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
+                  timeout: float = 30.0, name: str = "sidecar") -> SidecarProcess:
+    """Run `tradeguard serve --listen 127.0.0.1:0 ...` and wait until its ready file names the address."""
+    ready = tmp_path / f"{name}.ready"
+    with contextlib.suppress(FileNotFoundError):
+        ready.unlink()
+    log_path = tmp_path / f"{name}.log"
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("TRADEGUARD_", "DB_"))}
+    full_env.update(env or {})
+    cmd = [str(BIN / "tradeguard"), "serve", "--ready-file", str(ready), *args]
+    if not any(a == "--listen" or a.startswith("--listen=") for a in args):
+        cmd += ["--listen", "127.0.0.1:0"]
+    if not any(a.startswith("--database-url") or a.startswith("--enable-persistence") or
+               a.startswith("--no-enable-persistence") for a in args) and "TRADEGUARD_DATABASE_URL" not in full_env:
+        cmd += ["--database-url", f"sqlite:///{tmp_path / (name + '.db')}"]
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=full_env, cwd=tmp_path)
+    deadline = time.monotonic() + timeout
+    while not ready.exists():
+        if proc.poll() is not None:
+            raise RuntimeError(f"sidecar exited with {proc.returncode}:\n{log_path.read_text(errors='replace')}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise TimeoutError(f"sidecar not ready in {timeout}s:\n{log_path.read_text(errors='replace')}")
+        time.sleep(0.02)
+    return SidecarProcess(proc, ready.read_text().strip(), log_path, cmd)
+
+
+@contextlib.contextmanager
+def start_sidecar(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
+                  name: str = "sidecar") -> Iterator[SidecarProcess]:
+    """Context manager around spawn_sidecar that stops the process (SIGTERM, then SIGKILL) at exit."""
+    sp = spawn_sidecar(tmp_path, *args, env=env, name=name)
+    try:
+        yield sp
+    finally:
+        if sp.proc.poll() is None:
+            sp.proc.send_signal(signal.SIGTERM)
+            try:
+                sp.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                sp.proc.kill()
+                sp.proc.wait()

@@ -1,0 +1,78 @@
+"""Property tests of engine invariants (hypothesis)."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tradeguard_server.engine.clock import ManualClock
+from tradeguard_server.engine.engine import RiskEngine
+from tradeguard_server.engine.limits import Limits
+from tradeguard_server.engine.periods import day_start
+from tradeguard_server.engine.types import OrderIntent, Side, TradingState
+
+T0 = 1_767_268_800.0
+NEW_EXPOSURE = OrderIntent("BTCUSDT", Side.BUY, 0.001, 50_000.0)
+
+equities = st.floats(min_value=1.0, max_value=1e9, allow_nan=False, allow_infinity=False)
+steps = st.lists(st.tuples(equities, st.floats(min_value=0.0, max_value=6 * 3600.0)), min_size=1, max_size=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps)
+def test_no_sequence_of_equity_reports_allows_new_exposure_while_a_breach_pause_is_in_force(
+    reports: list[tuple[float, float]],
+) -> None:
+    clock = ManualClock(T0)
+    engine = RiskEngine(clock, defaults=Limits())
+    for equity, gap in reports:
+        clock.advance(gap)
+        engine.report_equity("t", "a", equity, None)
+        st_ = engine.traders["t"]
+        decision, _ = engine.can_trade("t", "a", NEW_EXPOSURE)
+        paused = st_.effective_pause(clock.now()) is not None
+        assert not (paused and decision.allowed)
+        if paused:
+            assert st_.trading_state(clock.now()) in (TradingState.REDUCING, TradingState.HALTED)
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps)
+def test_drawdown_and_daily_pnl_match_a_reference_computation(reports: list[tuple[float, float]]) -> None:
+    clock = ManualClock(T0)
+    engine = RiskEngine(clock, defaults=Limits())
+    peak = 0.0
+    day = None
+    day_start_equity = 0.0
+    last = None
+    for equity, gap in reports:
+        clock.advance(gap)
+        engine.report_equity("t", "a", equity, None)
+        today = day_start(clock.now())
+        if day is None:
+            day_start_equity = equity
+        elif today != day:
+            day_start_equity = last if last is not None else equity
+        day = today
+        peak = max(peak, equity)
+        last = equity
+        state = engine.traders["t"]
+        assert state.peak_equity == peak
+        assert abs(state.drawdown_pct - (peak - equity) / peak * 100.0) < 1e-9
+        assert abs(state.daily_pnl - (equity - day_start_equity)) <= 1e-9 * max(1.0, abs(equity))
+
+
+@settings(max_examples=200, deadline=None)
+@given(steps, st.integers(min_value=0, max_value=3))
+def test_a_breach_pause_always_ends_at_paused_until(reports: list[tuple[float, float]], extra: int) -> None:
+    clock = ManualClock(T0)
+    engine = RiskEngine(clock, defaults=Limits())
+    for equity, gap in reports:
+        clock.advance(gap)
+        engine.report_equity("t", "a", equity, None)
+    state = engine.traders["t"]
+    pause = state.effective_pause(clock.now())
+    if pause is None or pause.until is None:
+        return
+    clock.set(max(p.until or 0.0 for p in state.pauses) + extra)
+    decision, _ = engine.can_trade("t", "a", NEW_EXPOSURE)
+    assert decision.trading_state is TradingState.ACTIVE
