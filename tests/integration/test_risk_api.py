@@ -10,6 +10,8 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+
+from tests.support.sidecar import running_sidecar
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import admin_service_pb2_grpc as adg
 from tradeguard.v1 import risk_service_pb2 as rs
@@ -17,8 +19,6 @@ from tradeguard.v1 import risk_service_pb2_grpc as rsg
 from tradeguard.v1 import types_pb2 as t
 from tradeguard_server.engine.clock import ManualClock
 from tradeguard_server.sidecar import Sidecar
-
-from tests.support.sidecar import running_sidecar
 
 pytestmark = pytest.mark.integration
 

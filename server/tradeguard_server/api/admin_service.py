@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import Message
+
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import types_pb2 as t
 

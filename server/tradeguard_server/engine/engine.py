@@ -112,6 +112,27 @@ class RiskEngine:
         else:
             self.account_limits[account_id] = limits
 
+    def apply_limits(self, account_id: str, limits: Limits | None, reason: str) -> list[TraderState]:
+        """Install an account's new limits and re-check its traders against them at once.
+
+        Every trader of the account gets a history entry with `reason` (who/why of the change).
+        """
+        self.set_account_limits(account_id, limits)
+        now = self.clock.now()
+        effective = self.limits_for(account_id)
+        changed: list[TraderState] = []
+        for st in self.traders.values():
+            if st.account_id != account_id:
+                continue
+            self._tick(st, now)
+            reasons = [reason]
+            for breach in checks.loss_breaches(st, effective):
+                if st.active_pause_for(breach.code, now) is None and self._apply_breach(st, breach, now, "limit"):
+                    reasons.append(f"breach {breach.code.name}")
+            self._changed(st, now, "; ".join(reasons))
+            changed.append(st)
+        return changed
+
     def peek(self, trader_id: str, account_id: str) -> TraderState:
         """The trader's state, or a fresh one that is not stored (for reads of unknown traders)."""
         st = self.traders.get(trader_id)

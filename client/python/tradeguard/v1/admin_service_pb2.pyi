@@ -57,7 +57,7 @@ class SaveConfigResponse(_message.Message):
     """True when it did not exist before."""
     @_builtins.property
     def config(self) -> _types_pb2.RiskConfiguration:
-        """The stored configuration, with timestamps and defaults filled in."""
+        """The stored configuration, as saved, with its timestamps. Unset fields take the server defaults."""
 
     def __init__(
         self,
