@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import AsyncIterator
 
@@ -247,3 +248,21 @@ async def test_watch_risk_state_sends_initial_state_then_the_breach(risk: rsg.Ri
     assert initial.reason == "initial" and initial.state.trading_state == t.TRADING_STATE_ACTIVE
     assert update.state.trading_state == t.TRADING_STATE_REDUCING
     assert update.state.pause_code == t.DECISION_CODE_DAILY_LOSS_LIMIT
+
+
+async def test_watch_risk_state_tells_when_a_pause_ends_by_itself() -> None:
+    ids = {"trader_id": "bot-x", "account_id": "acct-1"}
+    async with running_sidecar() as sc, grpc.aio.insecure_channel(sc.address) as ch:
+        risk, admin = rsg.RiskServiceStub(ch), adg.AdminServiceStub(ch)
+        await risk.ReportEquity(rs.ReportEquityRequest(**ids, equity=10_000))
+        stream = risk.WatchRiskState(rs.WatchRiskStateRequest(**ids))
+        await stream.read()
+        await admin.PauseTrading(ad.PauseTradingRequest(**ids, trading_state=t.TRADING_STATE_HALTED,
+                                                        duration=Duration(nanos=200_000_000)))
+
+        paused = await stream.read()
+        expired = await asyncio.wait_for(stream.read(), 5)
+        stream.cancel()
+
+    assert paused.state.trading_state == t.TRADING_STATE_HALTED
+    assert expired.reason == "pause_expired" and expired.state.trading_state == t.TRADING_STATE_ACTIVE

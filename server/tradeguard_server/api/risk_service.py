@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -81,6 +82,17 @@ class RiskService:
     def state_msg(self, st: TraderState) -> t.RiskState:
         engine = self.engine
         return convert.state_msg(st, engine.clock.now(), engine.limits_for(st.account_id).config_id)
+
+    def _until_pause_ends(self, trader_id: str) -> float | None:
+        """Seconds until the trader's current pause ends (None: not paused, or until resumed)."""
+        st = self.engine.traders.get(trader_id)
+        if st is None:
+            return None
+        now = self.engine.clock.now()
+        pause = st.effective_pause(now)
+        if pause is None or pause.until is None:
+            return None
+        return max(0.0, pause.until - now) + 0.001
 
     def notify(
         self, st: TraderState, reason: str, actions: Sequence[RequiredAction] = (), firings: Sequence[Firing] = ()
@@ -207,7 +219,14 @@ class RiskService:
             initial.actions.extend(convert.action_msg(a) for a in actions)
             yield initial
             while True:
-                update = await watcher.next()
+                timeout = self._until_pause_ends(req.trader_id)
+                try:
+                    update = await asyncio.wait_for(watcher.next(), timeout)
+                except TimeoutError:
+                    # The pause ended by itself: nothing else would tell this watcher.
+                    st = self.engine.peek(req.trader_id, req.account_id)
+                    yield rs.WatchRiskStateResponse(state=self.state_msg(st), reason="pause_expired")
+                    continue
                 if update is None:
                     return
                 yield update
