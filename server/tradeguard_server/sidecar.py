@@ -8,6 +8,7 @@ import ipaddress
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -15,13 +16,17 @@ from grpc_reflection.v1alpha import reflection
 
 from .api.admin_service import SERVICE as ADMIN_SERVICE
 from .api.admin_service import AdminService
+from .api.config_admin import ConfigAdmin, MemoryConfigPersistence
 from .api.dispatch import bearer_guard
 from .api.risk_service import SERVICE as RISK_SERVICE
 from .api.risk_service import RiskService
 from .api.watch import WatchHub
 from .engine.clock import Clock, SystemClock
 from .engine.engine import RiskEngine
+from .engine.state import TraderState
 from .engine.types import Flags
+from .observability.metrics import Metrics, NullMetrics, ObservedBreakers, state_listener
+from .observability.tracing import Tracing, setup_tracing, tracing_enabled
 from .settings import Settings, SettingsError
 
 log = logging.getLogger("tradeguard")
@@ -79,15 +84,65 @@ class Sidecar:
         self.hub = WatchHub(buffer=settings.watch_buffer, max_watchers=settings.max_concurrent_streams)
         self.risk = RiskService(self.engine, self.hub)
         self.admin = AdminService(self.engine, self.risk)
+        self.configs = ConfigAdmin(self.engine, self.risk, MemoryConfigPersistence(self.engine))
+        self.admin.extend(self.configs.handlers())
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.server: grpc.aio.Server | None = None
         self.address = ""
         self._admin_guard = bearer_guard(admin_token)
         self._trader_guard = bearer_guard(settings.trader_token)
+        self._init_observability()  # keep last: it wraps engine.on_change / engine.breakers as set above
+
+    # ---- observability (metrics + tracing) -------------------------------------------------------
+
+    def _init_observability(self) -> None:
+        """Metrics object (no-op when metrics_listen is empty) and, when enabled, the tracer provider.
+
+        Tests may replace `self.tracing` (e.g. with an in-memory exporter) before `start`.
+        """
+        s = self.settings
+        self.metrics: Metrics = Metrics() if s.metrics_listen else NullMetrics()
+        self.metrics_address = ""
+        self.tracing: Tracing | None = setup_tracing() if tracing_enabled(s.tracing) else None
+        if isinstance(self.metrics, NullMetrics):
+            return
+        engine, metrics = self.engine, self.metrics
+        inner, gauges = engine.on_change, state_listener(metrics, engine.clock.now)
+
+        def on_change(st: TraderState, reason: str) -> None:
+            inner(st, reason)
+            gauges(st, reason)
+
+        engine.on_change = on_change
+        if engine.breakers is not None:
+            engine.breakers = ObservedBreakers(engine.breakers, metrics)
+
+    def _interceptors(self) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
+        """The tracing interceptor, or none at all when tracing is off (the hot path pays nothing)."""
+        return [] if self.tracing is None else [self.tracing.interceptor()]
+
+    def _start_metrics(self) -> None:
+        listen = self.settings.metrics_listen
+        if not listen:
+            return
+        try:
+            self.metrics_address = self.metrics.serve(listen)
+        except OSError as exc:  # a busy metrics port must not take the risk checks down with it
+            log.error("metrics: cannot listen on %s (%s); serving without /metrics", listen, exc)
+            return
+        log.info("metrics on http://%s/metrics", self.metrics_address)
+
+    def _stop_observability(self) -> None:
+        self.metrics.close()
+        if self.tracing is not None:
+            self.tracing.shutdown()
+
+    # ---- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> str:
         s = self.settings
         server = grpc.aio.server(
+            interceptors=self._interceptors(),
             options=[
                 ("grpc.max_receive_message_length", s.max_message_bytes),
                 ("grpc.max_send_message_length", s.max_message_bytes),
@@ -95,7 +150,8 @@ class Sidecar:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        server.add_generic_rpc_handlers((self.risk.handler(self._trader_guard), self.admin.handler(self._admin_guard)))
+        handlers = (self.risk.handler(self._trader_guard), self.admin.handler(self._admin_guard))
+        server.add_generic_rpc_handlers(tuple(self.metrics.instrument(h) for h in handlers))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (RISK_SERVICE, ADMIN_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -109,6 +165,7 @@ class Sidecar:
             self.address = f"{host}:{port}"
         await server.start()
         self.server = server
+        self._start_metrics()
         for name in ("", RISK_SERVICE, ADMIN_SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("TradeGuard listening on %s (tls=%s, admin token=%s, enforcement=%s)", self.address,
@@ -124,6 +181,7 @@ class Sidecar:
         self.hub.close()
         if self.server is not None:
             await self.server.stop(self.settings.shutdown_grace_s)
+        self._stop_observability()
         log.info("stopped")
 
     async def run_until_signalled(self) -> None:

@@ -9,10 +9,9 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from tests.support.sidecar import running_sidecar
+from tests.support.status import violations
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import admin_service_pb2_grpc as adg
 from tradeguard.v1 import risk_service_pb2 as rs
@@ -54,17 +53,6 @@ def risk(channel: grpc.aio.Channel) -> rsg.RiskServiceStub:
 @pytest.fixture
 def admin(channel: grpc.aio.Channel) -> adg.AdminServiceStub:
     return adg.AdminServiceStub(channel)
-
-
-def violations(err: grpc.aio.AioRpcError) -> dict[str, str]:
-    status = rpc_status.from_call(err)
-    assert status is not None, "INVALID_ARGUMENT must carry google.rpc.Status details"
-    out: dict[str, str] = {}
-    for detail in status.details:
-        bad = error_details_pb2.BadRequest()
-        assert detail.Unpack(bad)
-        out.update({v.field: v.description for v in bad.field_violations})
-    return out
 
 
 async def test_walkthrough_no_equity_then_allowed_then_daily_loss_then_auto_resume(
