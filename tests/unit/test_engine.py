@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+
 from tradeguard_server.engine.clock import ManualClock
 from tradeguard_server.engine.engine import AccountMismatchError, RiskEngine
 from tradeguard_server.engine.limits import Limits

@@ -1,0 +1,389 @@
+// Command trader is a minimal trading bot that asks the TradeGuard sidecar before it trades.
+//
+// It walks one scripted cycle with the generated client, with a deadline on every call:
+//
+//	ReportEquity 10000 -> CanTrade (allowed) -> ReportTrade -> ReportEquity 9400 (a 6% daily loss)
+//	-> CanTrade (denied, DECISION_CODE_DAILY_LOSS_LIMIT) -> WatchRiskState (TRADING_STATE_REDUCING)
+//
+// Every output line is machine-readable: space-separated key=value pairs, values quoted when needed.
+// The bot fails closed: when the sidecar cannot be reached, the decision is
+// "allowed=false code=DECISION_CODE_SIDECAR_UNAVAILABLE" and the process exits with status 3.
+//
+// With -vectors FILE it instead sends each request of a test-vector file and prints one JSON line
+// per vector with the proto-JSON response (used by the cross-language wire-compatibility test).
+//
+// Exit status: 0 ok, 1 the sidecar answered something unexpected, 2 bad usage, 3 sidecar unavailable.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	tradeguardv1 "github.com/tradeguard/tradeguard/client/go/tradeguard/v1"
+)
+
+const (
+	exitUnexpected  = 1
+	exitUsage       = 2
+	exitUnavailable = 3
+)
+
+type options struct {
+	addr         string
+	traderID     string
+	accountID    string
+	timeout      time.Duration
+	watchUpdates int
+	vectors      string
+}
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout))
+}
+
+func run(args []string, out io.Writer) int {
+	defaultAddr := os.Getenv("TRADEGUARD_ADDR")
+	if defaultAddr == "" {
+		defaultAddr = "127.0.0.1:50051"
+	}
+	opts := options{}
+	fs := flag.NewFlagSet("trader", flag.ContinueOnError)
+	fs.StringVar(&opts.addr, "addr", defaultAddr, "sidecar address host:port (env TRADEGUARD_ADDR)")
+	fs.StringVar(&opts.traderID, "trader", "example-go-trader", "trader id")
+	fs.StringVar(&opts.accountID, "account", "example-go-account", "account id")
+	timeoutMs := fs.Int("timeout-ms", 2000, "deadline of every call, milliseconds")
+	fs.IntVar(&opts.watchUpdates, "watch-updates", 1, "WatchRiskState updates to print before closing the stream")
+	fs.StringVar(&opts.vectors, "vectors", "", "send the requests of this test-vector file and print proto-JSON responses")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if *timeoutMs <= 0 || opts.watchUpdates < 0 || fs.NArg() > 0 {
+		fmt.Fprintln(os.Stderr, "-timeout-ms must be > 0, -watch-updates >= 0, and no positional arguments")
+		return exitUsage
+	}
+	opts.timeout = time.Duration(*timeoutMs) * time.Millisecond
+
+	// grpc.Dial does not block: the connection is made by the first call, and a call to an
+	// unreachable sidecar fails fast with UNAVAILABLE (no WaitForReady) or at its deadline.
+	conn, err := grpc.Dial(opts.addr, grpc.WithInsecure())
+	if err != nil {
+		printDecision(out, unavailableDecision(err))
+		return exitUnavailable
+	}
+	defer conn.Close()
+	client := tradeguardv1.NewRiskServiceClient(conn)
+
+	if opts.vectors != "" {
+		return runVectors(client, opts, out)
+	}
+	return runBot(client, opts, out)
+}
+
+// canTrade asks the sidecar and fails closed: any transport error becomes a denial.
+func canTrade(client tradeguardv1.RiskServiceClient, timeout time.Duration, req *tradeguardv1.CanTradeRequest) (*tradeguardv1.CanTradeResponse, bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	resp, err := client.CanTrade(ctx, req)
+	if err != nil {
+		return unavailableDecision(err), false
+	}
+	return resp, true
+}
+
+func unavailableDecision(err error) *tradeguardv1.CanTradeResponse {
+	return &tradeguardv1.CanTradeResponse{
+		Allowed: false,
+		Code:    tradeguardv1.DecisionCode_DECISION_CODE_SIDECAR_UNAVAILABLE,
+		Reason:  "SIDECAR_UNAVAILABLE: " + errText(err),
+	}
+}
+
+func errText(err error) string {
+	if st, ok := status.FromError(err); ok {
+		return codeName(st.Code()) + ": " + st.Message()
+	}
+	return err.Error()
+}
+
+// codeName is the canonical gRPC status code name (UNAVAILABLE, INVALID_ARGUMENT, ...), as every
+// other gRPC implementation spells it; Go's codes.Code.String() says "Unavailable".
+func codeName(c codes.Code) string {
+	if c == codes.OK {
+		return "OK"
+	}
+	var b strings.Builder
+	for i, r := range c.String() {
+		if i > 0 && unicode.IsUpper(r) {
+			b.WriteByte('_')
+		}
+		b.WriteRune(unicode.ToUpper(r))
+	}
+	return b.String()
+}
+
+func runBot(client tradeguardv1.RiskServiceClient, opts options, out io.Writer) int {
+	order := &tradeguardv1.OrderIntent{
+		Symbol:   "BTCUSDT",
+		Exchange: "binance",
+		Side:     tradeguardv1.Side_SIDE_BUY,
+		Quantity: 0.01,
+		Price:    50000,
+	}
+	call := func() (context.Context, context.CancelFunc) {
+		return context.WithTimeout(context.Background(), opts.timeout)
+	}
+
+	// 1. Report the starting equity.
+	if code := reportEquity(client, call, out, opts, 10000); code != 0 {
+		return code
+	}
+
+	// 2. Ask before placing the order: allowed.
+	trader, account := opts.traderID, opts.accountID
+	decision, ok := canTrade(client, opts.timeout, &tradeguardv1.CanTradeRequest{TraderId: trader, AccountId: account, Order: order})
+	printDecision(out, decision)
+	if !ok {
+		return exitUnavailable
+	}
+	if !decision.GetAllowed() {
+		fmt.Fprintln(out, "step=error msg="+quote("first order was denied; use fresh -trader/-account ids"))
+		return exitUnexpected
+	}
+
+	// 3. The position closes at a loss.
+	ctx, cancel := call()
+	trade, err := client.ReportTrade(ctx, &tradeguardv1.ReportTradeRequest{
+		TraderId:    trader,
+		AccountId:   account,
+		TradeId:     trader + "-trade-1",
+		Symbol:      order.Symbol,
+		Exchange:    order.Exchange,
+		Side:        tradeguardv1.Side_SIDE_BUY,
+		RealizedPnl: -600,
+		ClosedAt:    timestamppb.Now(),
+	})
+	cancel()
+	if err != nil {
+		return failClosed(client, opts, out, "report_trade", err)
+	}
+	fmt.Fprintf(out, "step=report_trade trade_id=%s duplicate=%t consecutive_losses=%d trading_state=%s\n",
+		trader+"-trade-1", trade.GetDuplicate(), trade.GetState().GetConsecutiveLosses(), trade.GetState().GetTradingState())
+
+	// 4. Equity falls 6% in the day: past the default 5% daily limit.
+	if code := reportEquity(client, call, out, opts, 9400); code != 0 {
+		return code
+	}
+
+	// 5. Ask again: denied.
+	decision, ok = canTrade(client, opts.timeout, &tradeguardv1.CanTradeRequest{TraderId: trader, AccountId: account, Order: order})
+	printDecision(out, decision)
+	if !ok {
+		return exitUnavailable
+	}
+	if decision.GetAllowed() {
+		fmt.Fprintln(out, "step=error msg="+quote("order after a 6% daily loss was allowed"))
+		return exitUnexpected
+	}
+
+	// 6. Watch the risk state: the stream starts with the current state (REDUCING).
+	ctx, cancel = call()
+	defer cancel()
+	stream, err := client.WatchRiskState(ctx, &tradeguardv1.WatchRiskStateRequest{TraderId: trader, AccountId: account})
+	if err != nil {
+		return failClosed(client, opts, out, "watch", err)
+	}
+	for i := 0; i < opts.watchUpdates; i++ {
+		update, err := stream.Recv()
+		if err != nil {
+			return failClosed(client, opts, out, "watch", err)
+		}
+		st := update.GetState()
+		fmt.Fprintf(out, "step=watch reason=%s trading_state=%s pause_code=%s paused_until=%s actions=%d\n",
+			quote(update.GetReason()), st.GetTradingState(), st.GetPauseCode(), timestampText(st.GetPausedUntil()),
+			len(update.GetActions()))
+	}
+	cancel() // closes the stream
+	fmt.Fprintln(out, "step=done ok=true")
+	return 0
+}
+
+func reportEquity(client tradeguardv1.RiskServiceClient, call func() (context.Context, context.CancelFunc), out io.Writer, opts options, equity float64) int {
+	ctx, cancel := call()
+	defer cancel()
+	resp, err := client.ReportEquity(ctx, &tradeguardv1.ReportEquityRequest{
+		TraderId:   opts.traderID,
+		AccountId:  opts.accountID,
+		Equity:     equity,
+		ObservedAt: timestamppb.Now(),
+	})
+	if err != nil {
+		return failClosed(client, opts, out, "report_equity", err)
+	}
+	st := resp.GetState()
+	fmt.Fprintf(out, "step=report_equity equity=%s daily_pnl_pct=%s trading_state=%s breaker_events=%d\n",
+		num(st.GetCurrentEquity()), num(st.GetDailyPnlPct()), st.GetTradingState(), len(resp.GetBreakerEvents()))
+	return 0
+}
+
+// failClosed logs a failed call; the bot then must not trade: it asks once more (the answer is a
+// SIDECAR_UNAVAILABLE denial when the sidecar is gone), prints the decision and stops.
+func failClosed(client tradeguardv1.RiskServiceClient, opts options, out io.Writer, step string, err error) int {
+	fmt.Fprintf(out, "step=%s error=%s\n", step, quote(errText(err)))
+	decision, ok := canTrade(client, opts.timeout, &tradeguardv1.CanTradeRequest{TraderId: opts.traderID, AccountId: opts.accountID})
+	if ok {
+		// The sidecar answered after all; the bot still stops this cycle.
+		printDecision(out, decision)
+		return exitUnexpected
+	}
+	printDecision(out, decision)
+	return exitUnavailable
+}
+
+func printDecision(out io.Writer, d *tradeguardv1.CanTradeResponse) {
+	failed := make([]string, 0)
+	for _, c := range d.GetChecks() {
+		if c.GetStatus() == tradeguardv1.CheckStatus_CHECK_STATUS_FAIL {
+			failed = append(failed, c.GetName())
+		}
+	}
+	fmt.Fprintf(out, "step=can_trade allowed=%t code=%s trading_state=%s would_deny=%t failed_checks=%s reason=%s\n",
+		d.GetAllowed(), d.GetCode(), d.GetTradingState(), d.GetWouldDeny(), quote(strings.Join(failed, ",")), quote(d.GetReason()))
+}
+
+func timestampText(ts *timestamppb.Timestamp) string {
+	if ts == nil {
+		return `""`
+	}
+	return ts.AsTime().UTC().Format(time.RFC3339)
+}
+
+func num(v float64) string { return strconv.FormatFloat(v, 'f', -1, 64) }
+
+func quote(s string) string {
+	if s != "" && !strings.ContainsAny(s, " \t\"=\\\n") {
+		return s
+	}
+	return strconv.Quote(s)
+}
+
+// ---- test vectors ---------------------------------------------------------------------------
+
+type vectorFile struct {
+	Vectors []vector `json:"vectors"`
+}
+
+type vector struct {
+	Name    string          `json:"name"`
+	Method  string          `json:"method"`
+	Request json.RawMessage `json:"request"`
+}
+
+type vectorResult struct {
+	Name     string          `json:"name"`
+	Method   string          `json:"method"`
+	Response json.RawMessage `json:"response,omitempty"`
+	Error    *vectorError    `json:"error,omitempty"`
+}
+
+type vectorError struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func runVectors(client tradeguardv1.RiskServiceClient, opts options, out io.Writer) int {
+	data, err := os.ReadFile(opts.vectors)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return exitUsage
+	}
+	var file vectorFile
+	if err := json.Unmarshal(data, &file); err != nil {
+		fmt.Fprintln(os.Stderr, "bad vector file:", err)
+		return exitUsage
+	}
+	enc := json.NewEncoder(out)
+	for _, v := range file.Vectors {
+		resp, err := sendVector(client, opts.timeout, v)
+		result := vectorResult{Name: v.Name, Method: v.Method}
+		if err != nil {
+			st, ok := status.FromError(err)
+			if !ok {
+				fmt.Fprintf(os.Stderr, "vector %s: %v\n", v.Name, err)
+				return exitUsage
+			}
+			result.Error = &vectorError{Code: codeName(st.Code()), Message: st.Message()}
+		} else {
+			raw, err := protojson.Marshal(resp)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return exitUnexpected
+			}
+			result.Response = raw
+		}
+		if err := enc.Encode(result); err != nil {
+			return exitUnexpected
+		}
+	}
+	return 0
+}
+
+func sendVector(client tradeguardv1.RiskServiceClient, timeout time.Duration, v vector) (proto.Message, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	parse := func(m proto.Message) error {
+		if err := protojson.Unmarshal(v.Request, m); err != nil {
+			return fmt.Errorf("vector %s: bad request: %w", v.Name, err)
+		}
+		return nil
+	}
+	switch v.Method {
+	case "CanTrade":
+		req := &tradeguardv1.CanTradeRequest{}
+		if err := parse(req); err != nil {
+			return nil, err
+		}
+		return client.CanTrade(ctx, req)
+	case "ReportEquity":
+		req := &tradeguardv1.ReportEquityRequest{}
+		if err := parse(req); err != nil {
+			return nil, err
+		}
+		return client.ReportEquity(ctx, req)
+	case "ReportTrade":
+		req := &tradeguardv1.ReportTradeRequest{}
+		if err := parse(req); err != nil {
+			return nil, err
+		}
+		return client.ReportTrade(ctx, req)
+	case "ReportPositions":
+		req := &tradeguardv1.ReportPositionsRequest{}
+		if err := parse(req); err != nil {
+			return nil, err
+		}
+		return client.ReportPositions(ctx, req)
+	case "GetRiskState":
+		req := &tradeguardv1.GetRiskStateRequest{}
+		if err := parse(req); err != nil {
+			return nil, err
+		}
+		return client.GetRiskState(ctx, req)
+	default:
+		return nil, errors.New("vector " + v.Name + ": unknown method " + v.Method)
+	}
+}
