@@ -27,6 +27,7 @@ async def running_sidecar(clock: Clock | None = None, **overrides: Any) -> Async
     overrides.setdefault("listen", "127.0.0.1:0")
     overrides.setdefault("enable_persistence", False)
     overrides.setdefault("uvloop", False)
+    overrides.setdefault("metrics_listen", "")
     sidecar = Sidecar(load_settings({}, overrides), clock=clock)
     await sidecar.start()
     try:
@@ -65,6 +66,8 @@ def spawn_sidecar(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
     cmd = [str(BIN / "tradeguard"), "serve", "--ready-file", str(ready), *args]
     if not any(a == "--listen" or a.startswith("--listen=") for a in args):
         cmd += ["--listen", "127.0.0.1:0"]
+    if not any(a.startswith("--metrics-listen") for a in args):
+        cmd += ["--metrics-listen", ""]
     if not any(a.startswith("--database-url") or a.startswith("--enable-persistence") or
                a.startswith("--no-enable-persistence") for a in args) and "TRADEGUARD_DATABASE_URL" not in full_env:
         cmd += ["--database-url", f"sqlite:///{tmp_path / (name + '.db')}"]

@@ -1,0 +1,77 @@
+"""tradeguard_client: the Python client of the TradeGuard risk-check sidecar.
+
+    from tradeguard_client import RiskClient, Order
+
+    with RiskClient("127.0.0.1:50051") as guard:
+        guard.report_equity("bot-1", "acct-1", 10_000)
+        decision = guard.can_trade("bot-1", "acct-1", Order("BTCUSDT", "BUY", 0.01, 50_000))
+        if decision:            # bool(decision) is decision.allowed
+            ...                 # place the order
+        else:
+            print(decision.code, decision.reason)
+
+`AsyncRiskClient` is the asyncio twin (same methods, awaited); `AdminClient` / `AsyncAdminClient` cover
+AdminService. Fail-closed by default: when the sidecar cannot be reached, `can_trade` returns
+`allowed=False, code="SIDECAR_UNAVAILABLE"` instead of raising (see RiskClient).
+"""
+
+from ._aio import AsyncAdminClient, AsyncRiskClient, AsyncWatchStream
+from ._channel import TLS
+from ._errors import FieldViolation, SidecarUnavailableError, TradeGuardError
+from ._retry import IDEMPOTENT_METHODS, RetryPolicy
+from ._sync import AdminClient, RiskClient, WatchStream
+from ._types import (
+    SIDECAR_UNAVAILABLE,
+    Action,
+    BreakerEvent,
+    Check,
+    CircuitBreaker,
+    CorrelationGroup,
+    Decision,
+    FeatureFlags,
+    HistoryEntry,
+    Order,
+    Page,
+    Position,
+    ReportResult,
+    RiskConfig,
+    RiskState,
+    SavedConfig,
+    StateUpdate,
+    SymbolConfig,
+)
+
+__all__ = [
+    "IDEMPOTENT_METHODS",
+    "SIDECAR_UNAVAILABLE",
+    "TLS",
+    "Action",
+    "AdminClient",
+    "AsyncAdminClient",
+    "AsyncRiskClient",
+    "AsyncWatchStream",
+    "BreakerEvent",
+    "Check",
+    "CircuitBreaker",
+    "CorrelationGroup",
+    "Decision",
+    "FeatureFlags",
+    "FieldViolation",
+    "HistoryEntry",
+    "Order",
+    "Page",
+    "Position",
+    "ReportResult",
+    "RetryPolicy",
+    "RiskClient",
+    "RiskConfig",
+    "RiskState",
+    "SavedConfig",
+    "SidecarUnavailableError",
+    "StateUpdate",
+    "SymbolConfig",
+    "TradeGuardError",
+    "WatchStream",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,343 @@
+# ruff: noqa: ASYNC109 - `timeout` is the gRPC deadline sent to the server, not a local asyncio timeout
+"""The asyncio clients: AsyncRiskClient and AsyncAdminClient, on a grpc.aio channel.
+
+Same methods, arguments, results and failure semantics as the blocking clients in `_sync`. The channel is
+opened on first use, inside the running event loop, so a client may be constructed anywhere; close it with
+`await client.close()` or `async with`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterable, Sequence
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import TYPE_CHECKING, Self, TypeVar
+
+import grpc
+from google.protobuf.message import Message
+
+from tradeguard.v1 import admin_service_pb2 as ad
+from tradeguard.v1 import admin_service_pb2_grpc as adg
+from tradeguard.v1 import risk_service_pb2 as rs
+from tradeguard.v1 import risk_service_pb2_grpc as rsg
+
+from . import _requests as req
+from ._channel import TLS, ChannelSpec, Options, call_metadata
+from ._errors import SidecarUnavailableError, from_rpc_error
+from ._retry import IDEMPOTENT_METHODS, RetryPolicy, call_async, check_timeout
+from ._sync import DEFAULT_RETRY, DEFAULT_TARGET, unavailable_reason
+from ._types import (
+    BreakerEvent,
+    CircuitBreaker,
+    Decision,
+    FeatureFlags,
+    HistoryEntry,
+    Page,
+    ReportResult,
+    RiskConfig,
+    RiskState,
+    SavedConfig,
+    StateUpdate,
+)
+
+if TYPE_CHECKING:
+    from tradeguard.v1.admin_service_pb2_grpc import AdminServiceAsyncStub
+    from tradeguard.v1.risk_service_pb2_grpc import RiskServiceAsyncStub
+
+__all__ = ["AsyncAdminClient", "AsyncRiskClient", "AsyncWatchStream"]
+
+log = logging.getLogger("tradeguard_client")
+
+Req = TypeVar("Req", bound=Message)
+Resp = TypeVar("Resp", bound=Message)
+
+
+class _AsyncClient:
+    def __init__(self, target: str, *, timeout: float, retry: RetryPolicy, tls: TLS | None, token: str | None,
+                 metadata: Sequence[tuple[str, str]], options: Options) -> None:
+        self.timeout = check_timeout(timeout)
+        self.retry = retry
+        self._metadata = call_metadata(token, metadata)
+        self._spec = ChannelSpec.build(target, tls, options)
+        self._chan: grpc.aio.Channel | None = None
+        self._closed = False
+
+    @property
+    def target(self) -> str:
+        return self._spec.target
+
+    def _channel(self) -> grpc.aio.Channel:
+        if self._closed:
+            raise RuntimeError("the client is closed")
+        if self._chan is None:
+            self._chan = self._spec.aio()
+        return self._chan
+
+    async def close(self) -> None:
+        """Close the channel; in-flight calls are cancelled."""
+        self._closed = True
+        if self._chan is not None:
+            chan, self._chan = self._chan, None
+            await chan.close(grace=None)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def _unary(self, method: str, fn: grpc.aio.UnaryUnaryMultiCallable[Req, Resp], request: Req,
+                     timeout: float | None) -> Resp:
+        budget = self.timeout if timeout is None else check_timeout(timeout)
+        metadata = self._metadata
+
+        async def attempt(remaining: float) -> Resp:
+            return await fn(request, timeout=remaining, metadata=metadata)
+
+        return await call_async(attempt, method=method, timeout=budget, policy=self.retry,
+                                retry=method in IDEMPOTENT_METHODS)
+
+
+class AsyncWatchStream(AsyncIterator[StateUpdate]):
+    """A WatchRiskState stream: `async for update in stream`; `cancel()` (or leaving `async with`) ends it.
+
+    The first update is the current state (reason "initial"). Iteration ends when the sidecar shuts down
+    or after `cancel()`; a failure raises TradeGuardError. Not retried: watch again.
+    """
+
+    def __init__(self, call: grpc.aio.UnaryStreamCall[rs.WatchRiskStateRequest, rs.WatchRiskStateResponse]) -> None:
+        self._call = call
+        self._cancelled = False
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> StateUpdate:
+        try:
+            msg = await self._call.read()
+        except asyncio.CancelledError:
+            # grpc.aio reports a cancelled call (our cancel(), or the client closed) this way; re-raise only
+            # when it is this task that is being cancelled.
+            task = asyncio.current_task()
+            if self._cancelled or task is None or task.cancelling() == 0:
+                raise StopAsyncIteration from None
+            raise
+        except grpc.RpcError as error:
+            if self._cancelled:
+                raise StopAsyncIteration from None
+            raise from_rpc_error(error, "WatchRiskState") from error
+        if not isinstance(msg, rs.WatchRiskStateResponse):  # grpc.aio.EOF: the server ended the stream
+            raise StopAsyncIteration
+        return StateUpdate.from_proto(msg)
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        self._call.cancel()
+
+    async def aclose(self) -> None:
+        self.cancel()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        self.cancel()
+
+
+class AsyncRiskClient(_AsyncClient):
+    """Asyncio client of RiskService; see RiskClient for the options and the fail-closed semantics."""
+
+    def __init__(self, target: str = DEFAULT_TARGET, *, timeout: float = 1.0, retry: RetryPolicy = DEFAULT_RETRY,
+                 fail_open: bool = False, tls: TLS | None = None, token: str | None = None,
+                 metadata: Sequence[tuple[str, str]] = (), options: Options = ()) -> None:
+        super().__init__(target, timeout=timeout, retry=retry, tls=tls, token=token, metadata=metadata,
+                         options=options)
+        self.fail_open = fail_open
+        self._stub_cache: RiskServiceAsyncStub | None = None
+
+    @property
+    def _stub(self) -> RiskServiceAsyncStub:
+        channel = self._channel()
+        if self._stub_cache is None:
+            self._stub_cache = rsg.RiskServiceStub(channel)
+        return self._stub_cache
+
+    async def close(self) -> None:
+        self._stub_cache = None
+        await super().close()
+
+    async def can_trade(self, trader_id: str, account_id: str, order: req.OrderLike | None = None, *,
+                        timeout: float | None = None, fail_open: bool | None = None) -> Decision:
+        """May the trader trade now (order None: this cycle), or place `order`? Never raises when unreachable."""
+        request = req.can_trade(trader_id, account_id, order)
+        try:
+            return Decision.from_proto(await self._unary("CanTrade", self._stub.CanTrade, request, timeout))
+        except SidecarUnavailableError as error:
+            opens = self.fail_open if fail_open is None else fail_open
+            log.warning("TradeGuard sidecar %s unreachable, failing %s: %s", self.target,
+                        "OPEN" if opens else "closed", unavailable_reason(error))
+            return Decision.unavailable(unavailable_reason(error), fail_open=opens)
+
+    async def report_equity(self, trader_id: str, account_id: str, equity: float, *,
+                            observed_at: datetime | None = None, timeout: float | None = None) -> ReportResult:
+        """Report the account equity level (including unrealized PnL). `observed_at` None means now."""
+        request = req.report_equity(trader_id, account_id, equity, observed_at)
+        resp = await self._unary("ReportEquity", self._stub.ReportEquity, request, timeout)
+        return ReportResult.from_proto(resp)
+
+    async def report_trade(self, trader_id: str, account_id: str, *, trade_id: str, symbol: str, side: str,
+                           realized_pnl: float, exchange: str = "", closed_at: datetime | None = None,
+                           timeout: float | None = None) -> ReportResult:
+        """Report a closed trade; a repeated `trade_id` counts once (`duplicate=True`)."""
+        request = req.report_trade(trader_id, account_id, trade_id=trade_id, symbol=symbol, side=side,
+                                   realized_pnl=realized_pnl, exchange=exchange, closed_at=closed_at)
+        resp = await self._unary("ReportTrade", self._stub.ReportTrade, request, timeout)
+        return ReportResult.from_proto(resp)
+
+    async def report_positions(self, trader_id: str, account_id: str, positions: Iterable[req.PositionLike], *,
+                               timeout: float | None = None) -> ReportResult:
+        """Report every open position (replaces the previous snapshot; empty means flat)."""
+        request = req.report_positions(trader_id, account_id, positions)
+        resp = await self._unary("ReportPositions", self._stub.ReportPositions, request, timeout)
+        return ReportResult.from_proto(resp)
+
+    async def get_risk_state(self, trader_id: str, account_id: str, *, timeout: float | None = None) -> RiskState:
+        """The trader's current risk state (a trader never seen has `equity_reported=False`)."""
+        request = rs.GetRiskStateRequest(trader_id=trader_id, account_id=account_id)
+        resp = await self._unary("GetRiskState", self._stub.GetRiskState, request, timeout)
+        return RiskState.from_proto(resp.state)
+
+    def watch_risk_state(self, trader_id: str, account_id: str, *, timeout: float | None = None) -> AsyncWatchStream:
+        """Stream the current state, then every change and required action. No deadline unless `timeout`."""
+        request = rs.WatchRiskStateRequest(trader_id=trader_id, account_id=account_id)
+        deadline = None if timeout is None else check_timeout(timeout)
+        return AsyncWatchStream(self._stub.WatchRiskState(request, timeout=deadline, metadata=self._metadata))
+
+
+class AsyncAdminClient(_AsyncClient):
+    """Asyncio client of AdminService; see AdminClient for the options and which calls are retried."""
+
+    def __init__(self, target: str = DEFAULT_TARGET, *, token: str | None = None, timeout: float = 5.0,
+                 retry: RetryPolicy = DEFAULT_RETRY, tls: TLS | None = None,
+                 metadata: Sequence[tuple[str, str]] = (), options: Options = ()) -> None:
+        super().__init__(target, timeout=timeout, retry=retry, tls=tls, token=token, metadata=metadata,
+                         options=options)
+        self._stub_cache: AdminServiceAsyncStub | None = None
+
+    @property
+    def _stub(self) -> AdminServiceAsyncStub:
+        channel = self._channel()
+        if self._stub_cache is None:
+            self._stub_cache = adg.AdminServiceStub(channel)
+        return self._stub_cache
+
+    async def close(self) -> None:
+        self._stub_cache = None
+        await super().close()
+
+    # ---- configurations -------------------------------------------------------------------------
+
+    async def save_config(self, config: req.ConfigLike, *, timeout: float | None = None) -> SavedConfig:
+        """Create or replace (account_id, config_id); saving an active one deactivates the others."""
+        request = ad.SaveConfigRequest(config=req.config_msg(config))
+        resp = await self._unary("SaveConfig", self._stub.SaveConfig, request, timeout)
+        return SavedConfig(RiskConfig.from_proto(resp.config), resp.created, raw=resp)
+
+    async def get_config(self, account_id: str, config_id: str, *, timeout: float | None = None) -> RiskConfig:
+        request = ad.GetConfigRequest(account_id=account_id, config_id=config_id)
+        return RiskConfig.from_proto((await self._unary("GetConfig", self._stub.GetConfig, request, timeout)).config)
+
+    async def list_configs(self, account_id: str, *, timeout: float | None = None) -> tuple[RiskConfig, ...]:
+        request = ad.ListConfigsRequest(account_id=account_id)
+        resp = await self._unary("ListConfigs", self._stub.ListConfigs, request, timeout)
+        return tuple(RiskConfig.from_proto(c) for c in resp.configs)
+
+    async def delete_config(self, account_id: str, config_id: str, *, timeout: float | None = None) -> None:
+        request = ad.DeleteConfigRequest(account_id=account_id, config_id=config_id)
+        await self._unary("DeleteConfig", self._stub.DeleteConfig, request, timeout)
+
+    # ---- circuit breakers -----------------------------------------------------------------------
+
+    async def create_breaker(self, breaker: req.BreakerLike, *, timeout: float | None = None) -> CircuitBreaker:
+        request = ad.CreateBreakerRequest(breaker=req.breaker_msg(breaker))
+        resp = await self._unary("CreateBreaker", self._stub.CreateBreaker, request, timeout)
+        return CircuitBreaker.from_proto(resp.breaker)
+
+    async def get_breaker(self, breaker_id: str, *, timeout: float | None = None) -> CircuitBreaker:
+        request = ad.GetBreakerRequest(breaker_id=breaker_id)
+        resp = await self._unary("GetBreaker", self._stub.GetBreaker, request, timeout)
+        return CircuitBreaker.from_proto(resp.breaker)
+
+    async def list_breakers(self, account_id: str, *, timeout: float | None = None) -> tuple[CircuitBreaker, ...]:
+        request = ad.ListBreakersRequest(account_id=account_id)
+        resp = await self._unary("ListBreakers", self._stub.ListBreakers, request, timeout)
+        return tuple(CircuitBreaker.from_proto(b) for b in resp.breakers)
+
+    async def update_breaker(self, breaker_id: str, breaker: req.BreakerLike, *,
+                             timeout: float | None = None) -> CircuitBreaker:
+        request = ad.UpdateBreakerRequest(breaker_id=breaker_id, breaker=req.breaker_msg(breaker))
+        resp = await self._unary("UpdateBreaker", self._stub.UpdateBreaker, request, timeout)
+        return CircuitBreaker.from_proto(resp.breaker)
+
+    async def delete_breaker(self, breaker_id: str, *, timeout: float | None = None) -> None:
+        request = ad.DeleteBreakerRequest(breaker_id=breaker_id)
+        await self._unary("DeleteBreaker", self._stub.DeleteBreaker, request, timeout)
+
+    async def enable_breaker(self, breaker_id: str, *, timeout: float | None = None) -> CircuitBreaker:
+        request = ad.EnableBreakerRequest(breaker_id=breaker_id)
+        resp = await self._unary("EnableBreaker", self._stub.EnableBreaker, request, timeout)
+        return CircuitBreaker.from_proto(resp.breaker)
+
+    async def disable_breaker(self, breaker_id: str, *, timeout: float | None = None) -> CircuitBreaker:
+        request = ad.DisableBreakerRequest(breaker_id=breaker_id)
+        resp = await self._unary("DisableBreaker", self._stub.DisableBreaker, request, timeout)
+        return CircuitBreaker.from_proto(resp.breaker)
+
+    async def list_breaker_events(self, *, breaker_id: str = "", account_id: str = "", page_size: int = 0,
+                                  page_token: str = "", timeout: float | None = None) -> Page[BreakerEvent]:
+        """Events of one breaker, or of every breaker of `account_id`, newest first."""
+        request = req.list_breaker_events(breaker_id, account_id, page_size, page_token)
+        resp = await self._unary("ListBreakerEvents", self._stub.ListBreakerEvents, request, timeout)
+        return Page(tuple(BreakerEvent.from_proto(e) for e in resp.events), resp.next_page_token)
+
+    # ---- flags and kill switch ------------------------------------------------------------------
+
+    async def get_feature_flags(self, *, timeout: float | None = None) -> FeatureFlags:
+        request = ad.GetFeatureFlagsRequest()
+        resp = await self._unary("GetFeatureFlags", self._stub.GetFeatureFlags, request, timeout)
+        return FeatureFlags.from_proto(resp.flags)
+
+    async def set_feature_flags(self, *, enable_risk_enforcement: bool | None = None,
+                                enable_persistence: bool | None = None,
+                                timeout: float | None = None) -> FeatureFlags:
+        """Change the flags given (None leaves one as it is); returns the flags in force."""
+        request = req.set_feature_flags(enable_risk_enforcement, enable_persistence)
+        resp = await self._unary("SetFeatureFlags", self._stub.SetFeatureFlags, request, timeout)
+        return FeatureFlags.from_proto(resp.flags)
+
+    async def pause_trading(self, trader_id: str, account_id: str, *, trading_state: str = "HALTED",
+                            duration: timedelta | float | None = None, reason: str = "",
+                            timeout: float | None = None) -> RiskState:
+        """Kill switch: "HALTED" (nothing) or "REDUCING" (reduce only), for `duration` (seconds or timedelta)
+        or, when None, until resumed."""
+        request = req.pause_trading(trader_id, account_id, trading_state, duration, reason)
+        resp = await self._unary("PauseTrading", self._stub.PauseTrading, request, timeout)
+        return RiskState.from_proto(resp.state)
+
+    async def resume_trading(self, trader_id: str, account_id: str, *, timeout: float | None = None) -> RiskState:
+        """Lift any pause, manual or automatic."""
+        request = ad.ResumeTradingRequest(trader_id=trader_id, account_id=account_id)
+        resp = await self._unary("ResumeTrading", self._stub.ResumeTrading, request, timeout)
+        return RiskState.from_proto(resp.state)
+
+    async def list_risk_state_history(self, trader_id: str, account_id: str, *, start_time: datetime | None = None,
+                                      end_time: datetime | None = None, page_size: int = 0, page_token: str = "",
+                                      timeout: float | None = None) -> Page[HistoryEntry]:
+        """The trader's audit trail in [start_time, end_time), oldest first."""
+        request = req.list_history(trader_id, account_id, start_time, end_time, page_size, page_token)
+        resp = await self._unary("ListRiskStateHistory", self._stub.ListRiskStateHistory, request, timeout)
+        return Page(tuple(HistoryEntry.from_proto(e) for e in resp.entries), resp.next_page_token)

@@ -1,0 +1,309 @@
+"""The blocking clients: RiskClient (the bot's hot path) and AdminClient (operators), on a grpc sync channel."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Self, TypeVar
+
+import grpc
+from google.protobuf.message import Message
+
+from tradeguard.v1 import admin_service_pb2 as ad
+from tradeguard.v1 import admin_service_pb2_grpc as adg
+from tradeguard.v1 import risk_service_pb2 as rs
+from tradeguard.v1 import risk_service_pb2_grpc as rsg
+
+from . import _requests as req
+from ._channel import TLS, ChannelSpec, Options, call_metadata
+from ._errors import SidecarUnavailableError, from_rpc_error
+from ._retry import IDEMPOTENT_METHODS, RetryPolicy, call_sync, check_timeout
+from ._types import (
+    BreakerEvent,
+    CircuitBreaker,
+    Decision,
+    FeatureFlags,
+    HistoryEntry,
+    Page,
+    ReportResult,
+    RiskConfig,
+    RiskState,
+    SavedConfig,
+    StateUpdate,
+)
+
+__all__ = ["AdminClient", "RiskClient", "WatchStream"]
+
+log = logging.getLogger("tradeguard_client")
+
+Req = TypeVar("Req", bound=Message)
+Resp = TypeVar("Resp", bound=Message)
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+DEFAULT_RETRY = RetryPolicy()
+
+
+def unavailable_reason(error: SidecarUnavailableError) -> str:
+    return f"{error.code.name}: {error.message} (after {error.attempts} attempt(s))"
+
+
+class _SyncClient:
+    def __init__(self, target: str, *, timeout: float, retry: RetryPolicy, tls: TLS | None, token: str | None,
+                 metadata: Sequence[tuple[str, str]], options: Options) -> None:
+        self.timeout = check_timeout(timeout)
+        self.retry = retry
+        self._metadata = call_metadata(token, metadata)
+        self._spec = ChannelSpec.build(target, tls, options)
+        self._channel = self._spec.sync()
+
+    @property
+    def target(self) -> str:
+        return self._spec.target
+
+    def close(self) -> None:
+        """Close the channel; in-flight calls are cancelled."""
+        self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def _unary(self, method: str, fn: grpc.UnaryUnaryMultiCallable[Req, Resp], request: Req,
+               timeout: float | None) -> Resp:
+        budget = self.timeout if timeout is None else check_timeout(timeout)
+        metadata = self._metadata
+
+        def attempt(remaining: float) -> Resp:
+            return fn(request, timeout=remaining, metadata=metadata)
+
+        return call_sync(attempt, method=method, timeout=budget, policy=self.retry,
+                         retry=method in IDEMPOTENT_METHODS)
+
+
+class WatchStream(Iterator[StateUpdate]):
+    """A WatchRiskState stream: iterate it for StateUpdates; `cancel()` (or leaving `with`) ends it.
+
+    The first update is the current state (reason "initial"). Iteration ends when the sidecar shuts down
+    or after `cancel()`; a failure raises TradeGuardError. Streams are not retried: watch again (the new
+    stream starts with the current state, so nothing is lost).
+    """
+
+    def __init__(self, call: grpc.CallIterator[rs.WatchRiskStateResponse]) -> None:
+        self._call = call
+        self._it = iter(call)
+        self._cancelled = False
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> StateUpdate:
+        try:
+            msg = next(self._it)
+        except grpc.RpcError as error:
+            if self._cancelled:
+                raise StopIteration from None
+            raise from_rpc_error(error, "WatchRiskState") from error
+        return StateUpdate.from_proto(msg)
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        self._call.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leaves RpcContext.cancel untyped
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.cancel()
+
+
+class RiskClient(_SyncClient):
+    """Blocking client of RiskService, the bot's hot path. Thread-safe; share one per process.
+
+    `target`: "host:port" or "unix:/path". `timeout`: the deadline of each call in seconds (default 1.0),
+    covering its retries; every method also takes `timeout=` for one call. `retry`: backoff for UNAVAILABLE
+    (see RetryPolicy). `tls`: TLS / mTLS (see TLS); None = plaintext. `token`: sent as
+    `authorization: Bearer <token>` (the sidecar's trader token, when it has one). `metadata`: more headers
+    for every call. `options`: gRPC channel options.
+
+    Fail-closed: when the sidecar cannot be reached (UNAVAILABLE after the retries, or DEADLINE_EXCEEDED),
+    `can_trade` does not raise but returns `Decision(allowed=False, code="SIDECAR_UNAVAILABLE", reason=...)`
+    naming the error. With `fail_open=True` it returns `allowed=True`, the same code and reason, and
+    `would_deny=True`. Every other method raises SidecarUnavailableError, and any other failure raises
+    TradeGuardError (with `field_violations` for INVALID_ARGUMENT).
+    """
+
+    def __init__(self, target: str = DEFAULT_TARGET, *, timeout: float = 1.0, retry: RetryPolicy = DEFAULT_RETRY,
+                 fail_open: bool = False, tls: TLS | None = None, token: str | None = None,
+                 metadata: Sequence[tuple[str, str]] = (), options: Options = ()) -> None:
+        super().__init__(target, timeout=timeout, retry=retry, tls=tls, token=token, metadata=metadata,
+                         options=options)
+        self.fail_open = fail_open
+        self._stub = rsg.RiskServiceStub(self._channel)
+
+    def can_trade(self, trader_id: str, account_id: str, order: req.OrderLike | None = None, *,
+                  timeout: float | None = None, fail_open: bool | None = None) -> Decision:
+        """May the trader trade now (order None: this cycle), or place `order`? Never raises when unreachable."""
+        request = req.can_trade(trader_id, account_id, order)
+        try:
+            return Decision.from_proto(self._unary("CanTrade", self._stub.CanTrade, request, timeout))
+        except SidecarUnavailableError as error:
+            opens = self.fail_open if fail_open is None else fail_open
+            log.warning("TradeGuard sidecar %s unreachable, failing %s: %s", self.target,
+                        "OPEN" if opens else "closed", unavailable_reason(error))
+            return Decision.unavailable(unavailable_reason(error), fail_open=opens)
+
+    def report_equity(self, trader_id: str, account_id: str, equity: float, *, observed_at: datetime | None = None,
+                      timeout: float | None = None) -> ReportResult:
+        """Report the account equity level (including unrealized PnL). `observed_at` None means now."""
+        request = req.report_equity(trader_id, account_id, equity, observed_at)
+        resp = self._unary("ReportEquity", self._stub.ReportEquity, request, timeout)
+        return ReportResult.from_proto(resp)
+
+    def report_trade(self, trader_id: str, account_id: str, *, trade_id: str, symbol: str, side: str,
+                     realized_pnl: float, exchange: str = "", closed_at: datetime | None = None,
+                     timeout: float | None = None) -> ReportResult:
+        """Report a closed trade; a repeated `trade_id` counts once (`duplicate=True`)."""
+        request = req.report_trade(trader_id, account_id, trade_id=trade_id, symbol=symbol, side=side,
+                                   realized_pnl=realized_pnl, exchange=exchange, closed_at=closed_at)
+        resp = self._unary("ReportTrade", self._stub.ReportTrade, request, timeout)
+        return ReportResult.from_proto(resp)
+
+    def report_positions(self, trader_id: str, account_id: str, positions: Iterable[req.PositionLike], *,
+                         timeout: float | None = None) -> ReportResult:
+        """Report every open position (replaces the previous snapshot; empty means flat)."""
+        request = req.report_positions(trader_id, account_id, positions)
+        resp = self._unary("ReportPositions", self._stub.ReportPositions, request, timeout)
+        return ReportResult.from_proto(resp)
+
+    def get_risk_state(self, trader_id: str, account_id: str, *, timeout: float | None = None) -> RiskState:
+        """The trader's current risk state (a trader never seen has `equity_reported=False`)."""
+        request = rs.GetRiskStateRequest(trader_id=trader_id, account_id=account_id)
+        return RiskState.from_proto(self._unary("GetRiskState", self._stub.GetRiskState, request, timeout).state)
+
+    def watch_risk_state(self, trader_id: str, account_id: str, *, timeout: float | None = None) -> WatchStream:
+        """Stream the current state, then every change and required action. No deadline unless `timeout`."""
+        request = rs.WatchRiskStateRequest(trader_id=trader_id, account_id=account_id)
+        deadline = None if timeout is None else check_timeout(timeout)
+        return WatchStream(self._stub.WatchRiskState(request, timeout=deadline, metadata=self._metadata))
+
+
+class AdminClient(_SyncClient):
+    """Blocking client of AdminService (operators). `token` is the sidecar's admin token, when it has one.
+
+    Same options as RiskClient; the default deadline is 5 s because configuration and breaker writes return
+    only after the store committed. Reads and writes that set an absolute value are retried on UNAVAILABLE;
+    CreateBreaker, DeleteConfig, DeleteBreaker and PauseTrading are never retried, because repeating one
+    after a success whose answer was lost would do it twice or report it as a failure (details in
+    `tradeguard_client._retry`). Failures raise TradeGuardError.
+    """
+
+    def __init__(self, target: str = DEFAULT_TARGET, *, token: str | None = None, timeout: float = 5.0,
+                 retry: RetryPolicy = DEFAULT_RETRY, tls: TLS | None = None,
+                 metadata: Sequence[tuple[str, str]] = (), options: Options = ()) -> None:
+        super().__init__(target, timeout=timeout, retry=retry, tls=tls, token=token, metadata=metadata,
+                         options=options)
+        self._stub = adg.AdminServiceStub(self._channel)
+
+    # ---- configurations -------------------------------------------------------------------------
+
+    def save_config(self, config: req.ConfigLike, *, timeout: float | None = None) -> SavedConfig:
+        """Create or replace (account_id, config_id); saving an active one deactivates the others."""
+        resp = self._unary("SaveConfig", self._stub.SaveConfig, ad.SaveConfigRequest(config=req.config_msg(config)),
+                           timeout)
+        return SavedConfig(RiskConfig.from_proto(resp.config), resp.created, raw=resp)
+
+    def get_config(self, account_id: str, config_id: str, *, timeout: float | None = None) -> RiskConfig:
+        request = ad.GetConfigRequest(account_id=account_id, config_id=config_id)
+        return RiskConfig.from_proto(self._unary("GetConfig", self._stub.GetConfig, request, timeout).config)
+
+    def list_configs(self, account_id: str, *, timeout: float | None = None) -> tuple[RiskConfig, ...]:
+        resp = self._unary("ListConfigs", self._stub.ListConfigs, ad.ListConfigsRequest(account_id=account_id),
+                           timeout)
+        return tuple(RiskConfig.from_proto(c) for c in resp.configs)
+
+    def delete_config(self, account_id: str, config_id: str, *, timeout: float | None = None) -> None:
+        request = ad.DeleteConfigRequest(account_id=account_id, config_id=config_id)
+        self._unary("DeleteConfig", self._stub.DeleteConfig, request, timeout)
+
+    # ---- circuit breakers -----------------------------------------------------------------------
+
+    def create_breaker(self, breaker: req.BreakerLike, *, timeout: float | None = None) -> CircuitBreaker:
+        request = ad.CreateBreakerRequest(breaker=req.breaker_msg(breaker))
+        return CircuitBreaker.from_proto(self._unary("CreateBreaker", self._stub.CreateBreaker, request,
+                                                     timeout).breaker)
+
+    def get_breaker(self, breaker_id: str, *, timeout: float | None = None) -> CircuitBreaker:
+        request = ad.GetBreakerRequest(breaker_id=breaker_id)
+        return CircuitBreaker.from_proto(self._unary("GetBreaker", self._stub.GetBreaker, request, timeout).breaker)
+
+    def list_breakers(self, account_id: str, *, timeout: float | None = None) -> tuple[CircuitBreaker, ...]:
+        request = ad.ListBreakersRequest(account_id=account_id)
+        resp = self._unary("ListBreakers", self._stub.ListBreakers, request, timeout)
+        return tuple(CircuitBreaker.from_proto(b) for b in resp.breakers)
+
+    def update_breaker(self, breaker_id: str, breaker: req.BreakerLike, *,
+                       timeout: float | None = None) -> CircuitBreaker:
+        request = ad.UpdateBreakerRequest(breaker_id=breaker_id, breaker=req.breaker_msg(breaker))
+        return CircuitBreaker.from_proto(self._unary("UpdateBreaker", self._stub.UpdateBreaker, request,
+                                                     timeout).breaker)
+
+    def delete_breaker(self, breaker_id: str, *, timeout: float | None = None) -> None:
+        self._unary("DeleteBreaker", self._stub.DeleteBreaker, ad.DeleteBreakerRequest(breaker_id=breaker_id),
+                    timeout)
+
+    def enable_breaker(self, breaker_id: str, *, timeout: float | None = None) -> CircuitBreaker:
+        request = ad.EnableBreakerRequest(breaker_id=breaker_id)
+        return CircuitBreaker.from_proto(self._unary("EnableBreaker", self._stub.EnableBreaker, request,
+                                                     timeout).breaker)
+
+    def disable_breaker(self, breaker_id: str, *, timeout: float | None = None) -> CircuitBreaker:
+        request = ad.DisableBreakerRequest(breaker_id=breaker_id)
+        return CircuitBreaker.from_proto(self._unary("DisableBreaker", self._stub.DisableBreaker, request,
+                                                     timeout).breaker)
+
+    def list_breaker_events(self, *, breaker_id: str = "", account_id: str = "", page_size: int = 0,
+                            page_token: str = "", timeout: float | None = None) -> Page[BreakerEvent]:
+        """Events of one breaker, or of every breaker of `account_id`, newest first."""
+        request = req.list_breaker_events(breaker_id, account_id, page_size, page_token)
+        resp = self._unary("ListBreakerEvents", self._stub.ListBreakerEvents, request, timeout)
+        return Page(tuple(BreakerEvent.from_proto(e) for e in resp.events), resp.next_page_token)
+
+    # ---- flags and kill switch ------------------------------------------------------------------
+
+    def get_feature_flags(self, *, timeout: float | None = None) -> FeatureFlags:
+        resp = self._unary("GetFeatureFlags", self._stub.GetFeatureFlags, ad.GetFeatureFlagsRequest(), timeout)
+        return FeatureFlags.from_proto(resp.flags)
+
+    def set_feature_flags(self, *, enable_risk_enforcement: bool | None = None,
+                          enable_persistence: bool | None = None, timeout: float | None = None) -> FeatureFlags:
+        """Change the flags given (None leaves one as it is); returns the flags in force."""
+        request = req.set_feature_flags(enable_risk_enforcement, enable_persistence)
+        return FeatureFlags.from_proto(self._unary("SetFeatureFlags", self._stub.SetFeatureFlags, request,
+                                                   timeout).flags)
+
+    def pause_trading(self, trader_id: str, account_id: str, *, trading_state: str = "HALTED",
+                      duration: timedelta | float | None = None, reason: str = "",
+                      timeout: float | None = None) -> RiskState:
+        """Kill switch: "HALTED" (nothing) or "REDUCING" (reduce only), for `duration` (seconds or timedelta)
+        or, when None, until resumed."""
+        request = req.pause_trading(trader_id, account_id, trading_state, duration, reason)
+        return RiskState.from_proto(self._unary("PauseTrading", self._stub.PauseTrading, request, timeout).state)
+
+    def resume_trading(self, trader_id: str, account_id: str, *, timeout: float | None = None) -> RiskState:
+        """Lift any pause, manual or automatic."""
+        request = ad.ResumeTradingRequest(trader_id=trader_id, account_id=account_id)
+        return RiskState.from_proto(self._unary("ResumeTrading", self._stub.ResumeTrading, request, timeout).state)
+
+    def list_risk_state_history(self, trader_id: str, account_id: str, *, start_time: datetime | None = None,
+                                end_time: datetime | None = None, page_size: int = 0, page_token: str = "",
+                                timeout: float | None = None) -> Page[HistoryEntry]:
+        """The trader's audit trail in [start_time, end_time), oldest first."""
+        request = req.list_history(trader_id, account_id, start_time, end_time, page_size, page_token)
+        resp = self._unary("ListRiskStateHistory", self._stub.ListRiskStateHistory, request, timeout)
+        return Page(tuple(HistoryEntry.from_proto(e) for e in resp.entries), resp.next_page_token)

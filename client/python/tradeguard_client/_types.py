@@ -1,0 +1,602 @@
+"""Frozen result and input types, and their conversion to and from the protobuf messages.
+
+Enums are plain upper-case strings without their proto prefix: `DecisionCode.DECISION_CODE_DAILY_LOSS_LIMIT`
+reads `"DAILY_LOSS_LIMIT"`, `TradingState.TRADING_STATE_REDUCING` reads `"REDUCING"`, `Side.SIDE_BUY` reads
+`"BUY"`. A value this client does not know (from a newer server) reads as `"UNKNOWN_<number>"` rather than
+failing. Timestamps are timezone-aware UTC `datetime`s; unset ones are `None`.
+Every type built from a response keeps the message in `.raw` (not part of equality or repr).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime, timedelta
+from typing import Any, Generic, TypeVar, cast
+
+from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
+from google.protobuf.message import Message
+
+from tradeguard.v1 import admin_service_pb2 as ad
+from tradeguard.v1 import risk_service_pb2 as rs
+from tradeguard.v1 import types_pb2 as t
+
+__all__ = [
+    "SIDECAR_UNAVAILABLE",
+    "Action",
+    "BreakerEvent",
+    "Check",
+    "CircuitBreaker",
+    "CorrelationGroup",
+    "Decision",
+    "FeatureFlags",
+    "HistoryEntry",
+    "Order",
+    "Page",
+    "Position",
+    "ReportResult",
+    "RiskConfig",
+    "RiskState",
+    "SavedConfig",
+    "StateUpdate",
+    "SymbolConfig",
+]
+
+SIDECAR_UNAVAILABLE = "SIDECAR_UNAVAILABLE"
+"""Decision code set by this client (never by the server) when the sidecar could not be reached."""
+
+T = TypeVar("T")
+
+
+# ---- enums and well-known types -----------------------------------------------------------------
+
+
+def has(msg: Message, name: str) -> bool:
+    """`msg.HasField(name)` for a field name known only at run time."""
+    return msg.HasField(name)
+
+
+# `wrapper` is a generated enum (t.Side, t.DecisionCode, ...); its Name / Value / keys come from the
+# EnumTypeWrapper metaclass, typed per enum with a NewType, hence Any here.
+def enum_name(wrapper: Any, prefix: str, value: int) -> str:
+    """`DECISION_CODE_DAILY_LOSS_LIMIT` -> `DAILY_LOSS_LIMIT`; an unknown number -> `UNKNOWN_<n>`."""
+    try:
+        name: str = wrapper.Name(value)
+    except ValueError:
+        return f"UNKNOWN_{value}"
+    return name.removeprefix(prefix)
+
+
+def enum_value(wrapper: Any, prefix: str, name: str, what: str) -> int:
+    """`"buy"` / `"BUY"` / `"SIDE_BUY"` -> 1. Unknown or UNSPECIFIED names raise ValueError."""
+    key = name.strip().upper()
+    if not key.startswith(prefix):
+        key = prefix + key
+    try:
+        value: int = wrapper.Value(key)
+    except ValueError:
+        names = wrapper.DESCRIPTOR.values_by_name
+        allowed = ", ".join(n.removeprefix(prefix) for n in names if not n.endswith("_UNSPECIFIED"))
+        raise ValueError(f"{what}: unknown value {name!r}; expected one of {allowed}") from None
+    if value == 0:
+        raise ValueError(f"{what}: {name!r} is not a valid input")
+    return value
+
+
+def side_value(side: str) -> t.Side.ValueType:
+    return cast("t.Side.ValueType", enum_value(t.Side, "SIDE_", side, "side"))
+
+
+def trading_state_value(state: str) -> t.TradingState.ValueType:
+    return cast("t.TradingState.ValueType", enum_value(t.TradingState, "TRADING_STATE_", state, "trading_state"))
+
+
+def ts_to_datetime(msg: Message, name: str) -> datetime | None:
+    """The timestamp field `name` of `msg` as an aware UTC datetime, or None when unset."""
+    if not msg.HasField(name):
+        return None
+    ts: timestamp_pb2.Timestamp = getattr(msg, name)
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+def datetime_to_ts(value: datetime, what: str) -> timestamp_pb2.Timestamp:
+    """An aware datetime as a Timestamp. Naive datetimes are refused: their zone is a guess."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{what}: give a timezone-aware datetime (e.g. datetime.now(UTC)), not a naive one")
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value.astimezone(UTC))
+    return ts
+
+
+def seconds_to_duration(value: timedelta | float, what: str) -> duration_pb2.Duration:
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"{what}: must be a finite, non-negative duration, got {value!r}")
+    d = duration_pb2.Duration()
+    d.FromTimedelta(timedelta(seconds=seconds))
+    return d
+
+
+def struct_to_dict(msg: Message, name: str) -> dict[str, Any] | None:
+    if not msg.HasField(name):
+        return None
+    struct: struct_pb2.Struct = getattr(msg, name)
+    out: dict[str, Any] = json_format.MessageToDict(struct)
+    return out
+
+
+def dict_to_struct(value: Mapping[str, Any]) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update(dict(value))
+    return s
+
+
+# ---- inputs -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """An order the bot is about to place (OrderIntent). `side` is "BUY" or "SELL".
+
+    `leverage` 0 means 1x; `stop_price` 0 means no stop; `volatility` 0 means not reported.
+    """
+
+    symbol: str
+    side: str
+    quantity: float
+    price: float
+    exchange: str = ""
+    leverage: float = 0.0
+    reduce_only: bool = False
+    stop_price: float = 0.0
+    volatility: float = 0.0
+
+    def to_proto(self) -> t.OrderIntent:
+        return t.OrderIntent(
+            symbol=self.symbol, exchange=self.exchange, side=side_value(self.side),
+            quantity=self.quantity, price=self.price, leverage=self.leverage, reduce_only=self.reduce_only,
+            stop_price=self.stop_price, volatility=self.volatility,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """One open position snapshot. `side` "BUY" is long, "SELL" is short."""
+
+    symbol: str
+    side: str
+    quantity: float
+    entry_price: float
+    mark_price: float
+    exchange: str = ""
+    leverage: float = 0.0
+    volatility: float = 0.0
+    raw: t.Position | None = field(default=None, repr=False, compare=False)
+
+    def to_proto(self) -> t.Position:
+        return t.Position(
+            symbol=self.symbol, exchange=self.exchange, side=side_value(self.side),
+            quantity=self.quantity, entry_price=self.entry_price, mark_price=self.mark_price,
+            leverage=self.leverage, volatility=self.volatility,
+        )
+
+    @classmethod
+    def from_proto(cls, m: t.Position) -> Position:
+        return cls(
+            symbol=m.symbol, side=enum_name(t.Side, "SIDE_", m.side), quantity=m.quantity,
+            entry_price=m.entry_price, mark_price=m.mark_price, exchange=m.exchange, leverage=m.leverage,
+            volatility=m.volatility, raw=m,
+        )
+
+
+# ---- results ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One rule evaluated for a decision. `status` is "PASS", "FAIL" or "SKIPPED"."""
+
+    name: str
+    status: str
+    code: str
+    detail: str
+    value: float
+    limit: float
+    raw: t.CheckResult | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_proto(cls, m: t.CheckResult) -> Check:
+        return cls(
+            name=m.name, status=enum_name(t.CheckStatus, "CHECK_STATUS_", m.status),
+            code=enum_name(t.DecisionCode, "DECISION_CODE_", m.code), detail=m.detail, value=m.value,
+            limit=m.limit, raw=m,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """Something the bot must do now. `type` is "CLOSE_POSITION", "PAUSE_TRADING", "REDUCE_ONLY" or "ALERT"."""
+
+    type: str
+    symbol: str
+    exchange: str
+    reason: str
+    breaker_id: str
+    raw: t.RequiredAction | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_proto(cls, m: t.RequiredAction) -> Action:
+        return cls(
+            type=enum_name(t.ActionType, "ACTION_TYPE_", m.type), symbol=m.symbol, exchange=m.exchange,
+            reason=m.reason, breaker_id=m.breaker_id, raw=m,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RiskState:
+    """The risk state of one trader. Percentages are percent (6.0 = 6%); money is quote currency."""
+
+    trader_id: str
+    account_id: str
+    current_equity: float
+    peak_equity: float
+    drawdown_pct: float
+    daily_pnl: float
+    daily_pnl_pct: float
+    weekly_pnl: float
+    weekly_pnl_pct: float
+    monthly_pnl: float
+    monthly_pnl_pct: float
+    day_start_equity: float
+    week_start_equity: float
+    month_start_equity: float
+    trading_state: str
+    paused_until: datetime | None
+    pause_reason: str
+    pause_code: str
+    consecutive_losses: int
+    last_equity_at: datetime | None
+    updated_at: datetime | None
+    equity_reported: bool
+    config_id: str
+    positions: tuple[Position, ...]
+    raw: t.RiskState | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_proto(cls, m: t.RiskState) -> RiskState:
+        return cls(
+            trader_id=m.trader_id, account_id=m.account_id, current_equity=m.current_equity,
+            peak_equity=m.peak_equity, drawdown_pct=m.drawdown_pct, daily_pnl=m.daily_pnl,
+            daily_pnl_pct=m.daily_pnl_pct, weekly_pnl=m.weekly_pnl, weekly_pnl_pct=m.weekly_pnl_pct,
+            monthly_pnl=m.monthly_pnl, monthly_pnl_pct=m.monthly_pnl_pct, day_start_equity=m.day_start_equity,
+            week_start_equity=m.week_start_equity, month_start_equity=m.month_start_equity,
+            trading_state=enum_name(t.TradingState, "TRADING_STATE_", m.trading_state),
+            paused_until=ts_to_datetime(m, "paused_until"), pause_reason=m.pause_reason,
+            pause_code=enum_name(t.DecisionCode, "DECISION_CODE_", m.pause_code),
+            consecutive_losses=m.consecutive_losses, last_equity_at=ts_to_datetime(m, "last_equity_at"),
+            updated_at=ts_to_datetime(m, "updated_at"), equity_reported=m.equity_reported, config_id=m.config_id,
+            positions=tuple(Position.from_proto(p) for p in m.positions), raw=m,
+        )
+
+
+def _state_or_none(msg: Message, name: str = "state") -> RiskState | None:
+    return RiskState.from_proto(getattr(msg, name)) if msg.HasField(name) else None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The answer to `can_trade`.
+
+    `bool(decision)` is `decision.allowed`, so `if client.can_trade(...):` is safe. `code` names the rule
+    that decided ("ALLOWED", "NO_EQUITY_REPORTED", "DAILY_LOSS_LIMIT", ...) or "SIDECAR_UNAVAILABLE" when this
+    client could not reach the sidecar (then `raw` and `state` are None and `checks` / `actions` are empty).
+    `would_deny` is true when the decision allows only because enforcement is off (shadow mode) or because
+    the client fails open.
+    """
+
+    allowed: bool
+    code: str
+    reason: str
+    trading_state: str
+    paused_until: datetime | None
+    checks: tuple[Check, ...]
+    actions: tuple[Action, ...]
+    would_deny: bool
+    state: RiskState | None
+    raw: rs.CanTradeResponse | None = field(default=None, repr=False, compare=False)
+
+    def __bool__(self) -> bool:
+        return self.allowed
+
+    @property
+    def sidecar_unavailable(self) -> bool:
+        """True when this decision was made by the client because the sidecar could not be reached."""
+        return self.code == SIDECAR_UNAVAILABLE
+
+    @classmethod
+    def from_proto(cls, m: rs.CanTradeResponse) -> Decision:
+        return cls(
+            allowed=m.allowed, code=enum_name(t.DecisionCode, "DECISION_CODE_", m.code), reason=m.reason,
+            trading_state=enum_name(t.TradingState, "TRADING_STATE_", m.trading_state),
+            paused_until=ts_to_datetime(m, "paused_until"), checks=tuple(Check.from_proto(c) for c in m.checks),
+            actions=tuple(Action.from_proto(a) for a in m.actions), would_deny=m.would_deny,
+            state=_state_or_none(m), raw=m,
+        )
+
+    @classmethod
+    def unavailable(cls, error: str, *, fail_open: bool) -> Decision:
+        """The decision when the sidecar cannot be reached: denied, or allowed with would_deny when failing open."""
+        if fail_open:
+            reason = f"{SIDECAR_UNAVAILABLE}: {error}; allowed because the client fails open (fail_open=True)"
+        else:
+            reason = f"{SIDECAR_UNAVAILABLE}: {error}; denied because the client fails closed"
+        return cls(
+            allowed=fail_open, code=SIDECAR_UNAVAILABLE, reason=reason, trading_state="UNSPECIFIED",
+            paused_until=None, checks=(), actions=(), would_deny=fail_open, state=None, raw=None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerEvent:
+    """One firing of a circuit breaker. `triggered_values` / `action_result` are the JSON objects it recorded."""
+
+    id: str
+    breaker_id: str
+    trader_id: str
+    account_id: str
+    timestamp: datetime | None
+    triggered_values: dict[str, Any]
+    action_taken: str
+    action_result: dict[str, Any]
+    positions_affected: tuple[tuple[str, str], ...]
+    shadow: bool
+    raw: t.CircuitBreakerEvent | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_proto(cls, m: t.CircuitBreakerEvent) -> BreakerEvent:
+        return cls(
+            id=m.id, breaker_id=m.breaker_id, trader_id=m.trader_id, account_id=m.account_id,
+            timestamp=ts_to_datetime(m, "timestamp"), triggered_values=struct_to_dict(m, "triggered_values") or {},
+            action_taken=m.action_taken, action_result=struct_to_dict(m, "action_result") or {},
+            positions_affected=tuple((p.symbol, p.exchange) for p in m.positions_affected), shadow=m.shadow, raw=m,
+        )
+
+
+ReportMsg = rs.ReportEquityResponse | rs.ReportTradeResponse | rs.ReportPositionsResponse
+
+
+@dataclass(frozen=True, slots=True)
+class ReportResult:
+    """The answer to a report: the updated state, breakers fired, actions to take.
+
+    `stale` (equity reports only): the report was older than the last one and was ignored.
+    `duplicate` (trade reports only): the trade_id had already been reported; nothing changed.
+    """
+
+    state: RiskState | None
+    actions: tuple[Action, ...]
+    breaker_events: tuple[BreakerEvent, ...]
+    stale: bool = False
+    duplicate: bool = False
+    raw: ReportMsg | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_proto(cls, m: ReportMsg) -> ReportResult:
+        return cls(
+            state=_state_or_none(m), actions=tuple(Action.from_proto(a) for a in m.actions),
+            breaker_events=tuple(BreakerEvent.from_proto(e) for e in m.breaker_events),
+            stale=isinstance(m, rs.ReportEquityResponse) and m.stale,
+            duplicate=isinstance(m, rs.ReportTradeResponse) and m.duplicate, raw=m,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StateUpdate:
+    """One update on a watch stream. `reason` is e.g. "initial", "equity_report", "paused by operator"."""
+
+    state: RiskState | None
+    reason: str
+    actions: tuple[Action, ...]
+    breaker_events: tuple[BreakerEvent, ...]
+    skipped_updates: int
+    raw: rs.WatchRiskStateResponse | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_proto(cls, m: rs.WatchRiskStateResponse) -> StateUpdate:
+        return cls(
+            state=_state_or_none(m), reason=m.reason, actions=tuple(Action.from_proto(a) for a in m.actions),
+            breaker_events=tuple(BreakerEvent.from_proto(e) for e in m.breaker_events),
+            skipped_updates=m.skipped_updates, raw=m,
+        )
+
+
+# ---- admin --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureFlags:
+    """Run-time switches. Enforcement off = shadow mode; persistence off = memory only."""
+
+    enable_risk_enforcement: bool
+    enable_persistence: bool
+    raw: t.FeatureFlags | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_proto(cls, m: t.FeatureFlags) -> FeatureFlags:
+        return cls(enable_risk_enforcement=m.enable_risk_enforcement, enable_persistence=m.enable_persistence, raw=m)
+
+
+def _optional_fields(cls: type[Any], skip: Iterable[str]) -> tuple[str, ...]:
+    skipped = set(skip)
+    return tuple(f.name for f in fields(cls) if f.name not in skipped)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SymbolConfig:
+    """Per-symbol overrides of the account limits; None falls back to the account configuration."""
+
+    symbol: str
+    max_position_size_percentage: float | None = None
+    max_leverage: float | None = None
+    position_max_drawdown_percentage: float | None = None
+    risk_per_trade_percentage: float | None = None
+    raw: t.SymbolRiskConfiguration | None = field(default=None, repr=False, compare=False)
+
+    def to_proto(self) -> t.SymbolRiskConfiguration:
+        m = t.SymbolRiskConfiguration(symbol=self.symbol)
+        for name in _optional_fields(SymbolConfig, ("symbol", "raw")):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(m, name, value)
+        return m
+
+    @classmethod
+    def from_proto(cls, m: t.SymbolRiskConfiguration) -> SymbolConfig:
+        optional = {n: getattr(m, n) if has(m, n) else None for n in _optional_fields(cls, ("symbol", "raw"))}
+        return cls(symbol=m.symbol, raw=m, **optional)
+
+
+@dataclass(frozen=True, slots=True)
+class CorrelationGroup:
+    """Symbols whose same-direction exposure is summed for max_correlated_exposure_percentage."""
+
+    name: str
+    symbols: tuple[str, ...]
+
+
+_CONFIG_PLAIN = ("account_id", "config_id", "is_active", "market_regime_thresholds", "correlation_groups",
+                 "symbol_configs", "created_at", "updated_at", "raw")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RiskConfig:
+    """One named set of limits for an account (RiskConfiguration). None = the server's default.
+
+    Percentages are percent (5.0 = 5%). `market_regime_thresholds` is e.g. {"high": 3.0, "extreme": 6.0}.
+    """
+
+    account_id: str
+    config_id: str
+    is_active: bool = False
+    daily_max_drawdown_percentage: float | None = None
+    weekly_max_drawdown_percentage: float | None = None
+    monthly_max_drawdown_percentage: float | None = None
+    max_drawdown_percentage: float | None = None
+    stop_trading_minutes: int | None = None
+    consecutive_loss_threshold: int | None = None
+    cooling_off_period_minutes: int | None = None
+    max_position_size_percentage: float | None = None
+    risk_per_trade_percentage: float | None = None
+    max_correlated_exposure_percentage: float | None = None
+    volatility_adjustment_factor: float | None = None
+    market_regime_thresholds: Mapping[str, float] | None = None
+    position_max_drawdown_percentage: float | None = None
+    position_trailing_stop_multiplier: float | None = None
+    max_order_notional: float | None = None
+    max_orders_per_window: int | None = None
+    order_rate_window_seconds: int | None = None
+    correlation_groups: tuple[CorrelationGroup, ...] = ()
+    symbol_configs: tuple[SymbolConfig, ...] = ()
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    raw: t.RiskConfiguration | None = field(default=None, repr=False, compare=False)
+
+    def to_proto(self) -> t.RiskConfiguration:
+        m = t.RiskConfiguration(account_id=self.account_id, config_id=self.config_id, is_active=self.is_active)
+        for name in _optional_fields(RiskConfig, _CONFIG_PLAIN):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(m, name, value)
+        if self.market_regime_thresholds is not None:
+            m.market_regime_thresholds.CopyFrom(dict_to_struct(self.market_regime_thresholds))
+        m.correlation_groups.extend(t.CorrelationGroup(name=g.name, symbols=list(g.symbols))
+                                    for g in self.correlation_groups)
+        m.symbol_configs.extend(s.to_proto() for s in self.symbol_configs)
+        return m
+
+    @classmethod
+    def from_proto(cls, m: t.RiskConfiguration) -> RiskConfig:
+        optional = {n: getattr(m, n) if has(m, n) else None for n in _optional_fields(cls, _CONFIG_PLAIN)}
+        return cls(
+            account_id=m.account_id, config_id=m.config_id, is_active=m.is_active,
+            market_regime_thresholds=struct_to_dict(m, "market_regime_thresholds"),
+            correlation_groups=tuple(CorrelationGroup(g.name, tuple(g.symbols)) for g in m.correlation_groups),
+            symbol_configs=tuple(SymbolConfig.from_proto(s) for s in m.symbol_configs),
+            created_at=ts_to_datetime(m, "created_at"), updated_at=ts_to_datetime(m, "updated_at"), raw=m,
+            **optional,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SavedConfig:
+    """The answer to `save_config`: the stored configuration, and whether it was new."""
+
+    config: RiskConfig
+    created: bool
+    raw: ad.SaveConfigResponse | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CircuitBreaker:
+    """A circuit breaker: a registered `condition` with its `parameters`, an `action` and a scope.
+
+    `condition`: max_drawdown, daily_loss, consecutive_losses, loss_streak_in_window, equity_floor,
+    order_rate, position_drawdown. `action`: pause_trading, reduce_only, close_position, alert.
+    Thresholds in `parameters` are fractions as in the seed: {"threshold": 0.1} = 10%. Empty `symbols` /
+    `exchanges` mean all. `id`, `created_at`, `updated_at` are set by the server.
+    """
+
+    name: str
+    account_id: str
+    condition: str
+    action: str
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+    symbols: tuple[str, ...] = ()
+    exchanges: tuple[str, ...] = ()
+    enabled: bool = True
+    id: str = ""
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    raw: t.CircuitBreaker | None = field(default=None, repr=False, compare=False)
+
+    def to_proto(self) -> t.CircuitBreaker:
+        return t.CircuitBreaker(
+            id=self.id, name=self.name, description=self.description, account_id=self.account_id,
+            condition=self.condition, action=self.action, parameters=dict_to_struct(self.parameters),
+            symbols=list(self.symbols), exchanges=list(self.exchanges), enabled=self.enabled,
+        )
+
+    @classmethod
+    def from_proto(cls, m: t.CircuitBreaker) -> CircuitBreaker:
+        return cls(
+            id=m.id, name=m.name, description=m.description, account_id=m.account_id, condition=m.condition,
+            action=m.action, parameters=struct_to_dict(m, "parameters") or {}, symbols=tuple(m.symbols),
+            exchanges=tuple(m.exchanges), enabled=m.enabled, created_at=ts_to_datetime(m, "created_at"),
+            updated_at=ts_to_datetime(m, "updated_at"), raw=m,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One row of a trader's audit trail."""
+
+    state: RiskState | None
+    reason: str
+    trace_id: str
+    recorded_at: datetime | None
+    raw: t.RiskStateHistoryEntry | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_proto(cls, m: t.RiskStateHistoryEntry) -> HistoryEntry:
+        return cls(state=_state_or_none(m), reason=m.reason, trace_id=m.trace_id,
+                   recorded_at=ts_to_datetime(m, "recorded_at"), raw=m)
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """One page of a listing; pass `next_page_token` back to get the next one (empty on the last page)."""
+
+    items: tuple[T, ...]
+    next_page_token: str
