@@ -55,10 +55,11 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _serve(settings: Settings) -> int:
-    from .observability.logs import setup_logging
+    from .observability.logs import redact_secrets, settings_secrets, setup_logging
     from .sidecar import Sidecar
 
     setup_logging(settings.log_level, settings.log_json)
+    redact_secrets(settings_secrets(settings))  # observability: secrets never reach the log
     log.info("starting with settings %s", settings.redacted())
     try:
         sidecar = Sidecar(settings)
@@ -79,11 +80,12 @@ def _serve(settings: Settings) -> int:
 
 
 def _migrate(settings: Settings) -> int:
-    from .observability.logs import setup_logging
+    from .observability.logs import redact_secrets, settings_secrets, setup_logging
     from .store.migrate import migrate
     from .store.url import redact
 
     setup_logging(settings.log_level, settings.log_json)
+    redact_secrets(settings_secrets(settings))  # observability: secrets never reach the log
     revision = migrate(settings.database_url)
     log.info("database %s is at revision %s", redact(settings.database_url), revision)
     return 0

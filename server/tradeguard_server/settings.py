@@ -56,6 +56,7 @@ class Settings:
     watch_buffer: int = 64
     ready_file: str = ""
     uvloop: bool = True
+    tracing: bool = False  # OpenTelemetry server spans; also on when OTEL_EXPORTER_OTLP_ENDPOINT is set
 
     # ---- derived --------------------------------------------------------------------------------
 
@@ -181,6 +182,10 @@ def validate(s: Settings) -> None:
         raise SettingsError("tls_cert and tls_key: give both or neither")
     if s.tls_client_ca and not s.tls_cert:
         raise SettingsError("tls_client_ca: needs tls_cert and tls_key")
+    if s.metrics_listen:
+        _host, sep, port = s.metrics_listen.rpartition(":")
+        if not sep or not port.isdigit() or int(port) > 65535:
+            raise SettingsError(f"metrics_listen: expected host:port (or empty to disable), got {s.metrics_listen!r}")
 
 
 def settings_fields() -> list[dataclasses.Field[Any]]:

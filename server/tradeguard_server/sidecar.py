@@ -114,6 +114,7 @@ class Sidecar:
             gauges(st, reason)
 
         engine.on_change = on_change
+        engine.on_breach = metrics.breach_listener
         if engine.breakers is not None:
             engine.breakers = ObservedBreakers(engine.breakers, metrics)
 
@@ -181,7 +182,7 @@ class Sidecar:
         self.hub.close()
         if self.server is not None:
             await self.server.stop(self.settings.shutdown_grace_s)
-        self._stop_observability()
+        await asyncio.to_thread(self._stop_observability)
         log.info("stopped")
 
     async def run_until_signalled(self) -> None:

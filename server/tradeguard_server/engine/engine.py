@@ -34,6 +34,7 @@ from .types import (
 log = logging.getLogger("tradeguard.engine")
 
 ChangeListener = Callable[[TraderState, str], None]
+BreachListener = Callable[[TraderState, Breach], None]
 
 
 class AccountMismatchError(ValueError):
@@ -79,6 +80,10 @@ def _no_change(_st: TraderState, _reason: str) -> None:
     return None
 
 
+def _no_breach(_st: TraderState, _breach: Breach) -> None:
+    return None
+
+
 class RiskEngine:
     """Holds every trader's state in memory and answers CanTrade from it."""
 
@@ -90,6 +95,7 @@ class RiskEngine:
         reset_offset_s: float = 0.0,
         on_change: ChangeListener = _no_change,
         breakers: BreakerEvaluator | None = None,
+        on_breach: BreachListener = _no_breach,
     ) -> None:
         self.clock = clock
         self.defaults = defaults or Limits()
@@ -97,6 +103,7 @@ class RiskEngine:
         self.reset_offset_s = reset_offset_s
         self.on_change = on_change
         self.breakers = breakers
+        self.on_breach = on_breach
         self.traders: dict[str, TraderState] = {}
         self.account_limits: dict[str, Limits] = {}
 
@@ -183,6 +190,7 @@ class RiskEngine:
             "resume" if until is None else f"{until:.0f}", enforced, breach.reason,
             extra={"trader_id": st.trader_id, "rule": breach.rule, "value": breach.value, "limit": breach.limit},
         )
+        self.on_breach(st, breach)
         return True
 
     def _run_breakers(

@@ -1,0 +1,478 @@
+"""Prometheus metrics: the seed's `risk_*` series plus TradeGuard's own `tradeguard_*` series.
+
+Everything lives on a private `CollectorRegistry` served by `prometheus_client.start_http_server` on
+`settings.metrics_listen` (default `127.0.0.1:9464`; empty = no metrics at all, see `NullMetrics`).
+
+Hot-path rules (CanTrade answers in tens of microseconds):
+- label children are looked up once and cached (`.labels()` costs microseconds; a dict hit does not);
+- per-trader gauges move when the engine announces a state change (`state_changed`), never per CanTrade;
+- the per-RPC histogram, the decision counter and `risk_check_latency_ms` are plain ints and floats
+  (`_HotPath`), turned into samples at scrape time: one `perf_counter` pair, one bisect and a few
+  increments per call, no locks (about 0.9 µs per CanTrade where the handler takes about 100 µs).
+
+Cardinality: at most `MAX_TRADER_LABELS` distinct `trader_id` label values; traders seen after that
+share `trader_id="__other__"` (and `tradeguard_metric_label_overflow_total{label="trader_id"}` counts
+them). The same cap guards `breaker_id` and decision `code` label values. For `__other__`,
+`risk_trading_paused` is the number of overflow traders currently paused; `risk_daily_pnl` and
+`risk_drawdown` hold the value of the overflow trader that changed last.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from bisect import bisect_left
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, cast
+
+import grpc
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from ..engine.engine import BreakerEvaluator, Firing
+    from ..engine.limits import Limits
+    from ..engine.state import TraderState
+    from ..engine.types import Breach
+
+log = logging.getLogger("tradeguard.metrics")
+
+MAX_TRADER_LABELS = 1000
+"""Distinct trader_id (and breaker_id, code) label values kept; the rest go to OTHER."""
+OTHER = "__other__"
+RPC_BUCKETS = (
+    0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5
+)
+PERSIST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+CHECK_METHOD = "CanTrade"
+OUTCOMES = ("allowed", "denied", "shadow")
+RPC_HELP = "Server-side duration of unary RPC handlers (validation + engine + reply), seconds."
+DECISIONS_HELP = "CanTrade decisions by DecisionCode and outcome (shadow = would deny, enforcement off)."
+CHECK_HELP = "Duration of the last CanTrade handler, ms."
+_go_float = cast(Callable[[float], str], floatToGoString)  # the text prometheus_client itself writes for `le`
+_BOUNDS_TEXT = (*(_go_float(b) for b in RPC_BUCKETS), "+Inf")
+
+Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """`host:port`, `[v6]:port` or `:port` (all interfaces) -> (host, port)."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"expected host:port, got {listen!r}")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+class _HotPath(Collector):
+    """Lock-free counters for what every RPC touches, exposed through a custom collector at scrape time.
+
+    prometheus_client guards every child with a mutex (about a microsecond per update on a slow host, and
+    CanTrade would do three); these are plain ints and floats written by the event-loop thread only and
+    read by the scrape thread under the GIL. A scrape may see a bucket and the sum one observation apart.
+    """
+
+    def __init__(self) -> None:
+        self.rpc: dict[str, tuple[list[int], list[float]]] = {}  # method -> (bucket counts + [+Inf], [sum])
+        self.decisions: dict[str, list[int]] = {}  # code name -> [allowed, denied, shadow]
+        self.last_check_ms = [0.0]
+
+    def rpc_slot(self, method: str) -> tuple[list[int], list[float]]:
+        slot = self.rpc.get(method)
+        if slot is None:
+            slot = self.rpc[method] = ([0] * (len(RPC_BUCKETS) + 1), [0.0])
+        return slot
+
+    def describe(self) -> Iterable[Metric]:
+        yield HistogramMetricFamily("tradeguard_rpc_duration_seconds", RPC_HELP, labels=["method"])
+        yield CounterMetricFamily("tradeguard_decisions", DECISIONS_HELP, labels=["code", "outcome"])
+        yield GaugeMetricFamily("risk_check_latency_ms", CHECK_HELP)
+
+    def collect(self) -> Iterable[Metric]:
+        hist = HistogramMetricFamily("tradeguard_rpc_duration_seconds", RPC_HELP, labels=["method"])
+        for method, (counts, total) in list(self.rpc.items()):
+            cumulative, buckets = 0, []
+            for bound, count in zip(_BOUNDS_TEXT, list(counts), strict=True):
+                cumulative += count
+                buckets.append((bound, float(cumulative)))
+            hist.add_metric([method], buckets, total[0])
+        yield hist
+        decisions = CounterMetricFamily("tradeguard_decisions", DECISIONS_HELP, labels=["code", "outcome"])
+        for code, counts in list(self.decisions.items()):
+            for outcome, count in zip(OUTCOMES, list(counts), strict=True):
+                decisions.add_metric([code, outcome], float(count))
+        yield decisions
+        yield GaugeMetricFamily("risk_check_latency_ms", CHECK_HELP, value=self.last_check_ms[0])
+
+
+class Metrics:
+    """The sidecar's metrics. One instance per Sidecar, each on its own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, max_label_values: int = MAX_TRADER_LABELS,
+                 version: str = "") -> None:
+        reg = self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self.max_label_values = max_label_values
+        self._server: WSGIServer | None = None
+        self._hot = _HotPath()
+        reg.register(self._hot)  # tradeguard_rpc_duration_seconds, tradeguard_decisions, risk_check_latency_ms
+        # ---- the seed's series, by their names ----
+        self.daily_pnl = Gauge("risk_daily_pnl", "Equity change since the start of the UTC day (account currency).",
+                               ["trader_id"], registry=reg)
+        self.drawdown = Gauge("risk_drawdown", "Drawdown from peak equity, percent.", ["trader_id"], registry=reg)
+        self.trading_paused = Gauge("risk_trading_paused", "1 when the trader is not ACTIVE (REDUCING or HALTED).",
+                                    ["trader_id"], registry=reg)
+        self.limit_breaches = Counter("risk_limit_breaches", "Risk limit breaches, by trader and rule.",
+                                      ["trader_id", "rule"], registry=reg)
+        self.persist_attempts = Counter("risk_persistence_attempts", "Batches the store writer tried to commit.",
+                                        registry=reg)
+        self.persist_failures = Counter("risk_persistence_failures", "Batches whose commit failed (retried).",
+                                        registry=reg)
+        self.persist_latency_ms_gauge = Gauge("risk_persist_latency_ms", "Duration of the last store commit, ms.",
+                                              registry=reg)
+        # ---- TradeGuard's own ----
+        self.queue_depth_gauge = Gauge("tradeguard_store_queue_depth", "Items waiting in the store write queue.",
+                                       registry=reg)
+        self.history_dropped_total = Counter("tradeguard_history_rows_dropped",
+                                             "risk_state_history rows dropped on queue overflow (oldest first).",
+                                             registry=reg)
+        self.persist_duration = Histogram("tradeguard_persist_duration_seconds", "Store batch commit duration.",
+                                          buckets=PERSIST_BUCKETS, registry=reg)
+        self.breaker_firings = Counter("tradeguard_breaker_firings", "Circuit breaker firings, by breaker id.",
+                                       ["breaker_id"], registry=reg)
+        self.store_healthy_gauge = Gauge("tradeguard_store_healthy", "1 when the last store write succeeded.",
+                                         registry=reg)
+        self.label_overflow = Counter("tradeguard_metric_label_overflow",
+                                      f"Folds into {OTHER!r} by the cardinality cap: distinct traders for "
+                                      "trader_id, events for code and breaker_id.", ["label"], registry=reg)
+        self.build_info = Gauge("tradeguard_build_info", "Build information; the value is always 1.",
+                                ["version", "python"], registry=reg)
+        self.build_info.labels(version or _version(), platform.python_version()).set(1)
+        ProcessCollector(registry=reg)
+        PlatformCollector(registry=reg)
+        # ---- cached children ----
+        self._traders: dict[str, tuple[Any, Any, Any]] = {}
+        self._overflow_paused: set[str] = set()
+        self._overflow_seen: set[str] = set()
+        self._other_trader: tuple[Any, Any, Any] | None = None
+        self._breaches: dict[tuple[str, str], Any] = {}
+        self._decisions_by_number: dict[int, list[int]] = {}
+        self._breakers: dict[str, Any] = {}
+        self.store_healthy_gauge.set(1)
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+
+    def serve(self, listen: str) -> str:
+        """Start the /metrics HTTP server in a daemon thread; returns the bound host:port."""
+        host, port = parse_listen(listen)
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        self._server = server
+        bound_port = server.server_address[1]
+        return f"{host}:{bound_port}" if ":" not in host else f"[{host}]:{bound_port}"
+
+    def close(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+
+    # ---- cardinality guard ----------------------------------------------------------------------
+
+    def _capped(self, label: str, value: str, seen: int) -> str:
+        if seen < self.max_label_values:
+            return value
+        self.label_overflow.labels(label).inc()
+        return OTHER
+
+    # ---- RPCs -----------------------------------------------------------------------------------
+
+    def observe_rpc(self, method: str, seconds: float) -> None:
+        counts, total = self._hot.rpc_slot(method)
+        counts[bisect_left(RPC_BUCKETS, seconds)] += 1
+        total[0] += seconds
+
+    def timed(self, method: str, behavior: Behavior) -> Behavior:
+        """Wrap a unary handler so that its duration lands in the histogram (slots bound once, no locks)."""
+        counts, total = self._hot.rpc_slot(method)
+        clock, bounds, bucket = time.perf_counter, RPC_BUCKETS, bisect_left
+        if method == CHECK_METHOD:
+            last_ms = self._hot.last_check_ms
+            by_code = self._decisions_by_number
+            slot_for = self._decision_slot_for_number
+
+            async def timed_check(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                started = clock()
+                try:
+                    response = await behavior(request, context)
+                finally:
+                    elapsed = clock() - started
+                    counts[bucket(bounds, elapsed)] += 1
+                    total[0] += elapsed
+                    last_ms[0] = elapsed * 1000.0
+                if response is not None:  # a CanTradeResponse: count the decision it carries
+                    slot = by_code.get(response.code) or slot_for(response.code)
+                    slot[2 if response.would_deny else 0 if response.allowed else 1] += 1
+                return response
+
+            return timed_check
+
+        async def timed_rpc(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            started = clock()
+            try:
+                return await behavior(request, context)
+            finally:
+                elapsed = clock() - started
+                counts[bucket(bounds, elapsed)] += 1
+                total[0] += elapsed
+
+        return timed_rpc
+
+    def instrument(self, handler: grpc.GenericRpcHandler[Any, Any]) -> grpc.GenericRpcHandler[Any, Any]:
+        """A GenericRpcHandler whose unary methods are timed (streams are not: their length is not latency)."""
+        return _TimedHandler(handler, self)
+
+    # ---- decisions, state, breaches -------------------------------------------------------------
+
+    def decision(self, code_name: str, allowed: bool, shadow: bool) -> None:
+        """One CanTrade answer: `shadow` = enforcement off and the checks would have denied."""
+        slot = self._hot.decisions.get(code_name) or self._decision_slot(code_name)
+        slot[2 if shadow else 0 if allowed else 1] += 1
+
+    def _decision_slot(self, code_name: str) -> list[int]:
+        decisions = self._hot.decisions
+        label = self._capped("code", code_name, len(decisions))
+        slot = decisions.get(label)
+        if slot is None:
+            slot = decisions[label] = [0, 0, 0]
+        return slot
+
+    def _decision_slot_for_number(self, code: int) -> list[int]:
+        from ..engine.types import DecisionCode
+
+        try:
+            name = DecisionCode(code).name
+        except ValueError:
+            name = str(code)
+        slot = self._hot.decisions.get(name) or self._decision_slot(name)
+        if len(self._decisions_by_number) < self.max_label_values:
+            self._decisions_by_number[code] = slot
+        return slot
+
+    def state_changed(self, trader_id: str, daily_pnl: float, drawdown_pct: float, paused: bool) -> None:
+        """A trader's state moved: update its gauges (called from the engine's change listener)."""
+        children = self._traders.get(trader_id)
+        if children is None:
+            children = self._trader_children(trader_id)
+        pnl, dd, paused_gauge = children
+        pnl.set(daily_pnl)
+        dd.set(drawdown_pct)
+        if trader_id in self._traders:
+            paused_gauge.set(1.0 if paused else 0.0)
+            return
+        if paused:
+            self._overflow_paused.add(trader_id)
+        else:
+            self._overflow_paused.discard(trader_id)
+        paused_gauge.set(float(len(self._overflow_paused)))
+
+    def _trader_children(self, trader_id: str) -> tuple[Any, Any, Any]:
+        if len(self._traders) < self.max_label_values:
+            children = self._traders[trader_id] = (
+                self.daily_pnl.labels(trader_id), self.drawdown.labels(trader_id), self.trading_paused.labels(trader_id)
+            )
+            return children
+        if trader_id not in self._overflow_seen:
+            self._overflow_seen.add(trader_id)
+            self.label_overflow.labels("trader_id").inc()
+        if self._other_trader is None:
+            self._other_trader = (self.daily_pnl.labels(OTHER), self.drawdown.labels(OTHER),
+                                  self.trading_paused.labels(OTHER))
+        return self._other_trader
+
+    def trader_label(self, trader_id: str) -> str:
+        """The label value this trader's series use (its id, or OTHER past the cap)."""
+        if trader_id in self._traders:
+            return trader_id
+        return trader_id if len(self._traders) < self.max_label_values else OTHER
+
+    def breach(self, rule: str, trader_id: str = "") -> None:
+        """A risk limit breached (the engine logs `RISK LIMIT BREACHED` at the same moment)."""
+        key = (trader_id, rule)
+        child = self._breaches.get(key)
+        if child is None:
+            child = self.limit_breaches.labels(self.trader_label(trader_id) if trader_id else "", rule)
+            if len(self._breaches) < self.max_label_values * 4:
+                self._breaches[key] = child
+        child.inc()
+
+    def breach_listener(self, st: TraderState, breach: Breach) -> None:
+        """`(TraderState, Breach) -> None`, for an engine breach hook."""
+        self.breach(breach.rule, st.trader_id)
+
+    def breaker_fired(self, breaker_id: str) -> None:
+        child = self._breakers.get(breaker_id)
+        if child is None:
+            label = self._capped("breaker_id", breaker_id, len(self._breakers))
+            child = self.breaker_firings.labels(label)
+            if label != OTHER:
+                self._breakers[breaker_id] = child
+        child.inc()
+
+    # ---- store ----------------------------------------------------------------------------------
+
+    def persist_attempt(self) -> None:
+        self.persist_attempts.inc()
+
+    def persist_failure(self) -> None:
+        self.persist_failures.inc()
+
+    def persist_latency_ms(self, value: float) -> None:
+        self.persist_latency_ms_gauge.set(value)
+        self.persist_duration.observe(value / 1000.0)
+
+    def queue_depth(self, n: int) -> None:
+        self.queue_depth_gauge.set(n)
+
+    def history_dropped(self, n: int = 1) -> None:
+        self.history_dropped_total.inc(n)
+
+    def store_healthy(self, healthy: bool) -> None:
+        self.store_healthy_gauge.set(1.0 if healthy else 0.0)
+
+
+class NullMetrics(Metrics):
+    """Metrics switched off (`metrics_listen` empty): every call is a no-op and no handler is wrapped."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.max_label_values = 0
+        self._server = None
+
+    def serve(self, listen: str) -> str:
+        return ""
+
+    def close(self) -> None:
+        return None
+
+    def observe_rpc(self, method: str, seconds: float) -> None:
+        return None
+
+    def instrument(self, handler: grpc.GenericRpcHandler[Any, Any]) -> grpc.GenericRpcHandler[Any, Any]:
+        return handler
+
+    def timed(self, method: str, behavior: Behavior) -> Behavior:
+        return behavior
+
+    def trader_label(self, trader_id: str) -> str:
+        return trader_id
+
+    def decision(self, code_name: str, allowed: bool, shadow: bool) -> None:
+        return None
+
+    def state_changed(self, trader_id: str, daily_pnl: float, drawdown_pct: float, paused: bool) -> None:
+        return None
+
+    def breach(self, rule: str, trader_id: str = "") -> None:
+        return None
+
+    def breaker_fired(self, breaker_id: str) -> None:
+        return None
+
+    def persist_attempt(self) -> None:
+        return None
+
+    def persist_failure(self) -> None:
+        return None
+
+    def persist_latency_ms(self, value: float) -> None:
+        return None
+
+    def queue_depth(self, n: int) -> None:
+        return None
+
+    def history_dropped(self, n: int = 1) -> None:
+        return None
+
+    def store_healthy(self, healthy: bool) -> None:
+        return None
+
+
+class _TimedHandler(grpc.GenericRpcHandler):  # type: ignore[type-arg]
+    """Delegates to `inner`; unary-unary handlers come back wrapped by `Metrics.timed`, built once per method."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler[Any, Any], metrics: Metrics) -> None:
+        self._inner = inner
+        self._metrics = metrics
+        self._cache: dict[str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]] = {}
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = self._inner.service(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        cached = self._cache.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = handler
+        if handler.unary_unary is not None:
+            name = method.rsplit("/", 1)[-1]
+            wrapped = grpc.unary_unary_rpc_method_handler(
+                self._metrics.timed(name, cast(Behavior, handler.unary_unary)),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        self._cache[method] = (handler, wrapped)
+        return wrapped
+
+
+def state_listener(metrics: Metrics, now: Callable[[], float]) -> Callable[[TraderState, str], None]:
+    """An engine `on_change` listener that moves the per-trader gauges."""
+    from ..engine.types import TradingState
+
+    active = TradingState.ACTIVE
+    changed = metrics.state_changed
+
+    def listener(st: TraderState, _reason: str) -> None:
+        changed(st.trader_id, st.daily_pnl, st.drawdown_pct, st.trading_state(now()) is not active)
+
+    return listener
+
+
+class ObservedBreakers:
+    """Wraps a BreakerEvaluator so that every firing increments `tradeguard_breaker_firings_total`."""
+
+    def __init__(self, inner: BreakerEvaluator, metrics: Metrics) -> None:
+        self.inner = inner
+        self.metrics = metrics
+
+    def evaluate(
+        self, st: TraderState, limits: Limits, now: float, enforce: bool, symbols: Iterable[tuple[str, str]]
+    ) -> list[Firing]:
+        firings = self.inner.evaluate(st, limits, now, enforce, symbols)
+        for firing in firings:
+            self.metrics.breaker_fired(firing.breaker_id)
+        return firings
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tradeguard")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+        return "unknown"
