@@ -16,22 +16,30 @@ from grpc_reflection.v1alpha import reflection
 
 from .api.admin_service import SERVICE as ADMIN_SERVICE
 from .api.admin_service import AdminService
+from .api.breaker_admin import BreakerAdmin
 from .api.config_admin import ConfigAdmin, MemoryConfigPersistence
+from .api.config_records import StoreConfigPersistence
 from .api.dispatch import bearer_guard
 from .api.risk_service import SERVICE as RISK_SERVICE
 from .api.risk_service import RiskService
 from .api.watch import WatchHub
+from .engine.breakers.evaluator import Evaluator
 from .engine.clock import Clock, SystemClock
 from .engine.engine import RiskEngine
 from .engine.state import TraderState
 from .engine.types import Flags
 from .observability.metrics import Metrics, NullMetrics, ObservedBreakers, state_listener
-from .observability.tracing import Tracing, setup_tracing, tracing_enabled
+from .observability.tracing import Tracing, current_trace_id, setup_tracing, tracing_enabled
+from .persistence import Persistence
 from .settings import Settings, SettingsError
+from .store.memory import MemoryStore
+from .store.protocol import Store
+from .store.store import RiskStore
 
 log = logging.getLogger("tradeguard")
 
 STORE_HEALTH = "tradeguard.store"
+MEMORY_URL = "memory"
 
 
 def is_loopback(listen: str) -> bool:
@@ -75,23 +83,78 @@ class Sidecar:
                 f"refusing to listen on {settings.listen} (beyond loopback) without an admin token: "
                 "set TRADEGUARD_ADMIN_TOKEN (or --admin-token-file), or pass --insecure"
             )
+        self.durable = settings.database_url != MEMORY_URL
         self.engine = RiskEngine(
             clock or SystemClock(),
             defaults=settings.default_limits(),
-            flags=Flags(settings.enable_risk_enforcement, settings.enable_persistence),
+            flags=Flags(settings.enable_risk_enforcement, settings.enable_persistence and self.durable),
             reset_offset_s=settings.period_reset_offset_s,
+        )
+        self.store: Store = (
+            RiskStore(settings.database_url, queue_size=settings.queue_size,
+                      migrate_on_start=settings.migrate_on_start, clock=self.engine.clock.now)
+            if self.durable else MemoryStore(settings.queue_size, clock=self.engine.clock.now)
         )
         self.hub = WatchHub(buffer=settings.watch_buffer, max_watchers=settings.max_concurrent_streams)
         self.risk = RiskService(self.engine, self.hub)
         self.admin = AdminService(self.engine, self.risk)
-        self.configs = ConfigAdmin(self.engine, self.risk, MemoryConfigPersistence(self.engine))
+        self.configs = ConfigAdmin(
+            self.engine, self.risk,
+            StoreConfigPersistence(self.store, MemoryConfigPersistence(self.engine), lambda: self.durable),
+        )
         self.admin.extend(self.configs.handlers())
+        self.breakers = Evaluator()
+        self.engine.breakers = self.breakers
+        self.breaker_admin = BreakerAdmin(self.breakers, self.store, clock=self.engine.clock)
+        self.breakers.on_fire = self.breaker_admin.record_event
+        self.admin.extend(self.breaker_admin.handlers())
+        self.persistence = Persistence(self.store, self.engine, self.configs, self.breaker_admin, current_trace_id)
+        self.engine.on_change = self.persistence.on_change
+        self.risk.on_trade = self.persistence.on_trade
+        self.admin.on_flags = self._on_flags
+        self.store.on_health_change = self._on_store_health
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.server: grpc.aio.Server | None = None
         self.address = ""
+        self._health_task: asyncio.Task[None] | None = None
+        self._sampler: asyncio.Task[None] | None = None
         self._admin_guard = bearer_guard(admin_token)
         self._trader_guard = bearer_guard(settings.trader_token)
         self._init_observability()  # keep last: it wraps engine.on_change / engine.breakers as set above
+
+    # ---- persistence ----------------------------------------------------------------------------
+
+    async def _on_flags(self, old: Flags, new: Flags) -> None:
+        if new.enable_persistence and not self.durable:
+            from .api.errors import FailedPrecondition
+
+            raise FailedPrecondition("enable_persistence: no database is configured (database_url=memory)")
+        await self.persistence.on_flags(old, new)
+
+    def _on_store_health(self, healthy: bool) -> None:
+        if healthy:
+            log.info("store available")
+        self.metrics.store_healthy(healthy)
+        self.persistence.on_health_change(healthy)
+        status = health_pb2.HealthCheckResponse.SERVING if healthy else health_pb2.HealthCheckResponse.NOT_SERVING
+        if self._health_task is None or self._health_task.done():
+            self._health_task = asyncio.get_running_loop().create_task(self.health.set(STORE_HEALTH, status))
+
+    async def _sample_store(self) -> None:
+        """Copy the store's counters into metrics once a second (the writer itself never touches metrics)."""
+        store, metrics = self.store, self.metrics
+        seen = {"attempts": 0, "failures": 0, "dropped": 0}
+        while True:
+            for _ in range(store.attempts - seen["attempts"]):
+                metrics.persist_attempt()
+            for _ in range(store.failures - seen["failures"]):
+                metrics.persist_failure()
+            if store.dropped_history > seen["dropped"]:
+                metrics.history_dropped(store.dropped_history - seen["dropped"])
+            seen = {"attempts": store.attempts, "failures": store.failures, "dropped": store.dropped_history}
+            metrics.persist_latency_ms(store.last_persist_latency_ms)
+            metrics.queue_depth(store.queue_depth)
+            await asyncio.sleep(1.0)
 
     # ---- observability (metrics + tracing) -------------------------------------------------------
 
@@ -167,6 +230,12 @@ class Sidecar:
         await server.start()
         self.server = server
         self._start_metrics()
+        await self.health.set(STORE_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.persistence.start()
+        if self.store.healthy:
+            await self.health.set(STORE_HEALTH, health_pb2.HealthCheckResponse.SERVING)
+        if not isinstance(self.metrics, NullMetrics):
+            self._sampler = asyncio.get_running_loop().create_task(self._sample_store())
         for name in ("", RISK_SERVICE, ADMIN_SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("TradeGuard listening on %s (tls=%s, admin token=%s, enforcement=%s)", self.address,
@@ -182,6 +251,9 @@ class Sidecar:
         self.hub.close()
         if self.server is not None:
             await self.server.stop(self.settings.shutdown_grace_s)
+        if self._sampler is not None:
+            self._sampler.cancel()
+        await self.persistence.close(self.settings.drain_timeout_s)
         await asyncio.to_thread(self._stop_observability)
         log.info("stopped")
 

@@ -28,6 +28,7 @@ async def running_sidecar(clock: Clock | None = None, **overrides: Any) -> Async
     overrides.setdefault("enable_persistence", False)
     overrides.setdefault("uvloop", False)
     overrides.setdefault("metrics_listen", "")
+    overrides.setdefault("database_url", "memory")
     sidecar = Sidecar(load_settings({}, overrides), clock=clock)
     await sidecar.start()
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
 
 from tradeguard.v1 import types_pb2 as t
 
@@ -32,6 +33,11 @@ SYMBOL_PERCENT_FIELDS = (
 REGIME_KEYS = ("high", "extreme")
 
 
+def has(msg: Message, name: str) -> bool:
+    """HasField by a field name held in a variable (typed loosely on purpose)."""
+    return msg.HasField(name)
+
+
 def _percent(v: Violations, field: str, value: float) -> None:
     if not math.isfinite(value) or not 0.0 < value <= 100.0:
         v.add(field, f"must be a percentage in (0, 100], got {value:g}")
@@ -51,10 +57,10 @@ def validate_config(v: Violations, cfg: t.RiskConfiguration, prefix: str = "conf
     v.identifier(f"{prefix}.account_id", cfg.account_id)
     v.identifier(f"{prefix}.config_id", cfg.config_id)
     for name in PERCENT_FIELDS:
-        if cfg.HasField(name):
+        if has(cfg, name):
             _percent(v, f"{prefix}.{name}", getattr(cfg, name))
     for name in ("stop_trading_minutes", "cooling_off_period_minutes"):
-        if cfg.HasField(name):
+        if has(cfg, name):
             _int_range(v, f"{prefix}.{name}", getattr(cfg, name), 0, MAX_MINUTES)
     if cfg.HasField("consecutive_loss_threshold"):
         _int_range(v, f"{prefix}.consecutive_loss_threshold", cfg.consecutive_loss_threshold, 0, 1000)
@@ -127,7 +133,7 @@ def _validate_symbols(v: Violations, cfg: t.RiskConfiguration, prefix: str) -> N
             v.add(f"{field}.symbol", f"duplicate symbol {sc.symbol!r}")
         seen.add(sc.symbol)
         for name in SYMBOL_PERCENT_FIELDS:
-            if sc.HasField(name):
+            if has(sc, name):
                 _percent(v, f"{field}.{name}", getattr(sc, name))
         if sc.HasField("max_leverage"):
             lev = sc.max_leverage
@@ -139,7 +145,7 @@ def limits_from_config(cfg: t.RiskConfiguration, defaults: Limits) -> Limits:
     """Resolve a (validated) configuration over the settings' defaults, once per change."""
 
     def opt(name: str, default: float | None) -> float | None:
-        return float(getattr(cfg, name)) if cfg.HasField(name) else default
+        return float(getattr(cfg, name)) if has(cfg, name) else default
 
     regimes = regime_thresholds(cfg)
     return Limits(

@@ -28,6 +28,7 @@ STATE = {s: t.TradingState.ValueType(s.value) for s in TradingState}
 STATUS = {s: t.CheckStatus.ValueType(s.value) for s in CheckStatus}
 ACTION = {a: t.ActionType.ValueType(a.value) for a in ActionType}
 SIDE = {s: t.Side.ValueType(s.value) for s in Side}
+SIDE_OF = {int(s.value): s for s in Side}  # proto number -> engine enum, without the Enum call
 
 
 def ts(seconds: float) -> Timestamp:
@@ -46,27 +47,40 @@ def position_msg(p: Position) -> t.Position:
     )
 
 
-def state_msg(st: TraderState, now: float, config_id: str = "") -> t.RiskState:
-    msg = t.RiskState(
+def _set_ts(field: Timestamp, seconds: float) -> None:
+    """Write epoch seconds into a Timestamp field in place (as `field.CopyFrom(ts(seconds))`, no temporary)."""
+    whole = int(seconds // 1)
+    field.seconds = whole
+    field.nanos = round((seconds - whole) * 1e9) % 1_000_000_000
+
+
+def _state_scalars(st: TraderState, config_id: str) -> t.RiskState:
+    current = st.current_equity
+    day, week, month = st.day_start_equity, st.week_start_equity, st.month_start_equity
+    return t.RiskState(
         trader_id=st.trader_id,
         account_id=st.account_id,
-        current_equity=st.current_equity,
+        current_equity=current,
         peak_equity=st.peak_equity,
         drawdown_pct=st.drawdown_pct,
-        daily_pnl=st.daily_pnl,
-        daily_pnl_pct=_pct(st.daily_pnl, st.day_start_equity),
-        weekly_pnl=st.weekly_pnl,
-        weekly_pnl_pct=_pct(st.weekly_pnl, st.week_start_equity),
-        monthly_pnl=st.monthly_pnl,
-        monthly_pnl_pct=_pct(st.monthly_pnl, st.month_start_equity),
-        day_start_equity=st.day_start_equity,
-        week_start_equity=st.week_start_equity,
-        month_start_equity=st.month_start_equity,
+        daily_pnl=current - day,
+        daily_pnl_pct=_pct(current - day, day),
+        weekly_pnl=current - week,
+        weekly_pnl_pct=_pct(current - week, week),
+        monthly_pnl=current - month,
+        monthly_pnl_pct=_pct(current - month, month),
+        day_start_equity=day,
+        week_start_equity=week,
+        month_start_equity=month,
         consecutive_losses=st.consecutive_losses,
         equity_reported=st.equity_reported,
         config_id=config_id,
     )
-    pause = st.effective_pause(now)
+
+
+def _state_rest(msg: t.RiskState, st: TraderState, now: float) -> None:
+    """The trading state, pause, timestamps and positions of a RiskState, written in place."""
+    pause = st.effective_pause(now) if st.pauses else None
     if pause is None:
         msg.trading_state = t.TRADING_STATE_ACTIVE
     else:
@@ -74,13 +88,21 @@ def state_msg(st: TraderState, now: float, config_id: str = "") -> t.RiskState:
         msg.pause_reason = pause.reason
         msg.pause_code = CODE[pause.code]
         if pause.until is not None:
-            msg.paused_until.CopyFrom(ts(pause.until))
+            _set_ts(msg.paused_until, pause.until)
     if st.last_equity_at is not None:
-        msg.last_equity_at.CopyFrom(ts(st.last_equity_at))
+        _set_ts(msg.last_equity_at, st.last_equity_at)
     if st.updated_at:
-        msg.updated_at.CopyFrom(ts(st.updated_at))
+        _set_ts(msg.updated_at, st.updated_at)
     if st.positions:
-        msg.positions.extend(position_msg(p) for p in st.positions.values())
+        add = msg.positions.add
+        for p in st.positions.values():
+            add(symbol=p.symbol, exchange=p.exchange, side=SIDE[p.side], quantity=p.quantity,
+                entry_price=p.entry_price, mark_price=p.mark_price, leverage=p.leverage, volatility=p.volatility)
+
+
+def state_msg(st: TraderState, now: float, config_id: str = "") -> t.RiskState:
+    msg = _state_scalars(st, config_id)
+    _state_rest(msg, st, now)
     return msg
 
 
@@ -101,18 +123,25 @@ def action_msg(a: RequiredAction) -> t.RequiredAction:
 
 
 def decision_msg(d: Decision, st: TraderState, now: float, config_id: str = "") -> rs.CanTradeResponse:
+    """The CanTrade answer, built in place: repeated fields with `add`, the state without a temporary copy
+    of its sub-messages (the hot path: this is most of CanTrade's cost after the engine)."""
     msg = rs.CanTradeResponse(
-        allowed=d.allowed,
-        code=CODE[d.code],
-        reason=d.reason,
-        trading_state=STATE[d.trading_state],
-        checks=[check_msg(c) for c in d.checks],
-        actions=[action_msg(a) for a in d.actions],
-        state=state_msg(st, now, config_id),
+        allowed=d.allowed, code=CODE[d.code], reason=d.reason, trading_state=STATE[d.trading_state],
         would_deny=d.would_deny,
     )
+    add = msg.checks.add
+    for c in d.checks:
+        add(name=c.name, status=STATUS[c.status], code=CODE[c.code], detail=c.detail, value=c.value, limit=c.limit)
+    if d.actions:
+        add_action = msg.actions.add
+        for a in d.actions:
+            add_action(type=ACTION[a.type], symbol=a.symbol, exchange=a.exchange, reason=a.reason,
+                       breaker_id=a.breaker_id)
+    state = msg.state
+    state.MergeFrom(_state_scalars(st, config_id))
+    _state_rest(state, st, now)
     if d.paused_until is not None:
-        msg.paused_until.CopyFrom(ts(d.paused_until))
+        _set_ts(msg.paused_until, d.paused_until)
     return msg
 
 
@@ -139,8 +168,9 @@ def firing_msg(f: Firing, st: TraderState, event_id: str = "") -> t.CircuitBreak
 
 def order_from_msg(o: t.OrderIntent) -> OrderIntent:
     return OrderIntent(
-        symbol=o.symbol, side=Side(o.side), quantity=o.quantity, price=o.price, exchange=o.exchange,
-        leverage=o.leverage, reduce_only=o.reduce_only, stop_price=o.stop_price, volatility=o.volatility,
+        symbol=o.symbol, side=SIDE_OF.get(o.side) or Side(o.side), quantity=o.quantity, price=o.price,
+        exchange=o.exchange, leverage=o.leverage, reduce_only=o.reduce_only, stop_price=o.stop_price,
+        volatility=o.volatility,
     )
 
 

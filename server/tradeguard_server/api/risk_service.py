@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -17,12 +17,13 @@ from ..engine.types import ClosedTrade, RequiredAction, Side
 from . import convert
 from .dispatch import Guard, server_stream, service, unary
 from .errors import InvalidArgument, Unavailable
-from .validation import Violations
+from .validation import AMOUNT_MAX, ID_MAX, ID_PATTERN, Violations
 from .watch import WatchHub
 
 SERVICE = "tradeguard.v1.RiskService"
 SIDES = frozenset({t.SIDE_BUY, t.SIDE_SELL})
 MAX_POSITIONS = 1000
+_id_match = ID_PATTERN.fullmatch
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
@@ -42,6 +43,22 @@ def check_order(v: Violations, o: t.OrderIntent, prefix: str = "order") -> None:
     v.number(f"{prefix}.volatility", o.volatility, min_value=0.0)
 
 
+def _valid_id(value: str) -> bool:
+    return 0 < len(value) <= ID_MAX and _id_match(value) is not None
+
+
+def order_is_valid(o: t.OrderIntent) -> bool:
+    """True when `check_order` would find nothing: the common case, checked without building field paths.
+
+    NaN and infinities fail every comparison here, so they take the slow path, which names the field.
+    """
+    return (
+        0.0 < o.quantity <= AMOUNT_MAX and 0.0 < o.price <= AMOUNT_MAX and 0.0 <= o.leverage <= 1000.0
+        and 0.0 <= o.stop_price <= AMOUNT_MAX and 0.0 <= o.volatility <= AMOUNT_MAX and o.side in SIDES
+        and _valid_id(o.symbol) and (not o.exchange or _valid_id(o.exchange))
+    )
+
+
 def check_position(v: Violations, p: t.Position, prefix: str) -> None:
     v.identifier(f"{prefix}.symbol", p.symbol)
     v.identifier(f"{prefix}.exchange", p.exchange, required=False)
@@ -51,6 +68,10 @@ def check_position(v: Violations, p: t.Position, prefix: str) -> None:
     v.number(f"{prefix}.mark_price", p.mark_price, min_value=0.0, min_exclusive=True)
     v.number(f"{prefix}.leverage", p.leverage, min_value=0.0, max_value=1000.0)
     v.number(f"{prefix}.volatility", p.volatility, min_value=0.0)
+
+
+def _no_trade_listener(_trader_id: str, _account_id: str, _trade: ClosedTrade) -> None:
+    return None
 
 
 def account_error(exc: AccountMismatchError) -> InvalidArgument:
@@ -63,6 +84,7 @@ class RiskService:
     def __init__(self, engine: RiskEngine, hub: WatchHub) -> None:
         self.engine = engine
         self.hub = hub
+        self.on_trade: Callable[[str, str, ClosedTrade], None] = _no_trade_listener
 
     def handler(self, guard: Guard | None = None) -> grpc.GenericRpcHandler[Any, Any]:
         return service(
@@ -114,19 +136,21 @@ class RiskService:
     # ---- RPCs -----------------------------------------------------------------------------------
 
     async def can_trade(self, req: rs.CanTradeRequest, _ctx: Ctx) -> rs.CanTradeResponse:
-        v = Violations()
-        check_ids(v, req.trader_id, req.account_id)
-        has_order = req.HasField("order")
-        if has_order:
-            check_order(v, req.order)
-        v.raise_if_any()
-        order = convert.order_from_msg(req.order) if has_order else None
+        trader_id, account_id = req.trader_id, req.account_id
+        msg = req.order if req.HasField("order") else None
+        if not (_valid_id(trader_id) and _valid_id(account_id) and (msg is None or order_is_valid(msg))):
+            v = Violations()  # something is wrong: collect every violation, with field paths
+            check_ids(v, trader_id, account_id)
+            if msg is not None:
+                check_order(v, msg)
+            v.raise_if_any()
+        order = None if msg is None else convert.order_from_msg(msg)
         engine = self.engine
         try:
-            decision, st = engine.can_trade(req.trader_id, req.account_id, order)
+            decision, st = engine.can_trade(trader_id, account_id, order)
         except AccountMismatchError as exc:
             raise account_error(exc) from None
-        return convert.decision_msg(decision, st, engine.clock.now(), engine.limits_for(req.account_id).config_id)
+        return convert.decision_msg(decision, st, engine.clock.now(), engine.limits_for(account_id).config_id)
 
     async def report_equity(self, req: rs.ReportEquityRequest, _ctx: Ctx) -> rs.ReportEquityResponse:
         v = Violations()
@@ -162,6 +186,7 @@ class RiskService:
             raise account_error(exc) from None
         if outcome.duplicate:
             return rs.ReportTradeResponse(state=self.state_msg(outcome.state), duplicate=True)
+        self.on_trade(req.trader_id, req.account_id, trade)
         state, events, actions = self._finish(outcome, "trade_report")
         return rs.ReportTradeResponse(state=state, breaker_events=events, actions=actions)
 

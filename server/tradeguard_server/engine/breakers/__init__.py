@@ -1,0 +1,29 @@
+"""Circuit breakers: user-defined (condition, parameters, action, scope) rules over a trader's state.
+
+- `conditions/`: one module per condition type, each a pure `evaluate(state, params, now, scope)`;
+- `registry`: conditions by name and validation of a definition (field violations);
+- `actions`: what a firing does (pause_trading, reduce_only, close_position, alert);
+- `evaluator`: the engine's BreakerEvaluator (precompiled per account, once per episode).
+"""
+
+from __future__ import annotations
+
+from .actions import BreakerFiring
+from .base import Condition, Param, Scope, Triggered
+from .evaluator import BreakerSpec, CompiledBreaker, Evaluator, InvalidBreaker
+from .registry import ACTIONS, DEFAULT, Registry
+
+__all__ = [
+    "ACTIONS",
+    "DEFAULT",
+    "BreakerFiring",
+    "BreakerSpec",
+    "CompiledBreaker",
+    "Condition",
+    "Evaluator",
+    "InvalidBreaker",
+    "Param",
+    "Registry",
+    "Scope",
+    "Triggered",
+]

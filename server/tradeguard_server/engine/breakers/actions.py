@@ -1,0 +1,115 @@
+"""What a breaker does when it fires: pause_trading, reduce_only, close_position or alert.
+
+- pause_trading: a HALTED pause (code CIRCUIT_BREAKER, source "breaker:<id>") for the duration, and a
+  PAUSE_TRADING action telling the bot.
+- reduce_only: the same with REDUCING and a REDUCE_ONLY action.
+- close_position: a CLOSE_POSITION action per affected position: the positions that fired a position-level
+  condition; else the trader's open positions in scope; else, with none open, the scope's symbols x
+  exchanges (an empty symbol or exchange means all).
+- alert: the event only.
+
+A pause applies to the whole trader (the engine's trading state is per trader, not per symbol), also
+for a scoped breaker. In shadow mode (enforcement off) nothing is enforced: no pause, no action; the
+event says what would have happened.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from ..engine import Firing
+from ..state import Pause, TraderState, add_pause
+from ..types import ActionType, DecisionCode, RequiredAction, TradingState
+from .base import PositionKey, Scope, Triggered
+
+PAUSE_STATE = {"pause_trading": TradingState.HALTED, "reduce_only": TradingState.REDUCING}
+PAUSE_ACTION = {"pause_trading": ActionType.PAUSE_TRADING, "reduce_only": ActionType.REDUCE_ONLY}
+
+
+@dataclass(slots=True)
+class BreakerFiring(Firing):
+    """A Firing with the id its circuit_breaker_events row gets (the same id in RPC responses)."""
+
+    event_id: str = ""
+    trader_id: str = ""
+    account_id: str = ""
+
+
+def rfc3339(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
+
+
+def describe(name: str, condition: str, values: dict[str, float]) -> str:
+    numbers = " ".join(f"{key}={value:.6g}" for key, value in values.items())
+    return f"CIRCUIT_BREAKER: breaker {name!r} ({condition}) fired: {numbers}"
+
+
+def close_targets(st: TraderState, scope: Scope, trig: Triggered) -> list[PositionKey]:
+    if trig.positions is not None:
+        return list(trig.positions)
+    open_in_scope = [key for key in st.positions if scope.matches(key[0], key[1])]
+    if open_in_scope:
+        return open_in_scope
+    symbols = sorted(scope.symbols) if scope.symbols is not None else [""]
+    exchanges = sorted(scope.exchanges) if scope.exchanges is not None else [""]
+    return [(symbol, exchange) for symbol in symbols for exchange in exchanges]
+
+
+def take(
+    *,
+    breaker_id: str,
+    name: str,
+    condition: str,
+    action: str,
+    scope: Scope,
+    duration_s: float | None,
+    trig: Triggered,
+    st: TraderState,
+    now: float,
+    enforce: bool,
+    event_id: str,
+) -> BreakerFiring:
+    """Apply `action` to the trader's state (unless shadow) and describe what it did."""
+    reason = describe(name, condition, trig.values)
+    result: dict[str, object] = {"success": True, "enforced": enforce}
+    required: list[RequiredAction] = []
+    affected: list[PositionKey] = [] if trig.positions is None else list(trig.positions)
+    if action in PAUSE_STATE:
+        state = PAUSE_STATE[action]
+        until = None if duration_s is None else now + duration_s
+        prefix = "" if enforce else "would_"
+        result[f"{prefix}trading_state"] = state.name
+        if until is None:
+            result[f"{prefix}until_resumed"] = True
+        else:
+            result[f"{prefix}paused_until"] = rfc3339(until)
+            result["duration_minutes"] = (until - now) / 60.0
+        if enforce:
+            source = f"breaker:{breaker_id}"
+            if not add_pause(st, Pause(state, until, DecisionCode.CIRCUIT_BREAKER, reason, source, since=now)):
+                result["note"] = "already paused by this breaker until a later time"
+            required.append(RequiredAction(PAUSE_ACTION[action], "", "", reason, breaker_id))
+    elif action == "close_position":
+        affected = close_targets(st, scope, trig)
+        result["positions_to_close" if enforce else "would_close"] = float(len(affected))
+        if enforce:
+            required.extend(
+                RequiredAction(ActionType.CLOSE_POSITION, symbol, exchange, reason, breaker_id)
+                for symbol, exchange in affected
+            )
+    return BreakerFiring(
+        breaker_id=breaker_id,
+        name=name,
+        condition=condition,
+        action=action,
+        triggered_values=trig.values,
+        action_result=result,
+        positions_affected=affected,
+        actions=required,
+        shadow=not enforce,
+        at=now,
+        event_id=event_id,
+        trader_id=st.trader_id,
+        account_id=st.account_id,
+    )

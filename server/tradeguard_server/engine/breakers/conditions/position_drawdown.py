@@ -1,0 +1,46 @@
+"""position_drawdown {threshold}: an in-scope open position losing more than `threshold` of its entry.
+
+The loss is unrealized, as a fraction of the entry notional: (entry - mark) / entry for a long,
+(mark - entry) / entry for a short. Every position over the threshold is named in `Triggered.positions`,
+so close_position closes exactly those.
+"""
+
+from __future__ import annotations
+
+from ...state import TraderState
+from ...types import Side
+from ..base import Condition, Param, Params, PositionKey, Scope, Triggered
+
+_BUY = Side.BUY
+
+
+def evaluate(st: TraderState, params: Params, now: float, scope: Scope) -> Triggered | None:
+    if not st.positions:
+        return None
+    threshold = params["threshold"]
+    everything = scope.everything
+    hit: list[PositionKey] | None = None
+    worst = 0.0
+    for key, pos in st.positions.items():
+        entry = pos.entry_price
+        if entry <= 0.0 or pos.quantity <= 0.0:
+            continue
+        move = (pos.mark_price - entry) / entry
+        loss = -move if pos.side is _BUY else move
+        if loss <= threshold or not (everything or scope.matches(key[0], key[1])):
+            continue
+        if hit is None:
+            hit = []
+        hit.append(key)
+        worst = max(worst, loss)
+    if hit is None:
+        return None
+    return Triggered({"position_loss": worst, "threshold": threshold, "positions": float(len(hit))}, tuple(hit))
+
+
+CONDITION = Condition(
+    name="position_drawdown",
+    params=(Param("threshold", min=0.0, min_exclusive=True, max=1.0, help="fraction of entry notional"),),
+    evaluate=evaluate,
+    summary="an in-scope open position losing more than threshold of its entry (fraction)",
+)

@@ -1,0 +1,260 @@
+"""The breaker evaluator the engine calls on every ReportEquity / ReportTrade / ReportPositions / CanTrade.
+
+It holds each account's enabled breakers precompiled (condition function, validated parameters, scope sets),
+so an evaluation costs O(breakers of the account) and allocates nothing when nothing fires.
+
+Episodes: a breaker fires once per (breaker, trader) while its condition stays true, and re-arms when an
+evaluation finds the condition false. Disabling or deleting a breaker drops it and its episodes; enabling,
+or changing what it evaluates (condition, parameters, scope), re-arms it.
+
+Scope: `symbols` / `exchanges` empty means all. The engine passes the (symbol, exchange) pairs a call
+concerns: the order for CanTrade (none without an order), the trade for ReportTrade, the reported positions
+for ReportPositions and the trader's open positions for ReportEquity. An unscoped breaker is evaluated on
+every call. A scoped breaker is evaluated only when one of those pairs is in its scope, so an account-level
+condition (max_drawdown, daily_loss, equity_floor, order_rate) on a breaker scoped to ETHUSDT fires when the
+trader holds an ETHUSDT position (equity report) or acts on ETHUSDT, never on BTCUSDT activity alone.
+Trade- and position-based conditions also count only in-scope trades and positions.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ..engine import Firing
+from ..limits import Limits
+from ..state import TraderState
+from . import actions
+from .actions import BreakerFiring
+from .base import Evaluate, Scope, Triggered
+from .registry import DEFAULT, Registry, Violation
+
+log = logging.getLogger("tradeguard.breakers")
+
+FireListener = Callable[[BreakerFiring], None]
+NO_FIRINGS: list[Firing] = []  # returned when nothing fires (no allocation); never mutated by the engine
+
+
+class BreakerSpec(Protocol):
+    """What the evaluator needs of a breaker definition (store.records.BreakerRecord has it)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def account_id(self) -> str: ...
+    @property
+    def condition(self) -> str: ...
+    @property
+    def action(self) -> str: ...
+    @property
+    def parameters(self) -> Mapping[str, object]: ...
+    @property
+    def symbols(self) -> Sequence[str] | None: ...
+    @property
+    def exchanges(self) -> Sequence[str] | None: ...
+    @property
+    def enabled(self) -> bool: ...
+
+
+class InvalidBreaker(ValueError):
+    """A definition that does not validate against the registry."""
+
+    def __init__(self, breaker_id: str, violations: list[Violation]) -> None:
+        self.violations = violations
+        super().__init__(f"breaker {breaker_id}: " + "; ".join(f"{f}: {d}" for f, d in violations))
+
+
+@dataclass(slots=True)
+class CompiledBreaker:
+    """An enabled breaker, ready to evaluate."""
+
+    id: str
+    name: str
+    account_id: str
+    condition: str
+    action: str
+    evaluate: Evaluate
+    params: dict[str, float]
+    scope: Scope
+    duration_s: float | None  # explicit duration_minutes; None = the account's stop_trading_minutes
+    tripped: set[str] = field(default_factory=set)  # traders whose episode is in progress
+
+    @property
+    def scoped(self) -> bool:
+        return not self.scope.everything
+
+    def same_rule(self, other: CompiledBreaker) -> bool:
+        return (self.condition, self.params, self.scope, self.action) == (
+            other.condition, other.params, other.scope, other.action)
+
+
+_Entry = tuple[
+    bool, frozenset[str] | None, frozenset[str] | None, Scope, Evaluate, dict[str, float], set[str], CompiledBreaker
+]
+
+
+def _scope(values: Sequence[str] | None) -> frozenset[str] | None:
+    return frozenset(values) if values else None
+
+
+def _ignore(_firing: BreakerFiring) -> None:
+    return None
+
+
+def _new_event_id() -> str:
+    return str(uuid.uuid4())
+
+
+class Evaluator:
+    """Implements engine.BreakerEvaluator over the enabled breakers of every account."""
+
+    def __init__(
+        self,
+        registry: Registry = DEFAULT,
+        on_fire: FireListener = _ignore,
+        new_event_id: Callable[[], str] = _new_event_id,
+    ) -> None:
+        self.registry = registry
+        self.on_fire = on_fire
+        self.new_event_id = new_event_id
+        self._by_id: dict[str, CompiledBreaker] = {}
+        self._by_account: dict[str, tuple[CompiledBreaker, ...]] = {}
+        # The hot loop's view: per account, (scoped, symbols, exchanges, scope, evaluate, params, tripped, breaker).
+        self._hot: dict[str, tuple[_Entry, ...]] = {}
+
+    # ---- definitions ----------------------------------------------------------------------------
+
+    def compile(self, spec: BreakerSpec) -> CompiledBreaker:
+        """Validate and precompile a definition; raises InvalidBreaker."""
+        params, violations = self.registry.validate(spec.condition, spec.action, spec.parameters)
+        condition = self.registry.get(spec.condition)
+        if violations or condition is None:
+            raise InvalidBreaker(spec.id, violations)
+        duration = params.pop("duration_minutes", None)
+        return CompiledBreaker(
+            id=spec.id, name=spec.name, account_id=spec.account_id, condition=spec.condition, action=spec.action,
+            evaluate=condition.evaluate, params=params,
+            scope=Scope(_scope(spec.symbols), _scope(spec.exchanges)),
+            duration_s=None if duration is None else duration * 60.0,
+        )
+
+    def install(self, spec: BreakerSpec) -> None:
+        """Add or replace a breaker (after the store committed it). A disabled one is removed."""
+        if not spec.enabled:
+            self.remove(spec.id)
+            return
+        compiled = self.compile(spec)
+        old = self._by_id.get(spec.id)
+        if old is not None:
+            if old.same_rule(compiled):
+                compiled.tripped = old.tripped
+            self.remove(spec.id)
+        self._by_id[spec.id] = compiled
+        group = [*self._by_account.get(compiled.account_id, ()), compiled]
+        group.sort(key=lambda b: (b.name, b.id))
+        self._set_group(compiled.account_id, tuple(group))
+
+    def rearm(self, breaker_id: str) -> None:
+        """Forget every episode in progress: the breaker fires again on the next evaluation that finds its
+        condition true."""
+        compiled = self._by_id.get(breaker_id)
+        if compiled is not None:
+            compiled.tripped.clear()
+
+    def remove(self, breaker_id: str) -> None:
+        """Stop evaluating a breaker (disabled or deleted). Unknown ids are ignored."""
+        old = self._by_id.pop(breaker_id, None)
+        if old is None:
+            return
+        rest = tuple(b for b in self._by_account.get(old.account_id, ()) if b.id != breaker_id)
+        self._set_group(old.account_id, rest)
+
+    def _set_group(self, account_id: str, group: tuple[CompiledBreaker, ...]) -> None:
+        if group:
+            self._by_account[account_id] = group
+            self._hot[account_id] = tuple(
+                (b.scoped, b.scope.symbols, b.scope.exchanges, b.scope, b.evaluate, b.params, b.tripped, b)
+                for b in group
+            )
+        else:
+            self._by_account.pop(account_id, None)
+            self._hot.pop(account_id, None)
+
+    def load(self, specs: Iterable[BreakerSpec]) -> list[InvalidBreaker]:
+        """Install breakers loaded from the store at start. Invalid ones are skipped (and returned)."""
+        rejected: list[InvalidBreaker] = []
+        for spec in specs:
+            try:
+                self.install(spec)
+            except InvalidBreaker as exc:
+                log.error("circuit breaker %s (%s) not loaded: %s", spec.id, spec.name, exc)
+                rejected.append(exc)
+        return rejected
+
+    def enabled(self, account_id: str) -> tuple[CompiledBreaker, ...]:
+        return self._by_account.get(account_id, ())
+
+    def get(self, breaker_id: str) -> CompiledBreaker | None:
+        return self._by_id.get(breaker_id)
+
+    # ---- evaluation -----------------------------------------------------------------------------
+
+    def evaluate(
+        self, st: TraderState, limits: Limits, now: float, enforce: bool, symbols: Iterable[tuple[str, str]]
+    ) -> list[Firing]:
+        group = self._hot.get(st.account_id)
+        if group is None:
+            return NO_FIRINGS
+        trader = st.trader_id
+        fired: list[Firing] | None = None
+        pairs: Collection[tuple[str, str]] | None = None
+        for scoped, in_symbols, in_exchanges, scope, evaluate, params, tripped, b in group:
+            if scoped:  # evaluated only when the call concerns a pair in scope (Scope.matches, inlined)
+                if pairs is None:
+                    pairs = symbols if isinstance(symbols, Collection) else tuple(symbols)
+                for symbol, exchange in pairs:
+                    if (in_symbols is None or symbol in in_symbols) and (
+                        in_exchanges is None or not exchange or exchange in in_exchanges
+                    ):
+                        break
+                else:
+                    continue
+            trig = evaluate(st, params, now, scope)
+            if trig is None:
+                if tripped:
+                    tripped.discard(trader)
+                continue
+            if trader in tripped:
+                continue
+            tripped.add(trader)
+            if fired is None:
+                fired = []
+            fired.append(self._fire(b, trig, st, limits, now, enforce))
+        return NO_FIRINGS if fired is None else fired
+
+    def _fire(
+        self, b: CompiledBreaker, trig: Triggered, st: TraderState, limits: Limits, now: float, enforce: bool
+    ) -> BreakerFiring:
+        duration = b.duration_s
+        if duration is None and limits.stop_trading_minutes > 0:
+            duration = limits.stop_trading_minutes * 60.0
+        firing = actions.take(
+            breaker_id=b.id, name=b.name, condition=b.condition, action=b.action, scope=b.scope,
+            duration_s=duration, trig=trig, st=st, now=now, enforce=enforce, event_id=self.new_event_id(),
+        )
+        log.warning(
+            "RISK LIMIT BREACHED trader=%s account=%s rule=breaker:%s condition=%s action=%s%s values=%s",
+            st.trader_id, st.account_id, b.name, b.condition, b.action,
+            "" if enforce else " (shadow mode: not enforced)", firing.triggered_values,
+            extra={"trader_id": st.trader_id, "rule": f"breaker:{b.name}", "breaker_id": b.id},
+        )
+        try:
+            self.on_fire(firing)
+        except Exception:
+            log.exception("recording the event of breaker %s failed", b.id)
+        return firing

@@ -1,0 +1,168 @@
+"""Immutable snapshots of a trader's state, for the store (pure: no I/O, no clock).
+
+`to_record` runs on the hot path after every state change, so it copies only what the engine may mutate
+later (pauses, symbol statistics) and shares what it never mutates (Position is frozen; a ClosedTrade is
+never changed once recorded). The record is then safe to hand to the store's writer thread.
+
+Not in the snapshot: `seen_trade_ids` (trade ids have their own table; pass them back to `from_record`) and
+`next_boundary` (recomputed: periods roll on first use after a restore).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .state import INF, RECENT_TRADES_KEPT, SEEN_TRADE_IDS_KEPT, SEVERITY, Pause, TraderState, pct_loss
+from .types import ClosedTrade, DecisionCode, Position, SymbolStats, TradingState
+
+
+@dataclass(frozen=True, slots=True)
+class PauseRecord:
+    """An immutable copy of a Pause."""
+
+    state: TradingState
+    until: float | None  # None = until resumed
+    code: DecisionCode
+    reason: str
+    source: str
+    since: float = 0.0
+
+    def active(self, now: float) -> bool:
+        return self.until is None or now < self.until
+
+    def rank(self) -> tuple[int, float]:
+        return SEVERITY[self.state], INF if self.until is None else self.until
+
+
+@dataclass(frozen=True, slots=True)
+class SymbolStatsRecord:
+    """An immutable copy of one symbol's SymbolStats."""
+
+    symbol: str
+    trades: int = 0
+    wins: int = 0
+    losses: int = 0
+    realized_pnl: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class StateRecord:
+    """Every persisted field of a TraderState, frozen. Times are float epoch seconds."""
+
+    trader_id: str
+    account_id: str
+    equity_reported: bool = False
+    current_equity: float = 0.0
+    peak_equity: float = 0.0
+    day_start_equity: float = 0.0
+    week_start_equity: float = 0.0
+    month_start_equity: float = 0.0
+    day_start: float = 0.0
+    week_start: float = 0.0
+    month_start: float = 0.0
+    last_equity_at: float | None = None
+    pauses: tuple[PauseRecord, ...] = ()
+    consecutive_losses: int = 0
+    positions: tuple[Position, ...] = ()
+    volatility: tuple[tuple[str, float], ...] = ()
+    symbol_stats: tuple[SymbolStatsRecord, ...] = ()
+    recent_trades: tuple[ClosedTrade, ...] = ()  # oldest first; for breaker windows
+    order_times: tuple[float, ...] = ()  # allowed orders in the throttle window, oldest first
+    updated_at: float = 0.0
+    version: int = 0
+
+    # ---- derived values (the same formulas as TraderState) --------------------------------------
+
+    @property
+    def drawdown_pct(self) -> float:
+        return pct_loss(self.peak_equity, self.current_equity)
+
+    @property
+    def daily_pnl(self) -> float:
+        return self.current_equity - self.day_start_equity
+
+    @property
+    def weekly_pnl(self) -> float:
+        return self.current_equity - self.week_start_equity
+
+    @property
+    def monthly_pnl(self) -> float:
+        return self.current_equity - self.month_start_equity
+
+    def effective_pause(self, now: float) -> PauseRecord | None:
+        best: PauseRecord | None = None
+        for pause in self.pauses:
+            if pause.active(now) and (best is None or pause.rank() > best.rank()):
+                best = pause
+        return best
+
+    def trading_state(self, now: float) -> TradingState:
+        pause = self.effective_pause(now)
+        return TradingState.ACTIVE if pause is None else pause.state
+
+
+def to_record(st: TraderState) -> StateRecord:
+    """A frozen copy of `st` (fast: a few microseconds for a typical trader)."""
+    return StateRecord(
+        trader_id=st.trader_id,
+        account_id=st.account_id,
+        equity_reported=st.equity_reported,
+        current_equity=st.current_equity,
+        peak_equity=st.peak_equity,
+        day_start_equity=st.day_start_equity,
+        week_start_equity=st.week_start_equity,
+        month_start_equity=st.month_start_equity,
+        day_start=st.day_start,
+        week_start=st.week_start,
+        month_start=st.month_start,
+        last_equity_at=st.last_equity_at,
+        pauses=tuple(PauseRecord(p.state, p.until, p.code, p.reason, p.source, p.since) for p in st.pauses),
+        consecutive_losses=st.consecutive_losses,
+        positions=tuple(st.positions.values()),
+        volatility=tuple(st.volatility.items()),
+        symbol_stats=tuple(
+            SymbolStatsRecord(sym, s.trades, s.wins, s.losses, s.realized_pnl) for sym, s in st.symbol_stats.items()
+        ),
+        recent_trades=tuple(st.recent_trades),
+        order_times=tuple(st.order_times),
+        updated_at=st.updated_at,
+        version=st.version,
+    )
+
+
+def from_record(rec: StateRecord, seen_trade_ids: Iterable[str] = ()) -> TraderState:
+    """A fresh, independent TraderState from a record. `next_boundary` is -inf so periods roll on first use.
+
+    `seen_trade_ids` (oldest first) restores duplicate detection of trade reports; the newest
+    SEEN_TRADE_IDS_KEPT are kept.
+    """
+    seen: OrderedDict[str, None] = OrderedDict((tid, None) for tid in seen_trade_ids)
+    while len(seen) > SEEN_TRADE_IDS_KEPT:
+        seen.popitem(last=False)
+    return TraderState(
+        trader_id=rec.trader_id,
+        account_id=rec.account_id,
+        equity_reported=rec.equity_reported,
+        current_equity=rec.current_equity,
+        peak_equity=rec.peak_equity,
+        day_start_equity=rec.day_start_equity,
+        week_start_equity=rec.week_start_equity,
+        month_start_equity=rec.month_start_equity,
+        day_start=rec.day_start,
+        week_start=rec.week_start,
+        month_start=rec.month_start,
+        next_boundary=-INF,
+        last_equity_at=rec.last_equity_at,
+        pauses=[Pause(p.state, p.until, p.code, p.reason, p.source, p.since) for p in rec.pauses],
+        consecutive_losses=rec.consecutive_losses,
+        positions={(p.symbol, p.exchange): p for p in rec.positions},
+        volatility=dict(rec.volatility),
+        order_times=deque(rec.order_times),
+        recent_trades=deque(rec.recent_trades, maxlen=RECENT_TRADES_KEPT),
+        seen_trade_ids=seen,
+        symbol_stats={s.symbol: SymbolStats(s.trades, s.wins, s.losses, s.realized_pnl) for s in rec.symbol_stats},
+        updated_at=rec.updated_at,
+        version=rec.version,
+    )

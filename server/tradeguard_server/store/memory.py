@@ -1,0 +1,295 @@
+"""MemoryStore: the in-memory twin of RiskStore for unit tests of the layers above (httpx's MockTransport).
+
+Same interface and the same observable rules: the latest version of a trader wins, history keeps the newest
+`queue_size` rows while the "database" is down, trades are idempotent, events are never dropped, admin
+writes raise Conflict / NotFound / StoreUnavailable. Writes land at once while `available`; set
+`available = False` to simulate an outage (the backlog lands when it is set back to True).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+
+from .errors import BadCursor, Conflict, NotFound, StoreUnavailable
+from .records import (
+    BreakerEventRecord,
+    BreakerRecord,
+    ConfigRecord,
+    FlagsRecord,
+    HistoryRecord,
+    LoadedState,
+    StateRecord,
+    TradeRecord,
+)
+
+KINDS = ("state", "history", "trade", "event")
+
+
+class MemoryStore:
+    """Implements store.protocol.Store in memory."""
+
+    def __init__(self, queue_size: int = 64, *, clock: Callable[[], float] = time.time) -> None:
+        self.queue_size = queue_size
+        self.clock = clock
+        self.persistence_enabled = True
+        self.on_health_change: Callable[[bool], None] | None = None
+        self.dropped_history = 0
+        self.attempts = 0
+        self.failures = 0
+        self.last_persist_latency_ms = 0.0
+        self.rows_written: dict[str, int] = dict.fromkeys(KINDS, 0)
+        self.enqueued: dict[str, int] = dict.fromkeys(KINDS, 0)
+        # The "database".
+        self.states: dict[str, StateRecord] = {}
+        self.history: list[HistoryRecord] = []
+        self.trades: dict[tuple[str, str], TradeRecord] = {}
+        self.events: list[BreakerEventRecord] = []
+        self.configs: dict[tuple[str, str], ConfigRecord] = {}
+        self.breakers: dict[str, BreakerRecord] = {}
+        self.flags: FlagsRecord | None = None
+        # The queue while unavailable.
+        self._pending_states: dict[str, StateRecord] = {}
+        self._pending_history: deque[HistoryRecord] = deque()
+        self._pending_trades: list[TradeRecord] = []
+        self._pending_events: list[BreakerEventRecord] = []
+        self._available = True
+        self._started = False
+        self._closed = False
+
+    # ---- health -----------------------------------------------------------------------------------
+
+    @property
+    def available(self) -> bool:
+        return self._available
+
+    @available.setter
+    def available(self, value: bool) -> None:
+        changed = value != self._available
+        self._available = value
+        if value:
+            self._drain()
+        if changed and self._started and self.on_health_change is not None:
+            self.on_health_change(value)
+
+    @property
+    def healthy(self) -> bool:
+        return self._started and self._available
+
+    @property
+    def queue_depth(self) -> int:
+        return (len(self._pending_states) + len(self._pending_history) + len(self._pending_trades)
+                + len(self._pending_events))
+
+    async def start(self) -> None:
+        self._started = True
+        if self.on_health_change is not None and self._available:
+            self.on_health_change(True)
+
+    async def close(self, drain_timeout: float) -> int:
+        self._closed = True
+        if self._available:
+            self._drain()
+        return self.queue_depth
+
+    async def flush(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109 - the store's interface
+        if self._available:
+            self._drain()
+        return self.queue_depth == 0
+
+    def _check(self) -> None:
+        if not self._available or self._closed:
+            raise StoreUnavailable("memory store is unavailable")
+
+    async def load(self) -> LoadedState:
+        self._check()
+        trade_ids: dict[str, list[str]] = {}
+        for trader_id, trade_id in self.trades:
+            trade_ids.setdefault(trader_id, []).append(trade_id)
+        return LoadedState(
+            traders=[self.states[k] for k in sorted(self.states)],
+            configs=[self.configs[k] for k in sorted(self.configs)],
+            breakers=sorted(self.breakers.values(), key=lambda b: (b.account_id, b.name)),
+            flags=self.flags,
+            trade_ids=trade_ids,
+        )
+
+    # ---- queue ------------------------------------------------------------------------------------
+
+    def enqueue_state(self, rec: StateRecord, reason: str, trace_id: str | None) -> None:
+        if not self.persistence_enabled or self._closed:
+            return
+        self.enqueued["state"] += 1
+        self.enqueued["history"] += 1
+        current = self._pending_states.get(rec.trader_id)
+        if current is None or rec.version > current.version:
+            self._pending_states[rec.trader_id] = rec
+        self._pending_history.append(HistoryRecord(rec.trader_id, rec.account_id, rec, reason, trace_id,
+                                                   rec.updated_at))
+        if len(self._pending_history) > self.queue_size:
+            self._pending_history.popleft()
+            self.dropped_history += 1
+        if self._available:
+            self._drain()
+
+    def enqueue_trade(self, rec: TradeRecord) -> None:
+        if not self.persistence_enabled or self._closed:
+            return
+        self.enqueued["trade"] += 1
+        self._pending_trades.append(rec)
+        if self._available:
+            self._drain()
+
+    def enqueue_event(self, rec: BreakerEventRecord) -> None:
+        if not self.persistence_enabled or self._closed:
+            return
+        self.enqueued["event"] += 1
+        self._pending_events.append(rec if rec.id else dataclasses.replace(rec, id=str(uuid.uuid4())))
+        if self._available:
+            self._drain()
+
+    def _drain(self) -> None:
+        if not self.queue_depth:
+            return
+        self.attempts += 1
+        for rec in self._pending_states.values():
+            stored = self.states.get(rec.trader_id)
+            if stored is None or rec.version > stored.version:
+                self.states[rec.trader_id] = rec
+        self.rows_written["state"] += len(self._pending_states)
+        self._pending_states.clear()
+        for h in self._pending_history:
+            state = dataclasses.replace(h.state, recent_trades=(), order_times=())
+            self.history.append(dataclasses.replace(h, state=state, id=len(self.history) + 1))
+        self.rows_written["history"] += len(self._pending_history)
+        self._pending_history.clear()
+        for t in self._pending_trades:
+            self.trades.setdefault((t.trader_id, t.trade_id), t)
+        self.rows_written["trade"] += len(self._pending_trades)
+        self._pending_trades.clear()
+        known = {e.id for e in self.events}
+        self.events.extend(e for e in self._pending_events if e.id not in known)
+        self.rows_written["event"] += len(self._pending_events)
+        self._pending_events.clear()
+
+    # ---- write-through ----------------------------------------------------------------------------
+
+    async def save_config(self, cfg: ConfigRecord) -> tuple[ConfigRecord, bool]:
+        self._check()
+        now = self.clock()
+        key = (cfg.account_id, cfg.config_id)
+        existing = self.configs.get(key)
+        if cfg.is_active:
+            for other_key, other in self.configs.items():
+                if other_key[0] == cfg.account_id and other_key != key and other.is_active:
+                    self.configs[other_key] = dataclasses.replace(other, is_active=False, updated_at=now)
+        old_symbols = {s.symbol: s.created_at for s in existing.symbol_configs} if existing else {}
+        symbols = [dataclasses.replace(s, created_at=old_symbols.get(s.symbol) or now, updated_at=now)
+                   for s in cfg.symbol_configs]
+        saved = dataclasses.replace(
+            cfg, symbol_configs=symbols, created_at=existing.created_at if existing else now, updated_at=now
+        )
+        self.configs[key] = saved
+        return saved, existing is None
+
+    async def delete_config(self, account_id: str, config_id: str) -> None:
+        self._check()
+        if self.configs.pop((account_id, config_id), None) is None:
+            raise NotFound(f"configuration {config_id!r} of account {account_id!r} not found")
+
+    async def get_configs(self, account_id: str) -> list[ConfigRecord]:
+        self._check()
+        return [self.configs[k] for k in sorted(self.configs) if k[0] == account_id]
+
+    def _name_taken(self, b: BreakerRecord) -> bool:
+        return any(o.account_id == b.account_id and o.name == b.name and o.id != b.id for o in self.breakers.values())
+
+    async def save_breaker(self, breaker: BreakerRecord) -> BreakerRecord:
+        self._check()
+        b = breaker if breaker.id else dataclasses.replace(breaker, id=str(uuid.uuid4()))
+        if b.id in self.breakers or self._name_taken(b):
+            raise Conflict(f"breaker {b.name!r} already exists in account {b.account_id!r}")
+        now = self.clock()
+        saved = dataclasses.replace(b, created_at=now, updated_at=now)
+        self.breakers[saved.id] = saved
+        return saved
+
+    async def update_breaker(self, breaker: BreakerRecord) -> BreakerRecord:
+        self._check()
+        old = self.breakers.get(breaker.id)
+        if old is None:
+            raise NotFound(f"breaker {breaker.id!r} not found")
+        if self._name_taken(dataclasses.replace(breaker, account_id=old.account_id)):
+            raise Conflict(f"breaker {breaker.name!r} already exists in account {old.account_id!r}")
+        saved = dataclasses.replace(breaker, account_id=old.account_id, created_at=old.created_at,
+                                    updated_at=self.clock())
+        self.breakers[saved.id] = saved
+        return saved
+
+    async def set_breaker_enabled(self, breaker_id: str, enabled: bool) -> BreakerRecord:
+        old = await self.get_breaker(breaker_id)
+        saved = dataclasses.replace(old, enabled=enabled, updated_at=self.clock())
+        self.breakers[breaker_id] = saved
+        return saved
+
+    async def delete_breaker(self, breaker_id: str) -> None:
+        self._check()
+        if self.breakers.pop(breaker_id, None) is None:
+            raise NotFound(f"breaker {breaker_id!r} not found")
+
+    async def get_breaker(self, breaker_id: str) -> BreakerRecord:
+        self._check()
+        b = self.breakers.get(breaker_id)
+        if b is None:
+            raise NotFound(f"breaker {breaker_id!r} not found")
+        return b
+
+    async def list_breakers(self, account_id: str) -> list[BreakerRecord]:
+        self._check()
+        return sorted((b for b in self.breakers.values() if b.account_id == account_id), key=lambda b: b.name)
+
+    async def save_flags(self, flags: FlagsRecord) -> FlagsRecord:
+        self._check()
+        self.flags = dataclasses.replace(flags, updated_at=self.clock())
+        return self.flags
+
+    # ---- paging -----------------------------------------------------------------------------------
+
+    async def list_history(
+        self, trader_id: str, start: float | None, end: float | None, limit: int, after_id: int | None = None
+    ) -> tuple[list[HistoryRecord], int | None]:
+        self._check()
+        rows = [
+            h for h in self.history
+            if h.trader_id == trader_id and (start is None or h.recorded_at >= start)
+            and (end is None or h.recorded_at < end) and (after_id is None or (h.id or 0) > after_id)
+        ]
+        if len(rows) > limit:
+            rows = rows[:limit]
+            return rows, rows[-1].id
+        return rows, None
+
+    async def list_events(
+        self, account_id: str | None, breaker_id: str | None, limit: int, before_cursor: str | None = None
+    ) -> tuple[list[BreakerEventRecord], str | None]:
+        self._check()
+        rows = sorted(
+            (e for e in self.events
+             if (account_id is None or e.account_id == account_id)
+             and (breaker_id is None or e.breaker_id == breaker_id)),
+            key=lambda e: (e.timestamp, e.id), reverse=True,
+        )
+        if before_cursor is not None:
+            micros, sep, event_id = before_cursor.partition(":")
+            if not sep or not micros.isdigit() or not event_id:
+                raise BadCursor("page token is not one this server returned")
+            key = (int(micros) / 1_000_000, event_id)
+            rows = [e for e in rows if (e.timestamp, e.id) < key]
+        if len(rows) > limit:
+            rows = rows[:limit]
+            last = rows[-1]
+            return rows, f"{round(last.timestamp * 1_000_000)}:{last.id}"
+        return rows, None

@@ -1,0 +1,1 @@
+"""Alembic migrations of the store, packaged with the server (see store.migrate)."""

@@ -1,0 +1,150 @@
+"""Plain frozen records the store reads and writes; the API converts protobuf messages to and from them.
+
+Times are float epoch seconds (UTC) everywhere. Optional fields are None where the proto field is
+`optional` (None = not set, the server's default applies). Stored with microsecond precision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..engine.snapshot import PauseRecord, StateRecord, SymbolStatsRecord
+
+__all__ = [
+    "BreakerEventRecord",
+    "BreakerRecord",
+    "ConfigRecord",
+    "FlagsRecord",
+    "HistoryRecord",
+    "LoadedState",
+    "PauseRecord",
+    "StateRecord",
+    "SymbolConfigRecord",
+    "SymbolStatsRecord",
+    "TradeRecord",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRecord:
+    """One row of the audit trail: the state after a change, and why it changed."""
+
+    trader_id: str
+    account_id: str
+    state: StateRecord  # recent_trades and order_times are not kept in history (they are empty here)
+    reason: str
+    trace_id: str | None
+    recorded_at: float
+    id: int | None = None  # set by the database; the paging cursor of list_history
+
+
+@dataclass(frozen=True, slots=True)
+class TradeRecord:
+    """A closed trade as reported (idempotent by (trader_id, trade_id))."""
+
+    trader_id: str
+    account_id: str
+    trade_id: str
+    symbol: str
+    exchange: str
+    side: str  # "BUY" or "SELL"
+    realized_pnl: float
+    closed_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SymbolConfigRecord:
+    """Per-symbol overrides of a configuration (symbol_risk_configurations)."""
+
+    symbol: str
+    max_position_size_percentage: float | None = None
+    max_leverage: float | None = None
+    position_max_drawdown_percentage: float | None = None
+    risk_per_trade_percentage: float | None = None
+    created_at: float | None = None
+    updated_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigRecord:
+    """One named set of limits for an account (risk_configurations), every field of RiskConfiguration."""
+
+    account_id: str
+    config_id: str
+    is_active: bool = False
+    daily_max_drawdown_percentage: float | None = None
+    weekly_max_drawdown_percentage: float | None = None
+    monthly_max_drawdown_percentage: float | None = None
+    max_drawdown_percentage: float | None = None
+    stop_trading_minutes: int | None = None
+    consecutive_loss_threshold: int | None = None
+    cooling_off_period_minutes: int | None = None
+    max_position_size_percentage: float | None = None
+    risk_per_trade_percentage: float | None = None
+    max_correlated_exposure_percentage: float | None = None
+    volatility_adjustment_factor: float | None = None
+    market_regime_thresholds: dict[str, float] = field(default_factory=dict)  # {"high": x, "extreme": y}
+    position_max_drawdown_percentage: float | None = None
+    position_trailing_stop_multiplier: float | None = None
+    max_order_notional: float | None = None
+    max_orders_per_window: int | None = None
+    order_rate_window_seconds: int | None = None
+    correlation_groups: dict[str, list[str]] = field(default_factory=dict)  # group name -> symbols, in order
+    symbol_configs: list[SymbolConfigRecord] = field(default_factory=list)
+    created_at: float | None = None  # set by the store
+    updated_at: float | None = None  # set by the store
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerRecord:
+    """A circuit breaker definition (circuit_breakers). `id` is empty until the store assigns one."""
+
+    id: str
+    name: str
+    description: str
+    account_id: str
+    condition: str
+    action: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+    symbols: list[str] | None = None  # None = all symbols
+    exchanges: list[str] | None = None  # None = all exchanges
+    enabled: bool = True
+    created_at: float | None = None  # set by the store
+    updated_at: float | None = None  # set by the store
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerEventRecord:
+    """One firing of a breaker (circuit_breaker_events). Kept when the breaker is deleted."""
+
+    id: str  # empty = the store assigns a uuid when enqueued
+    breaker_id: str
+    trader_id: str
+    account_id: str
+    timestamp: float
+    triggered_values: dict[str, Any] = field(default_factory=dict)
+    action_taken: str = ""
+    action_result: dict[str, Any] = field(default_factory=dict)
+    positions_affected: list[dict[str, Any]] = field(default_factory=list)  # [{"symbol": .., "exchange": ..}]
+    shadow: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FlagsRecord:
+    """The run-time feature flags (feature_flags)."""
+
+    enable_risk_enforcement: bool = True
+    enable_persistence: bool = True
+    updated_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedState:
+    """Everything the sidecar restores at start."""
+
+    traders: list[StateRecord]
+    configs: list[ConfigRecord]
+    breakers: list[BreakerRecord]
+    flags: FlagsRecord | None  # None = never saved: the settings' values apply
+    trade_ids: dict[str, list[str]]  # trader_id -> its most recent trade ids, oldest first

@@ -1,0 +1,762 @@
+"""RiskStore: durable risk state behind a queue that never blocks the hot path.
+
+Threads, not an async driver: every database call runs on ONE dedicated thread ("tradeguard-store") with
+SQLAlchemy's synchronous engine (psycopg 3 / sqlite3); the event loop only moves records between in-memory
+queues and awaits the thread's results. Why:
+- no extra dependencies (the async engine needs greenlet, SQLite would need aiosqlite: itself a thread);
+- row building and JSON encoding happen off the event loop, so CanTrade latency does not depend on the
+  size of a batch;
+- one thread = one writer: SQLite never sees two writers, migrations never race with writes, and the
+  ordering of admin writes and batches is simple to reason about.
+
+What is queued (`enqueue_*` never await, never raise; call them on the event loop thread):
+- state snapshots coalesce per trader (the highest version wins) in an unbounded map with one entry per
+  trader, so the latest state of every trader is always written eventually, whatever overflows;
+- history rows go to a bounded queue (`queue_size`): on overflow the OLDEST row is dropped and counted in
+  `dropped_history`, with one warning per overflow episode;
+- trade reports and breaker events are never dropped: their pending lists are unbounded (a long outage
+  costs memory, a few hundred bytes per item, rather than losing an audit record).
+
+The writer drains everything in batched transactions. Transient errors (connection refused or lost,
+database locked, ...) keep the batch, mark the store unhealthy, back off exponentially up to
+`retry_max_s` and reconnect; one warning per outage and one line on recovery. A batch that fails for a
+row's own reason (constraint, bad value) is split until the bad row is isolated: the rest is written, the
+bad row is logged and counted in `rejected`, never silently lost.
+
+Loss bound on SIGKILL: whatever is queued and not yet committed, i.e. at most the changes since the last
+commit (one batch round trip under load, a few ms; the whole backlog during an outage).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from itertools import islice
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
+
+from . import codec, sql
+from .errors import Conflict, StoreError, StoreUnavailable
+from .migrate import migrate_connection
+from .records import (
+    BreakerEventRecord,
+    BreakerRecord,
+    ConfigRecord,
+    FlagsRecord,
+    HistoryRecord,
+    LoadedState,
+    StateRecord,
+    TradeRecord,
+)
+from .url import is_sqlite, normalize_url, redact
+
+log = logging.getLogger("tradeguard.store")
+
+T = TypeVar("T")
+KINDS = ("state", "history", "trade", "event")
+PG_CONNECT_DEFAULTS = {
+    "connect_timeout": "5",  # seconds to wait for a connection
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "3",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "15000",  # ms: a black-holed connection fails instead of hanging the writer
+    "application_name": "tradeguard",
+}
+FIRST_BACKOFF_S = 0.05
+
+
+def is_row_error(exc: BaseException) -> bool:
+    """True when `exc` is about the rows written (retrying the same rows fails again); False when it is
+    about the database or the connection (transient: retry later)."""
+    if isinstance(exc, IntegrityError | DataError):
+        return True
+    if isinstance(exc, DBAPIError):
+        return False
+    # A value the driver or a type could not bind (StatementError wrapping it), or a row we could not build.
+    return isinstance(exc, StatementError | ValueError | TypeError | KeyError | OverflowError)
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Items taken from the queues for one transaction, each with its enqueue sequence number."""
+
+    states: list[tuple[int, StateRecord]] = field(default_factory=list)
+    history: list[tuple[int, HistoryRecord]] = field(default_factory=list)
+    trades: list[tuple[int, TradeRecord, float]] = field(default_factory=list)
+    events: list[tuple[int, BreakerEventRecord]] = field(default_factory=list)
+
+    def size(self) -> int:
+        return len(self.states) + len(self.history) + len(self.trades) + len(self.events)
+
+    def min_seq(self) -> int | None:
+        heads = [items[0][0] for items in (self.states, self.history, self.trades, self.events) if items]
+        return min(heads) if heads else None
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """What the thread did with a batch."""
+
+    written: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    rejected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    retry: _Batch | None = None  # not written because of a transient error: requeue
+    error: BaseException | None = None
+    latency_ms: float = 0.0
+
+
+class RiskStore:
+    """The SQLAlchemy store. `start()`, then `load()`, `enqueue_*`, write-through calls; `close()` at the end."""
+
+    def __init__(
+        self,
+        url: str,
+        queue_size: int = 64,
+        batch_max: int = 500,
+        retry_max_s: float = 5.0,
+        migrate_on_start: bool = True,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if queue_size < 1 or batch_max < 1:
+            raise ValueError("queue_size and batch_max must be >= 1")
+        self.url = normalize_url(url)
+        self.queue_size = queue_size
+        self.batch_max = batch_max
+        self.retry_max_s = retry_max_s
+        self.migrate_on_start = migrate_on_start
+        self.clock = clock
+        self.persistence_enabled = True
+        self.on_health_change: Callable[[bool], None] | None = None
+
+        # Counters (read them; the store only ever increments them).
+        self.enqueued: dict[str, int] = dict.fromkeys(KINDS, 0)
+        self.rows_written: dict[str, int] = dict.fromkeys(KINDS, 0)
+        self.rejected: dict[str, int] = dict.fromkeys(KINDS, 0)
+        self.coalesced = 0  # state snapshots replaced by a newer one before they were written
+        self.dropped_history = 0
+        self.attempts = 0  # transactions tried by the writer (one per batch)
+        self.failures = 0  # of which failed (transient or a rejected row)
+        self.last_persist_latency_ms = 0.0
+
+        # Queues; touched only on the event loop thread.
+        self._seq = 0
+        self._states: dict[str, tuple[int, StateRecord]] = {}
+        self._history: deque[tuple[int, HistoryRecord]] = deque()
+        self._trades: deque[tuple[int, TradeRecord, float]] = deque()
+        self._events: deque[tuple[int, BreakerEventRecord]] = deque()
+        self._inflight: _Batch | None = None
+        self._inflight_min: int | None = None
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._last_trade_at = 0.0
+        self._overflowing = False
+        self._drops_in_episode = 0
+        self._drops_since_take = 0
+
+        self._healthy = False
+        self._outage_since: float | None = None
+        self._closed = False
+        self._wake: asyncio.Event | None = None
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._first_attempt: asyncio.Future[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._engine: Engine | None = None
+
+        # Touched only on the store thread.
+        self._prepared = False
+        self._epoch = 0
+        self._known_accounts: set[str] = set()
+
+    # ---- lifecycle --------------------------------------------------------------------------------
+
+    @property
+    def healthy(self) -> bool:
+        """True when the last connect or write succeeded."""
+        return self._healthy
+
+    @property
+    def queue_depth(self) -> int:
+        """Items not yet committed: queued plus the batch being written."""
+        pending = len(self._states) + len(self._history) + len(self._trades) + len(self._events)
+        return pending + (self._inflight.size() if self._inflight is not None else 0)
+
+    async def start(self) -> None:
+        """Start the writer. Never raises because the database is down: it connects (and migrates, unless
+        migrate_on_start is off) in the background and keeps retrying with backoff."""
+        if self._task is not None:
+            return
+        loop = asyncio.get_running_loop()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tradeguard-store")
+        self._engine = self._create_engine()
+        self._wake = asyncio.Event()
+        self._first_attempt = loop.create_future()
+        self._task = asyncio.create_task(self._run(), name="tradeguard-store-writer")
+        log.info("store %s: writer started (queue_size=%d batch_max=%d)", redact(self.url), self.queue_size,
+                 self.batch_max)
+
+    async def close(self, drain_timeout: float) -> int:
+        """Write what is queued within `drain_timeout` seconds, stop the writer, release connections.
+        Returns the number of items left unwritten (0 = everything landed)."""
+        if self._closed:
+            return 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + drain_timeout
+        drained = await self.flush(timeout=drain_timeout)
+        self._closed = True  # no more intake, no more write-through calls
+        task = self._task
+        if task is not None and not task.done():
+            self._stopping.set()  # the writer finishes the batch in flight, then stops
+            self._kick()
+            await asyncio.wait({task}, timeout=max(deadline - loop.time(), 0.0) + 1.0)
+            if not task.done():
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        left = self.queue_depth
+        if self._executor is not None:
+            if self._engine is not None:  # queued behind any batch still running on the thread
+                fut = loop.run_in_executor(self._executor, self._engine.dispose)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(fut, timeout=max(deadline - loop.time(), 0.0) + 1.0)
+            self._executor.shutdown(wait=False)
+        if self._first_attempt is not None and not self._first_attempt.done():
+            self._first_attempt.set_result(None)
+        for _target, waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters.clear()
+        if left:
+            log.warning("store closed with %d items unwritten (drain timeout %.1fs)", left, drain_timeout)
+        else:
+            log.info("store closed, queue drained (%s)", "flushed" if drained else "nothing pending")
+        return left
+
+    # ---- the hot path: enqueue (never awaits, never raises) -----------------------------------------
+
+    def enqueue_state(self, rec: StateRecord, reason: str, trace_id: str | None) -> None:
+        """Queue a trader's new state and its history row."""
+        if not self.persistence_enabled or self._closed:
+            return
+        try:
+            self._seq += 1
+            seq = self._seq
+            self.enqueued["state"] += 1
+            self.enqueued["history"] += 1
+            current = self._states.get(rec.trader_id)
+            if current is None:
+                self._states[rec.trader_id] = (seq, rec)
+            else:
+                self.coalesced += 1
+                if rec.version > current[1].version:  # keep its place (and seq) in the queue, newest state
+                    self._states[rec.trader_id] = (current[0], rec)
+            self._history.append((seq, HistoryRecord(rec.trader_id, rec.account_id, rec, reason, trace_id,
+                                                     rec.updated_at)))
+            if len(self._history) > self.queue_size:
+                self._history.popleft()
+                self._count_drops(1)
+            self._kick()
+        except Exception:  # pragma: no cover - the hot path must never fail because of the store
+            log.exception("enqueue_state failed")
+
+    def enqueue_trade(self, rec: TradeRecord) -> None:
+        """Queue a closed trade (never dropped)."""
+        if not self.persistence_enabled or self._closed:
+            return
+        try:
+            self._seq += 1
+            self.enqueued["trade"] += 1
+            at = max(self.clock(), self._last_trade_at + 1e-6)  # strictly increasing: the order of reports
+            self._last_trade_at = at
+            self._trades.append((self._seq, rec, at))
+            self._kick()
+        except Exception:  # pragma: no cover
+            log.exception("enqueue_trade failed")
+
+    def enqueue_event(self, rec: BreakerEventRecord) -> None:
+        """Queue a breaker event (never dropped). An empty id gets a uuid."""
+        if not self.persistence_enabled or self._closed:
+            return
+        try:
+            self._seq += 1
+            self.enqueued["event"] += 1
+            if not rec.id:
+                rec = dataclasses.replace(rec, id=str(uuid.uuid4()))
+            self._events.append((self._seq, rec))
+            self._kick()
+        except Exception:  # pragma: no cover
+            log.exception("enqueue_event failed")
+
+    def _kick(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def _count_drops(self, n: int) -> None:
+        self.dropped_history += n
+        self._drops_in_episode += n
+        self._drops_since_take += n
+        if not self._overflowing:
+            self._overflowing = True
+            log.warning("store history queue full (%d rows): dropping the oldest history rows until the writer "
+                        "catches up (latest states are kept)", self.queue_size)
+
+    # ---- flush --------------------------------------------------------------------------------------
+
+    def _done_through(self) -> int:
+        """Every item with a sequence number <= this is written, rejected or dropped."""
+        heads: list[int] = []
+        if self._states:
+            heads.append(next(iter(self._states.values()))[0])
+        if self._history:
+            heads.append(self._history[0][0])
+        if self._trades:
+            heads.append(self._trades[0][0])
+        if self._events:
+            heads.append(self._events[0][0])
+        if self._inflight_min is not None:
+            heads.append(self._inflight_min)
+        return min(heads) - 1 if heads else self._seq
+
+    def _resolve_waiters(self) -> None:
+        if not self._waiters:
+            return
+        done = self._done_through()
+        keep: list[tuple[int, asyncio.Future[None]]] = []
+        for target, waiter in self._waiters:
+            if waiter.done():
+                continue
+            if target <= done:
+                waiter.set_result(None)
+            else:
+                keep.append((target, waiter))
+        self._waiters = keep
+
+    async def flush(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109 - the store's interface
+        """Wait until everything enqueued before this call is written (or rejected, or dropped as overflow).
+        False on timeout, or when the writer is not running."""
+        target = self._seq
+        if self._done_through() >= target:
+            return True
+        if self._task is None or self._task.done():
+            return False
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((target, waiter))
+        self._kick()
+        done, _pending = await asyncio.wait({waiter}, timeout=timeout)
+        if not done:
+            waiter.cancel()
+            return False
+        return self._done_through() >= target
+
+    # ---- the writer ---------------------------------------------------------------------------------
+
+    def _create_engine(self) -> Engine:
+        if is_sqlite(self.url):
+            engine = create_engine(self.url, json_serializer=codec.dumps, connect_args={"timeout": 15.0},
+                                   pool_pre_ping=True)
+            event.listen(engine, "connect", _sqlite_pragmas)
+            return engine
+        present = {k.lower() for k in _url_query(self.url)}
+        connect_args = {k: v for k, v in PG_CONNECT_DEFAULTS.items() if k not in present}
+        return create_engine(self.url, json_serializer=codec.dumps, connect_args=connect_args, pool_pre_ping=True,
+                             pool_size=2, max_overflow=2, pool_recycle=1800)
+
+    async def _on_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:
+            raise StoreUnavailable("store is not started")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, partial(fn, *args))
+
+    async def _pause(self, seconds: float) -> None:
+        """Back off, unless close() asks the writer to stop."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        assert self._first_attempt is not None
+        failures_in_row = 0
+        while not self._stopping.is_set():
+            if not self._prepared:
+                try:
+                    error = await self._on_thread(self._prepare)
+                except Exception as exc:  # pragma: no cover - _prepare returns its errors
+                    error = exc
+                if not self._first_attempt.done():
+                    self._first_attempt.set_result(None)
+                if error is not None:
+                    self._unavailable(error)
+                    failures_in_row += 1
+                    await self._pause(self._backoff(failures_in_row))
+                    continue
+                failures_in_row = 0
+                self._available()
+            batch = self._take()
+            if batch is None:
+                self._resolve_waiters()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            self._inflight, self._inflight_min = batch, batch.min_seq()
+            self.attempts += 1
+            try:
+                outcome = await self._on_thread(self._write, batch)
+            except Exception as exc:  # a bug, not the database: keep the batch and retry like an outage
+                log.exception("store writer failed unexpectedly")
+                outcome = _Outcome(retry=batch, error=exc)
+            finally:
+                self._inflight = self._inflight_min = None
+            self._apply(outcome)
+            if outcome.retry is not None:
+                self._requeue(outcome.retry)
+                self._unavailable(outcome.error)
+                failures_in_row += 1
+                self._resolve_waiters()
+                await self._pause(self._backoff(failures_in_row))
+            else:
+                failures_in_row = 0
+                self._available()
+                self._resolve_waiters()
+
+    def _backoff(self, failures: int) -> float:
+        return float(min(self.retry_max_s, FIRST_BACKOFF_S * 2 ** min(failures - 1, 16)))
+
+    def _take(self) -> _Batch | None:
+        if self._overflowing and self._drops_since_take == 0:
+            log.warning("store history queue overflow over: %d history rows were dropped", self._drops_in_episode)
+            self._overflowing = False
+            self._drops_in_episode = 0
+        self._drops_since_take = 0
+        if not (self._states or self._history or self._trades or self._events):
+            return None
+        n = self.batch_max
+        batch = _Batch()
+        if len(self._states) <= n:
+            batch.states = list(self._states.values())
+            self._states = {}
+        else:
+            keys = list(islice(self._states, n))
+            batch.states = [self._states.pop(k) for k in keys]
+        batch.history = [self._history.popleft() for _ in range(min(n, len(self._history)))]
+        batch.trades = [self._trades.popleft() for _ in range(min(n, len(self._trades)))]
+        batch.events = [self._events.popleft() for _ in range(min(n, len(self._events)))]
+        return batch
+
+    def _requeue(self, batch: _Batch) -> None:
+        """Put a batch that could not be written back in front of the queues (older items first)."""
+        if batch.states:
+            merged: dict[str, tuple[int, StateRecord]] = {}
+            for seq, rec in batch.states:
+                newer = self._states.pop(rec.trader_id, None)
+                merged[rec.trader_id] = (seq, newer[1] if newer is not None and newer[1].version > rec.version
+                                         else rec)
+            merged.update(self._states)
+            self._states = merged
+        self._history.extendleft(reversed(batch.history))
+        overflow = len(self._history) - self.queue_size
+        if overflow > 0:
+            for _ in range(overflow):
+                self._history.popleft()
+            self._count_drops(overflow)
+        self._trades.extendleft(reversed(batch.trades))
+        self._events.extendleft(reversed(batch.events))
+
+    def _apply(self, outcome: _Outcome) -> None:
+        for kind in KINDS:
+            self.rows_written[kind] += outcome.written[kind]
+            self.rejected[kind] += outcome.rejected[kind]
+        if outcome.retry is not None or any(outcome.rejected.values()):
+            self.failures += 1
+        if outcome.retry is None:
+            self.last_persist_latency_ms = outcome.latency_ms
+
+    def _available(self) -> None:
+        if self._outage_since is not None:
+            log.warning("store available again after %.1fs: writing a backlog of %d items",
+                        time.monotonic() - self._outage_since, self.queue_depth)
+            self._outage_since = None
+        self._set_health(True)
+
+    def _unavailable(self, error: BaseException | None) -> None:
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+            log.warning("store unavailable (%s): %s; will retry with backoff up to %.1fs, the sidecar keeps "
+                        "answering from memory (backlog %d items)", redact(self.url), _describe(error),
+                        self.retry_max_s, self.queue_depth)
+        else:
+            log.debug("store still unavailable: %s", _describe(error))
+        self._set_health(False)
+
+    def _set_health(self, healthy: bool) -> None:
+        if healthy == self._healthy:
+            return
+        self._healthy = healthy
+        callback = self.on_health_change
+        if callback is not None:
+            try:
+                callback(healthy)
+            except Exception:
+                log.exception("on_health_change callback failed")
+
+    # ---- on the store thread ------------------------------------------------------------------------
+
+    def _prepare(self) -> BaseException | None:
+        """Connect, migrate (once), pick this process's epoch. Returns the error instead of raising."""
+        assert self._engine is not None
+        try:
+            with self._engine.connect() as conn:
+                if self.migrate_on_start:
+                    migrate_connection(conn)
+                db_epoch = sql.max_epoch(conn)
+                conn.rollback()
+        except Exception as exc:
+            self._dispose_quietly()
+            return exc
+        # Snapshots of this process replace those of any earlier one, whatever their versions.
+        self._epoch = max(time.time_ns() // 1000, db_epoch + 1)
+        self._prepared = True
+        return None
+
+    def _dispose_quietly(self) -> None:
+        if self._engine is not None:
+            with contextlib.suppress(Exception):
+                self._engine.dispose()
+
+    def _write(self, batch: _Batch) -> _Outcome:
+        started = time.perf_counter()
+        outcome = _Outcome()
+        now = time.time()
+        parts: dict[str, list[tuple[Any, dict[str, Any]]]] = {
+            "state": self._rows(batch.states, lambda i: codec.state_row(i[1], self._epoch), "state", outcome),
+            "history": self._rows(batch.history, lambda i: codec.history_row(i[1]), "history", outcome),
+            "trade": self._rows(batch.trades, lambda i: codec.trade_row(i[1], i[2]), "trade", outcome),
+            "event": self._rows(batch.events, lambda i: codec.event_row(i[1]), "event", outcome),
+        }
+        assert self._engine is not None
+        try:
+            with self._engine.begin() as conn:
+                for kind, items in parts.items():
+                    self._write_kind(conn, kind, [row for _item, row in items], now)
+        except Exception as exc:
+            if not is_row_error(exc):
+                self._dispose_quietly()
+                outcome.retry, outcome.error = _batch_of(parts.items()), exc
+                return outcome
+            log.warning("store batch of %d rows failed (%s): isolating the bad rows", batch.size(), _describe(exc))
+            self._isolate(parts, outcome, now)
+        else:
+            for kind, items in parts.items():
+                outcome.written[kind] += len(items)
+            self._known_accounts.update(r["account_id"] for _i, r in parts["state"])
+        outcome.latency_ms = (time.perf_counter() - started) * 1000.0
+        return outcome
+
+    def _rows(self, items: list[Any], build: Callable[[Any], dict[str, Any]], kind: str,
+              outcome: _Outcome) -> list[tuple[Any, dict[str, Any]]]:
+        out: list[tuple[Any, dict[str, Any]]] = []
+        for item in items:
+            try:
+                out.append((item, build(item)))
+            except Exception as exc:
+                outcome.rejected[kind] += 1
+                log.error("store rejected a %s row it cannot encode (%s): %r", kind, _describe(exc), item[1])
+        return out
+
+    def _write_kind(self, conn: Connection, kind: str, rows: list[dict[str, Any]], now: float) -> None:
+        if kind == "state":
+            accounts = {r["account_id"] for r in rows} - self._known_accounts
+            sql.register_accounts(conn, accounts, now)
+            sql.upsert_states(conn, rows)
+        elif kind == "history":
+            sql.insert_history(conn, rows)
+        elif kind == "trade":
+            sql.insert_trades(conn, rows)
+        else:
+            sql.insert_events(conn, rows)
+
+    def _isolate(self, parts: dict[str, list[tuple[Any, dict[str, Any]]]], outcome: _Outcome, now: float) -> None:
+        """Write each kind in its own transactions, halving a failing part until the bad row is alone."""
+        assert self._engine is not None
+        stack: list[tuple[str, list[tuple[Any, dict[str, Any]]]]] = [(k, v) for k, v in parts.items() if v]
+        stack.reverse()
+        while stack:
+            kind, part = stack.pop()
+            try:
+                with self._engine.begin() as conn:
+                    self._write_kind(conn, kind, [row for _item, row in part], now)
+            except Exception as exc:
+                if not is_row_error(exc):  # the database went away meanwhile: the rest waits for it
+                    self._dispose_quietly()
+                    outcome.retry, outcome.error = _batch_of([(kind, part), *stack]), exc
+                    return
+                if len(part) == 1:
+                    item, _row = part[0]
+                    outcome.rejected[kind] += 1
+                    log.error("store rejected a %s row (%s): %r", kind, _describe(exc), item[1])
+                else:
+                    mid = len(part) // 2
+                    stack.append((kind, part[mid:]))
+                    stack.append((kind, part[:mid]))
+            else:
+                outcome.written[kind] += len(part)
+                if kind == "state":
+                    self._known_accounts.update(r["account_id"] for _i, r in part)
+
+    # ---- load and write-through (awaited by the callers) --------------------------------------------
+
+    async def _call(self, fn: Callable[[Connection], T], *, write: bool) -> T:
+        """Run `fn` in a transaction on the store thread; database errors become store errors."""
+        if self._executor is None or self._closed:
+            raise StoreUnavailable("store is not running")
+
+        def run() -> T:
+            if not self._prepared:
+                error = self._prepare()
+                if error is not None:
+                    raise StoreUnavailable(f"database unavailable: {_describe(error)}") from error
+            assert self._engine is not None
+            try:
+                with self._engine.begin() if write else self._engine.connect() as conn:
+                    return fn(conn)
+            except StoreError:
+                raise
+            except IntegrityError as exc:
+                raise Conflict(_describe(exc)) from exc
+            except DBAPIError as exc:
+                self._dispose_quietly()
+                raise StoreUnavailable(f"database unavailable: {_describe(exc)}") from exc
+
+        return await self._on_thread(run)
+
+    async def load(self) -> LoadedState:
+        """Everything the sidecar restores at start. Raises StoreUnavailable when the database cannot be
+        reached (then serve from memory; the writer keeps retrying)."""
+        if self._first_attempt is None:
+            raise StoreUnavailable("store is not started")
+        await asyncio.shield(self._first_attempt)
+        if not self._prepared:
+            raise StoreUnavailable("database unavailable at start")
+
+        def load(conn: Connection) -> LoadedState:
+            return LoadedState(
+                traders=sql.load_states(conn),
+                configs=sql.get_configs(conn),
+                breakers=sql.list_breakers(conn),
+                flags=sql.load_flags(conn),
+                trade_ids=sql.load_trade_ids(conn),
+            )
+
+        return await self._call(load, write=False)
+
+    async def save_config(self, cfg: ConfigRecord) -> tuple[ConfigRecord, bool]:
+        """Insert or replace a configuration and its symbol configs (created_at is kept). Saving an active
+        one deactivates the account's others in the same transaction. Returns (stored, created)."""
+        now = self.clock()
+        return await self._call(lambda conn: sql.save_config(conn, cfg, now), write=True)
+
+    async def delete_config(self, account_id: str, config_id: str) -> None:
+        """Raises NotFound when there is no such configuration."""
+        await self._call(lambda conn: sql.delete_config(conn, account_id, config_id), write=True)
+
+    async def get_configs(self, account_id: str) -> list[ConfigRecord]:
+        """The account's configurations, by config_id."""
+        return await self._call(lambda conn: sql.get_configs(conn, account_id), write=False)
+
+    async def save_breaker(self, breaker: BreakerRecord) -> BreakerRecord:
+        """Create a breaker; an empty id gets a uuid. Conflict when the name is taken in the account."""
+        now = self.clock()
+        return await self._call(lambda conn: sql.create_breaker(conn, breaker, now), write=True)
+
+    async def update_breaker(self, breaker: BreakerRecord) -> BreakerRecord:
+        """Replace the definition of breaker `breaker.id` (account and created_at stay). NotFound, Conflict."""
+        now = self.clock()
+        return await self._call(lambda conn: sql.update_breaker(conn, breaker, now), write=True)
+
+    async def set_breaker_enabled(self, breaker_id: str, enabled: bool) -> BreakerRecord:
+        now = self.clock()
+        return await self._call(lambda conn: sql.set_breaker_enabled(conn, breaker_id, enabled, now), write=True)
+
+    async def delete_breaker(self, breaker_id: str) -> None:
+        """Delete a breaker (its events stay). NotFound."""
+        await self._call(lambda conn: sql.delete_breaker(conn, breaker_id), write=True)
+
+    async def get_breaker(self, breaker_id: str) -> BreakerRecord:
+        return await self._call(lambda conn: sql.get_breaker(conn, breaker_id), write=False)
+
+    async def list_breakers(self, account_id: str) -> list[BreakerRecord]:
+        """The account's breakers, by name."""
+        return await self._call(lambda conn: sql.list_breakers(conn, account_id), write=False)
+
+    async def save_flags(self, flags: FlagsRecord) -> FlagsRecord:
+        now = self.clock()
+        return await self._call(lambda conn: sql.save_flags(conn, flags, now), write=True)
+
+    async def list_history(
+        self, trader_id: str, start: float | None, end: float | None, limit: int, after_id: int | None = None
+    ) -> tuple[list[HistoryRecord], int | None]:
+        """A trader's history, oldest first, start <= recorded_at < end; next_cursor is None on the last page.
+        Queued rows are flushed first (for up to a second), so a change just made is listed."""
+        await self.flush(timeout=1.0)
+        return await self._call(lambda conn: sql.list_history(conn, trader_id, start, end, limit, after_id),
+                                write=False)
+
+    async def list_events(
+        self, account_id: str | None, breaker_id: str | None, limit: int, before_cursor: str | None = None
+    ) -> tuple[list[BreakerEventRecord], str | None]:
+        """Breaker events, newest first; next_cursor is None on the last page. Raises BadCursor for a cursor
+        it did not hand out. Queued events are flushed first (for up to a second)."""
+        await self.flush(timeout=1.0)
+        return await self._call(lambda conn: sql.list_events(conn, account_id, breaker_id, limit, before_cursor),
+                                write=False)
+
+
+def _batch_of(parts: Iterable[tuple[str, list[tuple[Any, dict[str, Any]]]]]) -> _Batch:
+    """The queue items of (kind, [(item, row)]) parts, back in sequence order."""
+    batch = _Batch()
+    for kind, part in parts:
+        items = [item for item, _row in part]
+        if kind == "state":
+            batch.states.extend(items)
+        elif kind == "history":
+            batch.history.extend(items)
+        elif kind == "trade":
+            batch.trades.extend(items)
+        else:
+            batch.events.extend(items)
+    for items in (batch.states, batch.history, batch.trades, batch.events):
+        items.sort(key=lambda item: item[0])
+    return batch
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown error"
+    inner = getattr(exc, "orig", None) or exc
+    text = " ".join(str(inner).split())
+    return f"{type(inner).__name__}: {text[:300]}"
+
+
+def _url_query(url: str) -> dict[str, Any]:
+    from sqlalchemy.engine import make_url
+
+    return dict(make_url(url).query)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+        cursor.execute("PRAGMA synchronous=NORMAL")  # durable across a process crash; fsync at checkpoints
+        cursor.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cursor.close()

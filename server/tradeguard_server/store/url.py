@@ -1,0 +1,92 @@
+"""Database URLs: normalise what users write, build one from the seed's DB_* parts, hide the password.
+
+Accepted: `postgresql://`, `postgres://` (rewritten to SQLAlchemy's `postgresql+psycopg://`, psycopg 3),
+`postgresql+psycopg://`, and `sqlite:///relative.db`, `sqlite:////absolute.db`, `sqlite://` (memory).
+Query parameters such as `sslmode=require` pass through to the driver.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+POSTGRES_DRIVER = "postgresql+psycopg"
+_SECRET_QUERY_KEYS = {"password", "sslpassword"}
+_URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
+_QUERY_SECRET = re.compile(r"((?:^|[?&])(?:password|sslpassword)=)[^&]*", re.IGNORECASE)
+
+
+def normalize_url(url: str) -> str:
+    """The SQLAlchemy URL for `url`. Raises ValueError for a URL this store cannot use."""
+    parsed = _parse(url)
+    backend = parsed.get_backend_name()
+    driver = parsed.get_driver_name() if "+" in parsed.drivername else ""
+    if backend in ("postgres", "postgresql"):
+        if driver not in ("", "psycopg"):
+            raise ValueError(f"unsupported PostgreSQL driver {driver!r}: use postgresql:// (psycopg 3)")
+        parsed = parsed.set(drivername=POSTGRES_DRIVER)
+    elif backend == "sqlite":
+        if driver not in ("", "pysqlite"):
+            raise ValueError(f"unsupported SQLite driver {driver!r}: use sqlite:///path.db")
+    else:
+        raise ValueError(f"unsupported database {backend!r}: use postgresql://... or sqlite:///path.db")
+    return parsed.render_as_string(hide_password=False)
+
+
+def is_postgres(url: str) -> bool:
+    return _parse(url).get_backend_name() in ("postgres", "postgresql")
+
+
+def is_sqlite(url: str) -> bool:
+    return _parse(url).get_backend_name() == "sqlite"
+
+
+def url_from_parts(env: Mapping[str, str]) -> str:
+    """A PostgreSQL URL from the seed's DB_HOST, DB_PORT, DB_USER, DB_PASSWORD, DB_NAME, DB_SSLMODE.
+
+    DB_HOST is required; the port defaults to 5432, the user to "postgres", the database to "tradeguard".
+    User and password are escaped, so any character may appear in them.
+    """
+    host = env.get("DB_HOST", "").strip()
+    if not host:
+        raise ValueError("DB_HOST is required to build a database URL from parts")
+    port_text = env.get("DB_PORT", "").strip() or "5432"
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"DB_PORT: expected a port number, got {port_text!r}")
+    query: dict[str, str] = {}
+    sslmode = env.get("DB_SSLMODE", "").strip()
+    if sslmode:
+        query["sslmode"] = sslmode
+    url = URL.create(
+        POSTGRES_DRIVER,
+        username=env.get("DB_USER", "").strip() or "postgres",
+        password=env.get("DB_PASSWORD") or None,
+        host=host,
+        port=int(port_text),
+        database=env.get("DB_NAME", "").strip() or "tradeguard",
+        query=query,
+    )
+    return url.render_as_string(hide_password=False)
+
+
+def redact(url: str) -> str:
+    """`url` with its password (and any password query parameter) replaced by ***, for logs."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return _QUERY_SECRET.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", url))
+    if any(k.lower() in _SECRET_QUERY_KEYS for k in parsed.query):
+        query = {k: ("***" if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in parsed.query.items()}
+        parsed = parsed.set(query=query)
+    return parsed.render_as_string(hide_password=True)
+
+
+def _parse(url: str) -> URL:
+    try:
+        return make_url(url)
+    except ArgumentError:
+        raise ValueError(f"not a database URL: {redact(url)!r}") from None
+
