@@ -153,7 +153,7 @@ def firing_msg(f: Firing, st: TraderState, event_id: str = "") -> t.CircuitBreak
     result = Struct()
     result.update(f.action_result)  # type: ignore[arg-type]  # JSON-like values
     return t.CircuitBreakerEvent(
-        id=event_id,
+        id=event_id or getattr(f, "event_id", ""),
         breaker_id=f.breaker_id,
         trader_id=st.trader_id,
         account_id=st.account_id,

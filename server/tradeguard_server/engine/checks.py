@@ -96,11 +96,15 @@ def streak_breach(st: TraderState, limits: Limits) -> Breach | None:
 # ---- order checks -------------------------------------------------------------------------------
 
 
-def is_reducing(st: TraderState, order: OrderIntent) -> bool:
-    """True when the order can only shrink the trader's exposure in its symbol."""
+def is_reducing(st: TraderState, order: OrderIntent, existing: float | None = None) -> bool:
+    """True when the order can only shrink the trader's exposure in its symbol.
+
+    `existing`: the trader's signed exposure in the order's symbol, when the caller already has it.
+    """
     if order.reduce_only:
         return True
-    existing = st.signed_exposure(order.symbol)
+    if existing is None:
+        existing = st.signed_exposure(order.symbol)
     if existing == 0.0:
         return False
     delta = order.notional if order.side is Side.BUY else -order.notional
@@ -126,11 +130,25 @@ def volatility_scale(st: TraderState, order: OrderIntent, limits: Limits) -> tup
     return 1.0, CheckResult("volatility_regime", PASS, code, f"volatility={vol:g} normal", vol, threshold)
 
 
-def order_checks(st: TraderState, order: OrderIntent, limits: Limits, now: float) -> list[CheckResult]:
-    """Every per-order check of DESIGN 2.1, in evaluation order."""
+# Results that never vary, built once (CheckResult is frozen: sharing them is safe).
+_RATE_SKIPPED = CheckResult("order_rate", SKIPPED, DecisionCode.ORDER_RATE_LIMIT, "not configured")
+_RISK_NO_STOP = CheckResult("risk_per_trade", SKIPPED, DecisionCode.RISK_PER_TRADE_LIMIT, "no stop_price")
+_RISK_SKIPPED = CheckResult("risk_per_trade", SKIPPED, DecisionCode.RISK_PER_TRADE_LIMIT, "not configured")
+_RISK_REDUCING = CheckResult("risk_per_trade", PASS, DecisionCode.RISK_PER_TRADE_LIMIT, "reducing order")
+_CORR_SKIPPED = CheckResult("correlated_exposure", SKIPPED, DecisionCode.CORRELATED_EXPOSURE_LIMIT, "not configured")
+_CORR_REDUCING = CheckResult("correlated_exposure", PASS, DecisionCode.CORRELATED_EXPOSURE_LIMIT, "reducing order")
+_STATE_ACTIVE = CheckResult("trading_state", PASS, DecisionCode.ALLOWED, "ACTIVE")
+
+
+def order_checks(
+    st: TraderState, order: OrderIntent, limits: Limits, now: float, reducing: bool | None = None
+) -> list[CheckResult]:
+    """Every per-order check of DESIGN 2.1, in evaluation order (`reducing`: is_reducing, if already known)."""
     out: list[CheckResult] = []
     equity = st.current_equity
-    reducing = is_reducing(st, order)
+    existing = st.signed_exposure(order.symbol)
+    if reducing is None:
+        reducing = is_reducing(st, order, existing)
     sym = limits.for_symbol(order.symbol)
     notional = order.notional
 
@@ -150,13 +168,14 @@ def order_checks(st: TraderState, order: OrderIntent, limits: Limits, now: float
     code = DecisionCode.ORDER_RATE_LIMIT
     max_orders = limits.max_orders_per_window
     if max_orders is None:
-        out.append(CheckResult("order_rate", SKIPPED, code, "not configured"))
+        out.append(_RATE_SKIPPED)
     else:
         window = limits.order_rate_window_seconds
-        times = st.order_times
-        while times and times[0] <= now - window:
-            times.popleft()
-        count = len(times) + 1
+        cutoff, count = now - window, 1
+        for at in reversed(st.order_times):  # newest first; stop at the window's edge
+            if at <= cutoff:
+                break
+            count += 1
         status = PASS if count <= max_orders else FAIL
         detail = f"orders={count} in {window}s limit={max_orders}"
         out.append(CheckResult("order_rate", status, code, detail, float(count), float(max_orders)))
@@ -183,7 +202,6 @@ def order_checks(st: TraderState, order: OrderIntent, limits: Limits, now: float
     code = DecisionCode.POSITION_SIZE_LIMIT
     pct = sym.max_position_size_percentage if sym and sym.max_position_size_percentage is not None else None
     pct = pct if pct is not None else limits.max_position_size_percentage
-    existing = st.signed_exposure(order.symbol)
     delta = notional if order.side is Side.BUY else -notional
     after = abs(existing + delta)
     if pct is None:
@@ -201,11 +219,11 @@ def order_checks(st: TraderState, order: OrderIntent, limits: Limits, now: float
     pct = sym.risk_per_trade_percentage if sym and sym.risk_per_trade_percentage is not None else None
     pct = pct if pct is not None else limits.risk_per_trade_percentage
     if order.stop_price <= 0.0:
-        out.append(CheckResult("risk_per_trade", SKIPPED, code, "no stop_price"))
+        out.append(_RISK_NO_STOP)
     elif pct is None:
-        out.append(CheckResult("risk_per_trade", SKIPPED, code, "not configured"))
+        out.append(_RISK_SKIPPED)
     elif reducing:
-        out.append(CheckResult("risk_per_trade", PASS, code, "reducing order"))
+        out.append(_RISK_REDUCING)
     else:
         risk = abs(order.price - order.stop_price) * order.quantity
         cap = pct * scale * equity / 100.0
@@ -217,9 +235,9 @@ def order_checks(st: TraderState, order: OrderIntent, limits: Limits, now: float
     code = DecisionCode.CORRELATED_EXPOSURE_LIMIT
     pct = limits.max_correlated_exposure_percentage
     if pct is None:
-        out.append(CheckResult("correlated_exposure", SKIPPED, code, "not configured"))
+        out.append(_CORR_SKIPPED)
     elif reducing:
-        out.append(CheckResult("correlated_exposure", PASS, code, "reducing order"))
+        out.append(_CORR_REDUCING)
     else:
         group = limits.group_of(order.symbol)
         sign = 1.0 if order.side is Side.BUY else -1.0
@@ -254,9 +272,9 @@ def position_actions(st: TraderState, limits: Limits) -> list[RequiredAction]:
 
 def state_check(st: TraderState, order: OrderIntent | None, now: float) -> CheckResult:
     """The trading-state gate: HALTED blocks everything, REDUCING only what adds exposure."""
-    pause = st.effective_pause(now)
+    pause = st.effective_pause(now) if st.pauses else None
     if pause is None:
-        return CheckResult("trading_state", PASS, DecisionCode.ALLOWED, "ACTIVE")
+        return _STATE_ACTIVE
     if pause.state is TradingState.REDUCING and order is not None and is_reducing(st, order):
         return CheckResult("trading_state", PASS, pause.code, f"{pause.reason} [REDUCING: reducing order allowed]")
     what = "no orders" if pause.state is TradingState.HALTED else "only exposure-reducing orders"

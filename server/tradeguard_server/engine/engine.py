@@ -316,7 +316,7 @@ class RiskEngine:
         results.append(self._streak_check(st, limits, now, reducing))
         actions = checks.position_actions(st, limits)
         if order is not None:
-            results.extend(checks.order_checks(st, order, limits, now))
+            results.extend(checks.order_checks(st, order, limits, now, reducing))
         if self.breakers is not None:
             firings = self._run_breakers(st, limits, now, [] if order is None else [(order.symbol, order.exchange)])
             if firings:
@@ -325,7 +325,9 @@ class RiskEngine:
                     actions.extend(firing.actions)
                 results[1] = checks.state_check(st, order, now)
         decision = self._decide(st, now, results, actions, enforce)
-        if order is not None and decision.allowed and limits.max_orders_per_window is not None:
+        if order is not None and decision.allowed and (
+            limits.max_orders_per_window is not None or self.breakers is not None
+        ):
             st.order_times.append(now)
         return decision, st
 
@@ -345,8 +347,12 @@ class RiskEngine:
     def _decide(
         st: TraderState, now: float, results: list[CheckResult], actions: list[RequiredAction], enforce: bool
     ) -> Decision:
-        failed = next((c for c in results if c.status is CheckStatus.FAIL), None)
-        pause = st.effective_pause(now)
+        failed = None
+        for c in results:
+            if c.status is CheckStatus.FAIL:
+                failed = c
+                break
+        pause = st.effective_pause(now) if st.pauses else None
         state = TradingState.ACTIVE if pause is None else pause.state
         until = None if pause is None else pause.until
         if failed is None:

@@ -14,7 +14,16 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .state import INF, RECENT_TRADES_KEPT, SEEN_TRADE_IDS_KEPT, SEVERITY, Pause, TraderState, pct_loss
+from .state import (
+    INF,
+    ORDER_TIMES_KEPT,
+    RECENT_TRADES_KEPT,
+    SEEN_TRADE_IDS_KEPT,
+    SEVERITY,
+    Pause,
+    TraderState,
+    pct_loss,
+)
 from .types import ClosedTrade, DecisionCode, Position, SymbolStats, TradingState
 
 
@@ -159,7 +168,7 @@ def from_record(rec: StateRecord, seen_trade_ids: Iterable[str] = ()) -> TraderS
         consecutive_losses=rec.consecutive_losses,
         positions={(p.symbol, p.exchange): p for p in rec.positions},
         volatility=dict(rec.volatility),
-        order_times=deque(rec.order_times),
+        order_times=deque(rec.order_times, maxlen=ORDER_TIMES_KEPT),
         recent_trades=deque(rec.recent_trades, maxlen=RECENT_TRADES_KEPT),
         seen_trade_ids=seen,
         symbol_stats={s.symbol: SymbolStats(s.trades, s.wins, s.losses, s.realized_pnl) for s in rec.symbol_stats},

@@ -16,6 +16,7 @@ SEVERITY = {TradingState.ACTIVE: 0, TradingState.REDUCING: 1, TradingState.HALTE
 INF = float("inf")
 SEEN_TRADE_IDS_KEPT = 10_000
 RECENT_TRADES_KEPT = 500
+ORDER_TIMES_KEPT = 10_001  # recent allowed orders (throttle and order_rate breakers count within windows)
 
 
 @dataclass(slots=True)
@@ -57,7 +58,7 @@ class TraderState:
     consecutive_losses: int = 0
     positions: dict[tuple[str, str], Position] = field(default_factory=dict)
     volatility: dict[str, float] = field(default_factory=dict)
-    order_times: deque[float] = field(default_factory=deque)
+    order_times: deque[float] = field(default_factory=lambda: deque(maxlen=ORDER_TIMES_KEPT))
     recent_trades: deque[ClosedTrade] = field(default_factory=lambda: deque(maxlen=RECENT_TRADES_KEPT))
     seen_trade_ids: OrderedDict[str, None] = field(default_factory=OrderedDict)
     symbol_stats: dict[str, SymbolStats] = field(default_factory=dict)
