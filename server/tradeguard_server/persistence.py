@@ -50,6 +50,7 @@ class Persistence:
         self.breakers = breakers
         self.trace_id = trace_id
         self.loaded = False
+        self._starting = False
         self.flags_changed_at_runtime = False
         self._late_load: asyncio.Task[None] | None = None
         store.persistence_enabled = engine.flags.enable_persistence
@@ -67,18 +68,21 @@ class Persistence:
 
     async def start(self) -> None:
         """Start the writer and load what the store holds; never fails because the database is down."""
-        await self.store.start()
+        self._starting = True
         try:
+            await self.store.start()
             loaded = await self.store.load()
         except StoreUnavailable as exc:
             log.warning("store unavailable at start (%s): serving from memory; stored state is merged when "
                         "the database returns", exc)
             return
+        finally:
+            self._starting = False
         self._install(loaded, merge=False)
 
     def on_health_change(self, healthy: bool) -> None:
         """Store health listener: on the first recovery after a failed start-up load, merge the store."""
-        if healthy and not self.loaded and self._late_load is None:
+        if healthy and not self.loaded and not self._starting and self._late_load is None:
             self._late_load = asyncio.get_running_loop().create_task(self._load_late())
 
     async def _load_late(self) -> None:
@@ -107,6 +111,7 @@ class Persistence:
                 if pause.active(now) and not any(_same(pause, p) for p in current.pauses):
                     current.pauses.append(pause)
             current.version = max(current.version, stored.version) + 1
+            current.updated_at = now
             merged += 1
             engine.on_change(current, "merged with stored state after the database returned")
         self.configs.load([config_from_record(c) for c in loaded.configs
@@ -117,9 +122,9 @@ class Persistence:
             self.store.persistence_enabled = engine.flags.enable_persistence
         self.loaded = True
         paused = sum(1 for st in engine.traders.values() if st.effective_pause(now) is not None)
-        log.info("loaded from store: %d traders restored (%d merged, %d paused now), %d configurations, "
-                 "%d breakers, flags %s", restored, merged, paused, len(loaded.configs), len(loaded.breakers),
-                 "stored" if loaded.flags is not None else "from settings")
+        log.info("%s from store: %d traders restored (%d merged, %d paused now), %d configurations, "
+                 "%d breakers, flags %s", "merged" if merge else "loaded", restored, merged, paused,
+                 len(loaded.configs), len(loaded.breakers), "stored" if loaded.flags is not None else "from settings")
 
     # ---- flags ----------------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from .api.breaker_admin import BreakerAdmin
 from .api.config_admin import ConfigAdmin, MemoryConfigPersistence
 from .api.config_records import StoreConfigPersistence
 from .api.dispatch import bearer_guard
+from .api.history_admin import HistoryAdmin
 from .api.risk_service import SERVICE as RISK_SERVICE
 from .api.risk_service import RiskService
 from .api.watch import WatchHub
@@ -108,6 +109,7 @@ class Sidecar:
         self.breaker_admin = BreakerAdmin(self.breakers, self.store, clock=self.engine.clock)
         self.breakers.on_fire = self.breaker_admin.record_event
         self.admin.extend(self.breaker_admin.handlers())
+        self.admin.extend(HistoryAdmin(self.store, self.durable).handlers())
         self.persistence = Persistence(self.store, self.engine, self.configs, self.breaker_admin, current_trace_id)
         self.engine.on_change = self.persistence.on_change
         self.risk.on_trade = self.persistence.on_trade

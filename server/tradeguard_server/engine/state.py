@@ -131,14 +131,15 @@ def roll_periods(st: TraderState, now: float, reset_offset_s: float) -> bool:
     day = periods.day_start(now, reset_offset_s)
     week = periods.week_start(now, reset_offset_s)
     month = periods.month_start(now, reset_offset_s)
+    rolled = False
     if day != st.day_start:
-        st.day_start, st.day_start_equity = day, st.current_equity
+        st.day_start, st.day_start_equity, rolled = day, st.current_equity, True
     if week != st.week_start:
-        st.week_start, st.week_start_equity = week, st.current_equity
+        st.week_start, st.week_start_equity, rolled = week, st.current_equity, True
     if month != st.month_start:
-        st.month_start, st.month_start_equity = month, st.current_equity
+        st.month_start, st.month_start_equity, rolled = month, st.current_equity, True
     st.next_boundary = min(day + periods.DAY, periods.next_month_start(now, reset_offset_s))
-    return True
+    return rolled
 
 
 def apply_equity(st: TraderState, equity: float, at: float, reset_offset_s: float) -> bool:
