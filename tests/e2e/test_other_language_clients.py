@@ -357,7 +357,7 @@ def test_vector_file_is_well_formed() -> None:
 
 # ---- the README fragment's snippets compile ---------------------------------------------------
 
-README = ROOT / "client" / "README-clients.md"
+README = ROOT / "README.md"
 
 
 def readme_block(lang: str, containing: str = "") -> str:
