@@ -67,7 +67,7 @@ def test_pause_restored_after_restart_ends_at_paused_until_and_trading_resumes(t
         with grpc.insecure_channel(first.address) as ch:
             rsg.RiskServiceStub(ch).ReportEquity(rs.ReportEquityRequest(**ids, equity=10_000))
             paused = adg.AdminServiceStub(ch).PauseTrading(ad.PauseTradingRequest(
-                **ids, trading_state=t.TRADING_STATE_HALTED, duration={"seconds": 3}))
+                **ids, trading_state=t.TRADING_STATE_HALTED, duration={"seconds": 8}))  # outlives a slow restart
         assert first.terminate() == 0
 
     with start_sidecar(tmp_path, "--database-url", pg_url, name="second") as second, \
