@@ -60,6 +60,9 @@ def _serve(settings: Settings) -> int:
 
     setup_logging(settings.log_level, settings.log_json)
     redact_secrets(settings_secrets(settings))  # observability: secrets never reach the log
+    # The store's writer threads must not starve behind a busy event loop (the default 5 ms GIL switch
+    # interval let them write almost nothing under load; 1 ms keeps the backlog moving).
+    sys.setswitchinterval(0.001)
     log.info("starting with settings %s", settings.redacted())
     try:
         sidecar = Sidecar(settings)

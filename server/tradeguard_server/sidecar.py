@@ -66,6 +66,33 @@ def server_credentials(s: Settings) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials([(key, cert)])
 
 
+def server_options(s: Settings) -> list[tuple[str, int]]:
+    """grpc core options: message sizes, and the limits that keep hostile or broken clients in check."""
+    def ms(seconds: float) -> int:
+        return int(seconds * 1000)
+
+    options = [
+        ("grpc.max_receive_message_length", s.max_message_bytes),
+        # Requests are capped; answers are not: an answer echoes the state (positions, actions) and can be
+        # larger than the request that produced it. Capping it at the same size once applied a report and then
+        # failed that call, and every later CanTrade of the trader, with RESOURCE_EXHAUSTED.
+        ("grpc.max_send_message_length", -1),
+        ("grpc.max_concurrent_streams", s.max_concurrent_streams),
+        ("grpc.so_reuseport", 0),
+    ]
+    if s.max_connections:
+        options.append(("grpc.max_allowed_incoming_connections", s.max_connections))
+    if s.handshake_timeout_s:
+        options.append(("grpc.server_handshake_timeout_ms", ms(s.handshake_timeout_s)))
+    if s.keepalive_time_s:
+        options += [("grpc.keepalive_time_ms", ms(s.keepalive_time_s)),
+                    ("grpc.keepalive_timeout_ms", ms(s.keepalive_timeout_s or 20.0)),
+                    ("grpc.keepalive_permit_without_calls", 1)]
+    if s.max_connection_idle_s:
+        options.append(("grpc.max_connection_idle_ms", ms(s.max_connection_idle_s)))
+    return options
+
+
 def write_ready_file(path: str, address: str) -> None:
     """Atomically write the bound address (tests and supervisors wait for this file)."""
     tmp = f"{path}.tmp"
@@ -96,7 +123,8 @@ class Sidecar:
                       migrate_on_start=settings.migrate_on_start, clock=self.engine.clock.now)
             if self.durable else MemoryStore(settings.queue_size, clock=self.engine.clock.now)
         )
-        self.hub = WatchHub(buffer=settings.watch_buffer, max_watchers=settings.max_concurrent_streams)
+        self.hub = WatchHub(buffer=settings.watch_buffer, max_watchers=settings.max_concurrent_streams,
+                            max_per_trader=settings.max_watchers_per_trader)
         self.risk = RiskService(self.engine, self.hub)
         self.admin = AdminService(self.engine, self.risk)
         self.configs = ConfigAdmin(
@@ -209,12 +237,8 @@ class Sidecar:
         s = self.settings
         server = grpc.aio.server(
             interceptors=self._interceptors(),
-            options=[
-                ("grpc.max_receive_message_length", s.max_message_bytes),
-                ("grpc.max_send_message_length", s.max_message_bytes),
-                ("grpc.max_concurrent_streams", s.max_concurrent_streams),
-                ("grpc.so_reuseport", 0),
-            ]
+            options=server_options(s),
+            maximum_concurrent_rpcs=s.max_concurrent_rpcs or None,
         )
         handlers = (self.risk.handler(self._trader_guard), self.admin.handler(self._admin_guard))
         server.add_generic_rpc_handlers(tuple(self.metrics.instrument(h) for h in handlers))

@@ -21,9 +21,8 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar, cast
 
 import grpc
-from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
-from google.protobuf.struct_pb2 import Struct
+from google.protobuf.struct_pb2 import Struct, Value
 
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import types_pb2 as t
@@ -81,6 +80,23 @@ def struct(values: dict[str, Any]) -> Struct:
     msg = Struct()
     msg.update(values)
     return msg
+
+
+def struct_values(msg: Struct) -> dict[str, Any]:
+    """A Struct as plain Python values. Unlike json_format.MessageToDict it never raises: NaN and infinities
+    stay floats, so validation names the parameter instead of the handler failing (INTERNAL)."""
+    return {key: _plain(value) for key, value in msg.fields.items()}
+
+
+def _plain(value: Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        return struct_values(value.struct_value)
+    if kind == "list_value":
+        return [_plain(item) for item in value.list_value.values]
+    if kind is None or kind == "null_value":
+        return None
+    return getattr(value, kind)
 
 
 def breaker_msg(r: BreakerRecord) -> t.CircuitBreaker:
@@ -161,7 +177,7 @@ def validate_breaker(v: Violations, b: t.CircuitBreaker, registry: Registry, pre
         v.add(f"{prefix}.name", "only printable characters, no leading or trailing spaces")
     v.text(f"{prefix}.description", b.description, DESCRIPTION_MAX)
     v.identifier(f"{prefix}.account_id", b.account_id)
-    raw: dict[str, Any] = MessageToDict(b.parameters) if b.HasField("parameters") else {}
+    raw: dict[str, Any] = struct_values(b.parameters) if b.HasField("parameters") else {}
     params, problems = registry.validate(b.condition, b.action, raw, prefix)
     for problem in problems:
         v.add(*problem)

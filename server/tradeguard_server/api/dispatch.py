@@ -15,7 +15,8 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from .errors import ApiError, Unauthenticated
+from ..store import errors as store_errors
+from .errors import AlreadyExists, ApiError, InvalidArgument, NotFound, Unauthenticated, Unavailable
 
 log = logging.getLogger("tradeguard.api")
 
@@ -37,6 +38,17 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: ApiError) -
     )
 
 
+def store_error(exc: store_errors.StoreError) -> ApiError:
+    """A store error that reached a handler, as the status it means (never UNKNOWN)."""
+    if isinstance(exc, store_errors.StoreUnavailable):
+        return Unavailable(f"store unavailable; retry: {exc}")
+    if isinstance(exc, store_errors.Conflict):
+        return AlreadyExists(str(exc))
+    if isinstance(exc, store_errors.NotFound):
+        return NotFound(str(exc))
+    return InvalidArgument([("request", str(exc))])
+
+
 def _parse(request_cls: type[Message], raw: bytes) -> Message:
     try:
         return request_cls.FromString(raw)
@@ -55,6 +67,8 @@ def unary(request_cls: type[Message], fn: UnaryFn, guard: Guard | None = None) -
             return await fn(_parse(request_cls, raw), context)
         except ApiError as error:
             await _abort(context, error)
+        except store_errors.StoreError as exc:
+            await _abort(context, store_error(exc))
         except Exception:
             log.exception("unexpected error in %s", request_cls.DESCRIPTOR.full_name)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the sidecar's log")
@@ -74,6 +88,8 @@ def server_stream(
                 yield item
         except ApiError as error:
             await _abort(context, error)
+        except store_errors.StoreError as exc:
+            await _abort(context, store_error(exc))
         except Exception:
             log.exception("unexpected error in %s", request_cls.DESCRIPTOR.full_name)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the sidecar's log")

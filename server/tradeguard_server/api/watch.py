@@ -60,9 +60,10 @@ class Watcher:
 class WatchHub:
     """Watchers by trader id."""
 
-    def __init__(self, buffer: int = 64, max_watchers: int = 1000) -> None:
+    def __init__(self, buffer: int = 64, max_watchers: int = 1000, max_per_trader: int = 0) -> None:
         self.buffer = buffer
         self.max_watchers = max_watchers
+        self.max_per_trader = max_per_trader  # 0 = no per-trader limit; every report fans out to them all
         self._by_trader: dict[str, set[Watcher]] = {}
         self._count = 0
         self._closed = False
@@ -77,6 +78,9 @@ class WatchHub:
     def subscribe(self, trader_id: str) -> Watcher | None:
         """A new watcher, or None when the limit is reached or the hub is closed."""
         if self._closed or self._count >= self.max_watchers:
+            return None
+        watchers = self._by_trader.get(trader_id)
+        if watchers is not None and 0 < self.max_per_trader <= len(watchers):
             return None
         watcher = Watcher(self.buffer)
         self._by_trader.setdefault(trader_id, set()).add(watcher)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .errors import BadCursor, Conflict, NotFound, StoreError, StoreUnavailable
+from .errors import BadCursor, Conflict, InvalidData, NotFound, StoreError, StoreUnavailable
 from .records import (
     BreakerEventRecord,
     BreakerRecord,
@@ -33,6 +33,7 @@ __all__ = [
     "Conflict",
     "FlagsRecord",
     "HistoryRecord",
+    "InvalidData",
     "LoadedState",
     "MemoryStore",
     "NotFound",

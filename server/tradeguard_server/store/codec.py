@@ -1,4 +1,6 @@
-"""Records <-> table rows. Pure functions; the writer thread calls them, never the event loop.
+"""Records <-> table rows: the JSON shapes, and records from the rows SQLAlchemy reads. Pure functions.
+
+The writer's encoding of queue records lives in store.bulk (fast, cached); it uses the JSON shapes here.
 
 Enums are stored by name ("REDUCING", "DAILY_LOSS_LIMIT", "BUY"): readable in SQL and independent of the
 numbering. JSON holds floats exactly (Python writes the shortest repr that reads back to the same double).
@@ -20,7 +22,6 @@ from .records import (
     FlagsRecord,
     HistoryRecord,
     SymbolConfigRecord,
-    TradeRecord,
 )
 
 Row = dict[str, Any]
@@ -57,71 +58,25 @@ def finite_json(value: Any) -> Any:
 
 # ---- state ----------------------------------------------------------------------------------------
 
-def _pause(p: PauseRecord) -> Row:
+def pause_json(p: PauseRecord) -> Row:
     return {"state": p.state.name, "until": p.until, "code": p.code.name, "reason": p.reason, "source": p.source,
             "since": p.since}
 
 
-def _position(p: Position) -> Row:
+def position_json(p: Position) -> Row:
     return {"symbol": p.symbol, "exchange": p.exchange, "side": p.side.name, "quantity": p.quantity,
             "entry_price": p.entry_price, "mark_price": p.mark_price, "leverage": p.leverage,
             "volatility": p.volatility}
 
 
-def _stats(s: SymbolStatsRecord) -> Row:
+def stats_json(s: SymbolStatsRecord) -> Row:
     return {"symbol": s.symbol, "trades": s.trades, "wins": s.wins, "losses": s.losses,
             "realized_pnl": s.realized_pnl}
 
 
-def _trade(t: ClosedTrade) -> Row:
+def trade_json(t: ClosedTrade) -> Row:
     return {"trade_id": t.trade_id, "symbol": t.symbol, "exchange": t.exchange, "side": t.side.name,
             "realized_pnl": t.realized_pnl, "closed_at": t.closed_at}
-
-
-def _summary(rec: StateRecord) -> Row:
-    """The seed's headline columns, as of the record's updated_at."""
-    pause = rec.effective_pause(rec.updated_at)
-    return {
-        "trader_id": rec.trader_id,
-        "account_id": rec.account_id,
-        "current_equity": rec.current_equity,
-        "drawdown_pct": rec.drawdown_pct,
-        "daily_pnl": rec.daily_pnl,
-        "trading_state": TradingState.ACTIVE.name if pause is None else pause.state.name,
-        "paused_until": None if pause is None else pause.until,
-    }
-
-
-def state_row(rec: StateRecord, epoch: int) -> Row:
-    """The risk_state row of a record."""
-    row = _summary(rec)
-    pause = rec.effective_pause(rec.updated_at)
-    row.update(
-        peak_equity=rec.peak_equity,
-        pause_code=None if pause is None else pause.code.name,
-        pause_reason=None if pause is None else pause.reason,
-        weekly_pnl=rec.weekly_pnl,
-        monthly_pnl=rec.monthly_pnl,
-        equity_reported=rec.equity_reported,
-        day_start_equity=rec.day_start_equity,
-        week_start_equity=rec.week_start_equity,
-        month_start_equity=rec.month_start_equity,
-        day_start=rec.day_start,
-        week_start=rec.week_start,
-        month_start=rec.month_start,
-        last_equity_at=rec.last_equity_at,
-        consecutive_losses=rec.consecutive_losses,
-        pauses=[_pause(p) for p in rec.pauses],
-        positions=[_position(p) for p in rec.positions],
-        volatility=dict(rec.volatility),
-        symbol_stats=[_stats(s) for s in rec.symbol_stats],
-        recent_trades=[_trade(t) for t in rec.recent_trades],
-        order_times=list(rec.order_times),
-        updated_at=rec.updated_at,
-        version=rec.version,
-        epoch=epoch,
-    )
-    return row
 
 
 def state_from_row(row: RowIn) -> StateRecord:
@@ -165,36 +120,6 @@ def state_from_row(row: RowIn) -> StateRecord:
     )
 
 
-def history_row(h: HistoryRecord) -> Row:
-    """The risk_state_history row. Its `state` JSON has every field but recent_trades and order_times
-    (the breaker windows, up to 500 trades: too heavy to copy into every audit row)."""
-    rec = h.state
-    row = _summary(rec)
-    row.update(recorded_at=h.recorded_at, reason=h.reason, trace_id=h.trace_id or None)
-    row["state"] = {
-        "trader_id": rec.trader_id,
-        "account_id": rec.account_id,
-        "equity_reported": rec.equity_reported,
-        "current_equity": rec.current_equity,
-        "peak_equity": rec.peak_equity,
-        "day_start_equity": rec.day_start_equity,
-        "week_start_equity": rec.week_start_equity,
-        "month_start_equity": rec.month_start_equity,
-        "day_start": rec.day_start,
-        "week_start": rec.week_start,
-        "month_start": rec.month_start,
-        "last_equity_at": rec.last_equity_at,
-        "pauses": [_pause(p) for p in rec.pauses],
-        "consecutive_losses": rec.consecutive_losses,
-        "positions": [_position(p) for p in rec.positions],
-        "volatility": dict(rec.volatility),
-        "symbol_stats": [_stats(s) for s in rec.symbol_stats],
-        "updated_at": rec.updated_at,
-        "version": rec.version,
-    }
-    return row
-
-
 def history_from_row(row: RowIn) -> HistoryRecord:
     return HistoryRecord(
         trader_id=row["trader_id"],
@@ -208,19 +133,6 @@ def history_from_row(row: RowIn) -> HistoryRecord:
 
 
 # ---- trades and events ----------------------------------------------------------------------------
-
-def trade_row(t: TradeRecord, recorded_at: float) -> Row:
-    return {"trader_id": t.trader_id, "trade_id": t.trade_id, "account_id": t.account_id, "symbol": t.symbol,
-            "exchange": t.exchange, "side": t.side, "realized_pnl": t.realized_pnl, "closed_at": t.closed_at,
-            "recorded_at": recorded_at}
-
-
-def event_row(e: BreakerEventRecord) -> Row:
-    return {"id": e.id, "circuit_breaker_id": e.breaker_id, "trader_id": e.trader_id, "account_id": e.account_id,
-            "timestamp": e.timestamp, "triggered_values": finite_json(e.triggered_values),
-            "action_taken": e.action_taken, "action_result": finite_json(e.action_result),
-            "positions_affected": finite_json(e.positions_affected), "shadow": e.shadow}
-
 
 def event_from_row(row: RowIn) -> BreakerEventRecord:
     return BreakerEventRecord(
@@ -271,7 +183,7 @@ def symbol_from_row(row: RowIn) -> SymbolConfigRecord:
 def breaker_values(b: BreakerRecord) -> Row:
     """The circuit_breakers columns an update writes (not id, account_id or created_at)."""
     return {"name": b.name, "description": b.description, "condition": b.condition, "action": b.action,
-            "parameters": finite_json(dict(b.parameters)),
+            "parameters": dict(b.parameters),
             "symbols": None if b.symbols is None else list(b.symbols),
             "exchanges": None if b.exchanges is None else list(b.exchanges), "enabled": b.enabled}
 

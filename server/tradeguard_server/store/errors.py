@@ -19,5 +19,9 @@ class NotFound(StoreError):
     """The named row does not exist (NOT_FOUND)."""
 
 
+class InvalidData(StoreError, ValueError):
+    """The database refused a value (too long, not representable) (INVALID_ARGUMENT)."""
+
+
 class BadCursor(StoreError, ValueError):
     """A page cursor that this store did not hand out (INVALID_ARGUMENT)."""

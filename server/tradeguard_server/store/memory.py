@@ -59,6 +59,7 @@ class MemoryStore:
         self._available = True
         self._started = False
         self._closed = False
+        self._hold_states = False  # as RiskStore: after a failed load, snapshots wait for a successful one
 
     # ---- health -----------------------------------------------------------------------------------
 
@@ -91,6 +92,7 @@ class MemoryStore:
 
     async def close(self, drain_timeout: float) -> int:
         self._closed = True
+        self._hold_states = False
         if self._available:
             self._drain()
         return self.queue_depth
@@ -105,17 +107,25 @@ class MemoryStore:
             raise StoreUnavailable("memory store is unavailable")
 
     async def load(self) -> LoadedState:
-        self._check()
+        try:
+            self._check()
+        except StoreUnavailable:
+            self._hold_states = True
+            raise
         trade_ids: dict[str, list[str]] = {}
         for trader_id, trade_id in self.trades:
             trade_ids.setdefault(trader_id, []).append(trade_id)
-        return LoadedState(
+        loaded = LoadedState(
             traders=[self.states[k] for k in sorted(self.states)],
             configs=[self.configs[k] for k in sorted(self.configs)],
             breakers=sorted(self.breakers.values(), key=lambda b: (b.account_id, b.name)),
             flags=self.flags,
             trade_ids=trade_ids,
         )
+        if self._hold_states:
+            self._hold_states = False
+            self._drain()
+        return loaded
 
     # ---- queue ------------------------------------------------------------------------------------
 
@@ -155,12 +165,13 @@ class MemoryStore:
         if not self.queue_depth:
             return
         self.attempts += 1
-        for rec in self._pending_states.values():
-            stored = self.states.get(rec.trader_id)
-            if stored is None or rec.version > stored.version:
-                self.states[rec.trader_id] = rec
-        self.rows_written["state"] += len(self._pending_states)
-        self._pending_states.clear()
+        if not self._hold_states:
+            for rec in self._pending_states.values():
+                stored = self.states.get(rec.trader_id)
+                if stored is None or rec.version > stored.version:
+                    self.states[rec.trader_id] = rec
+            self.rows_written["state"] += len(self._pending_states)
+            self._pending_states.clear()
         for h in self._pending_history:
             state = dataclasses.replace(h.state, recent_trades=(), order_times=())
             self.history.append(dataclasses.replace(h, state=state, id=len(self.history) + 1))

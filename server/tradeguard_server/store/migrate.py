@@ -12,11 +12,12 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, create_engine, pool
+from sqlalchemy import Connection, create_engine, pool, text
 
 from .url import normalize_url
 
 SCRIPT_LOCATION = Path(__file__).resolve().parent / "migrations"
+MIGRATION_LOCK_KEY = 0x7472_6164_6567_7561  # "tradegua": any constant shared by every sidecar
 
 
 def alembic_config(url: str | None = None, connection: Connection | None = None) -> Config:
@@ -38,7 +39,10 @@ def head_revision() -> str:
 
 
 def migrate_connection(connection: Connection, revision: str = "head") -> None:
-    """Upgrade the database behind `connection` (committed when this returns)."""
+    """Upgrade the database behind `connection` (committed when this returns). On PostgreSQL a transaction
+    advisory lock serialises sidecars migrating the same database at the same time."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
     command.upgrade(alembic_config(connection=connection), revision)
     if connection.in_transaction():
         connection.commit()

@@ -186,8 +186,9 @@ class CircuitBreakerEvent(Base):
 class RiskState(Base):
     """The latest state of one trader. Scalars are columns (the seed's first); lists and maps are JSON.
 
-    `version` counts the trader's changes; `epoch` identifies the writing process (see store.writes):
-    an upsert never replaces a row with an older (epoch, version).
+    `version` counts the trader's changes; `epoch` identifies the writing process (larger for a later
+    process). An upsert never replaces a row with an older (epoch, version): within a process the highest
+    version wins; a later process wins over an earlier one whatever the versions (see store.bulk).
     """
 
     __tablename__ = "risk_state"

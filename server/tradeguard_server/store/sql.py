@@ -6,9 +6,10 @@ both speak `INSERT ... ON CONFLICT`, partial indexes and window functions.
 
 from __future__ import annotations
 
+import logging
 import uuid
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Table, and_, delete, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -40,6 +41,8 @@ TRADES: Table = TradeReport.__table__  # type: ignore[assignment]
 FLAGS: Table = FeatureFlag.__table__  # type: ignore[assignment]
 
 Rows = Sequence[dict[str, Any]]
+T = TypeVar("T")
+log = logging.getLogger("tradeguard.store")
 
 
 def _insert(conn: Connection, table: Table) -> postgresql.Insert | sqlite.Insert:
@@ -56,46 +59,27 @@ def register_accounts(conn: Connection, account_ids: Iterable[str], now: float) 
         conn.execute(_insert(conn, ACCOUNTS).on_conflict_do_nothing(index_elements=["account_id"]), rows)
 
 
-def upsert_states(conn: Connection, rows: Rows) -> None:
-    """One row per trader. A row is replaced only by a newer (epoch, version): a snapshot from an older
-    process, or an older snapshot of this one, never overwrites a newer one."""
-    if not rows:
-        return
-    stmt = _insert(conn, STATE)
-    new = stmt.excluded
-    newer = or_(STATE.c.epoch < new.epoch, and_(STATE.c.epoch == new.epoch, STATE.c.version < new.version))
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["trader_id"],
-        set_={c.name: new[c.name] for c in STATE.c if c.name != "trader_id"},
-        where=newer,
-    )
-    conn.execute(stmt, list(rows))
-
-
-def insert_history(conn: Connection, rows: Rows) -> None:
-    if rows:
-        conn.execute(HISTORY.insert(), list(rows))
-
-
-def insert_trades(conn: Connection, rows: Rows) -> None:
-    if rows:  # a retried report (same trader_id, trade_id) is already there: nothing to do
-        conn.execute(_insert(conn, TRADES).on_conflict_do_nothing(index_elements=["trader_id", "trade_id"]), list(rows))
-
-
-def insert_events(conn: Connection, rows: Rows) -> None:
-    if rows:  # ids are unique per firing: a conflict is the same event written by an earlier attempt
-        conn.execute(_insert(conn, EVENTS).on_conflict_do_nothing(index_elements=["id"]), list(rows))
-
-
 def max_epoch(conn: Connection) -> int:
     return int(conn.execute(select(func.coalesce(func.max(STATE.c.epoch), 0))).scalar_one())
 
 
 # ---- load at start --------------------------------------------------------------------------------
 
+def _decoded(rows: Iterable[Any], decode: Callable[[Any], T], what: str) -> list[T]:
+    """Decode rows; one that cannot be decoded (edited by hand, say) is logged and skipped, not fatal."""
+    out: list[T] = []
+    for row in rows:
+        try:
+            out.append(decode(row))
+        except Exception as exc:
+            key = {k: row[k] for k in ("trader_id", "account_id", "config_id", "id", "name") if k in row}
+            log.error("store: skipping a %s row that cannot be read (%s: %s): %s", what, type(exc).__name__, exc, key)
+    return out
+
+
 def load_states(conn: Connection) -> list[StateRecord]:
     result = conn.execute(select(STATE).order_by(STATE.c.trader_id))
-    return [codec.state_from_row(row) for row in result.mappings()]
+    return _decoded(result.mappings(), codec.state_from_row, "risk_state")
 
 
 def load_trade_ids(conn: Connection, keep: int = SEEN_TRADE_IDS_KEPT) -> dict[str, list[str]]:
@@ -137,7 +121,7 @@ def get_configs(conn: Connection, account_id: str | None = None, config_id: str 
         sym_query = sym_query.where(SYMBOLS.c.risk_config_id.in_(ids))
     for row in conn.execute(sym_query).mappings():
         symbols.setdefault(row["risk_config_id"], []).append(codec.symbol_from_row(row))
-    return [codec.config_from_row(c, symbols.get(c["id"], [])) for c in configs]
+    return _decoded(configs, lambda c: codec.config_from_row(c, symbols.get(c["id"], [])), "risk_configurations")
 
 
 def save_config(conn: Connection, cfg: ConfigRecord, now: float) -> tuple[ConfigRecord, bool]:
@@ -163,11 +147,12 @@ def save_config(conn: Connection, cfg: ConfigRecord, now: float) -> tuple[Config
     else:
         config_pk = existing
         conn.execute(update(CONFIGS).where(CONFIGS.c.id == config_pk).values(updated_at=now, **values))
-        symbol_created = dict(
-            conn.execute(select(SYMBOLS.c.symbol, SYMBOLS.c.created_at).where(SYMBOLS.c.risk_config_id == config_pk))
-            .tuples()
-            .all()
-        )
+        symbol_created = {
+            symbol: created
+            for symbol, created in conn.execute(
+                select(SYMBOLS.c.symbol, SYMBOLS.c.created_at).where(SYMBOLS.c.risk_config_id == config_pk)
+            )
+        }
         conn.execute(delete(SYMBOLS).where(SYMBOLS.c.risk_config_id == config_pk))
     symbol_rows = [
         {**codec.symbol_values(s), "risk_config_id": config_pk, "created_at": symbol_created.get(s.symbol, now),
@@ -202,7 +187,7 @@ def list_breakers(conn: Connection, account_id: str | None = None) -> list[Break
     query = select(BREAKERS).order_by(BREAKERS.c.account_id, BREAKERS.c.name)
     if account_id is not None:
         query = query.where(BREAKERS.c.account_id == account_id)
-    return [codec.breaker_from_row(row) for row in conn.execute(query).mappings()]
+    return _decoded(conn.execute(query).mappings(), codec.breaker_from_row, "circuit_breakers")
 
 
 def create_breaker(conn: Connection, b: BreakerRecord, now: float) -> BreakerRecord:

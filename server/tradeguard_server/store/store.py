@@ -1,15 +1,19 @@
 """RiskStore: durable risk state behind a queue that never blocks the hot path.
 
-Threads, not an async driver: every database call runs on ONE dedicated thread ("tradeguard-store") with
-SQLAlchemy's synchronous engine (psycopg 3 / sqlite3); the event loop only moves records between in-memory
-queues and awaits the thread's results. Why:
-- no extra dependencies (the async engine needs greenlet, SQLite would need aiosqlite: itself a thread);
-- row building and JSON encoding happen off the event loop, so CanTrade latency does not depend on the
-  size of a batch;
-- one thread = one writer: SQLite never sees two writers, migrations never race with writes, and the
-  ordering of admin writes and batches is simple to reason about.
+Threads, not an async driver. Every database call runs on ONE dedicated thread ("tradeguard-store-db") with
+SQLAlchemy's synchronous engine (psycopg 3 / sqlite3); a second thread ("tradeguard-store-encode") turns
+queued records into rows; the event loop only moves records between in-memory queues and awaits the
+threads. Why:
+- no extra dependencies (SQLAlchemy's async engine needs greenlet, and SQLite would need aiosqlite, itself
+  a thread around sqlite3);
+- encoding (JSON, timestamps) happens off the event loop, so CanTrade latency does not grow with batch
+  size (the loop still shares the GIL with these threads: at most one switch interval, 5 ms by default,
+  when both want it; `sys.setswitchinterval(0.001)` at start tightens that);
+- one database thread = one writer: SQLite never sees two writers, migrations never race with writes,
+  admin writes and batches are simply ordered;
+- the two threads form a pipeline: batch N+1 is encoded while batch N is in the database.
 
-What is queued (`enqueue_*` never await, never raise; call them on the event loop thread):
+What is queued (`enqueue_*` never await and never raise; call them on the event loop thread):
 - state snapshots coalesce per trader (the highest version wins) in an unbounded map with one entry per
   trader, so the latest state of every trader is always written eventually, whatever overflows;
 - history rows go to a bounded queue (`queue_size`): on overflow the OLDEST row is dropped and counted in
@@ -17,14 +21,14 @@ What is queued (`enqueue_*` never await, never raise; call them on the event loo
 - trade reports and breaker events are never dropped: their pending lists are unbounded (a long outage
   costs memory, a few hundred bytes per item, rather than losing an audit record).
 
-The writer drains everything in batched transactions. Transient errors (connection refused or lost,
-database locked, ...) keep the batch, mark the store unhealthy, back off exponentially up to
-`retry_max_s` and reconnect; one warning per outage and one line on recovery. A batch that fails for a
-row's own reason (constraint, bad value) is split until the bad row is isolated: the rest is written, the
-bad row is logged and counted in `rejected`, never silently lost.
+The writer drains everything in batched transactions (store.bulk). Transient errors (connection refused
+or lost, database locked, ...) keep the batch, mark the store unhealthy, back off exponentially up to
+`retry_max_s` and reconnect; one warning per outage and one on recovery. A batch that fails for a row's
+own reason (constraint, bad value) is split until the bad row is alone: the rest is written, the bad row
+is logged and counted in `rejected`, never silently lost.
 
-Loss bound on SIGKILL: whatever is queued and not yet committed, i.e. at most the changes since the last
-commit (one batch round trip under load, a few ms; the whole backlog during an outage).
+Loss bound on SIGKILL: what is queued and not yet committed: under load the changes of the last one or
+two batch round trips (milliseconds), during an outage the whole backlog.
 """
 
 from __future__ import annotations
@@ -33,21 +37,26 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import queue
+import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 
-from . import codec, sql
-from .errors import Conflict, StoreError, StoreUnavailable
+from . import sql
+from .bulk import BulkWriter
+from .codec import dumps
+from .errors import Conflict, InvalidData, StoreError, StoreUnavailable
 from .migrate import migrate_connection
 from .records import (
     BreakerEventRecord,
@@ -64,8 +73,9 @@ from .url import is_sqlite, normalize_url, redact
 log = logging.getLogger("tradeguard.store")
 
 T = TypeVar("T")
+P = ParamSpec("P")
 KINDS = ("state", "history", "trade", "event")
-PG_CONNECT_DEFAULTS = {
+PG_CONNECT_DEFAULTS = {  # unless the URL says otherwise
     "connect_timeout": "5",  # seconds to wait for a connection
     "keepalives": "1",
     "keepalives_idle": "10",
@@ -75,16 +85,58 @@ PG_CONNECT_DEFAULTS = {
     "application_name": "tradeguard",
 }
 FIRST_BACKOFF_S = 0.05
+PIPELINE = True  # encode the next batch while one is in the database (False: one at a time; for comparison)
+ROW_ERRORS = {"IntegrityError", "DataError"}  # PEP 249 names: the same in SQLAlchemy, psycopg and sqlite3
+
+Encoded = list[tuple[Any, tuple[Any, ...]]]  # (queue item, row)
+
+
+class _Worker(Executor):
+    """One daemon thread running submitted calls in order. Unlike ThreadPoolExecutor's threads, it is not
+    joined at interpreter exit: a call stuck on a black-holed connection cannot hold up the process after
+    close() gave up on it."""
+
+    def __init__(self, name: str) -> None:
+        self._calls: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = queue.SimpleQueue()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        if self._stopped:
+            raise RuntimeError("worker is shut down")
+        future: Future[T] = Future()
+        self._calls.put((future, partial(fn, *args, **kwargs)))
+        return future
+
+    def _work(self) -> None:
+        while (call := self._calls.get()) is not None:
+            future, fn = call
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn()
+            except BaseException as exc:  # handed to the awaiting side
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._stopped = True
+        self._calls.put(None)
+        if wait:
+            self._thread.join()
 
 
 def is_row_error(exc: BaseException) -> bool:
     """True when `exc` is about the rows written (retrying the same rows fails again); False when it is
     about the database or the connection (transient: retry later)."""
-    if isinstance(exc, IntegrityError | DataError):
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if names & ROW_ERRORS:
         return True
-    if isinstance(exc, DBAPIError):
+    if isinstance(exc, DBAPIError) or "DatabaseError" in names or "InterfaceError" in names:
         return False
-    # A value the driver or a type could not bind (StatementError wrapping it), or a row we could not build.
+    # A value the driver or a type could not bind (StatementError wrapping it), or a row we could not encode.
     return isinstance(exc, StatementError | ValueError | TypeError | KeyError | OverflowError)
 
 
@@ -107,12 +159,14 @@ class _Batch:
 
 @dataclass(slots=True)
 class _Outcome:
-    """What the thread did with a batch."""
+    """What the threads did with a batch."""
 
     written: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     rejected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    parts: dict[str, Encoded] = field(default_factory=dict)  # encoded rows, by kind
     retry: _Batch | None = None  # not written because of a transient error: requeue
     error: BaseException | None = None
+    in_doubt: int | None = None  # PostgreSQL txid of a batch whose COMMIT may or may not have happened
     latency_ms: float = 0.0
 
 
@@ -136,19 +190,19 @@ class RiskStore:
         self.batch_max = batch_max
         self.retry_max_s = retry_max_s
         self.migrate_on_start = migrate_on_start
-        self.clock = clock
-        self.persistence_enabled = True
-        self.on_health_change: Callable[[bool], None] | None = None
+        self.clock = clock  # timestamps of admin writes (created_at, updated_at) and trade reports
+        self.persistence_enabled = True  # False: enqueue_* do nothing (memory only); write-through still writes
+        self.on_health_change: Callable[[bool], None] | None = None  # called on the event loop thread
 
-        # Counters (read them; the store only ever increments them).
+        # Counters, by kind where it applies (state, history, trade, event). Read them; never reset.
         self.enqueued: dict[str, int] = dict.fromkeys(KINDS, 0)
-        self.rows_written: dict[str, int] = dict.fromkeys(KINDS, 0)
-        self.rejected: dict[str, int] = dict.fromkeys(KINDS, 0)
-        self.coalesced = 0  # state snapshots replaced by a newer one before they were written
+        self.rows_written: dict[str, int] = dict.fromkeys(KINDS, 0)  # committed (state: upserts sent)
+        self.rejected: dict[str, int] = dict.fromkeys(KINDS, 0)  # bad rows, logged and skipped
+        self.coalesced = 0  # snapshots superseded in the queue by a newer one of the same trader
         self.dropped_history = 0
-        self.attempts = 0  # transactions tried by the writer (one per batch)
-        self.failures = 0  # of which failed (transient or a rejected row)
-        self.last_persist_latency_ms = 0.0
+        self.attempts = 0  # transactions the writer tried (one per batch)
+        self.failures = 0  # batches that failed (transient) or had a rejected row
+        self.last_persist_latency_ms = 0.0  # duration of the last successful batch write
 
         # Queues; touched only on the event loop thread.
         self._seq = 0
@@ -156,14 +210,17 @@ class RiskStore:
         self._history: deque[tuple[int, HistoryRecord]] = deque()
         self._trades: deque[tuple[int, TradeRecord, float]] = deque()
         self._events: deque[tuple[int, BreakerEventRecord]] = deque()
-        self._inflight: _Batch | None = None
-        self._inflight_min: int | None = None
+        self._inflight: list[_Batch] = []  # taken from the queues, not yet committed (at most two)
+        self._in_doubt: tuple[_Batch, _Outcome] | None = None  # connection lost during its COMMIT
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._last_trade_at = 0.0
         self._overflowing = False
         self._drops_in_episode = 0
         self._drops_since_take = 0
 
+        # After a load() failed, snapshots wait (history, trades and events do not) until a load() succeeds,
+        # so a late load always reads the stored states before this process replaces them.
+        self._hold_states = False
         self._healthy = False
         self._outage_since: float | None = None
         self._closed = False
@@ -171,13 +228,14 @@ class RiskStore:
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._first_attempt: asyncio.Future[None] | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._db: _Worker | None = None
+        self._encoder: _Worker | None = None
         self._engine: Engine | None = None
 
-        # Touched only on the store thread.
-        self._prepared = False
-        self._epoch = 0
-        self._known_accounts: set[str] = set()
+        self._prepared = False  # set on the database thread
+        self._epoch = 0  # set on the database thread before anything is encoded
+        self._known_accounts: set[str] = set()  # database thread only
+        self._bulk: BulkWriter | None = None  # encoding caches: encoder thread only
 
     # ---- lifecycle --------------------------------------------------------------------------------
 
@@ -188,9 +246,9 @@ class RiskStore:
 
     @property
     def queue_depth(self) -> int:
-        """Items not yet committed: queued plus the batch being written."""
+        """Items not yet committed: queued plus the batches being written."""
         pending = len(self._states) + len(self._history) + len(self._trades) + len(self._events)
-        return pending + (self._inflight.size() if self._inflight is not None else 0)
+        return pending + sum(b.size() for b in self._inflight)
 
     async def start(self) -> None:
         """Start the writer. Never raises because the database is down: it connects (and migrates, unless
@@ -198,11 +256,13 @@ class RiskStore:
         if self._task is not None:
             return
         loop = asyncio.get_running_loop()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tradeguard-store")
+        self._db = _Worker("tradeguard-store-db")
+        self._encoder = _Worker("tradeguard-store-encode")
         self._engine = self._create_engine()
         self._wake = asyncio.Event()
         self._first_attempt = loop.create_future()
         self._task = asyncio.create_task(self._run(), name="tradeguard-store-writer")
+        self._task.add_done_callback(_log_crash)
         log.info("store %s: writer started (queue_size=%d batch_max=%d)", redact(self.url), self.queue_size,
                  self.batch_max)
 
@@ -213,11 +273,12 @@ class RiskStore:
             return 0
         loop = asyncio.get_running_loop()
         deadline = loop.time() + drain_timeout
+        self._hold_states = False  # the last states this process has are better than none
         drained = await self.flush(timeout=drain_timeout)
         self._closed = True  # no more intake, no more write-through calls
         task = self._task
         if task is not None and not task.done():
-            self._stopping.set()  # the writer finishes the batch in flight, then stops
+            self._stopping.set()  # the writer finishes the batch in the database, then stops
             self._kick()
             await asyncio.wait({task}, timeout=max(deadline - loop.time(), 0.0) + 1.0)
             if not task.done():
@@ -225,12 +286,14 @@ class RiskStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         left = self.queue_depth
-        if self._executor is not None:
-            if self._engine is not None:  # queued behind any batch still running on the thread
-                fut = loop.run_in_executor(self._executor, self._engine.dispose)
+        if self._db is not None:
+            if self._engine is not None:  # queued behind any write still running on the thread
+                fut = loop.run_in_executor(self._db, self._engine.dispose)
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(fut, timeout=max(deadline - loop.time(), 0.0) + 1.0)
-            self._executor.shutdown(wait=False)
+            self._db.shutdown(wait=False)
+        if self._encoder is not None:
+            self._encoder.shutdown(wait=False)
         if self._first_attempt is not None and not self._first_attempt.done():
             self._first_attempt.set_result(None)
         for _target, waiter in self._waiters:
@@ -259,7 +322,7 @@ class RiskStore:
                 self._states[rec.trader_id] = (seq, rec)
             else:
                 self.coalesced += 1
-                if rec.version > current[1].version:  # keep its place (and seq) in the queue, newest state
+                if rec.version > current[1].version:  # keeps its place (and seq) in the queue, newest state
                     self._states[rec.trader_id] = (current[0], rec)
             self._history.append((seq, HistoryRecord(rec.trader_id, rec.account_id, rec, reason, trace_id,
                                                      rec.updated_at)))
@@ -324,8 +387,10 @@ class RiskStore:
             heads.append(self._trades[0][0])
         if self._events:
             heads.append(self._events[0][0])
-        if self._inflight_min is not None:
-            heads.append(self._inflight_min)
+        for batch in self._inflight:
+            first = batch.min_seq()
+            if first is not None:
+                heads.append(first)
         return min(heads) - 1 if heads else self._seq
 
     def _resolve_waiters(self) -> None:
@@ -344,7 +409,7 @@ class RiskStore:
 
     async def flush(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109 - the store's interface
         """Wait until everything enqueued before this call is written (or rejected, or dropped as overflow).
-        False on timeout, or when the writer is not running."""
+        Event-driven: the writer resolves waiters after each batch. False on timeout or when not running."""
         target = self._seq
         if self._done_through() >= target:
             return True
@@ -359,23 +424,23 @@ class RiskStore:
             return False
         return self._done_through() >= target
 
-    # ---- the writer ---------------------------------------------------------------------------------
+    # ---- the writer (event loop side) ---------------------------------------------------------------
 
     def _create_engine(self) -> Engine:
         if is_sqlite(self.url):
-            engine = create_engine(self.url, json_serializer=codec.dumps, connect_args={"timeout": 15.0},
+            engine = create_engine(self.url, json_serializer=dumps, connect_args={"timeout": 15.0},
                                    pool_pre_ping=True)
             event.listen(engine, "connect", _sqlite_pragmas)
             return engine
-        present = {k.lower() for k in _url_query(self.url)}
+        present = {k.lower() for k in make_url(self.url).query}
         connect_args = {k: v for k, v in PG_CONNECT_DEFAULTS.items() if k not in present}
-        return create_engine(self.url, json_serializer=codec.dumps, connect_args=connect_args, pool_pre_ping=True,
+        return create_engine(self.url, json_serializer=dumps, connect_args=connect_args, pool_pre_ping=True,
                              pool_size=2, max_overflow=2, pool_recycle=1800)
 
-    async def _on_thread(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._executor is None:
+    async def _on(self, executor: _Worker | None, fn: Callable[..., T], *args: Any) -> T:
+        if executor is None:
             raise StoreUnavailable("store is not started")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, partial(fn, *args))
+        return await asyncio.get_running_loop().run_in_executor(executor, partial(fn, *args))
 
     async def _pause(self, seconds: float) -> None:
         """Back off, unless close() asks the writer to stop."""
@@ -383,50 +448,133 @@ class RiskStore:
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
     async def _run(self) -> None:
+        # The batch in the database thread, if any; the next batch is taken and encoded meanwhile.
+        writing: list[tuple[_Batch, asyncio.Future[_Outcome]]] = []
+        try:
+            await self._write_loop(writing)
+        finally:
+            for _batch, fut in writing:  # cancelled by close() at its deadline: stop waiting for it
+                fut.cancel()
+
+    async def _write_loop(self, writing: list[tuple[_Batch, asyncio.Future[_Outcome]]]) -> None:
         assert self._wake is not None
         assert self._first_attempt is not None
-        failures_in_row = 0
-        while not self._stopping.is_set():
-            if not self._prepared:
-                try:
-                    error = await self._on_thread(self._prepare)
-                except Exception as exc:  # pragma: no cover - _prepare returns its errors
-                    error = exc
-                if not self._first_attempt.done():
-                    self._first_attempt.set_result(None)
-                if error is not None:
-                    self._unavailable(error)
-                    failures_in_row += 1
-                    await self._pause(self._backoff(failures_in_row))
+        failures = 0
+        while True:
+            if not writing:
+                if self._stopping.is_set():
+                    return
+                if not self._prepared:
+                    error = await self._on(self._db, self._prepare)
+                    if not self._first_attempt.done():
+                        self._first_attempt.set_result(None)
+                    if error is not None:
+                        self._unavailable(error)
+                        failures += 1
+                        await self._pause(self._backoff(failures))
+                        continue
+                    failures = 0
+                    self._available()
+                if self._in_doubt is not None:
+                    if await self._resolve_in_doubt():
+                        failures = 0
+                        self._available()
+                    else:
+                        failures += 1
+                        await self._pause(self._backoff(failures))
                     continue
-                failures_in_row = 0
-                self._available()
-            batch = self._take()
+            batch = None if self._stopping.is_set() else self._take()
             if batch is None:
+                if writing:
+                    failed = await self._finish(*writing.pop(), unsent=None)
+                    failures = failures + 1 if failed else 0
+                    if failed:
+                        await self._pause(self._backoff(failures))
+                    continue
                 self._resolve_waiters()
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            self._inflight, self._inflight_min = batch, batch.min_seq()
+            self._inflight.append(batch)
+            encoded = await self._encode_async(batch)
+            if writing:
+                failed = await self._finish(*writing.pop(), unsent=batch)
+                if failed:  # `batch` went back to the queues behind the failed one
+                    failures += 1
+                    await self._pause(self._backoff(failures))
+                    continue
+                failures = 0
             self.attempts += 1
-            try:
-                outcome = await self._on_thread(self._write, batch)
-            except Exception as exc:  # a bug, not the database: keep the batch and retry like an outage
-                log.exception("store writer failed unexpectedly")
-                outcome = _Outcome(retry=batch, error=exc)
-            finally:
-                self._inflight = self._inflight_min = None
-            self._apply(outcome)
-            if outcome.retry is not None:
-                self._requeue(outcome.retry)
-                self._unavailable(outcome.error)
-                failures_in_row += 1
-                self._resolve_waiters()
-                await self._pause(self._backoff(failures_in_row))
-            else:
-                failures_in_row = 0
-                self._available()
-                self._resolve_waiters()
+            writing.append((batch, asyncio.ensure_future(self._on(self._db, self._write, encoded))))
+            if not PIPELINE:
+                failed = await self._finish(*writing.pop(), unsent=None)
+                failures = failures + 1 if failed else 0
+                if failed:
+                    await self._pause(self._backoff(failures))
+
+    async def _encode_async(self, batch: _Batch) -> _Outcome:
+        try:
+            return await self._on(self._encoder, self._encode, batch)
+        except Exception as exc:  # a bug: keep the batch, it is retried like an outage
+            log.exception("store encoder failed unexpectedly")
+            return _Outcome(retry=batch, error=exc)
+
+    async def _finish(self, batch: _Batch, fut: asyncio.Future[_Outcome], unsent: _Batch | None) -> bool:
+        """Account for a written batch. On failure, requeue it (and `unsent`, the batch taken after it, which
+        goes back first so the order stays). Returns True when it failed."""
+        try:
+            outcome = await fut
+        except Exception as exc:  # a bug, not the database: keep the batch and retry like an outage
+            log.exception("store writer failed unexpectedly")
+            outcome = _Outcome(retry=batch, error=exc)
+        self._inflight.remove(batch)
+        for kind in KINDS:
+            self.rows_written[kind] += outcome.written[kind]
+            self.rejected[kind] += outcome.rejected[kind]
+        if outcome.retry is not None or any(outcome.rejected.values()):
+            self.failures += 1
+        if outcome.retry is None:
+            self.last_persist_latency_ms = outcome.latency_ms
+            self._available()
+            self._resolve_waiters()
+            return False
+        if unsent is not None:
+            self._inflight.remove(unsent)
+            self._requeue(unsent)
+        if outcome.in_doubt is not None:  # neither requeued nor counted until the database says which
+            self._inflight.append(batch)
+            self._in_doubt = (batch, outcome)
+        else:
+            self._requeue(outcome.retry)
+        self._unavailable(outcome.error)
+        self._resolve_waiters()
+        return True
+
+    async def _resolve_in_doubt(self) -> bool:
+        """Ask the database whether the batch whose COMMIT was cut short committed: count it, or requeue it.
+        Returns False while that cannot be known yet (database still down, transaction still open)."""
+        assert self._in_doubt is not None
+        batch, doubtful = self._in_doubt
+        assert doubtful.in_doubt is not None
+        try:
+            status = await self._on(self._db, self._xact_status, doubtful.in_doubt)
+        except Exception as exc:
+            self._unavailable(exc)
+            return False
+        if status == "in progress":
+            return False
+        self._in_doubt = None
+        self._inflight.remove(batch)
+        if status == "committed":
+            for kind, items in doubtful.parts.items():
+                self.rows_written[kind] += len(items)
+            log.info("store: the batch whose commit was interrupted did commit (%d rows); not written again",
+                     batch.size())
+        else:  # aborted (or too old to tell: then written again, a duplicate beats a loss)
+            assert doubtful.retry is not None
+            self._requeue(doubtful.retry)
+        self._resolve_waiters()
+        return True
 
     def _backoff(self, failures: int) -> float:
         return float(min(self.retry_max_s, FIRST_BACKOFF_S * 2 ** min(failures - 1, 16)))
@@ -437,11 +585,13 @@ class RiskStore:
             self._overflowing = False
             self._drops_in_episode = 0
         self._drops_since_take = 0
-        if not (self._states or self._history or self._trades or self._events):
+        if not ((self._states and not self._hold_states) or self._history or self._trades or self._events):
             return None
         n = self.batch_max
         batch = _Batch()
-        if len(self._states) <= n:
+        if self._hold_states:
+            pass
+        elif len(self._states) <= n:
             batch.states = list(self._states.values())
             self._states = {}
         else:
@@ -458,8 +608,8 @@ class RiskStore:
             merged: dict[str, tuple[int, StateRecord]] = {}
             for seq, rec in batch.states:
                 newer = self._states.pop(rec.trader_id, None)
-                merged[rec.trader_id] = (seq, newer[1] if newer is not None and newer[1].version > rec.version
-                                         else rec)
+                keep = newer[1] if newer is not None and newer[1].version > rec.version else rec
+                merged[rec.trader_id] = (seq, keep)
             merged.update(self._states)
             self._states = merged
         self._history.extendleft(reversed(batch.history))
@@ -470,15 +620,6 @@ class RiskStore:
             self._count_drops(overflow)
         self._trades.extendleft(reversed(batch.trades))
         self._events.extendleft(reversed(batch.events))
-
-    def _apply(self, outcome: _Outcome) -> None:
-        for kind in KINDS:
-            self.rows_written[kind] += outcome.written[kind]
-            self.rejected[kind] += outcome.rejected[kind]
-        if outcome.retry is not None or any(outcome.rejected.values()):
-            self.failures += 1
-        if outcome.retry is None:
-            self.last_persist_latency_ms = outcome.latency_ms
 
     def _available(self) -> None:
         if self._outage_since is not None:
@@ -508,7 +649,7 @@ class RiskStore:
             except Exception:
                 log.exception("on_health_change callback failed")
 
-    # ---- on the store thread ------------------------------------------------------------------------
+    # ---- on the database thread ---------------------------------------------------------------------
 
     def _prepare(self) -> BaseException | None:
         """Connect, migrate (once), pick this process's epoch. Returns the error instead of raising."""
@@ -522,78 +663,94 @@ class RiskStore:
         except Exception as exc:
             self._dispose_quietly()
             return exc
-        # Snapshots of this process replace those of any earlier one, whatever their versions.
+        # Snapshots of this process replace those of any earlier one, whatever their versions (see bulk).
         self._epoch = max(time.time_ns() // 1000, db_epoch + 1)
+        self._bulk = BulkWriter(self._engine.dialect)
         self._prepared = True
         return None
+
+    def _xact_status(self, txid: int) -> str | None:
+        assert self._engine is not None
+        try:
+            with self._engine.connect() as conn:
+                status = conn.execute(text("SELECT txid_status(:txid)"), {"txid": txid}).scalar_one_or_none()
+        except Exception:
+            self._dispose_quietly()
+            raise
+        return None if status is None else str(status)
 
     def _dispose_quietly(self) -> None:
         if self._engine is not None:
             with contextlib.suppress(Exception):
                 self._engine.dispose()
 
-    def _write(self, batch: _Batch) -> _Outcome:
+    def _write(self, encoded: _Outcome) -> _Outcome:
+        """Write encoded parts in one transaction; isolate bad rows if it fails for a row's reason."""
+        if encoded.retry is not None:  # the encoder failed
+            return encoded
         started = time.perf_counter()
-        outcome = _Outcome()
+        outcome = dataclasses.replace(encoded, written=dict.fromkeys(KINDS, 0))
+        parts = outcome.parts
         now = time.time()
-        parts: dict[str, list[tuple[Any, dict[str, Any]]]] = {
-            "state": self._rows(batch.states, lambda i: codec.state_row(i[1], self._epoch), "state", outcome),
-            "history": self._rows(batch.history, lambda i: codec.history_row(i[1]), "history", outcome),
-            "trade": self._rows(batch.trades, lambda i: codec.trade_row(i[1], i[2]), "trade", outcome),
-            "event": self._rows(batch.events, lambda i: codec.event_row(i[1]), "event", outcome),
-        }
         assert self._engine is not None
+        assert self._bulk is not None
+        txid: int | None = None
+        committing = False
         try:
-            with self._engine.begin() as conn:
+            conn = self._engine.connect()
+            try:
+                if self._bulk.postgres:  # to learn later whether a COMMIT cut short went through
+                    txid = int(conn.exec_driver_sql("SELECT txid_current()").scalar_one())
                 for kind, items in parts.items():
-                    self._write_kind(conn, kind, [row for _item, row in items], now)
+                    self._write_kind(conn, kind, items, now)
+                committing = True
+                conn.commit()
+            finally:
+                with contextlib.suppress(Exception):
+                    conn.close()
         except Exception as exc:
             if not is_row_error(exc):
                 self._dispose_quietly()
                 outcome.retry, outcome.error = _batch_of(parts.items()), exc
+                if committing:  # the server may have committed before the connection broke
+                    outcome.in_doubt = txid
                 return outcome
-            log.warning("store batch of %d rows failed (%s): isolating the bad rows", batch.size(), _describe(exc))
+            size = sum(len(items) for items in parts.values())
+            log.warning("store batch of %d rows failed (%s): isolating the bad rows", size, _describe(exc))
             self._isolate(parts, outcome, now)
         else:
             for kind, items in parts.items():
                 outcome.written[kind] += len(items)
-            self._known_accounts.update(r["account_id"] for _i, r in parts["state"])
+            self._known_accounts.update(item[1].account_id for item, _row in parts["state"])
         outcome.latency_ms = (time.perf_counter() - started) * 1000.0
         return outcome
 
-    def _rows(self, items: list[Any], build: Callable[[Any], dict[str, Any]], kind: str,
-              outcome: _Outcome) -> list[tuple[Any, dict[str, Any]]]:
-        out: list[tuple[Any, dict[str, Any]]] = []
-        for item in items:
-            try:
-                out.append((item, build(item)))
-            except Exception as exc:
-                outcome.rejected[kind] += 1
-                log.error("store rejected a %s row it cannot encode (%s): %r", kind, _describe(exc), item[1])
-        return out
-
-    def _write_kind(self, conn: Connection, kind: str, rows: list[dict[str, Any]], now: float) -> None:
+    def _write_kind(self, conn: Connection, kind: str, items: Encoded, now: float) -> None:
+        bulk = self._bulk
+        assert bulk is not None
+        rows = [row for _item, row in items]
         if kind == "state":
-            accounts = {r["account_id"] for r in rows} - self._known_accounts
-            sql.register_accounts(conn, accounts, now)
-            sql.upsert_states(conn, rows)
+            accounts = {item[1].account_id for item, _row in items} - self._known_accounts
+            if accounts:
+                bulk.write_accounts(conn, sorted(accounts), now)
+            bulk.write_states(conn, rows)
         elif kind == "history":
-            sql.insert_history(conn, rows)
+            bulk.write_history(conn, rows)
         elif kind == "trade":
-            sql.insert_trades(conn, rows)
+            bulk.write_trades(conn, rows)
         else:
-            sql.insert_events(conn, rows)
+            bulk.write_events(conn, rows)
 
-    def _isolate(self, parts: dict[str, list[tuple[Any, dict[str, Any]]]], outcome: _Outcome, now: float) -> None:
+    def _isolate(self, parts: dict[str, Encoded], outcome: _Outcome, now: float) -> None:
         """Write each kind in its own transactions, halving a failing part until the bad row is alone."""
         assert self._engine is not None
-        stack: list[tuple[str, list[tuple[Any, dict[str, Any]]]]] = [(k, v) for k, v in parts.items() if v]
+        stack: list[tuple[str, Encoded]] = [(k, v) for k, v in parts.items() if v]
         stack.reverse()
         while stack:
             kind, part = stack.pop()
             try:
                 with self._engine.begin() as conn:
-                    self._write_kind(conn, kind, [row for _item, row in part], now)
+                    self._write_kind(conn, kind, part, now)
             except Exception as exc:
                 if not is_row_error(exc):  # the database went away meanwhile: the rest waits for it
                     self._dispose_quietly()
@@ -610,13 +767,38 @@ class RiskStore:
             else:
                 outcome.written[kind] += len(part)
                 if kind == "state":
-                    self._known_accounts.update(r["account_id"] for _i, r in part)
+                    self._known_accounts.update(item[1].account_id for item, _row in part)
+
+    # ---- on the encoder thread ----------------------------------------------------------------------
+
+    def _encode(self, batch: _Batch) -> _Outcome:
+        bulk, epoch = self._bulk, self._epoch
+        assert bulk is not None
+        outcome = _Outcome()
+        outcome.parts = {
+            "state": self._rows(batch.states, lambda i: bulk.state_row(i[1], epoch), "state", outcome),
+            "history": self._rows(batch.history, lambda i: bulk.history_row(i[1]), "history", outcome),
+            "trade": self._rows(batch.trades, lambda i: bulk.trade_row(i[1], i[2]), "trade", outcome),
+            "event": self._rows(batch.events, lambda i: bulk.event_row(i[1]), "event", outcome),
+        }
+        return outcome
+
+    @staticmethod
+    def _rows(items: list[Any], build: Callable[[Any], tuple[Any, ...]], kind: str, outcome: _Outcome) -> Encoded:
+        out: Encoded = []
+        for item in items:
+            try:
+                out.append((item, build(item)))
+            except Exception as exc:
+                outcome.rejected[kind] += 1
+                log.error("store rejected a %s row it cannot encode (%s): %r", kind, _describe(exc), item[1])
+        return out
 
     # ---- load and write-through (awaited by the callers) --------------------------------------------
 
     async def _call(self, fn: Callable[[Connection], T], *, write: bool) -> T:
-        """Run `fn` in a transaction on the store thread; database errors become store errors."""
-        if self._executor is None or self._closed:
+        """Run `fn` in a transaction on the database thread; database errors become store errors."""
+        if self._db is None or self._closed:
             raise StoreUnavailable("store is not running")
 
         def run() -> T:
@@ -632,20 +814,20 @@ class RiskStore:
                 raise
             except IntegrityError as exc:
                 raise Conflict(_describe(exc)) from exc
-            except DBAPIError as exc:
+            except Exception as exc:
+                if is_row_error(exc):  # DataError, or a value that could not be bound or encoded
+                    raise InvalidData(_describe(exc)) from exc
                 self._dispose_quietly()
                 raise StoreUnavailable(f"database unavailable: {_describe(exc)}") from exc
 
-        return await self._on_thread(run)
+        return await self._on(self._db, run)
 
     async def load(self) -> LoadedState:
         """Everything the sidecar restores at start. Raises StoreUnavailable when the database cannot be
-        reached (then serve from memory; the writer keeps retrying)."""
+        reached (then serve from memory; the writer keeps retrying and writes the backlog later)."""
         if self._first_attempt is None:
             raise StoreUnavailable("store is not started")
         await asyncio.shield(self._first_attempt)
-        if not self._prepared:
-            raise StoreUnavailable("database unavailable at start")
 
         def load(conn: Connection) -> LoadedState:
             return LoadedState(
@@ -656,7 +838,19 @@ class RiskStore:
                 trade_ids=sql.load_trade_ids(conn),
             )
 
-        return await self._call(load, write=False)
+        try:
+            if not self._prepared:
+                raise StoreUnavailable("database unavailable at start")
+            loaded = await self._call(load, write=False)
+        except StoreUnavailable:
+            if not self._hold_states and self._states:
+                log.info("store: holding %d state snapshots until a load succeeds", len(self._states))
+            self._hold_states = True
+            raise
+        if self._hold_states:
+            self._hold_states = False
+            self._kick()
+        return loaded
 
     async def save_config(self, cfg: ConfigRecord) -> tuple[ConfigRecord, bool]:
         """Insert or replace a configuration and its symbol configs (created_at is kept). Saving an active
@@ -683,6 +877,7 @@ class RiskStore:
         return await self._call(lambda conn: sql.update_breaker(conn, breaker, now), write=True)
 
     async def set_breaker_enabled(self, breaker_id: str, enabled: bool) -> BreakerRecord:
+        """Enable or disable a breaker. NotFound."""
         now = self.clock()
         return await self._call(lambda conn: sql.set_breaker_enabled(conn, breaker_id, enabled, now), write=True)
 
@@ -691,6 +886,7 @@ class RiskStore:
         await self._call(lambda conn: sql.delete_breaker(conn, breaker_id), write=True)
 
     async def get_breaker(self, breaker_id: str) -> BreakerRecord:
+        """NotFound when there is no such breaker."""
         return await self._call(lambda conn: sql.get_breaker(conn, breaker_id), write=False)
 
     async def list_breakers(self, account_id: str) -> list[BreakerRecord]:
@@ -698,14 +894,15 @@ class RiskStore:
         return await self._call(lambda conn: sql.list_breakers(conn, account_id), write=False)
 
     async def save_flags(self, flags: FlagsRecord) -> FlagsRecord:
+        """Store both flags; returns them with updated_at."""
         now = self.clock()
         return await self._call(lambda conn: sql.save_flags(conn, flags, now), write=True)
 
     async def list_history(
         self, trader_id: str, start: float | None, end: float | None, limit: int, after_id: int | None = None
     ) -> tuple[list[HistoryRecord], int | None]:
-        """A trader's history, oldest first, start <= recorded_at < end; next_cursor is None on the last page.
-        Queued rows are flushed first (for up to a second), so a change just made is listed."""
+        """A trader's history in the order recorded, start <= recorded_at < end; next_cursor is None on the
+        last page. Queued rows are flushed first (for up to a second), so a change just made is listed."""
         await self.flush(timeout=1.0)
         return await self._call(lambda conn: sql.list_history(conn, trader_id, start, end, limit, after_id),
                                 write=False)
@@ -720,7 +917,7 @@ class RiskStore:
                                 write=False)
 
 
-def _batch_of(parts: Iterable[tuple[str, list[tuple[Any, dict[str, Any]]]]]) -> _Batch:
+def _batch_of(parts: Iterable[tuple[str, Encoded]]) -> _Batch:
     """The queue items of (kind, [(item, row)]) parts, back in sequence order."""
     batch = _Batch()
     for kind, part in parts:
@@ -746,10 +943,9 @@ def _describe(exc: BaseException | None) -> str:
     return f"{type(inner).__name__}: {text[:300]}"
 
 
-def _url_query(url: str) -> dict[str, Any]:
-    from sqlalchemy.engine import make_url
-
-    return dict(make_url(url).query)
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:  # pragma: no cover - a bug
+        log.error("store writer stopped", exc_info=task.exception())
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -14,7 +14,6 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 POSTGRES_DRIVER = "postgresql+psycopg"
-_SECRET_QUERY_KEYS = {"password", "sslpassword"}
 _URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
 _QUERY_SECRET = re.compile(r"((?:^|[?&])(?:password|sslpassword)=)[^&]*", re.IGNORECASE)
 
@@ -78,10 +77,7 @@ def redact(url: str) -> str:
         parsed = make_url(url)
     except ArgumentError:
         return _QUERY_SECRET.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", url))
-    if any(k.lower() in _SECRET_QUERY_KEYS for k in parsed.query):
-        query = {k: ("***" if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in parsed.query.items()}
-        parsed = parsed.set(query=query)
-    return parsed.render_as_string(hide_password=True)
+    return _QUERY_SECRET.sub(r"\1***", parsed.render_as_string(hide_password=True))
 
 
 def _parse(url: str) -> URL:
