@@ -89,9 +89,8 @@ def test_pause_restored_after_restart_ends_at_paused_until_and_trading_resumes(t
 
 @pytest.fixture
 async def proxied(pg_url: str) -> AsyncIterator[tuple[Sidecar, TcpProxy, str]]:
-    proxy = TcpProxy()
-    port = await proxy.start()
-    url = pg_url.replace("@127.0.0.1:5432/", f"@127.0.0.1:{port}/")
+    proxy = await TcpProxy().start()
+    url = proxy.url_for(pg_url)
     async with running_sidecar(database_url=url, enable_persistence=True) as sidecar:
         assert await sidecar.store.flush(timeout=10)
         yield sidecar, proxy, pg_url

@@ -51,6 +51,15 @@ def postgres_unavailable() -> str | None:
     return _unavailable[0]
 
 
+def require_postgres() -> None:
+    """Skip the test when PostgreSQL is not reachable, except under CI=true, where that is a failure."""
+    reason = postgres_unavailable()
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
 def database_url(name: str) -> str:
     """The SQLAlchemy URL of database `name` on the test server."""
     return make_url(ADMIN_URL).set(drivername="postgresql+psycopg", database=name).render_as_string(
@@ -75,9 +84,7 @@ def postgres_database_fixture(scope: Any = "session") -> Any:
 
     @pytest.fixture(scope=scope)
     def _database() -> Iterator[str]:
-        reason = postgres_unavailable()
-        if reason is not None:
-            pytest.skip(reason)
+        require_postgres()
         with temporary_postgres_database() as url:
             migrate(url)
             yield url
