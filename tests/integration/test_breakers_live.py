@@ -1,0 +1,135 @@
+"""Breakers as a bot lives them: the stream delivers the directive fast, a stalled watcher costs the hot
+path nothing, and events survive a restart and a database outage (real PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from pathlib import Path
+
+import grpc
+import psycopg
+import pytest
+from google.protobuf import json_format
+
+from tests.support.pg import TcpProxy, fresh_database, plain_dsn
+from tests.support.sidecar import running_sidecar, start_sidecar
+from tradeguard.v1 import admin_service_pb2 as ad
+from tradeguard.v1 import admin_service_pb2_grpc as adg
+from tradeguard.v1 import risk_service_pb2 as rs
+from tradeguard.v1 import risk_service_pb2_grpc as rsg
+from tradeguard.v1 import types_pb2 as t
+
+pytestmark = pytest.mark.integration
+
+SEED_BREAKER = {
+    "name": "max_drawdown_10_percent", "description": "Close position when drawdown exceeds 10%",
+    "account_id": "account123", "condition": "max_drawdown", "action": "close_position",
+    "parameters": {"threshold": 0.1}, "symbols": ["BTCUSDT", "ETHUSDT"], "exchanges": ["binance"], "enabled": True,
+}
+IDS = {"trader_id": "bot-1", "account_id": "account123"}
+BTC = t.Position(symbol="BTCUSDT", exchange="binance", side=t.SIDE_BUY, quantity=0.1, entry_price=50_000,
+                 mark_price=50_000)
+
+
+def breaker_request() -> ad.CreateBreakerRequest:
+    return ad.CreateBreakerRequest(breaker=json_format.ParseDict(SEED_BREAKER, t.CircuitBreaker()))
+
+
+async def test_watcher_gets_close_position_within_100ms_and_a_stalled_watcher_costs_nothing() -> None:
+    async with running_sidecar() as sc, grpc.aio.insecure_channel(sc.address) as ch:
+        risk, admin = rsg.RiskServiceStub(ch), adg.AdminServiceStub(ch)
+        await admin.CreateBreaker(breaker_request())
+        await risk.ReportEquity(rs.ReportEquityRequest(**IDS, equity=10_000))
+        await risk.ReportPositions(rs.ReportPositionsRequest(**IDS, positions=[BTC]))
+
+        async def can_trade_p99(n: int) -> float:
+            samples = []
+            for i in range(n):
+                if i % 10 == 0:  # state changes keep flowing to every watcher
+                    await risk.ReportEquity(rs.ReportEquityRequest(**IDS, equity=10_000 + i))
+                started = time.perf_counter()
+                await risk.CanTrade(rs.CanTradeRequest(**IDS))
+                samples.append(time.perf_counter() - started)
+            samples.sort()
+            return samples[int(0.99 * len(samples))]
+
+        baseline = await can_trade_p99(600)
+        stalled = risk.WatchRiskState(rs.WatchRiskStateRequest(**IDS))  # opened, never read
+        with_stalled = await can_trade_p99(600)
+
+        watcher = risk.WatchRiskState(rs.WatchRiskStateRequest(**IDS))
+        await watcher.read()  # the initial state
+        sent = time.perf_counter()
+        await risk.ReportEquity(rs.ReportEquityRequest(**IDS, equity=8_800))  # 12% below the peak
+        update = await asyncio.wait_for(watcher.read(), 5)
+        while not any(a.type == t.ACTION_TYPE_CLOSE_POSITION for a in update.actions):
+            update = await asyncio.wait_for(watcher.read(), 5)
+        delivery_ms = (time.perf_counter() - sent) * 1e3
+        watcher.cancel()
+        stalled.cancel()
+
+    print(f"\nclose_position delivered in {delivery_ms:.1f} ms; CanTrade p99 {baseline * 1e3:.2f} ms without, "
+          f"{with_stalled * 1e3:.2f} ms with a stalled watcher")
+    action = next(a for a in update.actions if a.type == t.ACTION_TYPE_CLOSE_POSITION)
+    assert (action.symbol, action.exchange) == ("BTCUSDT", "binance")
+    assert delivery_ms < 100
+    assert with_stalled < max(2 * baseline, baseline + 0.002)
+
+
+def events(url: str) -> list[tuple[object, ...]]:
+    with psycopg.connect(plain_dsn(url)) as conn:
+        return list(conn.execute("SELECT circuit_breaker_id, action_taken FROM circuit_breaker_events").fetchall())
+
+
+def test_breaker_and_its_event_survive_a_restart(tmp_path: Path) -> None:
+    with fresh_database() as url:
+        with start_sidecar(tmp_path, "--database-url", url, name="first") as first:
+            with grpc.insecure_channel(first.address) as ch:
+                created = adg.AdminServiceStub(ch).CreateBreaker(breaker_request()).breaker
+                risk = rsg.RiskServiceStub(ch)
+                risk.ReportEquity(rs.ReportEquityRequest(**IDS, equity=10_000))
+                risk.ReportPositions(rs.ReportPositionsRequest(**IDS, positions=[BTC]))
+                fired = risk.ReportEquity(rs.ReportEquityRequest(**IDS, equity=8_800))
+            assert first.terminate() == 0
+        with start_sidecar(tmp_path, "--database-url", url, name="second") as second, \
+                grpc.insecure_channel(second.address) as ch:
+            admin = adg.AdminServiceStub(ch)
+            listed = admin.ListBreakerEvents(ad.ListBreakerEventsRequest(account_id="account123"))
+            breaker = admin.GetBreaker(ad.GetBreakerRequest(breaker_id=created.id)).breaker
+
+    assert [e.breaker_id for e in fired.breaker_events] == [created.id]
+    assert [(e.breaker_id, e.action_taken) for e in listed.events] == [(created.id, "close_position")]
+    assert json_format.MessageToDict(listed.events[0].triggered_values)["drawdown"] == pytest.approx(0.12)
+    assert breaker.name == "max_drawdown_10_percent" and breaker.enabled
+
+
+async def test_breaker_event_fired_during_a_database_outage_is_written_when_it_returns() -> None:
+    with fresh_database() as url:
+        proxy = await TcpProxy().start()
+        try:
+            async with running_sidecar(database_url=proxy.url_for(url), enable_persistence=True) as sc, \
+                    grpc.aio.insecure_channel(sc.address) as ch:
+                created = (await adg.AdminServiceStub(ch).CreateBreaker(breaker_request())).breaker
+                risk = rsg.RiskServiceStub(ch)
+                await risk.ReportEquity(rs.ReportEquityRequest(**IDS, equity=10_000))
+                await risk.ReportPositions(rs.ReportPositionsRequest(**IDS, positions=[BTC]))
+                assert await sc.store.flush(timeout=10)
+                proxy.cut()
+                latencies = []
+                for equity in (8_800, 8_700, 9_500, 8_600):  # fires, stays, clears (re-arms), fires again
+                    started = time.perf_counter()
+                    await risk.ReportEquity(rs.ReportEquityRequest(**IDS, equity=equity))
+                    latencies.append(time.perf_counter() - started)
+                during = events(url)
+                proxy.restore()
+                assert await sc.store.flush(timeout=30)
+                after = events(url)
+        finally:
+            await proxy.close()
+
+    print(f"\noutage: {len(after)} events written after the database returned; ReportEquity median "
+          f"{statistics.median(latencies) * 1e3:.2f} ms during the outage")
+    assert during == []
+    assert after == [(created.id, "close_position")] * 2
