@@ -57,7 +57,7 @@ class Settings:
     ready_file: str = ""
     uvloop: bool = True
     tracing: bool = False  # OpenTelemetry server spans; also on when OTEL_EXPORTER_OTLP_ENDPOINT is set
-    # Limits against hostile or broken clients (tests/attack/README-reliability.md). 0 = no limit / off.
+    # Limits against hostile or broken clients (README.md, "Reliability"). 0 = no limit / off.
     max_concurrent_rpcs: int = 0  # RPCs in progress server-wide (streams included); beyond: RESOURCE_EXHAUSTED
     max_connections: int = 1000  # TCP connections at once; more are closed at accept
     max_watchers_per_trader: int = 8  # WatchRiskState streams per trader_id (each report fans out to them)
@@ -65,6 +65,7 @@ class Settings:
     keepalive_time_s: float = 60.0  # ping a connection after this long without traffic...
     keepalive_timeout_s: float = 20.0  # ...and close it (and its streams) when the ping is not answered
     max_connection_idle_s: float = 300.0  # GOAWAY a connection with no RPC in progress for this long
+    kill_switch_store_timeout_s: float = 2.0  # PauseTrading / ResumeTrading wait this long for their commit
 
     # ---- derived --------------------------------------------------------------------------------
 
@@ -192,7 +193,8 @@ def validate(s: Settings) -> None:
     if 0 < s.max_concurrent_rpcs <= s.max_concurrent_streams and s.max_concurrent_streams > 0:
         raise SettingsError("max_concurrent_rpcs: must be greater than max_concurrent_streams (the WatchRiskState "
                             "streams held open would leave no room for CanTrade)")
-    for name in ("handshake_timeout_s", "keepalive_time_s", "keepalive_timeout_s", "max_connection_idle_s"):
+    for name in ("handshake_timeout_s", "keepalive_time_s", "keepalive_timeout_s", "max_connection_idle_s",
+                 "kill_switch_store_timeout_s"):
         if getattr(s, name) < 0:
             raise SettingsError(f"{name}: must be >= 0 (0 = off)")
     if bool(s.tls_cert) != bool(s.tls_key):

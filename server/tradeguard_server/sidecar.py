@@ -142,6 +142,7 @@ class Sidecar:
         self.engine.on_change = self.persistence.on_change
         self.risk.on_trade = self.persistence.on_trade
         self.admin.on_flags = self._on_flags
+        self.admin.store_now = self._store_now
         self.store.on_health_change = self._on_store_health
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.server: grpc.aio.Server | None = None
@@ -160,6 +161,13 @@ class Sidecar:
 
             raise FailedPrecondition("enable_persistence: no database is configured (database_url=memory)")
         await self.persistence.on_flags(old, new)
+
+    async def _store_now(self) -> bool:
+        """Wait (bounded) until every state change made so far is committed: kill-switch RPCs answer after it."""
+        timeout = self.settings.kill_switch_store_timeout_s
+        if not self.engine.flags.enable_persistence or not timeout:  # 0 = answer at once, as other changes
+            return True
+        return await self.store.flush(timeout=timeout)
 
     def _on_store_health(self, healthy: bool) -> None:
         if healthy:

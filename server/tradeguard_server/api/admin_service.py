@@ -26,10 +26,15 @@ PAUSE_STATES = frozenset({t.TRADING_STATE_HALTED, t.TRADING_STATE_REDUCING})
 MAX_PAUSE_S = 366 * 86_400.0
 Ctx = grpc.aio.ServicerContext[Any, Any]
 FlagsListener = Callable[[Flags, Flags], Awaitable[None]]
+StoreNow = Callable[[], Awaitable[bool]]
 
 
 async def _no_flags_listener(_old: Flags, _new: Flags) -> None:
     return None
+
+
+async def _nothing_to_store() -> bool:
+    return True
 
 
 class AdminService:
@@ -39,6 +44,10 @@ class AdminService:
         self.engine = engine
         self.risk = risk
         self.on_flags = on_flags
+        # Kill-switch changes are in force at once, in memory; the RPC answers once this says they are committed
+        # (the sidecar flushes the store: a SIGKILL right after PauseTrading must not bring the trader back
+        # unpaused). False = not stored yet (database unavailable): answered anyway, with a warning logged.
+        self.store_now: StoreNow = _nothing_to_store
         self.extra: dict[str, tuple[type[Message], Callable[[Any, Ctx], Awaitable[Message]]]] = {}
 
     def extend(self, handlers: dict[str, tuple[type[Message], Callable[[Any, Ctx], Awaitable[Message]]]]) -> None:
@@ -116,7 +125,9 @@ class AdminService:
         except AccountMismatchError as exc:
             raise account_error(exc) from None
         self.risk.notify(st, "paused by operator")
-        return ad.PauseTradingResponse(state=self.risk.state_msg(st))
+        reply = ad.PauseTradingResponse(state=self.risk.state_msg(st))
+        await self._store_now(req.trader_id, "pause")
+        return reply
 
     async def resume_trading(self, req: ad.ResumeTradingRequest, _ctx: Ctx) -> ad.ResumeTradingResponse:
         v = Violations()
@@ -127,4 +138,11 @@ class AdminService:
         except AccountMismatchError as exc:
             raise account_error(exc) from None
         self.risk.notify(st, "resumed by operator")
-        return ad.ResumeTradingResponse(state=self.risk.state_msg(st))
+        reply = ad.ResumeTradingResponse(state=self.risk.state_msg(st))
+        await self._store_now(req.trader_id, "resume")
+        return reply
+
+    async def _store_now(self, trader_id: str, what: str) -> None:
+        if not await self.store_now():
+            log.warning("kill switch %s of trader %s is in force but not stored yet (store unavailable or slow); "
+                        "it is written when the database returns", what, trader_id)
