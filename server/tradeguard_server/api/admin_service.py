@@ -12,11 +12,11 @@ from google.protobuf.message import Message
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import types_pb2 as t
 
-from ..engine.engine import AccountMismatchError, RiskEngine
+from ..engine.engine import RiskEngine
 from ..engine.types import Flags, TradingState
 from .dispatch import Guard, service, unary
 from .errors import Unimplemented
-from .risk_service import RiskService, account_error, check_ids
+from .risk_service import RiskService, check_ids
 from .validation import Violations
 
 log = logging.getLogger("tradeguard.admin")
@@ -119,11 +119,8 @@ class AdminService:
                 duration = seconds
         v.text("reason", req.reason)
         v.raise_if_any()
-        try:
-            st = self.engine.pause(req.trader_id, req.account_id, TradingState(req.trading_state), duration,
-                                   req.reason)
-        except AccountMismatchError as exc:
-            raise account_error(exc) from None
+        st = self.engine.pause(req.trader_id, req.account_id, TradingState(req.trading_state), duration,
+                               req.reason)
         self.risk.notify(st, "paused by operator")
         reply = ad.PauseTradingResponse(state=self.risk.state_msg(st))
         await self._store_now(req.trader_id, "pause")
@@ -133,10 +130,7 @@ class AdminService:
         v = Violations()
         check_ids(v, req.trader_id, req.account_id)
         v.raise_if_any()
-        try:
-            st = self.engine.resume(req.trader_id, req.account_id)
-        except AccountMismatchError as exc:
-            raise account_error(exc) from None
+        st = self.engine.resume(req.trader_id, req.account_id)
         self.risk.notify(st, "resumed by operator")
         reply = ad.ResumeTradingResponse(state=self.risk.state_msg(st))
         await self._store_now(req.trader_id, "resume")

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError, Message
 
+from ..engine.engine import AccountMismatchError
 from ..store import errors as store_errors
 from .errors import AlreadyExists, ApiError, InvalidArgument, NotFound, Unauthenticated, Unavailable
 
@@ -69,6 +70,8 @@ def unary(request_cls: type[Message], fn: UnaryFn, guard: Guard | None = None) -
             await _abort(context, error)
         except store_errors.StoreError as exc:
             await _abort(context, store_error(exc))
+        except AccountMismatchError as exc:  # a trader id used with another account than its own
+            await _abort(context, InvalidArgument([("account_id", str(exc))]))
         except Exception:
             log.exception("unexpected error in %s", request_cls.DESCRIPTOR.full_name)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the sidecar's log")
@@ -90,6 +93,8 @@ def server_stream(
             await _abort(context, error)
         except store_errors.StoreError as exc:
             await _abort(context, store_error(exc))
+        except AccountMismatchError as exc:  # a trader id used with another account than its own
+            await _abort(context, InvalidArgument([("account_id", str(exc))]))
         except Exception:
             log.exception("unexpected error in %s", request_cls.DESCRIPTOR.full_name)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the sidecar's log")

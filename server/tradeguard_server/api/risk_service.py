@@ -11,12 +11,12 @@ import grpc
 from tradeguard.v1 import risk_service_pb2 as rs
 from tradeguard.v1 import types_pb2 as t
 
-from ..engine.engine import AccountMismatchError, Firing, Outcome, RiskEngine
+from ..engine.engine import Firing, Outcome, RiskEngine
 from ..engine.state import TraderState
 from ..engine.types import ClosedTrade, RequiredAction, Side
 from . import convert
 from .dispatch import Guard, server_stream, service, unary
-from .errors import InvalidArgument, Unavailable
+from .errors import Unavailable
 from .validation import AMOUNT_MAX, ID_MAX, ID_PATTERN, Violations
 from .watch import WatchHub
 
@@ -72,10 +72,6 @@ def check_position(v: Violations, p: t.Position, prefix: str) -> None:
 
 def _no_trade_listener(_trader_id: str, _account_id: str, _trade: ClosedTrade) -> None:
     return None
-
-
-def account_error(exc: AccountMismatchError) -> InvalidArgument:
-    return InvalidArgument([("account_id", str(exc))])
 
 
 class RiskService:
@@ -146,10 +142,7 @@ class RiskService:
             v.raise_if_any()
         order = None if msg is None else convert.order_from_msg(msg)
         engine = self.engine
-        try:
-            decision, st = engine.can_trade(trader_id, account_id, order)
-        except AccountMismatchError as exc:
-            raise account_error(exc) from None
+        decision, st = engine.can_trade(trader_id, account_id, order)
         return convert.decision_msg(decision, st, engine.clock.now(), engine.limits_for(account_id).config_id)
 
     async def report_equity(self, req: rs.ReportEquityRequest, _ctx: Ctx) -> rs.ReportEquityResponse:
@@ -158,10 +151,7 @@ class RiskService:
         v.number("equity", req.equity, min_value=0.0)
         observed = v.timestamp("observed_at", req.observed_at, self.engine.clock.now())
         v.raise_if_any()
-        try:
-            outcome = self.engine.report_equity(req.trader_id, req.account_id, req.equity, observed)
-        except AccountMismatchError as exc:
-            raise account_error(exc) from None
+        outcome = self.engine.report_equity(req.trader_id, req.account_id, req.equity, observed)
         if outcome.stale:
             return rs.ReportEquityResponse(state=self.state_msg(outcome.state), stale=True)
         state, events, actions = self._finish(outcome, "equity_report")
@@ -180,10 +170,7 @@ class RiskService:
         v.raise_if_any()
         trade = ClosedTrade(req.trade_id, req.symbol, req.exchange, Side(req.side), req.realized_pnl,
                             engine.clock.now() if closed is None else closed)
-        try:
-            outcome = engine.report_trade(req.trader_id, req.account_id, trade)
-        except AccountMismatchError as exc:
-            raise account_error(exc) from None
+        outcome = engine.report_trade(req.trader_id, req.account_id, trade)
         if outcome.duplicate:
             return rs.ReportTradeResponse(state=self.state_msg(outcome.state), duplicate=True)
         self.on_trade(req.trader_id, req.account_id, trade)
@@ -205,10 +192,7 @@ class RiskService:
                 seen.add(key)
         v.raise_if_any()
         positions = [convert.position_from_msg(p) for p in req.positions]
-        try:
-            outcome = self.engine.report_positions(req.trader_id, req.account_id, positions)
-        except AccountMismatchError as exc:
-            raise account_error(exc) from None
+        outcome = self.engine.report_positions(req.trader_id, req.account_id, positions)
         state, events, actions = self._finish(outcome, "positions_report")
         return rs.ReportPositionsResponse(state=state, breaker_events=events, actions=actions)
 
@@ -216,10 +200,7 @@ class RiskService:
         v = Violations()
         check_ids(v, req.trader_id, req.account_id)
         v.raise_if_any()
-        try:
-            st = self.engine.peek(req.trader_id, req.account_id)
-        except AccountMismatchError as exc:
-            raise account_error(exc) from None
+        st = self.engine.peek(req.trader_id, req.account_id)
         return rs.GetRiskStateResponse(state=self.state_msg(st))
 
     async def watch_risk_state(
@@ -228,10 +209,7 @@ class RiskService:
         v = Violations()
         check_ids(v, req.trader_id, req.account_id)
         v.raise_if_any()
-        try:
-            st = self.engine.peek(req.trader_id, req.account_id)
-        except AccountMismatchError as exc:
-            raise account_error(exc) from None
+        st = self.engine.peek(req.trader_id, req.account_id)
         watcher = self.hub.subscribe(req.trader_id)
         if watcher is None:
             raise Unavailable("too many WatchRiskState streams or shutting down; retry later")
