@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tradeguard_server.engine.breakers import Condition, Evaluator, Registry, Scope, Triggered
-from tradeguard_server.engine.breakers.base import Params
+from tradeguard_server.engine.breakers.base import Params, Screen
 from tradeguard_server.engine.breakers.conditions import BUILTIN
 from tradeguard_server.engine.clock import ManualClock
 from tradeguard_server.engine.engine import RiskEngine
@@ -153,7 +154,18 @@ def recording_registry(timeline: list[tuple[str, str, bool]]) -> Registry:
             timeline.append(("eval", cond.name, trig is not None))
             return trig
 
-        return replace(cond, evaluate=evaluate)
+        screen = cond.screen
+        if screen is None:
+            return replace(cond, evaluate=evaluate)
+
+        def quiet(state: TraderState, now: float, bound: Any, scope: Scope) -> bool:
+            # A quiet screen is an evaluation that found the condition false (for every breaker of the group).
+            calm = screen.quiet(state, now, bound, scope)
+            if calm:
+                timeline.append(("eval", cond.name, False))
+            return calm
+
+        return replace(cond, evaluate=evaluate, screen=Screen(screen.bound, quiet))
 
     return Registry(wrap(c) for c in BUILTIN)
 
@@ -189,3 +201,63 @@ def test_every_condition_fires_once_per_episode_and_only_after_it_was_seen_false
             fires_next = j + 1 < len(events) and events[j + 1][0] == "fire"
             assert fires_next == (held and not in_episode)
             in_episode = held
+
+
+# Several breakers per condition with different parameters, so screens fold real groups (smallest
+# threshold, longest window) and a group can be partly over its limits.
+VARIED: list[tuple[str, dict[str, object]]] = [
+    ("max_drawdown", {"threshold": 0.05}), ("max_drawdown", {"threshold": 0.2}),
+    ("daily_loss", {"threshold": 0.03}), ("daily_loss", {"threshold": 0.1}),
+    ("equity_floor", {"value": 9_000}), ("equity_floor", {"value": 7_000}),
+    ("consecutive_losses", {"count": 2}), ("consecutive_losses", {"count": 4}),
+    ("loss_streak_in_window", {"trade_limit": 2, "lookback_minutes": 30}),
+    ("loss_streak_in_window", {"trade_limit": 3, "lookback_minutes": 5}),
+    ("position_drawdown", {"threshold": 0.02}), ("position_drawdown", {"threshold": 0.08}),
+    ("order_rate", {"max_orders": 1, "window_seconds": 60}), ("order_rate", {"max_orders": 3, "window_seconds": 600}),
+]
+
+
+def unscreened_registry() -> Registry:
+    """The built-in conditions without their screens: every breaker evaluated on every call."""
+    return Registry(replace(c, screen=None) for c in BUILTIN)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from(VARIED), st.sampled_from(["pause_trading", "close_position", "alert"]),
+                       st.sampled_from([None, ["BTCUSDT"], ["ETHUSDT"]])), min_size=1, max_size=12),
+    ops,
+    st.booleans(),
+    st.lists(st.integers(min_value=0, max_value=11), max_size=3),
+)
+def test_screening_groups_changes_no_firing_and_no_episode(
+    defs: list[tuple[tuple[str, dict[str, object]], str, list[str] | None]],
+    operations: list[tuple[str, object]],
+    enforce: bool,
+    rearms: list[int],
+) -> None:
+    """The screened evaluator fires exactly the breakers, in exactly the order, that evaluating every breaker
+    one by one fires, and leaves the same episodes in progress - including after a re-arm."""
+    specs = [Spec(f"b{i:02d}", f"b{i:02d}", c, a, dict(p), symbols=s) for i, ((c, p), a, s) in enumerate(defs)]
+    rigs = []
+    fired: tuple[list[str], list[str]] = ([], [])
+    for registry, log in ((Registry(BUILTIN), fired[0]), (unscreened_registry(), fired[1])):
+        clock = ManualClock(T0)
+        evaluator = Evaluator(registry=registry, on_fire=lambda f, log=log: log.append(f.breaker_id))  # type: ignore[misc]
+        engine = RiskEngine(clock, defaults=LIMITS, flags=Flags(enable_risk_enforcement=enforce), breakers=evaluator)
+        evaluator.load(specs)
+        engine.report_equity("t1", "a1", 10_000.0, None)
+        rigs.append((clock, evaluator, engine))
+
+    for i, op in enumerate(operations):
+        if i in rearms and i < len(specs):
+            for _clock, evaluator, _engine in rigs:
+                evaluator.rearm(specs[i].id)
+        (c1, ev1, e1), (c2, ev2, e2) = rigs
+        assert run(e1, c1, op, i) == run(e2, c2, op, i)
+        assert fired[0] == fired[1]
+        assert [p.reason for p in e1.traders["t1"].pauses] == [p.reason for p in e2.traders["t1"].pauses]
+        for spec in specs:
+            b1, b2 = ev1.get(spec.id), ev2.get(spec.id)
+            assert b1 is not None and b2 is not None
+            assert b1.tripped == b2.tripped, spec

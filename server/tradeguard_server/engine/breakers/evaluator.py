@@ -1,7 +1,12 @@
 """The breaker evaluator the engine calls on every ReportEquity / ReportTrade / ReportPositions / CanTrade.
 
-It holds each account's enabled breakers precompiled (condition function, validated parameters, scope sets),
-so an evaluation costs O(breakers of the account) and allocates nothing when nothing fires.
+It holds each account's enabled breakers precompiled (condition function, validated parameters, scope sets)
+and grouped by (condition, scope). A condition's Screen folds a group's parameters into one bound (the
+smallest threshold, the longest window), so one comparison shows that no breaker of the group can fire;
+only the groups that might fire are evaluated breaker by breaker, in the account's order (name, id). With
+nothing near a limit, 100 breakers cost a few group checks and allocate nothing. Screening never changes
+which breakers fire, or in which order (tests/unit/test_breakers_properties.py checks it against the
+unscreened evaluation).
 
 Episodes: a breaker fires once per (breaker, trader) while its condition stays true, and re-arms when an
 evaluation finds the condition false. Disabling or deleting a breaker drops it and its episodes; enabling,
@@ -22,14 +27,14 @@ import logging
 import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..engine import Firing
 from ..limits import Limits
 from ..state import TraderState
 from . import actions
 from .actions import BreakerFiring
-from .base import Evaluate, Scope, Triggered
+from .base import Evaluate, Quiet, Scope, Triggered
 from .registry import DEFAULT, Registry, Violation
 
 log = logging.getLogger("tradeguard.breakers")
@@ -93,13 +98,30 @@ class CompiledBreaker:
             other.condition, other.params, other.scope, other.action)
 
 
-_Entry = tuple[
-    bool, frozenset[str] | None, frozenset[str] | None, Scope, Evaluate, dict[str, float], set[str], CompiledBreaker
-]
+@dataclass(slots=True)
+class _Group:
+    """The enabled breakers of one account that share a condition and a scope, in the account's order.
+
+    `maybe` holds every trader with an episode in progress in some breaker of the group (a superset of the
+    union of their `tripped` sets), so a quiet group re-arms its breakers without touching each one.
+    """
+
+    scoped: bool
+    symbols: frozenset[str] | None
+    exchanges: frozenset[str] | None
+    scope: Scope
+    quiet: Quiet | None  # None: the condition has no screen, evaluate every breaker
+    bound: Any
+    members: tuple[tuple[int, CompiledBreaker], ...]  # (position in the account's order, breaker)
+    maybe: set[str] = field(default_factory=set)
 
 
 def _scope(values: Sequence[str] | None) -> frozenset[str] | None:
     return frozenset(values) if values else None
+
+
+def _position(item: tuple[int, CompiledBreaker, _Group]) -> int:
+    return item[0]
 
 
 def _ignore(_firing: BreakerFiring) -> None:
@@ -124,8 +146,8 @@ class Evaluator:
         self.new_event_id = new_event_id
         self._by_id: dict[str, CompiledBreaker] = {}
         self._by_account: dict[str, tuple[CompiledBreaker, ...]] = {}
-        # The hot loop's view: per account, (scoped, symbols, exchanges, scope, evaluate, params, tripped, breaker).
-        self._hot: dict[str, tuple[_Entry, ...]] = {}
+        # The hot loop's view: per account, its breakers grouped by (condition, scope).
+        self._hot: dict[str, tuple[_Group, ...]] = {}
 
     # ---- definitions ----------------------------------------------------------------------------
 
@@ -175,15 +197,25 @@ class Evaluator:
         self._set_group(old.account_id, rest)
 
     def _set_group(self, account_id: str, group: tuple[CompiledBreaker, ...]) -> None:
-        if group:
-            self._by_account[account_id] = group
-            self._hot[account_id] = tuple(
-                (b.scoped, b.scope.symbols, b.scope.exchanges, b.scope, b.evaluate, b.params, b.tripped, b)
-                for b in group
-            )
-        else:
+        if not group:
             self._by_account.pop(account_id, None)
             self._hot.pop(account_id, None)
+            return
+        self._by_account[account_id] = group
+        grouped: dict[tuple[str, Scope], list[tuple[int, CompiledBreaker]]] = {}
+        for i, b in enumerate(group):
+            grouped.setdefault((b.condition, b.scope), []).append((i, b))
+        hot: list[_Group] = []
+        for (condition, scope), members in grouped.items():
+            spec = self.registry.get(condition)
+            screen = None if spec is None else spec.screen
+            hot.append(_Group(
+                scoped=not scope.everything, symbols=scope.symbols, exchanges=scope.exchanges, scope=scope,
+                quiet=None if screen is None else screen.quiet,
+                bound=None if screen is None else screen.bound([b.params for _i, b in members]),
+                members=tuple(members), maybe=set().union(*(b.tripped for _i, b in members)),
+            ))
+        self._hot[account_id] = tuple(hot)
 
     def load(self, specs: Iterable[BreakerSpec]) -> list[InvalidBreaker]:
         """Install breakers loaded from the store at start. Invalid ones are skipped (and returned)."""
@@ -207,16 +239,17 @@ class Evaluator:
     def evaluate(
         self, st: TraderState, limits: Limits, now: float, enforce: bool, symbols: Iterable[tuple[str, str]]
     ) -> list[Firing]:
-        group = self._hot.get(st.account_id)
-        if group is None:
+        groups = self._hot.get(st.account_id)
+        if groups is None:
             return NO_FIRINGS
         trader = st.trader_id
-        fired: list[Firing] | None = None
         pairs: Collection[tuple[str, str]] | None = None
-        for scoped, in_symbols, in_exchanges, scope, evaluate, params, tripped, b in group:
-            if scoped:  # evaluated only when the call concerns a pair in scope (Scope.matches, inlined)
+        todo: list[tuple[int, CompiledBreaker, _Group]] | None = None
+        for g in groups:
+            if g.scoped:  # evaluated only when the call concerns a pair in scope (Scope.matches, inlined)
                 if pairs is None:
                     pairs = symbols if isinstance(symbols, Collection) else tuple(symbols)
+                in_symbols, in_exchanges = g.symbols, g.exchanges
                 for symbol, exchange in pairs:
                     if (in_symbols is None or symbol in in_symbols) and (
                         in_exchanges is None or not exchange or exchange in in_exchanges
@@ -224,7 +257,23 @@ class Evaluator:
                         break
                 else:
                     continue
-            trig = evaluate(st, params, now, scope)
+            if g.quiet is not None and g.quiet(st, now, g.bound, g.scope):
+                # Every condition of the group is false: end the trader's episodes (re-arm), if any.
+                if trader in g.maybe:
+                    for _i, b in g.members:
+                        b.tripped.discard(trader)
+                    g.maybe.discard(trader)
+                continue
+            if todo is None:
+                todo = []
+            todo.extend((i, b, g) for i, b in g.members)
+        if todo is None:
+            return NO_FIRINGS
+        todo.sort(key=_position)  # the account's order (name, id), whatever the grouping
+        fired: list[Firing] | None = None
+        for _i, b, g in todo:
+            trig = b.evaluate(st, b.params, now, b.scope)
+            tripped = b.tripped
             if trig is None:
                 if tripped:
                     tripped.discard(trader)
@@ -232,6 +281,7 @@ class Evaluator:
             if trader in tripped:
                 continue
             tripped.add(trader)
+            g.maybe.add(trader)
             if fired is None:
                 fired = []
             fired.append(self._fire(b, trig, st, limits, now, enforce))

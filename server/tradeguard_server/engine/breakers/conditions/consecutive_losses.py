@@ -8,7 +8,7 @@ the run of in-scope losing trades since the last in-scope win, read from the rec
 from __future__ import annotations
 
 from ...state import RECENT_TRADES_KEPT, TraderState
-from ..base import Condition, Param, Params, Scope, Triggered
+from ..base import Condition, Param, Params, Scope, Screen, Triggered, smallest
 
 
 def evaluate(st: TraderState, params: Params, now: float, scope: Scope) -> Triggered | None:
@@ -34,9 +34,17 @@ def evaluate(st: TraderState, params: Params, now: float, scope: Scope) -> Trigg
     return Triggered({"consecutive_losses": float(losses), "count": count})
 
 
+def quiet(st: TraderState, now: float, count: float, scope: Scope) -> bool:
+    """No breaker fires while the streak (scoped: the trades kept) is shorter than the smallest count."""
+    if scope.everything:
+        return st.consecutive_losses < count
+    return len(st.recent_trades) < count
+
+
 CONDITION = Condition(
     name="consecutive_losses",
     params=(Param("count", kind="integer", min=1, max=RECENT_TRADES_KEPT, help="losing trades in a row"),),
     evaluate=evaluate,
     summary="count or more losing trades in a row (in scope)",
+    screen=Screen(smallest("count"), quiet),
 )

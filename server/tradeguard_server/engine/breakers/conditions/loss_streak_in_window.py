@@ -7,8 +7,10 @@ closed before the window, so the cost is bounded by the trades in the window.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ...state import RECENT_TRADES_KEPT, TraderState
-from ..base import Condition, Param, Params, Scope, Triggered
+from ..base import Condition, Param, Params, Scope, Screen, Triggered
 
 
 def evaluate(st: TraderState, params: Params, now: float, scope: Scope) -> Triggered | None:
@@ -30,6 +32,28 @@ def evaluate(st: TraderState, params: Params, now: float, scope: Scope) -> Trigg
     return Triggered({"losing_trades": float(losses), "trade_limit": limit, "lookback_minutes": lookback})
 
 
+def widest(group: Sequence[Params]) -> tuple[float, float]:
+    """(smallest trade_limit, longest lookback_minutes) of the group."""
+    return min(p["trade_limit"] for p in group), max(p["lookback_minutes"] for p in group)
+
+
+def quiet(st: TraderState, now: float, bound: tuple[float, float], scope: Scope) -> bool:
+    """No breaker fires when the losing trades of the longest window, in any scope, are fewer than the
+    smallest trade_limit (a shorter window or a narrower scope counts no more of them)."""
+    limit, lookback = bound
+    trades = st.recent_trades
+    if len(trades) < limit:
+        return True
+    cutoff = now - lookback * 60.0
+    losses = 0
+    for trade in reversed(trades):
+        if trade.closed_at <= cutoff:
+            break
+        if trade.realized_pnl < 0.0:
+            losses += 1
+    return losses < limit
+
+
 CONDITION = Condition(
     name="loss_streak_in_window",
     params=(
@@ -38,4 +62,5 @@ CONDITION = Condition(
     ),
     evaluate=evaluate,
     summary="trade_limit or more losing trades (in scope) within lookback_minutes",
+    screen=Screen(widest, quiet),
 )

@@ -7,8 +7,10 @@ when the breaker is evaluated (see the evaluator), not which orders count.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ...state import TraderState
-from ..base import Condition, Param, Params, Scope, Triggered
+from ..base import Condition, Param, Params, Scope, Screen, Triggered
 
 MAX_ORDERS = 10_000  # the engine keeps at most this many recent order times per trader
 
@@ -30,6 +32,26 @@ def evaluate(st: TraderState, params: Params, now: float, scope: Scope) -> Trigg
     return Triggered({"orders": float(orders), "max_orders": limit, "window_seconds": window})
 
 
+def widest(group: Sequence[Params]) -> tuple[float, float]:
+    """(smallest max_orders, longest window_seconds) of the group."""
+    return min(p["max_orders"] for p in group), max(p["window_seconds"] for p in group)
+
+
+def quiet(st: TraderState, now: float, bound: tuple[float, float], scope: Scope) -> bool:
+    """No breaker fires when the orders of the longest window are no more than the smallest max_orders."""
+    limit, window = bound
+    times = st.order_times
+    if len(times) <= limit:
+        return True
+    cutoff = now - window
+    orders = 0
+    for at in reversed(times):
+        if at <= cutoff:
+            break
+        orders += 1
+    return orders <= limit
+
+
 CONDITION = Condition(
     name="order_rate",
     params=(
@@ -38,4 +60,5 @@ CONDITION = Condition(
     ),
     evaluate=evaluate,
     summary="more than max_orders orders within window_seconds",
+    screen=Screen(widest, quiet),
 )

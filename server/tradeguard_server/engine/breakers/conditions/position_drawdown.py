@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ...state import TraderState
 from ...types import Side
-from ..base import Condition, Param, Params, PositionKey, Scope, Triggered
+from ..base import Condition, Param, Params, PositionKey, Scope, Screen, Triggered, smallest
 
 _BUY = Side.BUY
 
@@ -38,9 +38,22 @@ def evaluate(st: TraderState, params: Params, now: float, scope: Scope) -> Trigg
     return Triggered({"position_loss": worst, "threshold": threshold, "positions": float(len(hit))}, tuple(hit))
 
 
+def quiet(st: TraderState, now: float, threshold: float, scope: Scope) -> bool:
+    """No breaker fires when no open position (in any scope) loses more than the smallest threshold."""
+    for pos in st.positions.values():
+        entry = pos.entry_price
+        if entry <= 0.0 or pos.quantity <= 0.0:
+            continue
+        move = (pos.mark_price - entry) / entry
+        if (-move if pos.side is _BUY else move) > threshold:
+            return False
+    return True
+
+
 CONDITION = Condition(
     name="position_drawdown",
     params=(Param("threshold", min=0.0, min_exclusive=True, max=1.0, help="fraction of entry notional"),),
     evaluate=evaluate,
     summary="an in-scope open position losing more than threshold of its entry (fraction)",
+    screen=Screen(smallest("threshold"), quiet),
 )
