@@ -306,15 +306,17 @@ class RiskEngine:
             return self._decide(st, now, [check], [], enforce), st
         self._tick(st, now)
         limits = self.limits_for(account_id)
-        results: list[CheckResult] = [
-            CheckResult("equity_reported", CheckStatus.PASS, DecisionCode.ALLOWED, f"equity={st.current_equity:.2f}",
-                        st.current_equity),
-            checks.state_check(st, order, now),
-        ]
         reducing = order is not None and checks.is_reducing(st, order)
-        results.extend(checks.loss_checks(st, limits, now, reducing))
-        results.append(self._streak_check(st, limits, now, reducing))
-        actions = checks.position_actions(st, limits)
+        cached = st.checks_cache
+        if cached is not None and cached[0] == st.version and cached[1] is limits and cached[2] is reducing:
+            results = list(cached[3])
+            actions = list(cached[4])
+        else:
+            state_checks = self._state_checks(st, limits, now, order, reducing)
+            position_actions = tuple(checks.position_actions(st, limits))
+            st.checks_cache = (st.version, limits, reducing, state_checks, position_actions)
+            results = list(state_checks)
+            actions = list(position_actions)
         if order is not None:
             results.extend(checks.order_checks(st, order, limits, now, reducing))
         if self.breakers is not None:
@@ -330,6 +332,20 @@ class RiskEngine:
         ):
             st.order_times.append(now)
         return decision, st
+
+    @classmethod
+    def _state_checks(
+        cls, st: TraderState, limits: Limits, now: float, order: OrderIntent | None, reducing: bool
+    ) -> tuple[CheckResult, ...]:
+        """The checks that depend on the state, the limits and `reducing` only (not on the order's numbers):
+        after `_tick` every remaining pause is in force, so they hold until the next state change."""
+        return (
+            CheckResult("equity_reported", CheckStatus.PASS, DecisionCode.ALLOWED, f"equity={st.current_equity:.2f}",
+                        st.current_equity),
+            checks.state_check(st, order, now),
+            *checks.loss_checks(st, limits, now, reducing),
+            cls._streak_check(st, limits, now, reducing),
+        )
 
     @staticmethod
     def _streak_check(st: TraderState, limits: Limits, now: float, reducing: bool) -> CheckResult:

@@ -10,7 +10,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from . import periods
-from .types import ClosedTrade, DecisionCode, Position, SymbolStats, TradingState
+from .types import CheckResult, ClosedTrade, DecisionCode, Position, RequiredAction, SymbolStats, TradingState
 
 SEVERITY = {TradingState.ACTIVE: 0, TradingState.REDUCING: 1, TradingState.HALTED: 2}
 INF = float("inf")
@@ -64,6 +64,12 @@ class TraderState:
     symbol_stats: dict[str, SymbolStats] = field(default_factory=dict)
     updated_at: float = 0.0
     version: int = 0
+    # CanTrade's checks that depend only on this state and the limits (not on the order), kept for the
+    # next call at the same version: (version, limits, reducing, checks, position actions). Every change
+    # goes through RiskEngine._changed, which bumps `version`, so a stale entry is never used.
+    checks_cache: tuple[int, object, bool, tuple[CheckResult, ...], tuple[RequiredAction, ...]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     # ---- derived values -------------------------------------------------------------------------
 
