@@ -22,10 +22,14 @@ What is queued (`enqueue_*` never await and never raise; call them on the event 
   costs memory, a few hundred bytes per item, rather than losing an audit record).
 
 The writer drains everything in batched transactions (store.bulk). Transient errors (connection refused
-or lost, database locked, ...) keep the batch, mark the store unhealthy, back off exponentially up to
-`retry_max_s` and reconnect; one warning per outage and one on recovery. A batch that fails for a row's
+or lost, database locked, a statement the server cancelled after statement_timeout or lock_timeout, ...) keep
+the batch, mark the store unhealthy, back off exponentially up to `retry_max_s` and reconnect; one warning per
+outage and one on recovery. A batch that fails for a row's
 own reason (constraint, bad value) is split until the bad row is alone: the rest is written, the bad row
 is logged and counted in `rejected`, never silently lost.
+
+A database that does not answer: PostgreSQL sessions carry server-side timeouts (PG_CONNECT_DEFAULTS), and
+request-path calls wait at most `call_timeout_s` for the database thread (see `_call` and `_Call`).
 
 Loss bound on SIGKILL: what is queued and not yet committed: under load the changes of the last one or
 two batch round trips (milliseconds), during an outage the whole backlog.
@@ -83,7 +87,20 @@ PG_CONNECT_DEFAULTS = {  # unless the URL says otherwise
     "keepalives_count": "3",
     "tcp_user_timeout": "15000",  # ms: a black-holed connection fails instead of hanging the writer
     "application_name": "tradeguard",
+    # Server-side bounds for a database that answers the connection but not the statement (a table locked by
+    # another session, a long-running query): the server cancels the statement (SQLSTATE 57014 / 55P03, an
+    # OperationalError: transient, the writer keeps its batch and retries; admin calls get StoreUnavailable) or
+    # ends a session left idle in a transaction. libpq passes `options` to the server at connection start, like
+    # PGOPTIONS. A URL with its own `options` replaces this whole string (`?options=` disables it, e.g. behind a
+    # PgBouncer that rejects it). Start-up work (migrations, the first load) lifts statement_timeout: on a big
+    # database it may take longer, and a silent database is what the client-side bound below is for.
+    "options": "-c statement_timeout=15000 -c lock_timeout=5000 -c idle_in_transaction_session_timeout=60000",
 }
+# How long a request-path call (`_call`: admin writes and reads) waits for the database thread before it
+# raises StoreUnavailable; also how long a writer batch may stay in the database before health turns
+# NOT_SERVING (the writer keeps waiting for it). Covers what the server-side timeouts cannot: a hung pooler,
+# a frozen server whose kernel still ACKs. 0 = no bound.
+CALL_TIMEOUT_S = 30.0
 FIRST_BACKOFF_S = 0.05
 PIPELINE = True  # encode the next batch while one is in the database (False: one at a time; for comparison)
 ROW_ERRORS = {"IntegrityError", "DataError"}  # PEP 249 names: the same in SQLAlchemy, psycopg and sqlite3
@@ -126,6 +143,47 @@ class _Worker(Executor):
         self._calls.put(None)
         if wait:
             self._thread.join()
+
+
+class _Call:
+    """One request-path call, shared by the coroutine awaiting it and the database thread running it.
+
+    The thread cannot be interrupted, so a call the caller gave up on (its time bound passed, or its RPC was
+    cancelled) may still be queued or running. Under a lock both sides agree on what happens to it:
+    queued -> it never runs; running -> it runs to its end and then ROLLS BACK instead of committing, so a change
+    the client was told failed (UNAVAILABLE) is not written behind its back (memory, which changes only after a
+    commit, and the database stay the same); committing -> the COMMIT was already sent: the outcome is unknown,
+    and the caller is told so. The thread's result or error is discarded either way."""
+
+    __slots__ = ("_lock", "_state")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state = "queued"
+
+    def start(self) -> bool:
+        """Database thread, before anything else: False when the caller already gave up."""
+        with self._lock:
+            if self._state == "abandoned":
+                return False
+            self._state = "running"
+            return True
+
+    def may_commit(self) -> bool:
+        """Database thread, just before COMMIT: False when the caller gave up (roll back instead)."""
+        with self._lock:
+            if self._state == "abandoned":
+                return False
+            self._state = "committing"
+            return True
+
+    def abandon(self) -> str:
+        """Event loop, when the caller stops waiting: returns the state the call was in."""
+        with self._lock:
+            was = self._state
+            if was != "committing":
+                self._state = "abandoned"
+            return was
 
 
 def is_row_error(exc: BaseException) -> bool:
@@ -182,15 +240,19 @@ class RiskStore:
         migrate_on_start: bool = True,
         *,
         clock: Callable[[], float] = time.time,
+        call_timeout_s: float = CALL_TIMEOUT_S,
     ) -> None:
         if queue_size < 1 or batch_max < 1:
             raise ValueError("queue_size and batch_max must be >= 1")
+        if call_timeout_s < 0:
+            raise ValueError("call_timeout_s must be >= 0 (0 = no bound)")
         self.url = normalize_url(url)
         self.queue_size = queue_size
         self.batch_max = batch_max
         self.retry_max_s = retry_max_s
         self.migrate_on_start = migrate_on_start
         self.clock = clock  # timestamps of admin writes (created_at, updated_at) and trade reports
+        self.call_timeout_s = call_timeout_s  # see CALL_TIMEOUT_S
         self.persistence_enabled = True  # False: enqueue_* do nothing (memory only); write-through still writes
         self.on_health_change: Callable[[bool], None] | None = None  # called on the event loop thread
 
@@ -523,7 +585,7 @@ class RiskStore:
         """Account for a written batch. On failure, requeue it (and `unsent`, the batch taken after it, which
         goes back first so the order stays). Returns True when it failed."""
         try:
-            outcome = await fut
+            outcome = await self._await_batch(fut)
         except Exception as exc:  # a bug, not the database: keep the batch and retry like an outage
             log.exception("store writer failed unexpectedly")
             outcome = _Outcome(retry=batch, error=exc)
@@ -549,6 +611,18 @@ class RiskStore:
         self._unavailable(outcome.error)
         self._resolve_waiters()
         return True
+
+    async def _await_batch(self, fut: asyncio.Future[_Outcome]) -> _Outcome:
+        """The outcome of a batch in the database. Past `call_timeout_s` the store reports itself unavailable
+        (health NOT_SERVING) but keeps waiting: abandoning a batch that may still commit would write it twice,
+        and the thread is busy with it anyway. The server-side timeouts end most waits; a batch that never
+        returns (hung pooler, frozen server) keeps the writer there, with its queue growing as in an outage."""
+        if self.call_timeout_s > 0 and not fut.done():
+            done, _pending = await asyncio.wait({fut}, timeout=self.call_timeout_s)
+            if not done:
+                self._unavailable(StoreUnavailable(f"a batch has waited {self.call_timeout_s:g} s for the "
+                                                   "database; still waiting for it"))
+        return await fut
 
     async def _resolve_in_doubt(self) -> bool:
         """Ask the database whether the batch whose COMMIT was cut short committed: count it, or requeue it.
@@ -657,6 +731,7 @@ class RiskStore:
         try:
             with self._engine.connect() as conn:
                 if self.migrate_on_start:
+                    _lift_statement_timeout(conn)  # for the migration's transaction only
                     migrate_connection(conn)
                 db_epoch = sql.max_epoch(conn)
                 conn.rollback()
@@ -796,20 +871,33 @@ class RiskStore:
 
     # ---- load and write-through (awaited by the callers) --------------------------------------------
 
-    async def _call(self, fn: Callable[[Connection], T], *, write: bool) -> T:
-        """Run `fn` in a transaction on the database thread; database errors become store errors."""
+    async def _call(self, fn: Callable[[Connection], T], *, write: bool, bounded: bool = True) -> T:
+        """Run `fn` in a transaction on the database thread; database errors become store errors.
+
+        Bounded (request-path calls): when the thread has not answered within `call_timeout_s` (it may be busy
+        with a writer batch stuck on the database, or stuck itself), raise StoreUnavailable and mark the store
+        unavailable. The call itself cannot be interrupted: see _Call for what becomes of it (it never commits
+        once given up, unless its COMMIT was already sent). The same holds when the awaiting RPC is cancelled."""
         if self._db is None or self._closed:
             raise StoreUnavailable("store is not running")
+        call = _Call()
 
         def run() -> T:
+            if not call.start():
+                raise StoreUnavailable("the caller gave up before the call started")
             if not self._prepared:
                 error = self._prepare()
                 if error is not None:
                     raise StoreUnavailable(f"database unavailable: {_describe(error)}") from error
             assert self._engine is not None
             try:
-                with self._engine.begin() if write else self._engine.connect() as conn:
-                    return fn(conn)
+                with self._engine.connect() as conn:  # leaving it without a commit rolls back
+                    result = fn(conn)
+                    if write:
+                        if not call.may_commit():
+                            raise StoreUnavailable("the caller gave up: rolled back")
+                        conn.commit()
+                    return result
             except StoreError:
                 raise
             except IntegrityError as exc:
@@ -817,10 +905,33 @@ class RiskStore:
             except Exception as exc:
                 if is_row_error(exc):  # DataError, or a value that could not be bound or encoded
                     raise InvalidData(_describe(exc)) from exc
+                # The connection is gone, or the server cancelled the statement (statement_timeout,
+                # lock_timeout): StoreUnavailable, which the API answers UNAVAILABLE.
                 self._dispose_quietly()
                 raise StoreUnavailable(f"database unavailable: {_describe(exc)}") from exc
 
-        return await self._on(self._db, run)
+        fut = asyncio.get_running_loop().run_in_executor(self._db, run)
+        limit = self.call_timeout_s if bounded and self.call_timeout_s > 0 else None
+        try:
+            done, _pending = await asyncio.wait({fut}, timeout=limit)
+        except asyncio.CancelledError:  # the RPC was cancelled (client deadline, disconnect)
+            call.abandon()
+            fut.cancel()  # a call still queued never runs
+            raise
+        if done:
+            return fut.result()
+        was = call.abandon()
+        fut.cancel()
+        if was == "committing":
+            outcome = "its COMMIT was sent and may have gone through"
+        elif write:
+            outcome = "nothing was written" if was == "queued" else "it will be rolled back, nothing is written"
+        else:
+            outcome = "the read is abandoned"
+        error = StoreUnavailable(f"database did not answer within {limit:g} s ({outcome})")
+        log.warning("store call abandoned: %s", error)
+        self._unavailable(error)
+        raise error
 
     async def load(self) -> LoadedState:
         """Everything the sidecar restores at start. Raises StoreUnavailable when the database cannot be
@@ -830,6 +941,7 @@ class RiskStore:
         await asyncio.shield(self._first_attempt)
 
         def load(conn: Connection) -> LoadedState:
+            _lift_statement_timeout(conn)  # a big database may take longer; lock_timeout still applies
             return LoadedState(
                 traders=sql.load_states(conn),
                 configs=sql.get_configs(conn),
@@ -841,7 +953,7 @@ class RiskStore:
         try:
             if not self._prepared:
                 raise StoreUnavailable("database unavailable at start")
-            loaded = await self._call(load, write=False)
+            loaded = await self._call(load, write=False, bounded=False)  # start-up and recovery, not a request
         except StoreUnavailable:
             if not self._hold_states and self._states:
                 log.info("store: holding %d state snapshots until a load succeeds", len(self._states))
@@ -946,6 +1058,12 @@ def _describe(exc: BaseException | None) -> str:
 def _log_crash(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:  # pragma: no cover - a bug
         log.error("store writer stopped", exc_info=task.exception())
+
+
+def _lift_statement_timeout(conn: Connection) -> None:
+    """No statement_timeout for the rest of the current transaction (PostgreSQL; SET LOCAL ends with it)."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -1,0 +1,313 @@
+"""A database that accepts the connection but does not answer: tables locked by another session.
+
+Against the real PostgreSQL (a fresh database per test, no mocks); the lock is a second psycopg session's
+`LOCK TABLE ... IN ACCESS EXCLUSIVE MODE`, held until the test releases it.
+
+- With the server-side timeouts the store sets (lock_timeout / statement_timeout; lowered here through the
+  URL's `options` so the tests take seconds), the server cancels the waiting statement: the writer keeps its
+  batch and writes it once the lock is gone, admin writes fail with StoreUnavailable (gRPC UNAVAILABLE), and
+  the hot path (CanTrade, ReportEquity) keeps answering from memory.
+- Without them (the case of a hung pooler or a frozen server), the client-side bound `call_timeout_s` ends
+  the wait, and a call given up on never commits.
+
+Figures (times to UNAVAILABLE) are printed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from types import TracebackType
+
+import grpc
+import psycopg
+import pytest
+from sqlalchemy.engine import make_url
+
+from tests.attack.support import server_errors
+from tests.support.databases import make_state, open_store
+from tests.support.pg import fresh_database, plain_dsn
+from tests.support.sidecar import running_sidecar
+from tradeguard.v1 import admin_service_pb2 as ad
+from tradeguard.v1 import admin_service_pb2_grpc as adg
+from tradeguard.v1 import risk_service_pb2 as rs
+from tradeguard.v1 import risk_service_pb2_grpc as rsg
+from tradeguard.v1 import types_pb2 as t
+from tradeguard_server.store.errors import StoreUnavailable
+from tradeguard_server.store.records import ConfigRecord
+from tradeguard_server.store.store import PG_CONNECT_DEFAULTS, RiskStore
+
+pytestmark = pytest.mark.integration
+
+SERVER_TIMEOUT_MS = 1000  # lock_timeout / statement_timeout for these tests (the default is 5000 / 15000)
+BOUND_S = 1.0  # call_timeout_s for the tests without server-side timeouts (the default is 30)
+WRITER_TABLES = ("risk_state", "risk_state_history")
+CONFIG_TABLES = ("risk_configurations",)
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    with fresh_database("tradeguard_silent") as url:
+        yield url
+
+
+def with_options(url: str, options: str) -> str:
+    """`url` with libpq `options` (which replace the store's default ones)."""
+    return make_url(url).update_query_dict({"options": options}).render_as_string(hide_password=False)
+
+
+def rows(url: str, query: str) -> list[tuple[object, ...]]:
+    with psycopg.connect(plain_dsn(url)) as conn:
+        return list(conn.execute(query).fetchall())
+
+
+def config(config_id: str) -> ConfigRecord:
+    return ConfigRecord("a-1", config_id, daily_max_drawdown_percentage=7.0)
+
+
+class TableLock:
+    """`LOCK TABLE <tables> IN ACCESS EXCLUSIVE MODE` in another session, on a thread, until `release()` (or the
+    end of the `async with`)."""
+
+    def __init__(self, url: str, tables: Iterable[str]) -> None:
+        self.url = url
+        self.tables = tuple(tables)
+        self._release = threading.Event()
+        self._task: asyncio.Future[None] | None = None
+
+    async def __aenter__(self) -> TableLock:
+        loop = asyncio.get_running_loop()
+        locked = asyncio.Event()
+        self._task = asyncio.ensure_future(asyncio.to_thread(self._hold, loop, locked))
+        waiter = asyncio.ensure_future(locked.wait())
+        await asyncio.wait({self._task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if not locked.is_set():  # the thread failed before taking the lock
+            waiter.cancel()
+            await self._task
+        return self
+
+    def _hold(self, loop: asyncio.AbstractEventLoop, locked: asyncio.Event) -> None:
+        with psycopg.connect(plain_dsn(self.url)) as conn:
+            conn.execute(f"LOCK TABLE {', '.join(self.tables)} IN ACCESS EXCLUSIVE MODE")
+            loop.call_soon_threadsafe(locked.set)
+            self._release.wait(timeout=120)
+            conn.rollback()
+
+    def release(self) -> None:
+        self._release.set()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        self.release()
+        if self._task is not None:
+            await self._task
+
+
+class HealthLog:
+    """Collects the store's health changes (chaining any listener already set); `wait(value)` returns once the
+    store reports it."""
+
+    def __init__(self, store: RiskStore) -> None:
+        self.changes: list[bool] = []
+        self._event = asyncio.Event()
+        self._inner = store.on_health_change
+        store.on_health_change = self._record
+
+    def _record(self, healthy: bool) -> None:
+        if self._inner is not None:
+            self._inner(healthy)
+        self.changes.append(healthy)
+        self._event.set()
+
+    async def wait(self, value: bool, timeout: float = 15.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not (self.changes and self.changes[-1] is value):
+                self._event.clear()
+                await self._event.wait()
+
+
+def test_the_store_sets_server_side_timeouts_unless_the_url_has_options() -> None:
+    options = PG_CONNECT_DEFAULTS["options"]
+    assert "statement_timeout=15000" in options and "lock_timeout=5000" in options
+    assert "idle_in_transaction_session_timeout=60000" in options
+
+
+@pytest.mark.parametrize(("setting", "message"), [("lock_timeout", "lock timeout"),
+                                                  ("statement_timeout", "statement timeout")])
+async def test_a_cancelled_statement_keeps_the_batch_and_fails_the_admin_write(
+        pg_url: str, setting: str, message: str) -> None:
+    """The server cancels the writer's statement (SQLSTATE 55P03 or 57014): transient, like a dropped
+    connection. The batch goes back to the queue, is retried with backoff and lands once the lock is gone; an
+    admin write meanwhile raises StoreUnavailable within about two timeouts (it may queue behind one writer
+    attempt on the store's single database thread) and writes nothing."""
+    other = "statement_timeout" if setting == "lock_timeout" else "lock_timeout"
+    url = with_options(pg_url, f"-c {setting}={SERVER_TIMEOUT_MS} -c {other}=0")
+    async with open_store(url, retry_max_s=0.2) as store:
+        health = HealthLog(store)
+        store.enqueue_state(make_state("t-0", 1), "before the lock", None)
+        assert await store.flush(timeout=10)
+        async with TableLock(pg_url, (*WRITER_TABLES, *CONFIG_TABLES)) as lock:
+            for i in range(20):
+                store.enqueue_state(make_state(f"t-{i}", 2), "during the lock", None)
+            await health.wait(False)  # the writer's first attempt was cancelled by the server
+            started = time.perf_counter()
+            with pytest.raises(StoreUnavailable, match=message):
+                await store.save_config(config("during-lock"))
+            elapsed = time.perf_counter() - started
+            assert store.queue_depth == 40  # 20 snapshots + 20 history rows: kept, none written
+            failed_attempts = store.failures
+            lock.release()
+        assert await store.flush(timeout=15)
+        print(f"FIGURE [{setting}={SERVER_TIMEOUT_MS} ms] admin write -> StoreUnavailable in {elapsed:.2f} s; "
+              f"writer attempts cancelled: {failed_attempts}")
+        assert elapsed < 2 * SERVER_TIMEOUT_MS / 1000 + 1.0
+        assert failed_attempts >= 1
+        assert store.healthy and health.changes[-1] is True
+        assert store.dropped_history == 0 and store.queue_depth == 0
+        assert store.rows_written["history"] == store.enqueued["history"] == 21
+        assert store.rows_written["state"] + store.coalesced == store.enqueued["state"]
+        assert await store.get_configs("a-1") == []  # the failed write left nothing behind
+        _saved, created = await store.save_config(config("during-lock"))  # the client's retry
+        assert created
+    assert rows(pg_url, "SELECT count(*) FROM risk_state_history") == [(21,)]
+    assert rows(pg_url, "SELECT count(*), min(version) FROM risk_state") == [(20, 2)]
+
+
+async def test_the_client_bound_gives_up_and_a_call_given_up_on_never_commits(pg_url: str) -> None:
+    """No server-side timeout fires (the silent-server case): the admin write waits on the lock until
+    call_timeout_s, raises StoreUnavailable and marks the store unavailable. The call still runs on the database
+    thread; when the lock goes, it rolls back instead of committing. A call cancelled by its caller while queued
+    behind it never runs."""
+    url = with_options(pg_url, "-c lock_timeout=0 -c statement_timeout=0")
+    async with open_store(url, retry_max_s=0.2, call_timeout_s=BOUND_S) as store:
+        health = HealthLog(store)
+        await store.save_config(config("before"))
+        store.enqueue_state(make_state("t-0", 1), "before the lock", None)
+        assert await store.flush(timeout=10)
+        async with TableLock(pg_url, CONFIG_TABLES):
+            started = time.perf_counter()
+            with pytest.raises(StoreUnavailable, match=r"did not answer within 1 s \(it will be rolled back"):
+                await store.save_config(config("running"))  # runs, and waits on the lock
+            elapsed = time.perf_counter() - started
+            await health.wait(False, timeout=1)
+            with pytest.raises(TimeoutError):  # e.g. the RPC's deadline: cancelled while queued behind it
+                await asyncio.wait_for(store.save_config(config("queued")), 0.2)
+        # The lock is gone: the abandoned call finishes on the database thread, which runs calls in order, so
+        # by the time this read answers it has rolled back.
+        assert [c.config_id for c in await store.get_configs("a-1")] == ["before"]
+        _saved, created = await store.save_config(config("running"))  # the client's retry
+        assert created
+        store.enqueue_state(make_state("t-0", 2), "after the lock", None)
+        assert await store.flush(timeout=10)
+        await health.wait(True, timeout=1)  # the writer's next batch reports the store available again
+    print(f"FIGURE [no server timeout, call_timeout_s={BOUND_S:g}] admin write -> StoreUnavailable in "
+          f"{elapsed:.2f} s")
+    assert BOUND_S <= elapsed < BOUND_S + 1.0
+    assert rows(pg_url, "SELECT config_id FROM risk_configurations ORDER BY config_id") == [("before",), ("running",)]
+
+
+async def test_a_stuck_batch_turns_health_off_and_is_written_later(pg_url: str) -> None:
+    """No server-side timeout fires and the writer's batch waits on the lock: after call_timeout_s the store
+    reports itself unavailable but keeps the batch (it may still commit; abandoning it would write it twice).
+    An admin write queued behind it gives up without ever running. The lock goes: the batch lands."""
+    url = with_options(pg_url, "-c lock_timeout=0 -c statement_timeout=0")
+    async with open_store(url, retry_max_s=0.2, call_timeout_s=BOUND_S) as store:
+        health = HealthLog(store)
+        store.enqueue_state(make_state("t-0", 1), "before the lock", None)
+        assert await store.flush(timeout=10)
+        async with TableLock(pg_url, WRITER_TABLES):
+            for i in range(10):
+                store.enqueue_state(make_state(f"t-{i}", 2), "during the lock", None)
+            await health.wait(False, timeout=BOUND_S + 5)
+            with pytest.raises(StoreUnavailable, match=r"within 1 s \(nothing was written\)"):
+                await store.save_config(config("queued"))
+            assert store.attempts == 2 and store.failures == 0  # one batch, still in the database
+        assert await store.flush(timeout=10)
+        await health.wait(True, timeout=1)
+        assert store.rows_written["history"] == store.enqueued["history"] == 11
+        assert await store.get_configs("a-1") == []
+    assert rows(pg_url, "SELECT count(*), min(version) FROM risk_state") == [(10, 2)]
+
+
+async def test_sidecar_answers_unavailable_while_can_trade_keeps_answering(pg_url: str) -> None:
+    """The whole sidecar, tables locked: SaveConfig answers UNAVAILABLE within about two lock timeouts;
+    PauseTrading answers after kill_switch_store_timeout_s (in force in memory at once); bots' ReportEquity and
+    CanTrade never fail nor wait on the database. After the lock, every history row enqueued is written, each
+    bot's last acknowledged equity is stored, and the pause is stored."""
+    sidecar_url = with_options(pg_url, f"-c lock_timeout={SERVER_TIMEOUT_MS} -c statement_timeout=15000 "
+                                       "-c idle_in_transaction_session_timeout=60000")
+    bots = 4
+    equities: dict[str, float] = {}
+    latencies: list[float] = []
+    failures: list[str] = []
+    with server_errors() as errors:
+        async with running_sidecar(database_url=sidecar_url, enable_persistence=True, queue_size=100_000) as sidecar, \
+                grpc.aio.insecure_channel(sidecar.address) as channel:
+            store = sidecar.store
+            assert isinstance(store, RiskStore)
+            health = HealthLog(store)
+            risk, admin = rsg.RiskServiceStub(channel), adg.AdminServiceStub(channel)
+            stop = asyncio.Event()
+
+            async def bot(i: int) -> None:
+                trader, step = f"bot-{i}", 0
+                while not stop.is_set():
+                    step += 1
+                    equity = 10_000.0 + step
+                    try:
+                        started = time.perf_counter()
+                        await risk.ReportEquity(rs.ReportEquityRequest(trader_id=trader, account_id="acct",
+                                                                       equity=equity), timeout=5)
+                        equities[trader] = equity
+                        reply = await risk.CanTrade(rs.CanTradeRequest(trader_id=trader, account_id="acct"),
+                                                    timeout=5)
+                        latencies.append(time.perf_counter() - started)
+                        assert reply.allowed
+                    except grpc.aio.AioRpcError as exc:
+                        failures.append(f"{exc.code().name}: {exc.details()}")
+                    await asyncio.sleep(0.005)  # pacing, not waiting for anything
+
+            running = [asyncio.create_task(bot(i)) for i in range(bots)]
+            try:
+                async with TableLock(pg_url, (*WRITER_TABLES, *CONFIG_TABLES)):
+                    await health.wait(False)  # the writer's batch was cancelled by lock_timeout
+                    during = len(latencies)
+                    started = time.perf_counter()
+                    with pytest.raises(grpc.aio.AioRpcError) as refused:
+                        await admin.SaveConfig(ad.SaveConfigRequest(config=t.RiskConfiguration(
+                            account_id="acct", config_id="during-lock", daily_max_drawdown_percentage=7.0)),
+                            timeout=30)
+                    save_s = time.perf_counter() - started
+                    started = time.perf_counter()
+                    paused = await admin.PauseTrading(ad.PauseTradingRequest(
+                        trader_id="ops", account_id="acct", trading_state=t.TRADING_STATE_HALTED), timeout=30)
+                    pause_s = time.perf_counter() - started
+                    lock_latencies = latencies[during:]
+            finally:
+                stop.set()
+                await asyncio.gather(*running)
+            assert await store.flush(timeout=30)
+            await health.wait(True, timeout=1)
+            retried = await admin.SaveConfig(ad.SaveConfigRequest(config=t.RiskConfiguration(
+                account_id="acct", config_id="during-lock", daily_max_drawdown_percentage=7.0)), timeout=30)
+            enqueued, written, dropped = store.enqueued["history"], store.rows_written["history"], store.dropped_history
+    print(f"FIGURE [sidecar, lock_timeout={SERVER_TIMEOUT_MS} ms] SaveConfig -> UNAVAILABLE in {save_s:.2f} s; "
+          f"PauseTrading answered in {pause_s:.2f} s; CanTrade+ReportEquity during the lock: {len(lock_latencies)} "
+          f"pairs, max {max(lock_latencies) * 1e3:.1f} ms; history rows enqueued / written: {enqueued} / {written}")
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "lock timeout" in (refused.value.details() or "")
+    assert save_s < 2 * SERVER_TIMEOUT_MS / 1000 + 1.0
+    assert paused.state.trading_state == t.TRADING_STATE_HALTED
+    assert pause_s < sidecar.settings.kill_switch_store_timeout_s + 1.0
+    assert failures == []
+    assert len(lock_latencies) > 0 and max(lock_latencies) < 0.5
+    assert dropped == 0 and written == enqueued
+    assert rows(pg_url, "SELECT count(*) FROM risk_state_history") == [(enqueued,)]
+    stored = dict(rows(pg_url, "SELECT trader_id, current_equity FROM risk_state WHERE trader_id LIKE 'bot-%'"))
+    assert stored == equities
+    assert rows(pg_url, "SELECT trading_state FROM risk_state WHERE trader_id = 'ops'") == [("HALTED",)]
+    assert retried.config.config_id == "during-lock"
+    assert rows(pg_url, "SELECT count(*) FROM risk_configurations") == [(1,)]
+    assert errors.lines() == []
