@@ -19,7 +19,7 @@ from .api.admin_service import AdminService
 from .api.breaker_admin import BreakerAdmin
 from .api.config_admin import ConfigAdmin, MemoryConfigPersistence
 from .api.config_records import StoreConfigPersistence
-from .api.dispatch import bearer_guard
+from .api.dispatch import bearer_guard, service
 from .api.history_admin import HistoryAdmin
 from .api.risk_service import SERVICE as RISK_SERVICE
 from .api.risk_service import RiskService
@@ -248,8 +248,13 @@ class Sidecar:
             options=server_options(s),
             maximum_concurrent_rpcs=s.max_concurrent_rpcs or None,
         )
-        handlers = (self.risk.handler(self._trader_guard), self.admin.handler(self._admin_guard))
-        server.add_generic_rpc_handlers(tuple(self.metrics.instrument(h) for h in handlers))
+        # Registered methods (as the generated stubs register them): grpc core matches the path itself,
+        # instead of asking every generic handler in turn. The generic handlers stay as the fallback.
+        for name, methods in ((RISK_SERVICE, self.risk.methods(self._trader_guard)),
+                              (ADMIN_SERVICE, self.admin.methods(self._admin_guard))):
+            timed = self.metrics.instrument(methods)
+            server.add_generic_rpc_handlers((service(name, timed),))
+            server.add_registered_method_handlers(name, timed)  # type: ignore[attr-defined]  # not in grpc-stubs
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (RISK_SERVICE, ADMIN_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server

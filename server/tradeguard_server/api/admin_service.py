@@ -54,6 +54,10 @@ class AdminService:
         self.extra.update(handlers)
 
     def handler(self, guard: Guard | None = None) -> grpc.GenericRpcHandler[Any, Any]:
+        return service(SERVICE, self.methods(guard))
+
+    def methods(self, guard: Guard | None = None) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+        """The method handlers by method name (for `add_registered_method_handlers`)."""
         methods: dict[str, tuple[type[Message], Callable[[Any, Ctx], Awaitable[Message]]]] = {
             "GetFeatureFlags": (ad.GetFeatureFlagsRequest, self.get_feature_flags),
             "SetFeatureFlags": (ad.SetFeatureFlagsRequest, self.set_feature_flags),
@@ -65,7 +69,7 @@ class AdminService:
             if method.name not in methods:
                 request_cls: type[Message] = getattr(ad, method.input_type.name)
                 methods[method.name] = (request_cls, self._unimplemented(method.name))
-        return service(SERVICE, {name: unary(cls, fn, guard) for name, (cls, fn) in methods.items()})
+        return {name: unary(cls, fn, guard) for name, (cls, fn) in methods.items()}
 
     @staticmethod
     def _unimplemented(name: str) -> Callable[[Any, Ctx], Awaitable[Message]]:

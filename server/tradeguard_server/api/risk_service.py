@@ -82,18 +82,19 @@ class RiskService:
         self.hub = hub
         self.on_trade: Callable[[str, str, ClosedTrade], None] = _no_trade_listener
 
+    def methods(self, guard: Guard | None = None) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+        """The method handlers by method name (for `add_registered_method_handlers`)."""
+        return {
+            "CanTrade": unary(rs.CanTradeRequest, self.can_trade, guard),
+            "ReportEquity": unary(rs.ReportEquityRequest, self.report_equity, guard),
+            "ReportTrade": unary(rs.ReportTradeRequest, self.report_trade, guard),
+            "ReportPositions": unary(rs.ReportPositionsRequest, self.report_positions, guard),
+            "GetRiskState": unary(rs.GetRiskStateRequest, self.get_risk_state, guard),
+            "WatchRiskState": server_stream(rs.WatchRiskStateRequest, self.watch_risk_state, guard),
+        }
+
     def handler(self, guard: Guard | None = None) -> grpc.GenericRpcHandler[Any, Any]:
-        return service(
-            SERVICE,
-            {
-                "CanTrade": unary(rs.CanTradeRequest, self.can_trade, guard),
-                "ReportEquity": unary(rs.ReportEquityRequest, self.report_equity, guard),
-                "ReportTrade": unary(rs.ReportTradeRequest, self.report_trade, guard),
-                "ReportPositions": unary(rs.ReportPositionsRequest, self.report_positions, guard),
-                "GetRiskState": unary(rs.GetRiskStateRequest, self.get_risk_state, guard),
-                "WatchRiskState": server_stream(rs.WatchRiskStateRequest, self.watch_risk_state, guard),
-            },
-        )
+        return service(SERVICE, self.methods(guard))
 
     # ---- helpers --------------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ import logging
 import platform
 import time
 from bisect import bisect_left
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
@@ -239,9 +239,20 @@ class Metrics:
 
         return timed_rpc
 
-    def instrument(self, handler: grpc.GenericRpcHandler[Any, Any]) -> grpc.GenericRpcHandler[Any, Any]:
-        """A GenericRpcHandler whose unary methods are timed (streams are not: their length is not latency)."""
-        return _TimedHandler(handler, self)
+    def instrument(
+        self, methods: Mapping[str, grpc.RpcMethodHandler[Any, Any]]
+    ) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+        """The method handlers with every unary one timed (streams are not: their length is not latency)."""
+        out: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+        for name, handler in methods.items():
+            if handler.unary_unary is not None:
+                handler = grpc.unary_unary_rpc_method_handler(
+                    self.timed(name, cast(Behavior, handler.unary_unary)),
+                    request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer,
+                )
+            out[name] = handler
+        return out
 
     # ---- decisions, state, breaches -------------------------------------------------------------
 
@@ -369,8 +380,10 @@ class NullMetrics(Metrics):
     def observe_rpc(self, method: str, seconds: float) -> None:
         return None
 
-    def instrument(self, handler: grpc.GenericRpcHandler[Any, Any]) -> grpc.GenericRpcHandler[Any, Any]:
-        return handler
+    def instrument(
+        self, methods: Mapping[str, grpc.RpcMethodHandler[Any, Any]]
+    ) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+        return dict(methods)
 
     def timed(self, method: str, behavior: Behavior) -> Behavior:
         return behavior
@@ -407,34 +420,6 @@ class NullMetrics(Metrics):
 
     def store_healthy(self, healthy: bool) -> None:
         return None
-
-
-class _TimedHandler(grpc.GenericRpcHandler):  # type: ignore[type-arg]
-    """Delegates to `inner`; unary-unary handlers come back wrapped by `Metrics.timed`, built once per method."""
-
-    def __init__(self, inner: grpc.GenericRpcHandler[Any, Any], metrics: Metrics) -> None:
-        self._inner = inner
-        self._metrics = metrics
-        self._cache: dict[str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]] = {}
-
-    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = self._inner.service(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
-        cached = self._cache.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = handler
-        if handler.unary_unary is not None:
-            name = method.rsplit("/", 1)[-1]
-            wrapped = grpc.unary_unary_rpc_method_handler(
-                self._metrics.timed(name, cast(Behavior, handler.unary_unary)),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        self._cache[method] = (handler, wrapped)
-        return wrapped
 
 
 def state_listener(metrics: Metrics, now: Callable[[], float]) -> Callable[[TraderState, str], None]:
