@@ -81,15 +81,22 @@ def trader_states(draw: st.DrawFn, column_times: st.SearchStrategy[float] = any_
     )
 
 
-NOT_SNAPSHOTTED = ("next_boundary", "seen_trade_ids")
+NOT_SNAPSHOTTED = ("next_boundary", "seen_trade_ids", "order_times", "checks_cache")
 
 
 def persisted(state: TraderState) -> dict[str, Any]:
     """The fields a snapshot keeps, comparable with ==."""
     out = {f.name: getattr(state, f.name) for f in fields(TraderState) if f.name not in NOT_SNAPSHOTTED}
     out["recent_trades"] = list(state.recent_trades)
-    out["order_times"] = list(state.order_times)
     return out
+
+
+def test_order_times_stay_in_memory() -> None:
+    """Order times (the throttle's and order_rate breakers' window) are not written: a busy bot's 10,000
+    recent orders would otherwise be copied and JSON-encoded into every state row."""
+    state = busy_trader()
+    assert state.order_times
+    assert to_record(state).order_times == ()
 
 
 # ---- properties --------------------------------------------------------------------------------------------
