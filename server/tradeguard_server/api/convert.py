@@ -145,6 +145,57 @@ def decision_msg(d: Decision, st: TraderState, now: float, config_id: str = "") 
     return msg
 
 
+class DecisionMessages:
+    """Builds CanTrade answers, reusing per trader the part that depends only on its state.
+
+    Between two changes of a trader's state, every answer carries the same state checks and the same
+    RiskState; only the order checks and the verdict differ. That part is built once per state version
+    (keyed by the engine's shared `Decision.state_checks` tuple, the version and the configuration id) and
+    copied into each answer by protobuf in C, instead of being rebuilt field by field in Python.
+    """
+
+    __slots__ = ("_templates",)
+
+    def __init__(self) -> None:
+        self._templates: dict[str, tuple[tuple[CheckResult, ...], int, str, rs.CanTradeResponse]] = {}
+
+    def build(self, d: Decision, st: TraderState, now: float, config_id: str = "") -> rs.CanTradeResponse:
+        prefix = d.state_checks
+        if prefix is None:
+            return decision_msg(d, st, now, config_id)
+        entry = self._templates.get(st.trader_id)
+        if entry is not None and entry[0] is prefix and entry[1] == st.version and entry[2] == config_id:
+            template = entry[3]
+        else:
+            template = rs.CanTradeResponse()
+            add = template.checks.add
+            for c in prefix:
+                add(name=c.name, status=STATUS[c.status], code=CODE[c.code], detail=c.detail, value=c.value,
+                    limit=c.limit)
+            state = template.state
+            state.MergeFrom(_state_scalars(st, config_id))
+            _state_rest(state, st, now)
+            self._templates[st.trader_id] = (prefix, st.version, config_id, template)
+        msg = rs.CanTradeResponse()
+        msg.CopyFrom(template)
+        msg.allowed = d.allowed
+        msg.code = CODE[d.code]
+        msg.reason = d.reason
+        msg.trading_state = STATE[d.trading_state]
+        msg.would_deny = d.would_deny
+        add = msg.checks.add
+        for c in d.checks[len(prefix):]:
+            add(name=c.name, status=STATUS[c.status], code=CODE[c.code], detail=c.detail, value=c.value, limit=c.limit)
+        if d.actions:
+            add_action = msg.actions.add
+            for a in d.actions:
+                add_action(type=ACTION[a.type], symbol=a.symbol, exchange=a.exchange, reason=a.reason,
+                           breaker_id=a.breaker_id)
+        if d.paused_until is not None:
+            _set_ts(msg.paused_until, d.paused_until)
+        return msg
+
+
 def firing_msg(f: Firing, st: TraderState, event_id: str = "") -> t.CircuitBreakerEvent:
     from google.protobuf.struct_pb2 import Struct
 

@@ -81,6 +81,7 @@ class RiskService:
         self.engine = engine
         self.hub = hub
         self.on_trade: Callable[[str, str, ClosedTrade], None] = _no_trade_listener
+        self.answers = convert.DecisionMessages()
 
     def methods(self, guard: Guard | None = None) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
         """The method handlers by method name (for `add_registered_method_handlers`)."""
@@ -144,7 +145,7 @@ class RiskService:
         order = None if msg is None else convert.order_from_msg(msg)
         engine = self.engine
         decision, st = engine.can_trade(trader_id, account_id, order)
-        return convert.decision_msg(decision, st, engine.clock.now(), engine.limits_for(account_id).config_id)
+        return self.answers.build(decision, st, engine.clock.now(), engine.limits_for(account_id).config_id)
 
     async def report_equity(self, req: rs.ReportEquityRequest, _ctx: Ctx) -> rs.ReportEquityResponse:
         v = Violations()

@@ -141,12 +141,15 @@ _STATE_ACTIVE = CheckResult("trading_state", PASS, DecisionCode.ALLOWED, "ACTIVE
 
 
 def order_checks(
-    st: TraderState, order: OrderIntent, limits: Limits, now: float, reducing: bool | None = None
+    st: TraderState, order: OrderIntent, limits: Limits, now: float, reducing: bool | None = None,
+    existing: float | None = None,
 ) -> list[CheckResult]:
-    """Every per-order check of DESIGN 2.1, in evaluation order (`reducing`: is_reducing, if already known)."""
+    """Every per-order check of DESIGN 2.1, in evaluation order (`reducing`: is_reducing, and `existing`: the
+    trader's signed exposure in the order's symbol, when the caller already has them)."""
     out: list[CheckResult] = []
     equity = st.current_equity
-    existing = st.signed_exposure(order.symbol)
+    if existing is None:
+        existing = st.signed_exposure(order.symbol)
     if reducing is None:
         reducing = is_reducing(st, order, existing)
     sym = limits.for_symbol(order.symbol)

@@ -306,9 +306,11 @@ class RiskEngine:
             return self._decide(st, now, [check], [], enforce), st
         self._tick(st, now)
         limits = self.limits_for(account_id)
-        reducing = order is not None and checks.is_reducing(st, order)
+        existing = 0.0 if order is None else st.signed_exposure(order.symbol)
+        reducing = order is not None and checks.is_reducing(st, order, existing)
         cached = st.checks_cache
         if cached is not None and cached[0] == st.version and cached[1] is limits and cached[2] is reducing:
+            state_checks: tuple[CheckResult, ...] | None = cached[3]
             results = list(cached[3])
             actions = list(cached[4])
         else:
@@ -318,7 +320,7 @@ class RiskEngine:
             results = list(state_checks)
             actions = list(position_actions)
         if order is not None:
-            results.extend(checks.order_checks(st, order, limits, now, reducing))
+            results.extend(checks.order_checks(st, order, limits, now, reducing, existing))
         if self.breakers is not None:
             firings = self._run_breakers(st, limits, now, [] if order is None else [(order.symbol, order.exchange)])
             if firings:
@@ -326,7 +328,9 @@ class RiskEngine:
                 for firing in firings:
                     actions.extend(firing.actions)
                 results[1] = checks.state_check(st, order, now)
+                state_checks = None  # the state changed under them
         decision = self._decide(st, now, results, actions, enforce)
+        decision.state_checks = state_checks
         if order is not None and decision.allowed and (
             limits.max_orders_per_window is not None or self.breakers is not None
         ):

@@ -142,6 +142,9 @@ class Decision:
     checks: tuple[CheckResult, ...] = ()
     actions: tuple[RequiredAction, ...] = ()
     would_deny: bool = False
+    # The leading checks that depend only on the trader's state (the same tuple object for every decision at
+    # one state version, so a caller may cache what it derives from them); None when not applicable.
+    state_checks: tuple[CheckResult, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
