@@ -20,6 +20,7 @@ The garbage collector stays on (as in the server), so its pauses show in p99.9.
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import sys
 import time
@@ -87,6 +88,16 @@ class _Spec:
         self.parameters, self.symbols, self.exchanges, self.enabled = parameters, symbols, None, True
 
 
+REFERENCE_LOOPS = 300
+
+
+def _reference_work() -> float:
+    total = 0.0
+    for i in range(REFERENCE_LOOPS):
+        total += i * 1.0001
+    return total
+
+
 def timed(fn: Callable[[], object], calls: int) -> list[float]:
     for _ in range(min(calls, 5_000)):  # warm-up
         fn()
@@ -145,7 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     assert decision.allowed and not decision.would_deny, decision
     print(f"workload: full order, {len(engine.limits_for(lg.ACCOUNT).symbols)} symbol limits, {note}; "
           f"{args.calls} calls each; python {sys.version.split()[0]}")
-    report("engine", timed(lambda: engine.can_trade(lg.TRADER, lg.ACCOUNT, order), args.calls))
+    # The VM's speed drifts by up to 1.5x between minutes (noisy neighbours): a fixed pure-Python workload,
+    # timed in the same run, shows which speed this run had. `engine/reference` is comparable across runs.
+    ref = report("reference", timed(_reference_work, args.calls))
+    eng = report("engine", timed(lambda: engine.can_trade(lg.TRADER, lg.ACCOUNT, order), args.calls))
+    print(f"engine/reference p50 ratio {eng['p50'] / ref['p50']:.2f} (reference = {REFERENCE_LOOPS} float "
+          "multiply-adds in a Python loop)")
     ctx = _Ctx()
     report("service", timed(drive(lambda: risk.can_trade(req, ctx)), args.calls))  # type: ignore[arg-type]
     handler = risk.handler(None).service(_Details(lg.CAN_TRADE))  # type: ignore[arg-type]
@@ -160,7 +176,20 @@ def main(argv: list[str] | None = None) -> int:
     report("handler", timed(full, args.calls))
     eq = lg.report_equity_request()
     report("equity", timed(drive(lambda: risk.report_equity(eq, ctx)), args.calls))  # type: ignore[arg-type]
+    # A full collection runs on the event loop; `tradeguard serve` freezes what start-up made (gc.freeze).
+    before = _full_collection_ms()
+    gc.freeze()
+    print(f"gc         full collection {before:.1f} ms with the start-up objects, {_full_collection_ms():.2f} ms "
+          "after gc.freeze()")
+    gc.unfreeze()
     return 0
+
+
+def _full_collection_ms() -> float:
+    gc.collect()
+    t0 = time.perf_counter()
+    gc.collect()
+    return (time.perf_counter() - t0) * 1000.0
 
 
 class _Details:

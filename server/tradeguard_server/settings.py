@@ -66,6 +66,7 @@ class Settings:
     keepalive_timeout_s: float = 20.0  # ...and close it (and its streams) when the ping is not answered
     max_connection_idle_s: float = 300.0  # GOAWAY a connection with no RPC in progress for this long
     kill_switch_store_timeout_s: float = 2.0  # PauseTrading / ResumeTrading wait this long for their commit
+    store_call_timeout_s: float = 30.0  # admin store calls give up (UNAVAILABLE) on a database that does not answer
 
     # ---- derived --------------------------------------------------------------------------------
 
@@ -194,7 +195,7 @@ def validate(s: Settings) -> None:
         raise SettingsError("max_concurrent_rpcs: must be greater than max_concurrent_streams (the WatchRiskState "
                             "streams held open would leave no room for CanTrade)")
     for name in ("handshake_timeout_s", "keepalive_time_s", "keepalive_timeout_s", "max_connection_idle_s",
-                 "kill_switch_store_timeout_s"):
+                 "kill_switch_store_timeout_s", "store_call_timeout_s"):
         if getattr(s, name) < 0:
             raise SettingsError(f"{name}: must be >= 0 (0 = off)")
     if bool(s.tls_cert) != bool(s.tls_key):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import ipaddress
 import logging
 import os
@@ -120,7 +121,8 @@ class Sidecar:
         )
         self.store: Store = (
             RiskStore(settings.database_url, queue_size=settings.queue_size,
-                      migrate_on_start=settings.migrate_on_start, clock=self.engine.clock.now)
+                      migrate_on_start=settings.migrate_on_start, clock=self.engine.clock.now,
+                      call_timeout_s=settings.store_call_timeout_s)
             if self.durable else MemoryStore(settings.queue_size, clock=self.engine.clock.now)
         )
         self.hub = WatchHub(buffer=settings.watch_buffer, max_watchers=settings.max_concurrent_streams,
@@ -304,6 +306,11 @@ class Sidecar:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await self.start()
+        # What start-up made (modules, stored state, configurations) lives as long as the process: take it out of
+        # the collector's reach, so that a full collection on the event loop scans only what was made since
+        # (measured in bench/: 27 ms per full collection before, under 1 ms after).
+        gc.collect()
+        gc.freeze()
         try:
             await stop.wait()
         finally:
