@@ -465,17 +465,42 @@ def test_loss_streak_in_window_pauses_after_trade_limit_losses(
     assert outcomes[2][0].triggered_values == {"losing_trades": 3.0, "trade_limit": 3, "lookback_minutes": 10.0}
 
 
-def test_order_rate_fires_on_can_trade_when_recorded_orders_exceed_max(
+def test_order_rate_fires_on_the_can_trade_whose_order_would_exceed_max(
     engine: RiskEngine, evaluator: Evaluator
 ) -> None:
     evaluator.install(Spec(condition="order_rate", parameters={"max_orders": 2, "window_seconds": 60}))
     engine.report_equity("t1", "a1", 10_000.0, None)
-    engine.traders["t1"].order_times.extend([T0 - 30, T0 - 20, T0 - 10])
+    engine.traders["t1"].order_times.extend([T0 - 20, T0 - 10])
 
-    decision, _ = engine.can_trade("t1", "a1", BTC_BUY)
+    decision, st = engine.can_trade("t1", "a1", BTC_BUY)
 
     assert not decision.allowed and decision.code is DecisionCode.CIRCUIT_BREAKER
     assert "orders=3" in decision.reason
+    assert list(st.order_times) == [T0 - 20, T0 - 10]  # the denied order was not placed: not counted
+
+
+def test_order_rate_allows_exactly_max_orders_in_the_window(engine: RiskEngine, evaluator: Evaluator) -> None:
+    evaluator.install(Spec(condition="order_rate", parameters={"max_orders": 3, "window_seconds": 60}))
+    engine.report_equity("t1", "a1", 10_000.0, None)
+
+    allowed = [engine.can_trade("t1", "a1", BTC_BUY)[0].allowed for _ in range(5)]
+
+    assert allowed == [True, True, True, False, False]
+    assert len(engine.traders["t1"].order_times) == 3
+
+
+def test_a_denied_order_at_full_memory_keeps_the_oldest_order_time(engine: RiskEngine, evaluator: Evaluator) -> None:
+    evaluator.install(Spec(condition="order_rate", parameters={"max_orders": 10_000, "window_seconds": 60}))
+    engine.report_equity("t1", "a1", 10_000.0, None)
+    times = engine.traders["t1"].order_times
+    assert times.maxlen is not None
+    times.extend(T0 - 50 + i * 1e-3 for i in range(times.maxlen))
+    before = list(times)
+
+    decision, _ = engine.can_trade("t1", "a1", BTC_BUY)
+
+    assert not decision.allowed
+    assert list(times) == before
 
 
 def test_equity_floor_and_daily_loss_fire_together_as_two_events(engine: RiskEngine, evaluator: Evaluator) -> None:

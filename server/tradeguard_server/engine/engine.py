@@ -321,7 +321,15 @@ class RiskEngine:
             actions = list(position_actions)
         if order is not None:
             results.extend(checks.order_checks(st, order, limits, now, reducing, existing))
+        times = st.order_times
+        counted = False  # the order asked about counts in the order_rate windows while breakers look at it
+        dropped: float | None = None
         if self.breakers is not None:
+            if order is not None:
+                if len(times) == times.maxlen:
+                    dropped = times[0]
+                times.append(now)
+                counted = True
             firings = self._run_breakers(st, limits, now, [] if order is None else [(order.symbol, order.exchange)])
             if firings:
                 self._changed(st, now, "breaker fired on can_trade")
@@ -331,10 +339,15 @@ class RiskEngine:
                 state_checks = None  # the state changed under them
         decision = self._decide(st, now, results, actions, enforce)
         decision.state_checks = state_checks
-        if order is not None and decision.allowed and (
+        keep = order is not None and decision.allowed and (
             limits.max_orders_per_window is not None or self.breakers is not None
-        ):
-            st.order_times.append(now)
+        )
+        if counted and not keep:  # denied: it was never placed
+            times.pop()
+            if dropped is not None:
+                times.appendleft(dropped)
+        elif keep and not counted:
+            times.append(now)
         return decision, st
 
     @classmethod

@@ -1,6 +1,7 @@
 """order_rate {max_orders, window_seconds}: more than `max_orders` orders within the last `window_seconds`.
 
-Counts the order times the engine records in `state.order_times` (orders CanTrade allowed), newest first,
+Counts the order times the engine records in `state.order_times` (orders CanTrade allowed; during a CanTrade
+with an order, that order too, so the order that would exceed `max_orders` is the one denied), newest first,
 stopping at the first one outside the window. Orders carry no scope in the state, so a scope only decides
 when the breaker is evaluated (see the evaluator), not which orders count.
 """
