@@ -330,7 +330,14 @@ class RiskEngine:
                     dropped = times[0]
                 times.append(now)
                 counted = True
-            firings = self._run_breakers(st, limits, now, [] if order is None else [(order.symbol, order.exchange)])
+            try:
+                firings = self._run_breakers(st, limits, now, [] if order is None else [(order.symbol, order.exchange)])
+            except BaseException:
+                if counted:
+                    times.pop()
+                    if dropped is not None:
+                        times.appendleft(dropped)
+                raise
             if firings:
                 self._changed(st, now, "breaker fired on can_trade")
                 for firing in firings:
