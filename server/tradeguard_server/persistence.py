@@ -43,8 +43,10 @@ class Persistence:
         configs: ConfigAdmin,
         breakers: BreakerAdmin,
         trace_id: TraceId,
+        load_timeout_s: float = 0.0,
     ) -> None:
         self.store = store
+        self.load_timeout_s = load_timeout_s  # start-up waits this long for the load (0 = no bound)
         self.engine = engine
         self.configs = configs
         self.breakers = breakers
@@ -71,7 +73,14 @@ class Persistence:
         self._starting = True
         try:
             await self.store.start()
-            loaded = await self.store.load()
+            load = asyncio.ensure_future(self.store.load())
+            done, _pending = await asyncio.wait({load}, timeout=self.load_timeout_s or None)
+            if not done:  # a database that takes the connection but does not answer: do not hold start-up
+                log.warning("store load did not finish within %.0f s: serving from memory; stored state is "
+                            "merged when the load finishes", self.load_timeout_s)
+                self._late_load = asyncio.get_running_loop().create_task(self._finish_load(load))
+                return
+            loaded = load.result()
         except StoreUnavailable as exc:
             log.warning("store unavailable at start (%s): serving from memory; stored state is merged when "
                         "the database returns", exc)
@@ -84,6 +93,16 @@ class Persistence:
         """Store health listener: on the first recovery after a failed start-up load, merge the store."""
         if healthy and not self.loaded and not self._starting and self._late_load is None:
             self._late_load = asyncio.get_running_loop().create_task(self._load_late())
+
+    async def _finish_load(self, load: asyncio.Future[LoadedState]) -> None:
+        try:
+            loaded = await load
+        except StoreUnavailable as exc:
+            log.warning("store load failed after start-up (%s); stored state is merged when the database returns",
+                        exc)
+            self._late_load = None
+            return
+        self._install(loaded, merge=True)
 
     async def _load_late(self) -> None:
         try:

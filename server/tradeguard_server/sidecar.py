@@ -140,7 +140,8 @@ class Sidecar:
         self.breakers.on_fire = self.breaker_admin.record_event
         self.admin.extend(self.breaker_admin.handlers())
         self.admin.extend(HistoryAdmin(self.store, self.durable).handlers())
-        self.persistence = Persistence(self.store, self.engine, self.configs, self.breaker_admin, current_trace_id)
+        self.persistence = Persistence(self.store, self.engine, self.configs, self.breaker_admin, current_trace_id,
+                                       load_timeout_s=settings.store_call_timeout_s)
         self.engine.on_change = self.persistence.on_change
         self.risk.on_trade = self.persistence.on_trade
         self.admin.on_flags = self._on_flags
