@@ -27,7 +27,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from tests.attack.support import server_errors
-from tests.support.databases import make_state, open_store, paused
+from tests.support.databases import TcpProxy, make_state, open_store, paused
 from tests.support.pg import fresh_database, plain_dsn
 from tests.support.sidecar import running_sidecar
 from tradeguard.v1 import admin_service_pb2 as ad
@@ -35,7 +35,7 @@ from tradeguard.v1 import admin_service_pb2_grpc as adg
 from tradeguard.v1 import risk_service_pb2 as rs
 from tradeguard.v1 import risk_service_pb2_grpc as rsg
 from tradeguard.v1 import types_pb2 as t
-from tradeguard_server.store.errors import StoreUnavailable
+from tradeguard_server.store.errors import StoreUnavailable, unsaved
 from tradeguard_server.store.records import ConfigRecord
 from tradeguard_server.store.store import PG_CONNECT_DEFAULTS, RiskStore
 
@@ -206,6 +206,33 @@ async def test_the_client_bound_gives_up_and_a_call_given_up_on_never_commits(pg
           f"{elapsed:.2f} s")
     assert BOUND_S <= elapsed < BOUND_S + 1.0
     assert rows(pg_url, "SELECT config_id FROM risk_configurations ORDER BY config_id") == [("before",), ("running",)]
+
+
+async def test_a_write_given_up_on_after_its_commit_was_sent_is_reported_as_in_doubt(pg_url: str) -> None:
+    """The COMMIT went out and no answer came within call_timeout_s: the client cannot be told "not saved".
+    The error says the outcome is unknown (and the admin API words it "may or may not have been saved"); here
+    the held COMMIT then reaches the server, and the configuration exists although the call failed."""
+    proxy = await TcpProxy().start()
+    try:
+        async with open_store(proxy.url_for(pg_url), retry_max_s=0.2, call_timeout_s=BOUND_S) as store:
+            await store.save_config(config("before"))
+            proxy.hold_commit(after=1)  # save_config reads in one transaction, then writes in a second
+            with pytest.raises(StoreUnavailable, match="COMMIT was sent") as caught:
+                await store.save_config(config("in-doubt"))
+            assert proxy.commit_held.is_set()
+            assert caught.value.in_doubt
+            assert unsaved("configuration", caught.value).startswith("configuration may or may not have been saved")
+            proxy.release_commit()
+            # the database thread runs calls in order: once this read answers, the held call has finished
+            await store.get_configs("a-1")
+    finally:
+        await proxy.close()
+    assert rows(pg_url, "SELECT config_id FROM risk_configurations ORDER BY config_id") == [("before",), ("in-doubt",)]
+
+
+def test_an_unavailable_store_that_wrote_nothing_says_not_saved() -> None:
+    assert unsaved("configuration", StoreUnavailable("refused")) == (
+        "configuration not saved: the store is unavailable (refused)")
 
 
 async def test_a_stuck_batch_turns_health_off_and_is_written_later(pg_url: str) -> None:

@@ -129,7 +129,9 @@ def closed_port() -> int:
 class TcpProxy:
     """127.0.0.1:<port> -> target, on the running event loop. `cut()` resets every connection and refuses
     new ones until `restore()`. `trap_commit(deliver)` breaks the connection at the next COMMIT: after the
-    server got it (deliver=True: it commits, the client never hears so) or before (deliver=False)."""
+    server got it (deliver=True: it commits, the client never hears so) or before (deliver=False).
+    `hold_commit()` holds the next COMMIT (the client waits, the server has not got it) until
+    `release_commit()` forwards it."""
 
     def __init__(self, target_host: str = "127.0.0.1", target_port: int = 5432) -> None:
         self.target = (target_host, target_port)
@@ -139,6 +141,10 @@ class TcpProxy:
         self._cut = False
         self._commit_trap: bool | None = None
         self.commits_trapped = 0
+        self._hold_commit = False
+        self._commits_to_pass = 0
+        self._commit_released = asyncio.Event()
+        self.commit_held = asyncio.Event()
         self._server: asyncio.Server | None = None
         self._transports: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -172,11 +178,28 @@ class TcpProxy:
     def trap_commit(self, deliver: bool) -> None:
         self._commit_trap = deliver
 
+    def hold_commit(self, after: int = 0) -> None:
+        """Hold the COMMIT that comes after `after` others (forwarded)."""
+        self._hold_commit = True
+        self._commits_to_pass = after
+        self._commit_released.clear()
+        self.commit_held.clear()
+
+    def release_commit(self) -> None:
+        self._commit_released.set()
+
     async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter,
                     client: asyncio.StreamWriter | None) -> None:
         """Copy src -> dst. `client` is set on the client -> server direction (where COMMIT travels)."""
         try:
             while data := await src.read(65536):
+                if client is not None and self._hold_commit and b"COMMIT\x00" in data:
+                    if self._commits_to_pass > 0:
+                        self._commits_to_pass -= 1
+                    else:
+                        self._hold_commit = False
+                        self.commit_held.set()
+                        await self._commit_released.wait()
                 trap = self._commit_trap
                 if client is not None and trap is not None and b"COMMIT\x00" in data:
                     self._commit_trap = None

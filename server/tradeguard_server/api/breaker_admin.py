@@ -29,7 +29,7 @@ from tradeguard.v1 import types_pb2 as t
 
 from ..engine.breakers import DEFAULT, BreakerFiring, Evaluator, Registry
 from ..engine.clock import Clock, SystemClock
-from ..store.errors import BadCursor, Conflict, StoreUnavailable
+from ..store.errors import BadCursor, Conflict, StoreUnavailable, unsaved
 from ..store.errors import NotFound as StoreNotFound
 from ..store.records import BreakerEventRecord, BreakerRecord
 from . import convert
@@ -249,7 +249,7 @@ class BreakerAdmin:
         try:
             return await op
         except StoreUnavailable as exc:
-            raise Unavailable(f"store unavailable, {what} not saved; retry: {exc}") from None
+            raise Unavailable(f"{unsaved(what, exc)}; retry later") from None
         except Conflict as exc:
             raise AlreadyExists(str(exc)) from None
         except StoreNotFound as exc:

@@ -6,7 +6,7 @@ from typing import Any
 
 from tradeguard.v1 import types_pb2 as t
 
-from ..store.errors import StoreUnavailable
+from ..store.errors import StoreUnavailable, unsaved
 from ..store.records import ConfigRecord, SymbolConfigRecord
 from . import convert
 from .config_rules import PERCENT_FIELDS, SYMBOL_PERCENT_FIELDS, has, regime_thresholds
@@ -85,7 +85,7 @@ class StoreConfigPersistence:
         try:
             rec, created = await self.store.save_config(to_record(cfg))
         except StoreUnavailable as exc:
-            raise Unavailable(f"configuration not saved: the store is unavailable ({exc}); retry later") from None
+            raise Unavailable(f"{unsaved('configuration', exc)}; retry later") from None
         return from_record(rec, cfg.HasField("market_regime_thresholds")), created
 
     async def delete(self, account_id: str, config_id: str) -> None:
@@ -94,4 +94,5 @@ class StoreConfigPersistence:
         try:
             await self.store.delete_config(account_id, config_id)
         except StoreUnavailable as exc:
-            raise Unavailable(f"configuration not deleted: the store is unavailable ({exc}); retry later") from None
+            what = "configuration deletion"
+            raise Unavailable(f"{unsaved(what, exc)}; retry later") from None

@@ -8,7 +8,22 @@ class StoreError(Exception):
 
 
 class StoreUnavailable(StoreError):
-    """The database cannot be reached now (UNAVAILABLE); the call may be retried later."""
+    """The database cannot be reached now (UNAVAILABLE); the call may be retried later.
+
+    `in_doubt`: a write whose COMMIT was sent and not acknowledged: it may have been made (memory does not
+    have it until the next restart); a retry is harmless for writes that replace.
+    """
+
+    def __init__(self, message: str = "", *, in_doubt: bool = False) -> None:
+        super().__init__(message)
+        self.in_doubt = in_doubt
+
+
+def unsaved(what: str, exc: StoreUnavailable) -> str:
+    """How an admin write that failed for `exc` tells the client what happened to `what`."""
+    if exc.in_doubt:
+        return f"{what} may or may not have been saved (the database did not acknowledge the commit: {exc})"
+    return f"{what} not saved: the store is unavailable ({exc})"
 
 
 class Conflict(StoreError):

@@ -928,7 +928,8 @@ class RiskStore:
             outcome = "nothing was written" if was == "queued" else "it will be rolled back, nothing is written"
         else:
             outcome = "the read is abandoned"
-        error = StoreUnavailable(f"database did not answer within {limit:g} s ({outcome})")
+        error = StoreUnavailable(f"database did not answer within {limit:g} s ({outcome})",
+                                 in_doubt=write and was == "committing")
         log.warning("store call abandoned: %s", error)
         self._unavailable(error)
         raise error
