@@ -5,6 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.support import engine_ops
 from tradeguard_server.engine.clock import ManualClock
 from tradeguard_server.engine.engine import RiskEngine
 from tradeguard_server.engine.limits import Limits
@@ -84,16 +85,7 @@ LIMITED = Limits(daily_max_drawdown_percentage=3.0, max_drawdown_percentage=10.0
                  position_max_drawdown_percentage=2.0, breach_state=TradingState.REDUCING)
 ORDERS = [None, NEW_EXPOSURE, OrderIntent("BTCUSDT", Side.SELL, 0.001, 50_000.0),
           OrderIntent("BTCUSDT", Side.SELL, 0.5, 50_000.0, reduce_only=True)]
-state_ops = st.lists(st.one_of(
-    st.tuples(st.just("equity"), st.floats(min_value=5_000.0, max_value=12_000.0)),
-    st.tuples(st.just("trade"), st.floats(min_value=-50.0, max_value=50.0)),
-    st.tuples(st.just("position"), st.floats(min_value=0.9, max_value=1.1)),
-    st.tuples(st.just("pause"), st.sampled_from([TradingState.HALTED, TradingState.REDUCING])),
-    st.tuples(st.just("resume"), st.just(0.0)),
-    st.tuples(st.just("limits"), st.sampled_from([LIMITED, Limits()])),
-    st.tuples(st.just("wait"), st.floats(min_value=0.0, max_value=1_200.0)),
-    st.tuples(st.just("ask"), st.integers(min_value=0, max_value=len(ORDERS) - 1)),
-), max_size=50)
+state_ops = engine_ops.state_ops([LIMITED, Limits()], len(ORDERS), max_size=50)
 
 
 @settings(max_examples=300, deadline=None)
@@ -101,26 +93,11 @@ state_ops = st.lists(st.one_of(
 def test_a_cached_decision_always_equals_a_fresh_one(ops: list[tuple[str, object]]) -> None:
     """CanTrade reuses its state-only checks until the state changes; a decision from the cache must equal
     one computed from scratch after any sequence of reports, pauses, limit changes and waits."""
-    from tradeguard_server.engine.types import ClosedTrade, Position
-
     clock = ManualClock(T0)
     engine = RiskEngine(clock, defaults=LIMITED)
     engine.report_equity("t1", "a1", 10_000.0, None)
     for i, (kind, arg) in enumerate(ops):
-        if kind == "equity":
-            engine.report_equity("t1", "a1", float(arg), None)  # type: ignore[arg-type]
-        elif kind == "trade":
-            engine.report_trade("t1", "a1", ClosedTrade(f"x{i}", "BTCUSDT", "", Side.BUY, float(arg), clock.now()))  # type: ignore[arg-type]
-        elif kind == "position":
-            engine.report_positions("t1", "a1", [Position("BTCUSDT", Side.BUY, 0.01, 50_000.0, 50_000.0 * arg)])  # type: ignore[operator]
-        elif kind == "pause":
-            engine.pause("t1", "a1", arg, 300.0, "test")  # type: ignore[arg-type]
-        elif kind == "resume":
-            engine.resume("t1", "a1")
-        elif kind == "limits":
-            engine.apply_limits("a1", arg, "test")  # type: ignore[arg-type]
-        elif kind == "wait":
-            clock.advance(float(arg))  # type: ignore[arg-type]
+        engine_ops.apply(engine, clock, "t1", (kind, arg), i)
         order = ORDERS[arg] if kind == "ask" and isinstance(arg, int) else NEW_EXPOSURE
         cached, _st = engine.can_trade("t1", "a1", order)
         engine.traders["t1"].checks_cache = None

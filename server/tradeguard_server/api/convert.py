@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from tradeguard.v1 import risk_service_pb2 as rs
@@ -122,26 +124,41 @@ def action_msg(a: RequiredAction) -> t.RequiredAction:
     )
 
 
-def decision_msg(d: Decision, st: TraderState, now: float, config_id: str = "") -> rs.CanTradeResponse:
-    """The CanTrade answer, built in place: repeated fields with `add`, the state without a temporary copy
-    of its sub-messages (the hot path: this is most of CanTrade's cost after the engine)."""
-    msg = rs.CanTradeResponse(
-        allowed=d.allowed, code=CODE[d.code], reason=d.reason, trading_state=STATE[d.trading_state],
-        would_deny=d.would_deny,
-    )
+def _add_checks(msg: rs.CanTradeResponse, checks: Iterable[CheckResult]) -> None:
     add = msg.checks.add
-    for c in d.checks:
+    for c in checks:
         add(name=c.name, status=STATUS[c.status], code=CODE[c.code], detail=c.detail, value=c.value, limit=c.limit)
+
+
+def _set_verdict(msg: rs.CanTradeResponse, d: Decision) -> None:
+    """Everything of the answer but the checks and the state: verdict, reason, actions, pause end."""
+    msg.allowed = d.allowed
+    msg.code = CODE[d.code]
+    msg.reason = d.reason
+    msg.trading_state = STATE[d.trading_state]
+    msg.would_deny = d.would_deny
     if d.actions:
         add_action = msg.actions.add
         for a in d.actions:
             add_action(type=ACTION[a.type], symbol=a.symbol, exchange=a.exchange, reason=a.reason,
                        breaker_id=a.breaker_id)
+    if d.paused_until is not None:
+        _set_ts(msg.paused_until, d.paused_until)
+
+
+def _set_state(msg: rs.CanTradeResponse, st: TraderState, now: float, config_id: str) -> None:
     state = msg.state
     state.MergeFrom(_state_scalars(st, config_id))
     _state_rest(state, st, now)
-    if d.paused_until is not None:
-        _set_ts(msg.paused_until, d.paused_until)
+
+
+def decision_msg(d: Decision, st: TraderState, now: float, config_id: str = "") -> rs.CanTradeResponse:
+    """The CanTrade answer, built in place: repeated fields with `add`, the state without a temporary copy
+    of its sub-messages (the hot path: this is most of CanTrade's cost after the engine)."""
+    msg = rs.CanTradeResponse()
+    _add_checks(msg, d.checks)
+    _set_state(msg, st, now, config_id)
+    _set_verdict(msg, d)
     return msg
 
 
@@ -149,50 +166,33 @@ class DecisionMessages:
     """Builds CanTrade answers, reusing per trader the part that depends only on its state.
 
     Between two changes of a trader's state, every answer carries the same state checks and the same
-    RiskState; only the order checks and the verdict differ. That part is built once per state version
-    (keyed by the engine's shared `Decision.state_checks` tuple, the version and the configuration id) and
-    copied into each answer by protobuf in C, instead of being rebuilt field by field in Python.
+    RiskState; only the order checks and the verdict differ. That part is built once per state version and
+    copied into each answer by protobuf in C, instead of being rebuilt field by field in Python. The key is
+    the engine's `Decision.state_checks` tuple itself: the engine builds a new one whenever the state version
+    or the limits (hence the configuration id) change, and the template holds it, so `is` cannot be fooled.
     """
 
     __slots__ = ("_templates",)
 
     def __init__(self) -> None:
-        self._templates: dict[str, tuple[tuple[CheckResult, ...], int, str, rs.CanTradeResponse]] = {}
+        self._templates: dict[str, tuple[tuple[CheckResult, ...], rs.CanTradeResponse]] = {}
 
     def build(self, d: Decision, st: TraderState, now: float, config_id: str = "") -> rs.CanTradeResponse:
         prefix = d.state_checks
         if prefix is None:
             return decision_msg(d, st, now, config_id)
         entry = self._templates.get(st.trader_id)
-        if entry is not None and entry[0] is prefix and entry[1] == st.version and entry[2] == config_id:
-            template = entry[3]
+        if entry is not None and entry[0] is prefix:
+            template = entry[1]
         else:
             template = rs.CanTradeResponse()
-            add = template.checks.add
-            for c in prefix:
-                add(name=c.name, status=STATUS[c.status], code=CODE[c.code], detail=c.detail, value=c.value,
-                    limit=c.limit)
-            state = template.state
-            state.MergeFrom(_state_scalars(st, config_id))
-            _state_rest(state, st, now)
-            self._templates[st.trader_id] = (prefix, st.version, config_id, template)
+            _add_checks(template, prefix)
+            _set_state(template, st, now, config_id)
+            self._templates[st.trader_id] = (prefix, template)
         msg = rs.CanTradeResponse()
         msg.CopyFrom(template)
-        msg.allowed = d.allowed
-        msg.code = CODE[d.code]
-        msg.reason = d.reason
-        msg.trading_state = STATE[d.trading_state]
-        msg.would_deny = d.would_deny
-        add = msg.checks.add
-        for c in d.checks[len(prefix):]:
-            add(name=c.name, status=STATUS[c.status], code=CODE[c.code], detail=c.detail, value=c.value, limit=c.limit)
-        if d.actions:
-            add_action = msg.actions.add
-            for a in d.actions:
-                add_action(type=ACTION[a.type], symbol=a.symbol, exchange=a.exchange, reason=a.reason,
-                           breaker_id=a.breaker_id)
-        if d.paused_until is not None:
-            _set_ts(msg.paused_until, d.paused_until)
+        _add_checks(msg, d.checks[len(prefix):])
+        _set_verdict(msg, d)
         return msg
 
 

@@ -8,6 +8,7 @@ for it. Callers serialize access (one event loop thread), so per-trader updates 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -74,6 +75,13 @@ class Outcome:
     firings: list[Firing] = field(default_factory=list)
     stale: bool = False
     duplicate: bool = False
+
+
+def _uncount(times: deque[float], dropped: float | None) -> None:
+    """Take back the order time counted last, and the oldest one its append pushed out of a full deque."""
+    times.pop()
+    if dropped is not None:
+        times.appendleft(dropped)
 
 
 def _no_change(_st: TraderState, _reason: str) -> None:
@@ -334,9 +342,7 @@ class RiskEngine:
                 firings = self._run_breakers(st, limits, now, [] if order is None else [(order.symbol, order.exchange)])
             except BaseException:
                 if counted:
-                    times.pop()
-                    if dropped is not None:
-                        times.appendleft(dropped)
+                    _uncount(times, dropped)
                 raise
             if firings:
                 self._changed(st, now, "breaker fired on can_trade")
@@ -350,9 +356,7 @@ class RiskEngine:
             limits.max_orders_per_window is not None or self.breakers is not None
         )
         if counted and not keep:  # denied: it was never placed
-            times.pop()
-            if dropped is not None:
-                times.appendleft(dropped)
+            _uncount(times, dropped)
         elif keep and not counted:
             times.append(now)
         return decision, st

@@ -10,7 +10,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ...state import RECENT_TRADES_KEPT, TraderState
-from ..base import Condition, Param, Params, Scope, Screen, Triggered
+from ...types import ClosedTrade
+from ..base import ALL, Condition, Param, Params, Scope, Screen, Triggered
+
+
+def losses_since(trades: Sequence[ClosedTrade], cutoff: float, scope: Scope) -> int:
+    """Losing trades in `scope` closed after `cutoff`, read newest first up to the first one at or before it."""
+    everything = scope.everything
+    losses = 0
+    for trade in reversed(trades):
+        if trade.closed_at <= cutoff:
+            break
+        if trade.realized_pnl < 0.0 and (everything or scope.matches(trade.symbol, trade.exchange)):
+            losses += 1
+    return losses
 
 
 def evaluate(st: TraderState, params: Params, now: float, scope: Scope) -> Triggered | None:
@@ -19,14 +32,7 @@ def evaluate(st: TraderState, params: Params, now: float, scope: Scope) -> Trigg
     if len(trades) < limit:
         return None
     lookback = params["lookback_minutes"]
-    cutoff = now - lookback * 60.0
-    everything = scope.everything
-    losses = 0
-    for trade in reversed(trades):
-        if trade.closed_at <= cutoff:
-            break
-        if trade.realized_pnl < 0.0 and (everything or scope.matches(trade.symbol, trade.exchange)):
-            losses += 1
+    losses = losses_since(trades, now - lookback * 60.0, scope)
     if losses < limit:
         return None
     return Triggered({"losing_trades": float(losses), "trade_limit": limit, "lookback_minutes": lookback})
@@ -42,16 +48,7 @@ def quiet(st: TraderState, now: float, bound: tuple[float, float], scope: Scope)
     smallest trade_limit (a shorter window or a narrower scope counts no more of them)."""
     limit, lookback = bound
     trades = st.recent_trades
-    if len(trades) < limit:
-        return True
-    cutoff = now - lookback * 60.0
-    losses = 0
-    for trade in reversed(trades):
-        if trade.closed_at <= cutoff:
-            break
-        if trade.realized_pnl < 0.0:
-            losses += 1
-    return losses < limit
+    return len(trades) < limit or losses_since(trades, now - lookback * 60.0, ALL) < limit
 
 
 CONDITION = Condition(

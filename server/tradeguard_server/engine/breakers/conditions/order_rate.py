@@ -16,18 +16,23 @@ from ..base import Condition, Param, Params, Scope, Screen, Triggered
 MAX_ORDERS = 10_000  # the engine keeps at most this many recent order times per trader
 
 
+def orders_since(times: Sequence[float], cutoff: float) -> int:
+    """Order times after `cutoff`, counted newest first up to the first one at or before it."""
+    orders = 0
+    for at in reversed(times):
+        if at <= cutoff:
+            break
+        orders += 1
+    return orders
+
+
 def evaluate(st: TraderState, params: Params, now: float, scope: Scope) -> Triggered | None:
     times = st.order_times
     limit = params["max_orders"]
     if len(times) <= limit:
         return None
     window = params["window_seconds"]
-    cutoff = now - window
-    orders = 0
-    for at in reversed(times):
-        if at <= cutoff:
-            break
-        orders += 1
+    orders = orders_since(times, now - window)
     if orders <= limit:
         return None
     return Triggered({"orders": float(orders), "max_orders": limit, "window_seconds": window})
@@ -42,15 +47,7 @@ def quiet(st: TraderState, now: float, bound: tuple[float, float], scope: Scope)
     """No breaker fires when the orders of the longest window are no more than the smallest max_orders."""
     limit, window = bound
     times = st.order_times
-    if len(times) <= limit:
-        return True
-    cutoff = now - window
-    orders = 0
-    for at in reversed(times):
-        if at <= cutoff:
-            break
-        orders += 1
-    return orders <= limit
+    return len(times) <= limit or orders_since(times, now - window) <= limit
 
 
 CONDITION = Condition(
