@@ -55,6 +55,8 @@ class DecisionCode(IntEnum):
     VOLATILITY_REGIME = 15
     CIRCUIT_BREAKER = 16
     SIDECAR_UNAVAILABLE = 17
+    STATE_NOT_LOADED = 18
+    INVALID_RESPONSE = 19
 
 
 @dataclass(slots=True)

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from tradeguard.v1 import types_pb2 as tradeguard_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n tradeguard/v1/risk_service.proto\x12\rtradeguard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19tradeguard/v1/types.proto\"c\n\x0f\x43\x61nTradeRequest\x12\x11\n\ttrader_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12)\n\x05order\x18\x03 \x01(\x0b\x32\x1a.tradeguard.v1.OrderIntent\"\xdd\x02\n\x10\x43\x61nTradeResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12)\n\x04\x63ode\x18\x02 \x01(\x0e\x32\x1b.tradeguard.v1.DecisionCode\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x32\n\rtrading_state\x18\x04 \x01(\x0e\x32\x1b.tradeguard.v1.TradingState\x12\x30\n\x0cpaused_until\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x06\x63hecks\x18\x06 \x03(\x0b\x32\x1a.tradeguard.v1.CheckResult\x12.\n\x07\x61\x63tions\x18\x07 \x03(\x0b\x32\x1d.tradeguard.v1.RequiredAction\x12\'\n\x05state\x18\x08 \x01(\x0b\x32\x18.tradeguard.v1.RiskState\x12\x12\n\nwould_deny\x18\t \x01(\x08\"}\n\x13ReportEquityRequest\x12\x11\n\ttrader_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0e\n\x06\x65quity\x18\x03 \x01(\x01\x12/\n\x0bobserved_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xba\x01\n\x14ReportEquityResponse\x12\'\n\x05state\x18\x01 \x01(\x0b\x32\x18.tradeguard.v1.RiskState\x12:\n\x0e\x62reaker_events\x18\x02 \x03(\x0b\x32\".tradeguard.v1.CircuitBreakerEvent\x12.\n\x07\x61\x63tions\x18\x03 \x03(\x0b\x32\x1d.tradeguard.v1.RequiredAction\x12\r\n\x05stale\x18\x04 \x01(\x08\"\xd7\x01\n\x12ReportTradeRequest\x12\x11\n\ttrader_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x10\n\x08trade_id\x18\x03 \x01(\t\x12\x0e\n\x06symbol\x18\x04 \x01(\t\x12\x10\n\x08\x65xchange\x18\x05 \x01(\t\x12!\n\x04side\x18\x06 \x01(\x0e\x32\x13.tradeguard.v1.Side\x12\x14\n\x0crealized_pnl\x18\x07 \x01(\x01\x12-\n\tclosed_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbd\x01\n\x13ReportTradeResponse\x12\'\n\x05state\x18\x01 \x01(\x0b\x32\x18.tradeguard.v1.RiskState\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12:\n\x0e\x62reaker_events\x18\x03 \x03(\x0b\x32\".tradeguard.v1.CircuitBreakerEvent\x12.\n\x07\x61\x63tions\x18\x04 \x03(\x0b\x32\x1d.tradeguard.v1.RequiredAction\"k\n\x16ReportPositionsRequest\x12\x11\n\ttrader_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12*\n\tpositions\x18\x03 \x03(\x0b\x32\x17.tradeguard.v1.Position\"\xae\x01\n\x17ReportPositionsResponse\x12\'\n\x05state\x18\x01 \x01(\x0b\x32\x18.tradeguard.v1.RiskState\x12:\n\x0e\x62reaker_events\x18\x02 \x03(\x0b\x32\".tradeguard.v1.CircuitBreakerEvent\x12.\n\x07\x61\x63tions\x18\x03 \x03(\x0b\x32\x1d.tradeguard.v1.RequiredAction\"<\n\x13GetRiskStateRequest\x12\x11\n\ttrader_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\"?\n\x14GetRiskStateResponse\x12\'\n\x05state\x18\x01 \x01(\x0b\x32\x18.tradeguard.v1.RiskState\">\n\x15WatchRiskStateRequest\x12\x11\n\ttrader_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\"\xd6\x01\n\x16WatchRiskStateResponse\x12\'\n\x05state\x18\x01 \x01(\x0b\x32\x18.tradeguard.v1.RiskState\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12.\n\x07\x61\x63tions\x18\x03 \x03(\x0b\x32\x1d.tradeguard.v1.RequiredAction\x12:\n\x0e\x62reaker_events\x18\x04 \x03(\x0b\x32\".tradeguard.v1.CircuitBreakerEvent\x12\x17\n\x0fskipped_updates\x18\x05 \x01(\x03\x32\xa5\x04\n\x0bRiskService\x12K\n\x08\x43\x61nTrade\x12\x1e.tradeguard.v1.CanTradeRequest\x1a\x1f.tradeguard.v1.CanTradeResponse\x12W\n\x0cReportEquity\x12\".tradeguard.v1.ReportEquityRequest\x1a#.tradeguard.v1.ReportEquityResponse\x12T\n\x0bReportTrade\x12!.tradeguard.v1.ReportTradeRequest\x1a\".tradeguard.v1.ReportTradeResponse\x12`\n\x0fReportPositions\x12%.tradeguard.v1.ReportPositionsRequest\x1a&.tradeguard.v1.ReportPositionsResponse\x12W\n\x0cGetRiskState\x12\".tradeguard.v1.GetRiskStateRequest\x1a#.tradeguard.v1.GetRiskStateResponse\x12_\n\x0eWatchRiskState\x12$.tradeguard.v1.WatchRiskStateRequest\x1a%.tradeguard.v1.WatchRiskStateResponse0\x01\x42GZEgithub.com/tradeguard/tradeguard/client/go/tradeguard/v1;tradeguardv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n tradeguard/v1/risk_service.proto\x12\rtradeguard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19tradeguard/v1/types.proto\"c\n\x0f\x43\x61nTradeRequest\x12\x11\n\ttrader_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12)\n\x05order\x18\x03 \x01(\x0b\x32\x1a.tradeguard.v1.OrderIntent\"\xf6\x02\n\x10\x43\x61nTradeResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12)\n\x04\x63ode\x18\x02 \x01(\x0e\x32\x1b.tradeguard.v1.DecisionCode\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x32\n\rtrading_state\x18\x04 \x01(\x0e\x32\x1b.tradeguard.v1.TradingState\x12\x30\n\x0cpaused_until\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x06\x63hecks\x18\x06 \x03(\x0b\x32\x1a.tradeguard.v1.CheckResult\x12.\n\x07\x61\x63tions\x18\x07 \x03(\x0b\x32\x1d.tradeguard.v1.RequiredAction\x12\'\n\x05state\x18\x08 \x01(\x0b\x32\x18.tradeguard.v1.RiskState\x12\x12\n\nwould_deny\x18\t \x01(\x08\x12\x17\n\x0f\x63lient_order_id\x18\n \x01(\t\"}\n\x13ReportEquityRequest\x12\x11\n\ttrader_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0e\n\x06\x65quity\x18\x03 \x01(\x01\x12/\n\x0bobserved_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xba\x01\n\x14ReportEquityResponse\x12\'\n\x05state\x18\x01 \x01(\x0b\x32\x18.tradeguard.v1.RiskState\x12:\n\x0e\x62reaker_events\x18\x02 \x03(\x0b\x32\".tradeguard.v1.CircuitBreakerEvent\x12.\n\x07\x61\x63tions\x18\x03 \x03(\x0b\x32\x1d.tradeguard.v1.RequiredAction\x12\r\n\x05stale\x18\x04 \x01(\x08\"\xd7\x01\n\x12ReportTradeRequest\x12\x11\n\ttrader_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x10\n\x08trade_id\x18\x03 \x01(\t\x12\x0e\n\x06symbol\x18\x04 \x01(\t\x12\x10\n\x08\x65xchange\x18\x05 \x01(\t\x12!\n\x04side\x18\x06 \x01(\x0e\x32\x13.tradeguard.v1.Side\x12\x14\n\x0crealized_pnl\x18\x07 \x01(\x01\x12-\n\tclosed_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbd\x01\n\x13ReportTradeResponse\x12\'\n\x05state\x18\x01 \x01(\x0b\x32\x18.tradeguard.v1.RiskState\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12:\n\x0e\x62reaker_events\x18\x03 \x03(\x0b\x32\".tradeguard.v1.CircuitBreakerEvent\x12.\n\x07\x61\x63tions\x18\x04 \x03(\x0b\x32\x1d.tradeguard.v1.RequiredAction\"k\n\x16ReportPositionsRequest\x12\x11\n\ttrader_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12*\n\tpositions\x18\x03 \x03(\x0b\x32\x17.tradeguard.v1.Position\"\xae\x01\n\x17ReportPositionsResponse\x12\'\n\x05state\x18\x01 \x01(\x0b\x32\x18.tradeguard.v1.RiskState\x12:\n\x0e\x62reaker_events\x18\x02 \x03(\x0b\x32\".tradeguard.v1.CircuitBreakerEvent\x12.\n\x07\x61\x63tions\x18\x03 \x03(\x0b\x32\x1d.tradeguard.v1.RequiredAction\"<\n\x13GetRiskStateRequest\x12\x11\n\ttrader_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\"?\n\x14GetRiskStateResponse\x12\'\n\x05state\x18\x01 \x01(\x0b\x32\x18.tradeguard.v1.RiskState\">\n\x15WatchRiskStateRequest\x12\x11\n\ttrader_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\"\xd6\x01\n\x16WatchRiskStateResponse\x12\'\n\x05state\x18\x01 \x01(\x0b\x32\x18.tradeguard.v1.RiskState\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12.\n\x07\x61\x63tions\x18\x03 \x03(\x0b\x32\x1d.tradeguard.v1.RequiredAction\x12:\n\x0e\x62reaker_events\x18\x04 \x03(\x0b\x32\".tradeguard.v1.CircuitBreakerEvent\x12\x17\n\x0fskipped_updates\x18\x05 \x01(\x03\x32\xa5\x04\n\x0bRiskService\x12K\n\x08\x43\x61nTrade\x12\x1e.tradeguard.v1.CanTradeRequest\x1a\x1f.tradeguard.v1.CanTradeResponse\x12W\n\x0cReportEquity\x12\".tradeguard.v1.ReportEquityRequest\x1a#.tradeguard.v1.ReportEquityResponse\x12T\n\x0bReportTrade\x12!.tradeguard.v1.ReportTradeRequest\x1a\".tradeguard.v1.ReportTradeResponse\x12`\n\x0fReportPositions\x12%.tradeguard.v1.ReportPositionsRequest\x1a&.tradeguard.v1.ReportPositionsResponse\x12W\n\x0cGetRiskState\x12\".tradeguard.v1.GetRiskStateRequest\x1a#.tradeguard.v1.GetRiskStateResponse\x12_\n\x0eWatchRiskState\x12$.tradeguard.v1.WatchRiskStateRequest\x1a%.tradeguard.v1.WatchRiskStateResponse0\x01\x42GZEgithub.com/tradeguard/tradeguard/client/go/tradeguard/v1;tradeguardv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,27 +37,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CANTRADEREQUEST']._serialized_start=111
   _globals['_CANTRADEREQUEST']._serialized_end=210
   _globals['_CANTRADERESPONSE']._serialized_start=213
-  _globals['_CANTRADERESPONSE']._serialized_end=562
-  _globals['_REPORTEQUITYREQUEST']._serialized_start=564
-  _globals['_REPORTEQUITYREQUEST']._serialized_end=689
-  _globals['_REPORTEQUITYRESPONSE']._serialized_start=692
-  _globals['_REPORTEQUITYRESPONSE']._serialized_end=878
-  _globals['_REPORTTRADEREQUEST']._serialized_start=881
-  _globals['_REPORTTRADEREQUEST']._serialized_end=1096
-  _globals['_REPORTTRADERESPONSE']._serialized_start=1099
-  _globals['_REPORTTRADERESPONSE']._serialized_end=1288
-  _globals['_REPORTPOSITIONSREQUEST']._serialized_start=1290
-  _globals['_REPORTPOSITIONSREQUEST']._serialized_end=1397
-  _globals['_REPORTPOSITIONSRESPONSE']._serialized_start=1400
-  _globals['_REPORTPOSITIONSRESPONSE']._serialized_end=1574
-  _globals['_GETRISKSTATEREQUEST']._serialized_start=1576
-  _globals['_GETRISKSTATEREQUEST']._serialized_end=1636
-  _globals['_GETRISKSTATERESPONSE']._serialized_start=1638
-  _globals['_GETRISKSTATERESPONSE']._serialized_end=1701
-  _globals['_WATCHRISKSTATEREQUEST']._serialized_start=1703
-  _globals['_WATCHRISKSTATEREQUEST']._serialized_end=1765
-  _globals['_WATCHRISKSTATERESPONSE']._serialized_start=1768
-  _globals['_WATCHRISKSTATERESPONSE']._serialized_end=1982
-  _globals['_RISKSERVICE']._serialized_start=1985
-  _globals['_RISKSERVICE']._serialized_end=2534
+  _globals['_CANTRADERESPONSE']._serialized_end=587
+  _globals['_REPORTEQUITYREQUEST']._serialized_start=589
+  _globals['_REPORTEQUITYREQUEST']._serialized_end=714
+  _globals['_REPORTEQUITYRESPONSE']._serialized_start=717
+  _globals['_REPORTEQUITYRESPONSE']._serialized_end=903
+  _globals['_REPORTTRADEREQUEST']._serialized_start=906
+  _globals['_REPORTTRADEREQUEST']._serialized_end=1121
+  _globals['_REPORTTRADERESPONSE']._serialized_start=1124
+  _globals['_REPORTTRADERESPONSE']._serialized_end=1313
+  _globals['_REPORTPOSITIONSREQUEST']._serialized_start=1315
+  _globals['_REPORTPOSITIONSREQUEST']._serialized_end=1422
+  _globals['_REPORTPOSITIONSRESPONSE']._serialized_start=1425
+  _globals['_REPORTPOSITIONSRESPONSE']._serialized_end=1599
+  _globals['_GETRISKSTATEREQUEST']._serialized_start=1601
+  _globals['_GETRISKSTATEREQUEST']._serialized_end=1661
+  _globals['_GETRISKSTATERESPONSE']._serialized_start=1663
+  _globals['_GETRISKSTATERESPONSE']._serialized_end=1726
+  _globals['_WATCHRISKSTATEREQUEST']._serialized_start=1728
+  _globals['_WATCHRISKSTATEREQUEST']._serialized_end=1790
+  _globals['_WATCHRISKSTATERESPONSE']._serialized_start=1793
+  _globals['_WATCHRISKSTATERESPONSE']._serialized_end=2007
+  _globals['_RISKSERVICE']._serialized_start=2010
+  _globals['_RISKSERVICE']._serialized_end=2559
 # @@protoc_insertion_point(module_scope)

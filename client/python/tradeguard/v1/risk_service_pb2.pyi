@@ -67,6 +67,7 @@ class CanTradeResponse(_message.Message):
     ACTIONS_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     WOULD_DENY_FIELD_NUMBER: _builtins.int
+    CLIENT_ORDER_ID_FIELD_NUMBER: _builtins.int
     allowed: _builtins.bool
     """True when the trader may go ahead. Always true in shadow mode."""
     code: _types_pb2.DecisionCode.ValueType
@@ -77,6 +78,10 @@ class CanTradeResponse(_message.Message):
     """Effective trading state."""
     would_deny: _builtins.bool
     """True when enforcement is off and this decision would have been a denial."""
+    client_order_id: _builtins.str
+    """The order's client_order_id: the one the bot sent, or the one the sidecar made when it sent none.
+    Empty when the request had no order.
+    """
     @_builtins.property
     def paused_until(self) -> _timestamp_pb2.Timestamp:
         """When the current pause ends; unset when not paused or paused until resumed."""
@@ -105,10 +110,11 @@ class CanTradeResponse(_message.Message):
         actions: _abc.Iterable[_types_pb2.RequiredAction] | None = ...,
         state: _types_pb2.RiskState | None = ...,
         would_deny: _builtins.bool = ...,
+        client_order_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["paused_until", b"paused_until", "state", b"state"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "allowed", b"allowed", "checks", b"checks", "code", b"code", "paused_until", b"paused_until", "reason", b"reason", "state", b"state", "trading_state", b"trading_state", "would_deny", b"would_deny"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "allowed", b"allowed", "checks", b"checks", "client_order_id", b"client_order_id", "code", b"code", "paused_until", b"paused_until", "reason", b"reason", "state", b"state", "trading_state", b"trading_state", "would_deny", b"would_deny"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -115,6 +115,14 @@ class _DecisionCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Decision
     """A circuit breaker paused the trader or put it in reduce-only."""
     DECISION_CODE_SIDECAR_UNAVAILABLE: _DecisionCode.ValueType  # 17
     """Set by clients only: the sidecar could not be reached (fail-closed)."""
+    DECISION_CODE_STATE_NOT_LOADED: _DecisionCode.ValueType  # 18
+    """The stored state has not been loaded yet (database down or slow at start): new exposure gets what the
+    setting `unloaded_state_policy` says (default: reduce-only). The reason says so.
+    """
+    DECISION_CODE_INVALID_RESPONSE: _DecisionCode.ValueType  # 19
+    """Set by clients only: the answer broke the protocol (an "allowed" with a code no server sends, an
+    unknown code, or an undecodable body). Denied: whatever answered cannot allow.
+    """
 
 class DecisionCode(_DecisionCode, metaclass=_DecisionCodeEnumTypeWrapper):
     """DecisionCode says, machine-readably, why a decision came out as it did.
@@ -157,6 +165,14 @@ DECISION_CODE_CIRCUIT_BREAKER: DecisionCode.ValueType  # 16
 """A circuit breaker paused the trader or put it in reduce-only."""
 DECISION_CODE_SIDECAR_UNAVAILABLE: DecisionCode.ValueType  # 17
 """Set by clients only: the sidecar could not be reached (fail-closed)."""
+DECISION_CODE_STATE_NOT_LOADED: DecisionCode.ValueType  # 18
+"""The stored state has not been loaded yet (database down or slow at start): new exposure gets what the
+setting `unloaded_state_policy` says (default: reduce-only). The reason says so.
+"""
+DECISION_CODE_INVALID_RESPONSE: DecisionCode.ValueType  # 19
+"""Set by clients only: the answer broke the protocol (an "allowed" with a code no server sends, an
+unknown code, or an undecodable body). Denied: whatever answered cannot allow.
+"""
 Global___DecisionCode: _TypeAlias = DecisionCode  # noqa: Y015
 
 class _CheckStatus:
@@ -234,6 +250,7 @@ class OrderIntent(_message.Message):
     REDUCE_ONLY_FIELD_NUMBER: _builtins.int
     STOP_PRICE_FIELD_NUMBER: _builtins.int
     VOLATILITY_FIELD_NUMBER: _builtins.int
+    CLIENT_ORDER_ID_FIELD_NUMBER: _builtins.int
     symbol: _builtins.str
     """Instrument, e.g. "BTCUSDT". Required."""
     exchange: _builtins.str
@@ -256,6 +273,12 @@ class OrderIntent(_message.Message):
     """Current volatility measure for the symbol (same unit as market_regime_thresholds, e.g. ATR %).
     0 means not reported; the last value from ReportPositions is used instead.
     """
+    client_order_id: _builtins.str
+    """The bot's id for this order (1-128 characters of [A-Za-z0-9._:@/-]); optional. A CanTrade repeated with
+    the same client_order_id for the same trader (a retry after a lost answer) gets the first decision again
+    and is not counted twice. When empty the sidecar makes one and returns it in
+    CanTradeResponse.client_order_id.
+    """
     def __init__(
         self,
         *,
@@ -268,10 +291,11 @@ class OrderIntent(_message.Message):
         reduce_only: _builtins.bool = ...,
         stop_price: _builtins.float = ...,
         volatility: _builtins.float = ...,
+        client_order_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["exchange", b"exchange", "leverage", b"leverage", "price", b"price", "quantity", b"quantity", "reduce_only", b"reduce_only", "side", b"side", "stop_price", b"stop_price", "symbol", b"symbol", "volatility", b"volatility"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_order_id", b"client_order_id", "exchange", b"exchange", "leverage", b"leverage", "price", b"price", "quantity", b"quantity", "reduce_only", b"reduce_only", "side", b"side", "stop_price", b"stop_price", "symbol", b"symbol", "volatility", b"volatility"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

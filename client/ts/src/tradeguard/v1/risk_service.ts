@@ -77,6 +77,11 @@ export interface CanTradeResponse {
     | undefined;
   /** True when enforcement is off and this decision would have been a denial. */
   wouldDeny: boolean;
+  /**
+   * The order's client_order_id: the one the bot sent, or the one the sidecar made when it sent none.
+   * Empty when the request had no order.
+   */
+  clientOrderId: string;
 }
 
 /** ReportEquityRequest reports the equity level. */
@@ -321,6 +326,7 @@ function createBaseCanTradeResponse(): CanTradeResponse {
     actions: [],
     state: undefined,
     wouldDeny: false,
+    clientOrderId: "",
   };
 }
 
@@ -352,6 +358,9 @@ export const CanTradeResponse: MessageFns<CanTradeResponse> = {
     }
     if (message.wouldDeny !== false) {
       writer.uint32(72).bool(message.wouldDeny);
+    }
+    if (message.clientOrderId !== "") {
+      writer.uint32(82).string(message.clientOrderId);
     }
     return writer;
   },
@@ -441,6 +450,14 @@ export const CanTradeResponse: MessageFns<CanTradeResponse> = {
             message.wouldDeny = reader.bool();
             continue;
           }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.clientOrderId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -478,6 +495,11 @@ export const CanTradeResponse: MessageFns<CanTradeResponse> = {
         : isSet(object.would_deny)
         ? globalThis.Boolean(object.would_deny)
         : false,
+      clientOrderId: isSet(object.clientOrderId)
+        ? globalThis.String(object.clientOrderId)
+        : isSet(object.client_order_id)
+        ? globalThis.String(object.client_order_id)
+        : "",
     };
   },
 
@@ -510,6 +532,9 @@ export const CanTradeResponse: MessageFns<CanTradeResponse> = {
     if (message.wouldDeny !== false) {
       obj.wouldDeny = message.wouldDeny;
     }
+    if (message.clientOrderId !== "") {
+      obj.clientOrderId = message.clientOrderId;
+    }
     return obj;
   },
 
@@ -529,6 +554,7 @@ export const CanTradeResponse: MessageFns<CanTradeResponse> = {
       ? RiskState.fromPartial(object.state)
       : undefined;
     message.wouldDeny = object.wouldDeny ?? false;
+    message.clientOrderId = object.clientOrderId ?? "";
     return message;
   },
 };

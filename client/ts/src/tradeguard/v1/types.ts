@@ -147,6 +147,16 @@ export enum DecisionCode {
   DECISION_CODE_CIRCUIT_BREAKER = 16,
   /** DECISION_CODE_SIDECAR_UNAVAILABLE - Set by clients only: the sidecar could not be reached (fail-closed). */
   DECISION_CODE_SIDECAR_UNAVAILABLE = 17,
+  /**
+   * DECISION_CODE_STATE_NOT_LOADED - The stored state has not been loaded yet (database down or slow at start): new exposure gets what the
+   * setting `unloaded_state_policy` says (default: reduce-only). The reason says so.
+   */
+  DECISION_CODE_STATE_NOT_LOADED = 18,
+  /**
+   * DECISION_CODE_INVALID_RESPONSE - Set by clients only: the answer broke the protocol (an "allowed" with a code no server sends, an
+   * unknown code, or an undecodable body). Denied: whatever answered cannot allow.
+   */
+  DECISION_CODE_INVALID_RESPONSE = 19,
   UNRECOGNIZED = -1,
 }
 
@@ -206,6 +216,12 @@ export function decisionCodeFromJSON(object: any): DecisionCode {
     case 17:
     case "DECISION_CODE_SIDECAR_UNAVAILABLE":
       return DecisionCode.DECISION_CODE_SIDECAR_UNAVAILABLE;
+    case 18:
+    case "DECISION_CODE_STATE_NOT_LOADED":
+      return DecisionCode.DECISION_CODE_STATE_NOT_LOADED;
+    case 19:
+    case "DECISION_CODE_INVALID_RESPONSE":
+      return DecisionCode.DECISION_CODE_INVALID_RESPONSE;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -251,6 +267,10 @@ export function decisionCodeToJSON(object: DecisionCode): string {
       return "DECISION_CODE_CIRCUIT_BREAKER";
     case DecisionCode.DECISION_CODE_SIDECAR_UNAVAILABLE:
       return "DECISION_CODE_SIDECAR_UNAVAILABLE";
+    case DecisionCode.DECISION_CODE_STATE_NOT_LOADED:
+      return "DECISION_CODE_STATE_NOT_LOADED";
+    case DecisionCode.DECISION_CODE_INVALID_RESPONSE:
+      return "DECISION_CODE_INVALID_RESPONSE";
     case DecisionCode.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
@@ -390,6 +410,13 @@ export interface OrderIntent {
    * 0 means not reported; the last value from ReportPositions is used instead.
    */
   volatility: number;
+  /**
+   * The bot's id for this order (1-128 characters of [A-Za-z0-9._:@/-]); optional. A CanTrade repeated with
+   * the same client_order_id for the same trader (a retry after a lost answer) gets the first decision again
+   * and is not counted twice. When empty the sidecar makes one and returns it in
+   * CanTradeResponse.client_order_id.
+   */
+  clientOrderId: string;
 }
 
 /** Position is one open position snapshot. */
@@ -739,6 +766,7 @@ function createBaseOrderIntent(): OrderIntent {
     reduceOnly: false,
     stopPrice: 0,
     volatility: 0,
+    clientOrderId: "",
   };
 }
 
@@ -770,6 +798,9 @@ export const OrderIntent: MessageFns<OrderIntent> = {
     }
     if (message.volatility !== 0) {
       writer.uint32(73).double(message.volatility);
+    }
+    if (message.clientOrderId !== "") {
+      writer.uint32(82).string(message.clientOrderId);
     }
     return writer;
   },
@@ -859,6 +890,14 @@ export const OrderIntent: MessageFns<OrderIntent> = {
             message.volatility = reader.double();
             continue;
           }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.clientOrderId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -890,6 +929,11 @@ export const OrderIntent: MessageFns<OrderIntent> = {
         ? globalThis.Number(object.stop_price)
         : 0,
       volatility: isSet(object.volatility) ? globalThis.Number(object.volatility) : 0,
+      clientOrderId: isSet(object.clientOrderId)
+        ? globalThis.String(object.clientOrderId)
+        : isSet(object.client_order_id)
+        ? globalThis.String(object.client_order_id)
+        : "",
     };
   },
 
@@ -922,6 +966,9 @@ export const OrderIntent: MessageFns<OrderIntent> = {
     if (message.volatility !== 0) {
       obj.volatility = floatToJson(message.volatility);
     }
+    if (message.clientOrderId !== "") {
+      obj.clientOrderId = message.clientOrderId;
+    }
     return obj;
   },
 
@@ -939,6 +986,7 @@ export const OrderIntent: MessageFns<OrderIntent> = {
     message.reduceOnly = object.reduceOnly ?? false;
     message.stopPrice = object.stopPrice ?? 0;
     message.volatility = object.volatility ?? 0;
+    message.clientOrderId = object.clientOrderId ?? "";
     return message;
   },
 };
