@@ -207,42 +207,197 @@ quantities = st.floats(min_value=0.001, max_value=1_000.0, allow_nan=False, allo
 prices = st.floats(min_value=0.01, max_value=10_000.0, allow_nan=False, allow_infinity=False)
 
 
+venues = st.sampled_from(["", "binance", "bybit", "okx"])
+
+
+def held(positions: list[tuple[float, float, Side, str]]) -> list[Position]:
+    unique = {ex: (q, p, s) for q, p, s, ex in positions}  # one position per (symbol, exchange)
+    return [Position("BTCUSDT", s, q, p, p, ex) for ex, (q, p, s) in unique.items()]
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(quantities, prices, st.sampled_from([Side.BUY, Side.SELL])), max_size=5),
-       quantities, prices, st.sampled_from([Side.BUY, Side.SELL]))
-def test_an_allowed_new_exposure_order_never_leaves_the_position_above_its_limit(
-    positions: list[tuple[float, float, Side]], qty: float, price: float, side: Side
+@given(st.lists(st.tuples(quantities, prices, st.sampled_from([Side.BUY, Side.SELL]), venues), max_size=4),
+       quantities, prices, st.sampled_from([Side.BUY, Side.SELL]), venues, st.booleans())
+def test_an_allowed_order_never_leaves_the_gross_position_above_its_limit_unless_it_only_reduces(
+    positions: list[tuple[float, float, Side, str]], qty: float, price: float, side: Side, exchange: str,
+    reduce_only: bool,
 ) -> None:
     engine = RiskEngine(ManualClock(T0), defaults=Limits(max_position_size_percentage=5.0))
     engine.report_equity("t", "a", EQUITY, None)
-    engine.report_positions("t", "a", [Position("BTCUSDT", s, q, p, p, f"ex{i}") for i, (q, p, s) in
-                                       enumerate(positions)])
-    st_ = engine.traders["t"]
-    before = st_.signed_exposure("BTCUSDT")
+    engine.report_positions("t", "a", held(positions))
+    before = {p.exchange: (p.quantity if p.side is Side.BUY else -p.quantity)
+              for p in engine.traders["t"].positions.values()}
+    if exchange or "" in before or len(before) != 1:
+        venue = exchange
+    else:
+        venue = next(iter(before))  # an order without exchange trades against the only venue holding it
 
-    decision, _ = engine.can_trade("t", "a", OrderIntent("BTCUSDT", side, qty, price))
+    decision, _ = engine.can_trade("t", "a", OrderIntent("BTCUSDT", side, qty, price, exchange=exchange,
+                                                          reduce_only=reduce_only))
 
-    after = abs(before + (qty * price if side is Side.BUY else -qty * price))
-    if decision.allowed and after > abs(before):
-        assert after <= 0.05 * EQUITY * (1 + 1e-9)
+    old = before.get(venue, 0.0)
+    new = old + (qty if side is Side.BUY else -qty)
+    only_reduces = old != 0.0 and (old > 0) != (new > old) and qty <= abs(old) * (1 + 1e-9)
+    gross_after = (sum(abs(q) for ex, q in before.items() if ex != venue) + abs(new)) * price
+    if decision.allowed and not only_reduces:
+        assert gross_after <= 0.05 * EQUITY * (1 + 1e-9)
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(quantities, prices, st.sampled_from([Side.BUY, Side.SELL])), max_size=5),
-       quantities, prices, st.sampled_from([Side.BUY, Side.SELL]),
-       st.floats(min_value=0.0, max_value=10.0), st.sampled_from([TradingState.ACTIVE, TradingState.REDUCING]))
-def test_reduce_only_orders_are_never_denied_by_exposure_checks(
-    positions: list[tuple[float, float, Side]], qty: float, price: float, side: Side, vol: float,
-    state: TradingState,
+@given(quantities, prices, st.floats(min_value=0.0, max_value=1.0), st.floats(min_value=0.0, max_value=10.0),
+       st.sampled_from([TradingState.ACTIVE, TradingState.REDUCING]))
+def test_an_order_within_the_opposite_position_on_its_venue_is_never_denied_by_exposure_checks(
+    held_qty: float, price: float, fraction: float, vol: float, state: TradingState
 ) -> None:
     engine = RiskEngine(ManualClock(T0), defaults=ALL_LIMITS)
     engine.report_equity("t", "a", EQUITY, None)
-    engine.report_positions("t", "a", [Position("BTCUSDT", s, q, p, p, f"ex{i}") for i, (q, p, s) in
-                                       enumerate(positions)])
+    engine.report_positions("t", "a", [Position("BTCUSDT", Side.BUY, held_qty, price, price, "binance")])
     if state is TradingState.REDUCING:
         engine.pause("t", "a", TradingState.REDUCING, None, "test")
+    qty = max(held_qty * fraction, 1e-9)
 
-    decision, _ = engine.can_trade("t", "a", OrderIntent("BTCUSDT", side, qty, price, reduce_only=True,
+    decision, _ = engine.can_trade("t", "a", OrderIntent("BTCUSDT", Side.SELL, qty, price, exchange="binance",
                                                           leverage=50.0, stop_price=price / 2, volatility=vol))
 
     assert decision.allowed, decision.reason
+
+
+# ---- issue 13 items 2 and 22: the orders that were wrongly allowed ----------------------------------------
+
+
+def trader(limits: Limits, *positions: Position, equity: float = EQUITY) -> RiskEngine:
+    engine = RiskEngine(ManualClock(T0), defaults=limits)
+    engine.report_equity("t", "a", equity, None)
+    engine.report_positions("t", "a", list(positions))
+    return engine
+
+
+def check(decision: object, name: str) -> tuple[CheckStatus, float, float]:
+    c = next(c for c in decision.checks if c.name == name)  # type: ignore[attr-defined]
+    return c.status, c.value, c.limit
+
+
+LONG_1_BTC = Position("BTCUSDT", Side.BUY, 1.0, 50_000.0, 50_000.0, "binance")
+
+
+def test_a_flip_is_not_reducing_when_the_trader_is_reducing() -> None:
+    engine = trader(Limits(), LONG_1_BTC)
+    engine.pause("t", "a", TradingState.REDUCING, None, "test")
+
+    flip, _ = engine.can_trade("t", "a", OrderIntent("BTCUSDT", Side.SELL, 1.1, 45_000.0, exchange="binance"))
+    close, _ = engine.can_trade("t", "a", OrderIntent("BTCUSDT", Side.SELL, 1.0, 45_000.0, exchange="binance"))
+
+    assert not flip.allowed and flip.code is DecisionCode.KILL_SWITCH
+    assert close.allowed, close.reason
+
+
+def test_an_order_larger_than_a_small_position_is_judged_by_leverage_and_size() -> None:
+    limits = Limits(max_position_size_percentage=5.0, symbols={"BTCUSDT": SymbolLimits("BTCUSDT", max_leverage=5)})
+    engine = trader(limits, Position("BTCUSDT", Side.BUY, 0.01, 50_000.0, 50_000.0, "binance"))  # 500 at mark
+
+    decision, _ = engine.can_trade("t", "a", OrderIntent("BTCUSDT", Side.SELL, 1.0, 500.0, exchange="binance",
+                                                          leverage=50.0))
+
+    assert not decision.allowed and decision.code is DecisionCode.LEVERAGE_LIMIT
+    assert check(decision, "position_size")[0] is CheckStatus.PASS  # short 0.99 x 500 = 495 <= 500
+
+
+def test_a_flip_below_the_mark_is_valued_in_quantities_at_the_order_price() -> None:
+    engine = trader(Limits(max_position_size_percentage=5.0), LONG_1_BTC)
+
+    decision, _ = engine.can_trade("t", "a", OrderIntent("BTCUSDT", Side.SELL, 1.26, 40_000.0, exchange="binance"))
+
+    assert not decision.allowed and decision.code is DecisionCode.POSITION_SIZE_LIMIT
+    status, value, limit = check(decision, "position_size")
+    assert value == pytest.approx(0.26 * 40_000.0) and limit == pytest.approx(500.0)
+
+
+def test_a_flip_against_a_stale_mark_reports_the_real_position() -> None:
+    engine = trader(Limits(max_position_size_percentage=5.0),
+                    Position("BTCUSDT", Side.BUY, 10.0, 50_500.0, 50_500.0, "binance"), equity=100_000.0)
+
+    decision, _ = engine.can_trade("t", "a", OrderIntent("BTCUSDT", Side.SELL, 10.2, 50_000.0, exchange="binance"))
+
+    assert not decision.allowed
+    assert check(decision, "position_size")[1] == pytest.approx(10_000.0)
+
+
+def test_reduce_only_with_no_position_is_checked_as_new_exposure() -> None:
+    limits = Limits(max_order_notional=1_000.0, risk_per_trade_percentage=1.0,
+                    symbols={"BTCUSDT": SymbolLimits("BTCUSDT", max_leverage=2)})
+    engine = trader(limits)
+
+    decision, _ = engine.can_trade("t", "a", OrderIntent("BTCUSDT", Side.SELL, 10.0, 50_000.0, exchange="binance",
+                                                          reduce_only=True, leverage=100.0, stop_price=60_000.0))
+
+    assert not decision.allowed and decision.code is DecisionCode.ORDER_NOTIONAL_LIMIT
+    assert [check(decision, n)[0] for n in ("order_notional", "leverage", "risk_per_trade")] == [CheckStatus.FAIL] * 3
+
+
+def test_reduce_only_beyond_the_position_checks_only_the_part_beyond_it() -> None:
+    engine = trader(Limits(max_order_notional=10_000.0), LONG_1_BTC)
+
+    inside, _ = engine.can_trade("t", "a", OrderIntent("BTCUSDT", Side.SELL, 1.2, 50_000.0, exchange="binance",
+                                                        reduce_only=True))
+    outside, _ = engine.can_trade("t", "a", OrderIntent("BTCUSDT", Side.SELL, 1.21, 50_000.0, exchange="binance",
+                                                         reduce_only=True))
+
+    assert inside.allowed and check(inside, "order_notional")[1] == pytest.approx(10_000.0)
+    assert not outside.allowed and outside.code is DecisionCode.ORDER_NOTIONAL_LIMIT
+
+
+@pytest.mark.parametrize(("limits", "order_", "stop"), [
+    (Limits(max_order_notional=0.3), (3.0, 0.1), 0.0),
+    (Limits(max_order_notional=3_500.0), (0.07, 50_000.0), 0.0),
+    (Limits(risk_per_trade_percentage=1.0), (1.0, 3000.3), 2990.3),
+    (Limits(risk_per_trade_percentage=0.01), (1.0, 1.1), 1.0),
+], ids=["3 x 0.1 vs 0.3", "0.07 x 50,000 vs 3,500", "|3000.3 - 2990.3| x 1 vs 1% of 1,000",
+        "|1.1 - 1.0| x 1 vs 0.01% of 1,000"])
+def test_a_value_equal_to_its_limit_passes_in_floating_point(
+    limits: Limits, order_: tuple[float, float], stop: float
+) -> None:
+    engine = trader(limits, equity=1_000.0)
+
+    decision, _ = engine.can_trade("t", "a", OrderIntent("BTCUSDT", Side.BUY, *order_, stop_price=stop))
+
+    assert decision.allowed, decision.reason
+
+
+def test_an_opposite_order_on_another_exchange_does_not_reduce() -> None:
+    engine = trader(Limits(max_position_size_percentage=5.0), Position("BTCUSDT", Side.BUY, 0.01, 50_000.0,
+                                                                       50_000.0, "binance"))
+    engine.pause("t", "a", TradingState.REDUCING, None, "test")
+
+    other, _ = engine.can_trade("t", "a", OrderIntent("BTCUSDT", Side.SELL, 0.01, 50_000.0, exchange="bybit"))
+    unnamed, _ = engine.can_trade("t", "a", OrderIntent("BTCUSDT", Side.SELL, 0.01, 50_000.0))
+
+    assert not other.allowed and other.code is DecisionCode.KILL_SWITCH
+    assert unnamed.allowed, unnamed.reason  # no exchange: the only venue holding the symbol
+
+
+def test_position_size_counts_every_venue_gross() -> None:
+    engine = trader(Limits(max_position_size_percentage=5.0),
+                    Position("BTCUSDT", Side.SELL, 0.006, 50_000.0, 50_000.0, "bybit"))
+
+    decision, _ = engine.can_trade("t", "a", OrderIntent("BTCUSDT", Side.BUY, 0.005, 50_000.0, exchange="binance"))
+
+    assert not decision.allowed and check(decision, "position_size")[1] == pytest.approx(550.0)
+
+
+def test_correlated_exposure_does_not_net_long_and_short_across_venues() -> None:
+    engine = trader(Limits(max_correlated_exposure_percentage=10.0),
+                    Position("BTCUSDT", Side.BUY, 0.01, 50_000.0, 50_000.0, "binance"),
+                    Position("BTCUSDT", Side.SELL, 0.01, 50_000.0, 50_000.0, "bybit"))
+
+    decision, _ = engine.can_trade("t", "a", OrderIntent("ETHUSDT", Side.BUY, 0.21, 2_500.0, exchange="binance"))
+
+    assert not decision.allowed and check(decision, "correlated_exposure")[1] == pytest.approx(1_025.0)
+
+
+def test_a_high_volatility_regime_scales_the_fat_finger_limit_too() -> None:
+    engine = trader(Limits(max_order_notional=1_000.0, volatility_high=3.0, volatility_adjustment_factor=0.5))
+
+    inside, _ = engine.can_trade("t", "a", OrderIntent("BTCUSDT", Side.BUY, 5.0, 100.0, volatility=3.0))
+    outside, _ = engine.can_trade("t", "a", OrderIntent("BTCUSDT", Side.BUY, 5.01, 100.0, volatility=3.0))
+
+    assert inside.allowed and not outside.allowed and outside.code is DecisionCode.ORDER_NOTIONAL_LIMIT

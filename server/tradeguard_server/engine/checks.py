@@ -14,8 +14,9 @@ from .types import (
     CheckStatus,
     DecisionCode,
     OrderIntent,
+    OrderSplit,
+    Position,
     RequiredAction,
-    Side,
     TradingState,
 )
 
@@ -95,20 +96,49 @@ def streak_breach(st: TraderState, limits: Limits) -> Breach | None:
 
 # ---- order checks -------------------------------------------------------------------------------
 
+TOLERANCE = 1e-9  # relative: a value within 1e-9 of its limit is equal to it (floating-point error, not risk)
 
-def is_reducing(st: TraderState, order: OrderIntent, existing: float | None = None) -> bool:
-    """True when the order can only shrink the trader's exposure in its symbol.
 
-    `existing`: the trader's signed exposure in the order's symbol, when the caller already has it.
-    """
-    if order.reduce_only:
-        return True
-    if existing is None:
-        existing = st.signed_exposure(order.symbol)
-    if existing == 0.0:
-        return False
-    delta = order.notional if order.side is Side.BUY else -order.notional
-    return (existing > 0) != (delta > 0) and abs(delta) <= abs(existing) * (1 + 1e-9)
+def within(value: float, limit: float) -> bool:
+    """value <= limit, up to a relative TOLERANCE of the limit: the one comparison every order check uses,
+    so that 3 x 0.1 passes a limit of 0.3 and 0.07 x 50,000 passes 3,500."""
+    return value <= limit + abs(limit) * TOLERANCE
+
+
+def venue_position(positions: dict[tuple[str, str], Position], symbol: str, exchange: str) -> Position | None:
+    """The known position an order on (symbol, exchange) trades against: the position on that exchange; for an
+    order without an exchange, the position without one, else the only position held in the symbol (None
+    when no venue or several venues hold it)."""
+    if exchange:
+        return positions.get((symbol, exchange))
+    pos = positions.get((symbol, ""))
+    if pos is not None:
+        return pos
+    for (sym, _ex), p in positions.items():
+        if sym == symbol:
+            if pos is not None:
+                return None
+            pos = p
+    return pos
+
+
+def split_order(st: TraderState, order: OrderIntent) -> OrderSplit:
+    """Split an order into the quantity that shrinks the known opposite position on its venue and the quantity
+    that adds exposure (`reduce_only` is not trusted: what goes beyond the position adds). An order within
+    TOLERANCE of the opposite position closes it."""
+    pos = venue_position(st.positions, order.symbol, order.exchange)
+    qty = order.quantity
+    if pos is None or pos.side is order.side:
+        return OrderSplit(pos, 0.0, qty)
+    held = pos.quantity
+    if within(qty, held):
+        return OrderSplit(pos, qty, 0.0)
+    return OrderSplit(pos, held, qty - held)
+
+
+def is_reducing(st: TraderState, order: OrderIntent) -> bool:
+    """True when the order only shrinks a known position (it has no adding part)."""
+    return split_order(st, order).adding == 0.0
 
 
 def volatility_scale(st: TraderState, order: OrderIntent, limits: Limits) -> tuple[float, CheckResult]:
@@ -141,31 +171,34 @@ _STATE_ACTIVE = CheckResult("trading_state", PASS, DecisionCode.ALLOWED, "ACTIVE
 
 
 def order_checks(
-    st: TraderState, order: OrderIntent, limits: Limits, now: float, reducing: bool | None = None,
-    existing: float | None = None,
+    st: TraderState, order: OrderIntent, limits: Limits, now: float, split: OrderSplit | None = None
 ) -> list[CheckResult]:
-    """Every per-order check of DESIGN 2.1, in evaluation order (`reducing`: is_reducing, and `existing`: the
-    trader's signed exposure in the order's symbol, when the caller already has them)."""
+    """Every per-order check of DESIGN 2.1, in evaluation order (`split`: split_order's answer, when the caller
+    already has it). The exposure checks judge the order's adding part only; the position in its symbol is
+    computed in quantities and valued once, at the order's price."""
     out: list[CheckResult] = []
     equity = st.current_equity
-    if existing is None:
-        existing = st.signed_exposure(order.symbol)
-    if reducing is None:
-        reducing = is_reducing(st, order, existing)
+    if split is None:
+        split = split_order(st, order)
+    adding = split.adding
+    reducing = adding == 0.0
     sym = limits.for_symbol(order.symbol)
-    notional = order.notional
+    price = order.price
+    added = adding * price  # notional of the adding part
+    scale, regime = volatility_scale(st, order, limits)
 
-    # Fat-finger: max notional per order (a reducing order is bounded by the position it closes).
+    # Fat-finger: max notional of the adding part of one order.
     code = DecisionCode.ORDER_NOTIONAL_LIMIT
     cap = limits.max_order_notional
     if cap is None:
-        out.append(CheckResult("order_notional", SKIPPED, code, "not configured", notional))
+        out.append(CheckResult("order_notional", SKIPPED, code, "not configured", added))
     elif reducing:
-        out.append(CheckResult("order_notional", PASS, code, f"reducing order notional={notional:.2f}", notional, cap))
+        detail = f"reducing order notional={order.quantity * price:.2f}"
+        out.append(CheckResult("order_notional", PASS, code, detail, 0.0, cap))
     else:
-        status = PASS if notional <= cap else FAIL
-        detail = f"notional={notional:.2f} limit={cap:.2f}"
-        out.append(CheckResult("order_notional", status, code, detail, notional, cap))
+        cap *= scale
+        status = PASS if within(added, cap) else FAIL
+        out.append(CheckResult("order_notional", status, code, f"notional={added:.2f} limit={cap:.2f}", added, cap))
 
     # Throttle: orders allowed in the window.
     code = DecisionCode.ORDER_RATE_LIMIT
@@ -183,7 +216,6 @@ def order_checks(
         detail = f"orders={count} in {window}s limit={max_orders}"
         out.append(CheckResult("order_rate", status, code, detail, float(count), float(max_orders)))
 
-    scale, regime = volatility_scale(st, order, limits)
     if reducing and regime.status is FAIL:
         regime = CheckResult(regime.name, PASS, regime.code, regime.detail + " (reducing order)", regime.value,
                              regime.limit)
@@ -198,26 +230,30 @@ def order_checks(
     elif reducing:
         out.append(CheckResult("leverage", PASS, code, f"reducing order leverage={lev:g}", lev, max_lev))
     else:
-        status = PASS if lev <= max_lev else FAIL
+        status = PASS if within(lev, max_lev) else FAIL
         out.append(CheckResult("leverage", status, code, f"leverage={lev:g} limit={max_lev:g}", lev, max_lev))
 
-    # Position size after the order, % of equity.
+    # Position size after the order, % of equity: gross quantity in the symbol over every venue.
     code = DecisionCode.POSITION_SIZE_LIMIT
     pct = sym.max_position_size_percentage if sym and sym.max_position_size_percentage is not None else None
     pct = pct if pct is not None else limits.max_position_size_percentage
-    delta = notional if order.side is Side.BUY else -notional
-    after = abs(existing + delta)
     if pct is None:
-        out.append(CheckResult("position_size", SKIPPED, code, "not configured", after))
+        out.append(CheckResult("position_size", SKIPPED, code, "not configured"))
     elif reducing:
-        out.append(CheckResult("position_size", PASS, code, f"reducing order position={after:.2f}", after))
+        out.append(CheckResult("position_size", PASS, code, "reducing order"))
     else:
+        venue, symbol = split.position, order.symbol
+        gross = split.venue_after
+        for (s, _ex), p in st.positions.items():
+            if s == symbol and p is not venue:
+                gross += p.quantity
+        after = gross * price
         cap = pct * scale * equity / 100.0
-        status = PASS if after <= cap else FAIL
+        status = PASS if within(after, cap) else FAIL
         detail = f"position_after={after:.2f} limit={cap:.2f} ({pct * scale:.2f}% of equity {equity:.2f})"
         out.append(CheckResult("position_size", status, code, detail, after, cap))
 
-    # Risk per trade, when a stop is given.
+    # Risk per trade of the adding part, when a stop is given.
     code = DecisionCode.RISK_PER_TRADE_LIMIT
     pct = sym.risk_per_trade_percentage if sym and sym.risk_per_trade_percentage is not None else None
     pct = pct if pct is not None else limits.risk_per_trade_percentage
@@ -228,13 +264,13 @@ def order_checks(
     elif reducing:
         out.append(_RISK_REDUCING)
     else:
-        risk = abs(order.price - order.stop_price) * order.quantity
+        risk = abs(price - order.stop_price) * adding
         cap = pct * scale * equity / 100.0
-        status = PASS if risk <= cap else FAIL
+        status = PASS if within(risk, cap) else FAIL
         detail = f"risk={risk:.2f} limit={cap:.2f} ({pct * scale:.2f}% of equity {equity:.2f})"
         out.append(CheckResult("risk_per_trade", status, code, detail, risk, cap))
 
-    # Same-direction exposure across correlated symbols.
+    # Same-direction exposure across correlated symbols after the order (long and short never net).
     code = DecisionCode.CORRELATED_EXPOSURE_LIMIT
     pct = limits.max_correlated_exposure_percentage
     if pct is None:
@@ -243,15 +279,13 @@ def order_checks(
         out.append(_CORR_REDUCING)
     else:
         group = limits.group_of(order.symbol)
-        sign = 1.0 if order.side is Side.BUY else -1.0
-        by_symbol: dict[str, float] = {}
-        for (symbol, _ex), pos in st.positions.items():
-            if group is None or symbol in group:
-                by_symbol[symbol] = by_symbol.get(symbol, 0.0) + pos.signed_notional
-        by_symbol[order.symbol] = by_symbol.get(order.symbol, 0.0) + delta
-        total = sum(max(0.0, sign * v) for v in by_symbol.values())
+        venue, symbol, side = split.position, order.symbol, order.side
+        total = split.venue_after * price
+        for (s, _ex), p in st.positions.items():
+            if p.side is side and p is not venue and (group is None or s in group):
+                total += p.quantity * (price if s == symbol else p.mark_price)
         cap = pct * scale * equity / 100.0
-        status = PASS if total <= cap else FAIL
+        status = PASS if within(total, cap) else FAIL
         detail = f"same_direction_exposure={total:.2f} limit={cap:.2f} ({pct * scale:.2f}% of equity)"
         out.append(CheckResult("correlated_exposure", status, code, detail, total, cap))
     return out

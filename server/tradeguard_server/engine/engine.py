@@ -314,8 +314,8 @@ class RiskEngine:
             return self._decide(st, now, [check], [], enforce), st
         self._tick(st, now)
         limits = self.limits_for(account_id)
-        existing = 0.0 if order is None else st.signed_exposure(order.symbol)
-        reducing = order is not None and checks.is_reducing(st, order, existing)
+        split = None if order is None else checks.split_order(st, order)
+        reducing = split is not None and split.adding == 0.0
         cached = st.checks_cache
         if cached is not None and cached[0] == st.version and cached[1] is limits and cached[2] is reducing:
             state_checks: tuple[CheckResult, ...] | None = cached[3]
@@ -328,7 +328,7 @@ class RiskEngine:
             results = list(state_checks)
             actions = list(position_actions)
         if order is not None:
-            results.extend(checks.order_checks(st, order, limits, now, reducing, existing))
+            results.extend(checks.order_checks(st, order, limits, now, split))
         times = st.order_times
         counted = False  # the order asked about counts in the order_rate windows while breakers look at it
         dropped: float | None = None

@@ -78,6 +78,30 @@ class OrderIntent:
         return self.quantity * self.price
 
 
+@dataclass(slots=True)
+class OrderSplit:
+    """An order split against the one known position it can shrink (engine.checks.split_order).
+
+    `position`: the trader's position in the order's symbol on the order's venue, or None. `reducing`: the
+    quantity that shrinks it (0 unless it is on the opposite side); `adding`: the rest, which opens or grows
+    exposure and is what the exposure checks judge. `adding == 0.0` means the order only reduces.
+    """
+
+    position: Position | None
+    reducing: float
+    adding: float
+
+    @property
+    def reduces_only(self) -> bool:
+        return self.adding == 0.0
+
+    @property
+    def venue_after(self) -> float:
+        """Quantity held on the order's venue after the order when it adds (in the order's direction)."""
+        pos = self.position
+        return self.adding + (pos.quantity if pos is not None and self.reducing == 0.0 else 0.0)
+
+
 @dataclass(frozen=True, slots=True)
 class Position:
     """One open position (SIDE_BUY = long)."""
