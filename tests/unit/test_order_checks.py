@@ -227,10 +227,8 @@ def test_an_allowed_order_never_leaves_the_gross_position_above_its_limit_unless
     engine.report_positions("t", "a", held(positions))
     before = {p.exchange: (p.quantity if p.side is Side.BUY else -p.quantity)
               for p in engine.traders["t"].positions.values()}
-    if exchange or "" in before or len(before) != 1:
-        venue = exchange
-    else:
-        venue = next(iter(before))  # an order without exchange trades against the only venue holding it
+    # an order without exchange trades against the only venue holding the symbol
+    venue = exchange if exchange or "" in before or len(before) != 1 else next(iter(before))
 
     decision, _ = engine.can_trade("t", "a", OrderIntent("BTCUSDT", side, qty, price, exchange=exchange,
                                                           reduce_only=reduce_only))
@@ -308,7 +306,7 @@ def test_a_flip_below_the_mark_is_valued_in_quantities_at_the_order_price() -> N
     decision, _ = engine.can_trade("t", "a", OrderIntent("BTCUSDT", Side.SELL, 1.26, 40_000.0, exchange="binance"))
 
     assert not decision.allowed and decision.code is DecisionCode.POSITION_SIZE_LIMIT
-    status, value, limit = check(decision, "position_size")
+    _status, value, limit = check(decision, "position_size")
     assert value == pytest.approx(0.26 * 40_000.0) and limit == pytest.approx(500.0)
 
 

@@ -150,8 +150,10 @@ def volatility_scale(st: TraderState, order: OrderIntent, limits: Limits) -> tup
     if vol <= 0.0:
         return 1.0, CheckResult("volatility_regime", SKIPPED, code, "no volatility reported", 0.0, 0.0)
     if limits.volatility_extreme is not None and vol >= limits.volatility_extreme:
+        # The size limits keep the high regime's scale: the regime check alone is the extreme's denial.
+        factor = limits.volatility_adjustment_factor if limits.volatility_high is not None else 1.0
         detail = f"volatility={vol:g} extreme>={limits.volatility_extreme:g}: no new entries"
-        return 0.0, CheckResult("volatility_regime", FAIL, code, detail, vol, limits.volatility_extreme)
+        return factor, CheckResult("volatility_regime", FAIL, code, detail, vol, limits.volatility_extreme)
     if limits.volatility_high is not None and vol >= limits.volatility_high:
         factor = limits.volatility_adjustment_factor
         detail = f"volatility={vol:g} high>={limits.volatility_high:g}: size limits x{factor:g}"
