@@ -181,8 +181,8 @@ def validate_breaker(v: Violations, b: t.CircuitBreaker, registry: Registry, pre
     params, problems = registry.validate(b.condition, b.action, raw, prefix)
     for problem in problems:
         v.add(*problem)
-    symbols = _scope_list(v, f"{prefix}.symbols", b.symbols)
-    exchanges = _scope_list(v, f"{prefix}.exchanges", b.exchanges)
+    symbols = _scope_list(v, f"{prefix}.symbols", [s.upper() for s in b.symbols])  # README "Names"
+    exchanges = _scope_list(v, f"{prefix}.exchanges", [e.lower() for e in b.exchanges])
     return Definition(b.name, b.description, b.account_id, b.condition, b.action, dict(params), symbols, exchanges)
 
 

@@ -10,7 +10,7 @@ from google.protobuf.message import Message
 from tradeguard.v1 import types_pb2 as t
 
 from ..engine.limits import Limits, SymbolLimits
-from .validation import Violations
+from .validation import Violations, symbol_key
 
 MAX_SYMBOL_CONFIGS = 1000
 MAX_GROUPS = 100
@@ -53,7 +53,19 @@ def regime_thresholds(cfg: t.RiskConfiguration) -> dict[str, float]:
         "market_regime_thresholds") else {}
 
 
+def normalize_names(cfg: t.RiskConfiguration) -> None:
+    """Symbols of `symbol_configs` and `correlation_groups` upper-case, in place (README "Names"), so that what
+    is stored and answered is what the engine compares."""
+    for sc in cfg.symbol_configs:
+        sc.symbol = symbol_key(sc.symbol)
+    for group in cfg.correlation_groups:
+        group.symbols[:] = [symbol_key(s) for s in group.symbols]
+
+
 def validate_config(v: Violations, cfg: t.RiskConfiguration, prefix: str = "config") -> None:
+    """Every field of a configuration (adds to `v`); normalizes its symbols first (`normalize_names`), so two
+    spellings of one symbol are duplicates."""
+    normalize_names(cfg)
     v.identifier(f"{prefix}.account_id", cfg.account_id)
     v.identifier(f"{prefix}.config_id", cfg.config_id)
     for name in PERCENT_FIELDS:
@@ -180,10 +192,10 @@ def limits_from_config(cfg: t.RiskConfiguration, defaults: Limits) -> Limits:
         else defaults.max_orders_per_window,
         order_rate_window_seconds=cfg.order_rate_window_seconds if cfg.HasField("order_rate_window_seconds")
         else defaults.order_rate_window_seconds,
-        correlation_groups=tuple((g.name, frozenset(g.symbols)) for g in cfg.correlation_groups),
+        correlation_groups=tuple((g.name, frozenset(symbol_key(s) for s in g.symbols)) for g in cfg.correlation_groups),
         symbols={
-            sc.symbol: SymbolLimits(
-                symbol=sc.symbol,
+            symbol_key(sc.symbol): SymbolLimits(
+                symbol=symbol_key(sc.symbol),
                 max_position_size_percentage=sc.max_position_size_percentage
                 if sc.HasField("max_position_size_percentage") else None,
                 max_leverage=sc.max_leverage if sc.HasField("max_leverage") else None,

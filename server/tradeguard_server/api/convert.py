@@ -23,6 +23,7 @@ from ..engine.types import (
     Side,
     TradingState,
 )
+from .validation import exchange_key, symbol_key
 
 # Engine enums -> protobuf enum values (same numbers; typed for mypy-protobuf).
 CODE = {c: t.DecisionCode.ValueType(c.value) for c in DecisionCode}
@@ -218,15 +219,17 @@ def firing_msg(f: Firing, st: TraderState, event_id: str = "") -> t.CircuitBreak
 
 
 def order_from_msg(o: t.OrderIntent) -> OrderIntent:
+    """A validated order, its symbol upper-case and its exchange lower-case (README "Names")."""
     return OrderIntent(
-        symbol=o.symbol, side=SIDE_OF.get(o.side) or Side(o.side), quantity=o.quantity, price=o.price,
-        exchange=o.exchange, leverage=o.leverage, reduce_only=o.reduce_only, stop_price=o.stop_price,
+        symbol=o.symbol.upper(), side=SIDE_OF.get(o.side) or Side(o.side), quantity=o.quantity, price=o.price,
+        exchange=o.exchange.lower(), leverage=o.leverage, reduce_only=o.reduce_only, stop_price=o.stop_price,
         volatility=o.volatility,
     )
 
 
 def position_from_msg(p: t.Position) -> Position:
+    """A validated position, its symbol upper-case and its exchange lower-case (README "Names")."""
     return Position(
-        symbol=p.symbol, side=Side(p.side), quantity=p.quantity, entry_price=p.entry_price,
-        mark_price=p.mark_price, exchange=p.exchange, leverage=p.leverage, volatility=p.volatility,
+        symbol=symbol_key(p.symbol), side=Side(p.side), quantity=p.quantity, entry_price=p.entry_price,
+        mark_price=p.mark_price, exchange=exchange_key(p.exchange), leverage=p.leverage, volatility=p.volatility,
     )

@@ -170,7 +170,7 @@ class RiskService:
         v.number("realized_pnl", req.realized_pnl, min_value=-1e15)
         closed = v.timestamp("closed_at", req.closed_at, engine.clock.now())
         v.raise_if_any()
-        trade = ClosedTrade(req.trade_id, req.symbol, req.exchange, Side(req.side), req.realized_pnl,
+        trade = ClosedTrade(req.trade_id, req.symbol.upper(), req.exchange.lower(), Side(req.side), req.realized_pnl,
                             engine.clock.now() if closed is None else closed)
         outcome = engine.report_trade(req.trader_id, req.account_id, trade)
         if outcome.duplicate:
@@ -188,7 +188,7 @@ class RiskService:
             seen: set[tuple[str, str]] = set()
             for i, p in enumerate(req.positions):
                 check_position(v, p, f"positions[{i}]")
-                key = (p.symbol, p.exchange)
+                key = (p.symbol.upper(), p.exchange.lower())  # as convert.position_from_msg normalizes
                 if key in seen:
                     v.add(f"positions[{i}]", f"duplicate position for {p.symbol}/{p.exchange or '-'}")
                 seen.add(key)

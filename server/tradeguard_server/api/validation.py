@@ -20,6 +20,17 @@ AMOUNT_MAX = 1e15
 FUTURE_SKEW_S = 300.0
 
 
+def symbol_key(symbol: str) -> str:
+    """A symbol as the engine compares it: upper-case (`btcusdt` is `BTCUSDT`). Whitespace is not stripped:
+    `identifier` rejects it."""
+    return symbol.upper()
+
+
+def exchange_key(exchange: str) -> str:
+    """An exchange as the engine compares it: lower-case (`Binance` is `binance`)."""
+    return exchange.lower()
+
+
 class Violations:
     """Collects field violations for one request."""
 
