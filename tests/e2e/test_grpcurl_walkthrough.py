@@ -59,6 +59,9 @@ def test_grpcurl_walkthrough_breach_reduce_only_kill_switch_shadow(sidecar: Side
     ok = grpcurl(sidecar, "tradeguard.v1.RiskService/CanTrade", ids)
     grpcurl(sidecar, "tradeguard.v1.RiskService/ReportEquity", {**ids, "equity": 9400})
     denied = grpcurl(sidecar, "tradeguard.v1.RiskService/CanTrade", ids)
+    grpcurl(sidecar, "tradeguard.v1.RiskService/ReportPositions", {**ids, "positions": [  # what the SELL reduces
+        {"symbol": "BTCUSDT", "exchange": "binance", "side": "SIDE_BUY", "quantity": 0.01, "entry_price": 50000,
+         "mark_price": 50000}]})
     reduce = grpcurl(sidecar, "tradeguard.v1.RiskService/CanTrade",
                      {**ids, "order": {**order, "side": "SIDE_SELL", "reduce_only": True}})
     new_exposure = grpcurl(sidecar, "tradeguard.v1.RiskService/CanTrade", {**ids, "order": order})

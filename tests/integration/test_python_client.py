@@ -51,6 +51,7 @@ T0 = 1_767_268_800.0  # 2026-01-01T12:00:00Z
 BOT = ("bot-1", "acct-1")
 BUY = Order("BTCUSDT", "BUY", 0.01, 50_000, exchange="binance")
 REDUCE = Order("BTCUSDT", "SELL", 0.01, 50_000, exchange="binance", reduce_only=True)
+HELD = Position("BTCUSDT", "BUY", 0.01, 50_000, 50_000, exchange="binance")  # what REDUCE reduces
 needs_openssl = pytest.mark.skipif(not have_openssl(), reason="openssl CLI not installed")
 
 
@@ -156,6 +157,7 @@ async def test_async_client_no_equity_then_allowed_then_daily_loss_limit_with_re
         after_report = await guard.can_trade(*BOT, BUY)
         loss = await guard.report_equity(*BOT, 9_400)
         denied = await guard.can_trade(*BOT)
+        await guard.report_positions(*BOT, [HELD])
         reduce = await guard.can_trade(*BOT, REDUCE)
         new_exposure = await guard.can_trade(*BOT, BUY)
 
@@ -173,7 +175,9 @@ async def test_sync_client_no_equity_then_allowed_then_daily_loss_limit_with_red
             guard.report_equity(*BOT, 10_000)
             after_report = guard.can_trade(*BOT, BUY)
             guard.report_equity(*BOT, 9_400)
-            return first, after_report, guard.can_trade(*BOT), guard.can_trade(*BOT, REDUCE), guard.can_trade(*BOT, BUY)
+            denied = guard.can_trade(*BOT)
+            guard.report_positions(*BOT, [HELD])
+            return first, after_report, denied, guard.can_trade(*BOT, REDUCE), guard.can_trade(*BOT, BUY)
 
     assert_walkthrough(*await asyncio.to_thread(scenario))
 

@@ -26,6 +26,8 @@ T0 = 1_767_268_800.0
 ORDER = t.OrderIntent(symbol="BTCUSDT", exchange="binance", side=t.SIDE_BUY, quantity=0.01, price=50_000)
 REDUCE = t.OrderIntent(symbol="BTCUSDT", exchange="binance", side=t.SIDE_SELL, quantity=0.01, price=50_000,
                        reduce_only=True)
+HELD = t.Position(symbol="BTCUSDT", exchange="binance", side=t.SIDE_BUY, quantity=0.01, entry_price=50_000,
+                  mark_price=50_000)
 
 
 @pytest.fixture
@@ -65,6 +67,7 @@ async def test_walkthrough_no_equity_then_allowed_then_daily_loss_then_auto_resu
     allowed = await risk.CanTrade(rs.CanTradeRequest(**ids))
     await risk.ReportEquity(rs.ReportEquityRequest(**ids, equity=9_400))
     denied = await risk.CanTrade(rs.CanTradeRequest(**ids))
+    await risk.ReportPositions(rs.ReportPositionsRequest(**ids, positions=[HELD]))  # what REDUCE reduces
     reduce = await risk.CanTrade(rs.CanTradeRequest(**ids, order=REDUCE))
     new_exposure = await risk.CanTrade(rs.CanTradeRequest(**ids, order=ORDER))
     clock.advance(30 * 60)

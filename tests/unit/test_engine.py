@@ -24,6 +24,7 @@ from tradeguard_server.engine.types import (
 T0 = 1_767_268_800.0  # 2026-01-01T12:00:00Z, a Thursday
 BUY = OrderIntent("BTCUSDT", Side.BUY, 0.01, 50_000.0)
 REDUCE = OrderIntent("BTCUSDT", Side.SELL, 0.01, 50_000.0, reduce_only=True)
+HELD = Position("BTCUSDT", Side.BUY, 0.01, 50_000.0, 50_000.0)  # what REDUCE reduces
 
 
 @pytest.fixture
@@ -73,6 +74,7 @@ def test_daily_loss_over_limit_pauses_reduce_only_for_stop_trading_minutes(
 def test_daily_loss_pause_allows_reduce_only_and_denies_new_exposure(engine: RiskEngine) -> None:
     engine.report_equity("t1", "a1", 10_000.0, None)
     engine.report_equity("t1", "a1", 9_400.0, None)
+    engine.report_positions("t1", "a1", [HELD])
 
     reduce_decision, _ = engine.can_trade("t1", "a1", REDUCE)
     buy_decision, _ = engine.can_trade("t1", "a1", BUY)
@@ -202,6 +204,7 @@ def test_kill_switch_for_a_duration_ends_then_the_longer_loss_pause_remains(
 ) -> None:
     engine.report_equity("t1", "a1", 10_000.0, None)
     engine.report_equity("t1", "a1", 9_400.0, None)
+    engine.report_positions("t1", "a1", [HELD])
     engine.pause("t1", "a1", TradingState.HALTED, 300, "")
 
     halted, _ = engine.can_trade("t1", "a1", REDUCE)

@@ -3,8 +3,8 @@
 
 Each cycle: report the account equity, ask `can_trade` for a BTCUSDT buy, "fill" it when allowed and
 report the closed trade. The simulated PnL loses a little every cycle, so by the fourth cycle the default
-5% daily loss limit is breached: new orders are denied (DAILY_LOSS_LIMIT) while a reduce-only order is still
-allowed. One `key=value` line per step.
+5% daily loss limit is breached: new orders are denied (DAILY_LOSS_LIMIT) while a reduce-only order for the
+position the bot reports holding is still allowed. One `key=value` line per step.
 
     tradeguard serve &                      # listens on 127.0.0.1:50051
     python client/python/examples/trader.py --target 127.0.0.1:50051
@@ -18,7 +18,7 @@ import argparse
 import sys
 import uuid
 
-from tradeguard_client import Decision, Order, RiskClient, SidecarUnavailableError, TradeGuardError
+from tradeguard_client import Decision, Order, Position, RiskClient, SidecarUnavailableError, TradeGuardError
 
 PNL_PER_CYCLE = (-120.0, -180.0, -260.0, 35.0, -10.0)
 
@@ -63,6 +63,11 @@ def main(argv: list[str] | None = None) -> int:
             show("can_trade", decision)
             unreachable |= decision.sidecar_unavailable
             if not decision:
+                try:  # the bot still holds 0.01 BTC on binance: selling that much only reduces
+                    guard.report_positions(*ids, [Position("BTCUSDT", "BUY", 0.01, 50_000.0, 50_000.0,
+                                                           exchange="binance")])
+                except TradeGuardError as exc:
+                    print(f"step=report_positions error={exc.code.name} msg={exc.message!r}")
                 reduce = guard.can_trade(*ids, Order("BTCUSDT", "SELL", 0.01, 50_000.0, exchange="binance",
                                                      reduce_only=True))
                 show("can_trade_reduce_only", reduce)
