@@ -223,7 +223,7 @@ class Model:
         pause = tr.effective(now)
         if pause is None:
             return True, t.DECISION_CODE_ALLOWED, ACTIVE
-        allowed = reduce_only and pause.state == REDUCING
+        allowed = False  # the machine holds no position: a reduce_only SELL adds exposure (README "Order checks")
         return allowed, t.DECISION_CODE_ALLOWED if allowed else pause.code, pause.state
 
     def pause(self, trader: str, state: int, seconds: int | None, now: float) -> None:
