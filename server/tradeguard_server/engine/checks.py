@@ -1,6 +1,8 @@
 """The rules. Loss limits are evaluated on equity reports (they start pauses); order checks on CanTrade.
 
-Every function here is pure: state, limits and time in, results out. A value equal to its limit passes.
+Every function here is pure: state, limits and time in, results out. A value equal to its limit passes (order
+checks compare with `within`, a relative tolerance of 1e-9). README "Order checks: the arithmetic" states the
+rules; tests/unit/test_checks_oracle.py holds the engine to them.
 """
 
 from __future__ import annotations
