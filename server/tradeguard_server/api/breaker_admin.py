@@ -230,7 +230,9 @@ class BreakerAdmin:
 
     def load(self, records: Iterable[BreakerRecord]) -> None:
         """Install the breakers loaded from the store at start (invalid ones are logged and not enforced)."""
-        records = list(records)
+        records = [replace(r, symbols=r.symbols and [s.upper() for s in r.symbols],  # stored before names
+                           exchanges=r.exchanges and [e.lower() for e in r.exchanges])  # were normalized
+                   for r in records]
         for r in records:
             self.records[r.id] = r
         self.evaluator.load(records)

@@ -92,10 +92,6 @@ class OrderSplit:
     adding: float
 
     @property
-    def reduces_only(self) -> bool:
-        return self.adding == 0.0
-
-    @property
     def venue_after(self) -> float:
         """Quantity held on the order's venue after the order when it adds (in the order's direction)."""
         pos = self.position
