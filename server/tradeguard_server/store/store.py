@@ -101,6 +101,8 @@ PG_CONNECT_DEFAULTS = {  # unless the URL says otherwise
 # NOT_SERVING (the writer keeps waiting for it). Covers what the server-side timeouts cannot: a hung pooler,
 # a frozen server whose kernel still ACKs. 0 = no bound.
 CALL_TIMEOUT_S = 30.0
+# How long an admin write whose COMMIT answer was lost keeps asking the database (txid_status) what became of it.
+SETTLE_S = 10.0
 FIRST_BACKOFF_S = 0.05
 PIPELINE = True  # encode the next batch while one is in the database (False: one at a time; for comparison)
 ROW_ERRORS = {"IntegrityError", "DataError"}  # PEP 249 names: the same in SQLAlchemy, psycopg and sqlite3
@@ -153,7 +155,11 @@ class _Call:
     queued -> it never runs; running -> it runs to its end and then ROLLS BACK instead of committing, so a change
     the client was told failed (UNAVAILABLE) is not written behind its back (memory, which changes only after a
     commit, and the database stay the same); committing -> the COMMIT was already sent: the outcome is unknown,
-    and the caller is told so. The thread's result or error is discarded either way."""
+    and the caller is told so. The thread's result or error is discarded either way.
+
+    A COMMIT whose answer is lost while the caller still waits (the connection broke) is settled by asking the
+    database (`_settle_commit`): the caller learns whether it committed, and is told "in doubt" only when the
+    database cannot say within the bound."""
 
     __slots__ = ("_lock", "_state")
 
@@ -744,6 +750,57 @@ class RiskStore:
         self._prepared = True
         return None
 
+    def _settle_commit(self, session: tuple[int, int] | None, exc: BaseException) -> bool:
+        """A write-through call whose COMMIT was sent and whose answer was lost (`exc`): True when it committed.
+        Raises StoreUnavailable when it did not (nothing written) or when that cannot be told (`in_doubt`).
+
+        PostgreSQL: the transaction's txid, taken before the write, is looked up with txid_status on a new
+        connection, for up to SETTLE_S (within the caller's own bound, `call_timeout_s`: past it the caller is
+        told the outcome is unknown anyway). While it is still "in progress" (the server has not noticed the
+        broken connection; the COMMIT may still be on its way), the old session is ended with
+        pg_terminate_backend, only if it still runs that transaction: from then on the answer is final.
+        SQLite runs in this process: an error from COMMIT means SQLite did not commit (it rolled back, or left
+        the transaction open and closing the connection rolls it back)."""
+        cause = _describe(exc)
+        if session is None:
+            raise StoreUnavailable(f"database unavailable: {cause}; the commit failed, nothing was written") from exc
+        txid, pid = session
+        limit = SETTLE_S if self.call_timeout_s <= 0 else min(SETTLE_S, self.call_timeout_s)
+        deadline = time.monotonic() + limit
+        pause = 0.02
+        status: str | None = "unknown"
+        while True:
+            try:
+                status = self._xact_status(txid)
+                if status == "in progress":
+                    self._end_session(pid, txid)
+                    status = self._xact_status(txid)
+            except Exception as error:  # the database is still out of reach
+                status, cause = "unknown", f"{cause}; then {_describe(error)}"
+            if status == "committed":
+                log.warning("store: the connection broke after a COMMIT was sent (%s); the database says it "
+                            "committed: answered as saved", _describe(exc))
+                return True
+            if status == "aborted":
+                raise StoreUnavailable(f"database unavailable: {cause}; the database says the transaction did "
+                                       "not commit, nothing was written") from exc
+            if status is None:  # too old for the server to tell
+                break
+            if time.monotonic() + pause > deadline:
+                break
+            time.sleep(pause)  # "in progress": the server has not finished with the broken session yet
+            pause = min(pause * 2, 0.5)
+        raise StoreUnavailable(f"database unavailable after the COMMIT was sent ({cause}); whether it committed "
+                               f"could not be learned within {limit:g} s", in_doubt=True) from exc
+
+    def _end_session(self, pid: int, txid: int) -> None:
+        """End backend `pid` if it still runs transaction `txid` (its rollback then makes the outcome final)."""
+        assert self._engine is not None
+        with self._engine.connect() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = :pid "
+                              "AND backend_xid::text::bigint = :xid"), {"pid": pid, "xid": txid % (1 << 32)})
+            conn.rollback()
+
     def _xact_status(self, txid: int) -> str | None:
         assert self._engine is not None
         try:
@@ -890,12 +947,18 @@ class RiskStore:
                 if error is not None:
                     raise StoreUnavailable(f"database unavailable: {_describe(error)}") from error
             assert self._engine is not None
+            session: tuple[int, int] | None = None  # PostgreSQL: (txid, backend pid) of a write
+            committing = False
             try:
                 with self._engine.connect() as conn:  # leaving it without a commit rolls back
+                    if write and conn.dialect.name == "postgresql":  # to ask later whether a lost COMMIT went through
+                        txid, pid = conn.exec_driver_sql("SELECT txid_current(), pg_backend_pid()").one()
+                        session = int(txid), int(pid)
                     result = fn(conn)
                     if write:
                         if not call.may_commit():
                             raise StoreUnavailable("the caller gave up: rolled back")
+                        committing = True
                         conn.commit()
                     return result
             except StoreError:
@@ -903,6 +966,10 @@ class RiskStore:
             except IntegrityError as exc:
                 raise Conflict(_describe(exc)) from exc
             except Exception as exc:
+                if committing and not is_row_error(exc):  # the COMMIT was sent and its answer lost
+                    self._dispose_quietly()
+                    if self._settle_commit(session, exc):
+                        return result
                 if is_row_error(exc):  # DataError, or a value that could not be bound or encoded
                     raise InvalidData(_describe(exc)) from exc
                 # The connection is gone, or the server cancelled the statement (statement_timeout,
