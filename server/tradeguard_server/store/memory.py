@@ -25,6 +25,7 @@ from .records import (
     StateRecord,
     TradeRecord,
 )
+from .store import HISTORY_BACKLOG_ROWS
 
 KINDS = ("state", "history", "trade", "event")
 
@@ -32,7 +33,7 @@ KINDS = ("state", "history", "trade", "event")
 class MemoryStore:
     """Implements store.protocol.Store in memory."""
 
-    def __init__(self, queue_size: int = 64, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, queue_size: int = HISTORY_BACKLOG_ROWS, *, clock: Callable[[], float] = time.time) -> None:
         self.queue_size = queue_size
         self.clock = clock
         self.persistence_enabled = True
@@ -43,6 +44,7 @@ class MemoryStore:
         self.last_persist_latency_ms = 0.0
         self.rows_written: dict[str, int] = dict.fromkeys(KINDS, 0)
         self.enqueued: dict[str, int] = dict.fromkeys(KINDS, 0)
+        self.rejected: dict[str, int] = dict.fromkeys(KINDS, 0)  # never: nothing here refuses a row
         # The "database".
         self.states: dict[str, StateRecord] = {}
         self.history: list[HistoryRecord] = []

@@ -16,8 +16,13 @@ threads. Why:
 What is queued (`enqueue_*` never await and never raise; call them on the event loop thread):
 - state snapshots coalesce per trader (the highest version wins) in an unbounded map with one entry per
   trader, so the latest state of every trader is always written eventually, whatever overflows;
-- history rows go to a bounded queue (`queue_size`): on overflow the OLDEST row is dropped and counted in
-  `dropped_history`, with one warning per overflow episode;
+- history rows go to a bounded backlog (`queue_size` rows, HISTORY_BACKLOG_ROWS = 100,000 by default: about
+  0.6 KB each for a trader without positions, so ~65 MB; positions, pauses and symbol stats add to it). A
+  healthy database keeps the backlog near empty at thousands of changes per second (measured 2.4k/s with 0
+  drops on PostgreSQL and SQLite); only when it cannot keep up (slow or down) for longer than the backlog
+  lasts (~40 s at 2.4k/s) is the OLDEST row dropped, counted in `dropped_history`, with one warning per
+  overflow episode and one with the count when it ends. `enqueued["history"] == rows_written["history"] +
+  dropped_history + rejected["history"] + what is still queued`;
 - trade reports and breaker events are never dropped: their pending lists are unbounded (a long outage
   costs memory, a few hundred bytes per item, rather than losing an audit record).
 
@@ -104,6 +109,8 @@ CALL_TIMEOUT_S = 30.0
 # How long an admin write whose COMMIT answer was lost keeps asking the database (txid_status) what became of it.
 SETTLE_S = 10.0
 FIRST_BACKOFF_S = 0.05
+# History rows kept in memory while the database does not keep up (the default `queue_size`).
+HISTORY_BACKLOG_ROWS = 100_000
 PIPELINE = True  # encode the next batch while one is in the database (False: one at a time; for comparison)
 ROW_ERRORS = {"IntegrityError", "DataError"}  # PEP 249 names: the same in SQLAlchemy, psycopg and sqlite3
 
@@ -240,7 +247,7 @@ class RiskStore:
     def __init__(
         self,
         url: str,
-        queue_size: int = 64,
+        queue_size: int = HISTORY_BACKLOG_ROWS,
         batch_max: int = 500,
         retry_max_s: float = 5.0,
         migrate_on_start: bool = True,
@@ -284,7 +291,7 @@ class RiskStore:
         self._last_trade_at = 0.0
         self._overflowing = False
         self._drops_in_episode = 0
-        self._drops_since_take = 0
+        self._drops_since_commit = 0
 
         # After a load() failed, snapshots wait (history, trades and events do not) until a load() succeeds,
         # so a late load always reads the stored states before this process replaces them.
@@ -436,11 +443,22 @@ class RiskStore:
     def _count_drops(self, n: int) -> None:
         self.dropped_history += n
         self._drops_in_episode += n
-        self._drops_since_take += n
+        self._drops_since_commit += n
         if not self._overflowing:
             self._overflowing = True
-            log.warning("store history queue full (%d rows): dropping the oldest history rows until the writer "
-                        "catches up (latest states are kept)", self.queue_size)
+            log.warning("store history backlog full (queue_size=%d rows): the database does not keep up; dropping "
+                        "the oldest history rows until the writer catches up (latest states are kept; see "
+                        "tradeguard_history_rows_dropped_total)", self.queue_size)
+
+    def _end_overflow(self) -> None:
+        """After a commit: an overflow episode is over once a whole batch round trip dropped nothing, or once the
+        writer has taken every history row (caught up)."""
+        if self._overflowing and (self._drops_since_commit == 0 or not self._history):
+            log.warning("store history backlog overflow over: %d history rows were dropped (%d in all)",
+                        self._drops_in_episode, self.dropped_history)
+            self._overflowing = False
+            self._drops_in_episode = 0
+        self._drops_since_commit = 0
 
     # ---- flush --------------------------------------------------------------------------------------
 
@@ -603,6 +621,7 @@ class RiskStore:
             self.failures += 1
         if outcome.retry is None:
             self.last_persist_latency_ms = outcome.latency_ms
+            self._end_overflow()
             self._available()
             self._resolve_waiters()
             return False
@@ -660,11 +679,6 @@ class RiskStore:
         return float(min(self.retry_max_s, FIRST_BACKOFF_S * 2 ** min(failures - 1, 16)))
 
     def _take(self) -> _Batch | None:
-        if self._overflowing and self._drops_since_take == 0:
-            log.warning("store history queue overflow over: %d history rows were dropped", self._drops_in_episode)
-            self._overflowing = False
-            self._drops_in_episode = 0
-        self._drops_since_take = 0
         if not ((self._states and not self._hold_states) or self._history or self._trades or self._events):
             return None
         n = self.batch_max
