@@ -245,13 +245,15 @@ def test_store_and_breaker_methods_move_their_series() -> None:
 
 def test_history_row_series_read_the_store_counters_at_scrape_time() -> None:
     class Counts:
-        enqueued = {"history": 10}
-        rows_written = {"history": 6}
-        rejected = {"history": 1}
-        dropped_history = 2
+        def __init__(self) -> None:
+            self.enqueued = {"history": 10}
+            self.rows_written = {"history": 6}
+            self.rejected = {"history": 1}
+            self.dropped_history = 2
 
+    counts = Counts()
     metrics = Metrics()
-    metrics.observe_store(Counts())
+    metrics.observe_store(counts)
 
     value = metrics.registry.get_sample_value
     assert value("tradeguard_history_rows_enqueued_total") == 10.0
@@ -259,7 +261,7 @@ def test_history_row_series_read_the_store_counters_at_scrape_time() -> None:
     assert value("tradeguard_history_rows_dropped_total") == 2.0
     assert value("tradeguard_history_rows_rejected_total") == 1.0
     assert value("tradeguard_history_rows_pending") == 1.0  # 10 - 6 - 2 - 1
-    Counts.rows_written["history"] = 7
+    counts.rows_written["history"] = 7
     assert value("tradeguard_history_rows_written_total") == 7.0
     assert value("tradeguard_history_rows_pending") == 0.0
 

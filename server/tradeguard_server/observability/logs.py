@@ -1,9 +1,9 @@
 """Structured logging: text by default, one JSON object per line with --log-json.
 
-Every record is one line in either format: the text format escapes control characters in the message (a
-newline in a client's PauseTrading reason cannot forge a line), JSON escapes them by its own rules (ASCII
-only, so U+2028 too). JSON lines carry `ts`, `level`, `logger`, `msg`, every `extra=` field (a breach has `trader_id`, `rule`,
-`value`, `limit`) and, inside a traced RPC, `trace_id` and `span_id`. Text lines end with
+No value can break a line or forge one: the text format escapes control characters in the message (a newline
+in a client's PauseTrading reason stays `\\n`) and indents a traceback's lines; JSON escapes them by its own
+rules (ASCII only, so U+2028 too). JSON lines carry `ts`, `level`, `logger`, `msg`, every `extra=` field (a breach has
+`trader_id`, `rule`, `value`, `limit`) and, inside a traced RPC, `trace_id` and `span_id`. Text lines end with
 `trace_id=<hex>` when traced. `redact_secrets` scrubs known secret values (admin token, trader token,
 database password) from every line, as a second line of defence behind `Settings.redacted()`.
 """
