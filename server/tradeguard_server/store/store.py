@@ -16,8 +16,9 @@ threads. Why:
 What is queued (`enqueue_*` never await and never raise; call them on the event loop thread):
 - state snapshots coalesce per trader (the highest version wins) in an unbounded map with one entry per
   trader, so the latest state of every trader is always written eventually, whatever overflows;
-- history rows go to a bounded backlog (`queue_size` rows, HISTORY_BACKLOG_ROWS = 100,000 by default: about
-  0.6 KB each for a trader without positions, so ~65 MB; positions, pauses and symbol stats add to it). A
+- history rows go to a bounded backlog: at most `queue_size` rows (HISTORY_BACKLOG_ROWS = 100,000 by default)
+  and at most `history_backlog_bytes` (128 MiB) by `history_cost`'s estimate (~0.65 KB for a trader without
+  positions, ~5 KB with 500 recent trades). A
   healthy database keeps the backlog near empty at thousands of changes per second (measured 2.4k/s with 0
   drops on PostgreSQL and SQLite); only when it cannot keep up (slow or down) for longer than the backlog
   lasts (~40 s at 2.4k/s) is the OLDEST row dropped, counted in `dropped_history`, with one warning per
@@ -109,8 +110,10 @@ CALL_TIMEOUT_S = 30.0
 # How long an admin write whose COMMIT answer was lost keeps asking the database (txid_status) what became of it.
 SETTLE_S = 10.0
 FIRST_BACKOFF_S = 0.05
-# History rows kept in memory while the database does not keep up (the default `queue_size`).
+# History rows kept in memory while the database does not keep up: at most `queue_size` rows (this default) and
+# at most `history_backlog_bytes` (this default) by history_cost's estimate; past either, the oldest are dropped.
 HISTORY_BACKLOG_ROWS = 100_000
+HISTORY_BACKLOG_BYTES = 128 << 20
 PIPELINE = True  # encode the next batch while one is in the database (False: one at a time; for comparison)
 ROW_ERRORS = {"IntegrityError", "DataError"}  # PEP 249 names: the same in SQLAlchemy, psycopg and sqlite3
 
@@ -254,13 +257,15 @@ class RiskStore:
         *,
         clock: Callable[[], float] = time.time,
         call_timeout_s: float = CALL_TIMEOUT_S,
+        history_backlog_bytes: int = HISTORY_BACKLOG_BYTES,
     ) -> None:
         if queue_size < 1 or batch_max < 1:
             raise ValueError("queue_size and batch_max must be >= 1")
         if call_timeout_s < 0:
             raise ValueError("call_timeout_s must be >= 0 (0 = no bound)")
         self.url = normalize_url(url)
-        self.queue_size = queue_size
+        self.queue_size = queue_size  # history backlog cap, rows
+        self.history_backlog_bytes = history_backlog_bytes  # history backlog cap, bytes (estimated)
         self.batch_max = batch_max
         self.retry_max_s = retry_max_s
         self.migrate_on_start = migrate_on_start
@@ -283,6 +288,7 @@ class RiskStore:
         self._seq = 0
         self._states: dict[str, tuple[int, StateRecord]] = {}
         self._history: deque[tuple[int, HistoryRecord]] = deque()
+        self._history_bytes = 0  # history_cost of the rows in self._history
         self._trades: deque[tuple[int, TradeRecord, float]] = deque()
         self._events: deque[tuple[int, BreakerEventRecord]] = deque()
         self._inflight: list[_Batch] = []  # taken from the queues, not yet committed (at most two)
@@ -399,11 +405,11 @@ class RiskStore:
                 self.coalesced += 1
                 if rec.version > current[1].version:  # keeps its place (and seq) in the queue, newest state
                     self._states[rec.trader_id] = (current[0], rec)
-            self._history.append((seq, HistoryRecord(rec.trader_id, rec.account_id, rec, reason, trace_id,
-                                                     rec.updated_at)))
-            if len(self._history) > self.queue_size:
-                self._history.popleft()
-                self._count_drops(1)
+            row = HistoryRecord(rec.trader_id, rec.account_id, rec, reason, trace_id, rec.updated_at)
+            self._history.append((seq, row))
+            self._history_bytes += history_cost(row)
+            if len(self._history) > self.queue_size or self._history_bytes > self.history_backlog_bytes:
+                self._trim_history()
             self._kick()
         except Exception:  # pragma: no cover - the hot path must never fail because of the store
             log.exception("enqueue_state failed")
@@ -440,15 +446,27 @@ class RiskStore:
         if self._wake is not None:
             self._wake.set()
 
+    def _trim_history(self) -> None:
+        """Drop the oldest history rows until the backlog is within both caps (rows and estimated bytes)."""
+        dropped = 0
+        while self._history and (len(self._history) > self.queue_size
+                                 or self._history_bytes > self.history_backlog_bytes):
+            _seq, row = self._history.popleft()
+            self._history_bytes -= history_cost(row)
+            dropped += 1
+        if dropped:
+            self._count_drops(dropped)
+
     def _count_drops(self, n: int) -> None:
         self.dropped_history += n
         self._drops_in_episode += n
         self._drops_since_commit += n
         if not self._overflowing:
             self._overflowing = True
-            log.warning("store history backlog full (queue_size=%d rows): the database does not keep up; dropping "
-                        "the oldest history rows until the writer catches up (latest states are kept; see "
-                        "tradeguard_history_rows_dropped_total)", self.queue_size)
+            log.warning("store history backlog full (queue_size=%d rows, history_backlog_bytes=%d): the database "
+                        "does not keep up; dropping the oldest history rows until the writer catches up (latest "
+                        "states are kept; see tradeguard_history_rows_dropped_total)", self.queue_size,
+                        self.history_backlog_bytes)
 
     def _end_overflow(self) -> None:
         """After a commit: an overflow episode is over once a whole batch round trip dropped nothing, or once the
@@ -692,6 +710,7 @@ class RiskStore:
             keys = list(islice(self._states, n))
             batch.states = [self._states.pop(k) for k in keys]
         batch.history = [self._history.popleft() for _ in range(min(n, len(self._history)))]
+        self._history_bytes -= sum(history_cost(row) for _seq, row in batch.history)
         batch.trades = [self._trades.popleft() for _ in range(min(n, len(self._trades)))]
         batch.events = [self._events.popleft() for _ in range(min(n, len(self._events)))]
         return batch
@@ -707,11 +726,8 @@ class RiskStore:
             merged.update(self._states)
             self._states = merged
         self._history.extendleft(reversed(batch.history))
-        overflow = len(self._history) - self.queue_size
-        if overflow > 0:
-            for _ in range(overflow):
-                self._history.popleft()
-            self._count_drops(overflow)
+        self._history_bytes += sum(history_cost(row) for _seq, row in batch.history)
+        self._trim_history()
         self._trades.extendleft(reversed(batch.trades))
         self._events.extendleft(reversed(batch.events))
 
@@ -1109,6 +1125,15 @@ class RiskStore:
         await self.flush(timeout=1.0)
         return await self._call(lambda conn: sql.list_events(conn, account_id, breaker_id, limit, before_cursor),
                                 write=False)
+
+
+def history_cost(row: HistoryRecord) -> int:
+    """Estimated bytes a queued history row holds on to (measured with tracemalloc: ~640 for a trader without
+    positions). What it shares with the trader's live state (positions, recent trades) counts as a reference."""
+    st = row.state
+    shared = len(st.positions) + len(st.recent_trades) + len(st.volatility)
+    own = len(st.pauses) + len(st.symbol_stats)
+    return 640 + len(row.reason) + 8 * shared + 160 * own
 
 
 def _batch_of(parts: Iterable[tuple[str, Encoded]]) -> _Batch:
