@@ -22,6 +22,8 @@ from tests.support.pg import fresh_database, plain_dsn
 from tests.support.sidecar import running_sidecar
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import admin_service_pb2_grpc as adg
+from tradeguard.v1 import risk_service_pb2 as rs
+from tradeguard.v1 import risk_service_pb2_grpc as rsg
 from tradeguard.v1 import types_pb2 as t
 from tradeguard_server.store import store as store_module
 from tradeguard_server.store.errors import StoreUnavailable, unsaved
@@ -151,6 +153,11 @@ async def test_save_config_and_create_breaker_whose_commit_answer_was_lost_answe
             assert proxy.commits_trapped == 2
             listed = await admin.ListBreakers(ad.ListBreakersRequest(account_id="a-1"), timeout=5)
             assert [b.id for b in listed.breakers] == [created.breaker.id]
+            risk = rsg.RiskServiceStub(channel)  # in force: equity below its floor fires it
+            await risk.ReportEquity(rs.ReportEquityRequest(trader_id="bot-1", account_id="a-1", equity=8_500.0),
+                                    timeout=5)
+            events = await admin.ListBreakerEvents(ad.ListBreakerEventsRequest(account_id="a-1"), timeout=10)
+            assert [e.breaker_id for e in events.events] == [created.breaker.id]
 
             with pytest.raises(grpc.aio.AioRpcError) as retried:  # a retry creates no second breaker
                 await admin.CreateBreaker(ad.CreateBreakerRequest(breaker=breaker("floor")), timeout=30)
