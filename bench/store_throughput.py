@@ -11,7 +11,8 @@ It works in a scratch database created next to the one in --url, dropped at the 
 - baseline: the same with batch_max=1 (one transaction per change), and the ratio;
 - paced: changes offered at fixed rates for --seconds (the loop idle in between, as a server between
   requests): handled/s and the backlog left (an unbounded queue: does the writer keep up?), the event
-  loop's lag and the enqueue cost meanwhile; then the share of history rows the default queue (64) drops.
+  loop's lag and the enqueue cost meanwhile; then the share of history rows dropped with the default backlog
+  (`queue_size`, HISTORY_BACKLOG_ROWS).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from sqlalchemy.engine import make_url
 from tradeguard_server.engine.snapshot import PauseRecord, StateRecord
 from tradeguard_server.engine.types import ClosedTrade, DecisionCode, Position, Side, TradingState
 from tradeguard_server.store.migrate import migrate
-from tradeguard_server.store.store import RiskStore
+from tradeguard_server.store.store import HISTORY_BACKLOG_ROWS, RiskStore
 
 
 def sample_state(i: int, now: float) -> StateRecord:
@@ -149,9 +150,9 @@ def main() -> int:
             print(f"  {rate:>7,.0f}/s, unbounded queue: handled {p['written']:>7,.0f}/s, backlog at the end "
                   f"{p['backlog']:>7,.0f}; loop lag p99 {p['lag_p99_ms']:.1f} ms (max {p['lag_max_ms']:.0f}); "
                   f"enqueue p99 {p['enqueue_p99_us']:.1f} us (max {p['enqueue_max_us']:.0f})")
-            d = asyncio.run(paced(url, args.traders, args.seconds, rate, queue_size=64))
-            print(f"  {rate:>7,.0f}/s, default queue (64): {d['dropped'] / max(d['offered'] * args.seconds, 1):.1%} "
-                  f"of history rows dropped")
+            d = asyncio.run(paced(url, args.traders, args.seconds, rate, queue_size=HISTORY_BACKLOG_ROWS))
+            print(f"  {rate:>7,.0f}/s, default backlog ({HISTORY_BACKLOG_ROWS:,} rows): "
+                  f"{d['dropped'] / max(d['offered'] * args.seconds, 1):.1%} of history rows dropped")
     finally:
         with psycopg.connect(admin_dsn, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -31,7 +31,7 @@ class Settings:
     migrate_on_start: bool = True
     enable_risk_enforcement: bool = True
     enable_persistence: bool = True
-    queue_size: int = 64
+    queue_size: int = 100_000  # history rows kept while the database does not keep up (store.HISTORY_BACKLOG_ROWS)
     drain_timeout_s: float = 10.0
     shutdown_grace_s: float = 5.0
     daily_max_drawdown_percentage: float = 5.0

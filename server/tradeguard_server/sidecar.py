@@ -184,15 +184,13 @@ class Sidecar:
     async def _sample_store(self) -> None:
         """Copy the store's counters into metrics once a second (the writer itself never touches metrics)."""
         store, metrics = self.store, self.metrics
-        seen = {"attempts": 0, "failures": 0, "dropped": 0}
+        seen = {"attempts": 0, "failures": 0}
         while True:
             for _ in range(store.attempts - seen["attempts"]):
                 metrics.persist_attempt()
             for _ in range(store.failures - seen["failures"]):
                 metrics.persist_failure()
-            if store.dropped_history > seen["dropped"]:
-                metrics.history_dropped(store.dropped_history - seen["dropped"])
-            seen = {"attempts": store.attempts, "failures": store.failures, "dropped": store.dropped_history}
+            seen = {"attempts": store.attempts, "failures": store.failures}
             metrics.persist_latency_ms(store.last_persist_latency_ms)
             metrics.queue_depth(store.queue_depth)
             await asyncio.sleep(1.0)
@@ -206,6 +204,7 @@ class Sidecar:
         """
         s = self.settings
         self.metrics: Metrics = Metrics() if s.metrics_listen else NullMetrics()
+        self.metrics.observe_store(self.store)  # history rows enqueued / written / dropped, read at scrape time
         self.metrics_address = ""
         self.tracing: Tracing | None = setup_tracing() if tracing_enabled(s.tracing) else None
         if isinstance(self.metrics, NullMetrics):

@@ -29,7 +29,7 @@ from tradeguard.v1 import types_pb2 as t
 from tradeguard_server.engine.clock import ManualClock
 from tradeguard_server.engine.state import TraderState
 from tradeguard_server.engine.types import Breach, DecisionCode, TradingState
-from tradeguard_server.observability.logs import JsonFormatter, SecretFilter, TraceContextFilter
+from tradeguard_server.observability.logs import JsonFormatter, SecretFilter, TextFormatter, TraceContextFilter
 from tradeguard_server.observability.metrics import OTHER, Metrics, NullMetrics
 from tradeguard_server.observability.tracing import current_trace_id, setup_tracing, tracing_enabled
 from tradeguard_server.settings import SettingsError, load_settings
@@ -226,7 +226,6 @@ def test_store_and_breaker_methods_move_their_series() -> None:
     metrics.persist_failure()
     metrics.persist_latency_ms(12.5)
     metrics.queue_depth(7)
-    metrics.history_dropped(3)
     metrics.store_healthy(False)
     metrics.decision("KILL_SWITCH", allowed=False, shadow=False)
     metrics.observe_rpc("GetRiskState", 0.0002)
@@ -239,10 +238,32 @@ def test_store_and_breaker_methods_move_their_series() -> None:
     assert value("risk_persist_latency_ms") == 12.5
     assert value("tradeguard_persist_duration_seconds_count") == 1.0
     assert value("tradeguard_store_queue_depth") == 7.0
-    assert value("tradeguard_history_rows_dropped_total") == 3.0
     assert value("tradeguard_store_healthy") == 0.0
     assert value("tradeguard_decisions_total", {"code": "KILL_SWITCH", "outcome": "denied"}) == 1.0
     assert value("tradeguard_rpc_duration_seconds_count", {"method": "GetRiskState"}) == 1.0
+
+
+def test_history_row_series_read_the_store_counters_at_scrape_time() -> None:
+    class Counts:
+        def __init__(self) -> None:
+            self.enqueued = {"history": 10}
+            self.rows_written = {"history": 6}
+            self.rejected = {"history": 1}
+            self.dropped_history = 2
+
+    counts = Counts()
+    metrics = Metrics()
+    metrics.observe_store(counts)
+
+    value = metrics.registry.get_sample_value
+    assert value("tradeguard_history_rows_enqueued_total") == 10.0
+    assert value("tradeguard_history_rows_written_total") == 6.0
+    assert value("tradeguard_history_rows_dropped_total") == 2.0
+    assert value("tradeguard_history_rows_rejected_total") == 1.0
+    assert value("tradeguard_history_rows_pending") == 1.0  # 10 - 6 - 2 - 1
+    counts.rows_written["history"] = 7
+    assert value("tradeguard_history_rows_written_total") == 7.0
+    assert value("tradeguard_history_rows_pending") == 0.0
 
 
 # ---- traces ---------------------------------------------------------------------------------------
@@ -323,6 +344,60 @@ async def test_breach_log_line_in_json_has_trader_rule_values_and_trace_id(clock
     assert breach["value"] == pytest.approx(6.0)
     assert breach["limit"] == pytest.approx(5.0)
     assert breach["trace_id"] == TRACE_ID
+
+
+FORGED = "2026-01-01 00:00:00,000 WARNING tradeguard.admin trading resumed for trader bot-1 by operator"
+
+
+@contextlib.contextmanager
+def log_lines(formatter: logging.Formatter) -> Iterator[list[str]]:
+    """Lines as a stream handler with `formatter` writes them (a record may span several)."""
+    handler = ListHandler()
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    out: list[str] = []
+    try:
+        yield out
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+        out.extend(line for record in handler.lines for line in record.split("\n"))
+
+
+@pytest.mark.parametrize("formatter", [TextFormatter, JsonFormatter])
+async def test_a_newline_in_a_pause_reason_cannot_forge_a_log_line(
+    clock: ManualClock, formatter: type[logging.Formatter]
+) -> None:
+    reason = f"manual stop\n{FORGED}\r"
+    async with running_sidecar(clock) as sc, grpc.aio.insecure_channel(sc.address) as ch:
+        with log_lines(formatter()) as lines:
+            await adg.AdminServiceStub(ch).PauseTrading(ad.PauseTradingRequest(
+                trader_id="bot-1", account_id="acct", trading_state=t.TRADING_STATE_HALTED, reason=reason), timeout=5)
+
+    mentioning = [line for line in lines if "manual stop" in line]
+    assert mentioning, lines
+    assert not [line for line in lines if line.startswith(FORGED[:23])]  # no line begins like a record of its own
+    assert all("\r" not in line for line in lines)
+    if formatter is TextFormatter:
+        assert f"manual stop\\n{FORGED}\\r" in mentioning[0]
+    else:
+        assert reason in json.loads(mentioning[0])["msg"]
+
+
+def test_text_log_escapes_control_characters_and_indents_tracebacks() -> None:
+    log = logging.getLogger("tradeguard.test.escape")
+    with log_lines(TextFormatter()) as lines:
+        try:
+            raise ValueError(f"bad value\n{FORGED}")
+        except ValueError:
+            log.exception("failed for %s", f"x\x00y\u2028{FORGED}")
+
+    assert lines[0].endswith("failed for x\\x00y\\u2028" + FORGED)
+    assert all(line.startswith("    ") for line in lines[1:])
+    assert lines[-1] == f"    {FORGED}"
 
 
 def test_secret_filter_scrubs_messages_arguments_and_extras() -> None:

@@ -118,7 +118,7 @@ async def test_history_overflow_drops_exactly_the_oldest_rows_with_one_warning(
     assert rows(db_url, "risk_state_history", "WHERE reason = 'change 37'") == 1  # the oldest one kept
     assert rows(db_url, "risk_state_history", "WHERE reason = 'change 36'") == 0
     assert versions(db_url) == {"t-1": 100}  # the snapshot survives any overflow
-    assert sum("history queue full" in r.message for r in caplog.records) == 1
+    assert sum("history backlog full" in r.message for r in caplog.records) == 1
 
 
 async def test_trades_and_events_are_never_dropped(db_url: str) -> None:

@@ -403,7 +403,7 @@ class BreakerAdmin:
         before: int | None = None
         if token:
             seq = token.removeprefix(MEMORY_CURSOR)
-            if not token.startswith(MEMORY_CURSOR) or not seq.isdigit():
+            if not token.startswith(MEMORY_CURSOR) or not (seq.isascii() and seq.isdigit() and len(seq) <= 18):
                 v.add("page_token", "not a page token from a previous ListBreakerEvents response")
                 v.raise_if_any()
             before = int(seq)

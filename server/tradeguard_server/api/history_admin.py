@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,6 +22,9 @@ from .validation import Violations
 
 PAGE_DEFAULT = 100
 PAGE_MAX = 1000
+# A row id as next_page_token writes it: ASCII digits only (str.isdigit takes "²" and "٣", which int() then
+# refuses or reads as 3), at most 18 of them (a BIGINT; a bigger number is the database's error, not the client's).
+PAGE_TOKEN = re.compile(r"[0-9]{1,18}")
 Ctx = grpc.aio.ServicerContext[Any, Any]
 Handlers = dict[str, tuple[type[Message], Callable[[Any, Ctx], Awaitable[Message]]]]
 
@@ -57,7 +61,7 @@ class HistoryAdmin:
             v.add("page_size", f"must be in [0, {PAGE_MAX}] (0 means {PAGE_DEFAULT}), got {req.page_size}")
         after: int | None = None
         if req.page_token:
-            if not req.page_token.isdigit() or len(req.page_token) > 20:
+            if PAGE_TOKEN.fullmatch(req.page_token) is None:
                 v.add("page_token", "not a page token from a previous ListRiskStateHistory response")
             else:
                 after = int(req.page_token)

@@ -18,6 +18,7 @@ ID_PATTERN = re.compile(r"[A-Za-z0-9._:@/\-]+")
 TEXT_MAX = 1024
 AMOUNT_MAX = 1e15
 FUTURE_SKEW_S = 300.0
+CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # C0 but tab, LF, CR; DEL; C1
 
 
 def symbol_key(symbol: str) -> str:
@@ -59,8 +60,12 @@ class Violations:
             self.add(field, "only letters, digits and . _ : @ / - are allowed")
 
     def text(self, field: str, value: str, max_len: int = TEXT_MAX) -> None:
+        """Free text: at most `max_len` characters; tab and line breaks allowed, no other control character
+        (NUL, which PostgreSQL cannot store and SQLite would, escape sequences, ...), the same on every database."""
         if len(value) > max_len:
             self.add(field, f"too long: {len(value)} characters, at most {max_len}")
+        elif (bad := CONTROL.search(value)) is not None:
+            self.add(field, f"control character U+{ord(bad[0]):04X} at position {bad.start()} is not allowed")
 
     def number(
         self,

@@ -1,7 +1,9 @@
 """Structured logging: text by default, one JSON object per line with --log-json.
 
-JSON lines carry `ts`, `level`, `logger`, `msg`, every `extra=` field (a breach has `trader_id`, `rule`,
-`value`, `limit`) and, inside a traced RPC, `trace_id` and `span_id`. Text lines end with
+No value can break a line or forge one: the text format escapes control characters in the message (a newline
+in a client's PauseTrading reason stays `\\n`) and indents a traceback's lines; JSON escapes them by its own
+rules (ASCII only, so U+2028 too). JSON lines carry `ts`, `level`, `logger`, `msg`, every `extra=` field (a breach has
+`trader_id`, `rule`, `value`, `limit`) and, inside a traced RPC, `trace_id` and `span_id`. Text lines end with
 `trace_id=<hex>` when traced. `redact_secrets` scrubs known secret values (admin token, trader token,
 database password) from every line, as a second line of defence behind `Settings.redacted()`.
 """
@@ -23,6 +25,17 @@ if TYPE_CHECKING:
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 REDACTED = "***"
+
+
+# Characters a log line must not carry raw: C0 and C1 controls, DEL, and the Unicode line and paragraph
+# separators that some viewers break lines at. Each becomes a Python-style escape (\\n, \\x00, \\u2028).
+_ESCAPES = {c: repr(chr(c))[1:-1] for c in (*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029)}
+_ESCAPES_BUT_NEWLINE = {c: e for c, e in _ESCAPES.items() if c != 0x0A}
+
+
+def escape_controls(text: str, keep_newlines: bool = False) -> str:
+    """`text` with every control character escaped (`keep_newlines`: except \\n, for tracebacks)."""
+    return text.translate(_ESCAPES_BUT_NEWLINE if keep_newlines else _ESCAPES)
 
 
 class TraceContextFilter(logging.Filter):
@@ -87,13 +100,29 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
+    """One line per record: control characters in the message (a newline in a client's reason, an escape
+    sequence) are escaped, so no value can forge a line or rewrite the terminal. A traceback follows on lines
+    indented by four spaces, so no line of it can pass for a record either."""
+
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
 
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        message = record.message
+        record.message = escape_controls(message)
+        try:
+            return super().formatMessage(record)
+        finally:
+            record.message = message
+
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+        line, _sep, rest = super().format(record).partition("\n")
         trace_id = getattr(record, "trace_id", None)
-        return f"{line} trace_id={trace_id}" if trace_id else line
+        if trace_id:
+            line = f"{line} trace_id={escape_controls(str(trace_id))}"
+        if rest:
+            line += "".join(f"\n    {part}" for part in escape_controls(rest, keep_newlines=True).split("\n"))
+        return line
 
 
 def setup_logging(level: str = "INFO", as_json: bool = False) -> None:

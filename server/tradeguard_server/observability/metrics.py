@@ -24,7 +24,7 @@ import platform
 import time
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import grpc
 from prometheus_client import (
@@ -118,6 +118,44 @@ class _HotPath(Collector):
         yield GaugeMetricFamily("risk_check_latency_ms", CHECK_HELP, value=self.last_check_ms[0])
 
 
+class HistoryRows(Protocol):
+    """The store's history counters (store.protocol.Store has them)."""
+
+    enqueued: dict[str, int]
+    rows_written: dict[str, int]
+    rejected: dict[str, int]
+    dropped_history: int
+
+
+class _HistoryCollector(Collector):
+    """risk_state_history rows, read from the store's counters together at scrape time:
+    enqueued = written + dropped + rejected + pending, where pending (queued or being written) is what a
+    healthy writer has not committed yet."""
+
+    def __init__(self, store: HistoryRows) -> None:
+        self.store = store
+
+    def describe(self) -> Iterable[Metric]:
+        return self.collect()
+
+    def collect(self) -> Iterable[Metric]:
+        store = self.store
+        enqueued, written = store.enqueued.get("history", 0), store.rows_written.get("history", 0)
+        rejected, dropped = store.rejected.get("history", 0), store.dropped_history
+        yield CounterMetricFamily("tradeguard_history_rows_enqueued", "risk_state_history rows queued for the "
+                                  "store (one per state change while persistence is on).", value=enqueued)
+        yield CounterMetricFamily("tradeguard_history_rows_written", "risk_state_history rows committed.",
+                                  value=written)
+        yield CounterMetricFamily("tradeguard_history_rows_dropped", "risk_state_history rows dropped, oldest "
+                                  "first, because the backlog reached queue_size (the database could not keep "
+                                  "up or was down).", value=dropped)
+        yield CounterMetricFamily("tradeguard_history_rows_rejected", "risk_state_history rows the database "
+                                  "refused (logged).", value=rejected)
+        yield GaugeMetricFamily("tradeguard_history_rows_pending", "risk_state_history rows queued or being "
+                                "written: enqueued - written - dropped - rejected.",
+                                value=enqueued - written - dropped - rejected)
+
+
 class Metrics:
     """The sidecar's metrics. One instance per Sidecar, each on its own registry."""
 
@@ -145,9 +183,6 @@ class Metrics:
         # ---- TradeGuard's own ----
         self.queue_depth_gauge = Gauge("tradeguard_store_queue_depth", "Items waiting in the store write queue.",
                                        registry=reg)
-        self.history_dropped_total = Counter("tradeguard_history_rows_dropped",
-                                             "risk_state_history rows dropped on queue overflow (oldest first).",
-                                             registry=reg)
         self.persist_duration = Histogram("tradeguard_persist_duration_seconds", "Store batch commit duration.",
                                           buckets=PERSIST_BUCKETS, registry=reg)
         self.breaker_firings = Counter("tradeguard_breaker_firings", "Circuit breaker firings, by breaker id.",
@@ -356,8 +391,10 @@ class Metrics:
     def queue_depth(self, n: int) -> None:
         self.queue_depth_gauge.set(n)
 
-    def history_dropped(self, n: int = 1) -> None:
-        self.history_dropped_total.inc(n)
+    def observe_store(self, store: HistoryRows) -> None:
+        """Export the store's history row counters (enqueued, written, dropped, rejected, pending) at scrape
+        time. Once per Metrics."""
+        self.registry.register(_HistoryCollector(store))
 
     def store_healthy(self, healthy: bool) -> None:
         self.store_healthy_gauge.set(1.0 if healthy else 0.0)
@@ -415,7 +452,7 @@ class NullMetrics(Metrics):
     def queue_depth(self, n: int) -> None:
         return None
 
-    def history_dropped(self, n: int = 1) -> None:
+    def observe_store(self, store: HistoryRows) -> None:
         return None
 
     def store_healthy(self, healthy: bool) -> None:

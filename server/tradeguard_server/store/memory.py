@@ -14,7 +14,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 
-from .errors import BadCursor, Conflict, NotFound, StoreUnavailable
+from .errors import Conflict, NotFound, StoreUnavailable
 from .records import (
     BreakerEventRecord,
     BreakerRecord,
@@ -25,6 +25,8 @@ from .records import (
     StateRecord,
     TradeRecord,
 )
+from .sql import event_cursor, parse_event_cursor
+from .store import HISTORY_BACKLOG_ROWS
 
 KINDS = ("state", "history", "trade", "event")
 
@@ -32,7 +34,7 @@ KINDS = ("state", "history", "trade", "event")
 class MemoryStore:
     """Implements store.protocol.Store in memory."""
 
-    def __init__(self, queue_size: int = 64, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, queue_size: int = HISTORY_BACKLOG_ROWS, *, clock: Callable[[], float] = time.time) -> None:
         self.queue_size = queue_size
         self.clock = clock
         self.persistence_enabled = True
@@ -43,6 +45,7 @@ class MemoryStore:
         self.last_persist_latency_ms = 0.0
         self.rows_written: dict[str, int] = dict.fromkeys(KINDS, 0)
         self.enqueued: dict[str, int] = dict.fromkeys(KINDS, 0)
+        self.rejected: dict[str, int] = dict.fromkeys(KINDS, 0)  # never: nothing here refuses a row
         # The "database".
         self.states: dict[str, StateRecord] = {}
         self.history: list[HistoryRecord] = []
@@ -294,13 +297,10 @@ class MemoryStore:
             key=lambda e: (e.timestamp, e.id), reverse=True,
         )
         if before_cursor is not None:
-            micros, sep, event_id = before_cursor.partition(":")
-            if not sep or not micros.isdigit() or not event_id:
-                raise BadCursor("page token is not one this server returned")
-            key = (int(micros) / 1_000_000, event_id)
+            key = parse_event_cursor(before_cursor)
             rows = [e for e in rows if (e.timestamp, e.id) < key]
         if len(rows) > limit:
             rows = rows[:limit]
             last = rows[-1]
-            return rows, f"{round(last.timestamp * 1_000_000)}:{last.id}"
+            return rows, event_cursor(last)
         return rows, None

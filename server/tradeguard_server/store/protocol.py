@@ -27,6 +27,8 @@ class Store(Protocol):
     failures: int
     last_persist_latency_ms: float
     rows_written: dict[str, int]
+    enqueued: dict[str, int]
+    rejected: dict[str, int]
 
     @property
     def healthy(self) -> bool: ...

@@ -7,6 +7,7 @@ both speak `INSERT ... ON CONFLICT`, partial indexes and window functions.
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
@@ -262,11 +263,17 @@ def event_cursor(e: BreakerEventRecord) -> str:
     return f"{round(e.timestamp * 1_000_000)}:{e.id}"
 
 
+# "<microseconds>:<event id>" as event_cursor writes it: ASCII digits only (str.isdigit would take "²" or "٣"), at
+# most 17 of them (exact as a float), and an id of the characters ids are made of.
+EVENT_CURSOR = re.compile(r"([0-9]{1,17}):([A-Za-z0-9._:@/\-]{1,128})")
+
+
 def parse_event_cursor(cursor: str) -> tuple[float, str]:
-    micros, sep, event_id = cursor.partition(":")
-    if not sep or not micros.isdigit() or not event_id:
+    """(timestamp, event id) of a cursor from event_cursor; BadCursor for anything else."""
+    match = EVENT_CURSOR.fullmatch(cursor)
+    if match is None:
         raise BadCursor("page token is not one this server returned")
-    return int(micros) / 1_000_000, event_id
+    return int(match[1]) / 1_000_000, match[2]
 
 
 def list_events(

@@ -16,8 +16,14 @@ threads. Why:
 What is queued (`enqueue_*` never await and never raise; call them on the event loop thread):
 - state snapshots coalesce per trader (the highest version wins) in an unbounded map with one entry per
   trader, so the latest state of every trader is always written eventually, whatever overflows;
-- history rows go to a bounded queue (`queue_size`): on overflow the OLDEST row is dropped and counted in
-  `dropped_history`, with one warning per overflow episode;
+- history rows go to a bounded backlog: at most `queue_size` rows (HISTORY_BACKLOG_ROWS = 100,000 by default)
+  and at most `history_backlog_bytes` (128 MiB) by `history_cost`'s estimate (~0.65 KB for a trader without
+  positions, ~5 KB with 500 recent trades). A
+  healthy database keeps the backlog near empty at thousands of changes per second (measured 2.4k/s with 0
+  drops on PostgreSQL and SQLite); only when it cannot keep up (slow or down) for longer than the backlog
+  lasts (~40 s at 2.4k/s) is the OLDEST row dropped, counted in `dropped_history`, with one warning per
+  overflow episode and one with the count when it ends. `enqueued["history"] == rows_written["history"] +
+  dropped_history + rejected["history"] + what is still queued`;
 - trade reports and breaker events are never dropped: their pending lists are unbounded (a long outage
   costs memory, a few hundred bytes per item, rather than losing an audit record).
 
@@ -101,7 +107,13 @@ PG_CONNECT_DEFAULTS = {  # unless the URL says otherwise
 # NOT_SERVING (the writer keeps waiting for it). Covers what the server-side timeouts cannot: a hung pooler,
 # a frozen server whose kernel still ACKs. 0 = no bound.
 CALL_TIMEOUT_S = 30.0
+# How long an admin write whose COMMIT answer was lost keeps asking the database (txid_status) what became of it.
+SETTLE_S = 10.0
 FIRST_BACKOFF_S = 0.05
+# History rows kept in memory while the database does not keep up: at most `queue_size` rows (this default) and
+# at most `history_backlog_bytes` (this default) by history_cost's estimate; past either, the oldest are dropped.
+HISTORY_BACKLOG_ROWS = 100_000
+HISTORY_BACKLOG_BYTES = 128 << 20
 PIPELINE = True  # encode the next batch while one is in the database (False: one at a time; for comparison)
 ROW_ERRORS = {"IntegrityError", "DataError"}  # PEP 249 names: the same in SQLAlchemy, psycopg and sqlite3
 
@@ -153,7 +165,11 @@ class _Call:
     queued -> it never runs; running -> it runs to its end and then ROLLS BACK instead of committing, so a change
     the client was told failed (UNAVAILABLE) is not written behind its back (memory, which changes only after a
     commit, and the database stay the same); committing -> the COMMIT was already sent: the outcome is unknown,
-    and the caller is told so. The thread's result or error is discarded either way."""
+    and the caller is told so. The thread's result or error is discarded either way.
+
+    A COMMIT whose answer is lost while the caller still waits (the connection broke) is settled by asking the
+    database (`_settle_commit`): the caller learns whether it committed, and is told "in doubt" only when the
+    database cannot say within the bound."""
 
     __slots__ = ("_lock", "_state")
 
@@ -234,20 +250,22 @@ class RiskStore:
     def __init__(
         self,
         url: str,
-        queue_size: int = 64,
+        queue_size: int = HISTORY_BACKLOG_ROWS,
         batch_max: int = 500,
         retry_max_s: float = 5.0,
         migrate_on_start: bool = True,
         *,
         clock: Callable[[], float] = time.time,
         call_timeout_s: float = CALL_TIMEOUT_S,
+        history_backlog_bytes: int = HISTORY_BACKLOG_BYTES,
     ) -> None:
         if queue_size < 1 or batch_max < 1:
             raise ValueError("queue_size and batch_max must be >= 1")
         if call_timeout_s < 0:
             raise ValueError("call_timeout_s must be >= 0 (0 = no bound)")
         self.url = normalize_url(url)
-        self.queue_size = queue_size
+        self.queue_size = queue_size  # history backlog cap, rows
+        self.history_backlog_bytes = history_backlog_bytes  # history backlog cap, bytes (estimated)
         self.batch_max = batch_max
         self.retry_max_s = retry_max_s
         self.migrate_on_start = migrate_on_start
@@ -270,6 +288,7 @@ class RiskStore:
         self._seq = 0
         self._states: dict[str, tuple[int, StateRecord]] = {}
         self._history: deque[tuple[int, HistoryRecord]] = deque()
+        self._history_bytes = 0  # history_cost of the rows in self._history
         self._trades: deque[tuple[int, TradeRecord, float]] = deque()
         self._events: deque[tuple[int, BreakerEventRecord]] = deque()
         self._inflight: list[_Batch] = []  # taken from the queues, not yet committed (at most two)
@@ -278,7 +297,7 @@ class RiskStore:
         self._last_trade_at = 0.0
         self._overflowing = False
         self._drops_in_episode = 0
-        self._drops_since_take = 0
+        self._drops_since_commit = 0
 
         # After a load() failed, snapshots wait (history, trades and events do not) until a load() succeeds,
         # so a late load always reads the stored states before this process replaces them.
@@ -386,11 +405,11 @@ class RiskStore:
                 self.coalesced += 1
                 if rec.version > current[1].version:  # keeps its place (and seq) in the queue, newest state
                     self._states[rec.trader_id] = (current[0], rec)
-            self._history.append((seq, HistoryRecord(rec.trader_id, rec.account_id, rec, reason, trace_id,
-                                                     rec.updated_at)))
-            if len(self._history) > self.queue_size:
-                self._history.popleft()
-                self._count_drops(1)
+            row = HistoryRecord(rec.trader_id, rec.account_id, rec, reason, trace_id, rec.updated_at)
+            self._history.append((seq, row))
+            self._history_bytes += history_cost(row)
+            if len(self._history) > self.queue_size or self._history_bytes > self.history_backlog_bytes:
+                self._trim_history()
             self._kick()
         except Exception:  # pragma: no cover - the hot path must never fail because of the store
             log.exception("enqueue_state failed")
@@ -427,14 +446,37 @@ class RiskStore:
         if self._wake is not None:
             self._wake.set()
 
+    def _trim_history(self) -> None:
+        """Drop the oldest history rows until the backlog is within both caps (rows and estimated bytes)."""
+        dropped = 0
+        while self._history and (len(self._history) > self.queue_size
+                                 or self._history_bytes > self.history_backlog_bytes):
+            _seq, row = self._history.popleft()
+            self._history_bytes -= history_cost(row)
+            dropped += 1
+        if dropped:
+            self._count_drops(dropped)
+
     def _count_drops(self, n: int) -> None:
         self.dropped_history += n
         self._drops_in_episode += n
-        self._drops_since_take += n
+        self._drops_since_commit += n
         if not self._overflowing:
             self._overflowing = True
-            log.warning("store history queue full (%d rows): dropping the oldest history rows until the writer "
-                        "catches up (latest states are kept)", self.queue_size)
+            log.warning("store history backlog full (queue_size=%d rows, history_backlog_bytes=%d): the database "
+                        "does not keep up; dropping the oldest history rows until the writer catches up (latest "
+                        "states are kept; see tradeguard_history_rows_dropped_total)", self.queue_size,
+                        self.history_backlog_bytes)
+
+    def _end_overflow(self) -> None:
+        """After a commit: an overflow episode is over once a whole batch round trip dropped nothing, or once the
+        writer has taken every history row (caught up)."""
+        if self._overflowing and (self._drops_since_commit == 0 or not self._history):
+            log.warning("store history backlog overflow over: %d history rows were dropped (%d in all)",
+                        self._drops_in_episode, self.dropped_history)
+            self._overflowing = False
+            self._drops_in_episode = 0
+        self._drops_since_commit = 0
 
     # ---- flush --------------------------------------------------------------------------------------
 
@@ -597,6 +639,7 @@ class RiskStore:
             self.failures += 1
         if outcome.retry is None:
             self.last_persist_latency_ms = outcome.latency_ms
+            self._end_overflow()
             self._available()
             self._resolve_waiters()
             return False
@@ -654,11 +697,6 @@ class RiskStore:
         return float(min(self.retry_max_s, FIRST_BACKOFF_S * 2 ** min(failures - 1, 16)))
 
     def _take(self) -> _Batch | None:
-        if self._overflowing and self._drops_since_take == 0:
-            log.warning("store history queue overflow over: %d history rows were dropped", self._drops_in_episode)
-            self._overflowing = False
-            self._drops_in_episode = 0
-        self._drops_since_take = 0
         if not ((self._states and not self._hold_states) or self._history or self._trades or self._events):
             return None
         n = self.batch_max
@@ -672,6 +710,7 @@ class RiskStore:
             keys = list(islice(self._states, n))
             batch.states = [self._states.pop(k) for k in keys]
         batch.history = [self._history.popleft() for _ in range(min(n, len(self._history)))]
+        self._history_bytes -= sum(history_cost(row) for _seq, row in batch.history)
         batch.trades = [self._trades.popleft() for _ in range(min(n, len(self._trades)))]
         batch.events = [self._events.popleft() for _ in range(min(n, len(self._events)))]
         return batch
@@ -687,11 +726,8 @@ class RiskStore:
             merged.update(self._states)
             self._states = merged
         self._history.extendleft(reversed(batch.history))
-        overflow = len(self._history) - self.queue_size
-        if overflow > 0:
-            for _ in range(overflow):
-                self._history.popleft()
-            self._count_drops(overflow)
+        self._history_bytes += sum(history_cost(row) for _seq, row in batch.history)
+        self._trim_history()
         self._trades.extendleft(reversed(batch.trades))
         self._events.extendleft(reversed(batch.events))
 
@@ -743,6 +779,57 @@ class RiskStore:
         self._bulk = BulkWriter(self._engine.dialect)
         self._prepared = True
         return None
+
+    def _settle_commit(self, session: tuple[int, int] | None, exc: BaseException) -> bool:
+        """A write-through call whose COMMIT was sent and whose answer was lost (`exc`): True when it committed.
+        Raises StoreUnavailable when it did not (nothing written) or when that cannot be told (`in_doubt`).
+
+        PostgreSQL: the transaction's txid, taken before the write, is looked up with txid_status on a new
+        connection, for up to SETTLE_S (within the caller's own bound, `call_timeout_s`: past it the caller is
+        told the outcome is unknown anyway). While it is still "in progress" (the server has not noticed the
+        broken connection; the COMMIT may still be on its way), the old session is ended with
+        pg_terminate_backend, only if it still runs that transaction: from then on the answer is final.
+        SQLite runs in this process: an error from COMMIT means SQLite did not commit (it rolled back, or left
+        the transaction open and closing the connection rolls it back)."""
+        cause = _describe(exc)
+        if session is None:
+            raise StoreUnavailable(f"database unavailable: {cause}; the commit failed, nothing was written") from exc
+        txid, pid = session
+        limit = SETTLE_S if self.call_timeout_s <= 0 else min(SETTLE_S, self.call_timeout_s)
+        deadline = time.monotonic() + limit
+        pause = 0.02
+        status: str | None = "unknown"
+        while True:
+            try:
+                status = self._xact_status(txid)
+                if status == "in progress":
+                    self._end_session(pid, txid)
+                    status = self._xact_status(txid)
+            except Exception as error:  # the database is still out of reach
+                status, cause = "unknown", f"{cause}; then {_describe(error)}"
+            if status == "committed":
+                log.warning("store: the connection broke after a COMMIT was sent (%s); the database says it "
+                            "committed: answered as saved", _describe(exc))
+                return True
+            if status == "aborted":
+                raise StoreUnavailable(f"database unavailable: {cause}; the database says the transaction did "
+                                       "not commit, nothing was written") from exc
+            if status is None:  # too old for the server to tell
+                break
+            if time.monotonic() + pause > deadline:
+                break
+            time.sleep(pause)  # "in progress": the server has not finished with the broken session yet
+            pause = min(pause * 2, 0.5)
+        raise StoreUnavailable(f"database unavailable after the COMMIT was sent ({cause}); whether it committed "
+                               f"could not be learned within {limit:g} s", in_doubt=True) from exc
+
+    def _end_session(self, pid: int, txid: int) -> None:
+        """End backend `pid` if it still runs transaction `txid` (its rollback then makes the outcome final)."""
+        assert self._engine is not None
+        with self._engine.connect() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = :pid "
+                              "AND backend_xid::text::bigint = :xid"), {"pid": pid, "xid": txid % (1 << 32)})
+            conn.rollback()
 
     def _xact_status(self, txid: int) -> str | None:
         assert self._engine is not None
@@ -890,12 +977,18 @@ class RiskStore:
                 if error is not None:
                     raise StoreUnavailable(f"database unavailable: {_describe(error)}") from error
             assert self._engine is not None
+            session: tuple[int, int] | None = None  # PostgreSQL: (txid, backend pid) of a write
+            committing = False
             try:
                 with self._engine.connect() as conn:  # leaving it without a commit rolls back
+                    if write and conn.dialect.name == "postgresql":  # to ask later whether a lost COMMIT went through
+                        txid, pid = conn.exec_driver_sql("SELECT txid_current(), pg_backend_pid()").one()
+                        session = int(txid), int(pid)
                     result = fn(conn)
                     if write:
                         if not call.may_commit():
                             raise StoreUnavailable("the caller gave up: rolled back")
+                        committing = True
                         conn.commit()
                     return result
             except StoreError:
@@ -903,6 +996,10 @@ class RiskStore:
             except IntegrityError as exc:
                 raise Conflict(_describe(exc)) from exc
             except Exception as exc:
+                if committing and not is_row_error(exc):  # the COMMIT was sent and its answer lost
+                    self._dispose_quietly()
+                    if self._settle_commit(session, exc):
+                        return result
                 if is_row_error(exc):  # DataError, or a value that could not be bound or encoded
                     raise InvalidData(_describe(exc)) from exc
                 # The connection is gone, or the server cancelled the statement (statement_timeout,
@@ -1028,6 +1125,15 @@ class RiskStore:
         await self.flush(timeout=1.0)
         return await self._call(lambda conn: sql.list_events(conn, account_id, breaker_id, limit, before_cursor),
                                 write=False)
+
+
+def history_cost(row: HistoryRecord) -> int:
+    """Estimated bytes a queued history row holds on to (measured with tracemalloc: ~640 for a trader without
+    positions). What it shares with the trader's live state (positions, recent trades) counts as a reference."""
+    st = row.state
+    shared = len(st.positions) + len(st.recent_trades) + len(st.volatility)
+    own = len(st.pauses) + len(st.symbol_stats)
+    return 640 + len(row.reason) + 8 * shared + 160 * own
 
 
 def _batch_of(parts: Iterable[tuple[str, Encoded]]) -> _Batch:
