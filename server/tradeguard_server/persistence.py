@@ -43,6 +43,7 @@ StateLoaded = Callable[[], Awaitable[None]]
 FLAG_NAMES = ("enable_risk_enforcement", "enable_persistence")
 TRADE_LOOKUP_TIMEOUT_S = 2.0  # ReportTrade waits at most this long for an old trade id's lookup
 LOAD_RETRY_MAX_S = 5.0
+JOURNAL_MAX = 100_000  # calls kept for the replay while the stored state is not loaded (~20 MB)
 
 
 async def _nothing() -> None:
@@ -59,6 +60,38 @@ class _At:
 
     def now(self) -> float:
         return self.t
+
+
+class Journal(list[JournalEntry]):
+    """The calls received while the stored state is not loaded, at most JOURNAL_MAX. Beyond it the older half of
+    the equity and position reports is dropped, each trader's newest kept (they are levels and snapshots: the
+    newest carry the trader's state); trades and kill-switch calls are kept. Counted and logged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dropped = 0
+
+    def append(self, entry: JournalEntry) -> None:
+        super().append(entry)
+        if len(self) > JOURNAL_MAX:
+            self._thin()
+
+    def _thin(self) -> None:
+        newest: set[int] = set()
+        seen: set[tuple[str, object]] = set()
+        for i in range(len(self) - 1, -1, -1):
+            _at, op, args = self[i]
+            if (op, args[0]) not in seen:
+                seen.add((op, args[0]))
+                newest.add(i)
+        levels = [i for i, (_at, op, _args) in enumerate(self)
+                  if op in ("report_equity", "report_positions") and i not in newest]
+        drop = set(levels[: max(1, len(levels) // 2)]) if levels else {0}
+        self[:] = [e for i, e in enumerate(self) if i not in drop]
+        if not self.dropped:
+            log.warning("stored state still not loaded after %d calls: dropping the oldest equity and position "
+                        "reports from the replay journal (each trader's newest are kept)", JOURNAL_MAX)
+        self.dropped += len(drop)
 
 
 class Persistence:
@@ -124,7 +157,7 @@ class Persistence:
         """Start the writer and load the stored state, waiting at most `load_timeout_s`. Never fails because
         the database is down: the engine then answers under the unloaded-state policy until the load succeeds."""
         engine = self.engine
-        engine.gate, engine.journal = self.gate, []
+        engine.gate, engine.journal = self.gate, Journal()
         await self.store.start()
         load = asyncio.ensure_future(self.store.load())
         done, _pending = await asyncio.wait({load}, timeout=self.load_timeout_s or None)
@@ -183,8 +216,9 @@ class Persistence:
         now = engine.clock.now()
         paused = sum(1 for st in engine.traders.values() if st.effective_pause(now) is not None)
         log.info("stored state %s: %d traders restored, %d calls received before the load replayed on it "
-                 "(%d traders), %d paused now; %d configurations, %d breakers", "loaded late" if late else "loaded",
-                 len(loaded.traders), self.replayed, len({e[2][0] for e in journal}), paused, len(loaded.configs),
+                 "(%d traders; %d dropped from a full journal), %d paused now; %d configurations, %d breakers",
+                 "loaded late" if late else "loaded", len(loaded.traders), self.replayed,
+                 len({e[2][0] for e in journal}), getattr(journal, "dropped", 0), paused, len(loaded.configs),
                  len(loaded.breakers))
         await self.on_loaded()
         if self._pending_flags is not None:

@@ -171,6 +171,8 @@ class Sidecar:
         return await self.persistence.on_flags(old, new)
 
     async def _state_loaded(self) -> None:
+        for st in list(self.engine.traders.values()):  # watchers of a trader see the installed state at once
+            self.risk.notify(st, "stored state loaded")
         await self.health.set(STATE_HEALTH, health_pb2.HealthCheckResponse.SERVING)
 
     async def _store_now(self) -> bool:

@@ -23,6 +23,7 @@ from tradeguard.v1 import admin_service_pb2_grpc as adg
 from tradeguard.v1 import risk_service_pb2 as rs
 from tradeguard.v1 import risk_service_pb2_grpc as rsg
 from tradeguard.v1 import types_pb2 as t
+from tradeguard_server import persistence
 from tradeguard_server.settings import SettingsError, load_settings
 from tradeguard_server.sidecar import Sidecar
 from tradeguard_server.store.memory import MemoryStore
@@ -110,6 +111,21 @@ async def test_the_policy_ends_when_the_store_loads_and_the_reports_are_replayed
 
     assert opening.allowed and "STATE_NOT_LOADED" not in opening.reason
     assert sidecar.persistence.replayed == 2 and state.current_equity == 10_000
+
+
+def test_a_full_journal_drops_the_oldest_levels_and_keeps_trades_and_each_traders_newest_level(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(persistence, "JOURNAL_MAX", 10)
+    journal = persistence.Journal()
+    for i in range(12):
+        journal.append((float(i), "report_equity", (f"bot-{i % 2}", "acct", 10_000.0 - i, None)))
+        if i % 4 == 0:
+            journal.append((float(i), "report_trade", ("bot-0", "acct", f"T-{i}")))
+
+    kept = [(op, args[0], args[2]) for _at, op, args in journal]
+    assert len(journal) <= 10 and journal.dropped > 0
+    assert [x for x in kept if x[0] == "report_trade"] == [("report_trade", "bot-0", f"T-{i}") for i in (0, 4, 8)]
+    assert ("report_equity", "bot-0", 10_000.0 - 10) in kept and ("report_equity", "bot-1", 10_000.0 - 11) in kept
 
 
 def test_an_unknown_policy_is_refused_at_start() -> None:
