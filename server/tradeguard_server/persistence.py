@@ -190,10 +190,29 @@ class Persistence:
                     await asyncio.wait_for(self._recovered.wait(), delay)
                 delay = min(delay * 2, LOAD_RETRY_MAX_S)
                 continue
-            await self._install(loaded, late=True)
+            await self._install(loaded, late=True, stored_trades=await self._stored_trades(loaded))
             return
 
-    async def _install(self, loaded: LoadedState, late: bool) -> None:
+    async def _stored_trades(self, loaded: LoadedState) -> set[tuple[str, str]]:
+        """(trader, trade id) of journaled trades that are stored but older than the ids the load brought (a
+        trader with a full set): the replay counts them as the duplicates they are."""
+        full = {t: set(ids) for t, ids in loaded.trade_ids.items() if len(ids) >= SEEN_TRADE_IDS_KEPT}
+        ask: dict[str, list[str]] = {}
+        for _at, op, args in self.engine.journal or ():
+            trade = args[2] if op == "report_trade" else None
+            if isinstance(trade, ClosedTrade) and args[0] in full and trade.trade_id not in full[str(args[0])]:
+                ask.setdefault(str(args[0]), []).append(trade.trade_id)
+        stored: set[tuple[str, str]] = set()
+        for trader_id, ids in ask.items():
+            try:
+                stored.update((trader_id, tid) for tid in await self.store.known_trade_ids(trader_id, ids))
+            except StoreUnavailable as exc:
+                log.warning("trades of trader %s received before the load: cannot check %d old ids (%s); counted",
+                            trader_id, len(ids), exc)
+        return stored
+
+    async def _install(self, loaded: LoadedState, late: bool,
+                       stored_trades: set[tuple[str, str]] | frozenset[tuple[str, str]] = frozenset()) -> None:
         """Install the stored state as the base, replay the journal on it, leave the unloaded mode. No awaits
         until the engine is out of it: nothing can interleave with the replay."""
         engine = self.engine
@@ -207,7 +226,7 @@ class Persistence:
         for rec in loaded.traders:
             engine.restore(from_record(rec, loaded.trade_ids.get(rec.trader_id, ())))
         engine.gate, engine.journal = None, None  # from here on, changes are written
-        self.replayed = self._replay(journal)
+        self.replayed = self._replay(journal, stored_trades)
         for trader_id, old in memory.items():  # orders allowed meanwhile still count in the order-rate windows
             st = engine.traders.get(trader_id)
             if st is not None and old.order_times:
@@ -224,7 +243,8 @@ class Persistence:
         if self._pending_flags is not None:
             self._schedule_flag_write()
 
-    def _replay(self, journal: list[JournalEntry]) -> int:
+    def _replay(self, journal: list[JournalEntry], stored_trades: set[tuple[str, str]] | frozenset[tuple[str, str]],
+                ) -> int:
         """Apply the journaled calls, in the order and at the times they arrived, to the installed state."""
         engine = self.engine
         real, at = engine.clock, _At()
@@ -233,6 +253,9 @@ class Persistence:
         try:
             for when, op, args in journal:
                 at.t = when
+                if op == "report_trade" and isinstance(args[2], ClosedTrade) and (
+                        (str(args[0]), args[2].trade_id) in stored_trades):
+                    continue  # a retry of a trade stored long ago
                 try:
                     outcome = getattr(engine, op)(*args)
                 except AccountMismatchError as exc:  # the stored trader belongs to another account

@@ -209,3 +209,28 @@ async def test_a_trade_id_older_than_those_kept_in_memory_is_found_in_trade_repo
 
     assert old.duplicate and recent.duplicate
     assert not new.duplicate and new.state.consecutive_losses == 1
+
+
+async def test_an_old_trade_id_retried_while_the_database_is_down_at_start_is_found_when_it_loads(
+        pg_url: str) -> None:
+    trader = {"trader_id": "t-1", "account_id": "a-1"}
+    async with open_store(pg_url) as store:
+        store.enqueue_state(make_state("t-1", consecutive_losses=0), "stored", None)
+        for i in range(SEEN_TRADE_IDS_KEPT + 1):
+            store.enqueue_trade(make_trade(f"x-{i:05d}", pnl=1.0))
+
+    def loss(trade_id: str) -> rs.ReportTradeRequest:
+        return rs.ReportTradeRequest(**trader, trade_id=trade_id, symbol="BTCUSDT", side=t.SIDE_SELL,
+                                     realized_pnl=-5.0, closed_at={"seconds": int(T0) + 60})
+
+    async with database_down_at_start(pg_url) as (sidecar, ch, proxy):
+        risk = rsg.RiskServiceStub(ch)
+        await risk.ReportTrade(loss("x-00000"))  # stored, older than the 10,000 ids the load brings
+        await risk.ReportTrade(loss("brand-new"))
+        proxy.restore()
+        await state_loaded(ch)
+        state = (await risk.GetRiskState(rs.GetRiskStateRequest(**trader))).state
+        assert await sidecar.store.flush(timeout=30)
+
+    assert state.consecutive_losses == 1
+    assert rows(pg_url, "SELECT count(*) FROM trade_reports") == [(SEEN_TRADE_IDS_KEPT + 2,)]
