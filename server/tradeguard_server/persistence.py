@@ -4,7 +4,7 @@
   breaker events are enqueued by their handlers. None of it waits on the database.
 - Nothing is answered from a state the store has not been merged into. Until the stored state is installed
   the engine runs *unloaded*: CanTrade's verdict passes through the `unloaded_state_policy` gate
-  (engine.unloaded), and every state-changing call is journaled. Nothing of this run is written meanwhile.
+  (engine/unloaded.py), and every state-changing call is journaled. Nothing of this run is written meanwhile.
 - At start the store is loaded (states, trade ids, configurations, breakers, flags) before the server
   answers. When that fails (database down) or takes longer than the bound (database slow), the sidecar
   answers under the policy and keeps loading; when the load succeeds, the stored state is the base and the
