@@ -261,6 +261,9 @@ class Persistence:
                 except AccountMismatchError as exc:  # the stored trader belongs to another account
                     log.error("replay of %s for trader %s skipped: %s", op, args[0], exc)
                     continue
+                except Exception:  # one bad call must not keep the stored state out
+                    log.exception("replay of %s for trader %s failed; skipped", op, args[0])
+                    continue
                 replayed += 1
                 if op == "report_trade" and isinstance(outcome, Outcome) and not outcome.duplicate:
                     trade = args[2]
