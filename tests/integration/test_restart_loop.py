@@ -48,7 +48,7 @@ pytestmark = pytest.mark.integration
 IN_PROCESS_RESTARTS = int(os.environ.get("TG_RESTARTS_IN_PROCESS", "175"))
 PROCESS_RESTARTS = int(os.environ.get("TG_RESTARTS_PROCESS", "30"))  # half SIGTERM, half SIGKILL
 MODES = ("up", "down", "slow", "slow-within-bound")
-LOAD_BOUND_S = 0.3  # store_call_timeout_s: how long a start waits for the load
+LOAD_BOUND_S = 0.2  # store_call_timeout_s: how long a start waits for the load
 BREACHED = {"trader_id": "breached", "account_id": "acct"}
 HALTED = {"trader_id": "halted", "account_id": "acct"}
 BUY = t.OrderIntent(symbol="BTCUSDT", exchange="binance", side=t.SIDE_BUY, quantity=0.01, price=50_000)
