@@ -2,28 +2,36 @@
 
 - Every engine state change enqueues a snapshot + history row (with the request's trace id); trades and
   breaker events are enqueued by their handlers. None of it waits on the database.
-- At start the store is loaded: states, configurations, breakers, flags. A trader paused before the
-  restart is still paused after it.
-- If the database is down at start, the sidecar serves from memory and, when the database comes back,
-  merges what was stored: traders unknown to memory are restored, and every stored pause that is still in
-  force is kept (a pause is never lost because the database was late). Configurations and breakers that
-  memory does not have are installed.
+- Nothing is answered from a state the store has not been merged into. Until the stored state is installed
+  the engine runs *unloaded*: CanTrade's verdict passes through the `unloaded_state_policy` gate
+  (engine/unloaded.py), and every state-changing call is journaled. Nothing of this run is written meanwhile.
+- At start the store is loaded (states, trade ids, configurations, breakers, flags) before the server
+  answers. When that fails (database down) or takes longer than the bound (database slow), the sidecar
+  answers under the policy and keeps loading; when the load succeeds, the stored state is the base and the
+  journal is replayed on it through the engine's own functions, at the times the calls arrived: peak,
+  period-start equities, pauses, trade ids and breakers are the stored ones, and a report that arrived
+  meanwhile is judged against them (and against the stored configurations and breakers).
+- Feature flags: a flag given at start (environment or CLI) beats the stored one; otherwise the stored one;
+  otherwise the default. A late load never changes a flag. SetFeatureFlags during an outage is applied at
+  once and written when the database returns.
 - `enable_persistence` off at run time: nothing is queued; on again: every trader's state is queued.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from .api.breaker_admin import BreakerAdmin
 from .api.config_admin import ConfigAdmin
 from .api.config_records import from_record as config_from_record
-from .engine.engine import RiskEngine
+from .engine.engine import AccountMismatchError, JournalEntry, Outcome, RiskEngine
 from .engine.snapshot import from_record, to_record
-from .engine.state import Pause, TraderState
+from .engine.state import SEEN_TRADE_IDS_KEPT, TraderState
 from .engine.types import ClosedTrade, Flags
+from .engine.unloaded import UnloadedGate
 from .store.errors import StoreUnavailable
 from .store.protocol import Store
 from .store.records import FlagsRecord, LoadedState, TradeRecord
@@ -31,6 +39,59 @@ from .store.records import FlagsRecord, LoadedState, TradeRecord
 log = logging.getLogger("tradeguard.persistence")
 
 TraceId = Callable[[], str | None]
+StateLoaded = Callable[[], Awaitable[None]]
+FLAG_NAMES = ("enable_risk_enforcement", "enable_persistence")
+TRADE_LOOKUP_TIMEOUT_S = 2.0  # ReportTrade waits at most this long for an old trade id's lookup
+LOAD_RETRY_MAX_S = 5.0
+JOURNAL_MAX = 100_000  # calls kept for the replay while the stored state is not loaded (~20 MB)
+
+
+async def _nothing() -> None:
+    return None
+
+
+class _At:
+    """The clock of a replayed call: the time the call arrived."""
+
+    __slots__ = ("t",)
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def now(self) -> float:
+        return self.t
+
+
+class Journal(list[JournalEntry]):
+    """The calls received while the stored state is not loaded, at most JOURNAL_MAX. Beyond it the older half of
+    the equity and position reports is dropped, each trader's newest kept (they are levels and snapshots: the
+    newest carry the trader's state); trades and kill-switch calls are kept. Counted and logged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dropped = 0
+
+    def append(self, entry: JournalEntry) -> None:
+        super().append(entry)
+        if len(self) > JOURNAL_MAX:
+            self._thin()
+
+    def _thin(self) -> None:
+        newest: set[int] = set()
+        seen: set[tuple[str, object]] = set()
+        for i in range(len(self) - 1, -1, -1):
+            _at, op, args = self[i]
+            if (op, args[0]) not in seen:
+                seen.add((op, args[0]))
+                newest.add(i)
+        levels = [i for i, (_at, op, _args) in enumerate(self)
+                  if op in ("report_equity", "report_positions") and i not in newest]
+        drop = set(levels[: max(1, len(levels) // 2)]) if levels else {0}
+        self[:] = [e for i, e in enumerate(self) if i not in drop]
+        if not self.dropped:
+            log.warning("stored state still not loaded after %d calls: dropping the oldest equity and position "
+                        "reports from the replay journal (each trader's newest are kept)", JOURNAL_MAX)
+        self.dropped += len(drop)
 
 
 class Persistence:
@@ -44,6 +105,9 @@ class Persistence:
         breakers: BreakerAdmin,
         trace_id: TraceId,
         load_timeout_s: float = 0.0,
+        unloaded_policy: str = "reduce_only",
+        flags_given: frozenset[str] = frozenset(),
+        on_loaded: StateLoaded = _nothing,
     ) -> None:
         self.store = store
         self.load_timeout_s = load_timeout_s  # start-up waits this long for the load (0 = no bound)
@@ -51,127 +115,252 @@ class Persistence:
         self.configs = configs
         self.breakers = breakers
         self.trace_id = trace_id
+        self.flags_given = flags_given  # flags given at start: they beat the stored ones
+        self.on_loaded = on_loaded  # awaited once the stored state is installed (health says so)
+        self.gate = UnloadedGate(unloaded_policy, lambda: engine.flags.enable_risk_enforcement)
         self.loaded = False
-        self._starting = False
-        self.flags_changed_at_runtime = False
-        self._late_load: asyncio.Task[None] | None = None
+        self.replayed = 0  # journaled calls replayed on the stored state by a late load
+        self._loader: asyncio.Task[None] | None = None
+        self._recovered = asyncio.Event()
+        self._pending_flags: FlagsRecord | None = None  # set during an outage, written when the database returns
+        self._flag_writer: asyncio.Task[None] | None = None
+        self._flags_wake = asyncio.Event()
         store.persistence_enabled = engine.flags.enable_persistence
 
     # ---- hot path listeners (never await, never raise) ------------------------------------------
 
     def on_change(self, st: TraderState, reason: str) -> None:
+        if self.engine.journal is not None:  # unloaded: the replay on the stored state writes it
+            return
         self.store.enqueue_state(to_record(st), reason, self.trace_id())
 
     def on_trade(self, trader_id: str, account_id: str, trade: ClosedTrade) -> None:
+        if self.engine.journal is not None:  # unloaded: written by the replay unless it is a stored one
+            return
         self.store.enqueue_trade(TradeRecord(trader_id, account_id, trade.trade_id, trade.symbol, trade.exchange,
                                              trade.side.name, trade.realized_pnl, trade.closed_at))
+
+    async def trade_known(self, trader_id: str, trade_id: str) -> bool:
+        """Whether an id no longer kept in memory is in trade_reports (False when the store cannot tell)."""
+        try:
+            known = await asyncio.wait_for(self.store.known_trade_ids(trader_id, [trade_id]),
+                                           TRADE_LOOKUP_TIMEOUT_S)
+        except (StoreUnavailable, TimeoutError) as exc:
+            log.warning("trade %s of trader %s: not among the %d ids kept in memory and the store cannot be "
+                        "asked (%s); counted as new", trade_id, trader_id, SEEN_TRADE_IDS_KEPT, exc or "timeout")
+            return False
+        return trade_id in known
 
     # ---- start ----------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the writer and load what the store holds; never fails because the database is down."""
-        self._starting = True
-        try:
-            await self.store.start()
-            load = asyncio.ensure_future(self.store.load())
-            done, _pending = await asyncio.wait({load}, timeout=self.load_timeout_s or None)
-            if not done:  # a database that takes the connection but does not answer: do not hold start-up
-                log.warning("store load did not finish within %.0f s: serving from memory; stored state is "
-                            "merged when the load finishes", self.load_timeout_s)
-                self._late_load = asyncio.get_running_loop().create_task(self._finish_load(load))
-                return
-            loaded = load.result()
-        except StoreUnavailable as exc:
-            log.warning("store unavailable at start (%s): serving from memory; stored state is merged when "
-                        "the database returns", exc)
+        """Start the writer and load the stored state, waiting at most `load_timeout_s`. Never fails because
+        the database is down: the engine then answers under the unloaded-state policy until the load succeeds."""
+        engine = self.engine
+        engine.gate, engine.journal = self.gate, Journal()
+        await self.store.start()
+        load = asyncio.ensure_future(self.store.load())
+        done, _pending = await asyncio.wait({load}, timeout=self.load_timeout_s or None)
+        if done and load.exception() is None:
+            await self._install(load.result(), late=False)
             return
-        finally:
-            self._starting = False
-        self._install(loaded, merge=False)
+        why = f"the load did not finish within {self.load_timeout_s:.0f} s" if not done else str(load.exception())
+        log.warning("stored state NOT LOADED at start (%s): health tradeguard.state NOT_SERVING; CanTrade answers "
+                    "STATE_NOT_LOADED under unloaded_state_policy=%s until the load succeeds; the reports received "
+                    "meanwhile are replayed on the stored state", why, self.gate.policy)
+        self._loader = asyncio.get_running_loop().create_task(self._load_until_done(None if done else load))
 
     def on_health_change(self, healthy: bool) -> None:
-        """Store health listener: on the first recovery after a failed start-up load, merge the store."""
-        if healthy and not self.loaded and not self._starting and self._late_load is None:
-            self._late_load = asyncio.get_running_loop().create_task(self._load_late())
-
-    async def _finish_load(self, load: asyncio.Future[LoadedState]) -> None:
-        try:
-            loaded = await load
-        except StoreUnavailable as exc:
-            log.warning("store load failed after start-up (%s); stored state is merged when the database returns",
-                        exc)
-            self._late_load = None
+        """Store health listener: a recovery retries the load and writes flags set during the outage."""
+        if not healthy:
             return
-        self._install(loaded, merge=True)
+        self._recovered.set()
+        self._flags_wake.set()
 
-    async def _load_late(self) -> None:
-        try:
-            loaded = await self.store.load()
-        except StoreUnavailable as exc:
-            log.warning("store recovered but loading failed (%s); will retry on the next recovery", exc)
-            self._late_load = None
-            return
-        self._install(loaded, merge=True)
-
-    def _install(self, loaded: LoadedState, merge: bool) -> None:
-        engine = self.engine
-        now = engine.clock.now()
-        restored = merged = 0
-        for rec in loaded.traders:
-            current = engine.traders.get(rec.trader_id)
-            stored = from_record(rec, loaded.trade_ids.get(rec.trader_id, ()))
-            if current is None:
-                engine.restore(stored)  # already stored as it is: nothing to write
-                restored += 1
+    async def _load_until_done(self, pending: asyncio.Future[LoadedState] | None) -> None:
+        delay = 0.2
+        while True:
+            try:
+                loaded = await (pending if pending is not None else self.store.load())
+            except Exception as exc:  # StoreUnavailable, or a row the load could not read: keep trying
+                log.info("stored state still not loaded (%s); retrying", exc)
+                pending = None
+                self._recovered.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._recovered.wait(), delay)
+                delay = min(delay * 2, LOAD_RETRY_MAX_S)
                 continue
-            # Memory is newer (the sidecar ran while the database was down): keep it, but never drop a
-            # stored pause that is still in force, and continue the version sequence past the stored one.
-            for pause in stored.pauses:
-                if pause.active(now) and not any(_same(pause, p) for p in current.pauses):
-                    current.pauses.append(pause)
-            current.version = max(current.version, stored.version) + 1
-            current.updated_at = now
-            merged += 1
-            engine.on_change(current, "merged with stored state after the database returned")
+            await self._install(loaded, late=True, stored_trades=await self._stored_trades(loaded))
+            return
+
+    async def _stored_trades(self, loaded: LoadedState) -> set[tuple[str, str]]:
+        """(trader, trade id) of journaled trades that are stored but older than the ids the load brought (a
+        trader with a full set): the replay counts them as the duplicates they are."""
+        full = {t: set(ids) for t, ids in loaded.trade_ids.items() if len(ids) >= SEEN_TRADE_IDS_KEPT}
+        ask: dict[str, list[str]] = {}
+        for _at, op, args in self.engine.journal or ():
+            trade = args[2] if op == "report_trade" else None
+            if isinstance(trade, ClosedTrade) and args[0] in full and trade.trade_id not in full[str(args[0])]:
+                ask.setdefault(str(args[0]), []).append(trade.trade_id)
+        stored: set[tuple[str, str]] = set()
+        for trader_id, ids in ask.items():
+            try:
+                stored.update((trader_id, tid) for tid in await self.store.known_trade_ids(trader_id, ids))
+            except StoreUnavailable as exc:
+                log.warning("trades of trader %s received before the load: cannot check %d old ids (%s); counted",
+                            trader_id, len(ids), exc)
+        return stored
+
+    async def _install(self, loaded: LoadedState, late: bool,
+                       stored_trades: set[tuple[str, str]] | frozenset[tuple[str, str]] = frozenset()) -> None:
+        """Install the stored state as the base, replay the journal on it, leave the unloaded mode. No awaits
+        until the engine is out of it: nothing can interleave with the replay."""
+        engine = self.engine
+        journal = engine.journal or []
+        memory = dict(engine.traders)
+        engine.traders.clear()
         self.configs.load([config_from_record(c) for c in loaded.configs
                            if c.config_id not in self.configs.configs.get(c.account_id, {})])
         self.breakers.load([b for b in loaded.breakers if b.id not in self.breakers.records])
-        if loaded.flags is not None and not self.flags_changed_at_runtime:
-            engine.flags = Flags(loaded.flags.enable_risk_enforcement, loaded.flags.enable_persistence)
-            self.store.persistence_enabled = engine.flags.enable_persistence
+        self._install_flags(loaded.flags, late)
+        for rec in loaded.traders:
+            engine.restore(from_record(rec, loaded.trade_ids.get(rec.trader_id, ())))
+        engine.gate, engine.journal = None, None  # from here on, changes are written
+        self.replayed = self._replay(journal, stored_trades)
+        for trader_id, old in memory.items():  # orders allowed meanwhile still count in the order-rate windows
+            st = engine.traders.get(trader_id)
+            if st is not None and old.order_times:
+                st.order_times.extend(old.order_times)
         self.loaded = True
+        now = engine.clock.now()
         paused = sum(1 for st in engine.traders.values() if st.effective_pause(now) is not None)
-        log.info("%s from store: %d traders restored (%d merged, %d paused now), %d configurations, "
-                 "%d breakers, flags %s", "merged" if merge else "loaded", restored, merged, paused,
-                 len(loaded.configs), len(loaded.breakers), "stored" if loaded.flags is not None else "from settings")
+        log.info("stored state %s: %d traders restored, %d calls received before the load replayed on it "
+                 "(%d traders; %d dropped from a full journal), %d paused now; %d configurations, %d breakers",
+                 "loaded late" if late else "loaded", len(loaded.traders), self.replayed,
+                 len({e[2][0] for e in journal}), getattr(journal, "dropped", 0), paused, len(loaded.configs),
+                 len(loaded.breakers))
+        await self.on_loaded()
+        if self._pending_flags is not None:
+            self._schedule_flag_write()
+
+    def _replay(self, journal: list[JournalEntry], stored_trades: set[tuple[str, str]] | frozenset[tuple[str, str]],
+                ) -> int:
+        """Apply the journaled calls, in the order and at the times they arrived, to the installed state."""
+        engine = self.engine
+        real, at = engine.clock, _At()
+        engine.clock = at
+        replayed = 0
+        try:
+            for when, op, args in journal:
+                at.t = when
+                if op == "report_trade" and isinstance(args[2], ClosedTrade) and (
+                        (str(args[0]), args[2].trade_id) in stored_trades):
+                    continue  # a retry of a trade stored long ago
+                try:
+                    outcome = getattr(engine, op)(*args)
+                except AccountMismatchError as exc:  # the stored trader belongs to another account
+                    log.error("replay of %s for trader %s skipped: %s", op, args[0], exc)
+                    continue
+                except Exception:  # one bad call must not keep the stored state out
+                    log.exception("replay of %s for trader %s failed; skipped", op, args[0])
+                    continue
+                replayed += 1
+                if op == "report_trade" and isinstance(outcome, Outcome) and not outcome.duplicate:
+                    trade = args[2]
+                    assert isinstance(trade, ClosedTrade)
+                    self.on_trade(str(args[0]), str(args[1]), trade)
+        finally:
+            engine.clock = real
+        return replayed
 
     # ---- flags ----------------------------------------------------------------------------------
 
-    async def on_flags(self, old: Flags, new: Flags) -> None:
-        """Apply flags at once; persist them best-effort (a database outage must not block a flag)."""
-        self.flags_changed_at_runtime = True
+    def _install_flags(self, stored: FlagsRecord | None, late: bool) -> None:
+        """One precedence: given at start (environment, CLI) > stored > default. A late load changes nothing."""
+        current = self.engine.flags
+        if stored is None:
+            return
+        if late:
+            if (stored.enable_risk_enforcement, stored.enable_persistence) != (
+                    current.enable_risk_enforcement, current.enable_persistence):
+                log.warning("stored feature flags (enforcement=%s, persistence=%s) not applied: they were loaded "
+                            "after the start and a late load never changes a flag; in force: %s (SetFeatureFlags "
+                            "changes them)", stored.enable_risk_enforcement, stored.enable_persistence, current)
+            return
+        values = {}
+        for name in FLAG_NAMES:
+            mine, theirs = getattr(current, name), getattr(stored, name)
+            if name in self.flags_given:
+                if mine != theirs:
+                    log.warning("feature flag %s=%s given at start overrides the stored value %s", name, mine, theirs)
+                values[name] = mine
+            else:
+                values[name] = theirs
+        self.engine.flags = Flags(**values)
+        self.store.persistence_enabled = self.engine.flags.enable_persistence
+
+    async def on_flags(self, old: Flags, new: Flags) -> bool:
+        """Apply flags at once and store them. Returns False when they are not stored yet: they are written
+        when the database returns (never dropped), and a late load does not undo them."""
         self.store.persistence_enabled = new.enable_persistence
         if new.enable_persistence and not old.enable_persistence:
             for st in self.engine.traders.values():
-                self.store.enqueue_state(to_record(st), "persistence enabled: current state", self.trace_id())
+                self.on_change(st, "persistence enabled: current state")
+        self._pending_flags = FlagsRecord(new.enable_risk_enforcement, new.enable_persistence)
+        if not self.loaded:
+            log.warning("feature flags %s applied; not stored yet (the stored state is not loaded): written when "
+                        "the database returns", new)
+            return False
+        if await self._write_pending_flags():
+            return True
+        self._schedule_flag_write()
+        return False
+
+    def _schedule_flag_write(self) -> None:
+        if self._flag_writer is None or self._flag_writer.done():
+            self._flag_writer = asyncio.get_running_loop().create_task(self._flag_write_loop())
+
+    async def _flag_write_loop(self) -> None:
+        """Retry the pending flags until stored: on each store recovery, and at least every few seconds."""
+        delay = 0.5
+        while self._pending_flags is not None:
+            self._flags_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flags_wake.wait(), delay)
+            delay = min(delay * 2, LOAD_RETRY_MAX_S)
+            await self._write_pending_flags()
+
+    async def _write_pending_flags(self) -> bool:
+        pending = self._pending_flags
+        if pending is None:
+            return True
         try:
-            await self.store.save_flags(FlagsRecord(new.enable_risk_enforcement, new.enable_persistence))
+            await self.store.save_flags(pending)
         except StoreUnavailable as exc:
-            log.warning("feature flags applied but not stored (store unavailable: %s); they revert to the "
-                        "stored or configured values on restart", exc)
+            log.warning("feature flags %s applied; not stored yet (store unavailable: %s): written when the "
+                        "database returns", pending, exc)
+            return False
+        if self._pending_flags is pending:
+            self._pending_flags = None
+        log.info("feature flags stored: enforcement=%s persistence=%s", pending.enable_risk_enforcement,
+                 pending.enable_persistence)
+        return True
 
     # ---- stop -----------------------------------------------------------------------------------
 
     async def close(self, drain_timeout: float) -> int:
-        if self._late_load is not None and not self._late_load.done():
-            self._late_load.cancel()
+        for task in (self._loader, self._flag_writer):
+            if task is not None and not task.done():
+                task.cancel()
+        if not self.loaded:
+            log.warning("shutdown before the stored state was loaded: %d calls received meanwhile are not stored",
+                        len(self.engine.journal or ()))
+        if self._pending_flags is not None:
+            log.error("shutdown: feature flags %s were applied but never stored (database unavailable)",
+                      self._pending_flags)
         left = await self.store.close(drain_timeout)
         if left:
             log.warning("shutdown: %d store rows not written within %.1fs", left, drain_timeout)
         else:
             log.info("shutdown: store queue drained")
         return left
-
-
-def _same(a: Pause, b: Pause) -> bool:
-    return a.code is b.code and a.source == b.source and a.until == b.until and a.state is b.state

@@ -11,7 +11,7 @@ import dataclasses
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, get_type_hints
 
 from .engine.limits import Limits
@@ -67,6 +67,12 @@ class Settings:
     max_connection_idle_s: float = 300.0  # GOAWAY a connection with no RPC in progress for this long
     kill_switch_store_timeout_s: float = 2.0  # PauseTrading / ResumeTrading wait this long for their commit
     store_call_timeout_s: float = 30.0  # admin store calls give up (UNAVAILABLE) on a database that does not answer
+    # What CanTrade answers while the stored state is not loaded (database down or slow at start): reduce_only,
+    # halted, or memory (answer from what arrived since the start, as if nothing was stored). README, "Restarts".
+    unloaded_state_policy: str = "reduce_only"
+    # Not a setting: the names of the settings given explicitly (environment or CLI) rather than defaulted.
+    # A feature flag given at start beats the stored one (README, "Feature flags"). Filled by load_settings.
+    given: frozenset[str] = field(default=frozenset(), metadata={"internal": True})
 
     # ---- derived --------------------------------------------------------------------------------
 
@@ -105,6 +111,8 @@ class Settings:
                 value = "***"
             elif f.name == "database_url":
                 value = redact_url(value)
+            elif f.name == "given":
+                value = sorted(value)
             out[f.name] = value
         return out
 
@@ -153,7 +161,7 @@ def load_settings(env: Mapping[str, str], overrides: Mapping[str, Any] | None = 
     """Build Settings from the environment and CLI overrides (None values are ignored)."""
     hints = get_type_hints(Settings)
     values: dict[str, Any] = {}
-    for f in fields(Settings):
+    for f in settings_fields():
         key = f"TRADEGUARD_{f.name.upper()}"
         if key in env:
             values[f.name] = _coerce(key, hints[f.name], env[key])
@@ -164,12 +172,17 @@ def load_settings(env: Mapping[str, str], overrides: Mapping[str, Any] | None = 
     for name, raw in (overrides or {}).items():
         if raw is not None:
             values[name] = _coerce(f"--{name.replace('_', '-')}", hints[name], raw)
-    settings = Settings(**values)
+    settings = Settings(**values, given=frozenset(values))
     validate(settings)
     return settings
 
 
 def validate(s: Settings) -> None:
+    from .engine.unloaded import POLICIES
+
+    if s.unloaded_state_policy not in POLICIES:
+        raise SettingsError(f"unloaded_state_policy: must be one of {', '.join(POLICIES)}, "
+                            f"got {s.unloaded_state_policy!r}")
     if s.breach_state not in ("REDUCING", "HALTED"):
         raise SettingsError("breach_state: must be REDUCING or HALTED")
     try:
@@ -209,4 +222,5 @@ def validate(s: Settings) -> None:
 
 
 def settings_fields() -> list[dataclasses.Field[Any]]:
-    return list(fields(Settings))
+    """The settings (each an environment variable and a CLI flag); not the internal fields."""
+    return [f for f in fields(Settings) if not f.metadata.get("internal")]

@@ -41,6 +41,7 @@ from .store.store import RiskStore
 log = logging.getLogger("tradeguard")
 
 STORE_HEALTH = "tradeguard.store"
+STATE_HEALTH = "tradeguard.state"  # SERVING once the stored state is installed (README, "Restarts")
 MEMORY_URL = "memory"
 
 
@@ -141,9 +142,13 @@ class Sidecar:
         self.admin.extend(self.breaker_admin.handlers())
         self.admin.extend(HistoryAdmin(self.store, self.durable).handlers())
         self.persistence = Persistence(self.store, self.engine, self.configs, self.breaker_admin, current_trace_id,
-                                       load_timeout_s=settings.store_call_timeout_s)
+                                       load_timeout_s=settings.store_call_timeout_s,
+                                       unloaded_policy=settings.unloaded_state_policy,
+                                       flags_given=settings.given, on_loaded=self._state_loaded)
         self.engine.on_change = self.persistence.on_change
         self.risk.on_trade = self.persistence.on_trade
+        if self.durable:
+            self.risk.trade_known = self.persistence.trade_known
         self.admin.on_flags = self._on_flags
         self.admin.store_now = self._store_now
         self.store.on_health_change = self._on_store_health
@@ -158,16 +163,23 @@ class Sidecar:
 
     # ---- persistence ----------------------------------------------------------------------------
 
-    async def _on_flags(self, old: Flags, new: Flags) -> None:
+    async def _on_flags(self, old: Flags, new: Flags) -> bool:
         if new.enable_persistence and not self.durable:
             from .api.errors import FailedPrecondition
 
             raise FailedPrecondition("enable_persistence: no database is configured (database_url=memory)")
-        await self.persistence.on_flags(old, new)
+        return await self.persistence.on_flags(old, new)
+
+    async def _state_loaded(self) -> None:
+        for st in list(self.engine.traders.values()):  # watchers of a trader see the installed state at once
+            self.risk.notify(st, "stored state loaded")
+        await self.health.set(STATE_HEALTH, health_pb2.HealthCheckResponse.SERVING)
 
     async def _store_now(self) -> bool:
         """Wait (bounded) until every state change made so far is committed: kill-switch RPCs answer after it."""
         timeout = self.settings.kill_switch_store_timeout_s
+        if not self.persistence.loaded:  # in force, journaled, written once the stored state is loaded
+            return False
         if not self.engine.flags.enable_persistence or not timeout:  # 0 = answer at once, as other changes
             return True
         return await self.store.flush(timeout=timeout)
@@ -268,19 +280,26 @@ class Sidecar:
         else:
             host = s.listen.rsplit(":", 1)[0]
             self.address = f"{host}:{port}"
-        await server.start()
-        self.server = server
-        self._start_metrics()
-        await self.health.set(STORE_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING)
+        # grpc's HealthServicer says "" SERVING from construction: nothing is SERVING until it is true.
+        for name in ("", RISK_SERVICE, ADMIN_SERVICE, STORE_HEALTH, STATE_HEALTH):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        # The stored state is loaded before the first RPC is answered. When it cannot be (database down, or
+        # slower than store_call_timeout_s), the engine answers under unloaded_state_policy until it is.
         await self.persistence.start()
         if self.store.healthy:
             await self.health.set(STORE_HEALTH, health_pb2.HealthCheckResponse.SERVING)
+        await server.start()
+        self.server = server
+        self._start_metrics()
         if not isinstance(self.metrics, NullMetrics):
             self._sampler = asyncio.get_running_loop().create_task(self._sample_store())
         for name in ("", RISK_SERVICE, ADMIN_SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("TradeGuard listening on %s (tls=%s, admin token=%s, enforcement=%s)", self.address,
-                 bool(creds), "set" if self._admin_guard else "none", self.engine.flags.enable_risk_enforcement)
+        loaded = self.persistence.loaded
+        log.info("TradeGuard listening on %s (tls=%s, admin token=%s, enforcement=%s, stored state %s)",
+                 self.address, bool(creds), "set" if self._admin_guard else "none",
+                 self.engine.flags.enable_risk_enforcement,
+                 "loaded" if loaded else f"NOT LOADED: unloaded_state_policy={s.unloaded_state_policy}")
         if s.ready_file:
             write_ready_file(s.ready_file, self.address)
         return self.address

@@ -24,6 +24,7 @@ from types import TracebackType
 import grpc
 import psycopg
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy.engine import make_url
 
 from tests.attack.support import server_errors
@@ -343,35 +344,39 @@ async def test_sidecar_answers_unavailable_while_can_trade_keeps_answering(pg_ur
 async def test_a_start_up_load_that_does_not_answer_does_not_hold_the_sidecar_and_is_merged_later(
         pg_url: str) -> None:
     """The stored state is read at start. When the database takes the connection but never answers the load
-    (here: risk_state locked, no lock_timeout), start-up gives up waiting after store_call_timeout_s, serves
-    from memory (an unknown trader is denied: no equity, no trade), and merges the stored state - pause
-    included - as soon as the load finishes."""
+    (here: risk_state locked, no lock_timeout), start-up gives up waiting after store_call_timeout_s and answers
+    under the unloaded-state policy (health tradeguard.state NOT_SERVING, code STATE_NOT_LOADED in the reason),
+    and installs the stored state - pause included - as soon as the load finishes (tradeguard.state SERVING)."""
     async with open_store(pg_url) as store:
         store.enqueue_state(paused(make_state("t-1"), None), "stored before the restart", None)
     no_server_timeouts = with_options(pg_url, "-c lock_timeout=0 -c statement_timeout=0")
+    state_health = health_pb2.HealthCheckRequest(service="tradeguard.state")
 
     async with TableLock(pg_url, ("risk_state",)) as lock:
         started = time.monotonic()
         async with running_sidecar(database_url=no_server_timeouts, enable_persistence=True,
                                    store_call_timeout_s=BOUND_S) as sidecar:
             start_s = time.monotonic() - started
-            assert not sidecar.persistence.loaded
             async with grpc.aio.insecure_channel(sidecar.address) as ch:
+                health_stub = health_pb2_grpc.HealthStub(ch)
+                before = await health_stub.Check(state_health, timeout=5)
                 reply = await rsg.RiskServiceStub(ch).CanTrade(
                     rs.CanTradeRequest(trader_id="t-1", account_id="a-1"), timeout=5)
-            assert not reply.allowed and reply.code == t.DECISION_CODE_NO_EQUITY_REPORTED
+                assert before.status == health_pb2.HealthCheckResponse.NOT_SERVING
+                assert not reply.allowed and reply.code == t.DECISION_CODE_NO_EQUITY_REPORTED
+                assert "STATE_NOT_LOADED" in reply.reason
 
-            lock.release()
-            merge = sidecar.persistence._late_load
-            assert merge is not None
-            await asyncio.wait_for(merge, timeout=30)
+                lock.release()
+                watch = health_stub.Watch(state_health, timeout=30)
+                async for update in watch:  # the event: SERVING once the stored state is installed
+                    if update.status == health_pb2.HealthCheckResponse.SERVING:
+                        break
+                watch.cancel()
 
-            assert sidecar.persistence.loaded
-            st = sidecar.engine.traders["t-1"]
-            assert st.trading_state(sidecar.engine.clock.now()).name == "REDUCING"
-            async with grpc.aio.insecure_channel(sidecar.address) as ch:
+                assert sidecar.persistence.loaded
                 reply = await rsg.RiskServiceStub(ch).CanTrade(
                     rs.CanTradeRequest(trader_id="t-1", account_id="a-1"), timeout=5)
             assert reply.trading_state == t.TRADING_STATE_REDUCING
+            assert "STATE_NOT_LOADED" not in reply.reason
     print(f"\n[silent db] start-up with the load unanswered: ready in {start_s:.2f} s (bound {BOUND_S} s)")
     assert start_s < BOUND_S + 5.0

@@ -24,13 +24,14 @@ log = logging.getLogger("tradeguard.admin")
 SERVICE = "tradeguard.v1.AdminService"
 PAUSE_STATES = frozenset({t.TRADING_STATE_HALTED, t.TRADING_STATE_REDUCING})
 MAX_PAUSE_S = 366 * 86_400.0
+FLAGS_STORED_KEY = "tradeguard-flags-stored"  # trailing metadata of SetFeatureFlags: "true" or "false"
 Ctx = grpc.aio.ServicerContext[Any, Any]
-FlagsListener = Callable[[Flags, Flags], Awaitable[None]]
+FlagsListener = Callable[[Flags, Flags], Awaitable[bool]]  # True when the new flags are stored
 StoreNow = Callable[[], Awaitable[bool]]
 
 
-async def _no_flags_listener(_old: Flags, _new: Flags) -> None:
-    return None
+async def _no_flags_listener(_old: Flags, _new: Flags) -> bool:
+    return True
 
 
 async def _nothing_to_store() -> bool:
@@ -89,7 +90,9 @@ class AdminService:
     async def get_feature_flags(self, _req: ad.GetFeatureFlagsRequest, _ctx: Ctx) -> ad.GetFeatureFlagsResponse:
         return ad.GetFeatureFlagsResponse(flags=self.flags_msg())
 
-    async def set_feature_flags(self, req: ad.SetFeatureFlagsRequest, _ctx: Ctx) -> ad.SetFeatureFlagsResponse:
+    async def set_feature_flags(self, req: ad.SetFeatureFlagsRequest, ctx: Ctx) -> ad.SetFeatureFlagsResponse:
+        """Applied at once. When they cannot be stored now (database unavailable), the answer's trailing
+        metadata says `tradeguard-flags-stored: false` and they are written when the database returns."""
         old = self.engine.flags
         new = Flags(
             enable_risk_enforcement=req.flags.enable_risk_enforcement
@@ -97,10 +100,11 @@ class AdminService:
             enable_persistence=req.flags.enable_persistence
             if req.flags.HasField("enable_persistence") else old.enable_persistence,
         )
-        await self.on_flags(old, new)
+        stored = await self.on_flags(old, new)
         self.engine.flags = new
         if new != old:
-            log.warning("feature flags changed: %s -> %s", old, new)
+            log.warning("feature flags changed: %s -> %s%s", old, new, "" if stored else " (not stored yet)")
+        ctx.set_trailing_metadata(((FLAGS_STORED_KEY, "true" if stored else "false"),))
         return ad.SetFeatureFlagsResponse(flags=self.flags_msg())
 
     # ---- kill switch ----------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -12,7 +12,7 @@ from tradeguard.v1 import risk_service_pb2 as rs
 from tradeguard.v1 import types_pb2 as t
 
 from ..engine.engine import Firing, Outcome, RiskEngine
-from ..engine.state import TraderState
+from ..engine.state import SEEN_TRADE_IDS_KEPT, TraderState
 from ..engine.types import ClosedTrade, RequiredAction, Side
 from . import convert
 from .dispatch import Guard, server_stream, service, unary
@@ -81,6 +81,9 @@ class RiskService:
         self.engine = engine
         self.hub = hub
         self.on_trade: Callable[[str, str, ClosedTrade], None] = _no_trade_listener
+        # (trader_id, trade_id) -> stored before? Asked only for an id not in memory once the trader's kept ids
+        # overflowed (an older id may be a retry); never on CanTrade. None = memory only.
+        self.trade_known: Callable[[str, str], Awaitable[bool]] | None = None
         self.answers = convert.DecisionMessages()
 
     def methods(self, guard: Guard | None = None) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
@@ -172,6 +175,11 @@ class RiskService:
         v.raise_if_any()
         trade = ClosedTrade(req.trade_id, req.symbol.upper(), req.exchange.lower(), Side(req.side), req.realized_pnl,
                             engine.clock.now() if closed is None else closed)
+        st = engine.traders.get(req.trader_id)
+        if (self.trade_known is not None and st is not None and st.account_id == req.account_id
+                and len(st.seen_trade_ids) >= SEEN_TRADE_IDS_KEPT and req.trade_id not in st.seen_trade_ids
+                and await self.trade_known(req.trader_id, req.trade_id)):
+            return rs.ReportTradeResponse(state=self.state_msg(st), duplicate=True)
         outcome = engine.report_trade(req.trader_id, req.account_id, trade)
         if outcome.duplicate:
             return rs.ReportTradeResponse(state=self.state_msg(outcome.state), duplicate=True)

@@ -36,6 +36,10 @@ log = logging.getLogger("tradeguard.engine")
 
 ChangeListener = Callable[[TraderState, str], None]
 BreachListener = Callable[[TraderState, Breach], None]
+# (decision, state, order, reducing) -> the decision answered: set while the stored state is not loaded
+DecisionGate = Callable[[Decision, TraderState, OrderIntent | None, bool], Decision]
+# (time, method name, arguments) of every state-changing call, kept while the stored state is not loaded
+JournalEntry = tuple[float, str, tuple[object, ...]]
 
 
 class AccountMismatchError(ValueError):
@@ -114,6 +118,10 @@ class RiskEngine:
         self.on_breach = on_breach
         self.traders: dict[str, TraderState] = {}
         self.account_limits: dict[str, Limits] = {}
+        # While the stored state is not loaded (sidecar.persistence): CanTrade's verdict passes through `gate`,
+        # and every state-changing call is appended to `journal`, to be replayed on the stored state.
+        self.gate: DecisionGate | None = None
+        self.journal: list[JournalEntry] | None = None
 
     # ---- lookup ---------------------------------------------------------------------------------
 
@@ -211,6 +219,8 @@ class RiskEngine:
     def report_equity(self, trader_id: str, account_id: str, equity: float, observed_at: float | None) -> Outcome:
         now = self.clock.now()
         st = self._get(trader_id, account_id)
+        if self.journal is not None:
+            self.journal.append((now, "report_equity", (trader_id, account_id, equity, observed_at)))
         self._tick(st, now)
         if not apply_equity(st, equity, now if observed_at is None else observed_at, self.reset_offset_s):
             return Outcome(st, stale=True)
@@ -229,6 +239,8 @@ class RiskEngine:
     def report_trade(self, trader_id: str, account_id: str, trade: ClosedTrade) -> Outcome:
         now = self.clock.now()
         st = self._get(trader_id, account_id)
+        if self.journal is not None:
+            self.journal.append((now, "report_trade", (trader_id, account_id, trade)))
         self._tick(st, now)
         if not remember_trade_id(st, trade.trade_id):
             return Outcome(st, duplicate=True)
@@ -259,6 +271,8 @@ class RiskEngine:
     def report_positions(self, trader_id: str, account_id: str, positions: list[Position]) -> Outcome:
         now = self.clock.now()
         st = self._get(trader_id, account_id)
+        if self.journal is not None:
+            self.journal.append((now, "report_positions", (trader_id, account_id, positions)))
         self._tick(st, now)
         st.positions = {(p.symbol, p.exchange): p for p in positions if p.quantity > 0.0}
         for p in positions:
@@ -278,6 +292,8 @@ class RiskEngine:
         """Kill switch: HALTED or REDUCING for a duration, or until resumed (duration None)."""
         now = self.clock.now()
         st = self._get(trader_id, account_id)
+        if self.journal is not None:
+            self.journal.append((now, "pause", (trader_id, account_id, state, duration_s, reason)))
         self._tick(st, now)
         text = f"KILL_SWITCH: {state.name} by operator" + (f": {reason}" if reason else "")
         until = None if duration_s is None else now + duration_s
@@ -292,6 +308,8 @@ class RiskEngine:
         """Lift every pause, manual or automatic. Loss limits are re-checked on the next equity report."""
         now = self.clock.now()
         st = self._get(trader_id, account_id)
+        if self.journal is not None:
+            self.journal.append((now, "resume", (trader_id, account_id)))
         self._tick(st, now)
         had = bool(st.pauses)
         st.pauses = []
@@ -311,7 +329,8 @@ class RiskEngine:
             st = st or TraderState(trader_id, account_id)
             check = CheckResult("equity_reported", CheckStatus.FAIL, DecisionCode.NO_EQUITY_REPORTED,
                                 "no equity reported for this trader: no data, no trade")
-            return self._decide(st, now, [check], [], enforce), st
+            unseen = self._decide(st, now, [check], [], enforce)
+            return (unseen if self.gate is None else self.gate(unseen, st, order, False)), st
         self._tick(st, now)
         limits = self.limits_for(account_id)
         split = None if order is None else checks.split_order(st, order)
@@ -351,6 +370,8 @@ class RiskEngine:
                 results[1] = checks.state_check(st, order, now)
                 state_checks = None  # the state changed under them
         decision = self._decide(st, now, results, actions, enforce)
+        if self.gate is not None:
+            decision = self.gate(decision, st, order, reducing)
         decision.state_checks = state_checks
         keep = order is not None and decision.allowed and (
             limits.max_orders_per_window is not None or self.breakers is not None

@@ -12,7 +12,7 @@ import dataclasses
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from .errors import Conflict, NotFound, StoreUnavailable
 from .records import (
@@ -190,6 +190,10 @@ class MemoryStore:
         self._pending_events.clear()
 
     # ---- write-through ----------------------------------------------------------------------------
+
+    async def known_trade_ids(self, trader_id: str, trade_ids: Sequence[str]) -> set[str]:
+        self._check()
+        return {tid for tid in trade_ids if (trader_id, tid) in self.trades}
 
     async def save_config(self, cfg: ConfigRecord) -> tuple[ConfigRecord, bool]:
         self._check()

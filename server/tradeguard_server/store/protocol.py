@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from .records import (
@@ -49,6 +49,8 @@ class Store(Protocol):
     async def flush(self, timeout: float | None = None) -> bool: ...  # noqa: ASYNC109 - the store's interface
 
     async def close(self, drain_timeout: float) -> int: ...
+
+    async def known_trade_ids(self, trader_id: str, trade_ids: Sequence[str]) -> set[str]: ...
 
     async def save_config(self, cfg: ConfigRecord) -> tuple[ConfigRecord, bool]: ...
 

@@ -100,6 +100,12 @@ def load_trade_ids(conn: Connection, keep: int = SEEN_TRADE_IDS_KEPT) -> dict[st
     return out
 
 
+def known_trade_ids(conn: Connection, trader_id: str, trade_ids: Iterable[str]) -> set[str]:
+    """Which of `trade_ids` the trader has reported before."""
+    query = select(TRADES.c.trade_id).where(TRADES.c.trader_id == trader_id, TRADES.c.trade_id.in_(list(trade_ids)))
+    return {row[0] for row in conn.execute(query)}
+
+
 # ---- configurations -------------------------------------------------------------------------------
 
 def ensure_account(conn: Connection, account_id: str, now: float) -> None:

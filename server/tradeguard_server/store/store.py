@@ -52,7 +52,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from functools import partial
@@ -1061,6 +1061,10 @@ class RiskStore:
             self._hold_states = False
             self._kick()
         return loaded
+
+    async def known_trade_ids(self, trader_id: str, trade_ids: Sequence[str]) -> set[str]:
+        """Which of `trade_ids` are in trade_reports for the trader (ids older than those kept in memory)."""
+        return await self._call(lambda conn: sql.known_trade_ids(conn, trader_id, trade_ids), write=False)
 
     async def save_config(self, cfg: ConfigRecord) -> tuple[ConfigRecord, bool]:
         """Insert or replace a configuration and its symbol configs (created_at is kept). Saving an active
