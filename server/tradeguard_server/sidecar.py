@@ -20,11 +20,12 @@ from .api.admin_service import AdminService
 from .api.breaker_admin import BreakerAdmin
 from .api.config_admin import ConfigAdmin, MemoryConfigPersistence
 from .api.config_records import StoreConfigPersistence
-from .api.dispatch import bearer_guard, service
+from .api.dispatch import admin_guard, service, trader_guard
 from .api.history_admin import HistoryAdmin
 from .api.risk_service import SERVICE as RISK_SERVICE
 from .api.risk_service import RiskService
 from .api.watch import WatchHub
+from .auth import Credentials, create_private_file, sqlite_path
 from .engine.breakers.evaluator import Evaluator
 from .engine.clock import Clock, SystemClock
 from .engine.engine import RiskEngine
@@ -106,13 +107,12 @@ class Sidecar:
 
     def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self.settings = settings
-        admin_token = settings.admin_token_value()
-        if not is_loopback(settings.listen) and not admin_token and not settings.insecure:
-            raise SettingsError(
-                f"refusing to listen on {settings.listen} (beyond loopback) without an admin token: "
-                "set TRADEGUARD_ADMIN_TOKEN (or --admin-token-file), or pass --insecure"
-            )
+        self.credentials = Credentials(settings)  # creates the admin token file at first start
+        self._check_exposure()
         self.durable = settings.database_url != MEMORY_URL
+        db_file = sqlite_path(settings.database_url) if self.durable else None
+        if db_file is not None and db_file.parent.is_dir():
+            create_private_file(db_file)  # every trader's state: owner-only, whatever the umask
         self.engine = RiskEngine(
             clock or SystemClock(),
             defaults=settings.default_limits(),
@@ -152,9 +152,50 @@ class Sidecar:
         self.address = ""
         self._health_task: asyncio.Task[None] | None = None
         self._sampler: asyncio.Task[None] | None = None
-        self._admin_guard = bearer_guard(admin_token)
-        self._trader_guard = bearer_guard(settings.trader_token)
+        self._admin_guard = admin_guard(self.credentials)
+        # No trader credential can ever appear without a file to re-read: then CanTrade pays for no guard at all.
+        can_guard = self.credentials.table.trader_auth or settings.trader_token_file or settings.credentials_file
+        self._trader_guard = trader_guard(self.credentials) if can_guard else None
+        self._credentials_task: asyncio.Task[None] | None = None
         self._init_observability()  # keep last: it wraps engine.on_change / engine.breakers as set above
+
+    # ---- access ---------------------------------------------------------------------------------
+
+    def _check_exposure(self) -> None:
+        """Refuse to serve an open RiskService (or an open AdminService) beyond loopback unless --insecure."""
+        s, table = self.settings, self.credentials.table
+        if is_loopback(s.listen) or s.insecure:
+            return
+        if table.admin_open:
+            raise SettingsError(f"refusing to listen on {s.listen} (beyond loopback) with dev_open_admin: "
+                                "anyone on the network could switch enforcement off; pass --insecure to insist")
+        if not table.trader_auth:
+            raise SettingsError(
+                f"refusing to listen on {s.listen} (beyond loopback) with RiskService open to any caller: set "
+                "--credentials-file (per-bot tokens) or --trader-token-file, or pass --insecure"
+            )
+
+    def _log_exposure(self) -> None:
+        s = self.settings
+        for line in self.credentials.describe():
+            (log.warning if "OPEN" in line or "open" in line else log.info)("access: %s", line)
+        if s.insecure:
+            log.warning("INSECURE (--insecure): the loopback rule is off; listening on %s with the credentials "
+                        "above, and without TLS the bearer tokens cross the network in clear", s.listen)
+        if s.metrics_listen and not is_loopback(s.metrics_listen):
+            log.warning("metrics on %s (beyond loopback) WITHOUT AUTH: /metrics shows every trader's PnL, "
+                        "drawdown and pause to anyone who can reach it; restrict it with a NetworkPolicy or "
+                        "listen on 127.0.0.1", s.metrics_listen)
+
+    async def _reload_credentials(self) -> None:
+        """Re-read token and credentials files when they change (rotation without a restart)."""
+        from .observability.logs import redact_secrets
+
+        period = self.settings.credentials_reload_s
+        while True:
+            await asyncio.sleep(period)
+            if self.credentials.reload_if_changed():
+                redact_secrets(self.credentials.tokens())
 
     # ---- persistence ----------------------------------------------------------------------------
 
@@ -263,7 +304,17 @@ class Sidecar:
             (RISK_SERVICE, ADMIN_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         creds = server_credentials(s)
-        port = server.add_secure_port(s.listen, creds) if creds else server.add_insecure_port(s.listen)
+        # A unix socket counts as loopback: make it owner-only whatever the umask (0777 would give any local
+        # user the sidecar); chmod after binding as well, for a socket file that already existed.
+        old_umask = os.umask(0o077) if s.listen.startswith("unix:") else None
+        try:
+            port = server.add_secure_port(s.listen, creds) if creds else server.add_insecure_port(s.listen)
+        finally:
+            if old_umask is not None:
+                os.umask(old_umask)
+        if s.listen.startswith("unix:"):
+            with contextlib.suppress(OSError):
+                os.chmod(s.listen.removeprefix("unix:").removeprefix("//"), 0o600)
         if s.listen.startswith("unix:"):
             self.address = s.listen
         else:
@@ -280,8 +331,13 @@ class Sidecar:
             self._sampler = asyncio.get_running_loop().create_task(self._sample_store())
         for name in ("", RISK_SERVICE, ADMIN_SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("TradeGuard listening on %s (tls=%s, admin token=%s, enforcement=%s)", self.address,
-                 bool(creds), "set" if self._admin_guard else "none", self.engine.flags.enable_risk_enforcement)
+        if s.credentials_reload_s:
+            self._credentials_task = asyncio.get_running_loop().create_task(self._reload_credentials())
+        self._log_exposure()
+        log.info("TradeGuard listening on %s (tls=%s, admin=%s, traders=%s, enforcement=%s)", self.address,
+                 bool(creds), "open" if self.credentials.table.admin_open else "token",
+                 "per-credential" if self.credentials.table.trader_auth else "open",
+                 self.engine.flags.enable_risk_enforcement)
         if s.ready_file:
             write_ready_file(s.ready_file, self.address)
         return self.address
@@ -295,6 +351,8 @@ class Sidecar:
             await self.server.stop(self.settings.shutdown_grace_s)
         if self._sampler is not None:
             self._sampler.cancel()
+        if self._credentials_task is not None:
+            self._credentials_task.cancel()
         await self.persistence.close(self.settings.drain_timeout_s)
         await asyncio.to_thread(self._stop_observability)
         log.info("stopped")
