@@ -52,9 +52,10 @@ def check_token(what: str, raw: str) -> str:
 
 
 def shared_with_others(path: Path) -> bool:
-    """True when group or others may read (or write) the file."""
+    """True when others may read or write the file, or its group may write it. (Group read is how Kubernetes
+    gives a secret to a non-root container: fsGroup; it is not warned about.)"""
     try:
-        return bool(path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO))
+        return bool(path.stat().st_mode & (stat.S_IRWXO | stat.S_IWGRP))
     except OSError:
         return False
 
@@ -69,7 +70,7 @@ def read_token_file(what: str, path: Path) -> str:
     except UnicodeDecodeError:
         raise CredentialError(f"{what}: {path} is not UTF-8 text") from None
     if shared_with_others(path):
-        log.warning("%s: %s is readable by group or others (mode %o); make it owner-only: chmod 600 %s",
+        log.warning("%s: %s is readable by others (mode %o); make it owner-only: chmod 600 %s",
                     what, path, stat.S_IMODE(path.stat().st_mode), path)
     return check_token(f"{what} ({path})", text)
 
@@ -80,7 +81,7 @@ def create_private_file(path: Path) -> bool:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         if shared_with_others(path):
-            log.warning("%s is readable by group or others (mode %o): it holds every trader's state; "
+            log.warning("%s is readable by others (mode %o): it holds every trader's state; "
                         "chmod 600 %s", path, stat.S_IMODE(path.stat().st_mode), path)
         return False
     os.close(fd)
@@ -190,7 +191,7 @@ def load_credentials_file(path: Path) -> list[tuple[str, Principal]]:
     if not isinstance(entries, list) or not entries:
         raise CredentialError(f"credentials_file: {path} has no [[credential]] table")
     if shared_with_others(path):
-        log.warning("credentials_file: %s is readable by group or others; chmod 600 %s", path, path)
+        log.warning("credentials_file: %s is readable by others; chmod 600 %s", path, path)
     out: list[tuple[str, Principal]] = []
     seen: set[str] = set()
     for i, entry in enumerate(entries):
@@ -217,7 +218,8 @@ class Credentials:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.admin_path = None if settings.dev_open_admin else admin_token_path(settings)
+        path = None if settings.dev_open_admin else admin_token_path(settings)
+        self.admin_path = None if path is None else path.absolute()  # logged: a path that works from anywhere
         self.generated = False
         if settings.dev_open_admin and (settings.admin_token or settings.admin_token_file):
             raise CredentialError("dev_open_admin: an admin token is configured as well; choose one")

@@ -67,6 +67,8 @@ class Settings:
     max_concurrent_rpcs: int = 0  # RPCs in progress server-wide (streams included); beyond: RESOURCE_EXHAUSTED
     max_connections: int = 1000  # TCP connections at once; more are closed at accept
     max_watchers_per_trader: int = 8  # WatchRiskState streams per trader_id (each report fans out to them)
+    max_watchers_per_connection: int = 64  # WatchRiskState streams per TCP connection
+    max_watchers_unknown_traders: int = 32  # WatchRiskState streams on trader ids not known yet, all together
     handshake_timeout_s: float = 10.0  # a connection that has not completed its HTTP/2 (and TLS) handshake
     keepalive_time_s: float = 60.0  # ping a connection after this long without traffic...
     keepalive_timeout_s: float = 20.0  # ...and close it (and its streams) when the ping is not answered
@@ -204,7 +206,8 @@ def validate(s: Settings) -> None:
         raise SettingsError("queue_size: must be >= 1")
     if s.max_message_bytes < 1024:
         raise SettingsError("max_message_bytes: must be >= 1024")
-    for name in ("max_concurrent_rpcs", "max_connections", "max_watchers_per_trader"):
+    for name in ("max_concurrent_rpcs", "max_connections", "max_watchers_per_trader",
+                 "max_watchers_per_connection", "max_watchers_unknown_traders"):
         if getattr(s, name) < 0:
             raise SettingsError(f"{name}: must be >= 0 (0 = no limit)")
     if 0 < s.max_concurrent_rpcs <= s.max_concurrent_streams and s.max_concurrent_streams > 0:

@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from .api.admin_service import SERVICE as ADMIN_SERVICE
 from .api.admin_service import AdminService
+from .api.binding_admin import BindingAdmin
 from .api.breaker_admin import BreakerAdmin
 from .api.config_admin import ConfigAdmin, MemoryConfigPersistence
 from .api.config_records import StoreConfigPersistence
@@ -126,7 +127,9 @@ class Sidecar:
             if self.durable else MemoryStore(settings.queue_size, clock=self.engine.clock.now)
         )
         self.hub = WatchHub(buffer=settings.watch_buffer, max_watchers=settings.max_concurrent_streams,
-                            max_per_trader=settings.max_watchers_per_trader)
+                            max_per_trader=settings.max_watchers_per_trader,
+                            max_per_connection=settings.max_watchers_per_connection,
+                            max_unknown=settings.max_watchers_unknown_traders)
         self.risk = RiskService(self.engine, self.hub)
         self.admin = AdminService(self.engine, self.risk)
         self.configs = ConfigAdmin(
@@ -140,6 +143,7 @@ class Sidecar:
         self.breakers.on_fire = self.breaker_admin.record_event
         self.admin.extend(self.breaker_admin.handlers())
         self.admin.extend(HistoryAdmin(self.store, self.durable).handlers())
+        self.admin.extend(BindingAdmin(self.engine, self.risk, self._store_now).handlers())
         self.persistence = Persistence(self.store, self.engine, self.configs, self.breaker_admin, current_trace_id,
                                        load_timeout_s=settings.store_call_timeout_s)
         self.engine.on_change = self.persistence.on_change

@@ -80,7 +80,8 @@ def spawn_sidecar(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
     if not any(a == "--listen" or a.startswith("--listen=") for a in args):
         cmd += ["--listen", "127.0.0.1:0"]
     admin_given = any(a.startswith(("--admin-token", "--dev-open-admin", "--no-dev-open-admin")) for a in args) or \
-        any(k in full_env for k in ("TRADEGUARD_ADMIN_TOKEN", "TRADEGUARD_ADMIN_TOKEN_FILE", "TRADEGUARD_DEV_OPEN_ADMIN"))
+        any(k in full_env for k in ("TRADEGUARD_ADMIN_TOKEN", "TRADEGUARD_ADMIN_TOKEN_FILE",
+                                    "TRADEGUARD_DEV_OPEN_ADMIN"))
     if open_admin and not admin_given:
         cmd += ["--dev-open-admin"]
     if not any(a.startswith("--metrics-listen") for a in args):

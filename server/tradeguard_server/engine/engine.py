@@ -166,6 +166,15 @@ class RiskEngine:
             raise AccountMismatchError(f"trader_id {trader_id!r} is bound to account_id {st.account_id!r}")
         return st
 
+    def rebind(self, trader_id: str, account_id: str, reason: str) -> tuple[str, TraderState]:
+        """Bind `trader_id` to `account_id` with a fresh state (operator); the previous account ("" if none)."""
+        old = self.traders.get(trader_id)
+        st = self.traders[trader_id] = TraderState(trader_id, account_id)
+        if old is not None:
+            st.version = old.version  # the store keeps the newest version: continue the sequence
+        self._changed(st, self.clock.now(), reason)
+        return ("" if old is None else old.account_id), st
+
     def restore(self, st: TraderState) -> None:
         """Put a state loaded from the store back (at start)."""
         self.traders[st.trader_id] = st
