@@ -111,7 +111,7 @@ class Sidecar:
         self.credentials = Credentials(settings)  # creates the admin token file at first start
         self._check_exposure()
         self.durable = settings.database_url != MEMORY_URL
-        db_file = sqlite_path(settings.database_url) if self.durable else None
+        db_file = sqlite_path(settings.database_url) if self.durable and settings.enable_persistence else None
         if db_file is not None and db_file.parent.is_dir():
             create_private_file(db_file)  # every trader's state: owner-only, whatever the umask
         self.engine = RiskEngine(
