@@ -477,3 +477,42 @@ async def test_one_client_cannot_take_the_watch_slots_other_bots_need() -> None:
     assert other_invented[0] == grpc.StatusCode.UNAVAILABLE  # ...is shared, so it stays small
     assert [code for code, _ in known].count(grpc.StatusCode.OK) == 2  # 6 per connection
     assert real_bot[0] == grpc.StatusCode.OK  # the bot's own watch still gets a slot
+
+
+# ---- 7. per-trader maps are bounded --------------------------------------------------------------------
+
+
+async def test_a_bot_inventing_symbols_cannot_grow_its_state_or_history_rows_without_end(tmp_path: Path) -> None:
+    """The issue's 26 GB file: every trade on a new symbol added to symbol_stats, and every history row copied
+    it. Now a trader keeps at most SYMBOLS_KEPT (256) entries per map beyond its live symbols (open positions,
+    the last 64 trades): here 3,000 new-symbol trades and 2,000 new-symbol positions leave at most 320."""
+    import sqlite3
+
+    db = tmp_path / "tg.db"
+    ids = {"trader_id": "bot-1", "account_id": "acct-1"}
+    async with running_sidecar(database_url=f"sqlite:///{db}", enable_persistence=True) as sc, \
+            grpc.aio.insecure_channel(sc.address) as ch:
+        risk = rsg.RiskServiceStub(ch)
+        await risk.ReportEquity(rs.ReportEquityRequest(**ids, equity=1_000_000))
+        for i in range(3_000):
+            await risk.ReportTrade(rs.ReportTradeRequest(**ids, trade_id=f"t{i}", symbol=f"NEW{i}", side=t.SIDE_BUY,
+                                                         realized_pnl=1.0))
+        for batch in range(2):
+            await risk.ReportPositions(rs.ReportPositionsRequest(**ids, positions=[
+                t.Position(symbol=f"POS{batch}-{i}", side=t.SIDE_BUY, quantity=1, entry_price=1, mark_price=1,
+                           volatility=0.5) for i in range(1_000)]))
+        await risk.ReportPositions(rs.ReportPositionsRequest(**ids))  # all closed
+        st = sc.engine.traders["bot-1"]
+        in_memory = (len(st.symbol_stats), len(st.volatility))
+        pruned = sc.engine.symbols_pruned
+        assert await sc.store.flush(timeout=30)
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        row_bytes = conn.execute("SELECT max(length(state)) FROM risk_state_history WHERE trader_id = 'bot-1'"
+                                 ).fetchone()[0]
+        last_row = conn.execute("SELECT length(state) FROM risk_state_history WHERE trader_id = 'bot-1' "
+                                "ORDER BY id DESC LIMIT 1").fetchone()[0]
+
+    assert max(in_memory) <= 256 + 64, in_memory
+    assert pruned >= 3_000 - 320
+    assert last_row < 64 * 1024, last_row  # the history row copies the bounded maps (measured: 18 KB)
+    assert row_bytes < 256 * 1024, row_bytes  # the largest holds 1,000 open positions (measured: 161 KB)

@@ -16,7 +16,16 @@ from typing import Protocol
 from . import checks
 from .clock import Clock
 from .limits import Limits
-from .state import Pause, TraderState, add_pause, apply_equity, expire_pauses, remember_trade_id, roll_periods
+from .state import (
+    Pause,
+    TraderState,
+    add_pause,
+    apply_equity,
+    expire_pauses,
+    prune_symbols,
+    remember_trade_id,
+    roll_periods,
+)
 from .types import (
     Breach,
     CheckResult,
@@ -113,6 +122,7 @@ class RiskEngine:
         self.breakers = breakers
         self.on_breach = on_breach
         self.traders: dict[str, TraderState] = {}
+        self.symbols_pruned = 0  # per-symbol entries dropped by prune_symbols (state.SYMBOLS_KEPT)
         self.account_limits: dict[str, Limits] = {}
 
     # ---- lookup ---------------------------------------------------------------------------------
@@ -251,6 +261,7 @@ class RiskEngine:
         elif trade.realized_pnl > 0:
             st.consecutive_losses = 0
             stats.wins += 1
+        self.symbols_pruned += prune_symbols(st)
         limits = self.limits_for(account_id)
         reasons = [f"trade_report {trade.trade_id}"]
         breach = checks.streak_breach(st, limits)
@@ -273,6 +284,7 @@ class RiskEngine:
         for p in positions:
             if p.volatility > 0.0:
                 st.volatility[p.symbol] = p.volatility
+        self.symbols_pruned += prune_symbols(st)
         limits = self.limits_for(account_id)
         firings = self._run_breakers(st, limits, now, [(p.symbol, p.exchange) for p in positions])
         self._changed(st, now, "positions_report")
