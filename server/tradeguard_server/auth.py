@@ -293,7 +293,7 @@ class Credentials:
             log.error("credentials changed but not loaded, the previous ones stay in force: %s", exc)
             return False
         self.table = table
-        log.warning("credentials re-read: %s", "; ".join(self.describe()))
+        log.warning("credentials re-read: %s", "; ".join(line for _, line in self.describe()))
         return True
 
     def tokens(self) -> list[str]:
@@ -309,27 +309,29 @@ class Credentials:
                 found += [token for token, _ in load_credentials_file(Path(s.credentials_file))]
         return [t for t in found if t]
 
-    def describe(self) -> list[str]:
-        """What is guarded and how, for the start-up log (never a token)."""
+    def describe(self) -> list[tuple[int, str]]:
+        """(log level, line): what is guarded and how, for the start-up log (never a token). Anything open is
+        a WARNING."""
         table, s = self.table, self.settings
-        lines = []
+        lines: list[tuple[int, str]] = []
         if table.admin_open:
-            lines.append("AdminService OPEN TO ANY CALLER (dev_open_admin): DEVELOPMENT ONLY, the bot can lift "
-                         "its own pause and switch enforcement off")
+            lines.append((logging.WARNING, "AdminService OPEN TO ANY CALLER (dev_open_admin): DEVELOPMENT ONLY, the "
+                          "bot can lift its own pause and switch enforcement off"))
         elif s.admin_token:
-            lines.append("AdminService needs the admin token (admin_token)")
+            lines.append((logging.INFO, "AdminService needs the admin token (admin_token)"))
         else:
             how = "created now" if self.generated else "file"
-            lines.append(f"AdminService needs the admin token in {self.admin_path} ({how}); e.g. grpcurl -H "
-                         f"\"authorization: Bearer $(cat {self.admin_path})\" or tradeguard admin GetFeatureFlags")
+            lines.append((logging.INFO, f"AdminService needs the admin token in {self.admin_path} ({how}); e.g. "
+                          f"grpcurl -H \"authorization: Bearer $(cat {self.admin_path})\" or tradeguard admin "
+                          "GetFeatureFlags"))
         principals = [p for p in table.by_digest.values() if not p.admin]
         if not table.trader_auth:
-            lines.append("RiskService open: no trader credentials, so ANY caller may report, ask and watch for ANY "
-                         "trader (configure credentials_file for per-bot tokens)")
+            lines.append((logging.WARNING, "RiskService open: no trader credentials, so ANY caller may report, ask "
+                          "and watch for ANY trader (configure credentials_file for per-bot tokens)"))
         else:
             named = sorted(p.name for p in principals if p.restricted)
             shared = any(not p.restricted for p in principals)
-            lines.append("RiskService needs a credential: " + ", ".join(
+            lines.append((logging.INFO, "RiskService needs a credential: " + ", ".join(
                 ([f"{len(named)} per-bot ({', '.join(named)})"] if named else [])
-                + (["the shared trader token (any trader)"] if shared else [])))
+                + (["the shared trader token (any trader)"] if shared else []))))
         return lines

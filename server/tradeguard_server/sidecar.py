@@ -181,8 +181,8 @@ class Sidecar:
 
     def _log_exposure(self) -> None:
         s = self.settings
-        for line in self.credentials.describe():
-            (log.warning if "OPEN" in line or "open" in line else log.info)("access: %s", line)
+        for level, line in self.credentials.describe():
+            log.log(level, "access: %s", line)
         if s.insecure:
             log.warning("INSECURE (--insecure): the loopback rule is off; listening on %s with the credentials "
                         "above, and without TLS the bearer tokens cross the network in clear", s.listen)
