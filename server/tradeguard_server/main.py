@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     admin = sub.add_parser(
         "admin", help="call an AdminService RPC with the admin token (e.g. tradeguard admin GetFeatureFlags)",
         description="Calls tradeguard.v1.AdminService/METHOD with the JSON body and prints the JSON answer. The "
-                    "token comes from TRADEGUARD_ADMIN_TOKEN, --token-file, TRADEGUARD_ADMIN_TOKEN_FILE, or the "
+                    "token comes from --token-file, TRADEGUARD_ADMIN_TOKEN, TRADEGUARD_ADMIN_TOKEN_FILE, or the "
                     "file the sidecar created (<state dir>/admin.token, found from the same settings as serve).")
     admin.add_argument("method", help="AdminService method, e.g. PauseTrading, ResumeTrading, SetFeatureFlags")
     admin.add_argument("body", nargs="?", default="{}", help="request as JSON (default {})")
@@ -151,18 +151,17 @@ def _health(args: argparse.Namespace) -> int:
 
 
 def _admin_token(args: argparse.Namespace) -> str:
-    """The admin token as `serve` would find it: env, --token-file, the configured file, the generated one."""
+    """The admin token as `serve` would find it: --token-file, admin_token, admin_token_file, the generated one."""
     from pathlib import Path
 
-    from .auth import admin_token_path, read_token_file
+    from .auth import admin_token_path, check_token, read_token_file
 
-    if os.environ.get("TRADEGUARD_ADMIN_TOKEN", "").strip():
-        return os.environ["TRADEGUARD_ADMIN_TOKEN"].strip()
     if args.token_file:
         return read_token_file("--token-file", Path(args.token_file))
-    overrides = {"state_dir": args.state_dir, "database_url": args.database_url}
-    path = admin_token_path(load_settings(os.environ, overrides))
-    assert path is not None  # no inline admin_token here: handled above
+    settings = load_settings(os.environ, {"state_dir": args.state_dir, "database_url": args.database_url})
+    path = admin_token_path(settings)
+    if path is None:
+        return check_token("admin_token", settings.admin_token)
     return read_token_file("admin token", path)
 
 

@@ -254,6 +254,39 @@ async def test_a_rotated_admin_token_is_in_force_without_a_restart(tmp_path: Pat
     assert kept[0] == grpc.StatusCode.OK
 
 
+async def test_trader_token_file_guards_risk_service_and_a_new_bot_is_admitted_without_a_restart(
+    tmp_path: Path
+) -> None:
+    shared = tmp_path / "trader.token"
+    shared.write_text(BOT2 + "\n")
+    credentials = tmp_path / "credentials.toml"
+    credentials.write_text('[[credential]]\nname = "bot-1"\ntoken = "' + BOT1 + '"\ntraders = ["bot-1"]\n'
+                           'accounts = ["acct-1"]\n')
+    newcomer = "bot-3-token-0123456789abcdef"
+    ids = {"trader_id": "bot-3", "account_id": "acct-3"}
+    async with running_sidecar(admin_token=ADMIN, trader_token_file=str(shared), credentials_file=str(credentials),
+                               credentials_reload_s=0.02) as sc, grpc.aio.insecure_channel(sc.address) as ch:
+        risk = rsg.RiskServiceStub(ch)
+        anonymous = await code_of(risk.CanTrade(rs.CanTradeRequest(**ids)))
+        with_shared = await code_of(risk.CanTrade(rs.CanTradeRequest(**ids), metadata=bearer(BOT2)))
+        before = await code_of(risk.CanTrade(rs.CanTradeRequest(**ids), metadata=bearer(newcomer)))
+        staged = tmp_path / "credentials.new"
+        staged.write_text(credentials.read_text() + '\n[[credential]]\nname = "bot-3"\ntoken = "' + newcomer
+                          + '"\ntraders = ["bot-3"]\naccounts = ["acct-3"]\n')
+        staged.replace(credentials)
+
+        async def admitted() -> bool:
+            reply = await code_of(risk.CanTrade(rs.CanTradeRequest(**ids), metadata=bearer(newcomer)))
+            return reply[0] == grpc.StatusCode.OK
+
+        after = await eventually(admitted)
+
+    assert anonymous[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert with_shared[0] == grpc.StatusCode.OK  # the shared token acts for any trader
+    assert before[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert after
+
+
 # ---- 3. secrets ----------------------------------------------------------------------------------------
 
 
