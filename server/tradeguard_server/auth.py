@@ -177,6 +177,18 @@ def _names(entry: dict[str, Any], key: str, where: str) -> frozenset[str] | None
     return None if ANY in value else frozenset(value)
 
 
+def credential_token_files(path: Path) -> list[Path]:
+    """The token files a credentials file names (watched for changes too); [] when it does not load."""
+    try:
+        entries = tomllib.loads(path.read_text(encoding="utf-8")).get("credential")
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return []
+    if not isinstance(entries, list):
+        return []
+    return [path.parent / e["token_file"] for e in entries
+            if isinstance(e, dict) and isinstance(e.get("token_file"), str)]
+
+
 def load_credentials_file(path: Path) -> list[tuple[str, Principal]]:
     """(token, principal) for each `[[credential]]` of the TOML file."""
     try:
@@ -238,6 +250,8 @@ class Credentials:
         s = self.settings
         paths = [self.admin_path] if self.admin_path is not None else []
         paths += [Path(p) for p in (s.trader_token_file, s.credentials_file) if p]
+        if s.credentials_file:
+            paths += credential_token_files(Path(s.credentials_file))
         return paths
 
     def _signature(self) -> tuple[tuple[int, int, int], ...]:

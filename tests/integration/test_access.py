@@ -254,6 +254,29 @@ async def test_a_rotated_admin_token_is_in_force_without_a_restart(tmp_path: Pat
     assert kept[0] == grpc.StatusCode.OK
 
 
+async def test_a_rotated_bot_token_file_is_in_force_without_a_restart(tmp_path: Path) -> None:
+    credentials = write_credentials(tmp_path)
+    new = "bot-1-rotated-0123456789abcdef"
+    ids = {"trader_id": "bot-1", "account_id": "acct-1"}
+    async with running_sidecar(admin_token=ADMIN, credentials_file=str(credentials), credentials_reload_s=0.02) as sc, \
+            grpc.aio.insecure_channel(sc.address) as ch:
+        risk = rsg.RiskServiceStub(ch)
+        staged = tmp_path / "bot-1.new"
+        staged.write_text(new)
+        staged.chmod(0o600)
+        staged.replace(tmp_path / "bot-1.token")  # only the token file changes, not credentials.toml
+
+        async def rotated() -> bool:
+            reply = await code_of(risk.CanTrade(rs.CanTradeRequest(**ids), metadata=bearer(new)))
+            return reply[0] == grpc.StatusCode.OK
+
+        in_force = await eventually(rotated)
+        old = await code_of(risk.CanTrade(rs.CanTradeRequest(**ids), metadata=bearer(BOT1)))
+
+    assert in_force
+    assert old[0] == grpc.StatusCode.UNAUTHENTICATED
+
+
 async def test_trader_token_file_guards_risk_service_and_a_new_bot_is_admitted_without_a_restart(
     tmp_path: Path
 ) -> None:
