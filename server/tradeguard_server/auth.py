@@ -163,6 +163,7 @@ class Table:
     """The credentials in force: token digests to principals."""
 
     by_digest: dict[bytes, Principal] = field(default_factory=dict)
+    by_identity: dict[str, Principal] = field(default_factory=dict)  # mTLS client certificate CN -> principal
     admin_open: bool = False  # dev_open_admin: AdminService answers anyone
     trader_auth: bool = False  # RiskService needs a credential
 
@@ -189,8 +190,17 @@ def credential_token_files(path: Path) -> list[Path]:
             if isinstance(e, dict) and isinstance(e.get("token_file"), str)]
 
 
-def load_credentials_file(path: Path) -> list[tuple[str, Principal]]:
-    """(token, principal) for each `[[credential]]` of the TOML file."""
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One `[[credential]]`: a token, a TLS client identity (certificate CN under mTLS), or both."""
+
+    token: str | None
+    tls_identity: str | None
+    principal: Principal
+
+
+def load_credentials_file(path: Path) -> list[Entry]:
+    """The `[[credential]]` entries of the TOML file."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -204,7 +214,7 @@ def load_credentials_file(path: Path) -> list[tuple[str, Principal]]:
         raise CredentialError(f"credentials_file: {path} has no [[credential]] table")
     if shared_with_others(path):
         log.warning("credentials_file: %s is readable by others; chmod 600 %s", path, path)
-    out: list[tuple[str, Principal]] = []
+    out: list[Entry] = []
     seen: set[str] = set()
     for i, entry in enumerate(entries):
         name = entry.get("name")
@@ -215,13 +225,18 @@ def load_credentials_file(path: Path) -> list[tuple[str, Principal]]:
             raise CredentialError(f"{where}: name {name!r} is used twice")
         seen.add(name)
         where = f"credentials_file {path}, credential {name!r}"
+        token: str | None = None
         if isinstance(entry.get("token_file"), str):
             token = read_token_file(where, path.parent / entry["token_file"])
         elif isinstance(entry.get("token"), str):
             token = check_token(f"{where}: token", entry["token"])
-        else:
-            raise CredentialError(f"{where}: give token_file (or token)")
-        out.append((token, Principal(name, _names(entry, "traders", where), _names(entry, "accounts", where))))
+        identity = entry.get("tls_identity")
+        if identity is not None and (not isinstance(identity, str) or not identity.strip()):
+            raise CredentialError(f"{where}: tls_identity must be a client certificate's common name")
+        if token is None and identity is None:
+            raise CredentialError(f"{where}: give token_file (or token), or tls_identity (with mTLS)")
+        principal = Principal(name, _names(entry, "traders", where), _names(entry, "accounts", where))
+        out.append(Entry(token, identity, principal))
     return out
 
 
@@ -280,8 +295,18 @@ class Credentials:
             pairs.append((check_token("trader_token", s.trader_token), SHARED_TRADER))
         elif s.trader_token_file:
             pairs.append((read_token_file("trader_token_file", Path(s.trader_token_file)), SHARED_TRADER))
+        by_identity: dict[str, Principal] = {}
         if s.credentials_file:
-            pairs += load_credentials_file(Path(s.credentials_file))
+            entries = load_credentials_file(Path(s.credentials_file))
+            if not s.tls_client_ca and any(e.tls_identity for e in entries):
+                raise CredentialError("credentials_file: tls_identity needs mTLS (tls_client_ca)")
+            for entry in entries:
+                if entry.token is not None:
+                    pairs.append((entry.token, entry.principal))
+                if entry.tls_identity is not None:
+                    if entry.tls_identity in by_identity:
+                        raise CredentialError(f"credentials_file: tls_identity {entry.tls_identity!r} is used twice")
+                    by_identity[entry.tls_identity] = entry.principal
         by_digest: dict[bytes, Principal] = {}
         for token, principal in pairs:
             key = digest(token.encode())
@@ -293,7 +318,8 @@ class Credentials:
                 raise CredentialError(f"credentials {other.name!r} and {principal.name!r} share one token")
             by_digest[key] = principal
         self.admin_token = admin
-        return Table(by_digest, admin_open=s.dev_open_admin, trader_auth=len(pairs) > (1 if admin else 0))
+        return Table(by_digest, by_identity, admin_open=s.dev_open_admin,
+                     trader_auth=len(pairs) > (1 if admin else 0) or bool(by_identity))
 
     def reload_if_changed(self) -> bool:
         """Re-read the files when one changed; True when new credentials are in force."""
@@ -320,7 +346,7 @@ class Credentials:
                 found.append(path.read_text(encoding="utf-8").strip())
         if s.credentials_file:
             with contextlib.suppress(CredentialError):
-                found += [token for token, _ in load_credentials_file(Path(s.credentials_file))]
+                found += [e.token for e in load_credentials_file(Path(s.credentials_file)) if e.token]
         return [t for t in found if t]
 
     def describe(self) -> list[tuple[int, str]]:
@@ -338,7 +364,7 @@ class Credentials:
             lines.append((logging.INFO, f"AdminService needs the admin token in {self.admin_path} ({how}); e.g. "
                           f"grpcurl -H \"authorization: Bearer $(cat {self.admin_path})\" or tradeguard admin "
                           "GetFeatureFlags"))
-        principals = [p for p in table.by_digest.values() if not p.admin]
+        principals = [p for p in table.by_digest.values() if not p.admin] + list(table.by_identity.values())
         if not table.trader_auth:
             lines.append((logging.WARNING, "RiskService open: no trader credentials, so ANY caller may report, ask "
                           "and watch for ANY trader (configure credentials_file for per-bot tokens)"))

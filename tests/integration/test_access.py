@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 import pytest
 
+from tests.support.certs import have_openssl, make_certs
 from tests.support.sidecar import running_sidecar, spawn_sidecar
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import admin_service_pb2_grpc as adg
@@ -495,6 +496,38 @@ async def test_without_trader_credentials_a_squatted_trader_id_is_seen_and_moved
     assert allowed.allowed
     assert [(b.trader_id, b.account_id) for b in after_restart.bindings] == [("bot-1", "acct-1")]
     assert sc.engine.traders["bot-1"].current_equity == 10_000
+
+
+@pytest.mark.skipif(not have_openssl(), reason="openssl CLI not installed")
+async def test_an_mtls_client_certificate_maps_to_the_traders_it_may_act_for(tmp_path: Path) -> None:
+    certs = make_certs(tmp_path / "certs")  # the client certificate's CN is "trader-bot"
+    credentials = tmp_path / "credentials.toml"
+    credentials.write_text('[[credential]]\nname = "bot-1"\ntls_identity = "trader-bot"\ntraders = ["bot-1"]\n'
+                           'accounts = ["acct-1"]\n')
+    creds = grpc.ssl_channel_credentials(certs.read("ca"), certs.read("client_key"), certs.read("client_cert"))
+    async with running_sidecar(admin_token=ADMIN, credentials_file=str(credentials), tls_cert=str(certs.server_cert),
+                               tls_key=str(certs.server_key), tls_client_ca=str(certs.ca)) as sc, \
+            grpc.aio.secure_channel(sc.address, creds) as ch:
+        risk = rsg.RiskServiceStub(ch)
+        own = await code_of(risk.ReportEquity(rs.ReportEquityRequest(trader_id="bot-1", account_id="acct-1",
+                                                                     equity=10_000)))
+        other = await code_of(risk.ReportEquity(rs.ReportEquityRequest(trader_id="bot-2", account_id="acct-1",
+                                                                       equity=1)))
+        admin = await code_of(adg.AdminServiceStub(ch).GetFeatureFlags(ad.GetFeatureFlagsRequest()))
+
+    assert own[0] == grpc.StatusCode.OK
+    assert other[0] == grpc.StatusCode.PERMISSION_DENIED
+    assert admin[0] == grpc.StatusCode.UNAUTHENTICATED  # a bot's certificate is not the admin credential
+
+
+def test_tls_identity_without_mtls_is_refused(tmp_path: Path) -> None:
+    credentials = tmp_path / "credentials.toml"
+    credentials.write_text('[[credential]]\nname = "bot-1"\ntls_identity = "trader-bot"\ntraders = ["bot-1"]\n'
+                           'accounts = ["acct-1"]\n')
+
+    with pytest.raises(SettingsError, match="needs mTLS"):
+        Sidecar(load_settings({}, {"admin_token": ADMIN, "credentials_file": str(credentials),
+                                   "database_url": "memory"}))
 
 
 # ---- 6. watch slots ------------------------------------------------------------------------------------

@@ -150,6 +150,17 @@ def authorize(principal: Principal, request: Message) -> None:
                                f"{account_id!r}")
 
 
+def tls_principal(
+    by_identity: Mapping[str, Principal], context: grpc.aio.ServicerContext[Any, Any]
+) -> Principal | None:
+    """The principal of the mTLS client certificate's common name (verified by the handshake), if any."""
+    for name in context.auth_context().get("x509_common_name", ()):
+        principal = by_identity.get(name.decode(errors="replace") if isinstance(name, bytes) else name)
+        if principal is not None:
+            return principal
+    return None
+
+
 def admin_guard(credentials: Credentials) -> Guard:
     """AdminService: the admin token (compared by digest), unless dev_open_admin opened it."""
 
@@ -180,7 +191,10 @@ def trader_guard(credentials: Credentials) -> Guard:
             return None
         token = bearer_token(context)
         if token is None:
-            raise Unauthenticated("missing metadata 'authorization: Bearer <token>'")
+            principal = tls_principal(table.by_identity, context) if table.by_identity else None
+            if principal is None:
+                raise Unauthenticated("missing metadata 'authorization: Bearer <token>'")
+            return principal if principal.restricted else None
         principal = table.lookup(token)
         if principal is None:
             raise Unauthenticated("invalid bearer token")
