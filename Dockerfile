@@ -25,15 +25,19 @@ RUN groupadd --system --gid 10001 tradeguard \
  && chown tradeguard:tradeguard /data
 COPY --from=build /opt/tradeguard /opt/tradeguard
 # Settings the image relies on (tests/integration/test_security.py reads these ENV lines):
-# gRPC on every interface, which requires the admin token (a secret file, see deploy/README-ops.md);
-# metrics on every interface for Prometheus; the SQLite file under the /data volume (WORKDIR) unless
-# DB_HOST... or TRADEGUARD_DATABASE_URL name PostgreSQL.
+# gRPC on every interface, which requires trader credentials (per-bot tokens, a secret file) and the admin
+# token (another secret file, never given to a bot) — README.md, "Security"; the image does not start
+# without both. Metrics only on loopback: /metrics has no auth and shows every trader's PnL, so serving it
+# beyond the pod is an explicit choice (TRADEGUARD_METRICS_LISTEN=0.0.0.0:9464 with a NetworkPolicy, see
+# deploy/kubernetes/). The SQLite file under the /data volume (WORKDIR) unless DB_HOST... or
+# TRADEGUARD_DATABASE_URL name PostgreSQL.
 ENV PATH=/opt/tradeguard/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     TRADEGUARD_LISTEN=0.0.0.0:50051 \
-    TRADEGUARD_METRICS_LISTEN=0.0.0.0:9464 \
+    TRADEGUARD_METRICS_LISTEN=127.0.0.1:9464 \
     TRADEGUARD_ADMIN_TOKEN_FILE=/run/secrets/tradeguard_admin_token \
+    TRADEGUARD_CREDENTIALS_FILE=/run/secrets/tradeguard_credentials \
     TRADEGUARD_LOG_JSON=true \
     TRADEGUARD_HEALTH_ADDRESS=127.0.0.1:50051
 WORKDIR /data

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, get_type_hints
@@ -41,9 +40,16 @@ class Settings:
     stop_trading_minutes: int = 30
     breach_state: str = "REDUCING"
     period_reset_utc: str = "00:00"
+    # Credentials (README.md, "Security"). With neither admin_token nor admin_token_file, the admin token is
+    # created at first start in <state_dir>/admin.token (owner-only), its path logged.
     admin_token: str = ""
     admin_token_file: str = ""
-    trader_token: str = ""
+    state_dir: str = ""  # where the generated admin token lives; "" = the SQLite file's directory, else "."
+    trader_token: str = ""  # one shared token for RiskService (any trader); prefer credentials_file
+    trader_token_file: str = ""
+    credentials_file: str = ""  # TOML: per-bot tokens and the traders / accounts each may act for
+    credentials_reload_s: float = 2.0  # token and credentials files are re-read this often when changed (0 = never)
+    dev_open_admin: bool = False  # DEVELOPMENT ONLY: AdminService answers without a token (logged loudly)
     insecure: bool = False
     tls_cert: str = ""
     tls_key: str = ""
@@ -61,6 +67,8 @@ class Settings:
     max_concurrent_rpcs: int = 0  # RPCs in progress server-wide (streams included); beyond: RESOURCE_EXHAUSTED
     max_connections: int = 1000  # TCP connections at once; more are closed at accept
     max_watchers_per_trader: int = 8  # WatchRiskState streams per trader_id (each report fans out to them)
+    max_watchers_per_connection: int = 64  # WatchRiskState streams per TCP connection
+    max_watchers_unknown_traders: int = 32  # WatchRiskState streams on trader ids not known yet, all together
     handshake_timeout_s: float = 10.0  # a connection that has not completed its HTTP/2 (and TLS) handshake
     keepalive_time_s: float = 60.0  # ping a connection after this long without traffic...
     keepalive_timeout_s: float = 20.0  # ...and close it (and its streams) when the ping is not answered
@@ -95,11 +103,15 @@ class Settings:
         )
 
     def admin_token_value(self) -> str:
+        """The configured admin token (stripped), "" when none is configured or its file cannot be read."""
         if self.admin_token:
-            return self.admin_token
+            return self.admin_token.strip()
         if self.admin_token_file:
-            with open(self.admin_token_file, encoding="utf-8") as fh:
-                return fh.read().strip()
+            try:
+                with open(self.admin_token_file, encoding="utf-8") as fh:
+                    return fh.read().strip()
+            except OSError:
+                return ""
         return ""
 
     def redacted(self) -> dict[str, Any]:
@@ -117,12 +129,11 @@ class Settings:
         return out
 
 
-_URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
-
-
 def redact_url(url: str) -> str:
-    """Hide the password of a database URL: postgresql://u:***@host/db."""
-    return _URL_PASSWORD.sub(r"\1***@", url)
+    """Hide every password of a database URL (each form libpq accepts): postgresql://u:***@host/db."""
+    from .store.url import redact
+
+    return redact(url)
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -183,6 +194,14 @@ def validate(s: Settings) -> None:
     if s.unloaded_state_policy not in POLICIES:
         raise SettingsError(f"unloaded_state_policy: must be one of {', '.join(POLICIES)}, "
                             f"got {s.unloaded_state_policy!r}")
+
+    from .store.url import ambiguous_password
+
+    if ambiguous_password(s.database_url):
+        raise SettingsError(f"database_url: the password holds an unencoded '@' ({redact_url(s.database_url)}); "
+                            "percent-encode it as %40")
+    if s.credentials_reload_s < 0:
+        raise SettingsError("credentials_reload_s: must be >= 0 (0 = never re-read)")
     if s.breach_state not in ("REDUCING", "HALTED"):
         raise SettingsError("breach_state: must be REDUCING or HALTED")
     try:
@@ -201,7 +220,8 @@ def validate(s: Settings) -> None:
         raise SettingsError("queue_size: must be >= 1")
     if s.max_message_bytes < 1024:
         raise SettingsError("max_message_bytes: must be >= 1024")
-    for name in ("max_concurrent_rpcs", "max_connections", "max_watchers_per_trader"):
+    for name in ("max_concurrent_rpcs", "max_connections", "max_watchers_per_trader",
+                 "max_watchers_per_connection", "max_watchers_unknown_traders"):
         if getattr(s, name) < 0:
             raise SettingsError(f"{name}: must be >= 0 (0 = no limit)")
     if 0 < s.max_concurrent_rpcs <= s.max_concurrent_streams and s.max_concurrent_streams > 0:

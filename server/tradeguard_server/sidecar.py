@@ -17,14 +17,16 @@ from grpc_reflection.v1alpha import reflection
 
 from .api.admin_service import SERVICE as ADMIN_SERVICE
 from .api.admin_service import AdminService
+from .api.binding_admin import BindingAdmin
 from .api.breaker_admin import BreakerAdmin
 from .api.config_admin import ConfigAdmin, MemoryConfigPersistence
 from .api.config_records import StoreConfigPersistence
-from .api.dispatch import bearer_guard, service
+from .api.dispatch import admin_guard, service, trader_guard
 from .api.history_admin import HistoryAdmin
 from .api.risk_service import SERVICE as RISK_SERVICE
 from .api.risk_service import RiskService
 from .api.watch import WatchHub
+from .auth import Credentials, create_private_file, sqlite_path
 from .engine.breakers.evaluator import Evaluator
 from .engine.clock import Clock, SystemClock
 from .engine.engine import RiskEngine
@@ -107,13 +109,12 @@ class Sidecar:
 
     def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self.settings = settings
-        admin_token = settings.admin_token_value()
-        if not is_loopback(settings.listen) and not admin_token and not settings.insecure:
-            raise SettingsError(
-                f"refusing to listen on {settings.listen} (beyond loopback) without an admin token: "
-                "set TRADEGUARD_ADMIN_TOKEN (or --admin-token-file), or pass --insecure"
-            )
+        self.credentials = Credentials(settings)  # creates the admin token file at first start
+        self._check_exposure()
         self.durable = settings.database_url != MEMORY_URL
+        db_file = sqlite_path(settings.database_url) if self.durable and settings.enable_persistence else None
+        if db_file is not None and db_file.parent.is_dir():
+            create_private_file(db_file)  # every trader's state: owner-only, whatever the umask
         self.engine = RiskEngine(
             clock or SystemClock(),
             defaults=settings.default_limits(),
@@ -127,7 +128,9 @@ class Sidecar:
             if self.durable else MemoryStore(settings.queue_size, clock=self.engine.clock.now)
         )
         self.hub = WatchHub(buffer=settings.watch_buffer, max_watchers=settings.max_concurrent_streams,
-                            max_per_trader=settings.max_watchers_per_trader)
+                            max_per_trader=settings.max_watchers_per_trader,
+                            max_per_connection=settings.max_watchers_per_connection,
+                            max_unknown=settings.max_watchers_unknown_traders)
         self.risk = RiskService(self.engine, self.hub)
         self.admin = AdminService(self.engine, self.risk)
         self.configs = ConfigAdmin(
@@ -141,6 +144,7 @@ class Sidecar:
         self.breakers.on_fire = self.breaker_admin.record_event
         self.admin.extend(self.breaker_admin.handlers())
         self.admin.extend(HistoryAdmin(self.store, self.durable).handlers())
+        self.admin.extend(BindingAdmin(self.engine, self.risk, self._store_now).handlers())
         self.persistence = Persistence(self.store, self.engine, self.configs, self.breaker_admin, current_trace_id,
                                        load_timeout_s=settings.store_call_timeout_s,
                                        unloaded_policy=settings.unloaded_state_policy,
@@ -157,9 +161,50 @@ class Sidecar:
         self.address = ""
         self._health_task: asyncio.Task[None] | None = None
         self._sampler: asyncio.Task[None] | None = None
-        self._admin_guard = bearer_guard(admin_token)
-        self._trader_guard = bearer_guard(settings.trader_token)
+        self._admin_guard = admin_guard(self.credentials)
+        # No trader credential can ever appear without a file to re-read: then CanTrade pays for no guard at all.
+        can_guard = self.credentials.table.trader_auth or settings.trader_token_file or settings.credentials_file
+        self._trader_guard = trader_guard(self.credentials) if can_guard else None
+        self._credentials_task: asyncio.Task[None] | None = None
         self._init_observability()  # keep last: it wraps engine.on_change / engine.breakers as set above
+
+    # ---- access ---------------------------------------------------------------------------------
+
+    def _check_exposure(self) -> None:
+        """Refuse to serve an open RiskService (or an open AdminService) beyond loopback unless --insecure."""
+        s, table = self.settings, self.credentials.table
+        if is_loopback(s.listen) or s.insecure:
+            return
+        if table.admin_open:
+            raise SettingsError(f"refusing to listen on {s.listen} (beyond loopback) with dev_open_admin: "
+                                "anyone on the network could switch enforcement off; pass --insecure to insist")
+        if not table.trader_auth:
+            raise SettingsError(
+                f"refusing to listen on {s.listen} (beyond loopback) with RiskService open to any caller: set "
+                "--credentials-file (per-bot tokens) or --trader-token-file, or pass --insecure"
+            )
+
+    def _log_exposure(self) -> None:
+        s = self.settings
+        for level, line in self.credentials.describe():
+            log.log(level, "access: %s", line)
+        if s.insecure:
+            log.warning("INSECURE (--insecure): the loopback rule is off; listening on %s with the credentials "
+                        "above, and without TLS the bearer tokens cross the network in clear", s.listen)
+        if s.metrics_listen and not is_loopback(s.metrics_listen):
+            log.warning("metrics on %s (beyond loopback) WITHOUT AUTH: /metrics shows every trader's PnL, "
+                        "drawdown and pause to anyone who can reach it; restrict it with a NetworkPolicy or "
+                        "listen on 127.0.0.1", s.metrics_listen)
+
+    async def _reload_credentials(self) -> None:
+        """Re-read token and credentials files when they change (rotation without a restart)."""
+        from .observability.logs import redact_secrets
+
+        period = self.settings.credentials_reload_s
+        while True:
+            await asyncio.sleep(period)
+            if self.credentials.reload_if_changed():
+                redact_secrets(self.credentials.tokens())
 
     # ---- persistence ----------------------------------------------------------------------------
 
@@ -274,7 +319,17 @@ class Sidecar:
             (RISK_SERVICE, ADMIN_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         creds = server_credentials(s)
-        port = server.add_secure_port(s.listen, creds) if creds else server.add_insecure_port(s.listen)
+        # A unix socket counts as loopback: make it owner-only whatever the umask (0777 would give any local
+        # user the sidecar); chmod after binding as well, for a socket file that already existed.
+        old_umask = os.umask(0o077) if s.listen.startswith("unix:") else None
+        try:
+            port = server.add_secure_port(s.listen, creds) if creds else server.add_insecure_port(s.listen)
+        finally:
+            if old_umask is not None:
+                os.umask(old_umask)
+        if s.listen.startswith("unix:"):
+            with contextlib.suppress(OSError):
+                os.chmod(s.listen.removeprefix("unix:").removeprefix("//"), 0o600)
         if s.listen.startswith("unix:"):
             self.address = s.listen
         else:
@@ -295,9 +350,13 @@ class Sidecar:
             self._sampler = asyncio.get_running_loop().create_task(self._sample_store())
         for name in ("", RISK_SERVICE, ADMIN_SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if s.credentials_reload_s:
+            self._credentials_task = asyncio.get_running_loop().create_task(self._reload_credentials())
+        self._log_exposure()
         loaded = self.persistence.loaded
-        log.info("TradeGuard listening on %s (tls=%s, admin token=%s, enforcement=%s, stored state %s)",
-                 self.address, bool(creds), "set" if self._admin_guard else "none",
+        log.info("TradeGuard listening on %s (tls=%s, admin=%s, traders=%s, enforcement=%s, stored state %s)",
+                 self.address, bool(creds), "open" if self.credentials.table.admin_open else "token",
+                 "per-credential" if self.credentials.table.trader_auth else "open",
                  self.engine.flags.enable_risk_enforcement,
                  "loaded" if loaded else f"NOT LOADED: unloaded_state_policy={s.unloaded_state_policy}")
         if s.ready_file:
@@ -313,6 +372,8 @@ class Sidecar:
             await self.server.stop(self.settings.shutdown_grace_s)
         if self._sampler is not None:
             self._sampler.cancel()
+        if self._credentials_task is not None:
+            self._credentials_task.cancel()
         await self.persistence.close(self.settings.drain_timeout_s)
         await asyncio.to_thread(self._stop_observability)
         log.info("stopped")

@@ -140,6 +140,7 @@ class ThreadedSidecar:
         overrides.setdefault("uvloop", False)
         overrides.setdefault("metrics_listen", "")
         overrides.setdefault("database_url", "memory")
+        overrides.setdefault("dev_open_admin", True)  # admin calls without a token (test_access.py: the default)
         overrides.setdefault("enable_persistence", overrides["database_url"] != "memory")
         self.loop = loop
         self.clock = clock

@@ -340,8 +340,11 @@ class Reference:
         return None
 
     def observe(self, method: str, req: Any, code: grpc.StatusCode) -> None:
-        """Bindings made by any OK trader call (a trader id is bound to its first account)."""
-        if code == grpc.StatusCode.OK and method in self.BINDS and req.trader_id not in self.traders:
+        """Bindings made by any OK trader call (a trader id is bound to its first account); RebindTrader moves a
+        trader id to another account with a fresh state."""
+        if code != grpc.StatusCode.OK:
+            return
+        if method == "RebindTrader" or (method in self.BINDS and req.trader_id not in self.traders):
             self.traders[req.trader_id] = Trader(req.account_id)
 
     def _equity(self, req: rs.ReportEquityRequest) -> Expect:

@@ -52,7 +52,10 @@ HANDSHAKE_S = 3.0  # shorter than the default (10 s) to keep the test quick
 
 @pytest.fixture
 def sidecar(tmp_path: Path) -> Iterator[SidecarProcess]:
-    sp = spawn_sidecar(tmp_path, "--handshake-timeout-s", str(HANDSHAKE_S))
+    # The watch rounds hold 1,000 streams (100 per connection) on invented trader ids to measure memory and the
+    # hot path under them; the watch budgets (tests/integration/test_access.py) would refuse most of them.
+    sp = spawn_sidecar(tmp_path, "--handshake-timeout-s", str(HANDSHAKE_S), "--max-watchers-unknown-traders", "0",
+                       "--max-watchers-per-connection", "0")
     try:
         yield sp
     finally:

@@ -33,8 +33,16 @@ def grpcurl(sp: SidecarProcess, method: str, body: dict[str, Any] | None = None,
 
 @pytest.fixture
 def sidecar(tmp_path: Path) -> Any:
-    with start_sidecar(tmp_path, "--no-enable-persistence") as sp:
+    """Default settings: the admin token is created at first start next to the SQLite file (tmp_path)."""
+    with start_sidecar(tmp_path, "--no-enable-persistence", open_admin=False) as sp:
         yield sp
+
+
+def admin_header(sp: SidecarProcess) -> tuple[str, str]:
+    """grpcurl's `-H "authorization: Bearer $(cat admin.token)"`, with the path the start-up log printed."""
+    path = Path(sp.log_path.parent / "admin.token")
+    assert str(path) in sp.log() or "admin.token" in sp.log()
+    return "-H", f"authorization: Bearer {path.read_text().strip()}"
 
 
 def test_grpcurl_lists_services_through_reflection(sidecar: SidecarProcess) -> None:
@@ -65,17 +73,19 @@ def test_grpcurl_walkthrough_breach_reduce_only_kill_switch_shadow(sidecar: Side
     reduce = grpcurl(sidecar, "tradeguard.v1.RiskService/CanTrade",
                      {**ids, "order": {**order, "side": "SIDE_SELL", "reduce_only": True}})
     new_exposure = grpcurl(sidecar, "tradeguard.v1.RiskService/CanTrade", {**ids, "order": order})
+    auth = admin_header(sidecar)
+    no_token = grpcurl(sidecar, "tradeguard.v1.AdminService/ResumeTrading", ids)
     grpcurl(sidecar, "tradeguard.v1.AdminService/PauseTrading",
-            {**ids, "trading_state": "TRADING_STATE_HALTED", "duration": "600s", "reason": "maintenance"})
+            {**ids, "trading_state": "TRADING_STATE_HALTED", "duration": "600s", "reason": "maintenance"}, *auth)
     halted = grpcurl(sidecar, "tradeguard.v1.RiskService/CanTrade",
                      {**ids, "order": {**order, "side": "SIDE_SELL", "reduce_only": True}})
-    grpcurl(sidecar, "tradeguard.v1.AdminService/ResumeTrading", ids)
+    grpcurl(sidecar, "tradeguard.v1.AdminService/ResumeTrading", ids, *auth)
     resumed = grpcurl(sidecar, "tradeguard.v1.RiskService/CanTrade", {**ids, "order": order})
     grpcurl(sidecar, "tradeguard.v1.RiskService/ReportEquity", {**ids, "equity": 9300})
     flags = grpcurl(sidecar, "tradeguard.v1.AdminService/SetFeatureFlags",
-                    {"flags": {"enable_risk_enforcement": False}})
+                    {"flags": {"enable_risk_enforcement": False}}, *auth)
     shadow = grpcurl(sidecar, "tradeguard.v1.RiskService/CanTrade", {**ids, "order": order})
-    read_back = grpcurl(sidecar, "tradeguard.v1.AdminService/GetFeatureFlags", {})
+    read_back = grpcurl(sidecar, "tradeguard.v1.AdminService/GetFeatureFlags", {}, *auth)
 
     assert no_data["code"] == "DECISION_CODE_NO_EQUITY_REPORTED" and not no_data.get("allowed")
     assert eq["state"]["peak_equity"] == 10000 and eq["state"]["trading_state"] == "TRADING_STATE_ACTIVE"
@@ -85,11 +95,29 @@ def test_grpcurl_walkthrough_breach_reduce_only_kill_switch_shadow(sidecar: Side
     assert "paused_until" in denied
     assert reduce["allowed"]
     assert not new_exposure.get("allowed")
+    assert "Unauthenticated" in no_token["_error"]
     assert not halted.get("allowed") and halted["code"] == "DECISION_CODE_KILL_SWITCH"
     assert resumed["allowed"]
     assert flags["flags"]["enable_risk_enforcement"] is False
     assert shadow["allowed"] and shadow["would_deny"] and shadow["code"] == "DECISION_CODE_DAILY_LOSS_LIMIT"
     assert read_back["flags"]["enable_risk_enforcement"] is False
+
+
+def test_tradeguard_admin_verb_finds_the_generated_token(sidecar: SidecarProcess) -> None:
+    ids = {"trader_id": "bot-1", "account_id": "acct-1"}
+    cmd = [str(Path(sys.executable).parent / "tradeguard"), "admin", "--address", sidecar.address]
+    env = {"PATH": str(Path(sys.executable).parent)}
+    cwd = sidecar.log_path.parent  # where `tradeguard serve` ran: admin.token sits next to its tradeguard.db
+
+    paused = subprocess.run([*cmd, "PauseTrading", json.dumps({**ids, "trading_state": "TRADING_STATE_HALTED"})],
+                            capture_output=True, text=True, timeout=30, check=False, cwd=cwd, env=env)
+    state = grpcurl(sidecar, "tradeguard.v1.RiskService/GetRiskState", ids)
+    resumed = subprocess.run([*cmd, "ResumeTrading", json.dumps(ids)], capture_output=True, text=True, timeout=30,
+                             check=False, cwd=cwd, env=env)
+
+    assert paused.returncode == 0, paused.stderr
+    assert state["state"]["trading_state"] == "TRADING_STATE_HALTED"
+    assert resumed.returncode == 0 and "TRADING_STATE_HALTED" not in resumed.stdout
 
 
 def test_grpcurl_bad_input_gets_invalid_argument_naming_the_field(sidecar: SidecarProcess) -> None:

@@ -39,6 +39,7 @@ async def breaker_sidecar(clock: ManualClock) -> AsyncIterator[Sidecar]:
     overrides: dict[str, Any] = {
         "listen": "127.0.0.1:0", "database_url": "memory", "metrics_listen": "", "uvloop": False,
         "daily_max_drawdown_percentage": 0.0, "max_drawdown_percentage": 0.0,  # only breakers act here
+        "dev_open_admin": True,  # admin calls without a token (tests/integration/test_access.py checks the default)
     }
     sidecar = Sidecar(load_settings({}, overrides), clock=clock)
     await sidecar.start()

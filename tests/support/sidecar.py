@@ -23,7 +23,14 @@ BIN = Path(sys.executable).parent
 
 @contextlib.asynccontextmanager
 async def running_sidecar(clock: Clock | None = None, **overrides: Any) -> AsyncIterator[Sidecar]:
-    """An in-process sidecar on 127.0.0.1:0, memory only unless a database_url is given."""
+    """An in-process sidecar on 127.0.0.1:0, memory only unless a database_url is given.
+
+    Tests of other behaviour call AdminService without a token: unless the test gives admin credentials (or a
+    state_dir for the generated token), the sidecar runs with dev_open_admin. tests/integration/test_security.py
+    checks the defaults.
+    """
+    if not {"admin_token", "admin_token_file", "state_dir", "dev_open_admin"} & overrides.keys():
+        overrides["dev_open_admin"] = True
     overrides.setdefault("listen", "127.0.0.1:0")
     overrides.setdefault("enable_persistence", False)
     overrides.setdefault("uvloop", False)
@@ -56,8 +63,13 @@ class SidecarProcess:
 
 
 def spawn_sidecar(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
-                  timeout: float = 30.0, name: str = "sidecar") -> SidecarProcess:
-    """Run `tradeguard serve --listen 127.0.0.1:0 ...` and wait until its ready file names the address."""
+                  timeout: float = 30.0, name: str = "sidecar", open_admin: bool = True) -> SidecarProcess:
+    """Run `tradeguard serve --listen 127.0.0.1:0 ...` and wait until its ready file names the address.
+
+    With open_admin (and no admin token in args or env) the process runs with --dev-open-admin, so tests of
+    other behaviour call AdminService without a token; pass open_admin=False for the default (generated token
+    in tmp_path/admin.token, see `admin_token`).
+    """
     ready = tmp_path / f"{name}.ready"
     with contextlib.suppress(FileNotFoundError):
         ready.unlink()
@@ -67,6 +79,11 @@ def spawn_sidecar(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
     cmd = [str(BIN / "tradeguard"), "serve", "--ready-file", str(ready), *args]
     if not any(a == "--listen" or a.startswith("--listen=") for a in args):
         cmd += ["--listen", "127.0.0.1:0"]
+    admin_given = any(a.startswith(("--admin-token", "--dev-open-admin", "--no-dev-open-admin")) for a in args) or \
+        any(k in full_env for k in ("TRADEGUARD_ADMIN_TOKEN", "TRADEGUARD_ADMIN_TOKEN_FILE",
+                                    "TRADEGUARD_DEV_OPEN_ADMIN"))
+    if open_admin and not admin_given:
+        cmd += ["--dev-open-admin"]
     if not any(a.startswith("--metrics-listen") for a in args):
         cmd += ["--metrics-listen", ""]
     if not any(a.startswith("--database-url") or a.startswith("--enable-persistence") or
@@ -87,9 +104,9 @@ def spawn_sidecar(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
 
 @contextlib.contextmanager
 def start_sidecar(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
-                  name: str = "sidecar") -> Iterator[SidecarProcess]:
+                  name: str = "sidecar", open_admin: bool = True) -> Iterator[SidecarProcess]:
     """Context manager around spawn_sidecar that stops the process (SIGTERM, then SIGKILL) at exit."""
-    sp = spawn_sidecar(tmp_path, *args, env=env, name=name)
+    sp = spawn_sidecar(tmp_path, *args, env=env, name=name, open_admin=open_admin)
     try:
         yield sp
     finally:

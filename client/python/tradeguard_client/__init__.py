@@ -23,6 +23,7 @@ from ._sync import AdminClient, RiskClient, WatchStream
 from ._types import (
     SIDECAR_UNAVAILABLE,
     Action,
+    Binding,
     BreakerEvent,
     Check,
     CircuitBreaker,
@@ -50,6 +51,7 @@ __all__ = [
     "AsyncAdminClient",
     "AsyncRiskClient",
     "AsyncWatchStream",
+    "Binding",
     "BreakerEvent",
     "Check",
     "CircuitBreaker",

@@ -29,6 +29,7 @@ from ._errors import SidecarUnavailableError, from_rpc_error
 from ._retry import IDEMPOTENT_METHODS, RetryPolicy, call_async, check_timeout
 from ._sync import DEFAULT_RETRY, DEFAULT_TARGET, unavailable_reason
 from ._types import (
+    Binding,
     BreakerEvent,
     CircuitBreaker,
     Decision,
@@ -332,6 +333,19 @@ class AsyncAdminClient(_AsyncClient):
         """Lift any pause, manual or automatic."""
         request = ad.ResumeTradingRequest(trader_id=trader_id, account_id=account_id)
         resp = await self._unary("ResumeTrading", self._stub.ResumeTrading, request, timeout)
+        return RiskState.from_proto(resp.state)
+
+    async def list_bindings(self, account_id: str = "", *, timeout: float | None = None) -> tuple[Binding, ...]:
+        """Which account each known trader id is bound to (only `account_id`'s traders when given)."""
+        request = ad.ListBindingsRequest(account_id=account_id)
+        resp = await self._unary("ListBindings", self._stub.ListBindings, request, timeout)
+        return tuple(Binding.from_proto(b) for b in resp.bindings)
+
+    async def rebind_trader(self, trader_id: str, account_id: str, *, reason: str = "",
+                      timeout: float | None = None) -> RiskState:
+        """Bind `trader_id` to `account_id` with a fresh state (audited); never retried: a repeat resets again."""
+        request = ad.RebindTraderRequest(trader_id=trader_id, account_id=account_id, reason=reason)
+        resp = await self._unary("RebindTrader", self._stub.RebindTrader, request, timeout)
         return RiskState.from_proto(resp.state)
 
     async def list_risk_state_history(self, trader_id: str, account_id: str, *, start_time: datetime | None = None,

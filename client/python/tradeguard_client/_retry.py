@@ -47,7 +47,7 @@ MIN_ATTEMPT_S = 0.01
 IDEMPOTENT_METHODS = frozenset({
     "CanTrade", "GetRiskState", "ReportEquity", "ReportTrade", "ReportPositions",
     "GetConfig", "ListConfigs", "GetBreaker", "ListBreakers", "ListBreakerEvents", "GetFeatureFlags",
-    "ListRiskStateHistory",
+    "ListRiskStateHistory", "ListBindings",
     "SaveConfig", "UpdateBreaker", "EnableBreaker", "DisableBreaker", "SetFeatureFlags", "ResumeTrading",
 })
 """RPCs retried on UNAVAILABLE (see the module docstring for why each is safe to repeat)."""

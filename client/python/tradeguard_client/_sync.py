@@ -21,6 +21,7 @@ from ._channel import TLS, ChannelSpec, Options, call_metadata
 from ._errors import SidecarUnavailableError, from_rpc_error
 from ._retry import IDEMPOTENT_METHODS, RetryPolicy, call_sync, check_timeout
 from ._types import (
+    Binding,
     BreakerEvent,
     CircuitBreaker,
     Decision,
@@ -299,6 +300,19 @@ class AdminClient(_SyncClient):
         """Lift any pause, manual or automatic."""
         request = ad.ResumeTradingRequest(trader_id=trader_id, account_id=account_id)
         return RiskState.from_proto(self._unary("ResumeTrading", self._stub.ResumeTrading, request, timeout).state)
+
+    def list_bindings(self, account_id: str = "", *, timeout: float | None = None) -> tuple[Binding, ...]:
+        """Which account each known trader id is bound to (only `account_id`'s traders when given)."""
+        request = ad.ListBindingsRequest(account_id=account_id)
+        resp = self._unary("ListBindings", self._stub.ListBindings, request, timeout)
+        return tuple(Binding.from_proto(b) for b in resp.bindings)
+
+    def rebind_trader(self, trader_id: str, account_id: str, *, reason: str = "",
+                      timeout: float | None = None) -> RiskState:
+        """Bind `trader_id` to `account_id` with a fresh state (audited); never retried: a repeat resets again."""
+        request = ad.RebindTraderRequest(trader_id=trader_id, account_id=account_id, reason=reason)
+        resp = self._unary("RebindTrader", self._stub.RebindTrader, request, timeout)
+        return RiskState.from_proto(resp.state)
 
     def list_risk_state_history(self, trader_id: str, account_id: str, *, start_time: datetime | None = None,
                                 end_time: datetime | None = None, page_size: int = 0, page_token: str = "",

@@ -25,6 +25,7 @@ from tradeguard.v1 import types_pb2 as t
 __all__ = [
     "SIDECAR_UNAVAILABLE",
     "Action",
+    "Binding",
     "BreakerEvent",
     "Check",
     "CircuitBreaker",
@@ -592,6 +593,21 @@ class HistoryEntry:
     def from_proto(cls, m: t.RiskStateHistoryEntry) -> HistoryEntry:
         return cls(state=_state_or_none(m), reason=m.reason, trace_id=m.trace_id,
                    recorded_at=ts_to_datetime(m, "recorded_at"), raw=m)
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """A trader id and the account it is bound to (AdminService.ListBindings)."""
+
+    trader_id: str
+    account_id: str
+    trading_state: str
+    raw: ad.Binding | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_proto(cls, m: ad.Binding) -> Binding:
+        return cls(trader_id=m.trader_id, account_id=m.account_id,
+                   trading_state=enum_name(t.TradingState, "TRADING_STATE_", m.trading_state), raw=m)
 
 
 @dataclass(frozen=True, slots=True)

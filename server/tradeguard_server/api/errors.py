@@ -88,3 +88,7 @@ class Unauthenticated(ApiError):
 
 class Unimplemented(ApiError):
     code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class PermissionDenied(ApiError):
+    code = grpc.StatusCode.PERMISSION_DENIED

@@ -220,9 +220,10 @@ class RiskService:
         check_ids(v, req.trader_id, req.account_id)
         v.raise_if_any()
         st = self.engine.peek(req.trader_id, req.account_id)
-        watcher = self.hub.subscribe(req.trader_id)
+        watcher = self.hub.subscribe(req.trader_id, _ctx.peer(), req.trader_id in self.engine.traders)
         if watcher is None:
-            raise Unavailable("too many WatchRiskState streams or shutting down; retry later")
+            raise Unavailable("too many WatchRiskState streams (all, per trader, per connection or on unknown "
+                              "traders) or shutting down; retry later")
         try:
             limits = self.engine.limits_for(st.account_id)
             from ..engine import checks

@@ -17,10 +17,12 @@ CARRY_MAX = 256
 class Watcher:
     """One WatchRiskState stream."""
 
-    __slots__ = ("buffer", "closed", "event", "pending", "skipped")
+    __slots__ = ("buffer", "closed", "event", "peer", "pending", "skipped", "unknown")
 
-    def __init__(self, buffer: int) -> None:
+    def __init__(self, buffer: int, peer: str = "", unknown: bool = False) -> None:
         self.buffer = buffer
+        self.peer = peer  # the connection's address ("" = not counted per connection)
+        self.unknown = unknown  # started on a trader id the engine did not know: counted in that budget
         self.pending: deque[rs.WatchRiskStateResponse] = deque()
         self.skipped = 0
         self.closed = False
@@ -57,14 +59,30 @@ class Watcher:
         self.event.set()
 
 
-class WatchHub:
-    """Watchers by trader id."""
+def connection_key(peer: str) -> str:
+    """The per-connection budget's key: a TCP peer (address and port) is one connection. Unix-socket peers
+    carry no port (every client looks alike), so they are not counted per connection."""
+    return "" if peer.startswith("unix") else peer
 
-    def __init__(self, buffer: int = 64, max_watchers: int = 1000, max_per_trader: int = 0) -> None:
+
+class WatchHub:
+    """Watchers by trader id, within budgets so that one client can never take the slots other bots need.
+
+    Budgets (0 = none): all streams (`max_watchers`), per trader id (`max_per_trader`), per connection
+    (`max_per_connection`), and streams started on trader ids not known yet (`max_unknown`): those cost the
+    caller nothing to invent, so together they get a small budget of their own.
+    """
+
+    def __init__(self, buffer: int = 64, max_watchers: int = 1000, max_per_trader: int = 0,
+                 max_per_connection: int = 0, max_unknown: int = 0) -> None:
         self.buffer = buffer
         self.max_watchers = max_watchers
         self.max_per_trader = max_per_trader  # 0 = no per-trader limit; every report fans out to them all
+        self.max_per_connection = max_per_connection
+        self.max_unknown = max_unknown
         self._by_trader: dict[str, set[Watcher]] = {}
+        self._by_peer: dict[str, int] = {}
+        self._unknown = 0
         self._count = 0
         self._closed = False
 
@@ -75,16 +93,25 @@ class WatchHub:
     def count(self) -> int:
         return self._count
 
-    def subscribe(self, trader_id: str) -> Watcher | None:
-        """A new watcher, or None when the limit is reached or the hub is closed."""
+    def subscribe(self, trader_id: str, peer: str = "", known: bool = True) -> Watcher | None:
+        """A new watcher, or None when a budget is spent or the hub is closed."""
         if self._closed or self._count >= self.max_watchers:
             return None
         watchers = self._by_trader.get(trader_id)
         if watchers is not None and 0 < self.max_per_trader <= len(watchers):
             return None
-        watcher = Watcher(self.buffer)
+        key = connection_key(peer)
+        if key and 0 < self.max_per_connection <= self._by_peer.get(key, 0):
+            return None
+        if not known and 0 < self.max_unknown <= self._unknown:
+            return None
+        watcher = Watcher(self.buffer, key, not known)
         self._by_trader.setdefault(trader_id, set()).add(watcher)
         self._count += 1
+        if key:
+            self._by_peer[key] = self._by_peer.get(key, 0) + 1
+        if not known:
+            self._unknown += 1
         return watcher
 
     def unsubscribe(self, trader_id: str, watcher: Watcher) -> None:
@@ -94,6 +121,14 @@ class WatchHub:
             self._count -= 1
             if not watchers:
                 del self._by_trader[trader_id]
+            if watcher.peer:
+                left = self._by_peer[watcher.peer] - 1
+                if left:
+                    self._by_peer[watcher.peer] = left
+                else:
+                    del self._by_peer[watcher.peer]
+            if watcher.unknown:
+                self._unknown -= 1
 
     def publish(self, trader_id: str, update: rs.WatchRiskStateResponse) -> None:
         watchers = self._by_trader.get(trader_id)

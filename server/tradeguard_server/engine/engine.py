@@ -16,7 +16,16 @@ from typing import Protocol
 from . import checks
 from .clock import Clock
 from .limits import Limits
-from .state import Pause, TraderState, add_pause, apply_equity, expire_pauses, remember_trade_id, roll_periods
+from .state import (
+    Pause,
+    TraderState,
+    add_pause,
+    apply_equity,
+    expire_pauses,
+    prune_symbols,
+    remember_trade_id,
+    roll_periods,
+)
 from .types import (
     Breach,
     CheckResult,
@@ -117,6 +126,7 @@ class RiskEngine:
         self.breakers = breakers
         self.on_breach = on_breach
         self.traders: dict[str, TraderState] = {}
+        self.symbols_pruned = 0  # per-symbol entries dropped by prune_symbols (state.SYMBOLS_KEPT)
         self.account_limits: dict[str, Limits] = {}
         # While the stored state is not loaded (sidecar.persistence): CanTrade's verdict passes through `gate`,
         # and every state-changing call is appended to `journal`, to be replayed on the stored state.
@@ -173,6 +183,15 @@ class RiskEngine:
         elif st.account_id != account_id:
             raise AccountMismatchError(f"trader_id {trader_id!r} is bound to account_id {st.account_id!r}")
         return st
+
+    def rebind(self, trader_id: str, account_id: str, reason: str) -> tuple[str, TraderState]:
+        """Bind `trader_id` to `account_id` with a fresh state (operator); the previous account ("" if none)."""
+        old = self.traders.get(trader_id)
+        st = self.traders[trader_id] = TraderState(trader_id, account_id)
+        if old is not None:
+            st.version = old.version  # the store keeps the newest version: continue the sequence
+        self._changed(st, self.clock.now(), reason)
+        return ("" if old is None else old.account_id), st
 
     def restore(self, st: TraderState) -> None:
         """Put a state loaded from the store back (at start)."""
@@ -254,6 +273,7 @@ class RiskEngine:
         elif trade.realized_pnl > 0:
             st.consecutive_losses = 0
             stats.wins += 1
+        self.symbols_pruned += prune_symbols(st)
         limits = self.limits_for(account_id)
         reasons = [f"trade_report {trade.trade_id}"]
         breach = checks.streak_breach(st, limits)
@@ -278,6 +298,7 @@ class RiskEngine:
         for p in positions:
             if p.volatility > 0.0:
                 st.volatility[p.symbol] = p.volatility
+        self.symbols_pruned += prune_symbols(st)
         limits = self.limits_for(account_id)
         firings = self._run_breakers(st, limits, now, [(p.symbol, p.exchange) for p in positions])
         self._changed(st, now, "positions_report")

@@ -201,3 +201,33 @@ def remember_trade_id(st: TraderState, trade_id: str) -> bool:
     if len(st.seen_trade_ids) > SEEN_TRADE_IDS_KEPT:
         st.seen_trade_ids.popitem(last=False)
     return True
+
+
+SYMBOLS_KEPT = 256  # per-symbol entries (symbol_stats, volatility) a trader keeps beyond its live symbols
+RECENT_SYMBOL_TRADES = 64  # the symbols of this many latest trades count as live
+
+
+def prune_symbols(st: TraderState) -> int:
+    """Bound the per-symbol maps: once one holds more than SYMBOLS_KEPT symbols, drop (oldest first) those
+    without an open position or one of the last RECENT_SYMBOL_TRADES trades, down to 3/4 of it. Returns how
+    many entries were dropped.
+
+    A bot reporting trades or positions on ever new symbols would otherwise grow its state, and every
+    history row that copies it, without end. Live symbols are never dropped, so the maps stay below
+    SYMBOLS_KEPT + RECENT_SYMBOL_TRADES + the open positions (at most 1,000 per report), and a check never
+    loses the volatility of a symbol the trader holds.
+    """
+    if len(st.symbol_stats) <= SYMBOLS_KEPT and len(st.volatility) <= SYMBOLS_KEPT:
+        return 0
+    live = {symbol for symbol, _ in st.positions}
+    recent = st.recent_trades
+    live.update(recent[i].symbol for i in range(max(0, len(recent) - RECENT_SYMBOL_TRADES), len(recent)))
+    target = SYMBOLS_KEPT * 3 // 4
+    dropped = 0
+    for table in (st.symbol_stats, st.volatility):
+        if len(table) <= SYMBOLS_KEPT:
+            continue
+        for symbol in [s for s in table if s not in live][: max(0, len(table) - target)]:
+            del table[symbol]
+            dropped += 1
+    return dropped

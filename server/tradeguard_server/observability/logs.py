@@ -152,15 +152,11 @@ def settings_secrets(settings: Settings) -> list[str]:
     """The secret values in these settings: tokens and the database password."""
     from urllib.parse import quote
 
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
+    from ..store.url import url_secrets
 
     values = [settings.admin_token, settings.trader_token]
     with contextlib.suppress(OSError):
         values.append(settings.admin_token_value())
-    try:
-        password = make_url(settings.database_url).password or ""
-    except (ArgumentError, ValueError):
-        password = ""
-    values += [password, quote(password, safe="")]
+    for password in url_secrets(settings.database_url):  # every form libpq accepts (?password=, unencoded @)
+        values += [password, quote(password, safe="")]
     return [v for v in values if v]

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from urllib.parse import unquote
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 POSTGRES_DRIVER = "postgresql+psycopg"
-_URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
-_QUERY_SECRET = re.compile(r"((?:^|[?&])(?:password|sslpassword)=)[^&]*", re.IGNORECASE)
+REDACTED = "***"
+# `password=` / `sslpassword=` as a query parameter (`?password=x&...`) or a libpq keyword (`password='x y'`)
+_KEYWORD_SECRET = re.compile(r"((?:^|[?&;\s])(?:password|sslpassword)\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&;]*)",
+                             re.IGNORECASE)
 
 
 def normalize_url(url: str) -> str:
@@ -71,13 +74,51 @@ def url_from_parts(env: Mapping[str, str]) -> str:
     return url.render_as_string(hide_password=False)
 
 
+def _userinfo(url: str) -> tuple[int, int] | None:
+    """Where the password of `scheme://user:password@host...` starts and ends, or None.
+
+    Up to the LAST `@`: a password with an unencoded `@` is hidden whole (the rest of it is not taken for the
+    host). This may hide more than the password of an odd URL, never less.
+    """
+    start = url.find("://")
+    if start < 0:
+        return None
+    start += 3
+    at = url.rfind("@", start)
+    if at < 0:
+        return None
+    colon = url.find(":", start, at)
+    return None if colon < 0 else (colon + 1, at)
+
+
 def redact(url: str) -> str:
-    """`url` with its password (and any password query parameter) replaced by ***, for logs."""
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        return _QUERY_SECRET.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", url))
-    return _QUERY_SECRET.sub(r"\1***", parsed.render_as_string(hide_password=True))
+    """`url` with every password it carries replaced by ***, for logs and error texts.
+
+    Covers each form libpq accepts: `user:password@` (also with unencoded `@`, `/`, `?` or `:` in it),
+    `?password=` / `&sslpassword=` query parameters, and `password=...` keyword/value strings.
+    """
+    span = _userinfo(url)
+    if span is not None:
+        url = url[: span[0]] + REDACTED + url[span[1]:]
+    return _KEYWORD_SECRET.sub(lambda m: m.group(1) + REDACTED, url)
+
+
+def url_secrets(url: str) -> list[str]:
+    """The secret values written in `url` (as written and percent-decoded), for the log scrubber."""
+    found: list[str] = []
+    span = _userinfo(url)
+    if span is not None:
+        found.append(url[span[0]:span[1]])
+    for m in _KEYWORD_SECRET.finditer(url):
+        found.append(m.group(2).strip("'"))
+    return sorted({v for s in found for v in (s, unquote(s)) if v}, key=len, reverse=True)
+
+
+def ambiguous_password(url: str) -> bool:
+    """True when the user-info part holds an unencoded `@`: the driver would take part of the password for
+    the host name (and print it in every connection error)."""
+    span = _userinfo(url)
+    return span is not None and "@" in url[span[0]:span[1]]
 
 
 def _parse(url: str) -> URL:

@@ -51,6 +51,11 @@ type AdminServiceClient interface {
 	ResumeTrading(ctx context.Context, in *ResumeTradingRequest, opts ...grpc.CallOption) (*ResumeTradingResponse, error)
 	// ListRiskStateHistory returns the audit trail of a trader, oldest first.
 	ListRiskStateHistory(ctx context.Context, in *ListRiskStateHistoryRequest, opts ...grpc.CallOption) (*ListRiskStateHistoryResponse, error)
+	// ListBindings returns which account each known trader id is bound to.
+	ListBindings(ctx context.Context, in *ListBindingsRequest, opts ...grpc.CallOption) (*ListBindingsResponse, error)
+	// RebindTrader binds a trader id to an account with a fresh state (audited): undoes a trader id
+	// bound to the wrong account (e.g. squatted by another caller). The old state is discarded.
+	RebindTrader(ctx context.Context, in *RebindTraderRequest, opts ...grpc.CallOption) (*RebindTraderResponse, error)
 }
 
 type adminServiceClient struct {
@@ -214,6 +219,24 @@ func (c *adminServiceClient) ListRiskStateHistory(ctx context.Context, in *ListR
 	return out, nil
 }
 
+func (c *adminServiceClient) ListBindings(ctx context.Context, in *ListBindingsRequest, opts ...grpc.CallOption) (*ListBindingsResponse, error) {
+	out := new(ListBindingsResponse)
+	err := c.cc.Invoke(ctx, "/tradeguard.v1.AdminService/ListBindings", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) RebindTrader(ctx context.Context, in *RebindTraderRequest, opts ...grpc.CallOption) (*RebindTraderResponse, error) {
+	out := new(RebindTraderResponse)
+	err := c.cc.Invoke(ctx, "/tradeguard.v1.AdminService/RebindTrader", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility
@@ -252,6 +275,11 @@ type AdminServiceServer interface {
 	ResumeTrading(context.Context, *ResumeTradingRequest) (*ResumeTradingResponse, error)
 	// ListRiskStateHistory returns the audit trail of a trader, oldest first.
 	ListRiskStateHistory(context.Context, *ListRiskStateHistoryRequest) (*ListRiskStateHistoryResponse, error)
+	// ListBindings returns which account each known trader id is bound to.
+	ListBindings(context.Context, *ListBindingsRequest) (*ListBindingsResponse, error)
+	// RebindTrader binds a trader id to an account with a fresh state (audited): undoes a trader id
+	// bound to the wrong account (e.g. squatted by another caller). The old state is discarded.
+	RebindTrader(context.Context, *RebindTraderRequest) (*RebindTraderResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -309,6 +337,12 @@ func (UnimplementedAdminServiceServer) ResumeTrading(context.Context, *ResumeTra
 }
 func (UnimplementedAdminServiceServer) ListRiskStateHistory(context.Context, *ListRiskStateHistoryRequest) (*ListRiskStateHistoryResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListRiskStateHistory not implemented")
+}
+func (UnimplementedAdminServiceServer) ListBindings(context.Context, *ListBindingsRequest) (*ListBindingsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListBindings not implemented")
+}
+func (UnimplementedAdminServiceServer) RebindTrader(context.Context, *RebindTraderRequest) (*RebindTraderResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RebindTrader not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 
@@ -629,6 +663,42 @@ func _AdminService_ListRiskStateHistory_Handler(srv interface{}, ctx context.Con
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_ListBindings_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListBindingsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListBindings(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/tradeguard.v1.AdminService/ListBindings",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListBindings(ctx, req.(*ListBindingsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_RebindTrader_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RebindTraderRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RebindTrader(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/tradeguard.v1.AdminService/RebindTrader",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RebindTrader(ctx, req.(*RebindTraderRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _AdminService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "tradeguard.v1.AdminService",
 	HandlerType: (*AdminServiceServer)(nil),
@@ -700,6 +770,14 @@ var _AdminService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListRiskStateHistory",
 			Handler:    _AdminService_ListRiskStateHistory_Handler,
+		},
+		{
+			MethodName: "ListBindings",
+			Handler:    _AdminService_ListBindings_Handler,
+		},
+		{
+			MethodName: "RebindTrader",
+			Handler:    _AdminService_RebindTrader_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -873,3 +873,137 @@ class ListRiskStateHistoryResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListRiskStateHistoryResponse: _TypeAlias = ListRiskStateHistoryResponse  # noqa: Y015
+
+@_typing.final
+class ListBindingsRequest(_message.Message):
+    """ListBindingsRequest selects bindings."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """Only the traders of this account; empty means every account."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBindingsRequest: _TypeAlias = ListBindingsRequest  # noqa: Y015
+
+@_typing.final
+class Binding(_message.Message):
+    """Binding is a trader id and the account it is bound to."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRADER_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    TRADING_STATE_FIELD_NUMBER: _builtins.int
+    trader_id: _builtins.str
+    """The trader id."""
+    account_id: _builtins.str
+    """The account the trader id is bound to (set by its first report)."""
+    trading_state: _types_pb2.TradingState.ValueType
+    """The trader's trading state."""
+    def __init__(
+        self,
+        *,
+        trader_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        trading_state: _types_pb2.TradingState.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "trader_id", b"trader_id", "trading_state", b"trading_state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Binding: _TypeAlias = Binding  # noqa: Y015
+
+@_typing.final
+class ListBindingsResponse(_message.Message):
+    """ListBindingsResponse lists bindings ordered by trader id."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BINDINGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def bindings(self) -> _containers.RepeatedCompositeFieldContainer[Global___Binding]:
+        """The bindings."""
+
+    def __init__(
+        self,
+        *,
+        bindings: _abc.Iterable[Global___Binding] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bindings", b"bindings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBindingsResponse: _TypeAlias = ListBindingsResponse  # noqa: Y015
+
+@_typing.final
+class RebindTraderRequest(_message.Message):
+    """RebindTraderRequest moves a trader id to an account."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRADER_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    trader_id: _builtins.str
+    """The trader id."""
+    account_id: _builtins.str
+    """The account it is to be bound to."""
+    reason: _builtins.str
+    """Why, for the audit trail; up to 1024 characters."""
+    def __init__(
+        self,
+        *,
+        trader_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "reason", b"reason", "trader_id", b"trader_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RebindTraderRequest: _TypeAlias = RebindTraderRequest  # noqa: Y015
+
+@_typing.final
+class RebindTraderResponse(_message.Message):
+    """RebindTraderResponse returns the new binding."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREVIOUS_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    previous_account_id: _builtins.str
+    """The account the trader id was bound to before; empty when it was unknown."""
+    @_builtins.property
+    def state(self) -> _types_pb2.RiskState:
+        """The trader's (fresh) state under its new account."""
+
+    def __init__(
+        self,
+        *,
+        previous_account_id: _builtins.str = ...,
+        state: _types_pb2.RiskState | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["previous_account_id", b"previous_account_id", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RebindTraderResponse: _TypeAlias = RebindTraderResponse  # noqa: Y015

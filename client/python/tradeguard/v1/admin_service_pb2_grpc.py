@@ -26,8 +26,9 @@ if _version_not_supported:
 
 
 class AdminServiceStub:
-    """AdminService is for operators (grpcurl). When an admin token is set, every call needs
-    the metadata `authorization: Bearer <token>`.
+    """AdminService is for operators (grpcurl, `tradeguard admin`). Every call needs the metadata
+    `authorization: Bearer <admin token>`; the sidecar creates the token at first start unless one is
+    configured (README "Security"). The bot is never given this token.
     """
 
     def __init__(self, channel):
@@ -121,11 +122,22 @@ class AdminServiceStub:
                 request_serializer=tradeguard_dot_v1_dot_admin__service__pb2.ListRiskStateHistoryRequest.SerializeToString,
                 response_deserializer=tradeguard_dot_v1_dot_admin__service__pb2.ListRiskStateHistoryResponse.FromString,
                 _registered_method=True)
+        self.ListBindings = channel.unary_unary(
+                '/tradeguard.v1.AdminService/ListBindings',
+                request_serializer=tradeguard_dot_v1_dot_admin__service__pb2.ListBindingsRequest.SerializeToString,
+                response_deserializer=tradeguard_dot_v1_dot_admin__service__pb2.ListBindingsResponse.FromString,
+                _registered_method=True)
+        self.RebindTrader = channel.unary_unary(
+                '/tradeguard.v1.AdminService/RebindTrader',
+                request_serializer=tradeguard_dot_v1_dot_admin__service__pb2.RebindTraderRequest.SerializeToString,
+                response_deserializer=tradeguard_dot_v1_dot_admin__service__pb2.RebindTraderResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
-    """AdminService is for operators (grpcurl). When an admin token is set, every call needs
-    the metadata `authorization: Bearer <token>`.
+    """AdminService is for operators (grpcurl, `tradeguard admin`). Every call needs the metadata
+    `authorization: Bearer <admin token>`; the sidecar creates the token at first start unless one is
+    configured (README "Security"). The bot is never given this token.
     """
 
     def SaveConfig(self, request, context):
@@ -247,6 +259,21 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListBindings(self, request, context):
+        """ListBindings returns which account each known trader id is bound to.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RebindTrader(self, request, context):
+        """RebindTrader binds a trader id to an account with a fresh state (audited): undoes a trader id
+        bound to the wrong account (e.g. squatted by another caller). The old state is discarded.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -335,6 +362,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     request_deserializer=tradeguard_dot_v1_dot_admin__service__pb2.ListRiskStateHistoryRequest.FromString,
                     response_serializer=tradeguard_dot_v1_dot_admin__service__pb2.ListRiskStateHistoryResponse.SerializeToString,
             ),
+            'ListBindings': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBindings,
+                    request_deserializer=tradeguard_dot_v1_dot_admin__service__pb2.ListBindingsRequest.FromString,
+                    response_serializer=tradeguard_dot_v1_dot_admin__service__pb2.ListBindingsResponse.SerializeToString,
+            ),
+            'RebindTrader': grpc.unary_unary_rpc_method_handler(
+                    servicer.RebindTrader,
+                    request_deserializer=tradeguard_dot_v1_dot_admin__service__pb2.RebindTraderRequest.FromString,
+                    response_serializer=tradeguard_dot_v1_dot_admin__service__pb2.RebindTraderResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'tradeguard.v1.AdminService', rpc_method_handlers)
@@ -344,8 +381,9 @@ def add_AdminServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AdminService:
-    """AdminService is for operators (grpcurl). When an admin token is set, every call needs
-    the metadata `authorization: Bearer <token>`.
+    """AdminService is for operators (grpcurl, `tradeguard admin`). Every call needs the metadata
+    `authorization: Bearer <admin token>`; the sidecar creates the token at first start unless one is
+    configured (README "Security"). The bot is never given this token.
     """
 
     @staticmethod
@@ -797,6 +835,60 @@ class AdminService:
             '/tradeguard.v1.AdminService/ListRiskStateHistory',
             tradeguard_dot_v1_dot_admin__service__pb2.ListRiskStateHistoryRequest.SerializeToString,
             tradeguard_dot_v1_dot_admin__service__pb2.ListRiskStateHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBindings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tradeguard.v1.AdminService/ListBindings',
+            tradeguard_dot_v1_dot_admin__service__pb2.ListBindingsRequest.SerializeToString,
+            tradeguard_dot_v1_dot_admin__service__pb2.ListBindingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RebindTrader(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tradeguard.v1.AdminService/RebindTrader',
+            tradeguard_dot_v1_dot_admin__service__pb2.RebindTraderRequest.SerializeToString,
+            tradeguard_dot_v1_dot_admin__service__pb2.RebindTraderResponse.FromString,
             options,
             channel_credentials,
             insecure,

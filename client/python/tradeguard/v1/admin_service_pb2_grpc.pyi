@@ -27,8 +27,9 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class AdminServiceStub:
-    """AdminService is for operators (grpcurl). When an admin token is set, every call needs
-    the metadata `authorization: Bearer <token>`.
+    """AdminService is for operators (grpcurl, `tradeguard admin`). Every call needs the metadata
+    `authorization: Bearer <admin token>`; the sidecar creates the token at first start unless one is
+    configured (README "Security"). The bot is never given this token.
     """
 
     @_typing.overload
@@ -69,11 +70,18 @@ class AdminServiceStub:
     """ResumeTrading lifts any pause, manual or automatic."""
     ListRiskStateHistory: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListRiskStateHistoryRequest, _admin_service_pb2.ListRiskStateHistoryResponse]
     """ListRiskStateHistory returns the audit trail of a trader, oldest first."""
+    ListBindings: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListBindingsRequest, _admin_service_pb2.ListBindingsResponse]
+    """ListBindings returns which account each known trader id is bound to."""
+    RebindTrader: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.RebindTraderRequest, _admin_service_pb2.RebindTraderResponse]
+    """RebindTrader binds a trader id to an account with a fresh state (audited): undoes a trader id
+    bound to the wrong account (e.g. squatted by another caller). The old state is discarded.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
-    """AdminService is for operators (grpcurl). When an admin token is set, every call needs
-    the metadata `authorization: Bearer <token>`.
+    """AdminService is for operators (grpcurl, `tradeguard admin`). Every call needs the metadata
+    `authorization: Bearer <admin token>`; the sidecar creates the token at first start unless one is
+    configured (README "Security"). The bot is never given this token.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -111,10 +119,17 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """ResumeTrading lifts any pause, manual or automatic."""
     ListRiskStateHistory: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListRiskStateHistoryRequest, _admin_service_pb2.ListRiskStateHistoryResponse]  # type: ignore[assignment]
     """ListRiskStateHistory returns the audit trail of a trader, oldest first."""
+    ListBindings: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListBindingsRequest, _admin_service_pb2.ListBindingsResponse]  # type: ignore[assignment]
+    """ListBindings returns which account each known trader id is bound to."""
+    RebindTrader: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.RebindTraderRequest, _admin_service_pb2.RebindTraderResponse]  # type: ignore[assignment]
+    """RebindTrader binds a trader id to an account with a fresh state (audited): undoes a trader id
+    bound to the wrong account (e.g. squatted by another caller). The old state is discarded.
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
-    """AdminService is for operators (grpcurl). When an admin token is set, every call needs
-    the metadata `authorization: Bearer <token>`.
+    """AdminService is for operators (grpcurl, `tradeguard admin`). Every call needs the metadata
+    `authorization: Bearer <admin token>`; the sidecar creates the token at first start unless one is
+    configured (README "Security"). The bot is never given this token.
     """
 
     @_abc_1.abstractmethod
@@ -252,5 +267,23 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.ListRiskStateHistoryResponse, _abc.Awaitable[_admin_service_pb2.ListRiskStateHistoryResponse]]:
         """ListRiskStateHistory returns the audit trail of a trader, oldest first."""
+
+    @_abc_1.abstractmethod
+    def ListBindings(
+        self,
+        request: _admin_service_pb2.ListBindingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.ListBindingsResponse, _abc.Awaitable[_admin_service_pb2.ListBindingsResponse]]:
+        """ListBindings returns which account each known trader id is bound to."""
+
+    @_abc_1.abstractmethod
+    def RebindTrader(
+        self,
+        request: _admin_service_pb2.RebindTraderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.RebindTraderResponse, _abc.Awaitable[_admin_service_pb2.RebindTraderResponse]]:
+        """RebindTrader binds a trader id to an account with a fresh state (audited): undoes a trader id
+        bound to the wrong account (e.g. squatted by another caller). The old state is discarded.
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

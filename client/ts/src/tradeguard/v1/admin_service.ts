@@ -280,6 +280,46 @@ export interface ListRiskStateHistoryResponse {
   nextPageToken: string;
 }
 
+/** ListBindingsRequest selects bindings. */
+export interface ListBindingsRequest {
+  /** Only the traders of this account; empty means every account. */
+  accountId: string;
+}
+
+/** Binding is a trader id and the account it is bound to. */
+export interface Binding {
+  /** The trader id. */
+  traderId: string;
+  /** The account the trader id is bound to (set by its first report). */
+  accountId: string;
+  /** The trader's trading state. */
+  tradingState: TradingState;
+}
+
+/** ListBindingsResponse lists bindings ordered by trader id. */
+export interface ListBindingsResponse {
+  /** The bindings. */
+  bindings: Binding[];
+}
+
+/** RebindTraderRequest moves a trader id to an account. */
+export interface RebindTraderRequest {
+  /** The trader id. */
+  traderId: string;
+  /** The account it is to be bound to. */
+  accountId: string;
+  /** Why, for the audit trail; up to 1024 characters. */
+  reason: string;
+}
+
+/** RebindTraderResponse returns the new binding. */
+export interface RebindTraderResponse {
+  /** The account the trader id was bound to before; empty when it was unknown. */
+  previousAccountId: string;
+  /** The trader's (fresh) state under its new account. */
+  state?: RiskState | undefined;
+}
+
 function createBaseSaveConfigRequest(): SaveConfigRequest {
   return { config: undefined };
 }
@@ -3005,9 +3045,465 @@ export const ListRiskStateHistoryResponse: MessageFns<ListRiskStateHistoryRespon
   },
 };
 
+function createBaseListBindingsRequest(): ListBindingsRequest {
+  return { accountId: "" };
+}
+
+export const ListBindingsRequest: MessageFns<ListBindingsRequest> = {
+  encode(message: ListBindingsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.accountId !== "") {
+      writer.uint32(10).string(message.accountId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListBindingsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListBindingsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.accountId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListBindingsRequest {
+    return {
+      accountId: isSet(object.accountId)
+        ? globalThis.String(object.accountId)
+        : isSet(object.account_id)
+        ? globalThis.String(object.account_id)
+        : "",
+    };
+  },
+
+  toJSON(message: ListBindingsRequest): unknown {
+    const obj: any = {};
+    if (message.accountId !== "") {
+      obj.accountId = message.accountId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListBindingsRequest>, I>>(base?: I): ListBindingsRequest {
+    return ListBindingsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListBindingsRequest>, I>>(object: I): ListBindingsRequest {
+    const message = createBaseListBindingsRequest();
+    message.accountId = object.accountId ?? "";
+    return message;
+  },
+};
+
+function createBaseBinding(): Binding {
+  return { traderId: "", accountId: "", tradingState: 0 };
+}
+
+export const Binding: MessageFns<Binding> = {
+  encode(message: Binding, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.traderId !== "") {
+      writer.uint32(10).string(message.traderId);
+    }
+    if (message.accountId !== "") {
+      writer.uint32(18).string(message.accountId);
+    }
+    if (message.tradingState !== 0) {
+      writer.uint32(24).int32(message.tradingState);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Binding {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBinding();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.traderId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.accountId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.tradingState = reader.int32() as any;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Binding {
+    return {
+      traderId: isSet(object.traderId)
+        ? globalThis.String(object.traderId)
+        : isSet(object.trader_id)
+        ? globalThis.String(object.trader_id)
+        : "",
+      accountId: isSet(object.accountId)
+        ? globalThis.String(object.accountId)
+        : isSet(object.account_id)
+        ? globalThis.String(object.account_id)
+        : "",
+      tradingState: isSet(object.tradingState)
+        ? tradingStateFromJSON(object.tradingState)
+        : isSet(object.trading_state)
+        ? tradingStateFromJSON(object.trading_state)
+        : 0,
+    };
+  },
+
+  toJSON(message: Binding): unknown {
+    const obj: any = {};
+    if (message.traderId !== "") {
+      obj.traderId = message.traderId;
+    }
+    if (message.accountId !== "") {
+      obj.accountId = message.accountId;
+    }
+    if (message.tradingState !== 0) {
+      obj.tradingState = tradingStateToJSON(message.tradingState);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<Binding>, I>>(base?: I): Binding {
+    return Binding.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<Binding>, I>>(object: I): Binding {
+    const message = createBaseBinding();
+    message.traderId = object.traderId ?? "";
+    message.accountId = object.accountId ?? "";
+    message.tradingState = object.tradingState ?? 0;
+    return message;
+  },
+};
+
+function createBaseListBindingsResponse(): ListBindingsResponse {
+  return { bindings: [] };
+}
+
+export const ListBindingsResponse: MessageFns<ListBindingsResponse> = {
+  encode(message: ListBindingsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.bindings) {
+      Binding.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListBindingsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListBindingsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.bindings.push(Binding.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListBindingsResponse {
+    return {
+      bindings: globalThis.Array.isArray(object?.bindings) ? object.bindings.map((e: any) => Binding.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: ListBindingsResponse): unknown {
+    const obj: any = {};
+    if (message.bindings?.length) {
+      obj.bindings = message.bindings.map((e) => Binding.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListBindingsResponse>, I>>(base?: I): ListBindingsResponse {
+    return ListBindingsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListBindingsResponse>, I>>(object: I): ListBindingsResponse {
+    const message = createBaseListBindingsResponse();
+    message.bindings = object.bindings?.map((e) => Binding.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseRebindTraderRequest(): RebindTraderRequest {
+  return { traderId: "", accountId: "", reason: "" };
+}
+
+export const RebindTraderRequest: MessageFns<RebindTraderRequest> = {
+  encode(message: RebindTraderRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.traderId !== "") {
+      writer.uint32(10).string(message.traderId);
+    }
+    if (message.accountId !== "") {
+      writer.uint32(18).string(message.accountId);
+    }
+    if (message.reason !== "") {
+      writer.uint32(26).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RebindTraderRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRebindTraderRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.traderId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.accountId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RebindTraderRequest {
+    return {
+      traderId: isSet(object.traderId)
+        ? globalThis.String(object.traderId)
+        : isSet(object.trader_id)
+        ? globalThis.String(object.trader_id)
+        : "",
+      accountId: isSet(object.accountId)
+        ? globalThis.String(object.accountId)
+        : isSet(object.account_id)
+        ? globalThis.String(object.account_id)
+        : "",
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
+  },
+
+  toJSON(message: RebindTraderRequest): unknown {
+    const obj: any = {};
+    if (message.traderId !== "") {
+      obj.traderId = message.traderId;
+    }
+    if (message.accountId !== "") {
+      obj.accountId = message.accountId;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RebindTraderRequest>, I>>(base?: I): RebindTraderRequest {
+    return RebindTraderRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RebindTraderRequest>, I>>(object: I): RebindTraderRequest {
+    const message = createBaseRebindTraderRequest();
+    message.traderId = object.traderId ?? "";
+    message.accountId = object.accountId ?? "";
+    message.reason = object.reason ?? "";
+    return message;
+  },
+};
+
+function createBaseRebindTraderResponse(): RebindTraderResponse {
+  return { previousAccountId: "", state: undefined };
+}
+
+export const RebindTraderResponse: MessageFns<RebindTraderResponse> = {
+  encode(message: RebindTraderResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.previousAccountId !== "") {
+      writer.uint32(10).string(message.previousAccountId);
+    }
+    if (message.state !== undefined) {
+      RiskState.encode(message.state, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RebindTraderResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRebindTraderResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.previousAccountId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.state = RiskState.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RebindTraderResponse {
+    return {
+      previousAccountId: isSet(object.previousAccountId)
+        ? globalThis.String(object.previousAccountId)
+        : isSet(object.previous_account_id)
+        ? globalThis.String(object.previous_account_id)
+        : "",
+      state: isSet(object.state) ? RiskState.fromJSON(object.state) : undefined,
+    };
+  },
+
+  toJSON(message: RebindTraderResponse): unknown {
+    const obj: any = {};
+    if (message.previousAccountId !== "") {
+      obj.previousAccountId = message.previousAccountId;
+    }
+    if (message.state !== undefined) {
+      obj.state = RiskState.toJSON(message.state);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RebindTraderResponse>, I>>(base?: I): RebindTraderResponse {
+    return RebindTraderResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RebindTraderResponse>, I>>(object: I): RebindTraderResponse {
+    const message = createBaseRebindTraderResponse();
+    message.previousAccountId = object.previousAccountId ?? "";
+    message.state = (object.state !== undefined && object.state !== null)
+      ? RiskState.fromPartial(object.state)
+      : undefined;
+    return message;
+  },
+};
+
 /**
- * AdminService is for operators (grpcurl). When an admin token is set, every call needs
- * the metadata `authorization: Bearer <token>`.
+ * AdminService is for operators (grpcurl, `tradeguard admin`). Every call needs the metadata
+ * `authorization: Bearer <admin token>`; the sidecar creates the token at first start unless one is
+ * configured (README "Security"). The bot is never given this token.
  */
 export type AdminServiceService = typeof AdminServiceService;
 export const AdminServiceService = {
@@ -3199,6 +3695,31 @@ export const AdminServiceService = {
       Buffer.from(ListRiskStateHistoryResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListRiskStateHistoryResponse => ListRiskStateHistoryResponse.decode(value),
   },
+  /** ListBindings returns which account each known trader id is bound to. */
+  listBindings: {
+    path: "/tradeguard.v1.AdminService/ListBindings" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListBindingsRequest): Buffer => Buffer.from(ListBindingsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListBindingsRequest => ListBindingsRequest.decode(value),
+    responseSerialize: (value: ListBindingsResponse): Buffer =>
+      Buffer.from(ListBindingsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListBindingsResponse => ListBindingsResponse.decode(value),
+  },
+  /**
+   * RebindTrader binds a trader id to an account with a fresh state (audited): undoes a trader id
+   * bound to the wrong account (e.g. squatted by another caller). The old state is discarded.
+   */
+  rebindTrader: {
+    path: "/tradeguard.v1.AdminService/RebindTrader" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RebindTraderRequest): Buffer => Buffer.from(RebindTraderRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RebindTraderRequest => RebindTraderRequest.decode(value),
+    responseSerialize: (value: RebindTraderResponse): Buffer =>
+      Buffer.from(RebindTraderResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RebindTraderResponse => RebindTraderResponse.decode(value),
+  },
 } as const;
 
 export interface AdminServiceServer extends UntypedServiceImplementation {
@@ -3236,6 +3757,13 @@ export interface AdminServiceServer extends UntypedServiceImplementation {
   resumeTrading: handleUnaryCall<ResumeTradingRequest, ResumeTradingResponse>;
   /** ListRiskStateHistory returns the audit trail of a trader, oldest first. */
   listRiskStateHistory: handleUnaryCall<ListRiskStateHistoryRequest, ListRiskStateHistoryResponse>;
+  /** ListBindings returns which account each known trader id is bound to. */
+  listBindings: handleUnaryCall<ListBindingsRequest, ListBindingsResponse>;
+  /**
+   * RebindTrader binds a trader id to an account with a fresh state (audited): undoes a trader id
+   * bound to the wrong account (e.g. squatted by another caller). The old state is discarded.
+   */
+  rebindTrader: handleUnaryCall<RebindTraderRequest, RebindTraderResponse>;
 }
 
 export interface AdminServiceClient extends Client {
@@ -3510,6 +4038,41 @@ export interface AdminServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListRiskStateHistoryResponse) => void,
+  ): ClientUnaryCall;
+  /** ListBindings returns which account each known trader id is bound to. */
+  listBindings(
+    request: ListBindingsRequest,
+    callback: (error: ServiceError | null, response: ListBindingsResponse) => void,
+  ): ClientUnaryCall;
+  listBindings(
+    request: ListBindingsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListBindingsResponse) => void,
+  ): ClientUnaryCall;
+  listBindings(
+    request: ListBindingsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListBindingsResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * RebindTrader binds a trader id to an account with a fresh state (audited): undoes a trader id
+   * bound to the wrong account (e.g. squatted by another caller). The old state is discarded.
+   */
+  rebindTrader(
+    request: RebindTraderRequest,
+    callback: (error: ServiceError | null, response: RebindTraderResponse) => void,
+  ): ClientUnaryCall;
+  rebindTrader(
+    request: RebindTraderRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RebindTraderResponse) => void,
+  ): ClientUnaryCall;
+  rebindTrader(
+    request: RebindTraderRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RebindTraderResponse) => void,
   ): ClientUnaryCall;
 }
 
