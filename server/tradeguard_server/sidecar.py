@@ -127,7 +127,7 @@ class Sidecar:
         )
         self.hub = WatchHub(buffer=settings.watch_buffer, max_watchers=settings.max_concurrent_streams,
                             max_per_trader=settings.max_watchers_per_trader)
-        self.risk = RiskService(self.engine, self.hub)
+        self.risk = RiskService(self.engine, self.hub, settings.max_clock_skew_s)
         self.admin = AdminService(self.engine, self.risk)
         self.configs = ConfigAdmin(
             self.engine, self.risk,
