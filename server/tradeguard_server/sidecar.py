@@ -134,7 +134,7 @@ class Sidecar:
             StoreConfigPersistence(self.store, MemoryConfigPersistence(self.engine), lambda: self.durable),
         )
         self.admin.extend(self.configs.handlers())
-        self.breakers = Evaluator()
+        self.breakers = Evaluator(on_episodes_ended=self.engine.end_breaker_episodes)
         self.engine.breakers = self.breakers
         self.breaker_admin = BreakerAdmin(self.breakers, self.store, clock=self.engine.clock)
         self.breakers.on_fire = self.breaker_admin.record_event

@@ -189,6 +189,14 @@ class RiskEngine:
         """Put a state loaded from the store back (at start)."""
         self.traders[st.trader_id] = st
 
+    def end_breaker_episodes(self, breaker_id: str) -> None:
+        """Every episode of a breaker ended (re-armed, changed, disabled, deleted): drop it from the traders'
+        states and store those, so a restart does not bring the episode back."""
+        now = self.clock.now()
+        for st in self.traders.values():
+            if st.breaker_episodes and st.breaker_episodes.pop(breaker_id, None) is not None:
+                self._changed(st, now, f"breaker {breaker_id} re-armed")
+
     # ---- state changes --------------------------------------------------------------------------
 
     def _changed(self, st: TraderState, now: float, reason: str) -> None:

@@ -139,6 +139,10 @@ def _ignore(_firing: BreakerFiring) -> None:
     return None
 
 
+def _no_episodes_listener(_breaker_id: str) -> None:
+    return None
+
+
 def _new_event_id() -> str:
     return str(uuid.uuid4())
 
@@ -151,7 +155,10 @@ class Evaluator:
         registry: Registry = DEFAULT,
         on_fire: FireListener = _ignore,
         new_event_id: Callable[[], str] = _new_event_id,
+        on_episodes_ended: Callable[[str], None] = _no_episodes_listener,
     ) -> None:
+        """`on_episodes_ended(breaker_id)`: every episode of the breaker ended outside an evaluation (re-armed,
+        changed, disabled, deleted); the engine drops it from its traders' states and stores them."""
         self.registry = registry
         self.on_fire = on_fire
         self.new_event_id = new_event_id
@@ -159,11 +166,8 @@ class Evaluator:
         self._by_account: dict[str, tuple[CompiledBreaker, ...]] = {}
         # The hot loop's view: per account, its breakers grouped by (condition, scope).
         self._hot: dict[str, tuple[_Group, ...]] = {}
-        # Episode bookkeeping: the states whose `breaker_episodes` hold an episode (so that re-arming one ends
-        # it there too), and the breakers re-armed, disabled or deleted since start (a restored episode of one
-        # of them is over).
-        self._states: dict[str, TraderState] = {}
-        self._voided: set[str] = set()
+        self.on_episodes_ended = on_episodes_ended
+        self._voided: set[str] = set()  # re-armed, disabled or deleted since start: a restored episode is over
 
     # ---- definitions ----------------------------------------------------------------------------
 
@@ -207,13 +211,11 @@ class Evaluator:
             self._end_all(compiled)
 
     def _end_all(self, b: CompiledBreaker) -> None:
-        """End every episode of `b` in progress (in the traders' states too)."""
+        """End every episode of `b` in progress (the traders' states are told through on_episodes_ended; a
+        state not told yet drops it at its next evaluation)."""
         self._voided.add(b.id)
-        for trader in b.tripped:
-            st = self._states.get(trader)
-            if st is not None and st.breaker_episodes.pop(b.id, None) is not None:
-                st.episodes_changed = True
         b.tripped.clear()
+        self.on_episodes_ended(b.id)
 
     def remove(self, breaker_id: str) -> None:
         """Stop evaluating a breaker (disabled or deleted). Unknown ids are ignored."""
@@ -293,11 +295,11 @@ class Evaluator:
                     continue
             if g.quiet is not None and g.quiet(st, now, g.bound, g.scope):
                 # Every condition of the group is false: end the trader's episodes (re-arm), if any.
-                if trader in g.maybe:
-                    episodes = st.breaker_episodes
+                episodes = st.breaker_episodes
+                if trader in g.maybe or episodes:
                     for _i, b in g.members:
                         b.tripped.discard(trader)
-                        if episodes.pop(b.id, None) is not None:
+                        if episodes and episodes.pop(b.id, None) is not None:
                             st.episodes_changed = True
                     g.maybe.discard(trader)
                 continue
@@ -312,9 +314,10 @@ class Evaluator:
             trig = b.evaluate(st, b.params, now, b.scope)
             tripped = b.tripped
             if trig is None:
-                if tripped and trader in tripped:
+                if tripped:
                     tripped.discard(trader)
-                    st.breaker_episodes.pop(b.id, None)
+                episodes = st.breaker_episodes
+                if episodes and episodes.pop(b.id, None) is not None:
                     st.episodes_changed = True
                 continue
             if trader in tripped:
@@ -323,7 +326,6 @@ class Evaluator:
             g.maybe.add(trader)
             st.breaker_episodes[b.id] = b.rule
             st.episodes_changed = True
-            self._states[trader] = st
             if fired is None:
                 fired = []
             fired.append(self._fire(b, trig, st, limits, now, enforce))
@@ -347,8 +349,6 @@ class Evaluator:
             for g in self._hot.get(b.account_id, ()):
                 if any(member is b for _i, member in g.members):
                     g.maybe.add(trader)
-        if episodes:
-            self._states[trader] = st
 
     def _fire(
         self, b: CompiledBreaker, trig: Triggered, st: TraderState, limits: Limits, now: float, enforce: bool
