@@ -11,7 +11,7 @@ from tradeguard_server.engine.clock import ManualClock
 from tradeguard_server.engine.engine import OrderIdReusedError, RiskEngine
 from tradeguard_server.engine.limits import Limits
 from tradeguard_server.engine.snapshot import from_record, to_record
-from tradeguard_server.engine.state import ORDER_IDS_KEPT
+from tradeguard_server.engine.state import ORDER_ID_TTL_S, ORDER_IDS_KEPT
 from tradeguard_server.engine.types import (
     CheckStatus,
     ClosedTrade,
@@ -333,7 +333,8 @@ def test_a_retried_can_trade_answers_the_first_decision_and_counts_once(clock: M
     answers = [engine.can_trade("t1", "a1", BUY, cid)[0] for cid in ("o1", "o2", "o2", "o3", "o4")]
 
     assert [d.allowed for d in answers] == [True, True, True, True, False]
-    assert answers[2] is answers[1]
+    assert (answers[2].code, answers[2].reason, answers[2].trading_state) == (
+        answers[1].code, answers[1].reason, answers[1].trading_state)
     assert answers[4].code is DecisionCode.ORDER_RATE_LIMIT
 
 
@@ -346,13 +347,16 @@ def test_the_same_client_order_id_for_another_order_is_refused(clock: ManualCloc
         engine.can_trade("t1", "a1", OrderIntent("BTCUSDT", Side.BUY, 0.02, 50_000.0), "o1")
 
 
-def test_remembered_answers_are_bounded_per_trader(clock: ManualClock) -> None:
-    engine = RiskEngine(clock)
+def test_remembered_answers_are_bounded_per_trader_and_expire(clock: ManualClock) -> None:
+    engine = RiskEngine(clock, defaults=Limits(max_orders_per_window=1, order_rate_window_seconds=60))
     engine.report_equity("t1", "a1", 10_000.0, None)
-
-    for i in range(ORDER_IDS_KEPT + 50):
+    first, _ = engine.can_trade("t1", "a1", BUY, "o0")
+    for i in range(1, ORDER_IDS_KEPT + 50):
         engine.can_trade("t1", "a1", BUY, f"o{i}")
-    clock.advance(601.0)
-    engine.can_trade("t1", "a1", BUY, "late")
+    answers = engine.traders["t1"].order_answers
 
-    assert list(engine.traders["t1"].order_answers) == ["late"]
+    clock.advance(ORDER_ID_TTL_S + 1.0)
+    expired, _ = engine.can_trade("t1", "a1", BUY, f"o{ORDER_IDS_KEPT + 49}")
+
+    assert first.allowed and len(answers) == ORDER_IDS_KEPT and "o0" not in answers
+    assert expired is not first and expired.allowed  # decided afresh, not the remembered denial

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
@@ -63,9 +64,14 @@ def order_is_valid(o: t.OrderIntent) -> bool:
     )
 
 
+_ORDER_ID_PREFIX = os.urandom(4).hex()  # random per process: ids of two runs do not collide
+_order_ids = itertools.count(1)
+
+
 def new_client_order_id() -> str:
-    """An id for an order sent without one: 24 hex digits (96 random bits)."""
-    return os.urandom(12).hex()
+    """An id for an order sent without one: 24 hex digits, a random prefix per process and a counter (cheaper
+    than 12 random bytes per call: no system call on the hot path)."""
+    return f"{_ORDER_ID_PREFIX}{next(_order_ids):016x}"
 
 
 def check_position(v: Violations, p: t.Position, prefix: str) -> None:

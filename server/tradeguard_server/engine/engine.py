@@ -347,9 +347,10 @@ class RiskEngine:
     ) -> tuple[Decision, TraderState]:
         """The decision for `order` (None: may the trader trade at all).
 
-        With a `client_order_id`, the decision is remembered (the last ORDER_IDS_KEPT ids per trader, each for
-        ORDER_ID_TTL_S): asking again for the same order answers the same decision and counts nothing again
-        (a retry whose first answer was lost); the same id with a different order raises OrderIdReusedError.
+        With a `client_order_id`, the verdict is remembered (the last ORDER_IDS_KEPT ids per trader; one older
+        than ORDER_ID_TTL_S is decided afresh): asking again for the same order answers the same verdict (allowed,
+        code, reason, state; not the list of checks) and counts nothing again (a retry whose first answer was
+        lost); the same id with a different order raises OrderIdReusedError.
         """
         now = self.clock.now()
         st = self.traders.get(trader_id)
@@ -366,12 +367,13 @@ class RiskEngine:
             answers = st.order_answers
             seen = answers.get(client_order_id)
             if seen is not None:
-                if now - seen[2] <= ORDER_ID_TTL_S:
-                    if seen[0] != order:
+                first, allowed, code, reason, state, until, would_deny, at = seen
+                if now - at <= ORDER_ID_TTL_S:
+                    if first != order:
                         raise OrderIdReusedError(
                             f"client_order_id {client_order_id!r} was already used for a different order "
-                            f"({seen[0].side.name} {seen[0].quantity:g} {seen[0].symbol} at {seen[0].price:g})")
-                    return seen[1], st
+                            f"({first.side.name} {first.quantity:g} {first.symbol} at {first.price:g})")
+                    return Decision(allowed, code, reason, state, until, would_deny=would_deny), st
                 del answers[client_order_id]
         self._tick(st, now)
         limits = self.limits_for(account_id)
@@ -422,9 +424,11 @@ class RiskEngine:
             _uncount(times, dropped)
         elif keep and not counted:
             times.append(now)
-        if remember:
-            answers[client_order_id] = (order, decision, now)  # type: ignore[assignment]
-            while len(answers) > ORDER_IDS_KEPT or now - next(iter(answers.values()))[2] > ORDER_ID_TTL_S:
+        if remember and order is not None:
+            d = decision  # kept small: the verdict, not the checks (a busy trader keeps 1,000 of them)
+            answers[client_order_id] = (order, d.allowed, d.code, d.reason, d.trading_state, d.paused_until,
+                                        d.would_deny, now)
+            if len(answers) > ORDER_IDS_KEPT:
                 answers.popitem(last=False)
         return decision, st
 

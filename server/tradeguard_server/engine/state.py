@@ -24,7 +24,6 @@ from . import periods
 from .types import (
     CheckResult,
     ClosedTrade,
-    Decision,
     DecisionCode,
     OrderIntent,
     Position,
@@ -33,6 +32,7 @@ from .types import (
     TradingState,
 )
 
+OrderAnswer = tuple[OrderIntent, bool, DecisionCode, str, TradingState, float | None, bool, float]
 SEVERITY = {TradingState.ACTIVE: 0, TradingState.REDUCING: 1, TradingState.HALTED: 2}
 INF = float("inf")
 SEEN_TRADE_IDS_KEPT = 10_000
@@ -84,8 +84,9 @@ class TraderState:
     order_times: deque[float] = field(default_factory=lambda: deque(maxlen=ORDER_TIMES_KEPT))
     recent_trades: list[ClosedTrade] = field(default_factory=list)  # by (closed_at, trade_id); the newest kept
     seen_trade_ids: OrderedDict[str, None] = field(default_factory=OrderedDict)
-    # CanTrade answers by client_order_id, oldest first: (the order, the decision, when). Memory only.
-    order_answers: OrderedDict[str, tuple[OrderIntent, Decision, float]] = field(
+    # CanTrade verdicts by client_order_id, oldest first: (the order, allowed, code, reason, trading state,
+    # paused_until, would_deny, when). Memory only.
+    order_answers: OrderedDict[str, OrderAnswer] = field(
         default_factory=OrderedDict, repr=False, compare=False)
     symbol_stats: dict[str, SymbolStats] = field(default_factory=dict)
     # Circuit-breaker episodes in progress: breaker id -> the rule it fired under (see breakers.evaluator).
