@@ -360,3 +360,13 @@ def test_remembered_answers_are_bounded_per_trader_and_expire(clock: ManualClock
 
     assert first.allowed and len(answers) == ORDER_IDS_KEPT and "o0" not in answers
     assert expired is not first and expired.allowed  # decided afresh, not the remembered denial
+
+
+def test_trades_closed_at_the_same_time_count_in_the_order_reported(clock: ManualClock) -> None:
+    engine = RiskEngine(clock)
+    engine.report_equity("t1", "a1", 10_000.0, None)
+
+    engine.report_trade("t1", "a1", loss("tr-1", T0))
+    engine.report_trade("t1", "a1", loss("tr-0", T0, pnl=+25.0))
+
+    assert engine.traders["t1"].consecutive_losses == 0

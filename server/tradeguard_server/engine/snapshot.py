@@ -81,7 +81,7 @@ class StateRecord:
     positions: tuple[Position, ...] = ()
     volatility: tuple[tuple[str, float], ...] = ()
     symbol_stats: tuple[SymbolStatsRecord, ...] = ()
-    recent_trades: tuple[ClosedTrade, ...] = ()  # by (closed_at, trade_id); for streaks and breaker windows
+    recent_trades: tuple[ClosedTrade, ...] = ()  # by closed_at (ties as reported); for streaks and breaker windows
     order_times: tuple[float, ...] = ()  # not written any more (memory only); rows of older versions may have some
     breaker_episodes: tuple[tuple[str, str], ...] = ()  # (breaker id, rule) of the episodes in progress
     updated_at: float = 0.0
@@ -146,8 +146,8 @@ def to_record(st: TraderState) -> StateRecord:
     )
 
 
-def _trade_key(t: ClosedTrade) -> tuple[float, str]:
-    return t.closed_at, t.trade_id
+def _closed_at(t: ClosedTrade) -> float:
+    return t.closed_at
 
 
 def from_record(rec: StateRecord, seen_trade_ids: Iterable[str] = ()) -> TraderState:
@@ -178,7 +178,7 @@ def from_record(rec: StateRecord, seen_trade_ids: Iterable[str] = ()) -> TraderS
         positions={(p.symbol, p.exchange): p for p in rec.positions},
         volatility=dict(rec.volatility),
         order_times=deque(rec.order_times, maxlen=ORDER_TIMES_KEPT),
-        recent_trades=sorted(rec.recent_trades, key=_trade_key)[-RECENT_TRADES_KEPT:],
+        recent_trades=sorted(rec.recent_trades, key=_closed_at)[-RECENT_TRADES_KEPT:],
         breaker_episodes=dict(rec.breaker_episodes),
         seen_trade_ids=seen,
         symbol_stats={s.symbol: SymbolStats(s.trades, s.wins, s.losses, s.realized_pnl) for s in rec.symbol_stats},

@@ -5,9 +5,9 @@ loss-limit pause, a REDUCING kill switch over a HALTED one) each end at their ow
 is the most severe active pause.
 
 Time: every report carries the time it describes (`observed_at`, `closed_at`). Trades are kept ordered by
-(closed_at, trade_id), so every windowed rule judges by when a trade closed, whatever order the reports came
-in. Equity reports are levels: the newest `observed_at` is the current equity; an older one that arrives
-late still counts toward the peak (the equity was there).
+closed_at (trades closed at the same time in the order reported), so every windowed rule judges by when a
+trade closed, whatever order the reports came in. Equity reports are levels: the newest `observed_at` is
+the current equity; an older one that arrives late still counts toward the peak (the equity was there).
 
 A reference equity (peak, day / week / month start) of 0 is no reference: the first positive equity in
 the period becomes it, so a day that starts at 0 still has loss limits. Any positive amount, however small,
@@ -82,7 +82,7 @@ class TraderState:
     positions: dict[tuple[str, str], Position] = field(default_factory=dict)
     volatility: dict[str, float] = field(default_factory=dict)
     order_times: deque[float] = field(default_factory=lambda: deque(maxlen=ORDER_TIMES_KEPT))
-    recent_trades: list[ClosedTrade] = field(default_factory=list)  # by (closed_at, trade_id); the newest kept
+    recent_trades: list[ClosedTrade] = field(default_factory=list)  # by closed_at (ties: as reported); newest kept
     seen_trade_ids: OrderedDict[str, None] = field(default_factory=OrderedDict)
     # CanTrade verdicts by client_order_id, oldest first: (the order, allowed, code, reason, trading state,
     # paused_until, would_deny, when). Memory only.
@@ -244,12 +244,12 @@ def add_trade(st: TraderState, trade: ClosedTrade) -> None:
     RECENT_TRADES_KEPT kept) is not kept; it can only lengthen the streak, never shorten it.
     """
     trades = st.recent_trades
-    key = (trade.closed_at, trade.trade_id)
-    if not trades or key >= (trades[-1].closed_at, trades[-1].trade_id):
+    closed_at = trade.closed_at
+    if not trades or closed_at >= trades[-1].closed_at:
         index = len(trades)
         trades.append(trade)  # the usual case: the newest trade
     else:
-        index = bisect_right(trades, key, key=_trade_key)
+        index = bisect_right(trades, closed_at, key=_closed_at)  # after trades closed at the same time
         trades.insert(index, trade)
     later = trades[index + 1:] if index + 1 < len(trades) else ()
     dropped = len(trades) > RECENT_TRADES_KEPT
@@ -264,8 +264,8 @@ def add_trade(st: TraderState, trade: ClosedTrade) -> None:
         st.consecutive_losses = sum(1 for t in later if t.realized_pnl < 0.0)
 
 
-def _trade_key(t: ClosedTrade) -> tuple[float, str]:
-    return t.closed_at, t.trade_id
+def _closed_at(t: ClosedTrade) -> float:
+    return t.closed_at
 
 
 def remember_trade_id(st: TraderState, trade_id: str) -> bool:
