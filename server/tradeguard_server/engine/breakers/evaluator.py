@@ -295,11 +295,11 @@ class Evaluator:
                     continue
             if g.quiet is not None and g.quiet(st, now, g.bound, g.scope):
                 # Every condition of the group is false: end the trader's episodes (re-arm), if any.
-                episodes = st.breaker_episodes
-                if trader in g.maybe or episodes:
+                if trader in g.maybe:
+                    episodes = st.breaker_episodes
                     for _i, b in g.members:
                         b.tripped.discard(trader)
-                        if episodes and episodes.pop(b.id, None) is not None:
+                        if episodes.pop(b.id, None) is not None:
                             st.episodes_changed = True
                     g.maybe.discard(trader)
                 continue
