@@ -74,6 +74,7 @@ class Settings:
     keepalive_timeout_s: float = 20.0  # ...and close it (and its streams) when the ping is not answered
     max_connection_idle_s: float = 300.0  # GOAWAY a connection with no RPC in progress for this long
     kill_switch_store_timeout_s: float = 2.0  # PauseTrading / ResumeTrading wait this long for their commit
+    max_clock_skew_s: float = 5.0  # a report's observed_at / closed_at further ahead of our clock: INVALID_ARGUMENT
     store_call_timeout_s: float = 30.0  # admin store calls give up (UNAVAILABLE) on a database that does not answer
     # What CanTrade answers while the stored state is not loaded (database down or slow at start): reduce_only,
     # halted, or memory (answer from what arrived since the start, as if nothing was stored). README, "Restarts".

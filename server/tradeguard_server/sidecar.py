@@ -131,14 +131,14 @@ class Sidecar:
                             max_per_trader=settings.max_watchers_per_trader,
                             max_per_connection=settings.max_watchers_per_connection,
                             max_unknown=settings.max_watchers_unknown_traders)
-        self.risk = RiskService(self.engine, self.hub)
+        self.risk = RiskService(self.engine, self.hub, settings.max_clock_skew_s)
         self.admin = AdminService(self.engine, self.risk)
         self.configs = ConfigAdmin(
             self.engine, self.risk,
             StoreConfigPersistence(self.store, MemoryConfigPersistence(self.engine), lambda: self.durable),
         )
         self.admin.extend(self.configs.handlers())
-        self.breakers = Evaluator()
+        self.breakers = Evaluator(on_episodes_ended=self.engine.end_breaker_episodes)
         self.engine.breakers = self.breakers
         self.breaker_admin = BreakerAdmin(self.breakers, self.store, clock=self.engine.clock)
         self.breakers.on_fire = self.breaker_admin.record_event

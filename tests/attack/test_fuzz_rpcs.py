@@ -299,7 +299,7 @@ def timestamp(ts: Any) -> tuple[bool, float | None]:
     if not 0 <= ts.nanos < 1_000_000_000 or not 0 < ts.seconds < 253_402_300_800:
         return False, None
     value = ts.seconds + ts.nanos / 1e9
-    return value <= NOW + 300.0, value
+    return value <= NOW + 5.0, value  # max_clock_skew_s; within it, a time ahead counts as now
 
 
 @dataclass
@@ -311,6 +311,7 @@ class Trader:
     last_at: float | None = None
     losses: int = 0
     seen: set[str] = field(default_factory=set)
+    trades: list[tuple[float, float]] = field(default_factory=list)  # (closed_at, pnl) by closed_at, ties as reported
 
 
 @dataclass
@@ -354,9 +355,11 @@ class Reference:
         if not valid:
             return Expect(grpc.StatusCode.INVALID_ARGUMENT)
         t = self.traders.setdefault(req.trader_id, Trader(req.account_id))
-        when = NOW if at is None else at
+        when = NOW if at is None else min(at, NOW)
         stale = t.last_at is not None and when < t.last_at
-        if not stale:
+        if stale:
+            t.peak = max(t.peak, req.equity)  # the equity was there: a late report still raises the peak
+        else:
             t.current = req.equity
             t.peak = req.equity if not t.equity_reported else max(t.peak, req.equity)
             t.equity_reported, t.last_at = True, when
@@ -369,7 +372,7 @@ class Reference:
         return Expect(grpc.StatusCode.OK, check)
 
     def _trade(self, req: rs.ReportTradeRequest) -> Expect:
-        ts_ok, _at = timestamp(req.closed_at)
+        ts_ok, closed_at = timestamp(req.closed_at)
         valid = (valid_id(req.trader_id) and valid_id(req.account_id) and valid_id(req.trade_id)
                  and valid_id(req.symbol) and valid_id(req.exchange, required=False) and req.side in (1, 2)
                  and valid_number(req.realized_pnl, -1e15) and ts_ok
@@ -380,10 +383,11 @@ class Reference:
         duplicate = req.trade_id in t.seen
         if not duplicate:
             t.seen.add(req.trade_id)
-            if req.realized_pnl < 0:
-                t.losses += 1
-            elif req.realized_pnl > 0:
-                t.losses = 0
+            when = NOW if closed_at is None else min(closed_at, NOW)
+            t.trades.insert(sum(1 for at, _pnl in t.trades if at <= when), (when, req.realized_pnl))
+            t.losses = 0  # losses closed after the newest win
+            for _at, pnl in t.trades:
+                t.losses = 0 if pnl > 0 else t.losses + (pnl < 0)
         losses = t.losses
 
         def check(resp: rs.ReportTradeResponse) -> None:

@@ -5,12 +5,16 @@ resumes, clock advances and restarts (the Sidecar is stopped and a new one start
 the clock continues). After every step every trader's state is compared with a small reference model of
 the rules:
 
-- equity levels: current, peak, the day-start equity (UTC day, rolled on first use), stale reports ignored;
-- loss limits (daily, max drawdown from peak): a breach pauses REDUCING until paused_until, once per episode;
+- equity levels: current, peak, the day-start equity (UTC day, rolled on first use; a day that starts at 0
+  takes its first positive equity), stale reports ignored except that they raise the peak; a time more than
+  5 s ahead is refused, within 5 s it counts as now;
+- loss limits (daily, max drawdown from peak): a breach pauses REDUCING until paused_until (0 minutes: until
+  resumed), once per episode;
 - consecutive losses (a configuration's threshold + cooling-off), trade ids counted once (across restarts);
 - equity_floor circuit breakers (pause_trading = HALTED, reduce_only = REDUCING, once per episode, re-armed
-  when the condition clears, on enable, and by a restart);
-- the kill switch (replaces the previous manual pause) and ResumeTrading (lifts every pause);
+  when the condition clears and on enable; the episode survives a restart);
+- the kill switch (overlapping pauses each end at their own time; one covered by a newer one is dropped) and
+  ResumeTrading (lifts every pause);
 - CanTrade: no equity -> NO_EQUITY_REPORTED; the most severe pause in force decides; REDUCING lets a
   reduce-only order through, HALTED nothing.
 """
@@ -155,7 +159,8 @@ class Model:
         for code, limit, value in ((DAILY, limits.daily, pct_loss(tr.day_equity, tr.current)),
                                    (MAX_DD, limits.max_dd, pct_loss(tr.peak, tr.current))):
             if limit is not None and value > limit and not any(p.code == code and p.active(now) for p in tr.pauses):
-                add_pause(tr, Pause(REDUCING, now + limits.stop_minutes * 60.0, code, "limit", now))
+                until = now + limits.stop_minutes * 60.0 if limits.stop_minutes else None
+                add_pause(tr, Pause(REDUCING, until, code, "limit", now))
 
     def run_breakers(self, trader: str, tr: Trader, now: float) -> None:
         limits = self.limits_of(tr.account)
@@ -178,7 +183,12 @@ class Model:
         tr = self.get(trader)
         self.tick(tr, now)
         if tr.last_at is not None and at < tr.last_at:
-            return True  # stale
+            if equity <= tr.peak:
+                return True  # stale
+            tr.peak = equity  # stale, but the equity was there: it raises the peak
+            self.loss_breaches(tr, now, self.limits_of(tr.account))
+            self.run_breakers(trader, tr, now)
+            return True
         if not tr.reported:
             tr.current = tr.peak = tr.day_equity = equity
             tr.reported, tr.boundary, tr.day_start = True, -INF, 0.0
@@ -186,6 +196,8 @@ class Model:
         else:
             self.roll(tr, at)
             tr.current, tr.peak = equity, max(tr.peak, equity)
+            if tr.day_equity <= 0.0 < equity:
+                tr.day_equity = equity
         tr.last_at = at
         self.loss_breaches(tr, now, self.limits_of(tr.account))
         self.run_breakers(trader, tr, now)
@@ -204,7 +216,8 @@ class Model:
         limits = self.limits_of(tr.account)
         if (limits.streak > 0 and tr.losses >= limits.streak
                 and not any(p.code == STREAK and p.active(now) for p in tr.pauses)):
-            add_pause(tr, Pause(REDUCING, now + limits.cooling_minutes * 60.0, STREAK, "limit", now))
+            until = now + limits.cooling_minutes * 60.0 if limits.cooling_minutes else None
+            add_pause(tr, Pause(REDUCING, until, STREAK, "limit", now))
         self.run_breakers(trader, tr, now)
         return False
 
@@ -229,8 +242,10 @@ class Model:
     def pause(self, trader: str, state: int, seconds: int | None, now: float) -> None:
         tr = self.get(trader)
         self.tick(tr, now)
-        tr.pauses = [p for p in tr.pauses if p.source != "manual"]
-        tr.pauses.append(Pause(state, None if seconds is None else now + seconds, KILL, "manual", now))
+        new = Pause(state, None if seconds is None else now + seconds, KILL, "manual", now)
+        tr.pauses = [p for p in tr.pauses if not (p.source == "manual" and p.rank()[0] <= new.rank()[0]
+                                                   and p.rank()[1] <= new.rank()[1])]
+        tr.pauses.append(new)
 
     def resume(self, trader: str, now: float) -> None:
         tr = self.get(trader)
@@ -246,10 +261,7 @@ class Model:
 
     def restart(self) -> None:
         for trader in self.traders.values():
-            trader.boundary = -INF  # periods roll on first use after a restore
-        for breakers in self.breakers.values():
-            for b in breakers:
-                b.tripped.clear()  # episodes are memory only: a restart re-arms every breaker
+            trader.boundary = -INF  # periods roll on first use after a restore (episodes are stored)
 
 
 # ---- the machine -------------------------------------------------------------------------------------------
@@ -308,7 +320,7 @@ class RiskMachine(RuleBasedStateMachine):
     # -- reports and checks --
 
     @rule(trader=traders, equity=equities,
-          shift=st.one_of(st.none(), st.sampled_from([-7_200, -60, -1, 100, 299])))
+          shift=st.one_of(st.none(), st.sampled_from([-7_200, -60, -1, 3, 100, 299])))
     def report_equity(self, trader: str, equity: float, shift: int | None) -> None:
         self.step()
         at = self.now if shift is None else self.now + shift
@@ -317,7 +329,12 @@ class RiskMachine(RuleBasedStateMachine):
         if shift is not None:
             req.observed_at.seconds, req.observed_at.nanos = int(at // 1), round((at % 1) * 1e9)
             at = req.observed_at.seconds + req.observed_at.nanos / 1e9
-        stale = self.model.report_equity(trader, equity, at, self.now)
+        if at > self.now + 5.0:  # beyond max_clock_skew_s: refused, nothing changes
+            with pytest.raises(grpc.RpcError) as refused:
+                self.server.risk.ReportEquity(req, timeout=10)
+            assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+            return
+        stale = self.model.report_equity(trader, equity, min(at, self.now), self.now)
         reply = self.server.risk.ReportEquity(req, timeout=10)
         assert reply.stale == stale
 
@@ -369,8 +386,8 @@ class RiskMachine(RuleBasedStateMachine):
             trader_id=self.tid(trader), account_id=self.acct(TRADER_ACCOUNT[trader])), timeout=10)
 
     @rule(account=st.sampled_from(["A", "B"]), daily=st.sampled_from([1.0, 2.0, 5.0, 10.0]),
-          stop=st.sampled_from([1, 10, 30, 120]), streak=st.sampled_from([0, 2, 3]),
-          cooling=st.sampled_from([5, 60]))
+          stop=st.sampled_from([0, 1, 10, 30, 120]), streak=st.sampled_from([0, 2, 3]),
+          cooling=st.sampled_from([0, 5, 60]))
     def save_config(self, account: str, daily: float, stop: int, streak: int, cooling: int) -> None:
         self.step()
         self.model.save_config(account, Limits(daily, 20.0, stop, streak, cooling), self.now)

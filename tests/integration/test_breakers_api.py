@@ -257,23 +257,32 @@ async def test_disabled_breaker_does_not_fire(admin: adg.AdminServiceStub, risk:
     assert list(report.breaker_events) == [] and decision.allowed
 
 
-async def test_shadow_mode_records_shadow_events_and_allows(
-    admin: adg.AdminServiceStub, risk: rsg.RiskServiceStub
+async def test_shadow_mode_breaker_records_its_pause_would_deny_and_denies_once_enforcement_is_back(
+    admin: adg.AdminServiceStub, risk: rsg.RiskServiceStub, clock: ManualClock
 ) -> None:
+    """Issue 13 item 4: a breaker firing in shadow mode must not use up its episode silently."""
     ids = {"trader_id": "bot-5", "account_id": "acct-sh"}
-    await create(admin, account_id="acct-sh", symbols=[], exchanges=[], action="pause_trading")
+    await create(admin, account_id="acct-sh", name="floor", condition="equity_floor",
+                 parameters=struct(value=9_000), symbols=[], exchanges=[], action="pause_trading")
     await admin.SetFeatureFlags(ad.SetFeatureFlagsRequest(flags=t.FeatureFlags(enable_risk_enforcement=False)))
     await risk.ReportEquity(rs.ReportEquityRequest(**ids, equity=10_000))
 
-    report = await risk.ReportEquity(rs.ReportEquityRequest(**ids, equity=8_000))
-    decision = await risk.CanTrade(rs.CanTradeRequest(**ids, order=BTC))
+    report = await risk.ReportEquity(rs.ReportEquityRequest(**ids, equity=8_700))
+    shadow = await risk.CanTrade(rs.CanTradeRequest(**ids, order=BTC))
+    await admin.SetFeatureFlags(ad.SetFeatureFlagsRequest(flags=t.FeatureFlags(enable_risk_enforcement=True)))
+    clock.advance(60)
+    again = await risk.ReportEquity(rs.ReportEquityRequest(**ids, equity=8_700))
+    enforced = await risk.CanTrade(rs.CanTradeRequest(**ids, order=BTC))
     listed = await admin.ListBreakerEvents(ad.ListBreakerEventsRequest(account_id="acct-sh"))
 
     [event] = report.breaker_events
     assert event.shadow and event.action_result["enforced"] is False
     assert event.action_result["would_trading_state"] == "HALTED"
-    assert list(report.actions) == [] and report.state.trading_state == t.TRADING_STATE_ACTIVE
-    assert decision.allowed
+    assert list(report.actions) == [] and report.state.trading_state == t.TRADING_STATE_HALTED
+    assert shadow.allowed and shadow.would_deny and shadow.code == t.DECISION_CODE_CIRCUIT_BREAKER
+    assert list(again.breaker_events) == []  # the same episode: no second event
+    assert not enforced.allowed and enforced.code == t.DECISION_CODE_CIRCUIT_BREAKER
+    assert enforced.trading_state == t.TRADING_STATE_HALTED
     assert [e.shadow for e in listed.events] == [True]
 
 

@@ -349,7 +349,7 @@ def test_a_failing_event_listener_does_not_break_evaluation(
 # ---- shadow mode --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("action", ["pause_trading", "reduce_only", "close_position", "alert"])
+@pytest.mark.parametrize("action", ["close_position", "alert"])
 def test_shadow_mode_fires_shadow_events_but_enforces_nothing(
     clock: ManualClock, evaluator: Evaluator, action: str
 ) -> None:
@@ -365,6 +365,29 @@ def test_shadow_mode_fires_shadow_events_but_enforces_nothing(
     assert firing.action_result["enforced"] is False
     assert st.pauses == []
     assert decision.allowed and not decision.would_deny and decision.actions == ()
+
+
+@pytest.mark.parametrize(("action", "state"), [("pause_trading", TradingState.HALTED),
+                                               ("reduce_only", TradingState.REDUCING)])
+def test_shadow_mode_pause_is_recorded_would_deny_and_denies_once_enforcement_is_back(
+    clock: ManualClock, evaluator: Evaluator, action: str, state: TradingState
+) -> None:
+    engine = RiskEngine(clock, defaults=LIMITS, flags=Flags(enable_risk_enforcement=False), breakers=evaluator)
+    evaluator.install(Spec(condition="equity_floor", parameters={"value": 9_000.0}, action=action))
+    engine.report_equity("t1", "a1", 10_000.0, None)
+
+    [firing] = firings_of(engine, 8_700.0)
+    shadow, st = engine.can_trade("t1", "a1", BTC_BUY)
+    engine.flags = Flags(enable_risk_enforcement=True)
+    clock.advance(60.0)
+    engine.report_equity("t1", "a1", 8_700.0, None)  # the condition still holds: no second firing
+    enforced, _ = engine.can_trade("t1", "a1", BTC_BUY)
+
+    assert firing.shadow and firing.actions == []
+    assert shadow.allowed and shadow.would_deny and shadow.code is DecisionCode.CIRCUIT_BREAKER
+    assert shadow.trading_state is state and "SHADOW" in shadow.reason
+    assert not enforced.allowed and enforced.code is DecisionCode.CIRCUIT_BREAKER
+    assert enforced.trading_state is state and st.trading_state(clock.now()) is state
 
 
 def test_shadow_pause_reports_what_it_would_have_done(clock: ManualClock, evaluator: Evaluator) -> None:

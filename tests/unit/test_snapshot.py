@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import deque
 from dataclasses import FrozenInstanceError, fields
@@ -74,14 +75,16 @@ def trader_states(draw: st.DrawFn, column_times: st.SearchStrategy[float] = any_
         positions={(p.symbol, p.exchange): p for p in positions},
         volatility=draw(st.dictionaries(ids, positive, max_size=3)),
         order_times=deque(draw(st.lists(any_time, max_size=5))),
-        recent_trades=deque(trades, maxlen=RECENT_TRADES_KEPT),
+        recent_trades=sorted(trades, key=lambda t: (t.closed_at, t.trade_id)),
         symbol_stats=stats,
+        breaker_episodes=draw(st.dictionaries(ids, free_text, max_size=3)),
         updated_at=draw(column_times),
         version=draw(st.integers(0, 2**62)),
     )
 
 
-NOT_SNAPSHOTTED = ("next_boundary", "seen_trade_ids", "order_times", "checks_cache")
+NOT_SNAPSHOTTED = ("next_boundary", "seen_trade_ids", "order_times", "checks_cache", "order_answers",
+                   "episodes_changed", "episodes_adopted")
 
 
 def persisted(state: TraderState) -> dict[str, Any]:
@@ -107,7 +110,16 @@ def test_any_trader_state_survives_to_record_and_back_unchanged(state: TraderSta
 
     assert persisted(restored) == persisted(state)
     assert restored.next_boundary == -math.inf
-    assert restored.recent_trades.maxlen == RECENT_TRADES_KEPT
+    assert len(restored.recent_trades) <= RECENT_TRADES_KEPT
+
+
+def test_restored_recent_trades_are_in_closed_at_order_whatever_the_stored_order() -> None:
+    """Rows written before trades were kept in closed_at order hold them in report order."""
+    late = ClosedTrade("x-2", "BTCUSDT", "", Side.SELL, -1.0, 100.0)
+    early = ClosedTrade("x-1", "BTCUSDT", "", Side.SELL, -1.0, 50.0)
+    rec = dataclasses.replace(to_record(TraderState("t-1", "a-1")), recent_trades=(late, early))
+
+    assert from_record(rec).recent_trades == [early, late]
 
 
 @given(trader_states(), any_time)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -11,18 +13,19 @@ import grpc
 from tradeguard.v1 import risk_service_pb2 as rs
 from tradeguard.v1 import types_pb2 as t
 
-from ..engine.engine import Firing, Outcome, RiskEngine
+from ..engine.engine import Firing, OrderIdReusedError, Outcome, RiskEngine
 from ..engine.state import SEEN_TRADE_IDS_KEPT, TraderState
 from ..engine.types import ClosedTrade, RequiredAction, Side
 from . import convert
 from .dispatch import Guard, server_stream, service, unary
-from .errors import Unavailable
+from .errors import InvalidArgument, Unavailable
 from .validation import AMOUNT_MAX, ID_MAX, ID_PATTERN, Violations
 from .watch import WatchHub
 
 SERVICE = "tradeguard.v1.RiskService"
 SIDES = frozenset({t.SIDE_BUY, t.SIDE_SELL})
 MAX_POSITIONS = 1000
+MAX_CLOCK_SKEW_S = 5.0  # default: how far ahead of the sidecar's clock a report's time may be
 _id_match = ID_PATTERN.fullmatch
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
@@ -41,6 +44,7 @@ def check_order(v: Violations, o: t.OrderIntent, prefix: str = "order") -> None:
     v.number(f"{prefix}.leverage", o.leverage, min_value=0.0, max_value=1000.0)
     v.number(f"{prefix}.stop_price", o.stop_price, min_value=0.0)
     v.number(f"{prefix}.volatility", o.volatility, min_value=0.0)
+    v.identifier(f"{prefix}.client_order_id", o.client_order_id, required=False)
 
 
 def _valid_id(value: str) -> bool:
@@ -56,7 +60,18 @@ def order_is_valid(o: t.OrderIntent) -> bool:
         0.0 < o.quantity <= AMOUNT_MAX and 0.0 < o.price <= AMOUNT_MAX and 0.0 <= o.leverage <= 1000.0
         and 0.0 <= o.stop_price <= AMOUNT_MAX and 0.0 <= o.volatility <= AMOUNT_MAX and o.side in SIDES
         and _valid_id(o.symbol) and (not o.exchange or _valid_id(o.exchange))
+        and (not o.client_order_id or _valid_id(o.client_order_id))
     )
+
+
+_ORDER_ID_PREFIX = os.urandom(4).hex()  # random per process: ids of two runs do not collide
+_order_ids = itertools.count(1)
+
+
+def new_client_order_id() -> str:
+    """An id for an order sent without one: 24 hex digits, a random prefix per process and a counter (cheaper
+    than 12 random bytes per call: no system call on the hot path)."""
+    return f"{_ORDER_ID_PREFIX}{next(_order_ids):016x}"
 
 
 def check_position(v: Violations, p: t.Position, prefix: str) -> None:
@@ -77,9 +92,10 @@ def _no_trade_listener(_trader_id: str, _account_id: str, _trade: ClosedTrade) -
 class RiskService:
     """Handlers of tradeguard.v1.RiskService."""
 
-    def __init__(self, engine: RiskEngine, hub: WatchHub) -> None:
+    def __init__(self, engine: RiskEngine, hub: WatchHub, max_clock_skew_s: float = MAX_CLOCK_SKEW_S) -> None:
         self.engine = engine
         self.hub = hub
+        self.max_clock_skew_s = max(0.0, max_clock_skew_s)  # report times further ahead are rejected (INVALID_ARGUMENT)
         self.on_trade: Callable[[str, str, ClosedTrade], None] = _no_trade_listener
         # (trader_id, trade_id) -> stored before? Asked only for an id not in memory once the trader's kept ids
         # overflowed (an older id may be a retry); never on CanTrade. None = memory only.
@@ -134,6 +150,18 @@ class RiskService:
         events = [convert.firing_msg(f, st) for f in outcome.firings]
         return self.state_msg(st), events, [convert.action_msg(a) for a in outcome.actions]
 
+    def _report_time(self, v: Violations, field: str, ts: Any) -> float | None:
+        """A report's time, or None when unset. More than max_clock_skew_s ahead of the sidecar's clock is
+        refused: one skewed clock would otherwise make every later report look stale. (Within the tolerance
+        the engine counts it as now.)"""
+        now = self.engine.clock.now()
+        value = v.timestamp(field, ts, now, allow_future=True)
+        if value is not None and value > now + self.max_clock_skew_s:
+            v.add(field, f"is {value - now:.3f}s ahead of the sidecar's clock; at most {self.max_clock_skew_s:g}s "
+                         "(max_clock_skew_s) is accepted: check the bot's clock")
+            return None
+        return value
+
     # ---- RPCs -----------------------------------------------------------------------------------
 
     async def can_trade(self, req: rs.CanTradeRequest, _ctx: Ctx) -> rs.CanTradeResponse:
@@ -145,22 +173,30 @@ class RiskService:
             if msg is not None:
                 check_order(v, msg)
             v.raise_if_any()
-        order = None if msg is None else convert.order_from_msg(msg)
         engine = self.engine
-        decision, st = engine.can_trade(trader_id, account_id, order)
-        return self.answers.build(decision, st, engine.clock.now(), engine.limits_for(account_id).config_id)
+        if msg is None:
+            decision, st = engine.can_trade(trader_id, account_id, None)
+            return self.answers.build(decision, st, engine.clock.now(), engine.limits_for(account_id).config_id)
+        order_id = msg.client_order_id or new_client_order_id()
+        try:
+            decision, st = engine.can_trade(trader_id, account_id, convert.order_from_msg(msg), order_id)
+        except OrderIdReusedError as exc:
+            raise InvalidArgument([("order.client_order_id", str(exc))]) from None
+        answer = self.answers.build(decision, st, engine.clock.now(), engine.limits_for(account_id).config_id)
+        answer.client_order_id = order_id
+        return answer
 
     async def report_equity(self, req: rs.ReportEquityRequest, _ctx: Ctx) -> rs.ReportEquityResponse:
         v = Violations()
         check_ids(v, req.trader_id, req.account_id)
         v.number("equity", req.equity, min_value=0.0)
-        observed = v.timestamp("observed_at", req.observed_at, self.engine.clock.now())
+        observed = self._report_time(v, "observed_at", req.observed_at)
         v.raise_if_any()
         outcome = self.engine.report_equity(req.trader_id, req.account_id, req.equity, observed)
-        if outcome.stale:
+        if not outcome.changed:
             return rs.ReportEquityResponse(state=self.state_msg(outcome.state), stale=True)
         state, events, actions = self._finish(outcome, "equity_report")
-        return rs.ReportEquityResponse(state=state, breaker_events=events, actions=actions)
+        return rs.ReportEquityResponse(state=state, breaker_events=events, actions=actions, stale=outcome.stale)
 
     async def report_trade(self, req: rs.ReportTradeRequest, _ctx: Ctx) -> rs.ReportTradeResponse:
         engine = self.engine
@@ -171,7 +207,7 @@ class RiskService:
         v.identifier("exchange", req.exchange, required=False)
         v.enum("side", req.side, SIDES, "SIDE")
         v.number("realized_pnl", req.realized_pnl, min_value=-1e15)
-        closed = v.timestamp("closed_at", req.closed_at, engine.clock.now())
+        closed = self._report_time(v, "closed_at", req.closed_at)
         v.raise_if_any()
         trade = ClosedTrade(req.trade_id, req.symbol.upper(), req.exchange.lower(), Side(req.side), req.realized_pnl,
                             engine.clock.now() if closed is None else closed)

@@ -17,9 +17,13 @@ from . import checks
 from .clock import Clock
 from .limits import Limits
 from .state import (
+    ORDER_ID_TTL_S,
+    ORDER_IDS_KEPT,
+    SEVERITY,
     Pause,
     TraderState,
     add_pause,
+    add_trade,
     apply_equity,
     expire_pauses,
     prune_symbols,
@@ -41,6 +45,8 @@ from .types import (
     TradingState,
 )
 
+INF = float("inf")
+
 log = logging.getLogger("tradeguard.engine")
 
 ChangeListener = Callable[[TraderState, str], None]
@@ -53,6 +59,10 @@ JournalEntry = tuple[float, str, tuple[object, ...]]
 
 class AccountMismatchError(ValueError):
     """A trader id was used with a different account than the one it is bound to."""
+
+
+class OrderIdReusedError(ValueError):
+    """A client_order_id already answered for a different order."""
 
 
 @dataclass(slots=True)
@@ -88,6 +98,7 @@ class Outcome:
     firings: list[Firing] = field(default_factory=list)
     stale: bool = False
     duplicate: bool = False
+    changed: bool = True  # False: nothing changed (a stale report that moved nothing, a duplicate trade)
 
 
 def _uncount(times: deque[float], dropped: float | None) -> None:
@@ -197,11 +208,20 @@ class RiskEngine:
         """Put a state loaded from the store back (at start)."""
         self.traders[st.trader_id] = st
 
+    def end_breaker_episodes(self, breaker_id: str) -> None:
+        """Every episode of a breaker ended (re-armed, changed, disabled, deleted): drop it from the traders'
+        states and store those, so a restart does not bring the episode back."""
+        now = self.clock.now()
+        for st in self.traders.values():
+            if st.breaker_episodes and st.breaker_episodes.pop(breaker_id, None) is not None:
+                self._changed(st, now, f"breaker {breaker_id} re-armed")
+
     # ---- state changes --------------------------------------------------------------------------
 
     def _changed(self, st: TraderState, now: float, reason: str) -> None:
         st.updated_at = now
         st.version += 1
+        st.episodes_changed = False
         self.on_change(st, reason)
 
     def _tick(self, st: TraderState, now: float) -> None:
@@ -214,7 +234,10 @@ class RiskEngine:
             self._changed(st, now, "period_rollover")
 
     def _apply_breach(self, st: TraderState, breach: Breach, now: float, source: str) -> bool:
-        until = None if breach.duration_s is None else now + breach.duration_s
+        # A pause of 0 minutes (stop_trading_minutes or cooling_off_period_minutes 0) lasts until resumed, as a
+        # breaker's does: a breach always stops trading.
+        duration = breach.duration_s
+        until = None if duration is None or duration <= 0.0 else now + duration
         pause = Pause(breach.state, until, breach.code, breach.reason, source, since=now)
         if not add_pause(st, pause):
             return False
@@ -236,15 +259,20 @@ class RiskEngine:
         return self.breakers.evaluate(st, limits, now, self.flags.enable_risk_enforcement, symbols)
 
     def report_equity(self, trader_id: str, account_id: str, equity: float, observed_at: float | None) -> Outcome:
+        """`observed_at` after now (the API bounds it by the allowed clock skew) counts as now: a clock a little
+        ahead never makes the next report without a time look stale."""
         now = self.clock.now()
         st = self._get(trader_id, account_id)
         if self.journal is not None:
             self.journal.append((now, "report_equity", (trader_id, account_id, equity, observed_at)))
         self._tick(st, now)
-        if not apply_equity(st, equity, now if observed_at is None else observed_at, self.reset_offset_s):
-            return Outcome(st, stale=True)
+        peak = st.peak_equity
+        at = now if observed_at is None or observed_at > now else observed_at
+        fresh = apply_equity(st, equity, at, self.reset_offset_s)
+        if not fresh and st.peak_equity == peak:
+            return Outcome(st, stale=True, changed=False)
         limits = self.limits_for(account_id)
-        reasons = ["equity_report"]
+        reasons = ["equity_report" if fresh else "equity_report (late: raised the peak)"]
         for breach in checks.loss_breaches(st, limits):
             if st.active_pause_for(breach.code, now) is None and self._apply_breach(st, breach, now, "limit"):
                 reasons.append(f"breach {breach.code.name}")
@@ -253,25 +281,26 @@ class RiskEngine:
         actions = checks.position_actions(st, limits)
         for firing in firings:
             actions.extend(firing.actions)
-        return Outcome(st, actions=actions, firings=firings)
+        return Outcome(st, actions=actions, firings=firings, stale=not fresh)
 
     def report_trade(self, trader_id: str, account_id: str, trade: ClosedTrade) -> Outcome:
+        """Trades count by `closed_at` (a time after now counts as now), whatever order they are reported in."""
         now = self.clock.now()
         st = self._get(trader_id, account_id)
         if self.journal is not None:
             self.journal.append((now, "report_trade", (trader_id, account_id, trade)))
         self._tick(st, now)
         if not remember_trade_id(st, trade.trade_id):
-            return Outcome(st, duplicate=True)
-        st.recent_trades.append(trade)
+            return Outcome(st, duplicate=True, changed=False)
+        if trade.closed_at > now:
+            trade.closed_at = now
+        add_trade(st, trade)
         stats = st.symbol_stats.setdefault(trade.symbol, SymbolStats())
         stats.trades += 1
         stats.realized_pnl += trade.realized_pnl
         if trade.realized_pnl < 0:
-            st.consecutive_losses += 1
             stats.losses += 1
         elif trade.realized_pnl > 0:
-            st.consecutive_losses = 0
             stats.wins += 1
         self.symbols_pruned += prune_symbols(st)
         limits = self.limits_for(account_id)
@@ -318,7 +347,11 @@ class RiskEngine:
         self._tick(st, now)
         text = f"KILL_SWITCH: {state.name} by operator" + (f": {reason}" if reason else "")
         until = None if duration_s is None else now + duration_s
-        st.pauses = [p for p in st.pauses if p.source != "manual"]
+        # Overlapping kill switches each end at their own time; one the new one covers entirely (no more
+        # severe, ending no later) is dropped, so the list stays short.
+        severity, end = SEVERITY[state], INF if until is None else until
+        st.pauses = [p for p in st.pauses if not (
+            p.source == "manual" and SEVERITY[p.state] <= severity and (INF if p.until is None else p.until) <= end)]
         st.pauses.append(Pause(state, until, DecisionCode.KILL_SWITCH, text, "manual", since=now))
         log.warning("KILL SWITCH trader=%s account=%s state=%s until=%s reason=%s", trader_id, account_id,
                     state.name, "resume" if until is None else f"{until:.0f}", reason)
@@ -340,7 +373,16 @@ class RiskEngine:
 
     # ---- decisions ------------------------------------------------------------------------------
 
-    def can_trade(self, trader_id: str, account_id: str, order: OrderIntent | None) -> tuple[Decision, TraderState]:
+    def can_trade(
+        self, trader_id: str, account_id: str, order: OrderIntent | None, client_order_id: str = ""
+    ) -> tuple[Decision, TraderState]:
+        """The decision for `order` (None: may the trader trade at all).
+
+        With a `client_order_id`, the verdict is remembered (the last ORDER_IDS_KEPT ids per trader; one older
+        than ORDER_ID_TTL_S is decided afresh): asking again for the same order answers the same verdict (allowed,
+        code, reason, state; not the list of checks) and counts nothing again (a retry whose first answer was
+        lost); the same id with a different order raises OrderIdReusedError.
+        """
         now = self.clock.now()
         st = self.traders.get(trader_id)
         if st is not None and st.account_id != account_id:
@@ -352,6 +394,19 @@ class RiskEngine:
                                 "no equity reported for this trader: no data, no trade")
             unseen = self._decide(st, now, [check], [], enforce)
             return (unseen if self.gate is None else self.gate(unseen, st, order, False)), st
+        remember = bool(client_order_id) and order is not None
+        if remember:
+            answers = st.order_answers
+            seen = answers.get(client_order_id)
+            if seen is not None:
+                first, allowed, code, reason, state, until, would_deny, at = seen
+                if now - at <= ORDER_ID_TTL_S:
+                    if first != order:
+                        raise OrderIdReusedError(
+                            f"client_order_id {client_order_id!r} was already used for a different order "
+                            f"({first.side.name} {first.quantity:g} {first.symbol} at {first.price:g})")
+                    return Decision(allowed, code, reason, state, until, would_deny=would_deny), st
+                del answers[client_order_id]
         self._tick(st, now)
         limits = self.limits_for(account_id)
         split = None if order is None else checks.split_order(st, order)
@@ -390,6 +445,8 @@ class RiskEngine:
                     actions.extend(firing.actions)
                 results[1] = checks.state_check(st, order, now)
                 state_checks = None  # the state changed under them
+            elif st.episodes_changed:  # an episode ended (e.g. an order window emptied): stored with the state
+                self._changed(st, now, "breaker re-armed")
         decision = self._decide(st, now, results, actions, enforce)
         if self.gate is not None:
             decision = self.gate(decision, st, order, reducing)
@@ -401,6 +458,12 @@ class RiskEngine:
             _uncount(times, dropped)
         elif keep and not counted:
             times.append(now)
+        if remember and order is not None:
+            d = decision  # kept small: the verdict, not the checks (a busy trader keeps 1,000 of them)
+            answers[client_order_id] = (order, d.allowed, d.code, d.reason, d.trading_state, d.paused_until,
+                                        d.would_deny, now)
+            if len(answers) > ORDER_IDS_KEPT:
+                answers.popitem(last=False)
         return decision, st
 
     @classmethod

@@ -5,7 +5,8 @@ later (pauses, symbol statistics) and shares what it never mutates (Position is 
 never changed once recorded). The record is then safe to hand to the store's writer thread.
 
 Not in the snapshot: `seen_trade_ids` (trade ids have their own table; pass them back to `from_record`),
-`next_boundary` (recomputed: periods roll on first use after a restore) and `order_times`: the recent allowed
+`next_boundary` (recomputed: periods roll on first use after a restore), the CanTrade answers remembered by
+client_order_id (a retry across a restart is decided afresh) and `order_times`: the recent allowed
 orders that the throttle and order_rate breakers count are memory only. A busy bot keeps up to 10,001 of
 them, and copying and JSON-encoding them into every state row cost ~140 µs on the event loop and ~8 ms in
 the writer per change. After a restart the order-rate windows start empty (pauses they caused are kept).
@@ -80,8 +81,9 @@ class StateRecord:
     positions: tuple[Position, ...] = ()
     volatility: tuple[tuple[str, float], ...] = ()
     symbol_stats: tuple[SymbolStatsRecord, ...] = ()
-    recent_trades: tuple[ClosedTrade, ...] = ()  # oldest first; for breaker windows
+    recent_trades: tuple[ClosedTrade, ...] = ()  # by closed_at (ties as reported); for streaks and breaker windows
     order_times: tuple[float, ...] = ()  # not written any more (memory only); rows of older versions may have some
+    breaker_episodes: tuple[tuple[str, str], ...] = ()  # (breaker id, rule) of the episodes in progress
     updated_at: float = 0.0
     version: int = 0
 
@@ -138,9 +140,14 @@ def to_record(st: TraderState) -> StateRecord:
             SymbolStatsRecord(sym, s.trades, s.wins, s.losses, s.realized_pnl) for sym, s in st.symbol_stats.items()
         ),
         recent_trades=tuple(st.recent_trades),
+        breaker_episodes=tuple(st.breaker_episodes.items()) if st.breaker_episodes else (),
         updated_at=st.updated_at,
         version=st.version,
     )
+
+
+def _closed_at(t: ClosedTrade) -> float:
+    return t.closed_at
 
 
 def from_record(rec: StateRecord, seen_trade_ids: Iterable[str] = ()) -> TraderState:
@@ -171,7 +178,8 @@ def from_record(rec: StateRecord, seen_trade_ids: Iterable[str] = ()) -> TraderS
         positions={(p.symbol, p.exchange): p for p in rec.positions},
         volatility=dict(rec.volatility),
         order_times=deque(rec.order_times, maxlen=ORDER_TIMES_KEPT),
-        recent_trades=deque(rec.recent_trades, maxlen=RECENT_TRADES_KEPT),
+        recent_trades=sorted(rec.recent_trades, key=_closed_at)[-RECENT_TRADES_KEPT:],
+        breaker_episodes=dict(rec.breaker_episodes),
         seen_trade_ids=seen,
         symbol_stats={s.symbol: SymbolStats(s.trades, s.wins, s.losses, s.realized_pnl) for s in rec.symbol_stats},
         updated_at=rec.updated_at,

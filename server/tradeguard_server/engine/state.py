@@ -1,22 +1,45 @@
 """Per-trader risk state and the pure functions that move it.
 
 Pauses are kept as a small list so that overlapping pauses (a 5-minute kill switch over a 30-minute
-loss-limit pause) each end at their own time; the effective state is the most severe active pause.
+loss-limit pause, a REDUCING kill switch over a HALTED one) each end at their own time; the effective state
+is the most severe active pause.
+
+Time: every report carries the time it describes (`observed_at`, `closed_at`). Trades are kept ordered by
+closed_at (trades closed at the same time in the order reported), so every windowed rule judges by when a
+trade closed, whatever order the reports came in. Equity reports are levels: the newest `observed_at` is
+the current equity; an older one that arrives late still counts toward the peak (the equity was there).
+
+A reference equity (peak, day / week / month start) of 0 is no reference: the first positive equity in
+the period becomes it, so a day that starts at 0 still has loss limits. Any positive amount, however small,
+is a reference (a loss is a fraction of it).
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from . import periods
-from .types import CheckResult, ClosedTrade, DecisionCode, Position, RequiredAction, SymbolStats, TradingState
+from .types import (
+    CheckResult,
+    ClosedTrade,
+    DecisionCode,
+    OrderIntent,
+    Position,
+    RequiredAction,
+    SymbolStats,
+    TradingState,
+)
 
+OrderAnswer = tuple[OrderIntent, bool, DecisionCode, str, TradingState, float | None, bool, float]
 SEVERITY = {TradingState.ACTIVE: 0, TradingState.REDUCING: 1, TradingState.HALTED: 2}
 INF = float("inf")
 SEEN_TRADE_IDS_KEPT = 10_000
 RECENT_TRADES_KEPT = 500
 ORDER_TIMES_KEPT = 10_001  # recent allowed orders (throttle and order_rate breakers count within windows)
+ORDER_IDS_KEPT = 1_000  # CanTrade answers remembered per trader by client_order_id (retries answer the same)
+ORDER_ID_TTL_S = 600.0  # ...each for at most this long
 
 
 @dataclass(slots=True)
@@ -59,11 +82,19 @@ class TraderState:
     positions: dict[tuple[str, str], Position] = field(default_factory=dict)
     volatility: dict[str, float] = field(default_factory=dict)
     order_times: deque[float] = field(default_factory=lambda: deque(maxlen=ORDER_TIMES_KEPT))
-    recent_trades: deque[ClosedTrade] = field(default_factory=lambda: deque(maxlen=RECENT_TRADES_KEPT))
+    recent_trades: list[ClosedTrade] = field(default_factory=list)  # by closed_at (ties: as reported); newest kept
     seen_trade_ids: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    # CanTrade verdicts by client_order_id, oldest first: (the order, allowed, code, reason, trading state,
+    # paused_until, would_deny, when). Memory only.
+    order_answers: OrderedDict[str, OrderAnswer] = field(
+        default_factory=OrderedDict, repr=False, compare=False)
     symbol_stats: dict[str, SymbolStats] = field(default_factory=dict)
+    # Circuit-breaker episodes in progress: breaker id -> the rule it fired under (see breakers.evaluator).
+    breaker_episodes: dict[str, str] = field(default_factory=dict)
     updated_at: float = 0.0
     version: int = 0
+    episodes_changed: bool = field(default=False, repr=False, compare=False)  # not yet announced
+    episodes_adopted: bool = field(default=False, repr=False, compare=False)  # seen by the breaker evaluator
     # CanTrade's checks that depend only on this state and the limits (not on the order), kept for the
     # next call at the same version: (version, limits, reducing, checks, position actions). Every change
     # goes through RiskEngine._changed, which bumps `version`, so a stale entry is never used.
@@ -153,8 +184,12 @@ def roll_periods(st: TraderState, now: float, reset_offset_s: float) -> bool:
 
 
 def apply_equity(st: TraderState, equity: float, at: float, reset_offset_s: float) -> bool:
-    """Apply an equity level observed at `at`. Returns False when the report is stale (ignored)."""
-    if st.last_equity_at is not None and at < st.last_equity_at:
+    """Apply an equity level observed at `at`. Returns False when the report is stale: older than the last
+    one (it then only counts toward the peak)."""
+    last = st.last_equity_at
+    if last is not None and at < last:
+        if equity > st.peak_equity:
+            st.peak_equity = equity
         return False
     if not st.equity_reported:
         st.current_equity = st.peak_equity = equity
@@ -165,7 +200,15 @@ def apply_equity(st: TraderState, equity: float, at: float, reset_offset_s: floa
     else:
         roll_periods(st, at, reset_offset_s)
         st.current_equity = equity
-        st.peak_equity = max(st.peak_equity, equity)
+        if equity > st.peak_equity:
+            st.peak_equity = equity
+        if equity > 0.0:  # a period that started at 0 takes its first positive equity as its reference
+            if st.day_start_equity <= 0.0:
+                st.day_start_equity = equity
+            if st.week_start_equity <= 0.0:
+                st.week_start_equity = equity
+            if st.month_start_equity <= 0.0:
+                st.month_start_equity = equity
     st.last_equity_at = at
     return True
 
@@ -191,6 +234,38 @@ def expire_pauses(st: TraderState, now: float) -> bool:
         return False
     st.pauses = kept
     return True
+
+
+def add_trade(st: TraderState, trade: ClosedTrade) -> None:
+    """Count a new closed trade: keep it in closed_at order (bounded) and update the loss streak.
+
+    The streak is the number of losing trades closed after the newest winning one (break-even trades neither
+    extend nor reset it), whatever order the reports come in. A trade older than every trade kept (with
+    RECENT_TRADES_KEPT kept) is not kept; it can only lengthen the streak, never shorten it.
+    """
+    trades = st.recent_trades
+    closed_at = trade.closed_at
+    if not trades or closed_at >= trades[-1].closed_at:
+        index = len(trades)
+        trades.append(trade)  # the usual case: the newest trade
+    else:
+        index = bisect_right(trades, closed_at, key=_closed_at)  # after trades closed at the same time
+        trades.insert(index, trade)
+    later = trades[index + 1:] if index + 1 < len(trades) else ()
+    dropped = len(trades) > RECENT_TRADES_KEPT
+    if dropped:
+        del trades[0]
+    pnl = trade.realized_pnl
+    if pnl == 0.0 or any(t.realized_pnl > 0.0 for t in later):
+        return  # break-even, or closed before the newest win: the streak is unchanged
+    if pnl < 0.0:
+        st.consecutive_losses += 1
+    elif not (dropped and index == 0):  # a win older than every kept trade tells nothing certain
+        st.consecutive_losses = sum(1 for t in later if t.realized_pnl < 0.0)
+
+
+def _closed_at(t: ClosedTrade) -> float:
+    return t.closed_at
 
 
 def remember_trade_id(st: TraderState, trade_id: str) -> bool:

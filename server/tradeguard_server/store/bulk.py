@@ -37,7 +37,7 @@ STATE_COLUMNS = (
     "paused_until", "pause_code", "pause_reason", "weekly_pnl", "monthly_pnl", "equity_reported", "day_start_equity",
     "week_start_equity", "month_start_equity", "day_start", "week_start", "month_start", "last_equity_at",
     "consecutive_losses", "pauses", "positions", "volatility", "symbol_stats", "recent_trades", "order_times",
-    "updated_at", "version", "epoch",
+    "updated_at", "version", "epoch", "breaker_episodes",
 )
 HISTORY_COLUMNS = (
     "recorded_at", "trader_id", "account_id", "trading_state", "current_equity", "drawdown_pct", "daily_pnl",
@@ -153,7 +153,7 @@ class BulkWriter:
             rec.month_start_equity, ts(rec.day_start), ts(rec.week_start), ts(rec.month_start),
             ts(rec.last_equity_at), rec.consecutive_losses, parts.pauses, parts.positions, parts.volatility,
             parts.symbol_stats, self._recent_trades(rec, parts), encode(list(rec.order_times)), ts(rec.updated_at),
-            rec.version, epoch,
+            rec.version, epoch, encode(dict(rec.breaker_episodes)) if rec.breaker_episodes else "{}",
         )
 
     def history_row(self, h: HistoryRecord) -> Row:

@@ -115,6 +115,7 @@ def state_from_row(row: RowIn) -> StateRecord:
             for t in row.get("recent_trades", ())
         ),
         order_times=tuple(row.get("order_times", ())),
+        breaker_episodes=tuple((str(k), str(v)) for k, v in (row.get("breaker_episodes") or {}).items()),
         updated_at=row["updated_at"],
         version=row["version"],
     )

@@ -224,6 +224,7 @@ class RiskState(Base):
     updated_at: Mapped[float] = mapped_column(UtcTimestamp())
     version: Mapped[int] = mapped_column(BigInteger)
     epoch: Mapped[int] = mapped_column(BigInteger)
+    breaker_episodes: Mapped[Any | None] = mapped_column(Json, nullable=True)  # {breaker id: rule}, 0003
 
 
 class RiskStateHistory(Base):

@@ -32,7 +32,7 @@ class HistoryRecord:
 
     trader_id: str
     account_id: str
-    state: StateRecord  # recent_trades and order_times are not kept in history (they are empty here)
+    state: StateRecord  # recent_trades, order_times and breaker_episodes are not kept in history (empty here)
     reason: str
     trace_id: str | None
     recorded_at: float

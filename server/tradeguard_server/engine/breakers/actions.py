@@ -9,8 +9,9 @@
 - alert: the event only.
 
 A pause applies to the whole trader (the engine's trading state is per trader, not per symbol), also
-for a scoped breaker. In shadow mode (enforcement off) nothing is enforced: no pause, no action; the
-event says what would have happened.
+for a scoped breaker. In shadow mode (enforcement off) a pause is recorded as a loss limit's is (CanTrade
+then answers allowed with would_deny and code CIRCUIT_BREAKER, and denies once enforcement is back on
+while the pause lasts), but no action is sent to the bot; the event says what would have happened.
 """
 
 from __future__ import annotations
@@ -85,10 +86,10 @@ def take(
         else:
             result[f"{prefix}paused_until"] = rfc3339(until)
             result["duration_minutes"] = (until - now) / 60.0
+        source = f"breaker:{breaker_id}"
+        if not add_pause(st, Pause(state, until, DecisionCode.CIRCUIT_BREAKER, reason, source, since=now)):
+            result["note"] = "already paused by this breaker until a later time"
         if enforce:
-            source = f"breaker:{breaker_id}"
-            if not add_pause(st, Pause(state, until, DecisionCode.CIRCUIT_BREAKER, reason, source, since=now)):
-                result["note"] = "already paused by this breaker until a later time"
             required.append(RequiredAction(PAUSE_ACTION[action], "", "", reason, breaker_id))
     elif action == "close_position":
         affected = close_targets(st, scope, trig)

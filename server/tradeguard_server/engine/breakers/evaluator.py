@@ -10,7 +10,10 @@ unscreened evaluation).
 
 Episodes: a breaker fires once per (breaker, trader) while its condition stays true, and re-arms when an
 evaluation finds the condition false. Disabling or deleting a breaker drops it and its episodes; enabling,
-or changing what it evaluates (condition, parameters, scope), re-arms it.
+or changing what it evaluates (condition, parameters, scope, action), re-arms it. Episodes in progress are
+part of the trader's state (`TraderState.breaker_episodes`: breaker id -> the rule it fired under), so they
+are stored with it and survive a restart: a restored trader's episodes are taken up the first time the
+evaluator sees it, unless the breaker's rule changed or it was re-armed, disabled or deleted since.
 
 Scope: `symbols` / `exchanges` empty means all. The engine passes the (symbol, exchange) pairs a call
 concerns: the order for CanTrade (none without an order), the trade for ReportTrade, the reported positions
@@ -88,6 +91,14 @@ class CompiledBreaker:
     scope: Scope
     duration_s: float | None  # explicit duration_minutes; None = the account's stop_trading_minutes
     tripped: set[str] = field(default_factory=set)  # traders whose episode is in progress
+    rule: str = ""  # what it evaluates and does (condition, parameters, scope, action): an episode's key
+
+    def __post_init__(self) -> None:
+        if not self.rule:
+            scope = self.scope
+            self.rule = repr((self.condition, sorted(self.params.items()),
+                              None if scope.symbols is None else sorted(scope.symbols),
+                              None if scope.exchanges is None else sorted(scope.exchanges), self.action))
 
     @property
     def scoped(self) -> bool:
@@ -128,6 +139,10 @@ def _ignore(_firing: BreakerFiring) -> None:
     return None
 
 
+def _no_episodes_listener(_breaker_id: str) -> None:
+    return None
+
+
 def _new_event_id() -> str:
     return str(uuid.uuid4())
 
@@ -140,7 +155,10 @@ class Evaluator:
         registry: Registry = DEFAULT,
         on_fire: FireListener = _ignore,
         new_event_id: Callable[[], str] = _new_event_id,
+        on_episodes_ended: Callable[[str], None] = _no_episodes_listener,
     ) -> None:
+        """`on_episodes_ended(breaker_id)`: every episode of the breaker ended outside an evaluation (re-armed,
+        changed, disabled, deleted); the engine drops it from its traders' states and stores them."""
         self.registry = registry
         self.on_fire = on_fire
         self.new_event_id = new_event_id
@@ -148,6 +166,8 @@ class Evaluator:
         self._by_account: dict[str, tuple[CompiledBreaker, ...]] = {}
         # The hot loop's view: per account, its breakers grouped by (condition, scope).
         self._hot: dict[str, tuple[_Group, ...]] = {}
+        self.on_episodes_ended = on_episodes_ended
+        self._voided: set[str] = set()  # re-armed, disabled or deleted since start: a restored episode is over
 
     # ---- definitions ----------------------------------------------------------------------------
 
@@ -174,8 +194,10 @@ class Evaluator:
         old = self._by_id.get(spec.id)
         if old is not None:
             if old.same_rule(compiled):
-                compiled.tripped = old.tripped
-            self.remove(spec.id)
+                compiled.tripped = old.tripped  # the episodes go on
+            else:
+                self._end_all(old)
+            self._drop(old)
         self._by_id[spec.id] = compiled
         group = [*self._by_account.get(compiled.account_id, ()), compiled]
         group.sort(key=lambda b: (b.name, b.id))
@@ -186,14 +208,26 @@ class Evaluator:
         condition true."""
         compiled = self._by_id.get(breaker_id)
         if compiled is not None:
-            compiled.tripped.clear()
+            self._end_all(compiled)
+
+    def _end_all(self, b: CompiledBreaker) -> None:
+        """End every episode of `b` in progress (the traders' states are told through on_episodes_ended; a
+        state not told yet drops it at its next evaluation)."""
+        self._voided.add(b.id)
+        b.tripped.clear()
+        self.on_episodes_ended(b.id)
 
     def remove(self, breaker_id: str) -> None:
         """Stop evaluating a breaker (disabled or deleted). Unknown ids are ignored."""
-        old = self._by_id.pop(breaker_id, None)
+        old = self._by_id.get(breaker_id)
         if old is None:
             return
-        rest = tuple(b for b in self._by_account.get(old.account_id, ()) if b.id != breaker_id)
+        self._end_all(old)
+        self._drop(old)
+
+    def _drop(self, old: CompiledBreaker) -> None:
+        self._by_id.pop(old.id, None)
+        rest = tuple(b for b in self._by_account.get(old.account_id, ()) if b.id != old.id)
         self._set_group(old.account_id, rest)
 
     def _set_group(self, account_id: str, group: tuple[CompiledBreaker, ...]) -> None:
@@ -242,6 +276,8 @@ class Evaluator:
         groups = self._hot.get(st.account_id)
         if groups is None:
             return NO_FIRINGS
+        if not st.episodes_adopted:
+            self._adopt(st)
         trader = st.trader_id
         pairs: Collection[tuple[str, str]] | None = None
         todo: list[tuple[int, CompiledBreaker, _Group]] | None = None
@@ -260,8 +296,11 @@ class Evaluator:
             if g.quiet is not None and g.quiet(st, now, g.bound, g.scope):
                 # Every condition of the group is false: end the trader's episodes (re-arm), if any.
                 if trader in g.maybe:
+                    episodes = st.breaker_episodes
                     for _i, b in g.members:
                         b.tripped.discard(trader)
+                        if episodes.pop(b.id, None) is not None:
+                            st.episodes_changed = True
                     g.maybe.discard(trader)
                 continue
             if todo is None:
@@ -277,15 +316,39 @@ class Evaluator:
             if trig is None:
                 if tripped:
                     tripped.discard(trader)
+                episodes = st.breaker_episodes
+                if episodes and episodes.pop(b.id, None) is not None:
+                    st.episodes_changed = True
                 continue
             if trader in tripped:
                 continue
             tripped.add(trader)
             g.maybe.add(trader)
+            st.breaker_episodes[b.id] = b.rule
+            st.episodes_changed = True
             if fired is None:
                 fired = []
             fired.append(self._fire(b, trig, st, limits, now, enforce))
         return NO_FIRINGS if fired is None else fired
+
+    def _adopt(self, st: TraderState) -> None:
+        """Take up the episodes a restored state holds: those of breakers still enabled with the same rule and
+        not re-armed since start; the others are over."""
+        st.episodes_adopted = True
+        episodes = st.breaker_episodes
+        if not episodes:
+            return
+        trader = st.trader_id
+        for breaker_id, rule in list(episodes.items()):
+            b = self._by_id.get(breaker_id)
+            if b is None or b.rule != rule or breaker_id in self._voided or b.account_id != st.account_id:
+                del episodes[breaker_id]
+                st.episodes_changed = True
+                continue
+            b.tripped.add(trader)
+            for g in self._hot.get(b.account_id, ()):
+                if any(member is b for _i, member in g.members):
+                    g.maybe.add(trader)
 
     def _fire(
         self, b: CompiledBreaker, trig: Triggered, st: TraderState, limits: Limits, now: float, enforce: bool
