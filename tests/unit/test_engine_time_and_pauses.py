@@ -347,6 +347,23 @@ def test_the_same_client_order_id_for_another_order_is_refused(clock: ManualCloc
         engine.can_trade("t1", "a1", OrderIntent("BTCUSDT", Side.BUY, 0.02, 50_000.0), "o1")
 
 
+def test_a_retried_allowed_order_is_denied_once_the_trader_was_paused_since(clock: ManualClock) -> None:
+    """A remembered "allowed" is never an allow the current state forbids: the kill switch pressed between
+    the first answer and its retry (or a bot replaying an old id) wins."""
+    engine = RiskEngine(clock)
+    engine.report_equity("t1", "a1", 10_000.0, None)
+    first, _ = engine.can_trade("t1", "a1", BUY, "o1")
+    engine.pause("t1", "a1", TradingState.HALTED, None, "incident")
+
+    retried, _ = engine.can_trade("t1", "a1", BUY, "o1")
+    clock.advance(1.0)
+    again, _ = engine.can_trade("t1", "a1", BUY, "o1")
+
+    assert first.allowed
+    assert (retried.allowed, retried.code) == (False, DecisionCode.KILL_SWITCH)
+    assert (again.allowed, again.code) == (False, DecisionCode.KILL_SWITCH)
+
+
 def test_remembered_answers_are_bounded_per_trader_and_expire(clock: ManualClock) -> None:
     engine = RiskEngine(clock, defaults=Limits(max_orders_per_window=1, order_rate_window_seconds=60))
     engine.report_equity("t1", "a1", 10_000.0, None)

@@ -405,7 +405,9 @@ class RiskEngine:
                         raise OrderIdReusedError(
                             f"client_order_id {client_order_id!r} was already used for a different order "
                             f"({first.side.name} {first.quantity:g} {first.symbol} at {first.price:g})")
-                    return Decision(allowed, code, reason, state, until, would_deny=would_deny), st
+                    if not allowed or would_deny or self._still_allowed(st, order, now):
+                        return Decision(allowed, code, reason, state, until, would_deny=would_deny), st
+                    # A pause came since the first answer: judged afresh below (the denial counts nothing).
                 del answers[client_order_id]
         self._tick(st, now)
         limits = self.limits_for(account_id)
@@ -465,6 +467,11 @@ class RiskEngine:
             if len(answers) > ORDER_IDS_KEPT:
                 answers.popitem(last=False)
         return decision, st
+
+    def _still_allowed(self, st: TraderState, order: OrderIntent, now: float) -> bool:
+        """May a remembered "allowed" be answered again? Not when a pause since then forbids the order."""
+        self._tick(st, now)
+        return checks.state_check(st, order, now).status is not CheckStatus.FAIL
 
     @classmethod
     def _state_checks(
