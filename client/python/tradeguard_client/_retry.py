@@ -34,7 +34,7 @@ import grpc
 
 from ._errors import from_rpc_error
 
-__all__ = ["IDEMPOTENT_METHODS", "RetryPolicy", "call_async", "call_sync", "check_timeout"]
+__all__ = ["IDEMPOTENT_METHODS", "RetryPolicy", "call_async", "call_sync", "check_fail_open", "check_timeout"]
 
 log = logging.getLogger("tradeguard_client")
 
@@ -148,7 +148,17 @@ async def call_async(fn: Callable[[float], Awaitable[R]], *, method: str, timeou
 
 
 def check_timeout(timeout: float, what: str = "timeout") -> float:
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(f"{what}: must be a number of seconds, got {type(timeout).__name__} {timeout!r}")
     if not math.isfinite(timeout) or timeout <= 0:
         raise ValueError(f"{what}: must be a finite number of seconds > 0, got {timeout!r}")
     return float(timeout)
+
+
+def check_fail_open(value: object, what: str = "fail_open") -> bool:
+    """Only a real bool: `fail_open=os.environ["X"]` ("false" is truthy) must not open the gate."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{what}: must be True or False, got {type(value).__name__} {value!r} "
+                        "(parse strings yourself, e.g. value.lower() in ('1', 'true', 'yes'))")
+    return value
 
