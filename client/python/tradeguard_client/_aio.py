@@ -28,7 +28,15 @@ from tradeguard.v1 import risk_service_pb2_grpc as rsg
 from . import _requests as req
 from ._channel import TLS, ChannelSpec, Options, call_metadata
 from ._errors import ClientClosedError, InvalidResponseError, SidecarUnavailableError, from_rpc_error
-from ._retry import IDEMPOTENT_METHODS, RetryPolicy, call_async, check_fail_open, check_timeout
+from ._retry import (
+    IDEMPOTENT_METHODS,
+    LATE_S,
+    LocalDeadlineExceeded,
+    RetryPolicy,
+    call_async,
+    check_fail_open,
+    check_timeout,
+)
 from ._sync import (
     CAN_TRADE,
     DEFAULT_RETRY,
@@ -125,7 +133,11 @@ class _AsyncClient:
         metadata = self._metadata
 
         async def attempt(remaining: float) -> Resp:
-            return await fn(request, timeout=remaining, metadata=metadata)
+            try:
+                async with asyncio.timeout(remaining + LATE_S):
+                    return await fn(request, timeout=remaining, metadata=metadata)
+            except TimeoutError:
+                raise LocalDeadlineExceeded from None
 
         resp = await call_async(attempt, method=method, timeout=budget, policy=self.retry,
                                 retry=method in IDEMPOTENT_METHODS)

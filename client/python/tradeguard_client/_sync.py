@@ -25,7 +25,15 @@ from ._errors import (
     SidecarUnavailableError,
     from_rpc_error,
 )
-from ._retry import IDEMPOTENT_METHODS, RetryPolicy, call_sync, check_fail_open, check_timeout
+from ._retry import (
+    IDEMPOTENT_METHODS,
+    LATE_S,
+    LocalDeadlineExceeded,
+    RetryPolicy,
+    call_sync,
+    check_fail_open,
+    check_timeout,
+)
 from ._types import (
     BreakerEvent,
     CircuitBreaker,
@@ -132,11 +140,18 @@ class _SyncClient:
 
         def attempt(remaining: float) -> Resp:
             try:
-                return fn(request, timeout=remaining, metadata=metadata)
+                call = fn.future(request, timeout=remaining, metadata=metadata)
             except ValueError:  # grpc: "Cannot invoke RPC on closed channel!"
                 if self._closed:
                     raise ClientClosedError(method) from None
                 raise
+            try:
+                return call.result(timeout=remaining + LATE_S)
+            except grpc.FutureTimeoutError:
+                call.cancel()
+                raise LocalDeadlineExceeded from None
+            except grpc.FutureCancelledError:  # close() cancelled it
+                raise ClientClosedError(method) from None
 
         resp = call_sync(attempt, method=method, timeout=budget, policy=self.retry,
                          retry=method in IDEMPOTENT_METHODS)
