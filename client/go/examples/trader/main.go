@@ -59,6 +59,7 @@ type options struct {
 	vectors      string
 	once         bool
 	pollMs       int
+	grpcBackoff  bool
 }
 
 func main() {
@@ -80,6 +81,7 @@ func run(args []string, out io.Writer) int {
 	fs.StringVar(&opts.vectors, "vectors", "", "send the requests of this test-vector file and print proto-JSON responses")
 	fs.BoolVar(&opts.once, "once", false, "ask CanTrade for one order, print the decision with elapsed_ms, and exit")
 	fs.IntVar(&opts.pollMs, "poll-ms", 0, "ask CanTrade every 20 ms for this many ms, one line per call")
+	fs.BoolVar(&opts.grpcBackoff, "grpc-default-backoff", false, "dial with grpc-go's default reconnect backoff instead of guard's (to compare)")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
@@ -92,7 +94,11 @@ func run(args []string, out io.Writer) int {
 	// grpc.Dial does not block: the connection is made by the first call, and a call to an
 	// unreachable sidecar fails fast with UNAVAILABLE (no WaitForReady) or at its deadline.
 	// guard.DialOptions: reconnect backoff 100 ms growing to 2 s (grpc-go's default: 1 s to 120 s).
-	conn, err := grpc.Dial(opts.addr, guard.DialOptions()...)
+	dialOpts := guard.DialOptions()
+	if opts.grpcBackoff {
+		dialOpts = []grpc.DialOption{grpc.WithInsecure()}
+	}
+	conn, err := grpc.Dial(opts.addr, dialOpts...)
 	if err != nil {
 		printDecision(out, guard.Unavailable(err))
 		return exitUnavailable

@@ -64,6 +64,7 @@ interface Options {
   vectors?: string;
   once: boolean;
   pollMs: number;
+  grpcDefaultBackoff: boolean;
 }
 
 class UnexpectedAnswer extends Error {}
@@ -369,6 +370,7 @@ function parseOptions(argv: string[]): Options {
       vectors: { type: "string" },
       once: { type: "boolean", default: false },
       "poll-ms": { type: "string", default: "0" },
+      "grpc-default-backoff": { type: "boolean", default: false },
     },
     strict: true,
   });
@@ -388,6 +390,7 @@ function parseOptions(argv: string[]): Options {
     vectors: values.vectors,
     once: values.once ?? false,
     pollMs,
+    grpcDefaultBackoff: values["grpc-default-backoff"] ?? false,
   };
 }
 
@@ -403,7 +406,8 @@ async function main(): Promise<number> {
     );
     return EXIT_USAGE;
   }
-  const client = new RiskServiceClient(opts.addr, credentials.createInsecure(), CHANNEL_OPTIONS);
+  // --grpc-default-backoff: grpc-js's own reconnect backoff (1 s growing to 120 s), to compare.
+  const client = new RiskServiceClient(opts.addr, credentials.createInsecure(), opts.grpcDefaultBackoff ? {} : CHANNEL_OPTIONS);
   try {
     if (opts.vectors !== undefined) {
       return await runVectors(client, opts, opts.vectors);
