@@ -69,7 +69,7 @@ __all__ = ["AsyncAdminClient", "AsyncRiskClient", "AsyncWatchStream"]
 log = logging.getLogger("tradeguard_client")
 
 Req = TypeVar("Req", bound=Message)
-Resp = TypeVar("Resp", bound=Message)
+Resp = TypeVar("Resp", bound=Message | bytes)
 
 
 class _AsyncClient:
@@ -141,7 +141,7 @@ class _AsyncClient:
 
         resp = await call_async(attempt, method=method, timeout=budget, policy=self.retry,
                                 retry=method in IDEMPOTENT_METHODS)
-        if resp is None or resp is grpc.aio.EOF:  # grpc.aio's answer to an OK without a message
+        if not isinstance(resp, Message | bytes):  # grpc.aio answers None to an OK without a message
             raise InvalidResponseError("the call ended OK without a message", method=method)
         return resp
 
@@ -268,13 +268,13 @@ class AsyncRiskClient(_AsyncClient):
 
     async def get_risk_state(self, trader_id: str, account_id: str, *, timeout: float | None = None) -> RiskState:
         """The trader's current risk state (a trader never seen has `equity_reported=False`)."""
-        request = rs.GetRiskStateRequest(trader_id=trader_id, account_id=account_id)
+        request = req.message(rs.GetRiskStateRequest, trader_id=trader_id, account_id=account_id)
         resp = await self._unary("GetRiskState", self._stub.GetRiskState, request, timeout)
         return RiskState.from_proto(resp.state)
 
     def watch_risk_state(self, trader_id: str, account_id: str, *, timeout: float | None = None) -> AsyncWatchStream:
         """Stream the current state, then every change and required action. No deadline unless `timeout`."""
-        request = rs.WatchRiskStateRequest(trader_id=trader_id, account_id=account_id)
+        request = req.message(rs.WatchRiskStateRequest, trader_id=trader_id, account_id=account_id)
         deadline = None if timeout is None else call_budget("WatchRiskState", self.timeout, timeout)
         return AsyncWatchStream(self._stub.WatchRiskState(request, timeout=deadline, metadata=self._metadata))
 
@@ -302,57 +302,57 @@ class AsyncAdminClient(_AsyncClient):
 
     async def save_config(self, config: req.ConfigLike, *, timeout: float | None = None) -> SavedConfig:
         """Create or replace (account_id, config_id); saving an active one deactivates the others."""
-        request = ad.SaveConfigRequest(config=req.config_msg(config))
+        request = req.message(ad.SaveConfigRequest, config=req.config_msg(config))
         resp = await self._unary("SaveConfig", self._stub.SaveConfig, request, timeout)
         return SavedConfig(RiskConfig.from_proto(resp.config), resp.created, raw=resp)
 
     async def get_config(self, account_id: str, config_id: str, *, timeout: float | None = None) -> RiskConfig:
-        request = ad.GetConfigRequest(account_id=account_id, config_id=config_id)
+        request = req.message(ad.GetConfigRequest, account_id=account_id, config_id=config_id)
         return RiskConfig.from_proto((await self._unary("GetConfig", self._stub.GetConfig, request, timeout)).config)
 
     async def list_configs(self, account_id: str, *, timeout: float | None = None) -> tuple[RiskConfig, ...]:
-        request = ad.ListConfigsRequest(account_id=account_id)
+        request = req.message(ad.ListConfigsRequest, account_id=account_id)
         resp = await self._unary("ListConfigs", self._stub.ListConfigs, request, timeout)
         return tuple(RiskConfig.from_proto(c) for c in resp.configs)
 
     async def delete_config(self, account_id: str, config_id: str, *, timeout: float | None = None) -> None:
-        request = ad.DeleteConfigRequest(account_id=account_id, config_id=config_id)
+        request = req.message(ad.DeleteConfigRequest, account_id=account_id, config_id=config_id)
         await self._unary("DeleteConfig", self._stub.DeleteConfig, request, timeout)
 
     # ---- circuit breakers -----------------------------------------------------------------------
 
     async def create_breaker(self, breaker: req.BreakerLike, *, timeout: float | None = None) -> CircuitBreaker:
-        request = ad.CreateBreakerRequest(breaker=req.breaker_msg(breaker))
+        request = req.message(ad.CreateBreakerRequest, breaker=req.breaker_msg(breaker))
         resp = await self._unary("CreateBreaker", self._stub.CreateBreaker, request, timeout)
         return CircuitBreaker.from_proto(resp.breaker)
 
     async def get_breaker(self, breaker_id: str, *, timeout: float | None = None) -> CircuitBreaker:
-        request = ad.GetBreakerRequest(breaker_id=breaker_id)
+        request = req.message(ad.GetBreakerRequest, breaker_id=breaker_id)
         resp = await self._unary("GetBreaker", self._stub.GetBreaker, request, timeout)
         return CircuitBreaker.from_proto(resp.breaker)
 
     async def list_breakers(self, account_id: str, *, timeout: float | None = None) -> tuple[CircuitBreaker, ...]:
-        request = ad.ListBreakersRequest(account_id=account_id)
+        request = req.message(ad.ListBreakersRequest, account_id=account_id)
         resp = await self._unary("ListBreakers", self._stub.ListBreakers, request, timeout)
         return tuple(CircuitBreaker.from_proto(b) for b in resp.breakers)
 
     async def update_breaker(self, breaker_id: str, breaker: req.BreakerLike, *,
                              timeout: float | None = None) -> CircuitBreaker:
-        request = ad.UpdateBreakerRequest(breaker_id=breaker_id, breaker=req.breaker_msg(breaker))
+        request = req.message(ad.UpdateBreakerRequest, breaker_id=breaker_id, breaker=req.breaker_msg(breaker))
         resp = await self._unary("UpdateBreaker", self._stub.UpdateBreaker, request, timeout)
         return CircuitBreaker.from_proto(resp.breaker)
 
     async def delete_breaker(self, breaker_id: str, *, timeout: float | None = None) -> None:
-        request = ad.DeleteBreakerRequest(breaker_id=breaker_id)
+        request = req.message(ad.DeleteBreakerRequest, breaker_id=breaker_id)
         await self._unary("DeleteBreaker", self._stub.DeleteBreaker, request, timeout)
 
     async def enable_breaker(self, breaker_id: str, *, timeout: float | None = None) -> CircuitBreaker:
-        request = ad.EnableBreakerRequest(breaker_id=breaker_id)
+        request = req.message(ad.EnableBreakerRequest, breaker_id=breaker_id)
         resp = await self._unary("EnableBreaker", self._stub.EnableBreaker, request, timeout)
         return CircuitBreaker.from_proto(resp.breaker)
 
     async def disable_breaker(self, breaker_id: str, *, timeout: float | None = None) -> CircuitBreaker:
-        request = ad.DisableBreakerRequest(breaker_id=breaker_id)
+        request = req.message(ad.DisableBreakerRequest, breaker_id=breaker_id)
         resp = await self._unary("DisableBreaker", self._stub.DisableBreaker, request, timeout)
         return CircuitBreaker.from_proto(resp.breaker)
 
@@ -389,7 +389,7 @@ class AsyncAdminClient(_AsyncClient):
 
     async def resume_trading(self, trader_id: str, account_id: str, *, timeout: float | None = None) -> RiskState:
         """Lift any pause, manual or automatic."""
-        request = ad.ResumeTradingRequest(trader_id=trader_id, account_id=account_id)
+        request = req.message(ad.ResumeTradingRequest, trader_id=trader_id, account_id=account_id)
         resp = await self._unary("ResumeTrading", self._stub.ResumeTrading, request, timeout)
         return RiskState.from_proto(resp.state)
 

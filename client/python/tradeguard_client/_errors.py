@@ -109,7 +109,7 @@ def _violations(call: Any) -> tuple[FieldViolation, ...]:
                 detail.Unpack(bad)
                 out.extend(FieldViolation(v.field, v.description) for v in bad.field_violations)
         return tuple(out)
-    except Exception:  # noqa: BLE001 - a corrupt or inconsistent detail: trust the status line, drop the detail
+    except Exception:  # a corrupt or inconsistent detail: trust the status line, drop the detail
         log.debug("ignoring unreadable grpc-status-details-bin trailer", exc_info=True)
         return ()
 

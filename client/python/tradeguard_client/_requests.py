@@ -35,6 +35,7 @@ __all__ = [
     "config_msg",
     "list_breaker_events",
     "list_history",
+    "message",
     "new_client_order_id",
     "pause_trading",
     "report_equity",
@@ -69,6 +70,15 @@ def checked(fn: Callable[P, R]) -> Callable[P, R]:
             raise InvalidArgumentError(text, field=match.group(1) if match else "") from exc
 
     return wrapper
+
+
+M = TypeVar("M")
+
+
+@checked
+def message(cls: Callable[..., M], **fields: object) -> M:
+    """`cls(**fields)` for a request built inline; a field of the wrong type raises InvalidArgumentError."""
+    return cls(**fields)
 
 
 def new_client_order_id() -> str:

@@ -34,7 +34,16 @@ import grpc
 
 from ._errors import from_rpc_error
 
-__all__ = ["IDEMPOTENT_METHODS", "LATE_S", "LocalDeadlineExceeded", "RetryPolicy", "call_async", "call_sync", "check_fail_open", "check_timeout"]
+__all__ = [
+    "IDEMPOTENT_METHODS",
+    "LATE_S",
+    "LocalDeadlineExceeded",
+    "RetryPolicy",
+    "call_async",
+    "call_sync",
+    "check_fail_open",
+    "check_timeout",
+]
 
 log = logging.getLogger("tradeguard_client")
 

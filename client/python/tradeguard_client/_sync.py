@@ -148,7 +148,7 @@ class _SyncClient:
             try:
                 return call.result(timeout=remaining + LATE_S)
             except grpc.FutureTimeoutError:
-                call.cancel()
+                call.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leaves Future.cancel untyped
                 raise LocalDeadlineExceeded from None
             except grpc.FutureCancelledError:  # close() cancelled it
                 raise ClientClosedError(method) from None
@@ -278,12 +278,12 @@ class RiskClient(_SyncClient):
 
     def get_risk_state(self, trader_id: str, account_id: str, *, timeout: float | None = None) -> RiskState:
         """The trader's current risk state (a trader never seen has `equity_reported=False`)."""
-        request = rs.GetRiskStateRequest(trader_id=trader_id, account_id=account_id)
+        request = req.message(rs.GetRiskStateRequest, trader_id=trader_id, account_id=account_id)
         return RiskState.from_proto(self._unary("GetRiskState", self._stub.GetRiskState, request, timeout).state)
 
     def watch_risk_state(self, trader_id: str, account_id: str, *, timeout: float | None = None) -> WatchStream:
         """Stream the current state, then every change and required action. No deadline unless `timeout`."""
-        request = rs.WatchRiskStateRequest(trader_id=trader_id, account_id=account_id)
+        request = req.message(rs.WatchRiskStateRequest, trader_id=trader_id, account_id=account_id)
         deadline = None if timeout is None else call_budget("WatchRiskState", self.timeout, timeout)
         if self._closed:
             raise ClientClosedError("WatchRiskState")
@@ -311,56 +311,56 @@ class AdminClient(_SyncClient):
 
     def save_config(self, config: req.ConfigLike, *, timeout: float | None = None) -> SavedConfig:
         """Create or replace (account_id, config_id); saving an active one deactivates the others."""
-        resp = self._unary("SaveConfig", self._stub.SaveConfig, ad.SaveConfigRequest(config=req.config_msg(config)),
-                           timeout)
+        request = req.message(ad.SaveConfigRequest, config=req.config_msg(config))
+        resp = self._unary("SaveConfig", self._stub.SaveConfig, request, timeout)
         return SavedConfig(RiskConfig.from_proto(resp.config), resp.created, raw=resp)
 
     def get_config(self, account_id: str, config_id: str, *, timeout: float | None = None) -> RiskConfig:
-        request = ad.GetConfigRequest(account_id=account_id, config_id=config_id)
+        request = req.message(ad.GetConfigRequest, account_id=account_id, config_id=config_id)
         return RiskConfig.from_proto(self._unary("GetConfig", self._stub.GetConfig, request, timeout).config)
 
     def list_configs(self, account_id: str, *, timeout: float | None = None) -> tuple[RiskConfig, ...]:
-        resp = self._unary("ListConfigs", self._stub.ListConfigs, ad.ListConfigsRequest(account_id=account_id),
-                           timeout)
+        request = req.message(ad.ListConfigsRequest, account_id=account_id)
+        resp = self._unary("ListConfigs", self._stub.ListConfigs, request, timeout)
         return tuple(RiskConfig.from_proto(c) for c in resp.configs)
 
     def delete_config(self, account_id: str, config_id: str, *, timeout: float | None = None) -> None:
-        request = ad.DeleteConfigRequest(account_id=account_id, config_id=config_id)
+        request = req.message(ad.DeleteConfigRequest, account_id=account_id, config_id=config_id)
         self._unary("DeleteConfig", self._stub.DeleteConfig, request, timeout)
 
     # ---- circuit breakers -----------------------------------------------------------------------
 
     def create_breaker(self, breaker: req.BreakerLike, *, timeout: float | None = None) -> CircuitBreaker:
-        request = ad.CreateBreakerRequest(breaker=req.breaker_msg(breaker))
+        request = req.message(ad.CreateBreakerRequest, breaker=req.breaker_msg(breaker))
         return CircuitBreaker.from_proto(self._unary("CreateBreaker", self._stub.CreateBreaker, request,
                                                      timeout).breaker)
 
     def get_breaker(self, breaker_id: str, *, timeout: float | None = None) -> CircuitBreaker:
-        request = ad.GetBreakerRequest(breaker_id=breaker_id)
+        request = req.message(ad.GetBreakerRequest, breaker_id=breaker_id)
         return CircuitBreaker.from_proto(self._unary("GetBreaker", self._stub.GetBreaker, request, timeout).breaker)
 
     def list_breakers(self, account_id: str, *, timeout: float | None = None) -> tuple[CircuitBreaker, ...]:
-        request = ad.ListBreakersRequest(account_id=account_id)
+        request = req.message(ad.ListBreakersRequest, account_id=account_id)
         resp = self._unary("ListBreakers", self._stub.ListBreakers, request, timeout)
         return tuple(CircuitBreaker.from_proto(b) for b in resp.breakers)
 
     def update_breaker(self, breaker_id: str, breaker: req.BreakerLike, *,
                        timeout: float | None = None) -> CircuitBreaker:
-        request = ad.UpdateBreakerRequest(breaker_id=breaker_id, breaker=req.breaker_msg(breaker))
+        request = req.message(ad.UpdateBreakerRequest, breaker_id=breaker_id, breaker=req.breaker_msg(breaker))
         return CircuitBreaker.from_proto(self._unary("UpdateBreaker", self._stub.UpdateBreaker, request,
                                                      timeout).breaker)
 
     def delete_breaker(self, breaker_id: str, *, timeout: float | None = None) -> None:
-        self._unary("DeleteBreaker", self._stub.DeleteBreaker, ad.DeleteBreakerRequest(breaker_id=breaker_id),
-                    timeout)
+        request = req.message(ad.DeleteBreakerRequest, breaker_id=breaker_id)
+        self._unary("DeleteBreaker", self._stub.DeleteBreaker, request, timeout)
 
     def enable_breaker(self, breaker_id: str, *, timeout: float | None = None) -> CircuitBreaker:
-        request = ad.EnableBreakerRequest(breaker_id=breaker_id)
+        request = req.message(ad.EnableBreakerRequest, breaker_id=breaker_id)
         return CircuitBreaker.from_proto(self._unary("EnableBreaker", self._stub.EnableBreaker, request,
                                                      timeout).breaker)
 
     def disable_breaker(self, breaker_id: str, *, timeout: float | None = None) -> CircuitBreaker:
-        request = ad.DisableBreakerRequest(breaker_id=breaker_id)
+        request = req.message(ad.DisableBreakerRequest, breaker_id=breaker_id)
         return CircuitBreaker.from_proto(self._unary("DisableBreaker", self._stub.DisableBreaker, request,
                                                      timeout).breaker)
 
@@ -394,7 +394,7 @@ class AdminClient(_SyncClient):
 
     def resume_trading(self, trader_id: str, account_id: str, *, timeout: float | None = None) -> RiskState:
         """Lift any pause, manual or automatic."""
-        request = ad.ResumeTradingRequest(trader_id=trader_id, account_id=account_id)
+        request = req.message(ad.ResumeTradingRequest, trader_id=trader_id, account_id=account_id)
         return RiskState.from_proto(self._unary("ResumeTrading", self._stub.ResumeTrading, request, timeout).state)
 
     def list_risk_state_history(self, trader_id: str, account_id: str, *, start_time: datetime | None = None,
