@@ -54,8 +54,8 @@ MIN_ATTEMPT_S = 0.01
 """A retry is not started unless at least this much of the deadline is left after the backoff pause."""
 
 LATE_S = 0.02
-"""How long after a call's deadline this client's own timer gives up, when gRPC has not (it can be late by
-more than 100 ms while the channel keeps reconnecting, e.g. to a server that sends GOAWAY at once)."""
+"""How long after a call's deadline the async client's own timer gives up, when gRPC has not (it can be late
+by more than 100 ms while the channel keeps reconnecting, e.g. to a server that sends GOAWAY at once)."""
 
 
 class LocalDeadlineExceeded(grpc.RpcError):
