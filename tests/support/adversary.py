@@ -86,9 +86,9 @@ def _scenarios() -> list[Scenario]:
         Scenario("h2_handshake_then_silence", "h2_hang", "unavailable"),
         Scenario("connection_reset", "reset", "unavailable"),
         Scenario("http1_answer", "http1", "unavailable"),
-        # After a GOAWAY right after SETTINGS, grpc core (Python and Go alike) busies a core while the call
-        # waits; on a loaded 2-core machine its deadline then fires up to ~160 ms late (measured), so this
-        # one scenario is allowed 250 ms. The answer is still a denial.
+        # After a GOAWAY right after SETTINGS, grpc core (under the Python clients) busies a core while the
+        # call waits; on a loaded 2-core machine its deadline then fires up to ~160 ms late (measured), so
+        # this one scenario is allowed 250 ms. The answer is still a denial. (Go and Node end it at once.)
         Scenario("goaway_at_once", "goaway", "unavailable", slack=0.25),
         Scenario("rst_stream", "rst_stream", "error"),
     ]
