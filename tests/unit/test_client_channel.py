@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tradeguard_client import TLS, AdminClient, AsyncRiskClient, RiskClient
+from tradeguard_client import TLS, AdminClient, AsyncRiskClient, ClientClosedError, RiskClient, TradeGuardError
 from tradeguard_client._channel import ChannelSpec, call_metadata, channel_options
 
 
@@ -62,5 +62,6 @@ async def test_async_client_opens_no_channel_until_first_use_and_refuses_calls_a
 
     await client.close()
 
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(ClientClosedError, match="closed") as caught:
         await client.get_risk_state("bot-1", "acct-1")
+    assert isinstance(caught.value, TradeGuardError) and caught.value.code.name == "CANCELLED"

@@ -80,12 +80,84 @@ def test_decision_is_frozen_and_raw_is_not_part_of_equality() -> None:
 
 
 def test_enum_value_unknown_to_this_client_reads_as_unknown_number() -> None:
-    msg = rs.CanTradeResponse(allowed=True, code=99, trading_state=42)  # type: ignore[arg-type]
+    msg = rs.CanTradeResponse(allowed=True, code=t.DECISION_CODE_ALLOWED, trading_state=42,  # type: ignore[arg-type]
+                              checks=[t.CheckResult(name="new_rule", status=7, code=98)])  # type: ignore[arg-type]
 
     decision = Decision.from_proto(msg)
 
-    assert decision.code == "UNKNOWN_99" and decision.trading_state == "UNKNOWN_42"
+    assert decision.code == "ALLOWED" and decision.trading_state == "UNKNOWN_42"
+    assert (decision.checks[0].status, decision.checks[0].code) == ("UNKNOWN_7", "UNKNOWN_98")
     assert decision.state is None and decision.paused_until is None
+
+
+# Answers no TradeGuard server sends: whatever sent one (a bug, a mock, an impostor) cannot allow.
+IMPOSSIBLE_ALLOWS = {
+    "08 01: allowed, no code": rs.CanTradeResponse.FromString(b"\x08\x01"),
+    "UNSPECIFIED": rs.CanTradeResponse(allowed=True, code=t.DECISION_CODE_UNSPECIFIED),
+    "SIDECAR_UNAVAILABLE (client-only)": rs.CanTradeResponse(allowed=True, code=t.DECISION_CODE_SIDECAR_UNAVAILABLE),
+    "INVALID_RESPONSE (client-only)": rs.CanTradeResponse(allowed=True, code=t.DECISION_CODE_INVALID_RESPONSE),
+    "unknown code 99": rs.CanTradeResponse(allowed=True, code=99),  # type: ignore[arg-type]
+    "rule code without would_deny": rs.CanTradeResponse(allowed=True, code=t.DECISION_CODE_DAILY_LOSS_LIMIT),
+    "timestamp past year 9999": rs.CanTradeResponse(allowed=True, code=t.DECISION_CODE_ALLOWED,
+                                                    paused_until=Timestamp(seconds=10**15)),
+    "state timestamp past year 9999": rs.CanTradeResponse(
+        allowed=True, code=t.DECISION_CODE_ALLOWED, state=t.RiskState(updated_at=Timestamp(seconds=-10**15))),
+}
+
+
+@pytest.mark.parametrize("msg", IMPOSSIBLE_ALLOWS.values(), ids=IMPOSSIBLE_ALLOWS.keys())
+def test_an_allowed_answer_no_server_sends_is_denied_as_invalid_response(msg: rs.CanTradeResponse) -> None:
+    decision = Decision.from_proto(msg, client_order_id="tg-1")
+
+    assert not decision and decision.code == "INVALID_RESPONSE" and decision.invalid_response
+    assert decision.reason.startswith("INVALID_RESPONSE: the answer broke the protocol: ")
+    assert not decision.would_deny and decision.checks == () and decision.state is None
+    assert decision.raw is msg and decision.client_order_id == "tg-1"
+
+
+def test_invalid_response_names_what_was_wrong_and_keeps_the_answers_reason() -> None:
+    msg = rs.CanTradeResponse(allowed=True, code=t.DECISION_CODE_SIDECAR_UNAVAILABLE, reason="trust me")
+
+    reason = Decision.from_proto(msg).reason
+
+    assert "allowed=true with DECISION_CODE_SIDECAR_UNAVAILABLE (17, set by clients only)" in reason
+    assert "'trust me'" in reason
+
+
+@pytest.mark.parametrize("code", [t.DECISION_CODE_DAILY_LOSS_LIMIT, t.DECISION_CODE_CIRCUIT_BREAKER,
+                                  t.DECISION_CODE_STATE_NOT_LOADED])
+def test_shadow_mode_allow_with_a_rule_code_and_would_deny_stays_allowed(code: int) -> None:
+    msg = rs.CanTradeResponse(allowed=True, code=code, would_deny=True,  # type: ignore[arg-type]
+                              reason="SHADOW (not enforced), would deny: ...", client_order_id="bot-7")
+
+    decision = Decision.from_proto(msg, client_order_id="bot-7")
+
+    assert decision and decision.would_deny and decision.code == t.DecisionCode.Name(code).removeprefix(  # type: ignore[arg-type]
+        "DECISION_CODE_")
+    assert decision.client_order_id == "bot-7"
+
+
+@pytest.mark.parametrize("code", [t.DECISION_CODE_UNSPECIFIED, t.DECISION_CODE_ALLOWED,
+                                  t.DECISION_CODE_SIDECAR_UNAVAILABLE])
+def test_a_denial_without_a_rule_code_is_still_denied_and_marked_invalid(code: int) -> None:
+    decision = Decision.from_proto(rs.CanTradeResponse(allowed=False, code=code))  # type: ignore[arg-type]
+
+    assert not decision and decision.code == "INVALID_RESPONSE"
+
+
+@pytest.mark.parametrize("body", [None, b"\xff\xff\xff", b"\x0a\x05ab"])
+def test_a_body_that_is_not_a_can_trade_response_is_denied_as_invalid_response(body: bytes | None) -> None:
+    decision = Decision.from_bytes(body)
+
+    assert not decision and decision.code == "INVALID_RESPONSE"
+
+
+def test_a_well_formed_body_decodes_to_its_decision() -> None:
+    body = rs.CanTradeResponse(allowed=True, code=t.DECISION_CODE_ALLOWED, client_order_id="x").SerializeToString()
+
+    decision = Decision.from_bytes(body, client_order_id="ignored-when-echoed")
+
+    assert decision and decision.code == "ALLOWED" and decision.client_order_id == "x"
 
 
 def test_unavailable_decision_fails_closed_by_default() -> None:

@@ -12,15 +12,24 @@
 
 `AsyncRiskClient` is the asyncio twin (same methods, awaited); `AdminClient` / `AsyncAdminClient` cover
 AdminService. Fail-closed by default: when the sidecar cannot be reached, `can_trade` returns
-`allowed=False, code="SIDECAR_UNAVAILABLE"` instead of raising (see RiskClient).
+`allowed=False, code="SIDECAR_UNAVAILABLE"` instead of raising; an answer that breaks the protocol is
+denied with `code="INVALID_RESPONSE"`; anything else raises a `TradeGuardError` (see RiskClient).
 """
 
 from ._aio import AsyncAdminClient, AsyncRiskClient, AsyncWatchStream
 from ._channel import TLS
-from ._errors import FieldViolation, SidecarUnavailableError, TradeGuardError
+from ._errors import (
+    ClientClosedError,
+    FieldViolation,
+    InvalidArgumentError,
+    InvalidResponseError,
+    SidecarUnavailableError,
+    TradeGuardError,
+)
 from ._retry import IDEMPOTENT_METHODS, RetryPolicy
 from ._sync import AdminClient, RiskClient, WatchStream
 from ._types import (
+    INVALID_RESPONSE,
     SIDECAR_UNAVAILABLE,
     Action,
     Binding,
@@ -44,6 +53,7 @@ from ._types import (
 
 __all__ = [
     "IDEMPOTENT_METHODS",
+    "INVALID_RESPONSE",
     "SIDECAR_UNAVAILABLE",
     "TLS",
     "Action",
@@ -55,11 +65,14 @@ __all__ = [
     "BreakerEvent",
     "Check",
     "CircuitBreaker",
+    "ClientClosedError",
     "CorrelationGroup",
     "Decision",
     "FeatureFlags",
     "FieldViolation",
     "HistoryEntry",
+    "InvalidArgumentError",
+    "InvalidResponseError",
     "Order",
     "Page",
     "Position",

@@ -3,7 +3,9 @@
 
 Same methods, arguments, results and failure semantics as the blocking clients in `_sync`. The channel is
 opened on first use, inside the running event loop, so a client may be constructed anywhere; close it with
-`await client.close()` or `async with`.
+`await client.close()` or `async with`. A grpc.aio channel belongs to one event loop: when a client is
+used from another loop (a second `asyncio.run()`, say), it opens a fresh channel there and closes the old
+one, so the same client works across `asyncio.run()` calls (one loop at a time).
 """
 
 from __future__ import annotations
@@ -25,9 +27,25 @@ from tradeguard.v1 import risk_service_pb2_grpc as rsg
 
 from . import _requests as req
 from ._channel import TLS, ChannelSpec, Options, call_metadata
-from ._errors import SidecarUnavailableError, from_rpc_error
-from ._retry import IDEMPOTENT_METHODS, RetryPolicy, call_async, check_timeout
-from ._sync import DEFAULT_RETRY, DEFAULT_TARGET, unavailable_reason
+from ._errors import ClientClosedError, InvalidResponseError, SidecarUnavailableError, from_rpc_error
+from ._retry import (
+    IDEMPOTENT_METHODS,
+    LATE_S,
+    LocalDeadlineExceeded,
+    RetryPolicy,
+    call_async,
+    check_fail_open,
+    check_timeout,
+)
+from ._sync import (
+    CAN_TRADE,
+    DEFAULT_RETRY,
+    DEFAULT_TARGET,
+    call_budget,
+    call_fail_open,
+    failed_decision,
+    judged,
+)
 from ._types import (
     Binding,
     BreakerEvent,
@@ -52,7 +70,7 @@ __all__ = ["AsyncAdminClient", "AsyncRiskClient", "AsyncWatchStream"]
 log = logging.getLogger("tradeguard_client")
 
 Req = TypeVar("Req", bound=Message)
-Resp = TypeVar("Resp", bound=Message)
+Resp = TypeVar("Resp", bound=Message | bytes)
 
 
 class _AsyncClient:
@@ -63,25 +81,44 @@ class _AsyncClient:
         self._metadata = call_metadata(token, metadata)
         self._spec = ChannelSpec.build(target, tls, options)
         self._chan: grpc.aio.Channel | None = None
+        self._chan_loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
     @property
     def target(self) -> str:
         return self._spec.target
 
-    def _channel(self) -> grpc.aio.Channel:
+    def _on_new_channel(self, channel: grpc.aio.Channel) -> None:
+        """Subclasses bind their stubs to `channel`."""
+
+    def _channel(self, method: str = "") -> grpc.aio.Channel:
         if self._closed:
-            raise RuntimeError("the client is closed")
+            raise ClientClosedError(method)
+        loop = asyncio.get_running_loop()
+        if self._chan is not None and self._chan_loop is not loop:
+            self._drop_channel()
         if self._chan is None:
-            self._chan = self._spec.aio()
+            self._chan, self._chan_loop = self._spec.aio(), loop
+            self._on_new_channel(self._chan)
         return self._chan
 
+    def _drop_channel(self) -> None:
+        """Forget the channel of another loop; close it on that loop when it still runs."""
+        chan, old_loop, self._chan, self._chan_loop = self._chan, self._chan_loop, None, None
+        if chan is not None and old_loop is not None and not old_loop.is_closed() and old_loop.is_running():
+            asyncio.run_coroutine_threadsafe(chan.close(grace=None), old_loop)
+
     async def close(self) -> None:
-        """Close the channel; in-flight calls are cancelled."""
+        """Close the channel; in-flight calls are cancelled (TradeGuardError CANCELLED), and every later call
+        raises ClientClosedError (also CANCELLED)."""
         self._closed = True
-        if self._chan is not None:
-            chan, self._chan = self._chan, None
-            await chan.close(grace=None)
+        if self._chan is None:
+            return
+        if self._chan_loop is not asyncio.get_running_loop():
+            self._drop_channel()
+            return
+        chan, self._chan = self._chan, None
+        await chan.close(grace=None)
 
     async def __aenter__(self) -> Self:
         return self
@@ -92,14 +129,22 @@ class _AsyncClient:
 
     async def _unary(self, method: str, fn: grpc.aio.UnaryUnaryMultiCallable[Req, Resp], request: Req,
                      timeout: float | None) -> Resp:
-        budget = self.timeout if timeout is None else check_timeout(timeout)
+        """One call with its retries; raises only TradeGuardError (InvalidResponseError for an OK without a message)."""
+        budget = call_budget(method, self.timeout, timeout)
         metadata = self._metadata
 
         async def attempt(remaining: float) -> Resp:
-            return await fn(request, timeout=remaining, metadata=metadata)
+            try:
+                async with asyncio.timeout(remaining + LATE_S):
+                    return await fn(request, timeout=remaining, metadata=metadata)
+            except TimeoutError:
+                raise LocalDeadlineExceeded from None
 
-        return await call_async(attempt, method=method, timeout=budget, policy=self.retry,
+        resp = await call_async(attempt, method=method, timeout=budget, policy=self.retry,
                                 retry=method in IDEMPOTENT_METHODS)
+        if not isinstance(resp, Message | bytes):  # grpc.aio answers None to an OK without a message
+            raise InvalidResponseError("the call ended OK without a message", method=method)
+        return resp
 
 
 class AsyncWatchStream(AsyncIterator[StateUpdate]):
@@ -155,33 +200,49 @@ class AsyncRiskClient(_AsyncClient):
     def __init__(self, target: str = DEFAULT_TARGET, *, timeout: float = 1.0, retry: RetryPolicy = DEFAULT_RETRY,
                  fail_open: bool = False, tls: TLS | None = None, token: str | None = None,
                  metadata: Sequence[tuple[str, str]] = (), options: Options = ()) -> None:
+        self._fail_open = check_fail_open(fail_open)
         super().__init__(target, timeout=timeout, retry=retry, tls=tls, token=token, metadata=metadata,
                          options=options)
-        self.fail_open = fail_open
         self._stub_cache: RiskServiceAsyncStub | None = None
+        self._can_trade: grpc.aio.UnaryUnaryMultiCallable[rs.CanTradeRequest, bytes] | None = None
+
+    @property
+    def fail_open(self) -> bool:
+        """Allow (with would_deny) when the sidecar cannot be reached. Only a bool is accepted."""
+        return self._fail_open
+
+    @fail_open.setter
+    def fail_open(self, value: bool) -> None:
+        self._fail_open = check_fail_open(value)
+
+    def _on_new_channel(self, channel: grpc.aio.Channel) -> None:
+        self._stub_cache = rsg.RiskServiceStub(channel)
+        self._can_trade = channel.unary_unary(CAN_TRADE, request_serializer=rs.CanTradeRequest.SerializeToString,
+                                              response_deserializer=None)
 
     @property
     def _stub(self) -> RiskServiceAsyncStub:
-        channel = self._channel()
-        if self._stub_cache is None:
-            self._stub_cache = rsg.RiskServiceStub(channel)
+        self._channel()
+        assert self._stub_cache is not None
         return self._stub_cache
-
-    async def close(self) -> None:
-        self._stub_cache = None
-        await super().close()
 
     async def can_trade(self, trader_id: str, account_id: str, order: req.OrderLike | None = None, *,
                         timeout: float | None = None, fail_open: bool | None = None) -> Decision:
-        """May the trader trade now (order None: this cycle), or place `order`? Never raises when unreachable."""
+        """May the trader trade now (order None: this cycle), or place `order`? Never raises when unreachable.
+
+        An order without `client_order_id` gets one before the first attempt (retries repeat it, so the
+        sidecar counts the order once); `Decision.client_order_id` says which.
+        """
         request = req.can_trade(trader_id, account_id, order)
+        opens = call_fail_open(self._fail_open, fail_open)
+        order_id = request.order.client_order_id
+        self._channel("CanTrade")
+        assert self._can_trade is not None
         try:
-            return Decision.from_proto(await self._unary("CanTrade", self._stub.CanTrade, request, timeout))
-        except SidecarUnavailableError as error:
-            opens = self.fail_open if fail_open is None else fail_open
-            log.warning("TradeGuard sidecar %s unreachable, failing %s: %s", self.target,
-                        "OPEN" if opens else "closed", unavailable_reason(error))
-            return Decision.unavailable(unavailable_reason(error), fail_open=opens)
+            body = await self._unary("CanTrade", self._can_trade, request, timeout)
+        except (SidecarUnavailableError, InvalidResponseError) as error:
+            return failed_decision(self.target, error, opens, order_id)
+        return judged(self.target, body, order_id)
 
     async def report_equity(self, trader_id: str, account_id: str, equity: float, *,
                             observed_at: datetime | None = None, timeout: float | None = None) -> ReportResult:
@@ -208,14 +269,14 @@ class AsyncRiskClient(_AsyncClient):
 
     async def get_risk_state(self, trader_id: str, account_id: str, *, timeout: float | None = None) -> RiskState:
         """The trader's current risk state (a trader never seen has `equity_reported=False`)."""
-        request = rs.GetRiskStateRequest(trader_id=trader_id, account_id=account_id)
+        request = req.message(rs.GetRiskStateRequest, trader_id=trader_id, account_id=account_id)
         resp = await self._unary("GetRiskState", self._stub.GetRiskState, request, timeout)
         return RiskState.from_proto(resp.state)
 
     def watch_risk_state(self, trader_id: str, account_id: str, *, timeout: float | None = None) -> AsyncWatchStream:
         """Stream the current state, then every change and required action. No deadline unless `timeout`."""
-        request = rs.WatchRiskStateRequest(trader_id=trader_id, account_id=account_id)
-        deadline = None if timeout is None else check_timeout(timeout)
+        request = req.message(rs.WatchRiskStateRequest, trader_id=trader_id, account_id=account_id)
+        deadline = None if timeout is None else call_budget("WatchRiskState", self.timeout, timeout)
         return AsyncWatchStream(self._stub.WatchRiskState(request, timeout=deadline, metadata=self._metadata))
 
 
@@ -229,72 +290,70 @@ class AsyncAdminClient(_AsyncClient):
                          options=options)
         self._stub_cache: AdminServiceAsyncStub | None = None
 
+    def _on_new_channel(self, channel: grpc.aio.Channel) -> None:
+        self._stub_cache = adg.AdminServiceStub(channel)
+
     @property
     def _stub(self) -> AdminServiceAsyncStub:
-        channel = self._channel()
-        if self._stub_cache is None:
-            self._stub_cache = adg.AdminServiceStub(channel)
+        self._channel()
+        assert self._stub_cache is not None
         return self._stub_cache
-
-    async def close(self) -> None:
-        self._stub_cache = None
-        await super().close()
 
     # ---- configurations -------------------------------------------------------------------------
 
     async def save_config(self, config: req.ConfigLike, *, timeout: float | None = None) -> SavedConfig:
         """Create or replace (account_id, config_id); saving an active one deactivates the others."""
-        request = ad.SaveConfigRequest(config=req.config_msg(config))
+        request = req.message(ad.SaveConfigRequest, config=req.config_msg(config))
         resp = await self._unary("SaveConfig", self._stub.SaveConfig, request, timeout)
         return SavedConfig(RiskConfig.from_proto(resp.config), resp.created, raw=resp)
 
     async def get_config(self, account_id: str, config_id: str, *, timeout: float | None = None) -> RiskConfig:
-        request = ad.GetConfigRequest(account_id=account_id, config_id=config_id)
+        request = req.message(ad.GetConfigRequest, account_id=account_id, config_id=config_id)
         return RiskConfig.from_proto((await self._unary("GetConfig", self._stub.GetConfig, request, timeout)).config)
 
     async def list_configs(self, account_id: str, *, timeout: float | None = None) -> tuple[RiskConfig, ...]:
-        request = ad.ListConfigsRequest(account_id=account_id)
+        request = req.message(ad.ListConfigsRequest, account_id=account_id)
         resp = await self._unary("ListConfigs", self._stub.ListConfigs, request, timeout)
         return tuple(RiskConfig.from_proto(c) for c in resp.configs)
 
     async def delete_config(self, account_id: str, config_id: str, *, timeout: float | None = None) -> None:
-        request = ad.DeleteConfigRequest(account_id=account_id, config_id=config_id)
+        request = req.message(ad.DeleteConfigRequest, account_id=account_id, config_id=config_id)
         await self._unary("DeleteConfig", self._stub.DeleteConfig, request, timeout)
 
     # ---- circuit breakers -----------------------------------------------------------------------
 
     async def create_breaker(self, breaker: req.BreakerLike, *, timeout: float | None = None) -> CircuitBreaker:
-        request = ad.CreateBreakerRequest(breaker=req.breaker_msg(breaker))
+        request = req.message(ad.CreateBreakerRequest, breaker=req.breaker_msg(breaker))
         resp = await self._unary("CreateBreaker", self._stub.CreateBreaker, request, timeout)
         return CircuitBreaker.from_proto(resp.breaker)
 
     async def get_breaker(self, breaker_id: str, *, timeout: float | None = None) -> CircuitBreaker:
-        request = ad.GetBreakerRequest(breaker_id=breaker_id)
+        request = req.message(ad.GetBreakerRequest, breaker_id=breaker_id)
         resp = await self._unary("GetBreaker", self._stub.GetBreaker, request, timeout)
         return CircuitBreaker.from_proto(resp.breaker)
 
     async def list_breakers(self, account_id: str, *, timeout: float | None = None) -> tuple[CircuitBreaker, ...]:
-        request = ad.ListBreakersRequest(account_id=account_id)
+        request = req.message(ad.ListBreakersRequest, account_id=account_id)
         resp = await self._unary("ListBreakers", self._stub.ListBreakers, request, timeout)
         return tuple(CircuitBreaker.from_proto(b) for b in resp.breakers)
 
     async def update_breaker(self, breaker_id: str, breaker: req.BreakerLike, *,
                              timeout: float | None = None) -> CircuitBreaker:
-        request = ad.UpdateBreakerRequest(breaker_id=breaker_id, breaker=req.breaker_msg(breaker))
+        request = req.message(ad.UpdateBreakerRequest, breaker_id=breaker_id, breaker=req.breaker_msg(breaker))
         resp = await self._unary("UpdateBreaker", self._stub.UpdateBreaker, request, timeout)
         return CircuitBreaker.from_proto(resp.breaker)
 
     async def delete_breaker(self, breaker_id: str, *, timeout: float | None = None) -> None:
-        request = ad.DeleteBreakerRequest(breaker_id=breaker_id)
+        request = req.message(ad.DeleteBreakerRequest, breaker_id=breaker_id)
         await self._unary("DeleteBreaker", self._stub.DeleteBreaker, request, timeout)
 
     async def enable_breaker(self, breaker_id: str, *, timeout: float | None = None) -> CircuitBreaker:
-        request = ad.EnableBreakerRequest(breaker_id=breaker_id)
+        request = req.message(ad.EnableBreakerRequest, breaker_id=breaker_id)
         resp = await self._unary("EnableBreaker", self._stub.EnableBreaker, request, timeout)
         return CircuitBreaker.from_proto(resp.breaker)
 
     async def disable_breaker(self, breaker_id: str, *, timeout: float | None = None) -> CircuitBreaker:
-        request = ad.DisableBreakerRequest(breaker_id=breaker_id)
+        request = req.message(ad.DisableBreakerRequest, breaker_id=breaker_id)
         resp = await self._unary("DisableBreaker", self._stub.DisableBreaker, request, timeout)
         return CircuitBreaker.from_proto(resp.breaker)
 
@@ -331,7 +390,7 @@ class AsyncAdminClient(_AsyncClient):
 
     async def resume_trading(self, trader_id: str, account_id: str, *, timeout: float | None = None) -> RiskState:
         """Lift any pause, manual or automatic."""
-        request = ad.ResumeTradingRequest(trader_id=trader_id, account_id=account_id)
+        request = req.message(ad.ResumeTradingRequest, trader_id=trader_id, account_id=account_id)
         resp = await self._unary("ResumeTrading", self._stub.ResumeTrading, request, timeout)
         return RiskState.from_proto(resp.state)
 

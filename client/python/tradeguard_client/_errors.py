@@ -10,7 +10,15 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-__all__ = ["FieldViolation", "SidecarUnavailableError", "TradeGuardError", "from_rpc_error"]
+__all__ = [
+    "ClientClosedError",
+    "FieldViolation",
+    "InvalidArgumentError",
+    "InvalidResponseError",
+    "SidecarUnavailableError",
+    "TradeGuardError",
+    "from_rpc_error",
+]
 
 log = logging.getLogger("tradeguard_client")
 
@@ -57,23 +65,53 @@ class SidecarUnavailableError(TradeGuardError):
     """
 
 
+class InvalidResponseError(TradeGuardError):
+    """The call ended OK but its answer broke the protocol (no message, or a field that cannot be read).
+
+    `code` is INTERNAL. Raised by every call except `can_trade`, which turns it into an INVALID_RESPONSE
+    denial (never allowed, even with fail_open).
+    """
+
+    def __init__(self, why: str, *, method: str = "", attempts: int = 1) -> None:
+        self.why = why
+        super().__init__(grpc.StatusCode.INTERNAL, f"invalid response: {why}", method=method, attempts=attempts)
+
+
+class InvalidArgumentError(TradeGuardError, ValueError):
+    """An argument was refused by the client before anything was sent (code INVALID_ARGUMENT).
+
+    Like the server's INVALID_ARGUMENT, `field_violations` names the field. Also a ValueError.
+    """
+
+    def __init__(self, message: str, *, method: str = "", field: str = "") -> None:
+        violations = (FieldViolation(field, message),) if field else ()
+        super().__init__(grpc.StatusCode.INVALID_ARGUMENT, message, method=method, field_violations=violations)
+
+
+class ClientClosedError(TradeGuardError):
+    """A call on a client after its `close()` (code CANCELLED, like a call that close() cancelled in flight)."""
+
+    def __init__(self, method: str = "") -> None:
+        super().__init__(grpc.StatusCode.CANCELLED, "the client is closed", method=method)
+
+
 def _violations(call: Any) -> tuple[FieldViolation, ...]:
     if not callable(getattr(call, "trailing_metadata", None)):
         return ()
     try:
         status = rpc_status.from_call(call)
-    except ValueError:  # the detail disagrees with the status line: trust the status line, drop the detail
-        log.debug("ignoring inconsistent grpc-status-details-bin trailer", exc_info=True)
+        if status is None:
+            return ()
+        out: list[FieldViolation] = []
+        for detail in status.details:
+            if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad = error_details_pb2.BadRequest()
+                detail.Unpack(bad)
+                out.extend(FieldViolation(v.field, v.description) for v in bad.field_violations)
+        return tuple(out)
+    except Exception:  # a corrupt or inconsistent detail: trust the status line, drop the detail
+        log.debug("ignoring unreadable grpc-status-details-bin trailer", exc_info=True)
         return ()
-    if status is None:
-        return ()
-    out: list[FieldViolation] = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            out.extend(FieldViolation(v.field, v.description) for v in bad.field_violations)
-    return tuple(out)
 
 
 def from_rpc_error(error: grpc.RpcError, method: str = "", attempts: int = 1) -> TradeGuardError:

@@ -1,14 +1,23 @@
-"""Request builders shared by the sync and async clients (pure: no I/O)."""
+"""Request builders shared by the sync and async clients (pure: no I/O).
+
+A builder refuses a bad argument with InvalidArgumentError (a TradeGuardError, also a ValueError) naming
+the field, like the server's INVALID_ARGUMENT, so a caller catches one family of errors.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+import re
+import uuid
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
+from typing import ParamSpec, TypeVar
 
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import risk_service_pb2 as rs
 from tradeguard.v1 import types_pb2 as t
 
+from ._errors import InvalidArgumentError
 from ._types import (
     CircuitBreaker,
     Order,
@@ -26,6 +35,8 @@ __all__ = [
     "config_msg",
     "list_breaker_events",
     "list_history",
+    "message",
+    "new_client_order_id",
     "pause_trading",
     "report_equity",
     "report_positions",
@@ -39,13 +50,54 @@ ConfigLike = RiskConfig | t.RiskConfiguration
 BreakerLike = CircuitBreaker | t.CircuitBreaker
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+FIELD = re.compile(r"^([A-Za-z_][\w.]*): ")
+
+
+def checked(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn the ValueError / TypeError / OverflowError of a bad argument into InvalidArgumentError."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except InvalidArgumentError:
+            raise
+        except (ValueError, TypeError, OverflowError) as exc:
+            text = str(exc)
+            match = FIELD.match(text)
+            raise InvalidArgumentError(text, field=match.group(1) if match else "") from exc
+
+    return wrapper
+
+
+M = TypeVar("M")
+
+
+@checked
+def message(cls: Callable[..., M], **fields: object) -> M:
+    """`cls(**fields)` for a request built inline; a field of the wrong type raises InvalidArgumentError."""
+    return cls(**fields)
+
+
+def new_client_order_id() -> str:
+    """A fresh client_order_id: "tg-" and 32 hex digits (within the 1-128 [A-Za-z0-9._:@/-] the server takes)."""
+    return f"tg-{uuid.uuid4().hex}"
+
+
+@checked
 def can_trade(trader_id: str, account_id: str, order: OrderLike | None) -> rs.CanTradeRequest:
+    """The request; an order without client_order_id gets a fresh one, so every retry of this request repeats it."""
     req = rs.CanTradeRequest(trader_id=trader_id, account_id=account_id)
     if order is not None:
         req.order.CopyFrom(order.to_proto() if isinstance(order, Order) else order)
+        if not req.order.client_order_id:
+            req.order.client_order_id = new_client_order_id()
     return req
 
 
+@checked
 def report_equity(trader_id: str, account_id: str, equity: float,
                   observed_at: datetime | None) -> rs.ReportEquityRequest:
     req = rs.ReportEquityRequest(trader_id=trader_id, account_id=account_id, equity=equity)
@@ -54,6 +106,7 @@ def report_equity(trader_id: str, account_id: str, equity: float,
     return req
 
 
+@checked
 def report_trade(trader_id: str, account_id: str, *, trade_id: str, symbol: str, side: str, realized_pnl: float,
                  exchange: str, closed_at: datetime | None) -> rs.ReportTradeRequest:
     req = rs.ReportTradeRequest(trader_id=trader_id, account_id=account_id, trade_id=trade_id, symbol=symbol,
@@ -63,6 +116,7 @@ def report_trade(trader_id: str, account_id: str, *, trade_id: str, symbol: str,
     return req
 
 
+@checked
 def report_positions(trader_id: str, account_id: str, positions: Iterable[PositionLike]) -> rs.ReportPositionsRequest:
     return rs.ReportPositionsRequest(
         trader_id=trader_id, account_id=account_id,
@@ -70,20 +124,24 @@ def report_positions(trader_id: str, account_id: str, positions: Iterable[Positi
     )
 
 
+@checked
 def config_msg(config: ConfigLike) -> t.RiskConfiguration:
     return config.to_proto() if isinstance(config, RiskConfig) else config
 
 
+@checked
 def breaker_msg(breaker: BreakerLike) -> t.CircuitBreaker:
     return breaker.to_proto() if isinstance(breaker, CircuitBreaker) else breaker
 
 
+@checked
 def list_breaker_events(breaker_id: str, account_id: str, page_size: int,
                         page_token: str) -> ad.ListBreakerEventsRequest:
     return ad.ListBreakerEventsRequest(breaker_id=breaker_id, account_id=account_id, page_size=page_size,
                                        page_token=page_token)
 
 
+@checked
 def set_feature_flags(enable_risk_enforcement: bool | None,
                       enable_persistence: bool | None) -> ad.SetFeatureFlagsRequest:
     flags = t.FeatureFlags()
@@ -94,6 +152,7 @@ def set_feature_flags(enable_risk_enforcement: bool | None,
     return ad.SetFeatureFlagsRequest(flags=flags)
 
 
+@checked
 def pause_trading(trader_id: str, account_id: str, trading_state: str, duration: timedelta | float | None,
                   reason: str) -> ad.PauseTradingRequest:
     req = ad.PauseTradingRequest(trader_id=trader_id, account_id=account_id,
@@ -103,6 +162,7 @@ def pause_trading(trader_id: str, account_id: str, trading_state: str, duration:
     return req
 
 
+@checked
 def list_history(trader_id: str, account_id: str, start_time: datetime | None, end_time: datetime | None,
                  page_size: int, page_token: str) -> ad.ListRiskStateHistoryRequest:
     req = ad.ListRiskStateHistoryRequest(trader_id=trader_id, account_id=account_id, page_size=page_size,

@@ -34,7 +34,16 @@ import grpc
 
 from ._errors import from_rpc_error
 
-__all__ = ["IDEMPOTENT_METHODS", "RetryPolicy", "call_async", "call_sync", "check_timeout"]
+__all__ = [
+    "IDEMPOTENT_METHODS",
+    "LATE_S",
+    "LocalDeadlineExceeded",
+    "RetryPolicy",
+    "call_async",
+    "call_sync",
+    "check_fail_open",
+    "check_timeout",
+]
 
 log = logging.getLogger("tradeguard_client")
 
@@ -43,6 +52,21 @@ R = TypeVar("R")
 RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE})
 MIN_ATTEMPT_S = 0.01
 """A retry is not started unless at least this much of the deadline is left after the backoff pause."""
+
+LATE_S = 0.02
+"""How long after a call's deadline the async client's own timer gives up, when gRPC has not (it can be late
+by more than 100 ms while the channel keeps reconnecting, e.g. to a server that sends GOAWAY at once)."""
+
+
+class LocalDeadlineExceeded(grpc.RpcError):
+    """DEADLINE_EXCEEDED raised by this client's own timer; looks like the RpcError gRPC would raise."""
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+
+    def details(self) -> str:
+        return "Deadline Exceeded (the client's timer: gRPC had not ended the call)"
+
 
 IDEMPOTENT_METHODS = frozenset({
     "CanTrade", "GetRiskState", "ReportEquity", "ReportTrade", "ReportPositions",
@@ -148,7 +172,17 @@ async def call_async(fn: Callable[[float], Awaitable[R]], *, method: str, timeou
 
 
 def check_timeout(timeout: float, what: str = "timeout") -> float:
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(f"{what}: must be a number of seconds, got {type(timeout).__name__} {timeout!r}")
     if not math.isfinite(timeout) or timeout <= 0:
         raise ValueError(f"{what}: must be a finite number of seconds > 0, got {timeout!r}")
     return float(timeout)
+
+
+def check_fail_open(value: object, what: str = "fail_open") -> bool:
+    """Only a real bool: `fail_open=os.environ["X"]` ("false" is truthy) must not open the gate."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{what}: must be True or False, got {type(value).__name__} {value!r} "
+                        "(parse strings yourself, e.g. value.lower() in ('1', 'true', 'yes'))")
+    return value
 

@@ -18,8 +18,20 @@ from tradeguard.v1 import risk_service_pb2_grpc as rsg
 
 from . import _requests as req
 from ._channel import TLS, ChannelSpec, Options, call_metadata
-from ._errors import SidecarUnavailableError, from_rpc_error
-from ._retry import IDEMPOTENT_METHODS, RetryPolicy, call_sync, check_timeout
+from ._errors import (
+    ClientClosedError,
+    InvalidArgumentError,
+    InvalidResponseError,
+    SidecarUnavailableError,
+    from_rpc_error,
+)
+from ._retry import (
+    IDEMPOTENT_METHODS,
+    RetryPolicy,
+    call_sync,
+    check_fail_open,
+    check_timeout,
+)
 from ._types import (
     Binding,
     BreakerEvent,
@@ -44,10 +56,50 @@ Resp = TypeVar("Resp", bound=Message)
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_RETRY = RetryPolicy()
+CAN_TRADE = "/tradeguard.v1.RiskService/CanTrade"
+"""CanTrade is called with raw bytes out, so this client decodes (and judges) the answer itself."""
 
 
 def unavailable_reason(error: SidecarUnavailableError) -> str:
     return f"{error.code.name}: {error.message} (after {error.attempts} attempt(s))"
+
+
+def call_budget(method: str, default: float, timeout: float | None) -> float:
+    """The deadline of one call: `timeout` when given (checked), else the client's."""
+    if timeout is None:
+        return default
+    try:
+        return check_timeout(timeout)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgumentError(str(exc), method=method, field="timeout") from None
+
+
+def call_fail_open(default: bool, fail_open: bool | None) -> bool:
+    if fail_open is None:
+        return default
+    try:
+        return check_fail_open(fail_open)
+    except TypeError as exc:
+        raise InvalidArgumentError(str(exc), method="CanTrade", field="fail_open") from None
+
+
+def failed_decision(target: str, error: SidecarUnavailableError | InvalidResponseError, fail_open: bool,
+                    client_order_id: str) -> Decision:
+    """can_trade's answer when the call gave no decision: fail closed (or open), or deny an invalid answer."""
+    if isinstance(error, InvalidResponseError):
+        log.warning("TradeGuard sidecar %s answered CanTrade against the protocol, denied: %s", target, error.why)
+        return Decision.invalid(error.why, client_order_id=client_order_id)
+    log.warning("TradeGuard sidecar %s unreachable, failing %s: %s", target, "OPEN" if fail_open else "closed",
+                unavailable_reason(error))
+    return Decision.unavailable(unavailable_reason(error), fail_open=fail_open, client_order_id=client_order_id)
+
+
+def judged(target: str, body: object, client_order_id: str) -> Decision:
+    decision = Decision.from_bytes(body, client_order_id)
+    if decision.invalid_response:
+        log.warning("TradeGuard sidecar %s answered CanTrade against the protocol, denied: %s", target,
+                    decision.reason)
+    return decision
 
 
 class _SyncClient:
@@ -58,13 +110,16 @@ class _SyncClient:
         self._metadata = call_metadata(token, metadata)
         self._spec = ChannelSpec.build(target, tls, options)
         self._channel = self._spec.sync()
+        self._closed = False
 
     @property
     def target(self) -> str:
         return self._spec.target
 
     def close(self) -> None:
-        """Close the channel; in-flight calls are cancelled."""
+        """Close the channel; in-flight calls are cancelled (TradeGuardError CANCELLED), and every later call
+        raises ClientClosedError (also CANCELLED)."""
+        self._closed = True
         self._channel.close()
 
     def __enter__(self) -> Self:
@@ -76,14 +131,27 @@ class _SyncClient:
 
     def _unary(self, method: str, fn: grpc.UnaryUnaryMultiCallable[Req, Resp], request: Req,
                timeout: float | None) -> Resp:
-        budget = self.timeout if timeout is None else check_timeout(timeout)
+        """One call with its retries; raises only TradeGuardError (InvalidResponseError for an OK without a message)."""
+        budget = call_budget(method, self.timeout, timeout)
+        if self._closed:
+            raise ClientClosedError(method)
         metadata = self._metadata
 
         def attempt(remaining: float) -> Resp:
-            return fn(request, timeout=remaining, metadata=metadata)
+            # A blocking call, not future().result(timeout): the future's hand-off between threads costs
+            # ~200 us a call (measured), and grpc's own deadline is late only while it reconnects in a loop.
+            try:
+                return fn(request, timeout=remaining, metadata=metadata)
+            except ValueError:  # grpc: "Cannot invoke RPC on closed channel!"
+                if self._closed:
+                    raise ClientClosedError(method) from None
+                raise
 
-        return call_sync(attempt, method=method, timeout=budget, policy=self.retry,
+        resp = call_sync(attempt, method=method, timeout=budget, policy=self.retry,
                          retry=method in IDEMPOTENT_METHODS)
+        if resp is None:
+            raise InvalidResponseError("the call ended OK without a message", method=method)
+        return resp
 
 
 class WatchStream(Iterator[StateUpdate]):
@@ -134,30 +202,50 @@ class RiskClient(_SyncClient):
 
     Fail-closed: when the sidecar cannot be reached (UNAVAILABLE after the retries, or DEADLINE_EXCEEDED),
     `can_trade` does not raise but returns `Decision(allowed=False, code="SIDECAR_UNAVAILABLE", reason=...)`
-    naming the error. With `fail_open=True` it returns `allowed=True`, the same code and reason, and
-    `would_deny=True`. Every other method raises SidecarUnavailableError, and any other failure raises
-    TradeGuardError (with `field_violations` for INVALID_ARGUMENT).
+    naming the error. With `fail_open=True` (a bool; anything else is refused) it returns `allowed=True`,
+    the same code and reason, and `would_deny=True`. An answer that breaks the protocol (an "allowed" with
+    a code no server sends, a body that is not a CanTradeResponse, an OK without a message) is denied with
+    code "INVALID_RESPONSE", whatever `fail_open` says. Any other failure raises TradeGuardError (with
+    `field_violations` for INVALID_ARGUMENT, also for arguments refused before sending); `can_trade` raises
+    nothing else. Every other method raises SidecarUnavailableError when unreachable, InvalidResponseError
+    for an answer that breaks the protocol, and TradeGuardError otherwise.
     """
 
     def __init__(self, target: str = DEFAULT_TARGET, *, timeout: float = 1.0, retry: RetryPolicy = DEFAULT_RETRY,
                  fail_open: bool = False, tls: TLS | None = None, token: str | None = None,
                  metadata: Sequence[tuple[str, str]] = (), options: Options = ()) -> None:
+        self._fail_open = check_fail_open(fail_open)
         super().__init__(target, timeout=timeout, retry=retry, tls=tls, token=token, metadata=metadata,
                          options=options)
-        self.fail_open = fail_open
         self._stub = rsg.RiskServiceStub(self._channel)
+        self._can_trade = self._channel.unary_unary(CAN_TRADE,
+                                                    request_serializer=rs.CanTradeRequest.SerializeToString,
+                                                    response_deserializer=None)
+
+    @property
+    def fail_open(self) -> bool:
+        """Allow (with would_deny) when the sidecar cannot be reached. Only a bool is accepted."""
+        return self._fail_open
+
+    @fail_open.setter
+    def fail_open(self, value: bool) -> None:
+        self._fail_open = check_fail_open(value)
 
     def can_trade(self, trader_id: str, account_id: str, order: req.OrderLike | None = None, *,
                   timeout: float | None = None, fail_open: bool | None = None) -> Decision:
-        """May the trader trade now (order None: this cycle), or place `order`? Never raises when unreachable."""
+        """May the trader trade now (order None: this cycle), or place `order`? Never raises when unreachable.
+
+        An order without `client_order_id` gets one before the first attempt (retries repeat it, so the
+        sidecar counts the order once); `Decision.client_order_id` says which.
+        """
         request = req.can_trade(trader_id, account_id, order)
+        opens = call_fail_open(self._fail_open, fail_open)
+        order_id = request.order.client_order_id
         try:
-            return Decision.from_proto(self._unary("CanTrade", self._stub.CanTrade, request, timeout))
-        except SidecarUnavailableError as error:
-            opens = self.fail_open if fail_open is None else fail_open
-            log.warning("TradeGuard sidecar %s unreachable, failing %s: %s", self.target,
-                        "OPEN" if opens else "closed", unavailable_reason(error))
-            return Decision.unavailable(unavailable_reason(error), fail_open=opens)
+            body = self._unary("CanTrade", self._can_trade, request, timeout)
+        except (SidecarUnavailableError, InvalidResponseError) as error:
+            return failed_decision(self.target, error, opens, order_id)
+        return judged(self.target, body, order_id)
 
     def report_equity(self, trader_id: str, account_id: str, equity: float, *, observed_at: datetime | None = None,
                       timeout: float | None = None) -> ReportResult:
@@ -184,13 +272,15 @@ class RiskClient(_SyncClient):
 
     def get_risk_state(self, trader_id: str, account_id: str, *, timeout: float | None = None) -> RiskState:
         """The trader's current risk state (a trader never seen has `equity_reported=False`)."""
-        request = rs.GetRiskStateRequest(trader_id=trader_id, account_id=account_id)
+        request = req.message(rs.GetRiskStateRequest, trader_id=trader_id, account_id=account_id)
         return RiskState.from_proto(self._unary("GetRiskState", self._stub.GetRiskState, request, timeout).state)
 
     def watch_risk_state(self, trader_id: str, account_id: str, *, timeout: float | None = None) -> WatchStream:
         """Stream the current state, then every change and required action. No deadline unless `timeout`."""
-        request = rs.WatchRiskStateRequest(trader_id=trader_id, account_id=account_id)
-        deadline = None if timeout is None else check_timeout(timeout)
+        request = req.message(rs.WatchRiskStateRequest, trader_id=trader_id, account_id=account_id)
+        deadline = None if timeout is None else call_budget("WatchRiskState", self.timeout, timeout)
+        if self._closed:
+            raise ClientClosedError("WatchRiskState")
         return WatchStream(self._stub.WatchRiskState(request, timeout=deadline, metadata=self._metadata))
 
 
@@ -215,56 +305,56 @@ class AdminClient(_SyncClient):
 
     def save_config(self, config: req.ConfigLike, *, timeout: float | None = None) -> SavedConfig:
         """Create or replace (account_id, config_id); saving an active one deactivates the others."""
-        resp = self._unary("SaveConfig", self._stub.SaveConfig, ad.SaveConfigRequest(config=req.config_msg(config)),
-                           timeout)
+        request = req.message(ad.SaveConfigRequest, config=req.config_msg(config))
+        resp = self._unary("SaveConfig", self._stub.SaveConfig, request, timeout)
         return SavedConfig(RiskConfig.from_proto(resp.config), resp.created, raw=resp)
 
     def get_config(self, account_id: str, config_id: str, *, timeout: float | None = None) -> RiskConfig:
-        request = ad.GetConfigRequest(account_id=account_id, config_id=config_id)
+        request = req.message(ad.GetConfigRequest, account_id=account_id, config_id=config_id)
         return RiskConfig.from_proto(self._unary("GetConfig", self._stub.GetConfig, request, timeout).config)
 
     def list_configs(self, account_id: str, *, timeout: float | None = None) -> tuple[RiskConfig, ...]:
-        resp = self._unary("ListConfigs", self._stub.ListConfigs, ad.ListConfigsRequest(account_id=account_id),
-                           timeout)
+        request = req.message(ad.ListConfigsRequest, account_id=account_id)
+        resp = self._unary("ListConfigs", self._stub.ListConfigs, request, timeout)
         return tuple(RiskConfig.from_proto(c) for c in resp.configs)
 
     def delete_config(self, account_id: str, config_id: str, *, timeout: float | None = None) -> None:
-        request = ad.DeleteConfigRequest(account_id=account_id, config_id=config_id)
+        request = req.message(ad.DeleteConfigRequest, account_id=account_id, config_id=config_id)
         self._unary("DeleteConfig", self._stub.DeleteConfig, request, timeout)
 
     # ---- circuit breakers -----------------------------------------------------------------------
 
     def create_breaker(self, breaker: req.BreakerLike, *, timeout: float | None = None) -> CircuitBreaker:
-        request = ad.CreateBreakerRequest(breaker=req.breaker_msg(breaker))
+        request = req.message(ad.CreateBreakerRequest, breaker=req.breaker_msg(breaker))
         return CircuitBreaker.from_proto(self._unary("CreateBreaker", self._stub.CreateBreaker, request,
                                                      timeout).breaker)
 
     def get_breaker(self, breaker_id: str, *, timeout: float | None = None) -> CircuitBreaker:
-        request = ad.GetBreakerRequest(breaker_id=breaker_id)
+        request = req.message(ad.GetBreakerRequest, breaker_id=breaker_id)
         return CircuitBreaker.from_proto(self._unary("GetBreaker", self._stub.GetBreaker, request, timeout).breaker)
 
     def list_breakers(self, account_id: str, *, timeout: float | None = None) -> tuple[CircuitBreaker, ...]:
-        request = ad.ListBreakersRequest(account_id=account_id)
+        request = req.message(ad.ListBreakersRequest, account_id=account_id)
         resp = self._unary("ListBreakers", self._stub.ListBreakers, request, timeout)
         return tuple(CircuitBreaker.from_proto(b) for b in resp.breakers)
 
     def update_breaker(self, breaker_id: str, breaker: req.BreakerLike, *,
                        timeout: float | None = None) -> CircuitBreaker:
-        request = ad.UpdateBreakerRequest(breaker_id=breaker_id, breaker=req.breaker_msg(breaker))
+        request = req.message(ad.UpdateBreakerRequest, breaker_id=breaker_id, breaker=req.breaker_msg(breaker))
         return CircuitBreaker.from_proto(self._unary("UpdateBreaker", self._stub.UpdateBreaker, request,
                                                      timeout).breaker)
 
     def delete_breaker(self, breaker_id: str, *, timeout: float | None = None) -> None:
-        self._unary("DeleteBreaker", self._stub.DeleteBreaker, ad.DeleteBreakerRequest(breaker_id=breaker_id),
-                    timeout)
+        request = req.message(ad.DeleteBreakerRequest, breaker_id=breaker_id)
+        self._unary("DeleteBreaker", self._stub.DeleteBreaker, request, timeout)
 
     def enable_breaker(self, breaker_id: str, *, timeout: float | None = None) -> CircuitBreaker:
-        request = ad.EnableBreakerRequest(breaker_id=breaker_id)
+        request = req.message(ad.EnableBreakerRequest, breaker_id=breaker_id)
         return CircuitBreaker.from_proto(self._unary("EnableBreaker", self._stub.EnableBreaker, request,
                                                      timeout).breaker)
 
     def disable_breaker(self, breaker_id: str, *, timeout: float | None = None) -> CircuitBreaker:
-        request = ad.DisableBreakerRequest(breaker_id=breaker_id)
+        request = req.message(ad.DisableBreakerRequest, breaker_id=breaker_id)
         return CircuitBreaker.from_proto(self._unary("DisableBreaker", self._stub.DisableBreaker, request,
                                                      timeout).breaker)
 
@@ -298,7 +388,7 @@ class AdminClient(_SyncClient):
 
     def resume_trading(self, trader_id: str, account_id: str, *, timeout: float | None = None) -> RiskState:
         """Lift any pause, manual or automatic."""
-        request = ad.ResumeTradingRequest(trader_id=trader_id, account_id=account_id)
+        request = req.message(ad.ResumeTradingRequest, trader_id=trader_id, account_id=account_id)
         return RiskState.from_proto(self._unary("ResumeTrading", self._stub.ResumeTrading, request, timeout).state)
 
     def list_bindings(self, account_id: str = "", *, timeout: float | None = None) -> tuple[Binding, ...]:

@@ -16,13 +16,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar, cast
 
 from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import risk_service_pb2 as rs
 from tradeguard.v1 import types_pb2 as t
 
+from ._errors import InvalidResponseError
+
 __all__ = [
+    "INVALID_RESPONSE",
     "SIDECAR_UNAVAILABLE",
     "Action",
     "Binding",
@@ -46,6 +49,15 @@ __all__ = [
 
 SIDECAR_UNAVAILABLE = "SIDECAR_UNAVAILABLE"
 """Decision code set by this client (never by the server) when the sidecar could not be reached."""
+INVALID_RESPONSE = "INVALID_RESPONSE"
+"""Decision code set by this client (never by the server) when the answer broke the protocol: always denied."""
+
+CLIENT_ONLY_CODES = frozenset({t.DECISION_CODE_SIDECAR_UNAVAILABLE, t.DECISION_CODE_INVALID_RESPONSE})
+RULE_CODES = frozenset(
+    v.number for v in t.DecisionCode.DESCRIPTOR.values
+    if v.number not in (t.DECISION_CODE_UNSPECIFIED, t.DECISION_CODE_ALLOWED) and v.number not in CLIENT_ONLY_CODES
+)
+"""The codes a server denies with (and allows with in shadow mode, with would_deny): every rule's code."""
 
 T = TypeVar("T")
 
@@ -98,7 +110,10 @@ def ts_to_datetime(msg: Message, name: str) -> datetime | None:
     if not msg.HasField(name):
         return None
     ts: timestamp_pb2.Timestamp = getattr(msg, name)
-    return ts.ToDatetime(tzinfo=UTC)
+    try:
+        return ts.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError) as exc:  # outside 0001..9999: no server sends that
+        raise InvalidResponseError(f"{name}: {exc}") from None
 
 
 def datetime_to_ts(value: datetime, what: str) -> timestamp_pb2.Timestamp:
@@ -106,7 +121,10 @@ def datetime_to_ts(value: datetime, what: str) -> timestamp_pb2.Timestamp:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"{what}: give a timezone-aware datetime (e.g. datetime.now(UTC)), not a naive one")
     ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value.astimezone(UTC))
+    try:
+        ts.FromDatetime(value.astimezone(UTC))
+    except (ValueError, OverflowError) as exc:
+        raise ValueError(f"{what}: {value.isoformat()} cannot be sent as a UTC timestamp ({exc})") from None
     return ts
 
 
@@ -123,7 +141,10 @@ def struct_to_dict(msg: Message, name: str) -> dict[str, Any] | None:
     if not msg.HasField(name):
         return None
     struct: struct_pb2.Struct = getattr(msg, name)
-    out: dict[str, Any] = json_format.MessageToDict(struct)
+    try:
+        out: dict[str, Any] = json_format.MessageToDict(struct)
+    except (ValueError, json_format.Error) as exc:  # e.g. a NaN number: no server sends that
+        raise InvalidResponseError(f"{name}: {exc}") from None
     return out
 
 
@@ -141,6 +162,8 @@ class Order:
     """An order the bot is about to place (OrderIntent). `side` is "BUY" or "SELL".
 
     `leverage` 0 means 1x; `stop_price` 0 means no stop; `volatility` 0 means not reported.
+    `client_order_id` is the bot's id of the order; when empty, `can_trade` makes one before its first
+    attempt (so its own retries repeat it) and returns it in `Decision.client_order_id`.
     """
 
     symbol: str
@@ -152,12 +175,13 @@ class Order:
     reduce_only: bool = False
     stop_price: float = 0.0
     volatility: float = 0.0
+    client_order_id: str = ""
 
     def to_proto(self) -> t.OrderIntent:
         return t.OrderIntent(
             symbol=self.symbol, exchange=self.exchange, side=side_value(self.side),
             quantity=self.quantity, price=self.price, leverage=self.leverage, reduce_only=self.reduce_only,
-            stop_price=self.stop_price, volatility=self.volatility,
+            stop_price=self.stop_price, volatility=self.volatility, client_order_id=self.client_order_id,
         )
 
 
@@ -285,15 +309,53 @@ def _state_or_none(msg: Message, name: str = "state") -> RiskState | None:
     return RiskState.from_proto(getattr(msg, name)) if msg.HasField(name) else None
 
 
+def _code_text(code: int) -> str:
+    try:
+        name = t.DecisionCode.Name(code)  # type: ignore[arg-type]
+    except ValueError:
+        return f"unknown code {code}"
+    if code == t.DECISION_CODE_UNSPECIFIED:
+        return f"{name} ({code}, never sent by a server)"
+    if code in CLIENT_ONLY_CODES:
+        return f"{name} ({code}, set by clients only)"
+    return f"{name} ({code})"
+
+
+def protocol_violation(m: rs.CanTradeResponse) -> str | None:
+    """Why `m` is an answer no TradeGuard server sends, or None when it is a valid one.
+
+    Valid: allowed=true with DECISION_CODE_ALLOWED; allowed=true with a rule's code and would_deny=true
+    (shadow mode); allowed=false with a rule's code. Anything else (an "allowed" with UNSPECIFIED, a
+    client-only or unknown code, or a rule's code without would_deny; a denial with no rule's code) is not.
+    """
+    code = m.code
+    if m.allowed:
+        if code == t.DECISION_CODE_ALLOWED:
+            return None
+        if code in RULE_CODES:
+            if m.would_deny:
+                return None
+            return (f"allowed=true with the rule code {_code_text(code)} but would_deny=false (only shadow mode "
+                    "allows with a rule's code, and it sets would_deny)")
+        return f"allowed=true with {_code_text(code)}"
+    if code in RULE_CODES:
+        return None
+    return f"allowed=false with {_code_text(code)}"
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     """The answer to `can_trade`.
 
     `bool(decision)` is `decision.allowed`, so `if client.can_trade(...):` is safe. `code` names the rule
-    that decided ("ALLOWED", "NO_EQUITY_REPORTED", "DAILY_LOSS_LIMIT", ...) or "SIDECAR_UNAVAILABLE" when this
-    client could not reach the sidecar (then `raw` and `state` are None and `checks` / `actions` are empty).
+    that decided ("ALLOWED", "NO_EQUITY_REPORTED", "DAILY_LOSS_LIMIT", ...), "SIDECAR_UNAVAILABLE" when this
+    client could not reach the sidecar, or "INVALID_RESPONSE" when the answer broke the protocol (an allowed
+    answer with a code no server sends, or one that cannot be read): always denied, whatever `fail_open`
+    says. For both client-made codes `state` is None and `checks` / `actions` are empty (`raw` keeps an
+    invalid answer's message, when there was one).
     `would_deny` is true when the decision allows only because enforcement is off (shadow mode) or because
-    the client fails open.
+    the client fails open. `client_order_id` is the order's id (the caller's, or the one the client made),
+    empty when no order was given.
     """
 
     allowed: bool
@@ -305,6 +367,7 @@ class Decision:
     actions: tuple[Action, ...]
     would_deny: bool
     state: RiskState | None
+    client_order_id: str = ""
     raw: rs.CanTradeResponse | None = field(default=None, repr=False, compare=False)
 
     def __bool__(self) -> bool:
@@ -315,18 +378,57 @@ class Decision:
         """True when this decision was made by the client because the sidecar could not be reached."""
         return self.code == SIDECAR_UNAVAILABLE
 
+    @property
+    def invalid_response(self) -> bool:
+        """True when this client denied because the answer broke the protocol."""
+        return self.code == INVALID_RESPONSE
+
     @classmethod
-    def from_proto(cls, m: rs.CanTradeResponse) -> Decision:
+    def from_proto(cls, m: rs.CanTradeResponse, client_order_id: str = "") -> Decision:
+        """The decision a CanTradeResponse carries, or an INVALID_RESPONSE denial when it breaks the protocol.
+
+        `client_order_id` is the id the request carried (used when the answer does not echo one).
+        """
+        why = protocol_violation(m)
+        if why is None:
+            try:
+                return cls(
+                    allowed=m.allowed, code=enum_name(t.DecisionCode, "DECISION_CODE_", m.code), reason=m.reason,
+                    trading_state=enum_name(t.TradingState, "TRADING_STATE_", m.trading_state),
+                    paused_until=ts_to_datetime(m, "paused_until"),
+                    checks=tuple(Check.from_proto(c) for c in m.checks),
+                    actions=tuple(Action.from_proto(a) for a in m.actions), would_deny=m.would_deny,
+                    state=_state_or_none(m), client_order_id=m.client_order_id or client_order_id, raw=m,
+                )
+            except (InvalidResponseError, ValueError, OverflowError) as exc:  # e.g. a timestamp past 9999
+                why = f"a field cannot be read ({exc.why if isinstance(exc, InvalidResponseError) else exc})"
+        return cls.invalid(why, raw=m, client_order_id=client_order_id)
+
+    @classmethod
+    def from_bytes(cls, body: object, client_order_id: str = "") -> Decision:
+        """The decision in a CanTrade answer's body, or an INVALID_RESPONSE denial when there is none to read."""
+        if not isinstance(body, bytes):
+            return cls.invalid("the call ended OK without a message", client_order_id=client_order_id)
+        try:
+            msg = rs.CanTradeResponse.FromString(body)
+        except DecodeError as exc:
+            return cls.invalid(f"the body ({len(body)} bytes) is not a CanTradeResponse ({exc})",
+                               client_order_id=client_order_id)
+        return cls.from_proto(msg, client_order_id)
+
+    @classmethod
+    def invalid(cls, why: str, *, raw: rs.CanTradeResponse | None = None, client_order_id: str = "") -> Decision:
+        """The denial this client makes when the answer broke the protocol (never allowed, even failing open)."""
+        reason = f"{INVALID_RESPONSE}: the answer broke the protocol: {why}; denied (whatever answered cannot allow)"
+        if raw is not None and raw.reason:
+            reason += f"; its reason was {raw.reason[:200]!r}"
         return cls(
-            allowed=m.allowed, code=enum_name(t.DecisionCode, "DECISION_CODE_", m.code), reason=m.reason,
-            trading_state=enum_name(t.TradingState, "TRADING_STATE_", m.trading_state),
-            paused_until=ts_to_datetime(m, "paused_until"), checks=tuple(Check.from_proto(c) for c in m.checks),
-            actions=tuple(Action.from_proto(a) for a in m.actions), would_deny=m.would_deny,
-            state=_state_or_none(m), raw=m,
+            allowed=False, code=INVALID_RESPONSE, reason=reason, trading_state="UNSPECIFIED", paused_until=None,
+            checks=(), actions=(), would_deny=False, state=None, client_order_id=client_order_id, raw=raw,
         )
 
     @classmethod
-    def unavailable(cls, error: str, *, fail_open: bool) -> Decision:
+    def unavailable(cls, error: str, *, fail_open: bool, client_order_id: str = "") -> Decision:
         """The decision when the sidecar cannot be reached: denied, or allowed with would_deny when failing open."""
         if fail_open:
             reason = f"{SIDECAR_UNAVAILABLE}: {error}; allowed because the client fails open (fail_open=True)"
@@ -334,7 +436,8 @@ class Decision:
             reason = f"{SIDECAR_UNAVAILABLE}: {error}; denied because the client fails closed"
         return cls(
             allowed=fail_open, code=SIDECAR_UNAVAILABLE, reason=reason, trading_state="UNSPECIFIED",
-            paused_until=None, checks=(), actions=(), would_deny=fail_open, state=None, raw=None,
+            paused_until=None, checks=(), actions=(), would_deny=fail_open, state=None,
+            client_order_id=client_order_id, raw=None,
         )
 
 

@@ -7,7 +7,14 @@
 //
 // Every output line is machine-readable: space-separated key=value pairs, values quoted when needed.
 // The bot fails closed: when the sidecar cannot be reached, the decision is
-// "allowed=false code=DECISION_CODE_SIDECAR_UNAVAILABLE" and the process exits with status 3.
+// "allowed=false code=DECISION_CODE_SIDECAR_UNAVAILABLE" and the process exits with status 3. An answer
+// no TradeGuard server sends (an "allowed" with an impossible code, an undecodable body) is denied as
+// "allowed=false code=DECISION_CODE_INVALID_RESPONSE" (package guard does both, and dials with its fast
+// reconnect backoff).
+//
+// With -once it asks CanTrade for one order and prints the decision with elapsed_ms (exit 0 when the
+// sidecar decided, 3 when unreachable). With -poll-ms N it asks CanTrade every 20 ms for N ms and prints
+// one line per call with the wall-clock time (used to measure reconnecting after a sidecar restart).
 //
 // With -vectors FILE it instead sends each request of a test-vector file and prints one JSON line
 // per vector with the proto-JSON response (used by the cross-language wire-compatibility test).
@@ -26,15 +33,14 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/tradeguard/tradeguard/client/go/guard"
 	tradeguardv1 "github.com/tradeguard/tradeguard/client/go/tradeguard/v1"
 )
 
@@ -51,6 +57,9 @@ type options struct {
 	timeout      time.Duration
 	watchUpdates int
 	vectors      string
+	once         bool
+	pollMs       int
+	grpcBackoff  bool
 }
 
 func main() {
@@ -70,93 +79,102 @@ func run(args []string, out io.Writer) int {
 	timeoutMs := fs.Int("timeout-ms", 2000, "deadline of every call, milliseconds")
 	fs.IntVar(&opts.watchUpdates, "watch-updates", 1, "WatchRiskState updates to print before closing the stream")
 	fs.StringVar(&opts.vectors, "vectors", "", "send the requests of this test-vector file and print proto-JSON responses")
+	fs.BoolVar(&opts.once, "once", false, "ask CanTrade for one order, print the decision with elapsed_ms, and exit")
+	fs.IntVar(&opts.pollMs, "poll-ms", 0, "ask CanTrade every 20 ms for this many ms, one line per call")
+	fs.BoolVar(&opts.grpcBackoff, "grpc-default-backoff", false, "dial with grpc-go's default reconnect backoff instead of guard's (to compare)")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
-	if *timeoutMs <= 0 || opts.watchUpdates < 0 || fs.NArg() > 0 {
-		fmt.Fprintln(os.Stderr, "-timeout-ms must be > 0, -watch-updates >= 0, and no positional arguments")
+	if *timeoutMs <= 0 || opts.watchUpdates < 0 || opts.pollMs < 0 || fs.NArg() > 0 {
+		fmt.Fprintln(os.Stderr, "-timeout-ms must be > 0, -watch-updates and -poll-ms >= 0, and no positional arguments")
 		return exitUsage
 	}
 	opts.timeout = time.Duration(*timeoutMs) * time.Millisecond
 
 	// grpc.Dial does not block: the connection is made by the first call, and a call to an
 	// unreachable sidecar fails fast with UNAVAILABLE (no WaitForReady) or at its deadline.
-	conn, err := grpc.Dial(opts.addr, grpc.WithInsecure())
+	// guard.DialOptions: reconnect backoff 100 ms growing to 2 s (grpc-go's default: 1 s to 120 s).
+	dialOpts := guard.DialOptions()
+	if opts.grpcBackoff {
+		dialOpts = []grpc.DialOption{grpc.WithInsecure()}
+	}
+	conn, err := grpc.Dial(opts.addr, dialOpts...)
 	if err != nil {
-		printDecision(out, unavailableDecision(err))
+		printDecision(out, guard.Unavailable(err))
 		return exitUnavailable
 	}
 	defer conn.Close()
 	client := tradeguardv1.NewRiskServiceClient(conn)
 
-	if opts.vectors != "" {
+	switch {
+	case opts.vectors != "":
 		return runVectors(client, opts, out)
+	case opts.once:
+		return runOnce(conn, opts, out)
+	case opts.pollMs > 0:
+		return runPoll(conn, opts, out)
 	}
-	return runBot(client, opts, out)
+	return runBot(conn, client, opts, out)
 }
 
-// canTrade asks the sidecar and fails closed: any transport error becomes a denial.
-func canTrade(client tradeguardv1.RiskServiceClient, timeout time.Duration, req *tradeguardv1.CanTradeRequest) (*tradeguardv1.CanTradeResponse, bool) {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	resp, err := client.CanTrade(ctx, req)
-	if err != nil {
-		return unavailableDecision(err), false
-	}
-	return resp, true
-}
-
-func unavailableDecision(err error) *tradeguardv1.CanTradeResponse {
-	return &tradeguardv1.CanTradeResponse{
-		Allowed: false,
-		Code:    tradeguardv1.DecisionCode_DECISION_CODE_SIDECAR_UNAVAILABLE,
-		Reason:  "SIDECAR_UNAVAILABLE: " + errText(err),
-	}
-}
-
-func errText(err error) string {
-	if st, ok := status.FromError(err); ok {
-		return codeName(st.Code()) + ": " + st.Message()
-	}
-	return err.Error()
-}
-
-// codeName is the canonical gRPC status code name (UNAVAILABLE, INVALID_ARGUMENT, ...), as every
-// other gRPC implementation spells it; Go's codes.Code.String() says "Unavailable".
-func codeName(c codes.Code) string {
-	if c == codes.OK {
-		return "OK"
-	}
-	var b strings.Builder
-	for i, r := range c.String() {
-		if i > 0 && unicode.IsUpper(r) {
-			b.WriteByte('_')
-		}
-		b.WriteRune(unicode.ToUpper(r))
-	}
-	return b.String()
-}
-
-func runBot(client tradeguardv1.RiskServiceClient, opts options, out io.Writer) int {
-	order := &tradeguardv1.OrderIntent{
+func exampleOrder() *tradeguardv1.OrderIntent {
+	return &tradeguardv1.OrderIntent{
 		Symbol:   "BTCUSDT",
 		Exchange: "binance",
 		Side:     tradeguardv1.Side_SIDE_BUY,
 		Quantity: 0.01,
 		Price:    50000,
 	}
+}
+
+// canTrade asks the sidecar and fails closed (guard.CanTrade): a failed call becomes a
+// SIDECAR_UNAVAILABLE denial (reached=false), an impossible answer an INVALID_RESPONSE denial.
+func canTrade(conn *grpc.ClientConn, timeout time.Duration, req *tradeguardv1.CanTradeRequest) (*tradeguardv1.CanTradeResponse, bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	resp, err := guard.CanTrade(ctx, conn, req)
+	return resp, err == nil
+}
+
+func runOnce(conn *grpc.ClientConn, opts options, out io.Writer) int {
+	start := time.Now()
+	decision, reached := canTrade(conn, opts.timeout, &tradeguardv1.CanTradeRequest{
+		TraderId: opts.traderID, AccountId: opts.accountID, Order: exampleOrder(),
+	})
+	elapsed := time.Since(start)
+	printDecision(out, decision)
+	fmt.Fprintf(out, "step=once elapsed_ms=%s client_order_id=%s\n",
+		strconv.FormatFloat(float64(elapsed.Microseconds())/1000, 'f', 1, 64), quote(decision.GetClientOrderId()))
+	if !reached {
+		return exitUnavailable
+	}
+	return 0
+}
+
+func runPoll(conn *grpc.ClientConn, opts options, out io.Writer) int {
+	end := time.Now().Add(time.Duration(opts.pollMs) * time.Millisecond)
+	for time.Now().Before(end) {
+		decision, reached := canTrade(conn, opts.timeout, &tradeguardv1.CanTradeRequest{TraderId: opts.traderID, AccountId: opts.accountID})
+		fmt.Fprintf(out, "step=poll unix_ms=%d reached=%t code=%s\n", time.Now().UnixNano()/1e6, reached, decision.GetCode())
+		time.Sleep(20 * time.Millisecond)
+	}
+	return 0
+}
+
+func runBot(conn *grpc.ClientConn, client tradeguardv1.RiskServiceClient, opts options, out io.Writer) int {
+	order := exampleOrder()
 	call := func() (context.Context, context.CancelFunc) {
 		return context.WithTimeout(context.Background(), opts.timeout)
 	}
 
 	// 1. Report the starting equity.
-	if code := reportEquity(client, call, out, opts, 10000); code != 0 {
+	if code := reportEquity(conn, client, call, out, opts, 10000); code != 0 {
 		return code
 	}
 
 	// 2. Ask before placing the order: allowed.
 	trader, account := opts.traderID, opts.accountID
-	decision, ok := canTrade(client, opts.timeout, &tradeguardv1.CanTradeRequest{TraderId: trader, AccountId: account, Order: order})
+	decision, ok := canTrade(conn, opts.timeout, &tradeguardv1.CanTradeRequest{TraderId: trader, AccountId: account, Order: order})
 	printDecision(out, decision)
 	if !ok {
 		return exitUnavailable
@@ -180,18 +198,18 @@ func runBot(client tradeguardv1.RiskServiceClient, opts options, out io.Writer) 
 	})
 	cancel()
 	if err != nil {
-		return failClosed(client, opts, out, "report_trade", err)
+		return failClosed(conn, opts, out, "report_trade", err)
 	}
 	fmt.Fprintf(out, "step=report_trade trade_id=%s duplicate=%t consecutive_losses=%d trading_state=%s\n",
 		trader+"-trade-1", trade.GetDuplicate(), trade.GetState().GetConsecutiveLosses(), trade.GetState().GetTradingState())
 
 	// 4. Equity falls 6% in the day: past the default 5% daily limit.
-	if code := reportEquity(client, call, out, opts, 9400); code != 0 {
+	if code := reportEquity(conn, client, call, out, opts, 9400); code != 0 {
 		return code
 	}
 
 	// 5. Ask again: denied.
-	decision, ok = canTrade(client, opts.timeout, &tradeguardv1.CanTradeRequest{TraderId: trader, AccountId: account, Order: order})
+	decision, ok = canTrade(conn, opts.timeout, &tradeguardv1.CanTradeRequest{TraderId: trader, AccountId: account, Order: order})
 	printDecision(out, decision)
 	if !ok {
 		return exitUnavailable
@@ -206,12 +224,12 @@ func runBot(client tradeguardv1.RiskServiceClient, opts options, out io.Writer) 
 	defer cancel()
 	stream, err := client.WatchRiskState(ctx, &tradeguardv1.WatchRiskStateRequest{TraderId: trader, AccountId: account})
 	if err != nil {
-		return failClosed(client, opts, out, "watch", err)
+		return failClosed(conn, opts, out, "watch", err)
 	}
 	for i := 0; i < opts.watchUpdates; i++ {
 		update, err := stream.Recv()
 		if err != nil {
-			return failClosed(client, opts, out, "watch", err)
+			return failClosed(conn, opts, out, "watch", err)
 		}
 		st := update.GetState()
 		fmt.Fprintf(out, "step=watch reason=%s trading_state=%s pause_code=%s paused_until=%s actions=%d\n",
@@ -223,7 +241,7 @@ func runBot(client tradeguardv1.RiskServiceClient, opts options, out io.Writer) 
 	return 0
 }
 
-func reportEquity(client tradeguardv1.RiskServiceClient, call func() (context.Context, context.CancelFunc), out io.Writer, opts options, equity float64) int {
+func reportEquity(conn *grpc.ClientConn, client tradeguardv1.RiskServiceClient, call func() (context.Context, context.CancelFunc), out io.Writer, opts options, equity float64) int {
 	ctx, cancel := call()
 	defer cancel()
 	resp, err := client.ReportEquity(ctx, &tradeguardv1.ReportEquityRequest{
@@ -233,7 +251,7 @@ func reportEquity(client tradeguardv1.RiskServiceClient, call func() (context.Co
 		ObservedAt: timestamppb.Now(),
 	})
 	if err != nil {
-		return failClosed(client, opts, out, "report_equity", err)
+		return failClosed(conn, opts, out, "report_equity", err)
 	}
 	st := resp.GetState()
 	fmt.Fprintf(out, "step=report_equity equity=%s daily_pnl_pct=%s trading_state=%s breaker_events=%d\n",
@@ -243,9 +261,9 @@ func reportEquity(client tradeguardv1.RiskServiceClient, call func() (context.Co
 
 // failClosed logs a failed call; the bot then must not trade: it asks once more (the answer is a
 // SIDECAR_UNAVAILABLE denial when the sidecar is gone), prints the decision and stops.
-func failClosed(client tradeguardv1.RiskServiceClient, opts options, out io.Writer, step string, err error) int {
-	fmt.Fprintf(out, "step=%s error=%s\n", step, quote(errText(err)))
-	decision, ok := canTrade(client, opts.timeout, &tradeguardv1.CanTradeRequest{TraderId: opts.traderID, AccountId: opts.accountID})
+func failClosed(conn *grpc.ClientConn, opts options, out io.Writer, step string, err error) int {
+	fmt.Fprintf(out, "step=%s error=%s\n", step, quote(guard.ErrText(err)))
+	decision, ok := canTrade(conn, opts.timeout, &tradeguardv1.CanTradeRequest{TraderId: opts.traderID, AccountId: opts.accountID})
 	if ok {
 		// The sidecar answered after all; the bot still stops this cycle.
 		printDecision(out, decision)
@@ -327,7 +345,7 @@ func runVectors(client tradeguardv1.RiskServiceClient, opts options, out io.Writ
 				fmt.Fprintf(os.Stderr, "vector %s: %v\n", v.Name, err)
 				return exitUsage
 			}
-			result.Error = &vectorError{Code: codeName(st.Code()), Message: st.Message()}
+			result.Error = &vectorError{Code: guard.CodeName(st.Code()), Message: st.Message()}
 		} else {
 			raw, err := protojson.Marshal(resp)
 			if err != nil {

@@ -7,7 +7,14 @@
 //
 // Every output line is machine-readable: space-separated key=value pairs, values quoted when needed.
 // The bot fails closed: when the sidecar cannot be reached, the decision is
-// "allowed=false code=DECISION_CODE_SIDECAR_UNAVAILABLE" and the process exits with status 3.
+// "allowed=false code=DECISION_CODE_SIDECAR_UNAVAILABLE" and the process exits with status 3. An answer
+// no TradeGuard server sends (an "allowed" with an impossible code, an undecodable body) is denied as
+// "allowed=false code=DECISION_CODE_INVALID_RESPONSE" (src/guard.ts does both; the client is made with its
+// fast reconnect backoff, CHANNEL_OPTIONS).
+//
+// With --once it asks CanTrade for one order and prints the decision with elapsed_ms (exit 0 when the
+// sidecar decided, 3 when unreachable). With --poll-ms N it asks CanTrade every 20 ms for N ms and prints
+// one line per call with the wall-clock time (used to measure reconnecting after a sidecar restart).
 //
 // With --vectors FILE it instead sends each request of a test-vector file and prints one JSON line
 // per vector with the proto-JSON response (used by the cross-language wire-compatibility test).
@@ -21,6 +28,7 @@ import { parseArgs } from "node:util";
 
 import { credentials, Metadata, type ServiceError, status } from "@grpc/grpc-js";
 
+import { CHANNEL_OPTIONS, canTrade, errText, unavailable } from "../../src/guard";
 import {
   CanTradeRequest,
   CanTradeResponse,
@@ -37,8 +45,6 @@ import {
 } from "../../src/tradeguard/v1/risk_service";
 import {
   CheckStatus,
-  checkStatusToJSON,
-  DecisionCode,
   decisionCodeToJSON,
   type OrderIntent,
   Side,
@@ -56,6 +62,9 @@ interface Options {
   timeoutMs: number;
   watchUpdates: number;
   vectors?: string;
+  once: boolean;
+  pollMs: number;
+  grpcDefaultBackoff: boolean;
 }
 
 class UnexpectedAnswer extends Error {}
@@ -82,23 +91,8 @@ function isServiceError(err: unknown): err is ServiceError {
   return err instanceof Error && typeof (err as Partial<ServiceError>).code === "number";
 }
 
-function errText(err: unknown): string {
-  if (isServiceError(err)) {
-    return `${status[err.code]}: ${err.details}`;
-  }
-  return String(err);
-}
-
 function quote(s: string): string {
   return s !== "" && !/[\s"=\\]/.test(s) ? s : JSON.stringify(s);
-}
-
-function unavailableDecision(err: unknown): CanTradeResponse {
-  return CanTradeResponse.fromPartial({
-    allowed: false,
-    code: DecisionCode.DECISION_CODE_SIDECAR_UNAVAILABLE,
-    reason: `SIDECAR_UNAVAILABLE: ${errText(err)}`,
-  });
 }
 
 function printDecision(d: CanTradeResponse): void {
@@ -108,6 +102,21 @@ function printDecision(d: CanTradeResponse): void {
       `trading_state=${tradingStateToJSON(d.tradingState)} would_deny=${d.wouldDeny} ` +
       `failed_checks=${quote(failed.join(","))} reason=${quote(d.reason)}`,
   );
+}
+
+function exampleOrder(): OrderIntent {
+  return {
+    symbol: "BTCUSDT",
+    exchange: "binance",
+    side: Side.SIDE_BUY,
+    quantity: 0.01,
+    price: 50000,
+    leverage: 0,
+    reduceOnly: false,
+    stopPrice: 0,
+    volatility: 0,
+    clientOrderId: "", // the client makes one (guard.canTrade)
+  };
 }
 
 class Bot {
@@ -120,15 +129,38 @@ class Bot {
     return { traderId: this.opts.traderId, accountId: this.opts.accountId };
   }
 
-  /** Asks the sidecar and fails closed: any transport error becomes a denial. */
+  /**
+   * Asks the sidecar and fails closed (guard.canTrade): a failed call becomes a SIDECAR_UNAVAILABLE denial
+   * (reached=false), an impossible answer an INVALID_RESPONSE denial.
+   */
   async canTrade(order?: OrderIntent): Promise<{ decision: CanTradeResponse; reached: boolean }> {
     try {
       const req = CanTradeRequest.fromPartial({ ...this.ids(), order });
-      const decision = await unary(this.client.canTrade.bind(this.client), req, this.opts.timeoutMs);
-      return { decision, reached: true };
+      return await canTrade(this.client, req, this.opts.timeoutMs);
     } catch (err) {
-      return { decision: unavailableDecision(err), reached: false };
+      return { decision: unavailable(err), reached: false };
     }
+  }
+
+  /** --once: one CanTrade for the example order, with elapsed_ms. */
+  async once(): Promise<number> {
+    const start = process.hrtime.bigint();
+    const { decision, reached } = await this.canTrade(exampleOrder());
+    const elapsedMs = Number(process.hrtime.bigint() - start) / 1e6;
+    printDecision(decision);
+    console.log(`step=once elapsed_ms=${elapsedMs.toFixed(1)} client_order_id=${quote(decision.clientOrderId)}`);
+    return reached ? 0 : EXIT_UNAVAILABLE;
+  }
+
+  /** --poll-ms: CanTrade (no order) every 20 ms, one line per call. */
+  async poll(): Promise<number> {
+    const end = Date.now() + this.opts.pollMs;
+    while (Date.now() < end) {
+      const { decision, reached } = await this.canTrade();
+      console.log(`step=poll unix_ms=${Date.now()} reached=${reached} code=${decisionCodeToJSON(decision.code)}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    return 0;
   }
 
   async reportEquity(equity: number): Promise<void> {
@@ -142,17 +174,7 @@ class Bot {
   }
 
   async run(): Promise<number> {
-    const order: OrderIntent = {
-      symbol: "BTCUSDT",
-      exchange: "binance",
-      side: Side.SIDE_BUY,
-      quantity: 0.01,
-      price: 50000,
-      leverage: 0,
-      reduceOnly: false,
-      stopPrice: 0,
-      volatility: 0,
-    };
+    const order = exampleOrder();
     let step = "report_equity";
     try {
       // 1. Report the starting equity.
@@ -346,13 +368,18 @@ function parseOptions(argv: string[]): Options {
       "timeout-ms": { type: "string", default: "2000" },
       "watch-updates": { type: "string", default: "1" },
       vectors: { type: "string" },
+      once: { type: "boolean", default: false },
+      "poll-ms": { type: "string", default: "0" },
+      "grpc-default-backoff": { type: "boolean", default: false },
     },
     strict: true,
   });
   const timeoutMs = Number(values["timeout-ms"]);
   const watchUpdates = Number(values["watch-updates"]);
-  if (!Number.isFinite(timeoutMs) || timeoutMs <= 0 || !Number.isInteger(watchUpdates) || watchUpdates < 0) {
-    throw new TypeError("--timeout-ms must be > 0 and --watch-updates an integer >= 0");
+  const pollMs = Number(values["poll-ms"]);
+  if (!Number.isFinite(timeoutMs) || timeoutMs <= 0 || !Number.isInteger(watchUpdates) || watchUpdates < 0 ||
+      !Number.isInteger(pollMs) || pollMs < 0) {
+    throw new TypeError("--timeout-ms must be > 0, --watch-updates and --poll-ms integers >= 0");
   }
   return {
     addr: values.addr!,
@@ -361,6 +388,9 @@ function parseOptions(argv: string[]): Options {
     timeoutMs,
     watchUpdates,
     vectors: values.vectors,
+    once: values.once ?? false,
+    pollMs,
+    grpcDefaultBackoff: values["grpc-default-backoff"] ?? false,
   };
 }
 
@@ -371,16 +401,25 @@ async function main(): Promise<number> {
   } catch (err) {
     console.error(String(err));
     console.error(
-      "usage: main.js [--addr HOST:PORT] [--trader ID] [--account ID] [--timeout-ms N] [--watch-updates N] [--vectors FILE]",
+      "usage: main.js [--addr HOST:PORT] [--trader ID] [--account ID] [--timeout-ms N] [--watch-updates N] " +
+        "[--vectors FILE] [--once] [--poll-ms N]",
     );
     return EXIT_USAGE;
   }
-  const client = new RiskServiceClient(opts.addr, credentials.createInsecure());
+  // --grpc-default-backoff: grpc-js's own reconnect backoff (1 s growing to 120 s), to compare.
+  const client = new RiskServiceClient(opts.addr, credentials.createInsecure(), opts.grpcDefaultBackoff ? {} : CHANNEL_OPTIONS);
   try {
     if (opts.vectors !== undefined) {
       return await runVectors(client, opts, opts.vectors);
     }
-    return await new Bot(client, opts).run();
+    const bot = new Bot(client, opts);
+    if (opts.once) {
+      return await bot.once();
+    }
+    if (opts.pollMs > 0) {
+      return await bot.poll();
+    }
+    return await bot.run();
   } finally {
     client.close();
   }
@@ -388,7 +427,10 @@ async function main(): Promise<number> {
 
 main().then(
   (code) => {
-    process.exitCode = code;
+    // Exit now: after a server's GOAWAY, grpc-js can keep the session open past client.close() while the
+    // peer keeps its socket, and the process would not end by itself. (stdout to a pipe or file is
+    // written synchronously on Linux, so nothing printed is lost.)
+    process.exit(code);
   },
   (err: unknown) => {
     console.error(err);
