@@ -204,11 +204,13 @@ async def test_store_backends_terminated_mid_batch(rig: Rig) -> None:
     killed = rounds = 0
     with log_records("tradeguard.store") as logs, server_errors() as errors:
 
+        terminated = asyncio.Event()
+
         async def terminator() -> None:
             nonlocal killed, rounds
             for _ in range(6):
                 await asyncio.sleep(0.35)
-                deadline = time.monotonic() + 2.0
+                deadline = time.monotonic() + 5.0
                 while True:  # the store may not have reconnected yet since the last round: then try again
                     rows = await asyncio.to_thread(
                         sql, rig.url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
@@ -218,10 +220,19 @@ async def test_store_backends_terminated_mid_batch(rig: Rig) -> None:
                     await asyncio.sleep(0.02)
                 killed += len(rows)
                 rounds += bool(rows)
+            terminated.set()
+
+        async def drive_until_terminated(risk: rsg.RiskServiceStub, target: Load) -> None:
+            """The bots keep writing (so the store keeps reconnecting) for as long as the terminator runs."""
+            chunk = 0
+            while not terminated.is_set():
+                chunk += 1
+                await drive(risk, target, 0.25, offset=10_000 * chunk)
 
         await drive(rig.risk, load, 1.0)
         before = load.mark()
-        await asyncio.gather(drive(rig.risk, load, 2.5, offset=10_000), terminator(), drive(rig.control, control, 2.5))
+        await asyncio.gather(drive_until_terminated(rig.risk, load), terminator(),
+                             drive_until_terminated(rig.control, control))
         check = await settle(rig, load)
     outages = logs.count("store unavailable")
     report("db: backends terminated", load, check, {
