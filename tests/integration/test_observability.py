@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.sidecar import running_sidecar, sidecar_settings, start_sidecar
+from tests.support.sidecar import running_sidecar, start_sidecar
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import admin_service_pb2_grpc as adg
 from tradeguard.v1 import risk_service_pb2 as rs
@@ -71,7 +71,9 @@ async def report_equity(risk: rsg.RiskServiceStub, trader: str, equity: float,
 @contextlib.asynccontextmanager
 async def traced_sidecar(clock: ManualClock) -> AsyncIterator[tuple[Sidecar, InMemorySpanExporter]]:
     exporter = InMemorySpanExporter()
-    sidecar = Sidecar(sidecar_settings(tracing=True), clock=clock)  # memory only: never ./tradeguard.db
+    sidecar = Sidecar(load_settings({}, {"listen": "127.0.0.1:0", "enable_persistence": False, "uvloop": False,
+                                         "tracing": True, "metrics_listen": "", "database_url": "memory"}),
+                      clock=clock)
     sidecar.tracing = setup_tracing(env={}, processor=SimpleSpanProcessor(exporter))
     await sidecar.start()
     try:

@@ -14,28 +14,22 @@ from pathlib import Path
 from typing import Any
 
 from tradeguard_server.engine.clock import Clock
-from tradeguard_server.settings import Settings, load_settings
+from tradeguard_server.settings import load_settings
 from tradeguard_server.sidecar import Sidecar
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
-def sidecar_settings(**overrides: Any) -> Settings:
-    """Settings for an in-process test sidecar: 127.0.0.1:0, no metrics port, memory only unless a
-    database_url is given. Never the defaults that touch the user's machine (./tradeguard.db, port 50051)."""
+@contextlib.asynccontextmanager
+async def running_sidecar(clock: Clock | None = None, **overrides: Any) -> AsyncIterator[Sidecar]:
+    """An in-process sidecar on 127.0.0.1:0, memory only unless a database_url is given."""
     overrides.setdefault("listen", "127.0.0.1:0")
     overrides.setdefault("enable_persistence", False)
     overrides.setdefault("uvloop", False)
     overrides.setdefault("metrics_listen", "")
     overrides.setdefault("database_url", "memory")
-    return load_settings({}, overrides)
-
-
-@contextlib.asynccontextmanager
-async def running_sidecar(clock: Clock | None = None, **overrides: Any) -> AsyncIterator[Sidecar]:
-    """An in-process sidecar with `sidecar_settings(**overrides)`, stopped at exit."""
-    sidecar = Sidecar(sidecar_settings(**overrides), clock=clock)
+    sidecar = Sidecar(load_settings({}, overrides), clock=clock)
     await sidecar.start()
     try:
         yield sidecar
