@@ -3,8 +3,9 @@ the connection cut mid-run, the store's backends terminated mid-batch, a stalled
 breaks a table constraint, and a COMMIT whose answer is lost.
 
 For each: no call fails, the hot path never waits on the database (ReportEquity + CanTrade latency measured
-during the fault), the writer recovers and logs the outage once, and nothing is lost: every trader's latest
-state and every circuit breaker event returned to a client is in the database afterwards.
+during the fault, against a memory-only sidecar driven at the same moments in the same process), the writer
+recovers and logs the outage once, and nothing is lost: every trader's latest state and every circuit breaker
+event returned to a client is in the database afterwards.
 """
 
 from __future__ import annotations
@@ -96,11 +97,12 @@ def p99_ms(latencies: list[float]) -> float:
     return percentile(latencies, 0.99) * 1e3
 
 
-def no_wait(base_p99_ms: float, fault: list[float]) -> bool:
-    """The hot path did not wait on the database: p99 under the fault within noise of the baseline (client,
-    server and proxy share one process and two cores here) and no call anywhere near the fault's length."""
-    p99 = p99_ms(fault)
-    return p99 < max(3 * base_p99_ms, base_p99_ms + 30.0) and max(fault, default=0.0) < 1.0
+def no_wait(control: list[float], fault: list[float]) -> bool:
+    """The hot path did not wait on the database: under the fault it answered like a memory-only sidecar driven
+    at the same moments in the same process (a load spike or a GC pause hits both; client, server and proxy
+    share one process and two cores here), and no call lasted anywhere near the fault's length."""
+    return (percentile(fault, 0.5) < 3 * percentile(control, 0.5) and p99_ms(fault) < 3 * p99_ms(control)
+            and max(fault, default=0.0) < 1.0)
 
 
 @dataclass
@@ -110,6 +112,7 @@ class Rig:
     url: str
     risk: rsg.RiskServiceStub
     admin: adg.AdminServiceStub
+    control: rsg.RiskServiceStub  # a memory-only sidecar in the same process: the latency baseline
 
 
 @pytest.fixture
@@ -123,7 +126,8 @@ async def rig(pg_url: str) -> AsyncIterator[Rig]:
             breaker = t.CircuitBreaker(name="floor", account_id="acct", condition="equity_floor", action="alert")
             breaker.parameters.update({"value": FLOOR})
             await admin.CreateBreaker(ad.CreateBreakerRequest(breaker=breaker))
-            yield Rig(sidecar, proxy, pg_url, rsg.RiskServiceStub(ch), admin)
+            async with running_sidecar() as memory_only, grpc.aio.insecure_channel(memory_only.address) as control:
+                yield Rig(sidecar, proxy, pg_url, rsg.RiskServiceStub(ch), admin, rsg.RiskServiceStub(control))
     await proxy.close()
 
 
@@ -164,12 +168,12 @@ def report(area: str, load: Load, check: Check, extra: dict[str, object]) -> Non
 
 
 async def test_connection_cut_mid_run(rig: Rig) -> None:
-    load = Load()
+    load, control = Load(), Load()
     with log_records("tradeguard.store") as logs, server_errors() as errors:
         await drive(rig.risk, load, 1.0)
         before = load.mark()
         rig.proxy.cut()
-        await drive(rig.risk, load, 2.5, offset=10_000)
+        await asyncio.gather(drive(rig.risk, load, 2.5, offset=10_000), drive(rig.control, control, 2.5))
         during = load.mark()
         unhealthy = not rig.sidecar.store.healthy
         rig.proxy.restore()
@@ -178,8 +182,9 @@ async def test_connection_cut_mid_run(rig: Rig) -> None:
         check = await settle(rig, load)
         recovery = time.monotonic() - restored_at
     report("db: connection cut", load, check, {
-        "hot path p99 ms before / during outage":
-            f"{p99_ms(load.latencies[:before]):.2f} / {p99_ms(load.latencies[before:during]):.2f}",
+        "hot path p99 ms before / during outage (memory-only alongside)":
+            f"{p99_ms(load.latencies[:before]):.2f} / {p99_ms(load.latencies[before:during]):.2f} "
+            f"({control.p99_ms():.2f})",
         "hot path max ms during outage": f"{max(load.latencies[before:during]) * 1e3:.1f}",
         "outage logged (unavailable / available again)":
             f"{logs.count('store unavailable')} / {logs.count('available again')}",
@@ -189,65 +194,82 @@ async def test_connection_cut_mid_run(rig: Rig) -> None:
     assert load.failures == []
     assert check.lost_states == check.lost_events == 0
     assert logs.count("store unavailable") == 1 and logs.count("available again") == 1
-    assert no_wait(p99_ms(load.latencies[:before]), load.latencies[before:during])
+    assert no_wait(control.latencies, load.latencies[before:during])
     assert errors.lines() == []
 
 
 async def test_store_backends_terminated_mid_batch(rig: Rig) -> None:
-    load = Load()
+    load, control = Load(), Load()
     database = rig.url.rsplit("/", 1)[1]
-    killed = 0
+    killed = rounds = 0
     with log_records("tradeguard.store") as logs, server_errors() as errors:
 
+        terminated = asyncio.Event()
+
         async def terminator() -> None:
-            nonlocal killed
+            nonlocal killed, rounds
             for _ in range(6):
                 await asyncio.sleep(0.35)
-                rows = await asyncio.to_thread(
-                    sql, rig.url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                  "WHERE datname = %s AND pid <> pg_backend_pid()", database)
+                deadline = time.monotonic() + 5.0
+                while True:  # the store may not have reconnected yet since the last round: then try again
+                    rows = await asyncio.to_thread(
+                        sql, rig.url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                      "WHERE datname = %s AND pid <> pg_backend_pid()", database)
+                    if rows or time.monotonic() > deadline:
+                        break
+                    await asyncio.sleep(0.02)
                 killed += len(rows)
+                rounds += bool(rows)
+            terminated.set()
+
+        async def drive_until_terminated(risk: rsg.RiskServiceStub, target: Load) -> None:
+            """The bots keep writing (so the store keeps reconnecting) for as long as the terminator runs."""
+            chunk = 0
+            while not terminated.is_set():
+                chunk += 1
+                await drive(risk, target, 0.25, offset=10_000 * chunk)
 
         await drive(rig.risk, load, 1.0)
         before = load.mark()
-        await asyncio.gather(drive(rig.risk, load, 2.5, offset=10_000), terminator())
+        await asyncio.gather(drive_until_terminated(rig.risk, load), terminator(),
+                             drive_until_terminated(rig.control, control))
         check = await settle(rig, load)
     outages = logs.count("store unavailable")
-    base = p99_ms(load.latencies[:before])
     report("db: backends terminated", load, check, {
         "backends terminated / outages logged / recoveries logged":
             f"{killed} / {outages} / {logs.count('available again')}",
-        "hot path p99 ms before / during; max ms during":
-            f"{base:.2f} / {load.p99_ms(before):.2f}; {load.max_ms(before):.1f}",
+        "hot path p99 ms before / during (memory-only alongside); max ms during":
+            f"{p99_ms(load.latencies[:before]):.2f} / {load.p99_ms(before):.2f} "
+            f"({control.p99_ms():.2f}); {load.max_ms(before):.1f}",
     })
-    assert killed >= 6
-    assert load.failures == []
+    assert rounds == 6 and killed >= 6  # every round terminated at least one of the store's backends
+    assert load.failures == control.failures == []
     assert check.lost_states == check.lost_events == 0
     assert outages == logs.count("available again") and outages <= killed
-    assert no_wait(base, load.latencies[before:])
+    assert no_wait(control.latencies, load.latencies[before:])
     assert errors.lines() == []
 
 
 async def test_stalled_database_never_stalls_the_hot_path(rig: Rig) -> None:
-    load = Load()
+    load, control = Load(), Load()
     with log_records("tradeguard.store") as logs, server_errors() as errors:
         await drive(rig.risk, load, 0.5)
         before = load.mark()
         rig.proxy.stall(3.0)
-        await drive(rig.risk, load, 3.0, offset=10_000)
+        await asyncio.gather(drive(rig.risk, load, 3.0, offset=10_000), drive(rig.control, control, 3.0))
         during = load.mark()
         await drive(rig.risk, load, 0.5, offset=20_000)
         check = await settle(rig, load)
     stall = load.latencies[before:during]
     base = p99_ms(load.latencies[:before])
     report("db: 3 s stall", load, check, {
-        "hot path p99 ms before / during the stall; max ms during":
-            f"{base:.2f} / {p99_ms(stall):.2f}; {max(stall) * 1e3:.1f}",
+        "hot path p99 ms before / during the stall (memory-only alongside); max ms during":
+            f"{base:.2f} / {p99_ms(stall):.2f} ({control.p99_ms():.2f}); {max(stall) * 1e3:.1f}",
         "warnings logged": len(logs.records),
     })
     assert load.failures == []
     assert check.lost_states == check.lost_events == 0
-    assert no_wait(base, stall)  # nothing waited for the stalled database
+    assert no_wait(control.latencies, stall)  # nothing waited for the stalled database
     assert errors.lines() == []
 
 
@@ -263,7 +285,7 @@ async def test_table_locked_by_someone_else(rig: Rig) -> None:
     """An operator's `LOCK TABLE risk_state` (a migration, a VACUUM FULL...) for 4 s: the writer's batch waits
     on the lock. The hot path must not; admin writes queue behind the writer (one store thread) and the kill
     switch answers after its bounded wait (kill_switch_store_timeout_s), in force in memory either way."""
-    load = Load()
+    load, control = Load(), Load()
     locked = asyncio.Event()
     health: list[bool] = []
     with log_records("tradeguard") as logs, server_errors() as errors:
@@ -284,15 +306,17 @@ async def test_table_locked_by_someone_else(rig: Rig) -> None:
                 trader_id="ops", account_id="acct", trading_state=t.TRADING_STATE_HALTED), timeout=30)
             return save, time.perf_counter() - started, paused.state.trading_state == t.TRADING_STATE_HALTED
 
-        (save_s, pause_s, halted), _ = await asyncio.gather(admin_calls(), drive(rig.risk, load, 4.0, offset=10_000))
+        (save_s, pause_s, halted), _, _ = await asyncio.gather(
+            admin_calls(), drive(rig.risk, load, 4.0, offset=10_000), drive(rig.control, control, 4.0))
         during = load.mark()
         await holder
         check = await settle(rig, load)
         stored_pause = sql(rig.url, "SELECT trading_state FROM risk_state WHERE trader_id = 'ops'")
     base = p99_ms(load.latencies[:before])
     report("db: table locked 4 s", load, check, {
-        "hot path p99 ms before / during the lock; max ms during":
-            f"{base:.2f} / {p99_ms(load.latencies[before:during]):.2f}; {load.max_ms(before):.1f}",
+        "hot path p99 ms before / during the lock (memory-only alongside); max ms during":
+            f"{base:.2f} / {p99_ms(load.latencies[before:during]):.2f} ({control.p99_ms():.2f}); "
+            f"{load.max_ms(before):.1f}",
         "SaveConfig / PauseTrading answered after s (during the lock)": f"{save_s:.2f} / {pause_s:.2f}",
         "kill switch in force at once / stored after the lock": f"{halted} / {stored_pause}",
         "'not stored yet' warnings": logs.count("not stored yet"),
@@ -300,7 +324,7 @@ async def test_table_locked_by_someone_else(rig: Rig) -> None:
     })
     assert load.failures == []
     assert check.lost_states == check.lost_events == 0
-    assert no_wait(base, load.latencies[before:during])
+    assert no_wait(control.latencies, load.latencies[before:during])
     assert halted and stored_pause == [("HALTED",)]
     assert errors.lines() == []
 

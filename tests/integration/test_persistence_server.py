@@ -1,7 +1,8 @@
 """Durable state through the whole sidecar, against the real PostgreSQL (a fresh database per test).
 
 Restart keeps pauses; a database outage under load fails no call and loses no latest state; shutdown
-under load drains the queue. Figures (latencies, counts) are printed, and the assertions are on them.
+under load drains the queue. Figures (latencies, counts) are printed, and the assertions are on them; latencies
+are compared with a memory-only sidecar driven at the same time in the same process, never with a fixed bound.
 """
 
 from __future__ import annotations
@@ -133,12 +134,16 @@ async def test_database_outage_under_load_fails_no_call_and_keeps_every_latest_s
     equities: dict[str, float] = {}
     up: list[float] = []
     down: list[float] = []
+    control: list[float] = []  # a memory-only sidecar driven alongside during the outage: same process, same loop
     failures: list[BaseException] = []
-    async with grpc.aio.insecure_channel(sidecar.address) as ch:
+    outage_s = 3.0
+    async with running_sidecar() as memory_only, grpc.aio.insecure_channel(sidecar.address) as ch, \
+            grpc.aio.insecure_channel(memory_only.address) as control_ch:
         risk = rsg.RiskServiceStub(ch)
         await drive(risk, 8, 1.5, equities, up, failures)
         proxy.cut()
-        await drive(risk, 8, 3.0, equities, down, failures)
+        await asyncio.gather(drive(risk, 8, outage_s, equities, down, failures),
+                             drive(rsg.RiskServiceStub(control_ch), 8, outage_s, {}, control, failures))
         health = await ch.unary_unary("/grpc.health.v1.Health/Check")(b"\n\x10tradeguard.store")
         unhealthy_seen = not store.healthy
         proxy.restore()
@@ -148,18 +153,24 @@ async def test_database_outage_under_load_fails_no_call_and_keeps_every_latest_s
 
     stored = dict(rows(pg_url, "SELECT trader_id, current_equity FROM risk_state"))
     history = rows(pg_url, "SELECT count(*) FROM risk_state_history")[0][0]
-    p50_up, p99_up = statistics.median(up) * 1e3, percentile(up, 0.99) * 1e3
-    p50_down, p99_down = statistics.median(down) * 1e3, percentile(down, 0.99) * 1e3
-    print(f"\noutage: calls up={len(up)} down={len(down)} failed={len(failures)}; CanTrade p50/p99 ms "
-          f"up={p50_up:.2f}/{p99_up:.2f} down={p50_down:.2f}/{p99_down:.2f}; backlog written in {recovery_s:.2f}s; "
-          f"history enqueued={store.enqueued['history']} written={history} dropped={store.dropped_history}")
+    p50_up, p50_down, p50_control = (statistics.median(x) * 1e3 for x in (up, down, control))
+    print(f"\noutage: calls up={len(up)} down={len(down)} memory-only alongside={len(control)} failed={len(failures)}; "
+          f"CanTrade p50/p99 ms up={p50_up:.2f}/{percentile(up, 0.99) * 1e3:.2f} "
+          f"down={p50_down:.2f}/{percentile(down, 0.99) * 1e3:.2f} "
+          f"memory-only={p50_control:.2f}/{percentile(control, 0.99) * 1e3:.2f}; max down {max(down) * 1e3:.0f} ms; "
+          f"backlog written in {recovery_s:.2f}s; history enqueued={store.enqueued['history']} written={history} "
+          f"dropped={store.dropped_history}")
 
     assert failures == []
     assert unhealthy_seen and health  # the store was reported down while the calls went on
     assert stored == equities  # every trader's newest state, exactly
     assert history == store.enqueued["history"] - store.dropped_history
     assert store.dropped_history == 0  # 3 s of 8 bots fit in the history backlog (queue_size): none lost
-    assert p50_down < max(3 * p50_up, p50_up + 1.0)  # the hot path did not wait on the database
+    # The hot path did not wait on the database: during the outage the durable sidecar answered like a
+    # memory-only one measured at the same moments (load spikes and GC pauses hit both), and no call lasted
+    # a sizeable part of the outage.
+    assert p50_down < 3 * p50_control and len(down) > len(control) / 3
+    assert max(down) < outage_s / 3
 
 
 async def test_shutdown_under_load_drains_the_queue(pg_url: str) -> None:

@@ -7,6 +7,7 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, pool, text
@@ -74,9 +75,9 @@ def count(url: str, table: str) -> int:
         engine.dispose()
 
 
-def enqueue_timed(store: RiskStore, fn_args: list[tuple[str, object]]) -> float:
-    """Enqueue every item; return the longest single call in seconds."""
-    longest = 0.0
+def enqueue_timed(store: RiskStore, fn_args: list[tuple[str, object]]) -> list[float]:
+    """Enqueue every item; return the duration of each call in seconds."""
+    durations = []
     for kind, item in fn_args:
         started = time.perf_counter()
         if kind == "state":
@@ -85,8 +86,13 @@ def enqueue_timed(store: RiskStore, fn_args: list[tuple[str, object]]) -> float:
             store.enqueue_trade(item)  # type: ignore[arg-type]
         else:
             store.enqueue_event(item)  # type: ignore[arg-type]
-        longest = max(longest, time.perf_counter() - started)
-    return longest
+        durations.append(time.perf_counter() - started)
+    return durations
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
 
 
 def test_enqueue_is_synchronous_so_it_can_never_wait_for_the_database() -> None:
@@ -140,7 +146,7 @@ async def test_database_down_at_start_then_up_migrates_and_writes_the_backlog(pr
 
 
 async def test_a_cut_mid_run_keeps_the_backlog_and_writes_it_when_the_database_returns(
-    pg_url: str, proxy: TcpProxy, caplog: pytest.LogCaptureFixture
+    pg_url: str, proxy: TcpProxy, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     empty_tables(pg_url)
     caplog.set_level(logging.INFO, "tradeguard.store")
@@ -161,7 +167,7 @@ async def test_a_cut_mid_run_keeps_the_backlog_and_writes_it_when_the_database_r
             if version % 15 == 0:
                 items.append(("trade", make_trade(f"x-{version}")))
                 items.append(("event", make_event(f"e-{version}")))
-        longest_enqueue = enqueue_timed(store, items)
+        during_outage = enqueue_timed(store, items)
         await health.wait(False)
 
         assert store.rows_written == written_before  # nothing lands while it is down
@@ -173,8 +179,13 @@ async def test_a_cut_mid_run_keeps_the_backlog_and_writes_it_when_the_database_r
         assert await store.flush(timeout=10)
     finally:
         assert await store.close(drain_timeout=5) == 0
+    async with open_store(f"sqlite:///{tmp_path / 'baseline.db'}", queue_size=64) as healthy:
+        baseline = enqueue_timed(healthy, items)  # the same calls on a store whose database is up
 
-    assert longest_enqueue < 0.05  # microseconds normally; generous for a loaded CI box (GIL handoffs)
+    # Enqueueing never waits for the database: as fast during the outage as on a healthy store (ratios of the
+    # typical and the slow calls; a single call can always meet a GC pause or a GIL handoff on a busy machine).
+    assert percentile(during_outage, 0.5) < 3 * percentile(baseline, 0.5)
+    assert percentile(during_outage, 0.9) < 5 * percentile(baseline, 0.9)
     dropped = store.dropped_history
     assert dropped == 300 - 64  # during the outage only the newest 64 history rows are kept
     assert store.rows_written["history"] - written_before["history"] == 300 - dropped
@@ -234,6 +245,9 @@ async def test_after_a_failed_load_snapshots_wait_for_a_successful_load_before_r
 
         proxy.restore()
         await health.wait(True)
+        async with asyncio.timeout(10):
+            while store.queue_depth > 1:  # the trade and the history row are written (no event to await)
+                await asyncio.sleep(0.01)
         assert await store.flush(timeout=0.3) is False  # the snapshot is held...
         assert count(pg_url, "trade_reports") == 1  # ...the rest is written
         assert count(pg_url, "risk_state_history") == 2

@@ -144,6 +144,8 @@ class TcpProxy:
         self._hold_commit = False
         self._commits_to_pass = 0
         self._commit_released = asyncio.Event()
+        self._commit_answered = asyncio.Event()
+        self._awaiting_answer = False
         self.commit_held = asyncio.Event()
         self._server: asyncio.Server | None = None
         self._transports: set[asyncio.StreamWriter] = set()
@@ -200,15 +202,21 @@ class TcpProxy:
                         self._hold_commit = False
                         self.commit_held.set()
                         await self._commit_released.wait()
+                if client is None and self._awaiting_answer and (b"COMMIT\x00" in data or b"ROLLBACK\x00" in data):
+                    self._commit_answered.set()  # the server's CommandComplete for the trapped COMMIT
                 trap = self._commit_trap
                 if client is not None and trap is not None and b"COMMIT\x00" in data:
                     self._commit_trap = None
                     self.commits_trapped += 1
                     client.transport.abort()  # the client never hears back
-                    if trap:  # the server gets the COMMIT and commits
+                    if trap:  # the server gets the COMMIT and commits: wait for its answer, then break
+                        self._commit_answered.clear()
+                        self._awaiting_answer = True
                         dst.write(data)
                         await dst.drain()
-                        await asyncio.sleep(0.2)
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._commit_answered.wait(), 10.0)
+                        self._awaiting_answer = False
                     break
                 dst.write(data)
                 await dst.drain()

@@ -31,7 +31,7 @@ positive = st.floats(min_value=0.0, max_value=1e15, allow_nan=False, allow_infin
 any_time = st.floats(min_value=0.0, max_value=4.1e9, allow_nan=False, allow_infinity=False)
 # Times stored in timestamp columns keep microseconds (PostgreSQL's resolution): draw them on that grid.
 micro_time = st.integers(min_value=0, max_value=4_102_444_800_000_000).map(lambda us: us / 1_000_000)
-free_text = st.text(st.characters(exclude_characters="\x00"), max_size=40)
+free_text = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=40)  # what protobuf carries
 
 
 @st.composite
