@@ -49,6 +49,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
 from tests.attack.model_reference import (
+    DAY,
     HALTED,
     REDUCING,
     SKEW_S,
@@ -57,6 +58,7 @@ from tests.attack.model_reference import (
     Model,
     Order,
     Verdict,
+    day_of,
 )
 from tests.attack.support import LoopThread, figure, server_errors
 from tests.support.databases import TcpProxy
@@ -115,6 +117,7 @@ class Harness:
         self.sqlite_dir: Path | None = None
         self.channel: grpc.Channel | None = None
         self.db_up = True
+        self.down_start_pending = False  # started with the database down, not merged yet
         self.steps = self.machines = self.graceful = self.crashes = self.down_starts = self.outages = 0
         self.required_denials = self.checks = 0
         self.denials_by_code: dict[str, int] = {}
@@ -148,7 +151,8 @@ class Harness:
 
     def flush(self) -> bool:
         assert self.sidecar is not None
-        return bool(self.loop.run(self.sidecar.store.flush(timeout=10)))
+        done: bool = self.loop.run(self.sidecar.store.flush(timeout=10))
+        return done
 
     def cut(self) -> None:
         assert self.proxy is not None
@@ -184,6 +188,7 @@ class Harness:
             persistence = self.sidecar.persistence if self.sidecar is not None else None
             if (getattr(persistence, "loaded", True) and self.serving("") and self.serving("tradeguard.store")
                     and self.flush()):
+                self.down_start_pending = False
                 return
             time.sleep(0.02)
         raise AssertionError(f"the stored state was not merged {seconds:.0f} s after the database returned")
@@ -242,6 +247,8 @@ class RiskMachine(RuleBasedStateMachine):
         if self.h.sqlite_dir is not None and self.h.machines % 250 == 0:
             self.h.new_sqlite_file(self.h.sqlite_dir / f"model-{self.h.machines}.db")
         self.prefix = f"m{next(RUN)}-"  # fresh trader, account and breaker names for every sequence
+        # every sequence starts at 20:00 UTC of a new day, so a replay (shrinking) meets the same midnights
+        self.h.clock.set(day_of(self.h.clock.now()) + DAY + 20 * 3_600)
         self.model = Model(TRADER_ACCOUNT)
         self.names = itertools.count()
         self.restarts = 0
@@ -266,13 +273,13 @@ class RiskMachine(RuleBasedStateMachine):
             self.touched.add(trader)
 
     def teardown(self) -> None:
+        """Leave the sidecar as the next sequence expects it: database up, state merged, enforcement on."""
         if self.h.proxy is not None and not self.h.db_up:
             self.h.restore()
-            if self.model.unloaded:
-                self.h.wait_merged()
-        if not self.model.enforced:  # flags are global: the next sequence starts enforced
-            self.h.admin.SetFeatureFlags(ad.SetFeatureFlagsRequest(
-                flags=t.FeatureFlags(enable_risk_enforcement=True)), timeout=10)
+        if self.h.proxy is not None and self.h.down_start_pending:
+            self.h.wait_merged()
+        self.h.admin.SetFeatureFlags(ad.SetFeatureFlagsRequest(  # flags are global (and stored)
+            flags=t.FeatureFlags(enable_risk_enforcement=True)), timeout=10)
 
     # -- the check ---------------------------------------------------------------------------------------------
 
@@ -543,6 +550,7 @@ class PostgresRiskMachine(RiskMachine):
         assert self.h.flush(), "the writer did not catch up with the database up"
         self.h.cut()
         self.h.stop(crash=crash)
+        self.h.down_start_pending = True
         self.h.start()
         self.model.restart(self.now, unloaded=True)
 
