@@ -368,7 +368,7 @@ class RiskMachine(RuleBasedStateMachine):
         kind = code_name(verdict.code)
         if reply.allowed and (self.model.enforced or not reply.would_deny):
             self.h.denials_by_code[kind] = self.h.denials_by_code.get(kind, 0) + 1
-        if kind in SKIP:
+        if kind in SKIP or (not self.model.enforced and f"SHADOW_{kind}" in SKIP):
             return
         if self.model.enforced:
             if reply.allowed:
