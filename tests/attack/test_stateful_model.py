@@ -681,12 +681,12 @@ def test_no_decision_is_more_permissive_than_the_model_sqlite(tmp_path: Path, lo
     h = Harness(loop, ManualClock(START), f"sqlite:///{tmp_path / 'model.db'}")
     h.sqlite_dir = tmp_path
     h.start()
-    try:
-        with server_errors() as errors:
+    with server_errors() as errors:
+        try:
             run_machine(RiskMachine, h, examples=round(1_780 * SCALE), steps=12)
-    finally:
-        h.close()
-    report("model sqlite", h, errors.lines())
+        finally:
+            h.close()
+            report("model sqlite", h, errors.lines())
     assert h.denials_by_code == {}
     assert errors.lines() == []
 
@@ -696,13 +696,13 @@ def test_no_decision_is_more_permissive_than_the_model_postgres_with_outages(loo
         proxy = loop.run(TcpProxy().start())
         h = Harness(loop, ManualClock(START), proxy.url_for(url), proxy)
         h.start()
-        try:
-            with server_errors(LOGGERS) as errors:
+        with server_errors(LOGGERS) as errors:
+            try:
                 run_machine(PostgresRiskMachine, h, examples=round(200 * SCALE), steps=20)
-        finally:
-            h.close()
-            loop.run(proxy.close())
-    report("model postgres", h, errors.lines())
+            finally:
+                h.close()
+                loop.run(proxy.close())
+                report("model postgres", h, errors.lines())
     assert h.denials_by_code == {}
     assert errors.lines() == []
 
@@ -719,7 +719,7 @@ def test_no_decision_is_more_permissive_than_the_model_across_real_sigterm_and_s
             run_machine(RiskMachine, h, examples=round(24 * SCALE), steps=12)
         finally:
             h.close()
-    report("model process", h, [])
+            report("model process", h, [])
     for log in sorted(tmp_path.glob("sidecar-*.log")):
         errors = [line for line in log.read_text(errors="replace").splitlines() if " ERROR " in line]
         assert errors == [], f"{log.name}: {errors}"
