@@ -367,8 +367,9 @@ class Model:
             return Verdict(True, NO_EQUITY, "no equity reported")
         if self.unloaded and not self.reduces(tr, order):
             return Verdict(True, NOT_LOADED, "stored state not loaded: new exposure denied (reduce-only default)")
+        # not loaded yet: the reduce-only policy may let a reducing order past a stored pause it cannot know
         required = [p for p in tr.pauses if p.required(now, self.shadow_epoch)
-                    and not (self.unloaded and p.since < self.unloaded_since)]  # the policy lets reduce-only by
+                    and not (self.unloaded and p.since < self.unloaded_since)]
         if required:
             worst = max(required, key=lambda p: SEVERITY[p.state])
             if worst.state == HALTED or not self.reduces(tr, order):
