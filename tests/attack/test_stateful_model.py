@@ -1,308 +1,342 @@
-"""Stateful model test: a hypothesis RuleBasedStateMachine drives a real server (in process, a ManualClock
-injected, SQLite store) with interleaved equity / trade / position reports, CanTrade (with and without a
-reduce-only order), configuration saves, circuit breaker creates / disables / enables, kill-switch pauses and
-resumes, clock advances and restarts (the Sidecar is stopped and a new one starts on the same SQLite file;
-the clock continues). After every step every trader's state is compared with a small reference model of
-the rules:
+"""Stateful model test: a hypothesis RuleBasedStateMachine drives a real sidecar in process (a ManualClock
+injected) through random sequences of what bots and operators do, and checks every decision against a
+reference model written from the README and issue 13 (tests/attack/model_reference.py, which states each
+reading it takes). The invariant: NO decision is more permissive than the model's. The model may be
+conservative where the README leaves a reading open (it then accepts a denial or the stricter answer); it
+never demands an allow.
 
-- equity levels: current, peak, the day-start equity (UTC day, rolled on first use; a day that starts at 0
-  takes its first positive equity), stale reports ignored except that they raise the peak; a time more than
-  5 s ahead is refused, within 5 s it counts as now;
-- loss limits (daily, max drawdown from peak): a breach pauses REDUCING until paused_until (0 minutes: until
-  resumed), once per episode;
-- consecutive losses (a configuration's threshold + cooling-off), trade ids counted once (across restarts);
-- equity_floor circuit breakers (pause_trading = HALTED, reduce_only = REDUCING, once per episode, re-armed
-  when the condition clears and on enable; the episode survives a restart);
-- the kill switch (overlapping pauses each end at their own time; one covered by a newer one is dropped) and
-  ResumeTrading (lifts every pause);
-- CanTrade: no equity -> NO_EQUITY_REPORTED; the most severe pause in force decides; REDUCING lets a
-  reduce-only order through, HALTED nothing.
+What a sequence mixes: equity reports (zero, tiny, boundary and random levels; observed_at unset, past, or
+far in the future), trade reports (retried ids, losses / wins / zero, closed_at unset, back-dated and reported
+late, or in the future), position snapshots (flat, long, short, on venues spelled differently), CanTrade with
+no order, reduce-only orders, orders larger than the position (flips), reduce_only with no position, orders on
+another venue, lower-case symbols, high leverage; configuration saves (loss limits, zero stop / cooling-off
+minutes, streak thresholds, max_order_notional, max_position_size_percentage, a symbol override with
+max_leverage spelled in either case); equity_floor and loss_streak_in_window breakers (pause_trading /
+reduce_only, duration unset, 0 or set) created, disabled and enabled; overlapping PauseTrading (REDUCING /
+HALTED, for 0 s, 60 s, 30 min, 2 h or until resumed) and ResumeTrading; shadow mode switched on and off
+(SetFeatureFlags); clock jumps across midnight; restarts: graceful (Sidecar.stop: health NOT_SERVING, drain)
+and crash-like (no grace, no drain: the in-process harness cannot lose a batch in flight, so it crashes after
+the writer caught up, as a SIGKILL in a quiet moment would; the batch-in-flight loss of a real SIGKILL is
+test_process_faults.py's subject).
+
+Three variants of the machine, 2,004 sequences in all:
+- SQLite, in process (1,780 sequences of 12 steps): everything above.
+- PostgreSQL behind a TcpProxy, in process (200 sequences of 20 steps): also database outages mid-run (admin
+  writes, kill switches and flags during the outage) and starts with the database down (the stored state
+  cannot be loaded: only reduce-only / reducing orders may be allowed until it is merged; the reports made
+  meanwhile are replayed on top of it when the database returns).
+- A `tradeguard serve` process on PostgreSQL (24 sequences of 12 steps; wall clock, so no clock jumps): real
+  SIGTERM and SIGKILL restarts (the SIGKILL after a PauseTrading on a sentinel trader answered, i.e. once the
+  writer has committed everything, README "Kill switch"), and the first call after a start goes out as soon
+  as the port answers, as a bot's would.
+
+Sequences are counted as hypothesis examples (max_examples per variant; figure "sequences run" counts every
+machine hypothesis built, shrinking replays included). The run is deterministic (derandomize).
+Each kind of violation is its own exception type (MorePermissiveThanModel_<DECISION CODE>, _SHADOW_<CODE> for
+a would_deny missing in shadow mode, _UNEXPECTED_<gRPC STATUS> for an error answer the README does not allow),
+so hypothesis shrinks and reports each one. TRADEGUARD_MODEL_SKIP=KIND,KIND (e.g. DAILY_LOSS_LIMIT,
+SHADOW_CIRCUIT_BREAKER) skips those kinds, to see past a known failure while its fix is pending, and
+TRADEGUARD_MODEL_SCALE multiplies the sequence counts; CI sets neither.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
+import signal
+import subprocess
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.duration_pb2 import Duration
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
-from tests.attack.support import LoopThread, ThreadedSidecar, figure, server_errors
+from tests.attack.model_reference import (
+    DAY,
+    HALTED,
+    REDUCING,
+    SKEW_S,
+    Breaker,
+    Limits,
+    Model,
+    Order,
+    Verdict,
+    day_of,
+)
+from tests.attack.support import LoopThread, figure, server_errors
+from tests.support.databases import TcpProxy, closed_port
+from tests.support.pg import fresh_database
+from tests.support.sidecar import BIN
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import admin_service_pb2_grpc as adg
 from tradeguard.v1 import risk_service_pb2 as rs
 from tradeguard.v1 import risk_service_pb2_grpc as rsg
 from tradeguard.v1 import types_pb2 as t
 from tradeguard_server.engine.clock import ManualClock
+from tradeguard_server.settings import load_settings
+from tradeguard_server.sidecar import Sidecar
 
 pytestmark = pytest.mark.integration
 
-DAY = 86_400.0
-INF = float("inf")
-ACTIVE, REDUCING, HALTED = t.TRADING_STATE_ACTIVE, t.TRADING_STATE_REDUCING, t.TRADING_STATE_HALTED
-SEVERITY = {ACTIVE: 0, REDUCING: 1, HALTED: 2}
-DAILY, MAX_DD = t.DECISION_CODE_DAILY_LOSS_LIMIT, t.DECISION_CODE_MAX_DRAWDOWN
-STREAK = t.DECISION_CODE_CONSECUTIVE_LOSSES
-KILL, BREAKER = t.DECISION_CODE_KILL_SWITCH, t.DECISION_CODE_CIRCUIT_BREAKER
 TRADER_ACCOUNT = {"t0": "A", "t1": "A", "t2": "B", "t3": "B"}
+START = 1_767_225_600.0 + 20 * 3_600  # 2026-01-01 20:00 UTC: midnight is near
+SCALE = float(os.environ.get("TRADEGUARD_MODEL_SCALE", "1"))  # sequences x SCALE (CI: 1)
+SKIP = {c.strip() for c in os.environ.get("TRADEGUARD_MODEL_SKIP", "").split(",") if c.strip()}
 
 
-# ---- the reference model ---------------------------------------------------------------------------------
+# ---- violations: one exception type per decision code, so hypothesis reports each as its own bug ------------
+
+_VIOLATIONS: dict[str, type[AssertionError]] = {}
 
 
-def day_of(ts: float) -> float:
-    return ts - (ts % DAY)
+def violation(kind: str) -> type[AssertionError]:
+    if kind not in _VIOLATIONS:
+        _VIOLATIONS[kind] = type(f"MorePermissiveThanModel_{kind}", (AssertionError,), {})
+    return _VIOLATIONS[kind]
 
 
-def pct_loss(reference: float, equity: float) -> float:
-    return 0.0 if reference <= 0.0 else max(0.0, (reference - equity) / reference * 100.0)
+# ---- the sidecar under test ---------------------------------------------------------------------------------
 
 
-@dataclass
-class Pause:
-    state: int
-    until: float | None
-    code: int
-    source: str
-    since: float
-
-    def active(self, now: float) -> bool:
-        return self.until is None or now < self.until
-
-    def rank(self) -> tuple[int, float]:
-        return SEVERITY[self.state], INF if self.until is None else self.until
+async def _crash(sc: Sidecar) -> None:
+    """Stop without grace and without drain, after the writer caught up (a SIGKILL in a quiet moment)."""
+    await sc.store.flush(timeout=10)
+    if sc.server is not None:
+        await sc.server.stop(None)
+    sc.hub.close()
+    await sc.store.close(0)
 
 
-@dataclass
-class Limits:
-    daily: float | None = 5.0
-    max_dd: float | None = 20.0
-    stop_minutes: int = 30
-    streak: int = 0
-    cooling_minutes: int = 0
+class Harness:
+    """A sidecar in process on port 0 with a ManualClock; SQLite, or PostgreSQL behind a TcpProxy."""
 
+    def __init__(self, loop: Any, clock: Any, database_url: str, proxy: TcpProxy | None = None):
+        self.loop, self.clock, self.proxy = loop, clock, proxy
+        self.overrides: dict[str, Any] = {
+            "listen": "127.0.0.1:0", "uvloop": False, "metrics_listen": "", "database_url": database_url,
+            "enable_persistence": True, "kill_switch_store_timeout_s": 0.2, "store_call_timeout_s": 2.0,
+            "drain_timeout_s": 10.0, "shutdown_grace_s": 1.0,
+        }
+        self.sidecar: Sidecar | None = None
+        self.sqlite_dir: Path | None = None
+        self.channel: grpc.Channel | None = None
+        self.db_up = True
+        self.down_start_pending = False  # started with the database down, not merged yet
+        self.steps = self.machines = self.graceful = self.crashes = self.down_starts = self.outages = 0
+        self.required_denials = self.checks = 0
+        self.denials_by_code: dict[str, int] = {}
 
-@dataclass
-class Breaker:
-    id: str
-    name: str
-    floor: float
-    minutes: float | None
-    state: int  # HALTED (pause_trading) or REDUCING (reduce_only)
-    enabled: bool = True
-    tripped: set[str] = field(default_factory=set)
+    def start(self) -> None:
+        async def start() -> Sidecar:
+            sc = Sidecar(load_settings({}, self.overrides), clock=self.clock)
+            if hasattr(sc.store, "retry_max_s"):
+                sc.store.retry_max_s = 0.2  # reconnect fast after an outage (the default backs off up to 5 s)
+            await sc.start()
+            return sc
 
-
-@dataclass
-class Trader:
-    account: str
-    reported: bool = False
-    current: float = 0.0
-    peak: float = 0.0
-    day_start: float = 0.0
-    day_equity: float = 0.0
-    boundary: float = INF
-    last_at: float | None = None
-    losses: int = 0
-    seen: set[str] = field(default_factory=set)
-    pauses: list[Pause] = field(default_factory=list)
-
-    def effective(self, now: float) -> Pause | None:
-        best = None
-        for p in self.pauses:
-            if p.active(now) and (best is None or p.rank() > best.rank()):
-                best = p
-        return best
-
-
-def add_pause(tr: Trader, pause: Pause) -> None:
-    for existing in tr.pauses:
-        if existing.code == pause.code and existing.source == pause.source and existing.active(pause.since):
-            if existing.rank() >= pause.rank():
-                return
-            tr.pauses.remove(existing)
-            break
-    tr.pauses.append(pause)
-
-
-class Model:
-    def __init__(self) -> None:
-        self.traders: dict[str, Trader] = {}
-        self.limits: dict[str, Limits] = {}
-        self.breakers: dict[str, list[Breaker]] = {"A": [], "B": []}
-
-    def get(self, trader: str) -> Trader:
-        return self.traders.setdefault(trader, Trader(TRADER_ACCOUNT[trader]))
-
-    def limits_of(self, account: str) -> Limits:
-        return self.limits.get(account, Limits())
-
-    def roll(self, tr: Trader, when: float) -> None:
-        if when < tr.boundary:
-            return
-        day = day_of(when)
-        if day != tr.day_start:
-            tr.day_start, tr.day_equity = day, tr.current
-        tr.boundary = day + DAY
-
-    def tick(self, tr: Trader, now: float) -> None:
-        tr.pauses = [p for p in tr.pauses if p.active(now)]
-        if tr.reported:
-            self.roll(tr, now)
-
-    def loss_breaches(self, tr: Trader, now: float, limits: Limits) -> None:
-        for code, limit, value in ((DAILY, limits.daily, pct_loss(tr.day_equity, tr.current)),
-                                   (MAX_DD, limits.max_dd, pct_loss(tr.peak, tr.current))):
-            if limit is not None and value > limit and not any(p.code == code and p.active(now) for p in tr.pauses):
-                until = now + limits.stop_minutes * 60.0 if limits.stop_minutes else None
-                add_pause(tr, Pause(REDUCING, until, code, "limit", now))
-
-    def run_breakers(self, trader: str, tr: Trader, now: float) -> None:
-        limits = self.limits_of(tr.account)
-        for b in sorted(self.breakers[tr.account], key=lambda b: (b.name, b.id)):
-            if not b.enabled:
-                continue
-            if not (tr.reported and tr.current < b.floor):
-                b.tripped.discard(trader)
-                continue
-            if trader in b.tripped:
-                continue
-            b.tripped.add(trader)
-            minutes = b.minutes if b.minutes is not None else limits.stop_minutes or None
-            until = None if minutes is None else now + minutes * 60.0
-            add_pause(tr, Pause(b.state, until, BREAKER, f"breaker:{b.id}", now))
-
-    # -- operations, as the engine applies them --
-
-    def report_equity(self, trader: str, equity: float, at: float, now: float) -> bool:
-        tr = self.get(trader)
-        self.tick(tr, now)
-        if tr.last_at is not None and at < tr.last_at:
-            if equity <= tr.peak:
-                return True  # stale
-            tr.peak = equity  # stale, but the equity was there: it raises the peak
-            self.loss_breaches(tr, now, self.limits_of(tr.account))
-            self.run_breakers(trader, tr, now)
-            return True
-        if not tr.reported:
-            tr.current = tr.peak = tr.day_equity = equity
-            tr.reported, tr.boundary, tr.day_start = True, -INF, 0.0
-            self.roll(tr, at)
-        else:
-            self.roll(tr, at)
-            tr.current, tr.peak = equity, max(tr.peak, equity)
-            if tr.day_equity <= 0.0 < equity:
-                tr.day_equity = equity
-        tr.last_at = at
-        self.loss_breaches(tr, now, self.limits_of(tr.account))
-        self.run_breakers(trader, tr, now)
-        return False
-
-    def report_trade(self, trader: str, trade_id: str, pnl: float, now: float) -> bool:
-        tr = self.get(trader)
-        self.tick(tr, now)
-        if trade_id in tr.seen:
-            return True  # duplicate
-        tr.seen.add(trade_id)
-        if pnl < 0:
-            tr.losses += 1
-        elif pnl > 0:
-            tr.losses = 0
-        limits = self.limits_of(tr.account)
-        if (limits.streak > 0 and tr.losses >= limits.streak
-                and not any(p.code == STREAK and p.active(now) for p in tr.pauses)):
-            until = now + limits.cooling_minutes * 60.0 if limits.cooling_minutes else None
-            add_pause(tr, Pause(REDUCING, until, STREAK, "limit", now))
-        self.run_breakers(trader, tr, now)
-        return False
-
-    def report_positions(self, trader: str, now: float) -> None:
-        tr = self.get(trader)
-        self.tick(tr, now)
-        self.run_breakers(trader, tr, now)
-
-    def can_trade(self, trader: str, reduce_only: bool, now: float) -> tuple[bool, int, int]:
-        tr = self.traders.get(trader)
-        if tr is None or not tr.reported:  # no tick, no breakers; the state still says what is in force
-            pause = None if tr is None else tr.effective(now)
-            return False, t.DECISION_CODE_NO_EQUITY_REPORTED, ACTIVE if pause is None else pause.state
-        self.tick(tr, now)
-        self.run_breakers(trader, tr, now)
-        pause = tr.effective(now)
-        if pause is None:
-            return True, t.DECISION_CODE_ALLOWED, ACTIVE
-        allowed = False  # the machine holds no position: a reduce_only SELL adds exposure (README "Order checks")
-        return allowed, t.DECISION_CODE_ALLOWED if allowed else pause.code, pause.state
-
-    def pause(self, trader: str, state: int, seconds: int | None, now: float) -> None:
-        tr = self.get(trader)
-        self.tick(tr, now)
-        new = Pause(state, None if seconds is None else now + seconds, KILL, "manual", now)
-        tr.pauses = [p for p in tr.pauses if not (p.source == "manual" and p.rank()[0] <= new.rank()[0]
-                                                   and p.rank()[1] <= new.rank()[1])]
-        tr.pauses.append(new)
-
-    def resume(self, trader: str, now: float) -> None:
-        tr = self.get(trader)
-        self.tick(tr, now)
-        tr.pauses = []
-
-    def save_config(self, account: str, limits: Limits, now: float) -> None:
-        self.limits[account] = limits
-        for tr in self.traders.values():
-            if tr.account == account:
-                self.tick(tr, now)
-                self.loss_breaches(tr, now, limits)
-
-    def restart(self) -> None:
-        for trader in self.traders.values():
-            trader.boundary = -INF  # periods roll on first use after a restore (episodes are stored)
-
-
-# ---- the machine -------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Server:
-    loop: LoopThread
-    sidecar: ThreadedSidecar
-    clock: ManualClock
-    channel: grpc.Channel | None = None
-    steps: int = 0
-    restarts: int = 0
-    machines: int = 0
-    mismatches: int = 0
-
-    def connect(self) -> None:
+        self.sidecar = self.loop.run(start())
         if self.channel is not None:
             self.channel.close()
         self.channel = grpc.insecure_channel(self.sidecar.address)
         self.risk = rsg.RiskServiceStub(self.channel)
         self.admin = adg.AdminServiceStub(self.channel)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
+
+    def new_sqlite_file(self, path: Path) -> None:
+        """Continue on a new, empty SQLite file (restarts stay fast: the store does not grow for ever)."""
+        self.stop()
+        self.overrides["database_url"] = f"sqlite:///{path}"
+        self.start()
+
+    def stop(self, crash: bool = False) -> None:
+        if self.sidecar is not None:
+            self.loop.run(_crash(self.sidecar) if crash else self.sidecar.stop())
+            self.sidecar = None
+
+    def flush(self) -> bool:
+        assert self.sidecar is not None
+        done: bool = self.loop.run(self.sidecar.store.flush(timeout=10))
+        return done
+
+    def cut(self) -> None:
+        assert self.proxy is not None
+
+        async def cut() -> None:
+            assert self.proxy is not None
+            self.proxy.cut()
+
+        self.loop.run(cut())
+        self.db_up = False
+
+    def restore(self) -> None:
+        assert self.proxy is not None
+
+        async def restore() -> None:
+            assert self.proxy is not None
+            self.proxy.restore()
+
+        self.loop.run(restore())
+        self.db_up = True
+
+    def serving(self, service: str) -> bool:
+        try:
+            return self.health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status == \
+                health_pb2.HealthCheckResponse.SERVING
+        except grpc.RpcError:
+            return False
+
+    def wait_merged(self, seconds: float = 30.0) -> None:
+        """Until the stored state is merged: readiness SERVING, the store healthy, the load installed."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            persistence = self.sidecar.persistence if self.sidecar is not None else None
+            if (getattr(persistence, "loaded", True) and self.serving("") and self.serving("tradeguard.store")
+                    and self.flush()):
+                self.down_start_pending = False
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"the stored state was not merged {seconds:.0f} s after the database returned")
+
+    def close(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+        self.stop()
 
 
-SERVER: Server | None = None
+class RealClock:
+    """The wall clock, for a `tradeguard serve` process (it has no ManualClock)."""
+
+    def now(self) -> float:
+        return time.time()
+
+    def set(self, _when: float) -> None:
+        """A new sequence: never start one within 90 s of a UTC midnight (model and server would roll apart)."""
+        left = DAY - time.time() % DAY
+        if left < 90:
+            time.sleep(left + 2)
+
+    def advance(self, seconds: float) -> None:
+        raise NotImplementedError("the wall clock cannot be advanced")
+
+
+class ProcessHarness(Harness):
+    """A `tradeguard serve` subprocess on PostgreSQL, stopped by SIGTERM or SIGKILL and started again on the
+    same port; the first call after a start goes out as soon as the port answers (as a bot's would)."""
+
+    def __init__(self, tmp_path: Path, database_url: str):
+        super().__init__(None, RealClock(), database_url)
+        self.tmp_path, self.port = tmp_path, closed_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        log = self.tmp_path / f"sidecar-{self.starts}.log"
+        cmd = [str(BIN / "tradeguard"), "serve", "--listen", f"127.0.0.1:{self.port}", "--metrics-listen", "",
+               "--database-url", self.overrides["database_url"], "--kill-switch-store-timeout-s", "2",
+               "--no-uvloop"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("TRADEGUARD_", "DB_"))}
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self.tmp_path)
+        if self.channel is not None:
+            self.channel.close()
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}", options=[
+            ("grpc.initial_reconnect_backoff_ms", 20), ("grpc.min_reconnect_backoff_ms", 20),
+            ("grpc.max_reconnect_backoff_ms", 50)])
+        try:
+            grpc.channel_ready_future(self.channel).result(timeout=60)  # the port answers: go at once
+        except grpc.FutureTimeoutError:
+            self.proc.kill()
+            raise AssertionError(f"sidecar did not answer in 60 s:\n{log.read_text(errors='replace')}") from None
+        self.risk = rsg.RiskServiceStub(self.channel)
+        self.admin = adg.AdminServiceStub(self.channel)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
+
+    def stop(self, crash: bool = False) -> None:
+        if self.proc is None:
+            return
+        if crash:
+            # a quiet moment: PauseTrading answers once every change made so far is committed (README), so
+            # the SIGKILL loses nothing the model counts on; losing the batch in flight is test_process_faults'
+            self.admin.PauseTrading(ad.PauseTradingRequest(
+                trader_id="sentinel", account_id="sentinel", trading_state=t.TRADING_STATE_REDUCING,
+                duration=Duration(seconds=1), reason="flush before SIGKILL"), timeout=10)
+            self.proc.send_signal(signal.SIGKILL)
+        else:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=60)
+        assert code == (-signal.SIGKILL if crash else 0), f"exit code {code}"
+        self.proc = None
+
+    def close(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+        self.stop()
+
+
+HARNESS: Harness | None = None
 RUN = itertools.count()
+
+# ---- strategies ------------------------------------------------------------------------------------------------
+
 traders = st.sampled_from(sorted(TRADER_ACCOUNT))
-equities = st.one_of(st.sampled_from([10_000.0, 9_500.0, 9_499.0, 9_400.0, 8_000.0, 7_999.0, 12_000.0, 0.0]),
-                     st.floats(5_000, 15_000).map(lambda x: round(x, 2)))
+equities = st.one_of(
+    st.sampled_from([10_000.0, 9_500.0, 9_499.0, 9_400.0, 8_000.0, 7_999.0, 12_000.0, 0.0, 0.01, 1e-6, 1.0]),
+    st.floats(5_000, 15_000).map(lambda x: round(x) + 0.25),
+)
+# observed_at: unset, past, or ahead of the clock by more than the skew (rejected or taken as now)
+equity_shifts = st.one_of(st.none(), st.sampled_from([-7_200, -60, -1, 60, 290, 3_600]))
+closed_shifts = st.one_of(st.none(), st.sampled_from([-100 * 60, -30 * 60, -3 * 3_600, -59 * 60, 3_600]))
+# (signed quantity, exchange) of the one BTCUSDT position, or flat
+positions = st.sampled_from([(0.0, ""), (1.0, "binance"), (0.5, "Binance"), (-1.0, "binance"), (0.01, "binance")])
+orders = st.one_of(
+    st.none(),
+    st.builds(lambda buy, q, price, ro, ex, sym, lev: (buy, q, price, ro, ex, sym, lev),
+              st.booleans(), st.sampled_from([0.01, 0.5, 1.0, 1.1, 1.26, 2.0, 10.0]),
+              st.sampled_from([40_000.0, 45_000.0, 50_000.0]), st.booleans(),
+              st.sampled_from(["binance", "Binance", "kraken", ""]), st.sampled_from(["BTCUSDT", "btcusdt"]),
+              st.sampled_from([0.0, 3.0, 50.0])),
+)
+
+
+def expected(exc: grpc.RpcError, ok: bool) -> None:
+    """An error answer the model allows for (else the test fails with it)."""
+    if not ok or "may or may not" in (exc.details() or ""):
+        kind = f"UNEXPECTED_{exc.code().name}"
+        if kind not in SKIP:
+            raise violation(kind)(f"unexpected answer {exc.code()}: {exc.details()}") from exc
+
+
+def stamp(msg: Any, at: float) -> None:
+    msg.seconds, msg.nanos = int(at // 1), round((at % 1) * 1e9)
+
+
+def code_name(code: Any) -> str:
+    return t.DecisionCode.Name(code).removeprefix("DECISION_CODE_")
 
 
 class RiskMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        assert SERVER is not None
-        self.server = SERVER
-        self.server.machines += 1
-        self.prefix = f"m{next(RUN)}-"  # fresh trader, account and breaker names for every run
-        self.model = Model()
-        self.breaker_names = itertools.count()
+        assert HARNESS is not None
+        self.h = HARNESS
+        self.h.machines += 1
+        if self.h.sqlite_dir is not None and self.h.machines % 250 == 0:
+            self.h.new_sqlite_file(self.h.sqlite_dir / f"model-{self.h.machines}.db")
+        self.prefix = f"m{next(RUN)}-"  # fresh trader, account and breaker names for every sequence
+        # every sequence starts at 20:00 UTC of a new day, so a replay (shrinking) meets the same midnights
+        self.h.clock.set(day_of(self.h.clock.now()) + DAY + 20 * 3_600)
+        self.model = Model(TRADER_ACCOUNT)
+        self.names = itertools.count()
         self.restarts = 0
+        self.touched: set[str] | None = set()  # traders whose decision may have changed; None = all
 
     def tid(self, trader: str) -> str:
         return self.prefix + trader
@@ -312,188 +346,381 @@ class RiskMachine(RuleBasedStateMachine):
 
     @property
     def now(self) -> float:
-        return self.server.clock.now()
+        return self.h.clock.now()
 
-    def step(self) -> None:
-        self.server.steps += 1
+    def step(self, trader: str | None = None) -> None:
+        """Count a step; `trader` is the one it concerns (None: every trader's decision may change)."""
+        self.h.steps += 1
+        if trader is None:
+            self.touched = None
+        elif self.touched is not None:
+            self.touched.add(trader)
 
-    # -- reports and checks --
+    def teardown(self) -> None:
+        """Leave the sidecar as the next sequence expects it: database up, state merged, enforcement on."""
+        if self.h.proxy is not None and not self.h.db_up:
+            self.h.restore()
+        if self.h.proxy is not None and self.h.down_start_pending:
+            self.h.wait_merged()
+        self.h.admin.SetFeatureFlags(ad.SetFeatureFlagsRequest(  # flags are global (and stored)
+            flags=t.FeatureFlags(enable_risk_enforcement=True)), timeout=10)
 
-    @rule(trader=traders, equity=equities,
-          shift=st.one_of(st.none(), st.sampled_from([-7_200, -60, -1, 3, 100, 299])))
+    # -- the check ---------------------------------------------------------------------------------------------
+
+    def check(self, trader: str, verdict: Verdict, reply: rs.CanTradeResponse, what: str) -> None:
+        self.h.checks += 1
+        if not verdict.deny:
+            return
+        self.h.required_denials += 1
+        kind = code_name(verdict.code)
+        if reply.allowed and (self.model.enforced or not reply.would_deny):
+            self.h.denials_by_code[kind] = self.h.denials_by_code.get(kind, 0) + 1
+        if kind in SKIP or (not self.model.enforced and f"SHADOW_{kind}" in SKIP):
+            return
+        if self.model.enforced:
+            if reply.allowed:
+                raise violation(kind)(
+                    f"{trader} {what}: allowed ({code_name(reply.code)}: {reply.reason}); the model denies "
+                    f"({kind}: {verdict.why})")
+        elif reply.allowed and not reply.would_deny:
+            raise violation(f"SHADOW_{kind}")(
+                f"{trader} {what} in shadow mode: would_deny false ({code_name(reply.code)}: {reply.reason}); "
+                f"the model would deny ({kind}: {verdict.why})")
+
+    @invariant()
+    def no_decision_is_more_permissive_than_the_model(self) -> None:
+        touched, self.touched = self.touched, set()
+        for trader in sorted(self.model.traders if touched is None else touched & set(self.model.traders)):
+            verdict = self.model.can_trade(trader, None, self.now)
+            reply = self.h.risk.CanTrade(rs.CanTradeRequest(
+                trader_id=self.tid(trader), account_id=self.acct(TRADER_ACCOUNT[trader])), timeout=10)
+            self.check(trader, verdict, reply, "CanTrade (no order)")
+
+    # -- reports and checks ------------------------------------------------------------------------------------
+
+    @rule(trader=traders, equity=equities, shift=equity_shifts)
     def report_equity(self, trader: str, equity: float, shift: int | None) -> None:
-        self.step()
-        at = self.now if shift is None else self.now + shift
+        self.step(trader)
+        now = self.now
         req = rs.ReportEquityRequest(trader_id=self.tid(trader), account_id=self.acct(TRADER_ACCOUNT[trader]),
                                      equity=equity)
+        at = now
         if shift is not None:
-            req.observed_at.seconds, req.observed_at.nanos = int(at // 1), round((at % 1) * 1e9)
+            stamp(req.observed_at, now + shift)
             at = req.observed_at.seconds + req.observed_at.nanos / 1e9
-        if at > self.now + 5.0:  # beyond max_clock_skew_s: refused, nothing changes
-            with pytest.raises(grpc.RpcError) as refused:
-                self.server.risk.ReportEquity(req, timeout=10)
-            assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-            return
-        stale = self.model.report_equity(trader, equity, min(at, self.now), self.now)
-        reply = self.server.risk.ReportEquity(req, timeout=10)
-        assert reply.stale == stale
+        try:
+            reply = self.h.risk.ReportEquity(req, timeout=10)
+        except grpc.RpcError as exc:
+            expected(exc, exc.code() == grpc.StatusCode.INVALID_ARGUMENT and at > now + SKEW_S)
+            return  # a timestamp from the future rejected: nothing changed
+        if at > now + SKEW_S:
+            if reply.stale:
+                return  # ignored: as good as rejected
+            at = now  # accepted: it must count as now, never stay in the future (issue 7)
+        self.model.report_equity(trader, equity, at, now)
 
-    @rule(trader=traders, trade=st.integers(0, 6), pnl=st.sampled_from([-50.0, -1.0, 0.0, 25.0]))
-    def report_trade(self, trader: str, trade: int, pnl: float) -> None:
-        self.step()
-        duplicate = self.model.report_trade(trader, f"tr-{trade}", pnl, self.now)
-        reply = self.server.risk.ReportTrade(rs.ReportTradeRequest(
-            trader_id=self.tid(trader), account_id=self.acct(TRADER_ACCOUNT[trader]), trade_id=f"tr-{trade}",
-            symbol="BTCUSDT", side=t.SIDE_BUY, realized_pnl=pnl), timeout=10)
-        assert reply.duplicate == duplicate
+    @rule(trader=traders, trade=st.integers(0, 6), pnl=st.sampled_from([-50.0, -1.0, 0.0, 25.0]),
+          shift=closed_shifts)
+    def report_trade(self, trader: str, trade: int, pnl: float, shift: int | None) -> None:
+        self.step(trader)
+        now = self.now
+        req = rs.ReportTradeRequest(trader_id=self.tid(trader), account_id=self.acct(TRADER_ACCOUNT[trader]),
+                                    trade_id=f"tr-{trade}", symbol="BTCUSDT", exchange="binance",
+                                    side=t.SIDE_BUY, realized_pnl=pnl)
+        closed = now if shift is None else now + shift
+        if shift is not None:
+            stamp(req.closed_at, closed)
+        try:
+            self.h.risk.ReportTrade(req, timeout=10)
+        except grpc.RpcError as exc:
+            expected(exc, exc.code() == grpc.StatusCode.INVALID_ARGUMENT and closed > now + SKEW_S)
+            return  # a closed_at from the future rejected: nothing changed
+        self.model.report_trade(trader, f"tr-{trade}", pnl, closed, now)
 
-    @rule(trader=traders)
-    def report_positions(self, trader: str) -> None:
-        self.step()
-        self.model.report_positions(trader, self.now)
-        self.server.risk.ReportPositions(rs.ReportPositionsRequest(
-            trader_id=self.tid(trader), account_id=self.acct(TRADER_ACCOUNT[trader])), timeout=10)
+    @rule(trader=traders, position=positions)
+    def report_positions(self, trader: str, position: tuple[float, str]) -> None:
+        self.step(trader)
+        quantity, exchange = position
+        req = rs.ReportPositionsRequest(trader_id=self.tid(trader), account_id=self.acct(TRADER_ACCOUNT[trader]))
+        if quantity:
+            req.positions.add(symbol="BTCUSDT", exchange=exchange, side=t.SIDE_BUY if quantity > 0 else t.SIDE_SELL,
+                              quantity=abs(quantity), entry_price=50_000.0, mark_price=50_000.0)
+        self.h.risk.ReportPositions(req, timeout=10)
+        self.model.report_positions(trader, quantity, 50_000.0 if quantity else 0.0, self.now)
 
-    @rule(trader=traders, reduce_only=st.booleans())
-    def can_trade(self, trader: str, reduce_only: bool) -> None:
-        self.step()
-        want = self.model.can_trade(trader, reduce_only, self.now)
+    @rule(trader=traders, order=orders)
+    def can_trade(self, trader: str, order: tuple[bool, float, float, bool, str, str, float] | None) -> None:
+        self.step(trader)
         req = rs.CanTradeRequest(trader_id=self.tid(trader), account_id=self.acct(TRADER_ACCOUNT[trader]))
-        if reduce_only:
-            req.order.CopyFrom(t.OrderIntent(symbol="BTCUSDT", side=t.SIDE_SELL, quantity=0.01, price=50_000,
-                                             reduce_only=True))
-        reply = self.server.risk.CanTrade(req, timeout=10)
-        assert (reply.allowed, reply.code, reply.trading_state) == want, (reply.reason, want)
+        intent = None
+        what = "CanTrade (no order)"
+        if order is not None:
+            buy, quantity, price, reduce_only, exchange, symbol, leverage = order
+            req.order.CopyFrom(t.OrderIntent(symbol=symbol, exchange=exchange, side=t.SIDE_BUY if buy else t.SIDE_SELL,
+                                             quantity=quantity, price=price, reduce_only=reduce_only,
+                                             leverage=leverage))
+            intent = Order(buy, quantity, price, reduce_only, leverage)
+            what = (f"CanTrade {'BUY' if buy else 'SELL'} {quantity} {symbol}@{exchange or '-'} at {price} "
+                    f"reduce_only={reduce_only} leverage={leverage}")
+        verdict = self.model.can_trade(trader, intent, self.now)
+        try:
+            reply = self.h.risk.CanTrade(req, timeout=10)
+        except grpc.RpcError as exc:
+            expected(exc, exc.code() == grpc.StatusCode.INVALID_ARGUMENT and order is not None
+                     and order[5] != "BTCUSDT")
+            return  # a lower-case symbol rejected (issue 10: normalise or reject): no decision
+        self.check(trader, verdict, reply, what)
 
-    # -- operator actions --
+    # -- operator actions ---------------------------------------------------------------------------------------
 
     @rule(trader=traders, state=st.sampled_from([REDUCING, HALTED]),
-          seconds=st.one_of(st.none(), st.sampled_from([60, 1_800, 7_200])))
+          seconds=st.one_of(st.none(), st.sampled_from([0, 60, 1_800, 7_200])))
     def pause(self, trader: str, state: int, seconds: int | None) -> None:
-        self.step()
-        self.model.pause(trader, state, seconds, self.now)
+        self.step(trader)
         req = ad.PauseTradingRequest(trader_id=self.tid(trader), account_id=self.acct(TRADER_ACCOUNT[trader]),
-                                     trading_state=state, reason="model")
+                                     trading_state=t.TradingState.ValueType(state), reason="model")
         if seconds is not None:
+            req.duration.SetInParent()
             req.duration.seconds = seconds
-        self.server.admin.PauseTrading(req, timeout=10)
+        try:
+            self.h.admin.PauseTrading(req, timeout=10)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT and seconds == 0:
+                return  # a zero duration rejected (issue 5)
+            # an error that does not say "invalid" may still have paused in memory: the model cannot demand it
+            self.model.pause(trader, state, seconds, self.now, certain=False)
+            return
+        self.model.pause(trader, state, seconds, self.now)
 
     @rule(trader=traders)
     def resume(self, trader: str) -> None:
-        self.step()
+        self.step(trader)
+        try:
+            self.h.admin.ResumeTrading(ad.ResumeTradingRequest(
+                trader_id=self.tid(trader), account_id=self.acct(TRADER_ACCOUNT[trader])), timeout=10)
+        except grpc.RpcError:
+            self.model.soften(self.model.get(trader))  # maybe resumed in memory
+            return
         self.model.resume(trader, self.now)
-        self.server.admin.ResumeTrading(ad.ResumeTradingRequest(
-            trader_id=self.tid(trader), account_id=self.acct(TRADER_ACCOUNT[trader])), timeout=10)
 
     @rule(account=st.sampled_from(["A", "B"]), daily=st.sampled_from([1.0, 2.0, 5.0, 10.0]),
           stop=st.sampled_from([0, 1, 10, 30, 120]), streak=st.sampled_from([0, 2, 3]),
-          cooling=st.sampled_from([0, 5, 60]))
-    def save_config(self, account: str, daily: float, stop: int, streak: int, cooling: int) -> None:
+          cooling=st.sampled_from([0, 5, 60]), notional=st.sampled_from([None, 1_000.0, 50_000.0]),
+          position_pct=st.sampled_from([None, 5.0]), leverage=st.sampled_from([None, 5.0]),
+          symbol=st.sampled_from(["BTCUSDT", "btcusdt"]))
+    def save_config(self, account: str, daily: float, stop: int, streak: int, cooling: int, notional: float | None,
+                    position_pct: float | None, leverage: float | None, symbol: str) -> None:
         self.step()
-        self.model.save_config(account, Limits(daily, 20.0, stop, streak, cooling), self.now)
-        self.server.admin.SaveConfig(ad.SaveConfigRequest(config=t.RiskConfiguration(
-            account_id=self.acct(account), config_id="main", is_active=True, daily_max_drawdown_percentage=daily,
-            stop_trading_minutes=stop, consecutive_loss_threshold=streak, cooling_off_period_minutes=cooling)),
-            timeout=10)
+        cfg = t.RiskConfiguration(account_id=self.acct(account), config_id="main", is_active=True,
+                                  daily_max_drawdown_percentage=daily, max_drawdown_percentage=20.0,
+                                  stop_trading_minutes=stop, consecutive_loss_threshold=streak,
+                                  cooling_off_period_minutes=cooling)
+        if notional is not None:
+            cfg.max_order_notional = notional
+        if position_pct is not None:
+            cfg.max_position_size_percentage = position_pct
+        if leverage is not None:
+            cfg.symbol_configs.add(symbol=symbol, max_leverage=leverage)
+        try:
+            self.h.admin.SaveConfig(ad.SaveConfigRequest(config=cfg), timeout=10)
+        except grpc.RpcError as exc:
+            expected(exc, exc.code() == grpc.StatusCode.INVALID_ARGUMENT
+                     or (exc.code() == grpc.StatusCode.UNAVAILABLE and not self.h.db_up))
+            return  # rejected (zero minutes, a lower-case symbol) or not saved (database down): nothing changed
+        self.model.save_config(account, Limits(daily, 20.0, stop, streak, cooling, notional, position_pct, leverage),
+                               self.now)
 
     @precondition(lambda self: sum(len(b) for b in self.model.breakers.values()) < 4)
-    @rule(account=st.sampled_from(["A", "B"]), floor=st.sampled_from([8_000.0, 9_450.0, 11_000.0]),
-          minutes=st.one_of(st.none(), st.sampled_from([5, 90])), halted=st.booleans())
-    def create_breaker(self, account: str, floor: float, minutes: int | None, halted: bool) -> None:
+    @rule(account=st.sampled_from(["A", "B"]), floor=st.sampled_from([None, 7_999.5, 9_450.5, 11_000.5]),
+          limit=st.sampled_from([2, 3]), minutes=st.one_of(st.none(), st.sampled_from([0, 5, 90])),
+          halted=st.booleans())
+    def create_breaker(self, account: str, floor: float | None, limit: int, minutes: int | None,
+                       halted: bool) -> None:
         self.step()
-        name = f"floor-{next(self.breaker_names)}"
-        b = t.CircuitBreaker(name=name, account_id=self.acct(account), condition="equity_floor",
+        name = f"b-{next(self.names)}"
+        kind = "equity_floor" if floor is not None else "loss_streak_in_window"
+        b = t.CircuitBreaker(name=name, account_id=self.acct(account), condition=kind,
                              action="pause_trading" if halted else "reduce_only", enabled=True)
-        b.parameters.update({"value": floor} if minutes is None else {"value": floor, "duration_minutes": minutes})
-        reply = self.server.admin.CreateBreaker(ad.CreateBreakerRequest(breaker=b), timeout=10)
-        self.model.breakers[account].append(
-            Breaker(reply.breaker.id, name, floor, None if minutes is None else float(minutes),
-                    HALTED if halted else REDUCING))
+        params: dict[str, float] = {"value": floor} if floor is not None else {"trade_limit": limit,
+                                                                                "lookback_minutes": 60}
+        if minutes is not None:
+            params["duration_minutes"] = minutes
+        b.parameters.update(params)
+        try:
+            reply = self.h.admin.CreateBreaker(ad.CreateBreakerRequest(breaker=b), timeout=10)
+        except grpc.RpcError as exc:
+            expected(exc, exc.code() == grpc.StatusCode.INVALID_ARGUMENT
+                     or (exc.code() == grpc.StatusCode.UNAVAILABLE and not self.h.db_up))
+            return
+        self.model.breakers[account].append(Breaker(
+            reply.breaker.id, name, kind, floor=floor or 0.0, trade_limit=limit, lookback_s=3_600.0,
+            minutes=None if minutes is None else float(minutes), state=HALTED if halted else REDUCING))
 
     @precondition(lambda self: any(self.model.breakers.values()))
-    @rule(data=st.data(), enable=st.booleans())
-    def toggle_breaker(self, data: st.DataObject, enable: bool) -> None:
+    @rule(which=st.integers(0, 3), enable=st.booleans())
+    def toggle_breaker(self, which: int, enable: bool) -> None:
         self.step()
-        b = data.draw(st.sampled_from([b for bs in self.model.breakers.values() for b in bs]))
-        if enable:
-            self.server.admin.EnableBreaker(ad.EnableBreakerRequest(breaker_id=b.id), timeout=10)
-            b.enabled = True
-            b.tripped.clear()  # enabling (or re-enabling) re-arms
-        else:
-            self.server.admin.DisableBreaker(ad.DisableBreakerRequest(breaker_id=b.id), timeout=10)
-            if b.enabled:
-                b.tripped.clear()
-            b.enabled = False
+        every = [b for bs in self.model.breakers.values() for b in bs]
+        b = every[which % len(every)]
+        try:
+            if enable:
+                self.h.admin.EnableBreaker(ad.EnableBreakerRequest(breaker_id=b.id), timeout=10)
+            else:
+                self.h.admin.DisableBreaker(ad.DisableBreakerRequest(breaker_id=b.id), timeout=10)
+        except grpc.RpcError as exc:
+            expected(exc, exc.code() == grpc.StatusCode.UNAVAILABLE and not self.h.db_up)
+            return
+        if enable and not b.enabled:
+            # re-enabling: the README does not say whether an episode from before the disabling is re-armed
+            b.episode = {k: "maybe" for k in b.episode}
+        b.enabled = enable
 
-    # -- time and restarts --
+    @rule(on=st.booleans())
+    def set_enforcement(self, on: bool) -> None:
+        self.step()
+        try:
+            self.h.admin.SetFeatureFlags(ad.SetFeatureFlagsRequest(
+                flags=t.FeatureFlags(enable_risk_enforcement=on)), timeout=10)
+        except grpc.RpcError as exc:
+            expected(exc, exc.code() == grpc.StatusCode.UNAVAILABLE and not self.h.db_up)
+            return  # not stored, not applied: a clear answer (issue 14)
+        self.model.set_enforcement(on, self.now)
 
+    # -- time and restarts ----------------------------------------------------------------------------------------
+
+    @precondition(lambda self: isinstance(self.h.clock, ManualClock))
     @rule(seconds=st.sampled_from([1, 59, 600, 1_799, 1_800, 1_801, 3_600, 6 * 3_600, 20 * 3_600]))
     def advance(self, seconds: int) -> None:
         self.step()
-        self.server.clock.advance(seconds)
+        self.h.clock.advance(seconds)
 
-    @precondition(lambda self: self.restarts < 2)
-    @rule()
-    def restart(self) -> None:
+    @precondition(lambda self: self.restarts < 2 and self.h.db_up and not self.model.unloaded)
+    @rule(crash=st.booleans())
+    def restart(self, crash: bool) -> None:
         self.step()
         self.restarts += 1
-        self.server.restarts += 1
-        self.server.sidecar.restart()
-        self.server.connect()
-        self.model.restart()
+        if crash:
+            self.h.crashes += 1
+        else:
+            self.h.graceful += 1
+        self.h.stop(crash=crash)
+        self.h.start()
+        self.model.restart(self.now)
 
-    # -- the check --
 
-    @invariant()
-    def states_match_the_model(self) -> None:
-        now = self.now
-        for trader, tr in self.model.traders.items():
-            self.model.tick(tr, now)  # GetRiskState ticks the trader on the server too
-            state = self.server.risk.GetRiskState(rs.GetRiskStateRequest(
-                trader_id=self.tid(trader), account_id=self.acct(tr.account)), timeout=10).state
-            pause = tr.effective(now)
-            until = 0.0 if pause is None or pause.until is None else pause.until
-            got_until = state.paused_until.seconds + state.paused_until.nanos / 1e9
-            got = (state.equity_reported, state.current_equity, state.peak_equity, state.daily_pnl,
-                   state.trading_state, state.pause_code if pause else 0, state.consecutive_losses)
-            want = (tr.reported, tr.current, tr.peak, tr.current - tr.day_equity,
-                    ACTIVE if pause is None else pause.state, pause.code if pause else 0, tr.losses)
-            if got != want or abs(got_until - until) > 1e-6:
-                self.server.mismatches += 1
-            assert got == want, f"{trader}: server {got} != model {want}"
-            assert abs(got_until - until) <= 1e-6, f"{trader}: paused_until {got_until} != {until}"
+class PostgresRiskMachine(RiskMachine):
+    """The same machine on PostgreSQL behind a TcpProxy, with outages mid-run and starts with the database down."""
+
+    @precondition(lambda self: self.h.db_up and not self.model.unloaded)
+    @rule()
+    def database_outage(self) -> None:
+        self.step()
+        self.h.outages += 1
+        self.h.cut()
+
+    @precondition(lambda self: not self.h.db_up)
+    @rule()
+    def database_returns(self) -> None:
+        self.step()
+        self.h.restore()
+        if self.model.unloaded:
+            self.h.wait_merged()
+            self.model.merged(self.now)
+
+    @precondition(lambda self: self.restarts < 2 and self.h.db_up and not self.model.unloaded)
+    @rule(crash=st.booleans())
+    def restart_with_the_database_down(self, crash: bool) -> None:
+        self.step()
+        self.restarts += 1
+        self.h.down_starts += 1
+        assert self.h.flush(), "the writer did not catch up with the database up"
+        self.h.cut()
+        self.h.stop(crash=crash)
+        self.h.down_start_pending = True
+        self.h.start()
+        self.model.restart(self.now, unloaded=True)
+
+
+# ---- the tests ------------------------------------------------------------------------------------------------
+
+
+LOGGERS = ("tradeguard.api", "tradeguard.engine", "tradeguard.breakers", "tradeguard.admin", "grpc")
+
+
+def run_machine(machine: type[RiskMachine], harness: Harness, examples: int, steps: int) -> None:
+    global HARNESS
+    HARNESS = harness
+    try:
+        run_state_machine_as_test(machine, settings=settings(
+            max_examples=examples, stateful_step_count=steps, deadline=None, database=None, derandomize=True,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
+    finally:
+        HARNESS = None
+
+
+def report(area: str, h: Harness, errors: list[str]) -> None:
+    figure(area, "sequences run / steps", f"{h.machines} / {h.steps}")
+    figure(area, "restarts graceful / crash-like / with the database down", f"{h.graceful} / {h.crashes} / "
+                                                                            f"{h.down_starts}")
+    figure(area, "database outages mid-run", h.outages)
+    figure(area, "decisions checked / denials the model demanded", f"{h.checks} / {h.required_denials}")
+    figure(area, "decisions more permissive than the model, by code", dict(sorted(h.denials_by_code.items())) or 0)
+    figure(area, "server errors logged", len(errors))
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    loop = LoopThread()
-    clock = ManualClock(1_767_225_600.0 + 20 * 3_600)  # 2026-01-01 20:00 UTC: midnight is near
-    sidecar = ThreadedSidecar(loop, clock, database_url=f"sqlite:///{tmp_path / 'model.db'}")
-    sidecar.start()
-    srv = Server(loop, sidecar, clock)
-    srv.connect()
+def loop() -> Iterator[LoopThread]:
+    lt = LoopThread()
     try:
-        yield srv
+        yield lt
     finally:
-        if srv.channel is not None:
-            srv.channel.close()
-        sidecar.stop()
-        loop.close()
+        lt.close()
 
 
-def test_server_follows_the_reference_model_through_reports_pauses_configs_breakers_time_and_restarts(
-        server: Server) -> None:
-    global SERVER
-    SERVER = server
-    try:
-        with server_errors() as errors:
-            run_state_machine_as_test(RiskMachine, settings=settings(
-                max_examples=30, stateful_step_count=30, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
-    finally:
-        SERVER = None
-    figure("model", "machine runs / steps / restarts", f"{server.machines} / {server.steps} / {server.restarts}")
-    figure("model", "state mismatches with the model", server.mismatches)
-    figure("model", "server errors logged", len(errors.records))
-    assert server.mismatches == 0
+def test_no_decision_is_more_permissive_than_the_model_sqlite(tmp_path: Path, loop: LoopThread) -> None:
+    h = Harness(loop, ManualClock(START), f"sqlite:///{tmp_path / 'model.db'}")
+    h.sqlite_dir = tmp_path
+    h.start()
+    with server_errors() as errors:
+        try:
+            run_machine(RiskMachine, h, examples=round(1_780 * SCALE), steps=12)
+        finally:
+            h.close()
+            report("model sqlite", h, errors.lines())
+    assert h.denials_by_code == {}
     assert errors.lines() == []
+
+
+def test_no_decision_is_more_permissive_than_the_model_postgres_with_outages(loop: LoopThread) -> None:
+    with fresh_database("tradeguard_model") as url:
+        proxy = loop.run(TcpProxy().start())
+        h = Harness(loop, ManualClock(START), proxy.url_for(url), proxy)
+        h.start()
+        with server_errors(LOGGERS) as errors:
+            try:
+                run_machine(PostgresRiskMachine, h, examples=round(200 * SCALE), steps=20)
+            finally:
+                h.close()
+                loop.run(proxy.close())
+                report("model postgres", h, errors.lines())
+    assert h.denials_by_code == {}
+    assert errors.lines() == []
+
+
+
+def test_no_decision_is_more_permissive_than_the_model_across_real_sigterm_and_sigkill(tmp_path: Path) -> None:
+    """The same machine against a `tradeguard serve` process on PostgreSQL (wall clock: no clock jumps), with
+    restarts by SIGTERM and by SIGKILL; after each start the first CanTrade goes out as soon as the port
+    answers."""
+    with fresh_database("tradeguard_model_proc") as url:
+        h = ProcessHarness(tmp_path, url)
+        h.start()
+        try:
+            run_machine(RiskMachine, h, examples=round(24 * SCALE), steps=12)
+        finally:
+            h.close()
+            report("model process", h, [])
+    for log in sorted(tmp_path.glob("sidecar-*.log")):
+        errors = [line for line in log.read_text(errors="replace").splitlines() if " ERROR " in line]
+        assert errors == [], f"{log.name}: {errors}"
+    assert h.denials_by_code == {}
