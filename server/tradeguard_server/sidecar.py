@@ -155,6 +155,7 @@ class Sidecar:
             self.risk.trade_known = self.persistence.trade_known
         self.admin.on_flags = self._on_flags
         self.admin.store_now = self._store_now
+        self.admin.loaded = lambda: self.persistence.loaded
         self.store.on_health_change = self._on_store_health
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.server: grpc.aio.Server | None = None

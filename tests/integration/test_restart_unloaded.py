@@ -234,3 +234,41 @@ async def test_an_old_trade_id_retried_while_the_database_is_down_at_start_is_fo
 
     assert state.consecutive_losses == 1
     assert rows(pg_url, "SELECT count(*) FROM trade_reports") == [(SEEN_TRADE_IDS_KEPT + 2,)]
+
+
+async def test_configuration_and_breaker_rpcs_say_unavailable_not_not_found_while_the_stored_state_is_not_loaded(
+        pg_url: str) -> None:
+    """A breaker and a configuration stored before the restart are not in memory while the database is down at
+    start: NOT_FOUND (or an empty list) would be a lie. They answer UNAVAILABLE until the stored state is
+    loaded, then find what the store holds."""
+    breaker = t.CircuitBreaker(name="floor", account_id="acct-1", condition="equity_floor",
+                               action="alert", enabled=True)
+    breaker.parameters.update({"value": 9_000})
+    async with sidecar_on(pg_url) as (_sidecar, ch):
+        admin = adg.AdminServiceStub(ch)
+        created = await admin.CreateBreaker(ad.CreateBreakerRequest(breaker=breaker))
+        await admin.SaveConfig(ad.SaveConfigRequest(config=t.RiskConfiguration(
+            config_id="c1", account_id="acct-1", is_active=True, daily_max_drawdown_percentage=2.0)))
+    breaker_id = created.breaker.id
+
+    async with database_down_at_start(pg_url) as (_sidecar, ch, proxy):
+        admin = adg.AdminServiceStub(ch)
+        calls = {
+            "DisableBreaker": admin.DisableBreaker(ad.DisableBreakerRequest(breaker_id=breaker_id)),
+            "GetBreaker": admin.GetBreaker(ad.GetBreakerRequest(breaker_id=breaker_id)),
+            "ListBreakers": admin.ListBreakers(ad.ListBreakersRequest(account_id="acct-1")),
+            "GetConfig": admin.GetConfig(ad.GetConfigRequest(account_id="acct-1", config_id="c1")),
+            "ListConfigs": admin.ListConfigs(ad.ListConfigsRequest(account_id="acct-1")),
+        }
+        codes = {}
+        for name, call in calls.items():
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call
+            codes[name] = (err.value.code(), "not loaded" in (err.value.details() or ""))
+        proxy.restore()
+        await state_loaded(ch)
+        found = await admin.GetBreaker(ad.GetBreakerRequest(breaker_id=breaker_id))
+        config = await admin.GetConfig(ad.GetConfigRequest(account_id="acct-1", config_id="c1"))
+
+    assert codes == {name: (grpc.StatusCode.UNAVAILABLE, True) for name in calls}
+    assert found.breaker.id == breaker_id and config.config.daily_max_drawdown_percentage == 2.0

@@ -15,7 +15,7 @@ from tradeguard.v1 import types_pb2 as t
 from ..engine.engine import RiskEngine
 from ..engine.types import Flags, TradingState
 from .dispatch import Guard, service, unary
-from .errors import Unimplemented
+from .errors import Unavailable, Unimplemented
 from .risk_service import RiskService, check_ids
 from .validation import Violations
 
@@ -26,6 +26,14 @@ PAUSE_STATES = frozenset({t.TRADING_STATE_HALTED, t.TRADING_STATE_REDUCING})
 MAX_PAUSE_S = 366 * 86_400.0
 FLAGS_STORED_KEY = "tradeguard-flags-stored"  # trailing metadata of SetFeatureFlags: "true" or "false"
 Ctx = grpc.aio.ServicerContext[Any, Any]
+# RPCs that read or change stored configurations and breakers: until the stored state is loaded (database down or
+# slow at start) memory does not hold them, and NOT_FOUND or an empty list would be untrue.
+NEEDS_STORED_STATE = frozenset({
+    "SaveConfig", "GetConfig", "ListConfigs", "DeleteConfig", "CreateBreaker", "GetBreaker", "ListBreakers",
+    "UpdateBreaker", "DeleteBreaker", "EnableBreaker", "DisableBreaker",
+})
+NOT_LOADED = ("the stored configurations and breakers are not loaded yet (database unavailable or slow at start; "
+              "health service tradeguard.state says when they are): try again")
 FlagsListener = Callable[[Flags, Flags], Awaitable[bool]]  # True when the new flags are stored
 StoreNow = Callable[[], Awaitable[bool]]
 
@@ -50,6 +58,8 @@ class AdminService:
         # unpaused). False = not stored yet (database unavailable): answered anyway, with a warning logged.
         self.store_now: StoreNow = _nothing_to_store
         self.extra: dict[str, tuple[type[Message], Callable[[Any, Ctx], Awaitable[Message]]]] = {}
+        # True once the stored state is installed (the sidecar wires Persistence.loaded); see NEEDS_STORED_STATE.
+        self.loaded: Callable[[], bool] = lambda: True
 
     def extend(self, handlers: dict[str, tuple[type[Message], Callable[[Any, Ctx], Awaitable[Message]]]]) -> None:
         self.extra.update(handlers)
@@ -70,7 +80,18 @@ class AdminService:
             if method.name not in methods:
                 request_cls: type[Message] = getattr(ad, method.input_type.name)
                 methods[method.name] = (request_cls, self._unimplemented(method.name))
+        for name in NEEDS_STORED_STATE & methods.keys():
+            request_cls, fn = methods[name]
+            methods[name] = (request_cls, self._after_load(fn))
         return {name: unary(cls, fn, guard) for name, (cls, fn) in methods.items()}
+
+    def _after_load(self, fn: Callable[[Any, Ctx], Awaitable[Message]]) -> Callable[[Any, Ctx], Awaitable[Message]]:
+        async def gated(req: Any, ctx: Ctx) -> Message:
+            if not self.loaded():
+                raise Unavailable(NOT_LOADED)
+            return await fn(req, ctx)
+
+        return gated
 
     @staticmethod
     def _unimplemented(name: str) -> Callable[[Any, Ctx], Awaitable[Message]]:
