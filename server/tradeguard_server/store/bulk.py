@@ -72,24 +72,23 @@ ACTIVE = TradingState.ACTIVE.name
 
 
 class _Parts:
-    """One trader's encoded JSON parts, valid while the values they were made from are unchanged.
+    """One trader's encoded JSON parts, valid while the values they were made from are unchanged, and what its
+    last history row held (`hist_maps`: the maps, the same objects or equal ones while unchanged; `hist_tags`:
+    the tag of the row that carries each)."""
 
-    Each map's text is a new str object exactly when the map changed, so `is` on the texts tells whether a
-    map changed since the last history row (`hist_texts`, written in the row tagged `hist_tags`)."""
-
-    __slots__ = ("hist_count", "hist_restart", "hist_tags", "hist_texts", "keys", "pauses", "positions",
-                 "recent_trades", "symbol_stats", "trades_key", "volatility")
+    __slots__ = ("hist_count", "hist_maps", "hist_restart", "hist_same", "hist_tags", "keys", "pauses",
+                 "positions", "recent_trades", "symbol_stats", "trades_key", "volatility")
 
     def __init__(self) -> None:
         self.keys: list[Any] = [None, None, None, None]  # the maps the texts below were made from
         self.pauses = self.positions = self.volatility = self.symbol_stats = ""
         self.trades_key: tuple[int, ClosedTrade | None, ClosedTrade | None] | None = None
         self.recent_trades = "[]"
-        # The last history row written for this trader: per map, its text and the tag of the row holding it.
-        self.hist_texts: list[str | None] = [None, None, None, None]
+        self.hist_maps: tuple[Any, ...] = (None, None, None, None)
         self.hist_tags: list[str] = ["", "", "", ""]
         self.hist_count = 0  # history rows since the last one with every map
         self.hist_restart = -1  # BulkWriter.history_restarts when hist_* were set
+        self.hist_same = ""  # the row's end when every map is unchanged (while hist_tags stay), once made
 
 
 # The SQL below is built from the constants above only; every value is a bound parameter.
@@ -191,9 +190,11 @@ class BulkWriter:
         """The history row. Its `state` JSON has every scalar field of the state (not recent_trades,
         order_times, breaker_episodes), `"tag"`: this row's id "<writer>.<n>", and each of pauses, positions,
         volatility and symbol_stats either itself or, when unchanged since the trader's previous history row by
-        this writer, under `"unchanged": {map: tag of the row that holds it}` (codec.resolve_history reads it)."""
+        this writer, under `"unchanged": {map: tag of the row that holds it}` (codec.fill_history reads it)."""
         rec = h.state
-        parts = self._parts_of(rec)
+        parts = self._parts.get(rec.trader_id)
+        if parts is None:
+            parts = self._parts[rec.trader_id] = _Parts()
         # Formatted by hand: 3x faster than json for these scalars (the same text json would write).
         head = (
             f'{{"trader_id":{_str(rec.trader_id)},"account_id":{_str(rec.account_id)},'
@@ -212,28 +213,37 @@ class BulkWriter:
             rec.current_equity, rec.drawdown_pct, rec.daily_pnl, None if pause is None else self.ts(pause.until),
             _text(h.reason), _text(h.trace_id) if h.trace_id else None,
         )
-        # Everything that may raise is above: the per-trader bookkeeping below changes only for a row that is sent.
         restarts = self.history_restarts
+        maps = (rec.pauses, rec.positions, rec.volatility, rec.symbol_stats)
+        held = parts.hist_maps  # a tuple: compared with `maps` map by map, identical maps at once
+        full = parts.hist_restart != restarts or parts.hist_count >= FULL_HISTORY_EVERY
+        # Tuples compare element by element with an identity shortcut: unchanged positions are the same objects.
+        # (The state rows' cache, parts.keys, may hold a newer snapshot's maps: hence a key of our own.)
+        if not full and parts.hist_same and held == maps:  # the usual row: nothing but scalars changed
+            self._history_n += 1
+            parts.hist_count += 1
+            return (*row, f'{head},"tag":"{self._writer}.{self._history_n}"{parts.hist_same}')
+        changed = [True] * 4 if full else [held[i] != maps[i] for i in range(4)]
+        if any(changed):
+            self._parts_of(rec)  # encodes what its cache lacks; may raise (then nothing below changed)
+        texts = (parts.pauses, parts.positions, parts.volatility, parts.symbol_stats)
         self._history_n += 1
         tag = f"{self._writer}.{self._history_n}"
-        texts = (parts.pauses, parts.positions, parts.volatility, parts.symbol_stats)
-        seen, tags = parts.hist_texts, parts.hist_tags
-        if parts.hist_restart != restarts or parts.hist_count >= FULL_HISTORY_EVERY:
-            seen[:] = [None, None, None, None]
-            parts.hist_restart, parts.hist_count = restarts, 0
+        parts.hist_restart = restarts
+        parts.hist_count = 1 if full else parts.hist_count + 1
         out = [head, f',"tag":"{tag}"']
         same = []
+        tags = parts.hist_tags
         for i, name in enumerate(HISTORY_MAPS):
-            text = texts[i]
-            if seen[i] is text:
-                same.append(f'"{name}":"{tags[i]}"')
+            if changed[i]:
+                out.append(f',"{name}":{texts[i]}')
+                tags[i] = tag
             else:
-                out.append(f',"{name}":{text}')
-                seen[i], tags[i] = text, tag
-        if same:
-            out.append(',"unchanged":{' + ",".join(same) + "}")
-        parts.hist_count += 1
-        out.append("}")
+                same.append(f'"{name}":"{tags[i]}"')
+        end = ',"unchanged":{' + ",".join(same) + "}}" if same else "}"
+        parts.hist_same = end if len(same) == len(HISTORY_MAPS) else ""
+        parts.hist_maps = maps
+        out.append(end)
         return (*row, "".join(out))
 
     def trade_row(self, t: TradeRecord, recorded_at: float) -> Row:
