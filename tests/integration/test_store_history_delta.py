@@ -239,3 +239,31 @@ async def test_a_row_whose_maps_row_was_deleted_says_so_instead_of_showing_wrong
     assert row.state.positions == ()
     assert row.reason.startswith("v2 [pauses, positions, volatility, symbol_stats: unchanged since a row that is "
                                  "no longer stored; shown empty, not as recorded]")
+
+
+@pytest.mark.parametrize("committed", [True, False], ids=["commit-reached-the-server", "commit-lost"])
+async def test_rows_after_a_commit_cut_short_read_whole(pg_url: str, proxy: TcpProxy, committed: bool) -> None:
+    """The connection breaks at the COMMIT of the batch that carries new positions: whether it committed
+    (counted, not written again) or not (written again), every row lists with the positions it had."""
+    empty_tables(pg_url)
+    p1 = (Position("BTCUSDT", Side.BUY, 1.0, 100.0, 101.0),)
+    p2 = (Position("ETHUSDT", Side.SELL, 2.0, 10.0, 9.0),)
+    store = RiskStore(proxy.url_for(pg_url), queue_size=1000, retry_max_s=0.1)
+    await store.start()
+    try:
+        store.enqueue_state(make_state("t-1", 1, positions=p1), "v1", None)
+        assert await store.flush(timeout=10)
+        proxy.trap_commit(deliver=committed)
+        expected = {"v1": p1}
+        for version in range(2, 41):
+            positions = p1 if version < 5 else p2
+            store.enqueue_state(make_state("t-1", version, positions=positions), f"v{version}", None)
+            expected[f"v{version}"] = positions
+            await asyncio.sleep(0)  # let the writer take them in several batches
+        assert await store.flush(timeout=20)
+        listed, _ = await store.list_history("t-1", None, None, 100)
+    finally:
+        await store.close(drain_timeout=5)
+
+    assert proxy.commits_trapped == 1
+    assert [(h.reason, h.state.positions) for h in listed] == list(expected.items())
