@@ -64,6 +64,49 @@ def test_any_trader_state_survives_a_store_round_trip_unchanged(db_url: str) -> 
             runner.run(store.close(drain_timeout=5))
 
 
+def test_any_sequence_of_states_reads_back_whole_from_history_rows_that_carry_what_changed(db_url: str) -> None:
+    """History rows leave out the maps that did not change (store.bulk.history_row): whichever maps change from
+    one state to the next (or come back as equal copies), every listed row is the state as it was, also when a
+    page starts after the row that holds its maps."""
+    with asyncio.Runner() as runner:
+        store = RiskStore(db_url, queue_size=1000)
+        runner.run(store.start())
+        try:
+            maps = ("pauses", "positions", "volatility", "symbol_stats")
+
+            @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+            @given(st.lists(st.tuples(trader_states(column_times=micro_time), st.sets(st.sampled_from(maps)),
+                                      st.booleans()), min_size=1, max_size=8),
+                   st.integers(min_value=1, max_value=4))
+            def round_trip(steps: list[tuple[TraderState, set[str], bool]], page: int) -> None:
+                trader_id = f"h-{uuid.uuid4().hex}"
+                written = []
+                for version, (state, keep, copy) in enumerate(steps, start=1):
+                    rec = replace(to_record(state), trader_id=trader_id, version=version)
+                    if written:  # the maps in `keep` stay as they were: the same objects, or equal copies
+                        rec = replace(rec, **{m: tuple(list(getattr(written[-1], m))) if copy
+                                              else getattr(written[-1], m) for m in keep})
+                    written.append(rec)
+                    store.enqueue_state(rec, f"step {version}", None)
+                assert runner.run(store.flush(timeout=10))
+
+                listed, cursor = [], None
+                while True:
+                    rows, cursor = runner.run(store.list_history(trader_id, None, None, page, cursor))
+                    listed.extend(rows)
+                    if cursor is None:
+                        break
+
+                assert [h.state for h in listed] == [
+                    replace(rec, recent_trades=(), order_times=(), breaker_episodes=()) for rec in written]
+                assert [h.reason for h in listed] == [f"step {v}" for v in range(1, len(written) + 1)]
+
+            round_trip()
+            assert store.rejected == dict.fromkeys(store.rejected, 0)
+        finally:
+            runner.run(store.close(drain_timeout=5))
+
+
 async def test_times_in_timestamp_columns_keep_microseconds(db_url: str) -> None:
     async with open_store(db_url) as store:
         store.enqueue_state(make_state("t-1", 1, updated_at=T0 + 0.123456789), "equity_report", None)

@@ -1,4 +1,9 @@
-"""AdminService.ListRiskStateHistory: a trader's audit trail from risk_state_history, oldest first."""
+"""AdminService.ListRiskStateHistory: a trader's audit trail from risk_state_history, oldest first.
+
+Each entry is the whole state as recorded: rows store a map (pauses, positions, volatility, symbol_stats) only
+when it changed, and the store fills the others in from the row that holds them (store.sql.list_history); when
+that row is gone the entry's reason says so and the map is shown empty.
+"""
 
 from __future__ import annotations
 

@@ -7,6 +7,10 @@ of changes per second:
 - JSON parts that rarely change (pauses, positions, volatility, symbol stats, the recent trades) are
   encoded once per trader and reused while they are unchanged: between two equity reports only a few
   numbers move;
+- history rows carry what changed (see history_row): the scalars always, each map only when it changed
+  since this writer's previous history row of the trader (else a reference to the row that holds it), and
+  every map again in a trader's first row, after `restart_history()` (the store calls it when rows were
+  dropped or a batch failed) and every FULL_HISTORY_EVERY rows;
 - PostgreSQL: history rows go in with a binary COPY; snapshots, trades and events with one multi-row
   `INSERT ... ON CONFLICT` per batch. SQLite: the same statements through sqlite3's executemany.
 
@@ -16,6 +20,7 @@ Used on the store thread only (the caches are not locked). The JSON shapes are t
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from json.encoder import encode_basestring_ascii as _str  # C-accelerated
@@ -58,20 +63,32 @@ EVENT_COLUMNS = (
 ACCOUNT_COLUMNS = ("account_id", "created_at")
 PG_MAX_PARAMS = 60_000  # PostgreSQL allows 65535 parameters per statement
 
+# A trader's history rows carry every map again at least this often (bounds how far a reader looks back).
+FULL_HISTORY_EVERY = 500
+HISTORY_MAPS = ("pauses", "positions", "volatility", "symbol_stats")
+
 encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 ACTIVE = TradingState.ACTIVE.name
 
 
 class _Parts:
-    """One trader's encoded JSON parts, valid while the values they were made from are unchanged."""
+    """One trader's encoded JSON parts, valid while the values they were made from are unchanged, and what its
+    last history row held (`hist_maps`: the maps, the same objects or equal ones while unchanged; `hist_tags`:
+    the tag of the row that carries each)."""
 
-    __slots__ = ("key", "pauses", "positions", "recent_trades", "symbol_stats", "tail", "trades_key", "volatility")
+    __slots__ = ("hist_count", "hist_maps", "hist_restart", "hist_same", "hist_tags", "keys", "pauses",
+                 "positions", "recent_trades", "symbol_stats", "trades_key", "volatility")
 
     def __init__(self) -> None:
-        self.key: tuple[Any, ...] | None = None
-        self.pauses = self.positions = self.volatility = self.symbol_stats = self.tail = ""
+        self.keys: list[Any] = [None, None, None, None]  # the maps the texts below were made from
+        self.pauses = self.positions = self.volatility = self.symbol_stats = ""
         self.trades_key: tuple[int, ClosedTrade | None, ClosedTrade | None] | None = None
         self.recent_trades = "[]"
+        self.hist_maps: tuple[Any, ...] = (None, None, None, None)
+        self.hist_tags: list[str] = ["", "", "", ""]
+        self.hist_count = 0  # history rows since the last one with every map
+        self.hist_restart = -1  # BulkWriter.history_restarts when hist_* were set
+        self.hist_same = ""  # the row's end when every map is unchanged (while hist_tags stay), once made
 
 
 # The SQL below is built from the constants above only; every value is a bound parameter.
@@ -106,6 +123,14 @@ class BulkWriter:
             assert process is not None
             self.ts = process
         self._parts: dict[str, _Parts] = {}
+        # History row tags "<writer>.<n>": unique per writer (random) and increasing in writing order.
+        self._writer = secrets.token_hex(6)
+        self._history_n = 0
+        self.history_restarts = 0  # bumped (from any thread) by restart_history(); read by the encoder
+
+    def restart_history(self) -> None:
+        """The next history row of every trader carries every map again (rows may have been lost)."""
+        self.history_restarts += 1
 
     # ---- encoding (may raise for a bad value: that row alone is rejected) ---------------------------
 
@@ -113,15 +138,20 @@ class BulkWriter:
         parts = self._parts.get(rec.trader_id)
         if parts is None:
             parts = self._parts[rec.trader_id] = _Parts()
-        key = (rec.pauses, rec.positions, rec.volatility, rec.symbol_stats)
-        if parts.key != key:
+        keys = parts.keys
+        # Tuples compare element by element with an identity shortcut: unchanged positions are the same objects.
+        if keys[0] != rec.pauses:
             parts.pauses = encode([codec.pause_json(p) for p in rec.pauses])
+            keys[0] = rec.pauses
+        if keys[1] != rec.positions:
             parts.positions = encode([codec.position_json(p) for p in rec.positions])
+            keys[1] = rec.positions
+        if keys[2] != rec.volatility:
             parts.volatility = encode(dict(rec.volatility))
+            keys[2] = rec.volatility
+        if keys[3] != rec.symbol_stats:
             parts.symbol_stats = encode([codec.stats_json(s) for s in rec.symbol_stats])
-            parts.tail = (f',"pauses":{parts.pauses},"positions":{parts.positions},'
-                          f'"volatility":{parts.volatility},"symbol_stats":{parts.symbol_stats}}}')
-            parts.key = key
+            keys[3] = rec.symbol_stats
         return parts
 
     def _recent_trades(self, rec: StateRecord, parts: _Parts) -> str:
@@ -157,9 +187,14 @@ class BulkWriter:
         )
 
     def history_row(self, h: HistoryRecord) -> Row:
-        """The history row; its `state` JSON has every field but recent_trades and order_times."""
+        """The history row. Its `state` JSON has every scalar field of the state (not recent_trades,
+        order_times, breaker_episodes), `"tag"`: this row's id "<writer>.<n>", and each of pauses, positions,
+        volatility and symbol_stats either itself or, when unchanged since the trader's previous history row by
+        this writer, under `"unchanged": {map: tag of the row that holds it}` (codec.fill_history reads it)."""
         rec = h.state
-        parts = self._parts_of(rec)
+        parts = self._parts.get(rec.trader_id)
+        if parts is None:
+            parts = self._parts[rec.trader_id] = _Parts()
         # Formatted by hand: 3x faster than json for these scalars (the same text json would write).
         head = (
             f'{{"trader_id":{_str(rec.trader_id)},"account_id":{_str(rec.account_id)},'
@@ -170,14 +205,46 @@ class BulkWriter:
             f'"week_start":{_num(rec.week_start)},"month_start":{_num(rec.month_start)},'
             f'"last_equity_at":{"null" if rec.last_equity_at is None else _num(rec.last_equity_at)},'
             f'"consecutive_losses":{int(rec.consecutive_losses)},"updated_at":{_num(rec.updated_at)},'
-            f'"version":{int(rec.version)}}}'
+            f'"version":{int(rec.version)}'
         )
         pause = rec.effective_pause(rec.updated_at)
-        return (
+        row = (
             self.ts(h.recorded_at), rec.trader_id, rec.account_id, ACTIVE if pause is None else pause.state.name,
             rec.current_equity, rec.drawdown_pct, rec.daily_pnl, None if pause is None else self.ts(pause.until),
-            _text(h.reason), _text(h.trace_id) if h.trace_id else None, head[:-1] + parts.tail,
+            _text(h.reason), _text(h.trace_id) if h.trace_id else None,
         )
+        restarts = self.history_restarts
+        maps = (rec.pauses, rec.positions, rec.volatility, rec.symbol_stats)
+        held = parts.hist_maps  # a tuple: compared with `maps` map by map, identical maps at once
+        full = parts.hist_restart != restarts or parts.hist_count >= FULL_HISTORY_EVERY
+        # Tuples compare element by element with an identity shortcut: unchanged positions are the same objects.
+        # (The state rows' cache, parts.keys, may hold a newer snapshot's maps: hence a key of our own.)
+        if not full and parts.hist_same and held == maps:  # the usual row: nothing but scalars changed
+            self._history_n += 1
+            parts.hist_count += 1
+            return (*row, f'{head},"tag":"{self._writer}.{self._history_n}"{parts.hist_same}')
+        changed = [True] * 4 if full else [held[i] != maps[i] for i in range(4)]
+        if any(changed):
+            self._parts_of(rec)  # encodes what its cache lacks; may raise (then nothing below changed)
+        texts = (parts.pauses, parts.positions, parts.volatility, parts.symbol_stats)
+        self._history_n += 1
+        tag = f"{self._writer}.{self._history_n}"
+        parts.hist_restart = restarts
+        parts.hist_count = 1 if full else parts.hist_count + 1
+        out = [head, f',"tag":"{tag}"']
+        same = []
+        tags = parts.hist_tags
+        for i, name in enumerate(HISTORY_MAPS):
+            if changed[i]:
+                out.append(f',"{name}":{texts[i]}')
+                tags[i] = tag
+            else:
+                same.append(f'"{name}":"{tags[i]}"')
+        end = ',"unchanged":{' + ",".join(same) + "}}" if same else "}"
+        parts.hist_same = end if len(same) == len(HISTORY_MAPS) else ""
+        parts.hist_maps = maps
+        out.append(end)
+        return (*row, "".join(out))
 
     def trade_row(self, t: TradeRecord, recorded_at: float) -> Row:
         return (t.trader_id, t.trade_id, t.account_id, t.symbol, t.exchange, t.side, t.realized_pnl,

@@ -121,12 +121,43 @@ def state_from_row(row: RowIn) -> StateRecord:
     )
 
 
-def history_from_row(row: RowIn) -> HistoryRecord:
+HISTORY_MAPS = ("pauses", "positions", "volatility", "symbol_stats")
+EMPTY_MAPS: dict[str, Any] = {"pauses": [], "positions": [], "volatility": {}, "symbol_stats": []}
+
+
+def history_refs(state: Mapping[str, Any]) -> dict[str, str]:
+    """{map name: tag of the row holding it} for the maps a history row's `state` JSON left out as unchanged."""
+    refs = state.get("unchanged")
+    return dict(refs) if isinstance(refs, Mapping) else {}
+
+
+def fill_history(state: dict[str, Any], held: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Fill in place the maps `state` left out as unchanged from `held` ({tag: state JSON of that row}).
+    Returns the names of those it could not fill (the row holding them is gone): they are left empty."""
+    missing = []
+    for name, tag in history_refs(state).items():
+        source = held.get(tag)
+        if source is not None and name in source:
+            state[name] = source[name]
+        else:
+            state[name] = EMPTY_MAPS.get(name, [])
+            missing.append(name)
+    state.pop("unchanged", None)
+    return missing
+
+
+def history_from_row(row: RowIn, missing: list[str] | None = None) -> HistoryRecord:
+    """A record from a risk_state_history row whose left-out maps were filled (see fill_history); `missing`
+    names those that could not be, which the reason then says (they read as empty)."""
+    reason = row["reason"]
+    if missing:
+        reason += (f" [{', '.join(missing)}: unchanged since a row that is no longer stored; shown empty, not "
+                   "as recorded]")
     return HistoryRecord(
         trader_id=row["trader_id"],
         account_id=row["account_id"],
         state=state_from_row(row["state"]),
-        reason=row["reason"],
+        reason=reason,
         trace_id=row["trace_id"],
         recorded_at=row["recorded_at"],
         id=row["id"],

@@ -250,7 +250,9 @@ def save_flags(conn: Connection, flags: FlagsRecord, now: float) -> FlagsRecord:
 def list_history(
     conn: Connection, trader_id: str, start: float | None, end: float | None, limit: int, after_id: int | None
 ) -> tuple[list[HistoryRecord], int | None]:
-    """A trader's history in the order it was recorded (id), `start` <= recorded_at < `end`."""
+    """A trader's history in the order it was recorded (id), `start` <= recorded_at < `end`. Each row's state
+    is whole: maps a row left out as unchanged are filled from the earlier row that holds them (see
+    store.bulk.history_row)."""
     query = select(HISTORY).where(HISTORY.c.trader_id == trader_id).order_by(HISTORY.c.id).limit(limit + 1)
     if start is not None:
         query = query.where(HISTORY.c.recorded_at >= start)
@@ -258,11 +260,52 @@ def list_history(
         query = query.where(HISTORY.c.recorded_at < end)
     if after_id is not None:
         query = query.where(HISTORY.c.id > after_id)
-    rows = [codec.history_from_row(row) for row in conn.execute(query).mappings()]
-    if len(rows) > limit:
-        rows = rows[:limit]
-        return rows, rows[-1].id
-    return rows, None
+    found = [dict(row) for row in conn.execute(query).mappings()]
+    cursor = None
+    if len(found) > limit:
+        found = found[:limit]
+        cursor = found[-1]["id"]
+    for row in found:
+        row["state"] = dict(row["state"])
+    held = _history_bases(conn, trader_id, found)
+    rows = []
+    for row in found:  # oldest first: a row's maps are filled before a later row copies them
+        state = row["state"]
+        missing = codec.fill_history(state, held)
+        if isinstance(state.get("tag"), str):
+            held[state["tag"]] = state
+        rows.append(codec.history_from_row(row, missing))
+    return rows, cursor
+
+
+HISTORY_LOOKBACK_CHUNK = 200
+HISTORY_LOOKBACK_MAX = 5000  # rows; the writer repeats every map at least every FULL_HISTORY_EVERY (500) rows
+
+
+def _history_bases(conn: Connection, trader_id: str, page: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """{tag: state JSON} of the rows before the page that the page's first rows refer to for unchanged maps."""
+    tags_in_page = {r["state"].get("tag") for r in page}
+    wanted = {tag for r in page for tag in codec.history_refs(r["state"]).values()} - tags_in_page
+    held: dict[str, dict[str, Any]] = {}
+    if not wanted:
+        return held
+    before = page[0]["id"]
+    scanned = 0
+    while wanted and scanned < HISTORY_LOOKBACK_MAX:
+        chunk = conn.execute(
+            select(HISTORY.c.id, HISTORY.c.state).where(HISTORY.c.trader_id == trader_id, HISTORY.c.id < before)
+            .order_by(HISTORY.c.id.desc()).limit(HISTORY_LOOKBACK_CHUNK)
+        ).all()
+        if not chunk:
+            break
+        for row_id, state in chunk:
+            tag = state.get("tag") if isinstance(state, dict) else None
+            if tag in wanted:
+                held[tag] = state
+                wanted.discard(tag)
+            before = row_id
+        scanned += len(chunk)
+    return held
 
 
 def event_cursor(e: BreakerEventRecord) -> str:

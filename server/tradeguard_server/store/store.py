@@ -456,6 +456,8 @@ class RiskStore:
             dropped += 1
         if dropped:
             self._count_drops(dropped)
+            if self._bulk is not None:  # history rows carry every map again: none refers to a dropped one
+                self._bulk.restart_history()
 
     def _count_drops(self, n: int) -> None:
         self.dropped_history += n
@@ -637,6 +639,8 @@ class RiskStore:
             self.rejected[kind] += outcome.rejected[kind]
         if outcome.retry is not None or any(outcome.rejected.values()):
             self.failures += 1
+            if self._bulk is not None:  # rows it encoded may never be stored: the next ones carry every map
+                self._bulk.restart_history()
         if outcome.retry is None:
             self.last_persist_latency_ms = outcome.latency_ms
             self._end_overflow()
