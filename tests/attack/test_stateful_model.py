@@ -685,6 +685,9 @@ def loop() -> Iterator[LoopThread]:
 def test_no_decision_is_more_permissive_than_the_model_sqlite(tmp_path: Path, loop: LoopThread) -> None:
     h = Harness(loop, ManualClock(START), f"sqlite:///{tmp_path / 'model.db'}")
     h.sqlite_dir = tmp_path
+    # No outage here: the load always finishes, so a busy machine must not make it "late" (a late load turns
+    # configuration calls into UNAVAILABLE, and the rules hypothesis can draw would then depend on timing).
+    h.overrides["store_call_timeout_s"] = 60.0
     h.start()
     with server_errors() as errors:
         try:
