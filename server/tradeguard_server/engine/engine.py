@@ -405,9 +405,11 @@ class RiskEngine:
                         raise OrderIdReusedError(
                             f"client_order_id {client_order_id!r} was already used for a different order "
                             f"({first.side.name} {first.quantity:g} {first.symbol} at {first.price:g})")
-                    if not allowed or would_deny or self._still_allowed(st, order, now):
+                    if not allowed or (would_deny and not enforce) or (
+                            not would_deny and self._still_allowed(st, order, now)):
                         return Decision(allowed, code, reason, state, until, would_deny=would_deny), st
-                    # A pause came since the first answer: judged afresh below (the denial counts nothing).
+                    # A pause came since the first answer, or it was a shadow "allowed" and enforcement is on
+                    # again: judged afresh below (the denial counts nothing).
                 del answers[client_order_id]
         self._tick(st, now)
         limits = self.limits_for(account_id)
