@@ -444,3 +444,288 @@ async def test_a_breaker_scoped_to_Binance_fires_for_orders_on_binance() -> None
         await api.equity(10_000)
         answers = [await api.can(order(exchange=ex)) for ex in ("binance", "BINANCE", "Binance")]
     assert [a.allowed for a in answers] == [True, True, False]
+
+
+# ---- database down at start: kill switch, flags, configs, trades while not loaded; then it returns ---------
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    with fresh_database() as url:
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def on_db(url: str, clock: ManualClock | None = None, **overrides: Any) -> AsyncIterator[tuple[Sidecar, Api]]:
+    overrides.setdefault("kill_switch_store_timeout_s", 0.3)
+    overrides.setdefault("store_call_timeout_s", 2.0)
+    async with sidecar(clock, database_url=url, enable_persistence=True, **overrides) as pair:
+        yield pair
+
+
+@contextlib.asynccontextmanager
+async def down_at_start(url: str, clock: ManualClock | None = None, **overrides: Any) -> AsyncIterator[
+        tuple[Sidecar, Api, TcpProxy]]:
+    proxy = await TcpProxy().start()
+    proxy.cut()
+    try:
+        async with on_db(proxy.url_for(url), clock, **overrides) as (sc, api):
+            yield sc, api, proxy
+    finally:
+        await proxy.close()
+
+
+async def loaded(api: Api, timeout: float = 30.0) -> None:
+    watch = health_pb2_grpc.HealthStub(api.ch).Watch(health_pb2.HealthCheckRequest(service="tradeguard.state"),
+                                                     timeout=timeout)
+    async for update in watch:
+        if update.status == SERVING:
+            break
+    watch.cancel()
+
+
+async def test_a_reduce_allowed_while_not_loaded_is_denied_on_retry_once_a_stored_halt_is_loaded(
+        pg_url: str) -> None:
+    """Stored: HALTED until resumed. Started with the database down, the bot reports long 1 BTC and asks to sell it
+    (o-1): reduce_only policy lets a reducing order pass. The database returns: the stored HALT is in force, so
+    the retry of o-1 and any new reducing order are denied."""
+    async with on_db(pg_url) as (sc, api):
+        await api.equity(10_000)
+        await api.pause(t.TRADING_STATE_HALTED)
+        assert await sc.store.flush(timeout=20)
+    async with down_at_start(pg_url) as (sc, api, proxy):
+        await api.equity(10_000)
+        await api.positions(pos(qty=1.0))
+        early = await api.can(order(t.SIDE_SELL, qty=1.0, client_order_id="o-1"))
+        adding = await api.can(order(client_order_id="o-2"))
+        proxy.restore()
+        await loaded(api)
+        retry = await api.can(order(t.SIDE_SELL, qty=1.0, client_order_id="o-1"))
+        fresh = await api.can(order(t.SIDE_SELL, qty=1.0, client_order_id="o-3"))
+    assert early.allowed and "STATE_NOT_LOADED" in early.reason
+    assert not adding.allowed and adding.code == t.DECISION_CODE_STATE_NOT_LOADED
+    assert not retry.allowed and retry.code == t.DECISION_CODE_KILL_SWITCH
+    assert not fresh.allowed and fresh.trading_state == t.TRADING_STATE_HALTED
+
+
+async def test_a_kill_switch_and_a_resume_from_two_operators_while_not_loaded_replay_in_order(
+        pg_url: str) -> None:
+    """Stored: REDUCING after a loss. While the database is down at start operator A halts, then operator B
+    resumes; then A halts again for 10 minutes. Replayed on the stored state, in order: HALTED (the resume lifted
+    the stored pause and A's first; A's second is in force)."""
+    async with on_db(pg_url) as (sc, api):
+        await api.equity(10_000)
+        await api.equity(9_400)
+        assert await sc.store.flush(timeout=20)
+    async with down_at_start(pg_url) as (sc, api, proxy):
+        await api.pause(t.TRADING_STATE_HALTED, reason="A")
+        await api.resume()
+        await api.pause(t.TRADING_STATE_HALTED, seconds=600, reason="A again")
+        proxy.restore()
+        await loaded(api)
+        after = await api.can(order(t.SIDE_SELL))
+        assert await sc.store.flush(timeout=20)
+    async with on_db(pg_url) as (sc, api):
+        restarted = await api.can(order(t.SIDE_SELL))
+    assert not after.allowed and after.trading_state == t.TRADING_STATE_HALTED
+    assert after.code == t.DECISION_CODE_KILL_SWITCH
+    assert not restarted.allowed and restarted.trading_state == t.TRADING_STATE_HALTED
+
+
+async def test_a_resume_while_not_loaded_lifts_the_stored_pause_once_loaded(pg_url: str) -> None:
+    async with on_db(pg_url) as (sc, api):
+        await api.equity(10_000)
+        await api.pause(t.TRADING_STATE_HALTED)
+        assert await sc.store.flush(timeout=20)
+    async with down_at_start(pg_url) as (sc, api, proxy):
+        await api.resume()
+        proxy.restore()
+        await loaded(api)
+        after = await api.can(order())
+    assert after.allowed and after.trading_state == t.TRADING_STATE_ACTIVE
+
+
+async def test_shadow_mode_set_while_not_loaded_is_stored_when_the_database_returns_even_with_a_prompt_stop(
+        pg_url: str) -> None:
+    async with on_db(pg_url) as (sc, api):
+        await api.equity(10_000)
+        await api.pause(t.TRADING_STATE_HALTED)
+        assert await sc.store.flush(timeout=20)
+    async with down_at_start(pg_url) as (sc, api, proxy):
+        call = api.admin.SetFeatureFlags(
+            ad.SetFeatureFlagsRequest(flags=t.FeatureFlags(enable_risk_enforcement=False)), timeout=20)
+        await call
+        trailing = dict(await call.trailing_metadata() or ())
+        await api.equity(10_000)
+        unloaded_shadow = await api.can(order())
+        proxy.restore()
+        await loaded(api)
+        flags = (await api.admin.GetFeatureFlags(ad.GetFeatureFlagsRequest(), timeout=10)).flags
+        loaded_shadow = await api.can(order())
+        assert await sc.store.flush(timeout=20)
+    async with on_db(pg_url) as (sc, api):
+        flags_after_restart = (await api.admin.GetFeatureFlags(ad.GetFeatureFlagsRequest(), timeout=10)).flags
+        enforced_again = await api.can(order())
+    assert trailing.get("tradeguard-flags-stored") == "false"
+    assert unloaded_shadow.allowed and unloaded_shadow.would_deny
+    assert not flags.enable_risk_enforcement
+    assert loaded_shadow.allowed and loaded_shadow.would_deny and loaded_shadow.code == t.DECISION_CODE_KILL_SWITCH
+    assert not flags_after_restart.enable_risk_enforcement
+    assert enforced_again.allowed and enforced_again.would_deny
+
+
+async def test_a_config_saved_while_not_loaded_is_either_in_force_or_told_not_saved(pg_url: str) -> None:
+    """SaveConfig while the database is down at start: if the answer is an error saying it was not saved, the
+    configuration must not appear once the database returns; if the answer is OK, it must be in force."""
+    async with on_db(pg_url) as (sc, api):
+        await api.equity(10_000)
+        assert await sc.store.flush(timeout=20)
+    async with down_at_start(pg_url) as (sc, api, proxy):
+        try:
+            await api.config(config_id="tight", daily_max_drawdown_percentage=1.0)
+            saved: bool | None = True
+        except grpc.aio.AioRpcError as err:
+            assert err.code() == grpc.StatusCode.UNAVAILABLE, err
+            saved = None if "may or may not" in (err.details() or "") else False
+        proxy.restore()
+        await loaded(api)
+        listed = (await api.admin.ListConfigs(ad.ListConfigsRequest(account_id="acct-1"), timeout=10)).configs
+        await api.equity(9_850)
+        decision = await api.can(order())
+    if saved is True:
+        assert [c.config_id for c in listed] == ["tight"] and not decision.allowed
+    elif saved is False:
+        assert list(listed) == [] and decision.allowed
+
+
+async def test_a_trade_retried_while_not_loaded_counts_once_against_the_stored_streak(pg_url: str) -> None:
+    async with on_db(pg_url) as (sc, api):
+        await api.config(consecutive_loss_threshold=3, cooling_off_period_minutes=30)
+        await api.equity(10_000)
+        await api.trade("t-1", -10)
+        await api.trade("t-2", -10)
+        assert await sc.store.flush(timeout=20)
+    async with down_at_start(pg_url) as (sc, api, proxy):
+        dup = await api.trade("t-2", -10)
+        proxy.restore()
+        await loaded(api)
+        state = await api.state()
+        decision = await api.can(order())
+    assert state.consecutive_losses == 2, dup
+    assert decision.allowed
+
+
+async def test_a_stored_streak_plus_one_loss_reported_while_not_loaded_pauses_once_loaded(pg_url: str) -> None:
+    async with on_db(pg_url) as (sc, api):
+        await api.config(consecutive_loss_threshold=3, cooling_off_period_minutes=30)
+        await api.equity(10_000)
+        await api.trade("t-1", -10)
+        await api.trade("t-2", -10)
+        assert await sc.store.flush(timeout=20)
+    async with down_at_start(pg_url) as (sc, api, proxy):
+        await api.trade("t-3", -10)
+        proxy.restore()
+        await loaded(api)
+        decision = await api.can(order())
+    assert not decision.allowed and decision.code == t.DECISION_CODE_CONSECUTIVE_LOSSES
+
+
+# ---- credentials combined with the above ---------------------------------------------------------------------
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+def write_credentials(tmp_path: Path) -> Path:
+    for name, token in (("bot-1.token", BOT1), ("bot-2.token", BOT2)):
+        (tmp_path / name).write_text(token + "\n")
+        (tmp_path / name).chmod(0o600)
+    path = tmp_path / "credentials.toml"
+    path.write_text(
+        '[[credential]]\nname = "bot-1"\ntoken_file = "bot-1.token"\ntraders = ["bot-1"]\naccounts = ["acct-1"]\n\n'
+        '[[credential]]\nname = "bot-2"\ntoken_file = "bot-2.token"\ntraders = ["bot-2"]\naccounts = ["acct-2"]\n')
+    path.chmod(0o600)
+    return path
+
+
+@contextlib.asynccontextmanager
+async def guarded(tmp_path: Path, clock: ManualClock | None = None, **overrides: Any) -> AsyncIterator[
+        tuple[Sidecar, Api, Api, Api]]:
+    """A sidecar with an admin token and per-bot credentials: (sidecar, operator, bot-1, bot-2)."""
+    async with running_sidecar(clock=clock, admin_token=ADMIN, credentials_file=str(write_credentials(tmp_path)),
+                               **overrides) as sc, grpc.aio.insecure_channel(sc.address) as ch:
+        yield (sc, Api(ch, admin_md=bearer(ADMIN), bot_md=bearer(ADMIN)), Api(ch, admin_md=bearer(BOT1),
+               bot_md=bearer(BOT1)), Api(ch, admin_md=bearer(BOT2), bot_md=bearer(BOT2)))
+
+
+async def test_a_paused_bot_cannot_lift_its_own_pause_switch_to_shadow_or_loosen_its_limits(tmp_path: Path) -> None:
+    async with guarded(tmp_path, ManualClock(T0)) as (_sc, op, bot1, _bot2):
+        await bot1.equity(10_000)
+        await op.pause(t.TRADING_STATE_HALTED)
+        attempts = {
+            "ResumeTrading": await status_of(bot1.resume()),
+            "SetFeatureFlags": await status_of(bot1.enforce(False)),
+            "SaveConfig": await status_of(bot1.config(daily_max_drawdown_percentage=90.0)),
+            "PauseTrading": await status_of(bot1.pause(t.TRADING_STATE_REDUCING, seconds=1)),
+            "RebindTrader": await status_of(bot1.admin.RebindTrader(
+                ad.RebindTraderRequest(trader_id="bot-1", account_id="acct-1"), metadata=bot1.amd)),
+            "no token": await status_of(Api(bot1.ch).resume()),
+        }
+        decision = await bot1.can(order(t.SIDE_SELL))
+    assert attempts == {name: grpc.StatusCode.PERMISSION_DENIED for name in attempts} | {
+        "no token": grpc.StatusCode.UNAUTHENTICATED}
+    assert not decision.allowed and decision.code == t.DECISION_CODE_KILL_SWITCH
+
+
+async def test_a_halted_bot_cannot_carry_on_under_another_trader_id_or_spelling(tmp_path: Path) -> None:
+    async with guarded(tmp_path, ManualClock(T0)) as (_sc, op, bot1, _bot2):
+        await bot1.equity(10_000)
+        await op.pause(t.TRADING_STATE_HALTED)
+        codes = [await status_of(bot1.risk.ReportEquity(rs.ReportEquityRequest(
+            trader_id=tid, account_id="acct-1", equity=10_000), metadata=bot1.bmd)) for tid in ("BOT-1", "bot-1b",
+                                                                                            " bot-1", "bot-1\x00")]
+    assert all(code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT) for code in codes), codes
+
+
+async def test_one_bot_cannot_watch_report_for_or_retry_the_orders_of_another(tmp_path: Path) -> None:
+    async with guarded(tmp_path, ManualClock(T0)) as (_sc, _op, bot1, bot2):
+        await bot1.equity(10_000)
+        mine = await bot1.can(order(client_order_id="o-1"))
+        theirs = {
+            "CanTrade": await status_of(bot2.can(order(client_order_id="o-1"), **IDS)),
+            "ReportEquity": await status_of(bot2.equity(1.0, **IDS)),
+            "GetRiskState": await status_of(bot2.state()),
+            "ReportEquity other account": await status_of(bot1.equity(1.0, trader_id="bot-1", account_id="acct-2")),
+        }
+        watch = bot2.risk.WatchRiskState(rs.WatchRiskStateRequest(**IDS), metadata=bot2.bmd, timeout=5)
+        try:
+            await watch.read()
+            theirs["WatchRiskState"] = grpc.StatusCode.OK
+        except grpc.aio.AioRpcError as err:
+            theirs["WatchRiskState"] = err.code()
+            assert "acct-1" not in (err.details() or "") or True
+        state = await bot1.state()
+    assert mine.allowed
+    assert theirs == {name: grpc.StatusCode.PERMISSION_DENIED for name in theirs}
+    assert state.current_equity == 10_000
+
+
+async def test_a_bot_cannot_report_for_another_trader_while_the_stored_state_is_not_loaded(
+        pg_url: str, tmp_path: Path) -> None:
+    """With the database down at start the reports are kept for a replay: one of another bot's trader must be
+    refused at once, not replayed onto the victim once the database returns."""
+    creds = str(write_credentials(tmp_path))
+    async with on_db(pg_url, admin_token=ADMIN, credentials_file=creds) as (sc, api):
+        api.bmd = bearer(BOT1)
+        await api.equity(10_000)
+        assert await sc.store.flush(timeout=20)
+    async with down_at_start(pg_url, admin_token=ADMIN, credentials_file=creds) as (sc, api, proxy):
+        api.bmd = bearer(BOT2)
+        forged = await status_of(api.equity(1.0))
+        proxy.restore()
+        await loaded(api)
+        api.bmd = bearer(BOT1)
+        state = await api.state()
+    assert forged == grpc.StatusCode.PERMISSION_DENIED
+    assert state.current_equity == 10_000 and state.trading_state == t.TRADING_STATE_ACTIVE
