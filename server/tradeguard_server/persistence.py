@@ -241,6 +241,7 @@ class Persistence:
                  len(loaded.breakers))
         await self.on_loaded()
         if self._pending_flags is not None:
+            self._flags_wake.set()  # the database answers: write them now, not after the backoff
             self._schedule_flag_write()
 
     def _replay(self, journal: list[JournalEntry], stored_trades: set[tuple[str, str]] | frozenset[tuple[str, str]],
@@ -324,9 +325,9 @@ class Persistence:
         """Retry the pending flags until stored: on each store recovery, and at least every few seconds."""
         delay = 0.5
         while self._pending_flags is not None:
-            self._flags_wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._flags_wake.wait(), delay)
+            self._flags_wake.clear()
             delay = min(delay * 2, LOAD_RETRY_MAX_S)
             await self._write_pending_flags()
 
@@ -355,6 +356,9 @@ class Persistence:
         if not self.loaded:
             log.warning("shutdown before the stored state was loaded: %d calls received meanwhile are not stored",
                         len(self.engine.journal or ()))
+        if self._pending_flags is not None and self.loaded:  # the writer may have been waiting out its backoff
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._write_pending_flags(), drain_timeout)
         if self._pending_flags is not None:
             log.error("shutdown: feature flags %s were applied but never stored (database unavailable)",
                       self._pending_flags)
