@@ -729,3 +729,184 @@ async def test_a_bot_cannot_report_for_another_trader_while_the_stored_state_is_
         state = await api.state()
     assert forged == grpc.StatusCode.PERMISSION_DENIED
     assert state.current_equity == 10_000 and state.trading_state == t.TRADING_STATE_ACTIVE
+
+
+# ---- more operator combinations: pause requests that must not lift, accounts, loss pause under a kill switch ---
+
+
+async def test_pause_trading_with_state_active_or_unset_never_lifts_a_pause() -> None:
+    async with sidecar(ManualClock(T0)) as (_sc, api):
+        await api.equity(10_000)
+        await api.pause(t.TRADING_STATE_HALTED)
+        codes = [await status_of(api.pause(state)) for state in (t.TRADING_STATE_ACTIVE, t.TRADING_STATE_UNSPECIFIED,
+                                                                  99)]
+        negative = await status_of(api.admin.PauseTrading(ad.PauseTradingRequest(
+            **IDS, trading_state=t.TRADING_STATE_REDUCING, duration=duration_pb2.Duration(seconds=-5)), timeout=10))
+        decision = await api.can(order(t.SIDE_SELL))
+    assert codes == [grpc.StatusCode.INVALID_ARGUMENT] * 3
+    assert negative == grpc.StatusCode.INVALID_ARGUMENT
+    assert not decision.allowed and decision.trading_state == t.TRADING_STATE_HALTED
+
+
+async def test_a_kill_switch_or_resume_sent_with_the_wrong_account_changes_nothing_and_says_so() -> None:
+    async with sidecar(ManualClock(T0)) as (_sc, api):
+        await api.equity(10_000)
+        await api.pause(t.TRADING_STATE_HALTED)
+        resume = await status_of(api.admin.ResumeTrading(ad.ResumeTradingRequest(trader_id="bot-1",
+                                                                                 account_id="acct-2"), timeout=10))
+        decision = await api.can(order())
+    assert resume == grpc.StatusCode.INVALID_ARGUMENT
+    assert not decision.allowed and decision.trading_state == t.TRADING_STATE_HALTED
+
+
+async def test_a_kill_switch_pressed_before_the_bot_ever_reported_holds_when_it_starts() -> None:
+    async with sidecar(ManualClock(T0)) as (_sc, api):
+        await api.pause(t.TRADING_STATE_HALTED, reason="before the bot starts")
+        await api.equity(10_000)
+        decision = await api.can(order())
+    assert not decision.allowed and decision.code == t.DECISION_CODE_KILL_SWITCH
+
+
+async def test_a_loss_pause_outlives_a_shorter_halt_and_a_resume_is_rechecked_on_the_next_report() -> None:
+    clock = ManualClock(T0)
+    async with sidecar(clock) as (_sc, api):
+        await api.equity(10_000)
+        await api.equity(9_400)  # REDUCING for 30 minutes
+        await api.pause(t.TRADING_STATE_HALTED, seconds=60)
+        clock.advance(61)
+        after_halt = await api.can(order())
+        await api.resume()
+        resumed = await api.can(order())
+        clock.advance(1)
+        still_down = await api.equity(9_400)
+        again = await api.can(order())
+    assert not after_halt.allowed and after_halt.trading_state == t.TRADING_STATE_REDUCING
+    assert resumed.allowed
+    assert still_down.state.trading_state == t.TRADING_STATE_REDUCING
+    assert not again.allowed and again.code == t.DECISION_CODE_DAILY_LOSS_LIMIT
+
+
+async def test_a_zero_minute_stop_in_shadow_holds_until_resumed_when_enforcement_returns_a_day_later() -> None:
+    clock = ManualClock(T0)
+    async with sidecar(clock) as (_sc, api):
+        await api.config(stop_trading_minutes=0, daily_max_drawdown_percentage=5.0)
+        await api.equity(10_000)
+        await api.enforce(False)
+        await api.equity(9_400)
+        shadow = await api.can(order())
+        clock.advance(2 * 86_400)
+        await api.enforce(True)
+        await api.equity(9_400)  # a new day: no loss today
+        later = await api.can(order())
+    assert shadow.allowed and shadow.would_deny
+    assert not later.allowed
+
+
+async def test_a_trade_closed_at_the_skew_bound_counts_and_beyond_it_is_refused() -> None:
+    async with sidecar(ManualClock(T0)) as (_sc, api):
+        await api.config(consecutive_loss_threshold=2, cooling_off_period_minutes=30)
+        await api.equity(10_000)
+        await api.trade("t-1", -1, at=T0 + 5.0)
+        beyond = await status_of(api.trade("t-2", -1, at=T0 + 5.5))
+        second = await api.trade("t-3", -1, at=T0 - 1)
+        decision = await api.can(order())
+    assert beyond == grpc.StatusCode.INVALID_ARGUMENT
+    assert second.state.consecutive_losses == 2
+    assert not decision.allowed and decision.code == t.DECISION_CODE_CONSECUTIVE_LOSSES
+
+
+async def test_a_late_win_closed_before_the_losses_does_not_reset_the_streak() -> None:
+    async with sidecar(ManualClock(T0)) as (_sc, api):
+        await api.config(consecutive_loss_threshold=2, cooling_off_period_minutes=30)
+        await api.equity(10_000)
+        await api.trade("t-1", -1, at=T0 - 60)
+        await api.trade("t-2", -1, at=T0 - 30)
+        late_win = await api.trade("t-0", +50, at=T0 - 3_600)
+        decision = await api.can(order())
+    assert late_win.state.consecutive_losses == 2
+    assert not decision.allowed
+
+
+async def test_a_duplicate_trade_id_with_a_different_pnl_is_counted_once() -> None:
+    async with sidecar(ManualClock(T0)) as (_sc, api):
+        await api.config(consecutive_loss_threshold=2, cooling_off_period_minutes=30)
+        await api.equity(10_000)
+        await api.trade("t-1", -10)
+        dup = await api.trade("t-1", +10)
+        state = await api.state()
+    assert dup.duplicate and state.consecutive_losses == 1
+
+
+# ---- restarts (SIGTERM and SIGKILL) with a bot calling from the first moment the port answers ----------------
+
+
+def _hammer(address: str, stop: Any, answers: list[tuple[bool, int, int]], token: str | None = None) -> None:
+    """A bot asking CanTrade in a tight loop from before the sidecar listens; records (allowed, code, state)."""
+    md = bearer(token) if token else None
+    while not stop.is_set():
+        with grpc.insecure_channel(address) as ch:
+            stub = rsg.RiskServiceStub(ch)
+            while not stop.is_set():
+                try:
+                    d = stub.CanTrade(rs.CanTradeRequest(**IDS, order=order()), timeout=0.5, metadata=md)
+                except grpc.RpcError as err:
+                    if err.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                        answers.append((False, -int(err.code().value[0]), 0))
+                    break
+                answers.append((d.allowed, d.code, d.trading_state))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_a_kill_switch_and_a_breach_hold_for_a_bot_calling_from_the_first_moment_after_a_restart(
+        tmp_path: Path, sig: int) -> None:
+    """SQLite, the generated admin token. Before each restart: the operator halts the bot for a while, the bot
+    breaches its daily limit; killed with `sig` right after the answers; restarted on the same port with a bot
+    already calling. Every answer is a denial (never 'allowed' from a state without the stored pause), and the
+    token generated at first start still works after the restart."""
+    import threading
+
+    from tests.support.databases import closed_port
+    from tradeguard_client import AdminClient
+
+    port = closed_port()
+    address = f"127.0.0.1:{port}"
+    answers: list[tuple[bool, int, int]] = []
+    db = ("--database-url", f"sqlite:///{tmp_path / 'state.db'}")
+    first = spawn_sidecar(tmp_path, "--listen", address, *db, open_admin=False, name="r0")
+    token = (tmp_path / "admin.token").read_text().strip()
+    try:
+        with grpc.insecure_channel(address) as ch:
+            risk = rsg.RiskServiceStub(ch)
+            risk.ReportEquity(rs.ReportEquityRequest(**IDS, equity=10_000), timeout=5)
+            risk.ReportEquity(rs.ReportEquityRequest(**IDS, equity=9_400), timeout=5)
+            no_token = None
+            try:
+                adg.AdminServiceStub(ch).ResumeTrading(ad.ResumeTradingRequest(**IDS), timeout=5)
+            except grpc.RpcError as err:
+                no_token = err.code()
+        with AdminClient(address, token=token) as admin:
+            admin.pause_trading("bot-1", "acct-1", trading_state="HALTED", duration=3_600, reason="incident")
+    finally:
+        first.terminate(sig)
+    stop = threading.Event()
+    bot = threading.Thread(target=_hammer, args=(address, stop, answers), daemon=True)
+    bot.start()
+    try:
+        second = spawn_sidecar(tmp_path, "--listen", address, *db, open_admin=False, name="r1")
+        deadline = time.monotonic() + 10
+        while sum(1 for a in answers if a[1] > 0) < 50 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        token_after = (tmp_path / "admin.token").read_text().strip()
+        with AdminClient(address, token=token_after) as admin:
+            flags = admin.get_feature_flags()
+    finally:
+        stop.set()
+        bot.join(timeout=5)
+        second.terminate(signal.SIGTERM)
+    answered = [a for a in answers if a[1] > 0]
+    assert no_token == grpc.StatusCode.UNAUTHENTICATED
+    assert token_after == token and flags is not None
+    assert answered, "no CanTrade answered after the restart"
+    assert [a for a in answers if a[0] or a[1] <= 0] == []
+    assert {a[1] for a in answered} <= {t.DECISION_CODE_KILL_SWITCH, t.DECISION_CODE_STATE_NOT_LOADED}
+    assert all(a[2] == t.TRADING_STATE_HALTED for a in answered)
