@@ -840,12 +840,19 @@ async def test_a_duplicate_trade_id_with_a_different_pnl_is_counted_once() -> No
 # ---- restarts (SIGTERM and SIGKILL) with a bot calling from the first moment the port answers ----------------
 
 
-def _hammer(address: str, stop: Any, answers: list[tuple[bool, int, int]], token: str | None = None) -> None:
-    """A bot asking CanTrade in a tight loop from before the sidecar listens; records (allowed, code, state)."""
+def _hammer(address: str, stop: Any, answers: list[tuple[bool, int, int]], token: str | None = None,
+            report: bool = False) -> None:
+    """A bot asking CanTrade in a tight loop from before the sidecar listens; records (allowed, code, state).
+    With `report` it reports its equity (10,000) first on every connection, as a bot does at its start."""
     md = bearer(token) if token else None
     while not stop.is_set():
         with grpc.insecure_channel(address) as ch:
             stub = rsg.RiskServiceStub(ch)
+            if report:
+                try:
+                    stub.ReportEquity(rs.ReportEquityRequest(**IDS, equity=10_000), timeout=0.5, metadata=md)
+                except grpc.RpcError:
+                    continue
             while not stop.is_set():
                 try:
                     d = stub.CanTrade(rs.CanTradeRequest(**IDS, order=order()), timeout=0.5, metadata=md)
@@ -910,3 +917,131 @@ def test_a_kill_switch_and_a_breach_hold_for_a_bot_calling_from_the_first_moment
     assert [a for a in answers if a[0] or a[1] <= 0] == []
     assert {a[1] for a in answered} <= {t.DECISION_CODE_KILL_SWITCH, t.DECISION_CODE_STATE_NOT_LOADED}
     assert all(a[2] == t.TRADING_STATE_HALTED for a in answered)
+
+
+# ---- the database slow at start (a table lock) with a bot calling from the first moment -----------------------
+
+
+async def test_a_stored_halt_holds_while_a_table_lock_delays_the_load_and_after_it(pg_url: str) -> None:
+    """Stored: HALTED. A session holds `LOCK TABLE risk_state` when the sidecar starts (store_call_timeout_s 1):
+    it serves unloaded; a bot calling in a tight loop from before the start gets only denials; the lock is
+    released, the stored halt is installed and the answers stay denials."""
+    import asyncio
+    import threading
+
+    import psycopg
+
+    from tests.support.databases import closed_port
+    from tests.support.pg import plain_dsn
+
+    async with on_db(pg_url) as (sc, api):
+        await api.equity(10_000)
+        await api.pause(t.TRADING_STATE_HALTED)
+        assert await sc.store.flush(timeout=20)
+    address = f"127.0.0.1:{closed_port()}"
+    answers: list[tuple[bool, int, int]] = []
+    stop = threading.Event()
+    bot = threading.Thread(target=_hammer, args=(address, stop, answers, None, True), daemon=True)
+    lock = await psycopg.AsyncConnection.connect(plain_dsn(pg_url))
+    await lock.execute("BEGIN")
+    await lock.execute("LOCK TABLE risk_state IN ACCESS EXCLUSIVE MODE")
+    bot.start()
+    try:
+        async with on_db(pg_url, listen=address, store_call_timeout_s=1.0) as (sc, api):
+            before = sum(1 for a in answers if a[1] > 0)
+            while sum(1 for a in answers if a[1] > 0) < before + 20:
+                await asyncio.sleep(0.01)
+            unloaded = not sc.persistence.loaded
+            await lock.execute("ROLLBACK")
+            await loaded(api)
+            seen = len(answers)
+            while len(answers) < seen + 20:
+                await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await asyncio.get_running_loop().run_in_executor(None, bot.join, 5)
+        await lock.close()
+    answered = [a for a in answers if a[1] > 0]
+    assert unloaded
+    assert [a for a in answers if a[0] or a[1] <= 0] == []
+    assert {a[1] for a in answered} == {t.DECISION_CODE_STATE_NOT_LOADED, t.DECISION_CODE_KILL_SWITCH}
+    assert answered[-1][1] == t.DECISION_CODE_KILL_SWITCH and answered[-1][2] == t.TRADING_STATE_HALTED
+
+
+# ---- spellings and venues in the exposure checks ---------------------------------------------------------------
+
+
+async def test_correlated_exposure_and_volatility_read_positions_reported_in_another_spelling() -> None:
+    async with sidecar(ManualClock(T0)) as (_sc, api):
+        await api.config(max_correlated_exposure_percentage=10.0,
+                         correlation_groups=[t.CorrelationGroup(name="majors", symbols=["btcusdt", "ETHusdt"])],
+                         market_regime_thresholds={"high": 0.3, "extreme": 0.5})
+        await api.equity(10_000)
+        eth = t.Position(symbol="ethusdt", exchange="Binance", side=t.SIDE_BUY, quantity=0.3, entry_price=3_000,
+                         mark_price=3_000)
+        await api.positions(eth)
+        correlated = await api.can(order(qty=0.003, price=50_000))  # 150 + 900 > 1,000
+        fits = await api.can(order(qty=0.001, price=50_000))  # 50 + 900
+        await api.positions(eth, t.Position(symbol="btcUSDT", exchange="binance", side=t.SIDE_BUY, quantity=0.0001,
+                                            entry_price=50_000, mark_price=50_000, volatility=0.9))
+        extreme = await api.can(order(symbol="BTCUSDT", qty=0.0001, price=50_000))
+    assert not correlated.allowed and correlated.code == t.DECISION_CODE_CORRELATED_EXPOSURE_LIMIT
+    assert fits.allowed
+    assert not extreme.allowed and extreme.code == t.DECISION_CODE_VOLATILITY_REGIME
+
+
+async def test_a_reduce_only_order_bigger_than_the_position_is_checked_for_leverage_and_fat_finger() -> None:
+    async with sidecar(ManualClock(T0)) as (_sc, api):
+        await api.config(max_order_notional=1_000.0,
+                         symbol_configs=[t.SymbolRiskConfiguration(symbol="BTCUSDT", max_leverage=5)])
+        await api.equity(10_000)
+        await api.positions(pos(qty=0.01))
+        big = await api.can(order(t.SIDE_SELL, qty=1.0, price=500, leverage=50, reduce_only=True))
+        exact = await api.can(order(t.SIDE_SELL, qty=0.01, price=500, leverage=50, reduce_only=True))
+    codes = {c.name: c.status for c in big.checks}
+    assert not big.allowed
+    assert codes["leverage"] == t.CHECK_STATUS_FAIL
+    assert exact.allowed
+
+
+async def test_an_order_without_exchange_uses_the_position_without_exchange_when_two_are_held() -> None:
+    async with sidecar(ManualClock(T0)) as (_sc, api):
+        await api.equity(10_000)
+        await api.positions(pos(qty=1.0, exchange=""), pos(qty=0.2, exchange="binance"))
+        await api.equity(9_400)
+        over_own = await api.can(order(t.SIDE_SELL, qty=1.1, exchange=""))
+        own = await api.can(order(t.SIDE_SELL, qty=1.0, exchange=""))
+    assert not over_own.allowed
+    assert own.allowed
+
+
+async def test_two_positions_one_symbol_spelled_twice_in_one_report_are_invalid() -> None:
+    async with sidecar(ManualClock(T0)) as (_sc, api):
+        await api.equity(10_000)
+        code = await status_of(api.positions(pos(qty=1.0), pos(qty=1.0, symbol="btcusdt", exchange="BINANCE")))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+# ---- rebinding and retries ------------------------------------------------------------------------------------
+
+
+async def test_a_retry_after_the_operator_rebinds_the_trader_is_not_answered_from_the_old_account() -> None:
+    async with sidecar(ManualClock(T0)) as (_sc, api):
+        await api.equity(10_000)
+        first = await api.can(order(client_order_id="o-1"))
+        await api.admin.RebindTrader(ad.RebindTraderRequest(trader_id="bot-1", account_id="acct-2", reason="fix"),
+                                     timeout=10)
+        retry = await api.can(order(client_order_id="o-1"), trader_id="bot-1", account_id="acct-2")
+        old = await status_of(api.can(order(client_order_id="o-1")))
+    assert first.allowed
+    assert not retry.allowed and retry.code == t.DECISION_CODE_NO_EQUITY_REPORTED
+    assert old == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_hostile_client_order_ids_are_invalid_argument_not_internal() -> None:
+    async with sidecar(ManualClock(T0)) as (_sc, api):
+        await api.equity(10_000)
+        codes = {cid[:12]: await status_of(api.can(order(client_order_id=cid)))
+                 for cid in ("x" * 5_000, "a\nb", "a\x00b", " o-1", "ø" * 10)}
+    assert all(code in (grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT) for code in codes.values()), codes
+    assert codes["x" * 12] == grpc.StatusCode.INVALID_ARGUMENT and codes["a\nb"] == grpc.StatusCode.INVALID_ARGUMENT
