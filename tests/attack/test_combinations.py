@@ -1045,3 +1045,73 @@ async def test_hostile_client_order_ids_are_invalid_argument_not_internal() -> N
                  for cid in ("x" * 5_000, "a\nb", "a\x00b", " o-1", "ø" * 10)}
     assert all(code in (grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT) for code in codes.values()), codes
     assert codes["x" * 12] == grpc.StatusCode.INVALID_ARGUMENT and codes["a\nb"] == grpc.StatusCode.INVALID_ARGUMENT
+
+
+# ---- in-process restarts on one SQLite file: persistence toggles, shadow episodes, zero-minute stops ---------
+
+
+@contextlib.asynccontextmanager
+async def on_file(tmp_path: Path, clock: ManualClock | None = None, **overrides: Any) -> AsyncIterator[
+        tuple[Sidecar, Api]]:
+    async with on_db(f"sqlite:///{tmp_path / 'state.db'}", clock, **overrides) as pair:
+        yield pair
+        assert await pair[0].store.flush(timeout=20)
+
+
+async def test_a_kill_switch_pressed_while_persistence_is_off_is_stored_once_it_is_on_again(tmp_path: Path) -> None:
+    async with on_file(tmp_path, ManualClock(T0)) as (_sc, api):
+        await api.equity(10_000)
+        await api.admin.SetFeatureFlags(ad.SetFeatureFlagsRequest(flags=t.FeatureFlags(enable_persistence=False)))
+        await api.pause(t.TRADING_STATE_HALTED)
+        await api.admin.SetFeatureFlags(ad.SetFeatureFlagsRequest(flags=t.FeatureFlags(enable_persistence=True)))
+    async with on_file(tmp_path, ManualClock(T0 + 60)) as (_sc, api):
+        decision = await api.can(order(t.SIDE_SELL))
+    assert not decision.allowed and decision.code == t.DECISION_CODE_KILL_SWITCH
+
+
+async def test_a_breaker_pause_recorded_in_shadow_survives_a_restart_and_denies_when_enforcement_returns(
+        tmp_path: Path) -> None:
+    async with on_file(tmp_path, ManualClock(T0)) as (_sc, api):
+        await api.admin.CreateBreaker(ad.CreateBreakerRequest(breaker=breaker(
+            name="floor", condition="equity_floor", action="pause_trading",
+            parameters={"value": 9_000, "duration_minutes": 60})))
+        await api.equity(10_000)
+        await api.enforce(False)
+        fired = await api.equity(8_700)
+    async with on_file(tmp_path, ManualClock(T0 + 60)) as (_sc, api):
+        shadow = await api.can(order())
+        await api.enforce(True)
+        enforced = await api.can(order())
+        events = (await api.admin.ListBreakerEvents(ad.ListBreakerEventsRequest(account_id="acct-1"))).events
+    assert len(fired.breaker_events) == 1
+    assert shadow.allowed and shadow.would_deny
+    assert not enforced.allowed and enforced.code == t.DECISION_CODE_CIRCUIT_BREAKER
+    assert len(events) == 1
+
+
+async def test_a_zero_minute_stop_survives_a_restart_and_the_next_day(tmp_path: Path) -> None:
+    async with on_file(tmp_path, ManualClock(T0)) as (_sc, api):
+        await api.config(stop_trading_minutes=0)
+        await api.equity(10_000)
+        await api.equity(9_400)
+    async with on_file(tmp_path, ManualClock(T0 + 86_400)) as (_sc, api):
+        await api.equity(9_400)
+        decision = await api.can(order())
+    assert not decision.allowed and decision.code == t.DECISION_CODE_DAILY_LOSS_LIMIT
+
+
+async def test_a_trade_retried_after_a_restart_counts_once_and_the_streak_pauses_on_the_next_real_loss(
+        tmp_path: Path) -> None:
+    async with on_file(tmp_path, ManualClock(T0)) as (_sc, api):
+        await api.config(consecutive_loss_threshold=3, cooling_off_period_minutes=30)
+        await api.equity(10_000)
+        await api.trade("t-1", -1, at=T0 - 20)
+        await api.trade("t-2", -1, at=T0 - 10)
+    async with on_file(tmp_path, ManualClock(T0 + 60)) as (_sc, api):
+        dup = await api.trade("t-2", -1, at=T0 - 10)
+        between = await api.can(order())
+        await api.trade("t-3", -1)
+        after = await api.can(order())
+    assert dup.duplicate and dup.state.consecutive_losses == 2
+    assert between.allowed
+    assert not after.allowed and after.code == t.DECISION_CODE_CONSECUTIVE_LOSSES
