@@ -1115,3 +1115,79 @@ async def test_a_trade_retried_after_a_restart_counts_once_and_the_streak_pauses
     assert dup.duplicate and dup.state.consecutive_losses == 2
     assert between.allowed
     assert not after.allowed and after.code == t.DECISION_CODE_CONSECUTIVE_LOSSES
+
+
+# ---- more combinations: retries across the late load, resumed breaker episodes, stale reports, odd headers ---
+
+
+async def test_a_retry_of_an_order_allowed_before_a_late_load_answers_the_first_decision(pg_url: str) -> None:
+    """Stored throttle: 1 order a minute. Database down at start: the bot's reducing order o-1 is allowed (reduce
+    only policy). The database returns; the bot, whose first answer was lost, retries o-1: the README says the
+    same id answers the first decision and is not counted again."""
+    async with on_db(pg_url) as (sc, api):
+        await api.config(max_orders_per_window=1, order_rate_window_seconds=60)
+        await api.equity(10_000)
+        assert await sc.store.flush(timeout=20)
+    async with down_at_start(pg_url) as (sc, api, proxy):
+        await api.equity(10_000)
+        await api.positions(pos(qty=1.0))
+        first = await api.can(order(t.SIDE_SELL, qty=0.5, client_order_id="o-1"))
+        proxy.restore()
+        await loaded(api)
+        retry = await api.can(order(t.SIDE_SELL, qty=0.5, client_order_id="o-1"))
+        second = await api.can(order(t.SIDE_SELL, qty=0.1, client_order_id="o-2"))
+    assert first.allowed
+    assert retry.allowed, retry.reason
+    assert not second.allowed and second.code == t.DECISION_CODE_ORDER_RATE_LIMIT
+
+
+async def test_a_resumed_breaker_episode_stays_quiet_until_the_condition_clears_then_fires_again() -> None:
+    async with sidecar(ManualClock(T0)) as (_sc, api):
+        await api.config(daily_max_drawdown_percentage=50.0, max_drawdown_percentage=50.0)
+        await api.admin.CreateBreaker(ad.CreateBreakerRequest(breaker=breaker(
+            name="floor", condition="equity_floor", action="pause_trading", parameters={"value": 9_000})))
+        await api.equity(10_000)
+        await api.equity(8_700)
+        halted = await api.can(order())
+        await api.resume()
+        await api.equity(8_600)
+        resumed = await api.can(order())
+        await api.equity(9_500)
+        await api.equity(8_900)
+        again = await api.can(order())
+    assert not halted.allowed and halted.code == t.DECISION_CODE_CIRCUIT_BREAKER
+    assert resumed.allowed
+    assert not again.allowed and again.code == t.DECISION_CODE_CIRCUIT_BREAKER
+
+
+async def test_a_stale_low_report_fires_no_floor_breaker_and_a_stale_high_one_raises_the_peak() -> None:
+    async with sidecar(ManualClock(T0)) as (_sc, api):
+        await api.admin.CreateBreaker(ad.CreateBreakerRequest(breaker=breaker(
+            name="floor", condition="equity_floor", action="pause_trading", parameters={"value": 9_000})))
+        await api.equity(10_000)
+        low = await api.equity(8_000, at=T0 - 3_600)
+        calm = await api.can(order())
+        high = await api.equity(13_000, at=T0 - 1_800)  # the equity was there: peak 13,000, drawdown 23 %
+        after_high = await api.can(order())
+    assert low.stale and not low.breaker_events
+    assert calm.allowed
+    assert high.stale and high.state.peak_equity == 13_000
+    assert not after_high.allowed and after_high.code == t.DECISION_CODE_MAX_DRAWDOWN
+
+
+async def test_odd_authorization_headers_are_refused_never_internal_and_never_admin(tmp_path: Path) -> None:
+    async with guarded(tmp_path, ManualClock(T0)) as (_sc, op, bot1, _bot2):
+        await op.equity(10_000)
+        await op.pause(t.TRADING_STATE_HALTED)
+        headers = [f"bearer {ADMIN}x", f"Bearer {ADMIN[:-1]}", f"Basic {ADMIN}", "Bearer", "Bearer  ", f"{ADMIN}",
+                   f"Bearer {BOT1}", f"Bearer {BOT1} ", "Bearer " + "x" * 10_000]
+        codes = []
+        for value in headers:
+            codes.append(await status_of(op.admin.ResumeTrading(ad.ResumeTradingRequest(**IDS), timeout=10,
+                                                                metadata=(("authorization", value),))))
+        two = await status_of(op.admin.ResumeTrading(ad.ResumeTradingRequest(**IDS), timeout=10, metadata=(
+            ("authorization", f"Bearer {BOT1}"), ("authorization", f"Bearer {ADMIN}"))))
+        decision = await bot1.can(order())
+    assert set(codes) <= {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}, codes
+    assert two in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.OK)
+    assert not decision.allowed or two == grpc.StatusCode.OK
