@@ -65,16 +65,21 @@ class _At:
 class Journal(list[JournalEntry]):
     """The calls received while the stored state is not loaded, at most JOURNAL_MAX. Beyond it the older half of
     the equity and position reports is dropped, each trader's newest kept (they are levels and snapshots: the
-    newest carry the trader's state); trades and kill-switch calls are kept. Counted and logged."""
+    newest carry the trader's state); trades and kill-switch calls are kept, so with nothing left to thin the
+    journal grows past the bound. Counted and logged."""
 
     def __init__(self) -> None:
         super().__init__()
         self.dropped = 0
+        self._thin_at = JOURNAL_MAX
 
     def append(self, entry: JournalEntry) -> None:
         super().append(entry)
-        if len(self) > JOURNAL_MAX:
+        if len(self) > self._thin_at:
             self._thin()
+            # Nothing left to thin (trades, kill switches, each trader's newest level): grow a tenth before the
+            # next scan rather than scanning on every call.
+            self._thin_at = len(self) + JOURNAL_MAX // 10 if len(self) > JOURNAL_MAX else JOURNAL_MAX
 
     def _thin(self) -> None:
         newest: set[int] = set()
@@ -86,7 +91,9 @@ class Journal(list[JournalEntry]):
                 newest.add(i)
         levels = [i for i, (_at, op, _args) in enumerate(self)
                   if op in ("report_equity", "report_positions") and i not in newest]
-        drop = set(levels[: max(1, len(levels) // 2)]) if levels else {0}
+        drop = set(levels[: max(1, len(levels) // 2)])  # never a trade or a kill switch
+        if not drop:
+            return
         self[:] = [e for i, e in enumerate(self) if i not in drop]
         if not self.dropped:
             log.warning("stored state still not loaded after %d calls: dropping the oldest equity and position "
