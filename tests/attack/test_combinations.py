@@ -1287,3 +1287,25 @@ async def test_a_breach_reported_while_not_loaded_survives_a_flood_of_later_repo
         await loaded(api)
         decision = await api.can(order())
     assert not decision.allowed and decision.code == t.DECISION_CODE_DAILY_LOSS_LIMIT
+
+
+async def test_a_kill_switch_pressed_while_not_loaded_denies_reducing_orders_at_once_and_a_denied_id_is_asked_afresh(
+        pg_url: str) -> None:
+    """reduce_only policy lets a reducing order pass while not loaded, but not under a kill switch pressed
+    meanwhile. An order denied only because the state was not loaded is judged afresh on retry once it loads."""
+    async with on_db(pg_url) as (sc, api):
+        await api.equity(10_000)
+        assert await sc.store.flush(timeout=20)
+    async with down_at_start(pg_url) as (sc, api, proxy):
+        await api.equity(10_000)
+        await api.positions(pos(qty=1.0))
+        early = await api.can(order(client_order_id="o-1"))
+        await api.pause(t.TRADING_STATE_HALTED, seconds=600)
+        halted = await api.can(order(t.SIDE_SELL, qty=1.0))
+        await api.resume()
+        proxy.restore()
+        await loaded(api)
+        retry = await api.can(order(client_order_id="o-1"))
+    assert not early.allowed and early.code == t.DECISION_CODE_STATE_NOT_LOADED
+    assert not halted.allowed and halted.code == t.DECISION_CODE_KILL_SWITCH
+    assert retry.allowed and "STATE_NOT_LOADED" not in retry.reason
