@@ -239,8 +239,9 @@ class Persistence:
             if st is not None and old.order_times:
                 st.order_times.extend(old.order_times)
             if st is not None and st.account_id == old.account_id:  # and a retry of one answers its first decision
-                for order_id, answer in old.order_answers.items():
-                    st.order_answers.setdefault(order_id, answer)
+                for order_id, answer in old.order_answers.items():  # (a denied one, never placed, is asked afresh)
+                    if answer[1]:
+                        st.order_answers.setdefault(order_id, answer)
         self.loaded = True
         now = engine.clock.now()
         paused = sum(1 for st in engine.traders.values() if st.effective_pause(now) is not None)
