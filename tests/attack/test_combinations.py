@@ -1309,3 +1309,24 @@ async def test_a_kill_switch_pressed_while_not_loaded_denies_reducing_orders_at_
     assert not early.allowed and early.code == t.DECISION_CODE_STATE_NOT_LOADED
     assert not halted.allowed and halted.code == t.DECISION_CODE_KILL_SWITCH
     assert retry.allowed and "STATE_NOT_LOADED" not in retry.reason
+
+
+async def test_no_state_shown_while_not_loaded_says_active_when_the_stored_state_is_halted(pg_url: str) -> None:
+    """Stored: HALTED. While the stored state is not loaded, memory alone would say ACTIVE; every RiskState the
+    sidecar shows (report answers, GetRiskState, WatchRiskState, CanTrade's state) must not claim ACTIVE: it says
+    the policy's state with the STATE_NOT_LOADED code, and the stored HALTED once loaded."""
+    async with on_db(pg_url) as (sc, api):
+        await api.equity(10_000)
+        await api.pause(t.TRADING_STATE_HALTED)
+        assert await sc.store.flush(timeout=20)
+    async with down_at_start(pg_url) as (sc, api, proxy):
+        watch = api.risk.WatchRiskState(rs.WatchRiskStateRequest(**IDS), timeout=20)
+        shown = {"ReportEquity": (await api.equity(10_000)).state, "GetRiskState": await api.state(),
+                 "CanTrade.state": (await api.can(order())).state, "WatchRiskState": (await watch.read()).state}
+        proxy.restore()
+        await loaded(api)
+        after = await api.state()
+        watch.cancel()
+    assert {name: s.trading_state for name, s in shown.items()} == {name: t.TRADING_STATE_REDUCING for name in shown}
+    assert all(s.pause_code == t.DECISION_CODE_STATE_NOT_LOADED for s in shown.values())
+    assert after.trading_state == t.TRADING_STATE_HALTED and after.pause_code == t.DECISION_CODE_KILL_SWITCH
