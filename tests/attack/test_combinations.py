@@ -1330,3 +1330,38 @@ async def test_no_state_shown_while_not_loaded_says_active_when_the_stored_state
     assert {name: s.trading_state for name, s in shown.items()} == {name: t.TRADING_STATE_REDUCING for name in shown}
     assert all(s.pause_code == t.DECISION_CODE_STATE_NOT_LOADED for s in shown.values())
     assert after.trading_state == t.TRADING_STATE_HALTED and after.pause_code == t.DECISION_CODE_KILL_SWITCH
+
+
+async def test_a_watcher_opened_while_not_loaded_is_told_the_stored_halt_once_it_loads(pg_url: str) -> None:
+    import asyncio
+
+    async with on_db(pg_url) as (sc, api):
+        await api.equity(10_000)
+        await api.pause(t.TRADING_STATE_HALTED)
+        assert await sc.store.flush(timeout=20)
+    async with down_at_start(pg_url) as (sc, api, proxy):
+        await api.equity(10_000)
+        watch = api.risk.WatchRiskState(rs.WatchRiskStateRequest(**IDS), timeout=20)
+        first = await watch.read()
+        proxy.restore()
+        await loaded(api)
+        update = await asyncio.wait_for(watch.read(), 10)
+        watch.cancel()
+    assert first.state.trading_state != t.TRADING_STATE_ACTIVE
+    assert update.state.trading_state == t.TRADING_STATE_HALTED
+
+
+async def test_a_tighter_config_saved_in_shadow_pauses_at_once_and_denies_when_enforcement_returns() -> None:
+    async with sidecar(ManualClock(T0)) as (_sc, api):
+        await api.equity(10_000)
+        await api.equity(9_700)
+        await api.enforce(False)
+        await api.config(daily_max_drawdown_percentage=2.0)
+        shadow = await api.can(order())
+        await api.enforce(True)
+        enforced = await api.can(order())
+        await api.admin.DeleteConfig(ad.DeleteConfigRequest(account_id="acct-1", config_id="c1"))
+        after_delete = await api.can(order())
+    assert shadow.allowed and shadow.would_deny and shadow.code == t.DECISION_CODE_DAILY_LOSS_LIMIT
+    assert not enforced.allowed and enforced.code == t.DECISION_CODE_DAILY_LOSS_LIMIT
+    assert not after_delete.allowed  # deleting the configuration does not lift the pause it caused
