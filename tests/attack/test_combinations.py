@@ -1367,3 +1367,17 @@ async def test_a_tighter_config_saved_in_shadow_pauses_at_once_and_denies_when_e
     assert shadow.allowed and shadow.would_deny and shadow.code == t.DECISION_CODE_DAILY_LOSS_LIMIT
     assert not enforced.allowed and enforced.code == t.DECISION_CODE_DAILY_LOSS_LIMIT
     assert not after_delete.allowed  # deleting the configuration does not lift the pause it caused
+
+
+async def test_a_retried_reducing_order_is_denied_while_not_loaded_once_the_position_is_gone(pg_url: str) -> None:
+    """reduce_only policy: long 1 BTC reported since the start, SELL 1 (o-1) passes. The bot reports the position
+    closed and retries o-1, which would now open a short: new exposure while not loaded, denied like in REDUCING."""
+    async with down_at_start(pg_url) as (sc, api, proxy):
+        await api.equity(10_000)
+        await api.positions(pos(qty=1.0))
+        first = await api.can(order(t.SIDE_SELL, qty=1.0, client_order_id="o-1"))
+        await api.positions()
+        retry = await api.can(order(t.SIDE_SELL, qty=1.0, client_order_id="o-1"))
+        proxy.restore()
+    assert first.allowed
+    assert not retry.allowed and retry.code == t.DECISION_CODE_STATE_NOT_LOADED
