@@ -471,9 +471,16 @@ class RiskEngine:
         return decision, st
 
     def _still_allowed(self, st: TraderState, order: OrderIntent, now: float) -> bool:
-        """May a remembered "allowed" be answered again? Not when a pause since then forbids the order."""
+        """May a remembered "allowed" be answered again? Not when a pause since then forbids the order, nor when
+        the unloaded-state gate would now (the position it reduced is gone)."""
         self._tick(st, now)
-        return checks.state_check(st, order, now).status is not CheckStatus.FAIL
+        if checks.state_check(st, order, now).status is CheckStatus.FAIL:
+            return False
+        if self.gate is None:
+            return True
+        probe = Decision(True, DecisionCode.ALLOWED, "", TradingState.ACTIVE, None)
+        gated = self.gate(probe, st, order, checks.split_order(st, order).adding == 0.0)
+        return gated.allowed and not gated.would_deny
 
     @classmethod
     def _state_checks(
