@@ -52,7 +52,7 @@ def pos(side: int = t.SIDE_BUY, qty: float = 1.0, mark: float = 50_000.0, symbol
 
 def ts(epoch: float) -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()
-    stamp.FromNanoseconds(int(round(epoch * 1e9)))
+    stamp.FromNanoseconds(round(epoch * 1e9))
     return stamp
 
 
@@ -584,14 +584,16 @@ async def test_a_config_saved_while_not_loaded_is_either_in_force_or_told_not_sa
         try:
             await api.config(config_id="tight", daily_max_drawdown_percentage=1.0)
             saved: bool | None = True
+            code = grpc.StatusCode.OK
         except grpc.aio.AioRpcError as err:
-            assert err.code() == grpc.StatusCode.UNAVAILABLE, err
+            code = err.code()
             saved = None if "may or may not" in (err.details() or "") else False
         proxy.restore()
         await loaded(api)
         listed = (await api.admin.ListConfigs(ad.ListConfigsRequest(account_id="acct-1"), timeout=10)).configs
         await api.equity(9_850)
         decision = await api.can(order())
+    assert code in (grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE)
     assert saved is not None
     if saved is True:
         assert [c.config_id for c in listed] == ["tight"] and not decision.allowed
@@ -705,7 +707,6 @@ async def test_one_bot_cannot_watch_report_for_or_retry_the_orders_of_another(tm
             theirs["WatchRiskState"] = grpc.StatusCode.OK
         except grpc.aio.AioRpcError as err:
             theirs["WatchRiskState"] = err.code()
-            assert "acct-1" not in (err.details() or "") or True
         state = await bot1.state()
     assert mine.allowed
     assert theirs == {name: grpc.StatusCode.PERMISSION_DENIED for name in theirs}
@@ -1234,14 +1235,16 @@ async def test_a_breaker_created_while_not_loaded_is_refused_and_not_made_behind
                 name="floor", condition="equity_floor", action="pause_trading", parameters={"value": 9_900})),
                 timeout=20)
             made: bool | None = True
+            code = grpc.StatusCode.OK
         except grpc.aio.AioRpcError as err:
-            assert err.code() == grpc.StatusCode.UNAVAILABLE, err
+            code = err.code()
             made = None if "may or may not" in (err.details() or "") else False
         proxy.restore()
         await loaded(api)
         listed = (await api.admin.ListBreakers(ad.ListBreakersRequest(account_id="acct-1"), timeout=10)).breakers
         await api.equity(9_800)
         decision = await api.can(order())
+    assert code in (grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE)
     assert made is not None
     assert len(listed) == int(made)
     assert decision.allowed != made
@@ -1372,7 +1375,7 @@ async def test_a_tighter_config_saved_in_shadow_pauses_at_once_and_denies_when_e
 async def test_a_retried_reducing_order_is_denied_while_not_loaded_once_the_position_is_gone(pg_url: str) -> None:
     """reduce_only policy: long 1 BTC reported since the start, SELL 1 (o-1) passes. The bot reports the position
     closed and retries o-1, which would now open a short: new exposure while not loaded, denied like in REDUCING."""
-    async with down_at_start(pg_url) as (sc, api, proxy):
+    async with down_at_start(pg_url) as (_sc, api, proxy):
         await api.equity(10_000)
         await api.positions(pos(qty=1.0))
         first = await api.can(order(t.SIDE_SELL, qty=1.0, client_order_id="o-1"))
