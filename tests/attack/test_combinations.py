@@ -1192,7 +1192,10 @@ async def test_odd_authorization_headers_are_refused_never_internal_and_never_ad
         two = await status_of(op.admin.ResumeTrading(ad.ResumeTradingRequest(**IDS), timeout=10, metadata=(
             ("authorization", f"Bearer {BOT1}"), ("authorization", f"Bearer {ADMIN}"))))
         decision = await bot1.can(order())
-    assert set(codes) <= {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}, codes
+    # (the 10 KB header may instead be refused by grpc's metadata limit: RESOURCE_EXHAUSTED)
+    assert set(codes) <= {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
+                          grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
+    assert set(codes[:-1]) <= {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}, codes
     assert two in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.OK)
     assert not decision.allowed or two == grpc.StatusCode.OK
 
