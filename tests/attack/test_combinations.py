@@ -1387,3 +1387,45 @@ async def test_a_retried_reducing_order_is_denied_while_not_loaded_once_the_posi
         proxy.restore()
     assert first.allowed
     assert not retry.allowed and retry.code == t.DECISION_CODE_STATE_NOT_LOADED
+
+
+# ---- breakers combined with sizes, spellings and retries ------------------------------------------------------
+
+
+async def test_a_reduce_only_breaker_denies_an_order_bigger_than_the_position() -> None:
+    async with sidecar(ManualClock(T0)) as (_sc, api):
+        await api.config(daily_max_drawdown_percentage=50.0, max_drawdown_percentage=50.0)
+        await api.admin.CreateBreaker(ad.CreateBreakerRequest(breaker=breaker(
+            name="floor", condition="equity_floor", action="reduce_only", parameters={"value": 9_500})))
+        await api.equity(10_000)
+        await api.positions(pos(qty=1.0))
+        await api.equity(9_400)
+        flip = await api.can(order(t.SIDE_SELL, qty=1.1, reduce_only=True))
+        close = await api.can(order(t.SIDE_SELL, qty=1.0, reduce_only=True))
+    assert not flip.allowed and flip.trading_state == t.TRADING_STATE_REDUCING
+    assert close.allowed
+
+
+async def test_a_close_position_breaker_scoped_in_one_spelling_names_the_position_reported_in_another() -> None:
+    async with sidecar(ManualClock(T0)) as (_sc, api):
+        await api.admin.CreateBreaker(ad.CreateBreakerRequest(breaker=breaker(
+            name="pdd", condition="position_drawdown", action="close_position", parameters={"threshold": 0.1},
+            symbols=["BTCUSDT"], exchanges=["BINANCE"])))
+        await api.equity(10_000)
+        answer = await api.positions(t.Position(symbol="btcusdt", exchange="Binance", side=t.SIDE_BUY, quantity=0.01,
+                                                entry_price=50_000, mark_price=40_000))
+    closes = [(a.symbol, a.exchange) for a in answer.actions if a.type == t.ACTION_TYPE_CLOSE_POSITION]
+    assert ("BTCUSDT", "binance") in closes
+
+
+async def test_retries_count_once_in_an_order_rate_breaker() -> None:
+    async with sidecar(ManualClock(T0)) as (_sc, api):
+        await api.admin.CreateBreaker(ad.CreateBreakerRequest(breaker=breaker(
+            name="rate", condition="order_rate", action="pause_trading",
+            parameters={"max_orders": 2, "window_seconds": 60})))
+        await api.equity(10_000)
+        firsts = [await api.can(order(client_order_id="o-1")) for _ in range(3)]
+        second = await api.can(order(client_order_id="o-2"))
+        third = await api.can(order(client_order_id="o-3"))
+    assert all(a.allowed for a in firsts) and second.allowed
+    assert not third.allowed and third.code == t.DECISION_CODE_CIRCUIT_BREAKER
