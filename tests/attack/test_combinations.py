@@ -248,6 +248,25 @@ async def test_a_longer_reducing_pause_outlives_a_shorter_halt() -> None:
     assert reducing.allowed
 
 
+async def test_two_timed_halts_each_end_at_their_own_time_and_one_resume_lifts_both() -> None:
+    clock = ManualClock(T0)
+    async with sidecar(clock) as (_sc, api):
+        await api.equity(10_000)
+        await api.pause(t.TRADING_STATE_HALTED, seconds=60, reason="A")
+        await api.pause(t.TRADING_STATE_HALTED, seconds=30, reason="B")
+        clock.advance(31)
+        after_b = await api.can(order())
+        clock.advance(30)
+        after_a = await api.can(order())
+        await api.pause(t.TRADING_STATE_HALTED, seconds=60, reason="A")
+        await api.pause(t.TRADING_STATE_REDUCING, reason="B")
+        await api.resume()
+        resumed = await api.can(order())
+    assert not after_b.allowed and after_b.trading_state == t.TRADING_STATE_HALTED
+    assert after_a.allowed
+    assert resumed.allowed and resumed.trading_state == t.TRADING_STATE_ACTIVE
+
+
 async def test_a_resume_racing_a_pause_leaves_a_state_that_matches_the_last_call() -> None:
     """Two operators: one pauses, one resumes, 20 times at once. Whatever the interleaving, the state the
     sidecar reports afterwards agrees with CanTrade's answer (never ACTIVE in state but denied, or the reverse)."""
@@ -883,6 +902,7 @@ def test_a_kill_switch_and_a_breach_hold_for_a_bot_calling_from_the_first_moment
     db = ("--database-url", f"sqlite:///{tmp_path / 'state.db'}")
     first = spawn_sidecar(tmp_path, "--listen", address, *db, open_admin=False, name="r0")
     token = (tmp_path / "admin.token").read_text().strip()
+    assert (tmp_path / "admin.token").stat().st_mode & 0o077 == 0  # owner-only
     try:
         with grpc.insecure_channel(address) as ch:
             risk = rsg.RiskServiceStub(ch)
