@@ -1515,3 +1515,16 @@ async def test_watches_on_stored_traders_while_not_loaded_do_not_use_the_unknown
             watch.cancel()
         proxy.restore()
     assert codes == [grpc.StatusCode.OK] * 3
+
+
+async def test_a_loss_streak_breaker_scoped_in_lower_case_counts_trades_reported_in_mixed_case() -> None:
+    async with sidecar(ManualClock(T0)) as (_sc, api):
+        await api.admin.CreateBreaker(ad.CreateBreakerRequest(breaker=breaker(
+            name="streak", condition="consecutive_losses", action="pause_trading", parameters={"count": 2},
+            symbols=["btcusdt"], exchanges=["BINANCE"])))
+        await api.equity(10_000)
+        for i, (symbol, exchange) in enumerate((("BTCUSDT", "binance"), ("BtcUsdt", "Binance"))):
+            await api.risk.ReportTrade(rs.ReportTradeRequest(**IDS, trade_id=f"t-{i}", symbol=symbol,
+                                                             exchange=exchange, side=t.SIDE_SELL, realized_pnl=-5))
+        decision = await api.can(order())
+    assert not decision.allowed and decision.code == t.DECISION_CODE_CIRCUIT_BREAKER
