@@ -1528,3 +1528,39 @@ async def test_a_loss_streak_breaker_scoped_in_lower_case_counts_trades_reported
                                                              exchange=exchange, side=t.SIDE_SELL, realized_pnl=-5))
         decision = await api.can(order())
     assert not decision.allowed and decision.code == t.DECISION_CODE_CIRCUIT_BREAKER
+
+
+def test_a_start_flag_beats_shadow_mode_stored_before_a_sigkill_and_is_not_stored_itself(tmp_path: Path) -> None:
+    from tradeguard_client import AdminClient
+
+    db = ("--database-url", f"sqlite:///{tmp_path / 'state.db'}")
+
+    def flags_and_decision(proc: Any) -> tuple[bool, bool, bool]:
+        with AdminClient(proc.address) as admin:
+            flags = admin.get_feature_flags()
+        with grpc.insecure_channel(proc.address) as ch:
+            d = rsg.RiskServiceStub(ch).CanTrade(rs.CanTradeRequest(**IDS, order=order()), timeout=5)
+        return bool(flags.enable_risk_enforcement), d.allowed, d.would_deny
+
+    first = spawn_sidecar(tmp_path, *db, name="f0")
+    try:
+        with grpc.insecure_channel(first.address) as ch:
+            rsg.RiskServiceStub(ch).ReportEquity(rs.ReportEquityRequest(**IDS, equity=10_000), timeout=5)
+            admin = adg.AdminServiceStub(ch)
+            admin.PauseTrading(ad.PauseTradingRequest(**IDS, trading_state=t.TRADING_STATE_HALTED), timeout=5)
+            admin.SetFeatureFlags(ad.SetFeatureFlagsRequest(flags=t.FeatureFlags(enable_risk_enforcement=False)),
+                                  timeout=5)
+    finally:
+        first.terminate(signal.SIGKILL)
+    forced = spawn_sidecar(tmp_path, *db, "--enable-risk-enforcement", name="f1")
+    try:
+        with_flag = flags_and_decision(forced)
+    finally:
+        forced.terminate(signal.SIGKILL)
+    plain = spawn_sidecar(tmp_path, *db, name="f2")
+    try:
+        stored = flags_and_decision(plain)
+    finally:
+        plain.terminate(signal.SIGTERM)
+    assert with_flag == (True, False, False)
+    assert stored == (False, True, True)
