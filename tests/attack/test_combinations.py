@@ -1564,3 +1564,14 @@ def test_a_start_flag_beats_shadow_mode_stored_before_a_sigkill_and_is_not_store
         plain.terminate(signal.SIGTERM)
     assert with_flag == (True, False, False)
     assert stored == (False, True, True)
+
+
+async def test_a_bot_cannot_reach_its_trader_through_an_account_spelled_in_another_case(tmp_path: Path) -> None:
+    async with guarded(tmp_path, ManualClock(T0)) as (_sc, op, bot1, _bot2):
+        await bot1.equity(10_000)
+        await op.pause(t.TRADING_STATE_HALTED)
+        codes = [await status_of(bot1.equity(10_000, trader_id="bot-1", account_id=acct))
+                 for acct in ("ACCT-1", "Acct-1", "acct-1 ")]
+        decision = await bot1.can(order())
+    assert all(code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT) for code in codes), codes
+    assert not decision.allowed and decision.code == t.DECISION_CODE_KILL_SWITCH
