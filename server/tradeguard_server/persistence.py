@@ -65,16 +65,21 @@ class _At:
 class Journal(list[JournalEntry]):
     """The calls received while the stored state is not loaded, at most JOURNAL_MAX. Beyond it the older half of
     the equity and position reports is dropped, each trader's newest kept (they are levels and snapshots: the
-    newest carry the trader's state); trades and kill-switch calls are kept. Counted and logged."""
+    newest carry the trader's state); trades and kill-switch calls are kept, so with nothing left to thin the
+    journal grows past the bound. Counted and logged."""
 
     def __init__(self) -> None:
         super().__init__()
         self.dropped = 0
+        self._thin_at = JOURNAL_MAX
 
     def append(self, entry: JournalEntry) -> None:
         super().append(entry)
-        if len(self) > JOURNAL_MAX:
+        if len(self) > self._thin_at:
             self._thin()
+            # Nothing left to thin (trades, kill switches, each trader's newest level): grow a tenth before the
+            # next scan rather than scanning on every call.
+            self._thin_at = len(self) + JOURNAL_MAX // 10 if len(self) > JOURNAL_MAX else JOURNAL_MAX
 
     def _thin(self) -> None:
         newest: set[int] = set()
@@ -86,7 +91,9 @@ class Journal(list[JournalEntry]):
                 newest.add(i)
         levels = [i for i, (_at, op, _args) in enumerate(self)
                   if op in ("report_equity", "report_positions") and i not in newest]
-        drop = set(levels[: max(1, len(levels) // 2)]) if levels else {0}
+        drop = set(levels[: max(1, len(levels) // 2)])  # never a trade or a kill switch
+        if not drop:
+            return
         self[:] = [e for i, e in enumerate(self) if i not in drop]
         if not self.dropped:
             log.warning("stored state still not loaded after %d calls: dropping the oldest equity and position "
@@ -231,6 +238,10 @@ class Persistence:
             st = engine.traders.get(trader_id)
             if st is not None and old.order_times:
                 st.order_times.extend(old.order_times)
+            if st is not None and st.account_id == old.account_id:  # and a retry of one answers its first decision
+                for order_id, answer in old.order_answers.items():  # (a denied one, never placed, is asked afresh)
+                    if answer[1]:
+                        st.order_answers.setdefault(order_id, answer)
         self.loaded = True
         now = engine.clock.now()
         paused = sum(1 for st in engine.traders.values() if st.effective_pause(now) is not None)
@@ -241,6 +252,7 @@ class Persistence:
                  len(loaded.breakers))
         await self.on_loaded()
         if self._pending_flags is not None:
+            self._flags_wake.set()  # the database answers: write them now, not after the backoff
             self._schedule_flag_write()
 
     def _replay(self, journal: list[JournalEntry], stored_trades: set[tuple[str, str]] | frozenset[tuple[str, str]],
@@ -324,9 +336,9 @@ class Persistence:
         """Retry the pending flags until stored: on each store recovery, and at least every few seconds."""
         delay = 0.5
         while self._pending_flags is not None:
-            self._flags_wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._flags_wake.wait(), delay)
+            self._flags_wake.clear()
             delay = min(delay * 2, LOAD_RETRY_MAX_S)
             await self._write_pending_flags()
 
@@ -355,6 +367,9 @@ class Persistence:
         if not self.loaded:
             log.warning("shutdown before the stored state was loaded: %d calls received meanwhile are not stored",
                         len(self.engine.journal or ()))
+        if self._pending_flags is not None and self.loaded:  # the writer may have been waiting out its backoff
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._write_pending_flags(), drain_timeout)
         if self._pending_flags is not None:
             log.error("shutdown: feature flags %s were applied but never stored (database unavailable)",
                       self._pending_flags)

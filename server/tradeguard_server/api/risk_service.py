@@ -16,6 +16,7 @@ from tradeguard.v1 import types_pb2 as t
 from ..engine.engine import Firing, OrderIdReusedError, Outcome, RiskEngine
 from ..engine.state import SEEN_TRADE_IDS_KEPT, TraderState
 from ..engine.types import ClosedTrade, RequiredAction, Side
+from ..engine.unloaded import UnloadedGate
 from . import convert
 from .dispatch import Guard, server_stream, service, unary
 from .errors import InvalidArgument, Unavailable
@@ -120,7 +121,10 @@ class RiskService:
 
     def state_msg(self, st: TraderState) -> t.RiskState:
         engine = self.engine
-        return convert.state_msg(st, engine.clock.now(), engine.limits_for(st.account_id).config_id)
+        msg = convert.state_msg(st, engine.clock.now(), engine.limits_for(st.account_id).config_id)
+        if engine.gate is not None:
+            _show_unloaded(msg, engine.gate)
+        return msg
 
     def _until_pause_ends(self, trader_id: str) -> float | None:
         """Seconds until the trader's current pause ends (None: not paused, or until resumed)."""
@@ -176,7 +180,10 @@ class RiskService:
         engine = self.engine
         if msg is None:
             decision, st = engine.can_trade(trader_id, account_id, None)
-            return self.answers.build(decision, st, engine.clock.now(), engine.limits_for(account_id).config_id)
+            answer = self.answers.build(decision, st, engine.clock.now(), engine.limits_for(account_id).config_id)
+            if engine.gate is not None:
+                _show_unloaded(answer.state, engine.gate)
+            return answer
         order_id = msg.client_order_id or new_client_order_id()
         try:
             decision, st = engine.can_trade(trader_id, account_id, convert.order_from_msg(msg), order_id)
@@ -184,6 +191,8 @@ class RiskService:
             raise InvalidArgument([("order.client_order_id", str(exc))]) from None
         answer = self.answers.build(decision, st, engine.clock.now(), engine.limits_for(account_id).config_id)
         answer.client_order_id = order_id
+        if engine.gate is not None:
+            _show_unloaded(answer.state, engine.gate)
         return answer
 
     async def report_equity(self, req: rs.ReportEquityRequest, _ctx: Ctx) -> rs.ReportEquityResponse:
@@ -282,3 +291,14 @@ class RiskService:
                 yield update
         finally:
             self.hub.unsubscribe(req.trader_id, watcher)
+
+
+def _show_unloaded(msg: t.RiskState, gate: object) -> None:
+    """While the stored state is not loaded, a state shown is at least the unloaded policy's: memory alone would
+    say ACTIVE for a trader the store holds paused."""
+    if isinstance(gate, UnloadedGate):
+        shown = convert.STATE[gate.state]
+        if shown > msg.trading_state:
+            msg.trading_state = shown
+            msg.pause_code = t.DECISION_CODE_STATE_NOT_LOADED
+            msg.pause_reason = gate.note

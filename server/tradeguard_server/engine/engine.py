@@ -405,9 +405,11 @@ class RiskEngine:
                         raise OrderIdReusedError(
                             f"client_order_id {client_order_id!r} was already used for a different order "
                             f"({first.side.name} {first.quantity:g} {first.symbol} at {first.price:g})")
-                    if not allowed or would_deny or self._still_allowed(st, order, now):
+                    if not allowed or (would_deny and not enforce) or (
+                            not would_deny and self._still_allowed(st, order, now)):
                         return Decision(allowed, code, reason, state, until, would_deny=would_deny), st
-                    # A pause came since the first answer: judged afresh below (the denial counts nothing).
+                    # A pause came since the first answer, or it was a shadow "allowed" and enforcement is on
+                    # again: judged afresh below (the denial counts nothing).
                 del answers[client_order_id]
         self._tick(st, now)
         limits = self.limits_for(account_id)
@@ -469,9 +471,16 @@ class RiskEngine:
         return decision, st
 
     def _still_allowed(self, st: TraderState, order: OrderIntent, now: float) -> bool:
-        """May a remembered "allowed" be answered again? Not when a pause since then forbids the order."""
+        """May a remembered "allowed" be answered again? Not when a pause since then forbids the order, nor when
+        the unloaded-state gate would now (the position it reduced is gone)."""
         self._tick(st, now)
-        return checks.state_check(st, order, now).status is not CheckStatus.FAIL
+        if checks.state_check(st, order, now).status is CheckStatus.FAIL:
+            return False
+        if self.gate is None:
+            return True
+        probe = Decision(True, DecisionCode.ALLOWED, "", TradingState.ACTIVE, None)
+        gated = self.gate(probe, st, order, checks.split_order(st, order).adding == 0.0)
+        return gated.allowed and not gated.would_deny
 
     @classmethod
     def _state_checks(

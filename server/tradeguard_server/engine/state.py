@@ -199,6 +199,14 @@ def apply_equity(st: TraderState, equity: float, at: float, reset_offset_s: floa
         roll_periods(st, at, reset_offset_s)
     else:
         roll_periods(st, at, reset_offset_s)
+        # Observed before a period began yet newer than every level known then (received after the boundary):
+        # it was the equity at the boundary. Raised to it, never lowered (the earlier period's loss still counts).
+        if at < st.day_start and equity > st.day_start_equity:
+            st.day_start_equity = equity
+        if at < st.week_start and equity > st.week_start_equity:
+            st.week_start_equity = equity
+        if at < st.month_start and equity > st.month_start_equity:
+            st.month_start_equity = equity
         st.current_equity = equity
         if equity > st.peak_equity:
             st.peak_equity = equity
