@@ -65,7 +65,8 @@ class _At:
 class Journal(list[JournalEntry]):
     """The calls received while the stored state is not loaded, at most JOURNAL_MAX. Beyond it the older half of
     the equity and position reports is dropped, each trader's newest kept (they are levels and snapshots: the
-    newest carry the trader's state); trades and kill-switch calls are kept, so with nothing left to thin the
+    newest carry the trader's state) and so are its lowest and highest equity (a breach and a peak must still be
+    judged on the stored state when it loads); trades and kill-switch calls are kept, so with nothing left to thin the
     journal grows past the bound. Counted and logged."""
 
     def __init__(self) -> None:
@@ -82,13 +83,24 @@ class Journal(list[JournalEntry]):
             self._thin_at = len(self) + JOURNAL_MAX // 10 if len(self) > JOURNAL_MAX else JOURNAL_MAX
 
     def _thin(self) -> None:
-        newest: set[int] = set()
+        newest: set[int] = set()  # kept: each trader's newest report of each kind, and its extreme equities
         seen: set[tuple[str, object]] = set()
+        lowest: dict[object, tuple[float, int]] = {}
+        highest: dict[object, tuple[float, int]] = {}
         for i in range(len(self) - 1, -1, -1):
             _at, op, args = self[i]
             if (op, args[0]) not in seen:
                 seen.add((op, args[0]))
                 newest.add(i)
+            if op == "report_equity":
+                equity = float(args[2])  # type: ignore[arg-type]
+                if args[0] not in lowest or equity < lowest[args[0]][0]:
+                    lowest[args[0]] = (equity, i)
+                if args[0] not in highest or equity > highest[args[0]][0]:
+                    highest[args[0]] = (equity, i)
+        # A breach (the lowest level) and the peak (the highest) must still be judged on the stored state.
+        newest.update(i for _e, i in lowest.values())
+        newest.update(i for _e, i in highest.values())
         levels = [i for i, (_at, op, _args) in enumerate(self)
                   if op in ("report_equity", "report_positions") and i not in newest]
         drop = set(levels[: max(1, len(levels) // 2)])  # never a trade or a kill switch
@@ -97,7 +109,8 @@ class Journal(list[JournalEntry]):
         self[:] = [e for i, e in enumerate(self) if i not in drop]
         if not self.dropped:
             log.warning("stored state still not loaded after %d calls: dropping the oldest equity and position "
-                        "reports from the replay journal (each trader's newest are kept)", JOURNAL_MAX)
+                        "reports from the replay journal (each trader's newest, lowest and highest are kept)",
+                        JOURNAL_MAX)
         self.dropped += len(drop)
 
 

@@ -1296,9 +1296,6 @@ async def test_a_kill_switch_pressed_while_not_loaded_survives_a_flood_of_trade_
     assert not decision.allowed and decision.code == t.DECISION_CODE_KILL_SWITCH
 
 
-@pytest.mark.xfail(strict=True, reason="thinning the replay journal drops the oldest equity reports, so a breach "
-                   "reported while the stored state is not loaded and followed by a flood of recovered reports is "
-                   "never judged once it loads")
 async def test_a_breach_reported_while_not_loaded_survives_a_flood_of_later_reports(
         pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import tradeguard_server.persistence as persistence
