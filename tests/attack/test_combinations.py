@@ -1486,9 +1486,6 @@ async def test_a_loss_observed_before_midnight_but_received_after_it_does_not_ca
     assert decision.allowed and decision.state.day_start_equity == 9_000
 
 
-@pytest.mark.xfail(strict=True, reason="while the stored state is not loaded every trader id is unknown to memory, "
-                   "so watches of bots that reported before the restart use the small budget meant for trader ids "
-                   "nobody has reported yet (max_watchers_unknown_traders) and are refused beyond it")
 async def test_watches_on_stored_traders_while_not_loaded_do_not_use_the_unknown_trader_budget(pg_url: str) -> None:
     """Three bots reported before the restart. Started with the database down, each watches its own trader: they
     are known (stored), so the small budget for trader ids nobody has reported yet (here 2) must not refuse the

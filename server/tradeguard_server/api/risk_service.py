@@ -265,7 +265,10 @@ class RiskService:
         check_ids(v, req.trader_id, req.account_id)
         v.raise_if_any()
         st = self.engine.peek(req.trader_id, req.account_id)
-        watcher = self.hub.subscribe(req.trader_id, _ctx.peer(), req.trader_id in self.engine.traders)
+        # Until the stored state is loaded memory cannot tell a stored trader from a new id: every watch then counts
+        # as known (still bounded per trader, per connection and in all), not against the small unknown budget.
+        known = req.trader_id in self.engine.traders or self.engine.journal is not None
+        watcher = self.hub.subscribe(req.trader_id, _ctx.peer(), known)
         if watcher is None:
             raise Unavailable("too many WatchRiskState streams (all, per trader, per connection or on unknown "
                               "traders) or shutting down; retry later")
