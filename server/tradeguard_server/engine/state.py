@@ -149,13 +149,6 @@ class TraderState:
                 return pause
         return None
 
-    def signed_exposure(self, symbol: str) -> float:
-        """Net signed notional in a symbol across exchanges (long > 0)."""
-        total = 0.0
-        for (sym, _ex), p in self.positions.items():
-            if sym == symbol:
-                total += p.signed_notional
-        return total
 
 
 def pct_loss(reference: float, equity: float) -> float:
