@@ -1,0 +1,56 @@
+"""What the engine tells the rest of the sidecar: one `StateChanged` value per change of a trader's state.
+
+The engine is built with its listeners (`RiskEngine(..., listeners=[...])`, wired in `sidecar.py`): the store
+queue, the watch hub, metrics and the breaker event recorder each receive every event, the same way, whatever
+made the change (a report, CanTrade counting an order or firing a breaker, an operator's pause or resume, a
+configuration re-check, a pause that ended, a breaker re-armed). Listeners run on the engine's thread, must
+not block and must not raise; the engine never waits for what they start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .state import TraderState
+from .types import Breach, RequiredAction
+
+
+@dataclass(slots=True)
+class Firing:
+    """A circuit breaker that fired, and what it did (made by engine.breakers.actions.take)."""
+
+    breaker_id: str
+    name: str
+    condition: str
+    action: str
+    triggered_values: dict[str, float]
+    action_result: dict[str, object]
+    positions_affected: list[tuple[str, str]]
+    actions: list[RequiredAction]
+    shadow: bool
+    at: float
+    event_id: str = ""  # the id of its circuit_breaker_events row (the same id in RPC responses)
+    trader_id: str = ""
+    account_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StateChanged:
+    """One change of one trader's state.
+
+    `state` is the trader's live state after the change (read it now; it moves on with the next change).
+    `reason` says what changed it ("equity_report; breach DAILY_LOSS_LIMIT", "paused by operator", ...).
+    `firings`: the breakers that fired in this change; `breaches`: the loss limits newly breached;
+    `actions`: what the bot is told to do (position actions and the firings' actions).
+    """
+
+    state: TraderState
+    reason: str
+    at: float
+    firings: tuple[Firing, ...] = ()
+    breaches: tuple[Breach, ...] = ()
+    actions: tuple[RequiredAction, ...] = ()
+
+
+Listener = Callable[[StateChanged], None]
