@@ -14,6 +14,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY server ./server
 COPY client/python ./client/python
+COPY proto/python ./proto/python
 RUN pip install . \
  && pip uninstall --yes setuptools pip
 

@@ -2,7 +2,8 @@
 
 Usage: python proto/generate.py [--check] [--lang python|go|ts ...]
 
-Python stubs (+ mypy stubs) go to client/python/tradeguard/v1/.
+Python stubs (+ mypy stubs) go to proto/python/tradeguard/v1/: the `tradeguard.v1` package that the sidecar
+(server/) and the Python client (client/python/) both import, installed by the one `tradeguard` distribution.
 Go (protoc-gen-go + protoc-gen-go-grpc, from Debian's packages) goes to client/go/tradeguard/v1/.
 TypeScript (ts-proto with grpc-js services, from client/ts/node_modules) goes to
 client/ts/src/{tradeguard,google}/.
@@ -27,7 +28,7 @@ from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto"
-PY_OUT = ROOT / "client" / "python"
+PY_OUT = PROTO_DIR / "python"
 GO_OUT = ROOT / "client" / "go"
 TS_OUT = ROOT / "client" / "ts" / "src"
 WELL_KNOWN = Path(grpc_tools.__file__).resolve().parent / "_proto"
