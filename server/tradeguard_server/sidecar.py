@@ -32,7 +32,7 @@ from .engine.clock import Clock, SystemClock
 from .engine.engine import RiskEngine
 from .engine.state import TraderState
 from .engine.types import Flags
-from .observability.metrics import Metrics, NullMetrics, ObservedBreakers, state_listener
+from .observability.metrics import MetricsSink, NullMetrics, ObservedBreakers, PrometheusMetrics, state_listener
 from .observability.tracing import Tracing, current_trace_id, setup_tracing, tracing_enabled
 from .persistence import Persistence
 from .settings import Settings, SettingsError
@@ -261,7 +261,7 @@ class Sidecar:
         Tests may replace `self.tracing` (e.g. with an in-memory exporter) before `start`.
         """
         s = self.settings
-        self.metrics: Metrics = Metrics() if s.metrics_listen else NullMetrics()
+        self.metrics: MetricsSink = PrometheusMetrics() if s.metrics_listen else NullMetrics()
         self.metrics.observe_store(self.store)  # history rows enqueued / written / dropped, read at scrape time
         self.metrics_address = ""
         self.tracing: Tracing | None = setup_tracing() if tracing_enabled(s.tracing) else None

@@ -30,7 +30,7 @@ from tradeguard_server.engine.clock import ManualClock
 from tradeguard_server.engine.state import TraderState
 from tradeguard_server.engine.types import Breach, DecisionCode, TradingState
 from tradeguard_server.observability.logs import JsonFormatter, SecretFilter, TextFormatter, TraceContextFilter
-from tradeguard_server.observability.metrics import OTHER, Metrics, NullMetrics
+from tradeguard_server.observability.metrics import OTHER, NullMetrics, PrometheusMetrics
 from tradeguard_server.observability.tracing import current_trace_id, setup_tracing, tracing_enabled
 from tradeguard_server.settings import SettingsError, load_settings
 from tradeguard_server.sidecar import Sidecar
@@ -196,7 +196,7 @@ def test_metrics_listen_setting_is_validated() -> None:
 
 
 def test_trader_label_values_are_capped_and_overflow_into_other() -> None:
-    metrics = Metrics(max_label_values=2)
+    metrics = PrometheusMetrics(max_label_values=2)
 
     metrics.state_changed("a", 1.0, 0.5, False)
     metrics.state_changed("b", 2.0, 0.5, True)
@@ -216,7 +216,7 @@ def test_trader_label_values_are_capped_and_overflow_into_other() -> None:
 
 
 def test_store_and_breaker_methods_move_their_series() -> None:
-    metrics = Metrics()
+    metrics = PrometheusMetrics()
     st = TraderState("bot-1", "acct")
     breach = Breach(DecisionCode.DAILY_LOSS_LIMIT, "daily_loss", 6.0, 5.0, "x", TradingState.REDUCING, 60.0)
 
@@ -253,7 +253,7 @@ def test_history_row_series_read_the_store_counters_at_scrape_time() -> None:
             self.dropped_history = 2
 
     counts = Counts()
-    metrics = Metrics()
+    metrics = PrometheusMetrics()
     metrics.observe_store(counts)
 
     value = metrics.registry.get_sample_value

@@ -1,7 +1,10 @@
 """Prometheus metrics: the seed's `risk_*` series plus TradeGuard's own `tradeguard_*` series.
 
-Everything lives on a private `CollectorRegistry` served by `prometheus_client.start_http_server` on
-`settings.metrics_listen` (default `127.0.0.1:9464`; empty = no metrics at all, see `NullMetrics`).
+`MetricsSink` is what the rest of the sidecar calls; two independent implementations:
+- `PrometheusMetrics`: everything on a private `CollectorRegistry` served by `prometheus_client.start_http_server`
+  on `settings.metrics_listen` (default `127.0.0.1:9464`);
+- `NullMetrics` (`metrics_listen` empty): every call a no-op, and `instrument` hands the handlers back unwrapped,
+  so the hot path pays nothing at all.
 
 Hot-path rules (CanTrade answers in tens of microseconds):
 - label children are looked up once and cached (`.labels()` costs microseconds; a dict hit does not);
@@ -156,8 +159,50 @@ class _HistoryCollector(Collector):
                                 value=enqueued - written - dropped - rejected)
 
 
-class Metrics:
-    """The sidecar's metrics. One instance per Sidecar, each on its own registry."""
+class MetricsSink(Protocol):
+    """What the sidecar reports to metrics (composition root, store sampler, engine listeners)."""
+
+    def serve(self, listen: str) -> str:
+        """Start serving /metrics on `listen` (host:port); returns the bound address ("" when nothing serves)."""
+
+    def close(self) -> None:
+        """Stop serving /metrics."""
+
+    def instrument(
+        self, methods: Mapping[str, grpc.RpcMethodHandler[Any, Any]]
+    ) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+        """The method handlers to register, timed or as given."""
+
+    def state_changed(self, trader_id: str, daily_pnl: float, drawdown_pct: float, paused: bool) -> None:
+        """A trader's state moved."""
+
+    def breach(self, rule: str, trader_id: str = "") -> None:
+        """A risk limit was breached."""
+
+    def breaker_fired(self, breaker_id: str) -> None:
+        """A circuit breaker fired."""
+
+    def persist_attempt(self) -> None:
+        """The store writer tried to commit a batch."""
+
+    def persist_failure(self) -> None:
+        """A batch's commit failed (it is retried)."""
+
+    def persist_latency_ms(self, value: float) -> None:
+        """Duration of the last store commit, ms."""
+
+    def queue_depth(self, n: int) -> None:
+        """Items waiting in the store write queue."""
+
+    def observe_store(self, store: HistoryRows) -> None:
+        """Export the store's history row counters, read at scrape time."""
+
+    def store_healthy(self, healthy: bool) -> None:
+        """Whether the last store write succeeded."""
+
+
+class PrometheusMetrics:
+    """The sidecar's metrics (a `MetricsSink`). One instance per Sidecar, each on its own registry."""
 
     def __init__(self, registry: CollectorRegistry | None = None, max_label_values: int = MAX_TRADER_LABELS,
                  version: str = "") -> None:
@@ -393,20 +438,21 @@ class Metrics:
 
     def observe_store(self, store: HistoryRows) -> None:
         """Export the store's history row counters (enqueued, written, dropped, rejected, pending) at scrape
-        time. Once per Metrics."""
+        time. Once per PrometheusMetrics."""
         self.registry.register(_HistoryCollector(store))
 
     def store_healthy(self, healthy: bool) -> None:
         self.store_healthy_gauge.set(1.0 if healthy else 0.0)
 
 
-class NullMetrics(Metrics):
-    """Metrics switched off (`metrics_listen` empty): every call is a no-op and no handler is wrapped."""
+Metrics = PrometheusMetrics
+"""The old name of PrometheusMetrics, kept while `state_listener` and `ObservedBreakers` below (moving to the
+engine's listeners) and a few tests and benches still use it; new code names `MetricsSink` or `PrometheusMetrics`."""
 
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.max_label_values = 0
-        self._server = None
+
+class NullMetrics:
+    """A `MetricsSink` for metrics switched off (`metrics_listen` empty): no registry, no server, every call a
+    no-op, and `instrument` returns the very handlers it was given (nothing wraps the hot path)."""
 
     def serve(self, listen: str) -> str:
         return ""
@@ -414,22 +460,10 @@ class NullMetrics(Metrics):
     def close(self) -> None:
         return None
 
-    def observe_rpc(self, method: str, seconds: float) -> None:
-        return None
-
     def instrument(
         self, methods: Mapping[str, grpc.RpcMethodHandler[Any, Any]]
     ) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
         return dict(methods)
-
-    def timed(self, method: str, behavior: Behavior) -> Behavior:
-        return behavior
-
-    def trader_label(self, trader_id: str) -> str:
-        return trader_id
-
-    def decision(self, code_name: str, allowed: bool, shadow: bool) -> None:
-        return None
 
     def state_changed(self, trader_id: str, daily_pnl: float, drawdown_pct: float, paused: bool) -> None:
         return None
