@@ -58,7 +58,7 @@ def serve(overrides: dict[str, Any], conn: Connection) -> None:
         settings = load_settings({}, {"listen": "127.0.0.1:0", "enable_persistence": False, **overrides})
         sidecar = Sidecar(settings)
         if sidecar.tracing is not None:
-            sidecar.tracing = setup_tracing(env={}, processor=BatchSpanProcessor(DiscardExporter()))
+            sidecar.tracing = setup_tracing(processor=BatchSpanProcessor(DiscardExporter()))
         address = await sidecar.start()
         conn.send(address)
         loop = asyncio.get_running_loop()

@@ -6,13 +6,12 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import MISSING
 from typing import Any, get_type_hints
 
-from .settings import Settings, SettingsError, load_settings, settings_fields
+from .settings import Settings, SettingsError, load_cli_settings, load_settings, settings_fields
 
 log = logging.getLogger("tradeguard")
 
@@ -33,18 +32,19 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tradeguard", description="gRPC risk-check sidecar for trading bots")
+    cli = load_cli_settings()
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the sidecar")
     _add_setting_flags(serve)
     migrate = sub.add_parser("migrate", help="upgrade the database schema to the latest revision")
     _add_setting_flags(migrate)
     check = sub.add_parser("health", help="ask a running sidecar's gRPC health service (exit 0 when SERVING)")
-    check.add_argument("--address", default=os.environ.get("TRADEGUARD_HEALTH_ADDRESS", "127.0.0.1:50051"))
+    check.add_argument("--address", default=cli.health_address)
     check.add_argument("--service", default="", help="service name; empty = overall")
     check.add_argument("--timeout", type=float, default=3.0)
-    check.add_argument("--tls-ca", default=os.environ.get("TRADEGUARD_HEALTH_TLS_CA", ""))
-    check.add_argument("--tls-cert", default=os.environ.get("TRADEGUARD_HEALTH_TLS_CERT", ""))
-    check.add_argument("--tls-key", default=os.environ.get("TRADEGUARD_HEALTH_TLS_KEY", ""))
+    check.add_argument("--tls-ca", default=cli.health_tls_ca)
+    check.add_argument("--tls-cert", default=cli.health_tls_cert)
+    check.add_argument("--tls-key", default=cli.health_tls_key)
     check.add_argument("--tls-server-name", default="")
     admin = sub.add_parser(
         "admin", help="call an AdminService RPC with the admin token (e.g. tradeguard admin GetFeatureFlags)",
@@ -53,21 +53,21 @@ def build_parser() -> argparse.ArgumentParser:
                     "file the sidecar created (<state dir>/admin.token, found from the same settings as serve).")
     admin.add_argument("method", help="AdminService method, e.g. PauseTrading, ResumeTrading, SetFeatureFlags")
     admin.add_argument("body", nargs="?", default="{}", help="request as JSON (default {})")
-    admin.add_argument("--address", default=os.environ.get("TRADEGUARD_ADMIN_ADDRESS", "127.0.0.1:50051"))
+    admin.add_argument("--address", default=cli.admin_address)
     admin.add_argument("--token-file", default="", help="file holding the admin token")
     admin.add_argument("--state-dir", default=None, help="directory of the generated admin.token")
     admin.add_argument("--database-url", default=None, help="(to find admin.token next to the SQLite file)")
     admin.add_argument("--timeout", type=float, default=10.0)
-    admin.add_argument("--tls-ca", default=os.environ.get("TRADEGUARD_HEALTH_TLS_CA", ""))
-    admin.add_argument("--tls-cert", default=os.environ.get("TRADEGUARD_HEALTH_TLS_CERT", ""))
-    admin.add_argument("--tls-key", default=os.environ.get("TRADEGUARD_HEALTH_TLS_KEY", ""))
+    admin.add_argument("--tls-ca", default=cli.health_tls_ca)
+    admin.add_argument("--tls-cert", default=cli.health_tls_cert)
+    admin.add_argument("--tls-key", default=cli.health_tls_key)
     admin.add_argument("--tls-server-name", default="")
     return parser
 
 
 def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {f.name: getattr(args, f.name, None) for f in settings_fields()}
-    return load_settings(os.environ, overrides)
+    return load_settings(None, overrides)
 
 
 def _serve(settings: Settings) -> int:
@@ -158,7 +158,7 @@ def _admin_token(args: argparse.Namespace) -> str:
 
     if args.token_file:
         return read_token_file("--token-file", Path(args.token_file))
-    settings = load_settings(os.environ, {"state_dir": args.state_dir, "database_url": args.database_url})
+    settings = load_settings(None, {"state_dir": args.state_dir, "database_url": args.database_url})
     path = admin_token_path(settings)
     if path is None:
         return check_token("admin_token", settings.admin_token)

@@ -2,13 +2,17 @@
 
 Every field comes from `TRADEGUARD_<NAME>` (upper case) or a CLI flag `--<name-with-dashes>`; the flag
 wins. The seed's `DB_HOST`, `DB_PORT`, `DB_USER`, `DB_PASSWORD`, `DB_NAME`, `DB_SSLMODE` build a
-PostgreSQL URL when `TRADEGUARD_DATABASE_URL` is not set.
+PostgreSQL URL when `TRADEGUARD_DATABASE_URL` is not set. OpenTelemetry's standard `OTEL_*` variables that the
+sidecar itself acts on are fields too, read under their own names (no `TRADEGUARD_` form, no flag).
+`CliSettings`: what the client commands `tradeguard health` / `tradeguard admin` take from the environment.
+Nothing else in `tradeguard_server` reads `os.environ` (tests/test_quality.py checks).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, get_type_hints
@@ -63,6 +67,14 @@ class Settings:
     ready_file: str = ""
     uvloop: bool = True
     tracing: bool = False  # OpenTelemetry server spans; also on when OTEL_EXPORTER_OTLP_ENDPOINT is set
+    # OpenTelemetry's standard variables (README.md, "Traces"), read under their own names only: an endpoint turns
+    # tracing on and spans go there over OTLP/gRPC (the traces one wins); OTEL_SDK_DISABLED=true keeps tracing off
+    # whatever else is set. The exporter and the SDK read the others themselves (OTEL_EXPORTER_OTLP_HEADERS /
+    # _CERTIFICATE / _INSECURE, OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER[_ARG]).
+    otel_sdk_disabled: bool = field(default=False, metadata={"env": "OTEL_SDK_DISABLED"})
+    otel_exporter_otlp_endpoint: str = field(default="", metadata={"env": "OTEL_EXPORTER_OTLP_ENDPOINT"})
+    otel_exporter_otlp_traces_endpoint: str = field(default="", metadata={"env": "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"})
+    otel_service_name: str = field(default="", metadata={"env": "OTEL_SERVICE_NAME"})  # service.name; "" = tradeguard
     # Limits against hostile or broken clients (README.md, "Reliability"). 0 = no limit / off.
     max_concurrent_rpcs: int = 0  # RPCs in progress server-wide (streams included); beyond: RESOURCE_EXHAUSTED
     max_connections: int = 1000  # TCP connections at once; more are closed at accept
@@ -84,6 +96,11 @@ class Settings:
     given: frozenset[str] = field(default=frozenset(), metadata={"internal": True})
 
     # ---- derived --------------------------------------------------------------------------------
+
+    @property
+    def otlp_traces_endpoint(self) -> str:
+        """Where spans are exported: the traces endpoint, else the general one ("" = nowhere)."""
+        return self.otel_exporter_otlp_traces_endpoint or self.otel_exporter_otlp_endpoint
 
     @property
     def period_reset_offset_s(self) -> float:
@@ -122,7 +139,7 @@ class Settings:
             value = getattr(self, f.name)
             if f.name in ("admin_token", "trader_token") and value:
                 value = "***"
-            elif f.name == "database_url":
+            elif f.name in ("database_url", "otel_exporter_otlp_endpoint", "otel_exporter_otlp_traces_endpoint"):
                 value = redact_url(value)
             elif f.name == "given":
                 value = sorted(value)
@@ -169,14 +186,23 @@ def _db_url_from_parts(env: Mapping[str, str]) -> str | None:
     return url_from_parts(env)
 
 
-def load_settings(env: Mapping[str, str], overrides: Mapping[str, Any] | None = None) -> Settings:
-    """Build Settings from the environment and CLI overrides (None values are ignored)."""
+def _otel_value(kind: Any, raw: str) -> Any:
+    """An OTEL_* variable as OpenTelemetry reads it: a boolean is true only for "true" (any case)."""
+    return raw.strip().lower() == "true" if kind is bool else raw
+
+
+def load_settings(env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Build Settings from `env` (None: the process environment) and CLI overrides (None values are ignored)."""
+    env = os.environ if env is None else env
     hints = get_type_hints(Settings)
     values: dict[str, Any] = {}
     for f in settings_fields():
         key = f"TRADEGUARD_{f.name.upper()}"
         if key in env:
             values[f.name] = _coerce(key, hints[f.name], env[key])
+    for f in otel_fields():
+        if env.get(f.metadata["env"]):  # unset and empty are the same to OpenTelemetry
+            values[f.name] = _otel_value(hints[f.name], env[f.metadata["env"]])
     if "database_url" not in values:
         parts_url = _db_url_from_parts(env)
         if parts_url:
@@ -243,5 +269,29 @@ def validate(s: Settings) -> None:
 
 
 def settings_fields() -> list[dataclasses.Field[Any]]:
-    """The settings (each an environment variable and a CLI flag); not the internal fields."""
-    return [f for f in fields(Settings) if not f.metadata.get("internal")]
+    """The settings (each a TRADEGUARD_ environment variable and a CLI flag); not the internal or OTEL_ fields."""
+    return [f for f in fields(Settings) if not f.metadata.get("internal") and "env" not in f.metadata]
+
+
+def otel_fields() -> list[dataclasses.Field[Any]]:
+    """The fields read from OpenTelemetry's standard variables (metadata "env" names the variable)."""
+    return [f for f in fields(Settings) if "env" in f.metadata]
+
+
+@dataclass(frozen=True, slots=True)
+class CliSettings:
+    """What the client commands take from the environment: `tradeguard health` (the image's HEALTHCHECK) and
+    `tradeguard admin` call a running sidecar. Each field is `TRADEGUARD_<NAME>`; the command's flag wins."""
+
+    health_address: str = "127.0.0.1:50051"  # `tradeguard health --address`
+    admin_address: str = "127.0.0.1:50051"  # `tradeguard admin --address`
+    health_tls_ca: str = ""  # --tls-ca of both commands (TLS to the sidecar when given)
+    health_tls_cert: str = ""  # --tls-cert of both (mTLS client certificate)
+    health_tls_key: str = ""  # --tls-key of both
+
+
+def load_cli_settings(env: Mapping[str, str] | None = None) -> CliSettings:
+    """CliSettings from `env` (None: the process environment)."""
+    env = os.environ if env is None else env
+    keys = {f.name: f"TRADEGUARD_{f.name.upper()}" for f in fields(CliSettings)}
+    return CliSettings(**{name: env[key] for name, key in keys.items() if key in env})

@@ -264,7 +264,8 @@ class Sidecar:
         self.metrics: MetricsSink = PrometheusMetrics() if s.metrics_listen else NullMetrics()
         self.metrics.observe_store(self.store)  # history rows enqueued / written / dropped, read at scrape time
         self.metrics_address = ""
-        self.tracing: Tracing | None = setup_tracing() if tracing_enabled(s.tracing) else None
+        traced = tracing_enabled(s.tracing, s.otlp_traces_endpoint, s.otel_sdk_disabled)
+        self.tracing: Tracing | None = setup_tracing(s.otlp_traces_endpoint, s.otel_service_name) if traced else None
         if isinstance(self.metrics, NullMetrics):
             return
         engine, metrics = self.engine, self.metrics

@@ -74,7 +74,7 @@ async def traced_sidecar(clock: ManualClock) -> AsyncIterator[tuple[Sidecar, InM
     sidecar = Sidecar(load_settings({}, {"listen": "127.0.0.1:0", "enable_persistence": False, "uvloop": False,
                                          "tracing": True, "metrics_listen": "", "dev_open_admin": True,
                                          "database_url": "memory"}), clock=clock)
-    sidecar.tracing = setup_tracing(env={}, processor=SimpleSpanProcessor(exporter))
+    sidecar.tracing = setup_tracing(processor=SimpleSpanProcessor(exporter))
     await sidecar.start()
     try:
         yield sidecar, exporter
@@ -318,12 +318,16 @@ async def test_tracing_off_installs_no_interceptor(clock: ManualClock) -> None:
 
 
 def test_tracing_switches_on_with_the_setting_or_an_otlp_endpoint() -> None:
-    assert not tracing_enabled(False, {})
-    assert tracing_enabled(True, {})
-    assert tracing_enabled(False, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317"})
-    assert not tracing_enabled(True, {"OTEL_SDK_DISABLED": "true"})
-    assert not setup_tracing(env={}).exporting
-    exporting = setup_tracing(env={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317"})
+    def traced(setting: bool, env: dict[str, str]) -> bool:  # the environment reaches tracing through Settings
+        s = load_settings(env, {"tracing": setting})
+        return tracing_enabled(s.tracing, s.otlp_traces_endpoint, s.otel_sdk_disabled)
+
+    assert not traced(False, {})
+    assert traced(True, {})
+    assert traced(False, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317"})
+    assert not traced(True, {"OTEL_SDK_DISABLED": "true"})
+    assert not setup_tracing(load_settings({}).otlp_traces_endpoint).exporting
+    exporting = setup_tracing(load_settings({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317"}).otlp_traces_endpoint)
     assert exporting.exporting
     exporting.shutdown()
 

@@ -4,9 +4,9 @@ Off by default (the interceptor is then not installed at all, so the hot path pa
 `--tracing` / `TRADEGUARD_TRACING=true`, or when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (unless
 `OTEL_SDK_DISABLED=true`). Spans are exported over OTLP/gRPC only when `OTEL_EXPORTER_OTLP_ENDPOINT` is
 set; the exporter reads the other standard `OTEL_EXPORTER_OTLP_*` variables (headers, certificates,
-insecure) itself, and the SDK reads `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES` and
-`OTEL_TRACES_SAMPLER[_ARG]` (default: parent-based, always on). Without an endpoint spans still exist,
-so trace ids reach the history rows and the logs.
+insecure) itself, and the SDK reads `OTEL_RESOURCE_ATTRIBUTES` and `OTEL_TRACES_SAMPLER[_ARG]` (default:
+parent-based, always on). Without an endpoint spans still exist, so trace ids reach the history rows and the
+logs. The variables this module acts on are read by settings.py (`Settings.otel_*`) and passed in here.
 
 Health checks and reflection are not traced (probes every few seconds would drown the real spans).
 """
@@ -14,8 +14,6 @@ Health checks and reflection are not traced (probes every few seconds would drow
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Mapping
 from typing import Any
 
 from opentelemetry import trace
@@ -24,18 +22,16 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
 log = logging.getLogger("tradeguard.tracing")
 
-OTLP_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
-OTLP_TRACES_ENDPOINT = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
 SERVICE_NAME = "tradeguard"
 UNTRACED_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.")
 
 
-def tracing_enabled(setting: bool, env: Mapping[str, str] | None = None) -> bool:
-    """The `tracing` setting, or an OTLP endpoint in the environment; never with OTEL_SDK_DISABLED=true."""
-    env = os.environ if env is None else env
-    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+def tracing_enabled(setting: bool, otlp_endpoint: str = "", sdk_disabled: bool = False) -> bool:
+    """The `tracing` setting, or an OTLP endpoint (`Settings.otlp_traces_endpoint`); never with `sdk_disabled`
+    (OTEL_SDK_DISABLED=true)."""
+    if sdk_disabled:
         return False
-    return setting or bool(env.get(OTLP_ENDPOINT) or env.get(OTLP_TRACES_ENDPOINT))
+    return setting or bool(otlp_endpoint)
 
 
 def current_trace_id() -> str | None:
@@ -75,18 +71,18 @@ class Tracing:
 
 
 def setup_tracing(
-    env: Mapping[str, str] | None = None, processor: SpanProcessor | None = None, version: str = ""
+    otlp_endpoint: str = "", service_name: str = "", processor: SpanProcessor | None = None, version: str = ""
 ) -> Tracing:
-    """Build the provider; with `processor` (tests: an in-memory exporter) that one instead of OTLP."""
-    env = os.environ if env is None else env
-    attributes: dict[str, str] = {"service.name": env.get("OTEL_SERVICE_NAME") or SERVICE_NAME}
+    """Build the provider, exporting to `otlp_endpoint` over OTLP/gRPC when given; with `processor` (tests: an
+    in-memory exporter) that one instead. `service_name` "" = tradeguard."""
+    attributes: dict[str, str] = {"service.name": service_name or SERVICE_NAME}
     if version:
         attributes["service.version"] = version
     provider = TracerProvider(resource=Resource.create(attributes))
     exporting = False
     if processor is not None:
         provider.add_span_processor(processor)
-    elif endpoint := env.get(OTLP_TRACES_ENDPOINT) or env.get(OTLP_ENDPOINT):
+    elif endpoint := otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
