@@ -138,17 +138,17 @@ def run_config(name: str, args: argparse.Namespace) -> tuple[float, ...]:
 
 
 def wrapper_cost(n: int = 200_000) -> tuple[float, float]:
-    """µs per call of a bare awaited handler and of the same handler wrapped by Metrics.timed (CanTrade)."""
+    """µs per call of a bare awaited handler and of the same handler wrapped by PrometheusMetrics.timed (CanTrade)."""
     from tradeguard.v1 import risk_service_pb2 as rs
     from tradeguard.v1 import types_pb2 as t
-    from tradeguard_server.observability.metrics import Metrics
+    from tradeguard_server.observability.metrics import PrometheusMetrics
 
     reply = rs.CanTradeResponse(allowed=True, code=t.DECISION_CODE_ALLOWED)
 
     async def handler(_request: Any, _context: Any) -> Any:
         return reply
 
-    timed = Metrics().timed("CanTrade", handler)
+    timed = PrometheusMetrics().timed("CanTrade", handler)
 
     async def loop(fn: Any) -> float:
         started = time.perf_counter()
