@@ -43,13 +43,6 @@ def to_seconds(value: Timestamp) -> float:
     return value.seconds + value.nanos / 1e9
 
 
-def position_msg(p: Position) -> t.Position:
-    return t.Position(
-        symbol=p.symbol, exchange=p.exchange, side=SIDE[p.side], quantity=p.quantity, entry_price=p.entry_price,
-        mark_price=p.mark_price, leverage=p.leverage, volatility=p.volatility,
-    )
-
-
 def _set_ts(field: Timestamp, seconds: float) -> None:
     """Write epoch seconds into a Timestamp field in place (as `field.CopyFrom(ts(seconds))`, no temporary)."""
     whole = int(seconds // 1)
@@ -111,12 +104,6 @@ def state_msg(st: TraderState, now: float, config_id: str = "") -> t.RiskState:
 
 def _pct(pnl: float, reference: float) -> float:
     return pnl / reference * 100.0 if reference > 0 else 0.0
-
-
-def check_msg(c: CheckResult) -> t.CheckResult:
-    return t.CheckResult(
-        name=c.name, status=STATUS[c.status], code=CODE[c.code], detail=c.detail, value=c.value, limit=c.limit
-    )
 
 
 def action_msg(a: RequiredAction) -> t.RequiredAction:
