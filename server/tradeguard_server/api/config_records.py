@@ -73,13 +73,15 @@ def to_record(cfg: t.RiskConfiguration) -> ConfigRecord:
     )
 
 
-def from_record(rec: ConfigRecord, had_regimes: bool = True) -> t.RiskConfiguration:
+def from_record(rec: ConfigRecord, regimes_given: bool = False) -> t.RiskConfiguration:
+    """`regimes_given`: answer an empty market_regime_thresholds as set (an empty Struct) rather than absent."""
     cfg = t.RiskConfiguration(account_id=rec.account_id, config_id=rec.config_id, is_active=rec.is_active)
     for name in OPTIONAL_FIELDS:
         value = getattr(rec, name)
         if value is not None:
             setattr(cfg, name, value)
-    if rec.market_regime_thresholds or had_regimes:
+    if rec.market_regime_thresholds or regimes_given:
+        cfg.market_regime_thresholds.SetInParent()
         cfg.market_regime_thresholds.update(rec.market_regime_thresholds)
     for name, symbols in rec.correlation_groups.items():
         cfg.correlation_groups.add(name=name, symbols=symbols)

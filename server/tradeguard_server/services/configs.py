@@ -26,11 +26,12 @@ log = logging.getLogger("tradeguard.admin")
 
 @dataclass(frozen=True, slots=True)
 class Configuration:
-    """A configuration as held: its record, and whether `market_regime_thresholds` was given at all (an empty
-    map given is answered as given, one not given as absent; a loaded one counts as given)."""
+    """A configuration as held: its record, and whether an empty `market_regime_thresholds` was given (answered
+    as given rather than absent). Only memory keeps that: the store does not hold it, so a configuration saved
+    to or loaded from the store answers an empty map as absent."""
 
     record: ConfigRecord
-    regimes_given: bool = True
+    regimes_given: bool = False
 
 
 class ConfigStore(Protocol):
@@ -129,14 +130,15 @@ class ConfigService:
 
     # ---- writes ---------------------------------------------------------------------------------
 
-    async def save(self, cfg: ConfigRecord, by: str, regimes_given: bool = True) -> tuple[Configuration, bool]:
-        """Create or replace a configuration (saving an active one deactivates the others); whether it is new."""
+    async def save(self, cfg: ConfigRecord, by: str, regimes_given: bool = False) -> tuple[Configuration, bool]:
+        """Create or replace a configuration (saving an active one deactivates the others); whether it is new.
+        `regimes_given`: an empty market_regime_thresholds was given (see Configuration)."""
         existing = self.configs.get(cfg.account_id, {}).get(cfg.config_id)
         if existing is not None and existing.record.created_at is not None:
             cfg = replace(cfg, created_at=existing.record.created_at)
         rec, created = await self._write(cfg)
         created = created or existing is None
-        saved = Configuration(rec, regimes_given)
+        saved = Configuration(rec, regimes_given and not self.durable)
         by_id = self.configs.setdefault(rec.account_id, {})
         if rec.is_active:
             for config_id, other in by_id.items():
