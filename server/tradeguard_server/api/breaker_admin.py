@@ -88,11 +88,6 @@ def event_msg(r: BreakerEventRecord) -> t.CircuitBreakerEvent:
     )
 
 
-def caller(ctx: Ctx | None) -> str:
-    """Who made an admin call, for the log (the peer; never the token)."""
-    return (ctx.peer() if ctx is not None else "") or "unknown"
-
-
 # ---- validation -----------------------------------------------------------------------------------
 
 
@@ -134,7 +129,6 @@ def _enabled_given(b: t.CircuitBreaker) -> bool | None:
     if ENABLED_HAS_PRESENCE and cast(Any, b).HasField("enabled"):
         return bool(b.enabled)
     return None
-
 
 
 def _check_id(breaker_id: str) -> None:
@@ -184,7 +178,7 @@ class BreakerAdmin:
         d = validate_breaker(v, req.breaker, self.registry)
         v.raise_if_any()
         with store_errors("breaker"):
-            record = await self.service.create(d, _enabled_given(req.breaker), caller(ctx))
+            record = await self.service.create(d, _enabled_given(req.breaker), convert.caller(ctx))
         return ad.CreateBreakerResponse(breaker=breaker_msg(record))
 
     async def get_breaker(self, req: ad.GetBreakerRequest, _ctx: Ctx) -> ad.GetBreakerResponse:
@@ -215,19 +209,19 @@ class BreakerAdmin:
                 v.add("breaker.account_id", f"cannot change (is {existing.account_id!r})")
             d = validate_breaker(v, b, self.registry)
             v.raise_if_any()
-            record = await self.service.update(existing.id, d, _enabled_given(b), caller(ctx))
+            record = await self.service.update(existing.id, d, _enabled_given(b), convert.caller(ctx))
         return ad.UpdateBreakerResponse(breaker=breaker_msg(record))
 
     async def delete_breaker(self, req: ad.DeleteBreakerRequest, ctx: Ctx) -> ad.DeleteBreakerResponse:
         _check_id(req.breaker_id)
         with store_errors("breaker deletion"):
-            await self.service.delete(req.breaker_id, caller(ctx))
+            await self.service.delete(req.breaker_id, convert.caller(ctx))
         return ad.DeleteBreakerResponse()
 
     async def _set_enabled(self, breaker_id: str, enabled: bool, ctx: Ctx) -> t.CircuitBreaker:
         _check_id(breaker_id)
         with store_errors("breaker state"):
-            return breaker_msg(await self.service.set_enabled(breaker_id, enabled, caller(ctx)))
+            return breaker_msg(await self.service.set_enabled(breaker_id, enabled, convert.caller(ctx)))
 
     async def enable_breaker(self, req: ad.EnableBreakerRequest, ctx: Ctx) -> ad.EnableBreakerResponse:
         return ad.EnableBreakerResponse(breaker=await self._set_enabled(req.breaker_id, True, ctx))

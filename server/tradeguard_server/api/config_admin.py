@@ -13,6 +13,7 @@ from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import types_pb2 as t
 
 from ..services.configs import ConfigService, Configuration
+from . import convert
 from .config_records import config_msg, to_record
 from .config_rules import validate_config
 from .errors import store_errors
@@ -20,11 +21,6 @@ from .validation import Violations
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 Handlers = dict[str, tuple[type[Message], Callable[[Any, Ctx], Awaitable[Message]]]]
-
-
-def caller(ctx: Ctx | None) -> str:
-    """Who made an admin call, for the audit trail (the peer; never the token)."""
-    return (ctx.peer() if ctx is not None else "") or "unknown"
 
 
 class ConfigAdmin:
@@ -60,8 +56,8 @@ class ConfigAdmin:
             validate_config(v, req.config)
         v.raise_if_any()
         with store_errors("configuration"):
-            saved, created = await self.service.save(
-                to_record(req.config), caller(ctx), regimes_given=req.config.HasField("market_regime_thresholds"))
+            saved, created = await self.service.save(to_record(req.config), convert.caller(ctx),
+                                                      regimes_given=req.config.HasField("market_regime_thresholds"))
         return ad.SaveConfigResponse(config=config_msg(saved), created=created)
 
     async def get_config(self, req: ad.GetConfigRequest, _ctx: Ctx) -> ad.GetConfigResponse:
@@ -78,7 +74,7 @@ class ConfigAdmin:
     async def delete_config(self, req: ad.DeleteConfigRequest, ctx: Ctx) -> ad.DeleteConfigResponse:
         _check_ids(req.account_id, req.config_id)
         with store_errors("configuration deletion"):
-            await self.service.delete(req.account_id, req.config_id, caller(ctx))
+            await self.service.delete(req.account_id, req.config_id, convert.caller(ctx))
         return ad.DeleteConfigResponse()
 
 

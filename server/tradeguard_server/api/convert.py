@@ -1,9 +1,11 @@
-"""Engine values -> protobuf messages (and the few inverse conversions)."""
+"""Engine values -> protobuf messages (and the few inverse conversions: messages, and who made a call)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
+import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from tradeguard.v1 import risk_service_pb2 as rs
@@ -41,6 +43,11 @@ def ts(seconds: float) -> Timestamp:
 
 def to_seconds(value: Timestamp) -> float:
     return value.seconds + value.nanos / 1e9
+
+
+def caller(ctx: grpc.aio.ServicerContext[Any, Any] | None) -> str:
+    """Who made a call, as the services log it (the peer; never the token)."""
+    return (ctx.peer() if ctx is not None else "") or "unknown"
 
 
 def _set_ts(field: Timestamp, seconds: float) -> None:
