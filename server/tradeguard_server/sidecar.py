@@ -19,8 +19,7 @@ from .api.admin_service import SERVICE as ADMIN_SERVICE
 from .api.admin_service import AdminService
 from .api.binding_admin import BindingAdmin
 from .api.breaker_admin import BreakerAdmin
-from .api.config_admin import ConfigAdmin, MemoryConfigPersistence
-from .api.config_records import StoreConfigPersistence
+from .api.config_admin import ConfigAdmin
 from .api.dispatch import admin_guard, service, trader_guard
 from .api.history_admin import HistoryAdmin
 from .api.risk_service import SERVICE as RISK_SERVICE
@@ -35,6 +34,8 @@ from .engine.types import Flags
 from .observability.metrics import MetricsSink, NullMetrics, ObservedBreakers, PrometheusMetrics, state_listener
 from .observability.tracing import Tracing, current_trace_id, setup_tracing, tracing_enabled
 from .persistence import Persistence
+from .services.breakers import BreakerService
+from .services.configs import ConfigService
 from .settings import Settings, SettingsError
 from .store.memory import MemoryStore
 from .store.protocol import Store
@@ -133,15 +134,15 @@ class Sidecar:
                             max_unknown=settings.max_watchers_unknown_traders)
         self.risk = RiskService(self.engine, self.hub, settings.max_clock_skew_s)
         self.admin = AdminService(self.engine, self.risk)
-        self.configs = ConfigAdmin(
-            self.engine, self.risk,
-            StoreConfigPersistence(self.store, MemoryConfigPersistence(self.engine), lambda: self.durable),
-        )
+        self.config_service = ConfigService(self.engine, self.store, self.durable)
+        self.configs = ConfigAdmin(self.config_service)
         self.admin.extend(self.configs.handlers())
         self.breakers = Evaluator(on_episodes_ended=self.engine.end_breaker_episodes)
         self.engine.breakers = self.breakers
-        self.breaker_admin = BreakerAdmin(self.breakers, self.store, clock=self.engine.clock)
-        self.breakers.on_fire = self.breaker_admin.record_event
+        self.breaker_service = BreakerService(self.breakers, self.store, clock=self.engine.clock)
+        self.breaker_admin = BreakerAdmin(self.breaker_service)
+        # Until the evaluator returns events.Firing (issue 15 event flow): then breaker_service.on_state_changed.
+        self.breakers.on_fire = self.breaker_service.record_event  # type: ignore[assignment]
         self.admin.extend(self.breaker_admin.handlers())
         self.admin.extend(HistoryAdmin(self.store, self.durable).handlers())
         self.admin.extend(BindingAdmin(self.engine, self.risk, self._store_now).handlers())

@@ -1,5 +1,5 @@
-"""BreakerAdmin handlers over the in-memory store twin, without a server: validation, write-through,
-ALREADY_EXISTS / NOT_FOUND / UNAVAILABLE, events."""
+"""BreakerAdmin handlers over BreakerService and the in-memory store twin, without a server: validation,
+write-through, ALREADY_EXISTS / NOT_FOUND / UNAVAILABLE, events."""
 
 from __future__ import annotations
 
@@ -10,10 +10,13 @@ from google.protobuf.struct_pb2 import Struct
 
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import types_pb2 as t
-from tradeguard_server.api.breaker_admin import BreakerAdmin, event_record
+from tradeguard_server.api.breaker_admin import BreakerAdmin
 from tradeguard_server.api.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
-from tradeguard_server.engine.breakers import BreakerFiring, Evaluator
+from tradeguard_server.engine.breakers import Evaluator
 from tradeguard_server.engine.clock import ManualClock
+from tradeguard_server.engine.events import Firing, StateChanged
+from tradeguard_server.engine.state import TraderState
+from tradeguard_server.services.breakers import BreakerService, event_record
 from tradeguard_server.store.memory import MemoryStore
 from tradeguard_server.store.records import BreakerRecord
 
@@ -53,8 +56,13 @@ def evaluator() -> Evaluator:
 
 
 @pytest.fixture
-def admin(evaluator: Evaluator, store: MemoryStore, clock: ManualClock) -> BreakerAdmin:
-    return BreakerAdmin(evaluator, store, clock=clock)
+def service(evaluator: Evaluator, store: MemoryStore, clock: ManualClock) -> BreakerService:
+    return BreakerService(evaluator, store, clock=clock)
+
+
+@pytest.fixture
+def admin(service: BreakerService) -> BreakerAdmin:
+    return BreakerAdmin(service)
 
 
 async def create(admin: BreakerAdmin, **changes: Any) -> t.CircuitBreaker:
@@ -164,14 +172,14 @@ async def test_store_conflict_maps_to_already_exists(admin: BreakerAdmin, store:
 
 
 async def test_create_while_the_store_is_down_is_unavailable_and_installs_nothing(
-    admin: BreakerAdmin, store: MemoryStore, evaluator: Evaluator
+    admin: BreakerAdmin, service: BreakerService, store: MemoryStore, evaluator: Evaluator
 ) -> None:
     store.available = False
 
     with pytest.raises(Unavailable):
         await create(admin)
 
-    assert admin.records == {} and evaluator.enabled("account123") == ()
+    assert service.records == {} and evaluator.enabled("account123") == ()
 
 
 # ---- read -----------------------------------------------------------------------------------------
@@ -251,7 +259,7 @@ async def test_update_of_an_unknown_breaker_is_not_found(admin: BreakerAdmin) ->
 
 
 async def test_update_while_the_store_is_down_keeps_the_old_definition_in_force(
-    admin: BreakerAdmin, store: MemoryStore, evaluator: Evaluator
+    admin: BreakerAdmin, service: BreakerService, store: MemoryStore, evaluator: Evaluator
 ) -> None:
     created = await create(admin)
     store.available = False
@@ -262,7 +270,7 @@ async def test_update_while_the_store_is_down_keeps_the_old_definition_in_force(
 
     compiled = evaluator.get(created.id)
     assert compiled is not None and compiled.params == {"threshold": 0.1}
-    assert admin.records[created.id].parameters == {"threshold": 0.1}
+    assert service.records[created.id].parameters == {"threshold": 0.1}
 
 
 async def test_disable_and_enable_write_through_and_change_what_is_evaluated(
@@ -281,7 +289,7 @@ async def test_disable_and_enable_write_through_and_change_what_is_evaluated(
 
 
 async def test_disable_while_the_store_is_down_leaves_the_breaker_enabled(
-    admin: BreakerAdmin, store: MemoryStore, evaluator: Evaluator
+    admin: BreakerAdmin, service: BreakerService, store: MemoryStore, evaluator: Evaluator
 ) -> None:
     created = await create(admin)
     store.available = False
@@ -289,7 +297,7 @@ async def test_disable_while_the_store_is_down_leaves_the_breaker_enabled(
     with pytest.raises(Unavailable):
         await admin.disable_breaker(ad.DisableBreakerRequest(breaker_id=created.id), CTX)
 
-    assert enabled_ids(evaluator) == [created.id] and admin.records[created.id].enabled
+    assert enabled_ids(evaluator) == [created.id] and service.records[created.id].enabled
 
 
 async def test_enable_of_an_enabled_breaker_rearms_without_a_write(
@@ -308,19 +316,19 @@ async def test_enable_of_an_enabled_breaker_rearms_without_a_write(
 
 
 async def test_delete_removes_from_store_memory_and_evaluator(
-    admin: BreakerAdmin, store: MemoryStore, evaluator: Evaluator
+    admin: BreakerAdmin, service: BreakerService, store: MemoryStore, evaluator: Evaluator
 ) -> None:
     created = await create(admin)
 
     await admin.delete_breaker(ad.DeleteBreakerRequest(breaker_id=created.id), CTX)
 
-    assert store.breakers == {} and admin.records == {} and evaluator.enabled("account123") == ()
+    assert store.breakers == {} and service.records == {} and evaluator.enabled("account123") == ()
     with pytest.raises(NotFound):
         await admin.delete_breaker(ad.DeleteBreakerRequest(breaker_id=created.id), CTX)
 
 
 async def test_delete_while_the_store_is_down_keeps_enforcing(
-    admin: BreakerAdmin, store: MemoryStore, evaluator: Evaluator
+    admin: BreakerAdmin, service: BreakerService, store: MemoryStore, evaluator: Evaluator
 ) -> None:
     created = await create(admin)
     store.available = False
@@ -328,25 +336,25 @@ async def test_delete_while_the_store_is_down_keeps_enforcing(
     with pytest.raises(Unavailable):
         await admin.delete_breaker(ad.DeleteBreakerRequest(breaker_id=created.id), CTX)
 
-    assert created.id in admin.records and evaluator.get(created.id) is not None
+    assert created.id in service.records and evaluator.get(created.id) is not None
 
 
 # ---- load and events ----------------------------------------------------------------------------
 
 
-def test_load_installs_enabled_breakers_and_keeps_all_for_reads(admin: BreakerAdmin, evaluator: Evaluator) -> None:
-    admin.load([
+def test_load_installs_enabled_breakers_and_keeps_all_for_reads(service: BreakerService, evaluator: Evaluator) -> None:
+    service.load([
         BreakerRecord("x", "x", "", "a1", "max_drawdown", "alert", {"threshold": 0.1}),
         BreakerRecord("y", "y", "", "a1", "max_drawdown", "alert", {"threshold": 0.1}, enabled=False),
         BreakerRecord("z", "z", "", "a1", "gone_condition", "alert", {}),
     ])
 
-    assert sorted(admin.records) == ["x", "y", "z"]
+    assert sorted(service.records) == ["x", "y", "z"]
     assert enabled_ids(evaluator, "a1") == ["x"]
 
 
-def firing(event_id: str, breaker_id: str = "b0", account_id: str = "account123", at: float = T0) -> BreakerFiring:
-    return BreakerFiring(
+def firing(event_id: str, breaker_id: str = "b0", account_id: str = "account123", at: float = T0) -> Firing:
+    return Firing(
         breaker_id=breaker_id, name="n", condition="max_drawdown", action="close_position",
         triggered_values={"drawdown": 0.12, "threshold": 0.1}, action_result={"success": True},
         positions_affected=[("BTCUSDT", "binance")], actions=[], shadow=False, at=at, event_id=event_id,
@@ -354,8 +362,8 @@ def firing(event_id: str, breaker_id: str = "b0", account_id: str = "account123"
     )
 
 
-def test_record_event_queues_a_breaker_event_row(admin: BreakerAdmin, store: MemoryStore) -> None:
-    admin.record_event(firing("e1"))
+def test_record_event_queues_a_breaker_event_row(service: BreakerService, store: MemoryStore) -> None:
+    service.record_event(firing("e1"))
 
     assert store.events == [event_record(firing("e1"))]
     row = store.events[0]
@@ -366,19 +374,30 @@ def test_record_event_queues_a_breaker_event_row(admin: BreakerAdmin, store: Mem
 
 
 def test_events_fired_while_the_store_is_down_are_kept_and_written_later(
-    admin: BreakerAdmin, store: MemoryStore
+    service: BreakerService, store: MemoryStore
 ) -> None:
     store.available = False
-    admin.record_event(firing("e1"))
+    service.record_event(firing("e1"))
     store.available = True
 
     assert [e.id for e in store.events] == ["e1"]
 
 
-async def test_list_breaker_events_newest_first_with_paging(admin: BreakerAdmin) -> None:
+def test_each_firing_of_a_state_change_is_recorded_as_record_event_records_it(
+    service: BreakerService, store: MemoryStore
+) -> None:
+    fired = (firing("e1"), firing("e2"))
+
+    service.on_state_changed(StateChanged(TraderState("t1", "account123"), "breaker fired", T0, firings=fired))
+    service.on_state_changed(StateChanged(TraderState("t1", "account123"), "equity_report", T0))
+
+    assert store.events == [event_record(firing("e1")), event_record(firing("e2"))]
+
+
+async def test_list_breaker_events_newest_first_with_paging(admin: BreakerAdmin, service: BreakerService) -> None:
     for i in range(3):
-        admin.record_event(firing(f"e{i}", at=T0 + i))
-    admin.record_event(firing("other", breaker_id="b9", account_id="zzz"))
+        service.record_event(firing(f"e{i}", at=T0 + i))
+    service.record_event(firing("other", breaker_id="b9", account_id="zzz"))
 
     first = await admin.list_breaker_events(ad.ListBreakerEventsRequest(account_id="account123", page_size=2), CTX)
     second = await admin.list_breaker_events(
@@ -430,12 +449,12 @@ def test_handlers_cover_every_breaker_rpc(admin: BreakerAdmin) -> None:
 
 
 async def test_memory_only_lists_the_latest_events_from_memory_with_paging(
-    admin: BreakerAdmin, store: MemoryStore
+    admin: BreakerAdmin, service: BreakerService, store: MemoryStore
 ) -> None:
     store.persistence_enabled = False
     for i in range(3):
-        admin.record_event(firing(f"e{i}", at=T0 + i))
-    admin.record_event(firing("other", account_id="zzz"))
+        service.record_event(firing(f"e{i}", at=T0 + i))
+    service.record_event(firing("other", account_id="zzz"))
 
     first = await admin.list_breaker_events(ad.ListBreakerEventsRequest(account_id="account123", page_size=2), CTX)
     second = await admin.list_breaker_events(

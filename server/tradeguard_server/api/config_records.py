@@ -1,17 +1,33 @@
-"""RiskConfiguration protobuf <-> store ConfigRecord, and the store-backed ConfigPersistence."""
+"""RiskConfiguration protobuf <-> ConfigRecord (the configuration service's domain record), and its fields."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+
 from tradeguard.v1 import types_pb2 as t
 
-from ..store.errors import StoreUnavailable, unsaved
+from ..services.configs import Configuration
 from ..store.records import ConfigRecord, SymbolConfigRecord
 from . import convert
-from .config_rules import PERCENT_FIELDS, SYMBOL_PERCENT_FIELDS, has, regime_thresholds
-from .errors import Unavailable
 
+PERCENT_FIELDS = (
+    "daily_max_drawdown_percentage",
+    "weekly_max_drawdown_percentage",
+    "monthly_max_drawdown_percentage",
+    "max_drawdown_percentage",
+    "max_position_size_percentage",
+    "risk_per_trade_percentage",
+    "max_correlated_exposure_percentage",
+    "position_max_drawdown_percentage",
+)
+SYMBOL_PERCENT_FIELDS = (
+    "max_position_size_percentage",
+    "position_max_drawdown_percentage",
+    "risk_per_trade_percentage",
+)
 OPTIONAL_FIELDS = (
     *PERCENT_FIELDS,
     "stop_trading_minutes",
@@ -24,6 +40,16 @@ OPTIONAL_FIELDS = (
     "order_rate_window_seconds",
 )
 SYMBOL_OPTIONAL_FIELDS = (*SYMBOL_PERCENT_FIELDS, "max_leverage")
+
+
+def has(msg: Message, name: str) -> bool:
+    """HasField by a field name held in a variable (typed loosely on purpose)."""
+    return msg.HasField(name)
+
+
+def regime_thresholds(cfg: t.RiskConfiguration) -> dict[str, float]:
+    return {k: float(x) for k, x in MessageToDict(cfg.market_regime_thresholds).items()} if cfg.HasField(
+        "market_regime_thresholds") else {}
 
 
 def to_record(cfg: t.RiskConfiguration) -> ConfigRecord:
@@ -47,13 +73,15 @@ def to_record(cfg: t.RiskConfiguration) -> ConfigRecord:
     )
 
 
-def from_record(rec: ConfigRecord, had_regimes: bool = True) -> t.RiskConfiguration:
+def from_record(rec: ConfigRecord, regimes_given: bool = False) -> t.RiskConfiguration:
+    """`regimes_given`: answer an empty market_regime_thresholds as set (an empty Struct) rather than absent."""
     cfg = t.RiskConfiguration(account_id=rec.account_id, config_id=rec.config_id, is_active=rec.is_active)
     for name in OPTIONAL_FIELDS:
         value = getattr(rec, name)
         if value is not None:
             setattr(cfg, name, value)
-    if rec.market_regime_thresholds or had_regimes:
+    if rec.market_regime_thresholds or regimes_given:
+        cfg.market_regime_thresholds.SetInParent()
         cfg.market_regime_thresholds.update(rec.market_regime_thresholds)
     for name, symbols in rec.correlation_groups.items():
         cfg.correlation_groups.add(name=name, symbols=symbols)
@@ -70,29 +98,5 @@ def from_record(rec: ConfigRecord, had_regimes: bool = True) -> t.RiskConfigurat
     return cfg
 
 
-class StoreConfigPersistence:
-    """Write-through to the store; persistence off (run-time flag) falls back to memory only."""
-
-    def __init__(self, store: Any, memory: Any, enabled: Any) -> None:
-        self.store = store
-        self.memory = memory
-        self.enabled = enabled  # () -> bool
-
-    async def save(self, cfg: t.RiskConfiguration) -> tuple[t.RiskConfiguration, bool]:
-        if not self.enabled():
-            saved: tuple[t.RiskConfiguration, bool] = await self.memory.save(cfg)
-            return saved
-        try:
-            rec, created = await self.store.save_config(to_record(cfg))
-        except StoreUnavailable as exc:
-            raise Unavailable(f"{unsaved('configuration', exc)}; retry later") from None
-        return from_record(rec, cfg.HasField("market_regime_thresholds")), created
-
-    async def delete(self, account_id: str, config_id: str) -> None:
-        if not self.enabled():
-            return
-        try:
-            await self.store.delete_config(account_id, config_id)
-        except StoreUnavailable as exc:
-            what = "configuration deletion"
-            raise Unavailable(f"{unsaved(what, exc)}; retry later") from None
+def config_msg(c: Configuration) -> t.RiskConfiguration:
+    return from_record(c.record, c.regimes_given)

@@ -1,41 +1,20 @@
-"""RiskConfiguration: validation (field violations) and resolution into engine Limits."""
+"""RiskConfiguration: validation (field violations); `limits_from_config` for a message's engine Limits."""
 
 from __future__ import annotations
 
 import math
 
-from google.protobuf.json_format import MessageToDict
-from google.protobuf.message import Message
-
 from tradeguard.v1 import types_pb2 as t
 
-from ..engine.limits import Limits, SymbolLimits
+from ..engine.limits import Limits
+from ..services.configs import limits_for
+from .config_records import PERCENT_FIELDS, SYMBOL_PERCENT_FIELDS, has, to_record
 from .validation import Violations, symbol_key
 
 MAX_SYMBOL_CONFIGS = 1000
 MAX_GROUPS = 100
 MAX_MINUTES = 525_600  # a year
-PERCENT_FIELDS = (
-    "daily_max_drawdown_percentage",
-    "weekly_max_drawdown_percentage",
-    "monthly_max_drawdown_percentage",
-    "max_drawdown_percentage",
-    "max_position_size_percentage",
-    "risk_per_trade_percentage",
-    "max_correlated_exposure_percentage",
-    "position_max_drawdown_percentage",
-)
-SYMBOL_PERCENT_FIELDS = (
-    "max_position_size_percentage",
-    "position_max_drawdown_percentage",
-    "risk_per_trade_percentage",
-)
 REGIME_KEYS = ("high", "extreme")
-
-
-def has(msg: Message, name: str) -> bool:
-    """HasField by a field name held in a variable (typed loosely on purpose)."""
-    return msg.HasField(name)
 
 
 def _percent(v: Violations, field: str, value: float) -> None:
@@ -46,11 +25,6 @@ def _percent(v: Violations, field: str, value: float) -> None:
 def _int_range(v: Violations, field: str, value: int, low: int, high: int) -> None:
     if not low <= value <= high:
         v.add(field, f"must be in [{low}, {high}], got {value}")
-
-
-def regime_thresholds(cfg: t.RiskConfiguration) -> dict[str, float]:
-    return {k: float(x) for k, x in MessageToDict(cfg.market_regime_thresholds).items()} if cfg.HasField(
-        "market_regime_thresholds") else {}
 
 
 def normalize_names(cfg: t.RiskConfiguration) -> None:
@@ -154,56 +128,5 @@ def _validate_symbols(v: Violations, cfg: t.RiskConfiguration, prefix: str) -> N
 
 
 def limits_from_config(cfg: t.RiskConfiguration, defaults: Limits) -> Limits:
-    """Resolve a (validated) configuration over the settings' defaults, once per change."""
-
-    def opt(name: str, default: float | None) -> float | None:
-        return float(getattr(cfg, name)) if has(cfg, name) else default
-
-    regimes = regime_thresholds(cfg)
-    return Limits(
-        config_id=cfg.config_id,
-        daily_max_drawdown_percentage=opt("daily_max_drawdown_percentage", defaults.daily_max_drawdown_percentage),
-        weekly_max_drawdown_percentage=opt("weekly_max_drawdown_percentage",
-                                           defaults.weekly_max_drawdown_percentage),
-        monthly_max_drawdown_percentage=opt("monthly_max_drawdown_percentage",
-                                            defaults.monthly_max_drawdown_percentage),
-        max_drawdown_percentage=opt("max_drawdown_percentage", defaults.max_drawdown_percentage),
-        stop_trading_minutes=cfg.stop_trading_minutes if cfg.HasField("stop_trading_minutes")
-        else defaults.stop_trading_minutes,
-        breach_state=defaults.breach_state,
-        consecutive_loss_threshold=cfg.consecutive_loss_threshold if cfg.HasField("consecutive_loss_threshold")
-        else defaults.consecutive_loss_threshold,
-        cooling_off_period_minutes=cfg.cooling_off_period_minutes if cfg.HasField("cooling_off_period_minutes")
-        else defaults.cooling_off_period_minutes,
-        max_position_size_percentage=opt("max_position_size_percentage", defaults.max_position_size_percentage),
-        risk_per_trade_percentage=opt("risk_per_trade_percentage", defaults.risk_per_trade_percentage),
-        max_correlated_exposure_percentage=opt("max_correlated_exposure_percentage",
-                                               defaults.max_correlated_exposure_percentage),
-        volatility_adjustment_factor=opt("volatility_adjustment_factor", defaults.volatility_adjustment_factor)
-        or 1.0,
-        volatility_high=regimes.get("high"),
-        volatility_extreme=regimes.get("extreme"),
-        position_max_drawdown_percentage=opt("position_max_drawdown_percentage",
-                                             defaults.position_max_drawdown_percentage),
-        position_trailing_stop_multiplier=opt("position_trailing_stop_multiplier",
-                                              defaults.position_trailing_stop_multiplier),
-        max_order_notional=opt("max_order_notional", defaults.max_order_notional),
-        max_orders_per_window=cfg.max_orders_per_window if cfg.HasField("max_orders_per_window")
-        else defaults.max_orders_per_window,
-        order_rate_window_seconds=cfg.order_rate_window_seconds if cfg.HasField("order_rate_window_seconds")
-        else defaults.order_rate_window_seconds,
-        correlation_groups=tuple((g.name, frozenset(symbol_key(s) for s in g.symbols)) for g in cfg.correlation_groups),
-        symbols={
-            symbol_key(sc.symbol): SymbolLimits(
-                symbol=symbol_key(sc.symbol),
-                max_position_size_percentage=sc.max_position_size_percentage
-                if sc.HasField("max_position_size_percentage") else None,
-                max_leverage=sc.max_leverage if sc.HasField("max_leverage") else None,
-                position_max_drawdown_percentage=sc.position_max_drawdown_percentage
-                if sc.HasField("position_max_drawdown_percentage") else None,
-                risk_per_trade_percentage=sc.risk_per_trade_percentage
-                if sc.HasField("risk_per_trade_percentage") else None,
-            )
-            for sc in cfg.symbol_configs
-        },
-    )
+    """The engine limits of a (validated) configuration message (services.configs.limits_for)."""
+    return limits_for(to_record(cfg), defaults)

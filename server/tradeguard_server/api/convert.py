@@ -1,9 +1,11 @@
-"""Engine values -> protobuf messages (and the few inverse conversions)."""
+"""Engine values -> protobuf messages (and the few inverse conversions: messages, and who made a call)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
+import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from tradeguard.v1 import risk_service_pb2 as rs
@@ -43,11 +45,9 @@ def to_seconds(value: Timestamp) -> float:
     return value.seconds + value.nanos / 1e9
 
 
-def position_msg(p: Position) -> t.Position:
-    return t.Position(
-        symbol=p.symbol, exchange=p.exchange, side=SIDE[p.side], quantity=p.quantity, entry_price=p.entry_price,
-        mark_price=p.mark_price, leverage=p.leverage, volatility=p.volatility,
-    )
+def caller(ctx: grpc.aio.ServicerContext[Any, Any] | None) -> str:
+    """Who made a call, as the services log it (the peer; never the token)."""
+    return (ctx.peer() if ctx is not None else "") or "unknown"
 
 
 def _set_ts(field: Timestamp, seconds: float) -> None:
@@ -111,12 +111,6 @@ def state_msg(st: TraderState, now: float, config_id: str = "") -> t.RiskState:
 
 def _pct(pnl: float, reference: float) -> float:
     return pnl / reference * 100.0 if reference > 0 else 0.0
-
-
-def check_msg(c: CheckResult) -> t.CheckResult:
-    return t.CheckResult(
-        name=c.name, status=STATUS[c.status], code=CODE[c.code], detail=c.detail, value=c.value, limit=c.limit
-    )
 
 
 def action_msg(a: RequiredAction) -> t.RequiredAction:

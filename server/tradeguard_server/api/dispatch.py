@@ -17,15 +17,7 @@ from google.protobuf.message import DecodeError, Message
 from ..auth import Credentials, Principal
 from ..engine.engine import AccountMismatchError
 from ..store import errors as store_errors
-from .errors import (
-    AlreadyExists,
-    ApiError,
-    InvalidArgument,
-    NotFound,
-    PermissionDenied,
-    Unauthenticated,
-    Unavailable,
-)
+from .errors import ApiError, InvalidArgument, PermissionDenied, Unauthenticated, store_error
 
 log = logging.getLogger("tradeguard.api")
 
@@ -47,17 +39,6 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: ApiError) -
     await context.abort(
         error.code, error.message, trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),)
     )
-
-
-def store_error(exc: store_errors.StoreError) -> ApiError:
-    """A store error that reached a handler, as the status it means (never UNKNOWN)."""
-    if isinstance(exc, store_errors.StoreUnavailable):
-        return Unavailable(f"store unavailable; retry: {exc}")
-    if isinstance(exc, store_errors.Conflict):
-        return AlreadyExists(str(exc))
-    if isinstance(exc, store_errors.NotFound):
-        return NotFound(str(exc))
-    return InvalidArgument([("request", str(exc))])
 
 
 def _parse(request_cls: type[Message], raw: bytes) -> Message:

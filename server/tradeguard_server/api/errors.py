@@ -1,10 +1,16 @@
-"""gRPC status errors with google.rpc details. Handlers raise these; the dispatcher maps them."""
+"""gRPC status errors with google.rpc details. Handlers raise these; the dispatcher maps them. Store (and
+application service) errors become statuses in one place: `store_error`, applied by `store_errors`."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from ..store import errors as store
 
 # The status travels in the trailers, which clients cap (grpc: 8 KiB soft, 16 KiB hard by default); past the
 # cap a client gets RESOURCE_EXHAUSTED instead of the error and its field violations. Client input echoed in
@@ -92,3 +98,24 @@ class Unimplemented(ApiError):
 
 class PermissionDenied(ApiError):
     code = grpc.StatusCode.PERMISSION_DENIED
+
+
+def store_error(exc: store.StoreError, what: str = "") -> ApiError:
+    """A store error as the status it means (never UNKNOWN). `what`: the write that failed ("breaker update"),
+    named in UNAVAILABLE with whether it may have been saved; empty for a read."""
+    if isinstance(exc, store.StoreUnavailable):
+        return Unavailable(f"{store.unsaved(what, exc)}; retry later" if what else f"store unavailable; retry: {exc}")
+    if isinstance(exc, store.Conflict):
+        return AlreadyExists(str(exc))
+    if isinstance(exc, store.NotFound):
+        return NotFound(str(exc))
+    return InvalidArgument([("request", str(exc))])
+
+
+@contextmanager
+def store_errors(what: str = "") -> Iterator[None]:
+    """Around a call of a service or the store: its StoreError raised as the ApiError `store_error` maps it to."""
+    try:
+        yield
+    except store.StoreError as exc:
+        raise store_error(exc, what) from None

@@ -18,11 +18,10 @@ from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import types_pb2 as t
 
 from ..engine.snapshot import from_record
-from ..store.errors import StoreUnavailable
 from ..store.protocol import Store
 from ..store.records import HistoryRecord
 from . import convert
-from .errors import FailedPrecondition, Unavailable
+from .errors import FailedPrecondition, store_errors
 from .validation import Violations
 
 PAGE_DEFAULT = 100
@@ -73,11 +72,9 @@ class HistoryAdmin:
         v.raise_if_any()
         if not self.durable:
             raise FailedPrecondition("no history is kept: no database is configured (database_url=memory)")
-        try:
+        with store_errors():
             rows, cursor = await self.store.list_history(
                 req.trader_id, start, end, req.page_size or PAGE_DEFAULT, after
             )
-        except StoreUnavailable as exc:
-            raise Unavailable(f"store unavailable; retry: {exc}") from None
         entries = [entry_msg(r) for r in rows if r.account_id == req.account_id]
         return ad.ListRiskStateHistoryResponse(entries=entries, next_page_token="" if cursor is None else str(cursor))
