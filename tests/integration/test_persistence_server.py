@@ -167,10 +167,11 @@ async def test_database_outage_under_load_fails_no_call_and_keeps_every_latest_s
     assert history == store.enqueued["history"] - store.dropped_history
     assert store.dropped_history == 0  # 3 s of 8 bots fit in the history backlog (queue_size): none lost
     # The hot path did not wait on the database: during the outage the durable sidecar answered like a
-    # memory-only one measured at the same moments (load spikes and GC pauses hit both), and no call lasted
-    # a sizeable part of the outage.
+    # memory-only one measured at the same moments (both are served by the same event loop, so CPU starvation
+    # of the process and GC pauses hit both), and no call lasted a sizeable part of the outage unless a call of
+    # the memory-only sidecar lasted about as long (the whole process stalled, not the durable hot path).
     assert p50_down < 3 * p50_control and len(down) > len(control) / 3
-    assert max(down) < outage_s / 3
+    assert max(down) < max(outage_s / 3, 2 * max(control))
 
 
 async def test_shutdown_under_load_drains_the_queue(pg_url: str) -> None:

@@ -25,7 +25,6 @@ from tradeguard.v1 import admin_service_pb2_grpc as adg
 from tradeguard.v1 import risk_service_pb2 as rs
 from tradeguard.v1 import risk_service_pb2_grpc as rsg
 from tradeguard.v1 import types_pb2 as t
-from tradeguard_server.store import store as store_module
 from tradeguard_server.store.errors import StoreUnavailable, unsaved
 from tradeguard_server.store.records import ConfigRecord
 from tradeguard_server.store.store import RiskStore
@@ -98,13 +97,10 @@ async def test_a_commit_cut_before_it_reached_the_database_says_not_saved(pg_url
     assert rows(pg_url, "SELECT config_id FROM risk_configurations ORDER BY config_id") == [("before",)]
 
 
-async def test_a_lost_commit_answer_with_the_database_gone_is_reported_in_doubt(
-    pg_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(store_module, "SETTLE_S", 0.5)
+async def test_a_lost_commit_answer_with_the_database_gone_is_reported_in_doubt(pg_url: str) -> None:
     proxy = await ProxyRefusingAfterTrap().start()
     try:
-        async with open_store(proxy.url_for(pg_url), drain_timeout=1.0) as store:
+        async with open_store(proxy.url_for(pg_url), drain_timeout=1.0, settle_s=0.5) as store:
             await store.load()  # start-up (migration) commits are over: the next COMMIT is the write's
             await store.save_config(config("before"))
             proxy.trap_commit(deliver=True)  # it commits; the connection asking txid_status is refused

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, pool, text
+from sqlalchemy import create_engine, event, pool, text
 from sqlalchemy.engine import make_url
 
 from tests.support.databases import (
@@ -223,6 +224,40 @@ async def test_write_through_raises_unavailable_during_a_cut_and_works_after(pg_
         saved = await store.save_breaker(breaker)
 
         assert await store.get_breaker(saved.id) == saved
+
+
+async def test_no_database_call_runs_on_the_event_loop_thread_through_a_cut(pg_url: str, proxy: TcpProxy) -> None:
+    """The event loop only moves records and awaits the threads: every connection attempt (those refused during
+    the cut too) and every statement (writer batches, write-through, load) runs on the database thread."""
+    empty_tables(pg_url)
+    threads: list[str] = []
+
+    def record(*_args: object) -> None:
+        threads.append(threading.current_thread().name)
+
+    async with open_store(proxy.url_for(pg_url)) as store:
+        health = Health(store)
+        event.listen(store.db.engine, "do_connect", record)
+        event.listen(store.db.engine, "before_cursor_execute", record)
+        await store.load()
+        for version in range(1, 50):
+            store.enqueue_state(make_state("t-1", version), "equity_report", None)
+        assert await store.flush(timeout=10)
+
+        proxy.cut()
+        connects_before = proxy.refused
+        for version in range(50, 100):
+            store.enqueue_state(make_state("t-1", version), "equity_report", None)
+        await health.wait(False)
+        with pytest.raises(StoreUnavailable):
+            await store.list_breakers("a-1")
+        assert proxy.refused > connects_before  # connection attempts were made during the cut
+        proxy.restore()
+        assert await store.flush(timeout=10)
+        await store.save_breaker(BreakerRecord("", "dd", "", "a-1", "max_drawdown", "alert", {"threshold": 0.1}))
+        await store.load()
+
+    assert threads and set(threads) == {"tradeguard-store-db"}
 
 
 async def test_after_a_failed_load_snapshots_wait_for_a_successful_load_before_replacing_stored_ones(

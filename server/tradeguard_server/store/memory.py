@@ -1,9 +1,10 @@
 """MemoryStore: the in-memory twin of RiskStore for unit tests of the layers above (httpx's MockTransport).
 
-Same interface and the same observable rules: the latest version of a trader wins, history keeps the newest
-`queue_size` rows while the "database" is down, trades are idempotent, events are never dropped, admin
-writes raise Conflict / NotFound / StoreUnavailable. Writes land at once while `available`; set
-`available = False` to simulate an outage (the backlog lands when it is set back to True).
+Same interface and the same observable rules (it uses RiskStore's write queue, store.queue): the latest
+version of a trader wins, history keeps the newest `queue_size` rows while the "database" is down, trades
+are idempotent, events are never dropped, admin writes raise Conflict / NotFound / StoreUnavailable. Writes
+land at once while `available`; set `available = False` to simulate an outage (the backlog lands when it is
+set back to True).
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Sequence
 
 from .errors import Conflict, NotFound, StoreUnavailable
+from .queue import HISTORY_BACKLOG_BYTES, HISTORY_BACKLOG_ROWS, StoreCounters, WriteQueue
 from .records import (
     BreakerEventRecord,
     BreakerRecord,
@@ -26,26 +27,19 @@ from .records import (
     TradeRecord,
 )
 from .sql import event_cursor, parse_event_cursor
-from .store import HISTORY_BACKLOG_ROWS
-
-KINDS = ("state", "history", "trade", "event")
 
 
-class MemoryStore:
-    """Implements store.protocol.Store in memory."""
+class MemoryStore(StoreCounters):
+    """Implements store.protocol.Store in memory. Its queue is RiskStore's (queue.WriteQueue): the same
+    coalescing, history backlog caps and drop counting; it drains at once while `available`."""
 
-    def __init__(self, queue_size: int = HISTORY_BACKLOG_ROWS, *, clock: Callable[[], float] = time.time) -> None:
-        self.queue_size = queue_size
+    def __init__(self, queue_size: int = HISTORY_BACKLOG_ROWS, *, clock: Callable[[], float] = time.time,
+                 history_backlog_bytes: int = HISTORY_BACKLOG_BYTES) -> None:
+        super().__init__()
         self.clock = clock
         self.persistence_enabled = True
         self.on_health_change: Callable[[bool], None] | None = None
-        self.dropped_history = 0
-        self.attempts = 0
-        self.failures = 0
-        self.last_persist_latency_ms = 0.0
-        self.rows_written: dict[str, int] = dict.fromkeys(KINDS, 0)
-        self.enqueued: dict[str, int] = dict.fromkeys(KINDS, 0)
-        self.rejected: dict[str, int] = dict.fromkeys(KINDS, 0)  # never: nothing here refuses a row
+        self.queue = WriteQueue(self, queue_size, history_backlog_bytes, clock)
         # The "database".
         self.states: dict[str, StateRecord] = {}
         self.history: list[HistoryRecord] = []
@@ -54,15 +48,17 @@ class MemoryStore:
         self.configs: dict[tuple[str, str], ConfigRecord] = {}
         self.breakers: dict[str, BreakerRecord] = {}
         self.flags: FlagsRecord | None = None
-        # The queue while unavailable.
-        self._pending_states: dict[str, StateRecord] = {}
-        self._pending_history: deque[HistoryRecord] = deque()
-        self._pending_trades: list[TradeRecord] = []
-        self._pending_events: list[BreakerEventRecord] = []
         self._available = True
         self._started = False
         self._closed = False
-        self._hold_states = False  # as RiskStore: after a failed load, snapshots wait for a successful one
+
+    @property
+    def queue_size(self) -> int:
+        return self.queue.max_rows
+
+    @queue_size.setter
+    def queue_size(self, rows: int) -> None:
+        self.queue.max_rows = rows
 
     # ---- health -----------------------------------------------------------------------------------
 
@@ -85,8 +81,7 @@ class MemoryStore:
 
     @property
     def queue_depth(self) -> int:
-        return (len(self._pending_states) + len(self._pending_history) + len(self._pending_trades)
-                + len(self._pending_events))
+        return len(self.queue)
 
     async def start(self) -> None:
         self._started = True
@@ -95,7 +90,7 @@ class MemoryStore:
 
     async def close(self, drain_timeout: float) -> int:
         self._closed = True
-        self._hold_states = False
+        self.queue.hold_states = False
         if self._available:
             self._drain()
         return self.queue_depth
@@ -113,7 +108,7 @@ class MemoryStore:
         try:
             self._check()
         except StoreUnavailable:
-            self._hold_states = True
+            self.queue.hold_states = True
             raise
         trade_ids: dict[str, list[str]] = {}
         for trader_id, trade_id in self.trades:
@@ -125,8 +120,8 @@ class MemoryStore:
             flags=self.flags,
             trade_ids=trade_ids,
         )
-        if self._hold_states:
-            self._hold_states = False
+        if self.queue.hold_states:
+            self.queue.hold_states = False
             self._drain()
         return loaded
 
@@ -135,59 +130,47 @@ class MemoryStore:
     def enqueue_state(self, rec: StateRecord, reason: str, trace_id: str | None) -> None:
         if not self.persistence_enabled or self._closed:
             return
-        self.enqueued["state"] += 1
-        self.enqueued["history"] += 1
-        current = self._pending_states.get(rec.trader_id)
-        if current is None or rec.version > current.version:
-            self._pending_states[rec.trader_id] = rec
-        self._pending_history.append(HistoryRecord(rec.trader_id, rec.account_id, rec, reason, trace_id,
-                                                   rec.updated_at))
-        if len(self._pending_history) > self.queue_size:
-            self._pending_history.popleft()
-            self.dropped_history += 1
+        self.queue.put_state(rec, reason, trace_id)
         if self._available:
             self._drain()
 
     def enqueue_trade(self, rec: TradeRecord) -> None:
         if not self.persistence_enabled or self._closed:
             return
-        self.enqueued["trade"] += 1
-        self._pending_trades.append(rec)
+        self.queue.put_trade(rec)
         if self._available:
             self._drain()
 
     def enqueue_event(self, rec: BreakerEventRecord) -> None:
         if not self.persistence_enabled or self._closed:
             return
-        self.enqueued["event"] += 1
-        self._pending_events.append(rec if rec.id else dataclasses.replace(rec, id=str(uuid.uuid4())))
+        self.queue.put_event(rec)
         if self._available:
             self._drain()
 
     def _drain(self) -> None:
-        if not self.queue_depth:
+        """Write everything queued (snapshots wait while held), as one "transaction"."""
+        if not len(self.queue):
             return
         self.attempts += 1
-        if not self._hold_states:
-            for rec in self._pending_states.values():
-                stored = self.states.get(rec.trader_id)
-                if stored is None or rec.version > stored.version:
-                    self.states[rec.trader_id] = rec
-            self.rows_written["state"] += len(self._pending_states)
-            self._pending_states.clear()
-        for h in self._pending_history:
+        batch = self.queue.take(None)
+        if batch is None:  # only held snapshots
+            return
+        for _seq, rec in batch.states:
+            stored = self.states.get(rec.trader_id)
+            if stored is None or rec.version > stored.version:
+                self.states[rec.trader_id] = rec
+        for _seq, h in batch.history:
             state = dataclasses.replace(h.state, recent_trades=(), order_times=())
             self.history.append(dataclasses.replace(h, state=state, id=len(self.history) + 1))
-        self.rows_written["history"] += len(self._pending_history)
-        self._pending_history.clear()
-        for t in self._pending_trades:
+        for _seq, t, _at in batch.trades:
             self.trades.setdefault((t.trader_id, t.trade_id), t)
-        self.rows_written["trade"] += len(self._pending_trades)
-        self._pending_trades.clear()
         known = {e.id for e in self.events}
-        self.events.extend(e for e in self._pending_events if e.id not in known)
-        self.rows_written["event"] += len(self._pending_events)
-        self._pending_events.clear()
+        self.events.extend(e for _seq, e in batch.events if e.id not in known)
+        for kind, items in (("state", batch.states), ("history", batch.history), ("trade", batch.trades),
+                            ("event", batch.events)):
+            self.rows_written[kind] += len(items)
+        self.queue.end_overflow()
 
     # ---- write-through ----------------------------------------------------------------------------
 

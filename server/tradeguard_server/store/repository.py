@@ -1,0 +1,117 @@
+"""Write-through and reads of a RiskStore: configurations, breakers, breaker events, history, trades, flags, and
+the start-up load. Each method is one transaction on the database thread (`Database.call`: bounded by
+`call_timeout_s`, database errors mapped to store errors); the SQL is in store.sql."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+
+from sqlalchemy import Connection
+
+from . import sql
+from .dbthread import Database, lift_statement_timeout
+from .records import BreakerEventRecord, BreakerRecord, ConfigRecord, FlagsRecord, HistoryRecord, LoadedState
+
+Flush = Callable[[float | None], Awaitable[bool]]
+
+
+class Repository:
+    """The store's tables as calls. `flush` writes what is queued first, where a read must see it."""
+
+    def __init__(self, db: Database, clock: Callable[[], float], flush: Flush) -> None:
+        self.db = db
+        self.clock = clock  # timestamps of admin writes (created_at, updated_at)
+        self.flush = flush
+
+    async def load(self) -> LoadedState:
+        """Everything the sidecar restores at start (not bounded: start-up and recovery, not a request)."""
+
+        def load(conn: Connection) -> LoadedState:
+            lift_statement_timeout(conn)  # a big database may take longer; lock_timeout still applies
+            return LoadedState(
+                traders=sql.load_states(conn),
+                configs=sql.get_configs(conn),
+                breakers=sql.list_breakers(conn),
+                flags=sql.load_flags(conn),
+                trade_ids=sql.load_trade_ids(conn),
+            )
+
+        return await self.db.call(load, write=False, bounded=False)
+
+    # ---- trades --------------------------------------------------------------------------------------
+
+    async def known_trade_ids(self, trader_id: str, trade_ids: Sequence[str]) -> set[str]:
+        """Which of `trade_ids` are in trade_reports for the trader (ids older than those kept in memory)."""
+        return await self.db.call(lambda conn: sql.known_trade_ids(conn, trader_id, trade_ids), write=False)
+
+    # ---- configurations ------------------------------------------------------------------------------
+
+    async def save_config(self, cfg: ConfigRecord) -> tuple[ConfigRecord, bool]:
+        """Insert or replace a configuration and its symbol configs (created_at is kept). Saving an active
+        one deactivates the account's others in the same transaction. Returns (stored, created)."""
+        now = self.clock()
+        return await self.db.call(lambda conn: sql.save_config(conn, cfg, now), write=True)
+
+    async def delete_config(self, account_id: str, config_id: str) -> None:
+        """Raises NotFound when there is no such configuration."""
+        await self.db.call(lambda conn: sql.delete_config(conn, account_id, config_id), write=True)
+
+    async def get_configs(self, account_id: str) -> list[ConfigRecord]:
+        """The account's configurations, by config_id."""
+        return await self.db.call(lambda conn: sql.get_configs(conn, account_id), write=False)
+
+    # ---- breakers ------------------------------------------------------------------------------------
+
+    async def save_breaker(self, breaker: BreakerRecord) -> BreakerRecord:
+        """Create a breaker; an empty id gets a uuid. Conflict when the name is taken in the account."""
+        now = self.clock()
+        return await self.db.call(lambda conn: sql.create_breaker(conn, breaker, now), write=True)
+
+    async def update_breaker(self, breaker: BreakerRecord) -> BreakerRecord:
+        """Replace the definition of breaker `breaker.id` (account and created_at stay). NotFound, Conflict."""
+        now = self.clock()
+        return await self.db.call(lambda conn: sql.update_breaker(conn, breaker, now), write=True)
+
+    async def set_breaker_enabled(self, breaker_id: str, enabled: bool) -> BreakerRecord:
+        """Enable or disable a breaker. NotFound."""
+        now = self.clock()
+        return await self.db.call(lambda conn: sql.set_breaker_enabled(conn, breaker_id, enabled, now), write=True)
+
+    async def delete_breaker(self, breaker_id: str) -> None:
+        """Delete a breaker (its events stay). NotFound."""
+        await self.db.call(lambda conn: sql.delete_breaker(conn, breaker_id), write=True)
+
+    async def get_breaker(self, breaker_id: str) -> BreakerRecord:
+        """NotFound when there is no such breaker."""
+        return await self.db.call(lambda conn: sql.get_breaker(conn, breaker_id), write=False)
+
+    async def list_breakers(self, account_id: str) -> list[BreakerRecord]:
+        """The account's breakers, by name."""
+        return await self.db.call(lambda conn: sql.list_breakers(conn, account_id), write=False)
+
+    # ---- flags ---------------------------------------------------------------------------------------
+
+    async def save_flags(self, flags: FlagsRecord) -> FlagsRecord:
+        """Store both flags; returns them with updated_at."""
+        now = self.clock()
+        return await self.db.call(lambda conn: sql.save_flags(conn, flags, now), write=True)
+
+    # ---- paged reads of what the writer wrote --------------------------------------------------------
+
+    async def list_history(
+        self, trader_id: str, start: float | None, end: float | None, limit: int, after_id: int | None = None
+    ) -> tuple[list[HistoryRecord], int | None]:
+        """A trader's history in the order recorded, start <= recorded_at < end; next_cursor is None on the
+        last page. Queued rows are flushed first (for up to a second), so a change just made is listed."""
+        await self.flush(1.0)
+        return await self.db.call(lambda conn: sql.list_history(conn, trader_id, start, end, limit, after_id),
+                                  write=False)
+
+    async def list_events(
+        self, account_id: str | None, breaker_id: str | None, limit: int, before_cursor: str | None = None
+    ) -> tuple[list[BreakerEventRecord], str | None]:
+        """Breaker events, newest first; next_cursor is None on the last page. Raises BadCursor for a cursor
+        it did not hand out. Queued events are flushed first (for up to a second)."""
+        await self.flush(1.0)
+        return await self.db.call(lambda conn: sql.list_events(conn, account_id, breaker_id, limit, before_cursor),
+                                  write=False)
