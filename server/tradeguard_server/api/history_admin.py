@@ -18,7 +18,7 @@ from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import types_pb2 as t
 
 from ..engine.snapshot import from_record
-from ..store.protocol import Store
+from ..store.protocol import HistoryReader
 from ..store.records import HistoryRecord
 from . import convert
 from .errors import FailedPrecondition, store_errors
@@ -44,7 +44,7 @@ def entry_msg(rec: HistoryRecord) -> t.RiskStateHistoryEntry:
 class HistoryAdmin:
     """Reads the audit trail from the store (queued rows are flushed first)."""
 
-    def __init__(self, store: Store, durable: bool) -> None:
+    def __init__(self, store: HistoryReader, durable: bool) -> None:
         self.store = store
         self.durable = durable
 

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from ..engine.limits import Limits
     from ..engine.state import TraderState
     from ..engine.types import Breach
+    from ..store.protocol import HistoryCounters
 
 log = logging.getLogger("tradeguard.metrics")
 
@@ -121,13 +122,6 @@ class _HotPath(Collector):
         yield GaugeMetricFamily("risk_check_latency_ms", CHECK_HELP, value=self.last_check_ms[0])
 
 
-class HistoryRows(Protocol):
-    """The store's history counters (store.protocol.Store has them)."""
-
-    enqueued: dict[str, int]
-    rows_written: dict[str, int]
-    rejected: dict[str, int]
-    dropped_history: int
 
 
 class _HistoryCollector(Collector):
@@ -135,7 +129,7 @@ class _HistoryCollector(Collector):
     enqueued = written + dropped + rejected + pending, where pending (queued or being written) is what a
     healthy writer has not committed yet."""
 
-    def __init__(self, store: HistoryRows) -> None:
+    def __init__(self, store: HistoryCounters) -> None:
         self.store = store
 
     def describe(self) -> Iterable[Metric]:
@@ -194,7 +188,7 @@ class MetricsSink(Protocol):
     def queue_depth(self, n: int) -> None:
         """Items waiting in the store write queue."""
 
-    def observe_store(self, store: HistoryRows) -> None:
+    def observe_store(self, store: HistoryCounters) -> None:
         """Export the store's history row counters, read at scrape time."""
 
     def store_healthy(self, healthy: bool) -> None:
@@ -436,7 +430,7 @@ class PrometheusMetrics:
     def queue_depth(self, n: int) -> None:
         self.queue_depth_gauge.set(n)
 
-    def observe_store(self, store: HistoryRows) -> None:
+    def observe_store(self, store: HistoryCounters) -> None:
         """Export the store's history row counters (enqueued, written, dropped, rejected, pending) at scrape
         time. Once per PrometheusMetrics."""
         self.registry.register(_HistoryCollector(store))
@@ -486,7 +480,7 @@ class NullMetrics:
     def queue_depth(self, n: int) -> None:
         return None
 
-    def observe_store(self, store: HistoryRows) -> None:
+    def observe_store(self, store: HistoryCounters) -> None:
         return None
 
     def store_healthy(self, healthy: bool) -> None:

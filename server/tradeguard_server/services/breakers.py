@@ -17,12 +17,13 @@ import logging
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any
 
 from ..engine.breakers import Evaluator
 from ..engine.clock import Clock, SystemClock
 from ..engine.events import Firing, StateChanged
 from ..store.errors import BadCursor, Conflict, NotFound
+from ..store.protocol import BreakerStore
 from ..store.records import BreakerEventRecord, BreakerRecord
 
 log = logging.getLogger("tradeguard.admin")
@@ -31,22 +32,6 @@ RECENT_EVENTS_KEPT = 1000  # listed from memory while persistence is off (memory
 MEMORY_CURSOR = "mem:"
 
 
-class BreakerStore(Protocol):
-    """What the breaker service needs of store.protocol.Store (RiskStore and MemoryStore implement it)."""
-
-    async def save_breaker(self, breaker: BreakerRecord) -> BreakerRecord: ...
-
-    async def update_breaker(self, breaker: BreakerRecord) -> BreakerRecord: ...
-
-    async def set_breaker_enabled(self, breaker_id: str, enabled: bool) -> BreakerRecord: ...
-
-    async def delete_breaker(self, breaker_id: str) -> None: ...
-
-    async def list_events(
-        self, account_id: str | None, breaker_id: str | None, limit: int, before_cursor: str | None = None
-    ) -> tuple[list[BreakerEventRecord], str | None]: ...
-
-    def enqueue_event(self, rec: BreakerEventRecord) -> None: ...
 
 
 @dataclass(slots=True)

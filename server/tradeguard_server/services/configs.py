@@ -14,11 +14,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import Protocol
 
 from ..engine.engine import RiskEngine
 from ..engine.limits import Limits, SymbolLimits
 from ..store.errors import NotFound
+from ..store.protocol import ConfigRepository
 from ..store.records import ConfigRecord
 
 log = logging.getLogger("tradeguard.admin")
@@ -34,12 +34,6 @@ class Configuration:
     regimes_given: bool = False
 
 
-class ConfigStore(Protocol):
-    """What the configuration service needs of store.protocol.Store."""
-
-    async def save_config(self, cfg: ConfigRecord) -> tuple[ConfigRecord, bool]: ...
-
-    async def delete_config(self, account_id: str, config_id: str) -> None: ...
 
 
 def limits_for(cfg: ConfigRecord, defaults: Limits) -> Limits:
@@ -99,7 +93,7 @@ def limits_for(cfg: ConfigRecord, defaults: Limits) -> Limits:
 class ConfigService:
     """Holds every account's configurations in memory, mirrored in the store when there is a database."""
 
-    def __init__(self, engine: RiskEngine, store: ConfigStore, durable: bool) -> None:
+    def __init__(self, engine: RiskEngine, store: ConfigRepository, durable: bool) -> None:
         self.engine = engine
         self.store = store
         self.durable = durable  # False: database_url=memory, nothing is written
