@@ -20,7 +20,8 @@ import pytest
 from google.protobuf import duration_pb2, json_format, timestamp_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.support.pg import TcpProxy, fresh_database
+from tests.support.pg import fresh_database
+from tests.support.proxy import FaultProxy
 from tests.support.sidecar import running_sidecar, spawn_sidecar
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import admin_service_pb2_grpc as adg
@@ -484,8 +485,8 @@ async def on_db(url: str, clock: ManualClock | None = None, **overrides: Any) ->
 
 @contextlib.asynccontextmanager
 async def down_at_start(url: str, clock: ManualClock | None = None, **overrides: Any) -> AsyncIterator[
-        tuple[Sidecar, Api, TcpProxy]]:
-    proxy = await TcpProxy().start()
+        tuple[Sidecar, Api, FaultProxy]]:
+    proxy = await FaultProxy().start()
     proxy.cut()
     try:
         async with on_db(proxy.url_for(url), clock, **overrides) as (sc, api):

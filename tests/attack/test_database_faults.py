@@ -19,8 +19,9 @@ import grpc
 import psycopg
 import pytest
 
-from tests.attack.support import FaultProxy, figure, log_records, percentile, server_errors
+from tests.attack.support import figure, log_records, percentile, server_errors
 from tests.support.pg import fresh_database, plain_dsn
+from tests.support.proxy import FaultProxy
 from tests.support.sidecar import running_sidecar
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import admin_service_pb2_grpc as adg
@@ -117,9 +118,8 @@ class Rig:
 
 @pytest.fixture
 async def rig(pg_url: str) -> AsyncIterator[Rig]:
-    proxy = FaultProxy()
-    await proxy.start()
-    async with running_sidecar(database_url=proxy.url(pg_url), enable_persistence=True) as sidecar:
+    proxy = await FaultProxy().start()
+    async with running_sidecar(database_url=proxy.url_for(pg_url), enable_persistence=True) as sidecar:
         assert await sidecar.store.flush(timeout=10)
         async with grpc.aio.insecure_channel(sidecar.address) as ch:
             admin = adg.AdminServiceStub(ch)

@@ -17,7 +17,8 @@ import psycopg
 import pytest
 
 from tests.integration.test_restart_unloaded import BUY, IDS, database_down_at_start, sidecar_on, state_loaded
-from tests.support.pg import TcpProxy, fresh_database, plain_dsn
+from tests.support.pg import fresh_database, plain_dsn
+from tests.support.proxy import FaultProxy
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import admin_service_pb2_grpc as adg
 from tradeguard.v1 import risk_service_pb2 as rs
@@ -180,7 +181,7 @@ async def test_a_flag_given_at_start_beats_the_stored_one_and_the_stored_one_bea
 
 async def test_set_feature_flags_during_an_outage_applies_now_says_not_stored_and_is_written_on_return(
         pg_url: str) -> None:
-    proxy = await TcpProxy().start()
+    proxy = await FaultProxy().start()
     try:
         async with sidecar_on(proxy.url_for(pg_url)) as (sidecar, ch):
             proxy.cut()

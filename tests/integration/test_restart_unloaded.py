@@ -19,7 +19,8 @@ from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.support.databases import T0, make_state, make_trade, open_store
-from tests.support.pg import TcpProxy, fresh_database, plain_dsn
+from tests.support.pg import fresh_database, plain_dsn
+from tests.support.proxy import FaultProxy
 from tests.support.sidecar import running_sidecar
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import admin_service_pb2_grpc as adg
@@ -57,9 +58,9 @@ async def sidecar_on(url: str, **overrides: Any) -> AsyncIterator[tuple[Sidecar,
 
 @contextlib.asynccontextmanager
 async def database_down_at_start(pg_url: str, **overrides: Any) -> AsyncIterator[
-        tuple[Sidecar, grpc.aio.Channel, TcpProxy]]:
+        tuple[Sidecar, grpc.aio.Channel, FaultProxy]]:
     """A sidecar started on `pg_url` through a proxy that refuses every connection until `proxy.restore()`."""
-    proxy = await TcpProxy().start()
+    proxy = await FaultProxy().start()
     proxy.cut()
     try:
         async with sidecar_on(proxy.url_for(pg_url), **overrides) as (sidecar, ch):
