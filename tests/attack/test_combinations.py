@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import time
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests.support.pg import fresh_database
 from tests.support.proxy import FaultProxy
 from tests.support.sidecar import running_sidecar, spawn_sidecar
+from tests.support.wait import eventually, eventually_sync
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import admin_service_pb2_grpc as adg
 from tradeguard.v1 import risk_service_pb2 as rs
@@ -923,9 +923,7 @@ def test_a_kill_switch_and_a_breach_hold_for_a_bot_calling_from_the_first_moment
     bot.start()
     try:
         second = spawn_sidecar(tmp_path, "--listen", address, *db, open_admin=False, name="r1")
-        deadline = time.monotonic() + 10
-        while sum(1 for a in answers if a[1] > 0) < 50 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        eventually_sync(lambda: sum(1 for a in answers if a[1] > 0) >= 50)
         token_after = (tmp_path / "admin.token").read_text().strip()
         with AdminClient(address, token=token_after) as admin:
             flags = admin.get_feature_flags()
@@ -972,14 +970,12 @@ async def test_a_stored_halt_holds_while_a_table_lock_delays_the_load_and_after_
     try:
         async with on_db(pg_url, listen=address, store_call_timeout_s=1.0) as (sc, api):
             before = sum(1 for a in answers if a[1] > 0)
-            while sum(1 for a in answers if a[1] > 0) < before + 20:
-                await asyncio.sleep(0.01)
+            assert await eventually(lambda: sum(1 for a in answers if a[1] > 0) >= before + 20)
             unloaded = not sc.persistence.loaded
             await lock.execute("ROLLBACK")
             await loaded(api)
             seen = len(answers)
-            while len(answers) < seen + 20:
-                await asyncio.sleep(0.01)
+            assert await eventually(lambda: len(answers) >= seen + 20)
             stop.set()  # before the sidecar stops: calls cut by the shutdown are not this test's subject
             await asyncio.get_running_loop().run_in_executor(None, bot.join, 5)
     finally:

@@ -23,6 +23,7 @@ from tests.attack.support import figure, log_records, percentile, server_errors
 from tests.support.pg import fresh_database, plain_dsn
 from tests.support.proxy import FaultProxy
 from tests.support.sidecar import running_sidecar
+from tests.support.wait import eventually
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import admin_service_pb2_grpc as adg
 from tradeguard.v1 import risk_service_pb2 as rs
@@ -89,7 +90,7 @@ async def drive(risk: rsg.RiskServiceStub, load: Load, seconds: float, offset: i
                 load.latencies.append(time.perf_counter() - started)
             except grpc.aio.AioRpcError as exc:
                 load.failures.append(f"{exc.code().name}: {exc.details()}")
-            await asyncio.sleep(0.002)
+            await asyncio.sleep(0.002)  # pacing: a bot, not a flood
 
     await asyncio.gather(*(bot(i) for i in range(BOTS)))
 
@@ -101,8 +102,12 @@ def p99_ms(latencies: list[float]) -> float:
 def no_wait(control: list[float], fault: list[float]) -> bool:
     """The hot path did not wait on the database: under the fault it answered like a memory-only sidecar driven
     at the same moments in the same process (a load spike or a GC pause hits both; client, server and proxy
-    share one process and two cores here), and no call lasted anywhere near the fault's length."""
-    return (percentile(fault, 0.5) < 3 * percentile(control, 0.5) and p99_ms(fault) < 3 * p99_ms(control)
+    share one process and two cores here), and no call lasted anywhere near the fault's length.
+
+    Ratios only, no absolute margin: the typical call within 3x the control's, the tail (a handful of samples,
+    noisy on a busy 2-core machine) within 5x; a call that waited on the database would take the fault's length
+    (seconds), which the 1 s bound on the slowest call catches."""
+    return (percentile(fault, 0.5) < 3 * percentile(control, 0.5) and p99_ms(fault) < 5 * p99_ms(control)
             and max(fault, default=0.0) < 1.0)
 
 
@@ -208,16 +213,19 @@ async def test_store_backends_terminated_mid_batch(rig: Rig) -> None:
 
         async def terminator() -> None:
             nonlocal killed, rounds
+            rows: list[tuple[object, ...]] = []
+
+            async def terminate_backends() -> bool:
+                nonlocal rows
+                rows = await asyncio.to_thread(
+                    sql, rig.url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                  "WHERE datname = %s AND pid <> pg_backend_pid()", database)
+                return bool(rows)
+
             for _ in range(6):
-                await asyncio.sleep(0.35)
-                deadline = time.monotonic() + 5.0
-                while True:  # the store may not have reconnected yet since the last round: then try again
-                    rows = await asyncio.to_thread(
-                        sql, rig.url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                      "WHERE datname = %s AND pid <> pg_backend_pid()", database)
-                    if rows or time.monotonic() > deadline:
-                        break
-                    await asyncio.sleep(0.02)
+                await asyncio.sleep(0.35)  # the rounds are spread over the load on purpose: real time is the fault
+                # the store may not have reconnected yet since the last round: then try again
+                await eventually(terminate_backends, timeout=5.0, interval=0.02)
                 killed += len(rows)
                 rounds += bool(rows)
             terminated.set()
@@ -277,7 +285,7 @@ def hold_lock(url: str, seconds: float, locked: asyncio.Event, loop: asyncio.Abs
     with psycopg.connect(plain_dsn(url)) as conn:
         conn.execute("LOCK TABLE risk_state IN ACCESS EXCLUSIVE MODE")
         loop.call_soon_threadsafe(locked.set)
-        time.sleep(seconds)
+        time.sleep(seconds)  # the fault: the lock is held this long
         conn.rollback()
 
 
@@ -295,7 +303,7 @@ async def test_table_locked_by_someone_else(rig: Rig) -> None:
         await locked.wait()
 
         async def admin_calls() -> tuple[float, float, bool]:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)  # the subject: admin writes and health 1 s into the lock (real time)
             health.append(rig.sidecar.store.healthy)
             started = time.perf_counter()
             await rig.admin.SaveConfig(ad.SaveConfigRequest(config=t.RiskConfiguration(
@@ -346,7 +354,7 @@ async def test_rows_breaking_a_constraint_are_isolated_and_the_rest_lands(rig: R
             poison_reports += 1
             await rig.risk.ReportEquity(rs.ReportEquityRequest(trader_id="poison", account_id="acct",
                                                                equity=5_000.0 + poison_reports))
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # pacing the poison writer
 
     with server_errors() as errors:
         await asyncio.gather(drive(rig.risk, load, 2.0), poison(2.0))
@@ -376,7 +384,7 @@ async def test_commit_whose_answer_is_lost_writes_no_history_row_twice(rig: Rig)
 
     async def lose_acks() -> None:
         for _ in range(3):
-            await asyncio.sleep(0.4)
+            await asyncio.sleep(0.4)  # the three losses are spread over the 2 s of load on purpose
             rig.proxy.lose_commit_acks(1)
 
     with server_errors() as errors:
