@@ -152,7 +152,7 @@ async def test_sigkill_under_load_loses_at_most_a_batch_and_never_a_kill_switch(
                 risk, admin = rsg.RiskServiceStub(ch), adg.AdminServiceStub(ch)
                 stop = asyncio.Event()
                 bots = asyncio.create_task(load(risk, acks, 10_000.0 + cycle * 100_000.0, stop))
-                await asyncio.sleep(LOAD_S)
+                await asyncio.sleep(LOAD_S)  # the bots' load runs this long before the kill (real time)
                 # Right before the kill, under load: a kill switch, and a loss-limit breach.
                 await admin.PauseTrading(ad.PauseTradingRequest(
                     trader_id=f"kill-{cycle}", account_id="acct", trading_state=t.TRADING_STATE_HALTED,

@@ -75,6 +75,7 @@ from tests.support.databases import closed_port
 from tests.support.pg import fresh_database
 from tests.support.proxy import FaultProxy
 from tests.support.sidecar import BIN
+from tests.support.wait import eventually_sync
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import admin_service_pb2_grpc as adg
 from tradeguard.v1 import risk_service_pb2 as rs
@@ -196,14 +197,14 @@ class Harness:
 
     def wait_merged(self, seconds: float = 30.0) -> None:
         """Until the stored state is merged: readiness SERVING, the store healthy, the load installed."""
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
+        def merged() -> bool:
             persistence = self.sidecar.persistence if self.sidecar is not None else None
-            if (getattr(persistence, "loaded", True) and self.serving("") and self.serving("tradeguard.store")
-                    and self.flush()):
-                self.down_start_pending = False
-                return
-            time.sleep(0.02)
+            return bool(getattr(persistence, "loaded", True) and self.serving("") and self.serving("tradeguard.store")
+                        and self.flush())
+
+        if eventually_sync(merged, timeout=seconds, interval=0.02):
+            self.down_start_pending = False
+            return
         raise AssertionError(f"the stored state was not merged {seconds:.0f} s after the database returned")
 
     def close(self) -> None:
@@ -222,7 +223,7 @@ class RealClock:
         """A new sequence: never start one within 90 s of a UTC midnight (model and server would roll apart)."""
         left = DAY - time.time() % DAY
         if left < 90:
-            time.sleep(left + 2)
+            time.sleep(left + 2)  # the behaviour: wait for the real clock to pass midnight
 
     def advance(self, seconds: float) -> None:
         raise NotImplementedError("the wall clock cannot be advanced")
