@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,6 @@ import pytest
 from google.protobuf import duration_pb2, json_format, timestamp_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.support.pg import fresh_database
 from tests.support.proxy import FaultProxy
 from tests.support.sidecar import running_sidecar, spawn_sidecar
 from tests.support.wait import eventually, eventually_sync
@@ -467,12 +466,6 @@ async def test_a_breaker_scoped_to_Binance_fires_for_orders_on_binance() -> None
 
 
 # ---- database down at start: kill switch, flags, configs, trades while not loaded; then it returns ---------
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    with fresh_database() as url:
-        yield url
 
 
 @contextlib.asynccontextmanager

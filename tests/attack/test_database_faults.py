@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import grpc
@@ -20,7 +20,7 @@ import psycopg
 import pytest
 
 from tests.attack.support import figure, log_records, percentile, server_errors
-from tests.support.pg import fresh_database, plain_dsn
+from tests.support.pg import plain_dsn
 from tests.support.proxy import FaultProxy
 from tests.support.sidecar import running_sidecar
 from tests.support.wait import eventually
@@ -35,12 +35,6 @@ pytestmark = pytest.mark.integration
 
 BOTS = 8
 FLOOR = 9_990.0  # an alert breaker fires whenever a bot dips below this (every other report): many events
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    with fresh_database("tradeguard_attack") as url:
-        yield url
 
 
 def sql(url: str, query: str, *params: object) -> list[tuple[object, ...]]:

@@ -20,7 +20,6 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import psycopg
 import pytest
 
 from tests.attack.support import figure
-from tests.support.pg import fresh_database, plain_dsn
+from tests.support.pg import plain_dsn
 from tests.support.sidecar import spawn_sidecar
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import admin_service_pb2_grpc as adg
@@ -42,12 +41,6 @@ pytestmark = pytest.mark.integration
 BOTS = 8
 CYCLES = 3
 LOAD_S = 1.5
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    with fresh_database("tradeguard_kill") as url:
-        yield url
 
 
 @dataclass

@@ -21,6 +21,7 @@ import grpc
 import pytest
 
 from tests.attack.support import log_records
+from tests.support.auth import Metadata, bearer
 from tests.support.certs import have_openssl, make_certs
 from tests.support.sidecar import running_sidecar, spawn_sidecar
 from tests.support.wait import eventually
@@ -38,13 +39,6 @@ BIN = Path(sys.executable).parent
 ADMIN = "admin-token-0123456789abcdef"
 BOT1 = "bot-1-token-0123456789abcdef"
 BOT2 = "bot-2-token-0123456789abcdef"
-Metadata = tuple[tuple[str, str], ...]
-
-
-def bearer(token: str) -> Metadata:
-    return (("authorization", f"Bearer {token}"),)
-
-
 def write_credentials(tmp_path: Path) -> Path:
     """bot-1 may act for trader bot-1 on acct-1; bot-2 for bot-2 on acct-2. Tokens in their own files."""
     (tmp_path / "bot-1.token").write_text(BOT1 + "\n")

@@ -42,7 +42,6 @@ from tradeguard_client import (
     SymbolConfig,
     TradeGuardError,
 )
-from tradeguard_server.engine.clock import ManualClock
 from tradeguard_server.sidecar import Sidecar
 
 pytestmark = pytest.mark.integration
@@ -58,17 +57,6 @@ needs_openssl = pytest.mark.skipif(not have_openssl(), reason="openssl CLI not i
 
 
 # ---- fixtures and helpers ------------------------------------------------------------------------
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(T0)
-
-
-@pytest.fixture
-async def sidecar(clock: ManualClock) -> AsyncIterator[Sidecar]:
-    async with running_sidecar(clock=clock) as sc:
-        yield sc
 
 
 def closed_port() -> str:

@@ -24,7 +24,7 @@ import signal
 import statistics
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +33,6 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.support.databases import closed_port
-from tests.support.pg import fresh_database
 from tests.support.proxy import FaultProxy
 from tests.support.sidecar import BIN, running_sidecar
 from tradeguard.v1 import admin_service_pb2 as ad
@@ -161,12 +160,6 @@ async def one_restart(label: str, mode: str, address: str, proxy: FaultProxy, ta
         await runner
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    with fresh_database() as url:
-        yield url
-
-
 async def test_restarts_with_a_bot_calling_from_the_first_moment_lose_no_pause_and_allow_nothing(
         pg_url: str, tmp_path: Path) -> None:
     async with running_sidecar(database_url=pg_url, enable_persistence=True) as first, \
@@ -187,7 +180,8 @@ async def test_restarts_with_a_bot_calling_from_the_first_moment_lose_no_pause_a
         port = closed_port()
         address = f"127.0.0.1:{port}"
         settings = load_settings({}, {"listen": address, "database_url": url, "uvloop": False, "metrics_listen": "",
-                                      "store_call_timeout_s": LOAD_BOUND_S, "shutdown_grace_s": 1.0})
+                                      "store_call_timeout_s": LOAD_BOUND_S, "shutdown_grace_s": 1.0,
+                                      "state_dir": str(tmp_path)})  # its admin token: not in the working directory
         for i in range(IN_PROCESS_RESTARTS):
             mode = MODES[i % len(MODES)]
             sidecar = Sidecar(settings)

@@ -9,7 +9,7 @@ replayed on it (issue 13, items 1, 3 and 13).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -19,7 +19,7 @@ from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.support.databases import T0, make_state, make_trade, open_store
-from tests.support.pg import fresh_database, plain_dsn
+from tests.support.pg import plain_dsn
 from tests.support.proxy import FaultProxy
 from tests.support.sidecar import running_sidecar
 from tradeguard.v1 import admin_service_pb2 as ad
@@ -36,12 +36,6 @@ IDS = {"trader_id": "bot-1", "account_id": "acct-1"}
 BUY = t.OrderIntent(symbol="BTCUSDT", exchange="binance", side=t.SIDE_BUY, quantity=0.01, price=50_000)
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    with fresh_database() as url:
-        yield url
 
 
 def rows(url: str, query: str) -> list[tuple[Any, ...]]:
