@@ -5,6 +5,7 @@
   overrides `sidecar` and keeps the rest.
 - `channel`, `risk`, `admin`: an insecure channel to `sidecar` and its RiskService / AdminService stubs.
 - `stubs`: (risk, admin) stubs of a sidecar on the real clock, for tests where time does not matter.
+- `certs`: a CA, server and client certificates for TLS tests (once per module; skipped without openssl).
 
 Tests that need a database give `running_sidecar` their own (tests/support/pg.py, or a file in tmp_path);
 tests/conftest.py fails any test whose sidecar uses the working directory's.
@@ -17,6 +18,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
+from tests.support.certs import TlsFiles, have_openssl, make_certs
 from tests.support.sidecar import running_sidecar
 from tradeguard.v1 import admin_service_pb2_grpc as adg
 from tradeguard.v1 import risk_service_pb2_grpc as rsg
@@ -50,3 +52,10 @@ def admin(channel: grpc.aio.Channel) -> adg.AdminServiceStub:
 async def stubs() -> AsyncIterator[tuple[rsg.RiskServiceStub, adg.AdminServiceStub]]:
     async with running_sidecar() as sc, grpc.aio.insecure_channel(sc.address) as ch:
         yield rsg.RiskServiceStub(ch), adg.AdminServiceStub(ch)
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    if not have_openssl():
+        pytest.skip("openssl CLI not installed")
+    return make_certs(tmp_path_factory.mktemp("certs"))
