@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import time
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,9 @@ import pytest
 from google.protobuf import duration_pb2, json_format, timestamp_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.support.pg import TcpProxy, fresh_database
+from tests.support.proxy import FaultProxy
 from tests.support.sidecar import running_sidecar, spawn_sidecar
+from tests.support.wait import eventually, eventually_sync
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import admin_service_pb2_grpc as adg
 from tradeguard.v1 import risk_service_pb2 as rs
@@ -468,12 +468,6 @@ async def test_a_breaker_scoped_to_Binance_fires_for_orders_on_binance() -> None
 # ---- database down at start: kill switch, flags, configs, trades while not loaded; then it returns ---------
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    with fresh_database() as url:
-        yield url
-
-
 @contextlib.asynccontextmanager
 async def on_db(url: str, clock: ManualClock | None = None, **overrides: Any) -> AsyncIterator[tuple[Sidecar, Api]]:
     overrides.setdefault("kill_switch_store_timeout_s", 0.3)
@@ -484,8 +478,8 @@ async def on_db(url: str, clock: ManualClock | None = None, **overrides: Any) ->
 
 @contextlib.asynccontextmanager
 async def down_at_start(url: str, clock: ManualClock | None = None, **overrides: Any) -> AsyncIterator[
-        tuple[Sidecar, Api, TcpProxy]]:
-    proxy = await TcpProxy().start()
+        tuple[Sidecar, Api, FaultProxy]]:
+    proxy = await FaultProxy().start()
     proxy.cut()
     try:
         async with on_db(proxy.url_for(url), clock, **overrides) as (sc, api):
@@ -922,9 +916,7 @@ def test_a_kill_switch_and_a_breach_hold_for_a_bot_calling_from_the_first_moment
     bot.start()
     try:
         second = spawn_sidecar(tmp_path, "--listen", address, *db, open_admin=False, name="r1")
-        deadline = time.monotonic() + 10
-        while sum(1 for a in answers if a[1] > 0) < 50 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        eventually_sync(lambda: sum(1 for a in answers if a[1] > 0) >= 50)
         token_after = (tmp_path / "admin.token").read_text().strip()
         with AdminClient(address, token=token_after) as admin:
             flags = admin.get_feature_flags()
@@ -971,14 +963,12 @@ async def test_a_stored_halt_holds_while_a_table_lock_delays_the_load_and_after_
     try:
         async with on_db(pg_url, listen=address, store_call_timeout_s=1.0) as (sc, api):
             before = sum(1 for a in answers if a[1] > 0)
-            while sum(1 for a in answers if a[1] > 0) < before + 20:
-                await asyncio.sleep(0.01)
+            assert await eventually(lambda: sum(1 for a in answers if a[1] > 0) >= before + 20)
             unloaded = not sc.persistence.loaded
             await lock.execute("ROLLBACK")
             await loaded(api)
             seen = len(answers)
-            while len(answers) < seen + 20:
-                await asyncio.sleep(0.01)
+            assert await eventually(lambda: len(answers) >= seen + 20)
             stop.set()  # before the sidecar stops: calls cut by the shutdown are not this test's subject
             await asyncio.get_running_loop().run_in_executor(None, bot.join, 5)
     finally:

@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import grpc
 import psycopg
 import pytest
 
-from tests.attack.support import FaultProxy, figure, log_records, percentile, server_errors
-from tests.support.pg import fresh_database, plain_dsn
+from tests.attack.support import figure, log_records, percentile, server_errors
+from tests.support.pg import plain_dsn
+from tests.support.proxy import FaultProxy
 from tests.support.sidecar import running_sidecar
+from tests.support.wait import eventually
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import admin_service_pb2_grpc as adg
 from tradeguard.v1 import risk_service_pb2 as rs
@@ -33,12 +35,6 @@ pytestmark = pytest.mark.integration
 
 BOTS = 8
 FLOOR = 9_990.0  # an alert breaker fires whenever a bot dips below this (every other report): many events
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    with fresh_database("tradeguard_attack") as url:
-        yield url
 
 
 def sql(url: str, query: str, *params: object) -> list[tuple[object, ...]]:
@@ -88,7 +84,7 @@ async def drive(risk: rsg.RiskServiceStub, load: Load, seconds: float, offset: i
                 load.latencies.append(time.perf_counter() - started)
             except grpc.aio.AioRpcError as exc:
                 load.failures.append(f"{exc.code().name}: {exc.details()}")
-            await asyncio.sleep(0.002)
+            await asyncio.sleep(0.002)  # pacing: a bot, not a flood
 
     await asyncio.gather(*(bot(i) for i in range(BOTS)))
 
@@ -100,8 +96,12 @@ def p99_ms(latencies: list[float]) -> float:
 def no_wait(control: list[float], fault: list[float]) -> bool:
     """The hot path did not wait on the database: under the fault it answered like a memory-only sidecar driven
     at the same moments in the same process (a load spike or a GC pause hits both; client, server and proxy
-    share one process and two cores here), and no call lasted anywhere near the fault's length."""
-    return (percentile(fault, 0.5) < 3 * percentile(control, 0.5) and p99_ms(fault) < 3 * p99_ms(control)
+    share one process and two cores here), and no call lasted anywhere near the fault's length.
+
+    Ratios only, no absolute margin: the typical call within 3x the control's, the tail (a handful of samples,
+    noisy on a busy 2-core machine) within 5x; a call that waited on the database would take the fault's length
+    (seconds), which the 1 s bound on the slowest call catches."""
+    return (percentile(fault, 0.5) < 3 * percentile(control, 0.5) and p99_ms(fault) < 5 * p99_ms(control)
             and max(fault, default=0.0) < 1.0)
 
 
@@ -117,9 +117,8 @@ class Rig:
 
 @pytest.fixture
 async def rig(pg_url: str) -> AsyncIterator[Rig]:
-    proxy = FaultProxy()
-    await proxy.start()
-    async with running_sidecar(database_url=proxy.url(pg_url), enable_persistence=True) as sidecar:
+    proxy = await FaultProxy().start()
+    async with running_sidecar(database_url=proxy.url_for(pg_url), enable_persistence=True) as sidecar:
         assert await sidecar.store.flush(timeout=10)
         async with grpc.aio.insecure_channel(sidecar.address) as ch:
             admin = adg.AdminServiceStub(ch)
@@ -208,16 +207,19 @@ async def test_store_backends_terminated_mid_batch(rig: Rig) -> None:
 
         async def terminator() -> None:
             nonlocal killed, rounds
+            rows: list[tuple[object, ...]] = []
+
+            async def terminate_backends() -> bool:
+                nonlocal rows
+                rows = await asyncio.to_thread(
+                    sql, rig.url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                  "WHERE datname = %s AND pid <> pg_backend_pid()", database)
+                return bool(rows)
+
             for _ in range(6):
-                await asyncio.sleep(0.35)
-                deadline = time.monotonic() + 5.0
-                while True:  # the store may not have reconnected yet since the last round: then try again
-                    rows = await asyncio.to_thread(
-                        sql, rig.url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                      "WHERE datname = %s AND pid <> pg_backend_pid()", database)
-                    if rows or time.monotonic() > deadline:
-                        break
-                    await asyncio.sleep(0.02)
+                await asyncio.sleep(0.35)  # the rounds are spread over the load on purpose: real time is the fault
+                # the store may not have reconnected yet since the last round: then try again
+                await eventually(terminate_backends, timeout=5.0, interval=0.02)
                 killed += len(rows)
                 rounds += bool(rows)
             terminated.set()
@@ -277,7 +279,7 @@ def hold_lock(url: str, seconds: float, locked: asyncio.Event, loop: asyncio.Abs
     with psycopg.connect(plain_dsn(url)) as conn:
         conn.execute("LOCK TABLE risk_state IN ACCESS EXCLUSIVE MODE")
         loop.call_soon_threadsafe(locked.set)
-        time.sleep(seconds)
+        time.sleep(seconds)  # the fault: the lock is held this long
         conn.rollback()
 
 
@@ -295,7 +297,7 @@ async def test_table_locked_by_someone_else(rig: Rig) -> None:
         await locked.wait()
 
         async def admin_calls() -> tuple[float, float, bool]:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)  # the subject: admin writes and health 1 s into the lock (real time)
             health.append(rig.sidecar.store.healthy)
             started = time.perf_counter()
             await rig.admin.SaveConfig(ad.SaveConfigRequest(config=t.RiskConfiguration(
@@ -346,7 +348,7 @@ async def test_rows_breaking_a_constraint_are_isolated_and_the_rest_lands(rig: R
             poison_reports += 1
             await rig.risk.ReportEquity(rs.ReportEquityRequest(trader_id="poison", account_id="acct",
                                                                equity=5_000.0 + poison_reports))
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # pacing the poison writer
 
     with server_errors() as errors:
         await asyncio.gather(drive(rig.risk, load, 2.0), poison(2.0))
@@ -376,7 +378,7 @@ async def test_commit_whose_answer_is_lost_writes_no_history_row_twice(rig: Rig)
 
     async def lose_acks() -> None:
         for _ in range(3):
-            await asyncio.sleep(0.4)
+            await asyncio.sleep(0.4)  # the three losses are spread over the 2 s of load on purpose
             rig.proxy.lose_commit_acks(1)
 
     with server_errors() as errors:

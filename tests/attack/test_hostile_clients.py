@@ -40,6 +40,7 @@ from tests.attack.support import (
 )
 from tests.attack.test_malformed_transport import Prober
 from tests.support.sidecar import SidecarProcess, spawn_sidecar
+from tests.support.wait import eventually_sync
 from tradeguard.v1 import risk_service_pb2 as rs
 from tradeguard.v1 import risk_service_pb2_grpc as rsg
 
@@ -141,7 +142,11 @@ def test_hostile_connections_and_streams_keep_memory_bounded_and_can_trade_answe
     phases: dict[str, str] = {}
     held_max = 0
     with RssSampler(pid) as rss, Prober(address) as prober:
-        time.sleep(0.3)
+        assert eventually_sync(lambda: len(prober.latencies) >= 50)  # the well-behaved client is answered
+        baseline_p99 = percentile(prober.latencies, 0.99) * 1e3
+
+        def released() -> bool:  # the server let go of the previous phase's connections
+            return open_fds(pid) < 40
 
         # 1. 990 connections that connect and never send (or stop inside the preface): dropped after the
         #    handshake timeout.
@@ -149,10 +154,10 @@ def test_hostile_connections_and_streams_keep_memory_bounded_and_can_trade_answe
         silent = [raw_connection(address) for _ in range(990)]
         for i, sock in enumerate(silent[::2]):
             sock.sendall(PREFACE[: 1 + i % (len(PREFACE) - 1)])
-        time.sleep(0.5)
+        eventually_sync(lambda: open_fds(pid) >= len(silent), timeout=5)  # the server holds them all
         held_max = max(held_max, len(silent))
         fds_held = open_fds(pid)
-        time.sleep(HANDSHAKE_S + 2.0)
+        eventually_sync(lambda: all(_closed_by_peer(s) for s in silent), timeout=HANDSHAKE_S + 10, interval=0.2)
         dropped = sum(_closed_by_peer(s) for s in silent)
         for s in silent:
             s.close()
@@ -162,14 +167,14 @@ def test_hostile_connections_and_streams_keep_memory_bounded_and_can_trade_answe
         assert dropped == len(silent)
 
         # 2. More connections than max_connections (1000): the extra ones are closed at once.
-        time.sleep(0.5)
+        assert eventually_sync(released)
         mark = len(prober.latencies)
         crowd = []
         for _ in range(1_200):
             sock = raw_connection(address)
             sock.sendall(PREFACE + settings_frame())
             crowd.append(sock)
-        time.sleep(1.0)
+        eventually_sync(lambda: len(crowd) - sum(_closed_by_peer(s) for s in crowd) <= 1_000, interval=0.2)
         refused = sum(_closed_by_peer(s) for s in crowd)
         held_max = max(held_max, len(crowd) - refused)
         for s in crowd:
@@ -177,7 +182,7 @@ def test_hostile_connections_and_streams_keep_memory_bounded_and_can_trade_answe
         phases["crowd"] = (f"{len(crowd)} opened, {refused} refused over max_connections; CanTrade p99 "
                            f"{percentile(prober.latencies[mark:], 0.99) * 1e3:.2f} ms")
         assert len(crowd) - refused <= 1_000
-        time.sleep(0.5)
+        assert eventually_sync(released)
 
         # 3. 1,000 WatchRiskState streams (10 connections x 100) opened and abandoned with a RST, twice.
         rss_rounds = []
@@ -188,7 +193,7 @@ def test_hostile_connections_and_streams_keep_memory_bounded_and_can_trade_answe
             held_max = max(held_max, established)
             for s in socks:
                 _rst_close(s)
-            time.sleep(1.0)
+            assert eventually_sync(released)
             rss_rounds.append(rss_kib(pid))
             phases[f"watch round {round_no + 1}"] = (
                 f"{established} streams established and abandoned ({refused_streams} refused); RSS after "
@@ -217,7 +222,7 @@ def test_hostile_connections_and_streams_keep_memory_bounded_and_can_trade_answe
             f"others, never read; 1,500 reports p99 {percentile(report_latency, 0.99) * 1e3:.2f} ms; CanTrade p99 "
             f"{percentile(prober.latencies[mark:], 0.99) * 1e3:.2f} ms")
         assert on_victim == 8 and over_cap == 1
-        time.sleep(0.5)
+        eventually_sync(released)
     fds_after = open_fds(pid)
 
     for name, text in phases.items():
@@ -227,13 +232,16 @@ def test_hostile_connections_and_streams_keep_memory_bounded_and_can_trade_answe
     figure("hostile", "hostile connections / streams held at once (max)", held_max)
     figure("hostile", "sidecar RSS baseline / peak MiB", f"{baseline / 1024:.0f} / {rss.peak / 1024:.0f}")
     figure("hostile", "RSS after watch rounds 1 / 2 MiB", f"{rss_rounds[0] / 1024:.0f} / {rss_rounds[1] / 1024:.0f}")
-    figure("hostile", "well-behaved CanTrade calls / failures / p99 ms / max ms",
-           f"{len(prober.latencies)} / {len(prober.failures)} / {p99:.2f} / {max(prober.latencies) * 1e3:.1f}")
+    figure("hostile", "well-behaved CanTrade calls / failures / p99 ms / max ms / p99 ms before the attacks",
+           f"{len(prober.latencies)} / {len(prober.failures)} / {p99:.2f} / {max(prober.latencies) * 1e3:.1f}"
+           f" / {baseline_p99:.2f}")
     figure("hostile", "server fds after the attacks", fds_after)
     assert prober.failures == []
     assert growth < 200, f"RSS grew by {growth:.0f} MiB"
     assert rss_rounds[1] - rss_rounds[0] < 16 * 1024  # no leak per abandoned stream
-    assert p99 < 100.0
+    # The hot path keeps answering: 100 ms, or 20x the p99 measured before the attacks on this machine when that
+    # is slower (a hot path blocked by hostile connections would wait for the 5 s deadline).
+    assert p99 < max(100.0, 20 * baseline_p99)
     assert fds_after < 40
     assert sidecar.proc.poll() is None
 
@@ -247,7 +255,7 @@ def test_request_flood_saturates_but_never_breaks_the_sidecar(sidecar: SidecarPr
     body.write_bytes(grpc_message(rs.CanTradeRequest(trader_id="flood", account_id="acct").SerializeToString()))
     baseline = rss_kib(pid)
     with RssSampler(pid) as rss, Prober(address) as prober:
-        time.sleep(0.3)
+        assert eventually_sync(lambda: len(prober.latencies) >= 50)  # the well-behaved client is answered
         mark = len(prober.latencies)
         out = subprocess.run(
             ["h2load", "-n", "60000", "-c", "100", "-m", "1000", "-N", "30", "-d", str(body),
@@ -255,9 +263,9 @@ def test_request_flood_saturates_but_never_breaks_the_sidecar(sidecar: SidecarPr
             capture_output=True, text=True, timeout=180, check=False)
         during = prober.latencies[mark:]
         failed_during = len(prober.failures)
-        time.sleep(1.0)
+        time.sleep(1.0)  # the figure is "1 s after the flood": a span of real time, not a wait for an event
         after_mark = len(prober.latencies)
-        time.sleep(1.0)
+        time.sleep(1.0)  # ... measured over one second of real time
         after = prober.latencies[after_mark:]
     summary = next((line for line in out.stdout.splitlines() if line.startswith("requests:")), out.stdout[-300:])
     print(f"  h2load: {summary}")

@@ -48,6 +48,7 @@ from tests.attack.support import (
     server_errors,
     settings_frame,
 )
+from tests.support.wait import eventually_sync
 from tradeguard.v1 import risk_service_pb2 as rs
 from tradeguard.v1 import risk_service_pb2_grpc as rsg
 
@@ -154,7 +155,7 @@ class Prober:
                     self.latencies.append(time.perf_counter() - started)
                 except grpc.RpcError as exc:
                     self.failures.append(f"{exc.code().name}: {exc.details()}")  # type: ignore[attr-defined]
-                time.sleep(0.002)
+                time.sleep(0.002)  # pacing: a well-behaved client, not a flood of its own
 
     def __exit__(self, *_exc: object) -> None:
         self._stop.set()
@@ -207,7 +208,8 @@ def test_malformed_http2_frames_and_garbage_never_hurt_the_server(server: Thread
                 wrong.append(f"{name}: {outcome}, expected {must}")
             if not _healthy(server.address):
                 wrong.append(f"{name}: server not healthy after it")
-        time.sleep(0.2)
+        after_attacks = len(prober.latencies)
+        eventually_sync(lambda: len(prober.latencies) >= after_attacks + 20, timeout=10)  # answers after them
     for name, outcome in outcomes.items():
         print(f"  {outcome:8} {name}")
     p99 = percentile(prober.latencies, 0.99) * 1e3
@@ -222,29 +224,39 @@ def test_malformed_http2_frames_and_garbage_never_hurt_the_server(server: Thread
     assert _healthy(server.address)
 
 
+def can_trade_latencies(address: str, calls: int) -> list[float]:
+    """Seconds per CanTrade of a well-behaved client on its own connection, `calls` in a row."""
+    with grpc.insecure_channel(address) as ch:
+        stub = rsg.RiskServiceStub(ch)
+        stub.CanTrade(rs.CanTradeRequest(trader_id="other", account_id="acct-1"), timeout=5)  # connected
+        latencies = []
+        for _ in range(calls):
+            started = time.perf_counter()
+            stub.CanTrade(rs.CanTradeRequest(trader_id="other", account_id="acct-1"), timeout=5)
+            latencies.append(time.perf_counter() - started)
+    return latencies
+
+
 def test_silent_and_truncated_connections_do_not_block_others(server: ThreadedSidecar) -> None:
     """Sockets that connect and never send, or stop in the middle of the preface, held while others work."""
     socks = []
     with server_errors() as errors:
+        baseline = can_trade_latencies(server.address, 200)  # the same calls, before the sockets are held
         for i in range(200):
             s = raw_connection(server.address)
             if i % 2:
                 s.sendall(PREFACE[: 1 + i % len(PREFACE)])
             socks.append(s)
-        with grpc.insecure_channel(server.address) as ch:
-            stub = rsg.RiskServiceStub(ch)
-            latencies = []
-            for _ in range(200):
-                started = time.perf_counter()
-                stub.CanTrade(rs.CanTradeRequest(trader_id="other", account_id="acct-1"), timeout=5)
-                latencies.append(time.perf_counter() - started)
+        latencies = can_trade_latencies(server.address, 200)
         for s in socks:
             s.close()
-    p99 = percentile(latencies, 0.99) * 1e3
+    p99, baseline_p99 = percentile(latencies, 0.99) * 1e3, percentile(baseline, 0.99) * 1e3
     figure("transport", "silent / half-preface sockets held", len(socks))
-    figure("transport", "CanTrade p99 ms next to them", p99)
+    figure("transport", "CanTrade p99 ms before / next to them", f"{baseline_p99:.2f} / {p99:.2f}")
     assert errors.lines() == []
-    assert p99 < 50.0
+    # Held sockets cost the other client nothing: 50 ms, or 5x the p99 measured just before on this machine
+    # when that is slower (a blocked hot path would wait for the 5 s deadline).
+    assert p99 < max(50.0, 5 * baseline_p99)
     assert _healthy(server.address)
 
 

@@ -20,7 +20,6 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import psycopg
 import pytest
 
 from tests.attack.support import figure
-from tests.support.pg import fresh_database, plain_dsn
+from tests.support.pg import plain_dsn
 from tests.support.sidecar import spawn_sidecar
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import admin_service_pb2_grpc as adg
@@ -42,12 +41,6 @@ pytestmark = pytest.mark.integration
 BOTS = 8
 CYCLES = 3
 LOAD_S = 1.5
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    with fresh_database("tradeguard_kill") as url:
-        yield url
 
 
 @dataclass
@@ -152,7 +145,7 @@ async def test_sigkill_under_load_loses_at_most_a_batch_and_never_a_kill_switch(
                 risk, admin = rsg.RiskServiceStub(ch), adg.AdminServiceStub(ch)
                 stop = asyncio.Event()
                 bots = asyncio.create_task(load(risk, acks, 10_000.0 + cycle * 100_000.0, stop))
-                await asyncio.sleep(LOAD_S)
+                await asyncio.sleep(LOAD_S)  # the bots' load runs this long before the kill (real time)
                 # Right before the kill, under load: a kill switch, and a loss-limit breach.
                 await admin.PauseTrading(ad.PauseTradingRequest(
                     trader_id=f"kill-{cycle}", account_id="acct", trading_state=t.TRADING_STATE_HALTED,

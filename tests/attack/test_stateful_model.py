@@ -21,7 +21,7 @@ test_process_faults.py's subject).
 
 Three variants of the machine, 2,004 sequences in all:
 - SQLite, in process (1,780 sequences of 12 steps): everything above.
-- PostgreSQL behind a TcpProxy, in process (200 sequences of 20 steps): also database outages mid-run (admin
+- PostgreSQL behind a FaultProxy, in process (200 sequences of 20 steps): also database outages mid-run (admin
   writes, kill switches and flags during the outage) and starts with the database down (the stored state
   cannot be loaded: only reduce-only / reducing orders may be allowed until it is merged; the reports made
   meanwhile are replayed on top of it when the database returns).
@@ -71,9 +71,11 @@ from tests.attack.model_reference import (
     day_of,
 )
 from tests.attack.support import LoopThread, figure, server_errors
-from tests.support.databases import TcpProxy, closed_port
+from tests.support.databases import closed_port
 from tests.support.pg import fresh_database
+from tests.support.proxy import FaultProxy
 from tests.support.sidecar import BIN
+from tests.support.wait import eventually_sync
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import admin_service_pb2_grpc as adg
 from tradeguard.v1 import risk_service_pb2 as rs
@@ -115,9 +117,9 @@ async def _crash(sc: Sidecar) -> None:
 
 
 class Harness:
-    """A sidecar in process on port 0 with a ManualClock; SQLite, or PostgreSQL behind a TcpProxy."""
+    """A sidecar in process on port 0 with a ManualClock; SQLite, or PostgreSQL behind a FaultProxy."""
 
-    def __init__(self, loop: Any, clock: Any, database_url: str, proxy: TcpProxy | None = None):
+    def __init__(self, loop: Any, clock: Any, database_url: str, proxy: FaultProxy | None = None):
         self.loop, self.clock, self.proxy = loop, clock, proxy
         self.overrides: dict[str, Any] = {
             "listen": "127.0.0.1:0", "uvloop": False, "metrics_listen": "", "database_url": database_url,
@@ -195,14 +197,14 @@ class Harness:
 
     def wait_merged(self, seconds: float = 30.0) -> None:
         """Until the stored state is merged: readiness SERVING, the store healthy, the load installed."""
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
+        def merged() -> bool:
             persistence = self.sidecar.persistence if self.sidecar is not None else None
-            if (getattr(persistence, "loaded", True) and self.serving("") and self.serving("tradeguard.store")
-                    and self.flush()):
-                self.down_start_pending = False
-                return
-            time.sleep(0.02)
+            return bool(getattr(persistence, "loaded", True) and self.serving("") and self.serving("tradeguard.store")
+                        and self.flush())
+
+        if eventually_sync(merged, timeout=seconds, interval=0.02):
+            self.down_start_pending = False
+            return
         raise AssertionError(f"the stored state was not merged {seconds:.0f} s after the database returned")
 
     def close(self) -> None:
@@ -221,7 +223,7 @@ class RealClock:
         """A new sequence: never start one within 90 s of a UTC midnight (model and server would roll apart)."""
         left = DAY - time.time() % DAY
         if left < 90:
-            time.sleep(left + 2)
+            time.sleep(left + 2)  # the behaviour: wait for the real clock to pass midnight
 
     def advance(self, seconds: float) -> None:
         raise NotImplementedError("the wall clock cannot be advanced")
@@ -617,7 +619,7 @@ class RiskMachine(RuleBasedStateMachine):
 
 
 class PostgresRiskMachine(RiskMachine):
-    """The same machine on PostgreSQL behind a TcpProxy, with outages mid-run and starts with the database down."""
+    """The same machine on PostgreSQL behind a FaultProxy, with outages mid-run and starts with the database down."""
 
     @precondition(lambda self: self.h.db_up and not self.model.unloaded)
     @rule()
@@ -704,7 +706,7 @@ def test_no_decision_is_more_permissive_than_the_model_sqlite(tmp_path: Path, lo
 
 def test_no_decision_is_more_permissive_than_the_model_postgres_with_outages(loop: LoopThread) -> None:
     with fresh_database("tradeguard_model") as url:
-        proxy = loop.run(TcpProxy().start())
+        proxy = loop.run(FaultProxy().start())
         h = Harness(loop, ManualClock(START), proxy.url_for(url), proxy)
         h.start()
         with server_errors(LOGGERS) as errors:

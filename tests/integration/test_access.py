@@ -20,8 +20,11 @@ from typing import Any
 import grpc
 import pytest
 
+from tests.attack.support import log_records
+from tests.support.auth import Metadata, bearer
 from tests.support.certs import have_openssl, make_certs
 from tests.support.sidecar import running_sidecar, spawn_sidecar
+from tests.support.wait import eventually
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import admin_service_pb2_grpc as adg
 from tradeguard.v1 import risk_service_pb2 as rs
@@ -36,13 +39,6 @@ BIN = Path(sys.executable).parent
 ADMIN = "admin-token-0123456789abcdef"
 BOT1 = "bot-1-token-0123456789abcdef"
 BOT2 = "bot-2-token-0123456789abcdef"
-Metadata = tuple[tuple[str, str], ...]
-
-
-def bearer(token: str) -> Metadata:
-    return (("authorization", f"Bearer {token}"),)
-
-
 def write_credentials(tmp_path: Path) -> Path:
     """bot-1 may act for trader bot-1 on acct-1; bot-2 for bot-2 on acct-2. Tokens in their own files."""
     (tmp_path / "bot-1.token").write_text(BOT1 + "\n")
@@ -215,16 +211,6 @@ def test_a_token_file_readable_by_others_is_warned_about(tmp_path: Path, caplog:
                for r in caplog.records)
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> bool:
-    """Await a condition that the sidecar's credential watcher makes true (no event to await from outside)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        if await check():
-            return True
-        await asyncio.sleep(0.02)
-    return False
-
-
 async def test_a_rotated_admin_token_is_in_force_without_a_restart(tmp_path: Path) -> None:
     token_file = tmp_path / "admin"
     token_file.write_text(ADMIN)
@@ -245,12 +231,13 @@ async def test_a_rotated_admin_token_is_in_force_without_a_restart(tmp_path: Pat
 
         rotated = await eventually(new_works)
         old = await code_of(admin.GetFeatureFlags(ad.GetFeatureFlagsRequest(), metadata=bearer(ADMIN)))
-        token_file.write_text("")  # a broken rotation keeps the token in force
-        await asyncio.sleep(0.1)
+        with log_records("tradeguard.auth", logging.ERROR) as auth_log:
+            token_file.write_text("")  # a broken rotation keeps the token in force
+            refused = await eventually(lambda: auth_log.count("changed but not loaded") > 0)
         kept = await code_of(admin.GetFeatureFlags(ad.GetFeatureFlagsRequest(), metadata=bearer(new)))
 
     assert before[0] == grpc.StatusCode.OK
-    assert rotated
+    assert rotated and refused
     assert old[0] == grpc.StatusCode.UNAUTHENTICATED
     assert kept[0] == grpc.StatusCode.OK
 

@@ -50,30 +50,9 @@ async def breaker_sidecar(clock: ManualClock) -> AsyncIterator[Sidecar]:
 
 
 @pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(T0)
-
-
-@pytest.fixture
 async def sidecar(clock: ManualClock) -> AsyncIterator[Sidecar]:
     async with breaker_sidecar(clock) as sc:
         yield sc
-
-
-@pytest.fixture
-async def channel(sidecar: Sidecar) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(sidecar.address) as ch:
-        yield ch
-
-
-@pytest.fixture
-def risk(channel: grpc.aio.Channel) -> rsg.RiskServiceStub:
-    return rsg.RiskServiceStub(channel)
-
-
-@pytest.fixture
-def admin(channel: grpc.aio.Channel) -> adg.AdminServiceStub:
-    return adg.AdminServiceStub(channel)
 
 
 def struct(**values: Any) -> Struct:

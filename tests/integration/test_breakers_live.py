@@ -13,7 +13,8 @@ import psycopg
 import pytest
 from google.protobuf import json_format
 
-from tests.support.pg import TcpProxy, fresh_database, plain_dsn
+from tests.support.pg import fresh_database, plain_dsn
+from tests.support.proxy import FaultProxy
 from tests.support.sidecar import running_sidecar, start_sidecar
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import admin_service_pb2_grpc as adg
@@ -125,7 +126,7 @@ def test_breaker_and_its_event_survive_a_restart(tmp_path: Path) -> None:
 
 async def test_breaker_event_fired_during_a_database_outage_is_written_when_it_returns() -> None:
     with fresh_database() as url:
-        proxy = await TcpProxy().start()
+        proxy = await FaultProxy().start()
         try:
             async with running_sidecar(database_url=proxy.url_for(url), enable_persistence=True) as sc, \
                     grpc.aio.insecure_channel(sc.address) as ch:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.adversary import SCENARIOS, AdversaryFleet, Scenario, answer, fleet, serve
+from tests.support.adversary import SCENARIOS, AdversaryFleet, Scenario, answer, fleet, latest_return, serve
 from tradeguard.v1 import risk_service_pb2 as rs
 from tradeguard.v1 import types_pb2 as t
 from tradeguard_client import (
@@ -43,7 +43,7 @@ def adversaries() -> Iterator[AdversaryFleet]:
 
 
 def check_outcome(scenario: Scenario, outcome: Decision | TradeGuardError, elapsed: float) -> None:
-    assert elapsed <= DEADLINE + scenario.slack, f"{scenario.name}: returned after {elapsed:.3f}s"
+    assert elapsed <= latest_return(DEADLINE, scenario), f"{scenario.name}: returned after {elapsed:.3f}s"
     if isinstance(outcome, TradeGuardError):
         assert scenario.expect == "error", f"{scenario.name}: raised {outcome!r}, expected a {scenario.expect}"
         return

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import grpc
 import pytest
 from google.protobuf import json_format
 
-from tests.support.sidecar import running_sidecar
 from tests.support.status import violations
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import admin_service_pb2_grpc as adg
@@ -48,12 +45,6 @@ SEED_LOW_RISK = {
 
 def seed_config() -> t.RiskConfiguration:
     return json_format.ParseDict(SEED_LOW_RISK, t.RiskConfiguration())
-
-
-@pytest.fixture
-async def stubs() -> AsyncIterator[tuple[rsg.RiskServiceStub, adg.AdminServiceStub]]:
-    async with running_sidecar() as sc, grpc.aio.insecure_channel(sc.address) as ch:
-        yield rsg.RiskServiceStub(ch), adg.AdminServiceStub(ch)
 
 
 async def test_seed_config_saves_reads_back_identically_lists_and_deletes(

@@ -104,11 +104,6 @@ def json_log_lines(logger: str) -> Iterator[list[str]]:
         target.removeHandler(handler)
 
 
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(T0)
-
-
 # ---- metrics --------------------------------------------------------------------------------------
 
 
@@ -311,10 +306,18 @@ async def test_health_checks_and_reflection_are_not_traced(clock: ManualClock) -
     assert [s.name for s in server_spans(exporter)] == ["/tradeguard.v1.AdminService/GetFeatureFlags"]
 
 
-async def test_tracing_off_installs_no_interceptor(clock: ManualClock) -> None:
+async def test_tracing_off_installs_no_interceptor(clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    interceptors: list[Any] = []  # what the sidecar gives grpc's server, seen at grpc's public constructor
+    make_server = grpc.aio.server
+
+    def server(*args: Any, **kwargs: Any) -> grpc.aio.Server:
+        interceptors.append(kwargs.get("interceptors"))
+        return make_server(*args, **kwargs)
+
+    monkeypatch.setattr(grpc.aio, "server", server)
     async with running_sidecar(clock=clock, tracing=False) as sc:
         assert sc.tracing is None
-        assert sc._interceptors() == []
+    assert len(interceptors) == 1 and not interceptors[0]
 
 
 def test_tracing_switches_on_with_the_setting_or_an_otlp_endpoint() -> None:

@@ -4,13 +4,10 @@ through the public API."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import grpc
 import pytest
 from google.protobuf import json_format
 
-from tests.support.sidecar import running_sidecar
 from tests.support.status import violations
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import admin_service_pb2_grpc as adg
@@ -21,12 +18,6 @@ from tradeguard.v1 import types_pb2 as t
 pytestmark = pytest.mark.integration
 
 IDS = {"trader_id": "bot-1", "account_id": "account123"}
-
-
-@pytest.fixture
-async def stubs() -> AsyncIterator[tuple[rsg.RiskServiceStub, adg.AdminServiceStub]]:
-    async with running_sidecar() as sc, grpc.aio.insecure_channel(sc.address) as ch:
-        yield rsg.RiskServiceStub(ch), adg.AdminServiceStub(ch)
 
 
 def config(**fields: object) -> t.RiskConfiguration:

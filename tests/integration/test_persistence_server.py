@@ -17,7 +17,8 @@ import grpc
 import psycopg
 import pytest
 
-from tests.support.pg import TcpProxy, fresh_database, plain_dsn
+from tests.support.pg import fresh_database, plain_dsn
+from tests.support.proxy import FaultProxy
 from tests.support.sidecar import running_sidecar, start_sidecar
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import admin_service_pb2_grpc as adg
@@ -89,8 +90,8 @@ def test_pause_restored_after_restart_ends_at_paused_until_and_trading_resumes(t
 
 
 @pytest.fixture
-async def proxied(pg_url: str) -> AsyncIterator[tuple[Sidecar, TcpProxy, str]]:
-    proxy = await TcpProxy().start()
+async def proxied(pg_url: str) -> AsyncIterator[tuple[Sidecar, FaultProxy, str]]:
+    proxy = await FaultProxy().start()
     url = proxy.url_for(pg_url)
     async with running_sidecar(database_url=url, enable_persistence=True) as sidecar:
         assert await sidecar.store.flush(timeout=10)
@@ -126,7 +127,7 @@ async def drive(risk: rsg.RiskServiceStub, traders: int, seconds: float, equitie
 
 
 async def test_database_outage_under_load_fails_no_call_and_keeps_every_latest_state(
-    proxied: tuple[Sidecar, TcpProxy, str],
+    proxied: tuple[Sidecar, FaultProxy, str],
 ) -> None:
     sidecar, proxy, pg_url = proxied
     store = sidecar.store

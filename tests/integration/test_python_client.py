@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.support.certs import TlsFiles, have_openssl, make_certs
+from tests.support.certs import TlsFiles, have_openssl
 from tests.support.sidecar import running_sidecar
 from tradeguard.v1 import risk_service_pb2 as rs
 from tradeguard_client import (
@@ -42,7 +42,6 @@ from tradeguard_client import (
     SymbolConfig,
     TradeGuardError,
 )
-from tradeguard_server.engine.clock import ManualClock
 from tradeguard_server.sidecar import Sidecar
 
 pytestmark = pytest.mark.integration
@@ -58,17 +57,6 @@ needs_openssl = pytest.mark.skipif(not have_openssl(), reason="openssl CLI not i
 
 
 # ---- fixtures and helpers ------------------------------------------------------------------------
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(T0)
-
-
-@pytest.fixture
-async def sidecar(clock: ManualClock) -> AsyncIterator[Sidecar]:
-    async with running_sidecar(clock=clock) as sc:
-        yield sc
 
 
 def closed_port() -> str:
@@ -490,13 +478,6 @@ async def test_unix_socket_target(tmp_path_factory: pytest.TempPathFactory) -> N
         decision = await guard.can_trade(*BOT)
 
     assert sc.address.startswith("unix:") and decision.code == "NO_EQUITY_REPORTED"
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    if not have_openssl():
-        pytest.skip("openssl CLI not installed")
-    return make_certs(tmp_path_factory.mktemp("certs"))
 
 
 @needs_openssl

@@ -4,7 +4,6 @@ switches, report times ahead of the clock, a day starting at equity 0, trade win
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -19,40 +18,12 @@ from tradeguard.v1 import risk_service_pb2 as rs
 from tradeguard.v1 import risk_service_pb2_grpc as rsg
 from tradeguard.v1 import types_pb2 as t
 from tradeguard_server.engine.clock import ManualClock
-from tradeguard_server.sidecar import Sidecar
 
 pytestmark = pytest.mark.integration
 
 T0 = 1_767_268_800.0  # 2026-01-01T12:00:00Z
 IDS = {"trader_id": "bot-1", "account_id": "acct-1"}
 BUY = t.OrderIntent(symbol="BTCUSDT", exchange="binance", side=t.SIDE_BUY, quantity=0.01, price=50_000)
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(T0)
-
-
-@pytest.fixture
-async def sidecar(clock: ManualClock) -> AsyncIterator[Sidecar]:
-    async with running_sidecar(clock=clock) as sc:
-        yield sc
-
-
-@pytest.fixture
-async def channel(sidecar: Sidecar) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(sidecar.address) as ch:
-        yield ch
-
-
-@pytest.fixture
-def risk(channel: grpc.aio.Channel) -> rsg.RiskServiceStub:
-    return rsg.RiskServiceStub(channel)
-
-
-@pytest.fixture
-def admin(channel: grpc.aio.Channel) -> adg.AdminServiceStub:
-    return adg.AdminServiceStub(channel)
 
 
 async def save_config(admin: adg.AdminServiceStub, **fields: Any) -> None:

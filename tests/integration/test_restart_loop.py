@@ -24,7 +24,7 @@ import signal
 import statistics
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,8 +32,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.support.databases import TcpProxy, closed_port
-from tests.support.pg import fresh_database
+from tests.support.databases import closed_port
+from tests.support.proxy import FaultProxy
 from tests.support.sidecar import BIN, running_sidecar
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import admin_service_pb2_grpc as adg
@@ -54,17 +54,6 @@ HALTED = {"trader_id": "halted", "account_id": "acct"}
 BUY = t.OrderIntent(symbol="BTCUSDT", exchange="binance", side=t.SIDE_BUY, quantity=0.01, price=50_000)
 CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 20), ("grpc.min_reconnect_backoff_ms", 20),
                    ("grpc.max_reconnect_backoff_ms", 50)]
-
-
-class SlowProxy(TcpProxy):
-    """A TcpProxy that can also hold each new connection for `delay` seconds before connecting it."""
-
-    delay = 0.0
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        await super()._accept(reader, writer)
 
 
 @dataclass
@@ -140,18 +129,18 @@ async def check_pauses(address: str, label: str, tally: Tally) -> None:
 
 
 @contextlib.asynccontextmanager
-async def database_mode(proxy: SlowProxy, mode: str) -> AsyncIterator[None]:
-    proxy.delay = {"slow": 3 * LOAD_BOUND_S, "slow-within-bound": LOAD_BOUND_S / 6}.get(mode, 0.0)
+async def database_mode(proxy: FaultProxy, mode: str) -> AsyncIterator[None]:
+    proxy.accept_delay = {"slow": 3 * LOAD_BOUND_S, "slow-within-bound": LOAD_BOUND_S / 6}.get(mode, 0.0)
     if mode == "down":
         proxy.cut()
     try:
         yield
     finally:
         proxy.restore()
-        proxy.delay = 0.0
+        proxy.accept_delay = 0.0
 
 
-async def one_restart(label: str, mode: str, address: str, proxy: SlowProxy, tally: Tally,
+async def one_restart(label: str, mode: str, address: str, proxy: FaultProxy, tally: Tally,
                       start: Awaitable[object], started: float) -> None:
     """Run the bot against a starting sidecar (`start` returns once it has started), bring the database back,
     check the pauses."""
@@ -171,12 +160,6 @@ async def one_restart(label: str, mode: str, address: str, proxy: SlowProxy, tal
         await runner
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    with fresh_database() as url:
-        yield url
-
-
 async def test_restarts_with_a_bot_calling_from_the_first_moment_lose_no_pause_and_allow_nothing(
         pg_url: str, tmp_path: Path) -> None:
     async with running_sidecar(database_url=pg_url, enable_persistence=True) as first, \
@@ -189,7 +172,7 @@ async def test_restarts_with_a_bot_calling_from_the_first_moment_lose_no_pause_a
                                                                             trading_state=t.TRADING_STATE_HALTED))
     assert breached.state.trading_state == t.TRADING_STATE_REDUCING
 
-    proxy = await SlowProxy().start()
+    proxy = await FaultProxy().start()
     url = proxy.url_for(pg_url)
     tally = Tally()
     began = time.monotonic()
@@ -197,7 +180,8 @@ async def test_restarts_with_a_bot_calling_from_the_first_moment_lose_no_pause_a
         port = closed_port()
         address = f"127.0.0.1:{port}"
         settings = load_settings({}, {"listen": address, "database_url": url, "uvloop": False, "metrics_listen": "",
-                                      "store_call_timeout_s": LOAD_BOUND_S, "shutdown_grace_s": 1.0})
+                                      "store_call_timeout_s": LOAD_BOUND_S, "shutdown_grace_s": 1.0,
+                                      "state_dir": str(tmp_path)})  # its admin token: not in the working directory
         for i in range(IN_PROCESS_RESTARTS):
             mode = MODES[i % len(MODES)]
             sidecar = Sidecar(settings)

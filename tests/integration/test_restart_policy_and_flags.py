@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator
+import tempfile
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -17,7 +18,8 @@ import psycopg
 import pytest
 
 from tests.integration.test_restart_unloaded import BUY, IDS, database_down_at_start, sidecar_on, state_loaded
-from tests.support.pg import TcpProxy, fresh_database, plain_dsn
+from tests.support.pg import plain_dsn
+from tests.support.proxy import FaultProxy
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import admin_service_pb2_grpc as adg
 from tradeguard.v1 import risk_service_pb2 as rs
@@ -38,8 +40,9 @@ SELL_HALF = t.OrderIntent(symbol="BTCUSDT", exchange="binance", side=t.SIDE_SELL
 @contextlib.asynccontextmanager
 async def unloaded(**overrides: Any) -> AsyncIterator[tuple[Sidecar, rsg.RiskServiceStub]]:
     """A sidecar whose store cannot be read at start; the bot has reported equity and a long 1 BTC since."""
+    state = tempfile.TemporaryDirectory(prefix="tradeguard-state-")  # its admin token: not in the working directory
     overrides = {"listen": "127.0.0.1:0", "uvloop": False, "metrics_listen": "", "database_url": "memory",
-                 "enable_persistence": False, **overrides}
+                 "enable_persistence": False, "state_dir": state.name, **overrides}
     sidecar = Sidecar(load_settings({}, overrides))
     assert isinstance(sidecar.store, MemoryStore)
     sidecar.store.available = False
@@ -52,6 +55,7 @@ async def unloaded(**overrides: Any) -> AsyncIterator[tuple[Sidecar, rsg.RiskSer
             yield sidecar, risk
     finally:
         await sidecar.stop()
+        state.cleanup()
 
 
 async def answers(risk: rsg.RiskServiceStub) -> tuple[rs.CanTradeResponse, rs.CanTradeResponse,
@@ -135,12 +139,6 @@ def test_an_unknown_policy_is_refused_at_start() -> None:
 
 # ---- feature flags --------------------------------------------------------------------------------------------
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    with fresh_database() as url:
-        yield url
-
-
 def stored_flags(url: str) -> list[tuple[Any, ...]]:
     """[(enable_risk_enforcement, enable_persistence)] as stored, or [] when never stored."""
     with psycopg.connect(plain_dsn(url)) as conn:
@@ -180,7 +178,7 @@ async def test_a_flag_given_at_start_beats_the_stored_one_and_the_stored_one_bea
 
 async def test_set_feature_flags_during_an_outage_applies_now_says_not_stored_and_is_written_on_return(
         pg_url: str) -> None:
-    proxy = await TcpProxy().start()
+    proxy = await FaultProxy().start()
     try:
         async with sidecar_on(proxy.url_for(pg_url)) as (sidecar, ch):
             proxy.cut()

@@ -9,7 +9,7 @@ replayed on it (issue 13, items 1, 3 and 13).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -19,7 +19,8 @@ from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.support.databases import T0, make_state, make_trade, open_store
-from tests.support.pg import TcpProxy, fresh_database, plain_dsn
+from tests.support.pg import plain_dsn
+from tests.support.proxy import FaultProxy
 from tests.support.sidecar import running_sidecar
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import admin_service_pb2_grpc as adg
@@ -37,12 +38,6 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    with fresh_database() as url:
-        yield url
-
-
 def rows(url: str, query: str) -> list[tuple[Any, ...]]:
     with psycopg.connect(plain_dsn(url)) as conn:
         return list(conn.execute(query).fetchall())
@@ -57,9 +52,9 @@ async def sidecar_on(url: str, **overrides: Any) -> AsyncIterator[tuple[Sidecar,
 
 @contextlib.asynccontextmanager
 async def database_down_at_start(pg_url: str, **overrides: Any) -> AsyncIterator[
-        tuple[Sidecar, grpc.aio.Channel, TcpProxy]]:
+        tuple[Sidecar, grpc.aio.Channel, FaultProxy]]:
     """A sidecar started on `pg_url` through a proxy that refuses every connection until `proxy.restore()`."""
-    proxy = await TcpProxy().start()
+    proxy = await FaultProxy().start()
     proxy.cut()
     try:
         async with sidecar_on(proxy.url_for(pg_url), **overrides) as (sidecar, ch):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -18,7 +17,6 @@ from tradeguard.v1 import risk_service_pb2 as rs
 from tradeguard.v1 import risk_service_pb2_grpc as rsg
 from tradeguard.v1 import types_pb2 as t
 from tradeguard_server.engine.clock import ManualClock
-from tradeguard_server.sidecar import Sidecar
 
 pytestmark = pytest.mark.integration
 
@@ -28,33 +26,6 @@ REDUCE = t.OrderIntent(symbol="BTCUSDT", exchange="binance", side=t.SIDE_SELL, q
                        reduce_only=True)
 HELD = t.Position(symbol="BTCUSDT", exchange="binance", side=t.SIDE_BUY, quantity=0.01, entry_price=50_000,
                   mark_price=50_000)
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(T0)
-
-
-@pytest.fixture
-async def sidecar(clock: ManualClock) -> AsyncIterator[Sidecar]:
-    async with running_sidecar(clock=clock) as sc:
-        yield sc
-
-
-@pytest.fixture
-async def channel(sidecar: Sidecar) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(sidecar.address) as ch:
-        yield ch
-
-
-@pytest.fixture
-def risk(channel: grpc.aio.Channel) -> rsg.RiskServiceStub:
-    return rsg.RiskServiceStub(channel)
-
-
-@pytest.fixture
-def admin(channel: grpc.aio.Channel) -> adg.AdminServiceStub:
-    return adg.AdminServiceStub(channel)
 
 
 async def test_walkthrough_no_equity_then_allowed_then_daily_loss_then_auto_resume(

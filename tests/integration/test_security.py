@@ -20,7 +20,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.support.certs import TlsFiles, have_openssl, make_certs
+from tests.support.auth import bearer
+from tests.support.certs import TlsFiles, have_openssl
 from tests.support.sidecar import REPO, running_sidecar, spawn_sidecar
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import admin_service_pb2_grpc as adg
@@ -55,17 +56,6 @@ async def grpcurl(*args: str) -> tuple[int, str]:
 
 async def tradeguard_health(*args: str) -> tuple[int, str]:
     return await run(str(BIN / "tradeguard"), "health", *args)
-
-
-def bearer(token: str) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {token}"),)
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    if not have_openssl():
-        pytest.skip("openssl CLI not installed")
-    return make_certs(tmp_path_factory.mktemp("certs"))
 
 
 @pytest.fixture

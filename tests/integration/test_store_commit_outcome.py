@@ -1,6 +1,6 @@
 """An admin write whose COMMIT reached the database but whose answer was lost answers the truth.
 
-Real PostgreSQL behind a TcpProxy that breaks the connection at the COMMIT: after the server got it
+Real PostgreSQL behind a FaultProxy that breaks the connection at the COMMIT: after the server got it
 (`trap_commit(deliver=True)`: it commits, the client never hears so) or before it (`deliver=False`). The store
 asks the database on a new connection (txid_status of the transaction's txid) and reports what happened:
 committed -> the call returns as if nothing broke (memory is updated, the RPC answers OK); not committed ->
@@ -10,15 +10,15 @@ saved" (in_doubt).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 
 import grpc
 import psycopg
 import pytest
 
-from tests.support.databases import TcpProxy, open_store
+from tests.support.databases import open_store
 from tests.support.pg import fresh_database, plain_dsn
+from tests.support.proxy import FaultProxy
 from tests.support.sidecar import running_sidecar
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import admin_service_pb2_grpc as adg
@@ -47,21 +47,10 @@ def config(config_id: str) -> ConfigRecord:
     return ConfigRecord("a-1", config_id, daily_max_drawdown_percentage=1.0)
 
 
-class ProxyRefusingAfterTrap(TcpProxy):
-    """Refuses every new connection once a COMMIT was trapped: the store cannot ask what became of it."""
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.commits_trapped:
-            self.refused += 1
-            writer.transport.abort()
-            return
-        await super()._accept(reader, writer)
-
-
 # ---- the store ---------------------------------------------------------------------------------------------
 
 async def test_a_commit_whose_answer_was_lost_but_that_committed_returns_as_saved(pg_url: str) -> None:
-    proxy = await TcpProxy().start()
+    proxy = await FaultProxy().start()
     try:
         async with open_store(proxy.url_for(pg_url)) as store:
             await store.load()  # start-up (migration) commits are over: the next COMMIT is the write's
@@ -79,7 +68,7 @@ async def test_a_commit_whose_answer_was_lost_but_that_committed_returns_as_save
 
 
 async def test_a_commit_cut_before_it_reached_the_database_says_not_saved(pg_url: str) -> None:
-    proxy = await TcpProxy().start()
+    proxy = await FaultProxy().start()
     try:
         async with open_store(proxy.url_for(pg_url)) as store:
             await store.load()  # start-up (migration) commits are over: the next COMMIT is the write's
@@ -98,7 +87,7 @@ async def test_a_commit_cut_before_it_reached_the_database_says_not_saved(pg_url
 
 
 async def test_a_lost_commit_answer_with_the_database_gone_is_reported_in_doubt(pg_url: str) -> None:
-    proxy = await ProxyRefusingAfterTrap().start()
+    proxy = await FaultProxy(refuse_after_trap=True).start()
     try:
         async with open_store(proxy.url_for(pg_url), drain_timeout=1.0, settle_s=0.5) as store:
             await store.load()  # start-up (migration) commits are over: the next COMMIT is the write's
@@ -126,7 +115,7 @@ def breaker(name: str) -> t.CircuitBreaker:
 async def test_save_config_and_create_breaker_whose_commit_answer_was_lost_answer_ok_and_are_in_force(
     pg_url: str,
 ) -> None:
-    proxy = await TcpProxy().start()
+    proxy = await FaultProxy().start()
     try:
         async with running_sidecar(database_url=proxy.url_for(pg_url), enable_persistence=True) as sidecar, \
                 grpc.aio.insecure_channel(sidecar.address) as channel:

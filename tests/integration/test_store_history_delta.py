@@ -16,13 +16,13 @@ from sqlalchemy.engine import make_url
 
 from tests.support.databases import (
     ADMIN_URL,
-    TcpProxy,
     empty_tables,
     make_state,
     open_store,
     postgres_database_fixture,
     store_url_fixture,
 )
+from tests.support.proxy import FaultProxy
 from tests.support.sidecar import running_sidecar
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import admin_service_pb2_grpc as adg
@@ -41,9 +41,9 @@ IDS = {"trader_id": "bot-1", "account_id": "acct-1"}
 
 
 @pytest.fixture
-async def proxy() -> AsyncIterator[TcpProxy]:
+async def proxy() -> AsyncIterator[FaultProxy]:
     target = make_url(ADMIN_URL)
-    p = await TcpProxy(target.host or "127.0.0.1", target.port or 5432).start()
+    p = await FaultProxy(target.host or "127.0.0.1", target.port or 5432).start()
     try:
         yield p
     finally:
@@ -189,7 +189,7 @@ async def test_rows_kept_after_an_overflow_read_whole(db_url: str) -> None:
 
 
 async def test_rows_after_a_failed_batch_and_dropped_rows_do_not_refer_to_a_row_never_stored(
-    pg_url: str, proxy: TcpProxy
+    pg_url: str, proxy: FaultProxy
 ) -> None:
     """The database goes away while a batch is written: that batch (whose first row carried the new positions)
     goes back to the queue, the queue overflows and drops it. The rows written afterwards carry their maps
@@ -242,7 +242,7 @@ async def test_a_row_whose_maps_row_was_deleted_says_so_instead_of_showing_wrong
 
 
 @pytest.mark.parametrize("committed", [True, False], ids=["commit-reached-the-server", "commit-lost"])
-async def test_rows_after_a_commit_cut_short_read_whole(pg_url: str, proxy: TcpProxy, committed: bool) -> None:
+async def test_rows_after_a_commit_cut_short_read_whole(pg_url: str, proxy: FaultProxy, committed: bool) -> None:
     """The connection breaks at the COMMIT of the batch that carries new positions: whether it committed
     (counted, not written again) or not (written again), every row lists with the positions it had."""
     empty_tables(pg_url)

@@ -17,7 +17,8 @@ import time
 import pytest
 from sqlalchemy import create_engine, pool, text
 
-from tests.support.databases import TcpProxy, make_state, postgres_database_fixture, store_url_fixture
+from tests.support.databases import make_state, postgres_database_fixture, store_url_fixture
+from tests.support.proxy import FaultProxy
 from tradeguard_server.observability.metrics import Metrics
 from tradeguard_server.store.records import HistoryRecord
 from tradeguard_server.store.store import HISTORY_BACKLOG_ROWS, RiskStore, history_cost
@@ -88,7 +89,7 @@ async def test_an_outage_longer_than_the_backlog_drops_the_oldest_rows_counted_a
     pg_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, "tradeguard.store")
-    proxy = await TcpProxy().start()
+    proxy = await FaultProxy().start()
     store = RiskStore(proxy.url_for(pg_url), queue_size=100, retry_max_s=0.1)
     metrics = Metrics()
     metrics.observe_store(store)

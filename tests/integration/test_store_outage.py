@@ -17,7 +17,6 @@ from sqlalchemy.engine import make_url
 from tests.support.databases import (
     ADMIN_URL,
     T0,
-    TcpProxy,
     closed_port,
     empty_tables,
     make_event,
@@ -28,6 +27,7 @@ from tests.support.databases import (
     postgres_database_fixture,
     temporary_postgres_database,
 )
+from tests.support.proxy import FaultProxy
 from tradeguard_server.store.errors import StoreUnavailable
 from tradeguard_server.store.migrate import current_revision, head_revision
 from tradeguard_server.store.records import BreakerRecord, ConfigRecord
@@ -39,9 +39,9 @@ pg_url = postgres_database_fixture()
 
 
 @pytest.fixture
-async def proxy() -> AsyncIterator[TcpProxy]:
+async def proxy() -> AsyncIterator[FaultProxy]:
     target = make_url(ADMIN_URL)
-    p = await TcpProxy(target.host or "127.0.0.1", target.port or 5432).start()
+    p = await FaultProxy(target.host or "127.0.0.1", target.port or 5432).start()
     try:
         yield p
     finally:
@@ -117,7 +117,7 @@ async def test_with_no_database_at_start_the_store_starts_and_reports_unavailabl
         assert store.queue_depth == 3
 
 
-async def test_database_down_at_start_then_up_migrates_and_writes_the_backlog(proxy: TcpProxy) -> None:
+async def test_database_down_at_start_then_up_migrates_and_writes_the_backlog(proxy: FaultProxy) -> None:
     with temporary_postgres_database("tg_outage") as url:
         proxy.cut()
         store = RiskStore(proxy.url_for(url), retry_max_s=0.1)
@@ -147,7 +147,7 @@ async def test_database_down_at_start_then_up_migrates_and_writes_the_backlog(pr
 
 
 async def test_a_cut_mid_run_keeps_the_backlog_and_writes_it_when_the_database_returns(
-    pg_url: str, proxy: TcpProxy, caplog: pytest.LogCaptureFixture, tmp_path: Path
+    pg_url: str, proxy: FaultProxy, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     empty_tables(pg_url)
     caplog.set_level(logging.INFO, "tradeguard.store")
@@ -211,7 +211,7 @@ def _versions(url: str) -> list[tuple[str, int]]:
         engine.dispose()
 
 
-async def test_write_through_raises_unavailable_during_a_cut_and_works_after(pg_url: str, proxy: TcpProxy) -> None:
+async def test_write_through_raises_unavailable_during_a_cut_and_works_after(pg_url: str, proxy: FaultProxy) -> None:
     empty_tables(pg_url)
     async with open_store(proxy.url_for(pg_url)) as store:
         await store.load()
@@ -226,7 +226,7 @@ async def test_write_through_raises_unavailable_during_a_cut_and_works_after(pg_
         assert await store.get_breaker(saved.id) == saved
 
 
-async def test_no_database_call_runs_on_the_event_loop_thread_through_a_cut(pg_url: str, proxy: TcpProxy) -> None:
+async def test_no_database_call_runs_on_the_event_loop_thread_through_a_cut(pg_url: str, proxy: FaultProxy) -> None:
     """The event loop only moves records and awaits the threads: every connection attempt (those refused during
     the cut too) and every statement (writer batches, write-through, load) runs on the database thread."""
     empty_tables(pg_url)
@@ -261,7 +261,7 @@ async def test_no_database_call_runs_on_the_event_loop_thread_through_a_cut(pg_u
 
 
 async def test_after_a_failed_load_snapshots_wait_for_a_successful_load_before_replacing_stored_ones(
-    pg_url: str, proxy: TcpProxy
+    pg_url: str, proxy: FaultProxy
 ) -> None:
     """So a late load (the database returned after start) still reads what the previous run stored."""
     empty_tables(pg_url)
@@ -317,7 +317,7 @@ async def test_a_stored_row_that_cannot_be_read_is_skipped_at_load(pg_url: str) 
 
 @pytest.mark.parametrize("committed", [True, False], ids=["commit-reached-the-server", "commit-lost"])
 async def test_a_connection_lost_during_commit_neither_duplicates_nor_loses_the_batch(
-    pg_url: str, proxy: TcpProxy, committed: bool, caplog: pytest.LogCaptureFixture
+    pg_url: str, proxy: FaultProxy, committed: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     """History rows have no natural key: rewriting a batch that did commit would duplicate them. The store
     asks PostgreSQL (txid_status) what became of a commit cut short before it writes the batch again."""

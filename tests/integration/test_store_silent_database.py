@@ -28,8 +28,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy.engine import make_url
 
 from tests.attack.support import server_errors
-from tests.support.databases import TcpProxy, make_state, open_store, paused
+from tests.support.databases import make_state, open_store, paused
 from tests.support.pg import fresh_database, plain_dsn
+from tests.support.proxy import FaultProxy
 from tests.support.sidecar import running_sidecar
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import admin_service_pb2_grpc as adg
@@ -213,7 +214,7 @@ async def test_a_write_given_up_on_after_its_commit_was_sent_is_reported_as_in_d
     """The COMMIT went out and no answer came within call_timeout_s: the client cannot be told "not saved".
     The error says the outcome is unknown (and the admin API words it "may or may not have been saved"); here
     the held COMMIT then reaches the server, and the configuration exists although the call failed."""
-    proxy = await TcpProxy().start()
+    proxy = await FaultProxy().start()
     try:
         async with open_store(proxy.url_for(pg_url), retry_max_s=0.2, call_timeout_s=BOUND_S) as store:
             await store.save_config(config("before"))

@@ -5,14 +5,12 @@
 - `postgres_database_fixture()`: a session fixture made from it (migrated), skipped when no server answers.
 - `store_url_fixture()`: a per-test fixture parametrized over PostgreSQL (the session database, emptied) and
   SQLite (a file in tmp_path), for tests that apply to both.
-- `TcpProxy`: an asyncio TCP proxy between the store and PostgreSQL that a test can cut and restore.
 
 Use the factories in a test module:  `pg_url = postgres_database_fixture()`, `db_url = store_url_fixture()`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import uuid
@@ -124,126 +122,6 @@ def closed_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
     return port
-
-
-class TcpProxy:
-    """127.0.0.1:<port> -> target, on the running event loop. `cut()` resets every connection and refuses
-    new ones until `restore()`. `trap_commit(deliver)` breaks the connection at the next COMMIT: after the
-    server got it (deliver=True: it commits, the client never hears so) or before (deliver=False).
-    `hold_commit()` holds the next COMMIT (the client waits, the server has not got it) until
-    `release_commit()` forwards it."""
-
-    def __init__(self, target_host: str = "127.0.0.1", target_port: int = 5432) -> None:
-        self.target = (target_host, target_port)
-        self.port = 0
-        self.connections = 0  # accepted and forwarded
-        self.refused = 0
-        self._cut = False
-        self._commit_trap: bool | None = None
-        self.commits_trapped = 0
-        self._hold_commit = False
-        self._commits_to_pass = 0
-        self._commit_released = asyncio.Event()
-        self._commit_answered = asyncio.Event()
-        self._awaiting_answer = False
-        self.commit_held = asyncio.Event()
-        self._server: asyncio.Server | None = None
-        self._transports: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> TcpProxy:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    def url_for(self, url: str) -> str:
-        """`url` with host and port replaced by the proxy's."""
-        return make_url(url).set(host="127.0.0.1", port=self.port).render_as_string(hide_password=False)
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._cut:
-            self.refused += 1
-            writer.transport.abort()
-            return
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.transport.abort()
-            return
-        self.connections += 1
-        self._transports.update((writer, up_writer))
-        for src, dst, client in ((reader, up_writer, writer), (up_reader, writer, None)):
-            task = asyncio.create_task(self._pump(src, dst, client))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    def trap_commit(self, deliver: bool) -> None:
-        self._commit_trap = deliver
-
-    def hold_commit(self, after: int = 0) -> None:
-        """Hold the COMMIT that comes after `after` others (forwarded)."""
-        self._hold_commit = True
-        self._commits_to_pass = after
-        self._commit_released.clear()
-        self.commit_held.clear()
-
-    def release_commit(self) -> None:
-        self._commit_released.set()
-
-    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter,
-                    client: asyncio.StreamWriter | None) -> None:
-        """Copy src -> dst. `client` is set on the client -> server direction (where COMMIT travels)."""
-        try:
-            while data := await src.read(65536):
-                if client is not None and self._hold_commit and b"COMMIT\x00" in data:
-                    if self._commits_to_pass > 0:
-                        self._commits_to_pass -= 1
-                    else:
-                        self._hold_commit = False
-                        self.commit_held.set()
-                        await self._commit_released.wait()
-                if client is None and self._awaiting_answer and (b"COMMIT\x00" in data or b"ROLLBACK\x00" in data):
-                    self._commit_answered.set()  # the server's CommandComplete for the trapped COMMIT
-                trap = self._commit_trap
-                if client is not None and trap is not None and b"COMMIT\x00" in data:
-                    self._commit_trap = None
-                    self.commits_trapped += 1
-                    client.transport.abort()  # the client never hears back
-                    if trap:  # the server gets the COMMIT and commits: wait for its answer, then break
-                        self._commit_answered.clear()
-                        self._awaiting_answer = True
-                        dst.write(data)
-                        await dst.drain()
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self._commit_answered.wait(), 10.0)
-                        self._awaiting_answer = False
-                    break
-                dst.write(data)
-                await dst.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            dst.transport.abort()
-            self._transports.discard(dst)
-
-    def cut(self) -> None:
-        """Reset every open connection; refuse new ones."""
-        self._cut = True
-        for writer in list(self._transports):
-            writer.transport.abort()
-        self._transports.clear()
-
-    def restore(self) -> None:
-        self._cut = False
-
-    async def close(self) -> None:
-        self.cut()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 # ---- stores and records ------------------------------------------------------------------------------------

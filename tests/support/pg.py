@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from tests.support.databases import TcpProxy, require_postgres, temporary_postgres_database
+from tests.support.databases import require_postgres, temporary_postgres_database
 
-__all__ = ["TcpProxy", "fresh_database", "plain_dsn"]
+__all__ = ["fresh_database", "plain_dsn"]
 
 
 @contextlib.contextmanager

@@ -7,12 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.support.wait import eventually_sync
 from tradeguard_server.engine.clock import Clock
 from tradeguard_server.settings import load_settings
 from tradeguard_server.sidecar import Sidecar
@@ -91,14 +91,15 @@ def spawn_sidecar(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
         cmd += ["--database-url", f"sqlite:///{tmp_path / (name + '.db')}"]
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=full_env, cwd=tmp_path)
-    deadline = time.monotonic() + timeout
-    while not ready.exists():
+
+    def ready_or_exited() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(f"sidecar exited with {proc.returncode}:\n{log_path.read_text(errors='replace')}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise TimeoutError(f"sidecar not ready in {timeout}s:\n{log_path.read_text(errors='replace')}")
-        time.sleep(0.02)
+        return ready.exists()
+
+    if not eventually_sync(ready_or_exited, timeout=timeout, interval=0.02):
+        proc.kill()
+        raise TimeoutError(f"sidecar not ready in {timeout}s:\n{log_path.read_text(errors='replace')}")
     return SidecarProcess(proc, ready.read_text().strip(), log_path, cmd)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tradeguard_client import TLS, AdminClient, AsyncRiskClient, ClientClosedError, RiskClient, TradeGuardError
-from tradeguard_client._channel import ChannelSpec, call_metadata, channel_options
+from tradeguard_client._channel import call_metadata, channel_options
 
 
 def test_token_becomes_a_bearer_authorization_header_before_extra_metadata() -> None:
@@ -18,7 +18,7 @@ def test_token_becomes_a_bearer_authorization_header_before_extra_metadata() -> 
 @pytest.mark.parametrize("token", ["", "has space", "line\nbreak", "naïve"])
 def test_a_token_that_cannot_be_a_header_is_refused(token: str) -> None:
     with pytest.raises(ValueError, match="token"):
-        call_metadata(token)
+        RiskClient("127.0.0.1:1", token=token)
 
 
 def test_options_merge_defaults_tls_and_caller_with_the_caller_winning() -> None:
@@ -42,7 +42,7 @@ def test_tls_files_are_read_up_front_so_a_bad_path_fails_at_construction(tmp_pat
 @pytest.mark.parametrize("target", ["", "   "])
 def test_an_empty_target_is_refused(target: str) -> None:
     with pytest.raises(ValueError, match="target"):
-        ChannelSpec.build(target, None)
+        RiskClient(target)
 
 
 @pytest.mark.parametrize("timeout", [0.0, -1.0, float("nan"), float("inf")])
