@@ -1,7 +1,8 @@
 """Glue between the in-memory engine and the store: what is written when, and what is restored at start.
 
-- Every engine state change enqueues a snapshot + history row (with the request's trace id); trades and
-  breaker events are enqueued by their handlers. None of it waits on the database.
+- Every engine state change (events.StateChanged, `on_state_changed` is one of the engine's listeners) enqueues
+  a snapshot + history row (with the request's trace id); trades are enqueued by their handler, breaker events
+  by the breaker event recorder (another listener). None of it waits on the database.
 - Nothing is answered from a state the store has not been merged into. Until the stored state is installed
   the engine runs *unloaded*: CanTrade's verdict passes through the `unloaded_state_policy` gate
   (engine/unloaded.py), and every state-changing call is journaled. Nothing of this run is written meanwhile.
@@ -28,8 +29,9 @@ from .api.breaker_admin import BreakerAdmin
 from .api.config_admin import ConfigAdmin
 from .api.config_records import from_record as config_from_record
 from .engine.engine import AccountMismatchError, JournalEntry, Outcome, RiskEngine
+from .engine.events import StateChanged
 from .engine.snapshot import from_record, to_record
-from .engine.state import SEEN_TRADE_IDS_KEPT, TraderState
+from .engine.state import SEEN_TRADE_IDS_KEPT
 from .engine.types import ClosedTrade, Flags
 from .engine.unloaded import UnloadedGate
 from .store.errors import StoreUnavailable
@@ -139,6 +141,7 @@ class Persistence:
         self.on_loaded = on_loaded  # awaited once the stored state is installed (health says so)
         self.gate = UnloadedGate(unloaded_policy, lambda: engine.flags.enable_risk_enforcement)
         self.loaded = False
+        self.replaying = False  # True while the calls received before the load are replayed on the stored state
         self.replayed = 0  # journaled calls replayed on the stored state by a late load
         self._loader: asyncio.Task[None] | None = None
         self._recovered = asyncio.Event()
@@ -149,10 +152,11 @@ class Persistence:
 
     # ---- hot path listeners (never await, never raise) ------------------------------------------
 
-    def on_change(self, st: TraderState, reason: str) -> None:
+    def on_state_changed(self, event: StateChanged) -> None:
+        """The engine listener: the new state and its history row to the store queue."""
         if self.engine.journal is not None:  # unloaded: the replay on the stored state writes it
             return
-        self.store.enqueue_state(to_record(st), reason, self.trace_id())
+        self.store.enqueue_state(to_record(event.state), event.reason, self.trace_id())
 
     def on_trade(self, trader_id: str, account_id: str, trade: ClosedTrade) -> None:
         if self.engine.journal is not None:  # unloaded: written by the replay unless it is a stored one
@@ -274,6 +278,7 @@ class Persistence:
         engine = self.engine
         real, at = engine.clock, _At()
         engine.clock = at
+        self.replaying = True
         replayed = 0
         try:
             for when, op, args in journal:
@@ -296,6 +301,7 @@ class Persistence:
                     self.on_trade(str(args[0]), str(args[1]), trade)
         finally:
             engine.clock = real
+            self.replaying = False
         return replayed
 
     # ---- flags ----------------------------------------------------------------------------------
@@ -328,9 +334,10 @@ class Persistence:
         """Apply flags at once and store them. Returns False when they are not stored yet: they are written
         when the database returns (never dropped), and a late load does not undo them."""
         self.store.persistence_enabled = new.enable_persistence
-        if new.enable_persistence and not old.enable_persistence:
+        if new.enable_persistence and not old.enable_persistence and self.engine.journal is None:
+            trace_id = self.trace_id()
             for st in self.engine.traders.values():
-                self.on_change(st, "persistence enabled: current state")
+                self.store.enqueue_state(to_record(st), "persistence enabled: current state", trace_id)
         self._pending_flags = FlagsRecord(new.enable_risk_enforcement, new.enable_persistence)
         if not self.loaded:
             log.warning("feature flags %s applied; not stored yet (the stored state is not loaded): written when "

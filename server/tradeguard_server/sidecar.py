@@ -25,14 +25,16 @@ from .api.dispatch import admin_guard, service, trader_guard
 from .api.history_admin import HistoryAdmin
 from .api.risk_service import SERVICE as RISK_SERVICE
 from .api.risk_service import RiskService
-from .api.watch import WatchHub
+from .api.risk_state import state_msg
+from .api.watch import WatchHub, WatchUpdates
 from .auth import Credentials, create_private_file, sqlite_path
 from .engine.breakers.evaluator import Evaluator
 from .engine.clock import Clock, SystemClock
 from .engine.engine import RiskEngine
-from .engine.state import TraderState
+from .engine.events import Listeners, StateChanged
 from .engine.types import Flags
-from .observability.metrics import Metrics, NullMetrics, ObservedBreakers, state_listener
+from .observability.metrics import Metrics, NullMetrics
+from .observability.state_metrics import StateMetrics
 from .observability.tracing import Tracing, current_trace_id, setup_tracing, tracing_enabled
 from .persistence import Persistence
 from .settings import Settings, SettingsError
@@ -115,11 +117,18 @@ class Sidecar:
         db_file = sqlite_path(settings.database_url) if self.durable and settings.enable_persistence else None
         if db_file is not None and db_file.parent.is_dir():
             create_private_file(db_file)  # every trader's state: owner-only, whatever the umask
+        # Every state change of the engine goes to each of these listeners (added below, one line each, once their
+        # owners are built: they need the engine, as the engine needs them).
+        self.listeners = Listeners()
+        # A breaker re-armed, changed, disabled or deleted ends its episodes in the traders' states (stored).
+        self.breakers = Evaluator(on_episodes_ended=lambda breaker_id: self.engine.end_breaker_episodes(breaker_id))
         self.engine = RiskEngine(
             clock or SystemClock(),
             defaults=settings.default_limits(),
             flags=Flags(settings.enable_risk_enforcement, settings.enable_persistence and self.durable),
             reset_offset_s=settings.period_reset_offset_s,
+            breakers=self.breakers,
+            listeners=[self.listeners],
         )
         self.store: Store = (
             RiskStore(settings.database_url, queue_size=settings.queue_size,
@@ -132,24 +141,26 @@ class Sidecar:
                             max_per_connection=settings.max_watchers_per_connection,
                             max_unknown=settings.max_watchers_unknown_traders)
         self.risk = RiskService(self.engine, self.hub, settings.max_clock_skew_s)
-        self.admin = AdminService(self.engine, self.risk)
+        self.admin = AdminService(self.engine)
         self.configs = ConfigAdmin(
             self.engine, self.risk,
             StoreConfigPersistence(self.store, MemoryConfigPersistence(self.engine), lambda: self.durable),
         )
         self.admin.extend(self.configs.handlers())
-        self.breakers = Evaluator(on_episodes_ended=self.engine.end_breaker_episodes)
-        self.engine.breakers = self.breakers
         self.breaker_admin = BreakerAdmin(self.breakers, self.store, clock=self.engine.clock)
-        self.breakers.on_fire = self.breaker_admin.record_event
         self.admin.extend(self.breaker_admin.handlers())
         self.admin.extend(HistoryAdmin(self.store, self.durable).handlers())
-        self.admin.extend(BindingAdmin(self.engine, self.risk, self._store_now).handlers())
+        self.admin.extend(BindingAdmin(self.engine, self._store_now).handlers())
         self.persistence = Persistence(self.store, self.engine, self.configs, self.breaker_admin, current_trace_id,
                                        load_timeout_s=settings.store_call_timeout_s,
                                        unloaded_policy=settings.unloaded_state_policy,
                                        flags_given=settings.given, on_loaded=self._state_loaded)
-        self.engine.on_change = self.persistence.on_change
+        self.watch = WatchUpdates(self.hub, lambda st: state_msg(self.engine, st),
+                                  muted=lambda: self.persistence.replaying)
+        # The engine's listeners, in the order each hears a change (metrics, when on, in _init_observability):
+        self.listeners.add(self._record_breaker_events)  # circuit_breaker_events rows (never dropped)
+        self.listeners.add(self.persistence.on_state_changed)  # the state and its history row to the store queue
+        self.listeners.add(self.watch)  # WatchRiskState updates
         self.risk.on_trade = self.persistence.on_trade
         if self.durable:
             self.risk.trade_known = self.persistence.trade_known
@@ -167,7 +178,7 @@ class Sidecar:
         can_guard = self.credentials.table.trader_auth or settings.trader_token_file or settings.credentials_file
         self._trader_guard = trader_guard(self.credentials) if can_guard else None
         self._credentials_task: asyncio.Task[None] | None = None
-        self._init_observability()  # keep last: it wraps engine.on_change / engine.breakers as set above
+        self._init_observability()
 
     # ---- access ---------------------------------------------------------------------------------
 
@@ -216,9 +227,15 @@ class Sidecar:
             raise FailedPrecondition("enable_persistence: no database is configured (database_url=memory)")
         return await self.persistence.on_flags(old, new)
 
+    def _record_breaker_events(self, event: StateChanged) -> None:
+        """SHIM until BreakerAdmin.on_state_changed (the services branch) is merged; then the listener line above
+        names `self.breaker_admin.on_state_changed` and this goes."""
+        for firing in event.firings:
+            self.breaker_admin.record_event(firing)
+
     async def _state_loaded(self) -> None:
         for st in list(self.engine.traders.values()):  # watchers of a trader see the installed state at once
-            self.risk.notify(st, "stored state loaded")
+            self.watch.publish(st, "stored state loaded")
         await self.health.set(STATE_HEALTH, health_pb2.HealthCheckResponse.SERVING)
 
     async def _store_now(self) -> bool:
@@ -265,19 +282,8 @@ class Sidecar:
         self.metrics.observe_store(self.store)  # history rows enqueued / written / dropped, read at scrape time
         self.metrics_address = ""
         self.tracing: Tracing | None = setup_tracing() if tracing_enabled(s.tracing) else None
-        if isinstance(self.metrics, NullMetrics):
-            return
-        engine, metrics = self.engine, self.metrics
-        inner, gauges = engine.on_change, state_listener(metrics, engine.clock.now)
-
-        def on_change(st: TraderState, reason: str) -> None:
-            inner(st, reason)
-            gauges(st, reason)
-
-        engine.on_change = on_change
-        engine.on_breach = metrics.breach_listener
-        if engine.breakers is not None:
-            engine.breakers = ObservedBreakers(engine.breakers, metrics)
+        if not isinstance(self.metrics, NullMetrics):
+            self.listeners.add(StateMetrics(self.metrics, self.engine.clock.now))  # gauges, breaches, firings
 
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
         """The tracing interceptor, or none at all when tracing is off (the hot path pays nothing)."""

@@ -3,13 +3,18 @@
 The engine is built with its listeners (`RiskEngine(..., listeners=[...])`, wired in `sidecar.py`): the store
 queue, the watch hub, metrics and the breaker event recorder each receive every event, the same way, whatever
 made the change (a report, CanTrade counting an order or firing a breaker, an operator's pause or resume, a
-configuration re-check, a pause that ended, a breaker re-armed). Listeners run on the engine's thread, must
-not block and must not raise; the engine never waits for what they start.
+configuration re-check, a pause that ended, a breaker re-armed, a rebinding). Listeners run on the engine's
+thread, must not block and must not raise; the engine never waits for what they start.
+
+`Listeners` is the fan-out the composition root hands the engine: the engine needs its listeners when it is
+built, and most listeners' owners need the engine, so the sidecar builds the fan-out first and adds each
+listener (one line) once its owner exists.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .state import TraderState
@@ -43,6 +48,9 @@ class StateChanged:
     `reason` says what changed it ("equity_report; breach DAILY_LOSS_LIMIT", "paused by operator", ...).
     `firings`: the breakers that fired in this change; `breaches`: the loss limits newly breached;
     `actions`: what the bot is told to do (position actions and the firings' actions).
+    `cause`: what made the change, in the words a WatchRiskState update gives as its reason ("equity_report",
+    "trade_report", "positions_report", "paused by operator", ...): `reason` without the details the history
+    keeps (a trade id, the breaches, the operator's text). Many changes have no details: then it is `reason`.
     """
 
     state: TraderState
@@ -51,6 +59,35 @@ class StateChanged:
     firings: tuple[Firing, ...] = ()
     breaches: tuple[Breach, ...] = ()
     actions: tuple[RequiredAction, ...] = ()
+    cause: str = ""
 
 
 Listener = Callable[[StateChanged], None]
+
+log = logging.getLogger("tradeguard.engine")
+
+
+class Listeners:
+    """A fan-out of listeners, itself a Listener: each event goes to every listener, in the order added.
+
+    A listener that raises (it must not) is logged and does not keep the event from the others.
+    """
+
+    __slots__ = ("_listeners",)
+
+    def __init__(self, listeners: Iterable[Listener] = ()) -> None:
+        self._listeners: list[Listener] = list(listeners)
+
+    def add(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def __len__(self) -> int:
+        return len(self._listeners)
+
+    def __call__(self, event: StateChanged) -> None:
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception:
+                log.exception("a state change listener (%r) failed on %r of trader %s", listener, event.reason,
+                              event.state.trader_id)
