@@ -31,7 +31,7 @@ from .auth import Credentials, create_private_file, sqlite_path
 from .engine.breakers.evaluator import Evaluator
 from .engine.clock import Clock, SystemClock
 from .engine.engine import RiskEngine
-from .engine.events import Listeners, StateChanged
+from .engine.events import Listener, StateChanged
 from .engine.types import Flags
 from .observability.metrics import Metrics, NullMetrics
 from .observability.state_metrics import StateMetrics
@@ -117,9 +117,9 @@ class Sidecar:
         db_file = sqlite_path(settings.database_url) if self.durable and settings.enable_persistence else None
         if db_file is not None and db_file.parent.is_dir():
             create_private_file(db_file)  # every trader's state: owner-only, whatever the umask
-        # Every state change of the engine goes to each of these listeners (added below, one line each, once their
-        # owners are built: they need the engine, as the engine needs them).
-        self.listeners = Listeners()
+        # Every state change of the engine goes to each of these listeners, in order. The engine holds this list:
+        # each listener is added below (one line) once its owner is built, since the owners need the engine.
+        self.listeners: list[Listener] = []
         # A breaker re-armed, changed, disabled or deleted ends its episodes in the traders' states (stored).
         self.breakers = Evaluator(on_episodes_ended=lambda breaker_id: self.engine.end_breaker_episodes(breaker_id))
         self.engine = RiskEngine(
@@ -128,7 +128,7 @@ class Sidecar:
             flags=Flags(settings.enable_risk_enforcement, settings.enable_persistence and self.durable),
             reset_offset_s=settings.period_reset_offset_s,
             breakers=self.breakers,
-            listeners=[self.listeners],
+            listeners=self.listeners,
         )
         self.store: Store = (
             RiskStore(settings.database_url, queue_size=settings.queue_size,
@@ -158,9 +158,9 @@ class Sidecar:
         self.watch = WatchUpdates(self.hub, lambda st: state_msg(self.engine, st),
                                   muted=lambda: self.persistence.replaying)
         # The engine's listeners, in the order each hears a change (metrics, when on, in _init_observability):
-        self.listeners.add(self._record_breaker_events)  # circuit_breaker_events rows (never dropped)
-        self.listeners.add(self.persistence.on_state_changed)  # the state and its history row to the store queue
-        self.listeners.add(self.watch)  # WatchRiskState updates
+        self.listeners.append(self._record_breaker_events)  # circuit_breaker_events rows (never dropped)
+        self.listeners.append(self.persistence.on_state_changed)  # the state and its history row to the store queue
+        self.listeners.append(self.watch)  # WatchRiskState updates
         self.risk.on_trade = self.persistence.on_trade
         if self.durable:
             self.risk.trade_known = self.persistence.trade_known
@@ -283,7 +283,7 @@ class Sidecar:
         self.metrics_address = ""
         self.tracing: Tracing | None = setup_tracing() if tracing_enabled(s.tracing) else None
         if not isinstance(self.metrics, NullMetrics):
-            self.listeners.add(StateMetrics(self.metrics, self.engine.clock.now))  # gauges, breaches, firings
+            self.listeners.append(StateMetrics(self.metrics, self.engine.clock.now))  # gauges, breaches, firings
 
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
         """The tracing interceptor, or none at all when tracing is off (the hot path pays nothing)."""

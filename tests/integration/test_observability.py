@@ -288,7 +288,7 @@ async def test_can_trade_with_traceparent_produces_a_server_span_in_that_trace(c
 async def test_state_change_listener_sees_the_trace_id_for_history_rows(clock: ManualClock) -> None:
     seen: list[str | None] = []
     async with traced_sidecar(clock) as (sc, _exporter), grpc.aio.insecure_channel(sc.address) as ch:
-        sc.listeners.add(lambda _event: seen.append(current_trace_id()))
+        sc.listeners.append(lambda _event: seen.append(current_trace_id()))
         await report_equity(rsg.RiskServiceStub(ch), "bot-1", 10_000.0, TRACEPARENT)
         await report_equity(rsg.RiskServiceStub(ch), "bot-1", 10_100.0)  # no traceparent: a new trace
 

@@ -11,7 +11,7 @@ from tradeguard_server.engine.breakers import Evaluator, InvalidBreaker
 from tradeguard_server.engine.breakers.evaluator import NO_FIRINGS
 from tradeguard_server.engine.clock import ManualClock
 from tradeguard_server.engine.engine import RiskEngine
-from tradeguard_server.engine.events import Firing, Listeners, StateChanged
+from tradeguard_server.engine.events import Firing, StateChanged
 from tradeguard_server.engine.limits import Limits
 from tradeguard_server.engine.types import (
     ActionType,
@@ -340,7 +340,7 @@ def test_a_failing_event_listener_does_not_break_evaluation(
     heard: list[Firing] = []
     evaluator = Evaluator()
     engine = RiskEngine(clock, defaults=LIMITS, breakers=evaluator,
-                        listeners=[Listeners([broken, lambda e: heard.extend(e.firings)])])
+                        listeners=[broken, lambda e: heard.extend(e.firings)])
     evaluator.install(Spec())
     engine.report_equity("t1", "a1", 10_000.0, None)
 
@@ -348,7 +348,7 @@ def test_a_failing_event_listener_does_not_break_evaluation(
         assert len(firings_of(engine, 8_000.0)) == 1
 
     assert [f.breaker_id for f in heard] == ["b1"]  # the next listener still heard it
-    assert "a state change listener" in caplog.text and "failed" in caplog.text
+    assert "state change listener" in caplog.text and "failed" in caplog.text
 
 
 # ---- shadow mode --------------------------------------------------------------------------------

@@ -171,17 +171,18 @@ class WatchUpdates:
     those were published when they arrived, and the load publishes the resulting state).
     """
 
-    __slots__ = ("hub", "muted", "state_msg")
+    __slots__ = ("_watching", "hub", "muted", "state_msg")
 
     def __init__(self, hub: WatchHub, state_msg: Callable[[TraderState], t.RiskState],
                  muted: Callable[[], bool] = _never) -> None:
         self.hub = hub
         self.state_msg = state_msg
         self.muted = muted
+        self._watching = hub.watching
 
     def __call__(self, event: StateChanged) -> None:
         st = event.state
-        if not self.hub.watching(st.trader_id) or self.muted():
+        if not self._watching(st.trader_id) or self.muted():
             return
         update = rs.WatchRiskStateResponse(state=self.state_msg(st), reason=event.cause or event.reason)
         update.actions.extend(convert.action_msg(a) for a in event.actions)

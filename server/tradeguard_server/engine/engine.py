@@ -107,14 +107,16 @@ class RiskEngine:
         breakers: BreakerEvaluator | None = None,
         listeners: Sequence[Listener] = (),
     ) -> None:
-        """`listeners` hear every state change (events.StateChanged), in order; `breakers` evaluates the
-        accounts' circuit breakers on every report and CanTrade (None: no breakers)."""
+        """`listeners` hear every state change (events.StateChanged), in order. The engine holds the sequence it
+        is given, not a copy: the composition root hands it a list and adds each listener once its owner is
+        built (the owners need the engine). `breakers` evaluates the accounts' circuit breakers on every report
+        and CanTrade (None: no breakers)."""
         self.clock = clock
         self.defaults = defaults or Limits()
         self.flags = flags or Flags()
         self.reset_offset_s = reset_offset_s
         self.breakers = breakers
-        self._listeners = tuple(listeners)
+        self._listeners = listeners
         self.traders: dict[str, TraderState] = {}
         self.symbols_pruned = 0  # per-symbol entries dropped by prune_symbols (state.SYMBOLS_KEPT)
         self.account_limits: dict[str, Limits] = {}
@@ -212,7 +214,11 @@ class RiskEngine:
         if self._listeners:
             event = StateChanged(st, reason, now, tuple(firings), tuple(breaches), tuple(actions), cause or reason)
             for listener in self._listeners:
-                listener(event)
+                try:
+                    listener(event)
+                except Exception:  # a listener must not raise; if one does, the others still hear the change
+                    log.exception("state change listener %r failed on %r of trader %s", listener, reason,
+                                  st.trader_id)
 
     def _tick(self, st: TraderState, now: float) -> None:
         """Time-driven changes: pauses that ended, new day / week / month."""
@@ -273,7 +279,9 @@ class RiskEngine:
             return Outcome(st, stale=True, changed=False)
         limits = self.limits_for(account_id)
         reasons = ["equity_report" if fresh else "equity_report (late: raised the peak)"]
-        breaches = self._apply_breaches(st, checks.loss_breaches(st, limits), now, reasons)
+        breaches = checks.loss_breaches(st, limits)
+        if breaches:  # (most reports breach nothing)
+            breaches = self._apply_breaches(st, breaches, now, reasons)
         firings = self._run_breakers(st, limits, now, st.positions.keys())
         actions = checks.position_actions(st, limits)
         for firing in firings:

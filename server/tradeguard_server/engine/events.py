@@ -4,17 +4,13 @@ The engine is built with its listeners (`RiskEngine(..., listeners=[...])`, wire
 queue, the watch hub, metrics and the breaker event recorder each receive every event, the same way, whatever
 made the change (a report, CanTrade counting an order or firing a breaker, an operator's pause or resume, a
 configuration re-check, a pause that ended, a breaker re-armed, a rebinding). Listeners run on the engine's
-thread, must not block and must not raise; the engine never waits for what they start.
-
-`Listeners` is the fan-out the composition root hands the engine: the engine needs its listeners when it is
-built, and most listeners' owners need the engine, so the sidecar builds the fan-out first and adds each
-listener (one line) once its owner exists.
+thread, must not block and must not raise (one that does is logged and the others still hear the event); the
+engine never waits for what they start.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .state import TraderState
@@ -40,9 +36,10 @@ class Firing:
     account_id: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StateChanged:
-    """One change of one trader's state.
+    """One change of one trader's state. Every listener gets the same value: read it, never change it. (Not a
+    frozen dataclass: building a frozen one costs 0.9 µs per change against 0.14 µs, on every report.)
 
     `state` is the trader's live state after the change (read it now; it moves on with the next change).
     `reason` says what changed it ("equity_report; breach DAILY_LOSS_LIMIT", "paused by operator", ...).
@@ -63,31 +60,3 @@ class StateChanged:
 
 
 Listener = Callable[[StateChanged], None]
-
-log = logging.getLogger("tradeguard.engine")
-
-
-class Listeners:
-    """A fan-out of listeners, itself a Listener: each event goes to every listener, in the order added.
-
-    A listener that raises (it must not) is logged and does not keep the event from the others.
-    """
-
-    __slots__ = ("_listeners",)
-
-    def __init__(self, listeners: Iterable[Listener] = ()) -> None:
-        self._listeners: list[Listener] = list(listeners)
-
-    def add(self, listener: Listener) -> None:
-        self._listeners.append(listener)
-
-    def __len__(self) -> int:
-        return len(self._listeners)
-
-    def __call__(self, event: StateChanged) -> None:
-        for listener in self._listeners:
-            try:
-                listener(event)
-            except Exception:
-                log.exception("a state change listener (%r) failed on %r of trader %s", listener, event.reason,
-                              event.state.trader_id)
