@@ -348,6 +348,13 @@ class Persistence:
         self._schedule_flag_write()
         return False
 
+    async def flags_stored(self) -> bool:
+        """Wait for the writer of flags set while they could not be stored, if one runs; True when none are
+        pending any more."""
+        if self._flag_writer is not None:
+            await self._flag_writer
+        return self._pending_flags is None
+
     def _schedule_flag_write(self) -> None:
         if self._flag_writer is None or self._flag_writer.done():
             self._flag_writer = asyncio.get_running_loop().create_task(self._flag_write_loop())
