@@ -1,7 +1,8 @@
 """Glue between the in-memory engine and the store: what is written when, and what is restored at start.
 
-- Every engine state change enqueues a snapshot + history row (with the request's trace id); trades and
-  breaker events are enqueued by their handlers. None of it waits on the database.
+- Every engine state change (events.StateChanged, `on_state_changed` is one of the engine's listeners) enqueues
+  a snapshot + history row (with the request's trace id); trades are enqueued by their handler, breaker events
+  by the breaker event recorder (another listener). None of it waits on the database.
 - Nothing is answered from a state the store has not been merged into. Until the stored state is installed
   the engine runs *unloaded*: CanTrade's verdict passes through the `unloaded_state_policy` gate
   (engine/unloaded.py), and every state-changing call is journaled. Nothing of this run is written meanwhile.
@@ -24,16 +25,16 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from .api.breaker_admin import BreakerAdmin
-from .api.config_admin import ConfigAdmin
-from .api.config_records import from_record as config_from_record
 from .engine.engine import AccountMismatchError, JournalEntry, Outcome, RiskEngine
+from .engine.events import StateChanged
 from .engine.snapshot import from_record, to_record
-from .engine.state import SEEN_TRADE_IDS_KEPT, TraderState
+from .engine.state import SEEN_TRADE_IDS_KEPT
 from .engine.types import ClosedTrade, Flags
 from .engine.unloaded import UnloadedGate
+from .services.breakers import BreakerService
+from .services.configs import ConfigService
 from .store.errors import StoreUnavailable
-from .store.protocol import Store
+from .store.protocol import PersistenceStore
 from .store.records import FlagsRecord, LoadedState, TradeRecord
 
 log = logging.getLogger("tradeguard.persistence")
@@ -119,10 +120,10 @@ class Persistence:
 
     def __init__(
         self,
-        store: Store,
+        store: PersistenceStore,
         engine: RiskEngine,
-        configs: ConfigAdmin,
-        breakers: BreakerAdmin,
+        configs: ConfigService,
+        breakers: BreakerService,
         trace_id: TraceId,
         load_timeout_s: float = 0.0,
         unloaded_policy: str = "reduce_only",
@@ -139,6 +140,7 @@ class Persistence:
         self.on_loaded = on_loaded  # awaited once the stored state is installed (health says so)
         self.gate = UnloadedGate(unloaded_policy, lambda: engine.flags.enable_risk_enforcement)
         self.loaded = False
+        self.replaying = False  # True while the calls received before the load are replayed on the stored state
         self.replayed = 0  # journaled calls replayed on the stored state by a late load
         self._loader: asyncio.Task[None] | None = None
         self._recovered = asyncio.Event()
@@ -149,10 +151,11 @@ class Persistence:
 
     # ---- hot path listeners (never await, never raise) ------------------------------------------
 
-    def on_change(self, st: TraderState, reason: str) -> None:
+    def on_state_changed(self, event: StateChanged) -> None:
+        """The engine listener: the new state and its history row to the store queue."""
         if self.engine.journal is not None:  # unloaded: the replay on the stored state writes it
             return
-        self.store.enqueue_state(to_record(st), reason, self.trace_id())
+        self.store.enqueue_state(to_record(event.state), event.reason, self.trace_id())
 
     def on_trade(self, trader_id: str, account_id: str, trade: ClosedTrade) -> None:
         if self.engine.journal is not None:  # unloaded: written by the replay unless it is a stored one
@@ -239,9 +242,8 @@ class Persistence:
         journal = engine.journal or []
         memory = dict(engine.traders)
         engine.traders.clear()
-        self.configs.load([config_from_record(c) for c in loaded.configs
-                           if c.config_id not in self.configs.configs.get(c.account_id, {})])
-        self.breakers.load([b for b in loaded.breakers if b.id not in self.breakers.records])
+        self.configs.load(loaded.configs)  # each service skips what it already holds (saved while not loaded)
+        self.breakers.load(loaded.breakers)
         self._install_flags(loaded.flags, late)
         for rec in loaded.traders:
             engine.restore(from_record(rec, loaded.trade_ids.get(rec.trader_id, ())))
@@ -274,6 +276,7 @@ class Persistence:
         engine = self.engine
         real, at = engine.clock, _At()
         engine.clock = at
+        self.replaying = True
         replayed = 0
         try:
             for when, op, args in journal:
@@ -296,6 +299,7 @@ class Persistence:
                     self.on_trade(str(args[0]), str(args[1]), trade)
         finally:
             engine.clock = real
+            self.replaying = False
         return replayed
 
     # ---- flags ----------------------------------------------------------------------------------
@@ -328,9 +332,10 @@ class Persistence:
         """Apply flags at once and store them. Returns False when they are not stored yet: they are written
         when the database returns (never dropped), and a late load does not undo them."""
         self.store.persistence_enabled = new.enable_persistence
-        if new.enable_persistence and not old.enable_persistence:
+        if new.enable_persistence and not old.enable_persistence and self.engine.journal is None:
+            trace_id = self.trace_id()
             for st in self.engine.traders.values():
-                self.on_change(st, "persistence enabled: current state")
+                self.store.enqueue_state(to_record(st), "persistence enabled: current state", trace_id)
         self._pending_flags = FlagsRecord(new.enable_risk_enforcement, new.enable_persistence)
         if not self.loaded:
             log.warning("feature flags %s applied; not stored yet (the stored state is not loaded): written when "
@@ -340,6 +345,13 @@ class Persistence:
             return True
         self._schedule_flag_write()
         return False
+
+    async def flags_stored(self) -> bool:
+        """Wait for the writer of flags set while they could not be stored, if one runs; True when none are
+        pending any more."""
+        if self._flag_writer is not None:
+            await self._flag_writer
+        return self._pending_flags is None
 
     def _schedule_flag_write(self) -> None:
         if self._flag_writer is None or self._flag_writer.done():

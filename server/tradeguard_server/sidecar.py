@@ -24,14 +24,16 @@ from .api.dispatch import admin_guard, service, trader_guard
 from .api.history_admin import HistoryAdmin
 from .api.risk_service import SERVICE as RISK_SERVICE
 from .api.risk_service import RiskService
-from .api.watch import WatchHub
+from .api.risk_state import state_msg
+from .api.watch import WatchHub, WatchUpdates
 from .auth import Credentials, create_private_file, sqlite_path
 from .engine.breakers.evaluator import Evaluator
 from .engine.clock import Clock, SystemClock
 from .engine.engine import RiskEngine
-from .engine.state import TraderState
+from .engine.events import Listener
 from .engine.types import Flags
-from .observability.metrics import MetricsSink, NullMetrics, ObservedBreakers, PrometheusMetrics, state_listener
+from .observability.metrics import MetricsSink, NullMetrics, PrometheusMetrics
+from .observability.state_metrics import StateMetrics
 from .observability.tracing import Tracing, current_trace_id, setup_tracing, tracing_enabled
 from .persistence import Persistence
 from .services.breakers import BreakerService
@@ -116,11 +118,18 @@ class Sidecar:
         db_file = sqlite_path(settings.database_url) if self.durable and settings.enable_persistence else None
         if db_file is not None and db_file.parent.is_dir():
             create_private_file(db_file)  # every trader's state: owner-only, whatever the umask
+        # Every state change of the engine goes to each of these listeners, in order. The engine holds this list:
+        # each listener is added below (one line) once its owner is built, since the owners need the engine.
+        self.listeners: list[Listener] = []
+        # A breaker re-armed, changed, disabled or deleted ends its episodes in the traders' states (stored).
+        self.breakers = Evaluator(on_episodes_ended=lambda breaker_id: self.engine.end_breaker_episodes(breaker_id))
         self.engine = RiskEngine(
             clock or SystemClock(),
             defaults=settings.default_limits(),
             flags=Flags(settings.enable_risk_enforcement, settings.enable_persistence and self.durable),
             reset_offset_s=settings.period_reset_offset_s,
+            breakers=self.breakers,
+            listeners=self.listeners,
         )
         self.store: Store = (
             RiskStore(settings.database_url, queue_size=settings.queue_size,
@@ -133,24 +142,26 @@ class Sidecar:
                             max_per_connection=settings.max_watchers_per_connection,
                             max_unknown=settings.max_watchers_unknown_traders)
         self.risk = RiskService(self.engine, self.hub, settings.max_clock_skew_s)
-        self.admin = AdminService(self.engine, self.risk)
+        self.admin = AdminService(self.engine)
         self.config_service = ConfigService(self.engine, self.store, self.durable)
         self.configs = ConfigAdmin(self.config_service)
         self.admin.extend(self.configs.handlers())
-        self.breakers = Evaluator(on_episodes_ended=self.engine.end_breaker_episodes)
-        self.engine.breakers = self.breakers
         self.breaker_service = BreakerService(self.breakers, self.store, clock=self.engine.clock)
         self.breaker_admin = BreakerAdmin(self.breaker_service)
-        # Until the evaluator returns events.Firing (issue 15 event flow): then breaker_service.on_state_changed.
-        self.breakers.on_fire = self.breaker_service.record_event  # type: ignore[assignment]
         self.admin.extend(self.breaker_admin.handlers())
         self.admin.extend(HistoryAdmin(self.store, self.durable).handlers())
-        self.admin.extend(BindingAdmin(self.engine, self.risk, self._store_now).handlers())
-        self.persistence = Persistence(self.store, self.engine, self.configs, self.breaker_admin, current_trace_id,
+        self.admin.extend(BindingAdmin(self.engine, self._store_now).handlers())
+        self.persistence = Persistence(self.store, self.engine, self.config_service, self.breaker_service,
+                                       current_trace_id,
                                        load_timeout_s=settings.store_call_timeout_s,
                                        unloaded_policy=settings.unloaded_state_policy,
                                        flags_given=settings.given, on_loaded=self._state_loaded)
-        self.engine.on_change = self.persistence.on_change
+        self.watch = WatchUpdates(self.hub, lambda st: state_msg(self.engine, st),
+                                  muted=lambda: self.persistence.replaying)
+        # The engine's listeners, in the order each hears a change (metrics, when on, in _init_observability):
+        self.listeners.append(self.breaker_service.on_state_changed)  # circuit_breaker_events rows (never dropped)
+        self.listeners.append(self.persistence.on_state_changed)  # the state and its history row to the store queue
+        self.listeners.append(self.watch)  # WatchRiskState updates
         self.risk.on_trade = self.persistence.on_trade
         if self.durable:
             self.risk.trade_known = self.persistence.trade_known
@@ -168,7 +179,7 @@ class Sidecar:
         can_guard = self.credentials.table.trader_auth or settings.trader_token_file or settings.credentials_file
         self._trader_guard = trader_guard(self.credentials) if can_guard else None
         self._credentials_task: asyncio.Task[None] | None = None
-        self._init_observability()  # keep last: it wraps engine.on_change / engine.breakers as set above
+        self._init_observability()
 
     # ---- access ---------------------------------------------------------------------------------
 
@@ -219,7 +230,7 @@ class Sidecar:
 
     async def _state_loaded(self) -> None:
         for st in list(self.engine.traders.values()):  # watchers of a trader see the installed state at once
-            self.risk.notify(st, "stored state loaded")
+            self.watch.publish(st, "stored state loaded")
         await self.health.set(STATE_HEALTH, health_pb2.HealthCheckResponse.SERVING)
 
     async def _store_now(self) -> bool:
@@ -267,19 +278,8 @@ class Sidecar:
         self.metrics_address = ""
         traced = tracing_enabled(s.tracing, s.otlp_traces_endpoint, s.otel_sdk_disabled)
         self.tracing: Tracing | None = setup_tracing(s.otlp_traces_endpoint, s.otel_service_name) if traced else None
-        if isinstance(self.metrics, NullMetrics):
-            return
-        engine, metrics = self.engine, self.metrics
-        inner, gauges = engine.on_change, state_listener(metrics, engine.clock.now)
-
-        def on_change(st: TraderState, reason: str) -> None:
-            inner(st, reason)
-            gauges(st, reason)
-
-        engine.on_change = on_change
-        engine.on_breach = metrics.breach_listener
-        if engine.breakers is not None:
-            engine.breakers = ObservedBreakers(engine.breakers, metrics)
+        if not isinstance(self.metrics, NullMetrics):
+            self.listeners.append(StateMetrics(self.metrics, self.engine.clock.now))  # gauges, breaches, firings
 
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
         """The tracing interceptor, or none at all when tracing is off (the hot path pays nothing)."""

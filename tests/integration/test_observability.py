@@ -215,7 +215,7 @@ def test_store_and_breaker_methods_move_their_series() -> None:
     st = TraderState("bot-1", "acct")
     breach = Breach(DecisionCode.DAILY_LOSS_LIMIT, "daily_loss", 6.0, 5.0, "x", TradingState.REDUCING, 60.0)
 
-    metrics.breach_listener(st, breach)
+    metrics.breach(breach.rule, st.trader_id)
     metrics.breaker_fired("cb-1")
     metrics.persist_attempt()
     metrics.persist_attempt()
@@ -283,13 +283,7 @@ async def test_can_trade_with_traceparent_produces_a_server_span_in_that_trace(c
 async def test_state_change_listener_sees_the_trace_id_for_history_rows(clock: ManualClock) -> None:
     seen: list[str | None] = []
     async with traced_sidecar(clock) as (sc, _exporter), grpc.aio.insecure_channel(sc.address) as ch:
-        inner = sc.engine.on_change
-
-        def listener(st: TraderState, reason: str) -> None:
-            seen.append(current_trace_id())
-            inner(st, reason)
-
-        sc.engine.on_change = listener
+        sc.listeners.append(lambda _event: seen.append(current_trace_id()))
         await report_equity(rsg.RiskServiceStub(ch), "bot-1", 10_000.0, TRACEPARENT)
         await report_equity(rsg.RiskServiceStub(ch), "bot-1", 10_100.0)  # no traceparent: a new trace
 

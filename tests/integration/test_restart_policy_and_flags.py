@@ -186,9 +186,7 @@ async def test_set_feature_flags_during_an_outage_applies_now_says_not_stored_an
             in_force = await get_flags(ch)
             during = stored_flags(pg_url)
             proxy.restore()
-            writer = sidecar.persistence._flag_writer
-            assert writer is not None
-            await writer  # the retry that writes them once the database answers
+            assert await sidecar.persistence.flags_stored()  # the retry that writes them once the database answers
     finally:
         await proxy.close()
     async with sidecar_on(pg_url) as (_sidecar, ch):
@@ -220,9 +218,7 @@ async def test_set_feature_flags_before_a_late_load_is_kept_and_stored(pg_url: s
         _reply, stored = await set_enforcement(ch, False)
         proxy.restore()
         await state_loaded(ch)
-        writer = sidecar.persistence._flag_writer
-        assert writer is not None
-        await writer
+        assert await sidecar.persistence.flags_stored()
         after = await get_flags(ch)
 
     assert stored == "false"

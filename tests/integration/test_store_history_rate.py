@@ -19,7 +19,7 @@ from sqlalchemy import create_engine, pool, text
 
 from tests.support.databases import make_state, postgres_database_fixture, store_url_fixture
 from tests.support.proxy import FaultProxy
-from tradeguard_server.observability.metrics import Metrics
+from tradeguard_server.observability.metrics import PrometheusMetrics
 from tradeguard_server.store.records import HistoryRecord
 from tradeguard_server.store.store import HISTORY_BACKLOG_ROWS, RiskStore, history_cost
 
@@ -42,7 +42,7 @@ def history_rows(url: str) -> int:
         engine.dispose()
 
 
-def exported(metrics: Metrics) -> dict[str, float]:
+def exported(metrics: PrometheusMetrics) -> dict[str, float]:
     names = ("enqueued_total", "written_total", "dropped_total", "rejected_total", "pending")
     return {name: metrics.registry.get_sample_value(f"tradeguard_history_rows_{name}") or 0.0 for name in names}
 
@@ -62,7 +62,7 @@ async def burst(store: RiskStore, rate: float, seconds: float, first: int = 0) -
 
 async def test_a_burst_of_2400_changes_per_second_writes_every_history_row(db_url: str) -> None:
     store = RiskStore(db_url, retry_max_s=0.2)  # default queue_size and batch_max
-    metrics = Metrics()
+    metrics = PrometheusMetrics()
     metrics.observe_store(store)
     assert store.queue_size == HISTORY_BACKLOG_ROWS
     await store.start()
@@ -91,7 +91,7 @@ async def test_an_outage_longer_than_the_backlog_drops_the_oldest_rows_counted_a
     caplog.set_level(logging.WARNING, "tradeguard.store")
     proxy = await FaultProxy().start()
     store = RiskStore(proxy.url_for(pg_url), queue_size=100, retry_max_s=0.1)
-    metrics = Metrics()
+    metrics = PrometheusMetrics()
     metrics.observe_store(store)
     before = history_rows(pg_url)
     await store.start()

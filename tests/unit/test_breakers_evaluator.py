@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tradeguard_server.engine.breakers import BreakerFiring, Evaluator, InvalidBreaker
+from tradeguard_server.engine.breakers import Evaluator, InvalidBreaker
 from tradeguard_server.engine.breakers.evaluator import NO_FIRINGS
 from tradeguard_server.engine.clock import ManualClock
 from tradeguard_server.engine.engine import RiskEngine
+from tradeguard_server.engine.events import Firing, StateChanged
 from tradeguard_server.engine.limits import Limits
 from tradeguard_server.engine.types import (
     ActionType,
@@ -50,31 +51,32 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-def fired() -> list[BreakerFiring]:
+def fired() -> list[Firing]:
     return []
 
 
 @pytest.fixture
-def evaluator(fired: list[BreakerFiring]) -> Evaluator:
-    return Evaluator(on_fire=fired.append)
+def evaluator() -> Evaluator:
+    return Evaluator()
 
 
 @pytest.fixture
-def engine(clock: ManualClock, evaluator: Evaluator) -> RiskEngine:
-    return RiskEngine(clock, defaults=LIMITS, breakers=evaluator)
+def engine(clock: ManualClock, evaluator: Evaluator, fired: list[Firing]) -> RiskEngine:
+    """An engine whose listener collects every firing it announces in `fired`."""
+    return RiskEngine(clock, defaults=LIMITS, breakers=evaluator, listeners=[lambda e: fired.extend(e.firings)])
 
 
-def firings_of(engine: RiskEngine, equity: float) -> list[BreakerFiring]:
+def firings_of(engine: RiskEngine, equity: float) -> list[Firing]:
     out = engine.report_equity("t1", "a1", equity, None).firings
-    assert all(isinstance(f, BreakerFiring) for f in out)
-    return [f for f in out if isinstance(f, BreakerFiring)]
+    assert all(isinstance(f, Firing) for f in out)
+    return [f for f in out if isinstance(f, Firing)]
 
 
 # ---- episodes -----------------------------------------------------------------------------------
 
 
 def test_breaker_fires_once_per_episode_and_rearms_when_the_condition_clears(
-    engine: RiskEngine, evaluator: Evaluator, fired: list[BreakerFiring]
+    engine: RiskEngine, evaluator: Evaluator, fired: list[Firing]
 ) -> None:
     evaluator.install(Spec(action="alert"))
     engine.report_equity("t1", "a1", 10_000.0, None)
@@ -305,7 +307,7 @@ def test_position_drawdown_close_position_closes_exactly_the_losing_positions(
     assert firing.triggered_values["position_loss"] == pytest.approx(0.1)
 
 
-def test_alert_records_the_event_only(engine: RiskEngine, evaluator: Evaluator, fired: list[BreakerFiring]) -> None:
+def test_alert_records_the_event_only(engine: RiskEngine, evaluator: Evaluator, fired: list[Firing]) -> None:
     evaluator.install(Spec(action="alert"))
     engine.report_equity("t1", "a1", 10_000.0, None)
 
@@ -332,18 +334,21 @@ def test_breaker_firing_logs_risk_limit_breached(
 def test_a_failing_event_listener_does_not_break_evaluation(
     clock: ManualClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def broken(_f: BreakerFiring) -> None:
+    def broken(_e: StateChanged) -> None:
         raise RuntimeError("queue gone")
 
-    evaluator = Evaluator(on_fire=broken)
-    engine = RiskEngine(clock, defaults=LIMITS, breakers=evaluator)
+    heard: list[Firing] = []
+    evaluator = Evaluator()
+    engine = RiskEngine(clock, defaults=LIMITS, breakers=evaluator,
+                        listeners=[broken, lambda e: heard.extend(e.firings)])
     evaluator.install(Spec())
     engine.report_equity("t1", "a1", 10_000.0, None)
 
-    with caplog.at_level(logging.ERROR, logger="tradeguard.breakers"):
+    with caplog.at_level(logging.ERROR, logger="tradeguard.engine"):
         assert len(firings_of(engine, 8_000.0)) == 1
 
-    assert "recording the event of breaker b1 failed" in caplog.text
+    assert [f.breaker_id for f in heard] == ["b1"]  # the next listener still heard it
+    assert "state change listener" in caplog.text and "failed" in caplog.text
 
 
 # ---- shadow mode --------------------------------------------------------------------------------

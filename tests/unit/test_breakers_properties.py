@@ -100,8 +100,9 @@ def test_a_disabled_breaker_never_fires(
 ) -> None:
     clock = ManualClock(T0)
     fired: list[str] = []
-    evaluator = Evaluator(on_fire=lambda f: fired.append(f.breaker_id))
-    engine = RiskEngine(clock, defaults=LIMITS, flags=Flags(enable_risk_enforcement=enforce), breakers=evaluator)
+    evaluator = Evaluator()
+    engine = RiskEngine(clock, defaults=LIMITS, flags=Flags(enable_risk_enforcement=enforce), breakers=evaluator,
+                        listeners=[lambda e: fired.extend(f.breaker_id for f in e.firings)])
     specs = [Spec(f"b{i}", f"b{i}", c, a, dict(p), symbols=s) for i, ((c, p), a, s) in enumerate(defs)]
     evaluator.load(specs)
     engine.report_equity("t1", "a1", 10_000.0, None)
@@ -184,9 +185,9 @@ def test_every_condition_fires_once_per_episode_and_only_after_it_was_seen_false
 ) -> None:
     timeline: list[tuple[str, str, bool]] = []
     clock = ManualClock(T0)
-    evaluator = Evaluator(registry=recording_registry(timeline),
-                          on_fire=lambda f: timeline.append(("fire", f.condition, True)))
-    engine = RiskEngine(clock, defaults=LIMITS, flags=Flags(enable_risk_enforcement=enforce), breakers=evaluator)
+    evaluator = Evaluator(registry=recording_registry(timeline))
+    engine = RiskEngine(clock, defaults=LIMITS, flags=Flags(enable_risk_enforcement=enforce), breakers=evaluator,
+                        listeners=[lambda e: timeline.extend(("fire", f.condition, True) for f in e.firings)])
     evaluator.load([Spec(f"b{i}", f"b{i}", c, a, dict(p), symbols=s) for i, ((c, p), a, s) in enumerate(defs)])
     engine.report_equity("t1", "a1", 10_000.0, None)
     for i, op in enumerate(operations):
@@ -243,8 +244,9 @@ def test_screening_groups_changes_no_firing_and_no_episode(
     fired: tuple[list[str], list[str]] = ([], [])
     for registry, log in ((Registry(BUILTIN), fired[0]), (unscreened_registry(), fired[1])):
         clock = ManualClock(T0)
-        evaluator = Evaluator(registry=registry, on_fire=lambda f, log=log: log.append(f.breaker_id))  # type: ignore[misc]
-        engine = RiskEngine(clock, defaults=LIMITS, flags=Flags(enable_risk_enforcement=enforce), breakers=evaluator)
+        evaluator = Evaluator(registry=registry)
+        engine = RiskEngine(clock, defaults=LIMITS, flags=Flags(enable_risk_enforcement=enforce), breakers=evaluator,
+                            listeners=[lambda e, log=log: log.extend(f.breaker_id for f in e.firings)])  # type: ignore[misc]
         evaluator.load(specs)
         engine.report_equity("t1", "a1", 10_000.0, None)
         rigs.append((clock, evaluator, engine))

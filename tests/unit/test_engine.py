@@ -8,8 +8,8 @@ import pytest
 
 from tradeguard_server.engine.clock import ManualClock
 from tradeguard_server.engine.engine import AccountMismatchError, RiskEngine
+from tradeguard_server.engine.events import StateChanged
 from tradeguard_server.engine.limits import Limits
-from tradeguard_server.engine.state import TraderState
 from tradeguard_server.engine.types import (
     CheckStatus,
     ClosedTrade,
@@ -266,10 +266,10 @@ def test_every_check_appears_with_a_status(engine: RiskEngine) -> None:
 def test_state_change_listener_sees_every_change(clock: ManualClock) -> None:
     seen: list[tuple[str, int]] = []
 
-    def listener(st: TraderState, reason: str) -> None:
-        seen.append((reason, st.version))
+    def listener(event: StateChanged) -> None:
+        seen.append((event.reason, event.state.version))
 
-    engine = RiskEngine(clock, on_change=listener)
+    engine = RiskEngine(clock, listeners=[listener])
     engine.report_equity("t1", "a1", 10_000.0, None)
     engine.report_equity("t1", "a1", 9_400.0, None)
     engine.report_trade("t1", "a1", ClosedTrade("x1", "BTCUSDT", "binance", Side.BUY, -5.0, T0))

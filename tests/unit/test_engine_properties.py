@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -100,6 +102,6 @@ def test_a_cached_decision_always_equals_a_fresh_one(ops: list[tuple[str, object
         engine_ops.apply(engine, clock, "t1", (kind, arg), i)
         order = ORDERS[arg] if kind == "ask" and isinstance(arg, int) else NEW_EXPOSURE
         cached, _st = engine.can_trade("t1", "a1", order)
-        engine.traders["t1"].checks_cache = None
+        engine.set_account_limits("a1", replace(engine.limits_for("a1")))  # equal limits, a new object: no cache
         fresh, _st = engine.can_trade("t1", "a1", order)
         assert cached == fresh

@@ -310,7 +310,7 @@ def test_an_episode_ended_during_can_trade_is_announced_for_the_store(clock: Man
     evaluator.install(_Spec("r", "rate", "order_rate", {"max_orders": 1, "window_seconds": 10}, "alert"))
     changes: list[str] = []
     engine = RiskEngine(clock, defaults=NO_LOSS_LIMITS, breakers=evaluator,
-                        on_change=lambda _st, reason: changes.append(reason))
+                        listeners=[lambda e: changes.append(e.reason)])
     engine.report_equity("t1", "a1", 10_000.0, None)
     engine.can_trade("t1", "a1", BUY)
     engine.can_trade("t1", "a1", BUY)  # the second order in the window fires the alert

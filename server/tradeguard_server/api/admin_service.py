@@ -16,7 +16,7 @@ from ..engine.engine import RiskEngine
 from ..engine.types import Flags, TradingState
 from .dispatch import Guard, service, unary
 from .errors import Unavailable, Unimplemented
-from .risk_service import RiskService, check_ids
+from .risk_state import state_msg
 from .validation import Violations
 
 log = logging.getLogger("tradeguard.admin")
@@ -49,9 +49,8 @@ async def _nothing_to_store() -> bool:
 class AdminService:
     """Handlers of tradeguard.v1.AdminService. Extra RPC groups are mounted by `extend`."""
 
-    def __init__(self, engine: RiskEngine, risk: RiskService, on_flags: FlagsListener = _no_flags_listener) -> None:
+    def __init__(self, engine: RiskEngine, on_flags: FlagsListener = _no_flags_listener) -> None:
         self.engine = engine
-        self.risk = risk
         self.on_flags = on_flags
         # Kill-switch changes are in force at once, in memory; the RPC answers once this says they are committed
         # (the sidecar flushes the store: a SIGKILL right after PauseTrading must not bring the trader back
@@ -132,7 +131,8 @@ class AdminService:
 
     async def pause_trading(self, req: ad.PauseTradingRequest, _ctx: Ctx) -> ad.PauseTradingResponse:
         v = Violations()
-        check_ids(v, req.trader_id, req.account_id)
+        v.identifier("trader_id", req.trader_id)
+        v.identifier("account_id", req.account_id)
         v.enum("trading_state", req.trading_state, PAUSE_STATES, "TRADING_STATE")
         if req.trading_state == t.TRADING_STATE_ACTIVE:
             v.items[-1] = ("trading_state", "must be TRADING_STATE_HALTED or TRADING_STATE_REDUCING")
@@ -150,18 +150,17 @@ class AdminService:
         v.raise_if_any()
         st = self.engine.pause(req.trader_id, req.account_id, TradingState(req.trading_state), duration,
                                req.reason)
-        self.risk.notify(st, "paused by operator")
-        reply = ad.PauseTradingResponse(state=self.risk.state_msg(st))
+        reply = ad.PauseTradingResponse(state=state_msg(self.engine, st))
         await self._store_now(req.trader_id, "pause")
         return reply
 
     async def resume_trading(self, req: ad.ResumeTradingRequest, _ctx: Ctx) -> ad.ResumeTradingResponse:
         v = Violations()
-        check_ids(v, req.trader_id, req.account_id)
+        v.identifier("trader_id", req.trader_id)
+        v.identifier("account_id", req.account_id)
         v.raise_if_any()
         st = self.engine.resume(req.trader_id, req.account_id)
-        self.risk.notify(st, "resumed by operator")
-        reply = ad.ResumeTradingResponse(state=self.risk.state_msg(st))
+        reply = ad.ResumeTradingResponse(state=state_msg(self.engine, st))
         await self._store_now(req.trader_id, "resume")
         return reply
 

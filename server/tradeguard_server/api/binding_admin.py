@@ -19,7 +19,7 @@ from tradeguard.v1 import admin_service_pb2 as ad
 
 from ..engine.engine import RiskEngine
 from . import convert
-from .risk_service import RiskService
+from .risk_state import state_msg
 from .validation import Violations
 
 log = logging.getLogger("tradeguard.admin")
@@ -29,9 +29,8 @@ Handlers = dict[str, tuple[type[Message], Callable[[Any, Ctx], Awaitable[Message
 
 
 class BindingAdmin:
-    def __init__(self, engine: RiskEngine, risk: RiskService, store_now: Callable[[], Awaitable[bool]]) -> None:
+    def __init__(self, engine: RiskEngine, store_now: Callable[[], Awaitable[bool]]) -> None:
         self.engine = engine
-        self.risk = risk
         self.store_now = store_now
 
     def handlers(self) -> Handlers:
@@ -64,8 +63,7 @@ class BindingAdmin:
         previous, st = self.engine.rebind(req.trader_id, req.account_id, reason)
         log.warning("REBIND trader=%s account=%s -> %s (state reset): %s", req.trader_id, previous or "-",
                     req.account_id, req.reason or "no reason given")
-        self.risk.notify(st, reason)
         if not await self.store_now():
             log.warning("rebinding of trader %s is in force but not stored yet (store unavailable or slow)",
                         req.trader_id)
-        return ad.RebindTraderResponse(previous_account_id=previous, state=self.risk.state_msg(st))
+        return ad.RebindTraderResponse(previous_account_id=previous, state=state_msg(self.engine, st))

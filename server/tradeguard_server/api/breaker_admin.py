@@ -159,15 +159,6 @@ class BreakerAdmin:
             "ListBreakerEvents": (ad.ListBreakerEventsRequest, self.list_breaker_events),
         }
 
-    # ---- until persistence.py loads through BreakerService (issue 15): then remove ---------------
-
-    @property
-    def records(self) -> dict[str, BreakerRecord]:
-        return self.service.records
-
-    def load(self, records: Iterable[BreakerRecord]) -> None:
-        self.service.load(records)
-
     # ---- RPCs -----------------------------------------------------------------------------------
 
     async def create_breaker(self, req: ad.CreateBreakerRequest, ctx: Ctx) -> ad.CreateBreakerResponse:

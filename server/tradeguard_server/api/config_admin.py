@@ -10,9 +10,8 @@ import grpc
 from google.protobuf.message import Message
 
 from tradeguard.v1 import admin_service_pb2 as ad
-from tradeguard.v1 import types_pb2 as t
 
-from ..services.configs import ConfigService, Configuration
+from ..services.configs import ConfigService
 from . import convert
 from .config_records import config_msg, to_record
 from .config_rules import validate_config
@@ -36,15 +35,6 @@ class ConfigAdmin:
             "ListConfigs": (ad.ListConfigsRequest, self.list_configs),
             "DeleteConfig": (ad.DeleteConfigRequest, self.delete_config),
         }
-
-    # ---- until persistence.py loads through ConfigService (issue 15): then remove ----------------
-
-    @property
-    def configs(self) -> dict[str, dict[str, Configuration]]:
-        return self.service.configs
-
-    def load(self, configs: list[t.RiskConfiguration]) -> None:
-        self.service.load(to_record(c) for c in configs)
 
     # ---- RPCs -----------------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -13,13 +13,13 @@ import grpc
 from tradeguard.v1 import risk_service_pb2 as rs
 from tradeguard.v1 import types_pb2 as t
 
-from ..engine.engine import Firing, OrderIdReusedError, Outcome, RiskEngine
+from ..engine.engine import OrderIdReusedError, Outcome, RiskEngine
 from ..engine.state import SEEN_TRADE_IDS_KEPT, TraderState
-from ..engine.types import ClosedTrade, RequiredAction, Side
-from ..engine.unloaded import UnloadedGate
+from ..engine.types import ClosedTrade, Side
 from . import convert
 from .dispatch import Guard, server_stream, service, unary
 from .errors import InvalidArgument, Unavailable
+from .risk_state import show_unloaded, state_msg
 from .validation import AMOUNT_MAX, ID_MAX, ID_PATTERN, Violations
 from .watch import WatchHub
 
@@ -91,7 +91,8 @@ def _no_trade_listener(_trader_id: str, _account_id: str, _trade: ClosedTrade) -
 
 
 class RiskService:
-    """Handlers of tradeguard.v1.RiskService."""
+    """Handlers of tradeguard.v1.RiskService. Watchers hear of every change from the engine's events
+    (api/watch.WatchUpdates), not from these handlers."""
 
     def __init__(self, engine: RiskEngine, hub: WatchHub, max_clock_skew_s: float = MAX_CLOCK_SKEW_S) -> None:
         self.engine = engine
@@ -120,11 +121,7 @@ class RiskService:
     # ---- helpers --------------------------------------------------------------------------------
 
     def state_msg(self, st: TraderState) -> t.RiskState:
-        engine = self.engine
-        msg = convert.state_msg(st, engine.clock.now(), engine.limits_for(st.account_id).config_id)
-        if engine.gate is not None:
-            _show_unloaded(msg, engine.gate)
-        return msg
+        return state_msg(self.engine, st)
 
     def _until_pause_ends(self, trader_id: str) -> float | None:
         """Seconds until the trader's current pause ends (None: not paused, or until resumed)."""
@@ -137,20 +134,9 @@ class RiskService:
             return None
         return max(0.0, pause.until - now) + 0.001
 
-    def notify(
-        self, st: TraderState, reason: str, actions: Sequence[RequiredAction] = (), firings: Sequence[Firing] = ()
-    ) -> None:
-        if not self.hub.watching(st.trader_id):
-            return
-        update = rs.WatchRiskStateResponse(state=self.state_msg(st), reason=reason)
-        update.actions.extend(convert.action_msg(a) for a in actions)
-        update.breaker_events.extend(convert.firing_msg(f, st) for f in firings)
-        self.hub.publish(st.trader_id, update)
-
-    def _finish(self, outcome: Outcome, reason: str) -> tuple[t.RiskState, list[t.CircuitBreakerEvent],
-                                                               list[t.RequiredAction]]:
+    def _answer(self, outcome: Outcome) -> tuple[t.RiskState, list[t.CircuitBreakerEvent], list[t.RequiredAction]]:
+        """A report's answer: the state, the breaker events and the actions."""
         st = outcome.state
-        self.notify(st, reason, outcome.actions, outcome.firings)
         events = [convert.firing_msg(f, st) for f in outcome.firings]
         return self.state_msg(st), events, [convert.action_msg(a) for a in outcome.actions]
 
@@ -182,7 +168,7 @@ class RiskService:
             decision, st = engine.can_trade(trader_id, account_id, None)
             answer = self.answers.build(decision, st, engine.clock.now(), engine.limits_for(account_id).config_id)
             if engine.gate is not None:
-                _show_unloaded(answer.state, engine.gate)
+                show_unloaded(answer.state, engine.gate)
             return answer
         order_id = msg.client_order_id or new_client_order_id()
         try:
@@ -192,7 +178,7 @@ class RiskService:
         answer = self.answers.build(decision, st, engine.clock.now(), engine.limits_for(account_id).config_id)
         answer.client_order_id = order_id
         if engine.gate is not None:
-            _show_unloaded(answer.state, engine.gate)
+            show_unloaded(answer.state, engine.gate)
         return answer
 
     async def report_equity(self, req: rs.ReportEquityRequest, _ctx: Ctx) -> rs.ReportEquityResponse:
@@ -204,7 +190,7 @@ class RiskService:
         outcome = self.engine.report_equity(req.trader_id, req.account_id, req.equity, observed)
         if not outcome.changed:
             return rs.ReportEquityResponse(state=self.state_msg(outcome.state), stale=True)
-        state, events, actions = self._finish(outcome, "equity_report")
+        state, events, actions = self._answer(outcome)
         return rs.ReportEquityResponse(state=state, breaker_events=events, actions=actions, stale=outcome.stale)
 
     async def report_trade(self, req: rs.ReportTradeRequest, _ctx: Ctx) -> rs.ReportTradeResponse:
@@ -229,7 +215,7 @@ class RiskService:
         if outcome.duplicate:
             return rs.ReportTradeResponse(state=self.state_msg(outcome.state), duplicate=True)
         self.on_trade(req.trader_id, req.account_id, trade)
-        state, events, actions = self._finish(outcome, "trade_report")
+        state, events, actions = self._answer(outcome)
         return rs.ReportTradeResponse(state=state, breaker_events=events, actions=actions)
 
     async def report_positions(self, req: rs.ReportPositionsRequest, _ctx: Ctx) -> rs.ReportPositionsResponse:
@@ -248,7 +234,7 @@ class RiskService:
         v.raise_if_any()
         positions = [convert.position_from_msg(p) for p in req.positions]
         outcome = self.engine.report_positions(req.trader_id, req.account_id, positions)
-        state, events, actions = self._finish(outcome, "positions_report")
+        state, events, actions = self._answer(outcome)
         return rs.ReportPositionsResponse(state=state, breaker_events=events, actions=actions)
 
     async def get_risk_state(self, req: rs.GetRiskStateRequest, _ctx: Ctx) -> rs.GetRiskStateResponse:
@@ -285,9 +271,11 @@ class RiskService:
                 try:
                     update = await asyncio.wait_for(watcher.next(), timeout)
                 except TimeoutError:
-                    # The pause ended by itself: nothing else would tell this watcher.
+                    # The pause ended by itself, and no call has looked since: this look ends it in the engine,
+                    # whose event reaches every watcher of the trader (this one too, next round).
                     st = self.engine.peek(req.trader_id, req.account_id)
-                    yield rs.WatchRiskStateResponse(state=self.state_msg(st), reason="pause_expired")
+                    if not watcher.pending:  # nothing changed (the engine's clock is not there yet): say so anyway
+                        yield rs.WatchRiskStateResponse(state=self.state_msg(st), reason="pause_expired")
                     continue
                 if update is None:
                     return
@@ -295,13 +283,3 @@ class RiskService:
         finally:
             self.hub.unsubscribe(req.trader_id, watcher)
 
-
-def _show_unloaded(msg: t.RiskState, gate: object) -> None:
-    """While the stored state is not loaded, a state shown is at least the unloaded policy's: memory alone would
-    say ACTIVE for a trader the store holds paused."""
-    if isinstance(gate, UnloadedGate):
-        shown = convert.STATE[gate.state]
-        if shown > msg.trading_state:
-            msg.trading_state = shown
-            msg.pause_code = t.DECISION_CODE_STATE_NOT_LOADED
-            msg.pause_reason = gate.note

@@ -1,15 +1,22 @@
 """WatchRiskState fan-out: a bounded buffer per stream, so a slow watcher never slows the hot path.
 
-On overflow the oldest pending update is dropped and counted; its actions and breaker events are carried
-into the next update sent, so a watcher always gets the latest state and never misses a directive.
+`WatchUpdates` is the engine listener that turns every state change into an update for the trader's watchers
+(`WatchHub`). On overflow the oldest pending update is dropped and counted; its actions and breaker events are
+carried into the next update sent, so a watcher always gets the latest state and never misses a directive.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 
 from tradeguard.v1 import risk_service_pb2 as rs
+from tradeguard.v1 import types_pb2 as t
+
+from ..engine.events import StateChanged
+from ..engine.state import TraderState
+from . import convert
 
 CARRY_MAX = 256
 
@@ -149,3 +156,40 @@ class WatchHub:
         for watchers in self._by_trader.values():
             for watcher in watchers:
                 watcher.close()
+
+
+def _never() -> bool:
+    return False
+
+
+class WatchUpdates:
+    """The engine listener (`events.Listener`) that publishes each StateChanged to the trader's watchers: the
+    state, the change's cause as the reason ("equity_report", "paused by operator", "breaker fired on can_trade",
+    ...), its actions and its breaker events. Costs one dict lookup for a trader nobody watches.
+
+    `muted()` true: changes are not published (the replay of the calls received before the stored state loaded:
+    those were published when they arrived, and the load publishes the resulting state).
+    """
+
+    __slots__ = ("_watching", "hub", "muted", "state_msg")
+
+    def __init__(self, hub: WatchHub, state_msg: Callable[[TraderState], t.RiskState],
+                 muted: Callable[[], bool] = _never) -> None:
+        self.hub = hub
+        self.state_msg = state_msg
+        self.muted = muted
+        self._watching = hub.watching
+
+    def __call__(self, event: StateChanged) -> None:
+        st = event.state
+        if not self._watching(st.trader_id) or self.muted():
+            return
+        update = rs.WatchRiskStateResponse(state=self.state_msg(st), reason=event.cause or event.reason)
+        update.actions.extend(convert.action_msg(a) for a in event.actions)
+        update.breaker_events.extend(convert.firing_msg(f, st) for f in event.firings)
+        self.hub.publish(st.trader_id, update)
+
+    def publish(self, st: TraderState, reason: str) -> None:
+        """An update that is no engine change (the stored state loaded)."""
+        if self.hub.watching(st.trader_id):
+            self.hub.publish(st.trader_id, rs.WatchRiskStateResponse(state=self.state_msg(st), reason=reason))

@@ -1,25 +1,30 @@
 """RiskEngine: the in-memory risk state of every trader and the decisions over it.
 
-Pure and synchronous: no I/O, time from the injected clock. Every state change is announced to the
-`on_change` listener (the service wires it to the store queue and to watchers); the engine never waits
-for it. Callers serialize access (one event loop thread), so per-trader updates are linearizable.
+Pure and synchronous: no I/O, time from the injected clock. Every state change is announced as one
+`events.StateChanged` value (the new state, the reason, the breaker firings, the new breaches, the actions) to
+the listeners the engine is built with (the sidecar wires the store queue, the watch hub, metrics and the
+breaker event recorder); the engine never waits for them. Callers serialize access (one event loop thread), so
+per-trader updates are linearizable.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from . import checks
 from .clock import Clock
+from .events import Firing as Firing  # re-exported: the API converts firings from here
+from .events import Listener, StateChanged
 from .limits import Limits
 from .state import (
     ORDER_ID_TTL_S,
     ORDER_IDS_KEPT,
     SEVERITY,
+    ChecksCache,
     Pause,
     TraderState,
     add_pause,
@@ -49,8 +54,6 @@ INF = float("inf")
 
 log = logging.getLogger("tradeguard.engine")
 
-ChangeListener = Callable[[TraderState, str], None]
-BreachListener = Callable[[TraderState, Breach], None]
 # (decision, state, order, reducing) -> the decision answered: set while the stored state is not loaded
 DecisionGate = Callable[[Decision, TraderState, OrderIntent | None, bool], Decision]
 # (time, method name, arguments) of every state-changing call, kept while the stored state is not loaded
@@ -63,22 +66,6 @@ class AccountMismatchError(ValueError):
 
 class OrderIdReusedError(ValueError):
     """A client_order_id already answered for a different order."""
-
-
-@dataclass(slots=True)
-class Firing:
-    """A circuit breaker that fired (filled in by the breaker evaluator)."""
-
-    breaker_id: str
-    name: str
-    condition: str
-    action: str
-    triggered_values: dict[str, float]
-    action_result: dict[str, object]
-    positions_affected: list[tuple[str, str]]
-    actions: list[RequiredAction]
-    shadow: bool
-    at: float
 
 
 class BreakerEvaluator(Protocol):
@@ -108,14 +95,6 @@ def _uncount(times: deque[float], dropped: float | None) -> None:
         times.appendleft(dropped)
 
 
-def _no_change(_st: TraderState, _reason: str) -> None:
-    return None
-
-
-def _no_breach(_st: TraderState, _breach: Breach) -> None:
-    return None
-
-
 class RiskEngine:
     """Holds every trader's state in memory and answers CanTrade from it."""
 
@@ -125,17 +104,19 @@ class RiskEngine:
         defaults: Limits | None = None,
         flags: Flags | None = None,
         reset_offset_s: float = 0.0,
-        on_change: ChangeListener = _no_change,
         breakers: BreakerEvaluator | None = None,
-        on_breach: BreachListener = _no_breach,
+        listeners: Sequence[Listener] = (),
     ) -> None:
+        """`listeners` hear every state change (events.StateChanged), in order. The engine holds the sequence it
+        is given, not a copy: the composition root hands it a list and adds each listener once its owner is
+        built (the owners need the engine). `breakers` evaluates the accounts' circuit breakers on every report
+        and CanTrade (None: no breakers)."""
         self.clock = clock
         self.defaults = defaults or Limits()
         self.flags = flags or Flags()
         self.reset_offset_s = reset_offset_s
-        self.on_change = on_change
         self.breakers = breakers
-        self.on_breach = on_breach
+        self._listeners = listeners
         self.traders: dict[str, TraderState] = {}
         self.symbols_pruned = 0  # per-symbol entries dropped by prune_symbols (state.SYMBOLS_KEPT)
         self.account_limits: dict[str, Limits] = {}
@@ -170,10 +151,8 @@ class RiskEngine:
                 continue
             self._tick(st, now)
             reasons = [reason]
-            for breach in checks.loss_breaches(st, effective):
-                if st.active_pause_for(breach.code, now) is None and self._apply_breach(st, breach, now, "limit"):
-                    reasons.append(f"breach {breach.code.name}")
-            self._changed(st, now, "; ".join(reasons))
+            breaches = self._apply_breaches(st, checks.loss_breaches(st, effective), now, reasons)
+            self._changed(st, now, "; ".join(reasons), reason, breaches=breaches)
             changed.append(st)
         return changed
 
@@ -218,11 +197,28 @@ class RiskEngine:
 
     # ---- state changes --------------------------------------------------------------------------
 
-    def _changed(self, st: TraderState, now: float, reason: str) -> None:
+    def _changed(
+        self,
+        st: TraderState,
+        now: float,
+        reason: str,
+        cause: str = "",
+        firings: Sequence[Firing] = (),
+        breaches: Sequence[Breach] = (),
+        actions: Sequence[RequiredAction] = (),
+    ) -> None:
+        """Every change of a trader's state ends here: a new version, announced to every listener."""
         st.updated_at = now
         st.version += 1
         st.episodes_changed = False
-        self.on_change(st, reason)
+        if self._listeners:
+            event = StateChanged(st, reason, now, tuple(firings), tuple(breaches), tuple(actions), cause or reason)
+            for listener in self._listeners:
+                try:
+                    listener(event)
+                except Exception:  # a listener must not raise; if one does, the others still hear the change
+                    log.exception("state change listener %r failed on %r of trader %s", listener, reason,
+                                  st.trader_id)
 
     def _tick(self, st: TraderState, now: float) -> None:
         """Time-driven changes: pauses that ended, new day / week / month."""
@@ -232,6 +228,17 @@ class RiskEngine:
             self._changed(st, now, "pause_expired")
         elif rolled:
             self._changed(st, now, "period_rollover")
+
+    def _apply_breaches(
+        self, st: TraderState, breaches: Iterable[Breach], now: float, reasons: list[str]
+    ) -> list[Breach]:
+        """Pause the trader for each breach not already paused for; the ones applied (each named in `reasons`)."""
+        applied: list[Breach] = []
+        for breach in breaches:
+            if st.active_pause_for(breach.code, now) is None and self._apply_breach(st, breach, now, "limit"):
+                reasons.append(f"breach {breach.code.name}")
+                applied.append(breach)
+        return applied
 
     def _apply_breach(self, st: TraderState, breach: Breach, now: float, source: str) -> bool:
         # A pause of 0 minutes (stop_trading_minutes or cooling_off_period_minutes 0) lasts until resumed, as a
@@ -248,7 +255,6 @@ class RiskEngine:
             "resume" if until is None else f"{until:.0f}", enforced, breach.reason,
             extra={"trader_id": st.trader_id, "rule": breach.rule, "value": breach.value, "limit": breach.limit},
         )
-        self.on_breach(st, breach)
         return True
 
     def _run_breakers(
@@ -273,14 +279,14 @@ class RiskEngine:
             return Outcome(st, stale=True, changed=False)
         limits = self.limits_for(account_id)
         reasons = ["equity_report" if fresh else "equity_report (late: raised the peak)"]
-        for breach in checks.loss_breaches(st, limits):
-            if st.active_pause_for(breach.code, now) is None and self._apply_breach(st, breach, now, "limit"):
-                reasons.append(f"breach {breach.code.name}")
+        breaches = checks.loss_breaches(st, limits)
+        if breaches:  # (most reports breach nothing)
+            breaches = self._apply_breaches(st, breaches, now, reasons)
         firings = self._run_breakers(st, limits, now, st.positions.keys())
-        self._changed(st, now, "; ".join(reasons))
         actions = checks.position_actions(st, limits)
         for firing in firings:
             actions.extend(firing.actions)
+        self._changed(st, now, "; ".join(reasons), "equity_report", firings, breaches, actions)
         return Outcome(st, actions=actions, firings=firings, stale=not fresh)
 
     def report_trade(self, trader_id: str, account_id: str, trade: ClosedTrade) -> Outcome:
@@ -305,16 +311,11 @@ class RiskEngine:
         self.symbols_pruned += prune_symbols(st)
         limits = self.limits_for(account_id)
         reasons = [f"trade_report {trade.trade_id}"]
-        breach = checks.streak_breach(st, limits)
-        if (
-            breach is not None
-            and st.active_pause_for(breach.code, now) is None
-            and self._apply_breach(st, breach, now, "limit")
-        ):
-            reasons.append(f"breach {breach.code.name}")
+        streak = checks.streak_breach(st, limits)
+        breaches = self._apply_breaches(st, () if streak is None else (streak,), now, reasons)
         firings = self._run_breakers(st, limits, now, [(trade.symbol, trade.exchange)])
-        self._changed(st, now, "; ".join(reasons))
         actions = [a for f in firings for a in f.actions]
+        self._changed(st, now, "; ".join(reasons), "trade_report", firings, breaches, actions)
         return Outcome(st, actions=actions, firings=firings)
 
     def report_positions(self, trader_id: str, account_id: str, positions: list[Position]) -> Outcome:
@@ -330,10 +331,10 @@ class RiskEngine:
         self.symbols_pruned += prune_symbols(st)
         limits = self.limits_for(account_id)
         firings = self._run_breakers(st, limits, now, [(p.symbol, p.exchange) for p in positions])
-        self._changed(st, now, "positions_report")
         actions = checks.position_actions(st, limits)
         for firing in firings:
             actions.extend(firing.actions)
+        self._changed(st, now, "positions_report", firings=firings, actions=actions)
         return Outcome(st, actions=actions, firings=firings)
 
     def pause(
@@ -355,7 +356,7 @@ class RiskEngine:
         st.pauses.append(Pause(state, until, DecisionCode.KILL_SWITCH, text, "manual", since=now))
         log.warning("KILL SWITCH trader=%s account=%s state=%s until=%s reason=%s", trader_id, account_id,
                     state.name, "resume" if until is None else f"{until:.0f}", reason)
-        self._changed(st, now, text)
+        self._changed(st, now, text, "paused by operator")
         return st
 
     def resume(self, trader_id: str, account_id: str) -> TraderState:
@@ -415,19 +416,11 @@ class RiskEngine:
         limits = self.limits_for(account_id)
         split = None if order is None else checks.split_order(st, order)
         reducing = split is not None and split.adding == 0.0
-        cached = st.checks_cache
-        if cached is not None and cached[0] == st.version and cached[1] is limits and cached[2] is reducing:
-            state_checks: tuple[CheckResult, ...] | None = cached[3]
-            results = list(cached[3])
-            actions = list(cached[4])
-        else:
-            state_checks = self._state_checks(st, limits, now, order, reducing)
-            position_actions = tuple(checks.position_actions(st, limits))
-            st.checks_cache = (st.version, limits, reducing, state_checks, position_actions)
-            results = list(state_checks)
-            actions = list(position_actions)
-        if order is not None:
-            results.extend(checks.order_checks(st, order, limits, now, split))
+        cache = st.checks_cache
+        if cache is None or cache.version != st.version or cache.limits is not limits or cache.reducing is not reducing:
+            cache = st.checks_cache = self._checks_cache(st, limits, now, order, reducing)
+        order_results = None if order is None else checks.order_checks(st, order, limits, now, split)
+        actions = cache.actions
         times = st.order_times
         counted = False  # the order asked about counts in the order_rate windows while breakers look at it
         dropped: float | None = None
@@ -444,13 +437,14 @@ class RiskEngine:
                     _uncount(times, dropped)
                 raise
             if firings:
-                self._changed(st, now, "breaker fired on can_trade")
-                for firing in firings:
-                    actions.extend(firing.actions)
-                results[1] = checks.state_check(st, order, now)
-                state_checks = None  # the state changed under them
+                actions = (*actions, *(a for firing in firings for a in firing.actions))
+                self._changed(st, now, "breaker fired on can_trade", firings=firings, actions=actions)
+                # The firings paused the trader: the state checks (trading_state) are judged on the new state.
+                cache = st.checks_cache = self._checks_cache(st, limits, now, order, reducing)
             elif st.episodes_changed:  # an episode ended (e.g. an order window emptied): stored with the state
                 self._changed(st, now, "breaker re-armed")
+        state_checks = cache.checks
+        results = state_checks if order_results is None else (*state_checks, *order_results)
         decision = self._decide(st, now, results, actions, enforce)
         if self.gate is not None:
             decision = self.gate(decision, st, order, reducing)
@@ -483,18 +477,20 @@ class RiskEngine:
         return gated.allowed and not gated.would_deny
 
     @classmethod
-    def _state_checks(
+    def _checks_cache(
         cls, st: TraderState, limits: Limits, now: float, order: OrderIntent | None, reducing: bool
-    ) -> tuple[CheckResult, ...]:
-        """The checks that depend on the state, the limits and `reducing` only (not on the order's numbers):
-        after `_tick` every remaining pause is in force, so they hold until the next state change."""
-        return (
+    ) -> ChecksCache:
+        """The checks that depend on the state, the limits and `reducing` only (not on the order's numbers), and
+        the position actions: after `_tick` every remaining pause is in force, so they hold until the next state
+        change (a new version)."""
+        state_checks = (
             CheckResult("equity_reported", CheckStatus.PASS, DecisionCode.ALLOWED, f"equity={st.current_equity:.2f}",
                         st.current_equity),
             checks.state_check(st, order, now),
             *checks.loss_checks(st, limits, now, reducing),
             cls._streak_check(st, limits, now, reducing),
         )
+        return ChecksCache(st.version, limits, reducing, state_checks, tuple(checks.position_actions(st, limits)))
 
     @staticmethod
     def _streak_check(st: TraderState, limits: Limits, now: float, reducing: bool) -> CheckResult:
@@ -510,7 +506,7 @@ class RiskEngine:
 
     @staticmethod
     def _decide(
-        st: TraderState, now: float, results: list[CheckResult], actions: list[RequiredAction], enforce: bool
+        st: TraderState, now: float, results: Sequence[CheckResult], actions: Sequence[RequiredAction], enforce: bool
     ) -> Decision:
         failed = None
         for c in results:

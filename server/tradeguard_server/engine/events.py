@@ -3,8 +3,9 @@
 The engine is built with its listeners (`RiskEngine(..., listeners=[...])`, wired in `sidecar.py`): the store
 queue, the watch hub, metrics and the breaker event recorder each receive every event, the same way, whatever
 made the change (a report, CanTrade counting an order or firing a breaker, an operator's pause or resume, a
-configuration re-check, a pause that ended, a breaker re-armed). Listeners run on the engine's thread, must
-not block and must not raise; the engine never waits for what they start.
+configuration re-check, a pause that ended, a breaker re-armed, a rebinding). Listeners run on the engine's
+thread, must not block and must not raise (one that does is logged and the others still hear the event); the
+engine never waits for what they start.
 """
 
 from __future__ import annotations
@@ -35,14 +36,18 @@ class Firing:
     account_id: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StateChanged:
-    """One change of one trader's state.
+    """One change of one trader's state. Every listener gets the same value: read it, never change it. (Not a
+    frozen dataclass: building a frozen one costs 0.9 µs per change against 0.14 µs, on every report.)
 
     `state` is the trader's live state after the change (read it now; it moves on with the next change).
     `reason` says what changed it ("equity_report; breach DAILY_LOSS_LIMIT", "paused by operator", ...).
     `firings`: the breakers that fired in this change; `breaches`: the loss limits newly breached;
     `actions`: what the bot is told to do (position actions and the firings' actions).
+    `cause`: what made the change, in the words a WatchRiskState update gives as its reason ("equity_report",
+    "trade_report", "positions_report", "paused by operator", ...): `reason` without the details the history
+    keeps (a trade id, the breaches, the operator's text). Many changes have no details: then it is `reason`.
     """
 
     state: TraderState
@@ -51,6 +56,7 @@ class StateChanged:
     firings: tuple[Firing, ...] = ()
     breaches: tuple[Breach, ...] = ()
     actions: tuple[RequiredAction, ...] = ()
+    cause: str = ""
 
 
 Listener = Callable[[StateChanged], None]

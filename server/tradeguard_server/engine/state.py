@@ -61,6 +61,18 @@ class Pause:
 
 
 @dataclass(slots=True)
+class ChecksCache:
+    """CanTrade's checks that depend only on a trader's state, the limits and whether the order reduces (not on
+    the order's numbers), and the position actions: valid while the state stays at `version` under `limits`."""
+
+    version: int
+    limits: object
+    reducing: bool
+    checks: tuple[CheckResult, ...]
+    actions: tuple[RequiredAction, ...]
+
+
+@dataclass(slots=True)
 class TraderState:
     """Everything the engine knows about one trader. Mutated only by the engine."""
 
@@ -95,12 +107,9 @@ class TraderState:
     version: int = 0
     episodes_changed: bool = field(default=False, repr=False, compare=False)  # not yet announced
     episodes_adopted: bool = field(default=False, repr=False, compare=False)  # seen by the breaker evaluator
-    # CanTrade's checks that depend only on this state and the limits (not on the order), kept for the
-    # next call at the same version: (version, limits, reducing, checks, position actions). Every change
-    # goes through RiskEngine._changed, which bumps `version`, so a stale entry is never used.
-    checks_cache: tuple[int, object, bool, tuple[CheckResult, ...], tuple[RequiredAction, ...]] | None = field(
-        default=None, init=False, repr=False, compare=False
-    )
+    # CanTrade's checks of the last call, kept for the next call at the same version. Every change goes through
+    # RiskEngine._changed, which bumps `version`, so a stale entry is never used.
+    checks_cache: ChecksCache | None = field(default=None, init=False, repr=False, compare=False)
 
     # ---- derived values -------------------------------------------------------------------------
 

@@ -46,10 +46,6 @@ from prometheus_client.utils import floatToGoString
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-    from ..engine.engine import BreakerEvaluator, Firing
-    from ..engine.limits import Limits
-    from ..engine.state import TraderState
-    from ..engine.types import Breach
     from ..store.protocol import HistoryCounters
 
 log = logging.getLogger("tradeguard.metrics")
@@ -402,10 +398,6 @@ class PrometheusMetrics:
                 self._breaches[key] = child
         child.inc()
 
-    def breach_listener(self, st: TraderState, breach: Breach) -> None:
-        """`(TraderState, Breach) -> None`, for an engine breach hook."""
-        self.breach(breach.rule, st.trader_id)
-
     def breaker_fired(self, breaker_id: str) -> None:
         child = self._breakers.get(breaker_id)
         if child is None:
@@ -437,11 +429,6 @@ class PrometheusMetrics:
 
     def store_healthy(self, healthy: bool) -> None:
         self.store_healthy_gauge.set(1.0 if healthy else 0.0)
-
-
-Metrics = PrometheusMetrics
-"""The old name of PrometheusMetrics, kept while `state_listener` and `ObservedBreakers` below (moving to the
-engine's listeners) and a few tests and benches still use it; new code names `MetricsSink` or `PrometheusMetrics`."""
 
 
 class NullMetrics:
@@ -485,38 +472,6 @@ class NullMetrics:
 
     def store_healthy(self, healthy: bool) -> None:
         return None
-
-
-def state_listener(metrics: Metrics, now: Callable[[], float]) -> Callable[[TraderState, str], None]:
-    """An engine `on_change` listener that moves the per-trader gauges."""
-    from ..engine.types import TradingState
-
-    active = TradingState.ACTIVE
-    changed = metrics.state_changed
-
-    def listener(st: TraderState, _reason: str) -> None:
-        changed(st.trader_id, st.daily_pnl, st.drawdown_pct, st.trading_state(now()) is not active)
-
-    return listener
-
-
-class ObservedBreakers:
-    """Wraps a BreakerEvaluator so that every firing increments `tradeguard_breaker_firings_total`."""
-
-    def __init__(self, inner: BreakerEvaluator, metrics: Metrics) -> None:
-        self.inner = inner
-        self.metrics = metrics
-
-    def evaluate(
-        self, st: TraderState, limits: Limits, now: float, enforce: bool, symbols: Iterable[tuple[str, str]]
-    ) -> list[Firing]:
-        firings = self.inner.evaluate(st, limits, now, enforce, symbols)
-        for firing in firings:
-            self.metrics.breaker_fired(firing.breaker_id)
-        return firings
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
 
 def _version() -> str:

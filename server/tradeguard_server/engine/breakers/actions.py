@@ -18,8 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
-from ..engine import Firing
+from ..events import Firing
 from ..state import Pause, TraderState, add_pause
 from ..types import ActionType, DecisionCode, RequiredAction, TradingState
 from .base import PositionKey, Scope, Triggered
@@ -28,13 +29,31 @@ PAUSE_STATE = {"pause_trading": TradingState.HALTED, "reduce_only": TradingState
 PAUSE_ACTION = {"pause_trading": ActionType.PAUSE_TRADING, "reduce_only": ActionType.REDUCE_ONLY}
 
 
-@dataclass(slots=True)
-class BreakerFiring(Firing):
-    """A Firing with the id its circuit_breaker_events row gets (the same id in RPC responses)."""
+class Breaker(Protocol):
+    """What `take` needs of the breaker that fired (evaluator.CompiledBreaker has it)."""
 
-    event_id: str = ""
-    trader_id: str = ""
-    account_id: str = ""
+    @property
+    def id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def condition(self) -> str: ...
+    @property
+    def action(self) -> str: ...
+    @property
+    def scope(self) -> Scope: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Trip:
+    """One breaker firing on one trader: which breaker, what its condition found, and how to act on it."""
+
+    breaker: Breaker
+    triggered: Triggered
+    duration_s: float | None  # how long a pause lasts (None: until resumed)
+    now: float
+    enforce: bool  # False: shadow mode, the firing is described but not acted on
+    event_id: str  # the id of its circuit_breaker_events row
 
 
 def rfc3339(epoch: float) -> str:
@@ -57,22 +76,11 @@ def close_targets(st: TraderState, scope: Scope, trig: Triggered) -> list[Positi
     return [(symbol, exchange) for symbol in symbols for exchange in exchanges]
 
 
-def take(
-    *,
-    breaker_id: str,
-    name: str,
-    condition: str,
-    action: str,
-    scope: Scope,
-    duration_s: float | None,
-    trig: Triggered,
-    st: TraderState,
-    now: float,
-    enforce: bool,
-    event_id: str,
-) -> BreakerFiring:
-    """Apply `action` to the trader's state (unless shadow) and describe what it did."""
-    reason = describe(name, condition, trig.values)
+def take(trip: Trip, st: TraderState) -> Firing:
+    """Apply the breaker's action to the trader's state (unless shadow) and describe what it did."""
+    b, trig, now, enforce = trip.breaker, trip.triggered, trip.now, trip.enforce
+    breaker_id, action, duration_s = b.id, b.action, trip.duration_s
+    reason = describe(b.name, b.condition, trig.values)
     result: dict[str, object] = {"success": True, "enforced": enforce}
     required: list[RequiredAction] = []
     affected: list[PositionKey] = [] if trig.positions is None else list(trig.positions)
@@ -92,17 +100,17 @@ def take(
         if enforce:
             required.append(RequiredAction(PAUSE_ACTION[action], "", "", reason, breaker_id))
     elif action == "close_position":
-        affected = close_targets(st, scope, trig)
+        affected = close_targets(st, b.scope, trig)
         result["positions_to_close" if enforce else "would_close"] = float(len(affected))
         if enforce:
             required.extend(
                 RequiredAction(ActionType.CLOSE_POSITION, symbol, exchange, reason, breaker_id)
                 for symbol, exchange in affected
             )
-    return BreakerFiring(
+    return Firing(
         breaker_id=breaker_id,
-        name=name,
-        condition=condition,
+        name=b.name,
+        condition=b.condition,
         action=action,
         triggered_values=trig.values,
         action_result=result,
@@ -110,7 +118,7 @@ def take(
         actions=required,
         shadow=not enforce,
         at=now,
-        event_id=event_id,
+        event_id=trip.event_id,
         trader_id=st.trader_id,
         account_id=st.account_id,
     )

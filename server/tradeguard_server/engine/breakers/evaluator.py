@@ -32,17 +32,15 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..engine import Firing
+from ..events import Firing
 from ..limits import Limits
 from ..state import TraderState
 from . import actions
-from .actions import BreakerFiring
 from .base import Evaluate, Quiet, Scope, Triggered
 from .registry import DEFAULT, Registry, Violation
 
 log = logging.getLogger("tradeguard.breakers")
 
-FireListener = Callable[[BreakerFiring], None]
 NO_FIRINGS: list[Firing] = []  # returned when nothing fires (no allocation); never mutated by the engine
 
 
@@ -135,10 +133,6 @@ def _position(item: tuple[int, CompiledBreaker, _Group]) -> int:
     return item[0]
 
 
-def _ignore(_firing: BreakerFiring) -> None:
-    return None
-
-
 def _no_episodes_listener(_breaker_id: str) -> None:
     return None
 
@@ -148,19 +142,21 @@ def _new_event_id() -> str:
 
 
 class Evaluator:
-    """Implements engine.BreakerEvaluator over the enabled breakers of every account."""
+    """Implements engine.BreakerEvaluator over the enabled breakers of every account.
+
+    `evaluate` returns the firings (the engine announces them with the state change they made).
+    """
 
     def __init__(
         self,
         registry: Registry = DEFAULT,
-        on_fire: FireListener = _ignore,
         new_event_id: Callable[[], str] = _new_event_id,
         on_episodes_ended: Callable[[str], None] = _no_episodes_listener,
     ) -> None:
         """`on_episodes_ended(breaker_id)`: every episode of the breaker ended outside an evaluation (re-armed,
-        changed, disabled, deleted); the engine drops it from its traders' states and stores them."""
+        changed, disabled, deleted); the engine drops it from its traders' states and stores them
+        (`RiskEngine.end_breaker_episodes`)."""
         self.registry = registry
-        self.on_fire = on_fire
         self.new_event_id = new_event_id
         self._by_id: dict[str, CompiledBreaker] = {}
         self._by_account: dict[str, tuple[CompiledBreaker, ...]] = {}
@@ -352,22 +348,15 @@ class Evaluator:
 
     def _fire(
         self, b: CompiledBreaker, trig: Triggered, st: TraderState, limits: Limits, now: float, enforce: bool
-    ) -> BreakerFiring:
+    ) -> Firing:
         duration = b.duration_s
         if duration is None and limits.stop_trading_minutes > 0:
             duration = limits.stop_trading_minutes * 60.0
-        firing = actions.take(
-            breaker_id=b.id, name=b.name, condition=b.condition, action=b.action, scope=b.scope,
-            duration_s=duration, trig=trig, st=st, now=now, enforce=enforce, event_id=self.new_event_id(),
-        )
+        firing = actions.take(actions.Trip(b, trig, duration, now, enforce, self.new_event_id()), st)
         log.warning(
             "RISK LIMIT BREACHED trader=%s account=%s rule=breaker:%s condition=%s action=%s%s values=%s",
             st.trader_id, st.account_id, b.name, b.condition, b.action,
             "" if enforce else " (shadow mode: not enforced)", firing.triggered_values,
             extra={"trader_id": st.trader_id, "rule": f"breaker:{b.name}", "breaker_id": b.id},
         )
-        try:
-            self.on_fire(firing)
-        except Exception:
-            log.exception("recording the event of breaker %s failed", b.id)
         return firing
