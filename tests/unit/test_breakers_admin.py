@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from google.protobuf.struct_pb2 import Struct
 
+from tests.support.clock import T0
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import types_pb2 as t
 from tradeguard_server.api.breaker_admin import BreakerAdmin
@@ -20,7 +21,6 @@ from tradeguard_server.services.breakers import BreakerService, event_record
 from tradeguard_server.store.memory import MemoryStore
 from tradeguard_server.store.records import BreakerRecord
 
-T0 = 1_767_268_800.0
 CTX: Any = None  # handlers only read the peer from the context, for logs
 
 
@@ -38,11 +38,6 @@ def seed_breaker(**changes: Any) -> t.CircuitBreaker:
     }
     fields.update(changes)
     return t.CircuitBreaker(**fields)
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(T0)
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from tests.support.clock import T0
 from tradeguard_server.engine.breakers import Evaluator, InvalidBreaker
 from tradeguard_server.engine.breakers.evaluator import NO_FIRINGS
 from tradeguard_server.engine.clock import ManualClock
@@ -24,7 +25,6 @@ from tradeguard_server.engine.types import (
     TradingState,
 )
 
-T0 = 1_767_268_800.0
 LIMITS = Limits(daily_max_drawdown_percentage=None, max_drawdown_percentage=None, stop_trading_minutes=30)
 BTC_BUY = OrderIntent("BTCUSDT", Side.BUY, 0.001, 50_000.0, exchange="binance")
 ETH_BUY = OrderIntent("ETHUSDT", Side.BUY, 0.01, 3_000.0, exchange="binance")
@@ -43,11 +43,6 @@ class Spec:
     symbols: list[str] | None = None
     exchanges: list[str] | None = None
     enabled: bool = True
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(T0)
 
 
 @pytest.fixture

@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from tests.support.clock import T0
 from tradeguard_server.engine.clock import ManualClock
 from tradeguard_server.engine.engine import RiskEngine
 from tradeguard_server.services.configs import ConfigService
 from tradeguard_server.store.errors import NotFound, StoreUnavailable
 from tradeguard_server.store.memory import MemoryStore
 from tradeguard_server.store.records import ConfigRecord
-
-T0 = 1_767_268_800.0
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(T0)
 
 
 @pytest.fixture

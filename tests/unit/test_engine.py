@@ -6,6 +6,7 @@ import logging
 
 import pytest
 
+from tests.support.clock import T0
 from tradeguard_server.engine.clock import ManualClock
 from tradeguard_server.engine.engine import AccountMismatchError, RiskEngine
 from tradeguard_server.engine.events import StateChanged
@@ -21,15 +22,9 @@ from tradeguard_server.engine.types import (
     TradingState,
 )
 
-T0 = 1_767_268_800.0  # 2026-01-01T12:00:00Z, a Thursday
 BUY = OrderIntent("BTCUSDT", Side.BUY, 0.01, 50_000.0)
 REDUCE = OrderIntent("BTCUSDT", Side.SELL, 0.01, 50_000.0, reduce_only=True)
 HELD = Position("BTCUSDT", Side.BUY, 0.01, 50_000.0, 50_000.0)  # what REDUCE reduces
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(T0)
 
 
 @pytest.fixture

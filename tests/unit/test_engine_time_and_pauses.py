@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.support.clock import T0
 from tradeguard_server.engine.breakers import Evaluator
 from tradeguard_server.engine.clock import ManualClock
 from tradeguard_server.engine.engine import OrderIdReusedError, RiskEngine
@@ -21,14 +22,8 @@ from tradeguard_server.engine.types import (
     TradingState,
 )
 
-T0 = 1_767_268_800.0  # 2026-01-01T12:00:00Z
 BUY = OrderIntent("BTCUSDT", Side.BUY, 0.01, 50_000.0)
 NO_LOSS_LIMITS = Limits(daily_max_drawdown_percentage=None, max_drawdown_percentage=None)
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(T0)
 
 
 def loss(trade_id: str, closed_at: float, pnl: float = -10.0, symbol: str = "BTCUSDT") -> ClosedTrade:
