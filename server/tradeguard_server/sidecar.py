@@ -134,41 +134,37 @@ class Sidecar:
         self.store: Store = (
             RiskStore(settings.database_url, queue_size=settings.queue_size,
                       migrate_on_start=settings.migrate_on_start, clock=self.engine.clock.now,
-                      call_timeout_s=settings.store_call_timeout_s)
-            if self.durable else MemoryStore(settings.queue_size, clock=self.engine.clock.now)
+                      call_timeout_s=settings.store_call_timeout_s, on_health_change=self._on_store_health)
+            if self.durable else MemoryStore(settings.queue_size, clock=self.engine.clock.now,
+                                             on_health_change=self._on_store_health)
         )
         self.hub = WatchHub(buffer=settings.watch_buffer, max_watchers=settings.max_concurrent_streams,
                             max_per_trader=settings.max_watchers_per_trader,
                             max_per_connection=settings.max_watchers_per_connection,
                             max_unknown=settings.max_watchers_unknown_traders)
-        self.risk = RiskService(self.engine, self.hub, settings.max_clock_skew_s)
-        self.admin = AdminService(self.engine)
         self.config_service = ConfigService(self.engine, self.store, self.durable)
-        self.configs = ConfigAdmin(self.config_service)
-        self.admin.extend(self.configs.handlers())
         self.breaker_service = BreakerService(self.breakers, self.store, clock=self.engine.clock)
-        self.breaker_admin = BreakerAdmin(self.breaker_service)
-        self.admin.extend(self.breaker_admin.handlers())
-        self.admin.extend(HistoryAdmin(self.store, self.durable).handlers())
-        self.admin.extend(BindingAdmin(self.engine, self._store_now).handlers())
         self.persistence = Persistence(self.store, self.engine, self.config_service, self.breaker_service,
                                        current_trace_id,
                                        load_timeout_s=settings.store_call_timeout_s,
                                        unloaded_policy=settings.unloaded_state_policy,
                                        flags_given=settings.given, on_loaded=self._state_loaded)
+        self.risk = RiskService(self.engine, self.hub, settings.max_clock_skew_s, on_trade=self.persistence.on_trade,
+                                trade_known=self.persistence.trade_known if self.durable else None)
+        self.admin = AdminService(self.engine, self._on_flags, store_now=self._store_now,
+                                  loaded=lambda: self.persistence.loaded)
+        self.configs = ConfigAdmin(self.config_service)
+        self.breaker_admin = BreakerAdmin(self.breaker_service)
+        for handlers in (self.configs.handlers(), self.breaker_admin.handlers(),
+                         HistoryAdmin(self.store, self.durable).handlers(),
+                         BindingAdmin(self.engine, self._store_now).handlers()):
+            self.admin.extend(handlers)
         self.watch = WatchUpdates(self.hub, lambda st: state_msg(self.engine, st),
                                   muted=lambda: self.persistence.replaying)
         # The engine's listeners, in the order each hears a change (metrics, when on, in _init_observability):
         self.listeners.append(self.breaker_service.on_state_changed)  # circuit_breaker_events rows (never dropped)
         self.listeners.append(self.persistence.on_state_changed)  # the state and its history row to the store queue
         self.listeners.append(self.watch)  # WatchRiskState updates
-        self.risk.on_trade = self.persistence.on_trade
-        if self.durable:
-            self.risk.trade_known = self.persistence.trade_known
-        self.admin.on_flags = self._on_flags
-        self.admin.store_now = self._store_now
-        self.admin.loaded = lambda: self.persistence.loaded
-        self.store.on_health_change = self._on_store_health
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.server: grpc.aio.Server | None = None
         self.address = ""

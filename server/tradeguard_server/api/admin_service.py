@@ -49,16 +49,23 @@ async def _nothing_to_store() -> bool:
 class AdminService:
     """Handlers of tradeguard.v1.AdminService. Extra RPC groups are mounted by `extend`."""
 
-    def __init__(self, engine: RiskEngine, on_flags: FlagsListener = _no_flags_listener) -> None:
+    def __init__(
+        self,
+        engine: RiskEngine,
+        on_flags: FlagsListener = _no_flags_listener,
+        *,
+        store_now: StoreNow = _nothing_to_store,
+        loaded: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.engine = engine
         self.on_flags = on_flags
         # Kill-switch changes are in force at once, in memory; the RPC answers once this says they are committed
         # (the sidecar flushes the store: a SIGKILL right after PauseTrading must not bring the trader back
         # unpaused). False = not stored yet (database unavailable): answered anyway, with a warning logged.
-        self.store_now: StoreNow = _nothing_to_store
+        self.store_now = store_now
         self.extra: dict[str, tuple[type[Message], Callable[[Any, Ctx], Awaitable[Message]]]] = {}
-        # True once the stored state is installed (the sidecar wires Persistence.loaded); see NEEDS_STORED_STATE.
-        self.loaded: Callable[[], bool] = lambda: True
+        # True once the stored state is installed (Persistence.loaded); see NEEDS_STORED_STATE.
+        self.loaded = loaded
 
     def extend(self, handlers: dict[str, tuple[type[Message], Callable[[Any, Ctx], Awaitable[Message]]]]) -> None:
         self.extra.update(handlers)

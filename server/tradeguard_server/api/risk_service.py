@@ -94,14 +94,22 @@ class RiskService:
     """Handlers of tradeguard.v1.RiskService. Watchers hear of every change from the engine's events
     (api/watch.WatchUpdates), not from these handlers."""
 
-    def __init__(self, engine: RiskEngine, hub: WatchHub, max_clock_skew_s: float = MAX_CLOCK_SKEW_S) -> None:
+    def __init__(
+        self,
+        engine: RiskEngine,
+        hub: WatchHub,
+        max_clock_skew_s: float = MAX_CLOCK_SKEW_S,
+        *,
+        on_trade: Callable[[str, str, ClosedTrade], None] = _no_trade_listener,
+        trade_known: Callable[[str, str], Awaitable[bool]] | None = None,
+    ) -> None:
         self.engine = engine
         self.hub = hub
         self.max_clock_skew_s = max(0.0, max_clock_skew_s)  # report times further ahead are rejected (INVALID_ARGUMENT)
-        self.on_trade: Callable[[str, str, ClosedTrade], None] = _no_trade_listener
+        self.on_trade = on_trade  # a new trade report, to the store queue
         # (trader_id, trade_id) -> stored before? Asked only for an id not in memory once the trader's kept ids
         # overflowed (an older id may be a retry); never on CanTrade. None = memory only.
-        self.trade_known: Callable[[str, str], Awaitable[bool]] | None = None
+        self.trade_known = trade_known
         self.answers = convert.DecisionMessages()
 
     def methods(self, guard: Guard | None = None) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:

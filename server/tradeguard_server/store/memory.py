@@ -34,11 +34,12 @@ class MemoryStore(StoreCounters):
     coalescing, history backlog caps and drop counting; it drains at once while `available`."""
 
     def __init__(self, queue_size: int = HISTORY_BACKLOG_ROWS, *, clock: Callable[[], float] = time.time,
-                 history_backlog_bytes: int = HISTORY_BACKLOG_BYTES) -> None:
+                 history_backlog_bytes: int = HISTORY_BACKLOG_BYTES,
+                 on_health_change: Callable[[bool], None] | None = None) -> None:
         super().__init__()
         self.clock = clock
         self.persistence_enabled = True
-        self.on_health_change: Callable[[bool], None] | None = None
+        self.on_health_change = on_health_change
         self.queue = WriteQueue(self, queue_size, history_backlog_bytes, clock)
         # The "database".
         self.states: dict[str, StateRecord] = {}

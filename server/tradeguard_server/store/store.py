@@ -87,6 +87,7 @@ class RiskStore(StoreCounters):
         call_timeout_s: float = CALL_TIMEOUT_S,
         history_backlog_bytes: int = HISTORY_BACKLOG_BYTES,
         settle_s: float = SETTLE_S,
+        on_health_change: Callable[[bool], None] | None = None,
     ) -> None:
         if queue_size < 1 or batch_max < 1:
             raise ValueError("queue_size and batch_max must be >= 1")
@@ -96,7 +97,7 @@ class RiskStore(StoreCounters):
         self.url = normalize_url(url)
         self.clock = clock  # timestamps of admin writes (created_at, updated_at) and trade reports
         self.persistence_enabled = True  # False: enqueue_* do nothing (memory only); write-through still writes
-        self.on_health_change: Callable[[bool], None] | None = None  # called on the event loop thread
+        self.on_health_change = on_health_change  # called on the event loop thread
         self._closed = False
         self.queue = WriteQueue(self, queue_size, history_backlog_bytes, clock)
         self.health = Health(self.url, retry_max_s, lambda: self.queue_depth, self._notify_health)
