@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from .measures import position_loss_pct
+
 
 class TradingState(IntEnum):
     ACTIVE = 1
@@ -121,12 +123,8 @@ class Position:
 
     @property
     def loss_pct(self) -> float:
-        """Unrealized loss as percent of entry notional (0 when in profit)."""
-        if self.entry_price <= 0:
-            return 0.0
-        move = (self.mark_price - self.entry_price) / self.entry_price
-        pnl = move if self.side is Side.BUY else -move
-        return max(0.0, -pnl * 100.0)
+        """Unrealized loss as percent of entry notional (0 when in profit): measures.position_loss_pct."""
+        return position_loss_pct(self.side is Side.BUY, self.entry_price, self.mark_price)
 
 
 @dataclass(slots=True)
