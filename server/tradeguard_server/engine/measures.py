@@ -33,7 +33,12 @@ def loss_fraction(reference: float, equity: float) -> float:
 
 def loss_pct(reference: float, equity: float) -> float:
     """loss_fraction in percent, never negative (a gain is no loss)."""
-    loss = loss_fraction(reference, equity) * 100.0
+    return percent_lost(loss_fraction(reference, equity))
+
+
+def percent_lost(fraction: float) -> float:
+    """A loss fraction in percent, 0 for a gain (what limits compare and RiskState shows)."""
+    loss = fraction * 100.0
     return loss if loss > 0.0 else 0.0
 
 
@@ -49,12 +54,6 @@ def position_loss_fraction(is_long: bool, entry_price: float, mark_price: float)
         return 0.0
     move = (mark_price - entry_price) / entry_price
     return -move if is_long else move
-
-
-def position_loss_pct(is_long: bool, entry_price: float, mark_price: float) -> float:
-    """position_loss_fraction in percent, never negative (a position in profit loses nothing)."""
-    loss = position_loss_fraction(is_long, entry_price, mark_price) * 100.0
-    return loss if loss > 0.0 else 0.0
 
 
 class EquityMeasures:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from .measures import position_loss_pct
+from .measures import percent_lost, position_loss_fraction
 
 
 class TradingState(IntEnum):
@@ -112,6 +112,13 @@ class Position:
     exchange: str = ""
     leverage: float = 0.0
     volatility: float = 0.0
+    # Unrealized loss as a fraction of the entry (measures.position_loss_fraction; negative in profit), computed
+    # once when the position is reported: the position_drawdown breakers read it on every CanTrade.
+    loss_fraction: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        loss = position_loss_fraction(self.side is Side.BUY, self.entry_price, self.mark_price)
+        object.__setattr__(self, "loss_fraction", loss)
 
     @property
     def notional(self) -> float:
@@ -123,8 +130,8 @@ class Position:
 
     @property
     def loss_pct(self) -> float:
-        """Unrealized loss as percent of entry notional (0 when in profit): measures.position_loss_pct."""
-        return position_loss_pct(self.side is Side.BUY, self.entry_price, self.mark_price)
+        """Unrealized loss as percent of entry notional (0 when in profit)."""
+        return percent_lost(self.loss_fraction)
 
 
 @dataclass(slots=True)
