@@ -150,21 +150,22 @@ def is_reducing(st: TraderState, order: OrderIntent) -> bool:
 def volatility_scale(st: TraderState, order: OrderIntent, limits: Limits) -> tuple[float, CheckResult]:
     """Size-limit scale for the volatility regime, and the regime check (FAIL = extreme: no new entries)."""
     code = DecisionCode.VOLATILITY_REGIME
+    high, extreme = limits.volatility_high, limits.volatility_extreme
     vol = order.volatility or st.volatility.get(order.symbol, 0.0)
-    if limits.volatility_high is None and limits.volatility_extreme is None:
+    if high is None and extreme is None:
         return 1.0, CheckResult("volatility_regime", SKIPPED, code, "no regime thresholds", vol, 0.0)
     if vol <= 0.0:
         return 1.0, CheckResult("volatility_regime", SKIPPED, code, "no volatility reported", 0.0, 0.0)
-    if limits.volatility_extreme is not None and vol >= limits.volatility_extreme:
+    if extreme is not None and vol >= extreme:
         # The size limits keep the high regime's scale: the regime check alone is the extreme's denial.
-        factor = limits.volatility_adjustment_factor if limits.volatility_high is not None else 1.0
-        detail = f"volatility={vol:g} extreme>={limits.volatility_extreme:g}: no new entries"
-        return factor, CheckResult("volatility_regime", FAIL, code, detail, vol, limits.volatility_extreme)
-    if limits.volatility_high is not None and vol >= limits.volatility_high:
+        factor = limits.volatility_adjustment_factor if high is not None else 1.0
+        detail = f"volatility={vol:g} extreme>={extreme:g}: no new entries"
+        return factor, CheckResult("volatility_regime", FAIL, code, detail, vol, extreme)
+    if high is not None and vol >= high:
         factor = limits.volatility_adjustment_factor
-        detail = f"volatility={vol:g} high>={limits.volatility_high:g}: size limits x{factor:g}"
-        return factor, CheckResult("volatility_regime", PASS, code, detail, vol, limits.volatility_high)
-    threshold = limits.volatility_high if limits.volatility_high is not None else limits.volatility_extreme or 0.0
+        detail = f"volatility={vol:g} high>={high:g}: size limits x{factor:g}"
+        return factor, CheckResult("volatility_regime", PASS, code, detail, vol, high)
+    threshold = high if high is not None else extreme or 0.0
     return 1.0, CheckResult("volatility_regime", PASS, code, f"volatility={vol:g} normal", vol, threshold)
 
 
