@@ -47,6 +47,11 @@ def pnl(reference: float, equity: float) -> float:
     return equity - reference
 
 
+def pnl_pct(reference: float, equity: float) -> float:
+    """pnl as percent of `reference`; 0.0 when `reference` is not positive."""
+    return (equity - reference) / reference * 100.0 if reference > 0.0 else 0.0
+
+
 def position_loss_fraction(is_long: bool, entry_price: float, mark_price: float) -> float:
     """Unrealized loss of a position as a fraction of its entry: (entry - mark) / entry for a long, the opposite
     for a short; negative in profit; 0.0 without an entry price."""
@@ -95,6 +100,18 @@ class EquityMeasures:
     @property
     def monthly_pnl(self) -> float:
         return pnl(self.month_start_equity, self.current_equity)
+
+    @property
+    def daily_pnl_pct(self) -> float:
+        return pnl_pct(self.day_start_equity, self.current_equity)
+
+    @property
+    def weekly_pnl_pct(self) -> float:
+        return pnl_pct(self.week_start_equity, self.current_equity)
+
+    @property
+    def monthly_pnl_pct(self) -> float:
+        return pnl_pct(self.month_start_equity, self.current_equity)
 
 
 def orders_since(times: Sequence[float], cutoff: float) -> int:
