@@ -266,3 +266,27 @@ def test_validate_each_condition_requires_its_parameters(condition: str, params:
     _, violations = DEFAULT.validate(condition, "alert", params)
 
     assert len(violations) == 1 and violations[0][0].startswith("breaker.parameters.")
+
+
+# ---- one measure, two units -----------------------------------------------------------------------------
+
+def test_breaker_losses_are_the_limits_measures_as_fractions() -> None:
+    st = positions_state()
+    st.peak_equity, st.day_start_equity, st.current_equity = 12_000.0, 10_000.0, 9_137.0
+
+    drawdown = evaluate("max_drawdown", st, {"threshold": 0.01})
+    daily = evaluate("daily_loss", st, {"threshold": 0.01})
+    position = evaluate("position_drawdown", st, {"threshold": 0.01})
+
+    assert drawdown is not None and drawdown.values["drawdown"] * 100.0 == st.drawdown_pct
+    assert daily is not None and daily.values["daily_loss"] * 100.0 == st.daily_loss_pct
+    worst = max(p.loss_pct for p in st.positions.values())
+    assert position is not None and position.values["position_loss"] * 100.0 == worst
+
+
+def test_without_a_reference_equity_nothing_is_lost() -> None:
+    st = equity_state(peak=0.0, equity=-50.0, day_start=0.0)
+
+    assert evaluate("max_drawdown", st, {"threshold": 0.01}) is None
+    assert evaluate("daily_loss", st, {"threshold": 0.01}) is None
+    assert st.drawdown_pct == 0.0 and st.daily_loss_pct == 0.0

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tradeguard_server.engine.checks import ORDER_CHECKS
 from tradeguard_server.engine.clock import ManualClock
 from tradeguard_server.engine.engine import RiskEngine
 from tradeguard_server.engine.limits import Limits, SymbolLimits
@@ -399,3 +400,12 @@ def test_a_high_volatility_regime_scales_the_fat_finger_limit_too() -> None:
     outside, _ = engine.can_trade("t", "a", OrderIntent("BTCUSDT", Side.BUY, 5.01, 100.0, volatility=3.0))
 
     assert inside.allowed and not outside.allowed and outside.code is DecisionCode.ORDER_NOTIONAL_LIMIT
+
+
+def test_the_decision_lists_one_result_per_order_check_named_after_it_in_evaluation_order() -> None:
+    engine = trader(Limits(max_position_size_percentage=5.0, max_order_notional=1_000.0))
+
+    decision, _ = engine.can_trade("t", "a", order(1.0))
+
+    names = [c.name for c in decision.checks]
+    assert names[-len(ORDER_CHECKS):] == [check.__name__ for check in ORDER_CHECKS]

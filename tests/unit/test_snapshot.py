@@ -136,6 +136,15 @@ def test_record_derived_values_equal_the_trader_state_ones(state: TraderState, n
                                                                          expected.reason)
 
 
+@given(trader_states())
+def test_record_loss_and_pnl_percents_equal_the_trader_state_ones(state: TraderState) -> None:
+    rec = to_record(state)
+
+    names = ("daily_loss_pct", "weekly_loss_pct", "monthly_loss_pct", "daily_pnl_pct", "weekly_pnl_pct",
+             "monthly_pnl_pct")
+    assert [getattr(rec, n) for n in names] == [getattr(state, n) for n in names]
+
+
 # ---- independence ------------------------------------------------------------------------------------------
 
 def busy_trader() -> TraderState:

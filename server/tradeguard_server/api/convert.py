@@ -66,12 +66,12 @@ def _state_scalars(st: TraderState, config_id: str) -> t.RiskState:
         current_equity=current,
         peak_equity=st.peak_equity,
         drawdown_pct=st.drawdown_pct,
-        daily_pnl=current - day,
-        daily_pnl_pct=_pct(current - day, day),
-        weekly_pnl=current - week,
-        weekly_pnl_pct=_pct(current - week, week),
-        monthly_pnl=current - month,
-        monthly_pnl_pct=_pct(current - month, month),
+        daily_pnl=st.daily_pnl,
+        daily_pnl_pct=st.daily_pnl_pct,
+        weekly_pnl=st.weekly_pnl,
+        weekly_pnl_pct=st.weekly_pnl_pct,
+        monthly_pnl=st.monthly_pnl,
+        monthly_pnl_pct=st.monthly_pnl_pct,
         day_start_equity=day,
         week_start_equity=week,
         month_start_equity=month,
@@ -107,10 +107,6 @@ def state_msg(st: TraderState, now: float, config_id: str = "") -> t.RiskState:
     msg = _state_scalars(st, config_id)
     _state_rest(msg, st, now)
     return msg
-
-
-def _pct(pnl: float, reference: float) -> float:
-    return pnl / reference * 100.0 if reference > 0 else 0.0
 
 
 def action_msg(a: RequiredAction) -> t.RequiredAction:

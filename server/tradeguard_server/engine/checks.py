@@ -7,7 +7,11 @@ rules; tests/unit/test_checks_oracle.py holds the engine to them.
 
 from __future__ import annotations
 
-from .limits import Limits
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .limits import Limits, SymbolLimits
+from .measures import orders_since
 from .state import TraderState
 from .types import (
     ActionType,
@@ -146,26 +150,29 @@ def is_reducing(st: TraderState, order: OrderIntent) -> bool:
 def volatility_scale(st: TraderState, order: OrderIntent, limits: Limits) -> tuple[float, CheckResult]:
     """Size-limit scale for the volatility regime, and the regime check (FAIL = extreme: no new entries)."""
     code = DecisionCode.VOLATILITY_REGIME
+    high, extreme = limits.volatility_high, limits.volatility_extreme
     vol = order.volatility or st.volatility.get(order.symbol, 0.0)
-    if limits.volatility_high is None and limits.volatility_extreme is None:
+    if high is None and extreme is None:
         return 1.0, CheckResult("volatility_regime", SKIPPED, code, "no regime thresholds", vol, 0.0)
     if vol <= 0.0:
         return 1.0, CheckResult("volatility_regime", SKIPPED, code, "no volatility reported", 0.0, 0.0)
-    if limits.volatility_extreme is not None and vol >= limits.volatility_extreme:
+    if extreme is not None and vol >= extreme:
         # The size limits keep the high regime's scale: the regime check alone is the extreme's denial.
-        factor = limits.volatility_adjustment_factor if limits.volatility_high is not None else 1.0
-        detail = f"volatility={vol:g} extreme>={limits.volatility_extreme:g}: no new entries"
-        return factor, CheckResult("volatility_regime", FAIL, code, detail, vol, limits.volatility_extreme)
-    if limits.volatility_high is not None and vol >= limits.volatility_high:
+        factor = limits.volatility_adjustment_factor if high is not None else 1.0
+        detail = f"volatility={vol:g} extreme>={extreme:g}: no new entries"
+        return factor, CheckResult("volatility_regime", FAIL, code, detail, vol, extreme)
+    if high is not None and vol >= high:
         factor = limits.volatility_adjustment_factor
-        detail = f"volatility={vol:g} high>={limits.volatility_high:g}: size limits x{factor:g}"
-        return factor, CheckResult("volatility_regime", PASS, code, detail, vol, limits.volatility_high)
-    threshold = limits.volatility_high if limits.volatility_high is not None else limits.volatility_extreme or 0.0
+        detail = f"volatility={vol:g} high>={high:g}: size limits x{factor:g}"
+        return factor, CheckResult("volatility_regime", PASS, code, detail, vol, high)
+    threshold = high if high is not None else extreme or 0.0
     return 1.0, CheckResult("volatility_regime", PASS, code, f"volatility={vol:g} normal", vol, threshold)
 
 
-# Results that never vary, built once (CheckResult is frozen: sharing them is safe).
+# Results that never vary, built once (nothing changes a CheckResult after it is built: sharing them is safe).
 _RATE_SKIPPED = CheckResult("order_rate", SKIPPED, DecisionCode.ORDER_RATE_LIMIT, "not configured")
+_SIZE_SKIPPED = CheckResult("position_size", SKIPPED, DecisionCode.POSITION_SIZE_LIMIT, "not configured")
+_SIZE_REDUCING = CheckResult("position_size", PASS, DecisionCode.POSITION_SIZE_LIMIT, "reducing order")
 _RISK_NO_STOP = CheckResult("risk_per_trade", SKIPPED, DecisionCode.RISK_PER_TRADE_LIMIT, "no stop_price")
 _RISK_SKIPPED = CheckResult("risk_per_trade", SKIPPED, DecisionCode.RISK_PER_TRADE_LIMIT, "not configured")
 _RISK_REDUCING = CheckResult("risk_per_trade", PASS, DecisionCode.RISK_PER_TRADE_LIMIT, "reducing order")
@@ -174,125 +181,183 @@ _CORR_REDUCING = CheckResult("correlated_exposure", PASS, DecisionCode.CORRELATE
 _STATE_ACTIVE = CheckResult("trading_state", PASS, DecisionCode.ALLOWED, "ACTIVE")
 
 
+@dataclass(slots=True)
+class OrderContext:
+    """One order as every order check sees it: the inputs and what several checks share, computed once.
+
+    Built on every CanTrade with an order, so a plain slotted dataclass (a frozen one costs ~0.6 µs more per
+    call); like the other engine values, nothing changes it after it is built.
+    """
+
+    st: TraderState
+    order: OrderIntent
+    limits: Limits
+    now: float
+    split: OrderSplit
+    reducing: bool  # the order only shrinks a known position (no adding part)
+    sym: SymbolLimits | None  # the order symbol's overrides
+    equity: float
+    added: float  # notional of the adding part, at the order's price
+    venue_after: float  # quantity on the order's venue after the order when it adds (split.venue_after)
+    scale: float  # size-limit scale of the volatility regime (1.0 in a normal one)
+    regime: CheckResult  # the volatility regime check, as volatility_scale answers it
+
+
+# Each order check: skip when unconfigured, pass when the order only reduces, else compare with the numbers.
+# The exposure checks judge the order's adding part only; the position in its symbol is computed in
+# quantities and valued once, at the order's price.
+
+def order_notional(c: OrderContext) -> CheckResult:
+    """Fat-finger: the notional of the order's adding part against max_order_notional."""
+    code = DecisionCode.ORDER_NOTIONAL_LIMIT
+    cap = c.limits.max_order_notional
+    if cap is None:
+        return CheckResult("order_notional", SKIPPED, code, "not configured", c.added)
+    if c.reducing:
+        order = c.order
+        return CheckResult("order_notional", PASS, code, f"reducing order notional={order.quantity * order.price:.2f}",
+                           0.0, cap)
+    cap *= c.scale
+    added = c.added
+    status = PASS if within(added, cap) else FAIL
+    return CheckResult("order_notional", status, code, f"notional={added:.2f} limit={cap:.2f}", added, cap)
+
+
+def order_rate(c: OrderContext) -> CheckResult:
+    """Throttle: the orders allowed in the window, this one included, against max_orders_per_window."""
+    limits = c.limits
+    max_orders = limits.max_orders_per_window
+    if max_orders is None:
+        return _RATE_SKIPPED
+    window = limits.order_rate_window_seconds
+    count = 1 + orders_since(c.st.order_times, c.now - window)
+    status = PASS if count <= max_orders else FAIL
+    detail = f"orders={count} in {window}s limit={max_orders}"
+    return CheckResult("order_rate", status, DecisionCode.ORDER_RATE_LIMIT, detail, float(count), float(max_orders))
+
+
+def volatility_regime(c: OrderContext) -> CheckResult:
+    """The volatility regime (volatility_scale): an extreme one denies new entries, never a reducing order."""
+    regime = c.regime
+    if c.reducing and regime.status is FAIL:
+        return CheckResult(regime.name, PASS, regime.code, regime.detail + " (reducing order)", regime.value,
+                           regime.limit)
+    return regime
+
+
+def leverage(c: OrderContext) -> CheckResult:
+    """The order's leverage against the symbol's max_leverage."""
+    code = DecisionCode.LEVERAGE_LIMIT
+    lev = c.order.leverage or 1.0
+    sym = c.sym
+    max_lev = sym.max_leverage if sym is not None else None
+    if max_lev is None:
+        return CheckResult("leverage", SKIPPED, code, "not configured", lev)
+    if c.reducing:
+        return CheckResult("leverage", PASS, code, f"reducing order leverage={lev:g}", lev, max_lev)
+    status = PASS if within(lev, max_lev) else FAIL
+    return CheckResult("leverage", status, code, f"leverage={lev:g} limit={max_lev:g}", lev, max_lev)
+
+
+def position_size(c: OrderContext) -> CheckResult:
+    """The position in the symbol after the order (gross quantity over every venue, valued at the order's price)
+    against max_position_size_percentage of equity (the symbol's, else the account's)."""
+    sym = c.sym
+    pct = sym.max_position_size_percentage if sym is not None else None
+    if pct is None:
+        pct = c.limits.max_position_size_percentage
+        if pct is None:
+            return _SIZE_SKIPPED
+    if c.reducing:
+        return _SIZE_REDUCING
+    venue, symbol = c.split.position, c.order.symbol
+    gross = c.venue_after
+    for (s, _ex), p in c.st.positions.items():
+        if s == symbol and p is not venue:
+            gross += p.quantity
+    after = gross * c.order.price
+    pct *= c.scale
+    equity = c.equity
+    cap = pct * equity / 100.0
+    status = PASS if within(after, cap) else FAIL
+    detail = f"position_after={after:.2f} limit={cap:.2f} ({pct:.2f}% of equity {equity:.2f})"
+    return CheckResult("position_size", status, DecisionCode.POSITION_SIZE_LIMIT, detail, after, cap)
+
+
+def risk_per_trade(c: OrderContext) -> CheckResult:
+    """What the adding part loses at the order's stop against risk_per_trade_percentage of equity (the symbol's,
+    else the account's); skipped without a stop."""
+    order = c.order
+    stop = order.stop_price
+    if stop <= 0.0:
+        return _RISK_NO_STOP
+    sym = c.sym
+    pct = sym.risk_per_trade_percentage if sym is not None else None
+    if pct is None:
+        pct = c.limits.risk_per_trade_percentage
+        if pct is None:
+            return _RISK_SKIPPED
+    if c.reducing:
+        return _RISK_REDUCING
+    risk = abs(order.price - stop) * c.split.adding
+    pct *= c.scale
+    equity = c.equity
+    cap = pct * equity / 100.0
+    status = PASS if within(risk, cap) else FAIL
+    detail = f"risk={risk:.2f} limit={cap:.2f} ({pct:.2f}% of equity {equity:.2f})"
+    return CheckResult("risk_per_trade", status, DecisionCode.RISK_PER_TRADE_LIMIT, detail, risk, cap)
+
+
+def correlated_exposure(c: OrderContext) -> CheckResult:
+    """Same-direction exposure across the order's correlation group after the order (long and short never net)
+    against max_correlated_exposure_percentage of equity."""
+    limits = c.limits
+    pct = limits.max_correlated_exposure_percentage
+    if pct is None:
+        return _CORR_SKIPPED
+    if c.reducing:
+        return _CORR_REDUCING
+    order = c.order
+    symbol, side, price = order.symbol, order.side, order.price
+    group = limits.group_of(symbol)
+    venue = c.split.position
+    total = c.venue_after * price
+    for (s, _ex), p in c.st.positions.items():
+        if p.side is side and p is not venue and (group is None or s in group):
+            total += p.quantity * (price if s == symbol else p.mark_price)
+    pct *= c.scale
+    cap = pct * c.equity / 100.0
+    status = PASS if within(total, cap) else FAIL
+    detail = f"same_direction_exposure={total:.2f} limit={cap:.2f} ({pct:.2f}% of equity)"
+    return CheckResult("correlated_exposure", status, DecisionCode.CORRELATED_EXPOSURE_LIMIT, detail, total, cap)
+
+
+OrderCheck = Callable[[OrderContext], CheckResult]
+
+# Every per-order check of DESIGN 2.1, in evaluation order.
+ORDER_CHECKS: tuple[OrderCheck, ...] = (
+    order_notional,
+    order_rate,
+    volatility_regime,
+    leverage,
+    position_size,
+    risk_per_trade,
+    correlated_exposure,
+)
+
+
 def order_checks(
     st: TraderState, order: OrderIntent, limits: Limits, now: float, split: OrderSplit | None = None
 ) -> list[CheckResult]:
-    """Every per-order check of DESIGN 2.1, in evaluation order (`split`: split_order's answer, when the caller
-    already has it). The exposure checks judge the order's adding part only; the position in its symbol is
-    computed in quantities and valued once, at the order's price."""
-    out: list[CheckResult] = []
-    equity = st.current_equity
+    """The results of ORDER_CHECKS for one order, in order (`split`: split_order's answer, when the caller
+    already has it)."""
     if split is None:
         split = split_order(st, order)
     adding = split.adding
-    reducing = adding == 0.0
-    sym = limits.for_symbol(order.symbol)
-    price = order.price
-    added = adding * price  # notional of the adding part
     scale, regime = volatility_scale(st, order, limits)
-
-    # Fat-finger: max notional of the adding part of one order.
-    code = DecisionCode.ORDER_NOTIONAL_LIMIT
-    cap = limits.max_order_notional
-    if cap is None:
-        out.append(CheckResult("order_notional", SKIPPED, code, "not configured", added))
-    elif reducing:
-        detail = f"reducing order notional={order.quantity * price:.2f}"
-        out.append(CheckResult("order_notional", PASS, code, detail, 0.0, cap))
-    else:
-        cap *= scale
-        status = PASS if within(added, cap) else FAIL
-        out.append(CheckResult("order_notional", status, code, f"notional={added:.2f} limit={cap:.2f}", added, cap))
-
-    # Throttle: orders allowed in the window.
-    code = DecisionCode.ORDER_RATE_LIMIT
-    max_orders = limits.max_orders_per_window
-    if max_orders is None:
-        out.append(_RATE_SKIPPED)
-    else:
-        window = limits.order_rate_window_seconds
-        cutoff, count = now - window, 1
-        for at in reversed(st.order_times):  # newest first; stop at the window's edge
-            if at <= cutoff:
-                break
-            count += 1
-        status = PASS if count <= max_orders else FAIL
-        detail = f"orders={count} in {window}s limit={max_orders}"
-        out.append(CheckResult("order_rate", status, code, detail, float(count), float(max_orders)))
-
-    if reducing and regime.status is FAIL:
-        regime = CheckResult(regime.name, PASS, regime.code, regime.detail + " (reducing order)", regime.value,
-                             regime.limit)
-    out.append(regime)
-
-    # Leverage (symbol limit).
-    code = DecisionCode.LEVERAGE_LIMIT
-    lev = order.leverage or 1.0
-    max_lev = sym.max_leverage if sym is not None else None
-    if max_lev is None:
-        out.append(CheckResult("leverage", SKIPPED, code, "not configured", lev))
-    elif reducing:
-        out.append(CheckResult("leverage", PASS, code, f"reducing order leverage={lev:g}", lev, max_lev))
-    else:
-        status = PASS if within(lev, max_lev) else FAIL
-        out.append(CheckResult("leverage", status, code, f"leverage={lev:g} limit={max_lev:g}", lev, max_lev))
-
-    # Position size after the order, % of equity: gross quantity in the symbol over every venue.
-    code = DecisionCode.POSITION_SIZE_LIMIT
-    pct = sym.max_position_size_percentage if sym and sym.max_position_size_percentage is not None else None
-    pct = pct if pct is not None else limits.max_position_size_percentage
-    if pct is None:
-        out.append(CheckResult("position_size", SKIPPED, code, "not configured"))
-    elif reducing:
-        out.append(CheckResult("position_size", PASS, code, "reducing order"))
-    else:
-        venue, symbol = split.position, order.symbol
-        gross = split.venue_after
-        for (s, _ex), p in st.positions.items():
-            if s == symbol and p is not venue:
-                gross += p.quantity
-        after = gross * price
-        cap = pct * scale * equity / 100.0
-        status = PASS if within(after, cap) else FAIL
-        detail = f"position_after={after:.2f} limit={cap:.2f} ({pct * scale:.2f}% of equity {equity:.2f})"
-        out.append(CheckResult("position_size", status, code, detail, after, cap))
-
-    # Risk per trade of the adding part, when a stop is given.
-    code = DecisionCode.RISK_PER_TRADE_LIMIT
-    pct = sym.risk_per_trade_percentage if sym and sym.risk_per_trade_percentage is not None else None
-    pct = pct if pct is not None else limits.risk_per_trade_percentage
-    if order.stop_price <= 0.0:
-        out.append(_RISK_NO_STOP)
-    elif pct is None:
-        out.append(_RISK_SKIPPED)
-    elif reducing:
-        out.append(_RISK_REDUCING)
-    else:
-        risk = abs(price - order.stop_price) * adding
-        cap = pct * scale * equity / 100.0
-        status = PASS if within(risk, cap) else FAIL
-        detail = f"risk={risk:.2f} limit={cap:.2f} ({pct * scale:.2f}% of equity {equity:.2f})"
-        out.append(CheckResult("risk_per_trade", status, code, detail, risk, cap))
-
-    # Same-direction exposure across correlated symbols after the order (long and short never net).
-    code = DecisionCode.CORRELATED_EXPOSURE_LIMIT
-    pct = limits.max_correlated_exposure_percentage
-    if pct is None:
-        out.append(_CORR_SKIPPED)
-    elif reducing:
-        out.append(_CORR_REDUCING)
-    else:
-        group = limits.group_of(order.symbol)
-        venue, symbol, side = split.position, order.symbol, order.side
-        total = split.venue_after * price
-        for (s, _ex), p in st.positions.items():
-            if p.side is side and p is not venue and (group is None or s in group):
-                total += p.quantity * (price if s == symbol else p.mark_price)
-        cap = pct * scale * equity / 100.0
-        status = PASS if within(total, cap) else FAIL
-        detail = f"same_direction_exposure={total:.2f} limit={cap:.2f} ({pct * scale:.2f}% of equity)"
-        out.append(CheckResult("correlated_exposure", status, code, detail, total, cap))
-    return out
+    ctx = OrderContext(st, order, limits, now, split, adding == 0.0, limits.symbols.get(order.symbol),
+                       st.current_equity, adding * order.price, split.venue_after, scale, regime)
+    return [check(ctx) for check in ORDER_CHECKS]
 
 
 def position_actions(st: TraderState, limits: Limits) -> list[RequiredAction]:

@@ -23,16 +23,16 @@ from .state import (
     ORDER_TIMES_KEPT,
     RECENT_TRADES_KEPT,
     SEEN_TRADE_IDS_KEPT,
-    SEVERITY,
+    DerivedState,
     Pause,
+    PauseTerms,
     TraderState,
-    pct_loss,
 )
 from .types import ClosedTrade, DecisionCode, Position, SymbolStats, TradingState
 
 
 @dataclass(frozen=True, slots=True)
-class PauseRecord:
+class PauseRecord(PauseTerms):
     """An immutable copy of a Pause."""
 
     state: TradingState
@@ -41,12 +41,6 @@ class PauseRecord:
     reason: str
     source: str
     since: float = 0.0
-
-    def active(self, now: float) -> bool:
-        return self.until is None or now < self.until
-
-    def rank(self) -> tuple[int, float]:
-        return SEVERITY[self.state], INF if self.until is None else self.until
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +55,9 @@ class SymbolStatsRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class StateRecord:
-    """Every persisted field of a TraderState, frozen. Times are float epoch seconds."""
+class StateRecord(DerivedState[PauseRecord]):
+    """Every persisted field of a TraderState, frozen. Times are float epoch seconds. Derived values
+    (drawdown_pct, daily_pnl, effective_pause, ...) are TraderState's: both come from DerivedState."""
 
     trader_id: str
     account_id: str
@@ -86,35 +81,6 @@ class StateRecord:
     breaker_episodes: tuple[tuple[str, str], ...] = ()  # (breaker id, rule) of the episodes in progress
     updated_at: float = 0.0
     version: int = 0
-
-    # ---- derived values (the same formulas as TraderState) --------------------------------------
-
-    @property
-    def drawdown_pct(self) -> float:
-        return pct_loss(self.peak_equity, self.current_equity)
-
-    @property
-    def daily_pnl(self) -> float:
-        return self.current_equity - self.day_start_equity
-
-    @property
-    def weekly_pnl(self) -> float:
-        return self.current_equity - self.week_start_equity
-
-    @property
-    def monthly_pnl(self) -> float:
-        return self.current_equity - self.month_start_equity
-
-    def effective_pause(self, now: float) -> PauseRecord | None:
-        best: PauseRecord | None = None
-        for pause in self.pauses:
-            if pause.active(now) and (best is None or pause.rank() > best.rank()):
-                best = pause
-        return best
-
-    def trading_state(self, now: float) -> TradingState:
-        pause = self.effective_pause(now)
-        return TradingState.ACTIVE if pause is None else pause.state
 
 
 def to_record(st: TraderState) -> StateRecord:

@@ -18,9 +18,12 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections import OrderedDict, deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from . import periods
+from .measures import EquityMeasures
 from .types import (
     CheckResult,
     ClosedTrade,
@@ -42,8 +45,24 @@ ORDER_IDS_KEPT = 1_000  # CanTrade answers remembered per trader by client_order
 ORDER_ID_TTL_S = 600.0  # ...each for at most this long
 
 
+class PauseTerms:
+    """When a pause is in force and how it ranks; for Pause and its frozen copy (snapshot.PauseRecord)."""
+
+    __slots__ = ()
+
+    state: TradingState
+    until: float | None  # None = until resumed
+    code: DecisionCode
+
+    def active(self, now: float) -> bool:
+        return self.until is None or now < self.until
+
+    def rank(self) -> tuple[int, float]:
+        return SEVERITY[self.state], INF if self.until is None else self.until
+
+
 @dataclass(slots=True)
-class Pause:
+class Pause(PauseTerms):
     """One reason the trader may not trade freely."""
 
     state: TradingState
@@ -53,11 +72,35 @@ class Pause:
     source: str  # "limit", "manual" or "breaker:<id>"
     since: float = 0.0
 
-    def active(self, now: float) -> bool:
-        return self.until is None or now < self.until
 
-    def rank(self) -> tuple[int, float]:
-        return SEVERITY[self.state], INF if self.until is None else self.until
+P = TypeVar("P", bound=PauseTerms)
+
+
+class DerivedState(EquityMeasures, Generic[P]):
+    """What a trader's numbers imply, defined once for TraderState and its frozen copy (snapshot.StateRecord):
+    the loss and PnL measures (engine.measures) and the pause in force."""
+
+    __slots__ = ()
+
+    pauses: Sequence[P]
+
+    def effective_pause(self, now: float) -> P | None:
+        """The most severe active pause (the longest of equally severe ones), None when trading freely."""
+        best: P | None = None
+        for pause in self.pauses:
+            if pause.active(now) and (best is None or pause.rank() > best.rank()):
+                best = pause
+        return best
+
+    def trading_state(self, now: float) -> TradingState:
+        pause = self.effective_pause(now)
+        return TradingState.ACTIVE if pause is None else pause.state
+
+    def active_pause_for(self, code: DecisionCode, now: float) -> P | None:
+        for pause in self.pauses:
+            if pause.code is code and pause.active(now):
+                return pause
+        return None
 
 
 @dataclass(slots=True)
@@ -73,8 +116,9 @@ class ChecksCache:
 
 
 @dataclass(slots=True)
-class TraderState:
-    """Everything the engine knows about one trader. Mutated only by the engine."""
+class TraderState(DerivedState[Pause]):
+    """Everything the engine knows about one trader. Mutated only by the engine. Derived values (drawdown_pct,
+    daily_pnl, effective_pause, ...) come from DerivedState."""
 
     trader_id: str
     account_id: str
@@ -110,61 +154,6 @@ class TraderState:
     # CanTrade's checks of the last call, kept for the next call at the same version. Every change goes through
     # RiskEngine._changed, which bumps `version`, so a stale entry is never used.
     checks_cache: ChecksCache | None = field(default=None, init=False, repr=False, compare=False)
-
-    # ---- derived values -------------------------------------------------------------------------
-
-    @property
-    def drawdown_pct(self) -> float:
-        return pct_loss(self.peak_equity, self.current_equity)
-
-    @property
-    def daily_pnl(self) -> float:
-        return self.current_equity - self.day_start_equity
-
-    @property
-    def weekly_pnl(self) -> float:
-        return self.current_equity - self.week_start_equity
-
-    @property
-    def monthly_pnl(self) -> float:
-        return self.current_equity - self.month_start_equity
-
-    @property
-    def daily_loss_pct(self) -> float:
-        return pct_loss(self.day_start_equity, self.current_equity)
-
-    @property
-    def weekly_loss_pct(self) -> float:
-        return pct_loss(self.week_start_equity, self.current_equity)
-
-    @property
-    def monthly_loss_pct(self) -> float:
-        return pct_loss(self.month_start_equity, self.current_equity)
-
-    def effective_pause(self, now: float) -> Pause | None:
-        best: Pause | None = None
-        for pause in self.pauses:
-            if pause.active(now) and (best is None or pause.rank() > best.rank()):
-                best = pause
-        return best
-
-    def trading_state(self, now: float) -> TradingState:
-        pause = self.effective_pause(now)
-        return TradingState.ACTIVE if pause is None else pause.state
-
-    def active_pause_for(self, code: DecisionCode, now: float) -> Pause | None:
-        for pause in self.pauses:
-            if pause.code is code and pause.active(now):
-                return pause
-        return None
-
-
-
-def pct_loss(reference: float, equity: float) -> float:
-    """Loss of `equity` against `reference` in percent, never negative."""
-    if reference <= 0.0:
-        return 0.0
-    return max(0.0, (reference - equity) / reference * 100.0)
 
 
 def roll_periods(st: TraderState, now: float, reset_offset_s: float) -> bool:

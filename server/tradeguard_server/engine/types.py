@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from .measures import percent_lost, position_loss_fraction
+
 
 class TradingState(IntEnum):
     ACTIVE = 1
@@ -110,6 +112,13 @@ class Position:
     exchange: str = ""
     leverage: float = 0.0
     volatility: float = 0.0
+    # Unrealized loss as a fraction of the entry (measures.position_loss_fraction; negative in profit), computed
+    # once when the position is reported: the position_drawdown breakers read it on every CanTrade.
+    loss_fraction: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        loss = position_loss_fraction(self.side is Side.BUY, self.entry_price, self.mark_price)
+        object.__setattr__(self, "loss_fraction", loss)
 
     @property
     def notional(self) -> float:
@@ -122,11 +131,7 @@ class Position:
     @property
     def loss_pct(self) -> float:
         """Unrealized loss as percent of entry notional (0 when in profit)."""
-        if self.entry_price <= 0:
-            return 0.0
-        move = (self.mark_price - self.entry_price) / self.entry_price
-        pnl = move if self.side is Side.BUY else -move
-        return max(0.0, -pnl * 100.0)
+        return percent_lost(self.loss_fraction)
 
 
 @dataclass(slots=True)

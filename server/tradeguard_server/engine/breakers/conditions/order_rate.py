@@ -2,28 +2,20 @@
 
 Counts the order times the engine records in `state.order_times` (orders CanTrade allowed; during a CanTrade
 with an order, that order too, so the order that would exceed `max_orders` is the one denied), newest first,
-stopping at the first one outside the window. Orders carry no scope in the state, so a scope only decides
-when the breaker is evaluated (see the evaluator), not which orders count.
+stopping at the first one outside the window (engine.measures.orders_since, as the max_orders_per_window
+throttle counts). Orders carry no scope in the state, so a scope only decides when the breaker is evaluated
+(see the evaluator), not which orders count.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ...measures import orders_since
 from ...state import TraderState
 from ..base import Condition, Param, Params, Scope, Screen, Triggered
 
 MAX_ORDERS = 10_000  # the engine keeps at most this many recent order times per trader
-
-
-def orders_since(times: Sequence[float], cutoff: float) -> int:
-    """Order times after `cutoff`, counted newest first up to the first one at or before it."""
-    orders = 0
-    for at in reversed(times):
-        if at <= cutoff:
-            break
-        orders += 1
-    return orders
 
 
 def evaluate(st: TraderState, params: Params, now: float, scope: Scope) -> Triggered | None:

@@ -1,17 +1,15 @@
 """position_drawdown {threshold}: an in-scope open position losing more than `threshold` of its entry.
 
-The loss is unrealized, as a fraction of the entry notional: (entry - mark) / entry for a long,
-(mark - entry) / entry for a short. Every position over the threshold is named in `Triggered.positions`,
-so close_position closes exactly those.
+The loss is unrealized, as a fraction of the entry notional (Position.loss_fraction, the
+position_max_drawdown_percentage limit's measure): (entry - mark) / entry for a long, (mark - entry) / entry
+for a short. Every position over the threshold is named in `Triggered.positions`, so close_position closes
+exactly those.
 """
 
 from __future__ import annotations
 
 from ...state import TraderState
-from ...types import Side
 from ..base import Condition, Param, Params, PositionKey, Scope, Screen, Triggered, smallest
-
-_BUY = Side.BUY
 
 
 def evaluate(st: TraderState, params: Params, now: float, scope: Scope) -> Triggered | None:
@@ -22,11 +20,9 @@ def evaluate(st: TraderState, params: Params, now: float, scope: Scope) -> Trigg
     hit: list[PositionKey] | None = None
     worst = 0.0
     for key, pos in st.positions.items():
-        entry = pos.entry_price
-        if entry <= 0.0 or pos.quantity <= 0.0:
+        if pos.quantity <= 0.0:
             continue
-        move = (pos.mark_price - entry) / entry
-        loss = -move if pos.side is _BUY else move
+        loss = pos.loss_fraction  # 0 without an entry price
         if loss <= threshold or not (everything or scope.matches(key[0], key[1])):
             continue
         if hit is None:
@@ -40,12 +36,8 @@ def evaluate(st: TraderState, params: Params, now: float, scope: Scope) -> Trigg
 
 def quiet(st: TraderState, now: float, threshold: float, scope: Scope) -> bool:
     """No breaker fires when no open position (in any scope) loses more than the smallest threshold."""
-    for pos in st.positions.values():
-        entry = pos.entry_price
-        if entry <= 0.0 or pos.quantity <= 0.0:
-            continue
-        move = (pos.mark_price - entry) / entry
-        if (-move if pos.side is _BUY else move) > threshold:
+    for pos in st.positions.values():  # noqa: SIM110 (a loop: all() over a generator costs more on every CanTrade)
+        if pos.loss_fraction > threshold and pos.quantity > 0.0:
             return False
     return True
 
