@@ -22,6 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import loadgen as lg
 
 HOOKS = Path(__file__).resolve().parent / "attribution_hooks"
+ROOT = Path(__file__).resolve().parent.parent
+# The sidecars run this tree's code (not whatever the venv's editable install points at), with the hooks first.
+SIDECAR_PATH = ":".join(str(p) for p in (HOOKS, ROOT / "server", ROOT / "proto" / "python", ROOT / "client" / "python"))
 VARIANTS = ("", "double", "dblengine", "const", "constcopy")
 
 
@@ -39,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for variant in VARIANTS:
             name = f"sidecar:{variant}" if variant else "sidecar"
-            env = {"PYTHONPATH": str(HOOKS), "TG_BENCH_VARIANT": variant}
+            env = {"PYTHONPATH": SIDECAR_PATH, "TG_BENCH_VARIANT": variant}
             srv = lg.start_sidecar(work, name.replace(":", "_"), "127.0.0.1:0",
                                    ["--database-url", "memory", "--no-enable-persistence"], env=env)
             lg.prepare(srv.address, config=True, breaker_count=100, with_order=True)

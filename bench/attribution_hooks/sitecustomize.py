@@ -46,8 +46,8 @@ if _variant == "dblengine":
 
     _original_engine = _engine.RiskEngine.can_trade
 
-    def _twice(self: Any, trader_id: str, account_id: str, order: Any) -> Any:
-        _original_engine(self, trader_id, account_id, order)
-        return _original_engine(self, trader_id, account_id, order)
+    def _twice(self: Any, trader_id: str, account_id: str, order: Any, client_order_id: str = "") -> Any:
+        _original_engine(self, trader_id, account_id, order)  # no id: judged in full, not answered from memory
+        return _original_engine(self, trader_id, account_id, order, client_order_id)
 
     _engine.RiskEngine.can_trade = _twice  # type: ignore[method-assign]
