@@ -1,8 +1,9 @@
 """Durable state through the whole sidecar, against the real PostgreSQL (a fresh database per test).
 
 Restart keeps pauses; a database outage under load fails no call and loses no latest state; shutdown
-under load drains the queue. Figures (latencies, counts) are printed, and the assertions are on them; latencies
-are compared with a memory-only sidecar driven at the same time in the same process, never with a fixed bound.
+under load drains the queue. Figures (latencies, counts) are printed, and the assertions are on them: the median
+latency and the call count are compared with a memory-only sidecar driven at the same time in the same process,
+never with a fixed bound; the one bound in seconds is the behaviour itself (no call waits a third of the outage).
 """
 
 from __future__ import annotations
@@ -168,11 +169,12 @@ async def test_database_outage_under_load_fails_no_call_and_keeps_every_latest_s
     assert history == store.enqueued["history"] - store.dropped_history
     assert store.dropped_history == 0  # 3 s of 8 bots fit in the history backlog (queue_size): none lost
     # The hot path did not wait on the database: during the outage the durable sidecar answered like a
-    # memory-only one measured at the same moments (both are served by the same event loop, so CPU starvation
-    # of the process and GC pauses hit both), and no call lasted a sizeable part of the outage unless a call of
-    # the memory-only sidecar lasted about as long (the whole process stalled, not the durable hot path).
+    # memory-only one measured at the same moments (the baseline: both are served by the same event loop, so
+    # CPU starvation of the process and GC pauses hit both alike), as fast and about as often.
     assert p50_down < 3 * p50_control and len(down) > len(control) / 3
-    assert max(down) < max(outage_s / 3, 2 * max(control))
+    # The behaviour bound: no call waited a sizeable part of the outage. Not relaxed by the memory-only
+    # sidecar's longest call: a database call blocking the shared event loop would stall both sidecars alike.
+    assert max(down) < outage_s / 3
 
 
 async def test_shutdown_under_load_drains_the_queue(pg_url: str) -> None:

@@ -270,31 +270,38 @@ def test_sync_can_trade_fails_closed_against_a_closed_port_and_open_when_asked_t
     assert len(retry_records(caplog, "CanTrade")) == 4  # two clients, two retries each
 
 
+# Against a hung sidecar a call would never end: the bounds are counted in the deadline under test. Lower: the
+# deadline was waited for (a little tolerance for where each clock starts); upper: the call ended before twice its
+# deadline, and a per-call deadline before the client's default one (so the default was not what ended it).
+
+
 async def test_async_calls_end_at_their_deadline_against_a_hung_sidecar() -> None:
+    default_s, per_call_s = 1.0, 0.2
     with hung_sidecar() as target:
-        async with AsyncRiskClient(target, timeout=0.3) as guard:
+        async with AsyncRiskClient(target, timeout=default_s) as guard:
             started = time.monotonic()
             decision = await guard.can_trade(*BOT)
             by_default = time.monotonic() - started
             started = time.monotonic()
             with pytest.raises(SidecarUnavailableError) as err:
-                await guard.get_risk_state(*BOT, timeout=0.1)
+                await guard.get_risk_state(*BOT, timeout=per_call_s)
             per_call = time.monotonic() - started
 
     assert not decision.allowed and decision.code == "SIDECAR_UNAVAILABLE" and "DEADLINE_EXCEEDED" in decision.reason
-    assert 0.25 <= by_default < 1.5
+    assert 0.8 * default_s <= by_default < 2 * default_s
     assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED and err.value.attempts == 1
-    assert 0.05 <= per_call < 1.0
+    assert 0.8 * per_call_s <= per_call < default_s
 
 
 def test_sync_calls_end_at_their_deadline_against_a_hung_sidecar() -> None:
-    with hung_sidecar() as target, RiskClient(target, timeout=5.0) as guard:
+    default_s, per_call_s = 5.0, 0.5
+    with hung_sidecar() as target, RiskClient(target, timeout=default_s) as guard:
         started = time.monotonic()
-        decision = guard.can_trade(*BOT, timeout=0.2)
+        decision = guard.can_trade(*BOT, timeout=per_call_s)
         elapsed = time.monotonic() - started
 
     assert not decision.allowed and "DEADLINE_EXCEEDED" in decision.reason
-    assert 0.15 <= elapsed < 1.5
+    assert 0.8 * per_call_s <= elapsed < 2 * per_call_s
 
 
 async def test_async_client_retries_unavailable_until_the_real_sidecar_answers(sidecar: Sidecar) -> None:

@@ -24,6 +24,7 @@ from tests.support.databases import (
 )
 from tests.support.proxy import FaultProxy
 from tests.support.sidecar import running_sidecar
+from tests.support.wait import eventually
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import admin_service_pb2_grpc as adg
 from tradeguard.v1 import risk_service_pb2 as rs
@@ -205,9 +206,7 @@ async def test_rows_after_a_failed_batch_and_dropped_rows_do_not_refer_to_a_row_
 
         proxy.cut()
         store.enqueue_state(make_state("t-1", 2, positions=p2), "v2", None)
-        async with asyncio.timeout(10):
-            while store.failures == 0:  # the writer encoded v2 and failed to write it
-                await asyncio.sleep(0.01)
+        assert await eventually(lambda: store.failures > 0, timeout=10)  # the writer encoded v2, failed to write it
         for version in range(3, 11):
             store.enqueue_state(make_state("t-1", version, positions=p2), f"v{version}", None)
         assert store.dropped_history >= 2  # v2 among them

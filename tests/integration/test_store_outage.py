@@ -28,6 +28,7 @@ from tests.support.databases import (
     temporary_postgres_database,
 )
 from tests.support.proxy import FaultProxy
+from tests.support.wait import eventually
 from tradeguard_server.store.errors import StoreUnavailable
 from tradeguard_server.store.migrate import current_revision, head_revision
 from tradeguard_server.store.records import BreakerRecord, ConfigRecord
@@ -280,9 +281,8 @@ async def test_after_a_failed_load_snapshots_wait_for_a_successful_load_before_r
 
         proxy.restore()
         await health.wait(True)
-        async with asyncio.timeout(10):
-            while store.queue_depth > 1:  # the trade and the history row are written (no event to await)
-                await asyncio.sleep(0.01)
+        # the trade and the history row are written (no event to await: the snapshot stays queued)
+        assert await eventually(lambda: store.queue_depth <= 1, timeout=10)
         assert await store.flush(timeout=0.3) is False  # the snapshot is held...
         assert count(pg_url, "trade_reports") == 1  # ...the rest is written
         assert count(pg_url, "risk_state_history") == 2
