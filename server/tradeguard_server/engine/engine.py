@@ -51,6 +51,8 @@ from .types import (
 )
 
 INF = float("inf")
+# Enum members read on every CanTrade are module constants: `CheckStatus.FAIL` costs ~50 ns a read on Python 3.11.
+_FAIL, _ACTIVE, _ALLOWED = CheckStatus.FAIL, TradingState.ACTIVE, DecisionCode.ALLOWED
 
 log = logging.getLogger("tradeguard.engine")
 
@@ -510,14 +512,14 @@ class RiskEngine:
     ) -> Decision:
         failed = None
         for c in results:
-            if c.status is CheckStatus.FAIL:
+            if c.status is _FAIL:
                 failed = c
                 break
         pause = st.effective_pause(now) if st.pauses else None
-        state = TradingState.ACTIVE if pause is None else pause.state
+        state = _ACTIVE if pause is None else pause.state
         until = None if pause is None else pause.until
         if failed is None:
-            return Decision(True, DecisionCode.ALLOWED, "all checks passed", state, until, tuple(results),
+            return Decision(True, _ALLOWED, "all checks passed", state, until, tuple(results),
                             tuple(actions))
         reason = failed.detail if failed.detail.startswith(failed.code.name) else f"{failed.code.name}: {failed.detail}"
         if enforce:
