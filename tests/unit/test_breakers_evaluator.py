@@ -24,6 +24,7 @@ from tradeguard_server.engine.types import (
     Side,
     TradingState,
 )
+from tradeguard_server.services.breakers import BreakerService
 
 LIMITS = Limits(daily_max_drawdown_percentage=None, max_drawdown_percentage=None, stop_trading_minutes=30)
 BTC_BUY = OrderIntent("BTCUSDT", Side.BUY, 0.001, 50_000.0, exchange="binance")
@@ -326,11 +327,34 @@ def test_breaker_firing_logs_risk_limit_breached(
     assert "RISK LIMIT BREACHED trader=t1 account=a1 rule=breaker:dd10" in caplog.text
 
 
-def test_a_failing_event_listener_does_not_break_evaluation(
+def test_a_failing_event_recorder_does_not_break_evaluation(
     clock: ManualClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def broken(_e: StateChanged) -> None:
-        raise RuntimeError("queue gone")
+    class BrokenStore:
+        def enqueue_event(self, _rec: object) -> None:
+            raise RuntimeError("queue gone")
+
+    evaluator = Evaluator()
+    recorder = BreakerService(evaluator, BrokenStore())  # type: ignore[arg-type]  # only enqueue_event is used
+    engine = RiskEngine(clock, defaults=LIMITS, breakers=evaluator, listeners=[recorder.on_state_changed])
+    evaluator.install(Spec())
+    engine.report_equity("t1", "a1", 10_000.0, None)
+
+    with caplog.at_level(logging.ERROR, logger="tradeguard.breakers"):
+        assert len(firings_of(engine, 8_000.0)) == 1
+
+    assert "recording the event of breaker b1 failed" in caplog.text
+
+
+def test_a_failing_state_listener_fails_the_call_after_every_other_listener_heard_the_change(
+    clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A change a listener could not take (the store queue, say) is not answered as done: the call raises (the RPC
+    answers INTERNAL and the caller retries), and the listeners after it still heard the change."""
+
+    def broken(e: StateChanged) -> None:
+        if e.firings:
+            raise RuntimeError("queue gone")
 
     heard: list[Firing] = []
     evaluator = Evaluator()
@@ -339,8 +363,8 @@ def test_a_failing_event_listener_does_not_break_evaluation(
     evaluator.install(Spec())
     engine.report_equity("t1", "a1", 10_000.0, None)
 
-    with caplog.at_level(logging.ERROR, logger="tradeguard.engine"):
-        assert len(firings_of(engine, 8_000.0)) == 1
+    with caplog.at_level(logging.ERROR, logger="tradeguard.engine"), pytest.raises(RuntimeError, match="queue gone"):
+        engine.report_equity("t1", "a1", 8_000.0, None)
 
     assert [f.breaker_id for f in heard] == ["b1"]  # the next listener still heard it
     assert "state change listener" in caplog.text and "failed" in caplog.text

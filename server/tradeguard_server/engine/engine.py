@@ -215,12 +215,18 @@ class RiskEngine:
         st.episodes_changed = False
         if self._listeners:
             event = StateChanged(st, reason, now, tuple(firings), tuple(breaches), tuple(actions), cause or reason)
+            failed: Exception | None = None
             for listener in self._listeners:
                 try:
                     listener(event)
-                except Exception:  # a listener must not raise; if one does, the others still hear the change
+                except Exception as exc:  # the others still hear the change; then the call fails (see below)
                     log.exception("state change listener %r failed on %r of trader %s", listener, reason,
                                   st.trader_id)
+                    failed = failed or exc
+            if failed is not None:
+                # A change a listener could not take (e.g. not queued for the store) must not be answered as done:
+                # the RPC fails (INTERNAL) and the caller retries, as when the store queue was called directly.
+                raise failed
 
     def _tick(self, st: TraderState, now: float) -> None:
         """Time-driven changes: pauses that ended, new day / week / month."""

@@ -27,6 +27,7 @@ from ..store.protocol import BreakerStore
 from ..store.records import BreakerEventRecord, BreakerRecord
 
 log = logging.getLogger("tradeguard.admin")
+events_log = logging.getLogger("tradeguard.breakers")
 
 RECENT_EVENTS_KEPT = 1000  # listed from memory while persistence is off (memory only)
 MEMORY_CURSOR = "mem:"
@@ -82,9 +83,13 @@ class BreakerService:
     # ---- events ---------------------------------------------------------------------------------
 
     def on_state_changed(self, event: StateChanged) -> None:
-        """Engine listener: record every breaker firing of the change."""
+        """Engine listener: record every breaker firing of the change. A row that cannot be queued is logged and
+        the others are still recorded: a firing's pause is in force either way."""
         for firing in event.firings:
-            self.record_event(firing)
+            try:
+                self.record_event(firing)
+            except Exception:
+                events_log.exception("recording the event of breaker %s failed", firing.breaker_id)
 
     def record_event(self, firing: Firing) -> None:
         """Queue the circuit_breaker_events row (never dropped), and keep the latest events in memory for
