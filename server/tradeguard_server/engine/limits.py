@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from .types import TradingState
+from .types import TradingState, TradingWindow
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +20,10 @@ class SymbolLimits:
     max_leverage: float | None = None
     position_max_drawdown_percentage: float | None = None
     risk_per_trade_percentage: float | None = None
+    max_order_quantity: float | None = None
+    max_position_quantity: float | None = None
+    max_open_orders: int | None = None
+    price_collar_percentage: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +51,21 @@ class Limits:
     max_orders_per_window: int | None = None
     order_rate_window_seconds: int = 60
     correlation_groups: tuple[tuple[str, frozenset[str]], ...] = ()
+    # Pre-trade controls (issue 16): each None / empty = not configured (its check is SKIPPED).
+    max_order_quantity: float | None = None
+    max_position_quantity: float | None = None
+    max_open_orders: int | None = None
+    price_collar_percentage: float | None = None
+    reference_price_max_age_seconds: int = 60
+    duplicate_order_window_ms: int | None = None
+    allowed_symbols: frozenset[str] = frozenset()
+    blocked_symbols: frozenset[str] = frozenset()
+    trading_windows: tuple[TradingWindow, ...] = ()
+    max_daily_notional: float | None = None
+    max_daily_orders: int | None = None
+    max_fills_per_window: int | None = None
+    fill_window_seconds: int = 60
+    pending_order_ttl_seconds: int = 60
     symbols: dict[str, SymbolLimits] = field(default_factory=dict)
 
     def for_symbol(self, symbol: str) -> SymbolLimits | None:

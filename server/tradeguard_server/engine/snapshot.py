@@ -18,6 +18,7 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from .orders import rebuild_pending
 from .state import (
     INF,
     ORDER_TIMES_KEPT,
@@ -28,7 +29,7 @@ from .state import (
     PauseTerms,
     TraderState,
 )
-from .types import ClosedTrade, DecisionCode, Position, SymbolStats, TradingState
+from .types import ClosedTrade, DecisionCode, PendingOrder, Position, SymbolStats, TradingState
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +80,10 @@ class StateRecord(DerivedState[PauseRecord]):
     recent_trades: tuple[ClosedTrade, ...] = ()  # by closed_at (ties as reported); for streaks and breaker windows
     order_times: tuple[float, ...] = ()  # not written any more (memory only); rows of older versions may have some
     breaker_episodes: tuple[tuple[str, str], ...] = ()  # (breaker id, rule) of the episodes in progress
+    pending_orders: tuple[PendingOrder, ...] = ()  # allowed, not finished (oldest first)
+    finished_orders: tuple[PendingOrder, ...] = ()  # the latest finished ones (oldest first)
+    daily_order_notional: float = 0.0
+    daily_orders: int = 0
     updated_at: float = 0.0
     version: int = 0
 
@@ -107,6 +112,10 @@ def to_record(st: TraderState) -> StateRecord:
         ),
         recent_trades=tuple(st.recent_trades),
         breaker_episodes=tuple(st.breaker_episodes.items()) if st.breaker_episodes else (),
+        pending_orders=tuple(st.orders.values()) if st.orders else (),
+        finished_orders=tuple(st.finished_orders.values()) if st.finished_orders else (),
+        daily_order_notional=st.daily_order_notional,
+        daily_orders=st.daily_orders,
         updated_at=st.updated_at,
         version=st.version,
     )
@@ -125,7 +134,7 @@ def from_record(rec: StateRecord, seen_trade_ids: Iterable[str] = ()) -> TraderS
     seen: OrderedDict[str, None] = OrderedDict((tid, None) for tid in seen_trade_ids)
     while len(seen) > SEEN_TRADE_IDS_KEPT:
         seen.popitem(last=False)
-    return TraderState(
+    st = TraderState(
         trader_id=rec.trader_id,
         account_id=rec.account_id,
         equity_reported=rec.equity_reported,
@@ -148,6 +157,12 @@ def from_record(rec: StateRecord, seen_trade_ids: Iterable[str] = ()) -> TraderS
         breaker_episodes=dict(rec.breaker_episodes),
         seen_trade_ids=seen,
         symbol_stats={s.symbol: SymbolStats(s.trades, s.wins, s.losses, s.realized_pnl) for s in rec.symbol_stats},
+        orders={o.client_order_id: o for o in rec.pending_orders},
+        finished_orders=OrderedDict((o.client_order_id, o) for o in rec.finished_orders),
+        daily_order_notional=rec.daily_order_notional,
+        daily_orders=rec.daily_orders,
         updated_at=rec.updated_at,
         version=rec.version,
     )
+    rebuild_pending(st)
+    return st

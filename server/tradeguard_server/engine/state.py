@@ -29,6 +29,7 @@ from .types import (
     ClosedTrade,
     DecisionCode,
     OrderIntent,
+    PendingOrder,
     Position,
     RequiredAction,
     SymbolStats,
@@ -43,6 +44,20 @@ RECENT_TRADES_KEPT = 500
 ORDER_TIMES_KEPT = 10_001  # recent allowed orders (throttle and order_rate breakers count within windows)
 ORDER_IDS_KEPT = 1_000  # CanTrade answers remembered per trader by client_order_id (retries answer the same)
 ORDER_ID_TTL_S = 600.0  # ...each for at most this long
+FINISHED_ORDERS_KEPT = 64  # finished orders a trader remembers (repeated or late ReportOrder), persisted
+FILL_TIMES_KEPT = 10_001  # recent fills (max_fills_per_window)
+
+
+@dataclass(slots=True)
+class VenuePending:
+    """The unfilled quantity of a trader's pending orders on one (symbol, exchange), per side, kept up to date by
+    engine.orders so that a check never walks the orders."""
+
+    buy: float = 0.0
+    sell: float = 0.0
+    buy_notional: float = 0.0
+    sell_notional: float = 0.0
+    count: int = 0
 
 
 class PauseTerms:
@@ -145,6 +160,22 @@ class TraderState(DerivedState[Pause]):
     order_answers: OrderedDict[str, OrderAnswer] = field(
         default_factory=OrderedDict, repr=False, compare=False)
     symbol_stats: dict[str, SymbolStats] = field(default_factory=dict)
+    # The order lifecycle (engine.orders): orders allowed and not finished, by client_order_id (oldest first), and
+    # the latest finished ones (a repeated or late report is recognised). Persisted.
+    orders: dict[str, PendingOrder] = field(default_factory=dict)
+    finished_orders: OrderedDict[str, PendingOrder] = field(default_factory=OrderedDict)
+    # Sums of the orders allowed since day_start (max_daily_notional, max_daily_orders). Persisted.
+    daily_order_notional: float = 0.0
+    daily_orders: int = 0
+    # Memory only: the unfilled pending quantity per venue (orders.VenuePending, rebuilt from `orders`), fill times
+    # (max_fills_per_window), the last time each (symbol, side, quantity, price) was allowed (duplicate orders),
+    # and whether the last announced state was HALTED (cancel_all_orders goes out once per halt).
+    pending: dict[tuple[str, str], VenuePending] = field(default_factory=dict, repr=False, compare=False)
+    fill_times: deque[float] = field(default_factory=lambda: deque(maxlen=FILL_TIMES_KEPT), repr=False,
+                                     compare=False)
+    recent_orders: OrderedDict[tuple[str, int, float, float], float] = field(
+        default_factory=OrderedDict, repr=False, compare=False)
+    halted_announced: bool = field(default=False, repr=False, compare=False)
     # Circuit-breaker episodes in progress: breaker id -> the rule it fired under (see breakers.evaluator).
     breaker_episodes: dict[str, str] = field(default_factory=dict)
     updated_at: float = 0.0
@@ -166,6 +197,7 @@ def roll_periods(st: TraderState, now: float, reset_offset_s: float) -> bool:
     rolled = False
     if day != st.day_start:
         st.day_start, st.day_start_equity, rolled = day, st.current_equity, True
+        st.daily_order_notional, st.daily_orders = 0.0, 0
     if week != st.week_start:
         st.week_start, st.week_start_equity, rolled = week, st.current_equity, True
     if month != st.month_start:

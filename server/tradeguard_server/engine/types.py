@@ -36,6 +36,7 @@ class ActionType(IntEnum):
     PAUSE_TRADING = 2
     REDUCE_ONLY = 3
     ALERT = 4
+    CANCEL_ALL_ORDERS = 5
 
 
 class DecisionCode(IntEnum):
@@ -59,6 +60,33 @@ class DecisionCode(IntEnum):
     SIDECAR_UNAVAILABLE = 17
     STATE_NOT_LOADED = 18
     INVALID_RESPONSE = 19
+    ORDER_QUANTITY_LIMIT = 20
+    POSITION_QUANTITY_LIMIT = 21
+    OPEN_ORDERS_LIMIT = 22
+    PRICE_COLLAR = 23
+    NO_REFERENCE_PRICE = 24
+    DUPLICATE_ORDER = 25
+    SYMBOL_NOT_ALLOWED = 26
+    OUTSIDE_TRADING_WINDOW = 27
+    DAILY_NOTIONAL_LIMIT = 28
+    DAILY_ORDERS_LIMIT = 29
+    FILL_RATE_LIMIT = 30
+
+
+class OrderStatus(IntEnum):
+    """Where an allowed order stands (proto OrderStatus). ALLOWED: nothing reported yet (server only)."""
+
+    ALLOWED = 1
+    ACCEPTED = 2
+    PARTIALLY_FILLED = 3
+    FILLED = 4
+    CANCELLED = 5
+    REJECTED = 6
+    EXPIRED = 7
+
+    @property
+    def final(self) -> bool:
+        return self >= OrderStatus.FILLED
 
 
 @dataclass(slots=True)
@@ -134,6 +162,55 @@ class Position:
         return percent_lost(self.loss_fraction)
 
 
+@dataclass(frozen=True, slots=True)
+class PendingOrder:
+    """An order CanTrade allowed that may still fill (engine.orders). Immutable: a report replaces it.
+
+    `quantity` and `price` are the order's; `filled` is the cumulative quantity filled (ReportOrder) and `avg_price`
+    its average price. `reducing`: the order only shrank a known position when it was allowed, so it adds no
+    exposure (it still uses up the position it reduces). `expires_at`: released when nothing more is reported
+    by then (pending_order_ttl_seconds after the last report).
+    """
+
+    client_order_id: str
+    symbol: str
+    exchange: str
+    side: Side
+    quantity: float
+    price: float
+    allowed_at: float
+    expires_at: float
+    filled: float = 0.0
+    avg_price: float = 0.0
+    status: OrderStatus = OrderStatus.ALLOWED
+    reducing: bool = False
+
+    @property
+    def remaining(self) -> float:
+        """Quantity that may still fill (0 once final)."""
+        return 0.0 if self.status.final else max(0.0, self.quantity - self.filled)
+
+
+@dataclass(frozen=True, slots=True)
+class PriceMark:
+    """A reference price for a symbol (price collars), observed at `at` (epoch seconds)."""
+
+    symbol: str
+    price: float
+    at: float
+    exchange: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TradingWindow:
+    """A UTC window of the week in which new exposure is allowed: ISO `weekdays` (empty = every day), minutes of
+    the day [start, end); an end at or before the start runs past midnight into the next day."""
+
+    weekdays: frozenset[int]
+    start_minute: int
+    end_minute: int
+
+
 @dataclass(slots=True)
 class CheckResult:
     """One rule evaluated for a decision."""
@@ -155,6 +232,7 @@ class RequiredAction:
     exchange: str = ""
     reason: str = ""
     breaker_id: str = ""
+    client_order_ids: tuple[str, ...] = ()  # CANCEL_ALL_ORDERS: the trader's pending orders
 
 
 @dataclass(slots=True)

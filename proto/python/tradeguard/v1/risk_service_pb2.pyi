@@ -357,6 +357,148 @@ class ReportPositionsResponse(_message.Message):
 Global___ReportPositionsResponse: _TypeAlias = ReportPositionsResponse  # noqa: Y015
 
 @_typing.final
+class ReportOrderRequest(_message.Message):
+    """ReportOrderRequest reports an order's status."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRADER_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_ORDER_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    FILLED_QUANTITY_FIELD_NUMBER: _builtins.int
+    AVERAGE_PRICE_FIELD_NUMBER: _builtins.int
+    trader_id: _builtins.str
+    """The trader id."""
+    account_id: _builtins.str
+    """The account id."""
+    client_order_id: _builtins.str
+    """The order's id, as CanTradeResponse.client_order_id returned it."""
+    status: _types_pb2.OrderStatus.ValueType
+    """ORDER_STATUS_ACCEPTED, _PARTIALLY_FILLED, _FILLED, _CANCELLED, _REJECTED or _EXPIRED."""
+    filled_quantity: _builtins.float
+    """Quantity filled so far, cumulative, base units; finite, >= 0 and <= the order's quantity."""
+    average_price: _builtins.float
+    """Average price of the fills so far; finite and >= 0 (0: the order's price is used)."""
+    def __init__(
+        self,
+        *,
+        trader_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        client_order_id: _builtins.str = ...,
+        status: _types_pb2.OrderStatus.ValueType = ...,
+        filled_quantity: _builtins.float = ...,
+        average_price: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "average_price", b"average_price", "client_order_id", b"client_order_id", "filled_quantity", b"filled_quantity", "status", b"status", "trader_id", b"trader_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportOrderRequest: _TypeAlias = ReportOrderRequest  # noqa: Y015
+
+@_typing.final
+class ReportOrderResponse(_message.Message):
+    """ReportOrderResponse returns the order and the state."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    ORDER_FIELD_NUMBER: _builtins.int
+    DUPLICATE_FIELD_NUMBER: _builtins.int
+    BREAKER_EVENTS_FIELD_NUMBER: _builtins.int
+    ACTIONS_FIELD_NUMBER: _builtins.int
+    duplicate: _builtins.bool
+    """True when the report changed nothing (a repeat, or older than what is known)."""
+    @_builtins.property
+    def state(self) -> _types_pb2.RiskState:
+        """The state after the report."""
+
+    @_builtins.property
+    def order(self) -> _types_pb2.PendingOrder:
+        """The order after the report."""
+
+    @_builtins.property
+    def breaker_events(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.CircuitBreakerEvent]:
+        """Breaker events fired by this report."""
+
+    @_builtins.property
+    def actions(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.RequiredAction]:
+        """What the bot must do now (cancel_all_orders when the fill throttle halted the trader)."""
+
+    def __init__(
+        self,
+        *,
+        state: _types_pb2.RiskState | None = ...,
+        order: _types_pb2.PendingOrder | None = ...,
+        duplicate: _builtins.bool = ...,
+        breaker_events: _abc.Iterable[_types_pb2.CircuitBreakerEvent] | None = ...,
+        actions: _abc.Iterable[_types_pb2.RequiredAction] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["order", b"order", "state", b"state"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "breaker_events", b"breaker_events", "duplicate", b"duplicate", "order", b"order", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportOrderResponse: _TypeAlias = ReportOrderResponse  # noqa: Y015
+
+@_typing.final
+class ReportPricesRequest(_message.Message):
+    """ReportPricesRequest reports reference prices."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRADER_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    PRICES_FIELD_NUMBER: _builtins.int
+    trader_id: _builtins.str
+    """The trader id."""
+    account_id: _builtins.str
+    """The account id."""
+    @_builtins.property
+    def prices(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.PriceMark]:
+        """The prices; 1-1,000 of them. A price older than the one known for its symbol is ignored."""
+
+    def __init__(
+        self,
+        *,
+        trader_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        prices: _abc.Iterable[_types_pb2.PriceMark] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "prices", b"prices", "trader_id", b"trader_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportPricesRequest: _TypeAlias = ReportPricesRequest  # noqa: Y015
+
+@_typing.final
+class ReportPricesResponse(_message.Message):
+    """ReportPricesResponse says how many prices were taken."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCEPTED_FIELD_NUMBER: _builtins.int
+    accepted: _builtins.int
+    """Prices that became the symbol's reference (the rest were older than the one known)."""
+    def __init__(
+        self,
+        *,
+        accepted: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportPricesResponse: _TypeAlias = ReportPricesResponse  # noqa: Y015
+
+@_typing.final
 class GetRiskStateRequest(_message.Message):
     """GetRiskStateRequest names a trader."""
 

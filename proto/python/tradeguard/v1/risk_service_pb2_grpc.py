@@ -60,6 +60,16 @@ class RiskServiceStub:
                 request_serializer=tradeguard_dot_v1_dot_risk__service__pb2.GetRiskStateRequest.SerializeToString,
                 response_deserializer=tradeguard_dot_v1_dot_risk__service__pb2.GetRiskStateResponse.FromString,
                 _registered_method=True)
+        self.ReportOrder = channel.unary_unary(
+                '/tradeguard.v1.RiskService/ReportOrder',
+                request_serializer=tradeguard_dot_v1_dot_risk__service__pb2.ReportOrderRequest.SerializeToString,
+                response_deserializer=tradeguard_dot_v1_dot_risk__service__pb2.ReportOrderResponse.FromString,
+                _registered_method=True)
+        self.ReportPrices = channel.unary_unary(
+                '/tradeguard.v1.RiskService/ReportPrices',
+                request_serializer=tradeguard_dot_v1_dot_risk__service__pb2.ReportPricesRequest.SerializeToString,
+                response_deserializer=tradeguard_dot_v1_dot_risk__service__pb2.ReportPricesResponse.FromString,
+                _registered_method=True)
         self.WatchRiskState = channel.unary_stream(
                 '/tradeguard.v1.RiskService/WatchRiskState',
                 request_serializer=tradeguard_dot_v1_dot_risk__service__pb2.WatchRiskStateRequest.SerializeToString,
@@ -106,6 +116,22 @@ class RiskServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportOrder(self, request, context):
+        """ReportOrder reports what happened to an order CanTrade allowed; idempotent (filled_quantity is cumulative)
+        and safe out of order (a final status is never undone; a smaller filled_quantity changes nothing).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportPrices(self, request, context):
+        """ReportPrices reports reference prices for price collars (symbols without a position; positions' marks
+        count too).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchRiskState(self, request, context):
         """WatchRiskState streams the current state at once, then every change and required action.
         """
@@ -140,6 +166,16 @@ def add_RiskServiceServicer_to_server(servicer, server):
                     servicer.GetRiskState,
                     request_deserializer=tradeguard_dot_v1_dot_risk__service__pb2.GetRiskStateRequest.FromString,
                     response_serializer=tradeguard_dot_v1_dot_risk__service__pb2.GetRiskStateResponse.SerializeToString,
+            ),
+            'ReportOrder': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportOrder,
+                    request_deserializer=tradeguard_dot_v1_dot_risk__service__pb2.ReportOrderRequest.FromString,
+                    response_serializer=tradeguard_dot_v1_dot_risk__service__pb2.ReportOrderResponse.SerializeToString,
+            ),
+            'ReportPrices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportPrices,
+                    request_deserializer=tradeguard_dot_v1_dot_risk__service__pb2.ReportPricesRequest.FromString,
+                    response_serializer=tradeguard_dot_v1_dot_risk__service__pb2.ReportPricesResponse.SerializeToString,
             ),
             'WatchRiskState': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchRiskState,
@@ -283,6 +319,60 @@ class RiskService:
             '/tradeguard.v1.RiskService/GetRiskState',
             tradeguard_dot_v1_dot_risk__service__pb2.GetRiskStateRequest.SerializeToString,
             tradeguard_dot_v1_dot_risk__service__pb2.GetRiskStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportOrder(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tradeguard.v1.RiskService/ReportOrder',
+            tradeguard_dot_v1_dot_risk__service__pb2.ReportOrderRequest.SerializeToString,
+            tradeguard_dot_v1_dot_risk__service__pb2.ReportOrderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportPrices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tradeguard.v1.RiskService/ReportPrices',
+            tradeguard_dot_v1_dot_risk__service__pb2.ReportPricesRequest.SerializeToString,
+            tradeguard_dot_v1_dot_risk__service__pb2.ReportPricesResponse.FromString,
             options,
             channel_credentials,
             insecure,

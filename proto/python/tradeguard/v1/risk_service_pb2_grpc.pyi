@@ -43,6 +43,14 @@ class RiskServiceStub:
     """ReportPositions reports a snapshot of all open positions (it replaces the previous snapshot)."""
     GetRiskState: _grpc.UnaryUnaryMultiCallable[_risk_service_pb2.GetRiskStateRequest, _risk_service_pb2.GetRiskStateResponse]
     """GetRiskState returns the trader's current risk state."""
+    ReportOrder: _grpc.UnaryUnaryMultiCallable[_risk_service_pb2.ReportOrderRequest, _risk_service_pb2.ReportOrderResponse]
+    """ReportOrder reports what happened to an order CanTrade allowed; idempotent (filled_quantity is cumulative)
+    and safe out of order (a final status is never undone; a smaller filled_quantity changes nothing).
+    """
+    ReportPrices: _grpc.UnaryUnaryMultiCallable[_risk_service_pb2.ReportPricesRequest, _risk_service_pb2.ReportPricesResponse]
+    """ReportPrices reports reference prices for price collars (symbols without a position; positions' marks
+    count too).
+    """
     WatchRiskState: _grpc.UnaryStreamMultiCallable[_risk_service_pb2.WatchRiskStateRequest, _risk_service_pb2.WatchRiskStateResponse]
     """WatchRiskState streams the current state at once, then every change and required action."""
 
@@ -61,6 +69,14 @@ class RiskServiceAsyncStub(RiskServiceStub):
     """ReportPositions reports a snapshot of all open positions (it replaces the previous snapshot)."""
     GetRiskState: _aio.UnaryUnaryMultiCallable[_risk_service_pb2.GetRiskStateRequest, _risk_service_pb2.GetRiskStateResponse]  # type: ignore[assignment]
     """GetRiskState returns the trader's current risk state."""
+    ReportOrder: _aio.UnaryUnaryMultiCallable[_risk_service_pb2.ReportOrderRequest, _risk_service_pb2.ReportOrderResponse]  # type: ignore[assignment]
+    """ReportOrder reports what happened to an order CanTrade allowed; idempotent (filled_quantity is cumulative)
+    and safe out of order (a final status is never undone; a smaller filled_quantity changes nothing).
+    """
+    ReportPrices: _aio.UnaryUnaryMultiCallable[_risk_service_pb2.ReportPricesRequest, _risk_service_pb2.ReportPricesResponse]  # type: ignore[assignment]
+    """ReportPrices reports reference prices for price collars (symbols without a position; positions' marks
+    count too).
+    """
     WatchRiskState: _aio.UnaryStreamMultiCallable[_risk_service_pb2.WatchRiskStateRequest, _risk_service_pb2.WatchRiskStateResponse]  # type: ignore[assignment]
     """WatchRiskState streams the current state at once, then every change and required action."""
 
@@ -106,6 +122,26 @@ class RiskServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_risk_service_pb2.GetRiskStateResponse, _abc.Awaitable[_risk_service_pb2.GetRiskStateResponse]]:
         """GetRiskState returns the trader's current risk state."""
+
+    @_abc_1.abstractmethod
+    def ReportOrder(
+        self,
+        request: _risk_service_pb2.ReportOrderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_risk_service_pb2.ReportOrderResponse, _abc.Awaitable[_risk_service_pb2.ReportOrderResponse]]:
+        """ReportOrder reports what happened to an order CanTrade allowed; idempotent (filled_quantity is cumulative)
+        and safe out of order (a final status is never undone; a smaller filled_quantity changes nothing).
+        """
+
+    @_abc_1.abstractmethod
+    def ReportPrices(
+        self,
+        request: _risk_service_pb2.ReportPricesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_risk_service_pb2.ReportPricesResponse, _abc.Awaitable[_risk_service_pb2.ReportPricesResponse]]:
+        """ReportPrices reports reference prices for price collars (symbols without a position; positions' marks
+        count too).
+        """
 
     @_abc_1.abstractmethod
     def WatchRiskState(

@@ -123,6 +123,31 @@ class _DecisionCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Decision
     """Set by clients only: the answer broke the protocol (an "allowed" with a code no server sends, an
     unknown code, or an undecodable body). Denied: whatever answered cannot allow.
     """
+    DECISION_CODE_ORDER_QUANTITY_LIMIT: _DecisionCode.ValueType  # 20
+    """The order's quantity (base units) is above max_order_quantity (the symbol's, else the account's)."""
+    DECISION_CODE_POSITION_QUANTITY_LIMIT: _DecisionCode.ValueType  # 21
+    """Net position plus pending orders in the symbol after the order would pass max_position_quantity (base units)."""
+    DECISION_CODE_OPEN_ORDERS_LIMIT: _DecisionCode.ValueType  # 22
+    """The trader already has max_open_orders pending orders (of the symbol, with a symbol override)."""
+    DECISION_CODE_PRICE_COLLAR: _DecisionCode.ValueType  # 23
+    """The order's price is further from the reference price than price_collar_percentage."""
+    DECISION_CODE_NO_REFERENCE_PRICE: _DecisionCode.ValueType  # 24
+    """A price collar is configured but the sidecar has no reference price for the symbol, or only one older than
+    reference_price_max_age_seconds: new exposure is denied (never silently skipped). Report prices with
+    ReportPositions marks or ReportPrices.
+    """
+    DECISION_CODE_DUPLICATE_ORDER: _DecisionCode.ValueType  # 25
+    """The same symbol, side, quantity and price as an order allowed within duplicate_order_window_ms."""
+    DECISION_CODE_SYMBOL_NOT_ALLOWED: _DecisionCode.ValueType  # 26
+    """The symbol is not in allowed_symbols, or is in blocked_symbols."""
+    DECISION_CODE_OUTSIDE_TRADING_WINDOW: _DecisionCode.ValueType  # 27
+    """Now is outside every configured trading window: no new exposure."""
+    DECISION_CODE_DAILY_NOTIONAL_LIMIT: _DecisionCode.ValueType  # 28
+    """The notional of the orders allowed since the day started would pass max_daily_notional."""
+    DECISION_CODE_DAILY_ORDERS_LIMIT: _DecisionCode.ValueType  # 29
+    """The orders allowed since the day started would pass max_daily_orders."""
+    DECISION_CODE_FILL_RATE_LIMIT: _DecisionCode.ValueType  # 30
+    """max_fills_per_window fills were reported within fill_window_seconds: HALTED until a person resumes."""
 
 class DecisionCode(_DecisionCode, metaclass=_DecisionCodeEnumTypeWrapper):
     """DecisionCode says, machine-readably, why a decision came out as it did.
@@ -173,7 +198,80 @@ DECISION_CODE_INVALID_RESPONSE: DecisionCode.ValueType  # 19
 """Set by clients only: the answer broke the protocol (an "allowed" with a code no server sends, an
 unknown code, or an undecodable body). Denied: whatever answered cannot allow.
 """
+DECISION_CODE_ORDER_QUANTITY_LIMIT: DecisionCode.ValueType  # 20
+"""The order's quantity (base units) is above max_order_quantity (the symbol's, else the account's)."""
+DECISION_CODE_POSITION_QUANTITY_LIMIT: DecisionCode.ValueType  # 21
+"""Net position plus pending orders in the symbol after the order would pass max_position_quantity (base units)."""
+DECISION_CODE_OPEN_ORDERS_LIMIT: DecisionCode.ValueType  # 22
+"""The trader already has max_open_orders pending orders (of the symbol, with a symbol override)."""
+DECISION_CODE_PRICE_COLLAR: DecisionCode.ValueType  # 23
+"""The order's price is further from the reference price than price_collar_percentage."""
+DECISION_CODE_NO_REFERENCE_PRICE: DecisionCode.ValueType  # 24
+"""A price collar is configured but the sidecar has no reference price for the symbol, or only one older than
+reference_price_max_age_seconds: new exposure is denied (never silently skipped). Report prices with
+ReportPositions marks or ReportPrices.
+"""
+DECISION_CODE_DUPLICATE_ORDER: DecisionCode.ValueType  # 25
+"""The same symbol, side, quantity and price as an order allowed within duplicate_order_window_ms."""
+DECISION_CODE_SYMBOL_NOT_ALLOWED: DecisionCode.ValueType  # 26
+"""The symbol is not in allowed_symbols, or is in blocked_symbols."""
+DECISION_CODE_OUTSIDE_TRADING_WINDOW: DecisionCode.ValueType  # 27
+"""Now is outside every configured trading window: no new exposure."""
+DECISION_CODE_DAILY_NOTIONAL_LIMIT: DecisionCode.ValueType  # 28
+"""The notional of the orders allowed since the day started would pass max_daily_notional."""
+DECISION_CODE_DAILY_ORDERS_LIMIT: DecisionCode.ValueType  # 29
+"""The orders allowed since the day started would pass max_daily_orders."""
+DECISION_CODE_FILL_RATE_LIMIT: DecisionCode.ValueType  # 30
+"""max_fills_per_window fills were reported within fill_window_seconds: HALTED until a person resumes."""
 Global___DecisionCode: _TypeAlias = DecisionCode  # noqa: Y015
+
+class _OrderStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OrderStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OrderStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ORDER_STATUS_UNSPECIFIED: _OrderStatus.ValueType  # 0
+    """Never sent by the server; rejected as input."""
+    ORDER_STATUS_ALLOWED: _OrderStatus.ValueType  # 1
+    """Allowed by CanTrade; nothing reported yet. Set by the server only."""
+    ORDER_STATUS_ACCEPTED: _OrderStatus.ValueType  # 2
+    """The venue accepted the order; it is working."""
+    ORDER_STATUS_PARTIALLY_FILLED: _OrderStatus.ValueType  # 3
+    """Part of the order filled (filled_quantity says how much, cumulatively); the rest is working."""
+    ORDER_STATUS_FILLED: _OrderStatus.ValueType  # 4
+    """The whole order filled. Final."""
+    ORDER_STATUS_CANCELLED: _OrderStatus.ValueType  # 5
+    """Cancelled (what filled before stays filled). Final."""
+    ORDER_STATUS_REJECTED: _OrderStatus.ValueType  # 6
+    """The venue rejected it; nothing filled. Final."""
+    ORDER_STATUS_EXPIRED: _OrderStatus.ValueType  # 7
+    """Expired at the venue (what filled before stays filled). Final. The sidecar also releases an order nobody
+    reported on for pending_order_ttl_seconds.
+    """
+
+class OrderStatus(_OrderStatus, metaclass=_OrderStatusEnumTypeWrapper):
+    """OrderStatus is where an order allowed by CanTrade stands, as the bot reports it with ReportOrder."""
+
+ORDER_STATUS_UNSPECIFIED: OrderStatus.ValueType  # 0
+"""Never sent by the server; rejected as input."""
+ORDER_STATUS_ALLOWED: OrderStatus.ValueType  # 1
+"""Allowed by CanTrade; nothing reported yet. Set by the server only."""
+ORDER_STATUS_ACCEPTED: OrderStatus.ValueType  # 2
+"""The venue accepted the order; it is working."""
+ORDER_STATUS_PARTIALLY_FILLED: OrderStatus.ValueType  # 3
+"""Part of the order filled (filled_quantity says how much, cumulatively); the rest is working."""
+ORDER_STATUS_FILLED: OrderStatus.ValueType  # 4
+"""The whole order filled. Final."""
+ORDER_STATUS_CANCELLED: OrderStatus.ValueType  # 5
+"""Cancelled (what filled before stays filled). Final."""
+ORDER_STATUS_REJECTED: OrderStatus.ValueType  # 6
+"""The venue rejected it; nothing filled. Final."""
+ORDER_STATUS_EXPIRED: OrderStatus.ValueType  # 7
+"""Expired at the venue (what filled before stays filled). Final. The sidecar also releases an order nobody
+reported on for pending_order_ttl_seconds.
+"""
+Global___OrderStatus: _TypeAlias = OrderStatus  # noqa: Y015
 
 class _CheckStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -219,6 +317,10 @@ class _ActionTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ActionType
     """Only exposure-reducing orders are allowed (REDUCING)."""
     ACTION_TYPE_ALERT: _ActionType.ValueType  # 4
     """Informational: a rule fired; nothing is enforced."""
+    ACTION_TYPE_CANCEL_ALL_ORDERS: _ActionType.ValueType  # 5
+    """Cancel every working order at the venue now (the trader was HALTED): client_order_ids lists the pending
+    orders the sidecar knows of. They stay counted until reported cancelled (ReportOrder) or expired.
+    """
 
 class ActionType(_ActionType, metaclass=_ActionTypeEnumTypeWrapper):
     """ActionType is what the bot is asked to do, or what a circuit breaker does."""
@@ -233,6 +335,10 @@ ACTION_TYPE_REDUCE_ONLY: ActionType.ValueType  # 3
 """Only exposure-reducing orders are allowed (REDUCING)."""
 ACTION_TYPE_ALERT: ActionType.ValueType  # 4
 """Informational: a rule fired; nothing is enforced."""
+ACTION_TYPE_CANCEL_ALL_ORDERS: ActionType.ValueType  # 5
+"""Cancel every working order at the venue now (the trader was HALTED): client_order_ids lists the pending
+orders the sidecar knows of. They stay counted until reported cancelled (ReportOrder) or expired.
+"""
 Global___ActionType: _TypeAlias = ActionType  # noqa: Y015
 
 @_typing.final
@@ -277,7 +383,8 @@ class OrderIntent(_message.Message):
     """The bot's id for this order (1-128 characters of [A-Za-z0-9._:@/-]); optional. A CanTrade repeated with
     the same client_order_id for the same trader (a retry after a lost answer) gets the first decision again
     and is not counted twice. When empty the sidecar makes one and returns it in
-    CanTradeResponse.client_order_id.
+    CanTradeResponse.client_order_id. An allowed order becomes a pending order under this id: report what
+    happens to it with RiskService.ReportOrder.
     """
     def __init__(
         self,
@@ -404,6 +511,7 @@ class RequiredAction(_message.Message):
     EXCHANGE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     BREAKER_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_ORDER_IDS_FIELD_NUMBER: _builtins.int
     type: Global___ActionType.ValueType
     """What to do."""
     symbol: _builtins.str
@@ -414,6 +522,10 @@ class RequiredAction(_message.Message):
     """Why, with the numbers."""
     breaker_id: _builtins.str
     """The circuit breaker that asked for it, if any."""
+    @_builtins.property
+    def client_order_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """For ACTION_TYPE_CANCEL_ALL_ORDERS: the trader's pending orders."""
+
     def __init__(
         self,
         *,
@@ -422,14 +534,157 @@ class RequiredAction(_message.Message):
         exchange: _builtins.str = ...,
         reason: _builtins.str = ...,
         breaker_id: _builtins.str = ...,
+        client_order_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["breaker_id", b"breaker_id", "exchange", b"exchange", "reason", b"reason", "symbol", b"symbol", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breaker_id", b"breaker_id", "client_order_ids", b"client_order_ids", "exchange", b"exchange", "reason", b"reason", "symbol", b"symbol", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RequiredAction: _TypeAlias = RequiredAction  # noqa: Y015
+
+@_typing.final
+class PendingOrder(_message.Message):
+    """PendingOrder is an order allowed by CanTrade that may still fill: until it is reported finished (ReportOrder)
+    or released after pending_order_ttl_seconds, its unfilled quantity counts in every exposure check as if filled.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENT_ORDER_ID_FIELD_NUMBER: _builtins.int
+    SYMBOL_FIELD_NUMBER: _builtins.int
+    EXCHANGE_FIELD_NUMBER: _builtins.int
+    SIDE_FIELD_NUMBER: _builtins.int
+    QUANTITY_FIELD_NUMBER: _builtins.int
+    PRICE_FIELD_NUMBER: _builtins.int
+    FILLED_QUANTITY_FIELD_NUMBER: _builtins.int
+    AVERAGE_PRICE_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    REDUCING_FIELD_NUMBER: _builtins.int
+    ALLOWED_AT_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    client_order_id: _builtins.str
+    """The bot's id for the order (or the one the sidecar made)."""
+    symbol: _builtins.str
+    """Instrument."""
+    exchange: _builtins.str
+    """Venue; empty when the order named none."""
+    side: Global___Side.ValueType
+    """SIDE_BUY or SIDE_SELL."""
+    quantity: _builtins.float
+    """Order quantity in base units."""
+    price: _builtins.float
+    """The order's price when it was allowed."""
+    filled_quantity: _builtins.float
+    """Quantity filled so far (cumulative, from ReportOrder)."""
+    average_price: _builtins.float
+    """Average fill price so far; 0 before any fill."""
+    status: Global___OrderStatus.ValueType
+    """Where the order stands."""
+    reducing: _builtins.bool
+    """True when the order only reduced a known position when it was allowed (it adds no exposure)."""
+    @_builtins.property
+    def allowed_at(self) -> _timestamp_pb2.Timestamp:
+        """When CanTrade allowed it."""
+
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When it is released if nothing more is reported on it (pending_order_ttl_seconds after the last report)."""
+
+    def __init__(
+        self,
+        *,
+        client_order_id: _builtins.str = ...,
+        symbol: _builtins.str = ...,
+        exchange: _builtins.str = ...,
+        side: Global___Side.ValueType = ...,
+        quantity: _builtins.float = ...,
+        price: _builtins.float = ...,
+        filled_quantity: _builtins.float = ...,
+        average_price: _builtins.float = ...,
+        status: Global___OrderStatus.ValueType = ...,
+        reducing: _builtins.bool = ...,
+        allowed_at: _timestamp_pb2.Timestamp | None = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["allowed_at", b"allowed_at", "expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_at", b"allowed_at", "average_price", b"average_price", "client_order_id", b"client_order_id", "exchange", b"exchange", "expires_at", b"expires_at", "filled_quantity", b"filled_quantity", "price", b"price", "quantity", b"quantity", "reducing", b"reducing", "side", b"side", "status", b"status", "symbol", b"symbol"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PendingOrder: _TypeAlias = PendingOrder  # noqa: Y015
+
+@_typing.final
+class PriceMark(_message.Message):
+    """PriceMark is a reference price for a symbol (for price collars)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SYMBOL_FIELD_NUMBER: _builtins.int
+    EXCHANGE_FIELD_NUMBER: _builtins.int
+    PRICE_FIELD_NUMBER: _builtins.int
+    OBSERVED_AT_FIELD_NUMBER: _builtins.int
+    symbol: _builtins.str
+    """Instrument, e.g. "BTCUSDT"."""
+    exchange: _builtins.str
+    """Venue; optional (collars look the price up by symbol)."""
+    price: _builtins.float
+    """The price; finite and > 0."""
+    @_builtins.property
+    def observed_at(self) -> _timestamp_pb2.Timestamp:
+        """When the price was observed; unset means now."""
+
+    def __init__(
+        self,
+        *,
+        symbol: _builtins.str = ...,
+        exchange: _builtins.str = ...,
+        price: _builtins.float = ...,
+        observed_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["observed_at", b"observed_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exchange", b"exchange", "observed_at", b"observed_at", "price", b"price", "symbol", b"symbol"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PriceMark: _TypeAlias = PriceMark  # noqa: Y015
+
+@_typing.final
+class TradingWindow(_message.Message):
+    """TradingWindow is a UTC time window in which new exposure is allowed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEEKDAYS_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    start: _builtins.str
+    """Start time of day, UTC, "HH:MM" (inclusive)."""
+    end: _builtins.str
+    """End time of day, UTC, "HH:MM" (exclusive); "24:00" is the end of the day. An end before the start crosses
+    midnight into the next day.
+    """
+    @_builtins.property
+    def weekdays(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """ISO weekdays it applies to, 1 = Monday ... 7 = Sunday; empty means every day."""
+
+    def __init__(
+        self,
+        *,
+        weekdays: _abc.Iterable[_builtins.int] | None = ...,
+        start: _builtins.str = ...,
+        end: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start", "weekdays", b"weekdays"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TradingWindow: _TypeAlias = TradingWindow  # noqa: Y015
 
 @_typing.final
 class RiskState(_message.Message):
@@ -461,6 +716,9 @@ class RiskState(_message.Message):
     EQUITY_REPORTED_FIELD_NUMBER: _builtins.int
     CONFIG_ID_FIELD_NUMBER: _builtins.int
     POSITIONS_FIELD_NUMBER: _builtins.int
+    PENDING_ORDERS_FIELD_NUMBER: _builtins.int
+    DAILY_ORDER_NOTIONAL_FIELD_NUMBER: _builtins.int
+    DAILY_ORDERS_FIELD_NUMBER: _builtins.int
     trader_id: _builtins.str
     """The trader (bot) id."""
     account_id: _builtins.str
@@ -501,6 +759,10 @@ class RiskState(_message.Message):
     """True once an equity report was received."""
     config_id: _builtins.str
     """The configuration in force for the account; empty means the settings' defaults."""
+    daily_order_notional: _builtins.float
+    """Notional of the orders allowed since the day started (max_daily_notional)."""
+    daily_orders: _builtins.int
+    """Orders allowed since the day started (max_daily_orders)."""
     @_builtins.property
     def paused_until(self) -> _timestamp_pb2.Timestamp:
         """When the current pause ends; unset when not paused or paused until resumed."""
@@ -515,7 +777,11 @@ class RiskState(_message.Message):
 
     @_builtins.property
     def positions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Position]:
-        """Last reported open positions."""
+        """Last reported open positions (moved by fills reported with ReportOrder until the next ReportPositions)."""
+
+    @_builtins.property
+    def pending_orders(self) -> _containers.RepeatedCompositeFieldContainer[Global___PendingOrder]:
+        """Orders allowed and not yet finished: they count in the exposure checks as if filled."""
 
     def __init__(
         self,
@@ -544,10 +810,13 @@ class RiskState(_message.Message):
         equity_reported: _builtins.bool = ...,
         config_id: _builtins.str = ...,
         positions: _abc.Iterable[Global___Position] | None = ...,
+        pending_orders: _abc.Iterable[Global___PendingOrder] | None = ...,
+        daily_order_notional: _builtins.float = ...,
+        daily_orders: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_equity_at", b"last_equity_at", "paused_until", b"paused_until", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "config_id", b"config_id", "consecutive_losses", b"consecutive_losses", "current_equity", b"current_equity", "daily_pnl", b"daily_pnl", "daily_pnl_pct", b"daily_pnl_pct", "day_start_equity", b"day_start_equity", "drawdown_pct", b"drawdown_pct", "equity_reported", b"equity_reported", "last_equity_at", b"last_equity_at", "month_start_equity", b"month_start_equity", "monthly_pnl", b"monthly_pnl", "monthly_pnl_pct", b"monthly_pnl_pct", "pause_code", b"pause_code", "pause_reason", b"pause_reason", "paused_until", b"paused_until", "peak_equity", b"peak_equity", "positions", b"positions", "trader_id", b"trader_id", "trading_state", b"trading_state", "updated_at", b"updated_at", "week_start_equity", b"week_start_equity", "weekly_pnl", b"weekly_pnl", "weekly_pnl_pct", b"weekly_pnl_pct"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "config_id", b"config_id", "consecutive_losses", b"consecutive_losses", "current_equity", b"current_equity", "daily_order_notional", b"daily_order_notional", "daily_orders", b"daily_orders", "daily_pnl", b"daily_pnl", "daily_pnl_pct", b"daily_pnl_pct", "day_start_equity", b"day_start_equity", "drawdown_pct", b"drawdown_pct", "equity_reported", b"equity_reported", "last_equity_at", b"last_equity_at", "month_start_equity", b"month_start_equity", "monthly_pnl", b"monthly_pnl", "monthly_pnl_pct", b"monthly_pnl_pct", "pause_code", b"pause_code", "pause_reason", b"pause_reason", "paused_until", b"paused_until", "peak_equity", b"peak_equity", "pending_orders", b"pending_orders", "positions", b"positions", "trader_id", b"trader_id", "trading_state", b"trading_state", "updated_at", b"updated_at", "week_start_equity", b"week_start_equity", "weekly_pnl", b"weekly_pnl", "weekly_pnl_pct", b"weekly_pnl_pct"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -601,6 +870,10 @@ class SymbolRiskConfiguration(_message.Message):
     MAX_LEVERAGE_FIELD_NUMBER: _builtins.int
     POSITION_MAX_DRAWDOWN_PERCENTAGE_FIELD_NUMBER: _builtins.int
     RISK_PER_TRADE_PERCENTAGE_FIELD_NUMBER: _builtins.int
+    MAX_ORDER_QUANTITY_FIELD_NUMBER: _builtins.int
+    MAX_POSITION_QUANTITY_FIELD_NUMBER: _builtins.int
+    MAX_OPEN_ORDERS_FIELD_NUMBER: _builtins.int
+    PRICE_COLLAR_PERCENTAGE_FIELD_NUMBER: _builtins.int
     symbol: _builtins.str
     """Instrument, e.g. "BTCUSDT"; unique within a configuration."""
     max_position_size_percentage: _builtins.float
@@ -611,6 +884,14 @@ class SymbolRiskConfiguration(_message.Message):
     """An open position losing more than this percent of its entry notional -> close_position; in (0, 100]."""
     risk_per_trade_percentage: _builtins.float
     """|price - stop| x quantity <= this percent of equity; in (0, 100]."""
+    max_order_quantity: _builtins.float
+    """Max quantity of one order, base units; > 0."""
+    max_position_quantity: _builtins.float
+    """Max net position plus pending orders in the symbol after an order, base units; > 0."""
+    max_open_orders: _builtins.int
+    """Max pending orders of the trader in this symbol; >= 1."""
+    price_collar_percentage: _builtins.float
+    """|order price - reference price| <= this percent of the reference; in (0, 100]."""
     def __init__(
         self,
         *,
@@ -619,25 +900,45 @@ class SymbolRiskConfiguration(_message.Message):
         max_leverage: _builtins.float | None = ...,
         position_max_drawdown_percentage: _builtins.float | None = ...,
         risk_per_trade_percentage: _builtins.float | None = ...,
+        max_order_quantity: _builtins.float | None = ...,
+        max_position_quantity: _builtins.float | None = ...,
+        max_open_orders: _builtins.int | None = ...,
+        price_collar_percentage: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_leverage", b"_max_leverage", "_max_position_size_percentage", b"_max_position_size_percentage", "_position_max_drawdown_percentage", b"_position_max_drawdown_percentage", "_risk_per_trade_percentage", b"_risk_per_trade_percentage", "max_leverage", b"max_leverage", "max_position_size_percentage", b"max_position_size_percentage", "position_max_drawdown_percentage", b"position_max_drawdown_percentage", "risk_per_trade_percentage", b"risk_per_trade_percentage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_leverage", b"_max_leverage", "_max_open_orders", b"_max_open_orders", "_max_order_quantity", b"_max_order_quantity", "_max_position_quantity", b"_max_position_quantity", "_max_position_size_percentage", b"_max_position_size_percentage", "_position_max_drawdown_percentage", b"_position_max_drawdown_percentage", "_price_collar_percentage", b"_price_collar_percentage", "_risk_per_trade_percentage", b"_risk_per_trade_percentage", "max_leverage", b"max_leverage", "max_open_orders", b"max_open_orders", "max_order_quantity", b"max_order_quantity", "max_position_quantity", b"max_position_quantity", "max_position_size_percentage", b"max_position_size_percentage", "position_max_drawdown_percentage", b"position_max_drawdown_percentage", "price_collar_percentage", b"price_collar_percentage", "risk_per_trade_percentage", b"risk_per_trade_percentage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_leverage", b"_max_leverage", "_max_position_size_percentage", b"_max_position_size_percentage", "_position_max_drawdown_percentage", b"_position_max_drawdown_percentage", "_risk_per_trade_percentage", b"_risk_per_trade_percentage", "max_leverage", b"max_leverage", "max_position_size_percentage", b"max_position_size_percentage", "position_max_drawdown_percentage", b"position_max_drawdown_percentage", "risk_per_trade_percentage", b"risk_per_trade_percentage", "symbol", b"symbol"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_leverage", b"_max_leverage", "_max_open_orders", b"_max_open_orders", "_max_order_quantity", b"_max_order_quantity", "_max_position_quantity", b"_max_position_quantity", "_max_position_size_percentage", b"_max_position_size_percentage", "_position_max_drawdown_percentage", b"_position_max_drawdown_percentage", "_price_collar_percentage", b"_price_collar_percentage", "_risk_per_trade_percentage", b"_risk_per_trade_percentage", "max_leverage", b"max_leverage", "max_open_orders", b"max_open_orders", "max_order_quantity", b"max_order_quantity", "max_position_quantity", b"max_position_quantity", "max_position_size_percentage", b"max_position_size_percentage", "position_max_drawdown_percentage", b"position_max_drawdown_percentage", "price_collar_percentage", b"price_collar_percentage", "risk_per_trade_percentage", b"risk_per_trade_percentage", "symbol", b"symbol"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_leverage: _TypeAlias = _typing.Literal["max_leverage"]  # noqa: Y015
     _WhichOneofArgType__max_leverage: _TypeAlias = _typing.Literal["_max_leverage", b"_max_leverage"]  # noqa: Y015
+    _WhichOneofReturnType__max_open_orders: _TypeAlias = _typing.Literal["max_open_orders"]  # noqa: Y015
+    _WhichOneofArgType__max_open_orders: _TypeAlias = _typing.Literal["_max_open_orders", b"_max_open_orders"]  # noqa: Y015
+    _WhichOneofReturnType__max_order_quantity: _TypeAlias = _typing.Literal["max_order_quantity"]  # noqa: Y015
+    _WhichOneofArgType__max_order_quantity: _TypeAlias = _typing.Literal["_max_order_quantity", b"_max_order_quantity"]  # noqa: Y015
+    _WhichOneofReturnType__max_position_quantity: _TypeAlias = _typing.Literal["max_position_quantity"]  # noqa: Y015
+    _WhichOneofArgType__max_position_quantity: _TypeAlias = _typing.Literal["_max_position_quantity", b"_max_position_quantity"]  # noqa: Y015
     _WhichOneofReturnType__max_position_size_percentage: _TypeAlias = _typing.Literal["max_position_size_percentage"]  # noqa: Y015
     _WhichOneofArgType__max_position_size_percentage: _TypeAlias = _typing.Literal["_max_position_size_percentage", b"_max_position_size_percentage"]  # noqa: Y015
     _WhichOneofReturnType__position_max_drawdown_percentage: _TypeAlias = _typing.Literal["position_max_drawdown_percentage"]  # noqa: Y015
     _WhichOneofArgType__position_max_drawdown_percentage: _TypeAlias = _typing.Literal["_position_max_drawdown_percentage", b"_position_max_drawdown_percentage"]  # noqa: Y015
+    _WhichOneofReturnType__price_collar_percentage: _TypeAlias = _typing.Literal["price_collar_percentage"]  # noqa: Y015
+    _WhichOneofArgType__price_collar_percentage: _TypeAlias = _typing.Literal["_price_collar_percentage", b"_price_collar_percentage"]  # noqa: Y015
     _WhichOneofReturnType__risk_per_trade_percentage: _TypeAlias = _typing.Literal["risk_per_trade_percentage"]  # noqa: Y015
     _WhichOneofArgType__risk_per_trade_percentage: _TypeAlias = _typing.Literal["_risk_per_trade_percentage", b"_risk_per_trade_percentage"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_leverage) -> _WhichOneofReturnType__max_leverage | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_open_orders) -> _WhichOneofReturnType__max_open_orders | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_order_quantity) -> _WhichOneofReturnType__max_order_quantity | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_position_quantity) -> _WhichOneofReturnType__max_position_quantity | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_position_size_percentage) -> _WhichOneofReturnType__max_position_size_percentage | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__position_max_drawdown_percentage) -> _WhichOneofReturnType__position_max_drawdown_percentage | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__price_collar_percentage) -> _WhichOneofReturnType__price_collar_percentage | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__risk_per_trade_percentage) -> _WhichOneofReturnType__risk_per_trade_percentage | None: ...
 
@@ -705,6 +1006,20 @@ class RiskConfiguration(_message.Message):
     SYMBOL_CONFIGS_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    MAX_ORDER_QUANTITY_FIELD_NUMBER: _builtins.int
+    MAX_POSITION_QUANTITY_FIELD_NUMBER: _builtins.int
+    MAX_OPEN_ORDERS_FIELD_NUMBER: _builtins.int
+    PRICE_COLLAR_PERCENTAGE_FIELD_NUMBER: _builtins.int
+    REFERENCE_PRICE_MAX_AGE_SECONDS_FIELD_NUMBER: _builtins.int
+    DUPLICATE_ORDER_WINDOW_MS_FIELD_NUMBER: _builtins.int
+    ALLOWED_SYMBOLS_FIELD_NUMBER: _builtins.int
+    BLOCKED_SYMBOLS_FIELD_NUMBER: _builtins.int
+    TRADING_WINDOWS_FIELD_NUMBER: _builtins.int
+    MAX_DAILY_NOTIONAL_FIELD_NUMBER: _builtins.int
+    MAX_DAILY_ORDERS_FIELD_NUMBER: _builtins.int
+    MAX_FILLS_PER_WINDOW_FIELD_NUMBER: _builtins.int
+    FILL_WINDOW_SECONDS_FIELD_NUMBER: _builtins.int
+    PENDING_ORDER_TTL_SECONDS_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The account it applies to. Required."""
     config_id: _builtins.str
@@ -743,6 +1058,28 @@ class RiskConfiguration(_message.Message):
     """Max orders asked for in order_rate_window_seconds; >= 1."""
     order_rate_window_seconds: _builtins.int
     """Window of the order-rate throttle, seconds; >= 1."""
+    max_order_quantity: _builtins.float
+    """Max quantity of one order, base units; > 0 (symbol override)."""
+    max_position_quantity: _builtins.float
+    """Max net position plus pending orders in a symbol after an order, base units; > 0 (symbol override)."""
+    max_open_orders: _builtins.int
+    """Max pending orders of the trader; >= 1 (a symbol override limits that symbol's)."""
+    price_collar_percentage: _builtins.float
+    """|order price - reference price| <= this percent of the reference; in (0, 100] (symbol override)."""
+    reference_price_max_age_seconds: _builtins.int
+    """A reference price older than this is no reference (new exposure denied); >= 1, default 60."""
+    duplicate_order_window_ms: _builtins.int
+    """An order equal (symbol, side, quantity, price) to one allowed within this many ms is denied; >= 1."""
+    max_daily_notional: _builtins.float
+    """Max notional of the orders allowed since the day started, quote currency; > 0."""
+    max_daily_orders: _builtins.int
+    """Max orders allowed since the day started; >= 1."""
+    max_fills_per_window: _builtins.int
+    """This many fills reported within fill_window_seconds halt the trader until a person resumes it; >= 1."""
+    fill_window_seconds: _builtins.int
+    """Window of max_fills_per_window, seconds; >= 1, default 60."""
+    pending_order_ttl_seconds: _builtins.int
+    """An allowed order nothing is reported on for this long is released (no longer counted); >= 1, default 60."""
     @_builtins.property
     def market_regime_thresholds(self) -> _struct_pb2.Struct:
         """Volatility regime thresholds: {"high": x, "extreme": y}, numbers > 0, extreme > high.
@@ -764,6 +1101,18 @@ class RiskConfiguration(_message.Message):
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp:
         """Set by the server."""
+
+    @_builtins.property
+    def allowed_symbols(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only these symbols may be traded; empty means all."""
+
+    @_builtins.property
+    def blocked_symbols(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """These symbols may not be traded (exposure-reducing orders still pass)."""
+
+    @_builtins.property
+    def trading_windows(self) -> _containers.RepeatedCompositeFieldContainer[Global___TradingWindow]:
+        """New exposure only within these UTC windows; empty means always."""
 
     def __init__(
         self,
@@ -792,10 +1141,24 @@ class RiskConfiguration(_message.Message):
         symbol_configs: _abc.Iterable[Global___SymbolRiskConfiguration] | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        max_order_quantity: _builtins.float | None = ...,
+        max_position_quantity: _builtins.float | None = ...,
+        max_open_orders: _builtins.int | None = ...,
+        price_collar_percentage: _builtins.float | None = ...,
+        reference_price_max_age_seconds: _builtins.int | None = ...,
+        duplicate_order_window_ms: _builtins.int | None = ...,
+        allowed_symbols: _abc.Iterable[_builtins.str] | None = ...,
+        blocked_symbols: _abc.Iterable[_builtins.str] | None = ...,
+        trading_windows: _abc.Iterable[Global___TradingWindow] | None = ...,
+        max_daily_notional: _builtins.float | None = ...,
+        max_daily_orders: _builtins.int | None = ...,
+        max_fills_per_window: _builtins.int | None = ...,
+        fill_window_seconds: _builtins.int | None = ...,
+        pending_order_ttl_seconds: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_consecutive_loss_threshold", b"_consecutive_loss_threshold", "_cooling_off_period_minutes", b"_cooling_off_period_minutes", "_daily_max_drawdown_percentage", b"_daily_max_drawdown_percentage", "_max_correlated_exposure_percentage", b"_max_correlated_exposure_percentage", "_max_drawdown_percentage", b"_max_drawdown_percentage", "_max_order_notional", b"_max_order_notional", "_max_orders_per_window", b"_max_orders_per_window", "_max_position_size_percentage", b"_max_position_size_percentage", "_monthly_max_drawdown_percentage", b"_monthly_max_drawdown_percentage", "_order_rate_window_seconds", b"_order_rate_window_seconds", "_position_max_drawdown_percentage", b"_position_max_drawdown_percentage", "_position_trailing_stop_multiplier", b"_position_trailing_stop_multiplier", "_risk_per_trade_percentage", b"_risk_per_trade_percentage", "_stop_trading_minutes", b"_stop_trading_minutes", "_volatility_adjustment_factor", b"_volatility_adjustment_factor", "_weekly_max_drawdown_percentage", b"_weekly_max_drawdown_percentage", "consecutive_loss_threshold", b"consecutive_loss_threshold", "cooling_off_period_minutes", b"cooling_off_period_minutes", "created_at", b"created_at", "daily_max_drawdown_percentage", b"daily_max_drawdown_percentage", "market_regime_thresholds", b"market_regime_thresholds", "max_correlated_exposure_percentage", b"max_correlated_exposure_percentage", "max_drawdown_percentage", b"max_drawdown_percentage", "max_order_notional", b"max_order_notional", "max_orders_per_window", b"max_orders_per_window", "max_position_size_percentage", b"max_position_size_percentage", "monthly_max_drawdown_percentage", b"monthly_max_drawdown_percentage", "order_rate_window_seconds", b"order_rate_window_seconds", "position_max_drawdown_percentage", b"position_max_drawdown_percentage", "position_trailing_stop_multiplier", b"position_trailing_stop_multiplier", "risk_per_trade_percentage", b"risk_per_trade_percentage", "stop_trading_minutes", b"stop_trading_minutes", "updated_at", b"updated_at", "volatility_adjustment_factor", b"volatility_adjustment_factor", "weekly_max_drawdown_percentage", b"weekly_max_drawdown_percentage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_consecutive_loss_threshold", b"_consecutive_loss_threshold", "_cooling_off_period_minutes", b"_cooling_off_period_minutes", "_daily_max_drawdown_percentage", b"_daily_max_drawdown_percentage", "_duplicate_order_window_ms", b"_duplicate_order_window_ms", "_fill_window_seconds", b"_fill_window_seconds", "_max_correlated_exposure_percentage", b"_max_correlated_exposure_percentage", "_max_daily_notional", b"_max_daily_notional", "_max_daily_orders", b"_max_daily_orders", "_max_drawdown_percentage", b"_max_drawdown_percentage", "_max_fills_per_window", b"_max_fills_per_window", "_max_open_orders", b"_max_open_orders", "_max_order_notional", b"_max_order_notional", "_max_order_quantity", b"_max_order_quantity", "_max_orders_per_window", b"_max_orders_per_window", "_max_position_quantity", b"_max_position_quantity", "_max_position_size_percentage", b"_max_position_size_percentage", "_monthly_max_drawdown_percentage", b"_monthly_max_drawdown_percentage", "_order_rate_window_seconds", b"_order_rate_window_seconds", "_pending_order_ttl_seconds", b"_pending_order_ttl_seconds", "_position_max_drawdown_percentage", b"_position_max_drawdown_percentage", "_position_trailing_stop_multiplier", b"_position_trailing_stop_multiplier", "_price_collar_percentage", b"_price_collar_percentage", "_reference_price_max_age_seconds", b"_reference_price_max_age_seconds", "_risk_per_trade_percentage", b"_risk_per_trade_percentage", "_stop_trading_minutes", b"_stop_trading_minutes", "_volatility_adjustment_factor", b"_volatility_adjustment_factor", "_weekly_max_drawdown_percentage", b"_weekly_max_drawdown_percentage", "consecutive_loss_threshold", b"consecutive_loss_threshold", "cooling_off_period_minutes", b"cooling_off_period_minutes", "created_at", b"created_at", "daily_max_drawdown_percentage", b"daily_max_drawdown_percentage", "duplicate_order_window_ms", b"duplicate_order_window_ms", "fill_window_seconds", b"fill_window_seconds", "market_regime_thresholds", b"market_regime_thresholds", "max_correlated_exposure_percentage", b"max_correlated_exposure_percentage", "max_daily_notional", b"max_daily_notional", "max_daily_orders", b"max_daily_orders", "max_drawdown_percentage", b"max_drawdown_percentage", "max_fills_per_window", b"max_fills_per_window", "max_open_orders", b"max_open_orders", "max_order_notional", b"max_order_notional", "max_order_quantity", b"max_order_quantity", "max_orders_per_window", b"max_orders_per_window", "max_position_quantity", b"max_position_quantity", "max_position_size_percentage", b"max_position_size_percentage", "monthly_max_drawdown_percentage", b"monthly_max_drawdown_percentage", "order_rate_window_seconds", b"order_rate_window_seconds", "pending_order_ttl_seconds", b"pending_order_ttl_seconds", "position_max_drawdown_percentage", b"position_max_drawdown_percentage", "position_trailing_stop_multiplier", b"position_trailing_stop_multiplier", "price_collar_percentage", b"price_collar_percentage", "reference_price_max_age_seconds", b"reference_price_max_age_seconds", "risk_per_trade_percentage", b"risk_per_trade_percentage", "stop_trading_minutes", b"stop_trading_minutes", "updated_at", b"updated_at", "volatility_adjustment_factor", b"volatility_adjustment_factor", "weekly_max_drawdown_percentage", b"weekly_max_drawdown_percentage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_consecutive_loss_threshold", b"_consecutive_loss_threshold", "_cooling_off_period_minutes", b"_cooling_off_period_minutes", "_daily_max_drawdown_percentage", b"_daily_max_drawdown_percentage", "_max_correlated_exposure_percentage", b"_max_correlated_exposure_percentage", "_max_drawdown_percentage", b"_max_drawdown_percentage", "_max_order_notional", b"_max_order_notional", "_max_orders_per_window", b"_max_orders_per_window", "_max_position_size_percentage", b"_max_position_size_percentage", "_monthly_max_drawdown_percentage", b"_monthly_max_drawdown_percentage", "_order_rate_window_seconds", b"_order_rate_window_seconds", "_position_max_drawdown_percentage", b"_position_max_drawdown_percentage", "_position_trailing_stop_multiplier", b"_position_trailing_stop_multiplier", "_risk_per_trade_percentage", b"_risk_per_trade_percentage", "_stop_trading_minutes", b"_stop_trading_minutes", "_volatility_adjustment_factor", b"_volatility_adjustment_factor", "_weekly_max_drawdown_percentage", b"_weekly_max_drawdown_percentage", "account_id", b"account_id", "config_id", b"config_id", "consecutive_loss_threshold", b"consecutive_loss_threshold", "cooling_off_period_minutes", b"cooling_off_period_minutes", "correlation_groups", b"correlation_groups", "created_at", b"created_at", "daily_max_drawdown_percentage", b"daily_max_drawdown_percentage", "is_active", b"is_active", "market_regime_thresholds", b"market_regime_thresholds", "max_correlated_exposure_percentage", b"max_correlated_exposure_percentage", "max_drawdown_percentage", b"max_drawdown_percentage", "max_order_notional", b"max_order_notional", "max_orders_per_window", b"max_orders_per_window", "max_position_size_percentage", b"max_position_size_percentage", "monthly_max_drawdown_percentage", b"monthly_max_drawdown_percentage", "order_rate_window_seconds", b"order_rate_window_seconds", "position_max_drawdown_percentage", b"position_max_drawdown_percentage", "position_trailing_stop_multiplier", b"position_trailing_stop_multiplier", "risk_per_trade_percentage", b"risk_per_trade_percentage", "stop_trading_minutes", b"stop_trading_minutes", "symbol_configs", b"symbol_configs", "updated_at", b"updated_at", "volatility_adjustment_factor", b"volatility_adjustment_factor", "weekly_max_drawdown_percentage", b"weekly_max_drawdown_percentage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_consecutive_loss_threshold", b"_consecutive_loss_threshold", "_cooling_off_period_minutes", b"_cooling_off_period_minutes", "_daily_max_drawdown_percentage", b"_daily_max_drawdown_percentage", "_duplicate_order_window_ms", b"_duplicate_order_window_ms", "_fill_window_seconds", b"_fill_window_seconds", "_max_correlated_exposure_percentage", b"_max_correlated_exposure_percentage", "_max_daily_notional", b"_max_daily_notional", "_max_daily_orders", b"_max_daily_orders", "_max_drawdown_percentage", b"_max_drawdown_percentage", "_max_fills_per_window", b"_max_fills_per_window", "_max_open_orders", b"_max_open_orders", "_max_order_notional", b"_max_order_notional", "_max_order_quantity", b"_max_order_quantity", "_max_orders_per_window", b"_max_orders_per_window", "_max_position_quantity", b"_max_position_quantity", "_max_position_size_percentage", b"_max_position_size_percentage", "_monthly_max_drawdown_percentage", b"_monthly_max_drawdown_percentage", "_order_rate_window_seconds", b"_order_rate_window_seconds", "_pending_order_ttl_seconds", b"_pending_order_ttl_seconds", "_position_max_drawdown_percentage", b"_position_max_drawdown_percentage", "_position_trailing_stop_multiplier", b"_position_trailing_stop_multiplier", "_price_collar_percentage", b"_price_collar_percentage", "_reference_price_max_age_seconds", b"_reference_price_max_age_seconds", "_risk_per_trade_percentage", b"_risk_per_trade_percentage", "_stop_trading_minutes", b"_stop_trading_minutes", "_volatility_adjustment_factor", b"_volatility_adjustment_factor", "_weekly_max_drawdown_percentage", b"_weekly_max_drawdown_percentage", "account_id", b"account_id", "allowed_symbols", b"allowed_symbols", "blocked_symbols", b"blocked_symbols", "config_id", b"config_id", "consecutive_loss_threshold", b"consecutive_loss_threshold", "cooling_off_period_minutes", b"cooling_off_period_minutes", "correlation_groups", b"correlation_groups", "created_at", b"created_at", "daily_max_drawdown_percentage", b"daily_max_drawdown_percentage", "duplicate_order_window_ms", b"duplicate_order_window_ms", "fill_window_seconds", b"fill_window_seconds", "is_active", b"is_active", "market_regime_thresholds", b"market_regime_thresholds", "max_correlated_exposure_percentage", b"max_correlated_exposure_percentage", "max_daily_notional", b"max_daily_notional", "max_daily_orders", b"max_daily_orders", "max_drawdown_percentage", b"max_drawdown_percentage", "max_fills_per_window", b"max_fills_per_window", "max_open_orders", b"max_open_orders", "max_order_notional", b"max_order_notional", "max_order_quantity", b"max_order_quantity", "max_orders_per_window", b"max_orders_per_window", "max_position_quantity", b"max_position_quantity", "max_position_size_percentage", b"max_position_size_percentage", "monthly_max_drawdown_percentage", b"monthly_max_drawdown_percentage", "order_rate_window_seconds", b"order_rate_window_seconds", "pending_order_ttl_seconds", b"pending_order_ttl_seconds", "position_max_drawdown_percentage", b"position_max_drawdown_percentage", "position_trailing_stop_multiplier", b"position_trailing_stop_multiplier", "price_collar_percentage", b"price_collar_percentage", "reference_price_max_age_seconds", b"reference_price_max_age_seconds", "risk_per_trade_percentage", b"risk_per_trade_percentage", "stop_trading_minutes", b"stop_trading_minutes", "symbol_configs", b"symbol_configs", "trading_windows", b"trading_windows", "updated_at", b"updated_at", "volatility_adjustment_factor", b"volatility_adjustment_factor", "weekly_max_drawdown_percentage", b"weekly_max_drawdown_percentage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__consecutive_loss_threshold: _TypeAlias = _typing.Literal["consecutive_loss_threshold"]  # noqa: Y015
     _WhichOneofArgType__consecutive_loss_threshold: _TypeAlias = _typing.Literal["_consecutive_loss_threshold", b"_consecutive_loss_threshold"]  # noqa: Y015
@@ -803,24 +1166,46 @@ class RiskConfiguration(_message.Message):
     _WhichOneofArgType__cooling_off_period_minutes: _TypeAlias = _typing.Literal["_cooling_off_period_minutes", b"_cooling_off_period_minutes"]  # noqa: Y015
     _WhichOneofReturnType__daily_max_drawdown_percentage: _TypeAlias = _typing.Literal["daily_max_drawdown_percentage"]  # noqa: Y015
     _WhichOneofArgType__daily_max_drawdown_percentage: _TypeAlias = _typing.Literal["_daily_max_drawdown_percentage", b"_daily_max_drawdown_percentage"]  # noqa: Y015
+    _WhichOneofReturnType__duplicate_order_window_ms: _TypeAlias = _typing.Literal["duplicate_order_window_ms"]  # noqa: Y015
+    _WhichOneofArgType__duplicate_order_window_ms: _TypeAlias = _typing.Literal["_duplicate_order_window_ms", b"_duplicate_order_window_ms"]  # noqa: Y015
+    _WhichOneofReturnType__fill_window_seconds: _TypeAlias = _typing.Literal["fill_window_seconds"]  # noqa: Y015
+    _WhichOneofArgType__fill_window_seconds: _TypeAlias = _typing.Literal["_fill_window_seconds", b"_fill_window_seconds"]  # noqa: Y015
     _WhichOneofReturnType__max_correlated_exposure_percentage: _TypeAlias = _typing.Literal["max_correlated_exposure_percentage"]  # noqa: Y015
     _WhichOneofArgType__max_correlated_exposure_percentage: _TypeAlias = _typing.Literal["_max_correlated_exposure_percentage", b"_max_correlated_exposure_percentage"]  # noqa: Y015
+    _WhichOneofReturnType__max_daily_notional: _TypeAlias = _typing.Literal["max_daily_notional"]  # noqa: Y015
+    _WhichOneofArgType__max_daily_notional: _TypeAlias = _typing.Literal["_max_daily_notional", b"_max_daily_notional"]  # noqa: Y015
+    _WhichOneofReturnType__max_daily_orders: _TypeAlias = _typing.Literal["max_daily_orders"]  # noqa: Y015
+    _WhichOneofArgType__max_daily_orders: _TypeAlias = _typing.Literal["_max_daily_orders", b"_max_daily_orders"]  # noqa: Y015
     _WhichOneofReturnType__max_drawdown_percentage: _TypeAlias = _typing.Literal["max_drawdown_percentage"]  # noqa: Y015
     _WhichOneofArgType__max_drawdown_percentage: _TypeAlias = _typing.Literal["_max_drawdown_percentage", b"_max_drawdown_percentage"]  # noqa: Y015
+    _WhichOneofReturnType__max_fills_per_window: _TypeAlias = _typing.Literal["max_fills_per_window"]  # noqa: Y015
+    _WhichOneofArgType__max_fills_per_window: _TypeAlias = _typing.Literal["_max_fills_per_window", b"_max_fills_per_window"]  # noqa: Y015
+    _WhichOneofReturnType__max_open_orders: _TypeAlias = _typing.Literal["max_open_orders"]  # noqa: Y015
+    _WhichOneofArgType__max_open_orders: _TypeAlias = _typing.Literal["_max_open_orders", b"_max_open_orders"]  # noqa: Y015
     _WhichOneofReturnType__max_order_notional: _TypeAlias = _typing.Literal["max_order_notional"]  # noqa: Y015
     _WhichOneofArgType__max_order_notional: _TypeAlias = _typing.Literal["_max_order_notional", b"_max_order_notional"]  # noqa: Y015
+    _WhichOneofReturnType__max_order_quantity: _TypeAlias = _typing.Literal["max_order_quantity"]  # noqa: Y015
+    _WhichOneofArgType__max_order_quantity: _TypeAlias = _typing.Literal["_max_order_quantity", b"_max_order_quantity"]  # noqa: Y015
     _WhichOneofReturnType__max_orders_per_window: _TypeAlias = _typing.Literal["max_orders_per_window"]  # noqa: Y015
     _WhichOneofArgType__max_orders_per_window: _TypeAlias = _typing.Literal["_max_orders_per_window", b"_max_orders_per_window"]  # noqa: Y015
+    _WhichOneofReturnType__max_position_quantity: _TypeAlias = _typing.Literal["max_position_quantity"]  # noqa: Y015
+    _WhichOneofArgType__max_position_quantity: _TypeAlias = _typing.Literal["_max_position_quantity", b"_max_position_quantity"]  # noqa: Y015
     _WhichOneofReturnType__max_position_size_percentage: _TypeAlias = _typing.Literal["max_position_size_percentage"]  # noqa: Y015
     _WhichOneofArgType__max_position_size_percentage: _TypeAlias = _typing.Literal["_max_position_size_percentage", b"_max_position_size_percentage"]  # noqa: Y015
     _WhichOneofReturnType__monthly_max_drawdown_percentage: _TypeAlias = _typing.Literal["monthly_max_drawdown_percentage"]  # noqa: Y015
     _WhichOneofArgType__monthly_max_drawdown_percentage: _TypeAlias = _typing.Literal["_monthly_max_drawdown_percentage", b"_monthly_max_drawdown_percentage"]  # noqa: Y015
     _WhichOneofReturnType__order_rate_window_seconds: _TypeAlias = _typing.Literal["order_rate_window_seconds"]  # noqa: Y015
     _WhichOneofArgType__order_rate_window_seconds: _TypeAlias = _typing.Literal["_order_rate_window_seconds", b"_order_rate_window_seconds"]  # noqa: Y015
+    _WhichOneofReturnType__pending_order_ttl_seconds: _TypeAlias = _typing.Literal["pending_order_ttl_seconds"]  # noqa: Y015
+    _WhichOneofArgType__pending_order_ttl_seconds: _TypeAlias = _typing.Literal["_pending_order_ttl_seconds", b"_pending_order_ttl_seconds"]  # noqa: Y015
     _WhichOneofReturnType__position_max_drawdown_percentage: _TypeAlias = _typing.Literal["position_max_drawdown_percentage"]  # noqa: Y015
     _WhichOneofArgType__position_max_drawdown_percentage: _TypeAlias = _typing.Literal["_position_max_drawdown_percentage", b"_position_max_drawdown_percentage"]  # noqa: Y015
     _WhichOneofReturnType__position_trailing_stop_multiplier: _TypeAlias = _typing.Literal["position_trailing_stop_multiplier"]  # noqa: Y015
     _WhichOneofArgType__position_trailing_stop_multiplier: _TypeAlias = _typing.Literal["_position_trailing_stop_multiplier", b"_position_trailing_stop_multiplier"]  # noqa: Y015
+    _WhichOneofReturnType__price_collar_percentage: _TypeAlias = _typing.Literal["price_collar_percentage"]  # noqa: Y015
+    _WhichOneofArgType__price_collar_percentage: _TypeAlias = _typing.Literal["_price_collar_percentage", b"_price_collar_percentage"]  # noqa: Y015
+    _WhichOneofReturnType__reference_price_max_age_seconds: _TypeAlias = _typing.Literal["reference_price_max_age_seconds"]  # noqa: Y015
+    _WhichOneofArgType__reference_price_max_age_seconds: _TypeAlias = _typing.Literal["_reference_price_max_age_seconds", b"_reference_price_max_age_seconds"]  # noqa: Y015
     _WhichOneofReturnType__risk_per_trade_percentage: _TypeAlias = _typing.Literal["risk_per_trade_percentage"]  # noqa: Y015
     _WhichOneofArgType__risk_per_trade_percentage: _TypeAlias = _typing.Literal["_risk_per_trade_percentage", b"_risk_per_trade_percentage"]  # noqa: Y015
     _WhichOneofReturnType__stop_trading_minutes: _TypeAlias = _typing.Literal["stop_trading_minutes"]  # noqa: Y015
@@ -836,13 +1221,29 @@ class RiskConfiguration(_message.Message):
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__daily_max_drawdown_percentage) -> _WhichOneofReturnType__daily_max_drawdown_percentage | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__duplicate_order_window_ms) -> _WhichOneofReturnType__duplicate_order_window_ms | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__fill_window_seconds) -> _WhichOneofReturnType__fill_window_seconds | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_correlated_exposure_percentage) -> _WhichOneofReturnType__max_correlated_exposure_percentage | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_daily_notional) -> _WhichOneofReturnType__max_daily_notional | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_daily_orders) -> _WhichOneofReturnType__max_daily_orders | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_drawdown_percentage) -> _WhichOneofReturnType__max_drawdown_percentage | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_fills_per_window) -> _WhichOneofReturnType__max_fills_per_window | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_open_orders) -> _WhichOneofReturnType__max_open_orders | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_order_notional) -> _WhichOneofReturnType__max_order_notional | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_order_quantity) -> _WhichOneofReturnType__max_order_quantity | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_orders_per_window) -> _WhichOneofReturnType__max_orders_per_window | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_position_quantity) -> _WhichOneofReturnType__max_position_quantity | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_position_size_percentage) -> _WhichOneofReturnType__max_position_size_percentage | None: ...
     @_typing.overload
@@ -850,9 +1251,15 @@ class RiskConfiguration(_message.Message):
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__order_rate_window_seconds) -> _WhichOneofReturnType__order_rate_window_seconds | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__pending_order_ttl_seconds) -> _WhichOneofReturnType__pending_order_ttl_seconds | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__position_max_drawdown_percentage) -> _WhichOneofReturnType__position_max_drawdown_percentage | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__position_trailing_stop_multiplier) -> _WhichOneofReturnType__position_trailing_stop_multiplier | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__price_collar_percentage) -> _WhichOneofReturnType__price_collar_percentage | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__reference_price_max_age_seconds) -> _WhichOneofReturnType__reference_price_max_age_seconds | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__risk_per_trade_percentage) -> _WhichOneofReturnType__risk_per_trade_percentage | None: ...
     @_typing.overload
