@@ -38,6 +38,7 @@ _SYMBOL_SKIPPED = CheckResult("symbol_permission", SKIPPED, _SYMBOL, "not config
 _WINDOW_SKIPPED = CheckResult("trading_window", SKIPPED, _WINDOW, "not configured")
 _DAY_NOTIONAL_SKIPPED = CheckResult("daily_notional", SKIPPED, _DAY_NOTIONAL, "not configured")
 _DAY_ORDERS_SKIPPED = CheckResult("daily_orders", SKIPPED, _DAY_ORDERS, "not configured")
+_WINDOW_PASS = CheckResult("trading_window", PASS, _WINDOW, "within a trading window")
 
 
 def symbol_permission(c: OrderContext) -> CheckResult:
@@ -76,13 +77,28 @@ def in_window(now: float, windows: tuple[TradingWindow, ...]) -> bool:
     return False
 
 
+_window_memo: dict[tuple[int, tuple[TradingWindow, ...]], bool] = {}
+
+
+def _in_window_now(now: float, windows: tuple[TradingWindow, ...]) -> bool:
+    """in_window, remembered for the minute (windows are whole minutes): the calendar arithmetic runs once a
+    minute, not on every order."""
+    key = (int(now // 60), windows)
+    inside = _window_memo.get(key)
+    if inside is None:
+        if len(_window_memo) > 64:
+            _window_memo.clear()
+        inside = _window_memo[key] = in_window(now, windows)
+    return inside
+
+
 def trading_window(c: OrderContext) -> CheckResult:
     """New exposure only within the configured UTC windows."""
     windows = c.limits.trading_windows
     if not windows:
         return _WINDOW_SKIPPED
-    if in_window(c.now, windows):
-        return CheckResult("trading_window", PASS, _WINDOW, "within a trading window")
+    if _in_window_now(c.now, windows):
+        return _WINDOW_PASS
     if c.reducing:
         return CheckResult("trading_window", PASS, _WINDOW, "outside the trading windows (reducing order)")
     when = datetime.fromtimestamp(c.now, UTC).strftime("%a %H:%M")
@@ -125,9 +141,11 @@ def price_collar(c: OrderContext) -> CheckResult:
         return CheckResult("price_collar", FAIL, _NO_REF,
                            f"{what}: report prices (ReportPrices or ReportPositions marks)")
     deviation = abs(order.price - ref.price) / ref.price * 100.0
-    status = PASS if within(deviation, pct) else FAIL
+    if within(deviation, pct):
+        detail = f"deviation={deviation:.2f}% limit={pct:.2f}%"
+        return CheckResult("price_collar", PASS, _COLLAR, detail, deviation, pct)
     detail = f"price={order.price:g} reference={ref.price:g} deviation={deviation:.2f}% limit={pct:.2f}%"
-    return CheckResult("price_collar", status, _COLLAR, detail, deviation, pct)
+    return CheckResult("price_collar", FAIL, _COLLAR, detail, deviation, pct)
 
 
 def order_quantity(c: OrderContext) -> CheckResult:
@@ -168,10 +186,11 @@ def position_quantity(c: OrderContext) -> CheckResult:
             if s == symbol:
                 pending += vp.buy if buy else vp.sell
     after = net + pending + order.quantity
-    status = PASS if within(after, cap) else FAIL
+    if within(after, cap):
+        return CheckResult("position_quantity", PASS, _POS_QTY, f"after={after:g} limit={cap:g}", after, cap)
     detail = (f"net_position={net:g} pending={pending:g} order={order.quantity:g} after={after:g} limit={cap:g} "
               f"({order.side.name})")
-    return CheckResult("position_quantity", status, _POS_QTY, detail, after, cap)
+    return CheckResult("position_quantity", FAIL, _POS_QTY, detail, after, cap)
 
 
 def open_orders(c: OrderContext) -> CheckResult:

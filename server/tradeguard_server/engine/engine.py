@@ -140,6 +140,10 @@ class RiskEngine:
 
     # ---- lookup ---------------------------------------------------------------------------------
 
+    def pending_orders(self) -> int:
+        """Pending orders over every trader (a metric, read at scrape time)."""
+        return sum(len(st.orders) for st in list(self.traders.values()))
+
     def limits_for(self, account_id: str) -> Limits:
         return self.account_limits.get(account_id, self.defaults)
 
@@ -219,10 +223,18 @@ class RiskEngine:
         firings: Sequence[Firing] = (),
         breaches: Sequence[Breach] = (),
         actions: Sequence[RequiredAction] = (),
+        audit: bool = True,
     ) -> None:
-        """Every change of a trader's state ends here: a new version, announced to every listener."""
+        """Every change of a trader's state ends here: a new version, announced to every listener (`audit`
+        False: order bookkeeping, which the history does not record row by row; see events.StateChanged)."""
         st.updated_at = now
+        cache = st.checks_cache
+        carry = not audit and cache is not None and cache.version == st.version and not st.halted_announced
         st.version += 1
+        if carry and cache is not None:
+            # Order bookkeeping changes none of the state checks nor the position actions (and the trader is not
+            # HALTED, so there is no cancel_all_orders listing the orders): the cached ones stay valid.
+            cache.version = st.version
         st.episodes_changed = False
         halted = bool(st.pauses) and st.trading_state(now) is _HALTED
         if halted and not st.halted_announced and st.orders and not any(
@@ -230,7 +242,8 @@ class RiskEngine:
             actions = (*actions, self._cancel_action(st))
         st.halted_announced = halted
         if self._listeners:
-            event = StateChanged(st, reason, now, tuple(firings), tuple(breaches), tuple(actions), cause or reason)
+            event = StateChanged(st, reason, now, tuple(firings), tuple(breaches), tuple(actions), cause or reason,
+                                 audit)
             failed: Exception | None = None
             for listener in self._listeners:
                 try:
@@ -416,7 +429,9 @@ class RiskEngine:
         for firing in firings:
             actions.extend(firing.actions)
         actions.extend(self.cancel_actions(st, now))
-        self._changed(st, now, "; ".join(reasons), "order_report", firings, breaches, actions)
+        # A fill moves the position (and may halt): audited. A status alone is bookkeeping.
+        self._changed(st, now, "; ".join(reasons), "order_report", firings, breaches, actions,
+                      audit=new_fill > 0.0 or bool(breaches) or bool(firings))
         return Outcome(st, actions=actions, firings=firings, order=order)
 
     def reserve_order(self, trader_id: str, account_id: str, order: PendingOrder) -> None:
@@ -430,7 +445,7 @@ class RiskEngine:
             return
         self._reserve(st, order, now)
         self._changed(st, now, f"order allowed {order.client_order_id}: {order.side.name} {order.quantity:g} "
-                               f"{order.symbol} at {order.price:g}", "order_allowed")
+                               f"{order.symbol} at {order.price:g}", "order_allowed", audit=False)
 
     @staticmethod
     def _reserve(st: TraderState, order: PendingOrder, now: float) -> None:
@@ -455,7 +470,7 @@ class RiskEngine:
             log.warning("pending orders released after their TTL with nothing reported: trader=%s orders=%s",
                         st.trader_id, ",".join(o.client_order_id for o in gone))
             self._changed(st, now, "pending orders released (ttl): " + ",".join(o.client_order_id for o in gone),
-                          "orders_expired")
+                          "orders_expired", audit=False)
 
     @staticmethod
     def _cancel_action(st: TraderState) -> RequiredAction:
@@ -623,14 +638,9 @@ class RiskEngine:
                                now + limits.pending_order_ttl_seconds, reducing=reducing)
         if self.journal is not None:
             self.journal.append((now, "reserve_order", (st.trader_id, st.account_id, pending)))
-        cache = st.checks_cache
-        carry = cache is not None and cache.version == st.version and not st.halted_announced
         self._reserve(st, pending, now)
         self._changed(st, now, f"order allowed {oid}: {order.side.name} {order.quantity:g} {order.symbol} at "
-                               f"{order.price:g}", "order_allowed")
-        if carry and cache is not None:
-            # A pending order changes none of the state checks (nor the position actions): the cache stays valid.
-            cache.version = st.version
+                               f"{order.price:g}", "order_allowed", audit=False)
 
     def _still_allowed(self, st: TraderState, order: OrderIntent, now: float) -> bool:
         """May a remembered "allowed" be answered again? Not when a pause since then forbids the order, nor when

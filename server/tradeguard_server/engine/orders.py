@@ -86,13 +86,12 @@ def report(
     ttl_s: float,
 ) -> tuple[PendingOrder, float, bool]:
     """Apply one ReportOrder. Returns (the order after it, the quantity newly filled, whether anything changed).
+    (`TraderState.next_order_expiry` stays a lower bound: a report only moves an expiry later.)
 
     `filled` is cumulative; a smaller one than known moves nothing. A report on a finished order changes only
     a larger fill (moved into the position); its status stays. ALLOWED is not a status a bot reports.
     """
-    result = _report(st, client_order_id, status, filled, avg_price, now, ttl_s)
-    st.next_order_expiry = next_expiry(st)
-    return result
+    return _report(st, client_order_id, status, filled, avg_price, now, ttl_s)
 
 
 def _report(
