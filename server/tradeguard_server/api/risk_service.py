@@ -14,7 +14,7 @@ from tradeguard.v1 import risk_service_pb2 as rs
 from tradeguard.v1 import types_pb2 as t
 
 from ..engine import orders
-from ..engine.engine import OrderIdReusedError, Outcome, RiskEngine
+from ..engine.engine import OrderIdReusedError, Outcome, RiskEngine, StateNotLoadedError
 from ..engine.state import SEEN_TRADE_IDS_KEPT, TraderState
 from ..engine.types import ClosedTrade, PriceMark, Side
 from . import convert
@@ -270,6 +270,8 @@ class RiskService:
                                           convert.ORDER_STATUS_OF[req.status], req.filled_quantity, req.average_price)
         except orders.UnknownOrderError as exc:
             raise NotFound(str(exc)) from None
+        except StateNotLoadedError as exc:
+            raise Unavailable(str(exc)) from None
         assert outcome.order is not None
         order = convert.pending_order_msg(outcome.order)
         if not outcome.changed:

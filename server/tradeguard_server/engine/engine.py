@@ -77,6 +77,10 @@ class OrderIdReusedError(ValueError):
     """A client_order_id already answered for a different order."""
 
 
+class StateNotLoadedError(RuntimeError):
+    """The call needs the stored state, which is not loaded yet (retry)."""
+
+
 class BreakerEvaluator(Protocol):
     """Evaluates an account's circuit breakers over a trader's state (see engine.breakers)."""
 
@@ -404,9 +408,19 @@ class RiskEngine:
     ) -> Outcome:
         """What happened to an order CanTrade allowed (engine.orders.report): fills move from pending into the
         position; a final status releases the rest. Raises orders.UnknownOrderError for an id the trader has no
-        order under. A fill may start the max_fills_per_window halt."""
+        order under (no trader is made for it), and StateNotLoadedError when that may only be because the stored
+        state is not loaded yet. A fill may start the max_fills_per_window halt."""
         now = self.clock.now()
-        st = self._get(trader_id, account_id)
+        st = self.traders.get(trader_id)
+        if st is not None and st.account_id != account_id:
+            raise AccountMismatchError(f"trader_id {trader_id!r} is bound to account_id {st.account_id!r}")
+        if st is None or orders.find(st, client_order_id) is None:
+            if self.journal is not None:
+                raise StateNotLoadedError(
+                    f"client_order_id {client_order_id!r} is not known yet: the stored state is still loading; retry")
+            raise orders.UnknownOrderError(
+                f"client_order_id {client_order_id!r} names no order CanTrade allowed for trader {trader_id!r} (or one "
+                "finished long ago): report the position with ReportPositions instead")
         if self.journal is not None:
             self.journal.append((now, "report_order", (trader_id, account_id, client_order_id, status, filled,
                                                        avg_price)))
