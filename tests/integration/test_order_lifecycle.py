@@ -154,3 +154,21 @@ async def test_a_halt_tells_the_bot_to_cancel_its_pending_orders(
     assert [list(a.client_order_ids) for a in cancel] == [["o-1", "o-2"]]
     assert not answer.allowed and [list(a.client_order_ids) for a in answer.actions
                                    if a.type == t.ACTION_TYPE_CANCEL_ALL_ORDERS] == [["o-1", "o-2"]]
+
+
+async def test_a_retry_counts_once_but_an_id_asked_again_after_its_order_finished_counts_anew(
+    risk: rsg.RiskServiceStub, admin: adg.AdminServiceStub
+) -> None:
+    await _configure(admin, max_position_size_percentage=10.0)  # 1,000: two 400 orders fit, three do not
+    await risk.ReportEquity(rs.ReportEquityRequest(**IDS, equity=10_000))
+
+    first = await _ask(risk, "o-1")
+    retry = await _ask(risk, "o-1")  # the answer was lost: the same order asked again
+    await risk.ReportOrder(rs.ReportOrderRequest(**IDS, client_order_id="o-1", status=t.ORDER_STATUS_FILLED))
+    replaced = await _ask(risk, "o-1")  # re-placed under the id of the filled order: a new order
+    third = await _ask(risk, "o-2")
+
+    assert first.allowed and retry.allowed and len(retry.state.pending_orders) <= 1
+    assert replaced.allowed and [o.client_order_id for o in replaced.state.pending_orders] == ["o-1"]
+    assert _check(replaced, "position_size").value == pytest.approx(800.0)  # 400 filled + 400 pending
+    assert not third.allowed and _check(third, "position_size").value == pytest.approx(1_200.0)

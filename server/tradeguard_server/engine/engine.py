@@ -455,8 +455,9 @@ class RiskEngine:
         st = self._get(trader_id, account_id)
         if self.journal is not None:
             self.journal.append((now, "reserve_order", (trader_id, account_id, order)))
-        if order.client_order_id in st.orders or order.client_order_id in st.finished_orders:
+        if order.client_order_id in st.orders:
             return
+        st.finished_orders.pop(order.client_order_id, None)  # (a new order under a finished one's id)
         self._reserve(st, order, now)
         self._changed(st, now, f"order allowed {order.client_order_id}: {order.side.name} {order.quantity:g} "
                                f"{order.symbol} at {order.price:g}", "order_allowed", audit=False)
@@ -558,6 +559,8 @@ class RiskEngine:
             return (unseen if self.gate is None else self.gate(unseen, st, order, False)), st
         remember = bool(client_order_id) and order is not None
         if remember and order is not None:
+            self._tick(st, now)  # (a pending order past its TTL is finished from here on)
+            live = st.orders.get(client_order_id)
             answers = st.order_answers
             seen = answers.get(client_order_id)
             if seen is not None:
@@ -567,23 +570,25 @@ class RiskEngine:
                         raise OrderIdReusedError(
                             f"client_order_id {client_order_id!r} was already used for a different order "
                             f"({first.side.name} {first.quantity:g} {first.symbol} at {first.price:g})")
-                    if not allowed or (would_deny and not enforce) or (
-                            not would_deny and self._still_allowed(st, order, now)):
+                    # A retry of a denial, or of an order still pending. (An allowed order that has finished since -
+                    # filled, cancelled, released - asked about again is a new order under the old id: judged afresh,
+                    # and it counts anew.)
+                    if (not allowed or live is not None) and (not allowed or (would_deny and not enforce) or (
+                            not would_deny and self._still_allowed(st, order, now))):
                         return Decision(allowed, code, reason, state, until, would_deny=would_deny), st
                     # A pause came since the first answer, or it was a shadow "allowed" and enforcement is on
                     # again: judged afresh below (the denial counts nothing).
                 del answers[client_order_id]
-            known = orders.find(st, client_order_id)
-            if known is not None:  # its answer is not remembered (a restart since, or long ago): judged again
-                if (known.symbol, known.side, known.quantity, known.price) != (
+            if live is not None:  # pending, its answer not remembered (a restart since, or long ago): a retry
+                if (live.symbol, live.side, live.quantity, live.price) != (
                         order.symbol, order.side, order.quantity, order.price):
                     raise OrderIdReusedError(
-                        f"client_order_id {client_order_id!r} names the pending order {known.side.name} "
-                        f"{known.quantity:g} {known.symbol} at {known.price:g}: a new order needs a new id")
+                        f"client_order_id {client_order_id!r} names the pending order {live.side.name} "
+                        f"{live.quantity:g} {live.symbol} at {live.price:g}: a new order needs a new id")
                 if self._still_allowed(st, order, now):
                     pause = st.effective_pause(now) if st.pauses else None
                     return Decision(True, _ALLOWED, f"already allowed: order {client_order_id} is "
-                                    f"{known.status.name}", _ACTIVE if pause is None else pause.state,
+                                    f"{live.status.name}", _ACTIVE if pause is None else pause.state,
                                     None if pause is None else pause.until), st
         self._tick(st, now)
         limits = self.limits_for(account_id)
@@ -646,8 +651,9 @@ class RiskEngine:
         now: float,
     ) -> None:
         oid = client_order_id or uuid.uuid4().hex
-        if oid in st.orders or oid in st.finished_orders:
-            return  # judged again under a known id (see can_trade): it already counts
+        if oid in st.orders:
+            return  # judged again under the id of a pending order (see can_trade): it already counts
+        st.finished_orders.pop(oid, None)  # a new order under a finished one's id: it counts anew
         pending = PendingOrder(oid, order.symbol, exchange, order.side, order.quantity, order.price, now,
                                now + limits.pending_order_ttl_seconds, reducing=reducing)
         if self.journal is not None:
