@@ -34,6 +34,7 @@ from tradeguard_server.engine.snapshot import StateRecord, from_record, to_recor
 from tradeguard_server.engine.state import TraderState
 from tradeguard_server.engine.types import OrderStatus, PendingOrder, Side
 from tradeguard_server.store import bulk as bulk_module
+from tradeguard_server.store import codec
 from tradeguard_server.store.bulk import STATE_COLUMNS, BulkWriter
 from tradeguard_server.store.memory import MemoryStore
 from tradeguard_server.store.migrate import current_revision, head_revision, migrate
@@ -166,6 +167,26 @@ def test_a_non_finite_daily_notional_is_rejected_not_stored() -> None:
 
     with pytest.raises(ValueError, match="finite"):
         writer.state_row(replace(with_orders(), daily_order_notional=float("nan")), epoch=1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 7), max_size=6), min_size=1, max_size=8))
+def test_the_writers_cached_order_texts_always_equal_the_orders_as_json(steps: list[list[int]]) -> None:
+    """Each order's JSON is cached by the order object: whichever orders come, stay, go or come back (the same
+    objects, or equal copies), a row's orders read back as the orders of its state."""
+    pool_ = [order(f"o-{i}", filled=i / 10) for i in range(8)]
+    writer = BulkWriter(create_engine("sqlite://").dialect)
+    state_index = STATE_COLUMNS.index("pending_orders")
+    for version, picks in enumerate(steps, start=1):
+        orders = tuple(pool_[i] if i % 2 else replace(pool_[i]) for i in picks)
+        rec = replace(make_state("t-1", version), pending_orders=orders, finished_orders=orders[::-1])
+        row = writer.state_row(rec, epoch=1)
+        history = json.loads(writer.history_row(HistoryRecord("t-1", "a-1", rec, "x", None, rec.updated_at))[-1])
+
+        expected = [codec.order_json(o) for o in orders]
+        assert json.loads(row[state_index]) == expected
+        assert json.loads(row[state_index + 1]) == expected[::-1]
+        assert history.get("pending_orders", expected) == expected
 
 
 async def test_the_memory_twin_keeps_orders_like_the_real_store() -> None:

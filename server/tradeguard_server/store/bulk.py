@@ -73,14 +73,28 @@ encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 ACTIVE = TradingState.ACTIVE.name
 
 
+OrderTexts = dict[int, tuple[PendingOrder, str]]
+
+
+def _orders_text(orders: tuple[PendingOrder, ...], cache: OrderTexts) -> tuple[str, OrderTexts]:
+    """The JSON list of `orders` (the text `encode` writes for the list) and the cache of its orders' texts."""
+    texts: OrderTexts = {}
+    for o in orders:
+        hit = cache.get(id(o))
+        if hit is None or hit[0] is not o:
+            hit = (o, encode(codec.order_json(o)))
+        texts[id(o)] = hit
+    return "[" + ",".join([texts[id(o)][1] for o in orders]) + "]", texts
+
+
 class _Parts:
     """One trader's encoded JSON parts, valid while the values they were made from are unchanged, and what its
     last history row held (`hist_maps`: the maps, the same objects or equal ones while unchanged; `hist_tags`:
     the tag of the row that carries each)."""
 
-    __slots__ = ("finished_key", "finished_orders", "hist_count", "hist_maps", "hist_restart", "hist_same",
-                 "hist_tags", "keys", "pauses", "pending_orders", "positions", "recent_trades", "symbol_stats",
-                 "trades_key", "volatility")
+    __slots__ = ("finished_key", "finished_orders", "finished_texts", "hist_count", "hist_maps", "hist_restart",
+                 "hist_same", "hist_tags", "keys", "pauses", "pending_orders", "pending_texts", "positions",
+                 "recent_trades", "symbol_stats", "trades_key", "volatility")
 
     def __init__(self) -> None:
         self.keys: list[Any] = list(_NO_MAPS)  # the maps the texts below were made from (HISTORY_MAPS order)
@@ -89,6 +103,10 @@ class _Parts:
         self.recent_trades = "[]"
         self.finished_key: tuple[PendingOrder, ...] | None = None
         self.finished_orders = "[]"
+        # Each order's JSON by id(order) (with the order, so a reused id is not mistaken): an order is frozen, and a
+        # change to one order re-encodes that order only.
+        self.pending_texts: OrderTexts = {}
+        self.finished_texts: OrderTexts = {}
         self.hist_maps: tuple[Any, ...] = _NO_MAPS
         self.hist_tags: list[str] = [""] * len(HISTORY_MAPS)
         self.hist_count = 0  # history rows since the last one with every map
@@ -158,13 +176,13 @@ class BulkWriter:
             parts.symbol_stats = encode([codec.stats_json(s) for s in rec.symbol_stats])
             keys[3] = rec.symbol_stats
         if keys[4] != rec.pending_orders:  # PendingOrder is frozen: an unchanged order is the same object
-            parts.pending_orders = encode([codec.order_json(o) for o in rec.pending_orders])
+            parts.pending_orders, parts.pending_texts = _orders_text(rec.pending_orders, parts.pending_texts)
             keys[4] = rec.pending_orders
         return parts
 
     def _finished_orders(self, rec: StateRecord, parts: _Parts) -> str:
         if parts.finished_key != rec.finished_orders:
-            parts.finished_orders = encode([codec.order_json(o) for o in rec.finished_orders])
+            parts.finished_orders, parts.finished_texts = _orders_text(rec.finished_orders, parts.finished_texts)
             parts.finished_key = rec.finished_orders
         return parts.finished_orders
 
