@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic import command
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import MetaData, Table, create_engine, pool, text
+from sqlalchemy import MetaData, Table, create_engine, inspect, pool, text
 
 from tests.support.databases import (
     T0,
@@ -37,7 +38,7 @@ from tradeguard_server.store import bulk as bulk_module
 from tradeguard_server.store import codec
 from tradeguard_server.store.bulk import STATE_COLUMNS, BulkWriter
 from tradeguard_server.store.memory import MemoryStore
-from tradeguard_server.store.migrate import current_revision, head_revision, migrate
+from tradeguard_server.store.migrate import alembic_config, current_revision, head_revision, migrate
 from tradeguard_server.store.records import ConfigRecord, HistoryRecord, SymbolConfigRecord, TradingWindowRecord
 from tradeguard_server.store.store import RiskStore
 
@@ -385,3 +386,29 @@ async def test_rows_upgraded_from_0003_have_zero_daily_sums_and_no_orders_in_sql
     assert tuple(state) == (None, None, 0.0, 0)
     assert tuple(config) == (None, None, None, None)
     assert tuple(symbol) == (None, None)
+
+
+async def test_revision_0004_downgrades_to_0003_and_upgrades_again(fresh_url: str) -> None:
+    """Downgrading drops the new columns (their values with them); the old revision's rows stay readable."""
+    async with open_store(fresh_url) as store:
+        store.enqueue_state(with_orders(1), "can_trade", None)
+        assert await store.flush(timeout=10)
+        await store.save_config(controls_config())
+
+    engine = create_engine(fresh_url, poolclass=pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            command.downgrade(alembic_config(connection=conn), "0003_breaker_episodes")
+            conn.commit()
+            dropped = {c["name"] for c in inspect(conn).get_columns("risk_state")} & set(NEW_STATE_COLUMNS)
+    finally:
+        engine.dispose()
+    assert current_revision(fresh_url) == "0003_breaker_episodes"
+    assert dropped == set()
+
+    async with open_store(fresh_url) as store:  # migrates to head again
+        loaded = await store.load()
+
+    assert loaded.traders == [replace(with_orders(1), pending_orders=(), finished_orders=(), daily_order_notional=0.0,
+                                      daily_orders=0)]
+    assert [c.max_open_orders for c in loaded.configs] == [None]
