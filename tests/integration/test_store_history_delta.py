@@ -1,6 +1,7 @@
 """History rows carry what changed (README "Persistence"): the scalars always, each of pauses, positions,
-volatility and symbol_stats only when it changed since the trader's previous row (else a reference to the row
-that holds it); ListRiskStateHistory still shows each row whole, also after dropped rows and failed batches."""
+volatility, symbol_stats and pending_orders only when it changed since the trader's previous row (else a
+reference to the row that holds it); ListRiskStateHistory still shows each row whole, also after dropped rows
+and failed batches."""
 
 from __future__ import annotations
 
@@ -236,8 +237,8 @@ async def test_a_row_whose_maps_row_was_deleted_says_so_instead_of_showing_wrong
         (row,), _ = await store.list_history("t-1", None, None, 10)
 
     assert row.state.positions == ()
-    assert row.reason.startswith("v2 [pauses, positions, volatility, symbol_stats: unchanged since a row that is "
-                                 "no longer stored; shown empty, not as recorded]")
+    assert row.reason.startswith("v2 [pauses, positions, volatility, symbol_stats, pending_orders: unchanged since "
+                                 "a row that is no longer stored; shown empty, not as recorded]")
 
 
 @pytest.mark.parametrize("committed", [True, False], ids=["commit-reached-the-server", "commit-lost"])

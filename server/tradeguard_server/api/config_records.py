@@ -10,7 +10,7 @@ from google.protobuf.message import Message
 from tradeguard.v1 import types_pb2 as t
 
 from ..services.configs import Configuration
-from ..store.records import ConfigRecord, SymbolConfigRecord
+from ..store.records import ConfigRecord, SymbolConfigRecord, TradingWindowRecord
 from . import convert
 
 PERCENT_FIELDS = (
@@ -22,11 +22,13 @@ PERCENT_FIELDS = (
     "risk_per_trade_percentage",
     "max_correlated_exposure_percentage",
     "position_max_drawdown_percentage",
+    "price_collar_percentage",
 )
 SYMBOL_PERCENT_FIELDS = (
     "max_position_size_percentage",
     "position_max_drawdown_percentage",
     "risk_per_trade_percentage",
+    "price_collar_percentage",
 )
 OPTIONAL_FIELDS = (
     *PERCENT_FIELDS,
@@ -38,8 +40,20 @@ OPTIONAL_FIELDS = (
     "max_order_notional",
     "max_orders_per_window",
     "order_rate_window_seconds",
+    "max_order_quantity",
+    "max_position_quantity",
+    "max_open_orders",
+    "reference_price_max_age_seconds",
+    "duplicate_order_window_ms",
+    "max_daily_notional",
+    "max_daily_orders",
+    "max_fills_per_window",
+    "fill_window_seconds",
+    "pending_order_ttl_seconds",
 )
-SYMBOL_OPTIONAL_FIELDS = (*SYMBOL_PERCENT_FIELDS, "max_leverage")
+SYMBOL_OPTIONAL_FIELDS = (
+    *SYMBOL_PERCENT_FIELDS, "max_leverage", "max_order_quantity", "max_position_quantity", "max_open_orders",
+)
 
 
 def has(msg: Message, name: str) -> bool:
@@ -60,6 +74,9 @@ def to_record(cfg: t.RiskConfiguration) -> ConfigRecord:
         is_active=cfg.is_active,
         market_regime_thresholds=regime_thresholds(cfg),
         correlation_groups={g.name: list(g.symbols) for g in cfg.correlation_groups},
+        allowed_symbols=list(cfg.allowed_symbols),
+        blocked_symbols=list(cfg.blocked_symbols),
+        trading_windows=[TradingWindowRecord(tuple(w.weekdays), w.start, w.end) for w in cfg.trading_windows],
         symbol_configs=[
             SymbolConfigRecord(
                 symbol=sc.symbol,
@@ -85,6 +102,10 @@ def from_record(rec: ConfigRecord, regimes_given: bool = False) -> t.RiskConfigu
         cfg.market_regime_thresholds.update(rec.market_regime_thresholds)
     for name, symbols in rec.correlation_groups.items():
         cfg.correlation_groups.add(name=name, symbols=symbols)
+    cfg.allowed_symbols.extend(rec.allowed_symbols)
+    cfg.blocked_symbols.extend(rec.blocked_symbols)
+    for w in rec.trading_windows:
+        cfg.trading_windows.add(weekdays=w.weekdays, start=w.start, end=w.end)
     for sc in rec.symbol_configs:
         msg = cfg.symbol_configs.add(symbol=sc.symbol)
         for name in SYMBOL_OPTIONAL_FIELDS:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Sequence
 
 from tradeguard.v1 import types_pb2 as t
 
@@ -15,6 +17,13 @@ MAX_SYMBOL_CONFIGS = 1000
 MAX_GROUPS = 100
 MAX_MINUTES = 525_600  # a year
 REGIME_KEYS = ("high", "extreme")
+MAX_SYMBOL_LIST = 10_000  # allowed_symbols, blocked_symbols
+MAX_WINDOWS = 100
+MAX_COUNT = 1_000_000  # max_open_orders, max_fills_per_window (as max_orders_per_window)
+MAX_DAILY_ORDERS = 1_000_000_000
+MAX_SECONDS = 86_400  # reference_price_max_age_seconds, fill_window_seconds, pending_order_ttl_seconds
+MAX_DUPLICATE_WINDOW_MS = 3_600_000
+HHMM = re.compile(r"([0-9]{2}):([0-9]{2})")
 
 
 def _percent(v: Violations, field: str, value: float) -> None:
@@ -34,6 +43,8 @@ def normalize_names(cfg: t.RiskConfiguration) -> None:
         sc.symbol = symbol_key(sc.symbol)
     for group in cfg.correlation_groups:
         group.symbols[:] = [symbol_key(s) for s in group.symbols]
+    cfg.allowed_symbols[:] = [symbol_key(s) for s in cfg.allowed_symbols]
+    cfg.blocked_symbols[:] = [symbol_key(s) for s in cfg.blocked_symbols]
 
 
 def validate_config(v: Violations, cfg: t.RiskConfiguration, prefix: str = "config") -> None:
@@ -63,9 +74,88 @@ def validate_config(v: Violations, cfg: t.RiskConfiguration, prefix: str = "conf
                  min_value=0.0, max_value=1000.0)
     if cfg.HasField("max_order_notional"):
         v.number(f"{prefix}.max_order_notional", cfg.max_order_notional, min_value=0.0, min_exclusive=True)
+    _validate_controls(v, cfg, prefix)
     _validate_regimes(v, cfg, prefix)
     _validate_groups(v, cfg, prefix)
     _validate_symbols(v, cfg, prefix)
+
+
+def _positive(v: Violations, field: str, value: float) -> None:
+    v.number(field, value, min_value=0.0, min_exclusive=True)
+
+
+def _validate_controls(v: Violations, cfg: t.RiskConfiguration, prefix: str) -> None:
+    """The pre-trade controls (issue 16); price_collar_percentage is among PERCENT_FIELDS."""
+    for name in ("max_order_quantity", "max_position_quantity", "max_daily_notional"):
+        if has(cfg, name):
+            _positive(v, f"{prefix}.{name}", getattr(cfg, name))
+    for name in ("max_open_orders", "max_fills_per_window"):
+        if has(cfg, name):
+            _int_range(v, f"{prefix}.{name}", getattr(cfg, name), 1, MAX_COUNT)
+    if cfg.HasField("max_daily_orders"):
+        _int_range(v, f"{prefix}.max_daily_orders", cfg.max_daily_orders, 1, MAX_DAILY_ORDERS)
+    for name in ("reference_price_max_age_seconds", "fill_window_seconds", "pending_order_ttl_seconds"):
+        if has(cfg, name):
+            _int_range(v, f"{prefix}.{name}", getattr(cfg, name), 1, MAX_SECONDS)
+    if cfg.HasField("duplicate_order_window_ms"):
+        _int_range(v, f"{prefix}.duplicate_order_window_ms", cfg.duplicate_order_window_ms, 1,
+                   MAX_DUPLICATE_WINDOW_MS)
+    allowed = _symbol_list(v, f"{prefix}.allowed_symbols", cfg.allowed_symbols)
+    blocked = _symbol_list(v, f"{prefix}.blocked_symbols", cfg.blocked_symbols)
+    both = allowed & blocked
+    for j, symbol in enumerate(cfg.blocked_symbols):
+        if symbol in both:
+            v.add(f"{prefix}.blocked_symbols[{j}]", f"{symbol} is also in allowed_symbols: allow or block it")
+            both.discard(symbol)
+    _validate_windows(v, cfg, prefix)
+
+
+def _symbol_list(v: Violations, field: str, symbols: Sequence[str]) -> set[str]:
+    """Validate a list of symbols (normalized); returns the valid ones."""
+    if len(symbols) > MAX_SYMBOL_LIST:
+        v.add(field, f"at most {MAX_SYMBOL_LIST} symbols, got {len(symbols)}")
+        return set()
+    seen: set[str] = set()
+    for j, symbol in enumerate(symbols):
+        before = len(v.items)
+        v.identifier(f"{field}[{j}]", symbol)
+        if len(v.items) > before:
+            continue
+        if symbol in seen:
+            v.add(f"{field}[{j}]", f"duplicate symbol {symbol!r}")
+        seen.add(symbol)
+    return seen
+
+
+def _time_of_day(v: Violations, field: str, value: str, *, end: bool) -> int | None:
+    """Minutes since midnight of "HH:MM" (00:00-23:59; an end may also be 24:00), or None (a violation added)."""
+    match = HHMM.fullmatch(value)
+    if match is not None:
+        hours, minutes = int(match[1]), int(match[2])
+        if (hours <= 23 and minutes <= 59) or (end and hours == 24 and minutes == 0):
+            return hours * 60 + minutes
+    latest = "24:00" if end else "23:59"
+    v.add(field, f"must be a UTC time \"HH:MM\" from 00:00 to {latest}, got {value!r}")
+    return None
+
+
+def _validate_windows(v: Violations, cfg: t.RiskConfiguration, prefix: str) -> None:
+    if len(cfg.trading_windows) > MAX_WINDOWS:
+        v.add(f"{prefix}.trading_windows", f"at most {MAX_WINDOWS} windows, got {len(cfg.trading_windows)}")
+        return
+    for i, window in enumerate(cfg.trading_windows):
+        field = f"{prefix}.trading_windows[{i}]"
+        days: set[int] = set()
+        for j, day in enumerate(window.weekdays):
+            if not 1 <= day <= 7:
+                v.add(f"{field}.weekdays[{j}]", f"must be an ISO weekday 1 (Monday) to 7 (Sunday), got {day}")
+            elif day in days:
+                v.add(f"{field}.weekdays[{j}]", f"duplicate weekday {day}")
+            days.add(day)
+        start = _time_of_day(v, f"{field}.start", window.start, end=False)
+        end = _time_of_day(v, f"{field}.end", window.end, end=True)
+        if start is not None and end is not None and start == end:
+            v.add(f"{field}.end", f"must differ from start ({window.start}): an empty window allows nothing")
 
 
 def _validate_regimes(v: Violations, cfg: t.RiskConfiguration, prefix: str) -> None:
@@ -125,6 +215,11 @@ def _validate_symbols(v: Violations, cfg: t.RiskConfiguration, prefix: str) -> N
             lev = sc.max_leverage
             if not math.isfinite(lev) or not 1.0 <= lev <= 1000.0:
                 v.add(f"{field}.max_leverage", f"must be in [1, 1000], got {lev:g}")
+        for name in ("max_order_quantity", "max_position_quantity"):
+            if has(sc, name):
+                _positive(v, f"{field}.{name}", getattr(sc, name))
+        if sc.HasField("max_open_orders"):
+            _int_range(v, f"{field}.max_open_orders", sc.max_open_orders, 1, MAX_COUNT)
 
 
 def limits_from_config(cfg: t.RiskConfiguration, defaults: Limits) -> Limits:

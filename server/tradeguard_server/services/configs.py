@@ -17,9 +17,10 @@ from dataclasses import dataclass, replace
 
 from ..engine.engine import RiskEngine
 from ..engine.limits import Limits, SymbolLimits
+from ..engine.types import TradingWindow
 from ..store.errors import NotFound
 from ..store.protocol import ConfigRepository
-from ..store.records import ConfigRecord
+from ..store.records import ConfigRecord, TradingWindowRecord
 
 log = logging.getLogger("tradeguard.admin")
 
@@ -34,6 +35,14 @@ class Configuration:
     regimes_given: bool = False
 
 
+def minute_of_day(hhmm: str) -> int:
+    """Minutes since midnight of a validated "HH:MM" ("24:00" is 1440)."""
+    hours, minutes = hhmm.split(":")
+    return int(hours) * 60 + int(minutes)
+
+
+def trading_window(w: TradingWindowRecord) -> TradingWindow:
+    return TradingWindow(frozenset(w.weekdays), minute_of_day(w.start), minute_of_day(w.end))
 
 
 def limits_for(cfg: ConfigRecord, defaults: Limits) -> Limits:
@@ -44,6 +53,9 @@ def limits_for(cfg: ConfigRecord, defaults: Limits) -> Limits:
         return float(value) if value is not None else default
 
     def whole(value: int | None, default: int) -> int:
+        return value if value is not None else default
+
+    def some(value: int | None, default: int | None) -> int | None:
         return value if value is not None else default
 
     regimes = cfg.market_regime_thresholds
@@ -77,6 +89,24 @@ def limits_for(cfg: ConfigRecord, defaults: Limits) -> Limits:
         order_rate_window_seconds=whole(cfg.order_rate_window_seconds, defaults.order_rate_window_seconds),
         correlation_groups=tuple((name, frozenset(s.upper() for s in symbols))
                                  for name, symbols in cfg.correlation_groups.items()),
+        max_order_quantity=pick(cfg.max_order_quantity, defaults.max_order_quantity),
+        max_position_quantity=pick(cfg.max_position_quantity, defaults.max_position_quantity),
+        max_open_orders=some(cfg.max_open_orders, defaults.max_open_orders),
+        price_collar_percentage=pick(cfg.price_collar_percentage, defaults.price_collar_percentage),
+        reference_price_max_age_seconds=whole(cfg.reference_price_max_age_seconds,
+                                              defaults.reference_price_max_age_seconds),
+        duplicate_order_window_ms=some(cfg.duplicate_order_window_ms, defaults.duplicate_order_window_ms),
+        allowed_symbols=frozenset(s.upper() for s in cfg.allowed_symbols) if cfg.allowed_symbols
+        else defaults.allowed_symbols,
+        blocked_symbols=frozenset(s.upper() for s in cfg.blocked_symbols) if cfg.blocked_symbols
+        else defaults.blocked_symbols,
+        trading_windows=tuple(trading_window(w) for w in cfg.trading_windows) if cfg.trading_windows
+        else defaults.trading_windows,
+        max_daily_notional=pick(cfg.max_daily_notional, defaults.max_daily_notional),
+        max_daily_orders=some(cfg.max_daily_orders, defaults.max_daily_orders),
+        max_fills_per_window=some(cfg.max_fills_per_window, defaults.max_fills_per_window),
+        fill_window_seconds=whole(cfg.fill_window_seconds, defaults.fill_window_seconds),
+        pending_order_ttl_seconds=whole(cfg.pending_order_ttl_seconds, defaults.pending_order_ttl_seconds),
         symbols={
             sc.symbol.upper(): SymbolLimits(
                 symbol=sc.symbol.upper(),
@@ -84,6 +114,10 @@ def limits_for(cfg: ConfigRecord, defaults: Limits) -> Limits:
                 max_leverage=sc.max_leverage,
                 position_max_drawdown_percentage=sc.position_max_drawdown_percentage,
                 risk_per_trade_percentage=sc.risk_per_trade_percentage,
+                max_order_quantity=sc.max_order_quantity,
+                max_position_quantity=sc.max_position_quantity,
+                max_open_orders=sc.max_open_orders,
+                price_collar_percentage=sc.price_collar_percentage,
             )
             for sc in cfg.symbol_configs
         },

@@ -4,9 +4,9 @@ SQLAlchemy Core's executemany costs ~70 us per row here; this module gets a stat
 history row) to ~20 us of Python, which is what lets one writer thread keep up with tens of thousands
 of changes per second:
 - rows are tuples in a fixed column order, encoded once;
-- JSON parts that rarely change (pauses, positions, volatility, symbol stats, the recent trades) are
-  encoded once per trader and reused while they are unchanged: between two equity reports only a few
-  numbers move;
+- JSON parts that rarely change (pauses, positions, volatility, symbol stats, pending orders, the recent
+  trades and finished orders) are encoded once per trader and reused while they are unchanged: between two
+  equity reports only a few numbers move;
 - history rows carry what changed (see history_row): the scalars always, each map only when it changed
   since this writer's previous history row of the trader (else a reference to the row that holds it), and
   every map again in a trader's first row, after `restart_history()` (the store calls it when rows were
@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy import Connection, Dialect
 
 from ..engine.snapshot import StateRecord
-from ..engine.types import ClosedTrade, TradingState
+from ..engine.types import ClosedTrade, PendingOrder, TradingState
 from . import codec
 from .models import UtcTimestamp
 from .records import BreakerEventRecord, HistoryRecord, TradeRecord
@@ -42,7 +42,8 @@ STATE_COLUMNS = (
     "paused_until", "pause_code", "pause_reason", "weekly_pnl", "monthly_pnl", "equity_reported", "day_start_equity",
     "week_start_equity", "month_start_equity", "day_start", "week_start", "month_start", "last_equity_at",
     "consecutive_losses", "pauses", "positions", "volatility", "symbol_stats", "recent_trades", "order_times",
-    "updated_at", "version", "epoch", "breaker_episodes",
+    "updated_at", "version", "epoch", "breaker_episodes", "pending_orders", "finished_orders", "daily_order_notional",
+    "daily_orders",
 )
 HISTORY_COLUMNS = (
     "recorded_at", "trader_id", "account_id", "trading_state", "current_equity", "drawdown_pct", "daily_pnl",
@@ -65,10 +66,25 @@ PG_MAX_PARAMS = 60_000  # PostgreSQL allows 65535 parameters per statement
 
 # A trader's history rows carry every map again at least this often (bounds how far a reader looks back).
 FULL_HISTORY_EVERY = 500
-HISTORY_MAPS = ("pauses", "positions", "volatility", "symbol_stats")
+HISTORY_MAPS = codec.HISTORY_MAPS  # pauses, positions, volatility, symbol_stats, pending_orders
+_NO_MAPS: tuple[Any, ...] = (None,) * len(HISTORY_MAPS)
 
 encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 ACTIVE = TradingState.ACTIVE.name
+
+
+OrderTexts = dict[int, tuple[PendingOrder, str]]
+
+
+def _orders_text(orders: tuple[PendingOrder, ...], cache: OrderTexts) -> tuple[str, OrderTexts]:
+    """The JSON list of `orders` (the text `encode` writes for the list) and the cache of its orders' texts."""
+    texts: OrderTexts = {}
+    for o in orders:
+        hit = cache.get(id(o))
+        if hit is None or hit[0] is not o:
+            hit = (o, encode(codec.order_json(o)))
+        texts[id(o)] = hit
+    return "[" + ",".join([texts[id(o)][1] for o in orders]) + "]", texts
 
 
 class _Parts:
@@ -76,16 +92,23 @@ class _Parts:
     last history row held (`hist_maps`: the maps, the same objects or equal ones while unchanged; `hist_tags`:
     the tag of the row that carries each)."""
 
-    __slots__ = ("hist_count", "hist_maps", "hist_restart", "hist_same", "hist_tags", "keys", "pauses",
-                 "positions", "recent_trades", "symbol_stats", "trades_key", "volatility")
+    __slots__ = ("finished_key", "finished_orders", "finished_texts", "hist_count", "hist_maps", "hist_restart",
+                 "hist_same", "hist_tags", "keys", "pauses", "pending_orders", "pending_texts", "positions",
+                 "recent_trades", "symbol_stats", "trades_key", "volatility")
 
     def __init__(self) -> None:
-        self.keys: list[Any] = [None, None, None, None]  # the maps the texts below were made from
-        self.pauses = self.positions = self.volatility = self.symbol_stats = ""
+        self.keys: list[Any] = list(_NO_MAPS)  # the maps the texts below were made from (HISTORY_MAPS order)
+        self.pauses = self.positions = self.volatility = self.symbol_stats = self.pending_orders = ""
         self.trades_key: tuple[int, ClosedTrade | None, ClosedTrade | None] | None = None
         self.recent_trades = "[]"
-        self.hist_maps: tuple[Any, ...] = (None, None, None, None)
-        self.hist_tags: list[str] = ["", "", "", ""]
+        self.finished_key: tuple[PendingOrder, ...] | None = None
+        self.finished_orders = "[]"
+        # Each order's JSON by id(order) (with the order, so a reused id is not mistaken): an order is frozen, and a
+        # change to one order re-encodes that order only.
+        self.pending_texts: OrderTexts = {}
+        self.finished_texts: OrderTexts = {}
+        self.hist_maps: tuple[Any, ...] = _NO_MAPS
+        self.hist_tags: list[str] = [""] * len(HISTORY_MAPS)
         self.hist_count = 0  # history rows since the last one with every map
         self.hist_restart = -1  # BulkWriter.history_restarts when hist_* were set
         self.hist_same = ""  # the row's end when every map is unchanged (while hist_tags stay), once made
@@ -152,7 +175,16 @@ class BulkWriter:
         if keys[3] != rec.symbol_stats:
             parts.symbol_stats = encode([codec.stats_json(s) for s in rec.symbol_stats])
             keys[3] = rec.symbol_stats
+        if keys[4] != rec.pending_orders:  # PendingOrder is frozen: an unchanged order is the same object
+            parts.pending_orders, parts.pending_texts = _orders_text(rec.pending_orders, parts.pending_texts)
+            keys[4] = rec.pending_orders
         return parts
+
+    def _finished_orders(self, rec: StateRecord, parts: _Parts) -> str:
+        if parts.finished_key != rec.finished_orders:
+            parts.finished_orders, parts.finished_texts = _orders_text(rec.finished_orders, parts.finished_texts)
+            parts.finished_key = rec.finished_orders
+        return parts.finished_orders
 
     def _recent_trades(self, rec: StateRecord, parts: _Parts) -> str:
         trades = rec.recent_trades
@@ -170,7 +202,7 @@ class BulkWriter:
         pause = rec.effective_pause(rec.updated_at)
         ts = self.ts
         for amount in (rec.current_equity, rec.peak_equity, rec.day_start_equity, rec.week_start_equity,
-                       rec.month_start_equity):
+                       rec.month_start_equity, rec.daily_order_notional):
             if not isfinite(amount):  # PostgreSQL would keep a NaN, SQLite would turn it into NULL: refuse both
                 raise ValueError(f"not a finite number: {amount!r}")
         return (
@@ -184,13 +216,15 @@ class BulkWriter:
             ts(rec.last_equity_at), rec.consecutive_losses, parts.pauses, parts.positions, parts.volatility,
             parts.symbol_stats, self._recent_trades(rec, parts), encode(list(rec.order_times)), ts(rec.updated_at),
             rec.version, epoch, encode(dict(rec.breaker_episodes)) if rec.breaker_episodes else "{}",
+            parts.pending_orders, self._finished_orders(rec, parts), rec.daily_order_notional, rec.daily_orders,
         )
 
     def history_row(self, h: HistoryRecord) -> Row:
         """The history row. Its `state` JSON has every scalar field of the state (not recent_trades,
-        order_times, breaker_episodes), `"tag"`: this row's id "<writer>.<n>", and each of pauses, positions,
-        volatility and symbol_stats either itself or, when unchanged since the trader's previous history row by
-        this writer, under `"unchanged": {map: tag of the row that holds it}` (codec.fill_history reads it)."""
+        order_times, breaker_episodes, finished_orders), `"tag"`: this row's id "<writer>.<n>", and each of
+        pauses, positions, volatility, symbol_stats and pending_orders either itself or, when unchanged since the
+        trader's previous history row by this writer, under `"unchanged": {map: tag of the row that holds it}`
+        (codec.fill_history reads it)."""
         rec = h.state
         parts = self._parts.get(rec.trader_id)
         if parts is None:
@@ -205,7 +239,8 @@ class BulkWriter:
             f'"week_start":{_num(rec.week_start)},"month_start":{_num(rec.month_start)},'
             f'"last_equity_at":{"null" if rec.last_equity_at is None else _num(rec.last_equity_at)},'
             f'"consecutive_losses":{int(rec.consecutive_losses)},"updated_at":{_num(rec.updated_at)},'
-            f'"version":{int(rec.version)}'
+            f'"version":{int(rec.version)},"daily_order_notional":{_num(rec.daily_order_notional)},'
+            f'"daily_orders":{int(rec.daily_orders)}'
         )
         pause = rec.effective_pause(rec.updated_at)
         row = (
@@ -214,7 +249,7 @@ class BulkWriter:
             _text(h.reason), _text(h.trace_id) if h.trace_id else None,
         )
         restarts = self.history_restarts
-        maps = (rec.pauses, rec.positions, rec.volatility, rec.symbol_stats)
+        maps = (rec.pauses, rec.positions, rec.volatility, rec.symbol_stats, rec.pending_orders)
         held = parts.hist_maps  # a tuple: compared with `maps` map by map, identical maps at once
         full = parts.hist_restart != restarts or parts.hist_count >= FULL_HISTORY_EVERY
         # Tuples compare element by element with an identity shortcut: unchanged positions are the same objects.
@@ -223,10 +258,10 @@ class BulkWriter:
             self._history_n += 1
             parts.hist_count += 1
             return (*row, f'{head},"tag":"{self._writer}.{self._history_n}"{parts.hist_same}')
-        changed = [True] * 4 if full else [held[i] != maps[i] for i in range(4)]
+        changed = [True] * len(maps) if full else [held[i] != maps[i] for i in range(len(maps))]
         if any(changed):
             self._parts_of(rec)  # encodes what its cache lacks; may raise (then nothing below changed)
-        texts = (parts.pauses, parts.positions, parts.volatility, parts.symbol_stats)
+        texts = (parts.pauses, parts.positions, parts.volatility, parts.symbol_stats, parts.pending_orders)
         self._history_n += 1
         tag = f"{self._writer}.{self._history_n}"
         parts.hist_restart = restarts

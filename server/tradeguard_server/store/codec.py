@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..engine.snapshot import PauseRecord, StateRecord, SymbolStatsRecord
-from ..engine.types import ClosedTrade, DecisionCode, Position, Side, TradingState
+from ..engine.types import ClosedTrade, DecisionCode, OrderStatus, PendingOrder, Position, Side, TradingState
 from .records import (
     BreakerEventRecord,
     BreakerRecord,
@@ -22,6 +22,7 @@ from .records import (
     FlagsRecord,
     HistoryRecord,
     SymbolConfigRecord,
+    TradingWindowRecord,
 )
 
 Row = dict[str, Any]
@@ -33,9 +34,15 @@ CONFIG_FIELDS = (
     "max_position_size_percentage", "risk_per_trade_percentage", "max_correlated_exposure_percentage",
     "volatility_adjustment_factor", "position_max_drawdown_percentage", "position_trailing_stop_multiplier",
     "max_order_notional", "max_orders_per_window", "order_rate_window_seconds",
+    "max_order_quantity", "max_position_quantity", "max_open_orders", "price_collar_percentage",
+    "reference_price_max_age_seconds", "duplicate_order_window_ms", "max_daily_notional", "max_daily_orders",
+    "max_fills_per_window", "fill_window_seconds", "pending_order_ttl_seconds",
 )
+# JSON columns of risk_configurations besides market_regime_thresholds and correlation_groups (NULL: none).
+CONFIG_SYMBOL_LISTS = ("allowed_symbols", "blocked_symbols")
 SYMBOL_FIELDS = (
     "max_position_size_percentage", "max_leverage", "position_max_drawdown_percentage", "risk_per_trade_percentage",
+    "max_order_quantity", "max_position_quantity", "max_open_orders", "price_collar_percentage",
 )
 FLAG_NAMES = ("enable_risk_enforcement", "enable_persistence")
 
@@ -79,8 +86,25 @@ def trade_json(t: ClosedTrade) -> Row:
             "realized_pnl": t.realized_pnl, "closed_at": t.closed_at}
 
 
+def order_json(o: PendingOrder) -> Row:
+    return {"client_order_id": o.client_order_id, "symbol": o.symbol, "exchange": o.exchange, "side": o.side.name,
+            "quantity": o.quantity, "price": o.price, "allowed_at": o.allowed_at, "expires_at": o.expires_at,
+            "filled": o.filled, "avg_price": o.avg_price, "status": o.status.name, "reducing": o.reducing}
+
+
+def order_from_json(o: Mapping[str, Any]) -> PendingOrder:
+    return PendingOrder(o["client_order_id"], o["symbol"], o["exchange"], Side[o["side"]], o["quantity"], o["price"],
+                        o["allowed_at"], o["expires_at"], o["filled"], o["avg_price"], OrderStatus[o["status"]],
+                        bool(o["reducing"]))
+
+
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
 def state_from_row(row: RowIn) -> StateRecord:
-    """A record from a risk_state row (or from the `state` JSON of a history row)."""
+    """A record from a risk_state row (or from the `state` JSON of a history row). Rows written before revision
+    0004 have no orders (NULL or absent: none) and NULL daily sums in history JSON (0)."""
     return StateRecord(
         trader_id=row["trader_id"],
         account_id=row["account_id"],
@@ -116,13 +140,18 @@ def state_from_row(row: RowIn) -> StateRecord:
         ),
         order_times=tuple(row.get("order_times", ())),
         breaker_episodes=tuple((str(k), str(v)) for k, v in (row.get("breaker_episodes") or {}).items()),
+        pending_orders=tuple(order_from_json(o) for o in row.get("pending_orders") or ()),
+        finished_orders=tuple(order_from_json(o) for o in row.get("finished_orders") or ()),
+        daily_order_notional=_or(row.get("daily_order_notional"), 0.0),
+        daily_orders=_or(row.get("daily_orders"), 0),
         updated_at=row["updated_at"],
         version=row["version"],
     )
 
 
-HISTORY_MAPS = ("pauses", "positions", "volatility", "symbol_stats")
-EMPTY_MAPS: dict[str, Any] = {"pauses": [], "positions": [], "volatility": {}, "symbol_stats": []}
+HISTORY_MAPS = ("pauses", "positions", "volatility", "symbol_stats", "pending_orders")
+EMPTY_MAPS: dict[str, Any] = {"pauses": [], "positions": [], "volatility": {}, "symbol_stats": [],
+                              "pending_orders": []}
 
 
 def history_refs(state: Mapping[str, Any]) -> dict[str, str]:
@@ -182,8 +211,19 @@ def config_values(c: ConfigRecord) -> Row:
     row["market_regime_thresholds"] = dict(c.market_regime_thresholds)
     row["correlation_groups"] = [{"name": name, "symbols": list(symbols)}
                                  for name, symbols in c.correlation_groups.items()]
+    for name in CONFIG_SYMBOL_LISTS:
+        row[name] = list(getattr(c, name))
+    row["trading_windows"] = [window_json(w) for w in c.trading_windows]
     row["is_active"] = c.is_active
     return row
+
+
+def window_json(w: TradingWindowRecord) -> Row:
+    return {"weekdays": list(w.weekdays), "start": w.start, "end": w.end}
+
+
+def window_from_json(w: Mapping[str, Any]) -> TradingWindowRecord:
+    return TradingWindowRecord(tuple(int(d) for d in w["weekdays"]), str(w["start"]), str(w["end"]))
 
 
 def symbol_values(s: SymbolConfigRecord) -> Row:
@@ -200,6 +240,9 @@ def config_from_row(row: RowIn, symbols: list[SymbolConfigRecord]) -> ConfigReco
         is_active=bool(row["is_active"]),
         market_regime_thresholds={k: float(v) for k, v in (row["market_regime_thresholds"] or {}).items()},
         correlation_groups={g["name"]: list(g["symbols"]) for g in row["correlation_groups"] or ()},
+        allowed_symbols=[str(s) for s in row["allowed_symbols"] or ()],
+        blocked_symbols=[str(s) for s in row["blocked_symbols"] or ()],
+        trading_windows=[window_from_json(w) for w in row["trading_windows"] or ()],
         symbol_configs=symbols,
         created_at=row["created_at"],
         updated_at=row["updated_at"],

@@ -121,6 +121,21 @@ class RiskConfiguration(Base):
     order_rate_window_seconds: Mapped[int | None] = mapped_column(Integer)
     correlation_groups: Mapped[Any] = mapped_column(Json)
     is_active: Mapped[bool] = mapped_column(Boolean)
+    # Pre-trade controls (0004); NULL = not set (the JSON lists: none).
+    max_order_quantity: Mapped[float | None] = mapped_column(Double)
+    max_position_quantity: Mapped[float | None] = mapped_column(Double)
+    max_open_orders: Mapped[int | None] = mapped_column(Integer)
+    price_collar_percentage: Mapped[float | None] = mapped_column(Double)
+    reference_price_max_age_seconds: Mapped[int | None] = mapped_column(Integer)
+    duplicate_order_window_ms: Mapped[int | None] = mapped_column(Integer)
+    allowed_symbols: Mapped[Any | None] = mapped_column(Json, nullable=True)  # ["BTCUSDT", ...]
+    blocked_symbols: Mapped[Any | None] = mapped_column(Json, nullable=True)
+    trading_windows: Mapped[Any | None] = mapped_column(Json, nullable=True)  # [{weekdays, start, end}]
+    max_daily_notional: Mapped[float | None] = mapped_column(Double)
+    max_daily_orders: Mapped[int | None] = mapped_column(Integer)
+    max_fills_per_window: Mapped[int | None] = mapped_column(Integer)
+    fill_window_seconds: Mapped[int | None] = mapped_column(Integer)
+    pending_order_ttl_seconds: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[float] = mapped_column(UtcTimestamp())
     updated_at: Mapped[float] = mapped_column(UtcTimestamp())
 
@@ -140,6 +155,10 @@ class SymbolRiskConfiguration(Base):
     risk_per_trade_percentage: Mapped[float | None] = mapped_column(Double)
     created_at: Mapped[float] = mapped_column(UtcTimestamp())
     updated_at: Mapped[float] = mapped_column(UtcTimestamp())
+    max_order_quantity: Mapped[float | None] = mapped_column(Double)  # 0004
+    max_position_quantity: Mapped[float | None] = mapped_column(Double)
+    max_open_orders: Mapped[int | None] = mapped_column(Integer)
+    price_collar_percentage: Mapped[float | None] = mapped_column(Double)
 
 
 class CircuitBreaker(Base):
@@ -225,6 +244,14 @@ class RiskState(Base):
     version: Mapped[int] = mapped_column(BigInteger)
     epoch: Mapped[int] = mapped_column(BigInteger)
     breaker_episodes: Mapped[Any | None] = mapped_column(Json, nullable=True)  # {breaker id: rule}, 0003
+    # The order lifecycle (0004): the pending orders (allowed, not finished; oldest first) and the latest finished
+    # ones (oldest first), each [{client_order_id, symbol, exchange, side, quantity, price, allowed_at, expires_at,
+    # filled, avg_price, status, reducing}] with side and status by name; NULL (rows of earlier revisions): none.
+    pending_orders: Mapped[Any | None] = mapped_column(Json, nullable=True)
+    finished_orders: Mapped[Any | None] = mapped_column(Json, nullable=True)
+    # Sums of the orders allowed since day_start (max_daily_notional, max_daily_orders).
+    daily_order_notional: Mapped[float] = mapped_column(Double, server_default=text("0"))
+    daily_orders: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
 
 
 class RiskStateHistory(Base):

@@ -60,9 +60,11 @@ class StoreCounters:
 
 def history_cost(row: HistoryRecord) -> int:
     """Estimated bytes a queued history row holds on to (measured with tracemalloc: ~640 for a trader without
-    positions). What it shares with the trader's live state (positions, recent trades) counts as a reference."""
+    positions). What it shares with the trader's live state (positions, recent trades, orders) counts as a
+    reference."""
     st = row.state
-    shared = len(st.positions) + len(st.recent_trades) + len(st.volatility)
+    shared = len(st.positions) + len(st.recent_trades) + len(st.volatility) + len(st.pending_orders) \
+        + len(st.finished_orders)
     own = len(st.pauses) + len(st.symbol_stats)
     return 640 + len(row.reason) + 8 * shared + 160 * own
 

@@ -23,6 +23,7 @@ __all__ = [
     "SymbolConfigRecord",
     "SymbolStatsRecord",
     "TradeRecord",
+    "TradingWindowRecord",
 ]
 
 
@@ -32,7 +33,9 @@ class HistoryRecord:
 
     trader_id: str
     account_id: str
-    state: StateRecord  # recent_trades, order_times and breaker_episodes are not kept in history (empty here)
+    # recent_trades, order_times, breaker_episodes and finished_orders are not kept in history (empty here); the
+    # pending orders are.
+    state: StateRecord
     reason: str
     trace_id: str | None
     recorded_at: float
@@ -62,8 +65,23 @@ class SymbolConfigRecord:
     max_leverage: float | None = None
     position_max_drawdown_percentage: float | None = None
     risk_per_trade_percentage: float | None = None
+    max_order_quantity: float | None = None
+    max_position_quantity: float | None = None
+    max_open_orders: int | None = None
+    price_collar_percentage: float | None = None
     created_at: float | None = None
     updated_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TradingWindowRecord:
+    """A UTC window in which new exposure is allowed, as given: ISO weekdays (1 = Monday; empty = every day) and
+    "HH:MM" start (inclusive) and end (exclusive; "24:00" = the end of the day; at or before the start = past
+    midnight)."""
+
+    weekdays: tuple[int, ...]
+    start: str
+    end: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +109,21 @@ class ConfigRecord:
     max_orders_per_window: int | None = None
     order_rate_window_seconds: int | None = None
     correlation_groups: dict[str, list[str]] = field(default_factory=dict)  # group name -> symbols, in order
+    # Pre-trade controls (issue 16); None / empty = not set.
+    max_order_quantity: float | None = None
+    max_position_quantity: float | None = None
+    max_open_orders: int | None = None
+    price_collar_percentage: float | None = None
+    reference_price_max_age_seconds: int | None = None
+    duplicate_order_window_ms: int | None = None
+    allowed_symbols: list[str] = field(default_factory=list)  # empty = every symbol
+    blocked_symbols: list[str] = field(default_factory=list)
+    trading_windows: list[TradingWindowRecord] = field(default_factory=list)  # empty = at any time
+    max_daily_notional: float | None = None
+    max_daily_orders: int | None = None
+    max_fills_per_window: int | None = None
+    fill_window_seconds: int | None = None
+    pending_order_ttl_seconds: int | None = None
     symbol_configs: list[SymbolConfigRecord] = field(default_factory=list)
     created_at: float | None = None  # set by the store
     updated_at: float | None = None  # set by the store
