@@ -8,7 +8,8 @@ that are safe to repeat, because an UNAVAILABLE call may still have reached the 
   a level, not a delta: a repeat sets the same level, and an older `observed_at` is ignored); ReportTrade
   (idempotent by `trade_id`: a repeat answers `duplicate`); ReportPositions (a snapshot that replaces the
   previous one); ReportOrder (a status and a cumulative `filled_quantity`, not a delta: a repeat changes
-  nothing and answers `duplicate`, a final status is never undone); ReportPrices (levels, not deltas: a
+  nothing, counts no second fill and answers `duplicate`, so after a lost success the retry reads
+  `duplicate=True`; a final status is never undone); ReportPrices (levels, not deltas: a
   repeat sets the same prices again, and a price older than the one known is ignored).
 - AdminService reads: GetConfig, ListConfigs, GetBreaker, ListBreakers, ListBreakerEvents, GetFeatureFlags,
   ListRiskStateHistory.

@@ -279,8 +279,9 @@ class RiskClient(_SyncClient):
 
         Until an order is reported finished it counts in every exposure check as if filled; fills move it to
         the position (a later `report_positions` is the truth). Idempotent and safe out of order: a repeat or an
-        older report changes nothing (`duplicate=True`); `result.order` is the order after the report. An id
-        the sidecar does not know (e.g. one it never allowed) raises TradeGuardError with code NOT_FOUND.
+        older report changes nothing (`duplicate=True`, also what a retry after a lost success reads);
+        `result.order` is the order after the report. An id the sidecar does not know (e.g. one it never
+        allowed) raises TradeGuardError with code NOT_FOUND.
         """
         request = req.report_order(trader_id, account_id, client_order_id, status, filled_quantity, average_price)
         resp = self._unary("ReportOrder", self._stub.ReportOrder, request, timeout)
