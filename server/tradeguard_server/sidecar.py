@@ -271,6 +271,7 @@ class Sidecar:
         s = self.settings
         self.metrics: MetricsSink = PrometheusMetrics() if s.metrics_listen else NullMetrics()
         self.metrics.observe_store(self.store)  # history rows enqueued / written / dropped, read at scrape time
+        self.metrics.observe_orders(self.engine)  # pending orders and TTL releases, read at scrape time
         self.metrics_address = ""
         traced = tracing_enabled(s.tracing, s.otlp_traces_endpoint, s.otel_sdk_disabled)
         self.tracing: Tracing | None = setup_tracing(s.otlp_traces_endpoint, s.otel_service_name) if traced else None

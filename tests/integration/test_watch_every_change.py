@@ -94,10 +94,14 @@ async def test_an_order_rate_breaker_pausing_the_trader_inside_can_trade_reaches
 
     assert [a.allowed for a in first] == [True, True]
     assert not third.allowed and third.code == t.DECISION_CODE_CIRCUIT_BREAKER
+    # Each allowed order is pending from then on: a change of the state too (issue 16).
+    assert [await watch.next(), await watch.next()] == [(ACTIVE, "order_allowed")] * 2
     assert await watch.next() == (HALTED, "breaker fired on can_trade")
     (event,) = watch.last.breaker_events
     assert event.action_taken == "pause_trading" and event.trader_id == IDS["trader_id"]
-    assert [a.type for a in watch.last.actions] == [t.ACTION_TYPE_PAUSE_TRADING]
+    # HALTED with the two allowed orders pending: the bot is told to cancel them.
+    assert [a.type for a in watch.last.actions] == [t.ACTION_TYPE_PAUSE_TRADING, t.ACTION_TYPE_CANCEL_ALL_ORDERS]
+    assert list(watch.last.actions[1].client_order_ids) == [a.client_order_id for a in first]
 
 
 async def test_reports_reach_the_watcher(stubs: Stubs) -> None:

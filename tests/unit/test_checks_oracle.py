@@ -136,6 +136,12 @@ def oracle(
                        ("monthly_loss", DecisionCode.MONTHLY_LOSS_LIMIT), ("max_drawdown", DecisionCode.MAX_DRAWDOWN),
                        ("consecutive_losses", DecisionCode.CONSECUTIVE_LOSSES)):
         checks.append((name, SKIPPED, code))
+    checks.append(("fill_rate", SKIPPED, DecisionCode.FILL_RATE_LIMIT))
+    for name, code in (("symbol_permission", DecisionCode.SYMBOL_NOT_ALLOWED),
+                       ("trading_window", DecisionCode.OUTSIDE_TRADING_WINDOW),
+                       ("duplicate_order", DecisionCode.DUPLICATE_ORDER), ("price_collar", DecisionCode.PRICE_COLLAR),
+                       ("order_quantity", DecisionCode.ORDER_QUANTITY_LIMIT)):
+        checks.append((name, SKIPPED, code))  # the pre-trade controls: not configured here
 
     def judged(name: str, code: DecisionCode, configured: bool, value: Decimal, limit: Decimal) -> None:
         if not configured:
@@ -153,6 +159,10 @@ def oracle(
         checks.append(("order_rate", SKIPPED, DecisionCode.ORDER_RATE_LIMIT))
     else:  # the first order asked about: a count of 1
         checks.append(("order_rate", PASS if c.max_orders >= 1 else FAIL, DecisionCode.ORDER_RATE_LIMIT))
+    for name, code in (("daily_orders", DecisionCode.DAILY_ORDERS_LIMIT),
+                       ("daily_notional", DecisionCode.DAILY_NOTIONAL_LIMIT),
+                       ("open_orders", DecisionCode.OPEN_ORDERS_LIMIT)):
+        checks.append((name, SKIPPED, code))
     checks.append(("volatility_regime", PASS if regime == FAIL and only_reduces else regime,
                    DecisionCode.VOLATILITY_REGIME))
     judged("leverage", DecisionCode.LEVERAGE_LIMIT, c.max_leverage is not None,
@@ -162,6 +172,7 @@ def oracle(
     others = sum((D(q) for k, (_s, q, _m) in w.positions.items() if k[0] == o.symbol and k != venue), Decimal(0))
     judged("position_size", DecisionCode.POSITION_SIZE_LIMIT, pos_pct is not None,
            (others + venue_after) * price, D(pos_pct or 0.0) * scale * equity / 100)
+    checks.append(("position_quantity", SKIPPED, DecisionCode.POSITION_QUANTITY_LIMIT))
     risk_pct = c.risk_pct_symbol if c.risk_pct_symbol is not None else c.risk_pct
     if o.stop <= 0:
         checks.append(("risk_per_trade", SKIPPED, DecisionCode.RISK_PER_TRADE_LIMIT))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 from dataclasses import replace
 
 from hypothesis import given, settings
@@ -101,7 +103,8 @@ def test_a_cached_decision_always_equals_a_fresh_one(ops: list[tuple[str, object
     for i, (kind, arg) in enumerate(ops):
         engine_ops.apply(engine, clock, "t1", (kind, arg), i)
         order = ORDERS[arg] if kind == "ask" and isinstance(arg, int) else NEW_EXPOSURE
+        twin = copy.deepcopy(engine)  # the same state: an allowed order changes it (it is pending from then on)
         cached, _st = engine.can_trade("t1", "a1", order)
-        engine.set_account_limits("a1", replace(engine.limits_for("a1")))  # equal limits, a new object: no cache
-        fresh, _st = engine.can_trade("t1", "a1", order)
+        twin.set_account_limits("a1", replace(twin.limits_for("a1")))  # equal limits, a new object: no cache
+        fresh, _st = twin.can_trade("t1", "a1", order)
         assert cached == fresh

@@ -20,6 +20,8 @@ from ..engine.types import (
     Decision,
     DecisionCode,
     OrderIntent,
+    OrderStatus,
+    PendingOrder,
     Position,
     RequiredAction,
     Side,
@@ -34,6 +36,8 @@ STATUS = {s: t.CheckStatus.ValueType(s.value) for s in CheckStatus}
 ACTION = {a: t.ActionType.ValueType(a.value) for a in ActionType}
 SIDE = {s: t.Side.ValueType(s.value) for s in Side}
 SIDE_OF = {int(s.value): s for s in Side}  # proto number -> engine enum, without the Enum call
+ORDER_STATUS = {s: t.OrderStatus.ValueType(s.value) for s in OrderStatus}
+ORDER_STATUS_OF = {int(s.value): s for s in OrderStatus}
 
 
 def ts(seconds: float) -> Timestamp:
@@ -101,6 +105,40 @@ def _state_rest(msg: t.RiskState, st: TraderState, now: float) -> None:
         for p in st.positions.values():
             add(symbol=p.symbol, exchange=p.exchange, side=SIDE[p.side], quantity=p.quantity,
                 entry_price=p.entry_price, mark_price=p.mark_price, leverage=p.leverage, volatility=p.volatility)
+    if st.orders:
+        msg.pending_orders.extend(_order_msgs(st))
+    if st.daily_orders:
+        msg.daily_orders = st.daily_orders
+        msg.daily_order_notional = st.daily_order_notional
+
+
+def pending_order_msg(o: PendingOrder) -> t.PendingOrder:
+    msg = t.PendingOrder(client_order_id=o.client_order_id, symbol=o.symbol, exchange=o.exchange, side=SIDE[o.side],
+                         quantity=o.quantity, price=o.price, filled_quantity=o.filled, average_price=o.avg_price,
+                         status=ORDER_STATUS[o.status], reducing=o.reducing)
+    _set_ts(msg.allowed_at, o.allowed_at)
+    _set_ts(msg.expires_at, o.expires_at)
+    return msg
+
+
+# Each pending order's message, built once per PendingOrder value (they are immutable: a report replaces one), so a
+# RiskState with many pending orders copies them in C instead of building each in Python on every answer.
+_ORDER_MSGS: dict[tuple[str, str], tuple[PendingOrder, t.PendingOrder]] = {}
+_ORDER_MSGS_KEPT = 100_000
+
+
+def _order_msgs(st: TraderState) -> list[t.PendingOrder]:
+    cache, trader = _ORDER_MSGS, st.trader_id
+    out = []
+    for o in st.orders.values():
+        key = (trader, o.client_order_id)
+        entry = cache.get(key)
+        if entry is None or entry[0] is not o:
+            if len(cache) >= _ORDER_MSGS_KEPT:
+                cache.clear()
+            entry = cache[key] = (o, pending_order_msg(o))
+        out.append(entry[1])
+    return out
 
 
 def state_msg(st: TraderState, now: float, config_id: str = "") -> t.RiskState:
@@ -111,7 +149,8 @@ def state_msg(st: TraderState, now: float, config_id: str = "") -> t.RiskState:
 
 def action_msg(a: RequiredAction) -> t.RequiredAction:
     return t.RequiredAction(
-        type=ACTION[a.type], symbol=a.symbol, exchange=a.exchange, reason=a.reason, breaker_id=a.breaker_id
+        type=ACTION[a.type], symbol=a.symbol, exchange=a.exchange, reason=a.reason, breaker_id=a.breaker_id,
+        client_order_ids=a.client_order_ids,
     )
 
 
@@ -132,7 +171,7 @@ def _set_verdict(msg: rs.CanTradeResponse, d: Decision) -> None:
         add_action = msg.actions.add
         for a in d.actions:
             add_action(type=ACTION[a.type], symbol=a.symbol, exchange=a.exchange, reason=a.reason,
-                       breaker_id=a.breaker_id)
+                       breaker_id=a.breaker_id, client_order_ids=a.client_order_ids)
     if d.paused_until is not None:
         _set_ts(msg.paused_until, d.paused_until)
 
@@ -166,20 +205,20 @@ class DecisionMessages:
     __slots__ = ("_templates",)
 
     def __init__(self) -> None:
-        self._templates: dict[str, tuple[tuple[CheckResult, ...], rs.CanTradeResponse]] = {}
+        self._templates: dict[str, tuple[tuple[CheckResult, ...], int, rs.CanTradeResponse]] = {}
 
     def build(self, d: Decision, st: TraderState, now: float, config_id: str = "") -> rs.CanTradeResponse:
         prefix = d.state_checks
         if prefix is None:
             return decision_msg(d, st, now, config_id)
         entry = self._templates.get(st.trader_id)
-        if entry is not None and entry[0] is prefix:
-            template = entry[1]
+        if entry is not None and entry[0] is prefix and entry[1] == st.version:
+            template = entry[2]
         else:
             template = rs.CanTradeResponse()
             _add_checks(template, prefix)
             _set_state(template, st, now, config_id)
-            self._templates[st.trader_id] = (prefix, template)
+            self._templates[st.trader_id] = (prefix, st.version, template)
         msg = rs.CanTradeResponse()
         msg.CopyFrom(template)
         _add_checks(msg, d.checks[len(prefix):])

@@ -13,12 +13,13 @@ import grpc
 from tradeguard.v1 import risk_service_pb2 as rs
 from tradeguard.v1 import types_pb2 as t
 
-from ..engine.engine import OrderIdReusedError, Outcome, RiskEngine
+from ..engine import orders
+from ..engine.engine import OrderIdReusedError, Outcome, RiskEngine, StateNotLoadedError
 from ..engine.state import SEEN_TRADE_IDS_KEPT, TraderState
-from ..engine.types import ClosedTrade, Side
+from ..engine.types import ClosedTrade, PriceMark, Side
 from . import convert
 from .dispatch import Guard, server_stream, service, unary
-from .errors import InvalidArgument, Unavailable
+from .errors import InvalidArgument, NotFound, Unavailable
 from .risk_state import show_unloaded, state_msg
 from .validation import AMOUNT_MAX, ID_MAX, ID_PATTERN, Violations
 from .watch import WatchHub
@@ -26,6 +27,9 @@ from .watch import WatchHub
 SERVICE = "tradeguard.v1.RiskService"
 SIDES = frozenset({t.SIDE_BUY, t.SIDE_SELL})
 MAX_POSITIONS = 1000
+# What a bot reports with ReportOrder (ALLOWED is the server's own status).
+REPORTED_STATUSES = frozenset({t.ORDER_STATUS_ACCEPTED, t.ORDER_STATUS_PARTIALLY_FILLED, t.ORDER_STATUS_FILLED,
+                               t.ORDER_STATUS_CANCELLED, t.ORDER_STATUS_REJECTED, t.ORDER_STATUS_EXPIRED})
 MAX_CLOCK_SKEW_S = 5.0  # default: how far ahead of the sidecar's clock a report's time may be
 _id_match = ID_PATTERN.fullmatch
 Ctx = grpc.aio.ServicerContext[Any, Any]
@@ -119,6 +123,8 @@ class RiskService:
             "ReportEquity": unary(rs.ReportEquityRequest, self.report_equity, guard),
             "ReportTrade": unary(rs.ReportTradeRequest, self.report_trade, guard),
             "ReportPositions": unary(rs.ReportPositionsRequest, self.report_positions, guard),
+            "ReportOrder": unary(rs.ReportOrderRequest, self.report_order, guard),
+            "ReportPrices": unary(rs.ReportPricesRequest, self.report_prices, guard),
             "GetRiskState": unary(rs.GetRiskStateRequest, self.get_risk_state, guard),
             "WatchRiskState": server_stream(rs.WatchRiskStateRequest, self.watch_risk_state, guard),
         }
@@ -245,6 +251,53 @@ class RiskService:
         state, events, actions = self._answer(outcome)
         return rs.ReportPositionsResponse(state=state, breaker_events=events, actions=actions)
 
+    async def report_order(self, req: rs.ReportOrderRequest, _ctx: Ctx) -> rs.ReportOrderResponse:
+        v = Violations()
+        check_ids(v, req.trader_id, req.account_id)
+        v.identifier("client_order_id", req.client_order_id)
+        v.enum("status", req.status, REPORTED_STATUSES, "ORDER_STATUS")
+        v.number("filled_quantity", req.filled_quantity, min_value=0.0)
+        v.number("average_price", req.average_price, min_value=0.0)
+        v.raise_if_any()
+        engine = self.engine
+        st = engine.traders.get(req.trader_id)
+        known = None if st is None or st.account_id != req.account_id else orders.find(st, req.client_order_id)
+        if known is not None and req.filled_quantity > known.quantity * (1.0 + 1e-9):
+            raise InvalidArgument([("filled_quantity", f"{req.filled_quantity:g} is more than the order's quantity "
+                                                       f"{known.quantity:g}")])
+        try:
+            outcome = engine.report_order(req.trader_id, req.account_id, req.client_order_id,
+                                          convert.ORDER_STATUS_OF[req.status], req.filled_quantity, req.average_price)
+        except orders.UnknownOrderError as exc:
+            raise NotFound(str(exc)) from None
+        except StateNotLoadedError as exc:
+            raise Unavailable(str(exc)) from None
+        assert outcome.order is not None
+        order = convert.pending_order_msg(outcome.order)
+        if not outcome.changed:
+            return rs.ReportOrderResponse(state=self.state_msg(outcome.state), order=order, duplicate=True)
+        state, events, actions = self._answer(outcome)
+        return rs.ReportOrderResponse(state=state, order=order, breaker_events=events, actions=actions)
+
+    async def report_prices(self, req: rs.ReportPricesRequest, _ctx: Ctx) -> rs.ReportPricesResponse:
+        v = Violations()
+        check_ids(v, req.trader_id, req.account_id)
+        if not req.prices:
+            v.add("prices", "is empty: send at least one price")
+        elif len(req.prices) > MAX_POSITIONS:
+            v.add("prices", f"too many: {len(req.prices)}, at most {MAX_POSITIONS}")
+        marks: list[PriceMark] = []
+        now = self.engine.clock.now()
+        for i, p in enumerate(req.prices):
+            v.identifier(f"prices[{i}].symbol", p.symbol)
+            v.identifier(f"prices[{i}].exchange", p.exchange, required=False)
+            v.number(f"prices[{i}].price", p.price, min_value=0.0, min_exclusive=True)
+            at = self._report_time(v, f"prices[{i}].observed_at", p.observed_at)
+            marks.append(PriceMark(p.symbol.upper(), p.price, now if at is None else at, p.exchange.lower()))
+        v.raise_if_any()
+        self.engine.peek(req.trader_id, req.account_id)  # the trader's binding to its account holds here too
+        return rs.ReportPricesResponse(accepted=self.engine.report_prices(marks))
+
     async def get_risk_state(self, req: rs.GetRiskStateRequest, _ctx: Ctx) -> rs.GetRiskStateResponse:
         v = Violations()
         check_ids(v, req.trader_id, req.account_id)
@@ -270,7 +323,7 @@ class RiskService:
             limits = self.engine.limits_for(st.account_id)
             from ..engine import checks
 
-            actions = checks.position_actions(st, limits)
+            actions = checks.position_actions(st, limits) + self.engine.cancel_actions(st, self.engine.clock.now())
             initial = rs.WatchRiskStateResponse(state=self.state_msg(st), reason="initial")
             initial.actions.extend(convert.action_msg(a) for a in actions)
             yield initial

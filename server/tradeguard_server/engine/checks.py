@@ -8,9 +8,11 @@ rules; tests/unit/test_checks_oracle.py holds the engine to them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from .limits import Limits, SymbolLimits
+from . import controls
+from .context import TOLERANCE as TOLERANCE  # re-exported
+from .context import OrderContext, within
+from .limits import Limits
 from .measures import orders_since
 from .state import TraderState
 from .types import (
@@ -22,7 +24,9 @@ from .types import (
     OrderIntent,
     OrderSplit,
     Position,
+    PriceMark,
     RequiredAction,
+    Side,
     TradingState,
 )
 
@@ -36,6 +40,7 @@ _RISK = DecisionCode.RISK_PER_TRADE_LIMIT
 _CORR = DecisionCode.CORRELATED_EXPOSURE_LIMIT
 _VOLATILITY = DecisionCode.VOLATILITY_REGIME
 _REDUCING, _HALTED = TradingState.REDUCING, TradingState.HALTED
+_BUY = Side.BUY
 
 # (check name, code, limit attribute, state attribute for the loss %, start-equity attribute, label)
 LOSS_RULES: tuple[tuple[str, DecisionCode, str, str, str, str], ...] = (
@@ -111,15 +116,6 @@ def streak_breach(st: TraderState, limits: Limits) -> Breach | None:
 
 # ---- order checks -------------------------------------------------------------------------------
 
-TOLERANCE = 1e-9  # relative: a value within 1e-9 of its limit is equal to it (floating-point error, not risk)
-
-
-def within(value: float, limit: float) -> bool:
-    """value <= limit, up to a relative TOLERANCE of the limit: the one comparison every order check uses,
-    so that 3 x 0.1 passes a limit of 0.3 and 0.07 x 50,000 passes 3,500."""
-    return value <= limit + abs(limit) * TOLERANCE
-
-
 def venue_position(positions: dict[tuple[str, str], Position], symbol: str, exchange: str) -> Position | None:
     """The known position an order on (symbol, exchange) trades against: the position on that exchange; for an
     order without an exchange, the position without one, else the only position held in the symbol (None
@@ -139,16 +135,27 @@ def venue_position(positions: dict[tuple[str, str], Position], symbol: str, exch
 
 def split_order(st: TraderState, order: OrderIntent) -> OrderSplit:
     """Split an order into the quantity that shrinks the known opposite position on its venue and the quantity
-    that adds exposure (`reduce_only` is not trusted: what goes beyond the position adds). An order within
-    TOLERANCE of the opposite position closes it."""
+    that adds exposure (`reduce_only` is not trusted: what goes beyond the position adds). The trader's pending
+    orders on the venue in the order's direction count as filled: they use up the position first. An order
+    within TOLERANCE of what is left of the opposite position closes it."""
     pos = venue_position(st.positions, order.symbol, order.exchange)
+    exchange = order.exchange if pos is None else pos.exchange
     qty = order.quantity
-    if pos is None or pos.side is order.side:
-        return OrderSplit(pos, 0.0, qty)
-    held = pos.quantity
+    same = 0.0
+    if st.pending:
+        vp = st.pending.get((order.symbol, exchange))
+        if vp is not None:
+            same = vp.buy if order.side is _BUY else vp.sell
+    if pos is None:
+        return OrderSplit(None, 0.0, qty, 0.0, same, exchange)
+    if pos.side is order.side:
+        return OrderSplit(pos, 0.0, qty, pos.quantity, same, exchange)
+    held = pos.quantity - same
+    if held <= 0.0:
+        return OrderSplit(pos, 0.0, qty, -pos.quantity, same, exchange)
     if within(qty, held):
-        return OrderSplit(pos, qty, 0.0)
-    return OrderSplit(pos, held, qty - held)
+        return OrderSplit(pos, qty, 0.0, -pos.quantity, same, exchange)
+    return OrderSplit(pos, held, qty - held, -pos.quantity, same, exchange)
 
 
 def is_reducing(st: TraderState, order: OrderIntent) -> bool:
@@ -188,28 +195,6 @@ _RISK_REDUCING = CheckResult("risk_per_trade", PASS, _RISK, "reducing order")
 _CORR_SKIPPED = CheckResult("correlated_exposure", SKIPPED, _CORR, "not configured")
 _CORR_REDUCING = CheckResult("correlated_exposure", PASS, _CORR, "reducing order")
 _STATE_ACTIVE = CheckResult("trading_state", PASS, DecisionCode.ALLOWED, "ACTIVE")
-
-
-@dataclass(slots=True)
-class OrderContext:
-    """One order as every order check sees it: the inputs and what several checks share, computed once.
-
-    Built on every CanTrade with an order, so a plain slotted dataclass (a frozen one costs ~0.6 µs more per
-    call); like the other engine values, nothing changes it after it is built.
-    """
-
-    st: TraderState
-    order: OrderIntent
-    limits: Limits
-    now: float
-    split: OrderSplit
-    reducing: bool  # the order only shrinks a known position (no adding part)
-    sym: SymbolLimits | None  # the order symbol's overrides
-    equity: float
-    added: float  # notional of the adding part, at the order's price
-    venue_after: float  # quantity on the order's venue after the order when it adds (split.venue_after)
-    scale: float  # size-limit scale of the volatility regime (1.0 in a normal one)
-    regime: CheckResult  # the volatility regime check, as volatility_scale answers it
 
 
 # Each order check: skip when unconfigured, pass when the order only reduces, else compare with the numbers.
@@ -279,11 +264,21 @@ def position_size(c: OrderContext) -> CheckResult:
             return _SIZE_SKIPPED
     if c.reducing:
         return _SIZE_REDUCING
-    venue, symbol = c.split.position, c.order.symbol
+    st, symbol, exchange = c.st, c.order.symbol, c.split.exchange
     gross = c.venue_after
-    for (s, _ex), p in c.st.positions.items():
-        if s == symbol and p is not venue:
-            gross += p.quantity
+    pending = st.pending
+    for (s, ex), p in st.positions.items():
+        if s == symbol and ex != exchange:
+            vp = pending.get((s, ex)) if pending else None
+            if vp is None:
+                gross += p.quantity
+            else:  # the worst case of the pending orders there: the larger of the long and the short side
+                signed = p.quantity if p.side is _BUY else -p.quantity
+                gross += max(signed + vp.buy, vp.sell - signed, 0.0)
+    if pending:
+        for (s, ex), vp in pending.items():
+            if s == symbol and ex != exchange and (s, ex) not in st.positions:
+                gross += max(vp.buy, vp.sell)
     after = gross * c.order.price
     pct *= c.scale
     equity = c.equity
@@ -329,11 +324,27 @@ def correlated_exposure(c: OrderContext) -> CheckResult:
     order = c.order
     symbol, side, price = order.symbol, order.side, order.price
     group = limits.group_of(symbol)
-    venue = c.split.position
+    st, exchange = c.st, c.split.exchange
+    buy = side is _BUY
+    pending = st.pending
     total = c.venue_after * price
-    for (s, _ex), p in c.st.positions.items():
-        if p.side is side and p is not venue and (group is None or s in group):
-            total += p.quantity * (price if s == symbol else p.mark_price)
+    for (s, ex), p in st.positions.items():
+        if (s == symbol and ex == exchange) or (group is not None and s not in group):
+            continue
+        vp = pending.get((s, ex)) if pending else None
+        qty = p.quantity if p.side is side else -p.quantity
+        if vp is not None:  # pending orders in this direction count as filled
+            qty += vp.buy if buy else vp.sell
+        if qty > 0.0:
+            total += qty * (price if s == symbol else p.mark_price)
+    if pending:
+        for (s, ex), vp in pending.items():
+            if (s == symbol and ex == exchange) or (group is not None and s not in group) or (s, ex) in st.positions:
+                continue
+            if s == symbol:
+                total += (vp.buy if buy else vp.sell) * price
+            else:
+                total += vp.buy_notional if buy else vp.sell_notional
     pct *= c.scale
     cap = pct * c.equity / 100.0
     status = PASS if within(total, cap) else FAIL
@@ -343,29 +354,40 @@ def correlated_exposure(c: OrderContext) -> CheckResult:
 
 OrderCheck = Callable[[OrderContext], CheckResult]
 
-# Every per-order check of DESIGN 2.1, in evaluation order.
+# Every per-order check, in evaluation order: the permissions and the order's own numbers first, then the
+# throttles, then exposure (DESIGN 2.1 and the pre-trade controls of engine.controls).
 ORDER_CHECKS: tuple[OrderCheck, ...] = (
+    controls.symbol_permission,
+    controls.trading_window,
+    controls.duplicate_order,
+    controls.price_collar,
+    controls.order_quantity,
     order_notional,
     order_rate,
+    controls.daily_orders,
+    controls.daily_notional,
+    controls.open_orders,
     volatility_regime,
     leverage,
     position_size,
+    controls.position_quantity,
     risk_per_trade,
     correlated_exposure,
 )
 
 
 def order_checks(
-    st: TraderState, order: OrderIntent, limits: Limits, now: float, split: OrderSplit | None = None
+    st: TraderState, order: OrderIntent, limits: Limits, now: float, split: OrderSplit | None = None,
+    ref: PriceMark | None = None,
 ) -> list[CheckResult]:
     """The results of ORDER_CHECKS for one order, in order (`split`: split_order's answer, when the caller
-    already has it)."""
+    already has it; `ref`: the reference price of the order's symbol)."""
     if split is None:
         split = split_order(st, order)
     adding = split.adding
     scale, regime = volatility_scale(st, order, limits)
     ctx = OrderContext(st, order, limits, now, split, adding == 0.0, limits.symbols.get(order.symbol),
-                       st.current_equity, adding * order.price, split.venue_after, scale, regime)
+                       st.current_equity, adding * order.price, split.venue_after, scale, regime, ref)
     return [check(ctx) for check in ORDER_CHECKS]
 
 
@@ -394,3 +416,33 @@ def state_check(st: TraderState, order: OrderIntent | None, now: float) -> Check
         return CheckResult("trading_state", PASS, pause.code, f"{pause.reason} [REDUCING: reducing order allowed]")
     what = "no orders" if pause.state is _HALTED else "only exposure-reducing orders"
     return CheckResult("trading_state", FAIL, pause.code, f"{pause.reason} [{pause.state.name}: {what}]")
+
+
+_FILLS = DecisionCode.FILL_RATE_LIMIT
+_FILLS_SKIPPED = CheckResult("fill_rate", SKIPPED, _FILLS, "not configured")
+
+
+def fill_rate(st: TraderState, limits: Limits, now: float) -> CheckResult:
+    """max_fills_per_window: FAIL while the halt it started is in force (until a person resumes the trader)."""
+    cap = limits.max_fills_per_window
+    if cap is None:
+        return _FILLS_SKIPPED
+    window = limits.fill_window_seconds
+    count = orders_since(st.fill_times, now - window)
+    detail = f"fills={count} in {window}s limit={cap}"
+    if st.active_pause_for(_FILLS, now) is not None:
+        return CheckResult("fill_rate", FAIL, _FILLS, detail + " (halted until resumed)", float(count), float(cap))
+    return CheckResult("fill_rate", PASS, _FILLS, detail, float(count), float(cap))
+
+
+def fill_breach(st: TraderState, limits: Limits, now: float) -> Breach | None:
+    """max_fills_per_window fills within fill_window_seconds -> HALTED until resumed (RTS 6 15(3))."""
+    cap = limits.max_fills_per_window
+    if cap is None:
+        return None
+    window = limits.fill_window_seconds
+    count = orders_since(st.fill_times, now - window)
+    if count < cap:
+        return None
+    reason = f"FILL_RATE_LIMIT: fills={count} in {window}s limit={cap}: halted until resumed"
+    return Breach(_FILLS, "fill_rate", float(count), float(cap), reason, _HALTED, None)

@@ -10,12 +10,13 @@ per-trader updates are linearizable.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from . import checks
+from . import checks, orders
 from .clock import Clock
 from .events import Firing as Firing  # re-exported: the API converts firings from here
 from .events import Listener, StateChanged
@@ -36,6 +37,7 @@ from .state import (
     roll_periods,
 )
 from .types import (
+    ActionType,
     Breach,
     CheckResult,
     CheckStatus,
@@ -44,7 +46,10 @@ from .types import (
     DecisionCode,
     Flags,
     OrderIntent,
+    OrderStatus,
+    PendingOrder,
     Position,
+    PriceMark,
     RequiredAction,
     SymbolStats,
     TradingState,
@@ -53,6 +58,8 @@ from .types import (
 INF = float("inf")
 # Enum members read on every CanTrade are module constants: `CheckStatus.FAIL` costs ~50 ns a read on Python 3.11.
 _FAIL, _ACTIVE, _ALLOWED = CheckStatus.FAIL, TradingState.ACTIVE, DecisionCode.ALLOWED
+_HALTED = TradingState.HALTED
+DUPLICATE_WINDOW_MAX_S = 3600.0  # the longest duplicate_order_window_ms a configuration may set
 
 log = logging.getLogger("tradeguard.engine")
 
@@ -68,6 +75,10 @@ class AccountMismatchError(ValueError):
 
 class OrderIdReusedError(ValueError):
     """A client_order_id already answered for a different order."""
+
+
+class StateNotLoadedError(RuntimeError):
+    """The call needs the stored state, which is not loaded yet (retry)."""
 
 
 class BreakerEvaluator(Protocol):
@@ -88,6 +99,7 @@ class Outcome:
     stale: bool = False
     duplicate: bool = False
     changed: bool = True  # False: nothing changed (a stale report that moved nothing, a duplicate trade)
+    order: PendingOrder | None = None  # report_order: the order after the report
 
 
 def _uncount(times: deque[float], dropped: float | None) -> None:
@@ -121,6 +133,9 @@ class RiskEngine:
         self._listeners = listeners
         self.traders: dict[str, TraderState] = {}
         self.symbols_pruned = 0  # per-symbol entries dropped by prune_symbols (state.SYMBOLS_KEPT)
+        self.orders_expired = 0  # pending orders released after pending_order_ttl_seconds with nothing reported
+        # Reference prices by symbol (price collars): the newest of ReportPrices and ReportPositions marks.
+        self.prices: dict[str, PriceMark] = {}
         self.account_limits: dict[str, Limits] = {}
         # While the stored state is not loaded (sidecar.persistence): CanTrade's verdict passes through `gate`,
         # and every state-changing call is appended to `journal`, to be replayed on the stored state.
@@ -128,6 +143,10 @@ class RiskEngine:
         self.journal: list[JournalEntry] | None = None
 
     # ---- lookup ---------------------------------------------------------------------------------
+
+    def pending_orders(self) -> int:
+        """Pending orders over every trader (a metric, read at scrape time)."""
+        return sum(len(st.orders) for st in list(self.traders.values()))
 
     def limits_for(self, account_id: str) -> Limits:
         return self.account_limits.get(account_id, self.defaults)
@@ -208,13 +227,27 @@ class RiskEngine:
         firings: Sequence[Firing] = (),
         breaches: Sequence[Breach] = (),
         actions: Sequence[RequiredAction] = (),
+        audit: bool = True,
     ) -> None:
-        """Every change of a trader's state ends here: a new version, announced to every listener."""
+        """Every change of a trader's state ends here: a new version, announced to every listener (`audit`
+        False: order bookkeeping, which the history does not record row by row; see events.StateChanged)."""
         st.updated_at = now
+        cache = st.checks_cache
+        carry = not audit and cache is not None and cache.version == st.version and not st.halted_announced
         st.version += 1
+        if carry and cache is not None:
+            # Order bookkeeping changes none of the state checks nor the position actions (and the trader is not
+            # HALTED, so there is no cancel_all_orders listing the orders): the cached ones stay valid.
+            cache.version = st.version
         st.episodes_changed = False
+        halted = bool(st.pauses) and st.trading_state(now) is _HALTED
+        if halted and not st.halted_announced and st.orders and not any(
+                a.type is ActionType.CANCEL_ALL_ORDERS for a in actions):
+            actions = (*actions, self._cancel_action(st))
+        st.halted_announced = halted
         if self._listeners:
-            event = StateChanged(st, reason, now, tuple(firings), tuple(breaches), tuple(actions), cause or reason)
+            event = StateChanged(st, reason, now, tuple(firings), tuple(breaches), tuple(actions), cause or reason,
+                                 audit)
             failed: Exception | None = None
             for listener in self._listeners:
                 try:
@@ -230,6 +263,8 @@ class RiskEngine:
 
     def _tick(self, st: TraderState, now: float) -> None:
         """Time-driven changes: pauses that ended, new day / week / month."""
+        if st.orders and now >= st.next_order_expiry:
+            self._release(st, now)
         expired = expire_pauses(st, now)
         rolled = st.equity_reported and roll_periods(st, now, self.reset_offset_s)
         if expired:
@@ -294,6 +329,7 @@ class RiskEngine:
         actions = checks.position_actions(st, limits)
         for firing in firings:
             actions.extend(firing.actions)
+        actions.extend(self.cancel_actions(st, now))
         self._changed(st, now, "; ".join(reasons), "equity_report", firings, breaches, actions)
         return Outcome(st, actions=actions, firings=firings, stale=not fresh)
 
@@ -323,6 +359,7 @@ class RiskEngine:
         breaches = self._apply_breaches(st, () if streak is None else (streak,), now, reasons)
         firings = self._run_breakers(st, limits, now, [(trade.symbol, trade.exchange)])
         actions = [a for f in firings for a in f.actions]
+        actions.extend(self.cancel_actions(st, now))
         self._changed(st, now, "; ".join(reasons), "trade_report", firings, breaches, actions)
         return Outcome(st, actions=actions, firings=firings)
 
@@ -333,17 +370,133 @@ class RiskEngine:
             self.journal.append((now, "report_positions", (trader_id, account_id, positions)))
         self._tick(st, now)
         st.positions = {(p.symbol, p.exchange): p for p in positions if p.quantity > 0.0}
+        prices = self.prices
         for p in positions:
             if p.volatility > 0.0:
                 st.volatility[p.symbol] = p.volatility
+            known = prices.get(p.symbol)
+            if known is None or known.at <= now:
+                prices[p.symbol] = PriceMark(p.symbol, p.mark_price, now, p.exchange)
         self.symbols_pruned += prune_symbols(st)
         limits = self.limits_for(account_id)
         firings = self._run_breakers(st, limits, now, [(p.symbol, p.exchange) for p in positions])
         actions = checks.position_actions(st, limits)
         for firing in firings:
             actions.extend(firing.actions)
+        actions.extend(self.cancel_actions(st, now))
         self._changed(st, now, "positions_report", firings=firings, actions=actions)
         return Outcome(st, actions=actions, firings=firings)
+
+    def report_prices(self, marks: Iterable[PriceMark]) -> int:
+        """Reference prices for the price collars (any trader's). A mark older than the one known for its symbol is
+        ignored; a time after now counts as now. Returns how many became the reference."""
+        now = self.clock.now()
+        prices = self.prices
+        taken = 0
+        for mark in marks:
+            if mark.at > now:
+                mark = PriceMark(mark.symbol, mark.price, now, mark.exchange)
+            known = prices.get(mark.symbol)
+            if known is None or mark.at >= known.at:
+                prices[mark.symbol] = mark
+                taken += 1
+        return taken
+
+    def report_order(
+        self, trader_id: str, account_id: str, client_order_id: str, status: OrderStatus, filled: float,
+        avg_price: float,
+    ) -> Outcome:
+        """What happened to an order CanTrade allowed (engine.orders.report): fills move from pending into the
+        position; a final status releases the rest. Raises orders.UnknownOrderError for an id the trader has no
+        order under (no trader is made for it), and StateNotLoadedError when that may only be because the stored
+        state is not loaded yet. A fill may start the max_fills_per_window halt."""
+        now = self.clock.now()
+        st = self.traders.get(trader_id)
+        if st is not None and st.account_id != account_id:
+            raise AccountMismatchError(f"trader_id {trader_id!r} is bound to account_id {st.account_id!r}")
+        if st is None or orders.find(st, client_order_id) is None:
+            if self.journal is not None:
+                raise StateNotLoadedError(
+                    f"client_order_id {client_order_id!r} is not known yet: the stored state is still loading; retry")
+            raise orders.UnknownOrderError(
+                f"client_order_id {client_order_id!r} names no order CanTrade allowed for trader {trader_id!r} (or one "
+                "finished long ago): report the position with ReportPositions instead")
+        if self.journal is not None:
+            self.journal.append((now, "report_order", (trader_id, account_id, client_order_id, status, filled,
+                                                       avg_price)))
+        self._tick(st, now)
+        limits = self.limits_for(account_id)
+        order, new_fill, changed = orders.report(st, client_order_id, status, filled, avg_price, now,
+                                                 limits.pending_order_ttl_seconds)
+        if not changed:
+            return Outcome(st, changed=False, duplicate=True, order=order)
+        reasons = [f"order_report {client_order_id} {order.status.name} filled={order.filled:g}"]
+        breaches: list[Breach] = []
+        if new_fill > 0.0:
+            st.fill_times.append(now)
+            fill = checks.fill_breach(st, limits, now)
+            if fill is not None:
+                breaches = self._apply_breaches(st, (fill,), now, reasons)
+        symbols = [(order.symbol, order.exchange)]
+        firings = self._run_breakers(st, limits, now, symbols) if new_fill > 0.0 else []
+        actions = checks.position_actions(st, limits) if new_fill > 0.0 else []
+        for firing in firings:
+            actions.extend(firing.actions)
+        actions.extend(self.cancel_actions(st, now))
+        # A fill moves the position (and may halt): audited. A status alone is bookkeeping.
+        self._changed(st, now, "; ".join(reasons), "order_report", firings, breaches, actions,
+                      audit=new_fill > 0.0 or bool(breaches) or bool(firings))
+        return Outcome(st, actions=actions, firings=firings, order=order)
+
+    def reserve_order(self, trader_id: str, account_id: str, order: PendingOrder) -> None:
+        """An allowed order starts counting (CanTrade calls it; the replay of a journal too). Idempotent by
+        client_order_id."""
+        now = self.clock.now()
+        st = self._get(trader_id, account_id)
+        if self.journal is not None:
+            self.journal.append((now, "reserve_order", (trader_id, account_id, order)))
+        if order.client_order_id in st.orders or order.client_order_id in st.finished_orders:
+            return
+        self._reserve(st, order, now)
+        self._changed(st, now, f"order allowed {order.client_order_id}: {order.side.name} {order.quantity:g} "
+                               f"{order.symbol} at {order.price:g}", "order_allowed", audit=False)
+
+    @staticmethod
+    def _reserve(st: TraderState, order: PendingOrder, now: float) -> None:
+        orders.add_order(st, order)
+        st.daily_orders += 1
+        st.daily_order_notional += order.quantity * order.price
+        recent = st.recent_orders
+        key = (order.symbol, int(order.side), order.quantity, order.price)
+        recent.pop(key, None)
+        recent[key] = now
+        while recent:  # drop what no duplicate window can reach any more
+            first = next(iter(recent))
+            if now - recent[first] <= DUPLICATE_WINDOW_MAX_S and len(recent) <= ORDER_IDS_KEPT:
+                break
+            del recent[first]
+
+    def _release(self, st: TraderState, now: float) -> None:
+        """Pending orders nothing was reported on for pending_order_ttl_seconds stop counting."""
+        gone = orders.expire(st, now)
+        if gone:
+            self.orders_expired += len(gone)
+            log.warning("pending orders released after their TTL with nothing reported: trader=%s orders=%s",
+                        st.trader_id, ",".join(o.client_order_id for o in gone))
+            self._changed(st, now, "pending orders released (ttl): " + ",".join(o.client_order_id for o in gone),
+                          "orders_expired", audit=False)
+
+    @staticmethod
+    def _cancel_action(st: TraderState) -> RequiredAction:
+        ids = orders.cancel_ids(st)
+        return RequiredAction(ActionType.CANCEL_ALL_ORDERS, reason=f"HALTED: cancel every working order ({len(ids)} "
+                              "pending)", client_order_ids=ids)
+
+    def cancel_actions(self, st: TraderState, now: float) -> list[RequiredAction]:
+        """cancel_all_orders while the trader is HALTED with pending orders (in every answer, not only the first)."""
+        if st.orders and st.pauses and st.trading_state(now) is _HALTED:
+            return [self._cancel_action(st)]
+        return []
 
     def pause(
         self, trader_id: str, account_id: str, state: TradingState, duration_s: float | None, reason: str
@@ -404,7 +557,7 @@ class RiskEngine:
             unseen = self._decide(st, now, [check], [], enforce)
             return (unseen if self.gate is None else self.gate(unseen, st, order, False)), st
         remember = bool(client_order_id) and order is not None
-        if remember:
+        if remember and order is not None:
             answers = st.order_answers
             seen = answers.get(client_order_id)
             if seen is not None:
@@ -420,6 +573,18 @@ class RiskEngine:
                     # A pause came since the first answer, or it was a shadow "allowed" and enforcement is on
                     # again: judged afresh below (the denial counts nothing).
                 del answers[client_order_id]
+            known = orders.find(st, client_order_id)
+            if known is not None:  # its answer is not remembered (a restart since, or long ago): judged again
+                if (known.symbol, known.side, known.quantity, known.price) != (
+                        order.symbol, order.side, order.quantity, order.price):
+                    raise OrderIdReusedError(
+                        f"client_order_id {client_order_id!r} names the pending order {known.side.name} "
+                        f"{known.quantity:g} {known.symbol} at {known.price:g}: a new order needs a new id")
+                if self._still_allowed(st, order, now):
+                    pause = st.effective_pause(now) if st.pauses else None
+                    return Decision(True, _ALLOWED, f"already allowed: order {client_order_id} is "
+                                    f"{known.status.name}", _ACTIVE if pause is None else pause.state,
+                                    None if pause is None else pause.until), st
         self._tick(st, now)
         limits = self.limits_for(account_id)
         split = None if order is None else checks.split_order(st, order)
@@ -427,7 +592,8 @@ class RiskEngine:
         cache = st.checks_cache
         if cache is None or cache.version != st.version or cache.limits is not limits or cache.reducing is not reducing:
             cache = st.checks_cache = self._checks_cache(st, limits, now, order, reducing)
-        order_results = None if order is None else checks.order_checks(st, order, limits, now, split)
+        order_results = None if order is None else checks.order_checks(st, order, limits, now, split,
+                                                                        self.prices.get(order.symbol))
         actions = cache.actions
         times = st.order_times
         counted = False  # the order asked about counts in the order_rate windows while breakers look at it
@@ -464,6 +630,9 @@ class RiskEngine:
             _uncount(times, dropped)
         elif keep and not counted:
             times.append(now)
+        if order is not None and decision.allowed and split is not None:
+            # Allowed (in shadow mode too: the bot places it): it counts from now on, as if filled.
+            self._reserve_allowed(st, order, split.exchange, reducing, client_order_id, limits, now)
         if remember and order is not None:
             d = decision  # kept small: the verdict, not the checks (a busy trader keeps 1,000 of them)
             answers[client_order_id] = (order, d.allowed, d.code, d.reason, d.trading_state, d.paused_until,
@@ -471,6 +640,21 @@ class RiskEngine:
             if len(answers) > ORDER_IDS_KEPT:
                 answers.popitem(last=False)
         return decision, st
+
+    def _reserve_allowed(
+        self, st: TraderState, order: OrderIntent, exchange: str, reducing: bool, client_order_id: str, limits: Limits,
+        now: float,
+    ) -> None:
+        oid = client_order_id or uuid.uuid4().hex
+        if oid in st.orders or oid in st.finished_orders:
+            return  # judged again under a known id (see can_trade): it already counts
+        pending = PendingOrder(oid, order.symbol, exchange, order.side, order.quantity, order.price, now,
+                               now + limits.pending_order_ttl_seconds, reducing=reducing)
+        if self.journal is not None:
+            self.journal.append((now, "reserve_order", (st.trader_id, st.account_id, pending)))
+        self._reserve(st, pending, now)
+        self._changed(st, now, f"order allowed {oid}: {order.side.name} {order.quantity:g} {order.symbol} at "
+                               f"{order.price:g}", "order_allowed", audit=False)
 
     def _still_allowed(self, st: TraderState, order: OrderIntent, now: float) -> bool:
         """May a remembered "allowed" be answered again? Not when a pause since then forbids the order, nor when
@@ -497,8 +681,12 @@ class RiskEngine:
             checks.state_check(st, order, now),
             *checks.loss_checks(st, limits, now, reducing),
             cls._streak_check(st, limits, now, reducing),
+            checks.fill_rate(st, limits, now),
         )
-        return ChecksCache(st.version, limits, reducing, state_checks, tuple(checks.position_actions(st, limits)))
+        actions = checks.position_actions(st, limits)
+        if st.orders and st.pauses and st.trading_state(now) is _HALTED:
+            actions.append(cls._cancel_action(st))
+        return ChecksCache(st.version, limits, reducing, state_checks, tuple(actions))
 
     @staticmethod
     def _streak_check(st: TraderState, limits: Limits, now: float, reducing: bool) -> CheckResult:

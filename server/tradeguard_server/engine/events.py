@@ -57,6 +57,9 @@ class StateChanged:
     breaches: tuple[Breach, ...] = ()
     actions: tuple[RequiredAction, ...] = ()
     cause: str = ""
+    # False for the order lifecycle's bookkeeping (an order allowed, accepted, cancelled, released by its TTL): the
+    # stored state follows it but the history gets no row of its own (see persistence.Persistence).
+    audit: bool = True
 
 
 Listener = Callable[[StateChanged], None]

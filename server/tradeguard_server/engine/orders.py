@@ -57,12 +57,15 @@ def rebuild_pending(st: TraderState) -> None:
     st.pending = {}
     for order in st.orders.values():
         _count(st, order, 1)
+    st.next_order_expiry = next_expiry(st)
 
 
 def add_order(st: TraderState, order: PendingOrder) -> None:
     """A newly allowed order starts counting."""
     st.orders[order.client_order_id] = order
     _count(st, order, 1)
+    if order.expires_at < st.next_order_expiry:
+        st.next_order_expiry = order.expires_at
 
 
 def _finish(st: TraderState, order: PendingOrder) -> None:
@@ -83,10 +86,18 @@ def report(
     ttl_s: float,
 ) -> tuple[PendingOrder, float, bool]:
     """Apply one ReportOrder. Returns (the order after it, the quantity newly filled, whether anything changed).
+    (`TraderState.next_order_expiry` stays a lower bound: a report only moves an expiry later.)
 
     `filled` is cumulative; a smaller one than known moves nothing. A report on a finished order changes only
     a larger fill (moved into the position); its status stays. ALLOWED is not a status a bot reports.
     """
+    return _report(st, client_order_id, status, filled, avg_price, now, ttl_s)
+
+
+def _report(
+    st: TraderState, client_order_id: str, status: OrderStatus, filled: float, avg_price: float, now: float,
+    ttl_s: float,
+) -> tuple[PendingOrder, float, bool]:
     live = st.orders.get(client_order_id)
     order = live or st.finished_orders.get(client_order_id)
     if order is None:
@@ -137,6 +148,7 @@ def expire(st: TraderState, now: float) -> list[PendingOrder]:
     for order in gone:
         _count(st, order, -1)
         _finish(st, replace(order, status=OrderStatus.EXPIRED))
+    st.next_order_expiry = next_expiry(st)
     return gone
 
 

@@ -176,6 +176,7 @@ class TraderState(DerivedState[Pause]):
     recent_orders: OrderedDict[tuple[str, int, float, float], float] = field(
         default_factory=OrderedDict, repr=False, compare=False)
     halted_announced: bool = field(default=False, repr=False, compare=False)
+    next_order_expiry: float = field(default=INF, repr=False, compare=False)  # the earliest pending expires_at
     # Circuit-breaker episodes in progress: breaker id -> the rule it fired under (see breakers.evaluator).
     breaker_episodes: dict[str, str] = field(default_factory=dict)
     updated_at: float = 0.0

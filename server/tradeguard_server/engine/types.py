@@ -120,12 +120,19 @@ class OrderSplit:
     position: Position | None
     reducing: float
     adding: float
+    # The position on the venue in the order's direction (+quantity on the same side, -quantity on the opposite
+    # one, 0 without a position), and the unfilled quantity of the trader's pending orders on the venue in the
+    # order's direction: they count as filled, so they use up the position the order could reduce and add to what
+    # it holds after.
+    held: float = 0.0
+    pending_same: float = 0.0
+    exchange: str = ""  # the venue's exchange: the position's, else the order's
 
     @property
     def venue_after(self) -> float:
-        """Quantity held on the order's venue after the order when it adds (in the order's direction)."""
-        pos = self.position
-        return self.adding + (pos.quantity if pos is not None and self.reducing == 0.0 else 0.0)
+        """Quantity held on the order's venue in the order's direction after the order and every pending order
+        on it in that direction have filled (the worst case)."""
+        return max(0.0, self.held + self.pending_same + self.reducing + self.adding)
 
 
 @dataclass(frozen=True, slots=True)

@@ -149,6 +149,32 @@ class _HistoryCollector(Collector):
                                 value=enqueued - written - dropped - rejected)
 
 
+class OrderCounters(Protocol):
+    """What the pending-order metrics read (the engine), at scrape time."""
+
+    orders_expired: int
+
+    def pending_orders(self) -> int: ...
+
+
+class _OrdersCollector(Collector):
+    """Pending orders (issue 16), read from the engine at scrape time."""
+
+    def __init__(self, engine: OrderCounters) -> None:
+        self.engine = engine
+
+    def describe(self) -> Iterable[Metric]:
+        return self.collect()
+
+    def collect(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily("tradeguard_pending_orders", "Orders CanTrade allowed that are not finished yet "
+                                "(they count in the exposure checks as if filled), over every trader.",
+                                value=self.engine.pending_orders())
+        yield CounterMetricFamily("tradeguard_pending_orders_expired", "Pending orders released because nothing "
+                                  "was reported on them for pending_order_ttl_seconds.",
+                                  value=self.engine.orders_expired)
+
+
 class MetricsSink(Protocol):
     """What the sidecar reports to metrics (composition root, store sampler, engine listeners)."""
 
@@ -189,6 +215,9 @@ class MetricsSink(Protocol):
 
     def store_healthy(self, healthy: bool) -> None:
         """Whether the last store write succeeded."""
+
+    def observe_orders(self, engine: OrderCounters) -> None:
+        """Export the pending-order gauge and the TTL releases, read at scrape time."""
 
 
 class PrometheusMetrics:
@@ -430,6 +459,9 @@ class PrometheusMetrics:
     def store_healthy(self, healthy: bool) -> None:
         self.store_healthy_gauge.set(1.0 if healthy else 0.0)
 
+    def observe_orders(self, engine: OrderCounters) -> None:
+        self.registry.register(_OrdersCollector(engine))
+
 
 class NullMetrics:
     """A `MetricsSink` for metrics switched off (`metrics_listen` empty): no registry, no server, every call a
@@ -471,6 +503,9 @@ class NullMetrics:
         return None
 
     def store_healthy(self, healthy: bool) -> None:
+        return None
+
+    def observe_orders(self, engine: OrderCounters) -> None:
         return None
 
 

@@ -35,6 +35,8 @@ class StateMetrics:
         self._fired = sink.breaker_fired
 
     def __call__(self, event: StateChanged) -> None:
+        if event.cause == "order_allowed":  # a pending order moves none of these (and it is the hot path)
+            return
         st = event.state
         paused = st.trading_state(self.now()) is not TradingState.ACTIVE
         self._moved(st.trader_id, st.daily_pnl, st.drawdown_pct, paused)

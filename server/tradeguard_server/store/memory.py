@@ -128,10 +128,10 @@ class MemoryStore(StoreCounters):
 
     # ---- queue ------------------------------------------------------------------------------------
 
-    def enqueue_state(self, rec: StateRecord, reason: str, trace_id: str | None) -> None:
+    def enqueue_state(self, rec: StateRecord, reason: str, trace_id: str | None, history: bool = True) -> None:
         if not self.persistence_enabled or self._closed:
             return
-        self.queue.put_state(rec, reason, trace_id)
+        self.queue.put_state(rec, reason, trace_id, history)
         if self._available:
             self._drain()
 

@@ -124,13 +124,12 @@ class WriteQueue:
 
     # ---- intake -----------------------------------------------------------------------------------
 
-    def put_state(self, rec: StateRecord, reason: str, trace_id: str | None) -> None:
-        """A trader's new state (coalesced with the one queued) and its history row."""
+    def put_state(self, rec: StateRecord, reason: str, trace_id: str | None, history: bool = True) -> None:
+        """A trader's new state (coalesced with the one queued) and, with `history`, its history row."""
         self.seq += 1
         seq = self.seq
         counters = self.counters
         counters.enqueued["state"] += 1
-        counters.enqueued["history"] += 1
         current = self._states.get(rec.trader_id)
         if current is None:
             self._states[rec.trader_id] = (seq, rec)
@@ -138,6 +137,9 @@ class WriteQueue:
             counters.coalesced += 1
             if rec.version > current[1].version:  # keeps its place (and seq) in the queue, newest state
                 self._states[rec.trader_id] = (current[0], rec)
+        if not history:
+            return
+        counters.enqueued["history"] += 1
         row = HistoryRecord(rec.trader_id, rec.account_id, rec, reason, trace_id, rec.updated_at)
         self._history.append((seq, row))
         self._history_bytes += history_cost(row)

@@ -209,12 +209,12 @@ class RiskStore(StoreCounters):
 
     # ---- the hot path: enqueue (never awaits, never raises; call on the event loop thread) -------------
 
-    def enqueue_state(self, rec: StateRecord, reason: str, trace_id: str | None) -> None:
+    def enqueue_state(self, rec: StateRecord, reason: str, trace_id: str | None, history: bool = True) -> None:
         """Queue a trader's new state and its history row."""
         if not self.persistence_enabled or self._closed:
             return
         try:
-            self.queue.put_state(rec, reason, trace_id)
+            self.queue.put_state(rec, reason, trace_id, history)
             self.writer.kick()
         except Exception:  # pragma: no cover - the hot path must never fail because of the store
             log.exception("enqueue_state failed")
