@@ -1,8 +1,10 @@
 """Bots in any language: the generated Go and TypeScript clients against a live `tradeguard serve`.
 
 Each example trader (client/go/examples/trader, client/ts/examples/trader) walks the bot loop of
-issue 7 and fails closed when the sidecar is gone; the shared vectors (tests/e2e/vectors.json) go
-through Python (raw generated stubs), Go and TypeScript and must decode to the same answers.
+issue 7 with the order lifecycle of issue 16 (ask, place at a simulated venue, report the order, obey
+the kill switch's cancel_all_orders) and fails closed when the sidecar is gone; the shared vectors
+(tests/e2e/vectors.json) go through Python (raw generated stubs), Go and TypeScript and must decode to
+the same answers.
 
 Needs the toolchains of .ci/install-clients.sh (Debian Go packages, `npm ci` in client/ts). Without
 them these tests skip on a developer machine and fail under CI (CI=true), where a skip would hide a
@@ -13,10 +15,13 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import shutil
 import socket
 import subprocess
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,7 +33,7 @@ import pytest
 from google.protobuf import json_format
 
 from tests.support.sidecar import SidecarProcess, start_sidecar
-from tradeguard.v1 import risk_service_pb2, risk_service_pb2_grpc
+from tradeguard.v1 import admin_service_pb2, admin_service_pb2_grpc, risk_service_pb2, risk_service_pb2_grpc, types_pb2
 
 pytestmark = pytest.mark.e2e
 
@@ -165,6 +170,22 @@ def closed_port_address() -> str:
 # ---- the example bot loop ---------------------------------------------------------------------
 
 
+BOT_LOOP_STEPS = [
+    "report_equity",
+    "can_trade",  # 50000: the venue fills it
+    "report_order",
+    "can_trade",  # 40000: the venue refuses it
+    "report_order",
+    "can_trade",  # 49000: it rests on the venue's book
+    "report_order",
+    "report_trade",
+    "report_positions",
+    "report_equity",
+    "can_trade",
+    "watch",
+]
+
+
 def test_example_trader_runs_the_bot_loop(trader: Trader, sidecar: SidecarProcess) -> None:
     ids = ["--trader", unique(f"{trader.lang}-bot"), "--account", unique(f"{trader.lang}-acct")]
 
@@ -172,19 +193,22 @@ def test_example_trader_runs_the_bot_loop(trader: Trader, sidecar: SidecarProces
 
     assert out.returncode == 0, out.stdout + out.stderr
     lines = parse_lines(out.stdout)
-    assert [line["step"] for line in lines] == [
-        "report_equity",
-        "can_trade",
-        "report_trade",
-        "report_equity",
-        "can_trade",
-        "watch",
-        "done",
-    ], out.stdout
-    first_equity, allowed, trade, breach, denied, watch, _ = lines
+    assert [line["step"] for line in lines] == [*BOT_LOOP_STEPS, "done"], out.stdout
+    first_equity, *orders, trade, positions, breach, denied, watch, _ = lines
     assert first_equity["equity"] == "10000" and first_equity["trading_state"] == "TRADING_STATE_ACTIVE"
-    assert allowed["allowed"] == "true" and allowed["code"] == "DECISION_CODE_ALLOWED"
+    decisions, reports = orders[0::2], orders[1::2]
+    for allowed in decisions:
+        assert allowed["allowed"] == "true" and allowed["code"] == "DECISION_CODE_ALLOWED", allowed
+        assert allowed["client_order_id"].startswith("tg-"), allowed  # made by the client library
+    assert [r["client_order_id"] for r in reports] == [d["client_order_id"] for d in decisions]
+    assert [(r["status"], r["filled_quantity"], r["pending_orders"]) for r in reports] == [
+        ("ORDER_STATUS_FILLED", "0.01", "0"),
+        ("ORDER_STATUS_REJECTED", "0", "0"),
+        ("ORDER_STATUS_ACCEPTED", "0", "1"),
+    ], out.stdout
+    assert all(r["duplicate"] == "false" for r in reports)
     assert trade["duplicate"] == "false" and trade["consecutive_losses"] == "1"
+    assert positions["positions"] == "0" and positions["pending_orders"] == "1"
     assert breach["equity"] == "9400" and float(breach["daily_pnl_pct"]) == pytest.approx(-6.0)
     assert breach["trading_state"] == "TRADING_STATE_REDUCING"
     assert denied["allowed"] == "false" and denied["code"] == "DECISION_CODE_DAILY_LOSS_LIMIT"
@@ -192,7 +216,72 @@ def test_example_trader_runs_the_bot_loop(trader: Trader, sidecar: SidecarProces
     assert "6.00%" in denied["reason"] and "5.00%" in denied["reason"]
     assert watch["trading_state"] == "TRADING_STATE_REDUCING"
     assert watch["pause_code"] == "DECISION_CODE_DAILY_LOSS_LIMIT"
+    assert watch["pending_orders"] == "1"
     assert TIMESTAMP.fullmatch(watch["paused_until"]), watch
+
+
+def read_lines_until(proc: subprocess.Popen[str], lines: queue.Queue[str | None], step: str) -> list[str]:
+    """The trader's output lines up to the first one of `step` (fails after RUN_TIMEOUT or at its exit)."""
+    seen: list[str] = []
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=deadline - time.monotonic())
+        except queue.Empty:
+            break
+        if line is None:
+            pytest.fail(f"the trader exited ({proc.wait()}) before step={step}:\n{''.join(seen)}")
+        seen.append(line)
+        if line.startswith(f"step={step} "):
+            return seen
+    proc.kill()
+    pytest.fail(f"no step={step} within {RUN_TIMEOUT}s:\n{''.join(seen)}")
+
+
+def test_example_trader_cancels_its_working_order_when_the_kill_switch_halts_it(
+    trader: Trader, sidecar: SidecarProcess
+) -> None:
+    trader_id, account_id = unique(f"{trader.lang}-bot"), unique(f"{trader.lang}-acct")
+    args = ["--addr", sidecar.address, "--trader", trader_id, "--account", account_id, "--timeout-ms", "20000"]
+    env = {k: v for k, v in os.environ.items() if k != "TRADEGUARD_ADDR"}
+    lines: queue.Queue[str | None] = queue.Queue()
+    with subprocess.Popen([*trader.cmd, *args, "--watch-updates", "2"], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, env=env) as proc:
+
+        def pump() -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.put(line)
+            lines.put(None)
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        try:
+            before = read_lines_until(proc, lines, "watch")  # the first update: the current state
+            with grpc.insecure_channel(sidecar.address) as channel:
+                admin_service_pb2_grpc.AdminServiceStub(channel).PauseTrading(admin_service_pb2.PauseTradingRequest(
+                    trader_id=trader_id, account_id=account_id, trading_state=types_pb2.TRADING_STATE_HALTED,
+                    reason="operator kill switch"), timeout=10)
+            code = proc.wait(timeout=RUN_TIMEOUT)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            reader.join(timeout=10)
+    rest = []
+    while (line := lines.get_nowait()) is not None:
+        rest.append(line)
+    output = "".join(before + rest)
+
+    assert code == 0, output
+    resting = [line for line in parse_lines("".join(before)) if line["step"] == "report_order"][-1]
+    assert resting["status"] == "ORDER_STATUS_ACCEPTED", output  # the third order rests on the venue's book
+    steps = parse_lines("".join(rest))
+    assert [s["step"] for s in steps] == ["watch", "cancel_all_orders", "report_order", "done"], output
+    halted, cancel, cancelled, _ = steps
+    assert halted["trading_state"] == "TRADING_STATE_HALTED" and halted["pending_orders"] == "1"
+    assert cancel["client_order_ids"] == resting["client_order_id"]
+    assert cancelled["client_order_id"] == resting["client_order_id"]
+    assert cancelled["status"] == "ORDER_STATUS_CANCELLED" and cancelled["pending_orders"] == "0"
 
 
 def test_example_trader_is_isolated_by_trader_id(trader: Trader, sidecar: SidecarProcess) -> None:
@@ -214,6 +303,12 @@ def test_example_trader_fails_closed_when_sidecar_is_unreachable(trader: Trader)
     assert decisions[-1]["code"] == "DECISION_CODE_SIDECAR_UNAVAILABLE"
     assert "UNAVAILABLE" in decisions[-1]["reason"]
     assert not any(line.get("allowed") == "true" for line in parse_lines(out.stdout))
+
+
+def test_go_guard_package_tests_pass(go_trader: Trader) -> None:
+    out = run(["go", "test", "./guard"], cwd=GO_DIR, timeout=BUILD_TIMEOUT, env={"GOFLAGS": "", "GOPROXY": "off"})
+
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_example_trader_rejects_bad_usage(trader: Trader) -> None:
@@ -279,11 +374,12 @@ def lookup(obj: Any, path: str, expected: Any) -> Any:
     return obj
 
 
-def normalize(value: Any, ids: dict[str, str]) -> Any:
-    """Comparable across languages: numbers as floats, timestamps, run-specific ids and order ids masked.
+INT64_FIELDS = frozenset({"dailyOrders"})
+"""64-bit integers in the unary responses: proto-JSON writes them as strings (Python, Go), ts-proto as numbers."""
 
-    (The unary responses carry no 64-bit integers, which proto-JSON writes as strings.)
-    """
+
+def normalize(value: Any, ids: dict[str, str]) -> Any:
+    """Comparable across languages: numbers as floats, timestamps, run-specific ids and order ids masked."""
     if isinstance(value, bool):
         return value
     if isinstance(value, int | float):
@@ -295,8 +391,8 @@ def normalize(value: Any, ids: dict[str, str]) -> Any:
     if isinstance(value, list):
         return [normalize(v, ids) for v in value]
     if isinstance(value, dict):  # an order id the vector did not set is made per run (by a client or the sidecar)
-        return {k: "<client_order_id>" if k in ("clientOrderId", "client_order_id") else normalize(v, ids)
-                for k, v in value.items()}
+        return {k: "<client_order_id>" if k in ("clientOrderId", "client_order_id")
+                else float(v) if k in INT64_FIELDS else normalize(v, ids) for k, v in value.items()}
     return value
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import socket
 import sys
 import time
@@ -525,9 +526,17 @@ async def test_example_trader_trades_until_the_daily_loss_limit_then_only_reduce
     assert code == 0, out
     decisions = [line for line in out.splitlines() if line.startswith("step=can_trade")]
     assert [d.split()[1:3] for d in decisions] == [
-        ["allowed=true", "code=ALLOWED"]] * 3 + [["allowed=false", "code=DAILY_LOSS_LIMIT"],
+        ["allowed=true", "code=ALLOWED"]] * 4 + [["allowed=false", "code=DAILY_LOSS_LIMIT"],
                                                  ["allowed=true", "code=ALLOWED"]]
     assert out.count("step=report_trade realized_pnl=") == 3
+    # Every allowed order is reported under the id its decision carried: filled, or rejected by the venue.
+    orders = [dict(f.split("=", 1) for f in line.split()) for line in out.splitlines()
+              if line.startswith("step=report_order")]
+    allowed_ids = [re.search(r"client_order_id=(\S+)", d).group(1) for d in decisions  # type: ignore[union-attr]
+                   if "allowed=true" in d]
+    assert [o.get("status") for o in orders] == ["FILLED", "FILLED", "REJECTED", "FILLED", "FILLED"], out
+    assert [o["client_order_id"] for o in orders] == allowed_ids
+    assert all(o["duplicate"] == "false" and o["pending_orders"] == "0" for o in orders), out
 
 
 async def test_example_trader_fails_closed_and_exits_1_when_the_sidecar_is_unreachable() -> None:

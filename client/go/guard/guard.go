@@ -8,6 +8,10 @@
 //
 // err is non-nil only when the call failed (the decision is then a SIDECAR_UNAVAILABLE denial naming the
 // status); an answer that breaks the protocol is an INVALID_RESPONSE denial with a nil error.
+//
+// An allowed order counts as exposure until the bot reports what happened to it, under the decision's
+// ClientOrderId, with the generated client's ReportOrder (FILLED, CANCELLED, REJECTED, ...). CancelAllOrders
+// reads the kill switch's cancel_all_orders action from any answer's actions.
 package guard
 
 import (
@@ -233,4 +237,25 @@ func CodeName(c codes.Code) string {
 		b.WriteRune(unicode.ToUpper(r))
 	}
 	return b.String()
+}
+
+// CancelAllOrders says whether actions (of any answer: CanTrade, a report, a WatchRiskState update) ask the
+// bot to cancel every working order at the venue now (ACTION_TYPE_CANCEL_ALL_ORDERS: the trader was HALTED),
+// and the client_order_ids they list: the pending orders the sidecar knows of, each once. Cancel every
+// working order, then report each with ReportOrder ORDER_STATUS_CANCELLED (until then they stay counted).
+func CancelAllOrders(actions []*tradeguardv1.RequiredAction) (ids []string, cancel bool) {
+	seen := map[string]bool{}
+	for _, a := range actions {
+		if a.GetType() != tradeguardv1.ActionType_ACTION_TYPE_CANCEL_ALL_ORDERS {
+			continue
+		}
+		cancel = true
+		for _, id := range a.GetClientOrderIds() {
+			if !seen[id] {
+				seen[id] = true
+				ids = append(ids, id)
+			}
+		}
+	}
+	return ids, cancel
 }

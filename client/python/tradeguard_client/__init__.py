@@ -6,7 +6,8 @@
         guard.report_equity("bot-1", "acct-1", 10_000)
         decision = guard.can_trade("bot-1", "acct-1", Order("BTCUSDT", "BUY", 0.01, 50_000))
         if decision:            # bool(decision) is decision.allowed
-            ...                 # place the order
+            ...                 # place the order under decision.client_order_id, then report what happened:
+            guard.report_order("bot-1", "acct-1", decision.client_order_id, "FILLED", filled_quantity=0.01)
         else:
             print(decision.code, decision.reason)
 
@@ -42,13 +43,16 @@ from ._types import (
     HistoryEntry,
     Order,
     Page,
+    PendingOrder,
     Position,
+    PriceMark,
     ReportResult,
     RiskConfig,
     RiskState,
     SavedConfig,
     StateUpdate,
     SymbolConfig,
+    TradingWindow,
 )
 
 __all__ = [
@@ -75,7 +79,9 @@ __all__ = [
     "InvalidResponseError",
     "Order",
     "Page",
+    "PendingOrder",
     "Position",
+    "PriceMark",
     "ReportResult",
     "RetryPolicy",
     "RiskClient",
@@ -86,6 +92,7 @@ __all__ = [
     "StateUpdate",
     "SymbolConfig",
     "TradeGuardError",
+    "TradingWindow",
     "WatchStream",
 ]
 

@@ -267,6 +267,32 @@ class AsyncRiskClient(_AsyncClient):
         resp = await self._unary("ReportPositions", self._stub.ReportPositions, request, timeout)
         return ReportResult.from_proto(resp)
 
+    async def report_order(self, trader_id: str, account_id: str, client_order_id: str, status: str, *,
+                           filled_quantity: float = 0.0, average_price: float = 0.0,
+                           timeout: float | None = None) -> ReportResult:
+        """Report what happened to an order `can_trade` allowed (`client_order_id` as `Decision.client_order_id`
+        returned it): `status` "ACCEPTED", "PARTIALLY_FILLED", "FILLED", "CANCELLED", "REJECTED" or "EXPIRED";
+        `filled_quantity` is cumulative (base units), `average_price` the fills' average (0: the order's price).
+
+        Until an order is reported finished it counts in every exposure check as if filled; fills move it to
+        the position (a later `report_positions` is the truth). Idempotent and safe out of order: a repeat or an
+        older report changes nothing (`duplicate=True`, also what a retry after a lost success reads);
+        `result.order` is the order after the report. An id the sidecar does not know (e.g. one it never
+        allowed) raises TradeGuardError with code NOT_FOUND.
+        """
+        request = req.report_order(trader_id, account_id, client_order_id, status, filled_quantity, average_price)
+        resp = await self._unary("ReportOrder", self._stub.ReportOrder, request, timeout)
+        return ReportResult.from_proto(resp)
+
+    async def report_prices(self, trader_id: str, account_id: str, prices: req.PricesLike, *,
+                            timeout: float | None = None) -> int:
+        """Report reference prices for price collars (symbols without a position; positions' marks count too):
+        PriceMarks, or a {symbol: price} mapping observed now. Returns how many became their symbol's
+        reference (a price older than the one known is ignored)."""
+        request = req.report_prices(trader_id, account_id, prices)
+        resp = await self._unary("ReportPrices", self._stub.ReportPrices, request, timeout)
+        return resp.accepted
+
     async def get_risk_state(self, trader_id: str, account_id: str, *, timeout: float | None = None) -> RiskState:
         """The trader's current risk state (a trader never seen has `equity_reported=False`)."""
         request = req.message(rs.GetRiskStateRequest, trader_id=trader_id, account_id=account_id)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import re
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import ParamSpec, TypeVar
 
@@ -22,8 +22,10 @@ from ._types import (
     CircuitBreaker,
     Order,
     Position,
+    PriceMark,
     RiskConfig,
     datetime_to_ts,
+    order_status_value,
     seconds_to_duration,
     side_value,
     trading_state_value,
@@ -39,13 +41,17 @@ __all__ = [
     "new_client_order_id",
     "pause_trading",
     "report_equity",
+    "report_order",
     "report_positions",
+    "report_prices",
     "report_trade",
     "set_feature_flags",
 ]
 
 OrderLike = Order | t.OrderIntent
 PositionLike = Position | t.Position
+PriceLike = PriceMark | t.PriceMark
+PricesLike = Iterable[PriceLike] | Mapping[str, float]
 ConfigLike = RiskConfig | t.RiskConfiguration
 BreakerLike = CircuitBreaker | t.CircuitBreaker
 
@@ -122,6 +128,24 @@ def report_positions(trader_id: str, account_id: str, positions: Iterable[Positi
         trader_id=trader_id, account_id=account_id,
         positions=[p.to_proto() if isinstance(p, Position) else p for p in positions],
     )
+
+
+@checked
+def report_order(trader_id: str, account_id: str, client_order_id: str, status: str, filled_quantity: float,
+                 average_price: float) -> rs.ReportOrderRequest:
+    return rs.ReportOrderRequest(trader_id=trader_id, account_id=account_id, client_order_id=client_order_id,
+                                 status=order_status_value(status), filled_quantity=filled_quantity,
+                                 average_price=average_price)
+
+
+@checked
+def report_prices(trader_id: str, account_id: str, prices: PricesLike) -> rs.ReportPricesRequest:
+    """`prices`: PriceMarks (or messages), or a {symbol: price} mapping (observed now, no exchange)."""
+    if isinstance(prices, Mapping):
+        marks = [t.PriceMark(symbol=symbol, price=price) for symbol, price in prices.items()]
+    else:
+        marks = [p.to_proto() if isinstance(p, PriceMark) else p for p in prices]
+    return rs.ReportPricesRequest(trader_id=trader_id, account_id=account_id, prices=marks)
 
 
 @checked

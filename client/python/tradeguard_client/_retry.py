@@ -3,9 +3,14 @@
 Only `UNAVAILABLE` is retried (the sidecar is restarting, or the connection dropped), and only for calls
 that are safe to repeat, because an UNAVAILABLE call may still have reached the server:
 
-- RiskService: CanTrade and GetRiskState (reads); ReportEquity (equity is a level, not a delta: a repeat
-  sets the same level, and an older `observed_at` is ignored); ReportTrade (idempotent by `trade_id`: a
-  repeat answers `duplicate`); ReportPositions (a snapshot that replaces the previous one).
+- RiskService: CanTrade and GetRiskState (reads; a CanTrade for an order is repeated with the same
+  client_order_id, which the sidecar answers with its first decision and counts once); ReportEquity (equity is
+  a level, not a delta: a repeat sets the same level, and an older `observed_at` is ignored); ReportTrade
+  (idempotent by `trade_id`: a repeat answers `duplicate`); ReportPositions (a snapshot that replaces the
+  previous one); ReportOrder (a status and a cumulative `filled_quantity`, not a delta: a repeat changes
+  nothing, counts no second fill and answers `duplicate`, so after a lost success the retry reads
+  `duplicate=True`; a final status is never undone); ReportPrices (levels, not deltas: a
+  repeat sets the same prices again, and a price older than the one known is ignored).
 - AdminService reads: GetConfig, ListConfigs, GetBreaker, ListBreakers, ListBreakerEvents, GetFeatureFlags,
   ListRiskStateHistory.
 - AdminService writes that set an absolute value, so a repeat leaves the same state: SaveConfig (an upsert
@@ -69,7 +74,7 @@ class LocalDeadlineExceeded(grpc.RpcError):
 
 
 IDEMPOTENT_METHODS = frozenset({
-    "CanTrade", "GetRiskState", "ReportEquity", "ReportTrade", "ReportPositions",
+    "CanTrade", "GetRiskState", "ReportEquity", "ReportTrade", "ReportPositions", "ReportOrder", "ReportPrices",
     "GetConfig", "ListConfigs", "GetBreaker", "ListBreakers", "ListBreakerEvents", "GetFeatureFlags",
     "ListRiskStateHistory", "ListBindings",
     "SaveConfig", "UpdateBreaker", "EnableBreaker", "DisableBreaker", "SetFeatureFlags", "ResumeTrading",

@@ -38,13 +38,16 @@ __all__ = [
     "HistoryEntry",
     "Order",
     "Page",
+    "PendingOrder",
     "Position",
+    "PriceMark",
     "ReportResult",
     "RiskConfig",
     "RiskState",
     "SavedConfig",
     "StateUpdate",
     "SymbolConfig",
+    "TradingWindow",
 ]
 
 SIDECAR_UNAVAILABLE = "SIDECAR_UNAVAILABLE"
@@ -103,6 +106,19 @@ def side_value(side: str) -> t.Side.ValueType:
 
 def trading_state_value(state: str) -> t.TradingState.ValueType:
     return cast("t.TradingState.ValueType", enum_value(t.TradingState, "TRADING_STATE_", state, "trading_state"))
+
+
+REPORTABLE_ORDER_STATUSES = ("ACCEPTED", "PARTIALLY_FILLED", "FILLED", "CANCELLED", "REJECTED", "EXPIRED")
+"""What a bot reports with ReportOrder (ALLOWED is the server's own status: it is not taken as input)."""
+
+
+def order_status_value(status: str) -> t.OrderStatus.ValueType:
+    """`"filled"` / `"FILLED"` / `"ORDER_STATUS_FILLED"` -> ORDER_STATUS_FILLED; any other name raises."""
+    name = status.strip().upper().removeprefix("ORDER_STATUS_") if isinstance(status, str) else status
+    if name not in REPORTABLE_ORDER_STATUSES:
+        why = "is set by the server only" if name == "ALLOWED" else "is not a status a bot reports"
+        raise ValueError(f"status: {status!r} {why}; expected one of {', '.join(REPORTABLE_ORDER_STATUSES)}")
+    return t.OrderStatus.Value(f"ORDER_STATUS_{name}")
 
 
 def ts_to_datetime(msg: Message, name: str) -> datetime | None:
@@ -215,6 +231,22 @@ class Position:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class PriceMark:
+    """A reference price for a symbol (for price collars), for `report_prices`. `observed_at` None means now."""
+
+    symbol: str
+    price: float
+    exchange: str = ""
+    observed_at: datetime | None = None
+
+    def to_proto(self) -> t.PriceMark:
+        m = t.PriceMark(symbol=self.symbol, exchange=self.exchange, price=self.price)
+        if self.observed_at is not None:
+            m.observed_at.CopyFrom(datetime_to_ts(self.observed_at, "observed_at"))
+        return m
+
+
 # ---- results ------------------------------------------------------------------------------------
 
 
@@ -239,28 +271,87 @@ class Check:
         )
 
 
+CANCEL_ALL_ORDERS = "CANCEL_ALL_ORDERS"
+
+
 @dataclass(frozen=True, slots=True)
 class Action:
-    """Something the bot must do now. `type` is "CLOSE_POSITION", "PAUSE_TRADING", "REDUCE_ONLY" or "ALERT"."""
+    """Something the bot must do now. `type` is "CLOSE_POSITION", "PAUSE_TRADING", "REDUCE_ONLY", "ALERT" or
+    "CANCEL_ALL_ORDERS" (the trader was HALTED: cancel every working order at the venue now, then report each
+    with `report_order(..., "CANCELLED")`; `client_order_ids` lists the pending orders the sidecar knows of)."""
 
     type: str
     symbol: str
     exchange: str
     reason: str
     breaker_id: str
+    client_order_ids: tuple[str, ...] = ()
     raw: t.RequiredAction | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_proto(cls, m: t.RequiredAction) -> Action:
         return cls(
             type=enum_name(t.ActionType, "ACTION_TYPE_", m.type), symbol=m.symbol, exchange=m.exchange,
-            reason=m.reason, breaker_id=m.breaker_id, raw=m,
+            reason=m.reason, breaker_id=m.breaker_id, client_order_ids=tuple(m.client_order_ids), raw=m,
+        )
+
+
+def cancel_all_in(actions: Iterable[Action]) -> bool:
+    return any(a.type == CANCEL_ALL_ORDERS for a in actions)
+
+
+def cancel_ids_in(actions: Iterable[Action]) -> tuple[str, ...]:
+    """The client_order_ids of every CANCEL_ALL_ORDERS action, each once, in the order given."""
+    ids = (i for a in actions if a.type == CANCEL_ALL_ORDERS for i in a.client_order_ids)
+    return tuple(dict.fromkeys(ids))
+
+
+@dataclass(frozen=True, slots=True)
+class PendingOrder:
+    """An order CanTrade allowed that may still fill; until reported finished (or released after the
+    configuration's pending_order_ttl_seconds) its unfilled quantity counts in every exposure check as if filled.
+
+    `status`: "ALLOWED" (nothing reported yet), "ACCEPTED", "PARTIALLY_FILLED", "FILLED", "CANCELLED",
+    "REJECTED" or "EXPIRED". `reducing`: it only reduced a known position when it was allowed.
+    """
+
+    client_order_id: str
+    symbol: str
+    exchange: str
+    side: str
+    quantity: float
+    price: float
+    filled_quantity: float
+    average_price: float
+    status: str
+    reducing: bool
+    allowed_at: datetime | None
+    expires_at: datetime | None
+    raw: t.PendingOrder | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def finished(self) -> bool:
+        """True for a final status (FILLED, CANCELLED, REJECTED, EXPIRED): nothing more counts for it."""
+        return self.status in ("FILLED", "CANCELLED", "REJECTED", "EXPIRED")
+
+    @classmethod
+    def from_proto(cls, m: t.PendingOrder) -> PendingOrder:
+        return cls(
+            client_order_id=m.client_order_id, symbol=m.symbol, exchange=m.exchange,
+            side=enum_name(t.Side, "SIDE_", m.side), quantity=m.quantity, price=m.price,
+            filled_quantity=m.filled_quantity, average_price=m.average_price,
+            status=enum_name(t.OrderStatus, "ORDER_STATUS_", m.status), reducing=m.reducing,
+            allowed_at=ts_to_datetime(m, "allowed_at"), expires_at=ts_to_datetime(m, "expires_at"), raw=m,
         )
 
 
 @dataclass(frozen=True, slots=True)
 class RiskState:
-    """The risk state of one trader. Percentages are percent (6.0 = 6%); money is quote currency."""
+    """The risk state of one trader. Percentages are percent (6.0 = 6%); money is quote currency.
+
+    `pending_orders`: orders allowed and not yet finished (they count in the exposure checks as if filled);
+    `daily_order_notional` / `daily_orders`: what was allowed since the day started.
+    """
 
     trader_id: str
     account_id: str
@@ -286,6 +377,9 @@ class RiskState:
     equity_reported: bool
     config_id: str
     positions: tuple[Position, ...]
+    pending_orders: tuple[PendingOrder, ...] = ()
+    daily_order_notional: float = 0.0
+    daily_orders: int = 0
     raw: t.RiskState | None = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -301,7 +395,9 @@ class RiskState:
             pause_code=enum_name(t.DecisionCode, "DECISION_CODE_", m.pause_code),
             consecutive_losses=m.consecutive_losses, last_equity_at=ts_to_datetime(m, "last_equity_at"),
             updated_at=ts_to_datetime(m, "updated_at"), equity_reported=m.equity_reported, config_id=m.config_id,
-            positions=tuple(Position.from_proto(p) for p in m.positions), raw=m,
+            positions=tuple(Position.from_proto(p) for p in m.positions),
+            pending_orders=tuple(PendingOrder.from_proto(o) for o in m.pending_orders),
+            daily_order_notional=m.daily_order_notional, daily_orders=m.daily_orders, raw=m,
         )
 
 
@@ -355,7 +451,8 @@ class Decision:
     invalid answer's message, when there was one).
     `would_deny` is true when the decision allows only because enforcement is off (shadow mode) or because
     the client fails open. `client_order_id` is the order's id (the caller's, or the one the client made),
-    empty when no order was given.
+    empty when no order was given: report what happens to an allowed order under it with `report_order`.
+    `cancel_all_orders` / `cancel_order_ids`: see the CANCEL_ALL_ORDERS action (Action).
     """
 
     allowed: bool
@@ -372,6 +469,16 @@ class Decision:
 
     def __bool__(self) -> bool:
         return self.allowed
+
+    @property
+    def cancel_all_orders(self) -> bool:
+        """True when an action asks the bot to cancel every working order at the venue now (HALTED)."""
+        return cancel_all_in(self.actions)
+
+    @property
+    def cancel_order_ids(self) -> tuple[str, ...]:
+        """The client_order_ids the CANCEL_ALL_ORDERS actions list (empty when there is none)."""
+        return cancel_ids_in(self.actions)
 
     @property
     def sidecar_unavailable(self) -> bool:
@@ -467,7 +574,7 @@ class BreakerEvent:
         )
 
 
-ReportMsg = rs.ReportEquityResponse | rs.ReportTradeResponse | rs.ReportPositionsResponse
+ReportMsg = rs.ReportEquityResponse | rs.ReportTradeResponse | rs.ReportPositionsResponse | rs.ReportOrderResponse
 
 
 @dataclass(frozen=True, slots=True)
@@ -475,7 +582,9 @@ class ReportResult:
     """The answer to a report: the updated state, breakers fired, actions to take.
 
     `stale` (equity reports only): the report was older than the last one and was ignored.
-    `duplicate` (trade reports only): the trade_id had already been reported; nothing changed.
+    `duplicate` (trade and order reports): the trade_id had already been reported, or the order report was a
+    repeat or older than what the sidecar knows; nothing changed.
+    `order` (order reports only): the order after the report.
     """
 
     state: RiskState | None
@@ -483,15 +592,30 @@ class ReportResult:
     breaker_events: tuple[BreakerEvent, ...]
     stale: bool = False
     duplicate: bool = False
+    order: PendingOrder | None = None
     raw: ReportMsg | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def cancel_all_orders(self) -> bool:
+        """True when an action asks the bot to cancel every working order at the venue now (HALTED)."""
+        return cancel_all_in(self.actions)
+
+    @property
+    def cancel_order_ids(self) -> tuple[str, ...]:
+        """The client_order_ids the CANCEL_ALL_ORDERS actions list (empty when there is none)."""
+        return cancel_ids_in(self.actions)
 
     @classmethod
     def from_proto(cls, m: ReportMsg) -> ReportResult:
+        order = None
+        if isinstance(m, rs.ReportOrderResponse) and m.HasField("order"):
+            order = PendingOrder.from_proto(m.order)
         return cls(
             state=_state_or_none(m), actions=tuple(Action.from_proto(a) for a in m.actions),
             breaker_events=tuple(BreakerEvent.from_proto(e) for e in m.breaker_events),
             stale=isinstance(m, rs.ReportEquityResponse) and m.stale,
-            duplicate=isinstance(m, rs.ReportTradeResponse) and m.duplicate, raw=m,
+            duplicate=isinstance(m, rs.ReportTradeResponse | rs.ReportOrderResponse) and m.duplicate,
+            order=order, raw=m,
         )
 
 
@@ -505,6 +629,16 @@ class StateUpdate:
     breaker_events: tuple[BreakerEvent, ...]
     skipped_updates: int
     raw: rs.WatchRiskStateResponse | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def cancel_all_orders(self) -> bool:
+        """True when an action asks the bot to cancel every working order at the venue now (HALTED)."""
+        return cancel_all_in(self.actions)
+
+    @property
+    def cancel_order_ids(self) -> tuple[str, ...]:
+        """The client_order_ids the CANCEL_ALL_ORDERS actions list (empty when there is none)."""
+        return cancel_ids_in(self.actions)
 
     @classmethod
     def from_proto(cls, m: rs.WatchRiskStateResponse) -> StateUpdate:
@@ -545,6 +679,10 @@ class SymbolConfig:
     max_leverage: float | None = None
     position_max_drawdown_percentage: float | None = None
     risk_per_trade_percentage: float | None = None
+    max_order_quantity: float | None = None
+    max_position_quantity: float | None = None
+    max_open_orders: int | None = None
+    price_collar_percentage: float | None = None
     raw: t.SymbolRiskConfiguration | None = field(default=None, repr=False, compare=False)
 
     def to_proto(self) -> t.SymbolRiskConfiguration:
@@ -569,8 +707,27 @@ class CorrelationGroup:
     symbols: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class TradingWindow:
+    """A UTC window in which new exposure is allowed: `start` (inclusive) to `end` (exclusive), "HH:MM";
+    "24:00" is the end of the day and an end before the start crosses midnight. `weekdays`: ISO, 1 = Monday
+    ... 7 = Sunday; empty means every day."""
+
+    start: str
+    end: str
+    weekdays: tuple[int, ...] = ()
+
+    def to_proto(self) -> t.TradingWindow:
+        return t.TradingWindow(weekdays=list(self.weekdays), start=self.start, end=self.end)
+
+    @classmethod
+    def from_proto(cls, m: t.TradingWindow) -> TradingWindow:
+        return cls(start=m.start, end=m.end, weekdays=tuple(m.weekdays))
+
+
 _CONFIG_PLAIN = ("account_id", "config_id", "is_active", "market_regime_thresholds", "correlation_groups",
-                 "symbol_configs", "created_at", "updated_at", "raw")
+                 "symbol_configs", "allowed_symbols", "blocked_symbols", "trading_windows", "created_at",
+                 "updated_at", "raw")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -578,6 +735,7 @@ class RiskConfig:
     """One named set of limits for an account (RiskConfiguration). None = the server's default.
 
     Percentages are percent (5.0 = 5%). `market_regime_thresholds` is e.g. {"high": 3.0, "extreme": 6.0}.
+    Empty `allowed_symbols` means every symbol; empty `trading_windows` means always.
     """
 
     account_id: str
@@ -600,6 +758,20 @@ class RiskConfig:
     max_order_notional: float | None = None
     max_orders_per_window: int | None = None
     order_rate_window_seconds: int | None = None
+    max_order_quantity: float | None = None
+    max_position_quantity: float | None = None
+    max_open_orders: int | None = None
+    price_collar_percentage: float | None = None
+    reference_price_max_age_seconds: int | None = None
+    duplicate_order_window_ms: int | None = None
+    max_daily_notional: float | None = None
+    max_daily_orders: int | None = None
+    max_fills_per_window: int | None = None
+    fill_window_seconds: int | None = None
+    pending_order_ttl_seconds: int | None = None
+    allowed_symbols: tuple[str, ...] = ()
+    blocked_symbols: tuple[str, ...] = ()
+    trading_windows: tuple[TradingWindow, ...] = ()
     correlation_groups: tuple[CorrelationGroup, ...] = ()
     symbol_configs: tuple[SymbolConfig, ...] = ()
     created_at: datetime | None = None
@@ -617,6 +789,9 @@ class RiskConfig:
         m.correlation_groups.extend(t.CorrelationGroup(name=g.name, symbols=list(g.symbols))
                                     for g in self.correlation_groups)
         m.symbol_configs.extend(s.to_proto() for s in self.symbol_configs)
+        m.allowed_symbols.extend(self.allowed_symbols)
+        m.blocked_symbols.extend(self.blocked_symbols)
+        m.trading_windows.extend(w.to_proto() for w in self.trading_windows)
         return m
 
     @classmethod
@@ -627,6 +802,8 @@ class RiskConfig:
             market_regime_thresholds=struct_to_dict(m, "market_regime_thresholds"),
             correlation_groups=tuple(CorrelationGroup(g.name, tuple(g.symbols)) for g in m.correlation_groups),
             symbol_configs=tuple(SymbolConfig.from_proto(s) for s in m.symbol_configs),
+            allowed_symbols=tuple(m.allowed_symbols), blocked_symbols=tuple(m.blocked_symbols),
+            trading_windows=tuple(TradingWindow.from_proto(w) for w in m.trading_windows),
             created_at=ts_to_datetime(m, "created_at"), updated_at=ts_to_datetime(m, "updated_at"), raw=m,
             **optional,
         )

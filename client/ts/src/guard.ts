@@ -5,13 +5,17 @@
 //   const client = new RiskServiceClient(addr, credentials.createInsecure(), CHANNEL_OPTIONS);
 //   const { decision } = await canTrade(client, CanTradeRequest.fromPartial({ ... }), 500);
 //   if (decision.allowed) { /* place the order */ }
+//
+// An allowed order counts as exposure until the bot reports what happened to it, under the decision's
+// clientOrderId, with the generated client's reportOrder (FILLED, CANCELLED, REJECTED, ...). cancelAllOrders
+// reads the kill switch's cancel_all_orders action from any answer's actions.
 
 import { randomBytes } from "node:crypto";
 
 import { type ChannelOptions, Metadata, type ServiceError, status } from "@grpc/grpc-js";
 
 import { CanTradeRequest, CanTradeResponse, type RiskServiceClient } from "./tradeguard/v1/risk_service";
-import { DecisionCode, decisionCodeToJSON } from "./tradeguard/v1/types";
+import { ActionType, DecisionCode, decisionCodeToJSON, type RequiredAction } from "./tradeguard/v1/types";
 
 /** Reconnect backoff, the same as the Python and Go clients: 100 ms growing to 2 s (grpc-js: 1 s to 120 s). */
 export const CHANNEL_OPTIONS: ChannelOptions = {
@@ -186,4 +190,15 @@ export function canTrade(
       },
     );
   });
+}
+
+/**
+ * Whether `actions` (of any answer: CanTrade, a report, a WatchRiskState update) ask the bot to cancel every
+ * working order at the venue now (ACTION_TYPE_CANCEL_ALL_ORDERS: the trader was HALTED), and the
+ * client_order_ids they list: the pending orders the sidecar knows of, each once. Cancel every working order,
+ * then report each with reportOrder ORDER_STATUS_CANCELLED (until then they stay counted).
+ */
+export function cancelAllOrders(actions: readonly RequiredAction[]): { cancel: boolean; clientOrderIds: string[] } {
+  const cancels = actions.filter((a) => a.type === ActionType.ACTION_TYPE_CANCEL_ALL_ORDERS);
+  return { cancel: cancels.length > 0, clientOrderIds: [...new Set(cancels.flatMap((a) => a.clientOrderIds))] };
 }

@@ -2,8 +2,18 @@
 //
 // It walks one scripted cycle with the generated client, with a deadline on every call:
 //
-//	ReportEquity 10000 -> CanTrade (allowed) -> ReportTrade -> ReportEquity 9400 (a 6% daily loss)
-//	-> CanTrade (denied, DECISION_CODE_DAILY_LOSS_LIMIT) -> WatchRiskState (TRADING_STATE_REDUCING)
+//	ReportEquity 10000
+//	-> 3 x (CanTrade (allowed) -> place the order at a simulated venue -> ReportOrder what happened):
+//	   the first fills (ORDER_STATUS_FILLED), the venue refuses the second (ORDER_STATUS_REJECTED),
+//	   the third rests on its book (ORDER_STATUS_ACCEPTED: it stays pending)
+//	-> ReportTrade (the filled position closed at a loss) -> ReportPositions (flat)
+//	-> ReportEquity 9400 (a 6% daily loss) -> CanTrade (denied, DECISION_CODE_DAILY_LOSS_LIMIT)
+//	-> WatchRiskState (TRADING_STATE_REDUCING)
+//
+// An allowed order counts as exposure until it is reported, so every order the sidecar allowed is reported
+// under the decision's client_order_id. When an answer or a watched update carries the kill switch's
+// ACTION_TYPE_CANCEL_ALL_ORDERS (the trader was HALTED), the bot cancels the working orders at the venue and
+// reports each ORDER_STATUS_CANCELLED (with -watch-updates 2, pause the trader while it watches to see it).
 //
 // Every output line is machine-readable: space-separated key=value pairs, values quoted when needed.
 // The bot fails closed: when the sidecar cannot be reached, the decision is
@@ -29,6 +39,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"strconv"
 	"strings"
@@ -117,14 +128,43 @@ func run(args []string, out io.Writer) int {
 	return runBot(conn, client, opts, out)
 }
 
-func exampleOrder() *tradeguardv1.OrderIntent {
+// exampleOrder is a 0.01 BTCUSDT buy at price; its client_order_id is left empty, so guard.CanTrade makes one.
+func exampleOrder(price float64) *tradeguardv1.OrderIntent {
 	return &tradeguardv1.OrderIntent{
 		Symbol:   "BTCUSDT",
 		Exchange: "binance",
 		Side:     tradeguardv1.Side_SIDE_BUY,
 		Quantity: 0.01,
-		Price:    50000,
+		Price:    price,
 	}
+}
+
+// venue is a simulated exchange with one market price: a buy at or above it fills there, one up to 5% below
+// it rests on the book until cancelled, and one further away is refused (outside the venue's price band).
+type venue struct {
+	market  float64
+	working map[string]bool
+}
+
+func (v *venue) place(id string, o *tradeguardv1.OrderIntent) (st tradeguardv1.OrderStatus, filled, avgPrice float64) {
+	switch {
+	case math.Abs(o.GetPrice()-v.market) > 0.05*v.market:
+		return tradeguardv1.OrderStatus_ORDER_STATUS_REJECTED, 0, 0
+	case o.GetPrice() >= v.market:
+		return tradeguardv1.OrderStatus_ORDER_STATUS_FILLED, o.GetQuantity(), v.market
+	}
+	v.working[id] = true
+	return tradeguardv1.OrderStatus_ORDER_STATUS_ACCEPTED, 0, 0
+}
+
+// cancelAll cancels every working order (a real bot asks its exchange here) and returns their ids.
+func (v *venue) cancelAll() []string {
+	ids := make([]string, 0, len(v.working))
+	for id := range v.working {
+		ids = append(ids, id)
+	}
+	v.working = map[string]bool{}
+	return ids
 }
 
 // canTrade asks the sidecar and fails closed (guard.CanTrade): a failed call becomes a
@@ -139,7 +179,7 @@ func canTrade(conn *grpc.ClientConn, timeout time.Duration, req *tradeguardv1.Ca
 func runOnce(conn *grpc.ClientConn, opts options, out io.Writer) int {
 	start := time.Now()
 	decision, reached := canTrade(conn, opts.timeout, &tradeguardv1.CanTradeRequest{
-		TraderId: opts.traderID, AccountId: opts.accountID, Order: exampleOrder(),
+		TraderId: opts.traderID, AccountId: opts.accountID, Order: exampleOrder(50000),
 	})
 	elapsed := time.Since(start)
 	printDecision(out, decision)
@@ -162,36 +202,49 @@ func runPoll(conn *grpc.ClientConn, opts options, out io.Writer) int {
 }
 
 func runBot(conn *grpc.ClientConn, client tradeguardv1.RiskServiceClient, opts options, out io.Writer) int {
-	order := exampleOrder()
 	call := func() (context.Context, context.CancelFunc) {
 		return context.WithTimeout(context.Background(), opts.timeout)
 	}
+	trader, account := opts.traderID, opts.accountID
+	market := &venue{market: 50000, working: map[string]bool{}}
 
 	// 1. Report the starting equity.
 	if code := reportEquity(conn, client, call, out, opts, 10000); code != 0 {
 		return code
 	}
 
-	// 2. Ask before placing the order: allowed.
-	trader, account := opts.traderID, opts.accountID
-	decision, ok := canTrade(conn, opts.timeout, &tradeguardv1.CanTradeRequest{TraderId: trader, AccountId: account, Order: order})
-	printDecision(out, decision)
-	if !ok {
-		return exitUnavailable
-	}
-	if !decision.GetAllowed() {
-		fmt.Fprintln(out, "step=error msg="+quote("first order was denied; use fresh -trader/-account ids"))
-		return exitUnexpected
+	// 2. Ask before placing each order; place it; report what happened to it under the decision's id.
+	//    At 50000 it fills, at 40000 the venue refuses it, at 49000 it rests on the book.
+	for _, price := range []float64{50000, 40000, 49000} {
+		order := exampleOrder(price)
+		decision, ok := canTrade(conn, opts.timeout, &tradeguardv1.CanTradeRequest{TraderId: trader, AccountId: account, Order: order})
+		printDecision(out, decision)
+		if !ok {
+			return exitUnavailable
+		}
+		if !decision.GetAllowed() {
+			fmt.Fprintln(out, "step=error msg="+quote("an order was denied; use fresh -trader/-account ids"))
+			return exitUnexpected
+		}
+		st, filled, avgPrice := market.place(decision.GetClientOrderId(), order)
+		report, code := reportOrder(conn, client, opts, out, decision.GetClientOrderId(), st, filled, avgPrice)
+		if code != 0 {
+			return code
+		}
+		if code := cancelIfAsked(conn, client, opts, out, market, report.GetActions()); code != 0 {
+			return code
+		}
 	}
 
-	// 3. The position closes at a loss.
+	// 3. The filled position closes at a loss: report the trade, then the positions (flat; the resting
+	//    order stays pending until it is reported).
 	ctx, cancel := call()
 	trade, err := client.ReportTrade(ctx, &tradeguardv1.ReportTradeRequest{
 		TraderId:    trader,
 		AccountId:   account,
 		TradeId:     trader + "-trade-1",
-		Symbol:      order.Symbol,
-		Exchange:    order.Exchange,
+		Symbol:      "BTCUSDT",
+		Exchange:    "binance",
 		Side:        tradeguardv1.Side_SIDE_BUY,
 		RealizedPnl: -600,
 		ClosedAt:    timestamppb.Now(),
@@ -202,6 +255,14 @@ func runBot(conn *grpc.ClientConn, client tradeguardv1.RiskServiceClient, opts o
 	}
 	fmt.Fprintf(out, "step=report_trade trade_id=%s duplicate=%t consecutive_losses=%d trading_state=%s\n",
 		trader+"-trade-1", trade.GetDuplicate(), trade.GetState().GetConsecutiveLosses(), trade.GetState().GetTradingState())
+	ctx, cancel = call()
+	positions, err := client.ReportPositions(ctx, &tradeguardv1.ReportPositionsRequest{TraderId: trader, AccountId: account})
+	cancel()
+	if err != nil {
+		return failClosed(conn, opts, out, "report_positions", err)
+	}
+	fmt.Fprintf(out, "step=report_positions positions=%d pending_orders=%d\n",
+		len(positions.GetState().GetPositions()), len(positions.GetState().GetPendingOrders()))
 
 	// 4. Equity falls 6% in the day: past the default 5% daily limit.
 	if code := reportEquity(conn, client, call, out, opts, 9400); code != 0 {
@@ -209,7 +270,7 @@ func runBot(conn *grpc.ClientConn, client tradeguardv1.RiskServiceClient, opts o
 	}
 
 	// 5. Ask again: denied.
-	decision, ok = canTrade(conn, opts.timeout, &tradeguardv1.CanTradeRequest{TraderId: trader, AccountId: account, Order: order})
+	decision, ok := canTrade(conn, opts.timeout, &tradeguardv1.CanTradeRequest{TraderId: trader, AccountId: account, Order: exampleOrder(50000)})
 	printDecision(out, decision)
 	if !ok {
 		return exitUnavailable
@@ -219,7 +280,8 @@ func runBot(conn *grpc.ClientConn, client tradeguardv1.RiskServiceClient, opts o
 		return exitUnexpected
 	}
 
-	// 6. Watch the risk state: the stream starts with the current state (REDUCING).
+	// 6. Watch the risk state: the stream starts with the current state (REDUCING). A kill switch (HALTED)
+	//    sends an update with the cancel_all_orders action: cancel the working orders and report them.
 	ctx, cancel = call()
 	defer cancel()
 	stream, err := client.WatchRiskState(ctx, &tradeguardv1.WatchRiskStateRequest{TraderId: trader, AccountId: account})
@@ -232,12 +294,60 @@ func runBot(conn *grpc.ClientConn, client tradeguardv1.RiskServiceClient, opts o
 			return failClosed(conn, opts, out, "watch", err)
 		}
 		st := update.GetState()
-		fmt.Fprintf(out, "step=watch reason=%s trading_state=%s pause_code=%s paused_until=%s actions=%d\n",
+		fmt.Fprintf(out, "step=watch reason=%s trading_state=%s pause_code=%s paused_until=%s actions=%d pending_orders=%d\n",
 			quote(update.GetReason()), st.GetTradingState(), st.GetPauseCode(), timestampText(st.GetPausedUntil()),
-			len(update.GetActions()))
+			len(update.GetActions()), len(st.GetPendingOrders()))
+		if code := cancelIfAsked(conn, client, opts, out, market, update.GetActions()); code != 0 {
+			return code
+		}
 	}
 	cancel() // closes the stream
 	fmt.Fprintln(out, "step=done ok=true")
+	return 0
+}
+
+// reportOrder tells the sidecar what happened to an order it allowed (filled is cumulative).
+func reportOrder(conn *grpc.ClientConn, client tradeguardv1.RiskServiceClient, opts options, out io.Writer,
+	id string, st tradeguardv1.OrderStatus, filled, avgPrice float64) (*tradeguardv1.ReportOrderResponse, int) {
+	ctx, cancel := context.WithTimeout(context.Background(), opts.timeout)
+	defer cancel()
+	resp, err := client.ReportOrder(ctx, &tradeguardv1.ReportOrderRequest{
+		TraderId:       opts.traderID,
+		AccountId:      opts.accountID,
+		ClientOrderId:  id,
+		Status:         st,
+		FilledQuantity: filled,
+		AveragePrice:   avgPrice,
+	})
+	if err != nil {
+		return nil, failClosed(conn, opts, out, "report_order", err)
+	}
+	fmt.Fprintf(out, "step=report_order client_order_id=%s status=%s filled_quantity=%s duplicate=%t pending_orders=%d\n",
+		quote(id), resp.GetOrder().GetStatus(), num(resp.GetOrder().GetFilledQuantity()), resp.GetDuplicate(),
+		len(resp.GetState().GetPendingOrders()))
+	return resp, 0
+}
+
+// cancelIfAsked obeys the kill switch: when actions carry cancel_all_orders, it cancels every working order
+// at the venue, then reports ORDER_STATUS_CANCELLED for those and for any other order the sidecar still
+// counts as pending (it counts them until they are reported).
+func cancelIfAsked(conn *grpc.ClientConn, client tradeguardv1.RiskServiceClient, opts options, out io.Writer, market *venue,
+	actions []*tradeguardv1.RequiredAction) int {
+	pending, cancelAll := guard.CancelAllOrders(actions)
+	if !cancelAll {
+		return 0
+	}
+	fmt.Fprintf(out, "step=cancel_all_orders client_order_ids=%s\n", quote(strings.Join(pending, ",")))
+	reported := map[string]bool{}
+	for _, id := range append(market.cancelAll(), pending...) {
+		if reported[id] {
+			continue
+		}
+		reported[id] = true
+		if _, code := reportOrder(conn, client, opts, out, id, tradeguardv1.OrderStatus_ORDER_STATUS_CANCELLED, 0, 0); code != 0 {
+			return code
+		}
+	}
 	return 0
 }
 
@@ -280,8 +390,9 @@ func printDecision(out io.Writer, d *tradeguardv1.CanTradeResponse) {
 			failed = append(failed, c.GetName())
 		}
 	}
-	fmt.Fprintf(out, "step=can_trade allowed=%t code=%s trading_state=%s would_deny=%t failed_checks=%s reason=%s\n",
-		d.GetAllowed(), d.GetCode(), d.GetTradingState(), d.GetWouldDeny(), quote(strings.Join(failed, ",")), quote(d.GetReason()))
+	fmt.Fprintf(out, "step=can_trade allowed=%t code=%s trading_state=%s would_deny=%t client_order_id=%s failed_checks=%s reason=%s\n",
+		d.GetAllowed(), d.GetCode(), d.GetTradingState(), d.GetWouldDeny(), quote(d.GetClientOrderId()),
+		quote(strings.Join(failed, ",")), quote(d.GetReason()))
 }
 
 func timestampText(ts *timestamppb.Timestamp) string {
@@ -401,6 +512,18 @@ func sendVector(client tradeguardv1.RiskServiceClient, timeout time.Duration, v 
 			return nil, err
 		}
 		return client.GetRiskState(ctx, req)
+	case "ReportOrder":
+		req := &tradeguardv1.ReportOrderRequest{}
+		if err := parse(req); err != nil {
+			return nil, err
+		}
+		return client.ReportOrder(ctx, req)
+	case "ReportPrices":
+		req := &tradeguardv1.ReportPricesRequest{}
+		if err := parse(req); err != nil {
+			return nil, err
+		}
+		return client.ReportPrices(ctx, req)
 	default:
 		return nil, errors.New("vector " + v.Name + ": unknown method " + v.Method)
 	}

@@ -27,6 +27,12 @@ type RiskServiceClient interface {
 	ReportPositions(ctx context.Context, in *ReportPositionsRequest, opts ...grpc.CallOption) (*ReportPositionsResponse, error)
 	// GetRiskState returns the trader's current risk state.
 	GetRiskState(ctx context.Context, in *GetRiskStateRequest, opts ...grpc.CallOption) (*GetRiskStateResponse, error)
+	// ReportOrder reports what happened to an order CanTrade allowed; idempotent (filled_quantity is cumulative)
+	// and safe out of order (a final status is never undone; a smaller filled_quantity changes nothing).
+	ReportOrder(ctx context.Context, in *ReportOrderRequest, opts ...grpc.CallOption) (*ReportOrderResponse, error)
+	// ReportPrices reports reference prices for price collars (symbols without a position; positions' marks
+	// count too).
+	ReportPrices(ctx context.Context, in *ReportPricesRequest, opts ...grpc.CallOption) (*ReportPricesResponse, error)
 	// WatchRiskState streams the current state at once, then every change and required action.
 	WatchRiskState(ctx context.Context, in *WatchRiskStateRequest, opts ...grpc.CallOption) (RiskService_WatchRiskStateClient, error)
 }
@@ -84,6 +90,24 @@ func (c *riskServiceClient) GetRiskState(ctx context.Context, in *GetRiskStateRe
 	return out, nil
 }
 
+func (c *riskServiceClient) ReportOrder(ctx context.Context, in *ReportOrderRequest, opts ...grpc.CallOption) (*ReportOrderResponse, error) {
+	out := new(ReportOrderResponse)
+	err := c.cc.Invoke(ctx, "/tradeguard.v1.RiskService/ReportOrder", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *riskServiceClient) ReportPrices(ctx context.Context, in *ReportPricesRequest, opts ...grpc.CallOption) (*ReportPricesResponse, error) {
+	out := new(ReportPricesResponse)
+	err := c.cc.Invoke(ctx, "/tradeguard.v1.RiskService/ReportPrices", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *riskServiceClient) WatchRiskState(ctx context.Context, in *WatchRiskStateRequest, opts ...grpc.CallOption) (RiskService_WatchRiskStateClient, error) {
 	stream, err := c.cc.NewStream(ctx, &_RiskService_serviceDesc.Streams[0], "/tradeguard.v1.RiskService/WatchRiskState", opts...)
 	if err != nil {
@@ -130,6 +154,12 @@ type RiskServiceServer interface {
 	ReportPositions(context.Context, *ReportPositionsRequest) (*ReportPositionsResponse, error)
 	// GetRiskState returns the trader's current risk state.
 	GetRiskState(context.Context, *GetRiskStateRequest) (*GetRiskStateResponse, error)
+	// ReportOrder reports what happened to an order CanTrade allowed; idempotent (filled_quantity is cumulative)
+	// and safe out of order (a final status is never undone; a smaller filled_quantity changes nothing).
+	ReportOrder(context.Context, *ReportOrderRequest) (*ReportOrderResponse, error)
+	// ReportPrices reports reference prices for price collars (symbols without a position; positions' marks
+	// count too).
+	ReportPrices(context.Context, *ReportPricesRequest) (*ReportPricesResponse, error)
 	// WatchRiskState streams the current state at once, then every change and required action.
 	WatchRiskState(*WatchRiskStateRequest, RiskService_WatchRiskStateServer) error
 	mustEmbedUnimplementedRiskServiceServer()
@@ -153,6 +183,12 @@ func (UnimplementedRiskServiceServer) ReportPositions(context.Context, *ReportPo
 }
 func (UnimplementedRiskServiceServer) GetRiskState(context.Context, *GetRiskStateRequest) (*GetRiskStateResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetRiskState not implemented")
+}
+func (UnimplementedRiskServiceServer) ReportOrder(context.Context, *ReportOrderRequest) (*ReportOrderResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ReportOrder not implemented")
+}
+func (UnimplementedRiskServiceServer) ReportPrices(context.Context, *ReportPricesRequest) (*ReportPricesResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ReportPrices not implemented")
 }
 func (UnimplementedRiskServiceServer) WatchRiskState(*WatchRiskStateRequest, RiskService_WatchRiskStateServer) error {
 	return status.Errorf(codes.Unimplemented, "method WatchRiskState not implemented")
@@ -260,6 +296,42 @@ func _RiskService_GetRiskState_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _RiskService_ReportOrder_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReportOrderRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RiskServiceServer).ReportOrder(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/tradeguard.v1.RiskService/ReportOrder",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RiskServiceServer).ReportOrder(ctx, req.(*ReportOrderRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RiskService_ReportPrices_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReportPricesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RiskServiceServer).ReportPrices(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/tradeguard.v1.RiskService/ReportPrices",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RiskServiceServer).ReportPrices(ctx, req.(*ReportPricesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _RiskService_WatchRiskState_Handler(srv interface{}, stream grpc.ServerStream) error {
 	m := new(WatchRiskStateRequest)
 	if err := stream.RecvMsg(m); err != nil {
@@ -304,6 +376,14 @@ var _RiskService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetRiskState",
 			Handler:    _RiskService_GetRiskState_Handler,
+		},
+		{
+			MethodName: "ReportOrder",
+			Handler:    _RiskService_ReportOrder_Handler,
+		},
+		{
+			MethodName: "ReportPrices",
+			Handler:    _RiskService_ReportPrices_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

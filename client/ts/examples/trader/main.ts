@@ -2,8 +2,18 @@
 //
 // It walks one scripted cycle with the generated client, with a deadline on every call:
 //
-//   ReportEquity 10000 -> CanTrade (allowed) -> ReportTrade -> ReportEquity 9400 (a 6% daily loss)
-//   -> CanTrade (denied, DECISION_CODE_DAILY_LOSS_LIMIT) -> WatchRiskState (TRADING_STATE_REDUCING)
+//   ReportEquity 10000
+//   -> 3 x (CanTrade (allowed) -> place the order at a simulated venue -> ReportOrder what happened):
+//      the first fills (ORDER_STATUS_FILLED), the venue refuses the second (ORDER_STATUS_REJECTED),
+//      the third rests on its book (ORDER_STATUS_ACCEPTED: it stays pending)
+//   -> ReportTrade (the filled position closed at a loss) -> ReportPositions (flat)
+//   -> ReportEquity 9400 (a 6% daily loss) -> CanTrade (denied, DECISION_CODE_DAILY_LOSS_LIMIT)
+//   -> WatchRiskState (TRADING_STATE_REDUCING)
+//
+// An allowed order counts as exposure until it is reported, so every order the sidecar allowed is reported
+// under the decision's clientOrderId. When an answer or a watched update carries the kill switch's
+// ACTION_TYPE_CANCEL_ALL_ORDERS (the trader was HALTED), the bot cancels the working orders at the venue and
+// reports each ORDER_STATUS_CANCELLED (with --watch-updates 2, pause the trader while it watches to see it).
 //
 // Every output line is machine-readable: space-separated key=value pairs, values quoted when needed.
 // The bot fails closed: when the sidecar cannot be reached, the decision is
@@ -28,7 +38,7 @@ import { parseArgs } from "node:util";
 
 import { credentials, Metadata, type ServiceError, status } from "@grpc/grpc-js";
 
-import { CHANNEL_OPTIONS, canTrade, errText, unavailable } from "../../src/guard";
+import { CHANNEL_OPTIONS, cancelAllOrders, canTrade, errText, unavailable } from "../../src/guard";
 import {
   CanTradeRequest,
   CanTradeResponse,
@@ -36,8 +46,12 @@ import {
   GetRiskStateResponse,
   ReportEquityRequest,
   ReportEquityResponse,
+  ReportOrderRequest,
+  ReportOrderResponse,
   ReportPositionsRequest,
   ReportPositionsResponse,
+  ReportPricesRequest,
+  ReportPricesResponse,
   ReportTradeRequest,
   ReportTradeResponse,
   RiskServiceClient,
@@ -47,6 +61,9 @@ import {
   CheckStatus,
   decisionCodeToJSON,
   type OrderIntent,
+  OrderStatus,
+  orderStatusToJSON,
+  type RequiredAction,
   Side,
   tradingStateToJSON,
 } from "../../src/tradeguard/v1/types";
@@ -100,17 +117,18 @@ function printDecision(d: CanTradeResponse): void {
   console.log(
     `step=can_trade allowed=${d.allowed} code=${decisionCodeToJSON(d.code)} ` +
       `trading_state=${tradingStateToJSON(d.tradingState)} would_deny=${d.wouldDeny} ` +
-      `failed_checks=${quote(failed.join(","))} reason=${quote(d.reason)}`,
+      `client_order_id=${quote(d.clientOrderId)} failed_checks=${quote(failed.join(","))} reason=${quote(d.reason)}`,
   );
 }
 
-function exampleOrder(): OrderIntent {
+/** A 0.01 BTCUSDT buy at `price`. */
+function exampleOrder(price = 50000): OrderIntent {
   return {
     symbol: "BTCUSDT",
     exchange: "binance",
     side: Side.SIDE_BUY,
     quantity: 0.01,
-    price: 50000,
+    price,
     leverage: 0,
     reduceOnly: false,
     stopPrice: 0,
@@ -119,7 +137,37 @@ function exampleOrder(): OrderIntent {
   };
 }
 
+/**
+ * A simulated exchange with one market price: a buy at or above it fills there, one up to 5% below it rests on
+ * the book until cancelled, and one further away is refused (outside the venue's price band).
+ */
+class Venue {
+  private readonly working = new Set<string>();
+
+  constructor(private readonly market: number) {}
+
+  place(clientOrderId: string, order: OrderIntent): { status: OrderStatus; filled: number; averagePrice: number } {
+    if (Math.abs(order.price - this.market) > 0.05 * this.market) {
+      return { status: OrderStatus.ORDER_STATUS_REJECTED, filled: 0, averagePrice: 0 };
+    }
+    if (order.price >= this.market) {
+      return { status: OrderStatus.ORDER_STATUS_FILLED, filled: order.quantity, averagePrice: this.market };
+    }
+    this.working.add(clientOrderId);
+    return { status: OrderStatus.ORDER_STATUS_ACCEPTED, filled: 0, averagePrice: 0 };
+  }
+
+  /** Cancels every working order (a real bot asks its exchange here) and returns their ids. */
+  cancelAll(): string[] {
+    const ids = [...this.working];
+    this.working.clear();
+    return ids;
+  }
+}
+
 class Bot {
+  private readonly venue = new Venue(50000);
+
   constructor(
     private readonly client: RiskServiceClient,
     private readonly opts: Options,
@@ -173,24 +221,66 @@ class Bot {
     );
   }
 
+  /** Tells the sidecar what happened to an order it allowed (`filledQuantity` is cumulative). */
+  async reportOrder(
+    clientOrderId: string,
+    status: OrderStatus,
+    filledQuantity = 0,
+    averagePrice = 0,
+  ): Promise<ReportOrderResponse> {
+    const req = ReportOrderRequest.fromPartial({ ...this.ids(), clientOrderId, status, filledQuantity, averagePrice });
+    const resp = await unary(this.client.reportOrder.bind(this.client), req, this.opts.timeoutMs);
+    console.log(
+      `step=report_order client_order_id=${quote(clientOrderId)} ` +
+        `status=${orderStatusToJSON(resp.order?.status ?? 0)} ` +
+        `filled_quantity=${resp.order?.filledQuantity ?? 0} duplicate=${resp.duplicate} ` +
+        `pending_orders=${resp.state?.pendingOrders.length ?? 0}`,
+    );
+    return resp;
+  }
+
+  /**
+   * The kill switch: when `actions` carry cancel_all_orders, cancel every working order at the venue, then
+   * report ORDER_STATUS_CANCELLED for those and for any other order the sidecar still counts as pending.
+   */
+  async cancelIfAsked(actions: RequiredAction[]): Promise<void> {
+    const { cancel, clientOrderIds } = cancelAllOrders(actions);
+    if (!cancel) {
+      return;
+    }
+    console.log(`step=cancel_all_orders client_order_ids=${quote(clientOrderIds.join(","))}`);
+    for (const id of new Set([...this.venue.cancelAll(), ...clientOrderIds])) {
+      await this.reportOrder(id, OrderStatus.ORDER_STATUS_CANCELLED);
+    }
+  }
+
   async run(): Promise<number> {
-    const order = exampleOrder();
     let step = "report_equity";
     try {
       // 1. Report the starting equity.
       await this.reportEquity(10000);
 
-      // 2. Ask before placing the order: allowed.
-      let { decision, reached } = await this.canTrade(order);
-      printDecision(decision);
-      if (!reached) {
-        return EXIT_UNAVAILABLE;
-      }
-      if (!decision.allowed) {
-        throw new UnexpectedAnswer("first order was denied; use fresh --trader/--account ids");
+      // 2. Ask before placing each order; place it; report what happened to it under the decision's id.
+      //    At 50000 it fills, at 40000 the venue refuses it, at 49000 it rests on the book.
+      for (const price of [50000, 40000, 49000]) {
+        step = "can_trade";
+        const order = exampleOrder(price);
+        const { decision, reached } = await this.canTrade(order); // guard.canTrade makes the clientOrderId
+        printDecision(decision);
+        if (!reached) {
+          return EXIT_UNAVAILABLE;
+        }
+        if (!decision.allowed) {
+          throw new UnexpectedAnswer("an order was denied; use fresh --trader/--account ids");
+        }
+        step = "report_order";
+        const { status, filled, averagePrice } = this.venue.place(decision.clientOrderId, order);
+        const report = await this.reportOrder(decision.clientOrderId, status, filled, averagePrice);
+        await this.cancelIfAsked(report.actions);
       }
 
-      // 3. The position closes at a loss.
+      // 3. The filled position closes at a loss: report the trade, then the positions (flat; the resting
+      //    order stays pending until it is reported).
       step = "report_trade";
       const tradeId = `${this.opts.traderId}-trade-1`;
       const trade = await unary(
@@ -198,8 +288,8 @@ class Bot {
         ReportTradeRequest.fromPartial({
           ...this.ids(),
           tradeId,
-          symbol: order.symbol,
-          exchange: order.exchange,
+          symbol: "BTCUSDT",
+          exchange: "binance",
           side: Side.SIDE_BUY,
           realizedPnl: -600,
           closedAt: new Date(),
@@ -211,13 +301,23 @@ class Bot {
           `consecutive_losses=${trade.state?.consecutiveLosses ?? 0} ` +
           `trading_state=${tradingStateToJSON(trade.state?.tradingState ?? 0)}`,
       );
+      step = "report_positions";
+      const positions = await unary(
+        this.client.reportPositions.bind(this.client),
+        ReportPositionsRequest.fromPartial({ ...this.ids(), positions: [] }),
+        this.opts.timeoutMs,
+      );
+      console.log(
+        `step=report_positions positions=${positions.state?.positions.length ?? 0} ` +
+          `pending_orders=${positions.state?.pendingOrders.length ?? 0}`,
+      );
 
       // 4. Equity falls 6% in the day: past the default 5% daily limit.
       step = "report_equity";
       await this.reportEquity(9400);
 
       // 5. Ask again: denied.
-      ({ decision, reached } = await this.canTrade(order));
+      const { decision, reached } = await this.canTrade(exampleOrder());
       printDecision(decision);
       if (!reached) {
         return EXIT_UNAVAILABLE;
@@ -226,17 +326,19 @@ class Bot {
         throw new UnexpectedAnswer("order after a 6% daily loss was allowed");
       }
 
-      // 6. Watch the risk state: the stream starts with the current state (REDUCING).
+      // 6. Watch the risk state: the stream starts with the current state (REDUCING). A kill switch (HALTED)
+      //    sends an update with the cancel_all_orders action: cancel the working orders and report them.
       step = "watch";
-      for (const update of await this.watch(this.opts.watchUpdates)) {
+      await this.watch(this.opts.watchUpdates, async (update) => {
         const st = update.state;
         const pausedUntil = st?.pausedUntil ? st.pausedUntil.toISOString().replace(/\.\d+Z$/, "Z") : "";
         console.log(
           `step=watch reason=${quote(update.reason)} trading_state=${tradingStateToJSON(st?.tradingState ?? 0)} ` +
             `pause_code=${decisionCodeToJSON(st?.pauseCode ?? 0)} paused_until=${quote(pausedUntil)} ` +
-            `actions=${update.actions.length}`,
+            `actions=${update.actions.length} pending_orders=${st?.pendingOrders.length ?? 0}`,
         );
-      }
+        await this.cancelIfAsked(update.actions);
+      });
       console.log("step=done ok=true");
       return 0;
     } catch (err) {
@@ -248,45 +350,29 @@ class Bot {
     }
   }
 
-  /** Reads the first `count` updates of WatchRiskState, then cancels the stream. */
-  private watch(count: number): Promise<WatchRiskStateResponse[]> {
-    return new Promise((resolve, reject) => {
-      const updates: WatchRiskStateResponse[] = [];
-      const deadline = new Date(Date.now() + this.opts.timeoutMs);
-      const stream = this.client.watchRiskState(
-        { ...this.ids() },
-        new Metadata(),
-        { deadline },
-      );
-      let done = count <= 0;
-      if (done) {
-        stream.cancel();
-        resolve(updates);
+  /** Hands the first `count` updates of WatchRiskState to `onUpdate` as they come, then cancels the stream. */
+  private async watch(count: number, onUpdate: (update: WatchRiskStateResponse) => Promise<void>): Promise<void> {
+    if (count <= 0) {
+      return;
+    }
+    const deadline = new Date(Date.now() + this.opts.timeoutMs);
+    const stream = this.client.watchRiskState({ ...this.ids() }, new Metadata(), { deadline });
+    let seen = 0;
+    try {
+      for await (const update of stream as AsyncIterable<WatchRiskStateResponse>) {
+        await onUpdate(update);
+        seen += 1;
+        if (seen >= count) {
+          break;
+        }
       }
-      stream.on("data", (update: WatchRiskStateResponse) => {
-        if (done) {
-          return;
-        }
-        updates.push(update);
-        if (updates.length >= count) {
-          done = true;
-          stream.cancel();
-          resolve(updates);
-        }
-      });
-      stream.on("error", (err: ServiceError) => {
-        if (!done) {
-          done = true;
-          reject(err);
-        }
-      });
-      stream.on("end", () => {
-        if (!done) {
-          done = true;
-          reject(new Error(`stream ended after ${updates.length} of ${count} updates`));
-        }
-      });
-    });
+    } finally {
+      stream.on("error", () => {}); // the CANCELLED status of our own cancel
+      stream.cancel();
+    }
+    if (seen < count) {
+      throw new Error(`stream ended after ${seen} of ${count} updates`);
+    }
   }
 
   /** Logs the failed call; the bot then must not trade: it asks once more and stops. */
@@ -326,6 +412,8 @@ const METHODS = {
     call: (c) => c.reportPositions.bind(c),
   }),
   GetRiskState: codec({ req: GetRiskStateRequest, res: GetRiskStateResponse, call: (c) => c.getRiskState.bind(c) }),
+  ReportOrder: codec({ req: ReportOrderRequest, res: ReportOrderResponse, call: (c) => c.reportOrder.bind(c) }),
+  ReportPrices: codec({ req: ReportPricesRequest, res: ReportPricesResponse, call: (c) => c.reportPrices.bind(c) }),
 } as const;
 
 async function sendVector<Req, Res>(client: RiskServiceClient, c: Codec<Req, Res>, v: Vector, timeoutMs: number) {

@@ -28,7 +28,12 @@ import {
   decisionCodeFromJSON,
   decisionCodeToJSON,
   OrderIntent,
+  OrderStatus,
+  orderStatusFromJSON,
+  orderStatusToJSON,
+  PendingOrder,
   Position,
+  PriceMark,
   RequiredAction,
   RiskState,
   Side,
@@ -164,6 +169,56 @@ export interface ReportPositionsResponse {
   breakerEvents: CircuitBreakerEvent[];
   /** What the bot must do now (e.g. close_position for a position past its drawdown limit). */
   actions: RequiredAction[];
+}
+
+/** ReportOrderRequest reports an order's status. */
+export interface ReportOrderRequest {
+  /** The trader id. */
+  traderId: string;
+  /** The account id. */
+  accountId: string;
+  /** The order's id, as CanTradeResponse.client_order_id returned it. */
+  clientOrderId: string;
+  /** ORDER_STATUS_ACCEPTED, _PARTIALLY_FILLED, _FILLED, _CANCELLED, _REJECTED or _EXPIRED. */
+  status: OrderStatus;
+  /** Quantity filled so far, cumulative, base units; finite, >= 0 and <= the order's quantity. */
+  filledQuantity: number;
+  /** Average price of the fills so far; finite and >= 0 (0: the order's price is used). */
+  averagePrice: number;
+}
+
+/** ReportOrderResponse returns the order and the state. */
+export interface ReportOrderResponse {
+  /** The state after the report. */
+  state?:
+    | RiskState
+    | undefined;
+  /** The order after the report. */
+  order?:
+    | PendingOrder
+    | undefined;
+  /** True when the report changed nothing (a repeat, or older than what is known). */
+  duplicate: boolean;
+  /** Breaker events fired by this report. */
+  breakerEvents: CircuitBreakerEvent[];
+  /** What the bot must do now (cancel_all_orders when the fill throttle halted the trader). */
+  actions: RequiredAction[];
+}
+
+/** ReportPricesRequest reports reference prices. */
+export interface ReportPricesRequest {
+  /** The trader id. */
+  traderId: string;
+  /** The account id. */
+  accountId: string;
+  /** The prices; 1-1,000 of them. A price older than the one known for its symbol is ignored. */
+  prices: PriceMark[];
+}
+
+/** ReportPricesResponse says how many prices were taken. */
+export interface ReportPricesResponse {
+  /** Prices that became the symbol's reference (the rest were older than the one known). */
+  accepted: number;
 }
 
 /** GetRiskStateRequest names a trader. */
@@ -1368,6 +1423,494 @@ export const ReportPositionsResponse: MessageFns<ReportPositionsResponse> = {
   },
 };
 
+function createBaseReportOrderRequest(): ReportOrderRequest {
+  return { traderId: "", accountId: "", clientOrderId: "", status: 0, filledQuantity: 0, averagePrice: 0 };
+}
+
+export const ReportOrderRequest: MessageFns<ReportOrderRequest> = {
+  encode(message: ReportOrderRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.traderId !== "") {
+      writer.uint32(10).string(message.traderId);
+    }
+    if (message.accountId !== "") {
+      writer.uint32(18).string(message.accountId);
+    }
+    if (message.clientOrderId !== "") {
+      writer.uint32(26).string(message.clientOrderId);
+    }
+    if (message.status !== 0) {
+      writer.uint32(32).int32(message.status);
+    }
+    if (message.filledQuantity !== 0) {
+      writer.uint32(41).double(message.filledQuantity);
+    }
+    if (message.averagePrice !== 0) {
+      writer.uint32(49).double(message.averagePrice);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReportOrderRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReportOrderRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.traderId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.accountId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.clientOrderId = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.status = reader.int32() as any;
+            continue;
+          }
+          case 5: {
+            if (tag !== 41) {
+              break;
+            }
+
+            message.filledQuantity = reader.double();
+            continue;
+          }
+          case 6: {
+            if (tag !== 49) {
+              break;
+            }
+
+            message.averagePrice = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReportOrderRequest {
+    return {
+      traderId: isSet(object.traderId)
+        ? globalThis.String(object.traderId)
+        : isSet(object.trader_id)
+        ? globalThis.String(object.trader_id)
+        : "",
+      accountId: isSet(object.accountId)
+        ? globalThis.String(object.accountId)
+        : isSet(object.account_id)
+        ? globalThis.String(object.account_id)
+        : "",
+      clientOrderId: isSet(object.clientOrderId)
+        ? globalThis.String(object.clientOrderId)
+        : isSet(object.client_order_id)
+        ? globalThis.String(object.client_order_id)
+        : "",
+      status: isSet(object.status) ? orderStatusFromJSON(object.status) : 0,
+      filledQuantity: isSet(object.filledQuantity)
+        ? globalThis.Number(object.filledQuantity)
+        : isSet(object.filled_quantity)
+        ? globalThis.Number(object.filled_quantity)
+        : 0,
+      averagePrice: isSet(object.averagePrice)
+        ? globalThis.Number(object.averagePrice)
+        : isSet(object.average_price)
+        ? globalThis.Number(object.average_price)
+        : 0,
+    };
+  },
+
+  toJSON(message: ReportOrderRequest): unknown {
+    const obj: any = {};
+    if (message.traderId !== "") {
+      obj.traderId = message.traderId;
+    }
+    if (message.accountId !== "") {
+      obj.accountId = message.accountId;
+    }
+    if (message.clientOrderId !== "") {
+      obj.clientOrderId = message.clientOrderId;
+    }
+    if (message.status !== 0) {
+      obj.status = orderStatusToJSON(message.status);
+    }
+    if (message.filledQuantity !== 0) {
+      obj.filledQuantity = floatToJson(message.filledQuantity);
+    }
+    if (message.averagePrice !== 0) {
+      obj.averagePrice = floatToJson(message.averagePrice);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReportOrderRequest>, I>>(base?: I): ReportOrderRequest {
+    return ReportOrderRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReportOrderRequest>, I>>(object: I): ReportOrderRequest {
+    const message = createBaseReportOrderRequest();
+    message.traderId = object.traderId ?? "";
+    message.accountId = object.accountId ?? "";
+    message.clientOrderId = object.clientOrderId ?? "";
+    message.status = object.status ?? 0;
+    message.filledQuantity = object.filledQuantity ?? 0;
+    message.averagePrice = object.averagePrice ?? 0;
+    return message;
+  },
+};
+
+function createBaseReportOrderResponse(): ReportOrderResponse {
+  return { state: undefined, order: undefined, duplicate: false, breakerEvents: [], actions: [] };
+}
+
+export const ReportOrderResponse: MessageFns<ReportOrderResponse> = {
+  encode(message: ReportOrderResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.state !== undefined) {
+      RiskState.encode(message.state, writer.uint32(10).fork()).join();
+    }
+    if (message.order !== undefined) {
+      PendingOrder.encode(message.order, writer.uint32(18).fork()).join();
+    }
+    if (message.duplicate !== false) {
+      writer.uint32(24).bool(message.duplicate);
+    }
+    for (const v of message.breakerEvents) {
+      CircuitBreakerEvent.encode(v!, writer.uint32(34).fork()).join();
+    }
+    for (const v of message.actions) {
+      RequiredAction.encode(v!, writer.uint32(42).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReportOrderResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReportOrderResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.state = RiskState.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.order = PendingOrder.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.duplicate = reader.bool();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.breakerEvents.push(CircuitBreakerEvent.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.actions.push(RequiredAction.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReportOrderResponse {
+    return {
+      state: isSet(object.state) ? RiskState.fromJSON(object.state) : undefined,
+      order: isSet(object.order) ? PendingOrder.fromJSON(object.order) : undefined,
+      duplicate: isSet(object.duplicate) ? globalThis.Boolean(object.duplicate) : false,
+      breakerEvents: globalThis.Array.isArray(object?.breakerEvents)
+        ? object.breakerEvents.map((e: any) => CircuitBreakerEvent.fromJSON(e))
+        : globalThis.Array.isArray(object?.breaker_events)
+        ? object.breaker_events.map((e: any) => CircuitBreakerEvent.fromJSON(e))
+        : [],
+      actions: globalThis.Array.isArray(object?.actions)
+        ? object.actions.map((e: any) => RequiredAction.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ReportOrderResponse): unknown {
+    const obj: any = {};
+    if (message.state !== undefined) {
+      obj.state = RiskState.toJSON(message.state);
+    }
+    if (message.order !== undefined) {
+      obj.order = PendingOrder.toJSON(message.order);
+    }
+    if (message.duplicate !== false) {
+      obj.duplicate = message.duplicate;
+    }
+    if (message.breakerEvents?.length) {
+      obj.breakerEvents = message.breakerEvents.map((e) => CircuitBreakerEvent.toJSON(e));
+    }
+    if (message.actions?.length) {
+      obj.actions = message.actions.map((e) => RequiredAction.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReportOrderResponse>, I>>(base?: I): ReportOrderResponse {
+    return ReportOrderResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReportOrderResponse>, I>>(object: I): ReportOrderResponse {
+    const message = createBaseReportOrderResponse();
+    message.state = (object.state !== undefined && object.state !== null)
+      ? RiskState.fromPartial(object.state)
+      : undefined;
+    message.order = (object.order !== undefined && object.order !== null)
+      ? PendingOrder.fromPartial(object.order)
+      : undefined;
+    message.duplicate = object.duplicate ?? false;
+    message.breakerEvents = object.breakerEvents?.map((e) => CircuitBreakerEvent.fromPartial(e)) || [];
+    message.actions = object.actions?.map((e) => RequiredAction.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseReportPricesRequest(): ReportPricesRequest {
+  return { traderId: "", accountId: "", prices: [] };
+}
+
+export const ReportPricesRequest: MessageFns<ReportPricesRequest> = {
+  encode(message: ReportPricesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.traderId !== "") {
+      writer.uint32(10).string(message.traderId);
+    }
+    if (message.accountId !== "") {
+      writer.uint32(18).string(message.accountId);
+    }
+    for (const v of message.prices) {
+      PriceMark.encode(v!, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReportPricesRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReportPricesRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.traderId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.accountId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.prices.push(PriceMark.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReportPricesRequest {
+    return {
+      traderId: isSet(object.traderId)
+        ? globalThis.String(object.traderId)
+        : isSet(object.trader_id)
+        ? globalThis.String(object.trader_id)
+        : "",
+      accountId: isSet(object.accountId)
+        ? globalThis.String(object.accountId)
+        : isSet(object.account_id)
+        ? globalThis.String(object.account_id)
+        : "",
+      prices: globalThis.Array.isArray(object?.prices) ? object.prices.map((e: any) => PriceMark.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: ReportPricesRequest): unknown {
+    const obj: any = {};
+    if (message.traderId !== "") {
+      obj.traderId = message.traderId;
+    }
+    if (message.accountId !== "") {
+      obj.accountId = message.accountId;
+    }
+    if (message.prices?.length) {
+      obj.prices = message.prices.map((e) => PriceMark.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReportPricesRequest>, I>>(base?: I): ReportPricesRequest {
+    return ReportPricesRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReportPricesRequest>, I>>(object: I): ReportPricesRequest {
+    const message = createBaseReportPricesRequest();
+    message.traderId = object.traderId ?? "";
+    message.accountId = object.accountId ?? "";
+    message.prices = object.prices?.map((e) => PriceMark.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseReportPricesResponse(): ReportPricesResponse {
+  return { accepted: 0 };
+}
+
+export const ReportPricesResponse: MessageFns<ReportPricesResponse> = {
+  encode(message: ReportPricesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.accepted !== 0) {
+      writer.uint32(8).int32(message.accepted);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReportPricesResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReportPricesResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.accepted = reader.int32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReportPricesResponse {
+    return { accepted: isSet(object.accepted) ? globalThis.Number(object.accepted) : 0 };
+  },
+
+  toJSON(message: ReportPricesResponse): unknown {
+    const obj: any = {};
+    if (message.accepted !== 0) {
+      obj.accepted = Math.round(message.accepted);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReportPricesResponse>, I>>(base?: I): ReportPricesResponse {
+    return ReportPricesResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReportPricesResponse>, I>>(object: I): ReportPricesResponse {
+    const message = createBaseReportPricesResponse();
+    message.accepted = object.accepted ?? 0;
+    return message;
+  },
+};
+
 function createBaseGetRiskStateRequest(): GetRiskStateRequest {
   return { traderId: "", accountId: "" };
 }
@@ -1825,6 +2368,33 @@ export const RiskServiceService = {
       Buffer.from(GetRiskStateResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): GetRiskStateResponse => GetRiskStateResponse.decode(value),
   },
+  /**
+   * ReportOrder reports what happened to an order CanTrade allowed; idempotent (filled_quantity is cumulative)
+   * and safe out of order (a final status is never undone; a smaller filled_quantity changes nothing).
+   */
+  reportOrder: {
+    path: "/tradeguard.v1.RiskService/ReportOrder" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ReportOrderRequest): Buffer => Buffer.from(ReportOrderRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ReportOrderRequest => ReportOrderRequest.decode(value),
+    responseSerialize: (value: ReportOrderResponse): Buffer => Buffer.from(ReportOrderResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ReportOrderResponse => ReportOrderResponse.decode(value),
+  },
+  /**
+   * ReportPrices reports reference prices for price collars (symbols without a position; positions' marks
+   * count too).
+   */
+  reportPrices: {
+    path: "/tradeguard.v1.RiskService/ReportPrices" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ReportPricesRequest): Buffer => Buffer.from(ReportPricesRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ReportPricesRequest => ReportPricesRequest.decode(value),
+    responseSerialize: (value: ReportPricesResponse): Buffer =>
+      Buffer.from(ReportPricesResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ReportPricesResponse => ReportPricesResponse.decode(value),
+  },
   /** WatchRiskState streams the current state at once, then every change and required action. */
   watchRiskState: {
     path: "/tradeguard.v1.RiskService/WatchRiskState" as const,
@@ -1850,6 +2420,16 @@ export interface RiskServiceServer extends UntypedServiceImplementation {
   reportPositions: handleUnaryCall<ReportPositionsRequest, ReportPositionsResponse>;
   /** GetRiskState returns the trader's current risk state. */
   getRiskState: handleUnaryCall<GetRiskStateRequest, GetRiskStateResponse>;
+  /**
+   * ReportOrder reports what happened to an order CanTrade allowed; idempotent (filled_quantity is cumulative)
+   * and safe out of order (a final status is never undone; a smaller filled_quantity changes nothing).
+   */
+  reportOrder: handleUnaryCall<ReportOrderRequest, ReportOrderResponse>;
+  /**
+   * ReportPrices reports reference prices for price collars (symbols without a position; positions' marks
+   * count too).
+   */
+  reportPrices: handleUnaryCall<ReportPricesRequest, ReportPricesResponse>;
   /** WatchRiskState streams the current state at once, then every change and required action. */
   watchRiskState: handleServerStreamingCall<WatchRiskStateRequest, WatchRiskStateResponse>;
 }
@@ -1934,6 +2514,44 @@ export interface RiskServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: GetRiskStateResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * ReportOrder reports what happened to an order CanTrade allowed; idempotent (filled_quantity is cumulative)
+   * and safe out of order (a final status is never undone; a smaller filled_quantity changes nothing).
+   */
+  reportOrder(
+    request: ReportOrderRequest,
+    callback: (error: ServiceError | null, response: ReportOrderResponse) => void,
+  ): ClientUnaryCall;
+  reportOrder(
+    request: ReportOrderRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ReportOrderResponse) => void,
+  ): ClientUnaryCall;
+  reportOrder(
+    request: ReportOrderRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ReportOrderResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * ReportPrices reports reference prices for price collars (symbols without a position; positions' marks
+   * count too).
+   */
+  reportPrices(
+    request: ReportPricesRequest,
+    callback: (error: ServiceError | null, response: ReportPricesResponse) => void,
+  ): ClientUnaryCall;
+  reportPrices(
+    request: ReportPricesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ReportPricesResponse) => void,
+  ): ClientUnaryCall;
+  reportPrices(
+    request: ReportPricesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ReportPricesResponse) => void,
   ): ClientUnaryCall;
   /** WatchRiskState streams the current state at once, then every change and required action. */
   watchRiskState(

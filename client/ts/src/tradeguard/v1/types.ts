@@ -157,6 +157,32 @@ export enum DecisionCode {
    * unknown code, or an undecodable body). Denied: whatever answered cannot allow.
    */
   DECISION_CODE_INVALID_RESPONSE = 19,
+  /** DECISION_CODE_ORDER_QUANTITY_LIMIT - The order's quantity (base units) is above max_order_quantity (the symbol's, else the account's). */
+  DECISION_CODE_ORDER_QUANTITY_LIMIT = 20,
+  /** DECISION_CODE_POSITION_QUANTITY_LIMIT - Net position plus pending orders in the symbol after the order would pass max_position_quantity (base units). */
+  DECISION_CODE_POSITION_QUANTITY_LIMIT = 21,
+  /** DECISION_CODE_OPEN_ORDERS_LIMIT - The trader already has max_open_orders pending orders (of the symbol, with a symbol override). */
+  DECISION_CODE_OPEN_ORDERS_LIMIT = 22,
+  /** DECISION_CODE_PRICE_COLLAR - The order's price is further from the reference price than price_collar_percentage. */
+  DECISION_CODE_PRICE_COLLAR = 23,
+  /**
+   * DECISION_CODE_NO_REFERENCE_PRICE - A price collar is configured but the sidecar has no reference price for the symbol, or only one older than
+   * reference_price_max_age_seconds: new exposure is denied (never silently skipped). Report prices with
+   * ReportPositions marks or ReportPrices.
+   */
+  DECISION_CODE_NO_REFERENCE_PRICE = 24,
+  /** DECISION_CODE_DUPLICATE_ORDER - The same symbol, side, quantity and price as an order allowed within duplicate_order_window_ms. */
+  DECISION_CODE_DUPLICATE_ORDER = 25,
+  /** DECISION_CODE_SYMBOL_NOT_ALLOWED - The symbol is not in allowed_symbols, or is in blocked_symbols. */
+  DECISION_CODE_SYMBOL_NOT_ALLOWED = 26,
+  /** DECISION_CODE_OUTSIDE_TRADING_WINDOW - Now is outside every configured trading window: no new exposure. */
+  DECISION_CODE_OUTSIDE_TRADING_WINDOW = 27,
+  /** DECISION_CODE_DAILY_NOTIONAL_LIMIT - The notional of the orders allowed since the day started would pass max_daily_notional. */
+  DECISION_CODE_DAILY_NOTIONAL_LIMIT = 28,
+  /** DECISION_CODE_DAILY_ORDERS_LIMIT - The orders allowed since the day started would pass max_daily_orders. */
+  DECISION_CODE_DAILY_ORDERS_LIMIT = 29,
+  /** DECISION_CODE_FILL_RATE_LIMIT - max_fills_per_window fills were reported within fill_window_seconds: HALTED until a person resumes. */
+  DECISION_CODE_FILL_RATE_LIMIT = 30,
   UNRECOGNIZED = -1,
 }
 
@@ -222,6 +248,39 @@ export function decisionCodeFromJSON(object: any): DecisionCode {
     case 19:
     case "DECISION_CODE_INVALID_RESPONSE":
       return DecisionCode.DECISION_CODE_INVALID_RESPONSE;
+    case 20:
+    case "DECISION_CODE_ORDER_QUANTITY_LIMIT":
+      return DecisionCode.DECISION_CODE_ORDER_QUANTITY_LIMIT;
+    case 21:
+    case "DECISION_CODE_POSITION_QUANTITY_LIMIT":
+      return DecisionCode.DECISION_CODE_POSITION_QUANTITY_LIMIT;
+    case 22:
+    case "DECISION_CODE_OPEN_ORDERS_LIMIT":
+      return DecisionCode.DECISION_CODE_OPEN_ORDERS_LIMIT;
+    case 23:
+    case "DECISION_CODE_PRICE_COLLAR":
+      return DecisionCode.DECISION_CODE_PRICE_COLLAR;
+    case 24:
+    case "DECISION_CODE_NO_REFERENCE_PRICE":
+      return DecisionCode.DECISION_CODE_NO_REFERENCE_PRICE;
+    case 25:
+    case "DECISION_CODE_DUPLICATE_ORDER":
+      return DecisionCode.DECISION_CODE_DUPLICATE_ORDER;
+    case 26:
+    case "DECISION_CODE_SYMBOL_NOT_ALLOWED":
+      return DecisionCode.DECISION_CODE_SYMBOL_NOT_ALLOWED;
+    case 27:
+    case "DECISION_CODE_OUTSIDE_TRADING_WINDOW":
+      return DecisionCode.DECISION_CODE_OUTSIDE_TRADING_WINDOW;
+    case 28:
+    case "DECISION_CODE_DAILY_NOTIONAL_LIMIT":
+      return DecisionCode.DECISION_CODE_DAILY_NOTIONAL_LIMIT;
+    case 29:
+    case "DECISION_CODE_DAILY_ORDERS_LIMIT":
+      return DecisionCode.DECISION_CODE_DAILY_ORDERS_LIMIT;
+    case 30:
+    case "DECISION_CODE_FILL_RATE_LIMIT":
+      return DecisionCode.DECISION_CODE_FILL_RATE_LIMIT;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -271,7 +330,110 @@ export function decisionCodeToJSON(object: DecisionCode): string {
       return "DECISION_CODE_STATE_NOT_LOADED";
     case DecisionCode.DECISION_CODE_INVALID_RESPONSE:
       return "DECISION_CODE_INVALID_RESPONSE";
+    case DecisionCode.DECISION_CODE_ORDER_QUANTITY_LIMIT:
+      return "DECISION_CODE_ORDER_QUANTITY_LIMIT";
+    case DecisionCode.DECISION_CODE_POSITION_QUANTITY_LIMIT:
+      return "DECISION_CODE_POSITION_QUANTITY_LIMIT";
+    case DecisionCode.DECISION_CODE_OPEN_ORDERS_LIMIT:
+      return "DECISION_CODE_OPEN_ORDERS_LIMIT";
+    case DecisionCode.DECISION_CODE_PRICE_COLLAR:
+      return "DECISION_CODE_PRICE_COLLAR";
+    case DecisionCode.DECISION_CODE_NO_REFERENCE_PRICE:
+      return "DECISION_CODE_NO_REFERENCE_PRICE";
+    case DecisionCode.DECISION_CODE_DUPLICATE_ORDER:
+      return "DECISION_CODE_DUPLICATE_ORDER";
+    case DecisionCode.DECISION_CODE_SYMBOL_NOT_ALLOWED:
+      return "DECISION_CODE_SYMBOL_NOT_ALLOWED";
+    case DecisionCode.DECISION_CODE_OUTSIDE_TRADING_WINDOW:
+      return "DECISION_CODE_OUTSIDE_TRADING_WINDOW";
+    case DecisionCode.DECISION_CODE_DAILY_NOTIONAL_LIMIT:
+      return "DECISION_CODE_DAILY_NOTIONAL_LIMIT";
+    case DecisionCode.DECISION_CODE_DAILY_ORDERS_LIMIT:
+      return "DECISION_CODE_DAILY_ORDERS_LIMIT";
+    case DecisionCode.DECISION_CODE_FILL_RATE_LIMIT:
+      return "DECISION_CODE_FILL_RATE_LIMIT";
     case DecisionCode.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/** OrderStatus is where an order allowed by CanTrade stands, as the bot reports it with ReportOrder. */
+export enum OrderStatus {
+  /** ORDER_STATUS_UNSPECIFIED - Never sent by the server; rejected as input. */
+  ORDER_STATUS_UNSPECIFIED = 0,
+  /** ORDER_STATUS_ALLOWED - Allowed by CanTrade; nothing reported yet. Set by the server only. */
+  ORDER_STATUS_ALLOWED = 1,
+  /** ORDER_STATUS_ACCEPTED - The venue accepted the order; it is working. */
+  ORDER_STATUS_ACCEPTED = 2,
+  /** ORDER_STATUS_PARTIALLY_FILLED - Part of the order filled (filled_quantity says how much, cumulatively); the rest is working. */
+  ORDER_STATUS_PARTIALLY_FILLED = 3,
+  /** ORDER_STATUS_FILLED - The whole order filled. Final. */
+  ORDER_STATUS_FILLED = 4,
+  /** ORDER_STATUS_CANCELLED - Cancelled (what filled before stays filled). Final. */
+  ORDER_STATUS_CANCELLED = 5,
+  /** ORDER_STATUS_REJECTED - The venue rejected it; nothing filled. Final. */
+  ORDER_STATUS_REJECTED = 6,
+  /**
+   * ORDER_STATUS_EXPIRED - Expired at the venue (what filled before stays filled). Final. The sidecar also releases an order nobody
+   * reported on for pending_order_ttl_seconds.
+   */
+  ORDER_STATUS_EXPIRED = 7,
+  UNRECOGNIZED = -1,
+}
+
+export function orderStatusFromJSON(object: any): OrderStatus {
+  switch (object) {
+    case 0:
+    case "ORDER_STATUS_UNSPECIFIED":
+      return OrderStatus.ORDER_STATUS_UNSPECIFIED;
+    case 1:
+    case "ORDER_STATUS_ALLOWED":
+      return OrderStatus.ORDER_STATUS_ALLOWED;
+    case 2:
+    case "ORDER_STATUS_ACCEPTED":
+      return OrderStatus.ORDER_STATUS_ACCEPTED;
+    case 3:
+    case "ORDER_STATUS_PARTIALLY_FILLED":
+      return OrderStatus.ORDER_STATUS_PARTIALLY_FILLED;
+    case 4:
+    case "ORDER_STATUS_FILLED":
+      return OrderStatus.ORDER_STATUS_FILLED;
+    case 5:
+    case "ORDER_STATUS_CANCELLED":
+      return OrderStatus.ORDER_STATUS_CANCELLED;
+    case 6:
+    case "ORDER_STATUS_REJECTED":
+      return OrderStatus.ORDER_STATUS_REJECTED;
+    case 7:
+    case "ORDER_STATUS_EXPIRED":
+      return OrderStatus.ORDER_STATUS_EXPIRED;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return OrderStatus.UNRECOGNIZED;
+  }
+}
+
+export function orderStatusToJSON(object: OrderStatus): string {
+  switch (object) {
+    case OrderStatus.ORDER_STATUS_UNSPECIFIED:
+      return "ORDER_STATUS_UNSPECIFIED";
+    case OrderStatus.ORDER_STATUS_ALLOWED:
+      return "ORDER_STATUS_ALLOWED";
+    case OrderStatus.ORDER_STATUS_ACCEPTED:
+      return "ORDER_STATUS_ACCEPTED";
+    case OrderStatus.ORDER_STATUS_PARTIALLY_FILLED:
+      return "ORDER_STATUS_PARTIALLY_FILLED";
+    case OrderStatus.ORDER_STATUS_FILLED:
+      return "ORDER_STATUS_FILLED";
+    case OrderStatus.ORDER_STATUS_CANCELLED:
+      return "ORDER_STATUS_CANCELLED";
+    case OrderStatus.ORDER_STATUS_REJECTED:
+      return "ORDER_STATUS_REJECTED";
+    case OrderStatus.ORDER_STATUS_EXPIRED:
+      return "ORDER_STATUS_EXPIRED";
+    case OrderStatus.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
   }
@@ -339,6 +501,11 @@ export enum ActionType {
   ACTION_TYPE_REDUCE_ONLY = 3,
   /** ACTION_TYPE_ALERT - Informational: a rule fired; nothing is enforced. */
   ACTION_TYPE_ALERT = 4,
+  /**
+   * ACTION_TYPE_CANCEL_ALL_ORDERS - Cancel every working order at the venue now (the trader was HALTED): client_order_ids lists the pending
+   * orders the sidecar knows of. They stay counted until reported cancelled (ReportOrder) or expired.
+   */
+  ACTION_TYPE_CANCEL_ALL_ORDERS = 5,
   UNRECOGNIZED = -1,
 }
 
@@ -359,6 +526,9 @@ export function actionTypeFromJSON(object: any): ActionType {
     case 4:
     case "ACTION_TYPE_ALERT":
       return ActionType.ACTION_TYPE_ALERT;
+    case 5:
+    case "ACTION_TYPE_CANCEL_ALL_ORDERS":
+      return ActionType.ACTION_TYPE_CANCEL_ALL_ORDERS;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -378,6 +548,8 @@ export function actionTypeToJSON(object: ActionType): string {
       return "ACTION_TYPE_REDUCE_ONLY";
     case ActionType.ACTION_TYPE_ALERT:
       return "ACTION_TYPE_ALERT";
+    case ActionType.ACTION_TYPE_CANCEL_ALL_ORDERS:
+      return "ACTION_TYPE_CANCEL_ALL_ORDERS";
     case ActionType.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
@@ -414,7 +586,8 @@ export interface OrderIntent {
    * The bot's id for this order (1-128 characters of [A-Za-z0-9._:@/-]); optional. A CanTrade repeated with
    * the same client_order_id for the same trader (a retry after a lost answer) gets the first decision again
    * and is not counted twice. When empty the sidecar makes one and returns it in
-   * CanTradeResponse.client_order_id.
+   * CanTradeResponse.client_order_id. An allowed order becomes a pending order under this id: report what
+   * happens to it with RiskService.ReportOrder.
    */
   clientOrderId: string;
 }
@@ -467,6 +640,66 @@ export interface RequiredAction {
   reason: string;
   /** The circuit breaker that asked for it, if any. */
   breakerId: string;
+  /** For ACTION_TYPE_CANCEL_ALL_ORDERS: the trader's pending orders. */
+  clientOrderIds: string[];
+}
+
+/**
+ * PendingOrder is an order allowed by CanTrade that may still fill: until it is reported finished (ReportOrder)
+ * or released after pending_order_ttl_seconds, its unfilled quantity counts in every exposure check as if filled.
+ */
+export interface PendingOrder {
+  /** The bot's id for the order (or the one the sidecar made). */
+  clientOrderId: string;
+  /** Instrument. */
+  symbol: string;
+  /** Venue; empty when the order named none. */
+  exchange: string;
+  /** SIDE_BUY or SIDE_SELL. */
+  side: Side;
+  /** Order quantity in base units. */
+  quantity: number;
+  /** The order's price when it was allowed. */
+  price: number;
+  /** Quantity filled so far (cumulative, from ReportOrder). */
+  filledQuantity: number;
+  /** Average fill price so far; 0 before any fill. */
+  averagePrice: number;
+  /** Where the order stands. */
+  status: OrderStatus;
+  /** True when the order only reduced a known position when it was allowed (it adds no exposure). */
+  reducing: boolean;
+  /** When CanTrade allowed it. */
+  allowedAt?:
+    | Date
+    | undefined;
+  /** When it is released if nothing more is reported on it (pending_order_ttl_seconds after the last report). */
+  expiresAt?: Date | undefined;
+}
+
+/** PriceMark is a reference price for a symbol (for price collars). */
+export interface PriceMark {
+  /** Instrument, e.g. "BTCUSDT". */
+  symbol: string;
+  /** Venue; optional (collars look the price up by symbol). */
+  exchange: string;
+  /** The price; finite and > 0. */
+  price: number;
+  /** When the price was observed; unset means now. */
+  observedAt?: Date | undefined;
+}
+
+/** TradingWindow is a UTC time window in which new exposure is allowed. */
+export interface TradingWindow {
+  /** ISO weekdays it applies to, 1 = Monday ... 7 = Sunday; empty means every day. */
+  weekdays: number[];
+  /** Start time of day, UTC, "HH:MM" (inclusive). */
+  start: string;
+  /**
+   * End time of day, UTC, "HH:MM" (exclusive); "24:00" is the end of the day. An end before the start crosses
+   * midnight into the next day.
+   */
+  end: string;
 }
 
 /** RiskState is the risk state of one trader (the risk_state table). */
@@ -523,8 +756,14 @@ export interface RiskState {
   equityReported: boolean;
   /** The configuration in force for the account; empty means the settings' defaults. */
   configId: string;
-  /** Last reported open positions. */
+  /** Last reported open positions (moved by fills reported with ReportOrder until the next ReportPositions). */
   positions: Position[];
+  /** Orders allowed and not yet finished: they count in the exposure checks as if filled. */
+  pendingOrders: PendingOrder[];
+  /** Notional of the orders allowed since the day started (max_daily_notional). */
+  dailyOrderNotional: number;
+  /** Orders allowed since the day started (max_daily_orders). */
+  dailyOrders: number;
 }
 
 /**
@@ -560,7 +799,23 @@ export interface SymbolRiskConfiguration {
     | number
     | undefined;
   /** |price - stop| x quantity <= this percent of equity; in (0, 100]. */
-  riskPerTradePercentage?: number | undefined;
+  riskPerTradePercentage?:
+    | number
+    | undefined;
+  /** Max quantity of one order, base units; > 0. */
+  maxOrderQuantity?:
+    | number
+    | undefined;
+  /** Max net position plus pending orders in the symbol after an order, base units; > 0. */
+  maxPositionQuantity?:
+    | number
+    | undefined;
+  /** Max pending orders of the trader in this symbol; >= 1. */
+  maxOpenOrders?:
+    | number
+    | undefined;
+  /** |order price - reference price| <= this percent of the reference; in (0, 100]. */
+  priceCollarPercentage?: number | undefined;
 }
 
 /**
@@ -665,7 +920,57 @@ export interface RiskConfiguration {
     | Date
     | undefined;
   /** Set by the server. */
-  updatedAt?: Date | undefined;
+  updatedAt?:
+    | Date
+    | undefined;
+  /** Max quantity of one order, base units; > 0 (symbol override). */
+  maxOrderQuantity?:
+    | number
+    | undefined;
+  /** Max net position plus pending orders in a symbol after an order, base units; > 0 (symbol override). */
+  maxPositionQuantity?:
+    | number
+    | undefined;
+  /** Max pending orders of the trader; >= 1 (a symbol override limits that symbol's). */
+  maxOpenOrders?:
+    | number
+    | undefined;
+  /** |order price - reference price| <= this percent of the reference; in (0, 100] (symbol override). */
+  priceCollarPercentage?:
+    | number
+    | undefined;
+  /** A reference price older than this is no reference (new exposure denied); >= 1, default 60. */
+  referencePriceMaxAgeSeconds?:
+    | number
+    | undefined;
+  /** An order equal (symbol, side, quantity, price) to one allowed within this many ms is denied; >= 1. */
+  duplicateOrderWindowMs?:
+    | number
+    | undefined;
+  /** Only these symbols may be traded; empty means all. */
+  allowedSymbols: string[];
+  /** These symbols may not be traded (exposure-reducing orders still pass). */
+  blockedSymbols: string[];
+  /** New exposure only within these UTC windows; empty means always. */
+  tradingWindows: TradingWindow[];
+  /** Max notional of the orders allowed since the day started, quote currency; > 0. */
+  maxDailyNotional?:
+    | number
+    | undefined;
+  /** Max orders allowed since the day started; >= 1. */
+  maxDailyOrders?:
+    | number
+    | undefined;
+  /** This many fills reported within fill_window_seconds halt the trader until a person resumes it; >= 1. */
+  maxFillsPerWindow?:
+    | number
+    | undefined;
+  /** Window of max_fills_per_window, seconds; >= 1, default 60. */
+  fillWindowSeconds?:
+    | number
+    | undefined;
+  /** An allowed order nothing is reported on for this long is released (no longer counted); >= 1, default 60. */
+  pendingOrderTtlSeconds?: number | undefined;
 }
 
 /** CircuitBreaker is a user-defined rule: a condition, an action and a scope (circuit_breakers). */
@@ -1330,7 +1635,7 @@ export const CheckResult: MessageFns<CheckResult> = {
 };
 
 function createBaseRequiredAction(): RequiredAction {
-  return { type: 0, symbol: "", exchange: "", reason: "", breakerId: "" };
+  return { type: 0, symbol: "", exchange: "", reason: "", breakerId: "", clientOrderIds: [] };
 }
 
 export const RequiredAction: MessageFns<RequiredAction> = {
@@ -1349,6 +1654,9 @@ export const RequiredAction: MessageFns<RequiredAction> = {
     }
     if (message.breakerId !== "") {
       writer.uint32(42).string(message.breakerId);
+    }
+    for (const v of message.clientOrderIds) {
+      writer.uint32(50).string(v!);
     }
     return writer;
   },
@@ -1406,6 +1714,14 @@ export const RequiredAction: MessageFns<RequiredAction> = {
             message.breakerId = reader.string();
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.clientOrderIds.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1429,6 +1745,11 @@ export const RequiredAction: MessageFns<RequiredAction> = {
         : isSet(object.breaker_id)
         ? globalThis.String(object.breaker_id)
         : "",
+      clientOrderIds: globalThis.Array.isArray(object?.clientOrderIds)
+        ? object.clientOrderIds.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.client_order_ids)
+        ? object.client_order_ids.map((e: any) => globalThis.String(e))
+        : [],
     };
   },
 
@@ -1449,6 +1770,9 @@ export const RequiredAction: MessageFns<RequiredAction> = {
     if (message.breakerId !== "") {
       obj.breakerId = message.breakerId;
     }
+    if (message.clientOrderIds?.length) {
+      obj.clientOrderIds = message.clientOrderIds;
+    }
     return obj;
   },
 
@@ -1462,6 +1786,521 @@ export const RequiredAction: MessageFns<RequiredAction> = {
     message.exchange = object.exchange ?? "";
     message.reason = object.reason ?? "";
     message.breakerId = object.breakerId ?? "";
+    message.clientOrderIds = object.clientOrderIds?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBasePendingOrder(): PendingOrder {
+  return {
+    clientOrderId: "",
+    symbol: "",
+    exchange: "",
+    side: 0,
+    quantity: 0,
+    price: 0,
+    filledQuantity: 0,
+    averagePrice: 0,
+    status: 0,
+    reducing: false,
+    allowedAt: undefined,
+    expiresAt: undefined,
+  };
+}
+
+export const PendingOrder: MessageFns<PendingOrder> = {
+  encode(message: PendingOrder, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.clientOrderId !== "") {
+      writer.uint32(10).string(message.clientOrderId);
+    }
+    if (message.symbol !== "") {
+      writer.uint32(18).string(message.symbol);
+    }
+    if (message.exchange !== "") {
+      writer.uint32(26).string(message.exchange);
+    }
+    if (message.side !== 0) {
+      writer.uint32(32).int32(message.side);
+    }
+    if (message.quantity !== 0) {
+      writer.uint32(41).double(message.quantity);
+    }
+    if (message.price !== 0) {
+      writer.uint32(49).double(message.price);
+    }
+    if (message.filledQuantity !== 0) {
+      writer.uint32(57).double(message.filledQuantity);
+    }
+    if (message.averagePrice !== 0) {
+      writer.uint32(65).double(message.averagePrice);
+    }
+    if (message.status !== 0) {
+      writer.uint32(72).int32(message.status);
+    }
+    if (message.reducing !== false) {
+      writer.uint32(80).bool(message.reducing);
+    }
+    if (message.allowedAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.allowedAt), writer.uint32(90).fork()).join();
+    }
+    if (message.expiresAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.expiresAt), writer.uint32(98).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PendingOrder {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePendingOrder();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.clientOrderId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.symbol = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.exchange = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.side = reader.int32() as any;
+            continue;
+          }
+          case 5: {
+            if (tag !== 41) {
+              break;
+            }
+
+            message.quantity = reader.double();
+            continue;
+          }
+          case 6: {
+            if (tag !== 49) {
+              break;
+            }
+
+            message.price = reader.double();
+            continue;
+          }
+          case 7: {
+            if (tag !== 57) {
+              break;
+            }
+
+            message.filledQuantity = reader.double();
+            continue;
+          }
+          case 8: {
+            if (tag !== 65) {
+              break;
+            }
+
+            message.averagePrice = reader.double();
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.status = reader.int32() as any;
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.reducing = reader.bool();
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.allowedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.expiresAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PendingOrder {
+    return {
+      clientOrderId: isSet(object.clientOrderId)
+        ? globalThis.String(object.clientOrderId)
+        : isSet(object.client_order_id)
+        ? globalThis.String(object.client_order_id)
+        : "",
+      symbol: isSet(object.symbol) ? globalThis.String(object.symbol) : "",
+      exchange: isSet(object.exchange) ? globalThis.String(object.exchange) : "",
+      side: isSet(object.side) ? sideFromJSON(object.side) : 0,
+      quantity: isSet(object.quantity) ? globalThis.Number(object.quantity) : 0,
+      price: isSet(object.price) ? globalThis.Number(object.price) : 0,
+      filledQuantity: isSet(object.filledQuantity)
+        ? globalThis.Number(object.filledQuantity)
+        : isSet(object.filled_quantity)
+        ? globalThis.Number(object.filled_quantity)
+        : 0,
+      averagePrice: isSet(object.averagePrice)
+        ? globalThis.Number(object.averagePrice)
+        : isSet(object.average_price)
+        ? globalThis.Number(object.average_price)
+        : 0,
+      status: isSet(object.status) ? orderStatusFromJSON(object.status) : 0,
+      reducing: isSet(object.reducing) ? globalThis.Boolean(object.reducing) : false,
+      allowedAt: isSet(object.allowedAt)
+        ? fromJsonTimestamp(object.allowedAt)
+        : isSet(object.allowed_at)
+        ? fromJsonTimestamp(object.allowed_at)
+        : undefined,
+      expiresAt: isSet(object.expiresAt)
+        ? fromJsonTimestamp(object.expiresAt)
+        : isSet(object.expires_at)
+        ? fromJsonTimestamp(object.expires_at)
+        : undefined,
+    };
+  },
+
+  toJSON(message: PendingOrder): unknown {
+    const obj: any = {};
+    if (message.clientOrderId !== "") {
+      obj.clientOrderId = message.clientOrderId;
+    }
+    if (message.symbol !== "") {
+      obj.symbol = message.symbol;
+    }
+    if (message.exchange !== "") {
+      obj.exchange = message.exchange;
+    }
+    if (message.side !== 0) {
+      obj.side = sideToJSON(message.side);
+    }
+    if (message.quantity !== 0) {
+      obj.quantity = floatToJson(message.quantity);
+    }
+    if (message.price !== 0) {
+      obj.price = floatToJson(message.price);
+    }
+    if (message.filledQuantity !== 0) {
+      obj.filledQuantity = floatToJson(message.filledQuantity);
+    }
+    if (message.averagePrice !== 0) {
+      obj.averagePrice = floatToJson(message.averagePrice);
+    }
+    if (message.status !== 0) {
+      obj.status = orderStatusToJSON(message.status);
+    }
+    if (message.reducing !== false) {
+      obj.reducing = message.reducing;
+    }
+    if (message.allowedAt !== undefined) {
+      obj.allowedAt = message.allowedAt.toISOString();
+    }
+    if (message.expiresAt !== undefined) {
+      obj.expiresAt = message.expiresAt.toISOString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PendingOrder>, I>>(base?: I): PendingOrder {
+    return PendingOrder.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PendingOrder>, I>>(object: I): PendingOrder {
+    const message = createBasePendingOrder();
+    message.clientOrderId = object.clientOrderId ?? "";
+    message.symbol = object.symbol ?? "";
+    message.exchange = object.exchange ?? "";
+    message.side = object.side ?? 0;
+    message.quantity = object.quantity ?? 0;
+    message.price = object.price ?? 0;
+    message.filledQuantity = object.filledQuantity ?? 0;
+    message.averagePrice = object.averagePrice ?? 0;
+    message.status = object.status ?? 0;
+    message.reducing = object.reducing ?? false;
+    message.allowedAt = object.allowedAt ?? undefined;
+    message.expiresAt = object.expiresAt ?? undefined;
+    return message;
+  },
+};
+
+function createBasePriceMark(): PriceMark {
+  return { symbol: "", exchange: "", price: 0, observedAt: undefined };
+}
+
+export const PriceMark: MessageFns<PriceMark> = {
+  encode(message: PriceMark, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.symbol !== "") {
+      writer.uint32(10).string(message.symbol);
+    }
+    if (message.exchange !== "") {
+      writer.uint32(18).string(message.exchange);
+    }
+    if (message.price !== 0) {
+      writer.uint32(25).double(message.price);
+    }
+    if (message.observedAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.observedAt), writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PriceMark {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePriceMark();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.symbol = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.exchange = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 25) {
+              break;
+            }
+
+            message.price = reader.double();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.observedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PriceMark {
+    return {
+      symbol: isSet(object.symbol) ? globalThis.String(object.symbol) : "",
+      exchange: isSet(object.exchange) ? globalThis.String(object.exchange) : "",
+      price: isSet(object.price) ? globalThis.Number(object.price) : 0,
+      observedAt: isSet(object.observedAt)
+        ? fromJsonTimestamp(object.observedAt)
+        : isSet(object.observed_at)
+        ? fromJsonTimestamp(object.observed_at)
+        : undefined,
+    };
+  },
+
+  toJSON(message: PriceMark): unknown {
+    const obj: any = {};
+    if (message.symbol !== "") {
+      obj.symbol = message.symbol;
+    }
+    if (message.exchange !== "") {
+      obj.exchange = message.exchange;
+    }
+    if (message.price !== 0) {
+      obj.price = floatToJson(message.price);
+    }
+    if (message.observedAt !== undefined) {
+      obj.observedAt = message.observedAt.toISOString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PriceMark>, I>>(base?: I): PriceMark {
+    return PriceMark.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PriceMark>, I>>(object: I): PriceMark {
+    const message = createBasePriceMark();
+    message.symbol = object.symbol ?? "";
+    message.exchange = object.exchange ?? "";
+    message.price = object.price ?? 0;
+    message.observedAt = object.observedAt ?? undefined;
+    return message;
+  },
+};
+
+function createBaseTradingWindow(): TradingWindow {
+  return { weekdays: [], start: "", end: "" };
+}
+
+export const TradingWindow: MessageFns<TradingWindow> = {
+  encode(message: TradingWindow, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.weekdays.length !== 0) {
+      writer.uint32(10).fork();
+      for (const v of message.weekdays) {
+        writer.int32(v);
+      }
+      writer.join();
+    }
+    if (message.start !== "") {
+      writer.uint32(18).string(message.start);
+    }
+    if (message.end !== "") {
+      writer.uint32(26).string(message.end);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TradingWindow {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTradingWindow();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag === 8) {
+              message.weekdays.push(reader.int32());
+
+              continue;
+            }
+
+            if (tag === 10) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.weekdays.push(reader.int32());
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.start = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.end = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TradingWindow {
+    return {
+      weekdays: globalThis.Array.isArray(object?.weekdays) ? object.weekdays.map((e: any) => globalThis.Number(e)) : [],
+      start: isSet(object.start) ? globalThis.String(object.start) : "",
+      end: isSet(object.end) ? globalThis.String(object.end) : "",
+    };
+  },
+
+  toJSON(message: TradingWindow): unknown {
+    const obj: any = {};
+    if (message.weekdays?.length) {
+      obj.weekdays = message.weekdays.map((e) => Math.round(e));
+    }
+    if (message.start !== "") {
+      obj.start = message.start;
+    }
+    if (message.end !== "") {
+      obj.end = message.end;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<TradingWindow>, I>>(base?: I): TradingWindow {
+    return TradingWindow.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<TradingWindow>, I>>(object: I): TradingWindow {
+    const message = createBaseTradingWindow();
+    message.weekdays = object.weekdays?.map((e) => e) || [];
+    message.start = object.start ?? "";
+    message.end = object.end ?? "";
     return message;
   },
 };
@@ -1492,6 +2331,9 @@ function createBaseRiskState(): RiskState {
     equityReported: false,
     configId: "",
     positions: [],
+    pendingOrders: [],
+    dailyOrderNotional: 0,
+    dailyOrders: 0,
   };
 }
 
@@ -1568,6 +2410,15 @@ export const RiskState: MessageFns<RiskState> = {
     }
     for (const v of message.positions) {
       Position.encode(v!, writer.uint32(194).fork()).join();
+    }
+    for (const v of message.pendingOrders) {
+      PendingOrder.encode(v!, writer.uint32(202).fork()).join();
+    }
+    if (message.dailyOrderNotional !== 0) {
+      writer.uint32(209).double(message.dailyOrderNotional);
+    }
+    if (message.dailyOrders !== 0) {
+      writer.uint32(216).int64(message.dailyOrders);
     }
     return writer;
   },
@@ -1777,6 +2628,30 @@ export const RiskState: MessageFns<RiskState> = {
             message.positions.push(Position.decode(reader, reader.uint32()));
             continue;
           }
+          case 25: {
+            if (tag !== 202) {
+              break;
+            }
+
+            message.pendingOrders.push(PendingOrder.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 26: {
+            if (tag !== 209) {
+              break;
+            }
+
+            message.dailyOrderNotional = reader.double();
+            continue;
+          }
+          case 27: {
+            if (tag !== 216) {
+              break;
+            }
+
+            message.dailyOrders = longToNumber(reader.int64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1909,6 +2784,21 @@ export const RiskState: MessageFns<RiskState> = {
       positions: globalThis.Array.isArray(object?.positions)
         ? object.positions.map((e: any) => Position.fromJSON(e))
         : [],
+      pendingOrders: globalThis.Array.isArray(object?.pendingOrders)
+        ? object.pendingOrders.map((e: any) => PendingOrder.fromJSON(e))
+        : globalThis.Array.isArray(object?.pending_orders)
+        ? object.pending_orders.map((e: any) => PendingOrder.fromJSON(e))
+        : [],
+      dailyOrderNotional: isSet(object.dailyOrderNotional)
+        ? globalThis.Number(object.dailyOrderNotional)
+        : isSet(object.daily_order_notional)
+        ? globalThis.Number(object.daily_order_notional)
+        : 0,
+      dailyOrders: isSet(object.dailyOrders)
+        ? globalThis.Number(object.dailyOrders)
+        : isSet(object.daily_orders)
+        ? globalThis.Number(object.daily_orders)
+        : 0,
     };
   },
 
@@ -1986,6 +2876,15 @@ export const RiskState: MessageFns<RiskState> = {
     if (message.positions?.length) {
       obj.positions = message.positions.map((e) => Position.toJSON(e));
     }
+    if (message.pendingOrders?.length) {
+      obj.pendingOrders = message.pendingOrders.map((e) => PendingOrder.toJSON(e));
+    }
+    if (message.dailyOrderNotional !== 0) {
+      obj.dailyOrderNotional = floatToJson(message.dailyOrderNotional);
+    }
+    if (message.dailyOrders !== 0) {
+      obj.dailyOrders = Math.round(message.dailyOrders);
+    }
     return obj;
   },
 
@@ -2018,6 +2917,9 @@ export const RiskState: MessageFns<RiskState> = {
     message.equityReported = object.equityReported ?? false;
     message.configId = object.configId ?? "";
     message.positions = object.positions?.map((e) => Position.fromPartial(e)) || [];
+    message.pendingOrders = object.pendingOrders?.map((e) => PendingOrder.fromPartial(e)) || [];
+    message.dailyOrderNotional = object.dailyOrderNotional ?? 0;
+    message.dailyOrders = object.dailyOrders ?? 0;
     return message;
   },
 };
@@ -2122,6 +3024,10 @@ function createBaseSymbolRiskConfiguration(): SymbolRiskConfiguration {
     maxLeverage: undefined,
     positionMaxDrawdownPercentage: undefined,
     riskPerTradePercentage: undefined,
+    maxOrderQuantity: undefined,
+    maxPositionQuantity: undefined,
+    maxOpenOrders: undefined,
+    priceCollarPercentage: undefined,
   };
 }
 
@@ -2141,6 +3047,18 @@ export const SymbolRiskConfiguration: MessageFns<SymbolRiskConfiguration> = {
     }
     if (message.riskPerTradePercentage !== undefined) {
       writer.uint32(41).double(message.riskPerTradePercentage);
+    }
+    if (message.maxOrderQuantity !== undefined) {
+      writer.uint32(49).double(message.maxOrderQuantity);
+    }
+    if (message.maxPositionQuantity !== undefined) {
+      writer.uint32(57).double(message.maxPositionQuantity);
+    }
+    if (message.maxOpenOrders !== undefined) {
+      writer.uint32(64).int32(message.maxOpenOrders);
+    }
+    if (message.priceCollarPercentage !== undefined) {
+      writer.uint32(73).double(message.priceCollarPercentage);
     }
     return writer;
   },
@@ -2198,6 +3116,38 @@ export const SymbolRiskConfiguration: MessageFns<SymbolRiskConfiguration> = {
             message.riskPerTradePercentage = reader.double();
             continue;
           }
+          case 6: {
+            if (tag !== 49) {
+              break;
+            }
+
+            message.maxOrderQuantity = reader.double();
+            continue;
+          }
+          case 7: {
+            if (tag !== 57) {
+              break;
+            }
+
+            message.maxPositionQuantity = reader.double();
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.maxOpenOrders = reader.int32();
+            continue;
+          }
+          case 9: {
+            if (tag !== 73) {
+              break;
+            }
+
+            message.priceCollarPercentage = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2233,6 +3183,26 @@ export const SymbolRiskConfiguration: MessageFns<SymbolRiskConfiguration> = {
         : isSet(object.risk_per_trade_percentage)
         ? globalThis.Number(object.risk_per_trade_percentage)
         : undefined,
+      maxOrderQuantity: isSet(object.maxOrderQuantity)
+        ? globalThis.Number(object.maxOrderQuantity)
+        : isSet(object.max_order_quantity)
+        ? globalThis.Number(object.max_order_quantity)
+        : undefined,
+      maxPositionQuantity: isSet(object.maxPositionQuantity)
+        ? globalThis.Number(object.maxPositionQuantity)
+        : isSet(object.max_position_quantity)
+        ? globalThis.Number(object.max_position_quantity)
+        : undefined,
+      maxOpenOrders: isSet(object.maxOpenOrders)
+        ? globalThis.Number(object.maxOpenOrders)
+        : isSet(object.max_open_orders)
+        ? globalThis.Number(object.max_open_orders)
+        : undefined,
+      priceCollarPercentage: isSet(object.priceCollarPercentage)
+        ? globalThis.Number(object.priceCollarPercentage)
+        : isSet(object.price_collar_percentage)
+        ? globalThis.Number(object.price_collar_percentage)
+        : undefined,
     };
   },
 
@@ -2253,6 +3223,18 @@ export const SymbolRiskConfiguration: MessageFns<SymbolRiskConfiguration> = {
     if (message.riskPerTradePercentage !== undefined) {
       obj.riskPerTradePercentage = floatToJson(message.riskPerTradePercentage);
     }
+    if (message.maxOrderQuantity !== undefined) {
+      obj.maxOrderQuantity = floatToJson(message.maxOrderQuantity);
+    }
+    if (message.maxPositionQuantity !== undefined) {
+      obj.maxPositionQuantity = floatToJson(message.maxPositionQuantity);
+    }
+    if (message.maxOpenOrders !== undefined) {
+      obj.maxOpenOrders = Math.round(message.maxOpenOrders);
+    }
+    if (message.priceCollarPercentage !== undefined) {
+      obj.priceCollarPercentage = floatToJson(message.priceCollarPercentage);
+    }
     return obj;
   },
 
@@ -2266,6 +3248,10 @@ export const SymbolRiskConfiguration: MessageFns<SymbolRiskConfiguration> = {
     message.maxLeverage = object.maxLeverage ?? undefined;
     message.positionMaxDrawdownPercentage = object.positionMaxDrawdownPercentage ?? undefined;
     message.riskPerTradePercentage = object.riskPerTradePercentage ?? undefined;
+    message.maxOrderQuantity = object.maxOrderQuantity ?? undefined;
+    message.maxPositionQuantity = object.maxPositionQuantity ?? undefined;
+    message.maxOpenOrders = object.maxOpenOrders ?? undefined;
+    message.priceCollarPercentage = object.priceCollarPercentage ?? undefined;
     return message;
   },
 };
@@ -2381,6 +3367,20 @@ function createBaseRiskConfiguration(): RiskConfiguration {
     symbolConfigs: [],
     createdAt: undefined,
     updatedAt: undefined,
+    maxOrderQuantity: undefined,
+    maxPositionQuantity: undefined,
+    maxOpenOrders: undefined,
+    priceCollarPercentage: undefined,
+    referencePriceMaxAgeSeconds: undefined,
+    duplicateOrderWindowMs: undefined,
+    allowedSymbols: [],
+    blockedSymbols: [],
+    tradingWindows: [],
+    maxDailyNotional: undefined,
+    maxDailyOrders: undefined,
+    maxFillsPerWindow: undefined,
+    fillWindowSeconds: undefined,
+    pendingOrderTtlSeconds: undefined,
   };
 }
 
@@ -2457,6 +3457,48 @@ export const RiskConfiguration: MessageFns<RiskConfiguration> = {
     }
     if (message.updatedAt !== undefined) {
       Timestamp.encode(toTimestamp(message.updatedAt), writer.uint32(194).fork()).join();
+    }
+    if (message.maxOrderQuantity !== undefined) {
+      writer.uint32(201).double(message.maxOrderQuantity);
+    }
+    if (message.maxPositionQuantity !== undefined) {
+      writer.uint32(209).double(message.maxPositionQuantity);
+    }
+    if (message.maxOpenOrders !== undefined) {
+      writer.uint32(216).int32(message.maxOpenOrders);
+    }
+    if (message.priceCollarPercentage !== undefined) {
+      writer.uint32(225).double(message.priceCollarPercentage);
+    }
+    if (message.referencePriceMaxAgeSeconds !== undefined) {
+      writer.uint32(232).int32(message.referencePriceMaxAgeSeconds);
+    }
+    if (message.duplicateOrderWindowMs !== undefined) {
+      writer.uint32(240).int32(message.duplicateOrderWindowMs);
+    }
+    for (const v of message.allowedSymbols) {
+      writer.uint32(250).string(v!);
+    }
+    for (const v of message.blockedSymbols) {
+      writer.uint32(258).string(v!);
+    }
+    for (const v of message.tradingWindows) {
+      TradingWindow.encode(v!, writer.uint32(266).fork()).join();
+    }
+    if (message.maxDailyNotional !== undefined) {
+      writer.uint32(273).double(message.maxDailyNotional);
+    }
+    if (message.maxDailyOrders !== undefined) {
+      writer.uint32(280).int32(message.maxDailyOrders);
+    }
+    if (message.maxFillsPerWindow !== undefined) {
+      writer.uint32(288).int32(message.maxFillsPerWindow);
+    }
+    if (message.fillWindowSeconds !== undefined) {
+      writer.uint32(296).int32(message.fillWindowSeconds);
+    }
+    if (message.pendingOrderTtlSeconds !== undefined) {
+      writer.uint32(304).int32(message.pendingOrderTtlSeconds);
     }
     return writer;
   },
@@ -2666,6 +3708,118 @@ export const RiskConfiguration: MessageFns<RiskConfiguration> = {
             message.updatedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 25: {
+            if (tag !== 201) {
+              break;
+            }
+
+            message.maxOrderQuantity = reader.double();
+            continue;
+          }
+          case 26: {
+            if (tag !== 209) {
+              break;
+            }
+
+            message.maxPositionQuantity = reader.double();
+            continue;
+          }
+          case 27: {
+            if (tag !== 216) {
+              break;
+            }
+
+            message.maxOpenOrders = reader.int32();
+            continue;
+          }
+          case 28: {
+            if (tag !== 225) {
+              break;
+            }
+
+            message.priceCollarPercentage = reader.double();
+            continue;
+          }
+          case 29: {
+            if (tag !== 232) {
+              break;
+            }
+
+            message.referencePriceMaxAgeSeconds = reader.int32();
+            continue;
+          }
+          case 30: {
+            if (tag !== 240) {
+              break;
+            }
+
+            message.duplicateOrderWindowMs = reader.int32();
+            continue;
+          }
+          case 31: {
+            if (tag !== 250) {
+              break;
+            }
+
+            message.allowedSymbols.push(reader.string());
+            continue;
+          }
+          case 32: {
+            if (tag !== 258) {
+              break;
+            }
+
+            message.blockedSymbols.push(reader.string());
+            continue;
+          }
+          case 33: {
+            if (tag !== 266) {
+              break;
+            }
+
+            message.tradingWindows.push(TradingWindow.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 34: {
+            if (tag !== 273) {
+              break;
+            }
+
+            message.maxDailyNotional = reader.double();
+            continue;
+          }
+          case 35: {
+            if (tag !== 280) {
+              break;
+            }
+
+            message.maxDailyOrders = reader.int32();
+            continue;
+          }
+          case 36: {
+            if (tag !== 288) {
+              break;
+            }
+
+            message.maxFillsPerWindow = reader.int32();
+            continue;
+          }
+          case 37: {
+            if (tag !== 296) {
+              break;
+            }
+
+            message.fillWindowSeconds = reader.int32();
+            continue;
+          }
+          case 38: {
+            if (tag !== 304) {
+              break;
+            }
+
+            message.pendingOrderTtlSeconds = reader.int32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2800,6 +3954,76 @@ export const RiskConfiguration: MessageFns<RiskConfiguration> = {
         : isSet(object.updated_at)
         ? fromJsonTimestamp(object.updated_at)
         : undefined,
+      maxOrderQuantity: isSet(object.maxOrderQuantity)
+        ? globalThis.Number(object.maxOrderQuantity)
+        : isSet(object.max_order_quantity)
+        ? globalThis.Number(object.max_order_quantity)
+        : undefined,
+      maxPositionQuantity: isSet(object.maxPositionQuantity)
+        ? globalThis.Number(object.maxPositionQuantity)
+        : isSet(object.max_position_quantity)
+        ? globalThis.Number(object.max_position_quantity)
+        : undefined,
+      maxOpenOrders: isSet(object.maxOpenOrders)
+        ? globalThis.Number(object.maxOpenOrders)
+        : isSet(object.max_open_orders)
+        ? globalThis.Number(object.max_open_orders)
+        : undefined,
+      priceCollarPercentage: isSet(object.priceCollarPercentage)
+        ? globalThis.Number(object.priceCollarPercentage)
+        : isSet(object.price_collar_percentage)
+        ? globalThis.Number(object.price_collar_percentage)
+        : undefined,
+      referencePriceMaxAgeSeconds: isSet(object.referencePriceMaxAgeSeconds)
+        ? globalThis.Number(object.referencePriceMaxAgeSeconds)
+        : isSet(object.reference_price_max_age_seconds)
+        ? globalThis.Number(object.reference_price_max_age_seconds)
+        : undefined,
+      duplicateOrderWindowMs: isSet(object.duplicateOrderWindowMs)
+        ? globalThis.Number(object.duplicateOrderWindowMs)
+        : isSet(object.duplicate_order_window_ms)
+        ? globalThis.Number(object.duplicate_order_window_ms)
+        : undefined,
+      allowedSymbols: globalThis.Array.isArray(object?.allowedSymbols)
+        ? object.allowedSymbols.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.allowed_symbols)
+        ? object.allowed_symbols.map((e: any) => globalThis.String(e))
+        : [],
+      blockedSymbols: globalThis.Array.isArray(object?.blockedSymbols)
+        ? object.blockedSymbols.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.blocked_symbols)
+        ? object.blocked_symbols.map((e: any) => globalThis.String(e))
+        : [],
+      tradingWindows: globalThis.Array.isArray(object?.tradingWindows)
+        ? object.tradingWindows.map((e: any) => TradingWindow.fromJSON(e))
+        : globalThis.Array.isArray(object?.trading_windows)
+        ? object.trading_windows.map((e: any) => TradingWindow.fromJSON(e))
+        : [],
+      maxDailyNotional: isSet(object.maxDailyNotional)
+        ? globalThis.Number(object.maxDailyNotional)
+        : isSet(object.max_daily_notional)
+        ? globalThis.Number(object.max_daily_notional)
+        : undefined,
+      maxDailyOrders: isSet(object.maxDailyOrders)
+        ? globalThis.Number(object.maxDailyOrders)
+        : isSet(object.max_daily_orders)
+        ? globalThis.Number(object.max_daily_orders)
+        : undefined,
+      maxFillsPerWindow: isSet(object.maxFillsPerWindow)
+        ? globalThis.Number(object.maxFillsPerWindow)
+        : isSet(object.max_fills_per_window)
+        ? globalThis.Number(object.max_fills_per_window)
+        : undefined,
+      fillWindowSeconds: isSet(object.fillWindowSeconds)
+        ? globalThis.Number(object.fillWindowSeconds)
+        : isSet(object.fill_window_seconds)
+        ? globalThis.Number(object.fill_window_seconds)
+        : undefined,
+      pendingOrderTtlSeconds: isSet(object.pendingOrderTtlSeconds)
+        ? globalThis.Number(object.pendingOrderTtlSeconds)
+        : isSet(object.pending_order_ttl_seconds)
+        ? globalThis.Number(object.pending_order_ttl_seconds)
+        : undefined,
     };
   },
 
@@ -2877,6 +4101,48 @@ export const RiskConfiguration: MessageFns<RiskConfiguration> = {
     if (message.updatedAt !== undefined) {
       obj.updatedAt = message.updatedAt.toISOString();
     }
+    if (message.maxOrderQuantity !== undefined) {
+      obj.maxOrderQuantity = floatToJson(message.maxOrderQuantity);
+    }
+    if (message.maxPositionQuantity !== undefined) {
+      obj.maxPositionQuantity = floatToJson(message.maxPositionQuantity);
+    }
+    if (message.maxOpenOrders !== undefined) {
+      obj.maxOpenOrders = Math.round(message.maxOpenOrders);
+    }
+    if (message.priceCollarPercentage !== undefined) {
+      obj.priceCollarPercentage = floatToJson(message.priceCollarPercentage);
+    }
+    if (message.referencePriceMaxAgeSeconds !== undefined) {
+      obj.referencePriceMaxAgeSeconds = Math.round(message.referencePriceMaxAgeSeconds);
+    }
+    if (message.duplicateOrderWindowMs !== undefined) {
+      obj.duplicateOrderWindowMs = Math.round(message.duplicateOrderWindowMs);
+    }
+    if (message.allowedSymbols?.length) {
+      obj.allowedSymbols = message.allowedSymbols;
+    }
+    if (message.blockedSymbols?.length) {
+      obj.blockedSymbols = message.blockedSymbols;
+    }
+    if (message.tradingWindows?.length) {
+      obj.tradingWindows = message.tradingWindows.map((e) => TradingWindow.toJSON(e));
+    }
+    if (message.maxDailyNotional !== undefined) {
+      obj.maxDailyNotional = floatToJson(message.maxDailyNotional);
+    }
+    if (message.maxDailyOrders !== undefined) {
+      obj.maxDailyOrders = Math.round(message.maxDailyOrders);
+    }
+    if (message.maxFillsPerWindow !== undefined) {
+      obj.maxFillsPerWindow = Math.round(message.maxFillsPerWindow);
+    }
+    if (message.fillWindowSeconds !== undefined) {
+      obj.fillWindowSeconds = Math.round(message.fillWindowSeconds);
+    }
+    if (message.pendingOrderTtlSeconds !== undefined) {
+      obj.pendingOrderTtlSeconds = Math.round(message.pendingOrderTtlSeconds);
+    }
     return obj;
   },
 
@@ -2909,6 +4175,20 @@ export const RiskConfiguration: MessageFns<RiskConfiguration> = {
     message.symbolConfigs = object.symbolConfigs?.map((e) => SymbolRiskConfiguration.fromPartial(e)) || [];
     message.createdAt = object.createdAt ?? undefined;
     message.updatedAt = object.updatedAt ?? undefined;
+    message.maxOrderQuantity = object.maxOrderQuantity ?? undefined;
+    message.maxPositionQuantity = object.maxPositionQuantity ?? undefined;
+    message.maxOpenOrders = object.maxOpenOrders ?? undefined;
+    message.priceCollarPercentage = object.priceCollarPercentage ?? undefined;
+    message.referencePriceMaxAgeSeconds = object.referencePriceMaxAgeSeconds ?? undefined;
+    message.duplicateOrderWindowMs = object.duplicateOrderWindowMs ?? undefined;
+    message.allowedSymbols = object.allowedSymbols?.map((e) => e) || [];
+    message.blockedSymbols = object.blockedSymbols?.map((e) => e) || [];
+    message.tradingWindows = object.tradingWindows?.map((e) => TradingWindow.fromPartial(e)) || [];
+    message.maxDailyNotional = object.maxDailyNotional ?? undefined;
+    message.maxDailyOrders = object.maxDailyOrders ?? undefined;
+    message.maxFillsPerWindow = object.maxFillsPerWindow ?? undefined;
+    message.fillWindowSeconds = object.fillWindowSeconds ?? undefined;
+    message.pendingOrderTtlSeconds = object.pendingOrderTtlSeconds ?? undefined;
     return message;
   },
 };
@@ -3685,6 +4965,17 @@ function fromJsonTimestamp(o: any): Date {
   } else {
     return fromTimestamp(Timestamp.fromJSON(o));
   }
+}
+
+function longToNumber(int64: { toString(): string }): number {
+  const num = globalThis.Number(int64.toString());
+  if (num > globalThis.Number.MAX_SAFE_INTEGER) {
+    throw new globalThis.Error("Value is larger than Number.MAX_SAFE_INTEGER");
+  }
+  if (num < globalThis.Number.MIN_SAFE_INTEGER) {
+    throw new globalThis.Error("Value is smaller than Number.MIN_SAFE_INTEGER");
+  }
+  return num;
 }
 
 function isObject(value: any): boolean {
