@@ -221,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--breakers", action=argparse.BooleanOptionalAction, default=True)
     args = p.parse_args(argv)
     sc, note = build(args.breakers)
+    gc.collect()
+    gc.freeze()  # as `tradeguard serve` does once started: the start-up objects are not scanned again
     engine, risk = sc.engine, sc.risk
     req = lg.can_trade_request(True)
     order = order_from_msg(req.order)
