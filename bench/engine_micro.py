@@ -167,6 +167,8 @@ class Orders:
 
     def __init__(self, sc: Sidecar, order: OrderIntent) -> None:
         self.engine = sc.engine
+        self.persistence = sc.persistence
+        self.persistence._snap_scheduled = True  # (see flush) - no event loop runs here to schedule it
         self.orders = rotation(order)
         self.n = 0
         self.last = ""
@@ -181,6 +183,13 @@ class Orders:
 
     def cancel(self) -> None:
         self.engine.report_order(lg.TRADER, lg.ACCOUNT, self.last, OrderStatus.CANCELLED, 0.0, 0.0)
+        self.flush()
+
+    def flush(self) -> None:
+        """The snapshot of the order bookkeeping, as the server takes it: after the call, once per turn of its
+        event loop (persistence.Persistence.flush_bookkeeping), not inside the call."""
+        self.persistence.flush_bookkeeping()
+        self.persistence._snap_scheduled = True
 
 
 def drive(coro_fn: Callable[[], Any]) -> Callable[[], object]:
@@ -240,6 +249,13 @@ def main(argv: list[str] | None = None) -> int:
     # timed in the same run, shows which speed this run had. `engine/reference` is comparable across runs.
     ref = report("reference", timed(_reference_work, args.calls))
     eng = report("engine", timed(asks.ask, args.calls, asks.cancel))
+    persistence = sc.persistence
+
+    def snapshot() -> None:
+        persistence._unsnapped[lg.TRADER] = engine.traders[lg.TRADER]
+        persistence.flush_bookkeeping()
+
+    report("snapshot", timed(snapshot, args.calls))
     print(f"engine/reference p50 ratio {eng['p50'] / ref['p50']:.2f} (reference = {REFERENCE_LOOPS} float "
           "multiply-adds in a Python loop)")
     ctx = _Ctx()

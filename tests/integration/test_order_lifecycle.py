@@ -49,8 +49,10 @@ async def test_a_burst_of_orders_is_denied_once_pending_orders_fill_the_position
     second = await _ask(risk, "o-2")
     third = await _ask(risk, "o-3")
 
-    assert first.allowed and first.client_order_id == "o-1"
-    assert [o.client_order_id for o in first.state.pending_orders] == ["o-1"]
+    state = (await risk.GetRiskState(rs.GetRiskStateRequest(**IDS))).state
+    assert first.allowed and first.client_order_id == "o-1" and first.state.pending_order_count == 1
+    assert [o.client_order_id for o in state.pending_orders] == ["o-1"]  # the list: GetRiskState, watch updates
+    assert state.pending_orders[0].status == t.ORDER_STATUS_ALLOWED and state.daily_orders == 1
     assert not second.allowed and second.code == t.DECISION_CODE_POSITION_SIZE_LIMIT
     size = _check(second, "position_size")
     assert size.value == pytest.approx(800.0) and size.limit == pytest.approx(500.0)  # 400 pending + 400 > 500
@@ -76,7 +78,7 @@ async def test_a_cancelled_order_frees_its_room_and_a_fill_then_the_position_cou
     small = await _ask(risk, "o-3", quantity=0.002)  # 400 held + 100 = 500: at the limit passes
     over = await _ask(risk, "o-4", quantity=0.002)  # + 100 pending: 600
 
-    assert cancelled.order.status == t.ORDER_STATUS_CANCELLED and not cancelled.state.pending_orders
+    assert cancelled.order.status == t.ORDER_STATUS_CANCELLED and cancelled.state.pending_order_count == 0
     assert after_cancel.allowed
     assert filled.order.status == t.ORDER_STATUS_FILLED and filled.order.filled_quantity == pytest.approx(0.008)
     assert [p.quantity for p in filled.state.positions] == [pytest.approx(0.008)]  # the fill moved into the position
@@ -101,7 +103,8 @@ async def test_report_order_is_idempotent_and_a_late_or_smaller_report_changes_n
     assert not first.duplicate and first.order.filled_quantity == pytest.approx(0.004)
     assert again.duplicate and late_accept.order.status == t.ORDER_STATUS_PARTIALLY_FILLED
     assert [p.quantity for p in again.state.positions] == [pytest.approx(0.004)]  # moved once
-    assert [o.filled_quantity for o in again.state.pending_orders] == [pytest.approx(0.004)]
+    state = (await risk.GetRiskState(rs.GetRiskStateRequest(**IDS))).state
+    assert [o.filled_quantity for o in state.pending_orders] == [pytest.approx(0.004)]
 
 
 async def test_report_order_for_an_unknown_id_is_not_found_and_bad_input_names_the_field(
@@ -131,7 +134,8 @@ async def test_an_order_nothing_is_reported_on_is_released_after_its_ttl(
     clock.advance(31.0)
     after = await _ask(risk, "o-3")
 
-    assert after.allowed and [o.client_order_id for o in after.state.pending_orders] == ["o-3"]
+    state = (await risk.GetRiskState(rs.GetRiskStateRequest(**IDS))).state
+    assert after.allowed and [o.client_order_id for o in state.pending_orders] == ["o-3"]
 
 
 async def test_a_halt_tells_the_bot_to_cancel_its_pending_orders(
@@ -168,7 +172,7 @@ async def test_a_retry_counts_once_but_an_id_asked_again_after_its_order_finishe
     replaced = await _ask(risk, "o-1")  # re-placed under the id of the filled order: a new order
     third = await _ask(risk, "o-2")
 
-    assert first.allowed and retry.allowed and len(retry.state.pending_orders) <= 1
-    assert replaced.allowed and [o.client_order_id for o in replaced.state.pending_orders] == ["o-1"]
+    assert first.allowed and retry.allowed and retry.state.pending_order_count == 1
+    assert replaced.allowed and replaced.state.pending_order_count == 1
     assert _check(replaced, "position_size").value == pytest.approx(800.0)  # 400 filled + 400 pending
     assert not third.allowed and _check(third, "position_size").value == pytest.approx(1_200.0)

@@ -47,9 +47,9 @@ async def test_async_allowed_order_is_pending_until_reported_filled_then_repeats
     assert not filled.duplicate and filled.order is not None
     assert filled.order.client_order_id == decision.client_order_id
     assert filled.order.status == "FILLED" and filled.order.filled_quantity == 0.01
-    assert filled.state is not None and filled.state.pending_orders == ()
+    assert filled.state is not None and filled.state.pending_order_count == 0
     assert again.duplicate and again.order is not None and again.order.status == "FILLED"
-    assert positions.state is not None and positions.state.pending_orders == ()
+    assert positions.state is not None and positions.state.pending_order_count == 0
     assert [(p.symbol, p.quantity) for p in positions.state.positions] == [("BTCUSDT", 0.01)]
 
 
@@ -67,10 +67,9 @@ async def test_sync_order_with_its_own_id_reported_cancelled_and_an_unknown_id_i
 
         assert decision and decision.client_order_id == "my-order-1"
         assert accepted.order is not None and accepted.order.status == "ACCEPTED" and not accepted.order.finished
-        assert accepted.state is not None
-        assert [o.client_order_id for o in accepted.state.pending_orders] == ["my-order-1"]
+        assert accepted.state is not None and accepted.state.pending_order_count == 1  # (the list: get_risk_state)
         assert cancelled.order is not None and cancelled.order.status == "CANCELLED" and cancelled.order.finished
-        assert cancelled.state is not None and cancelled.state.pending_orders == ()
+        assert cancelled.state is not None and cancelled.state.pending_order_count == 0
         assert cancelled.state.positions == ()
         assert err.value.code == grpc.StatusCode.NOT_FOUND and err.value.method == "ReportOrder"
         assert err.value.attempts == 1
@@ -115,4 +114,4 @@ async def test_kill_switch_asks_the_bot_to_cancel_its_pending_orders_and_cancell
 
     assert update.cancel_order_ids == (decision.client_order_id,)
     assert update.state is not None and update.state.trading_state == "HALTED"
-    assert reports[-1].state is not None and reports[-1].state.pending_orders == ()
+    assert reports[-1].state is not None and reports[-1].state.pending_order_count == 0

@@ -349,7 +349,9 @@ class PendingOrder:
 class RiskState:
     """The risk state of one trader. Percentages are percent (6.0 = 6%); money is quote currency.
 
-    `pending_orders`: orders allowed and not yet finished (they count in the exposure checks as if filled);
+    `pending_orders`: orders allowed and not yet finished (they count in the exposure checks as if filled); listed
+    by get_risk_state and watch updates, left out of the answers of can_trade and the reports, which give
+    `pending_order_count`;
     `daily_order_notional` / `daily_orders`: what was allowed since the day started.
     """
 
@@ -380,6 +382,7 @@ class RiskState:
     pending_orders: tuple[PendingOrder, ...] = ()
     daily_order_notional: float = 0.0
     daily_orders: int = 0
+    pending_order_count: int = 0
     raw: t.RiskState | None = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -397,7 +400,8 @@ class RiskState:
             updated_at=ts_to_datetime(m, "updated_at"), equity_reported=m.equity_reported, config_id=m.config_id,
             positions=tuple(Position.from_proto(p) for p in m.positions),
             pending_orders=tuple(PendingOrder.from_proto(o) for o in m.pending_orders),
-            daily_order_notional=m.daily_order_notional, daily_orders=m.daily_orders, raw=m,
+            daily_order_notional=m.daily_order_notional, daily_orders=m.daily_orders,
+            pending_order_count=m.pending_order_count, raw=m,
         )
 
 

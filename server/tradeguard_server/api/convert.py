@@ -85,8 +85,9 @@ def _state_scalars(st: TraderState, config_id: str) -> t.RiskState:
     )
 
 
-def _state_rest(msg: t.RiskState, st: TraderState, now: float) -> None:
-    """The trading state, pause, timestamps and positions of a RiskState, written in place."""
+def _state_rest(msg: t.RiskState, st: TraderState, now: float, orders: bool = True) -> None:
+    """The trading state, pause, timestamps, positions and (with `orders`) the pending orders of a RiskState,
+    written in place."""
     pause = st.effective_pause(now) if st.pauses else None
     if pause is None:
         msg.trading_state = t.TRADING_STATE_ACTIVE
@@ -106,7 +107,9 @@ def _state_rest(msg: t.RiskState, st: TraderState, now: float) -> None:
             add(symbol=p.symbol, exchange=p.exchange, side=SIDE[p.side], quantity=p.quantity,
                 entry_price=p.entry_price, mark_price=p.mark_price, leverage=p.leverage, volatility=p.volatility)
     if st.orders:
-        msg.pending_orders.extend(_order_msgs(st))
+        msg.pending_order_count = len(st.orders)
+        if orders:
+            msg.pending_orders.extend(_order_msgs(st))
     if st.daily_orders:
         msg.daily_orders = st.daily_orders
         msg.daily_order_notional = st.daily_order_notional
@@ -141,9 +144,10 @@ def _order_msgs(st: TraderState) -> list[t.PendingOrder]:
     return out
 
 
-def state_msg(st: TraderState, now: float, config_id: str = "") -> t.RiskState:
+def state_msg(st: TraderState, now: float, config_id: str = "", orders: bool = True) -> t.RiskState:
+    """`st` as a RiskState; `orders` False leaves the list of pending orders out (the hot path's answers)."""
     msg = _state_scalars(st, config_id)
-    _state_rest(msg, st, now)
+    _state_rest(msg, st, now, orders)
     return msg
 
 
@@ -179,7 +183,7 @@ def _set_verdict(msg: rs.CanTradeResponse, d: Decision) -> None:
 def _set_state(msg: rs.CanTradeResponse, st: TraderState, now: float, config_id: str) -> None:
     state = msg.state
     state.MergeFrom(_state_scalars(st, config_id))
-    _state_rest(state, st, now)
+    _state_rest(state, st, now, orders=False)  # CanTrade: the count, not the list
 
 
 def decision_msg(d: Decision, st: TraderState, now: float, config_id: str = "") -> rs.CanTradeResponse:
@@ -212,8 +216,12 @@ class DecisionMessages:
         if prefix is None:
             return decision_msg(d, st, now, config_id)
         entry = self._templates.get(st.trader_id)
-        if entry is not None and entry[0] is prefix and entry[1] == st.version:
+        if entry is not None and entry[0] is prefix:
             template = entry[2]
+            if entry[1] != st.version:  # the same state checks, a new state (e.g. an order allowed since)
+                template.ClearField("state")
+                _set_state(template, st, now, config_id)
+                self._templates[st.trader_id] = (prefix, st.version, template)
         else:
             template = rs.CanTradeResponse()
             _add_checks(template, prefix)

@@ -134,8 +134,10 @@ class RiskService:
 
     # ---- helpers --------------------------------------------------------------------------------
 
-    def state_msg(self, st: TraderState) -> t.RiskState:
-        return state_msg(self.engine, st)
+    def state_msg(self, st: TraderState, orders: bool = False) -> t.RiskState:
+        """The state in an answer: the reports leave the list of pending orders out (GetRiskState and the watch
+        updates list them)."""
+        return state_msg(self.engine, st, orders)
 
     def _until_pause_ends(self, trader_id: str) -> float | None:
         """Seconds until the trader's current pause ends (None: not paused, or until resumed)."""
@@ -303,7 +305,7 @@ class RiskService:
         check_ids(v, req.trader_id, req.account_id)
         v.raise_if_any()
         st = self.engine.peek(req.trader_id, req.account_id)
-        return rs.GetRiskStateResponse(state=self.state_msg(st))
+        return rs.GetRiskStateResponse(state=self.state_msg(st, orders=True))
 
     async def watch_risk_state(
         self, req: rs.WatchRiskStateRequest, _ctx: Ctx
@@ -324,7 +326,7 @@ class RiskService:
             from ..engine import checks
 
             actions = checks.position_actions(st, limits) + self.engine.cancel_actions(st, self.engine.clock.now())
-            initial = rs.WatchRiskStateResponse(state=self.state_msg(st), reason="initial")
+            initial = rs.WatchRiskStateResponse(state=self.state_msg(st, orders=True), reason="initial")
             initial.actions.extend(convert.action_msg(a) for a in actions)
             yield initial
             while True:
@@ -336,7 +338,7 @@ class RiskService:
                     # whose event reaches every watcher of the trader (this one too, next round).
                     st = self.engine.peek(req.trader_id, req.account_id)
                     if not watcher.pending:  # nothing changed (the engine's clock is not there yet): say so anyway
-                        yield rs.WatchRiskStateResponse(state=self.state_msg(st), reason="pause_expired")
+                        yield rs.WatchRiskStateResponse(state=self.state_msg(st, orders=True), reason="pause_expired")
                     continue
                 if update is None:
                     return

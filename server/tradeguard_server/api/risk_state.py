@@ -10,10 +10,10 @@ from ..engine.unloaded import UnloadedGate
 from . import convert
 
 
-def state_msg(engine: RiskEngine, st: TraderState) -> t.RiskState:
+def state_msg(engine: RiskEngine, st: TraderState, orders: bool = True) -> t.RiskState:
     """`st` now, with its active configuration's id; while the stored state is not loaded, at least the unloaded
-    policy's trading state."""
-    msg = convert.state_msg(st, engine.clock.now(), engine.limits_for(st.account_id).config_id)
+    policy's trading state. `orders` False: without the list of pending orders (the hot path's answers)."""
+    msg = convert.state_msg(st, engine.clock.now(), engine.limits_for(st.account_id).config_id, orders)
     if engine.gate is not None:
         show_unloaded(msg, engine.gate)
     return msg

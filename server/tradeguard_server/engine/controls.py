@@ -41,6 +41,9 @@ _DAY_ORDERS_SKIPPED = CheckResult("daily_orders", SKIPPED, _DAY_ORDERS, "not con
 _WINDOW_PASS = CheckResult("trading_window", PASS, _WINDOW, "within a trading window")
 
 
+_PERMITTED: dict[str, CheckResult] = {}  # the PASS result of each symbol, built once (results are never changed)
+
+
 def symbol_permission(c: OrderContext) -> CheckResult:
     """allowed_symbols (empty: all) and blocked_symbols."""
     limits = c.limits
@@ -53,7 +56,12 @@ def symbol_permission(c: OrderContext) -> CheckResult:
     elif allowed and symbol not in allowed:
         why = f"{symbol} is not in allowed_symbols"
     else:
-        return CheckResult("symbol_permission", PASS, _SYMBOL, f"{symbol} permitted")
+        permitted = _PERMITTED.get(symbol)
+        if permitted is None:
+            if len(_PERMITTED) > 10_000:
+                _PERMITTED.clear()
+            permitted = _PERMITTED[symbol] = CheckResult("symbol_permission", PASS, _SYMBOL, f"{symbol} permitted")
+        return permitted
     if c.reducing:
         return CheckResult("symbol_permission", PASS, _SYMBOL, f"{why} (reducing order)")
     return CheckResult("symbol_permission", FAIL, _SYMBOL, why)

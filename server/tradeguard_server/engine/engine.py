@@ -659,8 +659,7 @@ class RiskEngine:
         if self.journal is not None:
             self.journal.append((now, "reserve_order", (st.trader_id, st.account_id, pending)))
         self._reserve(st, pending, now)
-        self._changed(st, now, f"order allowed {oid}: {order.side.name} {order.quantity:g} {order.symbol} at "
-                               f"{order.price:g}", "order_allowed", audit=False)
+        self._changed(st, now, "order allowed " + oid, "order_allowed", audit=False)
 
     def _still_allowed(self, st: TraderState, order: OrderIntent, now: float) -> bool:
         """May a remembered "allowed" be answered again? Not when a pause since then forbids the order, nor when

@@ -169,9 +169,11 @@ class Position:
         return percent_lost(self.loss_fraction)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PendingOrder:
-    """An order CanTrade allowed that may still fill (engine.orders). Immutable: a report replaces it.
+    """An order CanTrade allowed that may still fill (engine.orders). Immutable by convention, like OrderIntent
+    (one is built on every allowed CanTrade: a frozen dataclass costs ~1 µs more): a report replaces it, and the
+    API caches each one's message by identity.
 
     `quantity` and `price` are the order's; `filled` is the cumulative quantity filled (ReportOrder) and `avg_price`
     its average price. `reducing`: the order only shrank a known position when it was allowed, so it adds no

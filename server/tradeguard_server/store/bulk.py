@@ -103,8 +103,8 @@ class _Parts:
         self.recent_trades = "[]"
         self.finished_key: tuple[PendingOrder, ...] | None = None
         self.finished_orders = "[]"
-        # Each order's JSON by id(order) (with the order, so a reused id is not mistaken): an order is frozen, and a
-        # change to one order re-encodes that order only.
+        # Each order's JSON by id(order) (with the order, so a reused id is not mistaken): an order is never
+        # changed once built, and a change to one order re-encodes that order only.
         self.pending_texts: OrderTexts = {}
         self.finished_texts: OrderTexts = {}
         self.hist_maps: tuple[Any, ...] = _NO_MAPS
@@ -175,7 +175,7 @@ class BulkWriter:
         if keys[3] != rec.symbol_stats:
             parts.symbol_stats = encode([codec.stats_json(s) for s in rec.symbol_stats])
             keys[3] = rec.symbol_stats
-        if keys[4] != rec.pending_orders:  # PendingOrder is frozen: an unchanged order is the same object
+        if keys[4] != rec.pending_orders:  # a PendingOrder never changes once built: unchanged is the same object
             parts.pending_orders, parts.pending_texts = _orders_text(rec.pending_orders, parts.pending_texts)
             keys[4] = rec.pending_orders
         return parts

@@ -262,7 +262,7 @@ func runBot(conn *grpc.ClientConn, client tradeguardv1.RiskServiceClient, opts o
 		return failClosed(conn, opts, out, "report_positions", err)
 	}
 	fmt.Fprintf(out, "step=report_positions positions=%d pending_orders=%d\n",
-		len(positions.GetState().GetPositions()), len(positions.GetState().GetPendingOrders()))
+		len(positions.GetState().GetPositions()), positions.GetState().GetPendingOrderCount())
 
 	// 4. Equity falls 6% in the day: past the default 5% daily limit.
 	if code := reportEquity(conn, client, call, out, opts, 9400); code != 0 {
@@ -324,7 +324,7 @@ func reportOrder(conn *grpc.ClientConn, client tradeguardv1.RiskServiceClient, o
 	}
 	fmt.Fprintf(out, "step=report_order client_order_id=%s status=%s filled_quantity=%s duplicate=%t pending_orders=%d\n",
 		quote(id), resp.GetOrder().GetStatus(), num(resp.GetOrder().GetFilledQuantity()), resp.GetDuplicate(),
-		len(resp.GetState().GetPendingOrders()))
+		resp.GetState().GetPendingOrderCount())
 	return resp, 0
 }
 

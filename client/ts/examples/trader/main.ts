@@ -234,7 +234,7 @@ class Bot {
       `step=report_order client_order_id=${quote(clientOrderId)} ` +
         `status=${orderStatusToJSON(resp.order?.status ?? 0)} ` +
         `filled_quantity=${resp.order?.filledQuantity ?? 0} duplicate=${resp.duplicate} ` +
-        `pending_orders=${resp.state?.pendingOrders.length ?? 0}`,
+        `pending_orders=${resp.state?.pendingOrderCount ?? 0}`,
     );
     return resp;
   }
@@ -309,7 +309,7 @@ class Bot {
       );
       console.log(
         `step=report_positions positions=${positions.state?.positions.length ?? 0} ` +
-          `pending_orders=${positions.state?.pendingOrders.length ?? 0}`,
+          `pending_orders=${positions.state?.pendingOrderCount ?? 0}`,
       );
 
       // 4. Equity falls 6% in the day: past the default 5% daily limit.

@@ -758,12 +758,19 @@ export interface RiskState {
   configId: string;
   /** Last reported open positions (moved by fills reported with ReportOrder until the next ReportPositions). */
   positions: Position[];
-  /** Orders allowed and not yet finished: they count in the exposure checks as if filled. */
+  /**
+   * Orders allowed and not yet finished: they count in the exposure checks as if filled. Listed in the answers of
+   * GetRiskState, WatchRiskState, the AdminService calls and the history; the hot path's answers (CanTrade and
+   * the reports) leave the list out and give pending_order_count (copying every pending order into every answer
+   * would cost ~1.4 us per order; ReportOrder answers the order it changed).
+   */
   pendingOrders: PendingOrder[];
   /** Notional of the orders allowed since the day started (max_daily_notional). */
   dailyOrderNotional: number;
   /** Orders allowed since the day started (max_daily_orders). */
   dailyOrders: number;
+  /** How many orders are pending (always set, with or without the list). */
+  pendingOrderCount: number;
 }
 
 /**
@@ -2334,6 +2341,7 @@ function createBaseRiskState(): RiskState {
     pendingOrders: [],
     dailyOrderNotional: 0,
     dailyOrders: 0,
+    pendingOrderCount: 0,
   };
 }
 
@@ -2419,6 +2427,9 @@ export const RiskState: MessageFns<RiskState> = {
     }
     if (message.dailyOrders !== 0) {
       writer.uint32(216).int64(message.dailyOrders);
+    }
+    if (message.pendingOrderCount !== 0) {
+      writer.uint32(224).int32(message.pendingOrderCount);
     }
     return writer;
   },
@@ -2652,6 +2663,14 @@ export const RiskState: MessageFns<RiskState> = {
             message.dailyOrders = longToNumber(reader.int64());
             continue;
           }
+          case 28: {
+            if (tag !== 224) {
+              break;
+            }
+
+            message.pendingOrderCount = reader.int32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2799,6 +2818,11 @@ export const RiskState: MessageFns<RiskState> = {
         : isSet(object.daily_orders)
         ? globalThis.Number(object.daily_orders)
         : 0,
+      pendingOrderCount: isSet(object.pendingOrderCount)
+        ? globalThis.Number(object.pendingOrderCount)
+        : isSet(object.pending_order_count)
+        ? globalThis.Number(object.pending_order_count)
+        : 0,
     };
   },
 
@@ -2885,6 +2909,9 @@ export const RiskState: MessageFns<RiskState> = {
     if (message.dailyOrders !== 0) {
       obj.dailyOrders = Math.round(message.dailyOrders);
     }
+    if (message.pendingOrderCount !== 0) {
+      obj.pendingOrderCount = Math.round(message.pendingOrderCount);
+    }
     return obj;
   },
 
@@ -2920,6 +2947,7 @@ export const RiskState: MessageFns<RiskState> = {
     message.pendingOrders = object.pendingOrders?.map((e) => PendingOrder.fromPartial(e)) || [];
     message.dailyOrderNotional = object.dailyOrderNotional ?? 0;
     message.dailyOrders = object.dailyOrders ?? 0;
+    message.pendingOrderCount = object.pendingOrderCount ?? 0;
     return message;
   },
 };
