@@ -14,6 +14,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Protocol
 
 from . import checks, orders
@@ -67,6 +68,11 @@ log = logging.getLogger("tradeguard.engine")
 DecisionGate = Callable[[Decision, TraderState, OrderIntent | None, bool], Decision]
 # (time, method name, arguments) of every state-changing call, kept while the stored state is not loaded
 JournalEntry = tuple[float, str, tuple[object, ...]]
+
+
+def iso_utc(t: float) -> str:
+    """An epoch time as log lines show it: ISO-8601 UTC to the second (2026-12-01T05:23:51Z)."""
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class AccountMismatchError(ValueError):
@@ -295,7 +301,7 @@ class RiskEngine:
         log.warning(
             "RISK LIMIT BREACHED trader=%s account=%s rule=%s value=%.4f limit=%.4f state=%s until=%s%s: %s",
             st.trader_id, st.account_id, breach.rule, breach.value, breach.limit, breach.state.name,
-            "resume" if until is None else f"{until:.0f}", enforced, breach.reason,
+            "resume" if until is None else iso_utc(until), enforced, breach.reason,
             extra={"trader_id": st.trader_id, "rule": breach.rule, "value": breach.value, "limit": breach.limit},
         )
         return True
@@ -517,7 +523,7 @@ class RiskEngine:
             p.source == "manual" and SEVERITY[p.state] <= severity and (INF if p.until is None else p.until) <= end)]
         st.pauses.append(Pause(state, until, DecisionCode.KILL_SWITCH, text, "manual", since=now))
         log.warning("KILL SWITCH trader=%s account=%s state=%s until=%s reason=%s", trader_id, account_id,
-                    state.name, "resume" if until is None else f"{until:.0f}", reason)
+                    state.name, "resume" if until is None else iso_utc(until), reason)
         self._changed(st, now, text, "paused by operator")
         return st
 
