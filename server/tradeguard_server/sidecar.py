@@ -159,7 +159,7 @@ class Sidecar:
                          HistoryAdmin(self.store, self.durable).handlers(),
                          BindingAdmin(self.engine, self._store_now).handlers()):
             self.admin.extend(handlers)
-        self.watch = WatchUpdates(self.hub, lambda st: state_msg(self.engine, st),
+        self.watch = WatchUpdates(self.hub, lambda st, orders: state_msg(self.engine, st, orders),
                                   muted=lambda: self.persistence.replaying)
         # The engine's listeners, in the order each hears a change (metrics, when on, in _init_observability):
         self.listeners.append(self.breaker_service.on_state_changed)  # circuit_breaker_events rows (never dropped)

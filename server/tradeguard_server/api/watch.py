@@ -173,7 +173,7 @@ class WatchUpdates:
 
     __slots__ = ("_watching", "hub", "muted", "state_msg")
 
-    def __init__(self, hub: WatchHub, state_msg: Callable[[TraderState], t.RiskState],
+    def __init__(self, hub: WatchHub, state_msg: Callable[[TraderState, bool], t.RiskState],
                  muted: Callable[[], bool] = _never) -> None:
         self.hub = hub
         self.state_msg = state_msg
@@ -184,7 +184,10 @@ class WatchUpdates:
         st = event.state
         if not self._watching(st.trader_id) or self.muted():
             return
-        update = rs.WatchRiskStateResponse(state=self.state_msg(st), reason=event.cause or event.reason)
+        # Order bookkeeping (an order allowed, accepted, cancelled, released) carries pending_order_count, not the
+        # list: a busy bot's every order would otherwise copy every pending order (~60 µs for 100) on the hot path.
+        # The initial update, every other change and GetRiskState list them.
+        update = rs.WatchRiskStateResponse(state=self.state_msg(st, event.audit), reason=event.cause or event.reason)
         update.actions.extend(convert.action_msg(a) for a in event.actions)
         update.breaker_events.extend(convert.firing_msg(f, st) for f in event.firings)
         self.hub.publish(st.trader_id, update)
@@ -192,4 +195,4 @@ class WatchUpdates:
     def publish(self, st: TraderState, reason: str) -> None:
         """An update that is no engine change (the stored state loaded)."""
         if self.hub.watching(st.trader_id):
-            self.hub.publish(st.trader_id, rs.WatchRiskStateResponse(state=self.state_msg(st), reason=reason))
+            self.hub.publish(st.trader_id, rs.WatchRiskStateResponse(state=self.state_msg(st, True), reason=reason))

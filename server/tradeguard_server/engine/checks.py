@@ -407,12 +407,13 @@ def position_actions(st: TraderState, limits: Limits) -> list[RequiredAction]:
     return actions
 
 
-def state_check(st: TraderState, order: OrderIntent | None, now: float) -> CheckResult:
-    """The trading-state gate: HALTED blocks everything, REDUCING only what adds exposure."""
+def state_check(st: TraderState, order: OrderIntent | None, now: float, reducing: bool | None = None) -> CheckResult:
+    """The trading-state gate: HALTED blocks everything, REDUCING only what adds exposure (`reducing`: whether the
+    order only reduces, when the caller knows; else split_order says)."""
     pause = st.effective_pause(now) if st.pauses else None
     if pause is None:
         return _STATE_ACTIVE
-    if pause.state is _REDUCING and order is not None and is_reducing(st, order):
+    if pause.state is _REDUCING and order is not None and (is_reducing(st, order) if reducing is None else reducing):
         return CheckResult("trading_state", PASS, pause.code, f"{pause.reason} [REDUCING: reducing order allowed]")
     what = "no orders" if pause.state is _HALTED else "only exposure-reducing orders"
     return CheckResult("trading_state", FAIL, pause.code, f"{pause.reason} [{pause.state.name}: {what}]")

@@ -239,11 +239,14 @@ class RiskEngine:
         False: order bookkeeping, which the history does not record row by row; see events.StateChanged)."""
         st.updated_at = now
         cache = st.checks_cache
-        carry = not audit and cache is not None and cache.version == st.version and not st.halted_announced
+        # (never a cache whose actions list the pending orders to cancel: the list moves with the bookkeeping)
+        carry = not audit and cache is not None and cache.version == st.version and not any(
+            a.type is ActionType.CANCEL_ALL_ORDERS for a in cache.actions) and not (
+            st.pauses and st.trading_state(now) is _HALTED)
         st.version += 1
         if carry and cache is not None:
-            # Order bookkeeping changes none of the state checks nor the position actions (and the trader is not
-            # HALTED, so there is no cancel_all_orders listing the orders): the cached ones stay valid.
+            # Order bookkeeping changes none of the state checks nor the position actions: the cached ones stay
+            # valid.
             cache.version = st.version
         st.episodes_changed = False
         halted = bool(st.pauses) and st.trading_state(now) is _HALTED
@@ -376,6 +379,8 @@ class RiskEngine:
             self.journal.append((now, "report_positions", (trader_id, account_id, positions)))
         self._tick(st, now)
         st.positions = {(p.symbol, p.exchange): p for p in positions if p.quantity > 0.0}
+        if st.orders or st.finished_orders:
+            orders.positions_reported(st)  # every fill reported so far is in these positions
         prices = self.prices
         for p in positions:
             if p.volatility > 0.0:
@@ -432,9 +437,12 @@ class RiskEngine:
                                                        avg_price)))
         self._tick(st, now)
         limits = self.limits_for(account_id)
-        order, new_fill, changed = orders.report(st, client_order_id, status, filled, avg_price, now,
-                                                 limits.pending_order_ttl_seconds)
+        order, new_fill, changed, refreshed = orders.report(st, client_order_id, status, filled, avg_price, now,
+                                                            limits.pending_order_ttl_seconds)
         if not changed:
+            if refreshed:  # the order counts for another TTL: the stored state must say so (a restart keeps it)
+                self._changed(st, now, f"order_report {client_order_id} {order.status.name}: still working",
+                              "order_report", audit=False)
             return Outcome(st, changed=False, duplicate=True, order=order)
         reasons = [f"order_report {client_order_id} {order.status.name} filled={order.filled:g}"]
         breaches: list[Breach] = []
@@ -463,6 +471,7 @@ class RiskEngine:
             self.journal.append((now, "reserve_order", (trader_id, account_id, order)))
         if order.client_order_id in st.orders:
             return
+        self._tick(st, now)  # (a replay: a new day first, so the order counts in its own day's sums)
         st.finished_orders.pop(order.client_order_id, None)  # (a new order under a finished one's id)
         self._reserve(st, order, now)
         self._changed(st, now, f"order allowed {order.client_order_id}: {order.side.name} {order.quantity:g} "
@@ -536,6 +545,7 @@ class RiskEngine:
         self._tick(st, now)
         had = bool(st.pauses)
         st.pauses = []
+        st.fill_times.clear()  # the fill throttle's window starts again: the next fill must not halt at once
         log.warning("RESUME trader=%s account=%s (had pauses: %s)", trader_id, account_id, had)
         self._changed(st, now, "resumed by operator")
         return st
@@ -567,35 +577,40 @@ class RiskEngine:
         if remember and order is not None:
             self._tick(st, now)  # (a pending order past its TTL is finished from here on)
             live = st.orders.get(client_order_id)
+            rejudge = False
             answers = st.order_answers
             seen = answers.get(client_order_id)
             if seen is not None:
-                first, allowed, code, reason, state, until, would_deny, at = seen
+                first, allowed, code, reason, _state, _until, would_deny, at = seen
                 if now - at <= ORDER_ID_TTL_S:
                     if first != order:
                         raise OrderIdReusedError(
                             f"client_order_id {client_order_id!r} was already used for a different order "
                             f"({first.side.name} {first.quantity:g} {first.symbol} at {first.price:g})")
-                    # A retry of a denial, or of an order still pending. (An allowed order that has finished since -
-                    # filled, cancelled, released - asked about again is a new order under the old id: judged afresh,
-                    # and it counts anew.)
-                    if (not allowed or live is not None) and (not allowed or (would_deny and not enforce) or (
-                            not would_deny and self._still_allowed(st, order, now))):
-                        return Decision(allowed, code, reason, state, until, would_deny=would_deny), st
-                    # A pause came since the first answer, or it was a shadow "allowed" and enforcement is on
-                    # again: judged afresh below (the denial counts nothing).
+                    if not allowed:  # a retry of a denial: the same verdict, told in today's state
+                        pause = st.effective_pause(now) if st.pauses else None
+                        return Decision(False, code, reason, _ACTIVE if pause is None else pause.state,
+                                        None if pause is None else pause.until,
+                                        actions=tuple(self.cancel_actions(st, now))), st
+                    # A retry of an order still pending (an allowed order that has finished since - filled,
+                    # cancelled, released - asked about again is a new order under the old id: judged afresh, and it
+                    # counts anew). A shadow "allowed" that would have been denied is judged afresh once enforcement
+                    # is on again; so is one a pause since forbids (the denial counts nothing).
+                    if live is not None:
+                        if would_deny and enforce:
+                            rejudge = True
+                        elif (would_deny and not enforce) or self._still_allowed(st, order, now, live.reducing):
+                            return self._again(st, now, code, reason, would_deny), st
                 del answers[client_order_id]
-            if live is not None:  # pending, its answer not remembered (a restart since, or long ago): a retry
+            if live is not None and not rejudge:  # pending, its answer not remembered (a restart since): a retry
                 if (live.symbol, live.side, live.quantity, live.price) != (
                         order.symbol, order.side, order.quantity, order.price):
                     raise OrderIdReusedError(
                         f"client_order_id {client_order_id!r} names the pending order {live.side.name} "
                         f"{live.quantity:g} {live.symbol} at {live.price:g}: a new order needs a new id")
-                if self._still_allowed(st, order, now):
-                    pause = st.effective_pause(now) if st.pauses else None
-                    return Decision(True, _ALLOWED, f"already allowed: order {client_order_id} is "
-                                    f"{live.status.name}", _ACTIVE if pause is None else pause.state,
-                                    None if pause is None else pause.until), st
+                if self._still_allowed(st, order, now, live.reducing):
+                    return self._again(st, now, _ALLOWED,
+                                       f"already allowed: order {client_order_id} is {live.status.name}", False), st
         self._tick(st, now)
         limits = self.limits_for(account_id)
         split = None if order is None else checks.split_order(st, order)
@@ -622,10 +637,12 @@ class RiskEngine:
                     _uncount(times, dropped)
                 raise
             if firings:
-                actions = (*actions, *(a for firing in firings for a in firing.actions))
-                self._changed(st, now, "breaker fired on can_trade", firings=firings, actions=actions)
-                # The firings paused the trader: the state checks (trading_state) are judged on the new state.
+                fired = tuple(a for firing in firings for a in firing.actions)
+                self._changed(st, now, "breaker fired on can_trade", firings=firings, actions=(*actions, *fired))
+                # The firings paused the trader: the state checks (trading_state) and the actions (a halt lists the
+                # orders to cancel) are judged on the new state.
                 cache = st.checks_cache = self._checks_cache(st, limits, now, order, reducing)
+                actions = (*cache.actions, *fired)
             elif st.episodes_changed:  # an episode ended (e.g. an order window emptied): stored with the state
                 self._changed(st, now, "breaker re-armed")
         state_checks = cache.checks
@@ -667,16 +684,23 @@ class RiskEngine:
         self._reserve(st, pending, now)
         self._changed(st, now, "order allowed " + oid, "order_allowed", audit=False)
 
-    def _still_allowed(self, st: TraderState, order: OrderIntent, now: float) -> bool:
-        """May a remembered "allowed" be answered again? Not when a pause since then forbids the order, nor when
-        the unloaded-state gate would now (the position it reduced is gone)."""
+    def _again(self, st: TraderState, now: float, code: DecisionCode, reason: str, would_deny: bool) -> Decision:
+        """A pending order's "allowed" answered again (a retry), in today's state."""
+        pause = st.effective_pause(now) if st.pauses else None
+        return Decision(True, code, reason, _ACTIVE if pause is None else pause.state,
+                        None if pause is None else pause.until, would_deny=would_deny)
+
+    def _still_allowed(self, st: TraderState, order: OrderIntent, now: float, reducing: bool) -> bool:
+        """May a pending order's "allowed" be answered again? Not when a pause since then forbids the order, nor when
+        the unloaded-state gate would now. `reducing`: what the order did when it was allowed (judged again now,
+        its own reservation would make a closing order look like one that adds)."""
         self._tick(st, now)
-        if checks.state_check(st, order, now).status is CheckStatus.FAIL:
+        if checks.state_check(st, order, now, reducing).status is CheckStatus.FAIL:
             return False
         if self.gate is None:
             return True
         probe = Decision(True, DecisionCode.ALLOWED, "", TradingState.ACTIVE, None)
-        gated = self.gate(probe, st, order, checks.split_order(st, order).adding == 0.0)
+        gated = self.gate(probe, st, order, reducing)
         return gated.allowed and not gated.would_deny
 
     @classmethod

@@ -9,13 +9,14 @@ ReportOrder:
   position (`apply_fill`), so a repeated or older report moves nothing;
 - a final status (FILLED, CANCELLED, REJECTED, EXPIRED) is never undone; the order leaves the pending orders and
   is remembered among the last FINISHED_ORDERS_KEPT finished ones, so a repeated or late report is recognised
-  (a late larger fill of a finished order still moves into the position);
+  (a late larger fill of a finished order still counts);
 - an order nothing is reported on for pending_order_ttl_seconds is released (`expire`): it stops counting.
   Every report refreshes that time, so a working order re-reported (ACCEPTED) keeps counting.
 
-A later ReportPositions is the truth: it replaces the positions, fills included. Report a fill before the
-positions that contain it, or the fill counts twice (in the reported position and in the pending order) until
-it is reported: an over-count, never an under-count.
+A later ReportPositions is the truth: it replaces the positions, fills included. A fill of an order allowed before
+the last ReportPositions may already be in it: it is kept apart (`unreconciled`, see `report`) and counts in
+the exposure checks but never as a position an order could reduce, until the next ReportPositions: an over-count
+of exposure, never an under-count, and never a "reducing" order that in truth opens a position.
 """
 
 from __future__ import annotations
@@ -33,30 +34,40 @@ class UnknownOrderError(LookupError):
 
 
 def _count(st: TraderState, order: PendingOrder, sign: int) -> None:
-    """Add (sign 1) or take back (sign -1) an order's unfilled quantity in its venue's sums."""
+    """Add (sign 1) or take back (sign -1) what an order may still add on its venue: its unfilled quantity while
+    it is live, plus its unreconciled fill (see `report`). Only a live order counts as open."""
+    qty = order.remaining + order.unreconciled
+    is_open = not order.status.final
+    if qty <= 0.0 and not is_open:
+        return
     key = (order.symbol, order.exchange)
     vp = st.pending.get(key)
     if vp is None:
         if sign < 0:
             return
         vp = st.pending[key] = VenuePending()
-    qty = order.remaining * sign
+    qty *= sign
     if order.side is _BUY:
         vp.buy += qty
         vp.buy_notional += qty * order.price
     else:
         vp.sell += qty
         vp.sell_notional += qty * order.price
-    vp.count += sign
-    if vp.count <= 0:
+    if is_open:
+        vp.count += sign
+    vp.entries += sign
+    if vp.entries <= 0:
         del st.pending[key]
 
 
 def rebuild_pending(st: TraderState) -> None:
-    """Recompute the per-venue sums from the pending orders (after a restore)."""
+    """Recompute the per-venue sums from the pending orders and the unreconciled fills (after a restore)."""
     st.pending = {}
     for order in st.orders.values():
         _count(st, order, 1)
+    for order in st.finished_orders.values():
+        if order.unreconciled > 0.0:
+            _count(st, order, 1)
     st.next_order_expiry = next_expiry(st)
 
 
@@ -69,12 +80,19 @@ def add_order(st: TraderState, order: PendingOrder) -> None:
 
 
 def _finish(st: TraderState, order: PendingOrder) -> None:
+    """A live order becomes finished (its contribution already taken back by the caller); what it still holds
+    unreconciled counts on among the finished ones."""
     st.orders.pop(order.client_order_id, None)
     finished = st.finished_orders
     finished[order.client_order_id] = order
     finished.move_to_end(order.client_order_id)
+    if order.unreconciled > 0.0:
+        _count(st, order, 1)
     while len(finished) > FINISHED_ORDERS_KEPT:
-        finished.popitem(last=False)
+        _id, old = finished.popitem(last=False)
+        if old.unreconciled > 0.0:  # forgotten: its fill is taken as not in the reported position
+            _count(st, old, -1)
+            apply_fill(st, old, old.unreconciled, old.avg_price or old.price)
 
 
 def find(st: TraderState, client_order_id: str) -> PendingOrder | None:
@@ -84,27 +102,26 @@ def find(st: TraderState, client_order_id: str) -> PendingOrder | None:
 def report(
     st: TraderState, client_order_id: str, status: OrderStatus, filled: float, avg_price: float, now: float,
     ttl_s: float,
-) -> tuple[PendingOrder, float, bool]:
-    """Apply one ReportOrder. Returns (the order after it, the quantity newly filled, whether anything changed).
-    (`TraderState.next_order_expiry` stays a lower bound: a report only moves an expiry later.)
+) -> tuple[PendingOrder, float, bool, bool]:
+    """Apply one ReportOrder. Returns (the order after it, the quantity newly filled, whether it changed, whether
+    only its expiry moved: a repeated ACCEPTED keeps a resting order counting for another TTL, which the stored
+    state must know too). `TraderState.next_order_expiry` stays a lower bound: a report only moves an expiry later.
 
-    `filled` is cumulative; a smaller one than known moves nothing. A report on a finished order changes only
-    a larger fill (moved into the position); its status stays. ALLOWED is not a status a bot reports.
+    `filled` is cumulative; a smaller one than known moves nothing; FILLED means the whole order. A report on a
+    finished order changes only a larger fill; its status stays. ALLOWED is not a status a bot reports.
+
+    A new fill moves into the position on the order's venue, unless a ReportPositions came after the order was
+    allowed (`PendingOrder.reported`): that report may already contain the fill, so the fill is kept as the order's
+    `unreconciled` quantity instead. It counts like pending quantity (in the exposure checks, never as a position
+    an order could reduce) until the next ReportPositions, which contains it for certain.
     """
-    return _report(st, client_order_id, status, filled, avg_price, now, ttl_s)
-
-
-def _report(
-    st: TraderState, client_order_id: str, status: OrderStatus, filled: float, avg_price: float, now: float,
-    ttl_s: float,
-) -> tuple[PendingOrder, float, bool]:
     live = st.orders.get(client_order_id)
     order = live or st.finished_orders.get(client_order_id)
     if order is None:
         raise UnknownOrderError(
             f"client_order_id {client_order_id!r} names no order CanTrade allowed for this trader (or one finished "
             f"long ago): report the position with ReportPositions instead")
-    if status is OrderStatus.FILLED and live is not None:
+    if status is OrderStatus.FILLED:
         filled = order.quantity  # FILLED means the whole order, whatever quantity came with it
     filled = min(filled, order.quantity)
     new_fill = filled - order.filled if filled > order.filled else 0.0
@@ -114,36 +131,63 @@ def _report(
         else order.avg_price
     if live is None:  # finished: only a larger fill still counts
         if new_fill <= 0.0:
-            return order, 0.0, False
-        updated = replace(order, filled=total, avg_price=avg)
+            return order, 0.0, False, False
+        _count(st, order, -1)
+        updated = _filled(st, replace(order, filled=total, avg_price=avg, expires_at=now + ttl_s), new_fill,
+                          fill_price)
         st.finished_orders[client_order_id] = updated
-        apply_fill(st, updated, new_fill, fill_price)
-        return updated, new_fill, True
+        _count(st, updated, 1)
+        return updated, new_fill, True, False
     new_status = status if status > order.status or status.final else order.status
     if total >= order.quantity and not new_status.final:
         new_status = OrderStatus.FILLED
     if new_fill <= 0.0 and new_status is order.status:
         # Nothing new, but the bot says the order is alive: it keeps counting for another TTL.
         if order.expires_at < now + ttl_s:
-            _count(st, order, -1)
             order = replace(order, expires_at=now + ttl_s)
-            st.orders[client_order_id] = order
-            _count(st, order, 1)
-        return order, 0.0, False
+            st.orders[client_order_id] = order  # (the same quantities: the venue sums stand)
+            return order, 0.0, False, True
+        return order, 0.0, False, False
     _count(st, order, -1)
     updated = replace(order, filled=total, avg_price=avg, status=new_status, expires_at=now + ttl_s)
+    if new_fill > 0.0:
+        updated = _filled(st, updated, new_fill, fill_price)
     if updated.status.final:
         _finish(st, updated)
     else:
         st.orders[client_order_id] = updated
         _count(st, updated, 1)
-    if new_fill > 0.0:
-        apply_fill(st, updated, new_fill, fill_price)
-    return updated, new_fill, True
+    return updated, new_fill, True, False
+
+
+def _filled(st: TraderState, order: PendingOrder, qty: float, price: float) -> PendingOrder:
+    """A new fill of `order` (its contribution taken back by the caller): into the position, or kept unreconciled
+    when a positions report since the order was allowed may already hold it."""
+    if order.reported:
+        return replace(order, unreconciled=order.unreconciled + qty)
+    apply_fill(st, order, qty, price)
+    return order
+
+
+def positions_reported(st: TraderState) -> None:
+    """A ReportPositions replaced the positions: every fill reported so far is in them. Unreconciled fills stop
+    counting, and every pending order is marked `reported` (its later fills may be in the positions too)."""
+    changed = False
+    for oid, order in list(st.orders.items()):
+        if not order.reported or order.unreconciled:
+            st.orders[oid] = replace(order, reported=True, unreconciled=0.0)
+            changed = True
+    for oid, order in list(st.finished_orders.items()):
+        if order.unreconciled:
+            st.finished_orders[oid] = replace(order, unreconciled=0.0)
+            changed = True
+    if changed:
+        rebuild_pending(st)
 
 
 def expire(st: TraderState, now: float) -> list[PendingOrder]:
-    """Release the pending orders nothing was reported on in time (they stop counting). Returns them."""
+    """Release the pending orders nothing was reported on in time (they stop counting). Returns them. (A released
+    order's unreconciled fill still counts, until the next ReportPositions.)"""
     gone = [o for o in st.orders.values() if o.expires_at <= now]
     for order in gone:
         _count(st, order, -1)

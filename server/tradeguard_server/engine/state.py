@@ -57,7 +57,8 @@ class VenuePending:
     sell: float = 0.0
     buy_notional: float = 0.0
     sell_notional: float = 0.0
-    count: int = 0
+    count: int = 0  # live (open) orders
+    entries: int = 0  # orders counted here: the live ones and finished ones with an unreconciled fill
 
 
 class PauseTerms:

@@ -193,6 +193,11 @@ class PendingOrder:
     avg_price: float = 0.0
     status: OrderStatus = OrderStatus.ALLOWED
     reducing: bool = False
+    # A ReportPositions came after the order was allowed: fills reported from then on may be in those positions.
+    reported: bool = False
+    # Filled quantity kept apart from the positions (engine.orders.report): it counts like pending quantity until
+    # the next ReportPositions.
+    unreconciled: float = 0.0
 
     @property
     def remaining(self) -> float:

@@ -89,13 +89,14 @@ def trade_json(t: ClosedTrade) -> Row:
 def order_json(o: PendingOrder) -> Row:
     return {"client_order_id": o.client_order_id, "symbol": o.symbol, "exchange": o.exchange, "side": o.side.name,
             "quantity": o.quantity, "price": o.price, "allowed_at": o.allowed_at, "expires_at": o.expires_at,
-            "filled": o.filled, "avg_price": o.avg_price, "status": o.status.name, "reducing": o.reducing}
+            "filled": o.filled, "avg_price": o.avg_price, "status": o.status.name, "reducing": o.reducing,
+            "reported": o.reported, "unreconciled": o.unreconciled}
 
 
 def order_from_json(o: Mapping[str, Any]) -> PendingOrder:
     return PendingOrder(o["client_order_id"], o["symbol"], o["exchange"], Side[o["side"]], o["quantity"], o["price"],
                         o["allowed_at"], o["expires_at"], o["filled"], o["avg_price"], OrderStatus[o["status"]],
-                        bool(o["reducing"]))
+                        bool(o["reducing"]), bool(o.get("reported", False)), float(o.get("unreconciled", 0.0)))
 
 
 def _or(value: Any, default: Any) -> Any:
