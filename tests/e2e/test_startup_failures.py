@@ -73,7 +73,7 @@ def test_migrate_against_an_unreachable_database_is_one_line_with_the_fix(tmp_pa
 
     assert out.returncode == 1
     [line] = error_lines(out)
-    assert f"not reachable" in line and f"is PostgreSQL running and reachable at 127.0.0.1:{port}?" in line
+    assert "not reachable" in line and f"is PostgreSQL running and reachable at 127.0.0.1:{port}?" in line
 
 
 def test_an_unknown_database_stops_the_start_with_the_fix(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ file with the seed's keys; precedence flag > env > file > default; unknown names
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -95,7 +96,7 @@ def test_no_database_variable_keeps_the_sqlite_default() -> None:
 
 @pytest.mark.parametrize("url", ["nonsense", "mysql://u@h/d", "postgresql+asyncpg://u@h/d"])
 def test_an_unparseable_or_unsupported_database_url_is_a_setting_error(url: str) -> None:
-    with pytest.raises(SettingsError, match="database_url: .*expected postgresql://"):
+    with pytest.raises(SettingsError, match=r"database_url: .*expected postgresql://"):
         load_settings({"DB_URL": url})
 
 
@@ -225,7 +226,7 @@ def test_a_misspelled_variable_is_reported_with_the_right_name() -> None:
 
 def test_strict_refuses_unknown_variables_from_env_or_flag() -> None:
     env = {"TRADEGUARD_DAILY_MAX_DRAWDOWN_PERCENT": "3"}
-    with pytest.raises(SettingsError, match="did you mean TRADEGUARD_DAILY_MAX_DRAWDOWN_PERCENTAGE.*--strict"):
+    with pytest.raises(SettingsError, match=r"did you mean TRADEGUARD_DAILY_MAX_DRAWDOWN_PERCENTAGE.*--strict"):
         load_settings({**env, "TRADEGUARD_STRICT": "true"})
     with pytest.raises(SettingsError, match="--strict"):
         load_settings(env, {"strict": True})
@@ -283,8 +284,8 @@ def test_migrate_help_lists_only_the_flags_migrate_uses(capsys: pytest.CaptureFi
 
 @pytest.mark.parametrize("command", ["health", "admin"])
 def test_client_command_flags_each_have_a_description(command: str) -> None:
-    parser = build_parser()
-    sub = next(a for a in parser._actions if a.dest == "command").choices[command]  # type: ignore[union-attr]
+    subcommands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    sub = subcommands.choices[command]
 
     undocumented = [a.option_strings for a in sub._actions if a.option_strings and not a.help]
     assert undocumented == []
