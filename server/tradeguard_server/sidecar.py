@@ -10,6 +10,7 @@ import ipaddress
 import logging
 import os
 import socket
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -359,15 +360,31 @@ class Sidecar:
         """Stop the start on a database configuration that can never work (authentication failure, unknown
         database or role, an option the driver refuses) unless allow_degraded_start; an unreachable database is
         an outage, tolerated: the store keeps retrying."""
-        from .store.probe import MISCONFIGURED, probe
+        from .store.probe import MISCONFIGURED, Problem, probe
 
         url = self.settings.database_url
         if not self.durable:
             return
+        # At most PROBE_TIMEOUT_S, and no longer than the start waits for the load (store_call_timeout_s): a slow
+        # database costs the start at most twice that bound, never the probe's own connect timeout.
+        bound = min(PROBE_TIMEOUT_S, self.settings.store_call_timeout_s or PROBE_TIMEOUT_S)
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[Problem | None] = loop.create_future()
+
+        def deliver(result: Problem | None) -> None:
+            if not answer.done():
+                answer.set_result(result)
+
+        def run() -> None:  # a daemon thread: one still connecting when given up on keeps nothing waiting
+            result = probe(url, PROBE_TIMEOUT_S)
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting any more
+                loop.call_soon_threadsafe(deliver, result)
+
+        threading.Thread(target=run, name="tradeguard-db-probe", daemon=True).start()
         try:
-            problem = await asyncio.wait_for(asyncio.to_thread(probe, url, PROBE_TIMEOUT_S), PROBE_TIMEOUT_S + 1.0)
+            problem = await asyncio.wait_for(answer, bound)
         except TimeoutError:
-            return  # no answer: an outage, as far as anyone can tell; the store's load says more
+            return  # no answer in time: an outage as far as anyone can tell; the store's load says more
         if problem is None or problem.kind != MISCONFIGURED:
             return
         if not self.settings.allow_degraded_start:
