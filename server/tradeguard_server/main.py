@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     admin.add_argument("--token-file", default="", help="file holding the admin token")
     admin.add_argument("--state-dir", default=None, help="directory of the generated admin.token")
     admin.add_argument("--database-url", default=None, help="(to find admin.token next to the SQLite file)")
+    admin.add_argument("--config", default=None, help="the sidecar's settings file (to find its admin token)")
     admin.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the answer")
     _add_tls_flags(admin, cli)
     return parser
@@ -211,7 +212,8 @@ def _admin_token(args: argparse.Namespace) -> str:
 
     if args.token_file:
         return read_token_file("--token-file", Path(args.token_file))
-    settings = load_settings(None, {"state_dir": args.state_dir, "database_url": args.database_url})
+    settings = load_settings(None, {"state_dir": args.state_dir, "database_url": args.database_url,
+                                    "config": args.config})
     path = admin_token_path(settings)
     if path is None:
         return check_token("admin_token", settings.admin_token)

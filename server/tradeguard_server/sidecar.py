@@ -396,8 +396,8 @@ class Sidecar:
 
     async def start(self) -> str:
         s = self.settings
-        check_listen_address(s.listen)
         await self.check_database()
+        check_listen_address(s.listen)
         server = grpc.aio.server(
             interceptors=self._interceptors(),
             options=server_options(s),

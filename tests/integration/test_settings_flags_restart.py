@@ -32,9 +32,12 @@ async def test_run_time_flags_survive_a_restart_unless_the_file_or_a_seed_variab
     async with sidecar_on(pg_url) as (_sidecar, ch):
         await set_enforcement(ch, False)  # shadow mode, set at run time and stored
 
-    async with sidecar_on(pg_url, config=plain) as (sidecar, ch):
-        kept = await get_flags(ch)
-        limits = sidecar.settings.default_limits()
+    with caplog.at_level(logging.INFO, logger="tradeguard.persistence"):
+        async with sidecar_on(pg_url, config=plain) as (sidecar, ch):
+            kept = await get_flags(ch)
+            limits = sidecar.settings.default_limits()
+    assert "feature flag enable_risk_enforcement=False from the store" in caplog.text
+    caplog.clear()
     with caplog.at_level(logging.WARNING, logger="tradeguard.persistence"):
         async with sidecar_on(pg_url, config=explicit) as (_sidecar, ch):
             from_file = await get_flags(ch)
