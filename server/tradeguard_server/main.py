@@ -42,8 +42,18 @@ def _add_setting_flags(parser: argparse.ArgumentParser, names: Sequence[str] | N
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                                 help=f"{what} (env {env}; default {str(default).lower()})")
         else:
-            parser.add_argument(flag, dest=f.name, default=None, metavar=hints[f.name].__name__.upper(),
+            parser.add_argument(flag, dest=f.name, default=None, metavar=_metavar(f.name, hints[f.name]),
                                 help=f"{what} (env {env}; default {default!r})")
+
+
+def _metavar(name: str, kind: Any) -> str:
+    if name == "config" or name.endswith(("_file", "_dir")) or name.startswith("tls_"):
+        return "PATH"
+    if name.endswith("listen"):
+        return "HOST:PORT"
+    if name.endswith("_url") or name.endswith("_endpoint"):
+        return "URL"
+    return "SECONDS" if name.endswith("_s") else str(kind.__name__).upper()
 
 
 def build_parser() -> argparse.ArgumentParser:
