@@ -22,6 +22,7 @@ import difflib
 import json
 import math
 import os
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -276,6 +277,10 @@ FLAG_NAMES = ("enable_persistence", "enable_risk_enforcement")
 # TRADEGUARD_ variables other programs read (the example bots; the test suite and bench/ by prefix): never reported.
 OTHER_PROGRAMS_ENV = frozenset({"TRADEGUARD_ADDR"})
 OTHER_PROGRAMS_PREFIXES = ("TRADEGUARD_TEST_", "TRADEGUARD_MODEL_", "TRADEGUARD_BENCH_")
+# What Kubernetes puts in every pod of a namespace with a Service named `tradeguard` (and Docker links for a linked
+# container of that name): TRADEGUARD_SERVICE_HOST, TRADEGUARD_PORT_50051_TCP_ADDR, ... Never reported.
+SERVICE_LINK_ENV = re.compile(r"TRADEGUARD_(SERVICE_HOST|SERVICE_PORT(_\w+)?|NAME|ENV_\w+"
+                              r"|PORT(_\d+_(TCP|UDP|SCTP)(_(ADDR|PORT|PROTO))?)?)")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 PRECEDENCE = "flag > env > file > stored feature flags > default"
 
@@ -329,7 +334,8 @@ def _env_layer(env: Mapping[str, str], hints: Mapping[str, Any], notes: list[str
     _database_url_from_env(env, layer, notes)
     known = {f"TRADEGUARD_{f.name.upper()}" for f in settings_fields()} | cli_env_names() | OTHER_PROGRAMS_ENV
     for key in sorted(env):
-        if key.startswith("TRADEGUARD_") and key not in known and not key.startswith(OTHER_PROGRAMS_PREFIXES):
+        if key.startswith("TRADEGUARD_") and key not in known and not key.startswith(OTHER_PROGRAMS_PREFIXES) and \
+                not SERVICE_LINK_ENV.fullmatch(key):
             unknown.append(f"unknown environment variable {key}{_suggest(key, known)}")
     return layer
 

@@ -289,3 +289,12 @@ def test_client_command_flags_each_have_a_description(command: str) -> None:
 
     undocumented = [a.option_strings for a in sub._actions if a.option_strings and not a.help]
     assert undocumented == []
+
+
+def test_kubernetes_service_variables_of_a_service_named_tradeguard_are_not_unknown() -> None:
+    env = {"TRADEGUARD_SERVICE_HOST": "10.0.0.7", "TRADEGUARD_SERVICE_PORT": "50051",
+           "TRADEGUARD_SERVICE_PORT_GRPC": "50051", "TRADEGUARD_PORT": "tcp://10.0.0.7:50051",
+           "TRADEGUARD_PORT_50051_TCP": "tcp://10.0.0.7:50051", "TRADEGUARD_PORT_50051_TCP_ADDR": "10.0.0.7",
+           "TRADEGUARD_PORT_50051_TCP_PORT": "50051", "TRADEGUARD_PORT_50051_TCP_PROTO": "tcp"}
+
+    assert load_settings({**env, "TRADEGUARD_STRICT": "true"}).warnings == ()
