@@ -30,8 +30,8 @@ COPY --from=build /opt/tradeguard /opt/tradeguard
 # token (another secret file, never given to a bot) — README.md, "Security"; the image does not start
 # without both. Metrics only on loopback: /metrics has no auth and shows every trader's PnL, so serving it
 # beyond the pod is an explicit choice (TRADEGUARD_METRICS_LISTEN=0.0.0.0:9464 with a NetworkPolicy, see
-# deploy/kubernetes/). The SQLite file under the /data volume (WORKDIR) unless DB_HOST... or
-# TRADEGUARD_DATABASE_URL name PostgreSQL.
+# deploy/kubernetes/). The SQLite file under the /data volume (WORKDIR) unless TRADEGUARD_DATABASE_URL, DB_URL,
+# DATABASE_URL or DB_HOST... name PostgreSQL. A settings file: mount it and set TRADEGUARD_CONFIG (README, "Settings").
 ENV PATH=/opt/tradeguard/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

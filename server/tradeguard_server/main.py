@@ -11,41 +11,71 @@ from collections.abc import Sequence
 from dataclasses import MISSING
 from typing import Any, get_type_hints
 
-from .settings import Settings, SettingsError, load_cli_settings, load_settings, settings_fields
+from .settings import (
+    HELP,
+    PRECEDENCE,
+    Settings,
+    SettingsError,
+    describe_sources,
+    load_cli_settings,
+    load_settings,
+    settings_fields,
+)
 
 log = logging.getLogger("tradeguard")
 
 
-def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+# The settings `tradeguard migrate` uses; serve takes them all.
+MIGRATE_SETTINGS = ("database_url", "log_level", "log_json", "config", "strict")
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser, names: Sequence[str] | None = None) -> None:
     hints = get_type_hints(Settings)
     for f in settings_fields():
+        if names is not None and f.name not in names:
+            continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else None
         env = f"TRADEGUARD_{f.name.upper()}"
+        what = HELP.get(f.name, "see README, Settings").replace("%", "%%")
         if hints[f.name] is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                                help=f"(env {env}, default {default})")
+                                help=f"{what} (env {env}; default {str(default).lower()})")
         else:
-            parser.add_argument(flag, dest=f.name, default=None, metavar=hints[f.name].__name__.upper(),
-                                help=f"(env {env}, default {default!r})")
+            parser.add_argument(flag, dest=f.name, default=None, metavar=_metavar(f.name, hints[f.name]),
+                                help=f"{what} (env {env}; default {default!r})")
+
+
+def _metavar(name: str, kind: Any) -> str:
+    if name == "config" or name.endswith(("_file", "_dir")) or name.startswith("tls_"):
+        return "PATH"
+    if name.endswith("listen"):
+        return "HOST:PORT"
+    if name.endswith("_url") or name.endswith("_endpoint"):
+        return "URL"
+    return "SECONDS" if name.endswith("_s") else str(kind.__name__).upper()
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tradeguard", description="gRPC risk-check sidecar for trading bots")
+    parser = argparse.ArgumentParser(
+        prog="tradeguard", description="gRPC risk-check sidecar for trading bots",
+        epilog=f"Settings: {PRECEDENCE}. README.md, \"Settings\", lists them all.")
     cli = load_cli_settings()
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the sidecar")
+    serve = sub.add_parser(
+        "serve", help="run the sidecar", description="Run the sidecar. Every setting is a flag, an environment "
+        f"variable TRADEGUARD_<NAME> and a key of the --config file; precedence: {PRECEDENCE}.")
     _add_setting_flags(serve)
-    migrate = sub.add_parser("migrate", help="upgrade the database schema to the latest revision")
-    _add_setting_flags(migrate)
+    migrate = sub.add_parser("migrate", help="upgrade the database schema to the latest revision",
+                             description="Upgrade the database schema to the latest revision (serve does it at "
+                                         "start unless --no-migrate-on-start).")
+    _add_setting_flags(migrate, MIGRATE_SETTINGS)
     check = sub.add_parser("health", help="ask a running sidecar's gRPC health service (exit 0 when SERVING)")
-    check.add_argument("--address", default=cli.health_address)
+    check.add_argument("--address", default=cli.health_address,
+                       help="the sidecar's host:port or unix:/path (env TRADEGUARD_HEALTH_ADDRESS)")
     check.add_argument("--service", default="", help="service name; empty = overall")
-    check.add_argument("--timeout", type=float, default=3.0)
-    check.add_argument("--tls-ca", default=cli.health_tls_ca)
-    check.add_argument("--tls-cert", default=cli.health_tls_cert)
-    check.add_argument("--tls-key", default=cli.health_tls_key)
-    check.add_argument("--tls-server-name", default="")
+    check.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
+    _add_tls_flags(check, cli)
     admin = sub.add_parser(
         "admin", help="call an AdminService RPC with the admin token (e.g. tradeguard admin GetFeatureFlags)",
         description="Calls tradeguard.v1.AdminService/METHOD with the JSON body and prints the JSON answer. The "
@@ -53,16 +83,25 @@ def build_parser() -> argparse.ArgumentParser:
                     "file the sidecar created (<state dir>/admin.token, found from the same settings as serve).")
     admin.add_argument("method", help="AdminService method, e.g. PauseTrading, ResumeTrading, SetFeatureFlags")
     admin.add_argument("body", nargs="?", default="{}", help="request as JSON (default {})")
-    admin.add_argument("--address", default=cli.admin_address)
+    admin.add_argument("--address", default=cli.admin_address,
+                       help="the sidecar's host:port or unix:/path (env TRADEGUARD_ADMIN_ADDRESS)")
     admin.add_argument("--token-file", default="", help="file holding the admin token")
     admin.add_argument("--state-dir", default=None, help="directory of the generated admin.token")
     admin.add_argument("--database-url", default=None, help="(to find admin.token next to the SQLite file)")
-    admin.add_argument("--timeout", type=float, default=10.0)
-    admin.add_argument("--tls-ca", default=cli.health_tls_ca)
-    admin.add_argument("--tls-cert", default=cli.health_tls_cert)
-    admin.add_argument("--tls-key", default=cli.health_tls_key)
-    admin.add_argument("--tls-server-name", default="")
+    admin.add_argument("--config", default=None, help="the sidecar's settings file (to find its admin token)")
+    admin.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the answer")
+    _add_tls_flags(admin, cli)
     return parser
+
+
+def _add_tls_flags(parser: argparse.ArgumentParser, cli: Any) -> None:
+    parser.add_argument("--tls-ca", default=cli.health_tls_ca,
+                        help="CA file: connect with TLS, trusting it (env TRADEGUARD_HEALTH_TLS_CA)")
+    parser.add_argument("--tls-cert", default=cli.health_tls_cert,
+                        help="client certificate file, for mTLS (env TRADEGUARD_HEALTH_TLS_CERT)")
+    parser.add_argument("--tls-key", default=cli.health_tls_key,
+                        help="client key file, for mTLS (env TRADEGUARD_HEALTH_TLS_KEY)")
+    parser.add_argument("--tls-server-name", default="", help="name expected in the sidecar's certificate")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -70,16 +109,27 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(None, overrides)
 
 
-def _serve(settings: Settings) -> int:
+def _start_logging(settings: Settings, serving: bool = True) -> None:
+    """Logging as the settings say; then what loading the settings found (unknown variables...) and where each
+    given setting came from, once."""
     from .observability.logs import redact_secrets, settings_secrets, setup_logging
-    from .sidecar import Sidecar
 
     setup_logging(settings.log_level, settings.log_json)
     redact_secrets(settings_secrets(settings))  # observability: secrets never reach the log
+    for warning in settings.warnings:
+        log.warning("settings: %s", warning)
+    log.info("%s", describe_sources(settings, flags_note=serving))
+
+
+def _serve(settings: Settings) -> int:
+    from .observability.logs import redact_secrets
+    from .sidecar import Sidecar, StartupError
+
+    _start_logging(settings)
     # The store's writer threads must not starve behind a busy event loop (the default 5 ms GIL switch
     # interval let them write almost nothing under load; 1 ms keeps the backlog moving).
     sys.setswitchinterval(0.001)
-    log.info("starting with settings %s", settings.redacted())
+    log.debug("starting with settings %s", settings.redacted())
     try:
         sidecar = Sidecar(settings)
     except SettingsError as exc:
@@ -94,23 +144,37 @@ def _serve(settings: Settings) -> int:
             runner = uvloop.run
         except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
             pass
-    with contextlib.suppress(KeyboardInterrupt):  # the signal handler normally catches it first
-        runner(sidecar.run_until_signalled())
+    try:
+        with contextlib.suppress(KeyboardInterrupt):  # the signal handler normally catches it first
+            runner(sidecar.run_until_signalled())
+    except StartupError as exc:  # one line with the fix, never a traceback (--log-level debug shows it)
+        log.debug("start-up failure", exc_info=exc.__cause__ or exc)
+        log.error("cannot start: %s", exc)
+        return 1
     return 0
 
 
 def _migrate(settings: Settings) -> int:
     from .auth import create_private_file, sqlite_path
-    from .observability.logs import redact_secrets, settings_secrets, setup_logging
     from .store.migrate import migrate
+    from .store.probe import classify
     from .store.url import redact
 
-    setup_logging(settings.log_level, settings.log_json)
-    redact_secrets(settings_secrets(settings))  # observability: secrets never reach the log
+    _start_logging(settings, serving=False)
+    if settings.database_url == "memory":
+        log.error("migrate: database_url is memory: there is no schema to migrate; set --database-url, "
+                  "TRADEGUARD_DATABASE_URL, DB_URL or DB_HOST...")
+        return 2
     db_file = sqlite_path(settings.database_url)
     if db_file is not None and db_file.parent.is_dir():
         create_private_file(db_file)
-    revision = migrate(settings.database_url)
+    try:
+        revision = migrate(settings.database_url)
+    except Exception as exc:  # one line with the fix, never a traceback (--log-level debug shows it)
+        log.debug("migration failure", exc_info=exc)
+        problem = classify(settings.database_url, exc)
+        log.error("migrate: %s", problem.message)
+        return 1
     log.info("database %s is at revision %s", redact(settings.database_url), revision)
     return 0
 
@@ -158,7 +222,8 @@ def _admin_token(args: argparse.Namespace) -> str:
 
     if args.token_file:
         return read_token_file("--token-file", Path(args.token_file))
-    settings = load_settings(None, {"state_dir": args.state_dir, "database_url": args.database_url})
+    settings = load_settings(None, {"state_dir": args.state_dir, "database_url": args.database_url,
+                                    "config": args.config})
     path = admin_token_path(settings)
     if path is None:
         return check_token("admin_token", settings.admin_token)
@@ -205,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = _settings(args)
     except SettingsError as exc:
-        print(f"tradeguard: invalid setting: {exc}", file=sys.stderr)
+        print(f"tradeguard {args.command}: invalid setting: {exc}", file=sys.stderr)
         return 2
     if args.command == "migrate":
         return _migrate(settings)

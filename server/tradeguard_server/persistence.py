@@ -12,7 +12,7 @@
   journal is replayed on it through the engine's own functions, at the times the calls arrived: peak,
   period-start equities, pauses, trade ids and breakers are the stored ones, and a report that arrived
   meanwhile is judged against them (and against the stored configurations and breakers).
-- Feature flags: a flag given at start (environment or CLI) beats the stored one; otherwise the stored one;
+- Feature flags: a flag given at start (CLI, environment, settings file) beats the stored one; otherwise the stored one;
   otherwise the default. A late load never changes a flag. SetFeatureFlags during an outage is applied at
   once and written when the database returns.
 - `enable_persistence` off at run time: nothing is queued; on again: every trader's state is queued.
@@ -335,7 +335,7 @@ class Persistence:
     # ---- flags ----------------------------------------------------------------------------------
 
     def _install_flags(self, stored: FlagsRecord | None, late: bool) -> None:
-        """One precedence: given at start (environment, CLI) > stored > default. A late load changes nothing."""
+        """One precedence: given at start (CLI, environment, file) > stored > default. A late load changes nothing."""
         current = self.engine.flags
         if stored is None:
             return
@@ -354,6 +354,9 @@ class Persistence:
                     log.warning("feature flag %s=%s given at start overrides the stored value %s", name, mine, theirs)
                 values[name] = mine
             else:
+                if mine != theirs:  # the start-up log's settings line names the other sources; this one is here
+                    log.info("feature flag %s=%s from the store (set at run time by SetFeatureFlags; a flag, "
+                             "variable or settings-file value given at start would win)", name, theirs)
                 values[name] = theirs
         self.engine.flags = Flags(**values)
         self.store.persistence_enabled = self.engine.flags.enable_persistence

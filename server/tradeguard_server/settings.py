@@ -1,9 +1,16 @@
 """Typed, frozen settings: the only code that reads the environment.
 
-Every field comes from `TRADEGUARD_<NAME>` (upper case) or a CLI flag `--<name-with-dashes>`; the flag
-wins. The seed's `DB_HOST`, `DB_PORT`, `DB_USER`, `DB_PASSWORD`, `DB_NAME`, `DB_SSLMODE` build a
-PostgreSQL URL when `TRADEGUARD_DATABASE_URL` is not set. OpenTelemetry's standard `OTEL_*` variables that the
-sidecar itself acts on are fields too, read under their own names (no `TRADEGUARD_` form, no flag).
+Every field comes from a CLI flag `--<name-with-dashes>`, `TRADEGUARD_<NAME>` (upper case), or the settings file
+(`--config FILE`, JSON or TOML, keys named as the fields); precedence: flag > environment > file > default (and
+for the two feature flags, the stored SetFeatureFlags values sit between the file and the default: see
+persistence.py). The seeds' names are read too, each only when its `TRADEGUARD_` name is not set:
+`ENABLE_PERSISTENCE`, `ENABLE_RISK_ENFORCEMENT`, `LOG_LEVEL`, `DB_URL` and `DATABASE_URL` (in this order), and
+`DB_HOST`, `DB_PORT`, `DB_USER`, `DB_PASSWORD`, `DB_NAME`, `DB_SSLMODE`, which build a PostgreSQL URL (a partial
+set gets libpq's defaults, localhost:5432, with a warning). The file also takes the seed's keys `max_daily_loss`,
+`max_drawdown`, `stop_trading_minutes` and `feature_flags {enable_persistence, enable_risk_enforcement}`.
+Unknown `TRADEGUARD_*` variables and unknown file keys are reported (`Settings.warnings`, with a "did you mean"),
+or refused with `--strict`. OpenTelemetry's standard `OTEL_*` variables that the sidecar itself acts on are fields
+too, read under their own names (no `TRADEGUARD_` form, no flag).
 `CliSettings`: what the client commands `tradeguard health` / `tradeguard admin` take from the environment.
 Nothing else in `tradeguard_server` reads `os.environ` (tests/test_quality.py checks).
 """
@@ -11,14 +18,81 @@ Nothing else in `tradeguard_server` reads `os.environ` (tests/test_quality.py ch
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import json
 import math
 import os
-from collections.abc import Mapping
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, get_type_hints
 
 from .engine.limits import Limits
 from .engine.types import TradingState
+
+# What each setting does, for `tradeguard serve --help` (README "Settings" has the same in its table).
+HELP = {
+    "listen": "gRPC address: host:port or unix:/path",
+    "database_url": "memory (no database), sqlite:///file.db, or postgresql://user:password@host:5432/name "
+                    "(also DB_URL, DATABASE_URL, or the DB_* parts)",
+    "migrate_on_start": "upgrade the database schema at start",
+    "enable_risk_enforcement": "enforce decisions; off = shadow mode (also ENABLE_RISK_ENFORCEMENT; changeable at "
+                               "run time)",
+    "enable_persistence": "write state to the database; off = memory only (also ENABLE_PERSISTENCE; changeable at "
+                          "run time)",
+    "queue_size": "history rows kept in memory while the database does not keep up",
+    "drain_timeout_s": "seconds shutdown waits for the store queue to drain",
+    "shutdown_grace_s": "seconds shutdown waits for in-flight RPCs",
+    "daily_max_drawdown_percentage": "default daily loss limit, % (0 = off; the file's max_daily_loss)",
+    "weekly_max_drawdown_percentage": "default weekly loss limit, % (0 = off)",
+    "monthly_max_drawdown_percentage": "default monthly loss limit, % (0 = off)",
+    "max_drawdown_percentage": "default drawdown-from-peak limit, % (0 = off; the file's max_drawdown)",
+    "stop_trading_minutes": "minutes a loss-limit breach pauses trading (0 = until resumed)",
+    "breach_state": "trading state a breach moves to: REDUCING or HALTED",
+    "period_reset_utc": "UTC time of day (HH:MM) when days, weeks and months start",
+    "admin_token": "the AdminService token (prefer admin_token_file)",
+    "admin_token_file": "file holding the AdminService token; neither = generated in <state_dir>/admin.token",
+    "state_dir": "directory of the generated admin token; empty = the SQLite file's directory, else .",
+    "trader_token": "one shared RiskService token for every trader (prefer credentials_file)",
+    "trader_token_file": "file holding the shared RiskService token",
+    "credentials_file": "TOML file of per-bot tokens and the traders / accounts each may act for",
+    "credentials_reload_s": "seconds between checks of the token and credentials files (0 = never re-read)",
+    "dev_open_admin": "DEVELOPMENT ONLY: AdminService without a token",
+    "insecure": "allow listening beyond loopback with RiskService open (no trader credentials)",
+    "tls_cert": "TLS certificate file (PEM)",
+    "tls_key": "TLS private key file (PEM)",
+    "tls_client_ca": "CA file for client certificates (mTLS)",
+    "metrics_listen": "Prometheus /metrics address host:port (empty = off)",
+    "log_level": "debug, info, warning or error, any case (also LOG_LEVEL)",
+    "log_json": "one JSON object per log line",
+    "max_message_bytes": "largest request accepted, bytes",
+    "max_concurrent_streams": "HTTP/2 streams per connection, and WatchRiskState streams in all",
+    "watch_buffer": "updates buffered per WatchRiskState stream before the oldest are skipped",
+    "ready_file": "file the bound address is written to once serving",
+    "uvloop": "run the event loop on uvloop",
+    "tracing": "OpenTelemetry spans for every RPC (also on with OTEL_EXPORTER_OTLP_ENDPOINT)",
+    "max_concurrent_rpcs": "RPCs in progress server-wide, streams included (0 = no limit)",
+    "max_connections": "TCP connections at once (0 = no limit)",
+    "max_watchers_per_trader": "WatchRiskState streams per trader id (0 = no limit)",
+    "max_watchers_per_connection": "WatchRiskState streams per TCP connection (0 = no limit)",
+    "max_watchers_unknown_traders": "WatchRiskState streams on trader ids not known yet, all together (0 = no limit)",
+    "handshake_timeout_s": "seconds a connection may take to complete its HTTP/2 (and TLS) handshake (0 = off)",
+    "keepalive_time_s": "seconds without traffic before a connection is pinged (0 = off)",
+    "keepalive_timeout_s": "seconds an unanswered ping waits before the connection is closed",
+    "max_connection_idle_s": "seconds a connection with no RPC in progress is kept (0 = off)",
+    "kill_switch_store_timeout_s": "seconds PauseTrading / ResumeTrading wait for their commit",
+    "max_clock_skew_s": "seconds a report's observed_at / closed_at may be ahead of the sidecar's clock",
+    "store_call_timeout_s": "seconds an admin store call, and the start-up load, wait for the database",
+    "unloaded_state_policy": "what CanTrade answers while the stored state is not loaded: reduce_only, halted or "
+                             "memory",
+    "allow_degraded_start": "serve even when the database configuration cannot work (wrong password, unknown "
+                            "database), as during an outage",
+    "config": "settings file, JSON or TOML (every setting, and the seed's max_daily_loss, max_drawdown, "
+              "stop_trading_minutes, feature_flags); flags and environment win over it",
+    "strict": "unknown TRADEGUARD_* variables and unknown settings-file keys stop the start (default: a warning)",
+}
 
 
 class SettingsError(ValueError):
@@ -91,9 +165,18 @@ class Settings:
     # What CanTrade answers while the stored state is not loaded (database down or slow at start): reduce_only,
     # halted, or memory (answer from what arrived since the start, as if nothing was stored). README, "Restarts".
     unloaded_state_policy: str = "reduce_only"
-    # Not a setting: the names of the settings given explicitly (environment or CLI) rather than defaulted.
-    # A feature flag given at start beats the stored one (README, "Feature flags"). Filled by load_settings.
+    # A database misconfiguration that cannot heal (authentication failure, unknown database) stops the start;
+    # with this the sidecar serves anyway, as during an outage (README, "Settings").
+    allow_degraded_start: bool = False
+    config: str = field(default="", metadata={"file": False})  # the settings file (JSON or TOML); not in the file
+    strict: bool = False  # unknown TRADEGUARD_* variables and unknown file keys stop the start instead of a warning
+    # Not settings: the names of the settings given explicitly (flag, environment or file) rather than defaulted.
+    # A feature flag given at start beats the stored one (README, "Feature flags"). Filled by load_settings, as are
+    # where each given value came from (name -> "flag --x" / "env X" / "file F") and what loading found worth a
+    # warning (unknown variables and keys, ignored or defaulted database variables), logged at start.
     given: frozenset[str] = field(default=frozenset(), metadata={"internal": True})
+    sources: tuple[tuple[str, str], ...] = field(default=(), metadata={"internal": True})
+    warnings: tuple[str, ...] = field(default=(), metadata={"internal": True})
 
     # ---- derived --------------------------------------------------------------------------------
 
@@ -143,6 +226,8 @@ class Settings:
                 value = redact_url(value)
             elif f.name == "given":
                 value = sorted(value)
+            elif f.name in ("sources", "warnings"):
+                continue
             out[f.name] = value
         return out
 
@@ -178,12 +263,218 @@ def _coerce(name: str, kind: Any, raw: str | bool | int | float) -> Any:
     return value
 
 
-def _db_url_from_parts(env: Mapping[str, str]) -> str | None:
-    if not env.get("DB_HOST"):
-        return None
-    from .store.url import url_from_parts
+# ---- where values come from ---------------------------------------------------------------------
 
-    return url_from_parts(env)
+# The seeds' unprefixed variables, each read only when its TRADEGUARD_ name is not set (and only when not empty).
+SEED_ENV = {"ENABLE_PERSISTENCE": "enable_persistence", "ENABLE_RISK_ENFORCEMENT": "enable_risk_enforcement",
+            "LOG_LEVEL": "log_level"}
+DB_URL_ENV = ("DB_URL", "DATABASE_URL")  # after TRADEGUARD_DATABASE_URL, in this order
+DB_PART_ENV = ("DB_HOST", "DB_PORT", "DB_USER", "DB_PASSWORD", "DB_NAME", "DB_SSLMODE")
+# The seed's configuration file keys, and the settings they set (percentages, as the settings are).
+SEED_FILE_KEYS = {"max_daily_loss": "daily_max_drawdown_percentage", "max_drawdown": "max_drawdown_percentage"}
+FEATURE_FLAGS_KEY = "feature_flags"  # the seed's {"enable_persistence": ..., "enable_risk_enforcement": ...}
+FLAG_NAMES = ("enable_persistence", "enable_risk_enforcement")
+# TRADEGUARD_ variables other programs read (the example bots; the test suite and bench/ by prefix): never reported.
+OTHER_PROGRAMS_ENV = frozenset({"TRADEGUARD_ADDR"})
+OTHER_PROGRAMS_PREFIXES = ("TRADEGUARD_TEST_", "TRADEGUARD_MODEL_", "TRADEGUARD_BENCH_")
+# What Kubernetes puts in every pod of a namespace with a Service named `tradeguard` (and Docker links for a linked
+# container of that name): TRADEGUARD_SERVICE_HOST, TRADEGUARD_PORT_50051_TCP_ADDR, ... Never reported.
+SERVICE_LINK_ENV = re.compile(r"TRADEGUARD_(SERVICE_HOST|SERVICE_PORT(_\w+)?|NAME|ENV_\w+"
+                              r"|PORT(_\d+_(TCP|UDP|SCTP)(_(ADDR|PORT|PROTO))?)?)")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+PRECEDENCE = "flag > env > file > stored feature flags > default"
+
+
+@dataclass(slots=True)
+class _Layer:
+    """Values of one source (flags, environment or file), each with where it came from."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    origin: dict[str, str] = field(default_factory=dict)
+
+    def set(self, name: str, value: Any, origin: str) -> None:
+        self.values[name] = value
+        self.origin[name] = origin
+
+
+def _from_file(name: str, kind: Any, raw: Any) -> Any:
+    """A file value (JSON or TOML types) as the setting's type; strings are read as the environment's are."""
+    if isinstance(raw, str):
+        return _coerce(name, kind, raw)
+    if kind is bool and isinstance(raw, bool):
+        return raw
+    if kind is int and isinstance(raw, int) and not isinstance(raw, bool):
+        return raw
+    if kind is int and isinstance(raw, float) and raw.is_integer():
+        return int(raw)
+    if kind is float and isinstance(raw, int | float) and not isinstance(raw, bool):
+        if not math.isfinite(raw):
+            raise SettingsError(f"{name}: must be finite, got {raw!r}")
+        return float(raw)
+    raise SettingsError(f"{name}: expected {kind.__name__}, got {raw!r}")
+
+
+def _suggest(name: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _env_layer(env: Mapping[str, str], hints: Mapping[str, Any], notes: list[str], unknown: list[str]) -> _Layer:
+    layer = _Layer()
+    for f in settings_fields():
+        key = f"TRADEGUARD_{f.name.upper()}"
+        if key in env:
+            layer.set(f.name, _coerce(key, hints[f.name], env[key]), f"env {key}")
+    for key, name in SEED_ENV.items():
+        if name not in layer.values and env.get(key, "").strip():
+            layer.set(name, _coerce(key, hints[name], env[key]), f"env {key}")
+    for f in otel_fields():
+        if env.get(f.metadata["env"]):  # unset and empty are the same to OpenTelemetry
+            layer.set(f.name, _otel_value(hints[f.name], env[f.metadata["env"]]), f"env {f.metadata['env']}")
+    _database_url_from_env(env, layer, notes)
+    known = {f"TRADEGUARD_{f.name.upper()}" for f in settings_fields()} | cli_env_names() | OTHER_PROGRAMS_ENV
+    for key in sorted(env):
+        if key.startswith("TRADEGUARD_") and key not in known and not key.startswith(OTHER_PROGRAMS_PREFIXES) and \
+                not SERVICE_LINK_ENV.fullmatch(key):
+            unknown.append(f"unknown environment variable {key}{_suggest(key, known)}")
+    return layer
+
+
+def _database_url_from_env(env: Mapping[str, str], layer: _Layer, notes: list[str]) -> None:
+    """TRADEGUARD_DATABASE_URL, else DB_URL, else DATABASE_URL, else the DB_* parts; what is set and not used is
+    said (a URL in two variables that differ, DB_* next to a URL)."""
+    urls = [(key, env[key].strip()) for key in DB_URL_ENV if env.get(key, "").strip()]
+    parts = [key for key in DB_PART_ENV if env.get(key, "").strip()]
+    if "database_url" in layer.values:
+        chosen = layer.origin["database_url"].removeprefix("env ")
+    elif urls:
+        key, url = urls[0]
+        layer.set("database_url", url, f"env {key}")
+        chosen = key
+    elif parts:
+        from .store.url import url_from_parts
+
+        given = {key: env[key] for key in DB_PART_ENV if key in env}
+        if "DB_HOST" not in parts:
+            given["DB_HOST"] = "localhost"
+            notes.append(f"{', '.join(parts)} set without DB_HOST: connecting to PostgreSQL on localhost:"
+                         f"{given.get('DB_PORT', '').strip() or 5432} (libpq's defaults; set DB_HOST to connect "
+                         f"elsewhere, or unset the DB_* variables to use SQLite)")
+        try:
+            url = url_from_parts(given)
+        except ValueError as exc:
+            raise SettingsError(f"DB_* variables: {exc}") from None
+        layer.set("database_url", url, f"env {', '.join(parts)}")
+        return
+    else:
+        return
+    ignored = [key for key, url in urls if key != chosen and url != layer.values["database_url"]] + parts
+    if ignored:
+        notes.append(f"{', '.join(ignored)} ignored: the database URL comes from {chosen}")
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """The settings file as a mapping: TOML when it ends in .toml, JSON otherwise (JSON first, then TOML, for a
+    name with neither suffix). Raises SettingsError naming the file."""
+    try:
+        content = Path(path).read_bytes()
+    except OSError as exc:
+        raise SettingsError(f"config file {path}: cannot read it ({exc.strerror or exc})") from None
+    suffix = Path(path).suffix.lower()
+    errors = []
+    for kind in (("toml",) if suffix == ".toml" else ("json",) if suffix == ".json" else ("json", "toml")):
+        try:
+            data = tomllib.loads(content.decode("utf-8")) if kind == "toml" else json.loads(content)
+        except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError and TOMLDecodeError are ValueErrors
+            errors.append(f"not {kind.upper()}: {exc}")
+            continue
+        if not isinstance(data, dict):
+            raise SettingsError(f"config file {path}: expected an object of settings, got {type(data).__name__}")
+        return data
+    raise SettingsError(f"config file {path}: {'; '.join(errors)}")
+
+
+def _file_layer(path: str, hints: Mapping[str, Any], notes: list[str], unknown: list[str]) -> _Layer:
+    layer = _Layer()
+    data = read_config_file(path)
+    names = {f.name for f in fields(Settings) if not f.metadata.get("internal") and f.metadata.get("file", True)}
+    known_keys = names | set(SEED_FILE_KEYS) | {FEATURE_FLAGS_KEY}
+    for raw_key, raw in data.items():
+        key = str(raw_key).replace("-", "_")
+        if key == FEATURE_FLAGS_KEY and isinstance(raw, dict):
+            for flag_key, flag_value in raw.items():
+                flag = str(flag_key).replace("-", "_")
+                if flag not in FLAG_NAMES:
+                    unknown.append(f"unknown key {FEATURE_FLAGS_KEY}.{flag_key} in {path}"
+                                   f"{_suggest(flag, FLAG_NAMES)}")
+                    continue
+                _set_from_file(layer, flag, hints[flag], flag_value, f"{FEATURE_FLAGS_KEY}.{flag_key}", path)
+            continue
+        if key not in known_keys:
+            unknown.append(f"unknown key {raw_key} in {path}{_suggest(key, known_keys)}")
+            continue
+        if key == FEATURE_FLAGS_KEY:
+            raise SettingsError(f"config file {path}: {FEATURE_FLAGS_KEY}: expected an object such as "
+                                '{"enable_persistence": true, "enable_risk_enforcement": true}')
+        name = SEED_FILE_KEYS.get(key, key)
+        value = _from_file(f"{path}: {raw_key}", hints[name], raw)
+        if key in SEED_FILE_KEYS and 0 < value < 1:
+            notes.append(f"{path}: {raw_key}={raw} is read as {raw} % (the value is a percentage: 5 means 5 %)")
+        _set_from_file(layer, name, hints[name], raw, str(raw_key), path, value)
+    return layer
+
+
+def _set_from_file(layer: _Layer, name: str, kind: Any, raw: Any, key: str, path: str,
+                   value: Any = dataclasses.MISSING) -> None:
+    if value is dataclasses.MISSING:
+        value = _from_file(f"{path}: {key}", kind, raw)
+    if name in layer.values and layer.values[name] != value:
+        raise SettingsError(f"config file {path}: {key} and {layer.origin[name].rsplit(': ', 1)[-1]} both set "
+                            f"{name}, to different values; keep one")
+    layer.set(name, value, f"file {path}: {key}")
+
+
+def load_settings(env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Build Settings from CLI overrides (None values are ignored), `env` (None: the process environment) and the
+    settings file they name (`config`), in this precedence. Raises SettingsError (one line) for a value that cannot
+    be used, and, with `strict`, for unknown variables and keys."""
+    env = os.environ if env is None else env
+    hints = get_type_hints(Settings)
+    notes: list[str] = []
+    unknown: list[str] = []
+    flags = _Layer()
+    for name, raw in (overrides or {}).items():
+        if raw is not None:
+            flag = f"--{name.replace('_', '-')}"
+            flags.set(name, _coerce(flag, hints[name], raw), f"flag {flag}")
+    from_env = _env_layer(env, hints, notes, unknown)
+    config = flags.values.get("config", from_env.values.get("config", ""))
+    from_file = _file_layer(config, hints, notes, unknown) if config else _Layer()
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for layer in (from_file, from_env, flags):  # lowest precedence first
+        values.update(layer.values)
+        origin.update(layer.origin)
+    if "log_level" in values:
+        level = str(values["log_level"]).strip().upper()
+        values["log_level"] = "WARNING" if level == "WARN" else level
+    if unknown and values.get("strict", False):
+        raise SettingsError(f"{'; '.join(unknown)} (--strict)")
+    settings = Settings(**values, given=frozenset(values), sources=tuple(sorted(origin.items())),
+                        warnings=tuple(unknown + notes))
+    validate(settings)
+    return settings
+
+
+def describe_sources(s: Settings, flags_note: bool = True) -> str:
+    """One line for the start-up log: each setting given at start, its value (secrets hidden) and where it came
+    from; with `flags_note`, the feature flags not given, which follow the stored SetFeatureFlags values."""
+    shown = s.redacted()
+    given = ", ".join(f"{name}={shown[name]!r} ({origin})" for name, origin in s.sources if name in shown)
+    left = [name for name in FLAG_NAMES if name not in s.given]
+    flags = f"; not given, so as last set at run time (stored), else default: {', '.join(left)}" if (
+        left and flags_note) else ""
+    return f"settings given ({PRECEDENCE}): {given or 'none, all defaults'}{flags}"
 
 
 def _otel_value(kind: Any, raw: str) -> Any:
@@ -191,32 +482,20 @@ def _otel_value(kind: Any, raw: str) -> Any:
     return raw.strip().lower() == "true" if kind is bool else raw
 
 
-def load_settings(env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> Settings:
-    """Build Settings from `env` (None: the process environment) and CLI overrides (None values are ignored)."""
-    env = os.environ if env is None else env
-    hints = get_type_hints(Settings)
-    values: dict[str, Any] = {}
-    for f in settings_fields():
-        key = f"TRADEGUARD_{f.name.upper()}"
-        if key in env:
-            values[f.name] = _coerce(key, hints[f.name], env[key])
-    for f in otel_fields():
-        if env.get(f.metadata["env"]):  # unset and empty are the same to OpenTelemetry
-            values[f.name] = _otel_value(hints[f.name], env[f.metadata["env"]])
-    if "database_url" not in values:
-        parts_url = _db_url_from_parts(env)
-        if parts_url:
-            values["database_url"] = parts_url
-    for name, raw in (overrides or {}).items():
-        if raw is not None:
-            values[name] = _coerce(f"--{name.replace('_', '-')}", hints[name], raw)
-    settings = Settings(**values, given=frozenset(values))
-    validate(settings)
-    return settings
-
-
 def validate(s: Settings) -> None:
     from .engine.unloaded import POLICIES
+
+    if s.log_level not in LOG_LEVELS:
+        raise SettingsError(f"log_level: must be one of debug, info, warning, error, critical (any case), "
+                            f"got {s.log_level!r}")
+    if s.database_url != "memory":
+        from .store.url import normalize_url
+
+        try:
+            normalize_url(s.database_url)
+        except ValueError as exc:
+            raise SettingsError(f"database_url: {exc}; expected postgresql://user:password@host:5432/name, "
+                                "sqlite:///path.db or memory") from None
 
     if s.unloaded_state_policy not in POLICIES:
         raise SettingsError(f"unloaded_state_policy: must be one of {', '.join(POLICIES)}, "
@@ -295,3 +574,8 @@ def load_cli_settings(env: Mapping[str, str] | None = None) -> CliSettings:
     env = os.environ if env is None else env
     keys = {f.name: f"TRADEGUARD_{f.name.upper()}" for f in fields(CliSettings)}
     return CliSettings(**{name: env[key] for name, key in keys.items() if key in env})
+
+
+def cli_env_names() -> frozenset[str]:
+    """The TRADEGUARD_ variables of the client commands (CliSettings)."""
+    return frozenset(f"TRADEGUARD_{f.name.upper()}" for f in fields(CliSettings))

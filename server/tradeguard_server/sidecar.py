@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import ipaddress
 import logging
 import os
+import socket
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +48,54 @@ from .store.store import RiskStore
 
 log = logging.getLogger("tradeguard")
 
+PROBE_TIMEOUT_S = 5.0  # the start-up check of the database configuration waits at most this long
 STORE_HEALTH = "tradeguard.store"
 STATE_HEALTH = "tradeguard.state"  # SERVING once the stored state is installed (README, "Restarts")
 MEMORY_URL = "memory"
+
+
+class StartupError(Exception):
+    """The sidecar cannot start; the message is one line saying why and what to do."""
+
+
+def check_listen_address(listen: str) -> None:
+    """Raise StartupError when `listen` (host:port) cannot be bound: in use, not an address of this machine, or
+    a privileged port. grpc's own bind error says only "Failed to bind" (after a line of its C core's log)."""
+    if listen.startswith("unix:"):
+        return
+    host, _sep, port_text = listen.rpartition(":")
+    host = host.strip("[]")
+    if not port_text.isdigit() or int(port_text) == 0:
+        return  # grpc parses the rest; port 0 = any free port
+    try:
+        addresses = socket.getaddrinfo(host or None, int(port_text), type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise StartupError(f"cannot listen on {listen}: {host!r} is not a name or address of this machine "
+                           f"({exc.strerror}); fix --listen / TRADEGUARD_LISTEN") from None
+    errors: list[OSError] = []
+    for family, kind, proto, _canon, sockaddr in addresses:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpc does: TIME_WAIT is no conflict
+            try:
+                sock.bind(sockaddr)
+            except OSError as exc:
+                errors.append(exc)
+                continue
+        return  # grpc binds what it can, as long as one address works
+    if not errors:
+        return
+    code = errors[0].errno
+    if code == errno.EADDRINUSE:
+        why = (f"the port is already in use (another tradeguard serve? `ss -ltnp 'sport = :{port_text}'` shows "
+               f"who holds it); stop it or choose another port with --listen / TRADEGUARD_LISTEN")
+    elif code == errno.EADDRNOTAVAIL:
+        why = "that address is not one of this machine's; fix --listen / TRADEGUARD_LISTEN (127.0.0.1:PORT)"
+    elif code == errno.EACCES:
+        why = "permission denied (ports below 1024 need privileges); use a port above 1023"
+    else:
+        why = f"{errors[0].strerror or errors[0]}; fix --listen / TRADEGUARD_LISTEN"
+    raise StartupError(f"cannot listen on {listen}: {why}")
 
 
 def is_loopback(listen: str) -> bool:
@@ -62,13 +110,21 @@ def is_loopback(listen: str) -> bool:
         return False
 
 
+def _read(setting: str, path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise StartupError(f"{setting}: cannot read {path} ({exc.strerror or exc}); fix --{setting.replace('_', '-')}"
+                           f" / TRADEGUARD_{setting.upper()}") from None
+
+
 def server_credentials(s: Settings) -> grpc.ServerCredentials | None:
     if not s.tls_cert:
         return None
-    key = Path(s.tls_key).read_bytes()
-    cert = Path(s.tls_cert).read_bytes()
+    key = _read("tls_key", s.tls_key)
+    cert = _read("tls_cert", s.tls_cert)
     if s.tls_client_ca:
-        ca = Path(s.tls_client_ca).read_bytes()
+        ca = _read("tls_client_ca", s.tls_client_ca)
         return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
     return grpc.ssl_server_credentials([(key, cert)])
 
@@ -300,8 +356,48 @@ class Sidecar:
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
+    async def check_database(self) -> None:
+        """Stop the start on a database configuration that can never work (authentication failure, unknown
+        database or role, an option the driver refuses) unless allow_degraded_start; an unreachable database is
+        an outage, tolerated: the store keeps retrying."""
+        from .store.probe import MISCONFIGURED, Problem, probe
+
+        url = self.settings.database_url
+        if not self.durable:
+            return
+        # At most PROBE_TIMEOUT_S, and no longer than the start waits for the load (store_call_timeout_s): a slow
+        # database costs the start at most twice that bound, never the probe's own connect timeout.
+        bound = min(PROBE_TIMEOUT_S, self.settings.store_call_timeout_s or PROBE_TIMEOUT_S)
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[Problem | None] = loop.create_future()
+
+        def deliver(result: Problem | None) -> None:
+            if not answer.done():
+                answer.set_result(result)
+
+        def run() -> None:  # a daemon thread: one still connecting when given up on keeps nothing waiting
+            result = probe(url, PROBE_TIMEOUT_S)
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting any more
+                loop.call_soon_threadsafe(deliver, result)
+
+        threading.Thread(target=run, name="tradeguard-db-probe", daemon=True).start()
+        try:
+            problem = await asyncio.wait_for(answer, bound)
+        except TimeoutError:
+            return  # no answer in time: an outage as far as anyone can tell; the store's load says more
+        if problem is None or problem.kind != MISCONFIGURED:
+            return
+        if not self.settings.allow_degraded_start:
+            raise StartupError(f"{problem.message} (or pass --allow-degraded-start to serve anyway, as during an "
+                               "outage)")
+        log.error("%s; serving anyway (--allow-degraded-start): the stored state is not loaded and CanTrade "
+                  "answers under unloaded_state_policy=%s until the database accepts the connection",
+                  problem.message, self.settings.unloaded_state_policy)
+
     async def start(self) -> str:
         s = self.settings
+        await self.check_database()
+        check_listen_address(s.listen)
         server = grpc.aio.server(
             interceptors=self._interceptors(),
             options=server_options(s),
@@ -324,6 +420,8 @@ class Sidecar:
         old_umask = os.umask(0o077) if s.listen.startswith("unix:") else None
         try:
             port = server.add_secure_port(s.listen, creds) if creds else server.add_insecure_port(s.listen)
+        except RuntimeError as exc:  # "Failed to bind": what check_listen_address could not foresee
+            raise StartupError(f"cannot listen on {s.listen} ({exc}); fix --listen / TRADEGUARD_LISTEN") from None
         finally:
             if old_umask is not None:
                 os.umask(old_umask)
@@ -385,7 +483,14 @@ class Sidecar:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await self.start()
+        try:
+            await self.start()
+        except StartupError:
+            raise
+        except Exception as exc:  # every start-up failure is one line (main logs the traceback at debug level)
+            with contextlib.suppress(Exception):  # release what was started (the store's threads)
+                await asyncio.wait_for(self.stop(), self.settings.drain_timeout_s + 5.0)
+            raise StartupError(f"{type(exc).__name__}: {exc}") from exc
         # What start-up made (modules, stored state, configurations) lives as long as the process: take it out of
         # the collector's reach, so that a full collection on the event loop scans only what was made since
         # (measured in bench/: 27 ms per full collection before, under 1 ms after).

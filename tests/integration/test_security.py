@@ -315,7 +315,7 @@ def test_deploy_files_wire_credentials_from_secrets_and_harden_compose() -> None
         assert service["read_only"] is True and service["cap_drop"] == ["ALL"]
         assert "no-new-privileges:true" in service["security_opt"]
     assert ":?" in sidecar["environment"]["DB_PASSWORD"]  # no default password
-    assert ":?" in services["timescaledb"]["environment"]["POSTGRES_PASSWORD"]
+    assert ":?" in services["postgres"]["environment"]["POSTGRES_PASSWORD"]
     assert {e["name"] for e in pod_sidecar["env"]} >= {"TRADEGUARD_ADMIN_TOKEN_FILE", "TRADEGUARD_CREDENTIALS_FILE"}
     assert [m["name"] for m in pod_bot["volumeMounts"]] == ["example-trader", "bot-token"]
     assert policy["kind"] == "NetworkPolicy" and [p["port"] for p in policy["spec"]["ingress"][0]["ports"]] == [9464]
@@ -329,7 +329,7 @@ def test_deploy_yaml_files_parse() -> None:
         docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
         assert docs, path
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
-    assert compose["services"]["tradeguard"]["depends_on"]["timescaledb"]["condition"] == "service_healthy"
+    assert compose["services"]["tradeguard"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     pod = yaml.safe_load((REPO / "deploy" / "kubernetes" / "pod.yaml").read_text())
     containers = pod["spec"]["initContainers"] + pod["spec"]["containers"]
     sidecar = next(c for c in containers if c["name"] == "tradeguard")

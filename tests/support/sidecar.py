@@ -74,7 +74,8 @@ def spawn_sidecar(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
     with contextlib.suppress(FileNotFoundError):
         ready.unlink()
     log_path = tmp_path / f"{name}.log"
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("TRADEGUARD_", "DB_"))}
+    seeds = ("ENABLE_PERSISTENCE", "ENABLE_RISK_ENFORCEMENT", "LOG_LEVEL", "DATABASE_URL")  # read by settings too
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("TRADEGUARD_", "DB_")) and k not in seeds}
     full_env.update(env or {})
     cmd = [str(BIN / "tradeguard"), "serve", "--ready-file", str(ready), *args]
     if not any(a == "--listen" or a.startswith("--listen=") for a in args):

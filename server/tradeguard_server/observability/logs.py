@@ -81,10 +81,15 @@ class SecretFilter(logging.Filter):
         return True
 
 
+def utc_timestamp(record: logging.LogRecord) -> str:
+    """The record's time as ISO-8601 UTC with milliseconds: 2026-12-01T05:46:42.106Z (text and JSON lines alike)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "ts": utc_timestamp(record),
             "level": record.levelname,
             "logger": record.name,
             "msg": record.getMessage(),
@@ -106,6 +111,9 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return utc_timestamp(record)
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         message = record.message
