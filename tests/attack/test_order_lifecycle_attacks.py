@@ -210,3 +210,242 @@ async def test_the_same_id_with_another_exchange_is_refused_also_after_its_answe
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await bot.ask("o-0", exchange="okx")
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+# ---- watch updates and cancel_all_orders ------------------------------------------------------------------------
+
+
+async def _next_update(stream: Any, timeout: float = 3.0) -> rs.WatchRiskStateResponse:
+    update: rs.WatchRiskStateResponse = await asyncio.wait_for(stream.read(), timeout)
+    return update
+
+
+async def test_a_watcher_hears_when_the_ttl_releases_the_pending_orders() -> None:
+    """WatchRiskState lists the pending orders; once the TTL released them (they no longer count) a watcher must
+    not be left believing they still count: it gets an update without them."""
+    async with running_sidecar() as sidecar, grpc.aio.insecure_channel(sidecar.address) as ch:
+        b = Bot(ch)
+        await b.configure(pending_order_ttl_seconds=1)
+        await b.equity()
+        stream = b.risk.WatchRiskState(rs.WatchRiskStateRequest(**b.ids))
+        await _next_update(stream)  # initial
+        assert (await b.ask("o-1")).allowed
+        seen = await _next_update(stream)
+        assert [o.client_order_id for o in seen.state.pending_orders] == ["o-1"]
+
+        try:
+            released = await _next_update(stream, timeout=4.0)
+        except TimeoutError:
+            pytest.fail("no watch update within 4 s of a 1 s TTL: the watcher still sees o-1 pending")
+        finally:
+            stream.cancel()
+    assert list(released.state.pending_orders) == []
+
+
+async def test_halted_tells_watchers_to_cancel_every_pending_order_once_per_halt(bot: Bot) -> None:
+    await bot.configure()
+    await bot.equity()
+    assert (await bot.ask("o-1")).allowed
+    assert (await bot.ask("o-2", price=49_000.0)).allowed
+    stream = bot.risk.WatchRiskState(rs.WatchRiskStateRequest(**bot.ids))
+    await _next_update(stream)
+    pause = ad.PauseTradingRequest(**bot.ids, trading_state=t.TRADING_STATE_HALTED, reason="incident")
+    await bot.admin.PauseTrading(pause)
+    first = await _next_update(stream)
+    await bot.admin.PauseTrading(pause)  # an overlapping second halt: no second cancel
+    second = await _next_update(stream)
+    await bot.admin.ResumeTrading(ad.ResumeTradingRequest(**bot.ids))
+    await _next_update(stream)
+    await bot.report("o-1", t.ORDER_STATUS_CANCELLED)
+    await _next_update(stream)
+    await bot.admin.PauseTrading(pause)  # a new halt: the one order still pending
+    third = await _next_update(stream)
+    asked = await bot.ask("o-3")
+    stream.cancel()
+
+    def cancels(u: rs.WatchRiskStateResponse) -> list[list[str]]:
+        return [list(a.client_order_ids) for a in u.actions if a.type == t.ACTION_TYPE_CANCEL_ALL_ORDERS]
+
+    assert cancels(first) == [["o-1", "o-2"]]
+    assert cancels(second) == []
+    assert cancels(third) == [["o-2"]]
+    assert [list(a.client_order_ids) for a in asked.actions if a.type == t.ACTION_TYPE_CANCEL_ALL_ORDERS] == [["o-2"]]
+
+
+async def test_the_fill_that_trips_the_fill_throttle_answers_cancel_all_orders_with_the_rest(bot: Bot) -> None:
+    await bot.configure(max_fills_per_window=2)
+    await bot.equity()
+    for i in range(3):
+        assert (await bot.ask(f"o-{i}", price=50_000.0 + i)).allowed
+    await bot.report("o-0", t.ORDER_STATUS_FILLED)
+    tripped = await bot.report("o-1", t.ORDER_STATUS_FILLED)
+
+    assert tripped.state.trading_state == t.TRADING_STATE_HALTED
+    assert [list(a.client_order_ids) for a in tripped.actions
+            if a.type == t.ACTION_TYPE_CANCEL_ALL_ORDERS] == [["o-2"]]
+
+
+async def test_a_shadow_mode_order_allowed_while_halted_is_in_the_cancel_all_orders_the_watcher_gets(
+    bot: Bot,
+) -> None:
+    """Shadow mode allows (and reserves) while HALTED: the bot places the order. The watcher that waits for
+    cancel_all_orders must learn of it too, or the order keeps working through the halt."""
+    await bot.configure()
+    await bot.equity()
+    await bot.admin.SetFeatureFlags(ad.SetFeatureFlagsRequest(
+        flags=t.FeatureFlags(enable_risk_enforcement=False, enable_persistence=False)))
+    await bot.admin.PauseTrading(ad.PauseTradingRequest(**bot.ids, trading_state=t.TRADING_STATE_HALTED))
+    stream = bot.risk.WatchRiskState(rs.WatchRiskStateRequest(**bot.ids))
+    await _next_update(stream)
+    shadow = await bot.ask("o-1")
+    update = await _next_update(stream)
+    stream.cancel()
+
+    assert shadow.allowed and shadow.would_deny
+    assert ["o-1"] in [list(a.client_order_ids) for a in update.actions
+                       if a.type == t.ACTION_TYPE_CANCEL_ALL_ORDERS], update
+
+
+# ---- operators: rebinding, configuration changes, shadow mode --------------------------------------------------
+
+
+async def test_rebinding_a_trader_with_pending_orders_does_not_silently_forget_them(bot: Bot) -> None:
+    """RebindTrader resets the state. The trader's working orders are still at the exchange: dropping them with
+    no cancel_all_orders (and no way to report them: NOT_FOUND) lets the same bot exceed its limit."""
+    await bot.configure(max_position_size_percentage=5.0)
+    await bot.equity()
+    assert (await bot.ask("o-1")).allowed
+    stream = bot.risk.WatchRiskState(rs.WatchRiskStateRequest(**bot.ids))
+    await _next_update(stream)
+    await bot.admin.RebindTrader(ad.RebindTraderRequest(**bot.ids, reason="operator reset"))
+    update = await _next_update(stream)
+    stream.cancel()
+    await bot.equity()
+    nxt = await bot.ask("o-2")
+
+    told_to_cancel = any(list(a.client_order_ids) == ["o-1"] for a in update.actions
+                         if a.type == t.ACTION_TYPE_CANCEL_ALL_ORDERS)
+    assert told_to_cancel or not nxt.allowed, "o-1 (400 working) forgotten: 400 + 400 > 500 allowed"
+
+
+async def test_orders_allowed_in_shadow_mode_count_once_enforcement_is_on_again(bot: Bot) -> None:
+    await bot.configure(max_position_size_percentage=5.0)
+    await bot.equity()
+    off = t.FeatureFlags(enable_risk_enforcement=False, enable_persistence=False)
+    await bot.admin.SetFeatureFlags(ad.SetFeatureFlagsRequest(flags=off))
+    a = await bot.ask("o-1")
+    b = await bot.ask("o-2")  # would deny: 800 > 500, placed anyway
+    await bot.admin.SetFeatureFlags(ad.SetFeatureFlagsRequest(
+        flags=t.FeatureFlags(enable_risk_enforcement=True, enable_persistence=False)))
+    # The first answer to o-2 was lost, so the bot retries it now that enforcement is on: README "A remembered
+    # shadow-mode allowed (would_deny) is decided afresh once enforcement is on again": 400 + 400 > 500 is denied.
+    retry = await bot.ask("o-2")
+    c = await bot.ask("o-3", quantity=0.0001)
+    await bot.report("o-1", t.ORDER_STATUS_CANCELLED)
+    d = await bot.ask("o-4", quantity=0.0001)  # 400 (o-2) + 5 <= 500
+
+    assert a.allowed and not a.would_deny and b.allowed and b.would_deny
+    assert not retry.allowed
+    assert not c.allowed and check(c, "position_size").value == pytest.approx(805.0)
+    assert d.allowed, d.reason
+    assert (await bot.state()).pending_order_count == 2
+
+
+async def test_lowering_a_limit_while_orders_are_pending_counts_them_against_the_new_limit(bot: Bot) -> None:
+    await bot.configure(max_position_size_percentage=10.0)
+    await bot.equity()
+    assert (await bot.ask("o-1")).allowed
+    await bot.configure(max_position_size_percentage=5.0, max_open_orders=1)
+    nxt = await bot.ask("o-2", quantity=0.002)
+
+    assert not nxt.allowed and nxt.code == t.DECISION_CODE_OPEN_ORDERS_LIMIT
+    assert check(nxt, "position_size").value == pytest.approx(500.0)  # 400 pending + 100: at the limit
+    assert check(nxt, "open_orders").status == t.CHECK_STATUS_FAIL
+
+
+# ---- reference prices ---------------------------------------------------------------------------------------------
+
+
+async def test_another_accounts_bot_cannot_move_this_accounts_price_collar(bot: Bot, sc: Sidecar) -> None:
+    """A hostile (or broken) bot of another account reports BTCUSDT at 10x: this account's fat-fingered order
+    at 10x must still be caught by its 5 % collar."""
+    await bot.configure(price_collar_percentage=5.0)
+    await bot.equity(1e9)
+    await bot.risk.ReportPrices(rs.ReportPricesRequest(**bot.ids, prices=[t.PriceMark(symbol="BTCUSDT",
+                                                                                      price=50_000.0)]))
+    async with grpc.aio.insecure_channel(sc.address) as ch:
+        hostile = Bot(ch, trader_id="evil", account_id="acct-other")
+        await hostile.risk.ReportPrices(rs.ReportPricesRequest(**hostile.ids, prices=[
+            t.PriceMark(symbol="btcusdt", price=500_000.0)]))
+    fat_finger = await bot.ask("o-1", price=500_000.0)
+
+    assert not fat_finger.allowed, "the collar followed another account's price: a 10x order passed"
+
+
+async def test_a_collar_with_a_zero_age_reference_and_odd_price_times_never_crashes(
+    bot: Bot, clock: ManualClock
+) -> None:
+    await bot.configure(price_collar_percentage=5.0, reference_price_max_age_seconds=1)
+    await bot.equity()
+    future = t.PriceMark(symbol="BTCUSDT", price=50_000.0)
+    future.observed_at.FromSeconds(int(clock.now()) + 4)  # within the clock skew: counts as now
+    await bot.risk.ReportPrices(rs.ReportPricesRequest(**bot.ids, prices=[future]))
+    past = t.PriceMark(symbol="BTCUSDT", price=1.0)
+    past.observed_at.FromSeconds(int(clock.now()) - 3600)  # older than the known one: ignored
+    taken = await bot.risk.ReportPrices(rs.ReportPricesRequest(**bot.ids, prices=[past]))
+    ok = await bot.ask("o-1")
+    clock.advance(1.5)
+    stale = await bot.ask("o-2", price=50_100.0)
+    with pytest.raises(grpc.aio.AioRpcError) as far:
+        far_future = t.PriceMark(symbol="BTCUSDT", price=50_000.0)
+        far_future.observed_at.FromSeconds(int(clock.now()) + 3600)
+        await bot.risk.ReportPrices(rs.ReportPricesRequest(**bot.ids, prices=[far_future]))
+
+    assert taken.accepted == 0
+    assert ok.allowed, ok.reason
+    assert not stale.allowed and stale.code == t.DECISION_CODE_NO_REFERENCE_PRICE
+    assert far.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+# ---- hostile ReportOrder -----------------------------------------------------------------------------------------
+
+
+async def test_report_order_abuse_is_refused_with_a_status_never_internal(bot: Bot, sc: Sidecar) -> None:
+    await bot.configure()
+    await bot.equity()
+    assert (await bot.ask("o-1")).allowed
+    codes = {}
+    cases = {
+        "nan": {"client_order_id": "o-1", "status": t.ORDER_STATUS_FILLED, "filled_quantity": float("nan")},
+        "inf": {"client_order_id": "o-1", "status": t.ORDER_STATUS_FILLED, "filled_quantity": float("inf")},
+        "negative": {"client_order_id": "o-1", "status": t.ORDER_STATUS_PARTIALLY_FILLED, "filled_quantity": -1.0},
+        "overfill": {"client_order_id": "o-1", "status": t.ORDER_STATUS_PARTIALLY_FILLED, "filled_quantity": 0.009},
+        "huge_price": {"client_order_id": "o-1", "status": t.ORDER_STATUS_PARTIALLY_FILLED,
+                       "filled_quantity": 0.001, "average_price": 1e300},
+        "allowed_status": {"client_order_id": "o-1", "status": t.ORDER_STATUS_ALLOWED},
+        "unknown_status": {"client_order_id": "o-1", "status": 99},
+        "long_id": {"client_order_id": "x" * 129, "status": t.ORDER_STATUS_FILLED},
+        "space_id": {"client_order_id": "o -1", "status": t.ORDER_STATUS_FILLED},
+    }
+    for name, fields in cases.items():
+        try:
+            await bot.risk.ReportOrder(rs.ReportOrderRequest(**bot.ids, **fields))
+            codes[name] = grpc.StatusCode.OK
+        except grpc.aio.AioRpcError as exc:
+            codes[name] = exc.code()
+    async with grpc.aio.insecure_channel(sc.address) as ch:
+        other_trader = Bot(ch, trader_id="bot-2")
+        other_account = Bot(ch, account_id="acct-x")
+        await other_trader.equity()
+        for name, who in (("other_trader", other_trader), ("other_account", other_account)):
+            try:
+                await who.report("o-1", t.ORDER_STATUS_CANCELLED)
+                codes[name] = grpc.StatusCode.OK
+            except grpc.aio.AioRpcError as exc:
+                codes[name] = exc.code()
+    state = await bot.state()
+
+    assert {k: v for k, v in codes.items() if v != grpc.StatusCode.INVALID_ARGUMENT} == {
+        "other_trader": grpc.StatusCode.NOT_FOUND}
+    assert [(o.client_order_id, o.status, o.filled_quantity) for o in state.pending_orders] == [
+        ("o-1", t.ORDER_STATUS_ALLOWED, 0.0)]
