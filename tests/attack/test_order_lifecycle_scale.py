@@ -1,0 +1,91 @@
+"""A bot that keeps thousands of orders pending (no max_open_orders configured, the default): latency of CanTrade
+as they pile up and as the TTL releases them one by one, and what the store writes per change.
+
+Figures are printed (FIGURE lines) and asserted against generous bounds.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.attack.support import figure, percentile
+from tests.attack.test_order_lifecycle_attacks import Bot
+from tests.support.sidecar import running_sidecar
+from tradeguard.v1 import admin_service_pb2 as ad
+from tradeguard_server.engine.clock import ManualClock
+
+pytestmark = pytest.mark.integration
+
+N = int(os.environ.get("TG_ATTACK_PENDING", "10000"))
+
+
+async def _timed_asks(b: Bot, first: int, count: int, clock: ManualClock | None = None, step: float = 0.0,
+                      ) -> list[float]:
+    out = []
+    for i in range(first, first + count):
+        if clock is not None and step:
+            clock.advance(step)
+        started = time.perf_counter()
+        answer = await b.ask(f"o-{i}", quantity=0.0001, price=50_000.0 + i * 0.01)
+        out.append((time.perf_counter() - started) * 1e6)
+        assert answer.allowed, answer.reason
+    return out
+
+
+async def test_can_trade_latency_stays_flat_as_pending_orders_pile_up_and_expire(clock: ManualClock) -> None:
+    async with running_sidecar(clock=clock) as sc, grpc.aio.insecure_channel(sc.address) as ch:
+        b = Bot(ch)
+        await b.configure(pending_order_ttl_seconds=30, max_position_size_percentage=100.0)
+        await b.equity(1e12)
+        empty = await _timed_asks(b, 0, 300)
+        await _timed_asks(b, 300, N)  # N more pending, none expired (the clock stands still)
+        full = await _timed_asks(b, 300 + N, 300)
+        clock.advance(31)
+        await _timed_asks(b, 600 + N, N, clock, step=30.0 / N)  # staggered: they expire one by one from here
+        # Steady state: one order in and ~one out by the TTL on every call (each release scans every order).
+        churn = await _timed_asks(b, 600 + 2 * N, 1000, clock, step=30.0 / N)
+        state = await b.state()
+
+    p50_empty, p50_full, p50_churn = percentile(empty, 0.5), percentile(full, 0.5), percentile(churn, 0.5)
+    figure("orders-scale", "CanTrade p50 us, 0 pending", p50_empty)
+    figure("orders-scale", f"CanTrade p50 us, {N} pending", p50_full)
+    figure("orders-scale", f"CanTrade p50 us, ~{N} pending, TTL releasing one per call", p50_churn)
+    figure("orders-scale", "pending after churn", state.pending_order_count)
+    assert p50_full < 3 * p50_empty + 500
+    assert p50_churn < 1.5 * p50_full, "every call walks every pending order (twice) once the TTL releases them"
+
+
+async def test_history_rows_do_not_copy_every_pending_order_on_every_audited_change(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    """A bot with 1,000 orders pending that keeps asking and reporting equity: each audited row (equity) after an
+    order was allowed copies the whole list of pending orders, unless the history holds only what changed."""
+    db = tmp_path / "hist.db"
+    async with running_sidecar(clock=clock, database_url=f"sqlite:///{db}", enable_persistence=True) as sc, \
+            grpc.aio.insecure_channel(sc.address) as ch:
+        b = Bot(ch)
+        await b.configure(pending_order_ttl_seconds=3600, max_position_size_percentage=100.0)
+        await b.equity(1e12)
+        await _timed_asks(b, 0, 1000)
+        rounds = 50
+        for i in range(rounds):
+            clock.advance(1)
+            await b.ask(f"n-{i}", quantity=0.0001, price=60_000.0 + i)
+            await b.equity(1e12 + i + 1)
+        await b.admin.ListRiskStateHistory(ad.ListRiskStateHistoryRequest(**b.ids, page_size=5))
+    with sqlite3.connect(db) as conn:
+        sizes = [r[0] for r in conn.execute(
+            "SELECT length(state) FROM risk_state_history WHERE trader_id = 'bot-1' ORDER BY id DESC LIMIT ?",
+            (rounds,))]
+        row = conn.execute("SELECT * FROM risk_state WHERE trader_id = 'bot-1'").fetchone()
+        snapshot = (sum(len(str(v)) for v in row),) if row else None
+    per_row = sum(sizes) / len(sizes)
+    figure("orders-scale", "history row bytes, 1,000 pending, one new order between rows", per_row)
+    figure("orders-scale", "risk_state row bytes with 1,050 pending", snapshot[0] if snapshot else -1)
+    assert per_row < 20_000, f"each history row copies every pending order ({per_row:.0f} bytes a row)"
