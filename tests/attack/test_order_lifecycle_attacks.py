@@ -449,3 +449,56 @@ async def test_report_order_abuse_is_refused_with_a_status_never_internal(bot: B
         "other_trader": grpc.StatusCode.NOT_FOUND}
     assert [(o.client_order_id, o.status, o.filled_quantity) for o in state.pending_orders] == [
         ("o-1", t.ORDER_STATUS_ALLOWED, 0.0)]
+
+
+# ---- the TTL is the sidecar's guess; the bot's report is a fact -----------------------------------------------------
+
+
+async def test_an_accepted_report_after_the_ttl_released_the_order_makes_it_count_again(
+    bot: Bot, clock: ManualClock
+) -> None:
+    """A resting order re-reported ACCEPTED a little after the TTL: the bot says it is working at the exchange.
+    The release was the sidecar's guess (EXPIRED by TTL), not the exchange's: the order must count again, or the
+    bot may place another 400 against the 500 limit while 400 rests."""
+    await bot.configure(pending_order_ttl_seconds=10, max_position_size_percentage=5.0)
+    await bot.equity()
+    assert (await bot.ask("o-1")).allowed
+    clock.advance(12)
+    alive = await bot.report("o-1", t.ORDER_STATUS_ACCEPTED)
+    nxt = await bot.ask("o-2")
+
+    assert alive.order.status == t.ORDER_STATUS_ACCEPTED, alive.order
+    assert not nxt.allowed, "o-1 rests at the exchange (reported ACCEPTED) yet no longer counts: 800 > 500 allowed"
+
+
+# ---- odd spellings ------------------------------------------------------------------------------------------------
+
+
+async def test_lower_case_orders_on_mixed_case_exchanges_count_against_the_same_venue(bot: Bot) -> None:
+    await bot.configure(max_position_quantity=0.01, max_open_orders=5)
+    await bot.equity(1e9)
+    await bot.positions(long(0.004, "binance"))
+    first = await bot.ask("o-1", symbol="btcusdt", exchange="Binance", quantity=0.004)
+    second = await bot.ask("o-2", symbol="BtcUsdt", exchange="BINANCE", quantity=0.004)
+    filled = await bot.report("o-1", t.ORDER_STATUS_FILLED)
+    with pytest.raises(grpc.aio.AioRpcError) as spaced:
+        await bot.ask("o-3", symbol="BTCUSDT ", exchange="binance")
+
+    assert first.allowed, first.reason
+    assert not second.allowed and second.code == t.DECISION_CODE_POSITION_QUANTITY_LIMIT  # 0.004 + 0.004 + 0.004
+    assert [(p.symbol, p.exchange, p.quantity) for p in filled.state.positions] == [
+        ("BTCUSDT", "binance", pytest.approx(0.008))]
+    assert spaced.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_an_order_without_exchange_on_a_symbol_held_on_two_venues_counts_both(bot: Bot) -> None:
+    await bot.configure(max_position_size_percentage=10.0)  # 1,000
+    await bot.equity()
+    await bot.positions(long(0.006, "binance"), long(0.006, "okx"))  # 600 held
+    first = await bot.ask("o-1", quantity=0.006, exchange="")  # no venue of its own: adds, 600 + 300 = 900
+    at_limit = await bot.ask("o-2", quantity=0.002, exchange="")  # + 100 = 1,000: at the limit passes
+    over = await bot.ask("o-3", quantity=0.002, exchange="okx")  # + 100 on okx = 1,100
+
+    assert first.allowed and at_limit.allowed, (first.reason, at_limit.reason)
+    assert check(at_limit, "position_size").value == pytest.approx(1_000.0)
+    assert not over.allowed and check(over, "position_size").value == pytest.approx(1_100.0)

@@ -185,3 +185,56 @@ async def test_after_a_restart_past_the_ttl_no_stale_pending_order_is_shown_or_c
 
     assert list(state.pending_orders) == [] and nxt.allowed
     assert metrics["tradeguard_pending_orders"] == 0.0, "the gauge counts an order released two minutes ago"
+
+
+# ---- what a restart forgets ------------------------------------------------------------------------------------------
+
+
+async def test_the_fill_throttle_still_counts_the_fills_before_a_restart(tmp_path: Path, clock: ManualClock) -> None:
+    """max_fills_per_window 3 in 60 s (RTS 6 15(3)): two fills, a restart, two more fills within the minute are
+    four fills in the window and must halt, as without the restart (the README names only the order-rate windows
+    as memory only)."""
+    db = f"sqlite:///{tmp_path / 'fills.db'}"
+    async with running_sidecar(clock=clock, database_url=db, enable_persistence=True) as first, bot_on(first) as b:
+        await b.configure(max_fills_per_window=3, fill_window_seconds=60)
+        await b.equity(1e9)
+        for i in range(4):
+            assert (await b.ask(f"o-{i}", price=50_000.0 + i)).allowed
+        await b.report("o-0", t.ORDER_STATUS_FILLED)
+        await b.report("o-1", t.ORDER_STATUS_FILLED)
+    clock.advance(5)
+    async with running_sidecar(clock=clock, database_url=db, enable_persistence=True) as second, bot_on(second) as b:
+        await b.report("o-2", t.ORDER_STATUS_FILLED)
+        third = await b.state()
+
+    assert third.trading_state == t.TRADING_STATE_HALTED, "3 fills in 60 s, across a restart, did not halt"
+
+
+async def test_an_id_reused_while_the_stored_state_loads_does_not_lose_the_order_it_allowed(pg_url: str) -> None:
+    """A bot restarted with its sidecar restarts its id counter: ord-1 is asked again for a different order (a
+    reducing SELL) while the stored state, which has ord-1 pending as a BUY, is not loaded. Memory allows it. After
+    the load the SELL the sidecar allowed must count (or the reuse be refused), not vanish behind the stored BUY."""
+    async with running_sidecar(database_url=pg_url, enable_persistence=True) as first, bot_on(first) as b:
+        await b.configure(max_position_size_percentage=50.0)
+        await b.equity()
+        assert (await b.ask("ord-1", quantity=0.008)).allowed  # BUY 0.008, pending
+
+    proxy = await FaultProxy().start()
+    proxy.cut()
+    try:
+        async with running_sidecar(database_url=proxy.url_for(pg_url), enable_persistence=True) as second, \
+                grpc.aio.insecure_channel(second.address) as ch:
+            b = Bot(ch)
+            await b.equity()
+            await b.positions(long(0.01, "binance"))
+            reused = await b.ask("ord-1", **sell(0.01))
+            proxy.restore()
+            await state_loaded(ch)
+            state = await b.state()
+    finally:
+        await proxy.close()
+
+    orders = [(o.client_order_id, o.side, o.quantity) for o in state.pending_orders]
+    figure("orders-restart", "pending after the load", orders)
+    assert not reused.allowed or (t.SIDE_SELL, 0.01) in [(s, q) for _i, s, q in orders], (
+        f"ord-1 SELL 0.01 was allowed while loading but after the load the sidecar holds {orders}")
