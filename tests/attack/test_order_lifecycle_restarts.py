@@ -238,3 +238,48 @@ async def test_an_id_reused_while_the_stored_state_loads_does_not_lose_the_order
     figure("orders-restart", "pending after the load", orders)
     assert not reused.allowed or (t.SIDE_SELL, 0.01) in [(s, q) for _i, s, q in orders], (
         f"ord-1 SELL 0.01 was allowed while loading but after the load the sidecar holds {orders}")
+
+
+async def test_a_halt_while_the_stored_state_loads_tells_watchers_to_cancel_the_stored_pending_orders(
+    pg_url: str,
+) -> None:
+    """Incident at start: the database is down, the operator halts the bot. Its orders allowed before the restart
+    are in the store. When the store answers, the bot (watching, as the README tells it to) must get
+    cancel_all_orders naming them: they are working at the exchange while it is HALTED."""
+    async with running_sidecar(database_url=pg_url, enable_persistence=True) as first, bot_on(first) as b:
+        await b.configure()
+        await b.equity()
+        assert (await b.ask("o-1")).allowed
+        assert (await b.ask("o-2", price=49_000.0)).allowed
+
+    proxy = await FaultProxy().start()
+    proxy.cut()
+    got: list[list[str]] = []
+    try:
+        async with running_sidecar(database_url=proxy.url_for(pg_url), enable_persistence=True) as second, \
+                grpc.aio.insecure_channel(second.address) as ch:
+            b = Bot(ch)
+            stream = b.risk.WatchRiskState(rs.WatchRiskStateRequest(**b.ids))
+            await stream.read()  # initial
+            from tradeguard.v1 import admin_service_pb2 as ad
+
+            await b.admin.PauseTrading(ad.PauseTradingRequest(**b.ids, trading_state=t.TRADING_STATE_HALTED,
+                                                              reason="incident"))
+            proxy.restore()
+            await state_loaded(ch)
+            deadline = time.monotonic() + 3.0
+            while time.monotonic() < deadline:
+                try:
+                    update = await asyncio.wait_for(stream.read(), deadline - time.monotonic())
+                except TimeoutError:
+                    break
+                got.extend(list(a.client_order_ids) for a in update.actions
+                           if a.type == t.ACTION_TYPE_CANCEL_ALL_ORDERS)
+            stream.cancel()
+            state = await b.state()
+    finally:
+        await proxy.close()
+
+    assert state.trading_state == t.TRADING_STATE_HALTED
+    assert sorted(o.client_order_id for o in state.pending_orders) == ["o-1", "o-2"]
+    assert ["o-1", "o-2"] in [sorted(ids) for ids in got], f"watch got cancel_all_orders {got}"

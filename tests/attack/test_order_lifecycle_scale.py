@@ -18,6 +18,7 @@ from tests.attack.support import figure, percentile
 from tests.attack.test_order_lifecycle_attacks import Bot
 from tests.support.sidecar import running_sidecar
 from tradeguard.v1 import admin_service_pb2 as ad
+from tradeguard.v1 import risk_service_pb2 as rs
 from tradeguard_server.engine.clock import ManualClock
 
 pytestmark = pytest.mark.integration
@@ -89,3 +90,24 @@ async def test_history_rows_do_not_copy_every_pending_order_on_every_audited_cha
     figure("orders-scale", "history row bytes, 1,000 pending, one new order between rows", per_row)
     figure("orders-scale", "risk_state row bytes with 1,050 pending", snapshot[0] if snapshot else -1)
     assert per_row < 20_000, f"each history row copies every pending order ({per_row:.0f} bytes a row)"
+
+
+async def test_a_watcher_does_not_make_every_can_trade_copy_every_pending_order(clock: ManualClock) -> None:
+    """The hot path's answers carry pending_order_count, not the list (README: copying every pending order cost
+    ~1.4 us an order). A watch update carries the list; with one watcher every allowed order builds one."""
+    async with running_sidecar(clock=clock) as sc, grpc.aio.insecure_channel(sc.address) as ch:
+        b = Bot(ch)
+        await b.configure(pending_order_ttl_seconds=3600, max_position_size_percentage=100.0)
+        await b.equity(1e12)
+        await _timed_asks(b, 0, 3000)
+        alone = await _timed_asks(b, 3000, 300)
+        stream = b.risk.WatchRiskState(rs.WatchRiskStateRequest(**b.ids))
+        await stream.read()
+        # Nothing reads the stream: what is measured is the sidecar's cost (the test's client shares its loop).
+        watched = await _timed_asks(b, 3300, 300)
+        stream.cancel()
+
+    p50_alone, p50_watched = percentile(alone, 0.5), percentile(watched, 0.5)
+    figure("orders-scale", "CanTrade p50 us, 3,000 pending, no watcher", p50_alone)
+    figure("orders-scale", "CanTrade p50 us, 3,000 pending, one watcher", p50_watched)
+    assert p50_watched < 2 * p50_alone, "one watcher makes every CanTrade build a 3,000-order RiskState"
