@@ -396,9 +396,9 @@ async def test_a_collar_with_a_zero_age_reference_and_odd_price_times_never_cras
     ok = await bot.ask("o-1")
     clock.advance(1.5)
     stale = await bot.ask("o-2", price=50_100.0)
+    far_future = t.PriceMark(symbol="BTCUSDT", price=50_000.0)
+    far_future.observed_at.FromSeconds(int(clock.now()) + 3600)
     with pytest.raises(grpc.aio.AioRpcError) as far:
-        far_future = t.PriceMark(symbol="BTCUSDT", price=50_000.0)
-        far_future.observed_at.FromSeconds(int(clock.now()) + 3600)
         await bot.risk.ReportPrices(rs.ReportPricesRequest(**bot.ids, prices=[far_future]))
 
     assert taken.accepted == 0

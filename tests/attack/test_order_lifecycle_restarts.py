@@ -22,6 +22,7 @@ from tests.attack.support import figure
 from tests.attack.test_order_lifecycle_attacks import Bot, long, scrape
 from tests.support.proxy import FaultProxy
 from tests.support.sidecar import running_sidecar, start_sidecar
+from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import risk_service_pb2 as rs
 from tradeguard.v1 import types_pb2 as t
 from tradeguard_server.engine.clock import ManualClock
@@ -261,8 +262,6 @@ async def test_a_halt_while_the_stored_state_loads_tells_watchers_to_cancel_the_
             b = Bot(ch)
             stream = b.risk.WatchRiskState(rs.WatchRiskStateRequest(**b.ids))
             await stream.read()  # initial
-            from tradeguard.v1 import admin_service_pb2 as ad
-
             await b.admin.PauseTrading(ad.PauseTradingRequest(**b.ids, trading_state=t.TRADING_STATE_HALTED,
                                                               reason="incident"))
             proxy.restore()
