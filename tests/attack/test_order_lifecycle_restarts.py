@@ -282,3 +282,18 @@ async def test_a_halt_while_the_stored_state_loads_tells_watchers_to_cancel_the_
     assert state.trading_state == t.TRADING_STATE_HALTED
     assert sorted(o.client_order_id for o in state.pending_orders) == ["o-1", "o-2"]
     assert ["o-1", "o-2"] in [sorted(ids) for ids in got], f"watch got cancel_all_orders {got}"
+
+
+async def test_the_duplicate_order_window_still_holds_across_a_restart(tmp_path: Path, clock: ManualClock) -> None:
+    """duplicate_order_window_ms 60,000 (15c3-5 duplicative orders): the same order 5 s later is a duplicate,
+    also when the sidecar restarted in between (a crash loop would otherwise let every duplicate through)."""
+    db = f"sqlite:///{tmp_path / 'dup.db'}"
+    async with running_sidecar(clock=clock, database_url=db, enable_persistence=True) as first, bot_on(first) as b:
+        await b.configure(duplicate_order_window_ms=60_000, max_position_size_percentage=50.0)
+        await b.equity()
+        assert (await b.ask("o-1")).allowed
+    clock.advance(5)
+    async with running_sidecar(clock=clock, database_url=db, enable_persistence=True) as second, bot_on(second) as b:
+        dup = await b.ask("o-2")
+
+    assert not dup.allowed and dup.code == t.DECISION_CODE_DUPLICATE_ORDER, dup.reason
