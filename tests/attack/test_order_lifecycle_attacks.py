@@ -549,3 +549,37 @@ async def _history_rounds(bot: Bot, clock: ManualClock) -> None:
     assert [o.client_order_id for o in rows[10_002].state.pending_orders] == ["o-2"]
     assert [(o.client_order_id, o.filled_quantity) for o in fill.state.pending_orders] == [("o-2", 0.001)]
     assert [p.quantity for p in fill.state.positions] == [pytest.approx(0.001)]
+
+
+# ---- overrides and pauses against pending orders --------------------------------------------------------------------
+
+
+async def test_a_symbol_override_of_max_open_orders_does_not_lift_the_traders_own_limit(bot: Bot) -> None:
+    """max_open_orders 2 for the trader (README: "pending orders of the trader"), 5 for BTCUSDT. With 2 ETHUSDT
+    orders pending, a BTCUSDT order is the trader's third: the override says how many BTCUSDT orders may rest, it
+    does not let the trader hold 7."""
+    await bot.configure(max_open_orders=2, symbol_configs=[t.SymbolRiskConfiguration(symbol="BTCUSDT",
+                                                                                     max_open_orders=5)])
+    await bot.equity(1e9)
+    for i in range(2):
+        assert (await bot.ask(f"e-{i}", symbol="ETHUSDT", price=3_000.0 + i, quantity=0.1)).allowed
+    btc = [await bot.ask(f"b-{i}", price=50_000.0 + i, quantity=0.001) for i in range(5)]
+
+    allowed = sum(a.allowed for a in btc)
+    assert allowed == 0, f"{2 + allowed} orders pending against the trader's max_open_orders 2"
+
+
+async def test_in_reducing_a_second_sell_that_the_pending_sell_already_covers_is_new_exposure(bot: Bot) -> None:
+    await bot.configure()
+    await bot.equity()
+    await bot.positions(long(0.01, "binance"))
+    await bot.admin.PauseTrading(ad.PauseTradingRequest(**bot.ids, trading_state=t.TRADING_STATE_REDUCING))
+    first = await bot.ask("o-1", side=t.SIDE_SELL, quantity=0.01, exchange="binance", reduce_only=True)
+    second = await bot.ask("o-2", side=t.SIDE_SELL, quantity=0.01, exchange="binance", reduce_only=True)
+    no_venue = await bot.ask("o-3", side=t.SIDE_SELL, quantity=0.005, reduce_only=True)  # the only venue: binance
+    await bot.report("o-1", t.ORDER_STATUS_CANCELLED)
+    after_cancel = await bot.ask("o-4", side=t.SIDE_SELL, quantity=0.005, exchange="BINANCE")
+
+    assert first.allowed, first.reason
+    assert not second.allowed and not no_venue.allowed
+    assert after_cancel.allowed, after_cancel.reason

@@ -24,6 +24,7 @@ from tradeguard_server.engine.clock import ManualClock
 pytestmark = pytest.mark.integration
 
 N = int(os.environ.get("TG_ATTACK_PENDING", "10000"))
+SYMBOLS = 3000
 
 
 async def _timed_asks(b: Bot, first: int, count: int, clock: ManualClock | None = None, step: float = 0.0,
@@ -111,3 +112,23 @@ async def test_a_watcher_does_not_make_every_can_trade_copy_every_pending_order(
     figure("orders-scale", "CanTrade p50 us, 3,000 pending, no watcher", p50_alone)
     figure("orders-scale", "CanTrade p50 us, 3,000 pending, one watcher", p50_watched)
     assert p50_watched < 2 * p50_alone, "one watcher makes every CanTrade build a 3,000-order RiskState"
+
+
+async def test_pending_orders_on_many_symbols_do_not_slow_every_can_trade(clock: ManualClock) -> None:
+    """position_size, position_quantity and correlated_exposure walk the per-venue pending sums on every order: a
+    bot with orders resting on thousands of symbols (a market maker, or a loop over a symbol list) pays for all."""
+    async with running_sidecar(clock=clock) as sc, grpc.aio.insecure_channel(sc.address) as ch:
+        b = Bot(ch)
+        await b.configure(pending_order_ttl_seconds=3600, max_position_size_percentage=100.0,
+                          max_position_quantity=1e6, max_correlated_exposure_percentage=100.0)
+        await b.equity(1e12)
+        first = await _timed_asks(b, 0, 300)
+        for i in range(SYMBOLS):
+            answer = await b.ask(f"s-{i}", symbol=f"SYM{i}USDT", quantity=1.0, price=10.0)
+            assert answer.allowed, answer.reason
+        later = await _timed_asks(b, 300, 300)
+
+    p50_first, p50_later = percentile(first, 0.5), percentile(later, 0.5)
+    figure("orders-scale", "CanTrade p50 us, 300 pending in one symbol", p50_first)
+    figure("orders-scale", f"CanTrade p50 us, +{SYMBOLS} pending on {SYMBOLS} symbols", p50_later)
+    assert p50_later < 2 * p50_first, "every CanTrade walks every symbol with a pending order"
