@@ -24,7 +24,7 @@ from tradeguard_server.engine.clock import ManualClock
 pytestmark = pytest.mark.integration
 
 N = int(os.environ.get("TG_ATTACK_PENDING", "10000"))
-SYMBOLS = 3000
+SYMBOLS = 5000
 
 
 async def _timed_asks(b: Bot, first: int, count: int, clock: ManualClock | None = None, step: float = 0.0,
