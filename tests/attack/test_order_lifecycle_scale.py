@@ -1,7 +1,9 @@
-"""A bot that keeps thousands of orders pending (no max_open_orders configured, the default): latency of CanTrade
-as they pile up and as the TTL releases them one by one, and what the store writes per change.
+"""A bot that keeps thousands of orders pending (no max_open_orders configured, the default): what each CanTrade
+costs as they pile up, as the TTL releases them one by one, with a watcher, on many symbols; and what the store
+writes per change.
 
-Figures are printed (FIGURE lines) and asserted against generous bounds.
+The machine is shared and noisy, so every latency comparison is between two traders of one sidecar asked in
+turn (a lean one and a heavy one): noise hits both alike. Figures are printed (FIGURE lines).
 """
 
 from __future__ import annotations
@@ -25,56 +27,123 @@ pytestmark = pytest.mark.integration
 
 N = int(os.environ.get("TG_ATTACK_PENDING", "10000"))
 SYMBOLS = 5000
+ROUNDS = 400
 
 
-async def _timed_asks(b: Bot, first: int, count: int, clock: ManualClock | None = None, step: float = 0.0,
-                      ) -> list[float]:
-    out = []
-    for i in range(first, first + count):
+async def _timed(b: Bot, coid: str, **order: object) -> float:
+    started = time.perf_counter()
+    answer = await b.ask(coid, **order)
+    elapsed = (time.perf_counter() - started) * 1e6
+    assert answer.allowed, answer.reason
+    return elapsed
+
+
+async def _fill(b: Bot, prefix: str, count: int, clock: ManualClock | None = None, step: float = 0.0) -> None:
+    for i in range(count):
         if clock is not None and step:
             clock.advance(step)
-        started = time.perf_counter()
-        answer = await b.ask(f"o-{i}", quantity=0.0001, price=50_000.0 + i * 0.01)
-        out.append((time.perf_counter() - started) * 1e6)
-        assert answer.allowed, answer.reason
-    return out
+        await _timed(b, f"{prefix}-{i}", quantity=0.0001, price=50_000.0 + i * 0.01)
 
 
-async def test_can_trade_latency_stays_flat_as_pending_orders_pile_up_and_expire(clock: ManualClock) -> None:
-    async with running_sidecar(clock=clock) as sc, grpc.aio.insecure_channel(sc.address) as ch:
-        b = Bot(ch)
-        await b.configure(pending_order_ttl_seconds=30, max_position_size_percentage=100.0)
+async def _in_turn(lean: Bot, heavy: Bot, clock: ManualClock | None = None, step: float = 0.0,
+                   ) -> tuple[float, float]:
+    """p50 of CanTrade for each trader, asked alternately ROUNDS times each."""
+    a: list[float] = []
+    b: list[float] = []
+    for i in range(ROUNDS):
+        if clock is not None and step:
+            clock.advance(step)
+        a.append(await _timed(lean, f"x-{i}", quantity=0.0001, price=40_000.0 + i * 0.01))
+        b.append(await _timed(heavy, f"x-{i}", quantity=0.0001, price=40_000.0 + i * 0.01))
+    return percentile(a, 0.5), percentile(b, 0.5)
+
+
+async def _two_bots(ch: grpc.aio.Channel, **config: object) -> tuple[Bot, Bot]:
+    lean, heavy = Bot(ch, trader_id="lean"), Bot(ch, trader_id="heavy")
+    await lean.configure(max_position_size_percentage=100.0, **config)
+    for b in (lean, heavy):
         await b.equity(1e12)
-        empty = await _timed_asks(b, 0, 300)
-        await _timed_asks(b, 300, N)  # N more pending, none expired (the clock stands still)
-        full = await _timed_asks(b, 300 + N, 300)
-        clock.advance(31)
-        await _timed_asks(b, 600 + N, N, clock, step=30.0 / N)  # staggered: they expire one by one from here
-        # Steady state: one order in and ~one out by the TTL on every call (each release scans every order).
-        churn = await _timed_asks(b, 600 + 2 * N, 1000, clock, step=30.0 / N)
-        state = await b.state()
+    return lean, heavy
 
-    p50_empty, p50_full, p50_churn = percentile(empty, 0.5), percentile(full, 0.5), percentile(churn, 0.5)
-    figure("orders-scale", "CanTrade p50 us, 0 pending", p50_empty)
-    figure("orders-scale", f"CanTrade p50 us, {N} pending", p50_full)
-    figure("orders-scale", f"CanTrade p50 us, ~{N} pending, TTL releasing one per call", p50_churn)
-    figure("orders-scale", "pending after churn", state.pending_order_count)
-    assert p50_full < 3 * p50_empty + 500
-    assert p50_churn < 1.5 * p50_full, "every call walks every pending order (twice) once the TTL releases them"
+
+async def test_can_trade_with_thousands_of_pending_orders_costs_about_what_it_costs_with_none(
+    clock: ManualClock,
+) -> None:
+    async with running_sidecar(clock=clock) as sc, grpc.aio.insecure_channel(sc.address) as ch:
+        lean, heavy = await _two_bots(ch, pending_order_ttl_seconds=3600)
+        await _fill(heavy, "p", N)
+        p50_lean, p50_heavy = await _in_turn(lean, heavy)
+
+    figure("orders-scale", "CanTrade p50 us, lean trader", p50_lean)
+    figure("orders-scale", f"CanTrade p50 us, {N} pending", p50_heavy)
+    assert p50_heavy < 1.5 * p50_lean
+
+
+async def test_the_ttl_releasing_one_order_per_call_does_not_walk_every_pending_order(clock: ManualClock) -> None:
+    """Steady state of a busy bot: one order in and about one out by the TTL on every call. Each release scans
+    every pending order (orders.expire, then next_expiry): O(pending) per CanTrade."""
+    ttl = 3600
+    async with running_sidecar(clock=clock) as sc, grpc.aio.insecure_channel(sc.address) as ch:
+        lean, heavy = await _two_bots(ch, pending_order_ttl_seconds=ttl)
+        await _fill(heavy, "p", N, clock, step=ttl / N)  # staggered: from now on they expire one by one
+        await _fill(lean, "p", 10, clock)
+        p50_lean, p50_heavy = await _in_turn(lean, heavy, clock, step=ttl / N)
+        state = await heavy.state()
+
+    figure("orders-scale", "CanTrade p50 us, lean trader (TTL churn)", p50_lean)
+    figure("orders-scale", f"CanTrade p50 us, ~{state.pending_order_count} pending, TTL releasing one per call",
+           p50_heavy)
+    assert p50_heavy < 1.5 * p50_lean, "every call walks every pending order (twice) once the TTL releases them"
+
+
+async def test_a_watcher_does_not_make_every_can_trade_copy_every_pending_order(clock: ManualClock) -> None:
+    """The hot path's answers carry pending_order_count, not the list (README: copying every pending order cost
+    ~1.4 us an order). A watch update carries the list; with one watcher every allowed order builds one, on the
+    CanTrade path (the engine's listeners run synchronously)."""
+    pending = 3000
+    async with running_sidecar(clock=clock) as sc, grpc.aio.insecure_channel(sc.address) as ch:
+        lean, heavy = await _two_bots(ch, pending_order_ttl_seconds=3600)
+        await _fill(lean, "p", pending)
+        await _fill(heavy, "p", pending)
+        stream = heavy.risk.WatchRiskState(rs.WatchRiskStateRequest(**heavy.ids))
+        await stream.read()
+        # Nothing reads the stream: what is measured is the sidecar's cost (the test's client shares its loop).
+        p50_lean, p50_heavy = await _in_turn(lean, heavy)
+        stream.cancel()
+
+    figure("orders-scale", f"CanTrade p50 us, {pending} pending, no watcher", p50_lean)
+    figure("orders-scale", f"CanTrade p50 us, {pending} pending, one watcher", p50_heavy)
+    assert p50_heavy < 2 * p50_lean, f"one watcher makes every CanTrade build a {pending}-order RiskState"
+
+
+async def test_pending_orders_on_many_symbols_do_not_slow_every_can_trade(clock: ManualClock) -> None:
+    """position_size, position_quantity and correlated_exposure walk the per-venue pending sums on every order: a
+    bot with orders resting on thousands of symbols (a market maker, a loop over a symbol list) pays for all."""
+    async with running_sidecar(clock=clock) as sc, grpc.aio.insecure_channel(sc.address) as ch:
+        lean, heavy = await _two_bots(ch, pending_order_ttl_seconds=3600, max_position_quantity=1e6,
+                                      max_correlated_exposure_percentage=100.0)
+        for i in range(SYMBOLS):
+            await _timed(heavy, f"s-{i}", symbol=f"SYM{i}USDT", quantity=1.0, price=10.0)
+        p50_lean, p50_heavy = await _in_turn(lean, heavy)
+
+    figure("orders-scale", "CanTrade p50 us, lean trader (symbols)", p50_lean)
+    figure("orders-scale", f"CanTrade p50 us, pending on {SYMBOLS} symbols", p50_heavy)
+    assert p50_heavy < 2 * p50_lean, "every CanTrade walks every symbol with a pending order"
 
 
 async def test_history_rows_do_not_copy_every_pending_order_on_every_audited_change(
     tmp_path: Path, clock: ManualClock
 ) -> None:
     """A bot with 1,000 orders pending that keeps asking and reporting equity: each audited row (equity) after an
-    order was allowed copies the whole list of pending orders, unless the history holds only what changed."""
+    order was allowed copies the whole list of pending orders (the history's delta keeps a map only while it is
+    unchanged, and the list changes with every order)."""
     db = tmp_path / "hist.db"
     async with running_sidecar(clock=clock, database_url=f"sqlite:///{db}", enable_persistence=True) as sc, \
             grpc.aio.insecure_channel(sc.address) as ch:
         b = Bot(ch)
         await b.configure(pending_order_ttl_seconds=3600, max_position_size_percentage=100.0)
         await b.equity(1e12)
-        await _timed_asks(b, 0, 1000)
+        await _fill(b, "p", 1000)
         rounds = 50
         for i in range(rounds):
             clock.advance(1)
@@ -86,49 +155,7 @@ async def test_history_rows_do_not_copy_every_pending_order_on_every_audited_cha
             "SELECT length(state) FROM risk_state_history WHERE trader_id = 'bot-1' ORDER BY id DESC LIMIT ?",
             (rounds,))]
         row = conn.execute("SELECT * FROM risk_state WHERE trader_id = 'bot-1'").fetchone()
-        snapshot = (sum(len(str(v)) for v in row),) if row else None
     per_row = sum(sizes) / len(sizes)
     figure("orders-scale", "history row bytes, 1,000 pending, one new order between rows", per_row)
-    figure("orders-scale", "risk_state row bytes with 1,050 pending", snapshot[0] if snapshot else -1)
+    figure("orders-scale", "risk_state row bytes with 1,050 pending", sum(len(str(v)) for v in row) if row else -1)
     assert per_row < 20_000, f"each history row copies every pending order ({per_row:.0f} bytes a row)"
-
-
-async def test_a_watcher_does_not_make_every_can_trade_copy_every_pending_order(clock: ManualClock) -> None:
-    """The hot path's answers carry pending_order_count, not the list (README: copying every pending order cost
-    ~1.4 us an order). A watch update carries the list; with one watcher every allowed order builds one."""
-    async with running_sidecar(clock=clock) as sc, grpc.aio.insecure_channel(sc.address) as ch:
-        b = Bot(ch)
-        await b.configure(pending_order_ttl_seconds=3600, max_position_size_percentage=100.0)
-        await b.equity(1e12)
-        await _timed_asks(b, 0, 3000)
-        alone = await _timed_asks(b, 3000, 300)
-        stream = b.risk.WatchRiskState(rs.WatchRiskStateRequest(**b.ids))
-        await stream.read()
-        # Nothing reads the stream: what is measured is the sidecar's cost (the test's client shares its loop).
-        watched = await _timed_asks(b, 3300, 300)
-        stream.cancel()
-
-    p50_alone, p50_watched = percentile(alone, 0.5), percentile(watched, 0.5)
-    figure("orders-scale", "CanTrade p50 us, 3,000 pending, no watcher", p50_alone)
-    figure("orders-scale", "CanTrade p50 us, 3,000 pending, one watcher", p50_watched)
-    assert p50_watched < 2 * p50_alone, "one watcher makes every CanTrade build a 3,000-order RiskState"
-
-
-async def test_pending_orders_on_many_symbols_do_not_slow_every_can_trade(clock: ManualClock) -> None:
-    """position_size, position_quantity and correlated_exposure walk the per-venue pending sums on every order: a
-    bot with orders resting on thousands of symbols (a market maker, or a loop over a symbol list) pays for all."""
-    async with running_sidecar(clock=clock) as sc, grpc.aio.insecure_channel(sc.address) as ch:
-        b = Bot(ch)
-        await b.configure(pending_order_ttl_seconds=3600, max_position_size_percentage=100.0,
-                          max_position_quantity=1e6, max_correlated_exposure_percentage=100.0)
-        await b.equity(1e12)
-        first = await _timed_asks(b, 0, 300)
-        for i in range(SYMBOLS):
-            answer = await b.ask(f"s-{i}", symbol=f"SYM{i}USDT", quantity=1.0, price=10.0)
-            assert answer.allowed, answer.reason
-        later = await _timed_asks(b, 300, 300)
-
-    p50_first, p50_later = percentile(first, 0.5), percentile(later, 0.5)
-    figure("orders-scale", "CanTrade p50 us, 300 pending in one symbol", p50_first)
-    figure("orders-scale", f"CanTrade p50 us, +{SYMBOLS} pending on {SYMBOLS} symbols", p50_later)
-    assert p50_later < 2 * p50_first, "every CanTrade walks every symbol with a pending order"
