@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import json_format
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.sidecar import running_sidecar
@@ -583,3 +584,25 @@ async def test_in_reducing_a_second_sell_that_the_pending_sell_already_covers_is
     assert first.allowed, first.reason
     assert not second.allowed and not no_venue.allowed
     assert after_cancel.allowed, after_cancel.reason
+
+
+async def test_the_can_trade_answer_whose_breaker_halts_the_trader_carries_cancel_all_orders(bot: Bot) -> None:
+    """An order_rate breaker (pause_trading) fires on the third CanTrade: the trader is HALTED with two orders
+    working. README: every answer to the trader while it is halted with pending orders carries cancel_all_orders;
+    the answer that halted it is the first such answer (a bot that does not watch learns of the halt there)."""
+    await bot.configure()
+    await bot.equity()
+    breaker = {"name": "burst", "account_id": ACCOUNT, "condition": "order_rate", "action": "pause_trading",
+               "parameters": {"max_orders": 2, "window_seconds": 60}, "enabled": True}
+    await bot.admin.CreateBreaker(ad.CreateBreakerRequest(breaker=json_format.ParseDict(breaker, t.CircuitBreaker())))
+    assert (await bot.ask("o-1")).allowed
+    assert (await bot.ask("o-2", price=49_000.0)).allowed
+    halting = await bot.ask("o-3", price=48_000.0)
+    later = await bot.ask("o-4", price=47_000.0)
+
+    def cancels(answer: rs.CanTradeResponse) -> list[list[str]]:
+        return [list(a.client_order_ids) for a in answer.actions if a.type == t.ACTION_TYPE_CANCEL_ALL_ORDERS]
+
+    assert not halting.allowed and halting.trading_state == t.TRADING_STATE_HALTED
+    assert cancels(later) == [["o-1", "o-2"]]
+    assert cancels(halting) == [["o-1", "o-2"]], f"the halting answer carries {list(halting.actions)}"
