@@ -52,6 +52,7 @@ PROBE_TIMEOUT_S = 5.0  # the start-up check of the database configuration waits 
 STORE_HEALTH = "tradeguard.store"
 STATE_HEALTH = "tradeguard.state"  # SERVING once the stored state is installed (README, "Restarts")
 MEMORY_URL = "memory"
+ORDER_RELEASE_INTERVAL_S = 1.0  # how often pending orders past their TTL are released without a call
 
 
 class StartupError(Exception):
@@ -226,6 +227,7 @@ class Sidecar:
         self.address = ""
         self._health_task: asyncio.Task[None] | None = None
         self._sampler: asyncio.Task[None] | None = None
+        self._releaser: asyncio.Task[None] | None = None
         self._admin_guard = admin_guard(self.credentials)
         # No trader credential can ever appear without a file to re-read: then CanTrade pays for no guard at all.
         can_guard = self.credentials.table.trader_auth or settings.trader_token_file or settings.credentials_file
@@ -281,8 +283,9 @@ class Sidecar:
         return await self.persistence.on_flags(old, new)
 
     async def _state_loaded(self) -> None:
+        now = self.engine.clock.now()
         for st in list(self.engine.traders.values()):  # watchers of a trader see the installed state at once
-            self.watch.publish(st, "stored state loaded")
+            self.watch.publish(st, "stored state loaded", self.engine.cancel_actions(st, now))
         await self.health.set(STATE_HEALTH, health_pb2.HealthCheckResponse.SERVING)
 
     async def _store_now(self) -> bool:
@@ -302,6 +305,18 @@ class Sidecar:
         status = health_pb2.HealthCheckResponse.SERVING if healthy else health_pb2.HealthCheckResponse.NOT_SERVING
         if self._health_task is None or self._health_task.done():
             self._health_task = asyncio.get_running_loop().create_task(self.health.set(STORE_HEALTH, status))
+
+    async def _release_orders(self) -> None:
+        """Once a second, release the pending orders whose TTL passed, in every trader: the metrics, the watchers and
+        the stored state see a release without waiting for the trader's next call."""
+        engine = self.engine
+        while True:
+            await asyncio.sleep(ORDER_RELEASE_INTERVAL_S)
+            if engine.journal is None:  # (while the stored state loads, the load decides what is pending)
+                try:
+                    engine.release_expired()
+                except Exception:  # a listener failed: logged by the engine; the next round tries again
+                    log.exception("releasing expired pending orders failed")
 
     async def _sample_store(self) -> None:
         """Copy the store's counters into metrics once a second (the writer itself never touches metrics)."""
@@ -446,6 +461,7 @@ class Sidecar:
         self._start_metrics()
         if not isinstance(self.metrics, NullMetrics):
             self._sampler = asyncio.get_running_loop().create_task(self._sample_store())
+        self._releaser = asyncio.get_running_loop().create_task(self._release_orders())
         for name in ("", RISK_SERVICE, ADMIN_SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if s.credentials_reload_s:
@@ -468,8 +484,9 @@ class Sidecar:
         self.hub.close()
         if self.server is not None:
             await self.server.stop(self.settings.shutdown_grace_s)
-        if self._sampler is not None:
-            self._sampler.cancel()
+        for task in (self._sampler, self._releaser):
+            if task is not None:
+                task.cancel()
         if self._credentials_task is not None:
             self._credentials_task.cancel()
         await self.persistence.close(self.settings.drain_timeout_s)

@@ -160,7 +160,7 @@ async def test_a_halt_tells_the_bot_to_cancel_its_pending_orders(
                                    if a.type == t.ACTION_TYPE_CANCEL_ALL_ORDERS] == [["o-1", "o-2"]]
 
 
-async def test_a_retry_counts_once_but_an_id_asked_again_after_its_order_finished_counts_anew(
+async def test_a_retry_counts_once_and_a_finished_orders_id_is_refused_for_a_new_order(
     risk: rsg.RiskServiceStub, admin: adg.AdminServiceStub
 ) -> None:
     await _configure(admin, max_position_size_percentage=10.0)  # 1,000: two 400 orders fit, three do not
@@ -169,10 +169,12 @@ async def test_a_retry_counts_once_but_an_id_asked_again_after_its_order_finishe
     first = await _ask(risk, "o-1")
     retry = await _ask(risk, "o-1")  # the answer was lost: the same order asked again
     await risk.ReportOrder(rs.ReportOrderRequest(**IDS, client_order_id="o-1", status=t.ORDER_STATUS_FILLED))
-    replaced = await _ask(risk, "o-1")  # re-placed under the id of the filled order: a new order
-    third = await _ask(risk, "o-2")
+    with pytest.raises(grpc.aio.AioRpcError) as reused:
+        await _ask(risk, "o-1")  # re-placed under the id of the filled order: refused, reports would mix them up
+    second = await _ask(risk, "o-2")
+    third = await _ask(risk, "o-3")
 
     assert first.allowed and retry.allowed and retry.state.pending_order_count == 1
-    assert replaced.allowed and replaced.state.pending_order_count == 1
-    assert _check(replaced, "position_size").value == pytest.approx(800.0)  # 400 filled + 400 pending
+    assert reused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "finished" in (reused.value.details() or "")
+    assert second.allowed and _check(second, "position_size").value == pytest.approx(800.0)  # 400 filled + 400
     assert not third.allowed and _check(third, "position_size").value == pytest.approx(1_200.0)

@@ -137,7 +137,8 @@ async def test_history_rows_hold_the_pending_orders_and_refer_back_while_they_ar
     assert stored[0]["pending_orders"][1] == {
         "client_order_id": "o-4", "symbol": "ETHUSDT", "exchange": "", "side": "SELL", "quantity": 1.5,
         "price": 3_000.1, "allowed_at": T0 + 1.25, "expires_at": T0 + 61.25, "filled": 0.5, "avg_price": 2_999.95,
-        "status": "PARTIALLY_FILLED", "reducing": True, "reported": False, "unreconciled": 0.0}
+        "status": "PARTIALLY_FILLED", "reducing": True, "reported": False, "unreconciled": 0.0,
+        "last_fill_at": 0.0, "released": False}
     assert (stored[1]["daily_order_notional"], stored[1]["daily_orders"]) == (1_200.123456789, 4)
     assert [h.state for h in listed] == [in_history(r) for r in (one, same, changed)]
 

@@ -247,9 +247,10 @@ class RiskService:
                 if key in seen:
                     v.add(f"positions[{i}]", f"duplicate position for {p.symbol}/{p.exchange or '-'}")
                 seen.add(key)
+        observed = self._report_time(v, "observed_at", req.observed_at)
         v.raise_if_any()
         positions = [convert.position_from_msg(p) for p in req.positions]
-        outcome = self.engine.report_positions(req.trader_id, req.account_id, positions)
+        outcome = self.engine.report_positions(req.trader_id, req.account_id, positions, observed)
         state, events, actions = self._answer(outcome)
         return rs.ReportPositionsResponse(state=state, breaker_events=events, actions=actions)
 
@@ -298,7 +299,7 @@ class RiskService:
             marks.append(PriceMark(p.symbol.upper(), p.price, now if at is None else at, p.exchange.lower()))
         v.raise_if_any()
         self.engine.peek(req.trader_id, req.account_id)  # the trader's binding to its account holds here too
-        return rs.ReportPricesResponse(accepted=self.engine.report_prices(marks))
+        return rs.ReportPricesResponse(accepted=self.engine.report_prices(req.account_id, marks))
 
     async def get_risk_state(self, req: rs.GetRiskStateRequest, _ctx: Ctx) -> rs.GetRiskStateResponse:
         v = Violations()

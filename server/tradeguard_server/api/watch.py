@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from tradeguard.v1 import risk_service_pb2 as rs
 from tradeguard.v1 import types_pb2 as t
 
 from ..engine.events import StateChanged
 from ..engine.state import TraderState
+from ..engine.types import RequiredAction
 from . import convert
 
 CARRY_MAX = 256
@@ -192,7 +193,10 @@ class WatchUpdates:
         update.breaker_events.extend(convert.firing_msg(f, st) for f in event.firings)
         self.hub.publish(st.trader_id, update)
 
-    def publish(self, st: TraderState, reason: str) -> None:
-        """An update that is no engine change (the stored state loaded)."""
+    def publish(self, st: TraderState, reason: str, actions: Iterable[RequiredAction] = ()) -> None:
+        """An update that is no engine change (the stored state loaded), with the actions in force (a HALTED
+        trader's cancel_all_orders)."""
         if self.hub.watching(st.trader_id):
-            self.hub.publish(st.trader_id, rs.WatchRiskStateResponse(state=self.state_msg(st, True), reason=reason))
+            update = rs.WatchRiskStateResponse(state=self.state_msg(st, True), reason=reason)
+            update.actions.extend(convert.action_msg(a) for a in actions)
+            self.hub.publish(st.trader_id, update)

@@ -7,7 +7,7 @@ rules; tests/unit/test_checks_oracle.py holds the engine to them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from . import controls
 from .context import TOLERANCE as TOLERANCE  # re-exported
@@ -276,8 +276,9 @@ def position_size(c: OrderContext) -> CheckResult:
                 signed = p.quantity if p.side is _BUY else -p.quantity
                 gross += max(signed + vp.buy, vp.sell - signed, 0.0)
     if pending:
-        for (s, ex), vp in pending.items():
-            if s == symbol and ex != exchange and (s, ex) not in st.positions:
+        for ex in st.pending_venues.get(symbol, ()):
+            if ex != exchange and (symbol, ex) not in st.positions:
+                vp = pending[(symbol, ex)]
                 gross += max(vp.buy, vp.sell)
     after = gross * c.order.price
     pct *= c.scale
@@ -338,13 +339,33 @@ def correlated_exposure(c: OrderContext) -> CheckResult:
         if qty > 0.0:
             total += qty * (price if s == symbol else p.mark_price)
     if pending:
-        for (s, ex), vp in pending.items():
-            if (s == symbol and ex == exchange) or (group is not None and s not in group) or (s, ex) in st.positions:
-                continue
-            if s == symbol:
-                total += (vp.buy if buy else vp.sell) * price
-            else:
-                total += vp.buy_notional if buy else vp.sell_notional
+        venues = st.pending_venues
+        if group is None:
+            # Every symbol: the pending notional over every venue, less what is counted above with a position and
+            # the order symbol's venues (counted below at the order's price) - never a walk over every venue.
+            rest = st.pending_notional[0 if buy else 1]
+            for key in st.positions:
+                vp = pending.get(key)
+                if vp is not None:
+                    rest -= vp.buy_notional if buy else vp.sell_notional
+            total += max(0.0, rest)
+            symbols: Iterable[str] = (symbol,)
+        else:
+            symbols = group
+        for s in symbols:  # (the group's symbols only, or the order's)
+            for ex in venues.get(s, ()):
+                if (s == symbol and ex == exchange) or (s, ex) in st.positions:
+                    if group is None and s == symbol and (s, ex) not in st.positions:
+                        vp = pending[(s, ex)]  # the order's venue: in venue_after, not in `rest`
+                        total -= vp.buy_notional if buy else vp.sell_notional
+                    continue
+                vp = pending[(s, ex)]
+                if s == symbol:
+                    total += (vp.buy if buy else vp.sell) * price
+                    if group is None:  # (in `rest` at the orders' prices)
+                        total -= vp.buy_notional if buy else vp.sell_notional
+                else:
+                    total += vp.buy_notional if buy else vp.sell_notional
     pct *= c.scale
     cap = pct * c.equity / 100.0
     status = PASS if within(total, cap) else FAIL

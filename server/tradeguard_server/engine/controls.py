@@ -190,9 +190,9 @@ def position_quantity(c: OrderContext) -> CheckResult:
             net += p.quantity if (p.side is _BUY) == buy else -p.quantity
     pending = 0.0
     if st.pending:
-        for (s, _ex), vp in st.pending.items():
-            if s == symbol:
-                pending += vp.buy if buy else vp.sell
+        for ex in st.pending_venues.get(symbol, ()):
+            vp = st.pending[(symbol, ex)]
+            pending += vp.buy if buy else vp.sell
     after = net + pending + order.quantity
     if within(after, cap):
         return CheckResult("position_quantity", PASS, _POS_QTY, f"after={after:g} limit={cap:g}", after, cap)
@@ -202,21 +202,26 @@ def position_quantity(c: OrderContext) -> CheckResult:
 
 
 def open_orders(c: OrderContext) -> CheckResult:
-    """The trader's pending orders with this one against max_open_orders: with a symbol override, the symbol's
-    pending orders against it."""
+    """The trader's pending orders with this one against max_open_orders, and with a symbol override the symbol's
+    pending orders with this one against it too: both must hold (an override never lifts the trader's limit)."""
     sym = c.sym
-    cap = sym.max_open_orders if sym is not None else None
+    sym_cap = sym.max_open_orders if sym is not None else None
+    cap = c.limits.max_open_orders
+    if cap is None and sym_cap is None:
+        return _OPEN_SKIPPED
     st = c.st
-    if cap is not None:
+    count = 1 + len(st.orders)
+    if sym_cap is not None:
         symbol = c.order.symbol
-        count = 1 + sum(vp.count for (s, _ex), vp in st.pending.items() if s == symbol)
-        scope = f" in {symbol}"
+        in_symbol = 1 + sum(st.pending[(symbol, ex)].count for ex in st.pending_venues.get(symbol, ()))
+        # the tighter of the two is the one reported
+        if cap is None or (cap - count) > (sym_cap - in_symbol):
+            count, cap, scope = in_symbol, sym_cap, f" in {symbol}"
+        else:
+            scope = ""
     else:
-        cap = c.limits.max_open_orders
-        if cap is None:
-            return _OPEN_SKIPPED
-        count = 1 + len(st.orders)
         scope = ""
+    assert cap is not None
     if c.reducing:
         return CheckResult("open_orders", PASS, _OPEN, f"reducing order; open_orders={count}{scope}",
                            float(count), float(cap))

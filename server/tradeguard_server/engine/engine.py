@@ -13,7 +13,7 @@ import logging
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -141,7 +141,8 @@ class RiskEngine:
         self.symbols_pruned = 0  # per-symbol entries dropped by prune_symbols (state.SYMBOLS_KEPT)
         self.orders_expired = 0  # pending orders released after pending_order_ttl_seconds with nothing reported
         # Reference prices by symbol (price collars): the newest of ReportPrices and ReportPositions marks.
-        self.prices: dict[str, PriceMark] = {}
+        # Reference prices by (account, symbol): one account's bots cannot move another account's collars.
+        self.prices: dict[tuple[str, str], PriceMark] = {}
         self.account_limits: dict[str, Limits] = {}
         # While the stored state is not loaded (sidecar.persistence): CanTrade's verdict passes through `gate`,
         # and every state-changing call is appended to `journal`, to be replayed on the stored state.
@@ -151,8 +152,18 @@ class RiskEngine:
     # ---- lookup ---------------------------------------------------------------------------------
 
     def pending_orders(self) -> int:
-        """Pending orders over every trader (a metric, read at scrape time)."""
-        return sum(len(st.orders) for st in list(self.traders.values()))
+        """Pending orders over every trader that still count (a metric, read at scrape time, from the scrape
+        thread: it only reads). An order past its TTL that the once-a-second release has not reached yet counts as
+        released already (see orders_released)."""
+        now = self.clock.now()
+        return sum(1 for st in list(self.traders.values()) for o in list(st.orders.values()) if o.expires_at > now)
+
+    def orders_released(self) -> int:
+        """Pending orders released by their TTL so far, those past it and not yet released included (a counter)."""
+        now = self.clock.now()
+        waiting = sum(1 for st in list(self.traders.values()) if st.orders and now >= st.next_order_expiry
+                      for o in list(st.orders.values()) if o.expires_at <= now)
+        return self.orders_expired + waiting
 
     def limits_for(self, account_id: str) -> Limits:
         return self.account_limits.get(account_id, self.defaults)
@@ -207,6 +218,9 @@ class RiskEngine:
         st = self.traders[trader_id] = TraderState(trader_id, account_id)
         if old is not None:
             st.version = old.version  # the store keeps the newest version: continue the sequence
+            # The orders are still at the venue: they keep counting (and can be reported) under the new binding.
+            st.orders, st.finished_orders = old.orders, old.finished_orders
+            orders.rebuild_pending(st)
         self._changed(st, self.clock.now(), reason)
         return ("" if old is None else old.account_id), st
 
@@ -250,7 +264,7 @@ class RiskEngine:
             cache.version = st.version
         st.episodes_changed = False
         halted = bool(st.pauses) and st.trading_state(now) is _HALTED
-        if halted and not st.halted_announced and st.orders and not any(
+        if halted and st.orders and (not st.halted_announced or cause == "order_allowed") and not any(
                 a.type is ActionType.CANCEL_ALL_ORDERS for a in actions):
             actions = (*actions, self._cancel_action(st))
         st.halted_announced = halted
@@ -372,22 +386,28 @@ class RiskEngine:
         self._changed(st, now, "; ".join(reasons), "trade_report", firings, breaches, actions)
         return Outcome(st, actions=actions, firings=firings)
 
-    def report_positions(self, trader_id: str, account_id: str, positions: list[Position]) -> Outcome:
+    def report_positions(
+        self, trader_id: str, account_id: str, positions: list[Position], observed_at: float | None = None
+    ) -> Outcome:
+        """A snapshot of every open position, taken at `observed_at` (None or later than now: now); fills reported
+        after it keep counting apart (engine.orders.positions_reported)."""
         now = self.clock.now()
         st = self._get(trader_id, account_id)
         if self.journal is not None:
-            self.journal.append((now, "report_positions", (trader_id, account_id, positions)))
+            self.journal.append((now, "report_positions", (trader_id, account_id, positions, observed_at)))
         self._tick(st, now)
+        taken = now if observed_at is None or observed_at > now else observed_at
         st.positions = {(p.symbol, p.exchange): p for p in positions if p.quantity > 0.0}
         if st.orders or st.finished_orders:
-            orders.positions_reported(st)  # every fill reported so far is in these positions
+            orders.positions_reported(st, taken)  # every fill reported by `taken` is in these positions
         prices = self.prices
         for p in positions:
             if p.volatility > 0.0:
                 st.volatility[p.symbol] = p.volatility
-            known = prices.get(p.symbol)
-            if known is None or known.at <= now:
-                prices[p.symbol] = PriceMark(p.symbol, p.mark_price, now, p.exchange)
+            key = (account_id, p.symbol)
+            known = prices.get(key)
+            if known is None or known.at <= taken:
+                prices[key] = PriceMark(p.symbol, p.mark_price, taken, p.exchange)
         self.symbols_pruned += prune_symbols(st)
         limits = self.limits_for(account_id)
         firings = self._run_breakers(st, limits, now, [(p.symbol, p.exchange) for p in positions])
@@ -398,8 +418,8 @@ class RiskEngine:
         self._changed(st, now, "positions_report", firings=firings, actions=actions)
         return Outcome(st, actions=actions, firings=firings)
 
-    def report_prices(self, marks: Iterable[PriceMark]) -> int:
-        """Reference prices for the price collars (any trader's). A mark older than the one known for its symbol is
+    def report_prices(self, account_id: str, marks: Iterable[PriceMark]) -> int:
+        """Reference prices for the account's price collars. A mark older than the one known for its symbol is
         ignored; a time after now counts as now. Returns how many became the reference."""
         now = self.clock.now()
         prices = self.prices
@@ -407,11 +427,24 @@ class RiskEngine:
         for mark in marks:
             if mark.at > now:
                 mark = PriceMark(mark.symbol, mark.price, now, mark.exchange)
-            known = prices.get(mark.symbol)
+            key = (account_id, mark.symbol)
+            known = prices.get(key)
             if known is None or mark.at >= known.at:
-                prices[mark.symbol] = mark
+                prices[key] = mark
                 taken += 1
         return taken
+
+    def release_expired(self) -> int:
+        """Release, in every trader, the pending orders whose TTL passed (a timer calls it, so metrics and watchers
+        see a release without waiting for the trader's next call). Returns how many traders changed."""
+        now = self.clock.now()
+        changed = 0
+        for st in list(self.traders.values()):
+            if st.orders and now >= st.next_order_expiry:
+                before = st.version
+                self._release(st, now)
+                changed += st.version != before
+        return changed
 
     def report_order(
         self, trader_id: str, account_id: str, client_order_id: str, status: OrderStatus, filled: float,
@@ -469,8 +502,19 @@ class RiskEngine:
         st = self._get(trader_id, account_id)
         if self.journal is not None:
             self.journal.append((now, "reserve_order", (trader_id, account_id, order)))
-        if order.client_order_id in st.orders:
-            return
+        known = st.orders.get(order.client_order_id)
+        if known is not None:
+            if (known.symbol, known.side, known.quantity, known.price) == (
+                    order.symbol, order.side, order.quantity, order.price):
+                return
+            # A replay: the stored state holds another order under this id (the bot reused it while the state was
+            # loading). Both were allowed and both count: this one under a marked id.
+            renamed = f"{order.client_order_id}~replayed"
+            log.warning("replayed order %s of trader %s collides with a stored order of that id: kept as %s",
+                        order.client_order_id, trader_id, renamed)
+            order = replace(order, client_order_id=renamed)
+            if renamed in st.orders:
+                return
         self._tick(st, now)  # (a replay: a new day first, so the order counts in its own day's sums)
         st.finished_orders.pop(order.client_order_id, None)  # (a new order under a finished one's id)
         self._reserve(st, order, now)
@@ -602,9 +646,16 @@ class RiskEngine:
                         elif (would_deny and not enforce) or self._still_allowed(st, order, now, live.reducing):
                             return self._again(st, now, code, reason, would_deny), st
                 del answers[client_order_id]
-            if live is not None and not rejudge:  # pending, its answer not remembered (a restart since): a retry
+            if live is None:
+                done = st.finished_orders.get(client_order_id)
+                if done is not None:  # reports for the old order would land on a new one: refused
+                    raise OrderIdReusedError(
+                        f"client_order_id {client_order_id!r} names a finished order ({done.status.name} "
+                        f"{done.side.name} {done.quantity:g} {done.symbol}): a new order needs a new id")
+            elif not rejudge:  # pending, its answer not remembered (a restart since): a retry
                 if (live.symbol, live.side, live.quantity, live.price) != (
-                        order.symbol, order.side, order.quantity, order.price):
+                        order.symbol, order.side, order.quantity, order.price) or (
+                        order.exchange and order.exchange != live.exchange):
                     raise OrderIdReusedError(
                         f"client_order_id {client_order_id!r} names the pending order {live.side.name} "
                         f"{live.quantity:g} {live.symbol} at {live.price:g}: a new order needs a new id")
@@ -619,7 +670,7 @@ class RiskEngine:
         if cache is None or cache.version != st.version or cache.limits is not limits or cache.reducing is not reducing:
             cache = st.checks_cache = self._checks_cache(st, limits, now, order, reducing)
         order_results = None if order is None else checks.order_checks(st, order, limits, now, split,
-                                                                        self.prices.get(order.symbol))
+                                                                        self.prices.get((account_id, order.symbol)))
         actions = cache.actions
         times = st.order_times
         counted = False  # the order asked about counts in the order_rate windows while breakers look at it

@@ -21,6 +21,7 @@ of exposure, never an under-count, and never a "reducing" order that in truth op
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import replace
 
 from .state import FINISHED_ORDERS_KEPT, TraderState, VenuePending
@@ -46,28 +47,41 @@ def _count(st: TraderState, order: PendingOrder, sign: int) -> None:
         if sign < 0:
             return
         vp = st.pending[key] = VenuePending()
+        st.pending_venues.setdefault(order.symbol, set()).add(order.exchange)
     qty *= sign
+    notional = qty * order.price
     if order.side is _BUY:
         vp.buy += qty
-        vp.buy_notional += qty * order.price
+        vp.buy_notional += notional
+        st.pending_notional[0] += notional
     else:
         vp.sell += qty
-        vp.sell_notional += qty * order.price
+        vp.sell_notional += notional
+        st.pending_notional[1] += notional
     if is_open:
         vp.count += sign
     vp.entries += sign
     if vp.entries <= 0:
         del st.pending[key]
+        venues = st.pending_venues.get(order.symbol)
+        if venues is not None:
+            venues.discard(order.exchange)
+            if not venues:
+                del st.pending_venues[order.symbol]
 
 
 def rebuild_pending(st: TraderState) -> None:
     """Recompute the per-venue sums from the pending orders and the unreconciled fills (after a restore)."""
     st.pending = {}
+    st.pending_venues = {}
+    st.pending_notional = [0.0, 0.0]
     for order in st.orders.values():
         _count(st, order, 1)
     for order in st.finished_orders.values():
         if order.unreconciled > 0.0:
             _count(st, order, 1)
+    st.expiry_heap = [(o.expires_at, oid) for oid, o in st.orders.items()]
+    heapq.heapify(st.expiry_heap)
     st.next_order_expiry = next_expiry(st)
 
 
@@ -75,6 +89,11 @@ def add_order(st: TraderState, order: PendingOrder) -> None:
     """A newly allowed order starts counting."""
     st.orders[order.client_order_id] = order
     _count(st, order, 1)
+    _schedule(st, order)
+
+
+def _schedule(st: TraderState, order: PendingOrder) -> None:
+    heapq.heappush(st.expiry_heap, (order.expires_at, order.client_order_id))
     if order.expires_at < st.next_order_expiry:
         st.next_order_expiry = order.expires_at
 
@@ -129,12 +148,22 @@ def report(
     total = order.filled + new_fill
     avg = ((order.avg_price * order.filled + fill_price * new_fill) / total) if new_fill > 0.0 and total > 0.0 \
         else order.avg_price
+    if live is None and order.released and not status.final and total < order.quantity:
+        # Released by its TTL, but the bot says it is still working: it counts again.
+        _count(st, order, -1)
+        del st.finished_orders[client_order_id]
+        live = replace(order, status=status if status > OrderStatus.ALLOWED else OrderStatus.ACCEPTED, released=False,
+                       expires_at=now + ttl_s)
+        if new_fill > 0.0:
+            live = _filled(st, replace(live, filled=total, avg_price=avg, last_fill_at=now), new_fill, fill_price)
+        add_order(st, live)
+        return live, new_fill, True, False
     if live is None:  # finished: only a larger fill still counts
         if new_fill <= 0.0:
             return order, 0.0, False, False
         _count(st, order, -1)
-        updated = _filled(st, replace(order, filled=total, avg_price=avg, expires_at=now + ttl_s), new_fill,
-                          fill_price)
+        updated = _filled(st, replace(order, filled=total, avg_price=avg, expires_at=now + ttl_s, last_fill_at=now),
+                          new_fill, fill_price)
         st.finished_orders[client_order_id] = updated
         _count(st, updated, 1)
         return updated, new_fill, True, False
@@ -146,17 +175,19 @@ def report(
         if order.expires_at < now + ttl_s:
             order = replace(order, expires_at=now + ttl_s)
             st.orders[client_order_id] = order  # (the same quantities: the venue sums stand)
+            _schedule(st, order)
             return order, 0.0, False, True
         return order, 0.0, False, False
     _count(st, order, -1)
     updated = replace(order, filled=total, avg_price=avg, status=new_status, expires_at=now + ttl_s)
     if new_fill > 0.0:
-        updated = _filled(st, updated, new_fill, fill_price)
+        updated = _filled(st, replace(updated, last_fill_at=now), new_fill, fill_price)
     if updated.status.final:
         _finish(st, updated)
     else:
         st.orders[client_order_id] = updated
         _count(st, updated, 1)
+        _schedule(st, updated)
     return updated, new_fill, True, False
 
 
@@ -169,17 +200,22 @@ def _filled(st: TraderState, order: PendingOrder, qty: float, price: float) -> P
     return order
 
 
-def positions_reported(st: TraderState) -> None:
-    """A ReportPositions replaced the positions: every fill reported so far is in them. Unreconciled fills stop
-    counting, and every pending order is marked `reported` (its later fills may be in the positions too)."""
+def positions_reported(st: TraderState, observed_at: float) -> None:
+    """A ReportPositions replaced the positions with a snapshot taken at `observed_at`: it holds every fill
+    reported by then. An order whose latest fill was reported later keeps all its fills unreconciled (the snapshot
+    may hold none of them): they count as exposure, never as a position to reduce, until a later snapshot holds
+    them. Every order allowed by then is marked `reported`: its later fills may be in this snapshot too."""
     changed = False
     for oid, order in list(st.orders.items()):
-        if not order.reported or order.unreconciled:
-            st.orders[oid] = replace(order, reported=True, unreconciled=0.0)
+        keep = order.filled if order.last_fill_at > observed_at else 0.0
+        reported = order.reported or order.allowed_at <= observed_at
+        if reported != order.reported or keep != order.unreconciled:
+            st.orders[oid] = replace(order, reported=reported, unreconciled=keep)
             changed = True
     for oid, order in list(st.finished_orders.items()):
-        if order.unreconciled:
-            st.finished_orders[oid] = replace(order, unreconciled=0.0)
+        keep = order.filled if order.last_fill_at > observed_at else 0.0
+        if keep != order.unreconciled:
+            st.finished_orders[oid] = replace(order, unreconciled=keep)
             changed = True
     if changed:
         rebuild_pending(st)
@@ -188,17 +224,22 @@ def positions_reported(st: TraderState) -> None:
 def expire(st: TraderState, now: float) -> list[PendingOrder]:
     """Release the pending orders nothing was reported on in time (they stop counting). Returns them. (A released
     order's unreconciled fill still counts, until the next ReportPositions.)"""
-    gone = [o for o in st.orders.values() if o.expires_at <= now]
-    for order in gone:
+    heap, gone = st.expiry_heap, []
+    while heap and heap[0][0] <= now:
+        at, oid = heapq.heappop(heap)
+        order = st.orders.get(oid)
+        if order is None or order.expires_at != at:  # finished, or refreshed since (a later entry stands for it)
+            continue
         _count(st, order, -1)
-        _finish(st, replace(order, status=OrderStatus.EXPIRED))
+        _finish(st, replace(order, status=OrderStatus.EXPIRED, released=True))
+        gone.append(order)
     st.next_order_expiry = next_expiry(st)
     return gone
 
 
 def next_expiry(st: TraderState) -> float:
-    """When the next pending order is released (inf when none)."""
-    return min((o.expires_at for o in st.orders.values()), default=float("inf"))
+    """When the next pending order may be released (inf when none; earlier when a refreshed entry is first)."""
+    return st.expiry_heap[0][0] if st.expiry_heap else float("inf")
 
 
 def apply_fill(st: TraderState, order: PendingOrder, qty: float, price: float) -> None:

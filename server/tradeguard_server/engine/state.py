@@ -178,6 +178,14 @@ class TraderState(DerivedState[Pause]):
         default_factory=OrderedDict, repr=False, compare=False)
     halted_announced: bool = field(default=False, repr=False, compare=False)
     next_order_expiry: float = field(default=INF, repr=False, compare=False)  # the earliest pending expires_at
+    # (expires_at, client_order_id) of the pending orders, a heap; entries of orders since refreshed or finished
+    # are skipped when they come up (engine.orders.expire).
+    expiry_heap: list[tuple[float, str]] = field(default_factory=list, repr=False, compare=False)
+    # The exchanges on which each symbol has pending quantity (keys of `pending`, by symbol): a check of one symbol
+    # never walks every venue.
+    pending_venues: dict[str, set[str]] = field(default_factory=dict, repr=False, compare=False)
+    # The pending notional over every venue, [buy, sell] (the correlated exposure of an account-wide group).
+    pending_notional: list[float] = field(default_factory=lambda: [0.0, 0.0], repr=False, compare=False)
     # Circuit-breaker episodes in progress: breaker id -> the rule it fired under (see breakers.evaluator).
     breaker_episodes: dict[str, str] = field(default_factory=dict)
     updated_at: float = 0.0

@@ -196,8 +196,10 @@ class PendingOrder:
     # A ReportPositions came after the order was allowed: fills reported from then on may be in those positions.
     reported: bool = False
     # Filled quantity kept apart from the positions (engine.orders.report): it counts like pending quantity until
-    # the next ReportPositions.
+    # a ReportPositions holds it.
     unreconciled: float = 0.0
+    last_fill_at: float = 0.0  # when its latest fill was reported (0: none)
+    released: bool = False  # EXPIRED by its TTL (nothing reported), not by the bot: a live report revives it
 
     @property
     def remaining(self) -> float:

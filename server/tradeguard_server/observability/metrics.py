@@ -152,9 +152,9 @@ class _HistoryCollector(Collector):
 class OrderCounters(Protocol):
     """What the pending-order metrics read (the engine), at scrape time."""
 
-    orders_expired: int
-
     def pending_orders(self) -> int: ...
+
+    def orders_released(self) -> int: ...
 
 
 class _OrdersCollector(Collector):
@@ -172,7 +172,7 @@ class _OrdersCollector(Collector):
                                 value=self.engine.pending_orders())
         yield CounterMetricFamily("tradeguard_pending_orders_expired", "Pending orders released because nothing "
                                   "was reported on them for pending_order_ttl_seconds.",
-                                  value=self.engine.orders_expired)
+                                  value=self.engine.orders_released())
 
 
 class MetricsSink(Protocol):

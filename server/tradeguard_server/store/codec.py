@@ -90,13 +90,15 @@ def order_json(o: PendingOrder) -> Row:
     return {"client_order_id": o.client_order_id, "symbol": o.symbol, "exchange": o.exchange, "side": o.side.name,
             "quantity": o.quantity, "price": o.price, "allowed_at": o.allowed_at, "expires_at": o.expires_at,
             "filled": o.filled, "avg_price": o.avg_price, "status": o.status.name, "reducing": o.reducing,
-            "reported": o.reported, "unreconciled": o.unreconciled}
+            "reported": o.reported, "unreconciled": o.unreconciled, "last_fill_at": o.last_fill_at,
+            "released": o.released}
 
 
 def order_from_json(o: Mapping[str, Any]) -> PendingOrder:
     return PendingOrder(o["client_order_id"], o["symbol"], o["exchange"], Side[o["side"]], o["quantity"], o["price"],
                         o["allowed_at"], o["expires_at"], o["filled"], o["avg_price"], OrderStatus[o["status"]],
-                        bool(o["reducing"]), bool(o.get("reported", False)), float(o.get("unreconciled", 0.0)))
+                        bool(o["reducing"]), bool(o.get("reported", False)), float(o.get("unreconciled", 0.0)),
+                        float(o.get("last_fill_at", 0.0)), bool(o.get("released", False)))
 
 
 def _or(value: Any, default: Any) -> Any:

@@ -297,6 +297,7 @@ class ReportPositionsRequest(_message.Message):
     TRADER_ID_FIELD_NUMBER: _builtins.int
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     POSITIONS_FIELD_NUMBER: _builtins.int
+    OBSERVED_AT_FIELD_NUMBER: _builtins.int
     trader_id: _builtins.str
     """The trader id."""
     account_id: _builtins.str
@@ -305,16 +306,24 @@ class ReportPositionsRequest(_message.Message):
     def positions(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Position]:
         """Every open position; an empty list means flat."""
 
+    @_builtins.property
+    def observed_at(self) -> _timestamp_pb2.Timestamp:
+        """When the snapshot was taken (e.g. the venue's answer time); unset means now. Fills reported with ReportOrder
+        after this time are not in it: they keep counting (as exposure, never as a position to reduce) until a later
+        snapshot holds them. At most max_clock_skew_s ahead of the sidecar's clock.
+        """
+
     def __init__(
         self,
         *,
         trader_id: _builtins.str = ...,
         account_id: _builtins.str = ...,
         positions: _abc.Iterable[_types_pb2.Position] | None = ...,
+        observed_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["observed_at", b"observed_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "positions", b"positions", "trader_id", b"trader_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "observed_at", b"observed_at", "positions", b"positions", "trader_id", b"trader_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

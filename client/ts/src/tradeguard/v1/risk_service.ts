@@ -157,6 +157,12 @@ export interface ReportPositionsRequest {
   accountId: string;
   /** Every open position; an empty list means flat. */
   positions: Position[];
+  /**
+   * When the snapshot was taken (e.g. the venue's answer time); unset means now. Fills reported with ReportOrder
+   * after this time are not in it: they keep counting (as exposure, never as a position to reduce) until a later
+   * snapshot holds them. At most max_clock_skew_s ahead of the sidecar's clock.
+   */
+  observedAt?: Date | undefined;
 }
 
 /** ReportPositionsResponse returns the updated state. */
@@ -1204,7 +1210,7 @@ export const ReportTradeResponse: MessageFns<ReportTradeResponse> = {
 };
 
 function createBaseReportPositionsRequest(): ReportPositionsRequest {
-  return { traderId: "", accountId: "", positions: [] };
+  return { traderId: "", accountId: "", positions: [], observedAt: undefined };
 }
 
 export const ReportPositionsRequest: MessageFns<ReportPositionsRequest> = {
@@ -1217,6 +1223,9 @@ export const ReportPositionsRequest: MessageFns<ReportPositionsRequest> = {
     }
     for (const v of message.positions) {
       Position.encode(v!, writer.uint32(26).fork()).join();
+    }
+    if (message.observedAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.observedAt), writer.uint32(34).fork()).join();
     }
     return writer;
   },
@@ -1258,6 +1267,14 @@ export const ReportPositionsRequest: MessageFns<ReportPositionsRequest> = {
             message.positions.push(Position.decode(reader, reader.uint32()));
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.observedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1285,6 +1302,11 @@ export const ReportPositionsRequest: MessageFns<ReportPositionsRequest> = {
       positions: globalThis.Array.isArray(object?.positions)
         ? object.positions.map((e: any) => Position.fromJSON(e))
         : [],
+      observedAt: isSet(object.observedAt)
+        ? fromJsonTimestamp(object.observedAt)
+        : isSet(object.observed_at)
+        ? fromJsonTimestamp(object.observed_at)
+        : undefined,
     };
   },
 
@@ -1299,6 +1321,9 @@ export const ReportPositionsRequest: MessageFns<ReportPositionsRequest> = {
     if (message.positions?.length) {
       obj.positions = message.positions.map((e) => Position.toJSON(e));
     }
+    if (message.observedAt !== undefined) {
+      obj.observedAt = message.observedAt.toISOString();
+    }
     return obj;
   },
 
@@ -1310,6 +1335,7 @@ export const ReportPositionsRequest: MessageFns<ReportPositionsRequest> = {
     message.traderId = object.traderId ?? "";
     message.accountId = object.accountId ?? "";
     message.positions = object.positions?.map((e) => Position.fromPartial(e)) || [];
+    message.observedAt = object.observedAt ?? undefined;
     return message;
   },
 };
