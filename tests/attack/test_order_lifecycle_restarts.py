@@ -53,7 +53,9 @@ def sell(qty: float, exchange: str = "binance") -> dict[str, Any]:
 # ---- the database down at start ---------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="known limit (README Orders): while the stored state loads, 'reducing' is judged on memory alone, without the stored pending orders")
+@pytest.mark.xfail(strict=True, reason=(
+    "known limit (README Orders): while the stored state loads, 'reducing' "
+    'is judged on memory alone, without the stored pending orders'))
 async def test_a_reducing_order_allowed_before_the_stored_pending_orders_load_is_judged_with_them(pg_url: str) -> None:
     """Stored: long 0.01 on binance and a pending SELL 0.01 (o-1) that closes it. Restart with the database down
     (unloaded_state_policy reduce_only). SELL 0.01 (o-2) looks reducing to memory, but with o-1 counted it is a
@@ -192,7 +194,9 @@ async def test_after_a_restart_past_the_ttl_no_stale_pending_order_is_shown_or_c
 # ---- what a restart forgets ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="known limit (README Orders): the fill throttle's window is memory only, like the order-rate windows")
+@pytest.mark.xfail(strict=True, reason=(
+    "known limit (README Orders): the fill throttle's window is memory "
+    'only, like the order-rate windows'))
 async def test_the_fill_throttle_still_counts_the_fills_before_a_restart(tmp_path: Path, clock: ManualClock) -> None:
     """max_fills_per_window 3 in 60 s (RTS 6 15(3)): two fills, a restart, two more fills within the minute are
     four fills in the window and must halt, as without the restart (the README names only the order-rate windows
@@ -286,7 +290,9 @@ async def test_a_halt_while_the_stored_state_loads_tells_watchers_to_cancel_the_
     assert ["o-1", "o-2"] in [sorted(ids) for ids in got], f"watch got cancel_all_orders {got}"
 
 
-@pytest.mark.xfail(strict=True, reason='known limit (README Orders): the duplicate-order window is memory only')
+@pytest.mark.xfail(strict=True, reason=(
+    'known limit (README Orders): the duplicate-order window is memory '
+    'only'))
 async def test_the_duplicate_order_window_still_holds_across_a_restart(tmp_path: Path, clock: ManualClock) -> None:
     """duplicate_order_window_ms 60,000 (15c3-5 duplicative orders): the same order 5 s later is a duplicate,
     also when the sidecar restarted in between (a crash loop would otherwise let every duplicate through)."""

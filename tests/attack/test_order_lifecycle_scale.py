@@ -131,7 +131,9 @@ async def test_pending_orders_on_many_symbols_do_not_slow_every_can_trade(clock:
     assert p50_heavy < 2 * p50_lean, "every CanTrade walks every symbol with a pending order"
 
 
-@pytest.mark.xfail(strict=True, reason="known limit (README Orders): a history row holds the whole pending list when it changed since the trader's last row")
+@pytest.mark.xfail(strict=True, reason=(
+    'known limit (README Orders): a history row holds the whole pending '
+    "list when it changed since the trader's last row"))
 async def test_history_rows_do_not_copy_every_pending_order_on_every_audited_change(
     tmp_path: Path, clock: ManualClock
 ) -> None:
