@@ -643,7 +643,8 @@ class RiskEngine:
                     if live is not None:
                         if would_deny and enforce:
                             rejudge = True
-                        elif (would_deny and not enforce) or self._still_allowed(st, order, now, live.reducing):
+                        elif (would_deny and not enforce) or self._still_allowed(
+                                st, order, now, self._reduces_now(st, order, live)):
                             return self._again(st, now, code, reason, would_deny), st
                 del answers[client_order_id]
             if live is None:
@@ -659,7 +660,7 @@ class RiskEngine:
                     raise OrderIdReusedError(
                         f"client_order_id {client_order_id!r} names the pending order {live.side.name} "
                         f"{live.quantity:g} {live.symbol} at {live.price:g}: a new order needs a new id")
-                if self._still_allowed(st, order, now, live.reducing):
+                if self._still_allowed(st, order, now, self._reduces_now(st, order, live)):
                     return self._again(st, now, _ALLOWED,
                                        f"already allowed: order {client_order_id} is {live.status.name}", False), st
         self._tick(st, now)
@@ -740,6 +741,17 @@ class RiskEngine:
         pause = st.effective_pause(now) if st.pauses else None
         return Decision(True, code, reason, _ACTIVE if pause is None else pause.state,
                         None if pause is None else pause.until, would_deny=would_deny)
+
+    @staticmethod
+    def _reduces_now(st: TraderState, order: OrderIntent, live: PendingOrder) -> bool:
+        """Whether a pending order asked about again only reduces, judged on today's positions without its own
+        reservation (counted, it would make a closing order look like one that adds; a position gone since makes
+        it add)."""
+        orders.uncount(st, live)
+        try:
+            return checks.split_order(st, order).adding == 0.0
+        finally:
+            orders.recount(st, live)
 
     def _still_allowed(self, st: TraderState, order: OrderIntent, now: float, reducing: bool) -> bool:
         """May a pending order's "allowed" be answered again? Not when a pause since then forbids the order, nor when

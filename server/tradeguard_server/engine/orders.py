@@ -70,6 +70,15 @@ def _count(st: TraderState, order: PendingOrder, sign: int) -> None:
                 del st.pending_venues[order.symbol]
 
 
+def uncount(st: TraderState, order: PendingOrder) -> None:
+    """Take an order's contribution out of the venue sums for a moment (put it back with `recount`)."""
+    _count(st, order, -1)
+
+
+def recount(st: TraderState, order: PendingOrder) -> None:
+    _count(st, order, 1)
+
+
 def rebuild_pending(st: TraderState) -> None:
     """Recompute the per-venue sums from the pending orders and the unreconciled fills (after a restore)."""
     st.pending = {}
