@@ -1,0 +1,211 @@
+"""JSON <-> protobuf for the HTTP routes (AIP-127 / proto3 JSON, the seeds' snake_case names).
+
+Request: path variables, then the body (`*`: the whole request; a field name: that field, e.g. the seed's bare
+`config_data` dict posted to /api/risk/configurations is the `config`), then the query string for the fields left
+(`?account_id=a&page_size=10`, dotted names for nested fields, repeated by repeating the key). Unknown fields are
+refused, as a gRPC client's unknown field would be meaningless. Enums by name or by number.
+Response: every field, defaults included (a denial says `"allowed": false`), enums by name, snake_case.
+Errors: google.rpc.Status as JSON, with the HTTP status mapped from its gRPC code (the mapping grpc-gateway and
+Envoy use).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import grpc
+from google.protobuf import json_format, message_factory
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
+from google.rpc import status_pb2
+
+from ..api.errors import InvalidArgument
+from .routes import Route, message_of
+
+# grpc-gateway's HTTPStatusFromCode (runtime/errors.go) and Envoy's grpc_json_transcoder agree on this table.
+HTTP_STATUS = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+}
+CODE_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+MAX_JSON_DEPTH = 64
+_WKT_AS_STRING = frozenset({
+    "google.protobuf.Timestamp", "google.protobuf.Duration", "google.protobuf.FieldMask",
+})
+_INTS = frozenset({
+    FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT32, FieldDescriptor.TYPE_UINT64,
+    FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_SINT64, FieldDescriptor.TYPE_FIXED32,
+    FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED32, FieldDescriptor.TYPE_SFIXED64,
+})
+
+
+def http_status(code: grpc.StatusCode) -> int:
+    return HTTP_STATUS.get(code, 500)
+
+
+def message_class(descriptor: Descriptor) -> type[Message]:
+    return message_factory.GetMessageClass(descriptor)
+
+
+def to_json(message: Message) -> dict[str, Any]:
+    """A message as the seeds' JSON: snake_case, every field (defaults too), enums by name; the top-level keys in
+    the proto's field order (`allowed` first in a CanTrade answer, as a reader expects)."""
+    data = json_format.MessageToDict(message, preserving_proto_field_name=True,
+                                     always_print_fields_with_no_presence=True)
+    if message.DESCRIPTOR.full_name.startswith("google.protobuf."):
+        return data  # well-known types have a JSON form of their own
+    return {name: data[name] for name in _field_names(message.DESCRIPTOR) if name in data}
+
+
+def _field_names(descriptor: Descriptor) -> tuple[str, ...]:
+    names = _FIELD_ORDER.get(descriptor.full_name)
+    if names is None:
+        names = _FIELD_ORDER[descriptor.full_name] = tuple(f.name for f in descriptor.fields)
+    return names
+
+
+_FIELD_ORDER: dict[str, tuple[str, ...]] = {}
+
+
+def dumps(data: Any) -> bytes:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def status_json(status: status_pb2.Status) -> dict[str, Any]:
+    return to_json(status)
+
+
+def status_of(code: grpc.StatusCode, message: str, details: Iterable[Any] = ()) -> status_pb2.Status:
+    status = status_pb2.Status(code=code.value[0], message=message)
+    status.details.extend(details)
+    return status
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of parsed JSON, stopping past `limit` (a deeply nested body is refused, not recursed into)."""
+    stack = [(value, 1)]
+    deepest = 0
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return depth
+        deepest = max(deepest, depth)
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return deepest
+
+
+def parse_body(raw: bytes) -> Any:
+    """The request body as JSON (an empty body is {}); INVALID_ARGUMENT when it is not JSON."""
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidArgument([("body", f"not valid JSON: {exc}")]) from None
+    if _depth(data, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise InvalidArgument([("body", f"JSON nested deeper than {MAX_JSON_DEPTH} levels")])
+    return data
+
+
+def _query_value(field: FieldDescriptor, name: str, raw: str) -> Any:
+    if field.type == FieldDescriptor.TYPE_BOOL:
+        lowered = raw.strip().lower()
+        if lowered in ("true", "1"):
+            return True
+        if lowered in ("false", "0"):
+            return False
+        raise InvalidArgument([(name, f"expected true or false, got {raw!r}")])
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        return int(raw) if raw.strip().lstrip("-").isdigit() else raw
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        if message_of(field).full_name in _WKT_AS_STRING:
+            return raw
+        raise InvalidArgument([(name, "a message field: give its fields as name.field=value")])
+    return raw  # strings, and numbers as text: json_format parses them by the field's type
+
+
+def query_fields(descriptor: Descriptor, query: Iterable[tuple[str, str]], taken: set[str]) -> dict[str, Any]:
+    """The query string as a dict for json_format (dotted names are nested fields)."""
+    out: dict[str, Any] = {}
+    for name, raw in query:
+        parts = name.split(".")
+        if parts[0] in taken:
+            raise InvalidArgument([(name, "given in the path or the body already")])
+        target, desc = out, descriptor
+        for i, part in enumerate(parts):
+            field = desc.fields_by_name.get(part)
+            if field is None:
+                raise InvalidArgument([(name, f"no such field in {desc.full_name}")])
+            last = i == len(parts) - 1
+            if not last:
+                if field.type != FieldDescriptor.TYPE_MESSAGE or field.is_repeated:
+                    raise InvalidArgument([(name, f"{part} is not a message field")])
+                child = target.setdefault(part, {})
+                if not isinstance(child, dict):
+                    raise InvalidArgument([(name, "given twice")])
+                target, desc = child, message_of(field)
+                continue
+            value = _query_value(field, name, raw)
+            if field.is_repeated:
+                target.setdefault(part, []).append(value)
+            elif part in target:
+                raise InvalidArgument([(name, "given twice (only repeated fields repeat)")])
+            else:
+                target[part] = value
+    return out
+
+
+def build_request(route: Route, params: Mapping[str, str], query: Iterable[tuple[str, str]], raw_body: bytes
+                  ) -> Message:
+    """The gRPC request of this route from path parameters, body and query string (INVALID_ARGUMENT if wrong)."""
+    descriptor = route.method.input_type
+    request = message_class(descriptor)()
+    data: dict[str, Any] = {}
+    taken = set(params)
+    if route.body == "*":
+        body = parse_body(raw_body)
+        if not isinstance(body, dict):
+            raise InvalidArgument([("body", f"expected a JSON object ({descriptor.full_name})")])
+        for name, value in params.items():
+            if name in body and body[name] != value:
+                raise InvalidArgument([(name, f"the path says {value!r}, the body {body[name]!r}")])
+        data.update(body)
+        query = list(query)
+        if query:  # AIP-127: with body "*" every field is in the body or the path
+            raise InvalidArgument([(query[0][0], "this route reads no query parameters: put it in the JSON body")])
+    elif route.body:
+        body = parse_body(raw_body)
+        if not isinstance(body, dict):
+            field_type = message_of(descriptor.fields_by_name[route.body]).full_name
+            raise InvalidArgument([(route.body, f"expected a JSON object ({field_type})")])
+        data[route.body] = body
+        taken.add(route.body)
+    data.update(query_fields(descriptor, query, taken))
+    data.update(params)
+    try:
+        json_format.ParseDict(data, request)
+    except json_format.ParseError as exc:
+        raise InvalidArgument([(route.body if route.body not in ("", "*") else "request", str(exc))]) from None
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise InvalidArgument([("request", f"cannot be read as {descriptor.full_name}: {exc}")]) from None
+    return request
