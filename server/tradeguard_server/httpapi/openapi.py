@@ -144,17 +144,20 @@ def _operation(schemas: _Schemas, route: Route, index: int) -> dict[str, Any]:
     ]
     if route.body == "*":
         body_schema = schemas.object(request, skip=route.variables)
-        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body_schema}}}
+        op["requestBody"] = {"required": False, "content": {"application/json": {"schema": body_schema}}}
     elif route.body:
         field = request.fields_by_name[route.body]
-        op["requestBody"] = {"required": True,
+        op["requestBody"] = {"required": False,  # an empty body reads as {} (then validated as over gRPC)
                              "content": {"application/json": {"schema": schemas.message(message_of(field))}}}
         params += _query_parameters(schemas, request, {*route.variables, route.body})
     else:
         params += _query_parameters(schemas, request, set(route.variables))
     if params:
         op["parameters"] = params
-    response = schemas.message(method.output_type)
+    if route.response_body:
+        response = schemas.field(method.output_type.fields_by_name[route.response_body])
+    else:
+        response = schemas.message(method.output_type)
     if route.streaming:
         ok = {"description": f"server-sent events: each `data:` line is one {method.output_type.full_name} "
                              "as JSON", "content": {"text/event-stream": {"schema": {"type": "string"}}}}

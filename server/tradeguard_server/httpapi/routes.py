@@ -3,7 +3,8 @@
 The proto is the one mapping: nothing here names a path. Each binding (the rule and its additional_bindings)
 becomes a `Route`; `Router` matches a method and a path against them. The template grammar supported is the part
 AIP-127 recommends and our protos use: literal segments and single-segment variables (`{field}`) naming a field of
-the request message. Anything else (`{x=**}`, `:verb`, nested fields) is refused at start, never served half-way.
+the request message; `body` and `response_body` name top-level fields. Anything else (`{x=**}`, `:verb`, nested
+fields) is refused at start, never served half-way.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class Route:
     segments: tuple[str, ...]  # literal text, or "{field}" for a variable
     variables: tuple[str, ...]  # the path's field names, in order
     body: str  # "" (no body), "*" (the whole request) or a top-level field name
+    response_body: str  # "" (the whole response) or the response field answered alone (the seeds' bare objects)
     service: str  # full service name, e.g. tradeguard.v1.AdminService
     method: MethodDescriptor
     primary: bool  # the rule itself (False: one of its additional_bindings)
@@ -97,10 +99,11 @@ def _route(rule: http_pb2.HttpRule, method: MethodDescriptor, primary: bool) -> 
             raise RouteError(f"{where}: body {body!r} is not a message field of {request.full_name}")
     if body and kind == "get":
         raise RouteError(f"{where}: GET takes no body")
-    if rule.response_body:
-        raise RouteError(f"{where}: response_body is not served")
-    return Route(kind.upper(), template, tuple(segments), tuple(variables), body, method.containing_service.full_name,
-                 method, primary)
+    if rule.response_body and rule.response_body not in method.output_type.fields_by_name:
+        raise RouteError(f"{where}: response_body {rule.response_body!r} is not a field of "
+                         f"{method.output_type.full_name}")
+    return Route(kind.upper(), template, tuple(segments), tuple(variables), body, rule.response_body,
+                 method.containing_service.full_name, method, primary)
 
 
 def routes_of(services: Iterable[ServiceDescriptor]) -> list[Route]:

@@ -59,9 +59,8 @@ class HttpApi:
         self.metrics_text = metrics_text
         self.openapi = dumps(openapi_document(routes, version=version))
         self.tracer = None if tracer_provider is None else tracer_provider.get_tracer("tradeguard.http")
-        self.app = web.Application(client_max_size=max_body_bytes)
-        self.app.router.add_route("*", "/{tail:.*}", self.handle)
-        self.runner: web.AppRunner | None = None
+        self.max_body_bytes = max_body_bytes
+        self.runner: web.ServerRunner | None = None
         self.address = ""
         self.streams: set[asyncio.Task[Any]] = set()
 
@@ -70,8 +69,10 @@ class HttpApi:
     async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None,
                     shutdown_timeout: float = 5.0) -> str:
         """Listen on host:port (0 = any free port); returns the bound host:port."""
-        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=shutdown_timeout,
-                               handler_cancellation=False)
+        # aiohttp's low-level server: every request reaches `handle` (no second router: ours is the proto's).
+        server = web.Server(self.handle, request_factory=self._request, handler_cancellation=False,
+                            access_log=None)
+        runner = web.ServerRunner(server, shutdown_timeout=shutdown_timeout)
         await runner.setup()
         site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_address=True)
         try:
@@ -93,7 +94,11 @@ class HttpApi:
 
     # ---- requests -------------------------------------------------------------------------------
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    def _request(self, message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> web.BaseRequest:
+        return web.BaseRequest(message, payload, protocol, writer, task, asyncio.get_running_loop(),
+                               client_max_size=self.max_body_bytes)
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         raw_path = request.rel_url.raw_path
         match = self.router.match(request.method, raw_path)
         if match is None:
@@ -109,7 +114,7 @@ class HttpApi:
         ):
             return await self._call(request, match)
 
-    async def _call(self, request: web.Request, match: Match) -> web.StreamResponse:
+    async def _call(self, request: web.BaseRequest, match: Match) -> web.StreamResponse:
         route = match.route
         handler = self.handlers[route.grpc_path]
         ctx = HttpContext(request.headers, peer_text(request.transport.get_extra_info("peername")
@@ -130,14 +135,17 @@ class HttpApi:
             reply = await handler.unary_unary(raw, ctx)  # type: ignore[misc,arg-type]  # as gRPC calls it
         except Aborted as aborted:
             return self._error(aborted.status, aborted.code)
-        return web.Response(body=dumps(to_json(reply)), content_type=JSON, headers=ctx.headers())
+        payload = to_json(reply)
+        if route.response_body:  # the seeds' paths answer the bare object or list
+            payload = payload.get(route.response_body, {})
+        return web.Response(body=dumps(payload), content_type=JSON, headers=ctx.headers())
 
     def _error(self, status: Any, code: grpc.StatusCode, http: int | None = None) -> web.Response:
         headers = {"WWW-Authenticate": "Bearer"} if code == grpc.StatusCode.UNAUTHENTICATED else None
         return web.Response(body=dumps(status_json(status)), status=http or http_status(code), content_type=JSON,
                             headers=headers)
 
-    async def _other(self, request: web.Request, raw_path: str) -> web.StreamResponse:
+    async def _other(self, request: web.BaseRequest, raw_path: str) -> web.StreamResponse:
         """The operational paths, else 405 (a known path, another method) or 404."""
         path = raw_path.rstrip("/") or "/"
         if request.method in ("GET", "HEAD"):
@@ -166,7 +174,7 @@ class HttpApi:
 
     # ---- server-sent events (WatchRiskState) ----------------------------------------------------
 
-    async def _stream(self, request: web.Request, handler: grpc.RpcMethodHandler[Any, Any], raw: bytes,
+    async def _stream(self, request: web.BaseRequest, handler: grpc.RpcMethodHandler[Any, Any], raw: bytes,
                       ctx: HttpContext) -> web.StreamResponse:
         items = cast(AsyncIterator[Message], handler.unary_stream(raw, ctx))  # type: ignore[misc,arg-type]
         try:

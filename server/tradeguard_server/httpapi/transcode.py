@@ -69,9 +69,10 @@ def to_json(message: Message) -> dict[str, Any]:
     the proto's field order (`allowed` first in a CanTrade answer, as a reader expects)."""
     data = json_format.MessageToDict(message, preserving_proto_field_name=True,
                                      always_print_fields_with_no_presence=True)
-    if message.DESCRIPTOR.full_name.startswith("google.protobuf."):
+    descriptor: Descriptor = message.DESCRIPTOR  # type: ignore[assignment]  # upb's Descriptor is the same API
+    if descriptor.full_name.startswith("google.protobuf."):
         return data  # well-known types have a JSON form of their own
-    return {name: data[name] for name in _field_names(message.DESCRIPTOR) if name in data}
+    return {name: data[name] for name in _field_names(descriptor) if name in data}
 
 
 def _field_names(descriptor: Descriptor) -> tuple[str, ...]:
