@@ -69,7 +69,7 @@ class _Schemas:
 
     def object(self, desc: Descriptor, skip: Iterable[str] = ()) -> dict[str, Any]:
         skipped = set(skip)
-        properties = {f.name: self.field(f) for f in desc.fields if f.name not in skipped}
+        properties = {f.name: _nullable(self.field(f)) for f in desc.fields if f.name not in skipped}
         return {"type": "object", "properties": properties, "additionalProperties": False}
 
     def field(self, field: FieldDescriptor) -> dict[str, Any]:
@@ -104,6 +104,15 @@ class _Schemas:
         if t == FieldDescriptor.TYPE_BYTES:
             return {"type": "string", "format": "byte"}
         return {"type": "string"}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    """proto3 JSON reads `null` as the field's default (unset): every property may be null in a request."""
+    if "$ref" in schema:
+        return {"allOf": [schema], "nullable": True}
+    if not schema or schema.get("description") == "any JSON value":
+        return schema
+    return {**schema, "nullable": True}
 
 
 def _query_parameters(schemas: _Schemas, desc: Descriptor, skip: set[str], prefix: str = "",

@@ -13,11 +13,13 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, cast
 
 import grpc
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from google.protobuf.message import Message
 
 from ..api.errors import ApiError
@@ -32,6 +34,18 @@ JSON = "application/json"
 SSE_HEARTBEAT_S = 15.0  # a comment line this often: proxies keep the stream, a gone client is noticed
 Ready = Callable[[], Awaitable[bool]]
 MetricsText = Callable[[], tuple[bytes, str]]
+
+
+class _ProtocolLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's connection log: a malformed request (aiohttp answers it 400 itself) is one debug line, not an
+    ERROR with a traceback that any client could fill the log with; anything else is logged as aiohttp does."""
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
+        if isinstance(exc, HttpProcessingError):
+            self.logger.debug("malformed HTTP request answered %s: %s", exc.code, str(exc).splitlines()[0])
+            return
+        self.logger.error(msg, *args, exc_info=exc_info, **kwargs)
 
 
 def _common_name(transport: Any) -> str:
@@ -71,7 +85,7 @@ class HttpApi:
         """Listen on host:port (0 = any free port); returns the bound host:port."""
         # aiohttp's low-level server: every request reaches `handle` (no second router: ours is the proto's).
         server = web.Server(self.handle, request_factory=self._request, handler_cancellation=False,
-                            access_log=None)
+                            access_log=None, logger=_ProtocolLog(log, {}))
         runner = web.ServerRunner(server, shutdown_timeout=shutdown_timeout)
         await runner.setup()
         site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_address=True)
