@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from google.api import annotations_pb2, http_pb2
-from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf import descriptor_pb2, descriptor_pool, json_format
+from google.protobuf.message import Message
 
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import risk_service_pb2 as rs
+from tradeguard.v1 import types_pb2 as t
 from tradeguard_server.api.errors import InvalidArgument
 from tradeguard_server.httpapi import served_routes
 from tradeguard_server.httpapi.routes import RouteError, Router, routes_of
-from tradeguard_server.httpapi.transcode import build_request
+from tradeguard_server.httpapi.transcode import build_request, to_json
 
 
 def router() -> Router:
@@ -75,3 +79,34 @@ def test_an_annotation_the_router_cannot_serve_is_refused_at_start() -> None:
     pool.AddSerializedFile(proto.SerializeToString())
     with pytest.raises(RouteError, match="unsupported path variable"):
         routes_of([pool.FindServiceByName("x.S")])
+
+
+def _rich_messages() -> list[Message]:
+    state = t.RiskState(trader_id="bot-1", account_id="a", current_equity=float("nan"), daily_pnl=-1.5,
+                        trading_state=t.TRADING_STATE_REDUCING, daily_orders=7, pause_code=999)  # 999: unknown enum
+    state.paused_until.GetCurrentTime()
+    state.positions.add(symbol="BTCUSDT", side=t.SIDE_SELL, quantity=float("inf"), leverage=float("-inf"))
+    state.pending_orders.add(client_order_id="o-1", status=t.ORDER_STATUS_ACCEPTED).expires_at.FromSeconds(5)
+    answer = rs.CanTradeResponse(allowed=True, code=t.DECISION_CODE_ALLOWED, state=state)
+    answer.checks.add(name="equity_reported", status=t.CHECK_STATUS_PASS, value=1.0)
+    answer.actions.add(type=t.ACTION_TYPE_CLOSE_POSITION, client_order_ids=["x", "y"])
+    config = t.RiskConfiguration(config_id="c", account_id="a", is_active=True, max_open_orders=0,
+                                 allowed_symbols=["BTCUSDT"])
+    config.market_regime_thresholds.update({"high": 0.5, "levels": [1, "two", None], "nested": {"x": True}})
+    config.symbol_configs.add(symbol="ETHUSDT", max_leverage=5)
+    config.trading_windows.add(weekdays=[1, 2], start="09:00", end="17:00")
+    breaker = t.CircuitBreaker(id="b", name="n", condition="max_drawdown", action="alert")
+    breaker.parameters.update({"threshold": 0.1})
+    watch = rs.WatchRiskStateResponse(state=state, skipped_updates=3)
+    pause = ad.PauseTradingRequest(trader_id="t", trading_state=t.TRADING_STATE_HALTED)
+    pause.duration.FromSeconds(90)
+    status = InvalidArgument([("order.quantity", "must be > 0")]).to_status()
+    return [answer, config, breaker, watch, pause, status, rs.CanTradeResponse(), t.FeatureFlags(),
+            t.FeatureFlags(enable_persistence=False)]
+
+
+@pytest.mark.parametrize("message", _rich_messages(), ids=lambda m: type(m).__name__)
+def test_the_compiled_json_encoder_writes_what_json_format_writes(message: Message) -> None:
+    expected = json_format.MessageToDict(message, preserving_proto_field_name=True,
+                                         always_print_fields_with_no_presence=True)
+    assert json.loads(json.dumps(to_json(message))) == json.loads(json.dumps(expected))
