@@ -391,3 +391,30 @@ async def test_openapi_document_is_valid_and_has_every_binding_of_the_proto() ->
     assert seeds <= {(m, p) for p, ops in doc["paths"].items() for m in ops}
     rpcs = {r.method.full_name for r in served_routes() if r.template.startswith("/v1/")}
     assert len(rpcs) == 8 + 19  # every RiskService and AdminService RPC under /v1/
+
+
+async def test_an_http_call_is_a_server_span_continuing_the_callers_traceparent() -> None:
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from tradeguard_server.observability.tracing import setup_tracing
+
+    exporter = InMemorySpanExporter()
+    sidecar = Sidecar(load_settings({}, {"listen": "127.0.0.1:0", "http_listen": "127.0.0.1:0", "tracing": True,
+                                         "enable_persistence": False, "uvloop": False, "metrics_listen": "",
+                                         "dev_open_admin": True, "database_url": "memory"}))
+    sidecar.tracing = setup_tracing(processor=SimpleSpanProcessor(exporter))
+    await sidecar.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            http = Http(session, sidecar.http_address)
+            traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+            status, _, _ = await http("POST", "/v1/risk/can-trade", {"trader_id": "bot-1", "account_id": "acct-1"},
+                                      headers={"traceparent": traceparent})
+            assert status == 200
+    finally:
+        await sidecar.stop()
+    spans = [s for s in exporter.get_finished_spans() if s.name == "tradeguard.v1.RiskService/CanTrade"]
+    assert len(spans) == 1
+    assert format(spans[0].context.trace_id, "032x") == "0af7651916cd43dd8448eb211c80319c"
+    assert spans[0].attributes is not None and spans[0].attributes["http.route"] == "/v1/risk/can-trade"
