@@ -24,6 +24,7 @@ packages=(
   golang-google-grpc-dev
   golang-google-protobuf-dev
   golang-github-golang-protobuf-1-5-dev
+  golang-google-genproto-dev  # google/api/annotations (the HTTP mapping of the protos)
   protoc-gen-go
   protoc-gen-go-grpc
 )

@@ -88,7 +88,8 @@ def controls_config() -> Any:
 
 def build(with_breakers: bool) -> tuple[Sidecar, str]:
     """A Sidecar object (not started: no sockets) with the benchmark workload installed."""
-    settings = load_settings({}, {"enable_persistence": False, "metrics_listen": "", "listen": "127.0.0.1:0"})
+    settings = load_settings({}, {"enable_persistence": False, "metrics_listen": "", "http_listen": "",
+                                   "listen": "127.0.0.1:0"})
     sc = Sidecar(settings, clock=SteppingClock())
     engine = sc.engine
     engine.set_account_limits(lg.ACCOUNT, limits_from_config(controls_config(), engine.defaults))

@@ -31,9 +31,9 @@ for extra in (ROOT / "server", ROOT / "client" / "python"):
         sys.path.insert(0, str(extra))
 
 CONFIGS: dict[str, dict[str, Any]] = {
-    "off": {"metrics_listen": "", "tracing": False},
-    "metrics": {"metrics_listen": "127.0.0.1:0", "tracing": False},
-    "metrics+tracing": {"metrics_listen": "127.0.0.1:0", "tracing": True},
+    "off": {"metrics_listen": "", "http_listen": "", "tracing": False},
+    "metrics": {"metrics_listen": "127.0.0.1:0", "http_listen": "", "tracing": False},
+    "metrics+tracing": {"metrics_listen": "127.0.0.1:0", "http_listen": "", "tracing": True},
 }
 
 

@@ -139,7 +139,7 @@ class ScenarioReport:
 
 
 def _sidecar_args(sc: Scenario, db: str | None) -> list[str]:
-    args = ["--metrics-listen", "127.0.0.1:0" if sc.metrics else ""]
+    args = ["--metrics-listen", "127.0.0.1:0" if sc.metrics else "", "--http-listen", ""]
     args += ["--uvloop" if sc.uvloop else "--no-uvloop"]
     if sc.tracing:
         args.append("--tracing")
@@ -428,7 +428,8 @@ def run_outage(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         port = proxy.start()
         stack.callback(proxy.close)
         sidecar = lg.start_sidecar(workdir, "outage-sidecar", "127.0.0.1:0",
-                                   ["--database-url", pg_url(db, port), "--metrics-listen", "127.0.0.1:0"])
+                                   ["--database-url", pg_url(db, port), "--metrics-listen", "127.0.0.1:0",
+                                    "--http-listen", ""])
         stack.callback(sidecar.stop)
         prepared = lg.prepare(sidecar.address, config=True, breaker_count=100, with_order=True)
         out["notes"] = list(prepared.notes)

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with contextlib.ExitStack() as stack:
             db = None if args.memory else stack.enter_context(fresh_database())
-            sidecar_args = ["--metrics-listen", "127.0.0.1:0" if args.metrics else ""]
+            sidecar_args = ["--metrics-listen", "127.0.0.1:0" if args.metrics else "", "--http-listen", ""]
             sidecar_args += ["--database-url", "memory", "--no-enable-persistence"] if db is None else [
                 "--database-url", pg_url(db)]
             sidecar = lg.start_sidecar(workdir, "soak", "127.0.0.1:0", sidecar_args)

@@ -133,6 +133,9 @@ class Settings:
     tls_key: str = ""
     tls_client_ca: str = ""
     metrics_listen: str = "127.0.0.1:9464"
+    # The HTTP/JSON API, /metrics, /healthz, /readyz, /openapi.json (README, "HTTP/JSON API"); "" = off. 8088, not
+    # 8080: the bot in the same pod (NOFX's API) owns 8080.
+    http_listen: str = "127.0.0.1:8088"
     log_level: str = "INFO"
     log_json: bool = False
     max_message_bytes: int = 1 << 20
@@ -545,6 +548,10 @@ def validate(s: Settings) -> None:
         _host, sep, port = s.metrics_listen.rpartition(":")
         if not sep or not port.isdigit() or int(port) > 65535:
             raise SettingsError(f"metrics_listen: expected host:port (or empty to disable), got {s.metrics_listen!r}")
+    if s.http_listen:
+        _host, sep, port = s.http_listen.rpartition(":")
+        if not sep or not port.isdigit() or int(port) > 65535:
+            raise SettingsError(f"http_listen: expected host:port (or empty to disable), got {s.http_listen!r}")
 
 
 def settings_fields() -> list[dataclasses.Field[Any]]:

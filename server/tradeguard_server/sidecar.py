@@ -11,12 +11,14 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .api.admin_service import SERVICE as ADMIN_SERVICE
 from .api.admin_service import AdminService
@@ -35,6 +37,7 @@ from .engine.clock import Clock, SystemClock
 from .engine.engine import RiskEngine
 from .engine.events import Listener
 from .engine.types import Flags
+from .httpapi import HttpApi
 from .observability.metrics import MetricsSink, NullMetrics, PrometheusMetrics
 from .observability.state_metrics import StateMetrics
 from .observability.tracing import Tracing, current_trace_id, setup_tracing, tracing_enabled
@@ -225,6 +228,9 @@ class Sidecar:
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.server: grpc.aio.Server | None = None
         self.address = ""
+        self.http: HttpApi | None = None  # the HTTP/JSON API (http_listen), on this event loop
+        self.http_address = ""
+        self.grpc_handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}  # "/service/Method" -> what gRPC runs
         self._health_task: asyncio.Task[None] | None = None
         self._sampler: asyncio.Task[None] | None = None
         self._releaser: asyncio.Task[None] | None = None
@@ -240,14 +246,16 @@ class Sidecar:
     def _check_exposure(self) -> None:
         """Refuse to serve an open RiskService (or an open AdminService) beyond loopback unless --insecure."""
         s, table = self.settings, self.credentials.table
-        if is_loopback(s.listen) or s.insecure:
+        beyond = [listen for listen in (s.listen, s.http_listen) if listen and not is_loopback(listen)]
+        if not beyond or s.insecure:
             return
+        listen = beyond[0]  # the HTTP listener (http_listen) serves the same services: the same rule
         if table.admin_open:
-            raise SettingsError(f"refusing to listen on {s.listen} (beyond loopback) with dev_open_admin: "
+            raise SettingsError(f"refusing to listen on {listen} (beyond loopback) with dev_open_admin: "
                                 "anyone on the network could switch enforcement off; pass --insecure to insist")
         if not table.trader_auth:
             raise SettingsError(
-                f"refusing to listen on {s.listen} (beyond loopback) with RiskService open to any caller: set "
+                f"refusing to listen on {listen} (beyond loopback) with RiskService open to any caller: set "
                 "--credentials-file (per-bot tokens) or --trader-token-file, or pass --insecure"
             )
 
@@ -262,6 +270,9 @@ class Sidecar:
             log.warning("metrics on %s (beyond loopback) WITHOUT AUTH: /metrics shows every trader's PnL, "
                         "drawdown and pause to anyone who can reach it; restrict it with a NetworkPolicy or "
                         "listen on 127.0.0.1", s.metrics_listen)
+        if self.http is not None and not is_loopback(s.http_listen):
+            log.warning("HTTP API on %s (beyond loopback): its /metrics, /healthz, /readyz and /openapi.json answer "
+                        "WITHOUT AUTH (the API itself takes the same tokens as gRPC)", s.http_listen)
 
     async def _reload_credentials(self) -> None:
         """Re-read token and credentials files when they change (rotation without a restart)."""
@@ -340,7 +351,7 @@ class Sidecar:
         Tests may replace `self.tracing` (e.g. with an in-memory exporter) before `start`.
         """
         s = self.settings
-        self.metrics: MetricsSink = PrometheusMetrics() if s.metrics_listen else NullMetrics()
+        self.metrics: MetricsSink = PrometheusMetrics() if s.metrics_listen or s.http_listen else NullMetrics()
         self.metrics.observe_store(self.store)  # history rows enqueued / written / dropped, read at scrape time
         self.metrics.observe_orders(self.engine)  # pending orders and TTL releases, read at scrape time
         self.metrics_address = ""
@@ -363,6 +374,37 @@ class Sidecar:
             log.error("metrics: cannot listen on %s (%s); serving without /metrics", listen, exc)
             return
         log.info("metrics on http://%s/metrics", self.metrics_address)
+
+    async def _start_http(self) -> None:
+        """The HTTP/JSON API on http_listen, over the very handlers gRPC runs. A busy port is logged, not fatal
+        (as for metrics): the risk checks over gRPC must not go down with it."""
+        from .httpapi import build_http_api, parse_http_listen, ssl_context
+
+        listen = self.settings.http_listen
+        if not listen:
+            return
+        registry = getattr(self.metrics, "registry", None)
+        metrics_text = None if registry is None else lambda: (generate_latest(registry), CONTENT_TYPE_LATEST)
+        api = build_http_api(self.settings, self.grpc_handlers, ready=self._ready, metrics_text=metrics_text,
+                             tracer_provider=None if self.tracing is None else self.tracing.provider)
+        host, port = parse_http_listen(listen)
+        try:
+            self.http_address = await api.start(host, port, ssl_context(self.settings),
+                                                shutdown_timeout=self.settings.shutdown_grace_s)
+        except OSError as exc:
+            log.error("http: cannot listen on %s (%s); serving without the HTTP API", listen, exc)
+            return
+        self.http = api
+        scheme = "https" if self.settings.tls_cert else "http"
+        log.info("HTTP API on %s://%s (/v1/..., the seeds' /api/... paths, /openapi.json, /metrics, /healthz, "
+                 "/readyz)", scheme, self.http_address)
+
+    async def _ready(self) -> bool:
+        """Readiness for /readyz: the gRPC health service's overall status."""
+        from .httpapi.context import HttpContext
+
+        reply = await self.health.Check(health_pb2.HealthCheckRequest(service=""), HttpContext({}, "internal"))
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
     def _stop_observability(self) -> None:
         self.metrics.close()
@@ -423,6 +465,7 @@ class Sidecar:
         for name, methods in ((RISK_SERVICE, self.risk.methods(self._trader_guard)),
                               (ADMIN_SERVICE, self.admin.methods(self._admin_guard))):
             timed = self.metrics.instrument(methods)
+            self.grpc_handlers.update({f"/{name}/{method}": handler for method, handler in timed.items()})
             server.add_generic_rpc_handlers((service(name, timed),))
             server.add_registered_method_handlers(name, timed)  # type: ignore[attr-defined]  # not in grpc-stubs
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -459,6 +502,7 @@ class Sidecar:
         await server.start()
         self.server = server
         self._start_metrics()
+        await self._start_http()
         if not isinstance(self.metrics, NullMetrics):
             self._sampler = asyncio.get_running_loop().create_task(self._sample_store())
         self._releaser = asyncio.get_running_loop().create_task(self._release_orders())
@@ -482,8 +526,11 @@ class Sidecar:
         log.info("shutting down: health NOT_SERVING, finishing in-flight calls")
         await self.health.enter_graceful_shutdown()
         self.hub.close()
-        if self.server is not None:
-            await self.server.stop(self.settings.shutdown_grace_s)
+        # Both listeners drain together, within the same grace: in-flight calls finish, new ones are refused.
+        stops: list[Awaitable[None]] = [] if self.server is None else [self.server.stop(self.settings.shutdown_grace_s)]
+        if self.http is not None:
+            stops.append(self.http.stop())
+        await asyncio.gather(*stops)
         for task in (self._sampler, self._releaser):
             if task is not None:
                 task.cancel()

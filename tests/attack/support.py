@@ -139,6 +139,7 @@ class ThreadedSidecar:
         overrides.setdefault("listen", "127.0.0.1:0")
         overrides.setdefault("uvloop", False)
         overrides.setdefault("metrics_listen", "")
+        overrides.setdefault("http_listen", "")
         overrides.setdefault("database_url", "memory")
         overrides.setdefault("dev_open_admin", True)  # admin calls without a token (test_access.py: the default)
         overrides.setdefault("enable_persistence", overrides["database_url"] != "memory")

@@ -122,7 +122,8 @@ class Harness:
     def __init__(self, loop: Any, clock: Any, database_url: str, proxy: FaultProxy | None = None):
         self.loop, self.clock, self.proxy = loop, clock, proxy
         self.overrides: dict[str, Any] = {
-            "listen": "127.0.0.1:0", "uvloop": False, "metrics_listen": "", "database_url": database_url,
+            "listen": "127.0.0.1:0", "uvloop": False, "metrics_listen": "", "http_listen": "",
+            "database_url": database_url,
             "enable_persistence": True, "kill_switch_store_timeout_s": 0.2, "store_call_timeout_s": 2.0,
             "drain_timeout_s": 10.0, "shutdown_grace_s": 1.0,
             "dev_open_admin": True,  # the operator's calls without a token (the admin token: test_access.py)
@@ -243,6 +244,7 @@ class ProcessHarness(Harness):
         self.starts += 1
         log = self.tmp_path / f"sidecar-{self.starts}.log"
         cmd = [str(BIN / "tradeguard"), "serve", "--listen", f"127.0.0.1:{self.port}", "--metrics-listen", "",
+               "--http-listen", "",
                "--database-url", self.overrides["database_url"], "--kill-switch-store-timeout-s", "2",
                "--no-uvloop", "--dev-open-admin"]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("TRADEGUARD_", "DB_"))}

@@ -168,6 +168,7 @@ def test_a_one_character_token_does_not_count_as_set(field: str) -> None:
 async def test_env_token_is_stripped_like_the_file_token() -> None:
     settings = load_settings({"TRADEGUARD_ADMIN_TOKEN": ADMIN + "\n", "TRADEGUARD_DATABASE_URL": "memory"},
                              {"listen": "127.0.0.1:0", "enable_persistence": False, "metrics_listen": "",
+                              "http_listen": "",
                               "uvloop": False})
     sc = Sidecar(settings)
     await sc.start()
@@ -191,7 +192,7 @@ def test_admin_token_equal_to_a_trader_token_is_refused(tmp_path: Path) -> None:
 def test_a_missing_token_file_exits_2_naming_it_without_a_traceback(tmp_path: Path) -> None:
     missing = tmp_path / "nope" / "admin.token"
     out = subprocess.run([str(BIN / "tradeguard"), "serve", "--admin-token-file", str(missing),
-                          "--no-enable-persistence", "--metrics-listen", ""],
+                          "--no-enable-persistence", "--metrics-listen", "", "--http-listen", ""],
                          capture_output=True, text=True, timeout=30, check=False, cwd=tmp_path, env={"PATH": str(BIN)})
 
     assert out.returncode == 2
@@ -328,7 +329,8 @@ def test_served_process_never_logs_a_query_parameter_password(tmp_path: Path) ->
 
 def test_an_unencoded_at_sign_in_the_password_is_refused_without_showing_it(tmp_path: Path) -> None:
     url = "postgresql://tg:pa@ss-TAIL-SECRET@127.0.0.1:1/tg"
-    out = subprocess.run([str(BIN / "tradeguard"), "serve", "--database-url", url, "--metrics-listen", ""],
+    out = subprocess.run([str(BIN / "tradeguard"), "serve", "--database-url", url, "--metrics-listen", "",
+                          "--http-listen", ""],
                          capture_output=True, text=True, timeout=30, check=False, cwd=tmp_path, env={"PATH": str(BIN)})
 
     assert out.returncode == 2

@@ -37,7 +37,7 @@ GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shut
 @contextlib.asynccontextmanager
 async def breaker_sidecar(clock: ManualClock) -> AsyncIterator[Sidecar]:
     overrides: dict[str, Any] = {
-        "listen": "127.0.0.1:0", "database_url": "memory", "metrics_listen": "", "uvloop": False,
+        "listen": "127.0.0.1:0", "database_url": "memory", "metrics_listen": "", "http_listen": "", "uvloop": False,
         "daily_max_drawdown_percentage": 0.0, "max_drawdown_percentage": 0.0,  # only breakers act here
         "dev_open_admin": True,  # admin calls without a token (tests/integration/test_access.py checks the default)
     }

@@ -72,7 +72,8 @@ async def report_equity(risk: rsg.RiskServiceStub, trader: str, equity: float,
 async def traced_sidecar(clock: ManualClock) -> AsyncIterator[tuple[Sidecar, InMemorySpanExporter]]:
     exporter = InMemorySpanExporter()
     sidecar = Sidecar(load_settings({}, {"listen": "127.0.0.1:0", "enable_persistence": False, "uvloop": False,
-                                         "tracing": True, "metrics_listen": "", "dev_open_admin": True,
+                                         "tracing": True, "metrics_listen": "", "http_listen": "",
+                                         "dev_open_admin": True,
                                          "database_url": "memory"}), clock=clock)
     sidecar.tracing = setup_tracing(processor=SimpleSpanProcessor(exporter))
     await sidecar.start()

@@ -180,6 +180,7 @@ async def test_restarts_with_a_bot_calling_from_the_first_moment_lose_no_pause_a
         port = closed_port()
         address = f"127.0.0.1:{port}"
         settings = load_settings({}, {"listen": address, "database_url": url, "uvloop": False, "metrics_listen": "",
+                                      "http_listen": "",
                                       "store_call_timeout_s": LOAD_BOUND_S, "shutdown_grace_s": 1.0,
                                       "state_dir": str(tmp_path)})  # its admin token: not in the working directory
         for i in range(IN_PROCESS_RESTARTS):
@@ -207,6 +208,7 @@ async def test_restarts_with_a_bot_calling_from_the_first_moment_lose_no_pause_a
             started = time.monotonic()
             proc = await asyncio.create_subprocess_exec(
                 str(BIN / "tradeguard"), "serve", "--listen", address, "--database-url", url, "--metrics-listen", "",
+                "--http-listen", "",
                 "--store-call-timeout-s", str(LOAD_BOUND_S), "--shutdown-grace-s", "1", "--log-level", "WARNING",
                 env=env, cwd=tmp_path, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
             try:

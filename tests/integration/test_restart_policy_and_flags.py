@@ -41,7 +41,8 @@ SELL_HALF = t.OrderIntent(symbol="BTCUSDT", exchange="binance", side=t.SIDE_SELL
 async def unloaded(**overrides: Any) -> AsyncIterator[tuple[Sidecar, rsg.RiskServiceStub]]:
     """A sidecar whose store cannot be read at start; the bot has reported equity and a long 1 BTC since."""
     state = tempfile.TemporaryDirectory(prefix="tradeguard-state-")  # its admin token: not in the working directory
-    overrides = {"listen": "127.0.0.1:0", "uvloop": False, "metrics_listen": "", "database_url": "memory",
+    overrides = {"listen": "127.0.0.1:0", "uvloop": False, "metrics_listen": "", "http_listen": "",
+                 "database_url": "memory",
                  "enable_persistence": False, "state_dir": state.name, **overrides}
     sidecar = Sidecar(load_settings({}, overrides))
     assert isinstance(sidecar.store, MemoryStore)

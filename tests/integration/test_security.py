@@ -137,7 +137,8 @@ async def test_listens_beyond_loopback_with_a_token_or_insecure(extra: dict[str,
 
 def test_serve_process_exits_2_beyond_loopback_without_a_token_and_runs_with_insecure(tmp_path: Path) -> None:
     refused = subprocess.run(
-        [str(BIN / "tradeguard"), "serve", "--listen", "0.0.0.0:0", "--no-enable-persistence", "--metrics-listen", ""],
+        [str(BIN / "tradeguard"), "serve", "--listen", "0.0.0.0:0", "--no-enable-persistence", "--metrics-listen", "",
+         "--http-listen", ""],
         capture_output=True, text=True, timeout=30, check=False, cwd=tmp_path,
         env={"PATH": str(BIN)},
     )

@@ -35,6 +35,7 @@ async def running_sidecar(clock: Clock | None = None, **overrides: Any) -> Async
     overrides.setdefault("enable_persistence", False)
     overrides.setdefault("uvloop", False)
     overrides.setdefault("metrics_listen", "")
+    overrides.setdefault("http_listen", "")  # tests of the HTTP API ask for 127.0.0.1:0
     overrides.setdefault("database_url", "memory")
     sidecar = Sidecar(load_settings({}, overrides), clock=clock)
     await sidecar.start()
@@ -87,6 +88,8 @@ def spawn_sidecar(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
         cmd += ["--dev-open-admin"]
     if not any(a.startswith("--metrics-listen") for a in args):
         cmd += ["--metrics-listen", ""]
+    if not any(a.startswith("--http-listen") for a in args) and "TRADEGUARD_HTTP_LISTEN" not in full_env:
+        cmd += ["--http-listen", ""]
     if not any(a.startswith("--database-url") or a.startswith("--enable-persistence") or
                a.startswith("--no-enable-persistence") for a in args) and "TRADEGUARD_DATABASE_URL" not in full_env:
         cmd += ["--database-url", f"sqlite:///{tmp_path / (name + '.db')}"]

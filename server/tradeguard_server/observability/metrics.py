@@ -77,6 +77,18 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def only_metrics_path(app: Any) -> Any:
+    """The WSGI app of /metrics, with 404 for every other path: `curl :9464/api/...` must not look like success."""
+
+    def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO", "") in ("/metrics", "/metrics/"):
+            return cast(Iterable[bytes], app(environ, start_response))
+        start_response("404 Not Found", [("Content-Type", "application/json")])
+        return [b'{"code":5,"message":"no such path: this listener serves only /metrics","details":[]}']
+
+    return wsgi
+
+
 class _HotPath(Collector):
     """Lock-free counters for what every RPC touches, exposed through a custom collector at scrape time.
 
@@ -277,6 +289,7 @@ class PrometheusMetrics:
         """Start the /metrics HTTP server in a daemon thread; returns the bound host:port."""
         host, port = parse_listen(listen)
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        server.set_app(only_metrics_path(server.get_app()))  # prometheus_client answers every path with the text
         self._server = server
         bound_port = server.server_address[1]
         return f"{host}:{bound_port}" if ":" not in host else f"[{host}]:{bound_port}"

@@ -30,6 +30,9 @@ class AdminServiceStub:
     """AdminService is for operators (grpcurl, `tradeguard admin`). Every call needs the metadata
     `authorization: Bearer <admin token>`; the sidecar creates the token at first start unless one is
     configured (README "Security"). The bot is never given this token.
+    HTTP (google.api.http, AIP-127): every RPC under /v1/admin/...; the additional bindings are the seeds' own paths
+    (ETRMS /api/risk/..., NOFX /api/feature_flags), which answer the bare object or list (response_body), as the
+    seeds did. Over HTTP the token goes in the `Authorization: Bearer <admin token>` header.
     """
 
     @_typing.overload
@@ -82,6 +85,9 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """AdminService is for operators (grpcurl, `tradeguard admin`). Every call needs the metadata
     `authorization: Bearer <admin token>`; the sidecar creates the token at first start unless one is
     configured (README "Security"). The bot is never given this token.
+    HTTP (google.api.http, AIP-127): every RPC under /v1/admin/...; the additional bindings are the seeds' own paths
+    (ETRMS /api/risk/..., NOFX /api/feature_flags), which answer the bare object or list (response_body), as the
+    seeds did. Over HTTP the token goes in the `Authorization: Bearer <admin token>` header.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -130,6 +136,9 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """AdminService is for operators (grpcurl, `tradeguard admin`). Every call needs the metadata
     `authorization: Bearer <admin token>`; the sidecar creates the token at first start unless one is
     configured (README "Security"). The bot is never given this token.
+    HTTP (google.api.http, AIP-127): every RPC under /v1/admin/...; the additional bindings are the seeds' own paths
+    (ETRMS /api/risk/..., NOFX /api/feature_flags), which answer the bare object or list (response_body), as the
+    seeds did. Over HTTP the token goes in the `Authorization: Bearer <admin token>` header.
     """
 
     @_abc_1.abstractmethod

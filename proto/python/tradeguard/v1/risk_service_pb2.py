@@ -22,11 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from tradeguard.v1 import types_pb2 as tradeguard_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n tradeguard/v1/risk_service.proto\x12\rtradeguard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19tradeguard/v1/types.proto\"c\n\x0f\x43\x61nTradeRequest\x12\x11\n\ttrader_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12)\n\x05order\x18\x03 \x01(\x0b\x32\x1a.tradeguard.v1.OrderIntent\"\xf6\x02\n\x10\x43\x61nTradeResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12)\n\x04\x63ode\x18\x02 \x01(\x0e\x32\x1b.tradeguard.v1.DecisionCode\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x32\n\rtrading_state\x18\x04 \x01(\x0e\x32\x1b.tradeguard.v1.TradingState\x12\x30\n\x0cpaused_until\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x06\x63hecks\x18\x06 \x03(\x0b\x32\x1a.tradeguard.v1.CheckResult\x12.\n\x07\x61\x63tions\x18\x07 \x03(\x0b\x32\x1d.tradeguard.v1.RequiredAction\x12\'\n\x05state\x18\x08 \x01(\x0b\x32\x18.tradeguard.v1.RiskState\x12\x12\n\nwould_deny\x18\t \x01(\x08\x12\x17\n\x0f\x63lient_order_id\x18\n \x01(\t\"}\n\x13ReportEquityRequest\x12\x11\n\ttrader_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0e\n\x06\x65quity\x18\x03 \x01(\x01\x12/\n\x0bobserved_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xba\x01\n\x14ReportEquityResponse\x12\'\n\x05state\x18\x01 \x01(\x0b\x32\x18.tradeguard.v1.RiskState\x12:\n\x0e\x62reaker_events\x18\x02 \x03(\x0b\x32\".tradeguard.v1.CircuitBreakerEvent\x12.\n\x07\x61\x63tions\x18\x03 \x03(\x0b\x32\x1d.tradeguard.v1.RequiredAction\x12\r\n\x05stale\x18\x04 \x01(\x08\"\xd7\x01\n\x12ReportTradeRequest\x12\x11\n\ttrader_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x10\n\x08trade_id\x18\x03 \x01(\t\x12\x0e\n\x06symbol\x18\x04 \x01(\t\x12\x10\n\x08\x65xchange\x18\x05 \x01(\t\x12!\n\x04side\x18\x06 \x01(\x0e\x32\x13.tradeguard.v1.Side\x12\x14\n\x0crealized_pnl\x18\x07 \x01(\x01\x12-\n\tclosed_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbd\x01\n\x13ReportTradeResponse\x12\'\n\x05state\x18\x01 \x01(\x0b\x32\x18.tradeguard.v1.RiskState\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12:\n\x0e\x62reaker_events\x18\x03 \x03(\x0b\x32\".tradeguard.v1.CircuitBreakerEvent\x12.\n\x07\x61\x63tions\x18\x04 \x03(\x0b\x32\x1d.tradeguard.v1.RequiredAction\"\x9c\x01\n\x16ReportPositionsRequest\x12\x11\n\ttrader_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12*\n\tpositions\x18\x03 \x03(\x0b\x32\x17.tradeguard.v1.Position\x12/\n\x0bobserved_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xae\x01\n\x17ReportPositionsResponse\x12\'\n\x05state\x18\x01 \x01(\x0b\x32\x18.tradeguard.v1.RiskState\x12:\n\x0e\x62reaker_events\x18\x02 \x03(\x0b\x32\".tradeguard.v1.CircuitBreakerEvent\x12.\n\x07\x61\x63tions\x18\x03 \x03(\x0b\x32\x1d.tradeguard.v1.RequiredAction\"\xb0\x01\n\x12ReportOrderRequest\x12\x11\n\ttrader_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x17\n\x0f\x63lient_order_id\x18\x03 \x01(\t\x12*\n\x06status\x18\x04 \x01(\x0e\x32\x1a.tradeguard.v1.OrderStatus\x12\x17\n\x0f\x66illed_quantity\x18\x05 \x01(\x01\x12\x15\n\raverage_price\x18\x06 \x01(\x01\"\xe9\x01\n\x13ReportOrderResponse\x12\'\n\x05state\x18\x01 \x01(\x0b\x32\x18.tradeguard.v1.RiskState\x12*\n\x05order\x18\x02 \x01(\x0b\x32\x1b.tradeguard.v1.PendingOrder\x12\x11\n\tduplicate\x18\x03 \x01(\x08\x12:\n\x0e\x62reaker_events\x18\x04 \x03(\x0b\x32\".tradeguard.v1.CircuitBreakerEvent\x12.\n\x07\x61\x63tions\x18\x05 \x03(\x0b\x32\x1d.tradeguard.v1.RequiredAction\"f\n\x13ReportPricesRequest\x12\x11\n\ttrader_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12(\n\x06prices\x18\x03 \x03(\x0b\x32\x18.tradeguard.v1.PriceMark\"(\n\x14ReportPricesResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\"<\n\x13GetRiskStateRequest\x12\x11\n\ttrader_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\"?\n\x14GetRiskStateResponse\x12\'\n\x05state\x18\x01 \x01(\x0b\x32\x18.tradeguard.v1.RiskState\">\n\x15WatchRiskStateRequest\x12\x11\n\ttrader_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\"\xd6\x01\n\x16WatchRiskStateResponse\x12\'\n\x05state\x18\x01 \x01(\x0b\x32\x18.tradeguard.v1.RiskState\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12.\n\x07\x61\x63tions\x18\x03 \x03(\x0b\x32\x1d.tradeguard.v1.RequiredAction\x12:\n\x0e\x62reaker_events\x18\x04 \x03(\x0b\x32\".tradeguard.v1.CircuitBreakerEvent\x12\x17\n\x0fskipped_updates\x18\x05 \x01(\x03\x32\xd4\x05\n\x0bRiskService\x12K\n\x08\x43\x61nTrade\x12\x1e.tradeguard.v1.CanTradeRequest\x1a\x1f.tradeguard.v1.CanTradeResponse\x12W\n\x0cReportEquity\x12\".tradeguard.v1.ReportEquityRequest\x1a#.tradeguard.v1.ReportEquityResponse\x12T\n\x0bReportTrade\x12!.tradeguard.v1.ReportTradeRequest\x1a\".tradeguard.v1.ReportTradeResponse\x12`\n\x0fReportPositions\x12%.tradeguard.v1.ReportPositionsRequest\x1a&.tradeguard.v1.ReportPositionsResponse\x12W\n\x0cGetRiskState\x12\".tradeguard.v1.GetRiskStateRequest\x1a#.tradeguard.v1.GetRiskStateResponse\x12T\n\x0bReportOrder\x12!.tradeguard.v1.ReportOrderRequest\x1a\".tradeguard.v1.ReportOrderResponse\x12W\n\x0cReportPrices\x12\".tradeguard.v1.ReportPricesRequest\x1a#.tradeguard.v1.ReportPricesResponse\x12_\n\x0eWatchRiskState\x12$.tradeguard.v1.WatchRiskStateRequest\x1a%.tradeguard.v1.WatchRiskStateResponse0\x01\x42GZEgithub.com/tradeguard/tradeguard/client/go/tradeguard/v1;tradeguardv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n tradeguard/v1/risk_service.proto\x12\rtradeguard.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19tradeguard/v1/types.proto\"c\n\x0f\x43\x61nTradeRequest\x12\x11\n\ttrader_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12)\n\x05order\x18\x03 \x01(\x0b\x32\x1a.tradeguard.v1.OrderIntent\"\xf6\x02\n\x10\x43\x61nTradeResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12)\n\x04\x63ode\x18\x02 \x01(\x0e\x32\x1b.tradeguard.v1.DecisionCode\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x32\n\rtrading_state\x18\x04 \x01(\x0e\x32\x1b.tradeguard.v1.TradingState\x12\x30\n\x0cpaused_until\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x06\x63hecks\x18\x06 \x03(\x0b\x32\x1a.tradeguard.v1.CheckResult\x12.\n\x07\x61\x63tions\x18\x07 \x03(\x0b\x32\x1d.tradeguard.v1.RequiredAction\x12\'\n\x05state\x18\x08 \x01(\x0b\x32\x18.tradeguard.v1.RiskState\x12\x12\n\nwould_deny\x18\t \x01(\x08\x12\x17\n\x0f\x63lient_order_id\x18\n \x01(\t\"}\n\x13ReportEquityRequest\x12\x11\n\ttrader_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0e\n\x06\x65quity\x18\x03 \x01(\x01\x12/\n\x0bobserved_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xba\x01\n\x14ReportEquityResponse\x12\'\n\x05state\x18\x01 \x01(\x0b\x32\x18.tradeguard.v1.RiskState\x12:\n\x0e\x62reaker_events\x18\x02 \x03(\x0b\x32\".tradeguard.v1.CircuitBreakerEvent\x12.\n\x07\x61\x63tions\x18\x03 \x03(\x0b\x32\x1d.tradeguard.v1.RequiredAction\x12\r\n\x05stale\x18\x04 \x01(\x08\"\xd7\x01\n\x12ReportTradeRequest\x12\x11\n\ttrader_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x10\n\x08trade_id\x18\x03 \x01(\t\x12\x0e\n\x06symbol\x18\x04 \x01(\t\x12\x10\n\x08\x65xchange\x18\x05 \x01(\t\x12!\n\x04side\x18\x06 \x01(\x0e\x32\x13.tradeguard.v1.Side\x12\x14\n\x0crealized_pnl\x18\x07 \x01(\x01\x12-\n\tclosed_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbd\x01\n\x13ReportTradeResponse\x12\'\n\x05state\x18\x01 \x01(\x0b\x32\x18.tradeguard.v1.RiskState\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12:\n\x0e\x62reaker_events\x18\x03 \x03(\x0b\x32\".tradeguard.v1.CircuitBreakerEvent\x12.\n\x07\x61\x63tions\x18\x04 \x03(\x0b\x32\x1d.tradeguard.v1.RequiredAction\"\x9c\x01\n\x16ReportPositionsRequest\x12\x11\n\ttrader_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12*\n\tpositions\x18\x03 \x03(\x0b\x32\x17.tradeguard.v1.Position\x12/\n\x0bobserved_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xae\x01\n\x17ReportPositionsResponse\x12\'\n\x05state\x18\x01 \x01(\x0b\x32\x18.tradeguard.v1.RiskState\x12:\n\x0e\x62reaker_events\x18\x02 \x03(\x0b\x32\".tradeguard.v1.CircuitBreakerEvent\x12.\n\x07\x61\x63tions\x18\x03 \x03(\x0b\x32\x1d.tradeguard.v1.RequiredAction\"\xb0\x01\n\x12ReportOrderRequest\x12\x11\n\ttrader_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x17\n\x0f\x63lient_order_id\x18\x03 \x01(\t\x12*\n\x06status\x18\x04 \x01(\x0e\x32\x1a.tradeguard.v1.OrderStatus\x12\x17\n\x0f\x66illed_quantity\x18\x05 \x01(\x01\x12\x15\n\raverage_price\x18\x06 \x01(\x01\"\xe9\x01\n\x13ReportOrderResponse\x12\'\n\x05state\x18\x01 \x01(\x0b\x32\x18.tradeguard.v1.RiskState\x12*\n\x05order\x18\x02 \x01(\x0b\x32\x1b.tradeguard.v1.PendingOrder\x12\x11\n\tduplicate\x18\x03 \x01(\x08\x12:\n\x0e\x62reaker_events\x18\x04 \x03(\x0b\x32\".tradeguard.v1.CircuitBreakerEvent\x12.\n\x07\x61\x63tions\x18\x05 \x03(\x0b\x32\x1d.tradeguard.v1.RequiredAction\"f\n\x13ReportPricesRequest\x12\x11\n\ttrader_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12(\n\x06prices\x18\x03 \x03(\x0b\x32\x18.tradeguard.v1.PriceMark\"(\n\x14ReportPricesResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\"<\n\x13GetRiskStateRequest\x12\x11\n\ttrader_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\"?\n\x14GetRiskStateResponse\x12\'\n\x05state\x18\x01 \x01(\x0b\x32\x18.tradeguard.v1.RiskState\">\n\x15WatchRiskStateRequest\x12\x11\n\ttrader_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\"\xd6\x01\n\x16WatchRiskStateResponse\x12\'\n\x05state\x18\x01 \x01(\x0b\x32\x18.tradeguard.v1.RiskState\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12.\n\x07\x61\x63tions\x18\x03 \x03(\x0b\x32\x1d.tradeguard.v1.RequiredAction\x12:\n\x0e\x62reaker_events\x18\x04 \x03(\x0b\x32\".tradeguard.v1.CircuitBreakerEvent\x12\x17\n\x0fskipped_updates\x18\x05 \x01(\x03\x32\xd4\x07\n\x0bRiskService\x12j\n\x08\x43\x61nTrade\x12\x1e.tradeguard.v1.CanTradeRequest\x1a\x1f.tradeguard.v1.CanTradeResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\"\x12/v1/risk/can-trade:\x01*\x12z\n\x0cReportEquity\x12\".tradeguard.v1.ReportEquityRequest\x1a#.tradeguard.v1.ReportEquityResponse\"!\x82\xd3\xe4\x93\x02\x1b\"\x16/v1/risk/report-equity:\x01*\x12v\n\x0bReportTrade\x12!.tradeguard.v1.ReportTradeRequest\x1a\".tradeguard.v1.ReportTradeResponse\" \x82\xd3\xe4\x93\x02\x1a\"\x15/v1/risk/report-trade:\x01*\x12\x86\x01\n\x0fReportPositions\x12%.tradeguard.v1.ReportPositionsRequest\x1a&.tradeguard.v1.ReportPositionsResponse\"$\x82\xd3\xe4\x93\x02\x1e\"\x19/v1/risk/report-positions:\x01*\x12o\n\x0cGetRiskState\x12\".tradeguard.v1.GetRiskStateRequest\x1a#.tradeguard.v1.GetRiskStateResponse\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/risk/state\x12v\n\x0bReportOrder\x12!.tradeguard.v1.ReportOrderRequest\x1a\".tradeguard.v1.ReportOrderResponse\" \x82\xd3\xe4\x93\x02\x1a\"\x15/v1/risk/report-order:\x01*\x12z\n\x0cReportPrices\x12\".tradeguard.v1.ReportPricesRequest\x1a#.tradeguard.v1.ReportPricesResponse\"!\x82\xd3\xe4\x93\x02\x1b\"\x16/v1/risk/report-prices:\x01*\x12w\n\x0eWatchRiskState\x12$.tradeguard.v1.WatchRiskStateRequest\x1a%.tradeguard.v1.WatchRiskStateResponse\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/risk/watch0\x01\x42GZEgithub.com/tradeguard/tradeguard/client/go/tradeguard/v1;tradeguardv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,38 +35,54 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tradeguard.v1.risk_service_
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'ZEgithub.com/tradeguard/tradeguard/client/go/tradeguard/v1;tradeguardv1'
-  _globals['_CANTRADEREQUEST']._serialized_start=111
-  _globals['_CANTRADEREQUEST']._serialized_end=210
-  _globals['_CANTRADERESPONSE']._serialized_start=213
-  _globals['_CANTRADERESPONSE']._serialized_end=587
-  _globals['_REPORTEQUITYREQUEST']._serialized_start=589
-  _globals['_REPORTEQUITYREQUEST']._serialized_end=714
-  _globals['_REPORTEQUITYRESPONSE']._serialized_start=717
-  _globals['_REPORTEQUITYRESPONSE']._serialized_end=903
-  _globals['_REPORTTRADEREQUEST']._serialized_start=906
-  _globals['_REPORTTRADEREQUEST']._serialized_end=1121
-  _globals['_REPORTTRADERESPONSE']._serialized_start=1124
-  _globals['_REPORTTRADERESPONSE']._serialized_end=1313
-  _globals['_REPORTPOSITIONSREQUEST']._serialized_start=1316
-  _globals['_REPORTPOSITIONSREQUEST']._serialized_end=1472
-  _globals['_REPORTPOSITIONSRESPONSE']._serialized_start=1475
-  _globals['_REPORTPOSITIONSRESPONSE']._serialized_end=1649
-  _globals['_REPORTORDERREQUEST']._serialized_start=1652
-  _globals['_REPORTORDERREQUEST']._serialized_end=1828
-  _globals['_REPORTORDERRESPONSE']._serialized_start=1831
-  _globals['_REPORTORDERRESPONSE']._serialized_end=2064
-  _globals['_REPORTPRICESREQUEST']._serialized_start=2066
-  _globals['_REPORTPRICESREQUEST']._serialized_end=2168
-  _globals['_REPORTPRICESRESPONSE']._serialized_start=2170
-  _globals['_REPORTPRICESRESPONSE']._serialized_end=2210
-  _globals['_GETRISKSTATEREQUEST']._serialized_start=2212
-  _globals['_GETRISKSTATEREQUEST']._serialized_end=2272
-  _globals['_GETRISKSTATERESPONSE']._serialized_start=2274
-  _globals['_GETRISKSTATERESPONSE']._serialized_end=2337
-  _globals['_WATCHRISKSTATEREQUEST']._serialized_start=2339
-  _globals['_WATCHRISKSTATEREQUEST']._serialized_end=2401
-  _globals['_WATCHRISKSTATERESPONSE']._serialized_start=2404
-  _globals['_WATCHRISKSTATERESPONSE']._serialized_end=2618
-  _globals['_RISKSERVICE']._serialized_start=2621
-  _globals['_RISKSERVICE']._serialized_end=3345
+  _globals['_RISKSERVICE'].methods_by_name['CanTrade']._loaded_options = None
+  _globals['_RISKSERVICE'].methods_by_name['CanTrade']._serialized_options = b'\202\323\344\223\002\027\"\022/v1/risk/can-trade:\001*'
+  _globals['_RISKSERVICE'].methods_by_name['ReportEquity']._loaded_options = None
+  _globals['_RISKSERVICE'].methods_by_name['ReportEquity']._serialized_options = b'\202\323\344\223\002\033\"\026/v1/risk/report-equity:\001*'
+  _globals['_RISKSERVICE'].methods_by_name['ReportTrade']._loaded_options = None
+  _globals['_RISKSERVICE'].methods_by_name['ReportTrade']._serialized_options = b'\202\323\344\223\002\032\"\025/v1/risk/report-trade:\001*'
+  _globals['_RISKSERVICE'].methods_by_name['ReportPositions']._loaded_options = None
+  _globals['_RISKSERVICE'].methods_by_name['ReportPositions']._serialized_options = b'\202\323\344\223\002\036\"\031/v1/risk/report-positions:\001*'
+  _globals['_RISKSERVICE'].methods_by_name['GetRiskState']._loaded_options = None
+  _globals['_RISKSERVICE'].methods_by_name['GetRiskState']._serialized_options = b'\202\323\344\223\002\020\022\016/v1/risk/state'
+  _globals['_RISKSERVICE'].methods_by_name['ReportOrder']._loaded_options = None
+  _globals['_RISKSERVICE'].methods_by_name['ReportOrder']._serialized_options = b'\202\323\344\223\002\032\"\025/v1/risk/report-order:\001*'
+  _globals['_RISKSERVICE'].methods_by_name['ReportPrices']._loaded_options = None
+  _globals['_RISKSERVICE'].methods_by_name['ReportPrices']._serialized_options = b'\202\323\344\223\002\033\"\026/v1/risk/report-prices:\001*'
+  _globals['_RISKSERVICE'].methods_by_name['WatchRiskState']._loaded_options = None
+  _globals['_RISKSERVICE'].methods_by_name['WatchRiskState']._serialized_options = b'\202\323\344\223\002\020\022\016/v1/risk/watch'
+  _globals['_CANTRADEREQUEST']._serialized_start=141
+  _globals['_CANTRADEREQUEST']._serialized_end=240
+  _globals['_CANTRADERESPONSE']._serialized_start=243
+  _globals['_CANTRADERESPONSE']._serialized_end=617
+  _globals['_REPORTEQUITYREQUEST']._serialized_start=619
+  _globals['_REPORTEQUITYREQUEST']._serialized_end=744
+  _globals['_REPORTEQUITYRESPONSE']._serialized_start=747
+  _globals['_REPORTEQUITYRESPONSE']._serialized_end=933
+  _globals['_REPORTTRADEREQUEST']._serialized_start=936
+  _globals['_REPORTTRADEREQUEST']._serialized_end=1151
+  _globals['_REPORTTRADERESPONSE']._serialized_start=1154
+  _globals['_REPORTTRADERESPONSE']._serialized_end=1343
+  _globals['_REPORTPOSITIONSREQUEST']._serialized_start=1346
+  _globals['_REPORTPOSITIONSREQUEST']._serialized_end=1502
+  _globals['_REPORTPOSITIONSRESPONSE']._serialized_start=1505
+  _globals['_REPORTPOSITIONSRESPONSE']._serialized_end=1679
+  _globals['_REPORTORDERREQUEST']._serialized_start=1682
+  _globals['_REPORTORDERREQUEST']._serialized_end=1858
+  _globals['_REPORTORDERRESPONSE']._serialized_start=1861
+  _globals['_REPORTORDERRESPONSE']._serialized_end=2094
+  _globals['_REPORTPRICESREQUEST']._serialized_start=2096
+  _globals['_REPORTPRICESREQUEST']._serialized_end=2198
+  _globals['_REPORTPRICESRESPONSE']._serialized_start=2200
+  _globals['_REPORTPRICESRESPONSE']._serialized_end=2240
+  _globals['_GETRISKSTATEREQUEST']._serialized_start=2242
+  _globals['_GETRISKSTATEREQUEST']._serialized_end=2302
+  _globals['_GETRISKSTATERESPONSE']._serialized_start=2304
+  _globals['_GETRISKSTATERESPONSE']._serialized_end=2367
+  _globals['_WATCHRISKSTATEREQUEST']._serialized_start=2369
+  _globals['_WATCHRISKSTATEREQUEST']._serialized_end=2431
+  _globals['_WATCHRISKSTATERESPONSE']._serialized_start=2434
+  _globals['_WATCHRISKSTATERESPONSE']._serialized_end=2648
+  _globals['_RISKSERVICE']._serialized_start=2651
+  _globals['_RISKSERVICE']._serialized_end=3631
 # @@protoc_insertion_point(module_scope)

@@ -27,6 +27,7 @@ if _version_not_supported:
 
 class RiskServiceStub:
     """RiskService is the bot's hot path. Every call answers from memory; nothing waits on the database.
+    HTTP (google.api.http, AIP-127): every RPC under /v1/risk/...; WatchRiskState as server-sent events.
     """
 
     def __init__(self, channel):
@@ -79,6 +80,7 @@ class RiskServiceStub:
 
 class RiskServiceServicer:
     """RiskService is the bot's hot path. Every call answers from memory; nothing waits on the database.
+    HTTP (google.api.http, AIP-127): every RPC under /v1/risk/...; WatchRiskState as server-sent events.
     """
 
     def CanTrade(self, request, context):
@@ -192,6 +194,7 @@ def add_RiskServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class RiskService:
     """RiskService is the bot's hot path. Every call answers from memory; nothing waits on the database.
+    HTTP (google.api.http, AIP-127): every RPC under /v1/risk/...; WatchRiskState as server-sent events.
     """
 
     @staticmethod

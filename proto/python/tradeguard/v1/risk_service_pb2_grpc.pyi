@@ -27,7 +27,9 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class RiskServiceStub:
-    """RiskService is the bot's hot path. Every call answers from memory; nothing waits on the database."""
+    """RiskService is the bot's hot path. Every call answers from memory; nothing waits on the database.
+    HTTP (google.api.http, AIP-127): every RPC under /v1/risk/...; WatchRiskState as server-sent events.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -56,7 +58,9 @@ class RiskServiceStub:
 
 @_typing.type_check_only
 class RiskServiceAsyncStub(RiskServiceStub):
-    """RiskService is the bot's hot path. Every call answers from memory; nothing waits on the database."""
+    """RiskService is the bot's hot path. Every call answers from memory; nothing waits on the database.
+    HTTP (google.api.http, AIP-127): every RPC under /v1/risk/...; WatchRiskState as server-sent events.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CanTrade: _aio.UnaryUnaryMultiCallable[_risk_service_pb2.CanTradeRequest, _risk_service_pb2.CanTradeResponse]  # type: ignore[assignment]
@@ -81,7 +85,9 @@ class RiskServiceAsyncStub(RiskServiceStub):
     """WatchRiskState streams the current state at once, then every change and required action."""
 
 class RiskServiceServicer(metaclass=_abc_1.ABCMeta):
-    """RiskService is the bot's hot path. Every call answers from memory; nothing waits on the database."""
+    """RiskService is the bot's hot path. Every call answers from memory; nothing waits on the database.
+    HTTP (google.api.http, AIP-127): every RPC under /v1/risk/...; WatchRiskState as server-sent events.
+    """
 
     @_abc_1.abstractmethod
     def CanTrade(

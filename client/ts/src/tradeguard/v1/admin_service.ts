@@ -3504,6 +3504,9 @@ export const RebindTraderResponse: MessageFns<RebindTraderResponse> = {
  * AdminService is for operators (grpcurl, `tradeguard admin`). Every call needs the metadata
  * `authorization: Bearer <admin token>`; the sidecar creates the token at first start unless one is
  * configured (README "Security"). The bot is never given this token.
+ * HTTP (google.api.http, AIP-127): every RPC under /v1/admin/...; the additional bindings are the seeds' own paths
+ * (ETRMS /api/risk/..., NOFX /api/feature_flags), which answer the bare object or list (response_body), as the
+ * seeds did. Over HTTP the token goes in the `Authorization: Bearer <admin token>` header.
  */
 export type AdminServiceService = typeof AdminServiceService;
 export const AdminServiceService = {

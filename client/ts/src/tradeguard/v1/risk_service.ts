@@ -2337,7 +2337,10 @@ export const WatchRiskStateResponse: MessageFns<WatchRiskStateResponse> = {
   },
 };
 
-/** RiskService is the bot's hot path. Every call answers from memory; nothing waits on the database. */
+/**
+ * RiskService is the bot's hot path. Every call answers from memory; nothing waits on the database.
+ * HTTP (google.api.http, AIP-127): every RPC under /v1/risk/...; WatchRiskState as server-sent events.
+ */
 export type RiskServiceService = typeof RiskServiceService;
 export const RiskServiceService = {
   /** CanTrade asks whether the trader may trade now, optionally for a specific order. */

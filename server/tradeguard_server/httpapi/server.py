@@ -1,0 +1,251 @@
+"""The HTTP listener (`http_listen`): the JSON API of the google.api.http annotations, /metrics, /healthz,
+/readyz and /openapi.json, served by aiohttp on the sidecar's own event loop.
+
+One implementation behind both transports: a route calls the very gRPC method handler the gRPC server runs for
+that RPC (the guard with the same token rules, the request parsed and validated, the metrics per method, the
+history), with an `HttpContext` standing for the call. WatchRiskState is served as server-sent events.
+Every other path answers 404 (a known path with another method: 405), with a google.rpc.Status JSON body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, cast
+
+import grpc
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from google.protobuf.message import Message
+
+from ..api.errors import ApiError
+from .context import Aborted, HttpContext, peer_text
+from .openapi import openapi_document
+from .routes import Match, Route, Router
+from .transcode import build_request, dumps, http_status, status_json, status_of, to_json
+
+log = logging.getLogger("tradeguard.http")
+
+JSON = "application/json"
+SSE_HEARTBEAT_S = 15.0  # a comment line this often: proxies keep the stream, a gone client is noticed
+Ready = Callable[[], Awaitable[bool]]
+MetricsText = Callable[[], tuple[bytes, str]]
+
+
+class _ProtocolLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's connection log: a malformed request (aiohttp answers it 400 itself) is one debug line, not an
+    ERROR with a traceback that any client could fill the log with; anything else is logged as aiohttp does."""
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
+        if isinstance(exc, HttpProcessingError):
+            self.logger.debug("malformed HTTP request answered %s: %s", exc.code, str(exc).splitlines()[0])
+            return
+        self.logger.error(msg, *args, exc_info=exc_info, **kwargs)
+
+
+def _common_name(transport: Any) -> str:
+    """The verified mTLS client certificate's common name, "" when there is none."""
+    cert = transport.get_extra_info("peercert") if transport is not None else None
+    for rdn in (cert or {}).get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return ""
+
+
+class HttpApi:
+    """The HTTP listener of one sidecar. `start(listen)`, then `stop(grace)` (drains in-flight requests)."""
+
+    def __init__(self, routes: list[Route], handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]], *,
+                 ready: Ready, metrics_text: MetricsText | None = None, max_body_bytes: int = 1 << 20,
+                 version: str = "", tracer_provider: Any = None) -> None:
+        self.router = Router(routes)
+        missing = [r.grpc_path for r in routes if r.grpc_path not in handlers]
+        if missing:
+            raise ValueError(f"HTTP routes without a gRPC handler: {', '.join(sorted(set(missing)))}")
+        self.handlers = dict(handlers)
+        self.ready = ready
+        self.metrics_text = metrics_text
+        self.openapi = dumps(openapi_document(routes, version=version))
+        self.tracer = None if tracer_provider is None else tracer_provider.get_tracer("tradeguard.http")
+        self.max_body_bytes = max_body_bytes
+        self.runner: web.ServerRunner | None = None
+        self.address = ""
+        self.streams: set[asyncio.Task[Any]] = set()
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None,
+                    shutdown_timeout: float = 5.0) -> str:
+        """Listen on host:port (0 = any free port); returns the bound host:port."""
+        # aiohttp's low-level server: every request reaches `handle` (no second router: ours is the proto's).
+        server = web.Server(self.handle, request_factory=self._request, handler_cancellation=False,
+                            access_log=None, logger=_ProtocolLog(log, {}))
+        runner = web.ServerRunner(server, shutdown_timeout=shutdown_timeout)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_address=True)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self.runner = runner
+        server = cast(Any, site)._server
+        bound = server.sockets[0].getsockname()[1] if server is not None and server.sockets else port
+        self.address = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
+        return self.address
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish (up to the shutdown timeout), close connections."""
+        runner, self.runner = self.runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    # ---- requests -------------------------------------------------------------------------------
+
+    def _request(self, message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> web.BaseRequest:
+        return web.BaseRequest(message, payload, protocol, writer, task, asyncio.get_running_loop(),
+                               client_max_size=self.max_body_bytes)
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        raw_path = request.rel_url.raw_path
+        match = self.router.match(request.method, raw_path)
+        if match is None:
+            return await self._other(request, raw_path)
+        if self.tracer is None:
+            return await self._call(request, match)
+        from opentelemetry import propagate, trace
+
+        with self.tracer.start_as_current_span(
+            match.route.grpc_path[1:], context=propagate.extract(request.headers), kind=trace.SpanKind.SERVER,
+            attributes={"rpc.system": "grpc", "rpc.service": match.route.service, "rpc.method": match.route.rpc,
+                        "http.request.method": request.method, "http.route": match.route.template},
+        ):
+            return await self._call(request, match)
+
+    async def _call(self, request: web.BaseRequest, match: Match) -> web.StreamResponse:
+        route = match.route
+        handler = self.handlers[route.grpc_path]
+        ctx = HttpContext(request.headers, peer_text(request.transport.get_extra_info("peername")
+                                                     if request.transport else None),
+                          _common_name(request.transport))
+        try:
+            body = await request.read() if route.body else b""
+            message = build_request(route, match.params, request.rel_url.query.items(), body)
+            raw = message.SerializeToString()
+        except ApiError as error:
+            return self._error(error.to_status(), error.code)
+        except web.HTTPRequestEntityTooLarge as exc:
+            return self._error(status_of(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.text or "request body too large"),
+                               grpc.StatusCode.RESOURCE_EXHAUSTED, http=413)
+        if route.streaming:
+            return await self._stream(request, handler, raw, ctx)
+        try:
+            reply = await handler.unary_unary(raw, ctx)  # type: ignore[misc,arg-type]  # as gRPC calls it
+        except Aborted as aborted:
+            return self._error(aborted.status, aborted.code)
+        payload = to_json(reply)
+        if route.response_body:  # the seeds' paths answer the bare object or list
+            payload = payload.get(route.response_body, {})
+        return web.Response(body=dumps(payload), content_type=JSON, headers=ctx.headers())
+
+    def _error(self, status: Any, code: grpc.StatusCode, http: int | None = None) -> web.Response:
+        headers = {"WWW-Authenticate": "Bearer"} if code == grpc.StatusCode.UNAUTHENTICATED else None
+        return web.Response(body=dumps(status_json(status)), status=http or http_status(code), content_type=JSON,
+                            headers=headers)
+
+    async def _other(self, request: web.BaseRequest, raw_path: str) -> web.StreamResponse:
+        """The operational paths, else 405 (a known path, another method) or 404."""
+        path = raw_path.rstrip("/") or "/"
+        if request.method in ("GET", "HEAD"):
+            if path == "/healthz":
+                return web.Response(body=dumps({"status": "SERVING"}), content_type=JSON)
+            if path == "/readyz":
+                ready = await self.ready()
+                return web.Response(body=dumps({"status": "SERVING" if ready else "NOT_SERVING"}),
+                                    status=200 if ready else 503, content_type=JSON)
+            if path == "/openapi.json":
+                return web.Response(body=self.openapi, content_type=JSON)
+            if path == "/metrics" and self.metrics_text is not None:
+                text, content_type = await asyncio.to_thread(self.metrics_text)
+                return web.Response(body=text, headers={"Content-Type": content_type})
+        allowed = self.router.allowed_methods(raw_path)
+        if path in ("/healthz", "/readyz", "/openapi.json") or (path == "/metrics" and self.metrics_text):
+            allowed = ["GET", "HEAD"]
+        if allowed:
+            response = self._error(status_of(grpc.StatusCode.UNIMPLEMENTED,
+                                             f"{request.method} is not served at {path}; allowed: "
+                                             f"{', '.join(allowed)}"), grpc.StatusCode.UNIMPLEMENTED, http=405)
+            response.headers["Allow"] = ", ".join(allowed)
+            return response
+        return self._error(status_of(grpc.StatusCode.NOT_FOUND, f"no such path: {path} (see /openapi.json)"),
+                           grpc.StatusCode.NOT_FOUND)
+
+    # ---- server-sent events (WatchRiskState) ----------------------------------------------------
+
+    async def _stream(self, request: web.BaseRequest, handler: grpc.RpcMethodHandler[Any, Any], raw: bytes,
+                      ctx: HttpContext) -> web.StreamResponse:
+        items = cast(AsyncIterator[Message], handler.unary_stream(raw, ctx))  # type: ignore[misc,arg-type]
+        try:
+            first = await anext(items)  # errors before the first update (auth, validation, limits): a status
+        except Aborted as aborted:
+            return self._error(aborted.status, aborted.code)
+        except StopAsyncIteration:
+            first = None
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                               "X-Accel-Buffering": "no"})
+        await response.prepare(request)
+        queue: asyncio.Queue[tuple[str, Message | Any] | None] = asyncio.Queue()
+
+        async def pump() -> None:
+            try:
+                async for item in items:
+                    queue.put_nowait(("update", item))
+            except Aborted as aborted:
+                queue.put_nowait(("error", aborted.status))
+            finally:
+                queue.put_nowait(None)
+
+        task = asyncio.get_running_loop().create_task(pump())
+        self.streams.add(task)
+        try:
+            if first is not None:
+                await response.write(self._event("update", first))
+            while True:
+                try:
+                    event = await asyncio.wait_for(queue.get(), SSE_HEARTBEAT_S)
+                except TimeoutError:
+                    await response.write(b": keep-alive\n\n")
+                    continue
+                if event is None:
+                    break
+                await response.write(self._event(*event))
+        except (ConnectionResetError, ConnectionError):
+            pass  # the client went away
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            self.streams.discard(task)
+            with contextlib.suppress(Exception):
+                await cast(Any, items).aclose()
+        with contextlib.suppress(ConnectionResetError, ConnectionError):
+            await response.write_eof()
+        return response
+
+    @staticmethod
+    def _event(kind: str, item: Any) -> bytes:
+        return b"event: " + kind.encode() + b"\ndata: " + dumps(to_json(item)) + b"\n\n"
+
+
+def parse_http_listen(listen: str) -> tuple[str, int]:
+    """`host:port`, `[v6]:port` or `:port` (all interfaces) -> (host, port)."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"expected host:port, got {listen!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)

@@ -1,0 +1,293 @@
+"""JSON <-> protobuf for the HTTP routes (AIP-127 / proto3 JSON, the seeds' snake_case names).
+
+Request: path variables, then the body (`*`: the whole request; a field name: that field, e.g. the seed's bare
+`config_data` dict posted to /api/risk/configurations is the `config`), then the query string for the fields left
+(`?account_id=a&page_size=10`, dotted names for nested fields, repeated by repeating the key). Unknown fields are
+refused, as a gRPC client's unknown field would be meaningless. Enums by name or by number.
+Response: every field, defaults included (a denial says `"allowed": false`), enums by name, snake_case.
+Errors: google.rpc.Status as JSON, with the HTTP status mapped from its gRPC code (the mapping grpc-gateway and
+Envoy use).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import grpc
+from google.protobuf import json_format, message_factory
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.internal import type_checkers
+from google.protobuf.message import Message
+from google.rpc import status_pb2
+
+from ..api.errors import InvalidArgument
+from .routes import Route, message_of
+
+# grpc-gateway's HTTPStatusFromCode (runtime/errors.go) and Envoy's grpc_json_transcoder agree on this table.
+HTTP_STATUS = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+}
+CODE_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+MAX_JSON_DEPTH = 64
+_WKT_AS_STRING = frozenset({
+    "google.protobuf.Timestamp", "google.protobuf.Duration", "google.protobuf.FieldMask",
+})
+_INTS = frozenset({
+    FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT32, FieldDescriptor.TYPE_UINT64,
+    FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_SINT64, FieldDescriptor.TYPE_FIXED32,
+    FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED32, FieldDescriptor.TYPE_SFIXED64,
+})
+
+
+def http_status(code: grpc.StatusCode) -> int:
+    return HTTP_STATUS.get(code, 500)
+
+
+def message_class(descriptor: Descriptor) -> type[Message]:
+    return message_factory.GetMessageClass(descriptor)
+
+
+def to_json(message: Message) -> dict[str, Any]:
+    """A message as the seeds' JSON: snake_case, every field (defaults too), enums by name, in the proto's field
+    order (`allowed` first in a CanTrade answer). The same JSON as json_format.MessageToDict(...,
+    preserving_proto_field_name=True, always_print_fields_with_no_presence=True) (tests/unit/test_http_routes.py
+    compares them), from an encoder compiled once per message type: MessageToDict walks the descriptors on every
+    call and cost ~300 us for a CanTrade answer, more than the whole gRPC call."""
+    descriptor: Descriptor = message.DESCRIPTOR  # type: ignore[assignment]  # upb's Descriptor is the same API
+    if descriptor.full_name.startswith("google.protobuf."):
+        return dict(_well_known(message))
+    return _encoder(descriptor)(message)
+
+
+Encode = Callable[[Any], Any]
+_ENCODERS: dict[str, Callable[[Message], dict[str, Any]]] = {}
+_AS_JSON_STRING = frozenset({"google.protobuf.Timestamp", "google.protobuf.Duration", "google.protobuf.FieldMask"})
+_INT64S = frozenset({FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT64,
+                     FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED64})
+
+
+def _double(value: float) -> float | str:
+    if value != value:
+        return "NaN"
+    if value in (math.inf, -math.inf):
+        return "Infinity" if value > 0 else "-Infinity"
+    return value
+
+
+def _float(value: float) -> float | str:
+    checked = _double(value)
+    return checked if isinstance(checked, str) else type_checkers.ToShortestFloat(value)
+
+
+def _well_known(value: Message) -> Any:
+    return json_format.MessageToDict(value, preserving_proto_field_name=True,
+                                     always_print_fields_with_no_presence=True)
+
+
+def _convert(field: FieldDescriptor) -> Encode | None:
+    """How one value of this field becomes JSON (None: as it is)."""
+    t = field.type
+    if t == FieldDescriptor.TYPE_MESSAGE:
+        sub = message_of(field)
+        if sub.full_name in _AS_JSON_STRING:
+            return lambda v: v.ToJsonString()
+        if sub.full_name.startswith("google.protobuf."):
+            return _well_known
+        return lambda v: _encoder(sub)(v)
+    if t == FieldDescriptor.TYPE_ENUM:
+        assert field.enum_type is not None
+        names = {v.number: v.name for v in field.enum_type.values}
+        return lambda v: names.get(v, v)
+    if t == FieldDescriptor.TYPE_DOUBLE:
+        return _double
+    if t == FieldDescriptor.TYPE_FLOAT:
+        return _float
+    if t in _INT64S:
+        return str
+    if t == FieldDescriptor.TYPE_BYTES:
+        return lambda v: base64.b64encode(v).decode()
+    return None
+
+
+def _map_key(field: FieldDescriptor) -> Encode:
+    if field.type == FieldDescriptor.TYPE_BOOL:
+        return lambda k: "true" if k else "false"
+    return str
+
+
+def _encoder(descriptor: Descriptor) -> Callable[[Message], dict[str, Any]]:
+    found = _ENCODERS.get(descriptor.full_name)
+    if found is not None:
+        return found
+    plan: list[tuple[str, bool, int, Encode | None, Encode]] = []  # name, presence, kind (0 single 1 list 2 map)
+    for field in descriptor.fields:
+        sub = field.message_type
+        if sub is not None and sub.GetOptions().map_entry:
+            plan.append((field.name, False, 2, _convert(sub.fields_by_name["value"]),
+                         _map_key(sub.fields_by_name["key"])))
+        else:
+            plan.append((field.name, field.has_presence, 1 if field.is_repeated else 0, _convert(field), str))
+
+    def encode(message: Message) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, presence, kind, convert, key in plan:
+            if presence and not message.HasField(name):
+                continue
+            value = getattr(message, name)
+            if kind == 0:
+                out[name] = value if convert is None else convert(value)
+            elif kind == 1:
+                out[name] = list(value) if convert is None else [convert(v) for v in value]
+            else:
+                out[name] = {key(k): v if convert is None else convert(v) for k, v in value.items()}
+        return out
+
+    _ENCODERS[descriptor.full_name] = encode
+    return encode
+
+
+def dumps(data: Any) -> bytes:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def status_json(status: status_pb2.Status) -> dict[str, Any]:
+    return to_json(status)
+
+
+def status_of(code: grpc.StatusCode, message: str, details: Iterable[Any] = ()) -> status_pb2.Status:
+    status = status_pb2.Status(code=code.value[0], message=message)
+    status.details.extend(details)
+    return status
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of parsed JSON, stopping past `limit` (a deeply nested body is refused, not recursed into)."""
+    stack = [(value, 1)]
+    deepest = 0
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return depth
+        deepest = max(deepest, depth)
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return deepest
+
+
+def parse_body(raw: bytes) -> Any:
+    """The request body as JSON (an empty body is {}); INVALID_ARGUMENT when it is not JSON."""
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidArgument([("body", f"not valid JSON: {exc}")]) from None
+    if _depth(data, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise InvalidArgument([("body", f"JSON nested deeper than {MAX_JSON_DEPTH} levels")])
+    return data
+
+
+def _query_value(field: FieldDescriptor, name: str, raw: str) -> Any:
+    if field.type == FieldDescriptor.TYPE_BOOL:
+        lowered = raw.strip().lower()
+        if lowered in ("true", "1"):
+            return True
+        if lowered in ("false", "0"):
+            return False
+        raise InvalidArgument([(name, f"expected true or false, got {raw!r}")])
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        return int(raw) if raw.strip().lstrip("-").isdigit() else raw
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        if message_of(field).full_name in _WKT_AS_STRING:
+            return raw
+        raise InvalidArgument([(name, "a message field: give its fields as name.field=value")])
+    return raw  # strings, and numbers as text: json_format parses them by the field's type
+
+
+def query_fields(descriptor: Descriptor, query: Iterable[tuple[str, str]], taken: set[str]) -> dict[str, Any]:
+    """The query string as a dict for json_format (dotted names are nested fields)."""
+    out: dict[str, Any] = {}
+    for name, raw in query:
+        parts = name.split(".")
+        if parts[0] in taken:
+            raise InvalidArgument([(name, "given in the path or the body already")])
+        target, desc = out, descriptor
+        for i, part in enumerate(parts):
+            field = desc.fields_by_name.get(part)
+            if field is None:
+                raise InvalidArgument([(name, f"no such field in {desc.full_name}")])
+            last = i == len(parts) - 1
+            if not last:
+                if field.type != FieldDescriptor.TYPE_MESSAGE or field.is_repeated:
+                    raise InvalidArgument([(name, f"{part} is not a message field")])
+                child = target.setdefault(part, {})
+                if not isinstance(child, dict):
+                    raise InvalidArgument([(name, "given twice")])
+                target, desc = child, message_of(field)
+                continue
+            value = _query_value(field, name, raw)
+            if field.is_repeated:
+                target.setdefault(part, []).append(value)
+            elif part in target:
+                raise InvalidArgument([(name, "given twice (only repeated fields repeat)")])
+            else:
+                target[part] = value
+    return out
+
+
+def build_request(route: Route, params: Mapping[str, str], query: Iterable[tuple[str, str]], raw_body: bytes
+                  ) -> Message:
+    """The gRPC request of this route from path parameters, body and query string (INVALID_ARGUMENT if wrong)."""
+    descriptor = route.method.input_type
+    request = message_class(descriptor)()
+    data: dict[str, Any] = {}
+    taken = set(params)
+    if route.body == "*":
+        body = parse_body(raw_body)
+        if not isinstance(body, dict):
+            raise InvalidArgument([("body", f"expected a JSON object ({descriptor.full_name})")])
+        for name, value in params.items():
+            if name in body and body[name] != value:
+                raise InvalidArgument([(name, f"the path says {value!r}, the body {body[name]!r}")])
+        data.update(body)
+        query = list(query)
+        if query:  # AIP-127: with body "*" every field is in the body or the path
+            raise InvalidArgument([(query[0][0], "this route reads no query parameters: put it in the JSON body")])
+    elif route.body:
+        body = parse_body(raw_body)
+        if not isinstance(body, dict):
+            field_type = message_of(descriptor.fields_by_name[route.body]).full_name
+            raise InvalidArgument([(route.body, f"expected a JSON object ({field_type})")])
+        data[route.body] = body
+        taken.add(route.body)
+    data.update(query_fields(descriptor, query, taken))
+    data.update(params)
+    try:
+        json_format.ParseDict(data, request)
+    except json_format.ParseError as exc:
+        raise InvalidArgument([(route.body if route.body not in ("", "*") else "request", str(exc))]) from None
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise InvalidArgument([("request", f"cannot be read as {descriptor.full_name}: {exc}")]) from None
+    return request
