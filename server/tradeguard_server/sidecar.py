@@ -37,7 +37,7 @@ from .engine.events import Listener
 from .engine.types import Flags
 from .observability.metrics import MetricsSink, NullMetrics, PrometheusMetrics
 from .observability.state_metrics import StateMetrics
-from .observability.tracing import Tracing, current_trace_id, setup_tracing, tracing_enabled
+from .observability.tracing import Tracing, history_trace_id, setup_tracing, tracing_enabled
 from .persistence import Persistence
 from .services.breakers import BreakerService
 from .services.configs import ConfigService
@@ -201,7 +201,7 @@ class Sidecar:
         self.config_service = ConfigService(self.engine, self.store, self.durable)
         self.breaker_service = BreakerService(self.breakers, self.store, clock=self.engine.clock)
         self.persistence = Persistence(self.store, self.engine, self.config_service, self.breaker_service,
-                                       current_trace_id,
+                                       history_trace_id,
                                        load_timeout_s=settings.store_call_timeout_s,
                                        unloaded_policy=settings.unloaded_state_policy,
                                        flags_given=settings.given, on_loaded=self._state_loaded)

@@ -177,7 +177,8 @@ def test_migration_0005_fills_the_new_columns_of_existing_rows_as_the_writer_wou
     rows = query(url, f"SELECT {','.join(NEW_HISTORY_COLUMNS)} FROM risk_state_history ORDER BY id")  # noqa: S608
     assert len(rows) == len(expected)
     assert [(r["pause_code"], bool(r["trading_paused"])) for r in rows] == [
-        (None, False), (None, False), ("DAILY_LOSS_LIMIT", True), (None, True), ("DAILY_LOSS_LIMIT", True), (None, True)]
+        (None, False), (None, False), ("DAILY_LOSS_LIMIT", True), (None, True),
+        ("DAILY_LOSS_LIMIT", True), (None, True)]
     writer = BulkWriter(create_engine(url, poolclass=pool.NullPool).dialect)
     for got, want, (_rec, hist) in zip(rows, expected, history, strict=True):
         pause_by_reference = hist.reason == "second" and hist.state.pauses
