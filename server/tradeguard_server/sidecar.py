@@ -281,7 +281,10 @@ class Sidecar:
         return await self.persistence.on_flags(old, new)
 
     async def _state_loaded(self) -> None:
-        for st in list(self.engine.traders.values()):  # watchers of a trader see the installed state at once
+        traders = list(self.engine.traders.values())
+        if self.state_metrics is not None:  # each trader's gauges at once, not only with its next change
+            self.state_metrics.restore(traders)
+        for st in traders:  # watchers of a trader see the installed state at once
             self.watch.publish(st, "stored state loaded")
         await self.health.set(STATE_HEALTH, health_pb2.HealthCheckResponse.SERVING)
 
@@ -315,6 +318,7 @@ class Sidecar:
             seen = {"attempts": store.attempts, "failures": store.failures}
             metrics.persist_latency_ms(store.last_persist_latency_ms)
             metrics.queue_depth(store.queue_depth)
+            metrics.store_healthy(store.healthy)
             await asyncio.sleep(1.0)
 
     # ---- observability (metrics + tracing) -------------------------------------------------------
@@ -331,8 +335,10 @@ class Sidecar:
         self.metrics_address = ""
         traced = tracing_enabled(s.tracing, s.otlp_traces_endpoint, s.otel_sdk_disabled)
         self.tracing: Tracing | None = setup_tracing(s.otlp_traces_endpoint, s.otel_service_name) if traced else None
+        self.state_metrics: StateMetrics | None = None
         if not isinstance(self.metrics, NullMetrics):
-            self.listeners.append(StateMetrics(self.metrics, self.engine.clock.now))  # gauges, breaches, firings
+            self.state_metrics = StateMetrics(self.metrics, self.engine.clock.now)
+            self.listeners.append(self.state_metrics)  # gauges, breaches, firings
 
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
         """The tracing interceptor, or none at all when tracing is off (the hot path pays nothing)."""
@@ -439,6 +445,7 @@ class Sidecar:
         # The stored state is loaded before the first RPC is answered. When it cannot be (database down, or
         # slower than store_call_timeout_s), the engine answers under unloaded_state_policy until it is.
         await self.persistence.start()
+        self.metrics.store_healthy(self.store.healthy)  # the gauge says what health says, from the start
         if self.store.healthy:
             await self.health.set(STORE_HEALTH, health_pb2.HealthCheckResponse.SERVING)
         await server.start()

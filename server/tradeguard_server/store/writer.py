@@ -197,7 +197,9 @@ class Writer:
                     error = await self.db.run(self.db.prepare)
                     if not self.first_attempt.done():
                         self.first_attempt.set_result(None)
-                    if error is not None:
+                    if error is not None:  # counted as a failed attempt (risk_persistence_failures_total)
+                        self.counters.attempts += 1
+                        self.counters.failures += 1
                         self.health.unavailable(error)
                         failures += 1
                         await self._pause(self._backoff(failures))
