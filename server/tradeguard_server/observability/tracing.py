@@ -19,7 +19,6 @@ written (a state-changing call), never on a call that changes nothing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from contextvars import ContextVar
 from typing import Any
 
@@ -56,8 +55,8 @@ def current_span_id() -> str | None:
     return format(ctx.span_id, "016x")
 
 
-# The call being handled: a grpc.aio ServicerContext (or, for other transports, anything with an
-# `invocation_metadata()` giving (key, value) pairs with lower-case keys, or a mapping of lower-case header names).
+# The call being handled: a grpc.aio ServicerContext (anything with an `invocation_metadata()` giving (key, value)
+# pairs with lower-case keys), or for HTTP the request's headers (a mapping; `get` by lower-case name).
 _CALLER: ContextVar[Any] = ContextVar("tradeguard_caller", default=None)
 _HEX = frozenset("0123456789abcdef")
 MAX_REQUEST_ID = 64  # risk_state_history.trace_id is VARCHAR(64)
@@ -91,13 +90,8 @@ def _request_id(value: str) -> str | None:
     return value
 
 
-def _metadata(call: Any) -> Iterable[tuple[str, Any]]:
-    read = getattr(call, "invocation_metadata", None)
-    if read is not None:
-        return read() or ()
-    if hasattr(call, "items"):
-        return call.items()  # type: ignore[no-any-return]
-    return ()
+def _text(value: Any) -> str:
+    return value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
 
 
 def caller_trace_id() -> str | None:
@@ -105,16 +99,21 @@ def caller_trace_id() -> str | None:
     call = _CALLER.get()
     if call is None:
         return None
-    request_id = None
-    for key, value in _metadata(call):
-        if key == "traceparent":
-            text = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
-            trace_id = parse_traceparent(text.strip())
-            if trace_id is not None:
-                return trace_id
-        elif key == "x-request-id" and request_id is None:
-            request_id = _request_id(value.decode("ascii", "replace") if isinstance(value, bytes) else str(value))
-    return request_id
+    traceparent = request_id = None
+    read = getattr(call, "invocation_metadata", None)
+    if read is not None:  # gRPC: (key, value) pairs, keys in lower case
+        for key, value in read() or ():
+            if key == "traceparent" and traceparent is None:
+                traceparent = value
+            elif key == "x-request-id" and request_id is None:
+                request_id = value
+    elif hasattr(call, "get"):  # HTTP headers: a mapping (case-insensitive ones are looked up as they match)
+        traceparent, request_id = call.get("traceparent"), call.get("x-request-id")
+    if traceparent is not None:
+        trace_id = parse_traceparent(_text(traceparent).strip())
+        if trace_id is not None:
+            return trace_id
+    return None if request_id is None else _request_id(_text(request_id))
 
 
 def history_trace_id() -> str | None:
