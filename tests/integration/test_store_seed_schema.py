@@ -37,8 +37,8 @@ SHARED_SCALARS = (
     "consecutive_losses", "updated_at", "version", "daily_order_notional", "daily_orders", "trading_paused",
     "last_reset_time",
 )
-NEW_HISTORY_COLUMNS = HISTORY_COLUMNS[HISTORY_COLUMNS.index("state") + 1:]
-OLD_HISTORY_COLUMNS = HISTORY_COLUMNS[:HISTORY_COLUMNS.index("state") + 1]
+NEW_HISTORY_COLUMNS = HISTORY_COLUMNS[HISTORY_COLUMNS.index("trace_id") + 1:-1]  # those of 0005
+OLD_HISTORY_COLUMNS = (*HISTORY_COLUMNS[:HISTORY_COLUMNS.index("trace_id") + 1], "state")
 OLD_STATE_COLUMNS = STATE_COLUMNS[:STATE_COLUMNS.index("trading_paused")]
 
 
@@ -136,9 +136,9 @@ def write_rows_of_revision_0004(url: str, records: list[tuple[StateRecord, Histo
                          {"at": bulk.ts(T0)})
             for rec, hist in records:
                 state_row = bulk.state_row(rec, epoch=1)[:len(OLD_STATE_COLUMNS)]
-                history_row = bulk.history_row(hist)
-                expected.append(history_row[len(OLD_HISTORY_COLUMNS):])
-                old_history = history_row[:len(OLD_HISTORY_COLUMNS)]
+                history_row = dict(zip(HISTORY_COLUMNS, bulk.history_row(hist), strict=True))
+                expected.append(tuple(history_row[c] for c in NEW_HISTORY_COLUMNS))
+                old_history = tuple(history_row[c] for c in OLD_HISTORY_COLUMNS)
                 for table, columns, row in (("risk_state", OLD_STATE_COLUMNS, state_row),
                                             ("risk_state_history", OLD_HISTORY_COLUMNS, old_history)):
                     if table == "risk_state" and rec is not hist.state:

@@ -45,23 +45,23 @@ STATE_COLUMNS = (
     "updated_at", "version", "epoch", "breaker_episodes", "pending_orders", "finished_orders", "daily_order_notional",
     "daily_orders", "trading_paused", "last_reset_time",
 )
-# Every scalar of risk_state is a column of its own (0005), besides `state` (the JSON codec reads back).
+# Every scalar of risk_state is a column of its own (those after trace_id: 0005), then `state` (the JSON codec
+# reads back), last.
 HISTORY_COLUMNS = (
     "recorded_at", "trader_id", "account_id", "trading_state", "current_equity", "drawdown_pct", "daily_pnl",
-    "paused_until", "reason", "trace_id", "state",
+    "paused_until", "reason", "trace_id",
     "peak_equity", "weekly_pnl", "monthly_pnl", "pause_code", "pause_reason", "trading_paused", "equity_reported",
     "day_start_equity", "week_start_equity", "month_start_equity", "day_start", "week_start", "month_start",
     "last_reset_time", "last_equity_at", "consecutive_losses", "daily_order_notional", "daily_orders", "updated_at",
-    "version",
+    "version", "state",
 )
 # Binary COPY types. `state` is sent as "text": json's binary format is its text, and we have that already.
 HISTORY_COPY_TYPES = (
     "timestamptz", "varchar", "varchar", "varchar", "float8", "float8", "float8", "timestamptz", "text", "varchar",
-    "text",
     "float8", "float8", "float8", "varchar", "text", "bool", "bool",
     "float8", "float8", "float8", "timestamptz", "timestamptz", "timestamptz",
     "timestamptz", "timestamptz", "int4", "float8", "int8", "timestamptz",
-    "int8",
+    "int8", "text",
 )
 TRADE_COLUMNS = (
     "trader_id", "trade_id", "account_id", "symbol", "exchange", "side", "realized_pnl", "closed_at", "recorded_at",
@@ -260,9 +260,7 @@ class BulkWriter:
             ts(h.recorded_at), rec.trader_id, rec.account_id, ACTIVE if pause is None else pause.state.name,
             rec.current_equity, rec.drawdown_pct, rec.daily_pnl, None if pause is None else ts(pause.until),
             _text(h.reason), _text(h.trace_id) if h.trace_id else None,
-        )
-        # The columns after `state` (0005): the same values risk_state has, for SQL on the audit trail.
-        tail = (
+            # 0005: the values risk_state has, for SQL on the audit trail
             rec.peak_equity, rec.weekly_pnl, rec.monthly_pnl, None if pause is None else pause.code.name,
             None if pause is None else _text(pause.reason), pause is not None, rec.equity_reported,
             rec.day_start_equity, rec.week_start_equity, rec.month_start_equity, day_start, ts(rec.week_start),
@@ -278,7 +276,7 @@ class BulkWriter:
         if not full and parts.hist_same and held == maps:  # the usual row: nothing but scalars changed
             self._history_n += 1
             parts.hist_count += 1
-            return (*row, f'{head},"tag":"{self._writer}.{self._history_n}"{parts.hist_same}', *tail)
+            return (*row, f'{head},"tag":"{self._writer}.{self._history_n}"{parts.hist_same}')
         changed = [True] * len(maps) if full else [held[i] != maps[i] for i in range(len(maps))]
         if any(changed):
             self._parts_of(rec)  # encodes what its cache lacks; may raise (then nothing below changed)
@@ -300,7 +298,7 @@ class BulkWriter:
         parts.hist_same = end if len(same) == len(HISTORY_MAPS) else ""
         parts.hist_maps = maps
         out.append(end)
-        return (*row, "".join(out), *tail)
+        return (*row, "".join(out))
 
     def trade_row(self, t: TradeRecord, recorded_at: float) -> Row:
         return (t.trader_id, t.trade_id, t.account_id, t.symbol, t.exchange, t.side, t.realized_pnl,
