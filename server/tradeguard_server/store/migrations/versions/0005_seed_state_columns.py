@@ -36,7 +36,7 @@ depends_on: str | Sequence[str] | None = None
 TS = sa.DateTime(timezone=True)
 Kind = Callable[[], sa.types.TypeEngine[Any]]
 
-# (column, type, how the PostgreSQL fill reads it from the row: an SQL expression over `state` and the columns)
+# (column, type), in the order the writer writes them (store.bulk.HISTORY_COLUMNS, between trace_id and state)
 HISTORY_COLUMNS: tuple[tuple[str, Kind], ...] = (
     ("peak_equity", sa.Double),
     ("weekly_pnl", sa.Double),
@@ -69,7 +69,7 @@ PG_PAUSE = (
     "(SELECT p->>'{field}' FROM json_array_elements(CASE WHEN json_typeof(h.state->'pauses') = 'array' "
     "THEN h.state->'pauses' END) AS p WHERE p->>'state' = h.trading_state AND "
     "((p->>'until') IS NULL AND h.paused_until IS NULL OR "
-    "to_timestamp((p->>'until')::float8) = h.paused_until) LIMIT 1)"
+    "abs(extract(epoch FROM h.paused_until) - (p->>'until')::float8) < 0.000001) LIMIT 1)"
 )
 
 
@@ -145,8 +145,8 @@ def _pause_in_force(state: dict[str, Any], trading_state: str, until: float | No
 
 
 def upgrade() -> None:
-    conn = op.get_bind()
-    postgres = conn.dialect.name == "postgresql"
+    ctx = op.get_context()
+    postgres = ctx.dialect.name == "postgresql"
     with op.batch_alter_table("risk_state") as batch:
         batch.add_column(sa.Column("trading_paused", sa.Boolean(), server_default=sa.text("false"), nullable=False))
         batch.add_column(sa.Column("last_reset_time", TS, nullable=True))
@@ -156,8 +156,8 @@ def upgrade() -> None:
             batch.add_column(sa.Column(name, kind(), nullable=True))
     if postgres:
         op.execute(_pg_fill_history())
-    else:
-        _sqlite_fill_history(conn)
+    elif not ctx.as_sql:  # SQLite, online (`alembic upgrade --sql` prints the DDL only: the rows stay NULL)
+        _sqlite_fill_history(op.get_bind())
 
 
 def downgrade() -> None:
