@@ -40,7 +40,7 @@ from .engine.types import Flags
 from .httpapi import HttpApi
 from .observability.metrics import MetricsSink, NullMetrics, PrometheusMetrics
 from .observability.state_metrics import StateMetrics
-from .observability.tracing import Tracing, current_trace_id, setup_tracing, tracing_enabled
+from .observability.tracing import Tracing, history_trace_id, setup_tracing, tracing_enabled
 from .persistence import Persistence
 from .services.breakers import BreakerService
 from .services.configs import ConfigService
@@ -205,7 +205,7 @@ class Sidecar:
         self.config_service = ConfigService(self.engine, self.store, self.durable)
         self.breaker_service = BreakerService(self.breakers, self.store, clock=self.engine.clock)
         self.persistence = Persistence(self.store, self.engine, self.config_service, self.breaker_service,
-                                       current_trace_id,
+                                       history_trace_id,
                                        load_timeout_s=settings.store_call_timeout_s,
                                        unloaded_policy=settings.unloaded_state_policy,
                                        flags_given=settings.given, on_loaded=self._state_loaded)
@@ -295,7 +295,10 @@ class Sidecar:
 
     async def _state_loaded(self) -> None:
         now = self.engine.clock.now()
-        for st in list(self.engine.traders.values()):  # watchers of a trader see the installed state at once
+        traders = list(self.engine.traders.values())
+        if self.state_metrics is not None:  # each trader's gauges at once, not only with its next change
+            self.state_metrics.restore(traders)
+        for st in traders:  # watchers of a trader see the installed state at once (a halted one: cancel orders)
             self.watch.publish(st, "stored state loaded", self.engine.cancel_actions(st, now))
         await self.health.set(STATE_HEALTH, health_pb2.HealthCheckResponse.SERVING)
 
@@ -341,6 +344,7 @@ class Sidecar:
             seen = {"attempts": store.attempts, "failures": store.failures}
             metrics.persist_latency_ms(store.last_persist_latency_ms)
             metrics.queue_depth(store.queue_depth)
+            metrics.store_healthy(store.healthy)
             await asyncio.sleep(1.0)
 
     # ---- observability (metrics + tracing) -------------------------------------------------------
@@ -357,8 +361,10 @@ class Sidecar:
         self.metrics_address = ""
         traced = tracing_enabled(s.tracing, s.otlp_traces_endpoint, s.otel_sdk_disabled)
         self.tracing: Tracing | None = setup_tracing(s.otlp_traces_endpoint, s.otel_service_name) if traced else None
+        self.state_metrics: StateMetrics | None = None
         if not isinstance(self.metrics, NullMetrics):
-            self.listeners.append(StateMetrics(self.metrics, self.engine.clock.now))  # gauges, breaches, firings
+            self.state_metrics = StateMetrics(self.metrics, self.engine.clock.now)
+            self.listeners.append(self.state_metrics)  # gauges, breaches, firings
 
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
         """The tracing interceptor, or none at all when tracing is off (the hot path pays nothing)."""
@@ -497,6 +503,7 @@ class Sidecar:
         # The stored state is loaded before the first RPC is answered. When it cannot be (database down, or
         # slower than store_call_timeout_s), the engine answers under unloaded_state_policy until it is.
         await self.persistence.start()
+        self.metrics.store_healthy(self.store.healthy)  # the gauge says what health says, from the start
         if self.store.healthy:
             await self.health.set(STORE_HEALTH, health_pb2.HealthCheckResponse.SERVING)
         await server.start()

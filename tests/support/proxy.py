@@ -11,8 +11,11 @@ test's event loop, with the faults the tests inject.
 - `hold_commit(after)` / `release_commit()`: hold the next COMMIT (the client waits, the server has not got it)
   until released; `commit_held` is set while one is held.
 - `accept_delay`: hold each new connection that many seconds before connecting it (a slow network).
+- `hold_commit_answers()`: let the next COMMIT reach the server (it commits) and never deliver the server's
+  answer; the connection stays open (a frozen path back: the client waits until something interrupts it).
 
-Counters: `connections` (accepted and forwarded), `refused`, `commits_trapped`, `commit_acks_lost`.
+Counters: `connections` (accepted and forwarded), `refused`, `commits_trapped`, `commit_acks_lost`,
+`commit_answers_held`.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class _Connection:
     client: asyncio.StreamWriter
     server: asyncio.StreamWriter
     losing_commit_ack: bool = False  # the COMMIT went to the server; its answer is not delivered
+    holding_commit_answer: bool = False  # the COMMIT went to the server; its answer (and all after) is held
 
     def abort(self) -> None:
         self.client.transport.abort()
@@ -51,6 +55,8 @@ class FaultProxy:
         self.refused = 0
         self.commits_trapped = 0
         self.commit_acks_lost = 0
+        self.commit_answers_held = 0
+        self._commit_answers_to_hold = 0
         self.commit_held = asyncio.Event()
         self.flowing = asyncio.Event()
         self.flowing.set()
@@ -101,6 +107,10 @@ class FaultProxy:
     def lose_commit_acks(self, n: int = 1) -> None:
         self._commit_acks_to_lose += n
 
+    def hold_commit_answers(self, n: int = 1) -> None:
+        """The next n COMMITs reach the server; their answers never reach the client (the connection stays open)."""
+        self._commit_answers_to_hold += n
+
     def hold_commit(self, after: int = 0) -> None:
         """Hold the COMMIT that comes after `after` others (forwarded)."""
         self._hold_commit = True
@@ -149,6 +159,9 @@ class FaultProxy:
                         self._hold_commit = False
                         self.commit_held.set()
                         await self._commit_released.wait()
+                if self._commit_answers_to_hold and COMMIT_QUERY in data:
+                    self._commit_answers_to_hold -= 1
+                    conn.holding_commit_answer = True
                 if self._commit_acks_to_lose and COMMIT_QUERY in data:
                     self._commit_acks_to_lose -= 1
                     conn.losing_commit_ack = True
@@ -181,6 +194,9 @@ class FaultProxy:
                 await self.flowing.wait()
                 if self._awaiting_answer and (COMMIT_MARK in data or b"ROLLBACK\x00" in data):
                     self._commit_answered.set()  # the server's CommandComplete for the trapped COMMIT
+                if conn.holding_commit_answer:  # committed; the client never hears, nor is told the line is gone
+                    self.commit_answers_held += 1
+                    continue
                 if conn.losing_commit_ack:  # the server's answer to COMMIT: committed, and never delivered
                     self.commit_acks_lost += 1
                     break

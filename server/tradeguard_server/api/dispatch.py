@@ -16,6 +16,7 @@ from google.protobuf.message import DecodeError, Message
 
 from ..auth import Credentials, Principal
 from ..engine.engine import AccountMismatchError
+from ..observability.tracing import bind_caller
 from ..store import errors as store_errors
 from .errors import ApiError, InvalidArgument, PermissionDenied, Unauthenticated, store_error
 
@@ -53,6 +54,7 @@ def _parse(request_cls: type[Message], raw: bytes) -> Message:
 
 def unary(request_cls: type[Message], fn: UnaryFn, guard: Guard | None = None) -> grpc.RpcMethodHandler[Any, Any]:
     async def handle(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Message | None:
+        bind_caller(context)  # its traceparent / x-request-id reach the history rows it causes
         try:
             principal = None if guard is None else guard(context)
             request = _parse(request_cls, raw)

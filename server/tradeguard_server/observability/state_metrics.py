@@ -2,16 +2,20 @@
 
 Wired in `sidecar.py` only when metrics are on (with metrics off the engine has one listener fewer). It moves:
 - `risk_daily_pnl`, `risk_drawdown`, `risk_trading_paused` for the trader of every state change;
-- `risk_limit_breaches_total{trader_id, rule}` once per loss limit newly breached;
+- `risk_limit_breaches_total{trader_id, rule}` once per loss limit newly breached, and once per breaker firing
+  with rule `breaker:<name>` (the rule its `RISK LIMIT BREACHED` log line names);
 - `tradeguard_breaker_firings_total{breaker_id}` once per breaker firing.
+`restore()` sets the per-trader gauges of the traders loaded at start (they would otherwise appear only with each
+trader's next change).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from ..engine.events import StateChanged
+from ..engine.state import TraderState
 from ..engine.types import TradingState
 
 
@@ -44,3 +48,10 @@ class StateMetrics:
             self._breach(breach.rule, st.trader_id)
         for firing in event.firings:
             self._fired(firing.breaker_id)
+            self._breach(f"breaker:{firing.name}", st.trader_id)
+
+    def restore(self, states: Iterable[TraderState]) -> None:
+        """Set the per-trader gauges from states loaded at start (no breach is counted again)."""
+        now = self.now()
+        for st in states:
+            self._moved(st.trader_id, st.daily_pnl, st.drawdown_pct, st.trading_state(now) is not TradingState.ACTIVE)

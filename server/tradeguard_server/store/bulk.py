@@ -43,16 +43,25 @@ STATE_COLUMNS = (
     "week_start_equity", "month_start_equity", "day_start", "week_start", "month_start", "last_equity_at",
     "consecutive_losses", "pauses", "positions", "volatility", "symbol_stats", "recent_trades", "order_times",
     "updated_at", "version", "epoch", "breaker_episodes", "pending_orders", "finished_orders", "daily_order_notional",
-    "daily_orders",
+    "daily_orders", "trading_paused", "last_reset_time",
 )
+# Every scalar of risk_state is a column of its own (those after trace_id: 0005), then `state` (the JSON codec
+# reads back), last.
 HISTORY_COLUMNS = (
     "recorded_at", "trader_id", "account_id", "trading_state", "current_equity", "drawdown_pct", "daily_pnl",
-    "paused_until", "reason", "trace_id", "state",
+    "paused_until", "reason", "trace_id",
+    "peak_equity", "weekly_pnl", "monthly_pnl", "pause_code", "pause_reason", "trading_paused", "equity_reported",
+    "day_start_equity", "week_start_equity", "month_start_equity", "day_start", "week_start", "month_start",
+    "last_reset_time", "last_equity_at", "consecutive_losses", "daily_order_notional", "daily_orders", "updated_at",
+    "version", "state",
 )
 # Binary COPY types. `state` is sent as "text": json's binary format is its text, and we have that already.
 HISTORY_COPY_TYPES = (
     "timestamptz", "varchar", "varchar", "varchar", "float8", "float8", "float8", "timestamptz", "text", "varchar",
-    "text",
+    "float8", "float8", "float8", "varchar", "text", "bool", "bool",
+    "float8", "float8", "float8", "timestamptz", "timestamptz", "timestamptz",
+    "timestamptz", "timestamptz", "int4", "float8", "int8", "timestamptz",
+    "int8", "text",
 )
 TRADE_COLUMNS = (
     "trader_id", "trade_id", "account_id", "symbol", "exchange", "side", "realized_pnl", "closed_at", "recorded_at",
@@ -205,6 +214,7 @@ class BulkWriter:
                        rec.month_start_equity, rec.daily_order_notional):
             if not isfinite(amount):  # PostgreSQL would keep a NaN, SQLite would turn it into NULL: refuse both
                 raise ValueError(f"not a finite number: {amount!r}")
+        day_start = ts(rec.day_start)
         return (
             rec.trader_id, rec.account_id, rec.current_equity, rec.peak_equity, rec.drawdown_pct, rec.daily_pnl,
             ACTIVE if pause is None else pause.state.name,
@@ -212,11 +222,12 @@ class BulkWriter:
             None if pause is None else pause.code.name,
             None if pause is None else _text(pause.reason),
             rec.weekly_pnl, rec.monthly_pnl, rec.equity_reported, rec.day_start_equity, rec.week_start_equity,
-            rec.month_start_equity, ts(rec.day_start), ts(rec.week_start), ts(rec.month_start),
+            rec.month_start_equity, day_start, ts(rec.week_start), ts(rec.month_start),
             ts(rec.last_equity_at), rec.consecutive_losses, parts.pauses, parts.positions, parts.volatility,
             parts.symbol_stats, self._recent_trades(rec, parts), encode(list(rec.order_times)), ts(rec.updated_at),
             rec.version, epoch, encode(dict(rec.breaker_episodes)) if rec.breaker_episodes else "{}",
             parts.pending_orders, self._finished_orders(rec, parts), rec.daily_order_notional, rec.daily_orders,
+            pause is not None, day_start,
         )
 
     def history_row(self, h: HistoryRecord) -> Row:
@@ -243,10 +254,18 @@ class BulkWriter:
             f'"daily_orders":{int(rec.daily_orders)}'
         )
         pause = rec.effective_pause(rec.updated_at)
+        ts = self.ts
+        day_start = ts(rec.day_start)
         row = (
-            self.ts(h.recorded_at), rec.trader_id, rec.account_id, ACTIVE if pause is None else pause.state.name,
-            rec.current_equity, rec.drawdown_pct, rec.daily_pnl, None if pause is None else self.ts(pause.until),
+            ts(h.recorded_at), rec.trader_id, rec.account_id, ACTIVE if pause is None else pause.state.name,
+            rec.current_equity, rec.drawdown_pct, rec.daily_pnl, None if pause is None else ts(pause.until),
             _text(h.reason), _text(h.trace_id) if h.trace_id else None,
+            # 0005: the values risk_state has, for SQL on the audit trail
+            rec.peak_equity, rec.weekly_pnl, rec.monthly_pnl, None if pause is None else pause.code.name,
+            None if pause is None else _text(pause.reason), pause is not None, rec.equity_reported,
+            rec.day_start_equity, rec.week_start_equity, rec.month_start_equity, day_start, ts(rec.week_start),
+            ts(rec.month_start), day_start, ts(rec.last_equity_at), int(rec.consecutive_losses),
+            rec.daily_order_notional, int(rec.daily_orders), ts(rec.updated_at), int(rec.version),
         )
         restarts = self.history_restarts
         maps = (rec.pauses, rec.positions, rec.volatility, rec.symbol_stats, rec.pending_orders)

@@ -8,6 +8,12 @@ only awaits it.
 by `call_timeout_s`; `Call` is how the awaiting coroutine and the thread agree on what becomes of a call the
 caller gave up on; `settle_commit` asks the database (txid_status) what became of a COMMIT whose answer was
 lost. The writer (writer.py) runs its batches on the same thread through `Database.run`.
+
+Every operation on the thread has a deadline (`op_timeout_s`), kept by `Watchdog`: past it the connections the
+thread holds are interrupted (PostgreSQL: the socket is shut down, so libpq's wait ends with "server closed the
+connection"; SQLite: `sqlite3.Connection.interrupt()`), and the operation ends with a transient error. That
+covers what the server-side timeouts cannot (a hung pooler, a frozen server whose kernel still ACKs, a proxy that
+holds the bytes). Only a migration (start-up, when the schema is behind) runs without one.
 """
 
 from __future__ import annotations
@@ -15,10 +21,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import queue
+import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
 from functools import partial
 from typing import Any, ParamSpec, TypeVar
@@ -30,7 +38,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 from . import sql
 from .codec import dumps
 from .errors import Conflict, InvalidData, StoreError, StoreUnavailable
-from .migrate import migrate_connection
+from .migrate import head_revision, migrate_connection, revision_of
 from .url import is_sqlite
 
 log = logging.getLogger("tradeguard.store")
@@ -61,7 +69,176 @@ PG_CONNECT_DEFAULTS = {  # unless the URL says otherwise
 CALL_TIMEOUT_S = 30.0
 # How long an admin write whose COMMIT answer was lost keeps asking the database (txid_status) what became of it.
 SETTLE_S = 10.0
+# The deadline of every operation on the database thread (a writer batch, a request-path call, a txid_status
+# lookup): past it the watchdog interrupts the connections the thread holds and the operation fails (transient).
+# Above statement_timeout and CALL_TIMEOUT_S: the server-side timeouts and the caller's bound act first; this one
+# is for a database that answers nothing at all. 0 = no deadline.
+OP_TIMEOUT_S = 60.0
+SQLITE_BUSY_S = 15.0  # SQLite busy timeout, seconds
+# The start-up load reads every trader's state: a big database may take long (statement_timeout is lifted for it).
+LOAD_TIMEOUT_S = 600.0
 ROW_ERRORS = {"IntegrityError", "DataError"}  # PEP 249 names: the same in SQLAlchemy, psycopg and sqlite3
+
+
+class _PgSocket:
+    """A psycopg connection's socket, identified by its inode: shut down only while that same socket is open (the
+    descriptor number may have been closed and reused meanwhile)."""
+
+    __slots__ = ("fd", "inode")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.inode = os.fstat(fd).st_ino
+
+    def interrupt(self) -> None:
+        try:
+            dup = os.dup(self.fd)
+        except OSError:
+            return
+        try:
+            if os.fstat(dup).st_ino != self.inode:
+                return
+            with socket.socket(fileno=os.dup(dup)) as sock:  # closes its own descriptor only
+                sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        finally:
+            os.close(dup)
+
+
+class _SqliteConnection:
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    def interrupt(self) -> None:
+        with contextlib.suppress(Exception):  # closed meanwhile
+            self.conn.interrupt()
+
+
+class Watchdog:
+    """The deadline of the operation running on the database thread (see the module doc).
+
+    `track(engine)` follows the engine's connections (pool events, on the database thread); `bound(seconds)` runs
+    an operation under a deadline: past it every tracked connection is interrupted, and again every `seconds`
+    while the operation still runs (its clean-up or a reconnect may hang as well). One thread of its own, asleep
+    on a condition; arming and disarming costs two lock round trips per operation (a batch, not a change)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._deadline: float | None = None
+        self._seconds = 0.0
+        self._op = 0  # the operation being bounded
+        self._fired_op = -1  # the last operation interrupted
+        self._active = False  # an operation is running under `bound`
+        self._handles: dict[int, _PgSocket | _SqliteConnection] = {}
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+        self.interrupts = 0
+
+    def track(self, engine: Engine) -> None:
+        event.listen(engine, "do_connect", self._on_do_connect)
+        event.listen(engine, "connect", self._on_connect)
+        event.listen(engine, "close", self._on_close)
+
+    def _on_do_connect(self, *_args: Any) -> None:
+        if self.interrupted():  # e.g. the pool's pre-ping failed because of the interrupt: no new connection
+            raise StoreUnavailable(f"the database did not answer within {self._seconds:g} s: the operation was "
+                                   "interrupted")
+
+    def _on_connect(self, dbapi_conn: Any, record: Any) -> None:
+        handle: _PgSocket | _SqliteConnection | None = None
+        pgconn = getattr(dbapi_conn, "pgconn", None)
+        if pgconn is not None:
+            with contextlib.suppress(Exception):
+                handle = _PgSocket(pgconn.socket)
+        elif hasattr(dbapi_conn, "interrupt"):
+            handle = _SqliteConnection(dbapi_conn)
+        with self._cond:
+            if handle is None:
+                self._handles.pop(id(record), None)
+            else:
+                self._handles[id(record)] = handle
+
+    def _on_close(self, _dbapi_conn: Any, record: Any) -> None:
+        with self._cond:
+            self._handles.pop(id(record), None)
+
+    @contextlib.contextmanager
+    def bound(self, seconds: float) -> Iterator[Callable[[], bool]]:
+        """Run the body under a deadline of `seconds` (0 = none). Yields `interrupted()`: True once the watchdog
+        interrupted this operation's connections."""
+        if seconds <= 0:
+            yield lambda: False
+            return
+        with self._cond:
+            self._op += 1
+            op = self._op
+            self._seconds = seconds
+            self._deadline = time.monotonic() + seconds
+            self._active = True
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._watch, name="tradeguard-store-watchdog", daemon=True)
+                self._thread.start()
+            else:
+                self._cond.notify()
+        try:
+            yield lambda: self._fired_op == op
+        finally:
+            with self._cond:
+                self._deadline = None
+                self._active = False
+
+    def interrupted(self) -> bool:
+        """On the database thread: True while the operation running there was interrupted by its deadline."""
+        return self._active and self._fired_op == self._op
+
+    def timed_out(self, exc: BaseException) -> BaseException:
+        """`exc` or, when the current operation was interrupted by its deadline, a StoreUnavailable saying so."""
+        if not self.interrupted() or isinstance(exc, StoreUnavailable):
+            return exc
+        error = StoreUnavailable(f"the database did not answer within {self._seconds:g} s: the connection was "
+                                 f"interrupted ({describe(exc)})")
+        error.__cause__ = exc
+        return error
+
+    @contextlib.contextmanager
+    def unbounded(self) -> Iterator[None]:
+        """Suspend the current operation's deadline for the body (a migration); it starts afresh after."""
+        with self._cond:
+            saved, self._deadline = self._deadline, None
+        try:
+            yield
+        finally:
+            with self._cond:
+                if saved is not None:
+                    self._deadline = time.monotonic() + self._seconds
+                    self._cond.notify()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+
+    def _watch(self) -> None:
+        with self._cond:
+            while not self._stopped:
+                deadline = self._deadline
+                if deadline is None:
+                    self._cond.wait()
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining > 0:
+                    self._cond.wait(remaining)
+                    continue
+                self._fired_op = self._op
+                self._deadline = time.monotonic() + self._seconds  # again, while the operation still runs
+                self.interrupts += 1
+                log.warning("store: a database operation has run for %g s: interrupting its connection",
+                            self._seconds)
+                for handle in list(self._handles.values()):
+                    handle.interrupt()
 
 
 class Worker(Executor):
@@ -183,7 +360,10 @@ def lift_statement_timeout(conn: Connection) -> None:
 def create_store_engine(url: str) -> Engine:
     """SQLAlchemy engine for `url`: SQLite in WAL mode; PostgreSQL with PG_CONNECT_DEFAULTS and a small pool."""
     if is_sqlite(url):
-        engine = create_engine(url, json_serializer=dumps, connect_args={"timeout": 15.0}, pool_pre_ping=True)
+        # sqlite3's `timeout` is SQLite's busy timeout: a statement waits at most SQLITE_BUSY_S for another
+        # process's lock, then fails (transient: the writer retries; admin calls answer UNAVAILABLE).
+        engine = create_engine(url, json_serializer=dumps, connect_args={"timeout": SQLITE_BUSY_S},
+                               pool_pre_ping=True)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     present = {k.lower() for k in make_url(url).query}
@@ -213,9 +393,12 @@ class Database:
         migrate_on_start: bool = True,
         call_timeout_s: float = CALL_TIMEOUT_S,
         settle_s: float = SETTLE_S,
+        op_timeout_s: float = OP_TIMEOUT_S,
         on_unavailable: Callable[[BaseException], None] = lambda _exc: None,
     ) -> None:
         self.url = url
+        self.op_timeout_s = op_timeout_s  # see OP_TIMEOUT_S
+        self.watchdog = Watchdog()
         self.migrate_on_start = migrate_on_start
         self.call_timeout_s = call_timeout_s  # see CALL_TIMEOUT_S
         self.settle_s = settle_s  # see SETTLE_S
@@ -234,6 +417,7 @@ class Database:
     def start(self) -> None:
         self.thread = Worker("tradeguard-store-db")
         self._engine = create_store_engine(self.url)
+        self.watchdog.track(self._engine)
 
     async def close(self, wait_s: float) -> None:
         """Release the connections (queued behind any write still running on the thread), stop the thread."""
@@ -244,10 +428,26 @@ class Database:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(fut, timeout=wait_s)
         self.thread.shutdown(wait=False)
+        self.watchdog.stop()
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Await `fn(*args)` run on the database thread (the writer's batches; no bound, no transaction)."""
-        return await run_on(self.thread, fn, *args)
+        """Await `fn(*args)` run on the database thread (the writer's work; no transaction) under the deadline
+        `op_timeout_s`."""
+        return await run_on(self.thread, self.bounded, fn, *args)
+
+    def bounded(self, fn: Callable[..., T], *args: Any, seconds: float | None = None) -> T:
+        """On the database thread: `fn(*args)` under a deadline (`op_timeout_s` unless `seconds`; 0 = none, and
+        `op_timeout_s` 0 turns every deadline off); an error it ends with because the deadline interrupted it
+        becomes StoreUnavailable saying so (the original chained)."""
+        limit = self.op_timeout_s if seconds is None or self.op_timeout_s <= 0 else seconds
+        with self.watchdog.bound(limit) as interrupted:
+            try:
+                return fn(*args)
+            except Exception as exc:
+                if interrupted() and not is_row_error(exc):
+                    raise StoreUnavailable(f"the database did not answer within {limit:g} s: the connection was "
+                                           f"interrupted ({describe(exc)})") from exc
+                raise
 
     # ---- on the database thread ---------------------------------------------------------------------
 
@@ -256,9 +456,10 @@ class Database:
         engine = self.engine
         try:
             with engine.connect() as conn:
-                if self.migrate_on_start:
-                    lift_statement_timeout(conn)  # for the migration's transaction only
-                    migrate_connection(conn)
+                if self.migrate_on_start and revision_of(conn) != head_revision():
+                    with self.watchdog.unbounded():  # a migration may take long on a big database
+                        lift_statement_timeout(conn)  # for the migration's transaction only
+                        migrate_connection(conn)
                 db_epoch = sql.max_epoch(conn)
                 conn.rollback()
         except Exception as exc:
@@ -336,13 +537,16 @@ class Database:
 
     # ---- request-path calls (awaited on the event loop) ---------------------------------------------
 
-    async def call(self, fn: Callable[[Connection], T], *, write: bool, bounded: bool = True) -> T:
+    async def call(self, fn: Callable[[Connection], T], *, write: bool, bounded: bool = True,
+                   deadline_s: float | None = None) -> T:
         """Run `fn` in a transaction on the database thread; database errors become store errors.
 
         Bounded (request-path calls): when the thread has not answered within `call_timeout_s` (it may be busy
         with a writer batch stuck on the database, or stuck itself), raise StoreUnavailable and report the store
         unavailable. The call itself cannot be interrupted: see Call for what becomes of it (it never commits
-        once given up, unless its COMMIT was already sent). The same holds when the awaiting RPC is cancelled."""
+        once given up, unless its COMMIT was already sent). The same holds when the awaiting RPC is cancelled.
+        On the thread the call runs under the deadline `deadline_s` (default `op_timeout_s`, see Watchdog): a
+        database that answers nothing cannot keep the thread, and the writer behind it, past that."""
         if self.thread is None or self.closed:
             raise StoreUnavailable("store is not running")
         call = Call()
@@ -384,7 +588,7 @@ class Database:
                 self.dispose_quietly()
                 raise StoreUnavailable(f"database unavailable: {describe(exc)}") from exc
 
-        fut = asyncio.get_running_loop().run_in_executor(self.thread, run)
+        fut = asyncio.get_running_loop().run_in_executor(self.thread, partial(self.bounded, run, seconds=deadline_s))
         limit = self.call_timeout_s if bounded and self.call_timeout_s > 0 else None
         try:
             done, _pending = await asyncio.wait({fut}, timeout=limit)

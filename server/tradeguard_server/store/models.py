@@ -252,6 +252,10 @@ class RiskState(Base):
     # Sums of the orders allowed since day_start (max_daily_notional, max_daily_orders).
     daily_order_notional: Mapped[float] = mapped_column(Double, server_default=text("0"))
     daily_orders: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    # The seed's columns (0005): trading_paused = trading_state is not ACTIVE; last_reset_time = day_start (the
+    # start of the current daily period). NULL last_reset_time only in a row a sidecar older than 0005 wrote.
+    trading_paused: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    last_reset_time: Mapped[float | None] = mapped_column(UtcTimestamp(), nullable=True)
 
 
 class RiskStateHistory(Base):
@@ -278,6 +282,28 @@ class RiskStateHistory(Base):
     reason: Mapped[str] = mapped_column(Text)
     trace_id: Mapped[str | None] = mapped_column(String(64))
     state: Mapped[Any] = mapped_column(Json)
+    # Every other scalar of risk_state, by its name there (0005; NULL only where a row older than 0005 lacked it).
+    # The lists and maps (pauses, positions, volatility, symbol_stats, pending_orders) are in `state`.
+    peak_equity: Mapped[float | None] = mapped_column(Double, nullable=True)
+    weekly_pnl: Mapped[float | None] = mapped_column(Double, nullable=True)
+    monthly_pnl: Mapped[float | None] = mapped_column(Double, nullable=True)
+    pause_code: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    pause_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    trading_paused: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    equity_reported: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    day_start_equity: Mapped[float | None] = mapped_column(Double, nullable=True)
+    week_start_equity: Mapped[float | None] = mapped_column(Double, nullable=True)
+    month_start_equity: Mapped[float | None] = mapped_column(Double, nullable=True)
+    day_start: Mapped[float | None] = mapped_column(UtcTimestamp(), nullable=True)
+    week_start: Mapped[float | None] = mapped_column(UtcTimestamp(), nullable=True)
+    month_start: Mapped[float | None] = mapped_column(UtcTimestamp(), nullable=True)
+    last_reset_time: Mapped[float | None] = mapped_column(UtcTimestamp(), nullable=True)
+    last_equity_at: Mapped[float | None] = mapped_column(UtcTimestamp(), nullable=True)
+    consecutive_losses: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    daily_order_notional: Mapped[float | None] = mapped_column(Double, nullable=True)
+    daily_orders: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    updated_at: Mapped[float | None] = mapped_column(UtcTimestamp(), nullable=True)
+    version: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class TradeReport(Base):

@@ -53,8 +53,8 @@ class StoreCounters:
     rejected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))  # bad rows, logged, skipped
     coalesced: int = 0  # snapshots superseded in the queue by a newer one of the same trader
     dropped_history: int = 0
-    attempts: int = 0  # transactions the writer tried (one per batch)
-    failures: int = 0  # batches that failed (transient) or had a rejected row
+    attempts: int = 0  # transactions the writer tried (one per batch), and connection attempts that failed
+    failures: int = 0  # batches that failed (transient) or had a rejected row, and failed connection attempts
     last_persist_latency_ms: float = 0.0  # duration of the last successful batch write
 
 

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from sqlalchemy import Connection
 
 from . import sql
-from .dbthread import Database, lift_statement_timeout
+from .dbthread import LOAD_TIMEOUT_S, Database, lift_statement_timeout
 from .records import BreakerEventRecord, BreakerRecord, ConfigRecord, FlagsRecord, HistoryRecord, LoadedState
 
 Flush = Callable[[float | None], Awaitable[bool]]
@@ -24,7 +24,8 @@ class Repository:
         self.flush = flush
 
     async def load(self) -> LoadedState:
-        """Everything the sidecar restores at start (not bounded: start-up and recovery, not a request)."""
+        """Everything the sidecar restores at start (no caller-side bound: start-up and recovery, not a request;
+        on the database thread, the deadline LOAD_TIMEOUT_S: a load interrupted by it is retried by the caller)."""
 
         def load(conn: Connection) -> LoadedState:
             lift_statement_timeout(conn)  # a big database may take longer; lock_timeout still applies
@@ -36,7 +37,7 @@ class Repository:
                 trade_ids=sql.load_trade_ids(conn),
             )
 
-        return await self.db.call(load, write=False, bounded=False)
+        return await self.db.call(load, write=False, bounded=False, deadline_s=LOAD_TIMEOUT_S)
 
     # ---- trades --------------------------------------------------------------------------------------
 

@@ -24,8 +24,10 @@ A healthy database keeps the history backlog near empty at thousands of changes 
 with 0 drops on PostgreSQL and SQLite); only when it cannot keep up (slow or down) for longer than the backlog
 lasts (~40 s at 2.4k/s) are the oldest history rows dropped (queue.py).
 
-A database that does not answer: PostgreSQL sessions carry server-side timeouts (PG_CONNECT_DEFAULTS), and
-request-path calls wait at most `call_timeout_s` for the database thread (dbthread.Database.call).
+A database that does not answer: PostgreSQL sessions carry server-side timeouts (PG_CONNECT_DEFAULTS), SQLite
+connections a busy timeout (15 s), request-path calls wait at most `call_timeout_s` for the database thread
+(dbthread.Database.call), and every operation on that thread (writer batches included) ends at `op_timeout_s`
+(dbthread.Watchdog interrupts its connection; a batch whose COMMIT was sent is settled by txid_status first).
 
 Loss bound on SIGKILL: what is queued and not yet committed: under load the changes of the last one or
 two batch round trips (milliseconds), during an outage the whole backlog.
@@ -38,7 +40,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from .dbthread import CALL_TIMEOUT_S, PG_CONNECT_DEFAULTS, SETTLE_S, Database, is_row_error
+from .dbthread import CALL_TIMEOUT_S, OP_TIMEOUT_S, PG_CONNECT_DEFAULTS, SETTLE_S, Database, is_row_error
 from .errors import StoreUnavailable
 from .health import Health
 from .queue import HISTORY_BACKLOG_BYTES, HISTORY_BACKLOG_ROWS, KINDS, StoreCounters, WriteQueue, history_cost
@@ -61,6 +63,7 @@ __all__ = [
     "HISTORY_BACKLOG_BYTES",
     "HISTORY_BACKLOG_ROWS",
     "KINDS",
+    "OP_TIMEOUT_S",
     "PG_CONNECT_DEFAULTS",
     "SETTLE_S",
     "RiskStore",
@@ -87,12 +90,13 @@ class RiskStore(StoreCounters):
         call_timeout_s: float = CALL_TIMEOUT_S,
         history_backlog_bytes: int = HISTORY_BACKLOG_BYTES,
         settle_s: float = SETTLE_S,
+        op_timeout_s: float = OP_TIMEOUT_S,
         on_health_change: Callable[[bool], None] | None = None,
     ) -> None:
         if queue_size < 1 or batch_max < 1:
             raise ValueError("queue_size and batch_max must be >= 1")
-        if call_timeout_s < 0:
-            raise ValueError("call_timeout_s must be >= 0 (0 = no bound)")
+        if call_timeout_s < 0 or op_timeout_s < 0:
+            raise ValueError("call_timeout_s and op_timeout_s must be >= 0 (0 = no bound)")
         super().__init__()
         self.url = normalize_url(url)
         self.clock = clock  # timestamps of admin writes (created_at, updated_at) and trade reports
@@ -102,7 +106,7 @@ class RiskStore(StoreCounters):
         self.queue = WriteQueue(self, queue_size, history_backlog_bytes, clock)
         self.health = Health(self.url, retry_max_s, lambda: self.queue_depth, self._notify_health)
         self.db = Database(self.url, migrate_on_start=migrate_on_start, call_timeout_s=call_timeout_s,
-                           settle_s=settle_s, on_unavailable=self.health.unavailable)
+                           settle_s=settle_s, op_timeout_s=op_timeout_s, on_unavailable=self.health.unavailable)
         self.writer = Writer(self.queue, self, self.db, self.health, batch_max=batch_max, retry_max_s=retry_max_s,
                              call_timeout_s=call_timeout_s)
         self.repository = Repository(self.db, clock, self.flush)
@@ -152,6 +156,15 @@ class RiskStore(StoreCounters):
     @call_timeout_s.setter
     def call_timeout_s(self, seconds: float) -> None:
         self.db.call_timeout_s = self.writer.call_timeout_s = seconds
+
+    @property
+    def op_timeout_s(self) -> float:
+        """See dbthread.OP_TIMEOUT_S."""
+        return self.db.op_timeout_s
+
+    @op_timeout_s.setter
+    def op_timeout_s(self, seconds: float) -> None:
+        self.db.op_timeout_s = seconds
 
     @property
     def migrate_on_start(self) -> bool:

@@ -12,8 +12,13 @@ statement_timeout or lock_timeout, ...) keep the batch, mark the store unhealthy
 row's own reason (constraint, bad value) is split until the bad row is alone: the rest is written, the bad row
 is logged and counted in `rejected`, never silently lost.
 
-Commit uncertainty: when the connection breaks during a batch's COMMIT, the batch is neither requeued nor
-counted until the database says (txid_status) whether it committed: written again only if it did not.
+Commit uncertainty: when the connection breaks during a batch's COMMIT (or the batch's deadline interrupts it
+there), the batch is neither requeued nor counted until the database says (txid_status) whether it committed:
+written again only if it did not. A session the server still holds open in that transaction is ended first
+(pg_terminate_backend, only if it still runs that transaction), so the answer comes.
+
+Deadline: every batch runs under the database thread's deadline (`op_timeout_s`, dbthread.Watchdog), so a
+database that never answers cannot hold the writer: the batch fails as in an outage and is retried.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ class Outcome:
     retry: Batch | None = None  # not written because of a transient error: requeue
     error: BaseException | None = None
     in_doubt: int | None = None  # PostgreSQL txid of a batch whose COMMIT may or may not have happened
+    backend_pid: int | None = None  # PostgreSQL: the session that ran it (ended if its transaction stays open)
     latency_ms: float = 0.0
 
 
@@ -197,7 +203,9 @@ class Writer:
                     error = await self.db.run(self.db.prepare)
                     if not self.first_attempt.done():
                         self.first_attempt.set_result(None)
-                    if error is not None:
+                    if error is not None:  # counted as a failed attempt (risk_persistence_failures_total)
+                        self.counters.attempts += 1
+                        self.counters.failures += 1
                         self.health.unavailable(error)
                         failures += 1
                         await self._pause(self._backoff(failures))
@@ -286,14 +294,16 @@ class Writer:
 
     async def _await_batch(self, fut: asyncio.Future[Outcome]) -> Outcome:
         """The outcome of a batch in the database. Past `call_timeout_s` the store reports itself unavailable
-        (health NOT_SERVING) but keeps waiting: abandoning a batch that may still commit would write it twice,
-        and the thread is busy with it anyway. The server-side timeouts end most waits; a batch that never
-        returns (hung pooler, frozen server) keeps the writer there, with its queue growing as in an outage."""
+        (health NOT_SERVING) and keeps waiting: the server-side timeouts end most waits. A batch that gets no
+        answer at all (hung pooler, frozen server) ends at the database thread's deadline (`op_timeout_s`, see
+        dbthread.Watchdog): its connection is interrupted and the batch is retried; if its COMMIT had been sent,
+        the commit-uncertainty check (txid_status) decides first, so it is never written twice."""
         if self.call_timeout_s > 0 and not fut.done():
             done, _pending = await asyncio.wait({fut}, timeout=self.call_timeout_s)
             if not done:
-                self.health.unavailable(StoreUnavailable(f"a batch has waited {self.call_timeout_s:g} s for the "
-                                                         "database; still waiting for it"))
+                self.health.unavailable(StoreUnavailable(
+                    f"a batch has waited {self.call_timeout_s:g} s for the database; still waiting for it (it is "
+                    f"interrupted at {self.db.op_timeout_s:g} s)"))
         return await fut
 
     async def _resolve_in_doubt(self) -> bool:
@@ -304,6 +314,12 @@ class Writer:
         assert doubtful.in_doubt is not None
         try:
             status = await self.db.run(self.db.xact_status, doubtful.in_doubt)
+            if status == "in progress" and doubtful.backend_pid is not None:
+                # The server has not noticed the connection is gone (its COMMIT may be held on the way, or the
+                # batch's connection was interrupted at its deadline): end that session if it still runs the
+                # transaction; from then on the answer is final.
+                await self.db.run(self.db.end_session, doubtful.backend_pid, doubtful.in_doubt)
+                status = await self.db.run(self.db.xact_status, doubtful.in_doubt)
         except Exception as exc:
             self.health.unavailable(exc)
             return False
@@ -357,7 +373,8 @@ class Writer:
             conn = self.db.engine.connect()
             try:
                 if self._bulk.postgres:  # to learn later whether a COMMIT cut short went through
-                    txid = int(conn.exec_driver_sql("SELECT txid_current()").scalar_one())
+                    txid_pid = conn.exec_driver_sql("SELECT txid_current(), pg_backend_pid()").one()
+                    txid, outcome.backend_pid = int(txid_pid[0]), int(txid_pid[1])
                 for kind, items in parts.items():
                     self._write_kind(conn, kind, items, now)
                 committing = True
@@ -368,7 +385,7 @@ class Writer:
         except Exception as exc:
             if not is_row_error(exc):
                 self.db.dispose_quietly()
-                outcome.retry, outcome.error = batch_of(parts.items()), exc
+                outcome.retry, outcome.error = batch_of(parts.items()), self.db.watchdog.timed_out(exc)
                 if committing:  # the server may have committed before the connection broke
                     outcome.in_doubt = txid
                 return outcome
@@ -410,7 +427,7 @@ class Writer:
             except Exception as exc:
                 if not is_row_error(exc):  # the database went away meanwhile: the rest waits for it
                     self.db.dispose_quietly()
-                    outcome.retry, outcome.error = batch_of([(kind, part), *stack]), exc
+                    outcome.retry, outcome.error = batch_of([(kind, part), *stack]), self.db.watchdog.timed_out(exc)
                     return
                 if len(part) == 1:
                     item, _row = part[0]
