@@ -114,7 +114,7 @@ def build(with_breakers: bool) -> tuple[Sidecar, str]:
     engine.report_positions(lg.TRADER, lg.ACCOUNT, [position_from_msg(p) for p in lg.positions()])
     engine.report_equity(lg.TRADER, lg.ACCOUNT, lg.EQUITY, None)
     order = order_from_msg(lg.order())
-    engine.report_prices([PriceMark(order.symbol, order.price, engine.clock.now())])
+    engine.report_prices(lg.ACCOUNT, [PriceMark(order.symbol, order.price, engine.clock.now())])
     for i in range(PENDING):  # resting orders, a little apart in quantity (not duplicates)
         resting = replace(order, quantity=order.quantity * (0.5 + i * 1e-4))
         decision, _st = engine.can_trade(lg.TRADER, lg.ACCOUNT, resting, f"resting-{i}")

@@ -85,19 +85,21 @@ def in_window(now: float, windows: tuple[TradingWindow, ...]) -> bool:
     return False
 
 
-_window_memo: dict[tuple[int, tuple[TradingWindow, ...]], bool] = {}
+# (minute, id of the windows tuple) -> (that tuple, inside): keyed by identity (hashing the windows on every order
+# cost more than the check), the tuple held so that its id is never reused while the entry lives.
+_window_memo: dict[tuple[int, int], tuple[tuple[TradingWindow, ...], bool]] = {}
 
 
 def _in_window_now(now: float, windows: tuple[TradingWindow, ...]) -> bool:
     """in_window, remembered for the minute (windows are whole minutes): the calendar arithmetic runs once a
     minute, not on every order."""
-    key = (int(now // 60), windows)
-    inside = _window_memo.get(key)
-    if inside is None:
+    key = (int(now // 60), id(windows))
+    hit = _window_memo.get(key)
+    if hit is None or hit[0] is not windows:
         if len(_window_memo) > 64:
             _window_memo.clear()
-        inside = _window_memo[key] = in_window(now, windows)
-    return inside
+        hit = _window_memo[key] = (windows, in_window(now, windows))
+    return hit[1]
 
 
 def trading_window(c: OrderContext) -> CheckResult:
