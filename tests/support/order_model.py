@@ -85,7 +85,7 @@ def limits_strategy(draw: st.DrawFn) -> Limits:
         reference_price_max_age_seconds=draw(st.sampled_from((30, 60))),
         duplicate_order_window_ms=draw(_maybe_int(500, 2_000)),
         allowed_symbols=draw(st.sampled_from((frozenset(), frozenset(), frozenset({"BTCUSDT", "ETHUSDT"})))),
-        blocked_symbols=draw(st.sampled_from((frozenset(), frozenset(), frozenset({"ETHUSDT"})))),
+        blocked_symbols=draw(st.sampled_from((frozenset(), frozenset(), frozenset({"SOLUSDT"})))),  # (not allowed too)
         trading_windows=draw(st.sampled_from(((), (WINDOW,)))),
         max_daily_notional=draw(_maybe(1_000.0, 2_500.0)),
         max_daily_orders=draw(_maybe_int(6, 12)),
