@@ -238,6 +238,29 @@ async def test_the_symbol_permissions_and_the_trading_windows_let_an_order_that_
     assert check(adding, "trading_window").status == FAIL
 
 
+async def test_orders_that_close_a_position_pass_every_quantity_count_and_daily_control_and_one_more_is_denied(
+    risk: rsg.RiskServiceStub, admin: adg.AdminServiceStub
+) -> None:
+    await configure(admin, max_order_quantity=1.0, max_position_quantity=1.0, max_open_orders=1, max_daily_orders=1,
+                    max_daily_notional=100.0)
+    bot = Bot(risk, "unwinder")
+    await bot.equity()
+    await bot.positions(t.Position(symbol="BTCUSDT", side=t.SIDE_BUY, quantity=3.0, entry_price=100, mark_price=100))
+
+    first = await bot.ask(sell(1.0, reduce_only=True))  # pending from now on: it uses up 1 of the 3 held
+    rest = await bot.ask(sell(2.0, reduce_only=True))  # closes the other 2: quantity, count and sums over, reducing
+    beyond = await bot.ask(sell(0.1, reduce_only=True))  # nothing left to reduce: it opens a short
+    adding = await bot.ask(buy(0.1))
+
+    assert first.allowed and rest.allowed, rest.reason
+    assert {c.name: c.status for c in rest.checks if c.name in (
+        "order_quantity", "position_quantity", "open_orders", "daily_orders", "daily_notional")} == dict.fromkeys(
+        ("order_quantity", "position_quantity", "open_orders", "daily_orders", "daily_notional"), PASS)
+    assert not beyond.allowed and beyond.code == t.DECISION_CODE_DAILY_ORDERS_LIMIT, beyond.reason  # (the first)
+    assert not adding.allowed, adding.reason
+    assert (await bot.state()).pending_order_count == 2
+
+
 async def test_without_a_reference_price_the_collar_denies_new_exposure_and_never_skips(
     risk: rsg.RiskServiceStub, admin: adg.AdminServiceStub
 ) -> None:
