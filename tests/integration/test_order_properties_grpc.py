@@ -176,7 +176,7 @@ class Run:
             model.traders[TRADERS[op.trader]].equity = op.equity
         elif isinstance(op, om.Resume):
             await self.admin.ResumeTrading(ad.ResumeTradingRequest(**self.ids(TRADERS[op.trader])))
-            model.traders[TRADERS[op.trader]].halted = False
+            model.resumed(TRADERS[op.trader])
         elif isinstance(op, om.Restart):
             await self.stop()
             await self.start()

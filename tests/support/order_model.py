@@ -8,8 +8,11 @@ recomputes the worst case from scratch on every question:
 - a pending order counts with its unfilled quantity in its direction until a final status is reported (FILLED,
   CANCELLED, REJECTED, EXPIRED, or a cumulative fill of its whole quantity) or pending_order_ttl_seconds pass after
   its last report (allowed_at, or the last ReportOrder on it);
-- `filled_quantity` is cumulative: only what it adds to the known fill moves into the position, once; FILLED on a
-  live order means its whole quantity; a final status is never undone (a later larger fill still moves);
+- `filled_quantity` is cumulative: only what it adds to the known fill counts, once; FILLED means the whole order;
+  a final status is never undone (a later larger fill still counts);
+- a fill moves into the position, unless the order was allowed before the last ReportPositions (README: that
+  report may already hold it): then it is kept apart, unreconciled, and counts like pending quantity in the
+  order's direction (never as a position to reduce) until the next ReportPositions;
 - ReportPositions replaces the positions (the truth); reference prices come from ReportPrices (a mark older than
   the known one is ignored) and from the marks of ReportPositions; a restart loses them (memory only), and the
   duplicate-order memory and the fill times with them;
@@ -216,10 +219,17 @@ class MOrder:
     filled: float = 0.0
     status: OrderStatus = OrderStatus.ALLOWED
     final: bool = False
+    before_positions: bool = False  # a ReportPositions came after the order was allowed
+    unreconciled: float = 0.0  # filled since then: maybe in the reported positions, maybe not
 
     @property
     def remaining(self) -> float:
         return 0.0 if self.final else max(0.0, self.quantity - self.filled)
+
+    @property
+    def exposure(self) -> float:
+        """What the order may still add in its direction: its unfilled quantity and its unreconciled fill."""
+        return self.remaining + self.unreconciled
 
 
 @dataclass
@@ -358,7 +368,7 @@ class Model:
         m = self.traders[trader]
         m.expire(now)
         o = m.orders[coid]
-        total = o.quantity if (status is OrderStatus.FILLED and not o.final) else min(filled, o.quantity)
+        total = o.quantity if status is OrderStatus.FILLED else min(filled, o.quantity)
         new = total - o.filled if total > o.filled else 0.0
         if not o.final:
             if status.final:
@@ -371,7 +381,10 @@ class Model:
                 o.expires_at = now + lim.pending_order_ttl_seconds
         if new > 0.0:
             o.filled = total
-            m.fill(o, new, avg if avg > 0.0 else o.price)
+            if o.before_positions:
+                o.unreconciled += new
+            else:
+                m.fill(o, new, avg if avg > 0.0 else o.price)
             m.fills.append(now)
             cap = lim.max_fills_per_window
             if cap is not None and sum(1 for t in m.fills if t > now - lim.fill_window_seconds) >= cap:
@@ -384,6 +397,8 @@ class Model:
         listed = list(listed)
         m.net = {s: q for s, q, _mark in listed if q != 0.0}
         m.mark = {s: mark for s, _q, mark in listed}
+        for o in m.orders.values():  # every fill reported so far is in these positions; later ones may be too
+            o.before_positions, o.unreconciled = True, 0.0
         for s, _q, mark in listed:
             self.refs[s] = Mark(mark, now)
 
@@ -394,6 +409,11 @@ class Model:
             if known is None or at >= known.at:
                 self.refs[symbol] = Mark(price, at)
 
+    def resumed(self, trader: str) -> None:
+        """ResumeTrading: every pause lifted, and the fill throttle's window starts again."""
+        m = self.traders[trader]
+        m.halted, m.fills = False, []
+
     def restarted(self) -> None:
         self.refs = {}
         for m in self.traders.values():
@@ -402,11 +422,12 @@ class Model:
     # ---- invariant (a) ------------------------------------------------------------------------------------
 
     def worst(self, m: MTrader, symbol: str, side: Side, now: float) -> tuple[float, float, float]:
-        """(position in the direction of `side`, unfilled pending quantity in it, that pending notional)."""
+        """(position in the direction of `side`, pending quantity in it (unfilled and unreconciled), its notional)."""
         sign = 1.0 if side is Side.BUY else -1.0
-        pending = [o for o in m.live(now) if o.symbol == symbol and o.side is side]
-        return (sign * m.net.get(symbol, 0.0), sum(o.remaining for o in pending),
-                sum(o.remaining * o.price for o in pending))
+        counted = [o for o in m.orders.values() if o.symbol == symbol and o.side is side
+                   and (o.unreconciled > 0.0 or (not o.final and now < o.expires_at))]
+        return (sign * m.net.get(symbol, 0.0), sum(o.exposure for o in counted),
+                sum(o.exposure * o.price for o in counted))
 
     def violations(self, m: MTrader, order: OrderIntent, now: float) -> list[str]:
         """What allowing `order` (a new one) breaks, from the model's worst case before it."""

@@ -67,6 +67,7 @@ def assert_same_books(engine: RiskEngine, model: Model, now: float, step: int) -
         for coid, o in mine.items():
             e = theirs[coid]
             assert abs(e.remaining - o.remaining) <= 1e-9, f"step {step}: {coid} remaining {e.remaining} != {o}"
+            assert abs(e.unreconciled - o.unreconciled) <= 1e-9, f"step {step}: {coid} {e} != {o}"
             assert e.status is o.status, f"step {step}: {coid} status {e.status.name} != {o.status.name}"
             assert abs(e.expires_at - o.expires_at) <= 1e-6, f"step {step}: {coid} expires {e.expires_at} != {o}"
         for coid, o in m.orders.items():
@@ -77,6 +78,7 @@ def assert_same_books(engine: RiskEngine, model: Model, now: float, step: int) -
             status = OrderStatus.EXPIRED if coid in st.orders else done.status  # past its TTL, not yet looked at
             assert status is o.status, f"step {step}: {coid} final {o.status.name} became {status.name}"
             assert abs(done.filled - o.filled) <= 1e-9, f"step {step}: {coid} filled {done.filled} != {o.filled}"
+            assert abs(done.unreconciled - o.unreconciled) <= 1e-9, f"step {step}: {coid} {done} != {o}"
         net = dict.fromkeys(SYMBOLS, 0.0)
         for (s, _ex), p in st.positions.items():
             net[s] += p.quantity if p.side is Side.BUY else -p.quantity
@@ -142,7 +144,7 @@ def test_allowed_orders_never_take_the_worst_case_past_a_limit_nothing_stays_pen
             model.traders[TRADERS[op.trader]].equity = op.equity
         elif isinstance(op, om.Resume):
             engine.resume(TRADERS[op.trader], ACCOUNT)
-            model.traders[TRADERS[op.trader]].halted = False
+            model.resumed(TRADERS[op.trader])
         elif isinstance(op, om.Restart):
             expired_before_restarts += engine.orders_expired
             engine = restarted(engine, clock, limits)
