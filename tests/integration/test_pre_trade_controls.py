@@ -14,10 +14,13 @@ until ResumeTrading.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
+from tests.support.sidecar import running_sidecar
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import admin_service_pb2_grpc as adg
 from tradeguard.v1 import risk_service_pb2 as rs
@@ -310,6 +313,34 @@ async def test_a_stale_reference_price_still_lets_a_reduce_only_order_close_the_
     closing = await bot.ask(sell(1.0, reduce_only=True))
 
     assert not adding.allowed and adding.code == t.DECISION_CODE_NO_REFERENCE_PRICE, adding.reason
+    assert closing.allowed, closing.reason
+    collar = check(closing, "price_collar")
+    assert (collar.status, collar.code) == (PASS, t.DECISION_CODE_NO_REFERENCE_PRICE)
+
+
+async def test_after_a_restart_no_reference_price_is_known_and_only_the_order_closing_the_position_is_allowed(
+    clock: ManualClock, tmp_path: Path
+) -> None:
+    """Reference prices are memory only; the positions are restored. Missing, the reference denies new exposure
+    and lets the closing order through."""
+    database = f"sqlite:///{tmp_path / 'collar.db'}"
+    async with running_sidecar(clock=clock, database_url=database, enable_persistence=True) as first, \
+            grpc.aio.insecure_channel(first.address) as ch:
+        await configure(adg.AdminServiceStub(ch), price_collar_percentage=2.0)
+        bot = Bot(rsg.RiskServiceStub(ch), "restarted")
+        await bot.equity()
+        await bot.positions(t.Position(symbol="BTCUSDT", side=t.SIDE_SELL, quantity=2.0, entry_price=100,
+                                       mark_price=100))
+        before = await bot.ask(buy(0.5, price=101.0))
+    async with running_sidecar(clock=clock, database_url=database, enable_persistence=True) as second, \
+            grpc.aio.insecure_channel(second.address) as ch:
+        bot = Bot(rsg.RiskServiceStub(ch), "restarted")
+        adding = await bot.ask(sell(0.1), "after-1")
+        closing = await bot.ask(buy(1.5, reduce_only=True), "after-2")  # closes the rest (0.5 is pending)
+
+    assert before.allowed, before.reason  # a BUY that reduces the short, within the collar
+    assert not adding.allowed and adding.code == t.DECISION_CODE_NO_REFERENCE_PRICE, adding.reason
+    assert "no reference price for BTCUSDT" in adding.reason
     assert closing.allowed, closing.reason
     collar = check(closing, "price_collar")
     assert (collar.status, collar.code) == (PASS, t.DECISION_CODE_NO_REFERENCE_PRICE)
