@@ -4,8 +4,8 @@ The oracle below implements README.md "Order checks: the arithmetic" and the tab
 decimals (Decimal of each float's shortest repr), straightforwardly and slowly; it shares no code with
 engine.checks. A seeded generator builds scenarios biased to the boundaries (values at, just above and just
 below their limits, within the stated tolerance, flips, exact closes, flat traders, reduce_only with no
-position, several venues, correlation groups, volatility regimes, pauses) and asserts that the engine's
-verdict, code and every check's status equal the oracle's.
+position, several venues, correlation groups, volatility regimes, pauses, pending orders on the order's venue and
+elsewhere) and asserts that the engine's verdict, code and every check's status equal the oracle's.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from decimal import Decimal, getcontext
 from tradeguard_server.engine.clock import ManualClock
 from tradeguard_server.engine.engine import RiskEngine
 from tradeguard_server.engine.limits import Limits, SymbolLimits
-from tradeguard_server.engine.types import DecisionCode, OrderIntent, Position, Side, TradingState
+from tradeguard_server.engine.types import DecisionCode, OrderIntent, PendingOrder, Position, Side, TradingState
 
 getcontext().prec = 60
 CASES = 3_200
@@ -44,6 +44,13 @@ class World:
     positions: dict[tuple[str, str], tuple[str, float, float]]  # (symbol, exchange) -> (side, qty, mark)
     volatility: dict[str, float]
     pause: TradingState  # ACTIVE, REDUCING or HALTED
+    # the trader's pending orders: (symbol, exchange, side, quantity, price)
+    pending: list[tuple[str, str, str, float, float]] = field(default_factory=list)
+
+    def pending_on(self, key: tuple[str, str], side: str) -> tuple[Decimal, Decimal]:
+        """(quantity, notional at the orders' prices) of the pending orders on a venue on one side."""
+        orders = [(D(q), D(p)) for s, ex, sd, q, p in self.pending if (s, ex) == key and sd == side]
+        return sum((q for q, _p in orders), Decimal(0)), sum((q * p for q, p in orders), Decimal(0))
 
 
 @dataclass
@@ -90,19 +97,70 @@ def oracle_venue(w: World, o: Order) -> tuple[str, str] | None:
     return holding[0] if len(holding) == 1 else None
 
 
+def order_venue(w: World, o: Order) -> tuple[str, str]:
+    """The venue the order trades on: its position's, else the order's exchange."""
+    venue = oracle_venue(w, o)
+    return venue if venue is not None else (o.symbol, o.exchange)
+
+
 def oracle_parts(w: World, o: Order) -> tuple[Decimal, Decimal, Decimal]:
-    """(reduced, added, venue quantity after the order in the order's direction)."""
+    """(reduced, added, venue quantity after the order in the order's direction). README: the pending orders on the
+    venue on the order's side count as filled: they add to what it holds after and first use up the opposite
+    position the order could reduce."""
     q = D(o.qty)
+    same, _notional = w.pending_on(order_venue(w, o), o.side)
     venue = oracle_venue(w, o)
     if venue is None:
-        return Decimal(0), q, q
+        return Decimal(0), q, same + q
     side, h_, _mark = w.positions[venue]
     h = D(h_)
     if side != o.side:
-        if q <= h * (1 + TOL):
+        held = h - same
+        if held <= 0:
+            return Decimal(0), q, same - h + q
+        if q <= held * (1 + TOL):
             return q, Decimal(0), Decimal(0)
-        return h, q - h, q - h
-    return Decimal(0), q, h + q
+        return held, q - held, q - held
+    return Decimal(0), q, h + same + q
+
+
+def oracle_others(w: World, o: Order) -> Decimal:
+    """Position size: the quantity on the symbol's other venues, each the larger of its long and short worst
+    cases (position + pending buys, short + pending sells)."""
+    venue = order_venue(w, o)
+    keys = {k for k in w.positions if k[0] == o.symbol} | {(s, ex) for s, ex, _sd, _q, _p in w.pending if s == o.symbol}
+    total = Decimal(0)
+    for key in keys - {venue}:
+        signed = Decimal(0)
+        if key in w.positions:
+            side, q, _m = w.positions[key]
+            signed = D(q) if side == "BUY" else -D(q)
+        buys, _n = w.pending_on(key, "BUY")
+        sells, _n = w.pending_on(key, "SELL")
+        total += max(signed + buys, sells - signed, Decimal(0))
+    return total
+
+
+def oracle_same_direction(w: World, o: Order, group: set[str] | None, venue_after: Decimal) -> Decimal:
+    """Correlated exposure: everything on the order's side in its group after the order, pending orders counted as
+    filled (a venue with a position valued at its mark, or the order's price in the order's symbol; a venue with
+    only pending orders at the orders' prices, or the order's price in the order's symbol)."""
+    price = D(o.price)
+    venue = order_venue(w, o)
+    total = venue_after * price
+    keys = set(w.positions) | {(s, ex) for s, ex, _sd, _q, _p in w.pending}
+    for key in keys - {venue}:
+        if group is not None and key[0] not in group:
+            continue
+        pending, notional = w.pending_on(key, o.side)
+        if key in w.positions:
+            side, q, mark = w.positions[key]
+            qty = (D(q) if side == o.side else -D(q)) + pending
+            if qty > 0:
+                total += qty * (price if key[0] == o.symbol else D(mark))
+        else:
+            total += pending * price if key[0] == o.symbol else notional
+    return total
 
 
 def oracle_scale(w: World, o: Order, c: Config) -> tuple[Decimal, str, bool]:
@@ -168,10 +226,8 @@ def oracle(
     judged("leverage", DecisionCode.LEVERAGE_LIMIT, c.max_leverage is not None,
            D(o.leverage) if o.leverage > 0 else Decimal(1), D(c.max_leverage or 0.0))
     pos_pct = c.position_pct_symbol if c.position_pct_symbol is not None else c.position_pct
-    venue = oracle_venue(w, o)
-    others = sum((D(q) for k, (_s, q, _m) in w.positions.items() if k[0] == o.symbol and k != venue), Decimal(0))
     judged("position_size", DecisionCode.POSITION_SIZE_LIMIT, pos_pct is not None,
-           (others + venue_after) * price, D(pos_pct or 0.0) * scale * equity / 100)
+           (oracle_others(w, o) + venue_after) * price, D(pos_pct or 0.0) * scale * equity / 100)
     checks.append(("position_quantity", SKIPPED, DecisionCode.POSITION_QUANTITY_LIMIT))
     risk_pct = c.risk_pct_symbol if c.risk_pct_symbol is not None else c.risk_pct
     if o.stop <= 0:
@@ -179,12 +235,7 @@ def oracle(
     else:
         judged("risk_per_trade", DecisionCode.RISK_PER_TRADE_LIMIT, risk_pct is not None,
                abs(price - D(o.stop)) * added, D(risk_pct or 0.0) * scale * equity / 100)
-    group = oracle_group(o.symbol, c)
-    same = venue_after * price
-    for k, (side, q, mark) in w.positions.items():
-        if k == venue or side != o.side or (group is not None and k[0] not in group):
-            continue
-        same += D(q) * (price if k[0] == o.symbol else D(mark))
+    same = oracle_same_direction(w, o, oracle_group(o.symbol, c), venue_after)
     judged("correlated_exposure", DecisionCode.CORRELATED_EXPOSURE_LIMIT, c.corr_pct is not None,
            same, D(c.corr_pct or 0.0) * scale * equity / 100)
     failed = [code for _n, status, code in checks if status == FAIL]
@@ -265,6 +316,7 @@ def scenario(rng: random.Random) -> tuple[World, Order, Config, list[list[Positi
     order = Order(symbol, side, qty, price, exchange, rng.random() < 0.3,
                   rng.choice((0.0, 1.0, 2.0, 5.0, 5.0, 10.0, 50.0)), stop,
                   rng.choice((0.0, 0.0, 0.0, 1.0, 3.0, 5.99, 6.0)))
+    pending_orders(rng, world, order)
 
     config = Config()
     if rng.random() < 0.5:
@@ -283,10 +335,8 @@ def scenario(rng: random.Random) -> tuple[World, Order, Config, list[list[Positi
     config.max_leverage = None if rng.random() < 0.3 else float(lev * D(rng.choice(NEAR)))
     if config.max_leverage is not None and config.max_leverage < 1.0:
         config.max_leverage = None
-    venue = oracle_venue(world, order)
-    others = sum((D(q) for k, (_s, q, _m) in world.positions.items() if k[0] == symbol and k != venue), Decimal(0))
     pct_of = 100 / (scale * equity_d)
-    chosen = near(rng, (others + venue_after) * price_d * pct_of)
+    chosen = near(rng, (oracle_others(world, order) + venue_after) * price_d * pct_of)
     if rng.random() < 0.3:
         config.position_pct_symbol, config.position_pct = chosen, rng.choice((None, 1.0, 50.0))
     else:
@@ -296,12 +346,32 @@ def scenario(rng: random.Random) -> tuple[World, Order, Config, list[list[Positi
         config.risk_pct_symbol, config.risk_pct = risk, rng.choice((None, 0.5))
     else:
         config.risk_pct = risk
-    group = oracle_group(symbol, config)
-    same = venue_after * price_d + sum(
-        (D(q) * (price_d if k[0] == symbol else D(m)) for k, (s, q, m) in world.positions.items()
-         if k != venue and s == side and (group is None or k[0] in group)), Decimal(0))
+    same = oracle_same_direction(world, order, oracle_group(symbol, config), venue_after)
     config.corr_pct = near(rng, same * pct_of)
     return world, order, config, reports
+
+
+def pending_orders(rng: random.Random, world: World, order: Order) -> None:
+    """Pending orders of the trader: none in about half the scenarios; else on the order's venue (on its side, some
+    using up exactly the opposite position the order could reduce) and elsewhere."""
+    if rng.random() < 0.5:
+        return
+    venue = order_venue(world, order)
+    held = world.positions.get(venue)
+    for _ in range(rng.choice((1, 1, 2, 3))):
+        roll = rng.random()
+        key = venue if roll < 0.4 else rng.choice(list(world.positions)) if roll < 0.7 and world.positions else (
+            rng.choice(SYMBOLS), rng.choice(VENUES))
+        side = rng.choice(("BUY", "SELL"))
+        qty = amount(rng, NICE_QTY, 0.001, 20.0)
+        if key == venue and held is not None and held[0] != order.side and rng.random() < 0.5:
+            side, qty = order.side, rng.choice((held[1], held[1] * 0.5, held[1] * 0.25))  # uses up the position
+        world.pending.append((key[0], key[1], side, qty, amount(rng, NICE_PRICE, 0.1, 60_000.0)))
+    if held is not None and held[0] != order.side and rng.random() < 0.4:  # the order closes what is left exactly
+        same, _n = world.pending_on(venue, order.side)
+        left = D(held[1]) - same
+        if left > 0:
+            order.qty = float(left) * rng.choice((1.0, 1.0, 1 + 1e-12, 1 + 1e-6))
 
 
 def limits_of(c: Config) -> Limits:
@@ -325,6 +395,8 @@ def engine_verdict(world: World, order: Order, config: Config, reports: list[lis
     engine.report_equity("t", "a", world.equity, None)
     for report in reports:
         engine.report_positions("t", "a", report)
+    for i, (symbol, exchange, side, qty, price) in enumerate(world.pending):
+        engine.reserve_order("t", "a", PendingOrder(f"p{i}", symbol, exchange, Side[side], qty, price, T0, T0 + 60))
     if world.pause is not TradingState.ACTIVE:
         engine.pause("t", "a", world.pause, None, "oracle")
     intent = OrderIntent(order.symbol, Side[order.side], order.qty, order.price, exchange=order.exchange,
@@ -338,7 +410,8 @@ def test_the_engine_agrees_with_the_readme_oracle_on_boundary_biased_random_orde
     rng = random.Random(SEED)
     disagreements: list[str] = []
     seen = {"at_limit": 0, "within_tolerance_above": 0, "just_above": 0, "just_below": 0, "flip": 0, "close": 0,
-            "reduce_only_flat": 0, "allowed": 0, "denied": 0}
+            "reduce_only_flat": 0, "allowed": 0, "denied": 0, "pending": 0, "pending_used_up_the_position": 0,
+            "pending_on_another_venue_held": 0}
     for i in range(CASES):
         world, order, config, reports = scenario(rng)
         compared: list[tuple[Decimal, Decimal]] = []
@@ -353,6 +426,14 @@ def test_the_engine_agrees_with_the_readme_oracle_on_boundary_biased_random_orde
         seen["flip"] += int(_r > 0 and added > 0)
         seen["close"] += int(_r > 0 and added == 0)
         seen["reduce_only_flat"] += int(order.reduce_only and oracle_venue(world, order) is None)
+        seen["pending"] += int(bool(world.pending))
+        venue = oracle_venue(world, order)
+        if venue is not None and world.positions[venue][0] != order.side:
+            same, _n = world.pending_on(venue, order.side)
+            seen["pending_used_up_the_position"] += int(same >= D(world.positions[venue][1]))
+        seen["pending_on_another_venue_held"] += int(any(
+            (s, ex) in world.positions and (s, ex) != order_venue(world, order) and s == order.symbol
+            for s, ex, _sd, _q, _p in world.pending))
         for value, limit in compared:
             if limit > 0:
                 ratio = value / limit - 1
