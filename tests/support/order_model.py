@@ -7,15 +7,18 @@ recomputes the worst case from scratch on every question:
 
 - a pending order counts with its unfilled quantity in its direction until a final status is reported (FILLED,
   CANCELLED, REJECTED, EXPIRED, or a cumulative fill of its whole quantity) or pending_order_ttl_seconds pass after
-  its last report (allowed_at, or the last ReportOrder on it);
+  its last report (allowed_at, or the last ReportOrder on it); one released by its TTL that the bot then reports
+  ACCEPTED or PARTIALLY_FILLED (short of its quantity) counts again;
 - `filled_quantity` is cumulative: only what it adds to the known fill counts, once; FILLED means the whole order;
   a final status is never undone (a later larger fill still counts);
+- a CanTrade under the id of a pending order is a retry (it counts once); under the id of a finished order, or
+  the id of another order, it is refused (INVALID_ARGUMENT);
 - a fill moves into the position, unless the order was allowed before the last ReportPositions (README: that
   report may already hold it): then it is kept apart, unreconciled, and counts like pending quantity in the
   order's direction (never as a position to reduce) until the next ReportPositions;
 - ReportPositions replaces the positions (the truth); reference prices come from ReportPrices (a mark older than
   the known one is ignored) and from the marks of ReportPositions; a restart loses them (memory only), and the
-  duplicate-order memory and the fill times with them;
+  duplicate-order memory and the fill times with them; ResumeTrading starts the fill throttle's window again;
 - the worst case of an order in its direction: position + every unfilled pending quantity in that direction + the
   order; valued as README "Order checks: the arithmetic" says (the order's symbol at the order's price, other
   symbols with a position at its mark, other symbols with only pending orders at those orders' prices).
@@ -219,6 +222,7 @@ class MOrder:
     filled: float = 0.0
     status: OrderStatus = OrderStatus.ALLOWED
     final: bool = False
+    released: bool = False  # finished by its TTL (a later ACCEPTED or PARTIALLY_FILLED revives it)
     before_positions: bool = False  # a ReportPositions came after the order was allowed
     unreconciled: float = 0.0  # filled since then: maybe in the reported positions, maybe not
 
@@ -259,7 +263,7 @@ class MTrader:
     def expire(self, now: float) -> None:
         for o in self.orders.values():
             if not o.final and now >= o.expires_at:
-                o.final, o.status = True, OrderStatus.EXPIRED
+                o.final, o.status, o.released = True, OrderStatus.EXPIRED, True
                 self.expired += 1
 
     def fill(self, order: MOrder, qty: float, price: float) -> None:
@@ -334,7 +338,7 @@ class Model:
         live = m.orders.get(coid)
         if live is not None and not live.final and first == order:
             return [f"{coid} refused for its own pending order"]
-        return []
+        return []  # another order under the id, or the id of a finished order (a new order needs a new id)
 
     def answered(self, trader: str, coid: str, order: OrderIntent, allowed: bool, now: float) -> list[str]:
         """CanTrade answered: what is wrong with it (invariant a); an allowed new order starts counting."""
@@ -347,9 +351,10 @@ class Model:
             if first is None or key_of(first) != key_of(order):
                 return [f"{coid} named another order ({order}) than its pending one ({first}) and was answered"]
             return []
-        if first is not None and first == order and not allowed and known is None:
+        if known is not None:
+            return [f"{coid} names the finished order {known} and was answered, not refused"]
+        if first is not None and first == order and not allowed:
             return []  # a retry of a denial: the same answer (or judged afresh after a restart)
-        # A new order; under the id of a finished order too: judged afresh, and it counts anew.
         broken = self.violations(m, order, now) if allowed else []
         if allowed:
             m.orders[coid] = MOrder(coid, order.symbol, order.side, order.quantity, order.price, now,
@@ -357,8 +362,6 @@ class Model:
             entry = (now, order.symbol, order.side, order.quantity, order.price)
             m.allowed.append(entry)
             m.recent.append(entry)
-            if known is not None:
-                event("an order under the id of a finished one was allowed")
         m.asked[coid] = order
         return broken
 
@@ -370,6 +373,10 @@ class Model:
         o = m.orders[coid]
         total = o.quantity if status is OrderStatus.FILLED else min(filled, o.quantity)
         new = total - o.filled if total > o.filled else 0.0
+        total = max(total, o.filled)  # (cumulative: a smaller report does not undo a fill)
+        if o.released and not status.final and total < o.quantity:  # still working after all: it counts again
+            o.final, o.released, o.status = False, False, status
+            event("an order released by its TTL was revived")
         if not o.final:
             if status.final:
                 o.status, o.final = status, True
@@ -476,7 +483,7 @@ class Model:
             count = 1 + sum(1 for o in live if o.symbol == symbol)
             if count > sym.max_open_orders:
                 out.append(f"{count} open orders in {symbol} > {sym.max_open_orders}")
-        elif lim.max_open_orders is not None and 1 + len(live) > lim.max_open_orders:
+        if lim.max_open_orders is not None and 1 + len(live) > lim.max_open_orders:
             out.append(f"{1 + len(live)} open orders > max_open_orders {lim.max_open_orders}")
         pct = self.symbol_limit(symbol, "max_position_size_percentage")
         if pct is not None and over(after * price, pct * m.equity / 100.0):

@@ -96,7 +96,7 @@ def test_allowed_orders_never_take_the_worst_case_past_a_limit_nothing_stays_pen
     engine = RiskEngine(clock, defaults=Limits())
     engine.set_account_limits(ACCOUNT, limits)
     model = Model(limits)
-    engine.report_prices([PriceMark(s, p, T0) for s, p in PRICES.items()])
+    engine.report_prices(ACCOUNT, [PriceMark(s, p, T0) for s, p in PRICES.items()])
     model.prices_reported((s, p, T0) for s, p in PRICES.items())
     for trader in TRADERS:
         engine.report_equity(trader, ACCOUNT, om.EQUITY, None)
@@ -137,7 +137,7 @@ def test_allowed_orders_never_take_the_worst_case_past_a_limit_nothing_stays_pen
             model.positions_reported(trader, listed, now)
         elif isinstance(op, om.Prices):
             marks = [(s, PRICES[s] * f, now - age) for s, f, age in op.marks]
-            engine.report_prices([PriceMark(s, p, at) for s, p, at in marks])
+            engine.report_prices(ACCOUNT, [PriceMark(s, p, at) for s, p, at in marks])
             model.prices_reported(marks)
         elif isinstance(op, om.Equity):
             engine.report_equity(TRADERS[op.trader], ACCOUNT, op.equity, None)
