@@ -65,6 +65,7 @@ HELP = {
     "tls_key": "TLS private key file (PEM)",
     "tls_client_ca": "CA file for client certificates (mTLS)",
     "metrics_listen": "Prometheus /metrics address host:port (empty = off)",
+    "http_listen": "the HTTP/JSON API, /metrics, /healthz, /readyz and /openapi.json on host:port (empty = off)",
     "log_level": "debug, info, warning or error, any case (also LOG_LEVEL)",
     "log_json": "one JSON object per log line",
     "max_message_bytes": "largest request accepted, bytes",

@@ -33,7 +33,6 @@ _POS_QTY_REDUCING = CheckResult("position_quantity", PASS, _POS_QTY, "reducing o
 _OPEN_SKIPPED = CheckResult("open_orders", SKIPPED, _OPEN, "not configured")
 _COLLAR_SKIPPED = CheckResult("price_collar", SKIPPED, _COLLAR, "not configured")
 _DUP_SKIPPED = CheckResult("duplicate_order", SKIPPED, _DUP, "not configured")
-_DUP_PASS = CheckResult("duplicate_order", PASS, _DUP, "no equal order in the window")
 _SYMBOL_SKIPPED = CheckResult("symbol_permission", SKIPPED, _SYMBOL, "not configured")
 _WINDOW_SKIPPED = CheckResult("trading_window", SKIPPED, _WINDOW, "not configured")
 _DAY_NOTIONAL_SKIPPED = CheckResult("daily_notional", SKIPPED, _DAY_NOTIONAL, "not configured")
@@ -123,10 +122,11 @@ def duplicate_order(c: OrderContext) -> CheckResult:
     order = c.order
     last = c.st.recent_orders.get((order.symbol, int(order.side), order.quantity, order.price))
     if last is None:
-        return _DUP_PASS
+        return CheckResult("duplicate_order", PASS, _DUP, "no equal order in the window", 0.0, float(window_ms))
     age_ms = (c.now - last) * 1000.0
-    if age_ms > window_ms:
-        return _DUP_PASS
+    if age_ms >= window_ms:  # (an equal order exactly the window old is outside it, as in every window)
+        return CheckResult("duplicate_order", PASS, _DUP, f"equal order {age_ms:.0f} ms ago, window {window_ms} ms",
+                           age_ms, float(window_ms))
     detail = (f"{order.side.name} {order.quantity:g} {order.symbol} at {order.price:g} was allowed {age_ms:.0f} ms ago "
               f"(window {window_ms} ms)")
     return CheckResult("duplicate_order", FAIL, _DUP, detail, age_ms, float(window_ms))

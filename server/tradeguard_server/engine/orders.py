@@ -223,8 +223,9 @@ def positions_reported(st: TraderState, observed_at: float) -> None:
             changed = True
     for oid, order in list(st.finished_orders.items()):
         keep = order.filled if order.last_fill_at > observed_at else 0.0
-        if keep != order.unreconciled:
-            st.finished_orders[oid] = replace(order, unreconciled=keep)
+        reported = order.reported or order.allowed_at <= observed_at  # (a late fill of it may be in the snapshot)
+        if reported != order.reported or keep != order.unreconciled:
+            st.finished_orders[oid] = replace(order, reported=reported, unreconciled=keep)
             changed = True
     if changed:
         rebuild_pending(st)
