@@ -2,15 +2,15 @@
 DisableBreaker / ListBreakerEvents: requests validated and converted for the breaker service
 (services/breakers.py), its records answered as CircuitBreaker / CircuitBreakerEvent messages.
 
-`enabled` in CreateBreaker: proto3 cannot tell an omitted bool from false, so a new breaker always starts
-enabled (stage one with action "alert", or create then DisableBreaker). UpdateBreaker keeps the current
-enabled state; Enable/DisableBreaker change it.
+`enabled` (optional, so an omitted value is told from false): CreateBreaker without it creates an enabled
+breaker (the seed's default), with `enabled: false` a disabled one. UpdateBreaker without it keeps the current
+state; Enable/DisableBreaker change it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, cast
+from typing import Any
 
 import grpc
 from google.protobuf.message import Message
@@ -35,7 +35,6 @@ DESCRIPTION_MAX = 1024
 SCOPE_MAX = 100
 PAGE_DEFAULT = 100
 PAGE_MAX = 1000
-ENABLED_HAS_PRESENCE = t.CircuitBreaker.DESCRIPTOR.fields_by_name["enabled"].has_presence
 
 
 # ---- conversions ----------------------------------------------------------------------------------
@@ -125,8 +124,8 @@ def validate_breaker(v: Violations, b: t.CircuitBreaker, registry: Registry, pre
 
 
 def _enabled_given(b: t.CircuitBreaker) -> bool | None:
-    """`enabled` when the client set it (only knowable once the field has presence), else None."""
-    if ENABLED_HAS_PRESENCE and cast(Any, b).HasField("enabled"):
+    """`enabled` when the client set it, else None."""
+    if b.HasField("enabled"):
         return bool(b.enabled)
     return None
 
