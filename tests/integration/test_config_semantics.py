@@ -3,11 +3,15 @@ and honour an explicit false; GetBreaker by name; LogBreakerEvent; partial updat
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from google.protobuf.struct_pb2 import Struct
 
+from tests.support.sidecar import running_sidecar
+from tests.support.status import violations
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import admin_service_pb2_grpc as adg
 from tradeguard.v1 import risk_service_pb2 as rs
@@ -92,3 +96,119 @@ async def test_breaker_created_with_explicit_enabled_false_is_disabled_and_does_
     assert created.HasField("enabled") and not created.enabled
     assert list(report.breaker_events) == []
     assert not kept.breaker.enabled  # an update without `enabled` keeps the current state
+
+
+# ---- 2. GetBreaker by name within an account (ETRMS get_by_name) -------------------------------------------------
+
+
+async def test_get_breaker_by_account_and_name_returns_that_accounts_breaker(admin: adg.AdminServiceStub) -> None:
+    mine = await create(admin, breaker())
+    await create(admin, breaker(account_id="other"))  # the same name in another account
+
+    got = await admin.GetBreaker(ad.GetBreakerRequest(account_id=ACCOUNT, name="dd10"))
+
+    assert got.breaker == mine
+
+
+async def test_get_breaker_by_unknown_name_is_not_found(admin: adg.AdminServiceStub) -> None:
+    await create(admin, breaker())
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await admin.GetBreaker(ad.GetBreakerRequest(account_id="other", name="dd10"))
+
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND and "dd10" in (err.value.details() or "")
+
+
+@pytest.mark.parametrize(("request_fields", "field"), [
+    ({}, "breaker_id"),
+    ({"breaker_id": "b1", "account_id": ACCOUNT, "name": "dd10"}, "breaker_id"),
+    ({"breaker_id": "b1", "name": "dd10"}, "breaker_id"),
+    ({"account_id": ACCOUNT}, "name"),
+    ({"name": "dd10"}, "account_id"),
+])
+async def test_get_breaker_with_both_or_neither_way_of_naming_it_is_invalid_argument(
+    admin: adg.AdminServiceStub, request_fields: dict[str, str], field: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await admin.GetBreaker(ad.GetBreakerRequest(**request_fields))
+
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in violations(err.value)
+
+
+# ---- 3. LogBreakerEvent (ETRMS log_event) ------------------------------------------------------------------------
+
+
+async def test_logged_event_of_an_existing_breaker_is_recorded_and_listed(
+    admin: adg.AdminServiceStub, risk: rsg.RiskServiceStub
+) -> None:
+    b = await create(admin, breaker(action="close_position"))
+
+    logged = await admin.LogBreakerEvent(ad.LogBreakerEventRequest(
+        breaker_id=b.id, trader_id="bot-9", triggered_values=struct(drawdown=0.12), action_taken="close_position",
+        action_result=struct(success=True, closed=1), positions_affected=[t.PositionRef(symbol="btcusdt",
+                                                                                          exchange="Binance")]))
+    by_breaker = await admin.ListBreakerEvents(ad.ListBreakerEventsRequest(breaker_id=b.id))
+    by_account = await admin.ListBreakerEvents(ad.ListBreakerEventsRequest(account_id=ACCOUNT))
+    state = await risk.GetRiskState(rs.GetRiskStateRequest(trader_id="bot-9", account_id=ACCOUNT))
+
+    event = logged.event
+    assert event.id and event.breaker_id == b.id and event.account_id == ACCOUNT and event.trader_id == "bot-9"
+    assert dict(event.triggered_values) == {"drawdown": 0.12} and event.action_taken == "close_position"
+    assert dict(event.action_result) == {"success": True, "closed": 1}
+    assert [(p.symbol, p.exchange) for p in event.positions_affected] == [("BTCUSDT", "binance")]
+    assert event.HasField("timestamp") and not event.shadow
+    assert list(by_breaker.events) == [event] and list(by_account.events) == [event]
+    assert state.state.trading_state == t.TRADING_STATE_ACTIVE  # recorded, nothing enforced
+
+
+async def test_logged_event_is_audited_in_the_admin_log(
+    admin: adg.AdminServiceStub, caplog: pytest.LogCaptureFixture
+) -> None:
+    b = await create(admin, breaker())
+
+    with caplog.at_level("WARNING", logger="tradeguard.admin"):
+        logged = await admin.LogBreakerEvent(ad.LogBreakerEventRequest(breaker_id=b.id, action_taken="alert"))
+
+    [line] = [r.getMessage() for r in caplog.records if logged.event.id in r.getMessage()]
+    assert b.id in line and "logged by" in line and "action=alert" in line
+
+
+async def test_logging_an_event_of_an_unknown_breaker_is_not_found(admin: adg.AdminServiceStub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await admin.LogBreakerEvent(ad.LogBreakerEventRequest(breaker_id="no-such", action_taken="alert"))
+
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_logged_event_without_action_or_with_non_finite_values_is_invalid_argument(
+    admin: adg.AdminServiceStub,
+) -> None:
+    b = await create(admin, breaker())
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await admin.LogBreakerEvent(ad.LogBreakerEventRequest(
+            breaker_id=b.id, triggered_values=struct(drawdown=float("nan"))))
+
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert set(violations(err.value)) == {"action_taken", "triggered_values"}
+
+
+async def test_logged_event_is_committed_to_the_database_and_listed_after_a_restart(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'tg.db'}"
+    async with running_sidecar(database_url=db, enable_persistence=True) as sc, \
+            grpc.aio.insecure_channel(sc.address) as ch:
+        admin = adg.AdminServiceStub(ch)
+        b = await create(admin, breaker())
+        logged = await admin.LogBreakerEvent(ad.LogBreakerEventRequest(
+            breaker_id=b.id, action_taken="alert", triggered_values=struct(drawdown=0.2)))
+        listed_at_once = await admin.ListBreakerEvents(ad.ListBreakerEventsRequest(breaker_id=b.id))
+    async with running_sidecar(database_url=db, enable_persistence=True) as sc, \
+            grpc.aio.insecure_channel(sc.address) as ch:
+        listed_after = await adg.AdminServiceStub(ch).ListBreakerEvents(ad.ListBreakerEventsRequest(breaker_id=b.id))
+
+    assert [e.id for e in listed_at_once.events] == [logged.event.id]
+    [after] = listed_after.events
+    assert abs(after.timestamp.ToNanoseconds() - logged.event.timestamp.ToNanoseconds()) <= 1_000  # stored in us
+    after.timestamp.CopyFrom(logged.event.timestamp)
+    assert after == logged.event

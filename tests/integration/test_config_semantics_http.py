@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_http_api import BREAKER_DATA, CONFIG_DATA, http_sidecar
+from tests.integration.test_http_api import BREAKER_DATA, CONFIG_DATA, http_sidecar, violations
 
 pytestmark = pytest.mark.integration
 
@@ -34,3 +34,32 @@ async def test_seed_bodies_with_explicit_false_create_an_inactive_config_and_a_d
 
         status, _, created = await http("POST", "/api/risk/circuit-breakers/db", BREAKER_DATA | {"enabled": False})
         assert status == 200 and created["enabled"] is False
+
+
+async def test_breaker_read_by_account_and_name_over_http() -> None:
+    async with http_sidecar() as (_sc, http):
+        _, _, created = await http("POST", "/api/risk/circuit-breakers/db", BREAKER_DATA)
+
+        status, _, got = await http("GET", "/v1/admin/accounts/account123/breakers/max_drawdown_10_percent")
+        assert status == 200 and got["breaker"] == created
+        status, _, missing = await http("GET", "/v1/admin/accounts/account123/breakers/nope")
+        assert status == 404 and missing["code"] == 5
+        status, _, both = await http("GET", f"/v1/admin/breakers/{created['id']}?name=x&account_id=account123")
+        assert status == 400 and "breaker_id" in violations(both)
+
+
+async def test_event_logged_by_another_system_through_the_seeds_events_path_is_listed_there() -> None:
+    async with http_sidecar() as (_sc, http):
+        _, _, created = await http("POST", "/api/risk/circuit-breakers/db", BREAKER_DATA)
+        events_path = f"/api/risk/circuit-breakers/db/{created['id']}/events"
+        event_data = {"triggered_values": {"drawdown": 0.12}, "action_taken": "close_position",
+                      "action_result": {"success": True}}
+
+        status, _, logged = await http("POST", events_path, event_data)
+        assert status == 200, logged
+        assert {k: logged[k] for k in event_data} == event_data
+        assert logged["breaker_id"] == created["id"] and logged["account_id"] == "account123"
+        status, _, listed = await http("GET", events_path)
+        assert status == 200 and listed == [logged]
+        status, _, _ = await http("POST", "/api/risk/circuit-breakers/db/no-such/events", event_data)
+        assert status == 404

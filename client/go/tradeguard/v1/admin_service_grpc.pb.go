@@ -27,7 +27,7 @@ type AdminServiceClient interface {
 	DeleteConfig(ctx context.Context, in *DeleteConfigRequest, opts ...grpc.CallOption) (*DeleteConfigResponse, error)
 	// CreateBreaker creates a circuit breaker.
 	CreateBreaker(ctx context.Context, in *CreateBreakerRequest, opts ...grpc.CallOption) (*CreateBreakerResponse, error)
-	// GetBreaker returns one breaker.
+	// GetBreaker returns one breaker, by id or by name within an account (ETRMS get_by_name).
 	GetBreaker(ctx context.Context, in *GetBreakerRequest, opts ...grpc.CallOption) (*GetBreakerResponse, error)
 	// ListBreakers returns the account's breakers.
 	ListBreakers(ctx context.Context, in *ListBreakersRequest, opts ...grpc.CallOption) (*ListBreakersResponse, error)
@@ -41,6 +41,10 @@ type AdminServiceClient interface {
 	DisableBreaker(ctx context.Context, in *DisableBreakerRequest, opts ...grpc.CallOption) (*DisableBreakerResponse, error)
 	// ListBreakerEvents returns events, newest first.
 	ListBreakerEvents(ctx context.Context, in *ListBreakerEventsRequest, opts ...grpc.CallOption) (*ListBreakerEventsResponse, error)
+	// LogBreakerEvent records an event of an existing breaker raised by another system (ETRMS log_event): a
+	// circuit_breaker_events row, listed by ListBreakerEvents; nothing is enforced. Returns after the store
+	// committed it (or queued it, never dropped, while the database is out).
+	LogBreakerEvent(ctx context.Context, in *LogBreakerEventRequest, opts ...grpc.CallOption) (*LogBreakerEventResponse, error)
 	// GetFeatureFlags returns the run-time flags.
 	GetFeatureFlags(ctx context.Context, in *GetFeatureFlagsRequest, opts ...grpc.CallOption) (*GetFeatureFlagsResponse, error)
 	// SetFeatureFlags changes the flags present in the request, at once.
@@ -174,6 +178,15 @@ func (c *adminServiceClient) ListBreakerEvents(ctx context.Context, in *ListBrea
 	return out, nil
 }
 
+func (c *adminServiceClient) LogBreakerEvent(ctx context.Context, in *LogBreakerEventRequest, opts ...grpc.CallOption) (*LogBreakerEventResponse, error) {
+	out := new(LogBreakerEventResponse)
+	err := c.cc.Invoke(ctx, "/tradeguard.v1.AdminService/LogBreakerEvent", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adminServiceClient) GetFeatureFlags(ctx context.Context, in *GetFeatureFlagsRequest, opts ...grpc.CallOption) (*GetFeatureFlagsResponse, error) {
 	out := new(GetFeatureFlagsResponse)
 	err := c.cc.Invoke(ctx, "/tradeguard.v1.AdminService/GetFeatureFlags", in, out, opts...)
@@ -251,7 +264,7 @@ type AdminServiceServer interface {
 	DeleteConfig(context.Context, *DeleteConfigRequest) (*DeleteConfigResponse, error)
 	// CreateBreaker creates a circuit breaker.
 	CreateBreaker(context.Context, *CreateBreakerRequest) (*CreateBreakerResponse, error)
-	// GetBreaker returns one breaker.
+	// GetBreaker returns one breaker, by id or by name within an account (ETRMS get_by_name).
 	GetBreaker(context.Context, *GetBreakerRequest) (*GetBreakerResponse, error)
 	// ListBreakers returns the account's breakers.
 	ListBreakers(context.Context, *ListBreakersRequest) (*ListBreakersResponse, error)
@@ -265,6 +278,10 @@ type AdminServiceServer interface {
 	DisableBreaker(context.Context, *DisableBreakerRequest) (*DisableBreakerResponse, error)
 	// ListBreakerEvents returns events, newest first.
 	ListBreakerEvents(context.Context, *ListBreakerEventsRequest) (*ListBreakerEventsResponse, error)
+	// LogBreakerEvent records an event of an existing breaker raised by another system (ETRMS log_event): a
+	// circuit_breaker_events row, listed by ListBreakerEvents; nothing is enforced. Returns after the store
+	// committed it (or queued it, never dropped, while the database is out).
+	LogBreakerEvent(context.Context, *LogBreakerEventRequest) (*LogBreakerEventResponse, error)
 	// GetFeatureFlags returns the run-time flags.
 	GetFeatureFlags(context.Context, *GetFeatureFlagsRequest) (*GetFeatureFlagsResponse, error)
 	// SetFeatureFlags changes the flags present in the request, at once.
@@ -322,6 +339,9 @@ func (UnimplementedAdminServiceServer) DisableBreaker(context.Context, *DisableB
 }
 func (UnimplementedAdminServiceServer) ListBreakerEvents(context.Context, *ListBreakerEventsRequest) (*ListBreakerEventsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListBreakerEvents not implemented")
+}
+func (UnimplementedAdminServiceServer) LogBreakerEvent(context.Context, *LogBreakerEventRequest) (*LogBreakerEventResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method LogBreakerEvent not implemented")
 }
 func (UnimplementedAdminServiceServer) GetFeatureFlags(context.Context, *GetFeatureFlagsRequest) (*GetFeatureFlagsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetFeatureFlags not implemented")
@@ -573,6 +593,24 @@ func _AdminService_ListBreakerEvents_Handler(srv interface{}, ctx context.Contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_LogBreakerEvent_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LogBreakerEventRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).LogBreakerEvent(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/tradeguard.v1.AdminService/LogBreakerEvent",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).LogBreakerEvent(ctx, req.(*LogBreakerEventRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _AdminService_GetFeatureFlags_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(GetFeatureFlagsRequest)
 	if err := dec(in); err != nil {
@@ -750,6 +788,10 @@ var _AdminService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListBreakerEvents",
 			Handler:    _AdminService_ListBreakerEvents_Handler,
+		},
+		{
+			MethodName: "LogBreakerEvent",
+			Handler:    _AdminService_LogBreakerEvent_Handler,
 		},
 		{
 			MethodName: "GetFeatureFlags",

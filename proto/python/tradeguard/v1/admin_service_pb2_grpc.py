@@ -100,6 +100,11 @@ class AdminServiceStub:
                 request_serializer=tradeguard_dot_v1_dot_admin__service__pb2.ListBreakerEventsRequest.SerializeToString,
                 response_deserializer=tradeguard_dot_v1_dot_admin__service__pb2.ListBreakerEventsResponse.FromString,
                 _registered_method=True)
+        self.LogBreakerEvent = channel.unary_unary(
+                '/tradeguard.v1.AdminService/LogBreakerEvent',
+                request_serializer=tradeguard_dot_v1_dot_admin__service__pb2.LogBreakerEventRequest.SerializeToString,
+                response_deserializer=tradeguard_dot_v1_dot_admin__service__pb2.LogBreakerEventResponse.FromString,
+                _registered_method=True)
         self.GetFeatureFlags = channel.unary_unary(
                 '/tradeguard.v1.AdminService/GetFeatureFlags',
                 request_serializer=tradeguard_dot_v1_dot_admin__service__pb2.GetFeatureFlagsRequest.SerializeToString,
@@ -182,7 +187,7 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetBreaker(self, request, context):
-        """GetBreaker returns one breaker.
+        """GetBreaker returns one breaker, by id or by name within an account (ETRMS get_by_name).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -225,6 +230,15 @@ class AdminServiceServicer:
 
     def ListBreakerEvents(self, request, context):
         """ListBreakerEvents returns events, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LogBreakerEvent(self, request, context):
+        """LogBreakerEvent records an event of an existing breaker raised by another system (ETRMS log_event): a
+        circuit_breaker_events row, listed by ListBreakerEvents; nothing is enforced. Returns after the store
+        committed it (or queued it, never dropped, while the database is out).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -342,6 +356,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListBreakerEvents,
                     request_deserializer=tradeguard_dot_v1_dot_admin__service__pb2.ListBreakerEventsRequest.FromString,
                     response_serializer=tradeguard_dot_v1_dot_admin__service__pb2.ListBreakerEventsResponse.SerializeToString,
+            ),
+            'LogBreakerEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.LogBreakerEvent,
+                    request_deserializer=tradeguard_dot_v1_dot_admin__service__pb2.LogBreakerEventRequest.FromString,
+                    response_serializer=tradeguard_dot_v1_dot_admin__service__pb2.LogBreakerEventResponse.SerializeToString,
             ),
             'GetFeatureFlags': grpc.unary_unary_rpc_method_handler(
                     servicer.GetFeatureFlags,
@@ -709,6 +728,33 @@ class AdminService:
             '/tradeguard.v1.AdminService/ListBreakerEvents',
             tradeguard_dot_v1_dot_admin__service__pb2.ListBreakerEventsRequest.SerializeToString,
             tradeguard_dot_v1_dot_admin__service__pb2.ListBreakerEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LogBreakerEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tradeguard.v1.AdminService/LogBreakerEvent',
+            tradeguard_dot_v1_dot_admin__service__pb2.LogBreakerEventRequest.SerializeToString,
+            tradeguard_dot_v1_dot_admin__service__pb2.LogBreakerEventResponse.FromString,
             options,
             channel_credentials,
             insecure,

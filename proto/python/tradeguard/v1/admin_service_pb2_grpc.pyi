@@ -50,7 +50,7 @@ class AdminServiceStub:
     CreateBreaker: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.CreateBreakerRequest, _admin_service_pb2.CreateBreakerResponse]
     """CreateBreaker creates a circuit breaker."""
     GetBreaker: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.GetBreakerRequest, _admin_service_pb2.GetBreakerResponse]
-    """GetBreaker returns one breaker."""
+    """GetBreaker returns one breaker, by id or by name within an account (ETRMS get_by_name)."""
     ListBreakers: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListBreakersRequest, _admin_service_pb2.ListBreakersResponse]
     """ListBreakers returns the account's breakers."""
     UpdateBreaker: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.UpdateBreakerRequest, _admin_service_pb2.UpdateBreakerResponse]
@@ -63,6 +63,11 @@ class AdminServiceStub:
     """DisableBreaker disables a breaker; it is no longer evaluated."""
     ListBreakerEvents: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListBreakerEventsRequest, _admin_service_pb2.ListBreakerEventsResponse]
     """ListBreakerEvents returns events, newest first."""
+    LogBreakerEvent: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.LogBreakerEventRequest, _admin_service_pb2.LogBreakerEventResponse]
+    """LogBreakerEvent records an event of an existing breaker raised by another system (ETRMS log_event): a
+    circuit_breaker_events row, listed by ListBreakerEvents; nothing is enforced. Returns after the store
+    committed it (or queued it, never dropped, while the database is out).
+    """
     GetFeatureFlags: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.GetFeatureFlagsRequest, _admin_service_pb2.GetFeatureFlagsResponse]
     """GetFeatureFlags returns the run-time flags."""
     SetFeatureFlags: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.SetFeatureFlagsRequest, _admin_service_pb2.SetFeatureFlagsResponse]
@@ -102,7 +107,7 @@ class AdminServiceAsyncStub(AdminServiceStub):
     CreateBreaker: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.CreateBreakerRequest, _admin_service_pb2.CreateBreakerResponse]  # type: ignore[assignment]
     """CreateBreaker creates a circuit breaker."""
     GetBreaker: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.GetBreakerRequest, _admin_service_pb2.GetBreakerResponse]  # type: ignore[assignment]
-    """GetBreaker returns one breaker."""
+    """GetBreaker returns one breaker, by id or by name within an account (ETRMS get_by_name)."""
     ListBreakers: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListBreakersRequest, _admin_service_pb2.ListBreakersResponse]  # type: ignore[assignment]
     """ListBreakers returns the account's breakers."""
     UpdateBreaker: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.UpdateBreakerRequest, _admin_service_pb2.UpdateBreakerResponse]  # type: ignore[assignment]
@@ -115,6 +120,11 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """DisableBreaker disables a breaker; it is no longer evaluated."""
     ListBreakerEvents: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListBreakerEventsRequest, _admin_service_pb2.ListBreakerEventsResponse]  # type: ignore[assignment]
     """ListBreakerEvents returns events, newest first."""
+    LogBreakerEvent: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.LogBreakerEventRequest, _admin_service_pb2.LogBreakerEventResponse]  # type: ignore[assignment]
+    """LogBreakerEvent records an event of an existing breaker raised by another system (ETRMS log_event): a
+    circuit_breaker_events row, listed by ListBreakerEvents; nothing is enforced. Returns after the store
+    committed it (or queued it, never dropped, while the database is out).
+    """
     GetFeatureFlags: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.GetFeatureFlagsRequest, _admin_service_pb2.GetFeatureFlagsResponse]  # type: ignore[assignment]
     """GetFeatureFlags returns the run-time flags."""
     SetFeatureFlags: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.SetFeatureFlagsRequest, _admin_service_pb2.SetFeatureFlagsResponse]  # type: ignore[assignment]
@@ -187,7 +197,7 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_service_pb2.GetBreakerRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.GetBreakerResponse, _abc.Awaitable[_admin_service_pb2.GetBreakerResponse]]:
-        """GetBreaker returns one breaker."""
+        """GetBreaker returns one breaker, by id or by name within an account (ETRMS get_by_name)."""
 
     @_abc_1.abstractmethod
     def ListBreakers(
@@ -236,6 +246,17 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.ListBreakerEventsResponse, _abc.Awaitable[_admin_service_pb2.ListBreakerEventsResponse]]:
         """ListBreakerEvents returns events, newest first."""
+
+    @_abc_1.abstractmethod
+    def LogBreakerEvent(
+        self,
+        request: _admin_service_pb2.LogBreakerEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.LogBreakerEventResponse, _abc.Awaitable[_admin_service_pb2.LogBreakerEventResponse]]:
+        """LogBreakerEvent records an event of an existing breaker raised by another system (ETRMS log_event): a
+        circuit_breaker_events row, listed by ListBreakerEvents; nothing is enforced. Returns after the store
+        committed it (or queued it, never dropped, while the database is out).
+        """
 
     @_abc_1.abstractmethod
     def GetFeatureFlags(

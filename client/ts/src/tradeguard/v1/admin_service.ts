@@ -19,11 +19,13 @@ import {
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
 import { Duration } from "../../google/protobuf/duration";
+import { Struct } from "../../google/protobuf/struct";
 import { Timestamp } from "../../google/protobuf/timestamp";
 import {
   CircuitBreaker,
   CircuitBreakerEvent,
   FeatureFlags,
+  PositionRef,
   RiskConfiguration,
   RiskState,
   RiskStateHistoryEntry,
@@ -102,10 +104,14 @@ export interface CreateBreakerResponse {
   breaker?: CircuitBreaker | undefined;
 }
 
-/** GetBreakerRequest names a breaker. */
+/** GetBreakerRequest names a breaker: either breaker_id, or account_id and name (not both). */
 export interface GetBreakerRequest {
   /** The breaker id. */
   breakerId: string;
+  /** The account of the breaker named `name`; with `name`, instead of breaker_id. */
+  accountId: string;
+  /** The breaker's name within account_id (names are unique per account); with account_id, instead of breaker_id. */
+  name: string;
 }
 
 /** GetBreakerResponse carries a breaker. */
@@ -192,6 +198,34 @@ export interface ListBreakerEventsResponse {
   events: CircuitBreakerEvent[];
   /** Pass to get the next page; empty on the last page. */
   nextPageToken: string;
+}
+
+/** LogBreakerEventRequest is an event of a breaker raised outside the sidecar. */
+export interface LogBreakerEventRequest {
+  /** The breaker; it must exist. The event's account is the breaker's. */
+  breakerId: string;
+  /** The trader concerned; empty when none. */
+  traderId: string;
+  /** The values that raised it, e.g. {"drawdown": 0.12}. */
+  triggeredValues?:
+    | { [key: string]: any }
+    | undefined;
+  /** The action taken, e.g. "close_position"; required, up to 64 characters. */
+  actionTaken: string;
+  /** What the action did, e.g. {"success": true}. */
+  actionResult?:
+    | { [key: string]: any }
+    | undefined;
+  /** Positions the action applied to. */
+  positionsAffected: PositionRef[];
+  /** When it happened; unset means now. Not in the future. */
+  timestamp?: Date | undefined;
+}
+
+/** LogBreakerEventResponse returns the recorded event. */
+export interface LogBreakerEventResponse {
+  /** The event as recorded, with its id. */
+  event?: CircuitBreakerEvent | undefined;
 }
 
 /** GetFeatureFlagsRequest is empty. */
@@ -1066,13 +1100,19 @@ export const CreateBreakerResponse: MessageFns<CreateBreakerResponse> = {
 };
 
 function createBaseGetBreakerRequest(): GetBreakerRequest {
-  return { breakerId: "" };
+  return { breakerId: "", accountId: "", name: "" };
 }
 
 export const GetBreakerRequest: MessageFns<GetBreakerRequest> = {
   encode(message: GetBreakerRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.breakerId !== "") {
       writer.uint32(10).string(message.breakerId);
+    }
+    if (message.accountId !== "") {
+      writer.uint32(18).string(message.accountId);
+    }
+    if (message.name !== "") {
+      writer.uint32(26).string(message.name);
     }
     return writer;
   },
@@ -1098,6 +1138,22 @@ export const GetBreakerRequest: MessageFns<GetBreakerRequest> = {
             message.breakerId = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.accountId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1117,6 +1173,12 @@ export const GetBreakerRequest: MessageFns<GetBreakerRequest> = {
         : isSet(object.breaker_id)
         ? globalThis.String(object.breaker_id)
         : "",
+      accountId: isSet(object.accountId)
+        ? globalThis.String(object.accountId)
+        : isSet(object.account_id)
+        ? globalThis.String(object.account_id)
+        : "",
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
     };
   },
 
@@ -1124,6 +1186,12 @@ export const GetBreakerRequest: MessageFns<GetBreakerRequest> = {
     const obj: any = {};
     if (message.breakerId !== "") {
       obj.breakerId = message.breakerId;
+    }
+    if (message.accountId !== "") {
+      obj.accountId = message.accountId;
+    }
+    if (message.name !== "") {
+      obj.name = message.name;
     }
     return obj;
   },
@@ -1134,6 +1202,8 @@ export const GetBreakerRequest: MessageFns<GetBreakerRequest> = {
   fromPartial<I extends Exact<DeepPartial<GetBreakerRequest>, I>>(object: I): GetBreakerRequest {
     const message = createBaseGetBreakerRequest();
     message.breakerId = object.breakerId ?? "";
+    message.accountId = object.accountId ?? "";
+    message.name = object.name ?? "";
     return message;
   },
 };
@@ -2140,6 +2210,272 @@ export const ListBreakerEventsResponse: MessageFns<ListBreakerEventsResponse> = 
     const message = createBaseListBreakerEventsResponse();
     message.events = object.events?.map((e) => CircuitBreakerEvent.fromPartial(e)) || [];
     message.nextPageToken = object.nextPageToken ?? "";
+    return message;
+  },
+};
+
+function createBaseLogBreakerEventRequest(): LogBreakerEventRequest {
+  return {
+    breakerId: "",
+    traderId: "",
+    triggeredValues: undefined,
+    actionTaken: "",
+    actionResult: undefined,
+    positionsAffected: [],
+    timestamp: undefined,
+  };
+}
+
+export const LogBreakerEventRequest: MessageFns<LogBreakerEventRequest> = {
+  encode(message: LogBreakerEventRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.breakerId !== "") {
+      writer.uint32(10).string(message.breakerId);
+    }
+    if (message.traderId !== "") {
+      writer.uint32(18).string(message.traderId);
+    }
+    if (message.triggeredValues !== undefined) {
+      Struct.encode(Struct.wrap(message.triggeredValues), writer.uint32(26).fork()).join();
+    }
+    if (message.actionTaken !== "") {
+      writer.uint32(34).string(message.actionTaken);
+    }
+    if (message.actionResult !== undefined) {
+      Struct.encode(Struct.wrap(message.actionResult), writer.uint32(42).fork()).join();
+    }
+    for (const v of message.positionsAffected) {
+      PositionRef.encode(v!, writer.uint32(50).fork()).join();
+    }
+    if (message.timestamp !== undefined) {
+      Timestamp.encode(toTimestamp(message.timestamp), writer.uint32(58).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LogBreakerEventRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLogBreakerEventRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.breakerId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.traderId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.triggeredValues = Struct.unwrap(Struct.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.actionTaken = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.actionResult = Struct.unwrap(Struct.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.positionsAffected.push(PositionRef.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.timestamp = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LogBreakerEventRequest {
+    return {
+      breakerId: isSet(object.breakerId)
+        ? globalThis.String(object.breakerId)
+        : isSet(object.breaker_id)
+        ? globalThis.String(object.breaker_id)
+        : "",
+      traderId: isSet(object.traderId)
+        ? globalThis.String(object.traderId)
+        : isSet(object.trader_id)
+        ? globalThis.String(object.trader_id)
+        : "",
+      triggeredValues: isObject(object.triggeredValues)
+        ? object.triggeredValues
+        : isObject(object.triggered_values)
+        ? object.triggered_values
+        : undefined,
+      actionTaken: isSet(object.actionTaken)
+        ? globalThis.String(object.actionTaken)
+        : isSet(object.action_taken)
+        ? globalThis.String(object.action_taken)
+        : "",
+      actionResult: isObject(object.actionResult)
+        ? object.actionResult
+        : isObject(object.action_result)
+        ? object.action_result
+        : undefined,
+      positionsAffected: globalThis.Array.isArray(object?.positionsAffected)
+        ? object.positionsAffected.map((e: any) => PositionRef.fromJSON(e))
+        : globalThis.Array.isArray(object?.positions_affected)
+        ? object.positions_affected.map((e: any) => PositionRef.fromJSON(e))
+        : [],
+      timestamp: isSet(object.timestamp) ? fromJsonTimestamp(object.timestamp) : undefined,
+    };
+  },
+
+  toJSON(message: LogBreakerEventRequest): unknown {
+    const obj: any = {};
+    if (message.breakerId !== "") {
+      obj.breakerId = message.breakerId;
+    }
+    if (message.traderId !== "") {
+      obj.traderId = message.traderId;
+    }
+    if (message.triggeredValues !== undefined) {
+      obj.triggeredValues = message.triggeredValues;
+    }
+    if (message.actionTaken !== "") {
+      obj.actionTaken = message.actionTaken;
+    }
+    if (message.actionResult !== undefined) {
+      obj.actionResult = message.actionResult;
+    }
+    if (message.positionsAffected?.length) {
+      obj.positionsAffected = message.positionsAffected.map((e) => PositionRef.toJSON(e));
+    }
+    if (message.timestamp !== undefined) {
+      obj.timestamp = message.timestamp.toISOString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<LogBreakerEventRequest>, I>>(base?: I): LogBreakerEventRequest {
+    return LogBreakerEventRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<LogBreakerEventRequest>, I>>(object: I): LogBreakerEventRequest {
+    const message = createBaseLogBreakerEventRequest();
+    message.breakerId = object.breakerId ?? "";
+    message.traderId = object.traderId ?? "";
+    message.triggeredValues = object.triggeredValues ?? undefined;
+    message.actionTaken = object.actionTaken ?? "";
+    message.actionResult = object.actionResult ?? undefined;
+    message.positionsAffected = object.positionsAffected?.map((e) => PositionRef.fromPartial(e)) || [];
+    message.timestamp = object.timestamp ?? undefined;
+    return message;
+  },
+};
+
+function createBaseLogBreakerEventResponse(): LogBreakerEventResponse {
+  return { event: undefined };
+}
+
+export const LogBreakerEventResponse: MessageFns<LogBreakerEventResponse> = {
+  encode(message: LogBreakerEventResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.event !== undefined) {
+      CircuitBreakerEvent.encode(message.event, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LogBreakerEventResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLogBreakerEventResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.event = CircuitBreakerEvent.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LogBreakerEventResponse {
+    return { event: isSet(object.event) ? CircuitBreakerEvent.fromJSON(object.event) : undefined };
+  },
+
+  toJSON(message: LogBreakerEventResponse): unknown {
+    const obj: any = {};
+    if (message.event !== undefined) {
+      obj.event = CircuitBreakerEvent.toJSON(message.event);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<LogBreakerEventResponse>, I>>(base?: I): LogBreakerEventResponse {
+    return LogBreakerEventResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<LogBreakerEventResponse>, I>>(object: I): LogBreakerEventResponse {
+    const message = createBaseLogBreakerEventResponse();
+    message.event = (object.event !== undefined && object.event !== null)
+      ? CircuitBreakerEvent.fromPartial(object.event)
+      : undefined;
     return message;
   },
 };
@@ -3562,7 +3898,7 @@ export const AdminServiceService = {
       Buffer.from(CreateBreakerResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): CreateBreakerResponse => CreateBreakerResponse.decode(value),
   },
-  /** GetBreaker returns one breaker. */
+  /** GetBreaker returns one breaker, by id or by name within an account (ETRMS get_by_name). */
   getBreaker: {
     path: "/tradeguard.v1.AdminService/GetBreaker" as const,
     requestStream: false as const,
@@ -3639,6 +3975,22 @@ export const AdminServiceService = {
     responseSerialize: (value: ListBreakerEventsResponse): Buffer =>
       Buffer.from(ListBreakerEventsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListBreakerEventsResponse => ListBreakerEventsResponse.decode(value),
+  },
+  /**
+   * LogBreakerEvent records an event of an existing breaker raised by another system (ETRMS log_event): a
+   * circuit_breaker_events row, listed by ListBreakerEvents; nothing is enforced. Returns after the store
+   * committed it (or queued it, never dropped, while the database is out).
+   */
+  logBreakerEvent: {
+    path: "/tradeguard.v1.AdminService/LogBreakerEvent" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: LogBreakerEventRequest): Buffer =>
+      Buffer.from(LogBreakerEventRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): LogBreakerEventRequest => LogBreakerEventRequest.decode(value),
+    responseSerialize: (value: LogBreakerEventResponse): Buffer =>
+      Buffer.from(LogBreakerEventResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): LogBreakerEventResponse => LogBreakerEventResponse.decode(value),
   },
   /** GetFeatureFlags returns the run-time flags. */
   getFeatureFlags: {
@@ -3736,7 +4088,7 @@ export interface AdminServiceServer extends UntypedServiceImplementation {
   deleteConfig: handleUnaryCall<DeleteConfigRequest, DeleteConfigResponse>;
   /** CreateBreaker creates a circuit breaker. */
   createBreaker: handleUnaryCall<CreateBreakerRequest, CreateBreakerResponse>;
-  /** GetBreaker returns one breaker. */
+  /** GetBreaker returns one breaker, by id or by name within an account (ETRMS get_by_name). */
   getBreaker: handleUnaryCall<GetBreakerRequest, GetBreakerResponse>;
   /** ListBreakers returns the account's breakers. */
   listBreakers: handleUnaryCall<ListBreakersRequest, ListBreakersResponse>;
@@ -3750,6 +4102,12 @@ export interface AdminServiceServer extends UntypedServiceImplementation {
   disableBreaker: handleUnaryCall<DisableBreakerRequest, DisableBreakerResponse>;
   /** ListBreakerEvents returns events, newest first. */
   listBreakerEvents: handleUnaryCall<ListBreakerEventsRequest, ListBreakerEventsResponse>;
+  /**
+   * LogBreakerEvent records an event of an existing breaker raised by another system (ETRMS log_event): a
+   * circuit_breaker_events row, listed by ListBreakerEvents; nothing is enforced. Returns after the store
+   * committed it (or queued it, never dropped, while the database is out).
+   */
+  logBreakerEvent: handleUnaryCall<LogBreakerEventRequest, LogBreakerEventResponse>;
   /** GetFeatureFlags returns the run-time flags. */
   getFeatureFlags: handleUnaryCall<GetFeatureFlagsRequest, GetFeatureFlagsResponse>;
   /** SetFeatureFlags changes the flags present in the request, at once. */
@@ -3850,7 +4208,7 @@ export interface AdminServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: CreateBreakerResponse) => void,
   ): ClientUnaryCall;
-  /** GetBreaker returns one breaker. */
+  /** GetBreaker returns one breaker, by id or by name within an account (ETRMS get_by_name). */
   getBreaker(
     request: GetBreakerRequest,
     callback: (error: ServiceError | null, response: GetBreakerResponse) => void,
@@ -3961,6 +4319,26 @@ export interface AdminServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListBreakerEventsResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * LogBreakerEvent records an event of an existing breaker raised by another system (ETRMS log_event): a
+   * circuit_breaker_events row, listed by ListBreakerEvents; nothing is enforced. Returns after the store
+   * committed it (or queued it, never dropped, while the database is out).
+   */
+  logBreakerEvent(
+    request: LogBreakerEventRequest,
+    callback: (error: ServiceError | null, response: LogBreakerEventResponse) => void,
+  ): ClientUnaryCall;
+  logBreakerEvent(
+    request: LogBreakerEventRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: LogBreakerEventResponse) => void,
+  ): ClientUnaryCall;
+  logBreakerEvent(
+    request: LogBreakerEventRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: LogBreakerEventResponse) => void,
   ): ClientUnaryCall;
   /** GetFeatureFlags returns the run-time flags. */
   getFeatureFlags(
@@ -4120,6 +4498,10 @@ function fromJsonTimestamp(o: any): Date {
   } else {
     return fromTimestamp(Timestamp.fromJSON(o));
   }
+}
+
+function isObject(value: any): boolean {
+  return typeof value === "object" && value !== null;
 }
 
 function isSet(value: any): boolean {
