@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.struct_pb2 import Struct
 
 from tests.support.sidecar import running_sidecar
@@ -212,3 +213,173 @@ async def test_logged_event_is_committed_to_the_database_and_listed_after_a_rest
     assert abs(after.timestamp.ToNanoseconds() - logged.event.timestamp.ToNanoseconds()) <= 1_000  # stored in us
     after.timestamp.CopyFrom(logged.event.timestamp)
     assert after == logged.event
+
+
+# ---- 4. partial updates (update_mask, AIP-134) -------------------------------------------------------------------
+
+
+def mask(*paths: str) -> FieldMask:
+    return FieldMask(paths=list(paths))
+
+
+FULL = {"daily_max_drawdown_percentage": 2.0, "max_drawdown_percentage": 8.0, "stop_trading_minutes": 30,
+        "symbol_configs": [t.SymbolRiskConfiguration(symbol="BTCUSDT", max_leverage=5)]}
+
+
+async def test_config_update_with_a_mask_changes_only_the_named_fields(admin: adg.AdminServiceStub) -> None:
+    before = await save(admin, config(**FULL))
+
+    resp = await admin.SaveConfig(ad.SaveConfigRequest(
+        config=config(is_active=True, daily_max_drawdown_percentage=3.0, max_drawdown_percentage=99.0),
+        update_mask=mask("daily_max_drawdown_percentage")))
+    got = await admin.GetConfig(ad.GetConfigRequest(account_id=ACCOUNT, config_id="low_risk"))
+
+    assert not resp.created and got.config == resp.config
+    assert got.config.daily_max_drawdown_percentage == 3.0
+    assert got.config.max_drawdown_percentage == 8.0 and got.config.stop_trading_minutes == 30  # not named: kept
+    assert list(got.config.symbol_configs) == list(before.symbol_configs) and got.config.is_active
+    assert got.config.created_at == before.created_at
+
+
+async def test_the_issues_wiping_save_of_ids_and_is_active_keeps_the_limits_with_a_mask(
+    admin: adg.AdminServiceStub,
+) -> None:
+    await save(admin, config(**FULL, is_active=False))
+
+    saved = (await admin.SaveConfig(ad.SaveConfigRequest(config=config(is_active=True),
+                                                         update_mask=mask("is_active")))).config
+
+    assert saved.is_active and saved.daily_max_drawdown_percentage == 2.0 and len(saved.symbol_configs) == 1
+
+
+async def test_a_named_field_the_request_leaves_unset_is_cleared_to_its_default(admin: adg.AdminServiceStub) -> None:
+    await save(admin, config(**FULL))
+
+    saved = (await admin.SaveConfig(ad.SaveConfigRequest(
+        config=config(), update_mask=mask("max_drawdown_percentage", "symbol_configs")))).config
+
+    assert not saved.HasField("max_drawdown_percentage") and list(saved.symbol_configs) == []
+    assert saved.daily_max_drawdown_percentage == 2.0
+
+
+async def test_config_save_without_a_mask_still_replaces_the_whole_configuration(admin: adg.AdminServiceStub) -> None:
+    await save(admin, config(**FULL))
+
+    saved = await save(admin, config(is_active=True))
+
+    assert not saved.HasField("daily_max_drawdown_percentage") and list(saved.symbol_configs) == []
+
+
+async def test_config_mask_with_an_unknown_path_is_invalid_argument_naming_the_path(
+    admin: adg.AdminServiceStub,
+) -> None:
+    await save(admin, config(**FULL))
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await admin.SaveConfig(ad.SaveConfigRequest(config=config(), update_mask=mask(
+            "daily_max_drawdown_percentage", "max_daily_los", "symbol_configs.max_leverage")))
+
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    found = violations(err.value)
+    assert set(found) == {"update_mask.paths[1]", "update_mask.paths[2]"}
+    assert "'max_daily_los'" in found["update_mask.paths[1]"]
+    assert "'symbol_configs.max_leverage'" in found["update_mask.paths[2]"]
+
+
+async def test_masked_config_update_of_a_missing_configuration_is_not_found(admin: adg.AdminServiceStub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await admin.SaveConfig(ad.SaveConfigRequest(config=config(daily_max_drawdown_percentage=3.0),
+                                                    update_mask=mask("daily_max_drawdown_percentage")))
+
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_masked_config_update_is_validated_as_a_whole(admin: adg.AdminServiceStub) -> None:
+    await save(admin, config(**FULL))
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await admin.SaveConfig(ad.SaveConfigRequest(config=config(daily_max_drawdown_percentage=250.0),
+                                                    update_mask=mask("daily_max_drawdown_percentage")))
+
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert any("daily_max_drawdown_percentage" in f for f in violations(err.value))
+
+
+async def test_masked_config_update_of_the_active_one_is_enforced_at_once(
+    admin: adg.AdminServiceStub, risk: rsg.RiskServiceStub
+) -> None:
+    await save(admin, config(daily_max_drawdown_percentage=5.0))
+    await risk.ReportEquity(rs.ReportEquityRequest(**IDS, equity=10_000))
+    await risk.ReportEquity(rs.ReportEquityRequest(**IDS, equity=9_700))
+    order = t.OrderIntent(symbol="BTCUSDT", side=t.SIDE_BUY, quantity=0.01, price=50_000)
+    before = await risk.CanTrade(rs.CanTradeRequest(**IDS, order=order))
+
+    await admin.SaveConfig(ad.SaveConfigRequest(config=config(daily_max_drawdown_percentage=2.0),
+                                                update_mask=mask("daily_max_drawdown_percentage")))
+    after = await risk.CanTrade(rs.CanTradeRequest(**IDS, order=order))
+
+    assert before.allowed
+    assert not after.allowed and after.code == t.DECISION_CODE_DAILY_LOSS_LIMIT
+
+
+async def test_breaker_update_with_a_mask_changes_only_the_named_fields(admin: adg.AdminServiceStub) -> None:
+    b = await create(admin, breaker(description="first", symbols=["BTCUSDT"], enabled=False))
+
+    updated = (await admin.UpdateBreaker(ad.UpdateBreakerRequest(
+        breaker_id=b.id, breaker=t.CircuitBreaker(parameters=struct(threshold=0.2), description="ignored"),
+        update_mask=mask("parameters")))).breaker
+
+    assert dict(updated.parameters) == {"threshold": 0.2}
+    assert updated.description == "first" and list(updated.symbols) == ["BTCUSDT"] and updated.name == "dd10"
+    assert not updated.enabled  # not named: kept
+
+
+async def test_breaker_mask_naming_enabled_enables_it(admin: adg.AdminServiceStub) -> None:
+    b = await create(admin, breaker(enabled=False))
+
+    updated = (await admin.UpdateBreaker(ad.UpdateBreakerRequest(
+        breaker_id=b.id, breaker=t.CircuitBreaker(enabled=True), update_mask=mask("enabled")))).breaker
+
+    assert updated.enabled and dict(updated.parameters) == {"threshold": 0.1}
+
+
+async def test_breaker_mask_with_an_unknown_path_is_invalid_argument_naming_the_path(
+    admin: adg.AdminServiceStub,
+) -> None:
+    b = await create(admin, breaker())
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await admin.UpdateBreaker(ad.UpdateBreakerRequest(
+            breaker_id=b.id, breaker=t.CircuitBreaker(), update_mask=mask("threshold")))
+
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'threshold'" in violations(err.value)["update_mask.paths[0]"]
+
+
+async def test_masked_breaker_update_is_validated_as_a_whole(admin: adg.AdminServiceStub) -> None:
+    b = await create(admin, breaker())  # max_drawdown {"threshold": 0.1}
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await admin.UpdateBreaker(ad.UpdateBreakerRequest(
+            breaker_id=b.id, breaker=t.CircuitBreaker(condition="equity_floor"), update_mask=mask("condition")))
+
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # threshold is no parameter of equity_floor
+
+
+async def test_breaker_update_without_a_mask_still_replaces_the_definition(admin: adg.AdminServiceStub) -> None:
+    b = await create(admin, breaker(description="first", symbols=["BTCUSDT"]))
+
+    updated = (await admin.UpdateBreaker(ad.UpdateBreakerRequest(breaker_id=b.id, breaker=breaker()))).breaker
+
+    assert updated.description == "" and list(updated.symbols) == []
+
+
+async def test_python_client_logs_a_breaker_event(sidecar: Any) -> None:
+    from tradeguard_client import AsyncAdminClient
+
+    async with AsyncAdminClient(sidecar.address) as client:
+        b = await client.create_breaker(breaker())
+        event = await client.log_breaker_event(b.id, "alert", trader_id="bot-1", triggered_values={"x": 1.5})
+        page = await client.list_breaker_events(breaker_id=b.id)
+
+    assert event.breaker_id == b.id and event.action_taken == "alert" and page.items == (event,)

@@ -27,6 +27,7 @@ from ..store.errors import BadCursor
 from ..store.records import BreakerEventRecord, BreakerRecord
 from . import convert
 from .errors import store_errors
+from .masks import apply_mask, check_mask, partial
 from .validation import Violations
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
@@ -39,6 +40,10 @@ PAGE_DEFAULT = 100
 PAGE_MAX = 1000
 ACTION_TAKEN_MAX = 32  # circuit_breaker_events.action_taken
 EVENT_JSON_MAX = 16 * 1024  # triggered_values, action_result: bytes of JSON each
+# UpdateBreaker's update_mask: the definition's fields; identity and timestamps change nothing.
+BREAKER_MASK_PATHS = frozenset({"name", "description", "condition", "action", "parameters", "symbols", "exchanges",
+                                "enabled"})
+BREAKER_MASK_IGNORED = frozenset({"id", "account_id", "created_at", "updated_at"})
 FUTURE_SKEW_SECONDS = 60.0  # a logged event's timestamp may be this far ahead of the sidecar's clock
 
 
@@ -224,8 +229,17 @@ class BreakerAdmin:
             v.add("breaker", "required")
         v.raise_if_any()
         b = req.breaker
+        check_mask(v, req.update_mask, BREAKER_MASK_PATHS, BREAKER_MASK_IGNORED)
+        v.raise_if_any()
         with store_errors("breaker update"):
             existing = self.service.get(req.breaker_id)
+            if partial(req.update_mask):  # AIP-134: the stored definition with the named fields from the request
+                b = apply_mask(breaker_msg(existing), b, req.update_mask, BREAKER_MASK_IGNORED)
+                b.ClearField("enabled")  # kept unless named (then as given: see below)
+                if "enabled" in req.update_mask.paths and req.breaker.HasField("enabled"):
+                    b.enabled = req.breaker.enabled
+                for name in ("id", "account_id"):  # still checked as given
+                    setattr(b, name, getattr(req.breaker, name))
             if b.id and b.id != existing.id:
                 v.add("breaker.id", f"cannot change (is {existing.id!r}); leave it empty or equal to breaker_id")
             if not b.account_id:

@@ -17,7 +17,10 @@ const _ = grpc.SupportPackageIsVersion7
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 type AdminServiceClient interface {
-	// SaveConfig creates or updates (account_id, config_id); returns after the store committed.
+	// SaveConfig creates or replaces (account_id, config_id), or with an update_mask changes only the named fields
+	// of an existing one (AIP-134); returns after the store committed.
+	// PATCH (HTTP only): without an `update_mask` query parameter the mask is the body's top-level fields, so a PATCH
+	// changes what it sends and nothing else.
 	SaveConfig(ctx context.Context, in *SaveConfigRequest, opts ...grpc.CallOption) (*SaveConfigResponse, error)
 	// GetConfig returns one configuration.
 	GetConfig(ctx context.Context, in *GetConfigRequest, opts ...grpc.CallOption) (*GetConfigResponse, error)
@@ -31,7 +34,8 @@ type AdminServiceClient interface {
 	GetBreaker(ctx context.Context, in *GetBreakerRequest, opts ...grpc.CallOption) (*GetBreakerResponse, error)
 	// ListBreakers returns the account's breakers.
 	ListBreakers(ctx context.Context, in *ListBreakersRequest, opts ...grpc.CallOption) (*ListBreakersResponse, error)
-	// UpdateBreaker replaces a breaker's definition.
+	// UpdateBreaker replaces a breaker's definition, or with an update_mask changes only the named fields (AIP-134).
+	// PATCH (HTTP only): without an `update_mask` query parameter the mask is the body's top-level fields.
 	UpdateBreaker(ctx context.Context, in *UpdateBreakerRequest, opts ...grpc.CallOption) (*UpdateBreakerResponse, error)
 	// DeleteBreaker deletes a breaker (its events are kept).
 	DeleteBreaker(ctx context.Context, in *DeleteBreakerRequest, opts ...grpc.CallOption) (*DeleteBreakerResponse, error)
@@ -254,7 +258,10 @@ func (c *adminServiceClient) RebindTrader(ctx context.Context, in *RebindTraderR
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility
 type AdminServiceServer interface {
-	// SaveConfig creates or updates (account_id, config_id); returns after the store committed.
+	// SaveConfig creates or replaces (account_id, config_id), or with an update_mask changes only the named fields
+	// of an existing one (AIP-134); returns after the store committed.
+	// PATCH (HTTP only): without an `update_mask` query parameter the mask is the body's top-level fields, so a PATCH
+	// changes what it sends and nothing else.
 	SaveConfig(context.Context, *SaveConfigRequest) (*SaveConfigResponse, error)
 	// GetConfig returns one configuration.
 	GetConfig(context.Context, *GetConfigRequest) (*GetConfigResponse, error)
@@ -268,7 +275,8 @@ type AdminServiceServer interface {
 	GetBreaker(context.Context, *GetBreakerRequest) (*GetBreakerResponse, error)
 	// ListBreakers returns the account's breakers.
 	ListBreakers(context.Context, *ListBreakersRequest) (*ListBreakersResponse, error)
-	// UpdateBreaker replaces a breaker's definition.
+	// UpdateBreaker replaces a breaker's definition, or with an update_mask changes only the named fields (AIP-134).
+	// PATCH (HTTP only): without an `update_mask` query parameter the mask is the body's top-level fields.
 	UpdateBreaker(context.Context, *UpdateBreakerRequest) (*UpdateBreakerResponse, error)
 	// DeleteBreaker deletes a breaker (its events are kept).
 	DeleteBreaker(context.Context, *DeleteBreakerRequest) (*DeleteBreakerResponse, error)

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -29,18 +30,29 @@ class SaveConfigRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CONFIG_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def config(self) -> _types_pb2.RiskConfiguration:
         """The configuration with its symbol configs."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Partial update (AIP-134): only these top-level fields of `config` change, e.g. ["daily_max_drawdown_percentage",
+        "symbol_configs"] (over HTTP: ?update_mask=daily_max_drawdown_percentage,symbol_configs); a named field that
+        `config` does not set is cleared (its default applies; `is_active` cleared is true). The configuration must exist
+        (NOT_FOUND otherwise). account_id and config_id name it; created_at and updated_at are ignored; any other path
+        is INVALID_ARGUMENT. Unset or empty: the whole configuration is replaced (created when new), as is "*".
+        """
 
     def __init__(
         self,
         *,
         config: _types_pb2.RiskConfiguration | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "update_mask", b"update_mask"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -363,27 +375,38 @@ Global___ListBreakersResponse: _TypeAlias = ListBreakersResponse  # noqa: Y015
 
 @_typing.final
 class UpdateBreakerRequest(_message.Message):
-    """UpdateBreakerRequest replaces a breaker's definition."""
+    """UpdateBreakerRequest replaces a breaker's definition, or changes the fields named in update_mask."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     BREAKER_ID_FIELD_NUMBER: _builtins.int
     BREAKER_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
     breaker_id: _builtins.str
     """The breaker id."""
     @_builtins.property
     def breaker(self) -> _types_pb2.CircuitBreaker:
         """The new definition; id and account_id cannot change."""
 
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Partial update (AIP-134): only these top-level fields of `breaker` change: name, description, condition, action,
+        parameters, symbols, exchanges, enabled (a named field `breaker` does not set is cleared; `enabled` cleared keeps
+        the current state). id, account_id, created_at and updated_at are ignored; any other path is INVALID_ARGUMENT.
+        The result is validated as a whole (e.g. new parameters must fit the condition). Unset or empty: the whole
+        definition is replaced, as is "*".
+        """
+
     def __init__(
         self,
         *,
         breaker_id: _builtins.str = ...,
         breaker: _types_pb2.CircuitBreaker | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["breaker", b"breaker"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["breaker", b"breaker", "update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["breaker", b"breaker", "breaker_id", b"breaker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breaker", b"breaker", "breaker_id", b"breaker_id", "update_mask", b"update_mask"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

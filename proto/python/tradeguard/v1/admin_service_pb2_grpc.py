@@ -152,7 +152,10 @@ class AdminServiceServicer:
     """
 
     def SaveConfig(self, request, context):
-        """SaveConfig creates or updates (account_id, config_id); returns after the store committed.
+        """SaveConfig creates or replaces (account_id, config_id), or with an update_mask changes only the named fields
+        of an existing one (AIP-134); returns after the store committed.
+        PATCH (HTTP only): without an `update_mask` query parameter the mask is the body's top-level fields, so a PATCH
+        changes what it sends and nothing else.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -201,7 +204,8 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateBreaker(self, request, context):
-        """UpdateBreaker replaces a breaker's definition.
+        """UpdateBreaker replaces a breaker's definition, or with an update_mask changes only the named fields (AIP-134).
+        PATCH (HTTP only): without an `update_mask` query parameter the mask is the body's top-level fields.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -40,7 +40,11 @@ class AdminServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AdminServiceAsyncStub: ...
     SaveConfig: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.SaveConfigRequest, _admin_service_pb2.SaveConfigResponse]
-    """SaveConfig creates or updates (account_id, config_id); returns after the store committed."""
+    """SaveConfig creates or replaces (account_id, config_id), or with an update_mask changes only the named fields
+    of an existing one (AIP-134); returns after the store committed.
+    PATCH (HTTP only): without an `update_mask` query parameter the mask is the body's top-level fields, so a PATCH
+    changes what it sends and nothing else.
+    """
     GetConfig: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.GetConfigRequest, _admin_service_pb2.GetConfigResponse]
     """GetConfig returns one configuration."""
     ListConfigs: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListConfigsRequest, _admin_service_pb2.ListConfigsResponse]
@@ -54,7 +58,9 @@ class AdminServiceStub:
     ListBreakers: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListBreakersRequest, _admin_service_pb2.ListBreakersResponse]
     """ListBreakers returns the account's breakers."""
     UpdateBreaker: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.UpdateBreakerRequest, _admin_service_pb2.UpdateBreakerResponse]
-    """UpdateBreaker replaces a breaker's definition."""
+    """UpdateBreaker replaces a breaker's definition, or with an update_mask changes only the named fields (AIP-134).
+    PATCH (HTTP only): without an `update_mask` query parameter the mask is the body's top-level fields.
+    """
     DeleteBreaker: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.DeleteBreakerRequest, _admin_service_pb2.DeleteBreakerResponse]
     """DeleteBreaker deletes a breaker (its events are kept)."""
     EnableBreaker: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.EnableBreakerRequest, _admin_service_pb2.EnableBreakerResponse]
@@ -97,7 +103,11 @@ class AdminServiceAsyncStub(AdminServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     SaveConfig: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.SaveConfigRequest, _admin_service_pb2.SaveConfigResponse]  # type: ignore[assignment]
-    """SaveConfig creates or updates (account_id, config_id); returns after the store committed."""
+    """SaveConfig creates or replaces (account_id, config_id), or with an update_mask changes only the named fields
+    of an existing one (AIP-134); returns after the store committed.
+    PATCH (HTTP only): without an `update_mask` query parameter the mask is the body's top-level fields, so a PATCH
+    changes what it sends and nothing else.
+    """
     GetConfig: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.GetConfigRequest, _admin_service_pb2.GetConfigResponse]  # type: ignore[assignment]
     """GetConfig returns one configuration."""
     ListConfigs: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListConfigsRequest, _admin_service_pb2.ListConfigsResponse]  # type: ignore[assignment]
@@ -111,7 +121,9 @@ class AdminServiceAsyncStub(AdminServiceStub):
     ListBreakers: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListBreakersRequest, _admin_service_pb2.ListBreakersResponse]  # type: ignore[assignment]
     """ListBreakers returns the account's breakers."""
     UpdateBreaker: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.UpdateBreakerRequest, _admin_service_pb2.UpdateBreakerResponse]  # type: ignore[assignment]
-    """UpdateBreaker replaces a breaker's definition."""
+    """UpdateBreaker replaces a breaker's definition, or with an update_mask changes only the named fields (AIP-134).
+    PATCH (HTTP only): without an `update_mask` query parameter the mask is the body's top-level fields.
+    """
     DeleteBreaker: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.DeleteBreakerRequest, _admin_service_pb2.DeleteBreakerResponse]  # type: ignore[assignment]
     """DeleteBreaker deletes a breaker (its events are kept)."""
     EnableBreaker: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.EnableBreakerRequest, _admin_service_pb2.EnableBreakerResponse]  # type: ignore[assignment]
@@ -157,7 +169,11 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_service_pb2.SaveConfigRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.SaveConfigResponse, _abc.Awaitable[_admin_service_pb2.SaveConfigResponse]]:
-        """SaveConfig creates or updates (account_id, config_id); returns after the store committed."""
+        """SaveConfig creates or replaces (account_id, config_id), or with an update_mask changes only the named fields
+        of an existing one (AIP-134); returns after the store committed.
+        PATCH (HTTP only): without an `update_mask` query parameter the mask is the body's top-level fields, so a PATCH
+        changes what it sends and nothing else.
+        """
 
     @_abc_1.abstractmethod
     def GetConfig(
@@ -213,7 +229,9 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_service_pb2.UpdateBreakerRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.UpdateBreakerResponse, _abc.Awaitable[_admin_service_pb2.UpdateBreakerResponse]]:
-        """UpdateBreaker replaces a breaker's definition."""
+        """UpdateBreaker replaces a breaker's definition, or with an update_mask changes only the named fields (AIP-134).
+        PATCH (HTTP only): without an `update_mask` query parameter the mask is the body's top-level fields.
+        """
 
     @_abc_1.abstractmethod
     def DeleteBreaker(

@@ -19,6 +19,7 @@ import {
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
 import { Duration } from "../../google/protobuf/duration";
+import { FieldMask } from "../../google/protobuf/field_mask";
 import { Struct } from "../../google/protobuf/struct";
 import { Timestamp } from "../../google/protobuf/timestamp";
 import {
@@ -41,7 +42,17 @@ export const protobufFileName = "tradeguard/v1/admin_service.proto";
 /** SaveConfigRequest carries a configuration. */
 export interface SaveConfigRequest {
   /** The configuration with its symbol configs. */
-  config?: RiskConfiguration | undefined;
+  config?:
+    | RiskConfiguration
+    | undefined;
+  /**
+   * Partial update (AIP-134): only these top-level fields of `config` change, e.g. ["daily_max_drawdown_percentage",
+   * "symbol_configs"] (over HTTP: ?update_mask=daily_max_drawdown_percentage,symbol_configs); a named field that
+   * `config` does not set is cleared (its default applies; `is_active` cleared is true). The configuration must exist
+   * (NOT_FOUND otherwise). account_id and config_id name it; created_at and updated_at are ignored; any other path
+   * is INVALID_ARGUMENT. Unset or empty: the whole configuration is replaced (created when new), as is "*".
+   */
+  updateMask?: string[] | undefined;
 }
 
 /** SaveConfigResponse returns what was stored. */
@@ -132,12 +143,22 @@ export interface ListBreakersResponse {
   breakers: CircuitBreaker[];
 }
 
-/** UpdateBreakerRequest replaces a breaker's definition. */
+/** UpdateBreakerRequest replaces a breaker's definition, or changes the fields named in update_mask. */
 export interface UpdateBreakerRequest {
   /** The breaker id. */
   breakerId: string;
   /** The new definition; id and account_id cannot change. */
-  breaker?: CircuitBreaker | undefined;
+  breaker?:
+    | CircuitBreaker
+    | undefined;
+  /**
+   * Partial update (AIP-134): only these top-level fields of `breaker` change: name, description, condition, action,
+   * parameters, symbols, exchanges, enabled (a named field `breaker` does not set is cleared; `enabled` cleared keeps
+   * the current state). id, account_id, created_at and updated_at are ignored; any other path is INVALID_ARGUMENT.
+   * The result is validated as a whole (e.g. new parameters must fit the condition). Unset or empty: the whole
+   * definition is replaced, as is "*".
+   */
+  updateMask?: string[] | undefined;
 }
 
 /** UpdateBreakerResponse returns the stored breaker. */
@@ -355,13 +376,16 @@ export interface RebindTraderResponse {
 }
 
 function createBaseSaveConfigRequest(): SaveConfigRequest {
-  return { config: undefined };
+  return { config: undefined, updateMask: undefined };
 }
 
 export const SaveConfigRequest: MessageFns<SaveConfigRequest> = {
   encode(message: SaveConfigRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.config !== undefined) {
       RiskConfiguration.encode(message.config, writer.uint32(10).fork()).join();
+    }
+    if (message.updateMask !== undefined) {
+      FieldMask.encode(FieldMask.wrap(message.updateMask), writer.uint32(18).fork()).join();
     }
     return writer;
   },
@@ -387,6 +411,14 @@ export const SaveConfigRequest: MessageFns<SaveConfigRequest> = {
             message.config = RiskConfiguration.decode(reader, reader.uint32());
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.updateMask = FieldMask.unwrap(FieldMask.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -400,13 +432,23 @@ export const SaveConfigRequest: MessageFns<SaveConfigRequest> = {
   },
 
   fromJSON(object: any): SaveConfigRequest {
-    return { config: isSet(object.config) ? RiskConfiguration.fromJSON(object.config) : undefined };
+    return {
+      config: isSet(object.config) ? RiskConfiguration.fromJSON(object.config) : undefined,
+      updateMask: isSet(object.updateMask)
+        ? FieldMask.unwrap(FieldMask.fromJSON(object.updateMask))
+        : isSet(object.update_mask)
+        ? FieldMask.unwrap(FieldMask.fromJSON(object.update_mask))
+        : undefined,
+    };
   },
 
   toJSON(message: SaveConfigRequest): unknown {
     const obj: any = {};
     if (message.config !== undefined) {
       obj.config = RiskConfiguration.toJSON(message.config);
+    }
+    if (message.updateMask !== undefined) {
+      obj.updateMask = FieldMask.toJSON(FieldMask.wrap(message.updateMask));
     }
     return obj;
   },
@@ -419,6 +461,7 @@ export const SaveConfigRequest: MessageFns<SaveConfigRequest> = {
     message.config = (object.config !== undefined && object.config !== null)
       ? RiskConfiguration.fromPartial(object.config)
       : undefined;
+    message.updateMask = object.updateMask ?? undefined;
     return message;
   },
 };
@@ -1422,7 +1465,7 @@ export const ListBreakersResponse: MessageFns<ListBreakersResponse> = {
 };
 
 function createBaseUpdateBreakerRequest(): UpdateBreakerRequest {
-  return { breakerId: "", breaker: undefined };
+  return { breakerId: "", breaker: undefined, updateMask: undefined };
 }
 
 export const UpdateBreakerRequest: MessageFns<UpdateBreakerRequest> = {
@@ -1432,6 +1475,9 @@ export const UpdateBreakerRequest: MessageFns<UpdateBreakerRequest> = {
     }
     if (message.breaker !== undefined) {
       CircuitBreaker.encode(message.breaker, writer.uint32(18).fork()).join();
+    }
+    if (message.updateMask !== undefined) {
+      FieldMask.encode(FieldMask.wrap(message.updateMask), writer.uint32(26).fork()).join();
     }
     return writer;
   },
@@ -1465,6 +1511,14 @@ export const UpdateBreakerRequest: MessageFns<UpdateBreakerRequest> = {
             message.breaker = CircuitBreaker.decode(reader, reader.uint32());
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.updateMask = FieldMask.unwrap(FieldMask.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1485,6 +1539,11 @@ export const UpdateBreakerRequest: MessageFns<UpdateBreakerRequest> = {
         ? globalThis.String(object.breaker_id)
         : "",
       breaker: isSet(object.breaker) ? CircuitBreaker.fromJSON(object.breaker) : undefined,
+      updateMask: isSet(object.updateMask)
+        ? FieldMask.unwrap(FieldMask.fromJSON(object.updateMask))
+        : isSet(object.update_mask)
+        ? FieldMask.unwrap(FieldMask.fromJSON(object.update_mask))
+        : undefined,
     };
   },
 
@@ -1495,6 +1554,9 @@ export const UpdateBreakerRequest: MessageFns<UpdateBreakerRequest> = {
     }
     if (message.breaker !== undefined) {
       obj.breaker = CircuitBreaker.toJSON(message.breaker);
+    }
+    if (message.updateMask !== undefined) {
+      obj.updateMask = FieldMask.toJSON(FieldMask.wrap(message.updateMask));
     }
     return obj;
   },
@@ -1508,6 +1570,7 @@ export const UpdateBreakerRequest: MessageFns<UpdateBreakerRequest> = {
     message.breaker = (object.breaker !== undefined && object.breaker !== null)
       ? CircuitBreaker.fromPartial(object.breaker)
       : undefined;
+    message.updateMask = object.updateMask ?? undefined;
     return message;
   },
 };
@@ -3846,7 +3909,12 @@ export const RebindTraderResponse: MessageFns<RebindTraderResponse> = {
  */
 export type AdminServiceService = typeof AdminServiceService;
 export const AdminServiceService = {
-  /** SaveConfig creates or updates (account_id, config_id); returns after the store committed. */
+  /**
+   * SaveConfig creates or replaces (account_id, config_id), or with an update_mask changes only the named fields
+   * of an existing one (AIP-134); returns after the store committed.
+   * PATCH (HTTP only): without an `update_mask` query parameter the mask is the body's top-level fields, so a PATCH
+   * changes what it sends and nothing else.
+   */
   saveConfig: {
     path: "/tradeguard.v1.AdminService/SaveConfig" as const,
     requestStream: false as const,
@@ -3919,7 +3987,10 @@ export const AdminServiceService = {
       Buffer.from(ListBreakersResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListBreakersResponse => ListBreakersResponse.decode(value),
   },
-  /** UpdateBreaker replaces a breaker's definition. */
+  /**
+   * UpdateBreaker replaces a breaker's definition, or with an update_mask changes only the named fields (AIP-134).
+   * PATCH (HTTP only): without an `update_mask` query parameter the mask is the body's top-level fields.
+   */
   updateBreaker: {
     path: "/tradeguard.v1.AdminService/UpdateBreaker" as const,
     requestStream: false as const,
@@ -4078,7 +4149,12 @@ export const AdminServiceService = {
 } as const;
 
 export interface AdminServiceServer extends UntypedServiceImplementation {
-  /** SaveConfig creates or updates (account_id, config_id); returns after the store committed. */
+  /**
+   * SaveConfig creates or replaces (account_id, config_id), or with an update_mask changes only the named fields
+   * of an existing one (AIP-134); returns after the store committed.
+   * PATCH (HTTP only): without an `update_mask` query parameter the mask is the body's top-level fields, so a PATCH
+   * changes what it sends and nothing else.
+   */
   saveConfig: handleUnaryCall<SaveConfigRequest, SaveConfigResponse>;
   /** GetConfig returns one configuration. */
   getConfig: handleUnaryCall<GetConfigRequest, GetConfigResponse>;
@@ -4092,7 +4168,10 @@ export interface AdminServiceServer extends UntypedServiceImplementation {
   getBreaker: handleUnaryCall<GetBreakerRequest, GetBreakerResponse>;
   /** ListBreakers returns the account's breakers. */
   listBreakers: handleUnaryCall<ListBreakersRequest, ListBreakersResponse>;
-  /** UpdateBreaker replaces a breaker's definition. */
+  /**
+   * UpdateBreaker replaces a breaker's definition, or with an update_mask changes only the named fields (AIP-134).
+   * PATCH (HTTP only): without an `update_mask` query parameter the mask is the body's top-level fields.
+   */
   updateBreaker: handleUnaryCall<UpdateBreakerRequest, UpdateBreakerResponse>;
   /** DeleteBreaker deletes a breaker (its events are kept). */
   deleteBreaker: handleUnaryCall<DeleteBreakerRequest, DeleteBreakerResponse>;
@@ -4128,7 +4207,12 @@ export interface AdminServiceServer extends UntypedServiceImplementation {
 }
 
 export interface AdminServiceClient extends Client {
-  /** SaveConfig creates or updates (account_id, config_id); returns after the store committed. */
+  /**
+   * SaveConfig creates or replaces (account_id, config_id), or with an update_mask changes only the named fields
+   * of an existing one (AIP-134); returns after the store committed.
+   * PATCH (HTTP only): without an `update_mask` query parameter the mask is the body's top-level fields, so a PATCH
+   * changes what it sends and nothing else.
+   */
   saveConfig(
     request: SaveConfigRequest,
     callback: (error: ServiceError | null, response: SaveConfigResponse) => void,
@@ -4240,7 +4324,10 @@ export interface AdminServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListBreakersResponse) => void,
   ): ClientUnaryCall;
-  /** UpdateBreaker replaces a breaker's definition. */
+  /**
+   * UpdateBreaker replaces a breaker's definition, or with an update_mask changes only the named fields (AIP-134).
+   * PATCH (HTTP only): without an `update_mask` query parameter the mask is the body's top-level fields.
+   */
   updateBreaker(
     request: UpdateBreakerRequest,
     callback: (error: ServiceError | null, response: UpdateBreakerResponse) => void,
