@@ -195,8 +195,15 @@ async def test_logged_event_without_action_or_with_non_finite_values_is_invalid_
     assert set(violations(err.value)) == {"action_taken", "triggered_values"}
 
 
-async def test_logged_event_is_committed_to_the_database_and_listed_after_a_restart(tmp_path: Path) -> None:
-    db = f"sqlite:///{tmp_path / 'tg.db'}"
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database for a sidecar and its restart: a SQLite file, or a fresh PostgreSQL database (pg_url)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'tg.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+async def test_logged_event_is_committed_to_the_database_and_listed_after_a_restart(db: str) -> None:
     async with running_sidecar(database_url=db, enable_persistence=True) as sc, \
             grpc.aio.insecure_channel(sc.address) as ch:
         admin = adg.AdminServiceStub(ch)
@@ -383,3 +390,24 @@ async def test_python_client_logs_a_breaker_event(sidecar: Any) -> None:
         page = await client.list_breaker_events(breaker_id=b.id)
 
     assert event.breaker_id == b.id and event.action_taken == "alert" and page.items == (event,)
+
+
+async def test_masked_updates_and_explicit_false_are_what_the_database_holds_after_a_restart(db: str) -> None:
+    async with running_sidecar(database_url=db, enable_persistence=True) as sc, \
+            grpc.aio.insecure_channel(sc.address) as ch:
+        admin = adg.AdminServiceStub(ch)
+        await save(admin, config(**FULL, is_active=False))
+        saved = (await admin.SaveConfig(ad.SaveConfigRequest(
+            config=config(stop_trading_minutes=45), update_mask=mask("stop_trading_minutes")))).config
+        b = await create(admin, breaker(enabled=False))
+        updated = (await admin.UpdateBreaker(ad.UpdateBreakerRequest(
+            breaker_id=b.id, breaker=t.CircuitBreaker(description="patched"), update_mask=mask("description")))).breaker
+    async with running_sidecar(database_url=db, enable_persistence=True) as sc, \
+            grpc.aio.insecure_channel(sc.address) as ch:
+        admin = adg.AdminServiceStub(ch)
+        cfg = (await admin.GetConfig(ad.GetConfigRequest(account_id=ACCOUNT, config_id="low_risk"))).config
+        got = (await admin.GetBreaker(ad.GetBreakerRequest(account_id=ACCOUNT, name="dd10"))).breaker
+
+    assert not cfg.is_active and cfg.stop_trading_minutes == 45 and cfg.daily_max_drawdown_percentage == 2.0
+    assert len(cfg.symbol_configs) == 1 and cfg.updated_at == saved.updated_at
+    assert got == updated and got.description == "patched" and not got.enabled
