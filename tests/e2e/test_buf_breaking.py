@@ -21,6 +21,20 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 BUF = Path(sys.executable).parent / "buf"
 API_PATHS = ["proto/*.proto", "proto/buf.yaml", "proto/buf.lock"]
+# Changes buf's FILE rules report that were made on purpose, each exactly as buf words it. Issue 19: `is_active` and
+# `enabled` became `optional bool` so that an omitted value can default to true: the same on the wire and in JSON,
+# but generated Go code changes from `bool` to `*bool` (a source change for Go callers that set the field).
+ACCEPTED = (
+    'Field "3" with name "is_active" on message "RiskConfiguration" changed cardinality from '
+    '"optional with implicit presence" to "optional with explicit presence".',
+    'Field "10" with name "enabled" on message "CircuitBreaker" changed cardinality from '
+    '"optional with implicit presence" to "optional with explicit presence".',
+)
+
+
+def unaccepted(output: str) -> list[str]:
+    """buf's findings, less the ACCEPTED ones."""
+    return [line for line in output.splitlines() if line.strip() and not line.endswith(ACCEPTED)]
 
 
 def git(*args: str) -> subprocess.CompletedProcess[bytes]:
@@ -64,7 +78,8 @@ def test_proto_has_no_breaking_change_against_previous_commit(tmp_path: Path) ->
         check=False,
     )
 
-    assert out.returncode == 0, f"breaking change against {revision}:proto\n{out.stdout}{out.stderr}"
+    findings = unaccepted(out.stdout + out.stderr)
+    assert out.returncode == 0 or not findings, f"breaking change against {revision}:proto\n" + "\n".join(findings)
 
 
 def test_buf_breaking_detects_a_breaking_change(tmp_path: Path) -> None:

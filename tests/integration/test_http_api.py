@@ -390,7 +390,8 @@ async def test_openapi_document_is_valid_and_has_every_binding_of_the_proto() ->
     }
     assert seeds <= {(m, p) for p, ops in doc["paths"].items() for m in ops}
     v1 = {(m, p) for p, ops in doc["paths"].items() for m in ops if p.startswith("/v1/")}
-    assert {(r.http_method.lower(), r.template) for r in served_routes() if r.primary} == v1
+    assert {(r.http_method.lower(), r.template) for r in served_routes() if r.template.startswith("/v1/")} == v1
+    assert all(r.template.startswith("/v1/") for r in served_routes() if r.primary)
 
 
 async def test_an_http_call_is_a_server_span_continuing_the_callers_traceparent() -> None:

@@ -174,4 +174,5 @@ def test_idempotent_methods_are_real_rpcs_and_exclude_writes_that_must_not_repea
     assert risk | admin >= IDEMPOTENT_METHODS
     assert risk - IDEMPOTENT_METHODS == {"WatchRiskState"}
     assert admin - IDEMPOTENT_METHODS == {"CreateBreaker", "DeleteConfig", "DeleteBreaker", "PauseTrading",
+                                          "LogBreakerEvent",  # a repeated log would record a second event
                                           "RebindTrader"}  # a repeated rebind would reset the state again

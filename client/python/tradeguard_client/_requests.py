@@ -11,7 +11,7 @@ import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import risk_service_pb2 as rs
@@ -37,6 +37,7 @@ __all__ = [
     "config_msg",
     "list_breaker_events",
     "list_history",
+    "log_breaker_event",
     "message",
     "new_client_order_id",
     "pause_trading",
@@ -163,6 +164,17 @@ def list_breaker_events(breaker_id: str, account_id: str, page_size: int,
                         page_token: str) -> ad.ListBreakerEventsRequest:
     return ad.ListBreakerEventsRequest(breaker_id=breaker_id, account_id=account_id, page_size=page_size,
                                        page_token=page_token)
+
+
+@checked
+def log_breaker_event(breaker_id: str, action_taken: str, trader_id: str, triggered_values: Mapping[str, Any] | None,
+                      action_result: Mapping[str, Any] | None) -> ad.LogBreakerEventRequest:
+    request = ad.LogBreakerEventRequest(breaker_id=breaker_id, action_taken=action_taken, trader_id=trader_id)
+    if triggered_values:
+        request.triggered_values.update(dict(triggered_values))
+    if action_result:
+        request.action_result.update(dict(action_result))
+    return request
 
 
 @checked

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import Any, Self, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -389,6 +389,15 @@ class AdminClient(_SyncClient):
         request = req.list_breaker_events(breaker_id, account_id, page_size, page_token)
         resp = self._unary("ListBreakerEvents", self._stub.ListBreakerEvents, request, timeout)
         return Page(tuple(BreakerEvent.from_proto(e) for e in resp.events), resp.next_page_token)
+
+    def log_breaker_event(self, breaker_id: str, action_taken: str, *, trader_id: str = "",
+                          triggered_values: Mapping[str, Any] | None = None,
+                          action_result: Mapping[str, Any] | None = None,
+                          timeout: float | None = None) -> BreakerEvent:
+        """Record an event of an existing breaker raised by another system (ETRMS log_event); never retried."""
+        request = req.log_breaker_event(breaker_id, action_taken, trader_id, triggered_values, action_result)
+        resp = self._unary("LogBreakerEvent", self._stub.LogBreakerEvent, request, timeout)
+        return BreakerEvent.from_proto(resp.event)
 
     # ---- flags and kill switch ------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 # slow at start) memory does not hold them, and NOT_FOUND or an empty list would be untrue.
 NEEDS_STORED_STATE = frozenset({
     "SaveConfig", "GetConfig", "ListConfigs", "DeleteConfig", "CreateBreaker", "GetBreaker", "ListBreakers",
-    "UpdateBreaker", "DeleteBreaker", "EnableBreaker", "DisableBreaker",
+    "UpdateBreaker", "DeleteBreaker", "EnableBreaker", "DisableBreaker", "LogBreakerEvent",
 })
 NOT_LOADED = ("the stored configurations and breakers are not loaded yet (database unavailable or slow at start; "
               "health service tradeguard.state says when they are): try again")

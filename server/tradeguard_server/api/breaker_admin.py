@@ -1,16 +1,18 @@
 """AdminService CreateBreaker / GetBreaker / ListBreakers / UpdateBreaker / DeleteBreaker / EnableBreaker /
-DisableBreaker / ListBreakerEvents: requests validated and converted for the breaker service
+DisableBreaker / ListBreakerEvents / LogBreakerEvent: requests validated and converted for the breaker service
 (services/breakers.py), its records answered as CircuitBreaker / CircuitBreakerEvent messages.
 
-`enabled` in CreateBreaker: proto3 cannot tell an omitted bool from false, so a new breaker always starts
-enabled (stage one with action "alert", or create then DisableBreaker). UpdateBreaker keeps the current
-enabled state; Enable/DisableBreaker change it.
+`enabled` (optional, so an omitted value is told from false): CreateBreaker without it creates an enabled
+breaker (the seed's default), with `enabled: false` a disabled one. UpdateBreaker without it keeps the current
+state; Enable/DisableBreaker change it.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, cast
+from typing import Any
 
 import grpc
 from google.protobuf.message import Message
@@ -25,6 +27,7 @@ from ..store.errors import BadCursor
 from ..store.records import BreakerEventRecord, BreakerRecord
 from . import convert
 from .errors import store_errors
+from .masks import apply_mask, check_mask, partial
 from .validation import Violations
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
@@ -35,7 +38,13 @@ DESCRIPTION_MAX = 1024
 SCOPE_MAX = 100
 PAGE_DEFAULT = 100
 PAGE_MAX = 1000
-ENABLED_HAS_PRESENCE = t.CircuitBreaker.DESCRIPTOR.fields_by_name["enabled"].has_presence
+ACTION_TAKEN_MAX = 32  # circuit_breaker_events.action_taken
+EVENT_JSON_MAX = 16 * 1024  # triggered_values, action_result: bytes of JSON each
+# UpdateBreaker's update_mask: the definition's fields; identity and timestamps change nothing.
+BREAKER_MASK_PATHS = frozenset({"name", "description", "condition", "action", "parameters", "symbols", "exchanges",
+                                "enabled"})
+BREAKER_MASK_IGNORED = frozenset({"id", "account_id", "created_at", "updated_at"})
+FUTURE_SKEW_SECONDS = 60.0  # a logged event's timestamp may be this far ahead of the sidecar's clock
 
 
 # ---- conversions ----------------------------------------------------------------------------------
@@ -125,10 +134,23 @@ def validate_breaker(v: Violations, b: t.CircuitBreaker, registry: Registry, pre
 
 
 def _enabled_given(b: t.CircuitBreaker) -> bool | None:
-    """`enabled` when the client set it (only knowable once the field has presence), else None."""
-    if ENABLED_HAS_PRESENCE and cast(Any, b).HasField("enabled"):
+    """`enabled` when the client set it, else None."""
+    if b.HasField("enabled"):
         return bool(b.enabled)
     return None
+
+
+def _json_values(v: Violations, field_name: str, msg: Struct) -> dict[str, Any]:
+    """A Struct of a logged event as plain values: finite numbers only (the row is JSON), at most EVENT_JSON_MAX."""
+    values = struct_values(msg)
+    try:
+        size = len(json.dumps(values, allow_nan=False))
+    except ValueError:
+        v.add(field_name, "numbers must be finite (no NaN or infinity)")
+        return values
+    if size > EVENT_JSON_MAX:
+        v.add(field_name, f"too large: {size} bytes of JSON, at most {EVENT_JSON_MAX}")
+    return values
 
 
 def _check_id(breaker_id: str) -> None:
@@ -157,6 +179,7 @@ class BreakerAdmin:
             "EnableBreaker": (ad.EnableBreakerRequest, self.enable_breaker),
             "DisableBreaker": (ad.DisableBreakerRequest, self.disable_breaker),
             "ListBreakerEvents": (ad.ListBreakerEventsRequest, self.list_breaker_events),
+            "LogBreakerEvent": (ad.LogBreakerEventRequest, self.log_breaker_event),
         }
 
     # ---- RPCs -----------------------------------------------------------------------------------
@@ -173,9 +196,25 @@ class BreakerAdmin:
         return ad.CreateBreakerResponse(breaker=breaker_msg(record))
 
     async def get_breaker(self, req: ad.GetBreakerRequest, _ctx: Ctx) -> ad.GetBreakerResponse:
-        _check_id(req.breaker_id)
+        """By breaker_id, or by account_id + name (ETRMS get_by_name): exactly one of the two ways."""
+        v = Violations()
+        by_name = bool(req.account_id or req.name)
+        if req.breaker_id and by_name:
+            v.add("breaker_id", "give either breaker_id or account_id and name, not both")
+        elif by_name:
+            v.identifier("account_id", req.account_id)
+            if not req.name:
+                v.add("name", "required with account_id (or give breaker_id instead)")
+            elif len(req.name) > NAME_MAX:
+                v.add("name", f"too long: {len(req.name)} characters, at most {NAME_MAX}")
+        elif not req.breaker_id:
+            v.add("breaker_id", "required: give breaker_id, or account_id and name")
+        else:
+            v.identifier("breaker_id", req.breaker_id)
+        v.raise_if_any()
         with store_errors():
-            return ad.GetBreakerResponse(breaker=breaker_msg(self.service.get(req.breaker_id)))
+            record = self.service.by_name(req.account_id, req.name) if by_name else self.service.get(req.breaker_id)
+        return ad.GetBreakerResponse(breaker=breaker_msg(record))
 
     async def list_breakers(self, req: ad.ListBreakersRequest, _ctx: Ctx) -> ad.ListBreakersResponse:
         v = Violations()
@@ -190,8 +229,17 @@ class BreakerAdmin:
             v.add("breaker", "required")
         v.raise_if_any()
         b = req.breaker
+        check_mask(v, req.update_mask, BREAKER_MASK_PATHS, BREAKER_MASK_IGNORED)
+        v.raise_if_any()
         with store_errors("breaker update"):
             existing = self.service.get(req.breaker_id)
+            if partial(req.update_mask):  # AIP-134: the stored definition with the named fields from the request
+                b = apply_mask(breaker_msg(existing), b, req.update_mask, BREAKER_MASK_IGNORED)
+                b.ClearField("enabled")  # kept unless named (then as given: see below)
+                if "enabled" in req.update_mask.paths and req.breaker.HasField("enabled"):
+                    b.enabled = req.breaker.enabled
+                for name in ("id", "account_id"):  # still checked as given
+                    setattr(b, name, getattr(req.breaker, name))
             if b.id and b.id != existing.id:
                 v.add("breaker.id", f"cannot change (is {existing.id!r}); leave it empty or equal to breaker_id")
             if not b.account_id:
@@ -243,3 +291,35 @@ class BreakerAdmin:
                 v.raise_if_any()
                 raise
         return ad.ListBreakerEventsResponse(events=[event_msg(r) for r in rows], next_page_token=cursor or "")
+
+    async def log_breaker_event(self, req: ad.LogBreakerEventRequest, ctx: Ctx) -> ad.LogBreakerEventResponse:
+        v = Violations()
+        v.identifier("breaker_id", req.breaker_id)
+        v.identifier("trader_id", req.trader_id, required=False)
+        if not req.action_taken:
+            v.add("action_taken", f"required, 1-{ACTION_TAKEN_MAX} characters")
+        elif len(req.action_taken) > ACTION_TAKEN_MAX:
+            v.add("action_taken", f"too long: {len(req.action_taken)} characters, at most {ACTION_TAKEN_MAX}")
+        else:
+            v.text("action_taken", req.action_taken, ACTION_TAKEN_MAX)
+        triggered = _json_values(v, "triggered_values", req.triggered_values)
+        result = _json_values(v, "action_result", req.action_result)
+        if len(req.positions_affected) > SCOPE_MAX:
+            v.add("positions_affected", f"too many: {len(req.positions_affected)}, at most {SCOPE_MAX}")
+        positions = []
+        for i, p in enumerate(req.positions_affected[:SCOPE_MAX]):
+            v.identifier(f"positions_affected[{i}].symbol", p.symbol)
+            v.identifier(f"positions_affected[{i}].exchange", p.exchange, required=False)
+            positions.append({"symbol": p.symbol.upper(), "exchange": p.exchange.lower()})
+        at: float | None = None
+        if req.HasField("timestamp"):
+            at = convert.to_seconds(req.timestamp)
+            if not math.isfinite(at) or at <= 0:
+                v.add("timestamp", "must be after 1970-01-01")
+            elif at > self.service.clock.now() + FUTURE_SKEW_SECONDS:
+                v.add("timestamp", "must not be in the future")
+        v.raise_if_any()
+        with store_errors("breaker event"):
+            record = await self.service.log_event(req.breaker_id, req.trader_id, at, triggered, req.action_taken,
+                                                  result, positions, convert.caller(ctx))
+        return ad.LogBreakerEventResponse(event=event_msg(record))

@@ -10,16 +10,21 @@ import grpc
 from google.protobuf.message import Message
 
 from tradeguard.v1 import admin_service_pb2 as ad
+from tradeguard.v1 import types_pb2 as t
 
 from ..services.configs import ConfigService
 from . import convert
 from .config_records import config_msg, to_record
 from .config_rules import validate_config
 from .errors import store_errors
+from .masks import apply_mask, check_mask, partial
 from .validation import Violations
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 Handlers = dict[str, tuple[type[Message], Callable[[Any, Ctx], Awaitable[Message]]]]
+# update_mask: the configuration's identity and the server's timestamps change nothing; every other field may.
+CONFIG_MASK_IGNORED = frozenset({"account_id", "config_id", "created_at", "updated_at"})
+CONFIG_MASK_PATHS = frozenset(t.RiskConfiguration.DESCRIPTOR.fields_by_name) - CONFIG_MASK_IGNORED
 
 
 class ConfigAdmin:
@@ -39,15 +44,28 @@ class ConfigAdmin:
     # ---- RPCs -----------------------------------------------------------------------------------
 
     async def save_config(self, req: ad.SaveConfigRequest, ctx: Ctx) -> ad.SaveConfigResponse:
+        """Create or replace; with an update_mask (AIP-134) change only the named fields of an existing one. The
+        result is validated as a whole, as a replacement would be."""
         v = Violations()
         if not req.HasField("config"):
             v.add("config", "required")
+            v.raise_if_any()
+        cfg = req.config
+        if partial(req.update_mask):
+            check_mask(v, req.update_mask, CONFIG_MASK_PATHS, CONFIG_MASK_IGNORED)
+            v.identifier("config.account_id", cfg.account_id)
+            v.identifier("config.config_id", cfg.config_id)
+            v.raise_if_any()
+            with store_errors():
+                stored = config_msg(self.service.get(cfg.account_id, cfg.config_id))
+            cfg = apply_mask(stored, cfg, req.update_mask, CONFIG_MASK_IGNORED)
         else:
-            validate_config(v, req.config)
+            check_mask(v, req.update_mask, CONFIG_MASK_PATHS, CONFIG_MASK_IGNORED)
+        validate_config(v, cfg)
         v.raise_if_any()
         with store_errors("configuration"):
-            saved, created = await self.service.save(to_record(req.config), convert.caller(ctx),
-                                                      regimes_given=req.config.HasField("market_regime_thresholds"))
+            saved, created = await self.service.save(to_record(cfg), convert.caller(ctx),
+                                                      regimes_given=cfg.HasField("market_regime_thresholds"))
         return ad.SaveConfigResponse(config=config_msg(saved), created=created)
 
     async def get_config(self, req: ad.GetConfigRequest, _ctx: Ctx) -> ad.GetConfigResponse:

@@ -71,7 +71,7 @@ def to_record(cfg: t.RiskConfiguration) -> ConfigRecord:
     return ConfigRecord(
         account_id=cfg.account_id,
         config_id=cfg.config_id,
-        is_active=cfg.is_active,
+        is_active=cfg.is_active if cfg.HasField("is_active") else True,  # absent: active (the seed's default)
         market_regime_thresholds=regime_thresholds(cfg),
         correlation_groups={g.name: list(g.symbols) for g in cfg.correlation_groups},
         allowed_symbols=list(cfg.allowed_symbols),

@@ -145,7 +145,8 @@ def _operation(schemas: _Schemas, route: Route, index: int) -> dict[str, Any]:
         "tags": [service],
         "summary": f"{route.service}.{method.name}",
         "description": f"gRPC {route.grpc_path}, transcoded (google.api.http)."
-        + ("" if route.primary else " The seeds' path for the same RPC."),
+        + ("" if route.primary else " The seeds' path for the same RPC." if route.template.startswith("/api/")
+           else " Another binding of the same RPC."),
     }
     params: list[dict[str, Any]] = [
         {"name": v, "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}

@@ -4,6 +4,7 @@ Request: path variables, then the body (`*`: the whole request; a field name: th
 `config_data` dict posted to /api/risk/configurations is the `config`), then the query string for the fields left
 (`?account_id=a&page_size=10`, dotted names for nested fields, repeated by repeating the key). Unknown fields are
 refused, as a gRPC client's unknown field would be meaningless. Enums by name or by number.
+PATCH (a binding of an RPC with an `update_mask`): without ?update_mask, the mask is the body's top-level fields.
 Response: every field, defaults included (a denial says `"allowed": false`), enums by name, snake_case.
 Errors: google.rpc.Status as JSON, with the HTTP status mapped from its gRPC code (the mapping grpc-gateway and
 Envoy use).
@@ -220,10 +221,23 @@ def _query_value(field: FieldDescriptor, name: str, raw: str) -> Any:
     if field.type == FieldDescriptor.TYPE_ENUM:
         return int(raw) if raw.strip().lstrip("-").isdigit() else raw
     if field.type == FieldDescriptor.TYPE_MESSAGE:
+        if message_of(field).full_name == "google.protobuf.FieldMask":
+            return _mask_json(p for p in raw.split(",") if p)  # ?update_mask=is_active,symbol_configs
         if message_of(field).full_name in _WKT_AS_STRING:
             return raw
         raise InvalidArgument([(name, "a message field: give its fields as name.field=value")])
     return raw  # strings, and numbers as text: json_format parses them by the field's type
+
+
+def _lower_camel(path: str) -> str:
+    head, *rest = path.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def _mask_json(paths: Iterable[str]) -> str:
+    """A FieldMask in proto3 JSON (lowerCamelCase, comma-separated) from field names as the seeds write them
+    (snake_case; camelCase passes unchanged): json_format refuses "_" in a FieldMask string."""
+    return ",".join(".".join(_lower_camel(part) for part in path.split(".")) for path in paths)
 
 
 def query_fields(descriptor: Descriptor, query: Iterable[tuple[str, str]], taken: set[str]) -> dict[str, Any]:
@@ -283,6 +297,12 @@ def build_request(route: Route, params: Mapping[str, str], query: Iterable[tuple
         data[route.body] = body
         taken.add(route.body)
     data.update(query_fields(descriptor, query, taken))
+    if route.http_method == "PATCH" and route.body not in ("", "*") and "update_mask" not in data \
+            and "update_mask" in descriptor.fields_by_name:
+        # As grpc-gateway does: a PATCH without ?update_mask changes the fields its body gives (AIP-134), not all.
+        if not data[route.body]:
+            raise InvalidArgument([(route.body, "a PATCH needs at least one field to change")])
+        data["update_mask"] = _mask_json(data[route.body])
     data.update(params)
     try:
         json_format.ParseDict(data, request)

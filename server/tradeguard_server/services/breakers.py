@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -31,7 +32,7 @@ events_log = logging.getLogger("tradeguard.breakers")
 
 RECENT_EVENTS_KEPT = 1000  # listed from memory while persistence is off (memory only)
 MEMORY_CURSOR = "mem:"
-
+LOGGED_EVENT_FLUSH_SECONDS = 5.0  # LogBreakerEvent waits this long for the commit; the row stays queued after
 
 
 
@@ -99,6 +100,30 @@ class BreakerService:
         self._recent.append((self._seq, record))
         self.store.enqueue_event(record)
 
+    async def log_event(self, breaker_id: str, trader_id: str, at: float | None, triggered_values: dict[str, Any],
+                        action_taken: str, action_result: dict[str, Any], positions_affected: list[dict[str, Any]],
+                        by: str) -> BreakerEventRecord:
+        """An event of an existing breaker raised by another system (ETRMS `log_event`): recorded and listed like a
+        firing, nothing enforced. Waits (up to LOGGED_EVENT_FLUSH_SECONDS) until the store committed it; during
+        an outage it stays queued (never dropped). `at` None = now. NotFound for an unknown breaker."""
+        breaker = self.get(breaker_id)
+        record = BreakerEventRecord(
+            id=str(uuid.uuid4()), breaker_id=breaker.id, trader_id=trader_id, account_id=breaker.account_id,
+            timestamp=self.clock.now() if at is None else at, triggered_values=triggered_values,
+            action_taken=action_taken, action_result=action_result, positions_affected=positions_affected,
+        )
+        self._seq += 1
+        self._recent.append((self._seq, record))
+        self.store.enqueue_event(record)
+        committed = True
+        flush = getattr(self.store, "flush", None)  # the stores have it; BreakerStore does not promise it
+        if flush is not None and getattr(self.store, "persistence_enabled", True):
+            committed = await flush(LOGGED_EVENT_FLUSH_SECONDS)
+        log.warning("circuit breaker %s %r event %s logged by %s: trader=%s action=%s triggered=%s result=%s%s",
+                    breaker.id, breaker.name, record.id, by, trader_id or "-", action_taken, triggered_values,
+                    action_result, "" if committed else " (queued: not committed yet)")
+        return record
+
     async def list_events(
         self, account_id: str | None, breaker_id: str | None, limit: int, cursor: str | None
     ) -> tuple[list[BreakerEventRecord], str | None]:
@@ -138,6 +163,13 @@ class BreakerService:
         if record is None:
             raise NotFound(f"no circuit breaker {breaker_id!r}")
         return record
+
+    def by_name(self, account_id: str, name: str) -> BreakerRecord:
+        """The account's breaker of this name (ETRMS `get_by_name`); NotFound when none."""
+        for record in self.records.values():
+            if record.account_id == account_id and record.name == name:
+                return record
+        raise NotFound(f"account {account_id!r} has no circuit breaker named {name!r}")
 
     def in_account(self, account_id: str) -> list[BreakerRecord]:
         """The account's breakers by name."""

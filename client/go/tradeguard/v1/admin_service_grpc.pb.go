@@ -17,7 +17,10 @@ const _ = grpc.SupportPackageIsVersion7
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 type AdminServiceClient interface {
-	// SaveConfig creates or updates (account_id, config_id); returns after the store committed.
+	// SaveConfig creates or replaces (account_id, config_id), or with an update_mask changes only the named fields
+	// of an existing one (AIP-134); returns after the store committed.
+	// PATCH (HTTP only): without an `update_mask` query parameter the mask is the body's top-level fields, so a PATCH
+	// changes what it sends and nothing else.
 	SaveConfig(ctx context.Context, in *SaveConfigRequest, opts ...grpc.CallOption) (*SaveConfigResponse, error)
 	// GetConfig returns one configuration.
 	GetConfig(ctx context.Context, in *GetConfigRequest, opts ...grpc.CallOption) (*GetConfigResponse, error)
@@ -27,11 +30,12 @@ type AdminServiceClient interface {
 	DeleteConfig(ctx context.Context, in *DeleteConfigRequest, opts ...grpc.CallOption) (*DeleteConfigResponse, error)
 	// CreateBreaker creates a circuit breaker.
 	CreateBreaker(ctx context.Context, in *CreateBreakerRequest, opts ...grpc.CallOption) (*CreateBreakerResponse, error)
-	// GetBreaker returns one breaker.
+	// GetBreaker returns one breaker, by id or by name within an account (ETRMS get_by_name).
 	GetBreaker(ctx context.Context, in *GetBreakerRequest, opts ...grpc.CallOption) (*GetBreakerResponse, error)
 	// ListBreakers returns the account's breakers.
 	ListBreakers(ctx context.Context, in *ListBreakersRequest, opts ...grpc.CallOption) (*ListBreakersResponse, error)
-	// UpdateBreaker replaces a breaker's definition.
+	// UpdateBreaker replaces a breaker's definition, or with an update_mask changes only the named fields (AIP-134).
+	// PATCH (HTTP only): without an `update_mask` query parameter the mask is the body's top-level fields.
 	UpdateBreaker(ctx context.Context, in *UpdateBreakerRequest, opts ...grpc.CallOption) (*UpdateBreakerResponse, error)
 	// DeleteBreaker deletes a breaker (its events are kept).
 	DeleteBreaker(ctx context.Context, in *DeleteBreakerRequest, opts ...grpc.CallOption) (*DeleteBreakerResponse, error)
@@ -41,6 +45,10 @@ type AdminServiceClient interface {
 	DisableBreaker(ctx context.Context, in *DisableBreakerRequest, opts ...grpc.CallOption) (*DisableBreakerResponse, error)
 	// ListBreakerEvents returns events, newest first.
 	ListBreakerEvents(ctx context.Context, in *ListBreakerEventsRequest, opts ...grpc.CallOption) (*ListBreakerEventsResponse, error)
+	// LogBreakerEvent records an event of an existing breaker raised by another system (ETRMS log_event): a
+	// circuit_breaker_events row, listed by ListBreakerEvents; nothing is enforced. Returns after the store
+	// committed it (or queued it, never dropped, while the database is out).
+	LogBreakerEvent(ctx context.Context, in *LogBreakerEventRequest, opts ...grpc.CallOption) (*LogBreakerEventResponse, error)
 	// GetFeatureFlags returns the run-time flags.
 	GetFeatureFlags(ctx context.Context, in *GetFeatureFlagsRequest, opts ...grpc.CallOption) (*GetFeatureFlagsResponse, error)
 	// SetFeatureFlags changes the flags present in the request, at once.
@@ -174,6 +182,15 @@ func (c *adminServiceClient) ListBreakerEvents(ctx context.Context, in *ListBrea
 	return out, nil
 }
 
+func (c *adminServiceClient) LogBreakerEvent(ctx context.Context, in *LogBreakerEventRequest, opts ...grpc.CallOption) (*LogBreakerEventResponse, error) {
+	out := new(LogBreakerEventResponse)
+	err := c.cc.Invoke(ctx, "/tradeguard.v1.AdminService/LogBreakerEvent", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adminServiceClient) GetFeatureFlags(ctx context.Context, in *GetFeatureFlagsRequest, opts ...grpc.CallOption) (*GetFeatureFlagsResponse, error) {
 	out := new(GetFeatureFlagsResponse)
 	err := c.cc.Invoke(ctx, "/tradeguard.v1.AdminService/GetFeatureFlags", in, out, opts...)
@@ -241,7 +258,10 @@ func (c *adminServiceClient) RebindTrader(ctx context.Context, in *RebindTraderR
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility
 type AdminServiceServer interface {
-	// SaveConfig creates or updates (account_id, config_id); returns after the store committed.
+	// SaveConfig creates or replaces (account_id, config_id), or with an update_mask changes only the named fields
+	// of an existing one (AIP-134); returns after the store committed.
+	// PATCH (HTTP only): without an `update_mask` query parameter the mask is the body's top-level fields, so a PATCH
+	// changes what it sends and nothing else.
 	SaveConfig(context.Context, *SaveConfigRequest) (*SaveConfigResponse, error)
 	// GetConfig returns one configuration.
 	GetConfig(context.Context, *GetConfigRequest) (*GetConfigResponse, error)
@@ -251,11 +271,12 @@ type AdminServiceServer interface {
 	DeleteConfig(context.Context, *DeleteConfigRequest) (*DeleteConfigResponse, error)
 	// CreateBreaker creates a circuit breaker.
 	CreateBreaker(context.Context, *CreateBreakerRequest) (*CreateBreakerResponse, error)
-	// GetBreaker returns one breaker.
+	// GetBreaker returns one breaker, by id or by name within an account (ETRMS get_by_name).
 	GetBreaker(context.Context, *GetBreakerRequest) (*GetBreakerResponse, error)
 	// ListBreakers returns the account's breakers.
 	ListBreakers(context.Context, *ListBreakersRequest) (*ListBreakersResponse, error)
-	// UpdateBreaker replaces a breaker's definition.
+	// UpdateBreaker replaces a breaker's definition, or with an update_mask changes only the named fields (AIP-134).
+	// PATCH (HTTP only): without an `update_mask` query parameter the mask is the body's top-level fields.
 	UpdateBreaker(context.Context, *UpdateBreakerRequest) (*UpdateBreakerResponse, error)
 	// DeleteBreaker deletes a breaker (its events are kept).
 	DeleteBreaker(context.Context, *DeleteBreakerRequest) (*DeleteBreakerResponse, error)
@@ -265,6 +286,10 @@ type AdminServiceServer interface {
 	DisableBreaker(context.Context, *DisableBreakerRequest) (*DisableBreakerResponse, error)
 	// ListBreakerEvents returns events, newest first.
 	ListBreakerEvents(context.Context, *ListBreakerEventsRequest) (*ListBreakerEventsResponse, error)
+	// LogBreakerEvent records an event of an existing breaker raised by another system (ETRMS log_event): a
+	// circuit_breaker_events row, listed by ListBreakerEvents; nothing is enforced. Returns after the store
+	// committed it (or queued it, never dropped, while the database is out).
+	LogBreakerEvent(context.Context, *LogBreakerEventRequest) (*LogBreakerEventResponse, error)
 	// GetFeatureFlags returns the run-time flags.
 	GetFeatureFlags(context.Context, *GetFeatureFlagsRequest) (*GetFeatureFlagsResponse, error)
 	// SetFeatureFlags changes the flags present in the request, at once.
@@ -322,6 +347,9 @@ func (UnimplementedAdminServiceServer) DisableBreaker(context.Context, *DisableB
 }
 func (UnimplementedAdminServiceServer) ListBreakerEvents(context.Context, *ListBreakerEventsRequest) (*ListBreakerEventsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListBreakerEvents not implemented")
+}
+func (UnimplementedAdminServiceServer) LogBreakerEvent(context.Context, *LogBreakerEventRequest) (*LogBreakerEventResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method LogBreakerEvent not implemented")
 }
 func (UnimplementedAdminServiceServer) GetFeatureFlags(context.Context, *GetFeatureFlagsRequest) (*GetFeatureFlagsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetFeatureFlags not implemented")
@@ -573,6 +601,24 @@ func _AdminService_ListBreakerEvents_Handler(srv interface{}, ctx context.Contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_LogBreakerEvent_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LogBreakerEventRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).LogBreakerEvent(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/tradeguard.v1.AdminService/LogBreakerEvent",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).LogBreakerEvent(ctx, req.(*LogBreakerEventRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _AdminService_GetFeatureFlags_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(GetFeatureFlagsRequest)
 	if err := dec(in); err != nil {
@@ -750,6 +796,10 @@ var _AdminService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListBreakerEvents",
 			Handler:    _AdminService_ListBreakerEvents_Handler,
+		},
+		{
+			MethodName: "LogBreakerEvent",
+			Handler:    _AdminService_LogBreakerEvent_Handler,
 		},
 		{
 			MethodName: "GetFeatureFlags",

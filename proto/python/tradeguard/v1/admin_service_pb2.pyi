@@ -6,7 +6,9 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from tradeguard.v1 import types_pb2 as _types_pb2
@@ -28,18 +30,29 @@ class SaveConfigRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CONFIG_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def config(self) -> _types_pb2.RiskConfiguration:
         """The configuration with its symbol configs."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Partial update (AIP-134): only these top-level fields of `config` change, e.g. ["daily_max_drawdown_percentage",
+        "symbol_configs"] (over HTTP: ?update_mask=daily_max_drawdown_percentage,symbol_configs); a named field that
+        `config` does not set is cleared (its default applies; `is_active` cleared is true). The configuration must exist
+        (NOT_FOUND otherwise). account_id and config_id name it; created_at and updated_at are ignored; any other path
+        is INVALID_ARGUMENT. Unset or empty: the whole configuration is replaced (created when new), as is "*".
+        """
 
     def __init__(
         self,
         *,
         config: _types_pb2.RiskConfiguration | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "update_mask", b"update_mask"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -262,21 +275,29 @@ Global___CreateBreakerResponse: _TypeAlias = CreateBreakerResponse  # noqa: Y015
 
 @_typing.final
 class GetBreakerRequest(_message.Message):
-    """GetBreakerRequest names a breaker."""
+    """GetBreakerRequest names a breaker: either breaker_id, or account_id and name (not both)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     BREAKER_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
     breaker_id: _builtins.str
     """The breaker id."""
+    account_id: _builtins.str
+    """The account of the breaker named `name`; with `name`, instead of breaker_id."""
+    name: _builtins.str
+    """The breaker's name within account_id (names are unique per account); with account_id, instead of breaker_id."""
     def __init__(
         self,
         *,
         breaker_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["breaker_id", b"breaker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "breaker_id", b"breaker_id", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -354,27 +375,38 @@ Global___ListBreakersResponse: _TypeAlias = ListBreakersResponse  # noqa: Y015
 
 @_typing.final
 class UpdateBreakerRequest(_message.Message):
-    """UpdateBreakerRequest replaces a breaker's definition."""
+    """UpdateBreakerRequest replaces a breaker's definition, or changes the fields named in update_mask."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     BREAKER_ID_FIELD_NUMBER: _builtins.int
     BREAKER_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
     breaker_id: _builtins.str
     """The breaker id."""
     @_builtins.property
     def breaker(self) -> _types_pb2.CircuitBreaker:
         """The new definition; id and account_id cannot change."""
 
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Partial update (AIP-134): only these top-level fields of `breaker` change: name, description, condition, action,
+        parameters, symbols, exchanges, enabled (a named field `breaker` does not set is cleared; `enabled` cleared keeps
+        the current state). id, account_id, created_at and updated_at are ignored; any other path is INVALID_ARGUMENT.
+        The result is validated as a whole (e.g. new parameters must fit the condition). Unset or empty: the whole
+        definition is replaced, as is "*".
+        """
+
     def __init__(
         self,
         *,
         breaker_id: _builtins.str = ...,
         breaker: _types_pb2.CircuitBreaker | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["breaker", b"breaker"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["breaker", b"breaker", "update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["breaker", b"breaker", "breaker_id", b"breaker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breaker", b"breaker", "breaker_id", b"breaker_id", "update_mask", b"update_mask"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -596,6 +628,84 @@ class ListBreakerEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListBreakerEventsResponse: _TypeAlias = ListBreakerEventsResponse  # noqa: Y015
+
+@_typing.final
+class LogBreakerEventRequest(_message.Message):
+    """LogBreakerEventRequest is an event of a breaker raised outside the sidecar."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BREAKER_ID_FIELD_NUMBER: _builtins.int
+    TRADER_ID_FIELD_NUMBER: _builtins.int
+    TRIGGERED_VALUES_FIELD_NUMBER: _builtins.int
+    ACTION_TAKEN_FIELD_NUMBER: _builtins.int
+    ACTION_RESULT_FIELD_NUMBER: _builtins.int
+    POSITIONS_AFFECTED_FIELD_NUMBER: _builtins.int
+    TIMESTAMP_FIELD_NUMBER: _builtins.int
+    breaker_id: _builtins.str
+    """The breaker; it must exist. The event's account is the breaker's."""
+    trader_id: _builtins.str
+    """The trader concerned; empty when none."""
+    action_taken: _builtins.str
+    """The action taken, e.g. "close_position"; required, up to 64 characters."""
+    @_builtins.property
+    def triggered_values(self) -> _struct_pb2.Struct:
+        """The values that raised it, e.g. {"drawdown": 0.12}."""
+
+    @_builtins.property
+    def action_result(self) -> _struct_pb2.Struct:
+        """What the action did, e.g. {"success": true}."""
+
+    @_builtins.property
+    def positions_affected(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.PositionRef]:
+        """Positions the action applied to."""
+
+    @_builtins.property
+    def timestamp(self) -> _timestamp_pb2.Timestamp:
+        """When it happened; unset means now. Not in the future."""
+
+    def __init__(
+        self,
+        *,
+        breaker_id: _builtins.str = ...,
+        trader_id: _builtins.str = ...,
+        triggered_values: _struct_pb2.Struct | None = ...,
+        action_taken: _builtins.str = ...,
+        action_result: _struct_pb2.Struct | None = ...,
+        positions_affected: _abc.Iterable[_types_pb2.PositionRef] | None = ...,
+        timestamp: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action_result", b"action_result", "timestamp", b"timestamp", "triggered_values", b"triggered_values"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_result", b"action_result", "action_taken", b"action_taken", "breaker_id", b"breaker_id", "positions_affected", b"positions_affected", "timestamp", b"timestamp", "trader_id", b"trader_id", "triggered_values", b"triggered_values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogBreakerEventRequest: _TypeAlias = LogBreakerEventRequest  # noqa: Y015
+
+@_typing.final
+class LogBreakerEventResponse(_message.Message):
+    """LogBreakerEventResponse returns the recorded event."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def event(self) -> _types_pb2.CircuitBreakerEvent:
+        """The event as recorded, with its id."""
+
+    def __init__(
+        self,
+        *,
+        event: _types_pb2.CircuitBreakerEvent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogBreakerEventResponse: _TypeAlias = LogBreakerEventResponse  # noqa: Y015
 
 @_typing.final
 class GetFeatureFlagsRequest(_message.Message):

@@ -100,6 +100,11 @@ class AdminServiceStub:
                 request_serializer=tradeguard_dot_v1_dot_admin__service__pb2.ListBreakerEventsRequest.SerializeToString,
                 response_deserializer=tradeguard_dot_v1_dot_admin__service__pb2.ListBreakerEventsResponse.FromString,
                 _registered_method=True)
+        self.LogBreakerEvent = channel.unary_unary(
+                '/tradeguard.v1.AdminService/LogBreakerEvent',
+                request_serializer=tradeguard_dot_v1_dot_admin__service__pb2.LogBreakerEventRequest.SerializeToString,
+                response_deserializer=tradeguard_dot_v1_dot_admin__service__pb2.LogBreakerEventResponse.FromString,
+                _registered_method=True)
         self.GetFeatureFlags = channel.unary_unary(
                 '/tradeguard.v1.AdminService/GetFeatureFlags',
                 request_serializer=tradeguard_dot_v1_dot_admin__service__pb2.GetFeatureFlagsRequest.SerializeToString,
@@ -147,7 +152,10 @@ class AdminServiceServicer:
     """
 
     def SaveConfig(self, request, context):
-        """SaveConfig creates or updates (account_id, config_id); returns after the store committed.
+        """SaveConfig creates or replaces (account_id, config_id), or with an update_mask changes only the named fields
+        of an existing one (AIP-134); returns after the store committed.
+        PATCH (HTTP only): without an `update_mask` query parameter the mask is the body's top-level fields, so a PATCH
+        changes what it sends and nothing else.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -182,7 +190,7 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetBreaker(self, request, context):
-        """GetBreaker returns one breaker.
+        """GetBreaker returns one breaker, by id or by name within an account (ETRMS get_by_name).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -196,7 +204,8 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateBreaker(self, request, context):
-        """UpdateBreaker replaces a breaker's definition.
+        """UpdateBreaker replaces a breaker's definition, or with an update_mask changes only the named fields (AIP-134).
+        PATCH (HTTP only): without an `update_mask` query parameter the mask is the body's top-level fields.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -225,6 +234,15 @@ class AdminServiceServicer:
 
     def ListBreakerEvents(self, request, context):
         """ListBreakerEvents returns events, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LogBreakerEvent(self, request, context):
+        """LogBreakerEvent records an event of an existing breaker raised by another system (ETRMS log_event): a
+        circuit_breaker_events row, listed by ListBreakerEvents; nothing is enforced. Returns after the store
+        committed it (or queued it, never dropped, while the database is out).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -342,6 +360,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListBreakerEvents,
                     request_deserializer=tradeguard_dot_v1_dot_admin__service__pb2.ListBreakerEventsRequest.FromString,
                     response_serializer=tradeguard_dot_v1_dot_admin__service__pb2.ListBreakerEventsResponse.SerializeToString,
+            ),
+            'LogBreakerEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.LogBreakerEvent,
+                    request_deserializer=tradeguard_dot_v1_dot_admin__service__pb2.LogBreakerEventRequest.FromString,
+                    response_serializer=tradeguard_dot_v1_dot_admin__service__pb2.LogBreakerEventResponse.SerializeToString,
             ),
             'GetFeatureFlags': grpc.unary_unary_rpc_method_handler(
                     servicer.GetFeatureFlags,
@@ -709,6 +732,33 @@ class AdminService:
             '/tradeguard.v1.AdminService/ListBreakerEvents',
             tradeguard_dot_v1_dot_admin__service__pb2.ListBreakerEventsRequest.SerializeToString,
             tradeguard_dot_v1_dot_admin__service__pb2.ListBreakerEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LogBreakerEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tradeguard.v1.AdminService/LogBreakerEvent',
+            tradeguard_dot_v1_dot_admin__service__pb2.LogBreakerEventRequest.SerializeToString,
+            tradeguard_dot_v1_dot_admin__service__pb2.LogBreakerEventResponse.FromString,
             options,
             channel_credentials,
             insecure,

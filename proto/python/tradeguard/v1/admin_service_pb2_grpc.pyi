@@ -40,7 +40,11 @@ class AdminServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AdminServiceAsyncStub: ...
     SaveConfig: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.SaveConfigRequest, _admin_service_pb2.SaveConfigResponse]
-    """SaveConfig creates or updates (account_id, config_id); returns after the store committed."""
+    """SaveConfig creates or replaces (account_id, config_id), or with an update_mask changes only the named fields
+    of an existing one (AIP-134); returns after the store committed.
+    PATCH (HTTP only): without an `update_mask` query parameter the mask is the body's top-level fields, so a PATCH
+    changes what it sends and nothing else.
+    """
     GetConfig: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.GetConfigRequest, _admin_service_pb2.GetConfigResponse]
     """GetConfig returns one configuration."""
     ListConfigs: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListConfigsRequest, _admin_service_pb2.ListConfigsResponse]
@@ -50,11 +54,13 @@ class AdminServiceStub:
     CreateBreaker: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.CreateBreakerRequest, _admin_service_pb2.CreateBreakerResponse]
     """CreateBreaker creates a circuit breaker."""
     GetBreaker: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.GetBreakerRequest, _admin_service_pb2.GetBreakerResponse]
-    """GetBreaker returns one breaker."""
+    """GetBreaker returns one breaker, by id or by name within an account (ETRMS get_by_name)."""
     ListBreakers: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListBreakersRequest, _admin_service_pb2.ListBreakersResponse]
     """ListBreakers returns the account's breakers."""
     UpdateBreaker: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.UpdateBreakerRequest, _admin_service_pb2.UpdateBreakerResponse]
-    """UpdateBreaker replaces a breaker's definition."""
+    """UpdateBreaker replaces a breaker's definition, or with an update_mask changes only the named fields (AIP-134).
+    PATCH (HTTP only): without an `update_mask` query parameter the mask is the body's top-level fields.
+    """
     DeleteBreaker: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.DeleteBreakerRequest, _admin_service_pb2.DeleteBreakerResponse]
     """DeleteBreaker deletes a breaker (its events are kept)."""
     EnableBreaker: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.EnableBreakerRequest, _admin_service_pb2.EnableBreakerResponse]
@@ -63,6 +69,11 @@ class AdminServiceStub:
     """DisableBreaker disables a breaker; it is no longer evaluated."""
     ListBreakerEvents: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListBreakerEventsRequest, _admin_service_pb2.ListBreakerEventsResponse]
     """ListBreakerEvents returns events, newest first."""
+    LogBreakerEvent: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.LogBreakerEventRequest, _admin_service_pb2.LogBreakerEventResponse]
+    """LogBreakerEvent records an event of an existing breaker raised by another system (ETRMS log_event): a
+    circuit_breaker_events row, listed by ListBreakerEvents; nothing is enforced. Returns after the store
+    committed it (or queued it, never dropped, while the database is out).
+    """
     GetFeatureFlags: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.GetFeatureFlagsRequest, _admin_service_pb2.GetFeatureFlagsResponse]
     """GetFeatureFlags returns the run-time flags."""
     SetFeatureFlags: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.SetFeatureFlagsRequest, _admin_service_pb2.SetFeatureFlagsResponse]
@@ -92,7 +103,11 @@ class AdminServiceAsyncStub(AdminServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     SaveConfig: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.SaveConfigRequest, _admin_service_pb2.SaveConfigResponse]  # type: ignore[assignment]
-    """SaveConfig creates or updates (account_id, config_id); returns after the store committed."""
+    """SaveConfig creates or replaces (account_id, config_id), or with an update_mask changes only the named fields
+    of an existing one (AIP-134); returns after the store committed.
+    PATCH (HTTP only): without an `update_mask` query parameter the mask is the body's top-level fields, so a PATCH
+    changes what it sends and nothing else.
+    """
     GetConfig: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.GetConfigRequest, _admin_service_pb2.GetConfigResponse]  # type: ignore[assignment]
     """GetConfig returns one configuration."""
     ListConfigs: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListConfigsRequest, _admin_service_pb2.ListConfigsResponse]  # type: ignore[assignment]
@@ -102,11 +117,13 @@ class AdminServiceAsyncStub(AdminServiceStub):
     CreateBreaker: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.CreateBreakerRequest, _admin_service_pb2.CreateBreakerResponse]  # type: ignore[assignment]
     """CreateBreaker creates a circuit breaker."""
     GetBreaker: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.GetBreakerRequest, _admin_service_pb2.GetBreakerResponse]  # type: ignore[assignment]
-    """GetBreaker returns one breaker."""
+    """GetBreaker returns one breaker, by id or by name within an account (ETRMS get_by_name)."""
     ListBreakers: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListBreakersRequest, _admin_service_pb2.ListBreakersResponse]  # type: ignore[assignment]
     """ListBreakers returns the account's breakers."""
     UpdateBreaker: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.UpdateBreakerRequest, _admin_service_pb2.UpdateBreakerResponse]  # type: ignore[assignment]
-    """UpdateBreaker replaces a breaker's definition."""
+    """UpdateBreaker replaces a breaker's definition, or with an update_mask changes only the named fields (AIP-134).
+    PATCH (HTTP only): without an `update_mask` query parameter the mask is the body's top-level fields.
+    """
     DeleteBreaker: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.DeleteBreakerRequest, _admin_service_pb2.DeleteBreakerResponse]  # type: ignore[assignment]
     """DeleteBreaker deletes a breaker (its events are kept)."""
     EnableBreaker: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.EnableBreakerRequest, _admin_service_pb2.EnableBreakerResponse]  # type: ignore[assignment]
@@ -115,6 +132,11 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """DisableBreaker disables a breaker; it is no longer evaluated."""
     ListBreakerEvents: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListBreakerEventsRequest, _admin_service_pb2.ListBreakerEventsResponse]  # type: ignore[assignment]
     """ListBreakerEvents returns events, newest first."""
+    LogBreakerEvent: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.LogBreakerEventRequest, _admin_service_pb2.LogBreakerEventResponse]  # type: ignore[assignment]
+    """LogBreakerEvent records an event of an existing breaker raised by another system (ETRMS log_event): a
+    circuit_breaker_events row, listed by ListBreakerEvents; nothing is enforced. Returns after the store
+    committed it (or queued it, never dropped, while the database is out).
+    """
     GetFeatureFlags: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.GetFeatureFlagsRequest, _admin_service_pb2.GetFeatureFlagsResponse]  # type: ignore[assignment]
     """GetFeatureFlags returns the run-time flags."""
     SetFeatureFlags: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.SetFeatureFlagsRequest, _admin_service_pb2.SetFeatureFlagsResponse]  # type: ignore[assignment]
@@ -147,7 +169,11 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_service_pb2.SaveConfigRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.SaveConfigResponse, _abc.Awaitable[_admin_service_pb2.SaveConfigResponse]]:
-        """SaveConfig creates or updates (account_id, config_id); returns after the store committed."""
+        """SaveConfig creates or replaces (account_id, config_id), or with an update_mask changes only the named fields
+        of an existing one (AIP-134); returns after the store committed.
+        PATCH (HTTP only): without an `update_mask` query parameter the mask is the body's top-level fields, so a PATCH
+        changes what it sends and nothing else.
+        """
 
     @_abc_1.abstractmethod
     def GetConfig(
@@ -187,7 +213,7 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_service_pb2.GetBreakerRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.GetBreakerResponse, _abc.Awaitable[_admin_service_pb2.GetBreakerResponse]]:
-        """GetBreaker returns one breaker."""
+        """GetBreaker returns one breaker, by id or by name within an account (ETRMS get_by_name)."""
 
     @_abc_1.abstractmethod
     def ListBreakers(
@@ -203,7 +229,9 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_service_pb2.UpdateBreakerRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.UpdateBreakerResponse, _abc.Awaitable[_admin_service_pb2.UpdateBreakerResponse]]:
-        """UpdateBreaker replaces a breaker's definition."""
+        """UpdateBreaker replaces a breaker's definition, or with an update_mask changes only the named fields (AIP-134).
+        PATCH (HTTP only): without an `update_mask` query parameter the mask is the body's top-level fields.
+        """
 
     @_abc_1.abstractmethod
     def DeleteBreaker(
@@ -236,6 +264,17 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.ListBreakerEventsResponse, _abc.Awaitable[_admin_service_pb2.ListBreakerEventsResponse]]:
         """ListBreakerEvents returns events, newest first."""
+
+    @_abc_1.abstractmethod
+    def LogBreakerEvent(
+        self,
+        request: _admin_service_pb2.LogBreakerEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.LogBreakerEventResponse, _abc.Awaitable[_admin_service_pb2.LogBreakerEventResponse]]:
+        """LogBreakerEvent records an event of an existing breaker raised by another system (ETRMS log_event): a
+        circuit_breaker_events row, listed by ListBreakerEvents; nothing is enforced. Returns after the store
+        committed it (or queued it, never dropped, while the database is out).
+        """
 
     @_abc_1.abstractmethod
     def GetFeatureFlags(

@@ -19,11 +19,14 @@ import {
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
 import { Duration } from "../../google/protobuf/duration";
+import { FieldMask } from "../../google/protobuf/field_mask";
+import { Struct } from "../../google/protobuf/struct";
 import { Timestamp } from "../../google/protobuf/timestamp";
 import {
   CircuitBreaker,
   CircuitBreakerEvent,
   FeatureFlags,
+  PositionRef,
   RiskConfiguration,
   RiskState,
   RiskStateHistoryEntry,
@@ -39,7 +42,17 @@ export const protobufFileName = "tradeguard/v1/admin_service.proto";
 /** SaveConfigRequest carries a configuration. */
 export interface SaveConfigRequest {
   /** The configuration with its symbol configs. */
-  config?: RiskConfiguration | undefined;
+  config?:
+    | RiskConfiguration
+    | undefined;
+  /**
+   * Partial update (AIP-134): only these top-level fields of `config` change, e.g. ["daily_max_drawdown_percentage",
+   * "symbol_configs"] (over HTTP: ?update_mask=daily_max_drawdown_percentage,symbol_configs); a named field that
+   * `config` does not set is cleared (its default applies; `is_active` cleared is true). The configuration must exist
+   * (NOT_FOUND otherwise). account_id and config_id name it; created_at and updated_at are ignored; any other path
+   * is INVALID_ARGUMENT. Unset or empty: the whole configuration is replaced (created when new), as is "*".
+   */
+  updateMask?: string[] | undefined;
 }
 
 /** SaveConfigResponse returns what was stored. */
@@ -102,10 +115,14 @@ export interface CreateBreakerResponse {
   breaker?: CircuitBreaker | undefined;
 }
 
-/** GetBreakerRequest names a breaker. */
+/** GetBreakerRequest names a breaker: either breaker_id, or account_id and name (not both). */
 export interface GetBreakerRequest {
   /** The breaker id. */
   breakerId: string;
+  /** The account of the breaker named `name`; with `name`, instead of breaker_id. */
+  accountId: string;
+  /** The breaker's name within account_id (names are unique per account); with account_id, instead of breaker_id. */
+  name: string;
 }
 
 /** GetBreakerResponse carries a breaker. */
@@ -126,12 +143,22 @@ export interface ListBreakersResponse {
   breakers: CircuitBreaker[];
 }
 
-/** UpdateBreakerRequest replaces a breaker's definition. */
+/** UpdateBreakerRequest replaces a breaker's definition, or changes the fields named in update_mask. */
 export interface UpdateBreakerRequest {
   /** The breaker id. */
   breakerId: string;
   /** The new definition; id and account_id cannot change. */
-  breaker?: CircuitBreaker | undefined;
+  breaker?:
+    | CircuitBreaker
+    | undefined;
+  /**
+   * Partial update (AIP-134): only these top-level fields of `breaker` change: name, description, condition, action,
+   * parameters, symbols, exchanges, enabled (a named field `breaker` does not set is cleared; `enabled` cleared keeps
+   * the current state). id, account_id, created_at and updated_at are ignored; any other path is INVALID_ARGUMENT.
+   * The result is validated as a whole (e.g. new parameters must fit the condition). Unset or empty: the whole
+   * definition is replaced, as is "*".
+   */
+  updateMask?: string[] | undefined;
 }
 
 /** UpdateBreakerResponse returns the stored breaker. */
@@ -192,6 +219,34 @@ export interface ListBreakerEventsResponse {
   events: CircuitBreakerEvent[];
   /** Pass to get the next page; empty on the last page. */
   nextPageToken: string;
+}
+
+/** LogBreakerEventRequest is an event of a breaker raised outside the sidecar. */
+export interface LogBreakerEventRequest {
+  /** The breaker; it must exist. The event's account is the breaker's. */
+  breakerId: string;
+  /** The trader concerned; empty when none. */
+  traderId: string;
+  /** The values that raised it, e.g. {"drawdown": 0.12}. */
+  triggeredValues?:
+    | { [key: string]: any }
+    | undefined;
+  /** The action taken, e.g. "close_position"; required, up to 64 characters. */
+  actionTaken: string;
+  /** What the action did, e.g. {"success": true}. */
+  actionResult?:
+    | { [key: string]: any }
+    | undefined;
+  /** Positions the action applied to. */
+  positionsAffected: PositionRef[];
+  /** When it happened; unset means now. Not in the future. */
+  timestamp?: Date | undefined;
+}
+
+/** LogBreakerEventResponse returns the recorded event. */
+export interface LogBreakerEventResponse {
+  /** The event as recorded, with its id. */
+  event?: CircuitBreakerEvent | undefined;
 }
 
 /** GetFeatureFlagsRequest is empty. */
@@ -321,13 +376,16 @@ export interface RebindTraderResponse {
 }
 
 function createBaseSaveConfigRequest(): SaveConfigRequest {
-  return { config: undefined };
+  return { config: undefined, updateMask: undefined };
 }
 
 export const SaveConfigRequest: MessageFns<SaveConfigRequest> = {
   encode(message: SaveConfigRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.config !== undefined) {
       RiskConfiguration.encode(message.config, writer.uint32(10).fork()).join();
+    }
+    if (message.updateMask !== undefined) {
+      FieldMask.encode(FieldMask.wrap(message.updateMask), writer.uint32(18).fork()).join();
     }
     return writer;
   },
@@ -353,6 +411,14 @@ export const SaveConfigRequest: MessageFns<SaveConfigRequest> = {
             message.config = RiskConfiguration.decode(reader, reader.uint32());
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.updateMask = FieldMask.unwrap(FieldMask.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -366,13 +432,23 @@ export const SaveConfigRequest: MessageFns<SaveConfigRequest> = {
   },
 
   fromJSON(object: any): SaveConfigRequest {
-    return { config: isSet(object.config) ? RiskConfiguration.fromJSON(object.config) : undefined };
+    return {
+      config: isSet(object.config) ? RiskConfiguration.fromJSON(object.config) : undefined,
+      updateMask: isSet(object.updateMask)
+        ? FieldMask.unwrap(FieldMask.fromJSON(object.updateMask))
+        : isSet(object.update_mask)
+        ? FieldMask.unwrap(FieldMask.fromJSON(object.update_mask))
+        : undefined,
+    };
   },
 
   toJSON(message: SaveConfigRequest): unknown {
     const obj: any = {};
     if (message.config !== undefined) {
       obj.config = RiskConfiguration.toJSON(message.config);
+    }
+    if (message.updateMask !== undefined) {
+      obj.updateMask = FieldMask.toJSON(FieldMask.wrap(message.updateMask));
     }
     return obj;
   },
@@ -385,6 +461,7 @@ export const SaveConfigRequest: MessageFns<SaveConfigRequest> = {
     message.config = (object.config !== undefined && object.config !== null)
       ? RiskConfiguration.fromPartial(object.config)
       : undefined;
+    message.updateMask = object.updateMask ?? undefined;
     return message;
   },
 };
@@ -1066,13 +1143,19 @@ export const CreateBreakerResponse: MessageFns<CreateBreakerResponse> = {
 };
 
 function createBaseGetBreakerRequest(): GetBreakerRequest {
-  return { breakerId: "" };
+  return { breakerId: "", accountId: "", name: "" };
 }
 
 export const GetBreakerRequest: MessageFns<GetBreakerRequest> = {
   encode(message: GetBreakerRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.breakerId !== "") {
       writer.uint32(10).string(message.breakerId);
+    }
+    if (message.accountId !== "") {
+      writer.uint32(18).string(message.accountId);
+    }
+    if (message.name !== "") {
+      writer.uint32(26).string(message.name);
     }
     return writer;
   },
@@ -1098,6 +1181,22 @@ export const GetBreakerRequest: MessageFns<GetBreakerRequest> = {
             message.breakerId = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.accountId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1117,6 +1216,12 @@ export const GetBreakerRequest: MessageFns<GetBreakerRequest> = {
         : isSet(object.breaker_id)
         ? globalThis.String(object.breaker_id)
         : "",
+      accountId: isSet(object.accountId)
+        ? globalThis.String(object.accountId)
+        : isSet(object.account_id)
+        ? globalThis.String(object.account_id)
+        : "",
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
     };
   },
 
@@ -1124,6 +1229,12 @@ export const GetBreakerRequest: MessageFns<GetBreakerRequest> = {
     const obj: any = {};
     if (message.breakerId !== "") {
       obj.breakerId = message.breakerId;
+    }
+    if (message.accountId !== "") {
+      obj.accountId = message.accountId;
+    }
+    if (message.name !== "") {
+      obj.name = message.name;
     }
     return obj;
   },
@@ -1134,6 +1245,8 @@ export const GetBreakerRequest: MessageFns<GetBreakerRequest> = {
   fromPartial<I extends Exact<DeepPartial<GetBreakerRequest>, I>>(object: I): GetBreakerRequest {
     const message = createBaseGetBreakerRequest();
     message.breakerId = object.breakerId ?? "";
+    message.accountId = object.accountId ?? "";
+    message.name = object.name ?? "";
     return message;
   },
 };
@@ -1352,7 +1465,7 @@ export const ListBreakersResponse: MessageFns<ListBreakersResponse> = {
 };
 
 function createBaseUpdateBreakerRequest(): UpdateBreakerRequest {
-  return { breakerId: "", breaker: undefined };
+  return { breakerId: "", breaker: undefined, updateMask: undefined };
 }
 
 export const UpdateBreakerRequest: MessageFns<UpdateBreakerRequest> = {
@@ -1362,6 +1475,9 @@ export const UpdateBreakerRequest: MessageFns<UpdateBreakerRequest> = {
     }
     if (message.breaker !== undefined) {
       CircuitBreaker.encode(message.breaker, writer.uint32(18).fork()).join();
+    }
+    if (message.updateMask !== undefined) {
+      FieldMask.encode(FieldMask.wrap(message.updateMask), writer.uint32(26).fork()).join();
     }
     return writer;
   },
@@ -1395,6 +1511,14 @@ export const UpdateBreakerRequest: MessageFns<UpdateBreakerRequest> = {
             message.breaker = CircuitBreaker.decode(reader, reader.uint32());
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.updateMask = FieldMask.unwrap(FieldMask.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1415,6 +1539,11 @@ export const UpdateBreakerRequest: MessageFns<UpdateBreakerRequest> = {
         ? globalThis.String(object.breaker_id)
         : "",
       breaker: isSet(object.breaker) ? CircuitBreaker.fromJSON(object.breaker) : undefined,
+      updateMask: isSet(object.updateMask)
+        ? FieldMask.unwrap(FieldMask.fromJSON(object.updateMask))
+        : isSet(object.update_mask)
+        ? FieldMask.unwrap(FieldMask.fromJSON(object.update_mask))
+        : undefined,
     };
   },
 
@@ -1425,6 +1554,9 @@ export const UpdateBreakerRequest: MessageFns<UpdateBreakerRequest> = {
     }
     if (message.breaker !== undefined) {
       obj.breaker = CircuitBreaker.toJSON(message.breaker);
+    }
+    if (message.updateMask !== undefined) {
+      obj.updateMask = FieldMask.toJSON(FieldMask.wrap(message.updateMask));
     }
     return obj;
   },
@@ -1438,6 +1570,7 @@ export const UpdateBreakerRequest: MessageFns<UpdateBreakerRequest> = {
     message.breaker = (object.breaker !== undefined && object.breaker !== null)
       ? CircuitBreaker.fromPartial(object.breaker)
       : undefined;
+    message.updateMask = object.updateMask ?? undefined;
     return message;
   },
 };
@@ -2140,6 +2273,272 @@ export const ListBreakerEventsResponse: MessageFns<ListBreakerEventsResponse> = 
     const message = createBaseListBreakerEventsResponse();
     message.events = object.events?.map((e) => CircuitBreakerEvent.fromPartial(e)) || [];
     message.nextPageToken = object.nextPageToken ?? "";
+    return message;
+  },
+};
+
+function createBaseLogBreakerEventRequest(): LogBreakerEventRequest {
+  return {
+    breakerId: "",
+    traderId: "",
+    triggeredValues: undefined,
+    actionTaken: "",
+    actionResult: undefined,
+    positionsAffected: [],
+    timestamp: undefined,
+  };
+}
+
+export const LogBreakerEventRequest: MessageFns<LogBreakerEventRequest> = {
+  encode(message: LogBreakerEventRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.breakerId !== "") {
+      writer.uint32(10).string(message.breakerId);
+    }
+    if (message.traderId !== "") {
+      writer.uint32(18).string(message.traderId);
+    }
+    if (message.triggeredValues !== undefined) {
+      Struct.encode(Struct.wrap(message.triggeredValues), writer.uint32(26).fork()).join();
+    }
+    if (message.actionTaken !== "") {
+      writer.uint32(34).string(message.actionTaken);
+    }
+    if (message.actionResult !== undefined) {
+      Struct.encode(Struct.wrap(message.actionResult), writer.uint32(42).fork()).join();
+    }
+    for (const v of message.positionsAffected) {
+      PositionRef.encode(v!, writer.uint32(50).fork()).join();
+    }
+    if (message.timestamp !== undefined) {
+      Timestamp.encode(toTimestamp(message.timestamp), writer.uint32(58).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LogBreakerEventRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLogBreakerEventRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.breakerId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.traderId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.triggeredValues = Struct.unwrap(Struct.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.actionTaken = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.actionResult = Struct.unwrap(Struct.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.positionsAffected.push(PositionRef.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.timestamp = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LogBreakerEventRequest {
+    return {
+      breakerId: isSet(object.breakerId)
+        ? globalThis.String(object.breakerId)
+        : isSet(object.breaker_id)
+        ? globalThis.String(object.breaker_id)
+        : "",
+      traderId: isSet(object.traderId)
+        ? globalThis.String(object.traderId)
+        : isSet(object.trader_id)
+        ? globalThis.String(object.trader_id)
+        : "",
+      triggeredValues: isObject(object.triggeredValues)
+        ? object.triggeredValues
+        : isObject(object.triggered_values)
+        ? object.triggered_values
+        : undefined,
+      actionTaken: isSet(object.actionTaken)
+        ? globalThis.String(object.actionTaken)
+        : isSet(object.action_taken)
+        ? globalThis.String(object.action_taken)
+        : "",
+      actionResult: isObject(object.actionResult)
+        ? object.actionResult
+        : isObject(object.action_result)
+        ? object.action_result
+        : undefined,
+      positionsAffected: globalThis.Array.isArray(object?.positionsAffected)
+        ? object.positionsAffected.map((e: any) => PositionRef.fromJSON(e))
+        : globalThis.Array.isArray(object?.positions_affected)
+        ? object.positions_affected.map((e: any) => PositionRef.fromJSON(e))
+        : [],
+      timestamp: isSet(object.timestamp) ? fromJsonTimestamp(object.timestamp) : undefined,
+    };
+  },
+
+  toJSON(message: LogBreakerEventRequest): unknown {
+    const obj: any = {};
+    if (message.breakerId !== "") {
+      obj.breakerId = message.breakerId;
+    }
+    if (message.traderId !== "") {
+      obj.traderId = message.traderId;
+    }
+    if (message.triggeredValues !== undefined) {
+      obj.triggeredValues = message.triggeredValues;
+    }
+    if (message.actionTaken !== "") {
+      obj.actionTaken = message.actionTaken;
+    }
+    if (message.actionResult !== undefined) {
+      obj.actionResult = message.actionResult;
+    }
+    if (message.positionsAffected?.length) {
+      obj.positionsAffected = message.positionsAffected.map((e) => PositionRef.toJSON(e));
+    }
+    if (message.timestamp !== undefined) {
+      obj.timestamp = message.timestamp.toISOString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<LogBreakerEventRequest>, I>>(base?: I): LogBreakerEventRequest {
+    return LogBreakerEventRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<LogBreakerEventRequest>, I>>(object: I): LogBreakerEventRequest {
+    const message = createBaseLogBreakerEventRequest();
+    message.breakerId = object.breakerId ?? "";
+    message.traderId = object.traderId ?? "";
+    message.triggeredValues = object.triggeredValues ?? undefined;
+    message.actionTaken = object.actionTaken ?? "";
+    message.actionResult = object.actionResult ?? undefined;
+    message.positionsAffected = object.positionsAffected?.map((e) => PositionRef.fromPartial(e)) || [];
+    message.timestamp = object.timestamp ?? undefined;
+    return message;
+  },
+};
+
+function createBaseLogBreakerEventResponse(): LogBreakerEventResponse {
+  return { event: undefined };
+}
+
+export const LogBreakerEventResponse: MessageFns<LogBreakerEventResponse> = {
+  encode(message: LogBreakerEventResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.event !== undefined) {
+      CircuitBreakerEvent.encode(message.event, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LogBreakerEventResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLogBreakerEventResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.event = CircuitBreakerEvent.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LogBreakerEventResponse {
+    return { event: isSet(object.event) ? CircuitBreakerEvent.fromJSON(object.event) : undefined };
+  },
+
+  toJSON(message: LogBreakerEventResponse): unknown {
+    const obj: any = {};
+    if (message.event !== undefined) {
+      obj.event = CircuitBreakerEvent.toJSON(message.event);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<LogBreakerEventResponse>, I>>(base?: I): LogBreakerEventResponse {
+    return LogBreakerEventResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<LogBreakerEventResponse>, I>>(object: I): LogBreakerEventResponse {
+    const message = createBaseLogBreakerEventResponse();
+    message.event = (object.event !== undefined && object.event !== null)
+      ? CircuitBreakerEvent.fromPartial(object.event)
+      : undefined;
     return message;
   },
 };
@@ -3510,7 +3909,12 @@ export const RebindTraderResponse: MessageFns<RebindTraderResponse> = {
  */
 export type AdminServiceService = typeof AdminServiceService;
 export const AdminServiceService = {
-  /** SaveConfig creates or updates (account_id, config_id); returns after the store committed. */
+  /**
+   * SaveConfig creates or replaces (account_id, config_id), or with an update_mask changes only the named fields
+   * of an existing one (AIP-134); returns after the store committed.
+   * PATCH (HTTP only): without an `update_mask` query parameter the mask is the body's top-level fields, so a PATCH
+   * changes what it sends and nothing else.
+   */
   saveConfig: {
     path: "/tradeguard.v1.AdminService/SaveConfig" as const,
     requestStream: false as const,
@@ -3562,7 +3966,7 @@ export const AdminServiceService = {
       Buffer.from(CreateBreakerResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): CreateBreakerResponse => CreateBreakerResponse.decode(value),
   },
-  /** GetBreaker returns one breaker. */
+  /** GetBreaker returns one breaker, by id or by name within an account (ETRMS get_by_name). */
   getBreaker: {
     path: "/tradeguard.v1.AdminService/GetBreaker" as const,
     requestStream: false as const,
@@ -3583,7 +3987,10 @@ export const AdminServiceService = {
       Buffer.from(ListBreakersResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListBreakersResponse => ListBreakersResponse.decode(value),
   },
-  /** UpdateBreaker replaces a breaker's definition. */
+  /**
+   * UpdateBreaker replaces a breaker's definition, or with an update_mask changes only the named fields (AIP-134).
+   * PATCH (HTTP only): without an `update_mask` query parameter the mask is the body's top-level fields.
+   */
   updateBreaker: {
     path: "/tradeguard.v1.AdminService/UpdateBreaker" as const,
     requestStream: false as const,
@@ -3639,6 +4046,22 @@ export const AdminServiceService = {
     responseSerialize: (value: ListBreakerEventsResponse): Buffer =>
       Buffer.from(ListBreakerEventsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListBreakerEventsResponse => ListBreakerEventsResponse.decode(value),
+  },
+  /**
+   * LogBreakerEvent records an event of an existing breaker raised by another system (ETRMS log_event): a
+   * circuit_breaker_events row, listed by ListBreakerEvents; nothing is enforced. Returns after the store
+   * committed it (or queued it, never dropped, while the database is out).
+   */
+  logBreakerEvent: {
+    path: "/tradeguard.v1.AdminService/LogBreakerEvent" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: LogBreakerEventRequest): Buffer =>
+      Buffer.from(LogBreakerEventRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): LogBreakerEventRequest => LogBreakerEventRequest.decode(value),
+    responseSerialize: (value: LogBreakerEventResponse): Buffer =>
+      Buffer.from(LogBreakerEventResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): LogBreakerEventResponse => LogBreakerEventResponse.decode(value),
   },
   /** GetFeatureFlags returns the run-time flags. */
   getFeatureFlags: {
@@ -3726,7 +4149,12 @@ export const AdminServiceService = {
 } as const;
 
 export interface AdminServiceServer extends UntypedServiceImplementation {
-  /** SaveConfig creates or updates (account_id, config_id); returns after the store committed. */
+  /**
+   * SaveConfig creates or replaces (account_id, config_id), or with an update_mask changes only the named fields
+   * of an existing one (AIP-134); returns after the store committed.
+   * PATCH (HTTP only): without an `update_mask` query parameter the mask is the body's top-level fields, so a PATCH
+   * changes what it sends and nothing else.
+   */
   saveConfig: handleUnaryCall<SaveConfigRequest, SaveConfigResponse>;
   /** GetConfig returns one configuration. */
   getConfig: handleUnaryCall<GetConfigRequest, GetConfigResponse>;
@@ -3736,11 +4164,14 @@ export interface AdminServiceServer extends UntypedServiceImplementation {
   deleteConfig: handleUnaryCall<DeleteConfigRequest, DeleteConfigResponse>;
   /** CreateBreaker creates a circuit breaker. */
   createBreaker: handleUnaryCall<CreateBreakerRequest, CreateBreakerResponse>;
-  /** GetBreaker returns one breaker. */
+  /** GetBreaker returns one breaker, by id or by name within an account (ETRMS get_by_name). */
   getBreaker: handleUnaryCall<GetBreakerRequest, GetBreakerResponse>;
   /** ListBreakers returns the account's breakers. */
   listBreakers: handleUnaryCall<ListBreakersRequest, ListBreakersResponse>;
-  /** UpdateBreaker replaces a breaker's definition. */
+  /**
+   * UpdateBreaker replaces a breaker's definition, or with an update_mask changes only the named fields (AIP-134).
+   * PATCH (HTTP only): without an `update_mask` query parameter the mask is the body's top-level fields.
+   */
   updateBreaker: handleUnaryCall<UpdateBreakerRequest, UpdateBreakerResponse>;
   /** DeleteBreaker deletes a breaker (its events are kept). */
   deleteBreaker: handleUnaryCall<DeleteBreakerRequest, DeleteBreakerResponse>;
@@ -3750,6 +4181,12 @@ export interface AdminServiceServer extends UntypedServiceImplementation {
   disableBreaker: handleUnaryCall<DisableBreakerRequest, DisableBreakerResponse>;
   /** ListBreakerEvents returns events, newest first. */
   listBreakerEvents: handleUnaryCall<ListBreakerEventsRequest, ListBreakerEventsResponse>;
+  /**
+   * LogBreakerEvent records an event of an existing breaker raised by another system (ETRMS log_event): a
+   * circuit_breaker_events row, listed by ListBreakerEvents; nothing is enforced. Returns after the store
+   * committed it (or queued it, never dropped, while the database is out).
+   */
+  logBreakerEvent: handleUnaryCall<LogBreakerEventRequest, LogBreakerEventResponse>;
   /** GetFeatureFlags returns the run-time flags. */
   getFeatureFlags: handleUnaryCall<GetFeatureFlagsRequest, GetFeatureFlagsResponse>;
   /** SetFeatureFlags changes the flags present in the request, at once. */
@@ -3770,7 +4207,12 @@ export interface AdminServiceServer extends UntypedServiceImplementation {
 }
 
 export interface AdminServiceClient extends Client {
-  /** SaveConfig creates or updates (account_id, config_id); returns after the store committed. */
+  /**
+   * SaveConfig creates or replaces (account_id, config_id), or with an update_mask changes only the named fields
+   * of an existing one (AIP-134); returns after the store committed.
+   * PATCH (HTTP only): without an `update_mask` query parameter the mask is the body's top-level fields, so a PATCH
+   * changes what it sends and nothing else.
+   */
   saveConfig(
     request: SaveConfigRequest,
     callback: (error: ServiceError | null, response: SaveConfigResponse) => void,
@@ -3850,7 +4292,7 @@ export interface AdminServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: CreateBreakerResponse) => void,
   ): ClientUnaryCall;
-  /** GetBreaker returns one breaker. */
+  /** GetBreaker returns one breaker, by id or by name within an account (ETRMS get_by_name). */
   getBreaker(
     request: GetBreakerRequest,
     callback: (error: ServiceError | null, response: GetBreakerResponse) => void,
@@ -3882,7 +4324,10 @@ export interface AdminServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListBreakersResponse) => void,
   ): ClientUnaryCall;
-  /** UpdateBreaker replaces a breaker's definition. */
+  /**
+   * UpdateBreaker replaces a breaker's definition, or with an update_mask changes only the named fields (AIP-134).
+   * PATCH (HTTP only): without an `update_mask` query parameter the mask is the body's top-level fields.
+   */
   updateBreaker(
     request: UpdateBreakerRequest,
     callback: (error: ServiceError | null, response: UpdateBreakerResponse) => void,
@@ -3961,6 +4406,26 @@ export interface AdminServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListBreakerEventsResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * LogBreakerEvent records an event of an existing breaker raised by another system (ETRMS log_event): a
+   * circuit_breaker_events row, listed by ListBreakerEvents; nothing is enforced. Returns after the store
+   * committed it (or queued it, never dropped, while the database is out).
+   */
+  logBreakerEvent(
+    request: LogBreakerEventRequest,
+    callback: (error: ServiceError | null, response: LogBreakerEventResponse) => void,
+  ): ClientUnaryCall;
+  logBreakerEvent(
+    request: LogBreakerEventRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: LogBreakerEventResponse) => void,
+  ): ClientUnaryCall;
+  logBreakerEvent(
+    request: LogBreakerEventRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: LogBreakerEventResponse) => void,
   ): ClientUnaryCall;
   /** GetFeatureFlags returns the run-time flags. */
   getFeatureFlags(
@@ -4120,6 +4585,10 @@ function fromJsonTimestamp(o: any): Date {
   } else {
     return fromTimestamp(Timestamp.fromJSON(o));
   }
+}
+
+function isObject(value: any): boolean {
+  return typeof value === "object" && value !== null;
 }
 
 function isSet(value: any): boolean {

@@ -845,8 +845,13 @@ export interface RiskConfiguration {
   accountId: string;
   /** Name of this configuration within the account, e.g. "low_risk". Required. */
   configId: string;
-  /** At most one configuration per account is active; saving an active one deactivates the others. */
-  isActive: boolean;
+  /**
+   * At most one configuration per account is active; saving an active one deactivates the others.
+   * Absent means true (the seed's default); an explicit false saves an inactive configuration.
+   */
+  isActive?:
+    | boolean
+    | undefined;
   /** Loss since the start of the UTC day, percent of day-start equity; in (0, 100]. */
   dailyMaxDrawdownPercentage?:
     | number
@@ -1005,8 +1010,13 @@ export interface CircuitBreaker {
   symbols: string[];
   /** Exchanges in scope; empty means all. */
   exchanges: string[];
-  /** Disabled breakers are never evaluated. */
-  enabled: boolean;
+  /**
+   * Disabled breakers are never evaluated. Absent in CreateBreaker means true (the seed's default); absent in
+   * UpdateBreaker keeps the current state.
+   */
+  enabled?:
+    | boolean
+    | undefined;
   /** Set by the server. */
   createdAt?:
     | Date
@@ -3373,7 +3383,7 @@ function createBaseRiskConfiguration(): RiskConfiguration {
   return {
     accountId: "",
     configId: "",
-    isActive: false,
+    isActive: undefined,
     dailyMaxDrawdownPercentage: undefined,
     weeklyMaxDrawdownPercentage: undefined,
     monthlyMaxDrawdownPercentage: undefined,
@@ -3420,7 +3430,7 @@ export const RiskConfiguration: MessageFns<RiskConfiguration> = {
     if (message.configId !== "") {
       writer.uint32(18).string(message.configId);
     }
-    if (message.isActive !== false) {
+    if (message.isActive !== undefined) {
       writer.uint32(24).bool(message.isActive);
     }
     if (message.dailyMaxDrawdownPercentage !== undefined) {
@@ -3876,7 +3886,7 @@ export const RiskConfiguration: MessageFns<RiskConfiguration> = {
         ? globalThis.Boolean(object.isActive)
         : isSet(object.is_active)
         ? globalThis.Boolean(object.is_active)
-        : false,
+        : undefined,
       dailyMaxDrawdownPercentage: isSet(object.dailyMaxDrawdownPercentage)
         ? globalThis.Number(object.dailyMaxDrawdownPercentage)
         : isSet(object.daily_max_drawdown_percentage)
@@ -4063,7 +4073,7 @@ export const RiskConfiguration: MessageFns<RiskConfiguration> = {
     if (message.configId !== "") {
       obj.configId = message.configId;
     }
-    if (message.isActive !== false) {
+    if (message.isActive !== undefined) {
       obj.isActive = message.isActive;
     }
     if (message.dailyMaxDrawdownPercentage !== undefined) {
@@ -4181,7 +4191,7 @@ export const RiskConfiguration: MessageFns<RiskConfiguration> = {
     const message = createBaseRiskConfiguration();
     message.accountId = object.accountId ?? "";
     message.configId = object.configId ?? "";
-    message.isActive = object.isActive ?? false;
+    message.isActive = object.isActive ?? undefined;
     message.dailyMaxDrawdownPercentage = object.dailyMaxDrawdownPercentage ?? undefined;
     message.weeklyMaxDrawdownPercentage = object.weeklyMaxDrawdownPercentage ?? undefined;
     message.monthlyMaxDrawdownPercentage = object.monthlyMaxDrawdownPercentage ?? undefined;
@@ -4232,7 +4242,7 @@ function createBaseCircuitBreaker(): CircuitBreaker {
     parameters: undefined,
     symbols: [],
     exchanges: [],
-    enabled: false,
+    enabled: undefined,
     createdAt: undefined,
     updatedAt: undefined,
   };
@@ -4267,7 +4277,7 @@ export const CircuitBreaker: MessageFns<CircuitBreaker> = {
     for (const v of message.exchanges) {
       writer.uint32(74).string(v!);
     }
-    if (message.enabled !== false) {
+    if (message.enabled !== undefined) {
       writer.uint32(80).bool(message.enabled);
     }
     if (message.createdAt !== undefined) {
@@ -4417,7 +4427,7 @@ export const CircuitBreaker: MessageFns<CircuitBreaker> = {
       exchanges: globalThis.Array.isArray(object?.exchanges)
         ? object.exchanges.map((e: any) => globalThis.String(e))
         : [],
-      enabled: isSet(object.enabled) ? globalThis.Boolean(object.enabled) : false,
+      enabled: isSet(object.enabled) ? globalThis.Boolean(object.enabled) : undefined,
       createdAt: isSet(object.createdAt)
         ? fromJsonTimestamp(object.createdAt)
         : isSet(object.created_at)
@@ -4460,7 +4470,7 @@ export const CircuitBreaker: MessageFns<CircuitBreaker> = {
     if (message.exchanges?.length) {
       obj.exchanges = message.exchanges;
     }
-    if (message.enabled !== false) {
+    if (message.enabled !== undefined) {
       obj.enabled = message.enabled;
     }
     if (message.createdAt !== undefined) {
@@ -4486,7 +4496,7 @@ export const CircuitBreaker: MessageFns<CircuitBreaker> = {
     message.parameters = object.parameters ?? undefined;
     message.symbols = object.symbols?.map((e) => e) || [];
     message.exchanges = object.exchanges?.map((e) => e) || [];
-    message.enabled = object.enabled ?? false;
+    message.enabled = object.enabled ?? undefined;
     message.createdAt = object.createdAt ?? undefined;
     message.updatedAt = object.updatedAt ?? undefined;
     return message;
