@@ -445,7 +445,8 @@ class Model:
         window = lim.duplicate_order_window_ms
         if window is not None:
             for at, s, sd, qq, pp in m.recent:
-                if (s, sd, qq, pp) == (symbol, side, q, price) and (now - at) * 1000.0 <= window:
+                # (an equal order exactly the window old is outside it)
+                if (s, sd, qq, pp) == (symbol, side, q, price) and (now - at) * 1000.0 < window:
                     out.append(f"a duplicate of an order allowed {(now - at) * 1000.0:.0f} ms ago (window {window})")
         collar = self.symbol_limit(symbol, "price_collar_percentage")
         ref = self.refs.get(symbol)

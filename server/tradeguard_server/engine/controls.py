@@ -1,5 +1,8 @@
 """The pre-trade controls of RTS 6 Art. 15, SEC 15c3-5 and the exchanges' filters (issue 16), as order checks.
 
+A PASS carries its numbers in `value` and `limit` and a fixed text (formatting numbers into every passing
+check's text cost ~0.5 µs a check on every CanTrade); a FAIL's text has the numbers too, as the denial's reason.
+
 Each is one pure function over an OrderContext, like engine.checks: SKIPPED when not configured, a value equal
 to its limit passes (`within`), and an order that only reduces exposure passes every exposure control (the
 symbol permissions and the trading windows too: a position can always be closed). The duplicate-order check
@@ -152,8 +155,7 @@ def price_collar(c: OrderContext) -> CheckResult:
                            f"{what}: report prices (ReportPrices or ReportPositions marks)")
     deviation = abs(order.price - ref.price) / ref.price * 100.0
     if within(deviation, pct):
-        detail = f"deviation={deviation:.2f}% limit={pct:.2f}%"
-        return CheckResult("price_collar", PASS, _COLLAR, detail, deviation, pct)
+        return CheckResult("price_collar", PASS, _COLLAR, "deviation within the collar", deviation, pct)
     detail = f"price={order.price:g} reference={ref.price:g} deviation={deviation:.2f}% limit={pct:.2f}%"
     return CheckResult("price_collar", FAIL, _COLLAR, detail, deviation, pct)
 
@@ -169,8 +171,9 @@ def order_quantity(c: OrderContext) -> CheckResult:
     qty = c.order.quantity
     if c.reducing:
         return CheckResult("order_quantity", PASS, _QTY, f"reducing order quantity={qty:g}", qty, cap)
-    status = PASS if within(qty, cap) else FAIL
-    return CheckResult("order_quantity", status, _QTY, f"quantity={qty:g} limit={cap:g}", qty, cap)
+    if within(qty, cap):
+        return CheckResult("order_quantity", PASS, _QTY, "quantity within the limit", qty, cap)
+    return CheckResult("order_quantity", FAIL, _QTY, f"quantity={qty:g} limit={cap:g}", qty, cap)
 
 
 def position_quantity(c: OrderContext) -> CheckResult:
@@ -197,7 +200,7 @@ def position_quantity(c: OrderContext) -> CheckResult:
             pending += vp.buy if buy else vp.sell
     after = net + pending + order.quantity
     if within(after, cap):
-        return CheckResult("position_quantity", PASS, _POS_QTY, f"after={after:g} limit={cap:g}", after, cap)
+        return CheckResult("position_quantity", PASS, _POS_QTY, "position after the order within the limit", after, cap)
     detail = (f"net_position={net:g} pending={pending:g} order={order.quantity:g} after={after:g} limit={cap:g} "
               f"({order.side.name})")
     return CheckResult("position_quantity", FAIL, _POS_QTY, detail, after, cap)
@@ -227,9 +230,10 @@ def open_orders(c: OrderContext) -> CheckResult:
     if c.reducing:
         return CheckResult("open_orders", PASS, _OPEN, f"reducing order; open_orders={count}{scope}",
                            float(count), float(cap))
-    status = PASS if count <= cap else FAIL
+    if count <= cap:
+        return CheckResult("open_orders", PASS, _OPEN, "open orders within the limit" + scope, float(count), float(cap))
     detail = f"open_orders={count}{scope} (pending {count - 1} + this one) limit={cap}"
-    return CheckResult("open_orders", status, _OPEN, detail, float(count), float(cap))
+    return CheckResult("open_orders", FAIL, _OPEN, detail, float(count), float(cap))
 
 
 def daily_orders(c: OrderContext) -> CheckResult:
@@ -241,8 +245,9 @@ def daily_orders(c: OrderContext) -> CheckResult:
     if c.reducing:
         return CheckResult("daily_orders", PASS, _DAY_ORDERS, f"reducing order; orders_today={count}", float(count),
                            float(cap))
-    status = PASS if count <= cap else FAIL
-    return CheckResult("daily_orders", status, _DAY_ORDERS, f"orders_today={count} limit={cap}", float(count),
+    if count <= cap:
+        return CheckResult("daily_orders", PASS, _DAY_ORDERS, "orders today within the limit", float(count), float(cap))
+    return CheckResult("daily_orders", FAIL, _DAY_ORDERS, f"orders_today={count} limit={cap}", float(count),
                        float(cap))
 
 
@@ -256,6 +261,7 @@ def daily_notional(c: OrderContext) -> CheckResult:
     if c.reducing:
         return CheckResult("daily_notional", PASS, _DAY_NOTIONAL, f"reducing order; notional_today={total:.2f}",
                            total, cap)
-    status = PASS if within(total, cap) else FAIL
-    return CheckResult("daily_notional", status, _DAY_NOTIONAL, f"notional_today={total:.2f} limit={cap:.2f}",
+    if within(total, cap):
+        return CheckResult("daily_notional", PASS, _DAY_NOTIONAL, "notional today within the limit", total, cap)
+    return CheckResult("daily_notional", FAIL, _DAY_NOTIONAL, f"notional_today={total:.2f} limit={cap:.2f}",
                        total, cap)
