@@ -94,11 +94,13 @@ class EmbeddedPostgres:
             self._as = {"user": nobody.pw_uid, "group": nobody.pw_gid, "extra_groups": []}
             probe = subprocess.run([str(bin_dir / "postgres"), "--version"], capture_output=True, text=True,
                                    check=False, **self._as)
-            if probe.returncode != 0:
+            reach = subprocess.run(["test", "-w", str(self.root)], check=False, **self._as)
+            if probe.returncode != 0 or reach.returncode != 0:
+                cause = (f"cannot run {bin_dir}/postgres ({probe.stderr.strip() or probe.returncode}): put the venv "
+                         "where others can read it") if probe.returncode != 0 else (
+                         f"cannot reach {self.root.parent}: set TMPDIR to a directory others can traverse")
                 self.stop()
-                raise EmbeddedPostgresError(
-                    f"running as root, the embedded PostgreSQL runs as nobody, who cannot run {bin_dir}/postgres "
-                    f"({probe.stderr.strip() or probe.returncode}): put the venv where others can read it")
+                raise EmbeddedPostgresError(f"running as root, the embedded PostgreSQL runs as nobody, who {cause}")
         try:
             self.version = self._run(bin_dir / "postgres", "--version").strip()
             self._run(bin_dir / "initdb", "-D", self.data, "-U", "postgres", "-A", "trust", "-E", "UTF8",
