@@ -244,7 +244,7 @@ def redact_url(url: str) -> str:
 
 
 _TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
+_FALSE = {"0", "false", "no", "off"}
 
 
 def _coerce(name: str, kind: Any, raw: str | bool | int | float) -> Any:
@@ -328,6 +328,11 @@ def _env_layer(env: Mapping[str, str], hints: Mapping[str, Any], notes: list[str
     for f in settings_fields():
         key = f"TRADEGUARD_{f.name.upper()}"
         if key in env:
+            if hints[f.name] is bool and not env[key].strip():
+                # An empty switch (compose's ${VAR} of an unset VAR) is no value: read as false it would, e.g.,
+                # switch enforcement off without a word.
+                notes.append(f"{key} is empty: ignored (unset it, or give true or false)")
+                continue
             layer.set(f.name, _coerce(key, hints[f.name], env[key]), f"env {key}")
     for key, name in SEED_ENV.items():
         if name not in layer.values and env.get(key, "").strip():

@@ -524,6 +524,9 @@ class Sidecar:
                  "per-credential" if self.credentials.table.trader_auth else "open",
                  self.engine.flags.enable_risk_enforcement,
                  "loaded" if loaded else f"NOT LOADED: unloaded_state_policy={s.unloaded_state_policy}")
+        if not self.engine.flags.enable_risk_enforcement:
+            log.warning("SHADOW MODE: enable_risk_enforcement is off: every CanTrade answers allowed (would_deny says "
+                        "what would have been denied)")
         if s.ready_file:
             write_ready_file(s.ready_file, self.address)
         return self.address

@@ -113,6 +113,9 @@ class HttpApi:
                                client_max_size=self.max_body_bytes)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        refused = _foreign(request)
+        if refused:  # a web page's request (CSRF) or a rebound DNS name: no browser may drive the sidecar
+            return self._error(status_of(grpc.StatusCode.PERMISSION_DENIED, refused), grpc.StatusCode.PERMISSION_DENIED)
         raw_path = request.rel_url.raw_path
         match = self.router.match(request.method, raw_path)
         if match is None:
@@ -143,6 +146,9 @@ class HttpApi:
         except web.HTTPRequestEntityTooLarge as exc:
             return self._error(status_of(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.text or "request body too large"),
                                grpc.StatusCode.RESOURCE_EXHAUSTED, http=413)
+        except Exception as exc:  # an undecodable body (bad gzip/deflate, an encoding not supported): the client's
+            return self._error(status_of(grpc.StatusCode.INVALID_ARGUMENT, f"body: cannot be read: {exc}"),
+                               grpc.StatusCode.INVALID_ARGUMENT)
         if route.streaming:
             return await self._stream(request, handler, raw, ctx)
         try:
@@ -249,3 +255,29 @@ def parse_http_listen(listen: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or int(port) > 65535:
         raise ValueError(f"expected host:port, got {listen!r}")
     return host.strip("[]") or "0.0.0.0", int(port)
+
+
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]", "localhost."})
+
+
+def _foreign(request: web.BaseRequest) -> str:
+    """Why a request that a browser made for a web page is refused ("" when it is not one).
+
+    A page can send a plain cross-origin POST (text/plain, no preflight) to a loopback port, and a DNS name rebound
+    to 127.0.0.1 makes it same-origin: either way its requests carry an Origin (or Sec-Fetch-Site) of another site,
+    or a Host that is not this loopback listener's. Scripts (curl, clients) send neither."""
+    headers = request.headers
+    site = headers.get("Sec-Fetch-Site", "")
+    if site in ("cross-site", "same-site"):
+        return f"requests from web pages are refused (Sec-Fetch-Site: {site})"
+    host = headers.get("Host", "")
+    origin = headers.get("Origin", "")
+    if origin and origin.split("://", 1)[-1].rstrip("/") != host:
+        return f"cross-origin requests are refused (Origin {origin!r}, Host {host!r})"
+    sock = request.transport.get_extra_info("sockname") if request.transport else None
+    local = sock[0] if isinstance(sock, tuple) and sock else ""
+    if local in ("127.0.0.1", "::1") and host:
+        name = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]", 1)[0] + "]"
+        if name.lower() not in _LOOPBACK_NAMES:
+            return f"Host {host!r} is not this loopback listener's name (a rebound DNS name?)"
+    return ""

@@ -271,6 +271,36 @@ def query_fields(descriptor: Descriptor, query: Iterable[tuple[str, str]], taken
     return out
 
 
+_INTEGERS = frozenset({FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT32,
+                       FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_SINT64,
+                       FieldDescriptor.TYPE_FIXED32, FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED32,
+                       FieldDescriptor.TYPE_SFIXED64, FieldDescriptor.TYPE_ENUM})
+_FLOATS = frozenset({FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT})
+
+
+def _check_numbers(descriptor: Any, data: Any, prefix: str) -> None:
+    """json_format reads `true` as 1 and `1.5` as 1 for a number or enum field: an order side of 1.5 became BUY and
+    an equity of true became 1.0. Refused here, naming the field."""
+    if not isinstance(data, dict):
+        return
+    for key, value in data.items():
+        field = descriptor.fields_by_name.get(key) or next(
+            (f for f in descriptor.fields if f.json_name == key), None)
+        if field is None:
+            continue
+        path = f"{prefix}{field.name}"
+        values = value if isinstance(value, list) else [value]
+        for item in values:
+            if field.type in _INTEGERS or field.type in _FLOATS:
+                if isinstance(item, bool):
+                    raise InvalidArgument([(path, f"expected a number, got {item!r}")])
+                if field.type in _INTEGERS and isinstance(item, float) and not item.is_integer():
+                    raise InvalidArgument([(path, f"expected a whole number, got {item!r}")])
+            elif field.type == FieldDescriptor.TYPE_MESSAGE and not field.message_type.full_name.startswith(
+                    "google.protobuf."):
+                _check_numbers(field.message_type, item, path + ".")
+
+
 def build_request(route: Route, params: Mapping[str, str], query: Iterable[tuple[str, str]], raw_body: bytes
                   ) -> Message:
     """The gRPC request of this route from path parameters, body and query string (INVALID_ARGUMENT if wrong)."""
@@ -297,6 +327,8 @@ def build_request(route: Route, params: Mapping[str, str], query: Iterable[tuple
         data[route.body] = body
         taken.add(route.body)
     data.update(query_fields(descriptor, query, taken))
+    if data.get("update_mask") in ("", None, {}, {"paths": []}) and route.http_method == "PATCH":
+        data.pop("update_mask", None)  # an empty mask on a PATCH is no mask (never "replace everything")
     if route.http_method == "PATCH" and route.body not in ("", "*") and "update_mask" not in data \
             and "update_mask" in descriptor.fields_by_name:
         # As grpc-gateway does: a PATCH without ?update_mask changes the fields its body gives (AIP-134), not all.
@@ -304,6 +336,7 @@ def build_request(route: Route, params: Mapping[str, str], query: Iterable[tuple
             raise InvalidArgument([(route.body, "a PATCH needs at least one field to change")])
         data["update_mask"] = _mask_json(data[route.body])
     data.update(params)
+    _check_numbers(descriptor, data, "")
     try:
         json_format.ParseDict(data, request)
     except json_format.ParseError as exc:
