@@ -327,6 +327,8 @@ async def test_sidecar_answers_unavailable_while_can_trade_keeps_answering(pg_ur
             await health.wait(True, timeout=1)
             retried = await admin.SaveConfig(ad.SaveConfigRequest(config=t.RiskConfiguration(
                 account_id="acct", config_id="during-lock", daily_max_drawdown_percentage=7.0)), timeout=30)
+            # The saved configuration re-checks the account's traders: their history rows are queued after it.
+            assert await store.flush(timeout=30)
             enqueued, written, dropped = store.enqueued["history"], store.rows_written["history"], store.dropped_history
     print(f"FIGURE [sidecar, lock_timeout={SERVER_TIMEOUT_MS} ms] SaveConfig -> UNAVAILABLE in {save_s:.2f} s; "
           f"PauseTrading answered in {pause_s:.2f} s; CanTrade+ReportEquity during the lock: {len(lock_latencies)} "
