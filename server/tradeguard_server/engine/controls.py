@@ -30,6 +30,14 @@ _DAY_NOTIONAL = DecisionCode.DAILY_NOTIONAL_LIMIT
 _DAY_ORDERS = DecisionCode.DAILY_ORDERS_LIMIT
 _BUY = Side.BUY
 
+
+def symbol_limit(c: OrderContext, name: str) -> float | None:
+    """A limit with a symbol override: the order symbol's value, else the account's (None: not configured)."""
+    sym = c.sym
+    value: float | None = getattr(sym, name) if sym is not None else None
+    return getattr(c.limits, name) if value is None else value
+
+
 _QTY_SKIPPED = CheckResult("order_quantity", SKIPPED, _QTY, "not configured")
 _POS_QTY_SKIPPED = CheckResult("position_quantity", SKIPPED, _POS_QTY, "not configured")
 _POS_QTY_REDUCING = CheckResult("position_quantity", PASS, _POS_QTY, "reducing order")
@@ -138,12 +146,9 @@ def duplicate_order(c: OrderContext) -> CheckResult:
 def price_collar(c: OrderContext) -> CheckResult:
     """|price - reference| within price_collar_percentage of the reference (the symbol's, else the account's). No
     reference, or one older than reference_price_max_age_seconds, denies new exposure (never skipped)."""
-    sym = c.sym
-    pct = sym.price_collar_percentage if sym is not None else None
+    pct = symbol_limit(c, "price_collar_percentage")
     if pct is None:
-        pct = c.limits.price_collar_percentage
-        if pct is None:
-            return _COLLAR_SKIPPED
+        return _COLLAR_SKIPPED
     ref, order = c.ref, c.order
     max_age = c.limits.reference_price_max_age_seconds
     if ref is None or c.now - ref.at > max_age:
@@ -162,12 +167,9 @@ def price_collar(c: OrderContext) -> CheckResult:
 
 def order_quantity(c: OrderContext) -> CheckResult:
     """The order's quantity (base units) against max_order_quantity (the symbol's, else the account's)."""
-    sym = c.sym
-    cap = sym.max_order_quantity if sym is not None else None
+    cap = symbol_limit(c, "max_order_quantity")
     if cap is None:
-        cap = c.limits.max_order_quantity
-        if cap is None:
-            return _QTY_SKIPPED
+        return _QTY_SKIPPED
     qty = c.order.quantity
     if c.reducing:
         return CheckResult("order_quantity", PASS, _QTY, f"reducing order quantity={qty:g}", qty, cap)
@@ -179,12 +181,9 @@ def order_quantity(c: OrderContext) -> CheckResult:
 def position_quantity(c: OrderContext) -> CheckResult:
     """The net position in the symbol (every venue) plus the pending orders in the order's direction, after the
     order, in base units, against max_position_quantity (the symbol's, else the account's)."""
-    sym = c.sym
-    cap = sym.max_position_quantity if sym is not None else None
+    cap = symbol_limit(c, "max_position_quantity")
     if cap is None:
-        cap = c.limits.max_position_quantity
-        if cap is None:
-            return _POS_QTY_SKIPPED
+        return _POS_QTY_SKIPPED
     if c.reducing:
         return _POS_QTY_REDUCING
     st, order = c.st, c.order
