@@ -53,10 +53,13 @@ type AdminServiceClient interface {
 	GetFeatureFlags(ctx context.Context, in *GetFeatureFlagsRequest, opts ...grpc.CallOption) (*GetFeatureFlagsResponse, error)
 	// SetFeatureFlags changes the flags present in the request, at once.
 	SetFeatureFlags(ctx context.Context, in *SetFeatureFlagsRequest, opts ...grpc.CallOption) (*SetFeatureFlagsResponse, error)
-	// PauseTrading is the kill switch: HALTED or REDUCING, for a duration or until resumed.
+	// PauseTrading is the kill switch: HALTED or REDUCING, for a duration or until resumed; of a trader, of a whole
+	// account (empty trader_id) or of every account (all_accounts), on every sidecar sharing the database.
 	PauseTrading(ctx context.Context, in *PauseTradingRequest, opts ...grpc.CallOption) (*PauseTradingResponse, error)
-	// ResumeTrading lifts any pause, manual or automatic.
+	// ResumeTrading lifts any pause of a trader, manual or automatic; or an account's or the every-account pause.
 	ResumeTrading(ctx context.Context, in *ResumeTradingRequest, opts ...grpc.CallOption) (*ResumeTradingResponse, error)
+	// ListRiskStates lists every trader of an account with its state, owner sidecar and freshness.
+	ListRiskStates(ctx context.Context, in *ListRiskStatesRequest, opts ...grpc.CallOption) (*ListRiskStatesResponse, error)
 	// ListRiskStateHistory returns the audit trail of a trader, oldest first.
 	ListRiskStateHistory(ctx context.Context, in *ListRiskStateHistoryRequest, opts ...grpc.CallOption) (*ListRiskStateHistoryResponse, error)
 	// ListBindings returns which account each known trader id is bound to.
@@ -227,6 +230,15 @@ func (c *adminServiceClient) ResumeTrading(ctx context.Context, in *ResumeTradin
 	return out, nil
 }
 
+func (c *adminServiceClient) ListRiskStates(ctx context.Context, in *ListRiskStatesRequest, opts ...grpc.CallOption) (*ListRiskStatesResponse, error) {
+	out := new(ListRiskStatesResponse)
+	err := c.cc.Invoke(ctx, "/tradeguard.v1.AdminService/ListRiskStates", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adminServiceClient) ListRiskStateHistory(ctx context.Context, in *ListRiskStateHistoryRequest, opts ...grpc.CallOption) (*ListRiskStateHistoryResponse, error) {
 	out := new(ListRiskStateHistoryResponse)
 	err := c.cc.Invoke(ctx, "/tradeguard.v1.AdminService/ListRiskStateHistory", in, out, opts...)
@@ -294,10 +306,13 @@ type AdminServiceServer interface {
 	GetFeatureFlags(context.Context, *GetFeatureFlagsRequest) (*GetFeatureFlagsResponse, error)
 	// SetFeatureFlags changes the flags present in the request, at once.
 	SetFeatureFlags(context.Context, *SetFeatureFlagsRequest) (*SetFeatureFlagsResponse, error)
-	// PauseTrading is the kill switch: HALTED or REDUCING, for a duration or until resumed.
+	// PauseTrading is the kill switch: HALTED or REDUCING, for a duration or until resumed; of a trader, of a whole
+	// account (empty trader_id) or of every account (all_accounts), on every sidecar sharing the database.
 	PauseTrading(context.Context, *PauseTradingRequest) (*PauseTradingResponse, error)
-	// ResumeTrading lifts any pause, manual or automatic.
+	// ResumeTrading lifts any pause of a trader, manual or automatic; or an account's or the every-account pause.
 	ResumeTrading(context.Context, *ResumeTradingRequest) (*ResumeTradingResponse, error)
+	// ListRiskStates lists every trader of an account with its state, owner sidecar and freshness.
+	ListRiskStates(context.Context, *ListRiskStatesRequest) (*ListRiskStatesResponse, error)
 	// ListRiskStateHistory returns the audit trail of a trader, oldest first.
 	ListRiskStateHistory(context.Context, *ListRiskStateHistoryRequest) (*ListRiskStateHistoryResponse, error)
 	// ListBindings returns which account each known trader id is bound to.
@@ -362,6 +377,9 @@ func (UnimplementedAdminServiceServer) PauseTrading(context.Context, *PauseTradi
 }
 func (UnimplementedAdminServiceServer) ResumeTrading(context.Context, *ResumeTradingRequest) (*ResumeTradingResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ResumeTrading not implemented")
+}
+func (UnimplementedAdminServiceServer) ListRiskStates(context.Context, *ListRiskStatesRequest) (*ListRiskStatesResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListRiskStates not implemented")
 }
 func (UnimplementedAdminServiceServer) ListRiskStateHistory(context.Context, *ListRiskStateHistoryRequest) (*ListRiskStateHistoryResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListRiskStateHistory not implemented")
@@ -691,6 +709,24 @@ func _AdminService_ResumeTrading_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_ListRiskStates_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListRiskStatesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListRiskStates(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/tradeguard.v1.AdminService/ListRiskStates",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListRiskStates(ctx, req.(*ListRiskStatesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _AdminService_ListRiskStateHistory_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListRiskStateHistoryRequest)
 	if err := dec(in); err != nil {
@@ -816,6 +852,10 @@ var _AdminService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ResumeTrading",
 			Handler:    _AdminService_ResumeTrading_Handler,
+		},
+		{
+			MethodName: "ListRiskStates",
+			Handler:    _AdminService_ListRiskStates_Handler,
 		},
 		{
 			MethodName: "ListRiskStateHistory",

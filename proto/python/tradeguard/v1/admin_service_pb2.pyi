@@ -807,14 +807,19 @@ class PauseTradingRequest(_message.Message):
     TRADING_STATE_FIELD_NUMBER: _builtins.int
     DURATION_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    ALL_ACCOUNTS_FIELD_NUMBER: _builtins.int
     trader_id: _builtins.str
-    """The trader id."""
+    """The trader id. Empty with an account_id: every trader of the account, those that appear later too, on every
+    sidecar sharing the database.
+    """
     account_id: _builtins.str
-    """The account id."""
+    """The account id. Empty (with an empty trader_id) only with all_accounts."""
     trading_state: _types_pb2.TradingState.ValueType
     """TRADING_STATE_HALTED (nothing) or TRADING_STATE_REDUCING (reduce only)."""
     reason: _builtins.str
     """Why, for the audit trail; up to 1024 characters."""
+    all_accounts: _builtins.bool
+    """The every-account kill switch (the whole deployment): trader_id and account_id empty."""
     @_builtins.property
     def duration(self) -> _duration_pb2.Duration:
         """How long; unset or zero means until ResumeTrading."""
@@ -827,10 +832,11 @@ class PauseTradingRequest(_message.Message):
         trading_state: _types_pb2.TradingState.ValueType = ...,
         duration: _duration_pb2.Duration | None = ...,
         reason: _builtins.str = ...,
+        all_accounts: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "duration", b"duration", "reason", b"reason", "trader_id", b"trader_id", "trading_state", b"trading_state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "all_accounts", b"all_accounts", "duration", b"duration", "reason", b"reason", "trader_id", b"trader_id", "trading_state", b"trading_state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -843,44 +849,112 @@ class PauseTradingResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     STATE_FIELD_NUMBER: _builtins.int
+    SCOPE_PAUSE_FIELD_NUMBER: _builtins.int
+    CONTROL_STATE_VERSION_FIELD_NUMBER: _builtins.int
+    control_state_version: _builtins.int
+    """The control-state version of the change."""
     @_builtins.property
     def state(self) -> _types_pb2.RiskState:
-        """The state after the pause."""
+        """The trader's state after the pause (a trader's pause); unset for an account or every-account pause."""
+
+    @_builtins.property
+    def scope_pause(self) -> Global___ScopePause:
+        """The account or every-account pause as stored (an account or every-account pause)."""
 
     def __init__(
         self,
         *,
         state: _types_pb2.RiskState | None = ...,
+        scope_pause: Global___ScopePause | None = ...,
+        control_state_version: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope_pause", b"scope_pause", "state", b"state"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["control_state_version", b"control_state_version", "scope_pause", b"scope_pause", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PauseTradingResponse: _TypeAlias = PauseTradingResponse  # noqa: Y015
 
 @_typing.final
+class ScopePause(_message.Message):
+    """ScopePause is a kill switch on a whole account, or on every account."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ALL_ACCOUNTS_FIELD_NUMBER: _builtins.int
+    TRADING_STATE_FIELD_NUMBER: _builtins.int
+    PAUSED_UNTIL_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    ORIGIN_SIDECAR_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account; empty for every account."""
+    all_accounts: _builtins.bool
+    """True for the every-account pause."""
+    trading_state: _types_pb2.TradingState.ValueType
+    """HALTED or REDUCING; ACTIVE once lifted."""
+    reason: _builtins.str
+    """Why."""
+    actor: _builtins.str
+    """Who set it (the caller's identity) and through which sidecar."""
+    origin_sidecar: _builtins.str
+    """The sidecar the change was made through."""
+    @_builtins.property
+    def paused_until(self) -> _timestamp_pb2.Timestamp:
+        """When it ends; unset: until resumed."""
+
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """When it was set."""
+
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        all_accounts: _builtins.bool = ...,
+        trading_state: _types_pb2.TradingState.ValueType = ...,
+        paused_until: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        origin_sidecar: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["paused_until", b"paused_until", "since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "actor", b"actor", "all_accounts", b"all_accounts", "origin_sidecar", b"origin_sidecar", "paused_until", b"paused_until", "reason", b"reason", "since", b"since", "trading_state", b"trading_state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScopePause: _TypeAlias = ScopePause  # noqa: Y015
+
+@_typing.final
 class ResumeTradingRequest(_message.Message):
-    """ResumeTradingRequest resumes a trader."""
+    """ResumeTradingRequest resumes a trader, an account or every account."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     TRADER_ID_FIELD_NUMBER: _builtins.int
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ALL_ACCOUNTS_FIELD_NUMBER: _builtins.int
     trader_id: _builtins.str
-    """The trader id."""
+    """The trader id. Empty with an account_id: lifts the account's pause (not the traders' own pauses)."""
     account_id: _builtins.str
     """The account id."""
+    all_accounts: _builtins.bool
+    """Lifts the every-account pause: trader_id and account_id empty."""
     def __init__(
         self,
         *,
         trader_id: _builtins.str = ...,
         account_id: _builtins.str = ...,
+        all_accounts: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "trader_id", b"trader_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "all_accounts", b"all_accounts", "trader_id", b"trader_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -893,22 +967,124 @@ class ResumeTradingResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     STATE_FIELD_NUMBER: _builtins.int
+    CONTROL_STATE_VERSION_FIELD_NUMBER: _builtins.int
+    control_state_version: _builtins.int
+    """The control-state version of the change."""
     @_builtins.property
     def state(self) -> _types_pb2.RiskState:
-        """The state after resuming."""
+        """The trader's state after resuming (a trader's resume); unset for an account or every-account resume."""
 
     def __init__(
         self,
         *,
         state: _types_pb2.RiskState | None = ...,
+        control_state_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["control_state_version", b"control_state_version", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ResumeTradingResponse: _TypeAlias = ResumeTradingResponse  # noqa: Y015
+
+@_typing.final
+class ListRiskStatesRequest(_message.Message):
+    """ListRiskStatesRequest selects the traders of an account."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    TRADING_STATE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account. Required."""
+    trading_state: _types_pb2.TradingState.ValueType
+    """Only traders in this state; UNSPECIFIED means every state."""
+    page_size: _builtins.int
+    """Max entries to return; 0 means 100; at most 1000."""
+    page_token: _builtins.str
+    """From a previous response's next_page_token."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        trading_state: _types_pb2.TradingState.ValueType = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "page_size", b"page_size", "page_token", b"page_token", "trading_state", b"trading_state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRiskStatesRequest: _TypeAlias = ListRiskStatesRequest  # noqa: Y015
+
+@_typing.final
+class RiskStateEntry(_message.Message):
+    """RiskStateEntry is one trader of an account as an operator sees it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    OWNER_SIDECAR_FIELD_NUMBER: _builtins.int
+    LOCAL_FIELD_NUMBER: _builtins.int
+    AGE_SECONDS_FIELD_NUMBER: _builtins.int
+    owner_sidecar: _builtins.str
+    """The sidecar that owns the trader's live state; empty when no sidecar holds it now (or a single sidecar)."""
+    local: _builtins.bool
+    """Whether the sidecar that answered owns it (its state is live here; otherwise it is the stored one)."""
+    age_seconds: _builtins.float
+    """How old the state shown is: now - its updated_at, seconds."""
+    @_builtins.property
+    def state(self) -> _types_pb2.RiskState:
+        """The trader's state (pending orders left out: pending_order_count says how many)."""
+
+    def __init__(
+        self,
+        *,
+        state: _types_pb2.RiskState | None = ...,
+        owner_sidecar: _builtins.str = ...,
+        local: _builtins.bool = ...,
+        age_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_seconds", b"age_seconds", "local", b"local", "owner_sidecar", b"owner_sidecar", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RiskStateEntry: _TypeAlias = RiskStateEntry  # noqa: Y015
+
+@_typing.final
+class ListRiskStatesResponse(_message.Message):
+    """ListRiskStatesResponse lists traders ordered by trader_id."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass to get the next page; empty on the last page."""
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___RiskStateEntry]:
+        """The entries."""
+
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___RiskStateEntry] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRiskStatesResponse: _TypeAlias = ListRiskStatesResponse  # noqa: Y015
 
 @_typing.final
 class ListRiskStateHistoryRequest(_message.Message):

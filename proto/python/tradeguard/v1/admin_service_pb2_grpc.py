@@ -125,6 +125,11 @@ class AdminServiceStub:
                 request_serializer=tradeguard_dot_v1_dot_admin__service__pb2.ResumeTradingRequest.SerializeToString,
                 response_deserializer=tradeguard_dot_v1_dot_admin__service__pb2.ResumeTradingResponse.FromString,
                 _registered_method=True)
+        self.ListRiskStates = channel.unary_unary(
+                '/tradeguard.v1.AdminService/ListRiskStates',
+                request_serializer=tradeguard_dot_v1_dot_admin__service__pb2.ListRiskStatesRequest.SerializeToString,
+                response_deserializer=tradeguard_dot_v1_dot_admin__service__pb2.ListRiskStatesResponse.FromString,
+                _registered_method=True)
         self.ListRiskStateHistory = channel.unary_unary(
                 '/tradeguard.v1.AdminService/ListRiskStateHistory',
                 request_serializer=tradeguard_dot_v1_dot_admin__service__pb2.ListRiskStateHistoryRequest.SerializeToString,
@@ -263,14 +268,22 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PauseTrading(self, request, context):
-        """PauseTrading is the kill switch: HALTED or REDUCING, for a duration or until resumed.
+        """PauseTrading is the kill switch: HALTED or REDUCING, for a duration or until resumed; of a trader, of a whole
+        account (empty trader_id) or of every account (all_accounts), on every sidecar sharing the database.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ResumeTrading(self, request, context):
-        """ResumeTrading lifts any pause, manual or automatic.
+        """ResumeTrading lifts any pause of a trader, manual or automatic; or an account's or the every-account pause.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRiskStates(self, request, context):
+        """ListRiskStates lists every trader of an account with its state, owner sidecar and freshness.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -385,6 +398,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ResumeTrading,
                     request_deserializer=tradeguard_dot_v1_dot_admin__service__pb2.ResumeTradingRequest.FromString,
                     response_serializer=tradeguard_dot_v1_dot_admin__service__pb2.ResumeTradingResponse.SerializeToString,
+            ),
+            'ListRiskStates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRiskStates,
+                    request_deserializer=tradeguard_dot_v1_dot_admin__service__pb2.ListRiskStatesRequest.FromString,
+                    response_serializer=tradeguard_dot_v1_dot_admin__service__pb2.ListRiskStatesResponse.SerializeToString,
             ),
             'ListRiskStateHistory': grpc.unary_unary_rpc_method_handler(
                     servicer.ListRiskStateHistory,
@@ -867,6 +885,33 @@ class AdminService:
             '/tradeguard.v1.AdminService/ResumeTrading',
             tradeguard_dot_v1_dot_admin__service__pb2.ResumeTradingRequest.SerializeToString,
             tradeguard_dot_v1_dot_admin__service__pb2.ResumeTradingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRiskStates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tradeguard.v1.AdminService/ListRiskStates',
+            tradeguard_dot_v1_dot_admin__service__pb2.ListRiskStatesRequest.SerializeToString,
+            tradeguard_dot_v1_dot_admin__service__pb2.ListRiskStatesResponse.FromString,
             options,
             channel_credentials,
             insecure,

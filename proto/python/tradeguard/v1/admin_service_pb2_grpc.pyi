@@ -79,9 +79,13 @@ class AdminServiceStub:
     SetFeatureFlags: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.SetFeatureFlagsRequest, _admin_service_pb2.SetFeatureFlagsResponse]
     """SetFeatureFlags changes the flags present in the request, at once."""
     PauseTrading: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.PauseTradingRequest, _admin_service_pb2.PauseTradingResponse]
-    """PauseTrading is the kill switch: HALTED or REDUCING, for a duration or until resumed."""
+    """PauseTrading is the kill switch: HALTED or REDUCING, for a duration or until resumed; of a trader, of a whole
+    account (empty trader_id) or of every account (all_accounts), on every sidecar sharing the database.
+    """
     ResumeTrading: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ResumeTradingRequest, _admin_service_pb2.ResumeTradingResponse]
-    """ResumeTrading lifts any pause, manual or automatic."""
+    """ResumeTrading lifts any pause of a trader, manual or automatic; or an account's or the every-account pause."""
+    ListRiskStates: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListRiskStatesRequest, _admin_service_pb2.ListRiskStatesResponse]
+    """ListRiskStates lists every trader of an account with its state, owner sidecar and freshness."""
     ListRiskStateHistory: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListRiskStateHistoryRequest, _admin_service_pb2.ListRiskStateHistoryResponse]
     """ListRiskStateHistory returns the audit trail of a trader, oldest first."""
     ListBindings: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListBindingsRequest, _admin_service_pb2.ListBindingsResponse]
@@ -142,9 +146,13 @@ class AdminServiceAsyncStub(AdminServiceStub):
     SetFeatureFlags: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.SetFeatureFlagsRequest, _admin_service_pb2.SetFeatureFlagsResponse]  # type: ignore[assignment]
     """SetFeatureFlags changes the flags present in the request, at once."""
     PauseTrading: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.PauseTradingRequest, _admin_service_pb2.PauseTradingResponse]  # type: ignore[assignment]
-    """PauseTrading is the kill switch: HALTED or REDUCING, for a duration or until resumed."""
+    """PauseTrading is the kill switch: HALTED or REDUCING, for a duration or until resumed; of a trader, of a whole
+    account (empty trader_id) or of every account (all_accounts), on every sidecar sharing the database.
+    """
     ResumeTrading: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ResumeTradingRequest, _admin_service_pb2.ResumeTradingResponse]  # type: ignore[assignment]
-    """ResumeTrading lifts any pause, manual or automatic."""
+    """ResumeTrading lifts any pause of a trader, manual or automatic; or an account's or the every-account pause."""
+    ListRiskStates: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListRiskStatesRequest, _admin_service_pb2.ListRiskStatesResponse]  # type: ignore[assignment]
+    """ListRiskStates lists every trader of an account with its state, owner sidecar and freshness."""
     ListRiskStateHistory: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListRiskStateHistoryRequest, _admin_service_pb2.ListRiskStateHistoryResponse]  # type: ignore[assignment]
     """ListRiskStateHistory returns the audit trail of a trader, oldest first."""
     ListBindings: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListBindingsRequest, _admin_service_pb2.ListBindingsResponse]  # type: ignore[assignment]
@@ -298,7 +306,9 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_service_pb2.PauseTradingRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.PauseTradingResponse, _abc.Awaitable[_admin_service_pb2.PauseTradingResponse]]:
-        """PauseTrading is the kill switch: HALTED or REDUCING, for a duration or until resumed."""
+        """PauseTrading is the kill switch: HALTED or REDUCING, for a duration or until resumed; of a trader, of a whole
+        account (empty trader_id) or of every account (all_accounts), on every sidecar sharing the database.
+        """
 
     @_abc_1.abstractmethod
     def ResumeTrading(
@@ -306,7 +316,15 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_service_pb2.ResumeTradingRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.ResumeTradingResponse, _abc.Awaitable[_admin_service_pb2.ResumeTradingResponse]]:
-        """ResumeTrading lifts any pause, manual or automatic."""
+        """ResumeTrading lifts any pause of a trader, manual or automatic; or an account's or the every-account pause."""
+
+    @_abc_1.abstractmethod
+    def ListRiskStates(
+        self,
+        request: _admin_service_pb2.ListRiskStatesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.ListRiskStatesResponse, _abc.Awaitable[_admin_service_pb2.ListRiskStatesResponse]]:
+        """ListRiskStates lists every trader of an account with its state, owner sidecar and freshness."""
 
     @_abc_1.abstractmethod
     def ListRiskStateHistory(

@@ -68,6 +68,7 @@ class CanTradeResponse(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     WOULD_DENY_FIELD_NUMBER: _builtins.int
     CLIENT_ORDER_ID_FIELD_NUMBER: _builtins.int
+    CONTROL_STATE_VERSION_FIELD_NUMBER: _builtins.int
     allowed: _builtins.bool
     """True when the trader may go ahead. Always true in shadow mode."""
     code: _types_pb2.DecisionCode.ValueType
@@ -81,6 +82,10 @@ class CanTradeResponse(_message.Message):
     client_order_id: _builtins.str
     """The order's client_order_id: the one the bot sent, or the one the sidecar made when it sent none.
     Empty when the request had no order.
+    """
+    control_state_version: _builtins.int
+    """The version of the control state (configurations, breakers, flags, pauses shared through the database) this
+    decision was made on; 0 before any change was seen. Grows with every committed change.
     """
     @_builtins.property
     def paused_until(self) -> _timestamp_pb2.Timestamp:
@@ -111,10 +116,11 @@ class CanTradeResponse(_message.Message):
         state: _types_pb2.RiskState | None = ...,
         would_deny: _builtins.bool = ...,
         client_order_id: _builtins.str = ...,
+        control_state_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["paused_until", b"paused_until", "state", b"state"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "allowed", b"allowed", "checks", b"checks", "client_order_id", b"client_order_id", "code", b"code", "paused_until", b"paused_until", "reason", b"reason", "state", b"state", "trading_state", b"trading_state", "would_deny", b"would_deny"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "allowed", b"allowed", "checks", b"checks", "client_order_id", b"client_order_id", "code", b"code", "control_state_version", b"control_state_version", "paused_until", b"paused_until", "reason", b"reason", "state", b"state", "trading_state", b"trading_state", "would_deny", b"would_deny"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -273,9 +273,12 @@ export interface SetFeatureFlagsResponse {
 
 /** PauseTradingRequest pauses a trader (kill switch). */
 export interface PauseTradingRequest {
-  /** The trader id. */
+  /**
+   * The trader id. Empty with an account_id: every trader of the account, those that appear later too, on every
+   * sidecar sharing the database.
+   */
   traderId: string;
-  /** The account id. */
+  /** The account id. Empty (with an empty trader_id) only with all_accounts. */
   accountId: string;
   /** TRADING_STATE_HALTED (nothing) or TRADING_STATE_REDUCING (reduce only). */
   tradingState: TradingState;
@@ -285,26 +288,98 @@ export interface PauseTradingRequest {
     | undefined;
   /** Why, for the audit trail; up to 1024 characters. */
   reason: string;
+  /** The every-account kill switch (the whole deployment): trader_id and account_id empty. */
+  allAccounts: boolean;
 }
 
 /** PauseTradingResponse returns the state. */
 export interface PauseTradingResponse {
-  /** The state after the pause. */
-  state?: RiskState | undefined;
+  /** The trader's state after the pause (a trader's pause); unset for an account or every-account pause. */
+  state?:
+    | RiskState
+    | undefined;
+  /** The account or every-account pause as stored (an account or every-account pause). */
+  scopePause?:
+    | ScopePause
+    | undefined;
+  /** The control-state version of the change. */
+  controlStateVersion: number;
 }
 
-/** ResumeTradingRequest resumes a trader. */
+/** ScopePause is a kill switch on a whole account, or on every account. */
+export interface ScopePause {
+  /** The account; empty for every account. */
+  accountId: string;
+  /** True for the every-account pause. */
+  allAccounts: boolean;
+  /** HALTED or REDUCING; ACTIVE once lifted. */
+  tradingState: TradingState;
+  /** When it ends; unset: until resumed. */
+  pausedUntil?:
+    | Date
+    | undefined;
+  /** Why. */
+  reason: string;
+  /** Who set it (the caller's identity) and through which sidecar. */
+  actor: string;
+  /** The sidecar the change was made through. */
+  originSidecar: string;
+  /** When it was set. */
+  since?: Date | undefined;
+}
+
+/** ResumeTradingRequest resumes a trader, an account or every account. */
 export interface ResumeTradingRequest {
-  /** The trader id. */
+  /** The trader id. Empty with an account_id: lifts the account's pause (not the traders' own pauses). */
   traderId: string;
   /** The account id. */
   accountId: string;
+  /** Lifts the every-account pause: trader_id and account_id empty. */
+  allAccounts: boolean;
 }
 
 /** ResumeTradingResponse returns the state. */
 export interface ResumeTradingResponse {
-  /** The state after resuming. */
-  state?: RiskState | undefined;
+  /** The trader's state after resuming (a trader's resume); unset for an account or every-account resume. */
+  state?:
+    | RiskState
+    | undefined;
+  /** The control-state version of the change. */
+  controlStateVersion: number;
+}
+
+/** ListRiskStatesRequest selects the traders of an account. */
+export interface ListRiskStatesRequest {
+  /** The account. Required. */
+  accountId: string;
+  /** Only traders in this state; UNSPECIFIED means every state. */
+  tradingState: TradingState;
+  /** Max entries to return; 0 means 100; at most 1000. */
+  pageSize: number;
+  /** From a previous response's next_page_token. */
+  pageToken: string;
+}
+
+/** RiskStateEntry is one trader of an account as an operator sees it. */
+export interface RiskStateEntry {
+  /** The trader's state (pending orders left out: pending_order_count says how many). */
+  state?:
+    | RiskState
+    | undefined;
+  /** The sidecar that owns the trader's live state; empty when no sidecar holds it now (or a single sidecar). */
+  ownerSidecar: string;
+  /** Whether the sidecar that answered owns it (its state is live here; otherwise it is the stored one). */
+  local: boolean;
+  /** How old the state shown is: now - its updated_at, seconds. */
+  ageSeconds: number;
+}
+
+/** ListRiskStatesResponse lists traders ordered by trader_id. */
+export interface ListRiskStatesResponse {
+  /** The entries. */
+  entries: RiskStateEntry[];
+  /** Pass to get the next page; empty on the last page. */
+  nextPageToken: string;
 }
 
 /** ListRiskStateHistoryRequest selects a trader's history. */
@@ -2803,7 +2878,7 @@ export const SetFeatureFlagsResponse: MessageFns<SetFeatureFlagsResponse> = {
 };
 
 function createBasePauseTradingRequest(): PauseTradingRequest {
-  return { traderId: "", accountId: "", tradingState: 0, duration: undefined, reason: "" };
+  return { traderId: "", accountId: "", tradingState: 0, duration: undefined, reason: "", allAccounts: false };
 }
 
 export const PauseTradingRequest: MessageFns<PauseTradingRequest> = {
@@ -2822,6 +2897,9 @@ export const PauseTradingRequest: MessageFns<PauseTradingRequest> = {
     }
     if (message.reason !== "") {
       writer.uint32(42).string(message.reason);
+    }
+    if (message.allAccounts !== false) {
+      writer.uint32(48).bool(message.allAccounts);
     }
     return writer;
   },
@@ -2879,6 +2957,14 @@ export const PauseTradingRequest: MessageFns<PauseTradingRequest> = {
             message.reason = reader.string();
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.allAccounts = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2910,6 +2996,11 @@ export const PauseTradingRequest: MessageFns<PauseTradingRequest> = {
         : 0,
       duration: isSet(object.duration) ? Duration.fromJSON(object.duration) : undefined,
       reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      allAccounts: isSet(object.allAccounts)
+        ? globalThis.Boolean(object.allAccounts)
+        : isSet(object.all_accounts)
+        ? globalThis.Boolean(object.all_accounts)
+        : false,
     };
   },
 
@@ -2930,6 +3021,9 @@ export const PauseTradingRequest: MessageFns<PauseTradingRequest> = {
     if (message.reason !== "") {
       obj.reason = message.reason;
     }
+    if (message.allAccounts !== false) {
+      obj.allAccounts = message.allAccounts;
+    }
     return obj;
   },
 
@@ -2945,18 +3039,25 @@ export const PauseTradingRequest: MessageFns<PauseTradingRequest> = {
       ? Duration.fromPartial(object.duration)
       : undefined;
     message.reason = object.reason ?? "";
+    message.allAccounts = object.allAccounts ?? false;
     return message;
   },
 };
 
 function createBasePauseTradingResponse(): PauseTradingResponse {
-  return { state: undefined };
+  return { state: undefined, scopePause: undefined, controlStateVersion: 0 };
 }
 
 export const PauseTradingResponse: MessageFns<PauseTradingResponse> = {
   encode(message: PauseTradingResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.state !== undefined) {
       RiskState.encode(message.state, writer.uint32(10).fork()).join();
+    }
+    if (message.scopePause !== undefined) {
+      ScopePause.encode(message.scopePause, writer.uint32(18).fork()).join();
+    }
+    if (message.controlStateVersion !== 0) {
+      writer.uint32(24).uint64(message.controlStateVersion);
     }
     return writer;
   },
@@ -2982,6 +3083,22 @@ export const PauseTradingResponse: MessageFns<PauseTradingResponse> = {
             message.state = RiskState.decode(reader, reader.uint32());
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.scopePause = ScopePause.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.controlStateVersion = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2995,13 +3112,31 @@ export const PauseTradingResponse: MessageFns<PauseTradingResponse> = {
   },
 
   fromJSON(object: any): PauseTradingResponse {
-    return { state: isSet(object.state) ? RiskState.fromJSON(object.state) : undefined };
+    return {
+      state: isSet(object.state) ? RiskState.fromJSON(object.state) : undefined,
+      scopePause: isSet(object.scopePause)
+        ? ScopePause.fromJSON(object.scopePause)
+        : isSet(object.scope_pause)
+        ? ScopePause.fromJSON(object.scope_pause)
+        : undefined,
+      controlStateVersion: isSet(object.controlStateVersion)
+        ? globalThis.Number(object.controlStateVersion)
+        : isSet(object.control_state_version)
+        ? globalThis.Number(object.control_state_version)
+        : 0,
+    };
   },
 
   toJSON(message: PauseTradingResponse): unknown {
     const obj: any = {};
     if (message.state !== undefined) {
       obj.state = RiskState.toJSON(message.state);
+    }
+    if (message.scopePause !== undefined) {
+      obj.scopePause = ScopePause.toJSON(message.scopePause);
+    }
+    if (message.controlStateVersion !== 0) {
+      obj.controlStateVersion = Math.round(message.controlStateVersion);
     }
     return obj;
   },
@@ -3014,12 +3149,226 @@ export const PauseTradingResponse: MessageFns<PauseTradingResponse> = {
     message.state = (object.state !== undefined && object.state !== null)
       ? RiskState.fromPartial(object.state)
       : undefined;
+    message.scopePause = (object.scopePause !== undefined && object.scopePause !== null)
+      ? ScopePause.fromPartial(object.scopePause)
+      : undefined;
+    message.controlStateVersion = object.controlStateVersion ?? 0;
+    return message;
+  },
+};
+
+function createBaseScopePause(): ScopePause {
+  return {
+    accountId: "",
+    allAccounts: false,
+    tradingState: 0,
+    pausedUntil: undefined,
+    reason: "",
+    actor: "",
+    originSidecar: "",
+    since: undefined,
+  };
+}
+
+export const ScopePause: MessageFns<ScopePause> = {
+  encode(message: ScopePause, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.accountId !== "") {
+      writer.uint32(10).string(message.accountId);
+    }
+    if (message.allAccounts !== false) {
+      writer.uint32(16).bool(message.allAccounts);
+    }
+    if (message.tradingState !== 0) {
+      writer.uint32(24).int32(message.tradingState);
+    }
+    if (message.pausedUntil !== undefined) {
+      Timestamp.encode(toTimestamp(message.pausedUntil), writer.uint32(34).fork()).join();
+    }
+    if (message.reason !== "") {
+      writer.uint32(42).string(message.reason);
+    }
+    if (message.actor !== "") {
+      writer.uint32(50).string(message.actor);
+    }
+    if (message.originSidecar !== "") {
+      writer.uint32(58).string(message.originSidecar);
+    }
+    if (message.since !== undefined) {
+      Timestamp.encode(toTimestamp(message.since), writer.uint32(66).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ScopePause {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseScopePause();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.accountId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.allAccounts = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.tradingState = reader.int32() as any;
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.pausedUntil = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.actor = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.originSidecar = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.since = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ScopePause {
+    return {
+      accountId: isSet(object.accountId)
+        ? globalThis.String(object.accountId)
+        : isSet(object.account_id)
+        ? globalThis.String(object.account_id)
+        : "",
+      allAccounts: isSet(object.allAccounts)
+        ? globalThis.Boolean(object.allAccounts)
+        : isSet(object.all_accounts)
+        ? globalThis.Boolean(object.all_accounts)
+        : false,
+      tradingState: isSet(object.tradingState)
+        ? tradingStateFromJSON(object.tradingState)
+        : isSet(object.trading_state)
+        ? tradingStateFromJSON(object.trading_state)
+        : 0,
+      pausedUntil: isSet(object.pausedUntil)
+        ? fromJsonTimestamp(object.pausedUntil)
+        : isSet(object.paused_until)
+        ? fromJsonTimestamp(object.paused_until)
+        : undefined,
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      actor: isSet(object.actor) ? globalThis.String(object.actor) : "",
+      originSidecar: isSet(object.originSidecar)
+        ? globalThis.String(object.originSidecar)
+        : isSet(object.origin_sidecar)
+        ? globalThis.String(object.origin_sidecar)
+        : "",
+      since: isSet(object.since) ? fromJsonTimestamp(object.since) : undefined,
+    };
+  },
+
+  toJSON(message: ScopePause): unknown {
+    const obj: any = {};
+    if (message.accountId !== "") {
+      obj.accountId = message.accountId;
+    }
+    if (message.allAccounts !== false) {
+      obj.allAccounts = message.allAccounts;
+    }
+    if (message.tradingState !== 0) {
+      obj.tradingState = tradingStateToJSON(message.tradingState);
+    }
+    if (message.pausedUntil !== undefined) {
+      obj.pausedUntil = message.pausedUntil.toISOString();
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    if (message.actor !== "") {
+      obj.actor = message.actor;
+    }
+    if (message.originSidecar !== "") {
+      obj.originSidecar = message.originSidecar;
+    }
+    if (message.since !== undefined) {
+      obj.since = message.since.toISOString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ScopePause>, I>>(base?: I): ScopePause {
+    return ScopePause.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ScopePause>, I>>(object: I): ScopePause {
+    const message = createBaseScopePause();
+    message.accountId = object.accountId ?? "";
+    message.allAccounts = object.allAccounts ?? false;
+    message.tradingState = object.tradingState ?? 0;
+    message.pausedUntil = object.pausedUntil ?? undefined;
+    message.reason = object.reason ?? "";
+    message.actor = object.actor ?? "";
+    message.originSidecar = object.originSidecar ?? "";
+    message.since = object.since ?? undefined;
     return message;
   },
 };
 
 function createBaseResumeTradingRequest(): ResumeTradingRequest {
-  return { traderId: "", accountId: "" };
+  return { traderId: "", accountId: "", allAccounts: false };
 }
 
 export const ResumeTradingRequest: MessageFns<ResumeTradingRequest> = {
@@ -3029,6 +3378,9 @@ export const ResumeTradingRequest: MessageFns<ResumeTradingRequest> = {
     }
     if (message.accountId !== "") {
       writer.uint32(18).string(message.accountId);
+    }
+    if (message.allAccounts !== false) {
+      writer.uint32(24).bool(message.allAccounts);
     }
     return writer;
   },
@@ -3062,6 +3414,14 @@ export const ResumeTradingRequest: MessageFns<ResumeTradingRequest> = {
             message.accountId = reader.string();
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.allAccounts = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3086,6 +3446,11 @@ export const ResumeTradingRequest: MessageFns<ResumeTradingRequest> = {
         : isSet(object.account_id)
         ? globalThis.String(object.account_id)
         : "",
+      allAccounts: isSet(object.allAccounts)
+        ? globalThis.Boolean(object.allAccounts)
+        : isSet(object.all_accounts)
+        ? globalThis.Boolean(object.all_accounts)
+        : false,
     };
   },
 
@@ -3097,6 +3462,9 @@ export const ResumeTradingRequest: MessageFns<ResumeTradingRequest> = {
     if (message.accountId !== "") {
       obj.accountId = message.accountId;
     }
+    if (message.allAccounts !== false) {
+      obj.allAccounts = message.allAccounts;
+    }
     return obj;
   },
 
@@ -3107,18 +3475,22 @@ export const ResumeTradingRequest: MessageFns<ResumeTradingRequest> = {
     const message = createBaseResumeTradingRequest();
     message.traderId = object.traderId ?? "";
     message.accountId = object.accountId ?? "";
+    message.allAccounts = object.allAccounts ?? false;
     return message;
   },
 };
 
 function createBaseResumeTradingResponse(): ResumeTradingResponse {
-  return { state: undefined };
+  return { state: undefined, controlStateVersion: 0 };
 }
 
 export const ResumeTradingResponse: MessageFns<ResumeTradingResponse> = {
   encode(message: ResumeTradingResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.state !== undefined) {
       RiskState.encode(message.state, writer.uint32(10).fork()).join();
+    }
+    if (message.controlStateVersion !== 0) {
+      writer.uint32(16).uint64(message.controlStateVersion);
     }
     return writer;
   },
@@ -3144,6 +3516,14 @@ export const ResumeTradingResponse: MessageFns<ResumeTradingResponse> = {
             message.state = RiskState.decode(reader, reader.uint32());
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.controlStateVersion = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3157,13 +3537,23 @@ export const ResumeTradingResponse: MessageFns<ResumeTradingResponse> = {
   },
 
   fromJSON(object: any): ResumeTradingResponse {
-    return { state: isSet(object.state) ? RiskState.fromJSON(object.state) : undefined };
+    return {
+      state: isSet(object.state) ? RiskState.fromJSON(object.state) : undefined,
+      controlStateVersion: isSet(object.controlStateVersion)
+        ? globalThis.Number(object.controlStateVersion)
+        : isSet(object.control_state_version)
+        ? globalThis.Number(object.control_state_version)
+        : 0,
+    };
   },
 
   toJSON(message: ResumeTradingResponse): unknown {
     const obj: any = {};
     if (message.state !== undefined) {
       obj.state = RiskState.toJSON(message.state);
+    }
+    if (message.controlStateVersion !== 0) {
+      obj.controlStateVersion = Math.round(message.controlStateVersion);
     }
     return obj;
   },
@@ -3176,6 +3566,358 @@ export const ResumeTradingResponse: MessageFns<ResumeTradingResponse> = {
     message.state = (object.state !== undefined && object.state !== null)
       ? RiskState.fromPartial(object.state)
       : undefined;
+    message.controlStateVersion = object.controlStateVersion ?? 0;
+    return message;
+  },
+};
+
+function createBaseListRiskStatesRequest(): ListRiskStatesRequest {
+  return { accountId: "", tradingState: 0, pageSize: 0, pageToken: "" };
+}
+
+export const ListRiskStatesRequest: MessageFns<ListRiskStatesRequest> = {
+  encode(message: ListRiskStatesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.accountId !== "") {
+      writer.uint32(10).string(message.accountId);
+    }
+    if (message.tradingState !== 0) {
+      writer.uint32(16).int32(message.tradingState);
+    }
+    if (message.pageSize !== 0) {
+      writer.uint32(24).int32(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(34).string(message.pageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListRiskStatesRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListRiskStatesRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.accountId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.tradingState = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.pageSize = reader.int32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListRiskStatesRequest {
+    return {
+      accountId: isSet(object.accountId)
+        ? globalThis.String(object.accountId)
+        : isSet(object.account_id)
+        ? globalThis.String(object.account_id)
+        : "",
+      tradingState: isSet(object.tradingState)
+        ? tradingStateFromJSON(object.tradingState)
+        : isSet(object.trading_state)
+        ? tradingStateFromJSON(object.trading_state)
+        : 0,
+      pageSize: isSet(object.pageSize)
+        ? globalThis.Number(object.pageSize)
+        : isSet(object.page_size)
+        ? globalThis.Number(object.page_size)
+        : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ListRiskStatesRequest): unknown {
+    const obj: any = {};
+    if (message.accountId !== "") {
+      obj.accountId = message.accountId;
+    }
+    if (message.tradingState !== 0) {
+      obj.tradingState = tradingStateToJSON(message.tradingState);
+    }
+    if (message.pageSize !== 0) {
+      obj.pageSize = Math.round(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListRiskStatesRequest>, I>>(base?: I): ListRiskStatesRequest {
+    return ListRiskStatesRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListRiskStatesRequest>, I>>(object: I): ListRiskStatesRequest {
+    const message = createBaseListRiskStatesRequest();
+    message.accountId = object.accountId ?? "";
+    message.tradingState = object.tradingState ?? 0;
+    message.pageSize = object.pageSize ?? 0;
+    message.pageToken = object.pageToken ?? "";
+    return message;
+  },
+};
+
+function createBaseRiskStateEntry(): RiskStateEntry {
+  return { state: undefined, ownerSidecar: "", local: false, ageSeconds: 0 };
+}
+
+export const RiskStateEntry: MessageFns<RiskStateEntry> = {
+  encode(message: RiskStateEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.state !== undefined) {
+      RiskState.encode(message.state, writer.uint32(10).fork()).join();
+    }
+    if (message.ownerSidecar !== "") {
+      writer.uint32(18).string(message.ownerSidecar);
+    }
+    if (message.local !== false) {
+      writer.uint32(24).bool(message.local);
+    }
+    if (message.ageSeconds !== 0) {
+      writer.uint32(33).double(message.ageSeconds);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RiskStateEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRiskStateEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.state = RiskState.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.ownerSidecar = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.local = reader.bool();
+            continue;
+          }
+          case 4: {
+            if (tag !== 33) {
+              break;
+            }
+
+            message.ageSeconds = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RiskStateEntry {
+    return {
+      state: isSet(object.state) ? RiskState.fromJSON(object.state) : undefined,
+      ownerSidecar: isSet(object.ownerSidecar)
+        ? globalThis.String(object.ownerSidecar)
+        : isSet(object.owner_sidecar)
+        ? globalThis.String(object.owner_sidecar)
+        : "",
+      local: isSet(object.local) ? globalThis.Boolean(object.local) : false,
+      ageSeconds: isSet(object.ageSeconds)
+        ? globalThis.Number(object.ageSeconds)
+        : isSet(object.age_seconds)
+        ? globalThis.Number(object.age_seconds)
+        : 0,
+    };
+  },
+
+  toJSON(message: RiskStateEntry): unknown {
+    const obj: any = {};
+    if (message.state !== undefined) {
+      obj.state = RiskState.toJSON(message.state);
+    }
+    if (message.ownerSidecar !== "") {
+      obj.ownerSidecar = message.ownerSidecar;
+    }
+    if (message.local !== false) {
+      obj.local = message.local;
+    }
+    if (message.ageSeconds !== 0) {
+      obj.ageSeconds = floatToJson(message.ageSeconds);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RiskStateEntry>, I>>(base?: I): RiskStateEntry {
+    return RiskStateEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RiskStateEntry>, I>>(object: I): RiskStateEntry {
+    const message = createBaseRiskStateEntry();
+    message.state = (object.state !== undefined && object.state !== null)
+      ? RiskState.fromPartial(object.state)
+      : undefined;
+    message.ownerSidecar = object.ownerSidecar ?? "";
+    message.local = object.local ?? false;
+    message.ageSeconds = object.ageSeconds ?? 0;
+    return message;
+  },
+};
+
+function createBaseListRiskStatesResponse(): ListRiskStatesResponse {
+  return { entries: [], nextPageToken: "" };
+}
+
+export const ListRiskStatesResponse: MessageFns<ListRiskStatesResponse> = {
+  encode(message: ListRiskStatesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.entries) {
+      RiskStateEntry.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(18).string(message.nextPageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListRiskStatesResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListRiskStatesResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.entries.push(RiskStateEntry.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListRiskStatesResponse {
+    return {
+      entries: globalThis.Array.isArray(object?.entries)
+        ? object.entries.map((e: any) => RiskStateEntry.fromJSON(e))
+        : [],
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ListRiskStatesResponse): unknown {
+    const obj: any = {};
+    if (message.entries?.length) {
+      obj.entries = message.entries.map((e) => RiskStateEntry.toJSON(e));
+    }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListRiskStatesResponse>, I>>(base?: I): ListRiskStatesResponse {
+    return ListRiskStatesResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListRiskStatesResponse>, I>>(object: I): ListRiskStatesResponse {
+    const message = createBaseListRiskStatesResponse();
+    message.entries = object.entries?.map((e) => RiskStateEntry.fromPartial(e)) || [];
+    message.nextPageToken = object.nextPageToken ?? "";
     return message;
   },
 };
@@ -4087,7 +4829,10 @@ export const AdminServiceService = {
       Buffer.from(SetFeatureFlagsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): SetFeatureFlagsResponse => SetFeatureFlagsResponse.decode(value),
   },
-  /** PauseTrading is the kill switch: HALTED or REDUCING, for a duration or until resumed. */
+  /**
+   * PauseTrading is the kill switch: HALTED or REDUCING, for a duration or until resumed; of a trader, of a whole
+   * account (empty trader_id) or of every account (all_accounts), on every sidecar sharing the database.
+   */
   pauseTrading: {
     path: "/tradeguard.v1.AdminService/PauseTrading" as const,
     requestStream: false as const,
@@ -4098,7 +4843,7 @@ export const AdminServiceService = {
       Buffer.from(PauseTradingResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): PauseTradingResponse => PauseTradingResponse.decode(value),
   },
-  /** ResumeTrading lifts any pause, manual or automatic. */
+  /** ResumeTrading lifts any pause of a trader, manual or automatic; or an account's or the every-account pause. */
   resumeTrading: {
     path: "/tradeguard.v1.AdminService/ResumeTrading" as const,
     requestStream: false as const,
@@ -4108,6 +4853,18 @@ export const AdminServiceService = {
     responseSerialize: (value: ResumeTradingResponse): Buffer =>
       Buffer.from(ResumeTradingResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ResumeTradingResponse => ResumeTradingResponse.decode(value),
+  },
+  /** ListRiskStates lists every trader of an account with its state, owner sidecar and freshness. */
+  listRiskStates: {
+    path: "/tradeguard.v1.AdminService/ListRiskStates" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListRiskStatesRequest): Buffer =>
+      Buffer.from(ListRiskStatesRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListRiskStatesRequest => ListRiskStatesRequest.decode(value),
+    responseSerialize: (value: ListRiskStatesResponse): Buffer =>
+      Buffer.from(ListRiskStatesResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListRiskStatesResponse => ListRiskStatesResponse.decode(value),
   },
   /** ListRiskStateHistory returns the audit trail of a trader, oldest first. */
   listRiskStateHistory: {
@@ -4191,10 +4948,15 @@ export interface AdminServiceServer extends UntypedServiceImplementation {
   getFeatureFlags: handleUnaryCall<GetFeatureFlagsRequest, GetFeatureFlagsResponse>;
   /** SetFeatureFlags changes the flags present in the request, at once. */
   setFeatureFlags: handleUnaryCall<SetFeatureFlagsRequest, SetFeatureFlagsResponse>;
-  /** PauseTrading is the kill switch: HALTED or REDUCING, for a duration or until resumed. */
+  /**
+   * PauseTrading is the kill switch: HALTED or REDUCING, for a duration or until resumed; of a trader, of a whole
+   * account (empty trader_id) or of every account (all_accounts), on every sidecar sharing the database.
+   */
   pauseTrading: handleUnaryCall<PauseTradingRequest, PauseTradingResponse>;
-  /** ResumeTrading lifts any pause, manual or automatic. */
+  /** ResumeTrading lifts any pause of a trader, manual or automatic; or an account's or the every-account pause. */
   resumeTrading: handleUnaryCall<ResumeTradingRequest, ResumeTradingResponse>;
+  /** ListRiskStates lists every trader of an account with its state, owner sidecar and freshness. */
+  listRiskStates: handleUnaryCall<ListRiskStatesRequest, ListRiskStatesResponse>;
   /** ListRiskStateHistory returns the audit trail of a trader, oldest first. */
   listRiskStateHistory: handleUnaryCall<ListRiskStateHistoryRequest, ListRiskStateHistoryResponse>;
   /** ListBindings returns which account each known trader id is bound to. */
@@ -4459,7 +5221,10 @@ export interface AdminServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: SetFeatureFlagsResponse) => void,
   ): ClientUnaryCall;
-  /** PauseTrading is the kill switch: HALTED or REDUCING, for a duration or until resumed. */
+  /**
+   * PauseTrading is the kill switch: HALTED or REDUCING, for a duration or until resumed; of a trader, of a whole
+   * account (empty trader_id) or of every account (all_accounts), on every sidecar sharing the database.
+   */
   pauseTrading(
     request: PauseTradingRequest,
     callback: (error: ServiceError | null, response: PauseTradingResponse) => void,
@@ -4475,7 +5240,7 @@ export interface AdminServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: PauseTradingResponse) => void,
   ): ClientUnaryCall;
-  /** ResumeTrading lifts any pause, manual or automatic. */
+  /** ResumeTrading lifts any pause of a trader, manual or automatic; or an account's or the every-account pause. */
   resumeTrading(
     request: ResumeTradingRequest,
     callback: (error: ServiceError | null, response: ResumeTradingResponse) => void,
@@ -4490,6 +5255,22 @@ export interface AdminServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ResumeTradingResponse) => void,
+  ): ClientUnaryCall;
+  /** ListRiskStates lists every trader of an account with its state, owner sidecar and freshness. */
+  listRiskStates(
+    request: ListRiskStatesRequest,
+    callback: (error: ServiceError | null, response: ListRiskStatesResponse) => void,
+  ): ClientUnaryCall;
+  listRiskStates(
+    request: ListRiskStatesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListRiskStatesResponse) => void,
+  ): ClientUnaryCall;
+  listRiskStates(
+    request: ListRiskStatesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListRiskStatesResponse) => void,
   ): ClientUnaryCall;
   /** ListRiskStateHistory returns the audit trail of a trader, oldest first. */
   listRiskStateHistory(
@@ -4553,6 +5334,10 @@ export const AdminServiceClient = makeGenericClientConstructor(
   serviceName: string;
 };
 
+function floatToJson(value: number | null | undefined): number | string | null | undefined {
+  return typeof value === "number" && !globalThis.Number.isFinite(value) ? globalThis.String(value) : value;
+}
+
 type Builtin = Date | Function | Uint8Array | string | number | boolean | undefined;
 
 export type DeepPartial<T> = T extends Builtin ? T
@@ -4585,6 +5370,17 @@ function fromJsonTimestamp(o: any): Date {
   } else {
     return fromTimestamp(Timestamp.fromJSON(o));
   }
+}
+
+function longToNumber(int64: { toString(): string }): number {
+  const num = globalThis.Number(int64.toString());
+  if (num > globalThis.Number.MAX_SAFE_INTEGER) {
+    throw new globalThis.Error("Value is larger than Number.MAX_SAFE_INTEGER");
+  }
+  if (num < globalThis.Number.MIN_SAFE_INTEGER) {
+    throw new globalThis.Error("Value is smaller than Number.MIN_SAFE_INTEGER");
+  }
+  return num;
 }
 
 function isObject(value: any): boolean {

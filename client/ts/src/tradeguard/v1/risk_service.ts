@@ -87,6 +87,11 @@ export interface CanTradeResponse {
    * Empty when the request had no order.
    */
   clientOrderId: string;
+  /**
+   * The version of the control state (configurations, breakers, flags, pauses shared through the database) this
+   * decision was made on; 0 before any change was seen. Grows with every committed change.
+   */
+  controlStateVersion: number;
 }
 
 /** ReportEquityRequest reports the equity level. */
@@ -388,6 +393,7 @@ function createBaseCanTradeResponse(): CanTradeResponse {
     state: undefined,
     wouldDeny: false,
     clientOrderId: "",
+    controlStateVersion: 0,
   };
 }
 
@@ -422,6 +428,9 @@ export const CanTradeResponse: MessageFns<CanTradeResponse> = {
     }
     if (message.clientOrderId !== "") {
       writer.uint32(82).string(message.clientOrderId);
+    }
+    if (message.controlStateVersion !== 0) {
+      writer.uint32(88).uint64(message.controlStateVersion);
     }
     return writer;
   },
@@ -519,6 +528,14 @@ export const CanTradeResponse: MessageFns<CanTradeResponse> = {
             message.clientOrderId = reader.string();
             continue;
           }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.controlStateVersion = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -561,6 +578,11 @@ export const CanTradeResponse: MessageFns<CanTradeResponse> = {
         : isSet(object.client_order_id)
         ? globalThis.String(object.client_order_id)
         : "",
+      controlStateVersion: isSet(object.controlStateVersion)
+        ? globalThis.Number(object.controlStateVersion)
+        : isSet(object.control_state_version)
+        ? globalThis.Number(object.control_state_version)
+        : 0,
     };
   },
 
@@ -596,6 +618,9 @@ export const CanTradeResponse: MessageFns<CanTradeResponse> = {
     if (message.clientOrderId !== "") {
       obj.clientOrderId = message.clientOrderId;
     }
+    if (message.controlStateVersion !== 0) {
+      obj.controlStateVersion = Math.round(message.controlStateVersion);
+    }
     return obj;
   },
 
@@ -616,6 +641,7 @@ export const CanTradeResponse: MessageFns<CanTradeResponse> = {
       : undefined;
     message.wouldDeny = object.wouldDeny ?? false;
     message.clientOrderId = object.clientOrderId ?? "";
+    message.controlStateVersion = object.controlStateVersion ?? 0;
     return message;
   },
 };

@@ -183,6 +183,18 @@ export enum DecisionCode {
   DECISION_CODE_DAILY_ORDERS_LIMIT = 29,
   /** DECISION_CODE_FILL_RATE_LIMIT - max_fills_per_window fills were reported within fill_window_seconds: HALTED until a person resumes. */
   DECISION_CODE_FILL_RATE_LIMIT = 30,
+  /**
+   * DECISION_CODE_ACCOUNT_LIMIT - An account-wide limit (across every trader and sidecar of the account): daily loss, drawdown, gross or net
+   * notional exposure.
+   */
+  DECISION_CODE_ACCOUNT_LIMIT = 31,
+  /**
+   * DECISION_CODE_CONTROL_STATE_STALE - The control state (configurations, breakers, flags, pauses shared through the database) is older than
+   * control_state_max_age_seconds and the configured control_state_stale_action restricts trading.
+   */
+  DECISION_CODE_CONTROL_STATE_STALE = 32,
+  /** DECISION_CODE_TRADER_OWNED_ELSEWHERE - Another sidecar owns this trader's live state (the bot talks to the wrong sidecar). */
+  DECISION_CODE_TRADER_OWNED_ELSEWHERE = 33,
   UNRECOGNIZED = -1,
 }
 
@@ -281,6 +293,15 @@ export function decisionCodeFromJSON(object: any): DecisionCode {
     case 30:
     case "DECISION_CODE_FILL_RATE_LIMIT":
       return DecisionCode.DECISION_CODE_FILL_RATE_LIMIT;
+    case 31:
+    case "DECISION_CODE_ACCOUNT_LIMIT":
+      return DecisionCode.DECISION_CODE_ACCOUNT_LIMIT;
+    case 32:
+    case "DECISION_CODE_CONTROL_STATE_STALE":
+      return DecisionCode.DECISION_CODE_CONTROL_STATE_STALE;
+    case 33:
+    case "DECISION_CODE_TRADER_OWNED_ELSEWHERE":
+      return DecisionCode.DECISION_CODE_TRADER_OWNED_ELSEWHERE;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -352,6 +373,12 @@ export function decisionCodeToJSON(object: DecisionCode): string {
       return "DECISION_CODE_DAILY_ORDERS_LIMIT";
     case DecisionCode.DECISION_CODE_FILL_RATE_LIMIT:
       return "DECISION_CODE_FILL_RATE_LIMIT";
+    case DecisionCode.DECISION_CODE_ACCOUNT_LIMIT:
+      return "DECISION_CODE_ACCOUNT_LIMIT";
+    case DecisionCode.DECISION_CODE_CONTROL_STATE_STALE:
+      return "DECISION_CODE_CONTROL_STATE_STALE";
+    case DecisionCode.DECISION_CODE_TRADER_OWNED_ELSEWHERE:
+      return "DECISION_CODE_TRADER_OWNED_ELSEWHERE";
     case DecisionCode.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
@@ -982,7 +1009,27 @@ export interface RiskConfiguration {
     | number
     | undefined;
   /** An allowed order nothing is reported on for this long is released (no longer counted); >= 1, default 60. */
-  pendingOrderTtlSeconds?: number | undefined;
+  pendingOrderTtlSeconds?:
+    | number
+    | undefined;
+  /**
+   * Account-wide limits: across every trader of the account, on every sidecar sharing the database. A breach pauses
+   * every trader of the account (HALTED, until resumed). Loss of the account since the start of the UTC day: the sum
+   * of its traders' daily PnL, percent of the sum of their start-of-day equity; in (0, 100].
+   */
+  accountDailyLossPercentage?:
+    | number
+    | undefined;
+  /** Drawdown of the account's summed equity from its peak, percent; in (0, 100]. */
+  accountMaxDrawdownPercentage?:
+    | number
+    | undefined;
+  /** Gross notional exposure of the account (|positions| + pending orders, every trader), quote currency; > 0. */
+  accountMaxGrossExposure?:
+    | number
+    | undefined;
+  /** Net notional exposure of the account (long - short, positions + pending orders), absolute; > 0. */
+  accountMaxNetExposure?: number | undefined;
 }
 
 /** CircuitBreaker is a user-defined rule: a condition, an action and a scope (circuit_breakers). */
@@ -3419,6 +3466,10 @@ function createBaseRiskConfiguration(): RiskConfiguration {
     maxFillsPerWindow: undefined,
     fillWindowSeconds: undefined,
     pendingOrderTtlSeconds: undefined,
+    accountDailyLossPercentage: undefined,
+    accountMaxDrawdownPercentage: undefined,
+    accountMaxGrossExposure: undefined,
+    accountMaxNetExposure: undefined,
   };
 }
 
@@ -3537,6 +3588,18 @@ export const RiskConfiguration: MessageFns<RiskConfiguration> = {
     }
     if (message.pendingOrderTtlSeconds !== undefined) {
       writer.uint32(304).int32(message.pendingOrderTtlSeconds);
+    }
+    if (message.accountDailyLossPercentage !== undefined) {
+      writer.uint32(313).double(message.accountDailyLossPercentage);
+    }
+    if (message.accountMaxDrawdownPercentage !== undefined) {
+      writer.uint32(321).double(message.accountMaxDrawdownPercentage);
+    }
+    if (message.accountMaxGrossExposure !== undefined) {
+      writer.uint32(329).double(message.accountMaxGrossExposure);
+    }
+    if (message.accountMaxNetExposure !== undefined) {
+      writer.uint32(337).double(message.accountMaxNetExposure);
     }
     return writer;
   },
@@ -3858,6 +3921,38 @@ export const RiskConfiguration: MessageFns<RiskConfiguration> = {
             message.pendingOrderTtlSeconds = reader.int32();
             continue;
           }
+          case 39: {
+            if (tag !== 313) {
+              break;
+            }
+
+            message.accountDailyLossPercentage = reader.double();
+            continue;
+          }
+          case 40: {
+            if (tag !== 321) {
+              break;
+            }
+
+            message.accountMaxDrawdownPercentage = reader.double();
+            continue;
+          }
+          case 41: {
+            if (tag !== 329) {
+              break;
+            }
+
+            message.accountMaxGrossExposure = reader.double();
+            continue;
+          }
+          case 42: {
+            if (tag !== 337) {
+              break;
+            }
+
+            message.accountMaxNetExposure = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4062,6 +4157,26 @@ export const RiskConfiguration: MessageFns<RiskConfiguration> = {
         : isSet(object.pending_order_ttl_seconds)
         ? globalThis.Number(object.pending_order_ttl_seconds)
         : undefined,
+      accountDailyLossPercentage: isSet(object.accountDailyLossPercentage)
+        ? globalThis.Number(object.accountDailyLossPercentage)
+        : isSet(object.account_daily_loss_percentage)
+        ? globalThis.Number(object.account_daily_loss_percentage)
+        : undefined,
+      accountMaxDrawdownPercentage: isSet(object.accountMaxDrawdownPercentage)
+        ? globalThis.Number(object.accountMaxDrawdownPercentage)
+        : isSet(object.account_max_drawdown_percentage)
+        ? globalThis.Number(object.account_max_drawdown_percentage)
+        : undefined,
+      accountMaxGrossExposure: isSet(object.accountMaxGrossExposure)
+        ? globalThis.Number(object.accountMaxGrossExposure)
+        : isSet(object.account_max_gross_exposure)
+        ? globalThis.Number(object.account_max_gross_exposure)
+        : undefined,
+      accountMaxNetExposure: isSet(object.accountMaxNetExposure)
+        ? globalThis.Number(object.accountMaxNetExposure)
+        : isSet(object.account_max_net_exposure)
+        ? globalThis.Number(object.account_max_net_exposure)
+        : undefined,
     };
   },
 
@@ -4181,6 +4296,18 @@ export const RiskConfiguration: MessageFns<RiskConfiguration> = {
     if (message.pendingOrderTtlSeconds !== undefined) {
       obj.pendingOrderTtlSeconds = Math.round(message.pendingOrderTtlSeconds);
     }
+    if (message.accountDailyLossPercentage !== undefined) {
+      obj.accountDailyLossPercentage = floatToJson(message.accountDailyLossPercentage);
+    }
+    if (message.accountMaxDrawdownPercentage !== undefined) {
+      obj.accountMaxDrawdownPercentage = floatToJson(message.accountMaxDrawdownPercentage);
+    }
+    if (message.accountMaxGrossExposure !== undefined) {
+      obj.accountMaxGrossExposure = floatToJson(message.accountMaxGrossExposure);
+    }
+    if (message.accountMaxNetExposure !== undefined) {
+      obj.accountMaxNetExposure = floatToJson(message.accountMaxNetExposure);
+    }
     return obj;
   },
 
@@ -4227,6 +4354,10 @@ export const RiskConfiguration: MessageFns<RiskConfiguration> = {
     message.maxFillsPerWindow = object.maxFillsPerWindow ?? undefined;
     message.fillWindowSeconds = object.fillWindowSeconds ?? undefined;
     message.pendingOrderTtlSeconds = object.pendingOrderTtlSeconds ?? undefined;
+    message.accountDailyLossPercentage = object.accountDailyLossPercentage ?? undefined;
+    message.accountMaxDrawdownPercentage = object.accountMaxDrawdownPercentage ?? undefined;
+    message.accountMaxGrossExposure = object.accountMaxGrossExposure ?? undefined;
+    message.accountMaxNetExposure = object.accountMaxNetExposure ?? undefined;
     return message;
   },
 };
