@@ -138,6 +138,11 @@ class RiskConfiguration(Base):
     pending_order_ttl_seconds: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[float] = mapped_column(UtcTimestamp())
     updated_at: Mapped[float] = mapped_column(UtcTimestamp())
+    # Account-wide limits (0006): across every trader and sidecar of the account. NULL: not set.
+    account_daily_loss_percentage: Mapped[float | None] = mapped_column(Double, nullable=True)
+    account_max_drawdown_percentage: Mapped[float | None] = mapped_column(Double, nullable=True)
+    account_max_gross_exposure: Mapped[float | None] = mapped_column(Double, nullable=True)
+    account_max_net_exposure: Mapped[float | None] = mapped_column(Double, nullable=True)
 
 
 class SymbolRiskConfiguration(Base):
@@ -333,4 +338,47 @@ class FeatureFlag(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[bool] = mapped_column(Boolean)
+    updated_at: Mapped[float] = mapped_column(UtcTimestamp())
+
+
+class ControlChange(Base):
+    """One committed change to the control state people set (0006): kind "config", "breaker", "flags", "pause" or
+    "resume"; account_id and trader_id say what it is about ("" where it is not about one: an account's pause has
+    trader_id "", the every-account pause account_id "*"). `version` is the control-state version."""
+
+    __tablename__ = "control_changes"
+    __table_args__ = (Index(None, "account_id", "trader_id", "version"),)
+
+    version: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                         autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    account_id: Mapped[str] = mapped_column(String(ID))
+    trader_id: Mapped[str] = mapped_column(String(ID))
+    payload: Mapped[Any | None] = mapped_column(Json, nullable=True)
+    origin: Mapped[str] = mapped_column(String(ID))  # the sidecar the change was made through
+    actor: Mapped[str] = mapped_column(String(256))  # the caller
+    trace_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[float] = mapped_column(UtcTimestamp())
+
+
+class TraderLease(Base):
+    """Which sidecar owns a trader's live state (0006), until `expires_at`; `epoch` fences earlier owners' writes."""
+
+    __tablename__ = "trader_leases"
+
+    trader_id: Mapped[str] = mapped_column(String(ID), primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(ID), index=True)
+    owner: Mapped[str] = mapped_column(String(ID))
+    epoch: Mapped[int] = mapped_column(BigInteger)
+    acquired_at: Mapped[float] = mapped_column(UtcTimestamp())
+    expires_at: Mapped[float] = mapped_column(UtcTimestamp())
+
+
+class AccountMark(Base):
+    """The peak of an account's summed equity (0006), for the account-wide drawdown limit."""
+
+    __tablename__ = "account_marks"
+
+    account_id: Mapped[str] = mapped_column(String(ID), primary_key=True)
+    peak_equity: Mapped[float] = mapped_column(Double)
     updated_at: Mapped[float] = mapped_column(UtcTimestamp())
