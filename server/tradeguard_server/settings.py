@@ -32,6 +32,10 @@ from typing import Any, get_type_hints
 from .engine.limits import Limits
 from .engine.types import TradingState
 
+FOREIGN_TRADER_POLICIES = ("reject", "read_only")
+STALE_ACTIONS = ("serve", "reduce_only", "halt")
+SIDECAR_ID = re.compile(r"[A-Za-z0-9._:@-]+")
+
 # What each setting does, for `tradeguard serve --help` (README "Settings" has the same in its table).
 HELP = {
     "listen": "gRPC address: host:port or unix:/path",
@@ -92,6 +96,19 @@ HELP = {
                             "database), as during an outage",
     "config": "settings file, JSON or TOML (every setting, and the seed's max_daily_loss, max_drawdown, "
               "stop_trading_minutes, feature_flags); flags and environment win over it",
+    "sidecar_id": "this sidecar's name among the sidecars sharing a PostgreSQL database (owner of its traders, origin "
+                  "in the audit trail); empty = the host name (the pod name in Kubernetes)",
+    "trader_lease_seconds": "seconds a sidecar's ownership of a trader lasts without renewal (PostgreSQL: another "
+                            "sidecar takes the trader over once it lapses)",
+    "foreign_trader_policy": "what a sidecar answers for a trader another live sidecar owns: reject "
+                             "(FAILED_PRECONDITION naming the owner) or read_only (decisions from the stored state, "
+                             "reducing orders only, nothing written)",
+    "control_state_max_age_seconds": "seconds without hearing the database after which the control state is stale "
+                                     "and control_state_stale_action applies",
+    "control_state_stale_action": "what a stale control state does to new exposure: serve, reduce_only or halt",
+    "control_poll_seconds": "seconds between the slow re-reads of the control state (besides LISTEN/NOTIFY)",
+    "account_view_seconds": "seconds between reads of the account's traders on other sidecars (account-wide "
+                            "limits); also how often a sidecar publishes its own",
     "strict": "unknown TRADEGUARD_* variables and unknown settings-file keys stop the start (default: a warning)",
 }
 
@@ -169,6 +186,14 @@ class Settings:
     # What CanTrade answers while the stored state is not loaded (database down or slow at start): reduce_only,
     # halted, or memory (answer from what arrived since the start, as if nothing was stored). README, "Restarts".
     unloaded_state_policy: str = "reduce_only"
+    # Many sidecars sharing one PostgreSQL database (README "Running many sidecars"); unused with SQLite or memory.
+    sidecar_id: str = ""  # "" = the host name (see sidecar_name)
+    trader_lease_seconds: float = 10.0
+    foreign_trader_policy: str = "reject"
+    control_state_max_age_seconds: float = 60.0
+    control_state_stale_action: str = "reduce_only"
+    control_poll_seconds: float = 5.0
+    account_view_seconds: float = 0.5
     # A database misconfiguration that cannot heal (authentication failure, unknown database) stops the start;
     # with this the sidecar serves anyway, as during an outage (README, "Settings").
     allow_degraded_start: bool = False
@@ -188,6 +213,13 @@ class Settings:
     def otlp_traces_endpoint(self) -> str:
         """Where spans are exported: the traces endpoint, else the general one ("" = nowhere)."""
         return self.otel_exporter_otlp_traces_endpoint or self.otel_exporter_otlp_endpoint
+
+    @property
+    def sidecar_name(self) -> str:
+        """This sidecar's name among those sharing the database: sidecar_id, else the host name."""
+        import socket
+
+        return self.sidecar_id or socket.gethostname()[:128] or "tradeguard"
 
     @property
     def period_reset_offset_s(self) -> float:
@@ -546,6 +578,19 @@ def validate(s: Settings) -> None:
                  "kill_switch_store_timeout_s", "store_call_timeout_s"):
         if getattr(s, name) < 0:
             raise SettingsError(f"{name}: must be >= 0 (0 = off)")
+    if s.foreign_trader_policy not in FOREIGN_TRADER_POLICIES:
+        raise SettingsError(f"foreign_trader_policy: must be one of {', '.join(FOREIGN_TRADER_POLICIES)}, "
+                            f"got {s.foreign_trader_policy!r}")
+    if s.control_state_stale_action not in STALE_ACTIONS:
+        raise SettingsError(f"control_state_stale_action: must be one of {', '.join(STALE_ACTIONS)}, "
+                            f"got {s.control_state_stale_action!r}")
+    for name, low in (("trader_lease_seconds", 1.0), ("control_state_max_age_seconds", 1.0),
+                      ("control_poll_seconds", 0.1), ("account_view_seconds", 0.05)):
+        value = getattr(s, name)
+        if not math.isfinite(value) or value < low or value > 86_400:
+            raise SettingsError(f"{name}: must be between {low:g} and 86400 seconds, got {value!r}")
+    if s.sidecar_id and (len(s.sidecar_id) > 128 or not SIDECAR_ID.fullmatch(s.sidecar_id)):
+        raise SettingsError(f"sidecar_id: at most 128 of A-Z a-z 0-9 . _ - : @, got {s.sidecar_id!r}")
     if bool(s.tls_cert) != bool(s.tls_key):
         raise SettingsError("tls_cert and tls_key: give both or neither")
     if s.tls_client_ca and not s.tls_cert:
