@@ -33,6 +33,12 @@ type RiskServiceClient interface {
 	// ReportPrices reports reference prices for price collars (symbols without a position; positions' marks
 	// count too).
 	ReportPrices(ctx context.Context, in *ReportPricesRequest, opts ...grpc.CallOption) (*ReportPricesResponse, error)
+	// Session carries a bot's calls over one bidirectional stream: one answer per request, in request order, with the
+	// request_id echoed; each answer is exactly what the unary RPC answers, and a request the unary RPC would reject
+	// gets `error` (same code, message and details) while the stream goes on. A session may declare its trader and
+	// what to do when the stream ends without a clean close (cancel-on-disconnect): see SessionOpen.
+	// Not available over HTTP.
+	Session(ctx context.Context, opts ...grpc.CallOption) (RiskService_SessionClient, error)
 	// WatchRiskState streams the current state at once, then every change and required action.
 	WatchRiskState(ctx context.Context, in *WatchRiskStateRequest, opts ...grpc.CallOption) (RiskService_WatchRiskStateClient, error)
 }
@@ -108,8 +114,39 @@ func (c *riskServiceClient) ReportPrices(ctx context.Context, in *ReportPricesRe
 	return out, nil
 }
 
+func (c *riskServiceClient) Session(ctx context.Context, opts ...grpc.CallOption) (RiskService_SessionClient, error) {
+	stream, err := c.cc.NewStream(ctx, &_RiskService_serviceDesc.Streams[0], "/tradeguard.v1.RiskService/Session", opts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &riskServiceSessionClient{stream}
+	return x, nil
+}
+
+type RiskService_SessionClient interface {
+	Send(*SessionRequest) error
+	Recv() (*SessionResponse, error)
+	grpc.ClientStream
+}
+
+type riskServiceSessionClient struct {
+	grpc.ClientStream
+}
+
+func (x *riskServiceSessionClient) Send(m *SessionRequest) error {
+	return x.ClientStream.SendMsg(m)
+}
+
+func (x *riskServiceSessionClient) Recv() (*SessionResponse, error) {
+	m := new(SessionResponse)
+	if err := x.ClientStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
 func (c *riskServiceClient) WatchRiskState(ctx context.Context, in *WatchRiskStateRequest, opts ...grpc.CallOption) (RiskService_WatchRiskStateClient, error) {
-	stream, err := c.cc.NewStream(ctx, &_RiskService_serviceDesc.Streams[0], "/tradeguard.v1.RiskService/WatchRiskState", opts...)
+	stream, err := c.cc.NewStream(ctx, &_RiskService_serviceDesc.Streams[1], "/tradeguard.v1.RiskService/WatchRiskState", opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -160,6 +197,12 @@ type RiskServiceServer interface {
 	// ReportPrices reports reference prices for price collars (symbols without a position; positions' marks
 	// count too).
 	ReportPrices(context.Context, *ReportPricesRequest) (*ReportPricesResponse, error)
+	// Session carries a bot's calls over one bidirectional stream: one answer per request, in request order, with the
+	// request_id echoed; each answer is exactly what the unary RPC answers, and a request the unary RPC would reject
+	// gets `error` (same code, message and details) while the stream goes on. A session may declare its trader and
+	// what to do when the stream ends without a clean close (cancel-on-disconnect): see SessionOpen.
+	// Not available over HTTP.
+	Session(RiskService_SessionServer) error
 	// WatchRiskState streams the current state at once, then every change and required action.
 	WatchRiskState(*WatchRiskStateRequest, RiskService_WatchRiskStateServer) error
 	mustEmbedUnimplementedRiskServiceServer()
@@ -189,6 +232,9 @@ func (UnimplementedRiskServiceServer) ReportOrder(context.Context, *ReportOrderR
 }
 func (UnimplementedRiskServiceServer) ReportPrices(context.Context, *ReportPricesRequest) (*ReportPricesResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ReportPrices not implemented")
+}
+func (UnimplementedRiskServiceServer) Session(RiskService_SessionServer) error {
+	return status.Errorf(codes.Unimplemented, "method Session not implemented")
 }
 func (UnimplementedRiskServiceServer) WatchRiskState(*WatchRiskStateRequest, RiskService_WatchRiskStateServer) error {
 	return status.Errorf(codes.Unimplemented, "method WatchRiskState not implemented")
@@ -332,6 +378,32 @@ func _RiskService_ReportPrices_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _RiskService_Session_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(RiskServiceServer).Session(&riskServiceSessionServer{stream})
+}
+
+type RiskService_SessionServer interface {
+	Send(*SessionResponse) error
+	Recv() (*SessionRequest, error)
+	grpc.ServerStream
+}
+
+type riskServiceSessionServer struct {
+	grpc.ServerStream
+}
+
+func (x *riskServiceSessionServer) Send(m *SessionResponse) error {
+	return x.ServerStream.SendMsg(m)
+}
+
+func (x *riskServiceSessionServer) Recv() (*SessionRequest, error) {
+	m := new(SessionRequest)
+	if err := x.ServerStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
 func _RiskService_WatchRiskState_Handler(srv interface{}, stream grpc.ServerStream) error {
 	m := new(WatchRiskStateRequest)
 	if err := stream.RecvMsg(m); err != nil {
@@ -387,6 +459,12 @@ var _RiskService_serviceDesc = grpc.ServiceDesc{
 		},
 	},
 	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Session",
+			Handler:       _RiskService_Session_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
 		{
 			StreamName:    "WatchRiskState",
 			Handler:       _RiskService_WatchRiskState_Handler,

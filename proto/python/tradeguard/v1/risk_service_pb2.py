@@ -23,11 +23,13 @@ _sym_db = _symbol_database.Default()
 
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 from tradeguard.v1 import types_pb2 as tradeguard_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n tradeguard/v1/risk_service.proto\x12\rtradeguard.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19tradeguard/v1/types.proto\"c\n\x0f\x43\x61nTradeRequest\x12\x11\n\ttrader_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12)\n\x05order\x18\x03 \x01(\x0b\x32\x1a.tradeguard.v1.OrderIntent\"\x95\x03\n\x10\x43\x61nTradeResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12)\n\x04\x63ode\x18\x02 \x01(\x0e\x32\x1b.tradeguard.v1.DecisionCode\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x32\n\rtrading_state\x18\x04 \x01(\x0e\x32\x1b.tradeguard.v1.TradingState\x12\x30\n\x0cpaused_until\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x06\x63hecks\x18\x06 \x03(\x0b\x32\x1a.tradeguard.v1.CheckResult\x12.\n\x07\x61\x63tions\x18\x07 \x03(\x0b\x32\x1d.tradeguard.v1.RequiredAction\x12\'\n\x05state\x18\x08 \x01(\x0b\x32\x18.tradeguard.v1.RiskState\x12\x12\n\nwould_deny\x18\t \x01(\x08\x12\x17\n\x0f\x63lient_order_id\x18\n \x01(\t\x12\x1d\n\x15\x63ontrol_state_version\x18\x0b \x01(\x04\"}\n\x13ReportEquityRequest\x12\x11\n\ttrader_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0e\n\x06\x65quity\x18\x03 \x01(\x01\x12/\n\x0bobserved_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xba\x01\n\x14ReportEquityResponse\x12\'\n\x05state\x18\x01 \x01(\x0b\x32\x18.tradeguard.v1.RiskState\x12:\n\x0e\x62reaker_events\x18\x02 \x03(\x0b\x32\".tradeguard.v1.CircuitBreakerEvent\x12.\n\x07\x61\x63tions\x18\x03 \x03(\x0b\x32\x1d.tradeguard.v1.RequiredAction\x12\r\n\x05stale\x18\x04 \x01(\x08\"\xd7\x01\n\x12ReportTradeRequest\x12\x11\n\ttrader_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x10\n\x08trade_id\x18\x03 \x01(\t\x12\x0e\n\x06symbol\x18\x04 \x01(\t\x12\x10\n\x08\x65xchange\x18\x05 \x01(\t\x12!\n\x04side\x18\x06 \x01(\x0e\x32\x13.tradeguard.v1.Side\x12\x14\n\x0crealized_pnl\x18\x07 \x01(\x01\x12-\n\tclosed_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbd\x01\n\x13ReportTradeResponse\x12\'\n\x05state\x18\x01 \x01(\x0b\x32\x18.tradeguard.v1.RiskState\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12:\n\x0e\x62reaker_events\x18\x03 \x03(\x0b\x32\".tradeguard.v1.CircuitBreakerEvent\x12.\n\x07\x61\x63tions\x18\x04 \x03(\x0b\x32\x1d.tradeguard.v1.RequiredAction\"\x9c\x01\n\x16ReportPositionsRequest\x12\x11\n\ttrader_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12*\n\tpositions\x18\x03 \x03(\x0b\x32\x17.tradeguard.v1.Position\x12/\n\x0bobserved_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xae\x01\n\x17ReportPositionsResponse\x12\'\n\x05state\x18\x01 \x01(\x0b\x32\x18.tradeguard.v1.RiskState\x12:\n\x0e\x62reaker_events\x18\x02 \x03(\x0b\x32\".tradeguard.v1.CircuitBreakerEvent\x12.\n\x07\x61\x63tions\x18\x03 \x03(\x0b\x32\x1d.tradeguard.v1.RequiredAction\"\xb0\x01\n\x12ReportOrderRequest\x12\x11\n\ttrader_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x17\n\x0f\x63lient_order_id\x18\x03 \x01(\t\x12*\n\x06status\x18\x04 \x01(\x0e\x32\x1a.tradeguard.v1.OrderStatus\x12\x17\n\x0f\x66illed_quantity\x18\x05 \x01(\x01\x12\x15\n\raverage_price\x18\x06 \x01(\x01\"\xe9\x01\n\x13ReportOrderResponse\x12\'\n\x05state\x18\x01 \x01(\x0b\x32\x18.tradeguard.v1.RiskState\x12*\n\x05order\x18\x02 \x01(\x0b\x32\x1b.tradeguard.v1.PendingOrder\x12\x11\n\tduplicate\x18\x03 \x01(\x08\x12:\n\x0e\x62reaker_events\x18\x04 \x03(\x0b\x32\".tradeguard.v1.CircuitBreakerEvent\x12.\n\x07\x61\x63tions\x18\x05 \x03(\x0b\x32\x1d.tradeguard.v1.RequiredAction\"f\n\x13ReportPricesRequest\x12\x11\n\ttrader_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12(\n\x06prices\x18\x03 \x03(\x0b\x32\x18.tradeguard.v1.PriceMark\"(\n\x14ReportPricesResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\"<\n\x13GetRiskStateRequest\x12\x11\n\ttrader_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\"?\n\x14GetRiskStateResponse\x12\'\n\x05state\x18\x01 \x01(\x0b\x32\x18.tradeguard.v1.RiskState\">\n\x15WatchRiskStateRequest\x12\x11\n\ttrader_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\"\xd6\x01\n\x16WatchRiskStateResponse\x12\'\n\x05state\x18\x01 \x01(\x0b\x32\x18.tradeguard.v1.RiskState\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12.\n\x07\x61\x63tions\x18\x03 \x03(\x0b\x32\x1d.tradeguard.v1.RequiredAction\x12:\n\x0e\x62reaker_events\x18\x04 \x03(\x0b\x32\".tradeguard.v1.CircuitBreakerEvent\x12\x17\n\x0fskipped_updates\x18\x05 \x01(\x03\x32\xd4\x07\n\x0bRiskService\x12j\n\x08\x43\x61nTrade\x12\x1e.tradeguard.v1.CanTradeRequest\x1a\x1f.tradeguard.v1.CanTradeResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\"\x12/v1/risk/can-trade:\x01*\x12z\n\x0cReportEquity\x12\".tradeguard.v1.ReportEquityRequest\x1a#.tradeguard.v1.ReportEquityResponse\"!\x82\xd3\xe4\x93\x02\x1b\"\x16/v1/risk/report-equity:\x01*\x12v\n\x0bReportTrade\x12!.tradeguard.v1.ReportTradeRequest\x1a\".tradeguard.v1.ReportTradeResponse\" \x82\xd3\xe4\x93\x02\x1a\"\x15/v1/risk/report-trade:\x01*\x12\x86\x01\n\x0fReportPositions\x12%.tradeguard.v1.ReportPositionsRequest\x1a&.tradeguard.v1.ReportPositionsResponse\"$\x82\xd3\xe4\x93\x02\x1e\"\x19/v1/risk/report-positions:\x01*\x12o\n\x0cGetRiskState\x12\".tradeguard.v1.GetRiskStateRequest\x1a#.tradeguard.v1.GetRiskStateResponse\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/risk/state\x12v\n\x0bReportOrder\x12!.tradeguard.v1.ReportOrderRequest\x1a\".tradeguard.v1.ReportOrderResponse\" \x82\xd3\xe4\x93\x02\x1a\"\x15/v1/risk/report-order:\x01*\x12z\n\x0cReportPrices\x12\".tradeguard.v1.ReportPricesRequest\x1a#.tradeguard.v1.ReportPricesResponse\"!\x82\xd3\xe4\x93\x02\x1b\"\x16/v1/risk/report-prices:\x01*\x12w\n\x0eWatchRiskState\x12$.tradeguard.v1.WatchRiskStateRequest\x1a%.tradeguard.v1.WatchRiskStateResponse\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/risk/watch0\x01\x42GZEgithub.com/tradeguard/tradeguard/client/go/tradeguard/v1;tradeguardv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n tradeguard/v1/risk_service.proto\x12\rtradeguard.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x19tradeguard/v1/types.proto\"c\n\x0f\x43\x61nTradeRequest\x12\x11\n\ttrader_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12)\n\x05order\x18\x03 \x01(\x0b\x32\x1a.tradeguard.v1.OrderIntent\"\x95\x03\n\x10\x43\x61nTradeResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12)\n\x04\x63ode\x18\x02 \x01(\x0e\x32\x1b.tradeguard.v1.DecisionCode\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x32\n\rtrading_state\x18\x04 \x01(\x0e\x32\x1b.tradeguard.v1.TradingState\x12\x30\n\x0cpaused_until\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x06\x63hecks\x18\x06 \x03(\x0b\x32\x1a.tradeguard.v1.CheckResult\x12.\n\x07\x61\x63tions\x18\x07 \x03(\x0b\x32\x1d.tradeguard.v1.RequiredAction\x12\'\n\x05state\x18\x08 \x01(\x0b\x32\x18.tradeguard.v1.RiskState\x12\x12\n\nwould_deny\x18\t \x01(\x08\x12\x17\n\x0f\x63lient_order_id\x18\n \x01(\t\x12\x1d\n\x15\x63ontrol_state_version\x18\x0b \x01(\x04\"}\n\x13ReportEquityRequest\x12\x11\n\ttrader_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0e\n\x06\x65quity\x18\x03 \x01(\x01\x12/\n\x0bobserved_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xba\x01\n\x14ReportEquityResponse\x12\'\n\x05state\x18\x01 \x01(\x0b\x32\x18.tradeguard.v1.RiskState\x12:\n\x0e\x62reaker_events\x18\x02 \x03(\x0b\x32\".tradeguard.v1.CircuitBreakerEvent\x12.\n\x07\x61\x63tions\x18\x03 \x03(\x0b\x32\x1d.tradeguard.v1.RequiredAction\x12\r\n\x05stale\x18\x04 \x01(\x08\"\xd7\x01\n\x12ReportTradeRequest\x12\x11\n\ttrader_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x10\n\x08trade_id\x18\x03 \x01(\t\x12\x0e\n\x06symbol\x18\x04 \x01(\t\x12\x10\n\x08\x65xchange\x18\x05 \x01(\t\x12!\n\x04side\x18\x06 \x01(\x0e\x32\x13.tradeguard.v1.Side\x12\x14\n\x0crealized_pnl\x18\x07 \x01(\x01\x12-\n\tclosed_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbd\x01\n\x13ReportTradeResponse\x12\'\n\x05state\x18\x01 \x01(\x0b\x32\x18.tradeguard.v1.RiskState\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12:\n\x0e\x62reaker_events\x18\x03 \x03(\x0b\x32\".tradeguard.v1.CircuitBreakerEvent\x12.\n\x07\x61\x63tions\x18\x04 \x03(\x0b\x32\x1d.tradeguard.v1.RequiredAction\"\x9c\x01\n\x16ReportPositionsRequest\x12\x11\n\ttrader_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12*\n\tpositions\x18\x03 \x03(\x0b\x32\x17.tradeguard.v1.Position\x12/\n\x0bobserved_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xae\x01\n\x17ReportPositionsResponse\x12\'\n\x05state\x18\x01 \x01(\x0b\x32\x18.tradeguard.v1.RiskState\x12:\n\x0e\x62reaker_events\x18\x02 \x03(\x0b\x32\".tradeguard.v1.CircuitBreakerEvent\x12.\n\x07\x61\x63tions\x18\x03 \x03(\x0b\x32\x1d.tradeguard.v1.RequiredAction\"\xb0\x01\n\x12ReportOrderRequest\x12\x11\n\ttrader_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x17\n\x0f\x63lient_order_id\x18\x03 \x01(\t\x12*\n\x06status\x18\x04 \x01(\x0e\x32\x1a.tradeguard.v1.OrderStatus\x12\x17\n\x0f\x66illed_quantity\x18\x05 \x01(\x01\x12\x15\n\raverage_price\x18\x06 \x01(\x01\"\xe9\x01\n\x13ReportOrderResponse\x12\'\n\x05state\x18\x01 \x01(\x0b\x32\x18.tradeguard.v1.RiskState\x12*\n\x05order\x18\x02 \x01(\x0b\x32\x1b.tradeguard.v1.PendingOrder\x12\x11\n\tduplicate\x18\x03 \x01(\x08\x12:\n\x0e\x62reaker_events\x18\x04 \x03(\x0b\x32\".tradeguard.v1.CircuitBreakerEvent\x12.\n\x07\x61\x63tions\x18\x05 \x03(\x0b\x32\x1d.tradeguard.v1.RequiredAction\"f\n\x13ReportPricesRequest\x12\x11\n\ttrader_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12(\n\x06prices\x18\x03 \x03(\x0b\x32\x18.tradeguard.v1.PriceMark\"(\n\x14ReportPricesResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\"<\n\x13GetRiskStateRequest\x12\x11\n\ttrader_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\"?\n\x14GetRiskStateResponse\x12\'\n\x05state\x18\x01 \x01(\x0b\x32\x18.tradeguard.v1.RiskState\">\n\x15WatchRiskStateRequest\x12\x11\n\ttrader_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\"\xd6\x01\n\x16WatchRiskStateResponse\x12\'\n\x05state\x18\x01 \x01(\x0b\x32\x18.tradeguard.v1.RiskState\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12.\n\x07\x61\x63tions\x18\x03 \x03(\x0b\x32\x1d.tradeguard.v1.RequiredAction\x12:\n\x0e\x62reaker_events\x18\x04 \x03(\x0b\x32\".tradeguard.v1.CircuitBreakerEvent\x12\x17\n\x0fskipped_updates\x18\x05 \x01(\x03\"\xa3\x01\n\x0bSessionOpen\x12\x11\n\ttrader_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x32\n\ron_disconnect\x18\x03 \x01(\x0e\x32\x1b.tradeguard.v1.TradingState\x12\x39\n\x16on_disconnect_duration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"V\n\rSessionOpened\x12\x11\n\ttrader_id\x18\x01 \x01(\t\x12\x32\n\ron_disconnect\x18\x02 \x01(\x0e\x32\x1b.tradeguard.v1.TradingState\"\xc0\x03\n\x0eSessionRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x33\n\tcan_trade\x18\x02 \x01(\x0b\x32\x1e.tradeguard.v1.CanTradeRequestH\x00\x12;\n\rreport_equity\x18\x03 \x01(\x0b\x32\".tradeguard.v1.ReportEquityRequestH\x00\x12\x39\n\x0creport_trade\x18\x04 \x01(\x0b\x32!.tradeguard.v1.ReportTradeRequestH\x00\x12\x41\n\x10report_positions\x18\x05 \x01(\x0b\x32%.tradeguard.v1.ReportPositionsRequestH\x00\x12\x39\n\x0creport_order\x18\x06 \x01(\x0b\x32!.tradeguard.v1.ReportOrderRequestH\x00\x12;\n\rreport_prices\x18\x07 \x01(\x0b\x32\".tradeguard.v1.ReportPricesRequestH\x00\x12*\n\x04open\x18\x08 \x01(\x0b\x32\x1a.tradeguard.v1.SessionOpenH\x00\x42\x06\n\x04\x63\x61ll\"\xf2\x03\n\x0fSessionResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x34\n\tcan_trade\x18\x02 \x01(\x0b\x32\x1f.tradeguard.v1.CanTradeResponseH\x00\x12<\n\rreport_equity\x18\x03 \x01(\x0b\x32#.tradeguard.v1.ReportEquityResponseH\x00\x12:\n\x0creport_trade\x18\x04 \x01(\x0b\x32\".tradeguard.v1.ReportTradeResponseH\x00\x12\x42\n\x10report_positions\x18\x05 \x01(\x0b\x32&.tradeguard.v1.ReportPositionsResponseH\x00\x12:\n\x0creport_order\x18\x06 \x01(\x0b\x32\".tradeguard.v1.ReportOrderResponseH\x00\x12<\n\rreport_prices\x18\x07 \x01(\x0b\x32#.tradeguard.v1.ReportPricesResponseH\x00\x12.\n\x06opened\x18\x08 \x01(\x0b\x32\x1c.tradeguard.v1.SessionOpenedH\x00\x12#\n\x05\x65rror\x18\t \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x08\n\x06result2\xa2\x08\n\x0bRiskService\x12j\n\x08\x43\x61nTrade\x12\x1e.tradeguard.v1.CanTradeRequest\x1a\x1f.tradeguard.v1.CanTradeResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\"\x12/v1/risk/can-trade:\x01*\x12z\n\x0cReportEquity\x12\".tradeguard.v1.ReportEquityRequest\x1a#.tradeguard.v1.ReportEquityResponse\"!\x82\xd3\xe4\x93\x02\x1b\"\x16/v1/risk/report-equity:\x01*\x12v\n\x0bReportTrade\x12!.tradeguard.v1.ReportTradeRequest\x1a\".tradeguard.v1.ReportTradeResponse\" \x82\xd3\xe4\x93\x02\x1a\"\x15/v1/risk/report-trade:\x01*\x12\x86\x01\n\x0fReportPositions\x12%.tradeguard.v1.ReportPositionsRequest\x1a&.tradeguard.v1.ReportPositionsResponse\"$\x82\xd3\xe4\x93\x02\x1e\"\x19/v1/risk/report-positions:\x01*\x12o\n\x0cGetRiskState\x12\".tradeguard.v1.GetRiskStateRequest\x1a#.tradeguard.v1.GetRiskStateResponse\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/risk/state\x12v\n\x0bReportOrder\x12!.tradeguard.v1.ReportOrderRequest\x1a\".tradeguard.v1.ReportOrderResponse\" \x82\xd3\xe4\x93\x02\x1a\"\x15/v1/risk/report-order:\x01*\x12z\n\x0cReportPrices\x12\".tradeguard.v1.ReportPricesRequest\x1a#.tradeguard.v1.ReportPricesResponse\"!\x82\xd3\xe4\x93\x02\x1b\"\x16/v1/risk/report-prices:\x01*\x12L\n\x07Session\x12\x1d.tradeguard.v1.SessionRequest\x1a\x1e.tradeguard.v1.SessionResponse(\x01\x30\x01\x12w\n\x0eWatchRiskState\x12$.tradeguard.v1.WatchRiskStateRequest\x1a%.tradeguard.v1.WatchRiskStateResponse\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/risk/watch0\x01\x42GZEgithub.com/tradeguard/tradeguard/client/go/tradeguard/v1;tradeguardv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -51,38 +53,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RISKSERVICE'].methods_by_name['ReportPrices']._serialized_options = b'\202\323\344\223\002\033\"\026/v1/risk/report-prices:\001*'
   _globals['_RISKSERVICE'].methods_by_name['WatchRiskState']._loaded_options = None
   _globals['_RISKSERVICE'].methods_by_name['WatchRiskState']._serialized_options = b'\202\323\344\223\002\020\022\016/v1/risk/watch'
-  _globals['_CANTRADEREQUEST']._serialized_start=141
-  _globals['_CANTRADEREQUEST']._serialized_end=240
-  _globals['_CANTRADERESPONSE']._serialized_start=243
-  _globals['_CANTRADERESPONSE']._serialized_end=648
-  _globals['_REPORTEQUITYREQUEST']._serialized_start=650
-  _globals['_REPORTEQUITYREQUEST']._serialized_end=775
-  _globals['_REPORTEQUITYRESPONSE']._serialized_start=778
-  _globals['_REPORTEQUITYRESPONSE']._serialized_end=964
-  _globals['_REPORTTRADEREQUEST']._serialized_start=967
-  _globals['_REPORTTRADEREQUEST']._serialized_end=1182
-  _globals['_REPORTTRADERESPONSE']._serialized_start=1185
-  _globals['_REPORTTRADERESPONSE']._serialized_end=1374
-  _globals['_REPORTPOSITIONSREQUEST']._serialized_start=1377
-  _globals['_REPORTPOSITIONSREQUEST']._serialized_end=1533
-  _globals['_REPORTPOSITIONSRESPONSE']._serialized_start=1536
-  _globals['_REPORTPOSITIONSRESPONSE']._serialized_end=1710
-  _globals['_REPORTORDERREQUEST']._serialized_start=1713
-  _globals['_REPORTORDERREQUEST']._serialized_end=1889
-  _globals['_REPORTORDERRESPONSE']._serialized_start=1892
-  _globals['_REPORTORDERRESPONSE']._serialized_end=2125
-  _globals['_REPORTPRICESREQUEST']._serialized_start=2127
-  _globals['_REPORTPRICESREQUEST']._serialized_end=2229
-  _globals['_REPORTPRICESRESPONSE']._serialized_start=2231
-  _globals['_REPORTPRICESRESPONSE']._serialized_end=2271
-  _globals['_GETRISKSTATEREQUEST']._serialized_start=2273
-  _globals['_GETRISKSTATEREQUEST']._serialized_end=2333
-  _globals['_GETRISKSTATERESPONSE']._serialized_start=2335
-  _globals['_GETRISKSTATERESPONSE']._serialized_end=2398
-  _globals['_WATCHRISKSTATEREQUEST']._serialized_start=2400
-  _globals['_WATCHRISKSTATEREQUEST']._serialized_end=2462
-  _globals['_WATCHRISKSTATERESPONSE']._serialized_start=2465
-  _globals['_WATCHRISKSTATERESPONSE']._serialized_end=2679
-  _globals['_RISKSERVICE']._serialized_start=2682
-  _globals['_RISKSERVICE']._serialized_end=3662
+  _globals['_CANTRADEREQUEST']._serialized_start=198
+  _globals['_CANTRADEREQUEST']._serialized_end=297
+  _globals['_CANTRADERESPONSE']._serialized_start=300
+  _globals['_CANTRADERESPONSE']._serialized_end=705
+  _globals['_REPORTEQUITYREQUEST']._serialized_start=707
+  _globals['_REPORTEQUITYREQUEST']._serialized_end=832
+  _globals['_REPORTEQUITYRESPONSE']._serialized_start=835
+  _globals['_REPORTEQUITYRESPONSE']._serialized_end=1021
+  _globals['_REPORTTRADEREQUEST']._serialized_start=1024
+  _globals['_REPORTTRADEREQUEST']._serialized_end=1239
+  _globals['_REPORTTRADERESPONSE']._serialized_start=1242
+  _globals['_REPORTTRADERESPONSE']._serialized_end=1431
+  _globals['_REPORTPOSITIONSREQUEST']._serialized_start=1434
+  _globals['_REPORTPOSITIONSREQUEST']._serialized_end=1590
+  _globals['_REPORTPOSITIONSRESPONSE']._serialized_start=1593
+  _globals['_REPORTPOSITIONSRESPONSE']._serialized_end=1767
+  _globals['_REPORTORDERREQUEST']._serialized_start=1770
+  _globals['_REPORTORDERREQUEST']._serialized_end=1946
+  _globals['_REPORTORDERRESPONSE']._serialized_start=1949
+  _globals['_REPORTORDERRESPONSE']._serialized_end=2182
+  _globals['_REPORTPRICESREQUEST']._serialized_start=2184
+  _globals['_REPORTPRICESREQUEST']._serialized_end=2286
+  _globals['_REPORTPRICESRESPONSE']._serialized_start=2288
+  _globals['_REPORTPRICESRESPONSE']._serialized_end=2328
+  _globals['_GETRISKSTATEREQUEST']._serialized_start=2330
+  _globals['_GETRISKSTATEREQUEST']._serialized_end=2390
+  _globals['_GETRISKSTATERESPONSE']._serialized_start=2392
+  _globals['_GETRISKSTATERESPONSE']._serialized_end=2455
+  _globals['_WATCHRISKSTATEREQUEST']._serialized_start=2457
+  _globals['_WATCHRISKSTATEREQUEST']._serialized_end=2519
+  _globals['_WATCHRISKSTATERESPONSE']._serialized_start=2522
+  _globals['_WATCHRISKSTATERESPONSE']._serialized_end=2736
+  _globals['_SESSIONOPEN']._serialized_start=2739
+  _globals['_SESSIONOPEN']._serialized_end=2902
+  _globals['_SESSIONOPENED']._serialized_start=2904
+  _globals['_SESSIONOPENED']._serialized_end=2990
+  _globals['_SESSIONREQUEST']._serialized_start=2993
+  _globals['_SESSIONREQUEST']._serialized_end=3441
+  _globals['_SESSIONRESPONSE']._serialized_start=3444
+  _globals['_SESSIONRESPONSE']._serialized_end=3942
+  _globals['_RISKSERVICE']._serialized_start=3945
+  _globals['_RISKSERVICE']._serialized_end=5003
 # @@protoc_insertion_point(module_scope)

@@ -5,9 +5,11 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.rpc import status_pb2 as _status_pb2
 from tradeguard.v1 import types_pb2 as _types_pb2
 import builtins as _builtins
 import sys
@@ -632,3 +634,209 @@ class WatchRiskStateResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchRiskStateResponse: _TypeAlias = WatchRiskStateResponse  # noqa: Y015
+
+@_typing.final
+class SessionOpen(_message.Message):
+    """SessionOpen declares the trader a session trades for and what happens when the session ends without a clean
+    close (the bot half-closes its side: a clean close does nothing). Send it as the first request, or give the
+    metadata keys tradeguard-session-trader-id, tradeguard-session-account-id, tradeguard-session-on-disconnect
+    (HALTED or REDUCING) and tradeguard-session-on-disconnect-seconds (0 or absent: until resumed).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRADER_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ON_DISCONNECT_FIELD_NUMBER: _builtins.int
+    ON_DISCONNECT_DURATION_FIELD_NUMBER: _builtins.int
+    trader_id: _builtins.str
+    """The trader; same rules as CanTradeRequest.trader_id."""
+    account_id: _builtins.str
+    """The trader's account."""
+    on_disconnect: _types_pb2.TradingState.ValueType
+    """TRADING_STATE_HALTED or TRADING_STATE_REDUCING: the pause when the stream is lost (connection lost, bot killed,
+    deadline). UNSPECIFIED: nothing happens on disconnect.
+    """
+    @_builtins.property
+    def on_disconnect_duration(self) -> _duration_pb2.Duration:
+        """How long that pause lasts; unset or zero: until resumed."""
+
+    def __init__(
+        self,
+        *,
+        trader_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        on_disconnect: _types_pb2.TradingState.ValueType = ...,
+        on_disconnect_duration: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["on_disconnect_duration", b"on_disconnect_duration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "on_disconnect", b"on_disconnect", "on_disconnect_duration", b"on_disconnect_duration", "trader_id", b"trader_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionOpen: _TypeAlias = SessionOpen  # noqa: Y015
+
+@_typing.final
+class SessionOpened(_message.Message):
+    """SessionOpened confirms a SessionOpen."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRADER_ID_FIELD_NUMBER: _builtins.int
+    ON_DISCONNECT_FIELD_NUMBER: _builtins.int
+    trader_id: _builtins.str
+    """The trader declared."""
+    on_disconnect: _types_pb2.TradingState.ValueType
+    """The pause a lost stream will cause (UNSPECIFIED: none)."""
+    def __init__(
+        self,
+        *,
+        trader_id: _builtins.str = ...,
+        on_disconnect: _types_pb2.TradingState.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["on_disconnect", b"on_disconnect", "trader_id", b"trader_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionOpened: _TypeAlias = SessionOpened  # noqa: Y015
+
+@_typing.final
+class SessionRequest(_message.Message):
+    """SessionRequest is one call over a Session."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CAN_TRADE_FIELD_NUMBER: _builtins.int
+    REPORT_EQUITY_FIELD_NUMBER: _builtins.int
+    REPORT_TRADE_FIELD_NUMBER: _builtins.int
+    REPORT_POSITIONS_FIELD_NUMBER: _builtins.int
+    REPORT_ORDER_FIELD_NUMBER: _builtins.int
+    REPORT_PRICES_FIELD_NUMBER: _builtins.int
+    OPEN_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.int
+    """Chosen by the bot; echoed in the answer."""
+    @_builtins.property
+    def can_trade(self) -> Global___CanTradeRequest:
+        """CanTrade."""
+
+    @_builtins.property
+    def report_equity(self) -> Global___ReportEquityRequest:
+        """ReportEquity."""
+
+    @_builtins.property
+    def report_trade(self) -> Global___ReportTradeRequest:
+        """ReportTrade."""
+
+    @_builtins.property
+    def report_positions(self) -> Global___ReportPositionsRequest:
+        """ReportPositions."""
+
+    @_builtins.property
+    def report_order(self) -> Global___ReportOrderRequest:
+        """ReportOrder."""
+
+    @_builtins.property
+    def report_prices(self) -> Global___ReportPricesRequest:
+        """ReportPrices."""
+
+    @_builtins.property
+    def open(self) -> Global___SessionOpen:
+        """Declares the session's trader and its cancel-on-disconnect (see SessionOpen)."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.int = ...,
+        can_trade: Global___CanTradeRequest | None = ...,
+        report_equity: Global___ReportEquityRequest | None = ...,
+        report_trade: Global___ReportTradeRequest | None = ...,
+        report_positions: Global___ReportPositionsRequest | None = ...,
+        report_order: Global___ReportOrderRequest | None = ...,
+        report_prices: Global___ReportPricesRequest | None = ...,
+        open: Global___SessionOpen | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "can_trade", b"can_trade", "open", b"open", "report_equity", b"report_equity", "report_order", b"report_order", "report_positions", b"report_positions", "report_prices", b"report_prices", "report_trade", b"report_trade"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "can_trade", b"can_trade", "open", b"open", "report_equity", b"report_equity", "report_order", b"report_order", "report_positions", b"report_positions", "report_prices", b"report_prices", "report_trade", b"report_trade", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_call: _TypeAlias = _typing.Literal["can_trade", "report_equity", "report_trade", "report_positions", "report_order", "report_prices", "open"]  # noqa: Y015
+    _WhichOneofArgType_call: _TypeAlias = _typing.Literal["call", b"call"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_call) -> _WhichOneofReturnType_call | None: ...
+
+Global___SessionRequest: _TypeAlias = SessionRequest  # noqa: Y015
+
+@_typing.final
+class SessionResponse(_message.Message):
+    """SessionResponse is the answer to one SessionRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CAN_TRADE_FIELD_NUMBER: _builtins.int
+    REPORT_EQUITY_FIELD_NUMBER: _builtins.int
+    REPORT_TRADE_FIELD_NUMBER: _builtins.int
+    REPORT_POSITIONS_FIELD_NUMBER: _builtins.int
+    REPORT_ORDER_FIELD_NUMBER: _builtins.int
+    REPORT_PRICES_FIELD_NUMBER: _builtins.int
+    OPENED_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.int
+    """The request's request_id."""
+    @_builtins.property
+    def can_trade(self) -> Global___CanTradeResponse:
+        """CanTrade's answer."""
+
+    @_builtins.property
+    def report_equity(self) -> Global___ReportEquityResponse:
+        """ReportEquity's answer."""
+
+    @_builtins.property
+    def report_trade(self) -> Global___ReportTradeResponse:
+        """ReportTrade's answer."""
+
+    @_builtins.property
+    def report_positions(self) -> Global___ReportPositionsResponse:
+        """ReportPositions' answer."""
+
+    @_builtins.property
+    def report_order(self) -> Global___ReportOrderResponse:
+        """ReportOrder's answer."""
+
+    @_builtins.property
+    def report_prices(self) -> Global___ReportPricesResponse:
+        """ReportPrices' answer."""
+
+    @_builtins.property
+    def opened(self) -> Global___SessionOpened:
+        """The answer to `open`."""
+
+    @_builtins.property
+    def error(self) -> _status_pb2.Status:
+        """The status the unary RPC would have failed with (code, message, details); the session goes on."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.int = ...,
+        can_trade: Global___CanTradeResponse | None = ...,
+        report_equity: Global___ReportEquityResponse | None = ...,
+        report_trade: Global___ReportTradeResponse | None = ...,
+        report_positions: Global___ReportPositionsResponse | None = ...,
+        report_order: Global___ReportOrderResponse | None = ...,
+        report_prices: Global___ReportPricesResponse | None = ...,
+        opened: Global___SessionOpened | None = ...,
+        error: _status_pb2.Status | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["can_trade", b"can_trade", "error", b"error", "opened", b"opened", "report_equity", b"report_equity", "report_order", b"report_order", "report_positions", b"report_positions", "report_prices", b"report_prices", "report_trade", b"report_trade", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["can_trade", b"can_trade", "error", b"error", "opened", b"opened", "report_equity", b"report_equity", "report_order", b"report_order", "report_positions", b"report_positions", "report_prices", b"report_prices", "report_trade", b"report_trade", "request_id", b"request_id", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["can_trade", "report_equity", "report_trade", "report_positions", "report_order", "report_prices", "opened", "error"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___SessionResponse: _TypeAlias = SessionResponse  # noqa: Y015

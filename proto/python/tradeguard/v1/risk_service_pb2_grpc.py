@@ -71,6 +71,11 @@ class RiskServiceStub:
                 request_serializer=tradeguard_dot_v1_dot_risk__service__pb2.ReportPricesRequest.SerializeToString,
                 response_deserializer=tradeguard_dot_v1_dot_risk__service__pb2.ReportPricesResponse.FromString,
                 _registered_method=True)
+        self.Session = channel.stream_stream(
+                '/tradeguard.v1.RiskService/Session',
+                request_serializer=tradeguard_dot_v1_dot_risk__service__pb2.SessionRequest.SerializeToString,
+                response_deserializer=tradeguard_dot_v1_dot_risk__service__pb2.SessionResponse.FromString,
+                _registered_method=True)
         self.WatchRiskState = channel.unary_stream(
                 '/tradeguard.v1.RiskService/WatchRiskState',
                 request_serializer=tradeguard_dot_v1_dot_risk__service__pb2.WatchRiskStateRequest.SerializeToString,
@@ -134,6 +139,17 @@ class RiskServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Session(self, request_iterator, context):
+        """Session carries a bot's calls over one bidirectional stream: one answer per request, in request order, with the
+        request_id echoed; each answer is exactly what the unary RPC answers, and a request the unary RPC would reject
+        gets `error` (same code, message and details) while the stream goes on. A session may declare its trader and
+        what to do when the stream ends without a clean close (cancel-on-disconnect): see SessionOpen.
+        Not available over HTTP.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchRiskState(self, request, context):
         """WatchRiskState streams the current state at once, then every change and required action.
         """
@@ -178,6 +194,11 @@ def add_RiskServiceServicer_to_server(servicer, server):
                     servicer.ReportPrices,
                     request_deserializer=tradeguard_dot_v1_dot_risk__service__pb2.ReportPricesRequest.FromString,
                     response_serializer=tradeguard_dot_v1_dot_risk__service__pb2.ReportPricesResponse.SerializeToString,
+            ),
+            'Session': grpc.stream_stream_rpc_method_handler(
+                    servicer.Session,
+                    request_deserializer=tradeguard_dot_v1_dot_risk__service__pb2.SessionRequest.FromString,
+                    response_serializer=tradeguard_dot_v1_dot_risk__service__pb2.SessionResponse.SerializeToString,
             ),
             'WatchRiskState': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchRiskState,
@@ -376,6 +397,33 @@ class RiskService:
             '/tradeguard.v1.RiskService/ReportPrices',
             tradeguard_dot_v1_dot_risk__service__pb2.ReportPricesRequest.SerializeToString,
             tradeguard_dot_v1_dot_risk__service__pb2.ReportPricesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Session(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/tradeguard.v1.RiskService/Session',
+            tradeguard_dot_v1_dot_risk__service__pb2.SessionRequest.SerializeToString,
+            tradeguard_dot_v1_dot_risk__service__pb2.SessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

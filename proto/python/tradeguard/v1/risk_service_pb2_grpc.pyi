@@ -53,6 +53,13 @@ class RiskServiceStub:
     """ReportPrices reports reference prices for price collars (symbols without a position; positions' marks
     count too).
     """
+    Session: _grpc.StreamStreamMultiCallable[_risk_service_pb2.SessionRequest, _risk_service_pb2.SessionResponse]
+    """Session carries a bot's calls over one bidirectional stream: one answer per request, in request order, with the
+    request_id echoed; each answer is exactly what the unary RPC answers, and a request the unary RPC would reject
+    gets `error` (same code, message and details) while the stream goes on. A session may declare its trader and
+    what to do when the stream ends without a clean close (cancel-on-disconnect): see SessionOpen.
+    Not available over HTTP.
+    """
     WatchRiskState: _grpc.UnaryStreamMultiCallable[_risk_service_pb2.WatchRiskStateRequest, _risk_service_pb2.WatchRiskStateResponse]
     """WatchRiskState streams the current state at once, then every change and required action."""
 
@@ -80,6 +87,13 @@ class RiskServiceAsyncStub(RiskServiceStub):
     ReportPrices: _aio.UnaryUnaryMultiCallable[_risk_service_pb2.ReportPricesRequest, _risk_service_pb2.ReportPricesResponse]  # type: ignore[assignment]
     """ReportPrices reports reference prices for price collars (symbols without a position; positions' marks
     count too).
+    """
+    Session: _aio.StreamStreamMultiCallable[_risk_service_pb2.SessionRequest, _risk_service_pb2.SessionResponse]  # type: ignore[assignment]
+    """Session carries a bot's calls over one bidirectional stream: one answer per request, in request order, with the
+    request_id echoed; each answer is exactly what the unary RPC answers, and a request the unary RPC would reject
+    gets `error` (same code, message and details) while the stream goes on. A session may declare its trader and
+    what to do when the stream ends without a clean close (cancel-on-disconnect): see SessionOpen.
+    Not available over HTTP.
     """
     WatchRiskState: _aio.UnaryStreamMultiCallable[_risk_service_pb2.WatchRiskStateRequest, _risk_service_pb2.WatchRiskStateResponse]  # type: ignore[assignment]
     """WatchRiskState streams the current state at once, then every change and required action."""
@@ -147,6 +161,19 @@ class RiskServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_risk_service_pb2.ReportPricesResponse, _abc.Awaitable[_risk_service_pb2.ReportPricesResponse]]:
         """ReportPrices reports reference prices for price collars (symbols without a position; positions' marks
         count too).
+        """
+
+    @_abc_1.abstractmethod
+    def Session(
+        self,
+        request_iterator: _MaybeAsyncIterator[_risk_service_pb2.SessionRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_risk_service_pb2.SessionResponse], _abc.AsyncIterator[_risk_service_pb2.SessionResponse]]:
+        """Session carries a bot's calls over one bidirectional stream: one answer per request, in request order, with the
+        request_id echoed; each answer is exactly what the unary RPC answers, and a request the unary RPC would reject
+        gets `error` (same code, message and details) while the stream goes on. A session may declare its trader and
+        what to do when the stream ends without a clean close (cancel-on-disconnect): see SessionOpen.
+        Not available over HTTP.
         """
 
     @_abc_1.abstractmethod

@@ -10,9 +10,11 @@ import {
   type CallOptions,
   type ChannelCredentials,
   Client,
+  type ClientDuplexStream,
   type ClientOptions,
   type ClientReadableStream,
   type ClientUnaryCall,
+  type handleBidiStreamingCall,
   type handleServerStreamingCall,
   type handleUnaryCall,
   makeGenericClientConstructor,
@@ -20,7 +22,9 @@ import {
   type ServiceError,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
+import { Duration } from "../../google/protobuf/duration";
 import { Timestamp } from "../../google/protobuf/timestamp";
+import { Status } from "../../google/rpc/status";
 import {
   CheckResult,
   CircuitBreakerEvent,
@@ -268,6 +272,102 @@ export interface WatchRiskStateResponse {
   breakerEvents: CircuitBreakerEvent[];
   /** Updates skipped because this watcher was too slow; this message carries the latest state. */
   skippedUpdates: number;
+}
+
+/**
+ * SessionOpen declares the trader a session trades for and what happens when the session ends without a clean
+ * close (the bot half-closes its side: a clean close does nothing). Send it as the first request, or give the
+ * metadata keys tradeguard-session-trader-id, tradeguard-session-account-id, tradeguard-session-on-disconnect
+ * (HALTED or REDUCING) and tradeguard-session-on-disconnect-seconds (0 or absent: until resumed).
+ */
+export interface SessionOpen {
+  /** The trader; same rules as CanTradeRequest.trader_id. */
+  traderId: string;
+  /** The trader's account. */
+  accountId: string;
+  /**
+   * TRADING_STATE_HALTED or TRADING_STATE_REDUCING: the pause when the stream is lost (connection lost, bot killed,
+   * deadline). UNSPECIFIED: nothing happens on disconnect.
+   */
+  onDisconnect: TradingState;
+  /** How long that pause lasts; unset or zero: until resumed. */
+  onDisconnectDuration?: Duration | undefined;
+}
+
+/** SessionOpened confirms a SessionOpen. */
+export interface SessionOpened {
+  /** The trader declared. */
+  traderId: string;
+  /** The pause a lost stream will cause (UNSPECIFIED: none). */
+  onDisconnect: TradingState;
+}
+
+/** SessionRequest is one call over a Session. */
+export interface SessionRequest {
+  /** Chosen by the bot; echoed in the answer. */
+  requestId: number;
+  /** CanTrade. */
+  canTrade?:
+    | CanTradeRequest
+    | undefined;
+  /** ReportEquity. */
+  reportEquity?:
+    | ReportEquityRequest
+    | undefined;
+  /** ReportTrade. */
+  reportTrade?:
+    | ReportTradeRequest
+    | undefined;
+  /** ReportPositions. */
+  reportPositions?:
+    | ReportPositionsRequest
+    | undefined;
+  /** ReportOrder. */
+  reportOrder?:
+    | ReportOrderRequest
+    | undefined;
+  /** ReportPrices. */
+  reportPrices?:
+    | ReportPricesRequest
+    | undefined;
+  /** Declares the session's trader and its cancel-on-disconnect (see SessionOpen). */
+  open?: SessionOpen | undefined;
+}
+
+/** SessionResponse is the answer to one SessionRequest. */
+export interface SessionResponse {
+  /** The request's request_id. */
+  requestId: number;
+  /** CanTrade's answer. */
+  canTrade?:
+    | CanTradeResponse
+    | undefined;
+  /** ReportEquity's answer. */
+  reportEquity?:
+    | ReportEquityResponse
+    | undefined;
+  /** ReportTrade's answer. */
+  reportTrade?:
+    | ReportTradeResponse
+    | undefined;
+  /** ReportPositions' answer. */
+  reportPositions?:
+    | ReportPositionsResponse
+    | undefined;
+  /** ReportOrder's answer. */
+  reportOrder?:
+    | ReportOrderResponse
+    | undefined;
+  /** ReportPrices' answer. */
+  reportPrices?:
+    | ReportPricesResponse
+    | undefined;
+  /** The answer to `open`. */
+  opened?:
+    | SessionOpened
+    | undefined;
+  /** The status the unary RPC would have failed with (code, message, details); the session goes on. */
+  error?: Status | undefined;
 }
 
 function createBaseCanTradeRequest(): CanTradeRequest {
@@ -2363,6 +2463,717 @@ export const WatchRiskStateResponse: MessageFns<WatchRiskStateResponse> = {
   },
 };
 
+function createBaseSessionOpen(): SessionOpen {
+  return { traderId: "", accountId: "", onDisconnect: 0, onDisconnectDuration: undefined };
+}
+
+export const SessionOpen: MessageFns<SessionOpen> = {
+  encode(message: SessionOpen, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.traderId !== "") {
+      writer.uint32(10).string(message.traderId);
+    }
+    if (message.accountId !== "") {
+      writer.uint32(18).string(message.accountId);
+    }
+    if (message.onDisconnect !== 0) {
+      writer.uint32(24).int32(message.onDisconnect);
+    }
+    if (message.onDisconnectDuration !== undefined) {
+      Duration.encode(message.onDisconnectDuration, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SessionOpen {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSessionOpen();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.traderId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.accountId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.onDisconnect = reader.int32() as any;
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.onDisconnectDuration = Duration.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SessionOpen {
+    return {
+      traderId: isSet(object.traderId)
+        ? globalThis.String(object.traderId)
+        : isSet(object.trader_id)
+        ? globalThis.String(object.trader_id)
+        : "",
+      accountId: isSet(object.accountId)
+        ? globalThis.String(object.accountId)
+        : isSet(object.account_id)
+        ? globalThis.String(object.account_id)
+        : "",
+      onDisconnect: isSet(object.onDisconnect)
+        ? tradingStateFromJSON(object.onDisconnect)
+        : isSet(object.on_disconnect)
+        ? tradingStateFromJSON(object.on_disconnect)
+        : 0,
+      onDisconnectDuration: isSet(object.onDisconnectDuration)
+        ? Duration.fromJSON(object.onDisconnectDuration)
+        : isSet(object.on_disconnect_duration)
+        ? Duration.fromJSON(object.on_disconnect_duration)
+        : undefined,
+    };
+  },
+
+  toJSON(message: SessionOpen): unknown {
+    const obj: any = {};
+    if (message.traderId !== "") {
+      obj.traderId = message.traderId;
+    }
+    if (message.accountId !== "") {
+      obj.accountId = message.accountId;
+    }
+    if (message.onDisconnect !== 0) {
+      obj.onDisconnect = tradingStateToJSON(message.onDisconnect);
+    }
+    if (message.onDisconnectDuration !== undefined) {
+      obj.onDisconnectDuration = Duration.toJSON(message.onDisconnectDuration);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SessionOpen>, I>>(base?: I): SessionOpen {
+    return SessionOpen.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SessionOpen>, I>>(object: I): SessionOpen {
+    const message = createBaseSessionOpen();
+    message.traderId = object.traderId ?? "";
+    message.accountId = object.accountId ?? "";
+    message.onDisconnect = object.onDisconnect ?? 0;
+    message.onDisconnectDuration = (object.onDisconnectDuration !== undefined && object.onDisconnectDuration !== null)
+      ? Duration.fromPartial(object.onDisconnectDuration)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseSessionOpened(): SessionOpened {
+  return { traderId: "", onDisconnect: 0 };
+}
+
+export const SessionOpened: MessageFns<SessionOpened> = {
+  encode(message: SessionOpened, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.traderId !== "") {
+      writer.uint32(10).string(message.traderId);
+    }
+    if (message.onDisconnect !== 0) {
+      writer.uint32(16).int32(message.onDisconnect);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SessionOpened {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSessionOpened();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.traderId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.onDisconnect = reader.int32() as any;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SessionOpened {
+    return {
+      traderId: isSet(object.traderId)
+        ? globalThis.String(object.traderId)
+        : isSet(object.trader_id)
+        ? globalThis.String(object.trader_id)
+        : "",
+      onDisconnect: isSet(object.onDisconnect)
+        ? tradingStateFromJSON(object.onDisconnect)
+        : isSet(object.on_disconnect)
+        ? tradingStateFromJSON(object.on_disconnect)
+        : 0,
+    };
+  },
+
+  toJSON(message: SessionOpened): unknown {
+    const obj: any = {};
+    if (message.traderId !== "") {
+      obj.traderId = message.traderId;
+    }
+    if (message.onDisconnect !== 0) {
+      obj.onDisconnect = tradingStateToJSON(message.onDisconnect);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SessionOpened>, I>>(base?: I): SessionOpened {
+    return SessionOpened.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SessionOpened>, I>>(object: I): SessionOpened {
+    const message = createBaseSessionOpened();
+    message.traderId = object.traderId ?? "";
+    message.onDisconnect = object.onDisconnect ?? 0;
+    return message;
+  },
+};
+
+function createBaseSessionRequest(): SessionRequest {
+  return {
+    requestId: 0,
+    canTrade: undefined,
+    reportEquity: undefined,
+    reportTrade: undefined,
+    reportPositions: undefined,
+    reportOrder: undefined,
+    reportPrices: undefined,
+    open: undefined,
+  };
+}
+
+export const SessionRequest: MessageFns<SessionRequest> = {
+  encode(message: SessionRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.requestId !== 0) {
+      writer.uint32(8).uint64(message.requestId);
+    }
+    if (message.canTrade !== undefined) {
+      CanTradeRequest.encode(message.canTrade, writer.uint32(18).fork()).join();
+    }
+    if (message.reportEquity !== undefined) {
+      ReportEquityRequest.encode(message.reportEquity, writer.uint32(26).fork()).join();
+    }
+    if (message.reportTrade !== undefined) {
+      ReportTradeRequest.encode(message.reportTrade, writer.uint32(34).fork()).join();
+    }
+    if (message.reportPositions !== undefined) {
+      ReportPositionsRequest.encode(message.reportPositions, writer.uint32(42).fork()).join();
+    }
+    if (message.reportOrder !== undefined) {
+      ReportOrderRequest.encode(message.reportOrder, writer.uint32(50).fork()).join();
+    }
+    if (message.reportPrices !== undefined) {
+      ReportPricesRequest.encode(message.reportPrices, writer.uint32(58).fork()).join();
+    }
+    if (message.open !== undefined) {
+      SessionOpen.encode(message.open, writer.uint32(66).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SessionRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSessionRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.requestId = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.canTrade = CanTradeRequest.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.reportEquity = ReportEquityRequest.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.reportTrade = ReportTradeRequest.decode(reader, reader.uint32());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.reportPositions = ReportPositionsRequest.decode(reader, reader.uint32());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.reportOrder = ReportOrderRequest.decode(reader, reader.uint32());
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.reportPrices = ReportPricesRequest.decode(reader, reader.uint32());
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.open = SessionOpen.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SessionRequest {
+    return {
+      requestId: isSet(object.requestId)
+        ? globalThis.Number(object.requestId)
+        : isSet(object.request_id)
+        ? globalThis.Number(object.request_id)
+        : 0,
+      canTrade: isSet(object.canTrade)
+        ? CanTradeRequest.fromJSON(object.canTrade)
+        : isSet(object.can_trade)
+        ? CanTradeRequest.fromJSON(object.can_trade)
+        : undefined,
+      reportEquity: isSet(object.reportEquity)
+        ? ReportEquityRequest.fromJSON(object.reportEquity)
+        : isSet(object.report_equity)
+        ? ReportEquityRequest.fromJSON(object.report_equity)
+        : undefined,
+      reportTrade: isSet(object.reportTrade)
+        ? ReportTradeRequest.fromJSON(object.reportTrade)
+        : isSet(object.report_trade)
+        ? ReportTradeRequest.fromJSON(object.report_trade)
+        : undefined,
+      reportPositions: isSet(object.reportPositions)
+        ? ReportPositionsRequest.fromJSON(object.reportPositions)
+        : isSet(object.report_positions)
+        ? ReportPositionsRequest.fromJSON(object.report_positions)
+        : undefined,
+      reportOrder: isSet(object.reportOrder)
+        ? ReportOrderRequest.fromJSON(object.reportOrder)
+        : isSet(object.report_order)
+        ? ReportOrderRequest.fromJSON(object.report_order)
+        : undefined,
+      reportPrices: isSet(object.reportPrices)
+        ? ReportPricesRequest.fromJSON(object.reportPrices)
+        : isSet(object.report_prices)
+        ? ReportPricesRequest.fromJSON(object.report_prices)
+        : undefined,
+      open: isSet(object.open) ? SessionOpen.fromJSON(object.open) : undefined,
+    };
+  },
+
+  toJSON(message: SessionRequest): unknown {
+    const obj: any = {};
+    if (message.requestId !== 0) {
+      obj.requestId = Math.round(message.requestId);
+    }
+    if (message.canTrade !== undefined) {
+      obj.canTrade = CanTradeRequest.toJSON(message.canTrade);
+    }
+    if (message.reportEquity !== undefined) {
+      obj.reportEquity = ReportEquityRequest.toJSON(message.reportEquity);
+    }
+    if (message.reportTrade !== undefined) {
+      obj.reportTrade = ReportTradeRequest.toJSON(message.reportTrade);
+    }
+    if (message.reportPositions !== undefined) {
+      obj.reportPositions = ReportPositionsRequest.toJSON(message.reportPositions);
+    }
+    if (message.reportOrder !== undefined) {
+      obj.reportOrder = ReportOrderRequest.toJSON(message.reportOrder);
+    }
+    if (message.reportPrices !== undefined) {
+      obj.reportPrices = ReportPricesRequest.toJSON(message.reportPrices);
+    }
+    if (message.open !== undefined) {
+      obj.open = SessionOpen.toJSON(message.open);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SessionRequest>, I>>(base?: I): SessionRequest {
+    return SessionRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SessionRequest>, I>>(object: I): SessionRequest {
+    const message = createBaseSessionRequest();
+    message.requestId = object.requestId ?? 0;
+    message.canTrade = (object.canTrade !== undefined && object.canTrade !== null)
+      ? CanTradeRequest.fromPartial(object.canTrade)
+      : undefined;
+    message.reportEquity = (object.reportEquity !== undefined && object.reportEquity !== null)
+      ? ReportEquityRequest.fromPartial(object.reportEquity)
+      : undefined;
+    message.reportTrade = (object.reportTrade !== undefined && object.reportTrade !== null)
+      ? ReportTradeRequest.fromPartial(object.reportTrade)
+      : undefined;
+    message.reportPositions = (object.reportPositions !== undefined && object.reportPositions !== null)
+      ? ReportPositionsRequest.fromPartial(object.reportPositions)
+      : undefined;
+    message.reportOrder = (object.reportOrder !== undefined && object.reportOrder !== null)
+      ? ReportOrderRequest.fromPartial(object.reportOrder)
+      : undefined;
+    message.reportPrices = (object.reportPrices !== undefined && object.reportPrices !== null)
+      ? ReportPricesRequest.fromPartial(object.reportPrices)
+      : undefined;
+    message.open = (object.open !== undefined && object.open !== null)
+      ? SessionOpen.fromPartial(object.open)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseSessionResponse(): SessionResponse {
+  return {
+    requestId: 0,
+    canTrade: undefined,
+    reportEquity: undefined,
+    reportTrade: undefined,
+    reportPositions: undefined,
+    reportOrder: undefined,
+    reportPrices: undefined,
+    opened: undefined,
+    error: undefined,
+  };
+}
+
+export const SessionResponse: MessageFns<SessionResponse> = {
+  encode(message: SessionResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.requestId !== 0) {
+      writer.uint32(8).uint64(message.requestId);
+    }
+    if (message.canTrade !== undefined) {
+      CanTradeResponse.encode(message.canTrade, writer.uint32(18).fork()).join();
+    }
+    if (message.reportEquity !== undefined) {
+      ReportEquityResponse.encode(message.reportEquity, writer.uint32(26).fork()).join();
+    }
+    if (message.reportTrade !== undefined) {
+      ReportTradeResponse.encode(message.reportTrade, writer.uint32(34).fork()).join();
+    }
+    if (message.reportPositions !== undefined) {
+      ReportPositionsResponse.encode(message.reportPositions, writer.uint32(42).fork()).join();
+    }
+    if (message.reportOrder !== undefined) {
+      ReportOrderResponse.encode(message.reportOrder, writer.uint32(50).fork()).join();
+    }
+    if (message.reportPrices !== undefined) {
+      ReportPricesResponse.encode(message.reportPrices, writer.uint32(58).fork()).join();
+    }
+    if (message.opened !== undefined) {
+      SessionOpened.encode(message.opened, writer.uint32(66).fork()).join();
+    }
+    if (message.error !== undefined) {
+      Status.encode(message.error, writer.uint32(74).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SessionResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSessionResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.requestId = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.canTrade = CanTradeResponse.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.reportEquity = ReportEquityResponse.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.reportTrade = ReportTradeResponse.decode(reader, reader.uint32());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.reportPositions = ReportPositionsResponse.decode(reader, reader.uint32());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.reportOrder = ReportOrderResponse.decode(reader, reader.uint32());
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.reportPrices = ReportPricesResponse.decode(reader, reader.uint32());
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.opened = SessionOpened.decode(reader, reader.uint32());
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.error = Status.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SessionResponse {
+    return {
+      requestId: isSet(object.requestId)
+        ? globalThis.Number(object.requestId)
+        : isSet(object.request_id)
+        ? globalThis.Number(object.request_id)
+        : 0,
+      canTrade: isSet(object.canTrade)
+        ? CanTradeResponse.fromJSON(object.canTrade)
+        : isSet(object.can_trade)
+        ? CanTradeResponse.fromJSON(object.can_trade)
+        : undefined,
+      reportEquity: isSet(object.reportEquity)
+        ? ReportEquityResponse.fromJSON(object.reportEquity)
+        : isSet(object.report_equity)
+        ? ReportEquityResponse.fromJSON(object.report_equity)
+        : undefined,
+      reportTrade: isSet(object.reportTrade)
+        ? ReportTradeResponse.fromJSON(object.reportTrade)
+        : isSet(object.report_trade)
+        ? ReportTradeResponse.fromJSON(object.report_trade)
+        : undefined,
+      reportPositions: isSet(object.reportPositions)
+        ? ReportPositionsResponse.fromJSON(object.reportPositions)
+        : isSet(object.report_positions)
+        ? ReportPositionsResponse.fromJSON(object.report_positions)
+        : undefined,
+      reportOrder: isSet(object.reportOrder)
+        ? ReportOrderResponse.fromJSON(object.reportOrder)
+        : isSet(object.report_order)
+        ? ReportOrderResponse.fromJSON(object.report_order)
+        : undefined,
+      reportPrices: isSet(object.reportPrices)
+        ? ReportPricesResponse.fromJSON(object.reportPrices)
+        : isSet(object.report_prices)
+        ? ReportPricesResponse.fromJSON(object.report_prices)
+        : undefined,
+      opened: isSet(object.opened) ? SessionOpened.fromJSON(object.opened) : undefined,
+      error: isSet(object.error) ? Status.fromJSON(object.error) : undefined,
+    };
+  },
+
+  toJSON(message: SessionResponse): unknown {
+    const obj: any = {};
+    if (message.requestId !== 0) {
+      obj.requestId = Math.round(message.requestId);
+    }
+    if (message.canTrade !== undefined) {
+      obj.canTrade = CanTradeResponse.toJSON(message.canTrade);
+    }
+    if (message.reportEquity !== undefined) {
+      obj.reportEquity = ReportEquityResponse.toJSON(message.reportEquity);
+    }
+    if (message.reportTrade !== undefined) {
+      obj.reportTrade = ReportTradeResponse.toJSON(message.reportTrade);
+    }
+    if (message.reportPositions !== undefined) {
+      obj.reportPositions = ReportPositionsResponse.toJSON(message.reportPositions);
+    }
+    if (message.reportOrder !== undefined) {
+      obj.reportOrder = ReportOrderResponse.toJSON(message.reportOrder);
+    }
+    if (message.reportPrices !== undefined) {
+      obj.reportPrices = ReportPricesResponse.toJSON(message.reportPrices);
+    }
+    if (message.opened !== undefined) {
+      obj.opened = SessionOpened.toJSON(message.opened);
+    }
+    if (message.error !== undefined) {
+      obj.error = Status.toJSON(message.error);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SessionResponse>, I>>(base?: I): SessionResponse {
+    return SessionResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SessionResponse>, I>>(object: I): SessionResponse {
+    const message = createBaseSessionResponse();
+    message.requestId = object.requestId ?? 0;
+    message.canTrade = (object.canTrade !== undefined && object.canTrade !== null)
+      ? CanTradeResponse.fromPartial(object.canTrade)
+      : undefined;
+    message.reportEquity = (object.reportEquity !== undefined && object.reportEquity !== null)
+      ? ReportEquityResponse.fromPartial(object.reportEquity)
+      : undefined;
+    message.reportTrade = (object.reportTrade !== undefined && object.reportTrade !== null)
+      ? ReportTradeResponse.fromPartial(object.reportTrade)
+      : undefined;
+    message.reportPositions = (object.reportPositions !== undefined && object.reportPositions !== null)
+      ? ReportPositionsResponse.fromPartial(object.reportPositions)
+      : undefined;
+    message.reportOrder = (object.reportOrder !== undefined && object.reportOrder !== null)
+      ? ReportOrderResponse.fromPartial(object.reportOrder)
+      : undefined;
+    message.reportPrices = (object.reportPrices !== undefined && object.reportPrices !== null)
+      ? ReportPricesResponse.fromPartial(object.reportPrices)
+      : undefined;
+    message.opened = (object.opened !== undefined && object.opened !== null)
+      ? SessionOpened.fromPartial(object.opened)
+      : undefined;
+    message.error = (object.error !== undefined && object.error !== null)
+      ? Status.fromPartial(object.error)
+      : undefined;
+    return message;
+  },
+};
+
 /**
  * RiskService is the bot's hot path. Every call answers from memory; nothing waits on the database.
  * HTTP (google.api.http, AIP-127): every RPC under /v1/risk/...; WatchRiskState as server-sent events.
@@ -2450,6 +3261,22 @@ export const RiskServiceService = {
       Buffer.from(ReportPricesResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ReportPricesResponse => ReportPricesResponse.decode(value),
   },
+  /**
+   * Session carries a bot's calls over one bidirectional stream: one answer per request, in request order, with the
+   * request_id echoed; each answer is exactly what the unary RPC answers, and a request the unary RPC would reject
+   * gets `error` (same code, message and details) while the stream goes on. A session may declare its trader and
+   * what to do when the stream ends without a clean close (cancel-on-disconnect): see SessionOpen.
+   * Not available over HTTP.
+   */
+  session: {
+    path: "/tradeguard.v1.RiskService/Session" as const,
+    requestStream: true as const,
+    responseStream: true as const,
+    requestSerialize: (value: SessionRequest): Buffer => Buffer.from(SessionRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SessionRequest => SessionRequest.decode(value),
+    responseSerialize: (value: SessionResponse): Buffer => Buffer.from(SessionResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SessionResponse => SessionResponse.decode(value),
+  },
   /** WatchRiskState streams the current state at once, then every change and required action. */
   watchRiskState: {
     path: "/tradeguard.v1.RiskService/WatchRiskState" as const,
@@ -2485,6 +3312,14 @@ export interface RiskServiceServer extends UntypedServiceImplementation {
    * count too).
    */
   reportPrices: handleUnaryCall<ReportPricesRequest, ReportPricesResponse>;
+  /**
+   * Session carries a bot's calls over one bidirectional stream: one answer per request, in request order, with the
+   * request_id echoed; each answer is exactly what the unary RPC answers, and a request the unary RPC would reject
+   * gets `error` (same code, message and details) while the stream goes on. A session may declare its trader and
+   * what to do when the stream ends without a clean close (cancel-on-disconnect): see SessionOpen.
+   * Not available over HTTP.
+   */
+  session: handleBidiStreamingCall<SessionRequest, SessionResponse>;
   /** WatchRiskState streams the current state at once, then every change and required action. */
   watchRiskState: handleServerStreamingCall<WatchRiskStateRequest, WatchRiskStateResponse>;
 }
@@ -2608,6 +3443,16 @@ export interface RiskServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ReportPricesResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * Session carries a bot's calls over one bidirectional stream: one answer per request, in request order, with the
+   * request_id echoed; each answer is exactly what the unary RPC answers, and a request the unary RPC would reject
+   * gets `error` (same code, message and details) while the stream goes on. A session may declare its trader and
+   * what to do when the stream ends without a clean close (cancel-on-disconnect): see SessionOpen.
+   * Not available over HTTP.
+   */
+  session(): ClientDuplexStream<SessionRequest, SessionResponse>;
+  session(options: Partial<CallOptions>): ClientDuplexStream<SessionRequest, SessionResponse>;
+  session(metadata: Metadata, options?: Partial<CallOptions>): ClientDuplexStream<SessionRequest, SessionResponse>;
   /** WatchRiskState streams the current state at once, then every change and required action. */
   watchRiskState(
     request: WatchRiskStateRequest,

@@ -1029,7 +1029,19 @@ export interface RiskConfiguration {
     | number
     | undefined;
   /** Net notional exposure of the account (long - short, positions + pending orders), absolute; > 0. */
-  accountMaxNetExposure?: number | undefined;
+  accountMaxNetExposure?:
+    | number
+    | undefined;
+  /**
+   * Dead-man's switch: when no call or session message for a trader of the account arrives within this many
+   * seconds, the trader is paused (heartbeat_pause_state) until a person or the configured policy resumes it.
+   * In [1, 86400]; unset: no heartbeat required.
+   */
+  heartbeatTimeoutSeconds?:
+    | number
+    | undefined;
+  /** The pause a missed heartbeat causes: TRADING_STATE_HALTED (the default) or TRADING_STATE_REDUCING. */
+  heartbeatPauseState?: TradingState | undefined;
 }
 
 /** CircuitBreaker is a user-defined rule: a condition, an action and a scope (circuit_breakers). */
@@ -3470,6 +3482,8 @@ function createBaseRiskConfiguration(): RiskConfiguration {
     accountMaxDrawdownPercentage: undefined,
     accountMaxGrossExposure: undefined,
     accountMaxNetExposure: undefined,
+    heartbeatTimeoutSeconds: undefined,
+    heartbeatPauseState: undefined,
   };
 }
 
@@ -3600,6 +3614,12 @@ export const RiskConfiguration: MessageFns<RiskConfiguration> = {
     }
     if (message.accountMaxNetExposure !== undefined) {
       writer.uint32(337).double(message.accountMaxNetExposure);
+    }
+    if (message.heartbeatTimeoutSeconds !== undefined) {
+      writer.uint32(344).int32(message.heartbeatTimeoutSeconds);
+    }
+    if (message.heartbeatPauseState !== undefined) {
+      writer.uint32(352).int32(message.heartbeatPauseState);
     }
     return writer;
   },
@@ -3953,6 +3973,22 @@ export const RiskConfiguration: MessageFns<RiskConfiguration> = {
             message.accountMaxNetExposure = reader.double();
             continue;
           }
+          case 43: {
+            if (tag !== 344) {
+              break;
+            }
+
+            message.heartbeatTimeoutSeconds = reader.int32();
+            continue;
+          }
+          case 44: {
+            if (tag !== 352) {
+              break;
+            }
+
+            message.heartbeatPauseState = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4177,6 +4213,16 @@ export const RiskConfiguration: MessageFns<RiskConfiguration> = {
         : isSet(object.account_max_net_exposure)
         ? globalThis.Number(object.account_max_net_exposure)
         : undefined,
+      heartbeatTimeoutSeconds: isSet(object.heartbeatTimeoutSeconds)
+        ? globalThis.Number(object.heartbeatTimeoutSeconds)
+        : isSet(object.heartbeat_timeout_seconds)
+        ? globalThis.Number(object.heartbeat_timeout_seconds)
+        : undefined,
+      heartbeatPauseState: isSet(object.heartbeatPauseState)
+        ? tradingStateFromJSON(object.heartbeatPauseState)
+        : isSet(object.heartbeat_pause_state)
+        ? tradingStateFromJSON(object.heartbeat_pause_state)
+        : undefined,
     };
   },
 
@@ -4308,6 +4354,12 @@ export const RiskConfiguration: MessageFns<RiskConfiguration> = {
     if (message.accountMaxNetExposure !== undefined) {
       obj.accountMaxNetExposure = floatToJson(message.accountMaxNetExposure);
     }
+    if (message.heartbeatTimeoutSeconds !== undefined) {
+      obj.heartbeatTimeoutSeconds = Math.round(message.heartbeatTimeoutSeconds);
+    }
+    if (message.heartbeatPauseState !== undefined) {
+      obj.heartbeatPauseState = tradingStateToJSON(message.heartbeatPauseState);
+    }
     return obj;
   },
 
@@ -4358,6 +4410,8 @@ export const RiskConfiguration: MessageFns<RiskConfiguration> = {
     message.accountMaxDrawdownPercentage = object.accountMaxDrawdownPercentage ?? undefined;
     message.accountMaxGrossExposure = object.accountMaxGrossExposure ?? undefined;
     message.accountMaxNetExposure = object.accountMaxNetExposure ?? undefined;
+    message.heartbeatTimeoutSeconds = object.heartbeatTimeoutSeconds ?? undefined;
+    message.heartbeatPauseState = object.heartbeatPauseState ?? undefined;
     return message;
   },
 };
