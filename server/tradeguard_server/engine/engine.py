@@ -47,6 +47,7 @@ from .types import (
     DecisionCode,
     Flags,
     OrderIntent,
+    OrderSplit,
     OrderStatus,
     PendingOrder,
     Position,
@@ -66,6 +67,9 @@ log = logging.getLogger("tradeguard.engine")
 
 # (decision, state, order, reducing) -> the decision answered: set while the stored state is not loaded
 DecisionGate = Callable[[Decision, TraderState, OrderIntent | None, bool], Decision]
+# (state, order, its split, limits, now) -> the account-wide checks (issue 17; cluster.account_view): called by
+# CanTrade only when set and the account has an account-wide limit (Limits.account_limited)
+AccountChecks = Callable[[TraderState, OrderIntent | None, OrderSplit | None, Limits, float], tuple[CheckResult, ...]]
 # (time, method name, arguments) of every state-changing call, kept while the stored state is not loaded
 JournalEntry = tuple[float, str, tuple[object, ...]]
 
@@ -148,6 +152,8 @@ class RiskEngine:
         # and every state-changing call is appended to `journal`, to be replayed on the stored state.
         self.gate: DecisionGate | None = None
         self.journal: list[JournalEntry] | None = None
+        # Account-wide limits (issue 17): the hook adding their checks to CanTrade (None: nothing is called).
+        self.account_checks: AccountChecks | None = None
 
     # ---- lookup ---------------------------------------------------------------------------------
 
@@ -699,6 +705,9 @@ class RiskEngine:
                 self._changed(st, now, "breaker re-armed")
         state_checks = cache.checks
         results = state_checks if order_results is None else (*state_checks, *order_results)
+        account_checks = self.account_checks
+        if account_checks is not None and limits.account_limited:
+            results = (*results, *account_checks(st, order, split, limits, now))
         decision = self._decide(st, now, results, actions, enforce)
         if self.gate is not None:
             decision = self.gate(decision, st, order, reducing)
