@@ -223,7 +223,7 @@ def test_without_the_hook_no_account_check_is_shown(engine: RiskEngine) -> None:
 
 
 async def test_every_cantrade_of_a_limited_account_shows_the_account_checks_with_numbers(engine: RiskEngine) -> None:
-    view, _ = attach(engine)
+    attach(engine)
     engine.report_equity("t1", "acct", 10_000.0, None)
     engine.report_equity("t2", "other", 10_000.0, None)
 
@@ -238,7 +238,7 @@ async def test_every_cantrade_of_a_limited_account_shows_the_account_checks_with
 
 
 async def test_an_order_taking_gross_exposure_beyond_the_limit_is_denied_account_limit(engine: RiskEngine) -> None:
-    view, _ = attach(engine)
+    attach(engine)
     engine.report_equity("t1", "acct", 10_000.0, None)
     engine.report_equity("t2", "acct", 10_000.0, None)
     engine.report_positions("t2", "acct", [Position("BTC", Side.BUY, 0.1, 60_000.0, 60_000.0)])  # 6,000
