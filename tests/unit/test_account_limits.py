@@ -23,6 +23,7 @@ from tradeguard_server.engine.account_limits import (
     daily_loss_pct,
     drawdown_pct,
     evaluate,
+    exposure,
     figures_of_row,
     figures_of_state,
 )
@@ -37,7 +38,7 @@ ALL = Limits(account_daily_loss_percentage=5.0, account_max_drawdown_percentage=
 
 
 def fig(tid: str, equity: float, start: float, long: float = 0.0, short: float = 0.0) -> TraderFigures:
-    return TraderFigures(tid, equity, start, equity - start, long, short)
+    return TraderFigures(tid, equity, start, equity - start, long + short, long - short)
 
 
 def by_name(checks: tuple) -> dict:  # type: ignore[type-arg]
@@ -121,21 +122,31 @@ def test_figures_of_a_row_match_the_figures_of_the_live_state(clock: ManualClock
     engine.report_positions("t1", "a", [Position("BTC", Side.BUY, 1.0, 100.0, 110.0),
                                         Position("ETH", Side.SELL, 2.0, 50.0, 40.0)])
     engine.can_trade("t1", "a", OrderIntent("SOL", Side.BUY, 3.0, 10.0), "o1")  # pending: 30 long
+    engine.can_trade("t1", "a", OrderIntent("BTC", Side.SELL, 0.5, 100.0), "o2")  # closes half of BTC: adds nothing
     st = engine.traders["t1"]
     row = {"trader_id": "t1", "current_equity": st.current_equity, "day_start_equity": st.day_start_equity,
            "day_start": st.day_start, "equity_reported": True, "updated_at": st.updated_at,
-           "positions": [{"side": p.side.name, "quantity": p.quantity, "mark_price": p.mark_price}
-                         for p in st.positions.values()],
-           "pending_orders": [{"side": o.side.name, "quantity": o.quantity, "price": o.price, "filled": o.filled,
-                               "status": o.status.name, "reducing": o.reducing, "unreconciled": o.unreconciled}
-                              for o in st.orders.values()]}
+           "positions": [{"symbol": p.symbol, "exchange": p.exchange, "side": p.side.name, "quantity": p.quantity,
+                          "mark_price": p.mark_price} for p in st.positions.values()],
+           "pending_orders": [{"symbol": o.symbol, "exchange": o.exchange, "side": o.side.name, "quantity": o.quantity,
+                               "price": o.price, "filled": o.filled, "status": o.status.name, "reducing": o.reducing,
+                               "unreconciled": o.unreconciled} for o in st.orders.values()]}
 
     live, stored = figures_of_state(st), figures_of_row(row, st.day_start)
 
     assert live == stored
-    assert live is not None and (live.long_notional, live.short_notional, live.daily_pnl) == (140.0, 80.0, -500.0)
+    # gross: BTC 110 (the closing sell leaves less), ETH 80, SOL 30 pending; net: 110 - 50 - 80 + 30
+    assert live is not None and (live.gross_notional, live.net_notional, live.daily_pnl) == (220.0, 10.0, -500.0)
     yesterday = figures_of_row(row, st.day_start + 86_400)  # an idle trader's row from an earlier day: no loss today
     assert yesterday is not None and yesterday.daily_pnl == 0.0
+
+
+def test_gross_takes_the_worse_of_the_pending_buys_or_sells_filling_on_each_venue() -> None:
+    v = ("BTC", "binance")
+    assert exposure({v: 1_000.0}, {v: (0.0, 1_000.0)}) == (1_000.0, 0.0)  # a close adds nothing
+    assert exposure({v: 1_000.0}, {v: (0.0, 3_000.0)}) == (2_000.0, -2_000.0)  # a flip counts what it opens
+    assert exposure({v: -500.0}, {v: (200.0, 300.0)}) == (800.0, -600.0)
+    assert exposure({}, {v: (100.0, 50.0)}) == (100.0, 50.0)
 
 
 # ---- properties -------------------------------------------------------------------------------------
@@ -154,6 +165,27 @@ def test_the_account_loss_is_between_the_best_and_worst_trader_loss(ts: list[tup
     assert 0.0 <= a.daily_loss_pct <= max(losses) + 1e-9
     assert a.gross_notional == pytest.approx(sum(lo + sh for *_x, lo, sh in ts))
     assert abs(a.net_notional) <= a.gross_notional * (1 + 1e-12)
+
+
+venues = st.dictionaries(st.sampled_from([("A", ""), ("B", ""), ("B", "x"), ("C", "y")]),
+                         st.floats(min_value=-1e6, max_value=1e6, allow_nan=False))
+pendings = st.dictionaries(st.sampled_from([("A", ""), ("B", "x"), ("D", "")]),
+                           st.tuples(notional, notional))
+
+
+@settings(max_examples=300, deadline=None)
+@given(venues, pendings)
+def test_gross_covers_every_fill_outcome_and_net_is_never_beyond_gross(
+    positions: dict[tuple[str, str], float], pending: dict[tuple[str, str], tuple[float, float]]
+) -> None:
+    gross, net = exposure(positions, pending)
+    every = set(positions) | set(pending)
+    for buys_fill in (False, True):
+        for sells_fill in (False, True):
+            after = sum(abs(positions.get(v, 0.0) + (pending.get(v, (0, 0))[0] if buys_fill else 0.0)
+                            - (pending.get(v, (0, 0))[1] if sells_fill else 0.0)) for v in every)
+            assert after <= gross * (1 + 1e-9) + 1e-6
+    assert abs(net) <= gross * (1 + 1e-9) + 1e-6
 
 
 @settings(max_examples=200, deadline=None)

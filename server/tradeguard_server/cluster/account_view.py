@@ -44,9 +44,12 @@ from ..engine.account_limits import (
     OrderEffect,
     TraderFigures,
     aggregate,
-    evaluate,
+    exposure_checks,
     figures_of_row,
     figures_of_state,
+    for_order,
+    loss_checks,
+    view_text,
 )
 from ..engine.engine import RiskEngine
 from ..engine.events import StateChanged
@@ -181,6 +184,8 @@ class AccountView:
         self._local: dict[str, set[str]] = {}  # account -> ids of this engine's traders of it
         self._figures: dict[str, tuple[int, TraderFigures | None]] = {}  # trader -> (state version, figures)
         self.episodes: dict[str, set[str]] = {}  # account -> the breach rules in progress (paused once)
+        # account -> (sums key, limits, view text, loss checks, the no-order verdict): see _verdict
+        self._verdicts: dict[str, tuple[tuple[float, ...], Limits, str, tuple[CheckResult, ...], AccountVerdict]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
         self.pauses = 0  # pause_account calls made
@@ -246,11 +251,26 @@ class AccountView:
                 yield f
 
     def _verdict(self, account: str, limits: Limits, now: float, effect: OrderEffect | None) -> AccountVerdict:
+        """The verdict; the loss checks and the no-order exposure checks are reused while the sums, the peak, the
+        limits and the view's age (to 0.1 s) stay the same (formatting them is most of the cost)."""
         sums = aggregate(self._all_figures(account))
         peak = self.peaks.get(account, 0.0)
         if sums.traders and sums.equity > peak:
             peak = self.peaks[account] = sums.equity
-        return evaluate(sums, peak, limits, self.age(now), effect)
+        age = round(self.age(now), 1)
+        key = (sums.equity, sums.day_start_equity, sums.daily_pnl, sums.gross_notional, sums.net_notional,
+               sums.traders, peak, age)
+        cached = self._verdicts.get(account)
+        if cached is None or cached[0] != key or cached[1] is not limits:
+            view = view_text(sums.traders, age)
+            losses, breaches = loss_checks(sums, peak, limits, view)
+            idle = AccountVerdict((*losses, *exposure_checks(sums, limits, view, None)), breaches)
+            cached = self._verdicts[account] = (key, limits, view, losses, idle)
+        _key, _limits, view, losses, idle = cached
+        if effect is None:
+            return idle
+        return AccountVerdict((*for_order(losses, effect), *exposure_checks(sums, limits, view, effect)),
+                              idle.breaches)
 
     # ---- breaches ----------------------------------------------------------------------------------
 
