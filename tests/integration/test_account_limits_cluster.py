@@ -178,3 +178,34 @@ async def test_a_sidecars_trader_reaches_risk_state_well_within_account_view_sec
         print(f"\nreport -> risk_state row visible (s): p50 {p50:.4f} p99 {p99:.4f} max {delays[-1]:.4f} "
               f"(account_view_seconds {sc.settings.account_view_seconds})")
         assert p50 < sc.settings.account_view_seconds and delays[-1] < 1.0  # the bound: <= 1 s
+
+
+async def test_the_account_peak_is_shared_through_account_marks_and_drawdown_seen_everywhere(pg_url: str) -> None:
+    async with three_sidecars(pg_url, account_max_drawdown_percentage=10.0, max_drawdown_percentage=50.0) as nodes:
+        for node in nodes:
+            await node.equity(10_000.0)
+        await nodes[0].equity(13_000.0)  # the account: 33,000, its peak
+
+        db = create_engine(pg_url)
+        try:
+            def peak() -> float | None:
+                with db.connect() as conn:
+                    return conn.execute(text("SELECT peak_equity FROM account_marks WHERE account_id = :a"),
+                                        {"a": ACCOUNT}).scalar()
+
+            assert await eventually(lambda: peak() == 33_000.0, timeout=10)
+            await nodes[0].equity(10_000.0)  # 30,000: 9.09% below the peak
+            await nodes[1].equity(9_600.0)  # 29,600: 10.3%
+            assert await eventually(lambda: sees(nodes[2], "account_drawdown", "peak 33000.00"), timeout=10)
+            assert await eventually(
+                lambda: all_halted(nodes), timeout=5), [n.sidecar.account_view.pauses for n in nodes]
+            resp = await nodes[2].can_trade()
+            dd = check(resp, "account_drawdown")
+            assert (round(dd.value, 2), dd.limit) == (10.30, 10.0) and "equity 29600.00" in dd.detail
+            assert peak() == 33_000.0  # a lower sum never lowers it
+        finally:
+            db.dispose()
+
+
+async def all_halted(nodes: list[Node]) -> bool:
+    return all([(await n.can_trade()).trading_state == t.TRADING_STATE_HALTED for n in nodes])

@@ -335,3 +335,32 @@ async def test_the_drawdown_peak_is_the_highest_summed_equity_seen(engine: RiskE
 
     dd = by_name(decision.checks)[DRAWDOWN]
     assert (dd.status, round(dd.value, 2)) == (FAIL, 10.45) and "peak 22000.00" in dd.detail
+
+
+async def test_a_local_trader_idle_since_yesterday_has_no_loss_today(engine: RiskEngine, clock: ManualClock) -> None:
+    attach(engine)
+    engine.report_equity("t1", "acct", 10_000.0, None)
+    engine.report_equity("t1", "acct", 9_800.0, None)  # -2% yesterday
+    clock.advance(86_400.0)
+    engine.report_equity("t2", "acct", 10_000.0, None)
+
+    decision, _ = engine.can_trade("t2", "acct", None)
+
+    loss = by_name(decision.checks)[DAILY_LOSS]
+    assert (loss.value, loss.status) == (0.0, PASS) and "2 traders" in loss.detail
+
+
+def test_a_breach_seen_without_an_event_loop_still_denies_and_pauses_at_the_next_round(engine: RiskEngine) -> None:
+    view, pauser = attach(engine)
+    engine.report_equity("t1", "acct", 10_000.0, None)
+    engine.report_equity("t1", "acct", 9_000.0, None)
+
+    decision, _ = engine.can_trade("t1", "acct", None)  # synchronous: nothing to pause on, the call still answers
+    assert not decision.allowed and decision.code is DecisionCode.ACCOUNT_LIMIT
+
+    async def round_() -> None:
+        await view.refresh()
+        await asyncio.sleep(0)
+
+    asyncio.run(round_())
+    assert len(pauser.calls) == 1

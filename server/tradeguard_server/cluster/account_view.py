@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine, Table, func, select
@@ -155,9 +155,6 @@ class RemoteSource:
 
 # ---- the view ----------------------------------------------------------------------------------------
 
-Spawn = Callable[[Coroutine[Any, Any, None]], object]
-
-
 class AccountView:
     """See the module docstring. `checks` is the engine's account_checks hook; `run` the periodic rounds."""
 
@@ -182,7 +179,9 @@ class AccountView:
         self.read_seconds = 0.0  # how long that read took
         self.read_failures = 0
         self._local: dict[str, set[str]] = {}  # account -> ids of this engine's traders of it
-        self._figures: dict[str, tuple[int, TraderFigures | None]] = {}  # trader -> (state version, figures)
+        # trader -> (state version, day, figures) of the local traders
+        self._figures: dict[str, tuple[int, float, TraderFigures | None]] = {}
+        self._today = self._tomorrow = 0.0
         self.episodes: dict[str, set[str]] = {}  # account -> the breach rules in progress (paused once)
         # account -> (sums key, limits, view text, loss checks, the no-order verdict): see _verdict
         self._verdicts: dict[str, tuple[tuple[float, ...], Limits, str, tuple[CheckResult, ...], AccountVerdict]] = {}
@@ -228,7 +227,15 @@ class AccountView:
             return 0.0
         return float("inf") if self.read_at is None else max(0.0, now - self.read_at)
 
+    def today(self, now: float) -> float:
+        """The start of the current day (engine.periods; recomputed once a day)."""
+        if now >= self._tomorrow or now < self._today:
+            self._today = periods.day_start(now, self.engine.reset_offset_s)
+            self._tomorrow = self._today + periods.DAY
+        return self._today
+
     def _all_figures(self, account: str) -> Iterable[TraderFigures]:
+        today = self.today(self.engine.clock.now())
         traders = self.engine.traders
         cache = self._figures
         local = self._local.get(account) or set()
@@ -239,10 +246,10 @@ class AccountView:
                 gone.append(trader_id)
                 continue
             seen = cache.get(trader_id)
-            if seen is None or seen[0] != st.version:
-                seen = cache[trader_id] = (st.version, figures_of_state(st))
-            if seen[1] is not None:
-                yield seen[1]
+            if seen is None or seen[0] != st.version or seen[1] != today:
+                seen = cache[trader_id] = (st.version, today, figures_of_state(st, today))
+            if seen[2] is not None:
+                yield seen[2]
         for trader_id in gone:
             local.discard(trader_id)
             cache.pop(trader_id, None)
@@ -286,21 +293,23 @@ class AccountView:
         for breach in breaches:
             if breach.rule in episodes:
                 continue
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # (no event loop: a synchronous caller, tests) the next round pauses
+                log.warning("account %s: %s breached, no event loop to pause on", account, breach.rule)
+                continue
             episodes.add(breach.rule)
             log.warning("RISK LIMIT BREACHED account=%s rule=%s value=%.4f limit=%.4f: pausing every trader of the "
                         "account: %s", account, breach.rule, breach.value, breach.limit, breach.text,
                         extra={"account_id": account, "rule": breach.rule, "value": breach.value,
                                "limit": breach.limit})
-            self._spawn(self._pause(account, breach))
+            task = loop.create_task(self._pause(account, breach))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         if episodes:
             self.episodes[account] = episodes
         else:
             self.episodes.pop(account, None)
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def _pause(self, account: str, breach: Breach) -> None:
         self.pauses += 1
@@ -360,7 +369,7 @@ class AccountView:
             self.read_failures = 0
         self.read_seconds = loop.time() - started
         self.read_at = now
-        today = periods.day_start(now, self.engine.reset_offset_s)
+        today = self.today(now)
         remote: dict[str, dict[str, TraderFigures]] = {a: {} for a in accounts}
         cache = self._row_cache
         seen: set[str] = set()

@@ -138,17 +138,20 @@ def exposure(positions: Mapping[Venue, float], pending: Mapping[Venue, tuple[flo
 Venue = tuple[str, str]  # (symbol, exchange)
 
 
-def figures_of_state(st: TraderState) -> TraderFigures | None:
+def figures_of_state(st: TraderState, day_start: float = 0.0) -> TraderFigures | None:
     """A live TraderState's figures (None: no equity reported yet). Costs one pass over its positions and the venues
-    with pending orders (engine.orders keeps their sums), never over its orders."""
+    with pending orders (engine.orders keeps their sums), never over its orders. `day_start`: the start of today: a
+    trader idle since an earlier day (its periods not rolled yet) has no loss today."""
     if not st.equity_reported:
         return None
+    start_equity, pnl = st.day_start_equity, st.daily_pnl
+    if st.day_start < day_start or start_equity <= 0.0:
+        start_equity, pnl = st.current_equity, 0.0
     positions = {v: (p.quantity * p.mark_price if p.side is Side.BUY else -p.quantity * p.mark_price)
                  for v, p in st.positions.items()}
     pending = {v: (vp.buy_notional, vp.sell_notional) for v, vp in st.pending.items()}
     gross, net = exposure(positions, pending)
-    return TraderFigures(st.trader_id, st.current_equity, st.day_start_equity, st.daily_pnl, gross, net,
-                         st.updated_at)
+    return TraderFigures(st.trader_id, st.current_equity, start_equity, pnl, gross, net, st.updated_at)
 
 
 def _pending_qty(o: Mapping[str, Any]) -> float:
