@@ -244,6 +244,23 @@ class Sidecar:
         self.listeners.append(self.breaker_service.on_state_changed)  # circuit_breaker_events rows (never dropped)
         self.listeners.append(self.persistence.on_state_changed)  # the state and its history row to the store queue
         self.listeners.append(self.watch)  # WatchRiskState updates
+        # ---- account-wide limits (issue 17; cluster.account_view): CanTrade's account checks through the engine's
+        # account_checks hook (called only for accounts with an account-wide limit); rounds every
+        # account_view_seconds (started in start(), stopped in stop()). In cluster mode (PostgreSQL) the view reads the
+        # other sidecars' traders on a connection of its own. The pauser is a stand-in pausing this engine's traders
+        # of the account until the control plane's pause_account (all sidecars, later traders too) is wired here.
+        from .cluster.account_view import AccountPauser, AccountView, LocalAccountPauser, RemoteSource
+        from .store.url import is_postgres, normalize_url
+
+        self.account_pauser: AccountPauser = LocalAccountPauser(self.engine)
+        cluster_url = normalize_url(settings.database_url) if self.durable else ""
+        self.account_view = AccountView(
+            self.engine, self.account_pauser, settings.account_view_seconds,
+            RemoteSource(cluster_url) if cluster_url and is_postgres(cluster_url) else None,
+            actor=f"account_limits@{settings.sidecar_name}")
+        self.engine.account_checks = self.account_view.checks
+        self.listeners.append(self.account_view.on_state_changed)  # which local traders each limited account has
+        # ---- (end of account-wide limits)
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.server: grpc.aio.Server | None = None
         self.address = ""
@@ -590,6 +607,7 @@ class Sidecar:
             self._sampler = asyncio.get_running_loop().create_task(self._sample_store())
         self._releaser = asyncio.get_running_loop().create_task(self._release_orders())
         await self._start_control()
+        self.account_view.start()  # account-wide limits: the view's rounds
         for name in ("", RISK_SERVICE, ADMIN_SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if s.credentials_reload_s:
@@ -624,6 +642,7 @@ class Sidecar:
         if self._credentials_task is not None:
             self._credentials_task.cancel()
         await self._stop_control()
+        await self.account_view.stop()  # account-wide limits: the view's rounds and connection
         await self.persistence.close(self.settings.drain_timeout_s)
         await asyncio.to_thread(self._stop_observability)
         log.info("stopped")

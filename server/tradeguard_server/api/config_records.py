@@ -23,6 +23,8 @@ PERCENT_FIELDS = (
     "max_correlated_exposure_percentage",
     "position_max_drawdown_percentage",
     "price_collar_percentage",
+    "account_daily_loss_percentage",
+    "account_max_drawdown_percentage",
 )
 SYMBOL_PERCENT_FIELDS = (
     "max_position_size_percentage",
@@ -50,6 +52,8 @@ OPTIONAL_FIELDS = (
     "max_fills_per_window",
     "fill_window_seconds",
     "pending_order_ttl_seconds",
+    "account_max_gross_exposure",
+    "account_max_net_exposure",
 )
 SYMBOL_OPTIONAL_FIELDS = (
     *SYMBOL_PERCENT_FIELDS, "max_leverage", "max_order_quantity", "max_position_quantity", "max_open_orders",

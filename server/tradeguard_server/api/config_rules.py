@@ -85,8 +85,10 @@ def _positive(v: Violations, field: str, value: float) -> None:
 
 
 def _validate_controls(v: Violations, cfg: t.RiskConfiguration, prefix: str) -> None:
-    """The pre-trade controls (issue 16); price_collar_percentage is among PERCENT_FIELDS."""
-    for name in ("max_order_quantity", "max_position_quantity", "max_daily_notional"):
+    """The pre-trade controls (issue 16) and the account-wide exposure limits (issue 17); price_collar_percentage
+    and the account-wide loss percentages are among PERCENT_FIELDS."""
+    for name in ("max_order_quantity", "max_position_quantity", "max_daily_notional", "account_max_gross_exposure",
+                 "account_max_net_exposure"):
         if has(cfg, name):
             _positive(v, f"{prefix}.{name}", getattr(cfg, name))
     for name in ("max_open_orders", "max_fills_per_window"):

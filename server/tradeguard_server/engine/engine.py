@@ -47,6 +47,7 @@ from .types import (
     DecisionCode,
     Flags,
     OrderIntent,
+    OrderSplit,
     OrderStatus,
     PendingOrder,
     Position,
@@ -66,6 +67,9 @@ log = logging.getLogger("tradeguard.engine")
 
 # (decision, state, order, reducing) -> the decision answered: set while the stored state is not loaded
 DecisionGate = Callable[[Decision, TraderState, OrderIntent | None, bool], Decision]
+# (state, order, its split, limits, now) -> the account-wide checks (issue 17; cluster.account_view): called by
+# CanTrade only when set and the account has an account-wide limit (Limits.account_limited)
+AccountChecks = Callable[[TraderState, OrderIntent | None, OrderSplit | None, Limits, float], tuple[CheckResult, ...]]
 # (time, method name, arguments) of every state-changing call, kept while the stored state is not loaded
 JournalEntry = tuple[float, str, tuple[object, ...]]
 # Pause sources of the account and every-account kill switches (cluster.plane keeps them in sync); a trader's own
@@ -156,6 +160,8 @@ class RiskEngine:
         # Called with every trader state made (first seen, rebound) or restored (loaded, taken over), before the
         # change that made it is announced: cluster.plane puts the account and every-account pauses in it.
         self.on_new_trader: Callable[[TraderState], None] | None = None
+        # Account-wide limits (issue 17): the hook adding their checks to CanTrade (None: nothing is called).
+        self.account_checks: AccountChecks | None = None
 
     # ---- lookup ---------------------------------------------------------------------------------
 
@@ -747,6 +753,9 @@ class RiskEngine:
                 self._changed(st, now, "breaker re-armed")
         state_checks = cache.checks
         results = state_checks if order_results is None else (*state_checks, *order_results)
+        account_checks = self.account_checks
+        if account_checks is not None and limits.account_limited:
+            results = (*results, *account_checks(st, order, split, limits, now))
         decision = self._decide(st, now, results, actions, enforce)
         if self.gate is not None:
             decision = self.gate(decision, st, order, reducing)

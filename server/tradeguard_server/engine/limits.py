@@ -66,7 +66,20 @@ class Limits:
     max_fills_per_window: int | None = None
     fill_window_seconds: int = 60
     pending_order_ttl_seconds: int = 60
+    # Account-wide limits (issue 17; engine.account_limits): over every trader of the account, on every sidecar.
+    # None = off. Percentages as above; exposures in the account's quote currency (notional).
+    account_daily_loss_percentage: float | None = None
+    account_max_drawdown_percentage: float | None = None
+    account_max_gross_exposure: float | None = None
+    account_max_net_exposure: float | None = None
     symbols: dict[str, SymbolLimits] = field(default_factory=dict)
+    # Derived: any account-wide limit set (CanTrade calls the engine's account_checks hook only then).
+    account_limited: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        limited = (self.account_daily_loss_percentage is not None or self.account_max_drawdown_percentage is not None
+                   or self.account_max_gross_exposure is not None or self.account_max_net_exposure is not None)
+        object.__setattr__(self, "account_limited", limited)
 
     def for_symbol(self, symbol: str) -> SymbolLimits | None:
         return self.symbols.get(symbol)

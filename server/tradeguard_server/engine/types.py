@@ -71,6 +71,7 @@ class DecisionCode(IntEnum):
     DAILY_NOTIONAL_LIMIT = 28
     DAILY_ORDERS_LIMIT = 29
     FILL_RATE_LIMIT = 30
+    ACCOUNT_LIMIT = 31  # an account-wide limit (issue 17; engine.account_limits)
     CONTROL_STATE_STALE = 32
 
 

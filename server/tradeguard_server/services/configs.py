@@ -111,6 +111,11 @@ def limits_for(cfg: ConfigRecord, defaults: Limits) -> Limits:
         max_fills_per_window=some(cfg.max_fills_per_window, defaults.max_fills_per_window),
         fill_window_seconds=whole(cfg.fill_window_seconds, defaults.fill_window_seconds),
         pending_order_ttl_seconds=whole(cfg.pending_order_ttl_seconds, defaults.pending_order_ttl_seconds),
+        account_daily_loss_percentage=pick(cfg.account_daily_loss_percentage, defaults.account_daily_loss_percentage),
+        account_max_drawdown_percentage=pick(cfg.account_max_drawdown_percentage,
+                                             defaults.account_max_drawdown_percentage),
+        account_max_gross_exposure=pick(cfg.account_max_gross_exposure, defaults.account_max_gross_exposure),
+        account_max_net_exposure=pick(cfg.account_max_net_exposure, defaults.account_max_net_exposure),
         symbols={
             sc.symbol.upper(): SymbolLimits(
                 symbol=sc.symbol.upper(),

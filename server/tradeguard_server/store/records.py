@@ -124,6 +124,11 @@ class ConfigRecord:
     max_fills_per_window: int | None = None
     fill_window_seconds: int | None = None
     pending_order_ttl_seconds: int | None = None
+    # Account-wide limits (issue 17), over every trader of the account on every sidecar; None = not set (off).
+    account_daily_loss_percentage: float | None = None
+    account_max_drawdown_percentage: float | None = None
+    account_max_gross_exposure: float | None = None
+    account_max_net_exposure: float | None = None
     symbol_configs: list[SymbolConfigRecord] = field(default_factory=list)
     created_at: float | None = None  # set by the store
     updated_at: float | None = None  # set by the store
