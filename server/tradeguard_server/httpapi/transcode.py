@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -25,7 +26,7 @@ from google.protobuf.internal import type_checkers
 from google.protobuf.message import Message
 from google.rpc import status_pb2
 
-from ..api.errors import InvalidArgument
+from ..api.errors import ApiError, InvalidArgument
 from .routes import Route, message_of
 
 # grpc-gateway's HTTPStatusFromCode (runtime/errors.go) and Envoy's grpc_json_transcoder agree on this table.
@@ -58,6 +59,55 @@ _INTS = frozenset({
     FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_SINT64, FieldDescriptor.TYPE_FIXED32,
     FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED32, FieldDescriptor.TYPE_SFIXED64,
 })
+
+
+# The content codings of a request body this API reads (RFC 9110 8.4.1), decoded by `decode_body`: the listener
+# turns aiohttp's own decoding off, so that any other coding is a 415 Status answer, not aiohttp's text 400.
+ACCEPT_ENCODING = "gzip, deflate"
+_ZLIB_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+class UnsupportedEncoding(InvalidArgument):
+    """A Content-Encoding this API does not read (HTTP 415)."""
+
+
+class UnreadableBody(InvalidArgument):
+    """A body that is not valid data of its Content-Encoding (HTTP 400)."""
+
+
+class BodyTooLarge(ApiError):
+    """A body larger than max_message_bytes once decoded (HTTP 413)."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def decode_body(raw: bytes, content_encoding: str, limit: int) -> bytes:
+    """The body as sent before its Content-Encoding (identity, gzip or deflate; raw deflate without the zlib header
+    is taken too, as aiohttp and browsers take it), at most `limit` bytes once decoded."""
+    codings = [c for c in (part.strip().lower() for part in content_encoding.split(",")) if c and c != "identity"]
+    if not codings or not raw:
+        return raw
+    unsupported = [c for c in codings if c not in _ZLIB_WBITS]
+    if unsupported or len(codings) > 1:
+        what = unsupported[0] if unsupported else ", ".join(codings)
+        raise UnsupportedEncoding([("Content-Encoding", f"{what!r} is not supported: send the body as it is, or "
+                                                        f"with one of {ACCEPT_ENCODING}")])
+    coding = codings[0]
+    wbits = _ZLIB_WBITS[coding]
+    if coding == "deflate" and raw[0] & 0x0F != 8:  # no zlib header (RFC 1950): raw deflate (RFC 1951)
+        wbits = -zlib.MAX_WBITS
+    decoder = zlib.decompressobj(wbits)
+    try:
+        out = decoder.decompress(raw, limit + 1)
+    except zlib.error as exc:
+        raise UnreadableBody([("body", f"not valid {coding} data ({exc})")]) from None
+    if len(out) > limit or decoder.unconsumed_tail:
+        raise BodyTooLarge(f"request body larger than {limit} bytes once decoded ({coding})")
+    if not decoder.eof:
+        raise UnreadableBody([("body", f"not valid {coding} data (it ends before the end of its stream)")])
+    if decoder.unused_data:
+        raise UnreadableBody([("body", f"not valid {coding} data ({len(decoder.unused_data)} bytes after its end)")])
+    return out
 
 
 def http_status(code: grpc.StatusCode) -> int:
