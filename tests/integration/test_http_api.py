@@ -487,6 +487,32 @@ async def test_openapi_document_is_valid_and_has_every_binding_of_the_proto() ->
     assert all(r.template.startswith("/v1/") for r in served_routes() if r.primary)
 
 
+async def test_openapi_marks_required_exactly_the_query_parameters_the_server_requires() -> None:
+    """/openapi.json said account_id was optional on GET /api/risk/configurations (and its siblings), which answer
+    400 "account_id: required" without it. Each route that reads its query is called without one: the fields the
+    server names "required" are the parameters the document marks required (a 501 route is taken at its word)."""
+    async with http_sidecar() as (_sc, http):
+        status, _, doc = await http("GET", "/openapi.json")
+        assert status == 200
+        checked = 0
+        for template, ops in doc["paths"].items():
+            for method, op in ops.items():
+                query = [p for p in op.get("parameters", []) if p["in"] == "query"]
+                if not query or "requestBody" in op:
+                    continue
+                path = "/".join("x" if part.startswith("{") else part for part in template.split("/"))
+                status, _, answer = await http(method.upper(), path)
+                if status == 501:
+                    continue
+                said = {f for f, d in violations(answer).items() if d.startswith("required")} if status == 400 else set()
+                marked = {p["name"] for p in query if p["required"]}
+                assert marked == said, (method, template, status, answer)
+                checked += 1
+    assert checked >= 10
+    assert {p["name"]: p["required"] for p in doc["paths"]["/api/risk/configurations"]["get"]["parameters"]} == \
+        {"account_id": True}
+
+
 async def test_an_http_call_is_a_server_span_continuing_the_callers_traceparent() -> None:
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
