@@ -245,6 +245,37 @@ def test_a_web_page_cannot_switch_enforcement_off_even_with_dev_open_admin(tmp_p
 # ---- HTTP: error texts in the proto's camelCase ---------------------------------------------------------------
 
 
+def _violations(body: Any) -> dict[str, str]:
+    return {v["field"]: v["description"] for d in body["details"] for v in d["field_violations"]}
+
+
+@pytest.mark.parametrize(("path", "body", "field", "message"), [
+    ("/v1/risk/report-equity", {"trader_id": "b", "account_id": "a", "fooBar": 1}, "fooBar",
+     "tradeguard.v1.ReportEquityRequest"),
+    ("/v1/risk/can-trade", {"trader_id": "b", "account_id": "a", "order": {"symbol": "X", "bogus_size": 1}},
+     "order.bogus_size", "tradeguard.v1.OrderIntent"),
+    ("/api/risk/configurations", {"config_id": "c", "account_id": "a", "symbol_configs": [{"symbol": "X", "lev": 5}]},
+     "config.symbol_configs[0].lev", "tradeguard.v1.SymbolRiskConfiguration"),
+])
+def test_an_unknown_field_is_named_as_sent_with_its_path_not_request(api: Api, path: str, body: dict[str, Any],
+                                                                     field: str, message: str) -> None:
+    """The violation said field "request" and listed the fields in lowerCamelCase ('traderId', ...), names no
+    client of this API writes; expected: the unknown key as sent, at its path, and the fields as the API names them."""
+    status, answer = api.json("POST", path, body, admin=True)
+    assert status == 400, answer
+    found = _violations(answer)
+    assert field in found and "request" not in found, found
+    assert message in found[field] and "Id'" not in found[field] and "camel" not in found[field], found
+    if "OrderIntent" in message:
+        assert "client_order_id" in found[field] and "clientOrderId" not in found[field]
+
+
+def test_a_wrong_type_is_named_by_its_field_not_request(api: Api) -> None:
+    status, answer = api.json("POST", "/v1/risk/can-trade",
+                              {"trader_id": "b", "account_id": "a", "order": {"side": "SIDEWAYS"}})
+    assert status == 400 and "order.side" in _violations(answer), answer
+
+
 
 
 # ---- /openapi.json vs reality --------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -328,27 +329,62 @@ _INTEGERS = frozenset({FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_INT64, F
 _FLOATS = frozenset({FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT})
 
 
-def _check_numbers(descriptor: Any, data: Any, prefix: str) -> None:
-    """json_format reads `true` as 1 and `1.5` as 1 for a number or enum field: an order side of 1.5 became BUY and
-    an equity of true became 1.0. Refused here, naming the field."""
+def _fields_text(descriptor: Any) -> str:
+    names = [f.name for f in descriptor.fields]
+    return ", ".join(names[:40]) + (", ..." if len(names) > 40 else "")
+
+
+def _check_json(descriptor: Any, data: Any, prefix: str) -> None:
+    """What json_format would get wrong or name badly, refused here naming the field by its path as sent
+    (`order.side`, `config.symbol_configs[0].bogus`):
+    - a key that is no field: json_format's error names the message type and lists the fields in lowerCamelCase;
+    - `true` read as 1 and `1.5` as 1 for a number or enum field: an order side of 1.5 became BUY and an equity of
+      true became 1.0."""
     if not isinstance(data, dict):
         return
     for key, value in data.items():
         field = descriptor.fields_by_name.get(key) or next(
             (f for f in descriptor.fields if f.json_name == key), None)
+        path = f"{prefix}{key}"
         if field is None:
+            raise InvalidArgument([(path, f"no such field in {descriptor.full_name}; its fields: "
+                                          f"{_fields_text(descriptor)}")])
+        sub = field.message_type
+        if sub is not None and sub.GetOptions().map_entry:
+            value_field = sub.fields_by_name["value"]
+            if isinstance(value, dict):
+                for map_key, item in value.items():
+                    _check_value(value_field, item, f"{path}[{map_key}]")
             continue
-        path = f"{prefix}{field.name}"
-        values = value if isinstance(value, list) else [value]
-        for item in values:
-            if field.type in _INTEGERS or field.type in _FLOATS:
-                if isinstance(item, bool):
-                    raise InvalidArgument([(path, f"expected a number, got {item!r}")])
-                if field.type in _INTEGERS and isinstance(item, float) and not item.is_integer():
-                    raise InvalidArgument([(path, f"expected a whole number, got {item!r}")])
-            elif field.type == FieldDescriptor.TYPE_MESSAGE and not field.message_type.full_name.startswith(
-                    "google.protobuf."):
-                _check_numbers(field.message_type, item, path + ".")
+        if field.is_repeated and isinstance(value, list):
+            for i, item in enumerate(value):
+                _check_value(field, item, f"{path}[{i}]")
+        else:
+            _check_value(field, value, path)
+
+
+def _check_value(field: Any, item: Any, path: str) -> None:
+    if field.type in _INTEGERS or field.type in _FLOATS:
+        if isinstance(item, bool):
+            raise InvalidArgument([(path, f"expected a number, got {item!r}")])
+        if field.type in _INTEGERS and isinstance(item, float) and not item.is_integer():
+            raise InvalidArgument([(path, f"expected a whole number, got {item!r}")])
+    elif field.type == FieldDescriptor.TYPE_MESSAGE and not field.message_type.full_name.startswith(
+            "google.protobuf."):
+        _check_json(field.message_type, item, path + ".")
+
+
+# json_format's errors end with where they happened: `... at CanTradeRequest.order.side.` / `at "X.order"`.
+_PARSE_ERROR_AT = re.compile(r'at "?[A-Za-z0-9_]+\.([A-Za-z0-9_.\[\]]+?)"?\.*$')
+
+
+def _parse_error_field(text: str, default: str) -> str:
+    """The field a json_format ParseError is about (its proto path), else `default`."""
+    found = _PARSE_ERROR_AT.search(text)
+    if found:
+        return found.group(1)
+    nested = re.findall(r"Failed to parse (\w+) field", text)  # ... parse order field: Failed to parse side field
+    return ".".join(nested) or default
 
 
 def build_request(route: Route, params: Mapping[str, str], query: Iterable[tuple[str, str]], raw_body: bytes
@@ -386,11 +422,13 @@ def build_request(route: Route, params: Mapping[str, str], query: Iterable[tuple
             raise InvalidArgument([(route.body, "a PATCH needs at least one field to change")])
         data["update_mask"] = _mask_json(data[route.body])
     data.update(params)
-    _check_numbers(descriptor, data, "")
+    _check_json(descriptor, data, "")
     try:
         json_format.ParseDict(data, request)
     except json_format.ParseError as exc:
-        raise InvalidArgument([(route.body if route.body not in ("", "*") else "request", str(exc))]) from None
+        text = " ".join(str(exc).split())
+        raise InvalidArgument([(_parse_error_field(text, route.body if route.body not in ("", "*") else "request"),
+                                text)]) from None
     except (ValueError, TypeError, RecursionError) as exc:
         raise InvalidArgument([("request", f"cannot be read as {descriptor.full_name}: {exc}")]) from None
     return request
