@@ -306,8 +306,8 @@ class HttpApi:
                     continue
                 if event is None:
                     break
-                if event[1] is lost:
-                    return response  # nothing can be written to a lost connection
+                if event[1] is lost:  # (aiohttp also says so at shutdown, the connection still open: ended below)
+                    break
                 await response.write(self._event(*event))
         except (ConnectionResetError, ConnectionError):
             return response  # the client went away
