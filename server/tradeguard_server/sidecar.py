@@ -214,7 +214,7 @@ class Sidecar:
         self.admin = AdminService(self.engine, self._on_flags, store_now=self._store_now,
                                   loaded=lambda: self.persistence.loaded)
         self.configs = ConfigAdmin(self.config_service)
-        self.breaker_admin = BreakerAdmin(self.breaker_service)
+        self.breaker_admin = BreakerAdmin(self.breaker_service, bound_account=self._bound_account)
         for handlers in (self.configs.handlers(), self.breaker_admin.handlers(),
                          HistoryAdmin(self.store, self.durable).handlers(),
                          BindingAdmin(self.engine, self._store_now).handlers()):
@@ -301,6 +301,11 @@ class Sidecar:
         for st in traders:  # watchers of a trader see the installed state at once (a halted one: cancel orders)
             self.watch.publish(st, "stored state loaded", self.engine.cancel_actions(st, now))
         await self.health.set(STATE_HEALTH, health_pb2.HealthCheckResponse.SERVING)
+
+    def _bound_account(self, trader_id: str) -> str | None:
+        """The account trader_id is bound to, None for a trader id not known here."""
+        st = self.engine.traders.get(trader_id)
+        return None if st is None else st.account_id
 
     async def _store_now(self) -> bool:
         """Wait (bounded) until every state change made so far is committed: kill-switch RPCs answer after it."""
