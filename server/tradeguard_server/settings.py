@@ -6,8 +6,10 @@ for the two feature flags, the stored SetFeatureFlags values sit between the fil
 persistence.py). The seeds' names are read too, each only when its `TRADEGUARD_` name is not set:
 `ENABLE_PERSISTENCE`, `ENABLE_RISK_ENFORCEMENT`, `LOG_LEVEL`, `DB_URL` and `DATABASE_URL` (in this order), and
 `DB_HOST`, `DB_PORT`, `DB_USER`, `DB_PASSWORD`, `DB_NAME`, `DB_SSLMODE`, which build a PostgreSQL URL (a partial
-set gets libpq's defaults, localhost:5432, with a warning). The file also takes the seed's keys `max_daily_loss`,
+set gets libpq's defaults, localhost:5432, with a warning; DB_HOST may carry the port, `db:5433` or `[::1]:5433`,
+and a DB_PORT that names another port is an error). The file also takes the seed's keys `max_daily_loss`,
 `max_drawdown`, `stop_trading_minutes` and `feature_flags {enable_persistence, enable_risk_enforcement}`.
+A key given twice in the file is an error naming it (JSON would keep the last one silently).
 Unknown `TRADEGUARD_*` variables and unknown file keys are reported (`Settings.warnings`, with a "did you mean"),
 or refused with `--strict`. OpenTelemetry's standard `OTEL_*` variables that the sidecar itself acts on are fields
 too, read under their own names (no `TRADEGUARD_` form, no flag).
@@ -414,6 +416,33 @@ def _database_url_from_env(env: Mapping[str, str], layer: _Layer, notes: list[st
         notes.append(f"{', '.join(ignored)} ignored: the database URL comes from {chosen}")
 
 
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object of the settings file; a key given twice is refused (json keeps the last one silently)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def _toml_duplicate(content: bytes, exc: tomllib.TOMLDecodeError) -> str:
+    """tomllib's "Cannot overwrite a value (at line N, ...)" names no key: the key of that line, when it is one."""
+    found = re.search(r"Cannot overwrite a value \(at line (\d+)", str(exc))
+    if not found:
+        return ""
+    lines = content.decode("utf-8", errors="replace").splitlines()
+    number = int(found.group(1))
+    key = lines[number - 1].split("=", 1)[0].strip() if 0 < number <= len(lines) else ""
+    return f": key {key!r} is given twice" if key else ""
+
+
 def read_config_file(path: str) -> dict[str, Any]:
     """The settings file as a mapping: TOML when it ends in .toml, JSON otherwise (JSON first, then TOML, for a
     name with neither suffix). Raises SettingsError naming the file."""
@@ -425,8 +454,17 @@ def read_config_file(path: str) -> dict[str, Any]:
     errors = []
     for kind in (("toml",) if suffix == ".toml" else ("json",) if suffix == ".json" else ("json", "toml")):
         try:
-            data = tomllib.loads(content.decode("utf-8")) if kind == "toml" else json.loads(content)
-        except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError and TOMLDecodeError are ValueErrors
+            if kind == "toml":
+                data = tomllib.loads(content.decode("utf-8"))
+            else:
+                data = json.loads(content, object_pairs_hook=_json_object)
+        except _DuplicateKey as dup:  # JSON would keep the last silently; TOML refuses duplicates itself
+            raise SettingsError(f"config file {path}: key {dup.key!r} is given twice in one object (only one value "
+                                "can be meant: give it once)") from None
+        except tomllib.TOMLDecodeError as exc:
+            errors.append(f"not TOML: {exc}{_toml_duplicate(content, exc)}")
+            continue
+        except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
             errors.append(f"not {kind.upper()}: {exc}")
             continue
         if not isinstance(data, dict):

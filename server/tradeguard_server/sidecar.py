@@ -233,7 +233,7 @@ class Sidecar:
                                   loaded=lambda: self.persistence.loaded, control=self.control,
                                   owns=self._takes_trader)
         self.configs = ConfigAdmin(self.config_service)
-        self.breaker_admin = BreakerAdmin(self.breaker_service)
+        self.breaker_admin = BreakerAdmin(self.breaker_service, bound_account=self._bound_account)
         for handlers in (self.configs.handlers(), self.breaker_admin.handlers(),
                          HistoryAdmin(self.store, self.durable).handlers(),
                          BindingAdmin(self.engine, self._store_now).handlers()):
@@ -393,6 +393,10 @@ class Sidecar:
         task = asyncio.get_running_loop().create_task(self.health.set(CONTROL_HEALTH, status))
         self._control_tasks.add(task)
         task.add_done_callback(self._control_tasks.discard)
+    def _bound_account(self, trader_id: str) -> str | None:
+        """The account trader_id is bound to, None for a trader id not known here."""
+        st = self.engine.traders.get(trader_id)
+        return None if st is None else st.account_id
 
     async def _store_now(self) -> bool:
         """Wait (bounded) until every state change made so far is committed: kill-switch RPCs answer after it."""

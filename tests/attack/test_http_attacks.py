@@ -148,6 +148,39 @@ def breaker_id(api: Api) -> str:
     return str(body["id"])
 
 
+def test_log_breaker_event_refuses_a_trader_bound_to_another_account_naming_trader_id(api: Api,
+                                                                                      breaker_id: str) -> None:
+    """The breaker is account123's; bot-elsewhere is bound to acct-other by its first report. An event that names it
+    would be listed among account123's events for a trader that is not the account's."""
+    _equity(api, "bot-elsewhere", "acct-other", 10_000)
+    status, body = api.json("POST", f"/v1/admin/breakers/{breaker_id}/events",
+                            {"trader_id": "bot-elsewhere", "action_taken": "close_position"}, admin=True)
+    assert status == 400 and body["code"] == 3, body
+    fields = {v["field"]: v["description"] for d in body["details"] for v in d["field_violations"]}
+    assert "trader_id" in fields and "another account" in fields["trader_id"], body
+    events = api.json("GET", f"/v1/admin/breakers/{breaker_id}/events", admin=True)[1]["events"]
+    assert "bot-elsewhere" not in [e["trader_id"] for e in events]
+    _equity(api, "bot-here", "account123", 10_000)  # a trader of the breaker's account is taken
+    status, body = api.json("POST", f"/v1/admin/breakers/{breaker_id}/events",
+                            {"trader_id": "bot-here", "action_taken": "close_position"}, admin=True)
+    assert status == 200 and body["event"]["trader_id"] == "bot-here", body
+
+
+@pytest.mark.parametrize("timestamp", [None, "2026-11-30T10:00:00.1234565Z", "2026-11-30T10:00:00.999999999Z"])
+def test_log_breaker_event_answers_the_timestamp_of_the_stored_row(api: Api, breaker_id: str,
+                                                                   timestamp: str | None) -> None:
+    """The answer said .123456716Z (float seconds in nanos) where the row and every later listing say .123457Z."""
+    sent = {"action_taken": "reduce_position"} | ({"timestamp": timestamp} if timestamp else {})
+    status, body = api.json("POST", f"/v1/admin/breakers/{breaker_id}/events", sent, admin=True)
+    assert status == 200, body
+    logged = body["event"]
+    events = api.json("GET", f"/v1/admin/breakers/{breaker_id}/events?page_size=1000", admin=True)[1]["events"]
+    stored = next(e for e in events if e["id"] == logged["id"])
+    assert logged["timestamp"] == stored["timestamp"], (logged["timestamp"], stored["timestamp"])
+    fraction = logged["timestamp"].rstrip("Z").partition(".")[2]
+    assert len(fraction) <= 6, logged["timestamp"]  # whole microseconds, as the row keeps them
+
+
 
 
 
@@ -210,6 +243,37 @@ def test_a_web_page_cannot_switch_enforcement_off_even_with_dev_open_admin(tmp_p
 
 
 # ---- HTTP: error texts in the proto's camelCase ---------------------------------------------------------------
+
+
+def _violations(body: Any) -> dict[str, str]:
+    return {v["field"]: v["description"] for d in body["details"] for v in d["field_violations"]}
+
+
+@pytest.mark.parametrize(("path", "body", "field", "message"), [
+    ("/v1/risk/report-equity", {"trader_id": "b", "account_id": "a", "fooBar": 1}, "fooBar",
+     "tradeguard.v1.ReportEquityRequest"),
+    ("/v1/risk/can-trade", {"trader_id": "b", "account_id": "a", "order": {"symbol": "X", "bogus_size": 1}},
+     "order.bogus_size", "tradeguard.v1.OrderIntent"),
+    ("/api/risk/configurations", {"config_id": "c", "account_id": "a", "symbol_configs": [{"symbol": "X", "lev": 5}]},
+     "config.symbol_configs[0].lev", "tradeguard.v1.SymbolRiskConfiguration"),
+])
+def test_an_unknown_field_is_named_as_sent_with_its_path_not_request(api: Api, path: str, body: dict[str, Any],
+                                                                     field: str, message: str) -> None:
+    """The violation said field "request" and listed the fields in lowerCamelCase ('traderId', ...), names no
+    client of this API writes; expected: the unknown key as sent, at its path, and the fields as the API names them."""
+    status, answer = api.json("POST", path, body, admin=True)
+    assert status == 400, answer
+    found = _violations(answer)
+    assert field in found and "request" not in found, found
+    assert message in found[field] and "Id'" not in found[field] and "camel" not in found[field], found
+    if "OrderIntent" in message:
+        assert "client_order_id" in found[field] and "clientOrderId" not in found[field]
+
+
+def test_a_wrong_type_is_named_by_its_field_not_request(api: Api) -> None:
+    status, answer = api.json("POST", "/v1/risk/can-trade",
+                              {"trader_id": "b", "account_id": "a", "order": {"side": "SIDEWAYS"}})
+    assert status == 400 and "order.side" in _violations(answer), answer
 
 
 

@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
 import logging
+import socket
+import time
+import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +21,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from tests.support.sidecar import running_sidecar
+from tests.support.wait import eventually
 from tradeguard_server.httpapi import served_routes
 from tradeguard_server.settings import SettingsError, load_settings
 from tradeguard_server.sidecar import Sidecar
@@ -337,6 +342,94 @@ async def test_a_body_larger_than_max_message_bytes_answers_413() -> None:
         assert status == 413 and error["code"] == 8  # RESOURCE_EXHAUSTED
 
 
+# ---- request bodies in a Content-Encoding ---------------------------------------------------------------------
+
+REPORT = {"trader_id": "bot-1", "account_id": "acct-1", "equity": 10_000}
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+async def test_a_broken_compressed_body_answers_400_status_json_and_logs_one_line_without_a_traceback(
+        coding: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with http_sidecar() as (_sc, http):
+        caplog.clear()
+        status, _, error = await http("POST", "/v1/risk/report-equity", raw=b"not compressed at all",
+                                      headers={"Content-Encoding": coding})
+        # the same keep-alive connection still serves the next request
+        after = await http("POST", "/v1/risk/report-equity", REPORT)
+        logged = [r for r in caplog.records if "not valid" in r.getMessage() or r.exc_info]
+    assert status == 400 and error["code"] == 3, error
+    assert violations(error)["body"].startswith(f"not valid {coding} data")
+    assert after[0] == 200, after
+    assert len(logged) == 1 and logged[0].exc_info is None, [r.getMessage() for r in logged]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
+
+
+@pytest.mark.parametrize("compress", [gzip.compress, zlib.compress, lambda b: zlib.compress(b)[2:-4]],
+                         ids=["gzip", "deflate", "raw-deflate"])
+async def test_a_gzip_or_deflate_body_is_read(compress: Any) -> None:
+    coding = "gzip" if compress is gzip.compress else "deflate"
+    async with http_sidecar() as (_sc, http):
+        status, _, answer = await http("POST", "/v1/risk/report-equity", raw=compress(json.dumps(REPORT).encode()),
+                                       headers={"Content-Encoding": coding})
+    assert status == 200 and answer["state"]["current_equity"] == 10_000, answer
+
+
+@pytest.mark.parametrize("coding", ["br", "zstd", "compress", "gzip, br", "gzip, gzip"])
+async def test_an_unsupported_content_encoding_answers_415_status_json_naming_it(coding: str) -> None:
+    """415 Unsupported Media Type is RFC 9110's answer to a content coding the server does not take (15.5.16), with
+    Accept-Encoding naming those it does (12.5.3); aiohttp answered br/zstd with a text 400."""
+    async with http_sidecar() as (_sc, http):
+        status, headers, error = await http("POST", "/v1/risk/report-equity", raw=b"\x00\x01",
+                                            headers={"Content-Encoding": coding})
+    assert status == 415 and error["code"] == 3, error
+    named = coding.split(",")[-1].strip() if coding != "gzip, gzip" else "gzip, gzip"
+    assert f"{named!r} is not supported" in violations(error)["Content-Encoding"], error
+    assert headers["Accept-Encoding"] == "gzip, deflate"
+
+
+async def test_a_compressed_body_larger_than_max_message_bytes_once_decoded_answers_413() -> None:
+    async with http_sidecar(max_message_bytes=2048) as (_sc, http):
+        bomb = gzip.compress(json.dumps({"trader_id": "b" * 100_000, "account_id": "a"}).encode())
+        assert len(bomb) < 2048
+        status, _, error = await http("POST", "/v1/risk/report-equity", raw=bomb, headers={"Content-Encoding": "gzip"})
+    assert status == 413 and error["code"] == 8, error
+
+
+# ---- a watch whose client goes away ----------------------------------------------------------------------------
+
+
+async def _watch_status(http: Http, trader: str) -> int:
+    async with http.session.get(f"{http.base}/v1/risk/watch?trader_id={trader}&account_id=acct-1") as stream:
+        return stream.status
+
+
+@pytest.mark.parametrize("rude", [False, True], ids=["close", "reset"])
+async def test_a_dropped_watch_frees_its_watcher_slot_within_a_second(rude: bool) -> None:
+    """The per-trader budget is 1: the next watch is let in as soon as the first client's connection is gone, not
+    at the stream's next keep-alive write (15 s)."""
+    async with http_sidecar(max_watchers_per_trader=1) as (sc, http):
+        host, port = sc.http_address.rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /v1/risk/watch?trader_id=bot-1&account_id=acct-1 HTTP/1.1\r\nHost: " +
+                     sc.http_address.encode() + b"\r\n\r\n")
+        await asyncio.wait_for(reader.readuntil(b"event: update"), 5)  # the stream is established
+        assert await _watch_status(http, "bot-1") == 503  # the budget is spent
+        if rude:
+            writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                                       b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        writer.close()
+        dropped = time.monotonic()
+
+        async def let_in() -> bool:
+            return await _watch_status(http, "bot-1") == 200
+
+        assert await eventually(let_in, timeout=2.0)
+        freed_after = time.monotonic() - dropped
+        assert sc.hub is not None and await eventually(lambda: sc.hub is not None and sc.hub.count == 0, timeout=2.0)
+    assert freed_after < 2.0
+
+
 # ---- operational paths, 404s on both listeners, OpenAPI -----------------------------------------------------
 
 
@@ -392,6 +485,33 @@ async def test_openapi_document_is_valid_and_has_every_binding_of_the_proto() ->
     v1 = {(m, p) for p, ops in doc["paths"].items() for m in ops if p.startswith("/v1/")}
     assert {(r.http_method.lower(), r.template) for r in served_routes() if r.template.startswith("/v1/")} == v1
     assert all(r.template.startswith("/v1/") for r in served_routes() if r.primary)
+
+
+async def test_openapi_marks_required_exactly_the_query_parameters_the_server_requires() -> None:
+    """/openapi.json said account_id was optional on GET /api/risk/configurations (and its siblings), which answer
+    400 "account_id: required" without it. Each route that reads its query is called without one: the fields the
+    server names "required" are the parameters the document marks required (a 501 route is taken at its word)."""
+    async with http_sidecar() as (_sc, http):
+        status, _, doc = await http("GET", "/openapi.json")
+        assert status == 200
+        checked = 0
+        for template, ops in doc["paths"].items():
+            for method, op in ops.items():
+                query = [p for p in op.get("parameters", []) if p["in"] == "query"]
+                if not query or "requestBody" in op:
+                    continue
+                path = "/".join("x" if part.startswith("{") else part for part in template.split("/"))
+                status, _, answer = await http(method.upper(), path)
+                if status == 501:
+                    continue
+                said = set() if status != 400 else {f for f, d in violations(answer).items()
+                                                    if d.startswith("required")}
+                marked = {p["name"] for p in query if p["required"]}
+                assert marked == said, (method, template, status, answer)
+                checked += 1
+    assert checked >= 10
+    assert {p["name"]: p["required"] for p in doc["paths"]["/api/risk/configurations"]["get"]["parameters"]} == \
+        {"account_id": True}
 
 
 async def test_an_http_call_is_a_server_span_continuing_the_callers_traceparent() -> None:

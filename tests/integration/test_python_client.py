@@ -33,6 +33,7 @@ from tradeguard_client import (
     AdminClient,
     AsyncAdminClient,
     AsyncRiskClient,
+    CircuitBreaker,
     Decision,
     Order,
     Position,
@@ -405,6 +406,57 @@ async def test_config_round_trips_through_the_admin_client(sidecar: Sidecar) -> 
     assert got.symbol_configs[0].max_leverage == 3.0 and got.symbol_configs[0].max_position_size_percentage is None
     assert [c.config_id for c in listed] == ["tight"]
     assert gone.value.code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_save_config_with_an_update_mask_changes_only_the_named_fields(sidecar: Sidecar) -> None:
+    full = RiskConfig(account_id="acct-1", config_id="masked", is_active=True, daily_max_drawdown_percentage=2.0,
+                      weekly_max_drawdown_percentage=5.0,
+                      symbol_configs=(SymbolConfig(symbol="BTCUSDT", max_leverage=3.0),))
+    async with AsyncAdminClient(sidecar.address) as admin:
+        await admin.save_config(full)
+        patched = await admin.save_config(RiskConfig(account_id="acct-1", config_id="masked",
+                                                     daily_max_drawdown_percentage=4.0),
+                                          update_mask=["daily_max_drawdown_percentage"])
+        got = await admin.get_config("acct-1", "masked")
+        with pytest.raises(TradeGuardError) as bad:
+            await admin.save_config(full, update_mask=["no_such_field"])
+        with pytest.raises(TradeGuardError) as empty:
+            await admin.save_config(full, update_mask=["daily_max_drawdown_percentage", " "])
+
+    assert not patched.created and patched.config.daily_max_drawdown_percentage == 4.0
+    assert got.daily_max_drawdown_percentage == 4.0 and got.weekly_max_drawdown_percentage == 5.0
+    assert got.is_active and [s.symbol for s in got.symbol_configs] == ["BTCUSDT"]  # not wiped by the partial save
+    assert bad.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert empty.value.code == grpc.StatusCode.INVALID_ARGUMENT and "update_mask" in empty.value.violations
+
+
+async def test_breakers_by_name_and_a_masked_update_through_the_admin_clients(sidecar: Sidecar) -> None:
+    breaker = CircuitBreaker(name="dd10", account_id="acct-1", condition="max_drawdown", action="pause_trading",
+                             parameters={"threshold": 0.1}, description="10 % drawdown", symbols=("BTCUSDT",))
+    async with AsyncAdminClient(sidecar.address) as admin:
+        created = await admin.create_breaker(breaker)
+        by_name = await admin.get_breaker_by_name("acct-1", "dd10")
+        updated = await admin.update_breaker(created.id, CircuitBreaker(name="", account_id="", condition="",
+                                                                        action="", parameters={"threshold": 0.2}),
+                                             update_mask=["parameters"])
+        with pytest.raises(TradeGuardError) as missing:
+            await admin.get_breaker_by_name("acct-1", "absent")
+        with pytest.raises(TradeGuardError) as no_name:
+            await admin.get_breaker_by_name("acct-1", "")
+
+    def sync_calls() -> tuple[CircuitBreaker, CircuitBreaker]:
+        with AdminClient(sidecar.address) as admin:
+            again = admin.update_breaker(created.id, CircuitBreaker(name="", account_id="", condition="", action="",
+                                                                    description="twenty"), update_mask="description")
+            return admin.get_breaker_by_name("acct-1", "dd10"), again
+
+    sync_got, sync_updated = await asyncio.to_thread(sync_calls)
+    assert by_name.id == created.id and by_name.description == "10 % drawdown"
+    assert updated.parameters == {"threshold": 0.2} and updated.name == "dd10" and updated.symbols == ("BTCUSDT",)
+    assert updated.description == "10 % drawdown"  # not in the mask: kept
+    assert missing.value.code == grpc.StatusCode.NOT_FOUND
+    assert "name" in no_name.value.violations
+    assert sync_updated.description == "twenty" and sync_got.parameters == {"threshold": 0.2}
 
 
 # ---- watch ------------------------------------------------------------------------------------------

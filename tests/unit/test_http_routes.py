@@ -110,3 +110,50 @@ def test_the_compiled_json_encoder_writes_what_json_format_writes(message: Messa
     expected = json_format.MessageToDict(message, preserving_proto_field_name=True,
                                          always_print_fields_with_no_presence=True)
     assert json.loads(json.dumps(to_json(message))) == json.loads(json.dumps(expected))
+
+
+# ---- request bodies in a Content-Encoding, breaker event timestamps ----------------------------------------------
+
+
+def test_decode_body_reads_identity_gzip_deflate_and_raw_deflate() -> None:
+    import gzip
+    import zlib
+
+    from tradeguard_server.httpapi.transcode import decode_body
+
+    body = b'{"trader_id": "bot-1"}'
+    assert decode_body(body, "", 1024) == body and decode_body(body, "identity", 1024) == body
+    assert decode_body(gzip.compress(body), "GZIP", 1024) == body
+    assert decode_body(gzip.compress(body), "x-gzip", 1024) == body
+    assert decode_body(zlib.compress(body), "deflate", 1024) == body
+    assert decode_body(zlib.compress(body)[2:-4], "deflate", 1024) == body  # raw deflate, no zlib header
+
+
+@pytest.mark.parametrize(("coding", "raw", "error"), [
+    ("br", b"x", "UnsupportedEncoding"), ("gzip, deflate", b"x", "UnsupportedEncoding"),
+    ("gzip", b"plain text", "UnreadableBody"), ("gzip", b"\x1f\x8b\x08\x00", "UnreadableBody"),
+    ("gzip", None, "BodyTooLarge"),
+])
+def test_decode_body_refuses_other_codings_broken_data_and_bombs(coding: str, raw: bytes | None, error: str) -> None:
+    import gzip
+
+    from tradeguard_server.httpapi import transcode
+
+    data = gzip.compress(b"0" * 100_000) if raw is None else raw
+    with pytest.raises(getattr(transcode, error)) as caught:
+        transcode.decode_body(data, coding, 1024)
+    if error != "BodyTooLarge":
+        assert caught.value.violations[0][0] == ("Content-Encoding" if error == "UnsupportedEncoding" else "body")
+
+
+@pytest.mark.parametrize("seconds", [1_796_072_826.1234565, 1_796_072_826.0734, 1_796_072_826.9999996, 1.5e-7,
+                                     1_764_579_445.073368311])
+def test_breaker_event_timestamps_are_whole_microseconds_as_the_store_rounds_them(seconds: float) -> None:
+    from datetime import UTC, datetime
+
+    from tradeguard_server.api.convert import ts_micros
+
+    stored = datetime.fromtimestamp(seconds, UTC)  # what the store writes into the row
+    answered = ts_micros(seconds)
+    assert answered.nanos % 1000 == 0
+    assert answered.ToDatetime(tzinfo=UTC) == stored

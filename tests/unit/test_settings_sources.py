@@ -90,6 +90,30 @@ def test_a_bad_db_port_is_one_clear_error() -> None:
         load_settings({"DB_HOST": "db", "DB_PORT": "tcp://172.17.0.5:5432"})
 
 
+@pytest.mark.parametrize(("env", "where"), [
+    ({"DB_HOST": "db:5433"}, "db:5433"),
+    ({"DB_HOST": "db:5433", "DB_PORT": "5433"}, "db:5433"),
+    ({"DB_HOST": "[::1]:5433"}, "[::1]:5433"),
+    ({"DB_HOST": "[::1]"}, "[::1]:5432"),
+    ({"DB_HOST": "::1", "DB_PORT": "6543"}, "[::1]:6543"),
+    ({"DB_HOST": "db", "DB_PORT": "6543"}, "db:6543"),
+])
+def test_a_port_in_db_host_is_the_port_and_ipv6_stays_bracketed(env: dict[str, str], where: str) -> None:
+    """The seed's compose-style DB_HOST=db:5433 built postgresql://...@[db:5433]:5432 (a host named "db:5433")."""
+    assert load_settings(env).database_url == f"postgresql+psycopg://postgres@{where}/tradeguard"
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"DB_HOST": "db:5433", "DB_PORT": "5432"}, "DB_HOST names port 5433 and DB_PORT port 5432"),
+    ({"DB_HOST": "db:"}, "DB_HOST: no port after the colon"),
+    ({"DB_HOST": "db:pg"}, "DB_HOST: expected a port number after the colon, got 'pg'"),
+    ({"DB_HOST": "[::1"}, "DB_HOST: expected host, host:port"),
+])
+def test_a_db_host_port_that_conflicts_or_is_no_port_is_one_clear_error(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=r"DB_\* variables: " + message.replace("[", r"\[")):
+        load_settings(env)
+
+
 def test_no_database_variable_keeps_the_sqlite_default() -> None:
     assert load_settings({}).database_url == "sqlite:///tradeguard.db"
 
@@ -204,6 +228,23 @@ def test_a_bad_file_is_one_error_naming_the_file(tmp_path: Path, content: str, m
     config = write(tmp_path, "bad.json", content)
 
     with pytest.raises(SettingsError, match=message) as err:
+        load_settings({}, {"config": config})
+    assert config in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(("name", "content", "key"), [
+    ("dup.json", '{"max_drawdown": 5, "stop_trading_minutes": 30, "max_drawdown": 50}', "max_drawdown"),
+    ("dup.json", '{"feature_flags": {"enable_persistence": true, "enable_persistence": false}}', "enable_persistence"),
+    ("dup.json", '{"queue_size": 5, "queue_size": 5}', "queue_size"),
+    ("dup", '{"max_drawdown": 5, "max_drawdown": 50}', "max_drawdown"),
+    ("dup.toml", "max_drawdown = 5\nstop_trading_minutes = 30\nmax_drawdown = 50\n", "max_drawdown"),
+])
+def test_a_key_given_twice_in_the_file_is_a_start_up_error_naming_it(tmp_path: Path, name: str, content: str,
+                                                                      key: str) -> None:
+    """JSON kept the last value without a word (max_drawdown 50 where the operator read 5 at the top)."""
+    config = write(tmp_path, name, content)
+
+    with pytest.raises(SettingsError, match=f"key '{key}' is given twice") as err:
         load_settings({}, {"config": config})
     assert config in str(err.value) and "\n" not in str(err.value)
 

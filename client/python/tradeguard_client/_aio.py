@@ -327,9 +327,13 @@ class AsyncAdminClient(_AsyncClient):
 
     # ---- configurations -------------------------------------------------------------------------
 
-    async def save_config(self, config: req.ConfigLike, *, timeout: float | None = None) -> SavedConfig:
-        """Create or replace (account_id, config_id); saving an active one deactivates the others."""
-        request = req.message(ad.SaveConfigRequest, config=req.config_msg(config))
+    async def save_config(self, config: req.ConfigLike, *, update_mask: Iterable[str] | str | None = None,
+                          timeout: float | None = None) -> SavedConfig:
+        """Create or replace (account_id, config_id); saving an active one deactivates the others.
+
+        With `update_mask` (field names, e.g. ["daily_max_drawdown_percentage", "symbol_configs"]) only those
+        fields of the stored configuration change (AIP-134; it must exist): the rest of `config` is ignored."""
+        request = req.save_config(config, update_mask)
         resp = await self._unary("SaveConfig", self._stub.SaveConfig, request, timeout)
         return SavedConfig(RiskConfig.from_proto(resp.config), resp.created, raw=resp)
 
@@ -358,14 +362,23 @@ class AsyncAdminClient(_AsyncClient):
         resp = await self._unary("GetBreaker", self._stub.GetBreaker, request, timeout)
         return CircuitBreaker.from_proto(resp.breaker)
 
+    async def get_breaker_by_name(self, account_id: str, name: str, *,
+                                 timeout: float | None = None) -> CircuitBreaker:
+        """The account's breaker named `name` (names are unique per account; ETRMS get_by_name)."""
+        request = req.get_breaker_by_name(account_id, name)
+        resp = await self._unary("GetBreaker", self._stub.GetBreaker, request, timeout)
+        return CircuitBreaker.from_proto(resp.breaker)
+
     async def list_breakers(self, account_id: str, *, timeout: float | None = None) -> tuple[CircuitBreaker, ...]:
         request = req.message(ad.ListBreakersRequest, account_id=account_id)
         resp = await self._unary("ListBreakers", self._stub.ListBreakers, request, timeout)
         return tuple(CircuitBreaker.from_proto(b) for b in resp.breakers)
 
     async def update_breaker(self, breaker_id: str, breaker: req.BreakerLike, *,
+                             update_mask: Iterable[str] | str | None = None,
                              timeout: float | None = None) -> CircuitBreaker:
-        request = req.message(ad.UpdateBreakerRequest, breaker_id=breaker_id, breaker=req.breaker_msg(breaker))
+        """Replace the breaker's definition, or with `update_mask` (e.g. ["parameters"]) change only those fields."""
+        request = req.update_breaker(breaker_id, breaker, update_mask)
         resp = await self._unary("UpdateBreaker", self._stub.UpdateBreaker, request, timeout)
         return CircuitBreaker.from_proto(resp.breaker)
 

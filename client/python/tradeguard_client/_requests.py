@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
+from google.protobuf.field_mask_pb2 import FieldMask
+
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import risk_service_pb2 as rs
 from tradeguard.v1 import types_pb2 as t
@@ -35,6 +37,7 @@ __all__ = [
     "breaker_msg",
     "can_trade",
     "config_msg",
+    "get_breaker_by_name",
     "list_breaker_events",
     "list_history",
     "log_breaker_event",
@@ -46,7 +49,9 @@ __all__ = [
     "report_positions",
     "report_prices",
     "report_trade",
+    "save_config",
     "set_feature_flags",
+    "update_breaker",
 ]
 
 OrderLike = Order | t.OrderIntent
@@ -157,6 +162,45 @@ def config_msg(config: ConfigLike) -> t.RiskConfiguration:
 @checked
 def breaker_msg(breaker: BreakerLike) -> t.CircuitBreaker:
     return breaker.to_proto() if isinstance(breaker, CircuitBreaker) else breaker
+
+
+def _mask(update_mask: Iterable[str] | str | None) -> FieldMask | None:
+    """update_mask as a FieldMask: field names (snake_case, as the proto names them), or one comma-separated
+    string. None = no mask (the whole message replaces the stored one)."""
+    if update_mask is None:
+        return None
+    paths = update_mask.split(",") if isinstance(update_mask, str) else list(update_mask)
+    for i, path in enumerate(paths):
+        if not isinstance(path, str) or not path.strip():
+            raise InvalidArgumentError(f"update_mask[{i}]: expected a field name, got {path!r}", field="update_mask")
+    return FieldMask(paths=[p.strip() for p in paths])
+
+
+@checked
+def save_config(config: ConfigLike, update_mask: Iterable[str] | str | None) -> ad.SaveConfigRequest:
+    request = ad.SaveConfigRequest(config=config_msg(config))
+    mask = _mask(update_mask)
+    if mask is not None:
+        request.update_mask.CopyFrom(mask)
+    return request
+
+
+@checked
+def update_breaker(breaker_id: str, breaker: BreakerLike,
+                   update_mask: Iterable[str] | str | None) -> ad.UpdateBreakerRequest:
+    request = ad.UpdateBreakerRequest(breaker_id=breaker_id, breaker=breaker_msg(breaker))
+    mask = _mask(update_mask)
+    if mask is not None:
+        request.update_mask.CopyFrom(mask)
+    return request
+
+
+@checked
+def get_breaker_by_name(account_id: str, name: str) -> ad.GetBreakerRequest:
+    if not account_id or not name:
+        raise InvalidArgumentError("account_id and name: both required to find a breaker by name",
+                                   field="account_id" if not account_id else "name")
+    return ad.GetBreakerRequest(account_id=account_id, name=name)
 
 
 @checked

@@ -89,7 +89,8 @@ def breaker_msg(r: BreakerRecord) -> t.CircuitBreaker:
 def event_msg(r: BreakerEventRecord) -> t.CircuitBreakerEvent:
     return t.CircuitBreakerEvent(
         id=r.id, breaker_id=r.breaker_id, trader_id=r.trader_id, account_id=r.account_id,
-        timestamp=convert.ts(r.timestamp), triggered_values=struct(r.triggered_values), action_taken=r.action_taken,
+        timestamp=convert.ts_micros(r.timestamp),  # the row's precision: LogBreakerEvent answers what is listed
+        triggered_values=struct(r.triggered_values), action_taken=r.action_taken,
         action_result=struct(r.action_result),
         positions_affected=[t.PositionRef(symbol=p.get("symbol", ""), exchange=p.get("exchange", ""))
                             for p in r.positions_affected],
@@ -165,9 +166,13 @@ def _check_id(breaker_id: str) -> None:
 class BreakerAdmin:
     """Handlers of the circuit breaker RPCs."""
 
-    def __init__(self, service: BreakerService, *, registry: Registry = DEFAULT) -> None:
+    def __init__(self, service: BreakerService, *, registry: Registry = DEFAULT,
+                 bound_account: Callable[[str], str | None] | None = None) -> None:
         self.service = service
         self.registry = registry
+        # The account a trader id is bound to (None: a trader not known here): LogBreakerEvent refuses an event
+        # naming a trader of another account than the breaker's.
+        self.bound_account = bound_account
 
     def handlers(self) -> Handlers:
         return {
@@ -320,6 +325,14 @@ class BreakerAdmin:
                 v.add("timestamp", "must not be in the future")
         v.raise_if_any()
         with store_errors("breaker event"):
+            if req.trader_id and self.bound_account is not None:
+                account = self.service.get(req.breaker_id).account_id
+                bound = self.bound_account(req.trader_id)
+                if bound is not None and bound != account:  # as ACCOUNT_MISMATCH: the other account is not named
+                    v.add("trader_id", f"this trader_id is bound to another account than the breaker's "
+                                       f"({account!r}); an operator can list and move bindings "
+                                       "(AdminService.ListBindings, RebindTrader)")
+                    v.raise_if_any()
             record = await self.service.log_event(req.breaker_id, req.trader_id, at, triggered, req.action_taken,
                                                   result, positions, convert.caller(ctx))
         return ad.LogBreakerEventResponse(event=event_msg(record))

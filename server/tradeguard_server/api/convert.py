@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -43,6 +44,19 @@ ORDER_STATUS_OF = {int(s.value): s for s in OrderStatus}
 def ts(seconds: float) -> Timestamp:
     whole = int(seconds // 1)
     return Timestamp(seconds=whole, nanos=round((seconds - whole) * 1e9) % 1_000_000_000)
+
+
+def ts_micros(seconds: float) -> Timestamp:
+    """Epoch seconds as a Timestamp in whole microseconds, rounded exactly as the store rounds them into a row
+    (datetime.fromtimestamp: the fraction, half to even): an answer then says what the row and every later
+    listing say, not the float's nanoseconds."""
+    fraction, whole = math.modf(seconds)
+    micros = round(fraction * 1e6)
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, micros - 1_000_000
+    elif micros < 0:
+        whole, micros = whole - 1, micros + 1_000_000
+    return Timestamp(seconds=int(whole), nanos=micros * 1000)
 
 
 def to_seconds(value: Timestamp) -> float:

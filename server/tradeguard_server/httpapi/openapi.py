@@ -46,6 +46,18 @@ _WELL_KNOWN: dict[str, dict[str, Any]] = {
 }
 # Query parameters may name nested fields (order.symbol); deeper than this the request goes in a body.
 _QUERY_DEPTH = 3
+# Request fields the handlers refuse when empty ("required"), where a route reads them from the query string. The
+# proto carries no field_behavior annotations, so they are listed here; tests/integration/test_http_api.py calls
+# every such route without its query and checks that the fields the server names "required" are the ones listed.
+REQUIRED_QUERY: dict[str, frozenset[str]] = {
+    "tradeguard.v1.RiskService.GetRiskState": frozenset({"trader_id", "account_id"}),
+    "tradeguard.v1.RiskService.WatchRiskState": frozenset({"trader_id", "account_id"}),
+    "tradeguard.v1.AdminService.GetConfig": frozenset({"account_id", "config_id"}),
+    "tradeguard.v1.AdminService.ListConfigs": frozenset({"account_id"}),
+    "tradeguard.v1.AdminService.ListBreakers": frozenset({"account_id"}),
+    "tradeguard.v1.AdminService.ListRiskStates": frozenset({"account_id"}),
+    "tradeguard.v1.AdminService.ListRiskStateHistory": frozenset({"trader_id", "account_id"}),
+}
 
 
 def _ref(name: str) -> dict[str, Any]:
@@ -116,7 +128,7 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _query_parameters(schemas: _Schemas, desc: Descriptor, skip: set[str], prefix: str = "",
-                      depth: int = 0) -> list[dict[str, Any]]:
+                      depth: int = 0, required: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
     params: list[dict[str, Any]] = []
     for field in desc.fields:
         if field.name in skip:
@@ -129,7 +141,10 @@ def _query_parameters(schemas: _Schemas, desc: Descriptor, skip: set[str], prefi
             continue
         if is_message and field.is_repeated:
             continue
-        param: dict[str, Any] = {"name": name, "in": "query", "required": False, "schema": schemas.field(field)}
+        param: dict[str, Any] = {"name": name, "in": "query", "required": name in required,
+                                 "schema": schemas.field(field)}
+        if name in required and param["schema"].get("type") == "string":
+            param["schema"] = {**param["schema"], "minLength": 1}
         if field.is_repeated:
             param.update(style="form", explode=True)
         params.append(param)
@@ -159,9 +174,11 @@ def _operation(schemas: _Schemas, route: Route, index: int) -> dict[str, Any]:
         field = request.fields_by_name[route.body]
         op["requestBody"] = {"required": False,  # an empty body reads as {} (then validated as over gRPC)
                              "content": {"application/json": {"schema": schemas.message(message_of(field))}}}
-        params += _query_parameters(schemas, request, {*route.variables, route.body})
+        params += _query_parameters(schemas, request, {*route.variables, route.body},
+                                    required=REQUIRED_QUERY.get(method.full_name, frozenset()))
     else:
-        params += _query_parameters(schemas, request, set(route.variables))
+        params += _query_parameters(schemas, request, set(route.variables),
+                                    required=REQUIRED_QUERY.get(method.full_name, frozenset()))
     if params:
         op["parameters"] = params
     if route.response_body:

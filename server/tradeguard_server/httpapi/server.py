@@ -26,7 +26,19 @@ from ..api.errors import ApiError
 from .context import Aborted, HttpContext, peer_text
 from .openapi import openapi_document
 from .routes import Match, Route, Router
-from .transcode import build_request, dumps, http_status, status_json, status_of, to_json
+from .transcode import (
+    ACCEPT_ENCODING,
+    BodyTooLarge,
+    UnreadableBody,
+    UnsupportedEncoding,
+    build_request,
+    decode_body,
+    dumps,
+    http_status,
+    status_json,
+    status_of,
+    to_json,
+)
 
 log = logging.getLogger("tradeguard.http")
 
@@ -36,16 +48,49 @@ Ready = Callable[[], Awaitable[bool]]
 MetricsText = Callable[[], tuple[bytes, str]]
 
 
+def _client_fault(exc: BaseException | None) -> HttpProcessingError | None:
+    """The HttpProcessingError (a malformed request, a body that cannot be read) behind `exc`, if any."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, HttpProcessingError):
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
 class _ProtocolLog(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """aiohttp's connection log: a malformed request (aiohttp answers it 400 itself) is one debug line, not an
-    ERROR with a traceback that any client could fill the log with; anything else is logged as aiohttp does."""
+    """aiohttp's connection log: a malformed request or request body (aiohttp answers it 400 itself, or drops the
+    connection) is one debug line, not an ERROR with a traceback that any client could fill the log with; anything
+    else is logged as aiohttp does."""
 
     def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
         exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
-        if isinstance(exc, HttpProcessingError):
-            self.logger.debug("malformed HTTP request answered %s: %s", exc.code, str(exc).splitlines()[0])
+        fault = _client_fault(exc)
+        if fault is not None:
+            self.logger.debug("malformed HTTP request answered %s: %s", fault.code,
+                              " ".join(str(fault.message).split()))
             return
         self.logger.error(msg, *args, exc_info=exc_info, **kwargs)
+
+
+class _Request(web.BaseRequest):
+    """A request that says when its client's connection is lost: aiohttp calls `_cancel` then (and at shutdown),
+    while the handler runs. The SSE stream of WatchRiskState listens, so a client that goes away frees its watcher
+    slot at once, not at the next keep-alive write."""
+
+    ATTRS = web.BaseRequest.ATTRS | frozenset(["_on_lost"])
+    _on_lost: Callable[[], None] | None = None
+
+    def _cancel(self, exc: BaseException) -> None:
+        super()._cancel(exc)
+        if self._on_lost is not None:
+            self._on_lost()
+
+    def on_lost(self, callback: Callable[[], None] | None) -> bool:
+        """Call `callback` when the connection is lost; False (and no call) when it is lost already."""
+        self._on_lost = callback
+        transport = self.transport
+        return transport is not None and not transport.is_closing()
 
 
 def _common_name(transport: Any) -> str:
@@ -84,8 +129,10 @@ class HttpApi:
                     shutdown_timeout: float = 5.0) -> str:
         """Listen on host:port (0 = any free port); returns the bound host:port."""
         # aiohttp's low-level server: every request reaches `handle` (no second router: ours is the proto's).
+        # Bodies are decoded here (transcode.decode_body), not by aiohttp: an unsupported or broken Content-Encoding
+        # is then a Status JSON answer (415 / 400) on a connection that stays usable.
         server = web.Server(self.handle, request_factory=self._request, handler_cancellation=False,
-                            access_log=None, logger=_ProtocolLog(log, {}))
+                            access_log=None, logger=_ProtocolLog(log, {}), auto_decompress=False)
         runner = web.ServerRunner(server, shutdown_timeout=shutdown_timeout)
         await runner.setup()
         site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_address=True)
@@ -109,8 +156,8 @@ class HttpApi:
     # ---- requests -------------------------------------------------------------------------------
 
     def _request(self, message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> web.BaseRequest:
-        return web.BaseRequest(message, payload, protocol, writer, task, asyncio.get_running_loop(),
-                               client_max_size=self.max_body_bytes)
+        return _Request(message, payload, protocol, writer, task, asyncio.get_running_loop(),
+                        client_max_size=self.max_body_bytes)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         refused = _foreign(request)
@@ -138,17 +185,34 @@ class HttpApi:
                                                      if request.transport else None),
                           _common_name(request.transport))
         try:
-            body = await request.read() if route.body else b""
+            body = b""
+            if route.body:
+                body = decode_body(await request.read(), request.headers.get("Content-Encoding", ""),
+                                   self.max_body_bytes)
             message = build_request(route, match.params, request.rel_url.query.items(), body)
             raw = message.SerializeToString()
+        except UnsupportedEncoding as error:  # RFC 9110 15.5.16: 415, and Accept-Encoding says what is taken
+            self._client_fault(request, 415, error.message)
+            response = self._error(error.to_status(), error.code, http=415)
+            response.headers["Accept-Encoding"] = ACCEPT_ENCODING
+            return response
+        except UnreadableBody as error:  # a broken gzip/deflate body: the client's fault, one line, no traceback
+            self._client_fault(request, 400, error.message)
+            return self._error(error.to_status(), error.code)
+        except BodyTooLarge as error:
+            return self._error(error.to_status(), error.code, http=413)
         except ApiError as error:
             return self._error(error.to_status(), error.code)
         except web.HTTPRequestEntityTooLarge as exc:
             return self._error(status_of(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.text or "request body too large"),
                                grpc.StatusCode.RESOURCE_EXHAUSTED, http=413)
-        except Exception as exc:  # an undecodable body (bad gzip/deflate, an encoding not supported): the client's
-            return self._error(status_of(grpc.StatusCode.INVALID_ARGUMENT, f"body: cannot be read: {exc}"),
-                               grpc.StatusCode.INVALID_ARGUMENT)
+        except Exception as exc:  # a body that never arrives whole (a truncated chunked body, ...): the client's
+            text = " ".join(str(getattr(exc, "message", "") or exc).split())
+            self._client_fault(request, 400, f"body: cannot be read: {text}")
+            response = self._error(status_of(grpc.StatusCode.INVALID_ARGUMENT, f"body: cannot be read: {text}"),
+                                   grpc.StatusCode.INVALID_ARGUMENT)
+            response.force_close()  # what is left of it on the connection cannot be told from the next request
+            return response
         if route.streaming:
             return await self._stream(request, handler, raw, ctx)
         try:
@@ -159,6 +223,12 @@ class HttpApi:
         if route.response_body:  # the seeds' paths answer the bare object or list
             payload = payload.get(route.response_body, {})
         return web.Response(body=dumps(payload), content_type=JSON, headers=ctx.headers())
+
+    @staticmethod
+    def _client_fault(request: web.BaseRequest, http: int, what: str) -> None:
+        """One log line for a request the client got wrong in a way the API's own validation does not see."""
+        peer = peer_text(request.transport.get_extra_info("peername") if request.transport else None)
+        log.info("HTTP %s %s from %s answered %d: %s", request.method, request.rel_url.path, peer, http, what)
 
     def _error(self, status: Any, code: grpc.StatusCode, http: int | None = None) -> web.Response:
         headers = {"WWW-Authenticate": "Bearer"} if code == grpc.StatusCode.UNAUTHENTICATED else None
@@ -219,7 +289,13 @@ class HttpApi:
 
         task = asyncio.get_running_loop().create_task(pump())
         self.streams.add(task)
+        # The client going away (its connection lost) ends the stream at once: the watcher slot is freed now,
+        # not at the next write (an idle stream writes only its keep-alive, every SSE_HEARTBEAT_S).
+        lost = object()
+        connected = cast(_Request, request).on_lost(lambda: queue.put_nowait(("lost", lost)))
         try:
+            if not connected:
+                return response
             if first is not None:
                 await response.write(self._event("update", first))
             while True:
@@ -230,10 +306,13 @@ class HttpApi:
                     continue
                 if event is None:
                     break
+                if event[1] is lost:  # (aiohttp also says so at shutdown, the connection still open: ended below)
+                    break
                 await response.write(self._event(*event))
         except (ConnectionResetError, ConnectionError):
-            pass  # the client went away
+            return response  # the client went away
         finally:
+            cast(_Request, request).on_lost(None)
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -15,6 +15,8 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -25,7 +27,7 @@ from google.protobuf.internal import type_checkers
 from google.protobuf.message import Message
 from google.rpc import status_pb2
 
-from ..api.errors import InvalidArgument
+from ..api.errors import ApiError, InvalidArgument
 from .routes import Route, message_of
 
 # grpc-gateway's HTTPStatusFromCode (runtime/errors.go) and Envoy's grpc_json_transcoder agree on this table.
@@ -58,6 +60,55 @@ _INTS = frozenset({
     FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_SINT64, FieldDescriptor.TYPE_FIXED32,
     FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED32, FieldDescriptor.TYPE_SFIXED64,
 })
+
+
+# The content codings of a request body this API reads (RFC 9110 8.4.1), decoded by `decode_body`: the listener
+# turns aiohttp's own decoding off, so that any other coding is a 415 Status answer, not aiohttp's text 400.
+ACCEPT_ENCODING = "gzip, deflate"
+_ZLIB_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+class UnsupportedEncoding(InvalidArgument):
+    """A Content-Encoding this API does not read (HTTP 415)."""
+
+
+class UnreadableBody(InvalidArgument):
+    """A body that is not valid data of its Content-Encoding (HTTP 400)."""
+
+
+class BodyTooLarge(ApiError):
+    """A body larger than max_message_bytes once decoded (HTTP 413)."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def decode_body(raw: bytes, content_encoding: str, limit: int) -> bytes:
+    """The body as sent before its Content-Encoding (identity, gzip or deflate; raw deflate without the zlib header
+    is taken too, as aiohttp and browsers take it), at most `limit` bytes once decoded."""
+    codings = [c for c in (part.strip().lower() for part in content_encoding.split(",")) if c and c != "identity"]
+    if not codings or not raw:
+        return raw
+    unsupported = [c for c in codings if c not in _ZLIB_WBITS]
+    if unsupported or len(codings) > 1:
+        what = unsupported[0] if unsupported else ", ".join(codings)
+        raise UnsupportedEncoding([("Content-Encoding", f"{what!r} is not supported: send the body as it is, or "
+                                                        f"with one of {ACCEPT_ENCODING}")])
+    coding = codings[0]
+    wbits = _ZLIB_WBITS[coding]
+    if coding == "deflate" and raw[0] & 0x0F != 8:  # no zlib header (RFC 1950): raw deflate (RFC 1951)
+        wbits = -zlib.MAX_WBITS
+    decoder = zlib.decompressobj(wbits)
+    try:
+        out = decoder.decompress(raw, limit + 1)
+    except zlib.error as exc:
+        raise UnreadableBody([("body", f"not valid {coding} data ({exc})")]) from None
+    if len(out) > limit or decoder.unconsumed_tail:
+        raise BodyTooLarge(f"request body larger than {limit} bytes once decoded ({coding})")
+    if not decoder.eof:
+        raise UnreadableBody([("body", f"not valid {coding} data (it ends before the end of its stream)")])
+    if decoder.unused_data:
+        raise UnreadableBody([("body", f"not valid {coding} data ({len(decoder.unused_data)} bytes after its end)")])
+    return out
 
 
 def http_status(code: grpc.StatusCode) -> int:
@@ -278,27 +329,62 @@ _INTEGERS = frozenset({FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_INT64, F
 _FLOATS = frozenset({FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT})
 
 
-def _check_numbers(descriptor: Any, data: Any, prefix: str) -> None:
-    """json_format reads `true` as 1 and `1.5` as 1 for a number or enum field: an order side of 1.5 became BUY and
-    an equity of true became 1.0. Refused here, naming the field."""
+def _fields_text(descriptor: Any) -> str:
+    names = [f.name for f in descriptor.fields]
+    return ", ".join(names[:40]) + (", ..." if len(names) > 40 else "")
+
+
+def _check_json(descriptor: Any, data: Any, prefix: str) -> None:
+    """What json_format would get wrong or name badly, refused here naming the field by its path as sent
+    (`order.side`, `config.symbol_configs[0].bogus`):
+    - a key that is no field: json_format's error names the message type and lists the fields in lowerCamelCase;
+    - `true` read as 1 and `1.5` as 1 for a number or enum field: an order side of 1.5 became BUY and an equity of
+      true became 1.0."""
     if not isinstance(data, dict):
         return
     for key, value in data.items():
         field = descriptor.fields_by_name.get(key) or next(
             (f for f in descriptor.fields if f.json_name == key), None)
+        path = f"{prefix}{key}"
         if field is None:
+            raise InvalidArgument([(path, f"no such field in {descriptor.full_name}; its fields: "
+                                          f"{_fields_text(descriptor)}")])
+        sub = field.message_type
+        if sub is not None and sub.GetOptions().map_entry:
+            value_field = sub.fields_by_name["value"]
+            if isinstance(value, dict):
+                for map_key, item in value.items():
+                    _check_value(value_field, item, f"{path}[{map_key}]")
             continue
-        path = f"{prefix}{field.name}"
-        values = value if isinstance(value, list) else [value]
-        for item in values:
-            if field.type in _INTEGERS or field.type in _FLOATS:
-                if isinstance(item, bool):
-                    raise InvalidArgument([(path, f"expected a number, got {item!r}")])
-                if field.type in _INTEGERS and isinstance(item, float) and not item.is_integer():
-                    raise InvalidArgument([(path, f"expected a whole number, got {item!r}")])
-            elif field.type == FieldDescriptor.TYPE_MESSAGE and not field.message_type.full_name.startswith(
-                    "google.protobuf."):
-                _check_numbers(field.message_type, item, path + ".")
+        if field.is_repeated and isinstance(value, list):
+            for i, item in enumerate(value):
+                _check_value(field, item, f"{path}[{i}]")
+        else:
+            _check_value(field, value, path)
+
+
+def _check_value(field: Any, item: Any, path: str) -> None:
+    if field.type in _INTEGERS or field.type in _FLOATS:
+        if isinstance(item, bool):
+            raise InvalidArgument([(path, f"expected a number, got {item!r}")])
+        if field.type in _INTEGERS and isinstance(item, float) and not item.is_integer():
+            raise InvalidArgument([(path, f"expected a whole number, got {item!r}")])
+    elif field.type == FieldDescriptor.TYPE_MESSAGE and not field.message_type.full_name.startswith(
+            "google.protobuf."):
+        _check_json(field.message_type, item, path + ".")
+
+
+# json_format's errors end with where they happened: `... at CanTradeRequest.order.side.` / `at "X.order"`.
+_PARSE_ERROR_AT = re.compile(r'at "?[A-Za-z0-9_]+\.([A-Za-z0-9_.\[\]]+?)"?\.*$')
+
+
+def _parse_error_field(text: str, default: str) -> str:
+    """The field a json_format ParseError is about (its proto path), else `default`."""
+    found = _PARSE_ERROR_AT.search(text)
+    if found:
+        return found.group(1)
+    nested = re.findall(r"Failed to parse (\w+) field", text)  # ... parse order field: Failed to parse side field
+    return ".".join(nested) or default
 
 
 def build_request(route: Route, params: Mapping[str, str], query: Iterable[tuple[str, str]], raw_body: bytes
@@ -336,11 +422,13 @@ def build_request(route: Route, params: Mapping[str, str], query: Iterable[tuple
             raise InvalidArgument([(route.body, "a PATCH needs at least one field to change")])
         data["update_mask"] = _mask_json(data[route.body])
     data.update(params)
-    _check_numbers(descriptor, data, "")
+    _check_json(descriptor, data, "")
     try:
         json_format.ParseDict(data, request)
     except json_format.ParseError as exc:
-        raise InvalidArgument([(route.body if route.body not in ("", "*") else "request", str(exc))]) from None
+        text = " ".join(str(exc).split())
+        raise InvalidArgument([(_parse_error_field(text, route.body if route.body not in ("", "*") else "request"),
+                                text)]) from None
     except (ValueError, TypeError, RecursionError) as exc:
         raise InvalidArgument([("request", f"cannot be read as {descriptor.full_name}: {exc}")]) from None
     return request

@@ -50,14 +50,19 @@ def url_from_parts(env: Mapping[str, str]) -> str:
     """A PostgreSQL URL from the seed's DB_HOST, DB_PORT, DB_USER, DB_PASSWORD, DB_NAME, DB_SSLMODE.
 
     DB_HOST is required; the port defaults to 5432, the user to "postgres", the database to "tradeguard".
-    User and password are escaped, so any character may appear in them.
+    DB_HOST may carry the port (`db:5433`, `[::1]:5433`; an IPv6 address with or without brackets, `::1`, is a host
+    alone): then DB_PORT may be unset or the same port, and a different DB_PORT is an error naming both (which of
+    the two was meant cannot be told). User and password are escaped, so any character may appear in them.
     """
-    host = env.get("DB_HOST", "").strip()
+    host, host_port = split_host_port(env.get("DB_HOST", "").strip())
     if not host:
         raise ValueError("DB_HOST is required to build a database URL from parts")
-    port_text = env.get("DB_PORT", "").strip() or "5432"
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    port_text = env.get("DB_PORT", "").strip()
+    if port_text and (not port_text.isdigit() or not 0 < int(port_text) < 65536):
         raise ValueError(f"DB_PORT: expected a port number, got {port_text!r}")
+    if host_port and port_text and int(port_text) != int(host_port):
+        raise ValueError(f"DB_HOST names port {host_port} and DB_PORT port {port_text}: give the port in one of them")
+    port_text = host_port or port_text or "5432"
     query: dict[str, str] = {}
     sslmode = env.get("DB_SSLMODE", "").strip()
     if sslmode:
@@ -72,6 +77,28 @@ def url_from_parts(env: Mapping[str, str]) -> str:
         query=query,
     )
     return url.render_as_string(hide_password=False)
+
+
+def split_host_port(text: str) -> tuple[str, str]:
+    """DB_HOST as (host, port): `db` -> (db, ""), `db:5433` -> (db, 5433), `[::1]` -> (::1, ""), `[::1]:5433` ->
+    (::1, 5433), `::1` (more than one colon, no brackets: an IPv6 address) -> (::1, ""). ValueError for a port that
+    is not one."""
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"DB_HOST: expected host, host:port, [IPv6] or [IPv6]:port, got {text!r}")
+        port = rest[1:]
+        if rest and not port:
+            raise ValueError(f"DB_HOST: no port after the colon in {text!r}")
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+        if not port:
+            raise ValueError(f"DB_HOST: no port after the colon in {text!r}")
+    else:
+        host, port = text, ""
+    if port and (not port.isdigit() or not 0 < int(port) < 65536):
+        raise ValueError(f"DB_HOST: expected a port number after the colon, got {port!r} in {text!r}")
+    return host, port
 
 
 def _userinfo(url: str) -> tuple[int, int] | None:
