@@ -62,7 +62,9 @@ async def within(predicate: Any, seconds: float = PROPAGATION_S) -> float:
     """Await `predicate` (async) for at most `seconds`; returns how long it took (fails the test otherwise)."""
     start = time.monotonic()
     assert await eventually(predicate, timeout=seconds, interval=0.005), f"not in force within {seconds}s"
-    return time.monotonic() - start
+    took = time.monotonic() - start
+    print(f"in force on the other sidecar after {took * 1000:.0f} ms")
+    return took
 
 
 async def test_configurations_saved_and_deleted_on_one_sidecar_are_enforced_on_the_other(pg_url: str) -> None:
