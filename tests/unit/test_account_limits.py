@@ -156,7 +156,7 @@ notional = st.floats(min_value=0.0, max_value=1e7, allow_nan=False)
 traders = st.lists(st.tuples(money, money, notional, notional), min_size=1, max_size=8)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(traders)
 def test_the_account_loss_is_between_the_best_and_worst_trader_loss(ts: list[tuple[float, ...]]) -> None:
     a = aggregate(fig(str(i), e, s, lo, sh) for i, (e, s, lo, sh) in enumerate(ts))
@@ -173,7 +173,7 @@ pendings = st.dictionaries(st.sampled_from([("A", ""), ("B", "x"), ("D", "")]),
                            st.tuples(notional, notional))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(venues, pendings)
 def test_gross_covers_every_fill_outcome_and_net_is_never_beyond_gross(
     positions: dict[tuple[str, str], float], pending: dict[tuple[str, str], tuple[float, float]]
@@ -188,7 +188,7 @@ def test_gross_covers_every_fill_outcome_and_net_is_never_beyond_gross(
     assert abs(net) <= gross * (1 + 1e-9) + 1e-6
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(traders, notional, st.booleans(), st.floats(min_value=1.0, max_value=1e8))
 def test_an_order_is_denied_by_gross_exactly_when_gross_after_exceeds_the_limit(
     ts: list[tuple[float, ...]], adding: float, buy: bool, cap: float
@@ -202,7 +202,7 @@ def test_an_order_is_denied_by_gross_exactly_when_gross_after_exceeds_the_limit(
         assert adding > 0.0
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(traders, st.floats(min_value=0.1, max_value=100.0))
 def test_a_breach_fails_the_check_and_is_reported_exactly_when_the_value_reaches_the_limit(
     ts: list[tuple[float, ...]], cap: float
