@@ -30,8 +30,10 @@ from .api.history_admin import HistoryAdmin
 from .api.risk_service import SERVICE as RISK_SERVICE
 from .api.risk_service import RiskService
 from .api.risk_state import state_msg
+from .api.risk_states_admin import RiskStatesAdmin
 from .api.watch import WatchHub, WatchUpdates
 from .auth import Credentials, create_private_file, sqlite_path
+from .cluster.takeover import Takeover
 from .engine.breakers.evaluator import Evaluator
 from .engine.clock import Clock, SystemClock
 from .engine.engine import RiskEngine
@@ -48,6 +50,7 @@ from .settings import Settings, SettingsError
 from .store.memory import MemoryStore
 from .store.protocol import Store
 from .store.store import RiskStore
+from .store.url import is_postgres
 
 log = logging.getLogger("tradeguard")
 
@@ -198,6 +201,15 @@ class Sidecar:
             if self.durable else MemoryStore(settings.queue_size, clock=self.engine.clock.now,
                                              on_health_change=self._on_store_health)
         )
+        # Issue 17, cluster mode (the database is PostgreSQL): one owner per trader (cluster.takeover). None in
+        # single mode (SQLite, memory). The writer fences each trader's row with its lease epoch.
+        self.takeover: Takeover | None = None
+        if isinstance(self.store, RiskStore) and is_postgres(settings.database_url):
+            store = self.store
+            self.takeover = Takeover(self.engine, lambda fn: store.db.call(fn, write=True), settings.sidecar_name,
+                                     settings.trader_lease_seconds, policy=settings.foreign_trader_policy,
+                                     forget=store.queue.drop_state)
+            store.writer.epoch_of = self.takeover.epoch_of
         self.hub = WatchHub(buffer=settings.watch_buffer, max_watchers=settings.max_concurrent_streams,
                             max_per_trader=settings.max_watchers_per_trader,
                             max_per_connection=settings.max_watchers_per_connection,
@@ -208,16 +220,19 @@ class Sidecar:
                                        history_trace_id,
                                        load_timeout_s=settings.store_call_timeout_s,
                                        unloaded_policy=settings.unloaded_state_policy,
-                                       flags_given=settings.given, on_loaded=self._state_loaded)
+                                       flags_given=settings.given, on_loaded=self._state_loaded,
+                                       owners=self.takeover)
         self.risk = RiskService(self.engine, self.hub, settings.max_clock_skew_s, on_trade=self.persistence.on_trade,
-                                trade_known=self.persistence.trade_known if self.durable else None)
+                                trade_known=self.persistence.trade_known if self.durable else None,
+                                owners=self.takeover)
         self.admin = AdminService(self.engine, self._on_flags, store_now=self._store_now,
                                   loaded=lambda: self.persistence.loaded)
         self.configs = ConfigAdmin(self.config_service)
         self.breaker_admin = BreakerAdmin(self.breaker_service)
         for handlers in (self.configs.handlers(), self.breaker_admin.handlers(),
                          HistoryAdmin(self.store, self.durable).handlers(),
-                         BindingAdmin(self.engine, self._store_now).handlers()):
+                         BindingAdmin(self.engine, self._store_now).handlers(),
+                         RiskStatesAdmin(self.engine, self.takeover, settings.sidecar_name).handlers()):
             self.admin.extend(handlers)
         self.watch = WatchUpdates(self.hub, lambda st, orders: state_msg(self.engine, st, orders),
                                   muted=lambda: self.persistence.replaying)
@@ -503,6 +518,8 @@ class Sidecar:
         # The stored state is loaded before the first RPC is answered. When it cannot be (database down, or
         # slower than store_call_timeout_s), the engine answers under unloaded_state_policy until it is.
         await self.persistence.start()
+        if self.takeover is not None:
+            self.takeover.start()  # lease renewal (every trader_lease_seconds / 3)
         self.metrics.store_healthy(self.store.healthy)  # the gauge says what health says, from the start
         if self.store.healthy:
             await self.health.set(STORE_HEALTH, health_pb2.HealthCheckResponse.SERVING)
@@ -546,6 +563,8 @@ class Sidecar:
                 task.cancel()
         if self._credentials_task is not None:
             self._credentials_task.cancel()
+        if self.takeover is not None:
+            await self.takeover.close()  # no renewal after the release (persistence.close releases the leases)
         await self.persistence.close(self.settings.drain_timeout_s)
         await asyncio.to_thread(self._stop_observability)
         log.info("stopped")

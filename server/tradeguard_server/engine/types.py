@@ -71,6 +71,7 @@ class DecisionCode(IntEnum):
     DAILY_NOTIONAL_LIMIT = 28
     DAILY_ORDERS_LIMIT = 29
     FILL_RATE_LIMIT = 30
+    TRADER_OWNED_ELSEWHERE = 33  # (issue 17) another sidecar owns the trader's live state (cluster.takeover)
 
 
 class OrderStatus(IntEnum):
