@@ -231,7 +231,7 @@ class Sidecar:
         self.breaker_admin = BreakerAdmin(self.breaker_service)
         for handlers in (self.configs.handlers(), self.breaker_admin.handlers(),
                          HistoryAdmin(self.store, self.durable).handlers(),
-                         BindingAdmin(self.engine, self._store_now).handlers(),
+                         BindingAdmin(self.engine, self._store_now, self.takeover).handlers(),
                          RiskStatesAdmin(self.engine, self.takeover, settings.sidecar_name).handlers()):
             self.admin.extend(handlers)
         self.watch = WatchUpdates(self.hub, lambda st, orders: state_msg(self.engine, st, orders),

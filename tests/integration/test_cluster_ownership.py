@@ -325,3 +325,54 @@ async def test_list_risk_states_in_single_mode_lists_the_engine_memory() -> None
     assert [e.state.trader_id for e in reducing.entries] == ["c"]
     assert [e.state.trader_id for e in first.entries] == ["a", "b"] and first.next_page_token == "b"
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "trading_state" in (err.value.details() or "")
+
+
+async def test_database_down_at_start_the_journal_replays_for_local_traders_only(pg_url: str) -> None:
+    """Calls received while the stored state is not loaded are replayed on the traders this sidecar owns once the
+    load succeeds (its own leases taken back, free traders claimed); those of a trader another live sidecar owns
+    are not (that sidecar holds its state)."""
+    from tests.integration.test_restart_unloaded import database_down_at_start, state_loaded
+
+    async with running_sidecar(database_url=pg_url, enable_persistence=True, sidecar_id="sc-a") as a, \
+            grpc.aio.insecure_channel(a.address) as ch:
+        await rsg.RiskServiceStub(ch).ReportEquity(rs.ReportEquityRequest(**ids("mine"), equity=1_000))
+        assert a.store is not None and await a.store.flush(5.0)
+    rows(pg_url, "UPDATE trader_leases SET expires_at = now() + interval '60 seconds'")  # as if it was SIGKILLed
+    async with running_sidecar(database_url=pg_url, enable_persistence=True, sidecar_id="sc-b") as b, \
+            grpc.aio.insecure_channel(b.address) as ch:
+        await rsg.RiskServiceStub(ch).ReportEquity(rs.ReportEquityRequest(**ids("theirs"), equity=5_000))
+        assert b.store is not None and await b.store.flush(5.0)
+        async with database_down_at_start(pg_url, sidecar_id="sc-a") as (a, ch_a, proxy):
+            risk = rsg.RiskServiceStub(ch_a)
+            for trader, equity in (("mine", 1_100), ("theirs", 1), ("new", 300)):
+                await risk.ReportEquity(rs.ReportEquityRequest(**ids(trader), equity=equity))
+            proxy.restore()
+            await state_loaded(ch_a)
+            mine = (await risk.GetRiskState(rs.GetRiskStateRequest(**ids("mine")))).state
+            new = (await risk.GetRiskState(rs.GetRiskStateRequest(**ids("new")))).state
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await risk.GetRiskState(rs.GetRiskStateRequest(**ids("theirs")))
+            assert a.store is not None and await a.store.flush(5.0)
+            skipped = a.persistence.not_owned_skipped
+        theirs = (await rsg.RiskServiceStub(ch).GetRiskState(rs.GetRiskStateRequest(**ids("theirs")))).state
+    assert mine.current_equity == 1_100 and mine.peak_equity == 1_100
+    assert new.current_equity == 300
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "sc-b" in (err.value.details() or "")
+    assert skipped == 1 and theirs.current_equity == 5_000
+    assert sorted(rows(pg_url, "SELECT trader_id, owner FROM trader_leases")) == [
+        ("mine", "sc-a"), ("new", "sc-a"), ("theirs", "sc-b")]
+    assert rows(pg_url, "SELECT current_equity FROM risk_state WHERE trader_id = 'theirs'") == [(5_000.0,)]
+
+
+async def test_the_writer_writes_each_state_with_its_lease_epoch_and_skips_traders_no_longer_owned(
+        pg_url: str) -> None:
+    from tests.support.databases import make_state, open_store
+
+    async with open_store(pg_url) as store:
+        store.writer.epoch_of = {"owned": 7}.get
+        store.enqueue_state(make_state("owned", version=3), "mine", None)
+        store.enqueue_state(make_state("gone", version=3), "taken over meanwhile", None)
+        assert await store.flush(10.0)
+        skipped = store.writer.unowned_skipped
+    assert rows(pg_url, "SELECT trader_id, epoch, version FROM risk_state") == [("owned", 7, 3)]
+    assert skipped == 1

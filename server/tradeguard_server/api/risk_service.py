@@ -366,6 +366,8 @@ class RiskService:
         v = Violations()
         check_ids(v, req.trader_id, req.account_id)
         v.raise_if_any()
+        if self.owners is not None and req.trader_id not in self.owners.owned:  # cluster mode: watch it at its owner
+            await self._local(req.trader_id, req.account_id)
         st = self.engine.peek(req.trader_id, req.account_id)
         # Until the stored state is loaded memory cannot tell a stored trader from a new id: every watch then counts
         # as known (still bounded per trader, per connection and in all), not against the small unknown budget.

@@ -31,8 +31,15 @@ Read-only (foreign_trader_policy=read_only): the sidecar answers from the trader
 wrote, at most a writer batch old): CanTrade runs every check on it but reserves nothing, counts nothing and
 writes nothing, so only an order that adds no exposure (or the question without an order) can be allowed; one that
 adds exposure is denied with TRADER_OWNED_ELSEWHERE (the owner must see it). GetRiskState shows the stored state.
-Reports (ReportEquity, ReportTrade, ReportPositions, ReportOrder) change the state, which only the owner may do:
-they are refused with FAILED_PRECONDITION under both policies.
+Reports (ReportEquity, ReportTrade, ReportPositions, ReportOrder), RebindTrader and WatchRiskState (a live
+stream only the owner can feed) are refused with FAILED_PRECONDITION under both policies.
+
+Wiring (sidecar.py): `Takeover(engine, run, sidecar_name, trader_lease_seconds, policy=..., forget=...)`; the store's
+writer fences with `epoch_of`; Persistence takes it as `owners`; RiskService, BindingAdmin and RiskStatesAdmin
+as `owners`. `read_changes` / `replay` default to a plain reader and a no-op: set them to
+cluster.changes.trader_changes and ControlPlane.replay_trader. Admin trader-scope writes elsewhere ask
+`await acquire(trader_id, account_id, write=True)` first: it claims a free trader, and raises TraderOwnedElsewhere
+(its `.lease.owner`, `.lease.expires_at`) when another live sidecar owns it.
 """
 
 from __future__ import annotations
