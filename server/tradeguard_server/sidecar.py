@@ -33,7 +33,7 @@ from .api.risk_state import state_msg
 from .api.risk_states_admin import RiskStatesAdmin
 from .api.watch import WatchHub, WatchUpdates
 from .auth import Credentials, create_private_file, sqlite_path
-from .cluster.takeover import Takeover
+from .cluster.takeover import Takeover, claiming
 from .engine.breakers.evaluator import Evaluator
 from .engine.clock import Clock, SystemClock
 from .engine.engine import RiskEngine
@@ -234,6 +234,14 @@ class Sidecar:
                          BindingAdmin(self.engine, self._store_now, self.takeover).handlers(),
                          RiskStatesAdmin(self.engine, self.takeover, settings.sidecar_name).handlers()):
             self.admin.extend(handlers)
+        if self.takeover is not None:  # issue 17: the kill switch on one trader lands on its owner's state
+            # (until helper A's PauseTrading/ResumeTrading handle a trader owned elsewhere through control_changes)
+            from tradeguard.v1 import admin_service_pb2 as ad
+
+            self.admin.extend({
+                "PauseTrading": (ad.PauseTradingRequest, claiming(self.takeover, self.admin.pause_trading)),
+                "ResumeTrading": (ad.ResumeTradingRequest, claiming(self.takeover, self.admin.resume_trading)),
+            })
         self.watch = WatchUpdates(self.hub, lambda st, orders: state_msg(self.engine, st, orders),
                                   muted=lambda: self.persistence.replaying)
         # The engine's listeners, in the order each hears a change (metrics, when on, in _init_observability):

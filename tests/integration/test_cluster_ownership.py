@@ -73,8 +73,10 @@ def test_a_second_sidecar_refuses_a_trader_owned_by_a_live_one_naming_the_owner(
     with serve(tmp_path, pg_url, "sc-a") as a, serve(tmp_path, pg_url, "sc-b") as b, \
             grpc.insecure_channel(a.address) as ca, grpc.insecure_channel(b.address) as cb:
         rsg.RiskServiceStub(ca).ReportEquity(rs.ReportEquityRequest(**ids("bot-1"), equity=10_000))
-        risk_b = rsg.RiskServiceStub(cb)
+        risk_b, admin_b = rsg.RiskServiceStub(cb), adg.AdminServiceStub(cb)
         for call in (lambda: risk_b.CanTrade(rs.CanTradeRequest(**ids("bot-1"), order=BUY)),
+                     lambda: admin_b.PauseTrading(ad.PauseTradingRequest(
+                         **ids("bot-1"), trading_state=t.TRADING_STATE_HALTED)),
                      lambda: risk_b.ReportEquity(rs.ReportEquityRequest(**ids("bot-1"), equity=1)),
                      lambda: risk_b.GetRiskState(rs.GetRiskStateRequest(**ids("bot-1")))):
             with pytest.raises(grpc.RpcError) as err:

@@ -353,6 +353,9 @@ class Takeover:
             log.warning("shutdown: leases of %d traders not released (%s): they lapse within %g s", len(owned), exc,
                         self.lease_s)
             return
+        for trader_id, epoch in owned.items():  # nothing this process still holds is written any more
+            if self.owned.get(trader_id) == epoch:
+                del self.owned[trader_id]
         log.info("shutdown: leases of %d traders released", len(owned))
 
     async def close(self) -> None:
@@ -400,3 +403,21 @@ def read_only_engine(engine: RiskEngine, foreign: Foreign, account_id: str) -> t
     shadow.traders[st.trader_id] = st
     shadow.gate = ReadOnlyGate(foreign.lease, lambda: engine.flags.enable_risk_enforcement)
     return shadow, st
+
+
+Handler = Callable[[Any, Any], Awaitable[Any]]
+
+
+def claiming(owners: Takeover, handler: Handler) -> Handler:
+    """`handler` (an admin RPC on one trader: request with trader_id and account_id) run only once the trader is
+    this sidecar's: a free trader is claimed first (its stored state installed, so the change lands on it and is
+    written with this sidecar's epoch); one another live sidecar owns answers FAILED_PRECONDITION naming it; an
+    empty trader_id (an account or every-account scope) passes through."""
+
+    async def run(req: Any, ctx: Any) -> Any:
+        trader_id = req.trader_id
+        if trader_id and trader_id not in owners.owned:
+            await owners.acquire(trader_id, req.account_id, write=True)
+        return await handler(req, ctx)
+
+    return run
