@@ -378,3 +378,29 @@ async def test_the_writer_writes_each_state_with_its_lease_epoch_and_skips_trade
         skipped = store.writer.unowned_skipped
     assert rows(pg_url, "SELECT trader_id, epoch, version FROM risk_state") == [("owned", 7, 3)]
     assert skipped == 1
+
+
+async def test_database_unreachable_a_new_trader_is_unavailable_and_an_owned_one_is_served_from_memory(
+        pg_url: str) -> None:
+    from tests.support.proxy import FaultProxy
+
+    proxy = await FaultProxy().start()
+    try:
+        async with running_sidecar(database_url=proxy.url_for(pg_url), enable_persistence=True,
+                                   sidecar_id="sc-a") as sc, grpc.aio.insecure_channel(sc.address) as ch:
+            risk = rsg.RiskServiceStub(ch)
+            await risk.ReportEquity(rs.ReportEquityRequest(**ids("owned"), equity=1_000))
+            proxy.cut()
+            started = time.monotonic()
+            served = await risk.CanTrade(rs.CanTradeRequest(**ids("owned"), order=BUY), timeout=5)
+            owned_s = time.monotonic() - started
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await risk.CanTrade(rs.CanTradeRequest(**ids("new")), timeout=30)
+            proxy.restore()
+            later = await risk.CanTrade(rs.CanTradeRequest(**ids("new")), timeout=30)
+    finally:
+        await proxy.close()
+    assert served.allowed and owned_s < 1.0
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "cannot claim trader_id new (the database decides which sidecar owns it)" in (err.value.details() or "")
+    assert later.code == t.DECISION_CODE_NO_EQUITY_REPORTED
