@@ -404,3 +404,18 @@ async def test_database_unreachable_a_new_trader_is_unavailable_and_an_owned_one
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "cannot claim trader_id new (the database decides which sidecar owns it)" in (err.value.details() or "")
     assert later.code == t.DECISION_CODE_NO_EQUITY_REPORTED
+
+
+async def test_a_claim_hands_the_traders_pause_and_resume_changes_to_the_replay_hook(pg_url: str) -> None:
+    seen: list[tuple[str, list[str]]] = []
+    async with running_sidecar(database_url=pg_url, enable_persistence=True, sidecar_id="sc-a") as sc, \
+            grpc.aio.insecure_channel(sc.address) as ch:
+        rows(pg_url, "INSERT INTO control_changes (kind, account_id, trader_id, payload, origin, actor, created_at) "
+                     "VALUES ('pause', %s, 'bot-p', '{\"state\": \"HALTED\", \"until\": null, \"reason\": \"x\"}', "
+                     "'sc-z', 'alice', now()), ('config', %s, '', NULL, 'sc-z', 'alice', now()), "
+                     "('resume', %s, 'bot-p', NULL, 'sc-z', 'alice', now())", ACCOUNT, ACCOUNT, ACCOUNT)
+        assert sc.takeover is not None
+        sc.takeover.replay = lambda st, changes: seen.append((st.trader_id, [c["kind"] for c in changes]))
+        await rsg.RiskServiceStub(ch).CanTrade(rs.CanTradeRequest(**ids("bot-p")))
+        await rsg.RiskServiceStub(ch).CanTrade(rs.CanTradeRequest(**ids("bot-p")))  # owned: no second claim
+    assert seen == [("bot-p", ["pause", "resume"])]

@@ -75,8 +75,9 @@ ChangesReader = Callable[[Connection, str], Sequence[Any]]  # (conn, trader_id) 
 
 
 class Replay(Protocol):
-    """Applies a trader's pause/resume changes (control_changes rows, in version order) to its state just
-    installed (ControlPlane.replay_trader). Idempotent."""
+    """Applies a trader's pause/resume changes (control_changes rows, in version order; possibly none) to its state
+    just installed by a claim (ControlPlane.replay_trader; also where the account and every-account pauses are
+    synced into it: a claimed trader is installed with engine.restore, not created by the engine). Idempotent."""
 
     def __call__(self, st: TraderState, changes: Sequence[Any]) -> None: ...
 
@@ -237,7 +238,7 @@ class Takeover:
         else:
             engine.traders.pop(trader_id, None)
             st = None
-        if st is not None and got.changes:
+        if st is not None:  # (called with no changes too: the plane also syncs the scope pauses into it)
             try:
                 self.replay(st, got.changes)
             except Exception:
@@ -278,10 +279,11 @@ class Takeover:
         """After the load installed the owned traders (and before the journal replays on them): their pause/resume
         changes made while this sidecar was away, replayed."""
         changes, self._start_changes = self._start_changes, {}
-        for trader_id, rows in changes.items():
+        for trader_id in list(self.owned):
             st = self.engine.traders.get(trader_id)
             if st is None:
                 continue
+            rows = changes.get(trader_id, ())
             try:
                 self.replay(st, rows)
             except Exception:
