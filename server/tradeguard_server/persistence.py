@@ -16,6 +16,11 @@
   otherwise the default. A late load never changes a flag. SetFeatureFlags during an outage is applied at
   once and written when the database returns.
 - `enable_persistence` off at run time: nothing is queued; on again: every trader's state is queued.
+- Cluster mode (PostgreSQL; `owners`, cluster.takeover): before each load attempt the sidecar takes back the leases
+  naming it and claims the traders that called meanwhile (when free); the load installs only the traders it owns
+  (the others stay in the store until their first call here claims them), their pause/resume changes are replayed,
+  and the journal is replayed for those traders only. At a clean shutdown the leases are released after the final
+  flush.
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Collection
+from typing import Any, Protocol
 
 from .cluster.changes import ControlChange
 from .engine.engine import AccountMismatchError, JournalEntry, Outcome, RiskEngine
@@ -51,6 +56,18 @@ JOURNAL_MAX = 100_000  # calls kept for the replay while the stored state is not
 
 async def _nothing() -> None:
     return None
+
+
+class Owners(Protocol):
+    """Cluster mode's ownership of traders (cluster.takeover.Takeover), as the load and the shutdown use it."""
+
+    async def start_claims(self, journaled: Collection[str]) -> None: ...
+
+    def owns(self, trader_id: str) -> bool: ...
+
+    def after_install(self) -> None: ...
+
+    async def release(self) -> None: ...
 
 
 class _At:
@@ -131,6 +148,7 @@ class Persistence:
         unloaded_policy: str = "reduce_only",
         flags_given: frozenset[str] = frozenset(),
         on_loaded: StateLoaded = _nothing,
+        owners: Owners | None = None,
     ) -> None:
         self.store = store
         self.load_timeout_s = load_timeout_s  # start-up waits this long for the load (0 = no bound)
@@ -140,6 +158,8 @@ class Persistence:
         self.trace_id = trace_id
         self.flags_given = flags_given  # flags given at start: they beat the stored ones
         self.on_loaded = on_loaded  # awaited once the stored state is installed (health says so)
+        self.owners = owners  # cluster mode: only the traders this sidecar owns are installed and replayed
+        self.not_owned_skipped = 0  # journaled calls of traders another sidecar owns, not replayed
         self.gate = UnloadedGate(unloaded_policy, lambda: engine.flags.enable_risk_enforcement)
         self.loaded = False
         self.replaying = False  # True while the calls received before the load are replayed on the stored state
@@ -218,7 +238,7 @@ class Persistence:
         engine = self.engine
         engine.gate, engine.journal = self.gate, Journal()
         await self.store.start()
-        load = asyncio.ensure_future(self.store.load())
+        load = asyncio.ensure_future(self._load())
         done, _pending = await asyncio.wait({load}, timeout=self.load_timeout_s or None)
         if done and load.exception() is None:
             await self._install(load.result(), late=False)
@@ -240,7 +260,7 @@ class Persistence:
         delay = 0.2
         while True:
             try:
-                loaded = await (pending if pending is not None else self.store.load())
+                loaded = await (pending if pending is not None else self._load())
             except Exception as exc:  # StoreUnavailable, or a row the load could not read: keep trying
                 log.info("stored state still not loaded (%s); retrying", exc)
                 pending = None
@@ -251,6 +271,12 @@ class Persistence:
                 continue
             await self._install(loaded, late=True, stored_trades=await self._stored_trades(loaded))
             return
+
+    async def _load(self) -> LoadedState:
+        """The store's load; in cluster mode the leases are taken first (see the module docstring)."""
+        if self.owners is not None:
+            await self.owners.start_claims({str(args[0]) for _at, _op, args in self.engine.journal or ()})
+        return await self.store.load()
 
     async def _stored_trades(self, loaded: LoadedState) -> set[tuple[str, str]]:
         """(trader, trade id) of journaled trades that are stored but older than the ids the load brought (a
@@ -281,9 +307,13 @@ class Persistence:
         self.configs.load(loaded.configs)  # each service skips what it already holds (saved while not loaded)
         self.breakers.load(loaded.breakers)
         self._install_flags(loaded.flags, late)
+        owners = self.owners
         for rec in loaded.traders:
-            engine.restore(from_record(rec, loaded.trade_ids.get(rec.trader_id, ())))
+            if owners is None or owners.owns(rec.trader_id):  # cluster mode: the others stay in the store
+                engine.restore(from_record(rec, loaded.trade_ids.get(rec.trader_id, ())))
         engine.gate, engine.journal = None, None  # from here on, changes are written
+        if owners is not None:
+            owners.after_install()
         self.replayed = self._replay(journal, stored_trades)
         for trader_id, old in memory.items():  # orders allowed meanwhile still count in the order-rate windows
             st = engine.traders.get(trader_id)
@@ -316,8 +346,12 @@ class Persistence:
         self.replaying = True
         replayed = 0
         try:
+            owners = self.owners
             for when, op, args in journal:
                 at.t = when
+                if owners is not None and not owners.owns(str(args[0])):
+                    self.not_owned_skipped += 1  # another sidecar owns it (logged by start_claims)
+                    continue
                 if op == "report_trade" and isinstance(args[2], ClosedTrade) and (
                         (str(args[0]), args[2].trade_id) in stored_trades):
                     continue  # a retry of a trade stored long ago
@@ -459,6 +493,12 @@ class Persistence:
             log.error("shutdown: feature flags %s were applied but never stored (database unavailable)",
                       self._pending_flags)
         self.flush_bookkeeping()
+        if self.owners is not None and self.loaded:
+            # The leases end only once every state is written: the next owner reads what this one wrote last.
+            if await self.store.flush(drain_timeout):
+                await self.owners.release()
+            else:
+                log.warning("shutdown: the store did not drain within %.1fs: leases kept (they lapse)", drain_timeout)
         left = await self.store.close(drain_timeout)
         if left:
             log.warning("shutdown: %d store rows not written within %.1fs", left, drain_timeout)

@@ -30,8 +30,10 @@ from .api.history_admin import HistoryAdmin
 from .api.risk_service import SERVICE as RISK_SERVICE
 from .api.risk_service import RiskService
 from .api.risk_state import state_msg
+from .api.risk_states_admin import RiskStatesAdmin
 from .api.watch import WatchHub, WatchUpdates
 from .auth import Credentials, create_private_file, sqlite_path
+from .cluster.takeover import Takeover, claiming
 from .engine.breakers.evaluator import Evaluator
 from .engine.clock import Clock, SystemClock
 from .engine.engine import RiskEngine
@@ -48,6 +50,7 @@ from .settings import Settings, SettingsError
 from .store.memory import MemoryStore
 from .store.protocol import Store
 from .store.store import RiskStore
+from .store.url import is_postgres
 
 log = logging.getLogger("tradeguard")
 
@@ -199,6 +202,15 @@ class Sidecar:
             if self.durable else MemoryStore(settings.queue_size, clock=self.engine.clock.now,
                                              on_health_change=self._on_store_health)
         )
+        # Issue 17, cluster mode (the database is PostgreSQL): one owner per trader (cluster.takeover). None in
+        # single mode (SQLite, memory). The writer fences each trader's row with its lease epoch.
+        self.takeover: Takeover | None = None
+        if isinstance(self.store, RiskStore) and is_postgres(settings.database_url):
+            store = self.store
+            self.takeover = Takeover(self.engine, lambda fn: store.db.call(fn, write=True), settings.sidecar_name,
+                                     settings.trader_lease_seconds, policy=settings.foreign_trader_policy,
+                                     forget=store.queue.drop_state)
+            store.writer.epoch_of = self.takeover.epoch_of
         self.hub = WatchHub(buffer=settings.watch_buffer, max_watchers=settings.max_concurrent_streams,
                             max_per_trader=settings.max_watchers_per_trader,
                             max_per_connection=settings.max_watchers_per_connection,
@@ -209,9 +221,11 @@ class Sidecar:
                                        history_trace_id,
                                        load_timeout_s=settings.store_call_timeout_s,
                                        unloaded_policy=settings.unloaded_state_policy,
-                                       flags_given=settings.given, on_loaded=self._state_loaded)
+                                       flags_given=settings.given, on_loaded=self._state_loaded,
+                                       owners=self.takeover)
         # ---- the shared control state (issue 17, cluster/): changes recorded in the changing transaction; in
         # cluster mode (database_url is PostgreSQL) a listener applies the other sidecars' changes. ----
+        from .cluster.changes import trader_changes
         from .cluster.listener import ControlListener
         from .cluster.plane import ControlPlane
         from .store.url import is_postgres
@@ -224,11 +238,14 @@ class Sidecar:
             settings.database_url, self.control, max_age_s=settings.control_state_max_age_seconds,
             stale_action=settings.control_state_stale_action, poll_s=settings.control_poll_seconds,
             on_hearing=self._on_control_hearing) if self.cluster else None
+        if self.takeover is not None:  # a claimed trader: its pause / resume changes replayed, scope pauses synced
+            self.takeover.read_changes = trader_changes
+            self.takeover.replay = self.control.replay_trader
         self._control_tasks: set[asyncio.Task[Any]] = set()
         # ----
         self.risk = RiskService(self.engine, self.hub, settings.max_clock_skew_s, on_trade=self.persistence.on_trade,
                                 trade_known=self.persistence.trade_known if self.durable else None,
-                                control=self.control)
+                                control=self.control, owners=self.takeover)
         self.admin = AdminService(self.engine, self._on_flags, store_now=self._store_now,
                                   loaded=lambda: self.persistence.loaded, control=self.control,
                                   owns=self._takes_trader)
@@ -236,8 +253,17 @@ class Sidecar:
         self.breaker_admin = BreakerAdmin(self.breaker_service, bound_account=self._bound_account)
         for handlers in (self.configs.handlers(), self.breaker_admin.handlers(),
                          HistoryAdmin(self.store, self.durable).handlers(),
-                         BindingAdmin(self.engine, self._store_now).handlers()):
+                         BindingAdmin(self.engine, self._store_now, self.takeover).handlers(),
+                         RiskStatesAdmin(self.engine, self.takeover, settings.sidecar_name).handlers()):
             self.admin.extend(handlers)
+        if self.takeover is not None:  # issue 17: the kill switch on one trader lands on its owner's state
+            # (until helper A's PauseTrading/ResumeTrading handle a trader owned elsewhere through control_changes)
+            from tradeguard.v1 import admin_service_pb2 as ad
+
+            self.admin.extend({
+                "PauseTrading": (ad.PauseTradingRequest, claiming(self.takeover, self.admin.pause_trading)),
+                "ResumeTrading": (ad.ResumeTradingRequest, claiming(self.takeover, self.admin.resume_trading)),
+            })
         self.watch = WatchUpdates(self.hub, lambda st, orders: state_msg(self.engine, st, orders),
                                   muted=lambda: self.persistence.replaying)
         # The engine's listeners, in the order each hears a change (metrics, when on, in _init_observability):
@@ -600,6 +626,8 @@ class Sidecar:
         # The stored state is loaded before the first RPC is answered. When it cannot be (database down, or
         # slower than store_call_timeout_s), the engine answers under unloaded_state_policy until it is.
         await self.persistence.start()
+        if self.takeover is not None:
+            self.takeover.start()  # lease renewal (every trader_lease_seconds / 3)
         self.metrics.store_healthy(self.store.healthy)  # the gauge says what health says, from the start
         if self.store.healthy:
             await self.health.set(STORE_HEALTH, health_pb2.HealthCheckResponse.SERVING)
@@ -645,6 +673,8 @@ class Sidecar:
                 task.cancel()
         if self._credentials_task is not None:
             self._credentials_task.cancel()
+        if self.takeover is not None:
+            await self.takeover.close()  # no renewal after the release (persistence.close releases the leases)
         await self._stop_control()
         await self.account_view.stop()  # account-wide limits: the view's rounds and connection
         await self.persistence.close(self.settings.drain_timeout_s)

@@ -173,6 +173,8 @@ async def test_a_sidecar_started_on_a_database_holds_the_pending_orders_stored_t
         assert await store.flush(timeout=10)
 
     async with running_sidecar(clock=clock, database_url=db_url, enable_persistence=True) as sidecar:
+        if sidecar.takeover is not None:  # PostgreSQL = cluster mode: a trader nobody holds is claimed on first call
+            await sidecar.takeover.acquire("t-1", "a-1", write=True)
         st = sidecar.engine.traders["t-1"]
 
     assert st.orders == {"o-2": live}

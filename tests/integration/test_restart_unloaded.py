@@ -191,6 +191,8 @@ async def test_a_trade_id_older_than_those_kept_in_memory_is_found_in_trade_repo
 
     async with sidecar_on(pg_url) as (sidecar, ch):
         risk = rsg.RiskServiceStub(ch)
+        # (PostgreSQL is cluster mode: a stored trader no sidecar holds is installed by its first call, a claim)
+        await risk.GetRiskState(rs.GetRiskStateRequest(**trader))
         kept = sidecar.engine.traders["t-1"].seen_trade_ids
         assert oldest not in kept and newest in kept and len(kept) == SEEN_TRADE_IDS_KEPT
 

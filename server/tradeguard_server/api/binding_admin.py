@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf.message import Message
@@ -22,6 +22,9 @@ from . import convert
 from .risk_state import state_msg
 from .validation import Violations
 
+if TYPE_CHECKING:
+    from ..cluster.takeover import Takeover
+
 log = logging.getLogger("tradeguard.admin")
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
@@ -29,9 +32,11 @@ Handlers = dict[str, tuple[type[Message], Callable[[Any, Ctx], Awaitable[Message
 
 
 class BindingAdmin:
-    def __init__(self, engine: RiskEngine, store_now: Callable[[], Awaitable[bool]]) -> None:
+    def __init__(self, engine: RiskEngine, store_now: Callable[[], Awaitable[bool]],
+                 owners: Takeover | None = None) -> None:
         self.engine = engine
         self.store_now = store_now
+        self.owners = owners  # cluster mode: the bindings listed are this sidecar's traders; a rebind claims first
 
     def handlers(self) -> Handlers:
         return {
@@ -59,6 +64,9 @@ class BindingAdmin:
         v.identifier("account_id", req.account_id)
         v.text("reason", req.reason)
         v.raise_if_any()
+        if self.owners is not None and req.trader_id not in self.owners.owned:
+            # Cluster mode: only the owner may replace the trader's state (FAILED_PRECONDITION naming it otherwise).
+            await self.owners.acquire(req.trader_id, req.account_id, write=True)
         reason = f"rebound by operator: {req.reason}" if req.reason else "rebound by operator"
         previous, st = self.engine.rebind(req.trader_id, req.account_id, reason)
         log.warning("REBIND trader=%s account=%s -> %s (state reset): %s", req.trader_id, previous or "-",

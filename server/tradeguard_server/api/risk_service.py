@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
@@ -23,6 +23,9 @@ from .errors import InvalidArgument, NotFound, Unavailable
 from .risk_state import show_unloaded, state_msg
 from .validation import AMOUNT_MAX, ID_MAX, ID_PATTERN, Violations
 from .watch import WatchHub
+
+if TYPE_CHECKING:
+    from ..cluster.takeover import Foreign, Takeover
 
 SERVICE = "tradeguard.v1.RiskService"
 SIDES = frozenset({t.SIDE_BUY, t.SIDE_SELL})
@@ -111,6 +114,7 @@ class RiskService:
         on_trade: Callable[[str, str, ClosedTrade], None] = _no_trade_listener,
         trade_known: Callable[[str, str], Awaitable[bool]] | None = None,
         control: Versioned | None = None,
+        owners: Takeover | None = None,
     ) -> None:
         self.engine = engine
         # The shared control state (cluster.plane): every CanTrade answer carries its version (one int read).
@@ -122,6 +126,33 @@ class RiskService:
         # overflowed (an older id may be a retry); never on CanTrade. None = memory only.
         self.trade_known = trade_known
         self.answers = convert.DecisionMessages()
+        # Cluster mode (cluster.takeover): the traders this sidecar owns. A trader not owned yet is claimed on its
+        # first call (the only await it adds); an owned one costs a dict lookup. None: single mode.
+        self.owners = owners
+
+    async def _local(self, trader_id: str, account_id: str) -> None:
+        """Cluster mode, a state-changing call: the trader must be this sidecar's (claimed now if free);
+        FAILED_PRECONDITION naming its owner otherwise, UNAVAILABLE when the database cannot say."""
+        owners = self.owners
+        if owners is not None and trader_id not in owners.owned:
+            await owners.acquire(trader_id, account_id, write=True)
+
+    def _read_only_can_trade(self, foreign: Foreign, trader_id: str, account_id: str,
+                             msg: t.OrderIntent | None) -> rs.CanTradeResponse:
+        """CanTrade for a trader another sidecar owns (foreign_trader_policy=read_only): decided on its stored
+        state, nothing reserved or written (cluster.takeover, "Read-only")."""
+        from ..cluster.takeover import read_only_engine
+
+        shadow, st = read_only_engine(self.engine, foreign, account_id)
+        order_id = "" if msg is None else (msg.client_order_id or new_client_order_id())
+        try:
+            decision, st = shadow.can_trade(trader_id, account_id, None if msg is None else convert.order_from_msg(msg),
+                                            order_id)
+        except OrderIdReusedError as exc:
+            raise InvalidArgument([("order.client_order_id", str(exc))]) from None
+        answer = convert.decision_msg(decision, st, shadow.clock.now(), shadow.limits_for(account_id).config_id)
+        answer.client_order_id = order_id
+        return answer
 
     def methods(self, guard: Guard | None = None) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
         """The method handlers by method name (for `add_registered_method_handlers`)."""
@@ -187,6 +218,11 @@ class RiskService:
                 check_order(v, msg)
             v.raise_if_any()
         engine = self.engine
+        owners = self.owners
+        if owners is not None and trader_id not in owners.owned:  # cluster mode, not owned (yet)
+            foreign = await owners.acquire(trader_id, account_id, write=False)
+            if foreign is not None:
+                return self._read_only_can_trade(foreign, trader_id, account_id, msg)
         if msg is None:
             decision, st = engine.can_trade(trader_id, account_id, None)
             answer = self.answers.build(decision, st, engine.clock.now(), engine.limits_for(account_id).config_id)
@@ -214,6 +250,8 @@ class RiskService:
         v.number("equity", req.equity, min_value=0.0)
         observed = self._report_time(v, "observed_at", req.observed_at)
         v.raise_if_any()
+        if self.owners is not None and req.trader_id not in self.owners.owned:  # cluster mode: claim it first
+            await self._local(req.trader_id, req.account_id)
         outcome = self.engine.report_equity(req.trader_id, req.account_id, req.equity, observed)
         if not outcome.changed:
             return rs.ReportEquityResponse(state=self.state_msg(outcome.state), stale=True)
@@ -233,6 +271,8 @@ class RiskService:
         v.raise_if_any()
         trade = ClosedTrade(req.trade_id, req.symbol.upper(), req.exchange.lower(), Side(req.side), req.realized_pnl,
                             engine.clock.now() if closed is None else closed)
+        if self.owners is not None and req.trader_id not in self.owners.owned:  # cluster mode: claim it first
+            await self._local(req.trader_id, req.account_id)
         st = engine.traders.get(req.trader_id)
         if (self.trade_known is not None and st is not None and st.account_id == req.account_id
                 and len(st.seen_trade_ids) >= SEEN_TRADE_IDS_KEPT and req.trade_id not in st.seen_trade_ids
@@ -260,6 +300,8 @@ class RiskService:
                 seen.add(key)
         observed = self._report_time(v, "observed_at", req.observed_at)
         v.raise_if_any()
+        if self.owners is not None and req.trader_id not in self.owners.owned:  # cluster mode: claim it first
+            await self._local(req.trader_id, req.account_id)
         positions = [convert.position_from_msg(p) for p in req.positions]
         outcome = self.engine.report_positions(req.trader_id, req.account_id, positions, observed)
         state, events, actions = self._answer(outcome)
@@ -273,6 +315,8 @@ class RiskService:
         v.number("filled_quantity", req.filled_quantity, min_value=0.0)
         v.number("average_price", req.average_price, min_value=0.0)
         v.raise_if_any()
+        if self.owners is not None and req.trader_id not in self.owners.owned:  # cluster mode: claim it first
+            await self._local(req.trader_id, req.account_id)
         engine = self.engine
         st = engine.traders.get(req.trader_id)
         known = None if st is None or st.account_id != req.account_id else orders.find(st, req.client_order_id)
@@ -316,6 +360,14 @@ class RiskService:
         v = Violations()
         check_ids(v, req.trader_id, req.account_id)
         v.raise_if_any()
+        owners = self.owners
+        if owners is not None and req.trader_id not in owners.owned:
+            foreign = await owners.acquire(req.trader_id, req.account_id, write=False)
+            if foreign is not None:  # read_only: the stored state, as its owner last wrote it
+                from ..cluster.takeover import read_only_engine
+
+                shadow, st = read_only_engine(self.engine, foreign, req.account_id)
+                return rs.GetRiskStateResponse(state=state_msg(shadow, shadow.peek(req.trader_id, req.account_id)))
         st = self.engine.peek(req.trader_id, req.account_id)
         return rs.GetRiskStateResponse(state=self.state_msg(st, orders=True))
 
@@ -325,6 +377,8 @@ class RiskService:
         v = Violations()
         check_ids(v, req.trader_id, req.account_id)
         v.raise_if_any()
+        if self.owners is not None and req.trader_id not in self.owners.owned:  # cluster mode: watch it at its owner
+            await self._local(req.trader_id, req.account_id)
         st = self.engine.peek(req.trader_id, req.account_id)
         # Until the stored state is loaded memory cannot tell a stored trader from a new id: every watch then counts
         # as known (still bounded per trader, per connection and in all), not against the small unknown budget.

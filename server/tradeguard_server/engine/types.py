@@ -73,6 +73,7 @@ class DecisionCode(IntEnum):
     FILL_RATE_LIMIT = 30
     ACCOUNT_LIMIT = 31  # an account-wide limit (issue 17; engine.account_limits)
     CONTROL_STATE_STALE = 32
+    TRADER_OWNED_ELSEWHERE = 33  # (issue 17) another sidecar owns the trader's live state (cluster.takeover)
 
 
 class OrderStatus(IntEnum):

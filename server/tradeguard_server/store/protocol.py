@@ -123,6 +123,8 @@ class StoreLifecycle(Protocol):
 
     async def load(self) -> LoadedState: ...
 
+    async def flush(self, timeout: float | None = None) -> bool: ...  # noqa: ASYNC109 - the store's interface
+
     async def close(self, drain_timeout: float) -> int: ...
 
 

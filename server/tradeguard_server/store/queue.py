@@ -77,6 +77,10 @@ class Batch:
     history: list[tuple[int, HistoryRecord]] = field(default_factory=list)
     trades: list[tuple[int, TradeRecord, float]] = field(default_factory=list)  # with the time it was reported
     events: list[tuple[int, BreakerEventRecord]] = field(default_factory=list)
+    # Cluster mode: the lease epoch of each trader whose state this batch writes, taken on the event loop when the
+    # batch was taken (a trader missing here is no longer this sidecar's: its state is not written). None: every
+    # state is written with the process epoch (single mode).
+    epochs: dict[str, int] | None = None
 
     def size(self) -> int:
         return len(self.states) + len(self.history) + len(self.trades) + len(self.events)
@@ -165,6 +169,10 @@ class WriteQueue:
         self._events.append((self.seq, rec))
 
     # ---- outflow ----------------------------------------------------------------------------------
+
+    def drop_state(self, trader_id: str) -> None:
+        """Forget the queued snapshot of a trader this sidecar no longer owns (cluster mode: taken over)."""
+        self._states.pop(trader_id, None)
 
     def has_work(self) -> bool:
         """Something `take` would return."""

@@ -93,6 +93,11 @@ class Writer:
         self._encoder: Worker | None = None
         self._known_accounts: set[str] = set()  # database thread only
         self._bulk: BulkWriter | None = None  # encoding caches: encoder thread only
+        # Cluster mode (cluster.takeover): trader_id -> its lease epoch, None when no longer owned. Each state row
+        # is written with its trader's lease epoch (fencing: an earlier owner's late write never replaces a later
+        # owner's row). None: every row gets the process epoch (single mode).
+        self.epoch_of: Callable[[str], int | None] | None = None
+        self.unowned_skipped = 0  # cluster mode: snapshots not written because the trader was no longer owned
         queue.on_history_dropped = self._restart_history
 
     @property
@@ -235,6 +240,10 @@ class Writer:
                 await self._wake.wait()
                 continue
             self.inflight.append(batch)
+            epoch_of = self.epoch_of
+            if epoch_of is not None:  # on the event loop: the ownership as it is now
+                batch.epochs = {rec.trader_id: e for _seq, rec in batch.states
+                                if (e := epoch_of(rec.trader_id)) is not None}
             encoded = await self._encode_async(batch)
             if writing:
                 failed = await self._finish(*writing.pop(), unsent=batch)
@@ -348,8 +357,14 @@ class Writer:
         bulk, epoch = self._bulk, self.db.epoch
         assert bulk is not None
         outcome = Outcome()
+        epochs = batch.epochs
+        states = batch.states
+        if epochs is not None:
+            states = [i for i in states if i[1].trader_id in epochs]
+            self.unowned_skipped += len(batch.states) - len(states)
         outcome.parts = {
-            "state": _rows(batch.states, lambda i: bulk.state_row(i[1], epoch), "state", outcome),
+            "state": _rows(states, lambda i: bulk.state_row(i[1], epoch if epochs is None else epochs[i[1].trader_id]),
+                           "state", outcome),
             "history": _rows(batch.history, lambda i: bulk.history_row(i[1]), "history", outcome),
             "trade": _rows(batch.trades, lambda i: bulk.trade_row(i[1], i[2]), "trade", outcome),
             "event": _rows(batch.events, lambda i: bulk.event_row(i[1]), "event", outcome),
