@@ -33,7 +33,7 @@ from .api.risk_state import state_msg
 from .api.risk_states_admin import RiskStatesAdmin
 from .api.watch import WatchHub, WatchUpdates
 from .auth import Credentials, create_private_file, sqlite_path
-from .cluster.takeover import Takeover, claiming
+from .cluster.takeover import Takeover
 from .engine.breakers.evaluator import Evaluator
 from .engine.clock import Clock, SystemClock
 from .engine.engine import RiskEngine
@@ -256,14 +256,6 @@ class Sidecar:
                          BindingAdmin(self.engine, self._store_now, self.takeover).handlers(),
                          RiskStatesAdmin(self.engine, self.takeover, settings.sidecar_name).handlers()):
             self.admin.extend(handlers)
-        if self.takeover is not None:  # issue 17: the kill switch on one trader lands on its owner's state
-            # (until helper A's PauseTrading/ResumeTrading handle a trader owned elsewhere through control_changes)
-            from tradeguard.v1 import admin_service_pb2 as ad
-
-            self.admin.extend({
-                "PauseTrading": (ad.PauseTradingRequest, claiming(self.takeover, self.admin.pause_trading)),
-                "ResumeTrading": (ad.ResumeTradingRequest, claiming(self.takeover, self.admin.resume_trading)),
-            })
         self.watch = WatchUpdates(self.hub, lambda st, orders: state_msg(self.engine, st, orders),
                                   muted=lambda: self.persistence.replaying)
         # The engine's listeners, in the order each hears a change (metrics, when on, in _init_observability):
@@ -403,16 +395,21 @@ class Sidecar:
         if self.control_listener is not None:
             await self.control_listener.stop()
 
-    async def _takes_trader(self, trader_id: str) -> bool:
-        """Cluster mode, a kill switch for a trader not in this engine: taken here (made, paused here) when no
-        sidecar has stored it yet, or when the store cannot tell (a kill switch must work during an outage).
-        Trader leases (cluster/leases.py) replace this with a claim."""
-        from .store.errors import StoreError
+    async def _takes_trader(self, trader_id: str, account_id: str) -> bool:
+        """Cluster mode, a kill switch for a trader not in this engine: True once this sidecar owns it (a free trader
+        is claimed: its stored state installed, the pause lands on it); False when another live sidecar owns it (the
+        change row goes to the owner). A database that cannot be reached for the claim: UNAVAILABLE (the owner
+        cannot be known; pause the trader on its own sidecar). While the stored state is not loaded the pause is
+        taken here and its change row stored too, so the owner applies it whichever sidecar that is."""
+        from .cluster.takeover import TraderOwnedElsewhere
 
-        try:
-            return not await self.store.trader_stored(trader_id)
-        except StoreError:
+        if self.takeover is None:
             return True
+        try:
+            await self.takeover.acquire(trader_id, account_id, write=True)
+        except TraderOwnedElsewhere:
+            return False
+        return True
 
     def _on_control_hearing(self, hearing: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if hearing else health_pb2.HealthCheckResponse.NOT_SERVING

@@ -80,7 +80,7 @@ class AdminService:
         loaded: Callable[[], bool] = lambda: True,
         control: ControlPlane | None = None,
         append_timeout_s: float = 2.0,
-        owns: Callable[[str], Awaitable[bool]] | None = None,
+        owns: Callable[[str, str], Awaitable[bool]] | None = None,
     ) -> None:
         self.engine = engine
         # The shared control state (cluster.plane): account and every-account pauses, the change rows of a
@@ -188,12 +188,12 @@ class AdminService:
     def _cluster(self) -> bool:
         return self.control is not None and self.control.cluster
 
-    async def _local(self, trader_id: str) -> bool:
+    async def _local(self, trader_id: str, account_id: str) -> bool:
         """Whether a trader's kill switch is applied here at once: single-sidecar modes, this sidecar holds it, or
         `owns` says this sidecar takes it."""
         if not self._cluster() or trader_id in self.engine.traders:
             return True
-        return self.owns is not None and await self.owns(trader_id)
+        return self.owns is not None and await self.owns(trader_id, account_id)
 
     async def pause_trading(self, req: ad.PauseTradingRequest, _ctx: Ctx) -> ad.PauseTradingResponse:
         v = Violations()
@@ -220,7 +220,7 @@ class AdminService:
             with store_errors("kill switch"):
                 sp = await self.control.pause_account(req.account_id or ALL_ACCOUNTS, state, until, req.reason)
             return ad.PauseTradingResponse(scope_pause=scope_msg(sp), control_state_version=sp.version)
-        if not await self._local(req.trader_id):
+        if not await self._local(req.trader_id, req.account_id):
             assert self.control is not None
             now = self.engine.clock.now()
             until = None if duration is None else now + duration
@@ -252,7 +252,7 @@ class AdminService:
             with store_errors("kill switch"):
                 sp = await self.control.resume_account(req.account_id or ALL_ACCOUNTS)
             return ad.ResumeTradingResponse(control_state_version=sp.version)
-        if not await self._local(req.trader_id):
+        if not await self._local(req.trader_id, req.account_id):
             assert self.control is not None
             version = await self._commit(self.control.record("resume", req.account_id, None, req.trader_id))
             st = self._elsewhere(req.trader_id, req.account_id)

@@ -408,18 +408,3 @@ def read_only_engine(engine: RiskEngine, foreign: Foreign, account_id: str) -> t
 
 
 Handler = Callable[[Any, Any], Awaitable[Any]]
-
-
-def claiming(owners: Takeover, handler: Handler) -> Handler:
-    """`handler` (an admin RPC on one trader: request with trader_id and account_id) run only once the trader is
-    this sidecar's: a free trader is claimed first (its stored state installed, so the change lands on it and is
-    written with this sidecar's epoch); one another live sidecar owns answers FAILED_PRECONDITION naming it; an
-    empty trader_id (an account or every-account scope) passes through."""
-
-    async def run(req: Any, ctx: Any) -> Any:
-        trader_id = req.trader_id
-        if trader_id and trader_id not in owners.owned:
-            await owners.acquire(trader_id, req.account_id, write=True)
-        return await handler(req, ctx)
-
-    return run
