@@ -228,7 +228,6 @@ class Sidecar:
         from .cluster.changes import trader_changes
         from .cluster.listener import ControlListener
         from .cluster.plane import ControlPlane
-        from .store.url import is_postgres
 
         self.cluster = self.durable and is_postgres(settings.database_url)
         self.control = ControlPlane(self.engine, self.store, self.config_service, self.breaker_service,
@@ -265,12 +264,12 @@ class Sidecar:
         # ---- account-wide limits (issue 17; cluster.account_view): CanTrade's account checks through the engine's
         # account_checks hook (called only for accounts with an account-wide limit); rounds every
         # account_view_seconds (started in start(), stopped in stop()). In cluster mode (PostgreSQL) the view reads the
-        # other sidecars' traders on a connection of its own. The pauser is a stand-in pausing this engine's traders
-        # of the account until the control plane's pause_account (all sidecars, later traders too) is wired here.
-        from .cluster.account_view import AccountPauser, AccountView, LocalAccountPauser, RemoteSource
-        from .store.url import is_postgres, normalize_url
+        # other sidecars' traders on a connection of its own. A breach pauses the account through the control plane
+        # (every sidecar, traders that appear later too).
+        from .cluster.account_view import AccountPauser, AccountView, PlaneAccountPauser, RemoteSource
+        from .store.url import normalize_url
 
-        self.account_pauser: AccountPauser = LocalAccountPauser(self.engine)
+        self.account_pauser: AccountPauser = PlaneAccountPauser(self.control)
         cluster_url = normalize_url(settings.database_url) if self.durable else ""
         self.account_view = AccountView(
             self.engine, self.account_pauser, settings.account_view_seconds,
@@ -416,6 +415,7 @@ class Sidecar:
         task = asyncio.get_running_loop().create_task(self.health.set(CONTROL_HEALTH, status))
         self._control_tasks.add(task)
         task.add_done_callback(self._control_tasks.discard)
+
     def _bound_account(self, trader_id: str) -> str | None:
         """The account trader_id is bound to, None for a trader id not known here."""
         st = self.engine.traders.get(trader_id)

@@ -54,7 +54,7 @@ from ..engine.account_limits import (
 from ..engine.engine import RiskEngine
 from ..engine.events import StateChanged
 from ..engine.limits import Limits
-from ..engine.state import TraderState
+from ..engine.state import SEVERITY, TraderState
 from ..engine.types import CheckResult, OrderIntent, OrderSplit, Side, TradingState
 from ..store.dbthread import Worker, create_store_engine
 from ..store.models import AccountMark, RiskState
@@ -93,6 +93,25 @@ class LocalAccountPauser:
                 self.engine.pause(st.trader_id, account_id, state, None if until is None else max(until - now, 0.0),
                                   f"{reason} (by {actor})")
         return None
+
+
+class PlaneAccountPauser:
+    """The control plane's account kill switch (every sidecar, traders that appear later too), called once per
+    breach episode by each sidecar that sees it: skipped while the account already has a pause in force at least as
+    severe (so one breach seen by N sidecars writes one pause, not N, when they see it one after another)."""
+
+    def __init__(self, plane: Any) -> None:
+        self.plane = plane  # cluster.plane.ControlPlane (not imported: the plane imports the store and services)
+
+    async def pause_account(
+        self, account_id: str, state: TradingState, until: float | None, reason: str, actor: str
+    ) -> object:
+        current = self.plane.scope(account_id)
+        now = self.plane.engine.clock.now()
+        if current is not None and current.active(now) and SEVERITY[current.state] >= SEVERITY[state] and (
+                current.until is None or (until is not None and current.until >= until)):
+            return current
+        return await self.plane.pause_account(account_id, state, until, reason, actor)
 
 
 # ---- the other sidecars' traders (cluster mode) ------------------------------------------------------
