@@ -38,6 +38,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.support.proxy import FaultProxy
 from tests.support.sidecar import SidecarProcess, spawn_sidecar
+from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import admin_service_pb2_grpc as adg
 from tradeguard.v1 import risk_service_pb2 as rs
 from tradeguard.v1 import risk_service_pb2_grpc as rsg
@@ -372,16 +373,100 @@ def summary(values: Sequence[float]) -> tuple[float, float, float]:
     return percentile(values, 50), percentile(values, 99), (max(values) if values else math.nan)
 
 
+async def measure_watches(prop: Propagation, kind: str, watches: Mapping[int, Watch], state: int,
+                          change: Awaitable[object], timeout: float = 5.0) -> float:
+    """Make the change (await it), then wait for `state` on every watch given; record each arrival as a sample of
+    `kind`. The largest delay is returned; a watch that never shows the state raises AssertionError."""
+    marks = {i: w.mark for i, w in watches.items()}
+    await change
+    answered = time.monotonic()
+    arrivals = await asyncio.gather(*(w.wait_for(state_is(state), after=marks[i], timeout=timeout)
+                                      for i, w in watches.items()))
+    missing = [watches[i].member.sidecar_id for i, a in zip(watches, arrivals, strict=True) if a is None]
+    assert not missing, f"{kind}: {t.TradingState.Name(state)} never reached {missing} in {timeout:g} s"
+    return max(prop.add(kind, answered, a) for a in arrivals if a is not None)
+
+
+async def measure_polls(prop: Propagation, kind: str, members: Sequence[Member],
+                        probe: Callable[[Member], Awaitable[bool]], change: Awaitable[object],
+                        timeout: float = 5.0) -> float:
+    """Make the change, then poll every member (`probe(member)`) every 5 ms until it shows it; record each."""
+    await change
+    answered = time.monotonic()
+    seen = await asyncio.gather(*(poll_until(lambda m=m: probe(m), timeout=timeout) for m in members))
+    missing = [m.sidecar_id for m, s in zip(members, seen, strict=True) if s is None]
+    assert not missing, f"{kind}: not visible on {missing} in {timeout:g} s"
+    return max(prop.add(kind, answered, s) for s in seen if s is not None)
+
+
+def changes_in_a_round(n: int) -> tuple[int, int]:
+    """(changes made, samples taken) by one `control_changes_round` on n sidecars."""
+    others = n - 1
+    return 1 + 2 + 2 * others + 2, others * (1 + 2 + 2 + 2)
+
+
+async def control_changes_round(cluster: Cluster, traders: Mapping[int, str], watches: Mapping[int, Watch],
+                                account_id: str, prop: Propagation, r: int) -> None:
+    """One round of control changes made through member 0, each measured on every other member:
+
+    - SaveConfig (config "many", max_order_notional 100 + r): polled through ListConfigs (what the member enforces),
+      then shown enforced: a 500-notional order is denied ORDER_NOTIONAL_LIMIT on every member;
+    - SetFeatureFlags enforcement off, then on: polled through GetFeatureFlags;
+    - for each other member j: PauseTrading of j's trader (HALTED) then ResumeTrading, seen on j's watch stream (and
+      the pause shown enforced on j: CanTrade KILL_SWITCH);
+    - the account's PauseTrading (HALTED) and ResumeTrading: seen on every other member's watch stream.
+    """
+    origin, others = cluster[0], cluster.others(cluster[0])
+    other_watches = {m.index: watches[m.index] for m in others}
+    halted, active = t.TRADING_STATE_HALTED, t.TRADING_STATE_ACTIVE
+    limit = 100.0 + r
+
+    async def lists(m: Member) -> bool:
+        configs = (await m.admin.ListConfigs(ad.ListConfigsRequest(account_id=account_id), timeout=5)).configs
+        return any(c.config_id == "many" and c.max_order_notional == limit for c in configs)
+
+    saved = t.RiskConfiguration(account_id=account_id, config_id="many", is_active=True, max_order_notional=limit)
+    await measure_polls(prop, "config", others, lists, origin.admin.SaveConfig(ad.SaveConfigRequest(config=saved)))
+    answers = await asyncio.gather(*(m.risk.CanTrade(rs.CanTradeRequest(
+        trader_id=traders[m.index], account_id=account_id, order=new_exposure()), timeout=5) for m in cluster))
+    assert all(not a.allowed and a.code == t.DECISION_CODE_ORDER_NOTIONAL_LIMIT for a in answers), answers
+
+    for enforce in (False, True):
+        async def flags(m: Member, enforce: bool = enforce) -> bool:
+            got = (await m.admin.GetFeatureFlags(ad.GetFeatureFlagsRequest(), timeout=5)).flags
+            return got.enable_risk_enforcement is enforce
+
+        await measure_polls(prop, "flags", others, flags, origin.admin.SetFeatureFlags(
+            ad.SetFeatureFlagsRequest(flags=t.FeatureFlags(enable_risk_enforcement=enforce))))
+
+    for m in others:
+        trader, watch = traders[m.index], {m.index: watches[m.index]}
+        await measure_watches(prop, "trader pause", watch, halted, origin.admin.PauseTrading(ad.PauseTradingRequest(
+            trader_id=trader, account_id=account_id, trading_state=halted, reason=f"round {r}")))
+        denied = await m.risk.CanTrade(rs.CanTradeRequest(trader_id=trader, account_id=account_id), timeout=5)
+        assert not denied.allowed and denied.code == t.DECISION_CODE_KILL_SWITCH, denied
+        await measure_watches(prop, "trader resume", watch, active, origin.admin.ResumeTrading(
+            ad.ResumeTradingRequest(trader_id=trader, account_id=account_id)))
+
+    await measure_watches(prop, "account pause", other_watches, halted, origin.admin.PauseTrading(
+        ad.PauseTradingRequest(account_id=account_id, trading_state=halted, reason=f"account round {r}")))
+    if 0 in watches:  # and on the sidecar it was pressed on, at once
+        assert watches[0].last.state.trading_state == halted
+    await measure_watches(prop, "account resume", other_watches, active, origin.admin.ResumeTrading(
+        ad.ResumeTradingRequest(account_id=account_id)))
+
+
 # ---- what a trader needs before it can be measured ----------------------------------------------------------------
 
 
-async def own_traders(cluster: Cluster, account_id: str, equity: float = 10_000.0,
-                      prefix: str = "bot") -> dict[int, str]:
-    """One trader per member (`<prefix>-<index>`), first reported (ReportEquity) to that member, which therefore owns
-    it (with leases, a trader belongs to the first sidecar that serves it)."""
-    traders = {m.index: f"{prefix}-{m.index}" for m in cluster}
+async def own_traders(cluster: Cluster, account_id: str, equity: float = 10_000.0, prefix: str = "bot",
+                      members: Iterable[int] | None = None) -> dict[int, str]:
+    """One trader per member (`<prefix>-<index>`; all members, or those given), first reported (ReportEquity) to
+    that member, which therefore owns it (with leases, a trader belongs to the first sidecar that serves it)."""
+    chosen = [cluster[i] for i in members] if members is not None else list(cluster)
+    traders = {m.index: f"{prefix}-{m.index}" for m in chosen}
     await asyncio.gather(*(m.risk.ReportEquity(rs.ReportEquityRequest(
-        trader_id=traders[m.index], account_id=account_id, equity=equity), timeout=10) for m in cluster))
+        trader_id=traders[m.index], account_id=account_id, equity=equity), timeout=10) for m in chosen))
     return traders
 
 
