@@ -24,7 +24,9 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
+from .cluster.changes import ControlChange
 from .engine.engine import AccountMismatchError, JournalEntry, Outcome, RiskEngine
 from .engine.events import StateChanged
 from .engine.snapshot import from_record, to_record
@@ -145,6 +147,10 @@ class Persistence:
         self._loader: asyncio.Task[None] | None = None
         self._recovered = asyncio.Event()
         self._pending_flags: FlagsRecord | None = None  # set during an outage, written when the database returns
+        self._pending_change: ControlChange | None = None  # the control_changes row written with them
+        # (kind, account_id, payload) -> the control_changes row of a flags write (cluster.plane); None: none.
+        self.record: Callable[[str, str, dict[str, Any]], ControlChange] | None = None
+        self.control_version = 0  # the newest control_changes version when the stored state was read
         self._flag_writer: asyncio.Task[None] | None = None
         self._flags_wake = asyncio.Event()
         store.persistence_enabled = engine.flags.enable_persistence
@@ -288,6 +294,7 @@ class Persistence:
                     if answer[1]:
                         st.order_answers.setdefault(order_id, answer)
         self.loaded = True
+        self.control_version = loaded.control_version
         now = engine.clock.now()
         paused = sum(1 for st in engine.traders.values() if st.effective_pause(now) is not None)
         log.info("stored state %s: %d traders restored, %d calls received before the load replayed on it "
@@ -370,6 +377,9 @@ class Persistence:
             for st in self.engine.traders.values():
                 self.store.enqueue_state(to_record(st), "persistence enabled: current state", trace_id)
         self._pending_flags = FlagsRecord(new.enable_risk_enforcement, new.enable_persistence)
+        self._pending_change = None if self.record is None else self.record(
+            "flags", "", {"enable_risk_enforcement": new.enable_risk_enforcement,
+                          "enable_persistence": new.enable_persistence})
         if not self.loaded:
             log.warning("feature flags %s applied; not stored yet (the stored state is not loaded): written when "
                         "the database returns", new)
@@ -405,7 +415,7 @@ class Persistence:
         if pending is None:
             return True
         try:
-            await self.store.save_flags(pending)
+            await self.store.save_flags(pending, self._pending_change)
         except StoreUnavailable as exc:
             log.warning("feature flags %s applied; not stored yet (store unavailable: %s): written when the "
                         "database returns", pending, exc)
@@ -414,6 +424,23 @@ class Persistence:
             self._pending_flags = None
         log.info("feature flags stored: enforcement=%s persistence=%s", pending.enable_risk_enforcement,
                  pending.enable_persistence)
+        return True
+
+    def install_flags(self, stored: FlagsRecord | None, by: str) -> bool:
+        """Flags another sidecar stored (re-read from the store): applied as SetFeatureFlags would apply them here.
+        A local change not stored yet wins (it is written after, so it is the newer one). True if they changed."""
+        if stored is None or self._pending_flags is not None:
+            return False
+        old = self.engine.flags
+        new = Flags(stored.enable_risk_enforcement, stored.enable_persistence)
+        if new == old:
+            return False
+        self.store.persistence_enabled = new.enable_persistence
+        if new.enable_persistence and not old.enable_persistence and self.engine.journal is None:
+            for st in self.engine.traders.values():
+                self.store.enqueue_state(to_record(st), f"persistence enabled by {by}: current state", None)
+        self.engine.flags = new
+        log.warning("feature flags changed by %s: %s -> %s", by, old, new)
         return True
 
     # ---- stop -----------------------------------------------------------------------------------

@@ -54,6 +54,7 @@ log = logging.getLogger("tradeguard")
 PROBE_TIMEOUT_S = 5.0  # the start-up check of the database configuration waits at most this long
 STORE_HEALTH = "tradeguard.store"
 STATE_HEALTH = "tradeguard.state"  # SERVING once the stored state is installed (README, "Restarts")
+CONTROL_HEALTH = "tradeguard.control"  # SERVING while the shared control state is heard (cluster.listener)
 MEMORY_URL = "memory"
 ORDER_RELEASE_INTERVAL_S = 1.0  # how often pending orders past their TTL are released without a call
 
@@ -209,10 +210,27 @@ class Sidecar:
                                        load_timeout_s=settings.store_call_timeout_s,
                                        unloaded_policy=settings.unloaded_state_policy,
                                        flags_given=settings.given, on_loaded=self._state_loaded)
+        # ---- the shared control state (issue 17, cluster/): changes recorded in the changing transaction; in
+        # cluster mode (database_url is PostgreSQL) a listener applies the other sidecars' changes. ----
+        from .cluster.listener import ControlListener
+        from .cluster.plane import ControlPlane
+        from .store.url import is_postgres
+
+        self.cluster = self.durable and is_postgres(settings.database_url)
+        self.control = ControlPlane(self.engine, self.store, self.config_service, self.breaker_service,
+                                    self.persistence, origin=settings.sidecar_name, cluster=self.cluster)
+        self.config_service.record = self.breaker_service.record = self.persistence.record = self.control.record
+        self.control_listener = ControlListener(
+            settings.database_url, self.control, max_age_s=settings.control_state_max_age_seconds,
+            stale_action=settings.control_state_stale_action, poll_s=settings.control_poll_seconds,
+            on_hearing=self._on_control_hearing) if self.cluster else None
+        self._control_tasks: set[asyncio.Task[Any]] = set()
+        # ----
         self.risk = RiskService(self.engine, self.hub, settings.max_clock_skew_s, on_trade=self.persistence.on_trade,
-                                trade_known=self.persistence.trade_known if self.durable else None)
+                                trade_known=self.persistence.trade_known if self.durable else None,
+                                control=self.control)
         self.admin = AdminService(self.engine, self._on_flags, store_now=self._store_now,
-                                  loaded=lambda: self.persistence.loaded)
+                                  loaded=lambda: self.persistence.loaded, control=self.control)
         self.configs = ConfigAdmin(self.config_service)
         self.breaker_admin = BreakerAdmin(self.breaker_service)
         for handlers in (self.configs.handlers(), self.breaker_admin.handlers(),
@@ -301,6 +319,51 @@ class Sidecar:
         for st in traders:  # watchers of a trader see the installed state at once (a halted one: cancel orders)
             self.watch.publish(st, "stored state loaded", self.engine.cancel_actions(st, now))
         await self.health.set(STATE_HEALTH, health_pb2.HealthCheckResponse.SERVING)
+        await self._prime_control()
+
+    # ---- the shared control state (cluster/) ------------------------------------------------------
+
+    async def _prime_control(self) -> None:
+        """Once the stored state is installed: read the scope pauses (retried in the background while the store
+        cannot answer), then apply the other sidecars' changes from the version the state was read at."""
+        from .store.errors import StoreError
+
+        delay = 0.2
+        while True:
+            try:
+                await self.control.prime(self.persistence.control_version)
+                break
+            except StoreError as exc:
+                if not self._control_tasks:  # the first try (at start): go on serving, retry in the background
+                    log.warning("control state: scope pauses not read yet (%s); retrying", exc)
+                    task = asyncio.get_running_loop().create_task(self._prime_control())
+                    self._control_tasks.add(task)
+                    task.add_done_callback(self._control_tasks.discard)
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        if self.control_listener is not None:
+            self.control_listener.wake.set()
+        else:  # single-sidecar mode: the control state is this sidecar's own, always current
+            await self.health.set(CONTROL_HEALTH, health_pb2.HealthCheckResponse.SERVING)
+
+    async def _start_control(self) -> None:
+        if self.control_listener is not None:
+            await self.control_listener.start()
+        elif self.control.primed:
+            await self.health.set(CONTROL_HEALTH, health_pb2.HealthCheckResponse.SERVING)
+
+    async def _stop_control(self) -> None:
+        for task in list(self._control_tasks):
+            task.cancel()
+        if self.control_listener is not None:
+            await self.control_listener.stop()
+
+    def _on_control_hearing(self, hearing: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if hearing else health_pb2.HealthCheckResponse.NOT_SERVING
+        task = asyncio.get_running_loop().create_task(self.health.set(CONTROL_HEALTH, status))
+        self._control_tasks.add(task)
+        task.add_done_callback(self._control_tasks.discard)
 
     async def _store_now(self) -> bool:
         """Wait (bounded) until every state change made so far is committed: kill-switch RPCs answer after it."""
@@ -358,6 +421,7 @@ class Sidecar:
         self.metrics: MetricsSink = PrometheusMetrics() if s.metrics_listen or s.http_listen else NullMetrics()
         self.metrics.observe_store(self.store)  # history rows enqueued / written / dropped, read at scrape time
         self.metrics.observe_orders(self.engine)  # pending orders and TTL releases, read at scrape time
+        self.metrics.observe_control(self.control)  # control-state age, version, changes applied
         self.metrics_address = ""
         traced = tracing_enabled(s.tracing, s.otlp_traces_endpoint, s.otel_sdk_disabled)
         self.tracing: Tracing | None = setup_tracing(s.otlp_traces_endpoint, s.otel_service_name) if traced else None
@@ -498,7 +562,7 @@ class Sidecar:
             host = s.listen.rsplit(":", 1)[0]
             self.address = f"{host}:{port}"
         # grpc's HealthServicer says "" SERVING from construction: nothing is SERVING until it is true.
-        for name in ("", RISK_SERVICE, ADMIN_SERVICE, STORE_HEALTH, STATE_HEALTH):
+        for name in ("", RISK_SERVICE, ADMIN_SERVICE, STORE_HEALTH, STATE_HEALTH, CONTROL_HEALTH):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         # The stored state is loaded before the first RPC is answered. When it cannot be (database down, or
         # slower than store_call_timeout_s), the engine answers under unloaded_state_policy until it is.
@@ -513,6 +577,7 @@ class Sidecar:
         if not isinstance(self.metrics, NullMetrics):
             self._sampler = asyncio.get_running_loop().create_task(self._sample_store())
         self._releaser = asyncio.get_running_loop().create_task(self._release_orders())
+        await self._start_control()
         for name in ("", RISK_SERVICE, ADMIN_SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if s.credentials_reload_s:
@@ -546,6 +611,7 @@ class Sidecar:
                 task.cancel()
         if self._credentials_task is not None:
             self._credentials_task.cancel()
+        await self._stop_control()
         await self.persistence.close(self.settings.drain_timeout_s)
         await asyncio.to_thread(self._stop_observability)
         log.info("stopped")

@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -90,6 +90,10 @@ def check_position(v: Violations, p: t.Position, prefix: str) -> None:
     v.number(f"{prefix}.volatility", p.volatility, min_value=0.0)
 
 
+class Versioned(Protocol):
+    version: int  # the control-state version seen
+
+
 def _no_trade_listener(_trader_id: str, _account_id: str, _trade: ClosedTrade) -> None:
     return None
 
@@ -106,8 +110,11 @@ class RiskService:
         *,
         on_trade: Callable[[str, str, ClosedTrade], None] = _no_trade_listener,
         trade_known: Callable[[str, str], Awaitable[bool]] | None = None,
+        control: Versioned | None = None,
     ) -> None:
         self.engine = engine
+        # The shared control state (cluster.plane): every CanTrade answer carries its version (one int read).
+        self.control = control
         self.hub = hub
         self.max_clock_skew_s = max(0.0, max_clock_skew_s)  # report times further ahead are rejected (INVALID_ARGUMENT)
         self.on_trade = on_trade  # a new trade report, to the store queue
@@ -185,6 +192,8 @@ class RiskService:
             answer = self.answers.build(decision, st, engine.clock.now(), engine.limits_for(account_id).config_id)
             if engine.gate is not None:
                 show_unloaded(answer.state, engine.gate)
+            if self.control is not None:
+                answer.control_state_version = self.control.version
             return answer
         order_id = msg.client_order_id or new_client_order_id()
         try:
@@ -195,6 +204,8 @@ class RiskService:
         answer.client_order_id = order_id
         if engine.gate is not None:
             show_unloaded(answer.state, engine.gate)
+        if self.control is not None:
+            answer.control_state_version = self.control.version
         return answer
 
     async def report_equity(self, req: rs.ReportEquityRequest, _ctx: Ctx) -> rs.ReportEquityResponse:

@@ -68,6 +68,9 @@ log = logging.getLogger("tradeguard.engine")
 DecisionGate = Callable[[Decision, TraderState, OrderIntent | None, bool], Decision]
 # (time, method name, arguments) of every state-changing call, kept while the stored state is not loaded
 JournalEntry = tuple[float, str, tuple[object, ...]]
+# Pause sources of the account and every-account kill switches (cluster.plane keeps them in sync); a trader's own
+# resume does not lift them.
+SCOPE_SOURCES = frozenset({"account", "all"})
 
 
 def iso_utc(t: float) -> str:
@@ -148,6 +151,11 @@ class RiskEngine:
         # and every state-changing call is appended to `journal`, to be replayed on the stored state.
         self.gate: DecisionGate | None = None
         self.journal: list[JournalEntry] | None = None
+        # While the shared control state is stale (cluster.listener): a second gate, after `gate`.
+        self.control_gate: DecisionGate | None = None
+        # Called with every trader state made (first seen, rebound) or restored (loaded, taken over), before the
+        # change that made it is announced: cluster.plane puts the account and every-account pauses in it.
+        self.on_new_trader: Callable[[TraderState], None] | None = None
 
     # ---- lookup ---------------------------------------------------------------------------------
 
@@ -208,6 +216,8 @@ class RiskEngine:
         st = self.traders.get(trader_id)
         if st is None:
             st = self.traders[trader_id] = TraderState(trader_id, account_id)
+            if self.on_new_trader is not None:
+                self.on_new_trader(st)
         elif st.account_id != account_id:
             raise AccountMismatchError(f"trader_id {trader_id!r} is bound to account_id {st.account_id!r}")
         return st
@@ -221,12 +231,29 @@ class RiskEngine:
             # The orders are still at the venue: they keep counting (and can be reported) under the new binding.
             st.orders, st.finished_orders = old.orders, old.finished_orders
             orders.rebuild_pending(st)
+        if self.on_new_trader is not None:
+            self.on_new_trader(st)
         self._changed(st, self.clock.now(), reason)
         return ("" if old is None else old.account_id), st
 
     def restore(self, st: TraderState) -> None:
-        """Put a state loaded from the store back (at start)."""
+        """Put a state loaded from the store back (at start, or a trader taken over)."""
         self.traders[st.trader_id] = st
+        if self.on_new_trader is not None:
+            self.on_new_trader(st)
+
+    def set_scope_pauses(self, st: TraderState, pauses: Sequence[Pause], reason: str) -> bool:
+        """Replace the trader's account and every-account pauses (sources SCOPE_SOURCES) with `pauses`; announced
+        (history, watchers, metrics; cancel_all_orders when it halts) when that changed anything. True if so."""
+        now = self.clock.now()
+        self._tick(st, now)
+        live = [p for p in pauses if p.active(now)]
+        old = [p for p in st.pauses if p.source in SCOPE_SOURCES]
+        if old == live:
+            return False
+        st.pauses = [p for p in st.pauses if p.source not in SCOPE_SOURCES] + live
+        self._changed(st, now, reason, "scope pause")
+        return True
 
     def end_breaker_episodes(self, breaker_id: str) -> None:
         """Every episode of a breaker ended (re-armed, changed, disabled, deleted): drop it from the traders'
@@ -559,39 +586,56 @@ class RiskEngine:
         return []
 
     def pause(
-        self, trader_id: str, account_id: str, state: TradingState, duration_s: float | None, reason: str
+        self, trader_id: str, account_id: str, state: TradingState, duration_s: float | None, reason: str, *,
+        until: float | None = None, since: float | None = None, by: str = "operator",
     ) -> TraderState:
-        """Kill switch: HALTED or REDUCING for a duration, or until resumed (duration None)."""
+        """Kill switch: HALTED or REDUCING for a duration, or until resumed (duration None). A pause made elsewhere
+        (cluster.plane: another sidecar, a takeover's replay) gives its own end `until` (epoch seconds; it wins
+        over `duration_s`), when it was made (`since`, default now) and who made it (`by`, in the reason)."""
         now = self.clock.now()
         st = self._get(trader_id, account_id)
         if self.journal is not None:
+            if until is not None:
+                duration_s = max(until - now, 0.0)
             self.journal.append((now, "pause", (trader_id, account_id, state, duration_s, reason)))
         self._tick(st, now)
-        text = f"KILL_SWITCH: {state.name} by operator" + (f": {reason}" if reason else "")
-        until = None if duration_s is None else now + duration_s
+        text = f"KILL_SWITCH: {state.name} by {by}" + (f": {reason}" if reason else "")
+        if until is None:
+            until = None if duration_s is None else now + duration_s
+        elif until <= now:
+            return st  # ended already (a late replay): nothing to do
         # Overlapping kill switches each end at their own time; one the new one covers entirely (no more
         # severe, ending no later) is dropped, so the list stays short.
         severity, end = SEVERITY[state], INF if until is None else until
         st.pauses = [p for p in st.pauses if not (
             p.source == "manual" and SEVERITY[p.state] <= severity and (INF if p.until is None else p.until) <= end)]
-        st.pauses.append(Pause(state, until, DecisionCode.KILL_SWITCH, text, "manual", since=now))
-        log.warning("KILL SWITCH trader=%s account=%s state=%s until=%s reason=%s", trader_id, account_id,
-                    state.name, "resume" if until is None else iso_utc(until), reason)
+        st.pauses.append(Pause(state, until, DecisionCode.KILL_SWITCH, text, "manual",
+                               since=now if since is None else since))
+        log.warning("KILL SWITCH trader=%s account=%s state=%s until=%s by=%s reason=%s", trader_id, account_id,
+                    state.name, "resume" if until is None else iso_utc(until), by, reason)
         self._changed(st, now, text, "paused by operator")
         return st
 
-    def resume(self, trader_id: str, account_id: str) -> TraderState:
-        """Lift every pause, manual or automatic. Loss limits are re-checked on the next equity report."""
+    def resume(self, trader_id: str, account_id: str, *, since: float | None = None,
+               by: str = "operator") -> TraderState:
+        """Lift every pause, manual or automatic, but not the account's nor the every-account one (SCOPE_SOURCES:
+        ResumeTrading of the scope lifts those). Loss limits are re-checked on the next equity report.
+
+        Since-aware: a resume made at `since` (another sidecar's, or replayed by a takeover) lifts only the pauses
+        that began at or before it (a pause since then stays), so replaying a trader's pauses and resumes in order
+        is idempotent. None = now: every pause."""
         now = self.clock.now()
         st = self._get(trader_id, account_id)
         if self.journal is not None:
             self.journal.append((now, "resume", (trader_id, account_id)))
         self._tick(st, now)
-        had = bool(st.pauses)
-        st.pauses = []
+        at = now if since is None else since
+        kept = [p for p in st.pauses if p.source in SCOPE_SOURCES or p.since > at]
+        had = len(st.pauses) - len(kept)
+        st.pauses = kept
         st.fill_times.clear()  # the fill throttle's window starts again: the next fill must not halt at once
-        log.warning("RESUME trader=%s account=%s (had pauses: %s)", trader_id, account_id, had)
-        self._changed(st, now, "resumed by operator")
+        log.warning("RESUME trader=%s account=%s by=%s (pauses lifted: %d)", trader_id, account_id, by, had)
+        self._changed(st, now, "resumed by operator" if by == "operator" else f"resumed by {by}")
         return st
 
     # ---- decisions ------------------------------------------------------------------------------
@@ -616,7 +660,11 @@ class RiskEngine:
             check = CheckResult("equity_reported", CheckStatus.FAIL, DecisionCode.NO_EQUITY_REPORTED,
                                 "no equity reported for this trader: no data, no trade")
             unseen = self._decide(st, now, [check], [], enforce)
-            return (unseen if self.gate is None else self.gate(unseen, st, order, False)), st
+            if self.gate is not None:
+                unseen = self.gate(unseen, st, order, False)
+            if self.control_gate is not None:
+                unseen = self.control_gate(unseen, st, order, False)
+            return unseen, st
         remember = bool(client_order_id) and order is not None
         if remember and order is not None:
             self._tick(st, now)  # (a pending order past its TTL is finished from here on)
@@ -702,6 +750,8 @@ class RiskEngine:
         decision = self._decide(st, now, results, actions, enforce)
         if self.gate is not None:
             decision = self.gate(decision, st, order, reducing)
+        if self.control_gate is not None:
+            decision = self.control_gate(decision, st, order, reducing)
         decision.state_checks = state_checks
         keep = order is not None and decision.allowed and (
             limits.max_orders_per_window is not None or self.breakers is not None
@@ -760,10 +810,12 @@ class RiskEngine:
         self._tick(st, now)
         if checks.state_check(st, order, now, reducing).status is CheckStatus.FAIL:
             return False
-        if self.gate is None:
+        if self.gate is None and self.control_gate is None:
             return True
-        probe = Decision(True, DecisionCode.ALLOWED, "", TradingState.ACTIVE, None)
-        gated = self.gate(probe, st, order, reducing)
+        gated = Decision(True, DecisionCode.ALLOWED, "", TradingState.ACTIVE, None)
+        for gate in (self.gate, self.control_gate):
+            if gate is not None:
+                gated = gate(gated, st, order, reducing)
         return gated.allowed and not gated.would_deny
 
     @classmethod

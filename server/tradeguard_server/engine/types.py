@@ -71,6 +71,7 @@ class DecisionCode(IntEnum):
     DAILY_NOTIONAL_LIMIT = 28
     DAILY_ORDERS_LIMIT = 29
     FILL_RATE_LIMIT = 30
+    CONTROL_STATE_STALE = 32
 
 
 class OrderStatus(IntEnum):

@@ -187,6 +187,38 @@ class _OrdersCollector(Collector):
                                   value=self.engine.orders_released())
 
 
+class ControlCounters(Protocol):
+    """What the control-state metrics read (cluster: the plane and its listener), at scrape time."""
+
+    def control_state_age_seconds(self) -> float: ...
+
+    def control_state_version(self) -> int: ...
+
+    def control_changes_applied(self) -> dict[str, int]: ...
+
+
+class _ControlCollector(Collector):
+    """The shared control state (issue 17), read at scrape time: the age grows while nothing is heard."""
+
+    def __init__(self, control: ControlCounters) -> None:
+        self.control = control
+
+    def describe(self) -> Iterable[Metric]:
+        return self.collect()
+
+    def collect(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily("tradeguard_control_state_age_seconds", "Seconds since this sidecar last heard the "
+                                "shared control state from the database (0 without a shared database).",
+                                value=self.control.control_state_age_seconds())
+        yield GaugeMetricFamily("tradeguard_control_state_version", "The control-state version this sidecar has "
+                                "seen (every CanTrade answer carries it).", value=self.control.control_state_version())
+        applied = CounterMetricFamily("tradeguard_control_changes_applied", "Control changes made through other "
+                                      "sidecars and applied here, by kind.", labels=["kind"])
+        for kind, n in sorted(self.control.control_changes_applied().items()):
+            applied.add_metric([kind], n)
+        yield applied
+
+
 class MetricsSink(Protocol):
     """What the sidecar reports to metrics (composition root, store sampler, engine listeners)."""
 
@@ -230,6 +262,9 @@ class MetricsSink(Protocol):
 
     def observe_orders(self, engine: OrderCounters) -> None:
         """Export the pending-order gauge and the TTL releases, read at scrape time."""
+
+    def observe_control(self, control: ControlCounters) -> None:
+        """Export the control-state age, version and changes applied, read at scrape time."""
 
 
 class PrometheusMetrics:
@@ -475,6 +510,9 @@ class PrometheusMetrics:
     def observe_orders(self, engine: OrderCounters) -> None:
         self.registry.register(_OrdersCollector(engine))
 
+    def observe_control(self, control: ControlCounters) -> None:
+        self.registry.register(_ControlCollector(control))
+
 
 class NullMetrics:
     """A `MetricsSink` for metrics switched off (`metrics_listen` empty): no registry, no server, every call a
@@ -519,6 +557,9 @@ class NullMetrics:
         return None
 
     def observe_orders(self, engine: OrderCounters) -> None:
+        return None
+
+    def observe_control(self, control: ControlCounters) -> None:
         return None
 
 

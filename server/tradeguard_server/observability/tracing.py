@@ -94,6 +94,11 @@ def _text(value: Any) -> str:
     return value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
 
 
+def current_call() -> Any:
+    """The call being handled (see _CALLER), or None outside a call."""
+    return _CALLER.get()
+
+
 def caller_trace_id() -> str | None:
     """The trace id of the current call's `traceparent`, else its `x-request-id`, else None."""
     call = _CALLER.get()

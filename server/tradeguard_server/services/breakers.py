@@ -16,10 +16,11 @@ import asyncio
 import logging
 import uuid
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ..cluster.changes import ControlChange
 from ..engine.breakers import Evaluator
 from ..engine.clock import Clock, SystemClock
 from ..engine.events import Firing, StateChanged
@@ -70,6 +71,33 @@ class BreakerService:
         self._lock = asyncio.Lock()
         self._recent: deque[tuple[int, BreakerEventRecord]] = deque(maxlen=RECENT_EVENTS_KEPT)
         self._seq = 0
+        # (kind, account_id, payload) -> the control_changes row appended with each write (cluster.plane); None:
+        # none is.
+        self.record: Callable[[str, str, dict[str, Any]], ControlChange] | None = None
+
+    def _change(self, account_id: str, breaker_id: str, op: str) -> ControlChange | None:
+        if self.record is None:
+            return None
+        return self.record("breaker", account_id, {"breaker_id": breaker_id, "op": op})
+
+    async def replace_account(self, account_id: str, records: Iterable[BreakerRecord], by: str) -> int:
+        """Enforce exactly `records` as the account's breakers (re-read from the store after another sidecar
+        changed them): new and changed ones installed, missing ones removed (their episodes end, as for a local
+        change). Returns how many changed."""
+        wanted = {r.id: r for r in records if r.account_id == account_id}
+        changed = 0
+        async with self._lock:
+            for record in wanted.values():
+                if self.records.get(record.id) != record:
+                    self._install(record)
+                    changed += 1
+            for breaker_id in [i for i, r in self.records.items() if r.account_id == account_id and i not in wanted]:
+                self.records.pop(breaker_id, None)
+                self.evaluator.remove(breaker_id)
+                changed += 1
+        if changed:
+            log.warning("circuit breakers of account %s re-read (%d changed): %s", account_id, changed, by)
+        return changed
 
     def load(self, records: Iterable[BreakerRecord]) -> None:
         """Install the breakers loaded from the store at start (invalid ones are logged and not enforced); a
@@ -196,7 +224,7 @@ class BreakerService:
                 action=d.action, parameters=d.parameters, symbols=d.symbols, exchanges=d.exchanges,
                 enabled=True if enabled is None else enabled, created_at=now, updated_at=now,
             )
-            record = await self.store.save_breaker(record)
+            record = await self.store.save_breaker(record, self._change(d.account_id, "", "created"))
             self._install(record)
         log.warning("circuit breaker %s %r created for account %s by %s: %s %s -> %s", record.id, record.name,
                     record.account_id, by, record.condition, record.parameters, record.action)
@@ -212,7 +240,7 @@ class BreakerService:
                 parameters=d.parameters, symbols=d.symbols, exchanges=d.exchanges,
                 enabled=existing.enabled if enabled is None else enabled, updated_at=self.clock.now(),
             )
-            record = await self.store.update_breaker(record)
+            record = await self.store.update_breaker(record, self._change(existing.account_id, existing.id, "updated"))
             self._install(record)
         log.warning("circuit breaker %s %r updated by %s: %s %s -> %s", record.id, record.name, by,
                     record.condition, record.parameters, record.action)
@@ -221,7 +249,7 @@ class BreakerService:
     async def delete(self, breaker_id: str, by: str) -> None:
         async with self._lock:
             existing = self.get(breaker_id)
-            await self.store.delete_breaker(existing.id)
+            await self.store.delete_breaker(existing.id, self._change(existing.account_id, existing.id, "deleted"))
             self.records.pop(existing.id, None)
             self.evaluator.remove(existing.id)
         log.warning("circuit breaker %s %r deleted by %s", existing.id, existing.name, by)
@@ -234,7 +262,8 @@ class BreakerService:
                 if enabled:
                     self.evaluator.rearm(existing.id)
                 return existing
-            record = await self.store.set_breaker_enabled(existing.id, enabled)
+            change = self._change(existing.account_id, existing.id, "enabled" if enabled else "disabled")
+            record = await self.store.set_breaker_enabled(existing.id, enabled, change)
             self._install(record)
         log.warning("circuit breaker %s %r %s by %s", record.id, record.name, "enabled" if enabled else "disabled",
                     by)

@@ -12,9 +12,11 @@ Errors: `NotFound` (no such configuration), `StoreUnavailable` (store/errors.py)
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from typing import Any
 
+from ..cluster.changes import ControlChange
 from ..engine.engine import RiskEngine
 from ..engine.limits import Limits, SymbolLimits
 from ..engine.types import TradingWindow
@@ -23,6 +25,8 @@ from ..store.protocol import ConfigRepository
 from ..store.records import ConfigRecord, TradingWindowRecord
 
 log = logging.getLogger("tradeguard.admin")
+# (kind, account_id, payload) -> the control_changes row recording a write (cluster.plane.ControlPlane.record)
+ChangeRecorder = Callable[[str, str, dict[str, Any]], ControlChange]
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +136,9 @@ class ConfigService:
         self.store = store
         self.durable = durable  # False: database_url=memory, nothing is written
         self.configs: dict[str, dict[str, Configuration]] = {}
+        # Makes the control_changes row appended with each write (the other sidecars re-read the account); None:
+        # none is (tests of this service alone).
+        self.record: ChangeRecorder | None = None
 
     def load(self, records: Iterable[ConfigRecord]) -> None:
         """Install the configurations loaded from the store at start (no history rows); a configuration
@@ -183,7 +190,7 @@ class ConfigService:
     async def delete(self, account_id: str, config_id: str, by: str) -> None:
         cfg = self.get(account_id, config_id)
         if self.durable:
-            await self.store.delete_config(account_id, config_id)
+            await self.store.delete_config(account_id, config_id, self._change(account_id, config_id, "deleted"))
         self.configs[account_id].pop(config_id, None)
         log.warning("risk configuration %s/%s deleted by %s", account_id, config_id, by)
         if cfg.record.is_active:
@@ -191,9 +198,31 @@ class ConfigService:
 
     async def _write(self, cfg: ConfigRecord) -> tuple[ConfigRecord, bool]:
         if self.durable:
-            return await self.store.save_config(cfg)
+            return await self.store.save_config(cfg, self._change(cfg.account_id, cfg.config_id, "saved"))
         now = self.engine.clock.now()
         return replace(cfg, created_at=now if cfg.created_at is None else cfg.created_at, updated_at=now), False
+
+    def _change(self, account_id: str, config_id: str, op: str) -> ControlChange | None:
+        if self.record is None:
+            return None
+        return self.record("config", account_id, {"config_id": config_id, "op": op})
+
+    def replace_account(self, account_id: str, records: Iterable[ConfigRecord], reason: str) -> bool:
+        """Hold exactly `records` as the account's configurations (re-read from the store after another sidecar
+        changed them); when the active one changed, install it and re-check the account's traders at once, with
+        `reason` in their history. True when the active configuration changed."""
+        before = self._active(self.configs.get(account_id, {}))
+        by_id = {r.config_id: Configuration(r) for r in records if r.account_id == account_id}
+        if by_id:
+            self.configs[account_id] = by_id
+        else:
+            self.configs.pop(account_id, None)
+        after = self._active(by_id)
+        if (None if before is None else before.record) == (None if after is None else after.record):
+            return False
+        log.warning("risk configurations of account %s re-read: %s", account_id, reason)
+        self._activate(account_id, reason)
+        return True
 
     @staticmethod
     def _active(by_id: dict[str, Configuration]) -> Configuration | None:

@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 
+from ..cluster.changes import ControlChange
 from .errors import Conflict, NotFound, StoreUnavailable
 from .queue import HISTORY_BACKLOG_BYTES, HISTORY_BACKLOG_ROWS, StoreCounters, WriteQueue
 from .records import (
@@ -49,6 +50,7 @@ class MemoryStore(StoreCounters):
         self.configs: dict[tuple[str, str], ConfigRecord] = {}
         self.breakers: dict[str, BreakerRecord] = {}
         self.flags: FlagsRecord | None = None
+        self.changes: list[ControlChange] = []  # control_changes, version = index + 1
         self._available = True
         self._started = False
         self._closed = False
@@ -120,6 +122,7 @@ class MemoryStore(StoreCounters):
             breakers=sorted(self.breakers.values(), key=lambda b: (b.account_id, b.name)),
             flags=self.flags,
             trade_ids=trade_ids,
+            control_version=len(self.changes),
         )
         if self.queue.hold_states:
             self.queue.hold_states = False
@@ -179,7 +182,12 @@ class MemoryStore(StoreCounters):
         self._check()
         return {tid for tid in trade_ids if (trader_id, tid) in self.trades}
 
-    async def save_config(self, cfg: ConfigRecord) -> tuple[ConfigRecord, bool]:
+    def _append(self, change: ControlChange | None) -> None:
+        if change is not None:
+            self.changes.append(change)
+            change.version = len(self.changes)
+
+    async def save_config(self, cfg: ConfigRecord, change: ControlChange | None = None) -> tuple[ConfigRecord, bool]:
         self._check()
         now = self.clock()
         key = (cfg.account_id, cfg.config_id)
@@ -195,12 +203,14 @@ class MemoryStore(StoreCounters):
             cfg, symbol_configs=symbols, created_at=existing.created_at if existing else now, updated_at=now
         )
         self.configs[key] = saved
+        self._append(change)
         return saved, existing is None
 
-    async def delete_config(self, account_id: str, config_id: str) -> None:
+    async def delete_config(self, account_id: str, config_id: str, change: ControlChange | None = None) -> None:
         self._check()
         if self.configs.pop((account_id, config_id), None) is None:
             raise NotFound(f"configuration {config_id!r} of account {account_id!r} not found")
+        self._append(change)
 
     async def get_configs(self, account_id: str) -> list[ConfigRecord]:
         self._check()
@@ -209,7 +219,7 @@ class MemoryStore(StoreCounters):
     def _name_taken(self, b: BreakerRecord) -> bool:
         return any(o.account_id == b.account_id and o.name == b.name and o.id != b.id for o in self.breakers.values())
 
-    async def save_breaker(self, breaker: BreakerRecord) -> BreakerRecord:
+    async def save_breaker(self, breaker: BreakerRecord, change: ControlChange | None = None) -> BreakerRecord:
         self._check()
         b = breaker if breaker.id else dataclasses.replace(breaker, id=str(uuid.uuid4()))
         if b.id in self.breakers or self._name_taken(b):
@@ -217,9 +227,10 @@ class MemoryStore(StoreCounters):
         now = self.clock()
         saved = dataclasses.replace(b, created_at=now, updated_at=now)
         self.breakers[saved.id] = saved
+        self._append(change)
         return saved
 
-    async def update_breaker(self, breaker: BreakerRecord) -> BreakerRecord:
+    async def update_breaker(self, breaker: BreakerRecord, change: ControlChange | None = None) -> BreakerRecord:
         self._check()
         old = self.breakers.get(breaker.id)
         if old is None:
@@ -229,18 +240,22 @@ class MemoryStore(StoreCounters):
         saved = dataclasses.replace(breaker, account_id=old.account_id, created_at=old.created_at,
                                     updated_at=self.clock())
         self.breakers[saved.id] = saved
+        self._append(change)
         return saved
 
-    async def set_breaker_enabled(self, breaker_id: str, enabled: bool) -> BreakerRecord:
+    async def set_breaker_enabled(self, breaker_id: str, enabled: bool,
+                                  change: ControlChange | None = None) -> BreakerRecord:
         old = await self.get_breaker(breaker_id)
         saved = dataclasses.replace(old, enabled=enabled, updated_at=self.clock())
         self.breakers[breaker_id] = saved
+        self._append(change)
         return saved
 
-    async def delete_breaker(self, breaker_id: str) -> None:
+    async def delete_breaker(self, breaker_id: str, change: ControlChange | None = None) -> None:
         self._check()
         if self.breakers.pop(breaker_id, None) is None:
             raise NotFound(f"breaker {breaker_id!r} not found")
+        self._append(change)
 
     async def get_breaker(self, breaker_id: str) -> BreakerRecord:
         self._check()
@@ -253,10 +268,38 @@ class MemoryStore(StoreCounters):
         self._check()
         return sorted((b for b in self.breakers.values() if b.account_id == account_id), key=lambda b: b.name)
 
-    async def save_flags(self, flags: FlagsRecord) -> FlagsRecord:
+    async def save_flags(self, flags: FlagsRecord, change: ControlChange | None = None) -> FlagsRecord:
         self._check()
         self.flags = dataclasses.replace(flags, updated_at=self.clock())
+        self._append(change)
         return self.flags
+
+    async def get_flags(self) -> FlagsRecord | None:
+        self._check()
+        return self.flags
+
+    # ---- the control-state log --------------------------------------------------------------------
+
+    async def append_change(self, change: ControlChange) -> int:
+        self._check()
+        self._append(change)
+        return change.version
+
+    async def changes_since(self, version: int, limit: int = 1000) -> list[ControlChange]:
+        self._check()
+        return self.changes[version:version + limit]
+
+    async def trader_changes(self, trader_id: str) -> list[ControlChange]:
+        self._check()
+        return [c for c in self.changes if c.trader_id == trader_id and c.kind in ("pause", "resume")]
+
+    async def scope_changes(self) -> list[ControlChange]:
+        self._check()
+        latest: dict[str, ControlChange] = {}
+        for c in self.changes:
+            if c.scope:
+                latest[c.account_id] = c
+        return sorted(latest.values(), key=lambda c: c.version)
 
     # ---- paging -----------------------------------------------------------------------------------
 

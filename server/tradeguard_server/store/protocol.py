@@ -21,7 +21,7 @@ Each consumer depends on the protocols it uses; only the composition root (sidec
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .records import (
     BreakerEventRecord,
@@ -33,6 +33,9 @@ from .records import (
     StateRecord,
     TradeRecord,
 )
+
+if TYPE_CHECKING:
+    from ..cluster.changes import ControlChange
 
 
 class StateQueue(Protocol):
@@ -56,13 +59,16 @@ class EventLog(Protocol):
 
 
 class BreakerRepository(Protocol):
-    async def save_breaker(self, breaker: BreakerRecord) -> BreakerRecord: ...
+    """`change`: the control_changes row recording the write, appended in its transaction (cluster.changes)."""
 
-    async def update_breaker(self, breaker: BreakerRecord) -> BreakerRecord: ...
+    async def save_breaker(self, breaker: BreakerRecord, change: ControlChange | None = None) -> BreakerRecord: ...
 
-    async def set_breaker_enabled(self, breaker_id: str, enabled: bool) -> BreakerRecord: ...
+    async def update_breaker(self, breaker: BreakerRecord, change: ControlChange | None = None) -> BreakerRecord: ...
 
-    async def delete_breaker(self, breaker_id: str) -> None: ...
+    async def set_breaker_enabled(self, breaker_id: str, enabled: bool,
+                                  change: ControlChange | None = None) -> BreakerRecord: ...
+
+    async def delete_breaker(self, breaker_id: str, change: ControlChange | None = None) -> None: ...
 
     async def get_breaker(self, breaker_id: str) -> BreakerRecord: ...
 
@@ -74,15 +80,30 @@ class BreakerStore(BreakerRepository, EventLog, Protocol):
 
 
 class ConfigRepository(Protocol):
-    async def save_config(self, cfg: ConfigRecord) -> tuple[ConfigRecord, bool]: ...
+    async def save_config(self, cfg: ConfigRecord, change: ControlChange | None = None
+                          ) -> tuple[ConfigRecord, bool]: ...
 
-    async def delete_config(self, account_id: str, config_id: str) -> None: ...
+    async def delete_config(self, account_id: str, config_id: str, change: ControlChange | None = None) -> None: ...
 
     async def get_configs(self, account_id: str) -> list[ConfigRecord]: ...
 
 
 class FlagRepository(Protocol):
-    async def save_flags(self, flags: FlagsRecord) -> FlagsRecord: ...
+    async def save_flags(self, flags: FlagsRecord, change: ControlChange | None = None) -> FlagsRecord: ...
+
+    async def get_flags(self) -> FlagsRecord | None: ...
+
+
+class ControlLog(Protocol):
+    """The control-state log (cluster.changes): rows appended on their own, and read back."""
+
+    async def append_change(self, change: ControlChange) -> int: ...
+
+    async def changes_since(self, version: int, limit: int = 1000) -> list[ControlChange]: ...
+
+    async def trader_changes(self, trader_id: str) -> list[ControlChange]: ...
+
+    async def scope_changes(self) -> list[ControlChange]: ...
 
 
 class TradeLedger(Protocol):
@@ -135,6 +156,7 @@ class StoreHealth(Protocol):
 
 
 class Store(
-    PersistenceStore, BreakerStore, ConfigRepository, HistoryReader, HistoryCounters, StoreHealth, Protocol
+    PersistenceStore, BreakerStore, ConfigRepository, HistoryReader, HistoryCounters, StoreHealth, ControlLog,
+    Protocol,
 ):
     """Durable risk state, whole: for the composition root. Everything else takes a narrow protocol above."""

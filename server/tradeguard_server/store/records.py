@@ -181,3 +181,4 @@ class LoadedState:
     breakers: list[BreakerRecord]
     flags: FlagsRecord | None  # None = never saved: the settings' values apply
     trade_ids: dict[str, list[str]]  # trader_id -> its most recent trade ids, oldest first
+    control_version: int = 0  # the newest control_changes version when this was read (cluster.plane)

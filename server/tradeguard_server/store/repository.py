@@ -5,14 +5,31 @@ the start-up load. Each method is one transaction on the database thread (`Datab
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 from sqlalchemy import Connection
 
+from ..cluster import changes
+from ..cluster.changes import ControlChange
 from . import sql
 from .dbthread import LOAD_TIMEOUT_S, Database, lift_statement_timeout
 from .records import BreakerEventRecord, BreakerRecord, ConfigRecord, FlagsRecord, HistoryRecord, LoadedState
 
 Flush = Callable[[float | None], Awaitable[bool]]
+T = TypeVar("T")
+
+
+def _with(fn: Callable[[Connection], T], change: ControlChange | None) -> Callable[[Connection], T]:
+    """`fn`, then (in the same transaction, last) the control_changes row that records it."""
+    if change is None:
+        return fn
+
+    def both(conn: Connection) -> T:
+        result = fn(conn)
+        changes.append_change(conn, change)
+        return result
+
+    return both
 
 
 class Repository:
@@ -35,6 +52,7 @@ class Repository:
                 breakers=sql.list_breakers(conn),
                 flags=sql.load_flags(conn),
                 trade_ids=sql.load_trade_ids(conn),
+                control_version=changes.max_version(conn),
             )
 
         return await self.db.call(load, write=False, bounded=False, deadline_s=LOAD_TIMEOUT_S)
@@ -47,15 +65,15 @@ class Repository:
 
     # ---- configurations ------------------------------------------------------------------------------
 
-    async def save_config(self, cfg: ConfigRecord) -> tuple[ConfigRecord, bool]:
+    async def save_config(self, cfg: ConfigRecord, change: ControlChange | None = None) -> tuple[ConfigRecord, bool]:
         """Insert or replace a configuration and its symbol configs (created_at is kept). Saving an active
         one deactivates the account's others in the same transaction. Returns (stored, created)."""
         now = self.clock()
-        return await self.db.call(lambda conn: sql.save_config(conn, cfg, now), write=True)
+        return await self.db.call(_with(lambda conn: sql.save_config(conn, cfg, now), change), write=True)
 
-    async def delete_config(self, account_id: str, config_id: str) -> None:
+    async def delete_config(self, account_id: str, config_id: str, change: ControlChange | None = None) -> None:
         """Raises NotFound when there is no such configuration."""
-        await self.db.call(lambda conn: sql.delete_config(conn, account_id, config_id), write=True)
+        await self.db.call(_with(lambda conn: sql.delete_config(conn, account_id, config_id), change), write=True)
 
     async def get_configs(self, account_id: str) -> list[ConfigRecord]:
         """The account's configurations, by config_id."""
@@ -63,24 +81,26 @@ class Repository:
 
     # ---- breakers ------------------------------------------------------------------------------------
 
-    async def save_breaker(self, breaker: BreakerRecord) -> BreakerRecord:
+    async def save_breaker(self, breaker: BreakerRecord, change: ControlChange | None = None) -> BreakerRecord:
         """Create a breaker; an empty id gets a uuid. Conflict when the name is taken in the account."""
         now = self.clock()
-        return await self.db.call(lambda conn: sql.create_breaker(conn, breaker, now), write=True)
+        return await self.db.call(_with(lambda conn: sql.create_breaker(conn, breaker, now), change), write=True)
 
-    async def update_breaker(self, breaker: BreakerRecord) -> BreakerRecord:
+    async def update_breaker(self, breaker: BreakerRecord, change: ControlChange | None = None) -> BreakerRecord:
         """Replace the definition of breaker `breaker.id` (account and created_at stay). NotFound, Conflict."""
         now = self.clock()
-        return await self.db.call(lambda conn: sql.update_breaker(conn, breaker, now), write=True)
+        return await self.db.call(_with(lambda conn: sql.update_breaker(conn, breaker, now), change), write=True)
 
-    async def set_breaker_enabled(self, breaker_id: str, enabled: bool) -> BreakerRecord:
+    async def set_breaker_enabled(self, breaker_id: str, enabled: bool,
+                                  change: ControlChange | None = None) -> BreakerRecord:
         """Enable or disable a breaker. NotFound."""
         now = self.clock()
-        return await self.db.call(lambda conn: sql.set_breaker_enabled(conn, breaker_id, enabled, now), write=True)
+        return await self.db.call(_with(lambda conn: sql.set_breaker_enabled(conn, breaker_id, enabled, now), change),
+                                  write=True)
 
-    async def delete_breaker(self, breaker_id: str) -> None:
+    async def delete_breaker(self, breaker_id: str, change: ControlChange | None = None) -> None:
         """Delete a breaker (its events stay). NotFound."""
-        await self.db.call(lambda conn: sql.delete_breaker(conn, breaker_id), write=True)
+        await self.db.call(_with(lambda conn: sql.delete_breaker(conn, breaker_id), change), write=True)
 
     async def get_breaker(self, breaker_id: str) -> BreakerRecord:
         """NotFound when there is no such breaker."""
@@ -92,10 +112,29 @@ class Repository:
 
     # ---- flags ---------------------------------------------------------------------------------------
 
-    async def save_flags(self, flags: FlagsRecord) -> FlagsRecord:
+    async def save_flags(self, flags: FlagsRecord, change: ControlChange | None = None) -> FlagsRecord:
         """Store both flags; returns them with updated_at."""
         now = self.clock()
-        return await self.db.call(lambda conn: sql.save_flags(conn, flags, now), write=True)
+        return await self.db.call(_with(lambda conn: sql.save_flags(conn, flags, now), change), write=True)
+
+    async def get_flags(self) -> FlagsRecord | None:
+        """The stored flags (None: never saved)."""
+        return await self.db.call(sql.load_flags, write=False)
+
+    # ---- the control-state log (cluster.changes) -------------------------------------------------------
+
+    async def append_change(self, change: ControlChange) -> int:
+        """A change that is nothing but its row (a pause, a resume): committed on its own; returns its version."""
+        return await self.db.call(lambda conn: changes.append_change(conn, change), write=True)
+
+    async def changes_since(self, version: int, limit: int = 1000) -> list[ControlChange]:
+        return await self.db.call(lambda conn: changes.changes_since(conn, version, limit), write=False)
+
+    async def trader_changes(self, trader_id: str) -> list[ControlChange]:
+        return await self.db.call(lambda conn: changes.trader_changes(conn, trader_id), write=False)
+
+    async def scope_changes(self) -> list[ControlChange]:
+        return await self.db.call(changes.scope_changes, write=False)
 
     # ---- paged reads of what the writer wrote --------------------------------------------------------
 

@@ -40,6 +40,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
+from ..cluster.changes import ControlChange
 from .dbthread import CALL_TIMEOUT_S, OP_TIMEOUT_S, PG_CONNECT_DEFAULTS, SETTLE_S, Database, is_row_error
 from .errors import StoreUnavailable
 from .health import Health
@@ -279,26 +280,27 @@ class RiskStore(StoreCounters):
     async def known_trade_ids(self, trader_id: str, trade_ids: Sequence[str]) -> set[str]:
         return await self.repository.known_trade_ids(trader_id, trade_ids)
 
-    async def save_config(self, cfg: ConfigRecord) -> tuple[ConfigRecord, bool]:
-        return await self.repository.save_config(cfg)
+    async def save_config(self, cfg: ConfigRecord, change: ControlChange | None = None) -> tuple[ConfigRecord, bool]:
+        return await self.repository.save_config(cfg, change)
 
-    async def delete_config(self, account_id: str, config_id: str) -> None:
-        await self.repository.delete_config(account_id, config_id)
+    async def delete_config(self, account_id: str, config_id: str, change: ControlChange | None = None) -> None:
+        await self.repository.delete_config(account_id, config_id, change)
 
     async def get_configs(self, account_id: str) -> list[ConfigRecord]:
         return await self.repository.get_configs(account_id)
 
-    async def save_breaker(self, breaker: BreakerRecord) -> BreakerRecord:
-        return await self.repository.save_breaker(breaker)
+    async def save_breaker(self, breaker: BreakerRecord, change: ControlChange | None = None) -> BreakerRecord:
+        return await self.repository.save_breaker(breaker, change)
 
-    async def update_breaker(self, breaker: BreakerRecord) -> BreakerRecord:
-        return await self.repository.update_breaker(breaker)
+    async def update_breaker(self, breaker: BreakerRecord, change: ControlChange | None = None) -> BreakerRecord:
+        return await self.repository.update_breaker(breaker, change)
 
-    async def set_breaker_enabled(self, breaker_id: str, enabled: bool) -> BreakerRecord:
-        return await self.repository.set_breaker_enabled(breaker_id, enabled)
+    async def set_breaker_enabled(self, breaker_id: str, enabled: bool,
+                                  change: ControlChange | None = None) -> BreakerRecord:
+        return await self.repository.set_breaker_enabled(breaker_id, enabled, change)
 
-    async def delete_breaker(self, breaker_id: str) -> None:
-        await self.repository.delete_breaker(breaker_id)
+    async def delete_breaker(self, breaker_id: str, change: ControlChange | None = None) -> None:
+        await self.repository.delete_breaker(breaker_id, change)
 
     async def get_breaker(self, breaker_id: str) -> BreakerRecord:
         return await self.repository.get_breaker(breaker_id)
@@ -306,8 +308,25 @@ class RiskStore(StoreCounters):
     async def list_breakers(self, account_id: str) -> list[BreakerRecord]:
         return await self.repository.list_breakers(account_id)
 
-    async def save_flags(self, flags: FlagsRecord) -> FlagsRecord:
-        return await self.repository.save_flags(flags)
+    async def save_flags(self, flags: FlagsRecord, change: ControlChange | None = None) -> FlagsRecord:
+        return await self.repository.save_flags(flags, change)
+
+    async def get_flags(self) -> FlagsRecord | None:
+        return await self.repository.get_flags()
+
+    # ---- the control-state log (cluster.changes; see Repository) ---------------------------------------
+
+    async def append_change(self, change: ControlChange) -> int:
+        return await self.repository.append_change(change)
+
+    async def changes_since(self, version: int, limit: int = 1000) -> list[ControlChange]:
+        return await self.repository.changes_since(version, limit)
+
+    async def trader_changes(self, trader_id: str) -> list[ControlChange]:
+        return await self.repository.trader_changes(trader_id)
+
+    async def scope_changes(self) -> list[ControlChange]:
+        return await self.repository.scope_changes()
 
     async def list_history(
         self, trader_id: str, start: float | None, end: float | None, limit: int, after_id: int | None = None
