@@ -230,7 +230,8 @@ class Sidecar:
                                 trade_known=self.persistence.trade_known if self.durable else None,
                                 control=self.control)
         self.admin = AdminService(self.engine, self._on_flags, store_now=self._store_now,
-                                  loaded=lambda: self.persistence.loaded, control=self.control)
+                                  loaded=lambda: self.persistence.loaded, control=self.control,
+                                  owns=self._takes_trader)
         self.configs = ConfigAdmin(self.config_service)
         self.breaker_admin = BreakerAdmin(self.breaker_service)
         for handlers in (self.configs.handlers(), self.breaker_admin.handlers(),
@@ -318,8 +319,8 @@ class Sidecar:
             self.state_metrics.restore(traders)
         for st in traders:  # watchers of a trader see the installed state at once (a halted one: cancel orders)
             self.watch.publish(st, "stored state loaded", self.engine.cancel_actions(st, now))
+        await self._prime_control()  # the account and every-account pauses, before the state is called loaded
         await self.health.set(STATE_HEALTH, health_pb2.HealthCheckResponse.SERVING)
-        await self._prime_control()
 
     # ---- the shared control state (cluster/) ------------------------------------------------------
 
@@ -358,6 +359,17 @@ class Sidecar:
             task.cancel()
         if self.control_listener is not None:
             await self.control_listener.stop()
+
+    async def _takes_trader(self, trader_id: str) -> bool:
+        """Cluster mode, a kill switch for a trader not in this engine: taken here (made, paused here) when no
+        sidecar has stored it yet, or when the store cannot tell (a kill switch must work during an outage).
+        Trader leases (cluster/leases.py) replace this with a claim."""
+        from .store.errors import StoreError
+
+        try:
+            return not await self.store.trader_stored(trader_id)
+        except StoreError:
+            return True
 
     def _on_control_hearing(self, hearing: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if hearing else health_pb2.HealthCheckResponse.NOT_SERVING

@@ -121,6 +121,7 @@ async def test_trader_pause_and_resume_pressed_on_one_sidecar_stop_and_free_the_
     async with node(pg_url, "A") as a, node(pg_url, "B") as b:
         await b.equity("bot-2")
         assert (await b.can_trade("bot-2")).allowed
+        assert await b.sidecar.store.flush(timeout=10)  # stored: A knows another sidecar holds it
         paused = await a.admin.PauseTrading(ad.PauseTradingRequest(
             trader_id="bot-2", account_id="acct", trading_state=t.TRADING_STATE_HALTED, reason="incident"))
         assert paused.control_state_version > 0

@@ -1,13 +1,13 @@
 """tradeguard.v1.AdminService: operator RPCs (kill switch, flags, configurations, breakers, history).
 
 Kill switch scopes (PauseTrading / ResumeTrading):
-- a trader (trader_id + account_id): when this sidecar holds the trader (it is in this engine: it owns it) or in a
-  single-sidecar mode, applied in memory at once (during a database outage too), and in cluster mode its
-  control_changes row appended, best effort (the other sidecars and a later takeover replay it; a warning when
-  the database is down). When this sidecar does not hold the trader (cluster mode), the row must commit
-  (UNAVAILABLE otherwise): the sidecar that owns it applies it on NOTIFY, a sidecar taking it over replays it.
-  The answer then shows the pause on a state made here (the live state is the owner's: equity and the rest are
-  not known here).
+- a trader (trader_id + account_id): when this sidecar holds the trader (it is in this engine: it owns it), takes
+  it (`owns`: until leases, a trader no sidecar has stored yet), or in a single-sidecar mode: applied in memory at
+  once (during a database outage too), and in cluster mode its control_changes row appended, best effort (the
+  other sidecars and a later takeover replay it; a warning when the database is down). When another sidecar holds
+  the trader (cluster mode), the row must commit (UNAVAILABLE otherwise): the sidecar that owns it applies it on
+  NOTIFY, a sidecar taking it over replays it. The answer then shows the pause on a state made here (the live
+  state is the owner's: equity and the rest are not known here).
 - an account (account_id, trader_id empty): every trader of the account, those that appear later too, on every
   sidecar (cluster.plane); `all_accounts` (both ids empty): every account. The row commits first (UNAVAILABLE
   otherwise: nothing applied), then in force here at once. Answered with `scope_pause`.
@@ -80,6 +80,7 @@ class AdminService:
         loaded: Callable[[], bool] = lambda: True,
         control: ControlPlane | None = None,
         append_timeout_s: float = 2.0,
+        owns: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
         self.engine = engine
         # The shared control state (cluster.plane): account and every-account pauses, the change rows of a
@@ -87,6 +88,9 @@ class AdminService:
         self.control = control
         self.append_timeout_s = append_timeout_s  # a best-effort row waits at most this long (then in background)
         self._appends: set[asyncio.Task[int]] = set()
+        # Cluster mode, a trader not in this engine: whether this sidecar takes it (applies its kill switch here,
+        # making it). None: never (another sidecar holds it). See the sidecar's wiring (leases: cluster/).
+        self.owns = owns
         self.on_flags = on_flags
         # Kill-switch changes are in force at once, in memory; the RPC answers once this says they are committed
         # (the sidecar flushes the store: a SIGKILL right after PauseTrading must not bring the trader back
@@ -184,9 +188,12 @@ class AdminService:
     def _cluster(self) -> bool:
         return self.control is not None and self.control.cluster
 
-    def _local(self, trader_id: str) -> bool:
-        """Whether a trader's kill switch is applied here at once: single-sidecar modes, or this sidecar holds it."""
-        return not self._cluster() or trader_id in self.engine.traders
+    async def _local(self, trader_id: str) -> bool:
+        """Whether a trader's kill switch is applied here at once: single-sidecar modes, this sidecar holds it, or
+        `owns` says this sidecar takes it."""
+        if not self._cluster() or trader_id in self.engine.traders:
+            return True
+        return self.owns is not None and await self.owns(trader_id)
 
     async def pause_trading(self, req: ad.PauseTradingRequest, _ctx: Ctx) -> ad.PauseTradingResponse:
         v = Violations()
@@ -213,7 +220,7 @@ class AdminService:
             with store_errors("kill switch"):
                 sp = await self.control.pause_account(req.account_id or ALL_ACCOUNTS, state, until, req.reason)
             return ad.PauseTradingResponse(scope_pause=scope_msg(sp), control_state_version=sp.version)
-        if not self._local(req.trader_id):
+        if not await self._local(req.trader_id):
             assert self.control is not None
             now = self.engine.clock.now()
             until = None if duration is None else now + duration
@@ -245,7 +252,7 @@ class AdminService:
             with store_errors("kill switch"):
                 sp = await self.control.resume_account(req.account_id or ALL_ACCOUNTS)
             return ad.ResumeTradingResponse(control_state_version=sp.version)
-        if not self._local(req.trader_id):
+        if not await self._local(req.trader_id):
             assert self.control is not None
             version = await self._commit(self.control.record("resume", req.account_id, None, req.trader_id))
             st = self._elsewhere(req.trader_id, req.account_id)

@@ -116,6 +116,7 @@ class ControlListener:
         self.reconnects = 0
         self.wake = asyncio.Event()  # set when the plane is primed: catch up at once
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
         plane.age = self.age_seconds
 
     def age_seconds(self) -> float:
@@ -128,6 +129,7 @@ class ControlListener:
                        loop.create_task(self._watch(), name="tradeguard-control-watch")]
 
     async def stop(self) -> None:
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -142,6 +144,8 @@ class ControlListener:
         self._judge()
 
     def _judge(self) -> None:
+        if self._stopping:
+            return
         age = self.age_seconds()
         hearing = self.connected and age < HEARING_S
         if hearing != self.hearing:

@@ -293,6 +293,10 @@ class MemoryStore(StoreCounters):
         self._check()
         return [c for c in self.changes if c.trader_id == trader_id and c.kind in ("pause", "resume")]
 
+    async def trader_stored(self, trader_id: str) -> bool:
+        self._check()
+        return trader_id in self.states
+
     async def scope_changes(self) -> list[ControlChange]:
         self._check()
         latest: dict[str, ControlChange] = {}

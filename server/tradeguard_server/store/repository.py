@@ -136,6 +136,10 @@ class Repository:
     async def scope_changes(self) -> list[ControlChange]:
         return await self.db.call(changes.scope_changes, write=False)
 
+    async def trader_stored(self, trader_id: str) -> bool:
+        """Whether a risk_state row exists for the trader (some sidecar has held it)."""
+        return await self.db.call(lambda conn: sql.trader_stored(conn, trader_id), write=False)
+
     # ---- paged reads of what the writer wrote --------------------------------------------------------
 
     async def list_history(

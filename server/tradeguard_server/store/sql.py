@@ -83,6 +83,10 @@ def load_states(conn: Connection) -> list[StateRecord]:
     return _decoded(result.mappings(), codec.state_from_row, "risk_state")
 
 
+def trader_stored(conn: Connection, trader_id: str) -> bool:
+    return conn.execute(select(STATE.c.trader_id).where(STATE.c.trader_id == trader_id)).first() is not None
+
+
 def load_trade_ids(conn: Connection, keep: int = SEEN_TRADE_IDS_KEPT) -> dict[str, list[str]]:
     """Each trader's `keep` most recent trade ids, oldest first."""
     rn = func.row_number().over(

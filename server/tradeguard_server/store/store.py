@@ -328,6 +328,9 @@ class RiskStore(StoreCounters):
     async def scope_changes(self) -> list[ControlChange]:
         return await self.repository.scope_changes()
 
+    async def trader_stored(self, trader_id: str) -> bool:
+        return await self.repository.trader_stored(trader_id)
+
     async def list_history(
         self, trader_id: str, start: float | None, end: float | None, limit: int, after_id: int | None = None
     ) -> tuple[list[HistoryRecord], int | None]:
