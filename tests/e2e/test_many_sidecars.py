@@ -13,6 +13,7 @@ Select with `-k many_sidecars`.
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from pathlib import Path
 
@@ -260,3 +261,24 @@ async def _health_is(member: Member, status: int) -> bool:
 async def _age_above(member: Member, value: float) -> bool:
     age = await member.metric("tradeguard_control_state_age_seconds")
     return age is not None and age > value
+
+
+async def test_many_sidecars_cluster_kills_one_member_by_pid_and_cuts_only_the_proxied_members_database(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """The support the tests above stand on (tests/support/cluster.py): distinct ids, SIGKILL of one pid, a proxy
+    that takes one member's database away and gives it back."""
+    async with running_cluster(tmp_path, pg_url, 3, proxied=[2]) as cluster:
+        assert [m.sidecar_id for m in cluster] == ["sc-0", "sc-1", "sc-2"]
+        assert len({m.pid for m in cluster}) == 3 and cluster[2].proxy is not None and cluster[0].proxy is None
+        assert all(f"sidecar_id='{m.sidecar_id}'" in m.log() for m in cluster)
+
+        assert cluster[1].kill() == -signal.SIGKILL
+        assert not cluster[1].alive and cluster[0].alive and cluster[2].alive
+
+        cluster[2].proxy.cut()
+        assert await eventually(lambda: _health_is(cluster[2], NOT_SERVING), timeout=10)
+        assert await cluster[0].health_status(CONTROL_HEALTH) == SERVING
+        cluster[2].proxy.restore()
+        assert await eventually(lambda: _health_is(cluster[2], SERVING), timeout=15)
+

@@ -28,7 +28,7 @@ import re
 import signal
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,11 +161,24 @@ class Cluster:
     def __len__(self) -> int:
         return len(self.members)
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[Member]:
         return iter(self.members)
 
     def others(self, member: Member) -> list[Member]:
         return [m for m in self.members if m is not member]
+
+    async def hearing(self, timeout: float = 30.0) -> None:
+        """Wait until every live member's health `tradeguard.control` is SERVING (TimeoutError naming the others)."""
+        deadline = time.monotonic() + timeout
+        waiting = [m for m in self.members if m.alive]
+        while waiting:
+            statuses = await asyncio.gather(*(m.health_status(CONTROL_HEALTH) for m in waiting),
+                                            return_exceptions=True)
+            waiting = [m for m, s in zip(waiting, statuses, strict=True) if s != health_pb2.HealthCheckResponse.SERVING]
+            if waiting and time.monotonic() > deadline:
+                raise TimeoutError(f"{[m.sidecar_id for m in waiting]} do not hear the control state in {timeout:g} s")
+            if waiting:
+                await asyncio.sleep(0.02)
 
 
 async def _start_member(index: int, sidecar_id: str, tmp_path: Path, database_url: str, args: Sequence[str],
@@ -207,8 +220,12 @@ async def _close_member(member: Member) -> None:
 async def running_cluster(tmp_path: Path, database_url: str, n: int, *, proxied: Iterable[int] = (),
                           metrics: bool = False, settings: Mapping[str, Any] | None = None,
                           member_settings: Mapping[int, Mapping[str, Any]] | None = None,
-                          names: Sequence[str] | None = None) -> AsyncIterator[Cluster]:
+                          names: Sequence[str] | None = None, hearing: bool = True) -> AsyncIterator[Cluster]:
     """n sidecars on `database_url`, started concurrently; each stopped (SIGTERM) at exit, then its proxy closed.
+
+    With `hearing` (the default) the cluster is handed over once every member hears the shared control state
+    (health `tradeguard.control` SERVING): a sidecar writes its ready file before its LISTEN connection has made
+    its first read, and a change made in between would only be caught up, not heard.
 
     settings: for every member (`{"control_poll_seconds": 1}`); member_settings: more for one member (by index).
     A member that fails to start fails the whole start (the others are stopped), with its log in the error.
@@ -231,6 +248,8 @@ async def running_cluster(tmp_path: Path, database_url: str, n: int, *, proxied:
         raise failures[0]
     cluster = Cluster(members, database_url, tmp_path)
     try:
+        if hearing:
+            await cluster.hearing()
         yield cluster
     finally:
         await asyncio.gather(*(_close_member(m) for m in members))
