@@ -324,7 +324,7 @@ class Sidecar:
 
     # ---- the shared control state (cluster/) ------------------------------------------------------
 
-    async def _prime_control(self) -> None:
+    async def _prime_control(self, background: bool = False) -> None:
         """Once the stored state is installed: read the scope pauses (retried in the background while the store
         cannot answer), then apply the other sidecars' changes from the version the state was read at."""
         from .store.errors import StoreError
@@ -335,9 +335,9 @@ class Sidecar:
                 await self.control.prime(self.persistence.control_version)
                 break
             except StoreError as exc:
-                if not self._control_tasks:  # the first try (at start): go on serving, retry in the background
+                if not background:  # the first try: go on (serving), retry in the background
                     log.warning("control state: scope pauses not read yet (%s); retrying", exc)
-                    task = asyncio.get_running_loop().create_task(self._prime_control())
+                    task = asyncio.get_running_loop().create_task(self._prime_control(background=True))
                     self._control_tasks.add(task)
                     task.add_done_callback(self._control_tasks.discard)
                     return

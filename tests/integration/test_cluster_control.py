@@ -62,7 +62,9 @@ async def within(predicate: Any, seconds: float = PROPAGATION_S) -> float:
     """Await `predicate` (async) for at most `seconds`; returns how long it took (fails the test otherwise)."""
     start = time.monotonic()
     assert await eventually(predicate, timeout=seconds, interval=0.005), f"not in force within {seconds}s"
-    return time.monotonic() - start
+    took = time.monotonic() - start
+    print(f"in force on the other sidecar after {took * 1000:.0f} ms")
+    return took
 
 
 async def test_configurations_saved_and_deleted_on_one_sidecar_are_enforced_on_the_other(pg_url: str) -> None:
@@ -234,7 +236,8 @@ async def test_cut_listener_connection_is_visible_and_changes_made_meanwhile_app
     proxy = await FaultProxy().start()
     settings = load_settings({}, {"database_url": pg_url, "enable_persistence": True, "sidecar_id": "B",
                                   "listen": "127.0.0.1:0", "dev_open_admin": True, "uvloop": False,
-                                  "metrics_listen": "", "http_listen": "", "control_state_max_age_seconds": 2.0,
+                                  "metrics_listen": "127.0.0.1:0", "http_listen": "",
+                                  "control_state_max_age_seconds": 2.0,
                                   "control_state_stale_action": "reduce_only"})
     b_sidecar = Sidecar(settings)
     assert b_sidecar.control_listener is not None
@@ -249,12 +252,13 @@ async def test_cut_listener_connection_is_visible_and_changes_made_meanwhile_app
             proxy.cut()
             assert await eventually(
                 lambda: _is(b.control_health(), health_pb2.HealthCheckResponse.NOT_SERVING), timeout=5)
-            age = b_sidecar.control.control_state_age_seconds()
+            age = metric(b_sidecar, "tradeguard_control_state_age_seconds")
             cfg = t.RiskConfiguration(account_id="acct", config_id="tight", is_active=True, max_order_notional=0.01)
             await a.admin.SaveConfig(ad.SaveConfigRequest(config=cfg))
             await a.admin.PauseTrading(ad.PauseTradingRequest(account_id="acct-2",
                                                               trading_state=t.TRADING_STATE_HALTED))
-            assert await eventually(lambda: b_sidecar.control.control_state_age_seconds() > age + 0.5, timeout=5)
+            assert await eventually(lambda: metric(b_sidecar, "tradeguard_control_state_age_seconds") > age + 0.5,
+                                    timeout=5)
             # Past control_state_max_age_seconds: reduce_only, new exposure is denied as CONTROL_STATE_STALE.
 
             async def stale() -> bool:
@@ -273,10 +277,18 @@ async def test_cut_listener_connection_is_visible_and_changes_made_meanwhile_app
             assert await eventually(caught_up, timeout=10)
             assert await b.control_health() == health_pb2.HealthCheckResponse.SERVING
             assert b_sidecar.engine.control_gate is None
-            assert b_sidecar.control.control_state_age_seconds() < 2.0
+            assert metric(b_sidecar, "tradeguard_control_state_age_seconds") < 2.0
+            assert metric(b_sidecar, "tradeguard_control_changes_applied_total", {"kind": "config"}) == 1
+            assert metric(b_sidecar, "tradeguard_control_state_version") == b_sidecar.control.version >= 2
     finally:
         await b_sidecar.stop()
         await proxy.close()
+
+
+def metric(sidecar: Sidecar, name: str, labels: dict[str, str] | None = None) -> float:
+    value = sidecar.metrics.registry.get_sample_value(name, labels or {})  # type: ignore[attr-defined]
+    assert value is not None, name
+    return float(value)
 
 
 async def _is(value: Any, expected: int) -> bool:

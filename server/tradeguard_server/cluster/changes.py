@@ -18,7 +18,7 @@ Changes are rare (people make them), so serializing them costs nothing that matt
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -48,7 +48,6 @@ class ControlChange:
     trace_id: str | None = None
     created_at: float = 0.0
     version: int = 0
-    extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # memory only
 
     @property
     def scope(self) -> bool:
