@@ -101,9 +101,12 @@ async def test_losses_spread_over_three_sidecars_pause_every_trader_within_a_sec
               f"{ {k: round(v, 3) for k, v in sorted(paused_after.items())} }")
         assert max(paused_after.values()) < 1.0, paused_after
         for node in nodes:
+            # The account pause (the control plane) can reach a sidecar before its view's next round: the numbers
+            # follow within account_view_seconds.
+            assert await eventually(lambda n=node: sees(n, "account_daily_loss", "3.17%"), timeout=10)
             resp = await node.can_trade()
             loss = check(resp, "account_daily_loss")
-            assert not resp.allowed and "ACCOUNT_LIMIT" in resp.reason
+            assert not resp.allowed and resp.code in (t.DECISION_CODE_ACCOUNT_LIMIT, t.DECISION_CODE_KILL_SWITCH)
             assert (round(loss.value, 2), loss.limit, loss.code) == (3.17, 3.0, t.DECISION_CODE_ACCOUNT_LIMIT)
             daily = check(resp, "daily_loss")
             assert daily.status == t.CHECK_STATUS_PASS  # no trader breached its own limit
@@ -201,6 +204,8 @@ async def test_the_account_peak_is_shared_through_account_marks_and_drawdown_see
             assert await eventually(lambda: sees(nodes[2], "account_drawdown", "peak 33000.00"), timeout=10)
             assert await eventually(
                 lambda: all_halted(nodes), timeout=5), [n.sidecar.account_view.pauses for n in nodes]
+            # The account pause can reach nodes[2] before its view's next round: the numbers follow.
+            assert await eventually(lambda: sees(nodes[2], "account_drawdown", "equity 29600.00"), timeout=10)
             resp = await nodes[2].can_trade()
             dd = check(resp, "account_drawdown")
             assert (round(dd.value, 2), dd.limit) == (10.30, 10.0) and "equity 29600.00" in dd.detail

@@ -75,8 +75,6 @@ def test_a_second_sidecar_refuses_a_trader_owned_by_a_live_one_naming_the_owner(
         rsg.RiskServiceStub(ca).ReportEquity(rs.ReportEquityRequest(**ids("bot-1"), equity=10_000))
         risk_b, admin_b = rsg.RiskServiceStub(cb), adg.AdminServiceStub(cb)
         for call in (lambda: risk_b.CanTrade(rs.CanTradeRequest(**ids("bot-1"), order=BUY)),
-                     lambda: admin_b.PauseTrading(ad.PauseTradingRequest(
-                         **ids("bot-1"), trading_state=t.TRADING_STATE_HALTED)),
                      lambda: risk_b.ReportEquity(rs.ReportEquityRequest(**ids("bot-1"), equity=1)),
                      lambda: risk_b.GetRiskState(rs.GetRiskStateRequest(**ids("bot-1")))):
             with pytest.raises(grpc.RpcError) as err:
@@ -88,6 +86,10 @@ def test_a_second_sidecar_refuses_a_trader_owned_by_a_live_one_naming_the_owner(
         # The owner is untouched: its state is the one it holds.
         state = rsg.RiskServiceStub(ca).GetRiskState(rs.GetRiskStateRequest(**ids("bot-1"))).state
         assert state.current_equity == 10_000
+        # A kill switch pressed on B for A's trader is not refused: it goes to the owner (a control change).
+        admin_b.PauseTrading(ad.PauseTradingRequest(**ids("bot-1"), trading_state=t.TRADING_STATE_HALTED))
+        assert asyncio.run(eventually(lambda: rsg.RiskServiceStub(ca).GetRiskState(rs.GetRiskStateRequest(
+            **ids("bot-1"))).state.trading_state == t.TRADING_STATE_HALTED, timeout=1.0))
         # Another trader is free: B takes it.
         assert risk_b.ReportEquity(rs.ReportEquityRequest(**ids("bot-2"), equity=5_000)).state.current_equity == 5_000
     assert sorted(rows(pg_url, "SELECT trader_id, owner FROM trader_leases")) == [("bot-1", "sc-a"), ("bot-2", "sc-b")]
@@ -415,7 +417,7 @@ async def test_a_claim_hands_the_traders_pause_and_resume_changes_to_the_replay_
                      "'sc-z', 'alice', now()), ('config', %s, '', NULL, 'sc-z', 'alice', now()), "
                      "('resume', %s, 'bot-p', NULL, 'sc-z', 'alice', now())", ACCOUNT, ACCOUNT, ACCOUNT)
         assert sc.takeover is not None
-        sc.takeover.replay = lambda st, changes: seen.append((st.trader_id, [c["kind"] for c in changes]))
+        sc.takeover.replay = lambda st, changes: seen.append((st.trader_id, [c.kind for c in changes]))
         await rsg.RiskServiceStub(ch).CanTrade(rs.CanTradeRequest(**ids("bot-p")))
         await rsg.RiskServiceStub(ch).CanTrade(rs.CanTradeRequest(**ids("bot-p")))  # owned: no second claim
     assert seen == [("bot-p", ["pause", "resume"])]
