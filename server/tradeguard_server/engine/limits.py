@@ -66,6 +66,10 @@ class Limits:
     max_fills_per_window: int | None = None
     fill_window_seconds: int = 60
     pending_order_ttl_seconds: int = 60
+    # Dead-man's switch (issue 18): no call or session message of a trader for this long pauses it
+    # (heartbeat_pause_state) until resumed; None = no heartbeat required.
+    heartbeat_timeout_seconds: int | None = None
+    heartbeat_pause_state: TradingState = TradingState.HALTED
     symbols: dict[str, SymbolLimits] = field(default_factory=dict)
 
     def for_symbol(self, symbol: str) -> SymbolLimits | None:

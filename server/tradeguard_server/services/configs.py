@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 
 from ..engine.engine import RiskEngine
 from ..engine.limits import Limits, SymbolLimits
-from ..engine.types import TradingWindow
+from ..engine.types import TradingState, TradingWindow
 from ..store.errors import NotFound
 from ..store.protocol import ConfigRepository
 from ..store.records import ConfigRecord, TradingWindowRecord
@@ -107,6 +107,9 @@ def limits_for(cfg: ConfigRecord, defaults: Limits) -> Limits:
         max_fills_per_window=some(cfg.max_fills_per_window, defaults.max_fills_per_window),
         fill_window_seconds=whole(cfg.fill_window_seconds, defaults.fill_window_seconds),
         pending_order_ttl_seconds=whole(cfg.pending_order_ttl_seconds, defaults.pending_order_ttl_seconds),
+        heartbeat_timeout_seconds=some(cfg.heartbeat_timeout_seconds, defaults.heartbeat_timeout_seconds),
+        heartbeat_pause_state=TradingState[cfg.heartbeat_pause_state] if cfg.heartbeat_pause_state
+        else defaults.heartbeat_pause_state,
         symbols={
             sc.symbol.upper(): SymbolLimits(
                 symbol=sc.symbol.upper(),

@@ -37,6 +37,7 @@ CONFIG_FIELDS = (
     "max_order_quantity", "max_position_quantity", "max_open_orders", "price_collar_percentage",
     "reference_price_max_age_seconds", "duplicate_order_window_ms", "max_daily_notional", "max_daily_orders",
     "max_fills_per_window", "fill_window_seconds", "pending_order_ttl_seconds",
+    "heartbeat_timeout_seconds", "heartbeat_pause_state",
 )
 # JSON columns of risk_configurations besides market_regime_thresholds and correlation_groups (NULL: none).
 CONFIG_SYMBOL_LISTS = ("allowed_symbols", "blocked_symbols")

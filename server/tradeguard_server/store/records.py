@@ -124,6 +124,8 @@ class ConfigRecord:
     max_fills_per_window: int | None = None
     fill_window_seconds: int | None = None
     pending_order_ttl_seconds: int | None = None
+    heartbeat_timeout_seconds: int | None = None  # dead-man's switch (issue 18); None = not set (off)
+    heartbeat_pause_state: str | None = None  # "HALTED" | "REDUCING"; None = HALTED
     symbol_configs: list[SymbolConfigRecord] = field(default_factory=list)
     created_at: float | None = None  # set by the store
     updated_at: float | None = None  # set by the store
