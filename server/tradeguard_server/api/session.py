@@ -231,7 +231,7 @@ class SessionService:
                 return
             read, write = context.read, context.write
             live = _Live(declared)
-            context.add_done_callback(lambda ctx: self._ended(live, ctx))
+            context.add_done_callback(lambda ctx: self._ended(live, ctx))  # type: ignore[arg-type]
             self.open_sessions += 1
             try:
                 while True:
