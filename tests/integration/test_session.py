@@ -249,3 +249,42 @@ async def test_heartbeat_fields_are_validated_naming_the_field(admin: adg.AdminS
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "config.heartbeat_timeout_seconds" in (err.value.details() or "")
     assert "config.heartbeat_pause_state" in (err.value.details() or "")
+
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+@pytest.mark.parametrize("traced", [False, True], ids=["tracing-off", "tracing-on"])
+async def test_history_rows_of_session_calls_record_the_sessions_trace_id(traced: bool) -> None:
+    import psycopg
+
+    from tests.support.pg import fresh_database, plain_dsn
+
+    with fresh_database("tradeguard_session_trace") as url:
+        async with running_sidecar(database_url=url, enable_persistence=True, tracing=traced) as sc, \
+                grpc.aio.insecure_channel(sc.address) as ch:
+            await exchange(rsg.RiskServiceStub(ch), [
+                req(1, report_equity=rs.ReportEquityRequest(**IDS, equity=10_000)),
+                req(2, report_equity=rs.ReportEquityRequest(**IDS, equity=10_001)),
+            ], metadata=(("traceparent", f"00-{TRACE_ID}-00f067aa0ba902b7-01"),))
+            assert await sc.store.flush(timeout=10)
+        with psycopg.connect(plain_dsn(url)) as conn:
+            rows = conn.execute("SELECT trace_id FROM risk_state_history WHERE trader_id = %s ORDER BY id",
+                                ("bot-1",)).fetchall()
+    assert [r[0] for r in rows] == [TRACE_ID, TRACE_ID]
+
+
+async def test_with_tracing_on_answers_and_cancel_on_disconnect_work_as_without() -> None:
+    async with running_sidecar(tracing=True) as sc, grpc.aio.insecure_channel(sc.address) as ch:
+        risk = rsg.RiskServiceStub(ch)
+        answers = await exchange(risk, [req(1, report_equity=rs.ReportEquityRequest(**IDS, equity=10_000)),
+                                        req(2, can_trade=rs.CanTradeRequest(trader_id="bot-1", account_id="")),
+                                        req(3, can_trade=rs.CanTradeRequest(**IDS))])
+        assert [a.WhichOneof("result") for a in answers] == ["report_equity", "error", "can_trade"]
+        call = risk.Session()
+        await call.write(req(1, open=rs.SessionOpen(**IDS, on_disconnect=t.TRADING_STATE_HALTED)))
+        assert (await call.read()).opened.trader_id == "bot-1"
+
+        call.cancel()
+
+        assert await eventually(lambda: paused(sc) is TradingState.HALTED, timeout=5)

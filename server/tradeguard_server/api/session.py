@@ -23,6 +23,7 @@ WatchRiskState). The sidecar's own shutdown ends every session without pausing a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -202,7 +203,9 @@ class SessionService:
 
     def handler(self, guard: Guard | None = None, metrics: Any = None) -> grpc.RpcMethodHandler[Any, Any]:
         calls = self._calls(metrics)
-        session = self._session(calls, guard)
+        session: Any = self._session(calls, guard)
+        if self.tracer is not None:  # OpenTelemetry's aio interceptor iterates a stream handler's answers
+            session = as_generator(session)
         return grpc.stream_stream_rpc_method_handler(session, request_deserializer=None, response_serializer=None)
 
     def _session(self, calls: dict[str, tuple[Handler, int]], guard: Guard | None
@@ -341,3 +344,58 @@ class SessionService:
         if self.heard is not None:
             self.heard(out.trader_id)
         return out
+
+
+class _StreamContext:
+    """The session's view of a call served as an async generator: `read` from the request iterator, `write` to the
+    answers the generator yields; everything else is the call's own context."""
+
+    def __init__(self, context: Any, requests: Any, answers: asyncio.Queue[Any]) -> None:
+        self._context = context
+        self._requests = requests.__aiter__()
+        self._answers = answers
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+    async def read(self) -> Any:
+        try:
+            return await self._requests.__anext__()
+        except StopAsyncIteration:
+            return grpc.aio.EOF  # type: ignore[attr-defined]
+
+    async def write(self, data: bytes) -> None:
+        await self._answers.put(data)
+
+
+def as_generator(session: Callable[[Any, Any], Awaitable[None]]) -> Callable[[Any, Any], Any]:
+    """The session loop (context.read / context.write) as an async generator of answers, for the tracing
+    interceptor (which iterates the handler's answers). One task per session, not per message."""
+    end = object()
+
+    async def handler(requests: Any, context: Any) -> Any:
+        answers: asyncio.Queue[Any] = asyncio.Queue()
+        view = _StreamContext(context, requests, answers)
+
+        async def run() -> None:
+            try:
+                await session(None, view)
+            finally:
+                answers.put_nowait(end)
+
+        task = asyncio.get_running_loop().create_task(run())
+        try:
+            while True:
+                item = await answers.get()
+                if item is end:
+                    break
+                yield item
+            await task  # its failure (an abort) is the call's
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    return handler
+
