@@ -288,3 +288,17 @@ async def test_with_tracing_on_answers_and_cancel_on_disconnect_work_as_without(
         call.cancel()
 
         assert await eventually(lambda: paused(sc) is TradingState.HALTED, timeout=5)
+
+
+async def test_session_calls_are_counted_in_the_rpc_metrics_per_call_kind() -> None:
+    from prometheus_client import generate_latest
+
+    async with running_sidecar(metrics_listen="127.0.0.1:0") as sc, grpc.aio.insecure_channel(sc.address) as ch:
+        await exchange(rsg.RiskServiceStub(ch), [req(1, can_trade=rs.CanTradeRequest(**IDS)),
+                                                 req(2, report_equity=rs.ReportEquityRequest(**IDS, equity=1.0)),
+                                                 req(3, can_trade=rs.CanTradeRequest(**IDS))])
+        text = generate_latest(sc.metrics.registry).decode()  # type: ignore[attr-defined]
+
+    assert 'tradeguard_rpc_duration_seconds_count{method="CanTrade"} 2.0' in text
+    assert 'tradeguard_rpc_duration_seconds_count{method="ReportEquity"} 1.0' in text
+    assert 'tradeguard_decisions_total{code="NO_EQUITY_REPORTED",outcome="denied"} 1.0' in text
