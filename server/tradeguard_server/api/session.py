@@ -65,7 +65,7 @@ CALLS: dict[str, tuple[str, int]] = {
     "report_prices": ("ReportPrices", 7),
 }
 OPENED_FIELD = 8
-EOF_SETTLE_S = 0.02  # after EOF, how long a declared session waits for a cancel before it counts as clean
+EOF_SETTLE_S = 0.1  # after EOF, how long a declared session waits for a cancel before it counts as clean
 ERROR_FIELD = 9
 Handler = Callable[[Any, Any], Awaitable[Message]]
 INTERNAL = status_pb2.Status(code=code_pb2.INTERNAL, message="internal error; see the sidecar's log")
@@ -242,7 +242,7 @@ class SessionService:
                     if raw is eof:
                         # A half-close, or a cancelled call: grpc.aio reads EOF for both. A cancel's notice (the
                         # handler task cancelled by grpc) follows within the same turn of the loop (measured: one
-                        # yield); wait a little longer before taking it as a clean close.
+                        # yield); wait EOF_SETTLE_S before taking it as a clean close (a missed kill pauses nobody).
                         if live.declared is not None:
                             for _ in range(3):
                                 await asyncio.sleep(0)
