@@ -20,6 +20,7 @@ import contextlib
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,8 @@ def default_can_trade() -> rs.CanTradeResponse:
 
 
 class ConstantRiskService(rsg.RiskServiceServicer):
-    """CanTrade / ReportEquity answer a constant; the other RPCs keep the generated UNIMPLEMENTED."""
+    """CanTrade / ReportEquity answer a constant, Session answers every request with the CanTrade constant; the
+    other RPCs keep the generated UNIMPLEMENTED."""
 
     def __init__(self, can_trade: rs.CanTradeResponse, report_equity: rs.ReportEquityResponse) -> None:
         self._can_trade = can_trade
@@ -49,6 +51,14 @@ class ConstantRiskService(rsg.RiskServiceServicer):
         self, request: rs.ReportEquityRequest, context: Any
     ) -> rs.ReportEquityResponse:
         return self._report_equity
+
+    async def Session(
+        self, request_iterator: AsyncIterator[rs.SessionRequest], context: Any
+    ) -> AsyncIterator[rs.SessionResponse]:
+        """The bare streaming servicer (issue 18): each request answered with the constant CanTradeResponse and its
+        request_id, as the generated stubs make it (an async generator over the request iterator)."""
+        async for request in request_iterator:
+            yield rs.SessionResponse(request_id=request.request_id, can_trade=self._can_trade)
 
 
 def check_loopback(listen: str) -> None:

@@ -31,6 +31,7 @@ from .api.risk_service import SERVICE as RISK_SERVICE
 from .api.risk_service import RiskService
 from .api.risk_state import state_msg
 from .api.risk_states_admin import RiskStatesAdmin
+from .api.session import SessionEnd, SessionService
 from .api.watch import WatchHub, WatchUpdates
 from .auth import Credentials, create_private_file, sqlite_path
 from .cluster.takeover import Takeover
@@ -38,6 +39,7 @@ from .engine.breakers.evaluator import Evaluator
 from .engine.clock import Clock, SystemClock
 from .engine.engine import RiskEngine
 from .engine.events import Listener
+from .engine.heartbeat import HEARTBEAT_SCAN_S, DeadMansSwitch
 from .engine.types import Flags
 from .httpapi import HttpApi
 from .observability.metrics import MetricsSink, NullMetrics, PrometheusMetrics
@@ -245,6 +247,14 @@ class Sidecar:
         self.risk = RiskService(self.engine, self.hub, settings.max_clock_skew_s, on_trade=self.persistence.on_trade,
                                 trade_known=self.persistence.trade_known if self.durable else None,
                                 control=self.control, owners=self.takeover)
+        # Issue 18: the Session stream (cancel-on-disconnect) and the dead-man's switch hear every bot call.
+        self.deadman = DeadMansSwitch(self.engine)
+        self.risk.heard = self.deadman.heard
+        self._closing = False  # stopping: sessions end without cancel-on-disconnect pauses
+        self.session = SessionService(self.risk, on_lost=self._session_lost, closing=lambda: self._closing,
+                                      heard=self.deadman.heard)
+        self._heartbeats: asyncio.Task[None] | None = None
+        self._pending_stores: set[asyncio.Task[bool]] = set()
         self.admin = AdminService(self.engine, self._on_flags, store_now=self._store_now,
                                   loaded=lambda: self.persistence.loaded, control=self.control,
                                   owns=self._takes_trader)
@@ -451,6 +461,33 @@ class Sidecar:
                 except Exception:  # a listener failed: logged by the engine; the next round tries again
                     log.exception("releasing expired pending orders failed")
 
+    def _store_soon(self) -> None:
+        """A pause made without a caller waiting (cancel-on-disconnect, dead-man's switch): flushed like a kill
+        switch, in a task of its own."""
+        task = asyncio.get_running_loop().create_task(self._store_now())
+        self._pending_stores.add(task)
+        task.add_done_callback(self._pending_stores.discard)
+
+    def _session_lost(self, end: SessionEnd) -> None:
+        """Cancel-on-disconnect: a declared session ended without a clean close: pause its trader."""
+        d = end.declared
+        if d.state is None:
+            return
+        reason = (f"cancel-on-disconnect: the Session from {end.peer} ended without a clean close ({end.why})")
+        self.engine.pause(d.trader_id, d.account_id, d.state, d.duration_s, reason, by="cancel-on-disconnect")
+        self._store_soon()
+
+    async def _watch_heartbeats(self) -> None:
+        """The dead-man's switch: every HEARTBEAT_SCAN_S, pause the traders whose heartbeat is overdue."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_SCAN_S)
+            if self.engine.journal is None:  # (while the stored state loads, nobody has been heard yet)
+                try:
+                    if self.deadman.scan():
+                        self._store_soon()
+                except Exception:
+                    log.exception("dead-man's switch scan failed")
+
     async def _sample_store(self) -> None:
         """Copy the store's counters into metrics once a second (the writer itself never touches metrics)."""
         store, metrics = self.store, self.metrics
@@ -588,7 +625,11 @@ class Sidecar:
         )
         # Registered methods (as the generated stubs register them): grpc core matches the path itself,
         # instead of asking every generic handler in turn. The generic handlers stay as the fallback.
-        for name, methods in ((RISK_SERVICE, self.risk.methods(self._trader_guard)),
+        risk_methods = self.risk.methods(self._trader_guard)
+        if self.tracing is not None:
+            self.session.tracer = self.tracing.provider.get_tracer("tradeguard.session")
+        risk_methods["Session"] = self.session.handler(self._trader_guard, self.metrics)
+        for name, methods in ((RISK_SERVICE, risk_methods),
                               (ADMIN_SERVICE, self.admin.methods(self._admin_guard))):
             timed = self.metrics.instrument(methods)
             self.grpc_handlers.update({f"/{name}/{method}": handler for method, handler in timed.items()})
@@ -637,6 +678,7 @@ class Sidecar:
         self._releaser = asyncio.get_running_loop().create_task(self._release_orders())
         await self._start_control()
         self.account_view.start()  # account-wide limits: the view's rounds
+        self._heartbeats = asyncio.get_running_loop().create_task(self._watch_heartbeats())
         for name in ("", RISK_SERVICE, ADMIN_SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if s.credentials_reload_s:
@@ -659,13 +701,14 @@ class Sidecar:
         """Health NOT_SERVING, streams ended, in-flight calls finished, then the store drained."""
         log.info("shutting down: health NOT_SERVING, finishing in-flight calls")
         await self.health.enter_graceful_shutdown()
+        self._closing = True
         self.hub.close()
         # Both listeners drain together, within the same grace: in-flight calls finish, new ones are refused.
         stops: list[Awaitable[None]] = [] if self.server is None else [self.server.stop(self.settings.shutdown_grace_s)]
         if self.http is not None:
             stops.append(self.http.stop())
         await asyncio.gather(*stops)
-        for task in (self._sampler, self._releaser):
+        for task in (self._sampler, self._releaser, self._heartbeats):
             if task is not None:
                 task.cancel()
         if self._credentials_task is not None:

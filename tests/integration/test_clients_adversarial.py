@@ -31,6 +31,9 @@ from tradeguard_client import (
 
 pytestmark = pytest.mark.integration
 
+# The adversaries speak unary gRPC only (they answer once the request is complete): these tests pin the unary path
+# (session=False). The Session path's failures: tests/integration/test_session_client.py.
+
 DEADLINE = 0.5
 ORDER = Order("BTCUSDT", "BUY", 0.01, 50_000, exchange="binance")
 ALLOWED = rs.CanTradeResponse(allowed=True, code=t.DECISION_CODE_ALLOWED, reason="all checks passed")
@@ -57,7 +60,7 @@ def check_outcome(scenario: Scenario, outcome: Decision | TradeGuardError, elaps
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
 def test_sync_can_trade_against_an_adversary_denies_or_raises_within_its_deadline(
         scenario: Scenario, adversaries: AdversaryFleet) -> None:
-    with RiskClient(adversaries.address(scenario), timeout=DEADLINE) as guard:
+    with RiskClient(adversaries.address(scenario), session=False, timeout=DEADLINE) as guard:
         start = time.monotonic()
         try:
             outcome: Decision | TradeGuardError = guard.can_trade("bot-1", "acct-1", ORDER)
@@ -69,7 +72,7 @@ def test_sync_can_trade_against_an_adversary_denies_or_raises_within_its_deadlin
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
 async def test_async_can_trade_against_an_adversary_denies_or_raises_within_its_deadline(
         scenario: Scenario, adversaries: AdversaryFleet) -> None:
-    async with AsyncRiskClient(adversaries.address(scenario), timeout=DEADLINE) as guard:
+    async with AsyncRiskClient(adversaries.address(scenario), session=False, timeout=DEADLINE) as guard:
         start = time.monotonic()
         try:
             outcome: Decision | TradeGuardError = await guard.can_trade("bot-1", "acct-1", ORDER)
@@ -84,7 +87,7 @@ IMPOSSIBLE = [s for s in SCENARIOS if s.expect == "invalid"]
 @pytest.mark.parametrize("scenario", IMPOSSIBLE, ids=[s.name for s in IMPOSSIBLE])
 def test_fail_open_never_opens_for_an_answer_that_breaks_the_protocol(scenario: Scenario,
                                                                       adversaries: AdversaryFleet) -> None:
-    with RiskClient(adversaries.address(scenario), timeout=DEADLINE, fail_open=True) as guard:
+    with RiskClient(adversaries.address(scenario), session=False, timeout=DEADLINE, fail_open=True) as guard:
         decision = guard.can_trade("bot-1", "acct-1", ORDER)
 
     assert not decision and decision.code == "INVALID_RESPONSE"
@@ -93,7 +96,7 @@ def test_fail_open_never_opens_for_an_answer_that_breaks_the_protocol(scenario: 
 @pytest.mark.parametrize("scenario", [s for s in SCENARIOS if s.name.endswith("corrupt_details")],
                          ids=lambda s: s.name)
 def test_corrupt_status_details_never_escape_as_decode_error_from_other_methods(scenario: Scenario) -> None:
-    with (serve(scenario) as adversary, RiskClient(adversary.address, timeout=DEADLINE) as guard,
+    with (serve(scenario) as adversary, RiskClient(adversary.address, session=False, timeout=DEADLINE) as guard,
           pytest.raises(TradeGuardError) as caught):
         guard.report_equity("bot-1", "acct-1", 10_000)
 
@@ -103,7 +106,7 @@ def test_corrupt_status_details_never_escape_as_decode_error_from_other_methods(
 
 def test_other_methods_raise_invalid_response_error_for_an_ok_without_a_message() -> None:
     scenario = next(s for s in SCENARIOS if s.name == "status_OK_without_a_message")
-    with (serve(scenario) as adversary, RiskClient(adversary.address, timeout=DEADLINE) as guard,
+    with (serve(scenario) as adversary, RiskClient(adversary.address, session=False, timeout=DEADLINE) as guard,
           pytest.raises(InvalidResponseError, match="without a message")):
         guard.get_risk_state("bot-1", "acct-1")
 
@@ -111,7 +114,7 @@ def test_other_methods_raise_invalid_response_error_for_an_ok_without_a_message(
 async def test_async_other_methods_raise_invalid_response_error_for_an_ok_without_a_message() -> None:
     scenario = next(s for s in SCENARIOS if s.name == "status_OK_without_a_message")
     with serve(scenario) as adversary:
-        async with AsyncRiskClient(adversary.address, timeout=DEADLINE) as guard:
+        async with AsyncRiskClient(adversary.address, session=False, timeout=DEADLINE) as guard:
             with pytest.raises(InvalidResponseError, match="without a message"):
                 await guard.report_equity("bot-1", "acct-1", 10_000)
 
@@ -123,7 +126,7 @@ def order_ids(bodies: list[bytes]) -> list[str]:
 def test_a_retried_can_trade_repeats_the_client_order_id_the_client_made() -> None:
     scenario = answer("answer_lost_then_allowed", "allow", ALLOWED, fail_first=2)
     retry = RetryPolicy(max_attempts=3, initial_backoff=0.01)
-    with serve(scenario) as adversary, RiskClient(adversary.address, timeout=2.0, retry=retry) as guard:
+    with serve(scenario) as adversary, RiskClient(adversary.address, session=False, timeout=2.0, retry=retry) as guard:
         decision = guard.can_trade("bot-1", "acct-1", ORDER)
         again = guard.can_trade("bot-1", "acct-1", ORDER)
 
@@ -137,7 +140,7 @@ async def test_async_retried_can_trade_repeats_the_callers_client_order_id() -> 
     scenario = answer("answer_lost_then_allowed", "allow", ALLOWED, fail_first=1)
     retry = RetryPolicy(max_attempts=2, initial_backoff=0.01)
     with serve(scenario) as adversary:
-        async with AsyncRiskClient(adversary.address, timeout=2.0, retry=retry) as guard:
+        async with AsyncRiskClient(adversary.address, session=False, timeout=2.0, retry=retry) as guard:
             order = Order("BTCUSDT", "BUY", 0.01, 50_000, client_order_id="bot-1:order-7")
             decision = await guard.can_trade("bot-1", "acct-1", order)
 
@@ -147,7 +150,7 @@ async def test_async_retried_can_trade_repeats_the_callers_client_order_id() -> 
 
 def test_an_unreachable_decision_names_the_order_id_so_the_bot_can_retry_with_it() -> None:
     scenario = next(s for s in SCENARIOS if s.name == "status_UNAVAILABLE")
-    with serve(scenario) as adversary, RiskClient(adversary.address, timeout=DEADLINE) as guard:
+    with serve(scenario) as adversary, RiskClient(adversary.address, session=False, timeout=DEADLINE) as guard:
         decision = guard.can_trade("bot-1", "acct-1", ORDER)
 
     assert decision.sidecar_unavailable and decision.client_order_id in order_ids(adversary.requests)
@@ -156,7 +159,7 @@ def test_an_unreachable_decision_names_the_order_id_so_the_bot_can_retry_with_it
 def test_sync_calls_after_close_raise_client_closed_error() -> None:
     scenario = answer("allowed", "allow", ALLOWED)
     with serve(scenario) as adversary:
-        guard = RiskClient(adversary.address, timeout=DEADLINE)
+        guard = RiskClient(adversary.address, session=False, timeout=DEADLINE)
         assert guard.can_trade("bot-1", "acct-1", ORDER)
         guard.close()
 
@@ -171,7 +174,7 @@ def test_sync_calls_after_close_raise_client_closed_error() -> None:
 def test_an_async_client_works_across_two_asyncio_runs() -> None:
     scenario = answer("allowed", "allow", ALLOWED)
     with serve(scenario) as adversary:
-        guard = AsyncRiskClient(adversary.address, timeout=DEADLINE)
+        guard = AsyncRiskClient(adversary.address, session=False, timeout=DEADLINE)
 
         first = asyncio.run(guard.can_trade("bot-1", "acct-1", ORDER))
         second = asyncio.run(guard.can_trade("bot-1", "acct-1", ORDER))
@@ -183,7 +186,7 @@ def test_an_async_client_works_across_two_asyncio_runs() -> None:
 
 def test_unreachable_is_still_a_decision_not_an_exception() -> None:
     scenario = next(s for s in SCENARIOS if s.name == "connection_reset")
-    with serve(scenario) as adversary, RiskClient(adversary.address, timeout=DEADLINE) as guard:
+    with serve(scenario) as adversary, RiskClient(adversary.address, session=False, timeout=DEADLINE) as guard:
         decision = guard.can_trade("bot-1", "acct-1", ORDER)
         with pytest.raises(SidecarUnavailableError):
             guard.report_equity("bot-1", "acct-1", 1.0)

@@ -307,7 +307,8 @@ def test_sync_calls_end_at_their_deadline_against_a_hung_sidecar() -> None:
 
 
 async def test_async_client_retries_unavailable_until_the_real_sidecar_answers(sidecar: Sidecar) -> None:
-    async with flaky_front(sidecar.address, failures=2) as (target, front), AsyncRiskClient(target) as guard:
+    async with flaky_front(sidecar.address, failures=2) as (target, front), \
+            AsyncRiskClient(target, session=False) as guard:
         decision = await guard.can_trade(*BOT)
         report = await guard.report_equity(*BOT, 10_000)
 
@@ -319,7 +320,8 @@ async def test_async_client_retries_unavailable_until_the_real_sidecar_answers(s
 async def test_sync_client_retries_unavailable_and_gives_up_after_max_attempts(sidecar: Sidecar) -> None:
     async with flaky_front(sidecar.address, failures=1) as (target, front):
         def scenario() -> tuple[Decision, SidecarUnavailableError]:
-            with RiskClient(target) as guard, RiskClient(target, retry=RetryPolicy(max_attempts=1)) as once:
+            with RiskClient(target, session=False) as guard, \
+                    RiskClient(target, retry=RetryPolicy(max_attempts=1), session=False) as once:
                 decision = guard.can_trade(*BOT)
                 with pytest.raises(SidecarUnavailableError) as err:
                     once.get_risk_state(*BOT)

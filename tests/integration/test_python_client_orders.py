@@ -89,7 +89,8 @@ async def test_report_order_is_retried_on_unavailable_and_counted_once(sidecar: 
     async with AsyncRiskClient(sidecar.address) as direct:
         await direct.report_equity(*BOT, 10_000)
         decision = await direct.can_trade(*BOT, BUY)
-    async with flaky_front(sidecar.address, failures=2) as (target, front), AsyncRiskClient(target) as guard:
+    async with flaky_front(sidecar.address, failures=2) as (target, front), \
+            AsyncRiskClient(target, session=False) as guard:
         report = await guard.report_order(*BOT, decision.client_order_id, "FILLED", filled_quantity=0.01)
 
     assert front.calls["ReportOrder"] == 3

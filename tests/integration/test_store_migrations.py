@@ -84,7 +84,8 @@ def test_migrations_ship_inside_the_package() -> None:
 
     assert Path(script.dir).resolve().is_relative_to(Path(tradeguard_server.__file__).resolve().parent)
     assert [r.revision for r in script.walk_revisions()] == [
-        "0006_shared_control", "0005_seed_state_columns", "0004_order_lifecycle", "0003_breaker_episodes",
+        "0007_heartbeat", "0006_shared_control", "0005_seed_state_columns", "0004_order_lifecycle",
+        "0003_breaker_episodes",
         "0002_history_hypertable", "0001_initial"]
 
 

@@ -28,6 +28,7 @@ from ._errors import (
     TradeGuardError,
 )
 from ._retry import IDEMPOTENT_METHODS, RetryPolicy
+from ._session import OnDisconnect
 from ._sync import AdminClient, RiskClient, WatchStream
 from ._types import (
     INVALID_RESPONSE,
@@ -77,6 +78,7 @@ __all__ = [
     "HistoryEntry",
     "InvalidArgumentError",
     "InvalidResponseError",
+    "OnDisconnect",
     "Order",
     "Page",
     "PendingOrder",

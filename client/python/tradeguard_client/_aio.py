@@ -27,7 +27,13 @@ from tradeguard.v1 import risk_service_pb2_grpc as rsg
 
 from . import _requests as req
 from ._channel import TLS, ChannelSpec, Options, call_metadata
-from ._errors import ClientClosedError, InvalidResponseError, SidecarUnavailableError, from_rpc_error
+from ._errors import (
+    ClientClosedError,
+    InvalidResponseError,
+    SidecarUnavailableError,
+    TradeGuardError,
+    from_rpc_error,
+)
 from ._retry import (
     IDEMPOTENT_METHODS,
     LATE_S,
@@ -37,6 +43,7 @@ from ._retry import (
     check_fail_open,
     check_timeout,
 )
+from ._session import AsyncSession, OnDisconnect
 from ._sync import (
     CAN_TRADE,
     DEFAULT_RETRY,
@@ -45,6 +52,7 @@ from ._sync import (
     call_fail_open,
     failed_decision,
     judged,
+    judged_msg,
 )
 from ._types import (
     Binding,
@@ -199,12 +207,17 @@ class AsyncRiskClient(_AsyncClient):
 
     def __init__(self, target: str = DEFAULT_TARGET, *, timeout: float = 1.0, retry: RetryPolicy = DEFAULT_RETRY,
                  fail_open: bool = False, tls: TLS | None = None, token: str | None = None,
-                 metadata: Sequence[tuple[str, str]] = (), options: Options = ()) -> None:
+                 metadata: Sequence[tuple[str, str]] = (), options: Options = (), session: bool = True,
+                 on_disconnect: OnDisconnect | None = None) -> None:
         self._fail_open = check_fail_open(fail_open)
         super().__init__(target, timeout=timeout, retry=retry, tls=tls, token=token, metadata=metadata,
                          options=options)
         self._stub_cache: RiskServiceAsyncStub | None = None
         self._can_trade: grpc.aio.UnaryUnaryMultiCallable[rs.CanTradeRequest, bytes] | None = None
+        # can_trade and the reports over one Session stream (see RiskClient); None: unary calls.
+        self._use_session = bool(session) or on_disconnect is not None
+        self._on_disconnect = on_disconnect
+        self._session: AsyncSession | None = None
 
     @property
     def fail_open(self) -> bool:
@@ -217,6 +230,9 @@ class AsyncRiskClient(_AsyncClient):
 
     def _on_new_channel(self, channel: grpc.aio.Channel) -> None:
         self._stub_cache = rsg.RiskServiceStub(channel)
+        if self._use_session:
+            extra = () if self._on_disconnect is None else self._on_disconnect.metadata()
+            self._session = AsyncSession(channel, (*self._metadata, *extra))
         self._can_trade = channel.unary_unary(CAN_TRADE, request_serializer=rs.CanTradeRequest.SerializeToString,
                                               response_deserializer=None)
 
@@ -225,6 +241,35 @@ class AsyncRiskClient(_AsyncClient):
         self._channel()
         assert self._stub_cache is not None
         return self._stub_cache
+
+    async def _risk(self, method: str, fn: Any, request: Req, timeout: float | None) -> Any:
+        """A call of the bot's: over the session when the client keeps one, else unary."""
+        self._channel(method)
+        session = self._session
+        if session is None:
+            return await self._unary(method, fn, request, timeout)
+        budget = call_budget(method, self.timeout, timeout)
+
+        async def attempt(remaining: float) -> Message:
+            return await session.call(method, request, remaining)
+
+        try:
+            return await call_async(attempt, method=method, timeout=budget, policy=self.retry,
+                                    retry=method in IDEMPOTENT_METHODS)
+        except TradeGuardError as error:
+            if not session.unsupported:
+                raise
+            log.info("TradeGuard sidecar %s has no Session (older version): unary calls from now on (%s)",
+                     self.target, error.message)
+            self._session = None
+            return await self._unary(method, fn, request, timeout)
+
+    async def close(self) -> None:
+        """Half-close the session (a clean close: no cancel-on-disconnect), then close the channel."""
+        session, self._session = self._session, None
+        if session is not None and self._chan_loop is asyncio.get_running_loop():
+            await session.close()
+        await super().close()
 
     async def can_trade(self, trader_id: str, account_id: str, order: req.OrderLike | None = None, *,
                         timeout: float | None = None, fail_open: bool | None = None) -> Decision:
@@ -239,16 +284,18 @@ class AsyncRiskClient(_AsyncClient):
         self._channel("CanTrade")
         assert self._can_trade is not None
         try:
-            body = await self._unary("CanTrade", self._can_trade, request, timeout)
+            body = await self._risk("CanTrade", self._can_trade, request, timeout)
         except (SidecarUnavailableError, InvalidResponseError) as error:
             return failed_decision(self.target, error, opens, order_id)
+        if isinstance(body, rs.CanTradeResponse):
+            return judged_msg(self.target, body, order_id)
         return judged(self.target, body, order_id)
 
     async def report_equity(self, trader_id: str, account_id: str, equity: float, *,
                             observed_at: datetime | None = None, timeout: float | None = None) -> ReportResult:
         """Report the account equity level (including unrealized PnL). `observed_at` None means now."""
         request = req.report_equity(trader_id, account_id, equity, observed_at)
-        resp = await self._unary("ReportEquity", self._stub.ReportEquity, request, timeout)
+        resp = await self._risk("ReportEquity", self._stub.ReportEquity, request, timeout)
         return ReportResult.from_proto(resp)
 
     async def report_trade(self, trader_id: str, account_id: str, *, trade_id: str, symbol: str, side: str,
@@ -257,14 +304,14 @@ class AsyncRiskClient(_AsyncClient):
         """Report a closed trade; a repeated `trade_id` counts once (`duplicate=True`)."""
         request = req.report_trade(trader_id, account_id, trade_id=trade_id, symbol=symbol, side=side,
                                    realized_pnl=realized_pnl, exchange=exchange, closed_at=closed_at)
-        resp = await self._unary("ReportTrade", self._stub.ReportTrade, request, timeout)
+        resp = await self._risk("ReportTrade", self._stub.ReportTrade, request, timeout)
         return ReportResult.from_proto(resp)
 
     async def report_positions(self, trader_id: str, account_id: str, positions: Iterable[req.PositionLike], *,
                                timeout: float | None = None) -> ReportResult:
         """Report every open position (replaces the previous snapshot; empty means flat)."""
         request = req.report_positions(trader_id, account_id, positions)
-        resp = await self._unary("ReportPositions", self._stub.ReportPositions, request, timeout)
+        resp = await self._risk("ReportPositions", self._stub.ReportPositions, request, timeout)
         return ReportResult.from_proto(resp)
 
     async def report_order(self, trader_id: str, account_id: str, client_order_id: str, status: str, *,
@@ -281,7 +328,7 @@ class AsyncRiskClient(_AsyncClient):
         allowed) raises TradeGuardError with code NOT_FOUND.
         """
         request = req.report_order(trader_id, account_id, client_order_id, status, filled_quantity, average_price)
-        resp = await self._unary("ReportOrder", self._stub.ReportOrder, request, timeout)
+        resp = await self._risk("ReportOrder", self._stub.ReportOrder, request, timeout)
         return ReportResult.from_proto(resp)
 
     async def report_prices(self, trader_id: str, account_id: str, prices: req.PricesLike, *,
@@ -290,8 +337,8 @@ class AsyncRiskClient(_AsyncClient):
         PriceMarks, or a {symbol: price} mapping observed now. Returns how many became their symbol's
         reference (a price older than the one known is ignored)."""
         request = req.report_prices(trader_id, account_id, prices)
-        resp = await self._unary("ReportPrices", self._stub.ReportPrices, request, timeout)
-        return resp.accepted
+        resp = await self._risk("ReportPrices", self._stub.ReportPrices, request, timeout)
+        return int(resp.accepted)
 
     async def get_risk_state(self, trader_id: str, account_id: str, *, timeout: float | None = None) -> RiskState:
         """The trader's current risk state (a trader never seen has `equity_reported=False`)."""

@@ -23,6 +23,7 @@ from ._errors import (
     InvalidArgumentError,
     InvalidResponseError,
     SidecarUnavailableError,
+    TradeGuardError,
     from_rpc_error,
 )
 from ._retry import (
@@ -32,6 +33,7 @@ from ._retry import (
     check_fail_open,
     check_timeout,
 )
+from ._session import OnDisconnect, SyncSession
 from ._types import (
     Binding,
     BreakerEvent,
@@ -95,7 +97,14 @@ def failed_decision(target: str, error: SidecarUnavailableError | InvalidRespons
 
 
 def judged(target: str, body: object, client_order_id: str) -> Decision:
-    decision = Decision.from_bytes(body, client_order_id)
+    return _judged(target, Decision.from_bytes(body, client_order_id))
+
+
+def judged_msg(target: str, msg: rs.CanTradeResponse, client_order_id: str) -> Decision:
+    return _judged(target, Decision.from_proto(msg, client_order_id))
+
+
+def _judged(target: str, decision: Decision) -> Decision:
     if decision.invalid_response:
         log.warning("TradeGuard sidecar %s answered CanTrade against the protocol, denied: %s", target,
                     decision.reason)
@@ -213,11 +222,16 @@ class RiskClient(_SyncClient):
 
     def __init__(self, target: str = DEFAULT_TARGET, *, timeout: float = 1.0, retry: RetryPolicy = DEFAULT_RETRY,
                  fail_open: bool = False, tls: TLS | None = None, token: str | None = None,
-                 metadata: Sequence[tuple[str, str]] = (), options: Options = ()) -> None:
+                 metadata: Sequence[tuple[str, str]] = (), options: Options = (), session: bool = True,
+                 on_disconnect: OnDisconnect | None = None) -> None:
         self._fail_open = check_fail_open(fail_open)
         super().__init__(target, timeout=timeout, retry=retry, tls=tls, token=token, metadata=metadata,
                          options=options)
         self._stub = rsg.RiskServiceStub(self._channel)
+        self._session: SyncSession | None = None
+        if session or on_disconnect is not None:
+            extra = () if on_disconnect is None else on_disconnect.metadata()
+            self._session = SyncSession(self._channel, (*self._metadata, *extra))
         self._can_trade = self._channel.unary_unary(CAN_TRADE,
                                                     request_serializer=rs.CanTradeRequest.SerializeToString,
                                                     response_deserializer=None)
@@ -231,6 +245,32 @@ class RiskClient(_SyncClient):
     def fail_open(self, value: bool) -> None:
         self._fail_open = check_fail_open(value)
 
+    def _risk(self, method: str, fn: Any, request: Req, timeout: float | None) -> Any:
+        """A call of the bot's: over the session when the client keeps one, else unary."""
+        session = self._session
+        if session is None:
+            return self._unary(method, fn, request, timeout)
+        budget = call_budget(method, self.timeout, timeout)
+        if self._closed:
+            raise ClientClosedError(method)
+        try:
+            return call_sync(lambda remaining: session.call(method, request, remaining), method=method,
+                             timeout=budget, policy=self.retry, retry=method in IDEMPOTENT_METHODS)
+        except TradeGuardError as error:
+            if not session.unsupported:
+                raise
+            log.info("TradeGuard sidecar %s has no Session (older version): unary calls from now on (%s)",
+                     self.target, error.message)
+            self._session = None
+            return self._unary(method, fn, request, timeout)
+
+    def close(self) -> None:
+        """Half-close the session (a clean close: no cancel-on-disconnect), then close the channel."""
+        session, self._session = self._session, None
+        if session is not None:
+            session.close()
+        super().close()
+
     def can_trade(self, trader_id: str, account_id: str, order: req.OrderLike | None = None, *,
                   timeout: float | None = None, fail_open: bool | None = None) -> Decision:
         """May the trader trade now (order None: this cycle), or place `order`? Never raises when unreachable.
@@ -242,16 +282,18 @@ class RiskClient(_SyncClient):
         opens = call_fail_open(self._fail_open, fail_open)
         order_id = request.order.client_order_id
         try:
-            body = self._unary("CanTrade", self._can_trade, request, timeout)
+            body = self._risk("CanTrade", self._can_trade, request, timeout)
         except (SidecarUnavailableError, InvalidResponseError) as error:
             return failed_decision(self.target, error, opens, order_id)
+        if isinstance(body, rs.CanTradeResponse):
+            return judged_msg(self.target, body, order_id)
         return judged(self.target, body, order_id)
 
     def report_equity(self, trader_id: str, account_id: str, equity: float, *, observed_at: datetime | None = None,
                       timeout: float | None = None) -> ReportResult:
         """Report the account equity level (including unrealized PnL). `observed_at` None means now."""
         request = req.report_equity(trader_id, account_id, equity, observed_at)
-        resp = self._unary("ReportEquity", self._stub.ReportEquity, request, timeout)
+        resp = self._risk("ReportEquity", self._stub.ReportEquity, request, timeout)
         return ReportResult.from_proto(resp)
 
     def report_trade(self, trader_id: str, account_id: str, *, trade_id: str, symbol: str, side: str,
@@ -260,14 +302,14 @@ class RiskClient(_SyncClient):
         """Report a closed trade; a repeated `trade_id` counts once (`duplicate=True`)."""
         request = req.report_trade(trader_id, account_id, trade_id=trade_id, symbol=symbol, side=side,
                                    realized_pnl=realized_pnl, exchange=exchange, closed_at=closed_at)
-        resp = self._unary("ReportTrade", self._stub.ReportTrade, request, timeout)
+        resp = self._risk("ReportTrade", self._stub.ReportTrade, request, timeout)
         return ReportResult.from_proto(resp)
 
     def report_positions(self, trader_id: str, account_id: str, positions: Iterable[req.PositionLike], *,
                          timeout: float | None = None) -> ReportResult:
         """Report every open position (replaces the previous snapshot; empty means flat)."""
         request = req.report_positions(trader_id, account_id, positions)
-        resp = self._unary("ReportPositions", self._stub.ReportPositions, request, timeout)
+        resp = self._risk("ReportPositions", self._stub.ReportPositions, request, timeout)
         return ReportResult.from_proto(resp)
 
     def report_order(self, trader_id: str, account_id: str, client_order_id: str, status: str, *,
@@ -284,7 +326,7 @@ class RiskClient(_SyncClient):
         allowed) raises TradeGuardError with code NOT_FOUND.
         """
         request = req.report_order(trader_id, account_id, client_order_id, status, filled_quantity, average_price)
-        resp = self._unary("ReportOrder", self._stub.ReportOrder, request, timeout)
+        resp = self._risk("ReportOrder", self._stub.ReportOrder, request, timeout)
         return ReportResult.from_proto(resp)
 
     def report_prices(self, trader_id: str, account_id: str, prices: req.PricesLike, *,
@@ -293,7 +335,7 @@ class RiskClient(_SyncClient):
         PriceMarks, or a {symbol: price} mapping observed now. Returns how many became their symbol's
         reference (a price older than the one known is ignored)."""
         request = req.report_prices(trader_id, account_id, prices)
-        return self._unary("ReportPrices", self._stub.ReportPrices, request, timeout).accepted
+        return int(self._risk("ReportPrices", self._stub.ReportPrices, request, timeout).accepted)
 
     def get_risk_state(self, trader_id: str, account_id: str, *, timeout: float | None = None) -> RiskState:
         """The trader's current risk state (a trader never seen has `equity_reported=False`)."""

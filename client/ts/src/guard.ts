@@ -12,9 +12,15 @@
 
 import { randomBytes } from "node:crypto";
 
-import { type ChannelOptions, Metadata, type ServiceError, status } from "@grpc/grpc-js";
+import { type ChannelOptions, type ClientDuplexStream, Metadata, type ServiceError, status } from "@grpc/grpc-js";
 
-import { CanTradeRequest, CanTradeResponse, type RiskServiceClient } from "./tradeguard/v1/risk_service";
+import {
+  CanTradeRequest,
+  CanTradeResponse,
+  type RiskServiceClient,
+  SessionRequest,
+  type SessionResponse,
+} from "./tradeguard/v1/risk_service";
 import { ActionType, DecisionCode, decisionCodeToJSON, type RequiredAction } from "./tradeguard/v1/types";
 
 /** Reconnect backoff, the same as the Python and Go clients: 100 ms growing to 2 s (grpc-js: 1 s to 120 s). */
@@ -201,4 +207,118 @@ export function canTrade(
 export function cancelAllOrders(actions: readonly RequiredAction[]): { cancel: boolean; clientOrderIds: string[] } {
   const cancels = actions.filter((a) => a.type === ActionType.ACTION_TYPE_CANCEL_ALL_ORDERS);
   return { cancel: cancels.length > 0, clientOrderIds: [...new Set(cancels.flatMap((a) => a.clientOrderIds))] };
+}
+
+/**
+ * One RiskService.Session stream (issue 18) carrying canTrade: one answer per request, in order, each exactly what
+ * the unary RPC answers. A broken stream fails the calls in flight (canTrade fails closed: SIDECAR_UNAVAILABLE)
+ * and the next call opens a new stream (the channel reconnects with CHANNEL_OPTIONS' backoff). `close()`
+ * half-closes the stream: a clean close, which never triggers cancel-on-disconnect. `metadata` goes with every
+ * stream (a token; the tradeguard-session-* keys of cancel-on-disconnect).
+ *
+ *   const session = new Session(client);
+ *   const { decision } = await session.canTrade(CanTradeRequest.fromPartial({ ... }), 500);
+ */
+export class Session {
+  private stream: ClientDuplexStream<SessionRequest, SessionResponse> | undefined;
+  private nextId = 0;
+  private readonly pending = new Map<number, (r: SessionResponse | Error) => void>();
+
+  constructor(
+    private readonly client: RiskServiceClient,
+    private readonly metadata: Metadata = new Metadata(),
+  ) {}
+
+  private open(): ClientDuplexStream<SessionRequest, SessionResponse> {
+    if (this.stream !== undefined) {
+      return this.stream;
+    }
+    const stream = this.client.session(this.metadata);
+    const fail = (err: Error): void => {
+      if (this.stream === stream) {
+        this.stream = undefined;
+      }
+      for (const deliver of this.pending.values()) {
+        deliver(err);
+      }
+      this.pending.clear();
+    };
+    stream.on("data", (resp: SessionResponse) => {
+      const id = Number(resp.requestId);
+      const deliver = this.pending.get(id);
+      this.pending.delete(id);
+      deliver?.(resp);
+    });
+    stream.on("error", (err: Error) => fail(err));
+    stream.on("end", () => fail(Object.assign(new Error("session stream ended"), { code: status.UNAVAILABLE })));
+    this.stream = stream;
+    return stream;
+  }
+
+  /** Sends one request (its requestId is set here); its answer, or an error, within timeoutMs. */
+  call(req: SessionRequest, timeoutMs: number): Promise<SessionResponse> {
+    return new Promise((resolve, reject) => {
+      let stream: ClientDuplexStream<SessionRequest, SessionResponse>;
+      try {
+        stream = this.open();
+      } catch (err) {
+        reject(err);
+        return;
+      }
+      const id = ++this.nextId;
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(Object.assign(new Error("Deadline Exceeded (no answer on the session in time)"),
+          { code: status.DEADLINE_EXCEEDED }));
+      }, timeoutMs);
+      this.pending.set(id, (r) => {
+        clearTimeout(timer);
+        if (r instanceof Error) {
+          reject(r);
+        } else {
+          resolve(r);
+        }
+      });
+      stream.write({ ...req, requestId: id });
+    });
+  }
+
+  /** canTrade (above) over the session: always resolves to a decision. */
+  async canTrade(req: CanTradeRequest, timeoutMs: number): Promise<Outcome> {
+    let orderId = "";
+    if (req.order !== undefined) {
+      orderId = req.order.clientOrderId || newClientOrderId();
+      if (!req.order.clientOrderId) {
+        req = { ...req, order: { ...req.order, clientOrderId: orderId } };
+      }
+    }
+    let resp: SessionResponse;
+    try {
+      resp = await this.call(SessionRequest.fromPartial({ canTrade: req }), timeoutMs);
+    } catch (err) {
+      return { decision: unavailable(err, orderId), reached: false, error: err as ServiceError };
+    }
+    if (resp.error !== undefined) {
+      const err = Object.assign(new Error(`${resp.error.code} ${resp.error.message}`),
+        { code: resp.error.code, details: resp.error.message, metadata: new Metadata() }) as ServiceError;
+      return { decision: unavailable(err, orderId), reached: false, error: err };
+    }
+    const answer = resp.canTrade;
+    if (answer === undefined) {
+      return { decision: invalid("the session answered something else than a CanTradeResponse", "", orderId),
+        reached: true };
+    }
+    const why = protocolViolation(answer);
+    if (why !== undefined) {
+      return { decision: invalid(why, answer.reason, orderId), reached: true };
+    }
+    return { decision: { ...answer, clientOrderId: answer.clientOrderId || orderId }, reached: true };
+  }
+
+  /** Half-close: a clean close (no cancel-on-disconnect). */
+  close(): void {
+    const stream = this.stream;
+    this.stream = undefined;
+    stream?.end();
+  }
 }

@@ -9,6 +9,7 @@ from google.protobuf.message import Message
 
 from tradeguard.v1 import types_pb2 as t
 
+from ..engine.types import TradingState
 from ..services.configs import Configuration
 from ..store.records import ConfigRecord, SymbolConfigRecord, TradingWindowRecord
 from . import convert
@@ -54,6 +55,7 @@ OPTIONAL_FIELDS = (
     "pending_order_ttl_seconds",
     "account_max_gross_exposure",
     "account_max_net_exposure",
+    "heartbeat_timeout_seconds",
 )
 SYMBOL_OPTIONAL_FIELDS = (
     *SYMBOL_PERCENT_FIELDS, "max_leverage", "max_order_quantity", "max_position_quantity", "max_open_orders",
@@ -90,6 +92,8 @@ def to_record(cfg: t.RiskConfiguration) -> ConfigRecord:
         ],
         created_at=convert.to_seconds(cfg.created_at) if cfg.HasField("created_at") else None,
         updated_at=convert.to_seconds(cfg.updated_at) if cfg.HasField("updated_at") else None,
+        heartbeat_pause_state=TradingState(cfg.heartbeat_pause_state).name
+        if cfg.HasField("heartbeat_pause_state") else None,
         **values,
     )
 
@@ -101,6 +105,8 @@ def from_record(rec: ConfigRecord, regimes_given: bool = False) -> t.RiskConfigu
         value = getattr(rec, name)
         if value is not None:
             setattr(cfg, name, value)
+    if rec.heartbeat_pause_state is not None:
+        cfg.heartbeat_pause_state = TradingState[rec.heartbeat_pause_state].value  # type: ignore[assignment]
     if rec.market_regime_thresholds or regimes_given:
         cfg.market_regime_thresholds.SetInParent()
         cfg.market_regime_thresholds.update(rec.market_regime_thresholds)

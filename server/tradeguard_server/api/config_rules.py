@@ -96,12 +96,17 @@ def _validate_controls(v: Violations, cfg: t.RiskConfiguration, prefix: str) -> 
             _int_range(v, f"{prefix}.{name}", getattr(cfg, name), 1, MAX_COUNT)
     if cfg.HasField("max_daily_orders"):
         _int_range(v, f"{prefix}.max_daily_orders", cfg.max_daily_orders, 1, MAX_DAILY_ORDERS)
-    for name in ("reference_price_max_age_seconds", "fill_window_seconds", "pending_order_ttl_seconds"):
+    for name in ("reference_price_max_age_seconds", "fill_window_seconds", "pending_order_ttl_seconds",
+                 "heartbeat_timeout_seconds"):
         if has(cfg, name):
             _int_range(v, f"{prefix}.{name}", getattr(cfg, name), 1, MAX_SECONDS)
     if cfg.HasField("duplicate_order_window_ms"):
         _int_range(v, f"{prefix}.duplicate_order_window_ms", cfg.duplicate_order_window_ms, 1,
                    MAX_DUPLICATE_WINDOW_MS)
+    if cfg.HasField("heartbeat_pause_state") and cfg.heartbeat_pause_state not in (t.TRADING_STATE_HALTED,
+                                                                                  t.TRADING_STATE_REDUCING):
+        v.add(f"{prefix}.heartbeat_pause_state", "must be TRADING_STATE_HALTED or TRADING_STATE_REDUCING (unset: "
+                                                 "HALTED)")
     allowed = _symbol_list(v, f"{prefix}.allowed_symbols", cfg.allowed_symbols)
     blocked = _symbol_list(v, f"{prefix}.blocked_symbols", cfg.blocked_symbols)
     both = allowed & blocked

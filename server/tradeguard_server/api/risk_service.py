@@ -153,22 +153,37 @@ class RiskService:
         answer = convert.decision_msg(decision, st, shadow.clock.now(), shadow.limits_for(account_id).config_id)
         answer.client_order_id = order_id
         return answer
+        # Told the trader id of every bot call (CanTrade and the reports): the dead-man's switch (engine.heartbeat).
+        self.heard: Callable[[str], None] | None = None
 
     def methods(self, guard: Guard | None = None) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
         """The method handlers by method name (for `add_registered_method_handlers`)."""
+        bot = self._hearing
         return {
-            "CanTrade": unary(rs.CanTradeRequest, self.can_trade, guard),
-            "ReportEquity": unary(rs.ReportEquityRequest, self.report_equity, guard),
-            "ReportTrade": unary(rs.ReportTradeRequest, self.report_trade, guard),
-            "ReportPositions": unary(rs.ReportPositionsRequest, self.report_positions, guard),
-            "ReportOrder": unary(rs.ReportOrderRequest, self.report_order, guard),
-            "ReportPrices": unary(rs.ReportPricesRequest, self.report_prices, guard),
+            "CanTrade": unary(rs.CanTradeRequest, bot(self.can_trade), guard),
+            "ReportEquity": unary(rs.ReportEquityRequest, bot(self.report_equity), guard),
+            "ReportTrade": unary(rs.ReportTradeRequest, bot(self.report_trade), guard),
+            "ReportPositions": unary(rs.ReportPositionsRequest, bot(self.report_positions), guard),
+            "ReportOrder": unary(rs.ReportOrderRequest, bot(self.report_order), guard),
+            "ReportPrices": unary(rs.ReportPricesRequest, bot(self.report_prices), guard),
             "GetRiskState": unary(rs.GetRiskStateRequest, self.get_risk_state, guard),
             "WatchRiskState": server_stream(rs.WatchRiskStateRequest, self.watch_risk_state, guard),
         }
 
     def handler(self, guard: Guard | None = None) -> grpc.GenericRpcHandler[Any, Any]:
         return service(SERVICE, self.methods(guard))
+
+    def _hearing(self, fn: Callable[[Any, Ctx], Awaitable[Any]]) -> Callable[[Any, Ctx], Awaitable[Any]]:
+        """`fn`, telling `heard` the trader id of each call first (`fn` itself when nobody listens)."""
+        heard = self.heard
+        if heard is None:
+            return fn
+
+        async def hearing(req: Any, ctx: Ctx) -> Any:
+            heard(req.trader_id)
+            return await fn(req, ctx)
+
+        return hearing
 
     # ---- helpers --------------------------------------------------------------------------------
 

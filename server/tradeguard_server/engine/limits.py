@@ -72,6 +72,10 @@ class Limits:
     account_max_drawdown_percentage: float | None = None
     account_max_gross_exposure: float | None = None
     account_max_net_exposure: float | None = None
+    # Dead-man's switch (issue 18): no call or session message of a trader for this long pauses it
+    # (heartbeat_pause_state) until resumed; None = no heartbeat required.
+    heartbeat_timeout_seconds: int | None = None
+    heartbeat_pause_state: TradingState = TradingState.HALTED
     symbols: dict[str, SymbolLimits] = field(default_factory=dict)
     # Derived: any account-wide limit set (CanTrade calls the engine's account_checks hook only then).
     account_limited: bool = field(init=False, repr=False, compare=False)

@@ -19,7 +19,7 @@ from typing import Any
 from ..cluster.changes import ControlChange
 from ..engine.engine import RiskEngine
 from ..engine.limits import Limits, SymbolLimits
-from ..engine.types import TradingWindow
+from ..engine.types import TradingState, TradingWindow
 from ..store.errors import NotFound
 from ..store.protocol import ConfigRepository
 from ..store.records import ConfigRecord, TradingWindowRecord
@@ -116,6 +116,9 @@ def limits_for(cfg: ConfigRecord, defaults: Limits) -> Limits:
                                              defaults.account_max_drawdown_percentage),
         account_max_gross_exposure=pick(cfg.account_max_gross_exposure, defaults.account_max_gross_exposure),
         account_max_net_exposure=pick(cfg.account_max_net_exposure, defaults.account_max_net_exposure),
+        heartbeat_timeout_seconds=some(cfg.heartbeat_timeout_seconds, defaults.heartbeat_timeout_seconds),
+        heartbeat_pause_state=TradingState[cfg.heartbeat_pause_state] if cfg.heartbeat_pause_state
+        else defaults.heartbeat_pause_state,
         symbols={
             sc.symbol.upper(): SymbolLimits(
                 symbol=sc.symbol.upper(),

@@ -39,6 +39,7 @@ CONFIG_FIELDS = (
     "max_fills_per_window", "fill_window_seconds", "pending_order_ttl_seconds",
     "account_daily_loss_percentage", "account_max_drawdown_percentage", "account_max_gross_exposure",
     "account_max_net_exposure",
+    "heartbeat_timeout_seconds", "heartbeat_pause_state",
 )
 # JSON columns of risk_configurations besides market_regime_thresholds and correlation_groups (NULL: none).
 CONFIG_SYMBOL_LISTS = ("allowed_symbols", "blocked_symbols")

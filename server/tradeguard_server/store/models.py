@@ -136,6 +136,9 @@ class RiskConfiguration(Base):
     max_fills_per_window: Mapped[int | None] = mapped_column(Integer)
     fill_window_seconds: Mapped[int | None] = mapped_column(Integer)
     pending_order_ttl_seconds: Mapped[int | None] = mapped_column(Integer)
+    # Dead-man's switch (0007); NULL = not set.
+    heartbeat_timeout_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    heartbeat_pause_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
     created_at: Mapped[float] = mapped_column(UtcTimestamp())
     updated_at: Mapped[float] = mapped_column(UtcTimestamp())
     # Account-wide limits (0006): across every trader and sidecar of the account. NULL: not set.

@@ -129,6 +129,8 @@ class ConfigRecord:
     account_max_drawdown_percentage: float | None = None
     account_max_gross_exposure: float | None = None
     account_max_net_exposure: float | None = None
+    heartbeat_timeout_seconds: int | None = None  # dead-man's switch (issue 18); None = not set (off)
+    heartbeat_pause_state: str | None = None  # "HALTED" | "REDUCING"; None = HALTED
     symbol_configs: list[SymbolConfigRecord] = field(default_factory=list)
     created_at: float | None = None  # set by the store
     updated_at: float | None = None  # set by the store

@@ -69,6 +69,7 @@ type options struct {
 	watchUpdates int
 	vectors      string
 	once         bool
+	noSession    bool
 	pollMs       int
 	grpcBackoff  bool
 }
@@ -90,6 +91,7 @@ func run(args []string, out io.Writer) int {
 	timeoutMs := fs.Int("timeout-ms", 2000, "deadline of every call, milliseconds")
 	fs.IntVar(&opts.watchUpdates, "watch-updates", 1, "WatchRiskState updates to print before closing the stream")
 	fs.StringVar(&opts.vectors, "vectors", "", "send the requests of this test-vector file and print proto-JSON responses")
+	fs.BoolVar(&opts.noSession, "no-session", false, "ask CanTrade with unary calls instead of the Session stream")
 	fs.BoolVar(&opts.once, "once", false, "ask CanTrade for one order, print the decision with elapsed_ms, and exit")
 	fs.IntVar(&opts.pollMs, "poll-ms", 0, "ask CanTrade every 20 ms for this many ms, one line per call")
 	fs.BoolVar(&opts.grpcBackoff, "grpc-default-backoff", false, "dial with grpc-go's default reconnect backoff instead of guard's (to compare)")
@@ -116,6 +118,12 @@ func run(args []string, out io.Writer) int {
 	}
 	defer conn.Close()
 	client := tradeguardv1.NewRiskServiceClient(conn)
+	// CanTrade goes over one Session stream (issue 18): about half the latency of a unary call. Close is a clean
+	// close (no cancel-on-disconnect); -no-session asks with unary calls.
+	if !opts.noSession {
+		session = guard.NewSession(conn, nil)
+		defer session.Close()
+	}
 
 	switch {
 	case opts.vectors != "":
@@ -172,9 +180,16 @@ func (v *venue) cancelAll() []string {
 func canTrade(conn *grpc.ClientConn, timeout time.Duration, req *tradeguardv1.CanTradeRequest) (*tradeguardv1.CanTradeResponse, bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
+	if session != nil {
+		resp, err := session.CanTrade(ctx, req)
+		return resp, err == nil
+	}
 	resp, err := guard.CanTrade(ctx, conn, req)
 	return resp, err == nil
 }
+
+// session carries CanTrade when set (see run).
+var session *guard.Session
 
 func runOnce(conn *grpc.ClientConn, opts options, out io.Writer) int {
 	start := time.Now()

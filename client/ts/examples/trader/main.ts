@@ -38,7 +38,7 @@ import { parseArgs } from "node:util";
 
 import { credentials, Metadata, type ServiceError, status } from "@grpc/grpc-js";
 
-import { CHANNEL_OPTIONS, cancelAllOrders, canTrade, errText, unavailable } from "../../src/guard";
+import { CHANNEL_OPTIONS, cancelAllOrders, errText, Session, unavailable } from "../../src/guard";
 import {
   CanTradeRequest,
   CanTradeResponse,
@@ -167,11 +167,16 @@ class Venue {
 
 class Bot {
   private readonly venue = new Venue(50000);
+  // canTrade goes over one Session stream (issue 18): about half the latency of a unary call. close() is a clean
+  // close (no cancel-on-disconnect).
+  readonly session: Session;
 
   constructor(
     private readonly client: RiskServiceClient,
     private readonly opts: Options,
-  ) {}
+  ) {
+    this.session = new Session(client);
+  }
 
   private ids(): { traderId: string; accountId: string } {
     return { traderId: this.opts.traderId, accountId: this.opts.accountId };
@@ -184,7 +189,7 @@ class Bot {
   async canTrade(order?: OrderIntent): Promise<{ decision: CanTradeResponse; reached: boolean }> {
     try {
       const req = CanTradeRequest.fromPartial({ ...this.ids(), order });
-      return await canTrade(this.client, req, this.opts.timeoutMs);
+      return await this.session.canTrade(req, this.opts.timeoutMs);
     } catch (err) {
       return { decision: unavailable(err), reached: false };
     }
@@ -501,13 +506,17 @@ async function main(): Promise<number> {
       return await runVectors(client, opts, opts.vectors);
     }
     const bot = new Bot(client, opts);
-    if (opts.once) {
-      return await bot.once();
+    try {
+      if (opts.once) {
+        return await bot.once();
+      }
+      if (opts.pollMs > 0) {
+        return await bot.poll();
+      }
+      return await bot.run();
+    } finally {
+      bot.session.close();
     }
-    if (opts.pollMs > 0) {
-      return await bot.poll();
-    }
-    return await bot.run();
   } finally {
     client.close();
   }
