@@ -3,6 +3,7 @@ cancel_all_orders, and the new configuration fields (no I/O)."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -170,4 +171,4 @@ def test_risk_config_round_trips_the_pre_trade_controls() -> None:
     assert list(msg.trading_windows[0].weekdays) == [1, 2, 3, 4, 5] and msg.trading_windows[1].end == "02:00"
     assert list(msg.blocked_symbols) == ["DOGEUSDT"] and msg.max_open_orders == 5
     assert not msg.symbol_configs[0].HasField("max_position_quantity")
-    assert back == config
+    assert back == dataclasses.replace(config, is_active=True)  # is_active not sent: the server's default, active

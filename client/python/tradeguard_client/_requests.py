@@ -40,6 +40,7 @@ __all__ = [
     "get_breaker_by_name",
     "list_breaker_events",
     "list_history",
+    "list_risk_states",
     "log_breaker_event",
     "message",
     "new_client_order_id",
@@ -50,6 +51,7 @@ __all__ = [
     "report_prices",
     "report_trade",
     "save_config",
+    "resume_trading",
     "set_feature_flags",
     "update_breaker",
 ]
@@ -233,10 +235,12 @@ def set_feature_flags(enable_risk_enforcement: bool | None,
 
 
 @checked
-def pause_trading(trader_id: str, account_id: str, trading_state: str, duration: timedelta | float | None,
-                  reason: str) -> ad.PauseTradingRequest:
-    req = ad.PauseTradingRequest(trader_id=trader_id, account_id=account_id,
-                                 trading_state=trading_state_value(trading_state), reason=reason)
+def pause_trading(trader_id: str | None, account_id: str, trading_state: str, duration: timedelta | float | None,
+                  reason: str, all_accounts: bool = False) -> ad.PauseTradingRequest:
+    """A trader's pause; with `trader_id` None or empty the account's (or, `all_accounts`, every account's)."""
+    req = ad.PauseTradingRequest(trader_id=trader_id or "", account_id=account_id,
+                                 trading_state=trading_state_value(trading_state), reason=reason,
+                                 all_accounts=all_accounts)
     if duration is not None:
         req.duration.CopyFrom(seconds_to_duration(duration, "duration"))
     return req
@@ -251,4 +255,24 @@ def list_history(trader_id: str, account_id: str, start_time: datetime | None, e
         req.start_time.CopyFrom(datetime_to_ts(start_time, "start_time"))
     if end_time is not None:
         req.end_time.CopyFrom(datetime_to_ts(end_time, "end_time"))
+    return req
+
+
+@checked
+def resume_trading(trader_id: str | None, account_id: str, all_accounts: bool) -> ad.ResumeTradingRequest:
+    return ad.ResumeTradingRequest(trader_id=trader_id or "", account_id=account_id, all_accounts=all_accounts)
+
+
+def is_scope(trader_id: str | None) -> bool:
+    """True when a pause / resume names no trader: the account (or every-account) scope."""
+    return not trader_id
+
+
+@checked
+def list_risk_states(account_id: str, trading_state: str | None, page_size: int,
+                     page_token: str) -> ad.ListRiskStatesRequest:
+    """`trading_state` None means every state; else "ACTIVE", "REDUCING" or "HALTED"."""
+    req = ad.ListRiskStatesRequest(account_id=account_id, page_size=page_size, page_token=page_token)
+    if trading_state is not None:
+        req.trading_state = trading_state_value(trading_state)
     return req

@@ -12,11 +12,11 @@ that are safe to repeat, because an UNAVAILABLE call may still have reached the 
   `duplicate=True`; a final status is never undone); ReportPrices (levels, not deltas: a
   repeat sets the same prices again, and a price older than the one known is ignored).
 - AdminService reads: GetConfig, ListConfigs, GetBreaker, ListBreakers, ListBreakerEvents, GetFeatureFlags,
-  ListRiskStateHistory.
+  ListRiskStateHistory, ListBindings, ListRiskStates.
 - AdminService writes that set an absolute value, so a repeat leaves the same state: SaveConfig (an upsert
   of the whole configuration; after a lost success the repeat reads `created=False`), UpdateBreaker (replaces
   the whole definition), EnableBreaker / DisableBreaker, SetFeatureFlags (sets the fields given), and
-  ResumeTrading (ACTIVE again).
+  ResumeTrading (ACTIVE again, for a trader, an account or every account: a repeat lifts nothing more).
 
 Never retried: CreateBreaker (a repeat after a lost success creates a second breaker or answers
 ALREADY_EXISTS), DeleteConfig / DeleteBreaker (a repeat after a lost success answers NOT_FOUND, reporting a
@@ -76,7 +76,7 @@ class LocalDeadlineExceeded(grpc.RpcError):
 IDEMPOTENT_METHODS = frozenset({
     "CanTrade", "GetRiskState", "ReportEquity", "ReportTrade", "ReportPositions", "ReportOrder", "ReportPrices",
     "GetConfig", "ListConfigs", "GetBreaker", "ListBreakers", "ListBreakerEvents", "GetFeatureFlags",
-    "ListRiskStateHistory", "ListBindings",
+    "ListRiskStateHistory", "ListBindings", "ListRiskStates",
     "SaveConfig", "UpdateBreaker", "EnableBreaker", "DisableBreaker", "SetFeatureFlags", "ResumeTrading",
 })
 """RPCs retried on UNAVAILABLE (see the module docstring for why each is safe to repeat)."""

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, overload
 
 import grpc
 from google.protobuf.message import Message
@@ -45,7 +45,9 @@ from ._types import (
     ReportResult,
     RiskConfig,
     RiskState,
+    RiskStateEntry,
     SavedConfig,
+    ScopePause,
     StateUpdate,
 )
 
@@ -467,18 +469,52 @@ class AdminClient(_SyncClient):
         return FeatureFlags.from_proto(self._unary("SetFeatureFlags", self._stub.SetFeatureFlags, request,
                                                    timeout).flags)
 
-    def pause_trading(self, trader_id: str, account_id: str, *, trading_state: str = "HALTED",
-                      duration: timedelta | float | None = None, reason: str = "",
-                      timeout: float | None = None) -> RiskState:
-        """Kill switch: "HALTED" (nothing) or "REDUCING" (reduce only), for `duration` (seconds or timedelta)
-        or, when None, until resumed."""
-        request = req.pause_trading(trader_id, account_id, trading_state, duration, reason)
-        return RiskState.from_proto(self._unary("PauseTrading", self._stub.PauseTrading, request, timeout).state)
+    @overload
+    def pause_trading(self, trader_id: str, account_id: str, *, trading_state: str = ...,
+                      duration: timedelta | float | None = ..., reason: str = ..., all_accounts: bool = ...,
+                      timeout: float | None = ...) -> RiskState: ...
 
-    def resume_trading(self, trader_id: str, account_id: str, *, timeout: float | None = None) -> RiskState:
-        """Lift any pause, manual or automatic."""
-        request = req.message(ad.ResumeTradingRequest, trader_id=trader_id, account_id=account_id)
-        return RiskState.from_proto(self._unary("ResumeTrading", self._stub.ResumeTrading, request, timeout).state)
+    @overload
+    def pause_trading(self, trader_id: None, account_id: str = ..., *, trading_state: str = ...,
+                      duration: timedelta | float | None = ..., reason: str = ..., all_accounts: bool = ...,
+                      timeout: float | None = ...) -> ScopePause: ...
+
+    def pause_trading(self, trader_id: str | None, account_id: str = "", *, trading_state: str = "HALTED",
+                      duration: timedelta | float | None = None, reason: str = "", all_accounts: bool = False,
+                      timeout: float | None = None) -> RiskState | ScopePause:
+        """Kill switch: "HALTED" (nothing) or "REDUCING" (reduce only), for `duration` (seconds or timedelta)
+        or, when None, until resumed.
+
+        Scopes: a trader (`trader_id` given): returns the trader's RiskState, as before. An account
+        (`trader_id` None or "", `account_id` given): every trader of the account, those that appear later too,
+        on every sidecar sharing the database. Every account (`trader_id` None, `account_id` "",
+        `all_accounts=True`). Those two return the ScopePause as stored, with its `control_state_version`
+        (pass None rather than "" so a type checker knows the result is a ScopePause). Never retried."""
+        request = req.pause_trading(trader_id, account_id, trading_state, duration, reason, all_accounts)
+        resp = self._unary("PauseTrading", self._stub.PauseTrading, request, timeout)
+        if req.is_scope(trader_id):
+            return ScopePause.from_response(resp)
+        return RiskState.from_proto(resp.state)
+
+    @overload
+    def resume_trading(self, trader_id: str, account_id: str, *, all_accounts: bool = ...,
+                       timeout: float | None = ...) -> RiskState: ...
+
+    @overload
+    def resume_trading(self, trader_id: None, account_id: str = ..., *, all_accounts: bool = ...,
+                       timeout: float | None = ...) -> int: ...
+
+    def resume_trading(self, trader_id: str | None, account_id: str = "", *, all_accounts: bool = False,
+                       timeout: float | None = None) -> RiskState | int:
+        """Lift a pause. A trader (`trader_id` given): any of its pauses, manual or automatic; returns its
+        RiskState, as before. An account (`trader_id` None or "", `account_id` given) or every account
+        (`all_accounts=True`): lifts that scope's pause (not the traders' own pauses) and returns the
+        control-state version of the change (an int)."""
+        request = req.resume_trading(trader_id, account_id, all_accounts)
+        resp = self._unary("ResumeTrading", self._stub.ResumeTrading, request, timeout)
+        if req.is_scope(trader_id):
+            return int(resp.control_state_version)
+        return RiskState.from_proto(resp.state)
 
     def list_bindings(self, account_id: str = "", *, timeout: float | None = None) -> tuple[Binding, ...]:
         """Which account each known trader id is bound to (only `account_id`'s traders when given)."""
@@ -500,3 +536,12 @@ class AdminClient(_SyncClient):
         request = req.list_history(trader_id, account_id, start_time, end_time, page_size, page_token)
         resp = self._unary("ListRiskStateHistory", self._stub.ListRiskStateHistory, request, timeout)
         return Page(tuple(HistoryEntry.from_proto(e) for e in resp.entries), resp.next_page_token)
+
+    def list_risk_states(self, account_id: str, trading_state: str | None = None, page_size: int = 0,
+                         page_token: str = "", *, timeout: float | None = None) -> Page[RiskStateEntry]:
+        """Every trader of `account_id` with its state, owner sidecar and freshness, ordered by trader_id
+        (`trading_state` "ACTIVE" / "REDUCING" / "HALTED" keeps only those; None every state). `page_size` 0
+        means the server's default (100, at most 1000); pass `next_page_token` back for the next page."""
+        request = req.list_risk_states(account_id, trading_state, page_size, page_token)
+        resp = self._unary("ListRiskStates", self._stub.ListRiskStates, request, timeout)
+        return Page(tuple(RiskStateEntry.from_proto(e) for e in resp.entries), resp.next_page_token)

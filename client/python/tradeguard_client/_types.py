@@ -44,7 +44,9 @@ __all__ = [
     "ReportResult",
     "RiskConfig",
     "RiskState",
+    "RiskStateEntry",
     "SavedConfig",
+    "ScopePause",
     "StateUpdate",
     "SymbolConfig",
     "TradingWindow",
@@ -457,6 +459,8 @@ class Decision:
     the client fails open. `client_order_id` is the order's id (the caller's, or the one the client made),
     empty when no order was given: report what happens to an allowed order under it with `report_order`.
     `cancel_all_orders` / `cancel_order_ids`: see the CANCEL_ALL_ORDERS action (Action).
+    `control_state_version`: the sidecar's control-state version (pauses, configurations, breakers, flags) when
+    it decided; 0 for a decision this client made, or from a server that does not send it.
     """
 
     allowed: bool
@@ -469,6 +473,7 @@ class Decision:
     would_deny: bool
     state: RiskState | None
     client_order_id: str = ""
+    control_state_version: int = 0
     raw: rs.CanTradeResponse | None = field(default=None, repr=False, compare=False)
 
     def __bool__(self) -> bool:
@@ -509,7 +514,8 @@ class Decision:
                     paused_until=ts_to_datetime(m, "paused_until"),
                     checks=tuple(Check.from_proto(c) for c in m.checks),
                     actions=tuple(Action.from_proto(a) for a in m.actions), would_deny=m.would_deny,
-                    state=_state_or_none(m), client_order_id=m.client_order_id or client_order_id, raw=m,
+                    state=_state_or_none(m), client_order_id=m.client_order_id or client_order_id,
+                    control_state_version=m.control_state_version, raw=m,
                 )
             except (InvalidResponseError, ValueError, OverflowError) as exc:  # e.g. a timestamp past 9999
                 why = f"a field cannot be read ({exc.why if isinstance(exc, InvalidResponseError) else exc})"
@@ -731,7 +737,7 @@ class TradingWindow:
 
 _CONFIG_PLAIN = ("account_id", "config_id", "is_active", "market_regime_thresholds", "correlation_groups",
                  "symbol_configs", "allowed_symbols", "blocked_symbols", "trading_windows", "created_at",
-                 "updated_at", "raw")
+                 "updated_at", "heartbeat_pause_state", "raw")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -740,11 +746,15 @@ class RiskConfig:
 
     Percentages are percent (5.0 = 5%). `market_regime_thresholds` is e.g. {"high": 3.0, "extreme": 6.0}.
     Empty `allowed_symbols` means every symbol; empty `trading_windows` means always.
+    `account_*`: limits on the sum over every trader of the account. `heartbeat_pause_state`: "HALTED" or
+    "REDUCING", the pause a missed heartbeat (`heartbeat_timeout_seconds`) causes.
+    `is_active`: None (the default) is not sent, and the server saves the configuration active (its default);
+    False saves it inactive. A configuration read from a server always has True or False.
     """
 
     account_id: str
     config_id: str
-    is_active: bool = False
+    is_active: bool | None = None
     daily_max_drawdown_percentage: float | None = None
     weekly_max_drawdown_percentage: float | None = None
     monthly_max_drawdown_percentage: float | None = None
@@ -773,6 +783,12 @@ class RiskConfig:
     max_fills_per_window: int | None = None
     fill_window_seconds: int | None = None
     pending_order_ttl_seconds: int | None = None
+    account_daily_loss_percentage: float | None = None
+    account_max_drawdown_percentage: float | None = None
+    account_max_gross_exposure: float | None = None
+    account_max_net_exposure: float | None = None
+    heartbeat_timeout_seconds: int | None = None
+    heartbeat_pause_state: str | None = None
     allowed_symbols: tuple[str, ...] = ()
     blocked_symbols: tuple[str, ...] = ()
     trading_windows: tuple[TradingWindow, ...] = ()
@@ -783,11 +799,15 @@ class RiskConfig:
     raw: t.RiskConfiguration | None = field(default=None, repr=False, compare=False)
 
     def to_proto(self) -> t.RiskConfiguration:
-        m = t.RiskConfiguration(account_id=self.account_id, config_id=self.config_id, is_active=self.is_active)
+        m = t.RiskConfiguration(account_id=self.account_id, config_id=self.config_id)
+        if self.is_active is not None:
+            m.is_active = self.is_active
         for name in _optional_fields(RiskConfig, _CONFIG_PLAIN):
             value = getattr(self, name)
             if value is not None:
                 setattr(m, name, value)
+        if self.heartbeat_pause_state is not None:
+            m.heartbeat_pause_state = trading_state_value(self.heartbeat_pause_state)
         if self.market_regime_thresholds is not None:
             m.market_regime_thresholds.CopyFrom(dict_to_struct(self.market_regime_thresholds))
         m.correlation_groups.extend(t.CorrelationGroup(name=g.name, symbols=list(g.symbols))
@@ -802,8 +822,11 @@ class RiskConfig:
     def from_proto(cls, m: t.RiskConfiguration) -> RiskConfig:
         optional = {n: getattr(m, n) if has(m, n) else None for n in _optional_fields(cls, _CONFIG_PLAIN)}
         return cls(
-            account_id=m.account_id, config_id=m.config_id, is_active=m.is_active,
+            account_id=m.account_id, config_id=m.config_id,
+            is_active=m.is_active if m.HasField("is_active") else True,  # absent: the server's default
             market_regime_thresholds=struct_to_dict(m, "market_regime_thresholds"),
+            heartbeat_pause_state=(enum_name(t.TradingState, "TRADING_STATE_", m.heartbeat_pause_state)
+                                   if m.HasField("heartbeat_pause_state") else None),
             correlation_groups=tuple(CorrelationGroup(g.name, tuple(g.symbols)) for g in m.correlation_groups),
             symbol_configs=tuple(SymbolConfig.from_proto(s) for s in m.symbol_configs),
             allowed_symbols=tuple(m.allowed_symbols), blocked_symbols=tuple(m.blocked_symbols),
@@ -900,3 +923,59 @@ class Page(Generic[T]):
 
     items: tuple[T, ...]
     next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class ScopePause:
+    """A kill switch on a whole account (`account_id`), or on every account (`all_accounts`), as stored: the
+    answer of `pause_trading` for those scopes. `trading_state` is "HALTED" or "REDUCING" ("ACTIVE" once lifted);
+    `paused_until` None means until resumed; `actor` is who set it and `origin_sidecar` the sidecar it was made
+    through. `control_state_version` is the version of the change (from the PauseTradingResponse)."""
+
+    account_id: str
+    all_accounts: bool
+    trading_state: str
+    paused_until: datetime | None
+    reason: str
+    actor: str
+    origin_sidecar: str
+    since: datetime | None
+    control_state_version: int = 0
+    raw: ad.ScopePause | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_proto(cls, m: ad.ScopePause, control_state_version: int = 0) -> ScopePause:
+        return cls(
+            account_id=m.account_id, all_accounts=m.all_accounts,
+            trading_state=enum_name(t.TradingState, "TRADING_STATE_", m.trading_state),
+            paused_until=ts_to_datetime(m, "paused_until"), reason=m.reason, actor=m.actor,
+            origin_sidecar=m.origin_sidecar, since=ts_to_datetime(m, "since"),
+            control_state_version=control_state_version, raw=m,
+        )
+
+    @classmethod
+    def from_response(cls, m: ad.PauseTradingResponse) -> ScopePause:
+        """The scope pause an account / every-account PauseTrading answered (an answer without one is invalid)."""
+        if not m.HasField("scope_pause"):
+            raise InvalidResponseError("an account or every-account pause answered without scope_pause",
+                                       method="PauseTrading")
+        return cls.from_proto(m.scope_pause, m.control_state_version)
+
+
+@dataclass(frozen=True, slots=True)
+class RiskStateEntry:
+    """One trader of an account as ListRiskStates shows it: its `state` (pending orders left out; see
+    `state.pending_order_count`), the sidecar owning its live state (`owner_sidecar`, empty when none holds it or
+    with a single sidecar), whether the answering sidecar owns it (`local`: live state; otherwise the stored one)
+    and how old the state shown is (`age_seconds`)."""
+
+    state: RiskState | None
+    owner_sidecar: str
+    local: bool
+    age_seconds: float
+    raw: ad.RiskStateEntry | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_proto(cls, m: ad.RiskStateEntry) -> RiskStateEntry:
+        return cls(state=_state_or_none(m), owner_sidecar=m.owner_sidecar, local=m.local,
+                   age_seconds=m.age_seconds, raw=m)
