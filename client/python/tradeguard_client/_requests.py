@@ -50,8 +50,8 @@ __all__ = [
     "report_positions",
     "report_prices",
     "report_trade",
-    "save_config",
     "resume_trading",
+    "save_config",
     "set_feature_flags",
     "update_breaker",
 ]
