@@ -7,8 +7,7 @@
 - deploy/kubernetes/many-bots.yaml parses; every variable it gives the sidecar is a setting, read as intended; the
   bot's command, run as written against a sidecar with many-bots-credentials.toml, completes a trading cycle.
 
-The section lives in README.md ("## Running many sidecars") once merged there, and in docs/many-sidecars.md until
-then: the test reads whichever has it.
+The section is README.md's "## Running many sidecars".
 """
 
 from __future__ import annotations
@@ -46,13 +45,12 @@ POD = "trading-bots-0"
 
 
 def section_text() -> str:
-    """The section, from README.md when it is there, else from docs/many-sidecars.md."""
-    for path in (ROOT / "README.md", ROOT / "docs" / "many-sidecars.md"):
-        parts = re.split(r"^## (.+)$", path.read_text(), flags=re.M)
-        for title, body in zip(parts[1::2], parts[2::2], strict=True):
-            if title.strip() == TITLE:
-                return body
-    raise AssertionError(f"no section {TITLE!r} in README.md or docs/many-sidecars.md")
+    """The section, from README.md."""
+    parts = re.split(r"^## (.+)$", (ROOT / "README.md").read_text(), flags=re.M)
+    for title, body in zip(parts[1::2], parts[2::2], strict=True):
+        if title.strip() == TITLE:
+            return body
+    raise AssertionError(f"no section {TITLE!r} in README.md")
 
 
 def section_commands() -> list[Command]:

@@ -19,6 +19,7 @@ from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import admin_service_pb2_grpc as adg
 from tradeguard.v1 import risk_service_pb2_grpc as rsg
 from tradeguard.v1 import types_pb2 as t
+from tradeguard_server.engine import periods
 from tradeguard_server.engine.clock import ManualClock
 from tradeguard_server.engine.types import OrderStatus, PendingOrder, Side, TradingWindow
 
@@ -165,8 +166,10 @@ async def test_a_sidecar_started_on_a_database_holds_the_pending_orders_stored_t
     live = PendingOrder("o-2", "BTCUSDT", "binance", Side.BUY, 0.008, 50_000.0, now - 5, now + 55)
     done = PendingOrder("o-1", "BTCUSDT", "binance", Side.BUY, 0.008, 50_000.0, now - 9, now + 51, 0.008, 49_990.0,
                         OrderStatus.FILLED)
-    rec = make_state("t-1", 2, account_id="a-1", day_start=now - 3600, week_start=now - 3600,
-                     month_start=now - 3600, updated_at=now - 1, pending_orders=(live,), finished_orders=(done,),
+    # Period starts at real boundaries (the engine rolls a period whose start is not one when it next ticks).
+    rec = make_state("t-1", 2, account_id="a-1", day_start=periods.day_start(now, 0.0),
+                     week_start=periods.week_start(now, 0.0), month_start=periods.month_start(now, 0.0),
+                     updated_at=now - 1, pending_orders=(live,), finished_orders=(done,),
                      daily_order_notional=800.0, daily_orders=2)
     async with open_store(db_url) as store:
         store.enqueue_state(rec, "can_trade", None)
