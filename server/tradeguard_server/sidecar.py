@@ -236,7 +236,10 @@ class Sidecar:
                                     self.persistence, origin=settings.sidecar_name, cluster=self.cluster)
         self.config_service.record = self.breaker_service.record = self.persistence.record = self.control.record
         self.control_listener = ControlListener(
-            settings.database_url, self.control, max_age_s=settings.control_state_max_age_seconds,
+            # Past trader_lease_seconds without the database another sidecar may have taken this one's traders
+            # over: the stale action applies from then on when that comes first.
+            settings.database_url, self.control,
+            max_age_s=min(settings.control_state_max_age_seconds, settings.trader_lease_seconds),
             stale_action=settings.control_state_stale_action, poll_s=settings.control_poll_seconds,
             on_hearing=self._on_control_hearing) if self.cluster else None
         if self.takeover is not None:  # a claimed trader: its pause / resume changes replayed, scope pauses synced
@@ -405,20 +408,29 @@ class Sidecar:
             await self.control_listener.stop()
 
     async def _takes_trader(self, trader_id: str, account_id: str) -> bool:
-        """Cluster mode, a kill switch for a trader not in this engine: True once this sidecar owns it (a free trader
-        is claimed: its stored state installed, the pause lands on it); False when another live sidecar owns it (the
-        change row goes to the owner). A database that cannot be reached for the claim: UNAVAILABLE (the owner
-        cannot be known; pause the trader on its own sidecar). While the stored state is not loaded the pause is
-        taken here and its change row stored too, so the owner applies it whichever sidecar that is."""
-        from .cluster.takeover import TraderOwnedElsewhere
+        """Cluster mode, a kill switch for a trader not in this engine: applied here only when this sidecar owns it.
+        Otherwise (another sidecar owns it, or none does yet) its change row is committed and applied by the owner
+        (on NOTIFY), or by whichever sidecar claims the trader next (the claim replays the trader's changes): a kill
+        switch never makes this sidecar the owner of a trader its bot does not talk to. A trader bound to another
+        account (its lease, else its stored row) is INVALID_ARGUMENT naming account_id, as on its owner."""
+        from .api.errors import InvalidArgument
+        from .cluster import leases
 
-        if self.takeover is None:
+        takeover = self.takeover
+        if takeover is None or trader_id in takeover.owned:
             return True
-        try:
-            await self.takeover.acquire(trader_id, account_id, write=True)
-        except TraderOwnedElsewhere:
-            return False
-        return True
+
+        def bound(conn: Any) -> str | None:
+            lease = leases.owners_of(conn, [trader_id]).get(trader_id)
+            if lease is not None:
+                return lease.account_id
+            rec = leases.stored_state(conn, trader_id)
+            return None if rec is None else rec.account_id
+
+        account = await takeover.run(bound)
+        if account is not None and account != account_id:
+            raise InvalidArgument([("account_id", f"trader_id {trader_id!r} is bound to account_id {account!r}")])
+        return False
 
     def _on_control_hearing(self, hearing: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if hearing else health_pb2.HealthCheckResponse.NOT_SERVING

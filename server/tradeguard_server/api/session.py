@@ -222,6 +222,7 @@ class SessionService:
                 declared = declared_from_metadata(context)
                 if declared is not None:
                     self._check_declared(declared, None if guard is None else guard(context))
+                    await self._owned_here(declared)
             except ApiError as error:
                 status = error.to_status()
                 await context.abort(error.code, error.message, trailing_metadata=(
@@ -263,6 +264,7 @@ class SessionService:
                         if entry is None:
                             if kind == "open":
                                 out = self._open(request.open, live.declared, context, guard)
+                                await self._owned_here(out)
                                 live.declared = out
                                 await write(frame(request_id, OPENED_FIELD, rs.SessionOpened(
                                     trader_id=out.trader_id,
@@ -326,6 +328,14 @@ class SessionService:
         st = self.risk.engine.traders.get(declared.trader_id)
         if st is not None and st.account_id != declared.account_id:
             raise AccountMismatchError(declared.trader_id)
+
+    async def _owned_here(self, declared: Declared) -> None:
+        """Cluster mode: a session declares its trader on the sidecar that owns it (claimed now when free), so the
+        pause a lost stream causes lands on the trader's live state; FAILED_PRECONDITION naming the owner
+        otherwise (the protection could not be kept here)."""
+        owners = self.risk.owners
+        if owners is not None and declared.trader_id not in owners.owned:
+            await owners.acquire(declared.trader_id, declared.account_id, write=True)
 
     def _open(self, msg: rs.SessionOpen, declared: Declared | None, context: Any,
               guard: Guard | None) -> Declared:

@@ -58,6 +58,7 @@ from ..engine.state import SEVERITY, TraderState
 from ..engine.types import CheckResult, OrderIntent, OrderSplit, Side, TradingState
 from ..store.dbthread import Worker, create_store_engine
 from ..store.models import AccountMark, RiskState
+from .tasks import cancel_all
 
 log = logging.getLogger("tradeguard.account")
 
@@ -425,8 +426,7 @@ class AccountView:
 
     async def stop(self) -> None:
         if self._runner is not None:
-            self._runner.cancel()
-            await asyncio.gather(self._runner, return_exceptions=True)
+            await cancel_all([self._runner], "account view")
             self._runner = None
         for task in list(self._tasks):
             task.cancel()

@@ -36,6 +36,7 @@ from ..store.dbthread import PG_CONNECT_DEFAULTS
 from ..store.url import redact
 from .changes import CHANNEL, SINCE_SQL, from_row
 from .plane import ControlPlane
+from .tasks import cancel_all
 
 log = logging.getLogger("tradeguard.control")
 
@@ -130,11 +131,7 @@ class ControlListener:
 
     async def stop(self) -> None:
         self._stopping = True
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_all(self._tasks, "control state listener")
         self._tasks = []
         if self.plane.engine.control_gate is self.gate:
             self.plane.engine.control_gate = None
@@ -181,7 +178,7 @@ class ControlListener:
 
         url, kwargs = conninfo(self.url)
         delay = 0.1
-        while True:
+        while not self._stopping:
             conn: psycopg.AsyncConnection[Any] | None = None
             try:
                 conn = await asyncio.wait_for(

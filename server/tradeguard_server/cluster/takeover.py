@@ -66,6 +66,7 @@ from ..store.errors import StoreError, StoreUnavailable
 from ..store.records import StateRecord
 from . import leases
 from .leases import Lease
+from .tasks import cancel_all
 
 log = logging.getLogger("tradeguard.cluster")
 
@@ -362,9 +363,7 @@ class Takeover:
 
     async def close(self) -> None:
         if self._renewer is not None:
-            self._renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewer
+            await cancel_all([self._renewer], "lease renewal")
             self._renewer = None
 
 
