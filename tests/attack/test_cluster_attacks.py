@@ -1,0 +1,59 @@
+"""Attacks on issue 17 (many sidecars on one PostgreSQL database) through the public gRPC API only: a careless bot,
+a hostile bot, an operator in an incident. Each test is a defect reproduction or a combination that must hold."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.duration_pb2 import Duration
+
+from tests.support.sidecar import running_sidecar
+from tests.support.wait import eventually
+from tradeguard.v1 import admin_service_pb2 as ad
+from tradeguard.v1 import admin_service_pb2_grpc as adg
+from tradeguard.v1 import risk_service_pb2 as rs
+from tradeguard.v1 import risk_service_pb2_grpc as rsg
+from tradeguard.v1 import types_pb2 as t
+
+ORDER = t.OrderIntent(symbol="BTCUSDT", side=t.SIDE_BUY, quantity=0.001, price=100.0)
+
+
+class Node:
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.risk = rsg.RiskServiceStub(channel)
+        self.admin = adg.AdminServiceStub(channel)
+
+    async def equity(self, trader: str, account: str = "acct", equity: float = 10_000.0) -> None:
+        await self.risk.ReportEquity(rs.ReportEquityRequest(trader_id=trader, account_id=account, equity=equity))
+
+    async def can_trade(self, trader: str, account: str = "acct") -> rs.CanTradeResponse:
+        return await self.risk.CanTrade(rs.CanTradeRequest(trader_id=trader, account_id=account, order=ORDER))
+
+
+@contextlib.asynccontextmanager
+async def node(pg_url: str, name: str, **overrides: Any) -> AsyncIterator[Node]:
+    async with running_sidecar(database_url=pg_url, enable_persistence=True, sidecar_id=name, **overrides) as sc, \
+            grpc.aio.insecure_channel(sc.address) as ch:
+        yield Node(ch)
+
+
+async def test_two_live_sidecars_with_the_same_sidecar_id_do_not_both_own_a_trader(pg_url: str) -> None:
+    """Impact: two pods started with one --sidecar-id (a copied manifest) both serve and write one trader: a
+    drawdown breach seen by one is ignored by the other, which keeps allowing orders (split brain, no fencing)."""
+    async with node(pg_url, "A") as a, node(pg_url, "A") as twin:
+        await a.equity("t1", equity=10_000.0)
+        assert (await a.can_trade("t1")).allowed
+        # The twin process (same id, other process) is asked about t1: it must not act as its owner.
+        try:
+            await twin.equity("t1", equity=1_000.0)  # a 90 % drawdown: HALTED by the default 20 % limit
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION, exc
+            return
+        twin_reply = await twin.can_trade("t1")
+        assert not twin_reply.allowed  # the twin saw the breach
+        # The other process with the same id keeps allowing the same trader: one trader, two live owners.
+        assert not (await a.can_trade("t1")).allowed, "the same trader is allowed by one process and halted by its twin"
