@@ -3,6 +3,7 @@ a hostile bot, an operator in an incident. Each test is a defect reproduction or
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -57,3 +58,43 @@ async def test_two_live_sidecars_with_the_same_sidecar_id_do_not_both_own_a_trad
         assert not twin_reply.allowed  # the twin saw the breach
         # The other process with the same id keeps allowing the same trader: one trader, two live owners.
         assert not (await a.can_trade("t1")).allowed, "the same trader is allowed by one process and halted by its twin"
+
+
+class SessionCall:
+    """A Session stream fed from a queue (write, then read its answer)."""
+
+    def __init__(self, n: Node) -> None:
+        self.queue: asyncio.Queue[rs.SessionRequest | None] = asyncio.Queue()
+        self.call = n.risk.Session(self._requests())
+
+    async def _requests(self) -> AsyncIterator[rs.SessionRequest]:
+        while (message := await self.queue.get()) is not None:
+            yield message
+
+    async def ask(self, request: rs.SessionRequest) -> rs.SessionResponse:
+        await self.queue.put(request)
+        reply = await self.call.read()
+        assert isinstance(reply, rs.SessionResponse), reply
+        return reply
+
+
+async def test_a_session_declaring_a_trader_owned_by_another_sidecar_does_not_confirm_a_protection_it_drops(
+        pg_url: str) -> None:
+    """Impact: a bot connected to the wrong sidecar is told its cancel-on-disconnect is armed ("opened"), but when
+    its stream dies the trader is never paused: its orders stay live on the owner with no kill."""
+    async with node(pg_url, "A") as a, node(pg_url, "B") as b:
+        await a.equity("t1")  # A owns t1
+        session = SessionCall(b)
+        opened = await session.ask(rs.SessionRequest(request_id=1, open=rs.SessionOpen(
+            trader_id="t1", account_id="acct", on_disconnect=t.TRADING_STATE_HALTED)))
+        if opened.WhichOneof("result") == "error":  # refused, naming the owner: the bot knows it is not protected
+            assert opened.error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+            return
+        assert opened.opened.on_disconnect == t.TRADING_STATE_HALTED
+        session.call.cancel()  # the bot dies without closing its stream
+
+        async def paused() -> bool:
+            return not (await a.can_trade("t1")).allowed
+
+        assert await eventually(paused, timeout=3.0), \
+            "cancel-on-disconnect confirmed by B was never applied to t1 (owned by A)"
