@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
 
+from tests.support.cluster import running_cluster
 from tests.support.sidecar import running_sidecar
 from tests.support.wait import eventually
 from tradeguard.v1 import admin_service_pb2 as ad
@@ -98,3 +100,22 @@ async def test_a_session_declaring_a_trader_owned_by_another_sidecar_does_not_co
 
         assert await eventually(paused, timeout=3.0), \
             "cancel-on-disconnect confirmed by B was never applied to t1 (owned by A)"
+
+
+async def test_dead_mans_switch_fires_for_a_silent_trader_whose_owner_sidecar_was_killed(
+        tmp_path: Path, pg_url: str) -> None:
+    """Impact: the bot and its sidecar pod die together; the bot stays silent far past heartbeat_timeout_seconds,
+    yet no sidecar pauses it and the next sidecar it reaches allows at once (a single sidecar restarted in place
+    does pause it: the dead-man's switch is lost only on a takeover)."""
+    async with running_cluster(tmp_path, pg_url, 2, settings={"trader_lease_seconds": 1}) as cluster:
+        a, b = cluster[0], cluster[1]
+        await a.admin.SaveConfig(ad.SaveConfigRequest(config=t.RiskConfiguration(
+            account_id="acct", config_id="hb", is_active=True, heartbeat_timeout_seconds=2)))
+        await b.admin.ListConfigs(ad.ListConfigsRequest(account_id="acct"))
+        await a.risk.ReportEquity(rs.ReportEquityRequest(trader_id="t1", account_id="acct", equity=10_000.0))
+        assert (await a.risk.CanTrade(rs.CanTradeRequest(trader_id="t1", account_id="acct", order=ORDER))).allowed
+        await asyncio.sleep(1.0)  # the state is stored (the writer's bounded delay)
+        a.kill()  # SIGKILL: the bot's pod is gone, bot and sidecar together
+        await asyncio.sleep(5.0)  # silence: 6 s > heartbeat_timeout_seconds=2 (and the 1 s lease lapsed)
+        reply = await b.risk.CanTrade(rs.CanTradeRequest(trader_id="t1", account_id="acct", order=ORDER))
+        assert not reply.allowed, f"silent for 6 s with a 2 s heartbeat, yet allowed after takeover: {reply.reason}"
