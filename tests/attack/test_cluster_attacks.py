@@ -119,3 +119,29 @@ async def test_dead_mans_switch_fires_for_a_silent_trader_whose_owner_sidecar_wa
         await asyncio.sleep(5.0)  # silence: 6 s > heartbeat_timeout_seconds=2 (and the 1 s lease lapsed)
         reply = await b.risk.CanTrade(rs.CanTradeRequest(trader_id="t1", account_id="acct", order=ORDER))
         assert not reply.allowed, f"silent for 6 s with a 2 s heartbeat, yet allowed after takeover: {reply.reason}"
+
+
+async def test_stale_halt_applies_to_a_cut_off_sidecar_whose_last_known_flags_were_shadow_mode(
+        tmp_path: Path, pg_url: str) -> None:
+    """Impact: in an incident the operator turns enforcement back on (ends shadow mode); a sidecar cut off from the
+    database never hears it and, although its control state is stale past the max age with the `halt` action,
+    keeps allowing every order, even for a trader under a kill switch."""
+    async with running_cluster(tmp_path, pg_url, 2, proxied=[1], member_settings={1: {
+            "control_state_max_age_seconds": 1.5, "control_state_stale_action": "halt"}}) as cluster:
+        a, b = cluster[0], cluster[1]
+        assert b.proxy is not None
+        await b.risk.ReportEquity(rs.ReportEquityRequest(trader_id="t2", account_id="acct", equity=10_000.0))
+        await a.admin.PauseTrading(ad.PauseTradingRequest(trader_id="t2", account_id="acct",
+                                                          trading_state=t.TRADING_STATE_HALTED, reason="incident"))
+        await a.admin.SetFeatureFlags(ad.SetFeatureFlagsRequest(flags=t.FeatureFlags(enable_risk_enforcement=False)))
+
+        async def shadow_on_b() -> bool:
+            flags = (await b.admin.GetFeatureFlags(ad.GetFeatureFlagsRequest())).flags
+            return not flags.enable_risk_enforcement
+
+        assert await eventually(shadow_on_b, timeout=3.0)
+        b.proxy.cut()  # B loses the database, its LISTEN connection included
+        await a.admin.SetFeatureFlags(ad.SetFeatureFlagsRequest(flags=t.FeatureFlags(enable_risk_enforcement=True)))
+        await asyncio.sleep(3.5)  # > control_state_max_age_seconds: the `halt` action is due
+        reply = await b.risk.CanTrade(rs.CanTradeRequest(trader_id="t2", account_id="acct", order=ORDER), timeout=10)
+        assert not reply.allowed, f"stale control state with action=halt, yet allowed: {reply.reason}"
