@@ -145,3 +145,17 @@ async def test_stale_halt_applies_to_a_cut_off_sidecar_whose_last_known_flags_we
         await asyncio.sleep(3.5)  # > control_state_max_age_seconds: the `halt` action is due
         reply = await b.risk.CanTrade(rs.CanTradeRequest(trader_id="t2", account_id="acct", order=ORDER), timeout=10)
         assert not reply.allowed, f"stale control state with action=halt, yet allowed: {reply.reason}"
+
+
+async def test_an_operator_pausing_a_not_yet_seen_trader_through_one_sidecar_does_not_lock_its_bot_out_of_another(
+        pg_url: str) -> None:
+    """Impact: an operator pre-emptively pauses bot new1 (and later resumes it) through sidecar A; the bot then
+    starts on its own sidecar B and every call is refused FAILED_PRECONDITION 'owned by sidecar A' for as long as A
+    lives: the kill switch made through A silently claimed the trader's ownership and A keeps renewing it."""
+    async with node(pg_url, "A", trader_lease_seconds=1) as a, node(pg_url, "B", trader_lease_seconds=1) as b:
+        await a.admin.PauseTrading(ad.PauseTradingRequest(trader_id="new1", account_id="acct",
+                                                          trading_state=t.TRADING_STATE_HALTED, reason="pre-emptive"))
+        await a.admin.ResumeTrading(ad.ResumeTradingRequest(trader_id="new1", account_id="acct"))
+        await asyncio.sleep(3.0)  # three lease lengths: A does not serve new1's bot, it never called A
+        await b.equity("new1")  # the bot's first call, on its own sidecar
+        assert (await b.can_trade("new1")).allowed
