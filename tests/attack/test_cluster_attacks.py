@@ -159,3 +159,21 @@ async def test_an_operator_pausing_a_not_yet_seen_trader_through_one_sidecar_doe
         await asyncio.sleep(3.0)  # three lease lengths: A does not serve new1's bot, it never called A
         await b.equity("new1")  # the bot's first call, on its own sidecar
         assert (await b.can_trade("new1")).allowed
+
+
+async def test_a_sidecar_cut_off_past_its_lease_does_not_keep_allowing_a_trader_another_sidecar_took_and_paused(
+        tmp_path: Path, pg_url: str) -> None:
+    """Impact: sidecar B loses the database for longer than trader_lease_seconds; the operator pauses B's trader
+    through A, which takes the trader over (the lease lapsed) and halts it, while B goes on allowing the same trader
+    from memory on a lease it no longer holds: two owners, the kill switch not in force where the bot trades."""
+    async with running_cluster(tmp_path, pg_url, 2, proxied=[1], settings={"trader_lease_seconds": 2}) as cluster:
+        a, b = cluster[0], cluster[1]
+        assert b.proxy is not None
+        await b.risk.ReportEquity(rs.ReportEquityRequest(trader_id="t2", account_id="acct", equity=10_000.0))
+        b.proxy.cut()
+        await asyncio.sleep(4.0)  # twice the lease: B cannot have renewed it
+        paused = await a.admin.PauseTrading(ad.PauseTradingRequest(
+            trader_id="t2", account_id="acct", trading_state=t.TRADING_STATE_HALTED, reason="incident"))
+        assert paused.state.trading_state == t.TRADING_STATE_HALTED
+        reply = await b.risk.CanTrade(rs.CanTradeRequest(trader_id="t2", account_id="acct", order=ORDER), timeout=10)
+        assert not reply.allowed, f"B's lease lapsed 2 s ago and A halted t2, yet B allows: {reply.reason}"
