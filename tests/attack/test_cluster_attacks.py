@@ -177,3 +177,24 @@ async def test_a_sidecar_cut_off_past_its_lease_does_not_keep_allowing_a_trader_
         assert paused.state.trading_state == t.TRADING_STATE_HALTED
         reply = await b.risk.CanTrade(rs.CanTradeRequest(trader_id="t2", account_id="acct", order=ORDER), timeout=10)
         assert not reply.allowed, f"B's lease lapsed 2 s ago and A halted t2, yet B allows: {reply.reason}"
+
+
+async def test_a_kill_switch_naming_the_wrong_account_is_refused_through_any_sidecar_not_confirmed_as_halted(
+        pg_url: str) -> None:
+    """Impact: in an incident the operator pauses bot t1 with the wrong account_id through sidecar A (not t1's
+    owner): the answer says TRADING_STATE_HALTED, yet t1 keeps trading on B. Through t1's owner the same request is
+    refused INVALID_ARGUMENT (the trader is bound to another account)."""
+    async with node(pg_url, "A") as a, node(pg_url, "B") as b:
+        await b.equity("t1")  # B owns t1, bound to account "acct"
+        request = ad.PauseTradingRequest(trader_id="t1", account_id="other", trading_state=t.TRADING_STATE_HALTED,
+                                         reason="incident")
+        with pytest.raises(grpc.aio.AioRpcError) as through_owner:
+            await b.admin.PauseTrading(request)
+        assert through_owner.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        try:
+            answer = await a.admin.PauseTrading(request)
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT, exc
+            return
+        assert answer.state.trading_state == t.TRADING_STATE_HALTED  # what the operator is told
+        assert not (await b.can_trade("t1")).allowed, "the operator was told HALTED, yet t1 trades on"
