@@ -12,7 +12,9 @@ tests/e2e/test_readme_examples.py pastes the README's grpcurl and curl commands;
   asserts they are exactly the ones named in FRAGMENTS (none today). Where a block's comments or prints say what
   it shows, the output is checked. Before them, the section's sh block's example bot runs as written
   (`python client/python/examples/trader.py --target 127.0.0.1:50051`: `python` is `.venv/bin/python`, the
-  script path is the checkout's, the port as above).
+  script path is the checkout's, the port as above). The same run is repeated on a sidecar where the README's
+  grpcurl/curl commands of the sections above "Use from Python" were pasted first (as test_readme_examples.py
+  pastes them, `localhost:8088` rewritten to the HTTP listener's free port): a reader going top to bottom.
 - **psql.** Every SQL statement the README shows (`psql -c "..."` or a bare inline `SELECT ...;`) is run with
   `psql -X -c` against a sidecar on a fresh PostgreSQL database (the `pg_url` fixture) started as the
   "Persistence" block says (`export TRADEGUARD_DATABASE_URL=...`, `tradeguard migrate`, `tradeguard serve`;
@@ -40,8 +42,10 @@ from tests.e2e.test_readme_examples import (
     README,
     ROOT,
     clean_env,
+    is_stream,
     readme_commands,
     run_in_one_shell,
+    runnable,
     serving,
     tools_or_skip,
 )
@@ -53,6 +57,7 @@ pytestmark = pytest.mark.e2e
 FRAGMENTS: tuple[str, ...] = ()  # the `<!-- fragment: ... -->` blocks skipped on purpose, by their comment
 MAX_FRAGMENTS = 2
 PYTHON_TIMEOUT_S = 20
+README_ORDER = [m.strip() for m in re.findall(r"^## ([^:\n]+)", README.read_text(), re.M)]
 
 
 @dataclass(frozen=True)
@@ -122,13 +127,25 @@ def test_a_block_marked_as_fragment_is_recognised_and_named() -> None:
     assert blocks[1].code == "guard.x()\n"
 
 
-def test_readme_python_blocks_run_top_to_bottom_against_a_fresh_sidecar(tmp_path: Path) -> None:
+@pytest.mark.parametrize("before", ["nothing", "the shell sections above"])
+def test_readme_python_blocks_run_top_to_bottom_against_a_fresh_sidecar(tmp_path: Path, before: str) -> None:
+    """On a fresh sidecar; and on one where the README's grpcurl sections above "Use from Python" (walk-through,
+    orders, configurations, breakers) were pasted first, as a newcomer reading top to bottom does."""
     tools_or_skip()
     blocks = [b for b in readme_python_blocks() if b.fragment is None]
-    port = closed_port()
+    port, http_port = closed_port(), closed_port()
     outputs: list[str] = []
     with serving(tmp_path, [".venv/bin/tradeguard", "serve"], listen=f"127.0.0.1:{port}",
-                 http_listen="", metrics_listen=""):
+                 http_listen=f"127.0.0.1:{http_port}", metrics_listen=""):
+        if before != "nothing":
+            everything = readme_commands()
+            above = [c for c in everything if runnable(c, everything) and README_ORDER.index(c.section.split(":")[0])
+                     < README_ORDER.index("Use from Python")]
+            assert len(above) >= 30
+            results = run_in_one_shell(tmp_path, above, {"localhost:50051": port, "localhost:8088": http_port})
+            expected = [124 if is_stream(c) else 67 if '"equity": "NaN"' in c.text else 0 for c in above]
+            wrong = [(r.code, r.command.text, r.output) for r, e in zip(results, expected, strict=True) if r.code != e]
+            assert not wrong, wrong
         # the section's own sh block first: `python client/python/examples/trader.py --target 127.0.0.1:50051`
         # (the example bot, from the checkout; `tradeguard serve &` is the sidecar already running)
         example = trader_example_command().replace("127.0.0.1:50051", f"127.0.0.1:{port}")
