@@ -21,11 +21,16 @@ tests/e2e/test_readme_examples.py pastes the README's grpcurl and curl commands;
   `createdb` is the fixture's job, the URL is the fixture's), after the walk-through's grpcurl commands (the
   README's preceding steps) made the rows it reads. psql finds the database through libpq's PG* variables
   (PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, set from the fixture's URL), so the seed's command runs
-  letter for letter. The output must show what the README says the columns hold.
+  letter for letter. The output must show what the README says the columns hold: the seed's
+  `SELECT trading_paused, paused_until FROM risk_state` once after the breach (true, a pause end) and once after
+  the walk-through's ResumeTrading (false, none). The section's other sh block (store / state health,
+  `tradeguard health --service tradeguard.state`, ListRiskStateHistory) runs there too; `tradeguard health` gets
+  `--address` with the sidecar's port, since it has no host:port in its text to rewrite.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -41,6 +46,7 @@ import pytest
 from tests.e2e.test_readme_examples import (
     README,
     ROOT,
+    Command,
     clean_env,
     is_stream,
     readme_commands,
@@ -198,12 +204,11 @@ def psql(sql: str, env: dict[str, str]) -> list[list[str]]:
     return [line.split("|") for line in done.stdout.splitlines() if line]
 
 
-def persistence_block() -> list[str]:
-    text = README.read_text()
-    body = re.split(r"^## Persistence$", text, flags=re.M)[1]
-    block = re.search(r"```sh\n(.*?)```", body, re.S)
-    assert block is not None
-    return [line.split("#")[0].strip() for line in block.group(1).splitlines() if line.strip()]
+def persistence_blocks() -> list[list[str]]:
+    """The ```sh blocks of the Persistence section, one command a line, comments dropped."""
+    body = re.split(r"^## ", re.split(r"^## Persistence$", README.read_text(), flags=re.M)[1], flags=re.M)[0]
+    return [[line.split("#")[0].strip() for line in block.splitlines() if line.strip() and not line.startswith("#")]
+            for block in re.findall(r"```sh\n(.*?)```", body, re.S)]
 
 
 def test_readme_psql_commands_show_what_it_says_after_the_walk_through(pg_url: str, tmp_path: Path) -> None:
@@ -212,7 +217,12 @@ def test_readme_psql_commands_show_what_it_says_after_the_walk_through(pg_url: s
         if os.environ.get("CI"):
             pytest.fail("psql is not installed")
         pytest.skip("psql is not installed")
-    steps = persistence_block()  # the README's way to a PostgreSQL store
+    steps, checks = persistence_blocks()  # the README's way to a PostgreSQL store; then what to look at
+    assert len(checks) == 4 and ".venv/bin/tradeguard health --service tradeguard.state" in checks, checks
+    # `tradeguard health` asks 127.0.0.1:50051 unless told: the one place where a flag is added for the port
+    grpc_port, http_port = closed_port(), closed_port()
+    looks = [Command("Persistence", c.replace(".venv/bin/tradeguard health", ".venv/bin/tradeguard health "
+                                              f"--address 127.0.0.1:{grpc_port}"), -1) for c in checks]
     assert steps[0].startswith("createdb ") and steps[1].startswith("export TRADEGUARD_DATABASE_URL=postgresql://")
     assert steps[2:] == [".venv/bin/tradeguard migrate", ".venv/bin/tradeguard serve"], steps
     statements = readme_sql()
@@ -228,7 +238,6 @@ def test_readme_psql_commands_show_what_it_says_after_the_walk_through(pg_url: s
     walk = [c for c in readme_commands() if c.section.startswith("A walk-through with grpcurl")]
     kill = next(i for i, c in enumerate(walk) if "AdminService/PauseTrading" in c.text)
     exports = [c for c in walk[:kill] if c.text.startswith("export ")]
-    grpc_port, http_port = closed_port(), closed_port()
     env = libpq_env(pg_url)
     with serving(tmp_path, [".venv/bin/tradeguard", "serve"], database_url=pg_url,
                  listen=f"127.0.0.1:{grpc_port}", http_listen=f"127.0.0.1:{http_port}", metrics_listen=""):
@@ -241,9 +250,16 @@ def test_readme_psql_commands_show_what_it_says_after_the_walk_through(pg_url: s
         assert until, "REDUCING after the breach: paused_until ~30 minutes ahead"
 
         # steps 7-9 in a new shell (its exports again): kill switch, resume, flags, bad input
-        results = run_in_one_shell(tmp_path, exports + walk[kill:], {"localhost:50051": grpc_port})
-        assert [r.code for r in results[:-1]] == [0] * (len(results) - 1), \
-            [(r.command.text, r.output) for r in results if r.code]
+        # then the Persistence section's checks: store and state health, bot-1's history
+        rest = exports + walk[kill:] + looks
+        results = run_in_one_shell(tmp_path, rest, {"localhost:50051": grpc_port})
+        wrong = [(r.code, r.command.text, r.output) for r in results
+                 if r.code != (67 if r.command is walk[-1] else 0)]
+        assert not wrong, wrong
+        looked = results[-len(looks):]
+        assert [json.loads(r.stdout) for r in looked[:2]] == [{"status": "SERVING"}] * 2, looked[:2]
+        history = json.loads(looked[3].stdout)
+        assert len(history["entries"]) >= 5 and all(e["state"]["trader_id"] == "bot-1" for e in history["entries"])
 
         def written() -> bool:  # every history row queued so far is in the database, the resume included
             metrics = urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5).read().decode()
