@@ -417,7 +417,10 @@ class Sidecar:
         from .cluster import leases
 
         takeover = self.takeover
-        if takeover is None or trader_id in takeover.owned:
+        if takeover is None or trader_id in takeover.owned or self.engine.journal is not None:
+            # (while the stored state is not loaded - database down at start - ownership cannot be known: the pause
+            # is in force here at once, journaled and replayed on the stored state, and its change row is stored
+            # as soon as the database answers, so the owner applies it too, whichever sidecar that is)
             return True
 
         def bound(conn: Any) -> str | None:

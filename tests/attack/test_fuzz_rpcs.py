@@ -42,6 +42,7 @@ NOW = 1_767_225_600.0  # the server's (manual) clock; it does not move during th
 METHODS: list[MethodDescriptor] = [
     m for svc in (rs.DESCRIPTOR.services_by_name["RiskService"], ad.DESCRIPTOR.services_by_name["AdminService"])
     for m in svc.methods
+    if not m.client_streaming  # Session (bidirectional): its own fuzz is tests/integration/test_session_equivalence.py
 ]
 TRADERS = ["t-0", "t-1", "t-2", "t-3"]
 ACCOUNTS = ["a-0", "a-1"]
