@@ -34,7 +34,10 @@ def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
 def test_example_trader_against_an_adversary_denies_within_its_deadline(
         built: Trader, adversaries: AdversaryFleet, scenario: Scenario) -> None:
-    out = built.run("--addr", adversaries.address(scenario), "--once", "--timeout-ms", str(DEADLINE_MS))
+    # The adversaries speak the unary CanTrade (tests/support/adversary.py): the examples' unary path is what they
+    # test (the Session path's fault tests are tests/integration/test_session_faults.py).
+    no_session = "-no-session" if built.lang == "go" else "--no-session"
+    out = built.run("--addr", adversaries.address(scenario), "--once", "--timeout-ms", str(DEADLINE_MS), no_session)
 
     lines = parse_lines(out.stdout)
     decision = next(line for line in lines if line["step"] == "can_trade")

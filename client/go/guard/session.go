@@ -110,6 +110,22 @@ func (s *Session) read(stream tradeguardv1.RiskService_SessionClient, done chan 
 
 // Do sends one request (its request_id is set here) and waits for its answer, at most until ctx ends.
 func (s *Session) Do(ctx context.Context, req *tradeguardv1.SessionRequest) (*tradeguardv1.SessionResponse, error) {
+	// Opening the stream waits for the connection (a sidecar that accepts and stays silent holds it): the call's
+	// deadline bounds the whole call, opening included; a call given up on leaves its goroutine to finish alone.
+	out := make(chan sessionResult, 1)
+	go func() {
+		resp, err := s.do(ctx, req)
+		out <- sessionResult{resp: resp, err: err}
+	}()
+	select {
+	case r := <-out:
+		return r.resp, r.err
+	case <-ctx.Done():
+		return nil, status.FromContextError(ctx.Err()).Err()
+	}
+}
+
+func (s *Session) do(ctx context.Context, req *tradeguardv1.SessionRequest) (*tradeguardv1.SessionResponse, error) {
 	ch := make(chan sessionResult, 1)
 	s.mu.Lock()
 	stream, err := s.open()

@@ -38,7 +38,7 @@ import { parseArgs } from "node:util";
 
 import { credentials, Metadata, type ServiceError, status } from "@grpc/grpc-js";
 
-import { CHANNEL_OPTIONS, cancelAllOrders, errText, Session, unavailable } from "../../src/guard";
+import { CHANNEL_OPTIONS, canTrade, cancelAllOrders, errText, Session, unavailable } from "../../src/guard";
 import {
   CanTradeRequest,
   CanTradeResponse,
@@ -82,6 +82,7 @@ interface Options {
   once: boolean;
   pollMs: number;
   grpcDefaultBackoff: boolean;
+  noSession: boolean;
 }
 
 class UnexpectedAnswer extends Error {}
@@ -189,6 +190,9 @@ class Bot {
   async canTrade(order?: OrderIntent): Promise<{ decision: CanTradeResponse; reached: boolean }> {
     try {
       const req = CanTradeRequest.fromPartial({ ...this.ids(), order });
+      if (this.opts.noSession) {
+        return await canTrade(this.client, req, this.opts.timeoutMs);
+      }
       return await this.session.canTrade(req, this.opts.timeoutMs);
     } catch (err) {
       return { decision: unavailable(err), reached: false };
@@ -464,6 +468,7 @@ function parseOptions(argv: string[]): Options {
       once: { type: "boolean", default: false },
       "poll-ms": { type: "string", default: "0" },
       "grpc-default-backoff": { type: "boolean", default: false },
+      "no-session": { type: "boolean", default: false },
     },
     strict: true,
   });
@@ -484,6 +489,7 @@ function parseOptions(argv: string[]): Options {
     once: values.once ?? false,
     pollMs,
     grpcDefaultBackoff: values["grpc-default-backoff"] ?? false,
+    noSession: values["no-session"] ?? false,
   };
 }
 
