@@ -69,6 +69,10 @@ async def test_x_request_id_is_recorded_when_there_is_no_traceparent_and_nothing
 async def test_an_admin_pause_records_its_callers_trace_id(pg_url: str) -> None:
     async with running_sidecar(database_url=pg_url, enable_persistence=True) as sc, \
             grpc.aio.insecure_channel(sc.address) as ch:
+        # The trader is this sidecar's (PostgreSQL = cluster mode: a kill switch for a trader nobody owns is a stored
+        # control change, applied by whichever sidecar claims it).
+        await rsg.RiskServiceStub(ch).ReportEquity(rs.ReportEquityRequest(
+            trader_id="bot-2", account_id="acct", equity=10_000.0), timeout=10)
         await adg.AdminServiceStub(ch).PauseTrading(ad.PauseTradingRequest(
             trader_id="bot-2", account_id="acct", trading_state=t.TRADING_STATE_HALTED, reason="ops"),
             metadata=(("traceparent", TRACEPARENT),), timeout=10)
