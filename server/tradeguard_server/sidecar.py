@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
@@ -236,12 +237,9 @@ class Sidecar:
                                     self.persistence, origin=settings.sidecar_name, cluster=self.cluster)
         self.config_service.record = self.breaker_service.record = self.persistence.record = self.control.record
         self.control_listener = ControlListener(
-            # Past trader_lease_seconds without the database another sidecar may have taken this one's traders
-            # over: the stale action applies from then on when that comes first.
-            settings.database_url, self.control,
-            max_age_s=min(settings.control_state_max_age_seconds, settings.trader_lease_seconds),
+            settings.database_url, self.control, max_age_s=settings.control_state_max_age_seconds,
             stale_action=settings.control_state_stale_action, poll_s=settings.control_poll_seconds,
-            on_hearing=self._on_control_hearing) if self.cluster else None
+            on_hearing=self._on_control_hearing, lease_lapsed=self._lease_lapsed) if self.cluster else None
         if self.takeover is not None:  # a claimed trader: its pause / resume changes replayed, scope pauses synced
             self.takeover.read_changes = trader_changes
             self.takeover.replay = self.control.replay_trader
@@ -400,6 +398,12 @@ class Sidecar:
             await self.control_listener.start()
         elif self.control.primed:
             await self.health.set(CONTROL_HEALTH, health_pb2.HealthCheckResponse.SERVING)
+
+    def _lease_lapsed(self) -> bool:
+        """Past trader_lease_seconds without renewing its leases, another sidecar may have taken this one's traders
+        over: the control state's stale action applies to them from then on."""
+        t = self.takeover
+        return t is not None and bool(t.owned) and time.monotonic() - t.last_renewed > t.lease_s
 
     async def _stop_control(self) -> None:
         for task in list(self._control_tasks):

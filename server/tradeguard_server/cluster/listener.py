@@ -102,12 +102,16 @@ class ControlListener:
     """See the module docstring. `start()`, `stop()`; `url` may be replaced before `start()` (tests: a proxy)."""
 
     def __init__(self, url: str, plane: ControlPlane, *, max_age_s: float, stale_action: str, poll_s: float,
-                 on_hearing: Callable[[bool], None] = lambda _h: None) -> None:
+                 on_hearing: Callable[[bool], None] = lambda _h: None,
+                 lease_lapsed: Callable[[], bool] = lambda: False) -> None:
         self.url = url
         self.plane = plane
         self.max_age_s = max_age_s
         self.interval = max(0.05, min(1.0, poll_s))
         self.on_hearing = on_hearing  # health: called on every change of `hearing`
+        # True while this sidecar's trader leases have not been renewed for longer than trader_lease_seconds:
+        # another sidecar may own its traders by now, so the stale action applies at once.
+        self.lease_lapsed = lease_lapsed
         self.gate = StaleGate(stale_action, max_age_s, self.age_seconds,
                               lambda: plane.engine.flags.enable_risk_enforcement)
         self.last_heard = time.monotonic()  # nothing heard yet: the age counts from the start
@@ -153,7 +157,7 @@ class ControlListener:
                 log.warning("control state: NOT hearing the database (last heard %.1fs ago): health "
                             "tradeguard.control NOT_SERVING", age)
             self.on_hearing(hearing)
-        stale = age >= self.max_age_s and self.gate.action != "serve"
+        stale = (age >= self.max_age_s or self.lease_lapsed()) and self.gate.action != "serve"
         if stale != self.stale:
             self.stale = stale
             engine = self.plane.engine

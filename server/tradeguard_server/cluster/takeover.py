@@ -167,7 +167,7 @@ class Takeover:
         self._start_changes: dict[str, Sequence[Any]] = {}
         self._renewer: asyncio.Task[None] | None = None
         self._renew_failing = False
-        self.last_renewed = 0.0  # monotonic time of the last successful renewal
+        self.last_renewed = time.monotonic()  # of the last successful renewal (start: none due yet)
 
     # ---- the hot path ---------------------------------------------------------------------------
 
