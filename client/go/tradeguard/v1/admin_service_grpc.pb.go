@@ -62,6 +62,11 @@ type AdminServiceClient interface {
 	ListRiskStates(ctx context.Context, in *ListRiskStatesRequest, opts ...grpc.CallOption) (*ListRiskStatesResponse, error)
 	// ListRiskStateHistory returns the audit trail of a trader, oldest first.
 	ListRiskStateHistory(ctx context.Context, in *ListRiskStateHistoryRequest, opts ...grpc.CallOption) (*ListRiskStateHistoryResponse, error)
+	// RestoreRiskState puts a trader back to the state recorded in its history at a point in time (the newest
+	// history row at or before `at`), e.g. after a bad equity report. Dry run by default: the answer shows the state
+	// it would restore and nothing changes. Admin only, audited (history reason "restore: <reason>"); refused with
+	// FAILED_PRECONDITION while another sidecar owns the trader.
+	RestoreRiskState(ctx context.Context, in *RestoreRiskStateRequest, opts ...grpc.CallOption) (*RestoreRiskStateResponse, error)
 	// ListBindings returns which account each known trader id is bound to.
 	ListBindings(ctx context.Context, in *ListBindingsRequest, opts ...grpc.CallOption) (*ListBindingsResponse, error)
 	// RebindTrader binds a trader id to an account with a fresh state (audited): undoes a trader id
@@ -248,6 +253,15 @@ func (c *adminServiceClient) ListRiskStateHistory(ctx context.Context, in *ListR
 	return out, nil
 }
 
+func (c *adminServiceClient) RestoreRiskState(ctx context.Context, in *RestoreRiskStateRequest, opts ...grpc.CallOption) (*RestoreRiskStateResponse, error) {
+	out := new(RestoreRiskStateResponse)
+	err := c.cc.Invoke(ctx, "/tradeguard.v1.AdminService/RestoreRiskState", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adminServiceClient) ListBindings(ctx context.Context, in *ListBindingsRequest, opts ...grpc.CallOption) (*ListBindingsResponse, error) {
 	out := new(ListBindingsResponse)
 	err := c.cc.Invoke(ctx, "/tradeguard.v1.AdminService/ListBindings", in, out, opts...)
@@ -315,6 +329,11 @@ type AdminServiceServer interface {
 	ListRiskStates(context.Context, *ListRiskStatesRequest) (*ListRiskStatesResponse, error)
 	// ListRiskStateHistory returns the audit trail of a trader, oldest first.
 	ListRiskStateHistory(context.Context, *ListRiskStateHistoryRequest) (*ListRiskStateHistoryResponse, error)
+	// RestoreRiskState puts a trader back to the state recorded in its history at a point in time (the newest
+	// history row at or before `at`), e.g. after a bad equity report. Dry run by default: the answer shows the state
+	// it would restore and nothing changes. Admin only, audited (history reason "restore: <reason>"); refused with
+	// FAILED_PRECONDITION while another sidecar owns the trader.
+	RestoreRiskState(context.Context, *RestoreRiskStateRequest) (*RestoreRiskStateResponse, error)
 	// ListBindings returns which account each known trader id is bound to.
 	ListBindings(context.Context, *ListBindingsRequest) (*ListBindingsResponse, error)
 	// RebindTrader binds a trader id to an account with a fresh state (audited): undoes a trader id
@@ -383,6 +402,9 @@ func (UnimplementedAdminServiceServer) ListRiskStates(context.Context, *ListRisk
 }
 func (UnimplementedAdminServiceServer) ListRiskStateHistory(context.Context, *ListRiskStateHistoryRequest) (*ListRiskStateHistoryResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListRiskStateHistory not implemented")
+}
+func (UnimplementedAdminServiceServer) RestoreRiskState(context.Context, *RestoreRiskStateRequest) (*RestoreRiskStateResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RestoreRiskState not implemented")
 }
 func (UnimplementedAdminServiceServer) ListBindings(context.Context, *ListBindingsRequest) (*ListBindingsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListBindings not implemented")
@@ -745,6 +767,24 @@ func _AdminService_ListRiskStateHistory_Handler(srv interface{}, ctx context.Con
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_RestoreRiskState_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RestoreRiskStateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RestoreRiskState(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/tradeguard.v1.AdminService/RestoreRiskState",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RestoreRiskState(ctx, req.(*RestoreRiskStateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _AdminService_ListBindings_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListBindingsRequest)
 	if err := dec(in); err != nil {
@@ -860,6 +900,10 @@ var _AdminService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListRiskStateHistory",
 			Handler:    _AdminService_ListRiskStateHistory_Handler,
+		},
+		{
+			MethodName: "RestoreRiskState",
+			Handler:    _AdminService_RestoreRiskState_Handler,
 		},
 		{
 			MethodName: "ListBindings",

@@ -1161,6 +1161,92 @@ class ListRiskStateHistoryResponse(_message.Message):
 Global___ListRiskStateHistoryResponse: _TypeAlias = ListRiskStateHistoryResponse  # noqa: Y015
 
 @_typing.final
+class RestoreRiskStateRequest(_message.Message):
+    """RestoreRiskStateRequest names a trader and a point in time."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRADER_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    trader_id: _builtins.str
+    """The trader id. Required."""
+    account_id: _builtins.str
+    """The account id. Required; must be the trader's account."""
+    reason: _builtins.str
+    """Why (audited). Required when dry_run is false."""
+    dry_run: _builtins.bool
+    """Dry run (the default when unset): show the state that would be restored, change nothing."""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """The point in time: the newest history row recorded at or before it is restored. Required."""
+
+    def __init__(
+        self,
+        *,
+        trader_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+        dry_run: _builtins.bool | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_dry_run", b"_dry_run", "at", b"at", "dry_run", b"dry_run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dry_run", b"_dry_run", "account_id", b"account_id", "at", b"at", "dry_run", b"dry_run", "reason", b"reason", "trader_id", b"trader_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__dry_run: _TypeAlias = _typing.Literal["dry_run"]  # noqa: Y015
+    _WhichOneofArgType__dry_run: _TypeAlias = _typing.Literal["_dry_run", b"_dry_run"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__dry_run) -> _WhichOneofReturnType__dry_run | None: ...
+
+Global___RestoreRiskStateRequest: _TypeAlias = RestoreRiskStateRequest  # noqa: Y015
+
+@_typing.final
+class RestoreRiskStateResponse(_message.Message):
+    """RestoreRiskStateResponse shows the restored (or, in a dry run, the would-be restored) state."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    RECORDED_AT_FIELD_NUMBER: _builtins.int
+    RECORDED_REASON_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    PREVIOUS_STATE_FIELD_NUMBER: _builtins.int
+    recorded_reason: _builtins.str
+    """That row's reason."""
+    dry_run: _builtins.bool
+    """True when nothing changed (dry run)."""
+    @_builtins.property
+    def state(self) -> _types_pb2.RiskState:
+        """The state after the restore (dry run: the state that would be restored)."""
+
+    @_builtins.property
+    def recorded_at(self) -> _timestamp_pb2.Timestamp:
+        """The history row restored from: when it was recorded."""
+
+    @_builtins.property
+    def previous_state(self) -> _types_pb2.RiskState:
+        """The trader's state before the restore."""
+
+    def __init__(
+        self,
+        *,
+        state: _types_pb2.RiskState | None = ...,
+        recorded_at: _timestamp_pb2.Timestamp | None = ...,
+        recorded_reason: _builtins.str = ...,
+        dry_run: _builtins.bool = ...,
+        previous_state: _types_pb2.RiskState | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["previous_state", b"previous_state", "recorded_at", b"recorded_at", "state", b"state"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "previous_state", b"previous_state", "recorded_at", b"recorded_at", "recorded_reason", b"recorded_reason", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestoreRiskStateResponse: _TypeAlias = RestoreRiskStateResponse  # noqa: Y015
+
+@_typing.final
 class ListBindingsRequest(_message.Message):
     """ListBindingsRequest selects bindings."""
 

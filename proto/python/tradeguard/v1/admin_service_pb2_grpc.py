@@ -135,6 +135,11 @@ class AdminServiceStub:
                 request_serializer=tradeguard_dot_v1_dot_admin__service__pb2.ListRiskStateHistoryRequest.SerializeToString,
                 response_deserializer=tradeguard_dot_v1_dot_admin__service__pb2.ListRiskStateHistoryResponse.FromString,
                 _registered_method=True)
+        self.RestoreRiskState = channel.unary_unary(
+                '/tradeguard.v1.AdminService/RestoreRiskState',
+                request_serializer=tradeguard_dot_v1_dot_admin__service__pb2.RestoreRiskStateRequest.SerializeToString,
+                response_deserializer=tradeguard_dot_v1_dot_admin__service__pb2.RestoreRiskStateResponse.FromString,
+                _registered_method=True)
         self.ListBindings = channel.unary_unary(
                 '/tradeguard.v1.AdminService/ListBindings',
                 request_serializer=tradeguard_dot_v1_dot_admin__service__pb2.ListBindingsRequest.SerializeToString,
@@ -296,6 +301,16 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RestoreRiskState(self, request, context):
+        """RestoreRiskState puts a trader back to the state recorded in its history at a point in time (the newest
+        history row at or before `at`), e.g. after a bad equity report. Dry run by default: the answer shows the state
+        it would restore and nothing changes. Admin only, audited (history reason "restore: <reason>"); refused with
+        FAILED_PRECONDITION while another sidecar owns the trader.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListBindings(self, request, context):
         """ListBindings returns which account each known trader id is bound to.
         """
@@ -408,6 +423,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListRiskStateHistory,
                     request_deserializer=tradeguard_dot_v1_dot_admin__service__pb2.ListRiskStateHistoryRequest.FromString,
                     response_serializer=tradeguard_dot_v1_dot_admin__service__pb2.ListRiskStateHistoryResponse.SerializeToString,
+            ),
+            'RestoreRiskState': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestoreRiskState,
+                    request_deserializer=tradeguard_dot_v1_dot_admin__service__pb2.RestoreRiskStateRequest.FromString,
+                    response_serializer=tradeguard_dot_v1_dot_admin__service__pb2.RestoreRiskStateResponse.SerializeToString,
             ),
             'ListBindings': grpc.unary_unary_rpc_method_handler(
                     servicer.ListBindings,
@@ -939,6 +959,33 @@ class AdminService:
             '/tradeguard.v1.AdminService/ListRiskStateHistory',
             tradeguard_dot_v1_dot_admin__service__pb2.ListRiskStateHistoryRequest.SerializeToString,
             tradeguard_dot_v1_dot_admin__service__pb2.ListRiskStateHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreRiskState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tradeguard.v1.AdminService/RestoreRiskState',
+            tradeguard_dot_v1_dot_admin__service__pb2.RestoreRiskStateRequest.SerializeToString,
+            tradeguard_dot_v1_dot_admin__service__pb2.RestoreRiskStateResponse.FromString,
             options,
             channel_credentials,
             insecure,

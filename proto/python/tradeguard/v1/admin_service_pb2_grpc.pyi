@@ -88,6 +88,12 @@ class AdminServiceStub:
     """ListRiskStates lists every trader of an account with its state, owner sidecar and freshness."""
     ListRiskStateHistory: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListRiskStateHistoryRequest, _admin_service_pb2.ListRiskStateHistoryResponse]
     """ListRiskStateHistory returns the audit trail of a trader, oldest first."""
+    RestoreRiskState: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.RestoreRiskStateRequest, _admin_service_pb2.RestoreRiskStateResponse]
+    """RestoreRiskState puts a trader back to the state recorded in its history at a point in time (the newest
+    history row at or before `at`), e.g. after a bad equity report. Dry run by default: the answer shows the state
+    it would restore and nothing changes. Admin only, audited (history reason "restore: <reason>"); refused with
+    FAILED_PRECONDITION while another sidecar owns the trader.
+    """
     ListBindings: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListBindingsRequest, _admin_service_pb2.ListBindingsResponse]
     """ListBindings returns which account each known trader id is bound to."""
     RebindTrader: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.RebindTraderRequest, _admin_service_pb2.RebindTraderResponse]
@@ -155,6 +161,12 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """ListRiskStates lists every trader of an account with its state, owner sidecar and freshness."""
     ListRiskStateHistory: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListRiskStateHistoryRequest, _admin_service_pb2.ListRiskStateHistoryResponse]  # type: ignore[assignment]
     """ListRiskStateHistory returns the audit trail of a trader, oldest first."""
+    RestoreRiskState: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.RestoreRiskStateRequest, _admin_service_pb2.RestoreRiskStateResponse]  # type: ignore[assignment]
+    """RestoreRiskState puts a trader back to the state recorded in its history at a point in time (the newest
+    history row at or before `at`), e.g. after a bad equity report. Dry run by default: the answer shows the state
+    it would restore and nothing changes. Admin only, audited (history reason "restore: <reason>"); refused with
+    FAILED_PRECONDITION while another sidecar owns the trader.
+    """
     ListBindings: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListBindingsRequest, _admin_service_pb2.ListBindingsResponse]  # type: ignore[assignment]
     """ListBindings returns which account each known trader id is bound to."""
     RebindTrader: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.RebindTraderRequest, _admin_service_pb2.RebindTraderResponse]  # type: ignore[assignment]
@@ -333,6 +345,18 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.ListRiskStateHistoryResponse, _abc.Awaitable[_admin_service_pb2.ListRiskStateHistoryResponse]]:
         """ListRiskStateHistory returns the audit trail of a trader, oldest first."""
+
+    @_abc_1.abstractmethod
+    def RestoreRiskState(
+        self,
+        request: _admin_service_pb2.RestoreRiskStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.RestoreRiskStateResponse, _abc.Awaitable[_admin_service_pb2.RestoreRiskStateResponse]]:
+        """RestoreRiskState puts a trader back to the state recorded in its history at a point in time (the newest
+        history row at or before `at`), e.g. after a bad equity report. Dry run by default: the answer shows the state
+        it would restore and nothing changes. Admin only, audited (history reason "restore: <reason>"); refused with
+        FAILED_PRECONDITION while another sidecar owns the trader.
+        """
 
     @_abc_1.abstractmethod
     def ListBindings(

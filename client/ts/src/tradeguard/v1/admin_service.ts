@@ -410,6 +410,40 @@ export interface ListRiskStateHistoryResponse {
   nextPageToken: string;
 }
 
+/** RestoreRiskStateRequest names a trader and a point in time. */
+export interface RestoreRiskStateRequest {
+  /** The trader id. Required. */
+  traderId: string;
+  /** The account id. Required; must be the trader's account. */
+  accountId: string;
+  /** The point in time: the newest history row recorded at or before it is restored. Required. */
+  at?:
+    | Date
+    | undefined;
+  /** Why (audited). Required when dry_run is false. */
+  reason: string;
+  /** Dry run (the default when unset): show the state that would be restored, change nothing. */
+  dryRun?: boolean | undefined;
+}
+
+/** RestoreRiskStateResponse shows the restored (or, in a dry run, the would-be restored) state. */
+export interface RestoreRiskStateResponse {
+  /** The state after the restore (dry run: the state that would be restored). */
+  state?:
+    | RiskState
+    | undefined;
+  /** The history row restored from: when it was recorded. */
+  recordedAt?:
+    | Date
+    | undefined;
+  /** That row's reason. */
+  recordedReason: string;
+  /** True when nothing changed (dry run). */
+  dryRun: boolean;
+  /** The trader's state before the restore. */
+  previousState?: RiskState | undefined;
+}
+
 /** ListBindingsRequest selects bindings. */
 export interface ListBindingsRequest {
   /** Only the traders of this account; empty means every account. */
@@ -4186,6 +4220,304 @@ export const ListRiskStateHistoryResponse: MessageFns<ListRiskStateHistoryRespon
   },
 };
 
+function createBaseRestoreRiskStateRequest(): RestoreRiskStateRequest {
+  return { traderId: "", accountId: "", at: undefined, reason: "", dryRun: undefined };
+}
+
+export const RestoreRiskStateRequest: MessageFns<RestoreRiskStateRequest> = {
+  encode(message: RestoreRiskStateRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.traderId !== "") {
+      writer.uint32(10).string(message.traderId);
+    }
+    if (message.accountId !== "") {
+      writer.uint32(18).string(message.accountId);
+    }
+    if (message.at !== undefined) {
+      Timestamp.encode(toTimestamp(message.at), writer.uint32(26).fork()).join();
+    }
+    if (message.reason !== "") {
+      writer.uint32(34).string(message.reason);
+    }
+    if (message.dryRun !== undefined) {
+      writer.uint32(40).bool(message.dryRun);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RestoreRiskStateRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRestoreRiskStateRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.traderId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.accountId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.at = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.dryRun = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RestoreRiskStateRequest {
+    return {
+      traderId: isSet(object.traderId)
+        ? globalThis.String(object.traderId)
+        : isSet(object.trader_id)
+        ? globalThis.String(object.trader_id)
+        : "",
+      accountId: isSet(object.accountId)
+        ? globalThis.String(object.accountId)
+        : isSet(object.account_id)
+        ? globalThis.String(object.account_id)
+        : "",
+      at: isSet(object.at) ? fromJsonTimestamp(object.at) : undefined,
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      dryRun: isSet(object.dryRun)
+        ? globalThis.Boolean(object.dryRun)
+        : isSet(object.dry_run)
+        ? globalThis.Boolean(object.dry_run)
+        : undefined,
+    };
+  },
+
+  toJSON(message: RestoreRiskStateRequest): unknown {
+    const obj: any = {};
+    if (message.traderId !== "") {
+      obj.traderId = message.traderId;
+    }
+    if (message.accountId !== "") {
+      obj.accountId = message.accountId;
+    }
+    if (message.at !== undefined) {
+      obj.at = message.at.toISOString();
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    if (message.dryRun !== undefined) {
+      obj.dryRun = message.dryRun;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RestoreRiskStateRequest>, I>>(base?: I): RestoreRiskStateRequest {
+    return RestoreRiskStateRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RestoreRiskStateRequest>, I>>(object: I): RestoreRiskStateRequest {
+    const message = createBaseRestoreRiskStateRequest();
+    message.traderId = object.traderId ?? "";
+    message.accountId = object.accountId ?? "";
+    message.at = object.at ?? undefined;
+    message.reason = object.reason ?? "";
+    message.dryRun = object.dryRun ?? undefined;
+    return message;
+  },
+};
+
+function createBaseRestoreRiskStateResponse(): RestoreRiskStateResponse {
+  return { state: undefined, recordedAt: undefined, recordedReason: "", dryRun: false, previousState: undefined };
+}
+
+export const RestoreRiskStateResponse: MessageFns<RestoreRiskStateResponse> = {
+  encode(message: RestoreRiskStateResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.state !== undefined) {
+      RiskState.encode(message.state, writer.uint32(10).fork()).join();
+    }
+    if (message.recordedAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.recordedAt), writer.uint32(18).fork()).join();
+    }
+    if (message.recordedReason !== "") {
+      writer.uint32(26).string(message.recordedReason);
+    }
+    if (message.dryRun !== false) {
+      writer.uint32(32).bool(message.dryRun);
+    }
+    if (message.previousState !== undefined) {
+      RiskState.encode(message.previousState, writer.uint32(42).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RestoreRiskStateResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRestoreRiskStateResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.state = RiskState.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.recordedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.recordedReason = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.dryRun = reader.bool();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.previousState = RiskState.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RestoreRiskStateResponse {
+    return {
+      state: isSet(object.state) ? RiskState.fromJSON(object.state) : undefined,
+      recordedAt: isSet(object.recordedAt)
+        ? fromJsonTimestamp(object.recordedAt)
+        : isSet(object.recorded_at)
+        ? fromJsonTimestamp(object.recorded_at)
+        : undefined,
+      recordedReason: isSet(object.recordedReason)
+        ? globalThis.String(object.recordedReason)
+        : isSet(object.recorded_reason)
+        ? globalThis.String(object.recorded_reason)
+        : "",
+      dryRun: isSet(object.dryRun)
+        ? globalThis.Boolean(object.dryRun)
+        : isSet(object.dry_run)
+        ? globalThis.Boolean(object.dry_run)
+        : false,
+      previousState: isSet(object.previousState)
+        ? RiskState.fromJSON(object.previousState)
+        : isSet(object.previous_state)
+        ? RiskState.fromJSON(object.previous_state)
+        : undefined,
+    };
+  },
+
+  toJSON(message: RestoreRiskStateResponse): unknown {
+    const obj: any = {};
+    if (message.state !== undefined) {
+      obj.state = RiskState.toJSON(message.state);
+    }
+    if (message.recordedAt !== undefined) {
+      obj.recordedAt = message.recordedAt.toISOString();
+    }
+    if (message.recordedReason !== "") {
+      obj.recordedReason = message.recordedReason;
+    }
+    if (message.dryRun !== false) {
+      obj.dryRun = message.dryRun;
+    }
+    if (message.previousState !== undefined) {
+      obj.previousState = RiskState.toJSON(message.previousState);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RestoreRiskStateResponse>, I>>(base?: I): RestoreRiskStateResponse {
+    return RestoreRiskStateResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RestoreRiskStateResponse>, I>>(object: I): RestoreRiskStateResponse {
+    const message = createBaseRestoreRiskStateResponse();
+    message.state = (object.state !== undefined && object.state !== null)
+      ? RiskState.fromPartial(object.state)
+      : undefined;
+    message.recordedAt = object.recordedAt ?? undefined;
+    message.recordedReason = object.recordedReason ?? "";
+    message.dryRun = object.dryRun ?? false;
+    message.previousState = (object.previousState !== undefined && object.previousState !== null)
+      ? RiskState.fromPartial(object.previousState)
+      : undefined;
+    return message;
+  },
+};
+
 function createBaseListBindingsRequest(): ListBindingsRequest {
   return { accountId: "" };
 }
@@ -4878,6 +5210,23 @@ export const AdminServiceService = {
       Buffer.from(ListRiskStateHistoryResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListRiskStateHistoryResponse => ListRiskStateHistoryResponse.decode(value),
   },
+  /**
+   * RestoreRiskState puts a trader back to the state recorded in its history at a point in time (the newest
+   * history row at or before `at`), e.g. after a bad equity report. Dry run by default: the answer shows the state
+   * it would restore and nothing changes. Admin only, audited (history reason "restore: <reason>"); refused with
+   * FAILED_PRECONDITION while another sidecar owns the trader.
+   */
+  restoreRiskState: {
+    path: "/tradeguard.v1.AdminService/RestoreRiskState" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RestoreRiskStateRequest): Buffer =>
+      Buffer.from(RestoreRiskStateRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RestoreRiskStateRequest => RestoreRiskStateRequest.decode(value),
+    responseSerialize: (value: RestoreRiskStateResponse): Buffer =>
+      Buffer.from(RestoreRiskStateResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RestoreRiskStateResponse => RestoreRiskStateResponse.decode(value),
+  },
   /** ListBindings returns which account each known trader id is bound to. */
   listBindings: {
     path: "/tradeguard.v1.AdminService/ListBindings" as const,
@@ -4959,6 +5308,13 @@ export interface AdminServiceServer extends UntypedServiceImplementation {
   listRiskStates: handleUnaryCall<ListRiskStatesRequest, ListRiskStatesResponse>;
   /** ListRiskStateHistory returns the audit trail of a trader, oldest first. */
   listRiskStateHistory: handleUnaryCall<ListRiskStateHistoryRequest, ListRiskStateHistoryResponse>;
+  /**
+   * RestoreRiskState puts a trader back to the state recorded in its history at a point in time (the newest
+   * history row at or before `at`), e.g. after a bad equity report. Dry run by default: the answer shows the state
+   * it would restore and nothing changes. Admin only, audited (history reason "restore: <reason>"); refused with
+   * FAILED_PRECONDITION while another sidecar owns the trader.
+   */
+  restoreRiskState: handleUnaryCall<RestoreRiskStateRequest, RestoreRiskStateResponse>;
   /** ListBindings returns which account each known trader id is bound to. */
   listBindings: handleUnaryCall<ListBindingsRequest, ListBindingsResponse>;
   /**
@@ -5287,6 +5643,27 @@ export interface AdminServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListRiskStateHistoryResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * RestoreRiskState puts a trader back to the state recorded in its history at a point in time (the newest
+   * history row at or before `at`), e.g. after a bad equity report. Dry run by default: the answer shows the state
+   * it would restore and nothing changes. Admin only, audited (history reason "restore: <reason>"); refused with
+   * FAILED_PRECONDITION while another sidecar owns the trader.
+   */
+  restoreRiskState(
+    request: RestoreRiskStateRequest,
+    callback: (error: ServiceError | null, response: RestoreRiskStateResponse) => void,
+  ): ClientUnaryCall;
+  restoreRiskState(
+    request: RestoreRiskStateRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RestoreRiskStateResponse) => void,
+  ): ClientUnaryCall;
+  restoreRiskState(
+    request: RestoreRiskStateRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RestoreRiskStateResponse) => void,
   ): ClientUnaryCall;
   /** ListBindings returns which account each known trader id is bound to. */
   listBindings(
