@@ -267,13 +267,18 @@ async def test_a_stuck_batch_turns_health_off_and_is_written_later(pg_url: str) 
 
 
 @pytest.mark.xfail(strict=False, reason=(
-    "open (issue 17, found at the end of the stop): with cluster mode on PostgreSQL the writer's health no longer "
-    "turns NOT_SERVING within the test's wait while the tables are locked; cause not found yet"))
+    "open: at the moment the writer's batch fails on the lock, the bots' calls in flight stall for 0.2 s (quiet) "
+    "to 1.3 s (loaded 2-core machine) where the bound is 0.5 s; asyncio debug mode shows no slow loop callback, so "
+    "the suspect is the GIL held by the store's database thread while it fails the batch; cause not proven yet"))
 async def test_sidecar_answers_unavailable_while_can_trade_keeps_answering(pg_url: str) -> None:
     """The whole sidecar, tables locked: SaveConfig answers UNAVAILABLE within about two lock timeouts;
     PauseTrading answers after kill_switch_store_timeout_s (in force in memory at once); bots' ReportEquity and
     CanTrade never fail nor wait on the database. After the lock, every history row enqueued is written, each
-    bot's last acknowledged equity is stored, and the pause is stored."""
+    bot's last acknowledged equity is stored, and the pause is stored.
+
+    The bots report once before the lock: on PostgreSQL (cluster mode) a trader is claimed through the database
+    before its first report, and a claim that cannot reach the database answers UNAVAILABLE (tested in
+    test_cluster_ownership); what must never fail is a trader this sidecar already owns."""
     sidecar_url = with_options(pg_url, f"-c lock_timeout={SERVER_TIMEOUT_MS} -c statement_timeout=15000 "
                                        "-c idle_in_transaction_session_timeout=60000")
     bots = 4
@@ -307,8 +312,14 @@ async def test_sidecar_answers_unavailable_while_can_trade_keeps_answering(pg_ur
                         failures.append(f"{exc.code().name}: {exc.details()}")
                     await asyncio.sleep(0.005)  # pacing, not waiting for anything
 
+            # The trader the operator pauses during the lock is one this sidecar owns (its first report claimed it).
+            await risk.ReportEquity(rs.ReportEquityRequest(trader_id="ops", account_id="acct", equity=1.0), timeout=5)
             running = [asyncio.create_task(bot(i)) for i in range(bots)]
             try:
+                async with asyncio.timeout(30):
+                    while len(equities) < bots:  # every bot's trader is claimed and has a stored state
+                        await asyncio.sleep(0.01)
+                assert failures == []
                 async with TableLock(pg_url, (*WRITER_TABLES, *CONFIG_TABLES)):
                     await health.wait(False)  # the writer's batch was cancelled by lock_timeout
                     during = len(latencies)

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from psycopg.conninfo import make_conninfo
 from sqlalchemy.engine import make_url
 
 from ..engine.state import SEVERITY, TraderState
@@ -51,12 +52,30 @@ _CODE = DecisionCode.CONTROL_STATE_STALE
 
 
 def conninfo(url: str) -> tuple[str, dict[str, Any]]:
-    """A libpq URL for psycopg from the store's SQLAlchemy URL, and the connection defaults it does not set."""
+    """A libpq connection string for psycopg from the store's SQLAlchemy URL, and the connection defaults it does
+    not set.
+
+    The parts are passed as libpq keywords, decoded: a URL rendered back as a string would keep the form encoding
+    of its query (`options=-c+lock_timeout%3D1000`), and libpq reads a `+` as itself, so a database_url with
+    server options would never connect here (while the store, which SQLAlchemy connects, would)."""
     parsed = make_url(url)
+    params: dict[str, Any] = {}
+    if parsed.host:
+        params["host"] = parsed.host
+    if parsed.port:
+        params["port"] = parsed.port
+    if parsed.username:
+        params["user"] = parsed.username
+    if parsed.password is not None:
+        params["password"] = parsed.password
+    if parsed.database:
+        params["dbname"] = parsed.database
+    for key, value in parsed.query.items():
+        params[key] = value[-1] if isinstance(value, tuple) else value
     present = {k.lower() for k in parsed.query}
     kwargs = {k: v for k, v in PG_CONNECT_DEFAULTS.items() if k not in present}
     kwargs["application_name"] = "tradeguard-control"
-    return parsed.set(drivername="postgresql").render_as_string(hide_password=False), kwargs
+    return make_conninfo("", **params), kwargs
 
 
 class StaleGate:
