@@ -43,8 +43,8 @@ from tests.support.promql import (
     selectors,
     unknown_names,
 )
-from tests.support.sidecar import running_sidecar
-from tests.support.wait import eventually
+from tests.support.sidecar import running_sidecar, start_sidecar
+from tests.support.wait import eventually_sync
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import admin_service_pb2_grpc as adg
 from tradeguard.v1 import risk_service_pb2 as rs
@@ -131,7 +131,11 @@ def test_a_broken_rule_makes_the_promtool_tests_fail(tmp_path: Path) -> None:
     """The unit tests assert something: TradeGuardTraderPaused on a threshold no trader reaches fails them."""
     (tmp_path / "rules.yml").write_text(RULES.read_text().replace("expr: risk_trading_paused > 0",
                                                                   "expr: risk_trading_paused > 1"))
-    shutil.copy(RULES_TEST, tmp_path / "rules_test.yml")
+    doc = yaml.safe_load(RULES_TEST.read_text())  # only the cases of that alert: promtool's time goes elsewhere
+    doc["tests"] = [test for test in doc["tests"]
+                    if any(c["alertname"] == "TradeGuardTraderPaused" for c in test.get("alert_rule_test", []))]
+    assert doc["tests"]
+    (tmp_path / "rules_test.yml").write_text(yaml.safe_dump(doc))
     out = promtool("test", "rules", "rules_test.yml", cwd=tmp_path)
     assert out.returncode != 0
     assert "TradeGuardTraderPaused" in out.stdout + out.stderr
@@ -300,8 +304,8 @@ def test_every_dashboard_panel_queries_the_dashboard_datasource_and_has_a_unique
         assert p["targets"] and all(tg["expr"].strip() for tg in p["targets"]), p["title"]
     titles = {p["title"] for p in panels}
     assert {"CanTrade decisions by code", "CanTrade latency quantiles", "Traders paused", "Daily PnL",
-            "Drawdown from peak equity", "Risk limit breaches", "Write queue", "Persistence failures",
-            "Control state age"} <= titles
+            "Drawdown from peak equity", "Risk limit breaches since the sidecar started", "Write queue",
+            "Persistence failures", "Control state age"} <= titles
 
 
 # ---- a real Prometheus ----------------------------------------------------------------------------
@@ -387,41 +391,94 @@ def query(base: str, expr: str) -> list[dict[str, Any]]:
     return result
 
 
-async def test_a_real_prometheus_fires_trader_paused_after_a_daily_loss_breach(tmp_path: Path) -> None:
-    async with running_sidecar(metrics_listen="127.0.0.1:0") as sc, grpc.aio.insecure_channel(sc.address) as ch:
-        risk = rsg.RiskServiceStub(ch)
-        await risk.ReportEquity(rs.ReportEquityRequest(trader_id=TRADER, account_id=ACCOUNT, equity=10_000))
-        assert (await risk.CanTrade(rs.CanTradeRequest(trader_id=TRADER, account_id=ACCOUNT))).allowed
-        with prometheus(tmp_path, sc.metrics_address) as base:
-            assert await eventually(lambda: reachable(base), timeout=30, interval=0.2), \
-                (tmp_path / "prometheus.log").read_text()
+def test_a_real_prometheus_fires_trader_paused_and_the_breach_count_alert_after_a_breach(tmp_path: Path) -> None:
+    """`tradeguard serve` in its own process (so process_start_time_seconds is its own start: the breach-count rules
+    count a fresh sidecar's first breaches from it), scraped every second by a real Prometheus."""
+    metrics = f"127.0.0.1:{free_port()}"
+    log = tmp_path / "prometheus.log"
+    with start_sidecar(tmp_path, "--metrics-listen", metrics, "--database-url", "memory") as sp, \
+            grpc.insecure_channel(sp.address) as ch:
+        risk, admin = rsg.RiskServiceStub(ch), adg.AdminServiceStub(ch)
+        admin.CreateBreaker(ad.CreateBreakerRequest(breaker=json_format.ParseDict(BREAKER, t.CircuitBreaker())))
+        risk.ReportEquity(rs.ReportEquityRequest(trader_id=TRADER, account_id=ACCOUNT, equity=10_000))
+        risk.ReportPositions(rs.ReportPositionsRequest(trader_id=TRADER, account_id=ACCOUNT, positions=[BTC]))
+        assert risk.CanTrade(rs.CanTradeRequest(trader_id=TRADER, account_id=ACCOUNT)).allowed
+        with prometheus(tmp_path, metrics) as base:
+            assert eventually_sync(lambda: reachable(base), timeout=30, interval=0.2), log.read_text()
             # scraped (bot-1 ACTIVE) and the rule group evaluated over that scrape: nothing fires yet
-            assert await eventually(lambda: query(base, 'tradeguard:traders_paused:sum') != [] and
-                                    query(base, 'risk_trading_paused{trader_id="bot-1"}') != [],
-                                    timeout=30, interval=0.2), (tmp_path / "prometheus.log").read_text()
+            assert eventually_sync(lambda: query(base, "tradeguard:traders_paused:sum") != [] and
+                                   query(base, f'risk_trading_paused{{trader_id="{TRADER}"}}') != [],
+                                   timeout=30, interval=0.2), log.read_text()
             assert [float(r["value"][1]) for r in query(base, "tradeguard:traders_paused:sum")] == [0.0]
             assert firing(base, "TradeGuardTraderPaused") == []
+            assert firing(base, "TradeGuardTraderBreachingRepeatedly") == []
             assert query(base, 'up{job="tradeguard"}')[0]["value"][1] == "1"
 
-            # -6% today, daily loss limit 5%
-            breach = await risk.ReportEquity(rs.ReportEquityRequest(trader_id=TRADER, account_id=ACCOUNT, equity=9_400))
-            assert breach.state.trading_state == t.TRADING_STATE_REDUCING
+            # -25%: daily loss (limit 5%), max drawdown (limit 20%) and the 10% drawdown breaker, in one report
+            breach = risk.ReportEquity(rs.ReportEquityRequest(trader_id=TRADER, account_id=ACCOUNT, equity=7_500))
+            assert breach.state.trading_state != t.TRADING_STATE_ACTIVE
             started = time.monotonic()
-            assert await eventually(lambda: firing(base, "TradeGuardTraderPaused") != [],
-                                    timeout=ALERT_TIMEOUT_S, interval=0.2), api(base, "/api/v1/alerts")
+            assert eventually_sync(lambda: firing(base, "TradeGuardTraderPaused") != [],
+                                   timeout=ALERT_TIMEOUT_S, interval=0.2), api(base, "/api/v1/alerts")
             seconds = time.monotonic() - started
+            assert eventually_sync(lambda: firing(base, "TradeGuardTraderBreachingRepeatedly") != [],
+                                   timeout=ALERT_TIMEOUT_S, interval=0.2), api(base, "/api/v1/alerts")
 
-            [alert] = firing(base, "TradeGuardTraderPaused")
-            assert alert["labels"]["trader_id"] == "bot-1"
-            assert alert["labels"]["severity"] == "warning"
-            assert alert["labels"]["job"] == "tradeguard"
-            assert alert["annotations"]["summary"] == f"Trader bot-1 is paused on {sc.metrics_address}"
-            assert alert["annotations"]["runbook_url"] == README_ANCHOR
-            # the breach counter was scraped too, with the rule the log line names
-            breaches = query(base, 'risk_limit_breaches_total{trader_id="bot-1"}')
-            assert {r["metric"]["rule"] for r in breaches} == {"daily_loss"}
+            [paused] = firing(base, "TradeGuardTraderPaused")
+            assert paused["labels"]["trader_id"] == TRADER
+            assert paused["labels"]["severity"] == "warning"
+            assert paused["labels"]["job"] == "tradeguard"
+            assert paused["annotations"]["summary"] == f"Trader {TRADER} is paused on {metrics}"
+            assert paused["annotations"]["runbook_url"] == README_ANCHOR
+            [repeated] = firing(base, "TradeGuardTraderBreachingRepeatedly")
+            assert repeated["annotations"]["summary"] == f"Trader {TRADER} breached risk limits 3 times in 1h"
+            # the breach counters scraped, with the rules the log lines name
+            breaches = query(base, f'risk_limit_breaches_total{{trader_id="{TRADER}"}}')
+            assert {r["metric"]["rule"] for r in breaches} == {"daily_loss", "max_drawdown", "breaker:drawdown-10"}
             # a healthy store and a reachable sidecar: those alerts stay quiet
             assert firing(base, "TradeGuardStoreUnhealthy") == []
             assert firing(base, "TradeGuardSidecarDown") == []
             print(f"TradeGuardTraderPaused firing {seconds:.1f} s after the breach (scrape and evaluation every 1 s, "
                   "for: 2s)")
+
+
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$instance": ".*", "$trader": ".*"}
+
+
+def test_every_dashboard_query_runs_on_a_real_prometheus_and_the_main_panels_have_data(tmp_path: Path) -> None:
+    """Each panel's PromQL, Grafana's variables filled in as "All" would, is valid for Prometheus itself (the name
+    checks above parse leniently), and the panels over the calls made here show data."""
+    metrics = f"127.0.0.1:{free_port()}"
+    log = tmp_path / "prometheus.log"
+    with start_sidecar(tmp_path, "--metrics-listen", metrics, "--database-url", "memory") as sp, \
+            grpc.insecure_channel(sp.address) as ch:
+        risk = rsg.RiskServiceStub(ch)
+        with prometheus(tmp_path, metrics) as base:
+            assert eventually_sync(lambda: reachable(base), timeout=30, interval=0.2), log.read_text()
+            risk.ReportEquity(rs.ReportEquityRequest(trader_id=TRADER, account_id=ACCOUNT, equity=10_000))
+            risk.CanTrade(rs.CanTradeRequest(trader_id=TRADER, account_id=ACCOUNT))
+            # counters appear with their first increment: scraped once before the calls that rate() should see
+            assert eventually_sync(lambda: query(base, 'tradeguard_decisions_total{code="ALLOWED"} > 0') != [],
+                                   timeout=30, interval=0.2), log.read_text()
+            for equity in (10_000, 9_900, 9_000):  # the last one breaches the daily loss limit
+                risk.ReportEquity(rs.ReportEquityRequest(trader_id=TRADER, account_id=ACCOUNT, equity=equity))
+                risk.CanTrade(rs.CanTradeRequest(trader_id=TRADER, account_id=ACCOUNT))
+            # scraped before and after the calls: rate() sees them
+            assert eventually_sync(lambda: query(base, "increase(tradeguard_decisions_total[1m]) > 0") != [] and
+                                   query(base, "risk_trading_paused == 1") != [], timeout=30, interval=0.2), \
+                log.read_text()
+            exprs, _ = dashboard_queries()
+            empty = []
+            for expr in exprs:
+                filled = expr
+                for name, value in GRAFANA_VARIABLES.items():
+                    filled = filled.replace(name, value)
+                assert "$" not in filled, expr
+                if query(base, filled) == []:  # api() asserts status "success": a syntax error fails here
+                    empty.append(expr)
+    with_data = [e for e in exprs if e not in empty]
+    for series in ("tradeguard_decisions_total", 'method="CanTrade"', "risk_trading_paused", "risk_daily_pnl",
+                   "risk_drawdown", "risk_limit_breaches_total", "tradeguard_store_queue_depth",
+                   "tradeguard_control_state_age_seconds"):
+        assert any(series in e for e in with_data), f"no panel over {series} has data; empty: {empty}"
+    print(f"{len(with_data)} of {len(exprs)} dashboard queries have data; empty: {empty}")
