@@ -287,6 +287,7 @@ def test_compose_mounts_the_files_where_the_configs_expect_them() -> None:
     dashboards_path = provider["providers"][0]["options"]["path"]
     assert f"./deploy/grafana/dashboards:{dashboards_path}:ro" in grafana["volumes"]
     assert "./deploy/grafana/provisioning:/etc/grafana/provisioning:ro" in grafana["volumes"]
+    assert ":?" in grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"]  # no default admin password
     datasource = yaml.safe_load((ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text())
     assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
     scrape = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())["scrape_configs"][0]
