@@ -108,7 +108,7 @@ def driver() -> Iterator[WebDriver]:
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-dev-shm-usage", "--window-size=1400,1000", "--no-first-run", "--disable-extensions",
+                "--disable-dev-shm-usage", "--window-size=1400,1900", "--no-first-run", "--disable-extensions",
                 "--disable-sync", "--disable-component-update", "--disable-default-apps"):
         options.add_argument(arg)
     browser = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
@@ -301,3 +301,43 @@ def test_trader_token_reads_a_trader_but_its_kill_switch_is_refused_and_pauses_n
     assert decision.allowed and decision.trading_state == types_pb2.TRADING_STATE_ACTIVE
     state = console.http_json(f"/v1/risk/state?trader_id={trader}&account_id={account}", token=TRADER)["state"]
     assert state["trading_state"] == "TRADING_STATE_ACTIVE"
+
+
+def test_configuration_edited_in_the_console_is_saved_and_breakers_show_their_events(console: Console,
+                                                                                    page: WebDriver) -> None:
+    account, trader = "acct-edit", "bot-edit"
+    console.save_config(account, daily_max_drawdown_percentage=5.0)
+    floor = console.admin.CreateBreaker(admin_service_pb2.CreateBreakerRequest(breaker=types_pb2.CircuitBreaker(
+        name="edit-floor", account_id=account, condition="equity_floor", action="alert",
+        parameters=struct_pb2.Struct(fields={"value": struct_pb2.Value(number_value=900)}))),
+        metadata=[("authorization", f"Bearer {ADMIN}")]).breaker
+    console.report_equity(trader, account, 1_000)
+    console.report_equity(trader, account, 890)  # under the floor: the breaker fires (alert)
+    assert eventually_sync(lambda: console.admin.ListBreakerEvents(admin_service_pb2.ListBreakerEventsRequest(
+        breaker_id=floor.id), metadata=[("authorization", f"Bearer {ADMIN}")]).events, timeout=10)
+
+    use_token(page, ADMIN)
+    css(page, "button[data-view=configs]").click()
+    css(page, "#configs-account").send_keys(account)
+    css(page, "#configs-form button[type=submit]").click()
+    wait(page, visible("tr[data-config=console] button")).click()
+    editor = wait(page, visible("#config-json"))
+    edited = json.loads(editor.get_attribute("value") or "{}")
+    assert edited["daily_max_drawdown_percentage"] == 5.0
+    edited["daily_max_drawdown_percentage"] = 3.5
+    editor.clear()
+    editor.send_keys(json.dumps(edited))
+    css(page, "#config-save").click()
+    wait(page, visible("#confirm"))
+    css(page, "#confirm-ok").click()
+    wait(page, lambda d: "Saved configuration console" in css(d, "#banner").text)
+    stored = console.admin.GetConfig(admin_service_pb2.GetConfigRequest(account_id=account, config_id="console"),
+                                     metadata=[("authorization", f"Bearer {ADMIN}")]).config
+    assert stored.daily_max_drawdown_percentage == 3.5
+
+    css(page, "button[data-view=breakers]").click()
+    css(page, "#breakers-account").send_keys(account)
+    css(page, "#breakers-form button[type=submit]").click()
+    row = wait(page, visible("tr[data-breaker=edit-floor]"))
+    assert "equity_floor" in row.text and "alert" in row.text and "enabled" in row.text
+    assert trader in wait(page, visible("#breaker-events")).text

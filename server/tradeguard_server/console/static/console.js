@@ -370,6 +370,7 @@
     $("trader-account").value = account;
     $("trader-id").value = trader;
     stopWatch();
+    const gen = T.gen; // a newer openTrader (another click) supersedes this one after any await
     Object.assign(T, { account, trader, points: [], livePoints: 0, events: [], breakerEvents: [], config: undefined,
       cfgEntry: null, state: null, historyError: null });
     replace($("trader-out"), h("p", { class: "muted", text: "Loading " + trader + "…" }));
@@ -378,17 +379,19 @@
     try {
       st = (await api("GET", "/v1/risk/state", { trader_id: trader, account_id: account })).state || {};
     } catch (err) {
-      replace($("trader-out"), errorBox(err));
+      if (gen === T.gen) replace($("trader-out"), errorBox(err));
       return;
     }
+    if (gen !== T.gen) return;
     T.state = st;
     replace($("trader-out"));
     $("trader-detail").hidden = false;
     T.cfgEntry = await accountConfigs(account, true);
     T.config = configFor(T.cfgEntry, st);
     await loadHistory();
+    if (gen !== T.gen) return;
     renderTrader();
-    startWatch(account, trader);
+    void startWatch(account, trader);
   }
 
   async function loadHistory() {
@@ -761,8 +764,9 @@
       rows.length ? table(["Name", "Description", "Condition", "Parameters", "Action", "Scope", "Enabled", ""], rows)
         : h("p", { class: "muted", text: "No breaker." }),
       h("h2", { text: "Events (newest first)" }),
-      eventRows.length ? table(["When", "Breaker", "Trader", "Action", "Triggered values", "Result"], eventRows)
-        : h("p", { class: "muted", text: "No event." }));
+      h("div", { id: "breaker-events" }, eventRows.length
+        ? table(["When", "Breaker", "Trader", "Action", "Triggered values", "Result"], eventRows)
+        : h("p", { class: "muted", text: "No event." })));
   }
 
   async function toggleBreaker(account, b) {
@@ -985,6 +989,16 @@
 
   // ---- wiring ----------------------------------------------------------------------------------------------------
 
+  /** A new (or no) token: cached reads are dropped and the open trader's stream reconnects with it. */
+  function tokenChanged() {
+    configCache.clear();
+    showTokenStatus();
+    if (T.trader && T.gen) {
+      stopWatch();
+      void startWatch(T.account, T.trader);
+    }
+  }
+
   const splitIds = (text) => text.split(/[\s,]+/).map((x) => x.trim()).filter(Boolean);
 
   function init() {
@@ -995,14 +1009,12 @@
       const value = $("token").value.trim();
       if (value) sessionStorage.setItem(TOKEN_KEY, value);
       $("token").value = "";
-      configCache.clear();
-      showTokenStatus();
+      tokenChanged();
       banner("");
     });
     $("token-forget").addEventListener("click", () => {
       sessionStorage.removeItem(TOKEN_KEY);
-      configCache.clear();
-      showTokenStatus();
+      tokenChanged();
     });
     for (const b of document.querySelectorAll(".tabs button")) {
       b.addEventListener("click", () => showView(b.dataset.view));
