@@ -130,6 +130,10 @@ def page(console: Console, driver: WebDriver, request: pytest.FixtureRequest) ->
     shot = artifacts_dir() / f"{request.node.name}.png"
     driver.save_screenshot(str(shot))
     print(f"screenshot: {shot}")
+    # no script error and nothing the Content-Security-Policy blocked (a refused call's 401/403 is logged, expected)
+    broken = [e["message"] for e in driver.get_log("browser")
+              if "Content Security Policy" in e["message"] or "Uncaught" in e["message"]]
+    assert not broken, broken
 
 
 def wait(driver: WebDriver, predicate: Callable[[WebDriver], Any], timeout: float = WAIT_S) -> Any:
