@@ -345,3 +345,17 @@ def test_configuration_edited_in_the_console_is_saved_and_breakers_show_their_ev
     row = wait(page, visible("tr[data-breaker=edit-floor]"))
     assert "equity_floor" in row.text and "alert" in row.text and "enabled" in row.text
     assert trader in wait(page, visible("#breaker-events")).text
+
+
+def test_browser_enforces_the_consoles_csp_on_injected_inline_script_and_foreign_image(page: WebDriver) -> None:
+    page.execute_script("const i = document.createElement('img'); i.src = 'https://example.invalid/x.png';"
+                        "document.body.append(i); const s = document.createElement('script');"
+                        "s.textContent = 'window.inlineRan = 1'; document.body.append(s);")
+    assert page.execute_script("return window.inlineRan") is None  # what an injected string could do: nothing
+    blocked: list[str] = []
+
+    def both_blocked(d: WebDriver) -> bool:
+        blocked.extend(e["message"] for e in d.get_log("browser") if "Content Security Policy" in e["message"])
+        return any("script-src 'self'" in m for m in blocked) and any("img-src 'self'" in m for m in blocked)
+
+    assert wait(page, both_blocked), blocked  # (reading the log drains it: the page fixture then finds it clean)
