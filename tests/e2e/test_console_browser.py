@@ -9,6 +9,7 @@ SE_OFFLINE=true. Screenshots go to $TRADEGUARD_TEST_ARTIFACTS (default tests/art
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -21,6 +22,7 @@ import grpc
 import pytest
 from google.protobuf import struct_pb2
 
+from tests.support.pg import fresh_database
 from tests.support.sidecar import REPO, SidecarProcess, start_sidecar
 from tests.support.wait import eventually_sync
 from tradeguard.v1 import admin_service_pb2, admin_service_pb2_grpc, risk_service_pb2, risk_service_pb2_grpc, types_pb2
@@ -88,11 +90,17 @@ class Console:
             return json.loads(reply.read())
 
 
-@pytest.fixture(scope="module")
-def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def console(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
+    """One sidecar per store kind for the module: the embedded SQLite file, or a fresh PostgreSQL database (cluster
+    mode: traders have an owner sidecar)."""
     tmp = tmp_path_factory.mktemp("console")
-    with start_sidecar(tmp, "--http-listen", "127.0.0.1:0", "--admin-token", ADMIN, "--trader-token", TRADER,
-                       "--enable-persistence", open_admin=False, name="console") as sc:
+    with contextlib.ExitStack() as stack:
+        url = f"sqlite:///{tmp / 'console.db'}" if request.param == "sqlite" else \
+            stack.enter_context(fresh_database("tradeguard_console"))
+        sc = stack.enter_context(start_sidecar(
+            tmp, "--http-listen", "127.0.0.1:0", "--admin-token", ADMIN, "--trader-token", TRADER,
+            "--enable-persistence", "--database-url", url, open_admin=False, name="console"))
         assert eventually_sync(lambda: re.search(r"HTTP API on http://(\S+) ", sc.log()) is not None, timeout=10)
         found = re.search(r"HTTP API on http://(\S+) ", sc.log())
         assert found is not None
@@ -127,7 +135,7 @@ def page(console: Console, driver: WebDriver, request: pytest.FixtureRequest) ->
     driver.get(console.url)
     wait(driver, lambda d: d.execute_script("return !!window.tradeguardConsole"))
     yield driver
-    shot = artifacts_dir() / f"{request.node.name}.png"
+    shot = artifacts_dir() / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', request.node.name)}.png"
     driver.save_screenshot(str(shot))
     print(f"screenshot: {shot}")
     # no script error and nothing the Content-Security-Policy blocked (a refused call's 401/403 is logged, expected)
@@ -197,6 +205,8 @@ def test_console_lists_a_daily_loss_breached_trader_as_paused_with_its_numbers(c
     assert "120 %" in daily.text and "6.00/5.00 %" in daily.text
     drawdown = row.find_element(By.CSS_SELECTOR, "td[data-limit=drawdown]")
     assert drawdown.get_attribute("data-level") == "ok" and "30 %" in drawdown.text  # 6 % of 20 %
+    owner = row.find_element(By.CSS_SELECTOR, "td.owner").text  # SQLite: this sidecar; PostgreSQL: its id
+    assert owner == "this sidecar" or owner.endswith(" (this one)"), owner
     calm = css(page, "tr[data-trader=bot-calm]")
     assert calm.find_element(By.CSS_SELECTOR, "[data-state]").text == "ACTIVE"
     assert calm.find_element(By.CSS_SELECTOR, "td[data-limit=daily_loss]").get_attribute("data-level") == "ok"

@@ -334,7 +334,8 @@
       h("td", { class: "until", text: until(st) }),
       h("td", { class: "num equity", text: st.equity_reported ? num(st.current_equity) : "no report" }),
       uses.map((u) => limitCell(u, cfg)),
-      h("td", { class: "owner", text: e.owner_sidecar || (e.local ? "this sidecar" : "—") }),
+      h("td", { class: "owner", title: e.local ? "its live state is on the sidecar that answered" : "stored state",
+        text: e.owner_sidecar ? e.owner_sidecar + (e.local ? " (this one)" : "") : (e.local ? "this sidecar" : "none") }),
       h("td", { class: "num", text: num(e.age_seconds, 0) + " s" }));
     });
     box.append(rows.length
