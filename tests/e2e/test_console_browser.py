@@ -164,22 +164,55 @@ def use_token(driver: WebDriver, token: str) -> None:
     field.clear()
     field.send_keys(token)
     css(driver, "#token-use").click()
-    wait(driver, lambda d: "token set" in css(d, "#token-status").text)
+    wait(driver, lambda d: "token set" in text_of(d, "#token-status"))
     assert token not in driver.current_url
 
 
+def text_of(driver: WebDriver, selector: str) -> str:
+    """The text of the element matching `selector` now ("" when none): read in the page, never a stale element."""
+    return str(driver.execute_script("const e = document.querySelector(arguments[0]); return e ? e.innerText : ''",
+                                     selector))
+
+
+def live_updates(driver: WebDriver) -> int:
+    return int(driver.execute_script("return window.tradeguardConsole.liveUpdates"))
+
+
 def open_trader(driver: WebDriver, account: str, trader: str) -> None:
+    """Open a trader in the Trader view; returns once its stream's initial state is drawn (the view is then still
+    until the next update)."""
+    before = live_updates(driver)
     css(driver, "button[data-view=trader]").click()
     for selector, value in (("#trader-account", account), ("#trader-id", trader)):
         field = css(driver, selector)
         field.clear()
         field.send_keys(value)
     css(driver, "#trader-form button[type=submit]").click()
+    wait(driver, lambda d: live_updates(d) > before)
 
 
 def chart_points(driver: WebDriver) -> int:
-    d = css(driver, "#equity-line").get_attribute("d") or ""
-    return len(re.findall(r"[ML]\s*-?\d", d))
+    """The points of the equity line's path (M, then one L per point), read in the page (it is redrawn live)."""
+    d = driver.execute_script("const p = document.getElementById('equity-line'); return p ? p.getAttribute('d') : ''")
+    return len(re.findall(r"[ML]\s*-?\d", str(d or "")))
+
+
+_ROW_JS = """
+const row = document.querySelector(`tr[data-trader="${arguments[0]}"]`);
+if (!row) return null;
+const text = (sel) => { const e = row.querySelector(sel); return e ? e.innerText : null; };
+const limits = {};
+for (const td of row.querySelectorAll("td[data-limit]")) {
+  limits[td.dataset.limit] = {text: td.innerText, level: td.dataset.level};
+}
+return {state: text("[data-state]"), reason: text("td.reason"), until: text("td.until"), equity: text("td.equity"),
+        owner: text("td.owner"), limits};
+"""
+
+
+def trader_row(driver: WebDriver, trader: str) -> dict[str, Any] | None:
+    """One trader's row of the Accounts view, read at once in the page (the view refreshes every 5 s)."""
+    return driver.execute_script(_ROW_JS, trader)  # type: ignore[no-any-return]
 
 
 def test_console_lists_a_daily_loss_breached_trader_as_paused_with_its_numbers(console: Console,
@@ -194,22 +227,20 @@ def test_console_lists_a_daily_loss_breached_trader_as_paused_with_its_numbers(c
     field = css(page, "#accounts-input")
     field.send_keys("acct-breach")
     css(page, "#accounts-form button[type=submit]").click()
-    row = wait(page, visible("tr[data-trader=bot-breach]"))
+    row = wait(page, lambda d: trader_row(d, "bot-breach"))
 
-    assert row.find_element(By.CSS_SELECTOR, "[data-state]").text == "REDUCING"
-    assert "DAILY_LOSS_LIMIT" in row.find_element(By.CSS_SELECTOR, "td.reason").text
-    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ", row.find_element(By.CSS_SELECTOR, "td.until").text)
-    assert row.find_element(By.CSS_SELECTOR, "td.equity").text == "9,400.00"
-    daily = row.find_element(By.CSS_SELECTOR, "td[data-limit=daily_loss]")
-    assert daily.get_attribute("data-level") == "over"  # 6 % of a 5 % limit: 120 %, red
-    assert "120 %" in daily.text and "6.00/5.00 %" in daily.text
-    drawdown = row.find_element(By.CSS_SELECTOR, "td[data-limit=drawdown]")
-    assert drawdown.get_attribute("data-level") == "ok" and "30 %" in drawdown.text  # 6 % of 20 %
-    owner = row.find_element(By.CSS_SELECTOR, "td.owner").text  # SQLite: this sidecar; PostgreSQL: its id
-    assert owner == "this sidecar" or owner.endswith(" (this one)"), owner
-    calm = css(page, "tr[data-trader=bot-calm]")
-    assert calm.find_element(By.CSS_SELECTOR, "[data-state]").text == "ACTIVE"
-    assert calm.find_element(By.CSS_SELECTOR, "td[data-limit=daily_loss]").get_attribute("data-level") == "ok"
+    assert row["state"] == "REDUCING"
+    assert "DAILY_LOSS_LIMIT" in row["reason"]
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ", row["until"])
+    assert row["equity"] == "9,400.00"
+    daily = row["limits"]["daily_loss"]
+    assert daily["level"] == "over"  # 6 % of a 5 % limit: 120 %, red
+    assert "120 %" in daily["text"] and "6.00/5.00 %" in daily["text"]
+    drawdown = row["limits"]["drawdown"]
+    assert drawdown["level"] == "ok" and "30 %" in drawdown["text"]  # 6 % of 20 %
+    assert row["owner"] == "this sidecar" or row["owner"].endswith(" (this one)"), row  # PostgreSQL: the owner's id
+    calm = trader_row(page, "bot-calm")
+    assert calm is not None and calm["state"] == "ACTIVE" and calm["limits"]["daily_loss"]["level"] == "ok"
 
 
 def test_chart_draws_one_point_per_history_row_with_the_pause_marked(console: Console, page: WebDriver) -> None:
@@ -247,6 +278,7 @@ def test_account_kill_switch_with_the_admin_token_denies_the_next_can_trade_and_
     reason = "console e2e: exchange outage, stop everything"
 
     use_token(page, ADMIN)
+    css(page, "#accounts-auto").click()  # no refresh of the view under the click
     css(page, "#accounts-input").send_keys(account)
     css(page, "#accounts-form button[type=submit]").click()
     wait(page, visible(f"button[data-kill-account={account}]")).click()
@@ -270,22 +302,28 @@ def test_account_kill_switch_with_the_admin_token_denies_the_next_can_trade_and_
         assert decision.trading_state == types_pb2.TRADING_STATE_HALTED
     assert eventually_sync(lambda: any(reason in e.reason for e in console.history("bot-k1", account)), timeout=10)
 
+    css(page, "#kill-resume").click()  # the same scope: the account's pause is lifted
+    wait(page, visible("#confirm"))
+    css(page, "#confirm-ok").click()
+    wait(page, lambda d: "Resumed every trader of account acct-kill" in text_of(d, "#kill-result[data-ok=true]"))
+    assert console.can_trade("bot-k1", account).allowed
+
 
 def test_live_update_appears_without_reload(console: Console, page: WebDriver) -> None:
     account, trader = "acct-live", "bot-live"
     console.report_equity(trader, account, 10_000)
     use_token(page, ADMIN)
     open_trader(page, account, trader)
-    wait(page, lambda d: "live: bot-live" in css(d, "#live-status").text)
-    wait(page, lambda d: "10,000.00" in css(d, "#trader-equity").text)
+    wait(page, lambda d: "live: bot-live" in text_of(d, "#live-status"))
+    wait(page, lambda d: "10,000.00" in text_of(d, "#trader-equity"))
     page.execute_script("window.__noReload = 'still here'")
     before = chart_points(page)
 
     console.report_equity(trader, account, 10_432.5)
 
-    wait(page, lambda d: "10,432.50" in css(d, "#trader-equity").text)
+    wait(page, lambda d: "10,432.50" in text_of(d, "#trader-equity"))
     assert page.execute_script("return window.__noReload") == "still here"  # no navigation happened
-    assert page.execute_script("return window.tradeguardConsole.liveUpdates") >= 2  # the initial state, the report
+    assert live_updates(page) >= 2  # the initial state, the report
     wait(page, lambda d: chart_points(d) == before + 1)
     assert "equity_report" in css(page, "#trader-events").text
 
@@ -297,7 +335,7 @@ def test_trader_token_reads_a_trader_but_its_kill_switch_is_refused_and_pauses_n
 
     use_token(page, TRADER)
     open_trader(page, account, trader)
-    wait(page, lambda d: "5,000.00" in css(d, "#trader-equity").text)
+    wait(page, lambda d: "5,000.00" in text_of(d, "#trader-equity"))
     assert "ACTIVE" in css(page, "#trader-state").text
     assert "admin token" in css(page, "#trader-events").text  # the history is the admin's: said, not hidden
 
@@ -344,7 +382,7 @@ def test_configuration_edited_in_the_console_is_saved_and_breakers_show_their_ev
     css(page, "#config-save").click()
     wait(page, visible("#confirm"))
     css(page, "#confirm-ok").click()
-    wait(page, lambda d: "Saved configuration console" in css(d, "#banner").text)
+    wait(page, lambda d: "Saved configuration console" in text_of(d, "#banner"))
     stored = console.admin.GetConfig(admin_service_pb2.GetConfigRequest(account_id=account, config_id="console"),
                                      metadata=[("authorization", f"Bearer {ADMIN}")]).config
     assert stored.daily_max_drawdown_percentage == 3.5

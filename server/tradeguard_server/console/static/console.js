@@ -470,10 +470,15 @@
     renderEvents();
   }
 
+  function checkStatus(u, cfg) {
+    if (u.used !== null) return u.used >= OVER_AT ? "FAIL" : "PASS";
+    if (cfg) return "SKIPPED"; // not configured: CanTrade skips it
+    return cfg === null ? "default limit (not readable)" : "unknown (configuration not readable)";
+  }
+
   function renderChecks(st, uses) {
     const rows = uses.map((u) => h("tr", { "data-check": u.key }, h("td", { text: u.name }),
-      h("td", { class: "lvl-" + levelOf(u.used),
-        text: u.used === null ? "SKIPPED" : (u.used >= OVER_AT ? "FAIL" : "PASS") }),
+      h("td", { class: "lvl-" + levelOf(u.used), text: checkStatus(u, T.config) }),
       h("td", { class: "num", text: u.unit === "%" ? pct(u.value) : num(u.value, 0) }),
       h("td", { class: "num", text: u.limit === null ? "—" : (u.unit === "%" ? pct(u.limit) : num(u.limit, 0)) })));
     const decisions = T.events.filter((e) => /breach|pause|resum|halt|restore|limit|LIMIT/i.test(e.text)).slice(-8)
