@@ -243,6 +243,30 @@ def test_console_lists_a_daily_loss_breached_trader_as_paused_with_its_numbers(c
     assert calm is not None and calm["state"] == "ACTIVE" and calm["limits"]["daily_loss"]["level"] == "ok"
 
 
+def test_position_and_exposure_use_are_coloured_as_they_near_their_limits(console: Console, page: WebDriver) -> None:
+    account, trader = "acct-pos", "bot-pos"
+    console.save_config(account, max_position_size_percentage=10.0, max_correlated_exposure_percentage=25.0)
+    console.report_equity(trader, account, 10_000)
+    console.risk.ReportPositions(risk_service_pb2.ReportPositionsRequest(
+        trader_id=trader, account_id=account, positions=[
+        types_pb2.Position(symbol="BTCUSDT", exchange="binance", side=types_pb2.SIDE_BUY, quantity=0.01,
+                           entry_price=90_000, mark_price=90_000),  # 900: 9 % of equity
+        types_pb2.Position(symbol="ETHUSDT", exchange="binance", side=types_pb2.SIDE_BUY, quantity=0.6,
+                           entry_price=2_000, mark_price=2_000),  # 1_200: 12 % of equity, over its 10 %
+    ]), metadata=[("authorization", f"Bearer {TRADER}")])
+
+    use_token(page, ADMIN)
+    css(page, "#accounts-input").send_keys(account)
+    css(page, "#accounts-form button[type=submit]").click()
+    row = wait(page, lambda d: trader_row(d, trader))
+
+    position, exposure = row["limits"]["position"], row["limits"]["exposure"]
+    assert position["level"] == "over" and "120 %" in position["text"] and "12.00/10.00 %" in position["text"]
+    assert exposure["level"] == "warn" and "84 %" in exposure["text"] and "21.00/25.00 %" in exposure["text"]
+    assert row["limits"]["open_orders"]["text"] == "no limit"
+    assert row["limits"]["daily_loss"]["text"] == "no limit"  # this configuration sets none
+
+
 def test_chart_draws_one_point_per_history_row_with_the_pause_marked(console: Console, page: WebDriver) -> None:
     account, trader = "acct-chart", "bot-chart"
     floor = console.admin.CreateBreaker(admin_service_pb2.CreateBreakerRequest(breaker=types_pb2.CircuitBreaker(

@@ -224,17 +224,22 @@
     }
     add("position", "Position", worst ? worst.value : 0, worst ? worst.limit : c.max_position_size_percentage, "%",
       worst ? "largest position notional, % of equity (" + worst.symbol + ")" : "no open position");
-    // Exposure: same-direction notional per correlation group (all symbols form one group when none is configured).
+    // Exposure: same-direction notional per correlation group (all symbols form one group when none is configured),
+    // positions plus the unfilled part of pending orders that add exposure (listed by GetRiskState; ListRiskStates
+    // gives only their count).
     const groups = (c.correlation_groups || []).length ? c.correlation_groups.map((g) => new Set(g.symbols || []))
       : [null];
+    const legs = (st.positions || []).map((p) => ({ symbol: p.symbol, side: p.side, notional: notional(p) }))
+      .concat((st.pending_orders || []).filter((o) => !o.reducing).map((o) => ({ symbol: o.symbol, side: o.side,
+        notional: Math.max(0, Number(o.quantity || 0) - Number(o.filled_quantity || 0)) * Number(o.price || 0) })));
     let exposure = 0;
     for (const g of groups) {
       let long = 0;
       let short = 0;
-      for (const p of st.positions || []) {
-        if (g && !g.has(p.symbol)) continue;
-        if (p.side === "SIDE_SELL") short += notional(p);
-        else long += notional(p);
+      for (const leg of legs) {
+        if (g && !g.has(leg.symbol)) continue;
+        if (leg.side === "SIDE_SELL") short += leg.notional;
+        else long += leg.notional;
       }
       exposure = Math.max(exposure, equity > 0 ? (Math.max(long, short) / equity) * 100 : 0);
     }
