@@ -431,3 +431,34 @@ def test_browser_enforces_the_consoles_csp_on_injected_inline_script_and_foreign
         return any("script-src 'self'" in m for m in blocked) and any("img-src 'self'" in m for m in blocked)
 
     assert wait(page, both_blocked), blocked  # (reading the log drains it: the page fixture then finds it clean)
+
+
+def test_every_account_kill_switch_halts_any_account_for_the_minutes_given_and_resumes(console: Console,
+                                                                                     page: WebDriver) -> None:
+    console.report_equity("bot-all-1", "acct-all-1", 1_000)
+    console.report_equity("bot-all-2", "acct-all-2", 2_000)
+    use_token(page, ADMIN)
+    css(page, "button[data-view=kill]").click()
+    css(page, "input[name=scope][value=all]").click()
+    assert not css(page, "#kill-account").is_enabled() and not css(page, "#kill-trader").is_enabled()
+    css(page, "#kill-state").send_keys("REDUCING")
+    css(page, "#kill-minutes").send_keys("15")
+    css(page, "#kill-reason").send_keys("console e2e: venue-wide incident")
+    css(page, "#kill-pause").click()
+    assert "EVERY account" in wait(page, visible("#confirm")).text
+    try:
+        css(page, "#confirm-ok").click()
+        wait(page, lambda d: "REDUCING for 15 minutes" in text_of(d, "#kill-result[data-ok=true]"))
+        for trader, account in (("bot-all-1", "acct-all-1"), ("bot-all-2", "acct-all-2")):
+            decision = console.can_trade(trader, account)
+            assert decision.trading_state == types_pb2.TRADING_STATE_REDUCING
+            assert decision.paused_until.seconds > 0  # for 15 minutes, not until resumed
+
+        css(page, "#kill-resume").click()
+        wait(page, visible("#confirm"))
+        css(page, "#confirm-ok").click()
+        wait(page, lambda d: "Resumed EVERY account" in text_of(d, "#kill-result[data-ok=true]"))
+        assert console.can_trade("bot-all-1", "acct-all-1").trading_state == types_pb2.TRADING_STATE_ACTIVE
+    finally:  # the module's other tests share this sidecar
+        console.admin.ResumeTrading(admin_service_pb2.ResumeTradingRequest(all_accounts=True),
+                                    metadata=[("authorization", f"Bearer {ADMIN}")])
