@@ -449,7 +449,8 @@ async def test_metrics_healthz_readyz_on_the_http_listener() -> None:
 
 async def test_unknown_paths_answer_404_on_both_http_listeners() -> None:
     async with http_sidecar(metrics_listen="127.0.0.1:0") as (sc, http):
-        for path in ("/", "/nope", "/api/risk/nothing", "/v1/risk/can-trade/extra"):
+        # ("/" is the operator console's page: tests/integration/test_console_http.py)
+        for path in ("/index.html", "/nope", "/api/risk/nothing", "/v1/risk/can-trade/extra"):
             status, _, error = await http("GET", path)
             assert status == 404 and error["code"] == 5, path
         status, headers, _ = await http("DELETE", "/api/feature_flags")

@@ -43,5 +43,8 @@ def ssl_context(s: Settings) -> ssl.SSLContext | None:
 def build_http_api(s: Settings, handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]], *, ready: Ready,
                    metrics_text: MetricsText | None, tracer_provider: Any = None, version: str = "") -> HttpApi:
     """The HTTP API over `handlers` (gRPC method path -> the handler the gRPC server runs)."""
+    from ..console import load_console
+
     return HttpApi(served_routes(), handlers, ready=ready, metrics_text=metrics_text,
-                   max_body_bytes=s.max_message_bytes, tracer_provider=tracer_provider, version=version)
+                   max_body_bytes=s.max_message_bytes, tracer_provider=tracer_provider, version=version,
+                   console=load_console())

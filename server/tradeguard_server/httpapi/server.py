@@ -1,5 +1,6 @@
 """The HTTP listener (`http_listen`): the JSON API of the google.api.http annotations, /metrics, /healthz,
-/readyz and /openapi.json, served by aiohttp on the sidecar's own event loop.
+/readyz, /openapi.json and the operator console (`/`, `/console/...`: ..console), served by aiohttp on the sidecar's own
+event loop.
 
 One implementation behind both transports: a route calls the very gRPC method handler the gRPC server runs for
 that RPC (the guard with the same token rules, the request parsed and validated, the metrics per method, the
@@ -23,6 +24,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from google.protobuf.message import Message
 
 from ..api.errors import ApiError
+from ..console import Asset, Console
 from .context import Aborted, HttpContext, peer_text
 from .openapi import openapi_document
 from .routes import Match, Route, Router
@@ -108,7 +110,7 @@ class HttpApi:
 
     def __init__(self, routes: list[Route], handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]], *,
                  ready: Ready, metrics_text: MetricsText | None = None, max_body_bytes: int = 1 << 20,
-                 version: str = "", tracer_provider: Any = None) -> None:
+                 version: str = "", tracer_provider: Any = None, console: Console | None = None) -> None:
         self.router = Router(routes)
         missing = [r.grpc_path for r in routes if r.grpc_path not in handlers]
         if missing:
@@ -122,6 +124,7 @@ class HttpApi:
         self.runner: web.ServerRunner | None = None
         self.address = ""
         self.streams: set[asyncio.Task[Any]] = set()
+        self.console = console  # the operator console's static files at / and /console/... (None: not served)
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -250,8 +253,13 @@ class HttpApi:
             if path == "/metrics" and self.metrics_text is not None:
                 text, content_type = await asyncio.to_thread(self.metrics_text)
                 return web.Response(body=text, headers={"Content-Type": content_type})
+            asset = self.console.find(path) if self.console is not None else None
+            if asset is not None:
+                return self._asset(request, asset)
         allowed = self.router.allowed_methods(raw_path)
         if path in ("/healthz", "/readyz", "/openapi.json") or (path == "/metrics" and self.metrics_text):
+            allowed = ["GET", "HEAD"]
+        if self.console is not None and self.console.find(path) is not None:
             allowed = ["GET", "HEAD"]
         if allowed:
             response = self._error(status_of(grpc.StatusCode.UNIMPLEMENTED,
@@ -261,6 +269,16 @@ class HttpApi:
             return response
         return self._error(status_of(grpc.StatusCode.NOT_FOUND, f"no such path: {path} (see /openapi.json)"),
                            grpc.StatusCode.NOT_FOUND)
+
+    @staticmethod
+    def _asset(request: web.BaseRequest, asset: Asset) -> web.Response:
+        """A console file; 304 when the browser's copy (If-None-Match) is this one."""
+        headers = asset.headers()
+        tags = {tag.strip() for tag in request.headers.get("If-None-Match", "").split(",")}
+        if asset.etag in tags or "*" in tags:
+            del headers["Content-Type"]
+            return web.Response(status=304, headers=headers)
+        return web.Response(body=asset.body, headers=headers)
 
     # ---- server-sent events (WatchRiskState) ----------------------------------------------------
 
