@@ -223,8 +223,9 @@ class Settings:
     # ---- fairness and overload (README "Fairness and overload"; api/admission.py). 0 = no limit / off.
     max_streams_per_connection: int = 100  # HTTP/2 streams one connection may open (grpc core, before Python)...
     # ...and Session / WatchRiskState streams it may hold; the smaller of this and max_concurrent_streams applies
-    max_calls_per_connection: int = 50  # while overloaded: calls one connection may start per 100 ms
-    max_calls_per_trader: int = 50  # while overloaded: calls one trader_id may start per 100 ms
+    # (a bot that waits for each answer starts at most ~50 per 100 ms even when catching up after a stall)
+    max_calls_per_connection: int = 200  # while overloaded: calls one connection may start per 100 ms
+    max_calls_per_trader: int = 200  # while overloaded: calls one trader_id may start per 100 ms
     admin_max_concurrent: int = 16  # AdminService calls in progress at once
     http_max_concurrent: int = 64  # HTTP API requests in progress at once (server-sent event streams included)
     overload_lag_ms: float = 20.0  # the event loop this late means overloaded

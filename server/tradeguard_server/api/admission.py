@@ -96,8 +96,9 @@ class Admission:
         self._trader_calls: dict[str, int] = {}  # the same per trader id
         self._window_calls = 0
         self._window_trader_calls = 0
-        self.penalized_peers: dict[str, float] = {}  # peer -> until (monotonic): its calls are shed meanwhile
-        self.penalized_traders: dict[str, float] = {}  # trader id -> until
+        # peer -> (until (monotonic), reason): its calls are shed meanwhile; the same per trader id
+        self.penalized_peers: dict[str, tuple[float, str]] = {}
+        self.penalized_traders: dict[str, tuple[float, str]] = {}
         self._streams: dict[str, int] = {}  # Session / WatchRiskState streams in progress per peer
         self.in_progress = dict.fromkeys(CLASSES, 0)
         self.shed: dict[tuple[str, str], int] = {}  # (reason, method) -> calls shed
@@ -166,7 +167,7 @@ class Admission:
         self._window_calls = self._window_trader_calls = 0
         now = self.now
         for penalized in (self.penalized_peers, self.penalized_traders):
-            for key in [key for key, until in penalized.items() if until <= now]:
+            for key in [key for key, (until, _reason) in penalized.items() if until <= now]:
                 del penalized[key]
 
     # ---- decisions ------------------------------------------------------------------------------
@@ -176,17 +177,17 @@ class Admission:
         its limit in this window, and more than the average one (a lone client is not shed for its own load), is
         penalized until retry_after_s from now: its calls are shed meanwhile (a trader's connection with it)."""
         now = self.now
-        until = self.penalized_peers.get(peer)
-        if until is not None and until > now:
-            return FLOOD_CONNECTION
-        calls = self._peer_calls
+        calls = self._peer_calls  # penalized peers count too: the average connection is the real one
         n = calls[peer] = calls.get(peer, 0) + 1
         self._window_calls += 1
+        penalty = self.penalized_peers.get(peer)
+        if penalty is not None and penalty[0] > now:
+            return penalty[1]
         if not self.overloaded:
             return ""
         limit = self.max_calls_per_connection
         if limit and n > limit and n * len(calls) > self._window_calls:
-            self.penalized_peers[peer] = now + self.retry_after_s
+            self.penalized_peers[peer] = (now + self.retry_after_s, FLOOD_CONNECTION)
             return FLOOD_CONNECTION
         limit = self.max_calls_per_trader
         if not limit or parse is None:
@@ -197,15 +198,15 @@ class Admission:
             return ""  # the handler answers INVALID_ARGUMENT
         if not trader:
             return ""
-        until = self.penalized_traders.get(trader)
-        if until is not None and until > now:
-            self.penalized_peers[peer] = until
+        penalty = self.penalized_traders.get(trader)
+        if penalty is not None and penalty[0] > now:
+            self.penalized_peers[peer] = penalty
             return FLOOD_TRADER
         traders = self._trader_calls
         t = traders[trader] = traders.get(trader, 0) + 1
         self._window_trader_calls += 1
         if t > limit and t * len(traders) > self._window_trader_calls:
-            self.penalized_traders[trader] = self.penalized_peers[peer] = now + self.retry_after_s
+            self.penalized_traders[trader] = self.penalized_peers[peer] = (now + self.retry_after_s, FLOOD_TRADER)
             return FLOOD_TRADER
         return ""
 
@@ -230,11 +231,12 @@ class Admission:
 
     def _flood_message(self, reason: str) -> str:
         if reason == FLOOD_TRADER:
-            return (f"overloaded: this trader_id started more than max_calls_per_trader={self.max_calls_per_trader} "
-                    f"calls in 100 ms while the sidecar was behind; retry after {self.retry_after_s:g} s")
+            return (f"overloaded: a trader_id on this connection started more than max_calls_per_trader="
+                    f"{self.max_calls_per_trader} calls in 100 ms while the sidecar was behind; retry after "
+                    f"{self.retry_after_s:g} s")
         return (f"overloaded: this connection started more than max_calls_per_connection="
-                f"{self.max_calls_per_connection} calls in 100 ms (or carried a flooding trader's) while the sidecar "
-                f"was behind; retry after {self.retry_after_s:g} s")
+                f"{self.max_calls_per_connection} calls in 100 ms while the sidecar was behind; retry after "
+                f"{self.retry_after_s:g} s")
 
     # ---- wrapping the method handlers -----------------------------------------------------------
 
