@@ -164,17 +164,7 @@ def server_options(s: Settings) -> list[tuple[str, int]]:
                     ("grpc.keepalive_permit_without_calls", 1)]
     if s.max_connection_idle_s:
         options.append(("grpc.max_connection_idle_ms", ms(s.max_connection_idle_s)))
-    options += fairness_options(s)
     return options
-
-
-def fairness_options(s: Settings) -> list[tuple[str, int]]:
-    """grpc core drops calls at random (CANCELLED) once more than 1,000 wait for the application, and all past
-    3,000: a flood's calls and a well-behaved bot's alike. Every call a client may have open waits instead
-    (connections x streams per connection); admission (api/admission.py) sheds the flood's calls, not the bot's."""
-    per_connection = streams_per_connection(s) or 1000
-    pending = max(3000, (s.max_connections or 1000) * per_connection)
-    return [("grpc.server.max_pending_requests", pending), ("grpc.server.max_pending_requests_hard_limit", pending)]
 
 
 def streams_per_connection(s: Settings) -> int:

@@ -18,7 +18,8 @@ path answered:
    `retry-after` metadata and a google.rpc.RetryInfo detail (HTTP: 429 and Retry-After). A bot that waits for each
    answer starts one call per tick at most, so it is never the one shed.
 
-While the loop keeps up, a unary call pays one attribute test here (`overloaded`), nothing else.
+While the loop keeps up, a unary call pays one attribute test here (`watching`) and one coroutine frame, nothing
+else (bench/fairness.py --check-cost).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 log = logging.getLogger("tradeguard.admission")
 
 HOT, STREAM, ADMIN, HTTP = "hot", "stream", "admin", "http"
-CLASSES = (HOT, STREAM, ADMIN, HTTP)
+CLASSES = (STREAM, ADMIN, HTTP)  # counted in progress (the hot path's unary calls never wait: see _hot_unary)
 # reasons in tradeguard_shed_total
 FLOOD_CONNECTION = "connection_flood"
 FLOOD_TRADER = "trader_flood"
@@ -269,7 +270,8 @@ class Admission:
         return out
 
     def _hot_unary(self, method: str, inner: Any, parse: Callable[[bytes], Message] | None) -> Any:
-        in_progress = self.in_progress
+        # Not counted in progress: these handlers never wait (nothing on the hot path waits on I/O), so one runs at
+        # a time and its count would read 0 at every scrape; what waits is grpc core's queue, and the held calls.
 
         async def admitted(raw: bytes, context: Any) -> Any:
             if self.watching:
@@ -277,11 +279,7 @@ class Admission:
                 if reason:
                     await self.refuse(context, reason, method, self._flood_message(reason), hold=True)
                     return None
-            in_progress[HOT] += 1
-            try:
-                return await inner(raw, context)
-            finally:
-                in_progress[HOT] -= 1
+            return await inner(raw, context)
 
         return admitted
 
@@ -388,9 +386,10 @@ def metric_families(admission: Admission) -> Iterable[Any]:
     for (reason, method), n in sorted(admission.shed.items()):
         shed.add_metric((reason, method), n)
     yield shed
-    gauge = GaugeMetricFamily("tradeguard_calls_in_progress", "Calls in progress by class: hot (CanTrade, reports, "
-                              "GetRiskState), stream (Session, WatchRiskState), admin (AdminService), http (HTTP "
-                              "requests), held (shed calls waiting for their answer).", labels=("class",))
+    gauge = GaugeMetricFamily("tradeguard_calls_in_progress", "Calls in progress by class: stream (Session, "
+                              "WatchRiskState), admin (AdminService), http (HTTP requests), held (shed calls waiting "
+                              "for their answer). The hot path's unary calls never wait, so they are not counted.",
+                              labels=("class",))
     for cls, n in admission.in_progress.items():
         gauge.add_metric((cls,), n)
     gauge.add_metric(("held",), admission.held)
@@ -418,5 +417,5 @@ def retry_delay(status: status_pb2.Status) -> float | None:
         if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
             info = error_details_pb2.RetryInfo()
             detail.Unpack(info)
-            return info.retry_delay.seconds + info.retry_delay.nanos / 1e9
+            return float(info.retry_delay.seconds + info.retry_delay.nanos / 1e9)
     return None
