@@ -213,6 +213,9 @@ class _Ctx:
     def invocation_metadata(self) -> tuple[()]:
         return ()
 
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:1"
+
     async def abort(self, *args: object, **kwargs: object) -> None:
         raise RuntimeError(f"aborted: {args}")
 
@@ -286,6 +289,21 @@ def main(argv: list[str] | None = None) -> int:
         return answer
 
     report("handler", timed(full, args.calls, asks.cancel))
+    # the same handler with admission in front, as the sidecar registers it (api/admission.py; not overloaded)
+    from tradeguard_server.api.admission import HOT, admission_from_settings
+
+    admitted = admission_from_settings(sc.settings).wrap({"CanTrade": handler}, HOT)["CanTrade"].unary_unary
+    assert admitted is not None
+
+    def full_admitted() -> object:
+        asks.n += 1
+        raw = raws[asks.n % ROTATION]
+        answer = serialize(drive(lambda: admitted(raw, ctx))())
+        asks.last = next(reversed(pending))
+        return answer
+
+    report("admitted", timed(full_admitted, args.calls, asks.cancel))
+    report("handler", timed(full, args.calls, asks.cancel))  # again: the two rows back to back, drift shows
     eq = lg.report_equity_request()
     report("equity", timed(drive(lambda: risk.report_equity(eq, ctx)), args.calls))  # type: ignore[arg-type]
     # A full collection runs on the event loop; `tradeguard serve` freezes what start-up made (gc.freeze).

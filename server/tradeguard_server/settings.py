@@ -114,6 +114,25 @@ HELP = {
     "strict": "unknown TRADEGUARD_* variables and unknown settings-file keys stop the start (default: a warning)",
 }
 
+HELP.update({  # fairness and overload (README "Fairness and overload")
+    "max_streams_per_connection": "HTTP/2 streams one connection may open (grpc core refuses more before Python "
+                                  "sees them; clients wait for a free one), and Session / WatchRiskState streams it "
+                                  "may hold (0 = no limit)",
+    "max_calls_per_connection": "while the event loop is overloaded: calls one connection may start per 100 ms; "
+                                "beyond, its calls are shed for retry_after_s with RESOURCE_EXHAUSTED and "
+                                "retry-after (0 = off)",
+    "max_calls_per_trader": "while the event loop is overloaded: calls one trader_id may start per 100 ms; beyond, "
+                            "its calls (and its connections') are shed for retry_after_s (0 = off)",
+    "admin_max_concurrent": "AdminService calls in progress at once; more are shed (0 = no limit)",
+    "http_max_concurrent": "HTTP API requests in progress at once; more get 429 with Retry-After (0 = no limit)",
+    "overload_lag_ms": "event loop lag, ms, from which the sidecar is overloaded and sheds flooding connections "
+                       "and traders",
+    "shed_hold_s": "seconds a flood's shed call is held before its RESOURCE_EXHAUSTED (its stream stays taken, so "
+                   "a client that retries at once cannot refill the queue; 0 = answer at once)",
+    "retry_after_s": "seconds a shed call is told to wait (retry-after metadata, google.rpc.RetryInfo, HTTP "
+                     "Retry-After)",
+})
+
 
 class SettingsError(ValueError):
     """A setting has a value that cannot be used."""
@@ -201,6 +220,17 @@ class Settings:
     allow_degraded_start: bool = False
     config: str = field(default="", metadata={"file": False})  # the settings file (JSON or TOML); not in the file
     strict: bool = False  # unknown TRADEGUARD_* variables and unknown file keys stop the start instead of a warning
+    # ---- fairness and overload (README "Fairness and overload"; api/admission.py). 0 = no limit / off.
+    max_streams_per_connection: int = 100  # HTTP/2 streams one connection may open (grpc core, before Python)...
+    # ...and Session / WatchRiskState streams it may hold; the smaller of this and max_concurrent_streams applies
+    # (a bot that waits for each answer starts at most ~50 per 100 ms even when catching up after a stall)
+    max_calls_per_connection: int = 200  # while overloaded: calls one connection may start per 100 ms
+    max_calls_per_trader: int = 200  # while overloaded: calls one trader_id may start per 100 ms
+    admin_max_concurrent: int = 16  # AdminService calls in progress at once
+    http_max_concurrent: int = 64  # HTTP API requests in progress at once (server-sent event streams included)
+    overload_lag_ms: float = 20.0  # the event loop this late means overloaded
+    shed_hold_s: float = 1.0  # a flood's shed call is answered after this long (its stream stays taken meanwhile)
+    retry_after_s: float = 1.0  # retry-after / RetryInfo / Retry-After of a shed call
     # Not settings: the names of the settings given explicitly (flag, environment or file) rather than defaulted.
     # A feature flag given at start beats the stored one (README, "Feature flags"). Filled by load_settings, as are
     # where each given value came from (name -> "flag --x" / "env X" / "file F") and what loading found worth a
@@ -641,6 +671,19 @@ def validate(s: Settings) -> None:
         _host, sep, port = s.http_listen.rpartition(":")
         if not sep or not port.isdigit() or int(port) > 65535:
             raise SettingsError(f"http_listen: expected host:port (or empty to disable), got {s.http_listen!r}")
+    _validate_fairness(s)
+
+
+def _validate_fairness(s: Settings) -> None:
+    for name in ("max_streams_per_connection", "max_calls_per_connection", "max_calls_per_trader",
+                 "admin_max_concurrent", "http_max_concurrent"):
+        if getattr(s, name) < 0:
+            raise SettingsError(f"{name}: must be >= 0 (0 = no limit)")
+    for name, low, high in (("overload_lag_ms", 1.0, 60_000.0), ("shed_hold_s", 0.0, 60.0),
+                            ("retry_after_s", 0.001, 3600.0)):
+        value = getattr(s, name)
+        if not math.isfinite(value) or not low <= value <= high:
+            raise SettingsError(f"{name}: must be between {low:g} and {high:g}, got {value!r}")
 
 
 def settings_fields() -> list[dataclasses.Field[Any]]:

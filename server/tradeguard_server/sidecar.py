@@ -151,7 +151,7 @@ def server_options(s: Settings) -> list[tuple[str, int]]:
         # larger than the request that produced it. Capping it at the same size once applied a report and then
         # failed that call, and every later CanTrade of the trader, with RESOURCE_EXHAUSTED.
         ("grpc.max_send_message_length", -1),
-        ("grpc.max_concurrent_streams", s.max_concurrent_streams),
+        ("grpc.max_concurrent_streams", streams_per_connection(s)),
         ("grpc.so_reuseport", 0),
     ]
     if s.max_connections:
@@ -165,6 +165,13 @@ def server_options(s: Settings) -> list[tuple[str, int]]:
     if s.max_connection_idle_s:
         options.append(("grpc.max_connection_idle_ms", ms(s.max_connection_idle_s)))
     return options
+
+
+def streams_per_connection(s: Settings) -> int:
+    """HTTP/2 streams per connection: the smaller of max_concurrent_streams and max_streams_per_connection (README
+    "Fairness and overload"); grpc core refuses more before Python sees them, and clients wait for a free one."""
+    limits = [n for n in (s.max_concurrent_streams, s.max_streams_per_connection) if n > 0]
+    return min(limits) if limits else s.max_concurrent_streams
 
 
 def write_ready_file(path: str, address: str) -> None:
@@ -304,6 +311,7 @@ class Sidecar:
         self._trader_guard = trader_guard(self.credentials) if can_guard else None
         self._credentials_task: asyncio.Task[None] | None = None
         self._init_observability()
+        self._init_admission()
 
     # ---- access ---------------------------------------------------------------------------------
 
@@ -542,6 +550,32 @@ class Sidecar:
             self.state_metrics = StateMetrics(self.metrics, self.engine.clock.now)
             self.listeners.append(self.state_metrics)  # gauges, breaches, firings
 
+    # ---- fairness and overload (api/admission.py) ----------------------------------------------------
+
+    def _init_admission(self) -> None:
+        from .api.admission import AdmissionCollector, admission_from_settings
+
+        self.admission = admission_from_settings(self.settings)
+        registry = getattr(self.metrics, "registry", None)
+        if registry is not None:
+            registry.register(AdmissionCollector(self.admission))
+
+    def _admitted(self, service_name: str, methods: dict[str, grpc.RpcMethodHandler[Any, Any]]
+                  ) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+        """`methods` with admission in front (RiskService: the hot path, its streams; AdminService: its budget)."""
+        from google.protobuf import message_factory
+
+        from tradeguard.v1 import risk_service_pb2 as rs
+
+        from .api.admission import ADMIN, HOT
+
+        if service_name == ADMIN_SERVICE:
+            return self.admission.wrap(methods, ADMIN)
+        service_desc = rs.DESCRIPTOR.services_by_name[service_name.rsplit(".", 1)[-1]]
+        parsers = {m.name: message_factory.GetMessageClass(m.input_type).FromString
+                   for m in service_desc.methods if not m.client_streaming and not m.server_streaming}
+        return self.admission.wrap(methods, HOT, parsers)
+
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
         """The tracing interceptor, or none at all when tracing is off (the hot path pays nothing)."""
         return [] if self.tracing is None else [self.tracing.interceptor()]
@@ -569,6 +603,7 @@ class Sidecar:
         metrics_text = None if registry is None else lambda: (generate_latest(registry), CONTENT_TYPE_LATEST)
         api = build_http_api(self.settings, self.grpc_handlers, ready=self._ready, metrics_text=metrics_text,
                              tracer_provider=None if self.tracing is None else self.tracing.provider)
+        api.admit(self.admission, self.settings.http_max_concurrent)  # its own budget (README "Fairness and overload")
         host, port = parse_http_listen(listen)
         try:
             self.http_address = await api.start(host, port, ssl_context(self.settings),
@@ -650,7 +685,7 @@ class Sidecar:
         risk_methods["Session"] = self.session.handler(self._trader_guard, self.metrics)
         for name, methods in ((RISK_SERVICE, risk_methods),
                               (ADMIN_SERVICE, self.admin.methods(self._admin_guard))):
-            timed = self.metrics.instrument(methods)
+            timed = self._admitted(name, self.metrics.instrument(methods))
             self.grpc_handlers.update({f"/{name}/{method}": handler for method, handler in timed.items()})
             server.add_generic_rpc_handlers((service(name, timed),))
             server.add_registered_method_handlers(name, timed)  # type: ignore[attr-defined]  # not in grpc-stubs
@@ -695,6 +730,7 @@ class Sidecar:
         if not isinstance(self.metrics, NullMetrics):
             self._sampler = asyncio.get_running_loop().create_task(self._sample_store())
         self._releaser = asyncio.get_running_loop().create_task(self._release_orders())
+        self.admission.start()  # the overload ticker (api/admission.py)
         await self._start_control()
         self.account_view.start()  # account-wide limits: the view's rounds
         self._heartbeats = asyncio.get_running_loop().create_task(self._watch_heartbeats())
@@ -727,6 +763,7 @@ class Sidecar:
         if self.http is not None:
             stops.append(self.http.stop())
         await asyncio.gather(*stops)
+        await self.admission.stop()
         for task in (self._sampler, self._releaser, self._heartbeats):
             if task is not None:
                 task.cancel()

@@ -23,6 +23,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from google.protobuf.message import Message
 
+from ..api.admission import HTTP, HTTP_BUDGET, Admission, retry_after_header, retry_delay, retry_status
 from ..api.errors import ApiError
 from ..console import Asset, Console
 from .context import Aborted, HttpContext, peer_text
@@ -125,6 +126,14 @@ class HttpApi:
         self.address = ""
         self.streams: set[asyncio.Task[Any]] = set()
         self.console = console  # the operator console's static files at / and /console/... (None: not served)
+        self.admission: Admission | None = None  # admit(): the HTTP budget (README "Fairness and overload")
+        self.max_concurrent = 0
+
+    def admit(self, admission: Admission, max_concurrent: int) -> None:
+        """Count requests in progress in `admission` (class http) and answer 429 with Retry-After beyond
+        `max_concurrent` (0 = no limit), before anything of the request is read."""
+        self.admission = admission
+        self.max_concurrent = max_concurrent
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -163,6 +172,23 @@ class HttpApi:
                         client_max_size=self.max_body_bytes)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        admission = self.admission
+        if admission is None:
+            return await self._handle(request)
+        in_progress = admission.in_progress
+        if self.max_concurrent and in_progress[HTTP] >= self.max_concurrent:
+            match = self.router.match(request.method, request.rel_url.raw_path)
+            admission.count_shed(HTTP_BUDGET, match.route.rpc if match is not None else "other")  # bounded labels
+            what = (f"the HTTP API is busy: http_max_concurrent={self.max_concurrent} requests in progress; retry "
+                    f"after {admission.retry_after_s:g} s")
+            return self._error(retry_status(what, admission.retry_after_s), grpc.StatusCode.RESOURCE_EXHAUSTED)
+        in_progress[HTTP] += 1
+        try:
+            return await self._handle(request)
+        finally:
+            in_progress[HTTP] -= 1
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         refused = _foreign(request)
         if refused:  # a web page's request (CSRF) or a rebound DNS name: no browser may drive the sidecar
             return self._error(status_of(grpc.StatusCode.PERMISSION_DENIED, refused), grpc.StatusCode.PERMISSION_DENIED)
@@ -235,6 +261,10 @@ class HttpApi:
 
     def _error(self, status: Any, code: grpc.StatusCode, http: int | None = None) -> web.Response:
         headers = {"WWW-Authenticate": "Bearer"} if code == grpc.StatusCode.UNAUTHENTICATED else None
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED and http is None:  # shed (api/admission.py): when to retry
+            delay = retry_delay(status)
+            if delay is not None:
+                headers = {"Retry-After": retry_after_header(delay)}
         return web.Response(body=dumps(status_json(status)), status=http or http_status(code), content_type=JSON,
                             headers=headers)
 

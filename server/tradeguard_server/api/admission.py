@@ -1,0 +1,421 @@
+"""Admission: who gets the event loop when it cannot serve everyone (issue 21, "Fairness").
+
+The sidecar is one event loop. grpc core hands it calls in arrival order, from every connection alike, so a flood
+of calls from some connections puts a well-behaved bot's CanTrade behind all of them. Three layers keep the hot
+path answered:
+
+1. grpc core, in C, before Python sees a call: `max_streams_per_connection` caps the HTTP/2 streams one connection
+   may have open (SETTINGS_MAX_CONCURRENT_STREAMS; a client waits for a free stream, it does not fail).
+2. Classes with their own budgets: AdminService calls (`admin_max_concurrent`) and long-lived streams (Session,
+   WatchRiskState: `max_streams_per_connection` per connection) are counted while in progress; beyond the budget
+   a call is shed at once. The HTTP listener has its own (`http_max_concurrent`, httpapi/server.py). None of them
+   can take what the hot path (CanTrade, the reports, GetRiskState) needs.
+3. Overload: a ticker measures the event loop's lag. While it is over `overload_lag_ms`, the loop is behind, and
+   calls are counted per connection (peer) and per trader until the next tick: a connection that starts more than
+   `max_calls_per_connection` calls in one tick (and more than the average connection), or a trader more than
+   `max_calls_per_trader`, is flooding, and its calls are shed: held for `shed_hold_s` (so that a client that
+   retries at once does not refill the queue: its stream stays taken), then answered RESOURCE_EXHAUSTED with
+   `retry-after` metadata and a google.rpc.RetryInfo detail (HTTP: 429 and Retry-After). A bot that waits for each
+   answer starts one call per tick at most, so it is never the one shed.
+
+While the loop keeps up, a unary call pays one attribute test here (`watching`) and one coroutine frame, nothing
+else (bench/fairness.py --check-cost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import math
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import DecodeError, Message
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+log = logging.getLogger("tradeguard.admission")
+
+HOT, STREAM, ADMIN, HTTP = "hot", "stream", "admin", "http"
+CLASSES = (STREAM, ADMIN, HTTP)  # counted in progress (the hot path's unary calls never wait: see _hot_unary)
+# reasons in tradeguard_shed_total
+FLOOD_CONNECTION = "connection_flood"
+FLOOD_TRADER = "trader_flood"
+STREAMS_PER_CONNECTION = "max_streams_per_connection"
+ADMIN_BUDGET = "admin_max_concurrent"
+HTTP_BUDGET = "http_max_concurrent"
+TICK_S = 0.01  # the lag ticker's period
+WINDOW_TICKS = 10  # calls are counted per window of 10 ticks (100 ms)
+BUSY = 0.5  # the loop's thread ran more than this share of a window: overloaded
+MAX_HELD = 20_000  # shed calls held at once (bounded memory); beyond, they are answered at once
+
+
+def retry_status(message: str, retry_after_s: float) -> status_pb2.Status:
+    """RESOURCE_EXHAUSTED with a google.rpc.RetryInfo detail of `retry_after_s`."""
+    whole = int(retry_after_s)
+    info = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(
+        seconds=whole, nanos=round((retry_after_s - whole) * 1e9)))
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    return status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message=message, details=[detail])
+
+
+def retry_after_header(retry_after_s: float) -> str:
+    """Retry-After in whole seconds (RFC 9110), at least 1."""
+    return str(max(1, math.ceil(retry_after_s)))
+
+
+class Admission:
+    """The sidecar's admission state, on its event loop (no locks: every method runs on the loop)."""
+
+    def __init__(self, *, max_calls_per_connection: int, max_calls_per_trader: int, max_streams_per_connection: int,
+                 admin_max_concurrent: int, overload_lag_ms: float, shed_hold_s: float, retry_after_s: float,
+                 tick_s: float = TICK_S, window_ticks: int = WINDOW_TICKS) -> None:
+        self.max_calls_per_connection = max_calls_per_connection
+        self.max_calls_per_trader = max_calls_per_trader
+        self.max_streams_per_connection = max_streams_per_connection
+        self.admin_max_concurrent = admin_max_concurrent
+        self.overload_lag_s = overload_lag_ms / 1000.0
+        self.shed_hold_s = shed_hold_s
+        self.retry_after_s = retry_after_s
+        self.tick_s = tick_s
+        self.window_ticks = window_ticks
+        # The one thing a unary call reads while the loop keeps up: overloaded (within retry_after_s of the last
+        # late tick), or a connection or trader still serving its penalty.
+        self.watching = False
+        self.overloaded = False
+        self.lag_s = 0.0
+        self.busy = 0.0
+        self.now = time.monotonic()  # as of the last tick (calls read this, not the clock)
+        self._overloaded_until = 0.0
+        self._peer_calls: dict[str, int] = {}  # calls started this window, per peer (only while watching)
+        self._trader_calls: dict[str, int] = {}  # the same per trader id
+        self._window_calls = 0
+        self._window_trader_calls = 0
+        # peer -> (until (monotonic), reason): its calls are shed meanwhile; the same per trader id
+        self.penalized_peers: dict[str, tuple[float, str]] = {}
+        self.penalized_traders: dict[str, tuple[float, str]] = {}
+        self._streams: dict[str, int] = {}  # Session / WatchRiskState streams in progress per peer
+        self.in_progress = dict.fromkeys(CLASSES, 0)
+        self.shed: dict[tuple[str, str], int] = {}  # (reason, method) -> calls shed
+        self.held = 0
+        self.overloads = 0  # times the loop went over overload_lag_ms
+        self._task: asyncio.Task[None] | None = None
+
+    # ---- the ticker -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None and (self.max_calls_per_connection or self.max_calls_per_trader):
+            self._task = asyncio.get_running_loop().create_task(self._tick(), name="tradeguard-admission")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _tick(self) -> None:
+        """Every tick_s: how late the loop ran this (its lag); every window_ticks, fresh counts per peer and trader
+        and the penalties that ended dropped."""
+        clock, cpu = time.monotonic, time.thread_time  # the loop's thread: CPU it used
+        tick = self.tick_s
+        ticks = 0
+        window_start, window_cpu = clock(), cpu()
+        while True:
+            due = clock() + tick
+            await asyncio.sleep(tick)
+            self.now = now = clock()
+            self.observe_lag(now - due)
+            ticks += 1
+            if ticks >= self.window_ticks:
+                ticks = 0
+                used = cpu()
+                self.observe_busy((used - window_cpu) / max(now - window_start, 1e-6))
+                window_start, window_cpu = now, used
+                self.new_window()
+
+    def observe_lag(self, lag: float) -> None:
+        self.lag_s = lag
+        now = self.now
+        if lag > self.overload_lag_s:
+            if not self.overloaded:
+                self.overloads += 1
+                log.warning("overload: the event loop ran %.0f ms late, busy %.0f %% of the last 100 ms; shedding "
+                            "the calls of flooding connections and traders (tradeguard_shed_total)", lag * 1e3,
+                            self.busy * 100)
+            self._overloaded_until = now + self.retry_after_s
+        self.overloaded = now < self._overloaded_until
+        self.watching = self.overloaded or bool(self.penalized_peers) or bool(self.penalized_traders)
+
+    def observe_busy(self, busy: float) -> None:
+        """The share of the last window the loop's thread ran: over BUSY, grpc core holds calls it cannot hand
+        over (the loop is saturated even when each turn of it is short, so its lag alone does not show it)."""
+        self.busy = busy
+        if busy > BUSY:
+            self.observe_lag(max(self.lag_s, self.overload_lag_s * 1.001))
+
+    def new_window(self) -> None:
+        if self._peer_calls:
+            self._peer_calls = {}
+        if self._trader_calls:
+            self._trader_calls = {}
+        self._window_calls = self._window_trader_calls = 0
+        now = self.now
+        for penalized in (self.penalized_peers, self.penalized_traders):
+            for key in [key for key, (until, _reason) in penalized.items() if until <= now]:
+                del penalized[key]
+
+    # ---- decisions ------------------------------------------------------------------------------
+
+    def flooding(self, peer: str, raw: bytes, parse: Callable[[bytes], Message] | None) -> str:
+        """While watching: the reason to shed this call ("" = admit). A connection or trader that started more than
+        its limit in this window, and more than the average one (a lone client is not shed for its own load), is
+        penalized until retry_after_s from now: its calls are shed meanwhile (a trader's connection with it)."""
+        now = self.now
+        calls = self._peer_calls  # penalized peers count too: the average connection is the real one
+        n = calls[peer] = calls.get(peer, 0) + 1
+        self._window_calls += 1
+        penalty = self.penalized_peers.get(peer)
+        if penalty is not None and penalty[0] > now:
+            return penalty[1]
+        if not self.overloaded:
+            return ""
+        limit = self.max_calls_per_connection
+        if limit and n > limit and n * len(calls) > self._window_calls:
+            self.penalized_peers[peer] = (now + self.retry_after_s, FLOOD_CONNECTION)
+            return FLOOD_CONNECTION
+        limit = self.max_calls_per_trader
+        if not limit or parse is None:
+            return ""
+        try:
+            trader = getattr(parse(raw), "trader_id", "")
+        except (DecodeError, RuntimeError, ValueError):
+            return ""  # the handler answers INVALID_ARGUMENT
+        if not trader:
+            return ""
+        penalty = self.penalized_traders.get(trader)
+        if penalty is not None and penalty[0] > now:
+            self.penalized_peers[peer] = penalty
+            return FLOOD_TRADER
+        traders = self._trader_calls
+        t = traders[trader] = traders.get(trader, 0) + 1
+        self._window_trader_calls += 1
+        if t > limit and t * len(traders) > self._window_trader_calls:
+            self.penalized_traders[trader] = self.penalized_peers[peer] = (now + self.retry_after_s, FLOOD_TRADER)
+            return FLOOD_TRADER
+        return ""
+
+    def count_shed(self, reason: str, method: str) -> None:
+        key = (reason, method)
+        self.shed[key] = self.shed.get(key, 0) + 1
+
+    async def refuse(self, context: Any, reason: str, method: str, what: str, hold: bool) -> None:
+        """Answer RESOURCE_EXHAUSTED with retry-after (after the hold, for a flood)."""
+        self.count_shed(reason, method)
+        if hold and self.shed_hold_s > 0 and self.held < MAX_HELD:
+            self.held += 1
+            try:
+                # jittered, so that the held calls of a flood do not all come back at once
+                await asyncio.sleep(self.shed_hold_s * (0.5 + random.random()))
+            finally:
+                self.held -= 1
+        status = retry_status(what, self.retry_after_s)
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, what, trailing_metadata=(
+            ("retry-after", retry_after_header(self.retry_after_s)),
+            ("grpc-status-details-bin", status.SerializeToString())))
+
+    def _flood_message(self, reason: str) -> str:
+        if reason == FLOOD_TRADER:
+            return (f"overloaded: a trader_id on this connection started more than max_calls_per_trader="
+                    f"{self.max_calls_per_trader} calls in 100 ms while the sidecar was behind; retry after "
+                    f"{self.retry_after_s:g} s")
+        return (f"overloaded: this connection started more than max_calls_per_connection="
+                f"{self.max_calls_per_connection} calls in 100 ms while the sidecar was behind; retry after "
+                f"{self.retry_after_s:g} s")
+
+    # ---- wrapping the method handlers -----------------------------------------------------------
+
+    def wrap(self, methods: Mapping[str, grpc.RpcMethodHandler[Any, Any]], cls: str,
+             parsers: Mapping[str, Callable[[bytes], Message]] | None = None
+             ) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+        """The method handlers of one class with admission in front of them."""
+        out: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+        for name, handler in methods.items():
+            parse = (parsers or {}).get(name)
+            if handler.unary_unary is not None:
+                behavior: Any = (self._admin_unary(name, handler.unary_unary) if cls == ADMIN
+                                 else self._hot_unary(name, handler.unary_unary, parse))
+                out[name] = grpc.unary_unary_rpc_method_handler(
+                    behavior, request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer)
+            elif handler.unary_stream is not None:
+                out[name] = grpc.unary_stream_rpc_method_handler(
+                    self._stream_gen(name, handler.unary_stream, cls),
+                    request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+            elif handler.stream_stream is not None:
+                inner = handler.stream_stream
+                behavior = (self._stream_gen(name, inner, cls) if inspect.isasyncgenfunction(inner)
+                            else self._stream_coro(name, inner, cls))
+                out[name] = grpc.stream_stream_rpc_method_handler(
+                    behavior, request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer)
+            else:
+                out[name] = handler
+        return out
+
+    def _hot_unary(self, method: str, inner: Any, parse: Callable[[bytes], Message] | None) -> Any:
+        # Not counted in progress: these handlers never wait (nothing on the hot path waits on I/O), so one runs at
+        # a time and its count would read 0 at every scrape; what waits is grpc core's queue, and the held calls.
+
+        async def admitted(raw: bytes, context: Any) -> Any:
+            if self.watching:
+                reason = self.flooding(context.peer(), raw, parse)
+                if reason:
+                    await self.refuse(context, reason, method, self._flood_message(reason), hold=True)
+                    return None
+            return await inner(raw, context)
+
+        return admitted
+
+    def _admin_unary(self, method: str, inner: Any) -> Any:
+        in_progress = self.in_progress
+        limit = self.admin_max_concurrent
+
+        async def admitted(raw: bytes, context: Any) -> Any:
+            if limit and in_progress[ADMIN] >= limit:
+                await self.refuse(context, ADMIN_BUDGET, method,
+                                  f"AdminService is busy: admin_max_concurrent={limit} calls in progress; retry after "
+                                  f"{self.retry_after_s:g} s", hold=False)
+                return None
+            in_progress[ADMIN] += 1
+            try:
+                return await inner(raw, context)
+            finally:
+                in_progress[ADMIN] -= 1
+
+        return admitted
+
+    def _stream_refusal(self, context: Any, cls: str) -> tuple[str, str] | None:
+        """(reason, message) when this stream is over its budget, else None (and the stream is counted)."""
+        if cls == ADMIN:
+            limit = self.admin_max_concurrent
+            if limit and self.in_progress[ADMIN] >= limit:
+                return ADMIN_BUDGET, (f"AdminService is busy: admin_max_concurrent={limit} calls in progress; "
+                                      f"retry after {self.retry_after_s:g} s")
+            return None
+        limit = self.max_streams_per_connection
+        if limit:
+            peer = context.peer()
+            held = self._streams.get(peer, 0)
+            if held >= limit:
+                return STREAMS_PER_CONNECTION, (f"this connection holds max_streams_per_connection={limit} streams "
+                                                f"(Session, WatchRiskState); close one or open another connection")
+        return None
+
+    def _enter_stream(self, context: Any, cls: str) -> str:
+        self.in_progress[cls] += 1
+        if cls == ADMIN:
+            return ""
+        peer = context.peer()
+        self._streams[peer] = self._streams.get(peer, 0) + 1
+        return str(peer)
+
+    def _leave_stream(self, peer: str, cls: str) -> None:
+        self.in_progress[cls] -= 1
+        if not peer:
+            return
+        left = self._streams.get(peer, 0) - 1
+        if left > 0:
+            self._streams[peer] = left
+        else:
+            self._streams.pop(peer, None)
+
+    def _stream_gen(self, method: str, inner: Any, cls: str) -> Any:
+        stream_cls = ADMIN if cls == ADMIN else STREAM
+
+        async def admitted(request: Any, context: Any) -> AsyncIterator[Any]:
+            refusal = self._stream_refusal(context, stream_cls)
+            if refusal is not None:
+                await self.refuse(context, refusal[0], method, refusal[1], hold=False)
+                return
+            peer = self._enter_stream(context, stream_cls)
+            try:
+                async for item in inner(request, context):
+                    yield item
+            finally:
+                self._leave_stream(peer, stream_cls)
+
+        return admitted
+
+    def _stream_coro(self, method: str, inner: Any, cls: str) -> Any:
+        stream_cls = ADMIN if cls == ADMIN else STREAM
+
+        async def admitted(requests: Any, context: Any) -> Any:
+            refusal = self._stream_refusal(context, stream_cls)
+            if refusal is not None:
+                await self.refuse(context, refusal[0], method, refusal[1], hold=False)
+                return None
+            peer = self._enter_stream(context, stream_cls)
+            try:
+                return await inner(requests, context)
+            finally:
+                self._leave_stream(peer, stream_cls)
+
+        return admitted
+
+
+def admission_from_settings(s: Any) -> Admission:
+    return Admission(max_calls_per_connection=s.max_calls_per_connection, max_calls_per_trader=s.max_calls_per_trader,
+                     max_streams_per_connection=s.max_streams_per_connection,
+                     admin_max_concurrent=s.admin_max_concurrent, overload_lag_ms=s.overload_lag_ms,
+                     shed_hold_s=s.shed_hold_s, retry_after_s=s.retry_after_s)
+
+
+def metric_families(admission: Admission) -> Iterable[Any]:
+    """tradeguard_shed_total{reason,method} and tradeguard_calls_in_progress{class}, read at scrape time."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    shed = CounterMetricFamily("tradeguard_shed", "Calls shed (RESOURCE_EXHAUSTED / HTTP 429 with retry-after), by "
+                               "reason and method.", labels=("reason", "method"))
+    for (reason, method), n in sorted(admission.shed.items()):
+        shed.add_metric((reason, method), n)
+    yield shed
+    gauge = GaugeMetricFamily("tradeguard_calls_in_progress", "Calls in progress by class: stream (Session, "
+                              "WatchRiskState), admin (AdminService), http (HTTP requests), held (shed calls waiting "
+                              "for their answer). The hot path's unary calls never wait, so they are not counted.",
+                              labels=("class",))
+    for cls, n in admission.in_progress.items():
+        gauge.add_metric((cls,), n)
+    gauge.add_metric(("held",), admission.held)
+    yield gauge
+    yield GaugeMetricFamily("tradeguard_event_loop_lag_seconds", "How late the event loop ran the admission ticker "
+                            "(over overload_lag_ms: overloaded).", value=admission.lag_s)
+
+
+class AdmissionCollector:
+    """A prometheus_client collector of `metric_families`."""
+
+    def __init__(self, admission: Admission) -> None:
+        self.admission = admission
+
+    def collect(self) -> Iterable[Any]:
+        return metric_families(self.admission)
+
+    def describe(self) -> Iterable[Any]:
+        return []
+
+
+def retry_delay(status: status_pb2.Status) -> float | None:
+    """The google.rpc.RetryInfo delay of a status, in seconds (None: it has none)."""
+    for detail in status.details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            return float(info.retry_delay.seconds + info.retry_delay.nanos / 1e9)
+    return None
