@@ -88,13 +88,13 @@ class AlertWatcher:
             return
         now = event.at
         for breach in event.breaches:
-            self.emit(Alert(a.LOSS_LIMIT_BREACH, f"{a.LOSS_LIMIT_BREACH}:{st.trader_id}:{breach.code.name}:{now!r}",
+            self.emit(Alert(a.LOSS_LIMIT_BREACH, f"{a.LOSS_LIMIT_BREACH}:{st.trader_id}:{breach.code.name}:{now:.6f}",
                             breach.reason, now, self.sidecar, st.trader_id, st.account_id,
                             details={"rule": breach.rule, "code": breach.code.name, "value": breach.value,
                                      "limit": breach.limit, "state": breach.state.name,
                                      "pause_seconds": breach.duration_s}))
         for f in event.firings:
-            key = f.event_id or f"{f.breaker_id}:{f.trader_id or st.trader_id}:{f.at!r}"
+            key = f.event_id or f"{f.breaker_id}:{f.trader_id or st.trader_id}:{f.at:.6f}"
             severity = "warning" if f.shadow or f.action == "alert" else "critical"
             self.emit(Alert(a.BREAKER_FIRED, f"{a.BREAKER_FIRED}:{key}",
                             f"circuit breaker {f.name or f.breaker_id} fired ({f.condition}; action {f.action}"
@@ -112,7 +112,7 @@ class AlertWatcher:
         if start is not None and open_since is None:
             self.paused[st.trader_id] = start
             pause = _own_pause(st, now)
-            self.emit(Alert(a.TRADER_PAUSED, f"{a.TRADER_PAUSED}:{st.trader_id}:{start!r}", pause.reason, now,
+            self.emit(Alert(a.TRADER_PAUSED, f"{a.TRADER_PAUSED}:{st.trader_id}:{start:.6f}", pause.reason, now,
                             self.sidecar, st.trader_id, st.account_id,
                             details={"state": pause.state.name, "source": pause.source, "code": pause.code.name,
                                      "until": None if pause.until is None else a.iso(pause.until),
@@ -120,7 +120,7 @@ class AlertWatcher:
                             only_if_new=only_if_new))
         elif start is None and open_since is not None:
             del self.paused[st.trader_id]
-            self.emit(Alert(a.TRADER_RESUMED, f"{a.TRADER_RESUMED}:{st.trader_id}:{open_since!r}", reason, now,
+            self.emit(Alert(a.TRADER_RESUMED, f"{a.TRADER_RESUMED}:{st.trader_id}:{open_since:.6f}", reason, now,
                             self.sidecar, st.trader_id, st.account_id,
                             details={"paused_since": a.iso(open_since), "paused_seconds": round(now - open_since, 3)}))
 
@@ -164,8 +164,8 @@ class AlertWatcher:
         began = self.down.get(what)
         if not ok and began is None:
             self.down[what] = at
-            self.emit(Alert(down_event, f"{down_event}:{self.sidecar}:{at!r}", down_text, at, self.sidecar))
+            self.emit(Alert(down_event, f"{down_event}:{self.sidecar}:{at:.6f}", down_text, at, self.sidecar))
         elif ok and began is not None:
             del self.down[what]
-            self.emit(Alert(up_event, f"{up_event}:{self.sidecar}:{began!r}", up_text, at, self.sidecar,
+            self.emit(Alert(up_event, f"{up_event}:{self.sidecar}:{began:.6f}", up_text, at, self.sidecar,
                             details={"down_since": a.iso(began), "down_seconds": round(at - began, 3)}))

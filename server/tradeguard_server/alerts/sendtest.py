@@ -14,7 +14,7 @@ from .notifiers import DeliveryError, configured_notifiers
 
 def test_alert(s: Settings) -> Alert:
     at = time.time()
-    return Alert(TEST, f"{TEST}:{s.sidecar_name}:{at!r}",
+    return Alert(TEST, f"{TEST}:{s.sidecar_name}:{at:.6f}",
                  f"test alert from tradeguard alert-test on {socket.gethostname()}: if you read this, alerts reach "
                  "you here", at, s.sidecar_name, severity="info", details={"test": True})
 
