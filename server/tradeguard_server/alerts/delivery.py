@@ -183,7 +183,8 @@ class AlertDispatcher:
             payload = alert.payload()
             for n in self.notifiers:
                 self.deliveries.append(Delivery(alert.key, n.name, alert.event, self.sidecar, payload, alert.at, now,
-                                                only_if_new=alert.only_if_new))
+                                                only_if_new=alert.only_if_new, trader_id=alert.trader_id,
+                                                account_id=alert.account_id))
         overflow = len(self.deliveries) - self.retry.max_pending
         if overflow > 0:
             dropped, self.deliveries = self.deliveries[:overflow], self.deliveries[overflow:]

@@ -4,6 +4,10 @@ One row per (alert, notifier), not one per alert with a column per notifier: eac
 and marked delivered on its own (Slack down must not hold the webhook back, nor make it send twice), and a
 notifier added to the settings later needs no schema change. Unique (key, notifier): an alert derived twice for the
 same episode (a restart, a trader taken over, another sidecar) is stored once; `add` says which rows are new.
+A trader's pause episode is checked by what it is, not by its key: a `trader_paused` is a duplicate when the
+trader's last stored pause-episode alert (for that notifier, from any sidecar) is a `trader_paused` too, and a
+`trader_resumed` when it is a `trader_resumed` (an episode's start time can move by a millisecond when a restart
+or a takeover replays the pause from the control-state log, so its key alone would not collapse them).
 
 `SqlOutbox` runs its statements on the store's database thread (`Database.call`, as admin writes do: bounded,
 never on the event loop); the dispatcher calls it only from its own task, and only while the store says it is
@@ -22,9 +26,11 @@ from sqlalchemy import Connection, Table, and_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..store.models import AlertOutbox
+from .alert import TRADER_PAUSED, TRADER_RESUMED
 
 OUTBOX: Table = AlertOutbox.__table__  # type: ignore[assignment]
 KEYS_KEPT = 100_000  # MemoryOutbox: the episode keys remembered to collapse duplicates
+EPISODE_EVENTS = (TRADER_PAUSED, TRADER_RESUMED)
 
 
 @dataclass(slots=True)
@@ -43,6 +49,8 @@ class Delivery:
     last_error: str | None = None
     id: int | None = None
     only_if_new: bool = False  # deliver only once stored (see alert.Alert)
+    trader_id: str = ""
+    account_id: str = ""
     dirty: bool = False  # an attempt's outcome not stored yet
 
 
@@ -81,7 +89,8 @@ class SqlOutbox:
             rows = conn.execute(select(t).where(and_(t.c.sidecar == sidecar, t.c.delivered_at.is_(None)))
                                 .order_by(t.c.id)).mappings().all()
             return [Delivery(r["key"], r["notifier"], r["event"], r["sidecar"], dict(r["payload"]), r["created_at"],
-                             r["next_attempt_at"], r["attempts"], None, r["last_error"], r["id"]) for r in rows]
+                             r["next_attempt_at"], r["attempts"], None, r["last_error"], r["id"],
+                             trader_id=r["trader_id"], account_id=r["account_id"]) for r in rows]
 
         result: list[Delivery] = await self._call(read, write=False)
         return result
@@ -93,8 +102,16 @@ class SqlOutbox:
             insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
             ids: list[int | None] = []
             for d in deliveries:
+                if d.event in EPISODE_EVENTS and d.trader_id:
+                    last = conn.execute(select(t.c.event).where(and_(
+                        t.c.trader_id == d.trader_id, t.c.notifier == d.notifier, t.c.event.in_(EPISODE_EVENTS)))
+                        .order_by(t.c.id.desc()).limit(1)).scalar_one_or_none()
+                    if last == d.event:
+                        ids.append(None)
+                        continue
                 stmt = insert(t).values(
                     key=d.key, notifier=d.notifier, event=d.event, sidecar=d.sidecar, payload=d.payload,
+                    trader_id=d.trader_id, account_id=d.account_id,
                     created_at=d.created_at, attempts=d.attempts, next_attempt_at=d.next_attempt_at,
                     delivered_at=d.delivered_at, last_error=d.last_error,
                 ).on_conflict_do_nothing(index_elements=["key", "notifier"]).returning(t.c.id)
@@ -125,6 +142,7 @@ class MemoryOutbox:
 
     def __init__(self) -> None:
         self._keys: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._episodes: dict[tuple[str, str], str] = {}  # (trader, notifier) -> its last pause-episode event
         self._next_id = 1
 
     def available(self) -> bool:
@@ -137,9 +155,12 @@ class MemoryOutbox:
         out = []
         for d in deliveries:
             k = (d.key, d.notifier)
-            if k in self._keys:
+            if k in self._keys or (d.event in EPISODE_EVENTS and self._episodes.get((d.trader_id, d.notifier))
+                                   == d.event):
                 out.append(False)
                 continue
+            if d.event in EPISODE_EVENTS:
+                self._episodes[(d.trader_id, d.notifier)] = d.event
             self._keys[k] = None
             if len(self._keys) > KEYS_KEPT:
                 self._keys.popitem(last=False)

@@ -392,16 +392,21 @@ class AlertOutbox(Base):
     `delivered_at` once the receiver answered 2xx, so a restart delivers what was pending. One row per (alert,
     notifier): each notifier succeeds and retries on its own. `key` names the alert's episode: unique with
     `notifier`, so an alert derived twice (a restart, a takeover, another sidecar) is stored, and sent, once.
-    `sidecar`: the sidecar that delivers it (after a restart it takes up its own rows only)."""
+    `sidecar`: the sidecar that delivers it (after a restart it takes up its own rows only). `trader_id` /
+    `account_id`: whom it is about ("" when nobody): a trader's pause episode is recorded once whichever sidecar
+    derives it (see outbox.py)."""
 
     __tablename__ = "alert_outbox"
-    __table_args__ = (UniqueConstraint("key", "notifier"), Index(None, "sidecar", "delivered_at"))
+    __table_args__ = (UniqueConstraint("key", "notifier"), Index(None, "sidecar", "delivered_at"),
+                      Index(None, "trader_id", "notifier", "id"))
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
     key: Mapped[str] = mapped_column(String(512))
     notifier: Mapped[str] = mapped_column(String(32))
     event: Mapped[str] = mapped_column(String(64))
     sidecar: Mapped[str] = mapped_column(String(ID))
+    trader_id: Mapped[str] = mapped_column(String(ID))
+    account_id: Mapped[str] = mapped_column(String(ID))
     payload: Mapped[Any] = mapped_column(Json)
     created_at: Mapped[float] = mapped_column(UtcTimestamp())
     attempts: Mapped[int] = mapped_column(Integer)

@@ -2,7 +2,8 @@
 
 alert_outbox: one row per (alert, notifier) to deliver: written before the first attempt, `delivered_at` set once
 the receiver took it, so a restart delivers what was pending. Unique (key, notifier): `key` names the alert's
-episode, so the same alert derived twice is stored once. See tradeguard_server/alerts/outbox.py.
+episode, so the same alert derived twice is stored once; (trader_id, notifier, id) finds a trader's last pause
+episode alert. See tradeguard_server/alerts/outbox.py.
 
 Revision ID: 0008_alert_outbox
 Revises: 0007_heartbeat
@@ -33,6 +34,8 @@ def upgrade() -> None:
         sa.Column("notifier", sa.String(32), nullable=False),
         sa.Column("event", sa.String(64), nullable=False),
         sa.Column("sidecar", sa.String(ID), nullable=False),
+        sa.Column("trader_id", sa.String(ID), nullable=False),
+        sa.Column("account_id", sa.String(ID), nullable=False),
         sa.Column("payload", sa.JSON(none_as_null=True), nullable=False),
         sa.Column("created_at", TS, nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
@@ -43,8 +46,10 @@ def upgrade() -> None:
         sa.UniqueConstraint("key", "notifier", name=op.f("uq_alert_outbox_key_notifier")),
     )
     op.create_index(op.f("ix_alert_outbox_sidecar_delivered_at"), "alert_outbox", ["sidecar", "delivered_at"])
+    op.create_index(op.f("ix_alert_outbox_trader_id_notifier_id"), "alert_outbox", ["trader_id", "notifier", "id"])
 
 
 def downgrade() -> None:
+    op.drop_index(op.f("ix_alert_outbox_trader_id_notifier_id"), table_name="alert_outbox")
     op.drop_index(op.f("ix_alert_outbox_sidecar_delivered_at"), table_name="alert_outbox")
     op.drop_table("alert_outbox")
