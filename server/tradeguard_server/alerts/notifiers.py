@@ -40,7 +40,7 @@ class Notifier:
 
     name: str
     url: str = field(repr=False)
-    secrets: tuple[str, ...]
+    secrets: tuple[str, ...] = field(repr=False)
     chat_id: str = ""
 
     @property
