@@ -366,7 +366,8 @@ class Sidecar:
             self.state_metrics.restore(traders)
         for st in traders:  # watchers of a trader see the installed state at once (a halted one: cancel orders)
             self.watch.publish(st, "stored state loaded", self.engine.cancel_actions(st, now))
-        self.alert_watcher.restored(traders, now)  # paused traders: episodes taken up (alerts/episodes.py)
+        if self.alerts.notifiers:  # paused traders: their episodes taken up (alerts/episodes.py)
+            self.alert_watcher.restored(traders, now)
         await self._prime_control()  # the account and every-account pauses, before the state is called loaded
         await self.health.set(STATE_HEALTH, health_pb2.HealthCheckResponse.SERVING)
 

@@ -82,6 +82,16 @@ async def test_each_event_kind_is_alerted_once_per_episode_with_trader_account_a
             await risk.ReportPositions(rs.ReportPositionsRequest(**b2, positions=[BTC]))
             await risk.ReportEquity(rs.ReportEquityRequest(**b2, equity=8_800))
             await risk.ReportEquity(rs.ReportEquityRequest(**b2, equity=8_700))
+            # A breaker whose action is `alert` (event only, no pause): its firing finally reaches someone.
+            b4 = {"trader_id": "bot-4", "account_id": "acct-4"}
+            watch_only = {**BREAKER, "name": "dd3-alert", "account_id": "acct-4", "action": "alert",
+                          "parameters": {"threshold": 0.03}}
+            await admin.CreateBreaker(ad.CreateBreakerRequest(breaker=json_format.ParseDict(watch_only,
+                                                                                            t.CircuitBreaker())))
+            await risk.ReportEquity(rs.ReportEquityRequest(**b4, equity=10_000))
+            await risk.ReportPositions(rs.ReportPositionsRequest(**b4, positions=[BTC]))
+            await risk.ReportEquity(rs.ReportEquityRequest(**b4, equity=9_600))  # 4% drawdown: fires, no limit hit
+            await risk.ReportEquity(rs.ReportEquityRequest(**b4, equity=9_650))
             # The account kill switch: one alert for the account, none per trader; pressed twice = one episode.
             b3 = {"trader_id": "bot-3", "account_id": "acct-3"}
             await risk.ReportEquity(rs.ReportEquityRequest(**b3, equity=10_000))
@@ -98,7 +108,7 @@ async def test_each_event_kind_is_alerted_once_per_episode_with_trader_account_a
             bodies = receiver.bodies()
 
     assert by_event(bodies) == {"loss_limit_breach": 2, "trader_paused": 3, "trader_resumed": 2,
-                                "breaker_fired": 1, "kill_switch": 2, "kill_switch_lifted": 1}, bodies
+                                "breaker_fired": 2, "kill_switch": 2, "kill_switch_lifted": 1}, bodies
     breach = one(bodies, "loss_limit_breach", trader_id="bot-1")
     assert breach["account_id"] == "acct-1" and "DAILY_LOSS" in breach["reason"]
     assert breach["details"]["code"] == "DAILY_LOSS_LIMIT" and breach["sidecar"] == "sc-1"
@@ -109,7 +119,11 @@ async def test_each_event_kind_is_alerted_once_per_episode_with_trader_account_a
     assert len([b for b in bodies if b["event"] == "trader_resumed" and b["trader_id"] == "bot-1"]) == 2
     fired = one(bodies, "breaker_fired", trader_id="bot-2")
     assert fired["account_id"] == "acct-2" and fired["details"]["action"] == "close_position"
-    assert "dd10" in fired["reason"] and fired["details"]["event_id"]
+    assert "dd10" in fired["reason"] and fired["details"]["event_id"] and fired["severity"] == "critical"
+    alerted = one(bodies, "breaker_fired", trader_id="bot-4")
+    assert alerted["details"]["action"] == "alert" and alerted["severity"] == "warning"
+    assert alerted["account_id"] == "acct-4" and "dd3-alert" in alerted["reason"]
+    assert not [b for b in bodies if b["trader_id"] == "bot-4" and b["event"] != "breaker_fired"]
     kill = one(bodies, "kill_switch", account_id="acct-3")
     assert kill["trader_id"] == "" and "exchange incident" in kill["reason"] and kill["details"]["scope"] == "account"
     assert one(bodies, "kill_switch_lifted", account_id="acct-3")["details"]["scope"] == "account"
