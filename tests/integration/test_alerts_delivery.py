@@ -4,6 +4,7 @@ the event and its delivery. Real PostgreSQL, real gRPC on port 0, a real local H
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from collections import Counter
@@ -147,3 +148,29 @@ async def test_sidecar_sigkilled_between_event_and_delivery_delivers_after_resta
     assert bodies[0]["sidecar"] == "sc-k" and "night" in bodies[0]["reason"]
     assert len(rows) == 1 and rows[0][3]  # one row, delivered: the re-derived alert collapsed into it
     assert "1 undelivered deliveries taken up from the outbox" in second.log()
+
+
+async def test_sqlite_outbox_marks_the_delivery_and_a_restart_does_not_send_it_again(
+        receiver: AlertReceiver, tmp_path: Path) -> None:
+    import sqlite3
+
+    db = tmp_path / "alerts.db"
+    settings = {"database_url": f"sqlite:///{db}", "enable_persistence": True, "alert_webhook_url": receiver.url(),
+                "sidecar_id": "sc-s", "alert_retry_initial_s": 0.1, "alert_retry_max_s": 0.5}
+
+    def rows() -> list[tuple[str, str, bool]]:
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            return [(e, trader, d is not None) for e, trader, d in conn.execute(
+                "SELECT event, trader_id, delivered_at FROM alert_outbox ORDER BY id")]
+
+    async with running_sidecar(**settings) as sc, grpc.aio.insecure_channel(sc.address) as ch:
+        await rsg.RiskServiceStub(ch).ReportEquity(rs.ReportEquityRequest(trader_id="bot-1", account_id="acct-1",
+                                                                          equity=10_000))
+        await adg.AdminServiceStub(ch).PauseTrading(ad.PauseTradingRequest(
+            trader_id="bot-1", account_id="acct-1", trading_state=t.TRADING_STATE_HALTED, reason="sqlite"))
+        assert await receiver.wait_for(lambda got: len(got) == 1)
+        assert await eventually(lambda: rows() == [("trader_paused", "bot-1", True)])
+    async with running_sidecar(**settings) as sc:  # restarted: the paused trader's alert is derived again...
+        assert await eventually(lambda: sc.alerts.duplicates == 1)  # ...and collapses into the stored one
+        assert sc.alerts.alerts_pending() == 0
+    assert rows() == [("trader_paused", "bot-1", True)] and len(receiver.received) == 1

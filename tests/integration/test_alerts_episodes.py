@@ -175,3 +175,42 @@ async def test_store_outage_and_stale_control_state_are_alerted_during_the_outag
                         "control_state_recovered": 1}
     recovered = one(bodies, "store_recovered")
     assert recovered["sidecar"] == "sc-1" and recovered["details"]["down_seconds"] > 0
+
+
+async def test_two_sidecars_on_one_database_alert_an_account_kill_switch_once(receiver: AlertReceiver) -> None:
+    """Cluster mode: both sidecars apply the account's pause to their traders; only the one it was pressed on
+    alerts it, and neither alerts its traders one by one. The trader paused on its owner is alerted by the owner."""
+    with fresh_database() as url:
+        async with running_sidecar(database_url=url, alert_webhook_url=receiver.url(), sidecar_id="sc-a",
+                                   control_poll_seconds=0.2, **FAST) as a, \
+                running_sidecar(database_url=url, alert_webhook_url=receiver.url(), sidecar_id="sc-b",
+                                control_poll_seconds=0.2, **FAST) as b, \
+                grpc.aio.insecure_channel(a.address) as ch_a, grpc.aio.insecure_channel(b.address) as ch_b:
+            await rsg.RiskServiceStub(ch_a).ReportEquity(rs.ReportEquityRequest(trader_id="bot-a", account_id="acct-1",
+                                                                                equity=10_000))
+            risk_b = rsg.RiskServiceStub(ch_b)
+            await risk_b.ReportEquity(rs.ReportEquityRequest(trader_id="bot-b", account_id="acct-1", equity=10_000))
+            await adg.AdminServiceStub(ch_a).PauseTrading(ad.PauseTradingRequest(
+                account_id="acct-1", trading_state=t.TRADING_STATE_HALTED, reason="venue down"))
+            assert await eventually(
+                lambda: _denied(risk_b, "bot-b"), timeout=10)  # in force on sc-b too (applied from the log)
+            # A trader's own pause pressed on sc-a for sc-b's trader: applied (and alerted) by its owner, sc-b.
+            await adg.AdminServiceStub(ch_a).PauseTrading(ad.PauseTradingRequest(
+                trader_id="bot-b", account_id="acct-1", trading_state=t.TRADING_STATE_HALTED, reason="own pause"))
+            assert await receiver.wait_for(lambda got: any(r.body["event"] == "trader_paused" for r in got))
+            await adg.AdminServiceStub(ch_b).PauseTrading(ad.PauseTradingRequest(  # the marker, from sc-b
+                all_accounts=True, trading_state=t.TRADING_STATE_HALTED, reason="marker"))
+            assert await receiver.wait_for(lambda got: any(r.body["account_id"] == "*" for r in got))
+            assert await eventually(lambda: a.alerts.alerts_pending() == 0 and b.alerts.alerts_pending() == 0)
+    bodies = receiver.bodies()
+    kills = [b for b in bodies if b["event"] == "kill_switch" and b["account_id"] == "acct-1"]
+    assert len(kills) == 1 and kills[0]["sidecar"] == "sc-a" and "venue down" in kills[0]["reason"]
+    paused = [b for b in bodies if b["event"] == "trader_paused"]
+    assert len(paused) == 1 and paused[0]["trader_id"] == "bot-b" and paused[0]["sidecar"] == "sc-b"
+    assert "own pause" in paused[0]["reason"]
+    assert by_event(bodies) == {"kill_switch": 2, "trader_paused": 1}
+
+
+async def _denied(risk: rsg.RiskServiceStub, trader: str) -> bool:
+    reply = await risk.CanTrade(rs.CanTradeRequest(trader_id=trader, account_id="acct-1"))
+    return not reply.allowed
