@@ -81,12 +81,27 @@ class AlertWatcher:
     # ---- the engine listener (hot path: a few comparisons when nothing is paused) ----------------
 
     def __call__(self, event: StateChanged) -> None:
+        if not event.audit and not event.firings:
+            return  # order bookkeeping (CanTrade's hot path): it never begins nor ends a pause
         st = event.state
-        if not st.pauses and st.trader_id not in self.paused and not event.firings:
+        if not st.pauses and not event.firings and st.trader_id not in self.paused:
             return  # (most changes)
+        now = event.at
+        if event.breaches or event.firings:
+            self._breaches_and_firings(event, st, now)
+        tid = st.trader_id
+        open_since = self.paused.get(tid)
+        if open_since is not None:  # an episode in progress: does the trader still have a pause of its own?
+            for p in st.pauses:
+                if p.source not in SCOPE_SOURCES and (p.until is None or now < p.until):
+                    return  # the same episode
+        elif not st.pauses:
+            return
+        self._pause_episode(st, now, event.reason)
+
+    def _breaches_and_firings(self, event: StateChanged, st: TraderState, now: float) -> None:
         if self.muted():
             return
-        now = event.at
         for breach in event.breaches:
             self.emit(Alert(a.LOSS_LIMIT_BREACH, f"{a.LOSS_LIMIT_BREACH}:{st.trader_id}:{breach.code.name}:{now:.6f}",
                             breach.reason, now, self.sidecar, st.trader_id, st.account_id,
@@ -104,13 +119,15 @@ class AlertWatcher:
                                                "condition": f.condition, "action": f.action,
                                                "triggered_values": dict(f.triggered_values), "shadow": f.shadow,
                                                "event_id": f.event_id}))
-        self._pause_episode(st, now, event.reason)
 
     def _pause_episode(self, st: TraderState, now: float, reason: str, only_if_new: bool = False) -> None:
+        """Begin or end the trader's pause episode if this change does (alerted unless muted: a journal replay)."""
         start = own_pause_start(st, now) if st.pauses else None
         open_since = self.paused.get(st.trader_id)
         if start is not None and open_since is None:
             self.paused[st.trader_id] = start
+            if self.muted():
+                return
             pause = _own_pause(st, now)
             self.emit(Alert(a.TRADER_PAUSED, f"{a.TRADER_PAUSED}:{st.trader_id}:{start:.6f}", pause.reason, now,
                             self.sidecar, st.trader_id, st.account_id,
@@ -120,6 +137,8 @@ class AlertWatcher:
                             only_if_new=only_if_new))
         elif start is None and open_since is not None:
             del self.paused[st.trader_id]
+            if self.muted():
+                return
             self.emit(Alert(a.TRADER_RESUMED, f"{a.TRADER_RESUMED}:{st.trader_id}:{open_since:.6f}", reason, now,
                             self.sidecar, st.trader_id, st.account_id,
                             details={"paused_since": a.iso(open_since), "paused_seconds": round(now - open_since, 3)}))
