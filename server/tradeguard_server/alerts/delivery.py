@@ -128,12 +128,20 @@ class AlertDispatcher:
         self._task = self._loop.create_task(self._run(), name="tradeguard-alerts")
         log.info("alerts: delivering to %s", ", ".join(f"{n.name} ({n.where})" for n in self.notifiers))
 
-    async def stop(self) -> None:
-        """Stop delivering; what is undelivered stays in the outbox (durable) for the next start."""
+    async def stop(self, store_timeout_s: float = 5.0) -> None:
+        """Stop delivering; what is undelivered stays in the outbox (durable) for the next start: the alerts still
+        queued are stored first (at most `store_timeout_s`; not attempted: the next start sends them)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+            self._take_inbox()
+            if self.outbox.durable and any(d.id is None or d.dirty for d in self.deliveries):
+                try:
+                    await asyncio.wait_for(self._store(), store_timeout_s)
+                except TimeoutError:
+                    log.warning("alerts: %d deliveries could not be stored before the stop",
+                                sum(1 for d in self.deliveries if d.id is None))
         if self._session is not None:
             await self._session.close()
 
