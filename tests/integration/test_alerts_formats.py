@@ -101,3 +101,26 @@ async def test_alert_test_command_without_notifiers_exits_2_naming_the_settings(
     code, out, err = await run_cli()
     assert code == 2 and out == ""
     assert "no notifier configured" in err and "alert_webhook_url" in err
+
+
+async def test_the_readme_alert_test_example_works_when_pasted() -> None:
+    """README "Alerts", "Try it": the shell block run as written (on a free port instead of 8099)."""
+    import re
+    import socket
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("\n## Alerts\n", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert block is not None
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = block.group(1).replace("8099", str(port))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRADEGUARD_")}
+    env["PATH"] = f"{BIN.parent}{os.pathsep}{env.get('PATH', '')}"
+    proc = await asyncio.create_subprocess_exec("bash", "-c", script + "\nwait\n", env=env,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out = (await asyncio.wait_for(proc.communicate(), 60))[0].decode()
+    assert proc.returncode == 0, out
+    assert f"webhook (http://127.0.0.1:{port}): OK" in out
+    assert '{"event": "test", "severity": "info", "trader_id": "", "account_id": "", "reason": "test alert' in out
