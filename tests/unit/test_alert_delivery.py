@@ -74,3 +74,9 @@ def test_alert_secrets_are_hidden_in_the_settings_log_line() -> None:
     shown = settings.redacted()
     assert shown["alert_slack_webhook_url"] == "***" and shown["alert_telegram_bot_token"] == "***"
     assert shown["alert_telegram_chat_id"] == "9"
+
+
+def test_payload_numbers_that_json_cannot_carry_become_text() -> None:
+    alert = Alert("breaker_fired", "k", "r", 0.0, "sc", details={"triggered_values": {"x": float("inf"),
+                                                                                       "y": float("nan"), "z": 1.5}})
+    assert alert.payload()["details"] == {"triggered_values": {"x": "inf", "y": "nan", "z": 1.5}}

@@ -7,6 +7,7 @@ over, by a second sidecar - collapses into the first.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +27,17 @@ TEST = "test"  # `tradeguard alert-test`
 EVENTS = (LOSS_LIMIT_BREACH, TRADER_PAUSED, TRADER_RESUMED, BREAKER_FIRED, KILL_SWITCH, KILL_SWITCH_LIFTED,
           STORE_UNAVAILABLE, STORE_RECOVERED, CONTROL_STATE_STALE, CONTROL_STATE_RECOVERED, TEST)
 CRITICAL = frozenset({LOSS_LIMIT_BREACH, TRADER_PAUSED, KILL_SWITCH, STORE_UNAVAILABLE, CONTROL_STATE_STALE})
+
+
+def finite(value: Any) -> Any:
+    """JSON that every receiver and PostgreSQL accept: an infinite or NaN number becomes its text ("inf")."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
 
 
 def iso(at: float) -> str:
@@ -60,7 +72,7 @@ class Alert:
             "at": iso(self.at),
             "sidecar": self.sidecar,
             "key": self.key,
-            "details": self.details,
+            "details": finite(self.details),
         }
 
 

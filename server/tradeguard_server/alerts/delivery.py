@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from ..store.errors import StoreError
+from ..store.errors import StoreError, StoreUnavailable
 from .alert import Alert
 from .notifiers import DeliveryError, Notifier
 from .outbox import Delivery, Outbox
@@ -96,7 +96,6 @@ class AlertDispatcher:
         self._thread = 0
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
-        self.rounds = 0  # rounds run (tests wait on it)
 
     # ---- the hot path's side: enqueue only ------------------------------------------------------
 
@@ -155,7 +154,6 @@ class AlertDispatcher:
                 await self.round()
             except Exception:  # never let the task die: the next round tries again
                 log.exception("alerts: delivery round failed")
-            self.rounds += 1
             now = self.clock()
             due = [d.next_attempt_at for d in self.deliveries if d.delivered_at is None and self._may_send(d)]
             wait = self.retry.poll_s if not due else min(self.retry.poll_s, max(min(due) - now, 0.0))
@@ -217,10 +215,16 @@ class AlertDispatcher:
                     self.deliveries = [d for d in self.deliveries if id(d) not in dupes]
             for d in self.deliveries:
                 if d.id is not None and d.dirty:
-                    await outbox.save(d)
+                    if d.id:
+                        await outbox.save(d)
                     d.dirty = False
-        except StoreError as exc:
+        except StoreUnavailable as exc:
             log.debug("alerts: outbox not writable now (%s); kept in memory", exc)
+        except StoreError as exc:  # refused, not unavailable: retrying would refuse it forever
+            unstored = [d for d in new if d.id is None]
+            log.error("alerts: the outbox refused %d deliveries (%s): delivered from memory only", len(unstored), exc)
+            for d in unstored:
+                d.id = 0  # (0: not stored, never will be)
 
     def _may_send(self, d: Delivery) -> bool:
         return d.id is not None or not d.only_if_new

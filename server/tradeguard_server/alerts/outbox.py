@@ -35,7 +35,7 @@ EPISODE_EVENTS = (TRADER_PAUSED, TRADER_RESUMED)
 
 @dataclass(slots=True)
 class Delivery:
-    """One alert to one notifier. `id` None: not stored yet."""
+    """One alert to one notifier. `id` None: not stored yet; 0: the outbox refused it (delivered from memory)."""
 
     key: str
     notifier: str
