@@ -444,7 +444,6 @@ class Sidecar:
         return False
 
     def _on_control_hearing(self, hearing: bool) -> None:
-        self.alert_watcher.control_health(hearing, self.engine.clock.now())
         status = health_pb2.HealthCheckResponse.SERVING if hearing else health_pb2.HealthCheckResponse.NOT_SERVING
         task = asyncio.get_running_loop().create_task(self.health.set(CONTROL_HEALTH, status))
         self._control_tasks.add(task)
@@ -551,6 +550,9 @@ class Sidecar:
         if self.alerts.notifiers:
             self.listeners.append(self.alert_watcher)  # last: it only enqueues
             self.control.on_scope = self._on_scope_alert
+            if self.control_listener is not None:  # CONTROL_STATE_STALE: overdue past control_state_max_age_seconds
+                self.control_listener.on_overdue = lambda overdue: self.alert_watcher.control_health(
+                    not overdue, self.engine.clock.now())
             self.metrics.observe_alerts(self.alerts)
 
     def _on_scope_alert(self, scope: Any) -> None:

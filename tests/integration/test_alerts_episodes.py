@@ -145,6 +145,7 @@ async def test_store_outage_and_stale_control_state_are_alerted_during_the_outag
                 ids = {"trader_id": "bot-1", "account_id": "acct-1"}
                 await risk.ReportEquity(rs.ReportEquityRequest(**ids, equity=10_000))
                 assert await sc.store.flush(timeout=10)
+                assert await eventually(lambda: sc.control_listener is not None and sc.control_listener.hearing)
                 proxy.cut()
                 await risk.ReportEquity(rs.ReportEquityRequest(**ids, equity=10_001))  # the writer meets the outage
                 assert await receiver.wait_for(lambda got: {"store_unavailable", "control_state_stale"} <= {

@@ -20,8 +20,10 @@ the kinds that have one, a closing alert when it ends). Precisely:
   Alerted by the sidecar the kill switch was pressed on only (`ControlPlane.on_scope`), never by the sidecars
   that apply it from the shared control state. The traders it pauses get no `trader_paused` each (one alert
   for the account, not one per bot). Key: the scope and its control-state version.
-- `store_unavailable` / `store_recovered`, `control_state_stale` / `control_state_recovered`: from the health
-  change to NOT_SERVING until the next one to SERVING, per sidecar. Key: sidecar and the time it began.
+- `store_unavailable` / `store_recovered`: from the store's health change to NOT_SERVING until the next one to
+  SERVING; `control_state_stale` / `control_state_recovered`: from the control state becoming overdue (not heard
+  for control_state_max_age_seconds, or the trader leases lapsed: CONTROL_STATE_STALE) until heard again (cluster
+  mode; ControlListener.on_overdue). Per sidecar. Key: sidecar and the time it began.
 
 Memory of open episodes lives in this process. After a restart (or a takeover of a trader) the paused traders'
 `trader_paused` alerts are derived again with the same key and `only_if_new`: the outbox drops those it already
@@ -173,10 +175,11 @@ class AlertWatcher:
                      "the database does not answer: state changes wait in memory" + (f" ({why})" if why else ""),
                      "the database answers again")
 
-    def control_health(self, hearing: bool, at: float) -> None:
-        self._health("control", hearing, at, a.CONTROL_STATE_STALE, a.CONTROL_STATE_RECOVERED,
-                     "CONTROL_STATE_STALE: the shared control state is not heard from the database "
-                     "(control_state_stale_action applies)", "the shared control state is heard again")
+    def control_health(self, fresh: bool, at: float) -> None:
+        self._health("control", fresh, at, a.CONTROL_STATE_STALE, a.CONTROL_STATE_RECOVERED,
+                     "CONTROL_STATE_STALE: the shared control state was not heard from the database for "
+                     "control_state_max_age_seconds (or this sidecar's trader leases lapsed): "
+                     "control_state_stale_action applies to new exposure", "the shared control state is heard again")
 
     def _health(self, what: str, ok: bool, at: float, down_event: str, up_event: str, down_text: str,
                 up_text: str) -> None:
