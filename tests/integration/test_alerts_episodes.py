@@ -139,13 +139,14 @@ async def test_store_outage_and_stale_control_state_are_alerted_during_the_outag
         try:
             async with running_sidecar(database_url=proxy.url_for(url), alert_webhook_url=receiver.url(),
                                        sidecar_id="sc-1", control_state_max_age_seconds=1.0,
-                                       control_poll_seconds=0.2, store_call_timeout_s=2.0, **FAST) as sc, \
+                                       control_poll_seconds=0.2, **FAST) as sc, \
                     grpc.aio.insecure_channel(sc.address) as ch:
                 risk = rsg.RiskServiceStub(ch)
                 ids = {"trader_id": "bot-1", "account_id": "acct-1"}
                 await risk.ReportEquity(rs.ReportEquityRequest(**ids, equity=10_000))
                 assert await sc.store.flush(timeout=10)
-                assert await eventually(lambda: sc.control_listener is not None and sc.control_listener.hearing)
+                assert await eventually(lambda: sc.persistence.loaded and sc.control_listener is not None
+                                        and sc.control_listener.hearing and not sc.control_listener.overdue, 30)
                 proxy.cut()
                 await risk.ReportEquity(rs.ReportEquityRequest(**ids, equity=10_001))  # the writer meets the outage
                 assert await receiver.wait_for(lambda got: {"store_unavailable", "control_state_stale"} <= {
