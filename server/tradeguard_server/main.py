@@ -1,4 +1,4 @@
-"""Entry point: `tradeguard serve | migrate | health | admin`."""
+"""Entry point: `tradeguard serve | migrate | health | admin | alert-test`."""
 
 from __future__ import annotations
 
@@ -91,6 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     admin.add_argument("--config", default=None, help="the sidecar's settings file (to find its admin token)")
     admin.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the answer")
     _add_tls_flags(admin, cli)
+    alert_test = sub.add_parser(
+        "alert-test", help="send one test alert through every configured notifier (exit 0 when all delivered)",
+        description="Sends one test alert through every notifier the settings configure (alert_webhook_url, "
+                    "alert_slack_webhook_url, alert_discord_webhook_url, alert_telegram_bot_token + "
+                    "alert_telegram_chat_id), read from the same flags, environment and --config file as serve; "
+                    "prints OK or FAILED with the error per notifier. Exit 1 when any failed, 2 when none is "
+                    "configured.")
+    _add_setting_flags(alert_test)
     return parser
 
 
@@ -261,6 +269,24 @@ def _admin(args: argparse.Namespace) -> int:
     return 0
 
 
+def _alert_test(settings: Settings) -> int:
+    """`tradeguard alert-test`: one test alert per configured notifier; OK / FAILED each (never a secret)."""
+    from .alerts.sendtest import send_test_alert
+    from .observability.logs import redact_secrets, settings_secrets, setup_logging
+
+    setup_logging(settings.log_level, settings.log_json)
+    redact_secrets(settings_secrets(settings))
+    results = asyncio.run(send_test_alert(settings))
+    if not results:
+        print("tradeguard alert-test: no notifier configured: set alert_webhook_url, alert_slack_webhook_url, "
+              "alert_discord_webhook_url, or alert_telegram_bot_token and alert_telegram_chat_id "
+              "(flags --alert-..., TRADEGUARD_ALERT_..., or the --config file)", file=sys.stderr)
+        return 2
+    for name, where, error in results:
+        print(f"{name} ({where}): " + ("OK" if not error else f"FAILED: {error}"))
+    return 1 if any(error for _name, _where, error in results) else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "health":
@@ -274,6 +300,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "migrate":
         return _migrate(settings)
+    if args.command == "alert-test":
+        return _alert_test(settings)
     return _serve(settings)
 
 

@@ -112,6 +112,20 @@ HELP = {
     "account_view_seconds": "seconds between reads of the account's traders on other sidecars (account-wide "
                             "limits); also how often a sidecar publishes its own",
     "strict": "unknown TRADEGUARD_* variables and unknown settings-file keys stop the start (default: a warning)",
+    # ---- alerts (README "Alerts"; alerts/) ----
+    "alert_webhook_url": "generic JSON webhook: one POST per alert (empty = off; a secret: never logged)",
+    "alert_slack_webhook_url": "Slack incoming-webhook URL (empty = off; a secret: never logged)",
+    "alert_discord_webhook_url": "Discord webhook URL (empty = off; a secret: never logged)",
+    "alert_telegram_bot_token": "Telegram bot token; with alert_telegram_chat_id (empty = off; never logged)",
+    "alert_telegram_chat_id": "Telegram chat id the bot posts alerts to",
+    "alert_telegram_api_url": "Telegram Bot API base URL (a local Bot API server, or a test receiver)",
+    "alert_timeout_s": "seconds one alert delivery may take before it counts as failed",
+    "alert_retry_initial_s": "seconds before the first retry of a failed delivery (doubled each time, with jitter)",
+    "alert_retry_max_s": "longest wait between two retries of a delivery, seconds",
+    "alert_dead_after_failures": "consecutive failures after which a notifier counts as down (health, metrics)",
+    "alert_dead_after_s": "seconds an alert may stay undelivered before its notifier counts as down",
+    "alert_max_pending": "deliveries kept in memory (waiting for the database or a notifier); oldest dropped beyond",
+    "alert_poll_s": "seconds between the delivery task's looks at the outbox when nothing woke it",
 }
 
 HELP.update({  # fairness and overload (README "Fairness and overload")
@@ -231,6 +245,20 @@ class Settings:
     overload_lag_ms: float = 20.0  # the event loop this late means overloaded
     shed_hold_s: float = 1.0  # a flood's shed call is answered after this long (its stream stays taken meanwhile)
     retry_after_s: float = 1.0  # retry-after / RetryInfo / Retry-After of a shed call
+    # ---- alerts that reach people (README "Alerts"; alerts/): notifiers, and how delivery retries ----
+    alert_webhook_url: str = ""  # generic JSON POST per alert
+    alert_slack_webhook_url: str = ""  # Slack incoming webhook: {"text": ...}
+    alert_discord_webhook_url: str = ""  # Discord webhook: {"content": ...}
+    alert_telegram_bot_token: str = ""  # Telegram: POST <api>/bot<token>/sendMessage {"chat_id", "text"}
+    alert_telegram_chat_id: str = ""
+    alert_telegram_api_url: str = "https://api.telegram.org"
+    alert_timeout_s: float = 5.0
+    alert_retry_initial_s: float = 1.0
+    alert_retry_max_s: float = 300.0
+    alert_dead_after_failures: int = 5
+    alert_dead_after_s: float = 300.0
+    alert_max_pending: int = 10_000
+    alert_poll_s: float = 5.0
     # Not settings: the names of the settings given explicitly (flag, environment or file) rather than defaulted.
     # A feature flag given at start beats the stored one (README, "Feature flags"). Filled by load_settings, as are
     # where each given value came from (name -> "flag --x" / "env X" / "file F") and what loading found worth a
@@ -288,7 +316,7 @@ class Settings:
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("admin_token", "trader_token") and value:
+            if f.name in ("admin_token", "trader_token", *ALERT_SECRETS) and value:
                 value = "***"
             elif f.name in ("database_url", "otel_exporter_otlp_endpoint", "otel_exporter_otlp_traces_endpoint"):
                 value = redact_url(value)
@@ -672,6 +700,7 @@ def validate(s: Settings) -> None:
         if not sep or not port.isdigit() or int(port) > 65535:
             raise SettingsError(f"http_listen: expected host:port (or empty to disable), got {s.http_listen!r}")
     _validate_fairness(s)
+    validate_alerts(s)
 
 
 def _validate_fairness(s: Settings) -> None:
@@ -684,6 +713,34 @@ def _validate_fairness(s: Settings) -> None:
         value = getattr(s, name)
         if not math.isfinite(value) or not low <= value <= high:
             raise SettingsError(f"{name}: must be between {low:g} and {high:g}, got {value!r}")
+
+
+# ---- alerts (alerts/): the settings that hold secrets, and their checks ----
+# A webhook URL carries its secret in the path (Slack, Discord, most generic receivers): the whole URL is one.
+ALERT_SECRETS = ("alert_webhook_url", "alert_slack_webhook_url", "alert_discord_webhook_url",
+                 "alert_telegram_bot_token")
+
+
+def validate_alerts(s: Settings) -> None:
+    from urllib.parse import urlsplit
+
+    for name in (*ALERT_SECRETS[:3], "alert_telegram_api_url"):
+        value = getattr(s, name)
+        if value and (urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).netloc):
+            raise SettingsError(f"{name}: expected an http:// or https:// URL (or empty to disable)")
+    if bool(s.alert_telegram_bot_token) != bool(s.alert_telegram_chat_id):
+        raise SettingsError("alert_telegram_bot_token and alert_telegram_chat_id: give both or neither")
+    for name in ("alert_timeout_s", "alert_retry_initial_s", "alert_retry_max_s", "alert_dead_after_s",
+                 "alert_poll_s"):
+        value = getattr(s, name)
+        if not math.isfinite(value) or value <= 0 or value > 86_400:
+            raise SettingsError(f"{name}: must be above 0 and at most 86400 seconds, got {value!r}")
+    if s.alert_retry_max_s < s.alert_retry_initial_s:
+        raise SettingsError("alert_retry_max_s: must be >= alert_retry_initial_s")
+    if s.alert_dead_after_failures < 1:
+        raise SettingsError("alert_dead_after_failures: must be >= 1")
+    if s.alert_max_pending < 1:
+        raise SettingsError("alert_max_pending: must be >= 1")
 
 
 def settings_fields() -> list[dataclasses.Field[Any]]:

@@ -61,6 +61,7 @@ PROBE_TIMEOUT_S = 5.0  # the start-up check of the database configuration waits 
 STORE_HEALTH = "tradeguard.store"
 STATE_HEALTH = "tradeguard.state"  # SERVING once the stored state is installed (README, "Restarts")
 CONTROL_HEALTH = "tradeguard.control"  # SERVING while the shared control state is heard (cluster.listener)
+ALERTS_HEALTH = "tradeguard.alerts"  # NOT_SERVING while a notifier is down (alerts/); not part of the overall status
 MEMORY_URL = "memory"
 ORDER_RELEASE_INTERVAL_S = 1.0  # how often pending orders past their TTL are released without a call
 
@@ -312,6 +313,7 @@ class Sidecar:
         self._credentials_task: asyncio.Task[None] | None = None
         self._init_observability()
         self._init_admission()
+        self._init_alerts()
 
     # ---- access ---------------------------------------------------------------------------------
 
@@ -372,6 +374,8 @@ class Sidecar:
             self.state_metrics.restore(traders)
         for st in traders:  # watchers of a trader see the installed state at once (a halted one: cancel orders)
             self.watch.publish(st, "stored state loaded", self.engine.cancel_actions(st, now))
+        if self.alerts.notifiers:  # paused traders: their episodes taken up (alerts/episodes.py)
+            self.alert_watcher.restored(traders, now)
         await self._prime_control()  # the account and every-account pauses, before the state is called loaded
         await self.health.set(STATE_HEALTH, health_pb2.HealthCheckResponse.SERVING)
 
@@ -470,6 +474,7 @@ class Sidecar:
     def _on_store_health(self, healthy: bool) -> None:
         if healthy:
             log.info("store available")
+        self.alert_watcher.store_health(healthy, self.engine.clock.now())
         self.metrics.store_healthy(healthy)
         self.persistence.on_health_change(healthy)
         status = health_pb2.HealthCheckResponse.SERVING if healthy else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -529,6 +534,49 @@ class Sidecar:
             metrics.queue_depth(store.queue_depth)
             metrics.store_healthy(store.healthy)
             await asyncio.sleep(1.0)
+
+    # ---- alerts that reach people (issue 20, alerts/) ----------------------------------------------
+
+    def _init_alerts(self) -> None:
+        """The dispatcher (outbox in the store: PostgreSQL / SQLite table, or memory) and the watcher that turns
+        state changes, kill switches and health changes into alerts. Without a notifier configured, nothing is
+        listened to and nothing runs."""
+        from .alerts import AlertDispatcher, AlertWatcher, configured_notifiers
+        from .alerts.delivery import Retry
+        from .alerts.outbox import MemoryOutbox, Outbox, SqlOutbox
+
+        s = self.settings
+        store = self.store
+        outbox: Outbox = (SqlOutbox(store.db.call, lambda: store.healthy) if isinstance(store, RiskStore)
+                          else MemoryOutbox())
+        retry = Retry(s.alert_timeout_s, s.alert_retry_initial_s, s.alert_retry_max_s, s.alert_dead_after_failures,
+                      s.alert_dead_after_s, s.alert_max_pending, s.alert_poll_s)
+        self.alerts = AlertDispatcher(configured_notifiers(s), outbox, s.sidecar_name, retry,
+                                      on_health=self._on_alerts_health)
+        self.alert_watcher = AlertWatcher(self.alerts.submit, s.sidecar_name,
+                                          muted=lambda: self.persistence.replaying)
+        if self.alerts.notifiers:
+            self.listeners.append(self.alert_watcher)  # last: it only enqueues
+            self.control.on_scope = self._on_scope_alert
+            if self.control_listener is not None:  # CONTROL_STATE_STALE: overdue past control_state_max_age_seconds
+                self.control_listener.on_overdue = lambda overdue: self.alert_watcher.control_health(
+                    not overdue, self.engine.clock.now())
+            self.metrics.observe_alerts(self.alerts)
+
+    def _on_scope_alert(self, scope: Any) -> None:
+        from .engine.engine import iso_utc
+
+        details: dict[str, Any] = {} if scope.state is None else {
+            "state": scope.state.name, "until": None if scope.until is None else iso_utc(scope.until)}
+        self.alert_watcher.scope_changed(scope.account_id, scope.state is not None, scope.reason,
+                                         f"{scope.actor} via sidecar {scope.origin}", scope.version, scope.since,
+                                         details)
+
+    def _on_alerts_health(self, up: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
+        task = asyncio.get_running_loop().create_task(self.health.set(ALERTS_HEALTH, status))
+        self._control_tasks.add(task)
+        task.add_done_callback(self._control_tasks.discard)
 
     # ---- observability (metrics + tracing) -------------------------------------------------------
 
@@ -717,6 +765,8 @@ class Sidecar:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         # The stored state is loaded before the first RPC is answered. When it cannot be (database down, or
         # slower than store_call_timeout_s), the engine answers under unloaded_state_policy until it is.
+        await self.health.set(ALERTS_HEALTH, health_pb2.HealthCheckResponse.SERVING)  # until a notifier is down
+        self.alerts.start()  # delivery task (takes up the outbox's undelivered alerts once the store answers)
         await self.persistence.start()
         if self.takeover is not None:
             self.takeover.start()  # lease renewal (every trader_lease_seconds / 3)
@@ -773,6 +823,7 @@ class Sidecar:
             await self.takeover.close()  # no renewal after the release (persistence.close releases the leases)
         await self._stop_control()
         await self.account_view.stop()  # account-wide limits: the view's rounds and connection
+        await self.alerts.stop()  # undelivered alerts stay in the outbox for the next start
         await self.persistence.close(self.settings.drain_timeout_s)
         await asyncio.to_thread(self._stop_observability)
         log.info("stopped")

@@ -28,7 +28,7 @@ pg_url = postgres_database_fixture()
 TABLES = {
     "accounts", "risk_configurations", "symbol_risk_configurations", "circuit_breakers", "circuit_breaker_events",
     "risk_state", "risk_state_history", "trade_reports", "feature_flags", "control_changes", "trader_leases",
-    "account_marks",
+    "account_marks", "alert_outbox",
 }
 
 
@@ -84,7 +84,7 @@ def test_migrations_ship_inside_the_package() -> None:
 
     assert Path(script.dir).resolve().is_relative_to(Path(tradeguard_server.__file__).resolve().parent)
     assert [r.revision for r in script.walk_revisions()] == [
-        "0007_heartbeat", "0006_shared_control", "0005_seed_state_columns", "0004_order_lifecycle",
+        "0008_alert_outbox", "0007_heartbeat", "0006_shared_control", "0005_seed_state_columns", "0004_order_lifecycle",
         "0003_breaker_episodes",
         "0002_history_hypertable", "0001_initial"]
 

@@ -142,6 +142,10 @@ class ControlListener:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         plane.age = self.age_seconds
+        # Alerts (alerts/episodes.py): called on every change of "overdue" (not heard for max_age_s, or the leases
+        # lapsed), whatever the stale action (serve included: people still want to know).
+        self.on_overdue: Callable[[bool], None] = lambda _o: None
+        self.overdue = False
 
     def age_seconds(self) -> float:
         """Seconds since the control state was last heard (0.0 when heard just now)."""
@@ -176,7 +180,11 @@ class ControlListener:
                 log.warning("control state: NOT hearing the database (last heard %.1fs ago): health "
                             "tradeguard.control NOT_SERVING", age)
             self.on_hearing(hearing)
-        stale = (age >= self.max_age_s or self.lease_lapsed()) and self.gate.action != "serve"
+        overdue = age >= self.max_age_s or self.lease_lapsed()
+        if overdue != self.overdue:
+            self.overdue = overdue
+            self.on_overdue(overdue)
+        stale = overdue and self.gate.action != "serve"
         if stale != self.stale:
             self.stale = stale
             engine = self.plane.engine

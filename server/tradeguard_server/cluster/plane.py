@@ -158,6 +158,9 @@ class ControlPlane:
         # Seconds since the control state was last heard (the listener sets it; single-sidecar modes: always 0).
         self.age: Callable[[], float] = lambda: 0.0
         engine.on_new_trader = self.sync_trader
+        # Alerts (alerts/episodes.py): told of each scope pause / resume made through this sidecar, after it is in
+        # force here (never of the changes other sidecars made: each kill switch is alerted by one sidecar).
+        self.on_scope: Callable[[ScopePause], None] | None = None
 
     # ---- changes made here ----------------------------------------------------------------------
 
@@ -190,6 +193,8 @@ class ControlPlane:
         log.warning("KILL SWITCH %s until=%s reason=%s (version %d)", scope.describe(),
                     "resume" if until is None else iso_utc(until), reason, change.version)
         self._set_scope(scope)
+        if self.on_scope is not None:
+            self.on_scope(scope)
         return scope
 
     async def resume_account(self, account_id: str, actor: str | None = None) -> ScopePause:
@@ -200,6 +205,8 @@ class ControlPlane:
         scope = ScopePause.of(change)
         log.warning("RESUME %s (version %d)", scope.describe(), change.version)
         self._set_scope(scope)
+        if self.on_scope is not None:
+            self.on_scope(scope)
         return scope
 
     pause_scope = pause_account

@@ -167,4 +167,7 @@ def settings_secrets(settings: Settings) -> list[str]:
         values.append(settings.admin_token_value())
     for password in url_secrets(settings.database_url):  # every form libpq accepts (?password=, unencoded @)
         values += [password, quote(password, safe="")]
+    from ..settings import ALERT_SECRETS  # alerts: webhook URLs and the Telegram bot token
+
+    values += [getattr(settings, name) for name in ALERT_SECRETS]
     return [v for v in values if v]

@@ -219,6 +219,49 @@ class _ControlCollector(Collector):
         yield applied
 
 
+class AlertCounters(Protocol):
+    """What the alert metrics read (alerts.AlertDispatcher), at scrape time."""
+
+    def alerts_sent(self) -> dict[tuple[str, str], int]: ...
+
+    def alerts_failed(self) -> dict[str, int]: ...
+
+    def alerts_pending(self) -> int: ...
+
+    def notifiers_up(self) -> dict[str, bool]: ...
+
+
+class _AlertsCollector(Collector):
+    """Alerts that reach people (issue 20), read from the dispatcher at scrape time."""
+
+    def __init__(self, alerts: AlertCounters) -> None:
+        self.alerts = alerts
+
+    def describe(self) -> Iterable[Metric]:
+        return self.collect()
+
+    def collect(self) -> Iterable[Metric]:
+        sent = CounterMetricFamily("tradeguard_alerts_sent", "Alerts delivered (the receiver answered 2xx), by "
+                                   "notifier and event.", labels=["notifier", "event"])
+        for (notifier, event), n in sorted(self.alerts.alerts_sent().items()):
+            sent.add_metric([notifier, event], n)
+        yield sent
+        failed = CounterMetricFamily("tradeguard_alerts_failed", "Alert delivery attempts that failed (each is "
+                                     "retried), and deliveries dropped from a full queue, by notifier.",
+                                     labels=["notifier"])
+        for notifier, n in sorted(self.alerts.alerts_failed().items()):
+            failed.add_metric([notifier], n)
+        yield failed
+        yield GaugeMetricFamily("tradeguard_alerts_pending", "Alert deliveries not done yet (one per alert and "
+                                "notifier), over every notifier.", value=self.alerts.alerts_pending())
+        up = GaugeMetricFamily("tradeguard_alert_notifier_up", "1 while the notifier delivers; 0 after "
+                               "alert_dead_after_failures consecutive failures or an alert older than "
+                               "alert_dead_after_s undelivered.", labels=["notifier"])
+        for notifier, ok in sorted(self.alerts.notifiers_up().items()):
+            up.add_metric([notifier], 1.0 if ok else 0.0)
+        yield up
+
+
 class MetricsSink(Protocol):
     """What the sidecar reports to metrics (composition root, store sampler, engine listeners)."""
 
@@ -265,6 +308,9 @@ class MetricsSink(Protocol):
 
     def observe_control(self, control: ControlCounters) -> None:
         """Export the control-state age, version and changes applied, read at scrape time."""
+
+    def observe_alerts(self, alerts: AlertCounters) -> None:
+        """Export the alert counters (sent, failed, pending, notifier up), read at scrape time."""
 
 
 class PrometheusMetrics:
@@ -513,6 +559,9 @@ class PrometheusMetrics:
     def observe_control(self, control: ControlCounters) -> None:
         self.registry.register(_ControlCollector(control))
 
+    def observe_alerts(self, alerts: AlertCounters) -> None:
+        self.registry.register(_AlertsCollector(alerts))
+
 
 class NullMetrics:
     """A `MetricsSink` for metrics switched off (`metrics_listen` empty): no registry, no server, every call a
@@ -560,6 +609,9 @@ class NullMetrics:
         return None
 
     def observe_control(self, control: ControlCounters) -> None:
+        return None
+
+    def observe_alerts(self, alerts: AlertCounters) -> None:
         return None
 
 

@@ -385,3 +385,31 @@ class AccountMark(Base):
     account_id: Mapped[str] = mapped_column(String(ID), primary_key=True)
     peak_equity: Mapped[float] = mapped_column(Double)
     updated_at: Mapped[float] = mapped_column(UtcTimestamp())
+
+
+class AlertOutbox(Base):
+    """One alert to deliver to one notifier (0008, alerts/outbox.py): written before the first attempt, marked
+    `delivered_at` once the receiver answered 2xx, so a restart delivers what was pending. One row per (alert,
+    notifier): each notifier succeeds and retries on its own. `key` names the alert's episode: unique with
+    `notifier`, so an alert derived twice (a restart, a takeover, another sidecar) is stored, and sent, once.
+    `sidecar`: the sidecar that delivers it (after a restart it takes up its own rows only). `trader_id` /
+    `account_id`: whom it is about ("" when nobody): a trader's pause episode is recorded once whichever sidecar
+    derives it (see outbox.py)."""
+
+    __tablename__ = "alert_outbox"
+    __table_args__ = (UniqueConstraint("key", "notifier"), Index(None, "sidecar", "delivered_at"),
+                      Index(None, "trader_id", "notifier", "id"))
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(512))
+    notifier: Mapped[str] = mapped_column(String(32))
+    event: Mapped[str] = mapped_column(String(64))
+    sidecar: Mapped[str] = mapped_column(String(ID))
+    trader_id: Mapped[str] = mapped_column(String(ID))
+    account_id: Mapped[str] = mapped_column(String(ID))
+    payload: Mapped[Any] = mapped_column(Json)
+    created_at: Mapped[float] = mapped_column(UtcTimestamp())
+    attempts: Mapped[int] = mapped_column(Integer)
+    next_attempt_at: Mapped[float] = mapped_column(UtcTimestamp())
+    delivered_at: Mapped[float | None] = mapped_column(UtcTimestamp(), nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)

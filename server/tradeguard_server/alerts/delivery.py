@@ -1,0 +1,310 @@
+"""Delivery: an asyncio task stores each alert in the outbox, POSTs it to every notifier, retries what failed.
+
+The hot path only calls `submit` (append to a bounded in-memory queue, set an event). The task, each round:
+1. takes up the outbox's undelivered rows of this sidecar once (after a restart; retried until the store answers);
+2. turns the queued alerts into one `Delivery` per notifier and stores them (`Outbox.add`) before their first
+   attempt, so a crash from then on loses none; a (key, notifier) already stored is a duplicate and dropped. While
+   the store is unavailable they wait in memory (at most `alert_max_pending`, oldest dropped and counted as failed)
+   and are attempted all the same (the `store_unavailable` alert itself must get out), except those derived again
+   after a restart (`only_if_new`), which wait for the outbox to say they are new; each is stored, with its outcome,
+   when the database is back;
+3. attempts every due delivery, the notifiers in parallel, each notifier's in order; stores the outcome. A failure
+   is retried after `alert_retry_initial_s` doubled per attempt, capped at `alert_retry_max_s`, times a random
+   factor in [0.5, 1] (jitter: many sidecars do not retry in step); there is no last attempt: an alert is
+   retried until delivered;
+4. sleeps until the next retry is due, a new alert arrives, or `alert_poll_s`.
+
+Guarantee: at least once per (alert, notifier). A delivery is marked done only after a 2xx answer: a crash between
+the answer and the mark (milliseconds) sends it again after the restart; nothing else does.
+
+A notifier is **down** after `alert_dead_after_failures` consecutive failures, or when one of its deliveries has
+waited longer than `alert_dead_after_s`; up again after a success with nothing that old waiting. Down shows in the
+health component `tradeguard.alerts` (NOT_SERVING while any notifier is down; the overall status is untouched:
+trading does not stop because Slack is down) and in `tradeguard_alert_notifier_up{notifier}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import aiohttp
+
+from ..store.errors import StoreError, StoreUnavailable
+from .alert import Alert
+from .notifiers import DeliveryError, Notifier
+from .outbox import Delivery, Outbox
+
+log = logging.getLogger("tradeguard.alerts")
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Delivery timing (the alert_* settings)."""
+
+    timeout_s: float = 5.0
+    initial_s: float = 1.0
+    max_s: float = 300.0
+    dead_after_failures: int = 5
+    dead_after_s: float = 300.0
+    max_pending: int = 10_000
+    poll_s: float = 5.0
+
+    def delay(self, attempts: int) -> float:
+        """Seconds before the next attempt after `attempts` failed ones: exponential, capped, jittered."""
+        base = min(self.max_s, self.initial_s * 2.0 ** min(attempts - 1, 60))
+        return base * random.uniform(0.5, 1.0)
+
+
+@dataclass(slots=True)
+class NotifierStatus:
+    consecutive_failures: int = 0
+    last_error: str = ""
+    oldest_waiting: float | None = None  # created_at of its oldest undelivered delivery
+    up: bool = True
+
+
+class AlertDispatcher:
+    """See the module docstring. `submit` from any code on the event loop (or any thread); `start` / `stop`."""
+
+    def __init__(self, notifiers: Sequence[Notifier], outbox: Outbox, sidecar: str, retry: Retry | None = None,
+                 on_health: Callable[[bool], None] = lambda _up: None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.notifiers = list(notifiers)
+        self.outbox = outbox
+        self.sidecar = sidecar
+        self.retry = retry or Retry()
+        self.on_health = on_health  # called with False when a notifier goes down, True when all are up again
+        self.clock = clock
+        self.inbox: deque[Alert] = deque()
+        self.deliveries: list[Delivery] = []  # in memory: not delivered yet, or outcome not stored yet
+        self.status = {n.name: NotifierStatus() for n in self.notifiers}
+        self.sent: Counter[tuple[str, str]] = Counter()  # (notifier, event) -> delivered
+        self.failed: Counter[str] = Counter()  # notifier -> failed attempts (and deliveries dropped)
+        self.duplicates = 0  # alerts the outbox already held (the same episode derived again)
+        self.loaded = not outbox.durable
+        self.all_up = True
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = 0
+        self._task: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    # ---- the hot path's side: enqueue only ------------------------------------------------------
+
+    def submit(self, alert: Alert) -> None:
+        """Queue an alert (no I/O, never blocks). Without notifiers there is nobody to tell: dropped."""
+        if not self.notifiers:
+            return
+        if self._loop is not None and threading.get_ident() != self._thread:
+            self._loop.call_soon_threadsafe(self.submit, alert)
+            return
+        self.inbox.append(alert)
+        if len(self.inbox) > self.retry.max_pending:
+            lost = self.inbox.popleft()
+            log.error("alert queue full (alert_max_pending=%d): alert %s dropped", self.retry.max_pending, lost.key)
+            for n in self.notifiers:
+                self.failed[n.name] += 1
+        if self._wake is not None:
+            self._wake.set()
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if not self.notifiers:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
+        self._wake = asyncio.Event()
+        self._session = aiohttp.ClientSession()
+        self._task = self._loop.create_task(self._run(), name="tradeguard-alerts")
+        log.info("alerts: delivering to %s", ", ".join(f"{n.name} ({n.where})" for n in self.notifiers))
+
+    async def stop(self, store_timeout_s: float = 5.0) -> None:
+        """Stop delivering; what is undelivered stays in the outbox (durable) for the next start: the alerts still
+        queued are stored first (at most `store_timeout_s`; not attempted: the next start sends them)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._take_inbox()
+            if self.outbox.durable and any(d.id is None or d.dirty for d in self.deliveries):
+                try:
+                    await asyncio.wait_for(self._store(), store_timeout_s)
+                except TimeoutError:
+                    log.warning("alerts: %d deliveries could not be stored before the stop",
+                                sum(1 for d in self.deliveries if d.id is None))
+        if self._session is not None:
+            await self._session.close()
+
+    # ---- the task ---------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        while True:
+            self._wake.clear()
+            try:
+                await self.round()
+            except Exception:  # never let the task die: the next round tries again
+                log.exception("alerts: delivery round failed")
+            now = self.clock()
+            due = [d.next_attempt_at for d in self.deliveries if d.delivered_at is None and self._may_send(d)]
+            wait = self.retry.poll_s if not due else min(self.retry.poll_s, max(min(due) - now, 0.0))
+            if self.inbox or any(d.id is None or d.dirty for d in self.deliveries):
+                wait = min(wait, 1.0)  # waiting for the store: look again soon
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait)
+
+    async def round(self) -> None:
+        """One pass: take up stored rows, store new deliveries, attempt the due ones, store outcomes."""
+        outbox = self.outbox
+        if not self.loaded and outbox.available():
+            try:
+                known = {d.id for d in self.deliveries}
+                stored = [d for d in await outbox.pending(self.sidecar) if d.id not in known]
+                self.deliveries[:0] = stored
+                self.loaded = True
+                if stored:
+                    log.info("alerts: %d undelivered deliveries taken up from the outbox", len(stored))
+            except StoreError as exc:
+                log.debug("alerts: outbox not readable yet: %s", exc)
+        self._take_inbox()
+        await self._store()
+        await self._attempt_due()
+        await self._store()
+        self._forget_done()
+        self._update_health()
+
+    def _take_inbox(self) -> None:
+        now = self.clock()
+        while self.inbox:
+            alert = self.inbox.popleft()
+            payload = alert.payload()
+            for n in self.notifiers:
+                self.deliveries.append(Delivery(alert.key, n.name, alert.event, self.sidecar, payload, alert.at, now,
+                                                only_if_new=alert.only_if_new, trader_id=alert.trader_id,
+                                                account_id=alert.account_id))
+        overflow = len(self.deliveries) - self.retry.max_pending
+        if overflow > 0:
+            dropped, self.deliveries = self.deliveries[:overflow], self.deliveries[overflow:]
+            for d in dropped:
+                if d.delivered_at is None:
+                    self.failed[d.notifier] += 1
+            log.error("alerts: %d deliveries dropped (alert_max_pending=%d reached)", overflow,
+                      self.retry.max_pending)
+
+    async def _store(self) -> None:
+        """New deliveries into the outbox, then the outcomes of attempts not stored yet."""
+        outbox = self.outbox
+        if not self.loaded or not outbox.available():
+            return
+        new = [d for d in self.deliveries if d.id is None]
+        try:
+            if new:
+                fresh = await outbox.add(new)
+                dupes = {id(d) for d, ok in zip(new, fresh, strict=True) if not ok}
+                if dupes:
+                    self.duplicates += len(dupes)
+                    self.deliveries = [d for d in self.deliveries if id(d) not in dupes]
+            for d in self.deliveries:
+                if d.id is not None and d.dirty:
+                    if d.id:
+                        await outbox.save(d)
+                    d.dirty = False
+        except StoreUnavailable as exc:
+            log.debug("alerts: outbox not writable now (%s); kept in memory", exc)
+        except StoreError as exc:  # refused, not unavailable: retrying would refuse it forever
+            unstored = [d for d in new if d.id is None]
+            log.error("alerts: the outbox refused %d deliveries (%s): delivered from memory only", len(unstored), exc)
+            for d in unstored:
+                d.id = 0  # (0: not stored, never will be)
+
+    def _may_send(self, d: Delivery) -> bool:
+        return d.id is not None or not d.only_if_new
+
+    async def _attempt_due(self) -> None:
+        now = self.clock()
+        due: dict[str, list[Delivery]] = {}
+        for d in self.deliveries:
+            if d.delivered_at is None and d.next_attempt_at <= now and self._may_send(d):
+                due.setdefault(d.notifier, []).append(d)
+        if not due:
+            return
+        by_name = {n.name: n for n in self.notifiers}
+        await asyncio.gather(*(self._send_all(by_name[name], ds) for name, ds in due.items() if name in by_name))
+
+    async def _send_all(self, notifier: Notifier, deliveries: list[Delivery]) -> None:
+        assert self._session is not None
+        status = self.status[notifier.name]
+        for d in deliveries:
+            d.attempts += 1
+            try:
+                await notifier.send(self._session, d.payload, self.retry.timeout_s)
+            except DeliveryError as exc:
+                d.last_error = str(exc)
+                d.next_attempt_at = self.clock() + self.retry.delay(d.attempts)
+                self.failed[notifier.name] += 1
+                status.consecutive_failures += 1
+                status.last_error = d.last_error
+                if status.consecutive_failures in (1, self.retry.dead_after_failures) or d.attempts == 1:
+                    log.warning("alerts: %s delivery of %s failed (attempt %d): %s; retried", notifier.name, d.key,
+                                d.attempts, d.last_error)
+            else:
+                d.delivered_at = self.clock()
+                d.last_error = None
+                self.sent[(notifier.name, d.event)] += 1
+                status.consecutive_failures = 0
+                if d.attempts > 1:
+                    log.info("alerts: %s delivered %s after %d attempts", notifier.name, d.key, d.attempts)
+            d.dirty = True
+
+    def _forget_done(self) -> None:
+        """Deliveries whose outcome is delivered and stored (or the outbox is memory) leave memory."""
+        durable = self.outbox.durable
+        self.deliveries = [d for d in self.deliveries if not (
+            d.delivered_at is not None and (not durable or (d.id is not None and not d.dirty)))]
+
+    def _update_health(self) -> None:
+        now = self.clock()
+        oldest: dict[str, float] = {}
+        for d in self.deliveries:
+            if d.delivered_at is None and (d.notifier not in oldest or d.created_at < oldest[d.notifier]):
+                oldest[d.notifier] = d.created_at
+        for name, status in self.status.items():
+            status.oldest_waiting = oldest.get(name)
+            was = status.up
+            status.up = status.consecutive_failures < self.retry.dead_after_failures and (
+                status.oldest_waiting is None or now - status.oldest_waiting <= self.retry.dead_after_s)
+            if was != status.up:
+                if status.up:
+                    log.info("alerts: notifier %s is up again", name)
+                else:
+                    log.error("alerts: notifier %s is DOWN (%d consecutive failures; oldest undelivered alert "
+                              "%.0f s old): %s", name, status.consecutive_failures,
+                              0.0 if status.oldest_waiting is None else now - status.oldest_waiting,
+                              status.last_error)
+        all_up = all(s.up for s in self.status.values())
+        if all_up != self.all_up:
+            self.all_up = all_up
+            self.on_health(all_up)
+
+    # ---- what metrics read (observability.metrics.AlertCounters) ----------------------------------
+
+    def alerts_sent(self) -> dict[tuple[str, str], int]:
+        return dict(self.sent)
+
+    def alerts_failed(self) -> dict[str, int]:
+        return {n.name: self.failed[n.name] for n in self.notifiers}
+
+    def alerts_pending(self) -> int:
+        return sum(1 for d in self.deliveries if d.delivered_at is None) + len(self.inbox) * len(self.notifiers)
+
+    def notifiers_up(self) -> dict[str, bool]:
+        return {name: s.up for name, s in self.status.items()}
