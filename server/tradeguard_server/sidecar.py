@@ -266,6 +266,12 @@ class Sidecar:
                          BindingAdmin(self.engine, self._store_now, self.takeover).handlers(),
                          RiskStatesAdmin(self.engine, self.takeover, settings.sidecar_name).handlers()):
             self.admin.extend(handlers)
+        # Point-in-time restore (AdminService.RestoreRiskState; api/restore_admin.py): from the history rows.
+        from .api.restore_admin import RestoreAdmin
+
+        history_at = self.store.history_at if isinstance(self.store, RiskStore) else None
+        self.admin.extend(RestoreAdmin(self.engine, history_at, self._store_now, self.takeover,
+                                       self.control).handlers())
         self.watch = WatchUpdates(self.hub, lambda st, orders: state_msg(self.engine, st, orders),
                                   muted=lambda: self.persistence.replaying)
         # The engine's listeners, in the order each hears a change (metrics, when on, in _init_observability):
