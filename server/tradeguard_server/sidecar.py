@@ -295,6 +295,22 @@ class Sidecar:
         self.engine.account_checks = self.account_view.checks
         self.listeners.append(self.account_view.on_state_changed)  # which local traders each limited account has
         # ---- (end of account-wide limits)
+        # ---- history retention (store/retention.py): old history, trade and breaker-event rows pruned in batches
+        # off the hot path (SQLite: on the store's thread; PostgreSQL: a connection of its own, one sidecar at a
+        # time). Started in start(), closed in stop().
+        from .store.retention import OwnConnection, Pruner, RetentionPolicy, StoreThread
+
+        self.pruner: Pruner | None = None
+        if isinstance(self.store, RiskStore):
+            policy = RetentionPolicy(settings.history_retention_days, settings.trade_retention_days,
+                                     settings.breaker_event_retention_days, settings.retention_interval_seconds,
+                                     settings.retention_batch_size)
+            if is_postgres(settings.database_url):
+                own = OwnConnection(self.store.url)
+                self.pruner = Pruner(policy, own, self.engine.clock.now, hypertable=own.run)
+            else:
+                self.pruner = Pruner(policy, StoreThread(self.store.db.call), self.engine.clock.now)
+        # ---- (end of history retention)
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.server: grpc.aio.Server | None = None
         self.address = ""
@@ -540,6 +556,8 @@ class Sidecar:
         self.metrics.observe_store(self.store)  # history rows enqueued / written / dropped, read at scrape time
         self.metrics.observe_orders(self.engine)  # pending orders and TTL releases, read at scrape time
         self.metrics.observe_control(self.control)  # control-state age, version, changes applied
+        if self.pruner is not None:
+            self.metrics.observe_retention(self.pruner)  # rows pruned by table, last run
         self.metrics_address = ""
         traced = tracing_enabled(s.tracing, s.otlp_traces_endpoint, s.otel_sdk_disabled)
         self.tracing: Tracing | None = setup_tracing(s.otlp_traces_endpoint, s.otel_service_name) if traced else None
@@ -704,6 +722,8 @@ class Sidecar:
         await self._start_control()
         self.account_view.start()  # account-wide limits: the view's rounds
         self._heartbeats = asyncio.get_running_loop().create_task(self._watch_heartbeats())
+        if self.pruner is not None:
+            self.pruner.start()  # history retention, in the background
         for name in ("", RISK_SERVICE, ADMIN_SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if s.credentials_reload_s:
@@ -741,6 +761,8 @@ class Sidecar:
         if self.takeover is not None:
             await self.takeover.close()  # no renewal after the release (persistence.close releases the leases)
         await self._stop_control()
+        if self.pruner is not None:
+            await self.pruner.close()  # a batch in progress ends with its transaction
         await self.account_view.stop()  # account-wide limits: the view's rounds and connection
         await self.persistence.close(self.settings.drain_timeout_s)
         await asyncio.to_thread(self._stop_observability)
