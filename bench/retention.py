@@ -102,8 +102,8 @@ def fill(url: str, rows: int, traders: int) -> float:
         with engine.begin() as conn:
             if conn.dialect.name == "postgresql":
                 conn.execute(text(
-                    "INSERT INTO risk_state_history (recorded_at, trader_id, account_id, trading_state, current_equity, "
-                    "drawdown_pct, daily_pnl, reason, state) "
+                    "INSERT INTO risk_state_history (recorded_at, trader_id, account_id, trading_state, "
+                    "current_equity, drawdown_pct, daily_pnl, reason, state) "
                     "SELECT to_timestamp(:old + g), 'old-' || (g % :traders), :account, 'ACTIVE', 10000, 0, 0, 'old', "
                     "CAST(:state AS json) FROM generate_series(1, :rows) AS g"),
                     {"old": old, "traders": traders, "account": ACCOUNT, "state": json.dumps(state), "rows": rows})
