@@ -229,3 +229,29 @@ async def test_restore_of_a_trader_another_sidecar_owns_is_refused_and_its_dry_r
                 kinds = [r[0] for r in conn.execute(
                     "SELECT kind FROM control_changes WHERE trader_id = %s ORDER BY version", (TRADER,))]
             assert kinds[-1] == "restore"
+
+
+async def test_a_takeover_after_a_restore_keeps_the_restored_pauses_and_replays_only_later_kill_switches() -> None:
+    with fresh_database("tradeguard_restore_takeover") as url:
+        async with running_sidecar(database_url=url, enable_persistence=True, admin_token=TOKEN,
+                                   sidecar_id="sc-next", trader_lease_seconds=30) as nxt:
+            async with running_sidecar(database_url=url, enable_persistence=True, admin_token=TOKEN,
+                                       sidecar_id="sc-first", trader_lease_seconds=30) as first, \
+                    grpc.aio.insecure_channel(first.address) as ch:
+                point = await live_history((rsg.RiskServiceStub(ch), adg.AdminServiceStub(ch)))
+                done = await adg.AdminServiceStub(ch).RestoreRiskState(
+                    request(point.recorded_at, "before a takeover", False), metadata=AUTH, timeout=10)
+                assert done.state.trading_state == t.TRADING_STATE_REDUCING
+            # sc-first stopped cleanly (leases released): sc-next claims the trader on its first call and replays
+            # the trader's kill switches recorded after the restore only (none): the restored pause stays, though
+            # a resume (recorded before the restore) would otherwise lift it.
+            async with grpc.aio.insecure_channel(nxt.address) as ch:
+                state = (await rsg.RiskServiceStub(ch).GetRiskState(
+                    rs.GetRiskStateRequest(trader_id=TRADER, account_id=ACCOUNT), timeout=10)).state
+                assert TRADER in nxt.engine.traders
+                assert_same_as_stored(state, point.state)
+                await adg.AdminServiceStub(ch).ResumeTrading(ad.ResumeTradingRequest(
+                    trader_id=TRADER, account_id=ACCOUNT), metadata=AUTH, timeout=10)
+                after = (await rsg.RiskServiceStub(ch).GetRiskState(
+                    rs.GetRiskStateRequest(trader_id=TRADER, account_id=ACCOUNT), timeout=10)).state
+                assert after.trading_state == t.TRADING_STATE_ACTIVE
