@@ -1,8 +1,8 @@
 """CanTrade latency while the history retention prunes a large history, against the same load with the pruner idle,
 in ONE run (README "History retention and restore"; bench/README.md).
 
-    .venv/bin/python bench/retention.py [--rows 300000] [--traders 100] [--seconds 8] [--inflight 4]
-                                        [--batch 1000] [--database-url URL]
+    .venv/bin/python bench/retention.py [--rows 300000] [--traders 100] [--rounds 3] [--seconds 6]
+                                        [--inflight 4] [--batch 1000] [--database-url URL]
 
 1. A fresh PostgreSQL database (or --database-url, SQLite too) gets `--rows` history rows 30 days old, spread over
    `--traders` traders, inserted directly with SQL (PostgreSQL: one INSERT ... SELECT generate_series).
@@ -10,9 +10,10 @@ in ONE run (README "History retention and restore"; bench/README.md).
    the pruner's run itself, through the sidecar's own Pruner with history_retention_days=1).
 3. The load, from this process (grpc.aio, uvloop): `--inflight` CanTrade calls (no order) in flight, plus one
    ReportEquity in 10 calls (the store's writer writes history rows while the pruner deletes).
-4. Three windows of `--seconds` each under that load: idle, pruning (the run started at the window's start), idle
-   again. Printed: p50 / p99 / p99.9 of CanTrade in each, and the ratio pruning / idle (idle = both idle windows
-   together), plus the rows pruned, the batches and how long the run took.
+4. `--rounds` rounds under that load, each an idle window of `--seconds`, then a window of `--seconds` while the
+   pruner runs (started at the window's start, stopped after its batch in progress at the window's end; the next
+   round's run goes on with the rows left). Printed: p50 / p99 / p99.9 of CanTrade in each window, the ratio
+   pruning / idle per round, its median and the pooled one, and the rows the pruner deleted per second.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import multiprocessing as mp
+import statistics
 import sys
 import time
 from multiprocessing.connection import Connection
@@ -68,13 +70,15 @@ def serve(url: str, batch: int, conn: Connection) -> None:
         with contextlib.suppress(EOFError):
             while True:
                 command = await loop.run_in_executor(None, conn.recv)
-                if command == "prune":
+                if command == "prune":  # a run starts (it goes on until "halt")
                     started = time.perf_counter()
                     task = loop.create_task(pruner.run_once())
                     conn.send("started")
-                elif command == "wait" and task is not None:
-                    done = await task
-                    conn.send({"pruned": done, "seconds": time.perf_counter() - started,
+                elif command == "halt" and task is not None:  # the run ends after its current batch
+                    pruner._stop.set()  # the bench pauses the sidecar's own pruner
+                    await task
+                    pruner._stop.clear()
+                    conn.send({"pruned": pruner.pruned["risk_state_history"], "seconds": time.perf_counter() - started,
                                "batches": pruner.batches["risk_state_history"]})
         await sidecar.stop()
 
@@ -162,7 +166,8 @@ def quantiles(samples: list[float]) -> tuple[float, float, float]:
             s[min(len(s) - 1, int(len(s) * 0.999))] * 1e6)
 
 
-async def drive(parent: Connection, seconds: float, inflight: int) -> dict[str, Any]:
+async def drive(parent: Connection, seconds: float, inflight: int, rounds: int) -> dict[str, Any]:
+    """`rounds` x (an idle window, then a window while the pruner runs, stopped at the window's end)."""
     import grpc
 
     from tradeguard.v1 import risk_service_pb2 as rs
@@ -173,21 +178,23 @@ async def drive(parent: Connection, seconds: float, inflight: int) -> dict[str, 
         risk = rsg.RiskServiceStub(ch)
         await risk.ReportEquity(rs.ReportEquityRequest(trader_id=TRADER, account_id=ACCOUNT, equity=10_000.0))
     await window(address, 1.0, inflight)  # warm-up
-    idle1 = await window(address, seconds, inflight)
-    parent.send("prune")
-    parent.recv()
-    pruning = await window(address, seconds, inflight)
-    parent.send("wait")
-    result: dict[str, Any] = parent.recv()
-    idle2 = await window(address, seconds, inflight)
-    return {"idle_before": idle1, "pruning": pruning, "idle_after": idle2, "run": result}
+    out: dict[str, Any] = {"idle": [], "pruning": [], "runs": []}
+    for _ in range(rounds):
+        out["idle"].append(await window(address, seconds, inflight))
+        parent.send("prune")
+        parent.recv()
+        out["pruning"].append(await window(address, seconds, inflight))
+        parent.send("halt")
+        out["runs"].append(parent.recv())
+    return out
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=300_000)
     ap.add_argument("--traders", type=int, default=100)
-    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--seconds", type=float, default=6.0)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--inflight", type=int, default=4)
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--database-url", default="", help="default: a fresh PostgreSQL database, dropped after")
@@ -208,28 +215,37 @@ def main() -> int:
         proc.start()
         child.close()
         try:
-            out = uvloop.run(drive(parent, args.seconds, args.inflight))
+            out = uvloop.run(drive(parent, args.seconds, args.inflight, args.rounds))
         finally:
             parent.close()
             proc.join(timeout=30)
             if proc.is_alive():
                 proc.kill()
-    run = out["run"]
-    idle = out["idle_before"] + out["idle_after"]
-    rows = [("idle (before)", out["idle_before"]), ("pruning", out["pruning"]), ("idle (after)", out["idle_after"]),
-            ("idle (both)", idle)]
-    print(f"\nCanTrade, {args.inflight} in flight (+1 ReportEquity in 10), {args.seconds:g}s windows")
-    print(f"{'window':<14} {'calls':>8} {'p50 µs':>9} {'p99 µs':>9} {'p99.9 µs':>9}")
-    for name, samples in rows:
-        p50, p99, p999 = quantiles(samples)
-        print(f"{name:<14} {len(samples):>8,} {p50:>9,.0f} {p99:>9,.0f} {p999:>9,.0f}")
-    i50, i99, _ = quantiles(idle)
-    r50, r99, _ = quantiles(out["pruning"])
-    pruned = run["pruned"]["risk_state_history"] if run["pruned"] else 0
-    print(f"\nratio pruning / idle: p50 {r50 / i50:.2f}x, p99 {r99 / i99:.2f}x")
-    print(f"pruner: {pruned:,} rows deleted in {run['batches']} batches of <= {args.batch} in {run['seconds']:.1f}s "
-          f"({pruned / max(run['seconds'], 1e-9):,.0f} rows/s); the pruning window covered "
-          f"{min(1.0, args.seconds / max(run['seconds'], 1e-9)):.0%} of the run")
+    print(f"\nCanTrade, {args.inflight} in flight (+1 ReportEquity in 10), {args.rounds} rounds of an idle and a "
+          f"pruning {args.seconds:g}s window")
+    print(f"{'window':<16} {'calls':>8} {'p50 µs':>9} {'p99 µs':>9} {'p99.9 µs':>9}   ratio p50 / p99")
+    ratios50, ratios99 = [], []
+    for i, (idle, pruning) in enumerate(zip(out["idle"], out["pruning"], strict=True)):
+        i50, i99, i999 = quantiles(idle)
+        r50, r99, r999 = quantiles(pruning)
+        ratios50.append(r50 / i50)
+        ratios99.append(r99 / i99)
+        print(f"{f'{i + 1} idle':<16} {len(idle):>8,} {i50:>9,.0f} {i99:>9,.0f} {i999:>9,.0f}")
+        print(f"{f'{i + 1} pruning':<16} {len(pruning):>8,} {r50:>9,.0f} {r99:>9,.0f} {r999:>9,.0f}   "
+              f"{r50 / i50:.2f}x / {r99 / i99:.2f}x")
+    idle_all = [x for w in out["idle"] for x in w]
+    pruning_all = [x for w in out["pruning"] for x in w]
+    i50, i99, i999 = quantiles(idle_all)
+    r50, r99, r999 = quantiles(pruning_all)
+    print(f"{'all idle':<16} {len(idle_all):>8,} {i50:>9,.0f} {i99:>9,.0f} {i999:>9,.0f}")
+    print(f"{'all pruning':<16} {len(pruning_all):>8,} {r50:>9,.0f} {r99:>9,.0f} {r999:>9,.0f}   "
+          f"{r50 / i50:.2f}x / {r99 / i99:.2f}x")
+    print(f"\nratio pruning / idle: median of the rounds p50 {statistics.median(ratios50):.2f}x, "
+          f"p99 {statistics.median(ratios99):.2f}x; pooled p50 {r50 / i50:.2f}x, p99 {r99 / i99:.2f}x")
+    last = out["runs"][-1]
+    pruned_s = args.rounds * args.seconds
+    print(f"pruner: {last['pruned']:,} rows deleted in {last['batches']} batches of <= {args.batch} while pruning "
+          f"({pruned_s:g}s): {last['pruned'] / pruned_s:,.0f} rows/s")
     return 0
 
 

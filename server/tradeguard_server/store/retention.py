@@ -5,9 +5,9 @@ restore").
 How:
 - every `interval_s` (and once shortly after start) a run deletes, table by table, per trader (per account for
   breaker events), `batch_size` rows per short transaction along the (trader_id, recorded_at) / (account_id,
-  timestamp) index, with a pause between batches as long as the batch took (at least PAUSE_MIN_S): the pruner
-  takes at most about half of the database's time for its table, and each transaction holds its row locks for one
-  batch only. risk_state (the latest state of every trader) is never touched.
+  timestamp) index, with a pause between batches of PAUSE_FACTOR times what the batch took (at least PAUSE_MIN_S):
+  the pruner keeps its connection busy at most a quarter of the time, and each transaction holds its row locks for
+  one batch only. risk_state (the latest state of every trader) is never touched.
 - SQLite: the batches run on the store's database thread (one writer: SQLite never sees two), between the writer's
   batches. PostgreSQL: on a connection and thread of the pruner's own, so the store's writer never waits behind a
   batch; with several sidecars on one database only one prunes at a time: the run holds a session-level
@@ -54,7 +54,10 @@ TRADES: Table = TradeReport.__table__  # type: ignore[assignment]
 EVENTS: Table = CircuitBreakerEvent.__table__  # type: ignore[assignment]
 TABLES = ("risk_state_history", "trade_reports", "circuit_breaker_events")
 DAY_S = 86_400.0
-PAUSE_MIN_S = 0.02  # between two batches at least this long (and at least as long as the batch took)
+PAUSE_MIN_S = 0.02  # between two batches at least this long...
+# ...and at least PAUSE_FACTOR times as long as the batch took: the pruner keeps its connection busy at most a
+# quarter of the time, so the database's CPU and disk (on a small machine, the sidecar's CPU too) stay mostly free.
+PAUSE_FACTOR = 3.0
 FIRST_RUN_DELAY_S = 5.0  # the first run waits this long after start (the start-up load goes first)
 RETENTION_LOCK = 0x7467_7274  # pg_try_advisory_lock key: "tgrt" (cluster.changes uses "tgct")
 
@@ -363,5 +366,5 @@ class Pruner:
             total += n
             if n < self.policy.batch_size:
                 return total
-            if await self._wait(max(PAUSE_MIN_S, took)):
+            if await self._wait(max(PAUSE_MIN_S, PAUSE_FACTOR * took)):
                 return total
