@@ -9,7 +9,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -50,7 +50,8 @@ async def equity_then_bad_report(sc: Sidecar) -> datetime:
         assert await sc.store.flush(timeout=10)
         history = await adg.AdminServiceStub(ch).ListRiskStateHistory(ad.ListRiskStateHistoryRequest(
             trader_id=TRADER, account_id=ACCOUNT), metadata=(("authorization", f"Bearer {TOKEN}"),), timeout=10)
-        point = history.entries[-1].recorded_at.ToDatetime(tzinfo=UTC)
+        # (1 ms after the row: a datetime keeps microseconds, the row's time may have a fraction more)
+        point = history.entries[-1].recorded_at.ToDatetime(tzinfo=UTC) + timedelta(milliseconds=1)
         await risk.ReportEquity(rs.ReportEquityRequest(trader_id=TRADER, account_id=ACCOUNT, equity=1.0), timeout=10)
     return point
 

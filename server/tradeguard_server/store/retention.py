@@ -40,9 +40,12 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Table, and_, delete, literal_column, select, text
+from sqlalchemy import Connection, Engine, Table, and_, create_engine, delete, literal_column, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
-from .dbthread import Worker, create_store_engine, run_on
+from .codec import dumps
+from .dbthread import PG_CONNECT_DEFAULTS, Worker, run_on
 from .errors import StoreError
 from .models import CircuitBreakerEvent, RiskStateHistory, TradeReport
 
@@ -191,7 +194,11 @@ class OwnConnection:
 
     def _connect(self) -> Connection:
         if self.engine is None:
-            self.engine = create_store_engine(self.url)
+            # The store's connection options (server-side timeouts, keepalives), no pool: the connection is closed at
+            # the end of each run, so an idle pruner holds none.
+            present = {k.lower() for k in make_url(self.url).query}
+            self.engine = create_engine(self.url, poolclass=NullPool, json_serializer=dumps, connect_args={
+                k: v for k, v in PG_CONNECT_DEFAULTS.items() if k not in present})
         if self.conn is None or self.conn.closed or self.conn.invalidated:
             self.conn = self.engine.connect()
         return self.conn
@@ -208,15 +215,24 @@ class OwnConnection:
             conn = self._connect()
             got = bool(conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": RETENTION_LOCK}).scalar())
             conn.commit()  # a session-level lock outlives the transaction
+            if not got:
+                self.conn = None
+                conn.close()
             return got
 
         return await run_on(self._thread(), take)
 
     async def unlock(self) -> None:
+        """Release the lock and close the connection (until the next run)."""
+
         def release() -> None:
-            if self.conn is not None and not self.conn.closed:
-                self.conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": RETENTION_LOCK})
-                self.conn.commit()
+            conn, self.conn = self.conn, None
+            if conn is not None and not conn.closed:
+                try:
+                    conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": RETENTION_LOCK})
+                    conn.commit()
+                finally:
+                    conn.close()
 
         with contextlib.suppress(Exception):  # a broken connection released it with the session
             await run_on(self.worker, release)
