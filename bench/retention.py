@@ -2,7 +2,7 @@
 in ONE run (README "History retention and restore"; bench/README.md).
 
     .venv/bin/python bench/retention.py [--rows 300000] [--traders 100] [--rounds 3] [--seconds 6]
-                                        [--inflight 4] [--batch 1000] [--database-url URL]
+                                        [--inflight 4] [--batch 1000] [--pause-factor F] [--database-url URL]
 
 1. A fresh PostgreSQL database (or --database-url, SQLite too) gets `--rows` history rows 30 days old, spread over
    `--traders` traders, inserted directly with SQL (PostgreSQL: one INSERT ... SELECT generate_series).
@@ -40,7 +40,7 @@ TRADER = "bench-trader"
 DAY = 86_400.0
 
 
-def serve(url: str, batch: int, conn: Connection) -> None:
+def serve(url: str, batch: int, pause_factor: float | None, conn: Connection) -> None:
     """Child process: a sidecar on `url`; on "prune" it runs its pruner once (history_retention_days=1)."""
     import logging
 
@@ -48,8 +48,11 @@ def serve(url: str, batch: int, conn: Connection) -> None:
 
     from tradeguard_server.settings import load_settings
     from tradeguard_server.sidecar import Sidecar
+    from tradeguard_server.store import retention
     from tradeguard_server.store.retention import RetentionPolicy
 
+    if pause_factor is not None:
+        retention.PAUSE_FACTOR = pause_factor  # the pause between batches, in batch durations
     logging.basicConfig(level=logging.WARNING)
     sys.setswitchinterval(0.001)  # as `tradeguard serve` does: the store's threads must not starve behind the loop
 
@@ -197,6 +200,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--inflight", type=int, default=4)
     ap.add_argument("--batch", type=int, default=1000)
+    ap.add_argument("--pause-factor", type=float, default=None,
+                    help="pause between batches in batch durations (default: the pruner's PAUSE_FACTOR)")
     ap.add_argument("--database-url", default="", help="default: a fresh PostgreSQL database, dropped after")
     args = ap.parse_args()
     import uvloop
@@ -211,7 +216,7 @@ def main() -> int:
         print(f"filled {args.rows:,} history rows 30 days old over {args.traders} traders in {filled:.1f}s")
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
-        proc = ctx.Process(target=serve, args=(url, args.batch, child), daemon=True)
+        proc = ctx.Process(target=serve, args=(url, args.batch, args.pause_factor, child), daemon=True)
         proc.start()
         child.close()
         try:

@@ -6,9 +6,8 @@ How:
 - every `interval_s` (and once shortly after start) a run deletes, table by table, per trader (per account for
   breaker events), `batch_size` rows per short transaction along the (trader_id, recorded_at) / (account_id,
   timestamp) index, with a pause between batches of PAUSE_FACTOR times what the batch took (at least PAUSE_MIN_S):
-  the pruner keeps its connection busy a tenth of the time at most, and each transaction holds its row locks for
-  one batch only (bench/retention.py: with a pause equal to the batch, CanTrade's p99 was 1.67x under pruning on
-  the 2-core test machine; 3x: 1.33-1.37x; 9x: 0.9x, while still deleting thousands of rows a second).
+  the pruner keeps its connection busy a quarter of the time at most, and each transaction holds its row locks for
+  one batch only (bench/retention.py measures CanTrade while it runs; bench/README.md has the numbers).
   risk_state (the latest state of every trader) is never touched.
 - SQLite: the batches run on the store's database thread (one writer: SQLite never sees two), between the writer's
   batches. PostgreSQL: on a connection and thread of the pruner's own, so the store's writer never waits behind a
@@ -60,9 +59,9 @@ EVENTS: Table = CircuitBreakerEvent.__table__  # type: ignore[assignment]
 TABLES = ("risk_state_history", "trade_reports", "circuit_breaker_events")
 DAY_S = 86_400.0
 PAUSE_MIN_S = 0.02  # between two batches at least this long...
-# ...and at least PAUSE_FACTOR times as long as the batch took: the pruner keeps its connection busy a tenth of the
+# ...and at least PAUSE_FACTOR times as long as the batch took: the pruner keeps its connection busy a quarter of the
 # time at most, so the database's CPU and disk (on a small machine, the sidecar's CPU too) stay mostly free.
-PAUSE_FACTOR = 9.0
+PAUSE_FACTOR = 3.0
 FIRST_RUN_DELAY_S = 5.0  # the first run waits this long after start (the start-up load goes first)
 RETENTION_LOCK = 0x7467_7274  # pg_try_advisory_lock key: "tgrt" (cluster.changes uses "tgct")
 
