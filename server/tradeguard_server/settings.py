@@ -111,6 +111,13 @@ HELP = {
     "control_poll_seconds": "seconds between the slow re-reads of the control state (besides LISTEN/NOTIFY)",
     "account_view_seconds": "seconds between reads of the account's traders on other sidecars (account-wide "
                             "limits); also how often a sidecar publishes its own",
+    "history_retention_days": "days of risk_state_history kept; older rows are pruned in batches (0 = forever; each "
+                              "trader's newest row is always kept)",
+    "trade_retention_days": "days of trade_reports kept (the ids that make a retried ReportTrade a duplicate; 0 = "
+                            "forever, else at least 7)",
+    "breaker_event_retention_days": "days of circuit_breaker_events kept (0 = forever)",
+    "retention_interval_seconds": "seconds between pruning runs",
+    "retention_batch_size": "rows deleted per short transaction while pruning",
     "strict": "unknown TRADEGUARD_* variables and unknown settings-file keys stop the start (default: a warning)",
     # ---- alerts (README "Alerts"; alerts/) ----
     "alert_webhook_url": "generic JSON webhook: one POST per alert (empty = off; a secret: never logged)",
@@ -229,6 +236,14 @@ class Settings:
     control_state_stale_action: str = "reduce_only"
     control_poll_seconds: float = 5.0
     account_view_seconds: float = 0.5
+    # History retention (README "History retention and restore"; store/retention.py): rows older than these many
+    # days are pruned in batches off the hot path (0 = kept forever). trade_reports keep the trade ids that make a
+    # retried ReportTrade a duplicate: at least TRADE_RETENTION_MIN_DAYS.
+    history_retention_days: float = 90.0
+    trade_retention_days: float = 365.0
+    breaker_event_retention_days: float = 365.0
+    retention_interval_seconds: float = 3600.0
+    retention_batch_size: int = 1000
     # A database misconfiguration that cannot heal (authentication failure, unknown database) stops the start;
     # with this the sidecar serves anyway, as during an outage (README, "Settings").
     allow_degraded_start: bool = False
@@ -701,6 +716,7 @@ def validate(s: Settings) -> None:
             raise SettingsError(f"http_listen: expected host:port (or empty to disable), got {s.http_listen!r}")
     _validate_fairness(s)
     validate_alerts(s)
+    validate_retention(s)
 
 
 def _validate_fairness(s: Settings) -> None:
@@ -741,6 +757,36 @@ def validate_alerts(s: Settings) -> None:
         raise SettingsError("alert_dead_after_failures: must be >= 1")
     if s.alert_max_pending < 1:
         raise SettingsError("alert_max_pending: must be >= 1")
+
+
+# ---- history retention ----------------------------------------------------------------------------
+
+# A trade id must outlive every retry of its ReportTrade: a bot retries within seconds, but one that replays its
+# trade log after a crash, a deploy or a long outage of the exchange or the sidecar sends trades days old; a pruned
+# id reported again counts as a new trade (the loss streak and the per-symbol statistics count it twice).
+TRADE_RETENTION_MIN_DAYS = 7.0
+RETENTION_MAX_DAYS = 36_500.0
+RETENTION_BATCH_MAX = 100_000
+
+
+def validate_retention(s: Settings) -> None:
+    for name in ("history_retention_days", "trade_retention_days", "breaker_event_retention_days"):
+        value = getattr(s, name)
+        if not 0 <= value <= RETENTION_MAX_DAYS:
+            raise SettingsError(f"{name}: must be between 0 (keep forever) and {RETENTION_MAX_DAYS:g} days, "
+                                f"got {value!r}")
+    if 0 < s.trade_retention_days < TRADE_RETENTION_MIN_DAYS:
+        raise SettingsError(
+            f"trade_retention_days: {s.trade_retention_days:g} is shorter than the floor of "
+            f"{TRADE_RETENTION_MIN_DAYS:g} days: trade_reports rows are what makes a retried or replayed ReportTrade "
+            "a duplicate, and a trade id pruned before its last retry would be counted twice; give at least "
+            f"{TRADE_RETENTION_MIN_DAYS:g} (or 0 to keep them forever)")
+    if not 1 <= s.retention_interval_seconds <= 7 * 86_400:
+        raise SettingsError(f"retention_interval_seconds: must be between 1 and 604800 seconds, got "
+                            f"{s.retention_interval_seconds!r}")
+    if not 1 <= s.retention_batch_size <= RETENTION_BATCH_MAX:
+        raise SettingsError(f"retention_batch_size: must be between 1 and {RETENTION_BATCH_MAX} rows, got "
+                            f"{s.retention_batch_size!r}")
 
 
 def settings_fields() -> list[dataclasses.Field[Any]]:

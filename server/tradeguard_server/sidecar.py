@@ -274,6 +274,12 @@ class Sidecar:
                          BindingAdmin(self.engine, self._store_now, self.takeover).handlers(),
                          RiskStatesAdmin(self.engine, self.takeover, settings.sidecar_name).handlers()):
             self.admin.extend(handlers)
+        # Point-in-time restore (AdminService.RestoreRiskState; api/restore_admin.py): from the history rows.
+        from .api.restore_admin import RestoreAdmin
+
+        history_at = self.store.history_at if isinstance(self.store, RiskStore) else None
+        self.admin.extend(RestoreAdmin(self.engine, history_at, self._store_now, self.takeover,
+                                       self.control).handlers())
         self.watch = WatchUpdates(self.hub, lambda st, orders: state_msg(self.engine, st, orders),
                                   muted=lambda: self.persistence.replaying)
         # The engine's listeners, in the order each hears a change (metrics, when on, in _init_observability):
@@ -297,6 +303,22 @@ class Sidecar:
         self.engine.account_checks = self.account_view.checks
         self.listeners.append(self.account_view.on_state_changed)  # which local traders each limited account has
         # ---- (end of account-wide limits)
+        # ---- history retention (store/retention.py): old history, trade and breaker-event rows pruned in batches
+        # off the hot path (SQLite: on the store's thread; PostgreSQL: a connection of its own, one sidecar at a
+        # time). Started in start(), closed in stop().
+        from .store.retention import OwnConnection, Pruner, RetentionPolicy, StoreThread
+
+        self.pruner: Pruner | None = None
+        if isinstance(self.store, RiskStore):
+            policy = RetentionPolicy(settings.history_retention_days, settings.trade_retention_days,
+                                     settings.breaker_event_retention_days, settings.retention_interval_seconds,
+                                     settings.retention_batch_size)
+            if is_postgres(settings.database_url):
+                own = OwnConnection(self.store.url)
+                self.pruner = Pruner(policy, own, self.engine.clock.now, hypertable=own.run)
+            else:
+                self.pruner = Pruner(policy, StoreThread(self.store.db.call), self.engine.clock.now)
+        # ---- (end of history retention)
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.server: grpc.aio.Server | None = None
         self.address = ""
@@ -590,6 +612,8 @@ class Sidecar:
         self.metrics.observe_store(self.store)  # history rows enqueued / written / dropped, read at scrape time
         self.metrics.observe_orders(self.engine)  # pending orders and TTL releases, read at scrape time
         self.metrics.observe_control(self.control)  # control-state age, version, changes applied
+        if self.pruner is not None:
+            self.metrics.observe_retention(self.pruner)  # rows pruned by table, last run
         self.metrics_address = ""
         traced = tracing_enabled(s.tracing, s.otlp_traces_endpoint, s.otel_sdk_disabled)
         self.tracing: Tracing | None = setup_tracing(s.otlp_traces_endpoint, s.otel_service_name) if traced else None
@@ -784,6 +808,8 @@ class Sidecar:
         await self._start_control()
         self.account_view.start()  # account-wide limits: the view's rounds
         self._heartbeats = asyncio.get_running_loop().create_task(self._watch_heartbeats())
+        if self.pruner is not None:
+            self.pruner.start()  # history retention, in the background
         for name in ("", RISK_SERVICE, ADMIN_SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if s.credentials_reload_s:
@@ -822,6 +848,8 @@ class Sidecar:
         if self.takeover is not None:
             await self.takeover.close()  # no renewal after the release (persistence.close releases the leases)
         await self._stop_control()
+        if self.pruner is not None:
+            await self.pruner.close()  # a batch in progress ends with its transaction
         await self.account_view.stop()  # account-wide limits: the view's rounds and connection
         await self.alerts.stop()  # undelivered alerts stay in the outbox for the next start
         await self.persistence.close(self.settings.drain_timeout_s)

@@ -63,6 +63,7 @@ from ._types import (
     HistoryEntry,
     Page,
     ReportResult,
+    RestoreResult,
     RiskConfig,
     RiskState,
     RiskStateEntry,
@@ -543,6 +544,15 @@ class AsyncAdminClient(_AsyncClient):
         request = req.list_history(trader_id, account_id, start_time, end_time, page_size, page_token)
         resp = await self._unary("ListRiskStateHistory", self._stub.ListRiskStateHistory, request, timeout)
         return Page(tuple(HistoryEntry.from_proto(e) for e in resp.entries), resp.next_page_token)
+
+    async def restore_risk_state(self, trader_id: str, account_id: str, at: datetime, *, reason: str = "",
+                           dry_run: bool = True, timeout: float | None = None) -> RestoreResult:
+        """Put the trader back to the newest history row recorded at or before `at` (AdminService.RestoreRiskState,
+        admin token). Dry run by default: the answer shows the state it would restore and nothing changes; with
+        `dry_run=False` (a `reason` is required) the restore is applied and audited. Never retried."""
+        request = req.restore_risk_state(trader_id, account_id, at, reason, dry_run)
+        resp = await self._unary("RestoreRiskState", self._stub.RestoreRiskState, request, timeout)
+        return RestoreResult.from_proto(resp)
 
     async def list_risk_states(self, account_id: str, trading_state: str | None = None, page_size: int = 0,
                          page_token: str = "", *, timeout: float | None = None) -> Page[RiskStateEntry]:

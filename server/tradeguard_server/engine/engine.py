@@ -22,6 +22,7 @@ from .clock import Clock
 from .events import Firing as Firing  # re-exported: the API converts firings from here
 from .events import Listener, StateChanged
 from .limits import Limits
+from .snapshot import StateRecord
 from .state import (
     ORDER_ID_TTL_S,
     ORDER_IDS_KEPT,
@@ -247,6 +248,19 @@ class RiskEngine:
         self.traders[st.trader_id] = st
         if self.on_new_trader is not None:
             self.on_new_trader(st)
+
+    def restore_to(self, rec: StateRecord, reason: str) -> TraderState:
+        """Operator point-in-time restore (AdminService.RestoreRiskState): put what a history record holds back
+        into the live state of `rec.trader_id` (engine.restore.restore_point says what stays as it is), announced
+        like every change (history row with `reason`, watchers, metrics). A trader not here is made first."""
+        from .restore import restore_point
+
+        now = self.clock.now()
+        st = self._get(rec.trader_id, rec.account_id)
+        restore_point(st, rec)
+        self._tick(st, now)  # pauses that ended since, a new period: before the change is announced
+        self._changed(st, now, reason, "restored by operator")
+        return st
 
     def set_scope_pauses(self, st: TraderState, pauses: Sequence[Pause], reason: str) -> bool:
         """Replace the trader's account and every-account pauses (sources SCOPE_SOURCES) with `pauses`; announced

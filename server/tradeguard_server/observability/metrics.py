@@ -262,6 +262,33 @@ class _AlertsCollector(Collector):
         yield up
 
 
+class RetentionCounters(Protocol):
+    """The history pruner's counters (store.retention.Pruner), read at scrape time."""
+
+    pruned: dict[str, int]
+    last_run_at: float
+
+
+class _RetentionCollector(Collector):
+    """tradeguard_retention_rows_pruned_total{table} and tradeguard_retention_last_run_timestamp_seconds."""
+
+    def __init__(self, pruner: RetentionCounters) -> None:
+        self.pruner = pruner
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        pruned = CounterMetricFamily("tradeguard_retention_rows_pruned", "Rows deleted by the history retention "
+                                     "(history_retention_days, trade_retention_days, breaker_event_retention_days), "
+                                     "by table.", labels=["table"])
+        for table, n in self.pruner.pruned.items():
+            pruned.add_metric([table], float(n))
+        yield pruned
+        yield GaugeMetricFamily("tradeguard_retention_last_run_timestamp_seconds", "When the last retention run "
+                                "finished, Unix seconds (0: none yet).", value=self.pruner.last_run_at)
+
+
 class MetricsSink(Protocol):
     """What the sidecar reports to metrics (composition root, store sampler, engine listeners)."""
 
@@ -311,6 +338,9 @@ class MetricsSink(Protocol):
 
     def observe_alerts(self, alerts: AlertCounters) -> None:
         """Export the alert counters (sent, failed, pending, notifier up), read at scrape time."""
+
+    def observe_retention(self, pruner: RetentionCounters) -> None:
+        """Export the history pruner's rows pruned and last run, read at scrape time."""
 
 
 class PrometheusMetrics:
@@ -562,6 +592,9 @@ class PrometheusMetrics:
     def observe_alerts(self, alerts: AlertCounters) -> None:
         self.registry.register(_AlertsCollector(alerts))
 
+    def observe_retention(self, pruner: RetentionCounters) -> None:
+        self.registry.register(_RetentionCollector(pruner))
+
 
 class NullMetrics:
     """A `MetricsSink` for metrics switched off (`metrics_listen` empty): no registry, no server, every call a
@@ -612,6 +645,9 @@ class NullMetrics:
         return None
 
     def observe_alerts(self, alerts: AlertCounters) -> None:
+        return None
+
+    def observe_retention(self, pruner: RetentionCounters) -> None:
         return None
 
 

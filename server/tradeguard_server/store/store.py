@@ -340,3 +340,11 @@ class RiskStore(StoreCounters):
         self, account_id: str | None, breaker_id: str | None, limit: int, before_cursor: str | None = None
     ) -> tuple[list[BreakerEventRecord], str | None]:
         return await self.repository.list_events(account_id, breaker_id, limit, before_cursor)
+
+    async def history_at(self, trader_id: str, at: float) -> tuple[HistoryRecord, list[str]] | None:
+        """The trader's newest history row at or before `at` (see sql.history_at); queued rows are flushed first
+        (for up to a second), so a change just made counts."""
+        from . import sql
+
+        await self.flush(1.0)
+        return await self.db.call(lambda conn: sql.history_at(conn, trader_id, at), write=False)
