@@ -112,6 +112,11 @@ HELP = {
     "account_view_seconds": "seconds between reads of the account's traders on other sidecars (account-wide "
                             "limits); also how often a sidecar publishes its own",
     "strict": "unknown TRADEGUARD_* variables and unknown settings-file keys stop the start (default: a warning)",
+    # The local spool (issue 21, store/spool.py).
+    "spool_path": "PostgreSQL: the local file where the store keeps what the database cannot take (outage, "
+                  "writer behind); empty = <state_dir>/tradeguard-spool-<sidecar name>.db; off = no spool",
+    "spool_max_bytes": "the spool's size limit, bytes: past it the oldest history rows are dropped (states, trades, "
+                       "events and pending orders never are)",
 }
 
 
@@ -199,6 +204,9 @@ class Settings:
     # A database misconfiguration that cannot heal (authentication failure, unknown database) stops the start;
     # with this the sidecar serves anyway, as during an outage (README, "Settings").
     allow_degraded_start: bool = False
+    # The local spool (issue 21, store/spool.py; PostgreSQL only). "" = <state_dir>/tradeguard-spool-<name>.db.
+    spool_path: str = ""
+    spool_max_bytes: int = 256 << 20
     config: str = field(default="", metadata={"file": False})  # the settings file (JSON or TOML); not in the file
     strict: bool = False  # unknown TRADEGUARD_* variables and unknown file keys stop the start instead of a warning
     # Not settings: the names of the settings given explicitly (flag, environment or file) rather than defaulted.
@@ -641,6 +649,8 @@ def validate(s: Settings) -> None:
         _host, sep, port = s.http_listen.rpartition(":")
         if not sep or not port.isdigit() or int(port) > 65535:
             raise SettingsError(f"http_listen: expected host:port (or empty to disable), got {s.http_listen!r}")
+    if s.spool_max_bytes < 1 << 20:
+        raise SettingsError(f"spool_max_bytes: must be >= 1048576 (1 MiB), got {s.spool_max_bytes}")
 
 
 def settings_fields() -> list[dataclasses.Field[Any]]:
