@@ -295,7 +295,12 @@ class Persistence:
             return
 
     async def _load(self) -> LoadedState:
-        """The store's load; in cluster mode the leases are taken first (see the module docstring)."""
+        """The store's load; in cluster mode the leases are taken first (see the module docstring). The local spool
+        (store.spool) is replayed before either: a restart of this sidecar takes its leases back with a new epoch,
+        which would fence out the states it spooled before the restart."""
+        replayed = getattr(self.store, "spool_replayed", None)
+        if replayed is not None:
+            await replayed()
         if self.owners is not None:
             await self.owners.start_claims({str(args[0]) for _at, _op, args in self.engine.journal or ()})
         return await self.store.load()

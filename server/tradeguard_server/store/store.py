@@ -281,9 +281,7 @@ class RiskStore(StoreCounters):
         try:
             if not self.db.prepared:
                 raise StoreUnavailable("database unavailable at start")
-            # What the spool holds is older than anything stored after it: replayed before the state is read.
-            if self.spool is not None and not await self.writer.spool_replayed(self.call_timeout_s or None):
-                raise StoreUnavailable(f"the spool {self.spool.path} is not replayed yet ({self.spool.depth} records)")
+            await self.spool_replayed()
             loaded = await self.repository.load()
         except StoreUnavailable:
             if not self.queue.hold_states and self.queue.states_queued:
@@ -294,6 +292,22 @@ class RiskStore(StoreCounters):
             self.queue.hold_states = False
             self.writer.kick()
         return loaded
+
+    async def spool_replayed(self) -> None:
+        """Wait until the local spool is replayed into the database (at most call_timeout_s). What it holds is
+        older than anything stored after it: replayed before the stored state is read (or leases are taken back).
+        Raises StoreUnavailable when the database cannot be reached or the replay is not done in time."""
+        if self.spool is None or not self.spool.depth:
+            return
+        first_attempt = self.writer.first_attempt
+        if first_attempt is None:
+            raise StoreUnavailable("store is not started")
+        await asyncio.shield(first_attempt)
+        if not self.db.prepared:
+            raise StoreUnavailable("database unavailable (the local spool waits for it)")
+        if not await self.writer.spool_replayed(self.call_timeout_s or None):
+            raise StoreUnavailable(f"the local spool {self.spool.path} is not replayed yet ({self.spool.depth} "
+                                   "records left)")
 
     async def spooled_states(self) -> tuple[list[StateRecord], dict[str, list[str]]]:
         """The latest states in the spool and each trader's spooled trade ids (empty without a spool): what this
