@@ -227,3 +227,24 @@ async def test_the_spool_reads_back_only_record_types(tmp_path: Path) -> None:
         assert (tmp_path / "spool.db.unreadable").stat().st_size > len(evil)
     finally:
         await spool.close()
+
+
+async def test_a_spool_of_another_database_is_moved_aside_and_never_replayed_into_this_one(
+        db: str, proxy: FaultProxy, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    spool_path = tmp_path / "spool.db"
+    async with open_store(proxy.url_for(db), drain_timeout=0.5, spool_path=str(spool_path)) as store:
+        await eventually(lambda: store.healthy)
+        proxy.cut()
+        load_during_outage(store)
+    proxy.restore()
+    other = make_url(db).set(database="postgres").render_as_string(hide_password=False)
+    spool = Spool(str(spool_path), database=make_url(other).database or "")
+    await spool.open()
+    try:
+        assert spool.depth == 0
+    finally:
+        await spool.close()
+    moved = [p for p in tmp_path.iterdir() if p.name.startswith(f"spool.db.{make_url(db).database}-")]
+    assert moved, list(tmp_path.iterdir())
+    assert "moved to" in caplog.text and "not replayed" in caplog.text
+    assert counts(db)["trade_reports"] == 0  # and nothing of it reached the first database either

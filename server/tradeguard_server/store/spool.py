@@ -199,7 +199,8 @@ def decode_rows(rows: Iterable[SpoolRow]) -> tuple[Batch, dict[str, int | None]]
 class Spool:
     """The spool file (see the module docstring). `await open()`, then append / read / delete; `close()`."""
 
-    def __init__(self, path: str, max_bytes: int = SPOOL_MAX_BYTES, memory_items: int = MEMORY_ITEMS) -> None:
+    def __init__(self, path: str, max_bytes: int = SPOOL_MAX_BYTES, memory_items: int = MEMORY_ITEMS,
+                 database: str = "") -> None:
         if max_bytes < 1 << 20:
             raise ValueError("spool_max_bytes: must be >= 1 MiB (1048576)")
         if memory_items < 1:
@@ -207,6 +208,9 @@ class Spool:
         self.path = path
         self.max_bytes = max_bytes
         self.memory_items = memory_items
+        # The database the records are for (its name): a spool left by a sidecar of another database is moved
+        # aside, never replayed into this one.
+        self.database = database
         self.stats = SpoolStats()
         self._worker: Worker | None = None
         self._conn: sqlite3.Connection | None = None  # spool thread only
@@ -278,6 +282,24 @@ class Spool:
     # ---- on the spool thread -------------------------------------------------------------------------
 
     def _open(self) -> None:
+        self._connect()
+        assert self._conn is not None
+        row = self._conn.execute("SELECT value FROM spool_meta WHERE name = 'database'").fetchone()
+        if row is not None and row[0] != self.database and self.stats.depth:
+            aside = f"{self.path}.{row[0]}-{int(time.time())}"
+            log.error("spool %s holds %d records for database %r, not %r (this sidecar's database_url): moved to %s "
+                      "and not replayed (start a sidecar of that database with --spool-path %s to replay it)",
+                      self.path, self.stats.depth, row[0], self.database, aside, aside)
+            self._close()
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(self.path + suffix, aside + suffix)
+            self._connect()
+            assert self._conn is not None
+        self._conn.execute("INSERT INTO spool_meta VALUES ('database', ?) ON CONFLICT (name) DO UPDATE SET "
+                           "value = excluded.value", (self.database,))
+
+    def _connect(self) -> None:
         fresh = not os.path.exists(self.path)
         if fresh:  # owner-only, whatever the umask
             os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))

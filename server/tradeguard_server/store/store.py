@@ -30,7 +30,9 @@ connections a busy timeout (15 s), request-path calls wait at most `call_timeout
 (dbthread.Watchdog interrupts its connection; a batch whose COMMIT was sent is settled by txid_status first).
 
 Loss bound on SIGKILL: what is queued and not yet committed: under load the changes of the last one or
-two batch round trips (milliseconds), during an outage the whole backlog.
+two batch round trips (milliseconds). During an outage: with the local spool (spool.py, PostgreSQL, `spool_path`)
+the backlog is in the spool, fsynced every SPILL_EVERY_S (50 ms), and what is lost is at most that window; without
+it (SQLite, memory, or spool_path off) the whole backlog.
 """
 
 from __future__ import annotations
@@ -76,6 +78,13 @@ __all__ = [
 log = logging.getLogger("tradeguard.store")
 
 
+def database_name(url: str) -> str:
+    """The database a URL names (what a spool's records belong to)."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).database or ""
+
+
 class RiskStore(StoreCounters):
     """The SQLAlchemy store. `start()`, then `load()`, `enqueue_*`, write-through calls; `close()` at the end.
     Its counters (StoreCounters) are its own attributes: read them, never reset them."""
@@ -115,7 +124,8 @@ class RiskStore(StoreCounters):
                              call_timeout_s=call_timeout_s)
         self.repository = Repository(self.db, clock, self.flush)
         # The local spool (spool.py): PostgreSQL only; None = off (SQLite is already a local file).
-        self.spool: Spool | None = Spool(spool_path, spool_max_bytes) if spool_path else None
+        self.spool: Spool | None = Spool(spool_path, spool_max_bytes, database=database_name(self.url)) \
+            if spool_path else None
 
     # ---- settings (read by the parts on each use) -----------------------------------------------------
 
