@@ -10,10 +10,13 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import create_engine, pool, text
 from sqlalchemy.engine import make_url
 
+from tests.integration.test_metrics_restart_and_outage import scrape, value
 from tests.support.databases import (
     ADMIN_URL,
     T0,
@@ -26,7 +29,10 @@ from tests.support.databases import (
     postgres_database_fixture,
 )
 from tests.support.proxy import FaultProxy
+from tests.support.sidecar import running_sidecar
 from tests.support.wait import eventually
+from tradeguard.v1 import risk_service_pb2 as rs
+from tradeguard.v1 import risk_service_pb2_grpc as rsg
 from tradeguard_server.store.queue import Batch
 from tradeguard_server.store.records import HistoryRecord
 from tradeguard_server.store.spool import Spool
@@ -248,3 +254,35 @@ async def test_a_spool_of_another_database_is_moved_aside_and_never_replayed_int
     assert moved, list(tmp_path.iterdir())
     assert "moved to" in caplog.text and "not replayed" in caplog.text
     assert counts(db)["trade_reports"] == 0  # and nothing of it reached the first database either
+
+
+async def test_the_spool_shows_in_metrics_and_health_during_an_outage_and_empties_after(
+        db: str, proxy: FaultProxy, tmp_path: Path) -> None:
+    async with running_sidecar(database_url=proxy.url_for(db), enable_persistence=True,
+                               metrics_listen="127.0.0.1:0", spool_path=str(tmp_path / "spool.db")) as sc, \
+            grpc.aio.insecure_channel(sc.address) as ch:
+        risk = rsg.RiskServiceStub(ch)
+        await risk.ReportEquity(rs.ReportEquityRequest(trader_id="bot-1", account_id="acct", equity=10_000))
+        assert await sc.store.flush(timeout=10)
+        proxy.cut()
+        for k in range(20):
+            await risk.ReportTrade(rs.ReportTradeRequest(trader_id="bot-1", account_id="acct", trade_id=f"t-{k}",
+                                                         symbol="BTCUSDT", exchange="binance", realized_pnl=-1.0))
+        assert await eventually(lambda: (value(scrape(sc.metrics_address), "tradeguard_spool_depth") or 0) >= 20)
+        samples = scrape(sc.metrics_address)
+        assert (value(samples, "tradeguard_spool_bytes") or 0) > 0
+        assert value(samples, "tradeguard_spool_oldest_age_seconds") is not None
+        assert value(samples, "tradeguard_spool_dropped_total", kind="history") == 0
+        health = health_pb2_grpc.HealthStub(ch)
+        assert await eventually(lambda: _serving(health, "tradeguard.spool"))
+        proxy.restore()
+        assert await sc.store.flush(timeout=20)
+        samples = scrape(sc.metrics_address)
+        assert value(samples, "tradeguard_spool_depth") == 0
+        assert value(samples, "tradeguard_spool_replayed_total", kind="trade") == 20
+    assert counts(db)["trade_reports"] == 20
+
+
+async def _serving(health: health_pb2_grpc.HealthStub, service: str) -> bool:
+    reply = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)

@@ -59,7 +59,7 @@ class Acked:
 
 def sql(url: str, query: str) -> list[tuple[object, ...]]:
     with psycopg.connect(plain_dsn(url), autocommit=True) as conn:
-        return list(conn.execute(query).fetchall())  # type: ignore[arg-type]
+        return list(conn.execute(query).fetchall())  # type: ignore[arg-type,unused-ignore]
 
 
 def spooled(path: Path, kind: str) -> int:
@@ -74,7 +74,7 @@ def spooled(path: Path, kind: str) -> int:
         conn.close()
 
 
-def order(coid: str) -> rs.CanTradeRequest:
+def order(coid: str) -> t.OrderIntent:
     return t.OrderIntent(symbol="BTCUSDT", exchange="binance", side=t.SIDE_BUY, quantity=0.001, price=50_000.0,
                          client_order_id=coid)
 

@@ -392,6 +392,7 @@ class Writer:
     def _spool_changed(self) -> None:
         spool = self.spool
         if spool is None or spool.depth == 0:
+            self._spool_min_seq = 0
             self._spool_empty.set()
         else:
             self._spool_empty.clear()
@@ -498,6 +499,7 @@ class Writer:
                 log.info("spool: a replay batch (transaction %d) sent before a crash %s", txid,
                          "did commit: not written again" if status == "committed" else "did not commit: written again")
             self._spool_changed()
+            self._resolve_waiters()
             return False
         if not rows:
             self._spool_changed()
@@ -527,7 +529,6 @@ class Writer:
         await spool.delete([(row.seq, row.version, row.epoch) for row in rows])
         self.counters.last_persist_latency_ms = outcome.latency_ms
         if spool.depth == 0:
-            self._spool_min_seq = 0
             log.info("spool %s replayed into the database (%s)", spool.path,
                      ", ".join(f"{n} {k}" for k, n in spool.stats.replayed.items() if n))
         self._spool_changed()
