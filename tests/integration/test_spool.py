@@ -33,6 +33,7 @@ from tests.support.sidecar import running_sidecar
 from tests.support.wait import eventually
 from tradeguard.v1 import risk_service_pb2 as rs
 from tradeguard.v1 import risk_service_pb2_grpc as rsg
+from tradeguard.v1 import types_pb2 as types
 from tradeguard_server.store.queue import Batch
 from tradeguard_server.store.records import HistoryRecord
 from tradeguard_server.store.spool import Spool
@@ -267,6 +268,7 @@ async def test_the_spool_shows_in_metrics_and_health_during_an_outage_and_emptie
         proxy.cut()
         for k in range(20):
             await risk.ReportTrade(rs.ReportTradeRequest(trader_id="bot-1", account_id="acct", trade_id=f"t-{k}",
+                                                         side=types.SIDE_BUY,
                                                          symbol="BTCUSDT", exchange="binance", realized_pnl=-1.0))
         assert await eventually(lambda: (value(scrape(sc.metrics_address), "tradeguard_spool_depth") or 0) >= 20)
         samples = scrape(sc.metrics_address)
