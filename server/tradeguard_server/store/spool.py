@@ -47,9 +47,12 @@ it is a full disk, which a second local file would not survive), and the memory 
 
 from __future__ import annotations
 
+import builtins
 import contextlib
+import copyreg
 import dataclasses
 import enum
+import functools
 import importlib
 import io
 import logging
@@ -128,15 +131,20 @@ class _RecordUnpickler(pickle.Unpickler):
     """Builds TradeGuard's own dataclasses and enums (and plain builtins) only: never an arbitrary callable."""
 
     def find_class(self, module: str, name: str) -> Any:
-        if module == "builtins" and name in _ALLOWED_BUILTINS:
-            return super().find_class(module, name)
-        if module == "copyreg" and name == "_reconstructor":
-            return super().find_class(module, name)
-        if module.startswith("tradeguard_server."):
-            obj = getattr(importlib.import_module(module), name, None)
-            if isinstance(obj, type) and (dataclasses.is_dataclass(obj) or issubclass(obj, enum.Enum)):
-                return obj
-        raise pickle.UnpicklingError(f"spool: {module}.{name} is not a record type")
+        return _allowed_class(module, name)
+
+
+@functools.cache
+def _allowed_class(module: str, name: str) -> Any:
+    if module == "builtins" and name in _ALLOWED_BUILTINS:
+        return getattr(builtins, name)
+    if module == "copyreg" and name == "_reconstructor":
+        return copyreg._reconstructor  # type: ignore[attr-defined]
+    if module.startswith("tradeguard_server."):
+        obj = getattr(importlib.import_module(module), name, None)
+        if isinstance(obj, type) and (dataclasses.is_dataclass(obj) or issubclass(obj, enum.Enum)):
+            return obj
+    raise pickle.UnpicklingError(f"spool: {module}.{name} is not a record type")
 
 
 def dumps(item: Any) -> bytes:
@@ -329,10 +337,21 @@ class Spool:
             self._conn = None
 
     def _refresh(self) -> None:
+        """Count everything (at open, and after a rolled-back spill); otherwise the counts move with each change."""
         assert self._conn is not None
-        depth, size, oldest = self._conn.execute("SELECT count(*), coalesce(sum(size), 0), min(at) FROM spool"
-                                                 ).fetchone()
-        self.stats.depth, self.stats.bytes, self.stats.oldest_at = int(depth), int(size), oldest
+        depth, size = self._conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM spool").fetchone()
+        self.stats.depth, self.stats.bytes = int(depth), int(size)
+        self._oldest()
+
+    def _oldest(self) -> None:
+        """The oldest record's time: the lowest seq's (a state replaced in place keeps its seq and its time)."""
+        assert self._conn is not None
+        row = self._conn.execute("SELECT at FROM spool ORDER BY seq LIMIT 1").fetchone()
+        self.stats.oldest_at = None if row is None else float(row[0])
+
+    def _removed(self, size: int) -> None:
+        self.stats.depth -= 1
+        self.stats.bytes -= size
 
     def _append(self, rows: list[tuple[Any, ...]]) -> None:
         conn = self._conn
@@ -340,10 +359,18 @@ class Spool:
         now = time.time()
         conn.execute("BEGIN IMMEDIATE")
         try:
+            stats = self.stats
             for kind, key, version, epoch, txid, pid, data in rows:
-                conn.execute(_UPSERT, (kind, key, version, epoch, now, txid, pid, len(data), data))
-                self.stats.spooled[kind] += 1
-            self._refresh()
+                old = None if key is None else conn.execute("SELECT size FROM spool WHERE key = ?", (key,)).fetchone()
+                cur = conn.execute(_UPSERT, (kind, key, version, epoch, now, txid, pid, len(data), data))
+                stats.spooled[kind] += 1
+                if old is None:
+                    stats.depth += 1
+                    stats.bytes += len(data)
+                elif cur.rowcount == 1:  # replaced a state (an older one stays put: rowcount 0)
+                    stats.bytes += len(data) - int(old[0])
+            if stats.oldest_at is None:
+                self._oldest()
             if self.stats.bytes > self.max_bytes:
                 self._drop_history()
             conn.execute("COMMIT")
@@ -364,6 +391,7 @@ class Spool:
             if freed >= excess:
                 break
             conn.execute("DELETE FROM spool WHERE seq = ?", (seq,))
+            self._removed(size)
             dropped += 1
             freed += size
         if dropped:
@@ -373,7 +401,7 @@ class Spool:
             log_fn("spool %s full (spool_max_bytes=%d): dropped the %d oldest history rows (%d in all; states, "
                    "trades, events and pending orders are never dropped)", self.path, self.max_bytes, dropped,
                    self.stats.dropped["history"])
-        self._refresh()
+        self._oldest()
         over = self.stats.bytes > self.max_bytes
         if over and not self.stats.over_limit:
             log.error("spool %s: states, trades and events alone exceed spool_max_bytes=%d (%d bytes): they are "
@@ -400,7 +428,9 @@ class Spool:
                     f.write(len(data).to_bytes(8, "big") + data)
                 os.fsync(f.fileno())
             conn.executemany("DELETE FROM spool WHERE seq = ?", [(seq,) for seq, _ in bad])
-            self._refresh()
+            for _seq, data in bad:
+                self._removed(len(data))
+            self._oldest()
         return out
 
     def _mark(self, seqs: list[int], txid: int, pid: int | None) -> None:
@@ -414,9 +444,10 @@ class Spool:
         conn = self._conn
         assert conn is not None
         if committed:
-            for (kind,) in conn.execute("SELECT kind FROM spool WHERE txid = ?", (txid,)).fetchall():
+            for kind, size in conn.execute("DELETE FROM spool WHERE txid = ? RETURNING kind, size", (txid,)
+                                           ).fetchall():
                 self.stats.replayed[kind] += 1
-            conn.execute("DELETE FROM spool WHERE txid = ?", (txid,))
+                self._removed(int(size))
         else:
             conn.execute("UPDATE spool SET txid = NULL, pid = NULL WHERE txid = ?", (txid,))
         self._after_delete()
@@ -426,15 +457,16 @@ class Spool:
         assert conn is not None
         conn.execute("BEGIN IMMEDIATE")
         for seq, version, epoch in rows:
-            kind = conn.execute("DELETE FROM spool WHERE seq = ? AND version = ? AND epoch IS ? RETURNING kind",
+            gone = conn.execute("DELETE FROM spool WHERE seq = ? AND version = ? AND epoch IS ? RETURNING kind, size",
                                 (seq, version, epoch)).fetchone()
-            if kind is not None:
-                self.stats.replayed[kind[0]] += 1
+            if gone is not None:
+                self.stats.replayed[gone[0]] += 1
+                self._removed(int(gone[1]))
         conn.execute("COMMIT")
         self._after_delete()
 
     def _after_delete(self) -> None:
-        self._refresh()
+        self._oldest()
         if self.stats.bytes <= self.max_bytes:
             self.stats.over_limit = False
         if self.stats.depth == 0:  # replayed in full: give the space back

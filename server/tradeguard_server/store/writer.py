@@ -44,6 +44,7 @@ from .spool import SPILL_EVERY_S, Spool, SpoolError, decode_rows
 log = logging.getLogger("tradeguard.store")
 
 FIRST_BACKOFF_S = 0.05
+REPLAY_BATCHES = 4  # a spool replay writes this many batch_max's worth of rows per transaction
 PIPELINE = True  # encode the next batch while one is in the database (False: one at a time; for comparison)
 
 Encoded = list[tuple[Any, tuple[Any, ...]]]  # (queue item, row)
@@ -477,7 +478,7 @@ class Writer:
         spool = self.spool
         assert spool is not None
         try:
-            rows = await spool.read(self.batch_max)
+            rows = await spool.read(self.batch_max * REPLAY_BATCHES)
         except Exception as exc:
             log.exception("spool %s cannot be read", spool.path)
             self.health.unavailable(exc)
