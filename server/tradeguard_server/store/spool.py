@@ -17,7 +17,8 @@ commit is fsynced before the writer forgets the records in memory. So a SIGKILL 
 committed to the spool; a power loss or kernel crash loses nothing committed either; what neither survives is what
 was acknowledged to a client and not yet spilled: at most the last spill window (~50 ms of changes), the same
 order as the batch in flight when the database is up (README "Persistence"). NORMAL would save an fsync per
-commit but let a power loss take the last commits; at 20 commits per second FULL costs nothing noticeable.
+commit but let a power loss take the last commits; FULL costs at most 20 fsyncs a second, during outages only
+(not measured on its own).
 
 Replay exactly once: rows are read in seq order and written in the writer's normal batches. Before a replay batch
 commits in PostgreSQL, its spool rows are marked with the batch's transaction id (txid_current(), committed to the
