@@ -247,7 +247,29 @@ class Persistence:
         log.warning("stored state NOT LOADED at start (%s): health tradeguard.state NOT_SERVING; CanTrade answers "
                     "STATE_NOT_LOADED under unloaded_state_policy=%s until the load succeeds; the reports received "
                     "meanwhile are replayed on the stored state", why, self.gate.policy)
+        await self._restore_spooled()
         self._loader = asyncio.get_running_loop().create_task(self._load_until_done(None if done else load))
+
+    async def _restore_spooled(self) -> None:
+        """Database unreachable at start: the latest states the spool holds (store.spool: what this sidecar had
+        when the database was last unreachable, e.g. before a SIGKILL) are the engine's until the load succeeds,
+        so a trader paused then is still paused. The unloaded gate still applies on top; the late load replaces
+        them with the stored state (the spool is replayed into the database first)."""
+        spooled = getattr(self.store, "spooled_states", None)
+        if spooled is None:
+            return
+        states, trade_ids = await spooled()
+        if not states:
+            return
+        engine = self.engine
+        for rec in states:
+            if rec.trader_id not in engine.traders:
+                engine.restore(from_record(rec, trade_ids.get(rec.trader_id, ())))
+        now = engine.clock.now()
+        paused = sum(1 for rec in states if (st := engine.traders.get(rec.trader_id)) is not None
+                     and st.effective_pause(now) is not None)
+        log.warning("database unreachable at start: %d traders answered from the local spool's latest states "
+                    "(%d paused now) until the stored state is loaded", len(states), paused)
 
     def on_health_change(self, healthy: bool) -> None:
         """Store health listener: a recovery retries the load and writes flags set during the outage."""
@@ -273,7 +295,12 @@ class Persistence:
             return
 
     async def _load(self) -> LoadedState:
-        """The store's load; in cluster mode the leases are taken first (see the module docstring)."""
+        """The store's load; in cluster mode the leases are taken first (see the module docstring). The local spool
+        (store.spool) is replayed before either: a restart of this sidecar takes its leases back with a new epoch,
+        which would fence out the states it spooled before the restart."""
+        replayed = getattr(self.store, "spool_replayed", None)
+        if replayed is not None:
+            await replayed()
         if self.owners is not None:
             await self.owners.start_claims({str(args[0]) for _at, _op, args in self.engine.journal or ()})
         return await self.store.load()

@@ -133,6 +133,11 @@ HELP = {
     "alert_dead_after_s": "seconds an alert may stay undelivered before its notifier counts as down",
     "alert_max_pending": "deliveries kept in memory (waiting for the database or a notifier); oldest dropped beyond",
     "alert_poll_s": "seconds between the delivery task's looks at the outbox when nothing woke it",
+    # The local spool (issue 21, store/spool.py).
+    "spool_path": "PostgreSQL: the local file where the store keeps what the database cannot take (outage, "
+                  "writer behind); empty = <state_dir>/tradeguard-spool-<sidecar name>.db; off = no spool",
+    "spool_max_bytes": "the spool's size limit, bytes: past it the oldest history rows are dropped (states, trades, "
+                       "events and pending orders never are)",
 }
 
 HELP.update({  # fairness and overload (README "Fairness and overload")
@@ -247,6 +252,9 @@ class Settings:
     # A database misconfiguration that cannot heal (authentication failure, unknown database) stops the start;
     # with this the sidecar serves anyway, as during an outage (README, "Settings").
     allow_degraded_start: bool = False
+    # The local spool (issue 21, store/spool.py; PostgreSQL only). "" = <state_dir>/tradeguard-spool-<name>.db.
+    spool_path: str = ""
+    spool_max_bytes: int = 256 << 20
     config: str = field(default="", metadata={"file": False})  # the settings file (JSON or TOML); not in the file
     strict: bool = False  # unknown TRADEGUARD_* variables and unknown file keys stop the start instead of a warning
     # ---- fairness and overload (README "Fairness and overload"; api/admission.py). 0 = no limit / off.
@@ -714,6 +722,8 @@ def validate(s: Settings) -> None:
         _host, sep, port = s.http_listen.rpartition(":")
         if not sep or not port.isdigit() or int(port) > 65535:
             raise SettingsError(f"http_listen: expected host:port (or empty to disable), got {s.http_listen!r}")
+    if s.spool_max_bytes < 1 << 20:
+        raise SettingsError(f"spool_max_bytes: must be >= 1048576 (1 MiB), got {s.spool_max_bytes}")
     _validate_fairness(s)
     validate_alerts(s)
     validate_retention(s)

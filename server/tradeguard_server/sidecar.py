@@ -34,7 +34,7 @@ from .api.risk_state import state_msg
 from .api.risk_states_admin import RiskStatesAdmin
 from .api.session import SessionEnd, SessionService
 from .api.watch import WatchHub, WatchUpdates
-from .auth import Credentials, create_private_file, sqlite_path
+from .auth import Credentials, create_private_file, sqlite_path, state_dir
 from .cluster.takeover import Takeover
 from .engine.breakers.evaluator import Evaluator
 from .engine.clock import Clock, SystemClock
@@ -43,7 +43,7 @@ from .engine.events import Listener
 from .engine.heartbeat import HEARTBEAT_SCAN_S, DeadMansSwitch
 from .engine.types import Flags
 from .httpapi import HttpApi
-from .observability.metrics import MetricsSink, NullMetrics, PrometheusMetrics
+from .observability.metrics import MetricsSink, NullMetrics, PrometheusMetrics, observe_spool
 from .observability.state_metrics import StateMetrics
 from .observability.tracing import Tracing, history_trace_id, setup_tracing, tracing_enabled
 from .persistence import Persistence
@@ -52,6 +52,7 @@ from .services.configs import ConfigService
 from .settings import Settings, SettingsError
 from .store.memory import MemoryStore
 from .store.protocol import Store
+from .store.spool import SpoolError
 from .store.store import RiskStore
 from .store.url import is_postgres
 
@@ -209,7 +210,8 @@ class Sidecar:
         self.store: Store = (
             RiskStore(settings.database_url, queue_size=settings.queue_size,
                       migrate_on_start=settings.migrate_on_start, clock=self.engine.clock.now,
-                      call_timeout_s=settings.store_call_timeout_s, on_health_change=self._on_store_health)
+                      call_timeout_s=settings.store_call_timeout_s, on_health_change=self._on_store_health,
+                      spool_path=spool_file(settings), spool_max_bytes=settings.spool_max_bytes)
             if self.durable else MemoryStore(settings.queue_size, clock=self.engine.clock.now,
                                              on_health_change=self._on_store_health)
         )
@@ -327,6 +329,7 @@ class Sidecar:
         self.grpc_handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}  # "/service/Method" -> what gRPC runs
         self._health_task: asyncio.Task[None] | None = None
         self._sampler: asyncio.Task[None] | None = None
+        self._spool_health_task: asyncio.Task[None] | None = None  # issue 21: the spool's health component
         self._releaser: asyncio.Task[None] | None = None
         self._admin_guard = admin_guard(self.credentials)
         # No trader credential can ever appear without a file to re-read: then CanTrade pays for no guard at all.
@@ -611,6 +614,8 @@ class Sidecar:
         self.metrics: MetricsSink = PrometheusMetrics() if s.metrics_listen or s.http_listen else NullMetrics()
         self.metrics.observe_store(self.store)  # history rows enqueued / written / dropped, read at scrape time
         self.metrics.observe_orders(self.engine)  # pending orders and TTL releases, read at scrape time
+        if isinstance(self.store, RiskStore) and self.store.spool is not None:
+            observe_spool(self.metrics, self.store.spool)  # tradeguard_spool_*, read at scrape time
         self.metrics.observe_control(self.control)  # control-state age, version, changes applied
         if self.pruner is not None:
             self.metrics.observe_retention(self.pruner)  # rows pruned by table, last run
@@ -791,7 +796,10 @@ class Sidecar:
         # slower than store_call_timeout_s), the engine answers under unloaded_state_policy until it is.
         await self.health.set(ALERTS_HEALTH, health_pb2.HealthCheckResponse.SERVING)  # until a notifier is down
         self.alerts.start()  # delivery task (takes up the outbox's undelivered alerts once the store answers)
-        await self.persistence.start()
+        try:
+            await self.persistence.start()
+        except SpoolError as exc:
+            raise StartupError(f"{exc}; fix --spool-path / TRADEGUARD_SPOOL_PATH (off = no spool)") from None
         if self.takeover is not None:
             self.takeover.start()  # lease renewal (every trader_lease_seconds / 3)
         self.metrics.store_healthy(self.store.healthy)  # the gauge says what health says, from the start
@@ -806,6 +814,7 @@ class Sidecar:
         self._releaser = asyncio.get_running_loop().create_task(self._release_orders())
         self.admission.start()  # the overload ticker (api/admission.py)
         await self._start_control()
+        self._spool_health_task = watch_spool_health(self.store, self.health)
         self.account_view.start()  # account-wide limits: the view's rounds
         self._heartbeats = asyncio.get_running_loop().create_task(self._watch_heartbeats())
         if self.pruner is not None:
@@ -840,7 +849,7 @@ class Sidecar:
             stops.append(self.http.stop())
         await asyncio.gather(*stops)
         await self.admission.stop()
-        for task in (self._sampler, self._releaser, self._heartbeats):
+        for task in (self._sampler, self._releaser, self._heartbeats, self._spool_health_task):
             if task is not None:
                 task.cancel()
         if self._credentials_task is not None:
@@ -883,3 +892,39 @@ class Sidecar:
                 with contextlib.suppress(Exception):
                     loop.remove_signal_handler(sig)
             await self.stop()
+
+
+# ---- the local spool (issue 21, store/spool.py) ------------------------------------------------------------------
+
+SPOOL_HEALTH = "tradeguard.spool"  # NOT_SERVING while the spool cannot be written or is over spool_max_bytes
+
+
+def spool_file(settings: Settings) -> str | None:
+    """The spool's path: PostgreSQL only (None for SQLite and memory, and for spool_path "off"); spool_path, else
+    <state_dir>/tradeguard-spool-<sidecar name>.db (one per sidecar: sidecars sharing a directory do not share it)."""
+    if not is_postgres(settings.database_url) or settings.spool_path.lower() == "off":
+        return None
+    if settings.spool_path:
+        return settings.spool_path
+    return str(state_dir(settings) / f"tradeguard-spool-{settings.sidecar_name}.db")
+
+
+def watch_spool_health(store: Store, servicer: Any) -> asyncio.Task[None] | None:
+    """Keep the health component tradeguard.spool current (once a second): SERVING while the spool takes what the
+    database cannot, NOT_SERVING while it cannot be written or states, trades and events alone exceed
+    spool_max_bytes (the limit is soft for them). Not registered without a spool (SQLite, memory, off)."""
+    if not isinstance(store, RiskStore) or store.spool is None:
+        return None
+    spool, writer = store.spool, store.writer
+
+    async def watch() -> None:
+        last: int | None = None
+        while True:
+            ok = not spool.stats.over_limit and not writer.spool_failing
+            status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+            if status != last:
+                await servicer.set(SPOOL_HEALTH, status)
+                last = status
+            await asyncio.sleep(1.0)
+
+    return asyncio.get_running_loop().create_task(watch())

@@ -658,3 +658,51 @@ def _version() -> str:
         return version("tradeguard")
     except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
         return "unknown"
+
+
+# ---- the local spool (issue 21, store/spool.py) ---------------------------------------------------------------
+
+
+class SpoolGauges(Protocol):
+    """What the spool metrics read (store.spool.Spool), at scrape time."""
+
+    @property
+    def depth(self) -> int: ...
+
+    def oldest_age_s(self, now: float | None = None) -> float: ...
+
+    @property
+    def stats(self) -> Any: ...  # SpoolStats: bytes, dropped, replayed (dicts by kind)
+
+
+class _SpoolCollector(Collector):
+    """tradeguard_spool_*: what the local spool holds and what it dropped and replayed, read at scrape time."""
+
+    def __init__(self, spool: SpoolGauges) -> None:
+        self.spool = spool
+
+    def describe(self) -> Iterable[Metric]:
+        return self.collect()
+
+    def collect(self) -> Iterable[Metric]:
+        spool, stats = self.spool, self.spool.stats
+        yield GaugeMetricFamily("tradeguard_spool_depth", "Records in the local spool (not yet in the database).",
+                                value=spool.depth)
+        yield GaugeMetricFamily("tradeguard_spool_bytes", "Payload bytes in the local spool.", value=stats.bytes)
+        yield GaugeMetricFamily("tradeguard_spool_oldest_age_seconds", "Age of the oldest record in the local spool "
+                                "(0 when empty).", value=spool.oldest_age_s())
+        dropped = CounterMetricFamily("tradeguard_spool_dropped", "Records dropped from the full spool, by kind "
+                                      "(history only: the oldest first).", labels=["kind"])
+        replayed = CounterMetricFamily("tradeguard_spool_replayed", "Spooled records written to the database, by "
+                                       "kind.", labels=["kind"])
+        for kind in sorted(stats.replayed):
+            dropped.add_metric([kind], float(stats.dropped.get(kind, 0)))
+            replayed.add_metric([kind], float(stats.replayed[kind]))
+        yield dropped
+        yield replayed
+
+
+def observe_spool(metrics: MetricsSink, spool: SpoolGauges) -> None:
+    """Export the spool's gauges and counters (PrometheusMetrics only; a no-op for NullMetrics)."""
+    if isinstance(metrics, PrometheusMetrics):
+        metrics.registry.register(_SpoolCollector(spool))
