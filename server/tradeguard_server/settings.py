@@ -111,6 +111,11 @@ HELP = {
     "control_poll_seconds": "seconds between the slow re-reads of the control state (besides LISTEN/NOTIFY)",
     "account_view_seconds": "seconds between reads of the account's traders on other sidecars (account-wide "
                             "limits); also how often a sidecar publishes its own",
+    "max_traders": "traders held in memory at most (~3 KB each); a call that would add one more is answered "
+                   "RESOURCE_EXHAUSTED (HTTP 429) naming this setting; 0 = no bound",
+    "trader_idle_evict_seconds": "seconds without a call or report after which an unpinned trader (not paused, no "
+                                 "pending orders, no session, no heartbeat) leaves memory once its state is stored; "
+                                 "its next call loads it again; 0 = never (never with database_url=memory)",
     "strict": "unknown TRADEGUARD_* variables and unknown settings-file keys stop the start (default: a warning)",
 }
 
@@ -196,6 +201,10 @@ class Settings:
     control_state_stale_action: str = "reduce_only"
     control_poll_seconds: float = 5.0
     account_view_seconds: float = 0.5
+    # Bounded traders (issue 21, residency.py; README "Bounded traders"): at most max_traders in memory (~2.9 KB
+    # each measured: 100,000 = ~290 MiB); idle ones leave memory after trader_idle_evict_seconds (0 = never).
+    max_traders: int = 100_000
+    trader_idle_evict_seconds: float = 3600.0
     # A database misconfiguration that cannot heal (authentication failure, unknown database) stops the start;
     # with this the sidecar serves anyway, as during an outage (README, "Settings").
     allow_degraded_start: bool = False
@@ -641,6 +650,11 @@ def validate(s: Settings) -> None:
         _host, sep, port = s.http_listen.rpartition(":")
         if not sep or not port.isdigit() or int(port) > 65535:
             raise SettingsError(f"http_listen: expected host:port (or empty to disable), got {s.http_listen!r}")
+    if s.max_traders < 0:
+        raise SettingsError(f"max_traders: must be >= 0 (0 = no bound), got {s.max_traders}")
+    if not math.isfinite(s.trader_idle_evict_seconds) or s.trader_idle_evict_seconds < 0:
+        raise SettingsError("trader_idle_evict_seconds: must be >= 0 seconds (0 = never evict), got "
+                            f"{s.trader_idle_evict_seconds!r}")
 
 
 def settings_fields() -> list[dataclasses.Field[Any]]:
