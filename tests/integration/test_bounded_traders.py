@@ -146,10 +146,9 @@ async def test_beyond_max_traders_a_new_trader_is_refused_resource_exhausted_nam
         still = await call.read()
         await call.done_writing()
 
-        async with aiohttp.ClientSession() as http:
-            async with http.post(f"http://{sc.http_address}/v1/risk/report-equity",
-                                 json={"trader_id": "bot-5", "account_id": "acct-21", "equity": 1.0}) as resp:
-                http_status, http_body = resp.status, await resp.json()
+        async with aiohttp.ClientSession() as http, http.post(f"http://{sc.http_address}/v1/risk/report-equity",
+                             json={"trader_id": "bot-5", "account_id": "acct-21", "equity": 1.0}) as resp:
+            http_status, http_body = resp.status, await resp.json()
 
         async with AsyncRiskClient(sc.address) as guard:
             decision = await guard.can_trade("bot-6", "acct-21")
