@@ -113,6 +113,7 @@ class Residency:
         self.touch = touch  # a reloaded trader was just heard (its loading call came before it was in memory)
         self.forgets: list[Callable[[str], None]] = []  # told of every evicted trader id (metrics, caches)
         self.evicted: set[str] = set()  # single mode: ids in the store, not in memory
+        self._released: set[str] = set()  # cluster mode: ids evicted here (lease released), for the count and bound
         engine.evicted = self.evicted  # the engine refuses to make a fresh state over one of them
         self.evicted_total = 0
         self.loaded_total = 0
@@ -138,6 +139,10 @@ class Residency:
             return
         if trader_id in self.evicted:
             await self._reload(trader_id)
+            return
+        if trader_id in self._released:  # cluster mode: evicted here; the claim that follows reads it back
+            self._released.discard(trader_id)
+            self.loaded_total += 1
             return
         if not creates or not self.max_traders or len(engine.traders) < self.max_traders:
             return
@@ -284,6 +289,7 @@ class Residency:
         epoch = None
         if self.owners is not None:
             epoch = self.owners.owned.pop(trader_id, None)  # its next call claims it (and reads its stored row)
+            self._released.add(trader_id)
         else:
             self.evicted.add(trader_id)
         for forget in self.forgets:
@@ -295,6 +301,6 @@ class Residency:
         return epoch
 
     def stats(self) -> dict[str, Any]:
-        return {"in_memory": len(self.engine.traders), "evicted_known": len(self.evicted),
+        return {"in_memory": len(self.engine.traders), "evicted_known": len(self.evicted) + len(self._released),
                 "evicted_total": self.evicted_total, "loaded_total": self.loaded_total,
                 "rejected_total": self.rejected_total}
