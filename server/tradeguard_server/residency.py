@@ -30,8 +30,11 @@ trader_id per order, or a hostile client, would otherwise grow the sidecar until
 - Forgotten with the trader: its per-trader metrics gauges, its CanTrade answer template (api/convert), its
   dead-man's switch entry, its queued-snapshot mark.
 
-Not bounded here: the start-up load installs every stored trader (the idle ones then leave within the first
-rounds after trader_idle_evict_seconds); admin listings (ListBindings, risk states) show the traders in memory.
+At start (single mode) the load installs only the stored traders that are pinned or were active within
+trader_idle_evict_seconds (and at most max_traders of those unpinned); the others stay in the store as evicted
+(`admit`). The load itself still reads every stored row once (its transient memory); in cluster mode the load
+installs the traders whose leases name this sidecar. Admin listings (ListBindings, risk states) show the traders
+in memory.
 """
 
 from __future__ import annotations
@@ -120,6 +123,7 @@ class Residency:
         self.rejected_total = 0
         self.load_failures = 0
         self.release_failures = 0
+        self.left_at_start = 0  # stored traders the start-up load left in the store (idle; loaded on their next call)
         self._marks: dict[str, tuple[int, int]] = {}  # candidate -> (its version, the queue's seq) when marked
         self._loads: dict[str, asyncio.Future[None]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -189,6 +193,22 @@ class Residency:
             engine.restore(from_record(rec, list(trade_ids)))
             self.touch(trader_id)
         self.loaded_total += 1
+
+    def admit(self, st: TraderState) -> bool:
+        """At the start-up load (single mode): install a stored trader, or leave it in the store as evicted when it
+        is idle and unpinned, or when memory already holds max_traders (it is loaded on its next call)."""
+        engine = self.engine
+        if self.idle_s <= 0 or self.read is None:
+            return True
+        now = engine.clock.now()
+        full = bool(self.max_traders) and len(engine.traders) >= self.max_traders
+        if not full and (now - st.updated_at < self.idle_s or self.pin_reason(st, now) is not None):
+            return True
+        if full and self.pin_reason(st, now) is not None:
+            return True  # (a pinned trader is never left out: the bound only refuses new traders)
+        self.evicted.add(st.trader_id)
+        self.left_at_start += 1
+        return False
 
     # ---- eviction -------------------------------------------------------------------------------
 

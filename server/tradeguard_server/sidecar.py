@@ -576,10 +576,13 @@ class Sidecar:
             owners=self.takeover, trader_stored=None if store is None else store.trader_stored,
             pins=[pinned_by_calls], last_heard=deadman.last.get, touch=deadman.heard)
         self.residency.forgets += [self.risk.answers.forget, forget_heard]
+        if store is not None:
+            self.residency.forgets.append(store.forget_trader)  # the writer's per-trader encoding cache
         if isinstance(self.metrics, PrometheusMetrics):
             self.residency.forgets.append(self.metrics.forget_trader)
             self.metrics.registry.register(ResidencyCollector(self.residency))
         self.risk.residency = self.residency
+        self.persistence.admit = self.residency.admit  # the start-up load leaves idle traders in the store
 
         async def ensure(trader_id: str, account_id: str) -> None:  # an operator's call is never refused
             await self.residency.ensure(trader_id, account_id, creates=False)

@@ -188,3 +188,26 @@ async def test_an_evicted_trader_comes_back_even_when_memory_is_full_and_a_new_o
 
     assert back.state.current_equity == 10_000.0
     assert new.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_a_restart_leaves_idle_traders_in_the_store_and_loads_them_on_their_next_call(
+    tmp_path: Any, clock: ManualClock,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"  # single mode (PostgreSQL: the reclaimed leases decide)
+    settings = {"database_url": url, "enable_persistence": True, "trader_idle_evict_seconds": IDLE_S}
+    async with running_sidecar(clock=clock, **settings) as first, grpc.aio.insecure_channel(first.address) as ch:
+        risk, admin = rsg.RiskServiceStub(ch), adg.AdminServiceStub(ch)
+        await risk.ReportEquity(rs.ReportEquityRequest(**BOT, equity=10_000))
+        before = (await risk.ReportEquity(rs.ReportEquityRequest(**BOT, equity=9_800))).state
+        await risk.ReportEquity(rs.ReportEquityRequest(trader_id="bot-2", account_id="acct-21", equity=10_000))
+        await admin.PauseTrading(ad.PauseTradingRequest(trader_id="bot-2", account_id="acct-21",
+                                                        trading_state=t.TRADING_STATE_HALTED))
+    clock.advance(IDLE_S + 1)
+    async with running_sidecar(clock=clock, **settings) as second, grpc.aio.insecure_channel(second.address) as ch:
+        installed = set(second.engine.traders)
+        left = set(second.residency.evicted)
+        after = (await rsg.RiskServiceStub(ch).GetRiskState(rs.GetRiskStateRequest(**BOT))).state
+
+    assert installed == {"bot-2"} and left == {"bot-1"}  # the paused one is installed, the idle one waits
+    assert (after.current_equity, after.peak_equity, after.daily_pnl) == (9_800.0, 10_000.0, -200.0)
+    assert after == before

@@ -353,6 +353,12 @@ class RiskStore(StoreCounters):
         """Every item queued with a sequence number up to this one is written (or rejected, or dropped history)."""
         return self.writer._done_through()
 
+    def forget_trader(self, trader_id: str) -> None:
+        """An evicted trader: the writer's per-trader encoding cache lets it go."""
+        bulk = self.writer._bulk
+        if bulk is not None:
+            bulk.forget(trader_id)
+
     async def read_trader(self, trader_id: str) -> tuple[StateRecord | None, list[str]]:
         """One trader's stored state (None: no row) and its recent trade ids, oldest first (an evicted trader's
         reload: one primary-key read and one indexed one)."""
