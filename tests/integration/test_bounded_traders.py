@@ -211,3 +211,30 @@ async def test_a_restart_leaves_idle_traders_in_the_store_and_loads_them_on_thei
     assert installed == {"bot-2"} and left == {"bot-1"}  # the paused one is installed, the idle one waits
     assert (after.current_equity, after.peak_equity, after.daily_pnl) == (9_800.0, 10_000.0, -200.0)
     assert after == before
+
+
+async def test_a_reload_the_store_cannot_answer_is_unavailable_and_the_trader_stays_evicted(
+    tmp_path: Any, clock: ManualClock,
+) -> None:
+    import sqlite3
+
+    path = tmp_path / "store.db"
+    async with running_sidecar(clock=clock, database_url=f"sqlite:///{path}", enable_persistence=True,
+                               trader_idle_evict_seconds=IDLE_S) as sc, grpc.aio.insecure_channel(sc.address) as ch:
+        risk = rsg.RiskServiceStub(ch)
+        await risk.ReportEquity(rs.ReportEquityRequest(**BOT, equity=10_000))
+        clock.advance(IDLE_S + 1)
+        assert await evict_idle(sc) == 1
+        with sqlite3.connect(path) as db:  # the read of its row fails (a real failure of the store, not a mock)
+            db.execute("ALTER TABLE risk_state RENAME TO risk_state_away")
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await risk.CanTrade(rs.CanTradeRequest(**BOT))
+        still_evicted = "bot-1" in sc.residency.evicted and "bot-1" not in sc.engine.traders
+        with sqlite3.connect(path) as db:
+            db.execute("ALTER TABLE risk_state_away RENAME TO risk_state")
+        back = await risk.CanTrade(rs.CanTradeRequest(**BOT))
+
+    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert (failed.value.details() or "").startswith("state of trader_id bot-1 not loaded")
+    assert still_evicted and sc.residency.load_failures == 1
+    assert back.allowed and back.state.current_equity == 10_000.0
