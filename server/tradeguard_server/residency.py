@@ -19,7 +19,7 @@ trader_id per order, or a hostile client, would otherwise grow the sidecar until
   (its version, the store queue's sequence number); a later round evicts it when the version is unchanged and the
   writer has written everything up to that sequence number (a database down keeps everyone in memory). With the
   `memory` store nothing is ever evicted (it would lose the state).
-- **Reload.** Single mode (SQLite; PostgreSQL without takeover): the evicted ids are kept (a set, ~140 bytes a
+- **Reload.** Single mode (SQLite): the evicted ids are kept (a set, ~140 bytes a
   trader against ~2.9 KB); the next call of one awaits the read of that trader's row and its recent trade ids (one
   primary-key read; concurrent first calls share it; no other trader's call waits) and installs it with
   engine.restore, so equity, peak, period starts, daily PnL, positions, pauses and trade ids are the stored ones. A
