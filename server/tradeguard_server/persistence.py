@@ -175,6 +175,9 @@ class Persistence:
         self._flags_wake = asyncio.Event()
         store.persistence_enabled = engine.flags.enable_persistence
         self._unsnapped: dict[str, TraderState] = {}  # order bookkeeping not yet snapshotted (flush_bookkeeping)
+        # Bounded traders (residency.py), single mode: whether a stored trader is installed at the load (False: it
+        # stays in the store, evicted, until its next call). None: every one is installed.
+        self.admit: Callable[[TraderState], bool] | None = None
         self._snap_scheduled = False
 
     # ---- hot path listeners (never await, never raise) ------------------------------------------
@@ -335,9 +338,13 @@ class Persistence:
         self.breakers.load(loaded.breakers)
         self._install_flags(loaded.flags, late)
         owners = self.owners
+        admit = self.admit if owners is None else None
+        journaled = {str(args[0]) for _at, _op, args in journal} if admit is not None else set()
         for rec in loaded.traders:
             if owners is None or owners.owns(rec.trader_id):  # cluster mode: the others stay in the store
-                engine.restore(from_record(rec, loaded.trade_ids.get(rec.trader_id, ())))
+                stored = from_record(rec, loaded.trade_ids.get(rec.trader_id, ()))
+                if admit is None or rec.trader_id in journaled or admit(stored):  # (idle: left in the store)
+                    engine.restore(stored)
         engine.gate, engine.journal = None, None  # from here on, changes are written
         if owners is not None:
             owners.after_install()

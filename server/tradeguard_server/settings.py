@@ -118,6 +118,11 @@ HELP = {
     "breaker_event_retention_days": "days of circuit_breaker_events kept (0 = forever)",
     "retention_interval_seconds": "seconds between pruning runs",
     "retention_batch_size": "rows deleted per short transaction while pruning",
+    "max_traders": "traders held in memory at most (~3 KB each); a call that would add one more is answered "
+                   "RESOURCE_EXHAUSTED (HTTP 429) naming this setting; 0 = no bound",
+    "trader_idle_evict_seconds": "seconds without a call or report after which an unpinned trader (not paused, no "
+                                 "pending orders, no session, no heartbeat) leaves memory once its state is stored; "
+                                 "its next call loads it again; 0 = never (never with database_url=memory)",
     "strict": "unknown TRADEGUARD_* variables and unknown settings-file keys stop the start (default: a warning)",
     # ---- alerts (README "Alerts"; alerts/) ----
     "alert_webhook_url": "generic JSON webhook: one POST per alert (empty = off; a secret: never logged)",
@@ -249,6 +254,10 @@ class Settings:
     breaker_event_retention_days: float = 365.0
     retention_interval_seconds: float = 3600.0
     retention_batch_size: int = 1000
+    # Bounded traders (issue 21, residency.py; README "Bounded traders"): at most max_traders in memory (~2.9 KB
+    # each measured: 100,000 = ~290 MiB); idle ones leave memory after trader_idle_evict_seconds (0 = never).
+    max_traders: int = 100_000
+    trader_idle_evict_seconds: float = 3600.0
     # A database misconfiguration that cannot heal (authentication failure, unknown database) stops the start;
     # with this the sidecar serves anyway, as during an outage (README, "Settings").
     allow_degraded_start: bool = False
@@ -724,6 +733,11 @@ def validate(s: Settings) -> None:
             raise SettingsError(f"http_listen: expected host:port (or empty to disable), got {s.http_listen!r}")
     if s.spool_max_bytes < 1 << 20:
         raise SettingsError(f"spool_max_bytes: must be >= 1048576 (1 MiB), got {s.spool_max_bytes}")
+    if s.max_traders < 0:
+        raise SettingsError(f"max_traders: must be >= 0 (0 = no bound), got {s.max_traders}")
+    if not math.isfinite(s.trader_idle_evict_seconds) or s.trader_idle_evict_seconds < 0:
+        raise SettingsError("trader_idle_evict_seconds: must be >= 0 seconds (0 = never evict), got "
+                            f"{s.trader_idle_evict_seconds!r}")
     _validate_fairness(s)
     validate_alerts(s)
     validate_retention(s)

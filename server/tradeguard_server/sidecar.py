@@ -271,9 +271,10 @@ class Sidecar:
                                   owns=self._takes_trader)
         self.configs = ConfigAdmin(self.config_service)
         self.breaker_admin = BreakerAdmin(self.breaker_service, bound_account=self._bound_account)
+        self.bindings = BindingAdmin(self.engine, self._store_now, self.takeover)
         for handlers in (self.configs.handlers(), self.breaker_admin.handlers(),
                          HistoryAdmin(self.store, self.durable).handlers(),
-                         BindingAdmin(self.engine, self._store_now, self.takeover).handlers(),
+                         self.bindings.handlers(),
                          RiskStatesAdmin(self.engine, self.takeover, settings.sidecar_name).handlers()):
             self.admin.extend(handlers)
         # Point-in-time restore (AdminService.RestoreRiskState; api/restore_admin.py): from the history rows.
@@ -339,6 +340,7 @@ class Sidecar:
         self._init_observability()
         self._init_admission()
         self._init_alerts()
+        self._init_residency()
 
     # ---- access ---------------------------------------------------------------------------------
 
@@ -653,6 +655,54 @@ class Sidecar:
                    for m in service_desc.methods if not m.client_streaming and not m.server_streaming}
         return self.admission.wrap(methods, HOT, parsers)
 
+    # ---- bounded traders (issue 21, residency.py) -------------------------------------------------
+
+    def _init_residency(self) -> None:
+        """max_traders and idle eviction. Nothing is evicted with the memory store (it would lose the state); in
+        cluster mode an evicted trader's lease is released and its next call claims it (reading its stored row)."""
+        from .observability.residency_metrics import ResidencyCollector
+        from .residency import Residency
+
+        s = self.settings
+        store = self.store if isinstance(self.store, RiskStore) else None
+        deadman, session, hub, persistence = self.deadman, self.session, self.hub, self.persistence
+
+        def pinned_by_calls(st: Any, _now: float) -> str | None:
+            trader_id = st.trader_id
+            if trader_id in session.declared_open:
+                return "session"
+            if hub.watching(trader_id):
+                return "watcher"
+            if trader_id in persistence._unsnapped:  # order bookkeeping not queued yet (next turn of the loop)
+                return "bookkeeping"
+            return None
+
+        def forget_heard(trader_id: str) -> None:
+            deadman.last.pop(trader_id, None)
+            deadman.tripped.pop(trader_id, None)
+
+        self.residency = Residency(
+            self.engine, max_traders=s.max_traders, idle_s=s.trader_idle_evict_seconds, written=store,
+            read=None if store is None or self.takeover is not None else store.read_trader,
+            owners=self.takeover, trader_stored=None if store is None else store.trader_stored,
+            pins=[pinned_by_calls], last_heard=deadman.last.get, touch=deadman.heard)
+        self.residency.forgets += [self.risk.answers.forget, forget_heard]
+        if store is not None:
+            self.residency.forgets.append(store.forget_trader)  # the writer's per-trader encoding cache
+        if isinstance(self.metrics, PrometheusMetrics):
+            self.residency.forgets.append(self.metrics.forget_trader)
+            self.metrics.registry.register(ResidencyCollector(self.residency))
+        self.risk.residency = self.residency
+        self.persistence.admit = self.residency.admit  # the start-up load leaves idle traders in the store
+
+        async def ensure(trader_id: str, account_id: str) -> None:  # an operator's call is never refused
+            await self.residency.ensure(trader_id, account_id, creates=False)
+
+        self.admin.ensure = self.bindings.ensure = ensure
+        if store is None and s.trader_idle_evict_seconds:
+            log.info("trader_idle_evict_seconds=%g: no eviction with database_url=memory (the state would be lost); "
+                     "max_traders=%d still bounds new traders", s.trader_idle_evict_seconds, s.max_traders)
+
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
         """The tracing interceptor, or none at all when tracing is off (the hot path pays nothing)."""
         return [] if self.tracing is None else [self.tracing.interceptor()]
@@ -819,6 +869,7 @@ class Sidecar:
         self._heartbeats = asyncio.get_running_loop().create_task(self._watch_heartbeats())
         if self.pruner is not None:
             self.pruner.start()  # history retention, in the background
+        self.residency.start()  # bounded traders: idle ones leave memory once stored
         for name in ("", RISK_SERVICE, ADMIN_SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if s.credentials_reload_s:
@@ -861,6 +912,7 @@ class Sidecar:
             await self.pruner.close()  # a batch in progress ends with its transaction
         await self.account_view.stop()  # account-wide limits: the view's rounds and connection
         await self.alerts.stop()  # undelivered alerts stay in the outbox for the next start
+        await self.residency.close()
         await self.persistence.close(self.settings.drain_timeout_s)
         await asyncio.to_thread(self._stop_observability)
         log.info("stopped")

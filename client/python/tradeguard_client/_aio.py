@@ -50,6 +50,7 @@ from ._sync import (
     DEFAULT_TARGET,
     call_budget,
     call_fail_open,
+    exhausted_decision,
     failed_decision,
     judged,
     judged_msg,
@@ -290,6 +291,10 @@ class AsyncRiskClient(_AsyncClient):
             body = await self._risk("CanTrade", self._can_trade, request, timeout)
         except (SidecarUnavailableError, InvalidResponseError) as error:
             return failed_decision(self.target, error, opens, order_id)
+        except TradeGuardError as error:
+            if error.code is not grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise
+            return exhausted_decision(self.target, error, order_id)
         if isinstance(body, rs.CanTradeResponse):
             return judged_msg(self.target, body, order_id)
         return judged(self.target, body, order_id)

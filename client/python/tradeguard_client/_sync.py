@@ -99,6 +99,20 @@ def failed_decision(target: str, error: SidecarUnavailableError | InvalidRespons
     return Decision.unavailable(unavailable_reason(error), fail_open=fail_open, client_order_id=client_order_id)
 
 
+RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+"""Decision code set by this client when the sidecar refused CanTrade with RESOURCE_EXHAUSTED (e.g. max_traders
+reached for a new trader_id): always denied, whatever fail_open says (the sidecar answered; it did not allow)."""
+
+
+def exhausted_decision(target: str, error: TradeGuardError, client_order_id: str) -> Decision:
+    """can_trade's answer when the sidecar refused the call with RESOURCE_EXHAUSTED: denied (fail closed)."""
+    log.warning("TradeGuard sidecar %s refused CanTrade (RESOURCE_EXHAUSTED), denied: %s", target, error.message)
+    return Decision(
+        allowed=False, code=RESOURCE_EXHAUSTED, reason=f"{RESOURCE_EXHAUSTED}: {error.message}; denied (the sidecar "
+        "refused the call)", trading_state="UNSPECIFIED", paused_until=None, checks=(), actions=(),
+        would_deny=False, state=None, client_order_id=client_order_id, raw=None)
+
+
 def judged(target: str, body: object, client_order_id: str) -> Decision:
     return _judged(target, Decision.from_bytes(body, client_order_id))
 
@@ -288,6 +302,10 @@ class RiskClient(_SyncClient):
             body = self._risk("CanTrade", self._can_trade, request, timeout)
         except (SidecarUnavailableError, InvalidResponseError) as error:
             return failed_decision(self.target, error, opens, order_id)
+        except TradeGuardError as error:
+            if error.code is not grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise
+            return exhausted_decision(self.target, error, order_id)
         if isinstance(body, rs.CanTradeResponse):
             return judged_msg(self.target, body, order_id)
         return judged(self.target, body, order_id)

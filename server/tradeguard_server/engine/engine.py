@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Protocol
@@ -163,6 +163,9 @@ class RiskEngine:
         self.on_new_trader: Callable[[TraderState], None] | None = None
         # Account-wide limits (issue 17): the hook adding their checks to CanTrade (None: nothing is called).
         self.account_checks: AccountChecks | None = None
+        # Bounded traders (issue 21, residency.py): ids evicted from memory, their state in the store. The engine never
+        # makes a fresh state over one of them (StateNotLoadedError): the API loads it first (Residency.ensure).
+        self.evicted: Container[str] = frozenset()
 
     # ---- lookup ---------------------------------------------------------------------------------
 
@@ -213,15 +216,24 @@ class RiskEngine:
         """The trader's state, or a fresh one that is not stored (for reads of unknown traders)."""
         st = self.traders.get(trader_id)
         if st is None:
+            if trader_id in self.evicted:
+                raise self._evicted_error(trader_id)
             return TraderState(trader_id, account_id)
         if st.account_id != account_id:
             raise AccountMismatchError(f"trader_id {trader_id!r} is bound to account_id {st.account_id!r}")
         self._tick(st, self.clock.now())
         return st
 
+    @staticmethod
+    def _evicted_error(trader_id: str) -> StateNotLoadedError:
+        return StateNotLoadedError(f"state of trader_id {trader_id} not loaded: it was evicted from memory (idle) and "
+                                   "is loaded again on its next call; retry")
+
     def _get(self, trader_id: str, account_id: str) -> TraderState:
         st = self.traders.get(trader_id)
         if st is None:
+            if trader_id in self.evicted:
+                raise self._evicted_error(trader_id)
             st = self.traders[trader_id] = TraderState(trader_id, account_id)
             if self.on_new_trader is not None:
                 self.on_new_trader(st)
@@ -232,6 +244,8 @@ class RiskEngine:
     def rebind(self, trader_id: str, account_id: str, reason: str) -> tuple[str, TraderState]:
         """Bind `trader_id` to `account_id` with a fresh state (operator); the previous account ("" if none)."""
         old = self.traders.get(trader_id)
+        if old is None and trader_id in self.evicted:
+            raise self._evicted_error(trader_id)
         st = self.traders[trader_id] = TraderState(trader_id, account_id)
         if old is not None:
             st.version = old.version  # the store keeps the newest version: continue the sequence
@@ -505,6 +519,8 @@ class RiskEngine:
         st = self.traders.get(trader_id)
         if st is not None and st.account_id != account_id:
             raise AccountMismatchError(f"trader_id {trader_id!r} is bound to account_id {st.account_id!r}")
+        if st is None and trader_id in self.evicted:
+            raise self._evicted_error(trader_id)
         if st is None or orders.find(st, client_order_id) is None:
             if self.journal is not None:
                 raise StateNotLoadedError(
@@ -675,6 +691,8 @@ class RiskEngine:
         if st is not None and st.account_id != account_id:
             raise AccountMismatchError(f"trader_id {trader_id!r} is bound to account_id {st.account_id!r}")
         enforce = self.flags.enable_risk_enforcement
+        if st is None and trader_id in self.evicted:
+            raise self._evicted_error(trader_id)
         if st is None or not st.equity_reported:
             st = st or TraderState(trader_id, account_id)
             check = CheckResult("equity_reported", CheckStatus.FAIL, DecisionCode.NO_EQUITY_REPORTED,

@@ -22,6 +22,7 @@ them). The same cap guards `breaker_id` and decision `code` label values. For `_
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
 import time
@@ -594,6 +595,19 @@ class PrometheusMetrics:
 
     def observe_retention(self, pruner: RetentionCounters) -> None:
         self.registry.register(_RetentionCollector(pruner))
+
+    def forget_trader(self, trader_id: str) -> None:
+        """A trader left memory (residency.py): its gauges go (the registry would otherwise grow with every trader
+        ever seen, up to the cap, and hold stale values), and its slot under the cap is free again."""
+        if self._traders.pop(trader_id, None) is not None:
+            for gauge in (self.daily_pnl, self.drawdown, self.trading_paused):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(trader_id)
+        elif trader_id in self._overflow_paused:
+            self._overflow_paused.discard(trader_id)
+            if self._other_trader is not None:
+                self._other_trader[2].set(float(len(self._overflow_paused)))
+        self._overflow_seen.discard(trader_id)
 
 
 class NullMetrics:

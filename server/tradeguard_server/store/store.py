@@ -42,6 +42,8 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
+from sqlalchemy import Connection
+
 from ..cluster.changes import ControlChange
 from .dbthread import CALL_TIMEOUT_S, OP_TIMEOUT_S, PG_CONNECT_DEFAULTS, SETTLE_S, Database, is_row_error
 from .errors import StoreUnavailable
@@ -401,3 +403,36 @@ class RiskStore(StoreCounters):
 
         await self.flush(1.0)
         return await self.db.call(lambda conn: sql.history_at(conn, trader_id, at), write=False)
+
+    # ---- bounded traders (issue 21, residency.py): write progress, and one trader read back --------------------
+
+    def queued_seq(self) -> int:
+        """The sequence number of the last item queued."""
+        return self.queue.seq
+
+    def written_through(self) -> int:
+        """Every item queued with a sequence number up to this one is written (or rejected, or dropped history)."""
+        return self.writer._done_through()
+
+    def forget_trader(self, trader_id: str) -> None:
+        """An evicted trader: the writer's per-trader encoding cache lets it go."""
+        bulk = self.writer._bulk
+        if bulk is not None:
+            bulk.forget(trader_id)
+
+    async def read_trader(self, trader_id: str) -> tuple[StateRecord | None, list[str]]:
+        """One trader's stored state (None: no row) and its recent trade ids, oldest first (an evicted trader's
+        reload: one primary-key read and one indexed one)."""
+        from sqlalchemy import select
+
+        from ..cluster import leases
+        from . import codec
+        from .sql import STATE
+
+        def read(conn: Connection) -> tuple[StateRecord | None, list[str]]:
+            row = conn.execute(select(STATE).where(STATE.c.trader_id == trader_id)).mappings().first()
+            if row is None:
+                return None, []
+            return codec.state_from_row(row), leases.trade_ids(conn, trader_id)
+
+        return await self.db.call(read, write=False)
