@@ -143,3 +143,22 @@ def test_a_control_state_relapse_before_it_stayed_fresh_is_the_same_stale_episod
     at(117.7)  # not heard for 1.2 s after the episode ended: a new one
     assert calls == [True, False, True]
 
+
+
+
+@pytest.mark.parametrize(("heard_again", "expected"), [(True, [True, False]), (False, [True])])
+async def test_a_stale_episode_heard_again_but_not_yet_for_long_ends_at_the_stop_and_an_overdue_one_does_not(
+        heard_again: bool, expected: list[bool]) -> None:
+    now = [100.0]
+    plane = SimpleNamespace(engine=SimpleNamespace(control_gate=None), version=0)
+    listener = ControlListener("postgresql://tg@127.0.0.1/tg", plane, max_age_s=1.0, stale_action="serve",
+                               poll_s=0.2, clock=lambda: now[0])
+    calls: list[bool] = []
+    listener.on_overdue = calls.append
+    now[0] = 101.5
+    listener._judge()  # not heard for 1.5 s: the episode begins
+    if heard_again:
+        now[0] = 102.0
+        listener._heard()
+    await listener.stop()
+    assert calls == expected

@@ -23,6 +23,7 @@ back on a loaded machine, or leases that lapse because their renewal had not com
 episode: one control_state_stale, one control_state_recovered. Why a window longer than max_age_s: a read that
 stalls just after the recovery is seen overdue only max_age_s later; a lease renewal is due every lease/3 s. The
 stale gate itself has no hysteresis: it applies whenever the state is overdue and is lifted at the next read.
+A stop during that window ends the episode (the state was heard again): its recovered alert is queued then.
 
 Changes are applied only once the plane is primed (the stored state loaded and the scope pauses read): the
 stored state is read at a version (LoadedState.control_version) and everything after it is applied from there.
@@ -176,6 +177,9 @@ class ControlListener:
                        loop.create_task(self._watch(), name="tradeguard-control-watch")]
 
     async def stop(self) -> None:
+        if self.episode and not self.overdue:  # heard again, not yet for recover_s: it did recover (alerts)
+            self.episode = False
+            self.on_overdue(False)
         self._stopping = True
         await cancel_all(self._tasks, "control state listener")
         self._tasks = []
