@@ -585,9 +585,13 @@ class Sidecar:
         if self.alerts.notifiers:
             self.listeners.append(self.alert_watcher)  # last: it only enqueues
             self.control.on_scope = self._on_scope_alert
-            if self.control_listener is not None:  # CONTROL_STATE_STALE: overdue past control_state_max_age_seconds
-                self.control_listener.on_overdue = lambda overdue: self.alert_watcher.control_health(
-                    not overdue, self.engine.clock.now())
+            listener = self.control_listener
+            if listener is not None:  # CONTROL_STATE_STALE: overdue past control_state_max_age_seconds
+                # The episode ends once fresh for a while (cluster/listener.py): a relapse meanwhile is the same one.
+                # Its recovered alert is dated when the control state was heard again (fresh_seconds ago).
+                listener.recover_s = s.control_state_max_age_seconds + s.trader_lease_seconds
+                listener.on_overdue = lambda overdue: self.alert_watcher.control_health(
+                    not overdue, self.engine.clock.now() - listener.fresh_seconds())
             self.metrics.observe_alerts(self.alerts)
 
     def _on_scope_alert(self, scope: Any) -> None:
