@@ -23,7 +23,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from google.protobuf.message import Message
 
-from ..api.admission import HTTP, HTTP_BUDGET, Admission, retry_after_header, retry_delay, retry_status
+from ..api.admission import HTTP, HTTP_BUDGET, KILL_SWITCH, Admission, retry_after_header, retry_delay, retry_status
 from ..api.errors import ApiError
 from ..console import Asset, Console
 from .context import Aborted, HttpContext, peer_text
@@ -176,8 +176,8 @@ class HttpApi:
         if admission is None:
             return await self._handle(request)
         in_progress = admission.in_progress
-        if self.max_concurrent and in_progress[HTTP] >= self.max_concurrent:
-            match = self.router.match(request.method, request.rel_url.raw_path)
+        if self.max_concurrent and in_progress[HTTP] >= self.max_concurrent and not _kill_switch(
+                match := self.router.match(request.method, request.rel_url.raw_path)):
             admission.count_shed(HTTP_BUDGET, match.route.rpc if match is not None else "other")  # bounded labels
             what = (f"the HTTP API is busy: http_max_concurrent={self.max_concurrent} requests in progress; retry "
                     f"after {admission.retry_after_s:g} s")
@@ -374,6 +374,11 @@ class HttpApi:
     @staticmethod
     def _event(kind: str, item: Any) -> bytes:
         return b"event: " + kind.encode() + b"\ndata: " + dumps(to_json(item)) + b"\n\n"
+
+
+def _kill_switch(match: Match | None) -> bool:
+    """PauseTrading / ResumeTrading of AdminService: never refused by http_max_concurrent (admission.KILL_SWITCH)."""
+    return match is not None and match.route.rpc in KILL_SWITCH and match.route.service.endswith(".AdminService")
 
 
 def parse_http_listen(listen: str) -> tuple[str, int]:

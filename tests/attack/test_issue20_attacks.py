@@ -1,0 +1,105 @@
+"""Attacks on what was built for issues 20/21 (console, alerts, fairness, Prometheus rules), through the public
+interfaces: gRPC, the HTTP listener, real PostgreSQL. Each test names the behaviour that must hold; the ones that
+showed a defect were written first (failing), then the defect fixed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+import aiohttp
+import grpc
+import pytest
+
+from tests.support.sidecar import running_sidecar
+from tests.support.wait import eventually
+from tradeguard.v1 import admin_service_pb2 as ad
+from tradeguard.v1 import admin_service_pb2_grpc as adg
+from tradeguard.v1 import risk_service_pb2 as rs
+from tradeguard.v1 import risk_service_pb2_grpc as rsg
+from tradeguard.v1 import types_pb2
+
+pytestmark = pytest.mark.integration
+
+ADMIN = "attack20-admin-token-0123456789abcdef"
+TRADER = "attack20-trader-token-0123456789abcdef"
+
+
+def _bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+@contextlib.asynccontextmanager
+async def _locked(pg_url: str, table: str) -> AsyncIterator[None]:
+    """`table` locked ACCESS EXCLUSIVE by another session: every statement on it waits (a stalled database)."""
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(pg_url.replace("+psycopg", "")) as conn:
+        await conn.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")  # in the connection's open transaction
+        yield
+        await conn.rollback()
+
+
+# ---- the kill switch must get through the admin and HTTP budgets ----------------------------------------------
+
+
+async def test_the_kill_switch_gets_through_while_admin_max_concurrent_reads_wait_on_a_stalled_database(
+        pg_url: str) -> None:
+    """An incident: the database stalls, the operator's script (or three console tabs polling every 5 s) has
+    admin_max_concurrent reads waiting on it (each up to store_call_timeout_s). PauseTrading must still pause."""
+    async with running_sidecar(database_url=pg_url, enable_persistence=True, admin_token=ADMIN,
+                               trader_token=TRADER, admin_max_concurrent=4, store_call_timeout_s=20.0) as sc:
+        async with grpc.aio.insecure_channel(sc.address) as ch:
+            risk, admin = rsg.RiskServiceStub(ch), adg.AdminServiceStub(ch)
+            await risk.ReportEquity(rs.ReportEquityRequest(trader_id="bot-1", account_id="acct-1", equity=10_000),
+                                    metadata=_bearer(TRADER))
+            async with _locked(pg_url, "risk_state_history"):
+                reads = [asyncio.ensure_future(admin.ListRiskStateHistory(
+                    ad.ListRiskStateHistoryRequest(trader_id="bot-1", account_id="acct-1"), metadata=_bearer(ADMIN), timeout=30))
+                    for _ in range(4)]
+                assert await eventually(lambda: sc.admission.in_progress["admin"] == 4)
+                try:
+                    reply = await admin.PauseTrading(ad.PauseTradingRequest(
+                        trader_id="bot-1", account_id="acct-1", trading_state=types_pb2.TRADING_STATE_HALTED,
+                        reason="incident: stop it"), metadata=_bearer(ADMIN), timeout=10)
+                except grpc.aio.AioRpcError as exc:
+                    pytest.fail(f"the kill switch was refused: {exc.code().name}: {exc.details()}")
+                finally:
+                    for read in reads:
+                        read.cancel()
+                    await asyncio.gather(*reads, return_exceptions=True)
+            assert reply.state.trader_id == "bot-1"
+            answer = await risk.CanTrade(rs.CanTradeRequest(trader_id="bot-1", account_id="acct-1"),
+                                         metadata=_bearer(TRADER))
+            assert not answer.allowed
+
+
+async def test_the_kill_switch_over_http_gets_through_while_a_bot_holds_http_max_concurrent_watch_streams() -> None:
+    """A bot (trader token only) opens http_max_concurrent WatchRiskState streams (server-sent events): the
+    operator's console must still pause it (and resume it)."""
+    async with running_sidecar(http_listen="127.0.0.1:0", admin_token=ADMIN, trader_token=TRADER,
+                               http_max_concurrent=4, max_watchers_per_trader=0) as sc, \
+            aiohttp.ClientSession() as http:
+        base = f"http://{sc.http_address}"
+        bot = {"Authorization": f"Bearer {TRADER}"}
+        async with http.post(f"{base}/v1/risk/report-equity", headers=bot,
+                             json={"trader_id": "bot-1", "account_id": "acct-1", "equity": 10_000}) as ok:
+            assert ok.status == 200
+        async with contextlib.AsyncExitStack() as streams:
+            for _ in range(4):
+                watch = await streams.enter_async_context(http.get(
+                    f"{base}/v1/risk/watch", headers=bot, params={"trader_id": "bot-1", "account_id": "acct-1"}))
+                assert watch.status == 200
+            assert await eventually(lambda: sc.admission.in_progress["http"] == 4)
+            operator = {"Authorization": f"Bearer {ADMIN}"}
+            async with http.post(f"{base}/v1/admin/pause-trading", headers=operator,
+                                 json={"trader_id": "bot-1", "account_id": "acct-1",
+                                       "trading_state": "TRADING_STATE_HALTED", "reason": "incident"}) as paused:
+                assert paused.status == 200, await paused.text()
+            async with http.post(f"{base}/v1/admin/resume-trading", headers=operator,
+                                 json={"trader_id": "bot-1", "account_id": "acct-1"}) as resumed:
+                assert resumed.status == 200, await resumed.text()
+            # the budget still holds for everything else
+            async with http.post(f"{base}/v1/risk/can-trade", headers=bot,
+                                 json={"trader_id": "bot-1", "account_id": "acct-1"}) as busy:
+                assert busy.status == 429
