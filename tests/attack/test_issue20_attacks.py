@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 import aiohttp
 import grpc
@@ -103,3 +104,27 @@ async def test_the_kill_switch_over_http_gets_through_while_a_bot_holds_http_max
             async with http.post(f"{base}/v1/risk/can-trade", headers=bot,
                                  json={"trader_id": "bot-1", "account_id": "acct-1"}) as busy:
                 assert busy.status == 429
+
+
+async def test_clients_that_send_headers_and_never_the_body_do_not_take_the_http_budget() -> None:
+    """Slowloris, with no token at all: http_max_concurrent connections each send a POST's headers and one byte of
+    its body, then nothing. A bot's CanTrade over HTTP must still be answered (they hold connections, not the
+    budget every client shares)."""
+    async with running_sidecar(http_listen="127.0.0.1:0", admin_token=ADMIN, trader_token=TRADER,
+                               http_max_concurrent=4) as sc, aiohttp.ClientSession() as http:
+        host, port = sc.http_address.rsplit(":", 1)
+        socks = []
+        try:
+            for _ in range(8):
+                sock = socket.create_connection((host, int(port)))
+                sock.sendall(b"POST /v1/risk/can-trade HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
+                             b"\r\nContent-Length: 100\r\n\r\n{")
+                socks.append(sock)
+            async with http.post(f"http://{sc.http_address}/v1/risk/can-trade",
+                                 headers={"Authorization": f"Bearer {TRADER}"},
+                                 json={"trader_id": "bot-1", "account_id": "acct-1"}) as reply:
+                assert reply.status == 200, await reply.text()
+            assert sc.admission.in_progress["http"] == 0
+        finally:
+            for sock in socks:
+                sock.close()
