@@ -128,3 +128,94 @@ async def test_clients_that_send_headers_and_never_the_body_do_not_take_the_http
         finally:
             for sock in socks:
                 sock.close()
+
+
+# ---- alerts: a receiver that misbehaves ---------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _receiver() -> AsyncIterator[tuple[str, list[tuple[str, str]]]]:
+    """An HTTP receiver on 127.0.0.1:0: (base URL, the (method, path) it got). Paths: /redirect/... answers 302 to
+    another host name whose /landing answers 200 to anything; /echo404/... answers 404 naming the path (as many
+    servers and proxies do); /big500/... answers 500 with a body of 256 MiB."""
+    from aiohttp import web
+
+    hits: list[tuple[str, str]] = []
+
+    async def hook(request: web.Request) -> web.StreamResponse:
+        hits.append((request.method, request.path))
+        mode = request.path.split("/")[1]
+        if mode == "redirect":
+            raise web.HTTPFound(f"http://localhost:{request.url.port}/landing")
+        if mode == "echo404":
+            return web.Response(status=404, text=f"Cannot {request.method} {request.path}")
+        if mode == "big500":
+            response = web.StreamResponse(status=500)
+            await response.prepare(request)
+            chunk = b"x" * (1 << 20)
+            with contextlib.suppress(ConnectionError):
+                for _ in range(256):
+                    await response.write(chunk)
+            return response
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}", hits
+    finally:
+        await runner.cleanup()
+
+
+async def _alert_test(url: str) -> tuple[int, str, int]:
+    """`tradeguard alert-test --alert-webhook-url url` as a subprocess: (exit code, output, its peak RSS in KiB)."""
+    import sys
+
+    from tests.support.sidecar import BIN
+
+    probe = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+             "sys.stdout.write(p.stdout + p.stderr); "
+             "print(f'@rc={p.returncode} maxrss={resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}')")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", probe, str(BIN / "tradeguard"), "alert-test", "--alert-webhook-url", url,
+        "--alert-timeout-s", "20", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out = (await asyncio.wait_for(proc.communicate(), 120))[0].decode()
+    text, _, tail = out.rpartition("@rc=")
+    rc, maxrss = tail.split()
+    return int(rc), text, int(maxrss.removeprefix("maxrss="))
+
+
+async def test_a_webhook_that_redirects_is_a_failed_delivery_never_a_get_marked_delivered() -> None:
+    async with _receiver() as (base, hits):
+        rc, out, _rss = await _alert_test(f"{base}/redirect/T000/B000/secret")
+    assert rc == 1 and "FAILED: HTTP 302" in out, out
+    assert hits == [("POST", "/redirect/T000/B000/secret")]  # nothing followed to the other host
+
+
+async def test_a_webhook_urls_credentials_and_secret_path_never_appear_in_an_error() -> None:
+    async with _receiver() as (base, _hits):
+        url = base.replace("http://", "http://bot:hunter2pass@") + "/echo404/services/T000/B000/XXXXsecretXXXX"
+        rc, out, _rss = await _alert_test(url)
+    assert rc == 1 and "FAILED: HTTP 404" in out, out
+    for secret in ("hunter2pass", "XXXXsecretXXXX", "/services/T000"):
+        assert secret not in out, out
+
+
+async def test_a_webhook_answering_500_with_a_huge_body_does_not_fill_the_memory() -> None:
+    async with _receiver() as (base, hits):
+        rc, out, rss_kib = await _alert_test(f"{base}/big500/hook")
+    assert rc == 1 and "FAILED: HTTP 500" in out, out
+    assert hits == [("POST", "/big500/hook")]
+    assert rss_kib < 150 * 1024, f"alert-test peaked at {rss_kib // 1024} MiB reading a 256 MiB error body"
+
+
+async def test_a_webhook_url_that_cannot_be_parsed_is_refused_naming_the_setting() -> None:
+    for url in ("http://[::1:8099/hook", "http://127.0.0.1:99999/hook", "http:///hook"):
+        rc, out, _rss = await _alert_test(url)
+        assert rc != 0 and "alert_webhook_url: expected an http:// or https:// URL" in out, out
+        assert "Traceback" not in out, out

@@ -169,5 +169,10 @@ def settings_secrets(settings: Settings) -> list[str]:
         values += [password, quote(password, safe="")]
     from ..settings import ALERT_SECRETS  # alerts: webhook URLs and the Telegram bot token
 
+    from ..alerts.notifiers import url_secrets as alert_url_secrets
+
     values += [getattr(settings, name) for name in ALERT_SECRETS]
+    for name in ALERT_SECRETS[:3]:  # also as aiohttp prints them (no user:password), their path, password, query
+        if getattr(settings, name):
+            values += alert_url_secrets(getattr(settings, name))
     return [v for v in values if v]
