@@ -219,3 +219,18 @@ async def test_a_webhook_url_that_cannot_be_parsed_is_refused_naming_the_setting
         rc, out, _rss = await _alert_test(url)
         assert rc != 0 and "alert_webhook_url: expected an http:// or https:// URL" in out, out
         assert "Traceback" not in out, out
+
+
+# ---- Prometheus rules against the real metrics ---------------------------------------------------------------------
+
+
+async def test_the_label_overflow_counters_are_exported_at_zero_so_that_increase_sees_the_first_overflow() -> None:
+    """TradeGuardMetricLabelOverflow is `increase(tradeguard_metric_label_overflow_total[10m]) > 0`. increase()
+    cannot see a series' first sample: a counter created at its first increment (1,500 bots starting at once: it
+    appears at 500 between two scrapes and stays there) never fires. Its promtool case feeds '0x10 1 5', a series
+    that exists at 0 before the overflow: the sidecar must export it so, for each label the cap folds."""
+    async with running_sidecar(metrics_listen="127.0.0.1:0") as sc, aiohttp.ClientSession() as http:
+        async with http.get(f"http://{sc.metrics_address}/metrics") as reply:
+            text = await reply.text()
+    for label in ("trader_id", "code", "breaker_id"):
+        assert f'tradeguard_metric_label_overflow_total{{label="{label}"}} 0.0' in text, label
