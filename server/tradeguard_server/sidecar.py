@@ -554,7 +554,8 @@ class Sidecar:
         self.alerts = AlertDispatcher(configured_notifiers(s), outbox, s.sidecar_name, retry,
                                       on_health=self._on_alerts_health)
         self.alert_watcher = AlertWatcher(self.alerts.submit, s.sidecar_name,
-                                          muted=lambda: self.persistence.replaying)
+                                          muted=lambda: self.persistence.replaying,
+                                          enforced=lambda: self.engine.flags.enable_risk_enforcement)
         if self.alerts.notifiers:
             self.listeners.append(self.alert_watcher)  # last: it only enqueues
             self.control.on_scope = self._on_scope_alert

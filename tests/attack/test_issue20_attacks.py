@@ -234,3 +234,102 @@ async def test_the_label_overflow_counters_are_exported_at_zero_so_that_increase
             text = await reply.text()
     for label in ("trader_id", "code", "breaker_id"):
         assert f'tradeguard_metric_label_overflow_total{{label="{label}"}} 0.0' in text, label
+
+
+# ---- alerts: one per episode, whatever the order of events ----------------------------------------------------------
+
+
+async def _marker(admin: adg.AdminServiceStub, receiver: Any) -> list[Any]:
+    """Pause a trader used for nothing else and wait for its alert: deliveries go out in order, so every alert
+    of the changes before it has arrived by then. The bodies received before the marker."""
+    await admin.PauseTrading(ad.PauseTradingRequest(trader_id="marker", account_id="acct-m",
+                                                    trading_state=types_pb2.TRADING_STATE_HALTED, reason="marker"))
+    assert await receiver.wait_for(lambda got: any(r.body.get("trader_id") == "marker" for r in got))
+    return [b for b in receiver.bodies() if b.get("trader_id") != "marker" and b.get("account_id") != "acct-m"]
+
+
+def _count(bodies: list[Any], trader: str = "bot-1") -> dict[str, int]:
+    out: dict[str, int] = {}
+    for b in bodies:
+        if b.get("trader_id") in (trader, ""):
+            out[b["event"]] = out.get(b["event"], 0) + 1
+    return out
+
+
+async def test_a_pause_that_expired_then_a_new_pause_are_two_episodes_even_with_no_trader_call_between() -> None:
+    from google.protobuf import duration_pb2
+
+    from tests.support.alert_receiver import AlertReceiver
+    from tests.support.clock import T0
+    from tradeguard_server.engine.clock import ManualClock
+
+    clock = ManualClock(T0)
+    receiver = await AlertReceiver().start()
+    try:
+        async with running_sidecar(clock=clock, alert_webhook_url=receiver.url(), alert_poll_s=0.2,
+                                   alert_retry_initial_s=0.1) as sc, grpc.aio.insecure_channel(sc.address) as ch:
+            risk, admin = rsg.RiskServiceStub(ch), adg.AdminServiceStub(ch)
+            b1 = {"trader_id": "bot-1", "account_id": "acct-1"}
+            await risk.ReportEquity(rs.ReportEquityRequest(**b1, equity=10_000))
+            await admin.PauseTrading(ad.PauseTradingRequest(**b1, trading_state=types_pb2.TRADING_STATE_HALTED,
+                                                            duration=duration_pb2.Duration(seconds=60),
+                                                            reason="one minute"))
+            clock.advance(120)  # the pause is over; the bot has not called since
+            await admin.PauseTrading(ad.PauseTradingRequest(**b1, trading_state=types_pb2.TRADING_STATE_HALTED,
+                                                            reason="again, until resumed"))
+            await admin.ResumeTrading(ad.ResumeTradingRequest(**b1))
+            bodies = await _marker(admin, receiver)
+    finally:
+        await receiver.close()
+    assert _count(bodies) == {"trader_paused": 2, "trader_resumed": 2}, [(b["event"], b["reason"]) for b in bodies]
+
+
+async def test_an_account_kill_switch_over_a_paused_trader_is_one_alert_each() -> None:
+    from tests.support.alert_receiver import AlertReceiver
+
+    receiver = await AlertReceiver().start()
+    try:
+        async with running_sidecar(alert_webhook_url=receiver.url(), alert_poll_s=0.2,
+                                   alert_retry_initial_s=0.1) as sc, grpc.aio.insecure_channel(sc.address) as ch:
+            risk, admin = rsg.RiskServiceStub(ch), adg.AdminServiceStub(ch)
+            b1 = {"trader_id": "bot-1", "account_id": "acct-1"}
+            halted = types_pb2.TRADING_STATE_HALTED
+            await risk.ReportEquity(rs.ReportEquityRequest(**b1, equity=10_000))
+            await admin.PauseTrading(ad.PauseTradingRequest(**b1, trading_state=halted, reason="desk"))
+            await admin.PauseTrading(ad.PauseTradingRequest(account_id="acct-1", trading_state=halted, reason="acct"))
+            await admin.PauseTrading(ad.PauseTradingRequest(account_id="acct-1", trading_state=halted, reason="2x"))
+            for _ in range(3):
+                await risk.CanTrade(rs.CanTradeRequest(**b1))
+            await admin.ResumeTrading(ad.ResumeTradingRequest(**b1))  # still paused by the account
+            await risk.CanTrade(rs.CanTradeRequest(**b1))
+            await admin.ResumeTrading(ad.ResumeTradingRequest(account_id="acct-1"))
+            await admin.PauseTrading(ad.PauseTradingRequest(**b1, trading_state=halted, reason="desk again"))
+            bodies = await _marker(admin, receiver)
+    finally:
+        await receiver.close()
+    assert _count(bodies) == {"trader_paused": 2, "trader_resumed": 1, "kill_switch": 1, "kill_switch_lifted": 1}, \
+        [(b["event"], b["reason"]) for b in bodies]
+
+
+async def test_in_shadow_mode_a_breach_is_alerted_as_not_enforced_not_as_a_critical_pause() -> None:
+    """enable_risk_enforcement off: CanTrade allows after a 10 % daily loss. The on-call must not be paged
+    "critical: trader paused" for a bot that keeps trading: the alerts say shadow mode, as breaker_fired's do."""
+    from tests.support.alert_receiver import AlertReceiver
+
+    receiver = await AlertReceiver().start()
+    try:
+        async with running_sidecar(alert_webhook_url=receiver.url(), alert_poll_s=0.2, alert_retry_initial_s=0.1,
+                                   enable_risk_enforcement=False) as sc, \
+                grpc.aio.insecure_channel(sc.address) as ch:
+            risk, admin = rsg.RiskServiceStub(ch), adg.AdminServiceStub(ch)
+            b1 = {"trader_id": "bot-1", "account_id": "acct-1"}
+            await risk.ReportEquity(rs.ReportEquityRequest(**b1, equity=10_000))
+            await risk.ReportEquity(rs.ReportEquityRequest(**b1, equity=9_000))
+            assert (await risk.CanTrade(rs.CanTradeRequest(**b1))).allowed  # shadow mode: not enforced
+            bodies = await _marker(admin, receiver)
+    finally:
+        await receiver.close()
+    assert _count(bodies) == {"loss_limit_breach": 1, "trader_paused": 1}
+    for body in bodies:
+        assert body["severity"] == "warning" and body["details"]["shadow"] is True, body
+        assert "shadow mode: not enforced" in body["reason"], body
