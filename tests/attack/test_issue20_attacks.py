@@ -136,7 +136,7 @@ async def test_clients_that_send_headers_and_never_the_body_do_not_take_the_http
 @contextlib.asynccontextmanager
 async def _receiver() -> AsyncIterator[tuple[str, list[tuple[str, str]]]]:
     """An HTTP receiver on 127.0.0.1:0: (base URL, the (method, path) it got). Paths: /redirect/... answers 302 to
-    another host name whose /landing answers 200 to anything; /echo404/... answers 404 naming the path (as many
+    another host name whose /landing answers 200 to anything; /hang/... answers after 60 s; /echo404/... answers 404 naming the path (as many
     servers and proxies do); /big500/... answers 500 with a body of 256 MiB."""
     from aiohttp import web
 
@@ -147,6 +147,8 @@ async def _receiver() -> AsyncIterator[tuple[str, list[tuple[str, str]]]]:
         mode = request.path.split("/")[1]
         if mode == "redirect":
             raise web.HTTPFound(f"http://localhost:{request.url.port}/landing")
+        if mode == "hang":
+            await asyncio.sleep(60)
         if mode == "echo404":
             return web.Response(status=404, text=f"Cannot {request.method} {request.path}")
         if mode == "big500":
@@ -161,7 +163,7 @@ async def _receiver() -> AsyncIterator[tuple[str, list[tuple[str, str]]]]:
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", hook)
-    runner = web.AppRunner(app)
+    runner = web.AppRunner(app, shutdown_timeout=0.5)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -333,3 +335,32 @@ async def test_in_shadow_mode_a_breach_is_alerted_as_not_enforced_not_as_a_criti
     for body in bodies:
         assert body["severity"] == "warning" and body["details"]["shadow"] is True, body
         assert "shadow mode: not enforced" in body["reason"], body
+
+
+async def test_a_hanging_notifier_does_not_hold_back_the_alerts_of_a_healthy_one() -> None:
+    """Slack hangs (answers after 60 s), the generic webhook is fine. Six traders paused, then a seventh: the
+    webhook must get the seventh within about one alert_timeout_s, not after Slack's six timeouts in a row."""
+    import time
+
+    from tests.support.alert_receiver import AlertReceiver
+
+    receiver = await AlertReceiver().start()
+    try:
+        async with _receiver() as (base, _hits), running_sidecar(
+                alert_webhook_url=receiver.url(), alert_slack_webhook_url=f"{base}/hang/T000/B000/x",
+                alert_timeout_s=1.5, alert_poll_s=0.2, alert_retry_initial_s=0.1, alert_retry_max_s=0.5) as sc, \
+                grpc.aio.insecure_channel(sc.address) as ch:
+            admin = adg.AdminServiceStub(ch)
+            halted = types_pb2.TRADING_STATE_HALTED
+            for i in range(6):
+                await admin.PauseTrading(ad.PauseTradingRequest(trader_id=f"bot-{i}", account_id="acct-1",
+                                                                trading_state=halted, reason="one of six"))
+            assert await receiver.wait_for(lambda got: len(got) >= 6)
+            started = time.monotonic()
+            await admin.PauseTrading(ad.PauseTradingRequest(trader_id="bot-7", account_id="acct-1",
+                                                            trading_state=halted, reason="the seventh"))
+            assert await receiver.wait_for(lambda got: any(r.body.get("trader_id") == "bot-7" for r in got))
+            waited = time.monotonic() - started
+    finally:
+        await receiver.close()
+    assert waited < 4.0, f"the healthy webhook got the seventh alert after {waited:.1f} s"
