@@ -242,10 +242,12 @@ async def test_the_label_overflow_counters_are_exported_at_zero_so_that_increase
 # ---- alerts: one per episode, whatever the order of events ----------------------------------------------------------
 
 
-async def _marker(admin: adg.AdminServiceStub, receiver: Any) -> list[Any]:
+async def _marker(ch: grpc.aio.Channel, receiver: Any) -> list[Any]:
     """Pause a trader used for nothing else and wait for its alert: deliveries go out in order, so every alert
     of the changes before it has arrived by then. The bodies received before the marker."""
-    await admin.PauseTrading(ad.PauseTradingRequest(trader_id="marker", account_id="acct-m",
+    await rsg.RiskServiceStub(ch).ReportEquity(rs.ReportEquityRequest(trader_id="marker", account_id="acct-m",
+                                                                      equity=1_000))  # known here (cluster mode)
+    await adg.AdminServiceStub(ch).PauseTrading(ad.PauseTradingRequest(trader_id="marker", account_id="acct-m",
                                                     trading_state=types_pb2.TRADING_STATE_HALTED, reason="marker"))
     assert await receiver.wait_for(lambda got: any(r.body.get("trader_id") == "marker" for r in got))
     return [b for b in receiver.bodies() if b.get("trader_id") != "marker" and b.get("account_id") != "acct-m"]
@@ -281,7 +283,7 @@ async def test_a_pause_that_expired_then_a_new_pause_are_two_episodes_even_with_
             await admin.PauseTrading(ad.PauseTradingRequest(**b1, trading_state=types_pb2.TRADING_STATE_HALTED,
                                                             reason="again, until resumed"))
             await admin.ResumeTrading(ad.ResumeTradingRequest(**b1))
-            bodies = await _marker(admin, receiver)
+            bodies = await _marker(ch, receiver)
     finally:
         await receiver.close()
     assert _count(bodies) == {"trader_paused": 2, "trader_resumed": 2}, [(b["event"], b["reason"]) for b in bodies]
@@ -307,7 +309,7 @@ async def test_an_account_kill_switch_over_a_paused_trader_is_one_alert_each() -
             await risk.CanTrade(rs.CanTradeRequest(**b1))
             await admin.ResumeTrading(ad.ResumeTradingRequest(account_id="acct-1"))
             await admin.PauseTrading(ad.PauseTradingRequest(**b1, trading_state=halted, reason="desk again"))
-            bodies = await _marker(admin, receiver)
+            bodies = await _marker(ch, receiver)
     finally:
         await receiver.close()
     assert _count(bodies) == {"trader_paused": 2, "trader_resumed": 1, "kill_switch": 1, "kill_switch_lifted": 1}, \
@@ -329,7 +331,7 @@ async def test_in_shadow_mode_a_breach_is_alerted_as_not_enforced_not_as_a_criti
             await risk.ReportEquity(rs.ReportEquityRequest(**b1, equity=10_000))
             await risk.ReportEquity(rs.ReportEquityRequest(**b1, equity=9_000))
             assert (await risk.CanTrade(rs.CanTradeRequest(**b1))).allowed  # shadow mode: not enforced
-            bodies = await _marker(admin, receiver)
+            bodies = await _marker(ch, receiver)
     finally:
         await receiver.close()
     assert _count(bodies) == {"loss_limit_breach": 1, "trader_paused": 1}
@@ -394,3 +396,30 @@ def test_a_bot_with_150_calls_in_flight_on_one_channel_gets_every_answer_with_th
     finally:
         sc.terminate()
     assert failed == [], f"{len(failed)} of 150 failed, e.g. {failed[0]}"
+
+
+async def test_pause_restart_at_once_resume_pause_again_alerts_two_pauses_and_one_resume(pg_url: str) -> None:
+    """PostgreSQL, one sidecar_id: an operator's pause, the sidecar stopped the moment PauseTrading answered and
+    started again, then a resume and a new pause. The re-derived trader_paused of the stored pause collapses into
+    the first: two trader_paused (two episodes), one trader_resumed."""
+    from tests.support.alert_receiver import AlertReceiver
+
+    receiver = await AlertReceiver().start()
+    settings = {"database_url": pg_url, "enable_persistence": True, "sidecar_id": "sc-r",
+                "alert_webhook_url": receiver.url(), "alert_poll_s": 0.2, "alert_retry_initial_s": 0.1}
+    b1 = {"trader_id": "bot-1", "account_id": "acct-1"}
+    halted = types_pb2.TRADING_STATE_HALTED
+    try:
+        async with running_sidecar(**settings) as sc, grpc.aio.insecure_channel(sc.address) as ch:
+            await rsg.RiskServiceStub(ch).ReportEquity(rs.ReportEquityRequest(**b1, equity=10_000))
+            await adg.AdminServiceStub(ch).PauseTrading(ad.PauseTradingRequest(**b1, trading_state=halted,
+                                                                                reason="before the restart"))
+        async with running_sidecar(**settings) as sc, grpc.aio.insecure_channel(sc.address) as ch:
+            admin = adg.AdminServiceStub(ch)
+            await admin.ResumeTrading(ad.ResumeTradingRequest(**b1))
+            await admin.PauseTrading(ad.PauseTradingRequest(**b1, trading_state=halted, reason="after"))
+            bodies = await _marker(ch, receiver)
+    finally:
+        await receiver.close()
+    assert _count(bodies) == {"trader_paused": 2, "trader_resumed": 1}, [(b["event"], b["reason"]) for b in bodies]
+    assert len({b["key"] for b in bodies}) == len(bodies)
