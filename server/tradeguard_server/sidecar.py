@@ -564,14 +564,14 @@ class Sidecar:
                     not overdue, self.engine.clock.now())
             self.metrics.observe_alerts(self.alerts)
 
-    def _on_scope_alert(self, scope: Any) -> None:
+    def _on_scope_alert(self, scope: Any, was: bool) -> None:
         from .engine.engine import iso_utc
 
         details: dict[str, Any] = {} if scope.state is None else {
             "state": scope.state.name, "until": None if scope.until is None else iso_utc(scope.until)}
         self.alert_watcher.scope_changed(scope.account_id, scope.state is not None, scope.reason,
                                          f"{scope.actor} via sidecar {scope.origin}", scope.version, scope.since,
-                                         details)
+                                         details, was=was)
 
     def _on_alerts_health(self, up: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING

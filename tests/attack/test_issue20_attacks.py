@@ -423,3 +423,66 @@ async def test_pause_restart_at_once_resume_pause_again_alerts_two_pauses_and_on
         await receiver.close()
     assert _count(bodies) == {"trader_paused": 2, "trader_resumed": 1}, [(b["event"], b["reason"]) for b in bodies]
     assert len({b["key"] for b in bodies}) == len(bodies)
+
+
+async def test_an_account_kill_switch_pressed_on_one_sidecar_and_lifted_on_another_is_one_episode_each_time(
+        pg_url: str) -> None:
+    """Two sidecars behind one Service (the console or a script reaches either): the account's kill switch pressed
+    on sc-a, lifted on sc-b, pressed on sc-a again, lifted on sc-b again. Two episodes: two kill_switch and two
+    kill_switch_lifted, whichever sidecar each press reached."""
+    from tests.support.alert_receiver import AlertReceiver
+
+    receiver = await AlertReceiver().start()
+    common = {"database_url": pg_url, "enable_persistence": True, "alert_webhook_url": receiver.url(),
+              "alert_poll_s": 0.2, "alert_retry_initial_s": 0.1, "control_poll_seconds": 0.2}
+    halted = types_pb2.TRADING_STATE_HALTED
+    try:
+        async with running_sidecar(sidecar_id="sc-a", **common) as a, running_sidecar(sidecar_id="sc-b", **common) as b, \
+                grpc.aio.insecure_channel(a.address) as ch_a, grpc.aio.insecure_channel(b.address) as ch_b:
+            admin_a, admin_b = adg.AdminServiceStub(ch_a), adg.AdminServiceStub(ch_b)
+            risk_a, risk_b = rsg.RiskServiceStub(ch_a), rsg.RiskServiceStub(ch_b)
+            await risk_a.ReportEquity(rs.ReportEquityRequest(trader_id="bot-a", account_id="acct-1", equity=10_000))
+            await risk_b.ReportEquity(rs.ReportEquityRequest(trader_id="bot-b", account_id="acct-1", equity=10_000))
+            for round_ in (1, 2):
+                await admin_a.PauseTrading(ad.PauseTradingRequest(account_id="acct-1", trading_state=halted,
+                                                                  reason=f"venue down {round_}"))
+                assert await eventually(lambda: _is_denied(risk_b, "bot-b", True), timeout=10)  # heard on sc-b
+                await admin_b.ResumeTrading(ad.ResumeTradingRequest(account_id="acct-1"))
+                assert await eventually(lambda: _is_denied(risk_a, "bot-a", False), timeout=10)  # heard on sc-a
+            bodies = await _marker(ch_a, receiver)
+            assert await eventually(lambda: a.alerts.alerts_pending() == 0 and b.alerts.alerts_pending() == 0)
+            bodies = [x for x in receiver.bodies() if x.get("account_id") == "acct-1"]
+    finally:
+        await receiver.close()
+    events = [(x["event"], x["sidecar"]) for x in bodies]
+    assert sorted(e for e, _s in events) == ["kill_switch", "kill_switch", "kill_switch_lifted",
+                                             "kill_switch_lifted"], events
+
+
+async def _is_denied(risk: rsg.RiskServiceStub, trader: str, denied: bool) -> bool:
+    reply = await risk.CanTrade(rs.CanTradeRequest(trader_id=trader, account_id="acct-1"))
+    return (not reply.allowed) == denied
+
+
+async def test_an_account_kill_switch_that_ran_out_then_pressed_again_is_a_new_episode() -> None:
+    from google.protobuf import duration_pb2
+
+    from tests.support.alert_receiver import AlertReceiver
+    from tests.support.clock import T0
+    from tradeguard_server.engine.clock import ManualClock
+
+    clock = ManualClock(T0)
+    receiver = await AlertReceiver().start()
+    try:
+        async with running_sidecar(clock=clock, alert_webhook_url=receiver.url(), alert_poll_s=0.2,
+                                   alert_retry_initial_s=0.1) as sc, grpc.aio.insecure_channel(sc.address) as ch:
+            admin = adg.AdminServiceStub(ch)
+            for reason in ("ten minutes", "again"):
+                await admin.PauseTrading(ad.PauseTradingRequest(
+                    account_id="acct-1", trading_state=types_pb2.TRADING_STATE_HALTED, reason=reason,
+                    duration=duration_pb2.Duration(seconds=600)))
+                clock.advance(1200)  # ran out
+            bodies = await _marker(ch, receiver)
+    finally:
+        await receiver.close()
+    assert [b["event"] for b in bodies if b.get("account_id") == "acct-1"] == ["kill_switch", "kill_switch"]

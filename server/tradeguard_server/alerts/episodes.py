@@ -164,8 +164,12 @@ class AlertWatcher:
     # ---- kill switches (ControlPlane.on_scope: called on the sidecar it was pressed on) ---------
 
     def scope_changed(self, account_id: str, paused: bool, reason: str, by: str, version: int, at: float,
-                      details: dict[str, Any]) -> None:
-        was = self.scopes.get(account_id, False)
+                      details: dict[str, Any], was: bool | None = None) -> None:
+        """`was`: whether the scope was paused before this change, as the shared control state says (None: as
+        this watcher last saw it pressed here). Pressed on one sidecar and lifted on another, or a timed pause that
+        ran out, only the control state knows."""
+        if was is None:
+            was = self.scopes.get(account_id, False)
         self.scopes[account_id] = paused
         if paused == was:
             return  # the same episode (a second pause of a paused scope), or a resume of what was not paused
