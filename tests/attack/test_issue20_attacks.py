@@ -9,6 +9,7 @@ import contextlib
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
+
 import aiohttp
 import grpc
 import pytest
@@ -50,30 +51,30 @@ async def test_the_kill_switch_gets_through_while_admin_max_concurrent_reads_wai
     """An incident: the database stalls, the operator's script (or three console tabs polling every 5 s) has
     admin_max_concurrent reads waiting on it (each up to store_call_timeout_s). PauseTrading must still pause."""
     async with running_sidecar(database_url=pg_url, enable_persistence=True, admin_token=ADMIN,
-                               trader_token=TRADER, admin_max_concurrent=4, store_call_timeout_s=20.0) as sc:
-        async with grpc.aio.insecure_channel(sc.address) as ch:
-            risk, admin = rsg.RiskServiceStub(ch), adg.AdminServiceStub(ch)
-            await risk.ReportEquity(rs.ReportEquityRequest(trader_id="bot-1", account_id="acct-1", equity=10_000),
-                                    metadata=_bearer(TRADER))
-            async with _locked(pg_url, "risk_state_history"):
-                reads = [asyncio.ensure_future(admin.ListRiskStateHistory(
-                    ad.ListRiskStateHistoryRequest(trader_id="bot-1", account_id="acct-1"), metadata=_bearer(ADMIN), timeout=30))
-                    for _ in range(4)]
-                assert await eventually(lambda: sc.admission.in_progress["admin"] == 4)
-                try:
-                    reply = await admin.PauseTrading(ad.PauseTradingRequest(
-                        trader_id="bot-1", account_id="acct-1", trading_state=types_pb2.TRADING_STATE_HALTED,
-                        reason="incident: stop it"), metadata=_bearer(ADMIN), timeout=10)
-                except grpc.aio.AioRpcError as exc:
-                    pytest.fail(f"the kill switch was refused: {exc.code().name}: {exc.details()}")
-                finally:
-                    for read in reads:
-                        read.cancel()
-                    await asyncio.gather(*reads, return_exceptions=True)
-            assert reply.state.trader_id == "bot-1"
-            answer = await risk.CanTrade(rs.CanTradeRequest(trader_id="bot-1", account_id="acct-1"),
-                                         metadata=_bearer(TRADER))
-            assert not answer.allowed
+                               trader_token=TRADER, admin_max_concurrent=4, store_call_timeout_s=20.0) as sc, \
+            grpc.aio.insecure_channel(sc.address) as ch:
+        risk, admin = rsg.RiskServiceStub(ch), adg.AdminServiceStub(ch)
+        await risk.ReportEquity(rs.ReportEquityRequest(trader_id="bot-1", account_id="acct-1", equity=10_000),
+                                metadata=_bearer(TRADER))
+        async with _locked(pg_url, "risk_state_history"):
+            history = ad.ListRiskStateHistoryRequest(trader_id="bot-1", account_id="acct-1")
+            reads = [asyncio.ensure_future(admin.ListRiskStateHistory(history, metadata=_bearer(ADMIN), timeout=30))
+                     for _ in range(4)]
+            assert await eventually(lambda: sc.admission.in_progress["admin"] == 4)
+            try:
+                reply = await admin.PauseTrading(ad.PauseTradingRequest(
+                    trader_id="bot-1", account_id="acct-1", trading_state=types_pb2.TRADING_STATE_HALTED,
+                    reason="incident: stop it"), metadata=_bearer(ADMIN), timeout=10)
+            except grpc.aio.AioRpcError as exc:
+                pytest.fail(f"the kill switch was refused: {exc.code().name}: {exc.details()}")
+            finally:
+                for read in reads:
+                    read.cancel()
+                await asyncio.gather(*reads, return_exceptions=True)
+        assert reply.state.trader_id == "bot-1"
+        answer = await risk.CanTrade(rs.CanTradeRequest(trader_id="bot-1", account_id="acct-1"),
+                                     metadata=_bearer(TRADER))
+        assert not answer.allowed
 
 
 async def test_the_kill_switch_over_http_gets_through_while_a_bot_holds_http_max_concurrent_watch_streams() -> None:
@@ -137,8 +138,8 @@ async def test_clients_that_send_headers_and_never_the_body_do_not_take_the_http
 @contextlib.asynccontextmanager
 async def _receiver() -> AsyncIterator[tuple[str, list[tuple[str, str]]]]:
     """An HTTP receiver on 127.0.0.1:0: (base URL, the (method, path) it got). Paths: /redirect/... answers 302 to
-    another host name whose /landing answers 200 to anything; /hang/... answers after 60 s; /echo404/... answers 404 naming the path (as many
-    servers and proxies do); /big500/... answers 500 with a body of 256 MiB."""
+    another host name whose /landing answers 200 to anything; /hang/... answers after 60 s; /echo404/... answers
+    404 naming the path (as many servers and proxies do); /big500/... answers 500 with a body of 256 MiB."""
     from aiohttp import web
 
     hits: list[tuple[str, str]] = []
@@ -232,9 +233,9 @@ async def test_the_label_overflow_counters_are_exported_at_zero_so_that_increase
     cannot see a series' first sample: a counter created at its first increment (1,500 bots starting at once: it
     appears at 500 between two scrapes and stays there) never fires. Its promtool case feeds '0x10 1 5', a series
     that exists at 0 before the overflow: the sidecar must export it so, for each label the cap folds."""
-    async with running_sidecar(metrics_listen="127.0.0.1:0") as sc, aiohttp.ClientSession() as http:
-        async with http.get(f"http://{sc.metrics_address}/metrics") as reply:
-            text = await reply.text()
+    async with running_sidecar(metrics_listen="127.0.0.1:0") as sc, aiohttp.ClientSession() as http, \
+            http.get(f"http://{sc.metrics_address}/metrics") as reply:
+        text = await reply.text()
     for label in ("trader_id", "code", "breaker_id"):
         assert f'tradeguard_metric_label_overflow_total{{label="{label}"}} 0.0' in text, label
 
@@ -326,7 +327,7 @@ async def test_in_shadow_mode_a_breach_is_alerted_as_not_enforced_not_as_a_criti
         async with running_sidecar(alert_webhook_url=receiver.url(), alert_poll_s=0.2, alert_retry_initial_s=0.1,
                                    enable_risk_enforcement=False) as sc, \
                 grpc.aio.insecure_channel(sc.address) as ch:
-            risk, admin = rsg.RiskServiceStub(ch), adg.AdminServiceStub(ch)
+            risk = rsg.RiskServiceStub(ch)
             b1 = {"trader_id": "bot-1", "account_id": "acct-1"}
             await risk.ReportEquity(rs.ReportEquityRequest(**b1, equity=10_000))
             await risk.ReportEquity(rs.ReportEquityRequest(**b1, equity=9_000))
@@ -437,7 +438,8 @@ async def test_an_account_kill_switch_pressed_on_one_sidecar_and_lifted_on_anoth
               "alert_poll_s": 0.2, "alert_retry_initial_s": 0.1, "control_poll_seconds": 0.2}
     halted = types_pb2.TRADING_STATE_HALTED
     try:
-        async with running_sidecar(sidecar_id="sc-a", **common) as a, running_sidecar(sidecar_id="sc-b", **common) as b, \
+        async with running_sidecar(sidecar_id="sc-a", **common) as a, \
+                running_sidecar(sidecar_id="sc-b", **common) as b, \
                 grpc.aio.insecure_channel(a.address) as ch_a, grpc.aio.insecure_channel(b.address) as ch_b:
             admin_a, admin_b = adg.AdminServiceStub(ch_a), adg.AdminServiceStub(ch_b)
             risk_a, risk_b = rsg.RiskServiceStub(ch_a), rsg.RiskServiceStub(ch_b)

@@ -15,7 +15,7 @@ import pytest
 from google.protobuf import json_format
 
 from tests.e2e.test_console_browser import ADMIN, TRADER, css, open_trader, use_token, visible, wait
-from tests.e2e.test_console_browser import driver as driver  # noqa: F401  (the module-scoped browser fixture)
+from tests.e2e.test_console_browser import driver as driver
 from tests.support.sidecar import SidecarProcess, start_sidecar
 from tests.support.wait import eventually_sync
 from tradeguard.v1 import admin_service_pb2 as ad

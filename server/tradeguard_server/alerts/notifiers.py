@@ -117,5 +117,6 @@ def configured_notifiers(s: Settings) -> list[Notifier]:
     if s.alert_telegram_bot_token:
         base = s.alert_telegram_api_url.rstrip("/")
         url = f"{base}/bot{s.alert_telegram_bot_token}/sendMessage"
-        out.append(Notifier("telegram", url, (*url_secrets(url), s.alert_telegram_bot_token), chat_id=s.alert_telegram_chat_id))
+        out.append(Notifier("telegram", url, (*url_secrets(url), s.alert_telegram_bot_token),
+                            chat_id=s.alert_telegram_chat_id))
     return out
