@@ -766,7 +766,12 @@ def validate_alerts(s: Settings) -> None:
 
     for name in (*ALERT_SECRETS[:3], "alert_telegram_api_url"):
         value = getattr(s, name)
-        if value and (urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).netloc):
+        try:  # a malformed host or port ("http://[::1:80/", "http://h:99999/") fails here, not at the first alert
+            parts = urlsplit(value)
+            valid = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+        except ValueError:
+            valid = False
+        if value and not valid:
             raise SettingsError(f"{name}: expected an http:// or https:// URL (or empty to disable)")
     if bool(s.alert_telegram_bot_token) != bool(s.alert_telegram_chat_id):
         raise SettingsError("alert_telegram_bot_token and alert_telegram_chat_id: give both or neither")

@@ -581,7 +581,8 @@ class Sidecar:
         self.alerts = AlertDispatcher(configured_notifiers(s), outbox, s.sidecar_name, retry,
                                       on_health=self._on_alerts_health)
         self.alert_watcher = AlertWatcher(self.alerts.submit, s.sidecar_name,
-                                          muted=lambda: self.persistence.replaying)
+                                          muted=lambda: self.persistence.replaying,
+                                          enforced=lambda: self.engine.flags.enable_risk_enforcement)
         if self.alerts.notifiers:
             self.listeners.append(self.alert_watcher)  # last: it only enqueues
             self.control.on_scope = self._on_scope_alert
@@ -594,14 +595,14 @@ class Sidecar:
                     not overdue, self.engine.clock.now() - listener.fresh_seconds())
             self.metrics.observe_alerts(self.alerts)
 
-    def _on_scope_alert(self, scope: Any) -> None:
+    def _on_scope_alert(self, scope: Any, was: bool) -> None:
         from .engine.engine import iso_utc
 
         details: dict[str, Any] = {} if scope.state is None else {
             "state": scope.state.name, "until": None if scope.until is None else iso_utc(scope.until)}
         self.alert_watcher.scope_changed(scope.account_id, scope.state is not None, scope.reason,
                                          f"{scope.actor} via sidecar {scope.origin}", scope.version, scope.since,
-                                         details)
+                                         details, was=was)
 
     def _on_alerts_health(self, up: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING

@@ -243,11 +243,14 @@ class AlertDispatcher:
     async def _send_all(self, notifier: Notifier, deliveries: list[Delivery]) -> None:
         assert self._session is not None
         status = self.status[notifier.name]
-        for d in deliveries:
+        failing_s = 0.0  # time this round spent on failed attempts
+        for index, d in enumerate(deliveries):
             d.attempts += 1
+            began = time.monotonic()
             try:
                 await notifier.send(self._session, d.payload, self.retry.timeout_s)
             except DeliveryError as exc:
+                failing_s += time.monotonic() - began
                 d.last_error = str(exc)
                 d.next_attempt_at = self.clock() + self.retry.delay(d.attempts)
                 self.failed[notifier.name] += 1
@@ -256,6 +259,15 @@ class AlertDispatcher:
                 if status.consecutive_failures in (1, self.retry.dead_after_failures) or d.attempts == 1:
                     log.warning("alerts: %s delivery of %s failed (attempt %d): %s; retried", notifier.name, d.key,
                                 d.attempts, d.last_error)
+                if failing_s >= self.retry.timeout_s:
+                    # A receiver that hangs: its other deliveries wait for the same retry instead of each spending
+                    # alert_timeout_s on it in a row (1,000 alerts: 5,000 s), while this round - and with it every
+                    # other notifier's next alerts and the outbox writes - waited. (Quick failures, a refused
+                    # connection or a 500, go on: they cost nothing.)
+                    for later in deliveries[index + 1:]:
+                        later.next_attempt_at = max(later.next_attempt_at, d.next_attempt_at)
+                    d.dirty = True
+                    return
             else:
                 d.delivered_at = self.clock()
                 d.last_error = None

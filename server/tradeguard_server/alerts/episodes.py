@@ -50,6 +50,7 @@ from .alert import Alert
 log = logging.getLogger("tradeguard.alerts")
 
 Emit = Callable[[Alert], None]
+SHADOW = " (shadow mode: not enforced)"
 
 
 def own_pause_start(st: TraderState, now: float) -> float | None:
@@ -74,10 +75,14 @@ class AlertWatcher:
     """The engine listener (call it with each StateChanged) and the health / kill-switch hooks. See the module
     docstring for the episodes."""
 
-    def __init__(self, emit: Emit, sidecar: str, muted: Callable[[], bool] = lambda: False) -> None:
+    def __init__(self, emit: Emit, sidecar: str, muted: Callable[[], bool] = lambda: False,
+                 enforced: Callable[[], bool] = lambda: True) -> None:
         self.emit = emit
         self.sidecar = sidecar
         self.muted = muted  # a journal replay re-runs changes already alerted (persistence.replaying)
+        # enable_risk_enforcement: off (shadow mode), a pause is recorded but CanTrade allows: its alerts say so
+        # (severity warning, "shadow mode: not enforced", details.shadow), as breaker_fired's do
+        self.enforced = enforced
         self.paused: dict[str, float] = {}  # trader id -> start of its own-pause episode in progress
         self.scopes: dict[str, bool] = {}  # account id ("*" = every account) -> its kill switch is on
         self.down: dict[str, float] = {}  # "store" / "control" -> when that episode began
@@ -106,12 +111,14 @@ class AlertWatcher:
     def _breaches_and_firings(self, event: StateChanged, st: TraderState, now: float) -> None:
         if self.muted():
             return
+        shadow = not self.enforced()
         for breach in event.breaches:
             self.emit(Alert(a.LOSS_LIMIT_BREACH, f"{a.LOSS_LIMIT_BREACH}:{st.trader_id}:{breach.code.name}:{now:.6f}",
-                            breach.reason, now, self.sidecar, st.trader_id, st.account_id,
+                            breach.reason + (SHADOW if shadow else ""), now, self.sidecar, st.trader_id,
+                            st.account_id, "warning" if shadow else "",
                             details={"rule": breach.rule, "code": breach.code.name, "value": breach.value,
                                      "limit": breach.limit, "state": breach.state.name,
-                                     "pause_seconds": breach.duration_s}))
+                                     "pause_seconds": breach.duration_s, "shadow": shadow}))
         for f in event.firings:
             key = f.event_id or f"{f.breaker_id}:{f.trader_id or st.trader_id}:{f.at:.6f}"
             severity = "warning" if f.shadow or f.action == "alert" else "critical"
@@ -133,11 +140,13 @@ class AlertWatcher:
             if self.muted():
                 return
             pause = _own_pause(st, now)
-            self.emit(Alert(a.TRADER_PAUSED, f"{a.TRADER_PAUSED}:{st.trader_id}:{start:.6f}", pause.reason, now,
-                            self.sidecar, st.trader_id, st.account_id,
+            shadow = not self.enforced()
+            self.emit(Alert(a.TRADER_PAUSED, f"{a.TRADER_PAUSED}:{st.trader_id}:{start:.6f}",
+                            pause.reason + (SHADOW if shadow else ""), now, self.sidecar, st.trader_id,
+                            st.account_id, "warning" if shadow else "",
                             details={"state": pause.state.name, "source": pause.source, "code": pause.code.name,
                                      "until": None if pause.until is None else a.iso(pause.until),
-                                     "since": a.iso(start), "change": reason},
+                                     "since": a.iso(start), "change": reason, "shadow": shadow},
                             only_if_new=only_if_new))
         elif start is None and open_since is not None:
             del self.paused[st.trader_id]
@@ -157,8 +166,12 @@ class AlertWatcher:
     # ---- kill switches (ControlPlane.on_scope: called on the sidecar it was pressed on) ---------
 
     def scope_changed(self, account_id: str, paused: bool, reason: str, by: str, version: int, at: float,
-                      details: dict[str, Any]) -> None:
-        was = self.scopes.get(account_id, False)
+                      details: dict[str, Any], was: bool | None = None) -> None:
+        """`was`: whether the scope was paused before this change, as the shared control state says (None: as
+        this watcher last saw it pressed here). Pressed on one sidecar and lifted on another, or a timed pause that
+        ran out, only the control state knows."""
+        if was is None:
+            was = self.scopes.get(account_id, False)
         self.scopes[account_id] = paused
         if paused == was:
             return  # the same episode (a second pause of a paused scope), or a resume of what was not paused

@@ -27,6 +27,23 @@ from .alert import summary
 
 DISCORD_MAX = 2000
 TELEGRAM_MAX = 4096
+ERROR_BODY_MAX = 1024  # bytes of a failed answer's body read (for the error text)
+
+
+def url_secrets(url: str) -> tuple[str, ...]:
+    """What of a webhook URL an error text or log line must never show: the URL as given and as aiohttp / yarl
+    print it (without its user:password), the password, the path (Slack's and Discord's secret) and the query."""
+    parts = urlsplit(url)
+    out = [url, parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()]
+    if parts.password:
+        out.append(parts.password)
+    if parts.username:
+        out.append(parts.username)
+    if len(parts.path) > 1:
+        out.append(parts.path)
+    if parts.query:
+        out.append(parts.query)
+    return tuple(sorted(set(out), key=len, reverse=True))  # longest first: a secret inside another is scrubbed whole
 
 
 class DeliveryError(Exception):
@@ -68,11 +85,15 @@ class Notifier:
     async def send(self, session: aiohttp.ClientSession, payload: dict[str, Any], timeout_s: float) -> None:
         """POST the alert; raises DeliveryError (no secret in its text) unless the receiver answered 2xx."""
         try:
-            async with session.post(self.url, json=self.body(payload),
+            # No redirect is followed: a 302 would turn the POST into a GET that a 2xx marks delivered (the alert
+            # lost), a 307 would send the alert to wherever the receiver says. A 3xx is a failure, retried.
+            async with session.post(self.url, json=self.body(payload), allow_redirects=False,
                                     timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
                 if 200 <= resp.status < 300:
                     return
-                text = (await resp.text(errors="replace"))[:200]
+                # the first bytes of the answer only: a receiver answering 500 with a body of gigabytes must not
+                # fill the sidecar's memory
+                text = (await resp.content.read(ERROR_BODY_MAX)).decode(errors="replace")[:200]
                 raise DeliveryError(self.scrub(f"HTTP {resp.status} from {self.where}: {text.strip()}"))
         except DeliveryError:
             raise
@@ -88,13 +109,14 @@ def configured_notifiers(s: Settings) -> list[Notifier]:
     """The notifiers the settings configure (none when every alert_* URL is empty)."""
     out: list[Notifier] = []
     if s.alert_webhook_url:
-        out.append(Notifier("webhook", s.alert_webhook_url, (s.alert_webhook_url,)))
+        out.append(Notifier("webhook", s.alert_webhook_url, url_secrets(s.alert_webhook_url)))
     if s.alert_slack_webhook_url:
-        out.append(Notifier("slack", s.alert_slack_webhook_url, (s.alert_slack_webhook_url,)))
+        out.append(Notifier("slack", s.alert_slack_webhook_url, url_secrets(s.alert_slack_webhook_url)))
     if s.alert_discord_webhook_url:
-        out.append(Notifier("discord", s.alert_discord_webhook_url, (s.alert_discord_webhook_url,)))
+        out.append(Notifier("discord", s.alert_discord_webhook_url, url_secrets(s.alert_discord_webhook_url)))
     if s.alert_telegram_bot_token:
         base = s.alert_telegram_api_url.rstrip("/")
         url = f"{base}/bot{s.alert_telegram_bot_token}/sendMessage"
-        out.append(Notifier("telegram", url, (url, s.alert_telegram_bot_token), chat_id=s.alert_telegram_chat_id))
+        out.append(Notifier("telegram", url, (*url_secrets(url), s.alert_telegram_bot_token),
+                            chat_id=s.alert_telegram_chat_id))
     return out

@@ -53,6 +53,10 @@ TICK_S = 0.01  # the lag ticker's period
 WINDOW_TICKS = 10  # calls are counted per window of 10 ticks (100 ms)
 BUSY = 0.5  # the loop's thread ran more than this share of a window: overloaded
 MAX_HELD = 20_000  # shed calls held at once (bounded memory); beyond, they are answered at once
+# The kill switch is never shed by a budget (admin_max_concurrent, http_max_concurrent): during an incident the
+# operator's reads (a script, console tabs polling a stalled database) may fill the admin budget, and a bot's
+# server-sent event streams the HTTP one; a pause or resume must still get through. Still counted in progress.
+KILL_SWITCH = frozenset({"PauseTrading", "ResumeTrading"})
 
 
 def retry_status(message: str, retry_after_s: float) -> status_pb2.Status:
@@ -287,8 +291,10 @@ class Admission:
         in_progress = self.in_progress
         limit = self.admin_max_concurrent
 
+        budgeted = method not in KILL_SWITCH
+
         async def admitted(raw: bytes, context: Any) -> Any:
-            if limit and in_progress[ADMIN] >= limit:
+            if budgeted and limit and in_progress[ADMIN] >= limit:
                 await self.refuse(context, ADMIN_BUDGET, method,
                                   f"AdminService is busy: admin_max_concurrent={limit} calls in progress; retry after "
                                   f"{self.retry_after_s:g} s", hold=False)

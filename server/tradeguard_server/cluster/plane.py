@@ -159,8 +159,10 @@ class ControlPlane:
         self.age: Callable[[], float] = lambda: 0.0
         engine.on_new_trader = self.sync_trader
         # Alerts (alerts/episodes.py): told of each scope pause / resume made through this sidecar, after it is in
-        # force here (never of the changes other sidecars made: each kill switch is alerted by one sidecar).
-        self.on_scope: Callable[[ScopePause], None] | None = None
+        # force here (never of the changes other sidecars made: each kill switch is alerted by one sidecar), with
+        # whether the scope was paused before it as the shared control state says (pressed on another sidecar,
+        # restored at start, or a timed pause that ran out: this sidecar's own memory of its presses cannot know).
+        self.on_scope: Callable[[ScopePause, bool], None] | None = None
 
     # ---- changes made here ----------------------------------------------------------------------
 
@@ -192,9 +194,10 @@ class ControlPlane:
         scope = ScopePause.of(change)
         log.warning("KILL SWITCH %s until=%s reason=%s (version %d)", scope.describe(),
                     "resume" if until is None else iso_utc(until), reason, change.version)
+        was = self._scope_active(account_id)
         self._set_scope(scope)
         if self.on_scope is not None:
-            self.on_scope(scope)
+            self.on_scope(scope, was)
         return scope
 
     async def resume_account(self, account_id: str, actor: str | None = None) -> ScopePause:
@@ -204,9 +207,10 @@ class ControlPlane:
         self.noted(change.version)
         scope = ScopePause.of(change)
         log.warning("RESUME %s (version %d)", scope.describe(), change.version)
+        was = self._scope_active(account_id)
         self._set_scope(scope)
         if self.on_scope is not None:
-            self.on_scope(scope)
+            self.on_scope(scope, was)
         return scope
 
     pause_scope = pause_account
@@ -234,6 +238,11 @@ class ControlPlane:
         if not self.primed:
             return
         st.pauses = [p for p in st.pauses if p.source not in ("account", "all")] + self.pauses_for(st.account_id)
+
+    def _scope_active(self, account_id: str) -> bool:
+        """The scope is paused now, as this sidecar knows the shared control state."""
+        known = self.scopes.get(account_id)
+        return known is not None and known.active(self.engine.clock.now())
 
     def _set_scope(self, scope: ScopePause) -> None:
         known = self.scopes.get(scope.account_id)

@@ -23,7 +23,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from google.protobuf.message import Message
 
-from ..api.admission import HTTP, HTTP_BUDGET, Admission, retry_after_header, retry_delay, retry_status
+from ..api.admission import HTTP, HTTP_BUDGET, KILL_SWITCH, Admission, retry_after_header, retry_delay, retry_status
 from ..api.errors import ApiError
 from ..console import Asset, Console
 from .context import Aborted, HttpContext, peer_text
@@ -172,21 +172,24 @@ class HttpApi:
                         client_max_size=self.max_body_bytes)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        refused = self._over_budget(request, None)  # before anything of the request is read
+        if refused is not None:
+            return refused
+        return await self._handle(request)
+
+    def _over_budget(self, request: web.BaseRequest, match: Match | None) -> web.Response | None:
+        """429 with Retry-After when http_max_concurrent requests are in progress (the kill switch excepted)."""
         admission = self.admission
-        if admission is None:
-            return await self._handle(request)
-        in_progress = admission.in_progress
-        if self.max_concurrent and in_progress[HTTP] >= self.max_concurrent:
+        if admission is None or not self.max_concurrent or admission.in_progress[HTTP] < self.max_concurrent:
+            return None
+        if match is None:
             match = self.router.match(request.method, request.rel_url.raw_path)
-            admission.count_shed(HTTP_BUDGET, match.route.rpc if match is not None else "other")  # bounded labels
-            what = (f"the HTTP API is busy: http_max_concurrent={self.max_concurrent} requests in progress; retry "
-                    f"after {admission.retry_after_s:g} s")
-            return self._error(retry_status(what, admission.retry_after_s), grpc.StatusCode.RESOURCE_EXHAUSTED)
-        in_progress[HTTP] += 1
-        try:
-            return await self._handle(request)
-        finally:
-            in_progress[HTTP] -= 1
+        if _kill_switch(match):  # gets through a full budget (admission.KILL_SWITCH)
+            return None
+        admission.count_shed(HTTP_BUDGET, match.route.rpc if match is not None else "other")  # bounded labels
+        what = (f"the HTTP API is busy: http_max_concurrent={self.max_concurrent} requests in progress; retry "
+                f"after {admission.retry_after_s:g} s")
+        return self._error(retry_status(what, admission.retry_after_s), grpc.StatusCode.RESOURCE_EXHAUSTED)
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         refused = _foreign(request)
@@ -242,12 +245,24 @@ class HttpApi:
                                    grpc.StatusCode.INVALID_ARGUMENT)
             response.force_close()  # what is left of it on the connection cannot be told from the next request
             return response
-        if route.streaming:
-            return await self._stream(request, handler, raw, ctx)
+        # Counted in progress (http_max_concurrent) from here, once the body is in: a client that sends headers and
+        # then nothing (slowloris) holds a connection, not a share of the budget every other client needs.
+        refused = self._over_budget(request, match)
+        if refused is not None:
+            return refused
+        in_progress = None if self.admission is None else self.admission.in_progress
+        if in_progress is not None:
+            in_progress[HTTP] += 1
         try:
-            reply = await handler.unary_unary(raw, ctx)  # type: ignore[misc,arg-type]  # as gRPC calls it
-        except Aborted as aborted:
-            return self._error(aborted.status, aborted.code)
+            if route.streaming:
+                return await self._stream(request, handler, raw, ctx)
+            try:
+                reply = await handler.unary_unary(raw, ctx)  # type: ignore[misc,arg-type]  # as gRPC calls it
+            except Aborted as aborted:
+                return self._error(aborted.status, aborted.code)
+        finally:
+            if in_progress is not None:
+                in_progress[HTTP] -= 1
         payload = to_json(reply)
         if route.response_body:  # the seeds' paths answer the bare object or list
             payload = payload.get(route.response_body, {})
@@ -374,6 +389,11 @@ class HttpApi:
     @staticmethod
     def _event(kind: str, item: Any) -> bytes:
         return b"event: " + kind.encode() + b"\ndata: " + dumps(to_json(item)) + b"\n\n"
+
+
+def _kill_switch(match: Match | None) -> bool:
+    """PauseTrading / ResumeTrading of AdminService: never refused by http_max_concurrent (admission.KILL_SWITCH)."""
+    return match is not None and match.route.rpc in KILL_SWITCH and match.route.service.endswith(".AdminService")
 
 
 def parse_http_listen(listen: str) -> tuple[str, int]:

@@ -167,7 +167,11 @@ def settings_secrets(settings: Settings) -> list[str]:
         values.append(settings.admin_token_value())
     for password in url_secrets(settings.database_url):  # every form libpq accepts (?password=, unencoded @)
         values += [password, quote(password, safe="")]
+    from ..alerts.notifiers import url_secrets as alert_url_secrets
     from ..settings import ALERT_SECRETS  # alerts: webhook URLs and the Telegram bot token
 
     values += [getattr(settings, name) for name in ALERT_SECRETS]
+    for name in ALERT_SECRETS[:3]:  # also as aiohttp prints them (no user:password), their path, password, query
+        if getattr(settings, name):
+            values += alert_url_secrets(getattr(settings, name))
     return [v for v in values if v]

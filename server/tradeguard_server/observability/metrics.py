@@ -394,6 +394,10 @@ class PrometheusMetrics:
         self._decisions_by_number: dict[int, list[int]] = {}
         self._breakers: dict[str, Any] = {}
         self.store_healthy_gauge.set(1)
+        # at 0 from the start: TradeGuardMetricLabelOverflow's increase() cannot see a series' first sample, so a
+        # counter born at its first fold (at 500 after 1,500 bots start at once) would never fire it
+        for label in ("trader_id", "code", "breaker_id"):
+            self.label_overflow.labels(label)
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
