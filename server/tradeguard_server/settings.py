@@ -147,8 +147,8 @@ HELP = {
 
 HELP.update({  # fairness and overload (README "Fairness and overload")
     "max_streams_per_connection": "HTTP/2 streams one connection may open (grpc core refuses more before Python "
-                                  "sees them; clients wait for a free one), and Session / WatchRiskState streams it "
-                                  "may hold (0 = no limit)",
+                                  "sees them: the client's call fails UNAVAILABLE), and Session / WatchRiskState "
+                                  "streams it may hold (0 = off: max_concurrent_streams applies)",
     "max_calls_per_connection": "while the event loop is overloaded: calls one connection may start per 100 ms; "
                                 "beyond, its calls are shed for retry_after_s with RESOURCE_EXHAUSTED and "
                                 "retry-after (0 = off)",
@@ -267,8 +267,9 @@ class Settings:
     config: str = field(default="", metadata={"file": False})  # the settings file (JSON or TOML); not in the file
     strict: bool = False  # unknown TRADEGUARD_* variables and unknown file keys stop the start instead of a warning
     # ---- fairness and overload (README "Fairness and overload"; api/admission.py). 0 = no limit / off.
-    max_streams_per_connection: int = 100  # HTTP/2 streams one connection may open (grpc core, before Python)...
-    # ...and Session / WatchRiskState streams it may hold; the smaller of this and max_concurrent_streams applies
+    max_streams_per_connection: int = 0  # HTTP/2 streams one connection may open (grpc core, before Python)...
+    # ...and Session / WatchRiskState streams it may hold; the smaller of this and max_concurrent_streams applies;
+    # off by default (0): over it grpc core refuses the stream and a client fails the call UNAVAILABLE
     # (a bot that waits for each answer starts at most ~50 per 100 ms even when catching up after a stall)
     max_calls_per_connection: int = 200  # while overloaded: calls one connection may start per 100 ms
     max_calls_per_trader: int = 200  # while overloaded: calls one trader_id may start per 100 ms
