@@ -135,6 +135,27 @@ def _working_directory_database_untouched() -> Iterator[None]:
     assert not changed, f"the test created or changed: {changed}"
 
 
+@pytest.fixture(autouse=True)
+def _spool_of_its_own(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A PostgreSQL sidecar built in the test process without a spool_path gets a spool in a temporary directory,
+    not <state_dir>/tradeguard-spool-<name>.db in the working directory (tests/support/sidecar.py does the same for
+    the sidecars it builds; the working-directory guard above refuses the default path)."""
+    from tradeguard_server import sidecar as sidecar_module
+
+    default = sidecar_module.spool_file
+    folder: list[Path] = []
+
+    def spool_file(settings: Any) -> str | None:
+        path = default(settings)
+        if path is None or settings.spool_path:
+            return path
+        if not folder:
+            folder.append(tmp_path_factory.mktemp("spool"))
+        return str(folder[0] / Path(path).name)
+
+    monkeypatch.setattr(sidecar_module, "spool_file", spool_file)
+
+
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this test (dropped after); skips without a server, fails under CI."""
