@@ -488,3 +488,39 @@ async def test_an_account_kill_switch_that_ran_out_then_pressed_again_is_a_new_e
     finally:
         await receiver.close()
     assert [b["event"] for b in bodies if b.get("account_id") == "acct-1"] == ["kill_switch", "kill_switch"]
+
+
+async def test_while_overloaded_a_client_without_the_bots_credential_cannot_get_the_bot_shed() -> None:
+    """Per-bot credentials: the bot `victim` holds its token. While the sidecar is overloaded, a client with no
+    token sends 40 CanTrade naming trader_id `victim` (each refused UNAUTHENTICATED). The count per trader must not
+    take them: else `victim` is a flooding trader and the real bot's own connection is shed for retry_after_s."""
+    import tempfile
+    from pathlib import Path
+
+    token = "victim-token-0123456789abcdef0123456789"
+    with tempfile.TemporaryDirectory() as tmp:
+        creds = Path(tmp) / "credentials.toml"
+        creds.write_text(f'[[credential]]\nname = "victim-bot"\ntoken = "{token}"\ntraders = ["victim"]\n'
+                         'accounts = ["a"]\n')
+        creds.chmod(0o600)
+        async with running_sidecar(credentials_file=str(creds), max_calls_per_trader=5, max_calls_per_connection=0,
+                                   shed_hold_s=0.0, retry_after_s=30.0) as sc:
+            sc.admission.window_ticks = 1 << 30  # one counting window for the whole test (not 100 ms)
+            sc.admission.observe_lag(1.0)  # overloaded (what the attacker's own flood would do)
+            async with _own_connection(sc.address) as bot_ch, _own_connection(sc.address) as evil_ch:
+                bot, evil = rsg.RiskServiceStub(bot_ch), rsg.RiskServiceStub(evil_ch)
+                mine = _bearer(token)
+                await bot.CanTrade(rs.CanTradeRequest(trader_id="victim", account_id="a"), metadata=mine)
+                forged = [evil.CanTrade(rs.CanTradeRequest(trader_id="victim", account_id="a")) for _ in range(40)]
+                forged.append(evil.CanTrade(rs.CanTradeRequest(trader_id="someone", account_id="a")))
+                await asyncio.gather(*forged, return_exceptions=True)
+                try:
+                    answer = await bot.CanTrade(rs.CanTradeRequest(trader_id="victim", account_id="a"),
+                                                metadata=mine)
+                except grpc.aio.AioRpcError as exc:
+                    pytest.fail(f"the bot was shed by calls it did not make: {exc.code().name}: {exc.details()}")
+                assert answer.state.trader_id == "victim"
+
+
+def _own_connection(address: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
