@@ -524,3 +524,30 @@ async def test_while_overloaded_a_client_without_the_bots_credential_cannot_get_
 
 def _own_connection(address: str) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+
+
+async def test_a_breaker_whose_condition_holds_over_many_reports_fires_one_alert_per_episode() -> None:
+    from google.protobuf import json_format
+
+    from tests.support.alert_receiver import AlertReceiver
+
+    receiver = await AlertReceiver().start()
+    try:
+        async with running_sidecar(alert_webhook_url=receiver.url(), alert_poll_s=0.2,
+                                   alert_retry_initial_s=0.1) as sc, grpc.aio.insecure_channel(sc.address) as ch:
+            risk, admin = rsg.RiskServiceStub(ch), adg.AdminServiceStub(ch)
+            await admin.CreateBreaker(ad.CreateBreakerRequest(breaker=json_format.ParseDict(
+                {"name": "dd10", "account_id": "acct-1", "condition": "max_drawdown", "action": "alert",
+                 "parameters": {"threshold": 0.1}, "enabled": True}, types_pb2.CircuitBreaker())))
+            b1 = {"trader_id": "bot-1", "account_id": "acct-1"}
+            for equity in (10_000, 8_900, 8_800, 8_700, 8_900, 8_600,  # one drawdown episode (11-14 %)
+                           10_100, 10_200,  # recovered: a new peak, the condition false
+                           9_000, 8_950, 8_900):  # a second episode (over 10 % from 10,200)
+                await risk.ReportEquity(rs.ReportEquityRequest(**b1, equity=equity))
+                await risk.CanTrade(rs.CanTradeRequest(**b1))
+            bodies = await _marker(ch, receiver)
+    finally:
+        await receiver.close()
+    fired = [b for b in bodies if b["event"] == "breaker_fired"]
+    assert len(fired) == 2, [(b["event"], b["reason"]) for b in bodies]
+    assert {b["severity"] for b in fired} == {"warning"}  # an `alert` action
