@@ -1,4 +1,4 @@
-"""Entry point: `tradeguard serve | migrate | health | admin | alert-test`."""
+"""Entry point: `tradeguard serve | migrate | health | admin | alert-test | restore`."""
 
 from __future__ import annotations
 
@@ -99,7 +99,33 @@ def build_parser() -> argparse.ArgumentParser:
                     "prints OK or FAILED with the error per notifier. Exit 1 when any failed, 2 when none is "
                     "configured.")
     _add_setting_flags(alert_test)
+    _add_restore_parser(sub, cli)
     return parser
+
+
+def _add_restore_parser(sub: Any, cli: Any) -> None:
+    """`tradeguard restore`: AdminService.RestoreRiskState from the command line (README "History retention and
+    restore")."""
+    restore = sub.add_parser(
+        "restore", help="put a trader back to the state its history recorded at a time (dry run unless --apply)",
+        description="Calls AdminService.RestoreRiskState on a running sidecar with the admin token (found as "
+                    "`tradeguard admin` finds it) and prints the answer as JSON: the state restored, or with no "
+                    "--apply the state it would restore (nothing changes).")
+    restore.add_argument("--trader-id", required=True, help="the trader")
+    restore.add_argument("--account-id", required=True, help="the trader's account")
+    restore.add_argument("--at", required=True, metavar="RFC3339",
+                         help="the point in time, e.g. 2026-12-01T10:00:00Z: the newest history row at or before it "
+                              "is restored")
+    restore.add_argument("--reason", default="", help="why (audited; required with --apply)")
+    restore.add_argument("--apply", action="store_true", help="restore for real (default: dry run)")
+    restore.add_argument("--address", default=cli.admin_address,
+                         help="the sidecar's host:port or unix:/path (env TRADEGUARD_ADMIN_ADDRESS)")
+    restore.add_argument("--token-file", default="", help="file holding the admin token")
+    restore.add_argument("--state-dir", default=None, help="directory of the generated admin.token")
+    restore.add_argument("--database-url", default=None, help="(to find admin.token next to the SQLite file)")
+    restore.add_argument("--config", default=None, help="the sidecar's settings file (to find its admin token)")
+    restore.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the answer")
+    _add_tls_flags(restore, cli)
 
 
 def _add_tls_flags(parser: argparse.ArgumentParser, cli: Any) -> None:
@@ -287,12 +313,53 @@ def _alert_test(settings: Settings) -> int:
     return 1 if any(error for _name, _where, error in results) else 0
 
 
+def _restore(args: argparse.Namespace) -> int:
+    """`tradeguard restore`: exit 0 with the answer as JSON, 1 when the sidecar refuses, 2 for bad arguments."""
+    import grpc
+    from google.protobuf import json_format
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from tradeguard.v1 import admin_service_pb2 as ad
+
+    at = Timestamp()
+    try:
+        at.FromJsonString(args.at.strip())
+    except ValueError:
+        print(f"tradeguard restore: --at: expected an RFC 3339 time such as 2026-12-01T10:00:00Z, got {args.at!r}",
+              file=sys.stderr)
+        return 2
+    if args.apply and not args.reason.strip():
+        print("tradeguard restore: --reason is required with --apply (it is audited)", file=sys.stderr)
+        return 2
+    try:
+        token = _admin_token(args)
+    except SettingsError as exc:
+        print(f"tradeguard restore: {exc}", file=sys.stderr)
+        return 2
+    request = ad.RestoreRiskStateRequest(trader_id=args.trader_id, account_id=args.account_id, at=at,
+                                         reason=args.reason, dry_run=not args.apply)
+    with _channel(args) as channel:
+        call = channel.unary_unary("/tradeguard.v1.AdminService/RestoreRiskState",
+                                   request_serializer=lambda m: m.SerializeToString(),
+                                   response_deserializer=ad.RestoreRiskStateResponse.FromString)
+        try:
+            reply = call(request, timeout=args.timeout, metadata=(("authorization", f"Bearer {token}"),))
+        except grpc.RpcError as exc:
+            print(f"tradeguard restore: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    print(json_format.MessageToJson(reply, indent=2, preserving_proto_field_name=True,
+                                    always_print_fields_with_no_presence=True))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "health":
         return _health(args)
     if args.command == "admin":
         return _admin(args)
+    if args.command == "restore":
+        return _restore(args)
     try:
         settings = _settings(args)
     except SettingsError as exc:

@@ -175,6 +175,9 @@ class Persistence:
         self._flags_wake = asyncio.Event()
         store.persistence_enabled = engine.flags.enable_persistence
         self._unsnapped: dict[str, TraderState] = {}  # order bookkeeping not yet snapshotted (flush_bookkeeping)
+        # Bounded traders (residency.py), single mode: whether a stored trader is installed at the load (False: it
+        # stays in the store, evicted, until its next call). None: every one is installed.
+        self.admit: Callable[[TraderState], bool] | None = None
         self._snap_scheduled = False
 
     # ---- hot path listeners (never await, never raise) ------------------------------------------
@@ -247,7 +250,29 @@ class Persistence:
         log.warning("stored state NOT LOADED at start (%s): health tradeguard.state NOT_SERVING; CanTrade answers "
                     "STATE_NOT_LOADED under unloaded_state_policy=%s until the load succeeds; the reports received "
                     "meanwhile are replayed on the stored state", why, self.gate.policy)
+        await self._restore_spooled()
         self._loader = asyncio.get_running_loop().create_task(self._load_until_done(None if done else load))
+
+    async def _restore_spooled(self) -> None:
+        """Database unreachable at start: the latest states the spool holds (store.spool: what this sidecar had
+        when the database was last unreachable, e.g. before a SIGKILL) are the engine's until the load succeeds,
+        so a trader paused then is still paused. The unloaded gate still applies on top; the late load replaces
+        them with the stored state (the spool is replayed into the database first)."""
+        spooled = getattr(self.store, "spooled_states", None)
+        if spooled is None:
+            return
+        states, trade_ids = await spooled()
+        if not states:
+            return
+        engine = self.engine
+        for rec in states:
+            if rec.trader_id not in engine.traders:
+                engine.restore(from_record(rec, trade_ids.get(rec.trader_id, ())))
+        now = engine.clock.now()
+        paused = sum(1 for rec in states if (st := engine.traders.get(rec.trader_id)) is not None
+                     and st.effective_pause(now) is not None)
+        log.warning("database unreachable at start: %d traders answered from the local spool's latest states "
+                    "(%d paused now) until the stored state is loaded", len(states), paused)
 
     def on_health_change(self, healthy: bool) -> None:
         """Store health listener: a recovery retries the load and writes flags set during the outage."""
@@ -273,7 +298,12 @@ class Persistence:
             return
 
     async def _load(self) -> LoadedState:
-        """The store's load; in cluster mode the leases are taken first (see the module docstring)."""
+        """The store's load; in cluster mode the leases are taken first (see the module docstring). The local spool
+        (store.spool) is replayed before either: a restart of this sidecar takes its leases back with a new epoch,
+        which would fence out the states it spooled before the restart."""
+        replayed = getattr(self.store, "spool_replayed", None)
+        if replayed is not None:
+            await replayed()
         if self.owners is not None:
             await self.owners.start_claims({str(args[0]) for _at, _op, args in self.engine.journal or ()})
         return await self.store.load()
@@ -308,9 +338,13 @@ class Persistence:
         self.breakers.load(loaded.breakers)
         self._install_flags(loaded.flags, late)
         owners = self.owners
+        admit = self.admit if owners is None else None
+        journaled = {str(args[0]) for _at, _op, args in journal} if admit is not None else set()
         for rec in loaded.traders:
             if owners is None or owners.owns(rec.trader_id):  # cluster mode: the others stay in the store
-                engine.restore(from_record(rec, loaded.trade_ids.get(rec.trader_id, ())))
+                stored = from_record(rec, loaded.trade_ids.get(rec.trader_id, ()))
+                if admit is None or rec.trader_id in journaled or admit(stored):  # (idle: left in the store)
+                    engine.restore(stored)
         engine.gate, engine.journal = None, None  # from here on, changes are written
         if owners is not None:
             owners.after_install()

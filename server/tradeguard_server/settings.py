@@ -111,6 +111,18 @@ HELP = {
     "control_poll_seconds": "seconds between the slow re-reads of the control state (besides LISTEN/NOTIFY)",
     "account_view_seconds": "seconds between reads of the account's traders on other sidecars (account-wide "
                             "limits); also how often a sidecar publishes its own",
+    "history_retention_days": "days of risk_state_history kept; older rows are pruned in batches (0 = forever; each "
+                              "trader's newest row is always kept)",
+    "trade_retention_days": "days of trade_reports kept (the ids that make a retried ReportTrade a duplicate; 0 = "
+                            "forever, else at least 7)",
+    "breaker_event_retention_days": "days of circuit_breaker_events kept (0 = forever)",
+    "retention_interval_seconds": "seconds between pruning runs",
+    "retention_batch_size": "rows deleted per short transaction while pruning",
+    "max_traders": "traders held in memory at most (~3 KB each); a call that would add one more is answered "
+                   "RESOURCE_EXHAUSTED (HTTP 429) naming this setting; 0 = no bound",
+    "trader_idle_evict_seconds": "seconds without a call or report after which an unpinned trader (not paused, no "
+                                 "pending orders, no session, no heartbeat) leaves memory once its state is stored; "
+                                 "its next call loads it again; 0 = never (never with database_url=memory)",
     "strict": "unknown TRADEGUARD_* variables and unknown settings-file keys stop the start (default: a warning)",
     # ---- alerts (README "Alerts"; alerts/) ----
     "alert_webhook_url": "generic JSON webhook: one POST per alert (empty = off; a secret: never logged)",
@@ -126,12 +138,17 @@ HELP = {
     "alert_dead_after_s": "seconds an alert may stay undelivered before its notifier counts as down",
     "alert_max_pending": "deliveries kept in memory (waiting for the database or a notifier); oldest dropped beyond",
     "alert_poll_s": "seconds between the delivery task's looks at the outbox when nothing woke it",
+    # The local spool (issue 21, store/spool.py).
+    "spool_path": "PostgreSQL: the local file where the store keeps what the database cannot take (outage, "
+                  "writer behind); empty = <state_dir>/tradeguard-spool-<sidecar name>.db; off = no spool",
+    "spool_max_bytes": "the spool's size limit, bytes: past it the oldest history rows are dropped (states, trades, "
+                       "events and pending orders never are)",
 }
 
 HELP.update({  # fairness and overload (README "Fairness and overload")
     "max_streams_per_connection": "HTTP/2 streams one connection may open (grpc core refuses more before Python "
-                                  "sees them; clients wait for a free one), and Session / WatchRiskState streams it "
-                                  "may hold (0 = no limit)",
+                                  "sees them: the client's call fails UNAVAILABLE), and Session / WatchRiskState "
+                                  "streams it may hold (0 = off: max_concurrent_streams applies)",
     "max_calls_per_connection": "while the event loop is overloaded: calls one connection may start per 100 ms; "
                                 "beyond, its calls are shed for retry_after_s with RESOURCE_EXHAUSTED and "
                                 "retry-after (0 = off)",
@@ -229,14 +246,30 @@ class Settings:
     control_state_stale_action: str = "reduce_only"
     control_poll_seconds: float = 5.0
     account_view_seconds: float = 0.5
+    # History retention (README "History retention and restore"; store/retention.py): rows older than these many
+    # days are pruned in batches off the hot path (0 = kept forever). trade_reports keep the trade ids that make a
+    # retried ReportTrade a duplicate: at least TRADE_RETENTION_MIN_DAYS.
+    history_retention_days: float = 90.0
+    trade_retention_days: float = 365.0
+    breaker_event_retention_days: float = 365.0
+    retention_interval_seconds: float = 3600.0
+    retention_batch_size: int = 1000
+    # Bounded traders (issue 21, residency.py; README "Bounded traders"): at most max_traders in memory (~2.9 KB
+    # each measured: 100,000 = ~290 MiB); idle ones leave memory after trader_idle_evict_seconds (0 = never).
+    max_traders: int = 100_000
+    trader_idle_evict_seconds: float = 3600.0
     # A database misconfiguration that cannot heal (authentication failure, unknown database) stops the start;
     # with this the sidecar serves anyway, as during an outage (README, "Settings").
     allow_degraded_start: bool = False
+    # The local spool (issue 21, store/spool.py; PostgreSQL only). "" = <state_dir>/tradeguard-spool-<name>.db.
+    spool_path: str = ""
+    spool_max_bytes: int = 256 << 20
     config: str = field(default="", metadata={"file": False})  # the settings file (JSON or TOML); not in the file
     strict: bool = False  # unknown TRADEGUARD_* variables and unknown file keys stop the start instead of a warning
     # ---- fairness and overload (README "Fairness and overload"; api/admission.py). 0 = no limit / off.
-    max_streams_per_connection: int = 100  # HTTP/2 streams one connection may open (grpc core, before Python)...
-    # ...and Session / WatchRiskState streams it may hold; the smaller of this and max_concurrent_streams applies
+    max_streams_per_connection: int = 0  # HTTP/2 streams one connection may open (grpc core, before Python)...
+    # ...and Session / WatchRiskState streams it may hold; the smaller of this and max_concurrent_streams applies;
+    # off by default (0): over it grpc core refuses the stream and a client fails the call UNAVAILABLE
     # (a bot that waits for each answer starts at most ~50 per 100 ms even when catching up after a stall)
     max_calls_per_connection: int = 200  # while overloaded: calls one connection may start per 100 ms
     max_calls_per_trader: int = 200  # while overloaded: calls one trader_id may start per 100 ms
@@ -699,8 +732,16 @@ def validate(s: Settings) -> None:
         _host, sep, port = s.http_listen.rpartition(":")
         if not sep or not port.isdigit() or int(port) > 65535:
             raise SettingsError(f"http_listen: expected host:port (or empty to disable), got {s.http_listen!r}")
+    if s.spool_max_bytes < 1 << 20:
+        raise SettingsError(f"spool_max_bytes: must be >= 1048576 (1 MiB), got {s.spool_max_bytes}")
+    if s.max_traders < 0:
+        raise SettingsError(f"max_traders: must be >= 0 (0 = no bound), got {s.max_traders}")
+    if not math.isfinite(s.trader_idle_evict_seconds) or s.trader_idle_evict_seconds < 0:
+        raise SettingsError("trader_idle_evict_seconds: must be >= 0 seconds (0 = never evict), got "
+                            f"{s.trader_idle_evict_seconds!r}")
     _validate_fairness(s)
     validate_alerts(s)
+    validate_retention(s)
 
 
 def _validate_fairness(s: Settings) -> None:
@@ -746,6 +787,36 @@ def validate_alerts(s: Settings) -> None:
         raise SettingsError("alert_dead_after_failures: must be >= 1")
     if s.alert_max_pending < 1:
         raise SettingsError("alert_max_pending: must be >= 1")
+
+
+# ---- history retention ----------------------------------------------------------------------------
+
+# A trade id must outlive every retry of its ReportTrade: a bot retries within seconds, but one that replays its
+# trade log after a crash, a deploy or a long outage of the exchange or the sidecar sends trades days old; a pruned
+# id reported again counts as a new trade (the loss streak and the per-symbol statistics count it twice).
+TRADE_RETENTION_MIN_DAYS = 7.0
+RETENTION_MAX_DAYS = 36_500.0
+RETENTION_BATCH_MAX = 100_000
+
+
+def validate_retention(s: Settings) -> None:
+    for name in ("history_retention_days", "trade_retention_days", "breaker_event_retention_days"):
+        value = getattr(s, name)
+        if not 0 <= value <= RETENTION_MAX_DAYS:
+            raise SettingsError(f"{name}: must be between 0 (keep forever) and {RETENTION_MAX_DAYS:g} days, "
+                                f"got {value!r}")
+    if 0 < s.trade_retention_days < TRADE_RETENTION_MIN_DAYS:
+        raise SettingsError(
+            f"trade_retention_days: {s.trade_retention_days:g} is shorter than the floor of "
+            f"{TRADE_RETENTION_MIN_DAYS:g} days: trade_reports rows are what makes a retried or replayed ReportTrade "
+            "a duplicate, and a trade id pruned before its last retry would be counted twice; give at least "
+            f"{TRADE_RETENTION_MIN_DAYS:g} (or 0 to keep them forever)")
+    if not 1 <= s.retention_interval_seconds <= 7 * 86_400:
+        raise SettingsError(f"retention_interval_seconds: must be between 1 and 604800 seconds, got "
+                            f"{s.retention_interval_seconds!r}")
+    if not 1 <= s.retention_batch_size <= RETENTION_BATCH_MAX:
+        raise SettingsError(f"retention_batch_size: must be between 1 and {RETENTION_BATCH_MAX} rows, got "
+                            f"{s.retention_batch_size!r}")
 
 
 def settings_fields() -> list[dataclasses.Field[Any]]:

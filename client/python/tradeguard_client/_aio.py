@@ -50,6 +50,7 @@ from ._sync import (
     DEFAULT_TARGET,
     call_budget,
     call_fail_open,
+    exhausted_decision,
     failed_decision,
     judged,
     judged_msg,
@@ -63,6 +64,7 @@ from ._types import (
     HistoryEntry,
     Page,
     ReportResult,
+    RestoreResult,
     RiskConfig,
     RiskState,
     RiskStateEntry,
@@ -289,6 +291,10 @@ class AsyncRiskClient(_AsyncClient):
             body = await self._risk("CanTrade", self._can_trade, request, timeout)
         except (SidecarUnavailableError, InvalidResponseError) as error:
             return failed_decision(self.target, error, opens, order_id)
+        except TradeGuardError as error:
+            if error.code is not grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise
+            return exhausted_decision(self.target, error, order_id)
         if isinstance(body, rs.CanTradeResponse):
             return judged_msg(self.target, body, order_id)
         return judged(self.target, body, order_id)
@@ -543,6 +549,15 @@ class AsyncAdminClient(_AsyncClient):
         request = req.list_history(trader_id, account_id, start_time, end_time, page_size, page_token)
         resp = await self._unary("ListRiskStateHistory", self._stub.ListRiskStateHistory, request, timeout)
         return Page(tuple(HistoryEntry.from_proto(e) for e in resp.entries), resp.next_page_token)
+
+    async def restore_risk_state(self, trader_id: str, account_id: str, at: datetime, *, reason: str = "",
+                           dry_run: bool = True, timeout: float | None = None) -> RestoreResult:
+        """Put the trader back to the newest history row recorded at or before `at` (AdminService.RestoreRiskState,
+        admin token). Dry run by default: the answer shows the state it would restore and nothing changes; with
+        `dry_run=False` (a `reason` is required) the restore is applied and audited. Never retried."""
+        request = req.restore_risk_state(trader_id, account_id, at, reason, dry_run)
+        resp = await self._unary("RestoreRiskState", self._stub.RestoreRiskState, request, timeout)
+        return RestoreResult.from_proto(resp)
 
     async def list_risk_states(self, account_id: str, trading_state: str | None = None, page_size: int = 0,
                          page_token: str = "", *, timeout: float | None = None) -> Page[RiskStateEntry]:

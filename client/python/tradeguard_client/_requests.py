@@ -50,6 +50,7 @@ __all__ = [
     "report_positions",
     "report_prices",
     "report_trade",
+    "restore_risk_state",
     "resume_trading",
     "save_config",
     "set_feature_flags",
@@ -275,4 +276,12 @@ def list_risk_states(account_id: str, trading_state: str | None, page_size: int,
     req = ad.ListRiskStatesRequest(account_id=account_id, page_size=page_size, page_token=page_token)
     if trading_state is not None:
         req.trading_state = trading_state_value(trading_state)
+    return req
+
+
+@checked
+def restore_risk_state(trader_id: str, account_id: str, at: datetime, reason: str,
+                       dry_run: bool) -> ad.RestoreRiskStateRequest:
+    req = ad.RestoreRiskStateRequest(trader_id=trader_id, account_id=account_id, reason=reason, dry_run=dry_run)
+    req.at.CopyFrom(datetime_to_ts(at, "at"))
     return req

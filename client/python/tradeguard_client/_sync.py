@@ -43,6 +43,7 @@ from ._types import (
     HistoryEntry,
     Page,
     ReportResult,
+    RestoreResult,
     RiskConfig,
     RiskState,
     RiskStateEntry,
@@ -96,6 +97,20 @@ def failed_decision(target: str, error: SidecarUnavailableError | InvalidRespons
     log.warning("TradeGuard sidecar %s unreachable, failing %s: %s", target, "OPEN" if fail_open else "closed",
                 unavailable_reason(error))
     return Decision.unavailable(unavailable_reason(error), fail_open=fail_open, client_order_id=client_order_id)
+
+
+RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+"""Decision code set by this client when the sidecar refused CanTrade with RESOURCE_EXHAUSTED (e.g. max_traders
+reached for a new trader_id): always denied, whatever fail_open says (the sidecar answered; it did not allow)."""
+
+
+def exhausted_decision(target: str, error: TradeGuardError, client_order_id: str) -> Decision:
+    """can_trade's answer when the sidecar refused the call with RESOURCE_EXHAUSTED: denied (fail closed)."""
+    log.warning("TradeGuard sidecar %s refused CanTrade (RESOURCE_EXHAUSTED), denied: %s", target, error.message)
+    return Decision(
+        allowed=False, code=RESOURCE_EXHAUSTED, reason=f"{RESOURCE_EXHAUSTED}: {error.message}; denied (the sidecar "
+        "refused the call)", trading_state="UNSPECIFIED", paused_until=None, checks=(), actions=(),
+        would_deny=False, state=None, client_order_id=client_order_id, raw=None)
 
 
 def judged(target: str, body: object, client_order_id: str) -> Decision:
@@ -287,6 +302,10 @@ class RiskClient(_SyncClient):
             body = self._risk("CanTrade", self._can_trade, request, timeout)
         except (SidecarUnavailableError, InvalidResponseError) as error:
             return failed_decision(self.target, error, opens, order_id)
+        except TradeGuardError as error:
+            if error.code is not grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise
+            return exhausted_decision(self.target, error, order_id)
         if isinstance(body, rs.CanTradeResponse):
             return judged_msg(self.target, body, order_id)
         return judged(self.target, body, order_id)
@@ -536,6 +555,15 @@ class AdminClient(_SyncClient):
         request = req.list_history(trader_id, account_id, start_time, end_time, page_size, page_token)
         resp = self._unary("ListRiskStateHistory", self._stub.ListRiskStateHistory, request, timeout)
         return Page(tuple(HistoryEntry.from_proto(e) for e in resp.entries), resp.next_page_token)
+
+    def restore_risk_state(self, trader_id: str, account_id: str, at: datetime, *, reason: str = "",
+                           dry_run: bool = True, timeout: float | None = None) -> RestoreResult:
+        """Put the trader back to the newest history row recorded at or before `at` (AdminService.RestoreRiskState,
+        admin token). Dry run by default: the answer shows the state it would restore and nothing changes; with
+        `dry_run=False` (a `reason` is required) the restore is applied and audited. Never retried."""
+        request = req.restore_risk_state(trader_id, account_id, at, reason, dry_run)
+        resp = self._unary("RestoreRiskState", self._stub.RestoreRiskState, request, timeout)
+        return RestoreResult.from_proto(resp)
 
     def list_risk_states(self, account_id: str, trading_state: str | None = None, page_size: int = 0,
                          page_token: str = "", *, timeout: float | None = None) -> Page[RiskStateEntry]:

@@ -979,3 +979,22 @@ class RiskStateEntry:
     def from_proto(cls, m: ad.RiskStateEntry) -> RiskStateEntry:
         return cls(state=_state_or_none(m), owner_sidecar=m.owner_sidecar, local=m.local,
                    age_seconds=m.age_seconds, raw=m)
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreResult:
+    """AdminService.RestoreRiskState's answer: the state restored (a dry run: the state it would restore, nothing
+    changed), the history row it came from (`recorded_at`, `recorded_reason`) and the state before."""
+
+    state: RiskState | None
+    recorded_at: datetime | None
+    recorded_reason: str
+    dry_run: bool
+    previous_state: RiskState | None
+    raw: ad.RestoreRiskStateResponse | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_proto(cls, m: ad.RestoreRiskStateResponse) -> RestoreResult:
+        return cls(state=_state_or_none(m), recorded_at=ts_to_datetime(m, "recorded_at"),
+                   recorded_reason=m.recorded_reason, dry_run=m.dry_run,
+                   previous_state=_state_or_none(m, "previous_state"), raw=m)

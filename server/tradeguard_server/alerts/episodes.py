@@ -22,8 +22,10 @@ the kinds that have one, a closing alert when it ends). Precisely:
   for the account, not one per bot). Key: the scope and its control-state version.
 - `store_unavailable` / `store_recovered`: from the store's health change to NOT_SERVING until the next one to
   SERVING; `control_state_stale` / `control_state_recovered`: from the control state becoming overdue (not heard
-  for control_state_max_age_seconds, or the trader leases lapsed: CONTROL_STATE_STALE) until heard again (cluster
-  mode; ControlListener.on_overdue). Per sidecar. Key: sidecar and the time it began.
+  for control_state_max_age_seconds, or the trader leases lapsed: CONTROL_STATE_STALE) until it has stayed fresh
+  for control_state_max_age_seconds + trader_lease_seconds without a break (cluster mode; ControlListener.on_overdue
+  has that hysteresis: a relapse meanwhile is the same episode; the recovered alert is dated when it was heard
+  again). Per sidecar. Key: sidecar and the time it began.
 
 Memory of open episodes lives in this process. After a restart (or a takeover of a trader) the paused traders'
 `trader_paused` alerts are derived again with the same key and `only_if_new`: the outbox drops those it already

@@ -71,6 +71,10 @@ async def _nothing_to_store() -> bool:
 class AdminService:
     """Handlers of tradeguard.v1.AdminService. Extra RPC groups are mounted by `extend`."""
 
+    # Bounded traders (residency.py): (trader_id, account_id) -> an evicted trader loaded back before a kill switch
+    # changes it (an operator's pause of a new trader is never refused). None: nothing is evicted.
+    ensure: Callable[[str, str], Awaitable[None]] | None = None
+
     def __init__(
         self,
         engine: RiskEngine,
@@ -230,6 +234,8 @@ class AdminService:
             text = f"KILL_SWITCH: {state.name} by {change.actor}" + (f": {req.reason}" if req.reason else "")
             st.pauses.append(Pause(state, until, DecisionCode.KILL_SWITCH, text, "manual", since=now))
             return ad.PauseTradingResponse(state=state_msg(self.engine, st), control_state_version=version)
+        if self.ensure is not None and req.trader_id not in self.engine.traders:
+            await self.ensure(req.trader_id, req.account_id)
         st = self.engine.pause(req.trader_id, req.account_id, state, duration, req.reason)
         reply = ad.PauseTradingResponse(state=state_msg(self.engine, st))
         if self._cluster():
@@ -257,6 +263,8 @@ class AdminService:
             version = await self._commit(self.control.record("resume", req.account_id, None, req.trader_id))
             st = self._elsewhere(req.trader_id, req.account_id)
             return ad.ResumeTradingResponse(state=state_msg(self.engine, st), control_state_version=version)
+        if self.ensure is not None and req.trader_id not in self.engine.traders:
+            await self.ensure(req.trader_id, req.account_id)
         st = self.engine.resume(req.trader_id, req.account_id)
         reply = ad.ResumeTradingResponse(state=state_msg(self.engine, st))
         if self._cluster():

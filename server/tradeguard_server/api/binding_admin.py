@@ -32,6 +32,10 @@ Handlers = dict[str, tuple[type[Message], Callable[[Any, Ctx], Awaitable[Message
 
 
 class BindingAdmin:
+    # Bounded traders (residency.py): an evicted trader loaded back before it is rebound (its stored version goes
+    # on). None: nothing is evicted.
+    ensure: Callable[[str, str], Awaitable[None]] | None = None
+
     def __init__(self, engine: RiskEngine, store_now: Callable[[], Awaitable[bool]],
                  owners: Takeover | None = None) -> None:
         self.engine = engine
@@ -67,6 +71,8 @@ class BindingAdmin:
         if self.owners is not None and req.trader_id not in self.owners.owned:
             # Cluster mode: only the owner may replace the trader's state (FAILED_PRECONDITION naming it otherwise).
             await self.owners.acquire(req.trader_id, req.account_id, write=True)
+        if self.ensure is not None and req.trader_id not in self.engine.traders:
+            await self.ensure(req.trader_id, req.account_id)
         reason = f"rebound by operator: {req.reason}" if req.reason else "rebound by operator"
         previous, st = self.engine.rebind(req.trader_id, req.account_id, reason)
         log.warning("REBIND trader=%s account=%s -> %s (state reset): %s", req.trader_id, previous or "-",

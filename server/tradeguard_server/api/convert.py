@@ -247,6 +247,10 @@ class DecisionMessages:
         _set_verdict(msg, d)
         return msg
 
+    def forget(self, trader_id: str) -> None:
+        """Drop the trader's template (it left memory: residency.py)."""
+        self._templates.pop(trader_id, None)
+
 
 def firing_msg(f: Firing, st: TraderState, event_id: str = "") -> t.CircuitBreakerEvent:
     from google.protobuf.struct_pb2 import Struct

@@ -26,6 +26,7 @@ from .watch import WatchHub
 
 if TYPE_CHECKING:
     from ..cluster.takeover import Foreign, Takeover
+    from ..residency import Residency
 
 SERVICE = "tradeguard.v1.RiskService"
 SIDES = frozenset({t.SIDE_BUY, t.SIDE_SELL})
@@ -129,6 +130,9 @@ class RiskService:
         # Cluster mode (cluster.takeover): the traders this sidecar owns. A trader not owned yet is claimed on its
         # first call (the only await it adds); an owned one costs a dict lookup. None: single mode.
         self.owners = owners
+        # Bounded traders (issue 21, residency.py): a trader not in memory is loaded again (evicted) or refused
+        # (memory full) before its call; a trader in memory costs a dict lookup. None: unbounded.
+        self.residency: Residency | None = None
 
     async def _local(self, trader_id: str, account_id: str) -> None:
         """Cluster mode, a state-changing call: the trader must be this sidecar's (claimed now if free);
@@ -233,6 +237,8 @@ class RiskService:
                 check_order(v, msg)
             v.raise_if_any()
         engine = self.engine
+        if self.residency is not None and trader_id not in engine.traders:
+            await self.residency.ensure(trader_id, account_id)
         owners = self.owners
         if owners is not None and trader_id not in owners.owned:  # cluster mode, not owned (yet)
             foreign = await owners.acquire(trader_id, account_id, write=False)
@@ -265,6 +271,8 @@ class RiskService:
         v.number("equity", req.equity, min_value=0.0)
         observed = self._report_time(v, "observed_at", req.observed_at)
         v.raise_if_any()
+        if self.residency is not None and req.trader_id not in self.engine.traders:
+            await self.residency.ensure(req.trader_id, req.account_id)
         if self.owners is not None and req.trader_id not in self.owners.owned:  # cluster mode: claim it first
             await self._local(req.trader_id, req.account_id)
         outcome = self.engine.report_equity(req.trader_id, req.account_id, req.equity, observed)
@@ -286,6 +294,8 @@ class RiskService:
         v.raise_if_any()
         trade = ClosedTrade(req.trade_id, req.symbol.upper(), req.exchange.lower(), Side(req.side), req.realized_pnl,
                             engine.clock.now() if closed is None else closed)
+        if self.residency is not None and req.trader_id not in self.engine.traders:
+            await self.residency.ensure(req.trader_id, req.account_id)
         if self.owners is not None and req.trader_id not in self.owners.owned:  # cluster mode: claim it first
             await self._local(req.trader_id, req.account_id)
         st = engine.traders.get(req.trader_id)
@@ -315,6 +325,8 @@ class RiskService:
                 seen.add(key)
         observed = self._report_time(v, "observed_at", req.observed_at)
         v.raise_if_any()
+        if self.residency is not None and req.trader_id not in self.engine.traders:
+            await self.residency.ensure(req.trader_id, req.account_id)
         if self.owners is not None and req.trader_id not in self.owners.owned:  # cluster mode: claim it first
             await self._local(req.trader_id, req.account_id)
         positions = [convert.position_from_msg(p) for p in req.positions]
@@ -330,6 +342,8 @@ class RiskService:
         v.number("filled_quantity", req.filled_quantity, min_value=0.0)
         v.number("average_price", req.average_price, min_value=0.0)
         v.raise_if_any()
+        if self.residency is not None and req.trader_id not in self.engine.traders:
+            await self.residency.ensure(req.trader_id, req.account_id)
         if self.owners is not None and req.trader_id not in self.owners.owned:  # cluster mode: claim it first
             await self._local(req.trader_id, req.account_id)
         engine = self.engine
@@ -368,6 +382,8 @@ class RiskService:
             at = self._report_time(v, f"prices[{i}].observed_at", p.observed_at)
             marks.append(PriceMark(p.symbol.upper(), p.price, now if at is None else at, p.exchange.lower()))
         v.raise_if_any()
+        if self.residency is not None and req.trader_id not in self.engine.traders:
+            await self.residency.ensure(req.trader_id, req.account_id, creates=False)
         self.engine.peek(req.trader_id, req.account_id)  # the trader's binding to its account holds here too
         return rs.ReportPricesResponse(accepted=self.engine.report_prices(req.account_id, marks))
 
@@ -375,6 +391,8 @@ class RiskService:
         v = Violations()
         check_ids(v, req.trader_id, req.account_id)
         v.raise_if_any()
+        if self.residency is not None and req.trader_id not in self.engine.traders:
+            await self.residency.ensure(req.trader_id, req.account_id, creates=False)
         owners = self.owners
         if owners is not None and req.trader_id not in owners.owned:
             foreign = await owners.acquire(req.trader_id, req.account_id, write=False)
@@ -392,6 +410,8 @@ class RiskService:
         v = Violations()
         check_ids(v, req.trader_id, req.account_id)
         v.raise_if_any()
+        if self.residency is not None and req.trader_id not in self.engine.traders:
+            await self.residency.ensure(req.trader_id, req.account_id, creates=False)
         if self.owners is not None and req.trader_id not in self.owners.owned:  # cluster mode: watch it at its owner
             await self._local(req.trader_id, req.account_id)
         st = self.engine.peek(req.trader_id, req.account_id)

@@ -178,6 +178,7 @@ class SessionService:
         self.heard = heard
         self.tracer = tracer  # an OpenTelemetry tracer: one span per request (None: tracing off)
         self.open_sessions = 0
+        self.declared_open: dict[str, int] = {}  # trader id -> open sessions that declared it (pins it in memory)
 
     def _calls(self, metrics: Any) -> dict[str, tuple[Handler, int]]:
         """SessionRequest field -> (the unary handler, timed and traced as the unary one, the answer's field)."""
@@ -235,6 +236,8 @@ class SessionService:
                 return
             read, write = context.read, context.write
             live = _Live(declared)
+            if declared is not None:
+                self._declare(declared.trader_id)
             context.add_done_callback(lambda ctx: self._ended(live, ctx))  # type: ignore[arg-type]
             self.open_sessions += 1
             try:
@@ -266,6 +269,7 @@ class SessionService:
                                 out = self._open(request.open, live.declared, context, guard)
                                 await self._owned_here(out)
                                 live.declared = out
+                                self._declare(out.trader_id)
                                 await write(frame(request_id, OPENED_FIELD, rs.SessionOpened(
                                     trader_id=out.trader_id,
                                     on_disconnect=0 if out.state is None else int(out.state)  # type: ignore[arg-type]
@@ -310,6 +314,21 @@ class SessionService:
         half-close pauses its trader. (A cancelled call also reads as EOF on the server; only here does
         `cancelled()` tell it from a half-close.)"""
         d = live.declared
+        try:
+            self._ended_declared(live, context)
+        finally:
+            if d is not None:
+                left = self.declared_open.get(d.trader_id, 0) - 1
+                if left > 0:
+                    self.declared_open[d.trader_id] = left
+                else:
+                    self.declared_open.pop(d.trader_id, None)
+
+    def _declare(self, trader_id: str) -> None:
+        self.declared_open[trader_id] = self.declared_open.get(trader_id, 0) + 1
+
+    def _ended_declared(self, live: _Live, context: Any) -> None:
+        d = live.declared
         if d is None or d.state is None or self.on_lost is None or self.closing():
             return
         cancelled = context.cancelled()
@@ -333,6 +352,9 @@ class SessionService:
         """Cluster mode: a session declares its trader on the sidecar that owns it (claimed now when free), so the
         pause a lost stream causes lands on the trader's live state; FAILED_PRECONDITION naming the owner
         otherwise (the protection could not be kept here)."""
+        residency = self.risk.residency
+        if residency is not None and declared.trader_id not in self.risk.engine.traders:
+            await residency.ensure(declared.trader_id, declared.account_id)  # (evicted: loaded; new: bounded)
         owners = self.risk.owners
         if owners is not None and declared.trader_id not in owners.owned:
             await owners.acquire(declared.trader_id, declared.account_id, write=True)

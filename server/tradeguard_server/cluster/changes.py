@@ -7,6 +7,8 @@ kinds (what the row is about):
 - "pause" / "resume" (account_id + trader_id): a trader's kill switch; an account's has trader_id "", the
   every-account one account_id "*" (ALL_ACCOUNTS) and trader_id "". payload of a pause:
   {"state": "HALTED" | "REDUCING", "until": epoch seconds | null, "reason": str}.
+- "restore" (account_id + trader_id; payload {"at", "recorded_at", "reason"}): a point-in-time restore of a trader
+  (AdminService.RestoreRiskState), applied by its owner; a takeover replays only the trader's changes after it.
 
 A row is appended in the SAME transaction as the change it records (`append_change`, called by the store's
 write-through calls), so the log and the tables never disagree. PostgreSQL: the transaction also sends
@@ -29,7 +31,7 @@ from ..store.models import ControlChange as ControlChangeRow
 CHANGES: Table = ControlChangeRow.__table__  # type: ignore[assignment]
 CHANNEL = "tradeguard_control"
 ALL_ACCOUNTS = "*"  # the account_id of the every-account scope
-KINDS = ("config", "breaker", "flags", "pause", "resume")
+KINDS = ("config", "breaker", "flags", "pause", "resume", "restore")
 APPEND_LOCK = 0x7467_6374  # pg_advisory_xact_lock key: "tgct"
 ACTOR_MAX = 256
 REASON_MAX = 1024
@@ -95,8 +97,10 @@ def changes_since(conn: Connection, version: int, limit: int = 1000) -> list[Con
 
 
 def trader_changes(conn: Connection, trader_id: str) -> list[ControlChange]:
-    """The pause / resume changes of one trader, by version (a takeover replays them: ControlPlane.replay_trader)."""
-    query = (select(CHANGES).where(CHANGES.c.trader_id == trader_id, CHANGES.c.kind.in_(("pause", "resume")))
+    """The pause / resume (and restore) changes of one trader, by version (a takeover replays them:
+    ControlPlane.replay_trader)."""
+    query = (select(CHANGES).where(CHANGES.c.trader_id == trader_id,
+                                   CHANGES.c.kind.in_(("pause", "resume", "restore")))
              .order_by(CHANGES.c.version))
     return [from_row(r) for r in conn.execute(query).mappings()]
 

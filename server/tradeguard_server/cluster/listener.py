@@ -15,6 +15,16 @@ is the time since `last_heard`. Past control_state_max_age_seconds, control_stat
 exposure through the engine's `control_gate` (StaleGate): serve (nothing), reduce_only (only orders that reduce a
 position pass) or halt (nothing passes); code CONTROL_STATE_STALE. It is lifted at the first successful read.
 
+The alerts (`on_overdue`) follow the stale *episode*, which has hysteresis: it begins the first time the control
+state is overdue (not heard for max_age_s, or the trader leases lapsed) and ends only once it has stayed fresh
+for `recover_s` without a break (default max_age_s + HEARING_S; the sidecar sets control_state_max_age_seconds
++ trader_lease_seconds). A relapse before then - a read held up for max_age_s right after the database came
+back on a loaded machine, or leases that lapse because their renewal had not come round yet - is the same
+episode: one control_state_stale, one control_state_recovered. Why a window longer than max_age_s: a read that
+stalls just after the recovery is seen overdue only max_age_s later; a lease renewal is due every lease/3 s. The
+stale gate itself has no hysteresis: it applies whenever the state is overdue and is lifted at the next read.
+A stop during that window ends the episode (the state was heard again): its recovered alert is queued then.
+
 Changes are applied only once the plane is primed (the stored state loaded and the scope pauses read): the
 stored state is read at a version (LoadedState.control_version) and everything after it is applied from there.
 """
@@ -122,8 +132,10 @@ class ControlListener:
 
     def __init__(self, url: str, plane: ControlPlane, *, max_age_s: float, stale_action: str, poll_s: float,
                  on_hearing: Callable[[bool], None] = lambda _h: None,
-                 lease_lapsed: Callable[[], bool] = lambda: False) -> None:
+                 lease_lapsed: Callable[[], bool] = lambda: False,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.url = url
+        self.clock = clock
         self.plane = plane
         self.max_age_s = max_age_s
         self.interval = max(0.05, min(1.0, poll_s))
@@ -133,7 +145,7 @@ class ControlListener:
         self.lease_lapsed = lease_lapsed
         self.gate = StaleGate(stale_action, max_age_s, self.age_seconds,
                               lambda: plane.engine.flags.enable_risk_enforcement)
-        self.last_heard = time.monotonic()  # nothing heard yet: the age counts from the start
+        self.last_heard = clock()  # nothing heard yet: the age counts from the start
         self.connected = False
         self.hearing = False
         self.stale = False
@@ -142,14 +154,22 @@ class ControlListener:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         plane.age = self.age_seconds
-        # Alerts (alerts/episodes.py): called on every change of "overdue" (not heard for max_age_s, or the leases
-        # lapsed), whatever the stale action (serve included: people still want to know).
+        # Alerts (alerts/episodes.py): called with True when a stale episode begins (the first time "overdue": not
+        # heard for max_age_s, or the leases lapsed) and with False when it ends (fresh for recover_s without a
+        # break; see the module docstring), whatever the stale action (serve included: people still want to know).
         self.on_overdue: Callable[[bool], None] = lambda _o: None
         self.overdue = False
+        self.recover_s = max_age_s + HEARING_S
+        self.episode = False  # a stale episode in progress (alerted; not over yet)
+        self.fresh_since = self.last_heard  # when "overdue" last turned false
 
     def age_seconds(self) -> float:
         """Seconds since the control state was last heard (0.0 when heard just now)."""
-        return max(0.0, time.monotonic() - self.last_heard)
+        return max(0.0, self.clock() - self.last_heard)
+
+    def fresh_seconds(self) -> float:
+        """Seconds the control state has been fresh (not overdue) without a break; 0.0 while overdue."""
+        return 0.0 if self.overdue else max(0.0, self.clock() - self.fresh_since)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -157,6 +177,9 @@ class ControlListener:
                        loop.create_task(self._watch(), name="tradeguard-control-watch")]
 
     async def stop(self) -> None:
+        if self.episode and not self.overdue:  # heard again, not yet for recover_s: it did recover (alerts)
+            self.episode = False
+            self.on_overdue(False)
         self._stopping = True
         await cancel_all(self._tasks, "control state listener")
         self._tasks = []
@@ -164,7 +187,7 @@ class ControlListener:
             self.plane.engine.control_gate = None
 
     def _heard(self) -> None:
-        self.last_heard = time.monotonic()
+        self.last_heard = self.clock()
         self._judge()
 
     def _judge(self) -> None:
@@ -183,7 +206,14 @@ class ControlListener:
         overdue = age >= self.max_age_s or self.lease_lapsed()
         if overdue != self.overdue:
             self.overdue = overdue
-            self.on_overdue(overdue)
+            if not overdue:
+                self.fresh_since = self.clock()
+        if overdue and not self.episode:
+            self.episode = True
+            self.on_overdue(True)
+        elif self.episode and not overdue and self.fresh_seconds() >= self.recover_s:
+            self.episode = False
+            self.on_overdue(False)
         stale = overdue and self.gate.action != "serve"
         if stale != self.stale:
             self.stale = stale

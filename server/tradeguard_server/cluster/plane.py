@@ -322,6 +322,8 @@ class ControlPlane:
                           c.version, c.trader_id, st.account_id, c.account_id)
                 return
             self._trader_change(st, c)
+        elif c.kind == "restore":
+            return  # a point-in-time restore, applied by the trader's owner (the audit row; see replay_trader)
         else:
             log.warning("control change %d of unknown kind %r ignored", c.version, c.kind)
 
@@ -342,7 +344,13 @@ class ControlPlane:
         already reflected in the stored state changes nothing: idempotent."""
         if self.engine.traders.get(st.trader_id) is not st:
             self.engine.restore(st)
-        for c in sorted(changes, key=lambda c: c.version):
+        ordered = sorted(changes, key=lambda c: c.version)
+        # A point-in-time restore (kind "restore", AdminService.RestoreRiskState) replaced the whole state: the
+        # kill switches before it are what it restored (or lifted), only those after it are replayed.
+        restores = [i for i, c in enumerate(ordered) if c.kind == "restore" and c.trader_id == st.trader_id]
+        if restores:
+            ordered = ordered[restores[-1] + 1:]
+        for c in ordered:
             if c.trader_id == st.trader_id and c.kind in ("pause", "resume") and c.account_id == st.account_id:
                 self._trader_change(st, c)
         if self.primed:

@@ -361,6 +361,12 @@ class Takeover:
                 del self.owned[trader_id]
         log.info("shutdown: leases of %d traders released", len(owned))
 
+    async def release_some(self, owned: dict[str, int]) -> None:
+        """End the leases of `owned` ({trader_id: epoch}) now: traders evicted from memory while idle (residency.py;
+        already dropped from `owned`, their state written). A claim since then has a newer epoch: untouched."""
+        if owned:
+            await self.run(lambda conn: leases.release(conn, owned, self.owner))
+
     async def close(self) -> None:
         if self._renewer is not None:
             await cancel_all([self._renewer], "lease renewal")

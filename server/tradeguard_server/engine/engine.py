@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Protocol
@@ -22,6 +22,7 @@ from .clock import Clock
 from .events import Firing as Firing  # re-exported: the API converts firings from here
 from .events import Listener, StateChanged
 from .limits import Limits
+from .snapshot import StateRecord
 from .state import (
     ORDER_ID_TTL_S,
     ORDER_IDS_KEPT,
@@ -162,6 +163,9 @@ class RiskEngine:
         self.on_new_trader: Callable[[TraderState], None] | None = None
         # Account-wide limits (issue 17): the hook adding their checks to CanTrade (None: nothing is called).
         self.account_checks: AccountChecks | None = None
+        # Bounded traders (issue 21, residency.py): ids evicted from memory, their state in the store. The engine never
+        # makes a fresh state over one of them (StateNotLoadedError): the API loads it first (Residency.ensure).
+        self.evicted: Container[str] = frozenset()
 
     # ---- lookup ---------------------------------------------------------------------------------
 
@@ -212,15 +216,24 @@ class RiskEngine:
         """The trader's state, or a fresh one that is not stored (for reads of unknown traders)."""
         st = self.traders.get(trader_id)
         if st is None:
+            if trader_id in self.evicted:
+                raise self._evicted_error(trader_id)
             return TraderState(trader_id, account_id)
         if st.account_id != account_id:
             raise AccountMismatchError(f"trader_id {trader_id!r} is bound to account_id {st.account_id!r}")
         self._tick(st, self.clock.now())
         return st
 
+    @staticmethod
+    def _evicted_error(trader_id: str) -> StateNotLoadedError:
+        return StateNotLoadedError(f"state of trader_id {trader_id} not loaded: it was evicted from memory (idle) and "
+                                   "is loaded again on its next call; retry")
+
     def _get(self, trader_id: str, account_id: str) -> TraderState:
         st = self.traders.get(trader_id)
         if st is None:
+            if trader_id in self.evicted:
+                raise self._evicted_error(trader_id)
             st = self.traders[trader_id] = TraderState(trader_id, account_id)
             if self.on_new_trader is not None:
                 self.on_new_trader(st)
@@ -231,6 +244,8 @@ class RiskEngine:
     def rebind(self, trader_id: str, account_id: str, reason: str) -> tuple[str, TraderState]:
         """Bind `trader_id` to `account_id` with a fresh state (operator); the previous account ("" if none)."""
         old = self.traders.get(trader_id)
+        if old is None and trader_id in self.evicted:
+            raise self._evicted_error(trader_id)
         st = self.traders[trader_id] = TraderState(trader_id, account_id)
         if old is not None:
             st.version = old.version  # the store keeps the newest version: continue the sequence
@@ -247,6 +262,19 @@ class RiskEngine:
         self.traders[st.trader_id] = st
         if self.on_new_trader is not None:
             self.on_new_trader(st)
+
+    def restore_to(self, rec: StateRecord, reason: str) -> TraderState:
+        """Operator point-in-time restore (AdminService.RestoreRiskState): put what a history record holds back
+        into the live state of `rec.trader_id` (engine.restore.restore_point says what stays as it is), announced
+        like every change (history row with `reason`, watchers, metrics). A trader not here is made first."""
+        from .restore import restore_point
+
+        now = self.clock.now()
+        st = self._get(rec.trader_id, rec.account_id)
+        restore_point(st, rec)
+        self._tick(st, now)  # pauses that ended since, a new period: before the change is announced
+        self._changed(st, now, reason, "restored by operator")
+        return st
 
     def set_scope_pauses(self, st: TraderState, pauses: Sequence[Pause], reason: str) -> bool:
         """Replace the trader's account and every-account pauses (sources SCOPE_SOURCES) with `pauses`; announced
@@ -491,6 +519,8 @@ class RiskEngine:
         st = self.traders.get(trader_id)
         if st is not None and st.account_id != account_id:
             raise AccountMismatchError(f"trader_id {trader_id!r} is bound to account_id {st.account_id!r}")
+        if st is None and trader_id in self.evicted:
+            raise self._evicted_error(trader_id)
         if st is None or orders.find(st, client_order_id) is None:
             if self.journal is not None:
                 raise StateNotLoadedError(
@@ -661,6 +691,8 @@ class RiskEngine:
         if st is not None and st.account_id != account_id:
             raise AccountMismatchError(f"trader_id {trader_id!r} is bound to account_id {st.account_id!r}")
         enforce = self.flags.enable_risk_enforcement
+        if st is None and trader_id in self.evicted:
+            raise self._evicted_error(trader_id)
         if st is None or not st.equity_reported:
             st = st or TraderState(trader_id, account_id)
             check = CheckResult("equity_reported", CheckStatus.FAIL, DecisionCode.NO_EQUITY_REPORTED,

@@ -22,6 +22,7 @@ them). The same cap guards `breaker_id` and decision `code` label values. For `_
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
 import time
@@ -262,6 +263,33 @@ class _AlertsCollector(Collector):
         yield up
 
 
+class RetentionCounters(Protocol):
+    """The history pruner's counters (store.retention.Pruner), read at scrape time."""
+
+    pruned: dict[str, int]
+    last_run_at: float
+
+
+class _RetentionCollector(Collector):
+    """tradeguard_retention_rows_pruned_total{table} and tradeguard_retention_last_run_timestamp_seconds."""
+
+    def __init__(self, pruner: RetentionCounters) -> None:
+        self.pruner = pruner
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        pruned = CounterMetricFamily("tradeguard_retention_rows_pruned", "Rows deleted by the history retention "
+                                     "(history_retention_days, trade_retention_days, breaker_event_retention_days), "
+                                     "by table.", labels=["table"])
+        for table, n in self.pruner.pruned.items():
+            pruned.add_metric([table], float(n))
+        yield pruned
+        yield GaugeMetricFamily("tradeguard_retention_last_run_timestamp_seconds", "When the last retention run "
+                                "finished, Unix seconds (0: none yet).", value=self.pruner.last_run_at)
+
+
 class MetricsSink(Protocol):
     """What the sidecar reports to metrics (composition root, store sampler, engine listeners)."""
 
@@ -311,6 +339,9 @@ class MetricsSink(Protocol):
 
     def observe_alerts(self, alerts: AlertCounters) -> None:
         """Export the alert counters (sent, failed, pending, notifier up), read at scrape time."""
+
+    def observe_retention(self, pruner: RetentionCounters) -> None:
+        """Export the history pruner's rows pruned and last run, read at scrape time."""
 
 
 class PrometheusMetrics:
@@ -566,6 +597,22 @@ class PrometheusMetrics:
     def observe_alerts(self, alerts: AlertCounters) -> None:
         self.registry.register(_AlertsCollector(alerts))
 
+    def observe_retention(self, pruner: RetentionCounters) -> None:
+        self.registry.register(_RetentionCollector(pruner))
+
+    def forget_trader(self, trader_id: str) -> None:
+        """A trader left memory (residency.py): its gauges go (the registry would otherwise grow with every trader
+        ever seen, up to the cap, and hold stale values), and its slot under the cap is free again."""
+        if self._traders.pop(trader_id, None) is not None:
+            for gauge in (self.daily_pnl, self.drawdown, self.trading_paused):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(trader_id)
+        elif trader_id in self._overflow_paused:
+            self._overflow_paused.discard(trader_id)
+            if self._other_trader is not None:
+                self._other_trader[2].set(float(len(self._overflow_paused)))
+        self._overflow_seen.discard(trader_id)
+
 
 class NullMetrics:
     """A `MetricsSink` for metrics switched off (`metrics_listen` empty): no registry, no server, every call a
@@ -618,6 +665,9 @@ class NullMetrics:
     def observe_alerts(self, alerts: AlertCounters) -> None:
         return None
 
+    def observe_retention(self, pruner: RetentionCounters) -> None:
+        return None
+
 
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
@@ -626,3 +676,51 @@ def _version() -> str:
         return version("tradeguard")
     except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
         return "unknown"
+
+
+# ---- the local spool (issue 21, store/spool.py) ---------------------------------------------------------------
+
+
+class SpoolGauges(Protocol):
+    """What the spool metrics read (store.spool.Spool), at scrape time."""
+
+    @property
+    def depth(self) -> int: ...
+
+    def oldest_age_s(self, now: float | None = None) -> float: ...
+
+    @property
+    def stats(self) -> Any: ...  # SpoolStats: bytes, dropped, replayed (dicts by kind)
+
+
+class _SpoolCollector(Collector):
+    """tradeguard_spool_*: what the local spool holds and what it dropped and replayed, read at scrape time."""
+
+    def __init__(self, spool: SpoolGauges) -> None:
+        self.spool = spool
+
+    def describe(self) -> Iterable[Metric]:
+        return self.collect()
+
+    def collect(self) -> Iterable[Metric]:
+        spool, stats = self.spool, self.spool.stats
+        yield GaugeMetricFamily("tradeguard_spool_depth", "Records in the local spool (not yet in the database).",
+                                value=spool.depth)
+        yield GaugeMetricFamily("tradeguard_spool_bytes", "Payload bytes in the local spool.", value=stats.bytes)
+        yield GaugeMetricFamily("tradeguard_spool_oldest_age_seconds", "Age of the oldest record in the local spool "
+                                "(0 when empty).", value=spool.oldest_age_s())
+        dropped = CounterMetricFamily("tradeguard_spool_dropped", "Records dropped from the full spool, by kind "
+                                      "(history only: the oldest first).", labels=["kind"])
+        replayed = CounterMetricFamily("tradeguard_spool_replayed", "Spooled records written to the database, by "
+                                       "kind.", labels=["kind"])
+        for kind in sorted(stats.replayed):
+            dropped.add_metric([kind], float(stats.dropped.get(kind, 0)))
+            replayed.add_metric([kind], float(stats.replayed[kind]))
+        yield dropped
+        yield replayed
+
+
+def observe_spool(metrics: MetricsSink, spool: SpoolGauges) -> None:
+    """Export the spool's gauges and counters (PrometheusMetrics only; a no-op for NullMetrics)."""
+    if isinstance(metrics, PrometheusMetrics):
+        metrics.registry.register(_SpoolCollector(spool))

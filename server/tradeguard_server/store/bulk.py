@@ -160,6 +160,13 @@ class BulkWriter:
         self._history_n = 0
         self.history_restarts = 0  # bumped (from any thread) by restart_history(); read by the encoder
 
+    def forget(self, trader_id: str) -> None:
+        """A trader left memory (residency.py): its cached encodings go; its next rows are encoded in full, as
+        after a restart. (Without this the cache keeps one entry per trader ever written.) Called on the event loop:
+        the trader has nothing queued nor in flight (its latest version is written), so the encoder is not using
+        its entry; a pop is atomic."""
+        self._parts.pop(trader_id, None)
+
     def restart_history(self) -> None:
         """The next history row of every trader carries every map again (rows may have been lost)."""
         self.history_restarts += 1

@@ -291,7 +291,7 @@ class MemoryStore(StoreCounters):
 
     async def trader_changes(self, trader_id: str) -> list[ControlChange]:
         self._check()
-        return [c for c in self.changes if c.trader_id == trader_id and c.kind in ("pause", "resume")]
+        return [c for c in self.changes if c.trader_id == trader_id and c.kind in ("pause", "resume", "restore")]
 
     async def trader_stored(self, trader_id: str) -> bool:
         self._check()

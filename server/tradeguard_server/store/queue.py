@@ -10,8 +10,9 @@ Shared by RiskStore (its writer takes batches from it) and MemoryStore (it drain
   trader without positions, ~5 KB with 500 recent trades). Past either cap the OLDEST rows are dropped,
   counted in `dropped_history`, with one warning per overflow episode and one with the count when it ends.
   `enqueued["history"] == rows_written["history"] + dropped_history + rejected["history"] + what is queued`.
-- Trade reports and breaker events are never dropped: their lists are unbounded (a long outage costs
-  memory, a few hundred bytes per item, rather than losing an audit record).
+- Trade reports and breaker events are never dropped: their lists are unbounded here (a long outage costs
+  memory, a few hundred bytes per item, rather than losing an audit record). On PostgreSQL the writer moves the
+  queue to the local spool (spool.py) during an outage and when it holds more than MEMORY_ITEMS, which bounds it.
 - Every item gets a sequence number when queued; `done_through` says up to which number everything is
   written (or rejected, or dropped), which is what `flush()` waits for.
 - `hold_states`: after a load failed, snapshots wait (history, trades and events do not) until a load

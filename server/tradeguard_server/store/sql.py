@@ -357,3 +357,21 @@ def truncate_all(conn: Connection) -> None:
         for table in tables:
             conn.execute(delete(table))
 
+
+
+# ---- point-in-time restore (AdminService.RestoreRiskState) ------------------------------------------
+
+def history_at(conn: Connection, trader_id: str, at: float) -> tuple[HistoryRecord, list[str]] | None:
+    """The trader's newest history row recorded at or before `at`, its state whole (maps left out as unchanged
+    filled from the row that holds them), and the names of the maps that could not be filled (that row is gone);
+    None when the trader has no row that old."""
+    query = (select(HISTORY).where(HISTORY.c.trader_id == trader_id, HISTORY.c.recorded_at <= at)
+             .order_by(HISTORY.c.recorded_at.desc(), HISTORY.c.id.desc()).limit(1))
+    found = conn.execute(query).mappings().first()
+    if found is None:
+        return None
+    row = dict(found)
+    row["state"] = dict(row["state"])
+    held = _history_bases(conn, trader_id, [row])
+    missing = codec.fill_history(row["state"], held)
+    return codec.history_from_row(row, missing), missing

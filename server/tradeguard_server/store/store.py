@@ -30,7 +30,9 @@ connections a busy timeout (15 s), request-path calls wait at most `call_timeout
 (dbthread.Watchdog interrupts its connection; a batch whose COMMIT was sent is settled by txid_status first).
 
 Loss bound on SIGKILL: what is queued and not yet committed: under load the changes of the last one or
-two batch round trips (milliseconds), during an outage the whole backlog.
+two batch round trips (milliseconds). During an outage: with the local spool (spool.py, PostgreSQL, `spool_path`)
+the backlog is in the spool, fsynced every SPILL_EVERY_S (50 ms), and what is lost is at most that window; without
+it (SQLite, memory, or spool_path off) the whole backlog.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
+
+from sqlalchemy import Connection
 
 from ..cluster.changes import ControlChange
 from .dbthread import CALL_TIMEOUT_S, OP_TIMEOUT_S, PG_CONNECT_DEFAULTS, SETTLE_S, Database, is_row_error
@@ -56,6 +60,7 @@ from .records import (
     TradeRecord,
 )
 from .repository import Repository
+from .spool import SPOOL_MAX_BYTES, Spool
 from .url import normalize_url, redact
 from .writer import Writer
 
@@ -73,6 +78,13 @@ __all__ = [
 ]
 
 log = logging.getLogger("tradeguard.store")
+
+
+def database_name(url: str) -> str:
+    """The database a URL names (what a spool's records belong to)."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).database or ""
 
 
 class RiskStore(StoreCounters):
@@ -93,6 +105,8 @@ class RiskStore(StoreCounters):
         settle_s: float = SETTLE_S,
         op_timeout_s: float = OP_TIMEOUT_S,
         on_health_change: Callable[[bool], None] | None = None,
+        spool_path: str | None = None,
+        spool_max_bytes: int = SPOOL_MAX_BYTES,
     ) -> None:
         if queue_size < 1 or batch_max < 1:
             raise ValueError("queue_size and batch_max must be >= 1")
@@ -111,6 +125,9 @@ class RiskStore(StoreCounters):
         self.writer = Writer(self.queue, self, self.db, self.health, batch_max=batch_max, retry_max_s=retry_max_s,
                              call_timeout_s=call_timeout_s)
         self.repository = Repository(self.db, clock, self.flush)
+        # The local spool (spool.py): PostgreSQL only; None = off (SQLite is already a local file).
+        self.spool: Spool | None = Spool(spool_path, spool_max_bytes, database=database_name(self.url)) \
+            if spool_path else None
 
     # ---- settings (read by the parts on each use) -----------------------------------------------------
 
@@ -192,6 +209,9 @@ class RiskStore(StoreCounters):
         migrate_on_start is off) in the background and keeps retrying with backoff."""
         if self.db.thread is not None:
             return
+        if self.spool is not None:
+            await self.spool.open()  # SpoolError (naming spool_path) when it cannot be opened
+            self.writer.spool = self.spool
         self.db.start()
         self.writer.start()
         log.info("store %s: writer started (queue_size=%d batch_max=%d)", redact(self.url), self.queue_size,
@@ -208,8 +228,15 @@ class RiskStore(StoreCounters):
         drained = await self.flush(timeout=drain_timeout)
         self._closed = self.db.closed = True  # no more intake, no more write-through calls
         await self.writer.stop(wait_s=max(deadline - loop.time(), 0.0) + 1.0)  # finishes the batch in the database
+        spooled = await self.writer.spill_all() if self.spool is not None else 0
         left = self.queue_depth
         await self.db.close(wait_s=max(deadline - loop.time(), 0.0) + 1.0)
+        if self.spool is not None:
+            if self.spool.depth:
+                log.warning("store closed: %d items spooled to %s (%d bytes; %d moved there at shutdown): written "
+                            "to the database at the next start or when it answers", self.spool.depth, self.spool.path,
+                            self.spool.stats.bytes, spooled)
+            await self.spool.close()
         if left:
             log.warning("store closed with %d items unwritten (drain timeout %.1fs)", left, drain_timeout)
         else:
@@ -266,6 +293,7 @@ class RiskStore(StoreCounters):
         try:
             if not self.db.prepared:
                 raise StoreUnavailable("database unavailable at start")
+            await self.spool_replayed()
             loaded = await self.repository.load()
         except StoreUnavailable:
             if not self.queue.hold_states and self.queue.states_queued:
@@ -276,6 +304,33 @@ class RiskStore(StoreCounters):
             self.queue.hold_states = False
             self.writer.kick()
         return loaded
+
+    async def spool_replayed(self) -> None:
+        """Wait until the local spool is replayed into the database (at most call_timeout_s). What it holds is
+        older than anything stored after it: replayed before the stored state is read (or leases are taken back).
+        Raises StoreUnavailable when the database cannot be reached or the replay is not done in time."""
+        if self.spool is None or not self.spool.depth:
+            return
+        first_attempt = self.writer.first_attempt
+        if first_attempt is None:
+            raise StoreUnavailable("store is not started")
+        await asyncio.shield(first_attempt)
+        if not self.db.prepared:
+            raise StoreUnavailable("database unavailable (the local spool waits for it)")
+        if not await self.writer.spool_replayed(self.call_timeout_s or None):
+            raise StoreUnavailable(f"the local spool {self.spool.path} is not replayed yet ({self.spool.depth} "
+                                   "records left)")
+
+    async def spooled_states(self) -> tuple[list[StateRecord], dict[str, list[str]]]:
+        """The latest states in the spool and each trader's spooled trade ids (empty without a spool): what this
+        sidecar had when the database was last unreachable, for a start while it still is."""
+        if self.spool is None or not self.spool.depth:
+            return [], {}
+        try:
+            return await self.spool.latest_states()
+        except Exception:
+            log.exception("spool %s: the latest states cannot be read", self.spool.path)
+            return [], {}
 
     async def known_trade_ids(self, trader_id: str, trade_ids: Sequence[str]) -> set[str]:
         return await self.repository.known_trade_ids(trader_id, trade_ids)
@@ -340,3 +395,44 @@ class RiskStore(StoreCounters):
         self, account_id: str | None, breaker_id: str | None, limit: int, before_cursor: str | None = None
     ) -> tuple[list[BreakerEventRecord], str | None]:
         return await self.repository.list_events(account_id, breaker_id, limit, before_cursor)
+
+    async def history_at(self, trader_id: str, at: float) -> tuple[HistoryRecord, list[str]] | None:
+        """The trader's newest history row at or before `at` (see sql.history_at); queued rows are flushed first
+        (for up to a second), so a change just made counts."""
+        from . import sql
+
+        await self.flush(1.0)
+        return await self.db.call(lambda conn: sql.history_at(conn, trader_id, at), write=False)
+
+    # ---- bounded traders (issue 21, residency.py): write progress, and one trader read back --------------------
+
+    def queued_seq(self) -> int:
+        """The sequence number of the last item queued."""
+        return self.queue.seq
+
+    def written_through(self) -> int:
+        """Every item queued with a sequence number up to this one is written (or rejected, or dropped history)."""
+        return self.writer._done_through()
+
+    def forget_trader(self, trader_id: str) -> None:
+        """An evicted trader: the writer's per-trader encoding cache lets it go."""
+        bulk = self.writer._bulk
+        if bulk is not None:
+            bulk.forget(trader_id)
+
+    async def read_trader(self, trader_id: str) -> tuple[StateRecord | None, list[str]]:
+        """One trader's stored state (None: no row) and its recent trade ids, oldest first (an evicted trader's
+        reload: one primary-key read and one indexed one)."""
+        from sqlalchemy import select
+
+        from ..cluster import leases
+        from . import codec
+        from .sql import STATE
+
+        def read(conn: Connection) -> tuple[StateRecord | None, list[str]]:
+            row = conn.execute(select(STATE).where(STATE.c.trader_id == trader_id)).mappings().first()
+            if row is None:
+                return None, []
+            return codec.state_from_row(row), leases.trade_ids(conn, trader_id)
+
+        return await self.db.call(read, write=False)

@@ -39,10 +39,12 @@ from .dbthread import CALL_TIMEOUT_S, Database, Worker, describe, is_row_error, 
 from .errors import StoreUnavailable
 from .health import Health
 from .queue import KINDS, Batch, StoreCounters, WriteQueue
+from .spool import SPILL_EVERY_S, Spool, SpoolError, decode_rows
 
 log = logging.getLogger("tradeguard.store")
 
 FIRST_BACKOFF_S = 0.05
+REPLAY_BATCHES = 4  # a spool replay writes this many batch_max's worth of rows per transaction
 PIPELINE = True  # encode the next batch while one is in the database (False: one at a time; for comparison)
 
 Encoded = list[tuple[Any, tuple[Any, ...]]]  # (queue item, row)
@@ -60,6 +62,7 @@ class Outcome:
     in_doubt: int | None = None  # PostgreSQL txid of a batch whose COMMIT may or may not have happened
     backend_pid: int | None = None  # PostgreSQL: the session that ran it (ended if its transaction stays open)
     latency_ms: float = 0.0
+    txid: int | None = None  # PostgreSQL: the transaction it was written in
 
 
 class Writer:
@@ -99,6 +102,11 @@ class Writer:
         self.epoch_of: Callable[[str], int | None] | None = None
         self.unowned_skipped = 0  # cluster mode: snapshots not written because the trader was no longer owned
         queue.on_history_dropped = self._restart_history
+        # The local spool (spool.py; PostgreSQL only): what cannot be written goes there, and is replayed first.
+        self.spool: Spool | None = None
+        self._spool_min_seq = 0  # the oldest queue sequence number spilled since the spool was last empty
+        self._spool_empty = asyncio.Event()
+        self._spool_error_logged = False
 
     @property
     def running(self) -> bool:
@@ -144,7 +152,10 @@ class Writer:
     # ---- flush --------------------------------------------------------------------------------------
 
     def _done_through(self) -> int:
-        return self.queue.done_through(self.inflight)
+        done = self.queue.done_through(self.inflight)
+        if self.spool is not None and self.spool.depth:  # spooled is not written yet
+            done = min(done, self._spool_min_seq - 1)
+        return done
 
     def _resolve_waiters(self) -> None:
         if not self._waiters:
@@ -180,9 +191,21 @@ class Writer:
     # ---- the loop (event loop side) -----------------------------------------------------------------
 
     async def _pause(self, seconds: float) -> None:
-        """Back off, unless stop() asks the writer to stop."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+        """Back off, unless stop() asks the writer to stop. With a spool, what is queued meanwhile goes to it
+        every SPILL_EVERY_S: memory stays bounded, and a crash during the outage loses nothing spooled."""
+        if self.spool is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), seconds)
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while True:
+            await self.spill()
+            remaining = deadline - loop.time()
+            if remaining <= 0 or self._stopping.is_set():
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), min(remaining, SPILL_EVERY_S))
 
     def _backoff(self, failures: int) -> float:
         return float(min(self.retry_max_s, FIRST_BACKOFF_S * 2 ** min(failures - 1, 16)))
@@ -225,6 +248,19 @@ class Writer:
                         self.health.available()
                     else:
                         failures += 1
+                        await self._pause(self._backoff(failures))
+                    continue
+            spool = self.spool
+            if spool is not None and not self._stopping.is_set():
+                if len(self.queue) > spool.memory_items:  # behind by more than the bound: to the spool
+                    await self.spill()
+                if spool.depth:  # the spool is older than anything queued: replayed first
+                    if writing:
+                        failed = await self._finish(*writing.pop(), unsent=None)
+                    else:
+                        failed = await self._replay_spool()
+                    failures = failures + 1 if failed else 0
+                    if failed:
                         await self._pause(self._backoff(failures))
                     continue
             batch = None if self._stopping.is_set() else self.queue.take(self.batch_max)
@@ -347,6 +383,160 @@ class Writer:
         self._resolve_waiters()
         return True
 
+    # ---- the spool (spool.py) ------------------------------------------------------------------------
+
+    @property
+    def spool_failing(self) -> bool:
+        """The last write to the spool failed (the backlog stays in memory)."""
+        return self._spool_error_logged
+
+    def _spool_changed(self) -> None:
+        spool = self.spool
+        if spool is None or spool.depth == 0:
+            self._spool_min_seq = 0
+            self._spool_empty.set()
+        else:
+            self._spool_empty.clear()
+
+    async def spool_replayed(self, timeout: float | None) -> bool:  # noqa: ASYNC109
+        """Wait until the spool is empty (replayed); False after `timeout` seconds."""
+        self._spool_changed()
+        if self._spool_empty.is_set():
+            return True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._spool_empty.wait(), timeout)
+        return self._spool_empty.is_set()
+
+    def _spool_epochs(self, batch: Batch) -> dict[str, int | None]:
+        """The epoch each state of `batch` is spooled with: its lease epoch (cluster mode; a trader no longer
+        owned is left out, as the writer leaves it out), else this process's epoch (None when not known yet)."""
+        epoch_of = self.epoch_of
+        if epoch_of is None:
+            epoch = self.db.epoch or None
+            return {rec.trader_id: epoch for _seq, rec in batch.states}
+        epochs: dict[str, int | None] = {}
+        for _seq, rec in batch.states:
+            if (e := epoch_of(rec.trader_id)) is not None:
+                epochs[rec.trader_id] = e
+            else:
+                self.unowned_skipped += 1
+        return epochs
+
+    async def spill(self, batch: Batch | None = None, txid: int | None = None, pid: int | None = None) -> int:
+        """Move what is queued (or `batch`) to the spool. Returns the number of records spooled (0 when it
+        cannot be written: then the items stay queued in memory, and the error is logged once)."""
+        spool = self.spool
+        if spool is None:
+            return 0
+        own = batch is None
+        if batch is None:
+            batch = self.queue.take(None)
+            if batch is None:
+                return 0
+            self.inflight.append(batch)  # counted as pending (queue_depth, flush) until it is in the spool
+        first = batch.min_seq()
+        try:
+            await spool.append_batch(batch, self._spool_epochs(batch), txid, pid)
+        except SpoolError as exc:
+            if own:
+                self.inflight.remove(batch)
+                self.queue.requeue(batch)
+            if not self._spool_error_logged:
+                self._spool_error_logged = True
+                log.error("%s: the backlog stays in memory", exc)
+            return 0
+        self._spool_error_logged = False
+        if own:
+            self.inflight.remove(batch)
+        if first is not None and (self._spool_min_seq == 0 or first < self._spool_min_seq):
+            self._spool_min_seq = first
+        self._spool_changed()
+        return batch.size()
+
+    async def spill_all(self) -> int:
+        """At shutdown, after stop(): everything not committed (queued, taken, a batch whose COMMIT is in doubt,
+        marked with its transaction id) to the spool. Returns the number of items spooled."""
+        if self.spool is None:
+            return 0
+        self.queue.hold_states = False
+        total = 0
+        in_doubt = self._in_doubt
+        for batch in list(self.inflight):
+            if in_doubt is not None and batch is in_doubt[0]:
+                spooled = await self.spill(batch, in_doubt[1].in_doubt, in_doubt[1].backend_pid)
+            else:  # cancelled in the database at the deadline: written again (a duplicate beats a loss)
+                spooled = await self.spill(batch)
+            if spooled or not batch.size():
+                self.inflight.remove(batch)
+                total += spooled
+        self._in_doubt = None
+        total += await self.spill()
+        return total
+
+    async def _replay_spool(self) -> bool:
+        """Write the oldest rows of the spool; True when it failed (the rows stay there)."""
+        spool = self.spool
+        assert spool is not None
+        try:
+            rows = await spool.read(self.batch_max * REPLAY_BATCHES)
+        except Exception as exc:
+            log.exception("spool %s cannot be read", spool.path)
+            self.health.unavailable(exc)
+            return True
+        marked = {row.txid: row.pid for row in rows if row.txid is not None}
+        if marked:  # sent in a transaction before a crash: did it commit?
+            for txid, pid in marked.items():
+                try:
+                    status = await self.db.run(self.db.xact_status, txid)
+                    if status == "in progress" and pid is not None:
+                        await self.db.run(self.db.end_session, pid, txid)
+                        status = await self.db.run(self.db.xact_status, txid)
+                except Exception as exc:
+                    self.health.unavailable(exc)
+                    return True
+                if status == "in progress":
+                    return True
+                await spool.settle(txid, committed=status == "committed")
+                log.info("spool: a replay batch (transaction %d) sent before a crash %s", txid,
+                         "did commit: not written again" if status == "committed" else "did not commit: written again")
+            self._spool_changed()
+            self._resolve_waiters()
+            return False
+        if not rows:
+            self._spool_changed()
+            return False
+        batch, epochs = decode_rows(rows)
+        batch.epochs = {trader: self.db.epoch if e is None else e for trader, e in epochs.items()}
+        self.counters.attempts += 1
+        encoded = await self._encode_async(batch)
+        seqs = [row.seq for row in rows]
+        self.inflight.append(batch)
+        try:
+            outcome = await self._await_batch(asyncio.ensure_future(self.db.run(self._write, encoded, seqs)))
+        except Exception as exc:
+            log.exception("store writer failed unexpectedly (spool replay)")
+            outcome = Outcome(retry=batch, error=exc)
+        finally:
+            self.inflight.remove(batch)
+        for kind in KINDS:
+            self.counters.rows_written[kind] += outcome.written[kind]
+            self.counters.rejected[kind] += outcome.rejected[kind]
+        if outcome.retry is not None or any(outcome.rejected.values()):
+            self.counters.failures += 1
+            self._restart_history()
+        if outcome.retry is not None:  # the rows stay in the spool (marked: settled by txid_status next time)
+            self.health.unavailable(outcome.error)
+            return True
+        await spool.delete([(row.seq, row.version, row.epoch) for row in rows])
+        self.counters.last_persist_latency_ms = outcome.latency_ms
+        if spool.depth == 0:
+            log.info("spool %s replayed into the database (%s)", spool.path,
+                     ", ".join(f"{n} {k}" for k, n in spool.stats.replayed.items() if n))
+        self._spool_changed()
+        self.health.available()
+        self._resolve_waiters()
+        return False
+
     def _restart_history(self) -> None:
         if self._bulk is not None:  # history rows carry every map again: none refers to a row never stored
             self._bulk.restart_history()
@@ -373,8 +563,10 @@ class Writer:
 
     # ---- on the database thread ---------------------------------------------------------------------
 
-    def _write(self, encoded: Outcome) -> Outcome:
-        """Write encoded parts in one transaction; isolate bad rows if it fails for a row's reason."""
+    def _write(self, encoded: Outcome, spool_seqs: list[int] | None = None) -> Outcome:
+        """Write encoded parts in one transaction; isolate bad rows if it fails for a row's reason. With
+        `spool_seqs` (a replay of the spool), those spool rows are marked with the transaction's id before its
+        COMMIT (spool.py: exactly once across a crash)."""
         if encoded.retry is not None:  # the encoder failed
             return encoded
         started = time.perf_counter()
@@ -390,8 +582,11 @@ class Writer:
                 if self._bulk.postgres:  # to learn later whether a COMMIT cut short went through
                     txid_pid = conn.exec_driver_sql("SELECT txid_current(), pg_backend_pid()").one()
                     txid, outcome.backend_pid = int(txid_pid[0]), int(txid_pid[1])
+                    outcome.txid = txid
                 for kind, items in parts.items():
                     self._write_kind(conn, kind, items, now)
+                if spool_seqs and txid is not None and self.spool is not None:
+                    self.spool.mark_blocking(spool_seqs, txid, outcome.backend_pid)
                 committing = True
                 conn.commit()
             finally:
