@@ -548,3 +548,29 @@ async def test_a_breaker_whose_condition_holds_over_many_reports_fires_one_alert
     fired = [b for b in bodies if b["event"] == "breaker_fired"]
     assert len(fired) == 2, [(b["event"], b["reason"]) for b in bodies]
     assert {b["severity"] for b in fired} == {"warning"}  # an `alert` action
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "http_max_concurrent counts server-sent event streams (README 'Fairness and overload', by design of the fairness "
+    "change): one bot with the shared trader token holds 8 WatchRiskState streams (max_watchers_per_trader) on each "
+    "of 8 trader ids = the default budget of 64, for as long as it likes, and every other bot's CanTrade over HTTP "
+    "gets 429. The kill switch is exempt now; the hot path over HTTP needs streams in a budget of their own (or "
+    "not counted: the watcher limits bound them) - the fairness owner's call, and test_fairness's 429 test relies "
+    "on an SSE stream filling the budget."))
+async def test_a_bots_watch_streams_over_http_do_not_starve_another_bots_can_trade_over_http() -> None:
+    async with running_sidecar(http_listen="127.0.0.1:0", admin_token=ADMIN, trader_token=TRADER) as sc, \
+            aiohttp.ClientSession() as http:
+        base, bot = f"http://{sc.http_address}", {"Authorization": f"Bearer {TRADER}"}
+        for trader in range(8):  # known traders (watchers of unknown ones have a smaller limit of their own)
+            async with http.post(f"{base}/v1/risk/report-equity", headers=bot,
+                                 json={"trader_id": f"w{trader}", "account_id": "a", "equity": 1_000}) as ok:
+                assert ok.status == 200
+        async with contextlib.AsyncExitStack() as streams:
+            for trader in range(8):
+                for _ in range(8):
+                    watch = await streams.enter_async_context(http.get(
+                        f"{base}/v1/risk/watch", headers=bot, params={"trader_id": f"w{trader}", "account_id": "a"}))
+                    assert watch.status == 200, await watch.text()
+            async with http.post(f"{base}/v1/risk/can-trade", headers=bot,
+                                 json={"trader_id": "other-bot", "account_id": "b"}) as reply:
+                assert reply.status == 200, await reply.text()
