@@ -177,7 +177,8 @@ class Admission:
 
     # ---- decisions ------------------------------------------------------------------------------
 
-    def flooding(self, peer: str, raw: bytes, parse: Callable[[bytes], Message] | None) -> str:
+    def flooding(self, peer: str, raw: bytes, parse: Callable[[bytes], Message] | None,
+                 context: Any = None) -> str:
         """While watching: the reason to shed this call ("" = admit). A connection or trader that started more than
         its limit in this window, and more than the average one (a lone client is not shed for its own load), is
         penalized until retry_after_s from now: its calls are shed meanwhile (a trader's connection with it)."""
@@ -203,6 +204,10 @@ class Admission:
             return ""  # the handler answers INVALID_ARGUMENT
         if not trader:
             return ""
+        # A trader is counted per credential presented: calls that name a bot's trader id without its token (or
+        # certificate) - refused by the guard after this - must not make that bot a flooding trader and get its
+        # own connection shed. (With one shared trader token every holder may act for any trader anyway.)
+        trader = f"{trader}\0{_credential(context)}"
         penalty = self.penalized_traders.get(trader)
         if penalty is not None and penalty[0] > now:
             self.penalized_peers[peer] = penalty
@@ -279,7 +284,7 @@ class Admission:
 
         async def admitted(raw: bytes, context: Any) -> Any:
             if self.watching:
-                reason = self.flooding(context.peer(), raw, parse)
+                reason = self.flooding(context.peer(), raw, parse, context)
                 if reason:
                     await self.refuse(context, reason, method, self._flood_message(reason), hold=True)
                     return None
@@ -374,6 +379,18 @@ class Admission:
                 self._leave_stream(peer, stream_cls)
 
         return admitted
+
+
+def _credential(context: Any) -> str:
+    """What the call presents as its credential: the authorization metadata, else the TLS client certificate's
+    common name ("" for neither). Read only while overloaded, for the count per trader."""
+    if context is None:
+        return ""
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return str(value)
+    names = (context.auth_context() or {}).get("x509_common_name") or ()
+    return names[0].decode(errors="replace") if names else ""
 
 
 def admission_from_settings(s: Any) -> Admission:
