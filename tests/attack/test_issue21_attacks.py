@@ -4,14 +4,24 @@ found here is fixed or marked xfail(strict) with its reason."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import sqlite3
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import psycopg
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from tests.support.sidecar import running_sidecar
+from tests.support.databases import empty_tables, postgres_database_fixture
+from tests.support.pg import plain_dsn
+from tests.support.proxy import FaultProxy
+from tests.support.sidecar import SidecarProcess, running_sidecar, spawn_sidecar
+from tests.support.wait import eventually
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import admin_service_pb2_grpc as adg
 from tradeguard.v1 import risk_service_pb2 as rs
@@ -25,6 +35,7 @@ pytestmark = pytest.mark.integration
 TOKEN = "attack21-admin-token"
 AUTH = (("authorization", f"Bearer {TOKEN}"),)
 IDLE_S = 60.0
+pg_url = postgres_database_fixture()
 BOT = {"trader_id": "bot-21", "account_id": "acct-21"}
 
 
@@ -164,3 +175,114 @@ async def test_restore_at_exactly_a_rows_recorded_at_picks_that_row_and_odd_time
     bad_at = (grpc.StatusCode.INVALID_ARGUMENT, "at")
     assert codes == {"year 1": bad_at, "last nanosecond of year 9999": bad_at, "year 9999": 10_100.0,
                      "epoch": bad_at}
+
+
+# ---- 2. the spool x operator changes x SIGKILL ------------------------------------------------------------
+
+ACCT_CFG = t.RiskConfiguration(account_id=BOT["account_id"], config_id="c21", is_active=True,
+                               max_position_size_percentage=100.0, daily_max_drawdown_percentage=5.0)
+
+
+@dataclass
+class SpoolRig:
+    proxy: FaultProxy
+    url: str
+    tmp: Path
+    spool: Path
+
+    async def spawn(self, name: str) -> SidecarProcess:
+        args = ["--database-url", self.proxy.url_for(self.url), "--sidecar-id", "attack21", "--spool-path",
+                str(self.spool), "--drain-timeout-s", "2", "--stop-trading-minutes", "600",
+                "--control-state-stale-action", "serve"]
+        return await asyncio.to_thread(spawn_sidecar, self.tmp, *args, name=name, timeout=60)
+
+
+@pytest.fixture
+async def spool_rig(pg_url: str, tmp_path: Path) -> AsyncIterator[SpoolRig]:
+    empty_tables(pg_url)
+    proxy = await FaultProxy().start()
+    try:
+        yield SpoolRig(proxy, pg_url, tmp_path, tmp_path / "spool.db")
+    finally:
+        await proxy.close()
+
+
+def spooled_state(path: Path) -> int:
+    if not path.exists():
+        return 0
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        return int(conn.execute("SELECT count(*) FROM spool WHERE kind = 'state'").fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        conn.close()
+
+
+def sql(url: str, query: str) -> list[tuple[object, ...]]:
+    with psycopg.connect(plain_dsn(url), autocommit=True) as conn:
+        return list(conn.execute(query).fetchall())  # type: ignore[arg-type,unused-ignore]
+
+
+def kill(sp: SidecarProcess) -> None:
+    os.kill(sp.proc.pid, signal.SIGKILL)
+    sp.proc.wait(timeout=10)
+
+
+UNLOADED_NOT_SPOOLED = (
+    "persistence.py: while the stored state is not loaded (a start with the database cut, answered from the spool) "
+    "every change is only journaled in memory ('Nothing of this run is written meanwhile'): nothing reaches the "
+    "spool, so a SIGKILL or a SIGTERM before the database returns loses the operator's HALT (and every trade and "
+    "breach of that run); the stored state after the replay is the older spooled breach state")
+
+
+@pytest.mark.xfail(strict=True, reason=UNLOADED_NOT_SPOOLED)
+@pytest.mark.parametrize("second_stop", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
+async def test_an_operator_halt_made_on_a_sidecar_started_from_the_spool_survives_its_stop_before_the_database_returns(
+        spool_rig: SpoolRig, second_stop: signal.Signals) -> None:
+    """Breach in an outage, SIGKILL, start with the database still cut (paused from the spool), the operator
+    halts the trader there, that sidecar stops (SIGKILL / SIGTERM), a third start (still cut), then the database
+    comes back: the stored state must be the operator's halt, not the older spooled breach state."""
+    rig = spool_rig
+    ids = dict(BOT)
+    first = await rig.spawn("first")
+    async with grpc.aio.insecure_channel(first.address) as ch:
+        risk, admin = rsg.RiskServiceStub(ch), adg.AdminServiceStub(ch)
+        await admin.SaveConfig(ad.SaveConfigRequest(config=ACCT_CFG), timeout=10)
+        await risk.ReportEquity(rs.ReportEquityRequest(**ids, equity=10_000.0), timeout=10)
+        assert await eventually(lambda: sql(rig.url, "SELECT count(*) FROM risk_state")[0][0] == 1, timeout=20)
+        rig.proxy.cut()  # (the state spooled from here on is the breach's)
+        breach = await risk.ReportEquity(rs.ReportEquityRequest(**ids, equity=9_000.0), timeout=10)
+    assert breach.state.trading_state == t.TRADING_STATE_REDUCING
+    assert await eventually(lambda: spooled_state(rig.spool) >= 1, timeout=20)
+    kill(first)
+
+    second = await rig.spawn("second")
+    try:
+        async with grpc.aio.insecure_channel(second.address) as ch:
+            risk, admin = rsg.RiskServiceStub(ch), adg.AdminServiceStub(ch)
+            asked = await risk.CanTrade(rs.CanTradeRequest(**ids), timeout=10)
+            assert not asked.allowed and asked.state.trading_state == t.TRADING_STATE_REDUCING, asked
+            await admin.PauseTrading(ad.PauseTradingRequest(**ids, trading_state=t.TRADING_STATE_HALTED,
+                                                            reason="newer operator halt"), timeout=10)
+            halted = await risk.CanTrade(rs.CanTradeRequest(**ids), timeout=10)
+        assert not halted.allowed and halted.state.trading_state == t.TRADING_STATE_HALTED, halted
+        await asyncio.sleep(0.3)
+    finally:
+        kill(second)
+
+    third = await rig.spawn("third")
+    try:
+        async with grpc.aio.insecure_channel(third.address) as ch:
+            still = await rsg.RiskServiceStub(ch).CanTrade(rs.CanTradeRequest(**ids), timeout=10)
+        rig.proxy.restore()
+        assert await eventually(lambda: "stored state loaded late" in third.log(), timeout=60), third.log()[-3000:]
+        async with grpc.aio.insecure_channel(third.address) as ch:
+            after = await rsg.RiskServiceStub(ch).CanTrade(rs.CanTradeRequest(**ids), timeout=10)
+    finally:
+        assert await asyncio.to_thread(third.terminate, signal.SIGTERM, 30) == 0
+    stored = sql(rig.url, "SELECT trading_state, pauses::text FROM risk_state WHERE trader_id = 'bot-21'")
+
+    assert not after.allowed and after.state.trading_state == t.TRADING_STATE_HALTED, after
+    assert stored and stored[0][0] == "HALTED" and "newer operator halt" in str(stored[0][1]), stored
+    assert not still.allowed and still.state.trading_state == t.TRADING_STATE_HALTED, still
