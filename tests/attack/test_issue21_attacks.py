@@ -286,3 +286,65 @@ async def test_an_operator_halt_made_on_a_sidecar_started_from_the_spool_survive
     assert not after.allowed and after.state.trading_state == t.TRADING_STATE_HALTED, after
     assert stored and stored[0][0] == "HALTED" and "newer operator halt" in str(stored[0][1]), stored
     assert not still.allowed and still.state.trading_state == t.TRADING_STATE_HALTED, still
+
+
+# ---- 1. restore x account kill switch x pending orders; 3. max_traders x operator pause -------------------
+
+BUY = t.OrderIntent(symbol="BTCUSDT", side=t.SIDE_BUY, quantity=0.001, price=50_000.0, client_order_id="o-21")
+
+
+async def test_restore_keeps_a_live_account_kill_switch_and_the_pending_orders_and_brings_no_lifted_one_back(
+        bounded: Sidecar, clock: ManualClock) -> None:
+    account = {"account_id": BOT["account_id"]}
+    async with grpc.aio.insecure_channel(bounded.address) as ch:
+        risk, admin = rsg.RiskServiceStub(ch), adg.AdminServiceStub(ch)
+        await risk.ReportEquity(rs.ReportEquityRequest(**BOT, equity=10_000.0), timeout=10)
+        clock.advance(1)
+        await admin.PauseTrading(ad.PauseTradingRequest(**account, trading_state=t.TRADING_STATE_HALTED,
+                                                        reason="account kill 1"), metadata=AUTH, timeout=10)
+        under_account_pause = (await history(admin))[-1]
+        assert under_account_pause.state.trading_state == t.TRADING_STATE_HALTED
+        clock.advance(1)
+        await admin.ResumeTrading(ad.ResumeTradingRequest(**account), metadata=AUTH, timeout=10)
+        clock.advance(1)
+        allowed = await risk.CanTrade(rs.CanTradeRequest(**BOT, order=BUY), timeout=10)
+        assert allowed.allowed, allowed.reason
+        clock.advance(1)
+        # a restore to a time the account was paused must not bring that (lifted) account pause back
+        back = await admin.RestoreRiskState(restore(under_account_pause.recorded_at), metadata=AUTH, timeout=10)
+        free = await risk.CanTrade(rs.CanTradeRequest(**BOT), timeout=10)
+        live = (await risk.GetRiskState(rs.GetRiskStateRequest(**BOT), timeout=10)).state
+        clock.advance(1)
+        await admin.PauseTrading(ad.PauseTradingRequest(**account, trading_state=t.TRADING_STATE_HALTED,
+                                                        reason="account kill 2"), metadata=AUTH, timeout=10)
+        first_row = (await history(admin))[0]
+        clock.advance(1)
+        kept = await admin.RestoreRiskState(restore(first_row.recorded_at), metadata=AUTH, timeout=10)
+        asked = await risk.CanTrade(rs.CanTradeRequest(**BOT), timeout=10)
+
+    assert back.state.trading_state == t.TRADING_STATE_ACTIVE and free.allowed, free.reason
+    # the order is still at the venue: a restore never changes what is pending
+    assert [o.client_order_id for o in back.state.pending_orders] == ["o-21"]
+    assert [o.client_order_id for o in live.pending_orders] == ["o-21"]
+    assert kept.state.trading_state == t.TRADING_STATE_HALTED and "account kill 2" in kept.state.pause_reason
+    assert not asked.allowed and asked.state.trading_state == t.TRADING_STATE_HALTED
+
+
+async def test_at_max_traders_an_operator_can_still_halt_a_new_trader_and_it_stays_halted(
+        tmp_path: Path) -> None:
+    settings = {"database_url": sqlite_url(tmp_path), "enable_persistence": True, "admin_token": TOKEN,
+                "max_traders": 1}
+    new = {"trader_id": "bot-new", "account_id": BOT["account_id"]}
+    async with running_sidecar(**settings) as sc, grpc.aio.insecure_channel(sc.address) as ch:
+        risk, admin = rsg.RiskServiceStub(ch), adg.AdminServiceStub(ch)
+        await risk.ReportEquity(rs.ReportEquityRequest(**BOT, equity=10_000.0), timeout=10)
+        with pytest.raises(grpc.aio.AioRpcError) as full:
+            await risk.CanTrade(rs.CanTradeRequest(**new), timeout=10)
+        await admin.PauseTrading(ad.PauseTradingRequest(**new, trading_state=t.TRADING_STATE_HALTED,
+                                                        reason="pre-emptive"), metadata=AUTH, timeout=10)
+        asked = await risk.CanTrade(rs.CanTradeRequest(**new), timeout=10)
+    async with running_sidecar(**settings) as sc, grpc.aio.insecure_channel(sc.address) as ch:
+        again = await rsg.RiskServiceStub(ch).CanTrade(rs.CanTradeRequest(**new), timeout=10)
+    assert full.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert not asked.allowed and asked.state.trading_state == t.TRADING_STATE_HALTED
+    assert not again.allowed and again.state.trading_state == t.TRADING_STATE_HALTED
