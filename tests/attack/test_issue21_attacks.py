@@ -348,3 +348,59 @@ async def test_at_max_traders_an_operator_can_still_halt_a_new_trader_and_it_sta
     assert full.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert not asked.allowed and asked.state.trading_state == t.TRADING_STATE_HALTED
     assert not again.allowed and again.state.trading_state == t.TRADING_STATE_HALTED
+
+
+async def test_a_restore_while_the_database_is_cut_is_unavailable_and_changes_nothing(
+        pg_url: str, tmp_path: Path) -> None:
+    empty_tables(pg_url)
+    proxy = await FaultProxy().start()
+    try:
+        async with running_sidecar(database_url=proxy.url_for(pg_url), enable_persistence=True, admin_token=TOKEN,
+                                   sidecar_id="sc-a", spool_path=str(tmp_path / "spool.db")) as sc, \
+                grpc.aio.insecure_channel(sc.address) as ch:
+            risk, admin = rsg.RiskServiceStub(ch), adg.AdminServiceStub(ch)
+            await risk.ReportEquity(rs.ReportEquityRequest(**BOT, equity=10_000.0), timeout=10)
+            before_breach = (await history(admin))[-1]
+            await risk.ReportEquity(rs.ReportEquityRequest(**BOT, equity=8_000.0), timeout=10)
+            assert await sc.store.flush(10.0)
+            proxy.cut()
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await admin.RestoreRiskState(restore(before_breach.recorded_at), metadata=AUTH, timeout=10)
+            asked = await risk.CanTrade(rs.CanTradeRequest(**BOT), timeout=10)
+            proxy.restore()
+    finally:
+        await proxy.close()
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+    assert not asked.allowed and asked.state.trading_state != t.TRADING_STATE_ACTIVE
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+async def test_a_restore_to_a_breach_then_an_immediate_sigkill_is_still_paused_after_the_restart(
+        pg_url: str, tmp_path: Path, backend: str) -> None:
+    if backend == "postgresql":
+        empty_tables(pg_url)
+        url = pg_url
+    else:
+        url = sqlite_url(tmp_path)
+    args = ("--database-url", url, "--sidecar-id", "sc-k", "--stop-trading-minutes", "600")
+    first = await asyncio.to_thread(spawn_sidecar, tmp_path, *args, name="first", timeout=60)
+    try:
+        async with grpc.aio.insecure_channel(first.address) as ch:
+            risk, admin = rsg.RiskServiceStub(ch), adg.AdminServiceStub(ch)
+            await admin.SaveConfig(ad.SaveConfigRequest(config=ACCT_CFG), timeout=10)
+            await risk.ReportEquity(rs.ReportEquityRequest(**BOT, equity=10_000.0), timeout=10)
+            await risk.ReportEquity(rs.ReportEquityRequest(**BOT, equity=9_000.0), timeout=10)
+            point = (await history(admin))[-1]
+            assert point.state.trading_state == t.TRADING_STATE_REDUCING
+            await admin.ResumeTrading(ad.ResumeTradingRequest(**BOT), timeout=10)
+            assert (await risk.CanTrade(rs.CanTradeRequest(**BOT), timeout=10)).allowed
+            await admin.RestoreRiskState(restore(point.recorded_at), timeout=10)
+    finally:
+        kill(first)
+    second = await asyncio.to_thread(spawn_sidecar, tmp_path, *args, name="second", timeout=60)
+    try:
+        async with grpc.aio.insecure_channel(second.address) as ch:
+            asked = await rsg.RiskServiceStub(ch).CanTrade(rs.CanTradeRequest(**BOT), timeout=10)
+    finally:
+        assert await asyncio.to_thread(second.terminate, signal.SIGTERM, 30) == 0
+    assert not asked.allowed and asked.code == t.DECISION_CODE_DAILY_LOSS_LIMIT, asked
