@@ -404,3 +404,34 @@ async def test_a_restore_to_a_breach_then_an_immediate_sigkill_is_still_paused_a
     finally:
         assert await asyncio.to_thread(second.terminate, signal.SIGTERM, 30) == 0
     assert not asked.allowed and asked.code == t.DECISION_CODE_DAILY_LOSS_LIMIT, asked
+
+
+# ---- 3. bounded traders x the dead-man's switch ---------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "residency.py pins a trader for a heartbeat only while it is in memory: a dead-man's switch configured for the "
+    "account after the trader was evicted is never counted for it (DeadMansSwitch.scan walks engine.traders; the "
+    "reload marks it heard, residency touch): silent 30 s past a 10 s timeout, its next call is allowed, while a "
+    "trader of the same account kept in memory is HALTED. A fix needs the silence of evicted traders counted "
+    "(e.g. loading an account's evicted traders when a heartbeat is configured, or judging the silence at reload)"))
+async def test_a_dead_mans_switch_configured_while_a_trader_is_evicted_still_trips_for_it(
+        bounded: Sidecar, clock: ManualClock) -> None:
+    ctl = {"trader_id": "bot-ctl", "account_id": BOT["account_id"]}
+    async with grpc.aio.insecure_channel(bounded.address) as ch:
+        risk, admin = rsg.RiskServiceStub(ch), adg.AdminServiceStub(ch)
+        await risk.ReportEquity(rs.ReportEquityRequest(**BOT, equity=10_000.0), timeout=10)
+        clock.advance(10 * IDLE_S)
+        await risk.ReportEquity(rs.ReportEquityRequest(**ctl, equity=10_000.0), timeout=10)
+        assert await evict_idle(bounded) == 1 and BOT["trader_id"] in bounded.residency.evicted
+        await admin.SaveConfig(ad.SaveConfigRequest(config=t.RiskConfiguration(
+            account_id=BOT["account_id"], config_id="hb", is_active=True, heartbeat_timeout_seconds=10)),
+            metadata=AUTH, timeout=10)
+        bounded.deadman.scan()  # the first check after the heartbeat is configured starts the count
+        clock.advance(30)
+        tripped = bounded.deadman.scan()
+        kept = await risk.CanTrade(rs.CanTradeRequest(**ctl), timeout=10)
+        evicted = await risk.CanTrade(rs.CanTradeRequest(**BOT), timeout=10)
+
+    assert tripped == ["bot-ctl"] and not kept.allowed and kept.state.trading_state == t.TRADING_STATE_HALTED
+    assert not evicted.allowed and evicted.state.trading_state == t.TRADING_STATE_HALTED, evicted.reason
