@@ -50,6 +50,19 @@ async def bounded(tmp_path: Path, clock: ManualClock) -> AsyncIterator[Sidecar]:
         yield sc
 
 
+@pytest.fixture(params=["postgresql", "sqlite"])
+async def bounded_any(request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock) -> AsyncIterator[Sidecar]:
+    """Bounded traders in cluster mode (PostgreSQL: eviction releases the lease) and single mode (SQLite)."""
+    if request.param == "sqlite":
+        url = sqlite_url(tmp_path)
+    else:
+        url = request.getfixturevalue("pg_url")
+        empty_tables(url)
+    async with running_sidecar(clock=clock, database_url=url, enable_persistence=True, admin_token=TOKEN,
+                               sidecar_id="sc-a", trader_idle_evict_seconds=IDLE_S) as sc:
+        yield sc
+
+
 async def evict_idle(sc: Sidecar) -> int:
     """Two eviction rounds with the writer's flush between (mark, then evict what is written)."""
     evicted = await sc.residency.evict_round()
@@ -71,11 +84,11 @@ def restore(at: Timestamp, reason: str = "attack21", dry_run: bool = False) -> a
 
 
 async def test_restore_of_an_evicted_trader_puts_back_the_paused_state_it_recorded(
-        bounded: Sidecar, clock: ManualClock) -> None:
+        bounded_any: Sidecar, clock: ManualClock) -> None:
     """A trader paused by a breach, resumed by the operator, then idle and evicted: the operator restores it to the
     time it was paused. The restore must load it and put the pause back (CanTrade denied), not fail UNAVAILABLE
     'loaded again on its next call' for ever (the restore itself never loads it) nor build a fresh state."""
-    async with grpc.aio.insecure_channel(bounded.address) as ch:
+    async with grpc.aio.insecure_channel(bounded_any.address) as ch:
         risk, admin = rsg.RiskServiceStub(ch), adg.AdminServiceStub(ch)
         await risk.ReportEquity(rs.ReportEquityRequest(**BOT, equity=10_000.0), timeout=10)
         clock.advance(1)
@@ -87,8 +100,8 @@ async def test_restore_of_an_evicted_trader_puts_back_the_paused_state_it_record
         await admin.ResumeTrading(ad.ResumeTradingRequest(**BOT), metadata=AUTH, timeout=10)
         assert (await risk.CanTrade(rs.CanTradeRequest(**BOT), timeout=10)).allowed
         clock.advance(10 * IDLE_S)
-        assert await evict_idle(bounded) == 1
-        assert BOT["trader_id"] in bounded.residency.evicted
+        assert await evict_idle(bounded_any) == 1
+        assert BOT["trader_id"] not in bounded_any.engine.traders
 
         dry = await admin.RestoreRiskState(restore(paused_point.recorded_at, dry_run=True), metadata=AUTH,
                                            timeout=10)
@@ -101,7 +114,8 @@ async def test_restore_of_an_evicted_trader_puts_back_the_paused_state_it_record
 
 
 async def test_an_account_kill_switch_pressed_while_a_trader_is_evicted_denies_its_next_call(
-        bounded: Sidecar, clock: ManualClock) -> None:
+        bounded_any: Sidecar, clock: ManualClock) -> None:
+    bounded = bounded_any
     async with grpc.aio.insecure_channel(bounded.address) as ch:
         risk, admin = rsg.RiskServiceStub(ch), adg.AdminServiceStub(ch)
         await risk.ReportEquity(rs.ReportEquityRequest(**BOT, equity=10_000.0), timeout=10)
