@@ -28,7 +28,7 @@ from tradeguard.v1 import risk_service_pb2 as rs
 from tradeguard.v1 import risk_service_pb2_grpc as rsg
 from tradeguard.v1 import types_pb2 as t
 from tradeguard_server.engine.clock import ManualClock
-from tradeguard_server.sidecar import Sidecar
+from tradeguard_server.sidecar import Sidecar, StartupError
 
 pytestmark = pytest.mark.integration
 
@@ -449,3 +449,25 @@ async def test_a_dead_mans_switch_configured_while_a_trader_is_evicted_still_tri
 
     assert tripped == ["bot-ctl"] and not kept.allowed and kept.state.trading_state == t.TRADING_STATE_HALTED
     assert not evicted.allowed and evicted.state.trading_state == t.TRADING_STATE_HALTED, evicted.reason
+
+
+# ---- 2. two sidecars, one spool path ---------------------------------------------------------------------
+
+
+async def test_a_second_sidecar_given_a_spool_path_in_use_does_not_start_and_says_why(
+        pg_url: str, tmp_path: Path) -> None:
+    """Found here: two sidecars given one spool_path (an outage, 20 reports each) each replayed and deleted the other's
+    rows: 20 history rows written twice, spool depths 20 and -20, and neither writer ever caught up again (flush
+    False, so no eviction and every kill switch answered 'not stored yet'). Now the second one does not start."""
+    empty_tables(pg_url)
+    spool = tmp_path / "shared-spool.db"
+    settings = {"database_url": pg_url, "enable_persistence": True, "admin_token": TOKEN,
+                "spool_path": str(spool)}
+    async with running_sidecar(sidecar_id="sc-a", **settings) as a:
+        with pytest.raises(StartupError) as err:
+            async with running_sidecar(sidecar_id="sc-b", **settings):
+                pass
+        assert a.store.spool is not None and a.store.spool.depth == 0
+    async with running_sidecar(sidecar_id="sc-b", **settings):  # free again once the first one stopped
+        pass
+    assert "spool_path" in str(err.value) and "in use by another running sidecar" in str(err.value)
