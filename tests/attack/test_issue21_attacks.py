@@ -471,3 +471,60 @@ async def test_a_second_sidecar_given_a_spool_path_in_use_does_not_start_and_say
     async with running_sidecar(sidecar_id="sc-b", **settings):  # free again once the first one stopped
         pass
     assert "spool_path" in str(err.value) and "in use by another running sidecar" in str(err.value)
+
+
+# ---- 4. retention x restore x eviction ---------------------------------------------------------------------
+
+
+def pos(symbol: str, qty: float) -> t.Position:
+    return t.Position(symbol=symbol, exchange="binance", side=t.SIDE_BUY, quantity=qty, entry_price=100.0,
+                      mark_price=100.0)
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+async def test_after_a_prune_every_kept_history_row_is_a_whole_restore_point_across_evictions_and_restarts(
+        pg_url: str, tmp_path: Path, clock: ManualClock, backend: str) -> None:
+    if backend == "postgresql":
+        empty_tables(pg_url)
+        url = pg_url
+    else:
+        url = sqlite_url(tmp_path)
+    settings = {"database_url": url, "enable_persistence": True, "admin_token": TOKEN, "sidecar_id": "sc-a",
+                "trader_idle_evict_seconds": IDLE_S, "history_retention_days": 1.0}
+    async with running_sidecar(clock=clock, **settings) as sc, grpc.aio.insecure_channel(sc.address) as ch:
+        risk, admin = rsg.RiskServiceStub(ch), adg.AdminServiceStub(ch)
+        await risk.ReportEquity(rs.ReportEquityRequest(**BOT, equity=10_000.0), timeout=10)
+        await risk.ReportPositions(rs.ReportPositionsRequest(**BOT, positions=[pos("BTCUSDT", 1.0)]), timeout=10)
+        for i in range(5):
+            clock.advance(60)
+            await risk.ReportEquity(rs.ReportEquityRequest(**BOT, equity=10_000.0 + i), timeout=10)
+        clock.advance(10 * IDLE_S)
+        assert await evict_idle(sc) == 1
+        clock.advance(86_400.0)  # everything so far is older than the retention
+        await risk.ReportEquity(rs.ReportEquityRequest(**BOT, equity=10_100.0), timeout=10)  # reloads it
+        await risk.ReportPositions(rs.ReportPositionsRequest(**BOT, positions=[pos("ETHUSDT", 2.0)]), timeout=10)
+        clock.advance(60)
+        await risk.ReportEquity(rs.ReportEquityRequest(**BOT, equity=10_200.0), timeout=10)
+        assert await sc.store.flush(10.0)
+    clock.advance(2 * 86_400.0)  # now all but the next row are older than the retention
+    async with running_sidecar(clock=clock, **settings) as sc, grpc.aio.insecure_channel(sc.address) as ch:
+        risk, admin = rsg.RiskServiceStub(ch), adg.AdminServiceStub(ch)
+        await risk.ReportEquity(rs.ReportEquityRequest(**BOT, equity=10_300.0), timeout=10)
+        assert await sc.store.flush(10.0)
+        assert sc.pruner is not None
+        pruned = await sc.pruner.run_once()
+        rows = await history(admin)
+        answers = []
+        for row in rows:
+            try:
+                reply = await admin.RestoreRiskState(restore(row.recorded_at, dry_run=True), metadata=AUTH,
+                                                     timeout=10)
+                answers.append(([p.symbol for p in reply.state.positions], reply.state.current_equity))
+            except grpc.aio.AioRpcError as err:
+                answers.append((err.code(), err.details()))
+    assert pruned is not None and pruned.get("risk_state_history", 0) > 0, pruned
+    # (rows of one call share its instant: a restore to that time is the last of them)
+    last_at = {r.recorded_at.ToNanoseconds(): r for r in rows}
+    assert answers == [([p.symbol for p in last_at[r.recorded_at.ToNanoseconds()].state.positions],
+                        last_at[r.recorded_at.ToNanoseconds()].state.current_equity) for r in rows], answers
+    assert rows[0].state.current_equity == 10_004.0  # the newest full row before the cutoff is kept
