@@ -528,3 +528,50 @@ async def test_after_a_prune_every_kept_history_row_is_a_whole_restore_point_acr
     assert answers == [([p.symbol for p in last_at[r.recorded_at.ToNanoseconds()].state.positions],
                         last_at[r.recorded_at.ToNanoseconds()].state.current_equity) for r in rows], answers
     assert rows[0].state.current_equity == 10_004.0  # the newest full row before the cutoff is kept
+
+
+async def test_no_trader_is_evicted_while_the_database_is_cut_even_once_its_change_is_spooled(
+        pg_url: str, tmp_path: Path, clock: ManualClock) -> None:
+    empty_tables(pg_url)
+    proxy = await FaultProxy().start()
+    try:
+        async with running_sidecar(clock=clock, database_url=proxy.url_for(pg_url), enable_persistence=True,
+                                   admin_token=TOKEN, sidecar_id="sc-a", trader_idle_evict_seconds=IDLE_S,
+                                   spool_path=str(tmp_path / "spool.db")) as sc, \
+                grpc.aio.insecure_channel(sc.address) as ch:
+            risk = rsg.RiskServiceStub(ch)
+            await risk.ReportEquity(rs.ReportEquityRequest(**BOT, equity=10_000.0), timeout=10)
+            assert await sc.store.flush(10.0)
+            proxy.cut()
+            await risk.ReportEquity(rs.ReportEquityRequest(**BOT, equity=9_990.0), timeout=10)
+            assert await eventually(lambda: spooled_state(tmp_path / "spool.db") == 1, timeout=20)
+            clock.advance(10 * IDLE_S)
+            evicted = await sc.residency.evict_round() + await sc.residency.evict_round()
+            in_memory = BOT["trader_id"] in sc.engine.traders
+            asked = await risk.CanTrade(rs.CanTradeRequest(**BOT), timeout=10)
+            proxy.restore()
+    finally:
+        await proxy.close()
+    assert evicted == 0 and in_memory
+    assert asked.allowed and asked.state.current_equity == 9_990.0
+
+
+async def test_a_restore_made_in_shadow_mode_is_enforced_once_enforcement_is_on(tmp_path: Path) -> None:
+    settings = {"database_url": sqlite_url(tmp_path), "enable_persistence": True, "admin_token": TOKEN,
+                "stop_trading_minutes": 600}
+    async with running_sidecar(enable_risk_enforcement=False, **settings) as sc, \
+            grpc.aio.insecure_channel(sc.address) as ch:
+        risk, admin = rsg.RiskServiceStub(ch), adg.AdminServiceStub(ch)
+        await admin.SaveConfig(ad.SaveConfigRequest(config=ACCT_CFG), metadata=AUTH, timeout=10)
+        await risk.ReportEquity(rs.ReportEquityRequest(**BOT, equity=10_000.0), timeout=10)
+        await risk.ReportEquity(rs.ReportEquityRequest(**BOT, equity=9_000.0), timeout=10)
+        point = (await history(admin))[-1]
+        await admin.ResumeTrading(ad.ResumeTradingRequest(**BOT), metadata=AUTH, timeout=10)
+        done = await admin.RestoreRiskState(restore(point.recorded_at), metadata=AUTH, timeout=10)
+        shadow = await risk.CanTrade(rs.CanTradeRequest(**BOT), timeout=10)
+    async with running_sidecar(enable_risk_enforcement=True, **settings) as sc, \
+            grpc.aio.insecure_channel(sc.address) as ch:
+        enforced = await rsg.RiskServiceStub(ch).CanTrade(rs.CanTradeRequest(**BOT), timeout=10)
+    assert done.state.trading_state == t.TRADING_STATE_REDUCING
+    assert shadow.allowed and shadow.state.trading_state == t.TRADING_STATE_REDUCING  # shadow: not enforced
+    assert not enforced.allowed and enforced.code == t.DECISION_CODE_DAILY_LOSS_LIMIT, enforced
