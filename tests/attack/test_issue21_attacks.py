@@ -575,3 +575,52 @@ async def test_a_restore_made_in_shadow_mode_is_enforced_once_enforcement_is_on(
     assert done.state.trading_state == t.TRADING_STATE_REDUCING
     assert shadow.allowed and shadow.state.trading_state == t.TRADING_STATE_REDUCING  # shadow: not enforced
     assert not enforced.allowed and enforced.code == t.DECISION_CODE_DAILY_LOSS_LIMIT, enforced
+
+
+async def test_a_corrupted_spool_stops_the_start_naming_spool_path_and_is_kept(
+        pg_url: str, tmp_path: Path) -> None:
+    """Held (fail-stop by design): a spool that is not an SQLite file any more is not silently dropped (its paused
+    states may be in it); the start fails naming the setting, and the file stays for the operator."""
+    empty_tables(pg_url)
+    spool = tmp_path / "spool.db"
+    proxy = await FaultProxy().start()
+    try:
+        settings = {"database_url": proxy.url_for(pg_url), "enable_persistence": True, "admin_token": TOKEN,
+                    "spool_path": str(spool)}
+        async with running_sidecar(**settings):
+            pass
+        proxy.cut()
+        for leftover in tmp_path.glob("spool.db*"):
+            leftover.unlink()
+        spool.write_bytes(b"not a database " * 500)
+        with pytest.raises(StartupError) as err:
+            async with running_sidecar(**settings):
+                pass
+    finally:
+        await proxy.close()
+    assert "spool_path" in str(err.value) and "cannot open the spool" in str(err.value)
+    assert spool.read_bytes().startswith(b"not a database ")
+
+
+async def test_a_restore_racing_with_order_checks_keeps_every_allowed_order_pending(
+        bounded: Sidecar, clock: ManualClock) -> None:
+    async with grpc.aio.insecure_channel(bounded.address) as ch:
+        risk, admin = rsg.RiskServiceStub(ch), adg.AdminServiceStub(ch)
+        await risk.ReportEquity(rs.ReportEquityRequest(**BOT, equity=100_000.0), timeout=10)
+        point = (await history(admin))[-1]
+        clock.advance(1)
+        await risk.ReportEquity(rs.ReportEquityRequest(**BOT, equity=100_500.0), timeout=10)
+
+        async def check(i: int) -> rs.CanTradeResponse:
+            order = t.OrderIntent(symbol="BTCUSDT", side=t.SIDE_BUY, quantity=0.001, price=50_000.0,
+                                  client_order_id=f"race-{i}")
+            return await risk.CanTrade(rs.CanTradeRequest(**BOT, order=order), timeout=10)
+
+        results = await asyncio.gather(*[check(i) for i in range(20)],
+                                       admin.RestoreRiskState(restore(point.recorded_at), metadata=AUTH, timeout=10),
+                                       *[check(i) for i in range(20, 40)])
+        live = (await risk.GetRiskState(rs.GetRiskStateRequest(**BOT), timeout=10)).state
+    allowed = {f"race-{i}" for i, r in enumerate(results[:20] + results[21:]) if r.allowed}
+    assert len(allowed) == 40
+    assert {o.client_order_id for o in live.pending_orders} == allowed
+    assert live.current_equity == 100_000.0 and live.daily_orders == 40
