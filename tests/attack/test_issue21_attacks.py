@@ -624,3 +624,39 @@ async def test_a_restore_racing_with_order_checks_keeps_every_allowed_order_pend
     assert len(allowed) == 40
     assert {o.client_order_id for o in live.pending_orders} == allowed
     assert live.current_equity == 100_000.0 and live.daily_orders == 40
+
+
+async def test_the_newest_spooled_change_wins_after_a_sigkill_in_an_outage_and_the_replay(spool_rig: SpoolRig) -> None:
+    """On a loaded sidecar, in one outage: a breach, the operator's resume, then the operator's halt; SIGKILL; a
+    start with the database still cut answers HALTED from the spool; the database back: HALTED is stored (the
+    older spooled states and the pre-outage row do not win)."""
+    rig = spool_rig
+    first = await rig.spawn("first")
+    try:
+        async with grpc.aio.insecure_channel(first.address) as ch:
+            risk, admin = rsg.RiskServiceStub(ch), adg.AdminServiceStub(ch)
+            await admin.SaveConfig(ad.SaveConfigRequest(config=ACCT_CFG), timeout=10)
+            await risk.ReportEquity(rs.ReportEquityRequest(**BOT, equity=10_000.0), timeout=10)
+            assert await eventually(lambda: sql(rig.url, "SELECT count(*) FROM risk_state")[0][0] == 1, timeout=20)
+            rig.proxy.cut()
+            await risk.ReportEquity(rs.ReportEquityRequest(**BOT, equity=9_000.0), timeout=10)
+            await admin.ResumeTrading(ad.ResumeTradingRequest(**BOT), timeout=10)
+            await admin.PauseTrading(ad.PauseTradingRequest(**BOT, trading_state=t.TRADING_STATE_HALTED,
+                                                            reason="newest halt"), timeout=10)
+            await asyncio.sleep(0.3)  # the spill window (50 ms): no event a client can await
+    finally:
+        kill(first)
+    second = await rig.spawn("second")
+    try:
+        async with grpc.aio.insecure_channel(second.address) as ch:
+            still = await rsg.RiskServiceStub(ch).CanTrade(rs.CanTradeRequest(**BOT), timeout=10)
+        rig.proxy.restore()
+        assert await eventually(lambda: "stored state loaded late" in second.log(), timeout=60)
+        async with grpc.aio.insecure_channel(second.address) as ch:
+            after = await rsg.RiskServiceStub(ch).CanTrade(rs.CanTradeRequest(**BOT), timeout=10)
+    finally:
+        assert await asyncio.to_thread(second.terminate, signal.SIGTERM, 30) == 0
+    stored = sql(rig.url, "SELECT trading_state, pauses::text FROM risk_state WHERE trader_id = 'bot-21'")
+    assert not still.allowed and still.state.trading_state == t.TRADING_STATE_HALTED, still
+    assert not after.allowed and after.state.trading_state == t.TRADING_STATE_HALTED, after
+    assert stored[0][0] == "HALTED" and "newest halt" in str(stored[0][1]), stored
