@@ -660,3 +660,38 @@ async def test_the_newest_spooled_change_wins_after_a_sigkill_in_an_outage_and_t
     assert not still.allowed and still.state.trading_state == t.TRADING_STATE_HALTED, still
     assert not after.allowed and after.state.trading_state == t.TRADING_STATE_HALTED, after
     assert stored[0][0] == "HALTED" and "newest halt" in str(stored[0][1]), stored
+
+
+@pytest.mark.xfail(strict=True, reason=UNLOADED_NOT_SPOOLED)
+async def test_an_operator_halt_of_an_active_trader_on_a_sidecar_started_from_the_spool_is_not_lost_by_a_sigterm(
+        spool_rig: SpoolRig) -> None:
+    """The same hole as a wrong 'allowed': the trader was active, the operator halts it on the sidecar started from
+    the spool (database cut), that sidecar is stopped cleanly (SIGTERM, exit 0), the next one loads once the
+    database is back: its CanTrade must be denied HALTED."""
+    rig = spool_rig
+    first = await rig.spawn("first")
+    async with grpc.aio.insecure_channel(first.address) as ch:
+        risk = rsg.RiskServiceStub(ch)
+        await risk.ReportEquity(rs.ReportEquityRequest(**BOT, equity=10_000.0), timeout=10)
+        assert await eventually(lambda: sql(rig.url, "SELECT count(*) FROM risk_state")[0][0] == 1, timeout=20)
+        rig.proxy.cut()
+        await risk.ReportEquity(rs.ReportEquityRequest(**BOT, equity=9_990.0), timeout=10)
+    assert await eventually(lambda: spooled_state(rig.spool) >= 1, timeout=20)
+    kill(first)
+    second = await rig.spawn("second")
+    try:
+        async with grpc.aio.insecure_channel(second.address) as ch:
+            await adg.AdminServiceStub(ch).PauseTrading(ad.PauseTradingRequest(
+                **BOT, trading_state=t.TRADING_STATE_HALTED, reason="operator halt in the outage"), timeout=10)
+            halted = await rsg.RiskServiceStub(ch).CanTrade(rs.CanTradeRequest(**BOT), timeout=10)
+    finally:
+        assert await asyncio.to_thread(second.terminate, signal.SIGTERM, 30) == 0
+    assert not halted.allowed and halted.state.trading_state == t.TRADING_STATE_HALTED
+    rig.proxy.restore()
+    third = await rig.spawn("third")
+    try:
+        async with grpc.aio.insecure_channel(third.address) as ch:
+            after = await rsg.RiskServiceStub(ch).CanTrade(rs.CanTradeRequest(**BOT), timeout=10)
+    finally:
+        assert await asyncio.to_thread(third.terminate, signal.SIGTERM, 30) == 0
+    assert not after.allowed and after.state.trading_state == t.TRADING_STATE_HALTED, after
