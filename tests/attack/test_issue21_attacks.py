@@ -161,8 +161,8 @@ async def test_restore_to_a_breach_pause_holds_after_a_restart_with_idle_evictio
 
 
 async def test_restore_at_exactly_a_rows_recorded_at_picks_that_row_and_odd_times_are_answered_cleanly(
-        bounded: Sidecar, clock: ManualClock) -> None:
-    async with grpc.aio.insecure_channel(bounded.address) as ch:
+        bounded_any: Sidecar, clock: ManualClock) -> None:
+    async with grpc.aio.insecure_channel(bounded_any.address) as ch:
         risk, admin = rsg.RiskServiceStub(ch), adg.AdminServiceStub(ch)
         clock.advance(0.123456789)  # a recorded_at with sub-microsecond digits
         await risk.ReportEquity(rs.ReportEquityRequest(**BOT, equity=10_000.0), timeout=10)
