@@ -8,7 +8,7 @@ import asyncio
 import os
 import signal
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +17,7 @@ import psycopg
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from tests.support.databases import empty_tables, postgres_database_fixture
-from tests.support.pg import plain_dsn
+from tests.support.pg import fresh_database, plain_dsn
 from tests.support.proxy import FaultProxy
 from tests.support.sidecar import SidecarProcess, running_sidecar, spawn_sidecar
 from tests.support.wait import eventually
@@ -35,7 +34,14 @@ pytestmark = pytest.mark.integration
 TOKEN = "attack21-admin-token"
 AUTH = (("authorization", f"Bearer {TOKEN}"),)
 IDLE_S = 60.0
-pg_url = postgres_database_fixture()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database per test (leases and control state of one test must not meet the next's
+    manual clock)."""
+    with fresh_database("tg_attack21") as url:
+        yield url
 BOT = {"trader_id": "bot-21", "account_id": "acct-21"}
 
 
@@ -53,11 +59,7 @@ async def bounded(tmp_path: Path, clock: ManualClock) -> AsyncIterator[Sidecar]:
 @pytest.fixture(params=["postgresql", "sqlite"])
 async def bounded_any(request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock) -> AsyncIterator[Sidecar]:
     """Bounded traders in cluster mode (PostgreSQL: eviction releases the lease) and single mode (SQLite)."""
-    if request.param == "sqlite":
-        url = sqlite_url(tmp_path)
-    else:
-        url = request.getfixturevalue("pg_url")
-        empty_tables(url)
+    url = sqlite_url(tmp_path) if request.param == "sqlite" else request.getfixturevalue("pg_url")
     async with running_sidecar(clock=clock, database_url=url, enable_persistence=True, admin_token=TOKEN,
                                sidecar_id="sc-a", trader_idle_evict_seconds=IDLE_S) as sc:
         yield sc
@@ -213,7 +215,6 @@ class SpoolRig:
 
 @pytest.fixture
 async def spool_rig(pg_url: str, tmp_path: Path) -> AsyncIterator[SpoolRig]:
-    empty_tables(pg_url)
     proxy = await FaultProxy().start()
     try:
         yield SpoolRig(proxy, pg_url, tmp_path, tmp_path / "spool.db")
@@ -366,7 +367,6 @@ async def test_at_max_traders_an_operator_can_still_halt_a_new_trader_and_it_sta
 
 async def test_a_restore_while_the_database_is_cut_is_unavailable_and_changes_nothing(
         pg_url: str, tmp_path: Path) -> None:
-    empty_tables(pg_url)
     proxy = await FaultProxy().start()
     try:
         async with running_sidecar(database_url=proxy.url_for(pg_url), enable_persistence=True, admin_token=TOKEN,
@@ -391,11 +391,7 @@ async def test_a_restore_while_the_database_is_cut_is_unavailable_and_changes_no
 @pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
 async def test_a_restore_to_a_breach_then_an_immediate_sigkill_is_still_paused_after_the_restart(
         pg_url: str, tmp_path: Path, backend: str) -> None:
-    if backend == "postgresql":
-        empty_tables(pg_url)
-        url = pg_url
-    else:
-        url = sqlite_url(tmp_path)
+    url = pg_url if backend == "postgresql" else sqlite_url(tmp_path)
     args = ("--database-url", url, "--sidecar-id", "sc-k", "--stop-trading-minutes", "600")
     first = await asyncio.to_thread(spawn_sidecar, tmp_path, *args, name="first", timeout=60)
     try:
@@ -459,7 +455,6 @@ async def test_a_second_sidecar_given_a_spool_path_in_use_does_not_start_and_say
     """Found here: two sidecars given one spool_path (an outage, 20 reports each) each replayed and deleted the other's
     rows: 20 history rows written twice, spool depths 20 and -20, and neither writer ever caught up again (flush
     False, so no eviction and every kill switch answered 'not stored yet'). Now the second one does not start."""
-    empty_tables(pg_url)
     spool = tmp_path / "shared-spool.db"
     settings = {"database_url": pg_url, "enable_persistence": True, "admin_token": TOKEN,
                 "spool_path": str(spool)}
@@ -484,11 +479,7 @@ def pos(symbol: str, qty: float) -> t.Position:
 @pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
 async def test_after_a_prune_every_kept_history_row_is_a_whole_restore_point_across_evictions_and_restarts(
         pg_url: str, tmp_path: Path, clock: ManualClock, backend: str) -> None:
-    if backend == "postgresql":
-        empty_tables(pg_url)
-        url = pg_url
-    else:
-        url = sqlite_url(tmp_path)
+    url = pg_url if backend == "postgresql" else sqlite_url(tmp_path)
     settings = {"database_url": url, "enable_persistence": True, "admin_token": TOKEN, "sidecar_id": "sc-a",
                 "trader_idle_evict_seconds": IDLE_S, "history_retention_days": 1.0}
     async with running_sidecar(clock=clock, **settings) as sc, grpc.aio.insecure_channel(sc.address) as ch:
@@ -532,7 +523,6 @@ async def test_after_a_prune_every_kept_history_row_is_a_whole_restore_point_acr
 
 async def test_no_trader_is_evicted_while_the_database_is_cut_even_once_its_change_is_spooled(
         pg_url: str, tmp_path: Path, clock: ManualClock) -> None:
-    empty_tables(pg_url)
     proxy = await FaultProxy().start()
     try:
         async with running_sidecar(clock=clock, database_url=proxy.url_for(pg_url), enable_persistence=True,
@@ -581,7 +571,6 @@ async def test_a_corrupted_spool_stops_the_start_naming_spool_path_and_is_kept(
         pg_url: str, tmp_path: Path) -> None:
     """Held (fail-stop by design): a spool that is not an SQLite file any more is not silently dropped (its paused
     states may be in it); the start fails naming the setting, and the file stays for the operator."""
-    empty_tables(pg_url)
     spool = tmp_path / "spool.db"
     proxy = await FaultProxy().start()
     try:
