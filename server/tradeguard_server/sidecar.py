@@ -281,8 +281,8 @@ class Sidecar:
         from .api.restore_admin import RestoreAdmin
 
         history_at = self.store.history_at if isinstance(self.store, RiskStore) else None
-        self.admin.extend(RestoreAdmin(self.engine, history_at, self._store_now, self.takeover,
-                                       self.control).handlers())
+        self.restore_admin = RestoreAdmin(self.engine, history_at, self._store_now, self.takeover, self.control)
+        self.admin.extend(self.restore_admin.handlers())
         self.watch = WatchUpdates(self.hub, lambda st, orders: state_msg(self.engine, st, orders),
                                   muted=lambda: self.persistence.replaying)
         # The engine's listeners, in the order each hears a change (metrics, when on, in _init_observability):
@@ -704,6 +704,7 @@ class Sidecar:
             await self.residency.ensure(trader_id, account_id, creates=False)
 
         self.admin.ensure = self.bindings.ensure = ensure
+        self.restore_admin.ensure = ensure  # an evicted trader is loaded before it is restored (attack21)
         if store is None and s.trader_idle_evict_seconds:
             log.info("trader_idle_evict_seconds=%g: no eviction with database_url=memory (the state would be lost); "
                      "max_traders=%d still bounds new traders", s.trader_idle_evict_seconds, s.max_traders)

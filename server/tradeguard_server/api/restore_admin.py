@@ -60,6 +60,11 @@ def iso(t: float) -> str:
 class RestoreAdmin:
     """`history_at` None: no database (nothing to restore from). `owners` and `control`: cluster mode."""
 
+    # Bounded traders (residency.py): (trader_id, account_id) -> an evicted trader loaded back before it is shown or
+    # restored (without it, a restore of an evicted trader answered UNAVAILABLE "loaded again on its next call" and
+    # a dry run showed a fresh trader as the previous state). None: nothing is evicted.
+    ensure: Callable[[str, str], Awaitable[None]] | None = None
+
     def __init__(self, engine: RiskEngine, history_at: HistoryAt | None,
                  store_now: Callable[[], Awaitable[bool]], owners: Takeover | None = None,
                  control: ControlPlane | None = None) -> None:
@@ -91,6 +96,8 @@ class RestoreAdmin:
         if not dry_run and engine.journal is not None:
             raise Unavailable("the stored state is not loaded yet (database unavailable or slow at start): try again")
         trader_id, account_id = req.trader_id, req.account_id
+        if self.ensure is not None and trader_id not in engine.traders:
+            await self.ensure(trader_id, account_id)
         live = engine.traders.get(trader_id)
         if live is not None and live.account_id != account_id:
             raise AccountMismatchError(f"trader_id {trader_id!r} is bound to account_id {live.account_id!r}")

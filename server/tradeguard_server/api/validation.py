@@ -107,6 +107,9 @@ class Violations:
             self.add(field, "out of range")
             return None
         value = seconds + nanos / 1e9
+        if value >= 253_402_300_800:  # 9999-12-31T23:59:59.999999999 rounds to year 10000 as a float
+            self.add(field, "out of range")
+            return None
         if not allow_future and value > now + FUTURE_SKEW_S:
             self.add(field, f"is {value - now:.0f}s in the future")
             return None

@@ -223,6 +223,7 @@ class Spool:
         self.stats = SpoolStats()
         self._worker: Worker | None = None
         self._conn: sqlite3.Connection | None = None  # spool thread only
+        self._lock_fd: int | None = None  # flock on <path>.lock while open: one sidecar per spool file
 
     @property
     def depth(self) -> int:
@@ -237,10 +238,12 @@ class Spool:
             return
         self._worker = Worker("tradeguard-spool")
         try:
+            await run_on(self._worker, self._lock)
             await run_on(self._worker, self._open)
         except Exception as exc:
             self._worker.shutdown(wait=False)
             self._worker = None
+            self._unlock()
             raise SpoolError(f"spool_path {self.path}: cannot open the spool ({exc})") from exc
         if self.stats.depth:
             log.warning("spool %s holds %d records (%d bytes, the oldest from %.0f s ago) not yet in the database: "
@@ -254,6 +257,31 @@ class Spool:
         with contextlib.suppress(Exception):
             await run_on(worker, self._close)
         worker.shutdown(wait=False)
+        self._unlock()
+
+    def _lock(self) -> None:
+        """Hold an exclusive flock on `<path>.lock` while open. Two sidecars given one spool_path (each replaying
+        and deleting the other's rows) wrote every spooled history row twice, and each one's spool depth went
+        wrong (one negative), so its writer never counted as caught up (flush, eviction, store_now); now the second
+        one does not start. (flock: a second open in the same process conflicts too.)"""
+        import fcntl
+
+        fd = os.open(self.path + ".lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise SpoolError("in use by another running sidecar (it holds the lock on "
+                             f"{self.path}.lock): every sidecar needs a spool_path of its own") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)  # (releases the flock)
 
     async def append_batch(self, batch: Batch, epochs: dict[str, int | None], txid: int | None = None,
                            pid: int | None = None) -> None:
