@@ -41,6 +41,7 @@ TRADEGUARD_MODEL_SCALE multiplies the sequence counts; CI sets neither.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import signal
@@ -114,6 +115,21 @@ async def _crash(sc: Sidecar) -> None:
         await sc.server.stop(None)
     sc.hub.close()
     await sc.store.close(0)
+    # A SIGKILL ends every task of the process: cancel the sidecar's background tasks still running on this loop
+    # (the admission ticker, eviction, alert delivery, retention, samplers...). Left running, each crash added its
+    # own to the loop the next sidecars share, and a few hundred 10 ms tickers starved it. The proxy's tasks stay.
+    here = asyncio.current_task()
+    leftover = [t for t in asyncio.all_tasks() if t is not here and _of_the_sidecar(t)]
+    for task in leftover:
+        task.cancel()
+    if leftover:  # most end at once; one waiting on a database thread ends when that call does (not waited for)
+        await asyncio.wait(leftover, timeout=2.0)
+
+
+def _of_the_sidecar(task: asyncio.Task[Any]) -> bool:
+    coro = task.get_coro()
+    code = getattr(coro, "cr_code", None) or getattr(coro, "gi_code", None) or getattr(coro, "ag_code", None)
+    return code is not None and "tradeguard_server" in code.co_filename
 
 
 class Harness:
