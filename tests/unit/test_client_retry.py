@@ -175,4 +175,5 @@ def test_idempotent_methods_are_real_rpcs_and_exclude_writes_that_must_not_repea
     assert risk - IDEMPOTENT_METHODS == {"WatchRiskState", "Session"}  # streams (a session's calls are retried)
     assert admin - IDEMPOTENT_METHODS == {"CreateBreaker", "DeleteConfig", "DeleteBreaker", "PauseTrading",
                                           "LogBreakerEvent",  # a repeated log would record a second event
-                                          "RebindTrader"}  # a repeated rebind would reset the state again
+                                          "RebindTrader",  # a repeated rebind would reset the state again
+                                          "RestoreRiskState"}  # a repeated restore would undo what came after the first
