@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -18,8 +17,8 @@ from sqlalchemy.engine import make_url
 
 from tests.integration.test_metrics_restart_and_outage import scrape, value
 from tests.support.databases import (
-    ADMIN_URL,
     T0,
+    database_proxy_fixture,
     empty_tables,
     make_event,
     make_state,
@@ -43,14 +42,7 @@ pytestmark = pytest.mark.integration
 pg_url = postgres_database_fixture()
 
 
-@pytest.fixture
-async def proxy() -> AsyncIterator[FaultProxy]:
-    target = make_url(ADMIN_URL)
-    p = await FaultProxy(target.host or "127.0.0.1", target.port or 5432).start()
-    try:
-        yield p
-    finally:
-        await p.close()
+proxy = database_proxy_fixture()
 
 
 @pytest.fixture

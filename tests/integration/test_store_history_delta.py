@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import pytest
 from sqlalchemy import create_engine, pool, text
-from sqlalchemy.engine import make_url
 
 from tests.support.databases import (
-    ADMIN_URL,
+    database_proxy_fixture,
     empty_tables,
     make_state,
     open_store,
@@ -42,14 +40,7 @@ db_url = store_url_fixture()
 IDS = {"trader_id": "bot-1", "account_id": "acct-1"}
 
 
-@pytest.fixture
-async def proxy() -> AsyncIterator[FaultProxy]:
-    target = make_url(ADMIN_URL)
-    p = await FaultProxy(target.host or "127.0.0.1", target.port or 5432).start()
-    try:
-        yield p
-    finally:
-        await p.close()
+proxy = database_proxy_fixture()
 
 
 def stored_rows(url: str, trader_id: str) -> list[tuple[int, dict[str, Any]]]:

@@ -7,17 +7,15 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, event, pool, text
-from sqlalchemy.engine import make_url
 
 from tests.support.databases import (
-    ADMIN_URL,
     T0,
     closed_port,
+    database_proxy_fixture,
     empty_tables,
     make_event,
     make_state,
@@ -39,14 +37,7 @@ pytestmark = pytest.mark.integration
 pg_url = postgres_database_fixture()
 
 
-@pytest.fixture
-async def proxy() -> AsyncIterator[FaultProxy]:
-    target = make_url(ADMIN_URL)
-    p = await FaultProxy(target.host or "127.0.0.1", target.port or 5432).start()
-    try:
-        yield p
-    finally:
-        await p.close()
+proxy = database_proxy_fixture()
 
 
 class Health:

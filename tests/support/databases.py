@@ -122,6 +122,23 @@ def temporary_postgres_database(prefix: str = "tg_test") -> Iterator[str]:
             conn.execute(pgsql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(pgsql.Identifier(name)))
 
 
+def database_proxy_fixture() -> Any:
+    """Fixture factory: a FaultProxy in front of the test PostgreSQL server (ADMIN_URL's host and port), closed
+    after the test; tests cut and restore the database through it."""
+    from tests.support.proxy import FaultProxy
+
+    @pytest.fixture
+    async def _proxy() -> AsyncIterator[FaultProxy]:
+        target = make_url(admin_url())
+        p = await FaultProxy(target.host or "127.0.0.1", target.port or 5432).start()
+        try:
+            yield p
+        finally:
+            await p.close()
+
+    return _proxy
+
+
 def postgres_database_fixture(scope: Any = "session") -> Any:
     """Fixture factory: a migrated PostgreSQL database for the whole session (skips without a server)."""
 
