@@ -269,10 +269,10 @@ def test_sync_can_trade_fails_closed_against_a_closed_port_and_open_when_asked_t
 
     assert not closed.allowed and closed.code == "SIDECAR_UNAVAILABLE" and "UNAVAILABLE" in closed.reason
     assert opened.allowed and opened.would_deny and opened.code == "SIDECAR_UNAVAILABLE"
-    # Each client retried (at most twice each). Over the session the second attempt may instead wait out the
-    # deadline while grpc's reconnect backoff holds the channel (DEADLINE_EXCEEDED, then fail closed/open as asked):
-    # seen on 2026-12-01 on this machine, at the code of the stop before as well.
-    assert 2 <= len(retry_records(caplog, "CanTrade")) <= 4
+    # Each client retries UNAVAILABLE at most twice. An attempt may instead wait out the deadline while grpc's
+    # reconnect backoff holds the channel (DEADLINE_EXCEEDED: no retry, then fail closed/open as asked), so only
+    # one of the two clients is sure to log a retry: seen in CI on 2026-12-01 (1 retry in all).
+    assert 1 <= len(retry_records(caplog, "CanTrade")) <= 4
 
 
 # Against a hung sidecar a call would never end: the bounds are counted in the deadline under test. Lower: the

@@ -34,8 +34,9 @@ from tradeguard.v1 import risk_service_pb2 as rs
 from tradeguard.v1 import risk_service_pb2_grpc as rsg
 from tradeguard.v1 import types_pb2 as types
 from tradeguard_server.store.queue import Batch
-from tradeguard_server.store.records import HistoryRecord
+from tradeguard_server.store.records import HistoryRecord, LoadedState
 from tradeguard_server.store.spool import Spool
+from tradeguard_server.store.store import RiskStore
 
 pytestmark = pytest.mark.integration
 
@@ -95,6 +96,14 @@ def expect_written_once(url: str) -> None:
     assert dup[0][0] == 0
 
 
+
+async def load_once_reachable(store: RiskStore) -> LoadedState:
+    """store.load() once the writer has reconnected: before that it raises StoreUnavailable (the sidecar retries
+    it), and a load right after proxy.restore() may come before the reconnect."""
+    assert await eventually(lambda: store.healthy), "the store did not reconnect after the proxy was restored"
+    return await store.load()
+
+
 async def test_an_outage_backlog_goes_to_the_spool_not_memory_and_is_replayed_once(
         db: str, proxy: FaultProxy, tmp_path: Path) -> None:
     spool_path = str(tmp_path / "spool.db")
@@ -134,7 +143,7 @@ async def test_a_shutdown_during_an_outage_spools_the_backlog_and_the_next_start
         assert by_trader["t-0"].pauses, "the breach's pause is in the spooled state"
         assert trade_ids["t-1"] == ["tr-1-0", "tr-1-1", "tr-1-2"]
         proxy.restore()
-        loaded = await store.load()  # replays the spool first, then reads
+        loaded = await load_once_reachable(store)  # replays the spool first, then reads
         assert {s.trader_id: s.version for s in loaded.traders} == {f"t-{i}": CHANGES for i in range(TRADERS)}
         assert store.spool is not None and store.spool.depth == 0
     expect_written_once(db)
@@ -150,7 +159,7 @@ async def test_a_replay_whose_commit_answer_is_lost_is_settled_by_txid_status_no
     async with open_store(proxy.url_for(db), spool_path=spool_path, batch_max=10_000) as store:
         proxy.lose_commit_acks(1)  # the replay's COMMIT reaches the server; its answer never comes back
         proxy.restore()
-        await store.load()
+        await load_once_reachable(store)
         assert proxy.commit_acks_lost == 1
     expect_written_once(db)
 
@@ -170,7 +179,7 @@ async def test_a_spooled_state_loses_against_a_newer_lease_epoch_written_meanwhi
         assert await other.flush(timeout=10)
     async with open_store(proxy.url_for(db), spool_path=spool_path) as store:
         proxy.restore()
-        await store.load()
+        await load_once_reachable(store)
         assert store.spool is not None and store.spool.stats.replayed["state"] == 1
     assert query(db, "SELECT version, epoch FROM risk_state WHERE trader_id = 't-0'") == [(3, 200)]
 
