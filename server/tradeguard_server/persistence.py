@@ -5,7 +5,10 @@
   by the breaker event recorder (another listener). None of it waits on the database.
 - Nothing is answered from a state the store has not been merged into. Until the stored state is installed
   the engine runs *unloaded*: CanTrade's verdict passes through the `unloaded_state_policy` gate
-  (engine/unloaded.py), and every state-changing call is journaled. Nothing of this run is written meanwhile.
+  (engine/unloaded.py), and every state-changing call is journaled. Nothing of this run is written meanwhile but
+  the journal itself, to the local spool when there is one (store/spooled_journal.py): a stop before the database
+  returns keeps those calls, replayed by the next start (on the spooled states at once, on the stored state when
+  it loads).
 - At start the store is loaded (states, trade ids, configurations, breakers, flags) before the server
   answers. When that fails (database down) or takes longer than the bound (database slow), the sidecar
   answers under the policy and keeps loading; when the load succeeds, the stored state is the base and the
@@ -43,6 +46,7 @@ from .services.configs import ConfigService
 from .store.errors import StoreUnavailable
 from .store.protocol import PersistenceStore
 from .store.records import FlagsRecord, LoadedState, TradeRecord
+from .store.spooled_journal import SpooledJournal
 
 log = logging.getLogger("tradeguard.persistence")
 
@@ -93,9 +97,12 @@ class Journal(list[JournalEntry]):
         super().__init__()
         self.dropped = 0
         self._thin_at = JOURNAL_MAX
+        self.sink: Callable[[JournalEntry], None] | None = None  # the durable copy (SpooledJournal.add)
 
     def append(self, entry: JournalEntry) -> None:
         super().append(entry)
+        if self.sink is not None:
+            self.sink(entry)
         if len(self) > self._thin_at:
             self._thin()
             # Nothing left to thin (trades, kill switches, each trader's newest level): grow a tenth before the
@@ -179,6 +186,7 @@ class Persistence:
         # stays in the store, evicted, until its next call). None: every one is installed.
         self.admit: Callable[[TraderState], bool] | None = None
         self._snap_scheduled = False
+        self.spooled: SpooledJournal | None = None  # the journal's durable copy (a store with a local spool)
 
     # ---- hot path listeners (never await, never raise) ------------------------------------------
 
@@ -239,8 +247,10 @@ class Persistence:
         """Start the writer and load the stored state, waiting at most `load_timeout_s`. Never fails because
         the database is down: the engine then answers under the unloaded-state policy until the load succeeds."""
         engine = self.engine
-        engine.gate, engine.journal = self.gate, Journal()
+        journal = Journal()
+        engine.gate, engine.journal = self.gate, journal
         await self.store.start()
+        previous = await self._spooled_journal(journal)
         load = asyncio.ensure_future(self._load())
         done, _pending = await asyncio.wait({load}, timeout=self.load_timeout_s or None)
         if done and load.exception() is None:
@@ -250,29 +260,67 @@ class Persistence:
         log.warning("stored state NOT LOADED at start (%s): health tradeguard.state NOT_SERVING; CanTrade answers "
                     "STATE_NOT_LOADED under unloaded_state_policy=%s until the load succeeds; the reports received "
                     "meanwhile are replayed on the stored state", why, self.gate.policy)
-        await self._restore_spooled()
+        await self._restore_spooled(previous)
         self._loader = asyncio.get_running_loop().create_task(self._load_until_done(None if done else load))
 
-    async def _restore_spooled(self) -> None:
+    async def _spooled_journal(self, journal: Journal) -> list[JournalEntry]:
+        """With a local spool: the calls an earlier run journaled and never saw loaded (they lead this run's
+        journal, replayed on the stored state at the load), and this run's journaled calls go to the spool too."""
+        spool = getattr(self.store, "spool", None)
+        if spool is None:
+            return []
+        self.spooled = spooled = SpooledJournal(spool)
+        previous = await spooled.previous()
+        for entry in previous:
+            journal.append(entry)
+        journal.sink = self._journal_call
+        if previous:
+            log.warning("%d calls received by an earlier run before its stored state was loaded (from the local "
+                        "spool %s): replayed on the stored state when it loads", len(previous), spool.path)
+        return previous
+
+    def _journal_call(self, entry: JournalEntry) -> None:
+        if self.spooled is not None and self.engine.flags.enable_persistence:
+            self.spooled.add(entry)
+
+    async def journal_committed(self, timeout: float) -> bool:  # noqa: ASYNC109 - the kill switch's bound
+        """Not loaded: whether every call journaled so far is committed to the local spool, waited for at most
+        `timeout` s (a kill switch answers after it: a SIGKILL right after the answer keeps it). False without one."""
+        spooled = self.spooled
+        if spooled is None or not self.engine.flags.enable_persistence:
+            return False
+        try:
+            await asyncio.wait_for(spooled.drain(), timeout)
+        except TimeoutError:
+            return False
+        return not spooled.failed
+
+    async def _restore_spooled(self, previous: list[JournalEntry]) -> None:
         """Database unreachable at start: the latest states the spool holds (store.spool: what this sidecar had
         when the database was last unreachable, e.g. before a SIGKILL) are the engine's until the load succeeds,
-        so a trader paused then is still paused. The unloaded gate still applies on top; the late load replaces
-        them with the stored state (the spool is replayed into the database first)."""
+        so a trader paused then is still paused; the calls an earlier run journaled (`previous`: an operator's
+        HALT made on a sidecar that itself started from the spool) are replayed on them. The unloaded gate still
+        applies on top; the late load replaces them with the stored state (the spool is replayed into the database
+        first) and replays the journal on it."""
         spooled = getattr(self.store, "spooled_states", None)
-        if spooled is None:
-            return
-        states, trade_ids = await spooled()
-        if not states:
+        states, trade_ids = await spooled() if spooled is not None else ([], {})
+        if not states and not previous:
             return
         engine = self.engine
         for rec in states:
             if rec.trader_id not in engine.traders:
                 engine.restore(from_record(rec, trade_ids.get(rec.trader_id, ())))
+        if previous:
+            journal, engine.journal = engine.journal, []  # (not None: nothing written; they are in the journal)
+            try:
+                self._replay(previous, frozenset(), owned_only=False)
+            finally:
+                engine.journal = journal
         now = engine.clock.now()
-        paused = sum(1 for rec in states if (st := engine.traders.get(rec.trader_id)) is not None
-                     and st.effective_pause(now) is not None)
-        log.warning("database unreachable at start: %d traders answered from the local spool's latest states "
-                    "(%d paused now) until the stored state is loaded", len(states), paused)
+        paused = sum(1 for st in engine.traders.values() if st.effective_pause(now) is not None)
+        log.warning("database unreachable at start: %d traders answered from the local spool's latest states and "
+                    "%d calls of an earlier run (%d paused now) until the stored state is loaded", len(engine.traders),
+                    len(previous), paused)
 
     def on_health_change(self, healthy: bool) -> None:
         """Store health listener: a recovery retries the load and writes flags set during the outage."""
@@ -349,6 +397,8 @@ class Persistence:
         if owners is not None:
             owners.after_install()
         self.replayed = self._replay(journal, stored_trades)
+        if self.spooled is not None and (journal or self.spooled.spool.stats.journal):
+            self.spooled.settle(asyncio.ensure_future(self.store.flush(None)))  # then forgotten in the spool
         for trader_id, old in memory.items():  # orders allowed meanwhile still count in the order-rate windows
             st = engine.traders.get(trader_id)
             if st is not None and old.order_times:
@@ -372,15 +422,16 @@ class Persistence:
             self._schedule_flag_write()
 
     def _replay(self, journal: list[JournalEntry], stored_trades: set[tuple[str, str]] | frozenset[tuple[str, str]],
-                ) -> int:
-        """Apply the journaled calls, in the order and at the times they arrived, to the installed state."""
+                owned_only: bool = True) -> int:
+        """Apply the journaled calls, in the order and at the times they arrived, to the installed state (cluster
+        mode, `owned_only`: to the traders this sidecar owns)."""
         engine = self.engine
         real, at = engine.clock, _At()
         engine.clock = at
         self.replaying = True
         replayed = 0
         try:
-            owners = self.owners
+            owners = self.owners if owned_only else None
             for when, op, args in journal:
                 at.t = when
                 if owners is not None and not owners.owns(str(args[0])):
@@ -517,7 +568,14 @@ class Persistence:
         for task in (self._loader, self._flag_writer):
             if task is not None and not task.done():
                 task.cancel()
-        if not self.loaded:
+        spooled = self.spooled
+        if spooled is not None:
+            await spooled.close(drain_timeout)
+        if not self.loaded and spooled is not None and not spooled.failed:
+            log.warning("shutdown before the stored state was loaded: the %d calls received meanwhile are in the local "
+                        "spool %s, replayed on the stored state by the next start", len(self.engine.journal or ()),
+                        spooled.spool.path)
+        elif not self.loaded:
             log.warning("shutdown before the stored state was loaded: %d calls received meanwhile are not stored",
                         len(self.engine.journal or ()))
         if self._pending_flags is not None and self.loaded:  # the writer may have been waiting out its backoff

@@ -493,7 +493,7 @@ class Sidecar:
         """Wait (bounded) until every state change made so far is committed: kill-switch RPCs answer after it."""
         timeout = self.settings.kill_switch_store_timeout_s
         if not self.persistence.loaded:  # in force, journaled, written once the stored state is loaded
-            return False
+            return bool(timeout) and await self.persistence.journal_committed(timeout)  # (in the local spool)
         if not self.engine.flags.enable_persistence or not timeout:  # 0 = answer at once, as other changes
             return True
         return await self.store.flush(timeout=timeout)

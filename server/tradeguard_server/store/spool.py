@@ -82,6 +82,8 @@ _SCHEMA = (
     "size INTEGER NOT NULL, data BLOB NOT NULL)",
     "CREATE INDEX IF NOT EXISTS spool_kind ON spool (kind, seq)",
     "CREATE TABLE IF NOT EXISTS spool_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    # The calls received while the stored state is not loaded (persistence.py's journal; spooled_journal.py)
+    "CREATE TABLE IF NOT EXISTS journal (seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, data BLOB NOT NULL)",
 )
 _UPSERT = (
     "INSERT INTO spool (kind, key, version, epoch, at, txid, pid, size, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
@@ -117,6 +119,7 @@ class SpoolStats:
     dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     replayed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     over_limit: bool = False  # states, trades and events alone exceed max_bytes (the limit is soft for them)
+    journal: int = 0  # calls journaled while the stored state was not loaded (table journal), replayed at the load
 
 
 class SpoolError(Exception):
@@ -245,6 +248,9 @@ class Spool:
             self._worker = None
             self._unlock()
             raise SpoolError(f"spool_path {self.path}: cannot open the spool ({exc})") from exc
+        if self.stats.journal:
+            log.warning("spool %s holds %d calls received by a sidecar that stopped before the stored state was "
+                        "loaded: replayed on the stored state when it loads", self.path, self.stats.journal)
         if self.stats.depth:
             log.warning("spool %s holds %d records (%d bytes, the oldest from %.0f s ago) not yet in the database: "
                         "replayed when the database answers, before the stored state is loaded", self.path,
@@ -311,6 +317,22 @@ class Spool:
         version or epoch under the same seq) stays, to be written in turn."""
         await run_on(self._worker, self._delete, rows)
 
+    async def append_journal(self, entries: list[tuple[float, str, tuple[object, ...]]]) -> None:
+        """Commit calls journaled while the stored state is not loaded (one transaction, fsynced). Raises
+        SpoolError."""
+        try:
+            await run_on(self._worker, self._append_journal, entries)
+        except Exception as exc:
+            raise SpoolError(f"spool_path {self.path}: journal write failed ({exc})") from exc
+
+    async def read_journal(self) -> list[tuple[float, str, tuple[object, ...]]]:
+        """The journaled calls, oldest first (one that does not unpickle is logged and skipped)."""
+        return await run_on(self._worker, self._read_journal)
+
+    async def clear_journal(self) -> None:
+        """The journaled calls are replayed on the stored state and what they changed is written: forget them."""
+        await run_on(self._worker, self._clear_journal)
+
     async def latest_states(self) -> tuple[list[StateRecord], dict[str, list[str]]]:
         """Every spooled state, and each trader's spooled trade ids (oldest first): the latest state this
         sidecar had, for a start while the database is unreachable."""
@@ -322,7 +344,7 @@ class Spool:
         self._connect()
         assert self._conn is not None
         row = self._conn.execute("SELECT value FROM spool_meta WHERE name = 'database'").fetchone()
-        if row is not None and row[0] != self.database and self.stats.depth:
+        if row is not None and row[0] != self.database and (self.stats.depth or self.stats.journal):
             aside = f"{self.path}.{row[0]}-{int(time.time())}"
             log.error("spool %s holds %d records for database %r, not %r (this sidecar's database_url): moved to %s "
                       "and not replayed (start a sidecar of that database with --spool-path %s to replay it)",
@@ -370,6 +392,7 @@ class Spool:
         assert self._conn is not None
         depth, size = self._conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM spool").fetchone()
         self.stats.depth, self.stats.bytes = int(depth), int(size)
+        self.stats.journal = int(self._conn.execute("SELECT count(*) FROM journal").fetchone()[0])
         self._oldest()
 
     def _oldest(self) -> None:
@@ -503,6 +526,38 @@ class Spool:
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             if os.path.getsize(self.path) > 8 << 20:
                 self._conn.execute("VACUUM")
+
+    def _append_journal(self, entries: list[tuple[float, str, tuple[object, ...]]]) -> None:
+        conn = self._conn
+        assert conn is not None
+        rows = [(at, dumps(entry)) for entry in entries for at in (entry[0],)]
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany("INSERT INTO journal (at, data) VALUES (?, ?)", rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                conn.execute("ROLLBACK")
+            raise
+        self.stats.journal += len(rows)
+
+    def _read_journal(self) -> list[tuple[float, str, tuple[object, ...]]]:
+        conn = self._conn
+        assert conn is not None
+        out: list[tuple[float, str, tuple[object, ...]]] = []
+        for seq, data in conn.execute("SELECT seq, data FROM journal ORDER BY seq"):
+            try:
+                entry = loads(data)
+                at, op, args = entry
+                out.append((float(at), str(op), tuple(args)))
+            except Exception as exc:
+                log.error("spool %s: journaled call %d cannot be read (%s): not replayed", self.path, seq, exc)
+        return out
+
+    def _clear_journal(self) -> None:
+        assert self._conn is not None
+        self._conn.execute("DELETE FROM journal")
+        self.stats.journal = 0
 
     def _latest_states(self) -> tuple[list[StateRecord], dict[str, list[str]]]:
         conn = self._conn

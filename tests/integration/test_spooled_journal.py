@@ -1,0 +1,118 @@
+"""A sidecar that starts while PostgreSQL is unreachable answers unloaded and journals every change; the journal goes
+to the local spool too (store/spooled_journal.py), so a SIGKILL before the database returns loses none of it: the
+next start replays it on the stored state, once, and the spool forgets it after what it changed is written.
+
+Separate processes on port 0, one fresh database, the database cut by a TCP proxy in the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.attack.test_issue21_attacks import SpoolRig, kill, spooled_journal, sql
+from tests.support.pg import fresh_database
+from tests.support.proxy import FaultProxy
+from tests.support.wait import eventually
+from tradeguard.v1 import admin_service_pb2 as ad
+from tradeguard.v1 import admin_service_pb2_grpc as adg
+from tradeguard.v1 import risk_service_pb2 as rs
+from tradeguard.v1 import risk_service_pb2_grpc as rsg
+from tradeguard.v1 import types_pb2 as t
+
+pytestmark = pytest.mark.integration
+
+BOT = {"trader_id": "bot-j", "account_id": "acct-j"}
+CONFIG = t.RiskConfiguration(account_id=BOT["account_id"], config_id="cj", is_active=True,
+                             max_position_size_percentage=100.0, daily_max_drawdown_percentage=5.0)
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[SpoolRig]:
+    with fresh_database("tg_journal") as url:
+        proxy = await FaultProxy().start()
+        try:
+            yield SpoolRig(proxy, url, tmp_path, tmp_path / "spool.db")
+        finally:
+            await proxy.close()
+
+
+def trade(trade_id: str) -> rs.ReportTradeRequest:
+    return rs.ReportTradeRequest(**BOT, trade_id=trade_id, symbol="BTCUSDT", side=t.SIDE_SELL, realized_pnl=-250.0)
+
+
+async def test_trades_and_a_breach_of_a_run_that_never_loaded_are_stored_once_after_a_sigkill(rig: SpoolRig) -> None:
+    first = await rig.spawn("first")
+    try:
+        async with grpc.aio.insecure_channel(first.address) as ch:
+            await adg.AdminServiceStub(ch).SaveConfig(ad.SaveConfigRequest(config=CONFIG), timeout=10)
+            await rsg.RiskServiceStub(ch).ReportEquity(rs.ReportEquityRequest(**BOT, equity=10_000.0), timeout=10)
+    finally:
+        assert await asyncio.to_thread(first.terminate, signal.SIGTERM, 30) == 0
+    rig.proxy.cut()
+
+    second = await rig.spawn("second")  # nothing spooled: it answers unloaded and journals every change
+    try:
+        async with grpc.aio.insecure_channel(second.address) as ch:
+            risk = rsg.RiskServiceStub(ch)
+            first_report = await risk.ReportTrade(trade("tr-1"), timeout=10)
+            retried = await risk.ReportTrade(trade("tr-1"), timeout=10)
+            await risk.ReportTrade(trade("tr-2"), timeout=10)
+            await risk.ReportEquity(rs.ReportEquityRequest(**BOT, equity=9_000.0), timeout=10)  # -10 %: a breach
+        assert await eventually(lambda: spooled_journal(rig.spool) >= 4, timeout=20), second.log()[-3000:]
+    finally:
+        kill(second)
+    assert not first_report.duplicate and retried.duplicate
+
+    rig.proxy.restore()
+    third = await rig.spawn("third")
+    try:
+        async with grpc.aio.insecure_channel(third.address) as ch:
+            after = await rsg.RiskServiceStub(ch).CanTrade(rs.CanTradeRequest(**BOT), timeout=10)
+            again = await rsg.RiskServiceStub(ch).ReportTrade(trade("tr-2"), timeout=10)
+        assert await eventually(lambda: spooled_journal(rig.spool) == 0, timeout=20), third.log()[-3000:]
+    finally:
+        assert await asyncio.to_thread(third.terminate, signal.SIGTERM, 30) == 0
+
+    fourth = await rig.spawn("fourth")  # nothing is replayed twice
+    try:
+        async with grpc.aio.insecure_channel(fourth.address) as ch:
+            last = await rsg.RiskServiceStub(ch).CanTrade(rs.CanTradeRequest(**BOT), timeout=10)
+    finally:
+        assert await asyncio.to_thread(fourth.terminate, signal.SIGTERM, 30) == 0
+
+    trades = sql(rig.url, "SELECT trade_id FROM trade_reports WHERE trader_id = 'bot-j' ORDER BY trade_id")
+    assert trades == [("tr-1",), ("tr-2",)]
+    assert again.duplicate
+    assert not after.allowed and after.code == t.DECISION_CODE_DAILY_LOSS_LIMIT, after
+    assert not last.allowed and last.code == t.DECISION_CODE_DAILY_LOSS_LIMIT, last
+    assert "calls received by an earlier run before its stored state was loaded" in third.log()
+
+
+async def test_a_kill_switch_on_a_sidecar_that_never_loaded_answers_after_its_call_is_in_the_spool(
+        rig: SpoolRig) -> None:
+    rig.proxy.cut()
+    sc = await rig.spawn("cut-from-the-start")
+    try:
+        async with grpc.aio.insecure_channel(sc.address) as ch:
+            await adg.AdminServiceStub(ch).PauseTrading(ad.PauseTradingRequest(
+                **BOT, trading_state=t.TRADING_STATE_HALTED, reason="halt before any load"), timeout=10)
+            in_spool = spooled_journal(rig.spool)
+    finally:
+        kill(sc)
+    rig.proxy.restore()
+    loaded = await rig.spawn("loaded")
+    try:
+        async with grpc.aio.insecure_channel(loaded.address) as ch:
+            decision = await rsg.RiskServiceStub(ch).CanTrade(rs.CanTradeRequest(**BOT), timeout=10)
+    finally:
+        assert await asyncio.to_thread(loaded.terminate, signal.SIGTERM, 30) == 0
+    assert in_spool == 1
+    assert not decision.allowed and decision.state.trading_state == t.TRADING_STATE_HALTED, decision
+    stored = sql(rig.url, "SELECT trading_state FROM risk_state WHERE trader_id = 'bot-j'")
+    assert stored == [("HALTED",)]
