@@ -155,7 +155,10 @@ HELP.update({  # fairness and overload (README "Fairness and overload")
     "max_calls_per_trader": "while the event loop is overloaded: calls one trader_id may start per 100 ms; beyond, "
                             "its calls (and its connections') are shed for retry_after_s (0 = off)",
     "admin_max_concurrent": "AdminService calls in progress at once; more are shed (0 = no limit)",
-    "http_max_concurrent": "HTTP API requests in progress at once; more get 429 with Retry-After (0 = no limit)",
+    "http_max_concurrent": "HTTP API requests in progress at once, server-sent event streams not included; more "
+                           "get 429 with Retry-After (0 = no limit)",
+    "http_max_streams": "HTTP API server-sent event streams (WatchRiskState) open at once, a budget of their own; "
+                        "more get 429 with Retry-After (0 = no limit)",
     "overload_lag_ms": "event loop lag, ms, from which the sidecar is overloaded and sheds flooding connections "
                        "and traders",
     "shed_hold_s": "seconds a flood's shed call is held before its RESOURCE_EXHAUSTED (its stream stays taken, so "
@@ -274,7 +277,8 @@ class Settings:
     max_calls_per_connection: int = 200  # while overloaded: calls one connection may start per 100 ms
     max_calls_per_trader: int = 200  # while overloaded: calls one trader_id may start per 100 ms
     admin_max_concurrent: int = 16  # AdminService calls in progress at once
-    http_max_concurrent: int = 64  # HTTP API requests in progress at once (server-sent event streams included)
+    http_max_concurrent: int = 64  # HTTP API requests in progress at once (server-sent event streams not included)
+    http_max_streams: int = 256  # HTTP server-sent event streams (WatchRiskState) open at once: their own budget
     overload_lag_ms: float = 20.0  # the event loop this late means overloaded
     shed_hold_s: float = 1.0  # a flood's shed call is answered after this long (its stream stays taken meanwhile)
     retry_after_s: float = 1.0  # retry-after / RetryInfo / Retry-After of a shed call
@@ -746,7 +750,7 @@ def validate(s: Settings) -> None:
 
 def _validate_fairness(s: Settings) -> None:
     for name in ("max_streams_per_connection", "max_calls_per_connection", "max_calls_per_trader",
-                 "admin_max_concurrent", "http_max_concurrent"):
+                 "admin_max_concurrent", "http_max_concurrent", "http_max_streams"):
         if getattr(s, name) < 0:
             raise SettingsError(f"{name}: must be >= 0 (0 = no limit)")
     for name, low, high in (("overload_lag_ms", 1.0, 60_000.0), ("shed_hold_s", 0.0, 60.0),

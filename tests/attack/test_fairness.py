@@ -1,7 +1,8 @@
 """Fairness and overload (issue 21; README "Fairness and overload"): a flood of 100 connections x 1,000 streams
 does not fail a well-behaved bot on its own connection; while the sidecar is overloaded the flooding peer's calls
 are shed with RESOURCE_EXHAUSTED, `retry-after` metadata and a google.rpc.RetryInfo detail, the bot's are not; the
-HTTP listener answers 429 with Retry-After beyond its own budget, and AdminService beyond its own.
+HTTP listener answers 429 with Retry-After beyond its own budgets (requests in progress; server-sent event streams
+apart from them), and AdminService beyond its own.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from tests.support.sidecar import SidecarProcess, running_sidecar, spawn_sidecar
 from tests.support.wait import eventually, eventually_sync
 from tradeguard.v1 import risk_service_pb2 as rs
 from tradeguard.v1 import risk_service_pb2_grpc as rsg
-from tradeguard_server.api.admission import ADMIN, HOT, Admission
+from tradeguard_server.api.admission import ADMIN, HOT, Admission, metric_families
 
 pytestmark = pytest.mark.integration
 
@@ -227,23 +228,101 @@ async def _outcome(call: Any) -> grpc.aio.AioRpcError | None:
         return exc
 
 
-async def test_http_beyond_http_max_concurrent_gets_429_with_retry_after() -> None:
-    async with running_sidecar(http_listen="127.0.0.1:0", http_max_concurrent=1, retry_after_s=2.5) as sc, \
-            aiohttp.ClientSession() as http:
+async def test_http_watch_streams_beyond_http_max_streams_get_429_with_retry_after_and_never_take_can_trade() -> None:
+    """Server-sent event streams (WatchRiskState) have a budget of their own: the second stream gets 429 at
+    http_max_streams=1, and a CanTrade is answered meanwhile though http_max_concurrent is 1 too."""
+    async with running_sidecar(http_listen="127.0.0.1:0", http_max_concurrent=1, http_max_streams=1,
+                               retry_after_s=2.5) as sc, aiohttp.ClientSession() as http:
         base = f"http://{sc.http_address}"
-        async with http.get(f"{base}/v1/risk/watch", params={"trader_id": "w", "account_id": "a"}) as watch:
-            assert watch.status == 200  # a server-sent event stream: a request in progress as long as it is open
-            assert await eventually(lambda: sc.admission.in_progress["http"] == 1)
-            async with http.post(f"{base}/v1/risk/can-trade", json={"trader_id": "t", "account_id": "a"}) as busy:
+        watch_params = {"trader_id": "w", "account_id": "a"}
+        async with http.get(f"{base}/v1/risk/watch", params=watch_params) as watch:
+            assert watch.status == 200  # a stream in progress as long as it is open
+            assert await eventually(lambda: sc.admission.in_progress["http_stream"] == 1)
+            assert sc.admission.in_progress["http"] == 0
+            async with http.get(f"{base}/v1/risk/watch", params=watch_params) as busy:
                 assert busy.status == 429
                 assert busy.headers["Retry-After"] == "3"  # whole seconds, rounded up
                 payload = await busy.json()
+                assert "http_max_streams=1" in payload["message"]
+                assert payload["details"][0]["@type"] == "type.googleapis.com/google.rpc.RetryInfo"
+            async with http.post(f"{base}/v1/risk/can-trade", json={"trader_id": "t", "account_id": "a"}) as ok:
+                assert ok.status == 200, await ok.text()
+        assert await eventually(lambda: sc.admission.in_progress["http_stream"] == 0)
+        async with http.get(f"{base}/v1/risk/watch", params=watch_params) as again:
+            assert again.status == 200
+        assert sc.admission.shed == {("http_max_streams", "WatchRiskState"): 1}
+        async with http.get(f"{base}/metrics") as metrics:
+            text = await metrics.text()
+        assert re.search(r'^tradeguard_shed_total\{method="WatchRiskState",reason="http_max_streams"\} 1\.0$', text,
+                         re.M), text
+
+
+async def test_http_requests_beyond_http_max_concurrent_get_429_with_retry_after_and_the_kill_switch_does_not() -> None:
+    """A real HTTP listener whose CanTrade stays in progress until released (the sidecar's never waits, so a slow
+    handler stands in for it): the second CanTrade gets 429 at http_max_concurrent=1; the kill switch gets
+    through; a watch stream is not refused by the requests' budget, only by its own (http_max_streams=1)."""
+    from tradeguard.v1 import admin_service_pb2 as ad
+    from tradeguard_server.httpapi import HttpApi, served_routes
+
+    admission = Admission(max_calls_per_connection=50, max_calls_per_trader=50, max_streams_per_connection=100,
+                          admin_max_concurrent=1, overload_lag_ms=20.0, shed_hold_s=1.0, retry_after_s=2.5)
+    release = asyncio.Event()
+
+    async def slow_can_trade(_raw: bytes, _context: Any) -> rs.CanTradeResponse:
+        await release.wait()
+        return rs.CanTradeResponse(allowed=True)
+
+    async def pause(_raw: bytes, _context: Any) -> ad.PauseTradingResponse:
+        return ad.PauseTradingResponse()
+
+    async def watch(_raw: bytes, _context: Any) -> AsyncIterator[rs.WatchRiskStateResponse]:
+        yield rs.WatchRiskStateResponse()
+        await release.wait()
+
+    handlers = {"/tradeguard.v1.RiskService/CanTrade": grpc.unary_unary_rpc_method_handler(slow_can_trade),
+                "/tradeguard.v1.AdminService/PauseTrading": grpc.unary_unary_rpc_method_handler(pause),
+                "/tradeguard.v1.RiskService/WatchRiskState": grpc.unary_stream_rpc_method_handler(watch)}
+    api = HttpApi([r for r in served_routes() if r.grpc_path in handlers], handlers, ready=_ready, max_streams=1)
+    api.admit(admission, 1)
+    address = await api.start("127.0.0.1", 0)
+    try:
+        async with aiohttp.ClientSession() as http:
+            base = f"http://{address}"
+
+            async def can_trade() -> tuple[int, bool]:
+                async with http.post(f"{base}/v1/risk/can-trade", json={"trader_id": "t", "account_id": "a"}) as r:
+                    return r.status, (await r.json())["allowed"]
+
+            first = asyncio.ensure_future(can_trade())
+            assert await eventually(lambda: admission.in_progress["http"] == 1)
+            async with http.post(f"{base}/v1/risk/can-trade", json={"trader_id": "t", "account_id": "a"}) as busy:
+                assert busy.status == 429
+                assert busy.headers["Retry-After"] == "3"
+                payload = await busy.json()
                 assert "http_max_concurrent=1" in payload["message"]
                 assert payload["details"][0]["@type"] == "type.googleapis.com/google.rpc.RetryInfo"
-        assert await eventually(lambda: sc.admission.in_progress["http"] == 0)
-        async with http.post(f"{base}/v1/risk/can-trade", json={"trader_id": "t", "account_id": "a"}) as ok:
-            assert ok.status == 200
-        assert sc.admission.shed == {("http_max_concurrent", "CanTrade"): 1}
+            async with http.post(f"{base}/v1/admin/pause-trading", json={"trader_id": "t", "account_id": "a"}) as ok:
+                assert ok.status == 200, await ok.text()
+            params = {"trader_id": "t", "account_id": "a"}
+            async with http.get(f"{base}/v1/risk/watch", params=params) as stream:
+                assert stream.status == 200, await stream.text()
+                assert admission.in_progress["http_stream"] == 1
+                async with http.get(f"{base}/v1/risk/watch", params=params) as full:
+                    assert full.status == 429
+                    assert "http_max_streams=1" in (await full.json())["message"]
+                release.set()
+                assert await first == (200, True)  # the held call is answered
+        assert await eventually(lambda: admission.in_progress["http"] == admission.in_progress["http_stream"] == 0)
+        assert admission.shed == {("http_max_concurrent", "CanTrade"): 1, ("http_max_streams", "WatchRiskState"): 1}
+        shed = next(f for f in metric_families(admission) if f.name == "tradeguard_shed")
+        assert {(s.labels["reason"], s.labels["method"]): s.value for s in shed.samples} == {
+            ("http_max_concurrent", "CanTrade"): 1, ("http_max_streams", "WatchRiskState"): 1}
+    finally:
+        await api.stop()
+
+
+async def _ready() -> bool:
+    return True
 
 
 async def test_http_calls_of_a_flooding_trader_get_429_with_retry_after_while_overloaded() -> None:

@@ -77,11 +77,12 @@ async def test_the_kill_switch_gets_through_while_admin_max_concurrent_reads_wai
         assert not answer.allowed
 
 
-async def test_the_kill_switch_over_http_gets_through_while_a_bot_holds_http_max_concurrent_watch_streams() -> None:
-    """A bot (trader token only) opens http_max_concurrent WatchRiskState streams (server-sent events): the
-    operator's console must still pause it (and resume it)."""
+async def test_the_kill_switch_over_http_gets_through_while_a_bot_holds_http_max_streams_watch_streams() -> None:
+    """A bot (trader token only) opens http_max_streams WatchRiskState streams (server-sent events): the
+    operator's console must still pause it (and resume it), and the bot's CanTrade is answered (streams have a
+    budget of their own, apart from http_max_concurrent: tests/attack/test_fairness.py)."""
     async with running_sidecar(http_listen="127.0.0.1:0", admin_token=ADMIN, trader_token=TRADER,
-                               http_max_concurrent=4, max_watchers_per_trader=0) as sc, \
+                               http_max_concurrent=4, http_max_streams=4, max_watchers_per_trader=0) as sc, \
             aiohttp.ClientSession() as http:
         base = f"http://{sc.http_address}"
         bot = {"Authorization": f"Bearer {TRADER}"}
@@ -93,7 +94,7 @@ async def test_the_kill_switch_over_http_gets_through_while_a_bot_holds_http_max
                 watch = await streams.enter_async_context(http.get(
                     f"{base}/v1/risk/watch", headers=bot, params={"trader_id": "bot-1", "account_id": "acct-1"}))
                 assert watch.status == 200
-            assert await eventually(lambda: sc.admission.in_progress["http"] == 4)
+            assert await eventually(lambda: sc.admission.in_progress["http_stream"] == 4)
             operator = {"Authorization": f"Bearer {ADMIN}"}
             async with http.post(f"{base}/v1/admin/pause-trading", headers=operator,
                                  json={"trader_id": "bot-1", "account_id": "acct-1",
@@ -102,9 +103,12 @@ async def test_the_kill_switch_over_http_gets_through_while_a_bot_holds_http_max
             async with http.post(f"{base}/v1/admin/resume-trading", headers=operator,
                                  json={"trader_id": "bot-1", "account_id": "acct-1"}) as resumed:
                 assert resumed.status == 200, await resumed.text()
-            # the budget still holds for everything else
             async with http.post(f"{base}/v1/risk/can-trade", headers=bot,
-                                 json={"trader_id": "bot-1", "account_id": "acct-1"}) as busy:
+                                 json={"trader_id": "bot-1", "account_id": "acct-1"}) as answered:
+                assert answered.status == 200, await answered.text()
+            # the streams' budget still holds
+            async with http.get(f"{base}/v1/risk/watch", headers=bot,
+                                params={"trader_id": "bot-1", "account_id": "acct-1"}) as busy:
                 assert busy.status == 429
 
 
@@ -550,14 +554,11 @@ async def test_a_breaker_whose_condition_holds_over_many_reports_fires_one_alert
     assert {b["severity"] for b in fired} == {"warning"}  # an `alert` action
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "http_max_concurrent counts server-sent event streams (README 'Fairness and overload', by design of the fairness "
-    "change): one bot with the shared trader token holds 8 WatchRiskState streams (max_watchers_per_trader) on each "
-    "of 8 trader ids = the default budget of 64, for as long as it likes, and every other bot's CanTrade over HTTP "
-    "gets 429. The kill switch is exempt now; the hot path over HTTP needs streams in a budget of their own (or "
-    "not counted: the watcher limits bound them) - the fairness owner's call, and test_fairness's 429 test relies "
-    "on an SSE stream filling the budget."))
 async def test_a_bots_watch_streams_over_http_do_not_starve_another_bots_can_trade_over_http() -> None:
+    """One bot with the shared trader token holds 8 WatchRiskState streams (max_watchers_per_trader) on each of 8
+    trader ids, as many as the default http_max_concurrent (64), for as long as it likes: another bot's CanTrade
+    over HTTP must still be answered (streams count against http_max_streams, a budget of their own; they once
+    filled http_max_concurrent and every other bot got 429)."""
     async with running_sidecar(http_listen="127.0.0.1:0", admin_token=ADMIN, trader_token=TRADER) as sc, \
             aiohttp.ClientSession() as http:
         base, bot = f"http://{sc.http_address}", {"Authorization": f"Bearer {TRADER}"}

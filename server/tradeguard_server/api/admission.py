@@ -8,8 +8,9 @@ path answered:
    may have open (SETTINGS_MAX_CONCURRENT_STREAMS; a client waits for a free stream, it does not fail).
 2. Classes with their own budgets: AdminService calls (`admin_max_concurrent`) and long-lived streams (Session,
    WatchRiskState: `max_streams_per_connection` per connection) are counted while in progress; beyond the budget
-   a call is shed at once. The HTTP listener has its own (`http_max_concurrent`, httpapi/server.py). None of them
-   can take what the hot path (CanTrade, the reports, GetRiskState) needs.
+   a call is shed at once. The HTTP listener has its own: requests in progress (`http_max_concurrent`) and, apart
+   from them, server-sent event streams (`http_max_streams`; httpapi/server.py). None of them can take what the
+   hot path (CanTrade, the reports, GetRiskState) needs.
 3. Overload: a ticker measures the event loop's lag. While it is over `overload_lag_ms`, the loop is behind, and
    calls are counted per connection (peer) and per trader until the next tick: a connection that starts more than
    `max_calls_per_connection` calls in one tick (and more than the average connection), or a trader more than
@@ -41,21 +42,23 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 log = logging.getLogger("tradeguard.admission")
 
-HOT, STREAM, ADMIN, HTTP = "hot", "stream", "admin", "http"
-CLASSES = (STREAM, ADMIN, HTTP)  # counted in progress (the hot path's unary calls never wait: see _hot_unary)
+HOT, STREAM, ADMIN, HTTP, HTTP_STREAM = "hot", "stream", "admin", "http", "http_stream"
+# counted in progress (the hot path's unary calls never wait: see _hot_unary)
+CLASSES = (STREAM, ADMIN, HTTP, HTTP_STREAM)
 # reasons in tradeguard_shed_total
 FLOOD_CONNECTION = "connection_flood"
 FLOOD_TRADER = "trader_flood"
 STREAMS_PER_CONNECTION = "max_streams_per_connection"
 ADMIN_BUDGET = "admin_max_concurrent"
 HTTP_BUDGET = "http_max_concurrent"
+HTTP_STREAMS_BUDGET = "http_max_streams"
 TICK_S = 0.01  # the lag ticker's period
 WINDOW_TICKS = 10  # calls are counted per window of 10 ticks (100 ms)
 BUSY = 0.5  # the loop's thread ran more than this share of a window: overloaded
 MAX_HELD = 20_000  # shed calls held at once (bounded memory); beyond, they are answered at once
 # The kill switch is never shed by a budget (admin_max_concurrent, http_max_concurrent): during an incident the
-# operator's reads (a script, console tabs polling a stalled database) may fill the admin budget, and a bot's
-# server-sent event streams the HTTP one; a pause or resume must still get through. Still counted in progress.
+# operator's reads (a script, console tabs polling a stalled database) may fill the admin budget, and slow HTTP
+# requests the HTTP one; a pause or resume must still get through. Still counted in progress.
 KILL_SWITCH = frozenset({"PauseTrading", "ResumeTrading"})
 
 
@@ -410,9 +413,9 @@ def metric_families(admission: Admission) -> Iterable[Any]:
         shed.add_metric((reason, method), n)
     yield shed
     gauge = GaugeMetricFamily("tradeguard_calls_in_progress", "Calls in progress by class: stream (Session, "
-                              "WatchRiskState), admin (AdminService), http (HTTP requests), held (shed calls waiting "
-                              "for their answer). The hot path's unary calls never wait, so they are not counted.",
-                              labels=("class",))
+                              "WatchRiskState), admin (AdminService), http (HTTP requests), http_stream (HTTP "
+                              "server-sent event streams), held (shed calls waiting for their answer). The hot path's "
+                              "unary calls never wait, so they are not counted.", labels=("class",))
     for cls, n in admission.in_progress.items():
         gauge.add_metric((cls,), n)
     gauge.add_metric(("held",), admission.held)

@@ -47,4 +47,4 @@ def build_http_api(s: Settings, handlers: Mapping[str, grpc.RpcMethodHandler[Any
 
     return HttpApi(served_routes(), handlers, ready=ready, metrics_text=metrics_text,
                    max_body_bytes=s.max_message_bytes, tracer_provider=tracer_provider, version=version,
-                   console=load_console())
+                   console=load_console(), max_streams=s.http_max_streams)

@@ -23,7 +23,17 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from google.protobuf.message import Message
 
-from ..api.admission import HTTP, HTTP_BUDGET, KILL_SWITCH, Admission, retry_after_header, retry_delay, retry_status
+from ..api.admission import (
+    HTTP,
+    HTTP_BUDGET,
+    HTTP_STREAM,
+    HTTP_STREAMS_BUDGET,
+    KILL_SWITCH,
+    Admission,
+    retry_after_header,
+    retry_delay,
+    retry_status,
+)
 from ..api.errors import ApiError
 from ..console import Asset, Console
 from .context import Aborted, HttpContext, peer_text
@@ -111,7 +121,8 @@ class HttpApi:
 
     def __init__(self, routes: list[Route], handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]], *,
                  ready: Ready, metrics_text: MetricsText | None = None, max_body_bytes: int = 1 << 20,
-                 version: str = "", tracer_provider: Any = None, console: Console | None = None) -> None:
+                 version: str = "", tracer_provider: Any = None, console: Console | None = None,
+                 max_streams: int = 0) -> None:
         self.router = Router(routes)
         missing = [r.grpc_path for r in routes if r.grpc_path not in handlers]
         if missing:
@@ -126,12 +137,17 @@ class HttpApi:
         self.address = ""
         self.streams: set[asyncio.Task[Any]] = set()
         self.console = console  # the operator console's static files at / and /console/... (None: not served)
-        self.admission: Admission | None = None  # admit(): the HTTP budget (README "Fairness and overload")
+        self.admission: Admission | None = None  # admit(): the HTTP budgets (README "Fairness and overload")
         self.max_concurrent = 0
+        # Server-sent event streams open at once (http_max_streams, 0 = no limit): a budget of their own, apart from
+        # max_concurrent. A stream lasts as long as its client likes: counted with the requests, a bot's streams
+        # would take the capacity of every other bot's CanTrade.
+        self.max_streams = max_streams
 
     def admit(self, admission: Admission, max_concurrent: int) -> None:
-        """Count requests in progress in `admission` (class http) and answer 429 with Retry-After beyond
-        `max_concurrent` (0 = no limit), before anything of the request is read."""
+        """Count requests in progress in `admission` and answer 429 with Retry-After beyond a budget, before
+        anything of the request is read: server-sent event streams (class http_stream) beyond `max_streams`, every
+        other request (class http) beyond `max_concurrent` (0 = no limit)."""
         self.admission = admission
         self.max_concurrent = max_concurrent
 
@@ -178,17 +194,31 @@ class HttpApi:
         return await self._handle(request)
 
     def _over_budget(self, request: web.BaseRequest, match: Match | None) -> web.Response | None:
-        """429 with Retry-After when http_max_concurrent requests are in progress (the kill switch excepted)."""
+        """429 with Retry-After when http_max_streams server-sent event streams are open (for a stream), or
+        http_max_concurrent other requests are in progress (for any other request; the kill switch excepted)."""
         admission = self.admission
-        if admission is None or not self.max_concurrent or admission.in_progress[HTTP] < self.max_concurrent:
+        if admission is None:
             return None
+        in_progress = admission.in_progress
+        requests_full = bool(self.max_concurrent) and in_progress[HTTP] >= self.max_concurrent
+        streams_full = bool(self.max_streams) and in_progress[HTTP_STREAM] >= self.max_streams
+        if not requests_full and not streams_full:
+            return None  # the usual case: no route matched for it
         if match is None:
             match = self.router.match(request.method, request.rel_url.raw_path)
-        if _kill_switch(match):  # gets through a full budget (admission.KILL_SWITCH)
-            return None
-        admission.count_shed(HTTP_BUDGET, match.route.rpc if match is not None else "other")  # bounded labels
-        what = (f"the HTTP API is busy: http_max_concurrent={self.max_concurrent} requests in progress; retry "
+        if match is not None and match.route.streaming:
+            if not streams_full:
+                return None
+            reason, what = HTTP_STREAMS_BUDGET, (
+                f"the HTTP API is busy: http_max_streams={self.max_streams} server-sent event streams open; retry "
                 f"after {admission.retry_after_s:g} s")
+        else:
+            if not requests_full or _kill_switch(match):  # the kill switch gets through (admission.KILL_SWITCH)
+                return None
+            reason, what = HTTP_BUDGET, (
+                f"the HTTP API is busy: http_max_concurrent={self.max_concurrent} requests in progress; retry "
+                f"after {admission.retry_after_s:g} s")
+        admission.count_shed(reason, match.route.rpc if match is not None else "other")  # bounded labels
         return self._error(retry_status(what, admission.retry_after_s), grpc.StatusCode.RESOURCE_EXHAUSTED)
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -245,14 +275,16 @@ class HttpApi:
                                    grpc.StatusCode.INVALID_ARGUMENT)
             response.force_close()  # what is left of it on the connection cannot be told from the next request
             return response
-        # Counted in progress (http_max_concurrent) from here, once the body is in: a client that sends headers and
-        # then nothing (slowloris) holds a connection, not a share of the budget every other client needs.
+        # Counted in progress (http_max_concurrent, or http_max_streams for a stream) from here, once the body is
+        # in: a client that sends headers and then nothing (slowloris) holds a connection, not a share of the budget
+        # every other client needs.
         refused = self._over_budget(request, match)
         if refused is not None:
             return refused
         in_progress = None if self.admission is None else self.admission.in_progress
+        counted = HTTP_STREAM if route.streaming else HTTP
         if in_progress is not None:
-            in_progress[HTTP] += 1
+            in_progress[counted] += 1
         try:
             if route.streaming:
                 return await self._stream(request, handler, raw, ctx)
@@ -262,7 +294,7 @@ class HttpApi:
                 return self._error(aborted.status, aborted.code)
         finally:
             if in_progress is not None:
-                in_progress[HTTP] -= 1
+                in_progress[counted] -= 1
         payload = to_json(reply)
         if route.response_body:  # the seeds' paths answer the bare object or list
             payload = payload.get(route.response_body, {})
