@@ -24,7 +24,9 @@ trader_id per order, or a hostile client, would otherwise grow the sidecar until
   primary-key read; concurrent first calls share it; no other trader's call waits) and installs it with
   engine.restore, so equity, peak, period starts, daily PnL, positions, pauses and trade ids are the stored ones. A
   failed read answers UNAVAILABLE "state of trader X not loaded" (fail closed; the client's can_trade denies with
-  SIDECAR_UNAVAILABLE) and the trader stays evicted. Cluster mode (PostgreSQL): eviction drops the trader from
+  SIDECAR_UNAVAILABLE) and the trader stays evicted. A heartbeat configured for its account while it was evicted
+  counts its silence from the first dead-man's switch scan that found it (engine.heartbeat): past the timeout, the
+  reload pauses it before the call is answered. Cluster mode (PostgreSQL): eviction drops the trader from
   the owned set and releases its lease (expires now, by epoch); its next call claims it like any trader not in
   memory (cluster.takeover), which reads its stored row.
 - Forgotten with the trader: its per-trader metrics gauges, its CanTrade answer template (api/convert), its
@@ -113,7 +115,9 @@ class Residency:
         self.trader_stored = trader_stored  # cluster mode, memory full: is a trader not in memory a stored one?
         self.pins = list(pins)  # more pins (sessions, watchers, ...): a reason string pins the trader
         self.last_heard = last_heard  # engine-clock time of the trader's last call (dead-man's switch's record)
-        self.touch = touch  # a reloaded trader was just heard (its loading call came before it was in memory)
+        # A reloaded trader was just heard (its loading call came before it was in memory); told while its id is
+        # still in `evicted` (the dead-man's switch judges its silence then).
+        self.touch = touch
         self.forgets: list[Callable[[str], None]] = []  # told of every evicted trader id (metrics, caches)
         self.evicted: set[str] = set()  # single mode: ids in the store, not in memory
         self._released: set[str] = set()  # cluster mode: ids evicted here (lease released), for the count and bound
@@ -188,11 +192,15 @@ class Residency:
         engine = self.engine
         if trader_id not in self.evicted or trader_id in engine.traders:  # (loaded meanwhile: nothing to do)
             return
-        self.evicted.discard(trader_id)
-        if rec is not None:
-            engine.restore(from_record(rec, list(trade_ids)))
-            self.touch(trader_id)
-        self.loaded_total += 1
+        try:
+            if rec is not None:
+                engine.restore(from_record(rec, list(trade_ids)))
+                # Heard, while the id is still in engine.evicted: the dead-man's switch first judges its silence
+                # while evicted (engine.heartbeat; a heartbeat configured meanwhile may pause it before the call).
+                self.touch(trader_id)
+        finally:
+            self.evicted.discard(trader_id)
+            self.loaded_total += 1
 
     def admit(self, st: TraderState) -> bool:
         """At the start-up load (single mode): install a stored trader, or leave it in the store as evicted when it

@@ -438,14 +438,12 @@ async def test_a_restore_to_a_breach_then_an_immediate_sigkill_is_still_paused_a
 # ---- 3. bounded traders x the dead-man's switch ---------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "residency.py pins a trader for a heartbeat only while it is in memory: a dead-man's switch configured for the "
-    "account after the trader was evicted is never counted for it (DeadMansSwitch.scan walks engine.traders; the "
-    "reload marks it heard, residency touch): silent 30 s past a 10 s timeout, its next call is allowed, while a "
-    "trader of the same account kept in memory is HALTED. A fix needs the silence of evicted traders counted "
-    "(e.g. loading an account's evicted traders when a heartbeat is configured, or judging the silence at reload)"))
 async def test_a_dead_mans_switch_configured_while_a_trader_is_evicted_still_trips_for_it(
         bounded: Sidecar, clock: ManualClock) -> None:
+    """Found here: residency pins a trader for a heartbeat only while it is in memory, so a dead-man's switch
+    configured after the trader was evicted never counted it (scan walks the traders in memory; the reload marked it
+    heard): silent 30 s past a 10 s timeout, its next call was allowed while a kept trader of the account was HALTED.
+    Now the reload judges its silence since the first scan that found the heartbeat, before the call is answered."""
     ctl = {"trader_id": "bot-ctl", "account_id": BOT["account_id"]}
     async with grpc.aio.insecure_channel(bounded.address) as ch:
         risk, admin = rsg.RiskServiceStub(ch), adg.AdminServiceStub(ch)

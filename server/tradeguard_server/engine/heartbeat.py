@@ -6,6 +6,14 @@ time, until a person (ResumeTrading) or the configured policy resumes it.
 sidecar runs `scan()` every HEARTBEAT_SCAN_S. A trader known to the engine but not heard since this sidecar
 started counts from the first scan that sees it with a heartbeat configured. After a trip the trader is not paused
 again until it was heard or resumed (a resume while the bot is still silent starts a new timeout).
+
+Bounded traders (residency.py): a trader evicted from memory is not walked by `scan`, and it cannot have been evicted
+while its account's heartbeat was in effect (that pins it). So its count starts at the first scan that found the
+heartbeat in effect for its account (`armed`, kept per configured account), like a kept trader never heard. When it is
+loaded back (single mode: Residency tells `heard` while the id is still in `engine.evicted`), its silence since then
+(or since its stored `updated_at`, if later) is judged before the call is answered: past the timeout it is paused
+exactly as `scan` would have, and that call is its first heard one after the trip. Cluster mode is not covered: an
+evicted trader's next call claims it like a takeover, which counts from the first scan after the claim.
 """
 
 from __future__ import annotations
@@ -13,6 +21,8 @@ from __future__ import annotations
 import logging
 
 from .engine import RiskEngine
+from .limits import Limits
+from .state import TraderState
 from .types import TradingState
 
 log = logging.getLogger("tradeguard.heartbeat")
@@ -25,12 +35,66 @@ class DeadMansSwitch:
         self.engine = engine
         self.last: dict[str, float] = {}  # trader id -> engine-clock time of its last call or session message
         self.tripped: dict[str, float] = {}  # trader id -> when the switch paused it
+        # account id -> engine-clock time of the first scan that found its configured heartbeat in effect (the
+        # count's start for its traders not in memory then); `armed_default` the same for the defaults.
+        self.armed: dict[str, float] = {}
+        self.armed_default: float | None = None
         self.trips = 0
 
     def heard(self, trader_id: str) -> None:
-        """A call or session message for the trader (hot path: one dict lookup and store; unknown ids ignored)."""
-        if trader_id in self.engine.traders:
-            self.last[trader_id] = self.engine.clock.now()
+        """A call or session message for the trader (hot path: two lookups and a store; unknown ids ignored)."""
+        engine = self.engine
+        if trader_id in engine.traders:
+            if trader_id in engine.evicted:  # loaded back just now (Residency._load tells us before it drops the id)
+                self._returned(engine.traders[trader_id])
+            self.last[trader_id] = engine.clock.now()
+
+    def _returned(self, st: TraderState) -> None:
+        """An evicted trader is in memory again, before its call is answered: pause it if its account's heartbeat
+        has been in effect (since the scan that found it) for longer than the timeout and it was not heard since.
+        A listener's failure propagates (the call fails; the pause is in memory)."""
+        engine = self.engine
+        limits = engine.limits_for(st.account_id)
+        timeout = limits.heartbeat_timeout_seconds
+        if timeout is None:
+            return
+        armed = self.armed.get(st.account_id) if st.account_id in engine.account_limits else self.armed_default
+        if armed is None:  # no scan has found the heartbeat yet: the count starts with this call
+            return
+        now = engine.clock.now()
+        seen = max(armed, st.updated_at)  # heard last before its eviction, when no heartbeat was in effect
+        if now - seen < timeout:
+            return
+        self._pause(st, limits, timeout, now - seen)
+        self.tripped[st.trader_id] = now
+        self.trips += 1
+
+    def _pause(self, st: TraderState, limits: Limits, timeout: float, silent_s: float) -> None:
+        state = limits.heartbeat_pause_state
+        if state not in (TradingState.HALTED, TradingState.REDUCING):
+            state = TradingState.HALTED
+        reason = (f"dead-man's switch: no call or session message for {silent_s:.1f}s "
+                  f"(heartbeat_timeout_seconds={timeout}); resume once the bot is back")
+        self.engine.pause(st.trader_id, st.account_id, state, None, reason, by="dead-man's switch")
+
+    def _arm(self, now: float) -> None:
+        """Note when each configured account's heartbeat came into effect: the first scan that finds it (accounts
+        without one, or no longer configured, are dropped). The defaults (settings) carry no heartbeat today; were
+        they to, an account without a configuration of its own would count from `armed_default`."""
+        engine = self.engine
+        if engine.defaults.heartbeat_timeout_seconds is None:
+            self.armed_default = None
+        elif self.armed_default is None:
+            self.armed_default = now
+        armed, configured = self.armed, engine.account_limits
+        for account_id, limits in configured.items():
+            if limits.heartbeat_timeout_seconds is None:
+                armed.pop(account_id, None)
+            elif account_id not in armed:
+                armed[account_id] = now
+        if len(armed) > len(configured):
+            for account_id in [a for a in armed if a not in configured]:
+                del armed[account_id]
 
     def scan(self) -> list[str]:
         """Pause every trader whose heartbeat is overdue; returns their ids."""
@@ -38,6 +102,7 @@ class DeadMansSwitch:
         now = engine.clock.now()
         paused: list[str] = []
         last, tripped = self.last, self.tripped
+        self._arm(now)
         for st in list(engine.traders.values()):
             limits = engine.limits_for(st.account_id)
             timeout = limits.heartbeat_timeout_seconds
@@ -57,13 +122,8 @@ class DeadMansSwitch:
                 continue
             if now - seen < timeout:
                 continue
-            state = limits.heartbeat_pause_state
-            if state not in (TradingState.HALTED, TradingState.REDUCING):
-                state = TradingState.HALTED
-            reason = (f"dead-man's switch: no call or session message for {now - seen:.1f}s "
-                      f"(heartbeat_timeout_seconds={timeout}); resume once the bot is back")
             try:
-                engine.pause(trader_id, st.account_id, state, None, reason, by="dead-man's switch")
+                self._pause(st, limits, timeout, now - seen)
             except Exception:  # a listener failed (logged by the engine): try again at the next scan
                 log.exception("dead-man's switch: pausing trader %s failed", trader_id)
                 continue
