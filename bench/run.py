@@ -58,6 +58,7 @@ class Scenario:
     tracing: bool = False
     uds: bool = False
     uvloop: bool = True
+    spool_reference: bool = False  # also measure the same sidecar with --spool-path off (rows <name>/ref)
 
 
 SCENARIOS = {s.name: s for s in [
@@ -70,9 +71,11 @@ SCENARIOS = {s.name: s for s in [
     Scenario("observability", "full + metrics + tracing", metrics=True, tracing=True),
     Scenario("full_path", "TARGET: full + PostgreSQL + metrics", postgres=True, metrics=True),
     Scenario("uds", "full over --listen unix:/path (baseline on unix: too)", uds=True),
+    Scenario("spool_cost", "full_path with its local spool (ref: the same, --spool-path off, own database)",
+             postgres=True, metrics=True, spool_reference=True),
     Scenario("no_uvloop", "full with --no-uvloop (baseline on asyncio too)", uvloop=False),
 ]}
-QUICK = ["no_order", "full", "full_path", "uds"]
+QUICK = ["no_order", "full", "full_path", "uds", "spool_cost"]
 
 
 # ---- PostgreSQL: a fresh database per run --------------------------------------------------------
@@ -212,9 +215,12 @@ def run_scenario(sc: Scenario, args: argparse.Namespace, workdir: Path) -> Scena
         lg.verify(baseline.address, calls)
         servers = [sidecar, baseline]
         reference = None
-        if sc.uds or not sc.uvloop:  # the same workload on TCP + uvloop, measured in the same rounds
-            reference = lg.start_sidecar(workdir, f"{sc.name}-reference", "127.0.0.1:0",
-                                         _sidecar_args(Scenario("reference", ""), None))
+        if sc.uds or not sc.uvloop or sc.spool_reference:  # a reference measured in the same rounds
+            if sc.spool_reference:  # the spool's cost with the database up: the same sidecar without one
+                ref_args = [*_sidecar_args(sc, stack.enter_context(fresh_database())), "--spool-path", "off"]
+            else:  # the same workload on TCP + uvloop
+                ref_args = _sidecar_args(Scenario("reference", ""), None)
+            reference = lg.start_sidecar(workdir, f"{sc.name}-reference", "127.0.0.1:0", ref_args)
             stack.callback(reference.stop)
             lg.prepare(reference.address, config=sc.config, breaker_count=sc.breakers, with_order=sc.order)
             lg.verify(reference.address, calls)
