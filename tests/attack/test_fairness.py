@@ -158,10 +158,7 @@ async def test_while_overloaded_the_flooding_trader_is_shed_with_retry_after_and
         assert sc.admission.overloaded
         async with _connection(sc.address) as flood_ch, _connection(sc.address) as bot_ch:
             flood, bot = rsg.RiskServiceStub(flood_ch), rsg.RiskServiceStub(bot_ch)
-            # the bot calls in the last window (a light trader there: someone to protect) and first in this one (so
-            # that the flooding trader is above the average one)
-            await bot.CanTrade(rs.CanTradeRequest(trader_id="good", account_id="a"))
-            sc.admission.new_window()
+            # the bot's call first in the window, so that the flooding trader is above the average one
             assert (await bot.CanTrade(rs.CanTradeRequest(trader_id="good", account_id="a"))).state.trader_id == "good"
             calls = [flood.CanTrade(rs.CanTradeRequest(trader_id="flood", account_id="a")) for _ in range(40)]
             outcomes = await asyncio.gather(*(_outcome(c) for c in calls))
@@ -196,7 +193,6 @@ async def test_while_overloaded_a_connection_over_its_share_is_shed_and_a_lone_c
             assert outcomes == [None] * 40
         async with _connection(sc.address) as flood_ch, _connection(sc.address) as bot_ch:
             flood, bot = rsg.RiskServiceStub(flood_ch), rsg.RiskServiceStub(bot_ch)
-            await bot.CanTrade(rs.CanTradeRequest(trader_id="good", account_id="a"))  # light in the last window
             sc.admission.new_window()
             await bot.CanTrade(rs.CanTradeRequest(trader_id="good", account_id="a"))  # two connections this window
             outcomes = await asyncio.gather(*(_outcome(flood.CanTrade(rs.CanTradeRequest(trader_id=f"f{i}",
@@ -207,24 +203,6 @@ async def test_while_overloaded_a_connection_over_its_share_is_shed_and_a_lone_c
             assert "max_calls_per_connection=5" in (shed[0].details() or "")
             assert _retry_info(shed[0].trailing_metadata())[0] == "30"
             assert (await bot.CanTrade(rs.CanTradeRequest(trader_id="good", account_id="a"))).state.trader_id == "good"
-
-
-async def test_while_overloaded_equally_busy_connections_alone_are_slowed_not_shed() -> None:
-    """Found by bench/run.py: two client connections of one bot, 64 calls in flight, saturate the loop; the one a
-    call ahead of the other in a window was 'above the average' and shed (hundreds of RESOURCE_EXHAUSTED, each a
-    fail-closed denial). With nobody light to protect, shedding helps no one: nothing is shed."""
-    async with running_sidecar(max_calls_per_trader=5, max_calls_per_connection=5, shed_hold_s=0.0,
-                               retry_after_s=30.0) as sc:
-        sc.admission.window_ticks = 1 << 30
-        sc.admission.observe_lag(1.0)
-        async with _connection(sc.address) as one, _connection(sc.address) as two:
-            stubs = [rsg.RiskServiceStub(one), rsg.RiskServiceStub(two)]
-            outcomes = []
-            for _window in range(3):
-                outcomes += await asyncio.gather(*(_outcome(stub.CanTrade(rs.CanTradeRequest(
-                    trader_id=f"t{i % 2}", account_id="a"))) for stub in stubs for i in range(40)))
-                sc.admission.new_window()
-        assert outcomes == [None] * 240 and sc.admission.shed == {}
 
 
 async def test_without_overload_nothing_is_shed() -> None:
@@ -353,13 +331,9 @@ async def test_http_calls_of_a_flooding_trader_get_429_with_retry_after_while_ov
         sc.admission.window_ticks = 1 << 30  # one counting window for the whole test (not 100 ms)
         sc.admission.observe_lag(1.0)
         url = f"http://{sc.http_address}/v1/risk/can-trade"
-        # a light trader in the last window (someone to protect) and a second trader in this one (so that the
-        # flooding one is above the average trader)
-        for window in range(2):
-            async with http.post(url, json={"trader_id": "good", "account_id": "a"}) as ok:
-                assert ok.status == 200
-            if window == 0:
-                sc.admission.new_window()
+        # a second trader this window, so that the flooding one is above the average trader
+        async with http.post(url, json={"trader_id": "good", "account_id": "a"}) as ok:
+            assert ok.status == 200
         statuses = []
         for _ in range(6):
             async with http.post(url, json={"trader_id": "flood", "account_id": "a"}) as reply:

@@ -55,17 +55,11 @@ HTTP_STREAMS_BUDGET = "http_max_streams"
 TICK_S = 0.01  # the lag ticker's period
 WINDOW_TICKS = 10  # calls are counted per window of 10 ticks (100 ms)
 BUSY = 0.5  # the loop's thread ran more than this share of a window: overloaded
-LIGHT_SHARE = 4  # a connection / trader that started at most 1/4 of its limit in the last window is light
 MAX_HELD = 20_000  # shed calls held at once (bounded memory); beyond, they are answered at once
 # The kill switch is never shed by a budget (admin_max_concurrent, http_max_concurrent): during an incident the
 # operator's reads (a script, console tabs polling a stalled database) may fill the admin budget, and slow HTTP
 # requests the HTTP one; a pause or resume must still get through. Still counted in progress.
 KILL_SWITCH = frozenset({"PauseTrading", "ResumeTrading"})
-
-
-def _another(light: set[str], key: str) -> bool:
-    """Whether `light` (the light connections or traders of the last window) holds one other than `key`."""
-    return len(light) > 1 or (len(light) == 1 and key not in light)
 
 
 def retry_status(message: str, retry_after_s: float) -> status_pb2.Status:
@@ -110,11 +104,6 @@ class Admission:
         self._trader_calls: dict[str, int] = {}  # the same per trader id
         self._window_calls = 0
         self._window_trader_calls = 0
-        # Connections / traders that started at most a LIGHT_SHARE of their limit in the last window: shedding
-        # serves to keep them answered, so without one nobody is shed (equally busy bots alone are slowed, not
-        # failed: shedding one of them would turn its latency into failed calls and help nobody).
-        self._light_peers: set[str] = set()
-        self._light_traders: set[str] = set()
         # peer -> (until (monotonic), reason): its calls are shed meanwhile; the same per trader id
         self.penalized_peers: dict[str, tuple[float, str]] = {}
         self.penalized_traders: dict[str, tuple[float, str]] = {}
@@ -143,14 +132,16 @@ class Admission:
         and the penalties that ended dropped."""
         clock, cpu = time.monotonic, time.thread_time  # the loop's thread: CPU it used
         tick = self.tick_s
-        window = tick * self.window_ticks  # by the clock: a late loop's ticks must not stretch "per 100 ms"
+        ticks = 0
         window_start, window_cpu = clock(), cpu()
         while True:
             due = clock() + tick
             await asyncio.sleep(tick)
             self.now = now = clock()
             self.observe_lag(now - due)
-            if now - window_start >= window:
+            ticks += 1
+            if ticks >= self.window_ticks:
+                ticks = 0
                 used = cpu()
                 self.observe_busy((used - window_cpu) / max(now - window_start, 1e-6))
                 window_start, window_cpu = now, used
@@ -177,11 +168,6 @@ class Admission:
             self.observe_lag(max(self.lag_s, self.overload_lag_s * 1.001))
 
     def new_window(self) -> None:
-        # The light connections / traders of the window that ends (not serving a penalty): someone to protect.
-        light, penalized = max(1, self.max_calls_per_connection // LIGHT_SHARE), self.penalized_peers
-        self._light_peers = {p for p, n in self._peer_calls.items() if n <= light and p not in penalized}
-        light, penalized = max(1, self.max_calls_per_trader // LIGHT_SHARE), self.penalized_traders
-        self._light_traders = {t for t, n in self._trader_calls.items() if n <= light and t not in penalized}
         if self._peer_calls:
             self._peer_calls = {}
         if self._trader_calls:
@@ -198,8 +184,7 @@ class Admission:
                  context: Any = None) -> str:
         """While watching: the reason to shed this call ("" = admit). A connection or trader that started more than
         its limit in this window, and more than the average one (a lone client is not shed for its own load), is
-        penalized until retry_after_s from now: its calls are shed meanwhile (a trader's connection with it). Only
-        while another, light one (at most 1/LIGHT_SHARE of its limit in the last window) is there to protect."""
+        penalized until retry_after_s from now: its calls are shed meanwhile (a trader's connection with it)."""
         now = self.now
         calls = self._peer_calls  # penalized peers count too: the average connection is the real one
         n = calls[peer] = calls.get(peer, 0) + 1
@@ -210,7 +195,7 @@ class Admission:
         if not self.overloaded:
             return ""
         limit = self.max_calls_per_connection
-        if limit and n > limit and n * len(calls) > self._window_calls and _another(self._light_peers, peer):
+        if limit and n > limit and n * len(calls) > self._window_calls:
             self.penalized_peers[peer] = (now + self.retry_after_s, FLOOD_CONNECTION)
             return FLOOD_CONNECTION
         limit = self.max_calls_per_trader
@@ -233,7 +218,7 @@ class Admission:
         traders = self._trader_calls
         t = traders[trader] = traders.get(trader, 0) + 1
         self._window_trader_calls += 1
-        if t > limit and t * len(traders) > self._window_trader_calls and _another(self._light_traders, trader):
+        if t > limit and t * len(traders) > self._window_trader_calls:
             self.penalized_traders[trader] = self.penalized_peers[peer] = (now + self.retry_after_s, FLOOD_TRADER)
             return FLOOD_TRADER
         return ""
