@@ -98,6 +98,7 @@ class Journal(list[JournalEntry]):
         self.dropped = 0
         self._thin_at = JOURNAL_MAX
         self.sink: Callable[[JournalEntry], None] | None = None  # the durable copy (SpooledJournal.add)
+        self.thinned: Callable[[list[JournalEntry]], None] | None = None  # ... rewritten (SpooledJournal.replace)
 
     def append(self, entry: JournalEntry) -> None:
         super().append(entry)
@@ -134,6 +135,8 @@ class Journal(list[JournalEntry]):
         if not drop:
             return
         self[:] = [e for i, e in enumerate(self) if i not in drop]
+        if self.thinned is not None:
+            self.thinned(list(self))
         if not self.dropped:
             log.warning("stored state still not loaded after %d calls: dropping the oldest equity and position "
                         "reports from the replay journal (each trader's newest, lowest and highest are kept)",
@@ -274,6 +277,7 @@ class Persistence:
         for entry in previous:
             journal.append(entry)
         journal.sink = self._journal_call
+        journal.thinned = self._journal_thinned
         if previous:
             log.warning("%d calls received by an earlier run before its stored state was loaded (from the local "
                         "spool %s): replayed on the stored state when it loads", len(previous), spool.path)
@@ -282,6 +286,10 @@ class Persistence:
     def _journal_call(self, entry: JournalEntry) -> None:
         if self.spooled is not None and self.engine.flags.enable_persistence:
             self.spooled.add(entry)
+
+    def _journal_thinned(self, entries: list[JournalEntry]) -> None:
+        if self.spooled is not None and self.engine.flags.enable_persistence:
+            self.spooled.replace(entries)
 
     async def journal_committed(self, timeout: float) -> bool:  # noqa: ASYNC109 - the kill switch's bound
         """Not loaded: whether every call journaled so far is committed to the local spool, waited for at most

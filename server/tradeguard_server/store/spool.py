@@ -325,6 +325,14 @@ class Spool:
         except Exception as exc:
             raise SpoolError(f"spool_path {self.path}: journal write failed ({exc})") from exc
 
+    async def replace_journal(self, entries: list[tuple[float, str, tuple[object, ...]]]) -> None:
+        """The journal is thinned in memory (persistence.Journal): the same, in one fsynced transaction. Raises
+        SpoolError."""
+        try:
+            await run_on(self._worker, self._append_journal, entries, True)
+        except Exception as exc:
+            raise SpoolError(f"spool_path {self.path}: journal write failed ({exc})") from exc
+
     async def read_journal(self) -> list[tuple[float, str, tuple[object, ...]]]:
         """The journaled calls, oldest first (one that does not unpickle is logged and skipped)."""
         return await run_on(self._worker, self._read_journal)
@@ -527,17 +535,21 @@ class Spool:
             if os.path.getsize(self.path) > 8 << 20:
                 self._conn.execute("VACUUM")
 
-    def _append_journal(self, entries: list[tuple[float, str, tuple[object, ...]]]) -> None:
+    def _append_journal(self, entries: list[tuple[float, str, tuple[object, ...]]], replace: bool = False) -> None:
         conn = self._conn
         assert conn is not None
         rows = [(at, dumps(entry)) for entry in entries for at in (entry[0],)]
         conn.execute("BEGIN IMMEDIATE")
         try:
+            if replace:
+                conn.execute("DELETE FROM journal")
+                self.stats.journal = 0
             conn.executemany("INSERT INTO journal (at, data) VALUES (?, ?)", rows)
             conn.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(Exception):
                 conn.execute("ROLLBACK")
+            self._refresh()
             raise
         self.stats.journal += len(rows)
 

@@ -39,6 +39,7 @@ class SpooledJournal:
         self.written = 0  # calls committed to the spool by this run
         self.failed = 0  # calls that could not be (they are still replayed from memory if this run loads)
         self._buffer: list[Entry] = []
+        self._replace: list[Entry] | None = None  # the whole journal, thinned in memory: rewritten in the spool
         self._task: asyncio.Task[None] | None = None
         self._settler: asyncio.Task[None] | None = None
 
@@ -57,11 +58,25 @@ class SpooledJournal:
             with contextlib.suppress(RuntimeError):  # no running loop (an engine driven directly): the next drain
                 self._task = asyncio.get_running_loop().create_task(self._write())
 
+    def replace(self, entries: list[Entry]) -> None:
+        """The journal was thinned in memory (persistence.Journal: past JOURNAL_MAX the older equity and position
+        reports go): the spool's copy is rewritten the same, so it stays as bounded as the journal (never called
+        for more than what the journal holds; the calls buffered so far are in `entries`)."""
+        self._buffer = []
+        self._replace = entries
+        if self._task is None or self._task.done():
+            with contextlib.suppress(RuntimeError):
+                self._task = asyncio.get_running_loop().create_task(self._write())
+
     async def _write(self) -> None:
-        while self._buffer:
-            batch, self._buffer = self._buffer, []
+        while self._buffer or self._replace is not None:
+            replace, self._replace = self._replace, None
+            batch, self._buffer = (replace, self._buffer) if replace is not None else (self._buffer, [])
             try:
-                await self.spool.append_journal(batch)
+                if replace is not None:
+                    await self.spool.replace_journal(batch)
+                else:
+                    await self.spool.append_journal(batch)
             except SpoolError as exc:
                 if not self.failed:
                     log.error("%s: the calls received before the stored state is loaded are in memory only (lost "
@@ -72,7 +87,7 @@ class SpooledJournal:
 
     async def drain(self) -> None:
         """Until every call added so far is committed (or failed)."""
-        while self._buffer or (self._task is not None and not self._task.done()):
+        while self._buffer or self._replace is not None or (self._task is not None and not self._task.done()):
             if self._task is None or self._task.done():
                 self._task = asyncio.get_running_loop().create_task(self._write())
             await asyncio.shield(self._task)
