@@ -12,6 +12,11 @@ per trader: the newest state wins, by lease epoch then version, as in risk_state
 with checksums because SQLite already gives atomic, checksummed-by-design commits, crash recovery of a torn tail
 (the WAL), in-place coalescing of states and deletes of replayed rows, with nothing to write ourselves.
 
+A second table, `journal`, holds the calls a sidecar received while its stored state was not loaded (persistence.py
+journals them to replay on the stored state; spooled_journal.py keeps them here so that a stop before the database
+returns does not lose them). They are not written to PostgreSQL as such: the next load replays them through the
+engine, and they are deleted once what they changed is written.
+
 Durability: `synchronous=FULL`, and one transaction per spill (every 50 ms or so, however many records): each
 commit is fsynced before the writer forgets the records in memory. So a SIGKILL (or an OOM kill) loses nothing
 committed to the spool; a power loss or kernel crash loses nothing committed either; what neither survives is what
