@@ -118,9 +118,14 @@ class Residency:
         # A reloaded trader was just heard (its loading call came before it was in memory); told while its id is
         # still in `evicted` (the dead-man's switch judges its silence then).
         self.touch = touch
+        # Cluster mode: a trader evicted here and claimed back with the next epoch (nobody owned it meanwhile) is
+        # told here, before its call is answered (the dead-man's switch judges its silence: DeadMansSwitch.returned).
+        self.rejoined: Callable[[TraderState], None] = lambda _st: None
         self.forgets: list[Callable[[str], None]] = []  # told of every evicted trader id (metrics, caches)
         self.evicted: set[str] = set()  # single mode: ids in the store, not in memory
-        self._released: set[str] = set()  # cluster mode: ids evicted here (lease released), for the count and bound
+        self._released: dict[str, int] = {}  # cluster mode: ids evicted here -> the lease epoch released
+        # cluster mode: ids evicted here whose call is claiming them back -> the epoch released (claimed())
+        self.returning: dict[str, int] = {}
         engine.evicted = self.evicted  # the engine refuses to make a fresh state over one of them
         self.evicted_total = 0
         self.loaded_total = 0
@@ -149,7 +154,7 @@ class Residency:
             await self._reload(trader_id)
             return
         if trader_id in self._released:  # cluster mode: evicted here; the claim that follows reads it back
-            self._released.discard(trader_id)
+            self.returning[trader_id] = self._released.pop(trader_id)
             self.loaded_total += 1
             return
         if not creates or not self.max_traders or len(engine.traders) < self.max_traders:
@@ -263,9 +268,18 @@ class Residency:
                 return why
         return None
 
+    def claimed(self, st: TraderState, epoch: int) -> None:
+        """Cluster mode (cluster.takeover, on each claim's install): `st` was installed with lease `epoch`. A trader
+        this sidecar evicted, claimed back with the epoch right after the one it released (no other sidecar owned it
+        meanwhile, so none heard the bot), is a reload: `rejoined` (the dead-man's switch) judges it."""
+        released = self.returning.pop(st.trader_id, None)
+        if released is not None and released >= 0 and epoch == released + 1:
+            self.rejoined(st)
+
     async def evict_round(self) -> int:
         """One pass over every trader in memory, EVICT_BATCH per turn of the loop. Returns how many it evicted."""
         engine, written = self.engine, self.written
+        self.returning.clear()  # (claims still pending from the last round: a claim takes milliseconds)
         if self.idle_s <= 0 or written is None or engine.journal is not None or not engine.flags.enable_persistence:
             return 0  # (persistence off: nothing is queued, so nothing could be known stored)
         ids = list(engine.traders)
@@ -317,7 +331,7 @@ class Residency:
         epoch = None
         if self.owners is not None:
             epoch = self.owners.owned.pop(trader_id, None)  # its next call claims it (and reads its stored row)
-            self._released.add(trader_id)
+            self._released[trader_id] = -1 if epoch is None else epoch
         else:
             self.evicted.add(trader_id)
         for forget in self.forgets:

@@ -692,6 +692,9 @@ class Sidecar:
             owners=self.takeover, trader_stored=None if store is None else store.trader_stored,
             pins=[pinned_by_calls], last_heard=deadman.last.get, touch=deadman.heard)
         self.residency.forgets += [self.risk.answers.forget, forget_heard]
+        self.residency.rejoined = deadman.returned
+        if self.takeover is not None:
+            self.takeover.installed = self.residency.claimed
         if store is not None:
             self.residency.forgets.append(store.forget_trader)  # the writer's per-trader encoding cache
         if isinstance(self.metrics, PrometheusMetrics):

@@ -2,7 +2,9 @@
 mode: an evicted trader's next call reads it back). A heartbeat configured for the account while a trader is evicted
 counts its silence from the first scan that found the heartbeat, as for a trader kept in memory: its next call within
 the timeout is allowed and starts a new count; past the timeout it is HALTED by the switch (same reason, history row
-and counter) before the call is answered. Cluster mode (PostgreSQL) does not judge it yet (strict xfail below)."""
+and counter) before the call is answered. Cluster mode (PostgreSQL): the same when this sidecar claims it back with the
+epoch after the one it released; another epoch means another sidecar owned it meanwhile (it may have heard the bot):
+not judged then, counted from the next scan."""
 
 from __future__ import annotations
 
@@ -10,8 +12,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
+import psycopg
 import pytest
 
+from tests.support.pg import plain_dsn
 from tests.support.sidecar import running_sidecar
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import admin_service_pb2_grpc as adg
@@ -106,11 +110,6 @@ async def test_an_evicted_trader_whose_account_has_no_heartbeat_is_not_paused_by
     assert back.allowed and single.deadman.trips == 0, back.reason
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cluster mode: eviction releases the lease and the next call claims the trader (cluster.takeover) after "
-    "Residency.ensure returned, so nothing judges its silence before the call is answered; the switch counts a "
-    "claimed trader from the first scan after the claim (as for any takeover). A fix needs the judgement after the "
-    "claim (api/risk_service.py or the sidecar's wiring), out of this change's files"))
 async def test_cluster_mode_an_evicted_trader_silent_past_a_heartbeat_configured_meanwhile_is_halted(
         pg_url: str, clock: ManualClock) -> None:
     async with running_sidecar(clock=clock, database_url=pg_url, enable_persistence=True, sidecar_id="sc-hb",
@@ -125,3 +124,48 @@ async def test_cluster_mode_an_evicted_trader_silent_past_a_heartbeat_configured
         back = await risk.CanTrade(rs.CanTradeRequest(**BOT), timeout=10)
 
     assert not back.allowed and back.state.trading_state == t.TRADING_STATE_HALTED, back.reason
+
+
+async def cluster_evicted_then_heartbeat(sc: Sidecar, clock: ManualClock, risk: rsg.RiskServiceStub,
+                                         admin: adg.AdminServiceStub) -> None:
+    await risk.ReportEquity(rs.ReportEquityRequest(**BOT, equity=10_000.0), timeout=10)
+    clock.advance(10 * IDLE_S)
+    assert await evict_idle(sc) == 1 and BOT["trader_id"] not in sc.engine.traders
+    await admin.SaveConfig(ad.SaveConfigRequest(config=HEARTBEAT), timeout=10)
+    sc.deadman.scan()
+
+
+async def test_cluster_mode_an_evicted_trader_calling_within_the_timeout_is_allowed(
+        pg_url: str, clock: ManualClock) -> None:
+    async with running_sidecar(clock=clock, database_url=pg_url, enable_persistence=True, sidecar_id="sc-hb",
+                               trader_idle_evict_seconds=IDLE_S) as sc, grpc.aio.insecure_channel(sc.address) as ch:
+        risk, admin = rsg.RiskServiceStub(ch), adg.AdminServiceStub(ch)
+        await cluster_evicted_then_heartbeat(sc, clock, risk, admin)
+        clock.advance(TIMEOUT_S / 2)
+        back = await risk.CanTrade(rs.CanTradeRequest(**BOT), timeout=10)
+        clock.advance(TIMEOUT_S / 2 + 1)  # 6 s after that call: not overdue
+        assert sc.deadman.scan() == []
+    assert back.allowed and sc.deadman.trips == 0, back.reason
+
+
+async def test_cluster_mode_a_trader_another_sidecar_owned_meanwhile_is_not_judged_on_this_ones_count(
+        pg_url: str, clock: ManualClock) -> None:
+    """Another sidecar claimed it after the eviction (and may have heard the bot): the claim here gets a later epoch
+    than the one after its release, so this sidecar's count does not halt it (a false halt); the scans count it
+    from the first one after the claim."""
+    async with running_sidecar(clock=clock, database_url=pg_url, enable_persistence=True, sidecar_id="sc-hb",
+                               trader_idle_evict_seconds=IDLE_S) as sc, grpc.aio.insecure_channel(sc.address) as ch:
+        risk, admin = rsg.RiskServiceStub(ch), adg.AdminServiceStub(ch)
+        await cluster_evicted_then_heartbeat(sc, clock, risk, admin)
+        clock.advance(3 * TIMEOUT_S)
+        with psycopg.connect(plain_dsn(pg_url), autocommit=True) as conn:  # another owner's claim and release
+            conn.execute("UPDATE trader_leases SET epoch = epoch + 1, owner = 'sc-other' WHERE trader_id = %s",
+                         (BOT["trader_id"],))
+            conn.execute("UPDATE trader_leases SET expires_at = now() - interval '1 second' WHERE trader_id = %s",
+                         (BOT["trader_id"],))
+        back = await risk.CanTrade(rs.CanTradeRequest(**BOT), timeout=10)
+        assert sc.deadman.scan() == []  # the first scan after the claim starts its count (as for any takeover)
+        clock.advance(TIMEOUT_S + 1)
+        tripped = sc.deadman.scan()
+    assert back.allowed and back.state.trading_state == t.TRADING_STATE_ACTIVE, back.reason
+    assert tripped == [BOT["trader_id"]]  # silent since then

@@ -158,6 +158,8 @@ class Takeover:
         self.read_changes = read_changes
         self.replay = replay
         self.forget = forget  # drops a trader's queued snapshot (store queue) when it is evicted
+        # told of each trader a claim installed, with the lease epoch (residency.Residency.claimed)
+        self.installed: Callable[[TraderState, int], None] = lambda _st, _epoch: None
         self.owned: dict[str, int] = {}  # trader_id -> lease epoch: what this sidecar owns (and writes with)
         self.epoch_of = self.owned.get  # the writer's fence (store.writer)
         self.evicted = 0
@@ -244,6 +246,10 @@ class Takeover:
                 self.replay(st, got.changes)
             except Exception:
                 log.exception("trader %s: replaying its %d pause/resume changes failed", trader_id, len(got.changes))
+            try:
+                self.installed(st, got.lease.epoch)
+            except Exception:
+                log.exception("trader %s: a listener of its claim failed", trader_id)
         log.info("trader %s claimed by sidecar %s (epoch %d, until %s)%s", trader_id, self.owner, got.lease.epoch,
                  iso(got.lease.expires_at), "" if got.state is None else
                  f": stored state installed (version {got.state.version})")

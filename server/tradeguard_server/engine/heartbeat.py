@@ -12,8 +12,10 @@ while its account's heartbeat was in effect (that pins it). So its count starts 
 heartbeat in effect for its account (`armed`, kept per configured account), like a kept trader never heard. When it is
 loaded back (single mode: Residency tells `heard` while the id is still in `engine.evicted`), its silence since then
 (or since its stored `updated_at`, if later) is judged before the call is answered: past the timeout it is paused
-exactly as `scan` would have, and that call is its first heard one after the trip. Cluster mode is not covered: an
-evicted trader's next call claims it like a takeover, which counts from the first scan after the claim.
+exactly as `scan` would have, and that call is its first heard one after the trip. Cluster mode: an evicted trader's
+next call claims it; when the claim's lease epoch follows the one this sidecar released (no other sidecar owned it
+meanwhile, so none heard the bot), Residency.claimed calls `returned`, judged the same. Claimed with another epoch, it
+was a takeover: counted from the first scan after the claim.
 """
 
 from __future__ import annotations
@@ -48,6 +50,12 @@ class DeadMansSwitch:
             if trader_id in engine.evicted:  # loaded back just now (Residency._load tells us before it drops the id)
                 self._returned(engine.traders[trader_id])
             self.last[trader_id] = engine.clock.now()
+
+    def returned(self, st: TraderState) -> None:
+        """Cluster mode: an evicted trader claimed back by this sidecar (residency.Residency.claimed), before its call
+        is answered: judged as `heard` judges a reload in single mode, then heard."""
+        self._returned(st)
+        self.last[st.trader_id] = self.engine.clock.now()
 
     def _returned(self, st: TraderState) -> None:
         """An evicted trader is in memory again, before its call is answered: pause it if its account's heartbeat
