@@ -26,7 +26,7 @@ from tradeguard.v1 import types_pb2 as t
 from tradeguard_server.observability.metrics import PrometheusMetrics
 from tradeguard_server.sidecar import Sidecar
 from tradeguard_server.store.codec import HISTORY_MAPS
-from tradeguard_server.store.retention import EVENTS, HISTORY, TRADES, OwnConnection, history_is_hypertable
+from tradeguard_server.store.retention import EVENTS, HISTORY, OUTBOX, TRADES, OwnConnection, history_is_hypertable
 
 pytestmark = pytest.mark.integration
 
@@ -120,6 +120,11 @@ def fill_old_rows(db: Engine, state: dict[str, Any], now: float) -> None:
             {"id": f"ev-old-{i}", "circuit_breaker_id": "b-1", "trader_id": "bot-1", "account_id": ACCOUNT,
              "timestamp": old + i, "triggered_values": {}, "action_taken": "alert", "action_result": {},
              "positions_affected": [], "shadow": False} for i in range(150)])
+        conn.execute(insert(OUTBOX), [
+            {"key": f"alert-{i}", "notifier": "webhook", "event": "trader_paused", "sidecar": "sc-1",
+             "trader_id": "bot-1", "account_id": ACCOUNT, "payload": {}, "created_at": at, "attempts": 1,
+             "next_attempt_at": at, "delivered_at": at + 1 if i % 2 else None, "last_error": None}
+            for i, at in enumerate([old + i for i in range(120)] + [now])])
         conn.execute(insert(EVENTS), [
             {"id": "ev-new", "circuit_breaker_id": "b-1", "trader_id": "bot-1", "account_id": ACCOUNT,
              "timestamp": now, "triggered_values": {}, "action_taken": "alert", "action_result": {},
@@ -151,6 +156,7 @@ async def test_rows_older_than_the_retention_are_pruned_in_batches_and_the_rest_
     assert done["risk_state_history"] == 2 * (OLD_ROWS - kept_old)
     assert count(db, TRADES) == 1 and done["trade_reports"] == 250
     assert count(db, EVENTS) == 1 and done["circuit_breaker_events"] == 150
+    assert count(db, OUTBOX) == 1 and done["alert_outbox"] == 120  # (delivered or not: a year-old alert is moot)
     assert sidecar.pruner.batches["risk_state_history"] >= 2 * ((OLD_ROWS - kept_old) // BATCH)
     assert sidecar.pruner.batches["trade_reports"] == 3  # 100 + 100 + 50
     metrics = sidecar.metrics
@@ -172,7 +178,7 @@ async def test_rows_older_than_the_retention_are_pruned_in_batches_and_the_rest_
 
     again = await sidecar.pruner.run_once()
 
-    assert again == {"risk_state_history": 0, "trade_reports": 0, "circuit_breaker_events": 0}
+    assert again == {"risk_state_history": 0, "trade_reports": 0, "circuit_breaker_events": 0, "alert_outbox": 0}
 
 
 async def test_timescaledb_is_not_installed_here_so_the_history_is_pruned_by_batched_deletes(

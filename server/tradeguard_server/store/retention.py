@@ -48,7 +48,7 @@ from sqlalchemy.pool import NullPool
 from .codec import dumps
 from .dbthread import PG_CONNECT_DEFAULTS, Worker, run_on
 from .errors import StoreError
-from .models import CircuitBreakerEvent, RiskStateHistory, TradeReport
+from .models import AlertOutbox, CircuitBreakerEvent, RiskStateHistory, TradeReport
 
 log = logging.getLogger("tradeguard.retention")
 
@@ -56,7 +56,10 @@ T = TypeVar("T")
 HISTORY: Table = RiskStateHistory.__table__  # type: ignore[assignment]
 TRADES: Table = TradeReport.__table__  # type: ignore[assignment]
 EVENTS: Table = CircuitBreakerEvent.__table__  # type: ignore[assignment]
-TABLES = ("risk_state_history", "trade_reports", "circuit_breaker_events")
+OUTBOX: Table = AlertOutbox.__table__  # type: ignore[assignment]
+# alert_outbox follows breaker_event_retention_days (an alert older than that is neither pending nor a duplicate to
+# stop: an episode open that long is not derived again)
+TABLES = ("risk_state_history", "trade_reports", "circuit_breaker_events", "alert_outbox")
 DAY_S = 86_400.0
 PAUSE_MIN_S = 0.02  # between two batches at least this long...
 # ...and at least PAUSE_FACTOR times as long as the batch took: the pruner keeps its connection busy a quarter of the
@@ -160,6 +163,11 @@ def delete_events_batch(conn: Connection, account_id: str, cutoff: float, n: int
     ids = (select(EVENTS.c.id).where(EVENTS.c.account_id == account_id, EVENTS.c.timestamp < cutoff)
            .limit(n).scalar_subquery())
     return int(conn.execute(delete(EVENTS).where(EVENTS.c.id.in_(ids))).rowcount or 0)
+
+
+def delete_outbox_batch(conn: Connection, cutoff: float, n: int) -> int:
+    ids = select(OUTBOX.c.id).where(OUTBOX.c.created_at < cutoff).order_by(OUTBOX.c.id).limit(n).scalar_subquery()
+    return int(conn.execute(delete(OUTBOX).where(OUTBOX.c.id.in_(ids))).rowcount or 0)
 
 
 # ---- where the batches run --------------------------------------------------------------------------
@@ -370,6 +378,9 @@ class Pruner:
                     break
                 done["circuit_breaker_events"] += await self._batches("circuit_breaker_events", partial(
                     delete_events_batch, account_id=account_id, cutoff=cutoff, n=p.batch_size))
+            if not self._stop.is_set():
+                done["alert_outbox"] += await self._batches("alert_outbox", partial(
+                    delete_outbox_batch, cutoff=cutoff, n=p.batch_size))
         self.last_run_at = self.clock()
         if any(done.values()):
             log.info("retention: pruned %s in %.1fs (batches of %d)",
