@@ -39,7 +39,7 @@ from .engine.engine import AccountMismatchError, JournalEntry, Outcome, RiskEngi
 from .engine.events import StateChanged
 from .engine.snapshot import from_record, to_record
 from .engine.state import SEEN_TRADE_IDS_KEPT, TraderState
-from .engine.types import ClosedTrade, Flags
+from .engine.types import ClosedTrade, Flags, PendingOrder
 from .engine.unloaded import UnloadedGate
 from .services.breakers import BreakerService
 from .services.configs import ConfigService
@@ -448,6 +448,8 @@ class Persistence:
                 if op == "report_trade" and isinstance(args[2], ClosedTrade) and (
                         (str(args[0]), args[2].trade_id) in stored_trades):
                     continue  # a retry of a trade stored long ago
+                if op == "reserve_order" and self._finished_already(args):
+                    continue  # replayed twice (a stop before the spool forgot it): counted, and finished since
                 try:
                     outcome = getattr(engine, op)(*args)
                 except AccountMismatchError as exc:  # the stored trader belongs to another account
@@ -465,6 +467,19 @@ class Persistence:
             engine.clock = real
             self.replaying = False
         return replayed
+
+    def _finished_already(self, args: tuple[object, ...]) -> bool:
+        """A journaled allowed order the installed state holds as finished, the very order (allowed at the same
+        time): a second replay of the journal (a stop between the load's flush and the spool forgetting it) after
+        the loaded run saw it filled or cancelled. Reserved again it would count twice (daily orders, notional)
+        and its replayed fill would move the position a second time. A new order under a reused id is allowed
+        later than the finished one: it still counts."""
+        order = args[2]
+        st = self.engine.traders.get(str(args[0]))
+        if st is None or not isinstance(order, PendingOrder):
+            return False
+        done = st.finished_orders.get(order.client_order_id)
+        return done is not None and abs(done.allowed_at - order.allowed_at) < 1e-6
 
     # ---- flags ----------------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from .types import TradingState
 log = logging.getLogger("tradeguard.heartbeat")
 
 HEARTBEAT_SCAN_S = 0.25
+LOADING_KEPT = 10_000  # evicted ids a bot call is loading back (heard again once loaded)
 
 
 class DeadMansSwitch:
@@ -42,14 +43,29 @@ class DeadMansSwitch:
         self.armed: dict[str, float] = {}
         self.armed_default: float | None = None
         self.trips = 0
+        self._loading: set[str] = set()  # evicted ids a bot call is loading back (see `heard`)
 
     def heard(self, trader_id: str) -> None:
-        """A call or session message for the trader (hot path: two lookups and a store; unknown ids ignored)."""
+        """A call or session message for the trader (hot path: two lookups and a store; unknown ids ignored).
+
+        Also told when an evicted trader is loaded back (Residency's `touch`, the id still in `engine.evicted`),
+        whoever's call loads it: a bot call first tells `heard` while the trader is evicted (it is noted in
+        `_loading`), then the reload does; an operator's or a dashboard's read (GetRiskState, a watch, an admin
+        call) only the reload: its silence is judged, but the read is not the bot's heartbeat."""
         engine = self.engine
         if trader_id in engine.traders:
             if trader_id in engine.evicted:  # loaded back just now (Residency._load tells us before it drops the id)
-                self._returned(engine.traders[trader_id])
+                seen = self._returned(engine.traders[trader_id])
+                if trader_id not in self._loading:  # not a bot call: silent since `seen` (None: no count yet)
+                    if seen is not None:
+                        self.last[trader_id] = seen
+                    return
+                self._loading.discard(trader_id)
             self.last[trader_id] = engine.clock.now()
+        elif trader_id in engine.evicted:  # a bot call that loads it back (told again once it is in memory)
+            if len(self._loading) > LOADING_KEPT:  # (reloads that failed and were never retried)
+                self._loading.clear()
+            self._loading.add(trader_id)
 
     def returned(self, st: TraderState) -> None:
         """Cluster mode: an evicted trader claimed back by this sidecar (residency.Residency.claimed), before its call
@@ -57,25 +73,27 @@ class DeadMansSwitch:
         self._returned(st)
         self.last[st.trader_id] = self.engine.clock.now()
 
-    def _returned(self, st: TraderState) -> None:
+    def _returned(self, st: TraderState) -> float | None:
         """An evicted trader is in memory again, before its call is answered: pause it if its account's heartbeat
         has been in effect (since the scan that found it) for longer than the timeout and it was not heard since.
-        A listener's failure propagates (the call fails; the pause is in memory)."""
+        Returns the time its silence counts from (None: no heartbeat in effect yet). A listener's failure
+        propagates (the call fails; the pause is in memory)."""
         engine = self.engine
         limits = engine.limits_for(st.account_id)
         timeout = limits.heartbeat_timeout_seconds
         if timeout is None:
-            return
+            return None
         armed = self.armed.get(st.account_id) if st.account_id in engine.account_limits else self.armed_default
         if armed is None:  # no scan has found the heartbeat yet: the count starts with this call
-            return
+            return None
         now = engine.clock.now()
         seen = max(armed, st.updated_at)  # heard last before its eviction, when no heartbeat was in effect
         if now - seen < timeout:
-            return
+            return seen
         self._pause(st, limits, timeout, now - seen)
         self.tripped[st.trader_id] = now
         self.trips += 1
+        return seen
 
     def _pause(self, st: TraderState, limits: Limits, timeout: float, silent_s: float) -> None:
         state = limits.heartbeat_pause_state
