@@ -318,12 +318,91 @@ async def test_a_timed_pause_of_a_never_loaded_run_is_over_after_its_time_at_the
     assert loaded.allowed and loaded.state.trading_state == t.TRADING_STATE_ACTIVE, loaded
 
 
+async def test_an_order_retried_after_a_restart_in_an_outage_counts_once_and_its_fill_once(rig: SpoolRig) -> None:
+    """Run 1 (cut) allows o-22 and dies before the bot got the answer; run 2 (still cut) gets the retry of the same
+    CanTrade, then the fill; the database returns: one order counted, none pending, the position filled once."""
+    rig.proxy.cut()
+    one = await spawn(rig, "one", *MEMORY)
+    try:
+        async with grpc.aio.insecure_channel(one.address) as ch:
+            await rsg.RiskServiceStub(ch).ReportEquity(rs.ReportEquityRequest(**BOT, equity=10_000.0), timeout=10)
+        first = await ask(one, BUY)
+        assert await eventually(lambda: spooled_journal(rig.spool) >= 2, timeout=20)
+    finally:
+        kill(one)
+    two = await spawn(rig, "two", *MEMORY)
+    try:
+        retried = await ask(two, BUY)
+        async with grpc.aio.insecure_channel(two.address) as ch:
+            await rsg.RiskServiceStub(ch).ReportOrder(rs.ReportOrderRequest(
+                **BOT, client_order_id="o-22", status=t.ORDER_STATUS_FILLED, filled_quantity=0.01,
+                average_price=50_000.0), timeout=10)
+        rig.proxy.restore()
+        assert await eventually(lambda: "stored state loaded late" in two.log(), timeout=60), two.log()[-3000:]
+        assert await eventually(lambda: spooled_journal(rig.spool) == 0, timeout=30), two.log()[-3000:]
+        loaded = (await ask(two)).state
+    finally:
+        await term(two)
+    three = await spawn(rig, "three", *MEMORY)
+    try:
+        last = (await ask(three)).state
+    finally:
+        await term(three)
+    assert first.allowed and retried.allowed, (first, retried)
+    for state in (loaded, last):
+        assert (state.daily_orders, state.pending_order_count) == (1, 0), state
+        assert [(p.symbol, p.quantity) for p in state.positions] == [("BTCUSDT", 0.01)], state
+
+
+async def test_the_database_returning_during_a_burst_of_trades_stores_each_trade_once(rig: SpoolRig) -> None:
+    """A run that never loaded left trades in the spool; the next run (cut) takes a burst of trades and the
+    database returns in the middle of it (load, replay and settle racing the calls): every trade id is stored
+    once, counted once, and the journal is forgotten."""
+    rig.proxy.cut()
+    one = await spawn(rig, "one", *MEMORY)
+    try:
+        async with grpc.aio.insecure_channel(one.address) as ch:
+            risk = rsg.RiskServiceStub(ch)
+            await risk.ReportEquity(rs.ReportEquityRequest(**BOT, equity=10_000.0), timeout=10)
+            for i in range(5):
+                await risk.ReportTrade(trade(f"r1-{i}", pnl=-1.0), timeout=10)
+        assert await eventually(lambda: spooled_journal(rig.spool) >= 6, timeout=20)
+    finally:
+        kill(one)
+    two = await spawn(rig, "two", *MEMORY)
+    try:
+        async with grpc.aio.insecure_channel(two.address) as ch:
+            risk = rsg.RiskServiceStub(ch)
+
+            async def burst(worker: int) -> int:
+                dups = 0
+                for i in range(40):
+                    if worker == 0 and i == 10:
+                        rig.proxy.restore()
+                    reply = await risk.ReportTrade(trade(f"r2-{i % 30}", pnl=-1.0), timeout=10)  # 10 retried ids
+                    dups += reply.duplicate
+                return dups
+
+            dups = await asyncio.gather(*(burst(w) for w in range(4)))
+        assert await eventually(lambda: "stored state loaded late" in two.log(), timeout=60), two.log()[-3000:]
+        assert await eventually(lambda: spooled_journal(rig.spool) == 0, timeout=30), two.log()[-3000:]
+        loaded = (await ask(two)).state
+    finally:
+        await term(two)
+    stored = sql(rig.url, "SELECT trade_id, count(*) FROM trade_reports GROUP BY trade_id HAVING count(*) > 1")
+    total = sql(rig.url, "SELECT count(*) FROM trade_reports")
+    assert stored == [] and total == [(35,)], (stored, total)
+    assert sum(dups) == 4 * 40 - 30, dups
+    assert loaded.consecutive_losses == 35, loaded
+
+
 # ---- 3. the spool file itself -------------------------------------------------------------------------------
 
 
 async def test_a_corrupted_journal_row_is_skipped_and_the_other_calls_are_replayed(rig: SpoolRig) -> None:
     """One journal row overwritten with garbage (and one whose payload is a valid pickle of something else): the
-    start does not fail, says which row it skips, replays the rest (the HALT is in force), forgets them all."""
+    start does not fail, says which row it skips, replays the rest (the HALT is in force), forgets them all. The
+    spool file and its WAL are owner-only."""
     rig.proxy.cut()
     one = await spawn(rig, "one")
     try:
@@ -333,7 +412,7 @@ async def test_a_corrupted_journal_row_is_skipped_and_the_other_calls_are_replay
             await adg.AdminServiceStub(ch).PauseTrading(halt("kept"), timeout=10)
     finally:
         kill(one)
-    mode = stat.S_IMODE(os.stat(rig.spool).st_mode)
+    modes = {p.name: stat.S_IMODE(os.stat(p).st_mode) for p in spool_files(rig.spool)}
     conn = sqlite3.connect(rig.spool)
     try:
         seqs = [r[0] for r in conn.execute("SELECT seq FROM journal ORDER BY seq")]
@@ -350,7 +429,7 @@ async def test_a_corrupted_journal_row_is_skipped_and_the_other_calls_are_replay
         assert await eventually(lambda: spooled_journal(rig.spool) == 0, timeout=30), two.log()[-3000:]
     finally:
         await term(two)
-    assert mode & 0o077 == 0, oct(mode)
+    assert all(mode & 0o077 == 0 for mode in modes.values()), modes  # owner-only, its WAL too
     assert not answer.allowed and answer.state.trading_state == t.TRADING_STATE_HALTED, answer
     assert answer.state.current_equity == 10_000.0
     assert "journaled call" in two.log() and "cannot be read" in two.log()
@@ -396,7 +475,7 @@ async def test_an_operator_halt_on_an_unloaded_cluster_sidecar_for_a_trader_anot
 
 # ---- 5. HTTP streams' budget -----------------------------------------------------------------------------------
 
-ADMIN, TRADER = "attack22-admin", "attack22-trader"
+ADMIN, TRADER = "attack22-admin-token-0123", "attack22-trader-token-0123"
 
 
 async def test_http_streams_dropped_without_a_close_give_their_budget_back_and_the_kill_switch_always_answers(
@@ -416,7 +495,7 @@ async def test_http_streams_dropped_without_a_close_give_their_budget_back_and_t
         for _ in range(3):
             s = socket.create_connection((host, int(port)))
             s.sendall(f"GET /v1/risk/watch?trader_id={BOT['trader_id']}&account_id={BOT['account_id']} HTTP/1.1\r\n"
-                      f"Host: x\r\nAuthorization: Bearer {TRADER}\r\n\r\n".encode())
+                      f"Host: {sc.http_address}\r\nAuthorization: Bearer {TRADER}\r\n\r\n".encode())
             socks.append(s)
         assert await eventually(lambda: sc.admission.in_progress["http_stream"] == 3, timeout=10)
 
