@@ -396,6 +396,44 @@ async def test_the_database_returning_during_a_burst_of_trades_stores_each_trade
     assert loaded.consecutive_losses == 35, loaded
 
 
+@pytest.mark.parametrize("scope", ["account", "all_accounts"])
+async def test_an_account_kill_switch_on_a_sidecar_that_never_loaded_is_refused_or_survives_a_sigkill(
+        rig: SpoolRig, scope: str) -> None:
+    """The account's (or every account's) HALT pressed while the database is cut from the start: either it is
+    refused, or, answered OK, it is in force after a SIGKILL and the database's return. (Today: refused
+    UNAVAILABLE, the scope's pause is written to the database first; never answered OK and then lost.)"""
+    rig.proxy.cut()
+    one = await spawn(rig, "one", *MEMORY)
+    refused: grpc.StatusCode | None = None
+    try:
+        async with grpc.aio.insecure_channel(one.address) as ch:
+            await rsg.RiskServiceStub(ch).ReportEquity(rs.ReportEquityRequest(**BOT, equity=10_000.0), timeout=10)
+            req = ad.PauseTradingRequest(trading_state=t.TRADING_STATE_HALTED, reason=f"{scope} halt")
+            if scope == "account":
+                req.account_id = BOT["account_id"]
+            else:
+                req.all_accounts = True
+            try:
+                await adg.AdminServiceStub(ch).PauseTrading(req, timeout=10)
+            except grpc.aio.AioRpcError as err:
+                refused = err.code()
+        in_force = await ask(one)
+    finally:
+        kill(one)
+    rig.proxy.restore()
+    two = await spawn(rig, "two", *MEMORY)
+    try:
+        assert await eventually(lambda: spooled_journal(rig.spool) == 0, timeout=30), two.log()[-3000:]
+        after = await ask(two)
+    finally:
+        await term(two)
+    if refused is not None:
+        assert refused in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION), refused
+        return
+    assert not in_force.allowed and in_force.state.trading_state == t.TRADING_STATE_HALTED, in_force
+    assert not after.allowed and after.state.trading_state == t.TRADING_STATE_HALTED, after
+
+
 # ---- 3. the spool file itself -------------------------------------------------------------------------------
 
 
