@@ -434,6 +434,41 @@ async def test_an_account_kill_switch_on_a_sidecar_that_never_loaded_is_refused_
     assert not after.allowed and after.state.trading_state == t.TRADING_STATE_HALTED, after
 
 
+# Found here, fixed (persistence.py, Persistence.on_flags): while not loaded, the calls journaled while
+# enable_persistence was off never went to the spool, even once it was on again; a SIGKILL then lost the HALT made
+# meanwhile and the next start ALLOWED the trader (a loaded sidecar queues every trader's state when it is on again).
+async def test_a_halt_made_while_persistence_was_off_is_kept_once_it_is_on_again_on_a_sidecar_that_never_loaded(
+        rig: SpoolRig) -> None:
+    """SetFeatureFlags persistence off, a HALT, persistence on again, all while the stored state is not loaded;
+    then SIGKILL. As on a loaded sidecar (persistence on again queues every trader's current state), the HALT in
+    force must not be lost: the next start has it."""
+    rig.proxy.cut()
+    one = await spawn(rig, "one", *MEMORY)
+    try:
+        async with grpc.aio.insecure_channel(one.address) as ch:
+            admin = adg.AdminServiceStub(ch)
+            await rsg.RiskServiceStub(ch).ReportEquity(rs.ReportEquityRequest(**BOT, equity=10_000.0), timeout=10)
+            for on in (False, None, True):
+                if on is None:
+                    await admin.PauseTrading(halt("made while persistence was off"), timeout=10)
+                    continue
+                await admin.SetFeatureFlags(ad.SetFeatureFlagsRequest(flags=t.FeatureFlags(
+                    enable_risk_enforcement=True, enable_persistence=on)), timeout=10)
+            await rsg.RiskServiceStub(ch).ReportTrade(trade("after-on"), timeout=10)
+        in_force = await ask(one)
+        assert await eventually(lambda: spooled_journal(rig.spool) >= 2, timeout=20)
+    finally:
+        kill(one)
+    rig.proxy.restore()
+    two = await spawn(rig, "two", *MEMORY)
+    try:
+        after = await ask(two)
+    finally:
+        await term(two)
+    assert in_force.state.trading_state == t.TRADING_STATE_HALTED, in_force
+    assert not after.allowed and after.state.trading_state == t.TRADING_STATE_HALTED, after
+
+
 # ---- 3. the spool file itself -------------------------------------------------------------------------------
 
 
@@ -638,6 +673,9 @@ async def test_a_heartbeat_removed_then_added_again_counts_an_evicted_bot_from_t
     assert not late.allowed and late.state.trading_state == t.TRADING_STATE_HALTED, late.reason
 
 
+# Found here, fixed (engine/heartbeat.py, DeadMansSwitch.heard): the reload of an evicted trader recorded it as
+# heard whoever's call loaded it, so a dashboard's GetRiskState 5 s into a 10 s heartbeat postponed the trip of a
+# silent bot by 5 s (GetRiskState is never heard for a trader in memory).
 async def test_an_operators_read_of_an_evicted_trader_does_not_count_as_its_heartbeat(
         bounded: Sidecar, clock: ManualClock) -> None:
     """A dashboard's GetRiskState (not a bot call: it is never 'heard' for a trader in memory) loads an evicted
