@@ -191,7 +191,6 @@ class Persistence:
         self.admit: Callable[[TraderState], bool] | None = None
         self._snap_scheduled = False
         self.spooled: SpooledJournal | None = None  # the journal's durable copy (a store with a local spool)
-        self._unspooled: list[JournalEntry] = []  # journaled while enable_persistence was off (not in the spool)
 
     # ---- hot path listeners (never await, never raise) ------------------------------------------
 
@@ -286,12 +285,8 @@ class Persistence:
         return previous
 
     def _journal_call(self, entry: JournalEntry) -> None:
-        if self.spooled is None:
-            return
-        if self.engine.flags.enable_persistence:
+        if self.spooled is not None and self.engine.flags.enable_persistence:  # (off: on_flags spools them once on)
             self.spooled.add(entry)
-        else:  # spooled if persistence is on again before the load (on_flags), as a loaded sidecar queues states
-            self._unspooled.append(entry)
 
     def _journal_thinned(self, entries: list[JournalEntry]) -> None:
         if self.spooled is not None and self.engine.flags.enable_persistence:
@@ -408,7 +403,6 @@ class Persistence:
                 if admit is None or rec.trader_id in journaled or admit(stored):  # (idle: left in the store)
                     engine.restore(stored)
         engine.gate, engine.journal = None, None  # from here on, changes are written
-        self._unspooled = []
         if owners is not None:
             owners.after_install()
         self.replayed = self._replay(journal, stored_trades)
@@ -525,12 +519,12 @@ class Persistence:
             trace_id = self.trace_id()
             for st in self.engine.traders.values():
                 self.store.enqueue_state(to_record(st), "persistence enabled: current state", trace_id)
-        unspooled, self._unspooled = self._unspooled, []
-        if new.enable_persistence and self.engine.journal is not None and self.spooled is not None:
-            # Not loaded: the calls journaled while persistence was off go to the spool now (in their order, before
-            # any later one), so a stop before the database returns keeps them, as the loaded case's states.
-            for entry in unspooled:
-                self.spooled.add(entry)
+        journal = self.engine.journal
+        if new.enable_persistence and not old.enable_persistence and journal is not None and self.spooled is not None:
+            # Not loaded: the spool's journal is rewritten as the journal in memory, with the calls made while
+            # persistence was off (in their order), so a stop before the database returns keeps them, as the loaded
+            # case's states.
+            self.spooled.replace(list(journal))
         self._pending_flags = FlagsRecord(new.enable_risk_enforcement, new.enable_persistence)
         self._pending_change = None if self.record is None else self.record(
             "flags", "", {"enable_risk_enforcement": new.enable_risk_enforcement,
