@@ -40,7 +40,7 @@ from .engine.engine import AccountMismatchError, JournalEntry, Outcome, RiskEngi
 from .engine.events import StateChanged
 from .engine.snapshot import from_record, to_record
 from .engine.state import SEEN_TRADE_IDS_KEPT, TraderState
-from .engine.types import ClosedTrade, Flags, PendingOrder
+from .engine.types import ClosedTrade, Flags, PendingOrder, TradingState
 from .engine.unloaded import UnloadedGate
 from .services.breakers import BreakerService
 from .services.configs import ConfigService
@@ -171,6 +171,11 @@ class Persistence:
         self.on_loaded = on_loaded  # awaited once the stored state is installed (health says so)
         self.owners = owners  # cluster mode: only the traders this sidecar owns are installed and replayed
         self.not_owned_skipped = 0  # journaled calls of traders another sidecar owns, not replayed
+        # Cluster mode: a kill switch journaled for a trader another sidecar owns is not replayed here: its net
+        # pause (the trader's last journaled pause or resume, when a pause still in force) goes to the owner as a
+        # control change through this (account_id, trader_id, state, until, reason) -> appended; set by the sidecar.
+        self.forward_pause: Callable[[str, str, TradingState, float | None, str], Awaitable[object]] | None = None
+        self._foreign_kill: dict[str, JournalEntry] = {}  # trader -> its last journaled pause/resume, not owned
         self.gate = UnloadedGate(unloaded_policy, lambda: engine.flags.enable_risk_enforcement)
         self.loaded = False
         self.replaying = False  # True while the calls received before the load are replayed on the stored state
@@ -406,8 +411,10 @@ class Persistence:
         if owners is not None:
             owners.after_install()
         self.replayed = self._replay(journal, stored_trades)
+        forwarded = self._forward_foreign_pauses()
         if self.spooled is not None and (journal or self.spooled.spool.stats.journal):
-            self.spooled.settle(asyncio.ensure_future(self.store.flush(None)))  # then forgotten in the spool
+            # forgotten in the spool once what the replay changed is written and the pauses forwarded are stored
+            self.spooled.settle(asyncio.ensure_future(self._written_and_forwarded(forwarded)))
         for trader_id, old in memory.items():  # orders allowed meanwhile still count in the order-rate windows
             st = engine.traders.get(trader_id)
             if st is not None and old.order_times:
@@ -430,6 +437,54 @@ class Persistence:
             self._flags_wake.set()  # the database answers: write them now, not after the backoff
             self._schedule_flag_write()
 
+    def _forward_foreign_pauses(self) -> asyncio.Future[bool]:
+        """Cluster mode: the pauses journaled here for traders other sidecars own (an operator's HALT made here while
+        the stored state was not loaded), as control changes their owners apply. Only a trader's net kill switch:
+        its last journaled call, when a pause still in force (a resume after it here undid it; a resume alone is not
+        forwarded, as a resume made now would also lift the owner's newer pauses). Retried until stored."""
+        pending, self._foreign_kill = self._foreign_kill, {}
+        now = self.engine.clock.now()
+        pauses: list[tuple[str, str, TradingState, float | None, str]] = []
+        for trader_id, (when, op, args) in pending.items():
+            if op != "pause":
+                log.warning("a resume of trader %s made here before the stored state was loaded is not forwarded to "
+                            "the sidecar that owns it (it would lift that sidecar's newer pauses too); resume it "
+                            "there if it is still paused", trader_id)
+                continue
+            _trader, account_id, state, duration_s, reason = args
+            until = None if duration_s is None else when + float(duration_s)  # type: ignore[arg-type]
+            if (until is None or until > now) and isinstance(state, TradingState):
+                pauses.append((str(account_id), trader_id, state, until, str(reason)))
+        forward = self.forward_pause
+        if not pauses or forward is None:
+            done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            done.set_result(not pauses)
+            if pauses:
+                log.error("%d kill switches journaled for traders other sidecars own cannot be forwarded (no control "
+                          "plane): press them again", len(pauses))
+            return done
+        return asyncio.ensure_future(self._forward(forward, pauses))
+
+    async def _forward(self, forward: Callable[[str, str, TradingState, float | None, str], Awaitable[object]],
+                       pauses: list[tuple[str, str, TradingState, float | None, str]]) -> bool:
+        delay = 0.2
+        for account_id, trader_id, state, until, reason in pauses:
+            while True:
+                try:
+                    await forward(account_id, trader_id, state, until, reason)
+                    break
+                except Exception as exc:  # the database went away again: retried (the journal is kept meanwhile)
+                    log.warning("kill switch of trader %s (owned by another sidecar) not forwarded yet (%s); retrying",
+                                trader_id, exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, LOAD_RETRY_MAX_S)
+            log.warning("kill switch %s of trader %s made here before the stored state was loaded: forwarded to the "
+                        "sidecar that owns it (a control change)", state.name, trader_id)
+        return True
+
+    async def _written_and_forwarded(self, forwarded: asyncio.Future[bool]) -> bool:
+        return await forwarded and await self.store.flush(None)
+
     def _replay(self, journal: list[JournalEntry], stored_trades: set[tuple[str, str]] | frozenset[tuple[str, str]],
                 owned_only: bool = True) -> int:
         """Apply the journaled calls, in the order and at the times they arrived, to the installed state (cluster
@@ -445,6 +500,8 @@ class Persistence:
                 at.t = when
                 if owners is not None and not owners.owns(str(args[0])):
                     self.not_owned_skipped += 1  # another sidecar owns it (logged by start_claims)
+                    if op in ("pause", "resume"):
+                        self._foreign_kill[str(args[0])] = (when, op, args)
                     continue
                 if op == "report_trade" and isinstance(args[2], ClosedTrade) and (
                         (str(args[0]), args[2].trade_id) in stored_trades):

@@ -41,7 +41,7 @@ from .engine.clock import Clock, SystemClock
 from .engine.engine import RiskEngine
 from .engine.events import Listener
 from .engine.heartbeat import HEARTBEAT_SCAN_S, DeadMansSwitch
-from .engine.types import Flags
+from .engine.types import Flags, TradingState
 from .httpapi import HttpApi
 from .observability.metrics import MetricsSink, NullMetrics, PrometheusMetrics, observe_spool
 from .observability.state_metrics import StateMetrics
@@ -246,6 +246,8 @@ class Sidecar:
         self.control = ControlPlane(self.engine, self.store, self.config_service, self.breaker_service,
                                     self.persistence, origin=settings.sidecar_name, cluster=self.cluster)
         self.config_service.record = self.breaker_service.record = self.persistence.record = self.control.record
+        if self.cluster:
+            self.persistence.forward_pause = self._forward_pause
         self.control_listener = ControlListener(
             settings.database_url, self.control, max_age_s=settings.control_state_max_age_seconds,
             stale_action=settings.control_state_stale_action, poll_s=settings.control_poll_seconds,
@@ -488,6 +490,13 @@ class Sidecar:
         """The account trader_id is bound to, None for a trader id not known here."""
         st = self.engine.traders.get(trader_id)
         return None if st is None else st.account_id
+
+    async def _forward_pause(self, account_id: str, trader_id: str, state: TradingState, until: float | None,
+                             reason: str) -> None:
+        """A kill switch journaled here for a trader another sidecar owns (persistence.forward_pause): stored as the
+        control change that sidecar applies, as PauseTrading does for a trader held elsewhere."""
+        await self.control.store.append_change(self.control.pause_change(account_id, trader_id, state, until, reason,
+                                                                         actor="journal replay"))
 
     async def _store_now(self) -> bool:
         """Wait (bounded) until every state change made so far is committed: kill-switch RPCs answer after it."""

@@ -512,11 +512,8 @@ async def test_a_corrupted_journal_row_is_skipped_and_the_other_calls_are_replay
 # ---- 4. cluster mode: a sidecar started while the database is cut ---------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Cluster mode: an operator HALT made on a sidecar whose stored state is not loaded (started with the database "
-    "cut) for a trader another live sidecar owns is answered OK and committed to the spool's journal, but at the "
-    "load Persistence._replay skips it (not_owned_skipped: 'those calls are not replayed here') and settle then "
-    "forgets it: the HALT is never written as a control change, the owner keeps allowing the trader. A lost pause."))
+# Found here, fixed (Persistence._forward_foreign_pauses): the HALT journaled on the unloaded sidecar for a trader
+# another owns was skipped by the replay and forgotten; it is now forwarded to the owner as a control change.
 async def test_an_operator_halt_on_an_unloaded_cluster_sidecar_for_a_trader_another_owns_reaches_the_owner(
         rig: SpoolRig) -> None:
     owner = await spawn(rig, "owner", sidecar_id="sc-a", spool=rig.tmp / "a.spool")
