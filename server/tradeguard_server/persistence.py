@@ -47,7 +47,7 @@ from .services.configs import ConfigService
 from .store.errors import StoreUnavailable
 from .store.protocol import PersistenceStore
 from .store.records import FlagsRecord, LoadedState, TradeRecord
-from .store.spooled_journal import SpooledJournal
+from .store.spooled_journal import REPLAYED, SpooledJournal
 
 log = logging.getLogger("tradeguard.persistence")
 
@@ -176,6 +176,10 @@ class Persistence:
         # control change through this (account_id, trader_id, state, until, reason) -> appended; set by the sidecar.
         self.forward_pause: Callable[[str, str, TradingState, float | None, str], Awaitable[object]] | None = None
         self._foreign_kill: dict[str, JournalEntry] = {}  # trader -> its last journaled pause/resume, not owned
+        # trader -> (version, until) from the spool's REPLAYED markers: its calls journaled up to `until` are held by
+        # a state at `version` or newer (replayed by a run that stopped before the spool forgot them)
+        self._covered: dict[str, tuple[int, float]] = {}
+        self.already_replayed = 0  # journaled calls skipped: the state they were replayed on holds them
         self.gate = UnloadedGate(unloaded_policy, lambda: engine.flags.enable_risk_enforcement)
         self.loaded = False
         self.replaying = False  # True while the calls received before the load are replayed on the stored state
@@ -279,9 +283,18 @@ class Persistence:
         if spool is None:
             return []
         self.spooled = spooled = SpooledJournal(spool)
-        previous = await spooled.previous()
-        for entry in previous:
-            journal.append(entry)
+        previous = []
+        for entry in await spooled.previous():
+            if entry[1] != REPLAYED:
+                previous.append(entry)
+                journal.append(entry)
+                continue
+            spooled.markers.append(entry)
+            versions = entry[2][0]
+            assert isinstance(versions, dict)
+            for trader_id, (version, until) in versions.items():
+                if version > self._covered.get(trader_id, (-1, 0.0))[0]:
+                    self._covered[trader_id] = (int(version), float(until))
         journal.sink = self._journal_call
         journal.thinned = self._journal_thinned
         if previous:
@@ -411,6 +424,8 @@ class Persistence:
         if owners is not None:
             owners.after_install()
         self.replayed = self._replay(journal, stored_trades)
+        if self.spooled is not None and journal:
+            self._mark_replayed(journal)
         forwarded = self._forward_foreign_pauses()
         if self.spooled is not None and (journal or self.spooled.spool.stats.journal):
             # forgotten in the spool once what the replay changed is written and the pauses forwarded are stored
@@ -436,6 +451,18 @@ class Persistence:
         if self._pending_flags is not None:
             self._flags_wake.set()  # the database answers: write them now, not after the backoff
             self._schedule_flag_write()
+
+    def _mark_replayed(self, journal: list[JournalEntry]) -> None:
+        """After the replay: each journaled trader's version now, and its last call's time, to the spool (REPLAYED)."""
+        assert self.spooled is not None
+        traders = self.engine.traders
+        versions: dict[str, tuple[int, float]] = {}
+        for when, _op, args in journal:
+            st = traders.get(str(args[0]))
+            if st is not None:
+                versions[st.trader_id] = (st.version, max(when, versions.get(st.trader_id, (0, when))[1]))
+        if versions:
+            self.spooled.mark_replayed(versions, self.engine.clock.now())
 
     def _forward_foreign_pauses(self) -> asyncio.Future[bool]:
         """Cluster mode: the pauses journaled here for traders other sidecars own (an operator's HALT made here while
@@ -494,10 +521,17 @@ class Persistence:
         engine.clock = at
         self.replaying = True
         replayed = 0
+        covered = self._covered
+        traders = engine.traders
+        base = {t: traders[t].version for t in covered if t in traders}  # (the state before this replay)
         try:
             owners = self.owners if owned_only else None
             for when, op, args in journal:
                 at.t = when
+                cover = covered.get(str(args[0])) if covered else None
+                if cover is not None and when <= cover[1] and base.get(str(args[0]), -1) >= cover[0]:
+                    self.already_replayed += 1  # replayed before on this state's lineage: held by it
+                    continue
                 if owners is not None and not owners.owns(str(args[0])):
                     self.not_owned_skipped += 1  # another sidecar owns it (logged by start_claims)
                     if op in ("pause", "resume"):

@@ -134,12 +134,13 @@ async def double_replay(rig: SpoolRig, first_run: object, loaded_run: object,
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "A stop between the settle's flush and its clear_journal (store/spooled_journal.py) replays the never-loaded "
-    "run's HALT again at the next start, on a stored state in which the operator has since resumed the trader: "
-    "the RESUME of the loaded run is not in the journal, the replayed pause (since = its old time) is added back "
-    "and the trader is HALTED again. The replay is not idempotent against calls made after it; a fix must forget "
-    "the journal atomically with making its effect durable (e.g. clear it in the same spool transaction that spools "
-    "the replayed states), not after a database flush that an outage right after the load holds open."))
+    "Narrowed, not gone: the load now spools a REPLAYED marker (each trader's version after the replay) right after "
+    "it, and the next start skips the calls a state at that version holds "
+    "(test_spooled_journal.py::test_a_journal_replayed_before_a_stop_that_kept_it_is_not_replayed_again_over_a_later_"
+    "resume). This test puts back the spool file of before the loaded run, i.e. a stop before that marker's commit "
+    "(milliseconds after the load): the never-loaded run's HALT is replayed again over the operator's later resume, "
+    "and the trader is HALTED (fail-closed). Closing it needs the marker in the same transaction as the load's "
+    "effect, which is in PostgreSQL, not in the spool."))
 async def test_an_operator_resume_after_the_replay_is_not_undone_by_a_stop_before_the_journal_is_cleared(
         rig: SpoolRig) -> None:
     async def never_loaded(sp: SidecarProcess) -> None:

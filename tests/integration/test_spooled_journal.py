@@ -116,3 +116,52 @@ async def test_a_kill_switch_on_a_sidecar_that_never_loaded_answers_after_its_ca
     assert not decision.allowed and decision.state.trading_state == t.TRADING_STATE_HALTED, decision
     stored = sql(rig.url, "SELECT trading_state FROM risk_state WHERE trader_id = 'bot-j'")
     assert stored == [("HALTED",)]
+
+
+async def test_a_journal_replayed_before_a_stop_that_kept_it_is_not_replayed_again_over_a_later_resume(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run 1 (database cut) halts the trader; run 2 loads, replays the halt, and stops before the spool forgets the
+    journal (clear_journal made a no-op: the stop between the write and the clear), after the operator resumed the
+    trader there; run 3 must not replay the halt again over that resume (the REPLAYED marker run 2 spooled says its
+    state holds it). Found by attack22 (a strict xfail there, simulated by putting an older spool file back)."""
+    from tests.support.sidecar import running_sidecar
+    from tradeguard_server.store.spool import Spool
+
+    with fresh_database("tg_journal_twice") as url:
+        proxy = await FaultProxy().start()
+        settings = {"database_url": proxy.url_for(url), "enable_persistence": True, "drain_timeout_s": 1.0,
+                    "spool_path": str(tmp_path / "spool.db"), "dev_open_admin": True}
+        try:
+            proxy.cut()
+            async with running_sidecar(**settings) as first, grpc.aio.insecure_channel(first.address) as ch:
+                await rsg.RiskServiceStub(ch).ReportEquity(rs.ReportEquityRequest(**BOT, equity=10_000.0), timeout=10)
+                await adg.AdminServiceStub(ch).PauseTrading(ad.PauseTradingRequest(
+                    **BOT, trading_state=t.TRADING_STATE_HALTED, reason="halt in the outage"), timeout=10)
+                assert not first.persistence.loaded
+            proxy.restore()
+            kept: list[int] = []
+
+            async def stop_before_the_clear(spool: Spool) -> None:
+                kept.append(spool.stats.journal)
+
+            with monkeypatch.context() as patch:
+                patch.setattr(Spool, "clear_journal", stop_before_the_clear)
+                async with running_sidecar(**settings) as second, grpc.aio.insecure_channel(second.address) as ch:
+                    risk = rsg.RiskServiceStub(ch)
+                    assert await eventually(lambda: second.persistence.loaded, timeout=20)
+                    halted = await risk.CanTrade(rs.CanTradeRequest(**BOT), timeout=10)
+                    await adg.AdminServiceStub(ch).ResumeTrading(ad.ResumeTradingRequest(**BOT), timeout=10)
+                    resumed = await risk.CanTrade(rs.CanTradeRequest(**BOT), timeout=10)
+                    assert await eventually(lambda: bool(kept), timeout=20)  # the settle reached its clear
+                    assert await second.store.flush(10)
+            async with running_sidecar(**settings) as third, grpc.aio.insecure_channel(third.address) as ch:
+                assert await eventually(lambda: third.persistence.loaded, timeout=20)
+                after = await rsg.RiskServiceStub(ch).CanTrade(rs.CanTradeRequest(**BOT), timeout=10)
+                skipped = third.persistence.already_replayed
+        finally:
+            await proxy.close()
+    assert kept == [3]  # the two calls and run 2's REPLAYED marker were still in the spool
+    assert not halted.allowed and halted.state.trading_state == t.TRADING_STATE_HALTED, halted
+    assert resumed.allowed, resumed
+    assert skipped == 2
+    assert after.allowed and after.state.trading_state == t.TRADING_STATE_ACTIVE, after

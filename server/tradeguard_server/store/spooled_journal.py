@@ -29,6 +29,9 @@ from .spool import Spool, SpoolError
 log = logging.getLogger("tradeguard.store")
 
 Entry = tuple[float, str, tuple[object, ...]]
+# A marker row (op REPLAYED, args ({trader_id: (version, until)},)): the calls of each trader journaled up to `until`
+# were replayed on a state that reached `version` with them; a state at that version or newer holds them.
+REPLAYED = "replayed"
 
 
 class SpooledJournal:
@@ -40,6 +43,7 @@ class SpooledJournal:
         self.failed = 0  # calls that could not be (they are still replayed from memory if this run loads)
         self._buffer: list[Entry] = []
         self._replace: list[Entry] | None = None  # the whole journal, thinned in memory: rewritten in the spool
+        self.markers: list[Entry] = []  # REPLAYED rows read back or written (kept by a rewrite)
         self._task: asyncio.Task[None] | None = None
         self._settler: asyncio.Task[None] | None = None
 
@@ -63,10 +67,17 @@ class SpooledJournal:
         reports go): the spool's copy is rewritten the same, so it stays as bounded as the journal (never called
         for more than what the journal holds; the calls buffered so far are in `entries`)."""
         self._buffer = []
-        self._replace = entries
+        self._replace = entries + self.markers
         if self._task is None or self._task.done():
             with contextlib.suppress(RuntimeError):
                 self._task = asyncio.get_running_loop().create_task(self._write())
+
+    def mark_replayed(self, versions: dict[str, tuple[int, float]], at: float) -> None:
+        """The journal was replayed on the stored state (see REPLAYED): should the spool not forget it (a stop before
+        what it changed is written), the next start skips those calls for a trader whose state holds them."""
+        marker: Entry = (at, REPLAYED, (versions,))
+        self.markers.append(marker)
+        self.add(marker)
 
     async def _write(self) -> None:
         while self._buffer or self._replace is not None:
