@@ -11,6 +11,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import psycopg
@@ -19,6 +20,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from tests.support.pg import fresh_database, plain_dsn
 from tests.support.proxy import FaultProxy
+from tests.support.residency import evict_idle
 from tests.support.sidecar import SidecarProcess, running_sidecar, spawn_sidecar
 from tests.support.wait import eventually
 from tradeguard.v1 import admin_service_pb2 as ad
@@ -65,11 +67,6 @@ async def bounded_any(request: pytest.FixtureRequest, tmp_path: Path, clock: Man
         yield sc
 
 
-async def evict_idle(sc: Sidecar) -> int:
-    """Two eviction rounds with the writer's flush between (mark, then evict what is written)."""
-    evicted = await sc.residency.evict_round()
-    assert await sc.store.flush(10.0)
-    return evicted + await sc.residency.evict_round()
 
 
 async def history(admin: adg.AdminServiceStub) -> list[t.RiskStateHistoryEntry]:
@@ -220,6 +217,21 @@ async def spool_rig(pg_url: str, tmp_path: Path) -> AsyncIterator[SpoolRig]:
         yield SpoolRig(proxy, pg_url, tmp_path, tmp_path / "spool.db")
     finally:
         await proxy.close()
+
+
+def spool_rig_fixture(database_prefix: str) -> Any:
+    """Fixture factory: a SpoolRig on a fresh database named after `database_prefix` (dropped after the test)."""
+
+    @pytest.fixture
+    async def _rig(tmp_path: Path) -> AsyncIterator[SpoolRig]:
+        with fresh_database(database_prefix) as url:
+            proxy = await FaultProxy().start()
+            try:
+                yield SpoolRig(proxy, url, tmp_path, tmp_path / "spool.db")
+            finally:
+                await proxy.close()
+
+    return _rig
 
 
 def spooled_state(path: Path) -> int:

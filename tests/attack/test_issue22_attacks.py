@@ -21,9 +21,9 @@ import aiohttp
 import grpc
 import pytest
 
-from tests.attack.test_issue21_attacks import SpoolRig, kill, spooled_journal, sql
-from tests.support.pg import fresh_database
+from tests.attack.test_issue21_attacks import SpoolRig, kill, spool_rig_fixture, spooled_journal, sql
 from tests.support.proxy import FaultProxy
+from tests.support.residency import evict_idle
 from tests.support.sidecar import SidecarProcess, running_sidecar, spawn_sidecar
 from tests.support.wait import eventually
 from tradeguard.v1 import admin_service_pb2 as ad
@@ -40,14 +40,7 @@ BOT = {"trader_id": "bot-22", "account_id": "acct-22"}
 MEMORY = ("--unloaded-state-policy", "memory")  # CanTrade answers from the state while not loaded
 
 
-@pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[SpoolRig]:
-    with fresh_database("tg_attack22") as url:
-        proxy = await FaultProxy().start()
-        try:
-            yield SpoolRig(proxy, url, tmp_path, tmp_path / "spool.db")
-        finally:
-            await proxy.close()
+rig = spool_rig_fixture("tg_attack22")
 
 
 async def spawn(rig: SpoolRig, name: str, *extra: str, sidecar_id: str = "attack22", spool: Path | None = None,
@@ -611,11 +604,6 @@ async def bounded(tmp_path: Path, clock: ManualClock) -> AsyncIterator[Sidecar]:
         yield sc
 
 
-async def evict_idle(sc: Sidecar) -> int:
-    """Two eviction rounds with the writer's flush between (mark, then evict what is written)."""
-    evicted = await sc.residency.evict_round()
-    assert await sc.store.flush(10.0)
-    return evicted + await sc.residency.evict_round()
 
 
 async def evicted_then_heartbeat(sc: Sidecar, clock: ManualClock, risk: rsg.RiskServiceStub,

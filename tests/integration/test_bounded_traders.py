@@ -14,6 +14,7 @@ import grpc
 import pytest
 
 from tests.support.databases import postgres_database_fixture, store_url_fixture
+from tests.support.residency import evict_idle
 from tests.support.sidecar import running_sidecar
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import admin_service_pb2_grpc as adg
@@ -41,12 +42,6 @@ async def sidecar(db_url: str, clock: ManualClock) -> AsyncIterator[Sidecar]:
         yield sc
 
 
-async def evict_idle(sc: Sidecar) -> int:
-    """Two eviction rounds with the writer's flush between: the first marks the idle traders, the second evicts
-    those whose marked version is written (what the periodic task does every second)."""
-    evicted = await sc.residency.evict_round()
-    assert await sc.store.flush(10.0)
-    return evicted + await sc.residency.evict_round()
 
 
 async def test_an_evicted_trader_answers_from_its_stored_state_field_by_field(sidecar: Sidecar,

@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from tests.support.pg import plain_dsn
+from tests.support.residency import evict_idle
 from tests.support.sidecar import running_sidecar
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import admin_service_pb2_grpc as adg
@@ -41,11 +42,6 @@ async def single(tmp_path: Path, clock: ManualClock) -> AsyncIterator[Sidecar]:
         yield sc
 
 
-async def evict_idle(sc: Sidecar) -> int:
-    """Two eviction rounds with the writer's flush between (mark, then evict what is written)."""
-    evicted = await sc.residency.evict_round()
-    assert await sc.store.flush(10.0)
-    return evicted + await sc.residency.evict_round()
 
 
 async def evicted_then_heartbeat(sc: Sidecar, clock: ManualClock, risk: rsg.RiskServiceStub,

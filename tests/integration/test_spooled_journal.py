@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
 
-from tests.attack.test_issue21_attacks import SpoolRig, kill, spooled_journal, sql
+from tests.attack.test_issue21_attacks import SpoolRig, kill, spool_rig_fixture, spooled_journal, sql
 from tests.support.pg import fresh_database
 from tests.support.proxy import FaultProxy
 from tests.support.wait import eventually
@@ -32,14 +31,7 @@ CONFIG = t.RiskConfiguration(account_id=BOT["account_id"], config_id="cj", is_ac
                              max_position_size_percentage=100.0, daily_max_drawdown_percentage=5.0)
 
 
-@pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[SpoolRig]:
-    with fresh_database("tg_journal") as url:
-        proxy = await FaultProxy().start()
-        try:
-            yield SpoolRig(proxy, url, tmp_path, tmp_path / "spool.db")
-        finally:
-            await proxy.close()
+rig = spool_rig_fixture("tg_journal")
 
 
 def trade(trade_id: str) -> rs.ReportTradeRequest:
