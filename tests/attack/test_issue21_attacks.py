@@ -234,16 +234,21 @@ def spool_rig_fixture(database_prefix: str) -> Any:
     return _rig
 
 
-def spooled_state(path: Path) -> int:
+def spool_count(path: Path, query: str) -> int:
+    """A count read from a spool file (read-only; 0 when the file or its table is not there yet)."""
     if not path.exists():
         return 0
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
     try:
-        return int(conn.execute("SELECT count(*) FROM spool WHERE kind = 'state'").fetchone()[0])
+        return int(conn.execute(query).fetchone()[0])
     except sqlite3.OperationalError:
         return 0
     finally:
         conn.close()
+
+
+def spooled_state(path: Path) -> int:
+    return spool_count(path, "SELECT count(*) FROM spool WHERE kind = 'state'")
 
 
 def sql(url: str, query: str) -> list[tuple[object, ...]]:
@@ -266,15 +271,7 @@ def stop(sp: SidecarProcess, sig: signal.Signals) -> None:
 
 def spooled_journal(path: Path) -> int:
     """Calls journaled in the spool by a sidecar whose stored state was not loaded."""
-    if not path.exists():
-        return 0
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-    try:
-        return int(conn.execute("SELECT count(*) FROM journal").fetchone()[0])
-    except sqlite3.OperationalError:
-        return 0
-    finally:
-        conn.close()
+    return spool_count(path, "SELECT count(*) FROM journal")
 
 
 # Found here, fixed (store/spooled_journal.py): while the stored state was not loaded (a start with the database cut,

@@ -66,7 +66,7 @@ import os
 import pickle
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -418,12 +418,25 @@ class Spool:
         self.stats.depth -= 1
         self.stats.bytes -= size
 
-    def _append(self, rows: list[tuple[Any, ...]]) -> None:
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (committed, so fsynced: synchronous=FULL); on failure rolled back and the counts
+        read again."""
         conn = self._conn
         assert conn is not None
-        now = time.time()
         conn.execute("BEGIN IMMEDIATE")
         try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                conn.execute("ROLLBACK")
+            self._refresh()
+            raise
+
+    def _append(self, rows: list[tuple[Any, ...]]) -> None:
+        now = time.time()
+        with self._writing() as conn:
             stats = self.stats
             for kind, key, version, epoch, txid, pid, data in rows:
                 old = None if key is None else conn.execute("SELECT size FROM spool WHERE key = ?", (key,)).fetchone()
@@ -438,12 +451,6 @@ class Spool:
                 self._oldest()
             if self.stats.bytes > self.max_bytes:
                 self._drop_history()
-            conn.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(Exception):
-                conn.execute("ROLLBACK")
-            self._refresh()
-            raise
 
     def _drop_history(self) -> None:
         """Past max_bytes: the oldest history rows (not in a replay's transaction) go until it fits."""
@@ -541,21 +548,12 @@ class Spool:
                 self._conn.execute("VACUUM")
 
     def _append_journal(self, entries: list[tuple[float, str, tuple[object, ...]]], replace: bool = False) -> None:
-        conn = self._conn
-        assert conn is not None
-        rows = [(at, dumps(entry)) for entry in entries for at in (entry[0],)]
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        rows = [(entry[0], dumps(entry)) for entry in entries]
+        with self._writing() as conn:
             if replace:
                 conn.execute("DELETE FROM journal")
                 self.stats.journal = 0
             conn.executemany("INSERT INTO journal (at, data) VALUES (?, ?)", rows)
-            conn.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(Exception):
-                conn.execute("ROLLBACK")
-            self._refresh()
-            raise
         self.stats.journal += len(rows)
 
     def _read_journal(self) -> list[tuple[float, str, tuple[object, ...]]]:
