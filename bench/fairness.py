@@ -7,11 +7,12 @@ suite's flood, measured in the same run, and their ratio.
 One `tradeguard serve` subprocess (memory store). The bot is a thread here with its own channel (its own TCP
 connection) calling CanTrade at `--rate` per second on a fixed schedule (open loop: a late call does not push the
 next ones back, so a stall shows in the latencies of every call it delays). Phase 1: `--seconds` with no flood.
-Phase 2: h2load, `--connections` x `--streams` in flight of CanTrade for `--seconds` on one trader ("flood"), the
-bot still calling. Printed: the bot's answered / failed calls and p50 / p99 / max per phase, the p99 ratio
-flood / no flood, what h2load got through, and the sidecar's shed counter (tradeguard_shed_total) when /metrics is
-on. `--sidecar-arg` passes a flag to the sidecar (e.g. `--sidecar-arg=--max-calls-per-connection=0` for
-per-connection admission off); `--rounds` repeats both phases and prints the median ratio.
+Phase 2: h2load, `--connections` x `--streams` in flight of CanTrade for `--seconds` on one trader ("flood-<round>",
+a new one each round), the bot still calling. Printed: the bot's answered / failed calls and p50 / p99 / max per
+phase, the p99 ratio flood / no flood, what h2load got through, and the sidecar's shed counter
+(tradeguard_shed_total) when /metrics is on. `--sidecar-arg` passes a flag to the sidecar (e.g.
+`--sidecar-arg=--max-calls-per-connection=0` for per-connection admission off); `--rounds` repeats both phases
+and prints the median ratio.
 """
 
 from __future__ import annotations
@@ -192,8 +193,6 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="tg-fairness-") as tmp:
         work = Path(tmp)
-        body = work / "can_trade.bin"
-        body.write_bytes(lg.grpc_frame(rs.CanTradeRequest(trader_id="flood", account_id="acct").SerializeToString()))
         metrics = f"127.0.0.1:{free_port()}"
         extra = ["--database-url", "memory", "--metrics-listen", metrics, *args.sidecar_arg]
         server = lg.start_sidecar(work, "sidecar", "127.0.0.1:0", extra)
@@ -208,6 +207,11 @@ def main(argv: list[str] | None = None) -> int:
                 before = shed_total(metrics)
                 bot.phase = flooded
                 flood_t0 = time.perf_counter()
+                # a trader id of its own per round: a repeat offender's penalty grows (api/admission.py), so the
+                # same id in the next round would start out shed, and the rounds would not be alike
+                body = work / f"can_trade{n}.bin"
+                body.write_bytes(lg.grpc_frame(rs.CanTradeRequest(trader_id=f"flood-{n}", account_id="acct")
+                                               .SerializeToString()))
                 summary = flood(server.address, args.seconds, args.connections, args.streams, body)
                 flood_t1 = time.perf_counter()
                 bot.phase = f"after{n}"

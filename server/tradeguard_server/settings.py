@@ -149,11 +149,12 @@ HELP.update({  # fairness and overload (README "Fairness and overload")
     "max_streams_per_connection": "HTTP/2 streams one connection may open (grpc core refuses more before Python "
                                   "sees them: the client's call fails UNAVAILABLE), and Session / WatchRiskState "
                                   "streams it may hold (0 = off: max_concurrent_streams applies)",
-    "max_calls_per_connection": "while the event loop is overloaded: calls one connection may start per 100 ms; "
-                                "beyond, its calls are shed for retry_after_s with RESOURCE_EXHAUSTED and "
-                                "retry-after (0 = off)",
-    "max_calls_per_trader": "while the event loop is overloaded: calls one trader_id may start per 100 ms; beyond, "
-                            "its calls (and its connections') are shed for retry_after_s (0 = off)",
+    "max_calls_per_connection": "while the event loop is overloaded (or the connection is on probation after a "
+                                "penalty): calls one connection may start per 100 ms; beyond, its calls are shed "
+                                "with RESOURCE_EXHAUSTED and retry-after for a penalty (0 = off)",
+    "max_calls_per_trader": "while the event loop is overloaded (or the trader is on probation after a penalty): "
+                            "calls one trader_id may start per 100 ms; beyond, its calls (and its connections') are "
+                            "shed for a penalty (0 = off)",
     "admin_max_concurrent": "AdminService calls in progress at once; more are shed (0 = no limit)",
     "http_max_concurrent": "HTTP API requests in progress at once, server-sent event streams not included; more "
                            "get 429 with Retry-After (0 = no limit)",
@@ -161,10 +162,12 @@ HELP.update({  # fairness and overload (README "Fairness and overload")
                         "more get 429 with Retry-After (0 = no limit)",
     "overload_lag_ms": "event loop lag, ms, from which the sidecar is overloaded and sheds flooding connections "
                        "and traders",
-    "shed_hold_s": "seconds a flood's shed call is held before its RESOURCE_EXHAUSTED (its stream stays taken, so "
-                   "a client that retries at once cannot refill the queue; 0 = answer at once)",
-    "retry_after_s": "seconds a shed call is told to wait (retry-after metadata, google.rpc.RetryInfo, HTTP "
-                     "Retry-After)",
+    "shed_hold_s": "seconds a flood's shed call is held at least before its RESOURCE_EXHAUSTED (its stream stays "
+                   "taken, so a client that retries at once cannot refill the queue; a repeat offender's are held "
+                   "for a share of its longer penalty; 0 = answer at once)",
+    "retry_after_s": "a flooding connection's or trader's first penalty, seconds (a repeat offender's grows 4x a "
+                     "time, up to 60 s); a shed call's retry-after, google.rpc.RetryInfo and HTTP Retry-After give "
+                     "what is left of it",
 })
 
 
@@ -275,13 +278,13 @@ class Settings:
     # off by default (0): over it grpc core refuses the stream and a client fails the call UNAVAILABLE
     # (a bot that waits for each answer starts at most ~50 per 100 ms even when catching up after a stall)
     max_calls_per_connection: int = 200  # while overloaded: calls one connection may start per 100 ms
-    max_calls_per_trader: int = 200  # while overloaded: calls one trader_id may start per 100 ms
+    max_calls_per_trader: int = 50  # while overloaded: calls one trader_id may start per 100 ms (was 200)
     admin_max_concurrent: int = 16  # AdminService calls in progress at once
     http_max_concurrent: int = 64  # HTTP API requests in progress at once (server-sent event streams not included)
     http_max_streams: int = 256  # HTTP server-sent event streams (WatchRiskState) open at once: their own budget
     overload_lag_ms: float = 20.0  # the event loop this late means overloaded
     shed_hold_s: float = 1.0  # a flood's shed call is answered after this long (its stream stays taken meanwhile)
-    retry_after_s: float = 1.0  # retry-after / RetryInfo / Retry-After of a shed call
+    retry_after_s: float = 1.0  # a flooder's first penalty; retry-after / RetryInfo / Retry-After: what is left
     # ---- alerts that reach people (README "Alerts"; alerts/): notifiers, and how delivery retries ----
     alert_webhook_url: str = ""  # generic JSON POST per alert
     alert_slack_webhook_url: str = ""  # Slack incoming webhook: {"text": ...}

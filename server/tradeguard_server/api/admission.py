@@ -14,10 +14,22 @@ path answered:
 3. Overload: a ticker measures the event loop's lag. While it is over `overload_lag_ms`, the loop is behind, and
    calls are counted per connection (peer) and per trader until the next tick: a connection that starts more than
    `max_calls_per_connection` calls in one tick (and more than the average connection), or a trader more than
-   `max_calls_per_trader`, is flooding, and its calls are shed: held for `shed_hold_s` (so that a client that
-   retries at once does not refill the queue: its stream stays taken), then answered RESOURCE_EXHAUSTED with
-   `retry-after` metadata and a google.rpc.RetryInfo detail (HTTP: 429 and Retry-After). A bot that waits for each
-   answer starts one call per tick at most, so it is never the one shed.
+   `max_calls_per_trader`, is flooding, and its calls are shed for a penalty: held for `shed_hold_s` (so that a
+   client that retries at once does not refill the queue: its stream stays taken), then answered
+   RESOURCE_EXHAUSTED with `retry-after` metadata and a google.rpc.RetryInfo detail giving what is left of the
+   penalty (HTTP: 429 and Retry-After). A bot that waits for each answer starts one call per tick at most, so it
+   is never the one shed.
+4. Repeat offenders: the first penalty lasts `retry_after_s`. After a penalty ends, its connection or trader is
+   on probation for as long again plus PROBATION_MIN_S: its calls are counted even while the loop keeps up, and
+   more than its limit in a window (a quarter of it, PROBATION_SHARE, while the loop's thread is busy more than
+   BUSY / 2) penalizes it again at once, for PENALTY_GROWTH times longer (at most MAX_PENALTY_S). A repeat
+   offender's shed calls are held for a share of its penalty (at least `shed_hold_s`), so each of its streams
+   comes back a few times per penalty, not once a second. Without this a flood that ignored retry-after came
+   back in full each time its 1 s penalty ended, and had to overload the loop again before it was seen
+   (bench/fairness.py: ~5,000 of its ~11,000 calls admitted in 8 s, a 100-550 ms stall for the bot every 1-2 s).
+5. A shed unary call ends with set_code / set_details / trailing metadata and no answer, not with `abort`: an
+   aborted call leaves its exception's traceback (~22 objects in reference cycles) to the garbage collector, and
+   under a flood of shed calls its collections stalled the loop for 100-240 ms (measured with gc.callbacks).
 
 While the loop keeps up, a unary call pays one attribute test here (`watching`) and one coroutine frame, nothing
 else (bench/fairness.py --check-cost).
@@ -56,6 +68,10 @@ TICK_S = 0.01  # the lag ticker's period
 WINDOW_TICKS = 10  # calls are counted per window of 10 ticks (100 ms)
 BUSY = 0.5  # the loop's thread ran more than this share of a window: overloaded
 MAX_HELD = 20_000  # shed calls held at once (bounded memory); beyond, they are answered at once
+PENALTY_GROWTH = 4.0  # a repeat offender's penalty is this many times its last one...
+MAX_PENALTY_S = 60.0  # ...up to this
+PROBATION_MIN_S = 5.0  # after a penalty, its connection or trader is watched for as long again, at least this
+PROBATION_SHARE = 4  # on probation (the loop keeping up), its limit is this share of the setting
 # The kill switch is never shed by a budget (admin_max_concurrent, http_max_concurrent): during an incident the
 # operator's reads (a script, console tabs polling a stalled database) may fill the admin budget, and slow HTTP
 # requests the HTTP one; a pause or resume must still get through. Still counted in progress.
@@ -107,6 +123,9 @@ class Admission:
         # peer -> (until (monotonic), reason): its calls are shed meanwhile; the same per trader id
         self.penalized_peers: dict[str, tuple[float, str]] = {}
         self.penalized_traders: dict[str, tuple[float, str]] = {}
+        # peer / trader -> (penalty seconds it got last, end of its probation): a repeat offender's record
+        self.probation_peers: dict[str, tuple[float, float]] = {}
+        self.probation_traders: dict[str, tuple[float, float]] = {}
         self._streams: dict[str, int] = {}  # Session / WatchRiskState streams in progress per peer
         self.in_progress = dict.fromkeys(CLASSES, 0)
         self.shed: dict[tuple[str, str], int] = {}  # (reason, method) -> calls shed
@@ -158,7 +177,8 @@ class Admission:
                             self.busy * 100)
             self._overloaded_until = now + self.retry_after_s
         self.overloaded = now < self._overloaded_until
-        self.watching = self.overloaded or bool(self.penalized_peers) or bool(self.penalized_traders)
+        self.watching = (self.overloaded or bool(self.penalized_peers) or bool(self.penalized_traders)
+                         or bool(self.probation_peers) or bool(self.probation_traders))
 
     def observe_busy(self, busy: float) -> None:
         """The share of the last window the loop's thread ran: over BUSY, grpc core holds calls it cannot hand
@@ -177,14 +197,35 @@ class Admission:
         for penalized in (self.penalized_peers, self.penalized_traders):
             for key in [key for key, (until, _reason) in penalized.items() if until <= now]:
                 del penalized[key]
+        for probation in (self.probation_peers, self.probation_traders):
+            for key in [key for key, (_last, until) in probation.items() if until <= now]:
+                del probation[key]
+
+    def _penalize(self, penalized: dict[str, tuple[float, str]], probation: dict[str, tuple[float, float]],
+                  key: str, reason: str) -> tuple[float, str]:
+        """Penalize `key` (a peer or a trader): retry_after_s the first time; PENALTY_GROWTH times its last
+        penalty (at most MAX_PENALTY_S) when it floods again on probation. Returns (until, reason)."""
+        now = self.now
+        record = probation.get(key)
+        seconds = self.retry_after_s
+        if record is not None and now < record[1]:
+            seconds = min(max(seconds, record[0] * PENALTY_GROWTH), max(MAX_PENALTY_S, seconds))
+        penalty = penalized[key] = (now + seconds, reason)
+        probation[key] = (seconds, now + 2 * seconds + PROBATION_MIN_S)
+        if record is not None:
+            log.warning("overload: %s %s flooded again on probation: shed for %.3g s (%s)",
+                        "trader" if probation is self.probation_traders else "connection",
+                        key.split("\0", 1)[0], seconds, reason)
+        return penalty
 
     # ---- decisions ------------------------------------------------------------------------------
 
     def flooding(self, peer: str, raw: bytes, parse: Callable[[bytes], Message] | None,
                  context: Any = None) -> str:
         """While watching: the reason to shed this call ("" = admit). A connection or trader that started more than
-        its limit in this window, and more than the average one (a lone client is not shed for its own load), is
-        penalized until retry_after_s from now: its calls are shed meanwhile (a trader's connection with it)."""
+        its limit in this window, and more than the average one (a lone client is not shed for its own load), while
+        the loop is overloaded or while it is on probation after a penalty, is penalized (`_penalize`): its calls
+        are shed meanwhile (a trader's connection with it)."""
         now = self.now
         calls = self._peer_calls  # penalized peers count too: the average connection is the real one
         n = calls[peer] = calls.get(peer, 0) + 1
@@ -192,14 +233,17 @@ class Admission:
         penalty = self.penalized_peers.get(peer)
         if penalty is not None and penalty[0] > now:
             return penalty[1]
-        if not self.overloaded:
-            return ""
+        overloaded = self.overloaded
         limit = self.max_calls_per_connection
-        if limit and n > limit and n * len(calls) > self._window_calls:
-            self.penalized_peers[peer] = (now + self.retry_after_s, FLOOD_CONNECTION)
+        # on probation (the loop keeping up), the average is not asked: only the probation's calls are counted
+        probation = not overloaded and peer in self.probation_peers
+        if probation:
+            limit = self._probation_limit(limit)
+        if limit and n > limit and (probation or (overloaded and n * len(calls) > self._window_calls)):
+            self._penalize(self.penalized_peers, self.probation_peers, peer, FLOOD_CONNECTION)
             return FLOOD_CONNECTION
         limit = self.max_calls_per_trader
-        if not limit or parse is None:
+        if not limit or parse is None or not (overloaded or self.probation_traders or self.penalized_traders):
             return ""
         try:
             trader = getattr(parse(raw), "trader_id", "")
@@ -215,41 +259,68 @@ class Admission:
         if penalty is not None and penalty[0] > now:
             self.penalized_peers[peer] = penalty
             return FLOOD_TRADER
+        if not overloaded:
+            if trader not in self.probation_traders:
+                return ""
+            limit = self._probation_limit(limit)
         traders = self._trader_calls
         t = traders[trader] = traders.get(trader, 0) + 1
         self._window_trader_calls += 1
-        if t > limit and t * len(traders) > self._window_trader_calls:
-            self.penalized_traders[trader] = self.penalized_peers[peer] = (now + self.retry_after_s, FLOOD_TRADER)
+        if t > limit and (not overloaded or t * len(traders) > self._window_trader_calls):
+            self.penalized_peers[peer] = self._penalize(self.penalized_traders, self.probation_traders, trader,
+                                                        FLOOD_TRADER)
             return FLOOD_TRADER
         return ""
+
+    def _probation_limit(self, limit: int) -> int:
+        """The limit of a connection or trader on probation while the loop keeps up: a PROBATION_SHARE of it
+        while the loop is under load (its thread busy more than BUSY / 2 of the last window: a flood coming back
+        from its penalty), else the whole of it (a busy bot that was penalized once is not shed on an idle loop for
+        a rate it is allowed)."""
+        return max(1, limit // PROBATION_SHARE) if self.busy > BUSY / 2 else limit
+
+    def retry_after(self, peer: str) -> float:
+        """What a shed call of `peer` is told to wait: what is left of its penalty, at least retry_after_s."""
+        penalty = self.penalized_peers.get(peer)
+        return max(self.retry_after_s, penalty[0] - self.now) if penalty is not None else self.retry_after_s
 
     def count_shed(self, reason: str, method: str) -> None:
         key = (reason, method)
         self.shed[key] = self.shed.get(key, 0) + 1
 
-    async def refuse(self, context: Any, reason: str, method: str, what: str, hold: bool) -> None:
-        """Answer RESOURCE_EXHAUSTED with retry-after (after the hold, for a flood)."""
+    async def refuse(self, context: Any, reason: str, method: str, what: str, hold: bool,
+                     retry_after_s: float | None = None, abort: bool = True) -> None:
+        """Answer RESOURCE_EXHAUSTED with retry-after (`retry_after_s`, default the setting; after the hold, for a
+        flood). `abort` False: the status is set on the context and the handler must return None (no exception:
+        an aborted call leaves its exception's traceback, ~22 objects in reference cycles, for the garbage
+        collector; a flood of shed calls made collections that stalled the loop for 100-240 ms)."""
         self.count_shed(reason, method)
+        retry = self.retry_after_s if retry_after_s is None else retry_after_s
         if hold and self.shed_hold_s > 0 and self.held < MAX_HELD:
             self.held += 1
             try:
-                # jittered, so that the held calls of a flood do not all come back at once
-                await asyncio.sleep(self.shed_hold_s * (0.5 + random.random()))
+                # jittered, so that the held calls of a flood do not all come back at once; a repeat offender's
+                # for a share of its (longer) penalty: each of its streams then comes back a few times per penalty,
+                # not once a second, and what it costs the loop to take and shed them falls with it
+                await asyncio.sleep(max(self.shed_hold_s, retry * 0.5) * (0.5 + random.random()))
             finally:
                 self.held -= 1
-        status = retry_status(what, self.retry_after_s)
-        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, what, trailing_metadata=(
-            ("retry-after", retry_after_header(self.retry_after_s)),
-            ("grpc-status-details-bin", status.SerializeToString())))
+        trailing = (("retry-after", retry_after_header(retry)),
+                    ("grpc-status-details-bin", retry_status(what, retry).SerializeToString()))
+        if abort:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, what, trailing_metadata=trailing)
+        context.set_code(grpc.StatusCode.RESOURCE_EXHAUSTED)
+        context.set_details(what)
+        context.set_trailing_metadata(trailing)
 
-    def _flood_message(self, reason: str) -> str:
+    def _flood_message(self, reason: str, retry_after_s: float) -> str:
         if reason == FLOOD_TRADER:
             return (f"overloaded: a trader_id on this connection started more than max_calls_per_trader="
                     f"{self.max_calls_per_trader} calls in 100 ms while the sidecar was behind; retry after "
-                    f"{self.retry_after_s:g} s")
+                    f"{retry_after_s:.3g} s")
         return (f"overloaded: this connection started more than max_calls_per_connection="
                 f"{self.max_calls_per_connection} calls in 100 ms while the sidecar was behind; retry after "
-                f"{self.retry_after_s:g} s")
+                f"{retry_after_s:.3g} s")
 
     # ---- wrapping the method handlers -----------------------------------------------------------
 
@@ -287,9 +358,12 @@ class Admission:
 
         async def admitted(raw: bytes, context: Any) -> Any:
             if self.watching:
-                reason = self.flooding(context.peer(), raw, parse, context)
+                peer = context.peer()
+                reason = self.flooding(peer, raw, parse, context)
                 if reason:
-                    await self.refuse(context, reason, method, self._flood_message(reason), hold=True)
+                    retry = self.retry_after(peer)
+                    await self.refuse(context, reason, method, self._flood_message(reason, retry), hold=True,
+                                      retry_after_s=retry, abort=False)
                     return None
             return await inner(raw, context)
 

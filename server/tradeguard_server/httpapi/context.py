@@ -44,13 +44,15 @@ def peer_text(peername: Any) -> str:
 class HttpContext:
     """The ServicerContext of one HTTP request (the methods TradeGuard's handlers and guards use)."""
 
-    __slots__ = ("_auth", "_metadata", "_peer", "trailing")
+    __slots__ = ("_auth", "_metadata", "_peer", "code", "details", "trailing")
 
     def __init__(self, headers: Mapping[str, str], peer: str, common_name: str = "") -> None:
         self._metadata = tuple((k.lower(), v) for k, v in headers.items() if k.lower() not in _NOT_METADATA)
         self._peer = peer
         self._auth: dict[str, list[bytes]] = {"x509_common_name": [common_name.encode()]} if common_name else {}
         self.trailing: tuple[tuple[str, str | bytes], ...] = ()
+        self.code: grpc.StatusCode | None = None  # set_code: a handler that returns None ends the call with it
+        self.details = ""
 
     # ---- what the handlers read ----------------------------------------------------------------
 
@@ -83,11 +85,22 @@ class HttpContext:
     async def send_initial_metadata(self, _metadata: Iterable[tuple[str, str]]) -> None:
         return None
 
-    def set_code(self, _code: grpc.StatusCode) -> None:
-        return None
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self.code = code
 
-    def set_details(self, _details: str) -> None:
-        return None
+    def set_details(self, details: str) -> None:
+        self.details = details
+
+    def ended(self) -> Aborted | None:
+        """What a handler that returned without an answer ended the call with (set_code, set_details and the
+        trailing grpc-status-details-bin, as grpc.aio sends them), None when it set no error code."""
+        if self.code is None or self.code == grpc.StatusCode.OK:
+            return None
+        status = status_pb2.Status(code=self.code.value[0], message=self.details)
+        for key, value in self.trailing:
+            if key == STATUS_DETAILS_KEY and isinstance(value, bytes):
+                status = status_pb2.Status.FromString(value)
+        return Aborted(status, self.code)
 
     async def abort(self, code: grpc.StatusCode, details: str = "",
                     trailing_metadata: Sequence[tuple[str, str | bytes]] = ()) -> NoReturn:

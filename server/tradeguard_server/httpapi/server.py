@@ -292,6 +292,9 @@ class HttpApi:
                 reply = await handler.unary_unary(raw, ctx)  # type: ignore[misc,arg-type]  # as gRPC calls it
             except Aborted as aborted:
                 return self._error(aborted.status, aborted.code)
+            ended = ctx.ended() if reply is None else None  # set_code and no answer (a shed call: admission.py)
+            if ended is not None:
+                return self._error(ended.status, ended.code)
         finally:
             if in_progress is not None:
                 in_progress[counted] -= 1
