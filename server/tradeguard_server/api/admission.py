@@ -80,9 +80,10 @@ KILL_SWITCH = frozenset({"PauseTrading", "ResumeTrading"})
 
 def retry_status(message: str, retry_after_s: float) -> status_pb2.Status:
     """RESOURCE_EXHAUSTED with a google.rpc.RetryInfo detail of `retry_after_s`."""
-    whole = int(retry_after_s)
-    info = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(
-        seconds=whole, nanos=round((retry_after_s - whole) * 1e9)))
+    # in whole nanoseconds first: a delay within 0.5 ns under a whole second must not round to nanos=1e9 (an
+    # invalid Duration: the HTTP API's Status JSON of it raised)
+    whole, nanos = divmod(round(retry_after_s * 1e9), 1_000_000_000)
+    info = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=whole, nanos=nanos))
     detail = any_pb2.Any()
     detail.Pack(info)
     return status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message=message, details=[detail])
