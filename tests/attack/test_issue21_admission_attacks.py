@@ -61,6 +61,12 @@ def advance(a: Admission, seconds: float, busy: float) -> None:
     a.observe_lag(0.0)
 
 
+def past_penalty(a: Admission, trader: str, busy: float) -> None:
+    """Advance to 0.5 s after the end of `trader`'s penalty (no credential), the loop `busy`."""
+    until = a.penalized_traders.get(f"{trader}\0", (a.now, ""))[0]
+    advance(a, until - a.now + 0.5, busy)
+
+
 def connection(address: str) -> grpc.aio.Channel:
     """A channel on its own TCP connection (channels with equal arguments share one by default)."""
     return grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
@@ -93,9 +99,9 @@ def retry_info(trailing: Any) -> tuple[str, float]:
     return str(meta["retry-after"]), info.retry_delay.seconds + info.retry_delay.nanos / 1e9
 
 
-def peer_port(a: Admission, exclude: set[str] = frozenset()) -> tuple[str, int]:  # type: ignore[assignment]
-    """The one peer counted in this window (besides `exclude`) and its source port."""
-    peers = [p for p in a._peer_calls if p not in exclude]
+def peer_port(a: Admission) -> tuple[str, int]:
+    """The one peer counted in this window and its source port."""
+    peers = list(a._peer_calls)
     assert len(peers) == 1, peers
     return peers[0], int(peers[0].rsplit(":", 1)[1])
 
@@ -211,7 +217,7 @@ async def test_a_bot_on_probation_that_waits_for_each_answer_is_not_penalized_ag
         assert await flood(bot, "good", 60)  # shed once (by the rules: a burst of 60 in 100 ms)
         penalties = []
         for _ in range(3):
-            advance(a, a.retry_after("x") + 0.5, busy=0.3)  # after the penalty; the flooder keeps the loop busy
+            past_penalty(a, "good", busy=0.3)  # after the penalty; the flooder keeps the loop busy
             await asyncio.gather(*(outcome(flooder.CanTrade(can_trade(f"g{i}"))) for i in range(100)))
             failed = []
             for _ in range(20):  # the bot catching up, one call at a time: 20 in this 100 ms window
@@ -263,7 +269,7 @@ async def test_one_call_about_a_penalized_trader_does_not_get_the_callers_connec
         await monitor.CanTrade(can_trade("mon"))
         assert await flood(flooder, "flood", 20)
         for _ in range(2):  # it comes back on probation: 4 s, then 16 s
-            advance(a, a.retry_after("x") + 0.5, busy=0.4)
+            past_penalty(a, "flood", busy=0.4)
             assert await flood(flooder, "flood", 20)
         assert a.penalized_traders["flood\0"][0] - a.now == pytest.approx(16.0)
         # the monitor (an operator's dashboard, a second strategy in the same process) asks about it once
@@ -286,7 +292,7 @@ async def test_a_shed_call_with_a_deadline_shorter_than_its_hold_is_still_told_w
         shed_hold, a.shed_hold_s = a.shed_hold_s, 0.0  # escalate without waiting for the holds
         assert await flood(flooder, "flood", 20)
         for _ in range(2):
-            advance(a, a.retry_after("x") + 0.5, busy=0.4)
+            past_penalty(a, "flood", busy=0.4)
             assert await flood(flooder, "flood", 20)
         a.shed_hold_s = shed_hold
         left = a.penalized_traders["flood\0"][0] - a.now
@@ -402,7 +408,8 @@ async def test_every_shed_hot_rpc_over_grpc_answers_resource_exhausted_with_retr
         state = (await observer.GetRiskState(rs.GetRiskStateRequest(trader_id="victim", account_id="a"))).state
         assert state.current_equity == 0 and not state.equity_reported  # no shed report reached the engine
         admin = adg.AdminServiceStub(other)
-        assert "victim" not in {e.state.trader_id for e in (await admin.ListRiskStates(ad.ListRiskStatesRequest(account_id="a"))).entries}
+        listed = await admin.ListRiskStates(ad.ListRiskStatesRequest(account_id="a"))
+        assert "victim" not in {e.state.trader_id for e in listed.entries}
 
 
 async def test_every_shed_hot_rpc_over_http_answers_429_with_retry_after_and_status_json_and_changes_nothing() -> None:
@@ -421,7 +428,7 @@ async def test_every_shed_hot_rpc_over_http_answers_429_with_retry_after_and_sta
         from google.protobuf.json_format import MessageToDict
 
         requests = [(path, MessageToDict(req)) for path, req in REPORTS.values()]
-        for path, body in requests + [("/v1/risk/state?trader_id=victim&account_id=a", None)]:
+        for path, body in [*requests, ("/v1/risk/state?trader_id=victim&account_id=a", None)]:
             method = http.post if body is not None else http.get
             async with method(f"{base}{path}", json=body) as r:
                 payload = await r.json()
@@ -476,7 +483,7 @@ async def test_a_penalized_trader_is_not_served_over_session_on_its_penalized_co
         assert answered == 0, f"{answered} of 200 CanTrade of the penalized trader answered over Session"
 
 
-# ---- odd settings, bounds ---------------------------------------------------------------------------------------------
+# ---- odd settings, bounds ------------------------------------------------------------------------------------------
 
 
 def test_retry_info_of_a_delay_just_under_a_whole_second_is_a_valid_duration_over_http() -> None:
