@@ -334,6 +334,29 @@ async def test_spoofed_trader_ids_and_a_shared_trader_id_with_its_own_token_do_n
         assert not [k for k in a.penalized_traders if k.endswith("bot-token-0123456789")]
 
 
+async def test_a_flooder_cannot_evade_its_trader_limit_by_spelling_its_token_differently_in_each_call(
+        tmp_path: Path) -> None:
+    """Fixed in admission._credential: the trader key took the authorization value as sent, while the guard reads
+    `Bearer` in any case and strips the token (dispatch.bearer_token): a bot with a valid token made each of its
+    calls a trader of its own ('bearer T', 'BEARER T', 'bEaReR T', ...; 64 spellings) and was never shed."""
+    credentials = tmp_path / "credentials.toml"
+    credentials.write_text('[[credential]]\nname = "bot"\ntoken = "flood-token-01234567"\ntraders = ["flood"]\n'
+                           'accounts = ["a"]\n')
+    spellings = ["".join(c.upper() if i >> k & 1 else c for k, c in enumerate("bearer")) for i in range(64)]
+    async with driven(admin_token="admin-token-0123456789", credentials_file=str(credentials),
+                      max_calls_per_trader=5, max_calls_per_connection=0, shed_hold_s=0.0,
+                      retry_after_s=30.0) as sc, connection(sc.address) as bot_ch, connection(sc.address) as ch:
+        a = sc.admission
+        a.observe_lag(1.0)
+        await outcome(rsg.RiskServiceStub(bot_ch).CanTrade(can_trade("good")))  # a second trader in the window
+        stub = rsg.RiskServiceStub(ch)
+        outs = await asyncio.gather(*(outcome(stub.CanTrade(can_trade("flood"), metadata=(
+            ("authorization", f"{spelling} flood-token-01234567"),))) for spelling in spellings[:40]))
+        codes = [o.code() if o else grpc.StatusCode.OK for o in outs]
+        assert grpc.StatusCode.UNAUTHENTICATED not in codes  # every spelling is the token to the guard
+        assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 30, codes
+
+
 async def test_kill_switch_and_admin_calls_on_a_penalized_connection_get_through_over_grpc_and_http() -> None:
     async with driven(http_listen="127.0.0.1:0", max_calls_per_trader=2, max_calls_per_connection=2,
                       shed_hold_s=0.0, retry_after_s=60.0) as sc, connection(sc.address) as ch, \

@@ -466,7 +466,10 @@ def _credential(context: Any) -> str:
         return ""
     for key, value in context.invocation_metadata() or ():
         if key == "authorization":
-            return str(value)
+            text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+            # as the guard reads it (dispatch.bearer_token: Bearer in any case, the token stripped), so that one
+            # token is one trader key, however a flooder spells it
+            return "bearer " + text[7:].strip() if text[:7].lower() == "bearer " else text
     names = (context.auth_context() or {}).get("x509_common_name") or ()
     return names[0].decode(errors="replace") if names else ""
 
