@@ -24,6 +24,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
+from tests.support.certs import have_openssl, make_certs
 from tests.support.sidecar import running_sidecar
 from tests.support.wait import eventually
 from tradeguard.v1 import admin_service_pb2 as ad
@@ -355,6 +356,51 @@ async def test_a_flooder_cannot_evade_its_trader_limit_by_spelling_its_token_dif
         codes = [o.code() if o else grpc.StatusCode.OK for o in outs]
         assert grpc.StatusCode.UNAUTHENTICATED not in codes  # every spelling is the token to the guard
         assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 30, codes
+
+
+@pytest.mark.skipif(not have_openssl(), reason="openssl CLI not installed")
+async def test_an_mtls_flooder_cannot_evade_its_trader_limit_with_a_different_non_bearer_authorization_each_call(
+        tmp_path: Path) -> None:
+    """Fixed in admission._credential: the guard ignores an authorization that is not Bearer and reads the client
+    certificate (dispatch.trader_guard), but admission keyed the trader by that authorization value: a bot with a
+    valid certificate sending `authorization: Basic <n>` made each call a trader of its own and was never shed."""
+    certs = make_certs(tmp_path / "certs")  # the client certificate's CN is "trader-bot"
+    credentials = tmp_path / "credentials.toml"
+    credentials.write_text('[[credential]]\nname = "bot"\ntls_identity = "trader-bot"\ntraders = ["flood"]\n'
+                           'accounts = ["a"]\n')
+    creds = grpc.ssl_channel_credentials(certs.read("ca"), certs.read("client_key"), certs.read("client_cert"))
+    own = [("grpc.use_local_subchannel_pool", 1)]
+    async with driven(admin_token="admin-token-0123456789", credentials_file=str(credentials),
+                      tls_cert=str(certs.server_cert), tls_key=str(certs.server_key), tls_client_ca=str(certs.ca),
+                      max_calls_per_trader=5, max_calls_per_connection=0, shed_hold_s=0.0,
+                      retry_after_s=30.0) as sc, grpc.aio.secure_channel(sc.address, creds, options=own) as other, \
+            grpc.aio.secure_channel(sc.address, creds, options=own) as ch:
+        a = sc.admission
+        a.observe_lag(1.0)
+        await outcome(rsg.RiskServiceStub(other).CanTrade(can_trade("good")))  # a second trader in the window
+        stub = rsg.RiskServiceStub(ch)
+        outs = await asyncio.gather(*(outcome(stub.CanTrade(can_trade("flood"), metadata=(
+            ("authorization", f"Basic x{i}"),))) for i in range(40)))
+        codes = [o.code() if o else grpc.StatusCode.OK for o in outs]
+        assert grpc.StatusCode.UNAUTHENTICATED not in codes  # the guard took the certificate every time
+        assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 30, codes
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "medium: without trader credentials (the default, RiskService open) the authorization metadata means nothing "
+    "to the guard, yet admission keys each trader by it: a flooder sending a new 'authorization: Bearer <n>' in "
+    "each call is a new trader each call and is never shed by max_calls_per_trader (admission cannot tell whether "
+    "trader credentials are in force)"))
+async def test_without_trader_credentials_a_flooder_cannot_evade_its_trader_limit_with_made_up_tokens() -> None:
+    async with driven(max_calls_per_trader=5, max_calls_per_connection=0, shed_hold_s=0.0,
+                      retry_after_s=30.0) as sc, connection(sc.address) as bot_ch, connection(sc.address) as ch:
+        a = sc.admission
+        a.observe_lag(1.0)
+        await rsg.RiskServiceStub(bot_ch).CanTrade(can_trade("good"))
+        stub = rsg.RiskServiceStub(ch)
+        outs = await asyncio.gather(*(outcome(stub.CanTrade(can_trade("flood"), metadata=(
+            ("authorization", f"Bearer made-up-{i}"),))) for i in range(40)))
+        assert sum(1 for o in outs if o is not None) >= 30, [o.code() for o in outs if o]
 
 
 async def test_kill_switch_and_admin_calls_on_a_penalized_connection_get_through_over_grpc_and_http() -> None:

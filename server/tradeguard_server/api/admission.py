@@ -460,16 +460,20 @@ class Admission:
 
 
 def _credential(context: Any) -> str:
-    """What the call presents as its credential: the authorization metadata, else the TLS client certificate's
-    common name ("" for neither). Read only while overloaded, for the count per trader."""
+    """What the call presents as its credential, as the trader guard reads it: the bearer token of the first
+    authorization metadata, else the TLS client certificate's common name ("" for neither). Read only while
+    overloaded (or on probation), for the count per trader."""
     if context is None:
         return ""
     for key, value in context.invocation_metadata() or ():
         if key == "authorization":
             text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
             # as the guard reads it (dispatch.bearer_token: Bearer in any case, the token stripped), so that one
-            # token is one trader key, however a flooder spells it
-            return "bearer " + text[7:].strip() if text[:7].lower() == "bearer " else text
+            # token is one trader key, however a flooder spells it; any other scheme is not a credential to the
+            # guard, which reads the client certificate then (dispatch.trader_guard)
+            if text[:7].lower() == "bearer ":
+                return "bearer " + text[7:].strip()
+            break
     names = (context.auth_context() or {}).get("x509_common_name") or ()
     return names[0].decode(errors="replace") if names else ""
 
