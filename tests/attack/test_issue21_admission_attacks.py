@@ -593,6 +593,25 @@ async def test_a_penalty_of_a_millisecond_and_no_hold_answer_at_once_and_retry_a
             a.observe_lag(1.0)  # still overloaded
 
 
+async def test_oversized_trader_ids_a_handler_refuses_are_not_kept_as_penalty_or_probation_keys() -> None:
+    """Fixed in Admission.flooding: a trader id longer than ID_MAX (the handler answers INVALID_ARGUMENT) was
+    counted and, once over the limit, kept as a penalty and probation key for 2 x penalty + 5 s: a flood of 6
+    calls per 1 MB id (max_message_bytes) kept a sixth of what it sent in memory, up to 125 s on probation."""
+    async with driven(max_calls_per_trader=5, max_calls_per_connection=0, shed_hold_s=0.0,
+                      retry_after_s=1.0) as sc, connection(sc.address) as bot_ch, connection(sc.address) as ch:
+        a = sc.admission
+        a.observe_lag(1.0)
+        await rsg.RiskServiceStub(bot_ch).CanTrade(can_trade("good"))
+        stub = rsg.RiskServiceStub(ch)
+        for i in range(20):
+            big = f"{i}-" + "x" * 200_000
+            outs = [await outcome(stub.CanTrade(can_trade(big))) for _ in range(6)]
+            assert {o.code() for o in outs if o} <= {grpc.StatusCode.INVALID_ARGUMENT,
+                                                     grpc.StatusCode.RESOURCE_EXHAUSTED}
+        kept = sum(len(k) for d in (a.penalized_traders, a.probation_traders, a._trader_calls) for k in d)
+        assert kept < 100_000, f"{kept:,} characters of invalid trader ids kept"
+
+
 @pytest.mark.xfail(strict=True, reason=(
     "low (documented, README 'for retry_after_s after that'): the overload state lasts retry_after_s after the last "
     "late tick; retry_after_s is now 'the first penalty' and may be 3600, so one 25 ms stall (a GC pass) leaves "

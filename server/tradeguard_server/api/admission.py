@@ -52,6 +52,8 @@ from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+from .validation import ID_MAX
+
 log = logging.getLogger("tradeguard.admission")
 
 HOT, STREAM, ADMIN, HTTP, HTTP_STREAM = "hot", "stream", "admin", "http", "http_stream"
@@ -250,8 +252,8 @@ class Admission:
             trader = getattr(parse(raw), "trader_id", "")
         except (DecodeError, RuntimeError, ValueError):
             return ""  # the handler answers INVALID_ARGUMENT
-        if not trader:
-            return ""
+        if not trader or len(trader) > ID_MAX:
+            return ""  # the handler answers INVALID_ARGUMENT; an id up to 1 MB is not kept as a key for 125 s
         # A trader is counted per credential presented: calls that name a bot's trader id without its token (or
         # certificate) - refused by the guard after this - must not make that bot a flooding trader and get its
         # own connection shed. (With one shared trader token every holder may act for any trader anyway.)
