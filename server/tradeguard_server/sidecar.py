@@ -649,6 +649,8 @@ class Sidecar:
         from .api.admission import AdmissionCollector, admission_from_settings
 
         self.admission = admission_from_settings(self.settings)
+        self.admission.credentials_in_force = self._trader_guard is not None  # else RiskService is open
+        self.session.admission = self.admission  # calls inside a Session are judged as the unary ones
         registry = getattr(self.metrics, "registry", None)
         if registry is not None:
             registry.register(AdmissionCollector(self.admission))

@@ -24,6 +24,7 @@ LIMIT = 40
 FLOOD = rs.CanTradeRequest(trader_id="flood", account_id="a").SerializeToString()
 GOOD = rs.CanTradeRequest(trader_id="good", account_id="a").SerializeToString()
 PARSE = rs.CanTradeRequest.FromString
+KEY = "flood\0"  # the flooding trader's key: its id and the credential it presented (none)
 
 
 def admission() -> Admission:
@@ -53,19 +54,19 @@ def test_a_trader_that_floods_again_on_probation_is_penalized_again_at_once_and_
     a.observe_lag(1.0)  # overloaded
     out = window(a, LIMIT + 5)
     assert out[:LIMIT] == [""] * LIMIT and out[LIMIT:] == [FLOOD_TRADER] * 5
-    assert a.retry_after("ipv4:10.0.0.1:1") == 1.0
+    assert a.retry_after(KEY) == 1.0
     advance(a, 1.5, busy=0.4)  # penalty over; the loop keeps up but is under load (a flood coming back)
     assert not a.overloaded and a.watching  # on probation: still counted
     out = window(a, LIMIT // 4 + 1)
     assert out[-1] == FLOOD_TRADER and out[:-1] == [""] * (LIMIT // 4)
-    assert a.retry_after("ipv4:10.0.0.1:1") == PENALTY_GROWTH  # 4 s: what is left of it
+    assert a.retry_after(KEY) == PENALTY_GROWTH  # 4 s: what is left of it
     advance(a, PENALTY_GROWTH + 0.5, busy=0.4)
     assert window(a, LIMIT // 4 + 1)[-1] == FLOOD_TRADER
-    assert a.retry_after("ipv4:10.0.0.1:1") == PENALTY_GROWTH ** 2
+    assert a.retry_after(KEY) == PENALTY_GROWTH ** 2
     for _ in range(3):  # and so on, up to MAX_PENALTY_S
-        advance(a, a.retry_after("ipv4:10.0.0.1:1") + 0.5, busy=0.4)
+        advance(a, a.retry_after(KEY) + 0.5, busy=0.4)
         assert window(a, LIMIT // 4 + 1)[-1] == FLOOD_TRADER
-    assert a.retry_after("ipv4:10.0.0.1:1") == MAX_PENALTY_S
+    assert a.retry_after(KEY) == MAX_PENALTY_S
 
 
 def test_a_busy_bot_penalized_once_is_not_shed_on_an_idle_loop_for_a_rate_it_is_allowed() -> None:
@@ -86,7 +87,7 @@ def test_after_its_probation_a_trader_starts_again_from_the_first_penalty() -> N
     assert not a.watching and not a.probation_traders
     a.observe_lag(1.0)
     assert window(a, LIMIT + 1)[-1] == FLOOD_TRADER
-    assert a.retry_after("ipv4:10.0.0.1:1") == 1.0
+    assert a.retry_after(KEY) == 1.0
 
 
 class RecordingContext:
@@ -99,6 +100,9 @@ class RecordingContext:
 
     def peer(self) -> str:
         return "ipv4:10.0.0.1:1"
+
+    def time_remaining(self) -> None:
+        return None
 
     def invocation_metadata(self) -> tuple[()]:
         return ()

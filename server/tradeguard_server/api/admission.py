@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 import math
@@ -74,10 +75,18 @@ PENALTY_GROWTH = 4.0  # a repeat offender's penalty is this many times its last 
 MAX_PENALTY_S = 60.0  # ...up to this
 PROBATION_MIN_S = 5.0  # after a penalty, its connection or trader is watched for as long again, at least this
 PROBATION_SHARE = 4  # on probation (the loop keeping up), its limit is this share of the setting
+HOLD_DEADLINE_MARGIN_S = 0.1  # a held call is answered this long before its deadline at the latest
 # The kill switch is never shed by a budget (admin_max_concurrent, http_max_concurrent): during an incident the
 # operator's reads (a script, console tabs polling a stalled database) may fill the admin budget, and slow HTTP
 # requests the HTTP one; a pause or resume must still get through. Still counted in progress.
 KILL_SWITCH = frozenset({"PauseTrading", "ResumeTrading"})
+# Reads are not counted nor shed per trader (only per connection): an operator or a monitor reading a flooding
+# trader's state in an incident is not the flood.
+NOT_PER_TRADER = frozenset({"GetRiskState"})
+# a Session call's request type -> its method, for tradeguard_shed_total{method}
+_SESSION_METHODS = {"CanTradeRequest": "CanTrade", "ReportEquityRequest": "ReportEquity",
+                    "ReportTradeRequest": "ReportTrade", "ReportPositionsRequest": "ReportPositions",
+                    "ReportOrderRequest": "ReportOrder", "ReportPricesRequest": "ReportPrices"}
 
 
 def retry_status(message: str, retry_after_s: float) -> status_pb2.Status:
@@ -126,6 +135,11 @@ class Admission:
         # peer -> (until (monotonic), reason): its calls are shed meanwhile; the same per trader id
         self.penalized_peers: dict[str, tuple[float, str]] = {}
         self.penalized_traders: dict[str, tuple[float, str]] = {}
+        self.shed_until = 0.0  # when the penalty of the call `flooding` last shed ends
+        # trader credentials in force (the sidecar's trader guard): a trader is counted per credential presented;
+        # without them anything a caller sends as a token means nothing, and a made-up one per call must not make
+        # each call a trader of its own
+        self.credentials_in_force = True
         # peer / trader -> (penalty seconds it got last, end of its probation): a repeat offender's record
         self.probation_peers: dict[str, tuple[float, float]] = {}
         self.probation_traders: dict[str, tuple[float, float]] = {}
@@ -225,25 +239,31 @@ class Admission:
 
     def flooding(self, peer: str, raw: bytes, parse: Callable[[bytes], Message] | None,
                  context: Any = None) -> str:
-        """While watching: the reason to shed this call ("" = admit). A connection or trader that started more than
-        its limit in this window, and more than the average one (a lone client is not shed for its own load), while
-        the loop is overloaded or while it is on probation after a penalty, is penalized (`_penalize`): its calls
-        are shed meanwhile (a trader's connection with it)."""
+        """While watching: the reason to shed this call ("" = admit; `shed_until`: when its penalty ends). A
+        connection or trader that started more than its limit in this window, and more than the average one (a lone
+        client is not shed for its own load), while the loop is overloaded, or while it is on probation after a
+        penalty (`_probation_limit`), is penalized (`_penalize`): its calls are shed meanwhile. A trader's penalty
+        sheds the calls that name it (with the same credential) on any connection, and every call of the one
+        connection whose call took it over its limit; a connection that only names it (a monitor's read is not
+        counted at all: NOT_PER_TRADER) is not shed for its other calls."""
         now = self.now
         calls = self._peer_calls  # penalized peers count too: the average connection is the real one
         n = calls[peer] = calls.get(peer, 0) + 1
         self._window_calls += 1
         penalty = self.penalized_peers.get(peer)
         if penalty is not None and penalty[0] > now:
+            self.shed_until = penalty[0]
             return penalty[1]
         overloaded = self.overloaded
         limit = self.max_calls_per_connection
-        # on probation (the loop keeping up), the average is not asked: only the probation's calls are counted
-        probation = not overloaded and peer in self.probation_peers
-        if probation:
-            limit = self._probation_limit(limit)
-        if limit and n > limit and (probation or (overloaded and n * len(calls) > self._window_calls)):
-            self._penalize(self.penalized_peers, self.probation_peers, peer, FLOOD_CONNECTION)
+        if not limit:
+            flooding = False
+        elif not overloaded:  # only a connection on probation is judged while the loop keeps up
+            flooding = peer in self.probation_peers and n > self._probation_limit(limit, n)
+        else:
+            flooding = n > limit and n * len(calls) > self._window_calls
+        if flooding:
+            self.shed_until = self._penalize(self.penalized_peers, self.probation_peers, peer, FLOOD_CONNECTION)[0]
             return FLOOD_CONNECTION
         limit = self.max_calls_per_trader
         if not limit or parse is None or not (overloaded or self.probation_traders or self.penalized_traders):
@@ -254,60 +274,65 @@ class Admission:
             return ""  # the handler answers INVALID_ARGUMENT
         if not trader or len(trader) > ID_MAX:
             return ""  # the handler answers INVALID_ARGUMENT; an id up to 1 MB is not kept as a key for 125 s
-        # A trader is counted per credential presented: calls that name a bot's trader id without its token (or
-        # certificate) - refused by the guard after this - must not make that bot a flooding trader and get its
-        # own connection shed. (With one shared trader token every holder may act for any trader anyway.)
-        trader = f"{trader}\0{_credential(context)}"
+        # A trader is counted per credential presented (when trader credentials are in force): calls that name a
+        # bot's trader id without its token (or certificate) - refused by the guard after this - must not make that
+        # bot a flooding trader. (With one shared trader token every holder may act for any trader anyway.)
+        trader = f"{trader}\0{_credential(context) if self.credentials_in_force else ''}"
         penalty = self.penalized_traders.get(trader)
         if penalty is not None and penalty[0] > now:
-            self.penalized_peers[peer] = penalty
+            self.shed_until = penalty[0]
             return FLOOD_TRADER
-        if not overloaded:
-            if trader not in self.probation_traders:
-                return ""
-            limit = self._probation_limit(limit)
+        if not overloaded and trader not in self.probation_traders:
+            return ""
         traders = self._trader_calls
         t = traders[trader] = traders.get(trader, 0) + 1
         self._window_trader_calls += 1
-        if t > limit and (not overloaded or t * len(traders) > self._window_trader_calls):
-            self.penalized_peers[peer] = self._penalize(self.penalized_traders, self.probation_traders, trader,
-                                                        FLOOD_TRADER)
+        if not overloaded:  # on probation
+            flooding = t > self._probation_limit(limit, t)
+        else:
+            flooding = t > limit and t * len(traders) > self._window_trader_calls
+        if flooding:
+            # the connection that took it over its limit is penalized with it (its other calls too); the others
+            # that name it are shed call by call (above), not as connections
+            penalty = self.penalized_peers[peer] = self._penalize(self.penalized_traders, self.probation_traders,
+                                                                  trader, FLOOD_TRADER)
+            self.shed_until = penalty[0]
             return FLOOD_TRADER
         return ""
 
-    def _probation_limit(self, limit: int) -> int:
-        """The limit of a connection or trader on probation while the loop keeps up: a PROBATION_SHARE of it
-        while the loop is under load (its thread busy more than BUSY / 2 of the last window: a flood coming back
-        from its penalty), else the whole of it (a busy bot that was penalized once is not shed on an idle loop for
-        a rate it is allowed)."""
-        return max(1, limit // PROBATION_SHARE) if self.busy > BUSY / 2 else limit
+    def _probation_limit(self, limit: int, calls: int) -> int:
+        """The limit of a connection or trader on probation while the loop keeps up (it started `calls` in this
+        window): a PROBATION_SHARE of it while the loop is under load (its thread busy more than BUSY / 2 of the
+        last window) and these calls are more than half of all the loop took in the window (a flood coming back
+        from its penalty); else the whole of it (a bot that was penalized once is not shed again for a rate it is
+        allowed, on an idle loop or when the load is someone else's)."""
+        if self.busy > BUSY / 2 and calls * 2 > self._window_calls:
+            return max(1, limit // PROBATION_SHARE)
+        return limit
 
-    def retry_after(self, peer: str) -> float:
-        """What a shed call of `peer` is told to wait: what is left of its penalty, at least retry_after_s."""
-        penalty = self.penalized_peers.get(peer)
+    def retry_after(self, key: str) -> float:
+        """What is left of the penalty of `key` (a peer, or a trader key: id NUL credential), at least
+        retry_after_s."""
+        penalty = self.penalized_peers.get(key) or self.penalized_traders.get(key)
         return max(self.retry_after_s, penalty[0] - self.now) if penalty is not None else self.retry_after_s
 
     def count_shed(self, reason: str, method: str) -> None:
         key = (reason, method)
         self.shed[key] = self.shed.get(key, 0) + 1
 
-    async def refuse(self, context: Any, reason: str, method: str, what: str, hold: bool,
-                     retry_after_s: float | None = None, abort: bool = True) -> None:
-        """Answer RESOURCE_EXHAUSTED with retry-after (`retry_after_s`, default the setting; after the hold, for a
-        flood). `abort` False: the status is set on the context and the handler must return None (no exception:
-        an aborted call leaves its exception's traceback, ~22 objects in reference cycles, for the garbage
-        collector; a flood of shed calls made collections that stalled the loop for 100-240 ms)."""
+    async def refuse(self, context: Any, reason: str, method: str, what: str | Callable[[float], str], hold: bool,
+                     until: float | None = None, abort: bool = True) -> None:
+        """Answer RESOURCE_EXHAUSTED with retry-after: what is left of a penalty ending at `until` when the answer
+        goes (after the hold, for a flood), at least retry_after_s; `what` may be made of that delay. `abort`
+        False: the status is set on the context and the handler must return None (no exception: an aborted call
+        leaves its exception's traceback, ~22 objects in reference cycles, for the garbage collector; a flood of
+        shed calls made collections that stalled the loop for 100-240 ms)."""
         self.count_shed(reason, method)
-        retry = self.retry_after_s if retry_after_s is None else retry_after_s
-        if hold and self.shed_hold_s > 0 and self.held < MAX_HELD:
-            self.held += 1
-            try:
-                # jittered, so that the held calls of a flood do not all come back at once; a repeat offender's
-                # for a share of its (longer) penalty: each of its streams then comes back a few times per penalty,
-                # not once a second, and what it costs the loop to take and shed them falls with it
-                await asyncio.sleep(max(self.shed_hold_s, retry * 0.5) * (0.5 + random.random()))
-            finally:
-                self.held -= 1
+        if hold:
+            await self._hold(context, until)
+        retry = self.retry_after_s if until is None else max(self.retry_after_s, until - self.now)
+        if callable(what):
+            what = what(retry)
         trailing = (("retry-after", retry_after_header(retry)),
                     ("grpc-status-details-bin", retry_status(what, retry).SerializeToString()))
         if abort:
@@ -315,6 +340,41 @@ class Admission:
         context.set_code(grpc.StatusCode.RESOURCE_EXHAUSTED)
         context.set_details(what)
         context.set_trailing_metadata(trailing)
+
+    async def _hold(self, context: Any, until: float | None) -> None:
+        """Hold a flood's shed call before its answer: jittered, so that the held calls of a flood do not all come
+        back at once; a repeat offender's for a share of its (longer) penalty: each of its streams then comes back
+        a few times per penalty, not once a second, and what it costs the loop to take and shed them falls with it;
+        never past the call's own deadline, so that the caller is told when to retry rather than
+        DEADLINE_EXCEEDED."""
+        if self.shed_hold_s <= 0 or self.held >= MAX_HELD:
+            return
+        left = self.retry_after_s if until is None else max(self.retry_after_s, until - self.now)
+        seconds = max(self.shed_hold_s, left * 0.5) * (0.5 + random.random())
+        remaining = context.time_remaining()
+        if remaining is not None:
+            seconds = min(seconds, remaining - HOLD_DEADLINE_MARGIN_S)
+        if seconds <= 0:
+            return
+        self.held += 1
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self.held -= 1
+
+    async def shed_in_session(self, context: Any, message: Message) -> status_pb2.Status | None:
+        """A call inside a Session stream (`message`: its CanTrade or report request), judged as the same call
+        made alone on this connection would be: None (serve it), or, after the hold (the stream waits: only this
+        session is held back), the RESOURCE_EXHAUSTED status its `error` answer carries, with RetryInfo."""
+        reason = self.flooding(context.peer(), b"", lambda _raw: message, context)
+        if not reason:
+            return None
+        method = _SESSION_METHODS.get(type(message).__name__, "Session")
+        self.count_shed(reason, method)
+        until = self.shed_until
+        await self._hold(context, until)
+        retry = max(self.retry_after_s, until - self.now)
+        return retry_status(self._flood_message(reason, retry), retry)
 
     def _flood_message(self, reason: str, retry_after_s: float) -> str:
         if reason == FLOOD_TRADER:
@@ -333,7 +393,7 @@ class Admission:
         """The method handlers of one class with admission in front of them."""
         out: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
         for name, handler in methods.items():
-            parse = (parsers or {}).get(name)
+            parse = None if name in NOT_PER_TRADER else (parsers or {}).get(name)
             if handler.unary_unary is not None:
                 behavior: Any = (self._admin_unary(name, handler.unary_unary) if cls == ADMIN
                                  else self._hot_unary(name, handler.unary_unary, parse))
@@ -361,12 +421,16 @@ class Admission:
 
         async def admitted(raw: bytes, context: Any) -> Any:
             if self.watching:
-                peer = context.peer()
+                # HTTP requests are keyed apart from gRPC connections: one source port may carry one of each (to
+                # two listeners), and a flood over one must not get the other shed
+                http = getattr(context, "protocol", "") == "http"
+                peer = "http " + context.peer() if http else context.peer()
                 reason = self.flooding(peer, raw, parse, context)
                 if reason:
-                    retry = self.retry_after(peer)
-                    await self.refuse(context, reason, method, self._flood_message(reason, retry), hold=True,
-                                      retry_after_s=retry, abort=False)
+                    # an HTTP call is not held: it would keep its share of http_max_concurrent meanwhile, and a
+                    # flooder with that many requests would take the whole HTTP budget of every other bot
+                    await self.refuse(context, reason, method, functools.partial(self._flood_message, reason),
+                                      hold=not http, until=self.shed_until, abort=False)
                     return None
             return await inner(raw, context)
 

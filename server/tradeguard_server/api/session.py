@@ -177,6 +177,7 @@ class SessionService:
         self.closing = closing
         self.heard = heard
         self.tracer = tracer  # an OpenTelemetry tracer: one span per request (None: tracing off)
+        self.admission: Any = None  # api.admission.Admission: a flooding trader's or connection's calls are shed
         self.open_sessions = 0
         self.declared_open: dict[str, int] = {}  # trader id -> open sessions that declared it (pins it in memory)
 
@@ -283,6 +284,12 @@ class SessionService:
                             principal = guard(context)
                             if principal is not None:
                                 authorize(principal, inner)
+                        admission = self.admission
+                        if admission is not None and admission.watching:  # as the unary call would be (issue 21)
+                            shed = await admission.shed_in_session(context, inner)
+                            if shed is not None:
+                                await write(error_frame(request_id, shed))
+                                continue
                         if heard is not None:
                             heard(inner.trader_id)
                         answer = await entry[0](inner, context)

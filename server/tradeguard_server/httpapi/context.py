@@ -45,6 +45,7 @@ class HttpContext:
     """The ServicerContext of one HTTP request (the methods TradeGuard's handlers and guards use)."""
 
     __slots__ = ("_auth", "_metadata", "_peer", "code", "details", "trailing")
+    protocol = "http"  # api/admission.py: keyed apart from gRPC connections, shed calls not held
 
     def __init__(self, headers: Mapping[str, str], peer: str, common_name: str = "") -> None:
         self._metadata = tuple((k.lower(), v) for k, v in headers.items() if k.lower() not in _NOT_METADATA)
