@@ -66,7 +66,7 @@ import os
 import pickle
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +89,19 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS spool_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
     # The calls received while the stored state is not loaded (persistence.py's journal; spooled_journal.py)
     "CREATE TABLE IF NOT EXISTS journal (seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, data BLOB NOT NULL)",
+    # Alert deliveries not yet in the alert_outbox table (alerts/delivery.py): one row per (key, notifier). A spool
+    # file from before this table is given it here (CREATE IF NOT EXISTS at every open; the format stays "1").
+    "CREATE TABLE IF NOT EXISTS alerts (seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL, notifier TEXT "
+    "NOT NULL, at REAL NOT NULL, attempts INTEGER NOT NULL, delivered INTEGER NOT NULL, data BLOB NOT NULL, "
+    "UNIQUE (key, notifier))",
+)
+# A delivery new to the spool is inserted; one already there takes the given outcome only when it is newer
+# (delivered beats undelivered, then more attempts): a duplicate of a spooled delivery changes nothing.
+_UPSERT_ALERT = (
+    "INSERT INTO alerts (key, notifier, at, attempts, delivered, data) VALUES (?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (key, notifier) DO UPDATE SET attempts = excluded.attempts, delivered = excluded.delivered, "
+    "data = excluded.data WHERE excluded.delivered > alerts.delivered OR "
+    "(excluded.delivered = alerts.delivered AND excluded.attempts > alerts.attempts)"
 )
 _UPSERT = (
     "INSERT INTO spool (kind, key, version, epoch, at, txid, pid, size, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
@@ -125,6 +138,7 @@ class SpoolStats:
     replayed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     over_limit: bool = False  # states, trades and events alone exceed max_bytes (the limit is soft for them)
     journal: int = 0  # calls journaled while the stored state was not loaded (table journal), replayed at the load
+    alerts: int = 0  # alert deliveries not yet in the alert_outbox table (table alerts)
 
 
 class SpoolError(Exception):
@@ -232,10 +246,26 @@ class Spool:
         self._worker: Worker | None = None
         self._conn: sqlite3.Connection | None = None  # spool thread only
         self._lock_fd: int | None = None  # flock on <path>.lock while open: one sidecar per spool file
+        self._opened = False  # open() finished (the worker exists from the start of open())
 
     @property
     def depth(self) -> int:
         return self.stats.depth
+
+    @property
+    def is_open(self) -> bool:
+        """Opened (and not closed): its tables can be read and written."""
+        return self._opened
+
+    @property
+    def journal_depth(self) -> int:
+        """Journaled calls in the spool (table journal; counted by the spool thread, not per read)."""
+        return self.stats.journal
+
+    @property
+    def alerts_depth(self) -> int:
+        """Alert deliveries in the spool (table alerts; counted by the spool thread, not per read)."""
+        return self.stats.alerts
 
     def oldest_age_s(self, now: float | None = None) -> float:
         oldest = self.stats.oldest_at
@@ -253,9 +283,13 @@ class Spool:
             self._worker = None
             self._unlock()
             raise SpoolError(f"spool_path {self.path}: cannot open the spool ({exc})") from exc
+        self._opened = True
         if self.stats.journal:
             log.warning("spool %s holds %d calls received by a sidecar that stopped before the stored state was "
                         "loaded: replayed on the stored state when it loads", self.path, self.stats.journal)
+        if self.stats.alerts:
+            log.warning("spool %s holds %d alert deliveries not yet in the alert_outbox table: attempted again and "
+                        "stored when the database answers", self.path, self.stats.alerts)
         if self.stats.depth:
             log.warning("spool %s holds %d records (%d bytes, the oldest from %.0f s ago) not yet in the database: "
                         "replayed when the database answers, before the stored state is loaded", self.path,
@@ -263,6 +297,7 @@ class Spool:
 
     async def close(self) -> None:
         worker, self._worker = self._worker, None
+        self._opened = False
         if worker is None:
             return
         with contextlib.suppress(Exception):
@@ -346,6 +381,25 @@ class Spool:
         """The journaled calls are replayed on the stored state and what they changed is written: forget them."""
         await run_on(self._worker, self._clear_journal)
 
+    async def upsert_alerts(self, deliveries: Sequence[Any]) -> list[tuple[int, bool]]:
+        """Commit alert deliveries (alerts.outbox.Delivery; one transaction, fsynced): a new (key, notifier) is
+        inserted, one already spooled takes the given outcome if it is newer (a duplicate leaves it as it is).
+        Returns each one's (seq, inserted). Raises SpoolError."""
+        try:
+            return await run_on(self._worker, self._upsert_alerts, list(deliveries))
+        except Exception as exc:
+            raise SpoolError(f"spool_path {self.path}: alert write failed ({exc})") from exc
+
+    async def read_alerts(self, after_seq: int, n: int, delivered: bool) -> list[tuple[int, Any]]:
+        """Up to `n` spooled deliveries (seq, Delivery) after `after_seq`, oldest first: the delivered ones or the
+        undelivered ones (one that does not unpickle is logged, moved to <path>.unreadable and deleted)."""
+        return await run_on(self._worker, self._read_alerts, after_seq, n, delivered)
+
+    async def delete_alerts(self, keys: Sequence[tuple[str, str]]) -> None:
+        """The deliveries (key, notifier) are in the alert_outbox table: forget them."""
+        if keys:
+            await run_on(self._worker, self._delete_alerts, list(keys))
+
     async def latest_states(self) -> tuple[list[StateRecord], dict[str, list[str]]]:
         """Every spooled state, and each trader's spooled trade ids (oldest first): the latest state this
         sidecar had, for a start while the database is unreachable."""
@@ -406,6 +460,7 @@ class Spool:
         depth, size = self._conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM spool").fetchone()
         self.stats.depth, self.stats.bytes = int(depth), int(size)
         self.stats.journal = int(self._conn.execute("SELECT count(*) FROM journal").fetchone()[0])
+        self.stats.alerts = int(self._conn.execute("SELECT count(*) FROM alerts").fetchone()[0])
         self._oldest()
 
     def _oldest(self) -> None:
@@ -573,6 +628,52 @@ class Spool:
         assert self._conn is not None
         self._conn.execute("DELETE FROM journal")
         self.stats.journal = 0
+
+    def _upsert_alerts(self, deliveries: list[Any]) -> list[tuple[int, bool]]:
+        now = time.time()
+        out: list[tuple[int, bool]] = []
+        with self._writing() as conn:
+            for d in deliveries:
+                k = (d.key, d.notifier)
+                old = conn.execute("SELECT seq FROM alerts WHERE key = ? AND notifier = ?", k).fetchone()
+                conn.execute(_UPSERT_ALERT, (*k, now, d.attempts, int(d.delivered_at is not None), dumps(d)))
+                if old is None:
+                    seq = int(conn.execute("SELECT seq FROM alerts WHERE key = ? AND notifier = ?", k).fetchone()[0])
+                    out.append((seq, True))
+                else:
+                    out.append((int(old[0]), False))
+        self.stats.alerts += sum(1 for _seq, inserted in out if inserted)
+        return out
+
+    def _read_alerts(self, after_seq: int, n: int, delivered: bool) -> list[tuple[int, Any]]:
+        conn = self._conn
+        assert conn is not None
+        out: list[tuple[int, Any]] = []
+        bad: list[tuple[int, bytes]] = []
+        for seq, data in conn.execute("SELECT seq, data FROM alerts WHERE seq > ? AND delivered = ? ORDER BY seq "
+                                      "LIMIT ?", (after_seq, int(delivered), n)):
+            try:
+                out.append((int(seq), loads(data)))
+            except Exception as exc:
+                log.error("spool %s: alert delivery %d cannot be read (%s): moved to %s.unreadable", self.path, seq,
+                          exc, self.path)
+                bad.append((seq, data))
+        if bad:
+            with open(self.path + ".unreadable", "ab") as f:
+                for _seq, data in bad:
+                    f.write(len(data).to_bytes(8, "big") + data)
+                os.fsync(f.fileno())
+            with self._writing() as conn:
+                conn.executemany("DELETE FROM alerts WHERE seq = ?", [(seq,) for seq, _ in bad])
+            self.stats.alerts -= len(bad)
+        return out
+
+    def _delete_alerts(self, keys: list[tuple[str, str]]) -> None:
+        gone = 0
+        with self._writing() as conn:
+            for k in keys:
+                gone += conn.execute("DELETE FROM alerts WHERE key = ? AND notifier = ?", k).rowcount
+        self.stats.alerts -= gone
 
     def _latest_states(self) -> tuple[list[StateRecord], dict[str, list[str]]]:
         conn = self._conn
