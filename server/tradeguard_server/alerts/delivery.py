@@ -4,10 +4,18 @@ The hot path only calls `submit` (append to a bounded in-memory queue, set an ev
 1. takes up the outbox's undelivered rows of this sidecar once (after a restart; retried until the store answers);
 2. turns the queued alerts into one `Delivery` per notifier and stores them (`Outbox.add`) before their first
    attempt, so a crash from then on loses none; a (key, notifier) already stored is a duplicate and dropped. While
-   the store is unavailable they wait in memory (at most `alert_max_pending`, oldest dropped and counted as failed)
-   and are attempted all the same (the `store_unavailable` alert itself must get out), except those derived again
-   after a restart (`only_if_new`), which wait for the outbox to say they are new; each is stored, with its outcome,
-   when the database is back;
+   the store is unavailable they are attempted all the same (the `store_unavailable` alert itself must get out),
+   except those derived again after a restart (`only_if_new`), which wait for the outbox to say they are new; each
+   is stored, with its outcome, when the database is back. Where they wait meanwhile:
+   - with a local spool (PostgreSQL; `AlertSpool`, store/spool.py's table `alerts`): each new delivery is
+     committed to the spool as it comes (an intake task, not only between rounds), before its first attempt,
+     and the outcomes of its attempts too; once the outbox takes it, it leaves the spool. A SIGKILL or a SIGTERM
+     during an outage loses none: the next start takes the spooled ones up (they are this sidecar's: one spool
+     per sidecar) and attempts them. Memory holds at most `alert_max_pending` deliveries: the others wait in the
+     spool only, taken up oldest first (in batches) when memory has room; a delivered one whose outcome is
+     spooled leaves memory and goes from the spool to the outbox when the database answers;
+   - without one (SQLite, memory, spool_path off, or while the spool cannot be written): in memory only, at most
+     `alert_max_pending`, the oldest dropped and counted as failed;
 3. attempts every due delivery, the notifiers in parallel, each notifier's in order; stores the outcome. A failure
    is retried after `alert_retry_initial_s` doubled per attempt, capped at `alert_retry_max_s`, times a random
    factor in [0.5, 1] (jitter: many sidecars do not retry in step); there is no last attempt: an alert is

@@ -17,6 +17,15 @@ journals them to replay on the stored state; spooled_journal.py keeps them here 
 returns does not lose them). They are not written to PostgreSQL as such: the next load replays them through the
 engine, and they are deleted once what they changed is written.
 
+A third table, `alerts`, holds the alert deliveries (alerts/delivery.py) that are not in the alert_outbox table
+yet: one row per (key, notifier), unique, with `seq` (oldest first), `attempts` and `delivered` as plain columns
+(what the reads filter and the upsert compares) and the whole `Delivery` pickled (payload, attempts, next attempt,
+delivered_at, last_error: a dataclass of this package, so the restricted unpickler builds it). Each is committed
+before its first attempt; an outcome replaces the row only when newer (delivered beats undelivered, then more
+attempts), so a duplicate changes nothing. Deleted once the outbox holds it. The counts of `journal` and `alerts`
+rows are read once at open and then kept by the spool thread (metrics read them, no COUNT per scrape). A spool
+file from before this table gets it at open (CREATE IF NOT EXISTS; the format is unchanged).
+
 Durability: `synchronous=FULL`, and one transaction per spill (every 50 ms or so, however many records): each
 commit is fsynced before the writer forgets the records in memory. So a SIGKILL (or an OOM kill) loses nothing
 committed to the spool; a power loss or kernel crash loses nothing committed either; what neither survives is what
