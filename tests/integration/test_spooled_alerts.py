@@ -8,8 +8,11 @@ wait in the local spool (table `alerts`) while the outbox (alert_outbox) cannot 
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import sqlite3
+import threading
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -242,3 +245,81 @@ async def test_more_alerts_than_alert_max_pending_in_an_outage_none_dropped_memo
     assert len(rows) == len({k for k, _e, _d in rows}) and all(d for _k, _e, d in rows), rows
     sent = Counter(r.body["key"] for r in receiver.received)
     assert {k for k, _e, _d in rows} <= set(sent) and set(sent.values()) == {1}, sent
+
+
+# ---- attacks on the change (found while writing it; the fixes are in alerts/delivery.py) ---------------------------
+
+# A delivery the outbox took just before a SIGKILL that came before the spool forgot it is in both at the next
+# start. The outbox holds it once (the spooled copy collapses into the stored row), and it is sent once. When a run
+# with the database away had delivered it (its outcome in the spool only), the stored row takes that outcome and is
+# not sent again: it was, before, because the row taken up from the outbox was attempted as undelivered.
+
+@pytest.mark.parametrize("delivered", [False, True], ids=["undelivered", "delivered-by-a-run-in-the-outage"])
+async def test_a_delivery_in_both_the_spool_and_the_outbox_after_a_crash_is_stored_once_and_sent_at_most_once(
+        rig: Rig, delivered: bool) -> None:
+    from tradeguard_server.alerts.outbox import Delivery
+    from tradeguard_server.store.spool import Spool
+    from tradeguard_server.store.store import database_name
+
+    first = await rig.spawn("first")  # the schema
+    await stop(first, signal.SIGTERM)
+    key, now = "breaker_fired:crash-twin", time.time()
+    payload = {"event": "breaker_fired", "key": key, "trader_id": "bot-1", "account_id": ACCT}
+    with psycopg.connect(plain_dsn(rig.url), autocommit=True) as conn:
+        conn.execute("INSERT INTO alert_outbox (key, notifier, event, sidecar, trader_id, account_id, payload, "
+                     "created_at, attempts, next_attempt_at) VALUES (%s, 'webhook', 'breaker_fired', 'alert-spool', "
+                     "'bot-1', %s, %s::jsonb, to_timestamp(%s), 0, to_timestamp(%s))",
+                     (key, ACCT, json.dumps(payload), now, now))
+    spool = Spool(str(rig.spool), database=database_name(rig.url))
+    await spool.open()
+    await spool.upsert_alerts([Delivery(key, "webhook", "breaker_fired", "alert-spool", payload, now, now,
+                                        attempts=2 if delivered else 0, delivered_at=now + 1 if delivered else None,
+                                        trader_id="bot-1", account_id=ACCT)])
+    await spool.close()
+
+    second = await rig.spawn("second")  # the database up, the receiver up
+    try:
+        assert await eventually(lambda: outbox(rig.url) == [(key, "breaker_fired", True)], timeout=30), \
+            (outbox(rig.url), second.log()[-3000:])
+        assert await eventually(lambda: spooled_alerts(rig.spool) == [], timeout=30)
+    finally:
+        await stop(second, signal.SIGTERM)
+    assert len(rig.receiver.bodies(event="breaker_fired")) == (0 if delivered else 1), rig.receiver.received
+
+
+# A stop while new alerts were on their way into the spool (the intake's write queued on the spool thread) lost
+# them: taken out of the inbox, the write cancelled with the task before it ran. They now leave the inbox only once
+# the spool has them, and the stop spools them.
+
+async def test_a_stop_while_new_alerts_are_being_spooled_keeps_them_in_the_spool(receiver: AlertReceiver) -> None:
+    from tradeguard_server.alerts.alert import Alert
+
+    await receiver.down()
+    with fresh_database("tg_alertstop") as url:
+        proxy = await FaultProxy().start()
+        try:
+            async with running_sidecar(database_url=proxy.url_for(url), enable_persistence=True,
+                                       alert_webhook_url=receiver.url(), sidecar_id="sc-stop",
+                                       control_state_stale_action="serve") as sc:
+                spool = sc.store.spool  # type: ignore[attr-defined]
+                assert spool is not None and spool.is_open
+                proxy.cut()
+                before = spool.alerts_depth
+                gate = threading.Event()
+                spool._worker.submit(gate.wait)  # the spool thread busy: the intake's write waits behind it
+                try:
+                    for i in range(5):
+                        sc.alerts.submit(Alert("breaker_fired", f"breaker_fired:stop-{i}", "floor", time.time(),
+                                               "sc-stop", "bot-1", ACCT))
+                    assert await eventually(lambda: sc.alerts._spool_lock.locked(), timeout=10)  # write queued
+                    stopping = asyncio.get_running_loop().create_task(sc.alerts.stop(store_timeout_s=10))
+                    assert await eventually(lambda: sc.alerts._task is not None and sc.alerts._task.done(),
+                                            timeout=10)  # the tasks are cancelled, their write with them
+                finally:
+                    gate.set()
+                await stopping
+                keys = {k for k, _n in spooled_alerts(Path(spool.path))}
+                assert {f"breaker_fired:stop-{i}" for i in range(5)} <= keys, keys
+                assert spool.alerts_depth >= before + 5
+        finally:
+            await proxy.close()

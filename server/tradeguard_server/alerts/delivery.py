@@ -272,11 +272,14 @@ class AlertDispatcher:
                       "alert_max_pending) until it can", what, exc)
         self._spool_failing = True
 
-    def _new_deliveries(self) -> list[Delivery]:
+    def _new_deliveries(self, alerts: list[Alert] | None = None) -> list[Delivery]:
+        """Deliveries of `alerts`, else of the whole inbox (taken out of it)."""
         now = self.clock()
         new: list[Delivery] = []
-        while self.inbox:
-            alert = self.inbox.popleft()
+        if alerts is None:
+            alerts = list(self.inbox)
+            self.inbox.clear()
+        for alert in alerts:
             payload = alert.payload()
             for n in self.notifiers:
                 new.append(Delivery(alert.key, n.name, alert.event, self.sidecar, payload, alert.at, now,
@@ -308,15 +311,19 @@ class AlertDispatcher:
             self._take_inbox()
             return
         async with self._spool_lock:
-            new = self._new_deliveries()
+            # Left in the inbox until the spool has them: cancelled meanwhile (a stop), they are not lost.
+            alerts = list(self.inbox)
+            new = self._new_deliveries(alerts)
             if not new:
                 return
             try:
                 placed = await spool.upsert_alerts(new)
             except Exception as exc:
                 self._spool_error("new alerts", exc)
+                self._take_alerts(alerts)
                 self._take_inbox(new)
                 return
+            self._take_alerts(alerts)
             self._spool_failing = False
             for d, (seq, inserted) in zip(new, placed, strict=True):
                 if not inserted:
@@ -327,6 +334,26 @@ class AlertDispatcher:
                     self.deliveries.append(d)
                     self._spooled[self._key(d)] = seq
                     self._cursor = max(self._cursor, seq)
+
+    def _take_alerts(self, alerts: list[Alert]) -> None:
+        """`alerts` (the oldest in the inbox, unless dropped from it meanwhile) leave the inbox."""
+        taken = {id(a) for a in alerts}
+        while self.inbox and id(self.inbox[0]) in taken:
+            self.inbox.popleft()
+
+    def _merge_outcomes(self, dupes: list[Delivery]) -> None:
+        """Deliveries the outbox found stored already: one delivered meanwhile (from the spool, by a run that could
+        not store it) gives its outcome to the stored row, when this sidecar holds it (taken up from the outbox),
+        so that it is not sent again."""
+        delivered = {self._key(d): d for d in dupes if d.delivered_at is not None}
+        if not delivered:
+            return
+        for d in self.deliveries:
+            done = delivered.get(self._key(d))
+            if done is not None and d.id and d.delivered_at is None:
+                d.delivered_at, d.last_error = done.delivered_at, None
+                d.attempts = max(d.attempts, done.attempts)
+                d.dirty = True
 
     async def _take_up_spooled(self) -> None:
         """Undelivered deliveries in the spool only (a previous run's, or past alert_max_pending) into memory,
@@ -371,6 +398,7 @@ class AlertDispatcher:
                 if dupes:
                     self.duplicates += len(dupes)
                     self.deliveries = [d for d in self.deliveries if id(d) not in dupes]
+                    self._merge_outcomes([d for d in new if id(d) in dupes])
                 await self._unspool([d for d in new if self._key(d) in self._spooled])
             for d in self.deliveries:
                 if d.id is not None and d.dirty:
@@ -412,6 +440,7 @@ class AlertDispatcher:
                 try:
                     fresh = await self.outbox.add(batch)
                     self.duplicates += sum(1 for ok in fresh if not ok)
+                    self._merge_outcomes([d for d, ok in zip(batch, fresh, strict=True) if not ok])
                 except StoreUnavailable as exc:
                     log.debug("alerts: outbox not writable now (%s); kept in the spool", exc)
                     return
