@@ -223,6 +223,7 @@ async def test_more_alerts_than_alert_max_pending_in_an_outage_none_dropped_memo
                 text = generate_latest(sc.metrics.registry).decode()  # type: ignore[attr-defined]
                 assert sample(text, "tradeguard_spool_alerts") == total
                 assert sample(text, "tradeguard_spool_journal") == 0
+                assert sample(text, "tradeguard_alerts_pending") >= total  # the spool's only ones included
 
                 await receiver.up()
                 assert await receiver.wait_for(lambda got: memory() >= 0 and len(
@@ -323,3 +324,54 @@ async def test_a_stop_while_new_alerts_are_being_spooled_keeps_them_in_the_spool
                 assert spool.alerts_depth >= before + 5
         finally:
             await proxy.close()
+
+
+# The database returning, going again and returning while the spooled deliveries move to the outbox (more than one
+# batch of them, delivered while it was away and waiting in the spool only): each ends up in alert_outbox once,
+# delivered, and is sent once.
+
+async def test_the_database_lost_again_while_spooled_deliveries_move_to_the_outbox_loses_and_doubles_none(
+        receiver: AlertReceiver) -> None:
+    from tradeguard_server.alerts.alert import Alert
+    from tradeguard_server.alerts.delivery import SPOOL_BATCH
+
+    n = SPOOL_BATCH * 2 + 50
+    with fresh_database("tg_alertflap") as url:
+        proxy = await FaultProxy().start()
+        try:
+            async with running_sidecar(database_url=proxy.url_for(url), enable_persistence=True,
+                                       alert_webhook_url=receiver.url(), alert_max_pending=50, alert_poll_s=0.5,
+                                       sidecar_id="sc-flap", control_state_stale_action="serve") as sc:
+                spool = sc.store.spool  # type: ignore[attr-defined]
+                assert spool is not None and spool.is_open
+                async with grpc.aio.insecure_channel(sc.address) as ch:
+                    risk = rsg.RiskServiceStub(ch)
+                    report = rs.ReportEquityRequest(trader_id="bot-1", account_id=ACCT, equity=10_000.0)
+                    await risk.ReportEquity(report, timeout=10)  # claimed before the cut
+                    proxy.cut()
+                    await risk.ReportEquity(report, timeout=10)  # a write: the store finds the outage
+                assert await eventually(lambda: not sc.store.healthy, timeout=20)
+                for i in range(n):
+                    sc.alerts.submit(Alert("breaker_fired", f"breaker_fired:flap-{i}", "floor", time.time(),
+                                           "sc-flap", "bot-1", ACCT))
+                assert await receiver.wait_for(lambda got: len(got) >= n, timeout=120), len(receiver.received)
+                assert await eventually(lambda: spool.alerts_undelivered == 0 and spool.alerts_depth >= n,
+                                        timeout=30), (spool.alerts_depth, spool.alerts_undelivered)
+                proxy.restore()
+
+                def moved() -> int:
+                    with psycopg.connect(plain_dsn(url), autocommit=True) as conn:
+                        row = conn.execute("SELECT count(*) FROM alert_outbox WHERE key LIKE 'breaker_fired:flap-%'"
+                                           ).fetchone()
+                    return int(row[0]) if row else 0
+
+                assert await eventually(lambda: moved() > 0, timeout=30)
+                proxy.cut()  # mid-way (or just after: the assertions hold either way)
+                proxy.restore()
+                assert await eventually(lambda: spool.alerts_depth == 0, timeout=60), spool.alerts_depth
+                rows = [r for r in outbox(url) if r[0].startswith("breaker_fired:flap-")]
+        finally:
+            await proxy.close()
+    assert len(rows) == n and len({k for k, _e, _d in rows}) == n and all(d for _k, _e, d in rows)
+    sent = Counter(b["key"] for b in receiver.bodies(event="breaker_fired"))
+    assert len(sent) == n and set(sent.values()) == {1}

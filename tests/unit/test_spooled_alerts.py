@@ -50,12 +50,15 @@ async def test_upsert_keeps_the_newest_outcome_and_a_duplicate_changes_nothing(t
         assert await spool.upsert_alerts([failed]) == [(seq, False)]
         assert await spool.upsert_alerts([delivery("k1")]) == [(seq, False)]  # a duplicate: attempts 0 < 2
         assert [d for _s, d in await spool.read_alerts(0, 10, delivered=False)] == [failed]
+        assert (spool.alerts_depth, spool.alerts_undelivered) == (1, 1)
         done = delivery("k1", attempts=3, delivered_at=20.0)
         await spool.upsert_alerts([done])
         await spool.upsert_alerts([delivery("k1", attempts=2, last_error="late")])  # older: ignored
         assert await spool.read_alerts(0, 10, delivered=False) == []
         assert await spool.read_alerts(0, 10, delivered=True) == [(seq, done)]
-        assert spool.alerts_depth == 1
+        assert (spool.alerts_depth, spool.alerts_undelivered) == (1, 0)
+        await spool.upsert_alerts([delivery("k2", attempts=1, delivered_at=5.0)])  # delivered when first spooled
+        assert (spool.alerts_depth, spool.alerts_undelivered) == (2, 0)
     finally:
         await spool.close()
 
@@ -64,14 +67,16 @@ async def test_delete_forgets_the_given_deliveries_and_the_counts_follow(tmp_pat
     path = tmp_path / "spool.db"
     spool = await open_spool(path)
     await spool.upsert_alerts([delivery(f"k{i}") for i in range(5)])
+    await spool.upsert_alerts([delivery("k4", attempts=1, delivered_at=5.0)])
     await spool.delete_alerts([("k1", "webhook"), ("k3", "webhook"), ("absent", "webhook")])
-    assert spool.alerts_depth == 3
+    assert (spool.alerts_depth, spool.alerts_undelivered) == (3, 2)
     await spool.delete_alerts([])
     await spool.close()
     again = await open_spool(path)
     try:
-        assert again.alerts_depth == 3  # counted once at open, then kept in memory
-        assert [d.key for _s, d in await again.read_alerts(0, 10, delivered=False)] == ["k0", "k2", "k4"]
+        assert (again.alerts_depth, again.alerts_undelivered) == (3, 2)  # counted once at open, then kept
+        assert [d.key for _s, d in await again.read_alerts(0, 10, delivered=False)] == ["k0", "k2"]
+        assert [d.key for _s, d in await again.read_alerts(0, 10, delivered=True)] == ["k4"]
     finally:
         await again.close()
 

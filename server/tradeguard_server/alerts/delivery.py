@@ -69,6 +69,9 @@ class AlertSpool(Protocol):
     @property
     def alerts_depth(self) -> int: ...
 
+    @property
+    def alerts_undelivered(self) -> int: ...
+
     async def upsert_alerts(self, deliveries: Sequence[Delivery]) -> list[tuple[int, bool]]: ...
 
     async def read_alerts(self, after_seq: int, n: int, delivered: bool) -> list[tuple[int, Delivery]]: ...
@@ -571,7 +574,12 @@ class AlertDispatcher:
         return {n.name: self.failed[n.name] for n in self.notifiers}
 
     def alerts_pending(self) -> int:
-        return sum(1 for d in self.deliveries if d.delivered_at is None) + len(self.inbox) * len(self.notifiers)
+        """Undelivered: in memory, queued, and in the spool only (beyond alert_max_pending, or a previous run's not
+        taken up yet)."""
+        spool = self._usable_spool()
+        spooled_only = 0 if spool is None else max(0, spool.alerts_undelivered - len(self._spooled))
+        return (sum(1 for d in self.deliveries if d.delivered_at is None) + len(self.inbox) * len(self.notifiers)
+                + spooled_only)
 
     def notifiers_up(self) -> dict[str, bool]:
         return {name: s.up for name, s in self.status.items()}

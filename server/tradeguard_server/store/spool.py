@@ -103,6 +103,7 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS alerts (seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL, notifier TEXT "
     "NOT NULL, at REAL NOT NULL, attempts INTEGER NOT NULL, delivered INTEGER NOT NULL, data BLOB NOT NULL, "
     "UNIQUE (key, notifier))",
+    "CREATE INDEX IF NOT EXISTS alerts_delivered ON alerts (delivered, seq)",
 )
 # A delivery new to the spool is inserted; one already there takes the given outcome only when it is newer
 # (delivered beats undelivered, then more attempts): a duplicate of a spooled delivery changes nothing.
@@ -148,6 +149,7 @@ class SpoolStats:
     over_limit: bool = False  # states, trades and events alone exceed max_bytes (the limit is soft for them)
     journal: int = 0  # calls journaled while the stored state was not loaded (table journal), replayed at the load
     alerts: int = 0  # alert deliveries not yet in the alert_outbox table (table alerts)
+    alerts_undelivered: int = 0  # ...of which not delivered yet
 
 
 class SpoolError(Exception):
@@ -275,6 +277,11 @@ class Spool:
     def alerts_depth(self) -> int:
         """Alert deliveries in the spool (table alerts; counted by the spool thread, not per read)."""
         return self.stats.alerts
+
+    @property
+    def alerts_undelivered(self) -> int:
+        """...of which not delivered yet."""
+        return self.stats.alerts_undelivered
 
     def oldest_age_s(self, now: float | None = None) -> float:
         oldest = self.stats.oldest_at
@@ -469,7 +476,9 @@ class Spool:
         depth, size = self._conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM spool").fetchone()
         self.stats.depth, self.stats.bytes = int(depth), int(size)
         self.stats.journal = int(self._conn.execute("SELECT count(*) FROM journal").fetchone()[0])
-        self.stats.alerts = int(self._conn.execute("SELECT count(*) FROM alerts").fetchone()[0])
+        alerts, undelivered = self._conn.execute("SELECT count(*), count(*) - coalesce(sum(delivered), 0) "
+                                                 "FROM alerts").fetchone()
+        self.stats.alerts, self.stats.alerts_undelivered = int(alerts), int(undelivered)
         self._oldest()
 
     def _oldest(self) -> None:
@@ -641,17 +650,23 @@ class Spool:
     def _upsert_alerts(self, deliveries: list[Any]) -> list[tuple[int, bool]]:
         now = time.time()
         out: list[tuple[int, bool]] = []
+        undelivered = 0  # the change in undelivered rows
         with self._writing() as conn:
             for d in deliveries:
                 k = (d.key, d.notifier)
-                old = conn.execute("SELECT seq FROM alerts WHERE key = ? AND notifier = ?", k).fetchone()
-                conn.execute(_UPSERT_ALERT, (*k, now, d.attempts, int(d.delivered_at is not None), dumps(d)))
+                delivered = int(d.delivered_at is not None)
+                old = conn.execute("SELECT seq, delivered FROM alerts WHERE key = ? AND notifier = ?", k).fetchone()
+                cur = conn.execute(_UPSERT_ALERT, (*k, now, d.attempts, delivered, dumps(d)))
                 if old is None:
                     seq = int(conn.execute("SELECT seq FROM alerts WHERE key = ? AND notifier = ?", k).fetchone()[0])
                     out.append((seq, True))
+                    undelivered += 1 - delivered
                 else:
                     out.append((int(old[0]), False))
+                    if cur.rowcount == 1:  # the newer outcome replaced the row's
+                        undelivered += int(old[1]) - delivered
         self.stats.alerts += sum(1 for _seq, inserted in out if inserted)
+        self.stats.alerts_undelivered += undelivered
         return out
 
     def _read_alerts(self, after_seq: int, n: int, delivered: bool) -> list[tuple[int, Any]]:
@@ -675,14 +690,20 @@ class Spool:
             with self._writing() as conn:
                 conn.executemany("DELETE FROM alerts WHERE seq = ?", [(seq,) for seq, _ in bad])
             self.stats.alerts -= len(bad)
+            self.stats.alerts_undelivered -= 0 if delivered else len(bad)
         return out
 
     def _delete_alerts(self, keys: list[tuple[str, str]]) -> None:
-        gone = 0
+        gone = undelivered = 0
         with self._writing() as conn:
             for k in keys:
-                gone += conn.execute("DELETE FROM alerts WHERE key = ? AND notifier = ?", k).rowcount
+                row = conn.execute("DELETE FROM alerts WHERE key = ? AND notifier = ? RETURNING delivered",
+                                   k).fetchone()
+                if row is not None:
+                    gone += 1
+                    undelivered += 1 - int(row[0])
         self.stats.alerts -= gone
+        self.stats.alerts_undelivered -= undelivered
 
     def _latest_states(self) -> tuple[list[StateRecord], dict[str, list[str]]]:
         conn = self._conn
