@@ -179,6 +179,8 @@ async def test_alerts_raised_in_an_outage_survive_the_process_and_are_stored_onc
     assert all(sent[k] == 1 for k in keys), sent  # each spooled alert delivered once (none lost, none twice)
     events = Counter(e for _k, e, _d in rows)
     assert events["trader_paused"] == 2, rows  # paused-bot's and breach-bot's; derived again: collapsed
+    paused = Counter(b["trader_id"] for b in rig.receiver.bodies(event="trader_paused"))
+    assert paused == {"paused-bot": 1, "breach-bot": 1}, paused  # the one derived again at the start: not sent
     assert {"loss_limit_breach", "breaker_fired"} <= set(events), rows
 
 

@@ -271,7 +271,7 @@ class AlertDispatcher:
 
     def _spool_error(self, what: str, exc: Exception) -> None:
         if not self._spool_failing:
-            log.error("alerts: the local spool cannot be written (%s): %s; deliveries wait in memory (at most "
+            log.error("alerts: the local spool cannot be used (%s): %s; new deliveries wait in memory (at most "
                       "alert_max_pending) until it can", what, exc)
         self._spool_failing = True
 
@@ -367,7 +367,11 @@ class AlertDispatcher:
         async with self._spool_lock:
             while self._backlog and (room := self.retry.max_pending - len(self.deliveries)) > 0:
                 n = min(room, SPOOL_BATCH)
-                rows = await spool.read_alerts(self._cursor, n, delivered=False)
+                try:
+                    rows = await spool.read_alerts(self._cursor, n, delivered=False)
+                except Exception as exc:  # (SpoolError) the next round tries again
+                    self._spool_error("taking up spooled deliveries", exc)
+                    return
                 for seq, d in rows:
                     self._cursor = max(self._cursor, seq)
                     if self._key(d) not in self._spooled:
@@ -385,7 +389,10 @@ class AlertDispatcher:
         outbox = self.outbox
         if self.loaded and outbox.available():
             if self._usable_spool() is not None:  # first: older than anything in memory not stored yet
-                await self._spooled_to_outbox()
+                try:
+                    await self._spooled_to_outbox()
+                except Exception as exc:  # (store.spool.SpoolError: the spool file)
+                    log.error("alerts: the local spool cannot be read (%s): its deliveries wait there", exc)
             await self._store_outbox()
         await self._store_spool()
 
@@ -424,7 +431,11 @@ class AlertDispatcher:
             return
         keys = [self._key(d) for d in stored]
         async with self._spool_lock:
-            await spool.delete_alerts(keys)
+            try:
+                await spool.delete_alerts(keys)
+            except Exception as exc:  # (SpoolError) they stay there: the next take-up finds them stored (duplicates)
+                log.warning("alerts: %d deliveries stored in the outbox not removed from the local spool: %s",
+                            len(keys), exc)
             for k in keys:
                 self._spooled.pop(k, None)
 

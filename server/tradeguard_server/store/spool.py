@@ -408,13 +408,20 @@ class Spool:
 
     async def read_alerts(self, after_seq: int, n: int, delivered: bool) -> list[tuple[int, Any]]:
         """Up to `n` spooled deliveries (seq, Delivery) after `after_seq`, oldest first: the delivered ones or the
-        undelivered ones (one that does not unpickle is logged, moved to <path>.unreadable and deleted)."""
-        return await run_on(self._worker, self._read_alerts, after_seq, n, delivered)
+        undelivered ones (one that does not unpickle is logged, moved to <path>.unreadable and deleted). Raises
+        SpoolError."""
+        try:
+            return await run_on(self._worker, self._read_alerts, after_seq, n, delivered)
+        except Exception as exc:
+            raise SpoolError(f"spool_path {self.path}: alert read failed ({exc})") from exc
 
     async def delete_alerts(self, keys: Sequence[tuple[str, str]]) -> None:
-        """The deliveries (key, notifier) are in the alert_outbox table: forget them."""
+        """The deliveries (key, notifier) are in the alert_outbox table: forget them. Raises SpoolError."""
         if keys:
-            await run_on(self._worker, self._delete_alerts, list(keys))
+            try:
+                await run_on(self._worker, self._delete_alerts, list(keys))
+            except Exception as exc:
+                raise SpoolError(f"spool_path {self.path}: alert delete failed ({exc})") from exc
 
     async def latest_states(self) -> tuple[list[StateRecord], dict[str, list[str]]]:
         """Every spooled state, and each trader's spooled trade ids (oldest first): the latest state this
