@@ -445,7 +445,7 @@ class AlertDispatcher:
         spool = self._usable_spool()
         assert spool is not None
         after = 0
-        while spool.alerts_depth > len(self._spooled):  # (cheap: no read while every spooled one is in memory)
+        while spool.alerts_depth > spool.alerts_undelivered:  # (counts kept by the spool: no read when none)
             rows = await spool.read_alerts(after, SPOOL_BATCH, delivered=True)
             batch = [d for _seq, d in rows if self._key(d) not in self._spooled]
             if batch:
