@@ -13,7 +13,9 @@ The hot path only calls `submit` (append to a bounded in-memory queue, set an ev
      during an outage loses none: the next start takes the spooled ones up (they are this sidecar's: one spool
      per sidecar) and attempts them. Memory holds at most `alert_max_pending` deliveries: the others wait in the
      spool only, taken up oldest first (in batches) when memory has room; a delivered one whose outcome is
-     spooled leaves memory and goes from the spool to the outbox when the database answers;
+     spooled leaves memory and goes from the spool to the outbox when the database answers. (Alerts raised at
+     start before the store has opened the spool wait in memory until it has: milliseconds.) The inbox `submit`
+     fills holds up to max(alert_max_pending, SPOOLED_INBOX_MAX) alerts: the intake empties it every commit;
    - without one (SQLite, memory, spool_path off, or while the spool cannot be written): in memory only, at most
      `alert_max_pending`, the oldest dropped and counted as failed;
 3. attempts every due delivery, the notifiers in parallel, each notifier's in order; stores the outcome. A failure
