@@ -356,7 +356,16 @@ async def test_the_database_lost_again_while_spooled_deliveries_move_to_the_outb
                 for i in range(n):
                     sc.alerts.submit(Alert("breaker_fired", f"breaker_fired:flap-{i}", "floor", time.time(),
                                            "sc-flap", "bot-1", ACCT))
-                assert await receiver.wait_for(lambda got: len(got) >= n, timeout=120), len(receiver.received)
+
+                def state() -> str:
+                    a = sc.alerts
+                    return (f"received {len(receiver.received)} of {n}; memory {len(a.deliveries)} (undelivered "
+                            f"{sum(1 for d in a.deliveries if d.delivered_at is None)}), inbox {len(a.inbox)}, "
+                            f"backlog {a._backlog}, cursor {a._cursor}, spooled in memory {len(a._spooled)}, spool "
+                            f"{spool.alerts_depth} ({spool.alerts_undelivered} undelivered), healthy "
+                            f"{sc.store.healthy}, loaded {a.loaded}, task {a._task}")
+
+                assert await receiver.wait_for(lambda got: len(got) >= n, timeout=60), state()
                 assert await eventually(lambda: spool.alerts_undelivered == 0 and spool.alerts_depth >= n,
                                         timeout=30), (spool.alerts_depth, spool.alerts_undelivered)
                 proxy.restore()
@@ -367,10 +376,10 @@ async def test_the_database_lost_again_while_spooled_deliveries_move_to_the_outb
                                            ).fetchone()
                     return int(row[0]) if row else 0
 
-                assert await eventually(lambda: moved() > 0, timeout=30)
+                assert await eventually(lambda: moved() > 0, timeout=60), state()
                 proxy.cut()  # mid-way (or just after: the assertions hold either way)
                 proxy.restore()
-                assert await eventually(lambda: spool.alerts_depth == 0, timeout=60), spool.alerts_depth
+                assert await eventually(lambda: spool.alerts_depth == 0, timeout=90), state()
                 rows = [r for r in outbox(url) if r[0].startswith("breaker_fired:flap-")]
         finally:
             await proxy.close()

@@ -214,16 +214,20 @@ class AlertDispatcher:
         assert self._wake is not None
         while True:
             self._wake.clear()
+            failed = False
             try:
                 await self.round()
             except Exception:  # never let the task die: the next round tries again
                 log.exception("alerts: delivery round failed")
+                failed = True
             now = self.clock()
             due = [d.next_attempt_at for d in self.deliveries if d.delivered_at is None and self._may_send(d)]
             wait = self.retry.poll_s if not due else min(self.retry.poll_s, max(min(due) - now, 0.0))
-            if self.inbox or any(d.id is None or d.dirty for d in self.deliveries) or (
-                    self._backlog and len(self.deliveries) < self.retry.max_pending):
-                wait = min(wait, 1.0)  # waiting for the store (or the spool): look again soon
+            if (self._backlog and len(self.deliveries) < self.retry.max_pending and not self._spool_failing
+                    and not failed and self._usable_spool() is not None):
+                wait = 0.0  # deliveries wait in the spool only and memory has room: take them up now
+            elif self.inbox or any(d.id is None or d.dirty for d in self.deliveries):
+                wait = min(wait, 1.0)  # waiting for the store: look again soon
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
 
