@@ -587,8 +587,10 @@ class Sidecar:
                           else MemoryOutbox())
         retry = Retry(s.alert_timeout_s, s.alert_retry_initial_s, s.alert_retry_max_s, s.alert_dead_after_failures,
                       s.alert_dead_after_s, s.alert_max_pending, s.alert_poll_s)
+        # With a local spool (PostgreSQL), deliveries the outbox cannot take wait there, not only in memory.
+        spool = store.spool if isinstance(store, RiskStore) else None
         self.alerts = AlertDispatcher(configured_notifiers(s), outbox, s.sidecar_name, retry,
-                                      on_health=self._on_alerts_health)
+                                      on_health=self._on_alerts_health, spool=spool)
         self.alert_watcher = AlertWatcher(self.alerts.submit, s.sidecar_name,
                                           muted=lambda: self.persistence.replaying,
                                           enforced=lambda: self.engine.flags.enable_risk_enforcement)

@@ -11,7 +11,8 @@ or a takeover replays the pause from the control-state log, so its key alone wou
 
 `SqlOutbox` runs its statements on the store's database thread (`Database.call`, as admin writes do: bounded,
 never on the event loop); the dispatcher calls it only from its own task, and only while the store says it is
-healthy (during an outage deliveries wait in memory, bounded, and are written when the database is back).
+healthy (during an outage deliveries wait in the local spool, or in memory without one, and are written when the
+database is back: delivery.py).
 `MemoryOutbox` (database_url=memory) keeps them in this process only: lost on restart, as everything else is.
 """
 

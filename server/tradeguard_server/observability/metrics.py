@@ -690,6 +690,12 @@ class SpoolGauges(Protocol):
     def oldest_age_s(self, now: float | None = None) -> float: ...
 
     @property
+    def journal_depth(self) -> int: ...  # journaled calls (table journal), counted by the spool thread
+
+    @property
+    def alerts_depth(self) -> int: ...  # alert deliveries (table alerts), counted by the spool thread
+
+    @property
     def stats(self) -> Any: ...  # SpoolStats: bytes, dropped, replayed (dicts by kind)
 
 
@@ -707,6 +713,10 @@ class _SpoolCollector(Collector):
         yield GaugeMetricFamily("tradeguard_spool_depth", "Records in the local spool (not yet in the database).",
                                 value=spool.depth)
         yield GaugeMetricFamily("tradeguard_spool_bytes", "Payload bytes in the local spool.", value=stats.bytes)
+        yield GaugeMetricFamily("tradeguard_spool_journal", "Calls journaled in the local spool while the stored "
+                                "state was not loaded (replayed on it at the load).", value=spool.journal_depth)
+        yield GaugeMetricFamily("tradeguard_spool_alerts", "Alert deliveries in the local spool (not yet in the "
+                                "alert_outbox table).", value=spool.alerts_depth)
         yield GaugeMetricFamily("tradeguard_spool_oldest_age_seconds", "Age of the oldest record in the local spool "
                                 "(0 when empty).", value=spool.oldest_age_s())
         dropped = CounterMetricFamily("tradeguard_spool_dropped", "Records dropped from the full spool, by kind "

@@ -17,6 +17,15 @@ journals them to replay on the stored state; spooled_journal.py keeps them here 
 returns does not lose them). They are not written to PostgreSQL as such: the next load replays them through the
 engine, and they are deleted once what they changed is written.
 
+A third table, `alerts`, holds the alert deliveries (alerts/delivery.py) that are not in the alert_outbox table
+yet: one row per (key, notifier), unique, with `seq` (oldest first), `attempts` and `delivered` as plain columns
+(what the reads filter and the upsert compares) and the whole `Delivery` pickled (payload, attempts, next attempt,
+delivered_at, last_error: a dataclass of this package, so the restricted unpickler builds it). Each is committed
+before its first attempt; an outcome replaces the row only when newer (delivered beats undelivered, then more
+attempts), so a duplicate changes nothing. Deleted once the outbox holds it. The counts of `journal` and `alerts`
+rows are read once at open and then kept by the spool thread (metrics read them, no COUNT per scrape). A spool
+file from before this table gets it at open (CREATE IF NOT EXISTS; the format is unchanged).
+
 Durability: `synchronous=FULL`, and one transaction per spill (every 50 ms or so, however many records): each
 commit is fsynced before the writer forgets the records in memory. So a SIGKILL (or an OOM kill) loses nothing
 committed to the spool; a power loss or kernel crash loses nothing committed either; what neither survives is what
@@ -66,7 +75,7 @@ import os
 import pickle
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +98,20 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS spool_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
     # The calls received while the stored state is not loaded (persistence.py's journal; spooled_journal.py)
     "CREATE TABLE IF NOT EXISTS journal (seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, data BLOB NOT NULL)",
+    # Alert deliveries not yet in the alert_outbox table (alerts/delivery.py): one row per (key, notifier). A spool
+    # file from before this table is given it here (CREATE IF NOT EXISTS at every open; the format stays "1").
+    "CREATE TABLE IF NOT EXISTS alerts (seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL, notifier TEXT "
+    "NOT NULL, at REAL NOT NULL, attempts INTEGER NOT NULL, delivered INTEGER NOT NULL, data BLOB NOT NULL, "
+    "UNIQUE (key, notifier))",
+    "CREATE INDEX IF NOT EXISTS alerts_delivered ON alerts (delivered, seq)",
+)
+# A delivery new to the spool is inserted; one already there takes the given outcome only when it is newer
+# (delivered beats undelivered, then more attempts): a duplicate of a spooled delivery changes nothing.
+_UPSERT_ALERT = (
+    "INSERT INTO alerts (key, notifier, at, attempts, delivered, data) VALUES (?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (key, notifier) DO UPDATE SET attempts = excluded.attempts, delivered = excluded.delivered, "
+    "data = excluded.data WHERE excluded.delivered > alerts.delivered OR "
+    "(excluded.delivered = alerts.delivered AND excluded.attempts > alerts.attempts)"
 )
 _UPSERT = (
     "INSERT INTO spool (kind, key, version, epoch, at, txid, pid, size, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
@@ -125,6 +148,8 @@ class SpoolStats:
     replayed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     over_limit: bool = False  # states, trades and events alone exceed max_bytes (the limit is soft for them)
     journal: int = 0  # calls journaled while the stored state was not loaded (table journal), replayed at the load
+    alerts: int = 0  # alert deliveries not yet in the alert_outbox table (table alerts)
+    alerts_undelivered: int = 0  # ...of which not delivered yet
 
 
 class SpoolError(Exception):
@@ -232,10 +257,31 @@ class Spool:
         self._worker: Worker | None = None
         self._conn: sqlite3.Connection | None = None  # spool thread only
         self._lock_fd: int | None = None  # flock on <path>.lock while open: one sidecar per spool file
+        self._opened = False  # open() finished (the worker exists from the start of open())
 
     @property
     def depth(self) -> int:
         return self.stats.depth
+
+    @property
+    def is_open(self) -> bool:
+        """Opened (and not closed): its tables can be read and written."""
+        return self._opened
+
+    @property
+    def journal_depth(self) -> int:
+        """Journaled calls in the spool (table journal; counted by the spool thread, not per read)."""
+        return self.stats.journal
+
+    @property
+    def alerts_depth(self) -> int:
+        """Alert deliveries in the spool (table alerts; counted by the spool thread, not per read)."""
+        return self.stats.alerts
+
+    @property
+    def alerts_undelivered(self) -> int:
+        """...of which not delivered yet."""
+        return self.stats.alerts_undelivered
 
     def oldest_age_s(self, now: float | None = None) -> float:
         oldest = self.stats.oldest_at
@@ -253,9 +299,13 @@ class Spool:
             self._worker = None
             self._unlock()
             raise SpoolError(f"spool_path {self.path}: cannot open the spool ({exc})") from exc
+        self._opened = True
         if self.stats.journal:
             log.warning("spool %s holds %d calls received by a sidecar that stopped before the stored state was "
                         "loaded: replayed on the stored state when it loads", self.path, self.stats.journal)
+        if self.stats.alerts:
+            log.warning("spool %s holds %d alert deliveries not yet in the alert_outbox table: attempted again and "
+                        "stored when the database answers", self.path, self.stats.alerts)
         if self.stats.depth:
             log.warning("spool %s holds %d records (%d bytes, the oldest from %.0f s ago) not yet in the database: "
                         "replayed when the database answers, before the stored state is loaded", self.path,
@@ -263,6 +313,7 @@ class Spool:
 
     async def close(self) -> None:
         worker, self._worker = self._worker, None
+        self._opened = False
         if worker is None:
             return
         with contextlib.suppress(Exception):
@@ -346,6 +397,32 @@ class Spool:
         """The journaled calls are replayed on the stored state and what they changed is written: forget them."""
         await run_on(self._worker, self._clear_journal)
 
+    async def upsert_alerts(self, deliveries: Sequence[Any]) -> list[tuple[int, bool]]:
+        """Commit alert deliveries (alerts.outbox.Delivery; one transaction, fsynced): a new (key, notifier) is
+        inserted, one already spooled takes the given outcome if it is newer (a duplicate leaves it as it is).
+        Returns each one's (seq, inserted). Raises SpoolError."""
+        try:
+            return await run_on(self._worker, self._upsert_alerts, list(deliveries))
+        except Exception as exc:
+            raise SpoolError(f"spool_path {self.path}: alert write failed ({exc})") from exc
+
+    async def read_alerts(self, after_seq: int, n: int, delivered: bool) -> list[tuple[int, Any]]:
+        """Up to `n` spooled deliveries (seq, Delivery) after `after_seq`, oldest first: the delivered ones or the
+        undelivered ones (one that does not unpickle is logged, moved to <path>.unreadable and deleted). Raises
+        SpoolError."""
+        try:
+            return await run_on(self._worker, self._read_alerts, after_seq, n, delivered)
+        except Exception as exc:
+            raise SpoolError(f"spool_path {self.path}: alert read failed ({exc})") from exc
+
+    async def delete_alerts(self, keys: Sequence[tuple[str, str]]) -> None:
+        """The deliveries (key, notifier) are in the alert_outbox table: forget them. Raises SpoolError."""
+        if keys:
+            try:
+                await run_on(self._worker, self._delete_alerts, list(keys))
+            except Exception as exc:
+                raise SpoolError(f"spool_path {self.path}: alert delete failed ({exc})") from exc
+
     async def latest_states(self) -> tuple[list[StateRecord], dict[str, list[str]]]:
         """Every spooled state, and each trader's spooled trade ids (oldest first): the latest state this
         sidecar had, for a start while the database is unreachable."""
@@ -406,6 +483,9 @@ class Spool:
         depth, size = self._conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM spool").fetchone()
         self.stats.depth, self.stats.bytes = int(depth), int(size)
         self.stats.journal = int(self._conn.execute("SELECT count(*) FROM journal").fetchone()[0])
+        alerts, undelivered = self._conn.execute("SELECT count(*), count(*) - coalesce(sum(delivered), 0) "
+                                                 "FROM alerts").fetchone()
+        self.stats.alerts, self.stats.alerts_undelivered = int(alerts), int(undelivered)
         self._oldest()
 
     def _oldest(self) -> None:
@@ -573,6 +653,64 @@ class Spool:
         assert self._conn is not None
         self._conn.execute("DELETE FROM journal")
         self.stats.journal = 0
+
+    def _upsert_alerts(self, deliveries: list[Any]) -> list[tuple[int, bool]]:
+        now = time.time()
+        out: list[tuple[int, bool]] = []
+        undelivered = 0  # the change in undelivered rows
+        with self._writing() as conn:
+            for d in deliveries:
+                k = (d.key, d.notifier)
+                delivered = int(d.delivered_at is not None)
+                old = conn.execute("SELECT seq, delivered FROM alerts WHERE key = ? AND notifier = ?", k).fetchone()
+                cur = conn.execute(_UPSERT_ALERT, (*k, now, d.attempts, delivered, dumps(d)))
+                if old is None:
+                    seq = int(conn.execute("SELECT seq FROM alerts WHERE key = ? AND notifier = ?", k).fetchone()[0])
+                    out.append((seq, True))
+                    undelivered += 1 - delivered
+                else:
+                    out.append((int(old[0]), False))
+                    if cur.rowcount == 1:  # the newer outcome replaced the row's
+                        undelivered += int(old[1]) - delivered
+        self.stats.alerts += sum(1 for _seq, inserted in out if inserted)
+        self.stats.alerts_undelivered += undelivered
+        return out
+
+    def _read_alerts(self, after_seq: int, n: int, delivered: bool) -> list[tuple[int, Any]]:
+        conn = self._conn
+        assert conn is not None
+        out: list[tuple[int, Any]] = []
+        bad: list[tuple[int, bytes]] = []
+        for seq, data in conn.execute("SELECT seq, data FROM alerts WHERE seq > ? AND delivered = ? ORDER BY seq "
+                                      "LIMIT ?", (after_seq, int(delivered), n)):
+            try:
+                out.append((int(seq), loads(data)))
+            except Exception as exc:
+                log.error("spool %s: alert delivery %d cannot be read (%s): moved to %s.unreadable", self.path, seq,
+                          exc, self.path)
+                bad.append((seq, data))
+        if bad:
+            with open(self.path + ".unreadable", "ab") as f:
+                for _seq, data in bad:
+                    f.write(len(data).to_bytes(8, "big") + data)
+                os.fsync(f.fileno())
+            with self._writing() as conn:
+                conn.executemany("DELETE FROM alerts WHERE seq = ?", [(seq,) for seq, _ in bad])
+            self.stats.alerts -= len(bad)
+            self.stats.alerts_undelivered -= 0 if delivered else len(bad)
+        return out
+
+    def _delete_alerts(self, keys: list[tuple[str, str]]) -> None:
+        gone = undelivered = 0
+        with self._writing() as conn:
+            for k in keys:
+                row = conn.execute("DELETE FROM alerts WHERE key = ? AND notifier = ? RETURNING delivered",
+                                   k).fetchone()
+                if row is not None:
+                    gone += 1
+                    undelivered += 1 - int(row[0])
+        self.stats.alerts -= gone
+        self.stats.alerts_undelivered -= undelivered
 
     def _latest_states(self) -> tuple[list[StateRecord], dict[str, list[str]]]:
         conn = self._conn
