@@ -360,6 +360,22 @@ def test_a_retried_allowed_order_is_denied_once_the_trader_was_paused_since(cloc
     assert (again.allowed, again.code) == (False, DecisionCode.KILL_SWITCH)
 
 
+def test_an_allowed_order_denied_on_a_retry_and_finished_since_is_refused_as_a_finished_order(
+        clock: ManualClock) -> None:
+    """Found by test_order_properties (hypothesis): the retry's remembered denial answered the id again after its
+    order had finished, where any other finished order's id is refused (its reports would land on a new order)."""
+    engine = RiskEngine(clock, defaults=Limits(pending_order_ttl_seconds=30))
+    engine.report_equity("t1", "a1", 10_000.0, None)
+    first, _ = engine.can_trade("t1", "a1", BUY, "o1")
+    engine.pause("t1", "a1", TradingState.HALTED, None, "incident")
+    retried, _ = engine.can_trade("t1", "a1", BUY, "o1")  # while pending: denied, and that answer remembered
+    clock.advance(31.0)  # the pending order expires: finished
+
+    assert first.allowed and not retried.allowed
+    with pytest.raises(OrderIdReusedError, match="names a finished order"):
+        engine.can_trade("t1", "a1", BUY, "o1")
+
+
 def test_remembered_answers_are_bounded_per_trader_and_expire(clock: ManualClock) -> None:
     engine = RiskEngine(clock, defaults=Limits(max_orders_per_window=1, order_rate_window_seconds=60))
     engine.report_equity("t1", "a1", 10_000.0, None)

@@ -717,7 +717,10 @@ class RiskEngine:
                         raise OrderIdReusedError(
                             f"client_order_id {client_order_id!r} was already used for a different order "
                             f"({first.side.name} {first.quantity:g} {first.symbol} at {first.price:g})")
-                    if not allowed:  # a retry of a denial: the same verdict, told in today's state
+                    # a retry of a denial: the same verdict, told in today's state - unless the id names an order
+                    # that was allowed, denied on a later retry while pending, and has finished since: refused below,
+                    # as any finished order's id (its reports would land on a new order)
+                    if not allowed and (live is not None or client_order_id not in st.finished_orders):
                         pause = st.effective_pause(now) if st.pauses else None
                         return Decision(False, code, reason, _ACTIVE if pause is None else pause.state,
                                         None if pause is None else pause.until,
