@@ -278,7 +278,7 @@ class Settings:
     # off by default (0): over it grpc core refuses the stream and a client fails the call UNAVAILABLE
     # (a bot that waits for each answer starts at most ~50 per 100 ms even when catching up after a stall)
     max_calls_per_connection: int = 200  # while overloaded: calls one connection may start per 100 ms
-    max_calls_per_trader: int = 50  # while overloaded: calls one trader_id may start per 100 ms (was 200)
+    max_calls_per_trader: int = 200  # while overloaded: calls one trader_id may start per 100 ms
     admin_max_concurrent: int = 16  # AdminService calls in progress at once
     http_max_concurrent: int = 64  # HTTP API requests in progress at once (server-sent event streams not included)
     http_max_streams: int = 256  # HTTP server-sent event streams (WatchRiskState) open at once: their own budget

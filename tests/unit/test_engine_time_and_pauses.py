@@ -399,3 +399,22 @@ def test_trades_closed_at_the_same_time_count_in_the_order_reported(clock: Manua
     engine.report_trade("t1", "a1", loss("tr-0", T0, pnl=+25.0))
 
     assert engine.traders["t1"].consecutive_losses == 0
+
+
+def test_orders_released_by_the_ttl_one_per_call_log_one_line_per_ten_seconds_with_the_count_between(
+        clock: ManualClock, caplog: pytest.LogCaptureFixture) -> None:
+    """A busy bot whose orders run out their TTL one per call wrote a warning on every CanTrade (~235 us each on
+    the event loop; test_order_lifecycle_scale's TTL churn case was 1.5x slower for it)."""
+    engine = RiskEngine(clock, defaults=Limits(pending_order_ttl_seconds=30, max_position_size_percentage=100.0))
+    engine.report_equity("t1", "a1", 1e12, None)
+    for i in range(40):  # one order a second: from the 31st on, each call releases one
+        engine.can_trade("t1", "a1", OrderIntent("BTCUSDT", Side.BUY, 0.0001, 50_000.0 + i), f"o{i}")
+        clock.advance(1.0)
+    lines = [r.getMessage() for r in caplog.records if "released after their TTL" in r.getMessage()]
+
+    assert engine.orders_expired == 10
+    assert len(lines) == 1 and "orders=o0" in lines[0]
+    clock.advance(10.0)
+    engine.can_trade("t1", "a1", OrderIntent("BTCUSDT", Side.BUY, 0.0001, 40_000.0), "o-last")
+    lines = [r.getMessage() for r in caplog.records if "released after their TTL" in r.getMessage()]
+    assert len(lines) == 2 and "(and 9 more since the last such line)" in lines[1]
