@@ -23,9 +23,10 @@ path answered:
    on probation for as long again plus PROBATION_MIN_S: its calls are counted even while the loop keeps up, and
    more than its limit in a window (a quarter of it, PROBATION_SHARE, while the loop's thread is busy more than
    BUSY / 2) penalizes it again at once, for PENALTY_GROWTH times longer (at most MAX_PENALTY_S). A repeat
-   offender's shed calls are held for a share of its penalty (at least `shed_hold_s`), so each of its streams
-   comes back a few times per penalty, not once a second. Without this a flood that ignored retry-after came
-   back in full each time its 1 s penalty ended, and had to overload the loop again before it was seen
+   offender's shed calls are held for a share of its penalty (at least `shed_hold_s`, at most MAX_HOLD_S x 1.5),
+   so each of its streams comes back a few times per penalty, not once a second. Without this a flood that
+   ignored retry-after came back in full each time its 1 s penalty ended, and had to overload the loop again
+   before it was seen
    (bench/fairness.py: ~5,000 of its ~11,000 calls admitted in 8 s, a 100-550 ms stall for the bot every 1-2 s).
 5. A shed unary call ends with set_code / set_details / trailing metadata and no answer, not with `abort`: an
    aborted call leaves its exception's traceback (~22 objects in reference cycles) to the garbage collector, and
@@ -76,6 +77,9 @@ MAX_PENALTY_S = 60.0  # ...up to this
 PROBATION_MIN_S = 5.0  # after a penalty, its connection or trader is watched for as long again, at least this
 PROBATION_SHARE = 4  # on probation (the loop keeping up), its limit is this share of the setting
 HOLD_DEADLINE_MARGIN_S = 0.1  # a held call is answered this long before its deadline at the latest
+# a repeat offender's hold is at most this (x 1.5 jitter) however long its penalty: a client without a deadline is
+# not left waiting for tens of seconds (h2load's 10 s inactivity timeout closed its connections)
+MAX_HOLD_S = 4.0
 # The kill switch is never shed by a budget (admin_max_concurrent, http_max_concurrent): during an incident the
 # operator's reads (a script, console tabs polling a stalled database) may fill the admin budget, and slow HTTP
 # requests the HTTP one; a pause or resume must still get through. Still counted in progress.
@@ -350,7 +354,7 @@ class Admission:
         if self.shed_hold_s <= 0 or self.held >= MAX_HELD:
             return
         left = self.retry_after_s if until is None else max(self.retry_after_s, until - self.now)
-        seconds = max(self.shed_hold_s, left * 0.5) * (0.5 + random.random())
+        seconds = max(self.shed_hold_s, min(left * 0.5, MAX_HOLD_S)) * (0.5 + random.random())
         remaining = context.time_remaining()
         if remaining is not None:
             seconds = min(seconds, remaining - HOLD_DEADLINE_MARGIN_S)
