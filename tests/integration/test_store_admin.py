@@ -207,6 +207,7 @@ async def test_history_pages_oldest_first_with_a_cursor(store: Store) -> None:
     for version in range(1, 26):
         store.enqueue_state(make_state("t-1", version), f"change {version}", None)
         store.enqueue_state(make_state("t-other", version), "other trader", None)
+    await store.flush(timeout=10)  # written (paging is the subject, not the queue: CI once listed before the write)
 
     pages: list[list[str]] = []
     cursor: int | None = None
