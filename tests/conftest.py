@@ -24,6 +24,8 @@ from typing import Any
 
 import pytest
 
+pytest_plugins = ["tests.support.alert_receiver"]  # the `receiver` fixture (a webhook that records alerts)
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))

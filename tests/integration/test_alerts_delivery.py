@@ -8,7 +8,6 @@ import contextlib
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -32,15 +31,6 @@ from tradeguard_server.sidecar import ALERTS_HEALTH
 pytestmark = pytest.mark.integration
 
 OUTAGE_S = 30.0
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[AlertReceiver]:
-    r = await AlertReceiver().start()
-    try:
-        yield r
-    finally:
-        await r.close()
 
 
 def outbox_rows(url: str) -> list[tuple[str, str, int, bool]]:

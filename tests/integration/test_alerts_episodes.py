@@ -4,7 +4,6 @@ PostgreSQL database, a real local HTTP receiver (tests/support/alert_receiver.py
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -32,15 +31,6 @@ BTC = t.Position(symbol="BTCUSDT", exchange="binance", side=t.SIDE_BUY, quantity
                  mark_price=50_000)
 BREAKER = {"name": "dd10", "account_id": "acct-2", "condition": "max_drawdown", "action": "close_position",
            "parameters": {"threshold": 0.1}, "symbols": ["BTCUSDT"], "exchanges": ["binance"], "enabled": True}
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[AlertReceiver]:
-    r = await AlertReceiver().start()
-    try:
-        yield r
-    finally:
-        await r.close()
 
 
 def by_event(bodies: list[Any]) -> Counter[str]:

@@ -7,7 +7,6 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -25,15 +24,6 @@ pytestmark = pytest.mark.integration
 
 TOKEN = "123456:SECRET-bot-token"
 BIN = Path(sys.executable).parent / "tradeguard"
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[AlertReceiver]:
-    r = await AlertReceiver().start()
-    try:
-        yield r
-    finally:
-        await r.close()
 
 
 async def test_slack_discord_and_telegram_get_their_own_formats_and_no_secret_is_logged(

@@ -62,15 +62,6 @@ def spooled_alerts(path: Path) -> list[tuple[str, str]]:
         conn.close()
 
 
-@pytest.fixture
-async def receiver() -> AsyncIterator[AlertReceiver]:
-    r = await AlertReceiver().start()
-    try:
-        yield r
-    finally:
-        await r.close()
-
-
 @dataclass
 class Rig:
     proxy: FaultProxy

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 from aiohttp import web
 
 
@@ -77,3 +79,13 @@ class AlertReceiver:
         except TimeoutError:
             return False
         return True
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[AlertReceiver]:
+    """A started AlertReceiver, closed after the test (import it into a test module to use it)."""
+    r = await AlertReceiver().start()
+    try:
+        yield r
+    finally:
+        await r.close()

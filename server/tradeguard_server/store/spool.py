@@ -561,6 +561,13 @@ class Spool:
                       self.path, self.max_bytes, self.stats.bytes)
         self.stats.over_limit = over
 
+    def _set_aside(self, bad: list[tuple[Any, bytes]]) -> None:
+        """Append rows that cannot be read to <path>.unreadable (length-prefixed, fsynced): kept, never deleted."""
+        with open(self.path + ".unreadable", "ab") as f:
+            for _seq, data in bad:
+                f.write(len(data).to_bytes(8, "big") + data)
+            os.fsync(f.fileno())
+
     def _read(self, n: int) -> list[SpoolRow]:
         conn = self._conn
         assert conn is not None
@@ -575,10 +582,7 @@ class Spool:
                           kind, exc, self.path)
                 bad.append((seq, data))
         if bad:
-            with open(self.path + ".unreadable", "ab") as f:
-                for _seq, data in bad:
-                    f.write(len(data).to_bytes(8, "big") + data)
-                os.fsync(f.fileno())
+            self._set_aside(bad)
             conn.executemany("DELETE FROM spool WHERE seq = ?", [(seq,) for seq, _ in bad])
             for _seq, data in bad:
                 self._removed(len(data))
@@ -690,10 +694,7 @@ class Spool:
                           exc, self.path)
                 bad.append((seq, data))
         if bad:
-            with open(self.path + ".unreadable", "ab") as f:
-                for _seq, data in bad:
-                    f.write(len(data).to_bytes(8, "big") + data)
-                os.fsync(f.fileno())
+            self._set_aside(bad)
             with self._writing() as conn:
                 conn.executemany("DELETE FROM alerts WHERE seq = ?", [(seq,) for seq, _ in bad])
             self.stats.alerts -= len(bad)
