@@ -15,6 +15,7 @@ from tradeguard_server.api.admission import (
     FLOOD_TRADER,
     HOT,
     MAX_PENALTY_S,
+    OVERLOAD_TAIL_S,
     PENALTY_GROWTH,
     PROBATION_MIN_S,
     Admission,
@@ -149,3 +150,17 @@ def test_a_shed_unary_call_ends_with_its_status_set_and_no_exception_and_says_wh
     status = status_pb2.Status.FromString(trailing["grpc-status-details-bin"])
     info = error_details_pb2.RetryInfo()
     assert status.details[0].Unpack(info) and info.retry_delay.seconds == 3
+
+
+def test_the_overload_lasts_a_second_after_the_last_late_tick_whatever_the_first_penalty() -> None:
+    for retry_after_s, tail in ((3600.0, OVERLOAD_TAIL_S), (0.3, 0.3)):
+        a = Admission(max_calls_per_connection=0, max_calls_per_trader=LIMIT, max_streams_per_connection=0,
+                      admin_max_concurrent=0, overload_lag_ms=20.0, shed_hold_s=0.0, retry_after_s=retry_after_s)
+        a.now = 1000.0
+        a.observe_lag(0.025)
+        a.now += tail - 0.05
+        a.observe_lag(0.0)
+        assert a.overloaded, "a flood between two late ticks is still counted"
+        a.now += 0.1
+        a.observe_lag(0.0)
+        assert not a.overloaded

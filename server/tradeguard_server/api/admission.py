@@ -71,6 +71,9 @@ HTTP_STREAMS_BUDGET = "http_max_streams"
 TICK_S = 0.01  # the lag ticker's period
 WINDOW_TICKS = 10  # calls are counted per window of 10 ticks (100 ms)
 BUSY = 0.5  # the loop's thread ran more than this share of a window: overloaded
+# overloaded for this long after the last late tick (or retry_after_s, when shorter): not retry_after_s itself, which
+# is a flood's first penalty and may be an hour; one GC pass must not leave every trader counted for that long
+OVERLOAD_TAIL_S = 1.0
 MAX_HELD = 20_000  # shed calls held at once (bounded memory); beyond, they are answered at once
 PENALTY_GROWTH = 4.0  # a repeat offender's penalty is this many times its last one...
 MAX_PENALTY_S = 60.0  # ...up to this
@@ -124,7 +127,7 @@ class Admission:
         self.retry_after_s = retry_after_s
         self.tick_s = tick_s
         self.window_ticks = window_ticks
-        # The one thing a unary call reads while the loop keeps up: overloaded (within retry_after_s of the last
+        # The one thing a unary call reads while the loop keeps up: overloaded (within OVERLOAD_TAIL_S of the last
         # late tick), or a connection or trader still serving its penalty.
         self.watching = False
         self.overloaded = False
@@ -196,7 +199,7 @@ class Admission:
                 log.warning("overload: the event loop ran %.0f ms late, busy %.0f %% of the last 100 ms; shedding "
                             "the calls of flooding connections and traders (tradeguard_shed_total)", lag * 1e3,
                             self.busy * 100)
-            self._overloaded_until = now + self.retry_after_s
+            self._overloaded_until = now + min(self.retry_after_s, OVERLOAD_TAIL_S)
         self.overloaded = now < self._overloaded_until
         self.watching = (self.overloaded or bool(self.penalized_peers) or bool(self.penalized_traders)
                          or bool(self.probation_peers) or bool(self.probation_traders))
@@ -428,7 +431,7 @@ class Admission:
                 # HTTP requests are keyed apart from gRPC connections: one source port may carry one of each (to
                 # two listeners), and a flood over one must not get the other shed
                 http = getattr(context, "protocol", "") == "http"
-                peer = "http " + context.peer() if http else context.peer()
+                peer = context.connection if http else context.peer()
                 reason = self.flooding(peer, raw, parse, context)
                 if reason:
                     # an HTTP call is not held: it would keep its share of http_max_concurrent meanwhile, and a

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import ssl
 import sys
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, cast
 
@@ -143,6 +144,20 @@ class HttpApi:
         # max_concurrent. A stream lasts as long as its client likes: counted with the requests, a bot's streams
         # would take the capacity of every other bot's CanTrade.
         self.max_streams = max_streams
+        # a number per TCP connection (its transport), for admission's key: a penalized connection's address and
+        # port, given later by the kernel to another client, do not carry its penalty over
+        self._connections: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        self._connection_serial = 0
+
+    def _connection_key(self, transport: Any, peer: str) -> str:
+        """`http <peer> #<n>`: the n-th TCP connection this listener accepted (admission counts and penalizes it)."""
+        if transport is None:
+            return "http " + peer
+        serial = self._connections.get(transport)
+        if serial is None:
+            self._connection_serial = serial = self._connection_serial + 1
+            self._connections[transport] = serial
+        return f"http {peer} #{serial}"
 
     def admit(self, admission: Admission, max_concurrent: int) -> None:
         """Count requests in progress in `admission` and answer 429 with Retry-After beyond a budget, before
@@ -243,9 +258,9 @@ class HttpApi:
     async def _call(self, request: web.BaseRequest, match: Match) -> web.StreamResponse:
         route = match.route
         handler = self.handlers[route.grpc_path]
-        ctx = HttpContext(request.headers, peer_text(request.transport.get_extra_info("peername")
-                                                     if request.transport else None),
-                          _common_name(request.transport))
+        transport = request.transport
+        peer = peer_text(transport.get_extra_info("peername") if transport else None)
+        ctx = HttpContext(request.headers, peer, _common_name(transport), self._connection_key(transport, peer))
         try:
             body = b""
             if route.body:
