@@ -225,6 +225,14 @@ class Admission:
             for key in [key for key, (_last, until) in probation.items() if until <= now]:
                 del probation[key]
 
+    def forget_connection(self, peer: str) -> None:
+        """A connection that closed and whose key is never used again (an HTTP connection's `http <peer> #<n>`): its
+        penalty and probation go with it. Kept, a flooder opening a new connection every few requests piled them up
+        for retry_after_s (up to an hour) and twice that, each 100 ms window scanned them all, and `watching` stayed
+        on."""
+        self.penalized_peers.pop(peer, None)
+        self.probation_peers.pop(peer, None)
+
     def _penalize(self, penalized: dict[str, tuple[float, str]], probation: dict[str, tuple[float, float]],
                   key: str, reason: str) -> tuple[float, str]:
         """Penalize `key` (a peer or a trader): retry_after_s the first time; PENALTY_GROWTH times its last
@@ -431,8 +439,7 @@ class Admission:
                 # HTTP requests are keyed apart from gRPC connections: one source port may carry one of each (to
                 # two listeners), and a flood over one must not get the other shed
                 http = getattr(context, "protocol", "") == "http"
-                peer = context.connection if http else context.peer()
-                reason = self.flooding(peer, raw, parse, context)
+                reason = self.flooding(_connection(context), raw, parse, context)
                 if reason:
                     # an HTTP call is not held: it would keep its share of http_max_concurrent meanwhile, and a
                     # flooder with that many requests would take the whole HTTP budget of every other bot
@@ -473,7 +480,7 @@ class Admission:
             return None
         limit = self.max_streams_per_connection
         if limit:
-            peer = context.peer()
+            peer = _connection(context)
             held = self._streams.get(peer, 0)
             if held >= limit:
                 return STREAMS_PER_CONNECTION, (f"this connection holds max_streams_per_connection={limit} streams "
@@ -484,7 +491,7 @@ class Admission:
         self.in_progress[cls] += 1
         if cls == ADMIN:
             return ""
-        peer = context.peer()
+        peer = _connection(context)
         self._streams[peer] = self._streams.get(peer, 0) + 1
         return str(peer)
 
@@ -530,6 +537,13 @@ class Admission:
                 self._leave_stream(peer, stream_cls)
 
         return admitted
+
+
+def _connection(context: Any) -> str:
+    """What admission counts a call's connection by: an HTTP request's TCP connection (`http <peer> #<n>`: keyed
+    apart from the gRPC connection of the same source port, which may carry one of each to two listeners, and from
+    a later connection given its port), else the gRPC peer."""
+    return str(context.connection) if getattr(context, "protocol", "") == "http" else str(context.peer())
 
 
 def _credential(context: Any) -> str:

@@ -117,6 +117,20 @@ def _common_name(transport: Any) -> str:
     return ""
 
 
+class _Server(web.Server):
+    """aiohttp's low-level server, calling `lost(transport)` when a connection is lost (HttpApi._lost)."""
+
+    def __init__(self, *args: Any, lost: Callable[[Any], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lost = lost
+
+    def connection_lost(self, handler: Any, exc: BaseException | None = None) -> None:
+        transport = handler.transport  # aiohttp calls this before its protocol lets go of the transport
+        super().connection_lost(handler, exc)
+        if transport is not None:
+            self._lost(transport)
+
+
 class HttpApi:
     """The HTTP listener of one sidecar. `start(listen)`, then `stop(grace)` (drains in-flight requests)."""
 
@@ -144,20 +158,28 @@ class HttpApi:
         # max_concurrent. A stream lasts as long as its client likes: counted with the requests, a bot's streams
         # would take the capacity of every other bot's CanTrade.
         self.max_streams = max_streams
-        # a number per TCP connection (its transport), for admission's key: a penalized connection's address and
-        # port, given later by the kernel to another client, do not carry its penalty over
-        self._connections: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        # a key per TCP connection (its transport; `http <peer> #<n>`) for admission: a penalized connection's
+        # address and port, given later by the kernel to another client, do not carry its penalty over. Dropped when
+        # the connection is lost (_lost; with the transport at the latest).
+        self._connections: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
         self._connection_serial = 0
 
     def _connection_key(self, transport: Any, peer: str) -> str:
         """`http <peer> #<n>`: the n-th TCP connection this listener accepted (admission counts and penalizes it)."""
         if transport is None:
             return "http " + peer
-        serial = self._connections.get(transport)
-        if serial is None:
-            self._connection_serial = serial = self._connection_serial + 1
-            self._connections[transport] = serial
-        return f"http {peer} #{serial}"
+        key = self._connections.get(transport)
+        if key is None:
+            self._connection_serial += 1
+            key = self._connections[transport] = f"http {peer} #{self._connection_serial}"
+        return key
+
+    def _lost(self, transport: Any) -> None:
+        """A connection lost: its key is never used again, so admission drops its penalty and probation (kept, a
+        flooder opening a new connection every few requests piled them up for up to an hour)."""
+        key = self._connections.pop(transport, None)
+        if key is not None and self.admission is not None:
+            self.admission.forget_connection(key)
 
     def admit(self, admission: Admission, max_concurrent: int) -> None:
         """Count requests in progress in `admission` and answer 429 with Retry-After beyond a budget, before
@@ -174,8 +196,8 @@ class HttpApi:
         # aiohttp's low-level server: every request reaches `handle` (no second router: ours is the proto's).
         # Bodies are decoded here (transcode.decode_body), not by aiohttp: an unsupported or broken Content-Encoding
         # is then a Status JSON answer (415 / 400) on a connection that stays usable.
-        server = web.Server(self.handle, request_factory=self._request, handler_cancellation=False,
-                            access_log=None, logger=_ProtocolLog(log, {}), auto_decompress=False)
+        server = _Server(self.handle, lost=self._lost, request_factory=self._request, handler_cancellation=False,
+                         access_log=None, logger=_ProtocolLog(log, {}), auto_decompress=False)
         runner = web.ServerRunner(server, shutdown_timeout=shutdown_timeout)
         await runner.setup()
         site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_address=True)
