@@ -371,12 +371,10 @@ async def test_an_http_event_stream_from_a_bots_grpc_source_port_does_not_take_t
             first.cancel()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "severity: low (a local client that binds a bot's gRPC source port): the watcher limit per connection "
-    "(max_watchers_per_connection, api/risk_service.py hub.subscribe) is keyed by context.peer(), the same text for "
-    "an HTTP connection as for the gRPC connection of that source port, so an HTTP event stream from the bot's "
-    "port takes one of the bot's watcher slots; not fixed here (risk_service.py is outside admission/httpapi)"))
 async def test_an_http_event_stream_from_a_bots_grpc_source_port_does_not_take_the_bots_watcher_slots() -> None:
+    """Fixed (was low): max_watchers_per_connection was keyed by context.peer(), the same text for an HTTP
+    connection as for the gRPC connection of that source port; it now counts per connection (admission's
+    connection_key)."""
     async with driven(http_listen="127.0.0.1:0", max_watchers_per_connection=2, max_calls_per_connection=0,
                       max_calls_per_trader=0, shed_hold_s=0.0, retry_after_s=1.0) as sc, \
             connection(sc.address) as bot_ch:

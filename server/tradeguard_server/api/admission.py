@@ -439,7 +439,7 @@ class Admission:
                 # HTTP requests are keyed apart from gRPC connections: one source port may carry one of each (to
                 # two listeners), and a flood over one must not get the other shed
                 http = getattr(context, "protocol", "") == "http"
-                reason = self.flooding(_connection(context), raw, parse, context)
+                reason = self.flooding(connection_key(context), raw, parse, context)
                 if reason:
                     # an HTTP call is not held: it would keep its share of http_max_concurrent meanwhile, and a
                     # flooder with that many requests would take the whole HTTP budget of every other bot
@@ -480,7 +480,7 @@ class Admission:
             return None
         limit = self.max_streams_per_connection
         if limit:
-            peer = _connection(context)
+            peer = connection_key(context)
             held = self._streams.get(peer, 0)
             if held >= limit:
                 return STREAMS_PER_CONNECTION, (f"this connection holds max_streams_per_connection={limit} streams "
@@ -491,7 +491,7 @@ class Admission:
         self.in_progress[cls] += 1
         if cls == ADMIN:
             return ""
-        peer = _connection(context)
+        peer = connection_key(context)
         self._streams[peer] = self._streams.get(peer, 0) + 1
         return str(peer)
 
@@ -539,7 +539,7 @@ class Admission:
         return admitted
 
 
-def _connection(context: Any) -> str:
+def connection_key(context: Any) -> str:
     """What admission counts a call's connection by: an HTTP request's TCP connection (`http <peer> #<n>`: keyed
     apart from the gRPC connection of the same source port, which may carry one of each to two listeners, and from
     a later connection given its port), else the gRPC peer."""

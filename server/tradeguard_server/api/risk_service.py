@@ -18,6 +18,7 @@ from ..engine.engine import OrderIdReusedError, Outcome, RiskEngine, StateNotLoa
 from ..engine.state import SEEN_TRADE_IDS_KEPT, TraderState
 from ..engine.types import ClosedTrade, PriceMark, Side
 from . import convert
+from .admission import connection_key
 from .dispatch import Guard, server_stream, service, unary
 from .errors import InvalidArgument, NotFound, Unavailable
 from .risk_state import show_unloaded, state_msg
@@ -418,7 +419,7 @@ class RiskService:
         # Until the stored state is loaded memory cannot tell a stored trader from a new id: every watch then counts
         # as known (still bounded per trader, per connection and in all), not against the small unknown budget.
         known = req.trader_id in self.engine.traders or self.engine.journal is not None
-        watcher = self.hub.subscribe(req.trader_id, _ctx.peer(), known)
+        watcher = self.hub.subscribe(req.trader_id, connection_key(_ctx), known)  # per HTTP connection too
         if watcher is None:
             raise Unavailable("too many WatchRiskState streams (all, per trader, per connection or on unknown "
                               "traders) or shutting down; retry later")
