@@ -24,7 +24,10 @@ from typing import Any
 
 import pytest
 
-pytest_plugins = ["tests.support.alert_receiver"]  # the `receiver` fixture (a webhook that records alerts)
+pytest_plugins = [
+    "tests.support.alert_receiver",  # the `receiver` fixture (a webhook that records alerts)
+    "tests.support.gc_pauses",  # the `gc_pauses` fixture (earlier tests' objects frozen out of the collector)
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:

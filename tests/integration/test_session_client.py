@@ -64,7 +64,13 @@ async def test_a_client_declaring_on_disconnect_pauses_nothing_when_closed_clean
         assert paused(sc) is None
 
 
-async def test_a_sidecar_restart_under_clients_in_a_loop_fails_closed_and_they_reconnect(tmp_path: Path) -> None:
+async def test_a_sidecar_restart_under_clients_in_a_loop_fails_closed_and_they_reconnect(
+        tmp_path: Path, gc_pauses: list[float]) -> None:
+    """Every call, across the SIGKILL and the restart, returns by its deadline plus 80% of it (the margin of
+    tests/support/adversary.py's latest_return): before a second deadline could pass, so a client that ignored its
+    deadline or retried past it still fails, while a busy CI machine's late timer does not (it was deadline +
+    0.25 s). The clients run in this long pytest process: the earlier tests' objects are frozen out of the
+    collector (gc_pauses), whose full collection over them stalled every thread of the process for ~1 s in CI."""
     args = ("--database-url", "memory", "--no-enable-persistence", "--no-uvloop")
     first = spawn_sidecar(tmp_path, *args, name="first")
     address = first.address
@@ -110,4 +116,7 @@ async def test_a_sidecar_restart_under_clients_in_a_loop_fails_closed_and_they_r
 
     assert "SIDECAR_UNAVAILABLE" in codes  # failed closed while the sidecar was down
     assert set(codes) <= {"NO_EQUITY_REPORTED", "SIDECAR_UNAVAILABLE"}
-    assert max(async_lat) < deadline + 0.25 and max(sync_lat) < deadline + 0.25, (max(async_lat), max(sync_lat))
+    latest = deadline + 0.8 * deadline
+    print(f"\nslowest call: async {max(async_lat):.3f} s, sync {max(sync_lat):.3f} s (bound {latest:.2f} s); "
+          f"{len(gc_pauses)} GC pauses, longest {max(gc_pauses, default=0.0) * 1e3:.0f} ms")
+    assert max(async_lat) < latest and max(sync_lat) < latest, (max(async_lat), max(sync_lat))
