@@ -211,3 +211,37 @@ async def test_one_sidecar_prunes_at_a_time_on_one_postgresql_database() -> None
                 assert done is not None and done["trade_reports"] == 250
             finally:
                 engine.dispose()
+
+
+async def test_a_run_that_meets_a_cut_database_warns_and_is_tried_again_within_a_minute(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Found by the timing audit: the pruner's own connection raised sqlalchemy's OperationalError, which is not a
+    StoreError: an ERROR with a traceback, and the next run an interval (an hour) later. Now: the "database
+    unavailable" warning, the next try within RETRY_UNAVAILABLE_S, and a run once the database is back."""
+    from tests.support.proxy import FaultProxy
+    from tests.support.wait import eventually
+    from tradeguard_server.store import retention
+
+    monkeypatch.setattr(retention, "FIRST_RUN_DELAY_S", 0.5)
+    monkeypatch.setattr(retention, "RETRY_UNAVAILABLE_S", 0.5)
+    caplog.set_level("INFO", logger="tradeguard.retention")
+    proxy = await FaultProxy().start()
+    try:
+        with fresh_database("tradeguard_retention") as pg_url:
+            async with running_sidecar(database_url=proxy.url_for(pg_url), sidecar_id="sc-1", **SETTINGS) as sc:
+                pruner = sc.pruner
+                assert pruner is not None
+                proxy.cut()
+
+                def warned() -> bool:
+                    return any("database unavailable" in r.getMessage() for r in caplog.records)
+
+                assert await eventually(warned, timeout=30)
+                proxy.restore()
+                assert await eventually(lambda: pruner.last_run_at > 0, timeout=30)
+    finally:
+        await proxy.close()
+    retention_records = [r for r in caplog.records if r.name == "tradeguard.retention"]
+    assert not [r for r in retention_records if r.levelname == "ERROR"], [r.getMessage() for r in retention_records]
+    assert any("next try in 0.5s" in r.getMessage() for r in retention_records)

@@ -43,11 +43,12 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, Table, and_, create_engine, delete, literal_column, select, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.pool import NullPool
 
 from .codec import dumps
 from .dbthread import PG_CONNECT_DEFAULTS, Worker, run_on
-from .errors import StoreError
+from .errors import StoreError, StoreUnavailable
 from .models import AlertOutbox, CircuitBreakerEvent, RiskStateHistory, TradeReport
 
 log = logging.getLogger("tradeguard.retention")
@@ -66,6 +67,9 @@ PAUSE_MIN_S = 0.02  # between two batches at least this long...
 # time at most, so the database's CPU and disk (on a small machine, the sidecar's CPU too) stay mostly free.
 PAUSE_FACTOR = 3.0
 FIRST_RUN_DELAY_S = 5.0  # the first run waits this long after start (the start-up load goes first)
+# a run the database's absence cut short is tried again after this long (or the interval, when shorter), not an
+# interval (an hour by default) later
+RETRY_UNAVAILABLE_S = 60.0
 RETENTION_LOCK = 0x7467_7274  # pg_try_advisory_lock key: "tgrt" (cluster.changes uses "tgct")
 
 Run = Callable[[Callable[[Connection], T]], Awaitable[T]]
@@ -192,6 +196,24 @@ class StoreThread:
         return None
 
 
+def _unavailable(fn: Callable[[], T]) -> Callable[[], T]:
+    """`fn`, with a lost or unreachable database (connect refused or timed out, connection broken) raised as
+    StoreUnavailable: the pruner's run then says "database unavailable" and is tried again soon, instead of an
+    ERROR with a traceback and the next run an interval later."""
+
+    def call() -> T:
+        try:
+            return fn()
+        except (OperationalError, InterfaceError) as exc:
+            raise StoreUnavailable(str(exc.orig or exc).splitlines()[0]) from exc
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise StoreUnavailable(str(exc.orig or exc).splitlines()[0]) from exc
+            raise
+
+    return call
+
+
 class OwnConnection:
     """PostgreSQL: a connection and thread of the pruner's own, holding the cluster-wide advisory lock for a run."""
 
@@ -229,7 +251,7 @@ class OwnConnection:
                 conn.close()
             return got
 
-        return await run_on(self._thread(), take)
+        return await run_on(self._thread(), _unavailable(take))
 
     async def unlock(self) -> None:
         """Release the lock and close the connection (until the next run)."""
@@ -258,7 +280,7 @@ class OwnConnection:
                     conn.rollback()
                 raise
 
-        return await run_on(self._thread(), batch)
+        return await run_on(self._thread(), _unavailable(batch))
 
     async def close(self) -> None:
         def dispose() -> None:
@@ -320,14 +342,17 @@ class Pruner:
         if await self._wait(FIRST_RUN_DELAY_S):
             return
         while True:
+            wait = self.policy.interval_s
             try:
                 await self.run_once()
+            except StoreUnavailable as exc:
+                wait = min(wait, RETRY_UNAVAILABLE_S)
+                log.warning("retention: run not finished (database unavailable: %s); next try in %gs", exc, wait)
             except StoreError as exc:
-                log.warning("retention: run not finished (database unavailable: %s); next run in %gs", exc,
-                            self.policy.interval_s)
+                log.warning("retention: run not finished (%s); next run in %gs", exc, wait)
             except Exception:
-                log.exception("retention: run failed; next run in %gs", self.policy.interval_s)
-            if await self._wait(self.policy.interval_s):
+                log.exception("retention: run failed; next run in %gs", wait)
+            if await self._wait(wait):
                 return
 
     # ---- one run --------------------------------------------------------------------------------------
