@@ -51,12 +51,10 @@ async def node(pg_url: str, name: str, **overrides: Any) -> AsyncIterator[Node]:
         yield Node(ch)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known limit: two live processes with one --sidecar-id are one owner to the database: "
-    "nothing detects the duplicate yet (README: Running many sidecars, known limits)"))
 async def test_two_live_sidecars_with_the_same_sidecar_id_do_not_both_own_a_trader(pg_url: str) -> None:
-    """Impact: two pods started with one --sidecar-id (a copied manifest) both serve and write one trader: a
-    drawdown breach seen by one is ignored by the other, which keeps allowing orders (split brain, no fencing)."""
+    """Fixed (was a known limit): two pods started with one --sidecar-id (a copied manifest) both served and wrote
+    one trader: a drawdown breach seen by one was ignored by the other, which kept allowing orders (split brain).
+    A claim no longer takes a live lease naming its own sidecar_id at an epoch this process did not hold."""
     async with node(pg_url, "A") as a, node(pg_url, "A") as twin:
         await a.equity("t1", equity=10_000.0)
         assert (await a.can_trade("t1")).allowed

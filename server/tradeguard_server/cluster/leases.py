@@ -4,8 +4,11 @@ One row per trader (migration 0006): `owner` (a sidecar_name), `epoch` (the fenc
 the database's (`now()`), so the sidecars' clocks never have to agree. The statements, each run in a transaction
 the caller owns (on the store's database thread):
 
-- `claim`: take a trader when nobody holds it, when its lease lapsed, or when it already names this sidecar (a
-  restart of the same sidecar_id). The new epoch is GREATEST(lease epoch, stored risk_state epoch) + 1: the new
+- `claim`: take a trader when nobody holds it, when its lease lapsed, or when it names this sidecar at an epoch
+  this process held (a lease whose release failed). A live lease naming this sidecar_id at another epoch is another
+  live process's with the same sidecar_id (a restart takes its leases back with `reclaim_mine` before any claim):
+  it is not taken, so one trader never has two live owners (two pods started from one manifest).
+  The new epoch is GREATEST(lease epoch, stored risk_state epoch) + 1: the new
   owner's writes replace every row an earlier owner wrote, and an earlier owner's late write (lower epoch) never
   replaces the new owner's (store.bulk's upsert keeps the row with the greater (epoch, version)). The same
   transaction stamps the stored row with the new epoch, so such a late write is refused from the claim on.
@@ -63,7 +66,7 @@ ON CONFLICT (trader_id) DO UPDATE SET
     epoch = GREATEST(l.epoch + 1, EXCLUDED.epoch),
     acquired_at = EXCLUDED.acquired_at,
     expires_at = EXCLUDED.expires_at
-WHERE l.owner = EXCLUDED.owner OR l.expires_at < now()
+WHERE l.expires_at < now() OR (l.owner = EXCLUDED.owner AND l.epoch = CAST(:known_epoch AS bigint))
 RETURNING {_LEASE_COLUMNS}
 """  # noqa: S608 - constants only; every value is a bound parameter
 
@@ -107,10 +110,13 @@ def _lease(row: Any) -> Lease:
     return Lease(str(row[0]), str(row[1]), str(row[2]), int(row[3]), float(row[4]), float(row[5]))
 
 
-def claim(conn: Connection, trader_id: str, account_id: str, owner: str, seconds: float) -> tuple[Lease, bool]:
+def claim(conn: Connection, trader_id: str, account_id: str, owner: str, seconds: float,
+          known_epoch: int = -1) -> tuple[Lease, bool]:
     """(the new lease, True) when `owner` got the trader; (the lease that holds it, False) when another live
-    sidecar does."""
-    params = {"trader_id": trader_id, "account_id": account_id, "owner": owner, "seconds": seconds}
+    sidecar does, or another live process with the same sidecar_id (a live lease naming `owner` at an epoch other
+    than `known_epoch`, the one this process last held, -1 for none)."""
+    params = {"trader_id": trader_id, "account_id": account_id, "owner": owner, "seconds": seconds,
+              "known_epoch": known_epoch}
     for _attempt in range(3):
         row = conn.execute(text(CLAIM_SQL), params).first()
         if row is not None:

@@ -48,6 +48,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -71,6 +72,8 @@ from .tasks import cancel_all
 log = logging.getLogger("tradeguard.cluster")
 
 T = TypeVar("T")
+# epochs of traders this process let go (idle eviction) kept to recognise its own lease when a release failed
+RELEASED_KEPT = 100_000
 Run = Callable[[Callable[[Connection], T]], Awaitable[T]]  # runs a function in a transaction (store's db thread)
 ChangesReader = Callable[[Connection, str], Sequence[Any]]  # (conn, trader_id) -> its pause/resume changes
 
@@ -102,9 +105,11 @@ def iso(t: float) -> str:
 class TraderOwnedElsewhere(FailedPrecondition):
     """FAILED_PRECONDITION naming the owner, with google.rpc.ErrorInfo reason TRADER_OWNED_ELSEWHERE."""
 
-    def __init__(self, lease: Lease, trader_id: str) -> None:
+    def __init__(self, lease: Lease, trader_id: str, twin: bool = False) -> None:
         self.lease = lease
-        super().__init__(f"trader_id {trader_id} is owned by sidecar {lease.owner} until {iso(lease.expires_at)} "
+        where = (f"another live process running with this sidecar's id ({lease.owner}): two processes share one "
+                 f"--sidecar-id, give each its own" if twin else f"sidecar {lease.owner}")
+        super().__init__(f"trader_id {trader_id} is owned by {where} until {iso(lease.expires_at)} "
                          f"(TRADER_OWNED_ELSEWHERE): send its calls there")
 
     def to_status(self) -> status_pb2.Status:
@@ -165,6 +170,10 @@ class Takeover:
         self.evicted = 0
         self.claims = 0
         self._claims: dict[str, asyncio.Future[Foreign | None]] = {}
+        # trader_id -> the lease epoch this process held when it let the trader go (idle eviction, release_some):
+        # a lease whose release failed still names this sidecar at that epoch, and only then may a claim take a live
+        # lease naming this sidecar_id (any other is a twin process's); the oldest forgotten past RELEASED_KEPT
+        self._released: OrderedDict[str, int] = OrderedDict()
         self._foreign: dict[str, Foreign] = {}
         self._start_changes: dict[str, Sequence[Any]] = {}
         self._renewer: asyncio.Task[None] | None = None
@@ -197,12 +206,14 @@ class Takeover:
             if foreign is None:
                 return None
         if write or self.policy != "read_only":
-            raise TraderOwnedElsewhere(foreign.lease, trader_id)
+            raise TraderOwnedElsewhere(foreign.lease, trader_id, twin=foreign.lease.owner == self.owner)
         return foreign
 
     async def _claim(self, trader_id: str, account_id: str) -> Foreign | None:
+        known = self._released.get(trader_id, -1)
+
         def claim(conn: Connection) -> Foreign | _Claimed:
-            lease, mine = leases.claim(conn, trader_id, account_id, self.owner, self.lease_s)
+            lease, mine = leases.claim(conn, trader_id, account_id, self.owner, self.lease_s, known)
             state = leases.stored_state(conn, trader_id)
             if not mine:
                 return Foreign(lease, state, time.monotonic(), max(0.0, min(lease.expires_at - lease.now,
@@ -219,6 +230,12 @@ class Takeover:
             raise Unavailable(f"cannot claim trader_id {trader_id}: {exc}; retry") from None
         if isinstance(got, Foreign):
             self._foreign[trader_id] = got
+            if got.lease.owner == self.owner:
+                log.critical("trader %s is held by ANOTHER LIVE PROCESS with this sidecar's id %s (epoch %d, "
+                             "until %s): two processes run with one --sidecar-id; this one does not serve the "
+                             "trader (give each process its own sidecar_id)", trader_id, self.owner, got.lease.epoch,
+                             iso(got.lease.expires_at))
+                return got
             log.info("trader %s is owned by sidecar %s until %s: not served here (foreign_trader_policy=%s)",
                      trader_id, got.lease.owner, iso(got.lease.expires_at), self.policy)
             return got
@@ -230,6 +247,7 @@ class Takeover:
         renewal's eviction meanwhile cannot happen: the claim's epoch is the newest."""
         self.claims += 1
         self.owned[trader_id] = got.lease.epoch
+        self._released.pop(trader_id, None)
         self._foreign.pop(trader_id, None)
         engine = self.engine
         if got.state is not None:
@@ -344,7 +362,11 @@ class Takeover:
         self.engine.traders.pop(trader_id, None)
         self.forget(trader_id)
         self.evicted += 1
-        if holder is None:
+        if holder is not None and holder.owner == self.owner:
+            log.critical("trader %s was taken by ANOTHER LIVE PROCESS with this sidecar's id %s (epoch %d): two "
+                         "processes run with one --sidecar-id (the other started after this one and took back its "
+                         "leases); evicted from memory here", trader_id, self.owner, holder.epoch)
+        elif holder is None:
             log.error("trader %s is no longer owned by sidecar %s (its lease is gone): evicted from memory; its next "
                       "call claims it again", trader_id, self.owner)
         else:
@@ -371,6 +393,11 @@ class Takeover:
         """End the leases of `owned` ({trader_id: epoch}) now: traders evicted from memory while idle (residency.py;
         already dropped from `owned`, their state written). A claim since then has a newer epoch: untouched."""
         if owned:
+            for trader_id, epoch in owned.items():  # a release that fails leaves the lease naming this epoch
+                self._released[trader_id] = epoch
+                self._released.move_to_end(trader_id)
+            while len(self._released) > RELEASED_KEPT:
+                self._released.popitem(last=False)
             await self.run(lambda conn: leases.release(conn, owned, self.owner))
 
     async def close(self) -> None:
