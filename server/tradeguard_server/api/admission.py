@@ -74,7 +74,7 @@ BUSY = 0.5  # the loop's thread ran more than this share of a window: overloaded
 # overloaded for this long after the last late tick (or retry_after_s, when shorter): not retry_after_s itself, which
 # is a flood's first penalty and may be an hour; one GC pass must not leave every trader counted for that long
 OVERLOAD_TAIL_S = 1.0
-MAX_HELD = 20_000  # shed calls held at once (bounded memory); beyond, they are answered at once
+MAX_HELD = 4_000  # shed calls held at once: ~25 KiB each (grpc core and grpc.aio), ~100 MiB; beyond, answered at once
 PENALTY_GROWTH = 4.0  # a repeat offender's penalty is this many times its last one...
 MAX_PENALTY_S = 60.0  # ...up to this
 PROBATION_MIN_S = 5.0  # after a penalty, its connection or trader is watched for as long again, at least this
