@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any, Protocol
 
@@ -179,6 +180,8 @@ class Persistence:
         # trader -> (version, until) from the spool's REPLAYED markers: its calls journaled up to `until` are held by
         # a state at `version` or newer (replayed by a run that stopped before the spool forgot them)
         self._covered: dict[str, tuple[int, float]] = {}
+        # trader -> the order times a state restored from the spool rebuilt from its orders (until the load)
+        self._spooled_times: dict[str, tuple[float, ...]] = {}
         self.already_replayed = 0  # journaled calls skipped: the state they were replayed on holds them
         self.gate = UnloadedGate(unloaded_policy, lambda: engine.flags.enable_risk_enforcement)
         self.loaded = False
@@ -336,7 +339,9 @@ class Persistence:
         engine = self.engine
         for rec in states:
             if rec.trader_id not in engine.traders:
-                engine.restore(from_record(rec, trade_ids.get(rec.trader_id, ())))
+                st = from_record(rec, trade_ids.get(rec.trader_id, ()))
+                engine.restore(st)
+                self._spooled_times[rec.trader_id] = tuple(st.order_times)  # (rebuilt: the load rebuilds them too)
         if previous:
             journal, engine.journal = engine.journal, []  # (not None: nothing written; they are in the journal)
             try:
@@ -430,10 +435,19 @@ class Persistence:
         if self.spooled is not None and (journal or self.spooled.spool.stats.journal):
             # forgotten in the spool once what the replay changed is written and the pauses forwarded are stored
             self.spooled.settle(asyncio.ensure_future(self._written_and_forwarded(forwarded)))
-        for trader_id, old in memory.items():  # orders allowed meanwhile still count in the order-rate windows
+        # Orders allowed meanwhile still count in the order-rate windows (CanTrade is not journaled; the replayed
+        # reserve_order / report_order put the duplicate and fill windows back). The times a state restored from
+        # the spool rebuilt from its orders are not added: the stored state rebuilt its own from the same orders
+        # (engine.orders.rebuild_windows), and an order counts once.
+        spooled_times, self._spooled_times = self._spooled_times, {}
+        for trader_id, old in memory.items():
             st = engine.traders.get(trader_id)
             if st is not None and old.order_times:
-                st.order_times.extend(old.order_times)
+                added = Counter(old.order_times) - Counter(spooled_times.get(trader_id, ()))
+                if added:
+                    merged = sorted((*st.order_times, *added.elements()))
+                    st.order_times.clear()
+                    st.order_times.extend(merged)
             if st is not None and st.account_id == old.account_id:  # and a retry of one answers its first decision
                 for order_id, answer in old.order_answers.items():  # (a denied one, never placed, is asked afresh)
                     if answer[1]:

@@ -194,13 +194,10 @@ async def test_after_a_restart_past_the_ttl_no_stale_pending_order_is_shown_or_c
 # ---- what a restart forgets ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known limit (README Orders): the fill throttle's window is memory "
-    'only, like the order-rate windows'))
 async def test_the_fill_throttle_still_counts_the_fills_before_a_restart(tmp_path: Path, clock: ManualClock) -> None:
-    """max_fills_per_window 3 in 60 s (RTS 6 15(3)): two fills, a restart, two more fills within the minute are
-    four fills in the window and must halt, as without the restart (the README names only the order-rate windows
-    as memory only)."""
+    """max_fills_per_window 3 in 60 s (RTS 6 15(3)): two fills (two orders), a restart, a third fill within the
+    minute are three fills in the window and must halt, as without the restart. (The stored orders give the fill
+    window back: one fill per order, each at its latest fill; see the partial-fill tests below.)"""
     db = f"sqlite:///{tmp_path / 'fills.db'}"
     async with running_sidecar(clock=clock, database_url=db, enable_persistence=True) as first, bot_on(first) as b:
         await b.configure(max_fills_per_window=3, fill_window_seconds=60)
@@ -290,9 +287,6 @@ async def test_a_halt_while_the_stored_state_loads_tells_watchers_to_cancel_the_
     assert ["o-1", "o-2"] in [sorted(ids) for ids in got], f"watch got cancel_all_orders {got}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'known limit (README Orders): the duplicate-order window is memory '
-    'only'))
 async def test_the_duplicate_order_window_still_holds_across_a_restart(tmp_path: Path, clock: ManualClock) -> None:
     """duplicate_order_window_ms 60,000 (15c3-5 duplicative orders): the same order 5 s later is a duplicate,
     also when the sidecar restarted in between (a crash loop would otherwise let every duplicate through)."""
@@ -306,3 +300,68 @@ async def test_the_duplicate_order_window_still_holds_across_a_restart(tmp_path:
         dup = await b.ask("o-2")
 
     assert not dup.allowed and dup.code == t.DECISION_CODE_DUPLICATE_ORDER, dup.reason
+
+
+async def test_the_order_rate_throttle_still_counts_the_orders_allowed_before_a_restart(
+    tmp_path: Path, clock: ManualClock,
+) -> None:
+    """max_orders_per_window 2 in 60 s (the throttle): two orders, a restart, a third within the minute is the
+    third in the window and is denied, as without the restart; once the window has passed the first two, the
+    next is allowed (the restored times do not deny for longer)."""
+    db = f"sqlite:///{tmp_path / 'rate.db'}"
+    async with running_sidecar(clock=clock, database_url=db, enable_persistence=True) as first, bot_on(first) as b:
+        await b.configure(max_orders_per_window=2, order_rate_window_seconds=60)
+        await b.equity(1e9)
+        for i in range(2):
+            assert (await b.ask(f"o-{i}", price=50_000.0 + i)).allowed
+    clock.advance(5)
+    async with running_sidecar(clock=clock, database_url=db, enable_persistence=True) as second, bot_on(second) as b:
+        third = await b.ask("o-2", price=50_002.0)
+        clock.advance(56)  # 61 s after the first two
+        later = await b.ask("o-3", price=50_003.0)
+
+    assert not third.allowed and third.code == t.DECISION_CODE_ORDER_RATE_LIMIT, third.reason
+    assert later.allowed, later.reason
+
+
+async def _partial_fills_then_restart(tmp_path: Path, clock: ManualClock, filled_after: int) -> t.RiskState:
+    """max_fills_per_window 3 in 60 s: o-0 filled in two reports (two fills, one order), a restart, then
+    `filled_after` more orders filled within the minute. The engine that never restarted halts at the first of
+    them (three fills); the restored window holds one fill per order (o-0's latest)."""
+    db = f"sqlite:///{tmp_path / f'partial-{filled_after}.db'}"
+    async with running_sidecar(clock=clock, database_url=db, enable_persistence=True) as first, bot_on(first) as b:
+        await b.configure(max_fills_per_window=3, fill_window_seconds=60)
+        await b.equity(1e9)
+        for i in range(1 + filled_after):
+            assert (await b.ask(f"o-{i}", price=50_000.0 + i)).allowed
+        await b.report("o-0", t.ORDER_STATUS_PARTIALLY_FILLED, filled=0.004)
+        clock.advance(1)
+        await b.report("o-0", t.ORDER_STATUS_FILLED)
+        assert (await b.state()).trading_state == t.TRADING_STATE_ACTIVE
+    clock.advance(5)
+    async with running_sidecar(clock=clock, database_url=db, enable_persistence=True) as second, bot_on(second) as b:
+        for i in range(1, 1 + filled_after):
+            await b.report(f"o-{i}", t.ORDER_STATUS_FILLED)
+        return await b.state()
+
+
+async def test_the_fill_throttle_counts_at_least_one_fill_per_order_filled_before_a_restart(
+    tmp_path: Path, clock: ManualClock,
+) -> None:
+    """The lower bound that holds: o-0's two partial fills count as one after the restart, so two more filled
+    orders make three fills in the window: halted (one fill later than without the restart)."""
+    state = await _partial_fills_then_restart(tmp_path, clock, filled_after=2)
+
+    assert state.trading_state == t.TRADING_STATE_HALTED, "3 filled orders in 60 s, across a restart, did not halt"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known limit (README Orders): after a restart an order filled in several reports counts as one fill "
+    "(the stored order keeps only its latest fill time)"))
+async def test_the_fill_throttle_still_counts_every_partial_fill_before_a_restart(
+    tmp_path: Path, clock: ManualClock,
+) -> None:
+    """o-0's two partial fills and o-1's fill are three fills in 60 s and must halt, as without the restart."""
+    state = await _partial_fills_then_restart(tmp_path, clock, filled_after=1)
+
+    assert state.trading_state == t.TRADING_STATE_HALTED, "3 fills in 60 s (2 of one order), across a restart"

@@ -260,7 +260,10 @@ class RiskEngine:
         return ("" if old is None else old.account_id), st
 
     def restore(self, st: TraderState) -> None:
-        """Put a state loaded from the store back (at start, or a trader taken over)."""
+        """Put a state loaded from the store back (at start, or a trader taken over). Its order windows (rebuilt by
+        snapshot.from_record) count a time after now as now: a clock stepped back across the restart must not keep
+        an order in a window, or an equal order a duplicate, for as long as the step."""
+        orders.clamp_windows(st, self.clock.now())
         self.traders[st.trader_id] = st
         if self.on_new_trader is not None:
             self.on_new_trader(st)

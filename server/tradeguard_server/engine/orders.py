@@ -22,9 +22,18 @@ of exposure, never an under-count, and never a "reducing" order that in truth op
 from __future__ import annotations
 
 import heapq
+from collections import Counter, OrderedDict, deque
+from collections.abc import Iterable
 from dataclasses import replace
 
-from .state import FINISHED_ORDERS_KEPT, TraderState, VenuePending
+from .state import (
+    FILL_TIMES_KEPT,
+    FINISHED_ORDERS_KEPT,
+    ORDER_IDS_KEPT,
+    ORDER_TIMES_KEPT,
+    TraderState,
+    VenuePending,
+)
 from .types import OrderStatus, PendingOrder, Position, Side
 
 _BUY = Side.BUY
@@ -92,6 +101,69 @@ def rebuild_pending(st: TraderState) -> None:
     st.expiry_heap = [(o.expires_at, oid) for oid, o in st.orders.items()]
     heapq.heapify(st.expiry_heap)
     st.next_order_expiry = next_expiry(st)
+
+
+_SIDE_INT = {side: int(side) for side in Side}  # int(Side.BUY) costs ~0.1 µs; the key holds the int
+
+
+def _allowed_at(order: PendingOrder) -> float:
+    return order.allowed_at
+
+
+def rebuild_windows(st: TraderState) -> None:
+    """Rebuild the memory-only order windows from the orders the state holds (after a restore; never on the hot path:
+    the snapshot written on every change copies no window, see engine.snapshot).
+
+    From the pending orders and the last FINISHED_ORDERS_KEPT finished ones, by allowed_at:
+    - `recent_orders` (duplicate_order_window_ms): the key the engine builds, (symbol, int(side), quantity, price),
+      -> when the last such order was allowed; the newest ORDER_IDS_KEPT keys, oldest first, as the engine keeps it;
+    - `order_times` (max_orders_per_window, order_rate breakers): every allowed_at, merged with what `st` holds
+      already (rows of older versions stored their order times): an order in both counts once;
+    - `fill_times` (max_fills_per_window): one time per order with a fill, its `last_fill_at`. An order filled in
+      several reports counted each in memory: after a restore it counts once, a lower bound.
+
+    So the windows hold at least what these orders give; a busy bot whose window held more finished orders than
+    FINISHED_ORDERS_KEPT counts fewer than it did. Times after the clock's now (a clock stepped back across the
+    restart) are clamped by `clamp_windows`, which RiskEngine.restore calls.
+    """
+    known = sorted((*st.orders.values(), *st.finished_orders.values()), key=_allowed_at)
+    recent: OrderedDict[tuple[str, int, float, float], float] = OrderedDict()
+    pop, side_int = recent.pop, _SIDE_INT
+    for order in known:
+        key = (order.symbol, side_int[order.side], order.quantity, order.price)  # as RiskEngine._reserve builds it
+        pop(key, None)
+        recent[key] = order.allowed_at
+    while len(recent) > ORDER_IDS_KEPT:
+        recent.popitem(last=False)
+    st.recent_orders = recent
+    allowed = [o.allowed_at for o in known]  # (sorted)
+    st.order_times = deque(merge_times(st.order_times, allowed) if st.order_times else allowed, maxlen=ORDER_TIMES_KEPT)
+    fills = sorted(o.last_fill_at for o in known if o.filled > 0.0 and o.last_fill_at > 0.0)
+    st.fill_times = deque(fills, maxlen=FILL_TIMES_KEPT)
+
+
+def merge_times(kept: Iterable[float], more: Iterable[float]) -> list[float]:
+    """Two lists of order times of the same orders as one, sorted: a time in both counts as often as in the one
+    holding it more often (an order in an older row's order times and among its orders counts once)."""
+    merged = Counter(kept) | Counter(more)
+    return sorted(merged.elements())
+
+
+def clamp_windows(st: TraderState, now: float) -> None:
+    """Window times after `now` count as now (as the engine takes a report's time after now): a clock stepped back
+    across a restart would otherwise keep a restored order or fill in its window for as long as the step, and a
+    duplicate denied all that time. Clamped, each counts for one window from now at most. (Clamping keeps sorted
+    times sorted, and the duplicate keys in their order.)"""
+    for times in (st.order_times, st.fill_times):
+        if times and max(times) > now:
+            clamped = [min(t, now) for t in times]
+            times.clear()
+            times.extend(clamped)
+    recent = st.recent_orders
+    if recent and max(recent.values()) > now:
+        for key, at in list(recent.items()):
+            if at > now:
+                recent[key] = now
 
 
 def add_order(st: TraderState, order: PendingOrder) -> None:

@@ -6,10 +6,13 @@ never changed once recorded). The record is then safe to hand to the store's wri
 
 Not in the snapshot: `seen_trade_ids` (trade ids have their own table; pass them back to `from_record`),
 `next_boundary` (recomputed: periods roll on first use after a restore), the CanTrade answers remembered by
-client_order_id (a retry across a restart is decided afresh) and `order_times`: the recent allowed
-orders that the throttle and order_rate breakers count are memory only. A busy bot keeps up to 10,001 of
-them, and copying and JSON-encoding them into every state row cost ~140 µs on the event loop and ~8 ms in
-the writer per change. After a restart the order-rate windows start empty (pauses they caused are kept).
+client_order_id (a retry across a restart is decided afresh) and the order windows: `order_times` (the
+recent allowed orders that the throttle and order_rate breakers count), `fill_times` (the fill throttle) and
+`recent_orders` (the duplicate-order window) are memory only. A busy bot keeps up to 10,001 order times, and
+copying and JSON-encoding them into every state row cost ~140 µs on the event loop and ~8 ms in the writer per
+change. Instead `from_record` rebuilds the windows from the orders the record holds anyway (the pending ones and
+the last FINISHED_ORDERS_KEPT finished ones: engine.orders.rebuild_windows), at load time only: what they show
+survives a restart, a lower bound of what memory held (pauses the windows caused are kept as pauses).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .orders import rebuild_pending
+from .orders import rebuild_pending, rebuild_windows
 from .state import (
     INF,
     ORDER_TIMES_KEPT,
@@ -129,7 +132,8 @@ def from_record(rec: StateRecord, seen_trade_ids: Iterable[str] = ()) -> TraderS
     """A fresh, independent TraderState from a record. `next_boundary` is -inf so periods roll on first use.
 
     `seen_trade_ids` (oldest first) restores duplicate detection of trade reports; the newest
-    SEEN_TRADE_IDS_KEPT are kept.
+    SEEN_TRADE_IDS_KEPT are kept. The order windows (duplicate orders, order rate, fill rate) are rebuilt from
+    the record's orders (engine.orders.rebuild_windows); RiskEngine.restore clamps times after its clock's now.
     """
     seen: OrderedDict[str, None] = OrderedDict((tid, None) for tid in seen_trade_ids)
     while len(seen) > SEEN_TRADE_IDS_KEPT:
@@ -165,4 +169,5 @@ def from_record(rec: StateRecord, seen_trade_ids: Iterable[str] = ()) -> TraderS
         version=rec.version,
     )
     rebuild_pending(st)
+    rebuild_windows(st)
     return st

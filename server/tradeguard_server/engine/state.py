@@ -170,7 +170,8 @@ class TraderState(DerivedState[Pause]):
     daily_orders: int = 0
     # Memory only: the unfilled pending quantity per venue (orders.VenuePending, rebuilt from `orders`), fill times
     # (max_fills_per_window), the last time each (symbol, side, quantity, price) was allowed (duplicate orders),
-    # and whether the last announced state was HALTED (cancel_all_orders goes out once per halt).
+    # and whether the last announced state was HALTED (cancel_all_orders goes out once per halt). A restore rebuilds
+    # the fill times and the duplicate keys, with `order_times`, from the orders (orders.rebuild_windows).
     pending: dict[tuple[str, str], VenuePending] = field(default_factory=dict, repr=False, compare=False)
     fill_times: deque[float] = field(default_factory=lambda: deque(maxlen=FILL_TIMES_KEPT), repr=False,
                                      compare=False)
