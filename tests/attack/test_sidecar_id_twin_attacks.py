@@ -228,6 +228,28 @@ async def test_the_cut_off_first_process_stops_adding_exposure_once_its_lease_wo
             proxy.restore()
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "severity: medium (not fixed; README names the window and the fencing, not the loss): until its next renewal "
+    "(up to a third of trader_lease_seconds) the first process still serves the traders a twin's start took, and "
+    "every write it makes is fenced out: a daily loss halt it decides there never reaches the twin, which allows "
+    "the trader for the rest of the day once its equity is back within the limit, where one process keeps it halted"))
+async def test_a_halt_decided_by_the_first_process_after_a_twin_started_is_not_lost(pg_url: str) -> None:
+    async with sidecar(pg_url, trader_lease_seconds=30) as (sc1, first):
+        await first.equity()
+        assert await sc1.store.flush(10)
+        async with sidecar(pg_url, trader_lease_seconds=30) as (sc2, twin):
+            assert "t1" in owner_of(sc2).owned and "t1" in owner_of(sc1).owned  # before the first's renewal
+            await first.equity(equity=9_400.0)  # 6 % down on the day: past the 5 % daily loss limit, halted
+            assert not (await first.can_trade()).allowed
+            await first.equity(equity=9_600.0)  # the halt holds for the day (on one process)
+            assert not (await first.can_trade()).allowed
+            await sc1.store.flush(10)  # (its write meets the twin's fence)
+            await owner_of(sc1).renew()
+            assert "t1" not in owner_of(sc1).owned
+            await twin.equity(equity=9_600.0)  # the bot's next report, to the process that owns t1 now
+            assert not (await twin.can_trade()).allowed, "the daily loss halt the first process decided is lost"
+
+
 async def test_a_twin_that_stops_cleanly_hands_the_trader_back_with_its_breach(
         pg_url: str, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.CRITICAL, logger="tradeguard")
@@ -347,7 +369,8 @@ async def test_a_lease_lapsed_in_a_database_stall_and_claimed_by_a_twin_is_not_t
         refused = await first.refusal()
         assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION and TWIN in (refused.details() or "")
         assert lease_row(pg_url)[2]
-    assert any("ANOTHER LIVE PROCESS" in m and "t1" in m for m in criticals(caplog))
+    lapsed = [m for m in criticals(caplog) if "was taken by ANOTHER LIVE PROCESS" in m and "t1" in m]
+    assert lapsed and all("claimed it after its lease lapsed" in m for m in lapsed), lapsed
 
 
 async def test_a_session_opened_on_a_twin_for_its_trader_is_refused_naming_the_shared_id(pg_url: str) -> None:

@@ -384,7 +384,8 @@ class Takeover:
         if holder is not None and holder.owner == self.owner:
             log.critical("trader %s was taken by ANOTHER LIVE PROCESS with this sidecar's id %s (epoch %d): two "
                          "processes run with one --sidecar-id (the other started after this one and took back its "
-                         "leases); evicted from memory here", trader_id, self.owner, holder.epoch)
+                         "leases, or claimed it after its lease lapsed here); evicted from memory here", trader_id,
+                         self.owner, holder.epoch)
         elif holder is None:
             log.error("trader %s is no longer owned by sidecar %s (its lease is gone): evicted from memory; its next "
                       "call claims it again", trader_id, self.owner)
