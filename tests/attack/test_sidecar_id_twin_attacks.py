@@ -421,3 +421,46 @@ async def test_a_claim_whose_commit_answer_was_lost_is_not_refused_as_a_twins(
             assert reply.allowed, reply.reason
             assert "t1" in owner_of(sc).owned
     assert criticals(caplog) == []
+
+
+async def test_a_claim_in_doubt_that_did_not_commit_never_takes_a_twins_lease_at_the_epoch_it_tried(
+        pg_url: str) -> None:
+    """The fix above must not turn a rolled-back claim into a key to a twin's lease: the claim's COMMIT never
+    reached the database (in doubt to the process), a twin then claims the trader at that very epoch; the first
+    process's next claim sees the lease was written by another transaction and refuses, naming the shared id."""
+    async with proxied(pg_url) as proxy:
+        proxy.refuse_after_trap = True
+        async with sidecar(proxy.url_for(pg_url), trader_lease_seconds=30) as (sc1, first), \
+                sidecar(pg_url, trader_lease_seconds=30) as (sc2, twin):
+            await first.equity(trader="t0")
+            assert await sc1.store.flush(10)
+            sc1.store.db.settle_s = 0.5
+            proxy.trap_commit(deliver=False)
+            with pytest.raises(grpc.aio.AioRpcError) as tried:
+                await first.can_trade()
+            assert tried.value.code() == grpc.StatusCode.UNAVAILABLE, tried.value
+            assert proxy.commits_trapped == 1
+            await twin.equity()  # the twin claims t1 at the epoch the first one tried (1)
+            assert lease_row(pg_url)[0:2] == ("A", owner_of(sc2).owned["t1"]) == ("A", 1)
+            proxy.refuse_after_trap = False
+            refused = await first.refusal()
+            assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION and TWIN in (refused.details() or "")
+            assert "t1" not in owner_of(sc1).owned and "t1" in owner_of(sc2).owned
+
+
+async def test_a_failed_idle_release_does_not_let_the_first_process_take_back_what_a_twins_start_took(
+        pg_url: str, clock: ManualClock) -> None:
+    async with proxied(pg_url) as proxy, sidecar(proxy.url_for(pg_url), clock=clock, trader_lease_seconds=30,
+                                                   trader_idle_evict_seconds=60) as (sc1, first):
+        await first.equity()
+        clock.advance(2 * 3_600.0 + 60)
+        assert await sc1.residency.evict_round() == 0
+        assert await sc1.store.flush(10)
+        proxy.cut()
+        assert await sc1.residency.evict_round() == 1  # its release fails: the lease stays live at its epoch
+        proxy.restore()
+        async with sidecar(pg_url, trader_lease_seconds=30) as (sc2, twin):
+            assert "t1" in owner_of(sc2).owned
+            refused = await first.refusal()
+            assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION and TWIN in (refused.details() or "")
+            assert (await twin.can_trade(order=False)).allowed
