@@ -130,6 +130,19 @@ def claim(conn: Connection, trader_id: str, account_id: str, owner: str, seconds
     raise RuntimeError(f"trader {trader_id}: the lease changed hands three times during one claim")
 
 
+def txid(conn: Connection) -> int:
+    """The current transaction's id as a row's `xmin` shows it (32 bits)."""
+    return int(conn.execute(text("SELECT txid_current() % 4294967296")).scalar_one())
+
+
+def written_by(conn: Connection, trader_id: str, owner: str, epoch: int, xid: int) -> bool:
+    """The trader's lease names `owner` at `epoch` as written by transaction `xid` (a claim whose COMMIT answer was
+    lost: it went through exactly when so; no other process's claim wrote that row version)."""
+    return conn.execute(text("SELECT 1 FROM trader_leases WHERE trader_id = :t AND owner = :o AND epoch = :e "
+                             "AND xmin::text::bigint = :x"),
+                        {"t": trader_id, "o": owner, "e": epoch, "x": xid}).first() is not None
+
+
 def reclaim_mine(conn: Connection, owner: str, seconds: float) -> list[Lease]:
     """Every lease naming `owner`, taken back with epoch + 1 (a restart of the same sidecar_id)."""
     mine = [_lease(row) for row in conn.execute(text(RECLAIM_SQL), {"owner": owner, "seconds": seconds})]

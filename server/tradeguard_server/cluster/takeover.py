@@ -130,6 +130,7 @@ class Foreign:
     state: StateRecord | None
     seen_at: float  # monotonic time of the claim that saw it
     valid_s: float  # how long the refusal holds (until the lease it saw would lapse)
+    twin: bool = False  # the lease names this sidecar_id: another live process runs with it
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +175,9 @@ class Takeover:
         # a lease whose release failed still names this sidecar at that epoch, and only then may a claim take a live
         # lease naming this sidecar_id (any other is a twin process's); the oldest forgotten past RELEASED_KEPT
         self._released: OrderedDict[str, int] = OrderedDict()
+        # trader_id -> (epoch, txid) of a claim whose COMMIT may have gone through unheard (in doubt): its lease
+        # names this sidecar at that epoch, written by that transaction (leases.written_by), or the claim did not commit
+        self._in_doubt: dict[str, tuple[int, int]] = {}
         self._foreign: dict[str, Foreign] = {}
         self._start_changes: dict[str, Sequence[Any]] = {}
         self._renewer: asyncio.Task[None] | None = None
@@ -211,18 +215,32 @@ class Takeover:
 
     async def _claim(self, trader_id: str, account_id: str) -> Foreign | None:
         known = self._released.get(trader_id, -1)
+        doubt = self._in_doubt.pop(trader_id, None)
+        attempt: list[tuple[int, int]] = []
 
         def claim(conn: Connection) -> Foreign | _Claimed:
-            lease, mine = leases.claim(conn, trader_id, account_id, self.owner, self.lease_s, known)
+            k = known
+            if doubt is not None and leases.written_by(conn, trader_id, self.owner, *doubt):
+                k = doubt[0]  # this process's own claim committed after all (its answer was lost)
+            lease, mine = leases.claim(conn, trader_id, account_id, self.owner, self.lease_s, k)
             state = leases.stored_state(conn, trader_id)
             if not mine:
                 return Foreign(lease, state, time.monotonic(), max(0.0, min(lease.expires_at - lease.now,
-                                                                            self.lease_s)))
+                                                                            self.lease_s)),
+                               twin=lease.owner == self.owner)
+            attempt.append((lease.epoch, leases.txid(conn)))  # before the COMMIT: known if its answer is lost
             ids = leases.trade_ids(conn, trader_id) if state is not None else []
             return _Claimed(lease, state, ids, self.read_changes(conn, trader_id))
 
         try:
-            got = await self.run(claim)
+            try:
+                got = await self.run(claim)
+            except BaseException:
+                if attempt:
+                    self._in_doubt[trader_id] = attempt[-1]
+                elif doubt is not None:
+                    self._in_doubt[trader_id] = doubt
+                raise
         except StoreUnavailable as exc:
             raise Unavailable(f"cannot claim trader_id {trader_id} (the database decides which sidecar owns it): "
                               f"{exc}; retry") from None
@@ -248,6 +266,7 @@ class Takeover:
         self.claims += 1
         self.owned[trader_id] = got.lease.epoch
         self._released.pop(trader_id, None)
+        self._in_doubt.pop(trader_id, None)
         self._foreign.pop(trader_id, None)
         engine = self.engine
         if got.state is not None:
@@ -365,7 +384,8 @@ class Takeover:
         if holder is not None and holder.owner == self.owner:
             log.critical("trader %s was taken by ANOTHER LIVE PROCESS with this sidecar's id %s (epoch %d): two "
                          "processes run with one --sidecar-id (the other started after this one and took back its "
-                         "leases); evicted from memory here", trader_id, self.owner, holder.epoch)
+                         "leases, or claimed it after its lease lapsed here); evicted from memory here", trader_id,
+                         self.owner, holder.epoch)
         elif holder is None:
             log.error("trader %s is no longer owned by sidecar %s (its lease is gone): evicted from memory; its next "
                       "call claims it again", trader_id, self.owner)
@@ -411,11 +431,13 @@ class Takeover:
 class ReadOnlyGate:
     """The decision gate of a read-only answer: nothing is reserved, so only what adds no exposure may pass."""
 
-    def __init__(self, lease: Lease, enforcing: Callable[[], bool]) -> None:
+    def __init__(self, lease: Lease, enforcing: Callable[[], bool], twin: bool = False) -> None:
         self.enforcing = enforcing
-        self.note = (f"TRADER_OWNED_ELSEWHERE: read-only answer from the state stored by sidecar {lease.owner} "
+        owner = (f"another live process running with this sidecar's id ({lease.owner}): two processes share one "
+                 f"--sidecar-id" if twin else f"sidecar {lease.owner}")
+        self.note = (f"TRADER_OWNED_ELSEWHERE: read-only answer from the state stored by {owner} "
                      f"(owner until {iso(lease.expires_at)}); nothing is reserved here, so an order that adds "
-                     f"exposure must go to {lease.owner}")
+                     f"exposure must go to " + ("that process" if twin else lease.owner))
 
     def __call__(self, d: Decision, st: TraderState, order: OrderIntent | None, reducing: bool) -> Decision:
         code = DecisionCode.TRADER_OWNED_ELSEWHERE
@@ -441,7 +463,7 @@ def read_only_engine(engine: RiskEngine, foreign: Foreign, account_id: str) -> t
     shadow.prices = engine.prices
     st = TraderState(foreign.lease.trader_id, account_id) if foreign.state is None else from_record(foreign.state)
     shadow.traders[st.trader_id] = st
-    shadow.gate = ReadOnlyGate(foreign.lease, lambda: engine.flags.enable_risk_enforcement)
+    shadow.gate = ReadOnlyGate(foreign.lease, lambda: engine.flags.enable_risk_enforcement, foreign.twin)
     return shadow, st
 
 
