@@ -312,11 +312,6 @@ async def test_read_only_policy_answers_a_twins_trader_without_naming_itself_as_
             assert (await twin.can_trade()).allowed
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "severity: high (not fixed: cluster/plane.py, outside this change): an operator's PauseTrading pressed on one "
-    "process of a twin pair is committed with origin A, and the process that owns the trader (also A) skips every "
-    "change of its own origin (plane.apply: 'sidecar_id must be unique'): the pause is lost while the twin keeps "
-    "allowing orders; the same holds for account and '*' kill switches"))
 async def test_a_pause_pressed_on_one_twin_halts_the_trader_the_other_twin_owns(pg_url: str) -> None:
     async with sidecar(pg_url, trader_lease_seconds=30) as (sc1, first):
         await first.equity()

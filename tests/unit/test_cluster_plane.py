@@ -144,7 +144,8 @@ async def test_apply_skips_this_sidecars_own_changes_and_scope_changes_read_late
     engine, _store, plane = make(clock, origin="A")
     engine.report_equity("t1", "acct", 1000.0, None)
     await plane.prime(0)
-    own = remote("pause", "acct", "t1", clock.now(), 1, origin="A")
+    own = plane.record("pause", "acct", {"state": "HALTED", "until": None, "reason": "r"}, "t1", "alice")
+    own.version = 1  # as the store sets it when the change is appended (this process made it: in force here)
     newer = remote("resume", "acct", "", clock.now(), 3)
     older = remote("pause", "acct", "", clock.now() - 1, 2)
     assert await plane.apply([own]) == 0 and plane.version == 1 and engine.traders["t1"].pauses == []
@@ -170,3 +171,13 @@ def test_stale_gate_denies_new_exposure_only_for_reduce_only(clock: ManualClock)
     assert not halt(allowed, st, BUY, True).allowed
     shadow = StaleGate("reduce_only", 60.0, lambda: 75.0, lambda: False)(allowed, st, BUY, False)
     assert shadow.allowed and shadow.would_deny
+
+
+async def test_apply_applies_a_change_of_this_sidecars_id_that_another_process_made(clock: ManualClock) -> None:
+    """Two live processes given one sidecar_id: a pause pressed on the other is a change of origin A that this
+    process did not make; the trader it owns is paused (it used to be skipped by origin)."""
+    engine, _store, plane = make(clock, origin="A")
+    engine.report_equity("t1", "acct", 1000.0, None)
+    await plane.prime(0)
+    assert await plane.apply([remote("pause", "acct", "t1", clock.now(), 1, origin="A")]) == 1
+    assert sources(engine.traders["t1"]) == ["manual"]

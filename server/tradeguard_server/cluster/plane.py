@@ -10,8 +10,10 @@ a trader restored or taken over too. A re-sync replaces exactly those two source
 neither (engine.resume); the resume of a scope lifts only that scope. The trader's own pauses and the scopes'
 combine: the most severe wins (TraderState.effective_pause).
 
-Changes made through other sidecars (`apply`, fed by cluster.listener in version order; this sidecar's own are
-skipped by origin: sidecar_id must be unique among the sidecars sharing a database):
+Changes made through other sidecars (`apply`, fed by cluster.listener in version order; the ones this process
+recorded itself are skipped: they are in force here already. Skipped by the change objects this process made, not
+by origin: another live process given the same sidecar_id (two pods from one manifest) writes changes of the same
+origin, and an operator's pause pressed on it must still reach the trader here):
 - config  -> the account's configurations re-read from the store and installed (re-checks its traders at once,
   with a history reason naming the caller and the sidecar);
 - breaker -> the account's breakers re-read and installed;
@@ -36,7 +38,7 @@ Public API (other parts of issue 17 call these):
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -49,6 +51,8 @@ from ..store.errors import StoreError
 from ..store.records import BreakerRecord, ConfigRecord, FlagsRecord
 from .changes import ALL_ACCOUNTS, ControlChange
 
+# changes recorded here that `apply` may still meet (a change is met once, shortly after its commit)
+MINE_KEPT = 10_000
 log = logging.getLogger("tradeguard.control")
 
 
@@ -155,6 +159,9 @@ class ControlPlane:
         self.scopes: dict[str, ScopePause] = {}  # account_id ("*" = every account) -> its latest pause or resume
         self.primed = False  # the scope pauses are read (until then, traders keep the stored ones)
         self.applied: Counter[str] = Counter()  # changes from other sidecars applied here, by kind
+        # the changes this process recorded and `apply` has not passed yet (their version is set when stored): the
+        # ones `apply` skips; the oldest forgotten past MINE_KEPT (never stored: a failed transaction)
+        self._mine: deque[ControlChange] = deque(maxlen=MINE_KEPT)
         # Seconds since the control state was last heard (the listener sets it; single-sidecar modes: always 0).
         self.age: Callable[[], float] = lambda: 0.0
         engine.on_new_trader = self.sync_trader
@@ -170,8 +177,10 @@ class ControlPlane:
                trader_id: str = "", actor: str | None = None) -> ControlChange:
         """A change made through this sidecar, by the current caller (unless `actor`), to append in the changing
         transaction."""
-        return ControlChange(kind, account_id, trader_id, payload, self.origin, actor or current_actor(),
-                             history_trace_id(), self.engine.clock.now())
+        change = ControlChange(kind, account_id, trader_id, payload, self.origin, actor or current_actor(),
+                               history_trace_id(), self.engine.clock.now())
+        self._mine.append(change)
+        return change
 
     def pause_change(self, account_id: str, trader_id: str, state: TradingState, until: float | None, reason: str,
                      actor: str | None = None) -> ControlChange:
@@ -284,10 +293,11 @@ class ControlPlane:
         Returns how many were applied. Stops at a change whose re-read fails (store unavailable): `version`
         stays below it, the caller reads it again later."""
         done = 0
+        mine = {m.version for m in self._mine if m.version}
         for c in changes:
             if c.version <= self.version:
                 continue
-            if c.origin != self.origin:
+            if c.version not in mine or c.origin != self.origin:
                 try:
                     await self._apply_one(c)
                 except StoreError as exc:
@@ -299,6 +309,9 @@ class ControlPlane:
                 self.applied[c.kind] += 1
                 done += 1
             self.version = c.version
+        if mine:  # what apply passed is never looked up again
+            version = self.version
+            self._mine = deque((m for m in self._mine if not m.version or m.version > version), maxlen=MINE_KEPT)
         return done
 
     async def _apply_one(self, c: ControlChange) -> None:
