@@ -339,14 +339,11 @@ async def raw_watch(sock: socket.socket, sc: Sidecar, trader: str) -> int:
     return int(buf.split(b" ", 2)[1])
 
 
-async def test_an_http_event_stream_from_a_bots_grpc_source_port_does_not_take_the_bots_stream_budget() -> None:
-    """Fixed (was medium): Session / WatchRiskState streams were counted per context.peer() for HTTP too, the same
-    text as the gRPC peer of that source port, so a local client binding a bot's gRPC source port towards the HTTP
-    listener took a share of the bot's max_streams_per_connection and got its next stream refused; HTTP streams
-    are now counted per HTTP connection, as its unary calls are."""
-    async with driven(http_listen="127.0.0.1:0", max_streams_per_connection=2, max_calls_per_connection=0,
-                      max_calls_per_trader=0, shed_hold_s=0.0, retry_after_s=1.0) as sc, \
-            connection(sc.address) as bot_ch:
+async def _bots_second_stream_after_an_http_watch_from_its_port(**limits: Any) -> None:
+    """The bot holds one WatchRiskState; a local client binds the bot's gRPC source port towards the HTTP listener
+    and opens an event stream; the bot's second stream must still be served under `limits` (a budget of 2)."""
+    async with driven(http_listen="127.0.0.1:0", max_calls_per_connection=0, max_calls_per_trader=0,
+                      shed_hold_s=0.0, retry_after_s=1.0, **limits) as sc, connection(sc.address) as bot_ch:
         a = sc.admission
         bot = rsg.RiskServiceStub(bot_ch)
         await bot.CanTrade(can_trade("good"))
@@ -371,31 +368,17 @@ async def test_an_http_event_stream_from_a_bots_grpc_source_port_does_not_take_t
             first.cancel()
 
 
+async def test_an_http_event_stream_from_a_bots_grpc_source_port_does_not_take_the_bots_stream_budget() -> None:
+    """Fixed (was medium): Session / WatchRiskState streams were counted per context.peer() for HTTP too, the same
+    text as the gRPC peer of that source port, so a local client binding a bot's gRPC source port towards the HTTP
+    listener took a share of the bot's max_streams_per_connection and got its next stream refused; HTTP streams
+    are now counted per HTTP connection, as its unary calls are."""
+    await _bots_second_stream_after_an_http_watch_from_its_port(max_streams_per_connection=2)
+
+
 async def test_an_http_event_stream_from_a_bots_grpc_source_port_does_not_take_the_bots_watcher_slots() -> None:
     """Fixed (was low): max_watchers_per_connection was keyed by context.peer(), the same text for an HTTP
     connection as for the gRPC connection of that source port; it now counts per connection (admission's
     connection_key)."""
-    async with driven(http_listen="127.0.0.1:0", max_watchers_per_connection=2, max_calls_per_connection=0,
-                      max_calls_per_trader=0, shed_hold_s=0.0, retry_after_s=1.0) as sc, \
-            connection(sc.address) as bot_ch:
-        a = sc.admission
-        bot = rsg.RiskServiceStub(bot_ch)
-        await bot.CanTrade(can_trade("good"))
-        first = bot.WatchRiskState(rs.WatchRiskStateRequest(trader_id="good", account_id="a"))
-        try:
-            await first.read()
-            assert await eventually(lambda: len(a._streams) == 1)
-            port = int(next(iter(a._streams)).rsplit(":", 1)[1])
-            hostile = await raw_connection(sc, port)
-            with hostile:
-                assert await raw_watch(hostile, sc, "good") == 200
-                assert await eventually(lambda: a.in_progress["stream"] == 2)
-                second = bot.WatchRiskState(rs.WatchRiskStateRequest(trader_id="good", account_id="a"))
-                try:
-                    reply = await asyncio.wait_for(second.read(), 5)
-                finally:
-                    second.cancel()
-                assert reply is not grpc.aio.EOF and reply.state.trader_id == "good"
-        finally:
-            first.cancel()
+    await _bots_second_stream_after_an_http_watch_from_its_port(max_watchers_per_connection=2)
 

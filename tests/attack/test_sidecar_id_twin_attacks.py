@@ -390,6 +390,19 @@ async def test_a_session_opened_on_a_twin_for_its_trader_is_refused_naming_the_s
             call.cancel()
 
 
+async def claim_in_doubt(proxy: FaultProxy, sc: Sidecar, bot: Bot, *, deliver: bool) -> None:
+    """The bot's CanTrade on t1 makes `sc` claim it; the claim's COMMIT is trapped (reaching the database when
+    `deliver`) and its answer lost past the settle window: UNAVAILABLE, the claim in doubt to the process."""
+    await bot.equity(trader="t0")
+    assert await sc.store.flush(10)
+    sc.store.db.settle_s = 0.5
+    proxy.trap_commit(deliver=deliver)
+    with pytest.raises(grpc.aio.AioRpcError) as in_doubt:
+        await bot.can_trade()
+    assert in_doubt.value.code() == grpc.StatusCode.UNAVAILABLE, in_doubt.value
+    assert proxy.commits_trapped == 1
+
+
 async def test_a_claim_whose_commit_answer_was_lost_is_not_refused_as_a_twins(
         pg_url: str, caplog: pytest.LogCaptureFixture) -> None:
     """Fixed here (medium): a claim whose COMMIT went through but whose answer was lost, with the database then away
@@ -400,14 +413,7 @@ async def test_a_claim_whose_commit_answer_was_lost_is_not_refused_as_a_twins(
     async with proxied(pg_url) as proxy:
         proxy.refuse_after_trap = True
         async with sidecar(proxy.url_for(pg_url), trader_lease_seconds=30) as (sc, bot):
-            await bot.equity(trader="t0")
-            assert await sc.store.flush(10)
-            sc.store.db.settle_s = 0.5
-            proxy.trap_commit(deliver=True)
-            with pytest.raises(grpc.aio.AioRpcError) as first:
-                await bot.can_trade()
-            assert first.value.code() == grpc.StatusCode.UNAVAILABLE, first.value
-            assert proxy.commits_trapped == 1
+            await claim_in_doubt(proxy, sc, bot, deliver=True)
             owner, _, live = lease_row(pg_url)
             assert owner == "A" and live  # the claim committed
             proxy.refuse_after_trap = False
@@ -427,14 +433,7 @@ async def test_a_claim_in_doubt_that_did_not_commit_never_takes_a_twins_lease_at
         proxy.refuse_after_trap = True
         async with sidecar(proxy.url_for(pg_url), trader_lease_seconds=30) as (sc1, first), \
                 sidecar(pg_url, trader_lease_seconds=30) as (sc2, twin):
-            await first.equity(trader="t0")
-            assert await sc1.store.flush(10)
-            sc1.store.db.settle_s = 0.5
-            proxy.trap_commit(deliver=False)
-            with pytest.raises(grpc.aio.AioRpcError) as tried:
-                await first.can_trade()
-            assert tried.value.code() == grpc.StatusCode.UNAVAILABLE, tried.value
-            assert proxy.commits_trapped == 1
+            await claim_in_doubt(proxy, sc1, first, deliver=False)
             await twin.equity()  # the twin claims t1 at the epoch the first one tried (1)
             assert lease_row(pg_url)[0:2] == ("A", owner_of(sc2).owned["t1"]) == ("A", 1)
             proxy.refuse_after_trap = False

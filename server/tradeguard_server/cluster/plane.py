@@ -297,7 +297,7 @@ class ControlPlane:
         for c in changes:
             if c.version <= self.version:
                 continue
-            if c.version not in mine or c.origin != self.origin:
+            if c.version not in mine:  # (a change this process recorded: in force here already)
                 try:
                     await self._apply_one(c)
                 except StoreError as exc:

@@ -43,11 +43,11 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, Table, and_, create_engine, delete, literal_column, select, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from .codec import dumps
-from .dbthread import PG_CONNECT_DEFAULTS, Worker, run_on
+from .dbthread import PG_CONNECT_DEFAULTS, Worker, describe, is_row_error, run_on
 from .errors import StoreError, StoreUnavailable
 from .models import AlertOutbox, CircuitBreakerEvent, RiskStateHistory, TradeReport
 
@@ -204,12 +204,10 @@ def _unavailable(fn: Callable[[], T]) -> Callable[[], T]:
     def call() -> T:
         try:
             return fn()
-        except (OperationalError, InterfaceError) as exc:
-            raise StoreUnavailable(str(exc.orig or exc).splitlines()[0]) from exc
-        except DBAPIError as exc:
-            if exc.connection_invalidated:
-                raise StoreUnavailable(str(exc.orig or exc).splitlines()[0]) from exc
-            raise
+        except DBAPIError as exc:  # as the store's calls judge it (dbthread): the rows' fault, or the database's
+            if is_row_error(exc):
+                raise
+            raise StoreUnavailable(describe(exc)) from exc
 
     return call
 
