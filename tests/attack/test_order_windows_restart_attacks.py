@@ -512,14 +512,12 @@ async def test_after_a_rebind_and_a_restart_the_working_orders_count_in_the_wind
     assert not dup.allowed and not third.allowed, (dup.reason, third.reason)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "severity: low (wrong allow; operator action needed): RebindTrader keeps the working orders (they still count "
-    "for exposure) but starts the order windows empty, while a restart right after rebuilds them from those same "
-    "orders: the running sidecar lets a duplicate of a working order and an over-rate order through that the "
-    "restarted one denies (engine.rebind does not call orders.rebuild_windows)"))
 async def test_after_a_rebind_without_a_restart_the_working_orders_count_in_the_windows(
     tmp_path: Path, clock: ManualClock,
 ) -> None:
+    """Fixed (was low, a wrong allow): RebindTrader kept the working orders but started the order windows empty, so
+    a duplicate of a working order and an over-rate order passed that a restarted sidecar denies; rebind now keeps
+    the windows with the orders."""
     async with sqlite_bot(tmp_path, clock) as (_sc, b):
         await throttle(b, 2)
         for i in range(2):

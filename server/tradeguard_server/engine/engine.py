@@ -251,8 +251,11 @@ class RiskEngine:
         st = self.traders[trader_id] = TraderState(trader_id, account_id)
         if old is not None:
             st.version = old.version  # the store keeps the newest version: continue the sequence
-            # The orders are still at the venue: they keep counting (and can be reported) under the new binding.
+            # The orders are still at the venue: they keep counting (and can be reported) under the new binding, and
+            # so do the orders and fills the bot sent (order-rate, fill-rate and duplicate-order windows), as after
+            # a restart.
             st.orders, st.finished_orders = old.orders, old.finished_orders
+            st.order_times, st.fill_times, st.recent_orders = old.order_times, old.fill_times, old.recent_orders
             orders.rebuild_pending(st)
         if self.on_new_trader is not None:
             self.on_new_trader(st)
