@@ -437,7 +437,7 @@ class Persistence:
             self.spooled.settle(asyncio.ensure_future(self._written_and_forwarded(forwarded)))
         # Orders allowed meanwhile still count in the order-rate windows (CanTrade is not journaled; the replayed
         # reserve_order / report_order put the duplicate and fill windows back). The times a state restored from
-        # the spool rebuilt from its orders are not added: the stored state rebuilt its own from the same orders
+        # the spool held (its stored times and its orders) are not added: the stored state holds the same ones
         # (engine.orders.rebuild_windows), and an order counts once.
         spooled_times, self._spooled_times = self._spooled_times, {}
         for trader_id, old in memory.items():

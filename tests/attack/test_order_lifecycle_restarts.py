@@ -355,9 +355,6 @@ async def test_the_fill_throttle_counts_at_least_one_fill_per_order_filled_befor
     assert state.trading_state == t.TRADING_STATE_HALTED, "3 filled orders in 60 s, across a restart, did not halt"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known limit (README Orders): after a restart an order filled in several reports counts as one fill "
-    "(the stored order keeps only its latest fill time)"))
 async def test_the_fill_throttle_still_counts_every_partial_fill_before_a_restart(
     tmp_path: Path, clock: ManualClock,
 ) -> None:

@@ -266,10 +266,6 @@ async def test_an_order_released_by_its_ttl_still_counts_in_the_throttle_after_a
     assert not after.allowed and after.code == t.DECISION_CODE_ORDER_RATE_LIMIT, after.reason
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "severity: medium (wrong allow; documented known limit, README Orders): a bot that finished more than 64 orders "
-    "within the throttle's window gets the difference again after a restart (rebuild_windows keeps only the last "
-    "64 finished orders)"))
 async def test_a_busy_bot_that_cancelled_80_orders_gets_no_extra_orders_after_a_restart(
     tmp_path: Path, clock: ManualClock,
 ) -> None:
@@ -530,10 +526,6 @@ async def test_after_a_rebind_without_a_restart_the_working_orders_count_in_the_
 # ---- ResumeTrading after a fill-throttle halt, then a restart -----------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "severity: medium (wrong deny that lasts until a person resumes again, with cancel_all_orders; documented known "
-    "limit, README Orders): ResumeTrading empties the fill window in memory only, a restart within "
-    "fill_window_seconds rebuilds the fills before the resume and the next single fill halts the trader again"))
 async def test_a_resume_after_a_fill_throttle_halt_survives_a_restart(tmp_path: Path, clock: ManualClock) -> None:
     """max_fills_per_window 2 in 60 s: o-0 and o-1 fill, the trader halts; the operator resumes it; the sidecar
     restarts; o-2 is allowed and fills: one fill since the resume, as the running sidecar counts it. The trader

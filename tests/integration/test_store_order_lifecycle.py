@@ -80,7 +80,8 @@ def with_orders(version: int = 1, trader_id: str = "t-1") -> StateRecord:
 
 def in_history(rec: StateRecord) -> StateRecord:
     """What a history row keeps of a state: the pending orders, not the finished ones (nor recent trades...)."""
-    return replace(rec, recent_trades=(), order_times=(), breaker_episodes=(), finished_orders=())
+    return replace(rec, recent_trades=(), order_times=(), fill_times=(), windows_stored=False,
+                       breaker_episodes=(), finished_orders=())
 
 
 # ---- round trips ------------------------------------------------------------------------------------------------

@@ -53,7 +53,8 @@ def test_any_trader_state_survives_a_store_round_trip_unchanged(db_url: str) -> 
 
                 assert back == rec
                 assert persisted(from_record(back)) == persisted(state)
-                kept = replace(rec, recent_trades=(), order_times=(), breaker_episodes=())
+                kept = replace(rec, recent_trades=(), order_times=(), fill_times=(), windows_stored=False,
+                       breaker_episodes=())
                 assert [h.state for h in history] == [kept]
                 assert [(h.reason, h.trace_id, h.recorded_at) for h in history] == [
                     ("property", "0af7651916cd43dd8448eb211c80319c", rec.updated_at)]
@@ -98,7 +99,8 @@ def test_any_sequence_of_states_reads_back_whole_from_history_rows_that_carry_wh
                         break
 
                 assert [h.state for h in listed] == [
-                    replace(rec, recent_trades=(), order_times=(), breaker_episodes=()) for rec in written]
+                    replace(rec, recent_trades=(), order_times=(), fill_times=(), windows_stored=False,
+                       breaker_episodes=()) for rec in written]
                 assert [h.reason for h in listed] == [f"step {v}" for v in range(1, len(written) + 1)]
 
             round_trip()

@@ -1,10 +1,11 @@
-"""The memory-only order windows rebuilt when a trader's state is restored (engine.orders.rebuild_windows, called by
+"""The order windows restored when a trader's state is restored (engine.orders.rebuild_windows, called by
 snapshot.from_record; RiskEngine.restore clamps times after its clock's now).
 
-The duplicate-order window (recent_orders), the throttle's and order_rate breakers' window (order_times) and the
-fill throttle's window (fill_times) are not in the snapshot written on every change (~140 µs a change when they
-were): they come back from the orders the stored state holds anyway, the pending ones and the last
-FINISHED_ORDERS_KEPT finished ones. What that cannot give back is pinned here too (lower bounds).
+The duplicate-order window (recent_orders) is not in the snapshot written on every change: it comes back from the
+orders the stored state holds anyway, the pending ones and the last FINISHED_ORDERS_KEPT finished ones. The
+throttle's and order_rate breakers' window (order_times) and the fill throttle's window (fill_times) are stored,
+their newest WINDOW_TIMES_STORED times each, merged at the restore with the orders' times (rows of older versions
+hold no fill window: it is rebuilt from their orders, a lower bound). What that cannot give back is pinned here too.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ import dataclasses
 from collections import OrderedDict, deque
 from typing import Any
 
-import pytest
-
 from tradeguard_server.engine.breakers import Evaluator, Scope
 from tradeguard_server.engine.breakers.conditions import order_rate
 from tradeguard_server.engine.clock import ManualClock
@@ -23,7 +22,7 @@ from tradeguard_server.engine.engine import RiskEngine
 from tradeguard_server.engine.limits import Limits
 from tradeguard_server.engine.orders import clamp_windows, rebuild_windows
 from tradeguard_server.engine.snapshot import StateRecord, from_record, to_record
-from tradeguard_server.engine.state import FINISHED_ORDERS_KEPT, ORDER_IDS_KEPT, TraderState
+from tradeguard_server.engine.state import FINISHED_ORDERS_KEPT, ORDER_IDS_KEPT, WINDOW_TIMES_STORED, TraderState
 from tradeguard_server.engine.types import (
     DecisionCode,
     OrderIntent,
@@ -127,7 +126,7 @@ def test_the_duplicate_window_keeps_the_newest_order_ids_kept_keys_as_the_engine
     assert len(st.order_times) == ORDER_IDS_KEPT + 20  # (the order-rate window counts them all)
 
 
-def test_an_order_filled_in_several_reports_counts_one_fill_after_a_restart_a_lower_bound(clock: ManualClock) -> None:
+def test_an_order_filled_in_several_reports_counts_every_fill_after_a_restart(clock: ManualClock) -> None:
     engine = engine_with(clock, ALL_WINDOWS)
     allow(engine, "o-1", buy(50_000.0))
     engine.report_order(TRADER, ACCOUNT, "o-1", OrderStatus.PARTIALLY_FILLED, 0.004, 0.0)
@@ -137,12 +136,10 @@ def test_an_order_filled_in_several_reports_counts_one_fill_after_a_restart_a_lo
 
     after = restarted(engine, clock).traders[TRADER]
 
-    assert list(after.fill_times) == [T0 + 2]  # its latest fill only: the stored order keeps no other fill time
+    assert list(after.fill_times) == [T0, T0 + 2]  # the stored fill window, not the order's latest fill alone
 
 
-def test_finished_orders_beyond_the_kept_ones_are_not_counted_after_a_restart_a_lower_bound(
-    clock: ManualClock,
-) -> None:
+def test_finished_orders_beyond_the_kept_ones_still_count_after_a_restart(clock: ManualClock) -> None:
     engine = engine_with(clock, ALL_WINDOWS)
     for i in range(FINISHED_ORDERS_KEPT + 6):
         allow(engine, f"o-{i}", buy(50_000.0 + i))
@@ -152,7 +149,20 @@ def test_finished_orders_beyond_the_kept_ones_are_not_counted_after_a_restart_a_
 
     after = restarted(engine, clock).traders[TRADER]
 
-    assert len(after.order_times) == FINISHED_ORDERS_KEPT + 1  # the kept finished orders and the pending one
+    assert list(after.order_times) == list(engine.traders[TRADER].order_times)  # the stored window
+
+
+def test_beyond_the_stored_times_the_window_is_a_lower_bound_of_the_newest_ones(clock: ManualClock) -> None:
+    """1,100 orders at one instant, each cancelled: the stored window holds the newest WINDOW_TIMES_STORED, and the
+    rebuilt one holds at least those (never more than memory held)."""
+    engine = engine_with(clock, Limits(max_orders_per_window=1_000_000))
+    for i in range(WINDOW_TIMES_STORED + 100):
+        allow(engine, f"o-{i}", buy(50_000.0 + i))
+        engine.report_order(TRADER, ACCOUNT, f"o-{i}", OrderStatus.CANCELLED, 0.0, 0.0)
+
+    after = restarted(engine, clock).traders[TRADER]
+
+    assert len(after.order_times) == WINDOW_TIMES_STORED
 
 
 def test_order_times_of_rows_written_by_older_versions_merge_with_the_rebuilt_ones_each_order_once() -> None:
@@ -177,8 +187,7 @@ def test_orders_without_a_fill_and_fills_without_a_time_give_no_fill() -> None:
     assert list(st.fill_times) == [T0 + 5.0]
 
 
-def test_the_snapshot_written_on_every_change_still_carries_no_window(clock: ManualClock) -> None:
-    """The hot path is unchanged: to_record copies no order time, fill time or duplicate key."""
+def test_the_snapshot_carries_the_order_and_fill_windows_and_no_duplicate_key(clock: ManualClock) -> None:
     engine = engine_with(clock, ALL_WINDOWS)
     allow(engine, "o-1", buy(50_000.0))
     engine.report_order(TRADER, ACCOUNT, "o-1", OrderStatus.FILLED, 0.0, 0.0)
@@ -187,8 +196,16 @@ def test_the_snapshot_written_on_every_change_still_carries_no_window(clock: Man
 
     rec = to_record(st)
 
-    assert rec.order_times == ()
-    assert {f.name for f in dataclasses.fields(StateRecord)}.isdisjoint({"fill_times", "recent_orders"})
+    assert (rec.order_times, rec.fill_times, rec.windows_stored) == ((T0,), (T0,), True)
+    assert "recent_orders" not in {f.name for f in dataclasses.fields(StateRecord)}
+
+
+def test_fills_of_a_row_of_an_older_version_are_rebuilt_from_its_orders() -> None:
+    rec = StateRecord(TRADER, ACCOUNT, pending_orders=(
+        order("o-1", T0, filled=0.01, status=OrderStatus.PARTIALLY_FILLED, last_fill_at=T0 + 5.0),))
+
+    assert list(from_record(rec).fill_times) == [T0 + 5.0]
+    assert list(from_record(dataclasses.replace(rec, windows_stored=True)).fill_times) == []  # (a stored, empty window)
 
 
 # ---- the checks, after a restart ------------------------------------------------------------------------------
@@ -252,9 +269,6 @@ def test_the_fill_throttle_counts_the_fills_before_a_restart(clock: ManualClock)
     assert engine.traders[TRADER].trading_state(clock.now()) is TradingState.HALTED
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known limit (README Orders): ResumeTrading starts the fill window again in memory only; a restart within "
-    "fill_window_seconds of it brings back the fills before it (a wrong halt, never a wrong allow)"))
 def test_a_resume_before_a_restart_still_starts_the_fill_window_again(clock: ManualClock) -> None:
     engine = engine_with(clock, Limits(max_fills_per_window=2, fill_window_seconds=60))
     for i in range(3):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import pickle
 from collections import deque
 from dataclasses import FrozenInstanceError, fields
 from typing import Any
@@ -16,6 +17,8 @@ from tradeguard_server.engine.snapshot import StateRecord, from_record, to_recor
 from tradeguard_server.engine.state import (
     RECENT_TRADES_KEPT,
     SEEN_TRADE_IDS_KEPT,
+    WINDOW_STORED_S,
+    WINDOW_TIMES_STORED,
     Pause,
     TraderState,
     remember_trade_id,
@@ -83,8 +86,8 @@ def trader_states(draw: st.DrawFn, column_times: st.SearchStrategy[float] = any_
     )
 
 
-# (order_times, recent_orders and fill_times, the order windows, are rebuilt from the orders by from_record, a lower
-# bound of what memory held: tests/unit/test_order_windows_restored.py)
+# (recent_orders, the duplicate window, is rebuilt from the orders by from_record; order_times and fill_times are
+# stored bounded, tested on their own below and in tests/unit/test_order_windows_restored.py)
 NOT_SNAPSHOTTED = ("next_boundary", "seen_trade_ids", "order_times", "recent_orders", "fill_times", "checks_cache",
                    "order_answers", "episodes_changed", "episodes_adopted")
 
@@ -96,12 +99,40 @@ def persisted(state: TraderState) -> dict[str, Any]:
     return out
 
 
-def test_order_times_stay_in_memory() -> None:
-    """Order times (the throttle's and order_rate breakers' window) are not written: a busy bot's 10,000
-    recent orders would otherwise be copied and JSON-encoded into every state row."""
+def test_a_record_holds_the_order_and_fill_times_of_the_last_day_as_they_were() -> None:
     state = busy_trader()
-    assert state.order_times
-    assert to_record(state).order_times == ()
+    state.fill_times.extend([1_767_225_591.0, 1_767_225_591.0, 1_767_225_595.0])  # two partial fills at one instant
+    rec = to_record(state)
+    assert rec.order_times == (1_767_225_590.0,) and rec.windows_stored
+    assert rec.fill_times == (1_767_225_591.0, 1_767_225_591.0, 1_767_225_595.0)
+    restored = from_record(rec)
+    assert list(restored.fill_times) == list(rec.fill_times)
+    assert list(restored.order_times) == [1_767_225_590.0]
+
+
+def test_a_busy_bots_record_holds_only_its_newest_1000_times_within_a_day() -> None:
+    """A bot with 10,001 order times: the record copies the newest WINDOW_TIMES_STORED (the hot path copies no
+    more), and none older than WINDOW_STORED_S before the change."""
+    state = busy_trader()
+    now = state.updated_at
+    state.order_times.clear()
+    state.order_times.extend(now - 10_000 + i for i in range(10_001))
+    state.fill_times.extend([now - WINDOW_STORED_S - 1.0, now - WINDOW_STORED_S, now - 5.0])
+    rec = to_record(state)
+    assert len(rec.order_times) == WINDOW_TIMES_STORED
+    assert rec.order_times == tuple(now - WINDOW_TIMES_STORED + 1 + i for i in range(WINDOW_TIMES_STORED))
+    assert rec.fill_times == (now - WINDOW_STORED_S, now - 5.0)
+
+
+def test_a_record_pickled_by_an_older_version_unpickles_with_the_new_fields_defaulted() -> None:
+    """The spool holds pickled records; one written before `fill_times` and `windows_stored` existed has fewer
+    fields and must not leave them unset."""
+    rec = to_record(busy_trader())
+    state = rec.__getstate__()  # type: ignore[attr-defined]
+    old = StateRecord.__new__(StateRecord)
+    old.__setstate__(state[:-2])
+    assert old.fill_times == () and old.windows_stored is False and old.version == rec.version
+    assert pickle.loads(pickle.dumps(rec)) == rec  # noqa: S301 (our own record)
 
 
 # ---- properties --------------------------------------------------------------------------------------------

@@ -110,21 +110,20 @@ def _allowed_at(order: PendingOrder) -> float:
     return order.allowed_at
 
 
-def rebuild_windows(st: TraderState) -> None:
-    """Rebuild the memory-only order windows from the orders the state holds (after a restore; never on the hot path:
-    the snapshot written on every change copies no window, see engine.snapshot).
+def rebuild_windows(st: TraderState, *, stored: bool = False) -> None:
+    """Rebuild the order windows after a restore (never on the hot path), from the orders the state holds (the
+    pending ones and the last FINISHED_ORDERS_KEPT finished ones, by allowed_at) and the times it was restored with:
+    - `recent_orders` (duplicate_order_window_ms, memory only): the key the engine builds, (symbol, int(side),
+      quantity, price), -> when the last such order was allowed; the newest ORDER_IDS_KEPT keys, oldest first, as
+      the engine keeps it;
+    - `order_times` (max_orders_per_window, order_rate breakers): the stored times (engine.snapshot: the newest
+      1,000) merged with every allowed_at: an order in both counts once;
+    - `fill_times` (max_fills_per_window): with `stored` (a row written since the windows are stored) the stored
+      times as they are: every partial fill counts, and a resume that emptied the window stays empty. Without it
+      (a row of an older version), one time per order with a fill, its `last_fill_at`: a lower bound.
 
-    From the pending orders and the last FINISHED_ORDERS_KEPT finished ones, by allowed_at:
-    - `recent_orders` (duplicate_order_window_ms): the key the engine builds, (symbol, int(side), quantity, price),
-      -> when the last such order was allowed; the newest ORDER_IDS_KEPT keys, oldest first, as the engine keeps it;
-    - `order_times` (max_orders_per_window, order_rate breakers): every allowed_at, merged with what `st` holds
-      already (rows of older versions stored their order times): an order in both counts once;
-    - `fill_times` (max_fills_per_window): one time per order with a fill, its `last_fill_at`. An order filled in
-      several reports counted each in memory: after a restore it counts once, a lower bound.
-
-    So the windows hold at least what these orders give; a busy bot whose window held more finished orders than
-    FINISHED_ORDERS_KEPT counts fewer than it did. Times after the clock's now (a clock stepped back across the
-    restart) are clamped by `clamp_windows`, which RiskEngine.restore calls.
+    Times after the clock's now (a clock stepped back across the restart) are clamped by `clamp_windows`, which
+    RiskEngine.restore calls.
     """
     known = sorted((*st.orders.values(), *st.finished_orders.values()), key=_allowed_at)
     recent: OrderedDict[tuple[str, int, float, float], float] = OrderedDict()
@@ -138,8 +137,9 @@ def rebuild_windows(st: TraderState) -> None:
     st.recent_orders = recent
     allowed = [o.allowed_at for o in known]  # (sorted)
     st.order_times = deque(merge_times(st.order_times, allowed) if st.order_times else allowed, maxlen=ORDER_TIMES_KEPT)
-    fills = sorted(o.last_fill_at for o in known if o.filled > 0.0 and o.last_fill_at > 0.0)
-    st.fill_times = deque(fills, maxlen=FILL_TIMES_KEPT)
+    if not stored:
+        fills = sorted(o.last_fill_at for o in known if o.filled > 0.0 and o.last_fill_at > 0.0)
+        st.fill_times = deque(fills, maxlen=FILL_TIMES_KEPT)
 
 
 def merge_times(kept: Iterable[float], more: Iterable[float]) -> list[float]:

@@ -6,27 +6,36 @@ never changed once recorded). The record is then safe to hand to the store's wri
 
 Not in the snapshot: `seen_trade_ids` (trade ids have their own table; pass them back to `from_record`),
 `next_boundary` (recomputed: periods roll on first use after a restore), the CanTrade answers remembered by
-client_order_id (a retry across a restart is decided afresh) and the order windows: `order_times` (the
-recent allowed orders that the throttle and order_rate breakers count), `fill_times` (the fill throttle) and
-`recent_orders` (the duplicate-order window) are memory only. A busy bot keeps up to 10,001 order times, and
-copying and JSON-encoding them into every state row cost ~140 µs on the event loop and ~8 ms in the writer per
-change. Instead `from_record` rebuilds the windows from the orders the record holds anyway (the pending ones and
-the last FINISHED_ORDERS_KEPT finished ones: engine.orders.rebuild_windows), at load time only: what they show
-survives a restart, a lower bound of what memory held (pauses the windows caused are kept as pauses).
+client_order_id (a retry across a restart is decided afresh) and the duplicate-order window (`recent_orders`),
+which `from_record` rebuilds from the orders the record holds anyway (the pending ones and the last
+FINISHED_ORDERS_KEPT finished ones: engine.orders.rebuild_windows).
+
+The order and fill windows are in it, bounded: `order_times` (the allowed orders the throttle and the order_rate
+breakers count) and `fill_times` (the fill throttle; every partial fill counts, a resume empties it) as their
+newest WINDOW_TIMES_STORED times within WINDOW_STORED_S of the change (`_tail`: ~1 us for a typical bot, ~9 us for
+one holding 10,001 times; the whole deque of a busy bot cost ~140 us on the event loop). So a restart keeps what
+the windows held, up to 1,000 times each; `windows_stored` tells a row of an older version (False: its windows are
+rebuilt from its orders alone, a lower bound).
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import OrderedDict, deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from itertools import islice
+from typing import Any
 
 from .orders import rebuild_pending, rebuild_windows
 from .state import (
+    FILL_TIMES_KEPT,
     INF,
     ORDER_TIMES_KEPT,
     RECENT_TRADES_KEPT,
     SEEN_TRADE_IDS_KEPT,
+    WINDOW_STORED_S,
+    WINDOW_TIMES_STORED,
     DerivedState,
     Pause,
     PauseTerms,
@@ -81,7 +90,7 @@ class StateRecord(DerivedState[PauseRecord]):
     volatility: tuple[tuple[str, float], ...] = ()
     symbol_stats: tuple[SymbolStatsRecord, ...] = ()
     recent_trades: tuple[ClosedTrade, ...] = ()  # by closed_at (ties as reported); for streaks and breaker windows
-    order_times: tuple[float, ...] = ()  # not written any more (memory only); rows of older versions may have some
+    order_times: tuple[float, ...] = ()  # the newest allowed orders' times (see the module docstring)
     breaker_episodes: tuple[tuple[str, str], ...] = ()  # (breaker id, rule) of the episodes in progress
     pending_orders: tuple[PendingOrder, ...] = ()  # allowed, not finished (oldest first)
     finished_orders: tuple[PendingOrder, ...] = ()  # the latest finished ones (oldest first)
@@ -89,6 +98,34 @@ class StateRecord(DerivedState[PauseRecord]):
     daily_orders: int = 0
     updated_at: float = 0.0
     version: int = 0
+    # (appended last: a record pickled by an older version, e.g. in the spool, lacks them; __setstate__)
+    fill_times: tuple[float, ...] = ()  # the newest fills' times, one per fill (see the module docstring)
+    windows_stored: bool = False  # order_times and fill_times are the windows (False: a row of an older version)
+
+    def __setstate__(self, state: list[Any]) -> None:
+        """Unpickle (the spool): a record of an older version has fewer fields; the missing ones take their
+        defaults instead of staying unset."""
+        for f, value in zip(fields(self), state, strict=False):
+            object.__setattr__(self, f.name, value)
+        for f in fields(self)[len(state):]:
+            object.__setattr__(self, f.name, f.default)
+
+
+def _tail(times: deque[float], now: float) -> tuple[float, ...]:
+    """The newest WINDOW_TIMES_STORED of `times` (sorted, oldest first) within WINDOW_STORED_S of `now`. Walks
+    only what it keeps (a deque's index near either end and reversed() are cheap; islice from the left is not)."""
+    n = len(times)
+    if not n:
+        return ()
+    oldest = now - WINDOW_STORED_S
+    start = max(0, n - WINDOW_TIMES_STORED)
+    if times[start] < oldest:  # some are older than any window: leave them out
+        start = bisect_left(times, oldest, lo=start)
+    if start == 0:
+        return tuple(times)
+    newest = list(islice(reversed(times), n - start))
+    newest.reverse()
+    return tuple(newest)
 
 
 def to_record(st: TraderState) -> StateRecord:
@@ -121,6 +158,9 @@ def to_record(st: TraderState) -> StateRecord:
         daily_orders=st.daily_orders,
         updated_at=st.updated_at,
         version=st.version,
+        order_times=_tail(st.order_times, st.updated_at),
+        fill_times=_tail(st.fill_times, st.updated_at),
+        windows_stored=True,
     )
 
 
@@ -133,7 +173,8 @@ def from_record(rec: StateRecord, seen_trade_ids: Iterable[str] = ()) -> TraderS
 
     `seen_trade_ids` (oldest first) restores duplicate detection of trade reports; the newest
     SEEN_TRADE_IDS_KEPT are kept. The order windows (duplicate orders, order rate, fill rate) are rebuilt from
-    the record's orders (engine.orders.rebuild_windows); RiskEngine.restore clamps times after its clock's now.
+    the record's orders and, when it holds them (`windows_stored`), its order and fill times
+    (engine.orders.rebuild_windows); RiskEngine.restore clamps times after its clock's now.
     """
     seen: OrderedDict[str, None] = OrderedDict((tid, None) for tid in seen_trade_ids)
     while len(seen) > SEEN_TRADE_IDS_KEPT:
@@ -167,7 +208,8 @@ def from_record(rec: StateRecord, seen_trade_ids: Iterable[str] = ()) -> TraderS
         daily_orders=rec.daily_orders,
         updated_at=rec.updated_at,
         version=rec.version,
+        fill_times=deque(rec.fill_times, maxlen=FILL_TIMES_KEPT),
     )
     rebuild_pending(st)
-    rebuild_windows(st)
+    rebuild_windows(st, stored=rec.windows_stored)
     return st

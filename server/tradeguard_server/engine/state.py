@@ -46,6 +46,10 @@ ORDER_IDS_KEPT = 1_000  # CanTrade answers remembered per trader by client_order
 ORDER_ID_TTL_S = 600.0  # ...each for at most this long
 FINISHED_ORDERS_KEPT = 64  # finished orders a trader remembers (repeated or late ReportOrder), persisted
 FILL_TIMES_KEPT = 10_001  # recent fills (max_fills_per_window)
+# The order and fill windows a stored state carries (engine.snapshot): the newest WINDOW_TIMES_STORED times of
+# each, those within WINDOW_STORED_S (the longest window a configuration or breaker may have) of the change.
+WINDOW_TIMES_STORED = 1_000
+WINDOW_STORED_S = 86_400.0
 
 
 @dataclass(slots=True)
@@ -168,10 +172,11 @@ class TraderState(DerivedState[Pause]):
     # Sums of the orders allowed since day_start (max_daily_notional, max_daily_orders). Persisted.
     daily_order_notional: float = 0.0
     daily_orders: int = 0
-    # Memory only: the unfilled pending quantity per venue (orders.VenuePending, rebuilt from `orders`), fill times
-    # (max_fills_per_window), the last time each (symbol, side, quantity, price) was allowed (duplicate orders),
-    # and whether the last announced state was HALTED (cancel_all_orders goes out once per halt). A restore rebuilds
-    # the fill times and the duplicate keys, with `order_times`, from the orders (orders.rebuild_windows).
+    # The fill times (max_fills_per_window): stored, as `order_times` are, as their newest WINDOW_TIMES_STORED.
+    # Memory only: the unfilled pending quantity per venue (orders.VenuePending, rebuilt from `orders`), the last
+    # time each (symbol, side, quantity, price) was allowed (duplicate orders, rebuilt from the orders by
+    # orders.rebuild_windows), and whether the last announced state was HALTED (cancel_all_orders goes out once
+    # per halt).
     pending: dict[tuple[str, str], VenuePending] = field(default_factory=dict, repr=False, compare=False)
     fill_times: deque[float] = field(default_factory=lambda: deque(maxlen=FILL_TIMES_KEPT), repr=False,
                                      compare=False)

@@ -231,7 +231,7 @@ class BulkWriter:
             rec.weekly_pnl, rec.monthly_pnl, rec.equity_reported, rec.day_start_equity, rec.week_start_equity,
             rec.month_start_equity, day_start, ts(rec.week_start), ts(rec.month_start),
             ts(rec.last_equity_at), rec.consecutive_losses, parts.pauses, parts.positions, parts.volatility,
-            parts.symbol_stats, self._recent_trades(rec, parts), encode(list(rec.order_times)), ts(rec.updated_at),
+            parts.symbol_stats, self._recent_trades(rec, parts), encode(codec.windows_json(rec)), ts(rec.updated_at),
             rec.version, epoch, encode(dict(rec.breaker_episodes)) if rec.breaker_episodes else "{}",
             parts.pending_orders, self._finished_orders(rec, parts), rec.daily_order_notional, rec.daily_orders,
             pause is not None, day_start,

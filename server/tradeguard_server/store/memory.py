@@ -165,7 +165,8 @@ class MemoryStore(StoreCounters):
             if stored is None or rec.version > stored.version:
                 self.states[rec.trader_id] = rec
         for _seq, h in batch.history:
-            state = dataclasses.replace(h.state, recent_trades=(), order_times=(), finished_orders=())
+            state = dataclasses.replace(h.state, recent_trades=(), order_times=(), fill_times=(),
+                                        finished_orders=())
             self.history.append(dataclasses.replace(h, state=state, id=len(self.history) + 1))
         for _seq, t, _at in batch.trades:
             self.trades.setdefault((t.trader_id, t.trade_id), t)

@@ -33,8 +33,8 @@ class HistoryRecord:
 
     trader_id: str
     account_id: str
-    # recent_trades, order_times, breaker_episodes and finished_orders are not kept in history (empty here); the
-    # pending orders are.
+    # recent_trades, order_times, fill_times, breaker_episodes and finished_orders are not kept in history (empty
+    # here); the pending orders are.
     state: StateRecord
     reason: str
     trace_id: str | None

@@ -192,9 +192,9 @@ def loads(data: bytes) -> Any:
 def _slim(rec: HistoryRecord) -> HistoryRecord:
     """A history row as the database keeps it: without what history never stores (see HistoryRecord)."""
     st = rec.state
-    if not (st.recent_trades or st.order_times or st.breaker_episodes or st.finished_orders):
+    if not (st.recent_trades or st.order_times or st.fill_times or st.breaker_episodes or st.finished_orders):
         return rec
-    return dataclasses.replace(rec, state=dataclasses.replace(st, recent_trades=(), order_times=(),
+    return dataclasses.replace(rec, state=dataclasses.replace(st, recent_trades=(), order_times=(), fill_times=(),
                                                               breaker_episodes=(), finished_orders=()))
 
 
