@@ -24,6 +24,7 @@ from google.rpc import error_details_pb2, status_pb2
 from sqlalchemy import create_engine
 
 from tests.support.pg import fresh_database, plain_dsn
+from tests.support.proxy import FaultProxy
 from tests.support.sidecar import running_sidecar, spawn_sidecar, start_sidecar
 from tests.support.wait import eventually
 from tradeguard.v1 import admin_service_pb2 as ad
@@ -249,6 +250,32 @@ async def test_concurrent_first_calls_for_a_trader_share_one_claim(pg_url: str) 
         assert sc.takeover is not None and sc.takeover.claims == 1
     assert all(a.code == t.DECISION_CODE_NO_EQUITY_REPORTED for a in answers)
     assert rows(pg_url, "SELECT owner, epoch FROM trader_leases") == [("sc-a", 1)]
+
+
+async def test_a_renewal_answered_late_counts_the_lease_from_when_it_was_sent(pg_url: str) -> None:
+    """The database sets a renewed lease's expiry from its transaction's start; another sidecar sees the previous
+    expiry until the commit lands. A renewal whose answer comes 1 s late must not make this sidecar believe it
+    holds its traders 1 s longer than the others see it: its lapse (the stale action for new exposure) is counted
+    from when the renewal was sent."""
+    proxy = await FaultProxy().start()
+    try:
+        async with running_sidecar(database_url=proxy.url_for(pg_url), enable_persistence=True, sidecar_id="sc-a",
+                                   trader_lease_seconds=30) as sc, grpc.aio.insecure_channel(sc.address) as ch:
+            await rsg.RiskServiceStub(ch).ReportEquity(rs.ReportEquityRequest(**ids("bot-late"), equity=1_000))
+            assert sc.takeover is not None and sc.takeover.owns("bot-late")
+            assert await sc.store.flush(10.0)
+            proxy.hold_commit()
+            sent = time.monotonic()
+            renewal = asyncio.create_task(sc.takeover.renew())
+            await proxy.commit_held.wait()
+            await asyncio.sleep(1.0)  # the commit's answer is held for a span of time: that is the fault
+            assert not renewal.done()
+            proxy.release_commit()
+            await renewal
+            assert sc.takeover.owns("bot-late")
+            assert sc.takeover.last_renewed <= sent + 0.5, sc.takeover.last_renewed - sent
+    finally:
+        await proxy.close()
 
 
 async def test_a_renewal_that_finds_a_trader_taken_over_evicts_it(

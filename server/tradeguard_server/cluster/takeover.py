@@ -182,7 +182,7 @@ class Takeover:
         self._start_changes: dict[str, Sequence[Any]] = {}
         self._renewer: asyncio.Task[None] | None = None
         self._renew_failing = False
-        self.last_renewed = time.monotonic()  # of the last successful renewal (start: none due yet)
+        self.last_renewed = time.monotonic()  # the start of the last successful renewal (start: none due yet)
 
     # ---- the hot path ---------------------------------------------------------------------------
 
@@ -347,10 +347,17 @@ class Takeover:
                 await self.renew()
 
     async def renew(self) -> None:
-        """Renew every local trader's lease in one statement; evict those no longer ours."""
+        """Renew every local trader's lease in one statement; evict those no longer ours.
+
+        `last_renewed` is the time the renewal *started*, not the time its answer came: the database sets
+        expires_at from its transaction's start (now() + trader_lease_seconds), which is after this start, and
+        another sidecar sees the previous expiry until the commit lands. So this sidecar's own judgement of a
+        lapse (the stale action for new exposure) never comes later than any other sidecar's, however long the
+        answer took (a renewal answered 3 s late used to leave 3 s in which both served the trader)."""
+        started = time.monotonic()
         owned = dict(self.owned)
         if not owned:
-            self.last_renewed = time.monotonic()
+            self.last_renewed = started
             return
 
         def renew(conn: Connection) -> tuple[set[str], dict[str, Lease]]:
@@ -370,7 +377,7 @@ class Takeover:
         if self._renew_failing:
             log.info("leases of %d traders renewed again", len(kept))
         self._renew_failing = False
-        self.last_renewed = time.monotonic()
+        self.last_renewed = started
         for trader_id, epoch in owned.items():
             if trader_id not in kept and self.owned.get(trader_id) == epoch:
                 self.evict(trader_id, holders.get(trader_id))
