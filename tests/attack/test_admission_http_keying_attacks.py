@@ -11,6 +11,7 @@ xfail(strict) with its severity; a property that holds is a plain test.
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import json
 import socket
@@ -39,10 +40,14 @@ async def raw_connection(sc: Sidecar, port: int = 0) -> socket.socket:
     """A TCP connection to the HTTP listener from 127.0.0.1:`port` (0: any)."""
     host, http_port = sc.http_address.rsplit(":", 1)
     sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    sock.setblocking(False)
-    await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (host, int(http_port))), 5)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.setblocking(False)
+        await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (host, int(http_port))), 5)
+    except BaseException:
+        sock.close()
+        raise
     return sock
 
 
@@ -143,7 +148,8 @@ async def test_a_flooder_opening_a_new_http_connection_per_request_is_still_shed
     """Each request on a connection of its own is never over max_calls_per_connection (as before 70b07fe: each
     new connection had a new source port too); the trader's limit sheds the flood, on every new connection, and a
     well-behaved bot over HTTP and over gRPC is served meanwhile."""
-    async with driven(http_listen="127.0.0.1:0", max_calls_per_connection=2, max_calls_per_trader=3,
+    # (the connection limit is above the trader's: first requests from one address are counted together too)
+    async with driven(http_listen="127.0.0.1:0", max_calls_per_connection=20, max_calls_per_trader=3,
                       shed_hold_s=1.0, retry_after_s=30.0) as sc, aiohttp.ClientSession() as bot, \
             aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as churn, \
             connection(sc.address) as grpc_ch:
@@ -172,10 +178,13 @@ async def test_many_http_connections_each_just_under_the_connection_limit_for_on
     async with driven(http_listen="127.0.0.1:0", max_calls_per_connection=3, max_calls_per_trader=10,
                       shed_hold_s=0.0, retry_after_s=5.0) as sc, aiohttp.ClientSession() as bot:
         a = sc.admission
-        a.observe_lag(1.0)
         assert await bot_call(bot, sc) == 200
         socks = [await raw_connection(sc) for _ in range(6)]
         try:
+            # each connection's first request before the overload (first requests are also counted per address)
+            assert [await post(s, sc, "warm") for s in socks] == [200] * 6
+            a.observe_lag(1.0)
+            assert await bot_call(bot, sc) == 200
             statuses = [await post(s, sc, "spread") for _ in range(3) for s in socks]  # 3 per connection: at its limit
         finally:
             for s in socks:
@@ -184,12 +193,10 @@ async def test_many_http_connections_each_just_under_the_connection_limit_for_on
         assert await bot_call(bot, sc) == 200
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "severity: medium, not from 70b07fe (each new connection had a new source port before it too): a flood of "
-    "one HTTP request per new connection, each naming a trader id of its own (a valid token may name any trader; "
-    "without trader credentials any id is taken), is over no connection's and no trader's limit, so it is never "
-    "shed however overloaded the loop; admission knows no limit per source address"))
 async def test_a_flood_of_one_request_per_new_http_connection_under_new_trader_ids_is_shed() -> None:
+    """Fixed (was medium): each request on a new connection under a new trader id was over no connection's and no
+    trader's limit, so it was never shed however overloaded the loop. A connection's first request is now counted
+    with the other first requests from its address (HttpApi._keys); the bot's keep-alive connection is not."""
     async with driven(http_listen="127.0.0.1:0", max_calls_per_connection=2, max_calls_per_trader=2,
                       shed_hold_s=0.0, retry_after_s=5.0) as sc, aiohttp.ClientSession() as bot, \
             aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as churn:
@@ -234,9 +241,12 @@ async def test_an_open_penalized_connection_keeps_its_penalty_while_others_close
     async with driven(http_listen="127.0.0.1:0", max_calls_per_connection=2, max_calls_per_trader=0,
                       shed_hold_s=0.0, retry_after_s=60.0) as sc, aiohttp.ClientSession() as bot:
         a = sc.admission
-        a.observe_lag(1.0)
         assert await bot_call(bot, sc) == 200
         kept, gone = await raw_connection(sc), await raw_connection(sc)
+        # each connection's first request before the overload (first requests are also counted per address)
+        assert [await post(kept, sc, "k"), await post(gone, sc, "g")] == [200, 200]
+        a.observe_lag(1.0)
+        assert await bot_call(bot, sc) == 200
         with kept:
             with gone:
                 assert [await post(kept, sc, "k") for _ in range(3)] == [200, 200, 429]
@@ -341,7 +351,18 @@ async def raw_watch(sock: socket.socket, sc: Sidecar, trader: str) -> int:
 
 async def _bots_second_stream_after_an_http_watch_from_its_port(**limits: Any) -> None:
     """The bot holds one WatchRiskState; a local client binds the bot's gRPC source port towards the HTTP listener
-    and opens an event stream; the bot's second stream must still be served under `limits` (a budget of 2)."""
+    and opens an event stream; the bot's second stream must still be served under `limits` (a budget of 2). The
+    kernel now and then refuses the bind (EADDRINUSE: the port is shared with a socket that does not allow reuse,
+    about 1 run in 12 here): then again with a new bot connection, up to 5 times."""
+    for attempt in range(5):
+        try:
+            return await _bots_second_stream_once(**limits)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or attempt == 4:
+                raise
+
+
+async def _bots_second_stream_once(**limits: Any) -> None:
     async with driven(http_listen="127.0.0.1:0", max_calls_per_connection=0, max_calls_per_trader=0,
                       shed_hold_s=0.0, retry_after_s=1.0, **limits) as sc, connection(sc.address) as bot_ch:
         a = sc.admission

@@ -253,7 +253,7 @@ class Admission:
     # ---- decisions ------------------------------------------------------------------------------
 
     def flooding(self, peer: str, raw: bytes, parse: Callable[[bytes], Message] | None,
-                 context: Any = None) -> str:
+                 context: Any = None, *, counted: bool = False) -> str:
         """While watching: the reason to shed this call ("" = admit; `shed_until`: when its penalty ends). A
         connection or trader that started more than its limit in this window, and more than the average one (a lone
         client is not shed for its own load), while the loop is overloaded, or while it is on probation after a
@@ -264,7 +264,8 @@ class Admission:
         now = self.now
         calls = self._peer_calls  # penalized peers count too: the average connection is the real one
         n = calls[peer] = calls.get(peer, 0) + 1
-        self._window_calls += 1
+        if not counted:  # (`counted`: a second key of a call counted already, HttpApi._keys: not a call more)
+            self._window_calls += 1
         penalty = self.penalized_peers.get(peer)
         if penalty is not None and penalty[0] > now:
             self.shed_until = penalty[0]
@@ -440,6 +441,9 @@ class Admission:
                 # two listeners), and a flood over one must not get the other shed
                 http = getattr(context, "protocol", "") == "http"
                 reason = self.flooding(connection_key(context), raw, parse, context)
+                first = getattr(context, "first_key", "") if http else ""
+                if first and not reason:  # an HTTP connection's first request: counted per address too
+                    reason = self.flooding(first, raw, None, context, counted=True)
                 if reason:
                     # an HTTP call is not held: it would keep its share of http_max_concurrent meanwhile, and a
                     # flooder with that many requests would take the whole HTTP budget of every other bot

@@ -44,15 +44,19 @@ def peer_text(peername: Any) -> str:
 class HttpContext:
     """The ServicerContext of one HTTP request (the methods TradeGuard's handlers and guards use)."""
 
-    __slots__ = ("_auth", "_metadata", "_peer", "code", "connection", "details", "trailing")
+    __slots__ = ("_auth", "_metadata", "_peer", "code", "connection", "details", "first_key", "trailing")
     protocol = "http"  # api/admission.py: keyed apart from gRPC connections, shed calls not held
 
-    def __init__(self, headers: Mapping[str, str], peer: str, common_name: str = "", connection: str = "") -> None:
+    def __init__(self, headers: Mapping[str, str], peer: str, common_name: str = "", connection: str = "",
+                 first_key: str = "") -> None:
         self._metadata = tuple((k.lower(), v) for k, v in headers.items() if k.lower() not in _NOT_METADATA)
         self._peer = peer
         # what admission counts and penalizes a connection by: one TCP connection's, never its address and port
         # alone, which the kernel gives to a later connection
         self.connection = connection or "http " + peer
+        # the first request of a connection is also counted, by admission while the loop is overloaded, with every
+        # other first request from its address ("" for a later request; HttpApi._keys)
+        self.first_key = first_key
         self._auth: dict[str, list[bytes]] = {"x509_common_name": [common_name.encode()]} if common_name else {}
         self.trailing: tuple[tuple[str, str | bytes], ...] = ()
         self.code: grpc.StatusCode | None = None  # set_code: a handler that returns None ends the call with it

@@ -164,15 +164,20 @@ class HttpApi:
         self._connections: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
         self._connection_serial = 0
 
-    def _connection_key(self, transport: Any, peer: str) -> str:
-        """`http <peer> #<n>`: the n-th TCP connection this listener accepted (admission counts and penalizes it)."""
+    def _keys(self, transport: Any, peer: str) -> tuple[str, str]:
+        """(`http <peer> #<n>`: the n-th TCP connection this listener accepted, which admission counts and penalizes;
+        for the connection's first request, `http <address> (first requests)`, else ""). Admission counts a first
+        request under both: a flood of one request per new connection (each under a new trader id) is over no
+        connection's and no trader's limit, and was never shed; counted with the other first requests from its
+        address it is one flooding key. A bot's keep-alive connection has one first request."""
         if transport is None:
-            return "http " + peer
+            return "http " + peer, ""
         key = self._connections.get(transport)
-        if key is None:
-            self._connection_serial += 1
-            key = self._connections[transport] = f"http {peer} #{self._connection_serial}"
-        return key
+        if key is not None:
+            return key, ""
+        self._connection_serial += 1
+        key = self._connections[transport] = f"http {peer} #{self._connection_serial}"
+        return key, f"http {peer.rsplit(':', 1)[0] if peer.startswith('ipv') else peer} (first requests)"
 
     def _lost(self, transport: Any) -> None:
         """A connection lost: its key is never used again, so admission drops its penalty and probation (kept, a
@@ -282,7 +287,7 @@ class HttpApi:
         handler = self.handlers[route.grpc_path]
         transport = request.transport
         peer = peer_text(transport.get_extra_info("peername") if transport else None)
-        ctx = HttpContext(request.headers, peer, _common_name(transport), self._connection_key(transport, peer))
+        ctx = HttpContext(request.headers, peer, _common_name(transport), *self._keys(transport, peer))
         try:
             body = b""
             if route.body:
