@@ -121,6 +121,8 @@ class Residency:
         # Cluster mode: a trader evicted here and claimed back with the next epoch (nobody owned it meanwhile) is
         # told here, before its call is answered (the dead-man's switch judges its silence: DeadMansSwitch.returned).
         self.rejoined: Callable[[TraderState], None] = lambda _st: None
+        # Cluster mode: a trader taken over from an ended lease, with the seconds nobody owned it (claimed())
+        self.taken_over: Callable[[TraderState, float], None] = lambda _st, _unowned_s: None
         self.forgets: list[Callable[[str], None]] = []  # told of every evicted trader id (metrics, caches)
         self.evicted: set[str] = set()  # single mode: ids in the store, not in memory
         self._released: dict[str, int] = {}  # cluster mode: ids evicted here -> the lease epoch released
@@ -268,13 +270,17 @@ class Residency:
                 return why
         return None
 
-    def claimed(self, st: TraderState, epoch: int) -> None:
+    def claimed(self, st: TraderState, epoch: int, unowned_s: float | None = None) -> None:
         """Cluster mode (cluster.takeover, on each claim's install): `st` was installed with lease `epoch`. A trader
         this sidecar evicted, claimed back with the epoch right after the one it released (no other sidecar owned it
-        meanwhile, so none heard the bot), is a reload: `rejoined` (the dead-man's switch) judges it."""
+        meanwhile, so none heard the bot), is a reload: `rejoined` (the dead-man's switch) judges it. Any other
+        claim that replaced an ended lease (its owner died or stopped, or evicted it) is a takeover after
+        `unowned_s` seconds without an owner: `taken_over` judges it."""
         released = self.returning.pop(st.trader_id, None)
         if released is not None and released >= 0 and epoch == released + 1:
             self.rejoined(st)
+        elif unowned_s is not None:
+            self.taken_over(st, unowned_s)
 
     async def evict_round(self) -> int:
         """One pass over every trader in memory, EVICT_BATCH per turn of the loop. Returns how many it evicted."""

@@ -706,6 +706,7 @@ class Sidecar:
             pins=[pinned_by_calls], last_heard=deadman.last.get, touch=deadman.heard)
         self.residency.forgets += [self.risk.answers.forget, forget_heard]
         self.residency.rejoined = deadman.returned
+        self.residency.taken_over = deadman.taken_over
         if self.takeover is not None:
             self.takeover.installed = self.residency.claimed
         if store is not None:

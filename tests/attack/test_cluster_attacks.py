@@ -109,9 +109,6 @@ async def test_a_session_declaring_a_trader_owned_by_another_sidecar_does_not_co
             "cancel-on-disconnect confirmed by B was never applied to t1 (owned by A)"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known limit: the dead-man's switch clock is the owner's memory: a takeover starts it "
-    "afresh (README: Sessions, known limits)"))
 async def test_dead_mans_switch_fires_for_a_silent_trader_whose_owner_sidecar_was_killed(
         tmp_path: Path, pg_url: str) -> None:
     """Impact: the bot and its sidecar pod die together; the bot stays silent far past heartbeat_timeout_seconds,

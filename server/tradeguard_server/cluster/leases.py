@@ -5,9 +5,10 @@ the database's (`now()`), so the sidecars' clocks never have to agree. The state
 the caller owns (on the store's database thread):
 
 - `claim`: take a trader when nobody holds it, when its lease lapsed, or when it names this sidecar at an epoch
-  this process held (a lease whose release failed). A live lease naming this sidecar_id at another epoch is another
-  live process's with the same sidecar_id (a restart takes its leases back with `reclaim_mine` before any claim):
-  it is not taken, so one trader never has two live owners (two pods started from one manifest).
+  this process held (a lease whose release failed); it tells when the lease it replaced ended. A live lease naming
+  this sidecar_id at another epoch is another live process's with the same sidecar_id (a restart takes its leases
+  back with `reclaim_mine` before any claim): it is not taken, so one trader never has two live owners (two pods
+  started from one manifest).
   The new epoch is GREATEST(lease epoch, stored risk_state epoch) + 1: the new
   owner's writes replace every row an earlier owner wrote, and an earlier owner's late write (lower epoch) never
   replaces the new owner's (store.bulk's upsert keeps the row with the greater (epoch, version)). The same
@@ -21,6 +22,7 @@ the caller owns (on the store's database thread):
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +45,9 @@ class Lease:
     epoch: int
     expires_at: float
     now: float
+    # a claim's: when the lease it replaced ended (database clock; None: the trader had no lease). No sidecar owned
+    # the trader from then to `now`, so no call of its bot was answered meanwhile (the dead-man's switch counts it).
+    previous_expires_at: float | None = None
 
     @property
     def live(self) -> bool:
@@ -53,7 +58,8 @@ _LEASE_COLUMNS = ("l.trader_id, l.account_id, l.owner, l.epoch, extract(epoch fr
                   "extract(epoch from now())")
 
 CLAIM_SQL = f"""
-WITH s AS (SELECT account_id, epoch FROM risk_state WHERE trader_id = CAST(:trader_id AS varchar))
+WITH s AS (SELECT account_id, epoch FROM risk_state WHERE trader_id = CAST(:trader_id AS varchar)),
+     p AS (SELECT expires_at FROM trader_leases WHERE trader_id = CAST(:trader_id AS varchar))
 INSERT INTO trader_leases AS l (trader_id, account_id, owner, epoch, acquired_at, expires_at)
 SELECT CAST(:trader_id AS varchar),
        COALESCE((SELECT s.account_id FROM s), CAST(:account_id AS varchar)),
@@ -67,7 +73,7 @@ ON CONFLICT (trader_id) DO UPDATE SET
     acquired_at = EXCLUDED.acquired_at,
     expires_at = EXCLUDED.expires_at
 WHERE l.expires_at < now() OR (l.owner = EXCLUDED.owner AND l.epoch = CAST(:known_epoch AS bigint))
-RETURNING {_LEASE_COLUMNS}
+RETURNING {_LEASE_COLUMNS}, (SELECT extract(epoch from p.expires_at) FROM p)
 """  # noqa: S608 - constants only; every value is a bound parameter
 
 RECLAIM_SQL = f"""
@@ -121,6 +127,8 @@ def claim(conn: Connection, trader_id: str, account_id: str, owner: str, seconds
         row = conn.execute(text(CLAIM_SQL), params).first()
         if row is not None:
             lease = _lease(row)
+            if row[6] is not None:
+                lease = dataclasses.replace(lease, previous_expires_at=float(row[6]))
             conn.execute(text(FENCE_SQL), {"epoch": lease.epoch, "trader_id": trader_id})
             return lease, True
         held = owners_of(conn, [trader_id]).get(trader_id)

@@ -164,8 +164,9 @@ class Takeover:
         self.read_changes = read_changes
         self.replay = replay
         self.forget = forget  # drops a trader's queued snapshot (store queue) when it is evicted
-        # told of each trader a claim installed, with the lease epoch (residency.Residency.claimed)
-        self.installed: Callable[[TraderState, int], None] = lambda _st, _epoch: None
+        # told of each trader a claim installed, with the lease epoch and, when it replaced an ended lease, the
+        # seconds since that lease ended (database clock: no sidecar owned the trader meanwhile; residency.claimed)
+        self.installed: Callable[[TraderState, int, float | None], None] = lambda _st, _epoch, _unowned: None
         self.owned: dict[str, int] = {}  # trader_id -> lease epoch: what this sidecar owns (and writes with)
         self.epoch_of = self.owned.get  # the writer's fence (store.writer)
         self.evicted = 0
@@ -283,8 +284,10 @@ class Takeover:
                 self.replay(st, got.changes)
             except Exception:
                 log.exception("trader %s: replaying its %d pause/resume changes failed", trader_id, len(got.changes))
+            lease = got.lease
+            unowned = None if lease.previous_expires_at is None else max(0.0, lease.now - lease.previous_expires_at)
             try:
-                self.installed(st, got.lease.epoch)
+                self.installed(st, lease.epoch, unowned)
             except Exception:
                 log.exception("trader %s: a listener of its claim failed", trader_id)
         log.info("trader %s claimed by sidecar %s (epoch %d, until %s)%s", trader_id, self.owner, got.lease.epoch,

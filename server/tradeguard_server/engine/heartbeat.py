@@ -14,8 +14,9 @@ loaded back (single mode: Residency tells `heard` while the id is still in `engi
 (or since its stored `updated_at`, if later) is judged before the call is answered: past the timeout it is paused
 exactly as `scan` would have, and that call is its first heard one after the trip. Cluster mode: an evicted trader's
 next call claims it; when the claim's lease epoch follows the one this sidecar released (no other sidecar owned it
-meanwhile, so none heard the bot), Residency.claimed calls `returned`, judged the same. Claimed with another epoch, it
-was a takeover: counted from the first scan after the claim.
+meanwhile, so none heard the bot), Residency.claimed calls `returned`, judged the same. Claimed with another epoch from
+a lease that had ended (its sidecar died, stopped or evicted it), it is a takeover: `taken_over` judges the silence
+since that lease ended (nobody owned the trader, so no call of its bot was answered), then counts from the claim.
 """
 
 from __future__ import annotations
@@ -72,6 +73,27 @@ class DeadMansSwitch:
         is answered: judged as `heard` judges a reload in single mode, then heard."""
         self._returned(st)
         self.last[st.trader_id] = self.engine.clock.now()
+
+    def taken_over(self, st: TraderState, unowned_s: float) -> None:
+        """Cluster mode: a trader claimed here from a lease that ended `unowned_s` seconds ago (its sidecar died,
+        stopped or evicted it), before the call that claimed it is answered. No sidecar owned it meanwhile, so no
+        call of its bot was answered anywhere: its silence is at least that long (a bot killed with its sidecar
+        stays silent, and no sidecar counted it). Judged as `_returned` judges a reload, from the latest of: when
+        the lease ended, its stored `updated_at`, and when this sidecar first found the heartbeat in effect; then
+        heard (the claiming call)."""
+        engine = self.engine
+        limits = engine.limits_for(st.account_id)
+        timeout = limits.heartbeat_timeout_seconds
+        if timeout is not None:
+            armed = self.armed.get(st.account_id) if st.account_id in engine.account_limits else self.armed_default
+            now = engine.clock.now()
+            if armed is not None:
+                seen = max(armed, st.updated_at, now - unowned_s)
+                if now - seen >= timeout:
+                    self._pause(st, limits, timeout, now - seen)
+                    self.tripped[st.trader_id] = now
+                    self.trips += 1
+        self.last[st.trader_id] = engine.clock.now()
 
     def _returned(self, st: TraderState) -> float | None:
         """An evicted trader is in memory again, before its call is answered: pause it if its account's heartbeat
