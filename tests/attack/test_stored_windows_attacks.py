@@ -499,3 +499,29 @@ async def test_a_point_in_time_restore_keeps_the_order_and_fill_windows_live_and
 
     assert third.allowed, third.reason
     assert state == HALTED
+
+
+async def test_a_resume_replayed_by_a_takeover_does_not_forget_the_fills_made_after_it(
+    pg_url: str, clock: ManualClock,
+) -> None:
+    """max 2 fills a minute. On A: o-0 and o-1 fill (HALTED), the operator resumes, o-2 fills (one since the resume:
+    active). A stops; B takes the trader over (and replays the trader's pause / resume changes on the stored state,
+    said to be idempotent). o-3 fills on B: the second since the resume, so HALTED, as on A without the takeover.
+    Fixed (was medium: a fill-throttle halt missed after a takeover of a trader resumed before): the replayed resume
+    emptied the whole stored fill window; a resume made at `since` now drops only the fills up to it."""
+    async with running_sidecar(clock=clock, **cluster(pg_url, "A")) as a, bot_on(a) as b:
+        await fills_throttle(b, 2)
+        await fill(b, "o-0", 50_000.0)
+        await fill(b, "o-1", 50_001.0)
+        assert (await b.state()).trading_state == HALTED
+        await b.admin.ResumeTrading(ad.ResumeTradingRequest(**b.ids))
+        clock.advance(1)
+        await fill(b, "o-2", 50_002.0)
+        on_a = (await b.state()).trading_state
+    clock.advance(5)
+    async with running_sidecar(clock=clock, **cluster(pg_url, "B")) as sc_b, bot_on(sc_b) as b:
+        await fill_owned(b, "o-3", 50_003.0)
+        state = (await b.state()).trading_state
+
+    assert on_a == ACTIVE
+    assert state == HALTED, "the takeover's replay of the resume emptied the fill window"
