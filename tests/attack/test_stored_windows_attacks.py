@@ -145,14 +145,15 @@ async def test_fills_stored_spooled_and_reported_while_unloaded_each_count_once_
 # ---- ResumeTrading while unloaded / during an outage, then a restart -------------------------------------------
 
 
-@pytest.mark.parametrize("where", ["outage", "unloaded"])
+@pytest.mark.parametrize("where", ["outage", "unloaded", "unloaded-no-spool"])
 async def test_a_resume_of_a_fill_halt_made_during_an_outage_survives_a_restart_and_the_load(
     pg_url: str, tmp_path: Path, clock: ManualClock, where: str,
 ) -> None:
     """max 2 fills a minute: o-0 and o-1 fill, the trader halts (stored). `outage`: the database is cut, the
     operator resumes (spooled), the sidecar stops; `unloaded`: the sidecar restarts with the database down (the
-    trader restored from the spool, halted) and the operator resumes it there (journaled), then it stops. The next
-    run starts with the database up. One more fill is the first since the resume: the trader stays active."""
+    trader restored from the spool, halted) and the operator resumes it there (journaled), then it stops;
+    `unloaded-no-spool`: the same, the halt stored with the database up (the spool holds no state of the trader).
+    The next run starts with the database up. One more fill is the first since the resume: the trader stays active."""
     async with outage_settings(pg_url, clock, tmp_path) as (proxy, settings):
         async with running_sidecar(**settings) as first, bot_on(first) as b:
             await fills_throttle(b, 2)
@@ -160,10 +161,12 @@ async def test_a_resume_of_a_fill_halt_made_during_an_outage_survives_a_restart_
             await fill(b, "o-1", 50_001.0)
             assert (await b.state()).trading_state == HALTED
             assert await first.store.flush(10.0)
-            proxy.cut()
+            if where != "unloaded-no-spool":
+                proxy.cut()
             if where == "outage":
                 await b.admin.ResumeTrading(ad.ResumeTradingRequest(**b.ids))
-        if where == "unloaded":
+        if where.startswith("unloaded"):
+            proxy.cut()
             async with running_sidecar(**settings) as second, bot_on(second) as b:
                 await b.admin.ResumeTrading(ad.ResumeTradingRequest(**b.ids))
         clock.advance(5)
@@ -501,14 +504,17 @@ async def test_a_point_in_time_restore_keeps_the_order_and_fill_windows_live_and
     assert state == HALTED
 
 
+@pytest.mark.parametrize("next_id", ["B", "A"], ids=["takeover", "same-sidecar-restarted"])
 async def test_a_resume_replayed_by_a_takeover_does_not_forget_the_fills_made_after_it(
-    pg_url: str, clock: ManualClock,
+    pg_url: str, clock: ManualClock, next_id: str,
 ) -> None:
     """max 2 fills a minute. On A: o-0 and o-1 fill (HALTED), the operator resumes, o-2 fills (one since the resume:
     active). A stops; B takes the trader over (and replays the trader's pause / resume changes on the stored state,
     said to be idempotent). o-3 fills on B: the second since the resume, so HALTED, as on A without the takeover.
-    Fixed (was medium: a fill-throttle halt missed after a takeover of a trader resumed before): the replayed resume
-    emptied the whole stored fill window; a resume made at `since` now drops only the fills up to it."""
+    `same-sidecar-restarted`: A itself restarts (cluster mode replays the changes at its load too).
+    Fixed (was medium: a fill-throttle halt missed after a takeover or a restart in cluster mode of a trader resumed
+    before): the replayed resume emptied the whole stored fill window; a resume made at `since` now drops only the
+    fills up to it."""
     async with running_sidecar(clock=clock, **cluster(pg_url, "A")) as a, bot_on(a) as b:
         await fills_throttle(b, 2)
         await fill(b, "o-0", 50_000.0)
@@ -519,9 +525,30 @@ async def test_a_resume_replayed_by_a_takeover_does_not_forget_the_fills_made_af
         await fill(b, "o-2", 50_002.0)
         on_a = (await b.state()).trading_state
     clock.advance(5)
-    async with running_sidecar(clock=clock, **cluster(pg_url, "B")) as sc_b, bot_on(sc_b) as b:
+    async with running_sidecar(clock=clock, **cluster(pg_url, next_id)) as sc_b, bot_on(sc_b) as b:
         await fill_owned(b, "o-3", 50_003.0)
         state = (await b.state()).trading_state
 
     assert on_a == ACTIVE
     assert state == HALTED, "the takeover's replay of the resume emptied the fill window"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "severity: low (a fill-throttle halt missed; only when a fill is reported at the very clock instant of the "
+    "resume, after it): a takeover replays the resume with since=its time and drops every fill up to and including "
+    "that instant (the fills that caused the halt must go), the fill made after the resume at the same instant too"))
+async def test_a_fill_at_the_instant_of_a_resume_still_counts_after_a_takeover(pg_url: str, clock: ManualClock) -> None:
+    """As test_a_resume_replayed_by_a_takeover_does_not_forget_the_fills_made_after_it, every call at one instant."""
+    async with running_sidecar(clock=clock, **cluster(pg_url, "A")) as a, bot_on(a) as b:
+        await fills_throttle(b, 2)
+        await fill(b, "o-0", 50_000.0)
+        await fill(b, "o-1", 50_001.0)
+        await b.admin.ResumeTrading(ad.ResumeTradingRequest(**b.ids))
+        await fill(b, "o-2", 50_002.0)
+        on_a = (await b.state()).trading_state
+    async with running_sidecar(clock=clock, **cluster(pg_url, "B")) as sc_b, bot_on(sc_b) as b:
+        await fill_owned(b, "o-3", 50_003.0)
+        state = (await b.state()).trading_state
+
+    assert on_a == ACTIVE
+    assert state == HALTED
