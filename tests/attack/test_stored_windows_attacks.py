@@ -69,44 +69,53 @@ async def outage_settings(pg_url: str, clock: ManualClock, tmp_path: Path,
 # ---- the database down at start: orders and fills while unloaded, then a stop before the database returns ---------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "severity: medium (wrong allow, one per order): an order allowed while the stored state was not loaded, by a run "
-    "that stopped (or was killed) before the load, is replayed from the spool's journal by the next run as a pending "
-    "order (reserve_order) but never enters order_times (only CanTrade appends; rebuild_windows runs at from_record, "
-    "before the replay): the throttle and order_rate breakers do not count it until a further restart"))
-@pytest.mark.parametrize("step", [0.0, 1.0], ids=["same-instant", "one-second-apart"])
+@pytest.mark.parametrize("down", [False, True], ids=["database-up", "database-down-then-up"])
+@pytest.mark.parametrize("step", [0.0, 1.0, -3600.0], ids=["same-instant", "one-second-apart", "clock-back-an-hour"])
 async def test_orders_journaled_while_unloaded_by_a_run_that_stopped_count_after_the_next_runs_load(
-    pg_url: str, tmp_path: Path, clock: ManualClock, step: float,
+    pg_url: str, tmp_path: Path, clock: ManualClock, step: float, down: bool,
 ) -> None:
-    """max 4 per hour. o-0 and o-1 are stored. The next run starts with the database down and allows o-2 from memory
+    """max 5 per hour. o-0 and o-1 are stored. The next run starts with the database down and allows o-2 from memory
     (journaled to the spool), then stops before the database returns (a SIGKILL keeps the same: the journal is in
-    the spool). The run after that starts with the database up and replays the journal: o-2 is pending again. o-3
-    is the fourth in the hour (allowed) and o-4 the fifth: without the restarts it is denied."""
+    the spool). The run after that starts with the database up (`down`: still down, it allows o-3 from memory and
+    the database then returns) and replays the journal: o-2 is pending again. Each order counts once: the fifth
+    in the hour is allowed, the sixth denied (without the restarts the same). `step`: the clock between the orders
+    and (-3600: stepped back an hour) across the restarts.
+    Fixed (was medium, a wrong allow per such order): the replayed reserve_order put the order back among the
+    pending ones but not in order_times (CanTrade adds it there, and CanTrade is not journaled)."""
     async with outage_settings(pg_url, clock, tmp_path) as (proxy, settings):
         async with running_sidecar(**settings) as first, bot_on(first) as b:
-            await throttle(b, 4)
+            await throttle(b, 5)
             for i in range(2):
                 assert (await b.ask(f"o-{i}", price=50_000.0 + i)).allowed
-                clock.advance(step)
+                clock.advance(max(step, 0.0))
             assert await first.store.flush(10.0)
         proxy.cut()
+        clock.advance(step)
         async with running_sidecar(**settings) as second, grpc.aio.insecure_channel(second.address) as ch:
             b = Bot(ch)
             await b.equity(1e12)
-            meanwhile = await b.ask("o-2", price=50_002.0)
-            clock.advance(step)
-        proxy.restore()
+            meanwhile = [await b.ask("o-2", price=50_002.0)]
+            clock.advance(max(step, 0.0))
+        if not down:
+            proxy.restore()
         async with running_sidecar(**settings) as third, grpc.aio.insecure_channel(third.address) as ch:
             b = Bot(ch)
+            if down:
+                meanwhile.append(await b.ask("o-3", price=50_003.0))
+                clock.advance(max(step, 0.0))
+                proxy.restore()
             await state_loaded(ch)
             pending = sorted(o.client_order_id for o in (await b.state()).pending_orders)
-            fourth = await b.ask("o-3", price=50_003.0)
-            fifth = await b.ask("o-4", price=50_004.0)
+            more = [await b.ask(f"p-{i}", price=50_010.0 + i) for i in range(4 - len(meanwhile))]
+            clock.advance(WINDOW_S + 10)
+            later = await b.ask("o-9", price=50_009.0)
 
-    assert meanwhile.allowed, meanwhile.reason
-    assert pending == ["o-0", "o-1", "o-2"]
-    assert fourth.allowed, f"counted twice: {fourth.reason}"
-    assert not fifth.allowed and fifth.code == t.DECISION_CODE_ORDER_RATE_LIMIT, f"counted zero times: {fifth.reason}"
+    assert all(a.allowed for a in meanwhile), [a.reason for a in meanwhile]
+    assert pending == ["o-0", "o-1", "o-2", "o-3"][:2 + len(meanwhile)]
+    assert all(a.allowed for a in more[:-1]), f"counted twice: {[a.reason for a in more]}"
+    assert not more[-1].allowed and more[-1].code == t.DECISION_CODE_ORDER_RATE_LIMIT, (
+        f"counted zero times: {more[-1].reason}")
+    assert later.allowed, f"a deny that outlasts the window: {later.reason}"
 
 
 @pytest.mark.parametrize("step", [0.0, 1.0], ids=["same-instant", "one-second-apart"])
