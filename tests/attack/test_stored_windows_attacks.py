@@ -151,6 +151,40 @@ async def test_fills_stored_spooled_and_reported_while_unloaded_each_count_once_
     assert fourth == HALTED, "a fill counted zero times after the load"
 
 
+@pytest.mark.parametrize("step", [0.0, 1.0], ids=["same-instant", "one-second-apart"])
+async def test_fills_journaled_while_unloaded_by_a_run_that_stopped_count_once_after_the_next_runs_load(
+    pg_url: str, tmp_path: Path, clock: ManualClock, step: float,
+) -> None:
+    """max 4 fills a minute. o-0 fills (stored). The next run starts with the database down: o-1 is allowed and
+    fills in two partial reports (journaled), the run stops before the load. The run after loads and replays
+    them: three fills in the minute (active: a double count halts), and o-2's fill is the fourth (HALTED: a fill
+    counted zero times does not)."""
+    async with outage_settings(pg_url, clock, tmp_path) as (proxy, settings):
+        async with running_sidecar(**settings) as first, bot_on(first) as b:
+            await fills_throttle(b, 4)
+            await fill(b, "o-0", 50_000.0)
+            clock.advance(step)
+            assert await first.store.flush(10.0)
+        proxy.cut()
+        async with running_sidecar(**settings) as second, bot_on(second) as b:
+            await b.equity(1e12)
+            assert (await b.ask("o-1", price=50_001.0)).allowed
+            await b.report("o-1", t.ORDER_STATUS_PARTIALLY_FILLED, filled=0.004, price=50_001.0)
+            clock.advance(step)
+            await b.report("o-1", t.ORDER_STATUS_FILLED, filled=0.008, price=50_001.0)
+        proxy.restore()
+        async with running_sidecar(**settings) as third, grpc.aio.insecure_channel(third.address) as ch:
+            b = Bot(ch)
+            await state_loaded(ch)
+            loaded = (await b.state()).trading_state
+            clock.advance(step)
+            await fill(b, "o-2", 50_002.0)
+            after = (await b.state()).trading_state
+
+    assert loaded == ACTIVE, "a journaled fill was counted twice"
+    assert after == HALTED, "a journaled fill was counted zero times"
+
+
 # ---- ResumeTrading while unloaded / during an outage, then a restart -------------------------------------------
 
 
@@ -259,16 +293,17 @@ class _OldPickler(pickle.Pickler):
 
 def _rewrite_spool_as_old_version(path: Path) -> int:
     with contextlib.closing(sqlite3.connect(path)) as conn:
-        rows = conn.execute("SELECT seq, data FROM spool WHERE kind = 'state'").fetchall()
-        for seq, data in rows:
+        rows = conn.execute("SELECT seq, kind, data FROM spool WHERE kind IN ('state', 'history')").fetchall()
+        for seq, kind, data in rows:
             rec = spool.loads(data)
             buf = io.BytesIO()
             _OldPickler(buf, protocol=5).dump(rec)
             old = spool.loads(buf.getvalue())
-            assert not old.windows_stored and old.fill_times == () and old.trader_id == rec.trader_id
+            state = old if kind == "state" else old.state
+            assert not state.windows_stored and state.fill_times == () and state.trader_id == rec.trader_id
             conn.execute("UPDATE spool SET data = ? WHERE seq = ?", (buf.getvalue(), seq))
         conn.commit()
-    return len(rows)
+    return sum(1 for row in rows if row[1] == "state")
 
 
 @pytest.mark.parametrize("old", [False, True], ids=["this-version", "older-version"])
@@ -276,10 +311,10 @@ async def test_a_spool_of_an_older_version_starts_loads_and_counts_the_pending_o
     pg_url: str, tmp_path: Path, clock: ManualClock, old: bool,
 ) -> None:
     """max 5 orders an hour. o-0 is stored, the database is cut, o-1 goes to the spool; the sidecar stops. Its
-    spooled states are rewritten as an older version pickled them (`old`). The next run starts with the database
-    down (the trader from the spool: with an old record its windows are rebuilt from its orders) and allows o-2 and
-    o-3 (no configuration before the load); after the load (the spooled record replayed into the database) o-0 to
-    o-3 count once each: o-4 is the fifth (allowed), o-5 the sixth (denied)."""
+    spooled states and history rows are rewritten as an older version pickled them (`old`). The next run starts
+    with the database down (the trader from the spool: with an old record its windows are rebuilt from its orders)
+    and allows o-2 and o-3 (no configuration before the load); after the load (the spooled record replayed into
+    the database) o-0 to o-3 count once each: o-4 is the fifth (allowed), o-5 the sixth (denied)."""
     async with outage_settings(pg_url, clock, tmp_path) as (proxy, settings):
         async with running_sidecar(**settings) as first, bot_on(first) as b:
             await throttle(b, 5)
