@@ -39,6 +39,7 @@ from typing import Any, Protocol
 from .cluster.changes import ControlChange
 from .engine.engine import AccountMismatchError, JournalEntry, Outcome, RiskEngine
 from .engine.events import StateChanged
+from .engine.orders import merge_times
 from .engine.snapshot import from_record, to_record
 from .engine.state import SEEN_TRADE_IDS_KEPT, TraderState
 from .engine.types import ClosedTrade, Flags, PendingOrder, TradingState
@@ -348,6 +349,7 @@ class Persistence:
                 self._replay(previous, frozenset(), owned_only=False)
             finally:
                 engine.journal = journal
+            _count_replayed_orders(engine, previous)
         now = engine.clock.now()
         paused = sum(1 for st in engine.traders.values() if st.effective_pause(now) is not None)
         log.warning("database unreachable at start: %d traders answered from the local spool's latest states and "
@@ -452,6 +454,7 @@ class Persistence:
                 for order_id, answer in old.order_answers.items():  # (a denied one, never placed, is asked afresh)
                     if answer[1]:
                         st.order_answers.setdefault(order_id, answer)
+        _count_replayed_orders(engine, journal)
         self.loaded = True
         self.control_version = loaded.control_version
         now = engine.clock.now()
@@ -732,3 +735,24 @@ class Persistence:
         else:
             log.info("shutdown: store queue drained")
         return left
+
+
+def _count_replayed_orders(engine: RiskEngine, journal: Collection[JournalEntry]) -> None:
+    """The orders a replayed journal reserved count in their traders' order-rate windows. reserve_order does not
+    add to `order_times` (CanTrade does, and CanTrade is not journaled): the orders this run allowed are merged in
+    from memory, but those an earlier run allowed before it stopped unloaded (the spool's journal) are nowhere else.
+    Merged as engine.orders.rebuild_windows merges at a restore (an order in both counts once), times after now
+    counted as now (engine.orders.clamp_windows)."""
+    traders = {str(args[0]) for _at, op, args in journal if op == "reserve_order"}
+    if not traders:
+        return
+    now = engine.clock.now()
+    for trader_id in traders:
+        st = engine.traders.get(trader_id)
+        if st is None:
+            continue
+        allowed = sorted(min(o.allowed_at, now) for o in (*st.orders.values(), *st.finished_orders.values()))
+        merged = merge_times((min(t, now) for t in st.order_times), allowed)
+        if len(merged) != len(st.order_times):
+            st.order_times.clear()
+            st.order_times.extend(merged)

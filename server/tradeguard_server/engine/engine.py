@@ -691,7 +691,15 @@ class RiskEngine:
         kept = [p for p in st.pauses if p.source in SCOPE_SOURCES or p.since > at]
         had = len(st.pauses) - len(kept)
         st.pauses = kept
-        st.fill_times.clear()  # the fill throttle's window starts again: the next fill must not halt at once
+        # The fill throttle's window starts again: the next fill must not halt at once. A resume made at `since`
+        # (replayed by a takeover on a stored state that already holds it) drops only the fills up to it: the fills
+        # after it (stored with the state) still count.
+        if since is None:
+            st.fill_times.clear()
+        elif st.fill_times and st.fill_times[0] <= at:
+            later = [f for f in st.fill_times if f > at]
+            st.fill_times.clear()
+            st.fill_times.extend(later)
         log.warning("RESUME trader=%s account=%s by=%s (pauses lifted: %d)", trader_id, account_id, by, had)
         self._changed(st, now, "resumed by operator" if by == "operator" else f"resumed by {by}")
         return st
