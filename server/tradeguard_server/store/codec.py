@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import math
 import sys
 from array import array
@@ -27,6 +28,8 @@ from .records import (
     SymbolConfigRecord,
     TradingWindowRecord,
 )
+
+log = logging.getLogger("tradeguard.store")
 
 Row = dict[str, Any]
 RowIn = Mapping[Any, Any]  # a dict, or SQLAlchemy's RowMapping
@@ -133,11 +136,23 @@ def windows_json(rec: StateRecord) -> Any:
 
 
 def windows_from(value: Any) -> dict[str, Any]:
-    """StateRecord fields from the `order_times` column (windows_json's shapes; NULL or absent: none)."""
-    if isinstance(value, dict):
-        return {"order_times": unpack_times(value.get("orders", "")),
-                "fill_times": unpack_times(value.get("fills", "")), "windows_stored": True}
-    return {"order_times": tuple(value or ())}
+    """StateRecord fields from the `order_times` column (windows_json's shapes; NULL or absent: none). A value that
+    does not decode (a row edited by hand, a torn write) is logged and read as a row of an older version: its windows
+    are rebuilt from its orders (a lower bound), and the rest of the state still loads."""
+    try:
+        if isinstance(value, dict):
+            orders, fills = unpack_times(value.get("orders", "")), unpack_times(value.get("fills", ""))
+            if all(math.isfinite(t) for t in (*orders, *fills)):
+                return {"order_times": orders, "fill_times": fills, "windows_stored": True}
+        else:
+            times = tuple(float(t) for t in value or ())
+            if all(math.isfinite(t) for t in times):
+                return {"order_times": times}
+    except (TypeError, ValueError, AttributeError) as exc:  # (binascii.Error is a ValueError)
+        log.error("risk_state.order_times cannot be read (%s): the order windows are rebuilt from the orders", exc)
+        return {}
+    log.error("risk_state.order_times holds a time that is not finite: the order windows are rebuilt from the orders")
+    return {}
 
 
 def _or(value: Any, default: Any) -> Any:
