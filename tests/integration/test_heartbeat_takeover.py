@@ -11,13 +11,21 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
-from tests.support.cluster import running_cluster
+from tests.support.cluster import Member, running_cluster
 from tests.support.wait import eventually
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import risk_service_pb2 as rs
 from tradeguard.v1 import types_pb2 as t
 
 ACCOUNT = "acct-hb"
+
+
+async def with_heartbeat(a: Member, b: Member, trader_id: str, timeout_s: int) -> None:
+    """The account's heartbeat (saved on a, heard by b), and the trader's equity reported to a."""
+    await a.admin.SaveConfig(ad.SaveConfigRequest(config=t.RiskConfiguration(
+        account_id=ACCOUNT, config_id="hb", is_active=True, heartbeat_timeout_seconds=timeout_s)))
+    await b.admin.ListConfigs(ad.ListConfigsRequest(account_id=ACCOUNT))
+    await a.risk.ReportEquity(rs.ReportEquityRequest(trader_id=trader_id, account_id=ACCOUNT, equity=10_000.0))
 
 
 def order(client_order_id: str) -> t.OrderIntent:
@@ -29,10 +37,7 @@ async def test_a_trader_silent_since_its_sidecar_died_is_halted_when_taken_over_
         tmp_path: Path, pg_url: str) -> None:
     async with running_cluster(tmp_path, pg_url, 2, settings={"trader_lease_seconds": 1}) as cluster:
         a, b = cluster[0], cluster[1]
-        await a.admin.SaveConfig(ad.SaveConfigRequest(config=t.RiskConfiguration(
-            account_id=ACCOUNT, config_id="hb", is_active=True, heartbeat_timeout_seconds=2)))
-        await b.admin.ListConfigs(ad.ListConfigsRequest(account_id=ACCOUNT))
-        await a.risk.ReportEquity(rs.ReportEquityRequest(trader_id="t1", account_id=ACCOUNT, equity=10_000.0))
+        await with_heartbeat(a, b, "t1", 2)
         allowed = await a.risk.CanTrade(rs.CanTradeRequest(trader_id="t1", account_id=ACCOUNT, order=order("o-1")))
         assert allowed.allowed, allowed.reason
 
@@ -56,10 +61,7 @@ async def test_a_trader_handed_over_faster_than_its_heartbeat_timeout_is_not_pau
         tmp_path: Path, pg_url: str) -> None:
     async with running_cluster(tmp_path, pg_url, 2, settings={"trader_lease_seconds": 1}) as cluster:
         a, b = cluster[0], cluster[1]
-        await a.admin.SaveConfig(ad.SaveConfigRequest(config=t.RiskConfiguration(
-            account_id=ACCOUNT, config_id="hb", is_active=True, heartbeat_timeout_seconds=3)))
-        await b.admin.ListConfigs(ad.ListConfigsRequest(account_id=ACCOUNT))
-        await a.risk.ReportEquity(rs.ReportEquityRequest(trader_id="t2", account_id=ACCOUNT, equity=10_000.0))
+        await with_heartbeat(a, b, "t2", 3)
         for _ in range(8):  # 4 s of heartbeats on A: the timeout has been in effect on B for longer than 3 s
             assert (await a.risk.CanTrade(rs.CanTradeRequest(trader_id="t2", account_id=ACCOUNT))).allowed
             await asyncio.sleep(0.5)
