@@ -549,7 +549,9 @@ class Sidecar:
         """The dead-man's switch: every HEARTBEAT_SCAN_S, pause the traders whose heartbeat is overdue."""
         while True:
             await asyncio.sleep(HEARTBEAT_SCAN_S)
-            if self.engine.journal is None:  # (while the stored state loads, nobody has been heard yet)
+            # (while the stored state loads, nobody has been heard yet; while stopping, new calls are refused, so
+            # no call of a bot can be heard here: a shutdown's grace is not the bot's silence)
+            if self.engine.journal is None and not self._closing:
                 try:
                     if self.deadman.scan():
                         self._store_soon()

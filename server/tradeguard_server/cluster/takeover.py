@@ -180,6 +180,10 @@ class Takeover:
         # names this sidecar at that epoch, written by that transaction (leases.written_by), or the claim did not commit
         self._in_doubt: dict[str, tuple[int, int]] = {}
         self._foreign: dict[str, Foreign] = {}
+        # trader_id -> monotonic time of the latest call for it this sidecar could not serve (refused as owned
+        # elsewhere, or no database to claim it): its bot was alive then, so a claim after it does not count the
+        # time before it as the bot's silence (`_install`'s `unowned`); the oldest forgotten past RELEASED_KEPT
+        self._asked: OrderedDict[str, float] = OrderedDict()
         self._start_changes: dict[str, Sequence[Any]] = {}
         self._renewer: asyncio.Task[None] | None = None
         self._renew_failing = False
@@ -196,6 +200,22 @@ class Takeover:
         read_only); raises TraderOwnedElsewhere or Unavailable."""
         if trader_id in self.owned or self.engine.journal is not None:
             return None
+        try:
+            foreign = await self._acquire(trader_id, account_id, write=write)
+        except (TraderOwnedElsewhere, Unavailable):
+            self._note_asked(trader_id)
+            raise
+        if foreign is not None:
+            self._note_asked(trader_id)
+        return foreign
+
+    def _note_asked(self, trader_id: str) -> None:
+        self._asked[trader_id] = time.monotonic()
+        self._asked.move_to_end(trader_id)
+        while len(self._asked) > RELEASED_KEPT:
+            self._asked.popitem(last=False)
+
+    async def _acquire(self, trader_id: str, account_id: str, *, write: bool) -> Foreign | None:
         foreign = self._foreign.get(trader_id)
         if foreign is not None and time.monotonic() - foreign.seen_at >= foreign.valid_s:
             del self._foreign[trader_id]
@@ -286,6 +306,9 @@ class Takeover:
                 log.exception("trader %s: replaying its %d pause/resume changes failed", trader_id, len(got.changes))
             lease = got.lease
             unowned = None if lease.previous_expires_at is None else max(0.0, lease.now - lease.previous_expires_at)
+            asked = self._asked.pop(trader_id, None)
+            if unowned is not None and asked is not None:  # refused here meanwhile: the bot was not silent
+                unowned = min(unowned, max(0.0, time.monotonic() - asked))
             try:
                 self.installed(st, lease.epoch, unowned)
             except Exception:

@@ -163,6 +163,9 @@ class HttpApi:
         # the connection is lost (_lost; with the transport at the latest).
         self._connections: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
         self._connection_serial = 0
+        # connections whose request reached the handler (admission): until then each request is still a "first"
+        # one (a first request answered before admission - a body that is not JSON - used up nothing)
+        self._admitted: weakref.WeakSet[Any] = weakref.WeakSet()
 
     def _keys(self, transport: Any, peer: str) -> tuple[str, str]:
         """(`http <peer> #<n>`: the n-th TCP connection this listener accepted, which admission counts and penalizes;
@@ -173,10 +176,11 @@ class HttpApi:
         if transport is None:
             return "http " + peer, ""
         key = self._connections.get(transport)
-        if key is not None:
+        if key is not None and transport in self._admitted:
             return key, ""
-        self._connection_serial += 1
-        key = self._connections[transport] = f"http {peer} #{self._connection_serial}"
+        if key is None:
+            self._connection_serial += 1
+            key = self._connections[transport] = f"http {peer} #{self._connection_serial}"
         return key, f"http {peer.rsplit(':', 1)[0] if peer.startswith('ipv') else peer} (first requests)"
 
     def _lost(self, transport: Any) -> None:
@@ -323,6 +327,8 @@ class HttpApi:
         refused = self._over_budget(request, match)
         if refused is not None:
             return refused
+        if request.transport is not None:  # its next request is not a first one (HttpApi._keys)
+            self._admitted.add(request.transport)
         in_progress = None if self.admission is None else self.admission.in_progress
         counted = HTTP_STREAM if route.streaming else HTTP
         if in_progress is not None:
