@@ -87,7 +87,7 @@ async def test_an_evicted_trader_silent_past_a_heartbeat_configured_meanwhile_is
     assert not back.allowed and back.state.trading_state == t.TRADING_STATE_HALTED, back.reason
     assert not again.allowed and rescan == [] and single.deadman.trips == 1  # paused once
     reason = single.engine.traders[BOT["trader_id"]].pauses[-1].reason
-    assert "by dead-man's switch: dead-man's switch: no call or session message for 30.0s" in reason
+    assert "by dead-man's switch: no call or session message for 30.0s" in reason
     assert f"heartbeat_timeout_seconds={TIMEOUT_S}" in reason
     assert any(e.reason == reason for e in history.entries)
 

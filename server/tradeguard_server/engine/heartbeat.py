@@ -121,7 +121,7 @@ class DeadMansSwitch:
         state = limits.heartbeat_pause_state
         if state not in (TradingState.HALTED, TradingState.REDUCING):
             state = TradingState.HALTED
-        reason = (f"dead-man's switch: no call or session message for {silent_s:.1f}s "
+        reason = (f"no call or session message for {silent_s:.1f}s "
                   f"(heartbeat_timeout_seconds={timeout}); resume once the bot is back")
         self.engine.pause(st.trader_id, st.account_id, state, None, reason, by="dead-man's switch")
 
