@@ -711,6 +711,7 @@ class Sidecar:
         self.residency.taken_over = deadman.taken_over
         if self.takeover is not None:
             self.takeover.installed = self.residency.claimed
+            self.takeover.called = deadman.heard
         if store is not None:
             self.residency.forgets.append(store.forget_trader)  # the writer's per-trader encoding cache
         if isinstance(self.metrics, PrometheusMetrics):

@@ -191,13 +191,10 @@ async def test_a_bot_dead_with_its_sidecar_is_paused_counting_the_rest_of_the_de
         f"silent {silent:.1f}s with a 2 s heartbeat, yet allowed by the sidecar that took it over: {reply.reason}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "medium (missed pause): a claim made by an operator's or a dashboard's read (GetRiskState) counts as the bot's "
-    "heartbeat (taken_over always marks the trader heard), unlike single mode where a read only judges: a silent "
-    "bot is allowed up to heartbeat_timeout_seconds after each such read"))
 async def test_an_operator_read_that_claims_a_silent_trader_is_not_its_bots_heartbeat(
         tmp_path: Path, pg_url: str) -> None:
-    """Impact: the bot died with its sidecar; a dashboard (or an operator in the incident) reads the trader through
+    """Fixed (was medium, a missed pause): the claim counted the read as the bot's call.
+    Impact: the bot died with its sidecar; a dashboard (or an operator in the incident) reads the trader through
     another sidecar 1.5 s after the lease ended (heartbeat 4 s: not yet overdue, not paused, right); the bot's
     replacement calls 3 s after that, 4.5 s after the lease ended, and is allowed: the read was counted as the
     bot's call, so the silence restarted from it."""

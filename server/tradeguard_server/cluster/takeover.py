@@ -167,6 +167,9 @@ class Takeover:
         # told of each trader a claim installed, with the lease epoch and, when it replaced an ended lease, the
         # seconds since that lease ended (database clock: no sidecar owned the trader meanwhile; residency.claimed)
         self.installed: Callable[[TraderState, int, float | None], None] = lambda _st, _epoch, _unowned: None
+        # told of each bot call (`write`) that made a trader local here: the dead-man's switch hears it (a read that
+        # claims a trader, an operator's or a dashboard's, is no heartbeat of its bot)
+        self.called: Callable[[str], None] = lambda _trader_id: None
         self.owned: dict[str, int] = {}  # trader_id -> lease epoch: what this sidecar owns (and writes with)
         self.epoch_of = self.owned.get  # the writer's fence (store.writer)
         self.evicted = 0
@@ -207,6 +210,8 @@ class Takeover:
             raise
         if foreign is not None:
             self._note_asked(trader_id)
+        elif write:  # a bot's call that claimed the trader (or waited on its claim): heard once it is local
+            self.called(trader_id)
         return foreign
 
     def _note_asked(self, trader_id: str) -> None:

@@ -79,21 +79,23 @@ class DeadMansSwitch:
         stopped or evicted it), before the call that claimed it is answered. No sidecar owned it meanwhile, so no
         call of its bot was answered anywhere: its silence is at least that long (a bot killed with its sidecar
         stays silent, and no sidecar counted it). Judged as `_returned` judges a reload, from the latest of: when
-        the lease ended, its stored `updated_at`, and when this sidecar first found the heartbeat in effect; then
-        heard (the claiming call)."""
+        the lease ended, its stored `updated_at`, and when this sidecar first found the heartbeat in effect. The
+        count goes on from there: the claiming call is heard only if it is the bot's (Takeover.called), not an
+        operator's or a dashboard's read."""
         engine = self.engine
+        now = engine.clock.now()
         limits = engine.limits_for(st.account_id)
         timeout = limits.heartbeat_timeout_seconds
-        if timeout is not None:
-            armed = self.armed.get(st.account_id) if st.account_id in engine.account_limits else self.armed_default
-            now = engine.clock.now()
-            if armed is not None:
-                seen = max(armed, st.updated_at, now - unowned_s)
-                if now - seen >= timeout:
-                    self._pause(st, limits, timeout, now - seen)
-                    self.tripped[st.trader_id] = now
-                    self.trips += 1
-        self.last[st.trader_id] = engine.clock.now()
+        armed = self.armed.get(st.account_id) if st.account_id in engine.account_limits else self.armed_default
+        if timeout is None or armed is None:
+            self.last[st.trader_id] = now  # no heartbeat in effect yet: the count starts with this claim
+            return
+        seen = max(armed, st.updated_at, now - unowned_s)
+        self.last[st.trader_id] = seen
+        if now - seen >= timeout:
+            self._pause(st, limits, timeout, now - seen)
+            self.tripped[st.trader_id] = now
+            self.trips += 1
 
     def _returned(self, st: TraderState) -> float | None:
         """An evicted trader is in memory again, before its call is answered: pause it if its account's heartbeat
