@@ -246,13 +246,10 @@ async def test_an_operator_resume_made_while_nobody_owned_the_trader_is_not_undo
     assert reply.allowed, f"the operator's resume was undone by the claim of the bot's first call: {reply.reason}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "medium (missed pause): the claim replays the trader's pause/resume rows before taken_over judges it, and the "
-    "replay sets updated_at to now, so max(armed, updated_at, now - unowned) is now: the dead-man's switch across "
-    "a takeover never fires for a trader an operator ever paused and resumed (its rows in control_changes)"))
 async def test_a_silent_trader_with_an_old_pause_and_resume_is_still_paused_when_taken_over(
         tmp_path: Path, pg_url: str) -> None:
-    """Impact: the trader was paused and resumed by an operator earlier (two change rows, long reflected in its
+    """Fixed (was medium, a missed pause): the replay of the old rows set updated_at to now.
+    Impact: the trader was paused and resumed by an operator earlier (two change rows, long reflected in its
     stored state); its sidecar then dies with the bot. The takeover replays those rows, and if the replay counted as
     a change of the trader 'now' (updated_at), the silence would be judged from the claim: the silent bot's
     replacement would be allowed."""
@@ -545,11 +542,9 @@ def history_reasons(pg_url: str, trader: str) -> list[str]:
     return [str(r[0]) for r in rows]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "low (untrue record): a takeover replays the trader's pause/resume rows already reflected in its stored state, "
-    "and each replayed row is a change made now: the history gains a pause and a resume at the claim that nobody "
-    "made then (and the replay's updated_at is what hides the silence from the dead-man's switch)"))
 async def test_a_takeover_does_not_record_an_old_pause_and_resume_again_in_the_history(pg_url: str) -> None:
+    """Fixed (was low, an untrue record): a takeover replayed the rows its stored state already reflected as
+    changes made now (RiskEngine.replayed now announces only the net change)."""
     async with running_sidecar(database_url=pg_url, enable_persistence=True, sidecar_id="B") as scb, \
             grpc.aio.insecure_channel(scb.address) as chb:
         b = Node(chb)

@@ -354,7 +354,8 @@ class ControlPlane:
         """For a trader taken over (B's takeover), after `engine.restore(st)`: apply its pause / resume changes
         (store.trader_changes(trader_id); any origin, version order) and the scope pauses. A resume lifts only
         the pauses that began at or before it and a pause whose `until` passed adds nothing, so replaying rows
-        already reflected in the stored state changes nothing: idempotent."""
+        already reflected in the stored state changes nothing: idempotent. Only the net change is announced
+        (RiskEngine.replayed): one state change, or none."""
         if self.engine.traders.get(st.trader_id) is not st:
             self.engine.restore(st)
         ordered = sorted(changes, key=lambda c: c.version)
@@ -363,9 +364,16 @@ class ControlPlane:
         restores = [i for i, c in enumerate(ordered) if c.kind == "restore" and c.trader_id == st.trader_id]
         if restores:
             ordered = ordered[restores[-1] + 1:]
-        for c in ordered:
-            if c.trader_id == st.trader_id and c.kind in ("pause", "resume") and c.account_id == st.account_id:
-                self._trader_change(st, c)
+        mine = [c for c in ordered
+                if c.trader_id == st.trader_id and c.kind in ("pause", "resume") and c.account_id == st.account_id]
+        if mine:
+
+            def apply() -> None:
+                for c in mine:
+                    self._trader_change(st, c)
+
+            # (rows the stored state reflects change nothing: no history rows again, updated_at left as stored)
+            self.engine.replayed(st, apply, f"taken over: {len(mine)} pause/resume changes replayed")
         if self.primed:
             self.engine.set_scope_pauses(st, self.pauses_for(st.account_id), "account and every-account pauses")
 

@@ -146,6 +146,8 @@ class RiskEngine:
         self.reset_offset_s = reset_offset_s
         self.breakers = breakers
         self._listeners = listeners
+        # the trader whose changes `replayed` is applying: not announced one by one (see `replayed`)
+        self._muted: str | None = None
         self.traders: dict[str, TraderState] = {}
         self.symbols_pruned = 0  # per-symbol entries dropped by prune_symbols (state.SYMBOLS_KEPT)
         self.orders_expired = 0  # pending orders released after pending_order_ttl_seconds with nothing reported
@@ -307,6 +309,27 @@ class RiskEngine:
 
     # ---- state changes --------------------------------------------------------------------------
 
+    def replayed(self, st: TraderState, apply: Callable[[], None], reason: str) -> bool:
+        """Apply changes that may already be reflected in `st` (a takeover replaying the trader's pause and resume
+        rows on its stored state): each is made as if live, but only their net effect on the pauses and the fill
+        window is a change, announced once with `reason`. Rows the stored state already reflects change nothing, so
+        they neither write the old pause and resume into the history again nor make the trader look heard from now
+        (its updated_at is left). Returns whether anything changed."""
+        def key() -> tuple[object, ...]:
+            return (tuple((p.state, p.until, p.code, p.reason, p.source, p.since) for p in st.pauses),
+                    tuple(st.fill_times))
+
+        before = key()
+        self._muted = st.trader_id
+        try:
+            apply()
+        finally:
+            self._muted = None
+        if key() == before:
+            return False
+        self._changed(st, self.clock.now(), reason)
+        return True
+
     def _changed(
         self,
         st: TraderState,
@@ -320,6 +343,8 @@ class RiskEngine:
     ) -> None:
         """Every change of a trader's state ends here: a new version, announced to every listener (`audit`
         False: order bookkeeping, which the history does not record row by row; see events.StateChanged)."""
+        if st.trader_id == self._muted:  # (`replayed` announces the net change once, if there is one)
+            return
         st.updated_at = now
         cache = st.checks_cache
         # (never a cache whose actions list the pending orders to cancel: the list moves with the bookkeeping)
