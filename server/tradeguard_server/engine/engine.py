@@ -323,12 +323,12 @@ class RiskEngine:
         self._muted = st.trader_id
         try:
             apply()
-        finally:
+        finally:  # (also when a change failed half-way: what it did apply is announced, never left unwritten)
             self._muted = None
-        if key() == before:
-            return False
-        self._changed(st, self.clock.now(), reason)
-        return True
+            changed = key() != before
+            if changed:
+                self._changed(st, self.clock.now(), reason)
+        return changed
 
     def _changed(
         self,
