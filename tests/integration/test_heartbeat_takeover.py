@@ -42,8 +42,12 @@ async def test_a_trader_silent_since_its_sidecar_died_is_halted_when_taken_over_
         assert allowed.allowed, allowed.reason
 
         def stored() -> bool:  # the pending order is in the row the next owner loads
-            with create_engine(pg_url).connect() as conn:
-                row = conn.execute(text("SELECT pending_orders FROM risk_state WHERE trader_id = 't1'")).first()
+            engine = create_engine(pg_url)
+            try:
+                with engine.connect() as conn:
+                    row = conn.execute(text("SELECT pending_orders FROM risk_state WHERE trader_id = 't1'")).first()
+            finally:
+                engine.dispose()  # (a pooled connection left to the collector warns in a later test)
             return row is not None and [o["client_order_id"] for o in row[0]] == ["o-1"]
 
         assert await eventually(stored, timeout=10)
