@@ -39,7 +39,7 @@ from typing import Any, Protocol
 from .cluster.changes import ControlChange
 from .engine.engine import AccountMismatchError, JournalEntry, Outcome, RiskEngine
 from .engine.events import StateChanged
-from .engine.orders import merge_times
+from .engine.orders import count_held_orders
 from .engine.snapshot import from_record, to_record
 from .engine.state import SEEN_TRADE_IDS_KEPT, TraderState
 from .engine.types import ClosedTrade, Flags, PendingOrder, TradingState
@@ -741,18 +741,13 @@ def _count_replayed_orders(engine: RiskEngine, journal: Collection[JournalEntry]
     """The orders a replayed journal reserved count in their traders' order-rate windows. reserve_order does not
     add to `order_times` (CanTrade does, and CanTrade is not journaled): the orders this run allowed are merged in
     from memory, but those an earlier run allowed before it stopped unloaded (the spool's journal) are nowhere else.
-    Merged as engine.orders.rebuild_windows merges at a restore (an order in both counts once), times after now
-    counted as now (engine.orders.clamp_windows)."""
+    Merged as a restore merges them (engine.orders.count_held_orders: an order in both counts once, times after now
+    counted as now)."""
     traders = {str(args[0]) for _at, op, args in journal if op == "reserve_order"}
     if not traders:
         return
     now = engine.clock.now()
     for trader_id in traders:
         st = engine.traders.get(trader_id)
-        if st is None:
-            continue
-        allowed = sorted(min(o.allowed_at, now) for o in (*st.orders.values(), *st.finished_orders.values()))
-        merged = merge_times((min(t, now) for t in st.order_times), allowed)
-        if len(merged) != len(st.order_times):
-            st.order_times.clear()
-            st.order_times.extend(merged)
+        if st is not None:
+            count_held_orders(st, now)

@@ -18,9 +18,9 @@ from typing import Any
 
 import grpc
 import pytest
-from sqlalchemy import create_engine, text
 
 from tests.support.cluster import Member, running_cluster
+from tests.support.pg import query
 from tests.support.sidecar import running_sidecar
 from tests.support.wait import eventually
 from tradeguard.v1 import admin_service_pb2 as ad
@@ -78,24 +78,12 @@ async def node(pg_url: str, name: str, **overrides: Any) -> AsyncIterator[Node]:
 
 def lease_of(pg_url: str, trader: str) -> tuple[str, bool] | None:
     """(owner, live) of the trader's lease, on the database clock."""
-    engine = create_engine(pg_url)
-    try:
-        with engine.connect() as conn:
-            row = conn.execute(text("SELECT owner, expires_at > now() FROM trader_leases WHERE trader_id = :t"),
-                               {"t": trader}).first()
-    finally:
-        engine.dispose()
-    return None if row is None else (str(row[0]), bool(row[1]))
+    rows = query(pg_url, "SELECT owner, expires_at > now() FROM trader_leases WHERE trader_id = %(t)s", {"t": trader})
+    return None if not rows else (str(rows[0][0]), bool(rows[0][1]))
 
 
 def stored(pg_url: str, trader: str) -> bool:
-    engine = create_engine(pg_url)
-    try:
-        with engine.connect() as conn:
-            return conn.execute(text("SELECT 1 FROM risk_state WHERE trader_id = :t"), {"t": trader}).first() \
-                is not None
-    finally:
-        engine.dispose()
+    return bool(query(pg_url, "SELECT 1 FROM risk_state WHERE trader_id = %(t)s", {"t": trader}))
 
 
 async def lease_ended(pg_url: str, trader: str, timeout: float = 30.0) -> float:
@@ -532,13 +520,7 @@ async def test_a_heartbeat_configured_after_the_lease_ended_counts_only_from_the
 
 
 def history_reasons(pg_url: str, trader: str) -> list[str]:
-    engine = create_engine(pg_url)
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(text("SELECT reason FROM risk_state_history WHERE trader_id = :t ORDER BY id"),
-                                {"t": trader}).all()
-    finally:
-        engine.dispose()
+    rows = query(pg_url, "SELECT reason FROM risk_state_history WHERE trader_id = %(t)s ORDER BY id", {"t": trader})
     return [str(r[0]) for r in rows]
 
 

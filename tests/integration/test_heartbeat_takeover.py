@@ -9,9 +9,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
-
 from tests.support.cluster import Member, running_cluster
+from tests.support.pg import query
 from tests.support.wait import eventually
 from tradeguard.v1 import admin_service_pb2 as ad
 from tradeguard.v1 import risk_service_pb2 as rs
@@ -42,13 +41,8 @@ async def test_a_trader_silent_since_its_sidecar_died_is_halted_when_taken_over_
         assert allowed.allowed, allowed.reason
 
         def stored() -> bool:  # the pending order is in the row the next owner loads
-            engine = create_engine(pg_url)
-            try:
-                with engine.connect() as conn:
-                    row = conn.execute(text("SELECT pending_orders FROM risk_state WHERE trader_id = 't1'")).first()
-            finally:
-                engine.dispose()  # (a pooled connection left to the collector warns in a later test)
-            return row is not None and [o["client_order_id"] for o in row[0]] == ["o-1"]
+            rows = query(pg_url, "SELECT pending_orders FROM risk_state WHERE trader_id = 't1'")
+            return bool(rows) and [o["client_order_id"] for o in rows[0][0]] == ["o-1"]
 
         assert await eventually(stored, timeout=10)
         a.kill()  # SIGKILL: bot and sidecar die together

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import psycopg
 
 from tests.support.databases import require_postgres, temporary_postgres_database
 
-__all__ = ["fresh_database", "plain_dsn"]
+__all__ = ["fresh_database", "plain_dsn", "query"]
 
 
 @contextlib.contextmanager
@@ -21,3 +24,10 @@ def fresh_database(prefix: str = "tradeguard_test") -> Iterator[str]:
 def plain_dsn(url: str) -> str:
     """The libpq form of a SQLAlchemy URL (for psycopg.connect)."""
     return url.replace("postgresql+psycopg://", "postgresql://")
+
+
+def query(url: str, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
+    """The rows of one statement on its own connection, closed after (psycopg `%(name)s` parameters): a pooled
+    connection left to the collector warns in whichever later test collects it."""
+    with psycopg.connect(plain_dsn(url)) as conn:
+        return list(conn.execute(sql, params).fetchall())

@@ -10,6 +10,7 @@ from tradeguard_server.engine.engine import RiskEngine
 from tradeguard_server.engine.events import StateChanged
 from tradeguard_server.engine.limits import Limits
 from tradeguard_server.engine.snapshot import from_record, to_record
+from tradeguard_server.engine.state import TraderState
 from tradeguard_server.engine.types import TradingState
 
 T0 = 1_767_268_800.0
@@ -19,6 +20,14 @@ def engine_heard(clock: ManualClock) -> tuple[RiskEngine, list[StateChanged]]:
     heard: list[StateChanged] = []
     engine = RiskEngine(clock, defaults=Limits(), listeners=[heard.append])
     return engine, heard
+
+
+def reported(clock: ManualClock) -> tuple[RiskEngine, TraderState, list[StateChanged]]:
+    """An engine with trader t's equity reported, and its listener's record emptied."""
+    engine, heard = engine_heard(clock)
+    engine.report_equity("t", "a", 10_000.0, None)
+    heard.clear()
+    return engine, engine.traders["t"], heard
 
 
 def test_rows_the_state_already_reflects_change_nothing_and_announce_nothing() -> None:
@@ -44,10 +53,7 @@ def test_rows_the_state_already_reflects_change_nothing_and_announce_nothing() -
 
 def test_a_pause_the_state_does_not_reflect_is_one_change() -> None:
     clock = ManualClock(T0)
-    engine, heard = engine_heard(clock)
-    engine.report_equity("t", "a", 10_000.0, None)
-    st = engine.traders["t"]
-    heard.clear()
+    engine, st, heard = reported(clock)
 
     def replay() -> None:
         engine.pause("t", "a", TradingState.HALTED, None, "pressed elsewhere", since=T0 - 5)
@@ -60,10 +66,7 @@ def test_a_pause_the_state_does_not_reflect_is_one_change() -> None:
 
 def test_a_replay_that_fails_half_way_still_announces_what_it_applied() -> None:
     clock = ManualClock(T0)
-    engine, heard = engine_heard(clock)
-    engine.report_equity("t", "a", 10_000.0, None)
-    st = engine.traders["t"]
-    heard.clear()
+    engine, st, heard = reported(clock)
 
     def replay() -> None:
         engine.pause("t", "a", TradingState.HALTED, None, "pressed elsewhere", since=T0 - 5)

@@ -25,7 +25,7 @@ import logging
 
 from .engine import RiskEngine
 from .limits import Limits
-from .state import TraderState
+from .state import INF, TraderState
 from .types import TradingState
 
 log = logging.getLogger("tradeguard.heartbeat")
@@ -82,26 +82,16 @@ class DeadMansSwitch:
         the lease ended, its stored `updated_at`, and when this sidecar first found the heartbeat in effect. The
         count goes on from there: the claiming call is heard only if it is the bot's (Takeover.called), not an
         operator's or a dashboard's read."""
-        engine = self.engine
-        now = engine.clock.now()
-        limits = engine.limits_for(st.account_id)
-        timeout = limits.heartbeat_timeout_seconds
-        armed = self.armed.get(st.account_id) if st.account_id in engine.account_limits else self.armed_default
-        if timeout is None or armed is None:
-            self.last[st.trader_id] = now  # no heartbeat in effect yet: the count starts with this claim
-            return
-        seen = max(armed, st.updated_at, now - unowned_s)
-        self.last[st.trader_id] = seen
-        if now - seen >= timeout:
-            self._pause(st, limits, timeout, now - seen)
-            self.tripped[st.trader_id] = now
-            self.trips += 1
+        now = self.engine.clock.now()
+        seen = self._returned(st, since=now - unowned_s)
+        # the count goes on from `seen`; no heartbeat in effect yet (None): it starts with this claim
+        self.last[st.trader_id] = now if seen is None else seen
 
-    def _returned(self, st: TraderState) -> float | None:
+    def _returned(self, st: TraderState, since: float = -INF) -> float | None:
         """An evicted trader is in memory again, before its call is answered: pause it if its account's heartbeat
-        has been in effect (since the scan that found it) for longer than the timeout and it was not heard since.
-        Returns the time its silence counts from (None: no heartbeat in effect yet). A listener's failure
-        propagates (the call fails; the pause is in memory)."""
+        has been in effect (since the scan that found it) for longer than the timeout and it was not heard since
+        (nor after `since`: a takeover's lease end). Returns the time its silence counts from (None: no heartbeat in
+        effect yet). A listener's failure propagates (the call fails; the pause is in memory)."""
         engine = self.engine
         limits = engine.limits_for(st.account_id)
         timeout = limits.heartbeat_timeout_seconds
@@ -111,7 +101,7 @@ class DeadMansSwitch:
         if armed is None:  # no scan has found the heartbeat yet: the count starts with this call
             return None
         now = engine.clock.now()
-        seen = max(armed, st.updated_at)  # heard last before its eviction, when no heartbeat was in effect
+        seen = max(armed, st.updated_at, since)  # heard last before its eviction, when no heartbeat was in effect
         if now - seen < timeout:
             return seen
         self._pause(st, limits, timeout, now - seen)

@@ -29,6 +29,7 @@ from dataclasses import replace
 from .state import (
     FILL_TIMES_KEPT,
     FINISHED_ORDERS_KEPT,
+    INF,
     ORDER_IDS_KEPT,
     ORDER_TIMES_KEPT,
     TraderState,
@@ -135,11 +136,25 @@ def rebuild_windows(st: TraderState, *, stored: bool = False) -> None:
     while len(recent) > ORDER_IDS_KEPT:
         recent.popitem(last=False)
     st.recent_orders = recent
-    allowed = [o.allowed_at for o in known]  # (sorted)
-    st.order_times = deque(merge_times(st.order_times, allowed) if st.order_times else allowed, maxlen=ORDER_TIMES_KEPT)
+    count_held_orders(st)
     if not stored:
         fills = sorted(o.last_fill_at for o in known if o.filled > 0.0 and o.last_fill_at > 0.0)
         st.fill_times = deque(fills, maxlen=FILL_TIMES_KEPT)
+
+
+def count_held_orders(st: TraderState, now: float = INF) -> None:
+    """Every order `st` holds (pending, and the last FINISHED_ORDERS_KEPT finished) counts in `order_times` at its
+    allowed_at, once: merged with the times there (an order in both counts once). Times after `now` count as now on
+    both sides (clamp_windows), so a time clamped at a restore and its order's own time are one."""
+    allowed = sorted(min(o.allowed_at, now) for o in (*st.orders.values(), *st.finished_orders.values()))
+    times = st.order_times
+    if not times:
+        st.order_times = deque(allowed, maxlen=ORDER_TIMES_KEPT)
+        return
+    merged = merge_times((min(t, now) for t in times), allowed)
+    if len(merged) != len(times):  # (an order more: replaced; the times as they were otherwise)
+        times.clear()
+        times.extend(merged)
 
 
 def merge_times(kept: Iterable[float], more: Iterable[float]) -> list[float]:
